@@ -1,0 +1,101 @@
+//! Map layouts shared by the kernel programs (`ebpf/programs`) and the user-space
+//! loader (`berth-ebpf`). Everything here is `#[repr(C)]` plain data with explicit
+//! padding, so both sides agree byte for byte.
+//!
+//! Service load balancing uses two hash maps:
+//! - [`SERVICES_MAP`]: [`ServiceKey`] (virtual IP, port, protocol) → [`ServiceValue`]
+//!   (which backend group to use and how many backends it has);
+//! - [`BACKENDS_MAP`]: [`BackendKey`] (group, slot) → [`Backend`] (address, port).
+//!
+//! A service is changed by writing a complete new backend group first and then
+//! flipping its `ServiceValue` to that group, so a connect never sees half an update.
+#![no_std]
+
+/// Name of the services map in the eBPF object.
+pub const SERVICES_MAP: &str = "SERVICES";
+/// Name of the backends map in the eBPF object.
+pub const BACKENDS_MAP: &str = "BACKENDS";
+/// Name of the per-CPU counters array in the eBPF object; see [`Stat`].
+pub const STATS_MAP: &str = "STATS";
+/// Name of the cgroup/connect4 program in the eBPF object.
+pub const CONNECT4_PROGRAM: &str = "connect4";
+
+/// Capacity of the services map.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Capacity of the backends map (all groups together).
+pub const MAX_BACKENDS: u32 = 262_144;
+
+/// IANA protocol number for TCP, as in `bpf_sock_addr.protocol`.
+pub const IPPROTO_TCP: u8 = 6;
+/// IANA protocol number for UDP, as in `bpf_sock_addr.protocol`.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A service frontend as the kernel sees it in `bpf_sock_addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// IPv4 address in network byte order (as `user_ip4`).
+    pub addr: u32,
+    /// Port in network byte order (the low 16 bits of `user_port`).
+    pub port: u16,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Where a service's backends are: group `group`, slots `0..count`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Backend group id, unique among live groups.
+    pub group: u32,
+    /// Number of backends; 0 means the connect is refused.
+    pub count: u32,
+}
+
+/// One slot of a backend group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub group: u32,
+    pub slot: u32,
+}
+
+/// A backend endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// IPv4 address in network byte order.
+    pub addr: u32,
+    /// Port in network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Indexes into the stats array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// connect() calls rewritten to a backend.
+    Translated = 0,
+    /// connect() calls refused because the service has no backends.
+    NoBackends = 1,
+    /// A service pointed at a backend slot that was missing (should stay 0).
+    MissingBackend = 2,
+}
+
+/// Number of entries in the stats array.
+pub const STATS_LEN: u32 = 3;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)] structs of integers with explicit padding
+    // fields, so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BackendKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Backend {}
+}

@@ -1,0 +1,2 @@
+//! One file per hook.
+pub mod connect;

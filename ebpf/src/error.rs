@@ -1,0 +1,41 @@
+//! Errors of the eBPF loader.
+
+use std::path::PathBuf;
+
+/// What went wrong loading, attaching or programming the dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load eBPF object {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("eBPF object has no {kind} named {name}")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the backends map is full: {wanted} backends wanted, room for {free}")]
+    BackendsFull { wanted: u32, free: u32 },
+    #[error("the services map is full ({max} services)")]
+    ServicesFull { max: u32 },
+}

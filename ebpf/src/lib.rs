@@ -1,0 +1,14 @@
+//! User-space side of berth's eBPF dataplane.
+//!
+//! [`SocketLb`] loads the object built by `cargo xtask build-ebpf`, attaches its
+//! `cgroup/connect4` program to a cgroup (cgroup2), and programs services through a
+//! [`ServiceTable`], which writes a service's backends before it points the service at
+//! them so no connect sees half an update.
+
+mod error;
+mod service_table;
+mod socket_lb;
+
+pub use error::Error;
+pub use service_table::{Frontend, LbMaps, Protocol, ServiceTable};
+pub use socket_lb::{SocketLb, Stats};

@@ -1,0 +1,321 @@
+//! The service table: what services are programmed and in which backend groups, and
+//! the order of map writes that keeps every update atomic from the kernel's view.
+//!
+//! An update writes the complete new backend group, then flips the service entry to
+//! it (one map update, atomic for readers), then deletes the old group. A failure
+//! before the flip removes what was written and leaves the old entry serving.
+//! Map access goes through [`LbMaps`] so the ordering is unit-tested without a kernel.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use berth_ebpf_common::{
+    Backend, BackendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
+    ServiceValue,
+};
+
+use crate::Error;
+
+/// Transport protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A service frontend: virtual IP, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Frontend {
+    /// The kernel-side key for this frontend.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: u32::from_ne_bytes(self.addr.octets()),
+            port: self.port.to_be(),
+            protocol: match self.protocol {
+                Protocol::Tcp => IPPROTO_TCP,
+                Protocol::Udp => IPPROTO_UDP,
+            },
+            _pad: 0,
+        }
+    }
+}
+
+fn backend_value(addr: SocketAddrV4) -> Backend {
+    Backend {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        _pad: 0,
+    }
+}
+
+/// The four map operations the table needs.
+pub trait LbMaps {
+    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), Error>;
+    fn delete_backend(&mut self, key: BackendKey) -> Result<(), Error>;
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), Error>;
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), Error>;
+}
+
+/// The services programmed into the maps, and their backend groups.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    services: HashMap<ServiceKey, ServiceValue>,
+    groups_in_use: HashSet<u32>,
+    next_group: u32,
+    backends_in_use: u32,
+}
+
+impl ServiceTable {
+    /// Number of services programmed.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// True when no service is programmed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Number of backend slots in use.
+    pub fn backends(&self) -> u32 {
+        self.backends_in_use
+    }
+
+    /// Programs `frontend` to balance over `backends` (an empty list makes connects
+    /// to it fail). Either the whole change is applied or none of it.
+    pub fn set(
+        &mut self,
+        maps: &mut impl LbMaps,
+        frontend: Frontend,
+        backends: &[SocketAddrV4],
+    ) -> Result<(), Error> {
+        let key = frontend.key();
+        let old = self.services.get(&key).copied();
+        if old.is_none() && self.services.len() >= MAX_SERVICES as usize {
+            return Err(Error::ServicesFull { max: MAX_SERVICES });
+        }
+        let wanted = u32::try_from(backends.len()).unwrap_or(u32::MAX);
+        // The old group still exists while the new one is written.
+        let free = MAX_BACKENDS - self.backends_in_use;
+        if wanted > free {
+            return Err(Error::BackendsFull { wanted, free });
+        }
+        let group = self.allocate_group();
+        for (slot, addr) in (0u32..).zip(backends) {
+            let written = maps.put_backend(BackendKey { group, slot }, backend_value(*addr));
+            if let Err(err) = written {
+                remove_group(maps, group, slot);
+                self.groups_in_use.remove(&group);
+                return Err(err);
+            }
+        }
+        let value = ServiceValue {
+            group,
+            count: wanted,
+        };
+        if let Err(err) = maps.put_service(key, value) {
+            remove_group(maps, group, wanted);
+            self.groups_in_use.remove(&group);
+            return Err(err);
+        }
+        self.services.insert(key, value);
+        self.backends_in_use += wanted;
+        if let Some(old) = old {
+            self.release(maps, old);
+        }
+        Ok(())
+    }
+
+    /// Removes `frontend`; returns whether it was programmed.
+    pub fn remove(&mut self, maps: &mut impl LbMaps, frontend: Frontend) -> Result<bool, Error> {
+        let key = frontend.key();
+        let Some(old) = self.services.get(&key).copied() else {
+            return Ok(false);
+        };
+        maps.delete_service(key)?;
+        self.services.remove(&key);
+        self.release(maps, old);
+        Ok(true)
+    }
+
+    fn allocate_group(&mut self) -> u32 {
+        // Ids are not reused at once, so a connect that read the old service entry
+        // just before a flip still finds that group's slots or none at all.
+        loop {
+            let group = self.next_group;
+            self.next_group = self.next_group.wrapping_add(1);
+            if self.groups_in_use.insert(group) {
+                return group;
+            }
+        }
+    }
+
+    fn release(&mut self, maps: &mut impl LbMaps, old: ServiceValue) {
+        // A slot that cannot be deleted is unreachable (no service points at its
+        // group), so the table stays correct; it only costs map room.
+        remove_group(maps, old.group, old.count);
+        self.groups_in_use.remove(&old.group);
+        self.backends_in_use -= old.count;
+    }
+}
+
+fn remove_group(maps: &mut impl LbMaps, group: u32, count: u32) {
+    for slot in 0..count {
+        let _ = maps.delete_backend(BackendKey { group, slot });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every map operation; can be told to fail the n-th backend write.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        services: HashMap<ServiceKey, ServiceValue>,
+        backends: HashMap<BackendKey, Backend>,
+        fail_backend_write: Option<usize>,
+        backend_writes: usize,
+    }
+
+    impl LbMaps for Recorder {
+        fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), Error> {
+            self.backend_writes += 1;
+            if self.fail_backend_write == Some(self.backend_writes) {
+                return Err(Error::BackendsFull { wanted: 1, free: 0 });
+            }
+            self.log
+                .push(format!("put_backend {}/{}", key.group, key.slot));
+            self.backends.insert(key, value);
+            Ok(())
+        }
+        fn delete_backend(&mut self, key: BackendKey) -> Result<(), Error> {
+            self.log
+                .push(format!("delete_backend {}/{}", key.group, key.slot));
+            self.backends.remove(&key);
+            Ok(())
+        }
+        fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), Error> {
+            self.log.push(format!(
+                "put_service -> group {} count {}",
+                value.group, value.count
+            ));
+            self.services.insert(key, value);
+            Ok(())
+        }
+        fn delete_service(&mut self, key: ServiceKey) -> Result<(), Error> {
+            self.log.push("delete_service".into());
+            self.services.remove(&key);
+            Ok(())
+        }
+    }
+
+    fn frontend() -> Frontend {
+        Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn addrs(n: u8) -> Vec<SocketAddrV4> {
+        (1..=n)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 8080))
+            .collect()
+    }
+
+    #[test]
+    fn key_is_in_network_byte_order() {
+        let key = frontend().key();
+        assert_eq!(key.addr.to_ne_bytes(), [10, 96, 0, 10]);
+        assert_eq!(key.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(key.protocol, IPPROTO_TCP);
+    }
+
+    #[test]
+    fn update_writes_new_group_then_flips_then_deletes_old() {
+        let mut maps = Recorder::default();
+        let mut table = ServiceTable::default();
+        table
+            .set(&mut maps, frontend(), &addrs(2))
+            .expect("first set");
+        maps.log.clear();
+        table
+            .set(&mut maps, frontend(), &addrs(3))
+            .expect("second set");
+        assert_eq!(
+            maps.log,
+            [
+                "put_backend 1/0",
+                "put_backend 1/1",
+                "put_backend 1/2",
+                "put_service -> group 1 count 3",
+                "delete_backend 0/0",
+                "delete_backend 0/1",
+            ]
+        );
+        assert_eq!(maps.backends.len(), 3, "old group's slots must be gone");
+        assert_eq!(table.backends(), 3);
+    }
+
+    #[test]
+    fn failed_backend_write_leaves_old_service_untouched() {
+        let mut maps = Recorder::default();
+        let mut table = ServiceTable::default();
+        table
+            .set(&mut maps, frontend(), &addrs(2))
+            .expect("first set");
+        let before = maps.services.clone();
+        maps.fail_backend_write = Some(maps.backend_writes + 2);
+        let err = table.set(&mut maps, frontend(), &addrs(3));
+        assert!(err.is_err(), "the injected failure must surface");
+        assert_eq!(
+            maps.services, before,
+            "service entry must still point at the old group"
+        );
+        assert_eq!(
+            maps.backends.len(),
+            2,
+            "partially written new group must be removed"
+        );
+        assert_eq!(table.backends(), 2);
+    }
+
+    #[test]
+    fn empty_backends_program_a_refusing_service_and_remove_cleans_up() {
+        let mut maps = Recorder::default();
+        let mut table = ServiceTable::default();
+        table.set(&mut maps, frontend(), &[]).expect("set empty");
+        assert_eq!(maps.services.values().next().map(|v| v.count), Some(0));
+        assert!(table.remove(&mut maps, frontend()).expect("remove"));
+        assert!(!table.remove(&mut maps, frontend()).expect("second remove"));
+        assert!(maps.services.is_empty() && maps.backends.is_empty());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn too_many_backends_is_refused_before_any_write() {
+        let mut maps = Recorder::default();
+        let mut table = ServiceTable::default();
+        let many = vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1); MAX_BACKENDS as usize + 1];
+        let err = table.set(&mut maps, frontend(), &many);
+        assert!(
+            matches!(err, Err(Error::BackendsFull { .. })),
+            "got {err:?}"
+        );
+        assert!(
+            maps.log.is_empty(),
+            "nothing may be written: {:?}",
+            maps.log
+        );
+    }
+}

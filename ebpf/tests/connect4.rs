@@ -1,0 +1,136 @@
+//! The eBPF pipeline end to end (root): the connect4 program from `ebpf/programs`,
+//! loaded and attached by `berth-ebpf` to a child cgroup, sends connects to a service
+//! VIP to a TCP server on 127.0.0.1 in a test netns — for processes in that cgroup
+//! only. Never attaches at the host's cgroup root.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    path::PathBuf,
+    process::{Command, Output},
+    sync::mpsc,
+    thread,
+};
+
+use berth_ebpf::{Frontend, Protocol, SocketLb};
+use berth_testkit::{Cgroup2Child, NetNs, require_root, skip};
+use nix::sched::{CloneFlags, setns};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const VIP_PORT: u16 = 80;
+const BODY: &str = "hello from the backend";
+
+fn object() -> PathBuf {
+    std::env::var_os("BERTH_EBPF_OBJECT").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/ebpf/bpfel-unknown-none/release/berth-ebpf-programs")
+        },
+        PathBuf::from,
+    )
+}
+
+/// An HTTP server on 127.0.0.1 inside `ns`, answering every request with [`BODY`].
+fn serve_in(ns: &NetNs) -> u16 {
+    let ns_path = ns.path();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // setns(2) on this thread only: the listener is created in the test netns.
+        let file = File::open(&ns_path).expect("open netns file");
+        setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test netns");
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in netns");
+        let port = listener.local_addr().expect("local addr").port();
+        tx.send(port).expect("send port");
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+                BODY.len()
+            );
+        }
+    });
+    rx.recv().expect("server thread started")
+}
+
+/// curl to the VIP from inside `ns`, optionally from inside `cgroup` (joined before
+/// `ip netns exec`, which remounts /sys).
+fn curl_vip(ns: &NetNs, cgroup: Option<&Cgroup2Child>) -> Output {
+    let join = cgroup.map_or_else(String::new, |cg| {
+        format!("echo $$ > {} && ", cg.procs_file().display())
+    });
+    let script = format!(
+        "{join}exec ip netns exec {} curl -s --max-time 5 http://{VIP}:{VIP_PORT}/",
+        ns.name()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn connect4_sends_vip_to_backend_only_inside_the_cgroup() {
+    require_root!();
+    let object = object();
+    if !object.exists() {
+        skip(&format!(
+            "{} is not built (cargo xtask build-ebpf)",
+            object.display()
+        ));
+        return;
+    }
+    let ns = NetNs::new("berthe");
+    let cgroup = Cgroup2Child::new("berth-test-");
+    let port = serve_in(&ns);
+
+    let mut lb = SocketLb::load(&object).expect("load eBPF object");
+    lb.attach(cgroup.path())
+        .expect("attach connect4 to the child cgroup");
+    let frontend = Frontend {
+        addr: VIP,
+        port: VIP_PORT,
+        protocol: Protocol::Tcp,
+    };
+    lb.set_service(frontend, &[SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)])
+        .expect("program the service after attach");
+
+    let inside = curl_vip(&ns, Some(&cgroup));
+    assert!(
+        inside.status.success() && String::from_utf8_lossy(&inside.stdout) == BODY,
+        "a client in the cgroup must reach the backend through the VIP; got {:?}, stdout {:?}, stderr {:?}",
+        inside.status,
+        String::from_utf8_lossy(&inside.stdout),
+        String::from_utf8_lossy(&inside.stderr)
+    );
+
+    let outside = curl_vip(&ns, None);
+    assert!(
+        !outside.status.success() && outside.stdout.is_empty(),
+        "a client outside the cgroup must not be balanced (the netns has no route to the VIP); got {:?} {:?}",
+        outside.status,
+        String::from_utf8_lossy(&outside.stdout)
+    );
+
+    let stats = lb.stats().expect("read stats");
+    assert_eq!(
+        stats.translated, 1,
+        "exactly the one in-cgroup connect is translated: {stats:?}"
+    );
+
+    // A service with no backends refuses the connect instead of leaking it to the VIP.
+    lb.set_service(frontend, &[]).expect("empty the service");
+    let refused = curl_vip(&ns, Some(&cgroup));
+    assert!(
+        !refused.status.success(),
+        "connect to a service without backends must fail"
+    );
+    assert_eq!(lb.stats().expect("read stats").no_backends, 1);
+
+    assert!(lb.remove_service(frontend).expect("remove service"));
+    assert!(lb.table().is_empty());
+    drop(lb); // detaches before the cgroup and netns guards remove them
+}

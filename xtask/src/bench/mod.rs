@@ -1,0 +1,152 @@
+//! The benchmark frame. A bench measures berth and its baseline in the same run and
+//! returns a [`Report`]: named figures (written as a flat JSON object to
+//! `bench/results/<name>.json`) and a Markdown table (written to
+//! `bench/results/<name>.md` and printed). Benches are registered in [`BENCHES`].
+
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "used by benches; the first arrives with its issue"
+    )
+)]
+pub mod stats;
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+
+/// A registered benchmark.
+#[derive(Debug)]
+pub struct Bench {
+    /// `cargo xtask bench <name>`; also the results file stem.
+    pub name: &'static str,
+    /// One line for the usage message.
+    pub about: &'static str,
+    /// Runs the bench (berth and its baseline) and reports.
+    pub run: fn() -> Result<Report>,
+}
+
+/// Every bench `cargo xtask bench` knows, by name.
+pub const BENCHES: &[Bench] = &[];
+
+/// What a bench found.
+#[derive(Debug, Default)]
+pub struct Report {
+    figures: Map<String, Value>,
+    /// Column headers of the table.
+    pub header: Vec<String>,
+    /// Table rows, one cell per header.
+    pub rows: Vec<Vec<String>>,
+    /// Lines printed under the table (method, machine, caveats).
+    pub notes: Vec<String>,
+}
+
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "used by benches; the first arrives with its issue"
+    )
+)]
+impl Report {
+    /// Records figure `key` (a number) for the JSON file.
+    pub fn figure(&mut self, key: &str, value: impl Into<Value>) {
+        self.figures.insert(key.to_string(), value.into());
+    }
+
+    /// The figures as the flat JSON object written to `<name>.json`.
+    pub fn json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.figures).unwrap_or_else(|_| "{}".into());
+        text.push('\n');
+        text
+    }
+
+    /// The Markdown table written to `<name>.md`.
+    pub fn markdown(&self, name: &str) -> String {
+        let mut md = format!("# bench: {name}\n\n");
+        md.push_str(&format!("| {} |\n", self.header.join(" | ")));
+        md.push_str(&format!("|{}\n", "---|".repeat(self.header.len())));
+        for row in &self.rows {
+            md.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        if !self.notes.is_empty() {
+            md.push('\n');
+            for note in &self.notes {
+                md.push_str(&format!("- {note}\n"));
+            }
+        }
+        md
+    }
+
+    /// Writes `<dir>/<name>.json` and `<dir>/<name>.md`.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let json = dir.join(format!("{name}.json"));
+        fs::write(&json, self.json()).with_context(|| format!("write {}", json.display()))?;
+        let md = dir.join(format!("{name}.md"));
+        fs::write(&md, self.markdown(name)).with_context(|| format!("write {}", md.display()))?;
+        Ok(())
+    }
+}
+
+/// The bench called `name`.
+pub fn find(name: &str) -> Option<&'static Bench> {
+    BENCHES.iter().find(|b| b.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        let mut r = Report::default();
+        r.figure("berth_ms_p50", 1.5);
+        r.figure("runs", 50);
+        r.header = vec!["what".into(), "p50 ms".into()];
+        r.rows = vec![
+            vec!["berth".into(), "1.50".into()],
+            vec!["crun".into(), "3.00".into()],
+        ];
+        r.notes.push("ratio 0.50".into());
+        r
+    }
+
+    #[test]
+    fn json_is_a_flat_object_of_figures() {
+        let v: Value = serde_json::from_str(&sample().json()).expect("valid JSON");
+        let obj = v.as_object().expect("an object");
+        assert_eq!(obj.len(), 2);
+        assert_eq!(obj["berth_ms_p50"], 1.5);
+        assert_eq!(obj["runs"], 50);
+    }
+
+    #[test]
+    fn markdown_has_header_rule_rows_and_notes() {
+        let md = sample().markdown("runtime");
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines[0], "# bench: runtime");
+        assert_eq!(lines[2], "| what | p50 ms |");
+        assert_eq!(lines[3], "|---|---|");
+        assert_eq!(lines[4], "| berth | 1.50 |");
+        assert!(md.ends_with("- ratio 0.50\n"));
+    }
+
+    #[test]
+    fn both_files_are_written() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        sample().write(&dir, "demo").expect("write");
+        assert!(
+            fs::read_to_string(dir.join("demo.json"))
+                .expect("json")
+                .contains("berth_ms_p50")
+        );
+        assert!(
+            fs::read_to_string(dir.join("demo.md"))
+                .expect("md")
+                .contains("| crun | 3.00 |")
+        );
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

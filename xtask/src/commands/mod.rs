@@ -1,0 +1,7 @@
+//! One file per `cargo xtask` subcommand.
+pub mod bench;
+pub mod build;
+pub mod build_ebpf;
+pub mod setup;
+pub mod test;
+pub mod up;

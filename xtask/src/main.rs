@@ -1,0 +1,56 @@
+//! `cargo xtask`: berth's single task entry point. One file per subcommand under
+//! `commands/`; shared helpers (paths, running commands) in `util.rs`.
+
+mod bench;
+mod commands;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "berth's build, test and bench tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what berth needs (apt packages, bpf-linker, kubectl + Python client); root on Debian.
+    Setup,
+    /// Build the eBPF programs (ebpf/programs) with Debian's rustc-web and bpf-linker.
+    BuildEbpf,
+    /// Build release binaries and the eBPF object.
+    Build,
+    /// Start a one-node cluster on this host.
+    Up,
+    /// Run setup if needed, then fmt, clippy, unit, integration and e2e tests.
+    Test(commands::test::Args),
+    /// Run a benchmark (with its baseline) and write bench/results/<name>.{json,md}.
+    Bench(commands::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => commands::setup::run(),
+        Command::BuildEbpf => commands::build_ebpf::run(),
+        Command::Build => commands::build::run(),
+        Command::Up => commands::up::run(),
+        Command::Test(args) => commands::test::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Test support shared by every berth crate's integration and e2e tests.
+//!
+//! - [`skip`] and [`require_root!`]: a privileged test run without privileges returns
+//!   early *and says so*: it prints the reason and records it where `cargo xtask test`
+//!   (which sets `BERTH_TEST_SKIP_DIR`) counts it as skipped, not passed.
+//! - RAII guards ([`NetNs`], [`Cgroup2Child`], [`ChildGuard`]) that make a network
+//!   namespace, a child cgroup or a process and remove it on drop, so a failing test
+//!   leaks nothing.
+//! - [`tools`]: where the real kubectl and Python client live, and their pinned versions.
+
+mod cgroup;
+mod netns;
+mod process;
+mod skip;
+pub mod tools;
+
+pub use cgroup::{Cgroup2Child, cgroup2_mount};
+pub use netns::NetNs;
+pub use process::ChildGuard;
+pub use skip::{is_root, skip, unique_name};
+
+/// Returns from the calling test, recorded as skipped, unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            $crate::skip("needs root (netns, cgroups, eBPF)");
+            return;
+        }
+    };
+}
