@@ -1,4 +1,16 @@
-//! berth-cni: a CNI 1.1 plugin (bridge, veth, host-local style IPAM) invoked by the
-//! agent exactly as any container runtime invokes a CNI plugin.
+//! berth-cni: a CNI 1.1 plugin — a Linux bridge on the node, a veth pair per
+//! container interface, and a host-local-style IPAM (or a delegated IPAM plugin) —
+//! invoked by the agent exactly as any container runtime invokes a CNI plugin.
 //!
-//! Nothing is implemented here yet; the modules arrive with the "berth-cni" issue.
+//! - [`spec`]: the CNI specification's data (configs, results, errors, versions);
+//! - [`env`]: the `CNI_*` parameters;
+//! - [`plugin`]: the verbs ADD, DEL, CHECK, VERSION, GC, STATUS;
+//! - [`ipam`]: the built-in allocator and delegation;
+//! - [`netlink`]: links, addresses and routes over rtnetlink.
+
+pub mod env;
+pub mod ipam;
+pub mod masq;
+pub mod netlink;
+pub mod plugin;
+pub mod spec;
