@@ -6,9 +6,11 @@
 //! - [`env`]: the `CNI_*` parameters;
 //! - [`plugin`]: the verbs ADD, DEL, CHECK, VERSION, GC, STATUS;
 //! - [`ipam`]: the built-in allocator and delegation;
-//! - [`netlink`]: links, addresses and routes over rtnetlink.
+//! - [`netlink`]: links, addresses and routes over rtnetlink;
+//! - [`exec`]: the runtime side — conflists and invoking plugins as libcni does.
 
 pub mod env;
+pub mod exec;
 pub mod ipam;
 pub mod masq;
 pub mod netlink;

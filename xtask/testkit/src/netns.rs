@@ -34,6 +34,36 @@ impl NetNs {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Runs `f` on a thread that has entered this namespace (setns(2) applies to the
+    /// calling thread only; processes that thread spawns start in the namespace too).
+    ///
+    /// # Panics
+    /// If the namespace cannot be entered, or `f` panics.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// The output of `ip <args>` run inside this namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A `Command` that runs `program` inside this namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
