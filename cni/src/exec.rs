@@ -87,9 +87,33 @@ impl ConfList {
         Self::parse(&bytes)
     }
 
-    /// The stdin for plugin `i`: its entry plus name, cniVersion and prevResult.
-    fn plugin_conf(&self, i: usize, prev: Option<&Value>, extra: &[(&str, Value)]) -> Value {
+    /// The stdin for plugin `i`: its entry plus name, cniVersion, prevResult and the
+    /// `runtimeConfig` of the capabilities it declares.
+    fn plugin_conf(
+        &self,
+        i: usize,
+        prev: Option<&Value>,
+        attach: Option<&Attach>,
+        extra: &[(&str, Value)],
+    ) -> Value {
         let mut conf = self.plugins[i].clone();
+        if let (Some(caps), Some(attach)) =
+            (conf.get("capabilities").and_then(Value::as_object), attach)
+        {
+            let runtime: Map<String, Value> = caps
+                .iter()
+                .filter(|(_, on)| on.as_bool() == Some(true))
+                .filter_map(|(cap, _)| {
+                    attach
+                        .capability_args
+                        .get(cap)
+                        .map(|v| (cap.clone(), v.clone()))
+                })
+                .collect();
+            if !runtime.is_empty() {
+                conf.insert("runtimeConfig".into(), Value::Object(runtime));
+            }
+        }
         conf.insert("name".into(), json!(self.name));
         conf.insert("cniVersion".into(), json!(self.cni_version));
         if let Some(prev) = prev {
@@ -122,6 +146,9 @@ pub struct Attach {
     pub ifname: String,
     /// `CNI_ARGS` (`K=V;K=V`).
     pub args: String,
+    /// Capability arguments (e.g. `portMappings`, `bandwidth`): each plugin whose
+    /// `capabilities` names one gets it in `runtimeConfig`, as libcni does.
+    pub capability_args: Map<String, Value>,
 }
 
 /// Finds and runs plugins.
@@ -205,7 +232,7 @@ impl Runner {
     pub fn add(&self, list: &ConfList, attach: &Attach) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;
         for i in 0..list.plugins.len() {
-            let conf = list.plugin_conf(i, prev.as_ref(), &[]);
+            let conf = list.plugin_conf(i, prev.as_ref(), Some(attach), &[]);
             let result = self.invoke(list.plugin_type(i)?, "ADD", Some(attach), &conf)?;
             prev = Some(result.ok_or_else(|| {
                 CniError::new(
@@ -228,7 +255,7 @@ impl Runner {
         prev: Option<&Value>,
     ) -> Result<(), CniError> {
         for i in (0..list.plugins.len()).rev() {
-            let conf = list.plugin_conf(i, prev, &[]);
+            let conf = list.plugin_conf(i, prev, Some(attach), &[]);
             self.invoke(list.plugin_type(i)?, "DEL", Some(attach), &conf)?;
         }
         Ok(())
@@ -237,7 +264,7 @@ impl Runner {
     /// CHECK through the list, with the ADD result as prevResult.
     pub fn check(&self, list: &ConfList, attach: &Attach, prev: &Value) -> Result<(), CniError> {
         for i in 0..list.plugins.len() {
-            let conf = list.plugin_conf(i, Some(prev), &[]);
+            let conf = list.plugin_conf(i, Some(prev), Some(attach), &[]);
             self.invoke(list.plugin_type(i)?, "CHECK", Some(attach), &conf)?;
         }
         Ok(())
@@ -250,11 +277,8 @@ impl Runner {
             .map(|a| json!({"containerID": a.container_id, "ifname": a.ifname}))
             .collect();
         for i in 0..list.plugins.len() {
-            let conf = list.plugin_conf(
-                i,
-                None,
-                &[("cni.dev/valid-attachments", Value::Array(valid.clone()))],
-            );
+            let valid = [("cni.dev/valid-attachments", Value::Array(valid.clone()))];
+            let conf = list.plugin_conf(i, None, None, &valid);
             self.invoke(list.plugin_type(i)?, "GC", None, &conf)?;
         }
         Ok(())
@@ -267,7 +291,7 @@ impl Runner {
                 list.plugin_type(i)?,
                 "STATUS",
                 None,
-                &list.plugin_conf(i, None, &[]),
+                &list.plugin_conf(i, None, None, &[]),
             )?;
         }
         Ok(())
@@ -286,7 +310,27 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(list.cni_version, "1.1.0");
-        let conf = list.plugin_conf(1, Some(&json!({"ips": []})), &[]);
+        let attach = Attach {
+            container_id: "c".into(),
+            netns: "/run/netns/p".into(),
+            ifname: "eth0".into(),
+            args: String::new(),
+            capability_args: json!({"portMappings": [{"hostPort": 8080}], "bandwidth": {}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let conf = list.plugin_conf(1, Some(&json!({"ips": []})), Some(&attach), &[]);
+        assert_eq!(
+            conf["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 8080}]}),
+            "only declared capabilities"
+        );
+        assert!(
+            list.plugin_conf(0, None, Some(&attach), &[])
+                .get("runtimeConfig")
+                .is_none()
+        );
         assert_eq!(conf["name"], "n");
         assert_eq!(conf["type"], "portmap");
         assert_eq!(conf["prevResult"], json!({"ips": []}));

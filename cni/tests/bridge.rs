@@ -186,3 +186,42 @@ fn older_spec_versions_get_their_own_result_format() {
         node.del(&list, &pod, Some(&r)).expect("DEL");
     }
 }
+
+#[test]
+fn ip_masq_adds_one_rule_per_pod_and_del_removes_it() {
+    require_root!();
+    let node = Node::new();
+    let mut conf = node.berth("10.68.0.0/24");
+    conf["ipMasq"] = json!(true);
+    let list = node.list("1.1.0", vec![conf]);
+    let pod = Pod::new();
+    let r = node.add(&list, &pod).expect("ADD");
+    let ip = pod_ip(&r);
+    let rules = || {
+        let out = node
+            .ns
+            .command("iptables")
+            .args(["-t", "nat", "-S", "POSTROUTING"])
+            .output()
+            .expect("iptables");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let after_add = rules();
+    let rule = after_add
+        .lines()
+        .find(|l| l.contains(&format!("{ip}/32")))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        rule.contains("! -d 10.68.0.0/24")
+            && rule.contains("MASQUERADE")
+            && rule.contains("berth-cni:testnet"),
+        "masquerade rule for {ip}: {after_add}"
+    );
+    node.del(&list, &pod, Some(&r)).expect("DEL");
+    assert!(
+        !rules().contains(&format!("{ip}/32")),
+        "rule removed: {}",
+        rules()
+    );
+}

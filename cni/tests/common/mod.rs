@@ -72,17 +72,48 @@ impl Node {
         self.ns.run(|| self.runner.check(list, &pod.attach(), prev))
     }
 
-    /// Runs one plugin with a hand-made stdin (for bad-input tests).
-    pub fn invoke_raw(
-        &self,
-        verb: &str,
-        pod: &Pod,
-        stdin: &Value,
-    ) -> Result<Option<Value>, CniError> {
+    /// Runs berth-cni in the node namespace with exactly `env` and `stdin` (for
+    /// bad-input tests); returns whether it exited 0 and the JSON it printed.
+    pub fn run_raw(&self, env: &[(&str, String)], stdin: &[u8]) -> (bool, Value) {
         self.ns.run(|| {
-            self.runner
-                .invoke("berth-cni", verb, Some(&pod.attach()), stdin)
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth-cni"))
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run berth-cni");
+            if let Some(mut input) = child.stdin.take() {
+                std::io::Write::write_all(&mut input, stdin).expect("stdin");
+            }
+            let out = child.wait_with_output().expect("wait");
+            let printed = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "berth-cni printed no JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            });
+            (out.status.success(), printed)
         })
+    }
+
+    /// The `CNI_*` variables for an ADD of `pod`.
+    pub fn add_env(&self, pod: &Pod) -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", "ADD".into()),
+            ("CNI_CONTAINERID", pod.id.clone()),
+            ("CNI_NETNS", pod.ns.path().display().to_string()),
+            ("CNI_IFNAME", pod.ifname.clone()),
+            ("CNI_PATH", berth_cni_dir().display().to_string()),
+        ]
+    }
+
+    /// A single-plugin config (as a runtime would pass it) for raw invocations.
+    pub fn raw_conf(&self, version: &str, subnet: &str) -> Value {
+        let mut conf = self.berth(subnet);
+        conf["cniVersion"] = json!(version);
+        conf["name"] = json!("testnet");
+        conf
     }
 
     /// The veth interfaces in the node namespace.
@@ -135,6 +166,7 @@ pub struct Pod {
     pub ns: NetNs,
     pub id: String,
     pub ifname: String,
+    pub capability_args: serde_json::Map<String, Value>,
 }
 
 impl Pod {
@@ -145,6 +177,7 @@ impl Pod {
             ns,
             id,
             ifname: "eth0".into(),
+            capability_args: serde_json::Map::new(),
         }
     }
 
@@ -154,6 +187,7 @@ impl Pod {
             netns: self.ns.path(),
             ifname: self.ifname.clone(),
             args: String::new(),
+            capability_args: self.capability_args.clone(),
         }
     }
 
@@ -193,7 +227,12 @@ pub fn pod_ip(result: &Value) -> Ipv4Addr {
 
 /// Serves one TCP connection per accept on `addr` inside `ns`, answering `reply`.
 pub fn serve(ns: &NetNs, addr: Ipv4Addr, reply: &'static str) -> SocketAddr {
-    let listener = ns.run(|| TcpListener::bind((addr, 0)).expect("bind in netns"));
+    serve_on(ns, addr, 0, reply)
+}
+
+/// Like [`serve`], on `port` (0: any).
+pub fn serve_on(ns: &NetNs, addr: Ipv4Addr, port: u16, reply: &'static str) -> SocketAddr {
+    let listener = ns.run(|| TcpListener::bind((addr, port)).expect("bind in netns"));
     let local = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for stream in listener.incoming() {

@@ -64,6 +64,22 @@ impl NetNs {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `ip <args>` inside this namespace and panics if it fails.
+    pub fn ip_ok(&self, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "`ip -n {} {}` failed: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A `Command` that runs `program` inside this namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
