@@ -3,6 +3,7 @@
 //! socket for a container's namespace is opened while the (single) thread is
 //! briefly inside it ([`netns::enter`]), and it stays bound to that namespace.
 
+pub mod delete;
 pub mod netns;
 
 use std::{
@@ -15,7 +16,10 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
-    link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+    link::{
+        AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkFlags,
+        LinkMessage,
+    },
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -118,6 +122,14 @@ pub fn mac_from(seed: &str) -> [u8; 6] {
 pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }: no IPv6
+/// link-local address for the link (berth-cni is IPv4-only).
+fn no_ipv6_link_local() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
 }
 
 /// A netlink socket in one network namespace.
@@ -257,12 +269,35 @@ impl Rtnl {
         )
     }
 
-    /// Turns hairpin mode on for bridge port `index`.
-    pub async fn set_hairpin(&self, index: u32) -> Result<(), NlError> {
-        let msg = LinkBridgePort::new(index).hairpin(true).build();
+    /// Configures bridge port `index` (the host side of a pod veth) in one
+    /// request: hairpin mode if asked, and no IPv6 address generation. The host side
+    /// needs no IPv6 link-local address, and each one adds routes to the node's IPv6
+    /// FIB, which the kernel walks on link changes — making every later ADD slower as
+    /// pods accumulate. Must run before the port gets carrier (before the pod side is
+    /// up), while no link-local address exists yet.
+    pub async fn configure_port(&self, index: u32, hairpin: bool) -> Result<(), NlError> {
+        let mut port = LinkBridgePort::new(index);
+        if hairpin {
+            port = port.hairpin(true);
+        }
+        let msg = port.append_extra_attribute(no_ipv6_link_local()).build();
         op(
-            format!("hairpin on port #{index}"),
+            format!("configure bridge port #{index}"),
             self.handle.link().set_port(msg).execute().await,
+        )
+    }
+
+    /// Turns off IPv6 address generation on link `index`, which must still be down
+    /// (see [`Rtnl::configure_port`]): a pod's interface then sends no DAD, router
+    /// solicitation or MLD packets, which the bridge would flood to every port —
+    /// background load that grows with the square of the pod count.
+    pub async fn disable_ipv6_link_local(&self, index: u32) -> Result<(), NlError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(no_ipv6_link_local())
+            .build();
+        op(
+            format!("addrgenmode none on link #{index}"),
+            self.handle.link().set(msg).execute().await,
         )
     }
 

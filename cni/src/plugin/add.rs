@@ -126,11 +126,11 @@ async fn setup(
     .await?;
     made.veth = Some(host_name.clone());
     let host_link = required(host.link(&host_name).await?, &host_name)?;
-    if conf.hairpin_mode {
-        host.set_hairpin(host_link.index).await?;
-    }
+    host.configure_port(host_link.index, conf.hairpin_mode)
+        .await?;
 
     let pod_link = required(pod.link(&inv.ifname).await?, &inv.ifname)?;
+    pod.disable_ipv6_link_local(pod_link.index).await?;
     pod.set_up(pod_link.index).await?;
     pod.add_address(pod_link.index, lease.address).await?;
     let mut routes = lease.routes.clone();

@@ -7,7 +7,7 @@ use super::{host_veth_name, ipam::Ipam, runtime};
 use crate::{
     env::Invocation,
     masq,
-    netlink::{Rtnl, netns},
+    netlink::{Rtnl, delete, netns},
     spec::{CniError, CniResult, NetConf, code},
 };
 
@@ -15,13 +15,14 @@ pub fn del(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
     let ipam = Ipam::from_conf(conf)?;
     let released = ipam.release(inv, stdin)?;
     let rt = runtime()?;
-    rt.block_on(async {
+    let host_veth = rt.block_on(async {
         let host = Rtnl::connect()
             .map_err(|e| CniError::new(code::NETLINK, format!("netlink socket: {e}")))?;
         let host_name = host_veth_name(&inv.container_id, &inv.ifname);
         if let Some(link) = host.link(&host_name).await? {
-            host.delete_link(link.index).await?;
-        } else if let Some(path) = inv.netns.as_deref().filter(|p| p.exists()) {
+            return Ok(Some(link.index));
+        }
+        if let Some(path) = inv.netns.as_deref().filter(|p| p.exists()) {
             // No host side by our name: remove the container side if it is ours.
             let ns = netns::open(path)?;
             let pod = netns::enter(&ns, Rtnl::connect)?;
@@ -31,8 +32,14 @@ pub fn del(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
                 pod.delete_link(link.index).await?;
             }
         }
-        Ok::<(), CniError>(())
+        Ok::<Option<u32>, CniError>(None)
     })?;
+    // The runtime is gone before delete::delete_link forks: one thread, no I/O driver.
+    drop(rt);
+    if let Some(index) = host_veth {
+        // Deleting the host side takes the container side with it.
+        delete::delete_link(index)?;
+    }
     if conf.ip_masq {
         let prev_ip = conf
             .prev_result

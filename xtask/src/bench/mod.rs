@@ -3,13 +3,7 @@
 //! `bench/results/<name>.json`) and a Markdown table (written to
 //! `bench/results/<name>.md` and printed). Benches are registered in [`BENCHES`].
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "used by benches; the first arrives with its issue"
-    )
-)]
+mod cni;
 pub mod stats;
 
 use std::{fs, path::Path};
@@ -29,7 +23,11 @@ pub struct Bench {
 }
 
 /// Every bench `cargo xtask bench` knows, by name.
-pub const BENCHES: &[Bench] = &[];
+pub const BENCHES: &[Bench] = &[Bench {
+    name: "cni",
+    about: "berth-cni vs the reference bridge + host-local: ADD and DEL latency",
+    run: cni::run,
+}];
 
 /// What a bench found.
 #[derive(Debug, Default)]
@@ -43,13 +41,6 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "used by benches; the first arrives with its issue"
-    )
-)]
 impl Report {
     /// Records figure `key` (a number) for the JSON file.
     pub fn figure(&mut self, key: &str, value: impl Into<Value>) {

@@ -11,11 +11,6 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// The median (nearest-rank p50).
-pub fn median(samples: &[f64]) -> Option<f64> {
-    percentile(samples, 50.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,7 +23,7 @@ mod tests {
         assert_eq!(percentile(&s, 99.0), Some(99.0));
         assert_eq!(percentile(&s, 100.0), Some(100.0));
         assert_eq!(percentile(&s, 0.0), Some(1.0));
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[]), None);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
+        assert_eq!(percentile(&[], 50.0), None);
     }
 }
