@@ -225,3 +225,28 @@ fn ip_masq_adds_one_rule_per_pod_and_del_removes_it() {
         rules()
     );
 }
+
+#[test]
+fn an_add_that_finds_a_leftover_host_veth_replaces_it() {
+    require_root!();
+    let node = Node::new();
+    let list = node.list("1.1.0", vec![node.berth("10.69.0.0/24")]);
+    let first = Pod::new();
+    let r1 = node.add(&list, &first).expect("first ADD");
+    // The same container ID and ifname again, in a new netns, without a DEL between
+    // (a runtime that lost track of the first attempt): the host-side name is taken.
+    let mut second = Pod::new();
+    second.id.clone_from(&first.id);
+    let r2 = node
+        .add(&list, &second)
+        .expect("second ADD replaces the leftover");
+    assert_eq!(pod_ip(&r1), pod_ip(&r2), "same owner keeps its address");
+    assert_eq!(node.veths().len(), 1, "one host veth: {:?}", node.veths());
+    assert!(
+        first.links().is_empty(),
+        "the leftover pair is gone with its host side"
+    );
+    assert_eq!(second.links(), ["eth0"]);
+    node.del(&list, &second, Some(&r2)).expect("DEL");
+    assert!(node.veths().is_empty());
+}

@@ -110,29 +110,41 @@ async fn setup(
     }
 
     let host_name = host_veth_name(&inv.container_id, &inv.ifname);
-    if let Some(stale) = host.link(&host_name).await? {
-        // Left by an earlier ADD of this very container/ifname that never got its DEL.
-        host.delete_link(stale.index).await?;
-    }
     let host_mac = mac_from(&format!("{}/{}", inv.container_id, inv.ifname));
     let pod_mac = mac_for_ip(lease.address.addr);
-    host.create_veth(
-        (&host_name, host_mac),
-        (&inv.ifname, pod_mac),
-        ns.as_fd(),
-        bridge.index,
-        conf.mtu,
-    )
-    .await?;
+    let create = || {
+        host.create_veth(
+            (&host_name, host_mac),
+            (&inv.ifname, pod_mac),
+            ns.as_fd(),
+            bridge.index,
+            conf.mtu,
+        )
+    };
+    match create().await {
+        // The pod side's name was checked free, so the host side's name is taken: a
+        // leftover of an earlier ADD of this very container/ifname that never got its
+        // DEL. Replace it.
+        Err(e) if e.errno() == Some(libc::EEXIST) => {
+            if let Some(stale) = host.link(&host_name).await? {
+                host.delete_link(stale.index).await?;
+            }
+            create().await?;
+        }
+        other => other?,
+    }
     made.veth = Some(host_name.clone());
+    // One lookup gives the host side's index and, as its IFLA_LINK, the pod side's.
     let host_link = required(host.link(&host_name).await?, &host_name)?;
+    let pod_index = host_link
+        .peer_index
+        .ok_or_else(|| CniError::new(code::NETLINK, format!("veth {host_name} reports no peer")))?;
     host.configure_port(host_link.index, conf.hairpin_mode)
         .await?;
 
-    let pod_link = required(pod.link(&inv.ifname).await?, &inv.ifname)?;
-    pod.disable_ipv6_link_local(pod_link.index).await?;
-    pod.set_up(pod_link.index).await?;
-    pod.add_address(pod_link.index, lease.address).await?;
+    pod.disable_ipv6_link_local(pod_index).await?;
+    pod.set_up(pod_index).await?;
+    pod.add_address(pod_index, lease.address).await?;
     let mut routes = lease.routes.clone();
     if conf.is_default_gateway && !routes.iter().any(|r| r.dst.prefix == 0) {
         routes.push(Route {
@@ -145,7 +157,7 @@ async fn setup(
     }
     for route in &mut routes {
         route.gw = route.gw.or(lease.gateway);
-        pod.add_route(pod_link.index, route.dst, route.gw).await?;
+        pod.add_route(pod_index, route.dst, route.gw).await?;
     }
 
     if conf.ip_masq {
@@ -171,7 +183,7 @@ async fn setup(
             Interface {
                 name: inv.ifname.clone(),
                 mac: format_mac(pod_mac),
-                mtu: pod_link.mtu,
+                mtu: host_link.mtu,
                 sandbox: inv.netns.as_ref().map(|p| p.display().to_string()),
             },
         ],
