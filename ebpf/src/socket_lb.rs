@@ -1,4 +1,5 @@
-//! Socket-level load balancing: the `cgroup/connect4` program and its maps.
+//! Socket-level load balancing: the cgroup `connect4`, `sendmsg4`, `recvmsg4` and
+//! `getpeername4` programs and their maps.
 
 use std::{fs::File, net::SocketAddrV4, path::Path};
 
@@ -8,9 +9,17 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr},
 };
 use berth_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, SERVICES_MAP, STATS_MAP, ServiceKey,
-    ServiceValue, Stat,
+    BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM, RECVMSG4_PROGRAM,
+    SENDMSG4_PROGRAM, SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue, Stat,
 };
+
+/// The socket-LB programs, attached together to one cgroup.
+const PROGRAMS: [&str; 4] = [
+    CONNECT4_PROGRAM,
+    SENDMSG4_PROGRAM,
+    RECVMSG4_PROGRAM,
+    GETPEERNAME4_PROGRAM,
+];
 
 use crate::{Error, Frontend, LbMaps, ServiceTable};
 
@@ -23,6 +32,8 @@ pub struct Stats {
     pub no_backends: u64,
     /// Lookups that found a service but not its backend slot.
     pub missing_backend: u64,
+    /// recvmsg/getpeername results shown as the frontend.
+    pub reversed: u64,
 }
 
 /// The loaded socket load balancer. Dropping it detaches the programs.
@@ -36,8 +47,8 @@ pub struct SocketLb {
 }
 
 impl SocketLb {
-    /// Loads the eBPF object at `object` and the connect4 program into the kernel,
-    /// without attaching it anywhere yet.
+    /// Loads the eBPF object at `object` and its socket-LB programs into the
+    /// kernel, without attaching them anywhere yet.
     pub fn load(object: &Path) -> Result<Self, Error> {
         let mut ebpf = Ebpf::load_file(object).map_err(|source| Error::Load {
             path: object.to_path_buf(),
@@ -57,12 +68,11 @@ impl SocketLb {
                     source,
                 })
             })?;
-        connect4(&mut ebpf)?
-            .load()
-            .map_err(|source| Error::Program {
-                name: CONNECT4_PROGRAM,
-                source,
-            })?;
+        for name in PROGRAMS {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
         Ok(Self {
             ebpf,
             services,
@@ -72,19 +82,18 @@ impl SocketLb {
         })
     }
 
-    /// Attaches connect4 to the cgroup2 directory `cgroup`: every socket created by a
-    /// process in it (or below it) is balanced from now on.
+    /// Attaches the socket-LB programs to the cgroup2 directory `cgroup`: every
+    /// socket created by a process in it (or below it) is balanced from now on.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
-        let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
-            path: cgroup.to_path_buf(),
-            source,
-        })?;
-        connect4(&mut self.ebpf)?
-            .attach(dir, CgroupAttachMode::Single)
-            .map_err(|source| Error::Program {
-                name: CONNECT4_PROGRAM,
+        for name in PROGRAMS {
+            let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
+                path: cgroup.to_path_buf(),
                 source,
             })?;
+            program(&mut self.ebpf, name)?
+                .attach(dir, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+        }
         Ok(())
     }
 
@@ -130,6 +139,7 @@ impl SocketLb {
             translated: read(Stat::Translated)?,
             no_backends: read(Stat::NoBackends)?,
             missing_backend: read(Stat::MissingBackend)?,
+            reversed: read(Stat::Reversed)?,
         })
     }
 }
@@ -142,17 +152,14 @@ impl std::fmt::Debug for SocketLb {
     }
 }
 
-fn connect4(ebpf: &mut Ebpf) -> Result<&mut CgroupSockAddr, Error> {
-    ebpf.program_mut(CONNECT4_PROGRAM)
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, Error> {
+    ebpf.program_mut(name)
         .ok_or(Error::Missing {
             kind: "program",
-            name: CONNECT4_PROGRAM,
+            name,
         })?
         .try_into()
-        .map_err(|source| Error::Program {
-            name: CONNECT4_PROGRAM,
-            source,
-        })
+        .map_err(|source| Error::Program { name, source })
 }
 
 fn take_map<K: aya::Pod, V: aya::Pod>(

@@ -17,13 +17,24 @@ pub const SERVICES_MAP: &str = "SERVICES";
 pub const BACKENDS_MAP: &str = "BACKENDS";
 /// Name of the per-CPU counters array in the eBPF object; see [`Stat`].
 pub const STATS_MAP: &str = "STATS";
-/// Name of the cgroup/connect4 program in the eBPF object.
+/// Name of the reverse-translation map in the eBPF object.
+pub const REVNAT_MAP: &str = "REVNAT";
+/// Name of the cgroup/connect4 program: connect() to a frontend → a backend.
 pub const CONNECT4_PROGRAM: &str = "connect4";
+/// Name of the cgroup/sendmsg4 program: unconnected UDP sendto() to a frontend.
+pub const SENDMSG4_PROGRAM: &str = "sendmsg4";
+/// Name of the cgroup/recvmsg4 program: UDP recvfrom() shows the frontend.
+pub const RECVMSG4_PROGRAM: &str = "recvmsg4";
+/// Name of the cgroup/getpeername4 program: getpeername() shows the frontend.
+pub const GETPEERNAME4_PROGRAM: &str = "getpeername4";
 
 /// Capacity of the services map.
 pub const MAX_SERVICES: u32 = 65_536;
 /// Capacity of the backends map (all groups together).
 pub const MAX_BACKENDS: u32 = 262_144;
+/// Capacity of the reverse-translation LRU map (one entry per translated socket
+/// and backend).
+pub const MAX_REVNAT: u32 = 262_144;
 
 /// IANA protocol number for TCP, as in `bpf_sock_addr.protocol`.
 pub const IPPROTO_TCP: u8 = 6;
@@ -72,6 +83,31 @@ pub struct Backend {
     pub _pad: u16,
 }
 
+/// Key of the reverse-translation map: a socket (its cookie) and the backend it
+/// was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// The frontend a reverse-translation entry restores.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNatValue {
+    /// Frontend (virtual) IPv4 address, network byte order.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// Indexes into the stats array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,14 +118,16 @@ pub enum Stat {
     NoBackends = 1,
     /// A service pointed at a backend slot that was missing (should stay 0).
     MissingBackend = 2,
+    /// recvmsg/getpeername results rewritten back to the frontend.
+    Reversed = 3,
 }
 
 /// Number of entries in the stats array.
-pub const STATS_LEN: u32 = 3;
+pub const STATS_LEN: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)] structs of integers with explicit padding
+    // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding
     // fields, so every bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::ServiceKey {}
     // SAFETY: see above.
@@ -98,4 +136,8 @@ mod pod {
     unsafe impl aya::Pod for super::BackendKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RevNatKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RevNatValue {}
 }

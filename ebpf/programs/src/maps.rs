@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
-    Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES, STATS_LEN, ServiceKey, ServiceValue,
+    Backend, BackendKey, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICES, RevNatKey, RevNatValue, STATS_LEN,
+    ServiceKey, ServiceValue,
 };
 
 #[map(name = "SERVICES")]
@@ -14,6 +15,11 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entri
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Socket + backend → frontend, written by connect4/sendmsg4, read by
+/// recvmsg4/getpeername4. LRU: entries of closed sockets age out.
+#[map(name = "REVNAT")]
+pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(MAX_REVNAT, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

@@ -1,2 +1,16 @@
-//! One file per hook.
-pub mod connect;
+//! One file per direction of socket-level load balancing.
+pub mod forward;
+pub mod reverse;
+
+use berth_ebpf_common::Stat;
+
+use crate::maps::STATS;
+
+/// Counts one event in the per-CPU stats.
+pub fn count(stat: Stat) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: the pointer comes from the per-CPU map and is valid for this program
+        // run; per-CPU slots are only written by this CPU, so no atomics are needed.
+        unsafe { *counter += 1 };
+    }
+}
