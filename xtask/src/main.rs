@@ -34,6 +34,9 @@ enum Command {
     Test(commands::test::Args),
     /// Run a benchmark (with its baseline) and write bench/results/<name>.{json,md}.
     Bench(commands::bench::Args),
+    /// The client process of `bench lb` (internal).
+    #[command(hide = true)]
+    LbClient(commands::lb_client::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Up => commands::up::run(),
         Command::Test(args) => commands::test::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::LbClient(args) => commands::lb_client::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 //! `bench/results/<name>.md` and printed). Benches are registered in [`BENCHES`].
 
 mod cni;
+mod lb;
 pub mod stats;
 
 use std::{fs, path::Path};
@@ -23,11 +24,18 @@ pub struct Bench {
 }
 
 /// Every bench `cargo xtask bench` knows, by name.
-pub const BENCHES: &[Bench] = &[Bench {
-    name: "cni",
-    about: "berth-cni vs the reference bridge + host-local: ADD and DEL latency",
-    run: cni::run,
-}];
+pub const BENCHES: &[Bench] = &[
+    Bench {
+        name: "cni",
+        about: "berth-cni vs the reference bridge + host-local: ADD and DEL latency",
+        run: cni::run,
+    },
+    Bench {
+        name: "lb",
+        about: "eBPF socket LB vs kube-proxy iptables and nftables: connect latency, programming time",
+        run: lb::run,
+    },
+];
 
 /// What a bench found.
 #[derive(Debug, Default)]
