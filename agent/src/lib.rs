@@ -2,4 +2,7 @@
 //! probes, volumes, status, the kubelet HTTP API, service load-balancer sync into the
 //! eBPF maps of `berth-ebpf`, and cluster DNS.
 //!
-//! Nothing is implemented here yet; the modules arrive with the "Node agent" issue.
+//! So far: [`service_lb`], the Service + EndpointSlice → socket-LB translation and
+//! sync. The rest arrives with the "Node agent" issue.
+
+pub mod service_lb;

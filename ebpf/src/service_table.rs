@@ -2,13 +2,16 @@
 //! the order of map writes that keeps every update atomic from the kernel's view.
 //!
 //! An update writes the complete new backend group, then flips the service entry to
-//! it (one map update, atomic for readers), then deletes the old group. A failure
+//! it (one map update, atomic for readers), and retires the old group: its slots are
+//! deleted only after a grace period, because a connect that read the old service
+//! entry just before the flip may still be about to read one of them. A failure
 //! before the flip removes what was written and leaves the old entry serving.
 //! Map access goes through [`LbMaps`] so the ordering is unit-tested without a kernel.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
 };
 
 use berth_ebpf_common::{
@@ -64,16 +67,58 @@ pub trait LbMaps {
     fn delete_service(&mut self, key: ServiceKey) -> Result<(), Error>;
 }
 
+/// How long a replaced backend group stays readable. A program reads the service
+/// entry and then the slot within one run, but under preemptible RCU that run can be
+/// delayed; a second is far beyond any such delay.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
+
 /// The services programmed into the maps, and their backend groups.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceTable {
     services: HashMap<ServiceKey, ServiceValue>,
     groups_in_use: HashSet<u32>,
     next_group: u32,
     backends_in_use: u32,
+    /// Replaced groups waiting out their grace period: (when, group, slots).
+    retired: VecDeque<(Instant, u32, u32)>,
+    grace: Duration,
+}
+
+impl Default for ServiceTable {
+    fn default() -> Self {
+        Self::with_grace(RETIRE_GRACE)
+    }
 }
 
 impl ServiceTable {
+    /// A table whose replaced groups are deleted `grace` after replacement.
+    pub fn with_grace(grace: Duration) -> Self {
+        Self {
+            services: HashMap::new(),
+            groups_in_use: HashSet::new(),
+            next_group: 0,
+            backends_in_use: 0,
+            retired: VecDeque::new(),
+            grace,
+        }
+    }
+
+    /// Deletes the slots of groups retired longer than the grace period ago. Runs
+    /// on every change; call it periodically too so an idle table frees them.
+    pub fn reap(&mut self, maps: &mut impl LbMaps) {
+        let now = Instant::now();
+        while let Some(&(at, group, count)) = self.retired.front() {
+            if now.duration_since(at) < self.grace {
+                break;
+            }
+            self.retired.pop_front();
+            // A slot that cannot be deleted is unreachable (no service points at
+            // its group), so the table stays correct; it only costs map room.
+            remove_group(maps, group, count);
+            self.groups_in_use.remove(&group);
+            self.backends_in_use -= count;
+        }
+    }
     /// Number of services programmed.
     pub fn len(&self) -> usize {
         self.services.len()
@@ -90,13 +135,16 @@ impl ServiceTable {
     }
 
     /// Programs `frontend` to balance over `backends` (an empty list makes connects
-    /// to it fail). Either the whole change is applied or none of it.
+    /// to it fail), with ClientIP affinity of `affinity_timeout` seconds if given.
+    /// Either the whole change is applied or none of it.
     pub fn set(
         &mut self,
         maps: &mut impl LbMaps,
         frontend: Frontend,
         backends: &[SocketAddrV4],
+        affinity_timeout: Option<u32>,
     ) -> Result<(), Error> {
+        self.reap(maps);
         let key = frontend.key();
         let old = self.services.get(&key).copied();
         if old.is_none() && self.services.len() >= MAX_SERVICES as usize {
@@ -120,6 +168,8 @@ impl ServiceTable {
         let value = ServiceValue {
             group,
             count: wanted,
+            affinity_timeout: affinity_timeout.unwrap_or(0),
+            _pad: 0,
         };
         if let Err(err) = maps.put_service(key, value) {
             remove_group(maps, group, wanted);
@@ -136,6 +186,7 @@ impl ServiceTable {
 
     /// Removes `frontend`; returns whether it was programmed.
     pub fn remove(&mut self, maps: &mut impl LbMaps, frontend: Frontend) -> Result<bool, Error> {
+        self.reap(maps);
         let key = frontend.key();
         let Some(old) = self.services.get(&key).copied() else {
             return Ok(false);
@@ -159,11 +210,9 @@ impl ServiceTable {
     }
 
     fn release(&mut self, maps: &mut impl LbMaps, old: ServiceValue) {
-        // A slot that cannot be deleted is unreachable (no service points at its
-        // group), so the table stays correct; it only costs map room.
-        remove_group(maps, old.group, old.count);
-        self.groups_in_use.remove(&old.group);
-        self.backends_in_use -= old.count;
+        self.retired
+            .push_back((Instant::now(), old.group, old.count));
+        self.reap(maps);
     }
 }
 
@@ -244,13 +293,13 @@ mod tests {
     #[test]
     fn update_writes_new_group_then_flips_then_deletes_old() {
         let mut maps = Recorder::default();
-        let mut table = ServiceTable::default();
+        let mut table = ServiceTable::with_grace(Duration::ZERO);
         table
-            .set(&mut maps, frontend(), &addrs(2))
+            .set(&mut maps, frontend(), &addrs(2), None)
             .expect("first set");
         maps.log.clear();
         table
-            .set(&mut maps, frontend(), &addrs(3))
+            .set(&mut maps, frontend(), &addrs(3), None)
             .expect("second set");
         assert_eq!(
             maps.log,
@@ -272,11 +321,11 @@ mod tests {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::default();
         table
-            .set(&mut maps, frontend(), &addrs(2))
+            .set(&mut maps, frontend(), &addrs(2), None)
             .expect("first set");
         let before = maps.services.clone();
         maps.fail_backend_write = Some(maps.backend_writes + 2);
-        let err = table.set(&mut maps, frontend(), &addrs(3));
+        let err = table.set(&mut maps, frontend(), &addrs(3), None);
         assert!(err.is_err(), "the injected failure must surface");
         assert_eq!(
             maps.services, before,
@@ -293,8 +342,10 @@ mod tests {
     #[test]
     fn empty_backends_program_a_refusing_service_and_remove_cleans_up() {
         let mut maps = Recorder::default();
-        let mut table = ServiceTable::default();
-        table.set(&mut maps, frontend(), &[]).expect("set empty");
+        let mut table = ServiceTable::with_grace(Duration::ZERO);
+        table
+            .set(&mut maps, frontend(), &[], None)
+            .expect("set empty");
         assert_eq!(maps.services.values().next().map(|v| v.count), Some(0));
         assert!(table.remove(&mut maps, frontend()).expect("remove"));
         assert!(!table.remove(&mut maps, frontend()).expect("second remove"));
@@ -303,11 +354,33 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_group_stays_readable_for_the_grace_period() {
+        let mut maps = Recorder::default();
+        let mut table = ServiceTable::with_grace(Duration::from_millis(50));
+        table
+            .set(&mut maps, frontend(), &addrs(2), None)
+            .expect("first");
+        table
+            .set(&mut maps, frontend(), &addrs(1), None)
+            .expect("second");
+        assert_eq!(
+            maps.backends.len(),
+            3,
+            "old slots kept during the grace period"
+        );
+        assert_eq!(table.backends(), 3, "and counted against capacity");
+        std::thread::sleep(Duration::from_millis(60));
+        table.reap(&mut maps);
+        assert_eq!(maps.backends.len(), 1, "reaped after it");
+        assert_eq!(table.backends(), 1);
+    }
+
+    #[test]
     fn too_many_backends_is_refused_before_any_write() {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::default();
         let many = vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1); MAX_BACKENDS as usize + 1];
-        let err = table.set(&mut maps, frontend(), &many);
+        let err = table.set(&mut maps, frontend(), &many, None);
         assert!(
             matches!(err, Err(Error::BackendsFull { .. })),
             "got {err:?}"

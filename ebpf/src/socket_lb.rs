@@ -34,6 +34,10 @@ pub struct Stats {
     pub missing_backend: u64,
     /// recvmsg/getpeername results shown as the frontend.
     pub reversed: u64,
+    /// Connects that followed a live ClientIP affinity pin.
+    pub affinity_hit: u64,
+    /// Affinity pins found expired (or stale) and re-picked.
+    pub affinity_expired: u64,
 }
 
 /// The loaded socket load balancer. Dropping it detaches the programs.
@@ -103,11 +107,23 @@ impl SocketLb {
         frontend: Frontend,
         backends: &[SocketAddrV4],
     ) -> Result<(), Error> {
+        self.set_service_with_affinity(frontend, backends, None)
+    }
+
+    /// Like [`SocketLb::set_service`], with ClientIP session affinity of
+    /// `affinity_timeout` seconds when given.
+    pub fn set_service_with_affinity(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddrV4],
+        affinity_timeout: Option<u32>,
+    ) -> Result<(), Error> {
         let mut maps = AyaMaps {
             services: &mut self.services,
             backends: &mut self.backends,
         };
-        self.table.set(&mut maps, frontend, backends)
+        self.table
+            .set(&mut maps, frontend, backends, affinity_timeout)
     }
 
     /// Removes `frontend`; returns whether it was programmed.
@@ -117,6 +133,16 @@ impl SocketLb {
             backends: &mut self.backends,
         };
         self.table.remove(&mut maps, frontend)
+    }
+
+    /// Deletes replaced backend groups whose grace period is over (see
+    /// [`ServiceTable::reap`]); call it now and then when no changes come.
+    pub fn reap_retired(&mut self) {
+        let mut maps = AyaMaps {
+            services: &mut self.services,
+            backends: &mut self.backends,
+        };
+        self.table.reap(&mut maps);
     }
 
     /// The services table (counts of services and backends).
@@ -140,6 +166,8 @@ impl SocketLb {
             no_backends: read(Stat::NoBackends)?,
             missing_backend: read(Stat::MissingBackend)?,
             reversed: read(Stat::Reversed)?,
+            affinity_hit: read(Stat::AffinityHit)?,
+            affinity_expired: read(Stat::AffinityExpired)?,
         })
     }
 }

@@ -120,7 +120,7 @@ fn tcp_backends(ns: &NetNs, n: usize) -> Vec<SocketAddrV4> {
             thread::spawn(move || {
                 for s in listener.incoming() {
                     let Ok(mut s) = s else { break };
-                    let _ = write!(s, "backend-{i}");
+                    let _ = s.write_all(format!("backend-{i}").as_bytes());
                 }
             });
             SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
@@ -347,4 +347,52 @@ fn scaling_three_to_one_to_three_during_a_connect_loop_drops_nothing() {
         0,
         "no connect saw half an update"
     );
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_until_the_timeout() {
+    require_root!();
+    let Some(mut s) = setup() else { return };
+    let backends = tcp_backends(&s.ns, 3);
+    let frontend = Frontend {
+        addr: VIP,
+        port: PORT,
+        protocol: Protocol::Tcp,
+    };
+    s.lb.set_service_with_affinity(frontend, &backends, Some(1))
+        .expect("program with 1 s affinity");
+
+    let out = client(&s, "tcp", "30");
+    assert_eq!(out["errors"].as_array().map(Vec::len), Some(0), "{out}");
+    assert_eq!(
+        tally(&out, "replies").len(),
+        1,
+        "one client (netns), one backend: {out}"
+    );
+    let stats = s.lb.stats().expect("stats");
+    assert_eq!(
+        (stats.affinity_hit, stats.affinity_expired),
+        (29, 0),
+        "{stats:?}"
+    );
+
+    thread::sleep(Duration::from_millis(1300));
+    let out = client(&s, "tcp", "5");
+    assert_eq!(
+        tally(&out, "replies").len(),
+        1,
+        "re-pinned after expiry: {out}"
+    );
+    let stats = s.lb.stats().expect("stats");
+    assert_eq!(
+        (stats.affinity_hit, stats.affinity_expired),
+        (33, 1),
+        "the pin expired once: {stats:?}"
+    );
+
+    // A changed Service (a new backend set) re-picks at once.
+    s.lb.set_service_with_affinity(frontend, &backends[..2], Some(1))
+        .expect("update");
+    client(&s, "tcp", "1");
+    assert_eq!(s.lb.stats().expect("stats").affinity_expired, 2);
 }

@@ -17,6 +17,10 @@ pub const SERVICES_MAP: &str = "SERVICES";
 pub const BACKENDS_MAP: &str = "BACKENDS";
 /// Name of the per-CPU counters array in the eBPF object; see [`Stat`].
 pub const STATS_MAP: &str = "STATS";
+/// Name of the session-affinity LRU map in the eBPF object.
+pub const AFFINITY_MAP: &str = "AFFINITY";
+/// Capacity of the affinity map.
+pub const MAX_AFFINITY: u32 = 65_536;
 /// Name of the reverse-translation map in the eBPF object.
 pub const REVNAT_MAP: &str = "REVNAT";
 /// Name of the cgroup/connect4 program: connect() to a frontend → a backend.
@@ -62,6 +66,30 @@ pub struct ServiceValue {
     pub group: u32,
     /// Number of backends; 0 means the connect is refused.
     pub count: u32,
+    /// ClientIP session affinity timeout in seconds; 0 means no affinity.
+    pub affinity_timeout: u32,
+    pub _pad: u32,
+}
+
+/// Key of the affinity map: a client and a frontend. The client is its network
+/// namespace (`bpf_get_netns_cookie`): one pod, one address, as ClientIP means.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub frontend: ServiceKey,
+}
+
+/// The backend a client is pinned to, and when it last used it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// The group the pin was made in: a changed service (new group) re-picks.
+    pub group: u32,
+    pub _pad: u32,
+    pub backend: Backend,
+    /// `bpf_ktime_get_ns` of the last connect through this pin.
+    pub last_used_ns: u64,
 }
 
 /// One slot of a backend group.
@@ -120,10 +148,14 @@ pub enum Stat {
     MissingBackend = 2,
     /// recvmsg/getpeername results rewritten back to the frontend.
     Reversed = 3,
+    /// Connects that followed a live ClientIP affinity pin.
+    AffinityHit = 4,
+    /// Affinity pins found expired (or made for an older backend set) and re-picked.
+    AffinityExpired = 5,
 }
 
 /// Number of entries in the stats array.
-pub const STATS_LEN: u32 = 4;
+pub const STATS_LEN: u32 = 6;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -140,4 +172,8 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RevNatValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::AffinityValue {}
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
-    Backend, BackendKey, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICES, RevNatKey, RevNatValue, STATS_LEN,
-    ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT,
+    MAX_SERVICES, RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue,
 };
 
 #[map(name = "SERVICES")]
@@ -20,6 +20,11 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(MA
 /// recvmsg4/getpeername4. LRU: entries of closed sockets age out.
 #[map(name = "REVNAT")]
 pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(MAX_REVNAT, 0);
+
+/// Client (netns) + frontend → pinned backend, for ClientIP session affinity.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

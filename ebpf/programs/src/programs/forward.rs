@@ -3,18 +3,25 @@
 //! one of the service's backends, chosen at random. The socket + backend → frontend
 //! pair is remembered in `REVNAT` so the reverse programs can show the frontend back
 //! to the application. A service without backends refuses with ECONNREFUSED, as
-//! kube-proxy's REJECT rule does.
+//! kube-proxy's REJECT rule does. With ClientIP affinity, a client (its netns) keeps
+//! its backend until it has not used it for the timeout, or the service changes.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, generated::bpf_set_retval},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::bpf_set_retval,
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use berth_ebpf_common::{BackendKey, RevNatKey, RevNatValue, ServiceKey, Stat};
+use berth_ebpf_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue, Stat,
+};
 
 use super::count;
-use crate::maps::{BACKENDS, REVNAT, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, REVNAT, SERVICES};
 
 /// Verdicts for cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -53,16 +60,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     }
-    // SAFETY: a plain helper call with no arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
-    // SAFETY: copied out at once, as above.
-    let Some(backend) = (unsafe {
-        BACKENDS.get(&BackendKey {
-            group: service.group,
-            slot,
-        })
-    })
-    .copied() else {
+    let Some(backend) = choose(ctx, &key, &service) else {
         count(Stat::MissingBackend);
         return ALLOW;
     };
@@ -86,4 +84,61 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     let _ = REVNAT.insert(&rev_key, &frontend, 0);
     count(Stat::Translated);
     ALLOW
+}
+
+/// Picks the backend: the affinity pin if live, else a random slot (pinned anew
+/// when the service has affinity).
+fn choose(ctx: &SockAddrContext, key: &ServiceKey, service: &ServiceValue) -> Option<Backend> {
+    if service.affinity_timeout == 0 {
+        return pick(service);
+    }
+    // SAFETY: ctx.as_ptr() is the program's context, as the helper expects.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let affinity_key = AffinityKey {
+        netns_cookie,
+        frontend: *key,
+    };
+    let timeout_ns = u64::from(service.affinity_timeout) * 1_000_000_000;
+    // SAFETY: copied out at once.
+    if let Some(pin) = (unsafe { AFFINITY.get(&affinity_key) }).copied() {
+        if pin.group == service.group && now.wrapping_sub(pin.last_used_ns) < timeout_ns {
+            count(Stat::AffinityHit);
+            let _ = AFFINITY.insert(
+                &affinity_key,
+                &AffinityValue {
+                    last_used_ns: now,
+                    ..pin
+                },
+                0,
+            );
+            return Some(pin.backend);
+        }
+        count(Stat::AffinityExpired);
+    }
+    let backend = pick(service)?;
+    let pin = AffinityValue {
+        group: service.group,
+        _pad: 0,
+        backend,
+        last_used_ns: now,
+    };
+    let _ = AFFINITY.insert(&affinity_key, &pin, 0);
+    Some(backend)
+}
+
+/// A random backend of the service's current group.
+fn pick(service: &ServiceValue) -> Option<Backend> {
+    // SAFETY: a plain helper call with no arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+    // SAFETY: copied out at once; user space may update it concurrently, which at
+    // worst gives the previous or the next complete value.
+    (unsafe {
+        BACKENDS.get(&BackendKey {
+            group: service.group,
+            slot,
+        })
+    })
+    .copied()
 }

@@ -1,0 +1,10 @@
+//! Service load balancing on the node, kube-proxy's job done with eBPF: Services and
+//! their EndpointSlices become frontends and backend lists ([`model`]), which
+//! [`sync::ServiceSync`] keeps programmed in the socket-LB maps, changing only what
+//! changed.
+
+pub mod model;
+pub mod sync;
+
+pub use model::{LbEntry, Rejected, entries};
+pub use sync::{LbTarget, ServiceSync};

@@ -1,0 +1,266 @@
+//! Keeps the socket-LB maps equal to what the Services and EndpointSlices say,
+//! touching only the frontends that changed. A Service that is rejected keeps its
+//! last good programming (and the rejection is logged), so a bad update never
+//! leaves the maps half-right.
+
+use std::collections::HashMap;
+
+use berth_ebpf::{Frontend, SocketLb};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::model::{LbEntry, Rejected, entries};
+
+/// Where entries are programmed: the real [`SocketLb`], or a recorder in tests.
+pub trait LbTarget {
+    fn set(&mut self, entry: &LbEntry) -> Result<(), String>;
+    fn remove(&mut self, frontend: Frontend) -> Result<(), String>;
+}
+
+impl LbTarget for SocketLb {
+    fn set(&mut self, entry: &LbEntry) -> Result<(), String> {
+        self.set_service_with_affinity(entry.frontend, &entry.backends, entry.affinity_timeout)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove(&mut self, frontend: Frontend) -> Result<(), String> {
+        self.remove_service(frontend)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Why a sync step did not fully apply.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("service {service} rejected: {reason}")]
+    Rejected { service: String, reason: Rejected },
+    #[error("service {service}: programming the maps failed: {message}")]
+    Target { service: String, message: String },
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub services: usize,
+    pub frontends: usize,
+    pub backends: usize,
+    pub rejected: u64,
+    pub errors: u64,
+}
+
+/// The programmed state, by Service (`namespace/name`).
+#[derive(Debug)]
+pub struct ServiceSync<T> {
+    target: T,
+    node: String,
+    programmed: HashMap<String, Vec<LbEntry>>,
+    rejected: u64,
+    errors: u64,
+}
+
+fn key(svc: &Service) -> String {
+    format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or("default"),
+        svc.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl<T: LbTarget> ServiceSync<T> {
+    /// Syncs into `target` as node `node` (for `internalTrafficPolicy: Local`).
+    pub fn new(target: T, node: impl Into<String>) -> Self {
+        Self {
+            target,
+            node: node.into(),
+            programmed: HashMap::new(),
+            rejected: 0,
+            errors: 0,
+        }
+    }
+
+    /// Brings `svc`'s frontends in line with `svc` and `slices`.
+    pub fn apply(&mut self, svc: &Service, slices: &[EndpointSlice]) -> Result<(), SyncError> {
+        let service = key(svc);
+        let wanted = match entries(svc, slices, &self.node) {
+            Ok(w) => w,
+            Err(reason) => {
+                self.rejected += 1;
+                tracing::warn!(%service, %reason, "service not programmed; keeping its last good state");
+                return Err(SyncError::Rejected { service, reason });
+            }
+        };
+        let old = self.programmed.remove(&service).unwrap_or_default();
+        let result = self.reconcile(&service, &old, &wanted);
+        let now = if result.is_ok() { wanted } else { old };
+        if !now.is_empty() {
+            self.programmed.insert(service, now);
+        }
+        result
+    }
+
+    /// Removes every frontend of Service `namespace/name`.
+    pub fn delete(&mut self, namespace: &str, name: &str) -> Result<(), SyncError> {
+        let service = format!("{namespace}/{name}");
+        let old = self.programmed.remove(&service).unwrap_or_default();
+        let result = self.reconcile(&service, &old, &[]);
+        if result.is_err() {
+            self.programmed.insert(service, old);
+        }
+        result
+    }
+
+    fn reconcile(
+        &mut self,
+        service: &str,
+        old: &[LbEntry],
+        wanted: &[LbEntry],
+    ) -> Result<(), SyncError> {
+        let fail = |this: &mut Self, message: String| {
+            this.errors += 1;
+            tracing::error!(%service, %message, "socket-LB map update failed");
+            SyncError::Target {
+                service: service.to_string(),
+                message,
+            }
+        };
+        for entry in wanted {
+            if !old.contains(entry) {
+                self.target.set(entry).map_err(|m| fail(self, m))?;
+            }
+        }
+        for entry in old {
+            if !wanted.iter().any(|w| w.frontend == entry.frontend) {
+                self.target
+                    .remove(entry.frontend)
+                    .map_err(|m| fail(self, m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What is programmed now.
+    pub fn stats(&self) -> SyncStats {
+        let entries = self.programmed.values().flatten();
+        SyncStats {
+            services: self.programmed.len(),
+            frontends: entries.clone().count(),
+            backends: entries.map(|e| e.backends.len()).sum(),
+            rejected: self.rejected,
+            errors: self.errors,
+        }
+    }
+
+    /// The target, for inspection.
+    pub fn target(&self) -> &T {
+        &self.target
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+    }
+
+    impl LbTarget for Recorder {
+        fn set(&mut self, e: &LbEntry) -> Result<(), String> {
+            self.log.push(format!(
+                "set {}:{} -> {}",
+                e.frontend.addr,
+                e.frontend.port,
+                e.backends.len()
+            ));
+            Ok(())
+        }
+        fn remove(&mut self, f: Frontend) -> Result<(), String> {
+            self.log.push(format!("remove {}:{}", f.addr, f.port));
+            Ok(())
+        }
+    }
+
+    fn svc(ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.20", "ports": ports}}))
+        .expect("valid")
+    }
+
+    fn slice(n: usize) -> EndpointSlice {
+        let eps: Vec<_> = (0..n)
+            .map(|i| json!({"addresses": [format!("10.244.0.{}", i + 1)]}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": "web-x", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4",
+            "ports": [{"name": "", "port": 8080}], "endpoints": eps}))
+        .expect("valid")
+    }
+
+    #[test]
+    fn only_changes_are_written_and_deletes_clean_up() {
+        let mut sync = ServiceSync::new(Recorder::default(), "n1");
+        sync.apply(
+            &svc(json!([{"port": 80}, {"name": "b", "port": 81}])),
+            &[slice(2)],
+        )
+        .expect("apply");
+        assert_eq!(
+            sync.target().log,
+            ["set 10.96.0.20:80 -> 2", "set 10.96.0.20:81 -> 0"]
+        );
+        sync.apply(
+            &svc(json!([{"port": 80}, {"name": "b", "port": 81}])),
+            &[slice(2)],
+        )
+        .expect("same again");
+        assert_eq!(
+            sync.target().log.len(),
+            2,
+            "nothing changed, nothing written"
+        );
+        sync.apply(&svc(json!([{"port": 80}])), &[slice(3)])
+            .expect("scale and drop a port");
+        assert_eq!(
+            &sync.target().log[2..],
+            ["set 10.96.0.20:80 -> 3", "remove 10.96.0.20:81"]
+        );
+        assert_eq!(
+            sync.stats(),
+            SyncStats {
+                services: 1,
+                frontends: 1,
+                backends: 3,
+                rejected: 0,
+                errors: 0
+            }
+        );
+        sync.delete("default", "web").expect("delete");
+        assert_eq!(
+            sync.target().log.last().map(String::as_str),
+            Some("remove 10.96.0.20:80")
+        );
+        assert_eq!(sync.stats().services, 0);
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_last_good_state() {
+        let mut sync = ServiceSync::new(Recorder::default(), "n1");
+        sync.apply(&svc(json!([{"port": 80}])), &[slice(2)])
+            .expect("apply");
+        let err = sync.apply(
+            &svc(json!([{"port": 80}, {"name": "dup", "port": 80}])),
+            &[slice(2)],
+        );
+        assert!(matches!(err, Err(SyncError::Rejected { .. })), "{err:?}");
+        assert_eq!(
+            sync.target().log.len(),
+            1,
+            "no map write for a rejected Service"
+        );
+        assert_eq!(sync.stats().frontends, 1, "still programmed as before");
+        assert_eq!(sync.stats().rejected, 1);
+    }
+}
