@@ -34,6 +34,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("bpffs pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the backends map is full: {wanted} backends wanted, room for {free}")]
     BackendsFull { wanted: u32, free: u32 },
     #[error("the services map is full ({max} services)")]

@@ -103,6 +103,37 @@ impl ServiceTable {
         }
     }
 
+    /// Takes over what (pinned) maps already hold: `services` as programmed, and
+    /// every backend slot in `backends`; slots of groups no service points at are
+    /// retired (deleted after the grace period).
+    pub fn adopt(&mut self, services: Vec<(ServiceKey, ServiceValue)>, backends: Vec<BackendKey>) {
+        for (key, value) in services {
+            self.groups_in_use.insert(value.group);
+            self.backends_in_use += value.count;
+            self.next_group = self.next_group.max(value.group.wrapping_add(1));
+            self.services.insert(key, value);
+        }
+        let mut orphans: HashMap<u32, u32> = HashMap::new();
+        for slot in backends {
+            if !self.services.values().any(|v| v.group == slot.group) {
+                let n = orphans.entry(slot.group).or_default();
+                *n = (*n).max(slot.slot + 1);
+            }
+        }
+        let now = Instant::now();
+        for (group, count) in orphans {
+            self.groups_in_use.insert(group);
+            self.backends_in_use += count;
+            self.next_group = self.next_group.max(group.wrapping_add(1));
+            self.retired.push_back((now, group, count));
+        }
+    }
+
+    /// The programmed frontends' keys.
+    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
+    }
+
     /// Deletes the slots of groups retired longer than the grace period ago. Runs
     /// on every change; call it periodically too so an idle table frees them.
     pub fn reap(&mut self, maps: &mut impl LbMaps) {
@@ -373,6 +404,36 @@ mod tests {
         table.reap(&mut maps);
         assert_eq!(maps.backends.len(), 1, "reaped after it");
         assert_eq!(table.backends(), 1);
+    }
+
+    #[test]
+    fn adopting_pinned_maps_keeps_services_and_retires_orphan_slots() {
+        let mut maps = Recorder::default();
+        let mut before = ServiceTable::with_grace(Duration::from_secs(60));
+        before
+            .set(&mut maps, frontend(), &addrs(2), None)
+            .expect("set");
+        before
+            .set(&mut maps, frontend(), &addrs(3), None)
+            .expect("replace: group 0 retired, not deleted");
+        let services: Vec<_> = maps.services.iter().map(|(k, v)| (*k, *v)).collect();
+        let slots: Vec<_> = maps.backends.keys().copied().collect();
+        assert_eq!(slots.len(), 5);
+
+        let mut after = ServiceTable::with_grace(Duration::ZERO);
+        after.adopt(services, slots);
+        assert_eq!(after.len(), 1);
+        assert_eq!(after.backends(), 5, "live group and orphan both counted");
+        after.reap(&mut maps);
+        assert_eq!(maps.backends.len(), 3, "orphan group 0 deleted");
+        after
+            .set(&mut maps, frontend(), &addrs(1), None)
+            .expect("next group id is fresh");
+        assert!(
+            maps.services.values().all(|v| v.group == 2),
+            "{:?}",
+            maps.services
+        );
     }
 
     #[test]

@@ -1,17 +1,37 @@
 //! Socket-level load balancing: the cgroup `connect4`, `sendmsg4`, `recvmsg4` and
 //! `getpeername4` programs and their maps.
+//!
+//! With a pin directory (on a bpffs), the maps and the cgroup links are pinned
+//! there: the programs stay attached and the maps keep their entries when the agent
+//! exits, and a restarted agent opens the same maps, keeps the running links, and
+//! adopts the programmed services ([`SocketLb::open`]) — traffic is never
+//! interrupted.
 
-use std::{fs::File, net::SocketAddrV4, path::Path};
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
 };
 use berth_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM, RECVMSG4_PROGRAM,
-    SENDMSG4_PROGRAM, SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue, Stat,
+    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM,
+    IPPROTO_TCP, IPPROTO_UDP, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
+    STATS_MAP, ServiceKey, ServiceValue, Stat,
 };
+
+/// Every map of the object, pinned by these names.
+const MAPS: [&str; 5] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    REVNAT_MAP,
+    AFFINITY_MAP,
+    STATS_MAP,
+];
 
 /// The socket-LB programs, attached together to one cgroup.
 const PROGRAMS: [&str; 4] = [
@@ -21,7 +41,7 @@ const PROGRAMS: [&str; 4] = [
     GETPEERNAME4_PROGRAM,
 ];
 
-use crate::{Error, Frontend, LbMaps, ServiceTable};
+use crate::{Error, Frontend, LbMaps, Protocol, ServiceTable};
 
 /// Counters kept by the kernel programs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,13 +68,33 @@ pub struct SocketLb {
     backends: HashMap<MapData, BackendKey, Backend>,
     stats: PerCpuArray<MapData, u64>,
     table: ServiceTable,
+    /// Where maps and links are pinned, if anywhere.
+    pins: Option<PathBuf>,
+    /// Pinned cgroup links (attached by us or by an earlier agent).
+    links: Vec<PinnedLink>,
 }
 
 impl SocketLb {
     /// Loads the eBPF object at `object` and its socket-LB programs into the
-    /// kernel, without attaching them anywhere yet.
+    /// kernel, without attaching them anywhere yet. Nothing is pinned: dropping the
+    /// balancer detaches and frees everything.
     pub fn load(object: &Path) -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load_file(object).map_err(|source| Error::Load {
+        Self::open(object, None)
+    }
+
+    /// Like [`SocketLb::load`], with maps pinned in `pins` (a directory on a bpffs):
+    /// maps already pinned there are reused with their entries, and the services
+    /// they hold are adopted into the table, so a restarted agent continues where
+    /// the last one stopped. [`SocketLb::attach`] then pins the links there too.
+    pub fn open(object: &Path, pins: Option<&Path>) -> Result<Self, Error> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = pins
+            .map(|dir| MAPS.iter().map(|m| (*m, dir.join(m))).collect())
+            .unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load_file(object).map_err(|source| Error::Load {
             path: object.to_path_buf(),
             source: Box::new(source),
         })?;
@@ -77,26 +117,110 @@ impl SocketLb {
                 .load()
                 .map_err(|source| Error::Program { name, source })?;
         }
-        Ok(Self {
+        let mut lb = Self {
             ebpf,
             services,
             backends,
             stats,
             table: ServiceTable::default(),
-        })
+            pins: pins.map(Path::to_path_buf),
+            links: Vec::new(),
+        };
+        if pins.is_some() {
+            lb.adopt()?;
+        }
+        Ok(lb)
+    }
+
+    /// Takes over the services already in (pinned) maps.
+    fn adopt(&mut self) -> Result<(), Error> {
+        let services = self
+            .services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                name: SERVICES_MAP,
+                source,
+            })?;
+        let backends = self
+            .backends
+            .iter()
+            .map(|r| r.map(|(k, _)| k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                name: BACKENDS_MAP,
+                source,
+            })?;
+        self.table.adopt(services, backends);
+        Ok(())
+    }
+
+    /// The frontends programmed now (adopted ones included).
+    pub fn frontends(&self) -> Vec<Frontend> {
+        self.table.keys().filter_map(frontend_of).collect()
+    }
+
+    /// Removes the pins (links and maps): once this balancer is dropped, the
+    /// programs detach and the maps are freed.
+    pub fn unpin(&mut self) -> Result<(), Error> {
+        for link in self.links.drain(..) {
+            link.unpin().map_err(|source| Error::Pin {
+                path: PathBuf::from("link"),
+                source,
+            })?;
+        }
+        if let Some(dir) = self.pins.take() {
+            for name in MAPS {
+                let path = dir.join(name);
+                if let Err(source) = std::fs::remove_file(&path)
+                    && source.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(Error::Pin { path, source });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Attaches the socket-LB programs to the cgroup2 directory `cgroup`: every
     /// socket created by a process in it (or below it) is balanced from now on.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
         for name in PROGRAMS {
+            let link_pin = self
+                .pins
+                .as_ref()
+                .map(|dir| dir.join(format!("link-{name}")));
+            if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
+                // Attached by an earlier agent with these same maps: keep it running.
+                let link = PinnedLink::from_pin(path).map_err(|e| Error::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                self.links.push(link);
+                continue;
+            }
             let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
                 path: cgroup.to_path_buf(),
                 source,
             })?;
-            program(&mut self.ebpf, name)?
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog
                 .attach(dir, CgroupAttachMode::Single)
                 .map_err(|source| Error::Program { name, source })?;
+            if let Some(path) = link_pin {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name, source })?;
+                let fd_link = FdLink::try_from(link).map_err(|e| Error::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                let pinned = fd_link.pin(&path).map_err(|e| Error::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                self.links.push(pinned);
+            }
         }
         Ok(())
     }
@@ -178,6 +302,20 @@ impl std::fmt::Debug for SocketLb {
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
+}
+
+/// The frontend a map key stands for.
+fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+    let protocol = match key.protocol {
+        IPPROTO_TCP => Protocol::Tcp,
+        IPPROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    Some(Frontend {
+        addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+        port: u16::from_be(key.port),
+        protocol,
+    })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, Error> {

@@ -396,3 +396,112 @@ fn client_ip_affinity_pins_a_client_until_the_timeout() {
     client(&s, "tcp", "1");
     assert_eq!(s.lb.stats().expect("stats").affinity_expired, 2);
 }
+
+#[test]
+fn an_agent_restart_during_a_connect_loop_drops_nothing_and_adopts_the_maps() {
+    require_root!();
+    let object = object();
+    if !object.exists() {
+        skip(&format!(
+            "{} is not built (cargo xtask build-ebpf)",
+            object.display()
+        ));
+        return;
+    }
+    let bpffs = berth_testkit::BpfFs::new();
+    let ns = NetNs::new("berthlb");
+    let cgroup = Cgroup2Child::new("berth-test-");
+    let backends = tcp_backends(&ns, 3);
+    let frontend = Frontend {
+        addr: VIP,
+        port: PORT,
+        protocol: Protocol::Tcp,
+    };
+    let stale = Frontend {
+        addr: Ipv4Addr::new(10, 96, 9, 9),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+
+    let mut first = SocketLb::open(&object, Some(bpffs.path())).expect("first agent opens");
+    first.attach(cgroup.path()).expect("attach and pin links");
+    first.set_service(frontend, &backends).expect("program");
+    first
+        .set_service(stale, &backends[..1])
+        .expect("a service the next agent will not want");
+
+    let s = Setup {
+        ns,
+        cgroup,
+        lb: first,
+    };
+    let args = [
+        "loop".to_string(),
+        "2".to_string(),
+        VIP.to_string(),
+        PORT.to_string(),
+    ];
+    let mut child = ChildGuard(
+        client_command(&s, &args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("client"),
+    );
+    let Setup {
+        ns,
+        cgroup,
+        lb: first,
+    } = s;
+    thread::sleep(Duration::from_millis(400));
+    drop(first); // the agent dies; pins keep programs attached and maps full
+    thread::sleep(Duration::from_millis(400));
+
+    let mut second =
+        SocketLb::open(&object, Some(bpffs.path())).expect("second agent opens the pins");
+    let mut adopted = second.frontends();
+    adopted.sort_by_key(|f| f.addr);
+    assert_eq!(adopted, [frontend, stale], "the maps' services are adopted");
+    second
+        .attach(cgroup.path())
+        .expect("keeps the pinned links");
+    second
+        .set_service(frontend, &backends[1..])
+        .expect("re-program after restart");
+    assert!(
+        second
+            .remove_service(stale)
+            .expect("remove the stale service")
+    );
+
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    assert!(child.0.wait().expect("wait").success());
+    let out: Value = serde_json::from_str(&stdout).expect("json");
+    assert!(
+        out["ok"].as_u64().unwrap_or(0) > 50,
+        "the loop made progress: {out}"
+    );
+    assert_eq!(
+        out["errors"].as_array().map(Vec::len),
+        Some(0),
+        "no failed connect across the restart: {out}"
+    );
+
+    second.unpin().expect("unpin");
+    drop(second);
+    drop(cgroup);
+    drop(ns);
+    // bpffs shows the kernel's own maps.debug and progs.debug in every instance.
+    let left: Vec<String> = std::fs::read_dir(bpffs.path())
+        .expect("read bpffs")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.ends_with(".debug"))
+        .collect();
+    assert!(left.is_empty(), "nothing left pinned: {left:?}");
+}

@@ -14,6 +14,8 @@ use super::model::{LbEntry, Rejected, entries};
 pub trait LbTarget {
     fn set(&mut self, entry: &LbEntry) -> Result<(), String>;
     fn remove(&mut self, frontend: Frontend) -> Result<(), String>;
+    /// Every frontend programmed now, including ones adopted from pinned maps.
+    fn frontends(&self) -> Vec<Frontend>;
 }
 
 impl LbTarget for SocketLb {
@@ -26,6 +28,10 @@ impl LbTarget for SocketLb {
         self.remove_service(frontend)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn frontends(&self) -> Vec<Frontend> {
+        SocketLb::frontends(self)
     }
 }
 
@@ -138,6 +144,32 @@ impl<T: LbTarget> ServiceSync<T> {
         Ok(())
     }
 
+    /// Removes every frontend in the target that no applied Service claims: run it
+    /// once the initial list of Services has been applied, after a restart that
+    /// adopted pinned maps, so Services deleted while the agent was away go too.
+    pub fn prune_unclaimed(&mut self) -> Result<usize, SyncError> {
+        let claimed: Vec<Frontend> = self
+            .programmed
+            .values()
+            .flatten()
+            .map(|e| e.frontend)
+            .collect();
+        let mut removed = 0;
+        for frontend in self.target.frontends() {
+            if !claimed.contains(&frontend) {
+                self.target.remove(frontend).map_err(|message| {
+                    self.errors += 1;
+                    SyncError::Target {
+                        service: format!("{}:{}", frontend.addr, frontend.port),
+                        message,
+                    }
+                })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// What is programmed now.
     pub fn stats(&self) -> SyncStats {
         let entries = self.programmed.values().flatten();
@@ -165,6 +197,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         log: Vec<String>,
+        live: Vec<Frontend>,
     }
 
     impl LbTarget for Recorder {
@@ -175,11 +208,18 @@ mod tests {
                 e.frontend.port,
                 e.backends.len()
             ));
+            if !self.live.contains(&e.frontend) {
+                self.live.push(e.frontend);
+            }
             Ok(())
         }
         fn remove(&mut self, f: Frontend) -> Result<(), String> {
             self.log.push(format!("remove {}:{}", f.addr, f.port));
+            self.live.retain(|x| *x != f);
             Ok(())
+        }
+        fn frontends(&self) -> Vec<Frontend> {
+            self.live.clone()
         }
     }
 
@@ -243,6 +283,34 @@ mod tests {
             Some("remove 10.96.0.20:80")
         );
         assert_eq!(sync.stats().services, 0);
+    }
+
+    #[test]
+    fn after_a_restart_unclaimed_adopted_frontends_are_pruned() {
+        let adopted = Frontend {
+            addr: std::net::Ipv4Addr::new(10, 96, 9, 9),
+            port: 80,
+            protocol: berth_ebpf::Protocol::Tcp,
+        };
+        let mut sync = ServiceSync::new(
+            Recorder {
+                log: vec![],
+                live: vec![adopted],
+            },
+            "n1",
+        );
+        sync.apply(&svc(json!([{"port": 80}])), &[slice(1)])
+            .expect("apply");
+        assert_eq!(sync.prune_unclaimed().expect("prune"), 1);
+        assert_eq!(
+            sync.target().log.last().map(String::as_str),
+            Some("remove 10.96.9.9:80")
+        );
+        assert_eq!(
+            sync.prune_unclaimed().expect("again"),
+            0,
+            "the Service's own frontend stays"
+        );
     }
 
     #[test]

@@ -3,17 +3,19 @@
 //! - [`skip`] and [`require_root!`]: a privileged test run without privileges returns
 //!   early *and says so*: it prints the reason and records it where `cargo xtask test`
 //!   (which sets `BERTH_TEST_SKIP_DIR`) counts it as skipped, not passed.
-//! - RAII guards ([`NetNs`], [`Cgroup2Child`], [`ChildGuard`]) that make a network
-//!   namespace, a child cgroup or a process and remove it on drop, so a failing test
-//!   leaks nothing.
+//! - RAII guards ([`NetNs`], [`Cgroup2Child`], [`ChildGuard`], [`BpfFs`]) that make a
+//!   network namespace, a child cgroup, a process or a private bpffs mount and remove
+//!   it on drop, so a failing test leaks nothing.
 //! - [`tools`]: where the real kubectl and Python client live, and their pinned versions.
 
+mod bpffs;
 mod cgroup;
 mod netns;
 mod process;
 mod skip;
 pub mod tools;
 
+pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
 pub use netns::NetNs;
 pub use process::ChildGuard;
