@@ -1,10 +1,12 @@
 //! Service load balancing on the node, kube-proxy's job done with eBPF: Services and
 //! their EndpointSlices become frontends and backend lists ([`model`]), which
 //! [`sync::ServiceSync`] keeps programmed in the socket-LB maps, changing only what
-//! changed.
+//! changed, and [`metrics::LbMetrics`] reports it.
 
+pub mod metrics;
 pub mod model;
 pub mod sync;
 
+pub use metrics::LbMetrics;
 pub use model::{LbEntry, Rejected, entries};
 pub use sync::{LbTarget, ServiceSync};

@@ -15,7 +15,10 @@ pub struct BpfFs {
 
 impl BpfFs {
     /// Mounts a new bpffs instance on a fresh temporary directory.
-    #[expect(clippy::new_without_default, reason = "mounting a filesystem is not a default value")]
+    #[expect(
+        clippy::new_without_default,
+        reason = "mounting a filesystem is not a default value"
+    )]
     ///
     /// # Panics
     /// If the directory cannot be made or the mount fails.
