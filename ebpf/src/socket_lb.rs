@@ -16,21 +16,33 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink,
+        links::PinnedLink,
+    },
 };
 use berth_ebpf_common::{
-    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM,
-    IPPROTO_TCP, IPPROTO_UDP, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
+    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, CT_MAP,
+    GETPEERNAME4_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, NODE_IPS_MAP, NODEPORT_EGRESS_PROGRAM,
+    NODEPORT_INGRESS_PROGRAM, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
     STATS_MAP, ServiceKey, ServiceValue, Stat,
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 7] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     REVNAT_MAP,
     AFFINITY_MAP,
     STATS_MAP,
+    NODE_IPS_MAP,
+    CT_MAP,
+];
+
+/// The tc programs of external interfaces, with their direction.
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (NODEPORT_INGRESS_PROGRAM, TcAttachType::Ingress),
+    (NODEPORT_EGRESS_PROGRAM, TcAttachType::Egress),
 ];
 
 /// The socket-LB programs, attached together to one cgroup.
@@ -58,6 +70,12 @@ pub struct Stats {
     pub affinity_hit: u64,
     /// Affinity pins found expired (or stale) and re-picked.
     pub affinity_expired: u64,
+    /// New NodePort flows translated to a backend.
+    pub nodeport_new: u64,
+    /// NodePort packets of known flows translated (both directions).
+    pub nodeport_tracked: u64,
+    /// NodePort packets dropped because the Service had no backends.
+    pub nodeport_no_backends: u64,
 }
 
 /// The loaded socket load balancer. Dropping it detaches the programs.
@@ -114,6 +132,11 @@ impl SocketLb {
             })?;
         for name in PROGRAMS {
             program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        for (name, _) in TC_PROGRAMS {
+            classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| Error::Program { name, source })?;
         }
@@ -225,6 +248,55 @@ impl SocketLb {
         Ok(())
     }
 
+    /// Attaches the NodePort programs (tc ingress and egress, TCX) to interface
+    /// `iface` of the calling thread's network namespace: packets arriving there for
+    /// a node address at a NodePort (a frontend with address 0.0.0.0) go to a
+    /// backend, and the backend's replies leave with the NodePort address. The
+    /// attachments last as long as this balancer.
+    pub fn attach_external(&mut self, iface: &str) -> Result<(), Error> {
+        for (name, direction) in TC_PROGRAMS {
+            classifier(&mut self.ebpf, name)?
+                .attach(iface, direction)
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the node addresses NodePorts answer on (replacing the previous set).
+    pub fn set_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<(), Error> {
+        let map = self.ebpf.map_mut(NODE_IPS_MAP).ok_or(Error::Missing {
+            kind: "map",
+            name: NODE_IPS_MAP,
+        })?;
+        let mut node_ips: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|source| Error::Map {
+                name: NODE_IPS_MAP,
+                source,
+            })?;
+        let wanted: Vec<u32> = ips
+            .iter()
+            .map(|ip| u32::from_ne_bytes(ip.octets()))
+            .collect();
+        let stale: Vec<u32> = node_ips
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            node_ips.remove(&key).map_err(|source| Error::Map {
+                name: NODE_IPS_MAP,
+                source,
+            })?;
+        }
+        for key in wanted {
+            node_ips.insert(key, 1, 0).map_err(|source| Error::Map {
+                name: NODE_IPS_MAP,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Programs `frontend` to balance over `backends`; see [`ServiceTable::set`].
     pub fn set_service(
         &mut self,
@@ -292,6 +364,9 @@ impl SocketLb {
             reversed: read(Stat::Reversed)?,
             affinity_hit: read(Stat::AffinityHit)?,
             affinity_expired: read(Stat::AffinityExpired)?,
+            nodeport_new: read(Stat::NodePortNew)?,
+            nodeport_tracked: read(Stat::NodePortTracked)?,
+            nodeport_no_backends: read(Stat::NodePortNoBackends)?,
         })
     }
 }
@@ -316,6 +391,19 @@ fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
         port: u16::from_be(key.port),
         protocol,
     })
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, Error> {

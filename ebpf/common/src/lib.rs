@@ -17,6 +17,46 @@ pub const SERVICES_MAP: &str = "SERVICES";
 pub const BACKENDS_MAP: &str = "BACKENDS";
 /// Name of the per-CPU counters array in the eBPF object; see [`Stat`].
 pub const STATS_MAP: &str = "STATS";
+/// Name of the node-address set (the addresses NodePorts answer on).
+pub const NODE_IPS_MAP: &str = "NODE_IPS";
+/// Name of the NodePort connection-tracking LRU map.
+pub const CT_MAP: &str = "CT";
+/// Capacity of the connection-tracking map (two entries per flow).
+pub const MAX_CT: u32 = 262_144;
+/// Name of the tc ingress program of external interfaces (NodePort DNAT).
+pub const NODEPORT_INGRESS_PROGRAM: &str = "nodeport_ingress";
+/// Name of the tc egress program of external interfaces (reverse NAT of replies).
+pub const NODEPORT_EGRESS_PROGRAM: &str = "nodeport_egress";
+
+/// Key of the connection-tracking map: one direction of a translated flow, as the
+/// packet carries it (addresses and ports in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    /// [`CT_FORWARD`] or [`CT_REPLY`].
+    pub direction: u8,
+    pub _pad: u16,
+}
+
+/// Client → NodePort: the value is the backend chosen for the flow.
+pub const CT_FORWARD: u8 = 0;
+/// Backend → client: the value is the NodePort address to restore as source.
+pub const CT_REPLY: u8 = 1;
+
+/// The address and port a flow direction is translated to (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// Name of the session-affinity LRU map in the eBPF object.
 pub const AFFINITY_MAP: &str = "AFFINITY";
 /// Capacity of the affinity map.
@@ -152,10 +192,16 @@ pub enum Stat {
     AffinityHit = 4,
     /// Affinity pins found expired (or made for an older backend set) and re-picked.
     AffinityExpired = 5,
+    /// New NodePort flows translated to a backend.
+    NodePortNew = 6,
+    /// NodePort packets of known flows translated (both directions).
+    NodePortTracked = 7,
+    /// NodePort packets dropped because the Service has no backends.
+    NodePortNoBackends = 8,
 }
 
 /// Number of entries in the stats array.
-pub const STATS_LEN: u32 = 6;
+pub const STATS_LEN: u32 = 9;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -176,4 +222,8 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::AffinityValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CtKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CtValue {}
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT,
-    MAX_SERVICES, RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_CT, MAX_REVNAT, MAX_SERVICES, RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue,
 };
 
 #[map(name = "SERVICES")]
@@ -25,6 +25,15 @@ pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_ent
 #[map(name = "AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+
+/// The node's addresses (network byte order) that NodePorts answer on.
+#[map(name = "NODE_IPS")]
+pub static NODE_IPS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
+/// NodePort flows: client → NodePort maps to the chosen backend, backend → client
+/// to the NodePort address replies must carry. LRU: idle flows age out.
+#[map(name = "CT")]
+pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CT, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

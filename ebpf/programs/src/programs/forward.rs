@@ -129,7 +129,7 @@ fn choose(ctx: &SockAddrContext, key: &ServiceKey, service: &ServiceValue) -> Op
 }
 
 /// A random backend of the service's current group.
-fn pick(service: &ServiceValue) -> Option<Backend> {
+pub fn pick(service: &ServiceValue) -> Option<Backend> {
     // SAFETY: a plain helper call with no arguments.
     let slot = unsafe { bpf_get_prandom_u32() } % service.count;
     // SAFETY: copied out at once; user space may update it concurrently, which at

@@ -1,5 +1,7 @@
-//! One file per direction of socket-level load balancing.
+//! One file per job: socket-level balancing forward and back, NodePort on the
+//! node's external interfaces.
 pub mod forward;
+pub mod nodeport;
 pub mod reverse;
 
 use berth_ebpf_common::Stat;
