@@ -175,10 +175,44 @@ fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted()
         "reply from the NodePort"
     );
 
+    // An external IP routed to the node: same path, exact frontend match.
+    let external_ip = Ipv4Addr::new(10, 212, 0, 100);
+    ext.ip_ok(&[
+        "route",
+        "add",
+        &format!("{external_ip}/32"),
+        "via",
+        &NODE_EXT.to_string(),
+    ]);
+    let eip = Frontend {
+        addr: external_ip,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    lb.set_service(eip, &[SocketAddrV4::new(POD, 8080)])
+        .expect("external IP");
+    let (body, peer) = ext.run(|| {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((external_ip, 80)),
+            Duration::from_secs(3),
+        )
+        .expect("external host connects to the external IP");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        (body, s.peer_addr().expect("peer"))
+    });
+    assert_eq!(
+        (body.as_str(), peer),
+        ("hello from the pod", SocketAddr::from((external_ip, 80)))
+    );
+    seen_rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("pod saw the external-IP connection");
+
     let stats = lb.stats().expect("stats");
     assert_eq!(
-        stats.nodeport_new, 4,
-        "three TCP flows and one UDP flow: {stats:?}"
+        stats.nodeport_new, 5,
+        "three TCP NodePort flows, one UDP, one external IP: {stats:?}"
     );
     assert!(
         stats.nodeport_tracked > 8,

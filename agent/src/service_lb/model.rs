@@ -7,7 +7,10 @@
 //!   the port matched by name; only `ready` endpoints, or — when none is ready — the
 //!   `serving` and `terminating` ones (KEP-1669); `internalTrafficPolicy: Local`
 //!   keeps only this node's endpoints;
-//! - `sessionAffinity: ClientIP` carries its timeout (default 10 800 s).
+//! - `sessionAffinity: ClientIP` carries its timeout (default 10 800 s);
+//! - NodePort and LoadBalancer Services also get `0.0.0.0:nodePort` (any node
+//!   address), external IPs and load-balancer ingress IPs get their own frontends;
+//!   these follow `externalTrafficPolicy` (Local: this node's endpoints only).
 //!
 //! A Service that cannot be programmed correctly (no spec, a port 0, the same
 //! port/protocol twice, an unparsable cluster IP) is rejected whole, with the
@@ -129,31 +132,62 @@ pub fn entries(
         .filter(|s| s.address_type == "IPv4")
         .collect();
 
+    // Traffic from outside (NodePort, external and load-balancer IPs) follows
+    // externalTrafficPolicy; in-cluster traffic to the cluster IP internalTrafficPolicy.
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let node_port_type = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let mut external_ips: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    external_ips.extend(
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+    );
+
     let mut out = Vec::new();
     for p in &ports {
         let Some(proto) = protocol(p.protocol.as_deref()) else {
             continue;
         };
         let port_name = p.name.clone().unwrap_or_default();
-        let backends = backends_for(
-            &ours,
-            &port_name,
-            p.protocol.as_deref().unwrap_or("TCP"),
-            local_only,
-            node,
-        );
+        let proto_name = p.protocol.as_deref().unwrap_or("TCP");
+        let internal = backends_for(&ours, &port_name, proto_name, local_only, node);
+        let external = backends_for(&ours, &port_name, proto_name, external_local, node);
         let service_port =
             u16::try_from(p.port).map_err(|_| Rejected::PortRange { port: p.port })?;
-        for addr in &v4 {
+        let mut push = |addr: Ipv4Addr, port: u16, backends: &Vec<SocketAddrV4>| {
             out.push(LbEntry {
                 frontend: Frontend {
-                    addr: *addr,
-                    port: service_port,
+                    addr,
+                    port,
                     protocol: proto,
                 },
                 backends: backends.clone(),
                 affinity_timeout: affinity,
             });
+        };
+        for addr in &v4 {
+            push(*addr, service_port, &internal);
+        }
+        for addr in &external_ips {
+            push(*addr, service_port, &external);
+        }
+        if node_port_type
+            && let Some(node_port) = p
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0)
+        {
+            // A NodePort is the frontend 0.0.0.0:nodePort: any node address.
+            push(Ipv4Addr::UNSPECIFIED, node_port, &external);
         }
     }
     Ok(out)
@@ -376,6 +410,51 @@ mod tests {
         assert_eq!(
             entries(&s, &[], "n1").expect("valid")[0].affinity_timeout,
             Some(30)
+        );
+    }
+
+    #[test]
+    fn node_ports_and_external_ips_follow_external_traffic_policy() {
+        let s = svc(
+            json!({"type": "NodePort", "clusterIP": "10.96.0.16", "externalIPs": ["203.0.113.7"],
+            "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        let slices = [slice(
+            "a",
+            json!([{"port": 8080}]),
+            json!([
+                ep("10.244.4.1", true, true, false, "n1"),
+                ep("10.244.4.2", true, true, false, "n2")
+            ]),
+        )];
+        let e = entries(&s, &slices, "n1").expect("valid");
+        let by_addr = |a: &str| {
+            e.iter()
+                .find(|x| x.frontend.addr.to_string() == a)
+                .expect(a)
+        };
+        assert_eq!(
+            addrs(by_addr("10.96.0.16")),
+            ["10.244.4.1:8080", "10.244.4.2:8080"],
+            "cluster IP: all"
+        );
+        assert_eq!(
+            addrs(by_addr("203.0.113.7")),
+            ["10.244.4.1:8080"],
+            "external IP: local only"
+        );
+        let np = by_addr("0.0.0.0");
+        assert_eq!(
+            (np.frontend.port, addrs(np)),
+            (30080, vec!["10.244.4.1:8080".to_string()]),
+            "NodePort: local only"
+        );
+        let cluster_ip_only =
+            svc(json!({"clusterIP": "10.96.0.17", "ports": [{"port": 80, "nodePort": 30081}]}));
+        assert_eq!(
+            entries(&cluster_ip_only, &[], "n1").expect("valid").len(),
+            1,
+            "a ClusterIP Service has no NodePort"
         );
     }
 

@@ -1,6 +1,7 @@
-//! NodePort on the node's external interfaces (tc). Ingress: a TCP/UDP packet to
+//! NodePort and external IPs on the node's external interfaces (tc). Ingress: a
+//! TCP/UDP packet to a frontend address:port in `SERVICES` (an external IP), or to
 //! one of the node's addresses (`NODE_IPS`) at a NodePort (a `SERVICES` entry with
-//! address 0.0.0.0) is DNATed to a backend — chosen at random for a new flow and
+//! address 0.0.0.0), is DNATed to a backend — chosen at random for a new flow and
 //! remembered in `CT` — and the kernel routes it on. Egress: a reply from that
 //! backend to the client gets the NodePort address back as its source. Checksums are
 //! fixed incrementally. Not yet: SNAT for backends on other nodes
@@ -117,10 +118,6 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
     let Some(flow) = parse(&ctx) else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: copied out at once.
-    if unsafe { NODE_IPS.get(&flow.daddr) }.is_none() {
-        return TC_ACT_OK as i32;
-    }
     let forward = CtKey {
         saddr: flow.saddr,
         daddr: flow.daddr,
@@ -137,14 +134,7 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
             b
         }
         None => {
-            let key = ServiceKey {
-                addr: 0,
-                port: flow.dport,
-                protocol: flow.protocol,
-                _pad: 0,
-            };
-            // SAFETY: copied out at once.
-            let Some(service) = unsafe { SERVICES.get(&key) }.copied() else {
+            let Some(service) = frontend(&flow) else {
                 return TC_ACT_OK as i32;
             };
             if service.count == 0 {
@@ -193,6 +183,31 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
         Some(()) => TC_ACT_OK as i32,
         None => TC_ACT_SHOT as i32,
     }
+}
+
+/// The service a new flow is for: an exact frontend (external IP), else a NodePort
+/// if the destination is one of the node's addresses.
+fn frontend(flow: &Flow) -> Option<berth_ebpf_common::ServiceValue> {
+    let exact = ServiceKey {
+        addr: flow.daddr,
+        port: flow.dport,
+        protocol: flow.protocol,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(service) = unsafe { SERVICES.get(&exact) }.copied() {
+        return Some(service);
+    }
+    // SAFETY: copied out at once.
+    unsafe { NODE_IPS.get(&flow.daddr) }?;
+    let nodeport = ServiceKey {
+        addr: 0,
+        port: flow.dport,
+        protocol: flow.protocol,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    unsafe { SERVICES.get(&nodeport) }.copied()
 }
 
 #[classifier]
