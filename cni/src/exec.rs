@@ -162,7 +162,8 @@ impl Runner {
         Self { cni_path }
     }
 
-    fn find(&self, plugin: &str) -> Result<PathBuf, CniError> {
+    /// The plugin binary `plugin` on the CNI path.
+    pub fn find(&self, plugin: &str) -> Result<PathBuf, CniError> {
         self.cni_path
             .iter()
             .map(|d| d.join(plugin))

@@ -221,3 +221,29 @@ fn a_failure_after_the_lease_rolls_everything_back() {
     );
     assert!(pod.links().is_empty(), "nothing left in the pod");
 }
+
+#[test]
+fn a_delegated_ipam_plugin_that_is_not_on_cni_path() {
+    require_root!();
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut conf = node.raw_conf("1.1.0", "10.75.0.0/24");
+    conf["ipam"] = json!({"type": "no-such-ipam", "subnet": "10.75.0.0/24"});
+    let e = expect_error(
+        &node,
+        &node.add_env(&pod),
+        conf.to_string().as_bytes(),
+        code::IPAM_DELEGATE,
+    );
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no-such-ipam"),
+        "{e}"
+    );
+    assert!(
+        node.veths().is_empty() && !node.has_bridge(),
+        "nothing made"
+    );
+}

