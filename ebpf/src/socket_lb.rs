@@ -251,13 +251,44 @@ impl SocketLb {
     /// Attaches the NodePort programs (tc ingress and egress, TCX) to interface
     /// `iface` of the calling thread's network namespace: packets arriving there for
     /// a node address at a NodePort (a frontend with address 0.0.0.0) go to a
-    /// backend, and the backend's replies leave with the NodePort address. The
-    /// attachments last as long as this balancer.
+    /// backend, and the backend's replies leave with the NodePort address. Without
+    /// pins the attachments last as long as this balancer; with pins they are pinned
+    /// like the cgroup links and survive an agent restart.
     pub fn attach_external(&mut self, iface: &str) -> Result<(), Error> {
         for (name, direction) in TC_PROGRAMS {
-            classifier(&mut self.ebpf, name)?
+            let link_pin = self
+                .pins
+                .as_ref()
+                .map(|dir| dir.join(format!("link-{name}-{iface}")));
+            if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
+                // Attached by an earlier agent: keep it running.
+                let link = PinnedLink::from_pin(path).map_err(|e| Error::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                self.links.push(link);
+                continue;
+            }
+            let prog = classifier(&mut self.ebpf, name)?;
+            let id = prog
                 .attach(iface, direction)
                 .map_err(|source| Error::Program { name, source })?;
+            if let Some(path) = link_pin {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name, source })?;
+                let pinned = FdLink::try_from(link)
+                    .map_err(|e| Error::Pin {
+                        path: path.clone(),
+                        source: std::io::Error::other(e),
+                    })?
+                    .pin(&path)
+                    .map_err(|e| Error::Pin {
+                        path: path.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+                self.links.push(pinned);
+            }
         }
         Ok(())
     }

@@ -221,3 +221,66 @@ fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted()
     drop(lb);
     drop((node, pod, ext));
 }
+
+#[test]
+fn pinned_nodeport_attachments_survive_an_agent_restart() {
+    require_root!();
+    let object = berth_testkit::tools::ebpf_object();
+    if !object.exists() {
+        skip(&format!(
+            "{} is not built (cargo xtask build-ebpf)",
+            object.display()
+        ));
+        return;
+    }
+    let bpffs = berth_testkit::BpfFs::new();
+    let (node, pod, ext) = topology();
+    let listener = pod.run(|| TcpListener::bind((POD, 8080)).expect("bind tcp"));
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = s.write_all(b"pod");
+        }
+    });
+    let fetch = || {
+        ext.run(|| {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from((NODE_EXT, 30090)),
+                Duration::from_millis(800),
+            )?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok::<String, std::io::Error>(body)
+        })
+    };
+
+    let mut first = SocketLb::open(&object, Some(bpffs.path())).expect("open with pins");
+    node.run(|| first.attach_external("ext0"))
+        .expect("attach and pin");
+    first.set_node_ips(&[NODE_EXT]).expect("node addresses");
+    let np = Frontend {
+        addr: Ipv4Addr::UNSPECIFIED,
+        port: 30090,
+        protocol: Protocol::Tcp,
+    };
+    first
+        .set_service(np, &[SocketAddrV4::new(POD, 8080)])
+        .expect("NodePort");
+    assert_eq!(fetch().expect("before the restart"), "pod");
+
+    drop(first); // the agent is gone
+    assert_eq!(fetch().expect("while no agent runs"), "pod");
+
+    let mut second = SocketLb::open(&object, Some(bpffs.path())).expect("reopen");
+    node.run(|| second.attach_external("ext0"))
+        .expect("keeps the pinned tc links");
+    assert_eq!(second.frontends(), [np], "NodePort adopted");
+    assert_eq!(fetch().expect("after the restart"), "pod");
+
+    second.unpin().expect("unpin");
+    drop(second);
+    assert!(
+        fetch().is_err(),
+        "unpinned and dropped: the NodePort is gone"
+    );
+}
