@@ -1,11 +1,13 @@
 //! Service load balancing on the node, kube-proxy's job done with eBPF: Services and
 //! their EndpointSlices become frontends and backend lists ([`model`]), which
 //! [`sync::ServiceSync`] keeps programmed in the socket-LB maps, changing only what
-//! changed, and [`metrics::LbMetrics`] reports it.
+//! changed, and [`metrics::LbMetrics`] reports it; [`watch::run`] feeds it from the
+//! apiserver.
 
 pub mod metrics;
 pub mod model;
 pub mod sync;
+pub mod watch;
 
 pub use metrics::LbMetrics;
 pub use model::{LbEntry, Rejected, entries};

@@ -16,6 +16,8 @@ pub trait LbTarget {
     fn remove(&mut self, frontend: Frontend) -> Result<(), String>;
     /// Every frontend programmed now, including ones adopted from pinned maps.
     fn frontends(&self) -> Vec<Frontend>;
+    /// Backend slots in use in the map (for the fill metric).
+    fn slots(&self) -> u32;
 }
 
 impl LbTarget for SocketLb {
@@ -32,6 +34,10 @@ impl LbTarget for SocketLb {
 
     fn frontends(&self) -> Vec<Frontend> {
         SocketLb::frontends(self)
+    }
+
+    fn slots(&self) -> u32 {
+        self.table().backends()
     }
 }
 
@@ -182,6 +188,11 @@ impl<T: LbTarget> ServiceSync<T> {
         }
     }
 
+    /// Backend slots the target's map holds.
+    pub fn target_slots(&self) -> u32 {
+        self.target.slots()
+    }
+
     /// The target, for inspection.
     pub fn target(&self) -> &T {
         &self.target
@@ -220,6 +231,9 @@ mod tests {
         }
         fn frontends(&self) -> Vec<Frontend> {
             self.live.clone()
+        }
+        fn slots(&self) -> u32 {
+            0
         }
     }
 
