@@ -10,5 +10,5 @@ pub mod sync;
 pub mod watch;
 
 pub use metrics::LbMetrics;
-pub use model::{LbEntry, Rejected, entries};
+pub use model::{LbEntry, Rejected, entries, host_port_entries};
 pub use sync::{LbTarget, ServiceSync};

@@ -493,3 +493,89 @@ mod tests {
         assert_eq!(entries(&no_spec, &[], "n1"), Err(Rejected::NoSpec));
     }
 }
+
+/// The hostPort mappings of a running pod (`containers[].ports[].hostPort`), as
+/// frontends: `hostIP` (or any node address, 0.0.0.0) and the hostPort, to the pod's
+/// IP and containerPort. Programmed like NodePorts, they replace CNI portmap rules.
+pub fn host_port_entries(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<LbEntry> {
+    let Some(pod_ip) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Vec::new();
+    };
+    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+    containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = u16::try_from(p.host_port?).ok().filter(|h| *h != 0)?;
+            let container_port = u16::try_from(p.container_port).ok().filter(|c| *c != 0)?;
+            let protocol = protocol(p.protocol.as_deref())?;
+            let addr = p
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            Some(LbEntry {
+                frontend: Frontend {
+                    addr,
+                    port: host_port,
+                    protocol,
+                },
+                backends: vec![SocketAddrV4::new(pod_ip, container_port)],
+                affinity_timeout: None,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod host_port_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn host_ports_map_to_the_pod_ip_and_container_port() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "x", "ports": [
+                {"containerPort": 8080, "hostPort": 18080},
+                {"containerPort": 53, "hostPort": 1053, "protocol": "UDP", "hostIP": "10.0.0.5"},
+                {"containerPort": 9090}]}]},
+            "status": {"podIP": "10.244.0.9"}
+        }))
+        .expect("valid pod");
+        let e = host_port_entries(&pod);
+        assert_eq!(e.len(), 2, "only ports with a hostPort");
+        assert_eq!(
+            e[0].frontend,
+            Frontend {
+                addr: Ipv4Addr::UNSPECIFIED,
+                port: 18080,
+                protocol: Protocol::Tcp
+            }
+        );
+        assert_eq!(
+            e[0].backends,
+            [SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 9), 8080)]
+        );
+        assert_eq!(
+            e[1].frontend,
+            Frontend {
+                addr: Ipv4Addr::new(10, 0, 0, 5),
+                port: 1053,
+                protocol: Protocol::Udp
+            }
+        );
+        let pending: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
+                .expect("valid");
+        assert!(
+            host_port_entries(&pending).is_empty(),
+            "no pod IP yet, nothing to map"
+        );
+    }
+}

@@ -101,18 +101,29 @@ impl<T: LbTarget> ServiceSync<T> {
                 return Err(SyncError::Rejected { service, reason });
             }
         };
-        let old = self.programmed.remove(&service).unwrap_or_default();
-        let result = self.reconcile(&service, &old, &wanted);
+        self.apply_entries(service, wanted)
+    }
+
+    /// Brings the frontends owned by `owner` in line with `wanted` — for entries
+    /// that do not come from a Service, such as a pod's hostPorts
+    /// ([`super::host_port_entries`]), under an owner key like `pod:ns/name`.
+    pub fn apply_entries(&mut self, owner: String, wanted: Vec<LbEntry>) -> Result<(), SyncError> {
+        let old = self.programmed.remove(&owner).unwrap_or_default();
+        let result = self.reconcile(&owner, &old, &wanted);
         let now = if result.is_ok() { wanted } else { old };
         if !now.is_empty() {
-            self.programmed.insert(service, now);
+            self.programmed.insert(owner, now);
         }
         result
     }
 
     /// Removes every frontend of Service `namespace/name`.
     pub fn delete(&mut self, namespace: &str, name: &str) -> Result<(), SyncError> {
-        let service = format!("{namespace}/{name}");
+        self.delete_owner(format!("{namespace}/{name}"))
+    }
+
+    /// Removes every frontend owned by `owner` (see [`ServiceSync::apply_entries`]).
+    pub fn delete_owner(&mut self, service: String) -> Result<(), SyncError> {
         let old = self.programmed.remove(&service).unwrap_or_default();
         let result = self.reconcile(&service, &old, &[]);
         if result.is_err() {
