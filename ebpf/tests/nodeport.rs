@@ -208,15 +208,23 @@ fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted()
         "later packets of each flow, both ways: {stats:?}"
     );
 
-    // No endpoints: the packet is dropped (kube-proxy would REJECT; not yet).
+    // No endpoints: the SYN is answered with a RST, as kube-proxy's REJECT does.
     lb.set_service(tcp, &[]).expect("empty");
+    let started = std::time::Instant::now();
     let refused = ext.run(|| {
-        TcpStream::connect_timeout(
-            &SocketAddr::from((NODE_EXT, 30080)),
-            Duration::from_millis(500),
-        )
+        TcpStream::connect_timeout(&SocketAddr::from((NODE_EXT, 30080)), Duration::from_secs(3))
     });
-    assert!(refused.is_err(), "no backend, no connection");
+    let error = refused.expect_err("no backend, no connection");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "refused, not timed out: {error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "at once: {:?}",
+        started.elapsed()
+    );
     assert!(lb.stats().expect("stats").nodeport_no_backends > 0);
     drop(lb);
     drop((node, pod, ext));

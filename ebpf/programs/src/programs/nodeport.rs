@@ -4,11 +4,14 @@
 //! address 0.0.0.0), is DNATed to a backend — chosen at random for a new flow and
 //! remembered in `CT` — and the kernel routes it on. Egress: a reply from that
 //! backend to the client gets the NodePort address back as its source. Checksums are
-//! fixed incrementally. Not yet: SNAT for backends on other nodes
+//! fixed incrementally. A TCP SYN to a NodePort without endpoints is answered with
+//! a RST, as kube-proxy's REJECT does (the client sees ECONNREFUSED at once); other
+//! packets for it are dropped. Not yet: SNAT for backends on other nodes
 //! (externalTrafficPolicy: Cluster across nodes).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
     macros::classifier,
     programs::TcContext,
 };
@@ -139,6 +142,9 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
             };
             if service.count == 0 {
                 count(Stat::NodePortNoBackends);
+                if flow.protocol == IPPROTO_TCP {
+                    return reject_tcp(&ctx, &flow).unwrap_or(TC_ACT_SHOT as i32);
+                }
                 return TC_ACT_SHOT as i32;
             }
             let Some(b) = pick(&service) else {
@@ -235,4 +241,111 @@ pub fn nodeport_egress(ctx: TcContext) -> i32 {
         Some(()) => TC_ACT_OK as i32,
         None => TC_ACT_SHOT as i32,
     }
+}
+
+/// One's-complement sum of big-endian 16-bit words, folded.
+fn csum_add(mut sum: u32, bytes: &[u8; 20]) -> u32 {
+    let mut i = 0;
+    while i < 20 {
+        sum += (u32::from(bytes[i]) << 8) | u32::from(bytes[i + 1]);
+        i += 2;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> [u8; 2] {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// Turns a TCP SYN into a RST+ACK back to its sender and sends it out the
+/// interface it came in on. Only plain SYNs without IP options are answered.
+fn reject_tcp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    let flags: u8 = ctx.load(flow.l4 + 13).ok()?;
+    if flags & SYN == 0 || flags & (RST | ACK) != 0 || flow.l4 != ETH_HLEN + 20 {
+        return None;
+    }
+    let seq: u32 = ctx.load(flow.l4 + 4).ok()?;
+    let macs: [u8; 12] = ctx.load(0).ok()?;
+    // SAFETY: the skb pointer is the program's own context.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + 40) as u32, 0) } != 0 {
+        return None;
+    }
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0).ok()?;
+
+    let (src, dst) = (flow.daddr.to_ne_bytes(), flow.saddr.to_ne_bytes());
+    let mut ip = [
+        0x45,
+        0,
+        0,
+        40,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        IPPROTO_TCP,
+        0,
+        0,
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ];
+    let ip_csum = csum_fold(csum_add(0, &ip));
+    ip[10] = ip_csum[0];
+    ip[11] = ip_csum[1];
+    ctx.store(ETH_HLEN, &ip, 0).ok()?;
+
+    let (sport, dport) = (flow.dport.to_ne_bytes(), flow.sport.to_ne_bytes());
+    let ack = u32::from_be(seq).wrapping_add(1).to_be_bytes();
+    let mut tcp = [
+        sport[0],
+        sport[1],
+        dport[0],
+        dport[1],
+        0,
+        0,
+        0,
+        0,
+        ack[0],
+        ack[1],
+        ack[2],
+        ack[3],
+        5 << 4,
+        RST | ACK,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    // Pseudo header: source, destination, protocol, TCP length (20).
+    let pseudo = (u32::from(src[0]) << 8 | u32::from(src[1]))
+        + (u32::from(src[2]) << 8 | u32::from(src[3]))
+        + (u32::from(dst[0]) << 8 | u32::from(dst[1]))
+        + (u32::from(dst[2]) << 8 | u32::from(dst[3]))
+        + u32::from(IPPROTO_TCP)
+        + 20;
+    let tcp_csum = csum_fold(csum_add(pseudo, &tcp));
+    tcp[16] = tcp_csum[0];
+    tcp[17] = tcp_csum[1];
+    ctx.store(ETH_HLEN + 20, &tcp, 0).ok()?;
+
+    // SAFETY: reading the ingress ifindex of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; flags 0 sends the packet out of `ifindex`.
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
