@@ -209,17 +209,8 @@ impl SocketLb {
     /// socket created by a process in it (or below it) is balanced from now on.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
         for name in PROGRAMS {
-            let link_pin = self
-                .pins
-                .as_ref()
-                .map(|dir| dir.join(format!("link-{name}")));
-            if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
-                // Attached by an earlier agent with these same maps: keep it running.
-                let link = PinnedLink::from_pin(path).map_err(|e| Error::Pin {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                self.links.push(link);
+            let pin = self.link_pin(&format!("link-{name}"));
+            if self.keep_pinned(pin.as_deref())? {
                 continue;
             }
             let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
@@ -230,19 +221,11 @@ impl SocketLb {
             let id = prog
                 .attach(dir, CgroupAttachMode::Single)
                 .map_err(|source| Error::Program { name, source })?;
-            if let Some(path) = link_pin {
+            if let Some(path) = pin {
                 let link = prog
                     .take_link(id)
                     .map_err(|source| Error::Program { name, source })?;
-                let fd_link = FdLink::try_from(link).map_err(|e| Error::Pin {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                let pinned = fd_link.pin(&path).map_err(|e| Error::Pin {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                self.links.push(pinned);
+                self.pin_link(link, path)?;
             }
         }
         Ok(())
@@ -256,40 +239,51 @@ impl SocketLb {
     /// like the cgroup links and survive an agent restart.
     pub fn attach_external(&mut self, iface: &str) -> Result<(), Error> {
         for (name, direction) in TC_PROGRAMS {
-            let link_pin = self
-                .pins
-                .as_ref()
-                .map(|dir| dir.join(format!("link-{name}-{iface}")));
-            if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
-                // Attached by an earlier agent: keep it running.
-                let link = PinnedLink::from_pin(path).map_err(|e| Error::Pin {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                self.links.push(link);
+            let pin = self.link_pin(&format!("link-{name}-{iface}"));
+            if self.keep_pinned(pin.as_deref())? {
                 continue;
             }
             let prog = classifier(&mut self.ebpf, name)?;
             let id = prog
                 .attach(iface, direction)
                 .map_err(|source| Error::Program { name, source })?;
-            if let Some(path) = link_pin {
+            if let Some(path) = pin {
                 let link = prog
                     .take_link(id)
                     .map_err(|source| Error::Program { name, source })?;
-                let pinned = FdLink::try_from(link)
-                    .map_err(|e| Error::Pin {
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    })?
-                    .pin(&path)
-                    .map_err(|e| Error::Pin {
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-                self.links.push(pinned);
+                self.pin_link(link, path)?;
             }
         }
+        Ok(())
+    }
+
+    /// Where the link called `name` is pinned, when pinning.
+    fn link_pin(&self, name: &str) -> Option<PathBuf> {
+        self.pins.as_ref().map(|dir| dir.join(name))
+    }
+
+    /// If a link is already pinned at `pin` (attached by an earlier agent with
+    /// these same maps), keeps it running and says so.
+    fn keep_pinned(&mut self, pin: Option<&Path>) -> Result<bool, Error> {
+        let Some(path) = pin.filter(|p| p.exists()) else {
+            return Ok(false);
+        };
+        let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+        self.links.push(link);
+        Ok(true)
+    }
+
+    /// Pins a link we just attached at `path`.
+    fn pin_link<L>(&mut self, link: L, path: PathBuf) -> Result<(), Error>
+    where
+        FdLink: TryFrom<L>,
+        <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let pinned = FdLink::try_from(link)
+            .map_err(|e| pin_error(&path, e))?
+            .pin(&path)
+            .map_err(|e| pin_error(&path, e))?;
+        self.links.push(pinned);
         Ok(())
     }
 
@@ -407,6 +401,13 @@ impl std::fmt::Debug for SocketLb {
         f.debug_struct("SocketLb")
             .field("table", &self.table)
             .finish_non_exhaustive()
+    }
+}
+
+fn pin_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Pin {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use berth_ebpf::{Frontend, Protocol, SocketLb};
-use berth_testkit::{Cgroup2Child, NetNs, require_root, skip};
+use berth_testkit::{Cgroup2Child, NetNs, require_root};
 use nix::sched::{CloneFlags, setns};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -64,14 +64,7 @@ fn curl_vip(ns: &NetNs, cgroup: Option<&Cgroup2Child>) -> Output {
 #[test]
 fn connect4_sends_vip_to_backend_only_inside_the_cgroup() {
     require_root!();
-    let object = berth_testkit::tools::ebpf_object();
-    if !object.exists() {
-        skip(&format!(
-            "{} is not built (cargo xtask build-ebpf)",
-            object.display()
-        ));
-        return;
-    }
+    let object = berth_testkit::require_ebpf_object!();
     let ns = NetNs::new("berthe");
     let cgroup = Cgroup2Child::new("berth-test-");
     let port = serve_in(&ns);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use berth_ebpf::{Frontend, Protocol, SocketLb};
-use berth_testkit::{NetNs, require_root, skip};
+use berth_testkit::{NetNs, require_root};
 
 const NODE_EXT: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 2);
@@ -72,14 +72,7 @@ fn topology() -> (NetNs, NetNs, NetNs) {
 #[test]
 fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted() {
     require_root!();
-    let object = berth_testkit::tools::ebpf_object();
-    if !object.exists() {
-        skip(&format!(
-            "{} is not built (cargo xtask build-ebpf)",
-            object.display()
-        ));
-        return;
-    }
+    let object = berth_testkit::require_ebpf_object!();
     let (node, pod, ext) = topology();
     let mut lb = SocketLb::load(&object).expect("load");
     node.run(|| lb.attach_external("ext0"))
@@ -233,14 +226,7 @@ fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted()
 #[test]
 fn pinned_nodeport_attachments_survive_an_agent_restart() {
     require_root!();
-    let object = berth_testkit::tools::ebpf_object();
-    if !object.exists() {
-        skip(&format!(
-            "{} is not built (cargo xtask build-ebpf)",
-            object.display()
-        ));
-        return;
-    }
+    let object = berth_testkit::require_ebpf_object!();
     let bpffs = berth_testkit::BpfFs::new();
     let (node, pod, ext) = topology();
     let listener = pod.run(|| TcpListener::bind((POD, 8080)).expect("bind tcp"));

@@ -15,7 +15,7 @@ use std::{
 };
 
 use berth_ebpf::{Frontend, Protocol, SocketLb};
-use berth_testkit::{Cgroup2Child, ChildGuard, NetNs, require_root, skip};
+use berth_testkit::{Cgroup2Child, ChildGuard, NetNs, require_root};
 use serde_json::Value;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
@@ -84,14 +84,7 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
-    let object = berth_testkit::tools::ebpf_object();
-    if !object.exists() {
-        skip(&format!(
-            "{} is not built (cargo xtask build-ebpf)",
-            object.display()
-        ));
-        return None;
-    }
+    let object = berth_testkit::require_ebpf_object!(None);
     let ns = NetNs::new("berthlb");
     let cgroup = Cgroup2Child::new("berth-test-");
     let mut lb = SocketLb::load(&object).expect("load eBPF object");
@@ -389,14 +382,7 @@ fn client_ip_affinity_pins_a_client_until_the_timeout() {
 #[test]
 fn an_agent_restart_during_a_connect_loop_drops_nothing_and_adopts_the_maps() {
     require_root!();
-    let object = berth_testkit::tools::ebpf_object();
-    if !object.exists() {
-        skip(&format!(
-            "{} is not built (cargo xtask build-ebpf)",
-            object.display()
-        ));
-        return;
-    }
+    let object = berth_testkit::require_ebpf_object!();
     let bpffs = berth_testkit::BpfFs::new();
     let ns = NetNs::new("berthlb");
     let cgroup = Cgroup2Child::new("berth-test-");

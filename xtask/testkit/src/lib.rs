@@ -31,3 +31,23 @@ macro_rules! require_root {
         }
     };
 }
+
+/// The eBPF object `cargo xtask build-ebpf` built, or — when it is missing —
+/// returns from the calling test, recorded as skipped with the reason.
+#[macro_export]
+macro_rules! require_ebpf_object {
+    () => {
+        $crate::require_ebpf_object!(())
+    };
+    ($skipped:expr) => {{
+        let object = $crate::tools::ebpf_object();
+        if !object.exists() {
+            $crate::skip(&format!(
+                "{} is not built (cargo xtask build-ebpf)",
+                object.display()
+            ));
+            return $skipped;
+        }
+        object
+    }};
+}
