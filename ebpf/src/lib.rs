@@ -10,5 +10,5 @@ mod service_table;
 mod socket_lb;
 
 pub use error::Error;
-pub use service_table::{Frontend, LbMaps, Protocol, ServiceTable};
+pub use service_table::{Frontend, LbMaps, Protocol, ServiceOptions, ServiceTable};
 pub use socket_lb::{SocketLb, Stats};

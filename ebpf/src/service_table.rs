@@ -15,8 +15,8 @@ use std::{
 };
 
 use berth_ebpf_common::{
-    Backend, BackendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
-    ServiceValue,
+    Backend, BackendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_SERVICES, SERVICE_SNAT,
+    ServiceKey, ServiceValue,
 };
 
 use crate::Error;
@@ -57,6 +57,15 @@ fn backend_value(addr: SocketAddrV4) -> Backend {
         port: addr.port().to_be(),
         _pad: 0,
     }
+}
+
+/// How a frontend balances, beyond its backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// ClientIP session affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// Masquerade traffic from outside the node (externalTrafficPolicy: Cluster).
+    pub snat: bool,
 }
 
 /// The four map operations the table needs.
@@ -173,7 +182,7 @@ impl ServiceTable {
         maps: &mut impl LbMaps,
         frontend: Frontend,
         backends: &[SocketAddrV4],
-        affinity_timeout: Option<u32>,
+        options: ServiceOptions,
     ) -> Result<(), Error> {
         self.reap(maps);
         let key = frontend.key();
@@ -199,8 +208,8 @@ impl ServiceTable {
         let value = ServiceValue {
             group,
             count: wanted,
-            affinity_timeout: affinity_timeout.unwrap_or(0),
-            _pad: 0,
+            affinity_timeout: options.affinity_timeout.unwrap_or(0),
+            flags: if options.snat { SERVICE_SNAT } else { 0 },
         };
         if let Err(err) = maps.put_service(key, value) {
             remove_group(maps, group, wanted);
@@ -326,11 +335,11 @@ mod tests {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::with_grace(Duration::ZERO);
         table
-            .set(&mut maps, frontend(), &addrs(2), None)
+            .set(&mut maps, frontend(), &addrs(2), ServiceOptions::default())
             .expect("first set");
         maps.log.clear();
         table
-            .set(&mut maps, frontend(), &addrs(3), None)
+            .set(&mut maps, frontend(), &addrs(3), ServiceOptions::default())
             .expect("second set");
         assert_eq!(
             maps.log,
@@ -352,11 +361,11 @@ mod tests {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::default();
         table
-            .set(&mut maps, frontend(), &addrs(2), None)
+            .set(&mut maps, frontend(), &addrs(2), ServiceOptions::default())
             .expect("first set");
         let before = maps.services.clone();
         maps.fail_backend_write = Some(maps.backend_writes + 2);
-        let err = table.set(&mut maps, frontend(), &addrs(3), None);
+        let err = table.set(&mut maps, frontend(), &addrs(3), ServiceOptions::default());
         assert!(err.is_err(), "the injected failure must surface");
         assert_eq!(
             maps.services, before,
@@ -375,7 +384,7 @@ mod tests {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::with_grace(Duration::ZERO);
         table
-            .set(&mut maps, frontend(), &[], None)
+            .set(&mut maps, frontend(), &[], ServiceOptions::default())
             .expect("set empty");
         assert_eq!(maps.services.values().next().map(|v| v.count), Some(0));
         assert!(table.remove(&mut maps, frontend()).expect("remove"));
@@ -389,10 +398,10 @@ mod tests {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::with_grace(Duration::from_millis(50));
         table
-            .set(&mut maps, frontend(), &addrs(2), None)
+            .set(&mut maps, frontend(), &addrs(2), ServiceOptions::default())
             .expect("first");
         table
-            .set(&mut maps, frontend(), &addrs(1), None)
+            .set(&mut maps, frontend(), &addrs(1), ServiceOptions::default())
             .expect("second");
         assert_eq!(
             maps.backends.len(),
@@ -411,10 +420,10 @@ mod tests {
         let mut maps = Recorder::default();
         let mut before = ServiceTable::with_grace(Duration::from_secs(60));
         before
-            .set(&mut maps, frontend(), &addrs(2), None)
+            .set(&mut maps, frontend(), &addrs(2), ServiceOptions::default())
             .expect("set");
         before
-            .set(&mut maps, frontend(), &addrs(3), None)
+            .set(&mut maps, frontend(), &addrs(3), ServiceOptions::default())
             .expect("replace: group 0 retired, not deleted");
         let services: Vec<_> = maps.services.iter().map(|(k, v)| (*k, *v)).collect();
         let slots: Vec<_> = maps.backends.keys().copied().collect();
@@ -427,7 +436,7 @@ mod tests {
         after.reap(&mut maps);
         assert_eq!(maps.backends.len(), 3, "orphan group 0 deleted");
         after
-            .set(&mut maps, frontend(), &addrs(1), None)
+            .set(&mut maps, frontend(), &addrs(1), ServiceOptions::default())
             .expect("next group id is fresh");
         assert!(
             maps.services.values().all(|v| v.group == 2),
@@ -441,7 +450,7 @@ mod tests {
         let mut maps = Recorder::default();
         let mut table = ServiceTable::default();
         let many = vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1); MAX_BACKENDS as usize + 1];
-        let err = table.set(&mut maps, frontend(), &many, None);
+        let err = table.set(&mut maps, frontend(), &many, ServiceOptions::default());
         assert!(
             matches!(err, Err(Error::BackendsFull { .. })),
             "got {err:?}"

@@ -53,7 +53,7 @@ const PROGRAMS: [&str; 4] = [
     GETPEERNAME4_PROGRAM,
 ];
 
-use crate::{Error, Frontend, LbMaps, Protocol, ServiceTable};
+use crate::{Error, Frontend, LbMaps, Protocol, ServiceOptions, ServiceTable};
 
 /// Counters kept by the kernel programs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -339,12 +339,28 @@ impl SocketLb {
         backends: &[SocketAddrV4],
         affinity_timeout: Option<u32>,
     ) -> Result<(), Error> {
+        self.set_service_with(
+            frontend,
+            backends,
+            ServiceOptions {
+                affinity_timeout,
+                snat: false,
+            },
+        )
+    }
+
+    /// Like [`SocketLb::set_service`], with every option.
+    pub fn set_service_with(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddrV4],
+        options: ServiceOptions,
+    ) -> Result<(), Error> {
         let mut maps = AyaMaps {
             services: &mut self.services,
             backends: &mut self.backends,
         };
-        self.table
-            .set(&mut maps, frontend, backends, affinity_timeout)
+        self.table.set(&mut maps, frontend, backends, options)
     }
 
     /// Removes `frontend`; returns whether it was programmed.

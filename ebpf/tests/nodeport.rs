@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use berth_ebpf::{Frontend, Protocol, SocketLb};
+use berth_ebpf::{Frontend, Protocol, ServiceOptions, SocketLb};
 use berth_testkit::{NetNs, require_root};
 
 const NODE_EXT: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 1);
@@ -277,4 +277,143 @@ fn pinned_nodeport_attachments_survive_an_agent_restart() {
         fetch().is_err(),
         "unpinned and dropped: the NodePort is gone"
     );
+}
+
+#[test]
+fn cluster_policy_masquerades_to_a_backend_on_another_node() {
+    require_root!();
+    let object = berth_testkit::require_ebpf_object!();
+    // external host — node A — node B — pod; node B has no route to the external
+    // host, so only a masqueraded flow can be answered.
+    let (a, b, pod, ext) = (
+        NetNs::new("bsnata"),
+        NetNs::new("bsnatb"),
+        NetNs::new("bsnatpod"),
+        NetNs::new("bsnatext"),
+    );
+    a.ip_ok(&[
+        "link",
+        "add",
+        "ext0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ext.name(),
+    ]);
+    a.ip_ok(&[
+        "link",
+        "add",
+        "link0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        b.name(),
+    ]);
+    b.ip_ok(&[
+        "link",
+        "add",
+        "np0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ]);
+    for (ns, addr, dev) in [
+        (&a, "10.211.0.1/24", "ext0"),
+        (&ext, "10.211.0.2/24", "eth0"),
+        (&a, "10.230.0.1/24", "link0"),
+        (&b, "10.230.0.2/24", "eth0"),
+        (&b, "10.220.0.1/24", "np0"),
+        (&pod, "10.220.0.2/24", "eth0"),
+    ] {
+        ns.ip_ok(&["addr", "add", addr, "dev", dev]);
+        ns.ip_ok(&["link", "set", dev, "up"]);
+    }
+    a.ip_ok(&["route", "add", "10.220.0.0/24", "via", "10.230.0.2"]);
+    pod.ip_ok(&["route", "add", "default", "via", "10.220.0.1"]);
+    for ns in [&a, &b] {
+        let ok = ns
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .expect("sysctl");
+        assert!(ok.success(), "forwarding on");
+    }
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let listener =
+        pod.run(|| TcpListener::bind((Ipv4Addr::new(10, 220, 0, 2), 8080)).expect("bind"));
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = seen_tx.send(s.peer_addr().ok());
+            let _ = s.write_all(b"remote pod");
+        }
+    });
+
+    let mut lb = SocketLb::load(&object).expect("load");
+    a.run(|| lb.attach_external("ext0"))
+        .expect("attach on the external side");
+    a.run(|| lb.attach_external("link0"))
+        .expect("attach on the side toward node B");
+    lb.set_node_ips(&[NODE_EXT]).expect("node addresses");
+    let np = Frontend {
+        addr: Ipv4Addr::UNSPECIFIED,
+        port: 30100,
+        protocol: Protocol::Tcp,
+    };
+    let backend = [SocketAddrV4::new(Ipv4Addr::new(10, 220, 0, 2), 8080)];
+    let connect = |timeout| {
+        ext.run(|| {
+            let mut s = TcpStream::connect_timeout(&SocketAddr::from((NODE_EXT, 30100)), timeout)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok::<(String, SocketAddr), std::io::Error>((body, s.peer_addr()?))
+        })
+    };
+
+    // Without masquerading (externalTrafficPolicy: Local semantics) node B cannot answer.
+    lb.set_service(np, &backend).expect("NodePort without SNAT");
+    assert!(
+        connect(Duration::from_millis(700)).is_err(),
+        "no route back without SNAT"
+    );
+    while seen_rx.try_recv().is_ok() {}
+
+    lb.set_service_with(
+        np,
+        &backend,
+        ServiceOptions {
+            snat: true,
+            ..ServiceOptions::default()
+        },
+    )
+    .expect("SNAT");
+    for _ in 0..3 {
+        let (body, peer) =
+            connect(Duration::from_secs(3)).expect("masqueraded NodePort connection");
+        assert_eq!(
+            (body.as_str(), peer),
+            ("remote pod", SocketAddr::from((NODE_EXT, 30100)))
+        );
+        let seen = seen_rx
+            .recv_timeout(Duration::from_secs(3))
+            .expect("pod saw it");
+        assert_eq!(
+            seen.map(|s| s.ip()),
+            Some(Ipv4Addr::new(10, 230, 0, 1).into()),
+            "source is node A toward node B"
+        );
+    }
+    drop(lb);
+    drop((a, b, pod, ext));
 }

@@ -37,6 +37,9 @@ pub struct LbEntry {
     pub backends: Vec<SocketAddrV4>,
     /// Seconds of ClientIP affinity, if the Service asks for it.
     pub affinity_timeout: Option<u32>,
+    /// Masquerade traffic from outside the node to the backends: NodePorts and
+    /// external IPs with `externalTrafficPolicy: Cluster`, as kube-proxy does.
+    pub snat: bool,
 }
 
 /// Why a Service is not programmed.
@@ -163,7 +166,7 @@ pub fn entries(
         let external = backends_for(&ours, &port_name, proto_name, external_local, node);
         let service_port =
             u16::try_from(p.port).map_err(|_| Rejected::PortRange { port: p.port })?;
-        let mut push = |addr: Ipv4Addr, port: u16, backends: &Vec<SocketAddrV4>| {
+        let mut push = |addr: Ipv4Addr, port: u16, backends: &Vec<SocketAddrV4>, snat: bool| {
             out.push(LbEntry {
                 frontend: Frontend {
                     addr,
@@ -172,13 +175,14 @@ pub fn entries(
                 },
                 backends: backends.clone(),
                 affinity_timeout: affinity,
+                snat,
             });
         };
         for addr in &v4 {
-            push(*addr, service_port, &internal);
+            push(*addr, service_port, &internal, false);
         }
         for addr in &external_ips {
-            push(*addr, service_port, &external);
+            push(*addr, service_port, &external, !external_local);
         }
         if node_port_type
             && let Some(node_port) = p
@@ -187,7 +191,7 @@ pub fn entries(
                 .filter(|n| *n != 0)
         {
             // A NodePort is the frontend 0.0.0.0:nodePort: any node address.
-            push(Ipv4Addr::UNSPECIFIED, node_port, &external);
+            push(Ipv4Addr::UNSPECIFIED, node_port, &external, !external_local);
         }
     }
     Ok(out)
@@ -438,6 +442,10 @@ mod tests {
             ["10.244.4.1:8080", "10.244.4.2:8080"],
             "cluster IP: all"
         );
+        assert!(
+            e.iter().all(|x| !x.snat),
+            "Local keeps the client address: {e:?}"
+        );
         assert_eq!(
             addrs(by_addr("203.0.113.7")),
             ["10.244.4.1:8080"],
@@ -455,6 +463,27 @@ mod tests {
             entries(&cluster_ip_only, &[], "n1").expect("valid").len(),
             1,
             "a ClusterIP Service has no NodePort"
+        );
+    }
+
+    #[test]
+    fn cluster_policy_masquerades_outside_traffic_only() {
+        let s = svc(
+            json!({"type": "NodePort", "clusterIP": "10.96.0.18", "externalIPs": ["203.0.113.8"],
+            "ports": [{"port": 80, "nodePort": 30082}]}),
+        );
+        let e = entries(&s, &[], "n1").expect("valid");
+        let snat: Vec<(String, bool)> = e
+            .iter()
+            .map(|x| (x.frontend.addr.to_string(), x.snat))
+            .collect();
+        assert_eq!(
+            snat,
+            [
+                ("10.96.0.18".into(), false),
+                ("203.0.113.8".into(), true),
+                ("0.0.0.0".into(), true)
+            ]
         );
     }
 
@@ -526,6 +555,8 @@ pub fn host_port_entries(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<LbEntry> 
                 },
                 backends: vec![SocketAddrV4::new(pod_ip, container_port)],
                 affinity_timeout: None,
+                // As CNI portmap does, hostPorts keep the client's address.
+                snat: false,
             })
         })
         .collect()

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use berth_ebpf::{Frontend, SocketLb};
+use berth_ebpf::{Frontend, ServiceOptions, SocketLb};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::model::{LbEntry, Rejected, entries};
@@ -22,7 +22,11 @@ pub trait LbTarget {
 
 impl LbTarget for SocketLb {
     fn set(&mut self, entry: &LbEntry) -> Result<(), String> {
-        self.set_service_with_affinity(entry.frontend, &entry.backends, entry.affinity_timeout)
+        let options = ServiceOptions {
+            affinity_timeout: entry.affinity_timeout,
+            snat: entry.snat,
+        };
+        self.set_service_with(entry.frontend, &entry.backends, options)
             .map_err(|e| e.to_string())
     }
 

@@ -48,14 +48,25 @@ pub const CT_FORWARD: u8 = 0;
 /// Backend → client: the value is the NodePort address to restore as source.
 pub const CT_REPLY: u8 = 1;
 
-/// The address and port a flow direction is translated to (network byte order).
+/// How a flow direction is translated (addresses and ports in network byte order).
+/// Forward: to backend `addr:port`, and with [`CT_SNAT`] from `addr2:port2` (the
+/// node's address toward the backend) out of interface `ifindex`. Reply: from the
+/// frontend `addr:port`, and with [`CT_SNAT`] to the client `addr2:port2` out of
+/// `ifindex`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtValue {
     pub addr: u32,
     pub port: u16,
+    pub flags: u16,
+    pub addr2: u32,
+    pub port2: u16,
     pub _pad: u16,
+    pub ifindex: u32,
 }
+
+/// Flag of [`CtValue`]: the flow is source-NATed and routed by the program.
+pub const CT_SNAT: u16 = 1;
 
 /// Name of the session-affinity LRU map in the eBPF object.
 pub const AFFINITY_MAP: &str = "AFFINITY";
@@ -108,8 +119,14 @@ pub struct ServiceValue {
     pub count: u32,
     /// ClientIP session affinity timeout in seconds; 0 means no affinity.
     pub affinity_timeout: u32,
-    pub _pad: u32,
+    /// [`SERVICE_SNAT`] and future flags.
+    pub flags: u32,
 }
+
+/// Flag of [`ServiceValue`]: traffic from outside the node (NodePort, external
+/// IPs) is masqueraded to the node's address toward the backend, as kube-proxy does
+/// for `externalTrafficPolicy: Cluster`.
+pub const SERVICE_SNAT: u32 = 1;
 
 /// Key of the affinity map: a client and a frontend. The client is its network
 /// namespace (`bpf_get_netns_cookie`): one pod, one address, as ClientIP means.

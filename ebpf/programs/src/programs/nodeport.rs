@@ -10,13 +10,19 @@
 //! (externalTrafficPolicy: Cluster across nodes).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
+    },
+    helpers::{
+        bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
+    },
     macros::classifier,
     programs::TcContext,
 };
 use berth_ebpf_common::{
-    CT_FORWARD, CT_REPLY, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, Stat,
+    CT_FORWARD, CT_REPLY, CT_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, SERVICE_SNAT,
+    ServiceKey, Stat,
 };
 
 use super::{count, forward::pick};
@@ -87,32 +93,38 @@ fn parse(ctx: &TcContext) -> Option<Flow> {
     })
 }
 
-/// Rewrites the address at `addr_off` and the port at `port_off` (fixing the IP
-/// and L4 checksums); returns None if the packet could not be written.
+/// Rewrites the address at `addr_off` (from `old_addr` to `new_addr`) and the port
+/// at `port_off` (from `old_port` to `new_port`), fixing the IP and L4 checksums;
+/// None if the packet could not be written.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each value is a distinct header field"
+)]
 fn rewrite(
     ctx: &TcContext,
     flow: &Flow,
     addr_off: usize,
     old_addr: u32,
-    new: CtValue,
+    new_addr: u32,
     port_off: usize,
     old_port: u16,
+    new_port: u16,
 ) -> Option<()> {
     let csum = flow.csum_offset();
     let flags = flow.l4_flags();
     ctx.l4_csum_replace(
         csum,
         u64::from(old_addr),
-        u64::from(new.addr),
+        u64::from(new_addr),
         flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
     )
     .ok()?;
-    ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new.addr), 4)
+    ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4)
         .ok()?;
-    ctx.store(addr_off, &new.addr, 0).ok()?;
-    ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new.port), flags | 2)
+    ctx.store(addr_off, &new_addr, 0).ok()?;
+    ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), flags | 2)
         .ok()?;
-    ctx.store(port_off, &new.port, 0).ok()?;
+    ctx.store(port_off, &new_port, 0).ok()?;
     Some(())
 }
 
@@ -121,6 +133,10 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
     let Some(flow) = parse(&ctx) else {
         return TC_ACT_OK as i32;
     };
+    // A reply of a masqueraded flow, arriving from the backend's side.
+    if let Some(verdict) = snat_reply(&ctx, &flow) {
+        return verdict;
+    }
     let forward = CtKey {
         saddr: flow.saddr,
         daddr: flow.daddr,
@@ -131,64 +147,220 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    let backend = match unsafe { CT.get(&forward) }.copied() {
-        Some(b) => {
+    let t = match unsafe { CT.get(&forward) }.copied() {
+        Some(t) => {
             count(Stat::NodePortTracked);
-            b
+            t
         }
-        None => {
-            let Some(service) = frontend(&flow) else {
-                return TC_ACT_OK as i32;
-            };
-            if service.count == 0 {
-                count(Stat::NodePortNoBackends);
-                if flow.protocol == IPPROTO_TCP {
-                    return reject_tcp(&ctx, &flow).unwrap_or(TC_ACT_SHOT as i32);
-                }
-                return TC_ACT_SHOT as i32;
-            }
-            let Some(b) = pick(&service) else {
-                return TC_ACT_OK as i32;
-            };
-            let chosen = CtValue {
-                addr: b.addr,
-                port: b.port,
-                _pad: 0,
-            };
-            let reply = CtKey {
-                saddr: b.addr,
-                daddr: flow.saddr,
-                sport: b.port,
-                dport: flow.sport,
-                protocol: flow.protocol,
-                direction: CT_REPLY,
-                _pad: 0,
-            };
-            let nodeport = CtValue {
-                addr: flow.daddr,
-                port: flow.dport,
-                _pad: 0,
-            };
-            if CT.insert(&reply, &nodeport, 0).is_err() || CT.insert(&forward, &chosen, 0).is_err()
-            {
-                return TC_ACT_SHOT as i32;
-            }
-            count(Stat::NodePortNew);
-            chosen
-        }
+        None => match new_flow(&ctx, &flow, &forward) {
+            Ok(t) => t,
+            Err(verdict) => return verdict,
+        },
     };
-    match rewrite(
+    if rewrite(
         &ctx,
         &flow,
         IP_DST,
         flow.daddr,
-        backend,
+        t.addr,
         flow.l4 + 2,
         flow.dport,
-    ) {
-        Some(()) => TC_ACT_OK as i32,
-        None => TC_ACT_SHOT as i32,
+        t.port,
+    )
+    .is_none()
+    {
+        return TC_ACT_SHOT as i32;
     }
+    if t.flags & CT_SNAT == 0 {
+        return TC_ACT_OK as i32;
+    }
+    // Masqueraded: the source becomes the node's address toward the backend. The
+    // stack would drop a received packet with a local source, so send it on here.
+    if rewrite(
+        &ctx, &flow, IP_SRC, flow.saddr, t.addr2, flow.l4, flow.sport, t.port2,
+    )
+    .is_none()
+    {
+        return TC_ACT_SHOT as i32;
+    }
+    redirect_neigh(t.ifindex)
+}
+
+/// Sets up a new flow: picks the backend, and records both directions.
+fn new_flow(ctx: &TcContext, flow: &Flow, forward: &CtKey) -> Result<CtValue, i32> {
+    let Some(service) = frontend(flow) else {
+        return Err(TC_ACT_OK as i32);
+    };
+    if service.count == 0 {
+        count(Stat::NodePortNoBackends);
+        if flow.protocol == IPPROTO_TCP {
+            return Err(reject_tcp(ctx, flow).unwrap_or(TC_ACT_SHOT as i32));
+        }
+        return Err(TC_ACT_SHOT as i32);
+    }
+    let b = pick(&service).ok_or(TC_ACT_OK as i32)?;
+    let mut t = CtValue {
+        addr: b.addr,
+        port: b.port,
+        flags: 0,
+        addr2: 0,
+        port2: 0,
+        _pad: 0,
+        ifindex: 0,
+    };
+    let (reply, restore) = if service.flags & SERVICE_SNAT != 0 {
+        let (src, ifindex) = route_to(ctx, b.addr).ok_or(TC_ACT_SHOT as i32)?;
+        let port = free_port(flow.protocol, b.addr, b.port, src).ok_or(TC_ACT_SHOT as i32)?;
+        t = CtValue {
+            flags: CT_SNAT,
+            addr2: src,
+            port2: port,
+            ifindex,
+            ..t
+        };
+        let reply = CtKey {
+            saddr: b.addr,
+            daddr: src,
+            sport: b.port,
+            dport: port,
+            protocol: flow.protocol,
+            direction: CT_REPLY,
+            _pad: 0,
+        };
+        // SAFETY: reading the ingress ifindex of the program's own skb.
+        let client_side = unsafe { (*ctx.skb.skb).ifindex };
+        let restore = CtValue {
+            addr: flow.daddr,
+            port: flow.dport,
+            flags: CT_SNAT,
+            addr2: flow.saddr,
+            port2: flow.sport,
+            _pad: 0,
+            ifindex: client_side,
+        };
+        (reply, restore)
+    } else {
+        let reply = CtKey {
+            saddr: b.addr,
+            daddr: flow.saddr,
+            sport: b.port,
+            dport: flow.sport,
+            protocol: flow.protocol,
+            direction: CT_REPLY,
+            _pad: 0,
+        };
+        let restore = CtValue {
+            addr: flow.daddr,
+            port: flow.dport,
+            flags: 0,
+            addr2: 0,
+            port2: 0,
+            _pad: 0,
+            ifindex: 0,
+        };
+        (reply, restore)
+    };
+    if CT.insert(&reply, &restore, 0).is_err() || CT.insert(forward, &t, 0).is_err() {
+        return Err(TC_ACT_SHOT as i32);
+    }
+    count(Stat::NodePortNew);
+    Ok(t)
+}
+
+/// A reply to a masqueraded flow: back to the frontend as source and the client as
+/// destination, sent out where the client's packets came in. None if the packet is
+/// not one.
+fn snat_reply(ctx: &TcContext, flow: &Flow) -> Option<i32> {
+    let key = CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        direction: CT_REPLY,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let r = unsafe { CT.get(&key) }.copied()?;
+    if r.flags & CT_SNAT == 0 {
+        return None; // not masqueraded: restored on the way out (nodeport_egress)
+    }
+    count(Stat::NodePortTracked);
+    if rewrite(
+        ctx, flow, IP_SRC, flow.saddr, r.addr, flow.l4, flow.sport, r.port,
+    )
+    .is_none()
+        || rewrite(
+            ctx,
+            flow,
+            IP_DST,
+            flow.daddr,
+            r.addr2,
+            flow.l4 + 2,
+            flow.dport,
+            r.port2,
+        )
+        .is_none()
+    {
+        return Some(TC_ACT_SHOT as i32);
+    }
+    Some(redirect_neigh(r.ifindex))
+}
+
+/// The node's source address and the interface toward `dst` (network order).
+fn route_to(ctx: &TcContext, dst: u32) -> Option<(u32, u32)> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut params: FibLookup = unsafe { core::mem::zeroed() };
+    params.family = 2; // AF_INET
+    // SAFETY: reading the ingress ifindex of the program's own skb.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // A forwarding lookup from the ingress interface (the packet is forwarded).
+    let flags = BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH;
+    // SAFETY: params lives on our stack for the call; its size is passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut params,
+            core::mem::size_of::<FibLookup>() as i32,
+            flags,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the lookup filled ipv4_src (BPF_FIB_LOOKUP_SRC).
+    Some((unsafe { params.__bindgen_anon_3.ipv4_src }, params.ifindex))
+}
+
+/// A source port for a masqueraded flow to `backend`, unused by another.
+fn free_port(protocol: u8, backend: u32, backend_port: u16, src: u32) -> Option<u16> {
+    let mut tries = 0;
+    while tries < 4 {
+        tries += 1;
+        // SAFETY: a plain helper call with no arguments.
+        let port = (32_768 + unsafe { bpf_get_prandom_u32() } % 28_232) as u16;
+        let key = CtKey {
+            saddr: backend,
+            daddr: src,
+            sport: backend_port,
+            dport: port.to_be(),
+            protocol,
+            direction: CT_REPLY,
+            _pad: 0,
+        };
+        // SAFETY: only checks presence.
+        if unsafe { CT.get(&key) }.is_none() {
+            return Some(port.to_be());
+        }
+    }
+    None
+}
+
+fn redirect_neigh(ifindex: u32) -> i32 {
+    // SAFETY: a plain helper call; no neighbour parameters, so the kernel resolves
+    // the next hop of the packet's destination on `ifindex`.
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// The service a new flow is for: an exact frontend (external IP), else a NodePort
@@ -236,7 +408,14 @@ pub fn nodeport_egress(ctx: TcContext) -> i32 {
     };
     count(Stat::NodePortTracked);
     match rewrite(
-        &ctx, &flow, IP_SRC, flow.saddr, nodeport, flow.l4, flow.sport,
+        &ctx,
+        &flow,
+        IP_SRC,
+        flow.saddr,
+        nodeport.addr,
+        flow.l4,
+        flow.sport,
+        nodeport.port,
     ) {
         Some(()) => TC_ACT_OK as i32,
         None => TC_ACT_SHOT as i32,
