@@ -236,7 +236,10 @@ impl SocketLb {
     /// a node address at a NodePort (a frontend with address 0.0.0.0) go to a
     /// backend, and the backend's replies leave with the NodePort address. Without
     /// pins the attachments last as long as this balancer; with pins they are pinned
-    /// like the cgroup links and survive an agent restart.
+    /// like the cgroup links and survive an agent restart. Attach it to every
+    /// interface clients or backends are reached through (external interfaces, the
+    /// pod bridge, links to other nodes): replies of masqueraded flows are restored
+    /// where they come in.
     pub fn attach_external(&mut self, iface: &str) -> Result<(), Error> {
         for (name, direction) in TC_PROGRAMS {
             let pin = self.link_pin(&format!("link-{name}-{iface}"));
