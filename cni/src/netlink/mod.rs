@@ -181,6 +181,18 @@ impl Rtnl {
         }
     }
 
+    /// How many links have `bridge` as their controller (bridge ports).
+    pub async fn ports_of(&self, bridge: u32) -> Result<usize, NlError> {
+        let links: Vec<LinkMessage> = op(
+            "list links",
+            self.handle.link().get().execute().try_collect().await,
+        )?;
+        Ok(links
+            .iter()
+            .filter(|m| Link::from_message(m).controller == Some(bridge))
+            .count())
+    }
+
     /// Creates bridge `name` (up, with a fixed MAC so it does not follow its
     /// ports' addresses) and returns it.
     pub async fn create_bridge(&self, name: &str, mtu: Option<u32>) -> Result<Link, NlError> {

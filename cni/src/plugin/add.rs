@@ -95,11 +95,22 @@ async fn setup(
     let bridge_name = conf.bridge_name();
     let bridge = match host.link(bridge_name).await? {
         Some(b) => b,
-        None => {
-            let b = host.create_bridge(bridge_name, conf.mtu).await?;
-            made.bridge = Some(b.index);
-            b
-        }
+        None => match host.create_bridge(bridge_name, conf.mtu).await {
+            Ok(b) => {
+                made.bridge = Some(b.index);
+                b
+            }
+            // A concurrent ADD created it between our lookup and our create: use it.
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                host.link(bridge_name).await?.ok_or_else(|| {
+                    CniError::new(
+                        code::NETLINK,
+                        format!("bridge {bridge_name} exists yet cannot be found"),
+                    )
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        },
     };
     if conf.is_gateway
         && let Some(gw) = lease.gateway
@@ -234,7 +245,11 @@ async fn undo(
     {
         let _ = host.delete_link(link.index).await;
     }
-    if let Some(bridge) = made.bridge {
+    // The bridge goes only if this ADD made it and no other ADD has put a port on
+    // it meanwhile.
+    if let Some(bridge) = made.bridge
+        && host.ports_of(bridge).await.is_ok_and(|n| n == 0)
+    {
         let _ = host.delete_link(bridge).await;
     }
     let _ = ipam.release(inv, stdin);
