@@ -218,6 +218,24 @@ fn nodeport_reaches_a_pod_from_an_external_host_and_replies_are_reverse_natted()
         "at once: {:?}",
         started.elapsed()
     );
+
+    // And a UDP datagram gets an ICMP port unreachable: a connected socket sees
+    // ECONNREFUSED instead of waiting for a reply that never comes.
+    lb.set_service(udp, &[]).expect("empty UDP");
+    let udp_error = ext.run(|| {
+        let s = UdpSocket::bind((CLIENT, 0)).expect("bind");
+        s.connect((NODE_EXT, 30081)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s.send(b"ping").expect("send");
+        let mut buf = [0u8; 16];
+        s.recv(&mut buf).expect_err("no backend, no reply")
+    });
+    assert_eq!(
+        udp_error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "ICMP port unreachable: {udp_error}"
+    );
     assert!(lb.stats().expect("stats").nodeport_no_backends > 0);
     drop(lb);
     drop((node, pod, ext));

@@ -4,15 +4,15 @@
 //! address 0.0.0.0), is DNATed to a backend — chosen at random for a new flow and
 //! remembered in `CT` — and the kernel routes it on. Egress: a reply from that
 //! backend to the client gets the NodePort address back as its source. Checksums are
-//! fixed incrementally. A TCP SYN to a NodePort without endpoints is answered with
-//! a RST, as kube-proxy's REJECT does (the client sees ECONNREFUSED at once); other
-//! packets for it are dropped. Not yet: SNAT for backends on other nodes
+//! fixed incrementally. A new flow to a NodePort without endpoints is rejected as
+//! kube-proxy's REJECT does: a TCP SYN gets a RST, a UDP datagram an ICMP port
+//! unreachable (the client sees ECONNREFUSED at once). Not yet: SNAT for backends on other nodes
 //! (externalTrafficPolicy: Cluster across nodes).
 
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_fib_lookup as FibLookup,
     },
     helpers::{
         bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
@@ -193,10 +193,12 @@ fn new_flow(ctx: &TcContext, flow: &Flow, forward: &CtKey) -> Result<CtValue, i3
     };
     if service.count == 0 {
         count(Stat::NodePortNoBackends);
-        if flow.protocol == IPPROTO_TCP {
-            return Err(reject_tcp(ctx, flow).unwrap_or(TC_ACT_SHOT as i32));
-        }
-        return Err(TC_ACT_SHOT as i32);
+        let reject = if flow.protocol == IPPROTO_TCP {
+            reject_tcp(ctx, flow)
+        } else {
+            reject_udp(ctx, flow)
+        };
+        return Err(reject.unwrap_or(TC_ACT_SHOT as i32));
     }
     let b = pick(&service).ok_or(TC_ACT_OK as i32)?;
     let mut t = CtValue {
@@ -422,10 +424,10 @@ pub fn nodeport_egress(ctx: TcContext) -> i32 {
     }
 }
 
-/// One's-complement sum of big-endian 16-bit words, folded.
-fn csum_add(mut sum: u32, bytes: &[u8; 20]) -> u32 {
+/// One's-complement sum of big-endian 16-bit words (N even), unfolded.
+fn csum_add<const N: usize>(mut sum: u32, bytes: &[u8; N]) -> u32 {
     let mut i = 0;
-    while i < 20 {
+    while i + 1 < N {
         sum += (u32::from(bytes[i]) << 8) | u32::from(bytes[i + 1]);
         i += 2;
     }
@@ -433,6 +435,7 @@ fn csum_add(mut sum: u32, bytes: &[u8; 20]) -> u32 {
 }
 
 fn csum_fold(mut sum: u32) -> [u8; 2] {
+    sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()
@@ -523,6 +526,54 @@ fn reject_tcp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     tcp[17] = tcp_csum[1];
     ctx.store(ETH_HLEN + 20, &tcp, 0).ok()?;
 
+    // SAFETY: reading the ingress ifindex of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; flags 0 sends the packet out of `ifindex`.
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// Turns a UDP datagram into an ICMP port unreachable back to its sender (the
+/// datagram's IP header and first 8 bytes quoted, as RFC 792 asks) and sends it
+/// out the interface it came in on. Only datagrams without IP options.
+fn reject_udp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
+    if flow.l4 != ETH_HLEN + 20 {
+        return None;
+    }
+    let macs: [u8; 12] = ctx.load(0).ok()?;
+    let quoted_ip: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+    // Keep IP + UDP header, then open 28 bytes after the IP header for the new IP
+    // header's room shift and the ICMP header: [IP'][ICMP][quoted IP][quoted UDP].
+    // SAFETY: the skb pointer is the program's own context.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + 28) as u32, 0) } != 0 {
+        return None;
+    }
+    ctx.adjust_room(28, BPF_ADJ_ROOM_NET, 0).ok()?;
+    let quoted_udp: [u8; 8] = ctx.load(ETH_HLEN + 48).ok()?;
+
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0).ok()?;
+
+    let (src, dst) = (flow.daddr.to_ne_bytes(), flow.saddr.to_ne_bytes());
+    let mut ip = [
+        0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
+        dst[2], dst[3],
+    ];
+    let ip_csum = csum_fold(csum_add(0, &ip));
+    ip[10] = ip_csum[0];
+    ip[11] = ip_csum[1];
+
+    // Type 3 (destination unreachable), code 3 (port unreachable).
+    let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
+    let sum = csum_add(csum_add(csum_add(0, &icmp), &quoted_ip), &quoted_udp);
+    let icmp_csum = csum_fold(sum);
+    icmp[2] = icmp_csum[0];
+    icmp[3] = icmp_csum[1];
+
+    ctx.store(ETH_HLEN, &ip, 0).ok()?;
+    ctx.store(ETH_HLEN + 20, &icmp, 0).ok()?;
+    ctx.store(ETH_HLEN + 28, &quoted_ip, 0).ok()?;
     // SAFETY: reading the ingress ifindex of the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a plain helper call; flags 0 sends the packet out of `ifindex`.
