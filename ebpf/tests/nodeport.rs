@@ -20,6 +20,38 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 2);
 const NODE_POD: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
 const POD: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 2);
 
+/// A veth pair: `dev` in `a`, `eth0` in `b`.
+fn wire(a: &NetNs, dev: &str, b: &NetNs) {
+    a.ip_ok(&[
+        "link",
+        "add",
+        dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        b.name(),
+    ]);
+}
+
+/// `addr` on `dev` in `ns`, and `dev` up.
+fn address(ns: &NetNs, addr: &str, dev: &str) {
+    ns.ip_ok(&["addr", "add", addr, "dev", dev]);
+    ns.ip_ok(&["link", "set", dev, "up"]);
+}
+
+/// IPv4 forwarding on in `ns` (a netns of the test's own).
+fn forwarding(ns: &NetNs) {
+    let status = ns
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .expect("sysctl");
+    assert!(status.success(), "enable forwarding in {}", ns.name());
+}
+
 /// node <-> pod and node <-> external host, forwarding on in the node.
 fn topology() -> (NetNs, NetNs, NetNs) {
     let (node, pod, ext) = (
@@ -27,45 +59,14 @@ fn topology() -> (NetNs, NetNs, NetNs) {
         NetNs::new("bnppod"),
         NetNs::new("bnpext"),
     );
-    node.ip_ok(&[
-        "link",
-        "add",
-        "np0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name(),
-    ]);
-    node.ip_ok(&[
-        "link",
-        "add",
-        "ext0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ext.name(),
-    ]);
-    node.ip_ok(&["addr", "add", &format!("{NODE_POD}/24"), "dev", "np0"]);
-    node.ip_ok(&["addr", "add", &format!("{NODE_EXT}/24"), "dev", "ext0"]);
-    node.ip_ok(&["link", "set", "np0", "up"]);
-    node.ip_ok(&["link", "set", "ext0", "up"]);
-    pod.ip_ok(&["addr", "add", &format!("{POD}/24"), "dev", "eth0"]);
-    pod.ip_ok(&["link", "set", "eth0", "up"]);
+    wire(&node, "np0", &pod);
+    wire(&node, "ext0", &ext);
+    address(&node, &format!("{NODE_POD}/24"), "np0");
+    address(&node, &format!("{NODE_EXT}/24"), "ext0");
+    address(&pod, &format!("{POD}/24"), "eth0");
+    address(&ext, &format!("{CLIENT}/24"), "eth0");
     pod.ip_ok(&["route", "add", "default", "via", &NODE_POD.to_string()]);
-    ext.ip_ok(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"]);
-    ext.ip_ok(&["link", "set", "eth0", "up"]);
-    let status = node
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"])
-        .status()
-        .expect("sysctl");
-    assert!(status.success(), "enable forwarding in the node netns");
+    forwarding(&node);
     (node, pod, ext)
 }
 
@@ -309,63 +310,19 @@ fn cluster_policy_masquerades_to_a_backend_on_another_node() {
         NetNs::new("bsnatpod"),
         NetNs::new("bsnatext"),
     );
-    a.ip_ok(&[
-        "link",
-        "add",
-        "ext0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ext.name(),
-    ]);
-    a.ip_ok(&[
-        "link",
-        "add",
-        "link0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        b.name(),
-    ]);
-    b.ip_ok(&[
-        "link",
-        "add",
-        "np0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name(),
-    ]);
-    for (ns, addr, dev) in [
-        (&a, "10.211.0.1/24", "ext0"),
-        (&ext, "10.211.0.2/24", "eth0"),
-        (&a, "10.230.0.1/24", "link0"),
-        (&b, "10.230.0.2/24", "eth0"),
-        (&b, "10.220.0.1/24", "np0"),
-        (&pod, "10.220.0.2/24", "eth0"),
-    ] {
-        ns.ip_ok(&["addr", "add", addr, "dev", dev]);
-        ns.ip_ok(&["link", "set", dev, "up"]);
-    }
+    wire(&a, "ext0", &ext);
+    wire(&a, "link0", &b);
+    wire(&b, "np0", &pod);
+    address(&a, "10.211.0.1/24", "ext0");
+    address(&ext, "10.211.0.2/24", "eth0");
+    address(&a, "10.230.0.1/24", "link0");
+    address(&b, "10.230.0.2/24", "eth0");
+    address(&b, "10.220.0.1/24", "np0");
+    address(&pod, "10.220.0.2/24", "eth0");
     a.ip_ok(&["route", "add", "10.220.0.0/24", "via", "10.230.0.2"]);
     pod.ip_ok(&["route", "add", "default", "via", "10.220.0.1"]);
-    for ns in [&a, &b] {
-        let ok = ns
-            .command("sysctl")
-            .args(["-qw", "net.ipv4.ip_forward=1"])
-            .status()
-            .expect("sysctl");
-        assert!(ok.success(), "forwarding on");
-    }
+    forwarding(&a);
+    forwarding(&b);
     let (seen_tx, seen_rx) = mpsc::channel();
     let listener =
         pod.run(|| TcpListener::bind((Ipv4Addr::new(10, 220, 0, 2), 8080)).expect("bind"));

@@ -54,6 +54,19 @@ impl Flow {
         }
     }
 
+    /// The flow-table key of this packet in `direction`.
+    fn key(&self, direction: u8) -> CtKey {
+        CtKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            protocol: self.protocol,
+            direction,
+            _pad: 0,
+        }
+    }
+
     fn l4_flags(&self) -> u64 {
         // A UDP checksum of 0 means "none" and must stay so.
         if self.protocol == IPPROTO_UDP {
@@ -137,15 +150,7 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
     if let Some(verdict) = snat_reply(&ctx, &flow) {
         return verdict;
     }
-    let forward = CtKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        protocol: flow.protocol,
-        direction: CT_FORWARD,
-        _pad: 0,
-    };
+    let forward = flow.key(CT_FORWARD);
     // SAFETY: copied out at once.
     let t = match unsafe { CT.get(&forward) }.copied() {
         Some(t) => {
@@ -273,15 +278,7 @@ fn new_flow(ctx: &TcContext, flow: &Flow, forward: &CtKey) -> Result<CtValue, i3
 /// destination, sent out where the client's packets came in. None if the packet is
 /// not one.
 fn snat_reply(ctx: &TcContext, flow: &Flow) -> Option<i32> {
-    let key = CtKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        protocol: flow.protocol,
-        direction: CT_REPLY,
-        _pad: 0,
-    };
+    let key = flow.key(CT_REPLY);
     // SAFETY: copied out at once.
     let r = unsafe { CT.get(&key) }.copied()?;
     if r.flags & CT_SNAT == 0 {
@@ -395,15 +392,7 @@ pub fn nodeport_egress(ctx: TcContext) -> i32 {
     let Some(flow) = parse(&ctx) else {
         return TC_ACT_OK as i32;
     };
-    let reply = CtKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        protocol: flow.protocol,
-        direction: CT_REPLY,
-        _pad: 0,
-    };
+    let reply = flow.key(CT_REPLY);
     // SAFETY: copied out at once.
     let Some(nodeport) = unsafe { CT.get(&reply) }.copied() else {
         return TC_ACT_OK as i32;
@@ -441,6 +430,42 @@ fn csum_fold(mut sum: u32) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
+/// Swaps the Ethernet addresses `macs` (as read from offset 0) into the packet, so
+/// it goes back where it came from.
+fn swap_macs(ctx: &TcContext, macs: &[u8; 12]) -> Option<()> {
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0).ok()
+}
+
+/// A 20-byte IPv4 header (no options, TTL 64) with its checksum.
+fn ip_header(
+    src: [u8; 4],
+    dst: [u8; 4],
+    total_len: u8,
+    protocol: u8,
+    dont_fragment: bool,
+) -> [u8; 20] {
+    let df = if dont_fragment { 0x40 } else { 0 };
+    let mut ip = [
+        0x45, 0, 0, total_len, 0, 0, df, 0, 64, protocol, 0, 0, src[0], src[1], src[2], src[3],
+        dst[0], dst[1], dst[2], dst[3],
+    ];
+    let csum = csum_fold(csum_add(0, &ip));
+    ip[10] = csum[0];
+    ip[11] = csum[1];
+    ip
+}
+
+/// Sends the (rewritten) packet back out of the interface it came in on.
+fn send_back(ctx: &TcContext) -> i32 {
+    // SAFETY: reading the ingress ifindex of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; flags 0 sends the packet out of `ifindex`.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
 /// Turns a TCP SYN into a RST+ACK back to its sender and sends it out the
 /// interface it came in on. Only plain SYNs without IP options are answered.
 fn reject_tcp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
@@ -457,37 +482,10 @@ fn reject_tcp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + 40) as u32, 0) } != 0 {
         return None;
     }
-    let mut eth = [0u8; 12];
-    eth[..6].copy_from_slice(&macs[6..]);
-    eth[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &eth, 0).ok()?;
+    swap_macs(ctx, &macs)?;
 
     let (src, dst) = (flow.daddr.to_ne_bytes(), flow.saddr.to_ne_bytes());
-    let mut ip = [
-        0x45,
-        0,
-        0,
-        40,
-        0,
-        0,
-        0x40,
-        0,
-        64,
-        IPPROTO_TCP,
-        0,
-        0,
-        src[0],
-        src[1],
-        src[2],
-        src[3],
-        dst[0],
-        dst[1],
-        dst[2],
-        dst[3],
-    ];
-    let ip_csum = csum_fold(csum_add(0, &ip));
-    ip[10] = ip_csum[0];
-    ip[11] = ip_csum[1];
+    let ip = ip_header(src, dst, 40, IPPROTO_TCP, true);
     ctx.store(ETH_HLEN, &ip, 0).ok()?;
 
     let (sport, dport) = (flow.dport.to_ne_bytes(), flow.sport.to_ne_bytes());
@@ -526,10 +524,7 @@ fn reject_tcp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     tcp[17] = tcp_csum[1];
     ctx.store(ETH_HLEN + 20, &tcp, 0).ok()?;
 
-    // SAFETY: reading the ingress ifindex of the program's own skb.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a plain helper call; flags 0 sends the packet out of `ifindex`.
-    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    Some(send_back(ctx))
 }
 
 /// Turns a UDP datagram into an ICMP port unreachable back to its sender (the
@@ -550,19 +545,10 @@ fn reject_udp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     ctx.adjust_room(28, BPF_ADJ_ROOM_NET, 0).ok()?;
     let quoted_udp: [u8; 8] = ctx.load(ETH_HLEN + 48).ok()?;
 
-    let mut eth = [0u8; 12];
-    eth[..6].copy_from_slice(&macs[6..]);
-    eth[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &eth, 0).ok()?;
+    swap_macs(ctx, &macs)?;
 
     let (src, dst) = (flow.daddr.to_ne_bytes(), flow.saddr.to_ne_bytes());
-    let mut ip = [
-        0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
-        dst[2], dst[3],
-    ];
-    let ip_csum = csum_fold(csum_add(0, &ip));
-    ip[10] = ip_csum[0];
-    ip[11] = ip_csum[1];
+    let ip = ip_header(src, dst, 56, 1, false);
 
     // Type 3 (destination unreachable), code 3 (port unreachable).
     let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
@@ -574,8 +560,5 @@ fn reject_udp(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     ctx.store(ETH_HLEN, &ip, 0).ok()?;
     ctx.store(ETH_HLEN + 20, &icmp, 0).ok()?;
     ctx.store(ETH_HLEN + 28, &quoted_ip, 0).ok()?;
-    // SAFETY: reading the ingress ifindex of the program's own skb.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a plain helper call; flags 0 sends the packet out of `ifindex`.
-    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    Some(send_back(ctx))
 }
