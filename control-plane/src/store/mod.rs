@@ -1,0 +1,193 @@
+//! The versioned key-value store the apiserver keeps every object in — and the only
+//! thing that touches it.
+//!
+//! The model is etcd's MVCC: one cluster-wide revision counter; each write bumps it and
+//! stamps the key with its `mod_revision`; reads can be made at a past revision until
+//! compaction discards it; watches replay every change after a revision, ordered and
+//! without gaps, and report [`StoreError::Compacted`] (the apiserver's `410 Gone`) when
+//! that history is gone. Updates and deletes are compare-and-swap on `mod_revision`, which
+//! is how the apiserver implements optimistic concurrency. Leases expire keys (Events).
+//!
+//! [`Store`] is object-safe so the apiserver holds an `Arc<dyn Store>`: the embedded
+//! backend ([`redb::RedbStore`]) today, an etcd backend later.
+
+pub mod redb;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store revision. Positive; 0 means "before anything was written".
+pub type Revision = i64;
+
+/// A lease identifier ([`Store::grant_lease`]).
+pub type LeaseId = i64;
+
+/// A boxed future, so [`Store`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One key at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Arc<[u8]>,
+    /// Revision of the write that created the key (as it exists now).
+    pub create_revision: Revision,
+    /// Revision of the last write to the key; for a delete event, the delete's revision.
+    pub mod_revision: Revision,
+    /// Lease the key is attached to, if any.
+    pub lease: Option<LeaseId>,
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change, as a watch delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// For `Put` the new value; for `Delete` the last value, with `mod_revision` set to
+    /// the revision of the delete.
+    pub kv: KeyValue,
+    /// The value before this change (`None` when the key was created).
+    pub prev: Option<KeyValue>,
+}
+
+impl Event {
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+}
+
+/// Errors of the store. The apiserver maps them to HTTP status codes.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("key {key:?} already exists")]
+    AlreadyExists { key: String },
+    #[error("key {key:?} not found")]
+    NotFound { key: String },
+    #[error("key {key:?} was modified at revision {actual}, not at {expected}")]
+    Conflict {
+        key: String,
+        expected: Revision,
+        actual: Revision,
+    },
+    #[error("revision {requested} has been compacted; the oldest available is {compacted}")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("revision {requested} is newer than the current revision {current}")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
+    #[error("lease {0} not found")]
+    LeaseNotFound(LeaseId),
+    #[error("the store is closed")]
+    Closed,
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Read at this revision (default: the current one).
+    pub revision: Option<Revision>,
+    /// Only keys strictly greater than this one (pagination).
+    pub start_after: Option<String>,
+    /// At most this many keys.
+    pub limit: Option<usize>,
+}
+
+/// A page of keys, read at `revision`.
+#[derive(Debug, Clone)]
+pub struct ListResult {
+    pub kvs: Vec<KeyValue>,
+    pub revision: Revision,
+    /// More keys match after the last one returned.
+    pub more: bool,
+}
+
+/// A stream of events, in revision order. Ends with `Err` when the watch can no longer
+/// continue (compaction overtook a slow watcher, or the store closed).
+#[derive(Debug)]
+pub struct WatchStream {
+    rx: tokio::sync::mpsc::Receiver<Result<Event>>,
+}
+
+impl WatchStream {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Event>>) -> Self {
+        Self { rx }
+    }
+
+    /// The next event; `None` once the stream ended.
+    pub async fn next(&mut self) -> Option<Result<Event>> {
+        self.rx.recv().await
+    }
+}
+
+/// A versioned, watchable key-value store (see the module docs).
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The newest revision written.
+    fn current_revision(&self) -> Revision;
+
+    /// The oldest revision still readable (0 before any compaction).
+    fn compacted_revision(&self) -> Revision;
+
+    /// The key's value at `revision` (default: now).
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        revision: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Option<KeyValue>>>;
+
+    /// Keys starting with `prefix`, in key order.
+    fn list<'a>(&'a self, prefix: &'a str, opts: ListOptions) -> BoxFuture<'a, Result<ListResult>>;
+
+    /// Creates the key; [`StoreError::AlreadyExists`] if it exists.
+    fn create(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'_, Result<KeyValue>>;
+
+    /// Replaces the value if the key's `mod_revision` is `expected`
+    /// ([`StoreError::Conflict`] otherwise, [`StoreError::NotFound`] if absent).
+    fn update(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> BoxFuture<'_, Result<KeyValue>>;
+
+    /// Deletes the key, if its `mod_revision` is `expected` when given. Returns the
+    /// deleted value with `mod_revision` set to the delete's revision.
+    fn delete(&self, key: String, expected: Option<Revision>) -> BoxFuture<'_, Result<KeyValue>>;
+
+    /// Every change to keys under `prefix` with a revision greater than `after`.
+    fn watch(&self, prefix: String, after: Revision) -> BoxFuture<'_, Result<WatchStream>>;
+
+    /// Discards history before `revision`; reads and watches from before it then fail
+    /// with [`StoreError::Compacted`].
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>>;
+
+    /// A lease that deletes its keys `ttl` after it was granted.
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>>;
+}
+
+/// The first key after every key starting with `prefix` (for range scans).
+pub fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_owned();
+    end.push(char::MAX);
+    end
+}

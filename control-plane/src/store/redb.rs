@@ -1,0 +1,993 @@
+//! The embedded store backend: MVCC on [redb](https://docs.rs/redb), a pure-Rust,
+//! copy-on-write B-tree engine with ACID transactions and crash safety built in.
+//!
+//! Entry point: [`RedbStore::open`]. Layout (all in one file):
+//! - `current`: key → the live record (what a read at the newest revision sees),
+//! - `history`: (key, revision) → the record written at that revision, or a tombstone,
+//!   for reads at past revisions and for watch replay,
+//! - `log`: revision → (kind, key, previous revision): the change feed watches replay,
+//! - `leases` and `lease_keys`: TTL leases and the keys attached to them,
+//! - `meta`: the current and compacted revisions and the next lease id.
+//!
+//! All writes go through one writer thread that commits **groups**: it takes every
+//! request waiting in its queue, applies them one by one (each compare-and-swap sees the
+//! ones before it) in a single transaction, and pays for one fsync for the whole group
+//! ([`Durability::Immediate`]). A request is acknowledged only after that commit
+//! returned, so an acknowledged write survives `kill -9` and power loss; if the commit
+//! fails, every request in the group fails and no revision is consumed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
+
+use super::{
+    BoxFuture, Event, EventKind, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision,
+    Store, StoreError, WatchStream, prefix_end,
+};
+
+const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
+const HISTORY: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("history");
+const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
+const LEASES: TableDefinition<i64, (u64, u64)> = TableDefinition::new("leases");
+const LEASE_KEYS: TableDefinition<(i64, &str), ()> = TableDefinition::new("lease_keys");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+const META_NEXT_LEASE: &str = "next_lease";
+
+/// Largest group one commit takes.
+const MAX_GROUP: usize = 4096;
+/// Live events buffered per watcher before it falls back to replaying the log.
+const BROADCAST_CAPACITY: usize = 16 * 1024;
+/// How often expired leases are revoked.
+const LEASE_TICK: Duration = Duration::from_millis(500);
+
+/// The embedded store (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Arc<Database>,
+    requests: mpsc::Sender<Request>,
+    revision: Arc<AtomicI64>,
+    compacted: Arc<AtomicI64>,
+    events: broadcast::Sender<Arc<Event>>,
+    commits: Arc<AtomicU64>,
+    /// Earliest lease expiry (unix ms), `u64::MAX` with no lease: the lease thread
+    /// only wakes the writer when something is due, so an idle store does no fsync.
+    next_expiry: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Create {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact(Revision),
+    GrantLease(Duration),
+    ExpireLeases,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Kv(KeyValue),
+    Lease(LeaseId),
+    Done,
+}
+
+#[derive(Debug)]
+struct Request {
+    op: Op,
+    reply: Option<oneshot::Sender<Result<Outcome>>>,
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+/// A record in `current` or `history`.
+#[derive(Debug, Clone)]
+struct Record {
+    create_revision: Revision,
+    lease: Option<LeaseId>,
+    /// `None` marks a deletion (history only).
+    value: Option<Arc<[u8]>>,
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        let value = self.value.as_deref().unwrap_or_default();
+        let mut out = Vec::with_capacity(17 + value.len());
+        out.push(u8::from(self.value.is_some()));
+        out.extend_from_slice(&self.create_revision.to_le_bytes());
+        out.extend_from_slice(&self.lease.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 17 {
+            return Err(StoreError::Backend(format!(
+                "corrupt record of {} bytes",
+                bytes.len()
+            )));
+        }
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            i64::from_le_bytes(b)
+        };
+        let lease = word(9);
+        Ok(Self {
+            create_revision: word(1),
+            lease: (lease != 0).then_some(lease),
+            value: (bytes[0] == 1).then(|| Arc::from(&bytes[17..])),
+        })
+    }
+
+    fn into_kv(self, key: &str, mod_revision: Revision) -> Option<KeyValue> {
+        Some(KeyValue {
+            key: key.to_owned(),
+            value: self.value?,
+            create_revision: self.create_revision,
+            mod_revision,
+            lease: self.lease,
+        })
+    }
+}
+
+/// A `log` entry: what happened at one revision.
+fn encode_log(kind: EventKind, key: &str, prev: Revision) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(match kind {
+        EventKind::Put => 0,
+        EventKind::Delete => 1,
+    });
+    out.extend_from_slice(&prev.to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn decode_log(bytes: &[u8]) -> Result<(EventKind, Revision, String)> {
+    if bytes.len() < 9 {
+        return Err(backend("corrupt log entry"));
+    }
+    let kind = if bytes[0] == 1 {
+        EventKind::Delete
+    } else {
+        EventKind::Put
+    };
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[1..9]);
+    let key = String::from_utf8(bytes[9..].to_vec()).map_err(backend)?;
+    Ok((kind, i64::from_le_bytes(b), key))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `path` (a file).
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        // Create the tables so that read transactions always find them.
+        let (revision, compacted, next_expiry) = {
+            let txn = db.begin_write().map_err(backend)?;
+            let (revision, compacted, next_expiry) = {
+                txn.open_table(CURRENT).map_err(backend)?;
+                txn.open_table(HISTORY).map_err(backend)?;
+                txn.open_table(LOG).map_err(backend)?;
+                let leases = txn.open_table(LEASES).map_err(backend)?;
+                let next_expiry = earliest_expiry(&leases)?;
+                txn.open_table(LEASE_KEYS).map_err(backend)?;
+                let meta = txn.open_table(META).map_err(backend)?;
+                let get = |k| -> Result<i64> {
+                    Ok(meta
+                        .get(k)
+                        .map_err(backend)?
+                        .map(|v| v.value())
+                        .unwrap_or(0))
+                };
+                (get(META_REVISION)?, get(META_COMPACTED)?, next_expiry)
+            };
+            txn.commit().map_err(backend)?;
+            (revision, compacted, next_expiry)
+        };
+        let next_expiry = Arc::new(AtomicU64::new(next_expiry));
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (requests, rx) = mpsc::channel();
+        let revision = Arc::new(AtomicI64::new(revision));
+        let compacted = Arc::new(AtomicI64::new(compacted));
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            next_expiry: next_expiry.clone(),
+            commits: commits.clone(),
+            db: db.clone(),
+            revision: revision.clone(),
+            compacted: compacted.clone(),
+            events: events.clone(),
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(backend)?;
+        let inner = Arc::new(Inner {
+            db,
+            requests,
+            revision,
+            compacted,
+            events,
+            commits,
+            next_expiry,
+        });
+        let weak: Weak<Inner> = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("store-leases".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(LEASE_TICK);
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.next_expiry.load(Ordering::Acquire) > now_ms() {
+                        continue;
+                    }
+                    let _ = inner.requests.send(Request {
+                        op: Op::ExpireLeases,
+                        reply: None,
+                    });
+                }
+            })
+            .map_err(backend)?;
+        Ok(Self { inner })
+    }
+
+    /// Transactions committed since open (each one fsync); with group commit this
+    /// grows slower than the number of writes.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    async fn submit(&self, op: Op) -> Result<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request {
+                op,
+                reply: Some(tx),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn submit_kv(&self, op: Op) -> Result<KeyValue> {
+        match self.submit(op).await? {
+            Outcome::Kv(kv) => Ok(kv),
+            other => Err(backend(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(backend)?
+    }
+}
+
+/// Checks `revision` against the readable window of a read transaction.
+fn check_revision(
+    meta: &impl ReadableTable<&'static str, i64>,
+    revision: Revision,
+) -> Result<Revision> {
+    let current = meta_get(meta, META_REVISION)?;
+    let compacted = meta_get(meta, META_COMPACTED)?;
+    if revision > current {
+        return Err(StoreError::FutureRevision {
+            requested: revision,
+            current,
+        });
+    }
+    if revision < compacted {
+        return Err(StoreError::Compacted {
+            requested: revision,
+            compacted,
+        });
+    }
+    Ok(current)
+}
+
+fn earliest_expiry(leases: &impl ReadableTable<i64, (u64, u64)>) -> Result<u64> {
+    let mut earliest = u64::MAX;
+    for entry in leases.iter().map_err(backend)? {
+        let (_, v) = entry.map_err(backend)?;
+        earliest = earliest.min(v.value().1);
+    }
+    Ok(earliest)
+}
+
+fn meta_get(meta: &impl ReadableTable<&'static str, i64>, key: &str) -> Result<i64> {
+    Ok(meta
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// The latest version of `key` at or before `revision` in `history`.
+fn history_at(
+    history: &impl ReadableTable<(&'static str, i64), &'static [u8]>,
+    key: &str,
+    revision: Revision,
+) -> Result<Option<(Revision, Record)>> {
+    let mut range = history.range((key, 0)..=(key, revision)).map_err(backend)?;
+    match range.next_back() {
+        Some(entry) => {
+            let (k, v) = entry.map_err(backend)?;
+            Ok(Some((k.value().1, Record::decode(v.value())?)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn decode_current(bytes: &[u8]) -> Result<(Revision, Record)> {
+    if bytes.len() < 8 {
+        return Err(backend("corrupt current record"));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    Ok((i64::from_le_bytes(b), Record::decode(&bytes[8..])?))
+}
+
+fn encode_current(mod_revision: Revision, record: &Record) -> Vec<u8> {
+    let mut out = mod_revision.to_le_bytes().to_vec();
+    out.extend_from_slice(&record.encode());
+    out
+}
+
+impl Store for RedbStore {
+    fn current_revision(&self) -> Revision {
+        self.inner.revision.load(Ordering::Acquire)
+    }
+
+    fn compacted_revision(&self) -> Revision {
+        self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        revision: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        let key = key.to_owned();
+        Box::pin(self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let current = meta_get(&meta, META_REVISION)?;
+            match revision {
+                Some(rev) if rev != current => {
+                    check_revision(&meta, rev)?;
+                    let history = txn.open_table(HISTORY).map_err(backend)?;
+                    Ok(history_at(&history, &key, rev)?
+                        .and_then(|(mod_rev, rec)| rec.into_kv(&key, mod_rev)))
+                }
+                _ => {
+                    let table = txn.open_table(CURRENT).map_err(backend)?;
+                    let Some(raw) = table.get(key.as_str()).map_err(backend)? else {
+                        return Ok(None);
+                    };
+                    let (mod_rev, rec) = decode_current(raw.value())?;
+                    Ok(rec.into_kv(&key, mod_rev))
+                }
+            }
+        }))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str, opts: ListOptions) -> BoxFuture<'a, Result<ListResult>> {
+        let prefix = prefix.to_owned();
+        Box::pin(self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let current = meta_get(&meta, META_REVISION)?;
+            let revision = opts.revision.unwrap_or(current);
+            check_revision(&meta, revision)?;
+            let end = prefix_end(&prefix);
+            let start = match &opts.start_after {
+                Some(after) if after.as_str() >= prefix.as_str() => {
+                    let mut s = after.clone();
+                    s.push('\0');
+                    s
+                }
+                _ => prefix.clone(),
+            };
+            let limit = opts.limit.unwrap_or(usize::MAX);
+            let mut kvs = Vec::new();
+            let mut more = false;
+            if revision == current {
+                let table = txn.open_table(CURRENT).map_err(backend)?;
+                for entry in table
+                    .range::<&str>(start.as_str()..end.as_str())
+                    .map_err(backend)?
+                {
+                    let (k, v) = entry.map_err(backend)?;
+                    if kvs.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let (mod_rev, rec) = decode_current(v.value())?;
+                    if let Some(kv) = rec.into_kv(k.value(), mod_rev) {
+                        kvs.push(kv);
+                    }
+                }
+            } else {
+                let history = txn.open_table(HISTORY).map_err(backend)?;
+                let mut pending: Option<(String, Revision, Record)> = None;
+                let flush = |pending: Option<(String, Revision, Record)>,
+                             kvs: &mut Vec<KeyValue>|
+                 -> bool {
+                    if let Some((key, mod_rev, rec)) = pending
+                        && let Some(kv) = rec.into_kv(&key, mod_rev)
+                    {
+                        if kvs.len() == limit {
+                            return false;
+                        }
+                        kvs.push(kv);
+                    }
+                    true
+                };
+                for entry in history
+                    .range((start.as_str(), 0)..(end.as_str(), 0))
+                    .map_err(backend)?
+                {
+                    let (k, v) = entry.map_err(backend)?;
+                    let (key, rev) = k.value();
+                    if rev > revision {
+                        continue;
+                    }
+                    let same = pending.as_ref().is_some_and(|(p, _, _)| p == key);
+                    if !same {
+                        if !flush(pending.take(), &mut kvs) {
+                            more = true;
+                            break;
+                        }
+                    }
+                    pending = Some((key.to_owned(), rev, Record::decode(v.value())?));
+                }
+                if !more && !flush(pending.take(), &mut kvs) {
+                    more = true;
+                }
+            }
+            Ok(ListResult {
+                kvs,
+                revision,
+                more,
+            })
+        }))
+    }
+
+    fn create(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'_, Result<KeyValue>> {
+        Box::pin(self.submit_kv(Op::Create { key, value, lease }))
+    }
+
+    fn update(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> BoxFuture<'_, Result<KeyValue>> {
+        Box::pin(self.submit_kv(Op::Update {
+            key,
+            value,
+            expected,
+        }))
+    }
+
+    fn delete(&self, key: String, expected: Option<Revision>) -> BoxFuture<'_, Result<KeyValue>> {
+        Box::pin(self.submit_kv(Op::Delete { key, expected }))
+    }
+
+    fn watch(&self, prefix: String, after: Revision) -> BoxFuture<'_, Result<WatchStream>> {
+        Box::pin(async move {
+            // Subscribe before replaying so nothing committed in between is missed.
+            let live = self.inner.events.subscribe();
+            let replay = self.replay(prefix.clone(), after).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let store = self.clone();
+            tokio::spawn(async move { store.forward(prefix, replay, live, tx).await });
+            Ok(WatchStream::new(rx))
+        })
+    }
+
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.submit(Op::Compact(revision)).await?;
+            Ok(())
+        })
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>> {
+        Box::pin(async move {
+            match self.submit(Op::GrantLease(ttl)).await? {
+                Outcome::Lease(id) => Ok(id),
+                other => Err(backend(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+impl RedbStore {
+    /// Every logged event under `prefix` after `after`, read in one snapshot.
+    async fn replay(&self, prefix: String, after: Revision) -> Result<Vec<Event>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let compacted = meta_get(&meta, META_COMPACTED)?;
+            if after < compacted {
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    compacted,
+                });
+            }
+            let log = txn.open_table(LOG).map_err(backend)?;
+            let history = txn.open_table(HISTORY).map_err(backend)?;
+            let mut events = Vec::new();
+            for entry in log.range((after + 1)..).map_err(backend)? {
+                let (rev, raw) = entry.map_err(backend)?;
+                let rev = rev.value();
+                let (kind, prev_rev, key) = decode_log(raw.value())?;
+                if !key.starts_with(&prefix) {
+                    continue;
+                }
+                let version = |at: Revision| -> Result<Option<KeyValue>> {
+                    if at == 0 {
+                        return Ok(None);
+                    }
+                    let Some(raw) = history.get((key.as_str(), at)).map_err(backend)? else {
+                        return Ok(None);
+                    };
+                    Ok(Record::decode(raw.value())?.into_kv(&key, at))
+                };
+                let prev = version(prev_rev)?;
+                let event = match kind {
+                    EventKind::Put => {
+                        let Some(kv) = version(rev)? else {
+                            return Err(backend(format!("history lost {key} at {rev}")));
+                        };
+                        Event { kind, kv, prev }
+                    }
+                    EventKind::Delete => {
+                        let Some(mut kv) = prev.clone() else {
+                            return Err(backend(format!("history lost {key} before {rev}")));
+                        };
+                        kv.mod_revision = rev;
+                        Event { kind, kv, prev }
+                    }
+                };
+                events.push(event);
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn forward(
+        &self,
+        prefix: String,
+        replay: Vec<Event>,
+        mut live: broadcast::Receiver<Arc<Event>>,
+        tx: tokio::sync::mpsc::Sender<Result<Event>>,
+    ) {
+        let mut last = Revision::MIN;
+        let mut pending = replay;
+        loop {
+            for event in pending.drain(..) {
+                last = event.revision();
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            // Follow the live feed until it skips something; then replay from the log.
+            let resume = loop {
+                match live.recv().await {
+                    Ok(event) => {
+                        if event.revision() <= last {
+                            continue;
+                        }
+                        if !event.kv.key.starts_with(&prefix) {
+                            continue;
+                        }
+                        last = event.revision();
+                        if tx.send(Ok((*event).clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break last,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(Err(StoreError::Closed)).await;
+                        return;
+                    }
+                }
+            };
+            match self.replay(prefix.clone(), resume.max(0)).await {
+                Ok(events) => pending = events,
+                Err(err) => {
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The thread that owns all writes (see the module docs).
+struct Writer {
+    next_expiry: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
+    db: Arc<Database>,
+    revision: Arc<AtomicI64>,
+    compacted: Arc<AtomicI64>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(req) => group.push(req),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&self, group: Vec<Request>) {
+        let mut revision = self.revision.load(Ordering::Acquire);
+        let mut compacted = self.compacted.load(Ordering::Acquire);
+        let mut outcomes: Vec<Result<Outcome>> = Vec::with_capacity(group.len());
+        let mut events: Vec<Event> = Vec::new();
+        let mut next_expiry = self.next_expiry.load(Ordering::Acquire);
+        let result = (|| -> Result<()> {
+            let mut txn = self.db.begin_write().map_err(backend)?;
+            txn.set_durability(Durability::Immediate).map_err(backend)?;
+            {
+                let mut tables = Tables {
+                    current: txn.open_table(CURRENT).map_err(backend)?,
+                    history: txn.open_table(HISTORY).map_err(backend)?,
+                    log: txn.open_table(LOG).map_err(backend)?,
+                    leases: txn.open_table(LEASES).map_err(backend)?,
+                    lease_keys: txn.open_table(LEASE_KEYS).map_err(backend)?,
+                    meta: txn.open_table(META).map_err(backend)?,
+                };
+                for req in &group {
+                    let outcome =
+                        tables.apply(&req.op, &mut revision, &mut compacted, &mut events)?;
+                    outcomes.push(outcome);
+                }
+                if group
+                    .iter()
+                    .any(|r| matches!(r.op, Op::GrantLease(_) | Op::ExpireLeases))
+                {
+                    next_expiry = earliest_expiry(&tables.leases)?;
+                }
+                tables
+                    .meta
+                    .insert(META_REVISION, revision)
+                    .map_err(backend)?;
+                tables
+                    .meta
+                    .insert(META_COMPACTED, compacted)
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })();
+        if let Err(err) = result {
+            tracing::error!(%err, requests = group.len(), "store commit failed");
+            for req in group {
+                if let Some(reply) = req.reply {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+            return;
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.next_expiry.store(next_expiry, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
+        self.compacted.store(compacted, Ordering::Release);
+        for event in events {
+            let _ = self.events.send(Arc::new(event));
+        }
+        for (req, outcome) in group.into_iter().zip(outcomes) {
+            if let Some(reply) = req.reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+struct Tables<'t> {
+    current: redb::Table<'t, &'static str, &'static [u8]>,
+    history: redb::Table<'t, (&'static str, i64), &'static [u8]>,
+    log: redb::Table<'t, i64, &'static [u8]>,
+    leases: redb::Table<'t, i64, (u64, u64)>,
+    lease_keys: redb::Table<'t, (i64, &'static str), ()>,
+    meta: redb::Table<'t, &'static str, i64>,
+}
+
+impl Tables<'_> {
+    /// Applies one request. `Err` aborts the whole group (an engine failure);
+    /// `Ok(Err(..))` is this request's own failure.
+    fn apply(
+        &mut self,
+        op: &Op,
+        revision: &mut Revision,
+        compacted: &mut Revision,
+        events: &mut Vec<Event>,
+    ) -> Result<Result<Outcome>> {
+        match op {
+            Op::Create { key, value, lease } => {
+                if self.live(key)?.is_some() {
+                    return Ok(Err(StoreError::AlreadyExists { key: key.clone() }));
+                }
+                if let Some(id) = lease
+                    && self.leases.get(*id).map_err(backend)?.is_none()
+                {
+                    return Ok(Err(StoreError::LeaseNotFound(*id)));
+                }
+                *revision += 1;
+                let record = Record {
+                    create_revision: *revision,
+                    lease: *lease,
+                    value: Some(Arc::from(value.as_slice())),
+                };
+                if let Some(id) = lease {
+                    self.lease_keys
+                        .insert((*id, key.as_str()), ())
+                        .map_err(backend)?;
+                }
+                let kv = self.put(key, record, *revision, None, events)?;
+                Ok(Ok(Outcome::Kv(kv)))
+            }
+            Op::Update {
+                key,
+                value,
+                expected,
+            } => {
+                let Some((mod_rev, old)) = self.live(key)? else {
+                    return Ok(Err(StoreError::NotFound { key: key.clone() }));
+                };
+                if mod_rev != *expected {
+                    return Ok(Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        actual: mod_rev,
+                    }));
+                }
+                *revision += 1;
+                let prev = old.clone().into_kv(key, mod_rev);
+                let record = Record {
+                    create_revision: old.create_revision,
+                    lease: old.lease,
+                    value: Some(Arc::from(value.as_slice())),
+                };
+                let kv = self.put(key, record, *revision, prev, events)?;
+                Ok(Ok(Outcome::Kv(kv)))
+            }
+            Op::Delete { key, expected } => {
+                let Some((mod_rev, old)) = self.live(key)? else {
+                    return Ok(Err(StoreError::NotFound { key: key.clone() }));
+                };
+                if let Some(expected) = expected
+                    && mod_rev != *expected
+                {
+                    return Ok(Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        actual: mod_rev,
+                    }));
+                }
+                *revision += 1;
+                let kv = self.remove(key, mod_rev, old, *revision, events)?;
+                Ok(Ok(Outcome::Kv(kv)))
+            }
+            Op::Compact(target) => {
+                if *target > *revision {
+                    return Ok(Err(StoreError::FutureRevision {
+                        requested: *target,
+                        current: *revision,
+                    }));
+                }
+                if *target > *compacted {
+                    self.compact(*target)?;
+                    *compacted = *target;
+                }
+                Ok(Ok(Outcome::Done))
+            }
+            Op::GrantLease(ttl) => {
+                let id = meta_get(&self.meta, META_NEXT_LEASE)?.max(1);
+                self.meta.insert(META_NEXT_LEASE, id + 1).map_err(backend)?;
+                let ttl_ms = ttl.as_millis() as u64;
+                self.leases
+                    .insert(id, (ttl_ms, now_ms() + ttl_ms))
+                    .map_err(backend)?;
+                Ok(Ok(Outcome::Lease(id)))
+            }
+            Op::ExpireLeases => {
+                let now = now_ms();
+                let mut expired = Vec::new();
+                for entry in self.leases.iter().map_err(backend)? {
+                    let (id, v) = entry.map_err(backend)?;
+                    if v.value().1 <= now {
+                        expired.push(id.value());
+                    }
+                }
+                for id in expired {
+                    let mut keys = Vec::new();
+                    for entry in self
+                        .lease_keys
+                        .range((id, "")..(id + 1, ""))
+                        .map_err(backend)?
+                    {
+                        let (k, _) = entry.map_err(backend)?;
+                        keys.push(k.value().1.to_owned());
+                    }
+                    for key in keys {
+                        self.lease_keys
+                            .remove((id, key.as_str()))
+                            .map_err(backend)?;
+                        if let Some((mod_rev, old)) = self.live(&key)?
+                            && old.lease == Some(id)
+                        {
+                            *revision += 1;
+                            self.remove(&key, mod_rev, old, *revision, events)?;
+                        }
+                    }
+                    self.leases.remove(id).map_err(backend)?;
+                }
+                Ok(Ok(Outcome::Done))
+            }
+        }
+    }
+
+    fn live(&self, key: &str) -> Result<Option<(Revision, Record)>> {
+        match self.current.get(key).map_err(backend)? {
+            Some(raw) => Ok(Some(decode_current(raw.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(
+        &mut self,
+        key: &str,
+        record: Record,
+        revision: Revision,
+        prev: Option<KeyValue>,
+        events: &mut Vec<Event>,
+    ) -> Result<KeyValue> {
+        let prev_rev = prev.as_ref().map_or(0, |p| p.mod_revision);
+        self.current
+            .insert(key, encode_current(revision, &record).as_slice())
+            .map_err(backend)?;
+        self.history
+            .insert((key, revision), record.encode().as_slice())
+            .map_err(backend)?;
+        self.log
+            .insert(
+                revision,
+                encode_log(EventKind::Put, key, prev_rev).as_slice(),
+            )
+            .map_err(backend)?;
+        let kv = record
+            .into_kv(key, revision)
+            .ok_or_else(|| backend("put without a value"))?;
+        events.push(Event {
+            kind: EventKind::Put,
+            kv: kv.clone(),
+            prev,
+        });
+        Ok(kv)
+    }
+
+    fn remove(
+        &mut self,
+        key: &str,
+        mod_rev: Revision,
+        old: Record,
+        revision: Revision,
+        events: &mut Vec<Event>,
+    ) -> Result<KeyValue> {
+        self.current.remove(key).map_err(backend)?;
+        let tombstone = Record {
+            create_revision: old.create_revision,
+            lease: None,
+            value: None,
+        };
+        self.history
+            .insert((key, revision), tombstone.encode().as_slice())
+            .map_err(backend)?;
+        self.log
+            .insert(
+                revision,
+                encode_log(EventKind::Delete, key, mod_rev).as_slice(),
+            )
+            .map_err(backend)?;
+        let prev = old
+            .into_kv(key, mod_rev)
+            .ok_or_else(|| backend("live key without a value"))?;
+        let mut kv = prev.clone();
+        kv.mod_revision = revision;
+        events.push(Event {
+            kind: EventKind::Delete,
+            kv: kv.clone(),
+            prev: Some(prev),
+        });
+        Ok(kv)
+    }
+
+    /// Drops every version superseded at or before `target` and the log up to it.
+    fn compact(&mut self, target: Revision) -> Result<()> {
+        let mut keys = BTreeSet::new();
+        for entry in self.log.range(..=target).map_err(backend)? {
+            let (_, raw) = entry.map_err(backend)?;
+            keys.insert(decode_log(raw.value())?.2);
+        }
+        for key in &keys {
+            let mut versions = Vec::new();
+            for entry in self
+                .history
+                .range((key.as_str(), 0)..=(key.as_str(), target))
+                .map_err(backend)?
+            {
+                let (k, v) = entry.map_err(backend)?;
+                versions.push((k.value().1, v.value().first() == Some(&0)));
+            }
+            let Some(&(latest, latest_is_tombstone)) = versions.last() else {
+                continue;
+            };
+            for (rev, _) in versions {
+                if rev != latest || latest_is_tombstone {
+                    self.history.remove((key.as_str(), rev)).map_err(backend)?;
+                }
+            }
+        }
+        self.log
+            .extract_from_if(..=target, |_, _| true)
+            .map_err(backend)?
+            .for_each(drop);
+        Ok(())
+    }
+}
