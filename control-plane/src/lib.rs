@@ -3,4 +3,5 @@
 //! controllers (`controllers/`), all served by the `berth-server` binary.
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod store;

@@ -430,6 +430,13 @@ impl Store for RedbStore {
             let limit = opts.limit.unwrap_or(usize::MAX);
             let mut kvs = Vec::new();
             let mut more = false;
+            if start >= end {
+                return Ok(ListResult {
+                    kvs,
+                    revision,
+                    more,
+                });
+            }
             if revision == current {
                 let table = txn.open_table(CURRENT).map_err(backend)?;
                 for entry in table

@@ -1,0 +1,455 @@
+//! Defaulting: the fields Kubernetes fills in when a client leaves them out
+//! (`pkg/apis/*/v1/defaults.go`), plus the admission defaults every cluster applies
+//! (the `default` ServiceAccount, DefaultTolerationSeconds), so objects read back
+//! exactly as they would from a Kubernetes apiserver.
+
+use serde_json::{Map, Value, json};
+
+/// Sets `obj[key]` to `value` if absent or null.
+fn default(obj: &mut Value, key: &str, value: Value) {
+    if let Some(map) = obj.as_object_mut() {
+        let entry = map.entry(key).or_insert(Value::Null);
+        if entry.is_null() {
+            *entry = value;
+        }
+    }
+}
+
+/// `obj[key]` as an object, created if absent.
+fn object<'a>(obj: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    let map = obj.as_object_mut()?;
+    let entry = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if entry.is_null() {
+        *entry = Value::Object(Map::new());
+    }
+    Some(entry)
+}
+
+fn each(obj: &mut Value, key: &str, mut f: impl FnMut(&mut Value)) {
+    if let Some(items) = obj.get_mut(key).and_then(Value::as_array_mut) {
+        items.iter_mut().for_each(&mut f);
+    }
+}
+
+/// Applies the defaults of `kind` to `obj` (a whole object).
+pub fn apply(kind: &str, obj: &mut Value) {
+    match kind {
+        "Pod" => {
+            if let Some(spec) = object(obj, "spec") {
+                pod_spec(spec);
+                pod_admission(spec);
+            }
+            let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
+            if let Some(status) = object(obj, "status") {
+                default(status, "phase", json!("Pending"));
+                default(status, "qosClass", json!(qos));
+            }
+        }
+        "PodTemplate" => template(obj.get_mut("template")),
+        "ReplicationController" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "minReadySeconds", json!(0));
+                let labels = spec
+                    .pointer("/template/metadata/labels")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                if labels.is_object() {
+                    default(spec, "selector", labels);
+                }
+                template(spec.get_mut("template"));
+            }
+        }
+        "Deployment" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "revisionHistoryLimit", json!(10));
+                default(spec, "progressDeadlineSeconds", json!(600));
+                if let Some(strategy) = object(spec, "strategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type") == Some(&json!("RollingUpdate"))
+                        && let Some(ru) = object(strategy, "rollingUpdate")
+                    {
+                        default(ru, "maxUnavailable", json!("25%"));
+                        default(ru, "maxSurge", json!("25%"));
+                    }
+                }
+                template(spec.get_mut("template"));
+            }
+        }
+        "ReplicaSet" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "replicas", json!(1));
+                template(spec.get_mut("template"));
+            }
+        }
+        "StatefulSet" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "podManagementPolicy", json!("OrderedReady"));
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(strategy) = object(spec, "updateStrategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type") == Some(&json!("RollingUpdate"))
+                        && let Some(ru) = object(strategy, "rollingUpdate")
+                    {
+                        default(ru, "partition", json!(0));
+                    }
+                }
+                if let Some(policy) = object(spec, "persistentVolumeClaimRetentionPolicy") {
+                    default(policy, "whenDeleted", json!("Retain"));
+                    default(policy, "whenScaled", json!("Retain"));
+                }
+                template(spec.get_mut("template"));
+            }
+        }
+        "DaemonSet" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(strategy) = object(spec, "updateStrategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type") == Some(&json!("RollingUpdate"))
+                        && let Some(ru) = object(strategy, "rollingUpdate")
+                    {
+                        default(ru, "maxUnavailable", json!(1));
+                        default(ru, "maxSurge", json!(0));
+                    }
+                }
+                template(spec.get_mut("template"));
+            }
+        }
+        "Job" => {
+            if let Some(spec) = object(obj, "spec") {
+                job_spec(spec);
+            }
+        }
+        "CronJob" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "concurrencyPolicy", json!("Allow"));
+                default(spec, "suspend", json!(false));
+                default(spec, "successfulJobsHistoryLimit", json!(3));
+                default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(jt) = object(spec, "jobTemplate")
+                    && let Some(js) = object(jt, "spec")
+                {
+                    job_spec(js);
+                }
+            }
+        }
+        "Service" => {
+            if let Some(spec) = object(obj, "spec") {
+                service_spec(spec);
+            }
+        }
+        "Namespace" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "finalizers", json!(["kubernetes"]));
+            }
+            if let Some(status) = object(obj, "status") {
+                default(status, "phase", json!("Active"));
+            }
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(meta) = object(obj, "metadata")
+                && let Some(labels) = object(meta, "labels")
+            {
+                default(labels, "kubernetes.io/metadata.name", json!(name));
+            }
+        }
+        "Secret" => default(obj, "type", json!("Opaque")),
+        "PersistentVolumeClaim" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "volumeMode", json!("Filesystem"));
+            }
+            if let Some(status) = object(obj, "status") {
+                default(status, "phase", json!("Pending"));
+            }
+        }
+        "PersistentVolume" => {
+            if let Some(spec) = object(obj, "spec") {
+                default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+                default(spec, "volumeMode", json!("Filesystem"));
+            }
+            if let Some(status) = object(obj, "status") {
+                default(status, "phase", json!("Pending"));
+            }
+        }
+        "EndpointSlice" => each(obj, "ports", |p| default(p, "protocol", json!("TCP"))),
+        "PriorityClass" => default(obj, "preemptionPolicy", json!("PreemptLowerPriority")),
+        "StorageClass" => {
+            default(obj, "reclaimPolicy", json!("Delete"));
+            default(obj, "volumeBindingMode", json!("Immediate"));
+        }
+        "NetworkPolicy" => {
+            if let Some(spec) = object(obj, "spec") {
+                let egress = spec.get("egress").is_some_and(|e| !e.is_null());
+                let types = if egress {
+                    json!(["Ingress", "Egress"])
+                } else {
+                    json!(["Ingress"])
+                };
+                default(spec, "policyTypes", types);
+                for dir in ["ingress", "egress"] {
+                    each(spec, dir, |rule| {
+                        each(rule, "ports", |p| default(p, "protocol", json!("TCP")));
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn template(template: Option<&mut Value>) {
+    if let Some(t) = template
+        && let Some(spec) = object(t, "spec")
+    {
+        pod_spec(spec);
+    }
+}
+
+fn job_spec(spec: &mut Value) {
+    let completions_unset = spec.get("completions").is_none_or(Value::is_null);
+    let parallelism_unset = spec.get("parallelism").is_none_or(Value::is_null);
+    if completions_unset && parallelism_unset {
+        default(spec, "completions", json!(1));
+    }
+    default(spec, "parallelism", json!(1));
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    default(spec, "manualSelector", Value::Null);
+    default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    template(spec.get_mut("template"));
+}
+
+fn service_spec(spec: &mut Value) {
+    default(spec, "type", json!("ClusterIP"));
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_owned();
+    if kind == "ExternalName" {
+        return;
+    }
+    default(spec, "sessionAffinity", json!("None"));
+    default(spec, "internalTrafficPolicy", json!("Cluster"));
+    default(spec, "ipFamilies", json!(["IPv4"]));
+    default(spec, "ipFamilyPolicy", json!("SingleStack"));
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if kind == "LoadBalancer" {
+        default(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    each(spec, "ports", |p| {
+        default(p, "protocol", json!("TCP"));
+        if let Some(port) = p.get("port").cloned() {
+            default(p, "targetPort", port);
+        }
+    });
+    if spec.get("sessionAffinity") == Some(&json!("ClientIP"))
+        && let Some(cfg) = object(spec, "sessionAffinityConfig")
+        && let Some(ip) = object(cfg, "clientIP")
+    {
+        default(ip, "timeoutSeconds", json!(10800));
+    }
+}
+
+/// `SetDefaults_PodSpec` and the container, probe and volume defaults under it.
+pub fn pod_spec(spec: &mut Value) {
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "enableServiceLinks", json!(true));
+    for key in ["containers", "initContainers"] {
+        each(spec, key, container);
+    }
+    each(spec, "volumes", |v| {
+        for (source, mode_key) in [("configMap", "defaultMode"), ("secret", "defaultMode")] {
+            if let Some(src) = v.get_mut(source) {
+                default(src, mode_key, json!(420));
+            }
+        }
+        if let Some(src) = v.get_mut("projected") {
+            default(src, "defaultMode", json!(420));
+        }
+        if let Some(src) = v.get_mut("downwardAPI") {
+            default(src, "defaultMode", json!(420));
+        }
+        if let Some(src) = v.get_mut("hostPath") {
+            default(src, "type", json!(""));
+        }
+        let has_source = v
+            .as_object()
+            .is_some_and(|m| m.keys().any(|k| k != "name"));
+        if !has_source {
+            default(v, "emptyDir", json!({}));
+        }
+    });
+}
+
+/// Admission defaults for a pod being created (not for templates).
+fn pod_admission(spec: &mut Value) {
+    default(spec, "serviceAccountName", json!("default"));
+    let sa = spec.get("serviceAccountName").cloned().unwrap_or(Value::Null);
+    default(spec, "serviceAccount", sa);
+    default(spec, "priority", json!(0));
+    // DefaultTolerationSeconds: tolerate not-ready / unreachable nodes for 300 s.
+    let tolerations = spec
+        .as_object_mut()
+        .map(|m| m.entry("tolerations").or_insert_with(|| json!([])));
+    if let Some(Value::Array(list)) = tolerations {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let present = list.iter().any(|t| {
+                t.get("key").and_then(Value::as_str) == Some(key)
+                    || (t.get("key").is_none() && t.get("operator") == Some(&json!("Exists")))
+            });
+            if !present {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+fn container(c: &mut Value) {
+    default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    default(c, "terminationMessagePolicy", json!("File"));
+    let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+    let policy = if image_tag_is_latest(image) {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
+    default(c, "imagePullPolicy", json!(policy));
+    default(c, "resources", json!({}));
+    // Requests default to limits.
+    if let Some(limits) = c.pointer("/resources/limits").cloned()
+        && let Some(res) = c.get_mut("resources")
+        && let Some(requests) = object(res, "requests")
+        && let (Some(req), Some(lim)) = (requests.as_object_mut(), limits.as_object())
+    {
+        for (k, v) in lim {
+            req.entry(k.clone()).or_insert(v.clone());
+        }
+    }
+    each(c, "ports", |p| default(p, "protocol", json!("TCP")));
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(probe) {
+            default(p, "timeoutSeconds", json!(1));
+            default(p, "periodSeconds", json!(10));
+            default(p, "successThreshold", json!(1));
+            default(p, "failureThreshold", json!(3));
+            if let Some(h) = p.get_mut("httpGet") {
+                default(h, "scheme", json!("HTTP"));
+                default(h, "path", json!("/"));
+            }
+        }
+    }
+    each(c, "env", |e| {
+        if let Some(fr) = e.pointer_mut("/valueFrom/fieldRef") {
+            default(fr, "apiVersion", json!("v1"));
+        }
+    });
+}
+
+/// `:latest` or no tag (and no digest) means `imagePullPolicy: Always`.
+fn image_tag_is_latest(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) => tag == "latest",
+        None => true,
+    }
+}
+
+/// The pod's QoS class (`pkg/apis/core/v1/helper/qos`).
+pub fn qos_class(spec: &Value) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    let containers = ["containers", "initContainers"].into_iter().flat_map(|k| {
+        spec.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    });
+    for c in containers {
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        for res in ["cpu", "memory"] {
+            let req = requests.and_then(|r| r.get(res));
+            let lim = limits.and_then(|l| l.get(res));
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            match (req, lim) {
+                (_, None) => guaranteed = false,
+                (Some(r), Some(l)) if r != l => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_get_kubernetes_defaults() {
+        let mut pod = json!({"kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "nginx",
+                "ports": [{"containerPort": 80}],
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+                "readinessProbe": {"httpGet": {"port": 80}}}]}});
+        apply("Pod", &mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Always");
+        assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+        assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+        assert_eq!(spec["serviceAccountName"], "default");
+        let c = &spec["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "Always");
+        assert_eq!(c["ports"][0]["protocol"], "TCP");
+        assert_eq!(c["resources"]["requests"]["cpu"], "1");
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 10);
+        assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+        assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+        assert_eq!(pod["status"]["phase"], "Pending");
+        assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn image_pull_policy_follows_the_tag() {
+        assert!(image_tag_is_latest("nginx"));
+        assert!(image_tag_is_latest("registry:5000/nginx"));
+        assert!(image_tag_is_latest("nginx:latest"));
+        assert!(!image_tag_is_latest("nginx:1.27"));
+        assert!(!image_tag_is_latest("registry:5000/nginx:1"));
+        assert!(!image_tag_is_latest("nginx@sha256:abcd"));
+    }
+
+    #[test]
+    fn qos_classes() {
+        let best = json!({"containers": [{"name": "a"}]});
+        assert_eq!(qos_class(&best), "BestEffort");
+        let burst = json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]});
+        assert_eq!(qos_class(&burst), "Burstable");
+    }
+}

@@ -1,0 +1,6 @@
+//! Admission: what happens to an object between decoding and storage — defaulting,
+//! validation, and the cluster-level allocations (Service cluster IPs and node ports).
+
+pub mod defaults;
+pub mod service_ips;
+pub mod validation;

@@ -1,0 +1,459 @@
+//! Validation: what Kubernetes rejects with `422 Invalid` and a field path
+//! (`pkg/apis/*/validation`): object names, labels and annotations, container specs,
+//! ports, selectors matching templates, and the fields that cannot change on update.
+
+use serde_json::Value;
+
+use super::super::status::Cause;
+
+const DNS_LABEL_MAX: usize = 63;
+const DNS_SUBDOMAIN_MAX: usize = 253;
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= DNS_LABEL_MAX
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= DNS_SUBDOMAIN_MAX && s.split('.').all(is_dns_label)
+}
+
+fn dns_label_msg(value: &str) -> String {
+    format!(
+        "Invalid value: \"{value}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+    )
+}
+
+fn dns_subdomain_msg(value: &str) -> String {
+    format!(
+        "Invalid value: \"{value}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+    )
+}
+
+/// A qualified name (`prefix/name`), as label keys and annotation keys are.
+fn qualified_name_error(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && !is_dns_subdomain(p)
+    {
+        return Some(format!("prefix part {}", dns_subdomain_msg(p)));
+    }
+    if name.is_empty() || name.len() > 63 || !label_chars(name) {
+        return Some(format!(
+            "Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
+    }
+    None
+}
+
+fn label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Names that must be DNS labels rather than subdomains.
+fn name_is_label(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "Service")
+}
+
+/// Validates `metadata` and the kind-specific fields of a whole object.
+pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: "metadata.name".into(),
+            message: "Required value: name or generateName is required".into(),
+        });
+    } else if name_is_label(kind) {
+        if !is_dns_label(name) {
+            causes.push(Cause::invalid("metadata.name", dns_label_msg(name)));
+        }
+    } else if !matches!(kind, "Event" | "Lease" | "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding")
+        && !is_dns_subdomain(name)
+    {
+        causes.push(Cause::invalid("metadata.name", dns_subdomain_msg(name)));
+    }
+    if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if let Some(msg) = qualified_name_error(k) {
+                causes.push(Cause::invalid("metadata.labels", msg));
+            }
+            let v = v.as_str().unwrap_or_default();
+            if !v.is_empty() && (v.len() > 63 || !label_chars(v)) {
+                causes.push(Cause::invalid(
+                    "metadata.labels",
+                    format!("Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = meta.get("annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (k, v) in annotations {
+            if let Some(msg) = qualified_name_error(k) {
+                causes.push(Cause::invalid("metadata.annotations", msg));
+            }
+            total += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if total > 256 * 1024 {
+            causes.push(Cause::invalid(
+                "metadata.annotations",
+                format!("Too long: may not be more than 262144 bytes (found {total})"),
+            ));
+        }
+    }
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    match kind {
+        "Pod" => pod_spec(spec, "spec", &mut causes),
+        "PodTemplate" => template(obj.get("template"), "template", &mut causes),
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            workload(kind, spec, &mut causes)
+        }
+        "ReplicationController" => {
+            replicas(spec, &mut causes);
+            template(spec.get("template"), "spec.template", &mut causes);
+        }
+        "Job" => template(spec.get("template"), "spec.template", &mut causes),
+        "Service" => service(spec, &mut causes),
+        "ConfigMap" | "Secret" => {
+            for field in ["data", "binaryData", "stringData"] {
+                if let Some(data) = obj.get(field).and_then(Value::as_object) {
+                    for key in data.keys() {
+                        let ok = !key.is_empty()
+                            && key.len() <= DNS_SUBDOMAIN_MAX
+                            && key
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                        if !ok {
+                            causes.push(Cause::invalid(
+                                format!("{field}[{key}]"),
+                                format!("Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn replicas(spec: &Value, causes: &mut Vec<Cause>) {
+    if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            format!("Invalid value: {r}: must be greater than or equal to 0"),
+        ));
+    }
+}
+
+fn workload(kind: &str, spec: &Value, causes: &mut Vec<Cause>) {
+    replicas(spec, causes);
+    let selector = spec.get("selector");
+    let match_labels = selector
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object);
+    let has_expressions = selector
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if match_labels.is_none_or(|m| m.is_empty()) && !has_expressions {
+        causes.push(Cause::required("spec.selector"));
+    } else if let Some(wanted) = match_labels {
+        let labels = spec
+            .pointer("/template/metadata/labels")
+            .and_then(Value::as_object);
+        let matches = wanted
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+        if !matches {
+            causes.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                format!(
+                    "Invalid value: {}: `selector` does not match template `labels`",
+                    serde_json::to_string(&labels).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let _ = kind;
+    template(spec.get("template"), "spec.template", causes);
+}
+
+fn template(template: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+    match template.and_then(|t| t.get("spec")) {
+        Some(spec) => pod_spec(spec, &format!("{path}.spec"), causes),
+        None => causes.push(Cause::required(format!("{path}.spec.containers"))),
+    }
+}
+
+fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    if containers.is_none_or(|c| c.is_empty()) {
+        causes.push(Cause::required(format!("{path}.containers")));
+    }
+    let volumes: Vec<&str> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter_map(|v| v.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (i, v) in volumes.iter().enumerate() {
+        let field = format!("{path}.volumes[{i}].name");
+        if !is_dns_label(v) {
+            causes.push(Cause::invalid(field, dns_label_msg(v)));
+        } else if volumes[..i].contains(v) {
+            causes.push(Cause::duplicate(field, v));
+        }
+    }
+    let mut names: Vec<String> = Vec::new();
+    for key in ["initContainers", "containers"] {
+        let Some(list) = spec.get(key).and_then(Value::as_array) else {
+            continue;
+        };
+        for (i, c) in list.iter().enumerate() {
+            let at = format!("{path}.{key}[{i}]");
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() {
+                causes.push(Cause::required(format!("{at}.name")));
+            } else if !is_dns_label(name) {
+                causes.push(Cause::invalid(format!("{at}.name"), dns_label_msg(name)));
+            } else if names.iter().any(|n| n == name) {
+                causes.push(Cause::duplicate(format!("{at}.name"), name));
+            } else {
+                names.push(name.to_owned());
+            }
+            if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                causes.push(Cause::required(format!("{at}.image")));
+            }
+            if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                for (j, p) in ports.iter().enumerate() {
+                    let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                    if !(1..=65535).contains(&port) {
+                        causes.push(Cause::invalid(
+                            format!("{at}.ports[{j}].containerPort"),
+                            format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                        ));
+                    }
+                    protocol(p, &format!("{at}.ports[{j}].protocol"), causes);
+                }
+            }
+            if let Some(mounts) = c.get("volumeMounts").and_then(Value::as_array) {
+                for (j, m) in mounts.iter().enumerate() {
+                    let vol = m.get("name").and_then(Value::as_str).unwrap_or_default();
+                    if !volumes.contains(&vol) {
+                        causes.push(Cause {
+                            reason: "FieldValueNotFound",
+                            field: format!("{at}.volumeMounts[{j}].name"),
+                            message: format!("Not found: \"{vol}\""),
+                        });
+                    }
+                    if m.get("mountPath").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        causes.push(Cause::required(format!("{at}.volumeMounts[{j}].mountPath")));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str)
+        && !matches!(policy, "Always" | "OnFailure" | "Never")
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: format!("{path}.restartPolicy"),
+            message: format!(
+                "Unsupported value: \"{policy}\": supported values: \"Always\", \"OnFailure\", \"Never\""
+            ),
+        });
+    }
+}
+
+fn protocol(p: &Value, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(proto) = p.get("protocol").and_then(Value::as_str)
+        && !matches!(proto, "TCP" | "UDP" | "SCTP")
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: \"{proto}\": supported values: \"SCTP\", \"TCP\", \"UDP\""
+            ),
+        });
+    }
+}
+
+fn service(spec: &Value, causes: &mut Vec<Cause>) {
+    let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.type".into(),
+            message: format!("Unsupported value: \"{kind}\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+        });
+    }
+    let ports = spec.get("ports").and_then(Value::as_array);
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    if kind != "ExternalName" && !headless && ports.is_none_or(|p| p.is_empty()) {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let ports = ports.cloned().unwrap_or_default();
+    let mut names: Vec<&str> = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause::invalid(
+                format!("spec.ports[{i}].port"),
+                format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+            ));
+        }
+        let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(Cause::required(format!("spec.ports[{i}].name")));
+        } else if !name.is_empty() && names.contains(&name) {
+            causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
+        }
+        names.push(name);
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
+            && np != 0
+            && !(30000..=32767).contains(&np)
+        {
+            causes.push(Cause::invalid(
+                format!("spec.ports[{i}].nodePort"),
+                format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+            ));
+        }
+        protocol(p, &format!("spec.ports[{i}].protocol"), causes);
+    }
+}
+
+/// What may not change on update (the `ValidateXUpdate` functions).
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    match kind {
+        "Pod" => {
+            // Only images, activeDeadlineSeconds, tolerations (additions) and the grace
+            // period may change in a running pod's spec.
+            let strip = |spec: &Value| {
+                let mut s = spec.clone();
+                for key in ["containers", "initContainers"] {
+                    if let Some(list) = s.get_mut(key).and_then(Value::as_array_mut) {
+                        for c in list {
+                            if let Some(m) = c.as_object_mut() {
+                                m.remove("image");
+                            }
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    for key in [
+                        "activeDeadlineSeconds",
+                        "tolerations",
+                        "terminationGracePeriodSeconds",
+                        "schedulingGates",
+                    ] {
+                        m.remove(key);
+                    }
+                }
+                s
+            };
+            let (o, n) = (
+                strip(old.get("spec").unwrap_or(&Value::Null)),
+                strip(new.get("spec").unwrap_or(&Value::Null)),
+            );
+            if o != n {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                ));
+            }
+        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
+                causes.push(Cause::invalid(
+                    "spec.selector",
+                    "Invalid value: field is immutable",
+                ));
+            }
+        }
+        "Service" => {
+            let old_ip = old.pointer("/spec/clusterIP");
+            let new_ip = new.pointer("/spec/clusterIP");
+            if new_ip.is_some() && old_ip != new_ip {
+                causes.push(Cause::invalid(
+                    "spec.clusterIP",
+                    "Invalid value: field is immutable",
+                ));
+            }
+        }
+        "ConfigMap" | "Secret" => {
+            if old.get("immutable") == Some(&Value::Bool(true))
+                && (old.get("data") != new.get("data")
+                    || old.get("binaryData") != new.get("binaryData"))
+            {
+                causes.push(Cause::forbidden(
+                    "data",
+                    "Forbidden: field is immutable when `immutable` is set",
+                ));
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_labels_and_containers() {
+        let pod = json!({"metadata": {"name": "Bad_Name", "labels": {"ok": "x", "bad key!": "v"}},
+            "spec": {"containers": [{"name": "c"}, {"name": "c", "image": "i",
+                "ports": [{"containerPort": 70000}]}]}});
+        let causes = validate("Pod", &pod);
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert!(fields.contains(&"metadata.name"), "{fields:?}");
+        assert!(fields.contains(&"metadata.labels"));
+        assert!(fields.contains(&"spec.containers[0].image"));
+        assert!(fields.contains(&"spec.containers[1].name"));
+        assert!(fields.contains(&"spec.containers[1].ports[0].containerPort"));
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let causes = validate("Deployment", &d);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn pod_spec_is_mostly_immutable() {
+        let old = json!({"spec": {"containers": [{"name": "c", "image": "a"}]}});
+        let image = json!({"spec": {"containers": [{"name": "c", "image": "b"}]}});
+        assert!(validate_update("Pod", &old, &image).is_empty());
+        let port = json!({"spec": {"containers": [{"name": "c", "image": "a", "ports": [{"containerPort": 1}]}]}});
+        assert_eq!(validate_update("Pod", &old, &port).len(), 1);
+    }
+}

@@ -1,0 +1,149 @@
+//! Authentication and authorization. Users are identified by a client certificate
+//! signed by the cluster CA (CN = user name, O = groups) or a bearer token from the
+//! static token file (`token,user,uid,"group1,group2"`, kube-apiserver's
+//! `--token-auth-file` format). Requests with neither get 401, except the health and
+//! version endpoints anonymous users may read. Authorization is a trait; this release
+//! allows every authenticated user (RBAC arrives later).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::status::ApiError;
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+/// The identity a TLS client certificate proved, set on each request of the connection.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<UserInfo>);
+
+/// Parses a client certificate's subject.
+pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())?
+        .to_owned();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(UserInfo {
+        name,
+        uid: String::new(),
+        groups,
+    })
+}
+
+/// The static token file.
+#[derive(Debug, Default, Clone)]
+pub struct Tokens(HashMap<String, UserInfo>);
+
+impl Tokens {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+        let mut map = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = split_csv(line);
+            if fields.len() < 3 {
+                return Err(format!(
+                    "{}:{}: want token,user,uid[,\"groups\"]",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            let mut groups: Vec<String> = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            groups.push("system:authenticated".into());
+            map.insert(
+                fields[0].clone(),
+                UserInfo {
+                    name: fields[1].clone(),
+                    uid: fields[2].clone(),
+                    groups,
+                },
+            );
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get(&self, token: &str) -> Option<&UserInfo> {
+        self.0.get(token)
+    }
+}
+
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Authorization decisions.
+pub trait Authorizer: Send + Sync + std::fmt::Debug {
+    fn authorize(&self, user: &UserInfo, verb: &str, path: &str) -> Result<(), ApiError>;
+}
+
+/// Every authenticated user may do everything.
+#[derive(Debug, Default)]
+pub struct AllowAuthenticated;
+
+impl Authorizer for AllowAuthenticated {
+    fn authorize(&self, _user: &UserInfo, _verb: &str, _path: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// Paths anonymous clients may read (system:public-info-viewer).
+pub fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_lines() {
+        let dir = std::env::temp_dir().join(format!("berth-tokens-{}", std::process::id()));
+        std::fs::write(&dir, "# comment\nsecret,alice,1,\"dev,ops\"\nt2,bob,2\n").expect("write");
+        let tokens = Tokens::load(&dir).expect("load");
+        let alice = tokens.get("secret").expect("alice");
+        assert_eq!(alice.name, "alice");
+        assert_eq!(alice.groups, vec!["dev", "ops", "system:authenticated"]);
+        assert!(tokens.get("t2").is_some());
+        assert!(tokens.get("nope").is_none());
+        std::fs::remove_file(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,461 @@
+//! The Kubernetes-compatible apiserver: HTTPS only, client-certificate and token
+//! authentication, discovery and OpenAPI, and the REST verbs over every built-in
+//! resource and custom resources — served from the watch cache and written to the
+//! MVCC store.
+//!
+//! Entry point: [`run`] with a [`Config`]; it makes the PKI and the admin kubeconfig on
+//! first start, opens the store, fills the watch cache, creates the namespaces and the
+//! `kubernetes` Service every cluster has, and serves until the process ends.
+
+pub mod admission;
+pub mod auth;
+pub mod crd;
+pub mod discovery;
+pub mod metrics;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod request;
+pub mod rest;
+pub mod selectors;
+pub mod status;
+pub mod table;
+pub mod watch_cache;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use self::auth::{Authorizer, PeerIdentity, Tokens, UserInfo};
+use self::registry::{Registry, ResourceDef};
+use self::rest::{Ctx, json_response, value_response};
+use self::status::{ApiError, ApiResult};
+use self::watch_cache::WatchCache;
+use crate::store::{LeaseId, Store, StoreError};
+
+/// Largest request body accepted (Kubernetes' limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// TTL of Events (kube-apiserver `--event-ttl`).
+const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+/// How to run the apiserver.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    /// The address clients and the `kubernetes` Service's endpoints use.
+    pub advertise: std::net::IpAddr,
+    pub token_file: Option<PathBuf>,
+    /// Where to write the admin kubeconfig (default `<data-dir>/admin.kubeconfig`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Shared state of every request.
+#[derive(Debug)]
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub cache: Arc<WatchCache>,
+    pub registry: Arc<Registry>,
+    pub services: admission::service_ips::Allocator,
+    pub metrics: metrics::Metrics,
+    pub openapi: openapi::Documents,
+    pub max_body: usize,
+    pub tokens: Tokens,
+    pub authorizer: Box<dyn Authorizer>,
+    event_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
+}
+
+impl Api {
+    pub async fn new(store: Arc<dyn Store>, tokens: Tokens) -> Result<Arc<Self>, StoreError> {
+        let cache = WatchCache::start(store.clone()).await?;
+        let services = admission::service_ips::Allocator::default();
+        for svc in cache.list("/registry/core/services/", |_| true).0 {
+            services.observe(&svc.value());
+        }
+        let api = Arc::new(Self {
+            store,
+            cache,
+            registry: Arc::new(Registry::builtin()),
+            services,
+            metrics: metrics::Metrics::default(),
+            openapi: openapi::Documents::default(),
+            max_body: MAX_BODY,
+            tokens,
+            authorizer: Box::new(auth::AllowAuthenticated),
+            event_lease: tokio::sync::Mutex::new(None),
+        });
+        tokio::spawn(crd::run(api.clone()));
+        Ok(api)
+    }
+
+    /// The lease Events are attached to; one per minute, so expiry is batched (as the
+    /// etcd3 storage's lease manager does).
+    pub async fn event_lease(&self) -> Result<LeaseId, StoreError> {
+        let mut guard = self.event_lease.lock().await;
+        if let Some((id, at)) = *guard
+            && at.elapsed() < Duration::from_secs(60)
+        {
+            return Ok(id);
+        }
+        let id = self
+            .store
+            .grant_lease(EVENT_TTL + Duration::from_secs(60))
+            .await?;
+        *guard = Some((id, Instant::now()));
+        Ok(id)
+    }
+
+    /// Namespace lifecycle: objects go only into namespaces that exist and are not
+    /// being deleted.
+    pub fn check_namespace(&self, namespace: &str, kind: &str) -> ApiResult<()> {
+        if kind == "Namespace" {
+            return Ok(());
+        }
+        let key = format!("/registry/core/namespaces/{namespace}");
+        let Some(ns) = self.cache.get(&key) else {
+            return Err(ApiError::not_found("", "namespaces", namespace));
+        };
+        let value = ns.value();
+        if object::meta(&value).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Releases what a deleted object held.
+    pub fn after_delete(&self, def: &ResourceDef, obj: &Value) {
+        if def.group.is_empty() && def.kind == "Service" {
+            self.services.release(obj);
+        }
+    }
+
+    /// A context for the server's own writes (bootstrap objects).
+    fn internal(self: &Arc<Self>, group: &str, plural: &str, namespace: Option<&str>) -> Option<Ctx> {
+        let def = self.registry.get(group, "v1", plural)?;
+        Some(Ctx {
+            api: self.clone(),
+            def,
+            namespace: namespace.map(str::to_owned),
+            query: request::Query::default(),
+            headers: Default::default(),
+        })
+    }
+
+    /// Creates what every cluster has: the four system namespaces, the `kubernetes`
+    /// Service (first service IP, port 443) and its Endpoints / EndpointSlice.
+    pub async fn bootstrap(self: &Arc<Self>, advertise: std::net::IpAddr, port: u16) -> ApiResult<()> {
+        self.cache.wait_for(self.store.current_revision()).await;
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if let Some(ctx) = self.internal("", "namespaces", None) {
+                ignore_exists(rest::create_object(&ctx, json!({"metadata": {"name": ns}})).await)?;
+            }
+        }
+        self.cache.wait_for(self.store.current_revision()).await;
+        let ip = self.services.first().to_string();
+        if let Some(ctx) = self.internal("", "services", Some("default")) {
+            ignore_exists(
+                rest::create_object(
+                    &ctx,
+                    json!({
+                        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+                    }),
+                )
+                .await,
+            )?;
+        }
+        if let Some(ctx) = self.internal("", "endpoints", Some("default")) {
+            ignore_exists(
+                rest::create_object(
+                    &ctx,
+                    json!({
+                        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                        "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+                    }),
+                )
+                .await,
+            )?;
+        }
+        if let Some(def) = self.registry.get("discovery.k8s.io", "v1", "endpointslices") {
+            let ctx = Ctx {
+                api: self.clone(),
+                def,
+                namespace: Some("default".into()),
+                query: request::Query::default(),
+                headers: Default::default(),
+            };
+            ignore_exists(
+                rest::create_object(
+                    &ctx,
+                    json!({
+                        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "berth-server"}},
+                        "addressType": "IPv4",
+                        "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
+                        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                    }),
+                )
+                .await,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn ignore_exists(result: ApiResult<(Value, StatusCode)>) -> ApiResult<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The HTTP application (TLS is added by [`serve`]).
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new().fallback(dispatch).with_state(api)
+}
+
+async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let parsed = request::parse_path(&path);
+    let resource = parsed.as_ref().map(|p| p.resource.clone()).unwrap_or_default();
+    let verb = metrics::verb(&method, parsed.as_ref(), req.uri().query());
+    let response = match authenticate(&api, &req) {
+        Err(e) => e.into_response(),
+        Ok(user) => match route(api.clone(), user, parsed, req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        },
+    };
+    api.metrics
+        .observe(&verb, &resource, response.status().as_u16(), started.elapsed());
+    response
+}
+
+fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
+    if let Some(PeerIdentity(Some(user))) = req.extensions().get::<PeerIdentity>() {
+        return Ok(Some(user.clone()));
+    }
+    if let Some(header) = req.headers().get("authorization").and_then(|v| v.to_str().ok())
+        && let Some(token) = header.strip_prefix("Bearer ")
+    {
+        return match api.tokens.get(token.trim()) {
+            Some(user) => Ok(Some(user.clone())),
+            None => Err(ApiError::unauthorized()),
+        };
+    }
+    if auth::is_public(req.uri().path()) {
+        return Ok(None);
+    }
+    Err(ApiError::unauthorized())
+}
+
+async fn route(
+    api: Arc<Api>,
+    user: Option<UserInfo>,
+    parsed: Option<request::ResourcePath>,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    let path = req.uri().path().to_owned();
+    if let Some(user) = &user {
+        api.authorizer
+            .authorize(user, req.method().as_str(), &path)?;
+    }
+    let get = req.method() == Method::GET;
+    let trimmed = path.trim_end_matches('/');
+    match trimmed {
+        "/healthz" | "/livez" | "/readyz" => {
+            return Ok((StatusCode::OK, [("content-type", "text/plain")], "ok").into_response());
+        }
+        "/version" => return Ok(value_response(StatusCode::OK, &discovery::version())),
+        "/metrics" if get => {
+            return Ok((
+                StatusCode::OK,
+                [("content-type", "text/plain; version=0.0.4")],
+                api.metrics.render(&api),
+            )
+                .into_response());
+        }
+        "/api" if get => return Ok(value_response(StatusCode::OK, &discovery::core_versions())),
+        "/apis" if get => {
+            return Ok(value_response(StatusCode::OK, &discovery::group_list(&api.registry)));
+        }
+        "/openapi/v3" if get => {
+            return Ok(value_response(StatusCode::OK, &openapi::index(&api.registry)));
+        }
+        _ => {}
+    }
+    if let Some(rest) = trimmed.strip_prefix("/openapi/v3/")
+        && get
+    {
+        let doc = api
+            .openapi
+            .get(&api.registry, rest)
+            .ok_or_else(|| ApiError::path_not_found(&path))?;
+        return Ok(json_response(StatusCode::OK, doc.as_ref().clone()));
+    }
+    if let Some(group) = trimmed.strip_prefix("/apis/")
+        && !group.contains('/')
+        && get
+    {
+        let g = discovery::group(&api.registry, group).ok_or_else(|| ApiError::path_not_found(&path))?;
+        return Ok(value_response(StatusCode::OK, &g));
+    }
+    let Some(parsed) = parsed else {
+        return Err(ApiError::path_not_found(&path));
+    };
+    if parsed.resource.is_empty() {
+        if !get {
+            return Err(ApiError::method_not_allowed("discovery is read-only"));
+        }
+        let list = discovery::resource_list(&api.registry, &parsed.group, &parsed.version)
+            .ok_or_else(|| ApiError::path_not_found(&path))?;
+        return Ok(value_response(StatusCode::OK, &list));
+    }
+    rest::handle(api, parsed, req).await
+}
+
+/// Opens everything and serves HTTPS until the process ends.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "kubernetes".to_owned(),
+        "kubernetes.default".to_owned(),
+        "kubernetes.default.svc".to_owned(),
+        "kubernetes.default.svc.cluster.local".to_owned(),
+        admission::service_ips::Allocator::default().first().to_string(),
+        config.advertise.to_string(),
+    ];
+    if let Ok(host) = nix_hostname() {
+        sans.push(host);
+    }
+    sans.dedup();
+    let pki = pki::Pki::ensure(&config.data_dir.join("pki"), &sans)?;
+    let kubeconfig = config
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin.kubeconfig"));
+    let server_url = format!("https://{}:{}", url_host(config.advertise), config.bind.port());
+    pki.write_kubeconfig(&kubeconfig, &server_url, "kubernetes-admin", &["system:masters"])?;
+    let tokens = match &config.token_file {
+        Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,
+        None => Tokens::default(),
+    };
+    let store = crate::store::redb::RedbStore::open(&config.data_dir.join("store.redb"))
+        .context("opening the store")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    tokio::spawn(compact_periodically(store.clone()));
+    let api = Api::new(store, tokens).await.context("starting the watch cache")?;
+    api.bootstrap(config.advertise, config.bind.port())
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    tracing::info!(address = %config.bind, kubeconfig = %kubeconfig.display(), "berth-server serving");
+    serve(listener, api, &pki).await
+}
+
+fn url_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    }
+}
+
+fn nix_hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_owned())
+}
+
+/// Keeps five minutes of history, as kube-apiserver's compaction interval does.
+async fn compact_periodically(store: Arc<dyn Store>) {
+    let mut previous = store.current_revision();
+    loop {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        if previous > store.compacted_revision()
+            && let Err(err) = store.compact(previous).await
+        {
+            tracing::warn!(%err, "compaction failed");
+        }
+        previous = store.current_revision();
+    }
+}
+
+/// Serves `api` over TLS on `listener`, asking for (not requiring) client certificates.
+pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, pki: &pki::Pki) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.server_cert.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let app = router(api);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(err) => {
+                    tracing::debug!(%err, %peer, "TLS handshake failed");
+                    return;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| auth::from_certificate(cert));
+            let app = app.layer(axum::Extension(PeerIdentity(identity)));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(err) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%err, %peer, "connection ended");
+            }
+        });
+    }
+}

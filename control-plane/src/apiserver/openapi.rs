@@ -1,0 +1,282 @@
+//! OpenAPI v3 (`/openapi/v3` and one document per group-version), which `kubectl
+//! explain`, `kubectl apply` (patch strategies) and kubectl's field-validation check
+//! read. Schemas come from `k8s-openapi` (its `schemars` implementations, descriptions
+//! included), annotated with what clients look for: `x-kubernetes-group-version-kind`
+//! on each kind and `x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key` on the
+//! lists [`super::patch::MERGE_KEYS`] names. Custom resources get their CRD's schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use serde_json::{Map, Value, json};
+
+use super::patch::MERGE_KEYS;
+use super::registry::{Registry, ResourceDef};
+
+/// Every definition reachable from the built-in kinds, by name.
+pub fn definitions() -> &'static BTreeMap<String, Value> {
+    static DEFS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(build_definitions);
+    &DEFS
+}
+
+fn build_definitions() -> BTreeMap<String, Value> {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let registry = Registry::builtin();
+    let mut kinds: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for def in registry.all() {
+        if let Some(typed) = &def.typed {
+            (typed.schema)(&mut generator);
+            kinds.entry(typed.definition.clone()).or_default().push(json!({
+                "group": def.group, "version": def.version, "kind": def.kind,
+            }));
+        }
+    }
+    let mut defs: BTreeMap<String, Value> = generator
+        .take_definitions(true)
+        .into_iter()
+        .collect();
+    for (name, gvks) in kinds {
+        if let Some(schema) = defs.get_mut(&name).and_then(Value::as_object_mut) {
+            schema.insert("x-kubernetes-group-version-kind".into(), Value::Array(gvks));
+        }
+    }
+    for (definition, field, strategy, key) in MERGE_KEYS {
+        if let Some(prop) = defs
+            .get_mut(*definition)
+            .and_then(|d| d.get_mut("properties"))
+            .and_then(|p| p.get_mut(*field))
+            .and_then(Value::as_object_mut)
+        {
+            prop.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+            if !key.is_empty() {
+                prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            }
+        }
+    }
+    defs
+}
+
+/// The names `name` refers to, transitively.
+fn closure(roots: impl IntoIterator<Item = String>, defs: &BTreeMap<String, Value>) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = roots.into_iter().collect();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        if let Some(schema) = defs.get(&name) {
+            collect_refs(schema, &mut todo);
+        }
+    }
+    seen
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str)
+                && let Some(name) = r.rsplit('/').next()
+            {
+                out.push(name.to_owned());
+            }
+            m.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// The `/openapi/v3` index: one entry per group-version.
+pub fn index(registry: &Registry) -> Value {
+    let mut paths = Map::new();
+    for (group, versions) in registry.groups() {
+        for version in versions {
+            let path = gv_path(&group, &version);
+            let hash = format!("{:016X}", doc_hash(registry, &group, &version));
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// Changes when the set of resources (or a CRD schema) in the group-version changes.
+fn doc_hash(registry: &Registry, group: &str, version: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for def in registry.all() {
+        if def.group == group && def.version == version {
+            def.plural.hash(&mut h);
+            if let Some(crd) = &def.crd {
+                crd.schema.to_string().hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+/// Cached documents, rebuilt when their hash changes.
+#[derive(Debug, Default)]
+pub struct Documents {
+    cache: Mutex<BTreeMap<String, (u64, Arc<Vec<u8>>)>>,
+}
+
+impl Documents {
+    /// The document for `api/v1` or `apis/{group}/{version}`.
+    pub fn get(&self, registry: &Registry, path: &str) -> Option<Arc<Vec<u8>>> {
+        let (group, version) = match path.trim_matches('/').split('/').collect::<Vec<_>>()[..] {
+            ["api", v] => (String::new(), v.to_owned()),
+            ["apis", g, v] => (g.to_owned(), v.to_owned()),
+            _ => return None,
+        };
+        let defs: Vec<Arc<ResourceDef>> = registry
+            .all()
+            .into_iter()
+            .filter(|d| d.group == group && d.version == version)
+            .collect();
+        if defs.is_empty() {
+            return None;
+        }
+        let hash = doc_hash(registry, &group, &version);
+        if let Ok(cache) = self.cache.lock()
+            && let Some((h, doc)) = cache.get(path)
+            && *h == hash
+        {
+            return Some(doc.clone());
+        }
+        let doc = Arc::new(serde_json::to_vec(&document(&defs)).unwrap_or_default());
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(path.to_owned(), (hash, doc.clone()));
+        }
+        Some(doc)
+    }
+}
+
+fn document(defs: &[Arc<ResourceDef>]) -> Value {
+    let all = definitions();
+    let mut schemas: BTreeMap<String, Value> = BTreeMap::new();
+    let mut roots = Vec::new();
+    let mut paths = Map::new();
+    for def in defs {
+        let schema_ref = match (&def.typed, &def.crd) {
+            (Some(t), _) => {
+                roots.push(t.definition.clone());
+                t.definition.clone()
+            }
+            (None, Some(crd)) => {
+                let name = crd_definition_name(def);
+                let mut schema = crd.schema.clone();
+                if let Some(m) = schema.as_object_mut() {
+                    m.insert(
+                        "x-kubernetes-group-version-kind".into(),
+                        json!([{"group": def.group, "version": def.version, "kind": def.kind}]),
+                    );
+                    let props = m.entry("properties").or_insert_with(|| json!({}));
+                    if let Some(p) = props.as_object_mut() {
+                        p.insert("metadata".into(), json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}));
+                        p.entry("apiVersion").or_insert(json!({"type": "string"}));
+                        p.entry("kind").or_insert(json!({"type": "string"}));
+                    }
+                }
+                roots.push("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into());
+                schemas.insert(name.clone(), schema);
+                name
+            }
+            _ => continue,
+        };
+        add_paths(&mut paths, def, &schema_ref);
+    }
+    roots.push("io.k8s.apimachinery.pkg.apis.meta.v1.Status".into());
+    roots.push("io.k8s.apimachinery.pkg.apis.meta.v1.Patch".into());
+    for name in closure(roots, all) {
+        if let Some(schema) = all.get(&name) {
+            schemas.insert(name, schema.clone());
+        }
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": super::discovery::GIT_VERSION},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+fn crd_definition_name(def: &ResourceDef) -> String {
+    let reversed: Vec<&str> = def.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), def.version, def.kind)
+}
+
+fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef, schema: &str) {
+    let base = if def.group.is_empty() {
+        format!("/api/{}", def.version)
+    } else {
+        format!("/apis/{}/{}", def.group, def.version)
+    };
+    let collection = if def.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}", def.plural)
+    } else {
+        format!("{base}/{}", def.plural)
+    };
+    let gvk = json!({"group": def.group, "version": def.version, "kind": def.kind});
+    let body = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    let ok = json!({"200": body.clone()});
+    let field_validation = json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let dry_run = json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let op = |action: &str, extra: Vec<Value>| {
+        let mut o = json!({
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk,
+            "responses": ok,
+            "parameters": extra,
+        });
+        if matches!(action, "post" | "put") {
+            o["requestBody"] = body.clone();
+        }
+        if action == "patch" {
+            o["requestBody"] = json!({"content": {
+                "application/json-patch+json": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}},
+                "application/merge-patch+json": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}},
+                "application/strategic-merge-patch+json": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}},
+            }});
+        }
+        o
+    };
+    let writes = vec![dry_run.clone(), field_validation.clone()];
+    paths.insert(
+        collection.clone(),
+        json!({
+            "get": op("list", vec![]),
+            "post": op("post", writes.clone()),
+            "delete": op("deletecollection", vec![dry_run.clone()]),
+        }),
+    );
+    paths.insert(
+        format!("{collection}/{{name}}"),
+        json!({
+            "get": op("get", vec![]),
+            "put": op("put", writes.clone()),
+            "patch": op("patch", writes.clone()),
+            "delete": op("delete", vec![dry_run.clone()]),
+        }),
+    );
+    if def.status {
+        paths.insert(
+            format!("{collection}/{{name}}/status"),
+            json!({
+                "get": op("get", vec![]),
+                "put": op("put", writes.clone()),
+                "patch": op("patch", writes),
+            }),
+        );
+    }
+}

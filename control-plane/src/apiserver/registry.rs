@@ -1,0 +1,407 @@
+//! Which resources the apiserver serves: the built-in types (their kinds, plurals,
+//! scopes, short names, categories and subresources as Kubernetes declares them, typed
+//! by `k8s-openapi`) and the custom resources CustomResourceDefinitions add at run time.
+//!
+//! Entry point: [`Registry`], shared by routing, discovery and OpenAPI.
+
+use std::any::TypeId;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::{
+    apps, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling,
+    storage,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
+use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
+use serde_json::Value;
+
+use super::crd::CrdSchema;
+
+/// Where `/scale` reads and writes replicas.
+#[derive(Debug, Clone)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
+impl ScalePaths {
+    fn standard() -> Self {
+        Self {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: Some(".status.selector".into()),
+        }
+    }
+}
+
+/// Decoding a built-in type through its `k8s-openapi` struct: rejects wrong types,
+/// drops unknown fields (reported for `fieldValidation=Strict`).
+pub type Normalize = fn(Value) -> Result<Value, String>;
+/// The OpenAPI schema of a built-in type.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+#[derive(Debug, Clone)]
+pub struct Typed {
+    pub normalize: Normalize,
+    pub schema: SchemaFn,
+    /// `io.k8s.api.core.v1.Pod`
+    pub definition: String,
+}
+
+/// One served resource.
+#[derive(Debug, Clone)]
+pub struct ResourceDef {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub list_kind: String,
+    pub plural: String,
+    pub singular: String,
+    pub namespaced: bool,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    /// Has a `status` subresource (updates to the main resource keep the old status).
+    pub status: bool,
+    pub scale: Option<ScalePaths>,
+    /// Other subresources (`binding`, `eviction`, `log`, `exec`…), for discovery.
+    pub subresources: Vec<&'static str>,
+    /// Bump `metadata.generation` when anything but metadata and status changes.
+    pub generation: bool,
+    pub typed: Option<Typed>,
+    pub crd: Option<Arc<CrdSchema>>,
+}
+
+impl ResourceDef {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store prefix of the whole resource (all namespaces).
+    pub fn prefix(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        format!("/registry/{group}/{}/", self.plural)
+    }
+
+    /// The store prefix of one namespace's objects, or of all if `namespace` is `None`.
+    pub fn collection_prefix(&self, namespace: Option<&str>) -> String {
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("{}{ns}/", self.prefix()),
+            _ => self.prefix(),
+        }
+    }
+
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("{}{ns}/{name}", self.prefix()),
+            _ => format!("{}{name}", self.prefix()),
+        }
+    }
+
+    /// `pods`, `deployments.apps` — how Kubernetes names the resource in messages.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
+fn normalize<K>(value: Value) -> Result<Value, String>
+where
+    K: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let typed: K = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+fn schema<K: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<K>()
+}
+
+struct Builtin {
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    status: bool,
+    scale: bool,
+    subresources: &'static [&'static str],
+    generation: bool,
+}
+
+const PLAIN: Builtin = Builtin {
+    short_names: &[],
+    categories: &[],
+    status: false,
+    scale: false,
+    subresources: &[],
+    generation: false,
+};
+
+fn builtin<K>(b: Builtin) -> ResourceDef
+where
+    K: Resource
+        + ListableResource
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + schemars::JsonSchema
+        + 'static,
+{
+    let definition = <K as schemars::JsonSchema>::schema_name().into_owned();
+    ResourceDef {
+        group: K::GROUP.to_owned(),
+        version: K::VERSION.to_owned(),
+        kind: K::KIND.to_owned(),
+        list_kind: K::LIST_KIND.to_owned(),
+        plural: K::URL_PATH_SEGMENT.to_owned(),
+        singular: K::KIND.to_lowercase(),
+        namespaced: TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>(),
+        short_names: b.short_names.iter().map(|s| (*s).to_owned()).collect(),
+        categories: b.categories.iter().map(|s| (*s).to_owned()).collect(),
+        status: b.status,
+        scale: b.scale.then(ScalePaths::standard),
+        subresources: b.subresources.to_vec(),
+        generation: b.generation,
+        typed: Some(Typed {
+            normalize: normalize::<K>,
+            schema: schema::<K>,
+            definition,
+        }),
+        crd: None,
+    }
+}
+
+/// The resources served, keyed by (group, version, plural).
+#[derive(Debug, Default)]
+pub struct Registry {
+    resources: RwLock<BTreeMap<(String, String, String), Arc<ResourceDef>>>,
+}
+
+impl Registry {
+    /// Every built-in resource of this release.
+    pub fn builtin() -> Self {
+        let registry = Self::default();
+        let all = &["all"];
+        let workload = Builtin {
+            categories: all,
+            status: true,
+            scale: true,
+            generation: true,
+            ..PLAIN
+        };
+        let defs = vec![
+            builtin::<core::v1::Pod>(Builtin {
+                short_names: &["po"],
+                categories: all,
+                status: true,
+                subresources: &[
+                    "binding",
+                    "eviction",
+                    "log",
+                    "exec",
+                    "attach",
+                    "portforward",
+                    "proxy",
+                ],
+                generation: true,
+                ..PLAIN
+            }),
+            builtin::<core::v1::PodTemplate>(PLAIN),
+            builtin::<core::v1::ReplicationController>(Builtin {
+                short_names: &["rc"],
+                ..workload
+            }),
+            builtin::<core::v1::Service>(Builtin {
+                short_names: &["svc"],
+                categories: all,
+                status: true,
+                subresources: &["proxy"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::Endpoints>(Builtin {
+                short_names: &["ep"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::Namespace>(Builtin {
+                short_names: &["ns"],
+                status: true,
+                subresources: &["finalize"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::Node>(Builtin {
+                short_names: &["no"],
+                status: true,
+                subresources: &["proxy"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::ConfigMap>(Builtin {
+                short_names: &["cm"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::Secret>(PLAIN),
+            builtin::<core::v1::ServiceAccount>(Builtin {
+                short_names: &["sa"],
+                subresources: &["token"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::Event>(Builtin {
+                short_names: &["ev"],
+                ..PLAIN
+            }),
+            builtin::<core::v1::PersistentVolume>(Builtin {
+                short_names: &["pv"],
+                status: true,
+                ..PLAIN
+            }),
+            builtin::<core::v1::PersistentVolumeClaim>(Builtin {
+                short_names: &["pvc"],
+                status: true,
+                ..PLAIN
+            }),
+            builtin::<core::v1::ResourceQuota>(Builtin {
+                short_names: &["quota"],
+                status: true,
+                ..PLAIN
+            }),
+            builtin::<core::v1::LimitRange>(Builtin {
+                short_names: &["limits"],
+                ..PLAIN
+            }),
+            builtin::<apps::v1::Deployment>(Builtin {
+                short_names: &["deploy"],
+                ..workload
+            }),
+            builtin::<apps::v1::ReplicaSet>(Builtin {
+                short_names: &["rs"],
+                ..workload
+            }),
+            builtin::<apps::v1::StatefulSet>(Builtin {
+                short_names: &["sts"],
+                ..workload
+            }),
+            builtin::<apps::v1::DaemonSet>(Builtin {
+                short_names: &["ds"],
+                scale: false,
+                ..workload
+            }),
+            builtin::<apps::v1::ControllerRevision>(PLAIN),
+            builtin::<batch::v1::Job>(Builtin {
+                scale: false,
+                ..workload
+            }),
+            builtin::<batch::v1::CronJob>(Builtin {
+                short_names: &["cj"],
+                scale: false,
+                ..workload
+            }),
+            builtin::<discovery::v1::EndpointSlice>(PLAIN),
+            builtin::<coordination::v1::Lease>(PLAIN),
+            builtin::<rbac::v1::Role>(PLAIN),
+            builtin::<rbac::v1::ClusterRole>(PLAIN),
+            builtin::<rbac::v1::RoleBinding>(PLAIN),
+            builtin::<rbac::v1::ClusterRoleBinding>(PLAIN),
+            builtin::<networking::v1::NetworkPolicy>(Builtin {
+                short_names: &["netpol"],
+                generation: true,
+                ..PLAIN
+            }),
+            builtin::<networking::v1::Ingress>(Builtin {
+                short_names: &["ing"],
+                status: true,
+                generation: true,
+                ..PLAIN
+            }),
+            builtin::<networking::v1::IngressClass>(PLAIN),
+            builtin::<storage::v1::StorageClass>(Builtin {
+                short_names: &["sc"],
+                ..PLAIN
+            }),
+            builtin::<storage::v1::CSIDriver>(PLAIN),
+            builtin::<storage::v1::CSINode>(PLAIN),
+            builtin::<storage::v1::VolumeAttachment>(Builtin {
+                status: true,
+                ..PLAIN
+            }),
+            builtin::<scheduling::v1::PriorityClass>(Builtin {
+                short_names: &["pc"],
+                ..PLAIN
+            }),
+            builtin::<policy::v1::PodDisruptionBudget>(Builtin {
+                short_names: &["pdb"],
+                status: true,
+                generation: true,
+                ..PLAIN
+            }),
+            builtin::<events::v1::Event>(Builtin {
+                short_names: &["ev"],
+                ..PLAIN
+            }),
+            builtin::<apiextensions::v1::CustomResourceDefinition>(Builtin {
+                short_names: &["crd", "crds"],
+                categories: &["api-extensions"],
+                status: true,
+                generation: true,
+                ..PLAIN
+            }),
+        ];
+        for def in defs {
+            registry.insert(def);
+        }
+        registry
+    }
+
+    pub fn insert(&self, def: ResourceDef) {
+        let key = (def.group.clone(), def.version.clone(), def.plural.clone());
+        if let Ok(mut map) = self.resources.write() {
+            map.insert(key, Arc::new(def));
+        }
+    }
+
+    pub fn remove(&self, group: &str, version: &str, plural: &str) {
+        if let Ok(mut map) = self.resources.write() {
+            map.remove(&(group.to_owned(), version.to_owned(), plural.to_owned()));
+        }
+    }
+
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
+        let map = self.resources.read().ok()?;
+        map.get(&(group.to_owned(), version.to_owned(), plural.to_owned()))
+            .cloned()
+    }
+
+    /// The resource of `kind` in `group` (any served version).
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceDef>> {
+        let map = self.resources.read().ok()?;
+        map.values()
+            .find(|d| d.group == group && d.kind == kind)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ResourceDef>> {
+        self.resources
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// (group, versions) pairs, core first, then groups in registration-independent order.
+    pub fn groups(&self) -> Vec<(String, Vec<String>)> {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for def in self.all() {
+            let versions = groups.entry(def.group.clone()).or_default();
+            if !versions.contains(&def.version) {
+                versions.push(def.version.clone());
+            }
+        }
+        groups.into_iter().collect()
+    }
+}

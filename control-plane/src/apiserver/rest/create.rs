@@ -1,0 +1,107 @@
+//! POST to a collection: create. Name from `metadata.name` or `generateName` + a random
+//! suffix; namespace lifecycle (no objects in a missing or terminating namespace);
+//! server-set uid, creationTimestamp, generation; defaults, validation, allocations;
+//! `dryRun=All` runs everything but the write.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{Ctx, invalid, normalize, object_response};
+use crate::apiserver::admission::{defaults, validation};
+use crate::apiserver::object::{self, meta_mut};
+use crate::apiserver::request::{content_type, decode, read_body};
+use crate::apiserver::status::{ApiError, ApiResult, Cause};
+
+pub async fn create(ctx: Ctx, body: Body) -> ApiResult<Response> {
+    let bytes = read_body(body, ctx.api.max_body).await?;
+    let obj = decode(&bytes, &content_type(&ctx.headers))?;
+    let (stored, code) = create_object(&ctx, obj).await?;
+    Ok(object_response(&ctx, code, &stored))
+}
+
+/// Creates `obj` (already decoded) in the context's collection.
+pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCode)> {
+    let def = &ctx.def;
+    let mut obj = normalize(ctx, obj)?;
+    let dry_run = ctx.query.dry_run()?;
+    {
+        let meta = meta_mut(&mut obj).ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+        if def.namespaced {
+            let path_ns = ctx.namespace.clone().unwrap_or_default();
+            match meta.get("namespace").and_then(Value::as_str) {
+                None | Some("") => {
+                    meta.insert("namespace".into(), json!(path_ns));
+                }
+                Some(ns) if ns == path_ns => {}
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+        if name.is_empty()
+            && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
+            && !prefix.is_empty()
+        {
+            let generated = format!("{prefix}{}", object::random_suffix());
+            meta.insert("name".into(), json!(generated));
+        }
+        meta.insert("uid".into(), json!(object::new_uid()));
+        meta.insert("creationTimestamp".into(), json!(object::now()));
+        meta.remove("resourceVersion");
+        meta.remove("deletionTimestamp");
+        meta.remove("deletionGracePeriodSeconds");
+        meta.remove("managedFields");
+        meta.remove("selfLink");
+        if def.generation {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+    }
+    let name = object::name(&obj).to_owned();
+    if def.namespaced {
+        ctx.api.check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)?;
+    }
+    defaults::apply(&def.kind, &mut obj);
+    let causes = validation::validate(&def.kind, &obj);
+    if !causes.is_empty() {
+        return Err(invalid(def, &obj, causes));
+    }
+    if def.group.is_empty() && def.kind == "Service" {
+        ctx.api
+            .services
+            .allocate(&mut obj)
+            .map_err(|causes: Vec<Cause>| invalid(def, &obj, causes))?;
+    }
+    if dry_run {
+        if def.kind == "Service" {
+            ctx.api.services.release(&obj);
+        }
+        return Ok((obj, StatusCode::CREATED));
+    }
+    let lease = if def.kind == "Event" {
+        Some(ctx.api.event_lease().await.map_err(|e| ctx.store_error(e, &name))?)
+    } else {
+        None
+    };
+    let key = ctx.key(&name);
+    match ctx.api.store.create(key, object::encode(&obj), lease).await {
+        Ok(kv) => {
+            object::set_resource_version(&mut obj, kv.mod_revision);
+            Ok((obj, StatusCode::CREATED))
+        }
+        Err(err) => {
+            if def.kind == "Service" {
+                ctx.api.services.release(&obj);
+            }
+            Err(ctx.store_error(err, &name))
+        }
+    }
+}

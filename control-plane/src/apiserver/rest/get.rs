@@ -1,0 +1,52 @@
+//! GET of one object, from the watch cache after it caught up with the store (a
+//! consistent read, as Kubernetes serves an unset resourceVersion), or from the store at
+//! an exact past resourceVersion.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::{Ctx, json_response, object_response};
+use crate::apiserver::object;
+use crate::apiserver::status::{ApiError, ApiResult};
+
+pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
+    let key = ctx.key(name);
+    let rv = ctx.query.int("resourceVersion")?;
+    let raw: Vec<u8> = match rv {
+        Some(rv) if rv > 0 && ctx.query.get("resourceVersionMatch") == Some("Exact") => {
+            let kv = ctx
+                .api
+                .store
+                .get(&key, Some(rv))
+                .await
+                .map_err(|e| ctx.store_error(e, name))?
+                .ok_or_else(|| ctx.not_found(name))?;
+            object::with_revision(&kv.value, kv.mod_revision)
+        }
+        _ => {
+            let target = match rv {
+                Some(0) => 0,
+                Some(rv) => rv,
+                None => ctx.api.store.current_revision(),
+            };
+            if !ctx.api.cache.wait_for(target).await {
+                return Err(ApiError::timeout(format!(
+                    "Too large resource version: {target}, current: {}",
+                    ctx.api.cache.revision()
+                )));
+            }
+            ctx.api
+                .cache
+                .get(&key)
+                .ok_or_else(|| ctx.not_found(name))?
+                .raw
+                .to_vec()
+        }
+    };
+    if ctx.wants_table() {
+        let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        return Ok(object_response(&ctx, StatusCode::OK, &value));
+    }
+    Ok(json_response(StatusCode::OK, raw))
+}

@@ -1,0 +1,200 @@
+//! LIST: from the watch cache (unset resourceVersion after catching up with the store,
+//! `0`, or NotOlderThan) — or, for `limit`/`continue` pages and Exact reads, from the
+//! store at one revision, so every page of a list is the same snapshot, as on
+//! Kubernetes. Label and field selectors filter either way.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::{Ctx, json_response, value_response};
+use crate::apiserver::object;
+use crate::apiserver::selectors::{FieldSelector, LabelSelector, field_values, labels};
+use crate::apiserver::status::{ApiError, ApiResult};
+use crate::apiserver::table;
+use crate::apiserver::watch_cache::Cached;
+use crate::store::{ListOptions, Revision};
+
+/// The selectors of a request.
+#[derive(Debug, Clone)]
+pub struct Selectors {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Selectors {
+    pub fn from(ctx: &Ctx) -> ApiResult<Self> {
+        Ok(Self {
+            labels: LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or_default())?,
+            fields: FieldSelector::parse(
+                ctx.query.get("fieldSelector").unwrap_or_default(),
+                &ctx.def.kind,
+            )?,
+        })
+    }
+
+    pub fn matches(&self, obj: &Cached) -> bool {
+        self.labels.matches(&obj.labels) && self.fields.matches(&obj.fields)
+    }
+
+    pub fn matches_value(&self, obj: &Value) -> bool {
+        self.labels.matches(&labels(obj)) && self.fields.matches(&field_values(obj))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+pub async fn list(ctx: Ctx) -> ApiResult<Response> {
+    let selectors = Selectors::from(&ctx)?;
+    let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
+    let rv = ctx.query.int("resourceVersion")?;
+    let limit = ctx.query.int("limit")?.filter(|l| *l > 0);
+    let token = ctx.query.get("continue");
+    let exact = ctx.query.get("resourceVersionMatch") == Some("Exact");
+    let paged = token.is_some() || (limit.is_some() && rv != Some(0)) || exact;
+
+    let (items, revision, next) = if paged {
+        let (at, start) = match token {
+            Some(t) => {
+                let c = decode_continue(t)?;
+                (Some(c.rv), Some(c.start))
+            }
+            None if exact => (rv, None),
+            None => (None, None),
+        };
+        page(&ctx, &prefix, &selectors, at, start, limit.map(|l| l as usize)).await?
+    } else {
+        let target = match rv {
+            Some(0) => 0,
+            Some(rv) => rv,
+            None => ctx.api.store.current_revision(),
+        };
+        if !ctx.api.cache.wait_for(target).await {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {target}, current: {}",
+                ctx.api.cache.revision()
+            )));
+        }
+        let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
+        let raws = objs.iter().map(|o| o.raw.clone()).collect();
+        (raws, revision, None)
+    };
+
+    if ctx.wants_table() {
+        let values: Vec<Value> = items
+            .iter()
+            .map(|raw| serde_json::from_slice(raw).unwrap_or(Value::Null))
+            .collect();
+        let mut t = table::table(&ctx.def, &values, Some(revision), &ctx.query);
+        if let Some(next) = &next {
+            t["metadata"]["continue"] = json!(next);
+        }
+        return Ok(value_response(StatusCode::OK, &t));
+    }
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(next) = &next {
+        meta["continue"] = json!(next);
+    }
+    let head = format!(
+        "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        ctx.def.list_kind,
+        ctx.def.api_version(),
+        meta
+    );
+    let mut body = Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
+    body.extend_from_slice(head.as_bytes());
+    for (i, raw) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(raw);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, body))
+}
+
+fn decode_continue(token: &str) -> ApiResult<Continue> {
+    let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(token))
+        .map_err(|_| bad())?;
+    let c: Continue = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if c.v != "meta.k8s.io/v1" {
+        return Err(bad());
+    }
+    Ok(c)
+}
+
+fn encode_continue(rv: Revision, start: &str) -> String {
+    let c = Continue {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.into(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&c).unwrap_or_default())
+}
+
+/// One page from the store at revision `at` (default: now), filtered.
+async fn page(
+    ctx: &Ctx,
+    prefix: &str,
+    selectors: &Selectors,
+    at: Option<Revision>,
+    start: Option<String>,
+    limit: Option<usize>,
+) -> ApiResult<(Vec<Arc<[u8]>>, Revision, Option<String>)> {
+    let mut items = Vec::new();
+    let mut after = start;
+    let mut revision = at;
+    loop {
+        let want = limit.map(|l| l - items.len());
+        let result = ctx
+            .api
+            .store
+            .list(
+                prefix,
+                ListOptions {
+                    revision,
+                    start_after: after.clone(),
+                    limit: want,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Compacted { .. } => ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                ),
+                other => ctx.store_error(other, ""),
+            })?;
+        revision = Some(result.revision);
+        for kv in &result.kvs {
+            let raw = object::with_revision(&kv.value, kv.mod_revision);
+            let keep = selectors.labels.is_empty() && selectors.fields.is_empty() || {
+                let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+                selectors.matches_value(&v)
+            };
+            if keep {
+                items.push(Arc::<[u8]>::from(raw));
+            }
+        }
+        after = result.kvs.last().map(|kv| kv.key.clone()).or(after);
+        let full = limit.is_some_and(|l| items.len() >= l);
+        if !result.more {
+            return Ok((items, result.revision, None));
+        }
+        if full {
+            let next = after.as_deref().map(|a| encode_continue(result.revision, a));
+            return Ok((items, result.revision, next));
+        }
+    }
+}

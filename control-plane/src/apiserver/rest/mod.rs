@@ -1,0 +1,479 @@
+//! The REST verbs on resources — get, list, watch, create, update, patch, delete,
+//! deletecollection and the subresources — with Kubernetes' semantics. One file per
+//! verb; this module routes a parsed request to them and holds what they share:
+//! decoding and normalizing an object, and the single update path every write that
+//! changes an existing object goes through (optimistic concurrency, status and
+//! metadata rules, generation, finalization).
+
+mod create;
+mod delete;
+mod get;
+mod list;
+mod patch;
+mod subresource;
+mod update;
+pub mod watch;
+
+pub use create::create_object;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Api;
+use super::admission::{defaults, validation};
+use super::object::{self, meta_mut};
+use super::registry::ResourceDef;
+use super::request::{Query, ResourcePath};
+use super::status::{ApiError, ApiResult};
+use super::table;
+use crate::store::{Revision, StoreError};
+
+/// Dispatches a resource request.
+pub async fn handle(api: Arc<Api>, path: ResourcePath, req: Request<Body>) -> ApiResult<Response> {
+    let def = api
+        .registry
+        .get(&path.group, &path.version, &path.resource)
+        .ok_or_else(|| ApiError::path_not_found(req.uri().path()))?;
+    if def.namespaced && path.namespace.is_none() && path.name.is_some() {
+        return Err(ApiError::path_not_found(req.uri().path()));
+    }
+    if !def.namespaced && path.namespace.is_some() {
+        return Err(ApiError::path_not_found(req.uri().path()));
+    }
+    let query = Query::parse(req.uri().query());
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let ctx = Ctx {
+        api,
+        def,
+        namespace: path.namespace.clone(),
+        query,
+        headers,
+    };
+    let watch = path.watch_prefix || ctx.query.flag("watch");
+    match (&method, path.name.as_deref(), path.subresource.as_deref()) {
+        (&Method::GET, None, None) if watch => watch::watch(ctx).await,
+        (&Method::GET, Some(name), None) if watch => watch::watch_one(ctx, name).await,
+        (&Method::GET, None, None) => list::list(ctx).await,
+        (&Method::GET, Some(name), None) => get::get(ctx, name).await,
+        (&Method::POST, None, None) => create::create(ctx, req.into_body()).await,
+        (&Method::PUT, Some(name), None) => update::put(ctx, name, None, req.into_body()).await,
+        (&Method::PATCH, Some(name), None) => patch::patch(ctx, name, None, req.into_body()).await,
+        (&Method::DELETE, Some(name), None) => delete::delete(ctx, name, req.into_body()).await,
+        (&Method::DELETE, None, None) => delete::delete_collection(ctx, req.into_body()).await,
+        (_, Some(name), Some(sub)) => {
+            subresource::handle(ctx, method, name, sub, &path.rest, req.into_body()).await
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {method} {}",
+            ctx.def.qualified()
+        ))),
+    }
+}
+
+/// What every verb needs.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub api: Arc<Api>,
+    pub def: Arc<ResourceDef>,
+    pub namespace: Option<String>,
+    pub query: Query,
+    pub headers: HeaderMap,
+}
+
+impl Ctx {
+    pub fn key(&self, name: &str) -> String {
+        self.def.key(self.namespace.as_deref(), name)
+    }
+
+    pub fn not_found(&self, name: &str) -> ApiError {
+        ApiError::not_found(&self.def.group, &self.def.plural, name)
+    }
+
+    pub fn store_error(&self, err: StoreError, name: &str) -> ApiError {
+        ApiError::from_store(err, &self.def.group, &self.def.plural, name)
+    }
+
+    /// Whether the client asked for a `meta.k8s.io` Table.
+    pub fn wants_table(&self) -> bool {
+        table::wants_table(&self.headers)
+    }
+
+    /// Reads the live object (fresh from the store: writes decide on it).
+    pub async fn current(&self, name: &str) -> ApiResult<Option<(Value, Revision)>> {
+        let key = self.key(name);
+        let kv = self
+            .api
+            .store
+            .get(&key, None)
+            .await
+            .map_err(|e| self.store_error(e, name))?;
+        Ok(kv.map(|kv| {
+            let raw = object::with_revision(&kv.value, kv.mod_revision);
+            (
+                serde_json::from_slice(&raw).unwrap_or(Value::Null),
+                kv.mod_revision,
+            )
+        }))
+    }
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, body: impl Into<Body>) -> Response {
+    (code, [("content-type", "application/json")], body.into()).into_response()
+}
+
+pub fn value_response(code: StatusCode, value: &Value) -> Response {
+    json_response(code, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// The `Status` a successful delete of a resource without a returned object gives.
+pub fn success_status(def: &ResourceDef, name: &str, uid: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": def.group, "kind": def.plural, "uid": uid},
+    })
+}
+
+/// Decodes, type-checks and canonicalizes an incoming object for `def`:
+/// apiVersion/kind checked and set, the typed round trip (unknown fields dropped, or
+/// rejected with `fieldValidation=Strict`), custom resource schemas applied.
+pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
+    let def = &ctx.def;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request("the object must be a JSON object"));
+    }
+    let api_version = def.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => obj["apiVersion"] = json!(api_version),
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        None | Some("") => obj["kind"] = json!(def.kind),
+        Some(k) if k == def.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                def.kind
+            )));
+        }
+    }
+    if let Some(typed) = &def.typed {
+        let input = obj.clone();
+        let mut out = (typed.normalize)(obj).map_err(|e| {
+            ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))
+        })?;
+        if ctx.query.strict()? {
+            let mut unknown = Vec::new();
+            unknown_fields(&input, &out, "", &mut unknown);
+            if !unknown.is_empty() {
+                let list = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
+            }
+        }
+        // Keep an explicitly empty metadata map stable.
+        if out.get("metadata").is_none() {
+            out["metadata"] = json!({});
+        }
+        Ok(out)
+    } else if let Some(schema) = &def.crd {
+        schema.apply(&mut obj, ctx.query.strict()?)?;
+        Ok(obj)
+    } else {
+        Ok(obj)
+    }
+}
+
+/// Paths present in `input` but dropped by the typed round trip.
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, &p, out),
+                    None if !v.is_null() => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Validation failures as a 422.
+pub fn invalid(def: &ResourceDef, obj: &Value, causes: Vec<super::status::Cause>) -> ApiError {
+    let group = def.group.clone();
+    ApiError::invalid(&group, &def.kind, object::name(obj), causes)
+}
+
+/// Which part of the object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: everything but status (when there is a status subresource).
+    Main,
+    /// `/status`: only status.
+    Status,
+    /// `namespaces/{name}/finalize`: only spec.finalizers.
+    Finalize,
+    /// `pods/{name}/binding`: the main resource, where setting spec.nodeName is allowed.
+    Bind,
+}
+
+/// Builds the object to store from the live `old` and the client's `new`: server-owned
+/// metadata kept, status or spec kept per `part`, defaults, validation, generation.
+pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiResult<Value> {
+    let def = &ctx.def;
+    match part {
+        Part::Main | Part::Bind => {
+            if def.status {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+        }
+        Part::Status => {
+            let status = new.get("status").cloned();
+            new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        Part::Finalize => {
+            let finalizers = new.pointer("/spec/finalizers").cloned();
+            new = old.clone();
+            new["spec"]["finalizers"] = finalizers.unwrap_or_else(|| json!([]));
+        }
+    }
+    let old_meta = object::meta(old).cloned().unwrap_or_default();
+    {
+        let meta = meta_mut(&mut new).ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+        for key in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
+            match old_meta.get(key) {
+                Some(v) => {
+                    meta.insert(key.into(), v.clone());
+                }
+                None => {
+                    meta.remove(key);
+                }
+            }
+        }
+        meta.remove("managedFields");
+        meta.remove("selfLink");
+        // Once deleting, finalizers can only be removed.
+        if old_meta.contains_key("deletionTimestamp") {
+            let old_f: Vec<Value> = old_meta
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let new_f: Vec<Value> = meta
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if new_f.iter().any(|f| !old_f.contains(f)) {
+                return Err(invalid(
+                    def,
+                    old,
+                    vec![super::status::Cause::forbidden(
+                        "metadata.finalizers",
+                        "Forbidden: no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
+            }
+        }
+    }
+    defaults::apply(&def.kind, &mut new);
+    let mut causes = validation::validate(&def.kind, &new);
+    if part == Part::Main {
+        causes.extend(validation::validate_update(&def.kind, old, &new));
+    }
+    if !causes.is_empty() {
+        return Err(invalid(def, &new, causes));
+    }
+    if def.generation && spec_changed(old, &new) {
+        let generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        if let Some(meta) = meta_mut(&mut new) {
+            meta.insert("generation".into(), json!(generation + 1));
+        }
+    }
+    Ok(new)
+}
+
+/// Anything but metadata and status differs.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            m.remove("status");
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+/// The same object, ignoring resourceVersion.
+pub fn unchanged(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+        }
+        v
+    };
+    strip(old) == strip(new)
+}
+
+/// A change that leaves a deleting object without finalizers deletes it.
+pub fn finalized(obj: &Value) -> bool {
+    let meta = object::meta(obj);
+    meta.is_some_and(|m| m.contains_key("deletionTimestamp"))
+        && meta
+            .and_then(|m| m.get("finalizers"))
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+}
+
+/// Writes `new` over the object last seen at `revision`, or deletes it if this change
+/// finalized it. Returns the stored object (with its new resourceVersion).
+pub async fn write_update(
+    ctx: &Ctx,
+    name: &str,
+    new: Value,
+    revision: Revision,
+) -> ApiResult<Value> {
+    let key = ctx.key(name);
+    if finalized(&new) {
+        let kv = ctx
+            .api
+            .store
+            .delete(key, Some(revision))
+            .await
+            .map_err(|e| ctx.store_error(e, name))?;
+        ctx.api.after_delete(&ctx.def, &new);
+        let mut out = new;
+        object::set_resource_version(&mut out, kv.mod_revision);
+        return Ok(out);
+    }
+    let kv = ctx
+        .api
+        .store
+        .update(key, object::encode(&new), revision)
+        .await
+        .map_err(|e| ctx.store_error(e, name))?;
+    let mut out = new;
+    object::set_resource_version(&mut out, kv.mod_revision);
+    Ok(out)
+}
+
+/// The resourceVersion a client put in an object, if any.
+pub fn client_revision(obj: &Value) -> ApiResult<Option<Revision>> {
+    match object::meta_str(obj, "resourceVersion") {
+        None | Some("") => Ok(None),
+        Some(rv) => rv.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!("invalid resourceVersion {rv:?}: not a number"))
+        }),
+    }
+}
+
+/// Runs an update against the live object, retrying on races when the client did not
+/// pin a resourceVersion. `change` turns the live object into the desired one.
+pub async fn update_loop(
+    ctx: &Ctx,
+    name: &str,
+    part: Part,
+    mut change: impl FnMut(&Value) -> ApiResult<Value>,
+) -> ApiResult<(Value, bool)> {
+    let dry_run = ctx.query.dry_run()?;
+    for _ in 0..8 {
+        let Some((old, revision)) = ctx.current(name).await? else {
+            return Err(ctx.not_found(name));
+        };
+        let desired = change(&old)?;
+        let pinned = client_revision(&desired)?;
+        if let Some(rv) = pinned
+            && rv != revision
+        {
+            return Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name));
+        }
+        let desired_name = object::name(&desired);
+        if !desired_name.is_empty() && desired_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({desired_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let desired = normalize(ctx, desired)?;
+        let new = merge_update(ctx, &old, desired, part)?;
+        if unchanged(&old, &new) {
+            return Ok((old, false));
+        }
+        if dry_run {
+            let mut out = new;
+            object::set_resource_version(&mut out, revision);
+            return Ok((out, true));
+        }
+        match write_update(ctx, name, new, revision).await {
+            Err(e) if e.code == 409 && pinned.is_none() => continue,
+            other => return other.map(|v| (v, true)),
+        }
+    }
+    Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name))
+}
+
+/// Serializes an object for the client (as a Table if asked).
+pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
+    if ctx.wants_table() {
+        let t = table::table(&ctx.def, &[obj.clone()], None, &ctx.query);
+        return value_response(code, &t);
+    }
+    value_response(code, obj)
+}

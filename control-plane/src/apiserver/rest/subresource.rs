@@ -1,0 +1,246 @@
+//! Subresources: `status` (GET/PUT/PATCH of status only), `scale` (an
+//! `autoscaling/v1` Scale over spec.replicas), `pods/binding` (the scheduler's bind),
+//! `pods/eviction`, `namespaces/finalize`. The streaming ones (`log`, `exec`, `attach`,
+//! `portforward`, `proxy`) need the node agent's kubelet API and answer 503 until a node
+//! serves it.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{Ctx, Part, update_loop, value_response};
+use crate::apiserver::object;
+use crate::apiserver::request::{content_type, decode, read_body};
+use crate::apiserver::status::{ApiError, ApiResult};
+
+pub async fn handle(
+    ctx: Ctx,
+    method: Method,
+    name: &str,
+    sub: &str,
+    _rest: &[String],
+    body: Body,
+) -> ApiResult<Response> {
+    let def = ctx.def.clone();
+    let not_allowed = || {
+        ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {}/{sub})",
+            def.plural
+        ))
+    };
+    match sub {
+        "status" if def.status => match method {
+            Method::GET => super::get::get(ctx, name).await,
+            Method::PUT => super::update::put(ctx, name, Some(Part::Status), body).await,
+            Method::PATCH => super::patch::patch(ctx, name, Some(Part::Status), body).await,
+            _ => Err(not_allowed()),
+        },
+        "finalize" if def.kind == "Namespace" && def.group.is_empty() => match method {
+            Method::PUT => super::update::put(ctx, name, Some(Part::Finalize), body).await,
+            _ => Err(not_allowed()),
+        },
+        "scale" if def.scale.is_some() => scale(ctx, method, name, body).await,
+        "binding" if def.kind == "Pod" && method == Method::POST => bind(ctx, name, body).await,
+        "eviction" if def.kind == "Pod" && method == Method::POST => evict(ctx, name, body).await,
+        "log" | "exec" | "attach" | "portforward" | "proxy"
+            if def.subresources.contains(&sub) =>
+        {
+            let Some((obj, _)) = ctx.current(name).await? else {
+                return Err(ctx.not_found(name));
+            };
+            if def.kind == "Pod"
+                && obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                )));
+            }
+            let mut err = ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("{}/{sub} needs the node's kubelet API, which is not reachable from this berth-server", def.plural),
+            );
+            err.retry_after = Some(5);
+            Err(err)
+        }
+        _ => Err(ApiError::path_not_found(sub)),
+    }
+}
+
+fn scale_of(ctx: &Ctx, obj: &Value) -> Value {
+    let meta = object::meta(obj).cloned().unwrap_or_default();
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .or_else(|| {
+            obj.pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .filter(|_| ctx.def.kind == "ReplicationController")
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
+async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Response> {
+    let Some((obj, _)) = ctx.current(name).await? else {
+        return Err(ctx.not_found(name));
+    };
+    let desired = match method {
+        Method::GET => return Ok(value_response(StatusCode::OK, &scale_of(&ctx, &obj))),
+        Method::PUT => {
+            let bytes = read_body(body, ctx.api.max_body).await?;
+            decode(&bytes, &content_type(&ctx.headers))?
+        }
+        Method::PATCH => {
+            // Patch the Scale view, then write its replicas back.
+            let bytes = read_body(body, ctx.api.max_body).await?;
+            let patch: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut view = scale_of(&ctx, &obj);
+            match content_type(&ctx.headers).as_str() {
+                "application/json-patch+json" => {
+                    let p: json_patch::Patch = serde_json::from_value(patch)
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut view, &p)
+                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                }
+                _ => json_patch::merge(&mut view, &patch),
+            }
+            view
+        }
+        _ => return Err(ApiError::method_not_allowed("scale supports GET, PUT and PATCH")),
+    };
+    let replicas = desired
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![crate::apiserver::status::Cause::invalid(
+                "spec.replicas",
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
+    }
+    let pinned = desired
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (stored, _) = update_loop(&ctx, name, Part::Main, |old| {
+        let mut new = old.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            match &pinned {
+                Some(rv) => m.insert("resourceVersion".into(), json!(rv)),
+                None => m.remove("resourceVersion"),
+            };
+        }
+        Ok(new)
+    })
+    .await?;
+    Ok(value_response(StatusCode::OK, &scale_of(&ctx, &stored)))
+}
+
+async fn bind(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
+    let bytes = read_body(body, ctx.api.max_body).await?;
+    let binding = decode(&bytes, &content_type(&ctx.headers))?;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid("", "Binding", name, vec![crate::apiserver::status::Cause::required("target.name")])
+        })?
+        .to_owned();
+    update_loop(&ctx, name, Part::Bind, |old| {
+        if object::meta(old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            return Err(ApiError::conflict("", "pods", name));
+        }
+        if let Some(current) = old.pointer("/spec/nodeName").and_then(Value::as_str)
+            && !current.is_empty()
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{current}\""),
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["nodeName"] = json!(node);
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        Ok(new)
+    })
+    .await?;
+    // Binding sets the PodScheduled condition through status.
+    let _ = update_loop(&ctx, name, Part::Status, |old| {
+        let mut new = old.clone();
+        let mut conditions: Vec<Value> = old
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}));
+        new["status"]["conditions"] = Value::Array(conditions);
+        Ok(new)
+    })
+    .await;
+    Ok(value_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+async fn evict(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
+    let bytes = read_body(body, ctx.api.max_body).await?;
+    let eviction = if bytes.is_empty() {
+        Value::Null
+    } else {
+        decode(&bytes, &content_type(&ctx.headers))?
+    };
+    let grace = eviction
+        .pointer("/deleteOptions/gracePeriodSeconds")
+        .map(|g| format!("{{\"gracePeriodSeconds\":{g}}}"))
+        .unwrap_or_default();
+    super::delete::delete(ctx.clone(), name, Body::from(grace)).await?;
+    Ok(value_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}

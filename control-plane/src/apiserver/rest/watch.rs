@@ -1,0 +1,223 @@
+//! WATCH, served from the watch cache: newline-delimited `{"type","object"}` events.
+//!
+//! - no resourceVersion (or `0`): the current objects as ADDED events, then changes;
+//! - `resourceVersion=N`: every change after N, or one `ERROR` event with a 410 Status
+//!   when N is older than the cache's window ("too old resource version");
+//! - `sendInitialEvents=true`: the current objects, then a BOOKMARK annotated
+//!   `k8s.io/initial-events-end` (streaming lists);
+//! - selectors see transitions as Kubernetes does: an object that stops matching is
+//!   DELETED for the watcher, one that starts matching is ADDED;
+//! - `allowWatchBookmarks`: a BOOKMARK with the current resourceVersion every minute;
+//! - `timeoutSeconds`: the stream ends after it (default 30–60 min, as the apiserver's
+//!   randomized request timeout).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::Ctx;
+use super::list::Selectors;
+use crate::apiserver::status::{ApiError, ApiResult};
+use crate::apiserver::table;
+use crate::apiserver::watch_cache::{Cached, Change, ChangeKind};
+
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn watch(ctx: Ctx) -> ApiResult<Response> {
+    let selectors = Selectors::from(&ctx)?;
+    start(ctx, selectors).await
+}
+
+/// `GET …/{name}?watch=1` (the deprecated single-object watch).
+pub async fn watch_one(ctx: Ctx, name: &str) -> ApiResult<Response> {
+    let mut selectors = Selectors::from(&ctx)?;
+    selectors.fields = crate::apiserver::selectors::FieldSelector::parse(
+        &format!("metadata.name={name}"),
+        &ctx.def.kind,
+    )?;
+    start(ctx, selectors).await
+}
+
+async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
+    let rv = ctx.query.int("resourceVersion")?;
+    let bookmarks = ctx.query.flag("allowWatchBookmarks");
+    let initial_events = ctx.query.flag("sendInitialEvents");
+    let timeout = match ctx.query.int("timeoutSeconds")? {
+        Some(t) if t > 0 => Duration::from_secs(t as u64),
+        _ => Duration::from_secs(1800 + (crate::apiserver::object::new_uid().as_bytes()[0] as u64 % 60) * 30),
+    };
+    let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let cache = ctx.api.cache.clone();
+
+    let from_snapshot = initial_events || rv.is_none_or(|r| r == 0);
+    let (initial, watch) = if from_snapshot {
+        if rv.is_none() || initial_events {
+            cache.wait_for(ctx.api.store.current_revision()).await;
+        }
+        let (objs, watch) = cache.snapshot_and_watch(&prefix);
+        let objs: Vec<Arc<Cached>> = objs.into_iter().filter(|o| selectors.matches(o)).collect();
+        (objs, watch)
+    } else {
+        let after = rv.unwrap_or(0);
+        if !cache.wait_for(after).await {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {after}, current: {}",
+                cache.revision()
+            )));
+        }
+        match cache.watch(after) {
+            Ok(watch) => (Vec::new(), watch),
+            Err(oldest) => {
+                // Kubernetes answers 200 and a single ERROR event.
+                let err = ApiError::gone(format!("too old resource version: {after} ({oldest})"));
+                let line = format!("{{\"type\":\"ERROR\",\"object\":{}}}\n", err.to_status());
+                return Ok(stream_response(vec![Bytes::from(line)], None));
+            }
+        }
+    };
+
+    let writer = Writer {
+        ctx: ctx.clone(),
+        selectors,
+        prefix,
+        tx,
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            timeout,
+            writer.run(initial, watch, initial_events, bookmarks),
+        )
+        .await;
+    });
+    Ok(stream_response(Vec::new(), Some(rx)))
+}
+
+fn stream_response(first: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Response {
+    let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
+    let body = match rx {
+        Some(rx) => {
+            let tail = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+            });
+            Body::from_stream(futures_util::StreamExt::chain(head, tail))
+        }
+        None => Body::from_stream(head),
+    };
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "no-cache, private"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+struct Writer {
+    ctx: Ctx,
+    selectors: Selectors,
+    prefix: String,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Writer {
+    async fn run(
+        self,
+        initial: Vec<Arc<Cached>>,
+        mut watch: crate::apiserver::watch_cache::CacheWatch,
+        initial_events: bool,
+        bookmarks: bool,
+    ) -> Option<()> {
+        for obj in &initial {
+            self.send("ADDED", &obj.raw).await?;
+        }
+        let mut last = watch.after;
+        if initial_events {
+            self.bookmark(last, true).await?;
+        }
+        for change in std::mem::take(&mut watch.backlog) {
+            last = change.revision;
+            self.change(&change).await?;
+        }
+        let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                received = watch.live.recv() => match received {
+                    Ok(change) => {
+                        if change.revision <= last {
+                            continue;
+                        }
+                        last = change.revision;
+                        self.change(&change).await?;
+                    }
+                    // Too far behind: end the watch; the client resumes from its last
+                    // resourceVersion (within the window) or re-lists.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = ticker.tick(), if bookmarks => {
+                    let rv = self.ctx.api.cache.revision().max(last);
+                    self.bookmark(rv, false).await?;
+                }
+                _ = self.tx.closed() => return None,
+            }
+        }
+    }
+
+    async fn change(&self, change: &Change) -> Option<()> {
+        if !change.object.key.starts_with(&self.prefix) {
+            return Some(());
+        }
+        let now = self.selectors.matches(&change.object);
+        let before = change
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.selectors.matches(p));
+        let kind = match change.kind {
+            ChangeKind::Added if now => "ADDED",
+            ChangeKind::Modified if now && before => "MODIFIED",
+            ChangeKind::Modified if now => "ADDED",
+            ChangeKind::Modified if before => "DELETED",
+            ChangeKind::Deleted if before || now => "DELETED",
+            _ => return Some(()),
+        };
+        self.send(kind, &change.object.raw).await
+    }
+
+    async fn bookmark(&self, revision: i64, initial_end: bool) -> Option<()> {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.ctx.def.kind, "apiVersion": self.ctx.def.api_version(), "metadata": meta});
+        self.send("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
+            .await
+    }
+
+    async fn send(&self, kind: &str, raw: &[u8]) -> Option<()> {
+        let line = if self.ctx.wants_table() && kind != "BOOKMARK" {
+            let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+            let t = table::table(&self.ctx.def, &[value], None, &self.ctx.query);
+            format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n").into_bytes()
+        } else {
+            let mut line = Vec::with_capacity(raw.len() + 32);
+            line.extend_from_slice(b"{\"type\":\"");
+            line.extend_from_slice(kind.as_bytes());
+            line.extend_from_slice(b"\",\"object\":");
+            line.extend_from_slice(raw);
+            line.extend_from_slice(b"}\n");
+            line
+        };
+        self.tx.send(Bytes::from(line)).await.ok()
+    }
+}

@@ -1,0 +1,244 @@
+//! Errors as the Kubernetes API reports them: a `meta/v1` `Status` object with the
+//! HTTP code, a machine-readable `reason` and, for validation, the offending fields.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::store::StoreError;
+
+/// One invalid field (`Status.details.causes[]`).
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub reason: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl Cause {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn required(field: impl Into<String>) -> Self {
+        Self {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: "Required value".into(),
+        }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        Self {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: \"{value}\""),
+        }
+    }
+
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An API error, rendered as a `Status`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+    /// `Retry-After` seconds, for 429/503-style answers.
+    pub retry_after: Option<u64>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+
+    pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
+        let qualified = qualified(group, resource);
+        Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found"))
+            .with_details(group, resource, name)
+    }
+
+    pub fn path_not_found(path: &str) -> Self {
+        let _ = path;
+        Self::new(404, "NotFound", "the server could not find the requested resource")
+    }
+
+    pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
+        let qualified = qualified(group, resource);
+        Self::new(409, "AlreadyExists", format!("{qualified} \"{name}\" already exists"))
+            .with_details(group, resource, name)
+    }
+
+    pub fn conflict(group: &str, resource: &str, name: &str) -> Self {
+        let qualified = qualified(group, resource);
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {qualified} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        )
+        .with_details(group, resource, name)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(413, "RequestEntityTooLarge", message)
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
+    }
+
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self::new(406, "NotAcceptable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
+
+    /// 422 with the invalid fields, worded like Kubernetes:
+    /// `Pod "x" is invalid: spec.containers[0].image: Required value`.
+    pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let list = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>();
+        let summary = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
+        let mut err = Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"));
+        err.details = Some(json!({
+            "name": name,
+            "group": group,
+            "kind": kind,
+            "causes": causes.iter().map(|c| json!({
+                "reason": c.reason, "message": c.message, "field": c.field,
+            })).collect::<Vec<_>>(),
+        }));
+        err
+    }
+
+    fn with_details(mut self, group: &str, resource: &str, name: &str) -> Self {
+        self.details = Some(json!({"name": name, "group": group, "kind": resource}));
+        self
+    }
+
+    /// The `Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        if let Some(secs) = self.retry_after {
+            status["details"]["retryAfterSeconds"] = json!(secs);
+        }
+        status
+    }
+
+    /// Maps a store error on `resource`/`name`.
+    pub fn from_store(err: StoreError, group: &str, resource: &str, name: &str) -> Self {
+        match err {
+            StoreError::AlreadyExists { .. } => Self::already_exists(group, resource, name),
+            StoreError::NotFound { .. } => Self::not_found(group, resource, name),
+            StoreError::Conflict { .. } => Self::conflict(group, resource, name),
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => Self::gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            StoreError::FutureRevision { requested, current } => {
+                let mut err = Self::timeout(format!(
+                    "Too large resource version: {requested}, current: {current}"
+                ));
+                err.retry_after = Some(1);
+                err
+            }
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+fn qualified(group: &str, resource: &str) -> String {
+    if group.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = self.to_status().to_string();
+        let mut resp = (code, [("content-type", "application/json")], body).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = secs.to_string().parse()
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,473 @@
+//! `meta.k8s.io/v1` Table responses (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`),
+//! which `kubectl get` prints: the columns and cells Kubernetes' printers
+//! (`pkg/printers/internalversion`) produce for the built-in types — `-o wide` columns
+//! have `priority: 1` — and NAME/AGE (plus a CRD's additionalPrinterColumns) otherwise.
+
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::registry::ResourceDef;
+use super::request::Query;
+
+pub fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn n(v: &Value, ptr: &str) -> i64 {
+    v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn arr<'a>(v: &'a Value, ptr: &str) -> Vec<&'a Value> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn or_none(x: String) -> String {
+    if x.is_empty() { "<none>".into() } else { x }
+}
+
+/// Human age like `kubectl` (`5s`, `3m2s`, `4h`, `2d3h`).
+pub fn age(timestamp: &str) -> String {
+    let Ok(t) = timestamp.parse::<jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..600 => format!("{m}m{}s", secs % 60),
+        600..10800 => format!("{m}m"),
+        10800..28800 => format!("{h}h{}m", m % 60),
+        28800..172800 => format!("{h}h"),
+        172800..691200 => format!("{d}d{}h", h % 24),
+        _ => format!("{d}d"),
+    }
+}
+
+fn selector_string(sel: &Value) -> String {
+    let mut parts: Vec<String> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .or_else(|| sel.as_object().filter(|m| !m.contains_key("matchExpressions")))
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for e in arr(sel, "/matchExpressions") {
+        let values: Vec<&str> = arr(e, "/values").iter().filter_map(|v| v.as_str()).collect();
+        let op = s(e, "/operator");
+        parts.push(match op {
+            "In" => format!("{} in ({})", s(e, "/key"), values.join(",")),
+            "NotIn" => format!("{} notin ({})", s(e, "/key"), values.join(",")),
+            "Exists" => s(e, "/key").to_owned(),
+            _ => format!("!{}", s(e, "/key")),
+        });
+    }
+    or_none(parts.join(","))
+}
+
+fn containers_images(spec: &Value) -> (String, String) {
+    let cs = arr(spec, "/containers");
+    (
+        cs.iter().map(|c| s(c, "/name")).collect::<Vec<_>>().join(","),
+        cs.iter().map(|c| s(c, "/image")).collect::<Vec<_>>().join(","),
+    )
+}
+
+/// (name, type, priority) columns and the cells of one object, after NAME.
+fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
+    match (def.group.as_str(), def.kind.as_str()) {
+        ("", "Pod") => vec![
+            ("Ready", "string", 0),
+            ("Status", "string", 0),
+            ("Restarts", "string", 0),
+            ("Age", "string", 0),
+            ("IP", "string", 1),
+            ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
+        ],
+        ("", "Service") => vec![
+            ("Type", "string", 0),
+            ("Cluster-IP", "string", 0),
+            ("External-IP", "string", 0),
+            ("Port(s)", "string", 0),
+            ("Age", "string", 0),
+            ("Selector", "string", 1),
+        ],
+        ("apps", "Deployment") => vec![
+            ("Ready", "string", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => vec![
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("apps", "StatefulSet") => vec![
+            ("Ready", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+        ],
+        ("apps", "DaemonSet") => vec![
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("batch", "Job") => vec![
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("batch", "CronJob") => vec![
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("", "Namespace") => vec![("Status", "string", 0), ("Age", "string", 0)],
+        ("", "Node") => vec![
+            ("Status", "string", 0),
+            ("Roles", "string", 0),
+            ("Age", "string", 0),
+            ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+            ("OS-Image", "string", 1),
+            ("Kernel-Version", "string", 1),
+            ("Container-Runtime", "string", 1),
+        ],
+        ("", "ConfigMap") => vec![("Data", "integer", 0), ("Age", "string", 0)],
+        ("", "Secret") => vec![
+            ("Type", "string", 0),
+            ("Data", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        ("", "ServiceAccount") => vec![("Secrets", "integer", 0), ("Age", "string", 0)],
+        ("", "Endpoints") => vec![("Endpoints", "string", 0), ("Age", "string", 0)],
+        ("", "Event") => vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Message", "string", 0),
+        ],
+        ("coordination.k8s.io", "Lease") => vec![("Holder", "string", 0), ("Age", "string", 0)],
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![("Created At", "date", 0)]
+        }
+        _ => vec![("Age", "string", 0)],
+    }
+}
+
+fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
+    let created = age(s(o, "/metadata/creationTimestamp"));
+    match (def.group.as_str(), def.kind.as_str()) {
+        ("", "Pod") => {
+            let statuses = arr(o, "/status/containerStatuses");
+            let total = arr(o, "/spec/containers").len();
+            let ready = statuses.iter().filter(|c| c.get("ready") == Some(&json!(true))).count();
+            let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
+            let mut reason = s(o, "/status/phase").to_owned();
+            if !s(o, "/status/reason").is_empty() {
+                reason = s(o, "/status/reason").to_owned();
+            }
+            for c in &statuses {
+                let waiting = s(c, "/state/waiting/reason");
+                let terminated = s(c, "/state/terminated/reason");
+                if !waiting.is_empty() {
+                    reason = waiting.to_owned();
+                } else if !terminated.is_empty() {
+                    reason = terminated.to_owned();
+                }
+            }
+            if o.pointer("/metadata/deletionTimestamp").is_some() {
+                reason = "Terminating".into();
+            }
+            vec![
+                json!(format!("{ready}/{total}")),
+                json!(reason),
+                json!(restarts.to_string()),
+                json!(created),
+                json!(or_none(s(o, "/status/podIP").into())),
+                json!(or_none(s(o, "/spec/nodeName").into())),
+                json!(or_none(s(o, "/status/nominatedNodeName").into())),
+                json!("<none>"),
+            ]
+        }
+        ("", "Service") => {
+            let ports: Vec<String> = arr(o, "/spec/ports")
+                .iter()
+                .map(|p| {
+                    let np = n(p, "/nodePort");
+                    if np > 0 {
+                        format!("{}:{np}/{}", n(p, "/port"), s(p, "/protocol"))
+                    } else {
+                        format!("{}/{}", n(p, "/port"), s(p, "/protocol"))
+                    }
+                })
+                .collect();
+            let external: Vec<&str> = arr(o, "/spec/externalIPs").iter().filter_map(|v| v.as_str()).collect();
+            let external = if !external.is_empty() {
+                external.join(",")
+            } else if s(o, "/spec/type") == "LoadBalancer" {
+                "<pending>".into()
+            } else if s(o, "/spec/type") == "ExternalName" {
+                s(o, "/spec/externalName").into()
+            } else {
+                "<none>".into()
+            };
+            let selector = o
+                .pointer("/spec/selector")
+                .map(selector_string)
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                json!(s(o, "/spec/type")),
+                json!(or_none(s(o, "/spec/clusterIP").into())),
+                json!(external),
+                json!(or_none(ports.join(","))),
+                json!(created),
+                json!(selector),
+            ]
+        }
+        ("apps", "Deployment") => {
+            let (c, i) = containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            vec![
+                json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                json!(n(o, "/status/updatedReplicas")),
+                json!(n(o, "/status/availableReplicas")),
+                json!(created),
+                json!(c),
+                json!(i),
+                json!(o.pointer("/spec/selector").map(selector_string).unwrap_or_default()),
+            ]
+        }
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
+            let (c, i) = containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            vec![
+                json!(n(o, "/spec/replicas")),
+                json!(n(o, "/status/replicas")),
+                json!(n(o, "/status/readyReplicas")),
+                json!(created),
+                json!(c),
+                json!(i),
+                json!(o.pointer("/spec/selector").map(selector_string).unwrap_or_default()),
+            ]
+        }
+        ("apps", "StatefulSet") => {
+            let (c, i) = containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            vec![
+                json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                json!(created),
+                json!(c),
+                json!(i),
+            ]
+        }
+        ("apps", "DaemonSet") => {
+            let sel = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![
+                json!(n(o, "/status/desiredNumberScheduled")),
+                json!(n(o, "/status/currentNumberScheduled")),
+                json!(n(o, "/status/numberReady")),
+                json!(n(o, "/status/updatedNumberScheduled")),
+                json!(n(o, "/status/numberAvailable")),
+                json!(or_none(sel)),
+                json!(created),
+            ]
+        }
+        ("batch", "Job") => {
+            let completions = o.pointer("/spec/completions").and_then(Value::as_i64);
+            let succeeded = n(o, "/status/succeeded");
+            let status = arr(o, "/status/conditions")
+                .iter()
+                .find(|c| s(c, "/status") == "True" && matches!(s(c, "/type"), "Complete" | "Failed" | "Suspended"))
+                .map(|c| s(c, "/type").to_owned())
+                .unwrap_or_else(|| "Running".into());
+            vec![
+                json!(status),
+                json!(match completions {
+                    Some(c) => format!("{succeeded}/{c}"),
+                    None => format!("{succeeded}/1 of {}", n(o, "/spec/parallelism")),
+                }),
+                json!(""),
+                json!(created),
+            ]
+        }
+        ("batch", "CronJob") => vec![
+            json!(s(o, "/spec/schedule")),
+            json!(or_none(s(o, "/spec/timeZone").into())),
+            json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+            json!(arr(o, "/status/active").len()),
+            json!(match s(o, "/status/lastScheduleTime") {
+                "" => "<none>".to_owned(),
+                t => age(t),
+            }),
+            json!(created),
+        ],
+        ("", "Namespace") => vec![json!(s(o, "/status/phase")), json!(created)],
+        ("", "Node") => {
+            let ready = arr(o, "/status/conditions")
+                .iter()
+                .find(|c| s(c, "/type") == "Ready")
+                .map(|c| if s(c, "/status") == "True" { "Ready" } else { "NotReady" })
+                .unwrap_or("Unknown");
+            let status = if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_owned()
+            };
+            let roles: Vec<&str> = o
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+                .unwrap_or_default();
+            let addr = |t: &str| {
+                arr(o, "/status/addresses")
+                    .iter()
+                    .find(|a| s(a, "/type") == t)
+                    .map(|a| s(a, "/address").to_owned())
+                    .unwrap_or_else(|| "<none>".into())
+            };
+            vec![
+                json!(status),
+                json!(or_none(roles.join(","))),
+                json!(created),
+                json!(s(o, "/status/nodeInfo/kubeletVersion")),
+                json!(addr("InternalIP")),
+                json!(addr("ExternalIP")),
+                json!(s(o, "/status/nodeInfo/osImage")),
+                json!(s(o, "/status/nodeInfo/kernelVersion")),
+                json!(s(o, "/status/nodeInfo/containerRuntimeVersion")),
+            ]
+        }
+        ("", "ConfigMap") => {
+            let count = ["/data", "/binaryData"]
+                .iter()
+                .map(|p| o.pointer(p).and_then(Value::as_object).map_or(0, |m| m.len()))
+                .sum::<usize>();
+            vec![json!(count), json!(created)]
+        }
+        ("", "Secret") => vec![
+            json!(s(o, "/type")),
+            json!(o.pointer("/data").and_then(Value::as_object).map_or(0, |m| m.len())),
+            json!(created),
+        ],
+        ("", "ServiceAccount") => vec![json!(arr(o, "/secrets").len()), json!(created)],
+        ("", "Endpoints") => {
+            let mut eps = Vec::new();
+            for subset in arr(o, "/subsets") {
+                for a in arr(subset, "/addresses") {
+                    for p in arr(subset, "/ports") {
+                        eps.push(format!("{}:{}", s(a, "/ip"), n(p, "/port")));
+                    }
+                }
+            }
+            vec![json!(or_none(eps.join(","))), json!(created)]
+        }
+        ("", "Event") => {
+            let last = [s(o, "/lastTimestamp"), s(o, "/eventTime"), s(o, "/metadata/creationTimestamp")]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .map(age)
+                .unwrap_or_default();
+            vec![
+                json!(last),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"))),
+                json!(s(o, "/message")),
+            ]
+        }
+        ("coordination.k8s.io", "Lease") => vec![json!(s(o, "/spec/holderIdentity")), json!(created)],
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![json!(s(o, "/metadata/creationTimestamp"))]
+        }
+        _ => vec![json!(created)],
+    }
+}
+
+/// A Table of `objects` (rows carry PartialObjectMetadata, as kubectl asks).
+pub fn table(def: &ResourceDef, objects: &[Value], revision: Option<i64>, query: &Query) -> Value {
+    let cols = columns(def);
+    let custom = def.crd.as_ref().map(|c| c.printer_columns.clone()).unwrap_or_default();
+    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    if custom.is_empty() {
+        defs.extend(cols.iter().map(|(name, ty, prio)| json!({"name": name, "type": ty, "format": "", "description": name, "priority": prio})));
+    } else {
+        defs.extend(custom.iter().map(|c| json!({"name": c.name, "type": c.kind, "format": "", "description": c.name, "priority": c.priority})));
+        defs.push(json!({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0}));
+    }
+    let include_object = query.get("includeObject").unwrap_or("Metadata");
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut row = vec![json!(s(o, "/metadata/name"))];
+            if custom.is_empty() {
+                row.extend(cells(def, o));
+            } else {
+                for c in &custom {
+                    let path = c.json_path.trim_start_matches('.').replace('.', "/");
+                    row.push(o.pointer(&format!("/{path}")).cloned().unwrap_or(Value::Null));
+                }
+                row.push(json!(age(s(o, "/metadata/creationTimestamp"))));
+            }
+            let object = match include_object {
+                "None" => Value::Null,
+                "Object" => o.clone(),
+                _ => json!({
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
+                }),
+            };
+            json!({"cells": row, "object": object})
+        })
+        .collect();
+    let mut meta = json!({});
+    if let Some(rv) = revision {
+        meta["resourceVersion"] = json!(rv.to_string());
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": defs,
+        "rows": rows,
+    })
+}

@@ -1,0 +1,269 @@
+//! The watch cache: every object in memory, kept current by **one** store watch, so
+//! LIST and WATCH are answered from memory and a thousand watchers cost one store watch
+//! (Kubernetes' `cacher`). Objects are held as the bytes served (resourceVersion
+//! already spliced in) plus their labels and selectable fields, so a LIST is a
+//! concatenation and a watch event a copy of a pointer.
+//!
+//! Entry points: [`WatchCache::start`], [`WatchCache::list`], [`WatchCache::watch`],
+//! [`WatchCache::wait_for`]. A bounded window of recent events lets watches resume from
+//! a resourceVersion; older ones get `410 Gone` ("too old resource version").
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+use super::object;
+use super::selectors;
+use crate::store::{EventKind, Revision, Store, StoreError};
+
+/// The whole key space the apiserver owns.
+pub const ROOT: &str = "/registry/";
+/// Recent events kept for watches that resume from a resourceVersion.
+const WINDOW: usize = 50_000;
+/// Live events buffered per watcher; a watcher further behind is closed (it re-lists).
+const LIVE_BUFFER: usize = 8_192;
+
+/// One object, ready to serve.
+#[derive(Debug)]
+pub struct Cached {
+    pub key: String,
+    pub revision: Revision,
+    /// The object's JSON with its resourceVersion.
+    pub raw: Arc<[u8]>,
+    pub labels: BTreeMap<String, String>,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Cached {
+    fn new(key: String, revision: Revision, stored: &[u8]) -> Self {
+        let raw: Arc<[u8]> = object::with_revision(stored, revision).into();
+        let parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Self {
+            labels: selectors::labels(&parsed),
+            fields: selectors::field_values(&parsed),
+            key,
+            revision,
+            raw,
+        }
+    }
+
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.raw).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change; `object` is the new state (for `Deleted`, the last state at the delete's
+/// revision), `prev` the state before.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub revision: Revision,
+    pub object: Arc<Cached>,
+    pub prev: Option<Arc<Cached>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: BTreeMap<String, Arc<Cached>>,
+    window: VecDeque<Arc<Change>>,
+    revision: Revision,
+    /// Watches must start at or after this revision.
+    oldest: Revision,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct WatchCache {
+    state: RwLock<State>,
+    revision: watch::Sender<Revision>,
+    live: broadcast::Sender<Arc<Change>>,
+}
+
+/// A started watch: the replayed backlog, then the live feed.
+#[derive(Debug)]
+pub struct CacheWatch {
+    pub backlog: Vec<Arc<Change>>,
+    pub live: broadcast::Receiver<Arc<Change>>,
+    /// Live changes at or below this revision were already in the backlog.
+    pub after: Revision,
+}
+
+impl WatchCache {
+    /// Loads everything and follows the store.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        let listed = store.list(ROOT, Default::default()).await?;
+        let mut state = State {
+            revision: listed.revision,
+            oldest: listed.revision,
+            ..State::default()
+        };
+        for kv in listed.kvs {
+            let cached = Cached::new(kv.key.clone(), kv.mod_revision, &kv.value);
+            state.objects.insert(kv.key, Arc::new(cached));
+        }
+        let (revision, _) = watch::channel(listed.revision);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let cache = Arc::new(Self {
+            state: RwLock::new(state),
+            revision,
+            live,
+        });
+        let mut events = store.watch(ROOT.into(), listed.revision).await?;
+        let follower = cache.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => follower.apply(event),
+                    Err(err) => {
+                        // The cache cannot go on without a gap; the server exits so it is
+                        // restarted (Kubernetes re-lists; a restart here is the same).
+                        tracing::error!(%err, "watch cache lost the store watch");
+                        std::process::exit(70);
+                    }
+                }
+            }
+        });
+        Ok(cache)
+    }
+
+    fn apply(&self, event: crate::store::Event) {
+        let revision = event.revision();
+        let key = event.kv.key.clone();
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        let prev = state.objects.get(&key).cloned();
+        let object = Arc::new(Cached::new(key.clone(), revision, &event.kv.value));
+        let kind = match event.kind {
+            EventKind::Put if prev.is_some() => ChangeKind::Modified,
+            EventKind::Put => ChangeKind::Added,
+            EventKind::Delete => ChangeKind::Deleted,
+        };
+        match kind {
+            ChangeKind::Deleted => state.objects.remove(&key),
+            _ => state.objects.insert(key, object.clone()),
+        };
+        let change = Arc::new(Change {
+            kind,
+            revision,
+            object,
+            prev,
+        });
+        state.window.push_back(change.clone());
+        while state.window.len() > WINDOW {
+            if let Some(old) = state.window.pop_front() {
+                state.oldest = old.revision;
+            }
+        }
+        state.revision = revision;
+        // Sent under the lock so a watch that snapshots the window under the same lock
+        // and subscribes there sees every change exactly once.
+        let _ = self.live.send(change);
+        drop(state);
+        self.revision.send_replace(revision);
+    }
+
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Waits until the cache has caught up with `revision` (a consistent read).
+    pub async fn wait_for(&self, revision: Revision) -> bool {
+        let mut rx = self.revision.subscribe();
+        let wait = rx.wait_for(|r| *r >= revision);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), wait).await,
+            Ok(Ok(_))
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        self.state.read().ok()?.objects.get(key).cloned()
+    }
+
+    /// Objects under `prefix` (in key order) and the revision they were read at.
+    pub fn list(
+        &self,
+        prefix: &str,
+        mut keep: impl FnMut(&Cached) -> bool,
+    ) -> (Vec<Arc<Cached>>, Revision) {
+        let Ok(state) = self.state.read() else {
+            return (Vec::new(), 0);
+        };
+        let end = crate::store::prefix_end(prefix);
+        let items = state
+            .objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Excluded(end.as_str()),
+            ))
+            .filter(|(_, o)| keep(o))
+            .map(|(_, o)| o.clone())
+            .collect();
+        (items, state.revision)
+    }
+
+    /// How many objects are under `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.list(prefix, |_| true).0.len()
+    }
+
+    /// Changes after `after`; `Err(oldest)` if they are no longer in the window.
+    pub fn watch(&self, after: Revision) -> Result<CacheWatch, Revision> {
+        let state = self.state.read().map_err(|_| 0)?;
+        if after < state.oldest {
+            return Err(state.oldest);
+        }
+        let start = state.window.partition_point(|c| c.revision <= after);
+        let backlog = state.window.iter().skip(start).cloned().collect();
+        let live = self.live.subscribe();
+        Ok(CacheWatch {
+            backlog,
+            live,
+            after: state.revision,
+        })
+    }
+
+    /// A snapshot of every object under `prefix` and a watch of what follows it.
+    pub fn snapshot_and_watch(&self, prefix: &str) -> (Vec<Arc<Cached>>, CacheWatch) {
+        let Ok(state) = self.state.read() else {
+            let (_, rx) = broadcast::channel(1);
+            return (
+                Vec::new(),
+                CacheWatch {
+                    backlog: Vec::new(),
+                    live: rx,
+                    after: 0,
+                },
+            );
+        };
+        let end = crate::store::prefix_end(prefix);
+        let items = state
+            .objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Excluded(end.as_str()),
+            ))
+            .map(|(_, o)| o.clone())
+            .collect();
+        let live = self.live.subscribe();
+        (
+            items,
+            CacheWatch {
+                backlog: Vec::new(),
+                live,
+                after: state.revision,
+            },
+        )
+    }
+}
