@@ -16,6 +16,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod rest;
@@ -164,7 +165,9 @@ impl Api {
         }
         self.cache.wait_for(self.store.current_revision()).await;
         let ip = self.services.first().to_string();
-        if let Some(ctx) = self.internal("", "services", Some("default")) {
+        if let Some(ctx) = self.internal("", "services", Some("default"))
+            && self.cache.get(&ctx.key("kubernetes")).is_none()
+        {
             ignore_exists(
                 rest::create_object(
                     &ctx,

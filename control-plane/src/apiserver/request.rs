@@ -173,9 +173,7 @@ pub fn decode(bytes: &[u8], media: &str) -> ApiResult<Value> {
             serde_saphyr::from_str::<Value>(text)
                 .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
         }
-        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media_type(
-            "the body is protobuf; berth accepts application/json and application/yaml",
-        )),
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(bytes),
         _ => serde_json::from_slice(bytes).map_err(|e| {
             ApiError::bad_request(format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"

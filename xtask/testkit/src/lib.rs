@@ -12,6 +12,7 @@ mod bpffs;
 mod cgroup;
 mod netns;
 mod process;
+mod server;
 mod skip;
 pub mod tools;
 
@@ -19,6 +20,7 @@ pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
 pub use netns::NetNs;
 pub use process::ChildGuard;
+pub use server::BerthServer;
 pub use skip::{is_root, skip, unique_name};
 
 /// Returns from the calling test, recorded as skipped, unless running as root.

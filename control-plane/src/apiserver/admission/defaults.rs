@@ -159,7 +159,12 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 default(labels, "kubernetes.io/metadata.name", json!(name));
             }
         }
-        "Secret" => default(obj, "type", json!("Opaque")),
+        "Secret" => {
+            if obj.get("type") == Some(&json!("")) {
+                obj["type"] = json!("Opaque");
+            }
+            default(obj, "type", json!("Opaque"));
+        }
         "PersistentVolumeClaim" => {
             if let Some(spec) = object(obj, "spec") {
                 default(spec, "volumeMode", json!("Filesystem"));

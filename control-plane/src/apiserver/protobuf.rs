@@ -1,0 +1,275 @@
+//! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`),
+//! which kubectl's typed clients send for `kubectl create configmap|secret|namespace|
+//! serviceaccount`: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
+//! the object in the field numbering of `k8s.io/api`'s `generated.proto`. Decoded to
+//! JSON here for the kinds in [`message`]; other kinds answer 415 with their name, and
+//! responses are always JSON (clients accept it).
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use super::status::{ApiError, ApiResult};
+
+const MAGIC: &[u8] = b"k8s\0";
+
+/// How one field decodes.
+#[derive(Debug, Clone, Copy)]
+enum F {
+    Str(&'static str),
+    Bool(&'static str),
+    Int(&'static str),
+    StrList(&'static str),
+    StrMap(&'static str),
+    BytesMap(&'static str),
+    Msg(&'static str, &'static str),
+    MsgList(&'static str, &'static str),
+    Time(&'static str),
+}
+
+/// Field tables: (message, number, field).
+fn message(name: &str) -> Option<&'static [(u64, F)]> {
+    Some(match name {
+        "ObjectMeta" => &[
+            (1, F::Str("name")),
+            (2, F::Str("generateName")),
+            (3, F::Str("namespace")),
+            (5, F::Str("uid")),
+            (6, F::Str("resourceVersion")),
+            (7, F::Int("generation")),
+            (8, F::Time("creationTimestamp")),
+            (11, F::StrMap("labels")),
+            (12, F::StrMap("annotations")),
+            (13, F::MsgList("ownerReferences", "OwnerReference")),
+            (14, F::StrList("finalizers")),
+        ],
+        "OwnerReference" => &[
+            (1, F::Str("kind")),
+            (3, F::Str("name")),
+            (4, F::Str("uid")),
+            (5, F::Str("apiVersion")),
+            (6, F::Bool("controller")),
+            (7, F::Bool("blockOwnerDeletion")),
+        ],
+        "ConfigMap" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::StrMap("data")),
+            (3, F::BytesMap("binaryData")),
+            (4, F::Bool("immutable")),
+        ],
+        "Secret" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::BytesMap("data")),
+            (3, F::Str("type")),
+            (4, F::StrMap("stringData")),
+            (5, F::Bool("immutable")),
+        ],
+        "Namespace" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "NamespaceSpec")),
+        ],
+        "NamespaceSpec" => &[(1, F::StrList("finalizers"))],
+        "ServiceAccount" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (3, F::MsgList("imagePullSecrets", "LocalObjectReference")),
+            (4, F::Bool("automountServiceAccountToken")),
+        ],
+        "LocalObjectReference" => &[(1, F::Str("name"))],
+        _ => return None,
+    })
+}
+
+/// Protobuf wire reader.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> ApiResult<u64> {
+        let mut out = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.buf.split_first().ok_or_else(truncated)?;
+            self.buf = rest;
+            out |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(out);
+            }
+        }
+        Err(truncated())
+    }
+
+    fn bytes(&mut self) -> ApiResult<&'a [u8]> {
+        let len = self.varint()? as usize;
+        if len > self.buf.len() {
+            return Err(truncated());
+        }
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// (field number, wire type), or `None` at the end.
+    fn tag(&mut self) -> ApiResult<Option<(u64, u8)>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let t = self.varint()?;
+        Ok(Some((t >> 3, (t & 7) as u8)))
+    }
+
+    fn skip(&mut self, wire: u8) -> ApiResult<()> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.advance(8),
+            2 => self.bytes().map(drop),
+            5 => self.advance(4),
+            _ => Err(ApiError::bad_request(format!("protobuf: unsupported wire type {wire}"))),
+        }
+    }
+
+    fn advance(&mut self, n: usize) -> ApiResult<()> {
+        if n > self.buf.len() {
+            return Err(truncated());
+        }
+        self.buf = &self.buf[n..];
+        Ok(())
+    }
+}
+
+fn truncated() -> ApiError {
+    ApiError::bad_request("protobuf: the body is truncated")
+}
+
+fn utf8(b: &[u8]) -> ApiResult<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("protobuf: a string is not UTF-8"))
+}
+
+fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
+    let fields = message(name).ok_or_else(|| {
+        ApiError::unsupported_media_type(format!(
+            "protobuf bodies of {name} are not supported by berth; send application/json"
+        ))
+    })?;
+    let mut out = Map::new();
+    let mut r = Reader { buf };
+    while let Some((number, wire)) = r.tag()? {
+        let Some((_, field)) = fields.iter().find(|(n, _)| *n == number) else {
+            r.skip(wire)?;
+            continue;
+        };
+        match *field {
+            F::Str(k) => {
+                out.insert(k.into(), json!(utf8(r.bytes()?)?));
+            }
+            F::Bool(k) => {
+                out.insert(k.into(), json!(r.varint()? != 0));
+            }
+            F::Int(k) => {
+                out.insert(k.into(), json!(r.varint()? as i64));
+            }
+            F::StrList(k) => {
+                let s = utf8(r.bytes()?)?;
+                push(&mut out, k, json!(s));
+            }
+            F::Msg(k, m) => {
+                out.insert(k.into(), decode_message(r.bytes()?, m)?);
+            }
+            F::MsgList(k, m) => {
+                let v = decode_message(r.bytes()?, m)?;
+                push(&mut out, k, v);
+            }
+            F::StrMap(k) | F::BytesMap(k) => {
+                let mut entry = Reader { buf: r.bytes()? };
+                let (mut key, mut value) = (String::new(), Vec::new());
+                while let Some((n, w)) = entry.tag()? {
+                    match n {
+                        1 => key = utf8(entry.bytes()?)?,
+                        2 => value = entry.bytes()?.to_vec(),
+                        _ => entry.skip(w)?,
+                    }
+                }
+                let value = match field {
+                    F::BytesMap(_) => json!(base64::engine::general_purpose::STANDARD.encode(&value)),
+                    _ => json!(utf8(&value)?),
+                };
+                let map = out.entry(k).or_insert_with(|| json!({}));
+                if let Some(m) = map.as_object_mut() {
+                    m.insert(key, value);
+                }
+            }
+            F::Time(k) => {
+                let mut t = Reader { buf: r.bytes()? };
+                let mut secs = 0i64;
+                while let Some((n, w)) = t.tag()? {
+                    match n {
+                        1 => secs = t.varint()? as i64,
+                        _ => t.skip(w)?,
+                    }
+                }
+                if let Ok(ts) = jiff::Timestamp::from_second(secs) {
+                    out.insert(k.into(), json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                }
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+fn push(out: &mut Map<String, Value>, key: &str, v: Value) {
+    let list = out.entry(key).or_insert_with(|| json!([]));
+    if let Some(a) = list.as_array_mut() {
+        a.push(v);
+    }
+}
+
+/// Decodes a protobuf request body into the object's JSON.
+pub fn decode(body: &[u8]) -> ApiResult<Value> {
+    let rest = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| ApiError::bad_request("protobuf: the body lacks the k8s\\0 prefix"))?;
+    let mut r = Reader { buf: rest };
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    while let Some((n, w)) = r.tag()? {
+        match n {
+            1 => {
+                let mut tm = Reader { buf: r.bytes()? };
+                while let Some((n, w)) = tm.tag()? {
+                    match n {
+                        1 => api_version = utf8(tm.bytes()?)?,
+                        2 => kind = utf8(tm.bytes()?)?,
+                        _ => tm.skip(w)?,
+                    }
+                }
+            }
+            2 => raw = r.bytes()?,
+            _ => r.skip(w)?,
+        }
+    }
+    let mut obj = decode_message(raw, &kind)?;
+    obj["apiVersion"] = json!(api_version);
+    obj["kind"] = json!(kind);
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(n: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![((n << 3) | 2) as u8, payload.len() as u8];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn decodes_a_configmap() {
+        let meta = field(1, b"c1");
+        let entry = [field(1, b"a"), field(2, b"b")].concat();
+        let cm = [field(1, &meta), field(2, &entry)].concat();
+        let type_meta = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &cm)].concat();
+        let obj = decode(&body).expect("decodes");
+        assert_eq!(obj, json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c1"}, "data": {"a": "b"}}));
+        assert!(decode(b"k8s\0\x0a\x05").is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! The real kubectl (pinned, from `cargo xtask setup`) against a berth-server started by
+//! the test: the workflow a Kubernetes user has, checked against what Kubernetes does.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use berth_testkit::{BerthServer, skip, tools::venv};
+use serde_json::Value;
+
+struct Kubectl {
+    bin: PathBuf,
+    server: BerthServer,
+    home: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn start() -> Option<Self> {
+        let bin = venv().join("bin/kubectl");
+        if !bin.exists() {
+            skip(&format!("{} is missing (cargo xtask setup)", bin.display()));
+            return None;
+        }
+        let home = tempfile::tempdir().expect("temp home");
+        let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), home.path());
+        Some(Self { bin, server, home })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("KUBECONFIG", self.server.kubeconfig())
+            .env("HOME", self.home.path())
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run kubectl")
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "kubectl {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) -> String {
+        let mut child = self
+            .cmd(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl apply");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("write manifest");
+        let out = child.wait_with_output().expect("kubectl apply");
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("kubectl prints JSON")
+    }
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports: [{containerPort: 80}]
+        env: [{name: A, value: "1"}, {name: B, value: "2"}]
+      - name: side
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, labels: {app: web}}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 80}]
+"#;
+
+#[test]
+fn apply_get_patch_scale_label_and_delete() {
+    let Some(k) = Kubectl::start() else { return };
+    let out = k.apply(DEPLOYMENT);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    assert!(out.contains("service/web created"), "{out}");
+
+    // Re-apply with env B removed, containers reordered, replicas changed: kubectl's
+    // three-way strategic merge patch, applied by the server, gives the new manifest.
+    let changed = DEPLOYMENT
+        .replace(", {name: B, value: \"2\"}", "")
+        .replace("replicas: 2", "replicas: 3");
+    let reordered = changed.replace(
+        "      - name: web\n        image: nginx:1.27\n        ports: [{containerPort: 80}]\n        env: [{name: A, value: \"1\"}]\n      - name: side\n        image: busybox:1.36\n",
+        "      - name: side\n        image: busybox:1.36\n      - name: web\n        image: nginx:1.27\n        ports: [{containerPort: 80}]\n        env: [{name: A, value: \"1\"}]\n",
+    );
+    assert_ne!(reordered, changed, "the manifest was reordered");
+    assert!(k.apply(&reordered).contains("deployment.apps/web configured"));
+    let d = k.json(&["get", "deployment", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["metadata"]["generation"], 2);
+    let containers = d["spec"]["template"]["spec"]["containers"].as_array().expect("containers");
+    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["side", "web"], "list order follows the manifest");
+    assert_eq!(containers[1]["env"], serde_json::json!([{"name": "A", "value": "1"}]));
+    // Server-side defaults, as Kubernetes sets them.
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(containers[1]["terminationMessagePath"], "/dev/termination-log");
+
+    // get in every output format.
+    let wide = k.ok(&["get", "deploy", "-o", "wide"]);
+    assert!(wide.contains("CONTAINERS") && wide.contains("side,web"), "{wide}");
+    let svc = k.ok(&["get", "svc", "web"]);
+    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("10.96."), "{svc}");
+    assert_eq!(k.ok(&["get", "deploy", "-o", "name"]).trim(), "deployment.apps/web");
+    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "3");
+    let yaml = k.ok(&["get", "svc", "web", "-o", "yaml"]);
+    assert!(yaml.contains("sessionAffinity: None"), "{yaml}");
+    let labelled = k.ok(&["get", "svc", "-l", "app=web", "-o", "name"]);
+    assert_eq!(labelled.trim(), "service/web");
+    let by_field = k.ok(&["get", "svc", "-A", "--field-selector", "metadata.name=kubernetes", "-o", "name"]);
+    assert_eq!(by_field.trim(), "service/kubernetes");
+    let all_ns = k.ok(&["get", "ns"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(all_ns.contains(ns), "{all_ns}");
+    }
+    assert!(k.ok(&["describe", "deploy", "web"]).contains("RollingUpdateStrategy:  25% max unavailable, 25% max surge"));
+
+    // The three patch types, scale, label, annotate.
+    k.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.28"}]}}}}"#]);
+    k.ok(&["patch", "deploy", "web", "--type", "merge", "-p", r#"{"metadata":{"labels":{"tier":"fe"}}}"#]);
+    k.ok(&["patch", "deploy", "web", "--type", "json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]);
+    k.ok(&["scale", "deploy", "web", "--replicas", "5"]);
+    k.ok(&["label", "deploy", "web", "team=a"]);
+    k.ok(&["annotate", "deploy", "web", "note=hello"]);
+    let d = k.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][1]["image"], "nginx:1.28");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36");
+    assert_eq!(d["metadata"]["labels"]["tier"], "fe");
+    assert_eq!(d["metadata"]["labels"]["team"], "a");
+    assert_eq!(d["metadata"]["annotations"]["note"], "hello");
+
+    // edit through a scripted EDITOR.
+    let editor = k.home.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/note: hello/note: edited/' \"$1\"\n").expect("editor");
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let out = k.cmd(&["edit", "deploy", "web"]).env("EDITOR", &editor).output().expect("edit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.annotations.note}"]), "edited");
+
+    // ConfigMaps and Secrets from literals (kubectl sends these as protobuf).
+    k.ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "--from-literal=level=3"]);
+    k.ok(&["create", "secret", "generic", "creds", "--from-literal=password=hunter2"]);
+    assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "fast");
+    assert_eq!(k.ok(&["get", "secret", "creds", "-o", "jsonpath={.type} {.data.password}"]), "Opaque aHVudGVyMg==");
+
+    // Errors read like Kubernetes'.
+    let err = k.fails(&["get", "deploy", "nope"]);
+    assert!(err.contains("deployments.apps \"nope\" not found"), "{err}");
+    let err = k.fails(&["create", "configmap", "Bad_Name"]);
+    assert!(err.contains("is invalid") && err.contains("metadata.name"), "{err}");
+    let err = k.fails(&["create", "configmap", "x", "-n", "missing"]);
+    assert!(err.contains("namespaces \"missing\" not found"), "{err}");
+
+    // delete: a Service, a ConfigMap with --grace-period, and --cascade.
+    assert!(k.ok(&["delete", "svc", "web"]).contains("service \"web\" deleted"));
+    k.ok(&["delete", "cm", "settings", "--grace-period=0"]);
+    k.ok(&["delete", "deploy", "web", "--cascade=background"]);
+    assert!(k.ok(&["get", "deploy,svc,cm", "-o", "name"]).lines().all(|l| !l.contains("web") && !l.contains("settings")));
+}
+
+#[test]
+fn discovery_explain_and_custom_resources() {
+    let Some(k) = Kubectl::start() else { return };
+    let resources = k.ok(&["api-resources"]);
+    for line in ["pods ", "deployments ", "customresourcedefinitions", "leases "] {
+        assert!(resources.contains(line), "{line} missing from\n{resources}");
+    }
+    assert!(resources.contains("po ") && resources.contains("deploy "), "short names");
+    let versions = k.ok(&["api-versions"]);
+    for v in ["apps/v1", "batch/v1", "v1", "coordination.k8s.io/v1", "apiextensions.k8s.io/v1"] {
+        assert!(versions.lines().any(|l| l == v), "{v} missing from\n{versions}");
+    }
+    let explain = k.ok(&["explain", "pod.spec.containers.ports"]);
+    assert!(explain.contains("containerPort"), "{explain}");
+
+    k.apply(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer, minimum: 1}
+              color: {type: string, default: blue}
+"#,
+    );
+    // The CRD becomes Established and its resources are served.
+    k.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=20s"]);
+    let mut served = false;
+    for _ in 0..50 {
+        if k.run(&["get", "widgets"]).status.success() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(served, "widgets are served");
+    k.apply("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n");
+    let w = k.json(&["get", "wd", "w1"]);
+    assert_eq!(w["spec"]["color"], "blue", "schema default applied");
+    let table = k.ok(&["get", "widgets"]);
+    assert!(table.contains("SIZE") && table.contains("w1"), "{table}");
+    let mut child = k
+        .cmd(&["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("apply");
+    assert!(!out.status.success(), "size 0 violates minimum 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("spec.size"), "{stderr}");
+    k.ok(&["patch", "widget", "w1", "--type", "merge", "-p", r#"{"spec":{"size":7}}"#]);
+    assert_eq!(k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"]), "7");
+    k.ok(&["delete", "widget", "w1"]);
+}
+
+#[test]
+fn watch_prints_changes() {
+    let Some(k) = Kubectl::start() else { return };
+    k.ok(&["create", "configmap", "first"]);
+    let watcher = k
+        .cmd(&["get", "configmaps", "-w", "--request-timeout=4s", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    k.ok(&["create", "configmap", "second"]);
+    let out = watcher.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("configmap/first"), "{text}");
+    assert!(text.contains("configmap/second"), "{text}");
+}
+
+#[test]
+fn unauthenticated_requests_get_401_and_tokens_authenticate() {
+    let Some(k) = Kubectl::start() else { return };
+    let server = k.server.url();
+    let ca = k.server.ca();
+    let base = |extra: &[&str]| {
+        let mut args = vec!["--server", &server];
+        args.extend_from_slice(extra);
+        let ca_arg = format!("--certificate-authority={}", ca.display());
+        let mut c = Command::new(&k.bin);
+        c.args(&args)
+            .arg(ca_arg)
+            .env("HOME", k.home.path())
+            .env("KUBECONFIG", k.home.path().join("no-kubeconfig"));
+        c.output().expect("kubectl")
+    };
+    // (kubectl prompts for a user name without any credentials; the Python client test
+    // checks a request without credentials.)
+    let unknown = base(&["--token", "wrong", "get", "pods"]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("must be logged in"), "{err}");
+    let with_token = base(&["--token", "berth-test-token", "get", "ns", "-o", "name"]);
+    assert!(with_token.status.success(), "{}", String::from_utf8_lossy(&with_token.stderr));
+    // The admin kubeconfig's client certificate is accepted.
+    assert!(k.ok(&["get", "--raw", "/metrics"]).contains("apiserver_request_total"));
+}
+
+#[test]
+fn restart_keeps_objects_and_resource_versions() {
+    let Some(mut k) = Kubectl::start() else { return };
+    k.ok(&["create", "configmap", "keep", "--from-literal=a=1"]);
+    let before = k.json(&["get", "cm", "keep"]);
+    k.server.restart();
+    let after = k.json(&["get", "cm", "keep"]);
+    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+    assert_eq!(before["metadata"]["uid"], after["metadata"]["uid"]);
+    assert_eq!(after["data"]["a"], "1");
+    // A watch from the old resourceVersion sees what changed after it.
+    let rv = before["metadata"]["resourceVersion"].as_str().expect("rv").to_owned();
+    k.ok(&["create", "configmap", "later"]);
+    let raw = k.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=1"),
+    ]);
+    assert!(raw.contains("\"ADDED\"") && raw.contains("\"later\""), "{raw}");
+    assert!(!raw.contains("\"keep\""), "nothing before the resourceVersion: {raw}");
+}

@@ -1,0 +1,129 @@
+//! A `berth-server` started for a test or a benchmark: its own data dir and port, the
+//! admin kubeconfig it writes, ready when `/healthz` answers; killed by PID on drop
+//! (the data dir is kept until then, so a test can restart the server on it).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ChildGuard;
+
+#[derive(Debug)]
+pub struct BerthServer {
+    binary: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl BerthServer {
+    /// Starts `binary` on a fresh data dir under `parent`.
+    pub fn start(binary: &Path, parent: &Path) -> Self {
+        let dir = parent.join(crate::unique_name("berth-server"));
+        std::fs::create_dir_all(&dir).expect("create the server's data dir");
+        let mut server = Self {
+            binary: binary.into(),
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// (Re)starts the process on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::File::create(self.dir.join("server.log")).expect("server log");
+        let child = Command::new(&self.binary)
+            .args(["--data-dir"])
+            .arg(&self.dir)
+            .args(["--bind-address", "127.0.0.1", "--secure-port"])
+            .arg(self.port.to_string())
+            .args(["--advertise-address", "127.0.0.1"])
+            .arg("--token-auth-file")
+            .arg(self.token_file())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berth-server");
+        self.child = Some(ChildGuard(child));
+        self.wait_ready();
+    }
+
+    /// A static token `berth-test-token` for user `tester`, written before start.
+    pub fn token_file(&self) -> PathBuf {
+        let path = self.dir.join("tokens.csv");
+        if !path.exists() {
+            std::fs::write(&path, "berth-test-token,tester,1001,\"testers\"\n")
+                .expect("write the token file");
+        }
+        path
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(guard) = &mut self.child
+                && let Ok(Some(status)) = guard.0.try_wait()
+            {
+                panic!(
+                    "berth-server exited with {status}: {}",
+                    std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+                );
+            }
+            if self.kubeconfig().exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("berth-server did not listen on {} within 30 s", self.port);
+    }
+
+    /// Kills the process (`kill -9`), keeping the data dir.
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::id)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
+    }
+}
+
+impl Drop for BerthServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
