@@ -135,21 +135,32 @@ impl Query {
     }
 }
 
-/// Reads the body, up to `limit` bytes (413 beyond).
+/// Reads the body, up to `limit` bytes (413 beyond). An oversized body is still read
+/// (and discarded, up to 16× the limit) so the client sees the 413 rather than a reset
+/// connection while it is still sending.
 pub async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(err) => {
-            let text = err.to_string();
-            if text.contains("length limit") || text.contains("too large") {
-                Err(ApiError::too_large(format!(
-                    "the request body is larger than the {limit} bytes allowed"
-                )))
-            } else {
-                Err(ApiError::bad_request(format!("reading the request body: {text}")))
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > limit.saturating_mul(16) {
+                break;
             }
         }
     }
+    if seen > limit {
+        return Err(ApiError::too_large(format!(
+            "the request body of {seen} bytes is larger than the {limit} bytes allowed"
+        )));
+    }
+    Ok(buf.freeze())
 }
 
 /// The media type without parameters.
