@@ -3,6 +3,7 @@
 //! `bench/results/<name>.json`) and a Markdown table (written to
 //! `bench/results/<name>.md` and printed). Benches are registered in [`BENCHES`].
 
+mod apiserver;
 mod cni;
 mod lb;
 pub mod stats;
@@ -25,6 +26,11 @@ pub struct Bench {
 
 /// Every bench `cargo xtask bench` knows, by name.
 pub const BENCHES: &[Bench] = &[
+    Bench {
+        name: "apiserver",
+        about: "berth-server: per-verb p99, watch delivery, durable creates/s, RSS idle and with 10 000 pods",
+        run: apiserver::run,
+    },
     Bench {
         name: "cni",
         about: "berth-cni vs the reference bridge + host-local: ADD and DEL latency",
