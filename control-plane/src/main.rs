@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-server", version, about = "berth's Kubernetes-compatible control plane")]
+#[command(
+    name = "berth-server",
+    version,
+    about = "berth's Kubernetes-compatible control plane"
+)]
 struct Args {
     /// Where the store, the PKI and the admin kubeconfig live.
     #[arg(long, default_value = "/var/lib/berth/server", env = "BERTH_DATA_DIR")]

@@ -134,93 +134,231 @@ fn apply_get_patch_scale_label_and_delete() {
         "      - name: side\n        image: busybox:1.36\n      - name: web\n        image: nginx:1.27\n        ports: [{containerPort: 80}]\n        env: [{name: A, value: \"1\"}]\n",
     );
     assert_ne!(reordered, changed, "the manifest was reordered");
-    assert!(k.apply(&reordered).contains("deployment.apps/web configured"));
+    assert!(
+        k.apply(&reordered)
+            .contains("deployment.apps/web configured")
+    );
     let d = k.json(&["get", "deployment", "web"]);
     assert_eq!(d["spec"]["replicas"], 3);
     assert_eq!(d["metadata"]["generation"], 2);
-    let containers = d["spec"]["template"]["spec"]["containers"].as_array().expect("containers");
-    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     assert_eq!(names, ["side", "web"], "list order follows the manifest");
-    assert_eq!(containers[1]["env"], serde_json::json!([{"name": "A", "value": "1"}]));
+    assert_eq!(
+        containers[1]["env"],
+        serde_json::json!([{"name": "A", "value": "1"}])
+    );
     // Server-side defaults, as Kubernetes sets them.
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
     assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
-    assert_eq!(containers[1]["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(
+        containers[1]["terminationMessagePath"],
+        "/dev/termination-log"
+    );
 
     // get in every output format.
     let wide = k.ok(&["get", "deploy", "-o", "wide"]);
-    assert!(wide.contains("CONTAINERS") && wide.contains("side,web"), "{wide}");
+    assert!(
+        wide.contains("CONTAINERS") && wide.contains("side,web"),
+        "{wide}"
+    );
     let svc = k.ok(&["get", "svc", "web"]);
-    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("10.96."), "{svc}");
-    assert_eq!(k.ok(&["get", "deploy", "-o", "name"]).trim(), "deployment.apps/web");
-    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "3");
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("10.96."),
+        "{svc}"
+    );
+    assert_eq!(
+        k.ok(&["get", "deploy", "-o", "name"]).trim(),
+        "deployment.apps/web"
+    );
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
     let yaml = k.ok(&["get", "svc", "web", "-o", "yaml"]);
     assert!(yaml.contains("sessionAffinity: None"), "{yaml}");
     let labelled = k.ok(&["get", "svc", "-l", "app=web", "-o", "name"]);
     assert_eq!(labelled.trim(), "service/web");
-    let by_field = k.ok(&["get", "svc", "-A", "--field-selector", "metadata.name=kubernetes", "-o", "name"]);
+    let by_field = k.ok(&[
+        "get",
+        "svc",
+        "-A",
+        "--field-selector",
+        "metadata.name=kubernetes",
+        "-o",
+        "name",
+    ]);
     assert_eq!(by_field.trim(), "service/kubernetes");
     let all_ns = k.ok(&["get", "ns"]);
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(all_ns.contains(ns), "{all_ns}");
     }
-    assert!(k.ok(&["describe", "deploy", "web"]).contains("RollingUpdateStrategy:  25% max unavailable, 25% max surge"));
+    assert!(
+        k.ok(&["describe", "deploy", "web"])
+            .contains("RollingUpdateStrategy:  25% max unavailable, 25% max surge")
+    );
 
     // The three patch types, scale, label, annotate.
-    k.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.28"}]}}}}"#]);
-    k.ok(&["patch", "deploy", "web", "--type", "merge", "-p", r#"{"metadata":{"labels":{"tier":"fe"}}}"#]);
-    k.ok(&["patch", "deploy", "web", "--type", "json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.28"}]}}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":"fe"}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ]);
     k.ok(&["scale", "deploy", "web", "--replicas", "5"]);
     k.ok(&["label", "deploy", "web", "team=a"]);
     k.ok(&["annotate", "deploy", "web", "note=hello"]);
     let d = k.json(&["get", "deploy", "web"]);
     assert_eq!(d["spec"]["replicas"], 5);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][1]["image"], "nginx:1.28");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][1]["image"],
+        "nginx:1.28"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.36"
+    );
     assert_eq!(d["metadata"]["labels"]["tier"], "fe");
     assert_eq!(d["metadata"]["labels"]["team"], "a");
     assert_eq!(d["metadata"]["annotations"]["note"], "hello");
 
     // edit through a scripted EDITOR.
     let editor = k.home.path().join("editor.sh");
-    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/note: hello/note: edited/' \"$1\"\n").expect("editor");
-    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let out = k.cmd(&["edit", "deploy", "web"]).env("EDITOR", &editor).output().expect("edit");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.annotations.note}"]), "edited");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/note: hello/note: edited/' \"$1\"\n",
+    )
+    .expect("editor");
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = k
+        .cmd(&["edit", "deploy", "web"])
+        .env("EDITOR", &editor)
+        .output()
+        .expect("edit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.annotations.note}"
+        ]),
+        "edited"
+    );
 
     // ConfigMaps and Secrets from literals (kubectl sends these as protobuf).
-    k.ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "--from-literal=level=3"]);
-    k.ok(&["create", "secret", "generic", "creds", "--from-literal=password=hunter2"]);
-    assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "fast");
-    assert_eq!(k.ok(&["get", "secret", "creds", "-o", "jsonpath={.type} {.data.password}"]), "Opaque aHVudGVyMg==");
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+        "--from-literal=level=3",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=hunter2",
+    ]);
+    assert_eq!(
+        k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]),
+        "fast"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "secret",
+            "creds",
+            "-o",
+            "jsonpath={.type} {.data.password}"
+        ]),
+        "Opaque aHVudGVyMg=="
+    );
 
     // Errors read like Kubernetes'.
     let err = k.fails(&["get", "deploy", "nope"]);
     assert!(err.contains("deployments.apps \"nope\" not found"), "{err}");
     let err = k.fails(&["create", "configmap", "Bad_Name"]);
-    assert!(err.contains("is invalid") && err.contains("metadata.name"), "{err}");
+    assert!(
+        err.contains("is invalid") && err.contains("metadata.name"),
+        "{err}"
+    );
     let err = k.fails(&["create", "configmap", "x", "-n", "missing"]);
     assert!(err.contains("namespaces \"missing\" not found"), "{err}");
 
     // delete: a Service, a ConfigMap with --grace-period, and --cascade.
-    assert!(k.ok(&["delete", "svc", "web"]).contains("service \"web\" deleted"));
+    assert!(
+        k.ok(&["delete", "svc", "web"])
+            .contains("service \"web\" deleted")
+    );
     k.ok(&["delete", "cm", "settings", "--grace-period=0"]);
     k.ok(&["delete", "deploy", "web", "--cascade=background"]);
-    assert!(k.ok(&["get", "deploy,svc,cm", "-o", "name"]).lines().all(|l| !l.contains("web") && !l.contains("settings")));
+    assert!(
+        k.ok(&["get", "deploy,svc,cm", "-o", "name"])
+            .lines()
+            .all(|l| !l.contains("web") && !l.contains("settings"))
+    );
 }
 
 #[test]
 fn discovery_explain_and_custom_resources() {
     let Some(k) = Kubectl::start() else { return };
     let resources = k.ok(&["api-resources"]);
-    for line in ["pods ", "deployments ", "customresourcedefinitions", "leases "] {
+    for line in [
+        "pods ",
+        "deployments ",
+        "customresourcedefinitions",
+        "leases ",
+    ] {
         assert!(resources.contains(line), "{line} missing from\n{resources}");
     }
-    assert!(resources.contains("po ") && resources.contains("deploy "), "short names");
+    assert!(
+        resources.contains("po ") && resources.contains("deploy "),
+        "short names"
+    );
     let versions = k.ok(&["api-versions"]);
-    for v in ["apps/v1", "batch/v1", "v1", "coordination.k8s.io/v1", "apiextensions.k8s.io/v1"] {
-        assert!(versions.lines().any(|l| l == v), "{v} missing from\n{versions}");
+    for v in [
+        "apps/v1",
+        "batch/v1",
+        "v1",
+        "coordination.k8s.io/v1",
+        "apiextensions.k8s.io/v1",
+    ] {
+        assert!(
+            versions.lines().any(|l| l == v),
+            "{v} missing from\n{versions}"
+        );
     }
     let explain = k.ok(&["explain", "pod.spec.containers.ports"]);
     assert!(explain.contains("containerPort"), "{explain}");
@@ -253,7 +391,12 @@ spec:
 "#,
     );
     // The CRD becomes Established and its resources are served.
-    k.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=20s"]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ]);
     let mut served = false;
     for _ in 0..50 {
         if k.run(&["get", "widgets"]).status.success() {
@@ -279,14 +422,27 @@ spec:
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n")
+        .write_all(
+            b"apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n",
+        )
         .expect("write");
     let out = child.wait_with_output().expect("apply");
     assert!(!out.status.success(), "size 0 violates minimum 1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("spec.size"), "{stderr}");
-    k.ok(&["patch", "widget", "w1", "--type", "merge", "-p", r#"{"spec":{"size":7}}"#]);
-    assert_eq!(k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"]), "7");
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"size":7}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"]),
+        "7"
+    );
     k.ok(&["delete", "widget", "w1"]);
 }
 
@@ -295,7 +451,14 @@ fn watch_prints_changes() {
     let Some(k) = Kubectl::start() else { return };
     k.ok(&["create", "configmap", "first"]);
     let watcher = k
-        .cmd(&["get", "configmaps", "-w", "--request-timeout=4s", "-o", "name"])
+        .cmd(&[
+            "get",
+            "configmaps",
+            "-w",
+            "--request-timeout=4s",
+            "-o",
+            "name",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -331,29 +494,52 @@ fn unauthenticated_requests_get_401_and_tokens_authenticate() {
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(err.contains("must be logged in"), "{err}");
     let with_token = base(&["--token", "berth-test-token", "get", "ns", "-o", "name"]);
-    assert!(with_token.status.success(), "{}", String::from_utf8_lossy(&with_token.stderr));
+    assert!(
+        with_token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_token.stderr)
+    );
     // The admin kubeconfig's client certificate is accepted.
-    assert!(k.ok(&["get", "--raw", "/metrics"]).contains("apiserver_request_total"));
+    assert!(
+        k.ok(&["get", "--raw", "/metrics"])
+            .contains("apiserver_request_total")
+    );
 }
 
 #[test]
 fn restart_keeps_objects_and_resource_versions() {
-    let Some(mut k) = Kubectl::start() else { return };
+    let Some(mut k) = Kubectl::start() else {
+        return;
+    };
     k.ok(&["create", "configmap", "keep", "--from-literal=a=1"]);
     let before = k.json(&["get", "cm", "keep"]);
     k.server.restart();
     let after = k.json(&["get", "cm", "keep"]);
-    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
     assert_eq!(before["metadata"]["uid"], after["metadata"]["uid"]);
     assert_eq!(after["data"]["a"], "1");
     // A watch from the old resourceVersion sees what changed after it.
-    let rv = before["metadata"]["resourceVersion"].as_str().expect("rv").to_owned();
+    let rv = before["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
     k.ok(&["create", "configmap", "later"]);
     let raw = k.ok(&[
         "get",
         "--raw",
-        &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=1"),
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+        ),
     ]);
-    assert!(raw.contains("\"ADDED\"") && raw.contains("\"later\""), "{raw}");
-    assert!(!raw.contains("\"keep\""), "nothing before the resourceVersion: {raw}");
+    assert!(
+        raw.contains("\"ADDED\"") && raw.contains("\"later\""),
+        "{raw}"
+    );
+    assert!(
+        !raw.contains("\"keep\""),
+        "nothing before the resourceVersion: {raw}"
+    );
 }

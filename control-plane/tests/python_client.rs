@@ -92,7 +92,10 @@ print("python client: ok")
 fn python_client_crud_pagination_watch_and_errors() {
     let python = venv().join("bin/python");
     if !python.exists() {
-        skip(&format!("{} is missing (cargo xtask setup)", python.display()));
+        skip(&format!(
+            "{} is missing (cargo xtask setup)",
+            python.display()
+        ));
         return;
     }
     let home = tempfile::tempdir().expect("temp home");

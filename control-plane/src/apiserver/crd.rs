@@ -45,9 +45,8 @@ impl CrdSchema {
                 if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                match props.and_then(|p| p.get(key)) {
-                    Some(schema) => walk(value, schema, key, &mut causes, &mut unknown),
-                    None => {}
+                if let Some(schema) = props.and_then(|p| p.get(key)) {
+                    walk(value, schema, key, &mut causes, &mut unknown);
                 }
             }
             if !preserves(&self.schema) {
@@ -55,7 +54,8 @@ impl CrdSchema {
                     .map(|p| p.keys().cloned().collect())
                     .unwrap_or_default();
                 map.retain(|k, _| {
-                    let known = matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || keep.contains(k);
+                    let known = matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                        || keep.contains(k);
                     if !known {
                         unknown.push(k.clone());
                     }
@@ -67,8 +67,14 @@ impl CrdSchema {
             }
         }
         if strict && !unknown.is_empty() {
-            let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
-            return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
+            let list = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {list}"
+            )));
         }
         if !causes.is_empty() {
             let name = object::name(obj).to_owned();
@@ -113,7 +119,13 @@ fn type_ok(value: &Value, ty: &str, schema: &Value) -> bool {
     }
 }
 
-fn walk(value: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Cause>, unknown: &mut Vec<String>) {
+fn walk(
+    value: &mut Value,
+    schema: &Value,
+    path: &str,
+    causes: &mut Vec<Cause>,
+    unknown: &mut Vec<String>,
+) {
     if value.is_null() {
         if schema.get("nullable") != Some(&Value::Bool(true)) {
             *value = Value::Null;
@@ -134,7 +146,9 @@ fn walk(value: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Cause>, 
         causes.push(Cause {
             reason: "FieldValueTypeInvalid",
             field: path.into(),
-            message: format!("Invalid value: \"{got}\": {path} in body must be of type {ty}: \"{got}\""),
+            message: format!(
+                "Invalid value: \"{got}\": {path} in body must be of type {ty}: \"{got}\""
+            ),
         });
         return;
     }
@@ -144,18 +158,35 @@ fn walk(value: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Cause>, 
         causes.push(Cause {
             reason: "FieldValueNotSupported",
             field: path.into(),
-            message: format!("Unsupported value: {value}: supported values: {}", allowed.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")),
+            message: format!(
+                "Unsupported value: {value}: supported values: {}",
+                allowed
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         });
     }
-    if let (Some(min), Some(v)) = (schema.get("minimum").and_then(Value::as_f64), value.as_f64())
-        && v < min
+    if let (Some(min), Some(v)) = (
+        schema.get("minimum").and_then(Value::as_f64),
+        value.as_f64(),
+    ) && v < min
     {
-        causes.push(Cause::invalid(path, format!("Invalid value: {v}: {path} in body should be greater than or equal to {min}")));
+        causes.push(Cause::invalid(
+            path,
+            format!("Invalid value: {v}: {path} in body should be greater than or equal to {min}"),
+        ));
     }
-    if let (Some(max), Some(v)) = (schema.get("maximum").and_then(Value::as_f64), value.as_f64())
-        && v > max
+    if let (Some(max), Some(v)) = (
+        schema.get("maximum").and_then(Value::as_f64),
+        value.as_f64(),
+    ) && v > max
     {
-        causes.push(Cause::invalid(path, format!("Invalid value: {v}: {path} in body should be less than or equal to {max}")));
+        causes.push(Cause::invalid(
+            path,
+            format!("Invalid value: {v}: {path} in body should be less than or equal to {max}"),
+        ));
     }
     if let Some(required) = schema.get("required").and_then(Value::as_array)
         && let Some(map) = value.as_object()
@@ -179,7 +210,9 @@ fn walk(value: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Cause>, 
                 }
             }
             if props.is_some() && extra.is_none() && !preserves(schema) {
-                let keep: Vec<String> = props.map(|p| p.keys().cloned().collect()).unwrap_or_default();
+                let keep: Vec<String> = props
+                    .map(|p| p.keys().cloned().collect())
+                    .unwrap_or_default();
                 map.retain(|k, _| {
                     let known = keep.contains(k);
                     if !known {
@@ -205,27 +238,47 @@ fn walk(value: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Cause>, 
 
 fn strs(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// The resources a CRD serves (one per served version).
 pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
     let spec = crd.get("spec").cloned().unwrap_or(Value::Null);
-    let group = spec.get("group").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let group = spec
+        .get("group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let names = spec.get("names").cloned().unwrap_or(Value::Null);
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let kind = s(&names, "kind");
     let plural = s(&names, "plural");
     let mut out = Vec::new();
-    for version in spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for version in spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         if version.get("served") != Some(&Value::Bool(true)) {
             continue;
         }
         let schema = version
             .pointer("/schema/openAPIV3Schema")
             .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            .unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
         let printer_columns = version
             .get("additionalPrinterColumns")
             .and_then(Value::as_array)
@@ -243,7 +296,10 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
         let scale = version.pointer("/subresources/scale").map(|sc| ScalePaths {
             spec_replicas: s(sc, "specReplicasPath"),
             status_replicas: s(sc, "statusReplicasPath"),
-            label_selector: sc.get("labelSelectorPath").and_then(Value::as_str).map(str::to_owned),
+            label_selector: sc
+                .get("labelSelectorPath")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         });
         out.push(ResourceDef {
             group: group.clone(),
@@ -322,7 +378,12 @@ async fn establish(api: &Arc<Api>, crd: &Value) {
     let established = crd
         .pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("type") == Some(&json!("Established")) && c.get("status") == Some(&json!("True"))));
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type") == Some(&json!("Established"))
+                    && c.get("status") == Some(&json!("True"))
+            })
+        });
     if established || crd.pointer("/metadata/deletionTimestamp").is_some() {
         return;
     }
@@ -335,7 +396,10 @@ async fn establish(api: &Arc<Api>, crd: &Value) {
         return;
     };
     let now = object::now();
-    let names = current.pointer("/spec/names").cloned().unwrap_or(Value::Null);
+    let names = current
+        .pointer("/spec/names")
+        .cloned()
+        .unwrap_or(Value::Null);
     current["status"] = json!({
         "acceptedNames": names,
         "storedVersions": current.pointer("/spec/versions").and_then(Value::as_array).map(|vs| {
@@ -346,7 +410,11 @@ async fn establish(api: &Arc<Api>, crd: &Value) {
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
         ],
     });
-    if let Err(err) = api.store.update(key, object::encode(&current), kv.mod_revision).await {
+    if let Err(err) = api
+        .store
+        .update(key, object::encode(&current), kv.mod_revision)
+        .await
+    {
         tracing::debug!(%err, crd = %name, "CRD status update raced; the next change retries");
     }
 }

@@ -114,13 +114,17 @@ fn resource_json(def: &ResourceDef) -> Vec<Value> {
             "binding" => ("", "", "Binding"),
             "eviction" => ("policy", "v1", "Eviction"),
             "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
-            "log" | "exec" | "attach" | "portforward" | "proxy" => ("", "", match sub {
-                "exec" => "PodExecOptions",
-                "attach" => "PodAttachOptions",
-                "portforward" => "PodPortForwardOptions",
-                "log" => "Pod",
-                _ => "PodProxyOptions",
-            }),
+            "log" | "exec" | "attach" | "portforward" | "proxy" => (
+                "",
+                "",
+                match sub {
+                    "exec" => "PodExecOptions",
+                    "attach" => "PodAttachOptions",
+                    "portforward" => "PodPortForwardOptions",
+                    "log" => "Pod",
+                    _ => "PodProxyOptions",
+                },
+            ),
             _ => ("", "", def.kind.as_str()),
         };
         let mut r = json!({

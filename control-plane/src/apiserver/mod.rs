@@ -143,7 +143,12 @@ impl Api {
     }
 
     /// A context for the server's own writes (bootstrap objects).
-    fn internal(self: &Arc<Self>, group: &str, plural: &str, namespace: Option<&str>) -> Option<Ctx> {
+    fn internal(
+        self: &Arc<Self>,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+    ) -> Option<Ctx> {
         let def = self.registry.get(group, "v1", plural)?;
         Some(Ctx {
             api: self.clone(),
@@ -156,7 +161,11 @@ impl Api {
 
     /// Creates what every cluster has: the four system namespaces, the `kubernetes`
     /// Service (first service IP, port 443) and its Endpoints / EndpointSlice.
-    pub async fn bootstrap(self: &Arc<Self>, advertise: std::net::IpAddr, port: u16) -> ApiResult<()> {
+    pub async fn bootstrap(
+        self: &Arc<Self>,
+        advertise: std::net::IpAddr,
+        port: u16,
+    ) -> ApiResult<()> {
         self.cache.wait_for(self.store.current_revision()).await;
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             if let Some(ctx) = self.internal("", "namespaces", None) {
@@ -191,7 +200,10 @@ impl Api {
                 .await,
             )?;
         }
-        if let Some(def) = self.registry.get("discovery.k8s.io", "v1", "endpointslices") {
+        if let Some(def) = self
+            .registry
+            .get("discovery.k8s.io", "v1", "endpointslices")
+        {
             let ctx = Ctx {
                 api: self.clone(),
                 def,
@@ -234,7 +246,10 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parsed = request::parse_path(&path);
-    let resource = parsed.as_ref().map(|p| p.resource.clone()).unwrap_or_default();
+    let resource = parsed
+        .as_ref()
+        .map(|p| p.resource.clone())
+        .unwrap_or_default();
     let verb = metrics::verb(&method, parsed.as_ref(), req.uri().query());
     let response = match authenticate(&api, &req) {
         Err(e) => e.into_response(),
@@ -243,8 +258,12 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
             Err(e) => e.into_response(),
         },
     };
-    api.metrics
-        .observe(&verb, &resource, response.status().as_u16(), started.elapsed());
+    api.metrics.observe(
+        &verb,
+        &resource,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -252,7 +271,10 @@ fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
     if let Some(PeerIdentity(Some(user))) = req.extensions().get::<PeerIdentity>() {
         return Ok(Some(user.clone()));
     }
-    if let Some(header) = req.headers().get("authorization").and_then(|v| v.to_str().ok())
+    if let Some(header) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
         && let Some(token) = header.strip_prefix("Bearer ")
     {
         return match api.tokens.get(token.trim()) {
@@ -294,10 +316,16 @@ async fn route(
         }
         "/api" if get => return Ok(value_response(StatusCode::OK, &discovery::core_versions())),
         "/apis" if get => {
-            return Ok(value_response(StatusCode::OK, &discovery::group_list(&api.registry)));
+            return Ok(value_response(
+                StatusCode::OK,
+                &discovery::group_list(&api.registry),
+            ));
         }
         "/openapi/v3" if get => {
-            return Ok(value_response(StatusCode::OK, &openapi::index(&api.registry)));
+            return Ok(value_response(
+                StatusCode::OK,
+                &openapi::index(&api.registry),
+            ));
         }
         _ => {}
     }
@@ -314,7 +342,8 @@ async fn route(
         && !group.contains('/')
         && get
     {
-        let g = discovery::group(&api.registry, group).ok_or_else(|| ApiError::path_not_found(&path))?;
+        let g = discovery::group(&api.registry, group)
+            .ok_or_else(|| ApiError::path_not_found(&path))?;
         return Ok(value_response(StatusCode::OK, &g));
     }
     let Some(parsed) = parsed else {
@@ -343,7 +372,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "kubernetes.default".to_owned(),
         "kubernetes.default.svc".to_owned(),
         "kubernetes.default.svc.cluster.local".to_owned(),
-        admission::service_ips::Allocator::default().first().to_string(),
+        admission::service_ips::Allocator::default()
+            .first()
+            .to_string(),
         config.advertise.to_string(),
     ];
     if let Ok(host) = nix_hostname() {
@@ -355,8 +386,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .kubeconfig
         .clone()
         .unwrap_or_else(|| config.data_dir.join("admin.kubeconfig"));
-    let server_url = format!("https://{}:{}", url_host(config.advertise), config.bind.port());
-    pki.write_kubeconfig(&kubeconfig, &server_url, "kubernetes-admin", &["system:masters"])?;
+    let server_url = format!(
+        "https://{}:{}",
+        url_host(config.advertise),
+        config.bind.port()
+    );
+    pki.write_kubeconfig(
+        &kubeconfig,
+        &server_url,
+        "kubernetes-admin",
+        &["system:masters"],
+    )?;
     let tokens = match &config.token_file {
         Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,
         None => Tokens::default(),
@@ -365,7 +405,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening the store")?;
     let store: Arc<dyn Store> = Arc::new(store);
     tokio::spawn(compact_periodically(store.clone()));
-    let api = Api::new(store, tokens).await.context("starting the watch cache")?;
+    let api = Api::new(store, tokens)
+        .await
+        .context("starting the watch cache")?;
     api.bootstrap(config.advertise, config.bind.port())
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
@@ -404,7 +446,11 @@ async fn compact_periodically(store: Arc<dyn Store>) {
 }
 
 /// Serves `api` over TLS on `listener`, asking for (not requiring) client certificates.
-pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, pki: &pki::Pki) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<Api>,
+    pki: &pki::Pki,
+) -> anyhow::Result<()> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -412,9 +458,12 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, pki: &pki::
     for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
         roots.add(cert?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.server_cert.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes())?;
@@ -452,7 +501,8 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, pki: &pki::
                 .and_then(|cert| auth::from_certificate(cert));
             let app = app.layer(axum::Extension(PeerIdentity(identity)));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(err) = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await

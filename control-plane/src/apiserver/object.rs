@@ -15,7 +15,10 @@ pub fn encode(object: &Value) -> Vec<u8> {
     let Some(map) = object.as_object() else {
         return serde_json::to_vec(object).unwrap_or_default();
     };
-    let mut meta = map.get("metadata").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let mut meta = map
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     if let Some(m) = meta.as_object_mut() {
         m.remove("resourceVersion");
     }
@@ -62,7 +65,10 @@ pub fn with_revision(stored: &[u8], revision: Revision) -> Vec<u8> {
 
 pub fn set_resource_version(object: &mut Value, revision: Revision) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -119,7 +125,14 @@ pub fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Lowercase alphanumerics for `generateName` suffixes (Kubernetes uses 5).

@@ -26,15 +26,15 @@ fn build_definitions() -> BTreeMap<String, Value> {
     for def in registry.all() {
         if let Some(typed) = &def.typed {
             (typed.schema)(&mut generator);
-            kinds.entry(typed.definition.clone()).or_default().push(json!({
-                "group": def.group, "version": def.version, "kind": def.kind,
-            }));
+            kinds
+                .entry(typed.definition.clone())
+                .or_default()
+                .push(json!({
+                    "group": def.group, "version": def.version, "kind": def.kind,
+                }));
         }
     }
-    let mut defs: BTreeMap<String, Value> = generator
-        .take_definitions(true)
-        .into_iter()
-        .collect();
+    let mut defs: BTreeMap<String, Value> = generator.take_definitions(true).into_iter().collect();
     for (name, gvks) in kinds {
         if let Some(schema) = defs.get_mut(&name).and_then(Value::as_object_mut) {
             schema.insert("x-kubernetes-group-version-kind".into(), Value::Array(gvks));
@@ -57,7 +57,10 @@ fn build_definitions() -> BTreeMap<String, Value> {
 }
 
 /// The names `name` refers to, transitively.
-fn closure(roots: impl IntoIterator<Item = String>, defs: &BTreeMap<String, Value>) -> BTreeSet<String> {
+fn closure(
+    roots: impl IntoIterator<Item = String>,
+    defs: &BTreeMap<String, Value>,
+) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut todo: Vec<String> = roots.into_iter().collect();
     while let Some(name) = todo.pop() {
@@ -125,10 +128,13 @@ fn doc_hash(registry: &Registry, group: &str, version: &str) -> u64 {
     h.finish()
 }
 
+/// A rendered document and the hash it was rendered for.
+type CachedDoc = (u64, Arc<Vec<u8>>);
+
 /// Cached documents, rebuilt when their hash changes.
 #[derive(Debug, Default)]
 pub struct Documents {
-    cache: Mutex<BTreeMap<String, (u64, Arc<Vec<u8>>)>>,
+    cache: Mutex<BTreeMap<String, CachedDoc>>,
 }
 
 impl Documents {
@@ -231,7 +237,8 @@ fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef, schema: &str) {
     let body = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
     let ok = json!({"200": body.clone()});
     let field_validation = json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
-    let dry_run = json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let dry_run =
+        json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     let op = |action: &str, extra: Vec<Value>| {
         let mut o = json!({
             "x-kubernetes-action": action,

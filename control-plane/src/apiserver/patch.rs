@@ -20,44 +20,199 @@ use super::status::{ApiError, ApiResult};
 
 /// (definition, field, patch strategy, merge key; empty for lists of scalars).
 pub const MERGE_KEYS: &[(&str, &str, &str, &str)] = &[
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", ""),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", "uid"),
-    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", "name"),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        "merge",
+        "",
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        "merge",
+        "uid",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "volumes",
+        "merge,retainKeys",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "initContainers",
+        "merge",
+        "name",
+    ),
     ("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", "name"),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        "merge",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        "merge",
+        "name",
+    ),
     ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip"),
-    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", "merge,retainKeys", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", "merge", "name"),
-    ("io.k8s.api.core.v1.Container", "ports", "merge", "containerPort"),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        "merge,retainKeys",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "schedulingGates",
+        "merge",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        "merge",
+        "containerPort",
+    ),
     ("io.k8s.api.core.v1.Container", "env", "merge", "name"),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", "mountPath"),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", "devicePath"),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", "containerPort"),
-    ("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", "name"),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", "mountPath"),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", "devicePath"),
-    ("io.k8s.api.core.v1.PodStatus", "conditions", "merge", "type"),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        "merge",
+        "mountPath",
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        "merge",
+        "devicePath",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        "merge",
+        "containerPort",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "env",
+        "merge",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeMounts",
+        "merge",
+        "mountPath",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeDevices",
+        "merge",
+        "devicePath",
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
     ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", "ip"),
     ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", "ip"),
-    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", "merge,retainKeys", "name"),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "resourceClaimStatuses",
+        "merge,retainKeys",
+        "name",
+    ),
     ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port"),
-    ("io.k8s.api.core.v1.ServiceStatus", "conditions", "merge", "type"),
+    (
+        "io.k8s.api.core.v1.ServiceStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
     ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", ""),
-    ("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", "type"),
-    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.core.v1.PersistentVolumeClaimStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", "retainKeys", ""),
-    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.apps.v1.DaemonSetSpec", "updateStrategy", "retainKeys", ""),
-    ("io.k8s.api.batch.v1.JobStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.policy.v1.PodDisruptionBudgetStatus", "conditions", "merge", "type"),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "addresses",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.core.v1.NamespaceStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolumeClaimStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.core.v1.ReplicationControllerStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentSpec",
+        "strategy",
+        "retainKeys",
+        "",
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.apps.v1.ReplicaSetStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.apps.v1.StatefulSetStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.apps.v1.DaemonSetStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.apps.v1.DaemonSetSpec",
+        "updateStrategy",
+        "retainKeys",
+        "",
+    ),
+    (
+        "io.k8s.api.batch.v1.JobStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
 ];
 
 /// The patch strategy of `field` in `definition`.
@@ -79,7 +234,10 @@ struct Schema {
 
 impl Schema {
     fn of_definition(name: &str) -> Self {
-        let node = openapi::definitions().get(name).cloned().unwrap_or(Value::Null);
+        let node = openapi::definitions()
+            .get(name)
+            .cloned()
+            .unwrap_or(Value::Null);
         Self {
             node,
             definition: Some(name.to_owned()),
@@ -133,7 +291,11 @@ fn merge_value(original: &Value, patch: &Value, schema: Option<&Schema>) -> Valu
     }
 }
 
-fn merge_map(original: &Map<String, Value>, patch: &Map<String, Value>, schema: Option<&Schema>) -> Map<String, Value> {
+fn merge_map(
+    original: &Map<String, Value>,
+    patch: &Map<String, Value>,
+    schema: Option<&Schema>,
+) -> Map<String, Value> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut out = patch.clone();
@@ -154,7 +316,8 @@ fn merge_map(original: &Map<String, Value>, patch: &Map<String, Value>, schema: 
             continue;
         }
         if let Some(list) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(items)), Some(remove)) = (out.get_mut(list), value.as_array()) {
+            if let (Some(Value::Array(items)), Some(remove)) = (out.get_mut(list), value.as_array())
+            {
                 items.retain(|v| !remove.contains(v));
             }
             continue;
@@ -327,7 +490,10 @@ mod tests {
         let c = &out["spec"]["containers"];
         assert_eq!(c.as_array().map(Vec::len), Some(2));
         assert_eq!(c[0]["image"], "a:2");
-        assert_eq!(c[0]["env"], json!([{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]));
+        assert_eq!(
+            c[0]["env"],
+            json!([{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}])
+        );
         assert_eq!(c[1]["image"], "b:1");
     }
 
@@ -350,7 +516,10 @@ mod tests {
         let patch = json!({"spec": {"template": {"spec": {"containers": [
             {"$patch": "replace"}, {"name": "z", "image": "z"}]}}}});
         let out = strategic_merge(&d, &patch, DEPLOYMENT).expect("patch");
-        assert_eq!(out["spec"]["template"]["spec"]["containers"], json!([{"name": "z", "image": "z"}]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "z", "image": "z"}])
+        );
     }
 
     #[test]

@@ -122,7 +122,9 @@ impl<'a> Reader<'a> {
             1 => self.advance(8),
             2 => self.bytes().map(drop),
             5 => self.advance(4),
-            _ => Err(ApiError::bad_request(format!("protobuf: unsupported wire type {wire}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "protobuf: unsupported wire type {wire}"
+            ))),
         }
     }
 
@@ -140,7 +142,8 @@ fn truncated() -> ApiError {
 }
 
 fn utf8(b: &[u8]) -> ApiResult<String> {
-    String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("protobuf: a string is not UTF-8"))
+    String::from_utf8(b.to_vec())
+        .map_err(|_| ApiError::bad_request("protobuf: a string is not UTF-8"))
 }
 
 fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
@@ -188,7 +191,9 @@ fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
                     }
                 }
                 let value = match field {
-                    F::BytesMap(_) => json!(base64::engine::general_purpose::STANDARD.encode(&value)),
+                    F::BytesMap(_) => {
+                        json!(base64::engine::general_purpose::STANDARD.encode(&value))
+                    }
                     _ => json!(utf8(&value)?),
                 };
                 let map = out.entry(k).or_insert_with(|| json!({}));
@@ -206,7 +211,10 @@ fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
                     }
                 }
                 if let Ok(ts) = jiff::Timestamp::from_second(secs) {
-                    out.insert(k.into(), json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    out.insert(
+                        k.into(),
+                        json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    );
                 }
             }
         }
@@ -268,8 +276,11 @@ mod tests {
         let type_meta = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
         let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &cm)].concat();
         let obj = decode(&body).expect("decodes");
-        assert_eq!(obj, json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "c1"}, "data": {"a": "b"}}));
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c1"}, "data": {"a": "b"}})
+        );
         assert!(decode(b"k8s\0\x0a\x05").is_err());
     }
 }

@@ -97,7 +97,10 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|s| !s.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -144,8 +147,8 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen <= limit {
@@ -168,7 +171,13 @@ pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -212,10 +221,16 @@ mod tests {
         assert_eq!(p.name.as_deref(), Some("web"));
         assert_eq!(p.subresource.as_deref(), Some("log"));
         let p = parse_path("/apis/apps/v1/deployments").expect("path");
-        assert_eq!((p.group.as_str(), p.resource.as_str()), ("apps", "deployments"));
+        assert_eq!(
+            (p.group.as_str(), p.resource.as_str()),
+            ("apps", "deployments")
+        );
         assert_eq!(p.namespace, None);
         let p = parse_path("/api/v1/namespaces/kube-system").expect("path");
-        assert_eq!((p.resource.as_str(), p.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (p.resource.as_str(), p.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let p = parse_path("/api/v1/namespaces/x/finalize").expect("path");
         assert_eq!(p.subresource.as_deref(), Some("finalize"));
         let p = parse_path("/api/v1/watch/namespaces/x/pods").expect("path");

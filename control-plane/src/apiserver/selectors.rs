@@ -158,7 +158,9 @@ fn validate_key(key: &str) -> Result<(), String> {
     let name = key.rsplit('/').next().unwrap_or(key);
     if name.is_empty()
         || name.len() > 63
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(format!("invalid label key \"{key}\""));
     }
@@ -276,7 +278,10 @@ fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// The selectable field values of an object (for the watch cache).
 pub fn field_values(object: &Value) -> Vec<(&'static str, String)> {
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     supported_fields(kind)
         .into_iter()
         .map(|field| {
@@ -290,9 +295,7 @@ pub fn field_values(object: &Value) -> Vec<(&'static str, String)> {
                 Some(Value::Bool(b)) => b.to_string(),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => match (kind, field) {
-                    ("Node", "spec.unschedulable") | ("Pod", "spec.hostNetwork") => {
-                        "false".into()
-                    }
+                    ("Node", "spec.unschedulable") | ("Pod", "spec.hostNetwork") => "false".into(),
                     ("ReplicaSet" | "ReplicationController", "status.replicas")
                     | ("Job", "status.successful") => "0".into(),
                     _ => String::new(),
@@ -360,8 +363,8 @@ mod tests {
         let pod = json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "ns"},
             "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         let fields = field_values(&pod);
-        let sel = FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending", "Pod")
-            .expect("valid");
+        let sel =
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending", "Pod").expect("valid");
         assert!(sel.matches(&fields));
         let sel = FieldSelector::parse("spec.nodeName=", "Pod").expect("valid");
         assert!(!sel.matches(&fields));

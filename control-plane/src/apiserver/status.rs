@@ -93,13 +93,21 @@ impl ApiError {
 
     pub fn path_not_found(path: &str) -> Self {
         let _ = path;
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
         let qualified = qualified(group, resource);
-        Self::new(409, "AlreadyExists", format!("{qualified} \"{name}\" already exists"))
-            .with_details(group, resource, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{qualified} \"{name}\" already exists"),
+        )
+        .with_details(group, resource, name)
     }
 
     pub fn conflict(group: &str, resource: &str, name: &str) -> Self {
@@ -154,7 +162,11 @@ impl ApiError {
         } else {
             format!("[{}]", list.join(", "))
         };
-        let mut err = Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"));
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {summary}"),
+        );
         err.details = Some(json!({
             "name": name,
             "group": group,

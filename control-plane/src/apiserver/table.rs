@@ -61,7 +61,10 @@ fn selector_string(sel: &Value) -> String {
     let mut parts: Vec<String> = sel
         .get("matchLabels")
         .and_then(Value::as_object)
-        .or_else(|| sel.as_object().filter(|m| !m.contains_key("matchExpressions")))
+        .or_else(|| {
+            sel.as_object()
+                .filter(|m| !m.contains_key("matchExpressions"))
+        })
         .map(|m| {
             m.iter()
                 .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
@@ -69,7 +72,10 @@ fn selector_string(sel: &Value) -> String {
         })
         .unwrap_or_default();
     for e in arr(sel, "/matchExpressions") {
-        let values: Vec<&str> = arr(e, "/values").iter().filter_map(|v| v.as_str()).collect();
+        let values: Vec<&str> = arr(e, "/values")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
         let op = s(e, "/operator");
         parts.push(match op {
             "In" => format!("{} in ({})", s(e, "/key"), values.join(",")),
@@ -84,8 +90,14 @@ fn selector_string(sel: &Value) -> String {
 fn containers_images(spec: &Value) -> (String, String) {
     let cs = arr(spec, "/containers");
     (
-        cs.iter().map(|c| s(c, "/name")).collect::<Vec<_>>().join(","),
-        cs.iter().map(|c| s(c, "/image")).collect::<Vec<_>>().join(","),
+        cs.iter()
+            .map(|c| s(c, "/name"))
+            .collect::<Vec<_>>()
+            .join(","),
+        cs.iter()
+            .map(|c| s(c, "/image"))
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 
@@ -198,7 +210,10 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         ("", "Pod") => {
             let statuses = arr(o, "/status/containerStatuses");
             let total = arr(o, "/spec/containers").len();
-            let ready = statuses.iter().filter(|c| c.get("ready") == Some(&json!(true))).count();
+            let ready = statuses
+                .iter()
+                .filter(|c| c.get("ready") == Some(&json!(true)))
+                .count();
             let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
             let mut reason = s(o, "/status/phase").to_owned();
             if !s(o, "/status/reason").is_empty() {
@@ -239,7 +254,10 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                     }
                 })
                 .collect();
-            let external: Vec<&str> = arr(o, "/spec/externalIPs").iter().filter_map(|v| v.as_str()).collect();
+            let external: Vec<&str> = arr(o, "/spec/externalIPs")
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
             let external = if !external.is_empty() {
                 external.join(",")
             } else if s(o, "/spec/type") == "LoadBalancer" {
@@ -263,19 +281,29 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             ]
         }
         ("apps", "Deployment") => {
-            let (c, i) = containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            let (c, i) =
+                containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
             vec![
-                json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    n(o, "/status/readyReplicas"),
+                    n(o, "/spec/replicas")
+                )),
                 json!(n(o, "/status/updatedReplicas")),
                 json!(n(o, "/status/availableReplicas")),
                 json!(created),
                 json!(c),
                 json!(i),
-                json!(o.pointer("/spec/selector").map(selector_string).unwrap_or_default()),
+                json!(
+                    o.pointer("/spec/selector")
+                        .map(selector_string)
+                        .unwrap_or_default()
+                ),
             ]
         }
         ("apps", "ReplicaSet") | ("", "ReplicationController") => {
-            let (c, i) = containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            let (c, i) =
+                containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
             vec![
                 json!(n(o, "/spec/replicas")),
                 json!(n(o, "/status/replicas")),
@@ -283,13 +311,22 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                 json!(created),
                 json!(c),
                 json!(i),
-                json!(o.pointer("/spec/selector").map(selector_string).unwrap_or_default()),
+                json!(
+                    o.pointer("/spec/selector")
+                        .map(selector_string)
+                        .unwrap_or_default()
+                ),
             ]
         }
         ("apps", "StatefulSet") => {
-            let (c, i) = containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            let (c, i) =
+                containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
             vec![
-                json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    n(o, "/status/readyReplicas"),
+                    n(o, "/spec/replicas")
+                )),
                 json!(created),
                 json!(c),
                 json!(i),
@@ -299,7 +336,12 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             let sel = o
                 .pointer("/spec/template/spec/nodeSelector")
                 .and_then(Value::as_object)
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default();
             vec![
                 json!(n(o, "/status/desiredNumberScheduled")),
@@ -316,7 +358,10 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             let succeeded = n(o, "/status/succeeded");
             let status = arr(o, "/status/conditions")
                 .iter()
-                .find(|c| s(c, "/status") == "True" && matches!(s(c, "/type"), "Complete" | "Failed" | "Suspended"))
+                .find(|c| {
+                    s(c, "/status") == "True"
+                        && matches!(s(c, "/type"), "Complete" | "Failed" | "Suspended")
+                })
                 .map(|c| s(c, "/type").to_owned())
                 .unwrap_or_else(|| "Running".into());
             vec![
@@ -332,7 +377,11 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         ("batch", "CronJob") => vec![
             json!(s(o, "/spec/schedule")),
             json!(or_none(s(o, "/spec/timeZone").into())),
-            json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+            json!(
+                o.pointer("/spec/suspend")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            ),
             json!(arr(o, "/status/active").len()),
             json!(match s(o, "/status/lastScheduleTime") {
                 "" => "<none>".to_owned(),
@@ -345,7 +394,13 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             let ready = arr(o, "/status/conditions")
                 .iter()
                 .find(|c| s(c, "/type") == "Ready")
-                .map(|c| if s(c, "/status") == "True" { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if s(c, "/status") == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             let status = if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
                 format!("{ready},SchedulingDisabled")
@@ -355,7 +410,11 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             let roles: Vec<&str> = o
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object)
-                .map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                        .collect()
+                })
                 .unwrap_or_default();
             let addr = |t: &str| {
                 arr(o, "/status/addresses")
@@ -379,13 +438,21 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         ("", "ConfigMap") => {
             let count = ["/data", "/binaryData"]
                 .iter()
-                .map(|p| o.pointer(p).and_then(Value::as_object).map_or(0, |m| m.len()))
+                .map(|p| {
+                    o.pointer(p)
+                        .and_then(Value::as_object)
+                        .map_or(0, |m| m.len())
+                })
                 .sum::<usize>();
             vec![json!(count), json!(created)]
         }
         ("", "Secret") => vec![
             json!(s(o, "/type")),
-            json!(o.pointer("/data").and_then(Value::as_object).map_or(0, |m| m.len())),
+            json!(
+                o.pointer("/data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len())
+            ),
             json!(created),
         ],
         ("", "ServiceAccount") => vec![json!(arr(o, "/secrets").len()), json!(created)],
@@ -401,20 +468,30 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             vec![json!(or_none(eps.join(","))), json!(created)]
         }
         ("", "Event") => {
-            let last = [s(o, "/lastTimestamp"), s(o, "/eventTime"), s(o, "/metadata/creationTimestamp")]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .map(age)
-                .unwrap_or_default();
+            let last = [
+                s(o, "/lastTimestamp"),
+                s(o, "/eventTime"),
+                s(o, "/metadata/creationTimestamp"),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .map(age)
+            .unwrap_or_default();
             vec![
                 json!(last),
                 json!(s(o, "/type")),
                 json!(s(o, "/reason")),
-                json!(format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"))),
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/involvedObject/kind").to_lowercase(),
+                    s(o, "/involvedObject/name")
+                )),
                 json!(s(o, "/message")),
             ]
         }
-        ("coordination.k8s.io", "Lease") => vec![json!(s(o, "/spec/holderIdentity")), json!(created)],
+        ("coordination.k8s.io", "Lease") => {
+            vec![json!(s(o, "/spec/holderIdentity")), json!(created)]
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![json!(s(o, "/metadata/creationTimestamp"))]
         }
@@ -425,13 +502,21 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
 /// A Table of `objects` (rows carry PartialObjectMetadata, as kubectl asks).
 pub fn table(def: &ResourceDef, objects: &[Value], revision: Option<i64>, query: &Query) -> Value {
     let cols = columns(def);
-    let custom = def.crd.as_ref().map(|c| c.printer_columns.clone()).unwrap_or_default();
-    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    let custom = def
+        .crd
+        .as_ref()
+        .map(|c| c.printer_columns.clone())
+        .unwrap_or_default();
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
     if custom.is_empty() {
         defs.extend(cols.iter().map(|(name, ty, prio)| json!({"name": name, "type": ty, "format": "", "description": name, "priority": prio})));
     } else {
         defs.extend(custom.iter().map(|c| json!({"name": c.name, "type": c.kind, "format": "", "description": c.name, "priority": c.priority})));
-        defs.push(json!({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0}));
+        defs.push(
+            json!({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0}),
+        );
     }
     let include_object = query.get("includeObject").unwrap_or("Metadata");
     let rows: Vec<Value> = objects
@@ -443,7 +528,11 @@ pub fn table(def: &ResourceDef, objects: &[Value], revision: Option<i64>, query:
             } else {
                 for c in &custom {
                     let path = c.json_path.trim_start_matches('.').replace('.', "/");
-                    row.push(o.pointer(&format!("/{path}")).cloned().unwrap_or(Value::Null));
+                    row.push(
+                        o.pointer(&format!("/{path}"))
+                            .cloned()
+                            .unwrap_or(Value::Null),
+                    );
                 }
                 row.push(json!(age(s(o, "/metadata/creationTimestamp"))));
             }

@@ -479,11 +479,9 @@ impl Store for RedbStore {
                         continue;
                     }
                     let same = pending.as_ref().is_some_and(|(p, _, _)| p == key);
-                    if !same {
-                        if !flush(pending.take(), &mut kvs) {
-                            more = true;
-                            break;
-                        }
+                    if !same && !flush(pending.take(), &mut kvs) {
+                        more = true;
+                        break;
                     }
                     pending = Some((key.to_owned(), rev, Record::decode(v.value())?));
                 }

@@ -74,7 +74,8 @@ async fn fill(api: &Api<Pod>, prefix: &str, n: usize) -> Result<()> {
         let prefix = prefix.to_owned();
         tasks.push(tokio::spawn(async move {
             for i in (c..n).step_by(CLIENTS) {
-                api.create(&PostParams::default(), &pod(&format!("{prefix}-{i}"))).await?;
+                api.create(&PostParams::default(), &pod(&format!("{prefix}-{i}")))
+                    .await?;
             }
             anyhow::Ok(())
         }));
@@ -88,7 +89,15 @@ async fn fill(api: &Api<Pod>, prefix: &str, n: usize) -> Result<()> {
 pub fn run() -> Result<Report> {
     run_checked(&mut cmd(
         util::cargo(),
-        ["build", "--release", "--quiet", "-p", "berth-control-plane", "--bin", "berth-server"],
+        [
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "berth-control-plane",
+            "--bin",
+            "berth-server",
+        ],
     ))?;
     let binary = util::target_dir().join("release/berth-server");
     let data = util::target_dir().join("bench-apiserver");
@@ -98,10 +107,20 @@ pub fn run() -> Result<Report> {
     let pid = server.pid().context("server pid")?;
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_mb(pid);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut report = runtime.block_on(measure(&server, pid))?;
     report.figure("idle_rss_mb", (idle_rss * 10.0).round() / 10.0);
-    report.rows.insert(0, vec!["idle RSS".into(), format!("{idle_rss:.1} MB"), "< 40 MB".into(), "k3s server ≈ 1.6 GB with a workload".into()]);
+    report.rows.insert(
+        0,
+        vec![
+            "idle RSS".into(),
+            format!("{idle_rss:.1} MB"),
+            "< 40 MB".into(),
+            "k3s server ≈ 1.6 GB with a workload".into(),
+        ],
+    );
     Ok(report)
 }
 
@@ -118,14 +137,24 @@ async fn measure(server: &BerthServer, pid: u32) -> Result<Report> {
     let acks: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let deliveries: Arc<Mutex<Vec<f64>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rv = api.list(&ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
         let api = api.clone();
         let (acks, deliveries, rv) = (acks.clone(), deliveries.clone(), rv.clone());
         let stop = stop.clone();
         watchers.push(tokio::spawn(async move {
-            let Ok(stream) = api.watch(&WatchParams::default().timeout(MIX_SECS as u32 + 20), &rv).await else { return };
+            let Ok(stream) = api
+                .watch(&WatchParams::default().timeout(MIX_SECS as u32 + 20), &rv)
+                .await
+            else {
+                return;
+            };
             let mut stream = stream.boxed();
             while let Some(Ok(event)) = stream.next().await {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -168,11 +197,20 @@ async fn measure(server: &BerthServer, pid: u32) -> Result<Report> {
                     }
                     "update" => {
                         let patch = json!({"metadata": {"labels": {"round": format!("r{i}")}}});
-                        api.patch(&format!("seed-{}", (c * 13 + i) % 200), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                        api.patch(
+                            &format!("seed-{}", (c * 13 + i) % 200),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await?;
                     }
                     _ => {
                         let list = list_api.list(&ListParams::default()).await?;
-                        anyhow::ensure!(list.items.len() == 1000, "listed {} pods", list.items.len());
+                        anyhow::ensure!(
+                            list.items.len() == 1000,
+                            "listed {} pods",
+                            list.items.len()
+                        );
                     }
                 }
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -205,7 +243,9 @@ async fn measure(server: &BerthServer, pid: u32) -> Result<Report> {
         tasks.push(tokio::spawn(async move {
             let mut i = 0;
             while Instant::now() < deadline {
-                tp_api.create(&PostParams::default(), &pod(&format!("t-{c}-{i}"))).await?;
+                tp_api
+                    .create(&PostParams::default(), &pod(&format!("t-{c}-{i}")))
+                    .await?;
                 created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 i += 1;
             }
@@ -223,14 +263,23 @@ async fn measure(server: &BerthServer, pid: u32) -> Result<Report> {
     let stored = all.list(&ListParams::default()).await?.items.len();
     if stored < 10_000 {
         namespace(&client, "fill").await?;
-        fill(&Api::namespaced(client.clone(), "fill"), "f", 10_000 - stored).await?;
+        fill(
+            &Api::namespaced(client.clone(), "fill"),
+            "f",
+            10_000 - stored,
+        )
+        .await?;
     }
     let total = all.list(&ListParams::default()).await?.items.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_10k = rss_mb(pid);
 
     let lat = lat.lock().map(|l| l.clone()).unwrap_or_default();
-    let p99 = |verb: &str| lat.get(verb).and_then(|v| percentile(v, 99.0)).unwrap_or(f64::NAN);
+    let p99 = |verb: &str| {
+        lat.get(verb)
+            .and_then(|v| percentile(v, 99.0))
+            .unwrap_or(f64::NAN)
+    };
     let count = |verb: &str| lat.get(verb).map_or(0, Vec::len);
     let deliveries = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
     let watch_p99 = percentile(&deliveries, 99.0).unwrap_or(f64::NAN);
@@ -245,16 +294,59 @@ async fn measure(server: &BerthServer, pid: u32) -> Result<Report> {
     report.figure("creates_per_s", creates_per_s.round());
     report.figure("rss_mb_10k_pods", round(rss_10k));
     report.figure("pods_stored", total);
-    report.header = vec!["measure".into(), "berth".into(), "goal".into(), "anchor".into()];
+    report.header = vec![
+        "measure".into(),
+        "berth".into(),
+        "goal".into(),
+        "anchor".into(),
+    ];
     let single = "Kubernetes SLO p99 ≤ 1 s";
     report.rows = vec![
-        vec![format!("create p99 ({} calls)", count("create")), format!("{:.2} ms", p99("create")), "< 10 ms".into(), single.into()],
-        vec![format!("get p99 ({} calls)", count("get")), format!("{:.2} ms", p99("get")), "< 10 ms".into(), single.into()],
-        vec![format!("update p99 ({} calls)", count("update")), format!("{:.2} ms", p99("update")), "< 10 ms".into(), single.into()],
-        vec![format!("list 1000 pods p99 ({} calls)", count("list1000")), format!("{:.2} ms", p99("list1000")), "—".into(), "Kubernetes SLO p99 ≤ 30 s (cluster-wide list)".into()],
-        vec![format!("watch delivery p99 ({} events × {WATCHERS} watchers)", deliveries.len() / WATCHERS.max(1)), format!("{watch_p99:.2} ms"), "< 10 ms".into(), "—".into()],
-        vec!["durable creates/s (16 clients)".into(), format!("{creates_per_s:.0}"), "≥ 5000".into(), "one etcd member: a few thousand puts/s".into()],
-        vec![format!("RSS with {total} pods"), format!("{rss_10k:.1} MB"), "< 250 MB".into(), "k3s server ≈ 1.6 GB".into()],
+        vec![
+            format!("create p99 ({} calls)", count("create")),
+            format!("{:.2} ms", p99("create")),
+            "< 10 ms".into(),
+            single.into(),
+        ],
+        vec![
+            format!("get p99 ({} calls)", count("get")),
+            format!("{:.2} ms", p99("get")),
+            "< 10 ms".into(),
+            single.into(),
+        ],
+        vec![
+            format!("update p99 ({} calls)", count("update")),
+            format!("{:.2} ms", p99("update")),
+            "< 10 ms".into(),
+            single.into(),
+        ],
+        vec![
+            format!("list 1000 pods p99 ({} calls)", count("list1000")),
+            format!("{:.2} ms", p99("list1000")),
+            "—".into(),
+            "Kubernetes SLO p99 ≤ 30 s (cluster-wide list)".into(),
+        ],
+        vec![
+            format!(
+                "watch delivery p99 ({} events × {WATCHERS} watchers)",
+                deliveries.len() / WATCHERS.max(1)
+            ),
+            format!("{watch_p99:.2} ms"),
+            "< 10 ms".into(),
+            "—".into(),
+        ],
+        vec![
+            "durable creates/s (16 clients)".into(),
+            format!("{creates_per_s:.0}"),
+            "≥ 5000".into(),
+            "one etcd member: a few thousand puts/s".into(),
+        ],
+        vec![
+            format!("RSS with {total} pods"),
+            format!("{rss_10k:.1} MB"),
+            "< 250 MB".into(),
+            "k3s server ≈ 1.6 GB".into(),
+        ],
     ];
     report.notes = vec![
         format!("{CLIENTS} clients for {MIX_SECS} s over create / get / update (merge patch) / list of 1000 pods, with {WATCHERS} watchers on the namespace; clients, watchers and server share this 2-core machine"),

@@ -291,9 +291,7 @@ pub fn pod_spec(spec: &mut Value) {
         if let Some(src) = v.get_mut("hostPath") {
             default(src, "type", json!(""));
         }
-        let has_source = v
-            .as_object()
-            .is_some_and(|m| m.keys().any(|k| k != "name"));
+        let has_source = v.as_object().is_some_and(|m| m.keys().any(|k| k != "name"));
         if !has_source {
             default(v, "emptyDir", json!({}));
         }
@@ -303,7 +301,10 @@ pub fn pod_spec(spec: &mut Value) {
 /// Admission defaults for a pod being created (not for templates).
 fn pod_admission(spec: &mut Value) {
     default(spec, "serviceAccountName", json!("default"));
-    let sa = spec.get("serviceAccountName").cloned().unwrap_or(Value::Null);
+    let sa = spec
+        .get("serviceAccountName")
+        .cloned()
+        .unwrap_or(Value::Null);
     default(spec, "serviceAccount", sa);
     default(spec, "priority", json!(0));
     // DefaultTolerationSeconds: tolerate not-ready / unreachable nodes for 300 s.

@@ -56,7 +56,9 @@ impl Allocator {
 
     /// Marks what an existing Service holds as used (at start).
     pub fn observe(&self, svc: &Value) {
-        let Ok(mut used) = self.inner.lock() else { return };
+        let Ok(mut used) = self.inner.lock() else {
+            return;
+        };
         if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str)
             && let Ok(ip) = ip.parse::<Ipv4Addr>()
         {
@@ -71,7 +73,10 @@ impl Allocator {
     /// stays allocated.
     pub fn allocate(&self, svc: &mut Value) -> Result<(), Vec<Cause>> {
         let Ok(mut used) = self.inner.lock() else {
-            return Err(vec![Cause::invalid("spec.clusterIP", "allocator unavailable")]);
+            return Err(vec![Cause::invalid(
+                "spec.clusterIP",
+                "allocator unavailable",
+            )]);
         };
         let kind = svc
             .pointer("/spec/type")
@@ -123,7 +128,9 @@ impl Allocator {
                 if n < self.base || n >= self.base + self.size {
                     return Err(vec![Cause::invalid(
                         "spec.clusterIP",
-                        format!("Invalid value: \"{ip}\": provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/12"),
+                        format!(
+                            "Invalid value: \"{ip}\": provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/12"
+                        ),
                     )]);
                 }
                 if !used.ips.insert(n) {
@@ -157,14 +164,18 @@ impl Allocator {
                         }
                         return Err(vec![Cause::invalid(
                             format!("spec.ports[{i}].nodePort"),
-                            format!("Invalid value: {requested}: provided port is already allocated"),
+                            format!(
+                                "Invalid value: {requested}: provided port is already allocated"
+                            ),
                         )]);
                     }
                     requested
                 } else {
                     let span = NODE_PORTS.end() - NODE_PORTS.start() + 1;
                     let free = (0..span)
-                        .map(|s| NODE_PORTS.start() + (used.next_port - NODE_PORTS.start() + s) % span)
+                        .map(|s| {
+                            NODE_PORTS.start() + (used.next_port - NODE_PORTS.start() + s) % span
+                        })
                         .find(|p| !used.ports.contains(p));
                     let Some(p) = free else {
                         return Err(vec![Cause::invalid(
@@ -173,7 +184,11 @@ impl Allocator {
                         )]);
                     };
                     used.ports.insert(p);
-                    used.next_port = if p == *NODE_PORTS.end() { *NODE_PORTS.start() } else { p + 1 };
+                    used.next_port = if p == *NODE_PORTS.end() {
+                        *NODE_PORTS.start()
+                    } else {
+                        p + 1
+                    };
                     p
                 };
                 taken.push(port);
@@ -185,7 +200,9 @@ impl Allocator {
 
     /// Frees what `svc` held.
     pub fn release(&self, svc: &Value) {
-        let Ok(mut used) = self.inner.lock() else { return };
+        let Ok(mut used) = self.inner.lock() else {
+            return;
+        };
         if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str)
             && let Ok(ip) = ip.parse::<Ipv4Addr>()
         {
@@ -222,8 +239,13 @@ mod tests {
         alloc.allocate(&mut a).expect("a");
         alloc.allocate(&mut b).expect("b");
         assert_ne!(a["spec"]["clusterIP"], b["spec"]["clusterIP"]);
-        assert!(a["spec"]["ports"][0]["nodePort"].as_u64().is_some_and(|p| (30000..=32767).contains(&p)));
-        let mut c = json!({"spec": {"clusterIP": a["spec"]["clusterIP"].clone(), "ports": [{"port": 1}]}});
+        assert!(
+            a["spec"]["ports"][0]["nodePort"]
+                .as_u64()
+                .is_some_and(|p| (30000..=32767).contains(&p))
+        );
+        let mut c =
+            json!({"spec": {"clusterIP": a["spec"]["clusterIP"].clone(), "ports": [{"port": 1}]}});
         assert!(alloc.allocate(&mut c).is_err());
         alloc.release(&a);
         alloc.allocate(&mut c).expect("free again after release");

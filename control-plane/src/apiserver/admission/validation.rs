@@ -81,8 +81,10 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         if !is_dns_label(name) {
             causes.push(Cause::invalid("metadata.name", dns_label_msg(name)));
         }
-    } else if !matches!(kind, "Event" | "Lease" | "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding")
-        && !is_dns_subdomain(name)
+    } else if !matches!(
+        kind,
+        "Event" | "Lease" | "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding"
+    ) && !is_dns_subdomain(name)
     {
         causes.push(Cause::invalid("metadata.name", dns_subdomain_msg(name)));
     }
@@ -134,9 +136,9 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
                     for key in data.keys() {
                         let ok = !key.is_empty()
                             && key.len() <= DNS_SUBDOMAIN_MAX
-                            && key
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                            && key.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+                            });
                         if !ok {
                             causes.push(Cause::invalid(
                                 format!("{field}[{key}]"),
@@ -242,7 +244,10 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             } else {
                 names.push(name.to_owned());
             }
-            if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if c.get("image")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 causes.push(Cause::required(format!("{at}.image")));
             }
             if let Some(ports) = c.get("ports").and_then(Value::as_array) {
@@ -251,7 +256,9 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                     if !(1..=65535).contains(&port) {
                         causes.push(Cause::invalid(
                             format!("{at}.ports[{j}].containerPort"),
-                            format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                            format!(
+                                "Invalid value: {port}: must be between 1 and 65535, inclusive"
+                            ),
                         ));
                     }
                     protocol(p, &format!("{at}.ports[{j}].protocol"), causes);
@@ -267,7 +274,10 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                             message: format!("Not found: \"{vol}\""),
                         });
                     }
-                    if m.get("mountPath").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    if m.get("mountPath")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
                         causes.push(Cause::required(format!("{at}.volumeMounts[{j}].mountPath")));
                     }
                 }
@@ -302,8 +312,14 @@ fn protocol(p: &Value, field: &str, causes: &mut Vec<Cause>) {
 }
 
 fn service(spec: &Value, causes: &mut Vec<Cause>) {
-    let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
-    if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if !matches!(
+        kind,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         causes.push(Cause {
             reason: "FieldValueNotSupported",
             field: "spec.type".into(),
@@ -386,13 +402,13 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
                 ));
             }
         }
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
-            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
-                causes.push(Cause::invalid(
-                    "spec.selector",
-                    "Invalid value: field is immutable",
-                ));
-            }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
+        {
+            causes.push(Cause::invalid(
+                "spec.selector",
+                "Invalid value: field is immutable",
+            ));
         }
         "Service" => {
             let old_ip = old.pointer("/spec/clusterIP");
@@ -404,16 +420,15 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
                 ));
             }
         }
-        "ConfigMap" | "Secret" => {
+        "ConfigMap" | "Secret"
             if old.get("immutable") == Some(&Value::Bool(true))
                 && (old.get("data") != new.get("data")
-                    || old.get("binaryData") != new.get("binaryData"))
-            {
-                causes.push(Cause::forbidden(
-                    "data",
-                    "Forbidden: field is immutable when `immutable` is set",
-                ));
-            }
+                    || old.get("binaryData") != new.get("binaryData")) =>
+        {
+            causes.push(Cause::forbidden(
+                "data",
+                "Forbidden: field is immutable when `immutable` is set",
+            ));
         }
         _ => {}
     }

@@ -27,7 +27,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     let mut obj = normalize(ctx, obj)?;
     let dry_run = ctx.query.dry_run()?;
     {
-        let meta = meta_mut(&mut obj).ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+        let meta = meta_mut(&mut obj)
+            .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
         if def.namespaced {
             let path_ns = ctx.namespace.clone().unwrap_or_default();
             match meta.get("namespace").and_then(Value::as_str) {
@@ -67,7 +68,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     }
     let name = object::name(&obj).to_owned();
     if def.namespaced {
-        ctx.api.check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)?;
+        ctx.api
+            .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)?;
     }
     defaults::apply(&def.kind, &mut obj);
     let causes = validation::validate(&def.kind, &obj);
@@ -87,7 +89,12 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         return Ok((obj, StatusCode::CREATED));
     }
     let lease = if def.kind == "Event" {
-        Some(ctx.api.event_lease().await.map_err(|e| ctx.store_error(e, &name))?)
+        Some(
+            ctx.api
+                .event_lease()
+                .await
+                .map_err(|e| ctx.store_error(e, &name))?,
+        )
     } else {
         None
     };

@@ -68,7 +68,9 @@ async fn options(ctx: &Ctx, body: Body) -> ApiResult<Options> {
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""),
+            format!(
+                "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ),
         ));
     }
     Ok(o)
@@ -77,9 +79,18 @@ async fn options(ctx: &Ctx, body: Body) -> ApiResult<Options> {
 pub async fn delete(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
     let opts = options(&ctx, body).await?;
     let (obj, gone) = delete_one(&ctx, name, &opts).await?;
-    if gone && !matches!(ctx.def.kind.as_str(), "Pod" | "Namespace" | "CustomResourceDefinition") && ctx.def.crd.is_none() {
+    if gone
+        && !matches!(
+            ctx.def.kind.as_str(),
+            "Pod" | "Namespace" | "CustomResourceDefinition"
+        )
+        && ctx.def.crd.is_none()
+    {
         let uid = object::meta_str(&obj, "uid").unwrap_or_default();
-        return Ok(value_response(StatusCode::OK, &success_status(&ctx.def, name, uid)));
+        return Ok(value_response(
+            StatusCode::OK,
+            &success_status(&ctx.def, name, uid),
+        ));
     }
     Ok(object_response(&ctx, StatusCode::OK, &obj))
 }
@@ -124,12 +135,7 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &Options) -> ApiResult<(Value, 
             if opts.dry_run {
                 return Ok((old, true));
             }
-            match ctx
-                .api
-                .store
-                .delete(ctx.key(name), Some(revision))
-                .await
-            {
+            match ctx.api.store.delete(ctx.key(name), Some(revision)).await {
                 Ok(kv) => {
                     ctx.api.after_delete(&ctx.def, &old);
                     let mut out = old;
@@ -209,7 +215,10 @@ pub async fn delete_collection(ctx: Ctx, body: Body) -> ApiResult<Response> {
     let opts = options(&ctx, body).await?;
     let selectors = Selectors::from(&ctx)?;
     let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
-    ctx.api.cache.wait_for(ctx.api.store.current_revision()).await;
+    ctx.api
+        .cache
+        .wait_for(ctx.api.store.current_revision())
+        .await;
     let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
     let mut items = Vec::new();
     for o in objs {

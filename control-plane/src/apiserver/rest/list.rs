@@ -70,7 +70,15 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
             None if exact => (rv, None),
             None => (None, None),
         };
-        page(&ctx, &prefix, &selectors, at, start, limit.map(|l| l as usize)).await?
+        page(
+            &ctx,
+            &prefix,
+            &selectors,
+            at,
+            start,
+            limit.map(|l| l as usize),
+        )
+        .await?
     } else {
         let target = match rv {
             Some(0) => 0,
@@ -109,7 +117,8 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         ctx.def.api_version(),
         meta
     );
-    let mut body = Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
+    let mut body =
+        Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
     body.extend_from_slice(head.as_bytes());
     for (i, raw) in items.iter().enumerate() {
         if i > 0 {
@@ -193,7 +202,9 @@ async fn page(
             return Ok((items, result.revision, None));
         }
         if full {
-            let next = after.as_deref().map(|a| encode_continue(result.revision, a));
+            let next = after
+                .as_deref()
+                .map(|a| encode_continue(result.revision, a));
             return Ok((items, result.revision, next));
         }
     }

@@ -173,7 +173,10 @@ pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
     if let Some(typed) = &def.typed {
         let input = obj.clone();
         let mut out = (typed.normalize)(obj).map_err(|e| {
-            ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                def.kind, def.version, def.kind
+            ))
         })?;
         if ctx.query.strict()? {
             let mut unknown = Vec::new();
@@ -184,7 +187,9 @@ pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
                     .map(|f| format!("unknown field \"{f}\""))
                     .collect::<Vec<_>>()
                     .join(", ");
-                return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {list}"
+                )));
             }
         }
         // Keep an explicitly empty metadata map stable.
@@ -282,7 +287,8 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     }
     let old_meta = object::meta(old).cloned().unwrap_or_default();
     {
-        let meta = meta_mut(&mut new).ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+        let meta = meta_mut(&mut new)
+            .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
         for key in [
             "uid",
             "creationTimestamp",
@@ -472,7 +478,7 @@ pub async fn update_loop(
 /// Serializes an object for the client (as a Table if asked).
 pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
     if ctx.wants_table() {
-        let t = table::table(&ctx.def, &[obj.clone()], None, &ctx.query);
+        let t = table::table(&ctx.def, std::slice::from_ref(obj), None, &ctx.query);
         return value_response(code, &t);
     }
     value_response(code, obj)

@@ -77,7 +77,11 @@ pub async fn apply_patch(ctx: &Ctx, name: &str, part: Part, body: Body) -> ApiRe
             Kind::Json => {
                 if let Some(p) = &json_patch {
                     json_patch::patch(&mut doc, p).map_err(|e| {
-                        ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}"))
+                        ApiError::new(
+                            422,
+                            "Invalid",
+                            format!("the JSON patch could not be applied: {e}"),
+                        )
                     })?;
                 }
             }

@@ -43,9 +43,7 @@ pub async fn handle(
         "scale" if def.scale.is_some() => scale(ctx, method, name, body).await,
         "binding" if def.kind == "Pod" && method == Method::POST => bind(ctx, name, body).await,
         "eviction" if def.kind == "Pod" && method == Method::POST => evict(ctx, name, body).await,
-        "log" | "exec" | "attach" | "portforward" | "proxy"
-            if def.subresources.contains(&sub) =>
-        {
+        "log" | "exec" | "attach" | "portforward" | "proxy" if def.subresources.contains(&sub) => {
             let Some((obj, _)) = ctx.current(name).await? else {
                 return Err(ctx.not_found(name));
             };
@@ -62,7 +60,10 @@ pub async fn handle(
             let mut err = ApiError::new(
                 503,
                 "ServiceUnavailable",
-                format!("{}/{sub} needs the node's kubelet API, which is not reachable from this berth-server", def.plural),
+                format!(
+                    "{}/{sub} needs the node's kubelet API, which is not reachable from this berth-server",
+                    def.plural
+                ),
             );
             err.retry_after = Some(5);
             Err(err)
@@ -139,7 +140,11 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
             }
             view
         }
-        _ => return Err(ApiError::method_not_allowed("scale supports GET, PUT and PATCH")),
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "scale supports GET, PUT and PATCH",
+            ));
+        }
     };
     let replicas = desired
         .pointer("/spec/replicas")
@@ -183,7 +188,12 @@ async fn bind(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
-            ApiError::invalid("", "Binding", name, vec![crate::apiserver::status::Cause::required("target.name")])
+            ApiError::invalid(
+                "",
+                "Binding",
+                name,
+                vec![crate::apiserver::status::Cause::required("target.name")],
+            )
         })?
         .to_owned();
     update_loop(&ctx, name, Part::Bind, |old| {

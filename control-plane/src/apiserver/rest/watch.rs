@@ -51,7 +51,9 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
     let initial_events = ctx.query.flag("sendInitialEvents");
     let timeout = match ctx.query.int("timeoutSeconds")? {
         Some(t) if t > 0 => Duration::from_secs(t as u64),
-        _ => Duration::from_secs(1800 + (crate::apiserver::object::new_uid().as_bytes()[0] as u64 % 60) * 30),
+        _ => Duration::from_secs(
+            1800 + (crate::apiserver::object::new_uid().as_bytes()[0] as u64 % 60) * 30,
+        ),
     };
     let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Bytes>(256);
