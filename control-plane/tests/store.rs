@@ -361,48 +361,18 @@ async fn reopening_keeps_objects_and_revisions() {
     assert_eq!(first.revision(), 1);
 }
 
-/// The child side of `kill_9_loses_no_acknowledged_write`: writes keys forever and
-/// prints each one after the store acknowledged it.
-#[tokio::test]
-#[ignore = "run by kill_9_loses_no_acknowledged_write as a child process"]
-async fn child_write_loop() {
-    let Ok(path) = std::env::var("BERTH_STORE_CHILD") else {
-        return;
-    };
-    let store = Arc::new(RedbStore::open(std::path::Path::new(&path)).expect("open"));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for w in 0..8 {
-        let store = store.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            for i in 0.. {
-                let key = format!("/r/k/{w}-{i}");
-                store
-                    .create(key.clone(), vec![b'x'; 512], None)
-                    .await
-                    .expect("create");
-                if tx.send(key).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let mut out = std::io::stdout().lock();
-    while let Some(key) = rx.recv().await {
-        writeln!(out, "{key}").expect("stdout");
-        out.flush().expect("flush");
-    }
-}
-
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_write() {
+    if let Ok(path) = std::env::var("BERTH_STORE_CHILD") {
+        child_write_loop(path).await;
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("store.redb");
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
-            "child_write_loop",
+            "kill_9_loses_no_acknowledged_write",
             "--exact",
-            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -438,4 +408,33 @@ async fn kill_9_loses_no_acknowledged_write() {
         );
     }
     assert!(store.current_revision() >= acked.len() as i64);
+}
+
+/// The child side of `kill_9_loses_no_acknowledged_write` (the same test, re-run with
+/// `BERTH_STORE_CHILD` set): writes keys forever and prints each one after the store
+/// acknowledged it.
+async fn child_write_loop(path: String) {
+    let store = Arc::new(RedbStore::open(std::path::Path::new(&path)).expect("open"));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for w in 0..8 {
+        let store = store.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("/r/k/{w}-{i}");
+                store
+                    .create(key.clone(), vec![b'x'; 512], None)
+                    .await
+                    .expect("create");
+                if tx.send(key).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    while let Some(key) = rx.recv().await {
+        writeln!(out, "{key}").expect("stdout");
+        out.flush().expect("flush");
+    }
 }
