@@ -67,14 +67,7 @@ impl CrdSchema {
             }
         }
         if strict && !unknown.is_empty() {
-            let list = unknown
-                .iter()
-                .map(|f| format!("unknown field \"{f}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ApiError::bad_request(format!(
-                "strict decoding error: {list}"
-            )));
+            return Err(ApiError::unknown_fields(&unknown));
         }
         if !causes.is_empty() {
             let name = object::name(obj).to_owned();

@@ -152,11 +152,7 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
     if defs.is_empty() {
         return None;
     }
-    let group_version = if group.is_empty() {
-        version.to_owned()
-    } else {
-        format!("{group}/{version}")
-    };
+    let group_version = super::registry::group_version(group, version);
     let resources: Vec<Value> = defs.iter().flat_map(|d| resource_json(d)).collect();
     Some(json!({
         "kind": "APIResourceList",

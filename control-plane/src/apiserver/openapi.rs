@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use serde_json::{Map, Value, json};
 
 use super::patch::MERGE_KEYS;
-use super::registry::{Registry, ResourceDef};
+use super::registry::{Registry, ResourceDef, group_version_path};
 
 /// Every definition reachable from the built-in kinds, by name.
 pub fn definitions() -> &'static BTreeMap<String, Value> {
@@ -94,7 +94,7 @@ pub fn index(registry: &Registry) -> Value {
     let mut paths = Map::new();
     for (group, versions) in registry.groups() {
         for version in versions {
-            let path = gv_path(&group, &version);
+            let path = group_version_path(&group, &version);
             let hash = format!("{:016X}", doc_hash(registry, &group, &version));
             paths.insert(
                 path.clone(),
@@ -103,14 +103,6 @@ pub fn index(registry: &Registry) -> Value {
         }
     }
     json!({"paths": paths})
-}
-
-fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
 }
 
 /// Changes when the set of resources (or a CRD schema) in the group-version changes.
@@ -223,11 +215,7 @@ fn crd_definition_name(def: &ResourceDef) -> String {
 }
 
 fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef, schema: &str) {
-    let base = if def.group.is_empty() {
-        format!("/api/{}", def.version)
-    } else {
-        format!("/apis/{}/{}", def.group, def.version)
-    };
+    let base = format!("/{}", group_version_path(&def.group, &def.version));
     let collection = if def.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", def.plural)
     } else {

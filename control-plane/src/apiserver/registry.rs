@@ -18,11 +18,13 @@ use serde_json::Value;
 
 use super::crd::CrdSchema;
 
-/// Where `/scale` reads and writes replicas.
+/// Where `/scale` reads and writes replicas, as JSON paths (`.spec.replicas`).
 #[derive(Debug, Clone)]
 pub struct ScalePaths {
     pub spec_replicas: String,
     pub status_replicas: String,
+    /// A string field holding the selector (custom resources); built-in workloads
+    /// have none and report their `spec.selector`.
     pub label_selector: Option<String>,
 }
 
@@ -31,8 +33,15 @@ impl ScalePaths {
         Self {
             spec_replicas: ".spec.replicas".into(),
             status_replicas: ".status.replicas".into(),
-            label_selector: Some(".status.selector".into()),
+            label_selector: None,
         }
+    }
+
+    /// A JSON path as a JSON pointer (`.spec.replicas` → `/spec/replicas`).
+    pub fn pointer(path: &str) -> String {
+        path.trim_start_matches('.')
+            .split('.')
+            .fold(String::new(), |acc, part| format!("{acc}/{part}"))
     }
 }
 
@@ -75,11 +84,7 @@ pub struct ResourceDef {
 
 impl ResourceDef {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        group_version(&self.group, &self.version)
     }
 
     /// The store prefix of the whole resource (all namespaces).
@@ -114,6 +119,24 @@ impl ResourceDef {
         } else {
             format!("{}.{}", self.plural, self.group)
         }
+    }
+}
+
+/// `v1` for the core group, `apps/v1` otherwise.
+pub fn group_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// The URL path of a group-version: `api/v1`, `apis/apps/v1`.
+pub fn group_version_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
     }
 }
 

@@ -306,6 +306,51 @@ pub fn field_values(object: &Value) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// A label selector (`{matchLabels, matchExpressions}`, or a plain map as
+/// ReplicationControllers and nodeSelectors have) in selector syntax:
+/// `app=web,tier in (a,b),!canary` — as `LabelSelectorAsSelector(…).String()` prints it.
+pub fn format_selector(sel: &Value) -> String {
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut parts: Vec<String> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .or_else(|| {
+            sel.as_object()
+                .filter(|m| !m.contains_key("matchExpressions"))
+        })
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|vs| vs.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let key = text(e, "key");
+        parts.push(match text(e, "operator").as_str() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key,
+            _ => format!("!{key}"),
+        });
+    }
+    parts.join(",")
+}
+
 /// `metadata.labels` as a map.
 pub fn labels(object: &Value) -> BTreeMap<String, String> {
     object

@@ -77,6 +77,16 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
+    /// `fieldValidation=Strict` found fields the type does not have.
+    pub fn unknown_fields(paths: &[String]) -> Self {
+        let list = paths
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self::bad_request(format!("strict decoding error: {list}"))
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")
     }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::registry::ResourceDef;
 use super::request::Query;
+use super::selectors;
 
 pub fn wants_table(headers: &HeaderMap) -> bool {
     headers
@@ -58,33 +59,7 @@ pub fn age(timestamp: &str) -> String {
 }
 
 fn selector_string(sel: &Value) -> String {
-    let mut parts: Vec<String> = sel
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .or_else(|| {
-            sel.as_object()
-                .filter(|m| !m.contains_key("matchExpressions"))
-        })
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    for e in arr(sel, "/matchExpressions") {
-        let values: Vec<&str> = arr(e, "/values")
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
-        let op = s(e, "/operator");
-        parts.push(match op {
-            "In" => format!("{} in ({})", s(e, "/key"), values.join(",")),
-            "NotIn" => format!("{} notin ({})", s(e, "/key"), values.join(",")),
-            "Exists" => s(e, "/key").to_owned(),
-            _ => format!("!{}", s(e, "/key")),
-        });
-    }
-    or_none(parts.join(","))
+    or_none(selectors::format_selector(sel))
 }
 
 fn containers_images(spec: &Value) -> (String, String) {
@@ -335,13 +310,7 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         ("apps", "DaemonSet") => {
             let sel = o
                 .pointer("/spec/template/spec/nodeSelector")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
+                .map(selectors::format_selector)
                 .unwrap_or_default();
             vec![
                 json!(n(o, "/status/desiredNumberScheduled")),

@@ -139,9 +139,10 @@ impl WatchCache {
     fn apply(&self, event: crate::store::Event) {
         let revision = event.revision();
         let key = event.kv.key.clone();
-        let Ok(mut state) = self.state.write() else {
-            return;
-        };
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let prev = state.objects.get(&key).cloned();
         let object = Arc::new(Cached::new(key.clone(), revision, &event.kv.value));
         let kind = match event.kind {
@@ -187,8 +188,16 @@ impl WatchCache {
         )
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic under the lock cannot leave the maps half-updated in a way reads
+        // mind (each change is one insert or remove), so a poisoned lock is still read.
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
-        self.state.read().ok()?.objects.get(key).cloned()
+        self.read().objects.get(key).cloned()
     }
 
     /// Objects under `prefix` (in key order) and the revision they were read at.
@@ -197,30 +206,19 @@ impl WatchCache {
         prefix: &str,
         mut keep: impl FnMut(&Cached) -> bool,
     ) -> (Vec<Arc<Cached>>, Revision) {
-        let Ok(state) = self.state.read() else {
-            return (Vec::new(), 0);
-        };
-        let end = crate::store::prefix_end(prefix);
-        let items = state
-            .objects
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Excluded(end.as_str()),
-            ))
-            .filter(|(_, o)| keep(o))
-            .map(|(_, o)| o.clone())
-            .collect();
+        let state = self.read();
+        let items = state.under(prefix).filter(|o| keep(o)).cloned().collect();
         (items, state.revision)
     }
 
     /// How many objects are under `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
-        self.list(prefix, |_| true).0.len()
+        self.read().under(prefix).count()
     }
 
     /// Changes after `after`; `Err(oldest)` if they are no longer in the window.
     pub fn watch(&self, after: Revision) -> Result<CacheWatch, Revision> {
-        let state = self.state.read().map_err(|_| 0)?;
+        let state = self.read();
         if after < state.oldest {
             return Err(state.oldest);
         }
@@ -236,34 +234,27 @@ impl WatchCache {
 
     /// A snapshot of every object under `prefix` and a watch of what follows it.
     pub fn snapshot_and_watch(&self, prefix: &str) -> (Vec<Arc<Cached>>, CacheWatch) {
-        let Ok(state) = self.state.read() else {
-            let (_, rx) = broadcast::channel(1);
-            return (
-                Vec::new(),
-                CacheWatch {
-                    backlog: Vec::new(),
-                    live: rx,
-                    after: 0,
-                },
-            );
+        let state = self.read();
+        let items = state.under(prefix).cloned().collect();
+        let live = self.live.subscribe();
+        let watch = CacheWatch {
+            backlog: Vec::new(),
+            live,
+            after: state.revision,
         };
-        let end = crate::store::prefix_end(prefix);
-        let items = state
-            .objects
+        (items, watch)
+    }
+}
+
+impl State {
+    /// The objects whose keys start with `prefix`, in key order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Arc<Cached>> + 'a {
+        self.objects
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
-                std::ops::Bound::Excluded(end.as_str()),
+                std::ops::Bound::Unbounded,
             ))
-            .map(|(_, o)| o.clone())
-            .collect();
-        let live = self.live.subscribe();
-        (
-            items,
-            CacheWatch {
-                backlog: Vec::new(),
-                live,
-                after: state.revision,
-            },
-        )
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, o)| o)
     }
 }

@@ -215,10 +215,7 @@ pub async fn delete_collection(ctx: Ctx, body: Body) -> ApiResult<Response> {
     let opts = options(&ctx, body).await?;
     let selectors = Selectors::from(&ctx)?;
     let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
-    ctx.api
-        .cache
-        .wait_for(ctx.api.store.current_revision())
-        .await;
+    ctx.cache_at(None).await?;
     let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
     let mut items = Vec::new();
     for o in objs {

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{Ctx, json_response, object_response};
 use crate::apiserver::object;
-use crate::apiserver::status::{ApiError, ApiResult};
+use crate::apiserver::status::ApiResult;
 
 pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
     let key = ctx.key(name);
@@ -25,17 +25,7 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
             object::with_revision(&kv.value, kv.mod_revision)
         }
         _ => {
-            let target = match rv {
-                Some(0) => 0,
-                Some(rv) => rv,
-                None => ctx.api.store.current_revision(),
-            };
-            if !ctx.api.cache.wait_for(target).await {
-                return Err(ApiError::timeout(format!(
-                    "Too large resource version: {target}, current: {}",
-                    ctx.api.cache.revision()
-                )));
-            }
+            ctx.cache_at(rv).await?;
             ctx.api
                 .cache
                 .get(&key)

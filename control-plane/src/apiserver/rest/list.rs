@@ -80,17 +80,7 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         )
         .await?
     } else {
-        let target = match rv {
-            Some(0) => 0,
-            Some(rv) => rv,
-            None => ctx.api.store.current_revision(),
-        };
-        if !ctx.api.cache.wait_for(target).await {
-            return Err(ApiError::timeout(format!(
-                "Too large resource version: {target}, current: {}",
-                ctx.api.cache.revision()
-            )));
-        }
+        ctx.cache_at(rv).await?;
         let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
         let raws = objs.iter().map(|o| o.raw.clone()).collect();
         (raws, revision, None)

@@ -103,6 +103,21 @@ impl Ctx {
         table::wants_table(&self.headers)
     }
 
+    /// Waits until the watch cache can answer a read at resourceVersion `rv`: `0` (any
+    /// state), `N` (at least N), or unset (a consistent read: everything written so far).
+    pub async fn cache_at(&self, rv: Option<Revision>) -> ApiResult<()> {
+        let target = rv.unwrap_or_else(|| self.api.store.current_revision());
+        if self.api.cache.wait_for(target).await {
+            return Ok(());
+        }
+        let mut err = ApiError::timeout(format!(
+            "Too large resource version: {target}, current: {}",
+            self.api.cache.revision()
+        ));
+        err.retry_after = Some(1);
+        Err(err)
+    }
+
     /// Reads the live object (fresh from the store: writes decide on it).
     pub async fn current(&self, name: &str) -> ApiResult<Option<(Value, Revision)>> {
         let key = self.key(name);
@@ -171,25 +186,19 @@ pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         }
     }
     if let Some(typed) = &def.typed {
-        let input = obj.clone();
+        let strict = ctx.query.strict()?;
+        let input = strict.then(|| obj.clone());
         let mut out = (typed.normalize)(obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 def.kind, def.version, def.kind
             ))
         })?;
-        if ctx.query.strict()? {
+        if let Some(input) = input {
             let mut unknown = Vec::new();
             unknown_fields(&input, &out, "", &mut unknown);
             if !unknown.is_empty() {
-                let list = unknown
-                    .iter()
-                    .map(|f| format!("unknown field \"{f}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(ApiError::bad_request(format!(
-                    "strict decoding error: {list}"
-                )));
+                return Err(ApiError::unknown_fields(&unknown));
             }
         }
         // Keep an explicitly empty metadata map stable.
@@ -353,30 +362,34 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     Ok(new)
 }
 
-/// Anything but metadata and status differs.
-fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("metadata");
-            m.remove("status");
-        }
-        v
+/// Whether two JSON objects differ in any top-level field but those in `skip`
+/// (compared in place: this runs on every write).
+fn differs_except(old: &Value, new: &Value, skip: &[&str]) -> bool {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return old != new;
     };
-    strip(old) != strip(new)
+    let kept = |m: &serde_json::Map<String, Value>| {
+        m.keys().filter(|k| !skip.contains(&k.as_str())).count()
+    };
+    kept(o) != kept(n)
+        || o.iter()
+            .any(|(k, v)| !skip.contains(&k.as_str()) && n.get(k) != Some(v))
 }
 
-/// The same object, ignoring resourceVersion.
+/// Anything but metadata and status differs.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    differs_except(old, new, &["metadata", "status"])
+}
+
+/// The same object, ignoring resourceVersion (and managedFields).
 pub fn unchanged(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            m.remove("managedFields");
-        }
-        v
-    };
-    strip(old) == strip(new)
+    let empty = Value::Null;
+    !differs_except(old, new, &["metadata"])
+        && !differs_except(
+            old.get("metadata").unwrap_or(&empty),
+            new.get("metadata").unwrap_or(&empty),
+            &["resourceVersion", "managedFields"],
+        )
 }
 
 /// A change that leaves a deleting object without finalizers deletes it.

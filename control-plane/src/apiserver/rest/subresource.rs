@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, Part, update_loop, value_response};
 use crate::apiserver::object;
+use crate::apiserver::registry::ScalePaths;
 use crate::apiserver::request::{content_type, decode, read_body};
 use crate::apiserver::status::{ApiError, ApiResult};
 
@@ -72,29 +73,25 @@ pub async fn handle(
     }
 }
 
-fn scale_of(ctx: &Ctx, obj: &Value) -> Value {
+/// The `autoscaling/v1` Scale view of `obj`.
+fn scale_of(paths: &ScalePaths, obj: &Value) -> Value {
     let meta = object::meta(obj).cloned().unwrap_or_default();
-    let selector = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .or_else(|| {
-            obj.pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .filter(|_| ctx.def.kind == "ReplicationController")
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-        })
-        .unwrap_or_default();
+    let selector = match &paths.label_selector {
+        Some(path) => obj
+            .pointer(&ScalePaths::pointer(path))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        None => obj
+            .pointer("/spec/selector")
+            .map(crate::apiserver::selectors::format_selector)
+            .unwrap_or_default(),
+    };
+    let int = |path: &str| {
+        obj.pointer(&ScalePaths::pointer(path))
+            .cloned()
+            .unwrap_or(json!(0))
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -105,20 +102,32 @@ fn scale_of(ctx: &Ctx, obj: &Value) -> Value {
             "resourceVersion": meta.get("resourceVersion"),
             "creationTimestamp": meta.get("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": selector,
-        },
+        "spec": {"replicas": int(&paths.spec_replicas)},
+        "status": {"replicas": int(&paths.status_replicas), "selector": selector},
     })
 }
 
+/// Sets the value at JSON pointer `ptr`, creating objects on the way.
+fn set_pointer(obj: &mut Value, ptr: &str, value: Value) {
+    let mut at = obj;
+    for part in ptr.trim_start_matches('/').split('/') {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = &mut at[part];
+    }
+    *at = value;
+}
+
 async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Response> {
+    let Some(paths) = ctx.def.scale.clone() else {
+        return Err(ApiError::path_not_found("scale"));
+    };
     let Some((obj, _)) = ctx.current(name).await? else {
         return Err(ctx.not_found(name));
     };
     let desired = match method {
-        Method::GET => return Ok(value_response(StatusCode::OK, &scale_of(&ctx, &obj))),
+        Method::GET => return Ok(value_response(StatusCode::OK, &scale_of(&paths, &obj))),
         Method::PUT => {
             let bytes = read_body(body, ctx.api.max_body).await?;
             decode(&bytes, &content_type(&ctx.headers))?
@@ -128,7 +137,7 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
             let bytes = read_body(body, ctx.api.max_body).await?;
             let patch: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            let mut view = scale_of(&ctx, &obj);
+            let mut view = scale_of(&paths, &obj);
             match content_type(&ctx.headers).as_str() {
                 "application/json-patch+json" => {
                     let p: json_patch::Patch = serde_json::from_value(patch)
@@ -167,7 +176,11 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
         .map(str::to_owned);
     let (stored, _) = update_loop(&ctx, name, Part::Main, |old| {
         let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
+        set_pointer(
+            &mut new,
+            &ScalePaths::pointer(&paths.spec_replicas),
+            json!(replicas),
+        );
         if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             match &pinned {
                 Some(rv) => m.insert("resourceVersion".into(), json!(rv)),
@@ -177,7 +190,7 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
         Ok(new)
     })
     .await?;
-    Ok(value_response(StatusCode::OK, &scale_of(&ctx, &stored)))
+    Ok(value_response(StatusCode::OK, &scale_of(&paths, &stored)))
 }
 
 async fn bind(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {

@@ -62,19 +62,14 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
     let from_snapshot = initial_events || rv.is_none_or(|r| r == 0);
     let (initial, watch) = if from_snapshot {
         if rv.is_none() || initial_events {
-            cache.wait_for(ctx.api.store.current_revision()).await;
+            ctx.cache_at(None).await?;
         }
         let (objs, watch) = cache.snapshot_and_watch(&prefix);
         let objs: Vec<Arc<Cached>> = objs.into_iter().filter(|o| selectors.matches(o)).collect();
         (objs, watch)
     } else {
         let after = rv.unwrap_or(0);
-        if !cache.wait_for(after).await {
-            return Err(ApiError::timeout(format!(
-                "Too large resource version: {after}, current: {}",
-                cache.revision()
-            )));
-        }
+        ctx.cache_at(Some(after)).await?;
         match cache.watch(after) {
             Ok(watch) => (Vec::new(), watch),
             Err(oldest) => {
