@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Store reads and writes are short; a small blocking pool keeps thread (and malloc
+    // arena) count — and so memory — down.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(8)
         .enable_all()
         .build()?;
     runtime.block_on(berth_control_plane::apiserver::run(

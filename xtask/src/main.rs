@@ -37,6 +37,9 @@ enum Command {
     /// The client process of `bench lb` (internal).
     #[command(hide = true)]
     LbClient(commands::lb_client::Args),
+    /// The load process of `bench apiserver` (internal).
+    #[command(hide = true)]
+    ApiserverLoad(bench::apiserver::Target),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Test(args) => commands::test::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::LbClient(args) => commands::lb_client::run(&args),
+        Command::ApiserverLoad(target) => bench::apiserver::load(&target),
     };
     match result {
         Ok(code) => code,

@@ -11,31 +11,77 @@ use serde_json::{Map, Value};
 use crate::store::Revision;
 
 /// Bytes for the store: `{"metadata":{…},…}` without `metadata.resourceVersion`.
+/// Written field by field, without copying the object.
 pub fn encode(object: &Value) -> Vec<u8> {
     let Some(map) = object.as_object() else {
         return serde_json::to_vec(object).unwrap_or_default();
     };
-    let mut meta = map
+    let mut out = Vec::with_capacity(2048);
+    out.push(b'{');
+    let write = |out: &mut Vec<u8>, key: &str, value: &dyn erased::Json| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // Keys and values are plain JSON; writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        value.write(out);
+    };
+    let empty = Map::new();
+    let meta = map
         .get("metadata")
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("resourceVersion");
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    write(
+        &mut out,
+        "metadata",
+        &erased::WithoutKey(meta, "resourceVersion"),
+    );
+    for (key, value) in map {
+        if key != "metadata" {
+            write(&mut out, key, value);
+        }
     }
-    let mut rest = map.clone();
-    rest.remove("metadata");
-    let meta = serde_json::to_vec(&meta).unwrap_or_else(|_| b"{}".to_vec());
-    let rest = serde_json::to_vec(&Value::Object(rest)).unwrap_or_else(|_| b"{}".to_vec());
-    let mut out = Vec::with_capacity(13 + meta.len() + rest.len());
-    out.extend_from_slice(b"{\"metadata\":");
-    out.extend_from_slice(&meta);
-    if rest.len() > 2 {
-        out.push(b',');
-        out.extend_from_slice(&rest[1..]);
-    } else {
-        out.push(b'}');
-    }
+    out.push(b'}');
     out
+}
+
+/// Writing a JSON value (or a map minus one key) into a buffer.
+mod erased {
+    use serde_json::{Map, Value};
+
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+
+    impl Json for Value {
+        fn write(&self, out: &mut Vec<u8>) {
+            let _ = serde_json::to_writer(out, self);
+        }
+    }
+
+    /// A map serialized without one of its keys.
+    pub struct WithoutKey<'a>(pub &'a Map<String, Value>, pub &'a str);
+
+    impl Json for WithoutKey<'_> {
+        fn write(&self, out: &mut Vec<u8>) {
+            out.push(b'{');
+            let mut first = true;
+            for (k, v) in self.0 {
+                if k == self.1 {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            out.push(b'}');
+        }
+    }
 }
 
 const META_OPEN: &[u8] = b"{\"metadata\":{";

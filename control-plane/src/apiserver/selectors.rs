@@ -351,6 +351,83 @@ pub fn format_selector(sel: &Value) -> String {
     parts.join(",")
 }
 
+/// The parts of an object selectors look at — kind, metadata name/namespace/labels
+/// and the selectable fields of [`supported_fields`] — read from its JSON without
+/// building the rest (container lists, data…): the watch cache does this on every write.
+pub fn selectable(raw: &[u8]) -> Value {
+    use serde::{Deserialize, Serialize};
+    type Leaf = Option<Value>;
+    #[derive(Deserialize, Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        labels: Leaf,
+    }
+    #[derive(Deserialize, Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Spec {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node_name: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        restart_policy: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scheduler_name: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service_account_name: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_network: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unschedulable: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signer_name: Leaf,
+    }
+    #[derive(Deserialize, Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Status {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        phase: Leaf,
+        #[serde(rename = "podIP", skip_serializing_if = "Option::is_none")]
+        pod_ip: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nominated_node_name: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replicas: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        successful: Leaf,
+    }
+    #[derive(Deserialize, Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Sparse {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<Meta>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        spec: Option<Spec>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<Status>,
+        // Events (core and events.k8s.io) and Secrets.
+        #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+        type_: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reporting_component: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        involved_object: Leaf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        regarding: Leaf,
+    }
+    let sparse: Sparse = serde_json::from_slice(raw).unwrap_or_default();
+    serde_json::to_value(&sparse).unwrap_or(Value::Null)
+}
+
 /// `metadata.labels` as a map.
 pub fn labels(object: &Value) -> BTreeMap<String, String> {
     object
@@ -401,6 +478,23 @@ mod tests {
         assert!(LabelSelector::parse("app in web").is_err());
         assert!(LabelSelector::parse("a b c").is_err());
         assert!(LabelSelector::parse("=x").is_err());
+    }
+
+    #[test]
+    fn the_sparse_view_has_what_selectors_read() {
+        let pod = json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "ns",
+            "labels": {"app": "web"}, "annotations": {"big": "x"}},
+            "spec": {"nodeName": "n1", "hostNetwork": true, "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}});
+        let raw = serde_json::to_vec(&pod).expect("json");
+        let sparse = selectable(&raw);
+        assert_eq!(field_values(&sparse), field_values(&pod));
+        assert_eq!(labels(&sparse), labels(&pod));
+        assert!(sparse.pointer("/spec/containers").is_none());
+        let event = json!({"kind": "Event", "metadata": {"name": "e"}, "type": "Normal",
+            "source": {"component": "kubelet"}, "involvedObject": {"kind": "Pod", "name": "p"}});
+        let raw = serde_json::to_vec(&event).expect("json");
+        assert_eq!(field_values(&selectable(&raw)), field_values(&event));
     }
 
     #[test]

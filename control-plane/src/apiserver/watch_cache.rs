@@ -21,8 +21,9 @@ use crate::store::{EventKind, Revision, Store, StoreError};
 
 /// The whole key space the apiserver owns.
 pub const ROOT: &str = "/registry/";
-/// Recent events kept for watches that resume from a resourceVersion.
-const WINDOW: usize = 50_000;
+/// Recent events kept for watches that resume from a resourceVersion (each holds the
+/// object before and after; deleted objects live on here until the window moves on).
+const WINDOW: usize = 10_000;
 /// Live events buffered per watcher; a watcher further behind is closed (it re-lists).
 const LIVE_BUFFER: usize = 8_192;
 
@@ -40,7 +41,7 @@ pub struct Cached {
 impl Cached {
     fn new(key: String, revision: Revision, stored: &[u8]) -> Self {
         let raw: Arc<[u8]> = object::with_revision(stored, revision).into();
-        let parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        let parsed = selectors::selectable(&raw);
         Self {
             labels: selectors::labels(&parsed),
             fields: selectors::field_values(&parsed),
@@ -139,12 +140,13 @@ impl WatchCache {
     fn apply(&self, event: crate::store::Event) {
         let revision = event.revision();
         let key = event.kv.key.clone();
+        // Built before taking the lock: readers wait only for the map update.
+        let object = Arc::new(Cached::new(key.clone(), revision, &event.kv.value));
         let mut state = self
             .state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let prev = state.objects.get(&key).cloned();
-        let object = Arc::new(Cached::new(key.clone(), revision, &event.kv.value));
         let kind = match event.kind {
             EventKind::Put if prev.is_some() => ChangeKind::Modified,
             EventKind::Put => ChangeKind::Added,

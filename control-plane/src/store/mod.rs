@@ -12,6 +12,7 @@
 //! backend ([`redb::RedbStore`]) today, an etcd backend later.
 
 pub mod redb;
+pub mod wal;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -3,7 +3,7 @@
 //! `bench/results/<name>.json`) and a Markdown table (written to
 //! `bench/results/<name>.md` and printed). Benches are registered in [`BENCHES`].
 
-mod apiserver;
+pub mod apiserver;
 mod cni;
 mod lb;
 pub mod stats;
@@ -83,6 +83,41 @@ impl Report {
             }
         }
         md
+    }
+
+    /// The whole report as JSON, for a bench's helper process to hand back.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "figures": self.figures,
+            "header": self.header,
+            "rows": self.rows,
+            "notes": self.notes,
+        })
+    }
+
+    /// The inverse of [`Report::to_value`].
+    pub fn from_value(v: &Value) -> Result<Self> {
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            figures: v["figures"]
+                .as_object()
+                .cloned()
+                .context("report without figures")?,
+            header: strings(&v["header"]),
+            rows: v["rows"]
+                .as_array()
+                .map(|rows| rows.iter().map(strings).collect())
+                .unwrap_or_default(),
+            notes: strings(&v["notes"]),
+        })
     }
 
     /// Writes `<dir>/<name>.json` and `<dir>/<name>.md`.

@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::list::Selectors;
-use super::{Ctx, object_response, success_status, value_response};
+use super::{Ctx, json_response, object_response, success_status, value_response};
 use crate::apiserver::object;
 use crate::apiserver::request::read_body;
 use crate::apiserver::status::{ApiError, ApiResult};
@@ -211,34 +211,50 @@ fn graceful_period(ctx: &Ctx, pod: &Value, requested: Option<i64>) -> i64 {
     grace.max(0)
 }
 
+/// How many deletes of a collection are in flight at once (they share commits).
+const DELETE_COLLECTION_WORKERS: usize = 16;
+
 pub async fn delete_collection(ctx: Ctx, body: Body) -> ApiResult<Response> {
+    use futures_util::StreamExt;
     let opts = options(&ctx, body).await?;
     let selectors = Selectors::from(&ctx)?;
     let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
     ctx.cache_at(None).await?;
     let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
-    let mut items = Vec::new();
-    for o in objs {
-        let value = o.value();
-        let name = object::name(&value).to_owned();
-        let ns = object::meta_str(&value, "namespace").map(str::to_owned);
-        let item_ctx = Ctx {
-            namespace: ns.or(ctx.namespace.clone()),
-            ..ctx.clone()
-        };
-        match delete_one(&item_ctx, &name, &opts).await {
-            Ok((obj, _)) => items.push(obj),
-            Err(e) if e.code == 404 => {}
-            Err(e) => return Err(e),
+    // Each deleted object is kept encoded, not as a JSON tree: a namespace of tens of
+    // thousands of objects must not cost their parsed size at once.
+    let results: Vec<ApiResult<Option<Vec<u8>>>> = futures_util::stream::iter(objs)
+        .map(|o| {
+            let ctx = &ctx;
+            let opts = &opts;
+            async move {
+                let value = o.value();
+                let name = object::name(&value).to_owned();
+                let item_ctx = Ctx {
+                    namespace: object::meta_str(&value, "namespace")
+                        .map(str::to_owned)
+                        .or(ctx.namespace.clone()),
+                    ..ctx.clone()
+                };
+                match delete_one(&item_ctx, &name, opts).await {
+                    Ok((obj, _)) => Ok(Some(serde_json::to_vec(&obj).unwrap_or_default())),
+                    Err(e) if e.code == 404 => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffered(DELETE_COLLECTION_WORKERS)
+        .collect()
+        .await;
+    let mut items = Vec::with_capacity(results.len());
+    for r in results {
+        if let Some(raw) = r? {
+            items.push(raw);
         }
     }
-    Ok(value_response(
+    let meta = json!({"resourceVersion": revision.to_string()});
+    Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "kind": ctx.def.list_kind,
-            "apiVersion": ctx.def.api_version(),
-            "metadata": {"resourceVersion": revision.to_string()},
-            "items": items,
-        }),
+        super::list::list_body(&ctx.def, &meta, &items),
     ))
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, json_response, value_response};
 use crate::apiserver::object;
+use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::selectors::{FieldSelector, LabelSelector, field_values, labels};
 use crate::apiserver::status::{ApiError, ApiResult};
 use crate::apiserver::table;
@@ -101,23 +102,29 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
     if let Some(next) = &next {
         meta["continue"] = json!(next);
     }
+    let body = list_body(&ctx.def, &meta, &items);
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// A `…List` object from items already encoded (concatenated, not re-encoded).
+pub fn list_body<T: AsRef<[u8]>>(def: &ResourceDef, meta: &Value, items: &[T]) -> Vec<u8> {
     let head = format!(
         "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
-        ctx.def.list_kind,
-        ctx.def.api_version(),
+        def.list_kind,
+        def.api_version(),
         meta
     );
-    let mut body =
-        Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
+    let size = head.len() + items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>() + 2;
+    let mut body = Vec::with_capacity(size);
     body.extend_from_slice(head.as_bytes());
     for (i, raw) in items.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(raw);
+        body.extend_from_slice(raw.as_ref());
     }
     body.extend_from_slice(b"]}");
-    Ok(json_response(StatusCode::OK, body))
+    body
 }
 
 fn decode_continue(token: &str) -> ApiResult<Continue> {
