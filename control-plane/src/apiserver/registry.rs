@@ -401,14 +401,6 @@ impl Registry {
             .cloned()
     }
 
-    /// The resource of `kind` in `group` (any served version).
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceDef>> {
-        let map = self.resources.read().ok()?;
-        map.values()
-            .find(|d| d.group == group && d.kind == kind)
-            .cloned()
-    }
-
     pub fn all(&self) -> Vec<Arc<ResourceDef>> {
         self.resources
             .read()

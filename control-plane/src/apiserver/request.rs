@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use serde_json::Value;
 
 use super::status::{ApiError, ApiResult};
@@ -200,13 +200,6 @@ pub fn decode(bytes: &[u8], media: &str) -> ApiResult<Value> {
             ))
         }),
     }
-}
-
-pub fn is_write(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    )
 }
 
 #[cfg(test)]

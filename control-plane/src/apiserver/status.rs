@@ -101,8 +101,9 @@ impl ApiError {
             .with_details(group, resource, name)
     }
 
-    pub fn path_not_found(path: &str) -> Self {
-        let _ = path;
+    /// 404 for a path no resource lives at (the path is not echoed back, as
+    /// Kubernetes does not).
+    pub fn path_not_found(_path: &str) -> Self {
         Self::new(
             404,
             "NotFound",
@@ -146,10 +147,6 @@ impl ApiError {
 
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)
-    }
-
-    pub fn not_acceptable(message: impl Into<String>) -> Self {
-        Self::new(406, "NotAcceptable", message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

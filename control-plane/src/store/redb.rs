@@ -17,7 +17,8 @@
 //! request is acknowledged only after its log record is on disk, so an acknowledged
 //! write survives `kill -9` and power loss (the log is replayed on open); if the log
 //! write fails, every request in the group fails and no revision is consumed. Every
-//! couple of seconds a checkpoint makes redb durable and starts a new log epoch.
+//! half minute (or 32 MiB of log) a checkpoint makes redb durable and starts a new log
+//! epoch; it stalls writers for redb's durable commit (50–100 ms here), so it is rare.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -773,7 +774,15 @@ impl Writer {
         if self.last_checkpoint.elapsed() >= wal::CHECKPOINT_EVERY
             || self.wal.size() >= wal::CHECKPOINT_BYTES
         {
-            if let Err(err) = checkpoint(&self.db, &mut self.wal) {
+            let started = std::time::Instant::now();
+            let log_bytes = self.wal.size();
+            let result = checkpoint(&self.db, &mut self.wal);
+            tracing::debug!(
+                took_us = started.elapsed().as_micros() as u64,
+                log_bytes,
+                "store checkpoint"
+            );
+            if let Err(err) = result {
                 tracing::error!(%err, "store checkpoint failed; the log keeps growing");
             }
             self.last_checkpoint = std::time::Instant::now();

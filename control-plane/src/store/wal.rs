@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use super::StoreError;
 
-/// Make redb durable and empty the log at least this often…
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// Make redb durable and start the log over at least this often… (each checkpoint
+/// stalls writers for redb's durable commit, 50–100 ms here; replaying a full log on
+/// open takes about a second)
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// …or when the log grows past this.
 pub const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 
