@@ -2,4 +2,23 @@
 //! (overlay layers and the init layer), sandboxes around `berth-pause`, containers in
 //! namespaces and cgroups, logs, exec, and crash-safe on-disk state.
 //!
-//! Nothing is implemented here yet; the modules arrive with the "Container runtime" issue.
+//! Entry points: [`container`] (the OCI lifecycle the `berth-runtime` CLI exposes) and
+//! [`state::Root`] (where containers are recorded).
+
+pub mod cgroups;
+pub mod container;
+pub mod init;
+pub mod paths;
+pub mod process;
+pub mod rootfs;
+pub mod state;
+mod sys;
+
+pub use container::{Error, Status};
+pub use state::Root;
+
+/// Marks the calling process a child subreaper, so orphaned descendants (a container
+/// init forked into a joined PID namespace) are re-parented to it and can be waited for.
+pub fn become_subreaper() -> std::io::Result<()> {
+    sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0)
+}

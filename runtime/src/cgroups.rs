@@ -1,0 +1,218 @@
+//! Control groups through `cgroups-rs`: one cgroup per container (or per pod, as the
+//! agent's `kubepods/<qos>/pod<uid>/<container>` tree), CPU shares/quota, memory and pids
+//! limits, OOM-kill detection, teardown.
+//!
+//! Works on both layouts this project meets: cgroup v1 controllers (including the hybrid
+//! layout where a cgroup2 mount at `/sys/fs/cgroup/unified` holds only `hugetlb`, which
+//! crun 1.8 refuses) and pure cgroup v2. On the hybrid layout the v2 mount is ignored:
+//! every resource controller lives on v1, as runc's cgroupfs driver does.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::CgroupPid;
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::hierarchies;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Cgroup as FsCgroup, MaxValue};
+use oci_spec::runtime::LinuxResources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cgroup {path}: {op}: {source}")]
+    Cgroups {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("cgroup path {0:?} must not contain '..'")]
+    BadPath(String),
+    #[error("cgroup {path}: processes still present after {waited:?}")]
+    Busy { path: String, waited: Duration },
+}
+
+/// A container's (or pod's) cgroup.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: String,
+    inner: FsCgroup,
+}
+
+/// The cgroup path for a container: the spec's `cgroupsPath` (relative to each
+/// hierarchy's root) or `berth/<id>`.
+pub fn path_for(spec_path: Option<&Path>, id: &str) -> Result<String, Error> {
+    let path = match spec_path {
+        Some(p) => p.to_string_lossy().trim_start_matches('/').to_string(),
+        None => format!("berth/{id}"),
+    };
+    if path.split('/').any(|c| c == "..") {
+        return Err(Error::BadPath(path));
+    }
+    Ok(path)
+}
+
+/// True when `/sys/fs/cgroup` is a pure cgroup2 mount.
+pub fn is_v2() -> bool {
+    hierarchies::is_cgroup2_unified_mode()
+}
+
+impl Cgroup {
+    /// Creates (or opens, when it exists) the cgroup at `path` in every hierarchy.
+    pub fn create(path: &str) -> Result<Self, Error> {
+        let inner = FsCgroup::new(hierarchies::auto(), path).map_err(|source| Error::Cgroups {
+            path: path.to_string(),
+            op: "create",
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_string(),
+            inner,
+        })
+    }
+
+    /// A handle on an existing cgroup (nothing is created).
+    pub fn load(path: &str) -> Self {
+        Self {
+            path: path.to_string(),
+            inner: FsCgroup::load(hierarchies::auto(), path),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(cgroups_rs::fs::error::Error) -> Error + '_ {
+        move |source| Error::Cgroups {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Applies the OCI resources: cpu shares/quota/period, memory limit (and swap), pids limit.
+    pub fn apply(&self, res: &LinuxResources) -> Result<(), Error> {
+        if let Some(cpu) = res.cpu()
+            && let Some(ctl) = self.inner.controller_of::<CpuController>()
+        {
+            if let Some(shares) = cpu.shares() {
+                // cgroup v2 takes a weight (1–10000); the conversion is the one runc and
+                // the kubelet use for cpu.shares (2–262144).
+                let value = if self.inner.v2() {
+                    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
+                } else {
+                    shares
+                };
+                ctl.set_shares(value).map_err(self.err("cpu shares"))?;
+            }
+            if cpu.quota().is_some() || cpu.period().is_some() {
+                ctl.set_cfs_quota_and_period(cpu.quota(), cpu.period())
+                    .map_err(self.err("cpu quota"))?;
+            }
+        }
+        if let Some(mem) = res.memory()
+            && let Some(ctl) = self.inner.controller_of::<MemController>()
+            && let Some(limit) = mem.limit()
+        {
+            ctl.set_limit(limit).map_err(self.err("memory limit"))?;
+            // Without swap accounting set, v1 lets the limit spill into swap.
+            let swap = mem.swap().unwrap_or(limit);
+            // memsw exists only when the kernel accounts swap; ignore its absence.
+            let _ = ctl.set_memswap_limit(swap);
+        }
+        if let Some(pids) = res.pids()
+            && let Some(ctl) = self.inner.controller_of::<PidController>()
+        {
+            let max = if pids.limit() > 0 {
+                MaxValue::Value(pids.limit())
+            } else {
+                MaxValue::Max
+            };
+            ctl.set_pid_max(max).map_err(self.err("pids limit"))?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), Error> {
+        self.inner
+            .add_task_by_tgid(CgroupPid::from(pid as u64))
+            .map_err(self.err("add process"))
+    }
+
+    /// Processes in the cgroup.
+    pub fn procs(&self) -> Vec<i32> {
+        self.inner.procs().iter().map(|p| p.pid as i32).collect()
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        if self.inner.v2() {
+            let file = PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT)
+                .join(&self.path)
+                .join("memory.events");
+            return std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+                })
+                .unwrap_or(0);
+        }
+        self.inner
+            .controller_of::<MemController>()
+            .map(|m| m.memory_stat().oom_control.oom_kill)
+            .unwrap_or(0)
+    }
+
+    /// Current memory usage in bytes (0 when the controller is absent).
+    pub fn memory_usage(&self) -> u64 {
+        self.inner
+            .controller_of::<MemController>()
+            .map(|m| m.memory_stat().usage_in_bytes)
+            .unwrap_or(0)
+    }
+
+    /// SIGKILLs every process in the cgroup.
+    pub fn kill_all(&self) {
+        for pid in self.procs() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Removes the cgroup, waiting up to `timeout` for its processes to be gone.
+    pub fn remove(&self, timeout: Duration) -> Result<(), Error> {
+        if !self.inner.exists() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.inner.delete() {
+                Ok(()) => return Ok(()),
+                Err(source) => {
+                    if start.elapsed() >= timeout {
+                        if !self.procs().is_empty() {
+                            return Err(Error::Busy {
+                                path: self.path.clone(),
+                                waited: start.elapsed(),
+                            });
+                        }
+                        return Err(Error::Cgroups {
+                            path: self.path.clone(),
+                            op: "remove",
+                            source,
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
