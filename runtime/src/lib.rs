@@ -7,6 +7,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod image;
 pub mod init;
 pub mod paths;
 pub mod process;

@@ -28,6 +28,8 @@ enum Command {
     BuildEbpf,
     /// Build release binaries and the eBPF object.
     Build,
+    /// Build the test images (busybox, testserver, pause) into target/images, offline.
+    Images,
     /// Start a one-node cluster on this host.
     Up,
     /// Run setup if needed, then fmt, clippy, unit, integration and e2e tests.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Setup => commands::setup::run(),
         Command::BuildEbpf => commands::build_ebpf::run(),
         Command::Build => commands::build::run(),
+        Command::Images => commands::images::run(),
         Command::Up => commands::up::run(),
         Command::Test(args) => commands::test::run(&args),
         Command::Bench(args) => commands::bench::run(&args),

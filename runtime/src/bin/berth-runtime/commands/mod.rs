@@ -2,6 +2,7 @@
 
 mod create;
 mod exec;
+mod image;
 mod list;
 mod run;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Exec(exec::Args),
     /// List containers.
     List(list::Args),
+    /// Manage images: import, pull, ls, rm, gc.
+    Image(image::Args),
 }
 
 pub fn run(root: &Root, command: Command) -> anyhow::Result<ExitCode> {
@@ -68,6 +71,7 @@ pub fn run(root: &Root, command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(root, &args),
         Command::Exec(args) => exec::run(root, &args),
         Command::List(args) => list::run(root, &args).map(|()| ExitCode::SUCCESS),
+        Command::Image(args) => image::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
