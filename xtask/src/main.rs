@@ -42,6 +42,9 @@ enum Command {
     /// The load process of `bench apiserver` (internal).
     #[command(hide = true)]
     ApiserverLoad(bench::apiserver::Target),
+    /// The timer process of `bench runtime` (internal).
+    #[command(hide = true)]
+    RuntimeTimer(bench::runtime::TimerArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(&args),
         Command::LbClient(args) => commands::lb_client::run(&args),
         Command::ApiserverLoad(target) => bench::apiserver::load(&target),
+        Command::RuntimeTimer(args) => bench::runtime::timer(&args),
     };
     match result {
         Ok(code) => code,

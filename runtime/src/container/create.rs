@@ -258,7 +258,6 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     let ctx = init::Context {
         spec,
         rootfs: &rootfs,
-        cgroup: Some(&cgroup),
         join: ns.join,
         join_pid: ns.join_pid,
         new_cgroup_ns: ns.new_cgroup,
@@ -279,6 +278,42 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     drop(gate_read);
     let mut pid = child;
     cleanup.pid = Some(pid);
+    cgroup.add(pid)?;
+    let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
+    let created_at = now_rfc3339();
+    let make_state = |pid: i32| -> Result<State, Error> {
+        Ok(State {
+            id: opts.id.to_string(),
+            pid,
+            pid_start: pid_start_time(pid)
+                .ok_or_else(|| Error::Init("the container's init exited during setup".into()))?,
+            bundle: opts.bundle.to_path_buf(),
+            rootfs: rootfs.clone(),
+            created: created_at.clone(),
+            cgroup: cgroup_path.clone(),
+            annotations: annotations.clone(),
+            host_mounts: opts.host_mounts.clone(),
+            monitored: opts.monitored,
+            monitor_pid: 0,
+        })
+    };
+    nix::sys::socket::send(
+        parent_sock.as_raw_fd(),
+        &[msg::CGROUP],
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map_err(|e| Error::Io {
+        what: "signal the container init".into(),
+        source: e.into(),
+    })?;
+    // Persisting the state (two fsyncs) overlaps with the init's setup; a failed setup
+    // removes the directory again.
+    let mut state = None;
+    if !ns.join_pid {
+        let s = make_state(pid)?;
+        opts.root.save(&s)?;
+        state = Some(s);
+    }
 
     loop {
         match init::read_message(&parent_sock).map_err(io_err("read from container init"))? {
@@ -305,23 +340,14 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         }
     }
 
-    let pid_start = pid_start_time(pid)
-        .ok_or_else(|| Error::Init("the container's init exited during setup".into()))?;
-    let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
-    let state = State {
-        id: opts.id.to_string(),
-        pid,
-        pid_start,
-        bundle: opts.bundle.to_path_buf(),
-        rootfs,
-        created: now_rfc3339(),
-        cgroup: cgroup_path,
-        annotations,
-        host_mounts: opts.host_mounts,
-        monitored: opts.monitored,
-        monitor_pid: 0,
+    let state = match state {
+        Some(s) => s,
+        None => {
+            let s = make_state(pid)?;
+            opts.root.save(&s)?;
+            s
+        }
     };
-    opts.root.save(&state)?;
     let _ = dir;
     cleanup.armed = false;
     Ok(Created {

@@ -10,6 +10,7 @@ pub mod pull;
 mod store;
 pub mod unpack;
 
+pub use archive::normalize_reference as archive_normalize;
 pub use config::{ImageUser, merge_command};
 pub use store::{BlobWriter, Image, ImageStore};
 

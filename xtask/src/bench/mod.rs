@@ -6,6 +6,7 @@
 pub mod apiserver;
 mod cni;
 mod lb;
+pub mod runtime;
 pub mod stats;
 
 use std::{fs, path::Path};
@@ -35,6 +36,11 @@ pub const BENCHES: &[Bench] = &[
         name: "cni",
         about: "berth-cni vs the reference bridge + host-local: ADD and DEL latency",
         run: cni::run,
+    },
+    Bench {
+        name: "runtime",
+        about: "berth-runtime vs crun and runc: full lifecycle of a busybox /bin/true bundle",
+        run: runtime::run,
     },
     Bench {
         name: "lb",

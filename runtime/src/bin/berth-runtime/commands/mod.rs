@@ -4,6 +4,7 @@ mod create;
 mod exec;
 mod image;
 mod list;
+mod monitor;
 mod run;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ pub enum Command {
     List(list::Args),
     /// Manage images: import, pull, ls, rm, gc.
     Image(image::Args),
+    /// The per-container monitor the library starts (internal).
+    #[command(hide = true)]
+    Monitor(monitor::Args),
 }
 
 pub fn run(root: &Root, command: Command) -> anyhow::Result<ExitCode> {
@@ -72,6 +76,7 @@ pub fn run(root: &Root, command: Command) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(root, &args),
         Command::List(args) => list::run(root, &args).map(|()| ExitCode::SUCCESS),
         Command::Image(args) => image::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Monitor(args) => Ok(ExitCode::from(monitor::run(root.dir(), &args) as u8)),
     }
 }
 

@@ -1,0 +1,202 @@
+//! The OCI spec for a pod container: process from the image config merged with the pod's
+//! command/args/env/workingDir/user (Kubernetes' rules), containerd's default
+//! capabilities (plus add, minus drop; all when privileged), runc's masked and read-only
+//! paths, the sandbox's namespaces to join, cgroup path and resources.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{ContainerConfig, Resources};
+use crate::image::config::{ImageUser, merge_command, merge_env, working_dir};
+use crate::image::{Error, Image};
+use crate::process::{CAPABILITY_NAMES, DEFAULT_CAPABILITIES};
+use crate::rootfs::{DEFAULT_MASKED, DEFAULT_READONLY};
+
+fn cap_name(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    }
+}
+
+/// The capability set: containerd's defaults + add − drop ("ALL" honoured), or every
+/// capability when privileged.
+pub fn capabilities(cfg: &ContainerConfig) -> Vec<String> {
+    if cfg.privileged {
+        return CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect();
+    }
+    let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    for add in &cfg.add_capabilities {
+        if add.eq_ignore_ascii_case("ALL") {
+            caps = CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect();
+        } else if !caps.contains(&cap_name(add)) {
+            caps.push(cap_name(add));
+        }
+    }
+    for drop in &cfg.drop_capabilities {
+        if drop.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else {
+            let name = cap_name(drop);
+            caps.retain(|c| *c != name);
+        }
+    }
+    caps.retain(|c| CAPABILITY_NAMES.contains(&c.as_str()));
+    caps
+}
+
+fn resources(r: &Resources) -> Value {
+    let mut res = json!({});
+    let mut cpu = serde_json::Map::new();
+    if let Some(s) = r.cpu_shares {
+        cpu.insert("shares".into(), s.into());
+    }
+    if let Some(q) = r.cpu_quota {
+        cpu.insert("quota".into(), q.into());
+        cpu.insert("period".into(), r.cpu_period.unwrap_or(100_000).into());
+    }
+    if !cpu.is_empty() {
+        res["cpu"] = Value::Object(cpu);
+    }
+    if let Some(m) = r.memory_limit {
+        res["memory"] = json!({"limit": m});
+    }
+    if let Some(p) = r.pids_limit {
+        res["pids"] = json!({"limit": p});
+    }
+    res
+}
+
+/// Builds config.json for a container whose rootfs is `rootfs` (the overlay mount).
+/// `layers_top_first` are used to look up user names; `sandbox_pid` is the pause
+/// process whose namespaces the container joins (none for the sandbox itself).
+pub fn build(
+    cfg: &ContainerConfig,
+    image: &Image,
+    layers_top_first: &[std::path::PathBuf],
+    rootfs: &Path,
+    sandbox_pid: Option<i32>,
+    share_pid: bool,
+    cgroups_path: &str,
+) -> Result<Value, Error> {
+    let ic = image.config.config().clone().unwrap_or_default();
+    let entrypoint = ic.entrypoint().clone().unwrap_or_default();
+    let cmd = ic.cmd().clone().unwrap_or_default();
+    let args = merge_command(&entrypoint, &cmd, &cfg.command, &cfg.args);
+    if args.is_empty() {
+        return Err(Error::Unsupported(format!(
+            "container {}: no command: the image {} has no Entrypoint or Cmd and the pod gives none",
+            cfg.name, image.reference
+        )));
+    }
+    let mut env = merge_env(&ic.env().clone().unwrap_or_default(), &cfg.env);
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.insert(0, format!("HOSTNAME={}", cfg.hostname));
+    }
+    let cwd = working_dir(ic.working_dir().as_deref(), cfg.working_dir.as_deref());
+
+    let image_user = ic.user().clone().unwrap_or_default();
+    let mut user = ImageUser::resolve(&image_user, layers_top_first)?;
+    if let Some(uid) = cfg.run_as_user {
+        // runAsUser replaces the image's user; its primary group comes from the image's
+        // passwd when the uid is listed there, else 0 (as containerd does).
+        user = ImageUser::resolve(&uid.to_string(), layers_top_first)?;
+    }
+    if let Some(gid) = cfg.run_as_group {
+        user.gid = gid;
+    }
+    let mut groups = user.additional_gids.clone();
+    groups.extend(cfg.supplemental_groups.iter().copied());
+    groups.sort_unstable();
+    groups.dedup();
+
+    let caps = capabilities(cfg);
+    let mut namespaces = vec![json!({"type": "mount"})];
+    match sandbox_pid {
+        Some(pid) => {
+            for (kind, file) in [("network", "net"), ("ipc", "ipc"), ("uts", "uts")] {
+                namespaces.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{file}")}));
+            }
+            if share_pid {
+                namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+            } else {
+                namespaces.push(json!({"type": "pid"}));
+            }
+        }
+        None => {
+            for kind in ["network", "ipc", "uts", "pid"] {
+                namespaces.push(json!({"type": kind}));
+            }
+        }
+    }
+    if crate::cgroups::is_v2() {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if cfg.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for m in &cfg.mounts {
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        options.push(if m.read_only { "ro" } else { "rw" }.to_string());
+        mounts.push(json!({
+            "destination": m.container_path,
+            "type": "bind",
+            "source": m.host_path,
+            "options": options,
+        }));
+    }
+
+    let masked: Vec<&str> = if cfg.privileged {
+        vec![]
+    } else {
+        DEFAULT_MASKED.to_vec()
+    };
+    let readonly: Vec<&str> = if cfg.privileged {
+        vec![]
+    } else {
+        DEFAULT_READONLY.to_vec()
+    };
+    let mut process = json!({
+        "terminal": cfg.tty,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": groups},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps, "effective": caps, "permitted": caps,
+        },
+        "noNewPrivileges": cfg.no_new_privileges,
+    });
+    if let Some(adj) = cfg.oom_score_adj {
+        process["oomScoreAdj"] = adj.into();
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": rootfs, "readonly": cfg.read_only_rootfs},
+        "hostname": cfg.hostname,
+        "mounts": mounts,
+        "annotations": {
+            "io.kubernetes.cri.container-name": cfg.name,
+            "io.kubernetes.cri.sandbox-id": cfg.sandbox_id,
+            "io.kubernetes.cri.image-name": image.reference,
+        },
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path,
+            "resources": resources(&cfg.resources),
+            "maskedPaths": masked,
+            "readonlyPaths": readonly,
+        },
+    }))
+}
