@@ -41,7 +41,7 @@ fn env() -> Option<Env> {
         .unwrap_or_default();
     Some(Env {
         logs: dir.path().join("logs"),
-        cgroup_parent: format!("berthtest/{name}"),
+        cgroup_parent: format!("berthtest-{name}"),
         _dir: dir,
         rt,
         data,
@@ -168,7 +168,10 @@ fn remove_parents(e: &Env) {
         if left.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "pod cgroups not removable: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "pod cgroups not removable: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -360,4 +363,107 @@ fn bad_input_leaves_nothing_behind() {
         "container dirs left"
     );
     remove_parents(&e);
+}
+
+/// The library's user (the agent) is killed with -9 and a new one opens the same state:
+/// the running container was not restarted (same PID, same start time) and a container
+/// that exited meanwhile reports its exit code.
+#[test]
+fn readopt_after_kill_9() {
+    if let Ok(dir) = std::env::var("BERTH_READOPT_CHILD") {
+        readopt_child(Path::new(&dir));
+        return;
+    }
+    let Some(e) = env() else { return };
+    let state_dir = e.rt.root().dir().to_path_buf();
+    let ready = state_dir.parent().expect("parent").join("READY");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "readopt_after_kill_9",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BERTH_READOPT_CHILD", state_dir.parent().expect("parent"))
+        .env("BERTH_READOPT_CGROUP", &e.cgroup_parent)
+        .spawn()
+        .expect("spawn child");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(
+            child.try_wait().expect("wait child").is_none(),
+            "child exited before it was ready"
+        );
+        assert!(Instant::now() < deadline, "child not ready in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = child.wait();
+
+    let long = e.rt.root().load("sb4-long").expect("state of long");
+    // The short one exits 1 s after start, while no library process exists.
+    let st = wait_state(&e.rt, "sb4-short", |s| {
+        matches!(s, ContainerState::Exited(_))
+    });
+    let ContainerState::Exited(exit) = st else {
+        unreachable!()
+    };
+    assert_eq!(exit.code, 5);
+    let status = e.rt.status("sb4-long").expect("status");
+    assert_eq!(status.state, ContainerState::Running);
+    assert_eq!(status.pid, long.pid);
+    assert!(long.alive(), "the long container was restarted or died");
+    let (code, out) = exec(&e.rt, "sb4-long", &["cat", "/proc/1/cmdline"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("sleep"), "{out:?}");
+
+    for id in ["sb4-long", "sb4-short"] {
+        e.rt.stop_container(id, Duration::from_millis(100))
+            .expect("stop");
+        e.rt.remove_container(id).expect("remove");
+    }
+    e.rt.remove_sandbox("sb4").expect("remove sandbox");
+    assert_clean(&e, &["sb4", "sb4-long", "sb4-short"]);
+    remove_parents(&e);
+}
+
+fn readopt_child(dir: &Path) {
+    let rt = Runtime::open(RuntimeConfig {
+        state_dir: dir.join("state"),
+        data_dir: dir.join("data"),
+        runtime_binary: common::runtime_binary(),
+        log_rotation: Rotation::default(),
+    })
+    .expect("open runtime");
+    let cgroup = std::env::var("BERTH_READOPT_CGROUP").expect("cgroup parent");
+    let sandbox = SandboxConfig {
+        id: "sb4".into(),
+        hostname: "sb4".into(),
+        cgroup_parent: format!("{cgroup}/podsb4"),
+        pause_image: "berth.local/pause:v1".into(),
+        log_dir: dir.join("logs"),
+        ..Default::default()
+    };
+    rt.run_sandbox(&sandbox).expect("sandbox");
+    for (name, script) in [("long", "exec sleep 1000"), ("short", "sleep 1; exit 5")] {
+        let c = ContainerConfig {
+            id: format!("sb4-{name}"),
+            sandbox_id: "sb4".into(),
+            name: name.into(),
+            image: "berth.local/busybox:1.35".into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: dir.join("logs").join(format!("{name}.log")),
+            ..Default::default()
+        };
+        rt.create_container(&c).expect("create");
+        rt.start_container(&c.id).expect("start");
+    }
+    std::fs::write(dir.join("READY"), b"ready").expect("write READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
 }
