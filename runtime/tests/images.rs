@@ -16,10 +16,10 @@ use berth_runtime::image::{ImageStore, sha256_digest};
 use serde_json::json;
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if berth_testkit::is_root() {
         return true;
     }
-    eprintln!("SKIPPED: needs root (device nodes, xattrs in layers)");
+    berth_testkit::skip("needs root (device nodes, xattrs in layers)");
     false
 }
 

@@ -11,10 +11,10 @@ use std::process::{Command, Output};
 use serde_json::{Value, json};
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if berth_testkit::is_root() {
         return true;
     }
-    eprintln!("SKIPPED: needs root (namespaces, mounts, cgroups)");
+    berth_testkit::skip("needs root (namespaces, mounts, cgroups)");
     false
 }
 
@@ -282,7 +282,8 @@ fn bad_input_is_named_and_leaves_nothing() {
     let rt = Rt::berth(dir.path());
     let b = bundle(dir.path(), &["true"]);
     let bs = b.to_str().expect("utf8").to_string();
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "badjson",
             Box::new(|| std::fs::write(b.join("config.json"), b"{not json").expect("w")),

@@ -49,10 +49,10 @@ fn env() -> Option<Env> {
 }
 
 fn berth_testkit_is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if berth_testkit::is_root() {
         return true;
     }
-    eprintln!("SKIPPED: needs root (namespaces, mounts, cgroups)");
+    berth_testkit::skip("needs root (namespaces, mounts, cgroups)");
     false
 }
 

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    commands::{build_ebpf, setup},
+    commands::{build_ebpf, images, setup},
     util::{self, cmd, step},
 };
 
@@ -80,6 +80,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         total.skipped += 1;
         report.push("cargo xtask build-ebpf: skipped (setup incomplete)".into());
     }
+
+    // The runtime's tests run the images `cargo xtask images` builds (offline).
+    check(
+        "cargo xtask images",
+        images::run().map(drop),
+        &mut total,
+        &mut report,
+    );
 
     let skip_root = util::target_dir().join("test-skips");
     let _ = fs::remove_dir_all(&skip_root);
