@@ -13,6 +13,7 @@ use nix::sched::CloneFlags;
 use nix::sys::socket::{MsgFlags, recv, send};
 use oci_spec::runtime::Spec;
 
+use crate::cgroups::Cgroup;
 use crate::{rootfs, sys};
 
 /// Why the container could not be set up; the text goes back to the caller verbatim.
@@ -49,8 +50,6 @@ pub(crate) mod msg {
     pub const ERROR: u8 = b'E';
     /// The init forked into a joined PID namespace; 4 bytes of host PID follow.
     pub const PID: u8 = b'P';
-    /// (runtime → init) The init is in its cgroup.
-    pub const CGROUP: u8 = b'C';
 }
 
 /// Everything the child needs, prepared by the parent before `clone`.
@@ -58,6 +57,7 @@ pub(crate) mod msg {
 pub(crate) struct Context<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
+    pub cgroup: Option<&'a Cgroup>,
     /// Existing namespaces to enter (`setns`), with their type.
     pub join: Vec<(CloneFlags, OwnedFd)>,
     /// Whether a PID namespace is joined: the init must fork once more to be inside it.
@@ -104,30 +104,10 @@ pub(crate) fn child(ctx: Context<'_>) -> ! {
     }
 }
 
-/// Waits until the runtime has moved this process into its cgroup. The runtime does the
-/// move while the init builds its rootfs: on cgroup v1 the first migration waits for an
-/// RCU grace period (milliseconds on a busy machine), so the two overlap.
-fn wait_for_cgroup(sync: RawFd) -> Result<(), InitError> {
-    let mut buf = [0u8; 16];
-    loop {
-        match recv(sync, &mut buf, MsgFlags::empty()) {
-            Ok(n) if n > 0 && buf[0] == msg::CGROUP => return Ok(()),
-            Ok(_) => {
-                return Err(InitError::msg(
-                    "the runtime went away before the cgroup was joined",
-                ));
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(InitError::msg(format!("wait for cgroup: {e}"))),
-        }
-    }
-}
-
 fn setup(ctx: &Context<'_>) -> Result<crate::process::Exec, InitError> {
-    // A forked child and a new cgroup namespace both need the cgroup joined first.
-    let early = ctx.join_pid || ctx.new_cgroup_ns;
-    if early {
-        wait_for_cgroup(ctx.sync)?;
+    // First, so everything the init allocates is charged to the container.
+    if let Some(cg) = ctx.cgroup {
+        step("join cgroup", || cg.join_self())?;
     }
     for (kind, fd) in &ctx.join {
         step(&format!("setns {kind:?}"), || nix::sched::setns(fd, *kind))?;
@@ -169,9 +149,6 @@ fn setup(ctx: &Context<'_>) -> Result<crate::process::Exec, InitError> {
         step("sethostname", || nix::unistd::sethostname(name))?;
     }
     rootfs::finish(ctx.spec)?;
-    if !early {
-        wait_for_cgroup(ctx.sync)?;
-    }
     let exec = crate::process::prepare(process)?;
     crate::process::drop_privileges(process)?;
     Ok(exec)

@@ -258,6 +258,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     let ctx = init::Context {
         spec,
         rootfs: &rootfs,
+        cgroup: Some(&cgroup),
         join: ns.join,
         join_pid: ns.join_pid,
         new_cgroup_ns: ns.new_cgroup,
@@ -278,25 +279,6 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     drop(gate_read);
     let mut pid = child;
     cleanup.pid = Some(pid);
-    // If the init already failed, its own report says why: prefer it.
-    let joined = cgroup.add(pid).map_err(Error::from).and_then(|()| {
-        nix::sys::socket::send(
-            parent_sock.as_raw_fd(),
-            &[msg::CGROUP],
-            nix::sys::socket::MsgFlags::empty(),
-        )
-        .map(drop)
-        .map_err(|e| Error::Io {
-            what: "signal the container init".into(),
-            source: e.into(),
-        })
-    });
-    if let Err(err) = joined {
-        if let Ok(Some((msg::ERROR, payload))) = init::read_message(&parent_sock) {
-            return Err(Error::Init(String::from_utf8_lossy(&payload).into_owned()));
-        }
-        return Err(err);
-    }
     let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
     let created_at = now_rfc3339();
     let make_state = |pid: i32| -> Result<State, Error> {

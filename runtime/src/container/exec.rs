@@ -105,7 +105,7 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
 
 fn run_child(cgroup: &Cgroup, fds: &[(CloneFlags, OwnedFd)], opts: &ExecOptions) -> InitError {
     let result = (|| -> Result<std::io::Error, InitError> {
-        step("join cgroup", || cgroup.add(0))?;
+        step("join cgroup", || cgroup.join_self())?;
         for (flag, fd) in fds {
             step(&format!("setns {flag:?}"), || nix::sched::setns(fd, *flag))?;
         }
