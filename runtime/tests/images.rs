@@ -554,3 +554,53 @@ fn gc_removes_what_no_image_uses() {
     assert!(!store.layer_dir(&ts.layers[1]).expect("dir").exists());
     assert!(!store.has_blob(&ts.digest));
 }
+
+/// Unmounts on drop.
+struct TmpfsGuard(PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_and_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .expect("mount a 1 MiB tmpfs");
+    let _guard = TmpfsGuard(small.clone());
+    let store = ImageStore::open(&small).expect("store");
+    let err = store
+        .import_layout(&common::image_layout("testserver"), None)
+        .expect_err("2 MiB of layers fit in 1 MiB");
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(store.list().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(small.join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let partial: Vec<_> = std::fs::read_dir(small.join("layers/sha256"))
+        .expect("layers")
+        .flatten()
+        .filter(|e| e.path().join("fs").exists())
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "unpacked layers of a failed import: {partial:?}"
+    );
+}

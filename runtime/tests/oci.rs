@@ -182,6 +182,19 @@ fn lifecycle(rt: &Rt, dir: &Path, id: &str) {
         "echo 1 > /proc/sys/kernel/domainname",
     ]);
     assert!(!out.status.success(), "/proc/sys must be read-only");
+    // With a terminal: stdin is a tty inside the container. (runc needs the caller to
+    // have a controlling terminal for this; berth's exec relays its own pty.)
+    if rt.bin != Path::new("runc") {
+        let out = rt.ok(&[
+            "exec",
+            "--tty",
+            id,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo isatty",
+        ]);
+        assert!(out.contains("isatty"), "{out:?}");
+    }
     let list = rt.ok(&["list"]);
     assert!(list.contains(id), "{list}");
     rt.ok(&["kill", id, "KILL"]);

@@ -297,6 +297,14 @@ fn sandbox_and_containers_run_log_exec_and_stop() {
     for id in [&job.id, &ts.id] {
         e.rt.remove_container(id).expect("remove");
     }
+    // berth-pause exits 0 on SIGTERM.
+    e.rt.stop_container("sb1", Duration::from_secs(5))
+        .expect("stop pause");
+    let st = wait_state(&e.rt, "sb1", |s| matches!(s, ContainerState::Exited(_)));
+    assert!(
+        matches!(st, ContainerState::Exited(x) if x.code == 0 && x.signal.is_none()),
+        "{st:?}"
+    );
     e.rt.remove_sandbox("sb1").expect("remove sandbox");
     assert!(!common::process_alive(sb.pause_pid));
     assert!(!sb.netns.exists());
