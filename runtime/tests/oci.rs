@@ -371,6 +371,23 @@ fn bad_input_is_named_and_leaves_nothing() {
             "{name}: mounts left"
         );
     }
+    // --log with --log-format json: the error is a JSON record in the file.
+    let log = dir.path().join("runtime.log");
+    let out = rt.cmd(&[
+        "--log",
+        log.to_str().expect("utf8"),
+        "--log-format",
+        "json",
+        "state",
+        "nosuch",
+    ]);
+    assert!(!out.status.success());
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let record: Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("json log");
+    assert_eq!(record["level"], "ERROR", "{record}");
+    assert!(record.to_string().contains("does not exist"), "{record}");
+
     // The same id twice: the second create fails and leaves the first intact.
     write_config(&b, &["sleep", "100"], |_| {});
     let id = format!("dup{}", std::process::id());

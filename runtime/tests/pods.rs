@@ -244,6 +244,33 @@ fn sandbox_and_containers_run_log_exec_and_stop() {
         .expect("pids.max");
     assert_eq!(pids.trim(), "100");
 
+    // containerd's default capability set, and no_new_privs off by default.
+    let (_, status) = exec(&e.rt, &ts.id, &["cat", "/proc/1/status"]);
+    assert!(status.contains("CapEff:\t00000000a80425fb"), "{status}");
+    // A privileged container gets every capability and a writable /sys.
+    let mut privileged = container(&e, "sb1", "priv", "berth.local/busybox:1.35");
+    privileged.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "grep CapEff /proc/self/status; grep ' /sys ' /proc/self/mounts".into(),
+    ];
+    privileged.privileged = true;
+    e.rt.create_container(&privileged)
+        .expect("create privileged");
+    e.rt.start_container(&privileged.id)
+        .expect("start privileged");
+    wait_state(&e.rt, &privileged.id, |s| {
+        matches!(s, ContainerState::Exited(_))
+    });
+    let lines = log_lines(&privileged.log_path).join("\n");
+    assert!(
+        lines.contains("CapEff:\t000001ffffffffff") || lines.contains("CapEff:\t000001fffeffffff"),
+        "{lines}"
+    );
+    assert!(lines.contains("sysfs rw"), "{lines}");
+    e.rt.remove_container(&privileged.id)
+        .expect("remove privileged");
+
     // A short-lived container: exit code and CRI logs.
     let mut job = container(&e, "sb1", "job", "berth.local/busybox:1.35");
     job.command = vec![
