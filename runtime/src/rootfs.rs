@@ -270,9 +270,30 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), InitError> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| typ.to_string());
         let data = (!data.is_empty()).then_some(data.as_str());
+        // Read-only is applied to this mount, not to the filesystem: a superblock is
+        // shared (sysfs per network namespace), and a read-only superblock would make
+        // every later mount of it read-only too (a privileged container in a pod).
+        let ro = flags.contains(MsFlags::MS_RDONLY);
         step(&label, || {
-            mount(Some(source.as_str()), &target, Some(typ), flags, data)
+            mount(
+                Some(source.as_str()),
+                &target,
+                Some(typ),
+                flags - MsFlags::MS_RDONLY,
+                data,
+            )
         })?;
+        if ro {
+            step(&format!("{label}: read-only"), || {
+                mount(
+                    None::<&str>,
+                    &target,
+                    None::<&str>,
+                    flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                    None::<&str>,
+                )
+            })?;
+        }
     }
     if !propagation.is_empty() {
         step(&format!("{label}: propagation"), || {

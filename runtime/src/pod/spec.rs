@@ -22,16 +22,36 @@ fn cap_name(name: &str) -> String {
     }
 }
 
-/// The capability set: containerd's defaults + add − drop ("ALL" honoured), or every
-/// capability when privileged.
+/// Every capability this process may hand on (its bounding set), as containerd's
+/// "all current capabilities" for privileged containers: a capability the host withholds
+/// from us cannot be granted.
+fn all_current() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    CAPABILITY_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding & (1u64 << i) != 0)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+/// The capability set: containerd's defaults + add − drop ("ALL" honoured), or all
+/// current capabilities when privileged.
 pub fn capabilities(cfg: &ContainerConfig) -> Vec<String> {
     if cfg.privileged {
-        return CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect();
+        return all_current();
     }
     let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
     for add in &cfg.add_capabilities {
         if add.eq_ignore_ascii_case("ALL") {
-            caps = CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect();
+            caps = all_current();
         } else if !caps.contains(&cap_name(add)) {
             caps.push(cap_name(add));
         }
