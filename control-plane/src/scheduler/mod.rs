@@ -1,0 +1,12 @@
+//! The scheduler: kube-scheduler's default filters and scores over an informer-fed view
+//! of nodes and pods. [`framework::Profile`] makes one decision; the filters live in
+//! `filters/`, the scores in `scores/`, a node's view in [`node_info`].
+
+pub mod filters;
+pub mod framework;
+pub mod node_info;
+pub mod quantity;
+pub mod scores;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+//! Kubernetes resource quantities (`resource.Quantity`): `100m`, `0.5`, `2`, `128Mi`,
+//! `1G`, `1e3`, parsed exactly into thousandths of the base unit (milli-CPU for CPU,
+//! milli-bytes for memory) so comparisons never round.
+
+/// A quantity in thousandths of its unit; None when the text is not a quantity.
+pub fn parse_milli(text: &str) -> Option<i128> {
+    let s = text.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let (sign, s) = match s.as_bytes()[0] {
+        b'-' => (-1, &s[1..]),
+        b'+' => (1, &s[1..]),
+        _ => (1, s),
+    };
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(num_end);
+    if number.is_empty() || number == "." {
+        return None;
+    }
+    // number = digits[.digits] as an integer mantissa and a count of decimals.
+    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+    if frac_part.contains('.') {
+        return None;
+    }
+    let digits = format!("{int_part}{frac_part}");
+    let mantissa: i128 = digits.parse().ok()?;
+    let decimals = frac_part.len() as i32;
+    // value = mantissa * 10^-decimals * multiplier; we want value * 1000.
+    let (base2, base10): (u32, i32) = match suffix {
+        "" => (0, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        s if s.starts_with(['e', 'E']) => (0, s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let mut value = mantissa.checked_mul(1i128.checked_shl(base2)?)?;
+    let exp10 = base10 + 3 - decimals;
+    if exp10 >= 0 {
+        value = value.checked_mul(10i128.checked_pow(exp10 as u32)?)?;
+    } else {
+        // Kubernetes rounds sub-milli amounts up (a request is never understated).
+        let div = 10i128.checked_pow((-exp10) as u32)?;
+        value = (value + div - 1) / div;
+    }
+    Some(sign * value)
+}
+
+/// CPU in millicores.
+pub fn cpu_millis(text: &str) -> Option<i64> {
+    parse_milli(text).map(|m| m as i64)
+}
+
+/// A count or byte size in whole units (rounded up).
+pub fn units(text: &str) -> Option<i64> {
+    parse_milli(text).map(|m| ((m + 999).div_euclid(1000)) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_as_kubernetes_does() {
+        assert_eq!(cpu_millis("100m"), Some(100));
+        assert_eq!(cpu_millis("0.5"), Some(500));
+        assert_eq!(cpu_millis("2"), Some(2000));
+        assert_eq!(cpu_millis("1.5"), Some(1500));
+        assert_eq!(units("128Mi"), Some(128 << 20));
+        assert_eq!(units("1G"), Some(1_000_000_000));
+        assert_eq!(units("1e3"), Some(1000));
+        assert_eq!(units("1.5Gi"), Some(3 << 29));
+        assert_eq!(units("110"), Some(110));
+        assert_eq!(cpu_millis("1u"), Some(1), "rounded up to a millicore");
+        assert_eq!(units("abc"), None);
+        assert_eq!(units("1Qi"), None);
+        assert_eq!(units(""), None);
+    }
+}
