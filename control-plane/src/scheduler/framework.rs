@@ -87,7 +87,7 @@ impl Profile {
         for node in nodes {
             let mut failed = false;
             for f in &self.filters {
-                if let Err(rs) = f.filter(pod, node) {
+                if let Err(rs) = f.filter(pod, node, nodes) {
                     for r in rs {
                         *reasons.entry(r).or_default() += 1;
                     }

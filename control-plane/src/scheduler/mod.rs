@@ -4,6 +4,7 @@
 
 pub mod filters;
 pub mod framework;
+pub mod labels;
 pub mod node_info;
 pub mod quantity;
 pub mod scores;

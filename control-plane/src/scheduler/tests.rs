@@ -416,3 +416,155 @@ fn resource_scores_match_kubernetes_formulas() {
     let p = pod(json!({}));
     assert_eq!(LeastAllocated.score(&p, &n, &[&n]), (97 + 97) / 2);
 }
+
+fn labelled(name: &str, zone: &str) -> NodeInfo {
+    node(
+        name,
+        "8",
+        "16Gi",
+        json!({"metadata": {"labels": {"zone": zone}}}),
+    )
+}
+
+fn app_pod(uid: &str, app: &str) -> Pod {
+    pod(json!({"metadata": {"uid": uid, "labels": {"app": app}}}))
+}
+
+#[test]
+fn inter_pod_affinity_and_anti_affinity() {
+    let p = Profile::default();
+    let mut a1 = labelled("a1", "a");
+    a1.add_pod(app_pod("db", "db"));
+    let nodes = vec![a1, labelled("a2", "a"), labelled("b1", "b")];
+    // Affinity to app=db by zone: only zone a.
+    let near_db = pod(
+        json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+            "labelSelector": {"matchLabels": {"app": "db"}}}]}}}}),
+    );
+    let fit: Vec<String> = p
+        .feasible(&near_db, &nodes)
+        .expect("fits")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(fit, vec!["a1", "a2"]);
+    // Anti-affinity to app=db by hostname: anywhere but a1.
+    let away = pod(json!({"spec": {"affinity": {"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]}}]}}}}));
+    let fit: Vec<String> = p
+        .feasible(&away, &nodes)
+        .expect("fits")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(fit, vec!["a2", "b1"]);
+    // An existing pod's anti-affinity keeps matching pods out of its zone.
+    let mut b1 = labelled("b1", "b");
+    b1.add_pod(pod(json!({"metadata": {"uid": "lonely", "labels": {"app": "lonely"}}, "spec": {"affinity": {"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+            "labelSelector": {"matchLabels": {"app": "web"}}}]}}}})));
+    let nodes = vec![labelled("a1", "a"), b1];
+    let web = app_pod("w", "web");
+    let err_or: Vec<String> = p
+        .feasible(&web, &nodes)
+        .expect("fits")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(err_or, vec!["a1"]);
+    let only_b = vec![nodes[1].clone()];
+    let err = p.feasible(&web, &only_b).expect_err("blocked");
+    assert_eq!(
+        err.to_string(),
+        "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+    );
+    // The first pod of a self-affine group may go anywhere.
+    let first = pod(
+        json!({"metadata": {"labels": {"app": "group"}}, "spec": {"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+            "labelSelector": {"matchLabels": {"app": "group"}}}]}}}}),
+    );
+    assert_eq!(
+        p.feasible(&first, &[labelled("a1", "a"), labelled("b1", "b")])
+            .expect("fits")
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn topology_spread_do_not_schedule_and_schedule_anyway() {
+    let p = Profile::default();
+    let mut a1 = labelled("a1", "a");
+    a1.add_pod(app_pod("x1", "web"));
+    a1.add_pod(app_pod("x2", "web"));
+    let mut b1 = labelled("b1", "b");
+    b1.add_pod(app_pod("x3", "web"));
+    let nodes = vec![a1, b1, node("nozone", "8", "16Gi", json!({}))];
+    let spread = |when: &str| {
+        pod(
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": when,
+             "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+        )
+    };
+    // zone a has 2, zone b has 1: a would make skew 2 → only b.
+    let fit: Vec<String> = p
+        .feasible(&spread("DoNotSchedule"), &nodes)
+        .expect("fits")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(fit, vec!["b1"]);
+    // With zone b's only node tainted, zone b still counts (taints are ignored for
+    // domains by default): zone a would reach skew 3.
+    let mut tainted_b = labelled("b2", "b");
+    tainted_b.node.spec = Some(
+        serde_json::from_value(json!({"taints": [{"key": "x", "effect": "NoSchedule"}]}))
+            .expect("spec"),
+    );
+    let err = p
+        .feasible(&spread("DoNotSchedule"), &[nodes[0].clone(), tainted_b])
+        .expect_err("skew");
+    assert_eq!(
+        err.to_string(),
+        "0/2 nodes are available: 1 node(s) didn't match pod topology spread constraints, 1 node(s) had untolerated taint {x: }."
+    );
+    // ScheduleAnyway: every node fits, the emptier zone wins.
+    assert_eq!(
+        p.feasible(&spread("ScheduleAnyway"), &nodes[..2])
+            .expect("fits")
+            .len(),
+        2
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            p.schedule(&spread("ScheduleAnyway"), &nodes[..2])
+                .expect("fits")
+                .name,
+            "b1"
+        );
+    }
+}
+
+#[test]
+fn preferred_pod_affinity_attracts_and_anti_affinity_repels() {
+    let p = Profile::default();
+    let mut a1 = labelled("a1", "a");
+    a1.add_pod(app_pod("c", "cache"));
+    let nodes = vec![a1, labelled("b1", "b")];
+    let likes = pod(
+        json!({"spec": {"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "zone", "labelSelector": {"matchLabels": {"app": "cache"}}}}]}}}}),
+    );
+    let avoids = pod(
+        json!({"spec": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "zone", "labelSelector": {"matchLabels": {"app": "cache"}}}}]}}}}),
+    );
+    for _ in 0..3 {
+        assert_eq!(p.schedule(&likes, &nodes).expect("fits").name, "a1");
+        assert_eq!(p.schedule(&avoids, &nodes).expect("fits").name, "b1");
+    }
+}

@@ -91,7 +91,7 @@ impl Filter for NodeAffinity {
     fn name(&self) -> &'static str {
         "NodeAffinity"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &[NodeInfo]) -> Result<(), Vec<String>> {
         if pod_matches_node(pod, node) {
             Ok(())
         } else {

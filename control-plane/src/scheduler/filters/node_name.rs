@@ -14,7 +14,7 @@ impl Filter for NodeName {
     fn name(&self) -> &'static str {
         "NodeName"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &[NodeInfo]) -> Result<(), Vec<String>> {
         match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
             Some(n) if !n.is_empty() && n != node.name => Err(vec![REASON.into()]),
             _ => Ok(()),

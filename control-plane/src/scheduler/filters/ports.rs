@@ -15,7 +15,7 @@ impl Filter for NodePorts {
     fn name(&self) -> &'static str {
         "NodePorts"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &[NodeInfo]) -> Result<(), Vec<String>> {
         for (proto, ip, port) in host_ports(pod) {
             let conflict = node.used_ports.iter().any(|(p2, ip2, port2)| {
                 *p2 == proto

@@ -15,7 +15,7 @@ impl Filter for NodeResourcesFit {
     fn name(&self) -> &'static str {
         "NodeResourcesFit"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &[NodeInfo]) -> Result<(), Vec<String>> {
         let want = pod_requests(pod);
         let have = &node.allocatable;
         let used = &node.requested;

@@ -52,7 +52,7 @@ impl Filter for TaintToleration {
     fn name(&self) -> &'static str {
         "TaintToleration"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &[NodeInfo]) -> Result<(), Vec<String>> {
         let tols = tolerations(pod);
         for taint in taints(node) {
             if taint.effect != "NoSchedule" && taint.effect != "NoExecute" {

@@ -2,9 +2,11 @@
 //! with kube-scheduler's default weights and summed.
 
 pub mod image_locality;
+pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod resources;
 pub mod taints;
+pub mod topology_spread;
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -37,13 +39,15 @@ pub fn normalize_to_max(scores: &mut [i64], reverse: bool) {
 
 /// kube-scheduler's default score plugins and weights (v1.37): NodeResourcesFit
 /// (LeastAllocated) 1, NodeResourcesBalancedAllocation 1, ImageLocality 1,
-/// NodeAffinity 2, TaintToleration 3.
+/// InterPodAffinity 2, NodeAffinity 2, PodTopologySpread 2, TaintToleration 3.
 pub fn defaults() -> Vec<Box<dyn Score>> {
     vec![
         Box::new(resources::LeastAllocated),
         Box::new(resources::BalancedAllocation),
         Box::new(image_locality::ImageLocality),
+        Box::new(inter_pod_affinity::InterPodAffinityPreferred),
         Box::new(node_affinity::NodeAffinityPreferred),
+        Box::new(topology_spread::PodTopologySpreadPreferred),
         Box::new(taints::PreferNoSchedule),
     ]
 }
