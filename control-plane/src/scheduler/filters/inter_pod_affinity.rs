@@ -71,7 +71,7 @@ impl Filter for InterPodAffinity {
             for other in &other_node.pods {
                 for term in required_anti_affinity(other) {
                     if term_selects(other, term, pod)
-                        && other_node.labels().get(&term.topology_key).is_some()
+                        && other_node.labels().contains_key(&term.topology_key)
                         && other_node.labels().get(&term.topology_key)
                             == node.labels().get(&term.topology_key)
                     {
@@ -90,7 +90,7 @@ impl Filter for InterPodAffinity {
                     .iter()
                     .any(|n| n.pods.iter().any(|p| term_selects(pod, term, p)));
                 let self_match = term_selects(pod, term, pod);
-                if anywhere || !self_match || node.labels().get(&term.topology_key).is_none() {
+                if anywhere || !self_match || !node.labels().contains_key(&term.topology_key) {
                     return Err(vec![AFFINITY.into()]);
                 }
             }

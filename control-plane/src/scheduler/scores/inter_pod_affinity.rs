@@ -86,5 +86,5 @@ impl Score for InterPodAffinityPreferred {
 
 fn in_domain(a: &NodeInfo, b: &NodeInfo, key: &str) -> bool {
     let la = a.labels();
-    la.get(key).is_some() && la.get(key) == b.labels().get(key)
+    la.contains_key(key) && la.get(key) == b.labels().get(key)
 }
