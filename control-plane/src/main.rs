@@ -1,4 +1,6 @@
-//! `berth-server`: the control plane binary (today: the apiserver).
+//! `berth-server`: the control plane binary: the apiserver and the scheduler, each of
+//! which can run alone (`--apiserver=false` runs the scheduler against the cluster
+//! named by `--kubeconfig`, like kube-scheduler).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,9 +29,34 @@ struct Args {
     /// Static bearer tokens (`token,user,uid,"group1,group2"` per line).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
-    /// Where to write the admin kubeconfig (default: <data-dir>/admin.kubeconfig).
+    /// Where to write the admin kubeconfig (default: <data-dir>/admin.kubeconfig); with
+    /// `--apiserver=false`, the kubeconfig of the cluster to schedule for.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Serve the API.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    apiserver: bool,
+    /// Run the scheduler (kube-scheduler's default profile).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scheduler: bool,
+}
+
+/// Starts the scheduler once the kubeconfig exists and the apiserver answers; restarts
+/// it if its watches end.
+async fn scheduler(kubeconfig: PathBuf) {
+    use berth_control_plane::scheduler::{framework::Profile, run};
+    loop {
+        match run::client_from_kubeconfig(&kubeconfig).await {
+            Ok(client) if client.apiserver_version().await.is_ok() => {
+                if let Err(err) = run::run(client, Profile::default()).await {
+                    tracing::warn!(%err, "scheduler stopped; restarting");
+                }
+            }
+            Ok(_) => tracing::debug!("scheduler waiting for the apiserver"),
+            Err(err) => tracing::debug!(%err, "scheduler waiting for the apiserver"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,13 +74,27 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(8)
         .enable_all()
         .build()?;
-    runtime.block_on(berth_control_plane::apiserver::run(
-        berth_control_plane::apiserver::Config {
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+    runtime.block_on(async move {
+        if args.scheduler {
+            tokio::spawn(scheduler(kubeconfig));
+        }
+        if !args.apiserver {
+            if !args.scheduler {
+                anyhow::bail!("nothing to run: --apiserver=false and --scheduler=false");
+            }
+            return std::future::pending().await;
+        }
+        berth_control_plane::apiserver::run(berth_control_plane::apiserver::Config {
             data_dir: args.data_dir,
             bind: SocketAddr::new(args.bind_address, args.secure_port),
             advertise: args.advertise_address,
             token_file: args.token_auth_file,
             kubeconfig: args.kubeconfig,
-        },
-    ))
+        })
+        .await
+    })
 }

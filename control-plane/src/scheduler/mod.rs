@@ -7,6 +7,7 @@ pub mod framework;
 pub mod labels;
 pub mod node_info;
 pub mod quantity;
+pub mod run;
 pub mod scores;
 
 #[cfg(test)]

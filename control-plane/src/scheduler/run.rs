@@ -1,0 +1,289 @@
+//! The scheduling loop: informer-cached nodes and pods (kube-runtime reflectors), a
+//! queue of pending pods ordered by priority then age, one decision at a time, binding
+//! through `pods/binding`, and for pods that fit nowhere a `FailedScheduling` event and
+//! a `PodScheduled=False` condition, retried with kube-scheduler's back-off (1 s
+//! doubling to 10 s) and whenever the cluster changes. Pods for another scheduler
+//! (`spec.schedulerName`) are left alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use super::framework::Profile;
+use super::node_info::NodeInfo;
+
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+    message: String,
+}
+
+fn is_pending(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.node_name.as_deref().is_none_or(str::is_empty)
+        && spec.scheduler_name.as_deref().unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+        && pod.metadata.deletion_timestamp.is_none()
+        && spec.scheduling_gates.as_ref().is_none_or(Vec::is_empty)
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// Runs until the client's watches end for good.
+pub async fn run(client: Client, profile: Profile) -> Result<(), kube::Error> {
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let n = changed.clone();
+    let node_stream = reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(node_stream);
+        while s.next().await.is_some() {
+            n.notify_one();
+        }
+    });
+    let p = changed.clone();
+    let pod_stream = reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(pod_stream);
+        while s.next().await.is_some() {
+            p.notify_one();
+        }
+    });
+    let _ = nodes.wait_until_ready().await;
+    let _ = pods.wait_until_ready().await;
+    tracing::info!("scheduler: caches ready");
+
+    let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    // Pods bound by us that the pod cache has not shown bound yet.
+    let mut assumed: HashMap<String, String> = HashMap::new();
+    loop {
+        let all_pods = pods.state();
+        let mut infos: Vec<NodeInfo> = nodes
+            .state()
+            .iter()
+            .map(|n| NodeInfo::new((**n).clone()))
+            .collect();
+        let index: HashMap<String, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let mut live = std::collections::HashSet::new();
+        for pod in &all_pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            live.insert(uid.clone());
+            let bound = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty());
+            if bound.is_some() {
+                assumed.remove(&uid);
+            }
+            if let Some(node) = bound.or_else(|| assumed.get(&uid).cloned())
+                && !terminal(pod)
+                && let Some(&i) = index.get(&node)
+            {
+                infos[i].add_pod((**pod).clone());
+            }
+        }
+        assumed.retain(|uid, _| live.contains(uid));
+        backoff.retain(|uid, _| live.contains(uid));
+
+        let now = Instant::now();
+        let mut pending: Vec<&Pod> = all_pods
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| is_pending(p))
+            .filter(|p| !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or("")))
+            .filter(|p| {
+                backoff
+                    .get(p.metadata.uid.as_deref().unwrap_or(""))
+                    .is_none_or(|b| b.next <= now)
+            })
+            .collect();
+        pending.sort_by(|a, b| {
+            let pa = a.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+            let pb = b.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+            pb.cmp(&pa).then_with(|| {
+                a.metadata
+                    .creation_timestamp
+                    .cmp(&b.metadata.creation_timestamp)
+            })
+        });
+        for pod in pending {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let ns = pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            match profile.schedule(pod, &infos) {
+                Ok(node) => {
+                    let node_name = node.name.clone();
+                    match bind(&client, &ns, &name, &node_name).await {
+                        Ok(()) => {
+                            tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "bound");
+                            let mut placed = pod.clone();
+                            if let Some(spec) = placed.spec.as_mut() {
+                                spec.node_name = Some(node_name.clone());
+                            }
+                            if let Some(&i) = index.get(&node_name) {
+                                infos[i].add_pod(placed);
+                            }
+                            assumed.insert(uid.clone(), node_name);
+                            backoff.remove(&uid);
+                        }
+                        Err(err) => {
+                            tracing::warn!(pod = %format!("{ns}/{name}"), %err, "binding failed");
+                            note_failure(&mut backoff, &uid, String::new());
+                        }
+                    }
+                }
+                Err(fit) => {
+                    let message = fit.to_string();
+                    let repeated = backoff.get(&uid).is_some_and(|b| b.message == message);
+                    if !repeated {
+                        report_unschedulable(&client, pod, &message).await;
+                    }
+                    note_failure(&mut backoff, &uid, message);
+                }
+            }
+        }
+        let wake = backoff
+            .values()
+            .map(|b| b.next)
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_millis(10));
+        tokio::select! {
+            _ = changed.notified() => {
+                // A cluster change may make unschedulable pods fit: retry them now.
+                for b in backoff.values_mut() {
+                    b.next = b.next.min(Instant::now());
+                }
+            }
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+fn note_failure(backoff: &mut HashMap<String, Backoff>, uid: &str, message: String) {
+    let delay = backoff
+        .get(uid)
+        .map(|b| (b.delay * 2).min(MAX_BACKOFF))
+        .unwrap_or(INITIAL_BACKOFF);
+    backoff.insert(
+        uid.to_string(),
+        Backoff {
+            next: Instant::now() + delay,
+            delay,
+            message,
+        },
+    );
+}
+
+async fn bind(client: &Client, ns: &str, name: &str, node: &str) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    api.create_subresource::<serde_json::Value, serde_json::Value>(
+        "binding",
+        name,
+        &PostParams::default(),
+        &body,
+    )
+    .await
+    .map(drop)
+}
+
+/// The FailedScheduling event and the PodScheduled=False condition.
+async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let now = jiff::Timestamp::now().to_string();
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
+            "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
+        "reason": "FailedScheduling",
+        "message": message,
+        "type": "Warning",
+        "source": {"component": SCHEDULER_NAME},
+        "reportingComponent": SCHEDULER_NAME,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    });
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    match serde_json::from_value(event) {
+        Ok(ev) => {
+            if let Err(err) = events.create(&PostParams::default(), &ev).await {
+                tracing::warn!(%err, pod = %name, "could not record FailedScheduling");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "event body"),
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": message, "lastTransitionTime": now,
+    }]}});
+    if let Err(err) = pods
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        tracing::warn!(%err, pod = %name, "could not set PodScheduled=False");
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, anyhow::Error> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}

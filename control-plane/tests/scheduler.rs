@@ -1,0 +1,129 @@
+//! The scheduler inside a real berth-server, with hollow nodes (Node objects only):
+//! pods are bound where the filters allow, a pod that fits nowhere gets a
+//! FailedScheduling event worded as kube-scheduler words it and PodScheduled=False,
+//! and is bound once a node that fits appears; pods for another scheduler stay pending.
+
+use std::time::{Duration, Instant};
+
+use berth_control_plane::scheduler::run::client_from_kubeconfig;
+use berth_testkit::BerthServer;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn node(
+    client: &kube::Client,
+    name: &str,
+    cpu: &str,
+    labels: serde_json::Value,
+    taints: serde_json::Value,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+    }))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("create node");
+    let status = json!({"status": {
+        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("node status");
+}
+
+async fn pod(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut base = json!({"containers": [{"name": "c", "image": "busybox"}]});
+    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    let p: Pod =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": base})).expect("pod");
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("create pod");
+}
+
+async fn bound_to(client: &kube::Client, name: &str, timeout: Duration) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = pods.get(name).await.expect("get pod");
+        if let Some(n) = p.spec.and_then(|s| s.node_name) {
+            return Some(n);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn scheduler_binds_reports_and_retries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(async {
+        let client = client_from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        node(&client, "n1", "2", json!({"zone": "a"}), json!([])).await;
+        node(&client, "n2", "4", json!({"zone": "b", "disk": "ssd"}), json!([])).await;
+        node(&client, "n3", "8", json!({"zone": "c"}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])).await;
+
+        pod(&client, "ssd", json!({"nodeSelector": {"disk": "ssd"}})).await;
+        assert_eq!(bound_to(&client, "ssd", Duration::from_secs(15)).await.as_deref(), Some("n2"));
+
+        pod(&client, "gpu", json!({"nodeSelector": {"zone": "c"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]})).await;
+        assert_eq!(bound_to(&client, "gpu", Duration::from_secs(15)).await.as_deref(), Some("n3"));
+
+        pod(&client, "other", json!({"schedulerName": "someone-else"})).await;
+        pod(&client, "huge", json!({"containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "6"}}}]})).await;
+        // The FailedScheduling event, in kube-scheduler's words.
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        let want = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient cpu.";
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let list = events.list(&ListParams::default()).await.expect("events");
+            let found = list.items.iter().find(|e| {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.involved_object.name.as_deref() == Some("huge")
+            });
+            if let Some(e) = found {
+                assert_eq!(e.message.as_deref(), Some(want));
+                assert_eq!(e.type_.as_deref(), Some("Warning"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "no FailedScheduling event for huge");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let huge = pods.get("huge").await.expect("huge");
+        let cond = huge
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .expect("PodScheduled condition");
+        assert_eq!((cond.status.as_str(), cond.reason.as_deref()), ("False", Some("Unschedulable")));
+
+        // A node that fits appears: the pending pod is bound there.
+        node(&client, "n4", "16", json!({"zone": "d"}), json!([])).await;
+        assert_eq!(bound_to(&client, "huge", Duration::from_secs(20)).await.as_deref(), Some("n4"));
+
+        // Another scheduler's pod is left alone.
+        assert_eq!(bound_to(&client, "other", Duration::from_millis(500)).await, None);
+    });
+}
