@@ -127,3 +127,42 @@ fn scheduler_binds_reports_and_retries() {
         assert_eq!(bound_to(&client, "other", Duration::from_millis(500)).await, None);
     });
 }
+
+#[test]
+fn a_pending_high_priority_pod_preempts_a_low_priority_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(async {
+        let client = client_from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        node(&client, "only", "2", json!({}), json!([])).await;
+        let cpu = |n: &str| json!([{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": n}}}]);
+        pod(&client, "low", json!({"priority": 10, "containers": cpu("1500m")})).await;
+        assert_eq!(bound_to(&client, "low", Duration::from_secs(15)).await.as_deref(), Some("only"));
+        pod(&client, "high", json!({"priority": 1000, "containers": cpu("1")})).await;
+        // The scheduler deletes the victim and nominates the node; as the (fake) kubelet,
+        // finish the victim's graceful deletion.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match pods.get_opt("low").await.expect("get low") {
+                Some(p) if p.metadata.deletion_timestamp.is_some() => {
+                    let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+                    let _ = pods.delete("low", &dp).await;
+                }
+                Some(_) => {}
+                None => break,
+            }
+            assert!(Instant::now() < deadline, "low was not preempted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(bound_to(&client, "high", Duration::from_secs(20)).await.as_deref(), Some("only"));
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        let list = events.list(&ListParams::default()).await.expect("events");
+        assert!(
+            list.items.iter().any(|e| e.reason.as_deref() == Some("Preempted")
+                && e.involved_object.name.as_deref() == Some("low")),
+            "no Preempted event"
+        );
+    });
+}

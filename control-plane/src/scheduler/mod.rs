@@ -6,6 +6,7 @@ pub mod filters;
 pub mod framework;
 pub mod labels;
 pub mod node_info;
+pub mod preemption;
 pub mod quantity;
 pub mod run;
 pub mod scores;

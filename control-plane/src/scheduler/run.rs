@@ -17,6 +17,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use super::framework::Profile;
 use super::node_info::NodeInfo;
+use super::preemption;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -175,6 +176,11 @@ pub async fn run(client: Client, profile: Profile) -> Result<(), kube::Error> {
                     if !repeated {
                         report_unschedulable(&client, pod, &message).await;
                     }
+                    if !waiting_for_victims(pod, &infos)
+                        && let Some((node, victims)) = preemption::find(&profile, pod, &infos)
+                    {
+                        preempt(&client, pod, &node, &victims).await;
+                    }
                     note_failure(&mut backoff, &uid, message);
                 }
             }
@@ -274,6 +280,73 @@ async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
         .await
     {
         tracing::warn!(%err, pod = %name, "could not set PodScheduled=False");
+    }
+}
+
+/// A pod already nominated to a node where pods are still terminating waits for them
+/// instead of preempting again.
+fn waiting_for_victims(pod: &Pod, infos: &[NodeInfo]) -> bool {
+    let Some(nominated) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref())
+    else {
+        return false;
+    };
+    infos.iter().find(|n| n.name == nominated).is_some_and(|n| {
+        n.pods
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some())
+    })
+}
+
+/// Deletes the victims (each gets a `Preempted` event) and nominates the node.
+async fn preempt(client: &Client, pod: &Pod, node: &str, victims: &[Pod]) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    for v in victims {
+        let vns = v
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let vname = v.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &vns);
+        match api.delete(&vname, &Default::default()).await {
+            Ok(_) => {
+                tracing::info!(victim = %format!("{vns}/{vname}"), preemptor = %format!("{ns}/{name}"), %node, "preempted");
+                let now = jiff::Timestamp::now().to_string();
+                let event = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Event",
+                    "metadata": {"generateName": format!("{vname}."), "namespace": vns},
+                    "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": vname, "namespace": vns, "uid": v.metadata.uid},
+                    "reason": "Preempted",
+                    "message": format!("Preempted by pod {uid} on node {node}"),
+                    "type": "Normal",
+                    "source": {"component": SCHEDULER_NAME},
+                    "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                });
+                if let Ok(ev) = serde_json::from_value::<k8s_openapi::api::core::v1::Event>(event) {
+                    let events: Api<k8s_openapi::api::core::v1::Event> =
+                        Api::namespaced(client.clone(), &vns);
+                    let _ = events.create(&PostParams::default(), &ev).await;
+                }
+            }
+            Err(err) => tracing::warn!(%err, victim = %vname, "preemption delete failed"),
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"status": {"nominatedNodeName": node}});
+    if let Err(err) = pods
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        tracing::warn!(%err, pod = %name, "could not set nominatedNodeName");
     }
 }
 
