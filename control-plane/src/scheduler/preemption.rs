@@ -33,7 +33,9 @@ pub fn find(profile: &Profile, pod: &Pod, nodes: &[NodeInfo]) -> Option<(String,
         return None;
     }
     let p = priority(pod);
-    let mut best: Option<((i32, i64, usize), String, Vec<Pod>)> = None;
+    // (most important victim, sum of victim priorities, victim count), node, victims.
+    type Candidate = ((i32, i64, usize), String, Vec<Pod>);
+    let mut best: Option<Candidate> = None;
     for i in 0..nodes.len() {
         let mut lower: Vec<Pod> = nodes[i]
             .pods
