@@ -136,13 +136,31 @@ fn a_pending_high_priority_pod_preempts_a_low_priority_one() {
     rt.block_on(async {
         let client = client_from_kubeconfig(&server.kubeconfig()).await.expect("client");
         node(&client, "only", "2", json!({}), json!([])).await;
+        let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+        for (name, value) in [("low", 10), ("high", 1000)] {
+            let pc = serde_json::from_value(json!({"metadata": {"name": name}, "value": value})).expect("class");
+            classes.create(&PostParams::default(), &pc).await.expect("create class");
+        }
         let cpu = |n: &str| json!([{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": n}}}]);
-        pod(&client, "low", json!({"priority": 10, "containers": cpu("1500m")})).await;
+        pod(&client, "low", json!({"priorityClassName": "low", "containers": cpu("1500m")})).await;
         assert_eq!(bound_to(&client, "low", Duration::from_secs(15)).await.as_deref(), Some("only"));
-        pod(&client, "high", json!({"priority": 1000, "containers": cpu("1")})).await;
+        pod(&client, "high", json!({"priorityClassName": "high", "containers": cpu("1")})).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let high = pods.get("high").await.expect("high");
+        assert_eq!(high.spec.as_ref().and_then(|s| s.priority), Some(1000));
+        assert_eq!(high.spec.as_ref().and_then(|s| s.preemption_policy.clone()).as_deref(), Some("PreemptLowerPriority"));
+        // An unknown class is refused as Kubernetes refuses it.
+        let bad: Pod = serde_json::from_value(json!({"metadata": {"name": "bad"},
+            "spec": {"priorityClassName": "nope", "containers": [{"name": "c", "image": "busybox"}]}})).expect("pod");
+        match pods.create(&PostParams::default(), &bad).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 403);
+                assert!(s.message.contains("no PriorityClass with name nope was found"), "{}", s.message);
+            }
+            other => panic!("unknown class accepted: {other:?}"),
+        }
         // The scheduler deletes the victim and nominates the node; as the (fake) kubelet,
         // finish the victim's graceful deletion.
-        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match pods.get_opt("low").await.expect("get low") {

@@ -2,5 +2,6 @@
 //! validation, and the cluster-level allocations (Service cluster IPs and node ports).
 
 pub mod defaults;
+pub mod priority;
 pub mod service_ips;
 pub mod validation;

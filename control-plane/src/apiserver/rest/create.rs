@@ -71,6 +71,9 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         ctx.api
             .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)?;
     }
+    if def.group.is_empty() && def.kind == "Pod" {
+        crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
+    }
     defaults::apply(&def.kind, &mut obj);
     let causes = validation::validate(&def.kind, &obj);
     if !causes.is_empty() {
