@@ -164,6 +164,18 @@ fn dup_onto(fd: RawFd, target: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The runtime's and the child's ends of a sync socket (message-preserving, closed on
+/// exec so the runtime sees EOF once the child has exec'd).
+pub(crate) fn sync_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)
+}
+
 /// Reads one message from the init: (tag, payload). None at EOF.
 pub(crate) fn read_message(sync: &OwnedFd) -> std::io::Result<Option<(u8, Vec<u8>)>> {
     let mut buf = vec![0u8; 4096];

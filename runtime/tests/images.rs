@@ -144,6 +144,20 @@ fn layouts_and_archives_import() {
     );
 }
 
+/// The directory outside the layer still holds only the file the test put there.
+fn assert_only_target(outside: &Path) {
+    let names: Vec<String> = std::fs::read_dir(outside)
+        .expect("outside")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["target".to_string()],
+        "wrote outside: {names:?}"
+    );
+}
+
 #[test]
 fn crafted_layers_cannot_escape_and_whiteouts_become_overlay_markers() {
     if !is_root() {
@@ -170,16 +184,7 @@ fn crafted_layers_cannot_escape_and_whiteouts_become_overlay_markers() {
     let result = store.import_layout(&layout, None);
     // The hard link's target resolves inside the layer, where it does not exist: the
     // import fails with that entry named, or succeeds with everything contained.
-    let names: Vec<String> = std::fs::read_dir(&outside)
-        .expect("outside")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(
-        names,
-        vec!["target".to_string()],
-        "wrote outside: {names:?}"
-    );
+    assert_only_target(&outside);
     match result {
         Err(err) => assert!(err.to_string().contains("hard"), "{err}"),
         Ok(_) => panic!("a hard link to a missing file must fail"),
@@ -200,16 +205,7 @@ fn crafted_layers_cannot_escape_and_whiteouts_become_overlay_markers() {
     let layout = layout_with_layers(&dir.path().join("layout2"), "contained:1", &[ok]);
     let img = store.import_layout(&layout, None).expect("import");
     let layer = store.layer_dir(&img.layers[0]).expect("layer dir");
-    let names: Vec<String> = std::fs::read_dir(&outside)
-        .expect("outside")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(
-        names,
-        vec!["target".to_string()],
-        "wrote outside: {names:?}"
-    );
+    assert_only_target(&outside);
     assert!(layer.join("outside/dotdot").is_file());
     assert!(layer.join("outside/absolute").is_file());
     assert!(layer.join("outside/through-absolute-link").is_file());

@@ -47,37 +47,36 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
+/// A reflector-fed cache of `api`'s objects; `changed` is notified on every change.
+fn cache<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>) -> reflector::Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {
+            changed.notify_one();
+        }
+    });
+    store
+}
+
 /// Runs until the client's watches end for good.
 pub async fn run(client: Client, profile: Profile) -> Result<(), kube::Error> {
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let changed = Arc::new(tokio::sync::Notify::new());
-    let n = changed.clone();
-    let node_stream = reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(node_stream);
-        while s.next().await.is_some() {
-            n.notify_one();
-        }
-    });
-    let p = changed.clone();
-    let pod_stream = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(pod_stream);
-        while s.next().await.is_some() {
-            p.notify_one();
-        }
-    });
+    let nodes = cache(Api::<Node>::all(client.clone()), changed.clone());
+    let pods = cache(Api::<Pod>::all(client.clone()), changed.clone());
     let _ = nodes.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     tracing::info!("scheduler: caches ready");

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -239,16 +238,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
             (r, Some(w))
         }
     };
-    let (parent_sock, child_sock) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::Io {
-        what: "socketpair".into(),
-        source: e.into(),
-    })?;
+    let (parent_sock, child_sock) = init::sync_pair().map_err(io_err("socketpair"))?;
 
     let (stdio, tty) = match opts.stdio {
         Stdio::Inherit => (None, None),
@@ -301,9 +291,18 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     // removes the directory again.
     let mut state = None;
     if !ns.join_pid {
-        let s = make_state(pid)?;
-        opts.root.save(&s)?;
-        state = Some(s);
+        // An init that already failed has said why: that beats "exited during setup".
+        let saved =
+            make_state(pid).and_then(|s| opts.root.save(&s).map(|()| s).map_err(Error::from));
+        match saved {
+            Ok(s) => state = Some(s),
+            Err(err) => {
+                if let Ok(Some((msg::ERROR, payload))) = init::read_message(&parent_sock) {
+                    return Err(Error::Init(String::from_utf8_lossy(&payload).into_owned()));
+                }
+                return Err(err);
+            }
+        }
     }
 
     loop {

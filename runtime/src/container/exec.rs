@@ -5,7 +5,6 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use oci_spec::runtime::Process;
 
 use super::{Error, Status, io_err, status};
@@ -72,16 +71,7 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         })?;
     }
     let cgroup = Cgroup::load(&state.cgroup);
-    let (parent_sock, child_sock) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::Io {
-        what: "socketpair".into(),
-        source: e.into(),
-    })?;
+    let (parent_sock, child_sock) = init::sync_pair().map_err(io_err("socketpair"))?;
     let child = sys::clone_fork(0).map_err(io_err("fork"))?;
     if child == 0 {
         drop(parent_sock);
