@@ -308,12 +308,17 @@ fn free_port() -> u16 {
 }
 
 fn start_registry(dir: &Path) -> Registry {
+    start_registry_with(dir, "")
+}
+
+/// `tls`: extra lines under `http:` (a `tls:` block).
+fn start_registry_with(dir: &Path, tls: &str) -> Registry {
     let port = free_port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}",
             dir.join("registry-data").display()
         ),
     )
@@ -598,5 +603,126 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
     assert!(
         partial.is_empty(),
         "unpacked layers of a failed import: {partial:?}"
+    );
+}
+
+#[test]
+fn pulls_over_https_with_a_trusted_ca() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A CA and a server certificate for 127.0.0.1 signed by it.
+    let (ca, ca_key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    let (cert, key, csr) = (
+        dir.path().join("reg.crt"),
+        dir.path().join("reg.key"),
+        dir.path().join("reg.csr"),
+    );
+    let ext = dir.path().join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    openssl(&[
+        &os("req"),
+        &os("-x509"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-days"),
+        &os("1"),
+        &os("-subj"),
+        &os("/CN=berth-test-ca"),
+        &os("-keyout"),
+        ca_key.as_os_str(),
+        &os("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        &os("req"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-subj"),
+        &os("/CN=127.0.0.1"),
+        &os("-keyout"),
+        key.as_os_str(),
+        &os("-out"),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        &os("x509"),
+        &os("-req"),
+        &os("-in"),
+        csr.as_os_str(),
+        &os("-CA"),
+        ca.as_os_str(),
+        &os("-CAkey"),
+        ca_key.as_os_str(),
+        &os("-CAcreateserial"),
+        &os("-days"),
+        &os("1"),
+        &os("-extfile"),
+        ext.as_os_str(),
+        &os("-out"),
+        cert.as_os_str(),
+    ]);
+    let reg = start_registry_with(
+        dir.path(),
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let target = format!("127.0.0.1:{}/berth/busybox:tls", reg.port);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", common::image_layout("busybox").display()),
+        &format!("docker://{target}"),
+    ]);
+    let store = ImageStore::open(dir.path().join("store")).expect("store");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    // Trusting something else than the CA that signed the registry's certificate fails
+    // the TLS handshake, and the error says so.
+    let wrong = PullOptions {
+        ca_file: Some(cert.clone()),
+        ..Default::default()
+    };
+    let err = rt
+        .block_on(pull(&store, &target, &wrong))
+        .expect_err("untrusted certificate accepted");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let opts = PullOptions {
+        ca_file: Some(ca.clone()),
+        ..Default::default()
+    };
+    let img = rt
+        .block_on(pull(&store, &target, &opts))
+        .expect("https pull");
+    assert!(
+        store
+            .layer_dir(&img.layers[0])
+            .expect("layer")
+            .join("bin/busybox")
+            .is_file()
     );
 }

@@ -28,7 +28,7 @@ application/vnd.docker.distribution.manifest.v2+json";
 pub struct PullOptions {
     pub username: Option<String>,
     pub password: Option<String>,
-    /// Use http:// (always used for localhost and 127.0.0.1).
+    /// Use http:// (also the default for localhost and 127.0.0.1 when no CA is given).
     pub plain_http: bool,
     /// Extra CA certificate (PEM) to trust for HTTPS.
     pub ca_file: Option<PathBuf>,
@@ -90,6 +90,18 @@ fn reg_err(registry: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// An error with its causes: reqwest's own text leaves out the TLS or connect reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}
+
 /// Parses `Bearer realm="…",service="…",scope="…"`.
 fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
@@ -120,7 +132,9 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
 impl Client {
     fn new(r: &Reference, opts: &PullOptions) -> Result<Self, Error> {
         let host = r.registry.split(':').next().unwrap_or("");
-        let plain = opts.plain_http || host == "localhost" || host == "127.0.0.1" || host == "::1";
+        // Loopback registries speak plain HTTP unless the caller trusts a CA for them.
+        let loopback = host == "localhost" || host == "127.0.0.1" || host == "::1";
+        let plain = opts.plain_http || (loopback && opts.ca_file.is_none());
         let mut builder = reqwest::Client::builder().user_agent("berth-runtime");
         if let Some(ca) = &opts.ca_file {
             let pem = std::fs::read(ca).map_err(super::io_err(format!("{}", ca.display())))?;
@@ -171,7 +185,7 @@ impl Client {
                 .headers(headers)
                 .send()
                 .await
-                .map_err(|e| reg_err(&self.registry, format!("GET {url}: {e}")))?;
+                .map_err(|e| reg_err(&self.registry, format!("GET {url}: {}", chain(&e))))?;
             if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 if !resp.status().is_success() {
                     let status = resp.status();
@@ -235,7 +249,7 @@ impl Client {
         let resp = req
             .send()
             .await
-            .map_err(|e| reg_err(&self.registry, format!("token {realm}: {e}")))?;
+            .map_err(|e| reg_err(&self.registry, format!("token {realm}: {}", chain(&e))))?;
         if !resp.status().is_success() {
             return Err(reg_err(
                 &self.registry,
