@@ -20,6 +20,32 @@ struct Env {
     cgroup_parent: String,
 }
 
+/// Whatever a test left — after a failed assertion too — is stopped and removed:
+/// containers, sandboxes (netns pins), overlay mounts, the test's cgroups.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let sandboxes = self.rt.sandboxes();
+        for id in self.rt.containers() {
+            if sandboxes.contains(&id) {
+                continue;
+            }
+            let _ = self.rt.stop_container(&id, Duration::ZERO);
+            let _ = self.rt.remove_container(&id);
+        }
+        for id in sandboxes {
+            let _ = self.rt.remove_sandbox(&id);
+        }
+        for dir in common::cgroup_dirs(&self.cgroup_parent) {
+            let mut dirs = walk(&dir);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            dirs.push(dir);
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
 fn env() -> Option<Env> {
     if !berth_testkit_is_root() {
         return None;
