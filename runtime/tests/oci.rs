@@ -140,6 +140,15 @@ impl Rt {
     }
 }
 
+/// Force-deletes a container when dropped, so a failed assertion leaves nothing running.
+struct Delete<'a>(&'a Rt, String);
+
+impl Drop for Delete<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.cmd(&["delete", "--force", &self.1]);
+    }
+}
+
 fn lifecycle(rt: &Rt, dir: &Path, id: &str) {
     let b = bundle(dir, &["sleep", "1000"]);
     let b = b.to_str().expect("utf8");
@@ -152,6 +161,7 @@ fn lifecycle(rt: &Rt, dir: &Path, id: &str) {
         pid_file.to_str().expect("utf8"),
         id,
     ]);
+    let _cleanup = Delete(rt, id.to_string());
     let st = rt.state(id);
     assert_eq!(st["status"], "created", "{st}");
     let pid = st["pid"].as_i64().expect("pid");
@@ -272,6 +282,7 @@ fn run_returns_the_exit_code_and_applies_limits() {
         b.to_str().expect("utf8"),
         &id2,
     ]);
+    let _cleanup = Delete(&rt, id2.clone());
     let mem = std::fs::read_to_string(format!(
         "/sys/fs/cgroup/memory/berth/{id2}/memory.limit_in_bytes"
     ))
@@ -392,6 +403,7 @@ fn bad_input_is_named_and_leaves_nothing() {
     write_config(&b, &["sleep", "100"], |_| {});
     let id = format!("dup{}", std::process::id());
     rt.ok(&["create", "--bundle", &bs, &id]);
+    let _cleanup = Delete(&rt, id.clone());
     let out = rt.cmd(&["create", "--bundle", &bs, &id]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     assert_eq!(rt.state(&id)["status"], "created");
