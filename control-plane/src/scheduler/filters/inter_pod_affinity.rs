@@ -24,12 +24,16 @@ pub fn term_selects(owner: &Pod, term: &PodAffinityTerm, other: &Pod) -> bool {
 }
 
 /// The nodes in the same topology domain as `node` for `key` (none when `node` lacks it).
-pub fn same_domain<'a>(node: &NodeInfo, key: &str, cluster: &'a [NodeInfo]) -> Vec<&'a NodeInfo> {
+pub fn same_domain<'a>(
+    node: &NodeInfo,
+    key: &str,
+    cluster: impl IntoIterator<Item = &'a NodeInfo>,
+) -> Vec<&'a NodeInfo> {
     let Some(value) = node.labels().get(key).cloned() else {
         return Vec::new();
     };
     cluster
-        .iter()
+        .into_iter()
         .filter(|n| n.labels().get(key) == Some(&value))
         .collect()
 }

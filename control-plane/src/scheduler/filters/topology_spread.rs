@@ -27,10 +27,10 @@ pub fn constraints<'a>(pod: &'a Pod, when: &str) -> Vec<&'a TopologySpreadConstr
 }
 
 /// Matching pods per domain value, over eligible nodes.
-pub fn domain_counts(
+pub fn domain_counts<'a>(
     pod: &Pod,
     c: &TopologySpreadConstraint,
-    cluster: &[NodeInfo],
+    cluster: impl IntoIterator<Item = &'a NodeInfo>,
 ) -> BTreeMap<String, i64> {
     let mut counts = BTreeMap::new();
     for n in cluster {

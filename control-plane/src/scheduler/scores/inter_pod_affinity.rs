@@ -39,19 +39,18 @@ impl Score for InterPodAffinityPreferred {
         2
     }
     fn score(&self, pod: &Pod, node: &NodeInfo, nodes: &[&NodeInfo]) -> i64 {
-        let cluster: Vec<NodeInfo> = nodes.iter().map(|n| (*n).clone()).collect();
         let mut score = 0i64;
         for (anti, sign) in [(false, 1i64), (true, -1i64)] {
             for w in preferred(pod, anti) {
                 let term = &w.pod_affinity_term;
-                for n in same_domain(node, &term.topology_key, &cluster) {
+                for n in same_domain(node, &term.topology_key, nodes.iter().copied()) {
                     let count = n.pods.iter().filter(|p| term_selects(pod, term, p)).count() as i64;
                     score += sign * w.weight as i64 * count;
                 }
             }
         }
         // Symmetry: pods already in this node's domains that want (or avoid) this pod.
-        for n in &cluster {
+        for n in nodes {
             for other in &n.pods {
                 for term in required_affinity(other) {
                     if term_selects(other, term, pod) && in_domain(node, n, &term.topology_key) {

@@ -19,10 +19,9 @@ impl Score for PodTopologySpreadPreferred {
         2
     }
     fn score(&self, pod: &Pod, node: &NodeInfo, nodes: &[&NodeInfo]) -> i64 {
-        let cluster: Vec<NodeInfo> = nodes.iter().map(|n| (*n).clone()).collect();
         let mut s = 0;
         for c in constraints(pod, "ScheduleAnyway") {
-            let counts = domain_counts(pod, c, &cluster);
+            let counts = domain_counts(pod, c, nodes.iter().copied());
             if let Some(v) = node.labels().get(&c.topology_key) {
                 s += counts.get(v).copied().unwrap_or(0);
             }
