@@ -135,13 +135,6 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves process `pid` (all its threads) into this cgroup.
-    pub fn add(&self, pid: i32) -> Result<(), Error> {
-        self.inner
-            .add_task_by_tgid(CgroupPid::from(pid as u64))
-            .map_err(self.err("add process"))
-    }
-
     /// Moves the calling process into this cgroup. It must be single-threaded: on v1 it
     /// writes "0" to each hierarchy's `tasks` file, which migrates the calling thread
     /// without the kernel's global threadgroup lock — so without waiting for an RCU grace
