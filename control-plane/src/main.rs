@@ -1,6 +1,7 @@
-//! `berth-server`: the control plane binary: the apiserver and the scheduler, each of
-//! which can run alone (`--apiserver=false` runs the scheduler against the cluster
-//! named by `--kubeconfig`, like kube-scheduler).
+//! `berth-server`: the control plane binary: the apiserver, the scheduler and the
+//! controllers, each of which can run alone (`--apiserver=false` runs the others
+//! against the cluster named by `--kubeconfig`, like kube-scheduler and
+//! kube-controller-manager), leader-elected through Leases.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -39,21 +40,45 @@ struct Args {
     /// Run the scheduler (kube-scheduler's default profile).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     scheduler: bool,
+    /// Run the controllers (kube-controller-manager's core set).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    controllers: bool,
+    /// Run the scheduler and the controllers only while holding their Lease in
+    /// kube-system, so several berth-servers never both act.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Seconds a node may go without renewing its Lease before it is Unknown and tainted.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Terminated pods kept before the oldest are garbage collected.
+    #[arg(long, default_value_t = 12_500)]
+    terminated_pod_gc_threshold: usize,
 }
 
-/// Starts the scheduler once the kubeconfig exists and the apiserver answers; restarts
-/// it if its watches end.
-async fn scheduler(kubeconfig: PathBuf) {
-    use berth_control_plane::scheduler::{framework::Profile, run};
+/// Runs a client component (the scheduler, the controllers) once the kubeconfig exists
+/// and the apiserver answers — while this process holds `lease` when `elect` — and
+/// starts it again if it ever stops.
+async fn component<F, Fut>(kubeconfig: PathBuf, lease: &'static str, elect: bool, work: F)
+where
+    F: Fn(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use berth_control_plane::{client, controllers::leader};
+    let identity = leader::identity();
     loop {
-        match run::client_from_kubeconfig(&kubeconfig).await {
-            Ok(client) if client.apiserver_version().await.is_ok() => {
-                if let Err(err) = run::run(client, Profile::default()).await {
-                    tracing::warn!(%err, "scheduler stopped; restarting");
+        match client::from_kubeconfig(&kubeconfig).await {
+            Ok(c) if c.apiserver_version().await.is_ok() => {
+                if elect {
+                    leader::Election::new(lease, &identity)
+                        .run(c.clone(), || work(c.clone()))
+                        .await;
+                } else {
+                    work(c).await;
                 }
+                tracing::warn!(component = lease, "stopped; restarting");
             }
-            Ok(_) => tracing::debug!("scheduler waiting for the apiserver"),
-            Err(err) => tracing::debug!(%err, "scheduler waiting for the apiserver"),
+            Ok(_) => tracing::debug!(component = lease, "waiting for the apiserver"),
+            Err(err) => tracing::debug!(%err, component = lease, "waiting for the apiserver"),
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -79,12 +104,39 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
     runtime.block_on(async move {
+        use berth_control_plane::{controllers, scheduler};
         if args.scheduler {
-            tokio::spawn(scheduler(kubeconfig));
+            tokio::spawn(component(
+                kubeconfig.clone(),
+                "kube-scheduler",
+                args.leader_elect,
+                |c| {
+                    Box::pin(scheduler::run::run(
+                        c,
+                        scheduler::framework::Profile::default(),
+                    ))
+                },
+            ));
+        }
+        if args.controllers {
+            let options = controllers::Options {
+                node_monitor_grace_period: std::time::Duration::from_secs(
+                    args.node_monitor_grace_period,
+                ),
+                terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+            };
+            tokio::spawn(component(
+                kubeconfig.clone(),
+                controllers::LEASE,
+                args.leader_elect,
+                move |c| Box::pin(controllers::run(c, options.clone())),
+            ));
         }
         if !args.apiserver {
-            if !args.scheduler {
-                anyhow::bail!("nothing to run: --apiserver=false and --scheduler=false");
+            if !args.scheduler && !args.controllers {
+                anyhow::bail!(
+                    "nothing to run: --apiserver, --scheduler and --controllers are all false"
+                );
             }
             return std::future::pending().await;
         }

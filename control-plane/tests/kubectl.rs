@@ -1,89 +1,30 @@
 //! The real kubectl (pinned, from `cargo xtask setup`) against a berth-server started by
 //! the test: the workflow a Kubernetes user has, checked against what Kubernetes does.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use berth_testkit::{BerthServer, skip, tools::venv};
-use serde_json::Value;
+use berth_testkit::BerthServer;
 
+/// A berth-server of the test's own and the real kubectl pointed at it.
 struct Kubectl {
-    bin: PathBuf,
+    k: berth_testkit::Kubectl,
     server: BerthServer,
     home: tempfile::TempDir,
 }
 
+impl std::ops::Deref for Kubectl {
+    type Target = berth_testkit::Kubectl;
+    fn deref(&self) -> &Self::Target {
+        &self.k
+    }
+}
+
 impl Kubectl {
     fn start() -> Option<Self> {
-        let bin = venv().join("bin/kubectl");
-        if !bin.exists() {
-            skip(&format!("{} is missing (cargo xtask setup)", bin.display()));
-            return None;
-        }
         let home = tempfile::tempdir().expect("temp home");
         let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), home.path());
-        Some(Self { bin, server, home })
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.args(args)
-            .env("KUBECONFIG", self.server.kubeconfig())
-            .env("HOME", self.home.path())
-            .env_remove("KUBERNETES_SERVICE_HOST");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run kubectl")
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "kubectl {args:?} should have failed");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn apply(&self, manifest: &str) -> String {
-        let mut child = self
-            .cmd(&["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kubectl apply");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(manifest.as_bytes())
-            .expect("write manifest");
-        let out = child.wait_with_output().expect("kubectl apply");
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).expect("kubectl prints JSON")
+        let k = berth_testkit::Kubectl::find(&server.kubeconfig(), home.path())?;
+        Some(Self { k, server, home })
     }
 }
 

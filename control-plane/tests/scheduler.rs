@@ -3,56 +3,16 @@
 //! FailedScheduling event worded as kube-scheduler words it and PodScheduled=False,
 //! and is bound once a node that fits appears; pods for another scheduler stay pending.
 
+mod hollow;
+
 use std::time::{Duration, Instant};
 
-use berth_control_plane::scheduler::run::client_from_kubeconfig;
+use berth_control_plane::client::from_kubeconfig as client_from_kubeconfig;
 use berth_testkit::BerthServer;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use hollow::{node, pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-
-async fn node(
-    client: &kube::Client,
-    name: &str,
-    cpu: &str,
-    labels: serde_json::Value,
-    taints: serde_json::Value,
-) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let n: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"taints": taints},
-    }))
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &n)
-        .await
-        .expect("create node");
-    let status = json!({"status": {
-        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .expect("node status");
-}
-
-async fn pod(client: &kube::Client, name: &str, spec: serde_json::Value) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let mut base = json!({"containers": [{"name": "c", "image": "busybox"}]});
-    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
-        for (k, v) in extra {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    let p: Pod =
-        serde_json::from_value(json!({"metadata": {"name": name}, "spec": base})).expect("pod");
-    pods.create(&PostParams::default(), &p)
-        .await
-        .expect("create pod");
-}
 
 async fn bound_to(client: &kube::Client, name: &str, timeout: Duration) -> Option<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

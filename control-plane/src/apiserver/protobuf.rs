@@ -1,6 +1,6 @@
 //! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed clients send for `kubectl create configmap|secret|namespace|
-//! serviceaccount`: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
+//! serviceaccount|deployment`: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
 //! the object in the field numbering of `k8s.io/api`'s `generated.proto`. Decoded to
 //! JSON here for the kinds in [`message`]; other kinds answer 415 with their name, and
 //! responses are always JSON (clients accept it).
@@ -21,6 +21,8 @@ enum F {
     StrList(&'static str),
     StrMap(&'static str),
     BytesMap(&'static str),
+    /// `map<string, resource.Quantity>` (a Quantity is `{string = 1}`).
+    QuantityMap(&'static str),
     Msg(&'static str, &'static str),
     MsgList(&'static str, &'static str),
     Time(&'static str),
@@ -74,6 +76,77 @@ fn message(name: &str) -> Option<&'static [(u64, F)]> {
             (4, F::Bool("automountServiceAccountToken")),
         ],
         "LocalObjectReference" => &[(1, F::Str("name"))],
+        // What `kubectl create deployment` sends.
+        "Deployment" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "DeploymentSpec")),
+        ],
+        "DeploymentSpec" => &[
+            (1, F::Int("replicas")),
+            (2, F::Msg("selector", "LabelSelector")),
+            (3, F::Msg("template", "PodTemplateSpec")),
+            (4, F::Msg("strategy", "DeploymentStrategy")),
+            (5, F::Int("minReadySeconds")),
+            (6, F::Int("revisionHistoryLimit")),
+            (7, F::Bool("paused")),
+            (9, F::Int("progressDeadlineSeconds")),
+        ],
+        "DeploymentStrategy" => &[(1, F::Str("type"))],
+        "LabelSelector" => &[
+            (1, F::StrMap("matchLabels")),
+            (
+                2,
+                F::MsgList("matchExpressions", "LabelSelectorRequirement"),
+            ),
+        ],
+        "LabelSelectorRequirement" => &[
+            (1, F::Str("key")),
+            (2, F::Str("operator")),
+            (3, F::StrList("values")),
+        ],
+        "PodTemplateSpec" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "PodSpec")),
+        ],
+        "PodSpec" => &[
+            (2, F::MsgList("containers", "Container")),
+            (3, F::Str("restartPolicy")),
+            (4, F::Int("terminationGracePeriodSeconds")),
+            (6, F::Str("dnsPolicy")),
+            (7, F::StrMap("nodeSelector")),
+            (8, F::Str("serviceAccountName")),
+            (10, F::Str("nodeName")),
+            (19, F::Str("schedulerName")),
+            (20, F::MsgList("initContainers", "Container")),
+            (24, F::Str("priorityClassName")),
+        ],
+        "Container" => &[
+            (1, F::Str("name")),
+            (2, F::Str("image")),
+            (3, F::StrList("command")),
+            (4, F::StrList("args")),
+            (5, F::Str("workingDir")),
+            (6, F::MsgList("ports", "ContainerPort")),
+            (7, F::MsgList("env", "EnvVar")),
+            (8, F::Msg("resources", "ResourceRequirements")),
+            (13, F::Str("terminationMessagePath")),
+            (14, F::Str("imagePullPolicy")),
+            (16, F::Bool("stdin")),
+            (18, F::Bool("tty")),
+            (20, F::Str("terminationMessagePolicy")),
+        ],
+        "ContainerPort" => &[
+            (1, F::Str("name")),
+            (2, F::Int("hostPort")),
+            (3, F::Int("containerPort")),
+            (4, F::Str("protocol")),
+            (5, F::Str("hostIP")),
+        ],
+        "EnvVar" => &[(1, F::Str("name")), (2, F::Str("value"))],
+        "ResourceRequirements" => &[
+            (1, F::QuantityMap("limits")),
+            (2, F::QuantityMap("requests")),
+        ],
         _ => return None,
     })
 }
@@ -161,7 +234,11 @@ fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
         };
         match *field {
             F::Str(k) => {
-                out.insert(k.into(), json!(utf8(r.bytes()?)?));
+                // Go writes unset (zero-value) strings as empty ones; JSON omits them.
+                let v = utf8(r.bytes()?)?;
+                if !v.is_empty() {
+                    out.insert(k.into(), json!(v));
+                }
             }
             F::Bool(k) => {
                 out.insert(k.into(), json!(r.varint()? != 0));
@@ -180,7 +257,7 @@ fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
                 let v = decode_message(r.bytes()?, m)?;
                 push(&mut out, k, v);
             }
-            F::StrMap(k) | F::BytesMap(k) => {
+            F::StrMap(k) | F::BytesMap(k) | F::QuantityMap(k) => {
                 let mut entry = Reader { buf: r.bytes()? };
                 let (mut key, mut value) = (String::new(), Vec::new());
                 while let Some((n, w)) = entry.tag()? {
@@ -193,6 +270,17 @@ fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
                 let value = match field {
                     F::BytesMap(_) => {
                         json!(base64::engine::general_purpose::STANDARD.encode(&value))
+                    }
+                    F::QuantityMap(_) => {
+                        let mut q = Reader { buf: &value };
+                        let mut text = String::new();
+                        while let Some((n, w)) = q.tag()? {
+                            match n {
+                                1 => text = utf8(q.bytes()?)?,
+                                _ => q.skip(w)?,
+                            }
+                        }
+                        json!(text)
                     }
                     _ => json!(utf8(&value)?),
                 };

@@ -9,15 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use super::framework::Profile;
 use super::node_info::NodeInfo;
 use super::preemption;
+use crate::client::{Informers, Involved, record_event};
+use kube::runtime::reflector;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -47,36 +47,28 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
-/// A reflector-fed cache of `api`'s objects; `changed` is notified on every change.
-fn cache<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>) -> reflector::Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(stream);
-        while s.next().await.is_some() {
-            changed.notify_one();
-        }
-    });
-    store
+/// Runs until the future is dropped.
+pub async fn run(client: Client, profile: Profile) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    fn notify<K>(c: &Arc<tokio::sync::Notify>) -> impl Fn(&K) + Send + 'static {
+        let c = c.clone();
+        move |_: &K| c.notify_one()
+    }
+    let mut informers = Informers::default();
+    let nodes = informers.add(Api::<Node>::all(client.clone()), notify(&changed));
+    let pods = informers.add(Api::<Pod>::all(client.clone()), notify(&changed));
+    informers
+        .run(schedule(client, profile, changed, nodes, pods))
+        .await;
 }
 
-/// Runs until the client's watches end for good.
-pub async fn run(client: Client, profile: Profile) -> Result<(), kube::Error> {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let nodes = cache(Api::<Node>::all(client.clone()), changed.clone());
-    let pods = cache(Api::<Pod>::all(client.clone()), changed.clone());
+async fn schedule(
+    client: Client,
+    profile: Profile,
+    changed: Arc<tokio::sync::Notify>,
+    nodes: reflector::Store<Node>,
+    pods: reflector::Store<Pod>,
+) {
     let _ = nodes.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     tracing::info!("scheduler: caches ready");
@@ -236,7 +228,7 @@ async fn bind(client: &Client, ns: &str, name: &str, node: &str) -> Result<(), k
     .map(drop)
 }
 
-/// The FailedScheduling event and the PodScheduled=False condition.
+/// The PodScheduled=False condition and the FailedScheduling event.
 async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod
@@ -245,30 +237,7 @@ async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
         .clone()
         .unwrap_or_else(|| "default".into());
     let now = jiff::Timestamp::now().to_string();
-    let event = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
-            "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-        "reason": "FailedScheduling",
-        "message": message,
-        "type": "Warning",
-        "source": {"component": SCHEDULER_NAME},
-        "reportingComponent": SCHEDULER_NAME,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    });
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
-    match serde_json::from_value(event) {
-        Ok(ev) => {
-            if let Err(err) = events.create(&PostParams::default(), &ev).await {
-                tracing::warn!(%err, pod = %name, "could not record FailedScheduling");
-            }
-        }
-        Err(err) => tracing::warn!(%err, "event body"),
-    }
+    // The condition first: whoever sees the event finds the pod already marked.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({"status": {"conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -280,6 +249,15 @@ async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
     {
         tracing::warn!(%err, pod = %name, "could not set PodScheduled=False");
     }
+    record_event(
+        client,
+        SCHEDULER_NAME,
+        &Involved::of(pod),
+        "Warning",
+        "FailedScheduling",
+        message,
+    )
+    .await;
 }
 
 /// A pod already nominated to a node where pods are still terminating waits for them
@@ -319,22 +297,16 @@ async fn preempt(client: &Client, pod: &Pod, node: &str, victims: &[Pod]) {
         match api.delete(&vname, &Default::default()).await {
             Ok(_) => {
                 tracing::info!(victim = %format!("{vns}/{vname}"), preemptor = %format!("{ns}/{name}"), %node, "preempted");
-                let now = jiff::Timestamp::now().to_string();
-                let event = serde_json::json!({
-                    "apiVersion": "v1", "kind": "Event",
-                    "metadata": {"generateName": format!("{vname}."), "namespace": vns},
-                    "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": vname, "namespace": vns, "uid": v.metadata.uid},
-                    "reason": "Preempted",
-                    "message": format!("Preempted by pod {uid} on node {node}"),
-                    "type": "Normal",
-                    "source": {"component": SCHEDULER_NAME},
-                    "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                });
-                if let Ok(ev) = serde_json::from_value::<k8s_openapi::api::core::v1::Event>(event) {
-                    let events: Api<k8s_openapi::api::core::v1::Event> =
-                        Api::namespaced(client.clone(), &vns);
-                    let _ = events.create(&PostParams::default(), &ev).await;
-                }
+                let message = format!("Preempted by pod {uid} on node {node}");
+                record_event(
+                    client,
+                    SCHEDULER_NAME,
+                    &Involved::of(v),
+                    "Normal",
+                    "Preempted",
+                    &message,
+                )
+                .await;
             }
             Err(err) => tracing::warn!(%err, victim = %vname, "preemption delete failed"),
         }
@@ -347,15 +319,4 @@ async fn preempt(client: &Client, pod: &Pod, node: &str, victims: &[Pod]) {
     {
         tracing::warn!(%err, pod = %name, "could not set nominatedNodeName");
     }
-}
-
-/// A client from a kubeconfig file.
-pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, anyhow::Error> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    Ok(Client::try_from(config)?)
 }

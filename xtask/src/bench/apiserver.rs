@@ -267,7 +267,12 @@ pub fn run() -> Result<Report> {
     let data = util::target_dir().join("bench-apiserver");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).with_context(|| format!("mkdir {}", data.display()))?;
-    let server = BerthServer::start(&release.join("berth-server"), &data);
+    // The apiserver alone: the scheduler and controllers have their own benches.
+    let server = BerthServer::start_with(
+        &release.join("berth-server"),
+        &data,
+        &["--scheduler=false", "--controllers=false"],
+    );
     let pid = server.pid().context("server pid")?;
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_mb(pid);

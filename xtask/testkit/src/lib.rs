@@ -10,6 +10,7 @@
 
 mod bpffs;
 mod cgroup;
+pub mod kubectl;
 mod netns;
 mod process;
 mod server;
@@ -18,6 +19,7 @@ pub mod tools;
 
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
+pub use kubectl::Kubectl;
 pub use netns::NetNs;
 pub use process::ChildGuard;
 pub use server::BerthServer;

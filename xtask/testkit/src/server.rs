@@ -14,6 +14,7 @@ pub struct BerthServer {
     binary: PathBuf,
     dir: PathBuf,
     port: u16,
+    args: Vec<String>,
     child: Option<ChildGuard>,
 }
 
@@ -27,12 +28,19 @@ fn free_port() -> u16 {
 impl BerthServer {
     /// Starts `binary` on a fresh data dir under `parent`.
     pub fn start(binary: &Path, parent: &Path) -> Self {
+        Self::start_with(binary, parent, &[])
+    }
+
+    /// [`BerthServer::start`] with more command-line flags (e.g.
+    /// `--controllers=false`, `--node-monitor-grace-period=3`).
+    pub fn start_with(binary: &Path, parent: &Path, args: &[&str]) -> Self {
         let dir = parent.join(crate::unique_name("berth-server"));
         std::fs::create_dir_all(&dir).expect("create the server's data dir");
         let mut server = Self {
             binary: binary.into(),
             dir,
             port: free_port(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         server.restart();
@@ -51,6 +59,7 @@ impl BerthServer {
             .args(["--advertise-address", "127.0.0.1"])
             .arg("--token-auth-file")
             .arg(self.token_file())
+            .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -130,7 +130,14 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &Options) -> ApiResult<(Value, 
         }
         let grace = graceful_period(ctx, &old, opts.grace);
         let deleting = meta.contains_key("deletionTimestamp");
-        let mark = !finalizers.is_empty() || grace > 0;
+        // A namespace waits for the namespace controller (its `kubernetes` spec finalizer).
+        let spec_finalizers = ctx.def.kind == "Namespace"
+            && ctx.def.group.is_empty()
+            && old
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+        let mark = !finalizers.is_empty() || grace > 0 || spec_finalizers;
         if !mark {
             if opts.dry_run {
                 return Ok((old, true));

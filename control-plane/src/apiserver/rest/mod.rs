@@ -392,14 +392,15 @@ pub fn unchanged(old: &Value, new: &Value) -> bool {
         )
 }
 
-/// A change that leaves a deleting object without finalizers deletes it.
+/// A change that leaves a deleting object without finalizers (for a namespace, also
+/// without spec.finalizers) deletes it.
 pub fn finalized(obj: &Value) -> bool {
     let meta = object::meta(obj);
+    let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(Vec::is_empty);
     meta.is_some_and(|m| m.contains_key("deletionTimestamp"))
-        && meta
-            .and_then(|m| m.get("finalizers"))
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
+        && empty(meta.and_then(|m| m.get("finalizers")))
+        && (obj.get("kind").and_then(Value::as_str) != Some("Namespace")
+            || empty(obj.pointer("/spec/finalizers")))
 }
 
 /// Writes `new` over the object last seen at `revision`, or deletes it if this change

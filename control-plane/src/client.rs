@@ -1,0 +1,159 @@
+//! What the scheduler and the controllers share as clients of the apiserver: a client
+//! from a kubeconfig, informer caches (kube-runtime reflectors) that call back on every
+//! change, and Events recorded as kube components record them.
+
+use std::path::Path;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Event;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+/// A client from a kubeconfig file.
+pub async fn from_kubeconfig(path: &Path) -> Result<Client, anyhow::Error> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// The informers of one component: reflector-fed caches whose watches run only while
+/// [`Informers::run`] runs, so dropping that future (a lost leader election, a stopped
+/// component) stops every watch with it.
+#[derive(Default)]
+pub struct Informers {
+    watches: Vec<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for Informers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Informers({} watches)", self.watches.len())
+    }
+}
+
+impl Informers {
+    /// A cache of `api`'s objects; `on_change` sees every object created, changed or
+    /// deleted (after the cache has it). The watch restarts with back-off on errors.
+    pub fn add<K, F>(&mut self, api: Api<K>, on_change: F) -> reflector::Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        F: Fn(&K) + Send + 'static,
+    {
+        self.add_with(api, Default::default(), on_change)
+    }
+
+    /// [`Informers::add`] for dynamic types (`DynamicObject` with its `ApiResource`).
+    pub fn add_with<K, F>(
+        &mut self,
+        api: Api<K>,
+        dyntype: K::DynamicType,
+        on_change: F,
+    ) -> reflector::Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+        F: Fn(&K) + Send + 'static,
+    {
+        let writer = reflector::store::Writer::new(dyntype);
+        let store = writer.as_reader();
+        let stream = reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        self.watches.push(Box::pin(async move {
+            let mut s = std::pin::pin!(stream);
+            while let Some(item) = s.next().await {
+                if let Ok(obj) = item {
+                    on_change(&obj);
+                }
+            }
+        }));
+        store
+    }
+
+    /// Runs the watches alongside `work` (which should wait for the caches it reads
+    /// with `wait_until_ready`) until `work` returns.
+    pub async fn run<T>(self, work: impl std::future::Future<Output = T>) -> T {
+        let watches = futures_util::future::join_all(self.watches);
+        tokio::select! {
+            out = work => out,
+            _ = watches => std::future::pending().await,
+        }
+    }
+}
+
+/// The object an Event is about.
+#[derive(Debug, Clone, Default)]
+pub struct Involved {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl Involved {
+    pub fn of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Self {
+        Involved {
+            api_version: K::api_version(&()).into_owned(),
+            kind: K::kind(&()).into_owned(),
+            namespace: obj.meta().namespace.clone(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+            uid: obj.meta().uid.clone(),
+        }
+    }
+}
+
+/// Records a core/v1 Event (`type_` is `Normal` or `Warning`) from `component`;
+/// failures are logged, never returned: an Event is best effort, as in Kubernetes.
+pub async fn record_event(
+    client: &Client,
+    component: &str,
+    about: &Involved,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = about.namespace.clone().unwrap_or_else(|| "default".into());
+    let now = jiff::Timestamp::now().to_string();
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{}.", about.name), "namespace": ns},
+        "involvedObject": {"apiVersion": about.api_version, "kind": about.kind,
+            "name": about.name, "namespace": about.namespace, "uid": about.uid},
+        "reason": reason,
+        "message": message,
+        "type": type_,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    });
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    match serde_json::from_value(event) {
+        Ok(ev) => {
+            if let Err(err) = events.create(&PostParams::default(), &ev).await {
+                tracing::warn!(%err, %reason, object = %about.name, "could not record event");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "event body"),
+    }
+}

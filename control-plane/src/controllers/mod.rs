@@ -1,0 +1,60 @@
+//! The core controllers, kube-controller-manager's: each a level-triggered loop over
+//! informer caches ([`crate::client::Informers`]) draining a [`queue::Queue`] of object
+//! keys. [`run`] runs them all while this process holds the controller Lease.
+
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod leader;
+pub mod namespace;
+pub mod node_lifecycle;
+pub mod pod_gc;
+pub mod pods;
+pub mod queue;
+pub mod replicaset;
+pub mod serviceaccount;
+
+use std::time::Duration;
+
+use kube::Client;
+
+/// The Lease in kube-system the controllers are elected through.
+pub const LEASE: &str = "kube-controller-manager";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a node's Lease may go unrenewed before the node is Unknown
+    /// (`--node-monitor-grace-period`, 40 s in Kubernetes).
+    pub node_monitor_grace_period: Duration,
+    /// Terminated pods kept before the oldest are deleted
+    /// (`--terminated-pod-gc-threshold`, 12 500).
+    pub terminated_pod_gc_threshold: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node_monitor_grace_period: Duration::from_secs(40),
+            terminated_pod_gc_threshold: 12_500,
+        }
+    }
+}
+
+/// Every controller, until the future is dropped.
+pub async fn run(client: Client, options: Options) {
+    // Each loop is boxed: together they are too large a future for a worker's stack.
+    let loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
+        Box::pin(replicaset::run(client.clone())),
+        Box::pin(deployment::run(client.clone())),
+        Box::pin(endpoints::run(client.clone())),
+        Box::pin(namespace::run(client.clone())),
+        Box::pin(gc::run(client.clone())),
+        Box::pin(serviceaccount::run(client.clone())),
+        Box::pin(node_lifecycle::run(
+            client.clone(),
+            options.node_monitor_grace_period,
+        )),
+        Box::pin(pod_gc::run(client, options.terminated_pod_gc_threshold)),
+    ];
+    futures_util::future::join_all(loops).await;
+}

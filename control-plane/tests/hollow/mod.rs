@@ -1,0 +1,183 @@
+//! Hollow nodes for control-plane tests: Node objects with capacity, and a small fake
+//! kubelet that renews their Leases, marks the pods bound to them Running and Ready
+//! (each with an IP of its own) and finishes their graceful deletion — until a node is
+//! "killed", after which it goes silent like a dead host.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+#[allow(dead_code, reason = "each test binary uses what it needs")]
+pub async fn node(
+    client: &kube::Client,
+    name: &str,
+    cpu: &str,
+    labels: serde_json::Value,
+    taints: serde_json::Value,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+    }))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("create node");
+    let status = json!({"status": {
+        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("node status");
+}
+
+#[allow(dead_code, reason = "each test binary uses what it needs")]
+pub async fn pod(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut base = json!({"containers": [{"name": "c", "image": "busybox"}]});
+    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    let p: Pod =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": base})).expect("pod");
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("create pod");
+}
+
+/// The fake kubelet of a set of hollow nodes; stopped on drop.
+#[allow(dead_code, reason = "each test binary uses what it needs")]
+pub struct Kubelet {
+    dead: Arc<Mutex<HashSet<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[allow(dead_code, reason = "each test binary uses what it needs")]
+impl Kubelet {
+    pub fn start(client: kube::Client, nodes: &[&str]) -> Self {
+        let nodes: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+        let dead: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let task = tokio::spawn(run(client, nodes, dead.clone()));
+        Kubelet { dead, task }
+    }
+
+    /// The node's kubelet dies: no more Lease renewals, status or deletions.
+    pub fn kill(&self, node: &str) {
+        self.dead.lock().expect("lock").insert(node.to_owned());
+    }
+}
+
+async fn run(client: kube::Client, nodes: Vec<String>, dead: Arc<Mutex<HashSet<String>>>) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let mut next_ip = 1u32;
+    let mut tick = 0u64;
+    loop {
+        let alive: Vec<String> = {
+            let dead = dead.lock().expect("lock");
+            nodes
+                .iter()
+                .filter(|n| !dead.contains(*n))
+                .cloned()
+                .collect()
+        };
+        if tick.is_multiple_of(5) {
+            for n in &alive {
+                let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    jiff::Timestamp::now(),
+                );
+                let lease: Lease = serde_json::from_value(json!({
+                    "metadata": {"name": n, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": n, "leaseDurationSeconds": 40, "renewTime": now},
+                }))
+                .expect("lease");
+                if leases.create(&PostParams::default(), &lease).await.is_err() {
+                    let patch = json!({"spec": {"renewTime": now}});
+                    let _ = leases
+                        .patch(n, &PatchParams::default(), &Patch::Merge(patch))
+                        .await;
+                }
+            }
+        }
+        tick += 1;
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list.items {
+                let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                    continue;
+                };
+                if !alive.contains(&node) {
+                    continue;
+                }
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                if p.metadata.deletion_timestamp.is_some() {
+                    let _ = api
+                        .delete(
+                            &name,
+                            &DeleteParams {
+                                grace_period_seconds: Some(0),
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    continue;
+                }
+                let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                if phase.as_deref() == Some("Running") {
+                    continue;
+                }
+                let ip = format!("10.88.{}.{}", next_ip / 250, next_ip % 250 + 1);
+                next_ip += 1;
+                let now = jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                let cond =
+                    |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+                let statuses: Vec<_> = p
+                    .spec
+                    .as_ref()
+                    .map(|s| {
+                        s.containers
+                            .iter()
+                            .map(|c| {
+                                json!({
+                    "name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
+                    "restartCount": 0, "state": {"running": {"startedAt": now}}})
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let patch = json!({"status": {
+                    "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1",
+                    "startTime": now,
+                    "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+                    "containerStatuses": statuses,
+                }});
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
