@@ -525,8 +525,13 @@ impl Controller {
         if new_spec > replicas {
             new_target = replicas;
         } else if new_spec < replicas {
+            // Pods that exist count even where a ReplicaSet was already scaled down and
+            // its controller has not deleted them yet: the surge bounds real pods.
             let allowed = replicas + surge;
-            let total = new_spec + old_spec;
+            let total: i32 = std::iter::once(new)
+                .chain(old.iter())
+                .map(|rs| spec_replicas(rs).max(count(rs).active))
+                .sum();
             if total < allowed {
                 new_target = new_spec + (allowed - total).min(replicas - new_spec);
             }
