@@ -102,7 +102,24 @@ pub struct CacheWatch {
 impl WatchCache {
     /// Loads everything and follows the store.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
-        let listed = store.list(ROOT, Default::default()).await?;
+        // Start up to a window's worth of revisions in the past (as far as compaction
+        // allows) and replay from there, so that watches resumed from before a restart
+        // still find their changes.
+        let current = store.current_revision();
+        let back = current.saturating_sub(WINDOW as Revision).max(1);
+        let listed = match store
+            .list(
+                ROOT,
+                crate::store::ListOptions {
+                    revision: Some(back),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(l) => l,
+            Err(_) => store.list(ROOT, Default::default()).await?,
+        };
         let mut state = State {
             revision: listed.revision,
             oldest: listed.revision,

@@ -222,6 +222,15 @@ impl NodeInfo {
         self.pods.push(pod);
     }
 
+    /// A new version of the node object; its pods stay.
+    pub fn set_node(&mut self, node: Node) {
+        let pods = std::mem::take(&mut self.pods);
+        *self = NodeInfo::new(node);
+        for p in pods {
+            self.add_pod(p);
+        }
+    }
+
     pub fn remove_pod(&mut self, uid: &str) {
         if let Some(i) = self
             .pods

@@ -47,25 +47,189 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
+/// A change the informers saw: a node by name, a pod by namespace/name.
+#[derive(Debug)]
+enum Change {
+    Node(String),
+    Pod(String, String),
+}
+
+/// How many bindings may be in flight at once (kube-scheduler binds asynchronously too).
+const PARALLEL_BINDS: usize = 32;
+
 /// Runs until the future is dropped.
 pub async fn run(client: Client, profile: Profile) {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    fn notify<K>(c: &Arc<tokio::sync::Notify>) -> impl Fn(&K) + Send + 'static {
-        let c = c.clone();
-        move |_: &K| c.notify_one()
-    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut informers = Informers::default();
-    let nodes = informers.add(Api::<Node>::all(client.clone()), notify(&changed));
-    let pods = informers.add(Api::<Pod>::all(client.clone()), notify(&changed));
+    let nodes = informers.add(Api::<Node>::all(client.clone()), {
+        let tx = tx.clone();
+        move |n: &Node| {
+            let _ = tx.send(Change::Node(n.metadata.name.clone().unwrap_or_default()));
+        }
+    });
+    let pods = informers.add(Api::<Pod>::all(client.clone()), move |p: &Pod| {
+        let _ = tx.send(Change::Pod(
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone().unwrap_or_default(),
+        ));
+    });
     informers
-        .run(schedule(client, profile, changed, nodes, pods))
+        .run(Box::pin(schedule(client, profile, rx, nodes, pods)))
         .await;
+}
+
+/// The scheduler's view, kept up to date change by change: one NodeInfo per node with
+/// the pods bound (or assumed) there, and the pods waiting for a node.
+#[derive(Default)]
+struct Snapshot {
+    infos: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    /// Pod uid → the node it counts on.
+    placed: HashMap<String, String>,
+    /// Pod key (namespace/name) → uid, to find what a deleted pod was.
+    uids: HashMap<String, String>,
+    pending: HashMap<String, Arc<Pod>>,
+    /// Pods bound to a node not seen yet (uid → node, pod).
+    unseen_node: HashMap<String, (String, Pod)>,
+}
+
+impl Snapshot {
+    fn unplace(&mut self, uid: &str) {
+        self.unseen_node.remove(uid);
+        if let Some(node) = self.placed.remove(uid)
+            && let Some(&i) = self.index.get(&node)
+        {
+            self.infos[i].remove_pod(uid);
+        }
+    }
+
+    fn place(&mut self, uid: &str, node: &str, pod: Pod) {
+        self.unplace(uid);
+        if let Some(&i) = self.index.get(node) {
+            self.infos[i].add_pod(pod);
+            self.placed.insert(uid.to_owned(), node.to_owned());
+        } else {
+            self.unseen_node
+                .insert(uid.to_owned(), (node.to_owned(), pod));
+        }
+    }
+
+    fn node(&mut self, name: &str, node: Option<Arc<Node>>) {
+        match (node, self.index.get(name).copied()) {
+            (Some(n), Some(i)) => self.infos[i].set_node((*n).clone()),
+            (Some(n), None) => {
+                self.index.insert(name.to_owned(), self.infos.len());
+                self.infos.push(NodeInfo::new((*n).clone()));
+                // Pods bound to it before it was seen.
+                let arrived: Vec<String> = self
+                    .unseen_node
+                    .iter()
+                    .filter(|(_, (node, _))| node == name)
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in arrived {
+                    if let Some((node, pod)) = self.unseen_node.remove(&uid) {
+                        self.place(&uid, &node, pod);
+                    }
+                }
+            }
+            (None, Some(i)) => {
+                self.index.remove(name);
+                let gone = self.infos.swap_remove(i);
+                for p in &gone.pods {
+                    if let Some(uid) = &p.metadata.uid {
+                        self.placed.remove(uid);
+                    }
+                }
+                if let Some(moved) = self.infos.get(i) {
+                    self.index.insert(moved.name.clone(), i);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Applies the cache's current version of pod `key` (None: deleted); `assumed`
+    /// holds pods this scheduler bound that the cache does not show bound yet.
+    fn pod(&mut self, key: &str, pod: Option<Arc<Pod>>, assumed: &mut HashMap<String, String>) {
+        let old_uid = self.uids.remove(key);
+        let new_uid = pod.as_ref().and_then(|p| p.metadata.uid.clone());
+        if let Some(old) = &old_uid
+            && Some(old) != new_uid.as_ref()
+        {
+            self.unplace(old);
+            self.pending.remove(old);
+            assumed.remove(old);
+        }
+        let (Some(pod), Some(uid)) = (pod, new_uid) else {
+            return;
+        };
+        self.uids.insert(key.to_owned(), uid.clone());
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        if bound.is_some() {
+            assumed.remove(&uid);
+        }
+        match bound.or_else(|| assumed.get(&uid).cloned()) {
+            Some(node) if !terminal(&pod) => self.place(&uid, &node, (*pod).clone()),
+            _ => self.unplace(&uid),
+        }
+        if is_pending(&pod) && !assumed.contains_key(&uid) {
+            self.pending.insert(uid, pod);
+        } else {
+            self.pending.remove(&uid);
+        }
+    }
+}
+
+/// Applies one informer change to the snapshot; `true` if it may let pods that did
+/// not fit fit now (a node changed, a pod went away or finished).
+fn apply(
+    snap: &mut Snapshot,
+    assumed: &mut HashMap<String, String>,
+    nodes: &reflector::Store<Node>,
+    pods: &reflector::Store<Pod>,
+    change: Change,
+) -> bool {
+    match change {
+        Change::Node(name) => {
+            let node = nodes.get(&reflector::ObjectRef::new(&name));
+            snap.node(&name, node);
+            true
+        }
+        Change::Pod(ns, name) => {
+            let pod = pods.get(&reflector::ObjectRef::new(&name).within(&ns));
+            let freed = pod.as_ref().is_none_or(|p| terminal(p));
+            snap.pod(&format!("{ns}/{name}"), pod, assumed);
+            freed
+        }
+    }
+}
+
+/// A binding failed: the pod no longer counts on that node and waits its back-off.
+fn unassume(
+    snap: &mut Snapshot,
+    assumed: &mut HashMap<String, String>,
+    backoff: &mut HashMap<String, Backoff>,
+    pods: &reflector::Store<Pod>,
+    uid: &str,
+    key: &str,
+) {
+    assumed.remove(uid);
+    snap.unplace(uid);
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let pod = pods.get(&reflector::ObjectRef::new(name).within(ns));
+    snap.pod(key, pod, assumed);
+    note_failure(backoff, uid, String::new());
 }
 
 async fn schedule(
     client: Client,
     profile: Profile,
-    changed: Arc<tokio::sync::Notify>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
     nodes: reflector::Store<Node>,
     pods: reflector::Store<Pod>,
 ) {
@@ -73,54 +237,49 @@ async fn schedule(
     let _ = pods.wait_until_ready().await;
     tracing::info!("scheduler: caches ready");
 
+    let mut snap = Snapshot::default();
+    for n in nodes.state() {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        snap.node(&name, Some(n));
+    }
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     // Pods bound by us that the pod cache has not shown bound yet.
     let mut assumed: HashMap<String, String> = HashMap::new();
+    for p in pods.state() {
+        let key = format!(
+            "{}/{}",
+            p.metadata.namespace.as_deref().unwrap_or_default(),
+            p.metadata.name.as_deref().unwrap_or_default()
+        );
+        snap.pod(&key, Some(p), &mut assumed);
+    }
+    let binds = Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDS));
+    // Failed bindings come back here: (uid, pod key).
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut cluster_changed = false;
     loop {
-        let all_pods = pods.state();
-        let mut infos: Vec<NodeInfo> = nodes
-            .state()
-            .iter()
-            .map(|n| NodeInfo::new((**n).clone()))
-            .collect();
-        let index: HashMap<String, usize> = infos
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
-        let mut live = std::collections::HashSet::new();
-        for pod in &all_pods {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            live.insert(uid.clone());
-            let bound = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty());
-            if bound.is_some() {
-                assumed.remove(&uid);
-            }
-            if let Some(node) = bound.or_else(|| assumed.get(&uid).cloned())
-                && !terminal(pod)
-                && let Some(&i) = index.get(&node)
-            {
-                infos[i].add_pod((**pod).clone());
-            }
+        // Everything that changed since the last round.
+        while let Ok(change) = changes.try_recv() {
+            cluster_changed |= apply(&mut snap, &mut assumed, &nodes, &pods, change);
         }
-        assumed.retain(|uid, _| live.contains(uid));
-        backoff.retain(|uid, _| live.contains(uid));
+        while let Ok((uid, key)) = failed_rx.try_recv() {
+            unassume(&mut snap, &mut assumed, &mut backoff, &pods, &uid, &key);
+        }
+        if cluster_changed {
+            // A cluster change may make unschedulable pods fit: retry them now.
+            for b in backoff.values_mut() {
+                b.next = b.next.min(Instant::now());
+            }
+            cluster_changed = false;
+        }
+        backoff.retain(|uid, _| snap.pending.contains_key(uid));
 
         let now = Instant::now();
-        let mut pending: Vec<&Pod> = all_pods
+        let mut pending: Vec<Arc<Pod>> = snap
+            .pending
             .iter()
-            .map(|p| p.as_ref())
-            .filter(|p| is_pending(p))
-            .filter(|p| !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or("")))
-            .filter(|p| {
-                backoff
-                    .get(p.metadata.uid.as_deref().unwrap_or(""))
-                    .is_none_or(|b| b.next <= now)
-            })
+            .filter(|(uid, _)| backoff.get(*uid).is_none_or(|b| b.next <= now))
+            .map(|(_, p)| p.clone())
             .collect();
         pending.sort_by(|a, b| {
             let pa = a.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
@@ -139,38 +298,43 @@ async fn schedule(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into());
-            match profile.schedule(pod, &infos) {
+            match profile.schedule(&pod, &snap.infos) {
                 Ok(node) => {
                     let node_name = node.name.clone();
-                    match bind(&client, &ns, &name, &node_name).await {
-                        Ok(()) => {
-                            tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "bound");
-                            let mut placed = pod.clone();
-                            if let Some(spec) = placed.spec.as_mut() {
-                                spec.node_name = Some(node_name.clone());
-                            }
-                            if let Some(&i) = index.get(&node_name) {
-                                infos[i].add_pod(placed);
-                            }
-                            assumed.insert(uid.clone(), node_name);
-                            backoff.remove(&uid);
-                        }
-                        Err(err) => {
-                            tracing::warn!(pod = %format!("{ns}/{name}"), %err, "binding failed");
-                            note_failure(&mut backoff, &uid, String::new());
-                        }
+                    // Assume: count the pod on its node now, bind in the background.
+                    let mut placed = (*pod).clone();
+                    if let Some(spec) = placed.spec.as_mut() {
+                        spec.node_name = Some(node_name.clone());
                     }
+                    snap.place(&uid, &node_name, placed);
+                    snap.pending.remove(&uid);
+                    assumed.insert(uid.clone(), node_name.clone());
+                    backoff.remove(&uid);
+                    let permit = binds.clone().acquire_owned().await;
+                    let (client, failed) = (client.clone(), failed_tx.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        match bind(&client, &ns, &name, &node_name).await {
+                            Ok(()) => {
+                                tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "bound");
+                            }
+                            Err(err) => {
+                                tracing::warn!(pod = %format!("{ns}/{name}"), %err, "binding failed");
+                                let _ = failed.send((uid, format!("{ns}/{name}")));
+                            }
+                        }
+                    });
                 }
                 Err(fit) => {
                     let message = fit.to_string();
                     let repeated = backoff.get(&uid).is_some_and(|b| b.message == message);
                     if !repeated {
-                        report_unschedulable(&client, pod, &message).await;
+                        report_unschedulable(&client, &pod, &message).await;
                     }
-                    if !waiting_for_victims(pod, &infos)
-                        && let Some((node, victims)) = preemption::find(&profile, pod, &infos)
+                    if !waiting_for_victims(&pod, &snap.infos)
+                        && let Some((node, victims)) = preemption::find(&profile, &pod, &snap.infos)
                     {
-                        preempt(&client, pod, &node, &victims).await;
+                        preempt(&client, &pod, &node, &victims).await;
                     }
                     note_failure(&mut backoff, &uid, message);
                 }
@@ -184,11 +348,11 @@ async fn schedule(
             .unwrap_or(Duration::from_secs(5))
             .max(Duration::from_millis(10));
         tokio::select! {
-            _ = changed.notified() => {
-                // A cluster change may make unschedulable pods fit: retry them now.
-                for b in backoff.values_mut() {
-                    b.next = b.next.min(Instant::now());
-                }
+            Some(change) = changes.recv() => {
+                cluster_changed |= apply(&mut snap, &mut assumed, &nodes, &pods, change);
+            }
+            Some((uid, key)) = failed_rx.recv() => {
+                unassume(&mut snap, &mut assumed, &mut backoff, &pods, &uid, &key);
             }
             _ = tokio::time::sleep(wake) => {}
         }
