@@ -484,3 +484,85 @@ fn restart_keeps_objects_and_resource_versions() {
         "nothing before the resourceVersion: {raw}"
     );
 }
+
+#[test]
+fn service_account_tokens_from_kubectl_create_token_authenticate() {
+    use base64::Engine;
+    let Some(k) = Kubectl::start() else { return };
+    let server = k.server.url();
+    let ca = format!("--certificate-authority={}", k.server.ca().display());
+    let as_token = |token: &str, args: &[&str]| {
+        Command::new(&k.bin)
+            .args(["--server", &server, &ca, "--token", token])
+            .args(args)
+            .env("HOME", k.home.path())
+            .env("KUBECONFIG", k.home.path().join("no-kubeconfig"))
+            .output()
+            .expect("kubectl")
+    };
+    // The ServiceAccount controller makes `default` in every namespace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !k
+        .run(&["get", "serviceaccount", "default"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no default ServiceAccount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let token = k
+        .ok(&["create", "token", "default", "--duration=2h"])
+        .trim()
+        .to_owned();
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("claims");
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
+        7200
+    );
+    let ok = as_token(&token, &["get", "configmaps", "-o", "name"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A forged signature is refused.
+    let mut forged = token.clone();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    assert!(!as_token(&forged, &["get", "configmaps"]).status.success());
+    // Too short a duration is refused as Kubernetes refuses it.
+    let err = k.fails(&["create", "token", "default", "--duration=1m"]);
+    assert!(err.contains("less than 10 minutes"), "{err}");
+    // A token bound to a pod dies with the pod.
+    k.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: holder}\nspec: {containers: [{name: c, image: busybox}]}\n");
+    let bound = k
+        .ok(&[
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=holder",
+        ])
+        .trim()
+        .to_owned();
+    assert!(as_token(&bound, &["get", "configmaps"]).status.success());
+    k.ok(&["delete", "pod", "holder", "--wait=true"]);
+    assert!(!as_token(&bound, &["get", "configmaps"]).status.success());
+    // The issuer's keys are published for OIDC discovery.
+    let jwks: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/openid/v1/jwks"])).expect("jwks");
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+    // Deleting the account revokes its tokens.
+    k.ok(&["delete", "serviceaccount", "default"]);
+    assert!(!as_token(&token, &["get", "configmaps"]).status.success());
+}

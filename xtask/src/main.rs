@@ -42,6 +42,9 @@ enum Command {
     /// The load process of `bench apiserver` (internal).
     #[command(hide = true)]
     ApiserverLoad(bench::apiserver::Target),
+    /// The load process of `bench scheduler` (internal).
+    #[command(hide = true)]
+    SchedulerLoad(bench::scheduler::LoadArgs),
     /// The timer process of `bench runtime` (internal).
     #[command(hide = true)]
     RuntimeTimer(bench::runtime::TimerArgs),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::LbClient(args) => commands::lb_client::run(&args),
         Command::ApiserverLoad(target) => bench::apiserver::load(&target),
         Command::RuntimeTimer(args) => bench::runtime::timer(&args),
+        Command::SchedulerLoad(args) => bench::scheduler::load(&args),
     };
     match result {
         Ok(code) => code,

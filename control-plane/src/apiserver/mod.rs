@@ -21,6 +21,7 @@ pub mod registry;
 pub mod request;
 pub mod rest;
 pub mod selectors;
+pub mod serviceaccount_token;
 pub mod status;
 pub mod table;
 pub mod watch_cache;
@@ -72,12 +73,17 @@ pub struct Api {
     pub openapi: openapi::Documents,
     pub max_body: usize,
     pub tokens: Tokens,
+    pub sa_tokens: serviceaccount_token::Issuer,
     pub authorizer: Box<dyn Authorizer>,
     event_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
 
 impl Api {
-    pub async fn new(store: Arc<dyn Store>, tokens: Tokens) -> Result<Arc<Self>, StoreError> {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        tokens: Tokens,
+        sa_tokens: serviceaccount_token::Issuer,
+    ) -> Result<Arc<Self>, StoreError> {
         let cache = WatchCache::start(store.clone()).await?;
         let services = admission::service_ips::Allocator::default();
         for svc in cache.list("/registry/core/services/", |_| true).0 {
@@ -92,6 +98,7 @@ impl Api {
             openapi: openapi::Documents::default(),
             max_body: MAX_BODY,
             tokens,
+            sa_tokens,
             authorizer: Box::new(auth::AllowAuthenticated),
             event_lease: tokio::sync::Mutex::new(None),
         });
@@ -277,10 +284,22 @@ fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
         .and_then(|v| v.to_str().ok())
         && let Some(token) = header.strip_prefix("Bearer ")
     {
-        return match api.tokens.get(token.trim()) {
-            Some(user) => Ok(Some(user.clone())),
-            None => Err(ApiError::unauthorized()),
-        };
+        let token = token.trim();
+        if let Some(user) = api.tokens.get(token) {
+            return Ok(Some(user.clone()));
+        }
+        // A ServiceAccount token: valid, and its account (and bound object) still there.
+        return api
+            .sa_tokens
+            .verify(token, serviceaccount_token::ISSUER)
+            .and_then(|claims| {
+                serviceaccount_token::user(&claims, |key| {
+                    let obj = api.cache.get(key)?.value();
+                    object::meta_str(&obj, "uid").map(str::to_owned)
+                })
+            })
+            .map(Some)
+            .ok_or_else(ApiError::unauthorized);
     }
     if auth::is_public(req.uri().path()) {
         return Ok(None);
@@ -315,6 +334,12 @@ async fn route(
                 .into_response());
         }
         "/api" if get => return Ok(value_response(StatusCode::OK, &discovery::core_versions())),
+        "/.well-known/openid-configuration" if get => {
+            return Ok(value_response(StatusCode::OK, &api.sa_tokens.discovery()));
+        }
+        "/openid/v1/jwks" if get => {
+            return Ok(value_response(StatusCode::OK, &api.sa_tokens.jwks()));
+        }
         "/apis" if get => {
             return Ok(value_response(
                 StatusCode::OK,
@@ -405,7 +430,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening the store")?;
     let store: Arc<dyn Store> = Arc::new(store);
     tokio::spawn(compact_periodically(store.clone()));
-    let api = Api::new(store, tokens)
+    let sa_tokens = serviceaccount_token::Issuer::load_or_create(&config.data_dir.join("pki"))
+        .context("the service account token key")?;
+    let api = Api::new(store, tokens, sa_tokens)
         .await
         .context("starting the watch cache")?;
     api.bootstrap(config.advertise, config.bind.port())

@@ -1,6 +1,6 @@
 //! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed clients send for `kubectl create configmap|secret|namespace|
-//! serviceaccount|deployment`: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
+//! serviceaccount|deployment|token`: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
 //! the object in the field numbering of `k8s.io/api`'s `generated.proto`. Decoded to
 //! JSON here for the kinds in [`message`]; other kinds answer 415 with their name, and
 //! responses are always JSON (clients accept it).
@@ -76,6 +76,22 @@ fn message(name: &str) -> Option<&'static [(u64, F)]> {
             (4, F::Bool("automountServiceAccountToken")),
         ],
         "LocalObjectReference" => &[(1, F::Str("name"))],
+        // What `kubectl create token` sends.
+        "TokenRequest" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "TokenRequestSpec")),
+        ],
+        "TokenRequestSpec" => &[
+            (1, F::StrList("audiences")),
+            (3, F::Msg("boundObjectRef", "BoundObjectReference")),
+            (4, F::Int("expirationSeconds")),
+        ],
+        "BoundObjectReference" => &[
+            (1, F::Str("kind")),
+            (2, F::Str("apiVersion")),
+            (3, F::Str("name")),
+            (4, F::Str("uid")),
+        ],
         // What `kubectl create deployment` sends.
         "Deployment" => &[
             (1, F::Msg("metadata", "ObjectMeta")),

@@ -1,4 +1,5 @@
-//! One scheduling decision: run the filters over every node, score the feasible ones,
+//! One scheduling decision: run the filters over the nodes (as many as kube-scheduler's
+//! adaptive percentageOfNodesToScore asks for), score the feasible ones,
 //! pick the best (ties broken round-robin, where kube-scheduler picks at random), or
 //! explain why no node fits in kube-scheduler's words:
 //! `0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {…}.`
@@ -11,6 +12,18 @@ use k8s_openapi::api::core::v1::Pod;
 use super::filters::{self, Filter};
 use super::node_info::NodeInfo;
 use super::scores::{self, Score};
+
+/// How many feasible nodes to look for among `all` (kube-scheduler's default
+/// percentageOfNodesToScore: every node below 100, else 50% minus 1% per 125 nodes,
+/// at least 5% and at least 100 nodes).
+pub fn nodes_to_find(all: usize) -> usize {
+    const MIN_NODES: usize = 100;
+    if all < MIN_NODES {
+        return all.max(1);
+    }
+    let percentage = 50usize.saturating_sub(all / 125).max(5);
+    (all * percentage / 100).max(MIN_NODES)
+}
 
 /// No node fits: per-reason node counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +61,9 @@ pub struct Profile {
     pub filters: Vec<Box<dyn Filter>>,
     pub scores: Vec<Box<dyn Score>>,
     next: AtomicUsize,
+    /// Where the next search for feasible nodes starts (kube-scheduler's
+    /// nextStartNodeIndex), so successive pods spread over all nodes.
+    start: AtomicUsize,
 }
 
 impl std::fmt::Debug for Profile {
@@ -71,12 +87,15 @@ impl Default for Profile {
             filters: filters::defaults(),
             scores: scores::defaults(),
             next: AtomicUsize::new(0),
+            start: AtomicUsize::new(0),
         }
     }
 }
 
 impl Profile {
-    /// The nodes the pod fits on, or why it fits on none.
+    /// The nodes the pod fits on, or why it fits on none. Like kube-scheduler, the
+    /// search stops once [`nodes_to_find`] feasible nodes are found, starting where the
+    /// previous search stopped.
     pub fn feasible<'a>(
         &self,
         pod: &Pod,
@@ -84,9 +103,22 @@ impl Profile {
     ) -> Result<Vec<&'a NodeInfo>, FitError> {
         let mut fit = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        for node in nodes {
+        let want = nodes_to_find(nodes.len());
+        let start = match nodes.len() {
+            0 => 0,
+            n => self.start.load(Ordering::Relaxed) % n,
+        };
+        let mut processed = 0;
+        let active: Vec<&dyn Filter> = self
+            .filters
+            .iter()
+            .filter(|f| !f.skip(pod, nodes))
+            .map(|f| f.as_ref())
+            .collect();
+        for node in nodes[start..].iter().chain(&nodes[..start]) {
+            processed += 1;
             let mut failed = false;
-            for f in &self.filters {
+            for f in &active {
                 if let Err(rs) = f.filter(pod, node, nodes) {
                     for r in rs {
                         *reasons.entry(r).or_default() += 1;
@@ -97,8 +129,12 @@ impl Profile {
             }
             if !failed {
                 fit.push(node);
+                if fit.len() >= want {
+                    break;
+                }
             }
         }
+        self.start.store(start + processed, Ordering::Relaxed);
         if fit.is_empty() {
             return Err(FitError {
                 nodes: nodes.len(),
@@ -112,6 +148,9 @@ impl Profile {
     pub fn score(&self, pod: &Pod, feasible: &[&NodeInfo]) -> Vec<i64> {
         let mut total = vec![0i64; feasible.len()];
         for plugin in &self.scores {
+            if plugin.skip(pod, feasible) {
+                continue;
+            }
             let mut s: Vec<i64> = feasible
                 .iter()
                 .map(|n| plugin.score(pod, n, feasible))
@@ -140,5 +179,20 @@ impl Profile {
             .collect();
         let i = self.next.fetch_add(1, Ordering::Relaxed) % ties.len();
         Ok(ties[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nodes_to_find;
+
+    #[test]
+    fn nodes_to_find_follows_kube_scheduler() {
+        assert_eq!(nodes_to_find(3), 3);
+        assert_eq!(nodes_to_find(99), 99);
+        assert_eq!(nodes_to_find(100), 100);
+        assert_eq!(nodes_to_find(1000), 420);
+        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(50_000), 2500);
     }
 }

@@ -84,7 +84,32 @@ fn is_sidecar(c: &Container) -> bool {
 }
 
 /// A pod's effective request, as the kubelet and kube-scheduler compute it.
+/// A value computed for one version of a pod: (uid, resourceVersion, value).
+type Memo<T> = (String, String, T);
+
 pub fn pod_requests(pod: &Pod) -> Resources {
+    // One pod is filtered and scored against hundreds of nodes in a row: its requests
+    // are parsed once (per thread) for each version of it.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Memo<Resources>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (Some(uid), Some(rv)) = (&pod.metadata.uid, &pod.metadata.resource_version) else {
+        return compute_pod_requests(pod);
+    };
+    if let Some(hit) = LAST.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(u, r, _)| u == uid && r == rv)
+            .map(|(_, _, res)| res.clone())
+    }) {
+        return hit;
+    }
+    let res = compute_pod_requests(pod);
+    LAST.set(Some((uid.clone(), rv.clone(), res.clone())));
+    res
+}
+
+fn compute_pod_requests(pod: &Pod) -> Resources {
     let Some(spec) = pod.spec.as_ref() else {
         return Resources::default();
     };
@@ -118,6 +143,26 @@ pub fn pod_requests(pod: &Pod) -> Resources {
 
 /// CPU and memory requests with the scoring defaults for containers that ask for none.
 pub fn nonzero_requests(pod: &Pod) -> (i64, i64) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Memo<(i64, i64)>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (Some(uid), Some(rv)) = (&pod.metadata.uid, &pod.metadata.resource_version) else {
+        return compute_nonzero_requests(pod);
+    };
+    if let Some(hit) = LAST.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(u, r, _)| u == uid && r == rv)
+            .map(|(_, _, res)| *res)
+    }) {
+        return hit;
+    }
+    let res = compute_nonzero_requests(pod);
+    LAST.set(Some((uid.clone(), rv.clone(), res)));
+    res
+}
+
+fn compute_nonzero_requests(pod: &Pod) -> (i64, i64) {
     let Some(spec) = pod.spec.as_ref() else {
         return (0, 0);
     };
@@ -185,6 +230,25 @@ pub struct NodeInfo {
     pub used_ports: HashSet<HostPort>,
     /// Image name → size in bytes, from `status.images`.
     pub images: HashMap<String, i64>,
+    /// Pods here with any pod (anti-)affinity term, and with a required anti-affinity
+    /// term: what lets inter-pod affinity skip nodes (kube-scheduler keeps the same
+    /// lists: PodsWithAffinity, PodsWithRequiredAntiAffinity).
+    pub pods_with_affinity: usize,
+    pub pods_with_required_anti_affinity: usize,
+}
+
+/// (any pod affinity or anti-affinity, a required anti-affinity term)
+fn affinity_flags(pod: &Pod) -> (bool, bool) {
+    let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let any = a.is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some());
+    let required_anti = a
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|x| {
+            x.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .is_some_and(|t| !t.is_empty());
+    (any, required_anti)
 }
 
 impl NodeInfo {
@@ -210,6 +274,8 @@ impl NodeInfo {
             pods: Vec::new(),
             used_ports: HashSet::new(),
             images,
+            pods_with_affinity: 0,
+            pods_with_required_anti_affinity: 0,
         }
     }
 
@@ -219,6 +285,9 @@ impl NodeInfo {
         self.nonzero_requested.0 += c;
         self.nonzero_requested.1 += m;
         self.used_ports.extend(host_ports(&pod));
+        let (any, anti) = affinity_flags(&pod);
+        self.pods_with_affinity += usize::from(any);
+        self.pods_with_required_anti_affinity += usize::from(anti);
         self.pods.push(pod);
     }
 
@@ -238,6 +307,9 @@ impl NodeInfo {
             .position(|p| p.metadata.uid.as_deref() == Some(uid))
         {
             let pod = self.pods.remove(i);
+            let (any, anti) = affinity_flags(&pod);
+            self.pods_with_affinity -= usize::from(any);
+            self.pods_with_required_anti_affinity -= usize::from(anti);
             self.requested.sub(&pod_requests(&pod));
             let (c, m) = nonzero_requests(&pod);
             self.nonzero_requested.0 -= c;
@@ -247,8 +319,9 @@ impl NodeInfo {
         }
     }
 
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        self.node.metadata.labels.clone().unwrap_or_default()
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
     }
 }
 

@@ -25,8 +25,12 @@ pub fn parse_milli(text: &str) -> Option<i128> {
     if frac_part.contains('.') {
         return None;
     }
-    let digits = format!("{int_part}{frac_part}");
-    let mantissa: i128 = digits.parse().ok()?;
+    let mut mantissa: i128 = 0;
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        mantissa = mantissa
+            .checked_mul(10)?
+            .checked_add(i128::from(b - b'0'))?;
+    }
     let decimals = frac_part.len() as i32;
     // value = mantissa * 10^-decimals * multiplier; we want value * 1000.
     let (base2, base10): (u32, i32) = match suffix {

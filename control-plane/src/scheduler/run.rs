@@ -54,8 +54,9 @@ enum Change {
     Pod(String, String),
 }
 
-/// How many bindings may be in flight at once (kube-scheduler binds asynchronously too).
-const PARALLEL_BINDS: usize = 32;
+/// How many bindings may be in flight at once (kube-scheduler binds asynchronously too;
+/// many in flight let the apiserver share one fsync among them).
+const PARALLEL_BINDS: usize = 256;
 
 /// Runs until the future is dropped.
 pub async fn run(client: Client, profile: Profile) {

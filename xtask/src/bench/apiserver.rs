@@ -48,7 +48,7 @@ fn pod(name: &str) -> Bytes {
     ))
 }
 
-fn rss_mb(pid: u32) -> f64 {
+pub(super) fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -124,13 +124,13 @@ async fn etcd_puts_per_s(port: u16) -> Result<f64> {
 
 /// One HTTP/2 connection to the server, authenticated by bearer token.
 #[derive(Clone)]
-struct Conn {
-    send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+pub(super) struct Conn {
+    pub(super) send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
     authority: String,
 }
 
 impl Conn {
-    async fn connect(server: &Target) -> Result<Self> {
+    pub(super) async fn connect(server: &Target) -> Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         let ca = std::fs::read(&server.ca)?;
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
@@ -160,7 +160,7 @@ impl Conn {
         })
     }
 
-    fn request(
+    pub(super) fn request(
         &self,
         method: Method,
         path: &str,
@@ -177,7 +177,7 @@ impl Conn {
     }
 
     /// Sends a request and reads the whole answer; non-2xx is an error.
-    async fn call(
+    pub(super) async fn call(
         &mut self,
         method: Method,
         path: &str,
@@ -210,7 +210,7 @@ impl Conn {
     }
 }
 
-async fn namespace(conn: &mut Conn, name: &str) -> Result<()> {
+pub(super) async fn namespace(conn: &mut Conn, name: &str) -> Result<()> {
     let body = Bytes::from(format!(r#"{{"metadata":{{"name":"{name}"}}}}"#));
     conn.call(Method::POST, "/api/v1/namespaces", "application/json", body)
         .await

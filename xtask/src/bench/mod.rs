@@ -7,6 +7,7 @@ pub mod apiserver;
 mod cni;
 mod lb;
 pub mod runtime;
+pub mod scheduler;
 pub mod stats;
 
 use std::{fs, path::Path};
@@ -41,6 +42,11 @@ pub const BENCHES: &[Bench] = &[
         name: "runtime",
         about: "berth-runtime vs crun and runc: full lifecycle of a busybox /bin/true bundle",
         run: runtime::run,
+    },
+    Bench {
+        name: "scheduler",
+        about: "scheduler_perf SchedulingBasic 5000 nodes / 10 000 pods: pods/s and create→bound p99",
+        run: scheduler::run,
     },
     Bench {
         name: "lb",

@@ -44,6 +44,9 @@ pub async fn handle(
         "scale" if def.scale.is_some() => scale(ctx, method, name, body).await,
         "binding" if def.kind == "Pod" && method == Method::POST => bind(ctx, name, body).await,
         "eviction" if def.kind == "Pod" && method == Method::POST => evict(ctx, name, body).await,
+        "token" if def.kind == "ServiceAccount" && method == Method::POST => {
+            token(ctx, name, body).await
+        }
         "log" | "exec" | "attach" | "portforward" | "proxy" if def.subresources.contains(&sub) => {
             let Some((obj, _)) = ctx.current(name).await? else {
                 return Err(ctx.not_found(name));
@@ -265,5 +268,116 @@ async fn evict(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
     Ok(value_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// `serviceaccounts/{name}/token`: a TokenRequest answered with a signed token.
+async fn token(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
+    let bytes = read_body(body, ctx.api.max_body).await?;
+    let request = if bytes.is_empty() {
+        json!({})
+    } else {
+        decode(&bytes, &content_type(&ctx.headers))?
+    };
+    let Some((account, _)) = ctx.current(name).await? else {
+        return Err(ctx.not_found(name));
+    };
+    let ns = ctx.namespace.clone().unwrap_or_default();
+    let uid = object::meta_str(&account, "uid")
+        .unwrap_or_default()
+        .to_owned();
+    let spec = request.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let invalid = |message: String| {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: {message}"),
+        )
+    };
+    // A bound object must exist with the uid given.
+    let bound = match spec.get("boundObjectRef") {
+        None | Some(Value::Null) => None,
+        Some(r) => {
+            let kind = r
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let oname = r
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let resource = match kind.as_str() {
+                "Pod" => "pods",
+                "Secret" => "secrets",
+                other => {
+                    return Err(invalid(format!(
+                        "spec.boundObjectRef.kind: Unsupported value: \"{other}\": supported values: \"Pod\", \"Secret\""
+                    )));
+                }
+            };
+            let live = ctx
+                .api
+                .cache
+                .get(&format!("/registry/core/{resource}/{ns}/{oname}"))
+                .map(|c| c.value());
+            let live_uid = live
+                .as_ref()
+                .and_then(|o| object::meta_str(o, "uid"))
+                .map(str::to_owned);
+            let want = r.get("uid").and_then(Value::as_str).map(str::to_owned);
+            match (live_uid, want) {
+                (Some(l), Some(w)) if l != w => {
+                    return Err(ApiError::new(
+                        409,
+                        "Conflict",
+                        format!(
+                            "the UID in the bound object reference ({w}) does not match the UID in record. The object might have been deleted and then recreated"
+                        ),
+                    ));
+                }
+                (Some(l), _) => Some((kind, oname, l)),
+                (None, _) => {
+                    return Err(ApiError::not_found("", resource, &oname));
+                }
+            }
+        }
+    };
+    let (token, exp) = ctx
+        .api
+        .sa_tokens
+        .issue(
+            &ns,
+            name,
+            &uid,
+            &spec,
+            bound
+                .as_ref()
+                .map(|(k, n, u)| (k.as_str(), n.as_str(), u.as_str())),
+        )
+        .map_err(invalid)?;
+    let mut out_spec = spec.clone();
+    if out_spec.get("expirationSeconds").is_none() {
+        out_spec["expirationSeconds"] = json!(3600);
+    }
+    if out_spec
+        .get("audiences")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        out_spec["audiences"] = json!([crate::apiserver::serviceaccount_token::ISSUER]);
+    }
+    Ok(value_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns,
+                "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+            "spec": out_spec,
+            "status": {"token": token,
+                "expirationTimestamp": exp.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+        }),
     ))
 }

@@ -69,9 +69,19 @@ impl Filter for InterPodAffinity {
     fn name(&self) -> &'static str {
         "InterPodAffinity"
     }
+    fn skip(&self, pod: &Pod, cluster: &[NodeInfo]) -> bool {
+        required_affinity(pod).is_empty()
+            && required_anti_affinity(pod).is_empty()
+            && cluster
+                .iter()
+                .all(|n| n.pods_with_required_anti_affinity == 0)
+    }
     fn filter(&self, pod: &Pod, node: &NodeInfo, cluster: &[NodeInfo]) -> Result<(), Vec<String>> {
         // Existing pods' anti-affinity against this pod.
-        for other_node in cluster {
+        for other_node in cluster
+            .iter()
+            .filter(|n| n.pods_with_required_anti_affinity > 0)
+        {
             for other in &other_node.pods {
                 for term in required_anti_affinity(other) {
                     if term_selects(other, term, pod)

@@ -20,6 +20,11 @@ pub trait Filter: Send + Sync {
     /// Ok, or the reasons the node does not fit. `cluster` is every node (for rules
     /// about other pods: inter-pod affinity, topology spread).
     fn filter(&self, pod: &Pod, node: &NodeInfo, cluster: &[NodeInfo]) -> Result<(), Vec<String>>;
+    /// Whether this filter passes every node for `pod` (kube-scheduler's PreFilter
+    /// "Skip"), decided once per pod before any node is filtered.
+    fn skip(&self, _pod: &Pod, _cluster: &[NodeInfo]) -> bool {
+        false
+    }
 }
 
 /// kube-scheduler's default filters, in its order.

@@ -79,7 +79,7 @@ pub fn pod_matches_node(pod: &Pod, node: &NodeInfo) -> bool {
         Some(sel) => sel
             .node_selector_terms
             .iter()
-            .any(|t| term_matches(t, &labels, &node.name)),
+            .any(|t| term_matches(t, labels, &node.name)),
         None => true,
     }
 }

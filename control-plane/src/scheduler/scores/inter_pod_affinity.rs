@@ -38,6 +38,11 @@ impl Score for InterPodAffinityPreferred {
     fn weight(&self) -> i64 {
         2
     }
+    fn skip(&self, pod: &Pod, nodes: &[&NodeInfo]) -> bool {
+        preferred(pod, false).is_empty()
+            && preferred(pod, true).is_empty()
+            && nodes.iter().all(|n| n.pods_with_affinity == 0)
+    }
     fn score(&self, pod: &Pod, node: &NodeInfo, nodes: &[&NodeInfo]) -> i64 {
         let mut score = 0i64;
         for (anti, sign) in [(false, 1i64), (true, -1i64)] {
@@ -50,7 +55,7 @@ impl Score for InterPodAffinityPreferred {
             }
         }
         // Symmetry: pods already in this node's domains that want (or avoid) this pod.
-        for n in nodes {
+        for n in nodes.iter().filter(|n| n.pods_with_affinity > 0) {
             for other in &n.pods {
                 for term in required_affinity(other) {
                     if term_selects(other, term, pod) && in_domain(node, n, &term.topology_key) {

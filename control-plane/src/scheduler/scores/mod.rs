@@ -22,6 +22,10 @@ pub trait Score: Send + Sync {
     fn score(&self, pod: &Pod, node: &NodeInfo, nodes: &[&NodeInfo]) -> i64;
     /// Maps raw scores onto 0–100 (default: already in range).
     fn normalize(&self, _scores: &mut [i64]) {}
+    /// Whether every node scores 0 for `pod` (kube-scheduler's PreScore "Skip").
+    fn skip(&self, _pod: &Pod, _nodes: &[&NodeInfo]) -> bool {
+        false
+    }
 }
 
 /// Scales scores so the largest becomes 100 (`reverse`: the smallest does).

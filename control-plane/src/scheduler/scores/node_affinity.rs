@@ -31,7 +31,7 @@ impl Score for NodeAffinityPreferred {
         preferred
             .into_iter()
             .flatten()
-            .filter(|t| t.weight != 0 && term_matches(&t.preference, &labels, &node.name))
+            .filter(|t| t.weight != 0 && term_matches(&t.preference, labels, &node.name))
             .map(|t| t.weight as i64)
             .sum()
     }
