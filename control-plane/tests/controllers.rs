@@ -586,9 +586,26 @@ fn a_node_whose_lease_stops_is_tainted_and_its_pods_evicted_after_their_tolerati
         assert!(evicted.duration_since(killed) >= Duration::from_secs(5), "evicted before grace + tolerationSeconds");
         let d = pods.get("default").await.expect("default still there");
         assert!(d.metadata.deletion_timestamp.is_none(), "a 300 s toleration was cut short");
-        // n2 is healthy: no taint.
+        // n2 is healthy: no taint; memory pressure brings its NoSchedule taint.
         let n2 = nodes.get("n2").await.expect("n2");
         assert!(n2.spec.and_then(|s| s.taints).unwrap_or_default().is_empty());
+        let pressure = |status: &str| json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "status": status}]}});
+        nodes.patch_status("n2", &PatchParams::default(), &Patch::Strategic(pressure("True"))).await.expect("pressure");
+        eventually("the memory-pressure taint", Duration::from_secs(10), || {
+            let nodes = nodes.clone();
+            async move {
+                let n = nodes.get("n2").await.ok()?;
+                n.spec?.taints?.iter().any(|t| t.key == "node.kubernetes.io/memory-pressure" && t.effect == "NoSchedule").then_some(())
+            }
+        })
+        .await;
+        nodes.patch_status("n2", &PatchParams::default(), &Patch::Strategic(pressure("False"))).await.expect("no pressure");
+        eventually("the taint removed", Duration::from_secs(10), || {
+            let nodes = nodes.clone();
+            async move { nodes.get("n2").await.ok()?.spec?.taints.unwrap_or_default().is_empty().then_some(()) }
+        })
+        .await;
 
         // Pod GC: a pod bound to a node that no longer exists is deleted.
         nodes.delete("n1", &DeleteParams::default()).await.expect("delete n1");

@@ -3,6 +3,8 @@
 //! its conditions set to Unknown ("Kubelet stopped posting node status.") and the
 //! `node.kubernetes.io/unreachable` NoExecute and NoSchedule taints; a node reporting
 //! Ready=False gets `node.kubernetes.io/not-ready`; both go once it is healthy again.
+//! As TaintNodesByCondition, MemoryPressure, DiskPressure, PIDPressure and
+//! NetworkUnavailable bring their NoSchedule taints, `spec.unschedulable` its own.
 //! The taint manager then evicts (deletes) the pods on NoExecute-tainted nodes: at
 //! once when a taint is not tolerated, after the smallest matching tolerationSeconds
 //! otherwise (300 s by default, from DefaultTolerationSeconds at admission).
@@ -23,6 +25,17 @@ use crate::scheduler::filters::taints::tolerates;
 const COMPONENT: &str = "node-controller";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// TaintNodesByCondition: condition type → the NoSchedule taint it brings.
+const CONDITION_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
+const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 /// How often nodes and NoExecute taints are looked at.
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -133,43 +146,59 @@ async fn monitor(
                 Err(err) => tracing::warn!(%err, node = %name, "could not mark node Unknown"),
             }
         }
-        // The taints follow the Ready condition.
-        let want: Option<&str> = match ready {
-            _ if silent => Some(UNREACHABLE),
-            Some("Unknown") => Some(UNREACHABLE),
-            Some("False") => Some(NOT_READY),
-            _ => None,
-        };
-        sync_taints(&api, &node, want).await;
+        // The taints follow the Ready condition, the pressure conditions and
+        // spec.unschedulable.
+        let mut want: Vec<(&str, &str)> = Vec::new();
+        match ready {
+            _ if silent => want.extend([(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")]),
+            Some("Unknown") => {
+                want.extend([(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")])
+            }
+            Some("False") => want.extend([(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")]),
+            _ => {
+                for (cond, key) in CONDITION_TAINTS {
+                    if condition(&node, cond).is_some_and(|c| c.status == "True") {
+                        want.push((key, "NoSchedule"));
+                    }
+                }
+            }
+        }
+        if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+            want.push((UNSCHEDULABLE, "NoSchedule"));
+        }
+        sync_taints(&api, &node, &want).await;
     }
 }
 
-/// Makes the node carry `want`'s NoExecute and NoSchedule taints and neither of the
-/// other key's.
-async fn sync_taints(api: &Api<Node>, node: &Node, want: Option<&str>) {
+/// Makes the node carry exactly the `want`ed taints among the keys this controller
+/// manages, leaving every other taint alone.
+async fn sync_taints(api: &Api<Node>, node: &Node, want: &[(&str, &str)]) {
     let current: Vec<Taint> = node
         .spec
         .as_ref()
         .and_then(|s| s.taints.clone())
         .unwrap_or_default();
-    let managed = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+    let managed = |k: &str| {
+        k == UNREACHABLE
+            || k == NOT_READY
+            || k == UNSCHEDULABLE
+            || CONDITION_TAINTS.iter().any(|(_, t)| *t == k)
+    };
     let mut next: Vec<Taint> = current
         .iter()
-        .filter(|t| !managed(t) || Some(t.key.as_str()) == want)
+        .filter(|t| !managed(&t.key) || want.contains(&(t.key.as_str(), t.effect.as_str())))
         .cloned()
         .collect();
-    if let Some(key) = want {
-        for effect in ["NoSchedule", "NoExecute"] {
-            if !next.iter().any(|t| t.key == key && t.effect == effect) {
-                next.push(Taint {
-                    key: key.into(),
-                    effect: effect.into(),
-                    time_added: (effect == "NoExecute").then(|| {
-                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
-                    }),
-                    value: None,
-                });
-            }
+    for (key, effect) in want {
+        if !next.iter().any(|t| t.key == *key && t.effect == *effect) {
+            next.push(Taint {
+                key: (*key).into(),
+                effect: (*effect).into(),
+                time_added: (*effect == "NoExecute").then(|| {
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+                }),
+                value: None,
+            });
         }
     }
     if next == current {
