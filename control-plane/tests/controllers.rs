@@ -678,3 +678,85 @@ fn two_controller_managers_elect_one_leader_and_fail_over() {
     });
     drop(managers);
 }
+
+#[test]
+fn paused_deployments_wait_and_stuck_ones_exceed_their_progress_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = server(dir.path(), &[]);
+    let Some(kubectl) = Kubectl::find(&server.kubeconfig(), dir.path()) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(async {
+        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        node(&client, "n1", "8", json!({}), json!([])).await;
+        let _kubelet = Kubelet::start(client.clone(), &["n1"]);
+        kubectl.ok(&[
+            "create",
+            "deployment",
+            "app",
+            "--image=berth.local/testserver:v1",
+            "--replicas=2",
+        ]);
+        kubectl.ok(&["rollout", "status", "deployment/app", "--timeout=60s"]);
+        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+        // Paused: a new template makes no new ReplicaSet until resumed.
+        kubectl.ok(&["rollout", "pause", "deployment/app"]);
+        kubectl.ok(&[
+            "set",
+            "image",
+            "deployment/app",
+            "testserver=berth.local/testserver:v2",
+        ]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let count = rss
+            .list(&ListParams::default())
+            .await
+            .expect("rs")
+            .items
+            .len();
+        assert_eq!(count, 1, "a paused deployment rolled out");
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+        let d = deployments.get("app").await.expect("app");
+        let progressing = d
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_.as_deref() == Some("Progressing"))
+            .expect("Progressing");
+        assert_eq!(progressing.reason.as_deref(), Some("DeploymentPaused"));
+        kubectl.ok(&["rollout", "resume", "deployment/app"]);
+        kubectl.ok(&["rollout", "status", "deployment/app", "--timeout=60s"]);
+        assert_eq!(
+            rss.list(&ListParams::default())
+                .await
+                .expect("rs")
+                .items
+                .len(),
+            2
+        );
+
+        // Pods that can never be scheduled: the rollout times out after its deadline.
+        kubectl.apply(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: stuck}
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 2
+  selector: {matchLabels: {app: stuck}}
+  template:
+    metadata: {labels: {app: stuck}}
+    spec:
+      nodeSelector: {nowhere: "true"}
+      containers: [{name: c, image: "berth.local/testserver:v1"}]
+"#,
+        );
+        let out = kubectl.run(&["rollout", "status", "deployment/stuck", "--timeout=30s"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("exceeded its progress deadline"), "{err}");
+    });
+}
