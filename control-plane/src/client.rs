@@ -2,7 +2,10 @@
 //! from a kubeconfig, informer caches (kube-runtime reflectors) that call back on every
 //! change, and Events recorded as kube components record them.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Event;
@@ -23,10 +26,25 @@ pub async fn from_kubeconfig(path: &Path) -> Result<Client, anyhow::Error> {
 
 /// The informers of one component: reflector-fed caches whose watches run only while
 /// [`Informers::run`] runs, so dropping that future (a lost leader election, a stopped
-/// component) stops every watch with it.
+/// component) stops every watch with it. Typed caches are shared: everyone who adds
+/// the same resource gets the one cache and is called back from its one watch
+/// (client-go's shared informer factory).
 #[derive(Default)]
 pub struct Informers {
     watches: Vec<futures_util::future::BoxFuture<'static, ()>>,
+    shared: HashMap<(TypeId, String), Box<dyn Any + Send>>,
+}
+
+type Subscribers<K> = Arc<Mutex<Vec<Box<dyn Fn(&K) + Send>>>>;
+
+/// One shared cache and who is told of its changes.
+struct Shared<K>
+where
+    K: kube::Resource + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store: reflector::Store<K>,
+    subscribers: Subscribers<K>,
 }
 
 impl std::fmt::Debug for Informers {
@@ -50,10 +68,40 @@ impl Informers {
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
         F: Fn(&K) + Send + 'static,
     {
-        self.add_with(api, Default::default(), on_change)
+        let key = (TypeId::of::<K>(), api.resource_url().to_owned());
+        if let Some(shared) = self
+            .shared
+            .get(&key)
+            .and_then(|s| s.downcast_ref::<Shared<K>>())
+        {
+            shared
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Box::new(on_change));
+            return shared.store.clone();
+        }
+        let subscribers: Subscribers<K> = Arc::new(Mutex::new(vec![Box::new(on_change)]));
+        let store = self.add_with(api, Default::default(), {
+            let subscribers = subscribers.clone();
+            move |obj: &K| {
+                for f in subscribers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    f(obj);
+                }
+            }
+        });
+        self.shared.insert(
+            key,
+            Box::new(Shared {
+                store: store.clone(),
+                subscribers,
+            }),
+        );
+        store
     }
 
-    /// [`Informers::add`] for dynamic types (`DynamicObject` with its `ApiResource`).
+    /// [`Informers::add`] for dynamic types (`DynamicObject` with its `ApiResource`),
+    /// not shared.
     pub fn add_with<K, F>(
         &mut self,
         api: Api<K>,

@@ -41,8 +41,10 @@ struct Controller {
     pods: Store<Pod>,
 }
 
-pub async fn run(client: Client) {
-    let mut informers = Informers::default();
+pub fn start(
+    client: Client,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let queue = Queue::new();
     let deployments = informers.add(Api::<Deployment>::all(client.clone()), {
         let q = queue.clone();
@@ -66,25 +68,23 @@ pub async fn run(client: Client) {
             }
         }
     });
-    informers
-        .run(async move {
-            let _ = deployments.wait_until_ready().await;
-            let _ = replicasets.wait_until_ready().await;
-            let _ = pods.wait_until_ready().await;
-            let ctl = Arc::new(Controller {
-                client,
-                deployments,
-                replicasets,
-                pods,
-            });
-            queue
-                .work("deployment", move |key| {
-                    let ctl = ctl.clone();
-                    async move { ctl.sync(&key).await }
-                })
-                .await;
-        })
-        .await;
+    async move {
+        let _ = deployments.wait_until_ready().await;
+        let _ = replicasets.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        let ctl = Arc::new(Controller {
+            client,
+            deployments,
+            replicasets,
+            pods,
+        });
+        queue
+            .work("deployment", move |key| {
+                let ctl = ctl.clone();
+                async move { ctl.sync(&key).await }
+            })
+            .await;
+    }
 }
 
 fn route_rs(rs: &ReplicaSet, queue: &Queue, deployments: &Store<Deployment>) {

@@ -35,9 +35,11 @@ struct Controller {
     slices: Store<EndpointSlice>,
 }
 
-pub async fn run(client: Client) {
+pub fn start(
+    client: Client,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let queue = Queue::new();
-    let mut informers = Informers::default();
     let services = informers.add(Api::<Service>::all(client.clone()), {
         let q = queue.clone();
         move |s: &Service| q.add(key_of(&s.metadata))
@@ -57,25 +59,23 @@ pub async fn run(client: Client) {
         let (q, svcs, sls) = (queue.clone(), services.clone(), slices.clone());
         move |pod: &Pod| route_pod(pod, &q, &svcs, &sls)
     });
-    informers
-        .run(async move {
-            let _ = services.wait_until_ready().await;
-            let _ = slices.wait_until_ready().await;
-            let _ = pods.wait_until_ready().await;
-            let ctl = Arc::new(Controller {
-                client,
-                services,
-                pods,
-                slices,
-            });
-            queue
-                .work("endpointslice", move |key| {
-                    let ctl = ctl.clone();
-                    async move { ctl.sync(&key).await }
-                })
-                .await;
-        })
-        .await;
+    async move {
+        let _ = services.wait_until_ready().await;
+        let _ = slices.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        let ctl = Arc::new(Controller {
+            client,
+            services,
+            pods,
+            slices,
+        });
+        queue
+            .work("endpointslice", move |key| {
+                let ctl = ctl.clone();
+                async move { ctl.sync(&key).await }
+            })
+            .await;
+    }
 }
 
 /// A pod change wakes the services that select it now and those whose slices list it.

@@ -50,7 +50,10 @@ fn key(index: usize, obj: &DynamicObject) -> String {
     )
 }
 
-pub async fn run(client: Client) {
+pub async fn start(
+    client: Client,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let discovery = loop {
         match Discovery::new(client.clone()).run().await {
             Ok(d) => break d,
@@ -62,7 +65,6 @@ pub async fn run(client: Client) {
     };
     let queue = Queue::new();
     let dependents: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
-    let mut informers = Informers::default();
     let mut resources = Vec::new();
     let mut by_kind = HashMap::new();
     for group in discovery.groups() {
@@ -97,26 +99,24 @@ pub async fn run(client: Client) {
             });
         }
     }
-    informers
-        .run(async move {
-            for r in &resources {
-                let _ = r.store.wait_until_ready().await;
-            }
-            let gc = Arc::new(Gc {
-                client,
-                resources,
-                by_kind,
-                dependents,
-                queue: queue.clone(),
-            });
-            queue
-                .work("garbagecollector", move |key| {
-                    let gc = gc.clone();
-                    async move { gc.sync(&key).await }
-                })
-                .await;
-        })
-        .await;
+    async move {
+        for r in &resources {
+            let _ = r.store.wait_until_ready().await;
+        }
+        let gc = Arc::new(Gc {
+            client,
+            resources,
+            by_kind,
+            dependents,
+            queue: queue.clone(),
+        });
+        queue
+            .work("garbagecollector", move |key| {
+                let gc = gc.clone();
+                async move { gc.sync(&key).await }
+            })
+            .await;
+    }
 }
 
 enum Owner {

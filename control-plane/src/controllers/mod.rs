@@ -42,19 +42,28 @@ impl Default for Options {
 
 /// Every controller, until the future is dropped.
 pub async fn run(client: Client, options: Options) {
+    // One set of informers for all of them: one watch and one cache per resource.
+    let mut informers = crate::client::Informers::default();
+    let i = &mut informers;
     // Each loop is boxed: together they are too large a future for a worker's stack.
+    let gc = gc::start(client.clone(), i).await;
     let loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
-        Box::pin(replicaset::run(client.clone())),
-        Box::pin(deployment::run(client.clone())),
-        Box::pin(endpoints::run(client.clone())),
-        Box::pin(namespace::run(client.clone())),
-        Box::pin(gc::run(client.clone())),
-        Box::pin(serviceaccount::run(client.clone())),
-        Box::pin(node_lifecycle::run(
+        Box::pin(replicaset::start(client.clone(), i)),
+        Box::pin(deployment::start(client.clone(), i)),
+        Box::pin(endpoints::start(client.clone(), i)),
+        Box::pin(namespace::start(client.clone(), i)),
+        Box::pin(gc),
+        Box::pin(serviceaccount::start(client.clone(), i)),
+        Box::pin(node_lifecycle::start(
             client.clone(),
             options.node_monitor_grace_period,
+            i,
         )),
-        Box::pin(pod_gc::run(client, options.terminated_pod_gc_threshold)),
+        Box::pin(pod_gc::start(
+            client,
+            options.terminated_pod_gc_threshold,
+            i,
+        )),
     ];
-    futures_util::future::join_all(loops).await;
+    informers.run(futures_util::future::join_all(loops)).await;
 }

@@ -20,9 +20,11 @@ use crate::client::Informers;
 
 const FINALIZER: &str = "kubernetes";
 
-pub async fn run(client: Client) {
+pub fn start(
+    client: Client,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let queue = Queue::new();
-    let mut informers = Informers::default();
     let namespaces = informers.add(Api::<Namespace>::all(client.clone()), {
         let q = queue.clone();
         move |ns: &Namespace| {
@@ -31,18 +33,16 @@ pub async fn run(client: Client) {
             }
         }
     });
-    informers
-        .run(async move {
-            let _ = namespaces.wait_until_ready().await;
-            let ctl = Arc::new((client, namespaces));
-            queue
-                .work("namespace", move |key| {
-                    let ctl = ctl.clone();
-                    async move { sync(&ctl.0, &ctl.1, &key).await }
-                })
-                .await;
-        })
-        .await;
+    async move {
+        let _ = namespaces.wait_until_ready().await;
+        let ctl = Arc::new((client, namespaces));
+        queue
+            .work("namespace", move |key| {
+                let ctl = ctl.clone();
+                async move { sync(&ctl.0, &ctl.1, &key).await }
+            })
+            .await;
+    }
 }
 
 async fn sync(

@@ -39,28 +39,29 @@ const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 /// How often nodes and NoExecute taints are looked at.
 const PERIOD: Duration = Duration::from_secs(1);
 
-pub async fn run(client: Client, grace: Duration) {
-    let mut informers = Informers::default();
+pub fn start(
+    client: Client,
+    grace: Duration,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let nodes = informers.add(Api::<Node>::all(client.clone()), |_: &Node| {});
     let leases = informers.add(
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         |_: &Lease| {},
     );
     let pods = informers.add(Api::<Pod>::all(client.clone()), |_: &Pod| {});
-    informers
-        .run(async move {
-            let _ = nodes.wait_until_ready().await;
-            let _ = leases.wait_until_ready().await;
-            let _ = pods.wait_until_ready().await;
-            // When each node was first seen or last heard from, by this controller's clock.
-            let mut heard: HashMap<String, (String, tokio::time::Instant)> = HashMap::new();
-            loop {
-                monitor(&client, &nodes, &leases, &mut heard, grace).await;
-                evict(&client, &nodes, &pods).await;
-                tokio::time::sleep(PERIOD).await;
-            }
-        })
-        .await;
+    async move {
+        let _ = nodes.wait_until_ready().await;
+        let _ = leases.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        // When each node was first seen or last heard from, by this controller's clock.
+        let mut heard: HashMap<String, (String, tokio::time::Instant)> = HashMap::new();
+        loop {
+            monitor(&client, &nodes, &leases, &mut heard, grace).await;
+            evict(&client, &nodes, &pods).await;
+            tokio::time::sleep(PERIOD).await;
+        }
+    }
 }
 
 fn condition<'a>(

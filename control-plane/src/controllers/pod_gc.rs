@@ -15,56 +15,55 @@ use crate::client::Informers;
 
 const PERIOD: Duration = Duration::from_secs(5);
 
-pub async fn run(client: Client, threshold: usize) {
-    let mut informers = Informers::default();
+pub fn start(
+    client: Client,
+    threshold: usize,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let nodes = informers.add(Api::<Node>::all(client.clone()), |_: &Node| {});
     let pods = informers.add(Api::<Pod>::all(client.clone()), |_: &Pod| {});
-    informers
-        .run(async move {
-            let _ = nodes.wait_until_ready().await;
-            let _ = pods.wait_until_ready().await;
-            loop {
-                tokio::time::sleep(PERIOD).await;
-                let known: HashSet<String> = nodes.state().iter().map(|n| n.name_any()).collect();
-                let all = pods.state();
-                let mut terminated: Vec<&Pod> = all
-                    .iter()
-                    .map(|p| &**p)
-                    .filter(|p| matches!(pods::phase(p), "Succeeded" | "Failed"))
-                    .collect();
-                if terminated.len() > threshold {
-                    terminated.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-                    let excess = terminated.len() - threshold;
-                    for p in terminated.into_iter().take(excess) {
-                        delete(&client, p, false).await;
-                    }
-                }
-                for p in &all {
-                    let node = p
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_deref())
-                        .filter(|n| !n.is_empty());
-                    match node {
-                        Some(n) if !known.contains(n) => {
-                            // The cache may lag a node just created: ask the apiserver.
-                            let gone = matches!(
-                                Api::<Node>::all(client.clone()).get_opt(n).await,
-                                Ok(None)
-                            );
-                            if gone {
-                                delete(&client, p, true).await;
-                            }
-                        }
-                        None if p.metadata.deletion_timestamp.is_some() => {
-                            delete(&client, p, true).await
-                        }
-                        _ => {}
-                    }
+    async move {
+        let _ = nodes.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        loop {
+            tokio::time::sleep(PERIOD).await;
+            let known: HashSet<String> = nodes.state().iter().map(|n| n.name_any()).collect();
+            let all = pods.state();
+            let mut terminated: Vec<&Pod> = all
+                .iter()
+                .map(|p| &**p)
+                .filter(|p| matches!(pods::phase(p), "Succeeded" | "Failed"))
+                .collect();
+            if terminated.len() > threshold {
+                terminated.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+                let excess = terminated.len() - threshold;
+                for p in terminated.into_iter().take(excess) {
+                    delete(&client, p, false).await;
                 }
             }
-        })
-        .await;
+            for p in &all {
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .filter(|n| !n.is_empty());
+                match node {
+                    Some(n) if !known.contains(n) => {
+                        // The cache may lag a node just created: ask the apiserver.
+                        let gone =
+                            matches!(Api::<Node>::all(client.clone()).get_opt(n).await, Ok(None));
+                        if gone {
+                            delete(&client, p, true).await;
+                        }
+                    }
+                    None if p.metadata.deletion_timestamp.is_some() => {
+                        delete(&client, p, true).await
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 async fn delete(client: &Client, pod: &Pod, force: bool) {

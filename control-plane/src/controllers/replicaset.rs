@@ -120,8 +120,10 @@ struct Controller {
 }
 
 /// Runs the controller for both kinds until the runtime ends.
-pub async fn run(client: Client) {
-    let mut informers = Informers::default();
+pub fn start(
+    client: Client,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let rs_queue = Queue::new();
     let rc_queue = Queue::new();
     let replicasets = informers.add(Api::<ReplicaSet>::all(client.clone()), {
@@ -137,35 +139,33 @@ pub async fn run(client: Client) {
         let (rss, rcs) = (replicasets.clone(), controllers.clone());
         move |pod: &Pod| route_pod(pod, &rsq, &rcq, &rss, &rcs)
     });
-    informers
-        .run(async move {
-            let _ = replicasets.wait_until_ready().await;
-            let _ = controllers.wait_until_ready().await;
-            let _ = pods.wait_until_ready().await;
-            let ctl = Arc::new(Controller {
-                client,
-                pods,
-                replicasets,
-                controllers,
-                expectations: Mutex::new(HashMap::new()),
-            });
-            let rs = rs_queue.work("replicaset", {
+    async move {
+        let _ = replicasets.wait_until_ready().await;
+        let _ = controllers.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        let ctl = Arc::new(Controller {
+            client,
+            pods,
+            replicasets,
+            controllers,
+            expectations: Mutex::new(HashMap::new()),
+        });
+        let rs = rs_queue.work("replicaset", {
+            let ctl = ctl.clone();
+            move |key| {
                 let ctl = ctl.clone();
-                move |key| {
-                    let ctl = ctl.clone();
-                    async move { ctl.sync(Kind::ReplicaSet, &key).await }
-                }
-            });
-            let rc = rc_queue.work("replicationcontroller", {
+                async move { ctl.sync(Kind::ReplicaSet, &key).await }
+            }
+        });
+        let rc = rc_queue.work("replicationcontroller", {
+            let ctl = ctl.clone();
+            move |key| {
                 let ctl = ctl.clone();
-                move |key| {
-                    let ctl = ctl.clone();
-                    async move { ctl.sync(Kind::ReplicationController, &key).await }
-                }
-            });
-            tokio::join!(rs, rc);
-        })
-        .await;
+                async move { ctl.sync(Kind::ReplicationController, &key).await }
+            }
+        });
+        tokio::join!(rs, rc);
+    }
 }
 
 /// A pod change wakes its controller, or, for an orphan, every owner that selects it.

@@ -15,9 +15,11 @@ use crate::client::Informers;
 
 const DEFAULT: &str = "default";
 
-pub async fn run(client: Client) {
+pub fn start(
+    client: Client,
+    informers: &mut Informers,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let queue = Queue::new();
-    let mut informers = Informers::default();
     let namespaces = informers.add(Api::<Namespace>::all(client.clone()), {
         let q = queue.clone();
         move |ns: &Namespace| q.add(ns.name_any())
@@ -32,19 +34,17 @@ pub async fn run(client: Client) {
             }
         }
     });
-    informers
-        .run(async move {
-            let _ = namespaces.wait_until_ready().await;
-            let _ = accounts.wait_until_ready().await;
-            let ctl = Arc::new((client, namespaces, accounts));
-            queue
-                .work("serviceaccount", move |ns| {
-                    let ctl = ctl.clone();
-                    async move { sync(&ctl.0, &ctl.1, &ctl.2, &ns).await }
-                })
-                .await;
-        })
-        .await;
+    async move {
+        let _ = namespaces.wait_until_ready().await;
+        let _ = accounts.wait_until_ready().await;
+        let ctl = Arc::new((client, namespaces, accounts));
+        queue
+            .work("serviceaccount", move |ns| {
+                let ctl = ctl.clone();
+                async move { sync(&ctl.0, &ctl.1, &ctl.2, &ns).await }
+            })
+            .await;
+    }
 }
 
 async fn sync(
