@@ -42,6 +42,11 @@ fn scheduler_binds_reports_and_retries() {
 
         pod(&client, "ssd", json!({"nodeSelector": {"disk": "ssd"}})).await;
         assert_eq!(bound_to(&client, "ssd", Duration::from_secs(15)).await.as_deref(), Some("n2"));
+        // The binding set PodScheduled=True in the same write.
+        let ssd = Api::<Pod>::namespaced(client.clone(), "default").get("ssd").await.expect("ssd");
+        let scheduled = ssd.status.and_then(|s| s.conditions).unwrap_or_default().into_iter()
+            .find(|c| c.type_ == "PodScheduled").map(|c| c.status);
+        assert_eq!(scheduled.as_deref(), Some("True"));
 
         pod(&client, "gpu", json!({"nodeSelector": {"zone": "c"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]})).await;

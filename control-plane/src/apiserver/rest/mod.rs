@@ -275,6 +275,18 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
                     }
                 }
             }
+            if part == Part::Bind {
+                // As kube-apiserver's binding: node and PodScheduled=True in one write.
+                let mut conditions: Vec<Value> = new
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                conditions.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
+                conditions.push(json!({"type": "PodScheduled", "status": "True",
+                    "lastProbeTime": null, "lastTransitionTime": object::now()}));
+                new["status"]["conditions"] = Value::Array(conditions);
+            }
         }
         Part::Status => {
             let status = new.get("status").cloned();

@@ -233,20 +233,6 @@ async fn bind(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
         Ok(new)
     })
     .await?;
-    // Binding sets the PodScheduled condition through status.
-    let _ = update_loop(&ctx, name, Part::Status, |old| {
-        let mut new = old.clone();
-        let mut conditions: Vec<Value> = old
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        conditions.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
-        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}));
-        new["status"]["conditions"] = Value::Array(conditions);
-        Ok(new)
-    })
-    .await;
     Ok(value_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
