@@ -50,6 +50,10 @@ struct Args {
     /// Seconds a node may go without renewing its Lease before it is Unknown and tainted.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
+    /// Where the scheduler serves its Prometheus `/metrics` over plain HTTP (off when
+    /// unset; with the apiserver, they are also part of its `/metrics`).
+    #[arg(long)]
+    metrics_bind_address: Option<SocketAddr>,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -105,6 +109,18 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
     runtime.block_on(async move {
         use berth_control_plane::{controllers, scheduler};
+        if let Some(addr) = args.metrics_bind_address {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(|| async { berth_control_plane::scheduler::metrics::render() }),
+            );
+            tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app).await {
+                    tracing::warn!(%err, "metrics server stopped");
+                }
+            });
+        }
         if args.scheduler {
             tokio::spawn(component(
                 kubeconfig.clone(),

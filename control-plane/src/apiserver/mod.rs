@@ -329,7 +329,12 @@ async fn route(
             return Ok((
                 StatusCode::OK,
                 [("content-type", "text/plain; version=0.0.4")],
-                api.metrics.render(&api),
+                {
+                    // One exposition: the apiserver's families, then the scheduler's.
+                    let text = api.metrics.render(&api);
+                    let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+                    text + &crate::scheduler::metrics::render()
+                },
             )
                 .into_response());
         }

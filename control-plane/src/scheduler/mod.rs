@@ -5,6 +5,7 @@
 pub mod filters;
 pub mod framework;
 pub mod labels;
+pub mod metrics;
 pub mod node_info;
 pub mod preemption;
 pub mod quantity;

@@ -299,6 +299,7 @@ async fn schedule(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into());
+            let started = Instant::now();
             match profile.schedule(&pod, &snap.infos) {
                 Ok(node) => {
                     let node_name = node.name.clone();
@@ -311,6 +312,7 @@ async fn schedule(
                     snap.pending.remove(&uid);
                     assumed.insert(uid.clone(), node_name.clone());
                     backoff.remove(&uid);
+                    super::metrics::observe(true, started.elapsed());
                     let permit = binds.clone().acquire_owned().await;
                     let (client, failed) = (client.clone(), failed_tx.clone());
                     tokio::spawn(async move {
@@ -327,6 +329,7 @@ async fn schedule(
                     });
                 }
                 Err(fit) => {
+                    super::metrics::observe(false, started.elapsed());
                     let message = fit.to_string();
                     let repeated = backoff.get(&uid).is_some_and(|b| b.message == message);
                     if !repeated {

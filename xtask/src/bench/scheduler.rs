@@ -5,9 +5,12 @@
 //! pods, and only then starts a scheduler-only `berth-server --apiserver=false`, so:
 //! - `pods_per_s`: 10 000 pods / the time from the first binding to the last, as seen
 //!   by the watch (bindings through the real apiserver included);
-//! - `p99_ms`: then, with the scheduler running, 3 000 more pods created open-loop at
-//!   1 000/s: per-pod latency from the create's acknowledgement to the watch event
-//!   showing it bound.
+//! - `p99_ms` / `p50_ms`: scheduler_perf's latency, the scheduling attempt (filters,
+//!   scores, assume), from the scheduler's `scheduler_scheduling_attempt_duration_seconds`
+//!   histogram scraped at the end (bucket upper bounds);
+//! - `create_to_bound_p99_ms`: then, with the scheduler running, 3 000 more pods
+//!   created open-loop at 1 000/s: per-pod latency from the create's acknowledgement to
+//!   the watch event showing it bound (apiserver, watch and queueing included).
 //!
 //! Baseline: kube-scheduler is not installable on this machine (no Debian package, no
 //! network beyond the package mirrors), so the table quotes scheduler_perf's threshold
@@ -270,6 +273,9 @@ pub async fn measure(args: &LoadArgs) -> Result<Report> {
 
     // The scheduler, alone in its process.
     let started = Instant::now();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = std::process::Command::new(&args.server_bin)
         .args([
             "--apiserver=false",
@@ -278,6 +284,7 @@ pub async fn measure(args: &LoadArgs) -> Result<Report> {
             "--kubeconfig",
         ])
         .arg(&args.kubeconfig)
+        .arg(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -343,14 +350,21 @@ pub async fn measure(args: &LoadArgs) -> Result<Report> {
     };
     let p50 = percentile(&latencies, 50.0).unwrap_or(f64::NAN);
     let p99 = percentile(&latencies, 99.0).unwrap_or(f64::NAN);
+    let metrics = scrape(metrics_port).await?;
+    let attempt_p50 = bucket_quantile(&metrics, 0.50).unwrap_or(f64::NAN);
+    let attempt_p99 = bucket_quantile(&metrics, 0.99).unwrap_or(f64::NAN);
     drop(scheduler);
 
     let mut report = Report::default();
     report.figure("nodes", NODES);
     report.figure("pods", PODS);
     report.figure("pods_per_s", pods_per_s.round());
-    report.figure("p99_ms", (p99 * 10.0).round() / 10.0);
-    report.figure("p50_ms", (p50 * 10.0).round() / 10.0);
+    // scheduler_perf's latency: the scheduling attempt (filter, score, assume), from the
+    // scheduler's own histogram (upper bound of the bucket holding the quantile).
+    report.figure("p99_ms", attempt_p99);
+    report.figure("p50_ms", attempt_p50);
+    report.figure("create_to_bound_p99_ms", (p99 * 10.0).round() / 10.0);
+    report.figure("create_to_bound_p50_ms", (p50 * 10.0).round() / 10.0);
     report.figure("anchor_pods_per_s", ANCHOR_PODS_PER_S);
     report.figure(
         "ratio_to_anchor",
@@ -371,9 +385,15 @@ pub async fn measure(args: &LoadArgs) -> Result<Report> {
             ),
         ],
         vec![
+            "scheduling attempt (scheduler_perf's latency), p50 / p99".into(),
+            format!("≤ {attempt_p50} / ≤ {attempt_p99} ms"),
+            "p99 < 50 ms".into(),
+            "".into(),
+        ],
+        vec![
             format!("create → bound latency at {LATENCY_RATE:.0} pods/s, p50 / p99"),
             format!("{p50:.1} / {p99:.1} ms"),
-            "p99 < 50 ms".into(),
+            "".into(),
             "".into(),
         ],
         vec![
@@ -392,4 +412,41 @@ pub async fn measure(args: &LoadArgs) -> Result<Report> {
         "2 shared vCPUs: the apiserver, the scheduler and this load process share them.".into(),
     ];
     Ok(report)
+}
+
+/// The scheduler's `/metrics` (plain HTTP).
+async fn scrape(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// The quantile `q` of the `scheduled` attempts, as the upper bound (ms) of the
+/// histogram bucket that holds it.
+fn bucket_quantile(metrics: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("scheduler_scheduling_attempt_duration_seconds_bucket")
+                && l.contains("result=\"scheduled\"")
+        })
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    let (le, _) = buckets.iter().find(|(_, c)| *c >= total * q)?;
+    Some((le * 1000.0 * 1000.0).round() / 1000.0)
 }
