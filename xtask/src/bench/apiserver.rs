@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use berth_testkit::BerthServer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -28,7 +27,7 @@ use std::path::PathBuf;
 
 use super::Report;
 use super::stats::percentile;
-use crate::util::{self, cmd, run_checked};
+use crate::util;
 
 const CLIENTS: usize = 16;
 const WATCHERS: usize = 100;
@@ -250,29 +249,9 @@ fn event_name(line: &[u8]) -> Option<&str> {
 }
 
 pub fn run() -> Result<Report> {
-    run_checked(&mut cmd(
-        util::cargo(),
-        [
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "berth-control-plane",
-            "-p",
-            "xtask",
-            "--bins",
-        ],
-    ))?;
-    let release = util::target_dir().join("release");
-    let data = util::target_dir().join("bench-apiserver");
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).with_context(|| format!("mkdir {}", data.display()))?;
     // The apiserver alone: the scheduler and controllers have their own benches.
-    let server = BerthServer::start_with(
-        &release.join("berth-server"),
-        &data,
-        &["--scheduler=false", "--controllers=false"],
-    );
+    let (release, server) = super::release_apiserver("apiserver")?;
+    let data = util::target_dir().join("bench-apiserver");
     let pid = server.pid().context("server pid")?;
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_mb(pid);

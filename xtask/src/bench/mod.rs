@@ -15,6 +15,35 @@ use std::{fs, path::Path};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
+/// Builds berth-server and xtask in release and starts a release berth-server serving
+/// the API alone (no scheduler, no controllers) on a fresh data dir under
+/// `target/bench-<bench>`; returns the release dir (for the load process) and the server.
+pub fn release_apiserver(bench: &str) -> Result<(std::path::PathBuf, berth_testkit::BerthServer)> {
+    crate::util::run_checked(&mut crate::util::cmd(
+        crate::util::cargo(),
+        [
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "berth-control-plane",
+            "-p",
+            "xtask",
+            "--bins",
+        ],
+    ))?;
+    let release = crate::util::target_dir().join("release");
+    let data = crate::util::target_dir().join(format!("bench-{bench}"));
+    let _ = fs::remove_dir_all(&data);
+    fs::create_dir_all(&data).with_context(|| format!("mkdir {}", data.display()))?;
+    let server = berth_testkit::BerthServer::start_with(
+        &release.join("berth-server"),
+        &data,
+        &["--scheduler=false", "--controllers=false"],
+    );
+    Ok((release, server))
+}
+
 /// A registered benchmark.
 #[derive(Debug)]
 pub struct Bench {

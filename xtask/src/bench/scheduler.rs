@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use berth_testkit::BerthServer;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
@@ -31,7 +30,6 @@ use hyper::{Method, StatusCode};
 use super::Report;
 use super::apiserver::{Conn, Target, namespace, rss_mb};
 use super::stats::percentile;
-use crate::util::{self, cmd, run_checked};
 
 const NODES: usize = 5_000;
 const PODS: usize = 10_000;
@@ -71,28 +69,7 @@ fn pod(name: &str) -> Bytes {
 }
 
 pub fn run() -> Result<Report> {
-    run_checked(&mut cmd(
-        util::cargo(),
-        [
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "berth-control-plane",
-            "-p",
-            "xtask",
-            "--bins",
-        ],
-    ))?;
-    let release = util::target_dir().join("release");
-    let data = util::target_dir().join("bench-scheduler");
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).with_context(|| format!("mkdir {}", data.display()))?;
-    let server = BerthServer::start_with(
-        &release.join("berth-server"),
-        &data,
-        &["--scheduler=false", "--controllers=false"],
-    );
+    let (release, server) = super::release_apiserver("scheduler")?;
     let pid = server.pid().context("server pid")?;
     let out = std::process::Command::new(release.join("xtask"))
         .arg("scheduler-load")
