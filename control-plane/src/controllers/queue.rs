@@ -18,6 +18,8 @@ struct State {
     ready: VecDeque<String>,
     queued: HashSet<String>,
     delayed: BTreeMap<(Instant, u64), String>,
+    /// The earliest time each delayed key is due (one pending delay per key).
+    due: HashMap<String, Instant>,
     seq: u64,
     failures: HashMap<String, u32>,
 }
@@ -50,10 +52,16 @@ impl Queue {
 
     /// Queues `key` once `delay` has passed.
     pub fn add_after(&self, key: impl Into<String>, delay: Duration) {
+        let key = key.into();
+        let at = Instant::now() + delay;
         let mut s = self.lock();
+        if s.due.get(&key).is_some_and(|d| *d <= at) {
+            return;
+        }
+        s.due.insert(key.clone(), at);
         s.seq += 1;
         let seq = s.seq;
-        s.delayed.insert((Instant::now() + delay, seq), key.into());
+        s.delayed.insert((at, seq), key);
         drop(s);
         self.notify.notify_one();
     }
@@ -68,7 +76,13 @@ impl Queue {
                     if entry.key().0 > now {
                         break;
                     }
+                    let (at, _) = *entry.key();
                     let key = entry.remove();
+                    // Superseded by an earlier delay for the same key.
+                    if s.due.get(&key) != Some(&at) {
+                        continue;
+                    }
+                    s.due.remove(&key);
                     if s.queued.insert(key.clone()) {
                         s.ready.push_back(key);
                     }
@@ -157,5 +171,11 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(20));
         q.add("a");
         assert_eq!(q.next().await, "a");
+        // One pending delay per key: the earlier one wins, the later is dropped.
+        q.add_after("d", Duration::from_millis(20));
+        q.add_after("d", Duration::from_secs(60));
+        q.add_after("e", Duration::from_millis(40));
+        assert_eq!(q.next().await, "d");
+        assert_eq!(q.next().await, "e");
     }
 }
