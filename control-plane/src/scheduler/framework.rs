@@ -41,7 +41,10 @@ impl std::fmt::Display for FitError {
             .map(|(reason, n)| format!("{n} {reason}"))
             .collect();
         parts.sort();
-        if parts.is_empty() {
+        if self.nodes == 0 {
+            // kube-scheduler's ErrNoNodesAvailable.
+            write!(f, "no nodes available to schedule pods")
+        } else if parts.is_empty() {
             write!(f, "0/{} nodes are available.", self.nodes)
         } else {
             write!(
@@ -194,5 +197,14 @@ mod tests {
         assert_eq!(nodes_to_find(1000), 420);
         assert_eq!(nodes_to_find(5000), 500);
         assert_eq!(nodes_to_find(50_000), 2500);
+    }
+
+    #[test]
+    fn no_nodes_reads_like_kube_scheduler() {
+        let e = super::FitError {
+            nodes: 0,
+            reasons: Default::default(),
+        };
+        assert_eq!(e.to_string(), "no nodes available to schedule pods");
     }
 }
