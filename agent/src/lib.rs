@@ -1,8 +1,14 @@
-//! berth's node agent (`berth-agent`): node registration and lease, pod workers,
-//! probes, volumes, status, the kubelet HTTP API, service load-balancer sync into the
-//! eBPF maps of `berth-ebpf`, and cluster DNS.
-//!
-//! So far: [`service_lb`], the Service + EndpointSlice → socket-LB translation and
-//! sync. The rest arrives with the "Node agent" issue.
+//! berth's node agent (`berth-agent`): a kubelet. [`node`] registers the Node and
+//! keeps its Lease and status; [`pods`] runs the pods bound to the node with
+//! `berth-runtime` (sandboxes, containers, probes, volumes, status) and [`network`]
+//! (CNI); [`server`] is the kubelet API (logs, health, metrics); [`service_lb`]
+//! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`.
 
+pub mod network;
+pub mod node;
+pub mod pods;
+pub mod server;
 pub mod service_lb;
+
+/// The version this agent reports as `nodeInfo.kubeletVersion`.
+pub const KUBELET_VERSION: &str = "v1.37.0-berth";

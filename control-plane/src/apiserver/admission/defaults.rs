@@ -34,6 +34,23 @@ fn each(obj: &mut Value, key: &str, mut f: impl FnMut(&mut Value)) {
 /// Applies the defaults of `kind` to `obj` (a whole object).
 pub fn apply(kind: &str, obj: &mut Value) {
     match kind {
+        // stringData is write-only: merged into data (base64), as kube-apiserver does.
+        "Secret" => {
+            if let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+                use base64::Engine;
+                if !obj["data"].is_object() {
+                    obj["data"] = json!({});
+                }
+                for (k, v) in strings {
+                    let text = v.as_str().unwrap_or_default();
+                    obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+                }
+            }
+            if obj.get("type") == Some(&json!("")) {
+                obj["type"] = json!("Opaque");
+            }
+            default(obj, "type", json!("Opaque"));
+        }
         "Pod" => {
             if let Some(spec) = object(obj, "spec") {
                 pod_spec(spec);
@@ -158,12 +175,6 @@ pub fn apply(kind: &str, obj: &mut Value) {
             {
                 default(labels, "kubernetes.io/metadata.name", json!(name));
             }
-        }
-        "Secret" => {
-            if obj.get("type") == Some(&json!("")) {
-                obj["type"] = json!("Opaque");
-            }
-            default(obj, "type", json!("Opaque"));
         }
         "PersistentVolumeClaim" => {
             if let Some(spec) = object(obj, "spec") {

@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{Ctx, Part, update_loop, value_response};
-use crate::apiserver::object;
+use crate::apiserver::{kubelet, object};
 use crate::apiserver::registry::ScalePaths;
 use crate::apiserver::request::{content_type, decode, read_body};
 use crate::apiserver::status::{ApiError, ApiResult};
@@ -20,7 +20,7 @@ pub async fn handle(
     method: Method,
     name: &str,
     sub: &str,
-    _rest: &[String],
+    rest: &[String],
     body: Body,
 ) -> ApiResult<Response> {
     let def = ctx.def.clone();
@@ -51,26 +51,52 @@ pub async fn handle(
             let Some((obj, _)) = ctx.current(name).await? else {
                 return Err(ctx.not_found(name));
             };
-            if def.kind == "Pod"
-                && obj
-                    .pointer("/spec/nodeName")
+            let node_name = if def.kind == "Pod" {
+                obj.pointer("/spec/nodeName")
                     .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-            {
-                return Err(ApiError::bad_request(format!(
-                    "pod {name} does not have a host assigned"
-                )));
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+                    })?
+                    .to_owned()
+            } else {
+                name.to_owned()
+            };
+            let node = ctx
+                .api
+                .cache
+                .get(&format!("/registry/core/nodes/{node_name}"))
+                .map(|c| c.value());
+            let base = node.as_ref().and_then(kubelet::endpoint).ok_or_else(|| {
+                ApiError::new(
+                    503,
+                    "ServiceUnavailable",
+                    format!("node {node_name:?} has no InternalIP address to reach its kubelet"),
+                )
+            })?;
+            match (def.kind.as_str(), sub, &method) {
+                ("Pod", "log", &Method::GET) => pod_log(&ctx, name, &obj, &base).await,
+                ("Node", "proxy", &Method::GET) => {
+                    let mut path = format!("/{}", rest.join("/"));
+                    if let Some(q) = raw_query(&ctx) {
+                        path.push('?');
+                        path.push_str(&q);
+                    }
+                    kubelet::get(&base, &path).await
+                }
+                _ => {
+                    let mut err = ApiError::new(
+                        503,
+                        "ServiceUnavailable",
+                        format!(
+                            "{}/{sub} ({method}) is not served by berth's kubelet API yet",
+                            def.plural
+                        ),
+                    );
+                    err.retry_after = Some(5);
+                    Err(err)
+                }
             }
-            let mut err = ApiError::new(
-                503,
-                "ServiceUnavailable",
-                format!(
-                    "{}/{sub} needs the node's kubelet API, which is not reachable from this berth-server",
-                    def.plural
-                ),
-            );
-            err.retry_after = Some(5);
-            Err(err)
         }
         _ => Err(ApiError::path_not_found(sub)),
     }
@@ -366,4 +392,77 @@ async fn token(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
                 "expirationTimestamp": exp.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
         }),
     ))
+}
+
+/// The query string back from the parsed query (values re-encoded).
+fn raw_query(ctx: &Ctx) -> Option<String> {
+    if ctx.query.0.is_empty() {
+        return None;
+    }
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    let mut pairs: Vec<_> = ctx.query.0.iter().collect();
+    pairs.sort();
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    Some(q.finish())
+}
+
+/// `pods/log`: which container (the only one, or `container=`), then the kubelet's
+/// `/containerLogs` with the log options.
+async fn pod_log(ctx: &Ctx, name: &str, pod: &Value, base: &str) -> ApiResult<Response> {
+    let names: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            pod.pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match ctx.query.get("container") {
+        Some(c) if names.contains(&c) => c.to_owned(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => {
+            let main: Vec<&str> = pod
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            match main.as_slice() {
+                [one] => (*one).to_owned(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "a container name must be specified for pod {name}, choose one of: [{}]",
+                        main.join(" ")
+                    )));
+                }
+            }
+        }
+    };
+    for key in ["tailLines", "sinceSeconds", "limitBytes"] {
+        ctx.query.int(key)?;
+    }
+    let query = {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for key in ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "limitBytes"] {
+            if let Some(v) = ctx.query.get(key) {
+                q.append_pair(key, v);
+            }
+        }
+        q.finish()
+    };
+    let ns = ctx.namespace.as_deref().unwrap_or("default");
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{query}");
+    kubelet::get(base, &path).await
 }

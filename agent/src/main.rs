@@ -1,0 +1,232 @@
+//! `berth-agent`: the node agent. Registers this host as a Node of the cluster named
+//! by `--kubeconfig`, runs the pods bound to it and serves the kubelet API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Parser;
+
+use berth_agent::network::Network;
+use berth_agent::node::{self, NodeConfig};
+use berth_agent::pods::{self, Ctx};
+use berth_runtime::logs::Rotation;
+use berth_runtime::pod::{Runtime, RuntimeConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-agent", version, about = "berth's node agent (a kubelet)")]
+struct Args {
+    /// The cluster to join and the credentials (a client certificate) to use.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// The Node's name (default: the hostname).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// The node's InternalIP (default: the address that routes to the apiserver).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Images, container layers and pod volumes.
+    #[arg(long, default_value = "/var/lib/berth")]
+    root_dir: PathBuf,
+    /// Runtime state (container records, netns pins).
+    #[arg(long, default_value = "/run/berth")]
+    run_dir: PathBuf,
+    /// Container logs, `<ns>_<pod>_<uid>/<container>/<n>.log`.
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_log_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Directories holding CNI plugins (comma-separated); the agent's own directory
+    /// (where berth-cni is installed with it) is always searched too.
+    #[arg(long, default_value = "/opt/cni/bin,/usr/lib/cni", value_delimiter = ',')]
+    cni_bin_dir: Vec<PathBuf>,
+    /// The node's pod range; with no conflist in --cni-conf-dir the agent writes one
+    /// for berth-cni on it.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The network namespace holding the node's pod network when it is not the
+    /// agent's own (nested nodes, tests).
+    #[arg(long)]
+    pod_network_netns: Option<PathBuf>,
+    /// The cgroup all pods go under (`<root>/<qos>/pod<uid>/<container>`).
+    #[arg(long, default_value = "kubepods")]
+    cgroup_root: String,
+    #[arg(long, default_value = "berth.local/pause:v1")]
+    pod_infra_container_image: String,
+    /// OCI image layouts (directories) to import into the image store at start.
+    #[arg(long, value_delimiter = ',')]
+    preload_images: Vec<PathBuf>,
+    /// Cluster DNS server addresses (ClusterFirst pods use them).
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    #[arg(long, default_value = "0.0.0.0")]
+    address: IpAddr,
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// CA whose client certificates may use the kubelet API (default: the kubeconfig's CA).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// The `berth-runtime` binary (default: next to this one).
+    #[arg(long)]
+    runtime_binary: Option<PathBuf>,
+}
+
+fn own_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The kubeconfig's cluster CA (PEM).
+fn kubeconfig_ca(kc: &kube::config::Kubeconfig) -> anyhow::Result<String> {
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .context("the kubeconfig names no cluster")?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .context("certificate-authority-data is not base64")?;
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    if let Some(file) = &cluster.certificate_authority {
+        return std::fs::read_to_string(file).with_context(|| format!("reading {file}"));
+    }
+    anyhow::bail!("the kubeconfig has no cluster CA; pass --client-ca-file")
+}
+
+/// The local address that routes to the apiserver.
+fn route_to(server: &str) -> Option<IpAddr> {
+    let url: http_host::Host = http_host::parse(server)?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect((url.host.as_str(), url.port)).ok()?;
+    sock.local_addr().ok().map(|a| a.ip())
+}
+
+mod http_host {
+    pub struct Host {
+        pub host: String,
+        pub port: u16,
+    }
+    /// `https://host:port/...` → host and port.
+    pub fn parse(url: &str) -> Option<Host> {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let authority = rest.split('/').next()?;
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+            _ => (authority, 443),
+        };
+        Some(Host {
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let server = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .unwrap_or_default();
+    let client_ca = match &args.client_ca_file {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => kubeconfig_ca(&kc)?,
+    };
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config)?;
+    let name = match &args.hostname_override {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
+    };
+    let node_ip = args
+        .node_ip
+        .or_else(|| route_to(&server))
+        .map(|ip| ip.to_string())
+        .context("cannot tell the node's IP; pass --node-ip")?;
+    let runtime_binary = args
+        .runtime_binary
+        .clone()
+        .unwrap_or_else(|| own_dir().join("berth-runtime"));
+    let runtime = Runtime::open(RuntimeConfig {
+        state_dir: args.run_dir.join("containers"),
+        data_dir: args.root_dir.clone(),
+        runtime_binary,
+        log_rotation: Rotation::default(),
+    })
+    .context("opening the runtime")?;
+    for dir in &args.preload_images {
+        runtime
+            .images()
+            .import_layout(dir, None)
+            .with_context(|| format!("importing {}", dir.display()))?;
+    }
+    let mut bin_dirs = args.cni_bin_dir.clone();
+    bin_dirs.push(own_dir());
+    let network = Network::load(
+        &args.cni_conf_dir,
+        bin_dirs,
+        args.pod_cidr.as_deref(),
+        "berth0",
+        &args.root_dir.join("ipam"),
+        args.pod_network_netns.clone(),
+    )?;
+    let node_cfg = NodeConfig {
+        name: name.clone(),
+        node_ip,
+        kubelet_port: args.port,
+        pod_cidr: args.pod_cidr.clone(),
+        max_pods: args.max_pods,
+        root_dir: args.root_dir.clone(),
+        labels: Default::default(),
+    };
+    let node = node::register(&client, &node_cfg)
+        .await
+        .context("registering the node")?;
+    tracing::info!(node = %name, ip = %node_cfg.node_ip, "node registered");
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        runtime: Arc::new(runtime),
+        network,
+        node: node_cfg.clone(),
+        pods_dir: args.root_dir.join("pods"),
+        logs_dir: args.pod_log_dir.clone(),
+        pause_image: args.pod_infra_container_image.clone(),
+        cgroup_root: args.cgroup_root.clone(),
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+    });
+    let uid = node.metadata.uid.clone().unwrap_or_default();
+    let addr = SocketAddr::new(args.address, args.port);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        () = node::heartbeat(client, node_cfg, uid) => {}
+        () = pods::run(ctx.clone()) => {}
+        r = berth_agent::server::serve(ctx, addr, client_ca) => r?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
+        _ = term.recv() => tracing::info!("terminated; pods keep running"),
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The Node object and its heartbeat: registration (capacity, allocatable, addresses,
+//! nodeInfo, conditions), a Lease in `kube-node-lease` renewed every 10 s, and a status
+//! PATCH only when something in it changed (kubelet's `nodeStatusUpdateFrequency`
+//! with `nodeStatusReportFrequency` = "on change").
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// How often the Lease is renewed, and how long it claims to be valid.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+
+/// What the node tells about itself.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub node_ip: String,
+    pub kubelet_port: u16,
+    pub pod_cidr: Option<String>,
+    pub max_pods: u32,
+    /// The directory whose filesystem is the node's ephemeral storage.
+    pub root_dir: std::path::PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Memory, disk and PID pressure as observed on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+fn mem_total_bytes() -> u64 {
+    meminfo("MemTotal:").unwrap_or(0)
+}
+
+/// A `/proc/meminfo` value in bytes.
+pub fn meminfo(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}
+
+fn disk_bytes(path: &std::path::Path) -> (u64, u64) {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => (
+            s.blocks() * s.fragment_size(),
+            s.blocks_available() * s.fragment_size(),
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// The eviction signals the kubelet uses by default: memory.available < 100Mi,
+/// nodefs.available < 10 %, and fewer than 5 % of pids left.
+pub fn observe_pressure(root_dir: &std::path::Path) -> Pressure {
+    let available = meminfo("MemAvailable:").unwrap_or(u64::MAX);
+    let (total, avail) = disk_bytes(root_dir);
+    let pid_max: u64 = read_trim("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX);
+    let procs = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .count() as u64
+        })
+        .unwrap_or(0);
+    Pressure {
+        memory: available < 100 * 1024 * 1024,
+        disk: total > 0 && avail * 10 < total,
+        pid: procs * 20 > pid_max * 19,
+    }
+}
+
+fn condition(type_: &str, on: bool, reason: &str, message: &str, now: &str) -> Value {
+    json!({
+        "type": type_,
+        "status": if on { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    })
+}
+
+/// The node's status as this agent sees it now.
+pub fn status(cfg: &NodeConfig, pressure: Pressure, ready: bool) -> Value {
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+    let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (disk_total, _) = disk_bytes(&cfg.root_dir);
+    let capacity = json!({
+        "cpu": cpus.to_string(),
+        "memory": format!("{}Ki", mem_total_bytes() / 1024),
+        "pods": cfg.max_pods.to_string(),
+        "ephemeral-storage": format!("{}Ki", disk_total / 1024),
+    });
+    let uname = nix::sys::utsname::uname().ok();
+    let kernel = uname
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hostname = uname
+        .as_ref()
+        .map(|u| u.nodename().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "addresses": [
+            {"type": "InternalIP", "address": cfg.node_ip},
+            {"type": "Hostname", "address": hostname},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
+        "nodeInfo": {
+            "machineID": read_trim("/etc/machine-id"),
+            "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
+            "bootID": read_trim("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": kernel,
+            "osImage": os_image(),
+            "containerRuntimeVersion": concat!("berth://", env!("CARGO_PKG_VERSION")),
+            "kubeletVersion": crate::KUBELET_VERSION,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        },
+        "conditions": [
+            condition("MemoryPressure", pressure.memory,
+                if pressure.memory { "KubeletHasInsufficientMemory" } else { "KubeletHasSufficientMemory" },
+                if pressure.memory { "kubelet has insufficient memory available" } else { "kubelet has sufficient memory available" }, &now),
+            condition("DiskPressure", pressure.disk,
+                if pressure.disk { "KubeletHasDiskPressure" } else { "KubeletHasNoDiskPressure" },
+                if pressure.disk { "kubelet has disk pressure" } else { "kubelet has no disk pressure" }, &now),
+            condition("PIDPressure", pressure.pid,
+                if pressure.pid { "KubeletHasInsufficientPID" } else { "KubeletHasSufficientPID" },
+                if pressure.pid { "kubelet has insufficient PID available" } else { "kubelet has sufficient PID available" }, &now),
+            condition("Ready", ready,
+                if ready { "KubeletReady" } else { "KubeletNotReady" },
+                if ready { "kubelet is posting ready status" } else { "kubelet is starting" }, &now),
+        ],
+    })
+}
+
+/// What of a status counts as a change: everything but heartbeat and transition times.
+fn significant(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(conds) = s.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conds {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastHeartbeatTime");
+                o.remove("lastTransitionTime");
+            }
+        }
+    }
+    s
+}
+
+/// Keeps each condition's lastTransitionTime from `old` when its status did not change.
+fn keep_transitions(new: &mut Value, old: &Value) {
+    let Some(old_conds) = old.get("conditions").and_then(Value::as_array) else {
+        return;
+    };
+    if let Some(conds) = new.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conds {
+            let prev = old_conds.iter().find(|o| o.get("type") == c.get("type"));
+            if let Some(prev) = prev
+                && prev.get("status") == c.get("status")
+                && let Some(t) = prev.get("lastTransitionTime")
+            {
+                c["lastTransitionTime"] = t.clone();
+            }
+        }
+    }
+}
+
+/// Registers the node (creating it, or taking over an existing object of the same
+/// name) and returns it.
+pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<Node, kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = cfg.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), cfg.name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    labels.insert(
+        "kubernetes.io/arch".into(),
+        std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+    );
+    let mut spec = json!({});
+    if let Some(cidr) = &cfg.pod_cidr {
+        spec = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": cfg.name, "labels": labels},
+        "spec": spec,
+    });
+    let node: Node = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let patch = json!({"metadata": {"labels": labels}});
+            nodes
+                .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    let status = status(cfg, observe_pressure(&cfg.root_dir), true);
+    nodes
+        .patch_status(
+            &cfg.name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+}
+
+/// Renews the Lease and patches the node status when it changes, forever.
+pub async fn heartbeat(client: Client, cfg: NodeConfig, node_uid: String) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let mut last: Option<Value> = None;
+    let mut ticker = tokio::time::interval(LEASE_RENEW);
+    loop {
+        ticker.tick().await;
+        if let Err(err) = renew_lease(&leases, &cfg, &node_uid).await {
+            tracing::warn!(%err, "renewing the node lease");
+        }
+        let root = cfg.root_dir.clone();
+        let pressure = tokio::task::spawn_blocking(move || observe_pressure(&root))
+            .await
+            .unwrap_or_default();
+        let mut now = status(&cfg, pressure, true);
+        let current = match nodes.get_status(&cfg.name).await {
+            Ok(n) => serde_json::to_value(n.status).unwrap_or(Value::Null),
+            Err(err) => {
+                tracing::warn!(%err, "reading the node status");
+                continue;
+            }
+        };
+        keep_transitions(&mut now, &current);
+        let changed = last.as_ref().is_none_or(|l| significant(l) != significant(&now))
+            || significant(&current) != significant(&now);
+        if changed {
+            match nodes
+                .patch_status(
+                    &cfg.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": now})),
+                )
+                .await
+            {
+                Ok(_) => last = Some(now),
+                Err(err) => tracing::warn!(%err, "patching the node status"),
+            }
+        }
+    }
+}
+
+async fn renew_lease(leases: &Api<Lease>, cfg: &NodeConfig, node_uid: &str) -> Result<(), kube::Error> {
+    let now = MicroTime(jiff::Timestamp::now());
+    match leases.get_opt(&cfg.name).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(cfg.name.clone());
+            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+            leases
+                .replace(&cfg.name, &PostParams::default(), &lease)
+                .await?;
+        }
+        None => {
+            let mut lease = Lease::default();
+            lease.metadata.name = Some(cfg.name.clone());
+            lease.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: cfg.name.clone(),
+                uid: node_uid.to_owned(),
+                ..Default::default()
+            }]);
+            lease.spec = Some(LeaseSpec {
+                holder_identity: Some(cfg.name.clone()),
+                lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                renew_time: Some(now),
+                ..Default::default()
+            });
+            leases.create(&PostParams::default(), &lease).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Now as a Kubernetes `Time`.
+pub fn now_time() -> Time {
+    Time(jiff::Timestamp::now())
+}

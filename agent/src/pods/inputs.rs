@@ -1,0 +1,159 @@
+//! What a pod's containers need from the apiserver besides the Pod: the ConfigMaps and
+//! Secrets its env and volumes name, and service account tokens for projected volumes.
+//! Fetched before each sync, so updated ConfigMaps and Secrets reach running pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    config_maps: BTreeMap<String, Option<ConfigMap>>,
+    secrets: BTreeMap<String, Option<Secret>>,
+    /// Projected service account tokens by (volume name, path).
+    tokens: BTreeMap<(String, String), String>,
+    /// Why something could not be fetched (other than not found).
+    pub errors: Vec<String>,
+}
+
+impl Inputs {
+    pub fn config_map(&self, name: &str) -> Option<&ConfigMap> {
+        self.config_maps.get(name).and_then(Option::as_ref)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets.get(name).and_then(Option::as_ref)
+    }
+
+    pub fn token(&self, volume: &str, path: &str) -> Option<&str> {
+        self.tokens
+            .get(&(volume.to_owned(), path.to_owned()))
+            .map(String::as_str)
+    }
+}
+
+/// The names of ConfigMaps and Secrets `pod` refers to.
+fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
+    let mut cms = Vec::new();
+    let mut secrets = Vec::new();
+    let Some(spec) = &pod.spec else {
+        return (cms, secrets);
+    };
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                cms.push(r.name.clone());
+            }
+            if let Some(r) = &f.secret_ref {
+                secrets.push(r.name.clone());
+            }
+        }
+        for e in c.env.iter().flatten() {
+            if let Some(from) = &e.value_from {
+                if let Some(r) = &from.config_map_key_ref {
+                    cms.push(r.name.clone());
+                }
+                if let Some(r) = &from.secret_key_ref {
+                    secrets.push(r.name.clone());
+                }
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(cm) = &v.config_map {
+            cms.push(cm.name.clone());
+        }
+        if let Some(s) = &v.secret
+            && let Some(name) = &s.secret_name
+        {
+            secrets.push(name.clone());
+        }
+        if let Some(p) = &v.projected {
+            for src in p.sources.iter().flatten() {
+                if let Some(cm) = &src.config_map {
+                    cms.push(cm.name.clone());
+                }
+                if let Some(s) = &src.secret {
+                    secrets.push(s.name.clone());
+                }
+            }
+        }
+    }
+    cms.sort();
+    cms.dedup();
+    secrets.sort();
+    secrets.dedup();
+    (cms, secrets)
+}
+
+/// Fetches everything `pod` refers to.
+pub async fn fetch(client: &Client, pod: &Pod) -> Inputs {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let (cms, secrets) = references(pod);
+    let mut inputs = Inputs::default();
+    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for name in cms {
+        match cm_api.get_opt(&name).await {
+            Ok(found) => {
+                inputs.config_maps.insert(name, found);
+            }
+            Err(e) => inputs.errors.push(format!("configmap {name:?}: {e}")),
+        }
+    }
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for name in secrets {
+        match secret_api.get_opt(&name).await {
+            Ok(found) => {
+                inputs.secrets.insert(name, found);
+            }
+            Err(e) => inputs.errors.push(format!("secret {name:?}: {e}")),
+        }
+    }
+    let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            let Some(t) = &src.service_account_token else {
+                continue;
+            };
+            let req = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: Some(t.audience.iter().cloned().collect()),
+                    expiration_seconds: Some(t.expiration_seconds.unwrap_or(3607)),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: pod.metadata.name.clone(),
+                        uid: pod.metadata.uid.clone(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match sa_api
+                .create_token_request(&sa, &PostParams::default(), &req)
+                .await
+            {
+                Ok(resp) => {
+                    let token = resp.status.and_then(|s| s.token).unwrap_or_default();
+                    inputs.tokens.insert((v.name.clone(), t.path.clone()), token);
+                }
+                Err(e) => inputs
+                    .errors
+                    .push(format!("token for service account {sa:?}: {e}")),
+            }
+        }
+    }
+    inputs
+}

@@ -1,0 +1,284 @@
+//! Pods bound to this node: a `kube` watcher (fieldSelector `spec.nodeName`) feeds one
+//! worker task per pod; each worker syncs level-triggered (on a change of its Pod, and
+//! whenever a probe, a back-off or the 1 s relist is due), patches the Pod's status
+//! only when it changed, and finalizes deleted pods once the host is clean. Sandboxes
+//! on the host that no Pod claims (deleted while the agent was down) are torn down.
+
+pub mod env;
+pub mod inputs;
+pub mod probe;
+pub mod resources;
+pub mod volumes;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::network::Network;
+use crate::node::NodeConfig;
+use berth_runtime::pod::Runtime;
+
+/// What every worker shares.
+pub struct Ctx {
+    pub client: Client,
+    pub runtime: Arc<Runtime>,
+    pub network: Network,
+    pub node: NodeConfig,
+    /// `<root>/pods/<uid>`: volumes.
+    pub pods_dir: PathBuf,
+    /// `<logs>/<ns>_<name>_<uid>/<container>/<n>.log`.
+    pub logs_dir: PathBuf,
+    pub pause_image: String,
+    pub cgroup_root: String,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("node", &self.node.name).finish_non_exhaustive()
+    }
+}
+
+/// How often ConfigMaps and Secrets used by a pod are read again.
+const INPUT_REFRESH: Duration = Duration::from_secs(10);
+
+struct Handle {
+    tx: watch::Sender<Option<Arc<Pod>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the pod workers of this node until the future is dropped.
+pub async fn run(ctx: Arc<Ctx>) {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node.name));
+    let mut stream = watcher(pods, cfg).boxed();
+    let mut workers: HashMap<String, Handle> = HashMap::new();
+    let mut listing: Vec<Arc<Pod>> = Vec::new();
+    while let Some(event) = stream.next().await {
+        workers.retain(|_, h| !h.task.is_finished());
+        match event {
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(p)) => listing.push(Arc::new(p)),
+            Ok(watcher::Event::InitDone) => {
+                let seen: std::collections::HashSet<String> = listing
+                    .iter()
+                    .filter_map(|p| p.metadata.uid.clone())
+                    .collect();
+                for p in std::mem::take(&mut listing) {
+                    dispatch(&ctx, &mut workers, p);
+                }
+                // Workers of pods that vanished while the watch was down.
+                for (uid, h) in &workers {
+                    if !seen.contains(uid) {
+                        let _ = h.tx.send(None);
+                    }
+                }
+                let ctx2 = ctx.clone();
+                let claimed: Vec<String> = seen.into_iter().collect();
+                let _ = tokio::task::spawn_blocking(move || remove_orphans(&ctx2, &claimed)).await;
+            }
+            Ok(watcher::Event::Apply(p)) => dispatch(&ctx, &mut workers, Arc::new(p)),
+            Ok(watcher::Event::Delete(p)) => {
+                if let Some(uid) = &p.metadata.uid
+                    && let Some(h) = workers.get(uid)
+                {
+                    let _ = h.tx.send(None);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Handle>, pod: Arc<Pod>) {
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    if let Some(h) = workers.get(&uid) {
+        let _ = h.tx.send(Some(pod));
+        return;
+    }
+    let (tx, rx) = watch::channel(Some(pod.clone()));
+    let task = tokio::spawn(work(ctx.clone(), pod, rx));
+    workers.insert(uid, Handle { tx, task });
+}
+
+/// Sandboxes and containers on the host that no pod of this node claims.
+fn remove_orphans(ctx: &Ctx, claimed: &[String]) {
+    for uid in ctx.runtime.sandboxes() {
+        if claimed.contains(&uid) {
+            continue;
+        }
+        tracing::info!(%uid, "removing the sandbox of a pod that no longer exists");
+        if let Err(err) = worker::teardown(ctx, &uid, None, None) {
+            tracing::warn!(%uid, %err, "removing an orphaned pod");
+        }
+    }
+}
+
+/// Records core/v1 Events about `pod`, as the kubelet does (source `kubelet`, host
+/// the node) — what `kubectl describe pod` and `kubectl get events` show.
+async fn record(events_api: &Api<CoreEvent>, node: &str, pod: &Pod, events: Vec<worker::Event>) {
+    for e in events {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ev = CoreEvent {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                namespace: pod.metadata.namespace.clone(),
+                ..Default::default()
+            },
+            involved_object: pod.object_ref(&()),
+            reason: Some(e.reason),
+            message: Some(e.message),
+            type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("kubelet".into()),
+                host: Some(node.to_owned()),
+            }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(node.to_owned()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        if let Err(err) = events_api.create(&Default::default(), &ev).await {
+            tracing::debug!(%err, "recording an event");
+        }
+    }
+}
+
+/// One pod's worker.
+async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
+    let uid = first.metadata.uid.clone().unwrap_or_default();
+    let ns = first.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = first.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let events_api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut last_pod = first;
+    let mut mem = worker::Memory::default();
+    let mut inputs = Arc::new(inputs::Inputs::default());
+    let mut inputs_at: Option<Instant> = None;
+    let mut last_status: Option<Value> = None;
+    loop {
+        let current = rx.borrow_and_update().clone();
+        let gone = current.is_none();
+        if let Some(p) = &current {
+            if !Arc::ptr_eq(p, &last_pod) {
+                inputs_at = None;
+            }
+            last_pod = p.clone();
+        }
+        let terminating = gone || last_pod.metadata.deletion_timestamp.is_some();
+        if terminating {
+            let pod = last_pod.clone();
+            let ctx2 = ctx.clone();
+            let log_dir = worker::pod_log_dir(&ctx, &pod);
+            let uid2 = uid.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                worker::teardown(&ctx2, &uid2, Some(&pod), Some(&log_dir))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match res {
+                Ok(()) => {
+                    if !gone {
+                        let dp = DeleteParams {
+                            grace_period_seconds: Some(0),
+                            preconditions: Some(Preconditions {
+                                uid: Some(uid.clone()),
+                                resource_version: None,
+                            }),
+                            ..Default::default()
+                        };
+                        match api.delete(&name, &dp).await {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                            Err(err) => {
+                                tracing::warn!(pod = %format!("{ns}/{name}"), %err, "finalizing the pod");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    tracing::info!(pod = %format!("{ns}/{name}"), "pod removed from the node");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), %err, "tearing the pod down; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if inputs_at.is_none_or(|t| t.elapsed() >= INPUT_REFRESH) {
+            inputs = Arc::new(inputs::fetch(&ctx.client, &last_pod).await);
+            inputs_at = Some(Instant::now());
+        }
+        let ctx2 = ctx.clone();
+        let pod = last_pod.clone();
+        let inp = inputs.clone();
+        let taken = std::mem::take(&mut mem);
+        let (m, outcome) = match tokio::task::spawn_blocking(move || worker::sync_blocking(ctx2, pod, inp, taken)).await {
+            Ok(x) => x,
+            Err(err) => {
+                tracing::error!(%err, "pod sync panicked");
+                (worker::Memory::default(), worker::Outcome { status: None, finished: false, wake: Duration::from_secs(1) })
+            }
+        };
+        mem = m;
+        record(&events_api, &ctx.node.name, &last_pod, std::mem::take(&mut mem.events)).await;
+        if let Some(status) = outcome.status {
+            let current: Value = last_pod
+                .status
+                .as_ref()
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or(Value::Null);
+            let changed = last_status.as_ref() != Some(&status) && !same_status(&current, &status);
+            if changed {
+                match api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+                    .await
+                {
+                    Ok(p) => {
+                        last_status = Some(status);
+                        last_pod = Arc::new(p);
+                    }
+                    Err(err) => tracing::warn!(pod = %format!("{ns}/{name}"), %err, "patching the pod status"),
+                }
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(outcome.wake) => {}
+        }
+    }
+}
+
+/// Whether the apiserver's status already says what `new` says (ignoring timestamps
+/// the apiserver normalized).
+fn same_status(current: &Value, new: &Value) -> bool {
+    let Some(obj) = new.as_object() else {
+        return false;
+    };
+    obj.iter().all(|(k, v)| current.get(k) == Some(v))
+}

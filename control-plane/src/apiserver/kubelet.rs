@@ -1,0 +1,92 @@
+//! The apiserver's side of the kubelet API: `pods/log` and `nodes/proxy` are proxied to
+//! the node's agent at its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`, with
+//! the apiserver's kubelet-client certificate (CN `kube-apiserver-kubelet-client`,
+//! signed by the cluster CA). Like kube-apiserver without
+//! `--kubelet-certificate-authority`, the kubelet's self-signed serving certificate is
+//! not verified.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use futures_util::TryStreamExt;
+use serde_json::Value;
+
+use super::status::ApiError;
+
+static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+
+/// Builds the client from the kubelet-client certificate and key (PEM).
+pub fn init(cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())?;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .identity(identity)
+        .danger_accept_invalid_certs(true)
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let _ = CLIENT.set(client);
+    Ok(())
+}
+
+/// `https://<InternalIP>:<port>` of a Node object.
+pub fn endpoint(node: &Value) -> Option<String> {
+    let ip = node
+        .pointer("/status/addresses")?
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(10250);
+    Some(if ip.contains(':') {
+        format!("https://[{ip}]:{port}")
+    } else {
+        format!("https://{ip}:{port}")
+    })
+}
+
+fn unavailable(message: String) -> ApiError {
+    let mut err = ApiError::new(503, "ServiceUnavailable", message);
+    err.retry_after = Some(5);
+    err
+}
+
+/// GETs `path_and_query` from the kubelet at `base` and streams the answer back.
+pub async fn get(base: &str, path_and_query: &str) -> Result<Response, ApiError> {
+    let Some(client) = CLIENT.get() else {
+        return Err(unavailable("this berth-server has no kubelet client certificate".into()));
+    };
+    let url = format!("{base}{path_and_query}");
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("error dialing the kubelet at {base}: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let code = status.as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let reason = match code {
+            404 => "NotFound",
+            400 => "BadRequest",
+            _ => "InternalError",
+        };
+        return Err(ApiError::new(code, reason, text.trim().to_owned()));
+    }
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_owned();
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
+}
