@@ -16,7 +16,11 @@ use berth_runtime::logs::Rotation;
 use berth_runtime::pod::{Runtime, RuntimeConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-agent", version, about = "berth's node agent (a kubelet)")]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "berth's node agent (a kubelet)"
+)]
 struct Args {
     /// The cluster to join and the credentials (a client certificate) to use.
     #[arg(long)]
@@ -40,7 +44,11 @@ struct Args {
     cni_conf_dir: PathBuf,
     /// Directories holding CNI plugins (comma-separated); the agent's own directory
     /// (where berth-cni is installed with it) is always searched too.
-    #[arg(long, default_value = "/opt/cni/bin,/usr/lib/cni", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "/opt/cni/bin,/usr/lib/cni",
+        value_delimiter = ','
+    )]
     cni_bin_dir: Vec<PathBuf>,
     /// The node's pod range; with no conflist in --cni-conf-dir the agent writes one
     /// for berth-cni on it.
@@ -75,6 +83,11 @@ struct Args {
     /// The `berth-runtime` binary (default: next to this one).
     #[arg(long)]
     runtime_binary: Option<PathBuf>,
+    /// Remove every pod of this node from the host (containers, network, sandboxes,
+    /// volumes, cgroups) and exit, without contacting the apiserver
+    /// (`cargo xtask down` uses it).
+    #[arg(long)]
+    remove_all_pods: bool,
 }
 
 fn own_dir() -> PathBuf {
@@ -135,8 +148,7 @@ mod http_host {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -150,7 +162,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|c| c.server.clone())
         .unwrap_or_default();
     let client_ca = match &args.client_ca_file {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => kubeconfig_ca(&kc)?,
     };
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -193,6 +207,32 @@ async fn main() -> anyhow::Result<()> {
         &args.root_dir.join("ipam"),
         args.pod_network_netns.clone(),
     )?;
+    if args.remove_all_pods {
+        let ctx = Ctx {
+            client,
+            runtime: Arc::new(runtime),
+            network,
+            node: NodeConfig {
+                name,
+                node_ip,
+                kubelet_port: args.port,
+                pod_cidr: None,
+                max_pods: args.max_pods,
+                root_dir: args.root_dir.clone(),
+                labels: Default::default(),
+            },
+            pods_dir: args.root_dir.join("pods"),
+            logs_dir: args.pod_log_dir.clone(),
+            pause_image: args.pod_infra_container_image.clone(),
+            cgroup_root: args.cgroup_root.clone(),
+            cluster_dns: Vec::new(),
+            cluster_domain: args.cluster_domain.clone(),
+            oom_score_floor: 0,
+        };
+        let n = pods::remove_all(&ctx);
+        tracing::info!(pods = n, "removed every pod from the host");
+        return Ok(());
+    }
     let node_cfg = NodeConfig {
         name: name.clone(),
         node_ip,
@@ -217,7 +257,14 @@ async fn main() -> anyhow::Result<()> {
         cgroup_root: args.cgroup_root.clone(),
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        oom_score_floor: pods::oom_score_floor(),
     });
+    if ctx.oom_score_floor > -1000 {
+        tracing::warn!(
+            floor = ctx.oom_score_floor,
+            "no CAP_SYS_RESOURCE: containers cannot get an oom_score_adj below the agent's own"
+        );
+    }
     let uid = node.metadata.uid.clone().unwrap_or_default();
     let addr = SocketAddr::new(args.address, args.port);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

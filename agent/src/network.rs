@@ -73,8 +73,8 @@ impl Network {
                 conf_dir.display()
             ),
         };
-        let list = ConfList::load(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.msg))?;
+        let list =
+            ConfList::load(&path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.msg))?;
         Ok(Self {
             runner: Runner::new(bin_dirs),
             list,
@@ -96,7 +96,10 @@ impl Network {
         }
     }
 
-    fn in_node_netns<T: Send>(&self, f: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+    fn in_node_netns<T: Send>(
+        &self,
+        f: impl FnOnce() -> Result<T, String> + Send,
+    ) -> Result<T, String> {
         let Some(ns) = &self.node_netns else {
             return f();
         };
@@ -148,8 +151,8 @@ impl Network {
 fn loopback_up(netns: &Path) -> Result<(), String> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let file = std::fs::File::open(netns)
-                .map_err(|e| format!("open {}: {e}", netns.display()))?;
+            let file =
+                std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
             nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("enter {}: {e}", netns.display()))?;
             // SAFETY: a plain socket and two ioctls on a zeroed, NUL-terminated ifreq.
@@ -164,12 +167,17 @@ fn loopback_up(netns: &Path) -> Result<(), String> {
                 }
                 let mut result = Ok(());
                 if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
-                    result = Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+                    result = Err(format!(
+                        "SIOCGIFFLAGS lo: {}",
+                        std::io::Error::last_os_error()
+                    ));
                 } else {
                     req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
                     if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
-                        result =
-                            Err(format!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error()));
+                        result = Err(format!(
+                            "SIOCSIFFLAGS lo: {}",
+                            std::io::Error::last_os_error()
+                        ));
                     }
                 }
                 libc::close(fd);

@@ -75,8 +75,10 @@ fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
         })
         .unwrap_or_else(|| "Linux".into())
 }
@@ -86,11 +88,18 @@ fn os_image() -> String {
 pub fn observe_pressure(root_dir: &std::path::Path) -> Pressure {
     let available = meminfo("MemAvailable:").unwrap_or(u64::MAX);
     let (total, avail) = disk_bytes(root_dir);
-    let pid_max: u64 = read_trim("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX);
+    let pid_max: u64 = read_trim("/proc/sys/kernel/pid_max")
+        .parse()
+        .unwrap_or(u64::MAX);
     let procs = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .count() as u64
         })
         .unwrap_or(0);
@@ -114,7 +123,9 @@ fn condition(type_: &str, on: bool, reason: &str, message: &str, now: &str) -> V
 
 /// The node's status as this agent sees it now.
 pub fn status(cfg: &NodeConfig, pressure: Pressure, ready: bool) -> Value {
-    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
     let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (disk_total, _) = disk_bytes(&cfg.root_dir);
@@ -211,7 +222,9 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<Node, kube::E
     labels.insert("kubernetes.io/os".into(), "linux".into());
     labels.insert(
         "kubernetes.io/arch".into(),
-        std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64"),
     );
     let mut spec = json!({});
     if let Some(cidr) = &cfg.pod_cidr {
@@ -268,7 +281,9 @@ pub async fn heartbeat(client: Client, cfg: NodeConfig, node_uid: String) {
             }
         };
         keep_transitions(&mut now, &current);
-        let changed = last.as_ref().is_none_or(|l| significant(l) != significant(&now))
+        let changed = last
+            .as_ref()
+            .is_none_or(|l| significant(l) != significant(&now))
             || significant(&current) != significant(&now);
         if changed {
             match nodes
@@ -286,7 +301,11 @@ pub async fn heartbeat(client: Client, cfg: NodeConfig, node_uid: String) {
     }
 }
 
-async fn renew_lease(leases: &Api<Lease>, cfg: &NodeConfig, node_uid: &str) -> Result<(), kube::Error> {
+async fn renew_lease(
+    leases: &Api<Lease>,
+    cfg: &NodeConfig,
+    node_uid: &str,
+) -> Result<(), kube::Error> {
     let now = MicroTime(jiff::Timestamp::now());
     match leases.get_opt(&cfg.name).await? {
         Some(mut lease) => {

@@ -52,14 +52,24 @@ fn parse_line(line: &str) -> Option<(&str, &str, bool, &str)> {
 }
 
 /// The log files of `container` in pod `ns/name`: (latest, previous).
-pub fn log_files(ctx: &Ctx, ns: &str, name: &str, container: &str) -> (Option<PathBuf>, Option<PathBuf>) {
+pub fn log_files(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    container: &str,
+) -> (Option<PathBuf>, Option<PathBuf>) {
     let prefix = format!("{ns}_{name}_");
     let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&ctx.logs_dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .flat_map(|e| std::fs::read_dir(e.path().join(container)).into_iter().flatten().flatten())
+        .flat_map(|e| {
+            std::fs::read_dir(e.path().join(container))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .filter_map(|e| {
             let n: u32 = e.file_name().to_str()?.strip_suffix(".log")?.parse().ok()?;
             Some((n, e.path()))
@@ -80,7 +90,10 @@ fn render(text: &str, q: &LogQuery, since_ns: Option<i128>) -> Vec<String> {
             continue;
         };
         if let Some(since) = since_ns {
-            let t = ts.parse::<jiff::Timestamp>().map(|t| t.as_nanosecond()).unwrap_or(0);
+            let t = ts
+                .parse::<jiff::Timestamp>()
+                .map(|t| t.as_nanosecond())
+                .unwrap_or(0);
             if t < since {
                 continue;
             }
@@ -112,7 +125,9 @@ async fn container_logs(
         let msg = if flag(&q.previous) {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {
-            format!("container \"{container}\" in pod \"{pod}\" is waiting to start or does not exist")
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start or does not exist"
+            )
         };
         return (StatusCode::NOT_FOUND, msg).into_response();
     };
@@ -262,7 +277,10 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {sandboxes}\n# HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n"
     );
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         body,
     )
         .into_response()
@@ -285,7 +303,11 @@ fn serving_cert(names: Vec<String>) -> anyhow::Result<(String, String)> {
 }
 
 /// Serves the kubelet API on `addr` until the future is dropped.
-pub async fn serve(ctx: Arc<Ctx>, addr: std::net::SocketAddr, client_ca_pem: String) -> anyhow::Result<()> {
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    addr: std::net::SocketAddr,
+    client_ca_pem: String,
+) -> anyhow::Result<()> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -293,9 +315,11 @@ pub async fn serve(ctx: Arc<Ctx>, addr: std::net::SocketAddr, client_ca_pem: Str
     for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots.add(cert?)?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
     let mut names = vec![ctx.node.name.clone(), ctx.node.node_ip.clone()];
     names.dedup();
     let (cert, key) = serving_cert(names)?;
@@ -352,9 +376,6 @@ mod tests {
             timestamps: Some("true".into()),
             ..Default::default()
         };
-        assert_eq!(
-            render(text, &q, None)[1],
-            "2026-01-01T00:00:01Z second\n"
-        );
+        assert_eq!(render(text, &q, None)[1], "2026-01-01T00:00:01Z second\n");
     }
 }

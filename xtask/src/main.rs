@@ -30,8 +30,10 @@ enum Command {
     Build,
     /// Build the test images (busybox, testserver, pause) into target/images, offline.
     Images,
-    /// Start a one-node cluster on this host.
+    /// Start a one-node cluster on this host (Ctrl-C stops it).
     Up,
+    /// Remove everything `up` left on this host: pods, network, cgroups, state.
+    Down,
     /// Run setup if needed, then fmt, clippy, unit, integration and e2e tests.
     Test(commands::test::Args),
     /// Run a benchmark (with its baseline) and write bench/results/<name>.{json,md}.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Build => commands::build::run(),
         Command::Images => commands::images::run(),
         Command::Up => commands::up::run(),
+        Command::Down => commands::up::down(),
         Command::Test(args) => commands::test::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::LbClient(args) => commands::lb_client::run(&args),

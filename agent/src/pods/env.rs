@@ -116,7 +116,10 @@ pub fn resource_value(
         (None, "limits.memory") => rt.node_memory * 1000,
         (None, _) => 0,
     };
-    let div = divisor.and_then(resources::milli).filter(|d| *d > 0).unwrap_or(1000);
+    let div = divisor
+        .and_then(resources::milli)
+        .filter(|d| *d > 0)
+        .unwrap_or(1000);
     Ok(((value + div - 1) / div).to_string())
 }
 

@@ -147,7 +147,9 @@ pub async fn fetch(client: &Client, pod: &Pod) -> Inputs {
             {
                 Ok(resp) => {
                     let token = resp.status.and_then(|s| s.token).unwrap_or_default();
-                    inputs.tokens.insert((v.name.clone(), t.path.clone()), token);
+                    inputs
+                        .tokens
+                        .insert((v.name.clone(), t.path.clone()), token);
                 }
                 Err(e) => inputs
                     .errors

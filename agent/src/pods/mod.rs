@@ -42,11 +42,35 @@ pub struct Ctx {
     pub cgroup_root: String,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// The lowest oom_score_adj containers can get: without CAP_SYS_RESOURCE the
+    /// kernel refuses any value below the agent's own (Guaranteed pods' −997 then
+    /// becomes that value).
+    pub oom_score_floor: i32,
+}
+
+/// The lowest oom_score_adj this process may give its children.
+pub fn oom_score_floor() -> i32 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        return -1000;
+    }
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx").field("node", &self.node.name).finish_non_exhaustive()
+        f.debug_struct("Ctx")
+            .field("node", &self.node.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,17 +141,25 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Handle>, pod: Arc<Pod>
     workers.insert(uid, Handle { tx, task });
 }
 
+/// Removes every pod sandbox (and its containers) from the host; returns how many.
+pub fn remove_all(ctx: &Ctx) -> usize {
+    remove_orphans(ctx, &[])
+}
+
 /// Sandboxes and containers on the host that no pod of this node claims.
-fn remove_orphans(ctx: &Ctx, claimed: &[String]) {
+fn remove_orphans(ctx: &Ctx, claimed: &[String]) -> usize {
+    let mut removed = 0;
     for uid in ctx.runtime.sandboxes() {
         if claimed.contains(&uid) {
             continue;
         }
+        removed += 1;
         tracing::info!(%uid, "removing the sandbox of a pod that no longer exists");
         if let Err(err) = worker::teardown(ctx, &uid, None, None) {
             tracing::warn!(%uid, %err, "removing an orphaned pod");
         }
     }
+    removed
 }
 
 /// Records core/v1 Events about `pod`, as the kubelet does (source `kubelet`, host
@@ -166,7 +198,11 @@ async fn record(events_api: &Api<CoreEvent>, node: &str, pod: &Pod, events: Vec<
 /// One pod's worker.
 async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
     let uid = first.metadata.uid.clone().unwrap_or_default();
-    let ns = first.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = first
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = first.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let events_api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
@@ -234,15 +270,31 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
         let pod = last_pod.clone();
         let inp = inputs.clone();
         let taken = std::mem::take(&mut mem);
-        let (m, outcome) = match tokio::task::spawn_blocking(move || worker::sync_blocking(ctx2, pod, inp, taken)).await {
-            Ok(x) => x,
-            Err(err) => {
-                tracing::error!(%err, "pod sync panicked");
-                (worker::Memory::default(), worker::Outcome { status: None, finished: false, wake: Duration::from_secs(1) })
-            }
-        };
+        let (m, outcome) =
+            match tokio::task::spawn_blocking(move || worker::sync_blocking(ctx2, pod, inp, taken))
+                .await
+            {
+                Ok(x) => x,
+                Err(err) => {
+                    tracing::error!(%err, "pod sync panicked");
+                    (
+                        worker::Memory::default(),
+                        worker::Outcome {
+                            status: None,
+                            finished: false,
+                            wake: Duration::from_secs(1),
+                        },
+                    )
+                }
+            };
         mem = m;
-        record(&events_api, &ctx.node.name, &last_pod, std::mem::take(&mut mem.events)).await;
+        record(
+            &events_api,
+            &ctx.node.name,
+            &last_pod,
+            std::mem::take(&mut mem.events),
+        )
+        .await;
         if let Some(status) = outcome.status {
             let current: Value = last_pod
                 .status
@@ -252,14 +304,20 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
             let changed = last_status.as_ref() != Some(&status) && !same_status(&current, &status);
             if changed {
                 match api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": status})),
+                    )
                     .await
                 {
                     Ok(p) => {
                         last_status = Some(status);
                         last_pod = Arc::new(p);
                     }
-                    Err(err) => tracing::warn!(pod = %format!("{ns}/{name}"), %err, "patching the pod status"),
+                    Err(err) => {
+                        tracing::warn!(pod = %format!("{ns}/{name}"), %err, "patching the pod status")
+                    }
                 }
             }
         }

@@ -93,10 +93,14 @@ fn port_number(port: &IntOrString, c: &Container) -> Result<u16, String> {
 }
 
 /// Runs `f` on a thread inside the network namespace at `netns`.
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+fn in_netns<T: Send>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let file = std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
+            let file =
+                std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
             nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("enter {}: {e}", netns.display()))?;
             f()

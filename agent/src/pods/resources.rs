@@ -174,13 +174,18 @@ mod tests {
         };
         assert_eq!(qos_class(&pod(serde_json::json!({}))), "BestEffort");
         assert_eq!(
-            qos_class(&pod(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            qos_class(&pod(
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}})
+            )),
             "Guaranteed"
         );
         assert_eq!(
             qos_class(&pod(serde_json::json!({"requests": {"cpu": "100m"}}))),
             "Burstable"
         );
-        assert_eq!(pod_cgroup("kubepods", "Burstable", "u"), "kubepods/burstable/podu");
+        assert_eq!(
+            pod_cgroup("kubepods", "Burstable", "u"),
+            "kubepods/burstable/podu"
+        );
     }
 }

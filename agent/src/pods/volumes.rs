@@ -52,7 +52,9 @@ fn mount_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), Error> {
 fn safe_relative(path: &str) -> Result<PathBuf, Error> {
     let p = Path::new(path);
     if path.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(format!("invalid path {path:?}: must be relative and may not contain '..'"));
+        return Err(format!(
+            "invalid path {path:?}: must be relative and may not contain '..'"
+        ));
     }
     Ok(p.to_path_buf())
 }
@@ -80,7 +82,9 @@ fn write_files(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> Result<
         }
         let tmp = path.with_file_name(format!(
             ".{}.tmp",
-            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         std::fs::write(&tmp, bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))
@@ -185,13 +189,20 @@ fn downward_files(
 fn host_path_check(path: &Path, kind: &str) -> Result<(), Error> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(path);
-    let bad = |what: &str| Err(format!("hostPath type check failed: {} is not {what}", path.display()));
+    let bad = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {} is not {what}",
+            path.display()
+        ))
+    };
     match kind {
         "" => Ok(()),
         "DirectoryOrCreate" => {
             if !path.exists() {
                 std::fs::create_dir_all(path)
-                    .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)))
+                    .and_then(|()| {
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                    })
                     .map_err(|e| format!("create {}: {e}", path.display()))?;
             }
             host_path_check(path, "Directory")
@@ -247,7 +258,8 @@ fn setup_one(
             let size = e.size_limit.as_ref().and_then(resources::units);
             mount_tmpfs(&path, size)?;
         } else {
-            std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("create {}: {e}", path.display()))?;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
         }
         return Ok(path);
@@ -262,7 +274,14 @@ fn setup_one(
         let mode = cm.default_mode.map_or(0o644, |m| m as u32);
         let optional = cm.optional == Some(true);
         match config_map_data(inputs, &cm.name) {
-            Some(data) => keyed_files(&data, cm.items.as_ref(), mode, &format!("configmap {:?}", cm.name), optional, &mut files)?,
+            Some(data) => keyed_files(
+                &data,
+                cm.items.as_ref(),
+                mode,
+                &format!("configmap {:?}", cm.name),
+                optional,
+                &mut files,
+            )?,
             None if optional => {}
             None => return Err(format!("configmap \"{}\" not found", cm.name)),
         }
@@ -275,7 +294,14 @@ fn setup_one(
         let mode = s.default_mode.map_or(0o644, |m| m as u32);
         let optional = s.optional == Some(true);
         match secret_data(inputs, &name) {
-            Some(data) => keyed_files(&data, s.items.as_ref(), mode, &format!("secret {name:?}"), optional, &mut files)?,
+            Some(data) => keyed_files(
+                &data,
+                s.items.as_ref(),
+                mode,
+                &format!("secret {name:?}"),
+                optional,
+                &mut files,
+            )?,
             None if optional => {}
             None => return Err(format!("secret \"{name}\" not found")),
         }
@@ -285,7 +311,13 @@ fn setup_one(
     }
     if let Some(d) = &v.downward_api {
         let mode = d.default_mode.map_or(0o644, |m| m as u32);
-        downward_files(pod, d.items.as_deref().unwrap_or_default(), mode, rt, &mut files)?;
+        downward_files(
+            pod,
+            d.items.as_deref().unwrap_or_default(),
+            mode,
+            rt,
+            &mut files,
+        )?;
         std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         write_files(&path, &files)?;
         return Ok(path);
@@ -296,7 +328,14 @@ fn setup_one(
             if let Some(cm) = &src.config_map {
                 let optional = cm.optional == Some(true);
                 match config_map_data(inputs, &cm.name) {
-                    Some(data) => keyed_files(&data, cm.items.as_ref(), mode, &format!("configmap {:?}", cm.name), optional, &mut files)?,
+                    Some(data) => keyed_files(
+                        &data,
+                        cm.items.as_ref(),
+                        mode,
+                        &format!("configmap {:?}", cm.name),
+                        optional,
+                        &mut files,
+                    )?,
                     None if optional => {}
                     None => return Err(format!("configmap \"{}\" not found", cm.name)),
                 }
@@ -304,19 +343,35 @@ fn setup_one(
             if let Some(s) = &src.secret {
                 let optional = s.optional == Some(true);
                 match secret_data(inputs, &s.name) {
-                    Some(data) => keyed_files(&data, s.items.as_ref(), mode, &format!("secret {:?}", s.name), optional, &mut files)?,
+                    Some(data) => keyed_files(
+                        &data,
+                        s.items.as_ref(),
+                        mode,
+                        &format!("secret {:?}", s.name),
+                        optional,
+                        &mut files,
+                    )?,
                     None if optional => {}
                     None => return Err(format!("secret \"{}\" not found", s.name)),
                 }
             }
             if let Some(d) = &src.downward_api {
-                downward_files(pod, d.items.as_deref().unwrap_or_default(), mode, rt, &mut files)?;
+                downward_files(
+                    pod,
+                    d.items.as_deref().unwrap_or_default(),
+                    mode,
+                    rt,
+                    &mut files,
+                )?;
             }
             if let Some(t) = &src.service_account_token {
                 let token = inputs
                     .token(&v.name, &t.path)
                     .ok_or_else(|| format!("no service account token for {:?}", t.path))?;
-                files.insert(safe_relative(&t.path)?, (token.as_bytes().to_vec(), mode.min(0o600)));
+                files.insert(
+                    safe_relative(&t.path)?,
+                    (token.as_bytes().to_vec(), mode.min(0o600)),
+                );
             }
         }
         mount_tmpfs(&path, None)?;

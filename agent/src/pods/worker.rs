@@ -113,7 +113,9 @@ pub fn rfc3339_ns(ns: i128) -> String {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn now_ns() -> i128 {
@@ -160,7 +162,12 @@ pub fn pod_log_dir(ctx: &Ctx, pod: &Pod) -> PathBuf {
 
 /// Removes everything of pod `uid` from the host: containers (after their grace),
 /// network, sandbox, volumes, logs. Used for deleted pods and orphans alike.
-pub fn teardown(ctx: &Ctx, uid: &str, pod: Option<&Pod>, log_dir: Option<&Path>) -> Result<(), String> {
+pub fn teardown(
+    ctx: &Ctx,
+    uid: &str,
+    pod: Option<&Pod>,
+    log_dir: Option<&Path>,
+) -> Result<(), String> {
     let rt = &ctx.runtime;
     let all = rt.containers();
     let ours = pod_containers(&all, uid);
@@ -175,7 +182,10 @@ pub fn teardown(ctx: &Ctx, uid: &str, pod: Option<&Pod>, log_dir: Option<&Path>)
             let Some((_, id)) = instances(&all, uid, &c.name).pop() else {
                 continue;
             };
-            if !rt.status(&id).is_ok_and(|s| s.state == ContainerState::Running) {
+            if !rt
+                .status(&id)
+                .is_ok_and(|s| s.state == ContainerState::Running)
+            {
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -196,12 +206,14 @@ pub fn teardown(ctx: &Ctx, uid: &str, pod: Option<&Pod>, log_dir: Option<&Path>)
         }
     });
     for id in &ours {
-        rt.remove_container(id).map_err(|e| format!("remove container {id}: {e}"))?;
+        rt.remove_container(id)
+            .map_err(|e| format!("remove container {id}: {e}"))?;
     }
     if let Ok(sandbox) = rt.sandbox(uid) {
         let name = pod.map(full_name).unwrap_or_default();
         ctx.network.del(uid, &sandbox.netns, &name)?;
-        rt.remove_sandbox(uid).map_err(|e| format!("remove sandbox: {e}"))?;
+        rt.remove_sandbox(uid)
+            .map_err(|e| format!("remove sandbox: {e}"))?;
         remove_pod_cgroup(&sandbox.config.cgroup_parent)?;
     }
     volumes::teardown(&pod_dir(ctx, uid))?;
@@ -330,13 +342,15 @@ fn teardown_sandbox_only(ctx: &Ctx, pod: &Pod) -> Result<(), String> {
     let uid = uid(pod);
     for id in pod_containers(&rt.containers(), &uid) {
         let _ = rt.stop_container(&id, Duration::ZERO);
-        rt.remove_container(&id).map_err(|e| format!("remove container {id}: {e}"))?;
+        rt.remove_container(&id)
+            .map_err(|e| format!("remove container {id}: {e}"))?;
     }
     let sandbox = rt.sandbox(&uid).ok();
     if let Some(sb) = &sandbox {
         ctx.network.del(&uid, &sb.netns, &full_name(pod))?;
     }
-    rt.remove_sandbox(&uid).map_err(|e| format!("remove sandbox: {e}"))?;
+    rt.remove_sandbox(&uid)
+        .map_err(|e| format!("remove sandbox: {e}"))?;
     match sandbox {
         Some(sb) => remove_pod_cgroup(&sb.config.cgroup_parent),
         None => Ok(()),
@@ -351,7 +365,12 @@ fn remove_pod_cgroup(path: &str) -> Result<(), String> {
 }
 
 /// Pulls `image` as its pull policy says.
-fn ensure_image(ctx: &Ctx, image: &str, policy: &str, secrets: &[(String, String)]) -> Result<(), String> {
+fn ensure_image(
+    ctx: &Ctx,
+    image: &str,
+    policy: &str,
+    secrets: &[(String, String)],
+) -> Result<(), String> {
     let store = ctx.runtime.images();
     let present = store
         .get(&berth_runtime::image::archive_normalize(image))
@@ -389,14 +408,21 @@ fn ensure_image(ctx: &Ctx, image: &str, policy: &str, secrets: &[(String, String
 fn pull_secrets(pod: &Pod, inputs: &Inputs, image: &str) -> Vec<(String, String)> {
     let registry = berth_runtime::image::pull::Reference::parse(image).registry;
     let mut out = Vec::new();
-    for r in pod.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten()) {
+    for r in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.image_pull_secrets.iter().flatten())
+    {
         let Some(secret) = inputs.secret(&r.name) else {
             continue;
         };
         let Some(data) = secret.data.as_ref() else {
             continue;
         };
-        let Some(cfg) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg")) else {
+        let Some(cfg) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        else {
             continue;
         };
         let Ok(v) = serde_json::from_slice::<Value>(&cfg.0) else {
@@ -446,29 +472,47 @@ struct PodView<'a> {
 }
 
 impl PodView<'_> {
-    fn config(&self, c: &Container, attempt: u32, inputs: &Inputs) -> Result<ContainerConfig, String> {
+    fn config(
+        &self,
+        c: &Container,
+        attempt: u32,
+        inputs: &Inputs,
+    ) -> Result<ContainerConfig, String> {
         let env = env::container_env(self.pod, c, inputs, &self.env_rt)?;
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
         let expand = |v: &Option<Vec<String>>| -> Vec<String> {
             v.iter().flatten().map(|s| env::expand(s, &vars)).collect()
         };
-        let pod_sc = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let pod_sc = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref());
         let sc = c.security_context.as_ref();
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
-            let host = self
-                .volumes
-                .get(&m.name)
-                .ok_or_else(|| format!("volume {:?} referenced by {} is not defined", m.name, c.name))?;
+            let host = self.volumes.get(&m.name).ok_or_else(|| {
+                format!(
+                    "volume {:?} referenced by {} is not defined",
+                    m.name, c.name
+                )
+            })?;
             let mut host = host.clone();
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 let sub = Path::new(sub);
-                if sub.is_absolute() || sub.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    return Err(format!("subPath {sub:?} must be a relative path without '..'"));
+                if sub.is_absolute()
+                    || sub
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(format!(
+                        "subPath {sub:?} must be a relative path without '..'"
+                    ));
                 }
                 host = host.join(sub);
                 if !host.exists() {
-                    std::fs::create_dir_all(&host).map_err(|e| format!("subPath {}: {e}", host.display()))?;
+                    std::fs::create_dir_all(&host)
+                        .map_err(|e| format!("subPath {}: {e}", host.display()))?;
                 }
             }
             mounts.push(Mount {
@@ -509,11 +553,14 @@ impl PodView<'_> {
             drop_capabilities: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
             mounts,
             resources: resources::container_resources(c),
-            oom_score_adj: Some(resources::oom_score_adj(
-                self.qos,
-                c,
-                crate::node::meminfo("MemTotal:").unwrap_or(0),
-            )),
+            oom_score_adj: Some(
+                resources::oom_score_adj(
+                    self.qos,
+                    c,
+                    crate::node::meminfo("MemTotal:").unwrap_or(0),
+                )
+                .max(self.ctx.oom_score_floor),
+            ),
             tty: c.tty == Some(true),
             log_path: pod_log_dir(self.ctx, self.pod)
                 .join(&c.name)
@@ -524,10 +571,19 @@ impl PodView<'_> {
 
     /// Creates and starts instance `attempt` of `c`; removes instances older than the
     /// one before it (kept for `lastState` and `--previous` logs).
-    fn start(&mut self, c: &Container, attempt: u32, inputs: &Inputs, mem: &mut Memory) -> Result<(), (String, String)> {
+    fn start(
+        &mut self,
+        c: &Container,
+        attempt: u32,
+        inputs: &Inputs,
+        mem: &mut Memory,
+    ) -> Result<(), (String, String)> {
         let rt = &self.ctx.runtime;
         let image = c.image.clone().unwrap_or_default();
-        let policy = c.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
         let secrets = pull_secrets(self.pod, inputs, &image);
         ensure_image(self.ctx, &image, &policy, &secrets).map_err(|e| {
             let reason = e.split(':').next().unwrap_or("ErrImagePull").to_owned();
@@ -555,7 +611,10 @@ impl PodView<'_> {
             && let Some(exec) = &hook.exec
         {
             let cmd = exec.command.clone().unwrap_or_default();
-            let ok = matches!(rt.exec_sync(&cfg.id, &cmd, Duration::from_secs(30)), Ok((0, _, _)));
+            let ok = matches!(
+                rt.exec_sync(&cfg.id, &cmd, Duration::from_secs(30)),
+                Ok((0, _, _))
+            );
             mem.post_start_done.insert(cfg.id.clone());
             if !ok {
                 mem.events.push(Event {
@@ -632,13 +691,18 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
     let env_rt = EnvRuntime {
         pod_ip: pod_ip.clone(),
         host_ip: ctx.node.node_ip.clone(),
-        node_cpu_milli: std::thread::available_parallelism().map_or(1000, |n| n.get() as i128 * 1000),
+        node_cpu_milli: std::thread::available_parallelism()
+            .map_or(1000, |n| n.get() as i128 * 1000),
         node_memory: crate::node::meminfo("MemTotal:").unwrap_or(0) as i128,
     };
     let volumes = match volumes::setup(pod, &pod_dir(ctx, &uid), inputs, &env_rt) {
         Ok(v) => v,
         Err(e) => {
-            for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            for c in spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+            {
                 mem.waiting
                     .insert(c.name.clone(), ("ContainerCreating".into(), e.clone()));
             }
@@ -665,7 +729,10 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
         volumes,
         env_rt,
         qos,
-        policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".into()),
+        policy: spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into()),
     };
     if !terminal {
         let init_done = step_init(&mut view, &spec, inputs, mem, &mut wake);
@@ -684,7 +751,13 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
 }
 
 /// Init containers in order; true once all completed.
-fn step_init(view: &mut PodView<'_>, spec: &k8s_openapi::api::core::v1::PodSpec, inputs: &Inputs, mem: &mut Memory, wake: &mut Duration) -> bool {
+fn step_init(
+    view: &mut PodView<'_>,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    inputs: &Inputs,
+    mem: &mut Memory,
+    wake: &mut Duration,
+) -> bool {
     let rt = view.ctx.runtime.clone();
     for c in spec.init_containers.iter().flatten() {
         let latest = instances(&view.all, &view.uid, &c.name).pop();
@@ -708,7 +781,9 @@ fn step_init(view: &mut PodView<'_>, spec: &k8s_openapi::api::core::v1::PodSpec,
             }
             ContainerState::Running => return false,
             state => {
-                let Some((code, finished)) = exit_of(state) else { return false };
+                let Some((code, finished)) = exit_of(state) else {
+                    return false;
+                };
                 if code == 0 {
                     continue;
                 }
@@ -726,7 +801,15 @@ fn step_init(view: &mut PodView<'_>, spec: &k8s_openapi::api::core::v1::PodSpec,
 }
 
 /// Restarts instance `n` of `c` once its back-off has passed; true if it did.
-fn restart_after_backoff(view: &mut PodView<'_>, c: &Container, n: u32, finished_ns: i128, inputs: &Inputs, mem: &mut Memory, wake: &mut Duration) -> bool {
+fn restart_after_backoff(
+    view: &mut PodView<'_>,
+    c: &Container,
+    n: u32,
+    finished_ns: i128,
+    inputs: &Inputs,
+    mem: &mut Memory,
+    wake: &mut Duration,
+) -> bool {
     let delay = backoff(n);
     let elapsed_ns = (now_ns() - finished_ns).max(0);
     let elapsed = Duration::from_nanos(elapsed_ns.min(u64::MAX as i128) as u64);
@@ -750,7 +833,11 @@ fn restart_after_backoff(view: &mut PodView<'_>, c: &Container, n: u32, finished
             mem.events.push(Event {
                 warning: true,
                 reason: "BackOff".into(),
-                message: format!("Back-off restarting failed container {} in pod {}", c.name, full_name(view.pod)),
+                message: format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    c.name,
+                    full_name(view.pod)
+                ),
             });
         }
         *wake = (*wake).min(left.max(Duration::from_millis(100)));
@@ -768,7 +855,13 @@ fn restart_after_backoff(view: &mut PodView<'_>, c: &Container, n: u32, finished
     }
 }
 
-fn step_container(view: &mut PodView<'_>, c: &Container, inputs: &Inputs, mem: &mut Memory, wake: &mut Duration) {
+fn step_container(
+    view: &mut PodView<'_>,
+    c: &Container,
+    inputs: &Inputs,
+    mem: &mut Memory,
+    wake: &mut Duration,
+) {
     let rt = view.ctx.runtime.clone();
     let latest = instances(&view.all, &view.uid, &c.name).pop();
     let Some((n, id)) = latest else {
@@ -801,7 +894,10 @@ fn step_container(view: &mut PodView<'_>, c: &Container, inputs: &Inputs, mem: &
                 let _ = view.start(c, n + 1, inputs, mem);
                 return;
             }
-            let started = *mem.seen_running.entry(id.clone()).or_insert_with(Instant::now);
+            let started = *mem
+                .seen_running
+                .entry(id.clone())
+                .or_insert_with(Instant::now);
             let target = Target {
                 runtime: &rt,
                 container_id: &id,
@@ -810,7 +906,10 @@ fn step_container(view: &mut PodView<'_>, c: &Container, inputs: &Inputs, mem: &
             };
             let mut startup_ok = true;
             if let Some(p) = &c.startup_probe {
-                let s = mem.probes.entry((id.clone(), ProbeKind::Startup)).or_default();
+                let s = mem
+                    .probes
+                    .entry((id.clone(), ProbeKind::Startup))
+                    .or_default();
                 if s.verdict != Some(true) {
                     s.tick(p, c, started, target);
                     startup_ok = s.verdict == Some(true);
@@ -818,24 +917,36 @@ fn step_container(view: &mut PodView<'_>, c: &Container, inputs: &Inputs, mem: &
                         kill_unhealthy(view, c, &id, "Startup", &s.last_message.clone(), mem);
                         return;
                     }
-                    *wake = (*wake).min(s.next_due(p, started).saturating_duration_since(Instant::now()));
+                    *wake = (*wake).min(
+                        s.next_due(p, started)
+                            .saturating_duration_since(Instant::now()),
+                    );
                 }
             }
             if !startup_ok {
                 return;
             }
             if let Some(p) = &c.liveness_probe {
-                let s = mem.probes.entry((id.clone(), ProbeKind::Liveness)).or_default();
+                let s = mem
+                    .probes
+                    .entry((id.clone(), ProbeKind::Liveness))
+                    .or_default();
                 s.tick(p, c, started, target);
                 if s.verdict == Some(false) {
                     let msg = s.last_message.clone();
                     kill_unhealthy(view, c, &id, "Liveness", &msg, mem);
                     return;
                 }
-                *wake = (*wake).min(s.next_due(p, started).saturating_duration_since(Instant::now()));
+                *wake = (*wake).min(
+                    s.next_due(p, started)
+                        .saturating_duration_since(Instant::now()),
+                );
             }
             if let Some(p) = &c.readiness_probe {
-                let s = mem.probes.entry((id.clone(), ProbeKind::Readiness)).or_default();
+                let s = mem
+                    .probes
+                    .entry((id.clone(), ProbeKind::Readiness))
+                    .or_default();
                 let before = s.verdict;
                 s.tick(p, c, started, target);
                 if s.verdict == Some(false) && before != Some(false) {
@@ -845,11 +956,16 @@ fn step_container(view: &mut PodView<'_>, c: &Container, inputs: &Inputs, mem: &
                         message: format!("Readiness probe failed: {}", s.last_message),
                     });
                 }
-                *wake = (*wake).min(s.next_due(p, started).saturating_duration_since(Instant::now()));
+                *wake = (*wake).min(
+                    s.next_due(p, started)
+                        .saturating_duration_since(Instant::now()),
+                );
             }
         }
         state => {
-            let Some((code, finished)) = exit_of(state) else { return };
+            let Some((code, finished)) = exit_of(state) else {
+                return;
+            };
             mem.probes.retain(|(cid, _), _| cid != &id);
             if view.should_restart(code) {
                 restart_after_backoff(view, c, n, finished, inputs, mem, wake);
@@ -858,7 +974,14 @@ fn step_container(view: &mut PodView<'_>, c: &Container, inputs: &Inputs, mem: &
     }
 }
 
-fn kill_unhealthy(view: &PodView<'_>, c: &Container, id: &str, kind: &str, msg: &str, mem: &mut Memory) {
+fn kill_unhealthy(
+    view: &PodView<'_>,
+    c: &Container,
+    id: &str,
+    kind: &str,
+    msg: &str,
+    mem: &mut Memory,
+) {
     mem.events.push(Event {
         warning: true,
         reason: "Unhealthy".into(),
@@ -867,7 +990,11 @@ fn kill_unhealthy(view: &PodView<'_>, c: &Container, id: &str, kind: &str, msg: 
     mem.events.push(Event {
         warning: false,
         reason: "Killing".into(),
-        message: format!("Container {} failed {} probe, will be restarted", c.name, kind.to_lowercase()),
+        message: format!(
+            "Container {} failed {} probe, will be restarted",
+            c.name,
+            kind.to_lowercase()
+        ),
     });
     let grace = c
         .liveness_probe
@@ -911,7 +1038,14 @@ fn terminated_json(st: &ContainerStatus, id: &str) -> Value {
 }
 
 /// The status of container `c` from what the host has of it.
-fn container_status(ctx: &Ctx, c: &Container, all: &[String], uid: &str, mem: &Memory, is_init: bool) -> (Value, bool, bool, Option<i32>) {
+fn container_status(
+    ctx: &Ctx,
+    c: &Container,
+    all: &[String],
+    uid: &str,
+    mem: &Memory,
+    is_init: bool,
+) -> (Value, bool, bool, Option<i32>) {
     let rt = &ctx.runtime;
     let mut inst = instances(all, uid, &c.name);
     let latest = inst.pop();
@@ -934,7 +1068,10 @@ fn container_status(ctx: &Ctx, c: &Container, all: &[String], uid: &str, mem: &M
     {
         s["lastState"] = json!({"terminated": terminated_json(&st, pid)});
     }
-    match latest.as_ref().and_then(|(_, id)| rt.status(id).ok().map(|st| (id.clone(), st))) {
+    match latest
+        .as_ref()
+        .and_then(|(_, id)| rt.status(id).ok().map(|st| (id.clone(), st)))
+    {
         Some((id, st)) => {
             s["containerID"] = json!(format!("berth://{id}"));
             s["imageID"] = json!(st.image_id);
@@ -979,9 +1116,17 @@ fn container_status(ctx: &Ctx, c: &Container, all: &[String], uid: &str, mem: &M
             }
         }
         None => {
-            let (reason, message) = waiting
-                .cloned()
-                .unwrap_or_else(|| (if is_init { "PodInitializing" } else { "ContainerCreating" }.into(), String::new()));
+            let (reason, message) = waiting.cloned().unwrap_or_else(|| {
+                (
+                    if is_init {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    }
+                    .into(),
+                    String::new(),
+                )
+            });
             let mut w = json!({"reason": reason});
             if !message.is_empty() {
                 w["message"] = json!(message);
@@ -1009,7 +1154,15 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, old: Option<&Value>) -
 }
 
 /// The pod's status from the host's state.
-fn status(ctx: &Ctx, pod: &Pod, _inputs: &Inputs, mem: &Memory, all: &[String], pod_ip: &str, qos: &str) -> Value {
+fn status(
+    ctx: &Ctx,
+    pod: &Pod,
+    _inputs: &Inputs,
+    mem: &Memory,
+    all: &[String],
+    pod_ip: &str,
+    qos: &str,
+) -> Value {
     let uid = uid(pod);
     let spec = pod.spec.clone().unwrap_or_default();
     let old = pod.status.as_ref();
@@ -1053,7 +1206,8 @@ fn status(ctx: &Ctx, pod: &Pod, _inputs: &Inputs, mem: &Memory, all: &[String], 
         "Failed"
     } else if !init_done {
         "Pending"
-    } else if exited == n && n > 0 && (policy == "Never" || (policy == "OnFailure" && failed == 0)) {
+    } else if exited == n && n > 0 && (policy == "Never" || (policy == "OnFailure" && failed == 0))
+    {
         if failed > 0 { "Failed" } else { "Succeeded" }
     } else if running > 0 || exited > 0 {
         "Running"
@@ -1070,7 +1224,12 @@ fn status(ctx: &Ctx, pod: &Pod, _inputs: &Inputs, mem: &Memory, all: &[String], 
         Some("ContainersNotReady")
     };
     let mut conditions = vec![
-        condition("PodReadyToStartContainers", sandbox_ok, None, old_conds.as_ref()),
+        condition(
+            "PodReadyToStartContainers",
+            sandbox_ok,
+            None,
+            old_conds.as_ref(),
+        ),
         condition(
             "Initialized",
             init_done,
@@ -1108,7 +1267,12 @@ fn status(ctx: &Ctx, pod: &Pod, _inputs: &Inputs, mem: &Memory, all: &[String], 
 }
 
 /// Carries `Arc<Ctx>` into blocking code.
-pub fn sync_blocking(ctx: Arc<Ctx>, pod: Arc<Pod>, inputs: Arc<Inputs>, mut mem: Memory) -> (Memory, Outcome) {
+pub fn sync_blocking(
+    ctx: Arc<Ctx>,
+    pod: Arc<Pod>,
+    inputs: Arc<Inputs>,
+    mut mem: Memory,
+) -> (Memory, Outcome) {
     let out = sync(&ctx, &pod, &inputs, &mut mem);
     (mem, out)
 }

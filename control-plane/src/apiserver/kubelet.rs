@@ -58,7 +58,9 @@ fn unavailable(message: String) -> ApiError {
 /// GETs `path_and_query` from the kubelet at `base` and streams the answer back.
 pub async fn get(base: &str, path_and_query: &str) -> Result<Response, ApiError> {
     let Some(client) = CLIENT.get() else {
-        return Err(unavailable("this berth-server has no kubelet client certificate".into()));
+        return Err(unavailable(
+            "this berth-server has no kubelet client certificate".into(),
+        ));
     };
     let url = format!("{base}{path_and_query}");
     let resp = client

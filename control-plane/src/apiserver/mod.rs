@@ -11,11 +11,11 @@ pub mod admission;
 pub mod auth;
 pub mod crd;
 pub mod discovery;
+pub mod kubelet;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;
-pub mod kubelet;
 pub mod pki;
 pub mod protobuf;
 pub mod registry;
@@ -428,8 +428,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "kubernetes-admin",
         &["system:masters"],
     )?;
-    let (kubelet_cert, kubelet_key) =
-        pki.issue("kube-apiserver-kubelet-client", &["system:masters"], &[], false)?;
+    let (kubelet_cert, kubelet_key) = pki.issue(
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+        &[],
+        false,
+    )?;
     kubelet::init(&kubelet_cert, &kubelet_key).context("the kubelet client")?;
     let tokens = match &config.token_file {
         Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,

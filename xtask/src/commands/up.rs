@@ -1,24 +1,133 @@
-//! `cargo xtask up`: one-node cluster on this host — setup if needed, build, start
-//! `berth-server` and `berth-agent`. Until both binaries exist (their issues), it builds
-//! what exists and says what is missing.
+//! `cargo xtask up`: a one-node cluster on this host — setup if needed, build, the test
+//! images, then `berth-server` (embedded store) and `berth-agent` (pods on a bridge
+//! `berth0` over 10.244.0.0/24), waiting with a progress display until the node is
+//! Ready. Ctrl-C stops both and removes the pods from the host (the cluster's objects
+//! stay in the store for the next `up`). `cargo xtask down` removes everything.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use crate::{
-    commands::{build, setup},
+    commands::{build, images, setup},
     util::{self, step},
 };
 
-/// The binaries a cluster needs, with the piece of work that brings each.
-const CLUSTER_BINARIES: &[(&str, &str)] = &[
-    ("berth-server", "the apiserver (\"Control plane I\")"),
-    ("berth-agent", "the node agent (\"Node agent\")"),
-];
+/// Where `up` keeps everything (and `down` removes).
+const DATA_DIR: &str = "/var/lib/berth";
+const RUN_DIR: &str = "/run/berth";
+const CGROUP_TOP: &str = "berth";
+const BRIDGE: &str = "berth0";
+const POD_CIDR: &str = "10.244.0.0/24";
+const PORT: u16 = 6443;
+
+struct Layout {
+    data: PathBuf,
+    run: PathBuf,
+}
+
+impl Layout {
+    fn new() -> Self {
+        Self {
+            data: DATA_DIR.into(),
+            run: RUN_DIR.into(),
+        }
+    }
+    fn server_dir(&self) -> PathBuf {
+        self.data.join("server")
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        self.server_dir().join("admin.kubeconfig")
+    }
+    fn agent_args(&self, node: &str) -> Vec<String> {
+        let d = |p: &Path| p.display().to_string();
+        vec![
+            "--kubeconfig".into(),
+            d(&self.kubeconfig()),
+            "--hostname-override".into(),
+            node.into(),
+            "--root-dir".into(),
+            d(&self.data),
+            "--run-dir".into(),
+            d(&self.run),
+            "--pod-log-dir".into(),
+            d(&self.data.join("pod-logs")),
+            "--cni-conf-dir".into(),
+            d(&self.data.join("cni/net.d")),
+            "--pod-cidr".into(),
+            POD_CIDR.into(),
+            "--cgroup-root".into(),
+            format!("{CGROUP_TOP}/kubepods"),
+        ]
+    }
+}
+
+fn release_bin(name: &str) -> PathBuf {
+    util::target_dir().join("release").join(name)
+}
+
+fn node_name() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|_| "berth-node".into())
+}
+
+/// A child in its own process group (Ctrl-C reaches `up`, which stops it in order).
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    use std::os::unix::process::CommandExt;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn stop(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn kubectl() -> PathBuf {
+    util::venv_dir().join("bin/kubectl")
+}
+
+fn node_ready(layout: &Layout, node: &str) -> bool {
+    util::output(
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(layout.kubeconfig())
+            .args([
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]),
+    )
+    .is_some_and(|s| s.trim() == "True")
+}
 
 /// `cargo xtask up`.
 pub fn run() -> Result<ExitCode> {
+    if !util::is_root() {
+        eprintln!("xtask up: berth runs pods in namespaces and cgroups; run it as root");
+        return Ok(ExitCode::FAILURE);
+    }
     if !setup::is_complete() {
         if let Err(why) = setup::check_host() {
             eprintln!("xtask up: setup is incomplete and cannot run here: {why}");
@@ -27,20 +136,217 @@ pub fn run() -> Result<ExitCode> {
         setup::run()?;
     }
     build::build()?;
-    let release = util::target_dir().join("release");
-    let missing: Vec<_> = CLUSTER_BINARIES
-        .iter()
-        .filter(|(bin, _)| !release.join(bin).exists())
-        .collect();
-    step(format!(
-        "built the workspace and the eBPF object ({})",
-        util::ebpf_object().display()
-    ));
-    for (bin, what) in &missing {
-        eprintln!("xtask up: {bin} does not exist yet: it comes with {what}");
+    images::run()?;
+    let layout = Layout::new();
+    for dir in [&layout.data, &layout.run] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    eprintln!(
-        "xtask up: berth cannot start a cluster yet (starting one lands with the node agent)"
+    let node = node_name();
+    step("starting berth-server");
+    let advertise = util::output(Command::new("hostname").arg("-I"))
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let mut server = spawn(
+        &release_bin("berth-server"),
+        &[
+            "--data-dir".into(),
+            layout.server_dir().display().to_string(),
+            "--secure-port".into(),
+            PORT.to_string(),
+            "--advertise-address".into(),
+            advertise,
+        ],
+        &layout.data.join("server.log"),
+    )?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message("waiting for the apiserver");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !layout.kubeconfig().exists()
+        || std::net::TcpStream::connect(("127.0.0.1", PORT)).is_err()
+    {
+        if Instant::now() > deadline || matches!(server.try_wait(), Ok(Some(_))) {
+            bar.finish_and_clear();
+            stop(&mut server);
+            bail!(
+                "berth-server did not come up; see {}",
+                layout.data.join("server.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.set_message("starting berth-agent");
+    let mut args = layout.agent_args(&node);
+    let images = util::target_dir().join("images");
+    args.push("--preload-images".into());
+    args.push(
+        ["pause", "busybox", "testserver"]
+            .iter()
+            .map(|i| images.join(i).display().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
     );
-    Ok(ExitCode::FAILURE)
+    let mut agent = spawn(
+        &release_bin("berth-agent"),
+        &args,
+        &layout.data.join("agent.log"),
+    )?;
+    for (name, child) in [("server", &server), ("agent", &agent)] {
+        let _ = std::fs::write(
+            layout.run.join(format!("{name}.pid")),
+            child.id().to_string(),
+        );
+    }
+    bar.set_message(format!("waiting for node {node} to be Ready"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !node_ready(&layout, &node) {
+        if Instant::now() > deadline || matches!(agent.try_wait(), Ok(Some(_))) {
+            bar.finish_and_clear();
+            stop(&mut agent);
+            stop(&mut server);
+            bail!(
+                "the node did not become Ready; see {}",
+                layout.data.join("agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bar.finish_and_clear();
+    step(format!("node {node} is Ready"));
+    println!(
+        "\nberth is up. Use it with kubectl:\n\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # the pinned kubectl, or your own\n  kubectl get nodes\n  kubectl run web --image=berth.local/testserver:v1 --image-pull-policy=IfNotPresent\n  kubectl logs web\n\nImages available offline: berth.local/busybox:1.35, berth.local/testserver:v1.\nLogs: {}/server.log, {}/agent.log. Ctrl-C stops the cluster; `cargo xtask down` removes all of its state.",
+        layout.kubeconfig().display(),
+        kubectl()
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        layout.data.display(),
+        layout.data.display(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stopped_by_user = rt.block_on(async {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return true,
+                _ = ticker.tick() => {
+                    if matches!(server.try_wait(), Ok(Some(_))) || matches!(agent.try_wait(), Ok(Some(_))) {
+                        return false;
+                    }
+                }
+            }
+        }
+    });
+    step("stopping berth-agent and berth-server");
+    stop(&mut agent);
+    stop(&mut server);
+    remove_pods(&layout, &node);
+    if stopped_by_user {
+        step("stopped; the cluster's objects stay in the store for the next `cargo xtask up`");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "xtask up: a component exited; see {}/server.log and {}/agent.log",
+            layout.data.display(),
+            layout.data.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Every pod off the host, through the agent's own teardown.
+fn remove_pods(layout: &Layout, node: &str) {
+    let bin = release_bin("berth-agent");
+    if !bin.exists() || !layout.kubeconfig().exists() {
+        return;
+    }
+    let mut args = layout.agent_args(node);
+    args.push("--remove-all-pods".into());
+    let _ = Command::new(&bin)
+        .args(&args)
+        .stdout(Stdio::null())
+        .status();
+}
+
+/// `cargo xtask down`: removes what `up` made — pods (containers, netns, veths, IPs,
+/// cgroups, mounts), the bridge, the cgroup tree and the data and run dirs.
+pub fn down() -> Result<ExitCode> {
+    if !util::is_root() {
+        eprintln!("xtask down: run it as root");
+        return Ok(ExitCode::FAILURE);
+    }
+    let layout = Layout::new();
+    // A cluster still running (from another terminal): stopped by the PIDs `up` wrote.
+    for name in ["agent", "server"] {
+        let Ok(pid) = std::fs::read_to_string(layout.run.join(format!("{name}.pid"))) else {
+            continue;
+        };
+        let Ok(pid) = pid.trim().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy() == format!("berth-{name}"))
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    step("removing pods");
+    remove_pods(&layout, &node_name());
+    step("removing the bridge, cgroups, mounts and state");
+    let _ = Command::new("ip")
+        .args(["link", "del", BRIDGE])
+        .stderr(Stdio::null())
+        .status();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(DATA_DIR) || m.starts_with(RUN_DIR))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let mut dirs = Vec::new();
+        collect_dirs(&hierarchy.path().join(CGROUP_TOP), &mut dirs);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+    for dir in [&layout.data, &layout.run] {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("removing {}: {e}", dir.display()),
+        }
+    }
+    step("berth is gone from this host");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out);
+        }
+    }
+    out.push(dir.to_path_buf());
 }

@@ -8,6 +8,7 @@
 //!   it on drop, so a failing test leaks nothing.
 //! - [`tools`]: where the real kubectl and Python client live, and their pinned versions.
 
+mod agent;
 mod bpffs;
 mod cgroup;
 pub mod kubectl;
@@ -17,6 +18,7 @@ mod server;
 mod skip;
 pub mod tools;
 
+pub use agent::{Agent, workspace_bin};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
 pub use kubectl::Kubectl;

@@ -44,6 +44,11 @@ pub fn venv() -> PathBuf {
     )
 }
 
+/// `target/images`, where `cargo xtask images` writes the test images (OCI layouts).
+pub fn images_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

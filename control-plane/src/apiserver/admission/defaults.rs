@@ -36,7 +36,9 @@ pub fn apply(kind: &str, obj: &mut Value) {
     match kind {
         // stringData is write-only: merged into data (base64), as kube-apiserver does.
         "Secret" => {
-            if let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+            if let Some(Value::Object(strings)) =
+                obj.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
                 use base64::Engine;
                 if !obj["data"].is_object() {
                     obj["data"] = json!({});

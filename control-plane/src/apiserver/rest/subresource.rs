@@ -10,10 +10,10 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{Ctx, Part, update_loop, value_response};
-use crate::apiserver::{kubelet, object};
 use crate::apiserver::registry::ScalePaths;
 use crate::apiserver::request::{content_type, decode, read_body};
 use crate::apiserver::status::{ApiError, ApiResult};
+use crate::apiserver::{kubelet, object};
 
 pub async fn handle(
     ctx: Ctx,
@@ -455,7 +455,14 @@ async fn pod_log(ctx: &Ctx, name: &str, pod: &Value, base: &str) -> ApiResult<Re
     }
     let query = {
         let mut q = form_urlencoded::Serializer::new(String::new());
-        for key in ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "limitBytes"] {
+        for key in [
+            "follow",
+            "previous",
+            "timestamps",
+            "tailLines",
+            "sinceSeconds",
+            "limitBytes",
+        ] {
             if let Some(v) = ctx.query.get(key) {
                 q.append_pair(key, v);
             }

@@ -1,0 +1,404 @@
+//! A real one-node cluster — berth-server and berth-agent, pods in berth's own
+//! containers on this host (pod network in a namespace of the test's) — driven with
+//! the real kubectl: a testserver pod becomes Ready; `kubectl logs`; init containers in
+//! order; configMap and secret contents in volumes and env; a failing liveness probe
+//! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
+//! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
+//! killed with -9 and restarted restarts no container.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_testkit::{Agent, BerthServer, Kubectl, require_root, workspace_bin};
+use serde_json::Value;
+
+struct Cluster {
+    kubectl: Kubectl,
+    agent: Agent,
+    _server: BerthServer,
+    dir: tempfile::TempDir,
+}
+
+fn cluster() -> Option<Cluster> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = BerthServer::start_with(
+        &workspace_bin("berth-server"),
+        dir.path(),
+        &["--controllers=false"],
+    );
+    let kubectl = Kubectl::find(&server.kubeconfig(), dir.path())?;
+    let agent = Agent::start("node-e2e", &server.kubeconfig(), dir.path());
+    let c = Cluster {
+        kubectl,
+        agent,
+        _server: server,
+        dir,
+    };
+    c.wait("the node to be Ready", Duration::from_secs(60), || {
+        let out = c.kubectl.run(&["get", "node", "node-e2e", "-o", "json"]);
+        let node: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        node.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    });
+    Some(c)
+}
+
+impl Cluster {
+    fn wait(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "timed out waiting for {what}; agent log:\n{}",
+            std::fs::read_to_string(self.agent.log_file()).unwrap_or_default()
+        );
+    }
+
+    /// Waits until nothing of any pod is left on the host (deleting a pod in a terminal
+    /// phase removes the object at once; the agent cleans up after it).
+    fn wait_clean(&self) {
+        let mut left = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            left = self.agent.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "left behind after deletion: {left:#?}; agent log:\n{}",
+            std::fs::read_to_string(self.agent.log_file()).unwrap_or_default()
+        );
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        let out = self.kubectl.run(&["get", "pod", name, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn wait_pod(&self, name: &str, what: &str, mut ok: impl FnMut(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        self.wait(
+            &format!("pod {name}: {what}"),
+            Duration::from_secs(90),
+            || {
+                last = self.pod(name);
+                ok(&last)
+            },
+        );
+        last
+    }
+
+    fn container_status(pod: &Value, name: &str) -> Value {
+        pod.pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+fn ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+#[test]
+fn pods_run_ready_with_config_logs_and_leave_nothing_behind() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    let marker = c.dir.path().join("prestop");
+    std::fs::create_dir_all(&marker).expect("marker dir");
+    c.kubectl.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cfg}}
+data: {{greeting: hello-from-configmap}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: sec}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: server
+    image: berth.local/testserver:v1
+    readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+    livenessProbe: {{tcpSocket: {{port: 9000}}, periodSeconds: 2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - {{name: first, image: berth.local/busybox:1.35, command: [sh, -c, "echo first >> /work/order"], volumeMounts: [{{name: work, mountPath: /work}}]}}
+  - {{name: second, image: berth.local/busybox:1.35, command: [sh, -c, "echo second >> /work/order"], volumeMounts: [{{name: work, mountPath: /work}}]}}
+  containers:
+  - name: main
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "cat /work/order; echo env=$GREETING/$PASSWORD/$POD_NAME; echo cm=$(cat /etc/cfg/greeting); echo secret=$(cat /etc/sec/password); exec sleep 3600"]
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}}}
+    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: sec, key: password}}}}}}
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, "echo stopped > /marker/prestop"]}}}}
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: cfgvol, mountPath: /etc/cfg}}
+    - {{name: secvol, mountPath: /etc/sec}}
+    - {{name: marker, mountPath: /marker}}
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: cfgvol, configMap: {{name: cfg}}}}
+  - {{name: secvol, secret: {{secretName: sec}}}}
+  - {{name: marker, hostPath: {{path: {}, type: Directory}}}}
+"#,
+        marker.display()
+    ));
+    let web = c.wait_pod("web", "Ready", ready);
+    assert_eq!(web["status"]["phase"], "Running");
+    assert_eq!(web["status"]["qosClass"], "BestEffort");
+    assert_eq!(web["status"]["hostIP"], "127.0.0.1");
+    let ip = web["status"]["podIP"].as_str().expect("podIP");
+    assert!(ip.starts_with("10.77.0."), "pod IP {ip}");
+    let server = Cluster::container_status(&web, "server");
+    assert_eq!(server["ready"], true);
+    assert_eq!(server["restartCount"], 0);
+    assert!(
+        server["containerID"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("berth://"))
+    );
+    assert!(
+        server["imageID"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("sha256:"))
+    );
+    // kubectl logs goes apiserver → kubelet API → the CRI log file.
+    let logs = c.kubectl.ok(&["logs", "web"]);
+    assert!(logs.contains("testserver: http :8080"), "logs: {logs}");
+    assert!(
+        logs.contains(" on web"),
+        "the hostname is the pod name: {logs}"
+    );
+    let shell = c.wait_pod("shell", "Ready", ready);
+    let inits = shell["status"]["initContainerStatuses"]
+        .as_array()
+        .expect("init statuses");
+    assert!(
+        inits
+            .iter()
+            .all(|s| s["state"]["terminated"]["reason"] == "Completed")
+    );
+    let mut logs = String::new();
+    c.wait("the shell pod's output", Duration::from_secs(20), || {
+        logs = c.kubectl.ok(&["logs", "shell", "-c", "main"]);
+        logs.contains("secret=")
+    });
+    assert!(
+        logs.starts_with("first\nsecond\n"),
+        "init containers ran in order: {logs}"
+    );
+    assert!(
+        logs.contains("env=hello-from-configmap/s3cret/shell"),
+        "{logs}"
+    );
+    assert!(logs.contains("cm=hello-from-configmap"), "{logs}");
+    assert!(logs.contains("secret=s3cret"), "{logs}");
+    let tail = c.kubectl.ok(&["logs", "shell", "-c", "main", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    // Events as the kubelet records them.
+    let events = c.kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=shell",
+    ]);
+    assert!(events.contains("Started"), "{events}");
+
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "shell",
+        "web",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(marker.join("prestop"))
+            .unwrap_or_default()
+            .trim(),
+        "stopped",
+        "the preStop hook ran"
+    );
+    c.wait_clean();
+}
+
+#[test]
+fn failing_liveness_restarts_and_crashes_back_off() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "exec sleep 3600"]
+    livenessProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "echo crashing; exit 3"]
+"#,
+    );
+    let pod = c.wait_pod("unhealthy", "a liveness restart", |p| {
+        Cluster::container_status(p, "c")["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert_eq!(pod["status"]["phase"], "Running");
+    let events = c.kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=unhealthy",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    let pod = c.wait_pod("crasher", "CrashLoopBackOff", |p| {
+        Cluster::container_status(p, "c")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let s = Cluster::container_status(&pod, "c");
+    assert!(s["restartCount"].as_i64().unwrap_or(0) >= 1, "{s}");
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3, "{s}");
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error", "{s}");
+    let table = c.kubectl.ok(&["get", "pod", "crasher"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+    let previous = c.kubectl.ok(&["logs", "crasher", "--previous"]);
+    assert!(previous.contains("crashing"), "{previous}");
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "unhealthy",
+        "crasher",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    c.wait_clean();
+}
+
+#[test]
+fn memory_hog_is_oom_killed() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "tail /dev/zero"]
+    resources: {limits: {memory: 32Mi, cpu: 500m}}
+"#,
+    );
+    let pod = c.wait_pod("hog", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    let s = Cluster::container_status(&pod, "c");
+    assert_eq!(s["state"]["terminated"]["reason"], "OOMKilled", "{s}");
+    assert_eq!(s["state"]["terminated"]["exitCode"], 137, "{s}");
+    c.kubectl
+        .ok(&["delete", "pod", "hog", "--wait=true", "--timeout=60s"]);
+    c.wait_clean();
+}
+
+#[test]
+fn agent_killed_and_restarted_restarts_no_container() {
+    require_root!();
+    let Some(mut c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  containers:
+  - name: server
+    image: berth.local/testserver:v1
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+"#,
+    );
+    let before = c.wait_pod("steady", "Ready", ready);
+    let before = Cluster::container_status(&before, "server");
+    c.agent.kill();
+    // With the agent gone, the container keeps running.
+    std::thread::sleep(Duration::from_secs(2));
+    let ids: Vec<String> = std::fs::read_dir(c.agent.run_dir().join("containers"))
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-server-0"))
+        .collect();
+    assert_eq!(ids.len(), 1, "the container's record survives: {ids:?}");
+    let pid: i64 = std::fs::read_to_string(
+        c.agent
+            .run_dir()
+            .join("containers")
+            .join(&ids[0])
+            .join("state.json"),
+    )
+    .ok()
+    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+    .and_then(|v| v["pid"].as_i64())
+    .expect("container pid");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "container process {pid} still runs"
+    );
+    c.agent.restart();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = c.wait_pod("steady", "Ready again", ready);
+    let after = Cluster::container_status(&after, "server");
+    assert_eq!(after["restartCount"], 0, "{after}");
+    assert_eq!(after["containerID"], before["containerID"]);
+    assert_eq!(
+        after["state"]["running"]["startedAt"],
+        before["state"]["running"]["startedAt"]
+    );
+    c.kubectl
+        .ok(&["delete", "pod", "steady", "--wait=true", "--timeout=60s"]);
+    c.wait_clean();
+}
