@@ -1,13 +1,13 @@
 //! berth's node agent (`berth-agent`): a kubelet. [`node`] registers the Node and
 //! keeps its Lease and status; [`pods`] runs the pods bound to the node with
 //! `berth-runtime` (sandboxes, containers, probes, volumes, status) and [`network`]
-//! (CNI); [`server`] is the kubelet API (logs, health, metrics); [`service_lb`]
+//! (CNI); [`kubelet_api`] is the kubelet API (logs, health, metrics); [`service_lb`]
 //! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`.
 
+pub mod kubelet_api;
 pub mod network;
 pub mod node;
 pub mod pods;
-pub mod server;
 pub mod service_lb;
 
 /// The version this agent reports as `nodeInfo.kubeletVersion`.

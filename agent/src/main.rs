@@ -271,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
         () = pods::run(ctx.clone()) => {}
-        r = berth_agent::server::serve(ctx, addr, client_ca) => r?,
+        r = berth_agent::kubelet_api::serve(ctx, addr, client_ca) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }

@@ -263,7 +263,12 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
             }
         }
         if inputs_at.is_none_or(|t| t.elapsed() >= INPUT_REFRESH) {
-            inputs = Arc::new(inputs::fetch(&ctx.client, &last_pod).await);
+            let fresh = inputs::fetch(&ctx.client, &last_pod).await;
+            // With the apiserver unreachable, the last good ConfigMaps and Secrets
+            // stay in use: restarts go on without it.
+            if fresh.errors.is_empty() || inputs_at.is_none() {
+                inputs = Arc::new(fresh);
+            }
             inputs_at = Some(Instant::now());
         }
         let ctx2 = ctx.clone();

@@ -92,3 +92,80 @@ pub async fn get(base: &str, path_and_query: &str) -> Result<Response, ApiError>
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
 }
+
+/// Proxies an upgrade (websocket `exec`) to the kubelet: the client's request goes on
+/// with its upgrade headers; once the kubelet switches protocols, the client gets the
+/// kubelet's 101 and the two connections are spliced.
+pub async fn upgrade(
+    base: &str,
+    path_and_query: &str,
+    headers: &axum::http::HeaderMap,
+    client: hyper::upgrade::OnUpgrade,
+) -> Result<Response, ApiError> {
+    let Some(http) = CLIENT.get() else {
+        return Err(unavailable(
+            "this berth-server has no kubelet client certificate".into(),
+        ));
+    };
+    if !headers
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    {
+        return Err(ApiError::bad_request(
+            "berth serves exec over websockets (v5.channel.k8s.io, v4.channel.k8s.io) only; upgrade your client or set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true",
+        ));
+    }
+    let mut req = http.get(format!("{base}{path_and_query}"));
+    for name in [
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    ] {
+        for v in headers.get_all(name) {
+            req = req.header(name, v.as_bytes());
+        }
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("error dialing the kubelet at {base}: {e}")))?;
+    if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(ApiError::new(
+            if code == 404 { 404 } else { 500 },
+            if code == 404 {
+                "NotFound"
+            } else {
+                "InternalError"
+            },
+            text.trim().to_owned(),
+        ));
+    }
+    let mut builder = Response::builder().status(101);
+    for (name, value) in resp.headers() {
+        let n = name.as_str();
+        if n.starts_with("sec-websocket") || n == "upgrade" || n == "connection" {
+            builder = builder.header(n, value.as_bytes());
+        }
+    }
+    let kubelet_io = resp
+        .upgrade()
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", format!("kubelet upgrade: {e}")))?;
+    tokio::spawn(async move {
+        let Ok(client_io) = client.await else {
+            return;
+        };
+        let mut client_io = hyper_util::rt::TokioIo::new(client_io);
+        let mut kubelet_io = kubelet_io;
+        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut kubelet_io).await;
+    });
+    builder
+        .body(Body::empty())
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
+}

@@ -1,10 +1,11 @@
 //! A real one-node cluster — berth-server and berth-agent, pods in berth's own
 //! containers on this host (pod network in a namespace of the test's) — driven with
-//! the real kubectl: a testserver pod becomes Ready; `kubectl logs`; init containers in
-//! order; configMap and secret contents in volumes and env; a failing liveness probe
+//! the real kubectl: a testserver pod becomes Ready; `kubectl logs` and `kubectl exec`;
+//! init containers in order; configMap and secret contents in volumes and env; a failing liveness probe
 //! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
-//! killed with -9 and restarted restarts no container.
+//! killed with -9 and restarted restarts no container; with the apiserver down, pods
+//! keep running and a crashed container is still restarted.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use serde_json::Value;
 struct Cluster {
     kubectl: Kubectl,
     agent: Agent,
-    _server: BerthServer,
+    server: BerthServer,
     dir: tempfile::TempDir,
 }
 
@@ -31,7 +32,7 @@ fn cluster() -> Option<Cluster> {
     let c = Cluster {
         kubectl,
         agent,
-        _server: server,
+        server,
         dir,
     };
     c.wait("the node to be Ready", Duration::from_secs(60), || {
@@ -201,6 +202,33 @@ spec:
         logs.contains(" on web"),
         "the hostname is the pod name: {logs}"
     );
+    // kubectl exec: apiserver → kubelet API over a websocket → berth-runtime exec.
+    assert_eq!(
+        c.kubectl.ok(&["exec", "web", "--", "hostname"]).trim(),
+        "web"
+    );
+    let out = c.kubectl.run(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "the exit code comes back");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let mut child = c
+        .kubectl
+        .cmd(&["exec", "-i", "web", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec -i");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"through stdin\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("kubectl exec -i");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
     let shell = c.wait_pod("shell", "Ready", ready);
     let inits = shell["status"]["initContainerStatuses"]
         .as_array()
@@ -401,4 +429,73 @@ spec:
     c.kubectl
         .ok(&["delete", "pod", "steady", "--wait=true", "--timeout=60s"]);
     c.wait_clean();
+}
+
+#[test]
+fn without_the_apiserver_pods_keep_running_and_restarting() {
+    require_root!();
+    let Some(mut c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {greeting: still-here}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: survivor}
+spec:
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "echo $GREETING; exec sleep 3600"]
+    env: [{name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}]
+"#,
+    );
+    c.wait_pod("survivor", "Ready", ready);
+    c.server.stop();
+    let state = c.agent.run_dir().join("containers");
+    let pid_of = |suffix: &str| -> Option<i64> {
+        let dir = std::fs::read_dir(&state)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(suffix))?;
+        let text = std::fs::read_to_string(dir.path().join("state.json")).ok()?;
+        serde_json::from_str::<Value>(&text).ok()?["pid"].as_i64()
+    };
+    let pid = pid_of("-c-0").expect("the container's pid");
+    // The container dies while nobody can reach the apiserver…
+    nix_kill(pid);
+    // …and the agent restarts it on its own (restartPolicy Always, first restart at once).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_of("-c-1").is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "no restart without the apiserver; agent log:\n{}",
+            std::fs::read_to_string(c.agent.log_file()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.server.restart();
+    let pod = c.wait_pod("survivor", "the restart reported", |p| {
+        Cluster::container_status(p, "c")["restartCount"] == 1 && ready(p)
+    });
+    assert_eq!(pod["status"]["phase"], "Running");
+    let logs = c.kubectl.ok(&["logs", "survivor"]);
+    assert!(
+        logs.contains("still-here"),
+        "the restarted container got its env: {logs}"
+    );
+    c.kubectl
+        .ok(&["delete", "pod", "survivor", "--wait=true", "--timeout=60s"]);
+    c.wait_clean();
+}
+
+fn nix_kill(pid: i64) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -9 {pid}");
 }

@@ -66,7 +66,7 @@ pub async fn handle(api: Arc<Api>, path: ResourcePath, req: Request<Body>) -> Ap
         (&Method::DELETE, Some(name), None) => delete::delete(ctx, name, req.into_body()).await,
         (&Method::DELETE, None, None) => delete::delete_collection(ctx, req.into_body()).await,
         (_, Some(name), Some(sub)) => {
-            subresource::handle(ctx, method, name, sub, &path.rest, req.into_body()).await
+            subresource::handle(ctx, method, name, sub, &path.rest, req).await
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {method} {}",

@@ -21,8 +21,12 @@ pub async fn handle(
     name: &str,
     sub: &str,
     rest: &[String],
-    body: Body,
+    mut req: axum::http::Request<Body>,
 ) -> ApiResult<Response> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    // Repeated keys (`command=`) matter here: the query goes on as it came.
+    let raw_q = req.uri().query().map(str::to_owned);
+    let body = req.into_body();
     let def = ctx.def.clone();
     let not_allowed = || {
         ApiError::method_not_allowed(format!(
@@ -76,9 +80,19 @@ pub async fn handle(
             })?;
             match (def.kind.as_str(), sub, &method) {
                 ("Pod", "log", &Method::GET) => pod_log(&ctx, name, &obj, &base).await,
+                ("Pod", "exec", &Method::GET | &Method::POST) => {
+                    let container = pick_container(&ctx, name, &obj)?;
+                    let ns = ctx.namespace.as_deref().unwrap_or("default");
+                    let mut path = format!("/exec/{ns}/{name}/{container}");
+                    if let Some(q) = &raw_q {
+                        path.push('?');
+                        path.push_str(&q);
+                    }
+                    kubelet::upgrade(&base, &path, &ctx.headers, upgrade).await
+                }
                 ("Node", "proxy", &Method::GET) => {
                     let mut path = format!("/{}", rest.join("/"));
-                    if let Some(q) = raw_query(&ctx) {
+                    if let Some(q) = &raw_q {
                         path.push('?');
                         path.push_str(&q);
                     }
@@ -394,23 +408,36 @@ async fn token(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
     ))
 }
 
-/// The query string back from the parsed query (values re-encoded).
-fn raw_query(ctx: &Ctx) -> Option<String> {
-    if ctx.query.0.is_empty() {
-        return None;
-    }
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    let mut pairs: Vec<_> = ctx.query.0.iter().collect();
-    pairs.sort();
-    for (k, v) in pairs {
-        q.append_pair(k, v);
-    }
-    Some(q.finish())
-}
-
 /// `pods/log`: which container (the only one, or `container=`), then the kubelet's
 /// `/containerLogs` with the log options.
 async fn pod_log(ctx: &Ctx, name: &str, pod: &Value, base: &str) -> ApiResult<Response> {
+    let container = pick_container(ctx, name, pod)?;
+    for key in ["tailLines", "sinceSeconds", "limitBytes"] {
+        ctx.query.int(key)?;
+    }
+    let query = {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for key in [
+            "follow",
+            "previous",
+            "timestamps",
+            "tailLines",
+            "sinceSeconds",
+            "limitBytes",
+        ] {
+            if let Some(v) = ctx.query.get(key) {
+                q.append_pair(key, v);
+            }
+        }
+        q.finish()
+    };
+    let ns = ctx.namespace.as_deref().unwrap_or("default");
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{query}");
+    kubelet::get(base, &path).await
+}
+
+/// The container a log or exec request is for: `container=`, or the pod's only one.
+fn pick_container(ctx: &Ctx, name: &str, pod: &Value) -> ApiResult<String> {
     let names: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -450,26 +477,5 @@ async fn pod_log(ctx: &Ctx, name: &str, pod: &Value, base: &str) -> ApiResult<Re
             }
         }
     };
-    for key in ["tailLines", "sinceSeconds", "limitBytes"] {
-        ctx.query.int(key)?;
-    }
-    let query = {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for key in [
-            "follow",
-            "previous",
-            "timestamps",
-            "tailLines",
-            "sinceSeconds",
-            "limitBytes",
-        ] {
-            if let Some(v) = ctx.query.get(key) {
-                q.append_pair(key, v);
-            }
-        }
-        q.finish()
-    };
-    let ns = ctx.namespace.as_deref().unwrap_or("default");
-    let path = format!("/containerLogs/{ns}/{name}/{container}?{query}");
-    kubelet::get(base, &path).await
+    Ok(container)
 }

@@ -1,21 +1,16 @@
-//! The kubelet API on port 10250 (HTTPS, a self-signed serving certificate as the
-//! kubelet makes by default; clients must present a certificate of the cluster CA —
-//! the apiserver's kubelet-client certificate): `/healthz`, `/metrics`, and
-//! `/containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
-//! `sinceSeconds`, `previous`, `timestamps` and `limitBytes`, read from the CRI log
-//! files the runtime writes.
+//! `/containerLogs/{namespace}/{pod}/{container}`: the CRI log files the runtime
+//! writes, rendered as `kubectl logs` shows them, with `follow`, `tailLines`,
+//! `sinceSeconds`, `previous`, `timestamps` and `limitBytes`.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Deserialize;
 
 use crate::pods::Ctx;
@@ -114,7 +109,7 @@ fn render(text: &str, q: &LogQuery, since_ns: Option<i128>) -> Vec<String> {
     out
 }
 
-async fn container_logs(
+pub async fn container_logs(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<LogQuery>,
@@ -247,119 +242,6 @@ async fn follow(
         if !out.is_empty() && tx.send(Ok(bytes::Bytes::from(out))).await.is_err() {
             return;
         }
-    }
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
-    let ctx2 = ctx.clone();
-    let (sandboxes, containers) = tokio::task::spawn_blocking(move || {
-        let sandboxes = ctx2.runtime.sandboxes();
-        let running = ctx2
-            .runtime
-            .containers()
-            .iter()
-            .filter(|id| !sandboxes.contains(id))
-            .filter(|id| {
-                ctx2.runtime
-                    .status(id)
-                    .is_ok_and(|s| s.state == berth_runtime::pod::ContainerState::Running)
-            })
-            .count();
-        (sandboxes.len(), running)
-    })
-    .await
-    .unwrap_or((0, 0));
-    let body = format!(
-        "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {sandboxes}\n# HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n"
-    );
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
-}
-
-pub fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
-        .with_state(ctx)
-}
-
-/// A self-signed serving certificate for the node's names and address.
-fn serving_cert(names: Vec<String>) -> anyhow::Result<(String, String)> {
-    let key = rcgen::KeyPair::generate()?;
-    let params = rcgen::CertificateParams::new(names)?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// Serves the kubelet API on `addr` until the future is dropped.
-pub async fn serve(
-    ctx: Arc<Ctx>,
-    addr: std::net::SocketAddr,
-    client_ca_pem: String,
-) -> anyhow::Result<()> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()?;
-    let mut names = vec![ctx.node.name.clone(), ctx.node.node_ip.clone()];
-    names.dedup();
-    let (cert, key) = serving_cert(names)?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "kubelet API serving");
-    let app = router(ctx);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(err) => {
-                tracing::warn!(%err, "accept failed");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(err) => {
-                    tracing::debug!(%err, %peer, "kubelet API TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let _ = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
     }
 }
 

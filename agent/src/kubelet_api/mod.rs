@@ -1,0 +1,159 @@
+//! The kubelet API on port 10250 (HTTPS, a self-signed serving certificate as the
+//! kubelet makes by default; clients must present a certificate of the cluster CA —
+//! the apiserver's kubelet-client certificate): `/healthz`, `/metrics`,
+//! `/containerLogs` ([`logs`]) and `/exec` over websockets ([`exec`]).
+
+pub mod exec;
+pub mod logs;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::pods::Ctx;
+
+/// The running instance of `container` in pod `ns/name`: `<uid>-<container>-<n>` with
+/// the highest n (the pod's uid read from its log directory `<ns>_<name>_<uid>`).
+pub fn find_container(ctx: &Ctx, ns: &str, name: &str, container: &str) -> Option<String> {
+    let prefix = format!("{ns}_{name}_");
+    let uid = std::fs::read_dir(&ctx.logs_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with(&prefix))
+        .filter_map(|n| n.rsplit('_').next().map(str::to_owned))
+        .next()?;
+    let inst = format!("{uid}-{container}-");
+    ctx.runtime
+        .containers()
+        .into_iter()
+        .filter_map(|id| {
+            let n: u32 = id.strip_prefix(&inst)?.parse().ok()?;
+            Some((n, id))
+        })
+        .max()
+        .map(|(_, id)| id)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    let ctx2 = ctx.clone();
+    let (sandboxes, containers) = tokio::task::spawn_blocking(move || {
+        let sandboxes = ctx2.runtime.sandboxes();
+        let running = ctx2
+            .runtime
+            .containers()
+            .iter()
+            .filter(|id| !sandboxes.contains(id))
+            .filter(|id| {
+                ctx2.runtime
+                    .status(id)
+                    .is_ok_and(|s| s.state == berth_runtime::pod::ContainerState::Running)
+            })
+            .count();
+        (sandboxes.len(), running)
+    })
+    .await
+    .unwrap_or((0, 0));
+    let body = format!(
+        "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {sandboxes}\n# HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n"
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            get(logs::container_logs),
+        )
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            get(exec::exec).post(exec::exec),
+        )
+        .with_state(ctx)
+}
+
+/// A self-signed serving certificate for the node's names and address.
+fn serving_cert(names: Vec<String>) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let params = rcgen::CertificateParams::new(names)?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Serves the kubelet API on `addr` until the future is dropped.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    addr: std::net::SocketAddr,
+    client_ca_pem: String,
+) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let mut names = vec![ctx.node.name.clone(), ctx.node.node_ip.clone()];
+    names.dedup();
+    let (cert, key) = serving_cert(names)?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "kubelet API serving");
+    let app = router(ctx);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(err) => {
+                    tracing::debug!(%err, %peer, "kubelet API TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
