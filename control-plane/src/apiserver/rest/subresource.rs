@@ -86,7 +86,7 @@ pub async fn handle(
                     let mut path = format!("/exec/{ns}/{name}/{container}");
                     if let Some(q) = &raw_q {
                         path.push('?');
-                        path.push_str(&q);
+                        path.push_str(q);
                     }
                     kubelet::upgrade(&base, &path, &ctx.headers, upgrade).await
                 }
@@ -94,7 +94,7 @@ pub async fn handle(
                     let mut path = format!("/{}", rest.join("/"));
                     if let Some(q) = &raw_q {
                         path.push('?');
-                        path.push_str(&q);
+                        path.push_str(q);
                     }
                     kubelet::get(&base, &path).await
                 }
