@@ -88,6 +88,14 @@ struct Args {
     /// (`cargo xtask down` uses it).
     #[arg(long)]
     remove_all_pods: bool,
+    /// The eBPF object with the socket-LB programs (`cargo xtask build-ebpf`); without
+    /// it Services are not load-balanced on this node.
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
+    /// A bpffs directory to pin the socket-LB maps and links in, so they outlive an
+    /// agent restart.
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
 }
 
 fn own_dir() -> PathBuf {
@@ -228,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
             cluster_dns: Vec::new(),
             cluster_domain: args.cluster_domain.clone(),
             oom_score_floor: 0,
+            lb_metrics: None,
         };
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
@@ -246,6 +255,28 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("registering the node")?;
     tracing::info!(node = %name, ip = %node_cfg.node_ip, "node registered");
+    let lb = match &args.ebpf_object {
+        Some(object) => Some(
+            berth_agent::service_lb::node::start(
+                object,
+                args.bpf_pin_dir.as_deref(),
+                &args.cgroup_root,
+                &name,
+            )
+            .context("starting the Service load balancer")?,
+        ),
+        None => {
+            tracing::warn!("no --ebpf-object: Services are not load-balanced on this node");
+            None
+        }
+    };
+    let lb_task = lb.as_ref().map(|l| {
+        tokio::spawn(berth_agent::service_lb::watch::run(
+            client.clone(),
+            l.sync.clone(),
+            l.metrics.clone(),
+        ))
+    });
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         runtime: Arc::new(runtime),
@@ -258,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         oom_score_floor: pods::oom_score_floor(),
+        lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
     });
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(
@@ -274,6 +306,9 @@ async fn main() -> anyhow::Result<()> {
         r = berth_agent::kubelet_api::serve(ctx, addr, client_ca) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
+    }
+    if let Some(t) = lb_task {
+        t.abort();
     }
     Ok(())
 }

@@ -61,9 +61,14 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     })
     .await
     .unwrap_or((0, 0));
-    let body = format!(
+    let mut body = format!(
         "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {sandboxes}\n# HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n"
     );
+    if let Some(lb) = &ctx.lb_metrics
+        && let Ok(m) = lb.lock()
+    {
+        body.push_str(&m.encode());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -46,6 +46,8 @@ pub struct Ctx {
     /// kernel refuses any value below the agent's own (Guaranteed pods' −997 then
     /// becomes that value).
     pub oom_score_floor: i32,
+    /// The Service load balancer's metrics, when it runs.
+    pub lb_metrics: Option<Arc<std::sync::Mutex<crate::service_lb::LbMetrics>>>,
 }
 
 /// The lowest oom_score_adj this process may give its children.

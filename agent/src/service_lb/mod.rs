@@ -2,10 +2,11 @@
 //! their EndpointSlices become frontends and backend lists ([`model`]), which
 //! [`sync::ServiceSync`] keeps programmed in the socket-LB maps, changing only what
 //! changed, and [`metrics::LbMetrics`] reports it; [`watch::run`] feeds it from the
-//! apiserver.
+//! apiserver; [`node::start`] loads and attaches it for the node's pods.
 
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod sync;
 pub mod watch;
 

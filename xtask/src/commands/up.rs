@@ -22,6 +22,8 @@ const CGROUP_TOP: &str = "berth";
 const BRIDGE: &str = "berth0";
 const POD_CIDR: &str = "10.244.0.0/24";
 const PORT: u16 = 6443;
+/// Where the socket-LB's maps and links are pinned (they outlive agent restarts).
+const BPF_PINS: &str = "/sys/fs/bpf/berth";
 
 struct Layout {
     data: PathBuf,
@@ -271,7 +273,8 @@ fn remove_pods(layout: &Layout, node: &str) {
 }
 
 /// `cargo xtask down`: removes what `up` made — pods (containers, netns, veths, IPs,
-/// cgroups, mounts), the bridge, the cgroup tree and the data and run dirs.
+/// cgroups, mounts), the bridge, the cgroup tree, the pinned bpf links and maps, and
+/// the data and run dirs.
 pub fn down() -> Result<ExitCode> {
     if !util::is_root() {
         eprintln!("xtask down: run it as root");
@@ -328,7 +331,8 @@ pub fn down() -> Result<ExitCode> {
             let _ = std::fs::remove_dir(&d);
         }
     }
-    for dir in [&layout.data, &layout.run] {
+    // Unpinning the links detaches the Service load balancer.
+    for dir in [&layout.data, &layout.run, &PathBuf::from(BPF_PINS)] {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -103,6 +103,12 @@ impl Agent {
             .args(["--port", &self.port.to_string()])
             .arg("--preload-images")
             .arg(preload.join(","))
+            .args(
+                Some(crate::tools::ebpf_object())
+                    .filter(|o| o.exists())
+                    .map(|o| vec!["--ebpf-object".to_owned(), o.display().to_string()])
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(log)
