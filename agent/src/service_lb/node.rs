@@ -59,6 +59,7 @@ pub fn start(
             .map_err(|e| anyhow::anyhow!("joining {}: {e}", cgroup.display()))?;
     }
     if let Some(dir) = pins {
+        ensure_bpffs(dir)?;
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     }
@@ -69,4 +70,34 @@ pub fn start(
         metrics: Arc::new(Mutex::new(LbMetrics::new())),
         cgroup,
     })
+}
+
+/// Mounts a bpffs on the parent of `pins` (usually `/sys/fs/bpf`) unless `pins` is
+/// already on one, as Cilium does on hosts that do not mount it.
+fn ensure_bpffs(pins: &Path) -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let on_bpffs = mounts.lines().any(|line| {
+        let Some((before, after)) = line.split_once(" - ") else {
+            return false;
+        };
+        after.split_whitespace().next() == Some("bpf")
+            && before
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|m| pins.starts_with(m))
+    });
+    if on_bpffs {
+        return Ok(());
+    }
+    let parent = pins.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+    nix::mount::mount(
+        Some("bpf"),
+        parent,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| anyhow::anyhow!("mounting a bpffs at {}: {e}", parent.display()))
 }

@@ -188,6 +188,12 @@ pub fn run() -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(","),
     );
+    args.extend([
+        "--ebpf-object".into(),
+        util::ebpf_object().display().to_string(),
+        "--bpf-pin-dir".into(),
+        BPF_PINS.into(),
+    ]);
     let mut agent = spawn(
         &release_bin("berth-agent"),
         &args,
