@@ -88,6 +88,9 @@ struct Args {
     /// (`cargo xtask down` uses it).
     #[arg(long)]
     remove_all_pods: bool,
+    /// A directory of static pod manifests (the kubelet's staticPodPath).
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
     /// The eBPF object with the socket-LB programs (`cargo xtask build-ebpf`); without
     /// it Services are not load-balanced on this node.
     #[arg(long)]
@@ -236,6 +239,8 @@ async fn main() -> anyhow::Result<()> {
             cluster_dns: Vec::new(),
             cluster_domain: args.cluster_domain.clone(),
             oom_score_floor: 0,
+            static_pod_dir: None,
+            node_uid: String::new(),
             lb_metrics: None,
         };
         let n = pods::remove_all(&ctx);
@@ -289,6 +294,8 @@ async fn main() -> anyhow::Result<()> {
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         oom_score_floor: pods::oom_score_floor(),
+        static_pod_dir: args.pod_manifest_path.clone(),
+        node_uid: node.metadata.uid.clone().unwrap_or_default(),
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
     });
     if ctx.oom_score_floor > -1000 {

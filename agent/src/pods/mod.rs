@@ -8,6 +8,7 @@ pub mod env;
 pub mod inputs;
 pub mod probe;
 pub mod resources;
+pub mod static_pods;
 pub mod volumes;
 pub mod worker;
 
@@ -46,6 +47,10 @@ pub struct Ctx {
     /// kernel refuses any value below the agent's own (Guaranteed pods' −997 then
     /// becomes that value).
     pub oom_score_floor: i32,
+    /// Static pod manifests (`--pod-manifest-path`).
+    pub static_pod_dir: Option<PathBuf>,
+    /// The Node object's uid (mirror pods are owned by it).
+    pub node_uid: String,
     /// The Service load balancer's metrics, when it runs.
     pub lb_metrics: Option<Arc<std::sync::Mutex<crate::service_lb::LbMetrics>>>,
 }
@@ -91,19 +96,84 @@ pub async fn run(ctx: Arc<Ctx>) {
     let mut stream = watcher(pods, cfg).boxed();
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut listing: Vec<Arc<Pod>> = Vec::new();
-    while let Some(event) = stream.next().await {
+    // Static pods: read once before the API pods are listed (so an agent restart does
+    // not take them for orphans), then every few seconds.
+    let (static_tx, mut static_rx) = tokio::sync::mpsc::channel::<Vec<Pod>>(1);
+    let mut statics: HashMap<String, Arc<Pod>> = HashMap::new();
+    if let Some(dir) = ctx.static_pod_dir.clone() {
+        let node = ctx.node.name.clone();
+        let (d, n) = (dir.clone(), node.clone());
+        let first = tokio::task::spawn_blocking(move || static_pods::scan(&d, &n))
+            .await
+            .unwrap_or_default();
+        for p in first {
+            let p = Arc::new(p);
+            if let Some(uid) = p.metadata.uid.clone() {
+                statics.insert(uid, p.clone());
+            }
+            dispatch(&ctx, &mut workers, p);
+        }
+        let ctx2 = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                let (d, n) = (dir.clone(), node.clone());
+                let found = tokio::task::spawn_blocking(move || static_pods::scan(&d, &n))
+                    .await
+                    .unwrap_or_default();
+                for p in &found {
+                    static_pods::ensure_mirror(&ctx2.client, p, &ctx2.node_uid).await;
+                }
+                if static_tx.send(found).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(static_pods::CHECK_EVERY).await;
+            }
+        });
+    }
+    loop {
+        let event = tokio::select! {
+            Some(found) = static_rx.recv() => {
+                workers.retain(|_, h| !h.task.is_finished());
+                let found: HashMap<String, Arc<Pod>> = found
+                    .into_iter()
+                    .filter_map(|p| Some((p.metadata.uid.clone()?, Arc::new(p))))
+                    .collect();
+                for (uid, p) in &statics {
+                    if !found.contains_key(uid) {
+                        if let Some(h) = workers.get(uid) {
+                            let _ = h.tx.send(None);
+                        }
+                        static_pods::delete_mirror(&ctx.client, p).await;
+                    }
+                }
+                for (uid, p) in &found {
+                    if !workers.contains_key(uid) {
+                        dispatch(&ctx, &mut workers, p.clone());
+                    }
+                }
+                statics = found;
+                continue;
+            }
+            event = stream.next() => match event {
+                Some(e) => e,
+                None => return,
+            },
+        };
         workers.retain(|_, h| !h.task.is_finished());
         match event {
             Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(p)) => listing.push(Arc::new(p)),
+            Ok(watcher::Event::InitApply(p)) if !static_pods::is_mirror(&p) => {
+                listing.push(Arc::new(p));
+            }
             Ok(watcher::Event::InitDone) => {
-                let seen: std::collections::HashSet<String> = listing
+                let mut seen: std::collections::HashSet<String> = listing
                     .iter()
                     .filter_map(|p| p.metadata.uid.clone())
                     .collect();
                 for p in std::mem::take(&mut listing) {
                     dispatch(&ctx, &mut workers, p);
                 }
+                seen.extend(statics.keys().cloned());
                 // Workers of pods that vanished while the watch was down.
                 for (uid, h) in &workers {
                     if !seen.contains(uid) {
@@ -114,14 +184,17 @@ pub async fn run(ctx: Arc<Ctx>) {
                 let claimed: Vec<String> = seen.into_iter().collect();
                 let _ = tokio::task::spawn_blocking(move || remove_orphans(&ctx2, &claimed)).await;
             }
-            Ok(watcher::Event::Apply(p)) => dispatch(&ctx, &mut workers, Arc::new(p)),
-            Ok(watcher::Event::Delete(p)) => {
+            Ok(watcher::Event::Apply(p)) if !static_pods::is_mirror(&p) => {
+                dispatch(&ctx, &mut workers, Arc::new(p));
+            }
+            Ok(watcher::Event::Delete(p)) if !static_pods::is_mirror(&p) => {
                 if let Some(uid) = &p.metadata.uid
                     && let Some(h) = workers.get(uid)
                 {
                     let _ = h.tx.send(None);
                 }
             }
+            Ok(_) => {}
             Err(err) => {
                 tracing::warn!(%err, "pod watch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -208,6 +281,12 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
     let name = first.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let events_api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let is_static = first
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/config.source"))
+        .is_some_and(|s| s == "file");
     let mut last_pod = first;
     let mut mem = worker::Memory::default();
     let mut inputs = Arc::new(inputs::Inputs::default());
@@ -320,7 +399,11 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
                 {
                     Ok(p) => {
                         last_status = Some(status);
-                        last_pod = Arc::new(p);
+                        // A static pod's status lands on its mirror, which is not
+                        // the pod this worker runs.
+                        if !is_static {
+                            last_pod = Arc::new(p);
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(pod = %format!("{ns}/{name}"), %err, "patching the pod status")

@@ -5,7 +5,8 @@
 //! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
 //! killed with -9 and restarted restarts no container; with the apiserver down, pods
-//! keep running and a crashed container is still restarted.
+//! keep running and a crashed container is still restarted; static pods run from the
+//! manifest directory with mirror pods in the apiserver.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -609,6 +610,44 @@ spec:
             .ok(&["get", "pods", "-o", "name"])
             .trim()
             .is_empty()
+    });
+    c.wait_clean();
+}
+
+#[test]
+fn static_pods_run_from_manifests_with_mirror_pods() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    let manifest = c.agent.manifest_dir().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: static-web\n  labels: {tier: static}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: server\n    image: berth.local/testserver:v1\n    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}\n",
+    )
+    .expect("write the manifest");
+    let name = "static-web-node-e2e";
+    let mirror = c.wait_pod(name, "the mirror Ready", ready);
+    assert!(
+        mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string(),
+        "{mirror}"
+    );
+    assert_eq!(mirror["spec"]["nodeName"], "node-e2e");
+    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
+    let logs = c.kubectl.ok(&["logs", name]);
+    assert!(logs.contains(&format!(" on {name}")), "{logs}");
+    // Deleting the mirror does not stop the pod; the mirror comes back.
+    let first_uid = mirror["metadata"]["uid"].clone();
+    c.kubectl.ok(&["delete", "pod", name, "--wait=false"]);
+    let again = c.wait_pod(name, "the mirror recreated", |p| {
+        p["metadata"]["uid"] != first_uid && p["metadata"]["uid"].is_string() && ready(p)
+    });
+    assert_eq!(
+        Cluster::container_status(&again, "server")["restartCount"],
+        0
+    );
+    // Removing the manifest removes the pod and its mirror.
+    std::fs::remove_file(&manifest).expect("remove the manifest");
+    c.wait("the mirror to go", Duration::from_secs(30), || {
+        !c.kubectl.run(&["get", "pod", name]).status.success()
     });
     c.wait_clean();
 }

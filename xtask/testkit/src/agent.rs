@@ -67,6 +67,11 @@ impl Agent {
         self.dir.join("run")
     }
 
+    /// The static pod manifest directory (`--pod-manifest-path`).
+    pub fn manifest_dir(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
@@ -74,6 +79,7 @@ impl Agent {
     /// (Re)starts the agent process on the same dirs.
     pub fn restart(&mut self) {
         self.child = None;
+        std::fs::create_dir_all(self.manifest_dir()).expect("the manifest dir");
         let images = crate::tools::images_dir();
         let preload: Vec<String> = ["pause", "busybox", "testserver"]
             .iter()
@@ -103,6 +109,8 @@ impl Agent {
             .args(["--port", &self.port.to_string()])
             .arg("--preload-images")
             .arg(preload.join(","))
+            .arg("--pod-manifest-path")
+            .arg(self.manifest_dir())
             .args(
                 Some(crate::tools::ebpf_object())
                     .filter(|o| o.exists())
