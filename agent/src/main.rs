@@ -88,6 +88,10 @@ struct Args {
     /// (`cargo xtask down` uses it).
     #[arg(long)]
     remove_all_pods: bool,
+    /// Hard eviction thresholds (`memory.available<100Mi`): below them the node reports
+    /// pressure and evicts pods, BestEffort first.
+    #[arg(long, default_value = "memory.available<100Mi")]
+    eviction_hard: String,
     /// A directory of static pod manifests (the kubelet's staticPodPath).
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
@@ -164,6 +168,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let thresholds = berth_agent::pods::eviction::Thresholds::parse(&args.eviction_hard)
+        .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
     let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let server = kc
@@ -231,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
                 max_pods: args.max_pods,
                 root_dir: args.root_dir.clone(),
                 labels: Default::default(),
+                memory_threshold: thresholds.memory_available,
             },
             pods_dir: args.root_dir.join("pods"),
             logs_dir: args.pod_log_dir.clone(),
@@ -255,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         max_pods: args.max_pods,
         root_dir: args.root_dir.clone(),
         labels: Default::default(),
+        memory_threshold: thresholds.memory_available,
     };
     let node = node::register(&client, &node_cfg)
         .await
@@ -310,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
         () = pods::run(ctx.clone()) => {}
+        () = pods::eviction::run(ctx.clone(), thresholds) => {}
         r = berth_agent::kubelet_api::serve(ctx, addr, client_ca) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     /// The directory whose filesystem is the node's ephemeral storage.
     pub root_dir: std::path::PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// memory.available (bytes) below which the node reports MemoryPressure.
+    pub memory_threshold: u64,
 }
 
 /// Memory, disk and PID pressure as observed on the host.
@@ -83,9 +85,9 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-/// The eviction signals the kubelet uses by default: memory.available < 100Mi,
-/// nodefs.available < 10 %, and fewer than 5 % of pids left.
-pub fn observe_pressure(root_dir: &std::path::Path) -> Pressure {
+/// The eviction signals: memory.available below `memory_threshold` (the kubelet's
+/// default is 100Mi), nodefs.available < 10 %, and fewer than 5 % of pids left.
+pub fn observe_pressure(root_dir: &std::path::Path, memory_threshold: u64) -> Pressure {
     let available = meminfo("MemAvailable:").unwrap_or(u64::MAX);
     let (total, avail) = disk_bytes(root_dir);
     let pid_max: u64 = read_trim("/proc/sys/kernel/pid_max")
@@ -104,7 +106,7 @@ pub fn observe_pressure(root_dir: &std::path::Path) -> Pressure {
         })
         .unwrap_or(0);
     Pressure {
-        memory: available < 100 * 1024 * 1024,
+        memory: available < memory_threshold,
         disk: total > 0 && avail * 10 < total,
         pid: procs * 20 > pid_max * 19,
     }
@@ -247,7 +249,11 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<Node, kube::E
         }
         Err(e) => return Err(e),
     }
-    let status = status(cfg, observe_pressure(&cfg.root_dir), true);
+    let status = status(
+        cfg,
+        observe_pressure(&cfg.root_dir, cfg.memory_threshold),
+        true,
+    );
     nodes
         .patch_status(
             &cfg.name,
@@ -269,7 +275,8 @@ pub async fn heartbeat(client: Client, cfg: NodeConfig, node_uid: String) {
             tracing::warn!(%err, "renewing the node lease");
         }
         let root = cfg.root_dir.clone();
-        let pressure = tokio::task::spawn_blocking(move || observe_pressure(&root))
+        let threshold = cfg.memory_threshold;
+        let pressure = tokio::task::spawn_blocking(move || observe_pressure(&root, threshold))
             .await
             .unwrap_or_default();
         let mut now = status(&cfg, pressure, true);

@@ -5,6 +5,7 @@
 //! on the host that no Pod claims (deleted while the agent was down) are torn down.
 
 pub mod env;
+pub mod eviction;
 pub mod inputs;
 pub mod probe;
 pub mod resources;

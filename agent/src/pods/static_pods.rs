@@ -224,6 +224,10 @@ mod tests {
         std::fs::write(&path, "kind: Service\n").expect("write");
         assert!(load(&path, "n1").is_err());
         std::fs::write(&path, "kind: Pod\nmetadata: {}\n").expect("write");
-        assert!(load(&path, "n1").expect_err("no name").contains("metadata.name"));
+        assert!(
+            load(&path, "n1")
+                .expect_err("no name")
+                .contains("metadata.name")
+        );
     }
 }

@@ -734,7 +734,24 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
             .clone()
             .unwrap_or_else(|| "Always".into()),
     };
-    if !terminal {
+    if terminal {
+        // A pod in a terminal phase (completed, or evicted) runs nothing any more.
+        let evicted = pod.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted");
+        let grace = if evicted {
+            Duration::ZERO
+        } else {
+            grace_of(pod)
+        };
+        for id in pod_containers(&view.all, &uid) {
+            if ctx
+                .runtime
+                .status(&id)
+                .is_ok_and(|s| s.state == ContainerState::Running)
+            {
+                let _ = ctx.runtime.stop_container(&id, grace);
+            }
+        }
+    } else {
         let init_done = step_init(&mut view, &spec, inputs, mem, &mut wake);
         if init_done {
             for c in &spec.containers {
@@ -1214,6 +1231,12 @@ fn status(
     } else {
         "Pending"
     };
+    // The kubelet never takes a pod out of a terminal phase.
+    let old_phase = old.and_then(|s| s.phase.as_deref());
+    let phase = match old_phase {
+        Some(p @ ("Succeeded" | "Failed")) => p,
+        _ => phase,
+    };
     let sandbox_ok = !pod_ip.is_empty();
     let ready = init_done && all_ready && n > 0 && phase == "Running";
     let ready_reason = if ready {
@@ -1262,6 +1285,16 @@ fn status(
     }
     if let Some(e) = &mem.sandbox_error {
         status["message"] = json!(e);
+    }
+    if matches!(old_phase, Some("Succeeded" | "Failed")) {
+        for key in ["reason", "message"] {
+            if let Some(v) = old
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|v| v.get(key).cloned())
+            {
+                status[key] = v;
+            }
+        }
     }
     status
 }

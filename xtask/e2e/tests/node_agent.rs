@@ -6,7 +6,8 @@
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
 //! killed with -9 and restarted restarts no container; with the apiserver down, pods
 //! keep running and a crashed container is still restarted; static pods run from the
-//! manifest directory with mirror pods in the apiserver.
+//! manifest directory with mirror pods in the apiserver; under memory pressure the
+//! node says so and evicts BestEffort pods first.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,13 +26,16 @@ fn cluster() -> Option<Cluster> {
     cluster_with(&["--controllers=false"])
 }
 
-/// A cluster whose berth-server runs with `args` (the scheduler and controllers are on
-/// unless turned off).
+/// A cluster whose berth-server runs with `args` and berth-agent with `agent_args`.
 fn cluster_with(args: &[&str]) -> Option<Cluster> {
+    cluster_full(args, &[])
+}
+
+fn cluster_full(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = BerthServer::start_with(&workspace_bin("berth-server"), dir.path(), args);
     let kubectl = Kubectl::find(&server.kubeconfig(), dir.path())?;
-    let agent = Agent::start("node-e2e", &server.kubeconfig(), dir.path());
+    let agent = Agent::start_with("node-e2e", &server.kubeconfig(), dir.path(), agent_args);
     let c = Cluster {
         kubectl,
         agent,
@@ -649,5 +653,80 @@ fn static_pods_run_from_manifests_with_mirror_pods() {
     c.wait("the mirror to go", Duration::from_secs(30), || {
         !c.kubectl.run(&["get", "pod", name]).status.success()
     });
+    c.wait_clean();
+}
+
+#[test]
+fn memory_pressure_evicts_best_effort_pods_first() {
+    require_root!();
+    // A threshold no machine meets: the node is under memory pressure from the start.
+    let Some(c) = cluster_full(
+        &["--controllers=false"],
+        &["--eviction-hard=memory.available<1000Ti"],
+    ) else {
+        return;
+    };
+    c.wait(
+        "MemoryPressure on the node",
+        Duration::from_secs(30),
+        || {
+            let node = c.kubectl.json(&["get", "node", "node-e2e"]);
+            node["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True")
+            })
+        },
+    );
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: guaranteed}
+spec:
+  nodeName: node-e2e
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    resources: {limits: {cpu: 100m, memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort}
+spec:
+  nodeName: node-e2e
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+"#,
+    );
+    let evicted = c.wait_pod("besteffort", "evicted", |p| {
+        p["status"]["reason"] == "Evicted"
+    });
+    assert_eq!(evicted["status"]["phase"], "Failed");
+    assert!(
+        evicted["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The node was low on resource: memory")),
+        "{evicted}"
+    );
+    let g = c.pod("guaranteed");
+    assert_ne!(
+        g["status"]["reason"], "Evicted",
+        "the Guaranteed pod went first: {g}"
+    );
+    // The evicted pod's container is stopped and stays stopped.
+    c.wait_pod("besteffort", "its container stopped", |p| {
+        Cluster::container_status(p, "c")["state"]["terminated"].is_object()
+    });
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "besteffort",
+        "guaranteed",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
     c.wait_clean();
 }

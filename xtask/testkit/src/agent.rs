@@ -37,12 +37,18 @@ pub struct Agent {
     pub cgroup_root: String,
     pub port: u16,
     kubeconfig: PathBuf,
+    extra: Vec<String>,
     child: Option<ChildGuard>,
 }
 
 impl Agent {
     /// Starts an agent for node `name` of the cluster at `kubeconfig`.
     pub fn start(name: &str, kubeconfig: &Path, parent: &Path) -> Self {
+        Self::start_with(name, kubeconfig, parent, &[])
+    }
+
+    /// [`Agent::start`] with more command-line flags.
+    pub fn start_with(name: &str, kubeconfig: &Path, parent: &Path, extra: &[&str]) -> Self {
         let dir = parent.join(crate::unique_name("berth-agent"));
         std::fs::create_dir_all(&dir).expect("the agent's dir");
         let cgroup_root = format!("{}/kubepods", crate::unique_name("berthtest-agent"));
@@ -53,6 +59,7 @@ impl Agent {
             cgroup_root,
             port: free_port(),
             kubeconfig: kubeconfig.into(),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         agent.restart();
@@ -117,6 +124,7 @@ impl Agent {
                     .map(|o| vec!["--ebpf-object".to_owned(), o.display().to_string()])
                     .unwrap_or_default(),
             )
+            .args(&self.extra)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(log)
