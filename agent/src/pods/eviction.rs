@@ -116,7 +116,7 @@ pub async fn run(ctx: Arc<Ctx>, thresholds: Thresholds) {
                     )
                 })
                 .collect();
-            r.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            r.sort_by_key(|a| (a.0, a.1));
             r
         })
         .await
