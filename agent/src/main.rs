@@ -248,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
             oom_score_floor: 0,
             static_pod_dir: None,
             node_uid: String::new(),
+            stats_rates: Default::default(),
             lb_metrics: None,
         };
         let n = pods::remove_all(&ctx);
@@ -304,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
         oom_score_floor: pods::oom_score_floor(),
         static_pod_dir: args.pod_manifest_path.clone(),
         node_uid: node.metadata.uid.clone().unwrap_or_default(),
+        stats_rates: Default::default(),
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
     });
     if ctx.oom_score_floor > -1000 {

@@ -1,10 +1,12 @@
 //! The kubelet API on port 10250 (HTTPS, a self-signed serving certificate as the
 //! kubelet makes by default; clients must present a certificate of the cluster CA —
 //! the apiserver's kubelet-client certificate): `/healthz`, `/metrics`,
-//! `/containerLogs` ([`logs`]) and `/exec` over websockets ([`exec`]).
+//! `/containerLogs` ([`logs`]), `/exec` over websockets ([`exec`]), `/stats/summary`
+//! and `/metrics/resource` ([`stats`]).
 
 pub mod exec;
 pub mod logs;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -91,6 +93,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/exec/{ns}/{pod}/{container}",
             get(exec::exec).post(exec::exec),
         )
+        .route("/stats/summary", get(stats::stats_summary))
+        .route("/metrics/resource", get(stats::metrics_resource))
         .with_state(ctx)
 }
 

@@ -52,6 +52,8 @@ pub struct Ctx {
     pub static_pod_dir: Option<PathBuf>,
     /// The Node object's uid (mirror pods are owned by it).
     pub node_uid: String,
+    /// The last CPU readings behind `/stats/summary`'s usageNanoCores.
+    pub stats_rates: Arc<std::sync::Mutex<crate::kubelet_api::stats::Rates>>,
     /// The Service load balancer's metrics, when it runs.
     pub lb_metrics: Option<Arc<std::sync::Mutex<crate::service_lb::LbMetrics>>>,
 }

@@ -262,6 +262,39 @@ spec:
     assert!(logs.contains("secret=s3cret"), "{logs}");
     let tail = c.kubectl.ok(&["logs", "shell", "-c", "main", "--tail=1"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
+    // Resource usage through nodes/proxy: the Summary API and /metrics/resource.
+    let summary: Value = serde_json::from_str(&c.kubectl.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/node-e2e/proxy/stats/summary",
+    ]))
+    .expect("summary JSON");
+    assert_eq!(summary["node"]["nodeName"], "node-e2e");
+    let web_stats = summary["pods"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["podRef"]["name"] == "web"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        web_stats["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert!(
+        web_stats["containers"][0]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{summary}"
+    );
+    let resource = c.kubectl.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/node-e2e/proxy/metrics/resource",
+    ]);
+    assert!(
+        resource.contains(r#"container_memory_working_set_bytes{container="server",namespace="default",pod="web"}"#),
+        "{resource}"
+    );
     // Events as the kubelet records them.
     let events = c.kubectl.ok(&[
         "get",
