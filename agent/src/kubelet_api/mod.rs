@@ -1,11 +1,14 @@
 //! The kubelet API on port 10250 (HTTPS, a self-signed serving certificate as the
 //! kubelet makes by default; clients must present a certificate of the cluster CA —
 //! the apiserver's kubelet-client certificate): `/healthz`, `/metrics`,
-//! `/containerLogs` ([`logs`]), `/exec` over websockets ([`exec`]), `/stats/summary`
+//! `/containerLogs` ([`logs`]), `/exec` over websockets ([`exec`]), `/portForward`
+//! over SPDY ([`portforward`], [`spdy`]), `/stats/summary`
 //! and `/metrics/resource` ([`stats`]).
 
 pub mod exec;
 pub mod logs;
+pub mod portforward;
+pub mod spdy;
 pub mod stats;
 
 use std::sync::Arc;
@@ -92,6 +95,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/exec/{ns}/{pod}/{container}",
             get(exec::exec).post(exec::exec),
+        )
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(portforward::port_forward).post(portforward::port_forward),
         )
         .route("/stats/summary", get(stats::stats_summary))
         .route("/metrics/resource", get(stats::metrics_resource))

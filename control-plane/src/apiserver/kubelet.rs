@@ -93,7 +93,7 @@ pub async fn get(base: &str, path_and_query: &str) -> Result<Response, ApiError>
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
 }
 
-/// Proxies an upgrade (websocket `exec`) to the kubelet: the client's request goes on
+/// Proxies an upgrade (websocket `exec`, SPDY `portforward`) to the kubelet: the client's request goes on
 /// with its upgrade headers; once the kubelet switches protocols, the client gets the
 /// kubelet's 101 and the two connections are spliced.
 pub async fn upgrade(
@@ -107,13 +107,14 @@ pub async fn upgrade(
             "this berth-server has no kubelet client certificate".into(),
         ));
     };
-    if !headers
+    let kind = headers
         .get("upgrade")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-    {
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if kind != "websocket" && kind != "spdy/3.1" {
         return Err(ApiError::bad_request(
-            "berth serves exec over websockets (v5.channel.k8s.io, v4.channel.k8s.io) only; upgrade your client or set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true",
+            "this subresource needs a connection upgrade (websocket or SPDY/3.1)",
         ));
     }
     let mut req = http.get(format!("{base}{path_and_query}"));
@@ -124,6 +125,7 @@ pub async fn upgrade(
         "sec-websocket-version",
         "sec-websocket-protocol",
         "sec-websocket-extensions",
+        "x-stream-protocol-version",
     ] {
         for v in headers.get_all(name) {
             req = req.header(name, v.as_bytes());
@@ -149,7 +151,11 @@ pub async fn upgrade(
     let mut builder = Response::builder().status(101);
     for (name, value) in resp.headers() {
         let n = name.as_str();
-        if n.starts_with("sec-websocket") || n == "upgrade" || n == "connection" {
+        if n.starts_with("sec-websocket")
+            || n == "upgrade"
+            || n == "connection"
+            || n == "x-stream-protocol-version"
+        {
             builder = builder.header(n, value.as_bytes());
         }
     }

@@ -1,6 +1,7 @@
 //! A real one-node cluster — berth-server and berth-agent, pods in berth's own
 //! containers on this host (pod network in a namespace of the test's) — driven with
-//! the real kubectl: a testserver pod becomes Ready; `kubectl logs` and `kubectl exec`;
+//! the real kubectl: a testserver pod becomes Ready; `kubectl logs`, `kubectl exec` and
+//! `kubectl port-forward`;
 //! init containers in order; configMap and secret contents in volumes and env; a failing liveness probe
 //! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
@@ -236,6 +237,36 @@ spec:
         .expect("write stdin");
     let out = child.wait_with_output().expect("kubectl exec -i");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    // kubectl port-forward: apiserver → kubelet API over SPDY → the pod's loopback.
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let forward = c
+        .kubectl
+        .cmd(&["port-forward", "pod/web", &format!("{local}:8080")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut forward = berth_testkit::ChildGuard(forward);
+    let mut out = std::io::BufReader::new(forward.0.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("port-forward output");
+    assert!(first.starts_with("Forwarding from"), "{first}");
+    // kubectl goes on printing a line per connection: keep its stdout drained.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    for path in ["/", "/healthz"] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).expect("connect");
+        std::io::Write::write_all(&mut conn, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .expect("request");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        assert_eq!(body.trim(), if path == "/" { "web" } else { "ok" }, "{answer}");
+    }
+    drop(forward);
     let shell = c.wait_pod("shell", "Ready", ready);
     let inits = shell["status"]["initContainerStatuses"]
         .as_array()

@@ -90,6 +90,15 @@ pub async fn handle(
                     }
                     kubelet::upgrade(&base, &path, &ctx.headers, upgrade).await
                 }
+                ("Pod", "portforward", &Method::GET | &Method::POST) => {
+                    let ns = ctx.namespace.as_deref().unwrap_or("default");
+                    let mut path = format!("/portForward/{ns}/{name}");
+                    if let Some(q) = &raw_q {
+                        path.push('?');
+                        path.push_str(q);
+                    }
+                    kubelet::upgrade(&base, &path, &ctx.headers, upgrade).await
+                }
                 ("Node", "proxy", &Method::GET) => {
                     let mut path = format!("/{}", rest.join("/"));
                     if let Some(q) = &raw_q {
