@@ -29,6 +29,9 @@ pub struct MonitorArgs {
     pub rotation: Rotation,
     /// Host mounts to undo when the container is deleted (its overlay rootfs).
     pub host_mounts: Vec<PathBuf>,
+    /// Give the container a stdin: a FIFO at this path (what `kubectl attach -i`
+    /// writes to); without it stdin is /dev/null.
+    pub stdin_fifo: Option<PathBuf>,
 }
 
 fn nonblocking(fd: &OwnedFd) {
@@ -56,7 +59,21 @@ pub fn run(args: &MonitorArgs) -> i32 {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-        let null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+        let null = match &args.stdin_fifo {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(|e| format!("stdin fifo {}: {e}", path.display()))?;
+                // Read and write: the FIFO never reports EOF while the monitor lives,
+                // however often writers come and go.
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| format!("stdin fifo {}: {e}", path.display()))?
+            }
+            None => std::fs::File::open("/dev/null").map_err(|e| e.to_string())?,
+        };
         let created = container::create(CreateOptions {
             root: &root,
             id: &args.id,
@@ -206,6 +223,10 @@ pub fn command_args(args: &MonitorArgs) -> Vec<String> {
     for m in &args.host_mounts {
         v.push("--host-mount".to_string());
         v.push(m.display().to_string());
+    }
+    if let Some(f) = &args.stdin_fifo {
+        v.push("--stdin-fifo".to_string());
+        v.push(f.display().to_string());
     }
     v.push(args.id.clone());
     v

@@ -17,22 +17,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pods::Ctx;
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
+pub(super) const STDIN: u8 = 0;
+pub(super) const STDOUT: u8 = 1;
+pub(super) const STDERR: u8 = 2;
 const ERROR: u8 = 3;
-const CLOSE: u8 = 255;
+pub(super) const CLOSE: u8 = 255;
+/// The channel protocols served, newest first.
+pub(super) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 #[derive(Debug, Default)]
-struct Options {
-    command: Vec<String>,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
+pub(super) struct Options {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
 }
 
-fn options(query: Option<&str>) -> Options {
+pub(super) fn options(query: Option<&str>) -> Options {
     let mut o = Options::default();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let on = matches!(v.as_ref(), "true" | "1");
@@ -89,11 +91,11 @@ pub async fn exec(
         )
             .into_response();
     };
-    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+    ws.protocols(PROTOCOLS)
         .on_upgrade(move |socket| session(ctx, id, opts, socket))
 }
 
-fn status_message(code: Option<i32>) -> Vec<u8> {
+pub(super) fn status_message(code: Option<i32>) -> Vec<u8> {
     let status = match code {
         Some(0) => json!({"metadata": {}, "status": "Success"}),
         Some(c) => json!({

@@ -1,10 +1,12 @@
 //! The kubelet API on port 10250 (HTTPS, a self-signed serving certificate as the
 //! kubelet makes by default; clients must present a certificate of the cluster CA —
 //! the apiserver's kubelet-client certificate): `/healthz`, `/metrics`,
-//! `/containerLogs` ([`logs`]), `/exec` over websockets ([`exec`]), `/portForward`
+//! `/containerLogs` ([`logs`]), `/exec` and `/attach` over websockets ([`exec`],
+//! [`attach`]), `/portForward`
 //! over SPDY ([`portforward`], [`spdy`]), `/stats/summary`
 //! and `/metrics/resource` ([`stats`]).
 
+pub mod attach;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
@@ -95,6 +97,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/exec/{ns}/{pod}/{container}",
             get(exec::exec).post(exec::exec),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            get(attach::attach).post(attach::attach),
         )
         .route(
             "/portForward/{ns}/{pod}",

@@ -104,7 +104,9 @@ async fn connect(netns: PathBuf, port: u16) -> Result<tokio::net::TcpStream, Str
     })
     .await
     .map_err(|e| e.to_string())??;
-    std_stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
     tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
 }
 
@@ -143,7 +145,11 @@ where
             }
         };
         match frame {
-            Frame::Control { kind: spdy::SYN_STREAM, data, .. } if data.len() >= 10 => {
+            Frame::Control {
+                kind: spdy::SYN_STREAM,
+                data,
+                ..
+            } if data.len() >= 10 => {
                 let stream = u32::from_be_bytes([data[0] & 0x7f, data[1], data[2], data[3]]);
                 let h = match headers.decode(&data[10..]) {
                     Ok(h) => h,
@@ -155,7 +161,9 @@ where
                 let block = headers.encode(&[]);
                 let mut reply = stream.to_be_bytes().to_vec();
                 reply.extend_from_slice(&block);
-                let _ = tx.send(spdy::control_frame(spdy::SYN_REPLY, 0, &reply)).await;
+                let _ = tx
+                    .send(spdy::control_frame(spdy::SYN_REPLY, 0, &reply))
+                    .await;
                 let id = h.get("requestid").cloned().unwrap_or_default();
                 let pair = pairs.entry(id.clone()).or_default();
                 pair.port = h.get("port").and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -169,21 +177,42 @@ where
                     pairs.remove(&id);
                     let (in_tx, in_rx) = mpsc::channel::<Option<Vec<u8>>>(64);
                     sockets.insert(data_stream, in_tx);
-                    tokio::spawn(forward(netns.clone(), port, data_stream, error, in_rx, tx.clone()));
+                    tokio::spawn(forward(
+                        netns.clone(),
+                        port,
+                        data_stream,
+                        error,
+                        in_rx,
+                        tx.clone(),
+                    ));
                 }
             }
-            Frame::Control { kind: spdy::PING, flags, data } => {
+            Frame::Control {
+                kind: spdy::PING,
+                flags,
+                data,
+            } => {
                 let _ = tx.send(spdy::control_frame(spdy::PING, flags, &data)).await;
             }
-            Frame::Control { kind: spdy::GOAWAY, .. } => break,
-            Frame::Control { kind: spdy::RST_STREAM, data, .. } if data.len() >= 4 => {
+            Frame::Control {
+                kind: spdy::GOAWAY, ..
+            } => break,
+            Frame::Control {
+                kind: spdy::RST_STREAM,
+                data,
+                ..
+            } if data.len() >= 4 => {
                 let stream = u32::from_be_bytes([data[0] & 0x7f, data[1], data[2], data[3]]);
                 if let Some(s) = sockets.remove(&stream) {
                     let _ = s.send(None).await;
                 }
             }
             Frame::Control { .. } => {}
-            Frame::Data { stream, flags, data } => {
+            Frame::Data {
+                stream,
+                flags,
+                data,
+            } => {
                 if let Some(s) = sockets.get(&stream) {
                     if !data.is_empty() && s.send(Some(data)).await.is_err() {
                         sockets.remove(&stream);
@@ -215,7 +244,9 @@ async fn forward(
         Ok(s) => s,
         Err(err) => {
             let msg = format!("error forwarding port {port} to pod: {err}");
-            let _ = tx.send(spdy::data_frame(error, FLAG_FIN, msg.as_bytes())).await;
+            let _ = tx
+                .send(spdy::data_frame(error, FLAG_FIN, msg.as_bytes()))
+                .await;
             let _ = tx.send(spdy::data_frame(data, FLAG_FIN, &[])).await;
             return;
         }

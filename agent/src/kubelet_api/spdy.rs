@@ -23,17 +23,71 @@ const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Adler-32 0xe3c6a7c2.
 pub fn dictionary() -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-        "accept-encoding", "accept-language", "accept-ranges", "age", "allow",
-        "authorization", "cache-control", "connection", "content-base", "content-encoding",
-        "content-language", "content-length", "content-location", "content-md5",
-        "content-range", "content-type", "date", "etag", "expect", "expires", "from", "host",
-        "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since",
-        "last-modified", "location", "max-forwards", "pragma", "proxy-authenticate",
-        "proxy-authorization", "range", "referer", "retry-after", "server", "te", "trailer",
-        "transfer-encoding", "upgrade", "user-agent", "vary", "via", "warning",
-        "www-authenticate", "method", "get", "status", "200 OK", "version", "HTTP/1.1", "url",
-        "public", "set-cookie", "keep-alive", "origin",
+        "options",
+        "head",
+        "post",
+        "put",
+        "delete",
+        "trace",
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "age",
+        "allow",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-base",
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-location",
+        "content-md5",
+        "content-range",
+        "content-type",
+        "date",
+        "etag",
+        "expect",
+        "expires",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "pragma",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "retry-after",
+        "server",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "vary",
+        "via",
+        "warning",
+        "www-authenticate",
+        "method",
+        "get",
+        "status",
+        "200 OK",
+        "version",
+        "HTTP/1.1",
+        "url",
+        "public",
+        "set-cookie",
+        "keep-alive",
+        "origin",
     ];
     const TAIL: &str = concat!(
         "100101201202205206300302303304305306307402405406407408409410411412413414415416417",
@@ -57,8 +111,16 @@ pub fn dictionary() -> Vec<u8> {
 /// One frame off the wire.
 #[derive(Debug)]
 pub enum Frame {
-    Control { kind: u16, flags: u8, data: Vec<u8> },
-    Data { stream: u32, flags: u8, data: Vec<u8> },
+    Control {
+        kind: u16,
+        flags: u8,
+        data: Vec<u8>,
+    },
+    Data {
+        stream: u32,
+        flags: u8,
+        data: Vec<u8>,
+    },
 }
 
 /// Reads the next frame; `None` at a clean end of the connection.
@@ -155,7 +217,9 @@ impl Headers {
             let mut buf = [0u8; 4096];
             let before_in = self.inflate.total_in();
             let before_out = self.inflate.total_out();
-            let res = self.inflate.decompress(input, &mut buf, FlushDecompress::Sync);
+            let res = self
+                .inflate
+                .decompress(input, &mut buf, FlushDecompress::Sync);
             let used = (self.inflate.total_in() - before_in) as usize;
             let made = (self.inflate.total_out() - before_out) as usize;
             out.extend_from_slice(&buf[..made]);

@@ -562,6 +562,7 @@ impl PodView<'_> {
                 .max(self.ctx.oom_score_floor),
             ),
             tty: c.tty == Some(true),
+            stdin: c.stdin == Some(true),
             log_path: pod_log_dir(self.ctx, self.pod)
                 .join(&c.name)
                 .join(format!("{attempt}.log")),

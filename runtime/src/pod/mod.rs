@@ -107,6 +107,9 @@ pub struct ContainerConfig {
     pub resources: Resources,
     pub oom_score_adj: Option<i32>,
     pub tty: bool,
+    /// Keep a stdin open for the container (`stdin: true`; `kubectl attach -i`).
+    #[serde(default)]
+    pub stdin: bool,
     pub log_path: PathBuf,
     /// Filled from the sandbox.
     #[serde(default)]
@@ -432,6 +435,7 @@ impl Runtime {
             log_path: cfg.log_path.clone(),
             rotation: self.cfg.log_rotation,
             host_mounts: vec![rootfs.to_path_buf()],
+            stdin_fifo: cfg.stdin.then(|| self.stdin_path(&cfg.id)),
         };
         let mut child = Command::new(&self.cfg.runtime_binary)
             .args(monitor::command_args(&args))
@@ -574,6 +578,11 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(format!("remove {}", dir.display()))(e)),
         }
+    }
+
+    /// The FIFO feeding a container's stdin (when it was created with `stdin`).
+    pub fn stdin_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("stdin")
     }
 
     /// Every container id with state on disk (sandboxes included).

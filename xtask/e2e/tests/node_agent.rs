@@ -1,7 +1,7 @@
 //! A real one-node cluster — berth-server and berth-agent, pods in berth's own
 //! containers on this host (pod network in a namespace of the test's) — driven with
 //! the real kubectl: a testserver pod becomes Ready; `kubectl logs`, `kubectl exec` and
-//! `kubectl port-forward`;
+//! `kubectl port-forward`; `kubectl attach -i` to a container with stdin;
 //! init containers in order; configMap and secret contents in volumes and env; a failing liveness probe
 //! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
@@ -264,7 +264,11 @@ spec:
         std::io::Read::read_to_string(&mut conn, &mut answer).expect("answer");
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-        assert_eq!(body.trim(), if path == "/" { "web" } else { "ok" }, "{answer}");
+        assert_eq!(
+            body.trim(),
+            if path == "/" { "web" } else { "ok" },
+            "{answer}"
+        );
     }
     drop(forward);
     let shell = c.wait_pod("shell", "Ready", ready);
@@ -792,5 +796,75 @@ spec:
         "--wait=true",
         "--timeout=60s",
     ]);
+    c.wait_clean();
+}
+
+#[test]
+fn attach_feeds_stdin_and_streams_output() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: echo}
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeName: node-e2e
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    stdin: true
+    command: [sh, -c, "while read l; do echo got:$l; echo err:$l >&2; done"]
+"#,
+    );
+    c.wait_pod("echo", "Ready", ready);
+    let mut attach = c
+        .kubectl
+        .cmd(&["attach", "-i", "echo", "-c", "c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl attach");
+    let mut input = attach.stdin.take().expect("stdin");
+    let stdout = attach.stdout.take().expect("stdout");
+    let stderr = attach.stderr.take().expect("stderr");
+    let mut attach = berth_testkit::ChildGuard(attach);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    // Attached output starts when the session does: write after it is up, and again
+    // until the answer comes back.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(seen.iter().any(|l: &String| l == "got:hello") && seen.iter().any(|l| l == "err:hello"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no echo through attach: {seen:?}"
+        );
+        std::io::Write::write_all(&mut input, b"hello\n").expect("write stdin");
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push(line);
+        }
+    }
+    let _ = attach.0.kill();
+    let logs = c.kubectl.ok(&["logs", "echo"]);
+    assert!(logs.contains("got:hello"), "{logs}");
+    c.kubectl
+        .ok(&["delete", "pod", "echo", "--wait=true", "--timeout=60s"]);
     c.wait_clean();
 }

@@ -80,10 +80,10 @@ pub async fn handle(
             })?;
             match (def.kind.as_str(), sub, &method) {
                 ("Pod", "log", &Method::GET) => pod_log(&ctx, name, &obj, &base).await,
-                ("Pod", "exec", &Method::GET | &Method::POST) => {
+                ("Pod", "exec" | "attach", &Method::GET | &Method::POST) => {
                     let container = pick_container(&ctx, name, &obj)?;
                     let ns = ctx.namespace.as_deref().unwrap_or("default");
-                    let mut path = format!("/exec/{ns}/{name}/{container}");
+                    let mut path = format!("/{sub}/{ns}/{name}/{container}");
                     if let Some(q) = &raw_q {
                         path.push('?');
                         path.push_str(q);

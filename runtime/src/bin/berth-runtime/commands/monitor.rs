@@ -18,6 +18,9 @@ pub struct Args {
     pub log_max_files: usize,
     #[arg(long)]
     pub host_mount: Vec<PathBuf>,
+    /// Give the container a stdin FIFO at this path.
+    #[arg(long)]
+    pub stdin_fifo: Option<PathBuf>,
 }
 
 pub fn run(root: &std::path::Path, args: &Args) -> i32 {
@@ -31,5 +34,6 @@ pub fn run(root: &std::path::Path, args: &Args) -> i32 {
             max_files: args.log_max_files,
         },
         host_mounts: args.host_mount.clone(),
+        stdin_fifo: args.stdin_fifo.clone(),
     })
 }
