@@ -315,12 +315,13 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let uid = node.metadata.uid.clone().unwrap_or_default();
+    let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let addr = SocketAddr::new(args.address, args.port);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
-        () = pods::run(ctx.clone()) => {}
-        () = pods::eviction::run(ctx.clone(), thresholds) => {}
+        () = pods::run(ctx.clone(), pod_writer) => {}
+        () = pods::eviction::run(ctx.clone(), thresholds, pod_store) => {}
         r = berth_agent::kubelet_api::serve(ctx, addr, client_ca) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),

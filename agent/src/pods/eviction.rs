@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store;
 use serde_json::json;
 
 use super::{Ctx, resources};
@@ -80,22 +81,19 @@ fn usage(ctx: &Ctx, pod: &Pod) -> u64 {
     berth_runtime::cgroups::Cgroup::load(&cgroup).memory_usage()
 }
 
-/// Runs the eviction loop until the future is dropped.
-pub async fn run(ctx: Arc<Ctx>, thresholds: Thresholds) {
-    let api: Api<Pod> = Api::all(ctx.client.clone());
+/// Runs the eviction loop until the future is dropped, choosing among the pods in
+/// `pods` (the pod workers' reflector store).
+pub async fn run(ctx: Arc<Ctx>, thresholds: Thresholds, pods: Store<Pod>) {
     loop {
         tokio::time::sleep(INTERVAL).await;
         if !thresholds.memory_pressure() {
             continue;
         }
-        let lp = ListParams::default().fields(&format!("spec.nodeName={}", ctx.node.name));
-        let Ok(list) = api.list(&lp).await else {
-            continue;
-        };
         let ctx2 = ctx.clone();
-        let candidates: Vec<Pod> = list
-            .items
+        let candidates: Vec<Pod> = pods
+            .state()
             .into_iter()
+            .map(|p| (*p).clone())
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| {
                 !matches!(

@@ -1,4 +1,4 @@
-//! Pods bound to this node: a `kube` watcher (fieldSelector `spec.nodeName`) feeds one
+//! Pods bound to this node: a `kube` reflector (fieldSelector `spec.nodeName`) feeds one
 //! worker task per pod; each worker syncs level-triggered (on a change of its Pod, and
 //! whenever a probe, a back-off or the 1 s relist is due), patches the Pod's status
 //! only when it changed, and finalizes deleted pods once the host is clean. Sandboxes
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -92,11 +92,12 @@ struct Handle {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Runs the pod workers of this node until the future is dropped.
-pub async fn run(ctx: Arc<Ctx>) {
+/// Runs the pod workers of this node until the future is dropped. The pods come
+/// from a reflector whose store (`writer`'s reader) others — eviction — read.
+pub async fn run(ctx: Arc<Ctx>, writer: reflector::store::Writer<Pod>) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node.name));
-    let mut stream = watcher(pods, cfg).boxed();
+    let mut stream = reflector(writer, watcher(pods, cfg)).boxed();
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut listing: Vec<Arc<Pod>> = Vec::new();
     // Static pods: read once before the API pods are listed (so an agent restart does
