@@ -2,7 +2,8 @@
 //! over a websocket with the Kubernetes channel protocols (`v5.channel.k8s.io`,
 //! `v4.channel.k8s.io`): every binary message starts with a channel byte — 0 stdin,
 //! 1 stdout, 2 stderr, 3 the final `Status`, 4 terminal resize, 255 (v5) close a
-//! channel. The process runs through `berth-runtime exec`, as probes do.
+//! channel. The process runs through `berth-runtime exec`, as probes do; with a
+//! terminal, resizes go to it through a FIFO.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub(super) const STDIN: u8 = 0;
 pub(super) const STDOUT: u8 = 1;
 pub(super) const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 pub(super) const CLOSE: u8 = 255;
 /// The channel protocols served, newest first.
 pub(super) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -136,10 +138,80 @@ async fn pump(
     }
 }
 
+/// A FIFO through which terminal resizes reach `berth-runtime exec --tty`; removed on
+/// drop.
+struct ResizeFifo {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl ResizeFifo {
+    fn new(dir: &std::path::Path, id: &str) -> Option<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::fs::create_dir_all(dir).ok()?;
+        let path = dir.join(format!("{id}-{}-{n}.resize", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .ok()?;
+        Some(Self { path, file })
+    }
+
+    /// Passes on a channel-4 message: `{"Width": w, "Height": h}`.
+    fn resize(&mut self, json: &[u8]) {
+        use std::io::Write;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let (Some(w), Some(h)) = (v["Width"].as_u64(), v["Height"].as_u64()) else {
+            return;
+        };
+        let _ = writeln!(self.file, "{w} {h}");
+    }
+}
+
+impl Drop for ResizeFifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 async fn session(ctx: Arc<Ctx>, id: String, opts: Options, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let mut cmd =
-        tokio::process::Command::from(ctx.runtime.exec_command(&id, &opts.command, opts.tty));
+    let mut resize = if opts.tty {
+        ResizeFifo::new(&ctx.pods_dir.join(".exec"), &id)
+    } else {
+        None
+    };
+    // kubectl sends the terminal's size first thing: wait briefly for it so the
+    // process starts with it (input arriving meanwhile is kept for the process).
+    let mut early_stdin: Vec<Vec<u8>> = Vec::new();
+    if let Some(r) = resize.as_mut() {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, stream.next()).await {
+            let Message::Binary(b) = msg else { continue };
+            match b.split_first() {
+                Some((&RESIZE, rest)) => {
+                    r.resize(rest);
+                    break;
+                }
+                Some((&STDIN, rest)) => early_stdin.push(rest.to_vec()),
+                _ => {}
+            }
+        }
+    }
+    let mut cmd = tokio::process::Command::from(ctx.runtime.exec_command(
+        &id,
+        &opts.command,
+        opts.tty,
+        resize.as_ref().map(|r| r.path.as_path()),
+    ));
     cmd.stdin(if opts.stdin {
         Stdio::piped()
     } else {
@@ -172,6 +244,13 @@ async fn session(ctx: Arc<Ctx>, id: String, opts: Options, socket: WebSocket) {
     }
     drop(tx);
     let mut stdin = child.stdin.take();
+    if let Some(w) = stdin.as_mut() {
+        for chunk in early_stdin {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    }
     let writer = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             if sink.send(Message::Binary(chunk.into())).await.is_err() {
@@ -200,6 +279,11 @@ async fn session(ctx: Arc<Ctx>, id: String, opts: Options, socket: WebSocket) {
                     }
                 }
                 CLOSE if rest.first() == Some(&STDIN) => stdin = None,
+                RESIZE => {
+                    if let Some(r) = resize.as_mut() {
+                        r.resize(rest);
+                    }
+                }
                 _ => {}
             }
         }

@@ -592,11 +592,22 @@ impl Runtime {
 
     /// The command that runs `cmd` in container `id` (the agent gives it stdio, a pty
     /// for `-t`, and waits).
-    pub fn exec_command(&self, id: &str, cmd: &[String], tty: bool) -> Command {
+    /// With `tty`, `resize_fifo` (a FIFO the caller made) carries `<columns> <rows>`
+    /// lines that resize the terminal.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        resize_fifo: Option<&Path>,
+    ) -> Command {
         let mut c = Command::new(&self.cfg.runtime_binary);
         c.arg("--root").arg(&self.cfg.state_dir).arg("exec");
         if tty {
             c.arg("--tty");
+            if let Some(f) = resize_fifo {
+                c.arg("--resize-fifo").arg(f);
+            }
         }
         c.arg(id).arg("--").args(cmd);
         c
@@ -610,7 +621,7 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<(i32, Vec<u8>, Vec<u8>), Error> {
         let mut child = self
-            .exec_command(id, cmd, false)
+            .exec_command(id, cmd, false, None)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -295,6 +295,24 @@ spec:
     );
     assert!(logs.contains("cm=hello-from-configmap"), "{logs}");
     assert!(logs.contains("secret=s3cret"), "{logs}");
+    // kubectl exec -it: the process gets a terminal of the client's size (script(1)
+    // gives kubectl a terminal of 45 rows and 123 columns).
+    let inner = format!(
+        "stty cols 123 rows 45; {} exec -it shell -c main -- stty size",
+        c.kubectl.bin.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qc", &inner, "/dev/null"])
+        .env("KUBECONFIG", &c.kubectl.kubeconfig)
+        .env("HOME", &c.kubectl.home)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("45 123"),
+        "stty size through exec -it: {text:?}"
+    );
     let tail = c.kubectl.ok(&["logs", "shell", "-c", "main", "--tail=1"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
     // Resource usage through nodes/proxy: the Summary API and /metrics/resource.

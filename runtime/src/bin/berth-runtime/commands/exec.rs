@@ -2,6 +2,7 @@
 //! terminal; waits for it and exits with its status unless detached.
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,6 +39,10 @@ pub struct Args {
     pub detach: bool,
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
+    /// With --tty: a FIFO of `<columns> <rows>` lines; each resizes the terminal
+    /// (how a caller relaying `kubectl exec -t` passes on window changes).
+    #[arg(long, requires = "tty")]
+    pub resize_fifo: Option<PathBuf>,
 }
 
 fn process_for(root: &Root, args: &Args) -> anyhow::Result<Process> {
@@ -79,9 +84,32 @@ fn process_for(root: &Root, args: &Args) -> anyhow::Result<Process> {
 pub fn run(root: &Root, args: &Args) -> anyhow::Result<ExitCode> {
     let process = process_for(root, args)?;
     let pty = if args.tty {
-        Some(nix::pty::openpty(None, None)?)
+        let pty = nix::pty::openpty(None, None)?;
+        // Neither end may leak into the process (it gets the slave as 0, 1 and 2).
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+        }
+        Some(pty)
     } else {
         None
+    };
+    // A size the caller already knows is set before the process starts.
+    let resize = match (&args.resize_fifo, &pty) {
+        (Some(path), Some(pty)) => {
+            // Read and write, non-blocking: never an EOF, never a wait.
+            let fifo = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            apply_resizes(&pty.master, &fifo, &mut String::new());
+            Some(fifo)
+        }
+        _ => None,
     };
     let opts = ExecOptions {
         process,
@@ -98,7 +126,7 @@ pub fn run(root: &Root, args: &Args) -> anyhow::Result<ExitCode> {
     let pid = Pid::from_raw(pid);
     if let Some(pty) = pty {
         drop(pty.slave);
-        relay(&pty.master)?;
+        relay(&pty.master, resize.as_ref())?;
     }
     loop {
         match waitpid(pid, None) {
@@ -112,14 +140,55 @@ pub fn run(root: &Root, args: &Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Sets the terminal's window size.
+fn set_size(master: &std::os::fd::OwnedFd, cols: u16, rows: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer on our own pty master.
+    unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+    }
+}
+
+/// Applies every complete `<columns> <rows>` line read from `fifo`.
+fn apply_resizes(master: &std::os::fd::OwnedFd, fifo: &std::fs::File, pending: &mut String) {
+    let mut buf = [0u8; 256];
+    while let Ok(n) = nix::unistd::read(fifo, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    while let Some(end) = pending.find('\n') {
+        let line: String = pending.drain(..=end).collect();
+        let mut it = line.split_whitespace().map(str::parse::<u16>);
+        if let (Some(Ok(cols)), Some(Ok(rows))) = (it.next(), it.next()) {
+            set_size(master, cols, rows);
+        }
+    }
+}
+
 /// Copies our stdin to the terminal and the terminal to our stdout until the process
-/// exits (the master reads EIO once the last slave holder is gone).
-fn relay(master: &std::os::fd::OwnedFd) -> anyhow::Result<()> {
+/// exits (the master reads EIO once the last slave holder is gone); window sizes come
+/// from `resize` when given.
+fn relay(master: &std::os::fd::OwnedFd, resize: Option<&std::fs::File>) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut stdin_open = true;
     let mut buf = [0u8; 8192];
+    let mut pending = String::new();
     loop {
+        if let Some(fifo) = resize {
+            apply_resizes(master, fifo, &mut pending);
+        }
         let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if let Some(fifo) = resize {
+            fds.push(PollFd::new(fifo.as_fd(), PollFlags::POLLIN));
+        }
+        let stdin_at = fds.len();
         if stdin_open {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
@@ -129,7 +198,8 @@ fn relay(master: &std::os::fd::OwnedFd) -> anyhow::Result<()> {
         }
         let master_ready = fds[0].revents().unwrap_or(PollFlags::empty());
         let stdin_ready = fds
-            .get(1)
+            .get(stdin_at)
+            .filter(|_| stdin_open)
             .and_then(|f| f.revents())
             .unwrap_or(PollFlags::empty());
         if master_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
