@@ -313,6 +313,32 @@ spec:
         text.contains("45 123"),
         "stty size through exec -it: {text:?}"
     );
+    // A ConfigMap update reaches the running pod's volume.
+    c.kubectl.ok(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"greeting":"updated"}}"#,
+    ]);
+    c.wait(
+        "the updated ConfigMap in the volume",
+        Duration::from_secs(40),
+        || {
+            c.kubectl
+                .run(&[
+                    "exec",
+                    "shell",
+                    "-c",
+                    "main",
+                    "--",
+                    "cat",
+                    "/etc/cfg/greeting",
+                ])
+                .stdout
+                == b"updated"
+        },
+    );
     let tail = c.kubectl.ok(&["logs", "shell", "-c", "main", "--tail=1"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
     // Resource usage through nodes/proxy: the Summary API and /metrics/resource.
@@ -882,6 +908,16 @@ spec:
     let _ = attach.0.kill();
     let logs = c.kubectl.ok(&["logs", "echo"]);
     assert!(logs.contains("got:hello"), "{logs}");
+    // A changed image restarts the container with it.
+    c.kubectl
+        .ok(&["set", "image", "pod/echo", "c=berth.local/testserver:v1"]);
+    let pod = c.wait_pod("echo", "the new image running", |p| {
+        let s = Cluster::container_status(p, "c");
+        s["image"] == "berth.local/testserver:v1"
+            && s["restartCount"] == 1
+            && s["state"]["running"].is_object()
+    });
+    assert_eq!(pod["status"]["phase"], "Running");
     c.kubectl
         .ok(&["delete", "pod", "echo", "--wait=true", "--timeout=60s"]);
     c.wait_clean();
