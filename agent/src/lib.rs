@@ -5,6 +5,7 @@
 //! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`.
 
 pub mod kubelet_api;
+pub mod netns;
 pub mod network;
 pub mod node;
 pub mod pods;

@@ -100,20 +100,10 @@ impl Network {
         &self,
         f: impl FnOnce() -> Result<T, String> + Send,
     ) -> Result<T, String> {
-        let Some(ns) = &self.node_netns else {
-            return f();
-        };
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file =
-                    std::fs::File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("enter {}: {e}", ns.display()))?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err("CNI thread panicked".into()))
-        })
+        match &self.node_netns {
+            Some(ns) => crate::netns::run_in(ns, f),
+            None => f(),
+        }
     }
 
     /// CNI ADD; returns the pod's IPv4 address. `lo` of the pod is brought up first
@@ -149,42 +139,34 @@ impl Network {
 
 /// Sets `lo` up in the network namespace at `netns`.
 fn loopback_up(netns: &Path) -> Result<(), String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file =
-                std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("enter {}: {e}", netns.display()))?;
-            // SAFETY: a plain socket and two ioctls on a zeroed, NUL-terminated ifreq.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                if fd < 0 {
-                    return Err(format!("socket: {}", std::io::Error::last_os_error()));
-                }
-                let mut req: libc::ifreq = std::mem::zeroed();
-                for (i, b) in b"lo".iter().enumerate() {
-                    req.ifr_name[i] = *b as libc::c_char;
-                }
-                let mut result = Ok(());
-                if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+    crate::netns::run_in(netns, || {
+        // SAFETY: a plain socket and two ioctls on a zeroed, NUL-terminated ifreq.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(format!("socket: {}", std::io::Error::last_os_error()));
+            }
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (i, b) in b"lo".iter().enumerate() {
+                req.ifr_name[i] = *b as libc::c_char;
+            }
+            let mut result = Ok(());
+            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+                result = Err(format!(
+                    "SIOCGIFFLAGS lo: {}",
+                    std::io::Error::last_os_error()
+                ));
+            } else {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
                     result = Err(format!(
-                        "SIOCGIFFLAGS lo: {}",
+                        "SIOCSIFFLAGS lo: {}",
                         std::io::Error::last_os_error()
                     ));
-                } else {
-                    req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                    if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
-                        result = Err(format!(
-                            "SIOCSIFFLAGS lo: {}",
-                            std::io::Error::last_os_error()
-                        ));
-                    }
                 }
-                libc::close(fd);
-                result
             }
-        })
-        .join()
-        .unwrap_or_else(|_| Err("loopback thread panicked".into()))
+            libc::close(fd);
+            result
+        }
     })
 }

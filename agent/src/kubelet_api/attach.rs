@@ -155,10 +155,5 @@ async fn session(
             .send(Message::Binary(exec::status_message(Some(0)).into()))
             .await;
     }
-    let _ = sink
-        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        })))
-        .await;
+    exec::close_normally(&mut sink).await;
 }

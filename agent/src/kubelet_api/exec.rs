@@ -97,6 +97,16 @@ pub async fn exec(
         .on_upgrade(move |socket| session(ctx, id, opts, socket))
 }
 
+/// Ends a session with a normal-closure frame (kubectl reports a close without a
+/// status code as an error).
+pub(super) async fn close_normally(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
 pub(super) fn status_message(code: Option<i32>) -> Vec<u8> {
     let status = match code {
         Some(0) => json!({"metadata": {}, "status": "Success"}),
@@ -304,11 +314,6 @@ async fn session(ctx: Arc<Ctx>, id: String, opts: Options, socket: WebSocket) {
         let _ = sink
             .send(Message::Binary(status_message(code).into()))
             .await;
-        let _ = sink
-            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                code: axum::extract::ws::close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
+        close_normally(&mut sink).await;
     }
 }

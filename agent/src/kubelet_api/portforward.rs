@@ -86,20 +86,12 @@ pub async fn port_forward(
 /// Connects to `127.0.0.1:port` from inside the network namespace at `netns`.
 async fn connect(netns: PathBuf, port: u16) -> Result<tokio::net::TcpStream, String> {
     let std_stream = tokio::task::spawn_blocking(move || {
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<std::net::TcpStream, String> {
-                let file = std::fs::File::open(&netns)
-                    .map_err(|e| format!("open {}: {e}", netns.display()))?;
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("enter the pod's network namespace: {e}"))?;
-                std::net::TcpStream::connect_timeout(
-                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                    std::time::Duration::from_secs(5),
-                )
-                .map_err(|e| format!("dial tcp4 127.0.0.1:{port}: {e}"))
-            })
-            .join()
-            .unwrap_or_else(|_| Err("connect thread panicked".into()))
+        crate::netns::run_in(&netns, || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                std::time::Duration::from_secs(5),
+            )
+            .map_err(|e| format!("dial tcp4 127.0.0.1:{port}: {e}"))
         })
     })
     .await

@@ -92,24 +92,6 @@ fn port_number(port: &IntOrString, c: &Container) -> Result<u16, String> {
     }
 }
 
-/// Runs `f` on a thread inside the network namespace at `netns`.
-fn in_netns<T: Send>(
-    netns: &Path,
-    f: impl FnOnce() -> Result<T, String> + Send,
-) -> Result<T, String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file =
-                std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("enter {}: {e}", netns.display()))?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err("probe thread panicked".into()))
-    })
-}
-
 /// One probe run: `Ok` on success, the failure's message otherwise.
 pub fn run(probe: &Probe, c: &Container, t: Target<'_>) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
@@ -131,7 +113,7 @@ pub fn run(probe: &Probe, c: &Container, t: Target<'_>) -> Result<(), String> {
         let addr: SocketAddr = format!("{host}:{port}")
             .parse()
             .map_err(|e| format!("address {host}:{port}: {e}"))?;
-        return in_netns(t.netns, || {
+        return crate::netns::run_in(t.netns, || {
             TcpStream::connect_timeout(&addr, timeout)
                 .map(drop)
                 .map_err(|e| format!("dial tcp {addr}: {e}"))
@@ -155,7 +137,7 @@ pub fn run(probe: &Probe, c: &Container, t: Target<'_>) -> Result<(), String> {
         }
         request.push_str("\r\n");
         let url = format!("http://{addr}{path}");
-        return in_netns(t.netns, move || {
+        return crate::netns::run_in(t.netns, move || {
             let mut s = TcpStream::connect_timeout(&addr, timeout)
                 .map_err(|e| format!("Get {url:?}: dial tcp {addr}: {e}"))?;
             let _ = s.set_read_timeout(Some(timeout));

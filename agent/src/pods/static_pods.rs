@@ -142,15 +142,7 @@ pub async fn ensure_mirror(client: &Client, pod: &Pod, node_uid: &str) {
             if same && existing.metadata.deletion_timestamp.is_none() {
                 return;
             }
-            let _ = api
-                .delete(
-                    &name,
-                    &DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            delete_now(&api, &name).await;
         }
         Ok(None) => {}
         Err(err) => {
@@ -187,16 +179,16 @@ pub async fn ensure_mirror(client: &Client, pod: &Pod, node_uid: &str) {
 pub async fn delete_mirror(client: &Client, pod: &Arc<Pod>) {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let _ = api
-        .delete(
-            &name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await;
+    delete_now(&Api::namespaced(client.clone(), ns), &name).await;
+}
+
+/// Deletes a mirror pod at once (nothing runs for it; the static pod is on the host).
+async fn delete_now(api: &Api<Pod>, name: &str) {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let _ = api.delete(name, &dp).await;
 }
 
 #[cfg(test)]

@@ -131,6 +131,36 @@ fn keyed_files(
     Ok(())
 }
 
+/// The files of a ConfigMap or Secret source (`kind` "configmap" or "secret"), or
+/// why they cannot be made; nothing for a missing optional object.
+fn object_files(
+    inputs: &Inputs,
+    kind: &str,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    mode: u32,
+    optional: bool,
+    out: &mut BTreeMap<PathBuf, (Vec<u8>, u32)>,
+) -> Result<(), Error> {
+    let data = if kind == "secret" {
+        secret_data(inputs, name)
+    } else {
+        config_map_data(inputs, name)
+    };
+    match data {
+        Some(data) => keyed_files(
+            &data,
+            items,
+            mode,
+            &format!("{kind} {name:?}"),
+            optional,
+            out,
+        ),
+        None if optional => Ok(()),
+        None => Err(format!("{kind} \"{name}\" not found")),
+    }
+}
+
 fn config_map_data(inputs: &Inputs, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
     let cm = inputs.config_map(name)?;
     let mut data: BTreeMap<String, Vec<u8>> = cm
@@ -272,19 +302,15 @@ fn setup_one(
     let mut files = BTreeMap::new();
     if let Some(cm) = &v.config_map {
         let mode = cm.default_mode.map_or(0o644, |m| m as u32);
-        let optional = cm.optional == Some(true);
-        match config_map_data(inputs, &cm.name) {
-            Some(data) => keyed_files(
-                &data,
-                cm.items.as_ref(),
-                mode,
-                &format!("configmap {:?}", cm.name),
-                optional,
-                &mut files,
-            )?,
-            None if optional => {}
-            None => return Err(format!("configmap \"{}\" not found", cm.name)),
-        }
+        object_files(
+            inputs,
+            "configmap",
+            &cm.name,
+            cm.items.as_ref(),
+            mode,
+            cm.optional == Some(true),
+            &mut files,
+        )?;
         std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         write_files(&path, &files)?;
         return Ok(path);
@@ -292,19 +318,15 @@ fn setup_one(
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let mode = s.default_mode.map_or(0o644, |m| m as u32);
-        let optional = s.optional == Some(true);
-        match secret_data(inputs, &name) {
-            Some(data) => keyed_files(
-                &data,
-                s.items.as_ref(),
-                mode,
-                &format!("secret {name:?}"),
-                optional,
-                &mut files,
-            )?,
-            None if optional => {}
-            None => return Err(format!("secret \"{name}\" not found")),
-        }
+        object_files(
+            inputs,
+            "secret",
+            &name,
+            s.items.as_ref(),
+            mode,
+            s.optional == Some(true),
+            &mut files,
+        )?;
         mount_tmpfs(&path, None)?;
         write_files(&path, &files)?;
         return Ok(path);
@@ -326,34 +348,26 @@ fn setup_one(
         let mode = p.default_mode.map_or(0o644, |m| m as u32);
         for src in p.sources.iter().flatten() {
             if let Some(cm) = &src.config_map {
-                let optional = cm.optional == Some(true);
-                match config_map_data(inputs, &cm.name) {
-                    Some(data) => keyed_files(
-                        &data,
-                        cm.items.as_ref(),
-                        mode,
-                        &format!("configmap {:?}", cm.name),
-                        optional,
-                        &mut files,
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("configmap \"{}\" not found", cm.name)),
-                }
+                object_files(
+                    inputs,
+                    "configmap",
+                    &cm.name,
+                    cm.items.as_ref(),
+                    mode,
+                    cm.optional == Some(true),
+                    &mut files,
+                )?;
             }
             if let Some(s) = &src.secret {
-                let optional = s.optional == Some(true);
-                match secret_data(inputs, &s.name) {
-                    Some(data) => keyed_files(
-                        &data,
-                        s.items.as_ref(),
-                        mode,
-                        &format!("secret {:?}", s.name),
-                        optional,
-                        &mut files,
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("secret \"{}\" not found", s.name)),
-                }
+                object_files(
+                    inputs,
+                    "secret",
+                    &s.name,
+                    s.items.as_ref(),
+                    mode,
+                    s.optional == Some(true),
+                    &mut files,
+                )?;
             }
             if let Some(d) = &src.downward_api {
                 downward_files(
