@@ -249,19 +249,31 @@ impl Drop for Agent {
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        // The agent and the monitors it started sit in its cgroup2 directory (the
+        // socket LB's); they may take a moment to be gone after the kills above.
         let top = self.cgroup_root.split('/').next().unwrap_or("").to_owned();
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let root = hierarchy.path().join(&top);
-            let mut dirs: Vec<PathBuf> = walk_dirs(&root);
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in dirs {
-                let _ = std::fs::remove_dir(d);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut left = false;
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let root = hierarchy.path().join(&top);
+                let mut dirs: Vec<PathBuf> = walk_dirs(&root);
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                dirs.push(root);
+                for d in dirs {
+                    if std::fs::remove_dir(&d).is_err() && d.exists() {
+                        left = true;
+                    }
+                }
             }
-            let _ = std::fs::remove_dir(&root);
+            if !left || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
