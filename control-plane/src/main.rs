@@ -88,6 +88,13 @@ where
     }
 }
 
+/// jemalloc, not glibc's malloc: after a burst of deletes glibc keeps the freed chunks
+/// of its per-thread arenas resident, where jemalloc hands them back to the OS within a
+/// second (decay set in .cargo/config.toml). Measured by `cargo xtask bench apiserver`:
+/// RSS with 10 000 pods after 60 000 were created and deleted, 230–295 MB → 180–195 MB.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -5,8 +5,6 @@
 //! Also which fields each kind lets clients select on (Kubernetes answers
 //! `400 field label not supported` for the others) and how to read them.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use super::status::ApiError;
@@ -26,6 +24,35 @@ struct Requirement {
     key: String,
     op: Op,
 }
+
+/// An object's labels, compact (sorted key/value pairs in boxed slices: the watch cache
+/// holds one per object and per recent event).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+}
+
+impl<K: Into<Box<str>>, V: Into<Box<str>>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        Self(pairs.into_boxed_slice())
+    }
+}
+
+/// An object's selectable field values (see [`field_values`]).
+pub type Fields = Box<[(&'static str, Box<str>)]>;
 
 /// A parsed label selector; empty matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,14 +79,14 @@ impl LabelSelector {
         self.reqs.is_empty()
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &Labels) -> bool {
         self.reqs.iter().all(|r| {
             let value = labels.get(&r.key);
             match &r.op {
-                Op::Eq(v) => value == Some(v),
-                Op::NotEq(v) => value != Some(v),
-                Op::In(vs) => value.is_some_and(|x| vs.contains(x)),
-                Op::NotIn(vs) => !value.is_some_and(|x| vs.contains(x)),
+                Op::Eq(v) => value == Some(v.as_str()),
+                Op::NotEq(v) => value != Some(v.as_str()),
+                Op::In(vs) => value.is_some_and(|x| vs.iter().any(|v| v == x)),
+                Op::NotIn(vs) => !value.is_some_and(|x| vs.iter().any(|v| v == x)),
                 Op::Exists => value.is_some(),
                 Op::NotExists => value.is_none(),
             }
@@ -218,12 +245,12 @@ impl FieldSelector {
         self.reqs.is_empty()
     }
 
-    pub fn matches(&self, fields: &[(&'static str, String)]) -> bool {
+    pub fn matches(&self, fields: &[(&'static str, Box<str>)]) -> bool {
         self.reqs.iter().all(|(field, eq, value)| {
             let actual = fields
                 .iter()
                 .find(|(f, _)| f == field)
-                .map_or("", |(_, v)| v.as_str());
+                .map_or("", |(_, v)| &**v);
             (actual == value) == *eq
         })
     }
@@ -277,7 +304,7 @@ fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// The selectable field values of an object (for the watch cache).
-pub fn field_values(object: &Value) -> Vec<(&'static str, String)> {
+pub fn field_values(object: &Value) -> Fields {
     let kind = object
         .get("kind")
         .and_then(Value::as_str)
@@ -301,7 +328,7 @@ pub fn field_values(object: &Value) -> Vec<(&'static str, String)> {
                     _ => String::new(),
                 },
             };
-            (field, text)
+            (field, text.into_boxed_str())
         })
         .collect()
 }
@@ -428,15 +455,15 @@ pub fn selectable(raw: &[u8]) -> Value {
     serde_json::to_value(&sparse).unwrap_or(Value::Null)
 }
 
-/// `metadata.labels` as a map.
-pub fn labels(object: &Value) -> BTreeMap<String, String> {
+/// `metadata.labels`.
+pub fn labels(object: &Value) -> Labels {
     object
         .get("metadata")
         .and_then(|m| m.get("labels"))
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
                 .collect()
         })
         .unwrap_or_default()
@@ -447,11 +474,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn l(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn labels_are_found_by_key_whatever_their_order() {
+        let labels = l(&[
+            ("tier", "front"),
+            ("app", "web"),
+            ("app", "dup"),
+            ("a/b", "1"),
+        ]);
+        assert_eq!(labels.get("app"), Some("web"));
+        assert_eq!(labels.get("tier"), Some("front"));
+        assert_eq!(labels.get("a/b"), Some("1"));
+        assert_eq!(labels.get("missing"), None);
+        assert_eq!(Labels::default().get("app"), None);
     }
 
     #[test]

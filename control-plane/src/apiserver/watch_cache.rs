@@ -9,7 +9,9 @@
 //! a resourceVersion; older ones get `410 Gone` ("too old resource version").
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -34,8 +36,16 @@ pub struct Cached {
     pub revision: Revision,
     /// The object's JSON with its resourceVersion.
     pub raw: Arc<[u8]>,
-    pub labels: BTreeMap<String, String>,
-    pub fields: Vec<(&'static str, String)>,
+    /// What selectors read, shared by the states of an object that agree on it (a
+    /// delete event's last state and the object before it).
+    pub attrs: Arc<Attrs>,
+}
+
+/// An object's labels and selectable fields.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attrs {
+    pub labels: selectors::Labels,
+    pub fields: selectors::Fields,
 }
 
 impl Cached {
@@ -43,11 +53,29 @@ impl Cached {
         let raw: Arc<[u8]> = object::with_revision(stored, revision).into();
         let parsed = selectors::selectable(&raw);
         Self {
-            labels: selectors::labels(&parsed),
-            fields: selectors::field_values(&parsed),
+            attrs: Arc::new(Attrs {
+                labels: selectors::labels(&parsed),
+                fields: selectors::field_values(&parsed),
+            }),
             key,
             revision,
             raw,
+        }
+    }
+
+    /// A delete event's object: the last stored state at the delete's revision. It
+    /// is the state the cache holds (`prev`) unless the store says otherwise, so its
+    /// attributes are shared rather than parsed again.
+    fn deleted(key: String, revision: Revision, stored: &[u8], prev: Option<&Cached>) -> Self {
+        let raw: Arc<[u8]> = object::with_revision(stored, revision).into();
+        match prev {
+            Some(p) if object::with_revision(stored, p.revision) == *p.raw => Self {
+                attrs: p.attrs.clone(),
+                key,
+                revision,
+                raw,
+            },
+            _ => Self::new(key, revision, stored),
         }
     }
 
@@ -65,12 +93,53 @@ pub enum ChangeKind {
 
 /// One change; `object` is the new state (for `Deleted`, the last state at the delete's
 /// revision), `prev` the state before.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Change {
     pub kind: ChangeKind,
     pub revision: Revision,
     pub object: Arc<Cached>,
     pub prev: Option<Arc<Cached>>,
+    /// The JSON watch-event lines for `object` (ADDED, MODIFIED, DELETED), each built
+    /// once by the first watcher that sends it and shared by the rest.
+    lines: [OnceLock<Bytes>; 3],
+}
+
+impl Change {
+    /// `{"type":"<kind>","object":<object>}` and a newline, for a watch stream.
+    pub fn line(&self, kind: WatchEventType) -> Bytes {
+        self.lines[kind as usize]
+            .get_or_init(|| watch_line(kind.as_str(), &self.object.raw))
+            .clone()
+    }
+}
+
+/// The event types a watch stream sends for an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEventType {
+    Added = 0,
+    Modified = 1,
+    Deleted = 2,
+}
+
+impl WatchEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One line of a JSON watch stream.
+pub fn watch_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + kind.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 #[derive(Debug, Default)]
@@ -157,8 +226,16 @@ impl WatchCache {
     fn apply(&self, event: crate::store::Event) {
         let revision = event.revision();
         let key = event.kv.key.clone();
-        // Built before taking the lock: readers wait only for the map update.
-        let object = Arc::new(Cached::new(key.clone(), revision, &event.kv.value));
+        // Built before taking the lock: readers wait only for the map update (a delete's
+        // object reuses what the cache knows of the key; only this task writes the map).
+        let object = match event.kind {
+            EventKind::Delete => {
+                let prev = self.get(&key);
+                Cached::deleted(key.clone(), revision, &event.kv.value, prev.as_deref())
+            }
+            EventKind::Put => Cached::new(key.clone(), revision, &event.kv.value),
+        };
+        let object = Arc::new(object);
         let mut state = self
             .state
             .write()
@@ -178,6 +255,7 @@ impl WatchCache {
             revision,
             object,
             prev,
+            lines: Default::default(),
         });
         state.window.push_back(change.clone());
         while state.window.len() > WINDOW {

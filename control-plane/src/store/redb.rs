@@ -52,8 +52,10 @@ const META_WAL_EPOCH: &str = "wal_epoch";
 const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Largest group one commit takes.
 const MAX_GROUP: usize = 4096;
-/// Live events buffered per watcher before it falls back to replaying the log.
-const BROADCAST_CAPACITY: usize = 16 * 1024;
+/// Live events buffered per watcher before it falls back to replaying the log: one
+/// group's worth (the watch cache, the one steady watcher, drains it between groups;
+/// every slot keeps its event's values alive until it is overwritten).
+const BROADCAST_CAPACITY: usize = MAX_GROUP;
 /// How often expired leases are revoked.
 const LEASE_TICK: Duration = Duration::from_millis(500);
 

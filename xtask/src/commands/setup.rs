@@ -21,6 +21,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "compiler for the eBPF programs (-Z build-std=core)",
     ),
     ("rust-web-src", "core library source matching rustc-web"),
+    ("make", "builds jemalloc, berth-server's allocator"),
     ("iproute2", "ip/tc: network namespaces in tests"),
     ("iptables", "kube-proxy iptables baseline"),
     ("nftables", "kube-proxy nftables baseline"),

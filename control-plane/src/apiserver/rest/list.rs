@@ -38,7 +38,7 @@ impl Selectors {
     }
 
     pub fn matches(&self, obj: &Cached) -> bool {
-        self.labels.matches(&obj.labels) && self.fields.matches(&obj.fields)
+        self.labels.matches(&obj.attrs.labels) && self.fields.matches(&obj.attrs.fields)
     }
 
     pub fn matches_value(&self, obj: &Value) -> bool {

@@ -26,9 +26,44 @@ use super::Ctx;
 use super::list::Selectors;
 use crate::apiserver::status::{ApiError, ApiResult};
 use crate::apiserver::table;
-use crate::apiserver::watch_cache::{Cached, Change, ChangeKind};
+use crate::apiserver::watch_cache::{Cached, Change, ChangeKind, WatchEventType, watch_line};
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// Up to this many bytes of already-queued events are sent as one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Event lines sent together: one line stays the shared buffer it is, several are
+/// joined.
+#[derive(Default)]
+struct Batch {
+    first: Option<Bytes>,
+    joined: Vec<u8>,
+}
+
+impl Batch {
+    fn push(&mut self, line: Option<Bytes>) {
+        let Some(line) = line else {
+            return;
+        };
+        match self.first.take() {
+            None if self.joined.is_empty() => self.first = Some(line),
+            None => self.joined.extend_from_slice(&line),
+            Some(first) => {
+                self.joined.extend_from_slice(&first);
+                self.joined.extend_from_slice(&line);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.joined.len(), Bytes::len)
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        self.first
+            .or_else(|| (!self.joined.is_empty()).then(|| Bytes::from(self.joined)))
+    }
+}
 
 pub async fn watch(ctx: Ctx) -> ApiResult<Response> {
     let selectors = Selectors::from(&ctx)?;
@@ -82,6 +117,7 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
     };
 
     let writer = Writer {
+        table: ctx.wants_table(),
         ctx: ctx.clone(),
         selectors,
         prefix,
@@ -120,6 +156,8 @@ fn stream_response(first: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Resp
 }
 
 struct Writer {
+    /// The client asked for Table rows (decided once per watch).
+    table: bool,
     ctx: Ctx,
     selectors: Selectors,
     prefix: String,
@@ -155,7 +193,24 @@ impl Writer {
                             continue;
                         }
                         last = change.revision;
-                        self.change(&change).await?;
+                        let mut batch = Batch::default();
+                        batch.push(self.line(&change));
+                        // Changes already queued go out in the same write (one HTTP/2
+                        // frame, one TLS record) instead of one each.
+                        while batch.len() < BATCH_BYTES {
+                            match watch.live.try_recv() {
+                                Ok(next) if next.revision <= last => {}
+                                Ok(next) => {
+                                    last = next.revision;
+                                    batch.push(self.line(&next));
+                                }
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Err(_) => return None,
+                            }
+                        }
+                        if let Some(bytes) = batch.finish() {
+                            self.tx.send(bytes).await.ok()?;
+                        }
                     }
                     // Too far behind: end the watch; the client resumes from its last
                     // resourceVersion (within the window) or re-lists.
@@ -171,24 +226,42 @@ impl Writer {
         }
     }
 
-    async fn change(&self, change: &Change) -> Option<()> {
+    /// The event `change` is for this watcher, if any: selectors see transitions as
+    /// Kubernetes does.
+    fn event(&self, change: &Change) -> Option<WatchEventType> {
         if !change.object.key.starts_with(&self.prefix) {
-            return Some(());
+            return None;
         }
         let now = self.selectors.matches(&change.object);
         let before = change
             .prev
             .as_ref()
             .is_some_and(|p| self.selectors.matches(p));
-        let kind = match change.kind {
-            ChangeKind::Added if now => "ADDED",
-            ChangeKind::Modified if now && before => "MODIFIED",
-            ChangeKind::Modified if now => "ADDED",
-            ChangeKind::Modified if before => "DELETED",
-            ChangeKind::Deleted if before || now => "DELETED",
-            _ => return Some(()),
-        };
-        self.send(kind, &change.object.raw).await
+        match change.kind {
+            ChangeKind::Added if now => Some(WatchEventType::Added),
+            ChangeKind::Modified if now && before => Some(WatchEventType::Modified),
+            ChangeKind::Modified if now => Some(WatchEventType::Added),
+            ChangeKind::Modified if before => Some(WatchEventType::Deleted),
+            ChangeKind::Deleted if before || now => Some(WatchEventType::Deleted),
+            _ => None,
+        }
+    }
+
+    /// The line for `change`'s event, if it is one for this watcher.
+    fn line(&self, change: &Change) -> Option<Bytes> {
+        let kind = self.event(change)?;
+        Some(if self.table {
+            self.table_line(kind.as_str(), &change.object.raw)
+        } else {
+            change.line(kind)
+        })
+    }
+
+    async fn change(&self, change: &Change) -> Option<()> {
+        match self.line(change) {
+            Some(line) => self.tx.send(line).await.ok(),
+            None => Some(()),
+        }
     }
 
     async fn bookmark(&self, revision: i64, initial_end: bool) -> Option<()> {
@@ -201,20 +274,56 @@ impl Writer {
             .await
     }
 
+    fn table_line(&self, kind: &str, raw: &[u8]) -> Bytes {
+        let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+        let t = table::table(&self.ctx.def, &[value], None, &self.ctx.query);
+        Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n"))
+    }
+
     async fn send(&self, kind: &str, raw: &[u8]) -> Option<()> {
-        let line = if self.ctx.wants_table() && kind != "BOOKMARK" {
-            let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-            let t = table::table(&self.ctx.def, &[value], None, &self.ctx.query);
-            format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n").into_bytes()
+        let line = if self.table && kind != "BOOKMARK" {
+            self.table_line(kind, raw)
         } else {
-            let mut line = Vec::with_capacity(raw.len() + 32);
-            line.extend_from_slice(b"{\"type\":\"");
-            line.extend_from_slice(kind.as_bytes());
-            line.extend_from_slice(b"\",\"object\":");
-            line.extend_from_slice(raw);
-            line.extend_from_slice(b"}\n");
-            line
+            watch_line(kind, raw)
         };
-        self.tx.send(Bytes::from(line)).await.ok()
+        self.tx.send(line).await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_one_line_is_that_line_and_more_are_joined_in_order() {
+        let mut one = Batch::default();
+        let line = watch_line("ADDED", b"{}");
+        one.push(Some(line.clone()));
+        one.push(None);
+        assert_eq!(one.len(), line.len());
+        let sent = one.finish().expect("a line");
+        // The shared buffer itself, not a copy.
+        assert_eq!(sent.as_ptr(), line.as_ptr());
+
+        let mut many = Batch::default();
+        for kind in ["ADDED", "MODIFIED", "DELETED"] {
+            many.push(Some(watch_line(kind, b"{\"a\":1}")));
+        }
+        let joined = many.finish().expect("lines");
+        let text = std::str::from_utf8(&joined).expect("utf-8");
+        let kinds: Vec<&str> = text
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("one JSON event per line");
+                assert_eq!(v["object"]["a"], 1);
+                match v["type"].as_str() {
+                    Some("ADDED") => "ADDED",
+                    Some("MODIFIED") => "MODIFIED",
+                    _ => "DELETED",
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+        assert!(Batch::default().finish().is_none());
     }
 }
