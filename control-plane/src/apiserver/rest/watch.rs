@@ -20,13 +20,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::Ctx;
 use super::list::Selectors;
 use crate::apiserver::status::{ApiError, ApiResult};
 use crate::apiserver::table;
 use crate::apiserver::watch_cache::{Cached, Change, ChangeKind, WatchEventType, watch_line};
+use crate::store::Revision;
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 /// Up to this many bytes of already-queued events are sent as one write.
@@ -91,7 +92,6 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
         ),
     };
     let prefix = ctx.def.collection_prefix(ctx.namespace.as_deref());
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
     let cache = ctx.api.cache.clone();
 
     let from_snapshot = initial_events || rv.is_none_or(|r| r == 0);
@@ -116,29 +116,35 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
         }
     };
 
-    let writer = Writer {
+    let lines = Lines {
         table: ctx.wants_table(),
         ctx: ctx.clone(),
         selectors,
         prefix,
-        tx,
     };
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(
-            timeout,
-            writer.run(initial, watch, initial_events, bookmarks),
-        )
-        .await;
-    });
-    Ok(stream_response(Vec::new(), Some(rx)))
+    let now = tokio::time::Instant::now();
+    let feed = Feed {
+        last: watch.after,
+        initial: initial.into_iter(),
+        initial_end: initial_events,
+        backlog: watch.backlog.into_iter(),
+        live: watch.live,
+        ticker: bookmarks.then(|| tokio::time::interval_at(now + BOOKMARK_EVERY, BOOKMARK_EVERY)),
+        deadline: now + timeout,
+        lines,
+    };
+    Ok(stream_response(Vec::new(), Some(feed)))
 }
 
-fn stream_response(first: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Response {
+/// The response body: `first`, then what `feed` yields until it ends. The feed is
+/// polled by the response stream itself — no task or channel per watcher in between —
+/// and dropped with it when the client goes away.
+fn stream_response(first: Vec<Bytes>, feed: Option<Feed>) -> Response {
     let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
-    let body = match rx {
-        Some(rx) => {
-            let tail = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    let body = match feed {
+        Some(feed) => {
+            let tail = futures_util::stream::unfold(feed, |mut feed| async move {
+                feed.next().await.map(|b| (Ok::<_, Infallible>(b), feed))
             });
             Body::from_stream(futures_util::StreamExt::chain(head, tail))
         }
@@ -155,77 +161,113 @@ fn stream_response(first: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Resp
         .into_response()
 }
 
-struct Writer {
+/// One watch's stream of event lines: the initial objects (ADDED), the end-of-initial
+/// bookmark when asked, the backlog from the window, then live changes and periodic
+/// bookmarks until the timeout. Each chunk joins what is ready, up to [`BATCH_BYTES`].
+struct Feed {
+    lines: Lines,
+    /// The revision of the last change sent; live changes at or below it are skipped.
+    last: Revision,
+    initial: std::vec::IntoIter<Arc<Cached>>,
+    /// A `k8s.io/initial-events-end` bookmark is still to be sent.
+    initial_end: bool,
+    backlog: std::vec::IntoIter<Arc<Change>>,
+    live: broadcast::Receiver<Arc<Change>>,
+    ticker: Option<tokio::time::Interval>,
+    deadline: tokio::time::Instant,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<Bytes> {
+        let mut batch = Batch::default();
+        while batch.len() < BATCH_BYTES {
+            let Some(obj) = self.initial.next() else {
+                break;
+            };
+            batch.push(Some(self.lines.object("ADDED", &obj.raw)));
+        }
+        if let Some(bytes) = batch.finish() {
+            return Some(bytes);
+        }
+        if std::mem::take(&mut self.initial_end) {
+            return Some(self.lines.bookmark(self.last, true));
+        }
+        let mut batch = Batch::default();
+        while batch.len() < BATCH_BYTES {
+            let Some(change) = self.backlog.next() else {
+                break;
+            };
+            self.last = change.revision;
+            batch.push(self.lines.line(&change));
+        }
+        if let Some(bytes) = batch.finish() {
+            return Some(bytes);
+        }
+        loop {
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(change) => {
+                        if change.revision <= self.last {
+                            continue;
+                        }
+                        self.last = change.revision;
+                        let mut batch = Batch::default();
+                        batch.push(self.lines.line(&change));
+                        // Changes already queued go out in the same write (one HTTP/2
+                        // frame, one TLS record) instead of one each.
+                        while batch.len() < BATCH_BYTES {
+                            match self.live.try_recv() {
+                                Ok(next) if next.revision <= self.last => {}
+                                Ok(next) => {
+                                    self.last = next.revision;
+                                    batch.push(self.lines.line(&next));
+                                }
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                // Too far behind (or the cache is gone): end the watch
+                                // after what is in hand; the client resumes from its
+                                // last resourceVersion (within the window) or re-lists.
+                                Err(_) => {
+                                    self.deadline = tokio::time::Instant::now();
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some(bytes) = batch.finish() {
+                            return Some(bytes);
+                        }
+                    }
+                    Err(_) => return None,
+                },
+                () = tick(&mut self.ticker) => {
+                    let rv = self.lines.ctx.api.cache.revision().max(self.last);
+                    return Some(self.lines.bookmark(rv, false));
+                }
+                () = tokio::time::sleep_until(self.deadline) => return None,
+            }
+        }
+    }
+}
+
+/// The next bookmark tick, or never without bookmarks.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a watcher's lines look like: its selectors, its key prefix, JSON or Table.
+struct Lines {
     /// The client asked for Table rows (decided once per watch).
     table: bool,
     ctx: Ctx,
     selectors: Selectors,
     prefix: String,
-    tx: mpsc::Sender<Bytes>,
 }
 
-impl Writer {
-    async fn run(
-        self,
-        initial: Vec<Arc<Cached>>,
-        mut watch: crate::apiserver::watch_cache::CacheWatch,
-        initial_events: bool,
-        bookmarks: bool,
-    ) -> Option<()> {
-        for obj in &initial {
-            self.send("ADDED", &obj.raw).await?;
-        }
-        let mut last = watch.after;
-        if initial_events {
-            self.bookmark(last, true).await?;
-        }
-        for change in std::mem::take(&mut watch.backlog) {
-            last = change.revision;
-            self.change(&change).await?;
-        }
-        let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                received = watch.live.recv() => match received {
-                    Ok(change) => {
-                        if change.revision <= last {
-                            continue;
-                        }
-                        last = change.revision;
-                        let mut batch = Batch::default();
-                        batch.push(self.line(&change));
-                        // Changes already queued go out in the same write (one HTTP/2
-                        // frame, one TLS record) instead of one each.
-                        while batch.len() < BATCH_BYTES {
-                            match watch.live.try_recv() {
-                                Ok(next) if next.revision <= last => {}
-                                Ok(next) => {
-                                    last = next.revision;
-                                    batch.push(self.line(&next));
-                                }
-                                Err(broadcast::error::TryRecvError::Empty) => break,
-                                Err(_) => return None,
-                            }
-                        }
-                        if let Some(bytes) = batch.finish() {
-                            self.tx.send(bytes).await.ok()?;
-                        }
-                    }
-                    // Too far behind: end the watch; the client resumes from its last
-                    // resourceVersion (within the window) or re-lists.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = ticker.tick(), if bookmarks => {
-                    let rv = self.ctx.api.cache.revision().max(last);
-                    self.bookmark(rv, false).await?;
-                }
-                _ = self.tx.closed() => return None,
-            }
-        }
-    }
-
+impl Lines {
     /// The event `change` is for this watcher, if any: selectors see transitions as
     /// Kubernetes does.
     fn event(&self, change: &Change) -> Option<WatchEventType> {
@@ -257,21 +299,13 @@ impl Writer {
         })
     }
 
-    async fn change(&self, change: &Change) -> Option<()> {
-        match self.line(change) {
-            Some(line) => self.tx.send(line).await.ok(),
-            None => Some(()),
-        }
-    }
-
-    async fn bookmark(&self, revision: i64, initial_end: bool) -> Option<()> {
+    fn bookmark(&self, revision: Revision, initial_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": revision.to_string()});
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let obj = json!({"kind": self.ctx.def.kind, "apiVersion": self.ctx.def.api_version(), "metadata": meta});
-        self.send("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
-            .await
+        watch_line("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
     }
 
     fn table_line(&self, kind: &str, raw: &[u8]) -> Bytes {
@@ -280,13 +314,13 @@ impl Writer {
         Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n"))
     }
 
-    async fn send(&self, kind: &str, raw: &[u8]) -> Option<()> {
-        let line = if self.table && kind != "BOOKMARK" {
+    /// An object's line (JSON or Table).
+    fn object(&self, kind: &str, raw: &[u8]) -> Bytes {
+        if self.table {
             self.table_line(kind, raw)
         } else {
             watch_line(kind, raw)
-        };
-        self.tx.send(line).await.ok()
+        }
     }
 }
 
