@@ -71,13 +71,7 @@ async fn session(
         None => None,
     };
     let input = async {
-        while let Some(Ok(msg)) = stream.next().await {
-            let data = match msg {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_bytes().to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
+        while let Some(data) = super::exec::next_frame(&mut stream).await {
             match data.split_first() {
                 Some((&STDIN, rest)) => {
                     if let Some(f) = fifo.as_mut()

@@ -107,6 +107,22 @@ pub(super) async fn close_normally(sink: &mut futures_util::stream::SplitSink<We
     let _ = sink.send(Message::Close(Some(frame))).await;
 }
 
+/// The next data message from the client (binary or text, channel byte first);
+/// `None` once it closes or the connection fails. Pings and pongs are skipped.
+pub(super) async fn next_frame(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Option<Vec<u8>> {
+    while let Some(Ok(msg)) = stream.next().await {
+        match msg {
+            Message::Binary(b) => return Some(b.to_vec()),
+            Message::Text(t) => return Some(t.as_bytes().to_vec()),
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 pub(super) fn status_message(code: Option<i32>) -> Vec<u8> {
     let status = match code {
         Some(0) => json!({"metadata": {}, "status": "Success"}),
@@ -270,13 +286,7 @@ async fn session(ctx: Arc<Ctx>, id: String, opts: Options, socket: WebSocket) {
         Some(sink)
     });
     let reader = async {
-        while let Some(Ok(msg)) = stream.next().await {
-            let data = match msg {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_bytes().to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
+        while let Some(data) = next_frame(&mut stream).await {
             let Some((&channel, rest)) = data.split_first() else {
                 continue;
             };
