@@ -40,12 +40,15 @@ pub struct Cgroup {
     inner: FsCgroup,
 }
 
+/// Where containers without a `cgroupsPath` get their cgroup: `berth/<id>`.
+const DEFAULT_PARENT: &str = "berth";
+
 /// The cgroup path for a container: the spec's `cgroupsPath` (relative to each
 /// hierarchy's root) or `berth/<id>`.
 pub fn path_for(spec_path: Option<&Path>, id: &str) -> Result<String, Error> {
     let path = match spec_path {
         Some(p) => p.to_string_lossy().trim_start_matches('/').to_string(),
-        None => format!("berth/{id}"),
+        None => format!("{DEFAULT_PARENT}/{id}"),
     };
     if path.split('/').any(|c| c == "..") {
         return Err(Error::BadPath(path));
@@ -189,6 +192,30 @@ impl Cgroup {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+    }
+
+    /// After [`Cgroup::remove`]: when this was a default path (`berth/<id>`), removes the
+    /// `berth` parent too from every hierarchy where nothing is left under it, so the
+    /// runtime leaves no cgroup behind. A plain `rmdir`, which the kernel refuses while
+    /// the parent holds any cgroup, so other containers' cgroups are never touched.
+    pub fn remove_default_parent(&self) {
+        let Some((parent, _)) = self.path.split_once('/') else {
+            return;
+        };
+        if parent != DEFAULT_PARENT || self.path.matches('/').count() != 1 {
+            return;
+        }
+        let parent = FsCgroup::load(hierarchies::auto(), DEFAULT_PARENT);
+        let mut dirs: Vec<&Path> = parent
+            .subsystems()
+            .iter()
+            .map(|s| s.to_controller().path())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 

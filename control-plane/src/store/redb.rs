@@ -19,6 +19,8 @@
 //! write fails, every request in the group fails and no revision is consumed. Every
 //! half minute (or 32 MiB of log) a checkpoint makes redb durable and starts a new log
 //! epoch; it stalls writers for redb's durable commit (50–100 ms here), so it is rare.
+//! Between checkpoints a background thread writes redb's dirty pages out
+//! ([`start_writeback`]), so the syncs redb makes on its own find little to write.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -56,6 +58,8 @@ const MAX_GROUP: usize = 4096;
 /// group's worth (the watch cache, the one steady watcher, drains it between groups;
 /// every slot keeps its event's values alive until it is overwritten).
 const BROADCAST_CAPACITY: usize = MAX_GROUP;
+/// How often the redb file's dirty pages are written out in the background.
+const WRITEBACK_TICK: Duration = Duration::from_millis(200);
 /// How often expired leases are revoked.
 const LEASE_TICK: Duration = Duration::from_millis(500);
 
@@ -294,6 +298,7 @@ impl RedbStore {
                 }
             })
             .map_err(backend)?;
+        start_writeback(path, Arc::downgrade(&inner))?;
         Ok(Self { inner })
     }
 
@@ -685,6 +690,38 @@ impl RedbStore {
             }
         }
     }
+}
+
+/// Keeps the redb file's dirty pages few: every [`WRITEBACK_TICK`] with commits since the
+/// last one, a background thread writes them out (`fdatasync` on its own handle).
+/// Commits leave their pages to the kernel, which writes them out only after 30 s; but
+/// redb syncs the whole file whenever it grows it, and a checkpoint syncs it too — with
+/// seconds of pages still dirty, that one sync stalled the writer (and every write
+/// waiting on it) for 30–60 ms, several times per minute under load. Written out as
+/// they come, those syncs find little left to write.
+fn start_writeback(path: &Path, inner: Weak<Inner>) -> Result<()> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+    std::thread::Builder::new()
+        .name("store-writeback".into())
+        .spawn(move || {
+            let mut synced = 0;
+            loop {
+                std::thread::sleep(WRITEBACK_TICK);
+                let Some(inner) = inner.upgrade() else { return };
+                let commits = inner.commits.load(Ordering::Relaxed);
+                drop(inner);
+                if commits == synced {
+                    continue;
+                }
+                if let Err(err) = file.sync_data() {
+                    tracing::warn!(%err, "store writeback");
+                }
+                synced = commits;
+            }
+        })
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// The thread that owns all writes (see the module docs).
