@@ -566,3 +566,62 @@ fn service_account_tokens_from_kubectl_create_token_authenticate() {
     k.ok(&["delete", "serviceaccount", "default"]);
     assert!(!as_token(&token, &["get", "configmaps"]).status.success());
 }
+
+#[test]
+fn server_side_apply_is_refused_dry_run_writes_nothing_and_eviction_deletes() {
+    let Some(k) = Kubectl::start() else { return };
+    let manifest = k.home.path().join("ssa.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: b}\n",
+    )
+    .expect("manifest");
+    let manifest = manifest.to_string_lossy().into_owned();
+
+    // Server-side apply is not implemented: a clear 415 naming it, and nothing written.
+    let err = k.fails(&["apply", "--server-side", "-f", &manifest]);
+    assert!(
+        err.contains("server-side apply") && err.contains("not supported"),
+        "{err}"
+    );
+    let err = k.fails(&["get", "cm", "ssa"]);
+    assert!(err.contains("not found"), "{err}");
+    // Client-side apply of the same file works.
+    k.ok(&["apply", "-f", &manifest]);
+    assert_eq!(k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "b");
+
+    // dryRun=All: the answer is the object as it would be stored, and nothing is stored.
+    let out = k.ok(&[
+        "create",
+        "configmap",
+        "dry",
+        "--from-literal=x=y",
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.metadata.name} {.data.x}",
+    ]);
+    assert_eq!(out, "dry y");
+    assert!(k.fails(&["get", "cm", "dry"]).contains("not found"));
+    k.ok(&["delete", "cm", "ssa", "--dry-run=server"]);
+    k.ok(&["get", "cm", "ssa"]);
+
+    // pods/eviction: an Eviction posted for an unscheduled pod deletes it.
+    k.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: victim}\nspec:\n  containers: [{name: c, image: busybox:1.36}]\n",
+    );
+    let eviction = k.home.path().join("eviction.json");
+    std::fs::write(
+        &eviction,
+        r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"victim","namespace":"default"}}"#,
+    )
+    .expect("eviction");
+    k.ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/victim/eviction",
+        "-f",
+        &eviction.to_string_lossy(),
+    ]);
+    let err = k.fails(&["get", "pod", "victim"]);
+    assert!(err.contains("not found"), "{err}");
+}
