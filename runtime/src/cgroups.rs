@@ -195,15 +195,17 @@ impl Cgroup {
         }
     }
 
-    /// After [`Cgroup::remove`]: when this was a default path (`berth/<id>`), removes the
-    /// `berth` parent too from every hierarchy where nothing is left under it, so the
-    /// runtime leaves no cgroup behind. A plain `rmdir`, which the kernel refuses while
-    /// the parent holds any cgroup, so other containers' cgroups are never touched.
-    pub fn remove_default_parent(&self) {
-        let Some((parent, _)) = self.path.split_once('/') else {
-            return;
-        };
-        if parent != DEFAULT_PARENT || self.path.matches('/').count() != 1 {
+    /// When this is a default path (`berth/<id>`), removes the `berth` parent too from
+    /// every hierarchy where nothing is left under it, so the runtime leaves no cgroup
+    /// behind. A plain `rmdir`, which the kernel refuses while the parent holds any
+    /// cgroup, so other containers' cgroups are never touched.
+    fn remove_default_parent(&self) {
+        let is_default = self
+            .path
+            .strip_prefix(DEFAULT_PARENT)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|id| !id.contains('/'));
+        if !is_default {
             return;
         }
         let parent = FsCgroup::load(hierarchies::auto(), DEFAULT_PARENT);
@@ -219,8 +221,15 @@ impl Cgroup {
         }
     }
 
-    /// Removes the cgroup, waiting up to `timeout` for its processes to be gone.
+    /// Removes the cgroup, waiting up to `timeout` for its processes to be gone (and the
+    /// default parent with it, see [`Cgroup::remove_default_parent`]).
     pub fn remove(&self, timeout: Duration) -> Result<(), Error> {
+        self.remove_own(timeout)?;
+        self.remove_default_parent();
+        Ok(())
+    }
+
+    fn remove_own(&self, timeout: Duration) -> Result<(), Error> {
         if !self.inner.exists() {
             return Ok(());
         }

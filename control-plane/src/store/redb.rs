@@ -281,24 +281,15 @@ impl RedbStore {
             commits,
             next_expiry,
         });
-        let weak: Weak<Inner> = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("store-leases".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(LEASE_TICK);
-                    let Some(inner) = weak.upgrade() else { return };
-                    if inner.next_expiry.load(Ordering::Acquire) > now_ms() {
-                        continue;
-                    }
-                    let _ = inner.requests.send(Request {
-                        op: Op::ExpireLeases,
-                        reply: None,
-                    });
-                }
-            })
-            .map_err(backend)?;
-        start_writeback(path, Arc::downgrade(&inner))?;
+        every("store-leases", LEASE_TICK, &inner, |inner| {
+            if inner.next_expiry.load(Ordering::Acquire) <= now_ms() {
+                let _ = inner.requests.send(Request {
+                    op: Op::ExpireLeases,
+                    reply: None,
+                });
+            }
+        })?;
+        start_writeback(path, &inner)?;
         Ok(Self { inner })
     }
 
@@ -699,25 +690,37 @@ impl RedbStore {
 /// seconds of pages still dirty, that one sync stalled the writer (and every write
 /// waiting on it) for 30–60 ms, several times per minute under load. Written out as
 /// they come, those syncs find little left to write.
-fn start_writeback(path: &Path, inner: Weak<Inner>) -> Result<()> {
+fn start_writeback(path: &Path, inner: &Arc<Inner>) -> Result<()> {
     let file = std::fs::File::open(path)
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+    let mut synced = 0;
+    every("store-writeback", WRITEBACK_TICK, inner, move |inner| {
+        let commits = inner.commits.load(Ordering::Relaxed);
+        if commits == synced {
+            return;
+        }
+        if let Err(err) = file.sync_data() {
+            tracing::warn!(%err, "store writeback");
+        }
+        synced = commits;
+    })
+}
+
+/// Runs `tick` on a thread of its own every `period` for as long as the store is open.
+fn every(
+    name: &str,
+    period: Duration,
+    inner: &Arc<Inner>,
+    mut tick: impl FnMut(&Inner) + Send + 'static,
+) -> Result<()> {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
     std::thread::Builder::new()
-        .name("store-writeback".into())
+        .name(name.into())
         .spawn(move || {
-            let mut synced = 0;
             loop {
-                std::thread::sleep(WRITEBACK_TICK);
-                let Some(inner) = inner.upgrade() else { return };
-                let commits = inner.commits.load(Ordering::Relaxed);
-                drop(inner);
-                if commits == synced {
-                    continue;
-                }
-                if let Err(err) = file.sync_data() {
-                    tracing::warn!(%err, "store writeback");
-                }
-                synced = commits;
+                std::thread::sleep(period);
+                let Some(inner) = weak.upgrade() else { return };
+                tick(&inner);
             }
         })
         .map_err(backend)?;

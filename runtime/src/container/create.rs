@@ -184,7 +184,6 @@ impl Drop for Cleanup<'_> {
         if let Some(cg) = &self.cgroup {
             cg.kill_all();
             let _ = cg.remove(Duration::from_secs(5));
-            cg.remove_default_parent();
         }
         let _ = self.root.remove(self.id);
     }

@@ -27,7 +27,6 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), Error> {
     }
     cgroup.kill_all();
     cgroup.remove(Duration::from_secs(10))?;
-    cgroup.remove_default_parent();
     for mount in state.host_mounts.iter().rev() {
         match umount2(mount, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
