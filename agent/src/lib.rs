@@ -2,14 +2,18 @@
 //! keeps its Lease and status; [`pods`] runs the pods bound to the node with
 //! `berth-runtime` (sandboxes, containers, probes, volumes, status) and [`network`]
 //! (CNI); [`kubelet_api`] is the kubelet API (logs, health, metrics); [`service_lb`]
-//! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`.
+//! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`;
+//! [`dns`] answers the cluster's DNS on this node; both follow the one Service watch
+//! of [`services`].
 
+pub mod dns;
 pub mod kubelet_api;
 pub mod netns;
 pub mod network;
 pub mod node;
 pub mod pods;
 pub mod service_lb;
+pub mod services;
 
 /// The version this agent reports as `nodeInfo.kubeletVersion`.
 pub const KUBELET_VERSION: &str = "v1.37.0-berth";

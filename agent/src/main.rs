@@ -9,7 +9,10 @@ use anyhow::Context;
 use base64::Engine;
 use clap::Parser;
 
+use berth_agent::dns::{self, Dns, Upstreams, ZoneConsumer};
 use berth_agent::network::Network;
+use berth_agent::service_lb::watch::LbConsumer;
+use berth_agent::services::ServiceConsumer;
 use berth_agent::node::{self, NodeConfig};
 use berth_agent::pods::{self, Ctx};
 use berth_runtime::logs::Rotation;
@@ -71,6 +74,21 @@ struct Args {
     cluster_dns: Vec<String>,
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Answer cluster DNS on this node (the `kube-dns` Service's IP is sent to it);
+    /// `--dns=false` leaves DNS to an external server, as with a kubelet.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dns: bool,
+    /// Where the DNS server listens (default: the pod network's gateway, inside the
+    /// pod network's namespace).
+    #[arg(long)]
+    dns_bind_address: Option<IpAddr>,
+    #[arg(long, default_value_t = 53)]
+    dns_port: u16,
+    /// Servers for names outside the cluster, `ip[:port]` (default: the nameservers
+    /// of this host's /etc/resolv.conf); the `kube-system/berth-dns` ConfigMap
+    /// overrides them.
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
     #[arg(long, default_value = "0.0.0.0")]
     address: IpAddr,
     #[arg(long, default_value_t = 10250)]
@@ -157,6 +175,67 @@ mod http_host {
             port,
         })
     }
+}
+
+/// Starts the node's DNS server: listeners bound, ConfigMap followed. Returns it and
+/// the address the socket LB may send the `kube-dns` Service to (the pod network's
+/// gateway; none for a loopback or IPv6 `--dns-bind-address`).
+fn start_dns(
+    args: &Args,
+    network: &Network,
+    node_ip: &str,
+    client: &kube::Client,
+) -> anyhow::Result<(Arc<Dns>, Option<std::net::SocketAddrV4>)> {
+    let gateway = network.pod_gateway();
+    let (addr, netns) = match (args.dns_bind_address, gateway) {
+        (Some(ip), _) => (SocketAddr::new(ip, args.dns_port), None),
+        (None, Some((gw, _))) => (
+            SocketAddr::new(gw.into(), args.dns_port),
+            network.node_netns(),
+        ),
+        (None, None) => anyhow::bail!(
+            "no pod network gateway to serve DNS on; pass --dns-bind-address or --dns=false"
+        ),
+    };
+    let servers = if args.dns_upstream.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        dns::config::resolv_conf_servers(&text)
+    } else {
+        args.dns_upstream
+            .iter()
+            .map(|s| dns::config::parse_server(s).map_err(|e| anyhow::anyhow!("--dns-upstream: {e}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut recursion = Vec::new();
+    if let Ok(ip) = node_ip.parse::<IpAddr>() {
+        recursion.push((ip, if ip.is_ipv4() { 32 } else { 128 }));
+    }
+    if let Some((gw, len)) = gateway {
+        recursion.push((IpAddr::V4(gw), len));
+    }
+    let server = Arc::new(Dns::new(
+        &args.cluster_domain,
+        Upstreams {
+            servers,
+            stubs: Vec::new(),
+        },
+        recursion,
+    ));
+    let (udp, tcp) = dns::server::bind_sockets(addr, netns)
+        .map_err(|e| anyhow::anyhow!("binding the DNS listeners: {e}"))?;
+    tracing::info!(%addr, upstreams = ?server.upstreams().servers, "cluster DNS listening");
+    let serving = server.clone();
+    tokio::spawn(async move {
+        if let Err(error) = dns::server::serve(serving, udp, tcp).await {
+            tracing::error!(%error, "the DNS server stopped");
+        }
+    });
+    tokio::spawn(dns::watch_config(server.clone(), client.clone()));
+    let local = match addr {
+        SocketAddr::V4(v4) if !v4.ip().is_loopback() && !v4.ip().is_unspecified() => Some(v4),
+        _ => None,
+    };
+    Ok((server, local))
 }
 
 #[tokio::main]
@@ -250,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
             node_uid: String::new(),
             stats_rates: Default::default(),
             lb_metrics: None,
+            dns: None,
         };
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
@@ -284,13 +364,25 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    let lb_task = lb.as_ref().map(|l| {
-        tokio::spawn(berth_agent::service_lb::watch::run(
-            client.clone(),
-            l.sync.clone(),
-            l.metrics.clone(),
-        ))
-    });
+    let dns = if args.dns {
+        Some(start_dns(&args, &network, &node_cfg.node_ip, &client)?)
+    } else {
+        tracing::info!("--dns=false: this node answers no cluster DNS");
+        None
+    };
+    let mut consumers: Vec<Box<dyn ServiceConsumer>> = Vec::new();
+    if let Some(l) = &lb {
+        consumers.push(Box::new(LbConsumer {
+            sync: l.sync.clone(),
+            metrics: l.metrics.clone(),
+            local_dns: dns.as_ref().and_then(|(_, a)| *a),
+        }));
+    }
+    if let Some((d, _)) = &dns {
+        consumers.push(Box::new(ZoneConsumer(d.clone())));
+    }
+    let watch_task = (!consumers.is_empty())
+        .then(|| tokio::spawn(berth_agent::services::run(client.clone(), consumers)));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         runtime: Arc::new(runtime),
@@ -307,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
         node_uid: node.metadata.uid.clone().unwrap_or_default(),
         stats_rates: Default::default(),
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
+        dns: dns.as_ref().map(|(d, _)| d.clone()),
     });
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(
@@ -326,7 +419,7 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }
-    if let Some(t) = lb_task {
+    if let Some(t) = watch_task {
         t.abort();
     }
     Ok(())

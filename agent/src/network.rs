@@ -96,6 +96,30 @@ impl Network {
         }
     }
 
+    /// The network namespace holding the pod network, when not the agent's own.
+    pub fn node_netns(&self) -> Option<&Path> {
+        self.node_netns.as_deref()
+    }
+
+    /// The pod subnet and the gateway pods route through, from the first plugin's
+    /// IPAM (`gateway`, else the subnet's first address — host-local's and
+    /// berth-ipam's default), in `subnet` or `ranges[0][0]` form.
+    pub fn pod_gateway(&self) -> Option<(std::net::Ipv4Addr, u8)> {
+        let ipam = self.list.plugins.first()?.get("ipam")?;
+        let range = ipam
+            .get("ranges")
+            .and_then(|r| r.get(0)?.get(0))
+            .unwrap_or(ipam);
+        let (net, len) = range.get("subnet")?.as_str()?.split_once('/')?;
+        let net: std::net::Ipv4Addr = net.parse().ok()?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 30)?;
+        let gateway = match range.get("gateway").and_then(Value::as_str) {
+            Some(g) => g.parse().ok()?,
+            None => std::net::Ipv4Addr::from(u32::from(net) + 1),
+        };
+        Some((gateway, len))
+    }
+
     fn in_node_netns<T: Send>(
         &self,
         f: impl FnOnce() -> Result<T, String> + Send,

@@ -76,6 +76,9 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     {
         body.push_str(&m.encode());
     }
+    if let Some(dns) = &ctx.dns {
+        body.push_str(&dns.metrics().encode());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -56,6 +56,8 @@ pub struct Ctx {
     pub stats_rates: Arc<std::sync::Mutex<crate::kubelet_api::stats::Rates>>,
     /// The Service load balancer's metrics, when it runs.
     pub lb_metrics: Option<Arc<std::sync::Mutex<crate::service_lb::LbMetrics>>>,
+    /// The node's DNS server, when it runs one (its metrics).
+    pub dns: Option<Arc<crate::dns::Dns>>,
 }
 
 /// The lowest oom_score_adj this process may give its children.

@@ -1,8 +1,8 @@
 //! Service load balancing on the node, kube-proxy's job done with eBPF: Services and
 //! their EndpointSlices become frontends and backend lists ([`model`]), which
 //! [`sync::ServiceSync`] keeps programmed in the socket-LB maps, changing only what
-//! changed, and [`metrics::LbMetrics`] reports it; [`watch::run`] feeds it from the
-//! apiserver; [`node::start`] loads and attaches it for the node's pods.
+//! changed, and [`metrics::LbMetrics`] reports it; [`watch::LbConsumer`] feeds it from the
+//! node's Service watch ([`crate::services`]); [`node::start`] loads and attaches it for the node's pods.
 
 pub mod metrics;
 pub mod model;

@@ -1,174 +1,160 @@
-//! The agent's side of Service load balancing: reflectors over Services and
-//! EndpointSlices (the `kube` runtime), and a level-triggered loop that, whenever a
-//! Service or one of its slices changes, recomputes that Service from the stores'
-//! current contents and applies it through [`ServiceSync`]. After both initial lists,
-//! everything is applied once and frontends no Service claims (adopted from pinned
-//! maps of an earlier agent) are pruned.
+//! The load balancer's side of the node's Service watch ([`crate::services`]): each
+//! changed Service is recomputed and applied through [`ServiceSync`]; once the
+//! initial lists are in, frontends no Service claims (adopted from pinned maps of an
+//! earlier agent) are pruned.
+//!
+//! The cluster DNS Service (`kube-system/kube-dns`) has no pods behind it: every
+//! agent answers for it itself. When the agent runs its DNS server, the LB sends
+//! the Service's ports to that node-local listener instead of to endpoints — a local
+//! redirect, like Cilium's for NodeLocal DNSCache — so a pod's query never leaves
+//! its node.
 
 use std::{
+    net::SocketAddrV4,
     sync::{Arc, Mutex},
     time::Instant,
 };
 
-use futures_util::{StreamExt, stream};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{
-        WatchStreamExt, reflector,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
-};
+use kube::Client;
+use serde_json::json;
 
 use super::{
     metrics::LbMetrics,
-    model::SERVICE_NAME_LABEL,
     sync::{LbTarget, ServiceSync},
 };
+use crate::services::{SERVICE_NAME_LABEL, ServiceConsumer};
 
-/// What an event touched.
-enum Touch {
-    /// The Service `namespace/name` must be recomputed.
-    Service(String, String),
-    /// A kind's initial list is complete.
-    Listed(Kind),
-    Nothing,
+/// The cluster DNS Service every agent answers for locally.
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// The load balancer as a [`ServiceConsumer`].
+pub struct LbConsumer<T: LbTarget> {
+    pub sync: Arc<Mutex<ServiceSync<T>>>,
+    pub metrics: Arc<Mutex<LbMetrics>>,
+    /// Where this node's DNS server listens, when it runs one.
+    pub local_dns: Option<SocketAddrV4>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Services,
-    Slices,
-}
-
-fn touch_service(e: watcher::Event<Service>) -> Touch {
-    match e {
-        watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-            Touch::Service(s.namespace().unwrap_or_default(), s.name_any())
-        }
-        watcher::Event::InitDone => Touch::Listed(Kind::Services),
-        watcher::Event::Init => Touch::Nothing,
+impl<T: LbTarget> std::fmt::Debug for LbConsumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbConsumer")
+            .field("local_dns", &self.local_dns)
+            .finish_non_exhaustive()
     }
 }
 
-fn touch_slice(e: watcher::Event<EndpointSlice>) -> Touch {
-    match e {
-        watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-            match s.labels().get(SERVICE_NAME_LABEL) {
-                Some(service) => Touch::Service(s.namespace().unwrap_or_default(), service.clone()),
-                None => Touch::Nothing,
+/// An EndpointSlice putting every port of `service` on `local` (the node's DNS
+/// listener), matched by port name as the LB model matches real slices.
+fn local_slice(service: &Service, local: SocketAddrV4) -> Option<EndpointSlice> {
+    let ports: Vec<serde_json::Value> = service
+        .spec
+        .as_ref()?
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            json!({
+                "name": p.name.clone().unwrap_or_default(),
+                "port": local.port(),
+                "protocol": p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{}-node-local", DNS_SERVICE.1),
+            "namespace": DNS_SERVICE.0,
+            "labels": {SERVICE_NAME_LABEL: DNS_SERVICE.1},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [local.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": ports,
+    }))
+    .ok()
+}
+
+impl<T: LbTarget + Send> ServiceConsumer for LbConsumer<T> {
+    fn changed(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        service: Option<&Service>,
+        slices: &[&EndpointSlice],
+    ) {
+        let started = Instant::now();
+        let Ok(mut sync) = self.sync.lock() else {
+            return;
+        };
+        let result = match service {
+            Some(service) => {
+                let slices: Vec<EndpointSlice> = match self.local_dns {
+                    Some(local) if (namespace, name) == DNS_SERVICE => {
+                        local_slice(service, local).into_iter().collect()
+                    }
+                    _ => slices.iter().map(|s| (*s).clone()).collect(),
+                };
+                sync.apply(service, &slices)
+            }
+            None => sync.delete(namespace, name),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, service = %format!("{namespace}/{name}"), "service not synced");
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            m.observe_sync(started.elapsed(), &sync.stats(), sync.target_slots());
+        }
+    }
+
+    fn synced(&mut self) {
+        if let Ok(mut sync) = self.sync.lock() {
+            match sync.prune_unclaimed() {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "pruned frontends no Service claims"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "pruning stale frontends failed"),
             }
         }
-        watcher::Event::InitDone => Touch::Listed(Kind::Slices),
-        watcher::Event::Init => Touch::Nothing,
     }
 }
 
-/// Watches every Service and EndpointSlice through `client` and keeps `sync`
-/// (and `metrics`) up to date; runs until the watches end. Watch errors are logged
-/// and retried with back-off; the dataplane keeps its last state meanwhile.
+/// Watches every Service and EndpointSlice through `client` and keeps `sync` (and
+/// `metrics`) up to date, with no other consumer; runs until the watches end.
 pub async fn run<T: LbTarget + Send + 'static>(
     client: Client,
     sync: Arc<Mutex<ServiceSync<T>>>,
     metrics: Arc<Mutex<LbMetrics>>,
 ) {
-    let (services, service_writer) = reflector::store::<Service>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let service_events = reflector(
-        service_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .map(|r| r.map(touch_service));
-    let slice_events = reflector(
-        slice_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .map(|r| r.map(touch_slice));
-    let mut events = std::pin::pin!(stream::select(service_events, slice_events));
-    let (mut services_listed, mut slices_listed, mut synced) = (false, false, false);
-    while let Some(event) = events.next().await {
-        match event {
-            Err(error) => tracing::warn!(%error, "watch failed; retrying"),
-            Ok(Touch::Nothing) => {}
-            Ok(Touch::Listed(kind)) => {
-                services_listed |= kind == Kind::Services;
-                slices_listed |= kind == Kind::Slices;
-                if services_listed && slices_listed && !synced {
-                    synced = true;
-                    full_sync(&services, &slices, &sync, &metrics);
-                }
-            }
-            Ok(Touch::Service(namespace, name)) if synced => {
-                reconcile(&namespace, &name, &services, &slices, &sync, &metrics);
-            }
-            Ok(Touch::Service(..)) => {} // applied by the full sync once both lists are in
-        }
-    }
-}
-
-fn slices_of(slices: &Store<EndpointSlice>, namespace: &str, name: &str) -> Vec<EndpointSlice> {
-    slices
-        .state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace))
-        .filter(|s| s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name))
-        .map(|s| (**s).clone())
-        .collect()
-}
-
-fn reconcile<T: LbTarget>(
-    namespace: &str,
-    name: &str,
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
-    sync: &Mutex<ServiceSync<T>>,
-    metrics: &Mutex<LbMetrics>,
-) {
-    let started = Instant::now();
-    let Ok(mut sync) = sync.lock() else { return };
-    let result = match services.get(&ObjectRef::new(name).within(namespace)) {
-        Some(service) => sync.apply(&service, &slices_of(slices, namespace, name)),
-        None => sync.delete(namespace, name),
-    };
-    if let Err(error) = result {
-        tracing::warn!(%error, "service not synced");
-    }
-    if let Ok(mut m) = metrics.lock() {
-        m.observe_sync(started.elapsed(), &sync.stats(), sync.target_slots());
-    }
-}
-
-fn full_sync<T: LbTarget>(
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
-    sync: &Mutex<ServiceSync<T>>,
-    metrics: &Mutex<LbMetrics>,
-) {
-    for service in services.state() {
-        let namespace = service.namespace().unwrap_or_default();
-        reconcile(
-            &namespace,
-            &service.name_any(),
-            services,
-            slices,
+    crate::services::run(
+        client,
+        vec![Box::new(LbConsumer {
             sync,
             metrics,
-        );
-    }
-    if let Ok(mut sync) = sync.lock() {
-        match sync.prune_unclaimed() {
-            Ok(n) if n > 0 => tracing::info!(removed = n, "pruned frontends no Service claims"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "pruning stale frontends failed"),
+            local_dns: None,
+        })],
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_service_goes_to_the_local_listener() {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ]},
+        }))
+        .expect("service");
+        let local: SocketAddrV4 = "10.77.0.1:53".parse().expect("addr");
+        let slice = local_slice(&service, local).expect("slice");
+        let entries = super::super::model::entries(&service, &[slice], "n1").expect("entries");
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        for e in entries {
+            assert_eq!(e.backends, vec![local], "{e:?}");
         }
     }
 }
