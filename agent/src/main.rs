@@ -11,10 +11,10 @@ use clap::Parser;
 
 use berth_agent::dns::{self, Dns, Upstreams, ZoneConsumer};
 use berth_agent::network::Network;
-use berth_agent::service_lb::watch::LbConsumer;
-use berth_agent::services::ServiceConsumer;
 use berth_agent::node::{self, NodeConfig};
 use berth_agent::pods::{self, Ctx};
+use berth_agent::service_lb::watch::LbConsumer;
+use berth_agent::services::ServiceConsumer;
 use berth_runtime::logs::Rotation;
 use berth_runtime::pod::{Runtime, RuntimeConfig};
 
@@ -203,7 +203,9 @@ fn start_dns(
     } else {
         args.dns_upstream
             .iter()
-            .map(|s| dns::config::parse_server(s).map_err(|e| anyhow::anyhow!("--dns-upstream: {e}")))
+            .map(|s| {
+                dns::config::parse_server(s).map_err(|e| anyhow::anyhow!("--dns-upstream: {e}"))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     let mut recursion = Vec::new();

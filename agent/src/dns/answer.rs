@@ -265,7 +265,9 @@ pub fn decide(zone: &Zone, request: Message, recursion: bool) -> Decision {
             if !answers.is_empty() {
                 if qtype == RecordType::SRV {
                     for s in &node.srv {
-                        if let (Some(target), Lookup::Node(t)) = (fqdn(&s.target), zone.lookup(&s.target)) {
+                        if let (Some(target), Lookup::Node(t)) =
+                            (fqdn(&s.target), zone.lookup(&s.target))
+                        {
                             msg.add_additionals(records_of(&target, &t, RecordType::A));
                         }
                     }

@@ -168,7 +168,10 @@ mod tests {
         };
         let u = from_configmap(
             &data(&[
-                ("upstreamNameservers", r#"["198.51.100.1", "198.51.100.2:5353"]"#),
+                (
+                    "upstreamNameservers",
+                    r#"["198.51.100.1", "198.51.100.2:5353"]"#,
+                ),
                 (
                     "stubDomains",
                     r#"{"corp.example": ["10.150.0.1"], "a.corp.example.": ["10.150.0.2:54"]}"#,
@@ -197,15 +200,27 @@ mod tests {
         let d = Upstreams::default();
         for (pairs, needle) in [
             (vec![("upstreamNameservers", "not json")], "JSON list"),
-            (vec![("upstreamNameservers", r#"["300.1.1.1"]"#)], "\"300.1.1.1\""),
+            (
+                vec![("upstreamNameservers", r#"["300.1.1.1"]"#)],
+                "\"300.1.1.1\"",
+            ),
             (vec![("upstreamNameservers", "[]")], "empty"),
             (
-                vec![("upstreamNameservers", r#"["1.1.1.1","1.1.1.2","1.1.1.3","1.1.1.4"]"#)],
+                vec![(
+                    "upstreamNameservers",
+                    r#"["1.1.1.1","1.1.1.2","1.1.1.3","1.1.1.4"]"#,
+                )],
                 "at most 3",
             ),
-            (vec![("stubDomains", r#"{"bad domain": ["1.1.1.1"]}"#)], "not a valid domain"),
+            (
+                vec![("stubDomains", r#"{"bad domain": ["1.1.1.1"]}"#)],
+                "not a valid domain",
+            ),
             (vec![("stubDomains", r#"{"ok.example": []}"#)], "no servers"),
-            (vec![("stubDomains", r#"{"ok.example": ["1.1.1.1:0"]}"#)], "port 0"),
+            (
+                vec![("stubDomains", r#"{"ok.example": ["1.1.1.1:0"]}"#)],
+                "port 0",
+            ),
         ] {
             let pairs: Vec<(&str, &str)> = pairs;
             let err = from_configmap(&data(&pairs), &d).expect_err("must be refused");

@@ -72,10 +72,7 @@ impl Forwarder {
     }
 
     pub fn upstreams(&self) -> Upstreams {
-        self.upstreams
-            .read()
-            .map(|u| u.clone())
-            .unwrap_or_default()
+        self.upstreams.read().map(|u| u.clone()).unwrap_or_default()
     }
 
     /// The upstream answer to `query`, from the cache when it holds one; `None` when
@@ -207,7 +204,8 @@ fn upstream_query(query: &Query) -> Result<(u16, Vec<u8>), ExchangeError> {
 fn check(bytes: &[u8], id: u16, query: &Query) -> Result<Message, ExchangeError> {
     let msg = Message::from_vec(bytes).map_err(|e| ExchangeError::Decode(e.to_string()))?;
     let same_question = msg.queries.first().is_some_and(|q| {
-        q.query_type() == query.query_type() && super::answer::key(q.name()) == super::answer::key(query.name())
+        q.query_type() == query.query_type()
+            && super::answer::key(q.name()) == super::answer::key(query.name())
     });
     if msg.metadata.id != id
         || msg.metadata.message_type != MessageType::Response
@@ -267,14 +265,25 @@ async fn exchange_tcp(server: SocketAddr, query: &Query) -> Result<Message, Exch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::{Name, Record, rdata::{A, SOA}};
+    use hickory_proto::rr::{
+        Name, Record,
+        rdata::{A, SOA},
+    };
 
     #[test]
     fn ttls_for_the_cache() {
         let mut ok = Message::response(1, OpCode::Query);
         let name = Name::from_ascii("example.test.").expect("name");
-        ok.add_answer(Record::from_rdata(name.clone(), 300, RData::A(A([192, 0, 2, 1].into()))));
-        ok.add_answer(Record::from_rdata(name.clone(), 60, RData::A(A([192, 0, 2, 2].into()))));
+        ok.add_answer(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A([192, 0, 2, 1].into())),
+        ));
+        ok.add_answer(Record::from_rdata(
+            name.clone(),
+            60,
+            RData::A(A([192, 0, 2, 2].into())),
+        ));
         assert_eq!(cache_ttl(&ok), Some(60));
         let mut nx = Message::response(1, OpCode::Query);
         nx.metadata.response_code = ResponseCode::NXDomain;
@@ -283,7 +292,11 @@ mod tests {
             900,
             RData::SOA(SOA::new(name.clone(), name.clone(), 1, 1, 1, 1, 120)),
         ));
-        assert_eq!(cache_ttl(&nx), Some(120), "negative TTL = min(SOA TTL, minimum)");
+        assert_eq!(
+            cache_ttl(&nx),
+            Some(120),
+            "negative TTL = min(SOA TTL, minimum)"
+        );
         nx.authorities.clear();
         assert_eq!(cache_ttl(&nx), Some(DEFAULT_NEGATIVE_TTL));
         let mut fail = Message::response(1, OpCode::Query);

@@ -160,7 +160,8 @@ impl DnsMetrics {
     }
 
     pub fn zone(&self, services: usize, names: usize) {
-        self.services.set(i64::try_from(services).unwrap_or(i64::MAX));
+        self.services
+            .set(i64::try_from(services).unwrap_or(i64::MAX));
         self.names.set(i64::try_from(names).unwrap_or(i64::MAX));
     }
 
@@ -201,7 +202,10 @@ mod tests {
             "berth_dns_zone_services 2",
             "berth_dns_zone_names 9",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
     }
 }

@@ -204,7 +204,8 @@ impl Dns {
         };
         match decision {
             Decision::Reply(msg) => {
-                self.metrics.response(&rcode_name(msg.metadata.response_code));
+                self.metrics
+                    .response(&rcode_name(msg.metadata.response_code));
                 answer::finish(edns.as_ref(), &msg, udp).map_or(Handled::Drop, Handled::Reply)
             }
             Decision::Forward {
@@ -226,7 +227,8 @@ impl Dns {
     pub async fn forward(&self, p: Pending) -> Option<Vec<u8>> {
         let upstream = self.forwarder.resolve(&p.query).await;
         let msg = answer::from_upstream(&p.request, p.prefix, upstream);
-        self.metrics.response(&rcode_name(msg.metadata.response_code));
+        self.metrics
+            .response(&rcode_name(msg.metadata.response_code));
         answer::finish(p.edns.as_ref(), &msg, p.udp)
     }
 
@@ -275,7 +277,8 @@ impl crate::services::ServiceConsumer for ZoneConsumer {
 /// Follows the `kube-system/berth-dns` ConfigMap; runs until the watch ends.
 pub async fn watch_config(dns: Arc<Dns>, client: Client) {
     let api = Api::<ConfigMap>::namespaced(client, config::CONFIGMAP_NAMESPACE);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", config::CONFIGMAP_NAME));
+    let cfg =
+        watcher::Config::default().fields(&format!("metadata.name={}", config::CONFIGMAP_NAME));
     let mut events = std::pin::pin!(watcher(api, cfg).default_backoff());
     let mut seen_in_list = false;
     while let Some(event) = events.next().await {
@@ -299,14 +302,23 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(parse_cidr("10.77.0.0/24"), Ok((IpAddr::from([10, 77, 0, 0]), 24)));
-        assert_eq!(parse_cidr("10.0.0.1"), Ok((IpAddr::from([10, 0, 0, 1]), 32)));
+        assert_eq!(
+            parse_cidr("10.77.0.0/24"),
+            Ok((IpAddr::from([10, 77, 0, 0]), 24))
+        );
+        assert_eq!(
+            parse_cidr("10.0.0.1"),
+            Ok((IpAddr::from([10, 0, 0, 1]), 32))
+        );
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("nonsense").is_err());
         let net = (IpAddr::from([10, 77, 0, 0]), 24);
         assert!(in_cidr(IpAddr::from([10, 77, 0, 9]), net));
         assert!(!in_cidr(IpAddr::from([10, 77, 1, 9]), net));
-        assert!(in_cidr(IpAddr::from([192, 0, 2, 1]), (IpAddr::from([0, 0, 0, 0]), 0)));
+        assert!(in_cidr(
+            IpAddr::from([192, 0, 2, 1]),
+            (IpAddr::from([0, 0, 0, 0]), 0)
+        ));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::{
 };
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
-    socket, sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
+    sockopt,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

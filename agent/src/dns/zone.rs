@@ -278,10 +278,7 @@ fn ready_endpoints<'a>(
                     .hostname
                     .as_deref()
                     .filter(|h| is_label(h))
-                    .map_or_else(
-                        || address.replace('.', "-"),
-                        |h| h.to_ascii_lowercase(),
-                    );
+                    .map_or_else(|| address.replace('.', "-"), |h| h.to_ascii_lowercase());
                 out.push(Endpoint { ip, host, slice });
             }
         }
@@ -375,11 +372,7 @@ pub fn contribution(svc: &Service, slices: &[&EndpointSlice], domain: &str) -> C
         c.empty.push(namespace_name);
         return c;
     }
-    let endpoints = ready_endpoints(
-        name,
-        slices,
-        spec.publish_not_ready_addresses == Some(true),
-    );
+    let endpoints = ready_endpoints(name, slices, spec.publish_not_ready_addresses == Some(true));
     if endpoints.is_empty() {
         return c; // spec 2.4.1: no ready endpoint → NXDOMAIN
     }

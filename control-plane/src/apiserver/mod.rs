@@ -168,7 +168,8 @@ impl Api {
     }
 
     /// Creates what every cluster has: the four system namespaces, the `kubernetes`
-    /// Service (first service IP, port 443) and its Endpoints / EndpointSlice.
+    /// Service (first service IP, port 443) and its Endpoints / EndpointSlice, and
+    /// the `kube-system/kube-dns` Service (tenth service IP, 53/UDP and 53/TCP).
     pub async fn bootstrap(
         self: &Arc<Self>,
         advertise: std::net::IpAddr,
@@ -195,6 +196,34 @@ impl Api {
                 )
                 .await,
             )?;
+        }
+        // The cluster DNS Service: no pods behind it — every berth-agent answers for
+        // its address on its own node. Labels as upstream's kube-dns/CoreDNS Service.
+        if let Some(ctx) = self.internal("", "services", Some("kube-system"))
+            && self.cache.get(&ctx.key("kube-dns")).is_none()
+        {
+            let created = rest::create_object(
+                &ctx,
+                json!({
+                    "metadata": {"name": "kube-dns", "labels": {
+                        "k8s-app": "kube-dns",
+                        "kubernetes.io/cluster-service": "true",
+                        "kubernetes.io/name": "KubeDNS",
+                    }},
+                    "spec": {"clusterIP": self.services.dns().to_string(), "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                    ]},
+                }),
+            )
+            .await;
+            match created {
+                Err(e) if e.code == 422 => tracing::warn!(
+                    error = %e.message,
+                    "the kube-dns Service cannot have its address; cluster DNS is unreachable by IP"
+                ),
+                other => ignore_exists(other)?,
+            }
         }
         if let Some(ctx) = self.internal("", "endpoints", Some("default")) {
             ignore_exists(

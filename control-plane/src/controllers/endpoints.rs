@@ -241,14 +241,29 @@ impl Controller {
             let entry = groups
                 .entry(ports_json.to_string())
                 .or_insert_with(|| (ports_json.clone(), Default::default()));
-            entry.1.0.push(json!({
+            // The endpoint's DNS name (`<hostname>.<service>.<ns>.svc`): a pod with a
+            // hostname whose subdomain is this Service, as the upstream controller.
+            let hostname = pod
+                .spec
+                .as_ref()
+                .filter(|s| s.subdomain.as_deref() == Some(name))
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty());
+            let mut endpoint = json!({
                 "addresses": [ip],
                 "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                 "nodeName": node,
                 "targetRef": target,
-            }));
+            });
+            if let Some(h) = &hostname {
+                endpoint["hostname"] = json!(h);
+            }
+            entry.1.0.push(endpoint);
             if !terminating || publish_not_ready {
-                let addr = json!({"ip": ip, "nodeName": node, "targetRef": target});
+                let mut addr = json!({"ip": ip, "nodeName": node, "targetRef": target});
+                if let Some(h) = &hostname {
+                    addr["hostname"] = json!(h);
+                }
                 if ready {
                     entry.1.1.push(addr);
                 } else {

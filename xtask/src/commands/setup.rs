@@ -50,6 +50,12 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("ca-certificates", "TLS roots for pip"),
     ("curl", "HTTP checks in tests"),
+    ("bind9-dnsutils", "dig: cluster DNS tests"),
+    (
+        "dnsmasq-base",
+        "DNS baseline (bench dns) and test upstream servers",
+    ),
+    ("dnsperf", "DNS load generator (bench dns)"),
 ];
 
 /// The bpf-linker release the eBPF recipe is verified with.

@@ -62,6 +62,11 @@ impl Layout {
             POD_CIDR.into(),
             "--cgroup-root".into(),
             format!("{CGROUP_TOP}/kubepods"),
+            // The kube-dns Service berth-server creates; this agent answers for it.
+            "--cluster-dns".into(),
+            "10.96.0.10".into(),
+            "--cluster-domain".into(),
+            "cluster.local".into(),
         ]
     }
 }

@@ -29,6 +29,12 @@ fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
+/// The kube-dns Service's address (berth-server's default service range).
+pub const CLUSTER_DNS: &str = "10.96.0.10";
+/// Where a test agent's DNS server listens: the pod network's gateway, inside
+/// [`Agent::netns`].
+pub const DNS_LISTENER: &str = "10.77.0.1";
+
 #[derive(Debug)]
 pub struct Agent {
     pub name: String,
@@ -110,6 +116,12 @@ impl Agent {
             .arg("--cni-conf-dir")
             .arg(self.dir.join("cni"))
             .args(["--pod-cidr", "10.77.0.0/24"])
+            .args([
+                "--cluster-dns",
+                CLUSTER_DNS,
+                "--cluster-domain",
+                "cluster.local",
+            ])
             .arg("--pod-network-netns")
             .arg(self.netns.path())
             .args(["--cgroup-root", &self.cgroup_root])

@@ -18,7 +18,7 @@ mod server;
 mod skip;
 pub mod tools;
 
-pub use agent::{Agent, workspace_bin};
+pub use agent::{Agent, CLUSTER_DNS, DNS_LISTENER, workspace_bin};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
 pub use kubectl::Kubectl;

@@ -25,10 +25,16 @@ fn zone() -> Zone {
     let endpoints: Vec<(String, Option<&str>, bool)> = (0..100)
         .map(|i| (format!("10.77.1.{i}"), None, true))
         .collect();
-    let refs: Vec<(&str, Option<&str>, bool)> =
-        endpoints.iter().map(|(a, h, r)| (a.as_str(), *h, *r)).collect();
+    let refs: Vec<(&str, Option<&str>, bool)> = endpoints
+        .iter()
+        .map(|(a, h, r)| (a.as_str(), *h, *r))
+        .collect();
     let big = slice("default", "big", &refs, &[("p", 1)]);
-    let big_svc = service("default", "big", json!({"clusterIP": "None", "ports": [{"name": "p", "port": 1}]}));
+    let big_svc = service(
+        "default",
+        "big",
+        json!({"clusterIP": "None", "ports": [{"name": "p", "port": 1}]}),
+    );
     zone.set_service("default", "big", Some(&big_svc), &[&big]);
     zone
 }
@@ -79,7 +85,10 @@ fn nodata_and_nxdomain_carry_the_soa() {
     let nodata = ask(&zone, "web.default.svc.cluster.local.", RecordType::AAAA);
     assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
     assert!(nodata.answers.is_empty());
-    assert!(matches!(nodata.authorities[0].data, RData::SOA(_)), "{nodata:?}");
+    assert!(
+        matches!(nodata.authorities[0].data, RData::SOA(_)),
+        "{nodata:?}"
+    );
     let ent = ask(&zone, "default.svc.cluster.local.", RecordType::A);
     assert_eq!(ent.metadata.response_code, ResponseCode::NoError);
     assert!(ent.answers.is_empty());
@@ -97,7 +106,11 @@ fn nodata_and_nxdomain_carry_the_soa() {
 #[test]
 fn srv_with_additional_a() {
     let zone = zone();
-    let m = ask(&zone, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+    let m = ask(
+        &zone,
+        "_http._tcp.web.default.svc.cluster.local.",
+        RecordType::SRV,
+    );
     assert_eq!(m.answers.len(), 1);
     match &m.answers[0].data {
         RData::SRV(srv) => {
@@ -140,7 +153,11 @@ fn external_name_cname_is_chased() {
     assert!(matches!(m.answers[0].data, RData::CNAME(_)));
     assert_eq!(m.answers[1].data, RData::A(A([10, 96, 0, 50].into())));
     // Outside: the CNAME goes first, the target is asked upstream.
-    match decide(&zone, query("ext.default.svc.cluster.local.", RecordType::A), true) {
+    match decide(
+        &zone,
+        query("ext.default.svc.cluster.local.", RecordType::A),
+        true,
+    ) {
         Decision::Forward { query, prefix, .. } => {
             assert_eq!(query.name().to_ascii(), "www.example.com.");
             assert_eq!(prefix.len(), 1);
@@ -162,11 +179,19 @@ fn outside_names_forwarded_only_for_allowed_clients() {
     let refused = reply(decide(&zone, query("example.com.", RecordType::A), false));
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
     // Cluster names are answered to anyone who reaches the server.
-    let m = reply(decide(&zone, query("web.default.svc.cluster.local.", RecordType::A), false));
+    let m = reply(decide(
+        &zone,
+        query("web.default.svc.cluster.local.", RecordType::A),
+        false,
+    ));
     assert_eq!(m.answers.len(), 1);
     // Reverse names of addresses berth does not know go upstream too.
     assert!(matches!(
-        decide(&zone, query("1.2.0.192.in-addr.arpa.", RecordType::PTR), true),
+        decide(
+            &zone,
+            query("1.2.0.192.in-addr.arpa.", RecordType::PTR),
+            true
+        ),
         Decision::Forward { .. }
     ));
 }
@@ -177,27 +202,50 @@ fn bad_requests() {
     assert_eq!(format_error(b"short"), None, "no header: nothing to answer");
     let mut garbage = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
     garbage.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]); // a name pointing at itself
-    assert!(Message::from_vec(&garbage).is_err(), "a compression loop must not decode");
+    assert!(
+        Message::from_vec(&garbage).is_err(),
+        "a compression loop must not decode"
+    );
     let formerr = Message::from_vec(&format_error(&garbage).expect("formerr")).expect("decode");
     assert_eq!(formerr.metadata.id, 0x1234);
     assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
     let mut response = garbage.clone();
     response[2] |= 0x80;
-    assert_eq!(format_error(&response), None, "responses are never answered");
+    assert_eq!(
+        format_error(&response),
+        None,
+        "responses are never answered"
+    );
 
     let mut two = query("a.cluster.local.", RecordType::A);
-    two.add_query(Query::query(Name::from_ascii("b.cluster.local.").expect("n"), RecordType::A));
-    assert_eq!(reply(decide(&zone, two, true)).metadata.response_code, ResponseCode::FormErr);
+    two.add_query(Query::query(
+        Name::from_ascii("b.cluster.local.").expect("n"),
+        RecordType::A,
+    ));
+    assert_eq!(
+        reply(decide(&zone, two, true)).metadata.response_code,
+        ResponseCode::FormErr
+    );
 
     let mut notify = query("cluster.local.", RecordType::SOA);
     notify.metadata.op_code = OpCode::Notify;
-    assert_eq!(reply(decide(&zone, notify, true)).metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(
+        reply(decide(&zone, notify, true)).metadata.response_code,
+        ResponseCode::NotImp
+    );
 
     let mut chaos = query("version.bind.", RecordType::TXT);
     chaos.queries[0].set_query_class(DNSClass::CH);
-    assert_eq!(reply(decide(&zone, chaos, true)).metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        reply(decide(&zone, chaos, true)).metadata.response_code,
+        ResponseCode::Refused
+    );
 
-    let axfr = reply(decide(&zone, query("cluster.local.", RecordType::AXFR), true));
+    let axfr = reply(decide(
+        &zone,
+        query("cluster.local.", RecordType::AXFR),
+        true,
+    ));
     assert_eq!(axfr.metadata.response_code, ResponseCode::Refused);
 
     let mut v1 = query("web.default.svc.cluster.local.", RecordType::A);
@@ -224,7 +272,10 @@ fn large_answers_truncate_over_udp_not_tcp() {
     let msg = reply(decide(&zone, request.clone(), true));
     assert_eq!(msg.answers.len(), 100);
     let udp = Message::from_vec(&finish(None, &msg, true).expect("udp")).expect("decode");
-    assert!(udp.metadata.truncation, "100 A records do not fit 512 bytes");
+    assert!(
+        udp.metadata.truncation,
+        "100 A records do not fit 512 bytes"
+    );
     assert!(udp.answers.is_empty());
     assert_eq!(udp.queries.len(), 1);
     let tcp = Message::from_vec(&finish(None, &msg, false).expect("tcp")).expect("decode");
@@ -236,5 +287,8 @@ fn large_answers_truncate_over_udp_not_tcp() {
     let fits = finish(Some(&edns), &msg, true).expect("udp");
     let m = Message::from_vec(&fits).expect("decode");
     assert!(fits.len() <= usize::from(MAX_UDP_PAYLOAD));
-    assert!(m.metadata.truncation, "100 A records are 1.6 kB: still too many");
+    assert!(
+        m.metadata.truncation,
+        "100 A records are 1.6 kB: still too many"
+    );
 }

@@ -67,7 +67,10 @@ fn cluster_ip_service_a_srv_and_ptr() {
         ]}),
     );
     zone.set_service("default", "web", Some(&svc), &[]);
-    assert_eq!(a(&zone, "web.default.svc.cluster.local"), vec![ip("10.96.0.50")]);
+    assert_eq!(
+        a(&zone, "web.default.svc.cluster.local"),
+        vec![ip("10.96.0.50")]
+    );
     assert_eq!(
         srv(&zone, "_http._tcp.web.default.svc.cluster.local"),
         vec![Srv {
@@ -77,23 +80,38 @@ fn cluster_ip_service_a_srv_and_ptr() {
             target: "web.default.svc.cluster.local".into()
         }]
     );
-    assert_eq!(srv(&zone, "_dns._udp.web.default.svc.cluster.local")[0].port, 53);
+    assert_eq!(
+        srv(&zone, "_dns._udp.web.default.svc.cluster.local")[0].port,
+        53
+    );
     assert_eq!(
         zone.lookup("_dns._tcp.web.default.svc.cluster.local"),
         Lookup::NxDomain,
         "the port is UDP only"
     );
-    assert_eq!(zone.lookup("_tcp.web.default.svc.cluster.local"), Lookup::Empty);
+    assert_eq!(
+        zone.lookup("_tcp.web.default.svc.cluster.local"),
+        Lookup::Empty
+    );
     assert_eq!(zone.lookup("default.svc.cluster.local"), Lookup::Empty);
     assert_eq!(zone.lookup("svc.cluster.local"), Lookup::Empty);
     assert_eq!(zone.lookup("cluster.local"), Lookup::Apex);
-    assert_eq!(zone.lookup("nope.default.svc.cluster.local"), Lookup::NxDomain);
+    assert_eq!(
+        zone.lookup("nope.default.svc.cluster.local"),
+        Lookup::NxDomain
+    );
     assert_eq!(zone.lookup("web.other.svc.cluster.local"), Lookup::NxDomain);
     assert_eq!(zone.lookup("other.svc.cluster.local"), Lookup::NxDomain);
-    assert_eq!(zone.reverse(ip("10.96.0.50")), ["web.default.svc.cluster.local"]);
+    assert_eq!(
+        zone.reverse(ip("10.96.0.50")),
+        ["web.default.svc.cluster.local"]
+    );
 
     zone.set_service("default", "web", None, &[]);
-    assert_eq!(zone.lookup("web.default.svc.cluster.local"), Lookup::NxDomain);
+    assert_eq!(
+        zone.lookup("web.default.svc.cluster.local"),
+        Lookup::NxDomain
+    );
     assert_eq!(
         zone.lookup("default.svc.cluster.local"),
         Lookup::NxDomain,
@@ -128,18 +146,34 @@ fn headless_service_with_hostnames_like_a_statefulset() {
         vec![ip("10.77.0.10"), ip("10.77.0.11"), ip("10.77.0.12")],
         "ready endpoints only"
     );
-    assert_eq!(a(&zone, "pg-0.pg.db.svc.cluster.local"), vec![ip("10.77.0.10")]);
+    assert_eq!(
+        a(&zone, "pg-0.pg.db.svc.cluster.local"),
+        vec![ip("10.77.0.10")]
+    );
     assert_eq!(
         a(&zone, "10-77-0-12.pg.db.svc.cluster.local"),
         vec![ip("10.77.0.12")],
         "no hostname: the dashed IP"
     );
-    assert_eq!(zone.lookup("pg-3.pg.db.svc.cluster.local"), Lookup::NxDomain);
+    assert_eq!(
+        zone.lookup("pg-3.pg.db.svc.cluster.local"),
+        Lookup::NxDomain
+    );
     let records = srv(&zone, "_sql._tcp.pg.db.svc.cluster.local");
     assert_eq!(records.len(), 3);
-    assert!(records.iter().all(|r| r.port == 15432 && r.weight == 33), "{records:?}");
-    assert!(records.iter().any(|r| r.target == "pg-1.pg.db.svc.cluster.local"));
-    assert_eq!(zone.reverse(ip("10.77.0.11")), ["pg-1.pg.db.svc.cluster.local"]);
+    assert!(
+        records.iter().all(|r| r.port == 15432 && r.weight == 33),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.target == "pg-1.pg.db.svc.cluster.local")
+    );
+    assert_eq!(
+        zone.reverse(ip("10.77.0.11")),
+        ["pg-1.pg.db.svc.cluster.local"]
+    );
 
     // publishNotReadyAddresses: every endpoint answers.
     let svc = service(
@@ -148,14 +182,20 @@ fn headless_service_with_hostnames_like_a_statefulset() {
         json!({"clusterIP": "None", "publishNotReadyAddresses": true, "ports": [{"name": "sql", "port": 5432}]}),
     );
     zone.set_service("db", "pg", Some(&svc), &[&s]);
-    assert_eq!(a(&zone, "pg-3.pg.db.svc.cluster.local"), vec![ip("10.77.0.13")]);
+    assert_eq!(
+        a(&zone, "pg-3.pg.db.svc.cluster.local"),
+        vec![ip("10.77.0.13")]
+    );
 
     // No ready endpoint at all: the name does not exist (spec 2.4.1).
     let none_ready = slice("db", "pg", &[("10.77.0.10", Some("pg-0"), false)], &[]);
     let svc = service("db", "pg", json!({"clusterIP": "None"}));
     zone.set_service("db", "pg", Some(&svc), &[&none_ready]);
     assert_eq!(zone.lookup("pg.db.svc.cluster.local"), Lookup::NxDomain);
-    assert_eq!(zone.lookup("pg-0.pg.db.svc.cluster.local"), Lookup::NxDomain);
+    assert_eq!(
+        zone.lookup("pg-0.pg.db.svc.cluster.local"),
+        Lookup::NxDomain
+    );
     assert!(zone.reverse(ip("10.77.0.10")).is_empty());
 }
 
@@ -191,11 +231,20 @@ fn version_and_pod_records() {
         Lookup::Node(n) => assert_eq!(n.txt, vec![SCHEMA_VERSION.to_owned()]),
         other => panic!("{other:?}"),
     }
-    assert_eq!(a(&zone, "10-77-0-5.default.pod.cluster.local"), vec![ip("10.77.0.5")]);
+    assert_eq!(
+        a(&zone, "10-77-0-5.default.pod.cluster.local"),
+        vec![ip("10.77.0.5")]
+    );
     assert_eq!(zone.lookup("default.pod.cluster.local"), Lookup::Empty);
     assert_eq!(zone.lookup("pod.cluster.local"), Lookup::Empty);
-    assert_eq!(zone.lookup("10-77-0-500.default.pod.cluster.local"), Lookup::NxDomain);
-    assert_eq!(zone.lookup("x.10-77-0-5.default.pod.cluster.local"), Lookup::NxDomain);
+    assert_eq!(
+        zone.lookup("10-77-0-500.default.pod.cluster.local"),
+        Lookup::NxDomain
+    );
+    assert_eq!(
+        zone.lookup("x.10-77-0-5.default.pod.cluster.local"),
+        Lookup::NxDomain
+    );
     assert!(zone.contains("cluster.local"));
     assert!(zone.contains("a.cluster.local"));
     assert!(!zone.contains("xcluster.local"));
@@ -213,6 +262,9 @@ fn unchanged_service_keeps_the_serial() {
     let moved = service("default", "web", json!({"clusterIP": "10.96.0.51"}));
     zone.set_service("default", "web", Some(&moved), &[]);
     assert_ne!(zone.serial(), serial);
-    assert_eq!(a(&zone, "web.default.svc.cluster.local"), vec![ip("10.96.0.51")]);
+    assert_eq!(
+        a(&zone, "web.default.svc.cluster.local"),
+        vec![ip("10.96.0.51")]
+    );
     assert!(zone.reverse(ip("10.96.0.50")).is_empty());
 }

@@ -54,6 +54,12 @@ impl Allocator {
         Ipv4Addr::from(self.base + 1)
     }
 
+    /// The cluster DNS Service's address: the CIDR's tenth (kubeadm's convention,
+    /// `10.96.0.10` in the default range).
+    pub fn dns(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 10)
+    }
+
     /// Marks what an existing Service holds as used (at start).
     pub fn observe(&self, svc: &Value) {
         let Ok(mut used) = self.inner.lock() else {

@@ -1,0 +1,121 @@
+//! The cluster every e2e test starts: berth-server and one berth-agent (node
+//! `node-e2e`) in a temp dir, the real kubectl, and helpers to wait on them.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the helpers"
+)]
+
+use std::time::{Duration, Instant};
+
+use berth_testkit::{Agent, BerthServer, Kubectl, workspace_bin};
+use serde_json::Value;
+
+pub struct Cluster {
+    pub kubectl: Kubectl,
+    pub agent: Agent,
+    pub server: BerthServer,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn cluster() -> Option<Cluster> {
+    cluster_with(&["--controllers=false"])
+}
+
+/// A cluster whose berth-server runs with `args` and berth-agent with `agent_args`.
+pub fn cluster_with(args: &[&str]) -> Option<Cluster> {
+    cluster_full(args, &[])
+}
+
+pub fn cluster_full(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = BerthServer::start_with(&workspace_bin("berth-server"), dir.path(), args);
+    let kubectl = Kubectl::find(&server.kubeconfig(), dir.path())?;
+    let agent = Agent::start_with("node-e2e", &server.kubeconfig(), dir.path(), agent_args);
+    let c = Cluster {
+        kubectl,
+        agent,
+        server,
+        dir,
+    };
+    c.wait("the node to be Ready", Duration::from_secs(60), || {
+        let out = c.kubectl.run(&["get", "node", "node-e2e", "-o", "json"]);
+        let node: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        node.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    });
+    Some(c)
+}
+
+impl Cluster {
+    pub fn wait(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "timed out waiting for {what}; agent log:\n{}",
+            std::fs::read_to_string(self.agent.log_file()).unwrap_or_default()
+        );
+    }
+
+    /// Waits until nothing of any pod is left on the host (deleting a pod in a terminal
+    /// phase removes the object at once; the agent cleans up after it).
+    pub fn wait_clean(&self) {
+        let mut left = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            left = self.agent.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "left behind after deletion: {left:#?}; agent log:\n{}",
+            std::fs::read_to_string(self.agent.log_file()).unwrap_or_default()
+        );
+    }
+
+    pub fn pod(&self, name: &str) -> Value {
+        let out = self.kubectl.run(&["get", "pod", name, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn wait_pod(&self, name: &str, what: &str, mut ok: impl FnMut(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        self.wait(
+            &format!("pod {name}: {what}"),
+            Duration::from_secs(90),
+            || {
+                last = self.pod(name);
+                ok(&last)
+            },
+        );
+        last
+    }
+
+    pub fn container_status(pod: &Value, name: &str) -> Value {
+        pod.pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+pub fn ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
