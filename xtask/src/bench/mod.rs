@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 mod cni;
+mod dns;
 mod lb;
 pub mod runtime;
 pub mod scheduler;
@@ -76,6 +77,11 @@ pub const BENCHES: &[Bench] = &[
         name: "scheduler",
         about: "scheduler_perf SchedulingBasic 5000 nodes / 10 000 pods: pods/s and create→bound p99",
         run: scheduler::run,
+    },
+    Bench {
+        name: "dns",
+        about: "the agent's cluster DNS vs dnsmasq with 10 000 Services: qps, p99, update latency, memory",
+        run: dns::run,
     },
     Bench {
         name: "lb",

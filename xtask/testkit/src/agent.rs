@@ -44,6 +44,7 @@ pub struct Agent {
     pub port: u16,
     kubeconfig: PathBuf,
     extra: Vec<String>,
+    bin: PathBuf,
     child: Option<ChildGuard>,
 }
 
@@ -55,6 +56,18 @@ impl Agent {
 
     /// [`Agent::start`] with more command-line flags.
     pub fn start_with(name: &str, kubeconfig: &Path, parent: &Path, extra: &[&str]) -> Self {
+        Self::start_bin(&workspace_bin("berth-agent"), name, kubeconfig, parent, extra)
+    }
+
+    /// [`Agent::start_with`] running the `berth-agent` at `bin` (a release build, for
+    /// benches); `berth-runtime` is taken from the same directory.
+    pub fn start_bin(
+        bin: &Path,
+        name: &str,
+        kubeconfig: &Path,
+        parent: &Path,
+        extra: &[&str],
+    ) -> Self {
         let dir = parent.join(crate::unique_name("berth-agent"));
         std::fs::create_dir_all(&dir).expect("the agent's dir");
         let cgroup_root = format!("{}/kubepods", crate::unique_name("berthtest-agent"));
@@ -66,6 +79,7 @@ impl Agent {
             port: free_port(),
             kubeconfig: kubeconfig.into(),
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            bin: bin.to_path_buf(),
             child: None,
         };
         agent.restart();
@@ -103,7 +117,7 @@ impl Agent {
             .append(true)
             .open(self.log_file())
             .expect("agent log");
-        let child = Command::new(workspace_bin("berth-agent"))
+        let child = Command::new(&self.bin)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--hostname-override", &self.name, "--node-ip", "127.0.0.1"])
@@ -235,7 +249,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.child = None;
-        let runtime = workspace_bin("berth-runtime");
+        let runtime = self.bin.with_file_name("berth-runtime");
         let state = self.run_dir().join("containers");
         for e in std::fs::read_dir(&state).into_iter().flatten().flatten() {
             if e.file_name() == "netns" {
