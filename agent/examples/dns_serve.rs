@@ -22,8 +22,8 @@ async fn main() -> anyhow::Result<()> {
         }))?;
         dns.set_service("bench", &format!("svc-{i}"), Some(&svc), &[]);
     }
-    let (udp, tcp) = server::bind_sockets(([127, 0, 0, 1], port).into(), None)
-        .map_err(anyhow::Error::msg)?;
+    let (udp, tcp) =
+        server::bind_sockets(([127, 0, 0, 1], port).into(), None).map_err(anyhow::Error::msg)?;
     eprintln!("serving {n} Services on 127.0.0.1:{port}");
     server::serve(dns, udp, tcp).await?;
     Ok(())

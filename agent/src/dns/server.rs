@@ -19,8 +19,8 @@ use std::{
 };
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, MsgFlags, MultiHeaders, SockFlag, SockType,
-    SockaddrStorage, bind, listen, recvmmsg, sendmmsg, setsockopt, socket, sockopt,
+    AddressFamily, Backlog, MsgFlags, MultiHeaders, SockFlag, SockType, SockaddrStorage, bind,
+    listen, recvmmsg, sendmmsg, setsockopt, socket, sockopt,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -147,7 +147,9 @@ fn serve_udp(dns: &Arc<Dns>, socket: &Arc<StdUdpSocket>, runtime: &tokio::runtim
         }
         let mut out: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(received.len());
         for (i, (len, addr)) in received.into_iter().enumerate() {
-            let Some(peer) = std_addr(&addr) else { continue };
+            let Some(peer) = std_addr(&addr) else {
+                continue;
+            };
             match dns.handle(&bufs[i][..len], peer.ip(), true) {
                 Handled::Reply(bytes) => out.push((bytes, addr)),
                 Handled::Forward(pending) => {

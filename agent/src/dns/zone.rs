@@ -25,6 +25,7 @@ use std::{
     borrow::Cow,
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -64,24 +65,50 @@ pub enum Lookup<'a> {
     NxDomain,
 }
 
-/// The records one Service contributes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Contribution {
-    pub names: Vec<(String, Node)>,
-    /// Names that exist only because names below them do.
-    pub empty: Vec<String>,
-    pub ptrs: Vec<(Ipv4Addr, String)>,
+/// A Service port with a name (unnamed ports have no SRV record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Port {
+    name: Box<str>,
+    /// `tcp`, `udp`, `sctp`.
+    proto: Box<str>,
+    port: u16,
+}
+
+/// A ready endpoint of a headless Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Endpoint {
+    /// Its `hostname`, else the dashed IP.
+    host: Box<str>,
+    ip: Ipv4Addr,
+    /// The named ports of its EndpointSlice.
+    ports: Arc<[Port]>,
+}
+
+/// What the zone keeps of one Service: enough to answer every name below it. The
+/// records themselves are made when asked for, so 10 000 Services cost a few MB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Entry {
+    ClusterIp {
+        ips: Box<[Ipv4Addr]>,
+        ports: Box<[Port]>,
+    },
+    /// Never empty: a headless Service without ready endpoints has no entry.
+    Headless {
+        endpoints: Box<[Endpoint]>,
+        /// The Service's named ports (name, proto).
+        ports: Box<[(Box<str>, Box<str>)]>,
+    },
+    ExternalName(Box<str>),
 }
 
 /// The cluster zone.
 #[derive(Debug)]
 pub struct Zone {
     domain: String,
-    names: HashMap<String, Node>,
-    /// Empty non-terminals with the number of Services that make them exist.
-    empty: HashMap<String, u32>,
+    /// Namespace → Service name → entry.
+    namespaces: HashMap<Box<str>, HashMap<Box<str>, Entry>>,
     ptrs: HashMap<Ipv4Addr, Vec<String>>,
-    services: HashMap<(String, String), Contribution>,
+    services: usize,
     /// Bumped on every change: the SOA serial.
     serial: u32,
 }
@@ -89,25 +116,11 @@ pub struct Zone {
 impl Zone {
     /// An empty zone for `domain` (e.g. `cluster.local`).
     pub fn new(domain: &str) -> Self {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let mut names = HashMap::new();
-        names.insert(
-            format!("dns-version.{domain}"),
-            Node {
-                txt: vec![SCHEMA_VERSION.to_owned()],
-                ..Node::default()
-            },
-        );
-        let mut empty = HashMap::new();
-        for fixed in ["svc", "pod"] {
-            empty.insert(format!("{fixed}.{domain}"), 1);
-        }
         Self {
-            domain,
-            names,
-            empty,
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            namespaces: HashMap::new(),
             ptrs: HashMap::new(),
-            services: HashMap::new(),
+            services: 0,
             serial: 1,
         }
     }
@@ -122,12 +135,12 @@ impl Zone {
 
     /// Services the zone holds records of.
     pub fn services(&self) -> usize {
-        self.services.len()
+        self.services
     }
 
-    /// Names with records (for metrics).
+    /// Addresses with PTR records (for metrics).
     pub fn names(&self) -> usize {
-        self.names.len()
+        self.ptrs.len()
     }
 
     /// True for `name` (lower-case, no trailing dot) at or below the zone's apex.
@@ -136,6 +149,22 @@ impl Zone {
             || name
                 .strip_suffix(self.domain.as_str())
                 .is_some_and(|rest| rest.ends_with('.'))
+    }
+
+    fn base(&self, namespace: &str, name: &str) -> String {
+        format!("{name}.{namespace}.svc.{}", self.domain)
+    }
+
+    fn ptr_targets(&self, namespace: &str, name: &str, entry: &Entry) -> Vec<(Ipv4Addr, String)> {
+        let base = self.base(namespace, name);
+        match entry {
+            Entry::ClusterIp { ips, .. } => ips.iter().map(|ip| (*ip, base.clone())).collect(),
+            Entry::Headless { endpoints, .. } => endpoints
+                .iter()
+                .map(|e| (e.ip, format!("{}.{base}", e.host)))
+                .collect(),
+            Entry::ExternalName(_) => Vec::new(),
+        }
     }
 
     /// Replaces what Service `namespace/name` contributes with the records of
@@ -148,43 +177,42 @@ impl Zone {
         service: Option<&Service>,
         slices: &[&EndpointSlice],
     ) {
-        let key = (namespace.to_owned(), name.to_owned());
-        let new = service.map(|s| contribution(s, slices, &self.domain));
-        if self.services.get(&key) == new.as_ref() {
+        let namespace = namespace.to_ascii_lowercase();
+        let name = name.to_ascii_lowercase();
+        let new = service.and_then(|s| entry(s, &name, slices));
+        let old = self
+            .namespaces
+            .get(namespace.as_str())
+            .and_then(|n| n.get(name.as_str()));
+        if old == new.as_ref() {
             return;
         }
-        if let Some(old) = self.services.remove(&key) {
-            for (n, _) in &old.names {
-                self.names.remove(n);
-            }
-            for e in &old.empty {
-                if let Some(count) = self.empty.get_mut(e) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.empty.remove(e);
-                    }
-                }
-            }
-            for (ip, target) in &old.ptrs {
-                if let Some(targets) = self.ptrs.get_mut(ip) {
-                    targets.retain(|t| t != target);
+        if let Some(old) = old.cloned() {
+            for (ip, target) in self.ptr_targets(&namespace, &name, &old) {
+                if let Some(targets) = self.ptrs.get_mut(&ip) {
+                    targets.retain(|t| *t != target);
                     if targets.is_empty() {
-                        self.ptrs.remove(ip);
+                        self.ptrs.remove(&ip);
                     }
                 }
             }
+            if let Some(services) = self.namespaces.get_mut(namespace.as_str()) {
+                services.remove(name.as_str());
+                if services.is_empty() {
+                    self.namespaces.remove(namespace.as_str());
+                }
+            }
+            self.services -= 1;
         }
         if let Some(new) = new {
-            for (n, node) in &new.names {
-                self.names.insert(n.clone(), node.clone());
+            for (ip, target) in self.ptr_targets(&namespace, &name, &new) {
+                self.ptrs.entry(ip).or_default().push(target);
             }
-            for e in &new.empty {
-                *self.empty.entry(e.clone()).or_default() += 1;
-            }
-            for (ip, target) in &new.ptrs {
-                self.ptrs.entry(*ip).or_default().push(target.clone());
-            }
-            self.services.insert(key, new);
+            self.namespaces
+                .entry(namespace.into_boxed_str())
+                .or_default()
+                .insert(name.into_boxed_str(), new);
+            self.services += 1;
         }
         self.serial = self.serial.wrapping_add(1);
     }
@@ -194,39 +222,168 @@ impl Zone {
         if name == self.domain {
             return Lookup::Apex;
         }
-        if let Some(node) = self.names.get(name) {
-            return Lookup::Node(Cow::Borrowed(node));
-        }
-        if self.empty.contains_key(name) {
-            return Lookup::Empty;
-        }
-        if let Some(ip) = self.pod_address(name) {
+        let Some(rest) = name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|r| r.strip_suffix('.'))
+        else {
+            return Lookup::NxDomain;
+        };
+        if rest == "dns-version" {
             return Lookup::Node(Cow::Owned(Node {
-                a: vec![ip],
+                txt: vec![SCHEMA_VERSION.to_owned()],
                 ..Node::default()
             }));
         }
-        let pods = format!(".pod.{}", self.domain);
-        if name.strip_suffix(pods.as_str()).is_some_and(is_label) {
-            return Lookup::Empty; // `<ns>.pod.<zone>`
+        if rest == "svc" || rest == "pod" {
+            return Lookup::Empty;
         }
-        Lookup::NxDomain
+        if let Some(pods) = rest.strip_suffix(".pod") {
+            return match pods.split_once('.') {
+                None if is_label(pods) => Lookup::Empty, // `<ns>.pod.<zone>`
+                Some((dashed, namespace)) if is_label(namespace) => {
+                    match dashed.replace('-', ".").parse::<Ipv4Addr>() {
+                        Ok(ip) => Lookup::Node(Cow::Owned(Node {
+                            a: vec![ip],
+                            ..Node::default()
+                        })),
+                        Err(_) => Lookup::NxDomain,
+                    }
+                }
+                _ => Lookup::NxDomain,
+            };
+        }
+        let Some(services) = rest.strip_suffix(".svc") else {
+            return Lookup::NxDomain;
+        };
+        // Right to left: namespace, service, then a hostname or `_proto`, then `_port`.
+        let mut labels = services.rsplit('.');
+        let ns_name = labels.next().unwrap_or_default();
+        let Some(namespace) = self.namespaces.get(ns_name) else {
+            return Lookup::NxDomain;
+        };
+        let Some(svc_name) = labels.next() else {
+            return Lookup::Empty; // `<ns>.svc.<zone>`
+        };
+        let Some(entry) = namespace.get(svc_name) else {
+            return Lookup::NxDomain;
+        };
+        let below: Vec<&str> = labels.collect();
+        let base = || self.base(ns_name, svc_name);
+        match (entry, below.as_slice()) {
+            (Entry::ClusterIp { ips, .. }, []) => Lookup::Node(Cow::Owned(Node {
+                a: ips.to_vec(),
+                ..Node::default()
+            })),
+            (Entry::Headless { endpoints, .. }, []) => {
+                let mut a: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.ip).collect();
+                a.sort();
+                a.dedup();
+                Lookup::Node(Cow::Owned(Node {
+                    a,
+                    ..Node::default()
+                }))
+            }
+            (Entry::ExternalName(target), []) => Lookup::Node(Cow::Owned(Node {
+                cname: Some(target.to_string()),
+                ..Node::default()
+            })),
+            (Entry::ClusterIp { ports, .. }, [proto]) => {
+                if proto
+                    .strip_prefix('_')
+                    .is_some_and(|p| ports.iter().any(|x| &*x.proto == p))
+                {
+                    Lookup::Empty
+                } else {
+                    Lookup::NxDomain
+                }
+            }
+            (Entry::Headless { endpoints, ports }, [label]) => {
+                if let Some(p) = label.strip_prefix('_')
+                    && ports.iter().any(|(_, proto)| &**proto == p)
+                {
+                    return Lookup::Empty;
+                }
+                let a: Vec<Ipv4Addr> = endpoints
+                    .iter()
+                    .filter(|e| &*e.host == *label)
+                    .map(|e| e.ip)
+                    .collect();
+                if a.is_empty() {
+                    Lookup::NxDomain
+                } else {
+                    Lookup::Node(Cow::Owned(Node {
+                        a,
+                        ..Node::default()
+                    }))
+                }
+            }
+            (Entry::ClusterIp { ports, .. }, [proto, port]) => {
+                let (Some(proto), Some(port)) = (proto.strip_prefix('_'), port.strip_prefix('_'))
+                else {
+                    return Lookup::NxDomain;
+                };
+                let srv: Vec<Srv> = ports
+                    .iter()
+                    .filter(|p| &*p.proto == proto && &*p.name == port)
+                    .map(|p| Srv {
+                        priority: 0,
+                        weight: 100,
+                        port: p.port,
+                        target: base(),
+                    })
+                    .collect();
+                if srv.is_empty() {
+                    Lookup::NxDomain
+                } else {
+                    Lookup::Node(Cow::Owned(Node {
+                        srv,
+                        ..Node::default()
+                    }))
+                }
+            }
+            (Entry::Headless { endpoints, .. }, [proto, port]) => {
+                let (Some(proto), Some(port)) = (proto.strip_prefix('_'), port.strip_prefix('_'))
+                else {
+                    return Lookup::NxDomain;
+                };
+                let base = base();
+                let mut srv: Vec<Srv> = endpoints
+                    .iter()
+                    .filter_map(|e| {
+                        let p = e
+                            .ports
+                            .iter()
+                            .find(|p| &*p.proto == proto && &*p.name == port)?;
+                        Some(Srv {
+                            priority: 0,
+                            weight: 0,
+                            port: p.port,
+                            target: format!("{}.{base}", e.host),
+                        })
+                    })
+                    .collect();
+                if srv.is_empty() {
+                    return Lookup::NxDomain;
+                }
+                srv.sort();
+                srv.dedup();
+                // CoreDNS' weights: the SRV set shares 100.
+                let weight = u16::try_from(100 / srv.len()).unwrap_or(1).max(1);
+                for s in &mut srv {
+                    s.weight = weight;
+                }
+                Lookup::Node(Cow::Owned(Node {
+                    srv,
+                    ..Node::default()
+                }))
+            }
+            _ => Lookup::NxDomain,
+        }
     }
 
     /// The names `ip` points back to (PTR).
     pub fn reverse(&self, ip: Ipv4Addr) -> &[String] {
         self.ptrs.get(&ip).map_or(&[], Vec::as_slice)
-    }
-
-    /// `<a>-<b>-<c>-<d>.<ns>.pod.<zone>` → `a.b.c.d`.
-    fn pod_address(&self, name: &str) -> Option<Ipv4Addr> {
-        let rest = name.strip_suffix(self.domain.as_str())?;
-        let rest = rest.strip_suffix(".pod.")?;
-        let (dashed, namespace) = rest.split_once('.')?;
-        if !is_label(namespace) {
-            return None;
-        }
-        dashed.replace('-', ".").parse().ok()
     }
 }
 
@@ -238,18 +395,37 @@ fn is_label(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// An endpoint that answers for a headless Service.
-struct Endpoint<'a> {
-    ip: Ipv4Addr,
-    host: String,
-    slice: &'a EndpointSlice,
+fn proto(protocol: Option<&str>) -> Box<str> {
+    protocol
+        .unwrap_or("TCP")
+        .to_ascii_lowercase()
+        .into_boxed_str()
 }
 
-fn ready_endpoints<'a>(
+fn named_ports<'a>(
+    ports: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, i32)>,
+) -> Vec<Port> {
+    ports
+        .filter_map(|(name, protocol, port)| {
+            Some(Port {
+                name: name
+                    .filter(|n| !n.is_empty())?
+                    .to_ascii_lowercase()
+                    .into_boxed_str(),
+                proto: proto(protocol),
+                port: u16::try_from(port).ok().filter(|p| *p > 0)?,
+            })
+        })
+        .collect()
+}
+
+/// The ready endpoints of headless Service `service` (every endpoint with
+/// `publishNotReadyAddresses`), one per address.
+fn ready_endpoints(
     service: &str,
-    slices: &[&'a EndpointSlice],
+    slices: &[&EndpointSlice],
     publish_not_ready: bool,
-) -> Vec<Endpoint<'a>> {
+) -> Vec<Endpoint> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for slice in slices {
@@ -261,6 +437,14 @@ fn ready_endpoints<'a>(
         if owner.map(String::as_str) != Some(service) || slice.address_type != "IPv4" {
             continue;
         }
+        let ports: Arc<[Port]> = named_ports(
+            slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| Some((p.name.as_deref(), p.protocol.as_deref(), p.port?))),
+        )
+        .into();
         for ep in slice.endpoints.iter().flatten() {
             // EndpointConditions: a nil `ready` means ready.
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
@@ -279,176 +463,71 @@ fn ready_endpoints<'a>(
                     .as_deref()
                     .filter(|h| is_label(h))
                     .map_or_else(|| address.replace('.', "-"), |h| h.to_ascii_lowercase());
-                out.push(Endpoint { ip, host, slice });
+                out.push(Endpoint {
+                    host: host.into_boxed_str(),
+                    ip,
+                    ports: ports.clone(),
+                });
             }
         }
     }
+    out.sort_by_key(|e| e.ip);
     out
 }
 
-fn proto_label(protocol: Option<&str>) -> String {
-    format!("_{}", protocol.unwrap_or("TCP").to_ascii_lowercase())
-}
-
-/// The records `svc` contributes over `slices` in zone `domain`.
-pub fn contribution(svc: &Service, slices: &[&EndpointSlice], domain: &str) -> Contribution {
-    let mut c = Contribution::default();
-    let (Some(namespace), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
-        return c;
-    };
-    let Some(spec) = &svc.spec else { return c };
-    let base = format!("{name}.{namespace}.svc.{domain}").to_ascii_lowercase();
-    let namespace_name = format!("{namespace}.svc.{domain}").to_ascii_lowercase();
+/// What the zone keeps of `svc` (named `name`) over `slices`; `None` when it has no
+/// records (not allocated yet, a headless Service without ready endpoints).
+fn entry(svc: &Service, name: &str, slices: &[&EndpointSlice]) -> Option<Entry> {
+    let spec = svc.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
-        if let Some(target) = spec
+        let target = spec
             .external_name
-            .as_deref()
-            .map(|t| t.trim_end_matches('.').to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-        {
-            c.names.push((
-                base,
-                Node {
-                    cname: Some(target),
-                    ..Node::default()
-                },
-            ));
-            c.empty.push(namespace_name);
-        }
-        return c;
+            .as_deref()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        return (!target.is_empty()).then(|| Entry::ExternalName(target.into_boxed_str()));
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
-    let headless = spec.cluster_ip.as_deref() == Some("None");
-    if !headless {
-        let mut ips: Vec<Ipv4Addr> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if ips.is_empty() {
-            return c; // not allocated yet
+    if spec.cluster_ip.as_deref() == Some("None") {
+        let endpoints =
+            ready_endpoints(name, slices, spec.publish_not_ready_addresses == Some(true));
+        if endpoints.is_empty() {
+            return None; // spec 2.4.1: no ready endpoint → NXDOMAIN
         }
-        ips.sort();
-        for ip in &ips {
-            c.ptrs.push((*ip, base.clone()));
-        }
-        let mut protos = BTreeSet::new();
-        for port in ports {
-            let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) else {
-                continue;
-            };
-            let Ok(number) = u16::try_from(port.port) else {
-                continue;
-            };
-            let proto = proto_label(port.protocol.as_deref());
-            c.names.push((
-                format!("_{port_name}.{proto}.{base}").to_ascii_lowercase(),
-                Node {
-                    srv: vec![Srv {
-                        priority: 0,
-                        weight: 100,
-                        port: number,
-                        target: base.clone(),
-                    }],
-                    ..Node::default()
-                },
-            ));
-            protos.insert(proto);
-        }
-        for proto in protos {
-            c.empty.push(format!("{proto}.{base}"));
-        }
-        c.names.push((
-            base,
-            Node {
-                a: ips,
-                ..Node::default()
-            },
-        ));
-        c.empty.push(namespace_name);
-        return c;
+        let ports = named_ports(
+            ports
+                .iter()
+                .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.port)),
+        )
+        .into_iter()
+        .map(|p| (p.name, p.proto))
+        .collect();
+        return Some(Entry::Headless {
+            endpoints: endpoints.into_boxed_slice(),
+            ports,
+        });
     }
-    let endpoints = ready_endpoints(name, slices, spec.publish_not_ready_addresses == Some(true));
-    if endpoints.is_empty() {
-        return c; // spec 2.4.1: no ready endpoint → NXDOMAIN
+    let ips: Vec<Ipv4Addr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if ips.is_empty() {
+        return None; // not allocated yet
     }
-    let mut hosts: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
-    for ep in &endpoints {
-        let host_name = format!("{}.{base}", ep.host);
-        hosts.entry(host_name.clone()).or_default().push(ep.ip);
-        c.ptrs.push((ep.ip, host_name));
-    }
-    let mut protos = BTreeSet::new();
-    for port in ports {
-        let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) else {
-            continue;
-        };
-        let protocol = port.protocol.as_deref().unwrap_or("TCP");
-        let mut srv: Vec<Srv> = endpoints
-            .iter()
-            .filter_map(|ep| {
-                let number = ep.slice.ports.iter().flatten().find(|p| {
-                    p.name.as_deref().unwrap_or_default() == port_name
-                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
-                })?;
-                Some(Srv {
-                    priority: 0,
-                    weight: 0,
-                    port: u16::try_from(number.port?).ok()?,
-                    target: format!("{}.{base}", ep.host),
-                })
-            })
-            .collect();
-        if srv.is_empty() {
-            continue;
-        }
-        srv.sort();
-        srv.dedup();
-        // CoreDNS' weights: the SRV set shares 100.
-        let weight = u16::try_from(100 / srv.len()).unwrap_or(1).max(1);
-        for s in &mut srv {
-            s.weight = weight;
-        }
-        let proto = proto_label(Some(protocol));
-        c.names.push((
-            format!("_{port_name}.{proto}.{base}").to_ascii_lowercase(),
-            Node {
-                srv,
-                ..Node::default()
-            },
-        ));
-        protos.insert(proto);
-    }
-    for proto in protos {
-        c.empty.push(format!("{proto}.{base}"));
-    }
-    let mut all: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.ip).collect();
-    all.sort();
-    let mut hosts: Vec<(String, Vec<Ipv4Addr>)> = hosts.into_iter().collect();
-    hosts.sort();
-    for (host_name, mut ips) in hosts {
-        ips.sort();
-        c.names.push((
-            host_name,
-            Node {
-                a: ips,
-                ..Node::default()
-            },
-        ));
-    }
-    c.names.push((
-        base,
-        Node {
-            a: all,
-            ..Node::default()
-        },
-    ));
-    c.empty.push(namespace_name);
-    c
+    Some(Entry::ClusterIp {
+        ips: ips.into_boxed_slice(),
+        ports: named_ports(
+            ports
+                .iter()
+                .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.port)),
+        )
+        .into_boxed_slice(),
+    })
 }
 
 #[cfg(test)]

@@ -161,7 +161,9 @@ fn dnsperf(port: u16, queries: &Path, rate: Option<u32>) -> Result<Perf> {
     if let Some(r) = rate {
         cmd.args(["-Q", &r.to_string(), "-v"]);
     }
-    let out = cmd.output().context("dnsperf (cargo xtask setup installs it)")?;
+    let out = cmd
+        .output()
+        .context("dnsperf (cargo xtask setup installs it)")?;
     if !out.status.success() {
         bail!("dnsperf: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -230,7 +232,11 @@ impl Dnsmasq {
         let d = Self {
             _child: ChildGuard(child),
         };
-        wait_answer(port, "svc-0.bench.svc.cluster.local", Duration::from_secs(10))?;
+        wait_answer(
+            port,
+            "svc-0.bench.svc.cluster.local",
+            Duration::from_secs(10),
+        )?;
         Ok(d)
     }
 }

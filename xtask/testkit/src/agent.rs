@@ -56,7 +56,13 @@ impl Agent {
 
     /// [`Agent::start`] with more command-line flags.
     pub fn start_with(name: &str, kubeconfig: &Path, parent: &Path, extra: &[&str]) -> Self {
-        Self::start_bin(&workspace_bin("berth-agent"), name, kubeconfig, parent, extra)
+        Self::start_bin(
+            &workspace_bin("berth-agent"),
+            name,
+            kubeconfig,
+            parent,
+            extra,
+        )
     }
 
     /// [`Agent::start_with`] running the `berth-agent` at `bin` (a release build, for
