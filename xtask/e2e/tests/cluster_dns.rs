@@ -315,6 +315,21 @@ fn pods_resolve_services_headless_names_srv_externalname_and_outside_names() {
         );
     }
 
+    // The agent's metrics count what it answered.
+    let metrics = c
+        .kubectl
+        .ok(&["get", "--raw", "/api/v1/nodes/node-e2e/proxy/metrics"]);
+    for family in [
+        "berth_dns_requests_total{proto=\"udp\",type=\"A\"}",
+        "berth_dns_requests_total{proto=\"tcp\",type=\"A\"}",
+        "berth_dns_responses_total{rcode=\"NXDOMAIN\"}",
+        "berth_dns_cache_misses_total",
+        "berth_dns_upstream_duration_seconds_count",
+        "berth_dns_zone_services",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+    }
+
     // A stub domain from the ConfigMap, applied without a restart; a bad ConfigMap
     // keeps it.
     let stub = Upstream::start(&["/stub.test/192.0.2.88"]);
