@@ -4,9 +4,12 @@
 //! whenever a Service or one of its slices changes, each [`ServiceConsumer`] is
 //! handed that Service's current state (or its absence) and all its slices from the
 //! stores. After both initial lists, every Service is handed over once and the
-//! consumers are told they are in sync.
+//! consumers are told they are in sync. A re-list (after a watch broke off) ends the
+//! same way: every Service is handed over again, and those handed over before that
+//! are gone now are handed over as absent — nothing that changed or went away while
+//! the watch was down is missed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::{StreamExt, stream};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -101,6 +104,7 @@ pub async fn run(client: Client, mut consumers: Vec<Box<dyn ServiceConsumer>>) {
     .map(|r| r.map(touch_slice));
     let mut events = std::pin::pin!(stream::select(service_events, slice_events));
     let (mut services_listed, mut slices_listed, mut synced) = (false, false, false);
+    let mut handed: HashSet<(String, String)> = HashSet::new();
     while let Some(event) = events.next().await {
         match event {
             Err(error) => tracing::warn!(%error, "watch failed; retrying"),
@@ -108,9 +112,11 @@ pub async fn run(client: Client, mut consumers: Vec<Box<dyn ServiceConsumer>>) {
             Ok(Touch::Listed(kind)) => {
                 services_listed |= kind == Kind::Services;
                 slices_listed |= kind == Kind::Slices;
-                if services_listed && slices_listed && !synced {
+                // The first sync once both lists are in; afterwards every re-list
+                // (the store holds the new list only from its end) syncs again.
+                if services_listed && slices_listed {
                     synced = true;
-                    full_sync(&services, &slices, &mut consumers);
+                    full_sync(&services, &slices, &mut consumers, &mut handed);
                 }
             }
             Ok(Touch::Service(namespace, name)) if synced => {
@@ -128,6 +134,12 @@ pub async fn run(client: Client, mut consumers: Vec<Box<dyn ServiceConsumer>>) {
                 for c in &mut consumers {
                     c.changed(&namespace, &name, service.as_deref(), &mine);
                 }
+                let key = (namespace, name);
+                if service.is_some() {
+                    handed.insert(key);
+                } else {
+                    handed.remove(&key);
+                }
             }
             Ok(Touch::Service(..)) => {} // handed over by the full sync once both lists are in
         }
@@ -138,6 +150,7 @@ fn full_sync(
     services: &Store<Service>,
     slices: &Store<EndpointSlice>,
     consumers: &mut [Box<dyn ServiceConsumer>],
+    handed: &mut HashSet<(String, String)>,
 ) {
     let all_slices = slices.state();
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
@@ -149,13 +162,21 @@ fn full_sync(
                 .push(s);
         }
     }
+    let mut present = HashSet::new();
     for service in services.state() {
         let key = (service.namespace().unwrap_or_default(), service.name_any());
         let mine = by_service.get(&key).map_or(&[][..], Vec::as_slice);
         for c in consumers.iter_mut() {
             c.changed(&key.0, &key.1, Some(&service), mine);
         }
+        present.insert(key);
     }
+    for (namespace, name) in handed.difference(&present) {
+        for c in consumers.iter_mut() {
+            c.changed(namespace, name, None, &[]);
+        }
+    }
+    *handed = present;
     for c in consumers.iter_mut() {
         c.synced();
     }

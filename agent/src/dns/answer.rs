@@ -24,6 +24,9 @@ pub const TTL: u32 = 5;
 /// 2020 default: no IP fragmentation).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
 
+/// SRV targets whose addresses go in the additional section.
+const MAX_SRV_ADDITIONALS: usize = 16;
+
 /// What to do with a request.
 #[derive(Debug)]
 pub enum Decision {
@@ -167,11 +170,8 @@ pub fn decide(zone: &Zone, request: Message, recursion: bool) -> Decision {
     }
     let name = key(query.name());
     let qtype = query.query_type();
-    if matches!(
-        qtype,
-        RecordType::AXFR | RecordType::IXFR | RecordType::OPT | RecordType::Unknown(_)
-    ) && zone.contains(&name)
-    {
+    // No zone transfers; any other type a name does not hold is NODATA (RFC 3597).
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) && zone.contains(&name) {
         return Decision::Reply(response(&request, ResponseCode::Refused));
     }
     if let Some(ip) = reverse_address(&name) {
@@ -244,8 +244,22 @@ pub fn decide(zone: &Zone, request: Message, recursion: bool) -> Decision {
                 // Chase the target, as CoreDNS does (spec 2.5's example answer).
                 if zone.contains(target) {
                     msg.add_answer(cname);
-                    if let Lookup::Node(t) = zone.lookup(target) {
-                        msg.add_answers(records_of(&target_name, &t, qtype));
+                    match zone.lookup(target) {
+                        Lookup::Node(t) => {
+                            let answers = records_of(&target_name, &t, qtype);
+                            if answers.is_empty() {
+                                msg.add_authorities(soa(zone));
+                            }
+                            msg.add_answers(answers);
+                        }
+                        // The chain ends at a name that does not exist (RFC 6604).
+                        Lookup::NxDomain => {
+                            msg.metadata.response_code = ResponseCode::NXDomain;
+                            msg.add_authorities(soa(zone));
+                        }
+                        Lookup::Empty | Lookup::Apex => {
+                            msg.add_authorities(soa(zone));
+                        }
                     }
                     return Decision::Reply(msg);
                 }
@@ -264,7 +278,9 @@ pub fn decide(zone: &Zone, request: Message, recursion: bool) -> Decision {
             let answers = records_of(query.name(), &node, qtype);
             if !answers.is_empty() {
                 if qtype == RecordType::SRV {
-                    for s in &node.srv {
+                    // The targets' addresses, for the first few: a large headless
+                    // Service's answer is truncated anyway, and each costs a lookup.
+                    for s in node.srv.iter().take(MAX_SRV_ADDITIONALS) {
                         if let (Some(target), Lookup::Node(t)) =
                             (fqdn(&s.target), zone.lookup(&s.target))
                         {

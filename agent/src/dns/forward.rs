@@ -1,8 +1,11 @@
 //! Names outside the cluster zone: asked of upstream servers — a stub domain's own
 //! servers when the name is under one, else the node's upstreams — over UDP (TCP
 //! when the answer comes back truncated), each server in turn until one answers,
-//! 2 s each. Answers are cached for their TTL (capped at 1 h), negative ones for the
-//! SOA's negative TTL (RFC 2308, capped at 30 min), SERVFAIL not at all.
+//! 2 s each, 5 s in all. Answers are cached for their TTL (capped at 1 h), negative
+//! ones for the SOA's negative TTL (RFC 2308, capped at 30 min), SERVFAIL and answers
+//! over 4 KiB not at all. At most [`IN_FLIGHT`] questions are upstream at once; past
+//! that a question gets SERVFAIL at once, so a flood of random names costs bounded
+//! memory and file descriptors.
 
 use std::{
     collections::HashMap,
@@ -28,6 +31,12 @@ const MAX_NEGATIVE_TTL: u32 = 1800;
 /// Negative answers without a SOA are kept this long.
 const DEFAULT_NEGATIVE_TTL: u32 = 30;
 const CACHE_ENTRIES: usize = 10_000;
+/// Answers larger than this are passed on but not cached.
+const CACHE_MAX_BYTES: usize = 4096;
+/// Questions upstream at once.
+pub const IN_FLIGHT: usize = 512;
+/// All upstream tries of one question together.
+const TOTAL: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct CacheKey {
@@ -48,6 +57,7 @@ struct Cached {
 pub struct Forwarder {
     upstreams: RwLock<Upstreams>,
     cache: Mutex<HashMap<CacheKey, Cached>>,
+    in_flight: tokio::sync::Semaphore,
     metrics: Arc<DnsMetrics>,
 }
 
@@ -56,6 +66,7 @@ impl Forwarder {
         Self {
             upstreams: RwLock::new(upstreams),
             cache: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
             metrics,
         }
     }
@@ -88,26 +99,35 @@ impl Forwarder {
             return Some(hit);
         }
         self.metrics.cache_miss();
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            tracing::debug!("{IN_FLIGHT} questions upstream already; SERVFAIL");
+            return None;
+        };
         let servers = self
             .upstreams
             .read()
             .map(|u| u.servers_for(&key.name).to_vec())
             .unwrap_or_default();
-        for server in servers {
-            let started = Instant::now();
-            match exchange(server, query).await {
-                Ok(msg) => {
-                    self.metrics.upstream(started.elapsed(), true);
-                    self.store(key, &msg);
-                    return Some(msg);
-                }
-                Err(error) => {
-                    self.metrics.upstream(started.elapsed(), false);
-                    tracing::debug!(%server, %error, "upstream DNS server failed");
+        let ask_all = async {
+            for server in servers {
+                let started = Instant::now();
+                match exchange(server, query).await {
+                    Ok((msg, size)) => {
+                        self.metrics.upstream(started.elapsed(), true);
+                        if size <= CACHE_MAX_BYTES {
+                            self.store(key, &msg);
+                        }
+                        return Some(msg);
+                    }
+                    Err(error) => {
+                        self.metrics.upstream(started.elapsed(), false);
+                        tracing::debug!(%server, %error, "upstream DNS server failed");
+                    }
                 }
             }
-        }
-        None
+            None
+        };
+        tokio::time::timeout(TOTAL, ask_all).await.ok().flatten()
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Message> {
@@ -217,8 +237,12 @@ fn check(bytes: &[u8], id: u16, query: &Query) -> Result<Message, ExchangeError>
     Ok(msg)
 }
 
-/// Asks `server` about `query`: UDP first, TCP when the answer is truncated.
-pub async fn exchange(server: SocketAddr, query: &Query) -> Result<Message, ExchangeError> {
+/// Asks `server` about `query`: UDP first, TCP when the answer is truncated. Returns
+/// the answer and its size on the wire.
+pub async fn exchange(
+    server: SocketAddr,
+    query: &Query,
+) -> Result<(Message, usize), ExchangeError> {
     let (id, bytes) = upstream_query(query)?;
     let bind: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -228,28 +252,32 @@ pub async fn exchange(server: SocketAddr, query: &Query) -> Result<Message, Exch
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(server).await?;
     socket.send(&bytes).await?;
-    let mut buf = vec![0u8; 65_535];
+    // We offer a 1 232-byte EDNS payload: a larger datagram is not an answer to us.
+    let mut buf = vec![0u8; 4096];
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let msg = loop {
+    let (msg, size) = loop {
         let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
             .await
             .map_err(|_| ExchangeError::Timeout)??;
         match check(&buf[..n], id, query) {
-            Ok(msg) => break msg,
+            Ok(msg) => break (msg, n),
             // A stray datagram (spoofed or late): keep waiting for ours.
             Err(ExchangeError::Mismatch | ExchangeError::Decode(_)) => {}
             Err(e) => return Err(e),
         }
     };
     if !msg.metadata.truncation {
-        return Ok(msg);
+        return Ok((msg, size));
     }
     tokio::time::timeout(TIMEOUT, exchange_tcp(server, query))
         .await
         .map_err(|_| ExchangeError::Timeout)?
 }
 
-async fn exchange_tcp(server: SocketAddr, query: &Query) -> Result<Message, ExchangeError> {
+async fn exchange_tcp(
+    server: SocketAddr,
+    query: &Query,
+) -> Result<(Message, usize), ExchangeError> {
     let (id, bytes) = upstream_query(query)?;
     let mut stream = TcpStream::connect(server).await?;
     let len = u16::try_from(bytes.len()).map_err(|_| ExchangeError::Mismatch)?;
@@ -259,7 +287,7 @@ async fn exchange_tcp(server: SocketAddr, query: &Query) -> Result<Message, Exch
     stream.read_exact(&mut len).await?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut buf).await?;
-    check(&buf, id, query)
+    check(&buf, id, query).map(|m| (m, buf.len()))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     proto: &'static str,
-    r#type: String,
+    r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,7 +44,7 @@ pub struct DnsMetrics {
     upstream_seconds: Histogram,
     upstream_results: Family<ResultLabel, Counter>,
     services: Gauge<i64, AtomicI64>,
-    names: Gauge<i64, AtomicI64>,
+    ptr_addresses: Gauge<i64, AtomicI64>,
     config_errors: Counter<u64, AtomicU64>,
 }
 
@@ -64,7 +64,7 @@ impl DnsMetrics {
         let upstream_seconds = Histogram::new(exponential_buckets(0.000_1, 4.0, 10));
         let upstream_results = Family::<ResultLabel, Counter>::default();
         let services = Gauge::<i64, AtomicI64>::default();
-        let names = Gauge::<i64, AtomicI64>::default();
+        let ptr_addresses = Gauge::<i64, AtomicI64>::default();
         let config_errors = Counter::default();
         registry.register(
             "requests",
@@ -102,9 +102,9 @@ impl DnsMetrics {
             services.clone(),
         );
         registry.register(
-            "zone_names",
-            "Names with records in the cluster zone",
-            names.clone(),
+            "zone_ptr_addresses",
+            "Addresses with PTR records in the cluster zone",
+            ptr_addresses.clone(),
         );
         registry.register(
             "config_errors",
@@ -120,16 +120,16 @@ impl DnsMetrics {
             upstream_seconds,
             upstream_results,
             services,
-            names,
+            ptr_addresses,
             config_errors,
         }
     }
 
-    pub fn request(&self, proto: &'static str, qtype: &str) {
+    pub fn request(&self, proto: &'static str, qtype: &'static str) {
         self.requests
             .get_or_create(&RequestLabels {
                 proto,
-                r#type: qtype.to_owned(),
+                r#type: qtype,
             })
             .inc();
     }
@@ -159,10 +159,11 @@ impl DnsMetrics {
             .inc();
     }
 
-    pub fn zone(&self, services: usize, names: usize) {
+    pub fn zone(&self, services: usize, ptr_addresses: usize) {
         self.services
             .set(i64::try_from(services).unwrap_or(i64::MAX));
-        self.names.set(i64::try_from(names).unwrap_or(i64::MAX));
+        self.ptr_addresses
+            .set(i64::try_from(ptr_addresses).unwrap_or(i64::MAX));
     }
 
     pub fn config_error(&self) {
@@ -200,7 +201,7 @@ mod tests {
             "berth_dns_upstream_requests_total{result=\"success\"} 1",
             "berth_dns_upstream_duration_seconds_count 1",
             "berth_dns_zone_services 2",
-            "berth_dns_zone_names 9",
+            "berth_dns_zone_ptr_addresses 9",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -101,6 +101,27 @@ pub struct Pending {
     udp: bool,
 }
 
+/// The metrics label of a query type: a fixed set, so no client can grow the
+/// metrics with made-up types.
+fn type_label(t: hickory_proto::rr::RecordType) -> &'static str {
+    use hickory_proto::rr::RecordType as T;
+    match t {
+        T::A => "A",
+        T::AAAA => "AAAA",
+        T::SRV => "SRV",
+        T::PTR => "PTR",
+        T::CNAME => "CNAME",
+        T::TXT => "TXT",
+        T::SOA => "SOA",
+        T::NS => "NS",
+        T::MX => "MX",
+        T::HTTPS => "HTTPS",
+        T::SVCB => "SVCB",
+        T::ANY => "ANY",
+        _ => "other",
+    }
+}
+
 fn rcode_name(code: ResponseCode) -> String {
     match code {
         ResponseCode::NoError => "NOERROR".into(),
@@ -161,7 +182,7 @@ impl Dns {
     ) {
         if let Ok(mut zone) = self.zone.write() {
             zone.set_service(namespace, name, service, slices);
-            self.metrics.zone(zone.services(), zone.names());
+            self.metrics.zone(zone.services(), zone.ptr_addresses());
         }
     }
 
@@ -194,8 +215,8 @@ impl Dns {
         let qtype = request
             .queries
             .first()
-            .map_or_else(|| "none".to_owned(), |q| q.query_type().to_string());
-        self.metrics.request(proto, &qtype);
+            .map_or("none", |q| type_label(q.query_type()));
+        self.metrics.request(proto, qtype);
         let edns = request.edns.clone();
         let recursion = self.may_recurse(peer);
         let decision = match self.zone.read() {

@@ -20,7 +20,7 @@ use std::{
 
 use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, MultiHeaders, SockFlag, SockType, SockaddrStorage, bind,
-    listen, recvmmsg, sendmmsg, setsockopt, socket, sockopt,
+    listen, recvmmsg, sendmmsg, sendto, setsockopt, socket, sockopt,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -121,21 +121,22 @@ fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 /// taking what else is queued), answered on this thread and sent back with one
 /// `sendmmsg`; what needs upstream is finished by a task on `runtime`, which replies
 /// on the same socket (a UDP send does not wait for the peer).
-fn serve_udp(dns: &Arc<Dns>, socket: &Arc<StdUdpSocket>, runtime: &tokio::runtime::Handle) {
+fn serve_udp(dns: &Arc<Dns>, socket: &StdUdpSocket, runtime: &tokio::runtime::Handle) {
     let fd = socket.as_raw_fd();
     let mut bufs = vec![[0u8; UDP_QUERY_MAX]; BATCH];
     let mut rx = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     loop {
-        let mut received: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
+        // (buffer index, length, sender): the index stays the buffer's own.
+        let mut received: Vec<(usize, usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
         {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
                 bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
             match recvmmsg(fd, &mut rx, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
                 Ok(msgs) => {
-                    for m in msgs {
+                    for (i, m) in msgs.enumerate() {
                         if let Some(addr) = m.address {
-                            received.push((m.bytes, addr));
+                            received.push((i, m.bytes, addr));
                         }
                     }
                 }
@@ -146,17 +147,20 @@ fn serve_udp(dns: &Arc<Dns>, socket: &Arc<StdUdpSocket>, runtime: &tokio::runtim
             }
         }
         let mut out: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(received.len());
-        for (i, (len, addr)) in received.into_iter().enumerate() {
-            let Some(peer) = std_addr(&addr) else {
+        for (i, len, addr) in received {
+            let (Some(peer), Some(query)) =
+                (std_addr(&addr), bufs.get(i).and_then(|b| b.get(..len)))
+            else {
                 continue;
             };
-            match dns.handle(&bufs[i][..len], peer.ip(), true) {
+            match dns.handle(query, peer.ip(), true) {
                 Handled::Reply(bytes) => out.push((bytes, addr)),
                 Handled::Forward(pending) => {
-                    let (dns, socket) = (dns.clone(), socket.clone());
+                    let dns = dns.clone();
                     runtime.spawn(async move {
                         if let Some(bytes) = dns.forward(*pending).await {
-                            let _ = socket.send_to(&bytes, peer);
+                            // Never wait on a full send buffer on a runtime thread.
+                            let _ = sendto(fd, &bytes, &addr, MsgFlags::MSG_DONTWAIT);
                         }
                     });
                 }
@@ -168,8 +172,27 @@ fn serve_udp(dns: &Arc<Dns>, socket: &Arc<StdUdpSocket>, runtime: &tokio::runtim
         }
         let iovs: Vec<[IoSlice<'_>; 1]> = out.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
         let addrs: Vec<Option<SockaddrStorage>> = out.iter().map(|(_, a)| Some(*a)).collect();
-        if let Err(error) = sendmmsg(fd, &mut tx, &iovs, &addrs, [], MsgFlags::empty()) {
-            tracing::debug!(%error, "DNS UDP send failed");
+        // sendmmsg stops at the first message the kernel refuses (an unreachable or
+        // filtered peer): skip that one and send the rest.
+        let mut start = 0;
+        while start < out.len() {
+            let sent = sendmmsg(
+                fd,
+                &mut tx,
+                &iovs[start..],
+                &addrs[start..],
+                [],
+                MsgFlags::empty(),
+            )
+            .map(Iterator::count);
+            match sent {
+                Ok(n) if n > 0 => start += n,
+                Ok(_) => start += 1,
+                Err(error) => {
+                    tracing::debug!(%error, "DNS UDP send failed");
+                    start += 1;
+                }
+            }
         }
     }
 }

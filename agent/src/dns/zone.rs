@@ -139,7 +139,7 @@ impl Zone {
     }
 
     /// Addresses with PTR records (for metrics).
-    pub fn names(&self) -> usize {
+    pub fn ptr_addresses(&self) -> usize {
         self.ptrs.len()
     }
 
@@ -234,8 +234,22 @@ impl Zone {
                 ..Node::default()
             }));
         }
-        if rest == "svc" || rest == "pod" {
+        if rest == "svc" || rest == "pod" || rest == "dns" {
             return Lookup::Empty;
+        }
+        if rest == "ns.dns" {
+            // The SOA's and NS's server: the cluster DNS Service's address.
+            return match self
+                .namespaces
+                .get("kube-system")
+                .and_then(|n| n.get("kube-dns"))
+            {
+                Some(Entry::ClusterIp { ips, .. }) => Lookup::Node(Cow::Owned(Node {
+                    a: ips.to_vec(),
+                    ..Node::default()
+                })),
+                _ => Lookup::NxDomain,
+            };
         }
         if let Some(pods) = rest.strip_suffix(".pod") {
             return match pods.split_once('.') {

@@ -327,7 +327,10 @@ fn pods_resolve_services_headless_names_srv_externalname_and_outside_names() {
         "berth_dns_upstream_duration_seconds_count",
         "berth_dns_zone_services",
     ] {
-        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
     }
 
     // A stub domain from the ConfigMap, applied without a restart; a bad ConfigMap

@@ -22,6 +22,18 @@ fn zone() -> Zone {
         json!({"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}),
     );
     zone.set_service("default", "inner", Some(&inner), &[]);
+    let dangling = service(
+        "default",
+        "dangling",
+        json!({"type": "ExternalName", "externalName": "gone.default.svc.cluster.local"}),
+    );
+    zone.set_service("default", "dangling", Some(&dangling), &[]);
+    let dns = service(
+        "kube-system",
+        "kube-dns",
+        json!({"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+    );
+    zone.set_service("kube-system", "kube-dns", Some(&dns), &[]);
     let endpoints: Vec<(String, Option<&str>, bool)> = (0..100)
         .map(|i| (format!("10.77.1.{i}"), None, true))
         .collect();
@@ -291,4 +303,28 @@ fn large_answers_truncate_over_udp_not_tcp() {
         m.metadata.truncation,
         "100 A records are 1.6 kB: still too many"
     );
+}
+
+#[test]
+fn chains_to_missing_names_unknown_types_and_the_soa_server() {
+    let zone = zone();
+    // A CNAME into the zone whose target does not exist: NXDOMAIN, CNAME kept (RFC 6604).
+    let m = ask(&zone, "dangling.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(m.answers[0].data, RData::CNAME(_)), "{m:?}");
+    assert!(matches!(m.authorities[0].data, RData::SOA(_)), "{m:?}");
+    // A type nobody asks for is NODATA, not REFUSED (RFC 3597).
+    let odd = ask(
+        &zone,
+        "web.default.svc.cluster.local.",
+        RecordType::Unknown(65_280),
+    );
+    assert_eq!(odd.metadata.response_code, ResponseCode::NoError);
+    assert!(odd.answers.is_empty());
+    assert!(matches!(odd.authorities[0].data, RData::SOA(_)));
+    // The SOA's primary server resolves to the cluster DNS Service.
+    let ns = ask(&zone, "ns.dns.cluster.local.", RecordType::A);
+    assert_eq!(ns.answers[0].data, RData::A(A([10, 96, 0, 10].into())));
+    let empty = ask(&zone, "dns.cluster.local.", RecordType::A);
+    assert_eq!(empty.metadata.response_code, ResponseCode::NoError);
 }
