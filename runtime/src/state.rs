@@ -180,12 +180,25 @@ impl Root {
         ids
     }
 
+    /// Removes the container's state directory. A monitor that is still ending may
+    /// write its last state (a temporary file, then a rename) while the directory
+    /// is being emptied, which makes the final rmdir fail with ENOTEMPTY: emptying
+    /// is retried for up to a second, so a removal never loses that race.
     pub fn remove(&self, id: &str) -> Result<(), Error> {
         let dir = self.container_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&dir)(e)),
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(io(&dir)(e)),
+            }
         }
     }
 }
