@@ -76,7 +76,8 @@ pub fn bind_sockets(
 pub async fn serve(dns: Arc<Dns>, udp: StdUdpSocket, tcp: StdTcpListener) -> std::io::Result<()> {
     let tcp = TcpListener::from_std(tcp)?;
     udp.set_nonblocking(false)?;
-    let udp = Arc::new(udp);
+    // The thread owns the socket for the life of the process (its loop never ends),
+    // so the raw fd upstream tasks reply on stays valid.
     let runtime = tokio::runtime::Handle::current();
     let udp_dns = dns.clone();
     std::thread::Builder::new()
