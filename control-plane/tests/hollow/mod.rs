@@ -1,7 +1,10 @@
 //! Hollow nodes for control-plane tests: Node objects with capacity, and a small fake
 //! kubelet that renews their Leases, marks the pods bound to them Running and Ready
 //! (each with an IP of its own) and finishes their graceful deletion — until a node is
-//! "killed", after which it goes silent like a dead host.
+//! "killed", after which it goes silent like a dead host. A pod annotated
+//! `hollow.berth.io/exit-code: "N"` runs for one tick (or
+//! `hollow.berth.io/run-ms` milliseconds) and then ends: Succeeded for 0, Failed with
+//! that exit code otherwise.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -143,7 +146,15 @@ async fn run(client: kube::Client, nodes: Vec<String>, dead: Arc<Mutex<HashSet<S
                     continue;
                 }
                 let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+                    continue;
+                }
                 if phase.as_deref() == Some("Running") {
+                    if let Some(patch) = finish(&p) {
+                        let _ = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                            .await;
+                    }
                     continue;
                 }
                 let ip = format!("10.88.{}.{}", next_ip / 250, next_ip % 250 + 1);
@@ -180,4 +191,51 @@ async fn run(client: kube::Client, nodes: Vec<String>, dead: Arc<Mutex<HashSet<S
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The status that ends a pod annotated with `hollow.berth.io/exit-code`, once it has
+/// run for its `hollow.berth.io/run-ms` (default: at once).
+fn finish(p: &Pod) -> Option<serde_json::Value> {
+    let annotations = p.metadata.annotations.as_ref()?;
+    let code: i32 = annotations.get("hollow.berth.io/exit-code")?.parse().ok()?;
+    let run_ms: i64 = annotations
+        .get("hollow.berth.io/run-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let started = p.status.as_ref()?.start_time.as_ref()?.0;
+    if jiff::Timestamp::now() < started + jiff::SignedDuration::from_millis(run_ms) {
+        return None;
+    }
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let (phase, reason) = if code == 0 {
+        ("Succeeded", "Completed")
+    } else {
+        ("Failed", "Error")
+    };
+    let statuses: Vec<_> = p
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| {
+                    json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                        "started": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": code, "reason": reason,
+                            "startedAt": now, "finishedAt": now}}})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let not = |t: &str| json!({"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now});
+    Some(json!({"status": {
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            not("ContainersReady"), not("Ready")],
+        "containerStatuses": statuses,
+    }}))
 }
