@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod namespace;
 pub mod node_lifecycle;
@@ -50,6 +51,7 @@ pub async fn run(client: Client, options: Options) {
     let loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
         Box::pin(replicaset::start(client.clone(), i)),
         Box::pin(deployment::start(client.clone(), i)),
+        Box::pin(job::start(client.clone(), i)),
         Box::pin(endpoints::start(client.clone(), i)),
         Box::pin(namespace::start(client.clone(), i)),
         Box::pin(gc),

@@ -138,8 +138,20 @@ pub fn apply(kind: &str, obj: &mut Value) {
             }
         }
         "Job" => {
+            let uid = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             if let Some(spec) = object(obj, "spec") {
                 job_spec(spec);
+                if let Some(uid) = uid {
+                    job_selector(spec, &uid, &name);
+                }
             }
         }
         "CronJob" => {
@@ -240,8 +252,37 @@ fn job_spec(spec: &mut Value) {
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     default(spec, "manualSelector", Value::Null);
-    default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    let replacement = if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
+    default(spec, "podReplacementPolicy", json!(replacement));
     template(spec.get_mut("template"));
+}
+
+/// The selector the apiserver generates for a Job without `manualSelector`: its uid,
+/// as a label on the pod template (with the Job's name) and in `matchLabels`.
+fn job_selector(spec: &mut Value, uid: &str, name: &str) {
+    if spec.get("manualSelector") == Some(&json!(true))
+        || spec.get("selector").is_some_and(|s| !s.is_null())
+    {
+        return;
+    }
+    if let Some(template) = object(spec, "template")
+        && let Some(meta) = object(template, "metadata")
+        && let Some(labels) = object(meta, "labels")
+    {
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", uid),
+            ("batch.kubernetes.io/job-name", name),
+            ("controller-uid", uid),
+            ("job-name", name),
+        ] {
+            default(labels, k, json!(v));
+        }
+    }
+    spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
 }
 
 fn service_spec(spec: &mut Value) {

@@ -128,7 +128,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
             replicas(spec, &mut causes);
             template(spec.get("template"), "spec.template", &mut causes);
         }
-        "Job" => template(spec.get("template"), "spec.template", &mut causes),
+        "Job" => job(spec, &mut causes),
         "Service" => service(spec, &mut causes),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
@@ -196,6 +196,223 @@ fn workload(kind: &str, spec: &Value, causes: &mut Vec<Cause>) {
     }
     let _ = kind;
     template(spec.get("template"), "spec.template", causes);
+}
+
+/// A field that must be ≥ 0 when set.
+fn non_negative(spec: &Value, path: &str, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(n) = spec.get(field).and_then(Value::as_i64)
+        && n < 0
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.{field}"),
+            format!("Invalid value: {n}: must be greater than or equal to 0"),
+        ));
+    }
+}
+
+fn unsupported(path: &str, value: &str, supported: &[&str]) -> Cause {
+    let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+    Cause {
+        reason: "FieldValueNotSupported",
+        field: path.into(),
+        message: format!(
+            "Unsupported value: \"{value}\": supported values: {}",
+            list.join(", ")
+        ),
+    }
+}
+
+/// A Job's spec (also a CronJob's `jobTemplate.spec`, under `path`).
+pub fn job_spec(spec: &Value, path: &str, generated_selector: bool, causes: &mut Vec<Cause>) {
+    for field in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        non_negative(spec, path, field, causes);
+    }
+    if spec.get("activeDeadlineSeconds").and_then(Value::as_i64) == Some(0) {
+        causes.push(Cause::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            "Invalid value: 0: must be greater than 0",
+        ));
+    }
+    let mode = spec
+        .get("completionMode")
+        .and_then(Value::as_str)
+        .unwrap_or("NonIndexed");
+    let indexed = mode == "Indexed";
+    if !matches!(mode, "NonIndexed" | "Indexed") {
+        causes.push(unsupported(
+            &format!("{path}.completionMode"),
+            mode,
+            &["NonIndexed", "Indexed"],
+        ));
+    }
+    let set = |f: &str| spec.get(f).is_some_and(|v| !v.is_null());
+    if indexed && !set("completions") {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: format!("{path}.completions"),
+            message: "Required value: when completion mode is Indexed".into(),
+        });
+    }
+    if indexed
+        && let Some(c) = spec.get("completions").and_then(Value::as_i64)
+        && c > 100_000
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.completions"),
+            format!("Invalid value: {c}: must be less than or equal to 100000 when completion mode is Indexed"),
+        ));
+    }
+    if set("backoffLimitPerIndex") && !indexed {
+        causes.push(Cause::forbidden(
+            format!("{path}.backoffLimitPerIndex"),
+            "Forbidden: requires indexed completion mode",
+        ));
+    }
+    if set("maxFailedIndexes") && !set("backoffLimitPerIndex") {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: format!("{path}.backoffLimitPerIndex"),
+            message: "Required value: when maxFailedIndexes is specified".into(),
+        });
+    }
+    if set("successPolicy") && !indexed {
+        causes.push(Cause::invalid(
+            format!("{path}.successPolicy"),
+            "Invalid value: \"NonIndexed\": requires indexed completion mode",
+        ));
+    }
+    let restart = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always");
+    if !matches!(restart, "OnFailure" | "Never") {
+        causes.push(unsupported(
+            &format!("{path}.template.spec.restartPolicy"),
+            restart,
+            &["OnFailure", "Never"],
+        ));
+    } else if set("podFailurePolicy") && restart != "Never" {
+        causes.push(Cause::invalid(
+            format!("{path}.template.spec.restartPolicy"),
+            format!("Invalid value: \"{restart}\": only \"Never\" is supported when podFailurePolicy is specified"),
+        ));
+    }
+    if let Some(rules) = spec
+        .pointer("/podFailurePolicy/rules")
+        .and_then(Value::as_array)
+    {
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("{path}.podFailurePolicy.rules[{i}]");
+            let action = rule
+                .get("action")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !matches!(action, "FailJob" | "FailIndex" | "Ignore" | "Count") {
+                causes.push(unsupported(
+                    &format!("{at}.action"),
+                    action,
+                    &["Count", "FailIndex", "FailJob", "Ignore"],
+                ));
+            } else if action == "FailIndex" && !set("backoffLimitPerIndex") {
+                causes.push(Cause::forbidden(
+                    format!("{at}.action"),
+                    "Forbidden: requires the backoffLimitPerIndex to be set",
+                ));
+            }
+            let codes = rule.get("onExitCodes").filter(|v| !v.is_null());
+            let conds = rule.get("onPodConditions").filter(|v| !v.is_null());
+            if codes.is_some() == conds.is_some() {
+                causes.push(Cause::invalid(
+                    at.clone(),
+                    "Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+                ));
+            }
+            if let Some(codes) = codes {
+                let op = codes
+                    .get("operator")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !matches!(op, "In" | "NotIn") {
+                    causes.push(unsupported(
+                        &format!("{at}.onExitCodes.operator"),
+                        op,
+                        &["In", "NotIn"],
+                    ));
+                }
+                let values = codes.get("values").and_then(Value::as_array);
+                if values.is_none_or(Vec::is_empty) {
+                    causes.push(Cause {
+                        reason: "FieldValueRequired",
+                        field: format!("{at}.onExitCodes.values"),
+                        message: "Required value: at least one value is required".into(),
+                    });
+                }
+                if op == "In" && values.is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(0))) {
+                    causes.push(Cause::invalid(
+                        format!("{at}.onExitCodes.values"),
+                        "Invalid value: 0: must not be 0 for the In operator",
+                    ));
+                }
+            }
+        }
+    }
+    let replacement = spec.get("podReplacementPolicy").and_then(Value::as_str);
+    if let Some(r) = replacement {
+        if !matches!(r, "TerminatingOrFailed" | "Failed") {
+            causes.push(unsupported(
+                &format!("{path}.podReplacementPolicy"),
+                r,
+                &["Failed", "TerminatingOrFailed"],
+            ));
+        } else if r == "TerminatingOrFailed" && set("podFailurePolicy") {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: format!("{path}.podReplacementPolicy"),
+                message: "Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\""
+                    .into(),
+            });
+        }
+    }
+    if generated_selector {
+        let selector = spec.get("selector").filter(|s| !s.is_null());
+        match selector
+            .and_then(|s| s.get("matchLabels"))
+            .and_then(Value::as_object)
+        {
+            None if selector.is_none() => causes.push(Cause::required(format!("{path}.selector"))),
+            Some(wanted) => {
+                let labels = spec
+                    .pointer("/template/metadata/labels")
+                    .and_then(Value::as_object);
+                if !wanted
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                {
+                    causes.push(Cause::invalid(
+                        format!("{path}.template.metadata.labels"),
+                        format!(
+                            "Invalid value: {}: `selector` does not match template `labels`",
+                            serde_json::to_string(&labels).unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    template(spec.get("template"), &format!("{path}.template"), causes);
+}
+
+fn job(spec: &Value, causes: &mut Vec<Cause>) {
+    job_spec(spec, "spec", true, causes);
 }
 
 fn template(template: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
@@ -409,6 +626,25 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
                 "spec.selector",
                 "Invalid value: field is immutable",
             ));
+        }
+        "Job" => {
+            for (field, path) in [
+                ("selector", "/spec/selector"),
+                ("template", "/spec/template"),
+                ("completions", "/spec/completions"),
+                ("completionMode", "/spec/completionMode"),
+                ("podFailurePolicy", "/spec/podFailurePolicy"),
+                ("successPolicy", "/spec/successPolicy"),
+            ] {
+                let (o, n) = (old.pointer(path), new.pointer(path));
+                if o != n {
+                    let shown = n.map_or_else(|| "null".to_owned(), |v| v.to_string());
+                    causes.push(Cause::invalid(
+                        format!("spec.{field}"),
+                        format!("Invalid value: {shown}: field is immutable"),
+                    ));
+                }
+            }
         }
         "Service" => {
             let old_ip = old.pointer("/spec/clusterIP");
