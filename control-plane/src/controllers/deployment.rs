@@ -107,23 +107,8 @@ fn route_rs(rs: &ReplicaSet, queue: &Queue, deployments: &Store<Deployment>) {
 /// Kubernetes' pod-template-hash: FNV-1a (32 bit) of the template (and the collision
 /// count), its decimal digits spelled in the alphabet of generated names.
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut h: u32 = 0x811c_9dc5;
     let text = serde_json::to_string(template).unwrap_or_default();
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u32::from(*b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    };
-    feed(text.as_bytes());
-    if let Some(c) = collision_count {
-        feed(&c.to_le_bytes());
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string()
-        .bytes()
-        .map(|d| ALPHABET[usize::from(d - b'0') % ALPHABET.len()] as char)
-        .collect()
+    super::history::name_hash(text.as_bytes(), collision_count)
 }
 
 /// The template without the pod-template-hash label, for comparing templates.

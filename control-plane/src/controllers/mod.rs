@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod leader;
 pub mod namespace;
@@ -14,6 +15,7 @@ pub mod pods;
 pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::time::Duration;
 
@@ -52,6 +54,7 @@ pub async fn run(client: Client, options: Options) {
         Box::pin(replicaset::start(client.clone(), i)),
         Box::pin(deployment::start(client.clone(), i)),
         Box::pin(job::start(client.clone(), i)),
+        Box::pin(statefulset::start(client.clone(), i)),
         Box::pin(endpoints::start(client.clone(), i)),
         Box::pin(namespace::start(client.clone(), i)),
         Box::pin(gc),

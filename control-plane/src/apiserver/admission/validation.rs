@@ -2,7 +2,7 @@
 //! (`pkg/apis/*/validation`): object names, labels and annotations, container specs,
 //! ports, selectors matching templates, and the fields that cannot change on update.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::super::status::Cause;
 
@@ -194,7 +194,119 @@ fn workload(kind: &str, spec: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    let _ = kind;
+    match kind {
+        "StatefulSet" => {
+            let policy = spec
+                .get("podManagementPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("OrderedReady");
+            if !matches!(policy, "OrderedReady" | "Parallel") {
+                causes.push(unsupported(
+                    "spec.podManagementPolicy",
+                    policy,
+                    &["OrderedReady", "Parallel"],
+                ));
+            }
+            let strategy = spec
+                .pointer("/updateStrategy/type")
+                .and_then(Value::as_str)
+                .unwrap_or("RollingUpdate");
+            if !matches!(strategy, "RollingUpdate" | "OnDelete") {
+                causes.push(unsupported(
+                    "spec.updateStrategy.type",
+                    strategy,
+                    &["OnDelete", "RollingUpdate"],
+                ));
+            }
+            if let Some(ru) = spec.pointer("/updateStrategy/rollingUpdate") {
+                non_negative(ru, "spec.updateStrategy.rollingUpdate", "partition", causes);
+            }
+            if let Some(o) = spec.get("ordinals") {
+                non_negative(o, "spec.ordinals", "start", causes);
+            }
+            for (field, value) in [
+                (
+                    "whenDeleted",
+                    spec.pointer("/persistentVolumeClaimRetentionPolicy/whenDeleted"),
+                ),
+                (
+                    "whenScaled",
+                    spec.pointer("/persistentVolumeClaimRetentionPolicy/whenScaled"),
+                ),
+            ] {
+                if let Some(v) = value.and_then(Value::as_str)
+                    && !matches!(v, "Retain" | "Delete")
+                {
+                    causes.push(unsupported(
+                        &format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                        v,
+                        &["Retain", "Delete"],
+                    ));
+                }
+            }
+        }
+        "DaemonSet" => {
+            let strategy = spec
+                .pointer("/updateStrategy/type")
+                .and_then(Value::as_str)
+                .unwrap_or("RollingUpdate");
+            if !matches!(strategy, "RollingUpdate" | "OnDelete") {
+                causes.push(unsupported(
+                    "spec.updateStrategy.type",
+                    strategy,
+                    &["OnDelete", "RollingUpdate"],
+                ));
+            }
+            let restart = spec
+                .pointer("/template/spec/restartPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("Always");
+            if restart != "Always" {
+                causes.push(unsupported(
+                    "spec.template.spec.restartPolicy",
+                    restart,
+                    &["Always"],
+                ));
+            }
+            let ru = spec.pointer("/updateStrategy/rollingUpdate");
+            let zero = |v: Option<&Value>| {
+                v.is_none_or(|v| v.as_i64() == Some(0) || v.as_str() == Some("0%"))
+            };
+            if strategy == "RollingUpdate"
+                && let Some(ru) = ru
+                && zero(ru.get("maxUnavailable"))
+                && zero(ru.get("maxSurge"))
+            {
+                causes.push(Cause::invalid(
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                    "Invalid value: 0: may not be 0 when `maxSurge` is 0",
+                ));
+            }
+        }
+        _ => {}
+    }
+    if kind == "StatefulSet" {
+        // Claims from volumeClaimTemplates are volumes of every pod.
+        let mut t = spec.get("template").cloned().unwrap_or(Value::Null);
+        let claims: Vec<Value> = spec
+            .get("volumeClaimTemplates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.pointer("/metadata/name").cloned())
+            .map(|name| json!({"name": name, "persistentVolumeClaim": {"claimName": name}}))
+            .collect();
+        if let Some(ps) = t.get_mut("spec").and_then(Value::as_object_mut) {
+            let volumes = ps.entry("volumes").or_insert_with(|| json!([]));
+            if let Some(list) = volumes.as_array_mut() {
+                list.extend(claims);
+            } else {
+                *volumes = Value::Array(claims);
+            }
+        }
+        template(Some(&t), "spec.template", causes);
+        return;
+    }
     template(spec.get("template"), "spec.template", causes);
 }
 
@@ -619,7 +731,33 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
                 ));
             }
         }
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+        "StatefulSet" => {
+            // Only these may change (ValidateStatefulSetUpdate).
+            let strip = |o: &Value| {
+                let mut spec = o.get("spec").cloned().unwrap_or(Value::Null);
+                if let Some(m) = spec.as_object_mut() {
+                    for k in [
+                        "replicas",
+                        "ordinals",
+                        "template",
+                        "updateStrategy",
+                        "persistentVolumeClaimRetentionPolicy",
+                        "minReadySeconds",
+                        "revisionHistoryLimit",
+                    ] {
+                        m.remove(k);
+                    }
+                }
+                spec
+            };
+            if strip(old) != strip(new) {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                ));
+            }
+        }
+        "Deployment" | "ReplicaSet" | "DaemonSet"
             if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
         {
             causes.push(Cause::invalid(
