@@ -3,6 +3,7 @@
 //! keys. [`run`] runs them all while this process holds the controller Lease.
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod leader;
@@ -50,6 +51,7 @@ pub async fn run(client: Client, options: Options) {
     let loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
         Box::pin(replicaset::start(client.clone(), i)),
         Box::pin(deployment::start(client.clone(), i)),
+        Box::pin(disruption::start(client.clone(), i)),
         Box::pin(endpoints::start(client.clone(), i)),
         Box::pin(namespace::start(client.clone(), i)),
         Box::pin(gc),
