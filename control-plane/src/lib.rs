@@ -6,5 +6,6 @@
 pub mod apiserver;
 pub mod client;
 pub mod controllers;
+pub mod disruption_budget;
 pub mod scheduler;
 pub mod store;

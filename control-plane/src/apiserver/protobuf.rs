@@ -1,6 +1,6 @@
 //! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed clients send for `kubectl create configmap|secret|namespace|
-//! serviceaccount|deployment|token`: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
+//! serviceaccount|deployment|token` and `kubectl drain`'s evictions: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
 //! the object in the field numbering of `k8s.io/api`'s `generated.proto`. Decoded to
 //! JSON here for the kinds in [`message`]; other kinds answer 415 with their name, and
 //! responses are always JSON (clients accept it).
@@ -86,6 +86,19 @@ fn message(name: &str) -> Option<&'static [(u64, F)]> {
             (3, F::Msg("boundObjectRef", "BoundObjectReference")),
             (4, F::Int("expirationSeconds")),
         ],
+        // What `kubectl drain` sends (policy/v1 Eviction with a meta/v1 DeleteOptions).
+        "Eviction" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("deleteOptions", "DeleteOptions")),
+        ],
+        "DeleteOptions" => &[
+            (1, F::Int("gracePeriodSeconds")),
+            (2, F::Msg("preconditions", "Preconditions")),
+            (3, F::Bool("orphanDependents")),
+            (4, F::Str("propagationPolicy")),
+            (5, F::StrList("dryRun")),
+        ],
+        "Preconditions" => &[(1, F::Str("uid")), (2, F::Str("resourceVersion"))],
         "BoundObjectReference" => &[
             (1, F::Str("kind")),
             (2, F::Str("apiVersion")),
@@ -386,5 +399,24 @@ mod tests {
             "metadata": {"name": "c1"}, "data": {"a": "b"}})
         );
         assert!(decode(b"k8s\0\x0a\x05").is_err());
+    }
+
+    #[test]
+    fn decodes_an_eviction() {
+        let meta = [field(1, b"web-1"), field(3, b"default")].concat();
+        let pre = field(1, b"u-1");
+        // gracePeriodSeconds 0 (a varint), preconditions, dryRun ["All"].
+        let opts = [vec![0x08, 0x00], field(2, &pre), field(5, b"All")].concat();
+        let ev = [field(1, &meta), field(2, &opts)].concat();
+        let type_meta = [field(1, b"policy/v1"), field(2, b"Eviction")].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &ev)].concat();
+        let obj = decode(&body).expect("decodes");
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": "web-1", "namespace": "default"},
+                "deleteOptions": {"gracePeriodSeconds": 0, "preconditions": {"uid": "u-1"},
+                    "dryRun": ["All"]}})
+        );
     }
 }

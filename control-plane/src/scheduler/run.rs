@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
@@ -68,6 +69,11 @@ pub async fn run(client: Client, profile: Profile) {
             let _ = tx.send(Change::Node(n.metadata.name.clone().unwrap_or_default()));
         }
     });
+    // Read at preemption only: budgets steer which pods are preempted.
+    let budgets = informers.add(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        |_: &PodDisruptionBudget| {},
+    );
     let pods = informers.add(Api::<Pod>::all(client.clone()), move |p: &Pod| {
         let _ = tx.send(Change::Pod(
             p.metadata.namespace.clone().unwrap_or_default(),
@@ -75,7 +81,9 @@ pub async fn run(client: Client, profile: Profile) {
         ));
     });
     informers
-        .run(Box::pin(schedule(client, profile, rx, nodes, pods)))
+        .run(Box::pin(schedule(
+            client, profile, rx, nodes, pods, budgets,
+        )))
         .await;
 }
 
@@ -233,8 +241,10 @@ async fn schedule(
     mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
     nodes: reflector::Store<Node>,
     pods: reflector::Store<Pod>,
+    budgets: reflector::Store<PodDisruptionBudget>,
 ) {
     let _ = nodes.wait_until_ready().await;
+    let _ = budgets.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     tracing::info!("scheduler: caches ready");
 
@@ -336,7 +346,16 @@ async fn schedule(
                         report_unschedulable(&client, &pod, &message).await;
                     }
                     if !waiting_for_victims(&pod, &snap.infos)
-                        && let Some((node, victims)) = preemption::find(&profile, &pod, &snap.infos)
+                        && let Some((node, victims)) = preemption::find(
+                            &profile,
+                            &pod,
+                            &snap.infos,
+                            &budgets
+                                .state()
+                                .iter()
+                                .map(|b| (**b).clone())
+                                .collect::<Vec<_>>(),
+                        )
                     {
                         preempt(&client, &pod, &node, &victims).await;
                     }

@@ -130,6 +130,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         }
         "Job" => job(spec, &mut causes),
         "Service" => service(spec, &mut causes),
+        "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(data) = obj.get(field).and_then(Value::as_object) {
@@ -162,6 +163,77 @@ fn replicas(spec: &Value, causes: &mut Vec<Cause>) {
             "spec.replicas",
             format!("Invalid value: {r}: must be greater than or equal to 0"),
         ));
+    }
+}
+
+/// `ValidatePodDisruptionBudgetSpec` (pkg/apis/policy/validation): one of minAvailable and
+/// maxUnavailable, each a non-negative integer or a percent of at most 100%, and a known
+/// unhealthyPodEvictionPolicy.
+fn disruption_budget(spec: &Value, causes: &mut Vec<Cause>) {
+    let set = |f: &str| spec.get(f).is_some_and(|v| !v.is_null());
+    if set("minAvailable") && set("maxUnavailable") {
+        causes.push(Cause::invalid(
+            "spec",
+            format!(
+                "Invalid value: {}: minAvailable and maxUnavailable cannot be both set",
+                serde_json::to_string(spec).unwrap_or_default()
+            ),
+        ));
+    }
+    for field in ["minAvailable", "maxUnavailable"] {
+        if let Some(v) = spec.get(field).filter(|v| !v.is_null()) {
+            int_or_percent(v, &format!("spec.{field}"), causes);
+        }
+    }
+    if let Some(policy) = spec
+        .get("unhealthyPodEvictionPolicy")
+        .and_then(Value::as_str)
+        && !matches!(policy, "AlwaysAllow" | "IfHealthyBudget")
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.unhealthyPodEvictionPolicy".into(),
+            message: format!(
+                "Unsupported value: \"{policy}\": supported values: \"AlwaysAllow\", \"IfHealthyBudget\""
+            ),
+        });
+    }
+}
+
+/// `ValidatePositiveIntOrPercent` and `IsNotMoreThan100Percent` (pkg/apis/apps/validation),
+/// with the value printed as Go's `%#v` prints an IntOrString.
+fn int_or_percent(v: &Value, field: &str, causes: &mut Vec<Cause>) {
+    match v {
+        Value::Number(n) => {
+            let n = n.as_i64().unwrap_or(-1);
+            if n < 0 {
+                causes.push(Cause::invalid(
+                    field,
+                    format!("Invalid value: {n}: must be greater than or equal to 0"),
+                ));
+            }
+        }
+        Value::String(s) => {
+            let shown = format!("intstr.IntOrString{{Type:1, IntVal:0, StrVal:{s:?}}}");
+            match s.strip_suffix('%').filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) {
+                None => causes.push(Cause::invalid(
+                    field,
+                    format!("Invalid value: {shown}: a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%', or '93%', regex used for validation is '[0-9]+%')"),
+                )),
+                Some(digits) => {
+                    if digits.parse::<u64>().map_or(true, |p| p > 100) {
+                        causes.push(Cause::invalid(
+                            field,
+                            format!("Invalid value: {shown}: must not be greater than 100%"),
+                        ));
+                    }
+                }
+            }
+        }
+        _ => causes.push(Cause::invalid(
+            field,
+            format!("Invalid value: {v}: must be an integer or percentage (e.g '5%')"),
+        )),
     }
 }
 
@@ -835,6 +907,44 @@ mod tests {
         let causes = validate("Deployment", &d);
         assert_eq!(causes.len(), 1, "{causes:?}");
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn disruption_budget_spec() {
+        let pdb = |spec: serde_json::Value| {
+            validate(
+                "PodDisruptionBudget",
+                &json!({"metadata": {"name": "p"}, "spec": spec}),
+            )
+        };
+        assert!(pdb(json!({"minAvailable": 2, "selector": {}})).is_empty());
+        assert!(
+            pdb(json!({"maxUnavailable": "100%", "unhealthyPodEvictionPolicy": "AlwaysAllow"}))
+                .is_empty()
+        );
+        let both = pdb(json!({"minAvailable": 1, "maxUnavailable": 1}));
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert_eq!(both[0].field, "spec");
+        assert!(
+            both[0]
+                .message
+                .ends_with(": minAvailable and maxUnavailable cannot be both set")
+        );
+        let fields = |c: Vec<Cause>| c.into_iter().map(|c| c.field).collect::<Vec<_>>();
+        assert_eq!(
+            fields(pdb(json!({"minAvailable": -1}))),
+            ["spec.minAvailable"]
+        );
+        assert_eq!(
+            fields(pdb(json!({"maxUnavailable": "101%"}))),
+            ["spec.maxUnavailable"]
+        );
+        assert_eq!(
+            fields(pdb(json!({"maxUnavailable": "ten"}))),
+            ["spec.maxUnavailable"]
+        );
+        let policy = pdb(json!({"unhealthyPodEvictionPolicy": "Sometimes"}));
+        assert_eq!(policy[0].reason, "FieldValueNotSupported");
     }
 
     #[test]

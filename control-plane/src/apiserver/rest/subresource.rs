@@ -1,6 +1,6 @@
 //! Subresources: `status` (GET/PUT/PATCH of status only), `scale` (an
 //! `autoscaling/v1` Scale over spec.replicas), `pods/binding` (the scheduler's bind),
-//! `pods/eviction`, `namespaces/finalize`. The streaming ones (`log`, `exec`, `attach`,
+//! `pods/eviction` (in `eviction.rs`), `namespaces/finalize`. The streaming ones (`log`, `exec`, `attach`,
 //! `portforward`, `proxy`) need the node agent's kubelet API and answer 503 until a node
 //! serves it.
 
@@ -47,7 +47,9 @@ pub async fn handle(
         },
         "scale" if def.scale.is_some() => scale(ctx, method, name, body).await,
         "binding" if def.kind == "Pod" && method == Method::POST => bind(ctx, name, body).await,
-        "eviction" if def.kind == "Pod" && method == Method::POST => evict(ctx, name, body).await,
+        "eviction" if def.kind == "Pod" && method == Method::POST => {
+            super::eviction::evict(ctx, name, body).await
+        }
         "token" if def.kind == "ServiceAccount" && method == Method::POST => {
             token(ctx, name, body).await
         }
@@ -282,24 +284,6 @@ async fn bind(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
         Ok(new)
     })
     .await?;
-    Ok(value_response(
-        StatusCode::CREATED,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    ))
-}
-
-async fn evict(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
-    let bytes = read_body(body, ctx.api.max_body).await?;
-    let eviction = if bytes.is_empty() {
-        Value::Null
-    } else {
-        decode(&bytes, &content_type(&ctx.headers))?
-    };
-    let grace = eviction
-        .pointer("/deleteOptions/gracePeriodSeconds")
-        .map(|g| format!("{{\"gracePeriodSeconds\":{g}}}"))
-        .unwrap_or_default();
-    super::delete::delete(ctx.clone(), name, Body::from(grace)).await?;
     Ok(value_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
