@@ -1,6 +1,6 @@
 //! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed clients send for `kubectl create configmap|secret|namespace|
-//! serviceaccount|deployment|token` and `kubectl drain`'s evictions: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
+//! serviceaccount|deployment|job|cronjob|token` and `kubectl drain`'s evictions: the `k8s\0` magic, a `runtime.Unknown` envelope (typeMeta, raw) and
 //! the object in the field numbering of `k8s.io/api`'s `generated.proto`. Decoded to
 //! JSON here for the kinds in [`message`]; other kinds answer 415 with their name, and
 //! responses are always JSON (clients accept it).
@@ -121,6 +121,42 @@ fn message(name: &str) -> Option<&'static [(u64, F)]> {
             (9, F::Int("progressDeadlineSeconds")),
         ],
         "DeploymentStrategy" => &[(1, F::Str("type"))],
+        // What `kubectl create job [--from=cronjob/x]` sends (k8s.io/api batch/v1).
+        "Job" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "JobSpec")),
+        ],
+        "JobSpec" => &[
+            (1, F::Int("parallelism")),
+            (2, F::Int("completions")),
+            (3, F::Int("activeDeadlineSeconds")),
+            (4, F::Msg("selector", "LabelSelector")),
+            (5, F::Bool("manualSelector")),
+            (6, F::Msg("template", "PodTemplateSpec")),
+            (7, F::Int("backoffLimit")),
+            (8, F::Int("ttlSecondsAfterFinished")),
+            (9, F::Str("completionMode")),
+            (10, F::Bool("suspend")),
+        ],
+        // What `kubectl create cronjob` sends.
+        "CronJob" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "CronJobSpec")),
+        ],
+        "CronJobSpec" => &[
+            (1, F::Str("schedule")),
+            (2, F::Int("startingDeadlineSeconds")),
+            (3, F::Str("concurrencyPolicy")),
+            (4, F::Bool("suspend")),
+            (5, F::Msg("jobTemplate", "JobTemplateSpec")),
+            (6, F::Int("successfulJobsHistoryLimit")),
+            (7, F::Int("failedJobsHistoryLimit")),
+            (8, F::Str("timeZone")),
+        ],
+        "JobTemplateSpec" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "JobSpec")),
+        ],
         "LabelSelector" => &[
             (1, F::StrMap("matchLabels")),
             (

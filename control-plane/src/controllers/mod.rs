@@ -2,6 +2,7 @@
 //! informer caches ([`crate::client::Informers`]) draining a [`queue::Queue`] of object
 //! keys. [`run`] runs them all while this process holds the controller Lease.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -17,6 +18,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod ttl_after_finished;
 
 use std::time::Duration;
 
@@ -61,6 +63,8 @@ pub async fn run(client: Client, options: Options) {
         Box::pin(namespace::start(client.clone(), i)),
         Box::pin(gc),
         Box::pin(serviceaccount::start(client.clone(), i)),
+        Box::pin(cronjob::start(client.clone(), i)),
+        Box::pin(ttl_after_finished::start(client.clone(), i)),
         Box::pin(node_lifecycle::start(
             client.clone(),
             options.node_monitor_grace_period,

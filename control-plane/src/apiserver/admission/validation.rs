@@ -129,6 +129,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
             template(spec.get("template"), "spec.template", &mut causes);
         }
         "Job" => job(spec, &mut causes),
+        "CronJob" => cronjob_spec(spec, &mut causes),
         "Service" => service(spec, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
         "ConfigMap" | "Secret" => {
@@ -153,6 +154,132 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         _ => {}
     }
     causes
+}
+
+/// What only a new object is held to (`ValidateXCreate` beyond `ValidateX`).
+pub fn validate_create(kind: &str, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if kind == "CronJob" {
+        // Its jobs are named `<name>-<11 digits>` and must fit in 63 characters.
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name.len() > 52 {
+            causes.push(Cause::invalid(
+                "metadata.name",
+                format!("Invalid value: \"{name}\": must be no more than 52 characters"),
+            ));
+        }
+        let spec = obj.get("spec").unwrap_or(&Value::Null);
+        schedule_time_zone(spec, false, &mut causes);
+        time_zone(spec, &mut causes);
+    }
+    causes
+}
+
+/// `pkg/apis/batch/validation`'s CronJobSpec checks that hold on create and update.
+fn cronjob_spec(spec: &Value, causes: &mut Vec<Cause>) {
+    let schedule = spec
+        .get("schedule")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if schedule.is_empty() {
+        causes.push(Cause::required("spec.schedule"));
+    } else if let Err(e) = crate::controllers::cronjob::schedule::parse(schedule) {
+        causes.push(Cause::invalid(
+            "spec.schedule",
+            format!("Invalid value: \"{schedule}\": {e}"),
+        ));
+    }
+    for field in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        if let Some(v) = spec.get(field).and_then(Value::as_i64)
+            && v < 0
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{field}"),
+                format!("Invalid value: {v}: must be greater than or equal to 0"),
+            ));
+        }
+    }
+    match spec.get("concurrencyPolicy").and_then(Value::as_str) {
+        Some("Allow" | "Forbid" | "Replace") => {}
+        None | Some("") => causes.push(Cause::required("spec.concurrencyPolicy")),
+        Some(other) => causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.concurrencyPolicy".into(),
+            message: format!(
+                "Unsupported value: \"{other}\": supported values: \"Allow\", \"Forbid\", \"Replace\""
+            ),
+        }),
+    }
+    let job = spec
+        .pointer("/jobTemplate/spec")
+        .cloned()
+        .unwrap_or(Value::Null);
+    job_spec(&job, "spec.jobTemplate.spec", false, causes);
+}
+
+/// `TZ=`/`CRON_TZ=` in the schedule: refused, except on an update of a CronJob whose
+/// schedule already had it (and then not together with `timeZone`).
+fn schedule_time_zone(spec: &Value, allow_tz: bool, causes: &mut Vec<Cause>) {
+    let schedule = spec
+        .get("schedule")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !schedule.contains("TZ") {
+        return;
+    }
+    let message = if !allow_tz {
+        "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+    } else if spec.get("timeZone").is_some_and(|z| !z.is_null()) {
+        "cannot use both timeZone field and TZ or CRON_TZ in schedule"
+    } else {
+        return;
+    };
+    causes.push(Cause::invalid(
+        "spec.schedule",
+        format!("Invalid value: \"{schedule}\": {message}"),
+    ));
+}
+
+/// `spec.timeZone`: an IANA name this host's time zone database knows.
+fn time_zone(spec: &Value, causes: &mut Vec<Cause>) {
+    let Some(tz) = spec.get("timeZone").and_then(Value::as_str) else {
+        return;
+    };
+    let invalid =
+        |msg: String| Cause::invalid("spec.timeZone", format!("Invalid value: \"{tz}\": {msg}"));
+    if tz.is_empty() {
+        causes.push(invalid("timeZone must be nil or non-empty string".into()));
+        return;
+    }
+    // https://data.iana.org/time-zones/theory.html#naming, as upstream checks it.
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 14
+            && p != "."
+            && p != ".."
+            && !p.starts_with('-')
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
+    };
+    if !tz.split('/').all(part_ok) {
+        causes.push(invalid(format!("unknown time zone {tz}")));
+        return;
+    }
+    if tz.eq_ignore_ascii_case("Local") {
+        causes.push(invalid(
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones"
+                .into(),
+        ));
+    } else if jiff::tz::TimeZone::get(tz).is_err() {
+        causes.push(invalid(format!("unknown time zone {tz}")));
+    }
 }
 
 fn replicas(spec: &Value, causes: &mut Vec<Cause>) {
@@ -856,6 +983,20 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
                 }
             }
         }
+        "CronJob" => {
+            let (o, n) = (
+                old.get("spec").unwrap_or(&Value::Null),
+                new.get("spec").unwrap_or(&Value::Null),
+            );
+            let old_schedule = o
+                .get("schedule")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            schedule_time_zone(n, old_schedule.contains("TZ"), &mut causes);
+            if o.get("timeZone") != n.get("timeZone") {
+                time_zone(n, &mut causes);
+            }
+        }
         "Service" => {
             let old_ip = old.pointer("/spec/clusterIP");
             let new_ip = new.pointer("/spec/clusterIP");
@@ -907,6 +1048,89 @@ mod tests {
         let causes = validate("Deployment", &d);
         assert_eq!(causes.len(), 1, "{causes:?}");
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    fn cronjob(name: &str, spec: Value) -> Value {
+        let mut s = json!({"schedule": "*/5 * * * *", "concurrencyPolicy": "Allow",
+            "jobTemplate": {"spec": {"template": {"spec": {
+                "containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}}}}});
+        if let (Some(s), Some(extra)) = (s.as_object_mut(), spec.as_object()) {
+            s.extend(extra.clone());
+        }
+        json!({"metadata": {"name": name}, "spec": s})
+    }
+
+    fn messages(causes: &[Cause]) -> Vec<String> {
+        causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn cronjob_schedule_zone_limits_and_policy() {
+        let ok = cronjob("ok", json!({"timeZone": "Europe/Paris"}));
+        assert!(validate("CronJob", &ok).is_empty());
+        assert!(validate_create("CronJob", &ok).is_empty());
+        let bad = cronjob(
+            "bad",
+            json!({"schedule": "61 * * * *", "startingDeadlineSeconds": -1,
+                "successfulJobsHistoryLimit": -2, "failedJobsHistoryLimit": -3,
+                "concurrencyPolicy": "Sometimes"}),
+        );
+        assert_eq!(
+            messages(&validate("CronJob", &bad)),
+            [
+                "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61",
+                "spec.startingDeadlineSeconds: Invalid value: -1: must be greater than or equal to 0",
+                "spec.successfulJobsHistoryLimit: Invalid value: -2: must be greater than or equal to 0",
+                "spec.failedJobsHistoryLimit: Invalid value: -3: must be greater than or equal to 0",
+                "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\"",
+            ]
+        );
+        let no_schedule = cronjob("x", json!({"schedule": ""}));
+        assert_eq!(validate("CronJob", &no_schedule)[0].field, "spec.schedule");
+        let tz = cronjob(
+            "a-very-long-cronjob-name-that-is-more-than-fifty-two-chars",
+            json!({"schedule": "CRON_TZ=UTC 0 * * * *", "timeZone": "Mars/Olympus"}),
+        );
+        assert!(validate("CronJob", &tz).is_empty(), "parsable as upstream");
+        assert_eq!(
+            messages(&validate_create("CronJob", &tz)),
+            [
+                "metadata.name: Invalid value: \"a-very-long-cronjob-name-that-is-more-than-fifty-two-chars\": must be no more than 52 characters",
+                "spec.schedule: Invalid value: \"CRON_TZ=UTC 0 * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+            ]
+        );
+        for (zone, msg) in [
+            ("", "timeZone must be nil or non-empty string"),
+            (
+                "Local",
+                "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+            ),
+            ("../etc/passwd", "unknown time zone ../etc/passwd"),
+        ] {
+            let cj = cronjob("z", json!({"timeZone": zone}));
+            assert_eq!(
+                messages(&validate_create("CronJob", &cj)),
+                [format!("spec.timeZone: Invalid value: \"{zone}\": {msg}")]
+            );
+        }
+        // An old TZ schedule may stay on update, but not gain a timeZone.
+        let old = cronjob("u", json!({"schedule": "TZ=UTC 0 * * * *"}));
+        assert!(validate_update("CronJob", &old, &old).is_empty());
+        let both = cronjob(
+            "u",
+            json!({"schedule": "TZ=UTC 0 * * * *", "timeZone": "UTC"}),
+        );
+        assert_eq!(
+            messages(&validate_update("CronJob", &old, &both)),
+            [
+                "spec.schedule: Invalid value: \"TZ=UTC 0 * * * *\": cannot use both timeZone field and TZ or CRON_TZ in schedule"
+            ]
+        );
+        assert_eq!(validate_update("CronJob", &ok, &old).len(), 1);
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
     }
     defaults::apply(&def.kind, &mut obj);
-    let causes = validation::validate(&def.kind, &obj);
+    let mut causes = validation::validate(&def.kind, &obj);
+    causes.extend(validation::validate_create(&def.kind, &obj));
     if !causes.is_empty() {
         return Err(invalid(def, &obj, causes));
     }
