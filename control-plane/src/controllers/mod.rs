@@ -3,6 +3,7 @@
 //! keys. [`run`] runs them all while this process holds the controller Lease.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -58,6 +59,7 @@ pub async fn run(client: Client, options: Options) {
         Box::pin(deployment::start(client.clone(), i)),
         Box::pin(job::start(client.clone(), i)),
         Box::pin(statefulset::start(client.clone(), i)),
+        Box::pin(daemonset::start(client.clone(), i)),
         Box::pin(disruption::start(client.clone(), i)),
         Box::pin(endpoints::start(client.clone(), i)),
         Box::pin(namespace::start(client.clone(), i)),
