@@ -2,7 +2,8 @@
 //! fake kubelet: ordered creation (a watcher checks db-1 appears only once db-0 is
 //! Ready), stable names and hostnames, one claim per pod from volumeClaimTemplates kept
 //! on scale-down, scale-down from the highest ordinal, a partitioned rolling update,
-//! `kubectl rollout status|history|undo`, Parallel management with `.spec.ordinals`,
+//! `kubectl rollout status|history|undo`, a pod waiting unscheduled while its claim is
+//! unbound, Parallel management with `.spec.ordinals`,
 //! and the apiserver refusing changes to volumeClaimTemplates — through the real kubectl.
 
 mod hollow;
@@ -17,7 +18,7 @@ use futures_util::StreamExt;
 use hollow::{Kubelet, node};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
@@ -122,6 +123,36 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
             }
         });
         kubectl.apply(DB);
+        // Nothing binds claims in this cluster: db-0 waits unscheduled for its claim.
+        let message = eventually("db-0 unschedulable", Duration::from_secs(30), || async {
+            let p = pods.get("db-0").await.ok()?;
+            let c = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+            (c.status == "False").then_some(c.message.unwrap_or_default())
+        })
+        .await;
+        assert!(
+            message.contains("pod has unbound immediate PersistentVolumeClaims"),
+            "{message}"
+        );
+        assert!(pods.get("db-1").await.is_err(), "db-1 waits for db-0");
+        // A stand-in volume binder: every claim becomes Bound.
+        let binder = tokio::spawn({
+            let claims = claims.clone();
+            async move {
+                loop {
+                    for c in claims.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+                        let phase = c.status.as_ref().and_then(|s| s.phase.clone());
+                        if phase.as_deref() != Some("Bound") {
+                            let name = c.metadata.name.clone().unwrap_or_default();
+                            let _ = claims
+                                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}})))
+                                .await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
         let out = kubectl.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
         assert!(out.contains("roll out complete"), "{out}");
         assert_eq!(*created.lock().expect("lock"), ["db-0", "db-1", "db-2"]);
@@ -227,6 +258,7 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
             r#"[{"op":"replace","path":"/spec/volumeClaimTemplates/0/spec/resources/requests/storage","value":"2Gi"}]"#,
         ]);
         assert!(out.contains("updates to statefulset spec for fields other than"), "{out}");
+        binder.abort();
     });
 }
 

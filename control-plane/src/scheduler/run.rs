@@ -3,13 +3,15 @@
 //! through `pods/binding`, and for pods that fit nowhere a `FailedScheduling` event and
 //! a `PodScheduled=False` condition, retried with kube-scheduler's back-off (1 s
 //! doubling to 10 s) and whenever the cluster changes. Pods for another scheduler
-//! (`spec.schedulerName`) are left alone.
+//! (`spec.schedulerName`) are left alone. A pod whose PersistentVolumeClaims are
+//! missing or not Bound waits unscheduled (VolumeBinding's PreFilter), retried when a
+//! claim changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -53,6 +55,8 @@ fn terminal(pod: &Pod) -> bool {
 enum Change {
     Node(String),
     Pod(String, String),
+    /// A PersistentVolumeClaim changed: pods waiting for it may go on.
+    Claim,
 }
 
 /// How many bindings may be in flight at once (kube-scheduler binds asynchronously too;
@@ -74,6 +78,12 @@ pub async fn run(client: Client, profile: Profile) {
         Api::<PodDisruptionBudget>::all(client.clone()),
         |_: &PodDisruptionBudget| {},
     );
+    let claims = informers.add(Api::<PersistentVolumeClaim>::all(client.clone()), {
+        let tx = tx.clone();
+        move |_: &PersistentVolumeClaim| {
+            let _ = tx.send(Change::Claim);
+        }
+    });
     let pods = informers.add(Api::<Pod>::all(client.clone()), move |p: &Pod| {
         let _ = tx.send(Change::Pod(
             p.metadata.namespace.clone().unwrap_or_default(),
@@ -82,7 +92,7 @@ pub async fn run(client: Client, profile: Profile) {
     });
     informers
         .run(Box::pin(schedule(
-            client, profile, rx, nodes, pods, budgets,
+            client, profile, rx, nodes, pods, budgets, claims,
         )))
         .await;
 }
@@ -209,6 +219,7 @@ fn apply(
             snap.node(&name, node);
             true
         }
+        Change::Claim => true,
         Change::Pod(ns, name) => {
             let pod = pods.get(&reflector::ObjectRef::new(&name).within(&ns));
             let freed = pod.as_ref().is_none_or(|p| terminal(p));
@@ -216,6 +227,29 @@ fn apply(
             freed
         }
     }
+}
+
+/// Why the pod's PersistentVolumeClaims keep it from any node: one is missing, being
+/// deleted, or not Bound to a volume yet (binding and provisioning are the volume
+/// controller's).
+fn unready_claims(pod: &Pod, claims: &reflector::Store<PersistentVolumeClaim>) -> Option<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut unbound = false;
+    for v in pod.spec.as_ref()?.volumes.iter().flatten() {
+        let Some(source) = &v.persistent_volume_claim else {
+            continue;
+        };
+        let name = &source.claim_name;
+        let Some(claim) = claims.get(&reflector::ObjectRef::new(name).within(ns)) else {
+            return Some(format!("persistentvolumeclaim \"{name}\" not found"));
+        };
+        if claim.metadata.deletion_timestamp.is_some() {
+            return Some(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+        }
+        let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
+        unbound |= phase != Some("Bound");
+    }
+    unbound.then(|| "pod has unbound immediate PersistentVolumeClaims".to_owned())
 }
 
 /// A binding failed: the pod no longer counts on that node and waits its back-off.
@@ -242,8 +276,10 @@ async fn schedule(
     nodes: reflector::Store<Node>,
     pods: reflector::Store<Pod>,
     budgets: reflector::Store<PodDisruptionBudget>,
+    claims: reflector::Store<PersistentVolumeClaim>,
 ) {
     let _ = nodes.wait_until_ready().await;
+    let _ = claims.wait_until_ready().await;
     let _ = budgets.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     tracing::info!("scheduler: caches ready");
@@ -309,6 +345,17 @@ async fn schedule(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into());
+            if let Some(reason) = unready_claims(&pod, &claims) {
+                let n = snap.infos.len();
+                let message = format!(
+                    "0/{n} nodes are available: {reason}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+                );
+                if backoff.get(&uid).is_none_or(|b| b.message != message) {
+                    report_unschedulable(&client, &pod, &message).await;
+                }
+                note_failure(&mut backoff, &uid, message);
+                continue;
+            }
             let started = Instant::now();
             match profile.schedule(&pod, &snap.infos) {
                 Ok(node) => {
