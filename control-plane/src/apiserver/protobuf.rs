@@ -26,6 +26,8 @@ enum F {
     Msg(&'static str, &'static str),
     MsgList(&'static str, &'static str),
     Time(&'static str),
+    /// `intstr.IntOrString`: `{type = 1 (0 int, 1 string), intVal = 2, strVal = 3}`.
+    IntOrStr(&'static str),
 }
 
 /// Field tables: (message, number, field).
@@ -87,6 +89,17 @@ fn message(name: &str) -> Option<&'static [(u64, F)]> {
             (4, F::Int("expirationSeconds")),
         ],
         // What `kubectl drain` sends (policy/v1 Eviction with a meta/v1 DeleteOptions).
+        // What `kubectl create poddisruptionbudget` sends (policy/v1 generated.proto).
+        "PodDisruptionBudget" => &[
+            (1, F::Msg("metadata", "ObjectMeta")),
+            (2, F::Msg("spec", "PodDisruptionBudgetSpec")),
+        ],
+        "PodDisruptionBudgetSpec" => &[
+            (1, F::IntOrStr("minAvailable")),
+            (2, F::Msg("selector", "LabelSelector")),
+            (3, F::IntOrStr("maxUnavailable")),
+            (4, F::Str("unhealthyPodEvictionPolicy")),
+        ],
         "Eviction" => &[
             (1, F::Msg("metadata", "ObjectMeta")),
             (2, F::Msg("deleteOptions", "DeleteOptions")),
@@ -318,6 +331,19 @@ fn decode_message(buf: &[u8], name: &str) -> ApiResult<Value> {
             F::Msg(k, m) => {
                 out.insert(k.into(), decode_message(r.bytes()?, m)?);
             }
+            F::IntOrStr(k) => {
+                let mut v = Reader { buf: r.bytes()? };
+                let (mut is_str, mut int, mut text) = (false, 0i64, String::new());
+                while let Some((n, w)) = v.tag()? {
+                    match n {
+                        1 => is_str = v.varint()? == 1,
+                        2 => int = v.varint()? as i32 as i64,
+                        3 => text = utf8(v.bytes()?)?,
+                        _ => v.skip(w)?,
+                    }
+                }
+                out.insert(k.into(), if is_str { json!(text) } else { json!(int) });
+            }
             F::MsgList(k, m) => {
                 let v = decode_message(r.bytes()?, m)?;
                 push(&mut out, k, v);
@@ -419,6 +445,23 @@ mod tests {
         let mut out = vec![((n << 3) | 2) as u8, payload.len() as u8];
         out.extend_from_slice(payload);
         out
+    }
+
+    #[test]
+    fn decodes_int_or_string_fields_of_a_budget() {
+        let meta = field(1, b"pdb");
+        // minAvailable: {type 0, intVal 2}; maxUnavailable: {type 1, strVal "25%"}.
+        let min = [0x08, 0x00, 0x10, 0x02];
+        let max = [vec![0x08, 0x01], field(3, b"25%")].concat();
+        let spec = [field(1, &min), field(3, &max)].concat();
+        let pdb = [field(1, &meta), field(2, &spec)].concat();
+        let type_meta = [field(1, b"policy/v1"), field(2, b"PodDisruptionBudget")].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &pdb)].concat();
+        let obj = decode(&body).expect("decodes");
+        assert_eq!(
+            obj["spec"],
+            json!({"minAvailable": 2, "maxUnavailable": "25%"})
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ pub fn age(timestamp: &str) -> String {
     let Ok(t) = timestamp.parse::<jiff::Timestamp>() else {
         return "<unknown>".into();
     };
-    let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+    human((jiff::Timestamp::now().as_second() - t.as_second()).max(0))
+}
+
+/// A span of seconds as kubectl prints ages and durations.
+fn human(secs: i64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     match secs {
         0..120 => format!("{secs}s"),
@@ -134,6 +138,20 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             ("Status", "string", 0),
             ("Completions", "string", 0),
             ("Duration", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("policy", "PodDisruptionBudget") => vec![
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        ("apps", "ControllerRevision") => vec![
+            ("Controller", "string", 0),
+            ("Revision", "integer", 0),
             ("Age", "string", 0),
         ],
         ("batch", "CronJob") => vec![
@@ -325,23 +343,86 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         ("batch", "Job") => {
             let completions = o.pointer("/spec/completions").and_then(Value::as_i64);
             let succeeded = n(o, "/status/succeeded");
-            let status = arr(o, "/status/conditions")
-                .iter()
-                .find(|c| {
-                    s(c, "/status") == "True"
-                        && matches!(s(c, "/type"), "Complete" | "Failed" | "Suspended")
-                })
-                .map(|c| s(c, "/type").to_owned())
-                .unwrap_or_else(|| "Running".into());
+            let has = |t: &str| {
+                arr(o, "/status/conditions")
+                    .iter()
+                    .any(|c| s(c, "/type") == t && s(c, "/status") == "True")
+            };
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if o.pointer("/metadata/deletionTimestamp").is_some() {
+                "Terminating"
+            } else if has("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
+            } else if has("Suspended") {
+                "Suspended"
+            } else if has("FailureTarget") {
+                "FailureTarget"
+            } else {
+                "Running"
+            };
+            let secs = |p: &str| {
+                o.pointer(p)
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|t| t.as_second())
+            };
+            let duration = match (secs("/status/startTime"), secs("/status/completionTime")) {
+                (Some(start), Some(end)) => human((end - start).max(0)),
+                (Some(start), None) => human((jiff::Timestamp::now().as_second() - start).max(0)),
+                _ => String::new(),
+            };
+            let (c, i) =
+                containers_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
             vec![
                 json!(status),
                 json!(match completions {
                     Some(c) => format!("{succeeded}/{c}"),
                     None => format!("{succeeded}/1 of {}", n(o, "/spec/parallelism")),
                 }),
-                json!(""),
+                json!(duration),
+                json!(created),
+                json!(c),
+                json!(i),
+                json!(
+                    o.pointer("/spec/selector")
+                        .map(selector_string)
+                        .unwrap_or_default()
+                ),
+            ]
+        }
+        ("policy", "PodDisruptionBudget") => {
+            let shown = |p: &str| match o.pointer(p) {
+                Some(Value::String(v)) => v.clone(),
+                Some(Value::Number(v)) => v.to_string(),
+                _ => "N/A".to_owned(),
+            };
+            vec![
+                json!(shown("/spec/minAvailable")),
+                json!(shown("/spec/maxUnavailable")),
+                json!(n(o, "/status/disruptionsAllowed")),
                 json!(created),
             ]
+        }
+        ("apps", "ControllerRevision") => {
+            let owner = arr(o, "/metadata/ownerReferences")
+                .iter()
+                .find(|r| r.get("controller") == Some(&Value::Bool(true)))
+                .map(|r| {
+                    let api = s(r, "/apiVersion");
+                    let group = api.split_once('/').map_or("", |(g, _)| g);
+                    let kind = s(r, "/kind").to_lowercase();
+                    let resource = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{resource}/{}", s(r, "/name"))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![json!(owner), json!(n(o, "/revision")), json!(created)]
         }
         ("batch", "CronJob") => vec![
             json!(s(o, "/spec/schedule")),
