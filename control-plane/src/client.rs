@@ -168,8 +168,69 @@ impl Involved {
     }
 }
 
+/// client-go's event spam filter: per source and involved object, a token bucket of
+/// 25 events refilled at one per 5 minutes; at most 4 096 objects tracked.
+const SPAM_BURST: f64 = 25.0;
+const SPAM_REFILL_PER_S: f64 = 1.0 / 300.0;
+const SPAM_KEYS: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// Events being sent at most (client-go's broadcaster queues 1 000).
+const EVENTS_IN_FLIGHT: usize = 1000;
+static EVENTS_IN_FLIGHT_NOW: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+static SPAM: std::sync::LazyLock<Mutex<HashMap<String, Bucket>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Whether an event from `component` about `about` may be sent now.
+fn spam_allows(component: &str, about: &Involved) -> bool {
+    let key = format!(
+        "{component}\0{}\0{}\0{}\0{}\0{}",
+        about.kind,
+        about.namespace.as_deref().unwrap_or_default(),
+        about.name,
+        about.uid.as_deref().unwrap_or_default(),
+        about.api_version
+    );
+    let now = std::time::Instant::now();
+    let mut all = SPAM.lock().unwrap_or_else(|p| p.into_inner());
+    if all.len() >= SPAM_KEYS && !all.contains_key(&key) {
+        // Forget the buckets that have refilled (they behave as new ones), else the
+        // least recently used.
+        all.retain(|_, b| {
+            b.tokens + now.duration_since(b.at).as_secs_f64() * SPAM_REFILL_PER_S < SPAM_BURST
+        });
+        if all.len() >= SPAM_KEYS
+            && let Some(oldest) = all.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| k.clone())
+        {
+            all.remove(&oldest);
+        }
+    }
+    let b = all.entry(key).or_insert(Bucket {
+        tokens: SPAM_BURST,
+        at: now,
+    });
+    b.tokens =
+        (b.tokens + now.duration_since(b.at).as_secs_f64() * SPAM_REFILL_PER_S).min(SPAM_BURST);
+    b.at = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
 /// Records a core/v1 Event (`type_` is `Normal` or `Warning`) from `component`;
 /// failures are logged, never returned: an Event is best effort, as in Kubernetes.
+/// Like client-go's recorder, a component sends at most 25 events about one object in
+/// a burst, then one per 5 minutes; the rest are dropped (logged at debug).
 pub async fn record_event(
     client: &Client,
     component: &str,
@@ -178,12 +239,19 @@ pub async fn record_event(
     reason: &str,
     message: &str,
 ) {
+    if !spam_allows(component, about) {
+        tracing::debug!(%reason, object = %about.name, "event dropped by the spam filter");
+        return;
+    }
     let ns = about.namespace.clone().unwrap_or_else(|| "default".into());
-    let now = jiff::Timestamp::now().to_string();
+    let stamp = jiff::Timestamp::now();
+    let now = stamp.to_string();
+    // client-go's event name: the object's name and the time in hex nanoseconds.
+    let name = format!("{}.{:x}", about.name, stamp.as_nanosecond());
     let event = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": format!("{}.", about.name), "namespace": ns},
+        "metadata": {"name": name, "namespace": ns},
         "involvedObject": {"apiVersion": about.api_version, "kind": about.kind,
             "name": about.name, "namespace": about.namespace, "uid": about.uid},
         "reason": reason,
@@ -195,13 +263,47 @@ pub async fn record_event(
         "lastTimestamp": now,
         "count": 1,
     });
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    match serde_json::from_value(event) {
-        Ok(ev) => {
-            if let Err(err) = events.create(&PostParams::default(), &ev).await {
-                tracing::warn!(%err, %reason, object = %about.name, "could not record event");
-            }
+    let ev: Event = match serde_json::from_value(event) {
+        Ok(ev) => ev,
+        Err(err) => {
+            tracing::warn!(%err, "event body");
+            return;
         }
-        Err(err) => tracing::warn!(%err, "event body"),
+    };
+    // Sent in the background, as client-go's broadcaster does: a controller's sync
+    // does not wait on its events. At most EVENTS_IN_FLIGHT wait; beyond, dropped.
+    if EVENTS_IN_FLIGHT_NOW.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= EVENTS_IN_FLIGHT {
+        EVENTS_IN_FLIGHT_NOW.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::debug!(%reason, object = %about.name, "event dropped: too many in flight");
+        return;
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let (reason, object) = (reason.to_owned(), about.name.clone());
+    tokio::spawn(async move {
+        if let Err(err) = events.create(&PostParams::default(), &ev).await {
+            tracing::warn!(%err, %reason, %object, "could not record event");
+        }
+        EVENTS_IN_FLIGHT_NOW.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    });
+}
+
+#[cfg(test)]
+mod spam_tests {
+    use super::*;
+
+    #[test]
+    fn an_object_gets_a_burst_of_25_events_then_none() {
+        let about = Involved {
+            kind: "Job".into(),
+            name: format!("spam-{}", std::process::id()),
+            ..Default::default()
+        };
+        let sent = (0..40).filter(|_| spam_allows("test", &about)).count();
+        assert_eq!(sent, 25);
+        let other = Involved {
+            name: "another".into(),
+            ..about
+        };
+        assert!(spam_allows("test", &other));
     }
 }
