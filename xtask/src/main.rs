@@ -47,6 +47,9 @@ enum Command {
     /// The load process of `bench scheduler` (internal).
     #[command(hide = true)]
     SchedulerLoad(bench::scheduler::LoadArgs),
+    /// The load process of `bench workloads` (internal).
+    #[command(hide = true)]
+    WorkloadsLoad(bench::workloads::LoadArgs),
     /// The timer process of `bench runtime` (internal).
     #[command(hide = true)]
     RuntimeTimer(bench::runtime::TimerArgs),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::ApiserverLoad(target) => bench::apiserver::load(&target),
         Command::RuntimeTimer(args) => bench::runtime::timer(&args),
         Command::SchedulerLoad(args) => bench::scheduler::load(&args),
+        Command::WorkloadsLoad(args) => bench::workloads::load(&args),
     };
     match result {
         Ok(code) => code,

@@ -6,10 +6,12 @@
 pub mod apiserver;
 mod cni;
 mod dns;
+mod hollow;
 mod lb;
 pub mod runtime;
 pub mod scheduler;
 pub mod stats;
+pub mod workloads;
 
 use std::{fs, path::Path};
 
@@ -87,6 +89,11 @@ pub const BENCHES: &[Bench] = &[
         name: "lb",
         about: "eBPF socket LB vs kube-proxy iptables and nftables: connect latency, programming time",
         run: lb::run,
+    },
+    Bench {
+        name: "workloads",
+        about: "Job (5 000 Indexed completions), StatefulSet (100, Parallel), DaemonSet (1 000 nodes) end to end on hollow nodes",
+        run: workloads::run,
     },
 ];
 

@@ -104,7 +104,7 @@ pub fn load(args: &LoadArgs) -> Result<std::process::ExitCode> {
 }
 
 /// Runs `n` requests built by `make(i)` over CLIENTS connections.
-async fn fan_out<F>(target: &Target, n: usize, make: F) -> Result<()>
+pub(super) async fn fan_out<F>(target: &Target, n: usize, make: F) -> Result<()>
 where
     F: Fn(usize) -> Vec<(Method, String, &'static str, Bytes)> + Send + Sync + 'static,
 {
