@@ -309,7 +309,7 @@ impl Controller {
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = jiff::Timestamp::now();
 
-        let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+        let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
         for pod in self.pods.state() {
             if pod.metadata.namespace.as_deref() != Some(ns)
                 || pods::controller_ref(&pod.metadata).is_none_or(|r| r.uid != uid)
@@ -317,7 +317,7 @@ impl Controller {
                 continue;
             }
             let node = target_node(&pod).unwrap_or_default();
-            by_node.entry(node).or_default().push((*pod).clone());
+            by_node.entry(node).or_default().push(pod);
         }
         for list in by_node.values_mut() {
             list.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
@@ -344,6 +344,7 @@ impl Controller {
                 .get(node_name)
                 .into_iter()
                 .flatten()
+                .map(|p| &**p)
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
                 .collect();
             if run {
@@ -381,7 +382,7 @@ impl Controller {
                 delete.extend(
                     list.iter()
                         .filter(|p| p.metadata.deletion_timestamp.is_none())
-                        .cloned(),
+                        .map(|p| (**p).clone()),
                 );
             }
         }
@@ -489,7 +490,7 @@ impl Controller {
     fn roll(
         &self,
         wanted: &[&String],
-        by_node: &BTreeMap<String, Vec<Pod>>,
+        by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
         is_new: &dyn Fn(&Pod) -> bool,
         available: &dyn Fn(&Pod) -> bool,
         surge: usize,
@@ -510,6 +511,7 @@ impl Controller {
                 .get(*node)
                 .into_iter()
                 .flatten()
+                .map(|p| &**p)
                 .filter(|p| {
                     p.metadata.deletion_timestamp.is_none()
                         && !doomed.contains(p.metadata.uid.as_deref().unwrap_or_default())

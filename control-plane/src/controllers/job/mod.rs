@@ -376,8 +376,8 @@ impl Controller {
         let job_uid = job.as_ref().and_then(|j| j.metadata.uid.clone());
         // Pods of this Job, and pods of a Job of this name that is gone, which must not
         // be held back by the finalizer.
-        let mut owned: Vec<Pod> = Vec::new();
-        let mut strays: Vec<Pod> = Vec::new();
+        let mut owned: Vec<Arc<Pod>> = Vec::new();
+        let mut strays: Vec<Arc<Pod>> = Vec::new();
         for pod in self.pods.state() {
             if pod.metadata.namespace.as_deref() != Some(ns) {
                 continue;
@@ -389,13 +389,13 @@ impl Controller {
                 continue;
             }
             if Some(&r.uid) == job_uid.as_ref() {
-                owned.push((*pod).clone());
+                owned.push(pod);
             } else if has_finalizer(&pod) {
-                strays.push((*pod).clone());
+                strays.push(pod);
             }
         }
         if !strays.is_empty() {
-            let strays: Vec<&Pod> = strays.iter().collect();
+            let strays: Vec<&Pod> = strays.iter().map(|p| &**p).collect();
             self.release(ns, &strays).await?;
         }
         let Some(job) = job else {
@@ -407,13 +407,20 @@ impl Controller {
         {
             let mut counted = self.counted();
             if let Some(set) = counted.get_mut(key) {
-                let holding: HashSet<String> =
-                    owned.iter().filter(|p| has_finalizer(p)).map(uid).collect();
+                let holding: HashSet<String> = owned
+                    .iter()
+                    .filter(|p| has_finalizer(p))
+                    .map(|p| uid(p))
+                    .collect();
                 set.retain(|u| holding.contains(u));
             }
         }
         if job.metadata.deletion_timestamp.is_some() || finished(&job) {
-            let holding: Vec<&Pod> = owned.iter().filter(|p| has_finalizer(p)).collect();
+            let holding: Vec<&Pod> = owned
+                .iter()
+                .map(|p| &**p)
+                .filter(|p| has_finalizer(p))
+                .collect();
             if !holding.is_empty() {
                 self.release(ns, &holding).await?;
             }
@@ -428,7 +435,7 @@ impl Controller {
         key: &str,
         ns: &str,
         mut job: Job,
-        owned: &[Pod],
+        owned: &[Arc<Pod>],
     ) -> Result<Option<Duration>, kube::Error> {
         let spec = job.spec.clone().unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
@@ -556,6 +563,7 @@ impl Controller {
         // 2. Release the recorded pods; 3. count those released.
         let releasing: Vec<&Pod> = owned
             .iter()
+            .map(|p| &**p)
             .filter(|p| {
                 has_finalizer(p) && {
                     let u = uid(p);
@@ -569,13 +577,12 @@ impl Controller {
             .entry(key.to_owned())
             .or_default()
             .extend(released.iter().cloned());
-        let gone = |u: &String| {
-            released.contains(u)
-                || owned
-                    .iter()
-                    .find(|p| uid(p) == *u)
-                    .is_none_or(|p| !has_finalizer(p))
-        };
+        let holding_uids: HashSet<&str> = owned
+            .iter()
+            .filter(|p| has_finalizer(p))
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        let gone = |u: &String| released.contains(u) || !holding_uids.contains(u.as_str());
         let before = (unc_succeeded.len(), unc_failed.len());
         unc_succeeded.retain(|u| !gone(u));
         unc_failed.retain(|u| !gone(u));
@@ -596,7 +603,11 @@ impl Controller {
         let failed = status.failed.unwrap_or(0);
 
         // What is running.
-        let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
+        let active: Vec<&Pod> = owned
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| pods::is_active(p))
+            .collect();
         let terminating = owned
             .iter()
             .filter(|p| {
@@ -792,13 +803,14 @@ impl Controller {
         key: &str,
         ns: &str,
         job: &Job,
-        owned: &[Pod],
+        owned: &[Arc<Pod>],
         active: &[&Pod],
         plan: &Plan<'_>,
         now: jiff::Timestamp,
     ) -> Result<Option<Duration>, kube::Error> {
         let terminating: Vec<&Pod> = owned
             .iter()
+            .map(|p| &**p)
             .filter(|p| {
                 p.metadata.deletion_timestamp.is_some()
                     && !matches!(pods::phase(p), "Succeeded" | "Failed")
@@ -879,12 +891,12 @@ impl Controller {
         let last_success = owned
             .iter()
             .filter(|p| pods::phase(p) == "Succeeded")
-            .filter_map(finished_at)
+            .filter_map(|p| finished_at(p))
             .max();
         let failures: Vec<jiff::Timestamp> = owned
             .iter()
             .filter(|p| pods::phase(p) == "Failed" || p.metadata.deletion_timestamp.is_some())
-            .filter_map(finished_at)
+            .filter_map(|p| finished_at(p))
             .filter(|t| last_success.is_none_or(|s| *t > s))
             .collect();
         if let Some(last) = failures.iter().max() {
@@ -910,13 +922,23 @@ impl Controller {
         job: &Job,
         plan: &Plan<'_>,
         indexes: &[Option<i32>],
-        owned: &[Pod],
+        owned: &[Arc<Pod>],
     ) -> Result<(), kube::Error> {
         let Some(template) = job.spec.as_ref().map(|s| &s.template) else {
             return Ok(());
         };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let owner = pods::owner_ref("batch/v1", "Job", &job.metadata);
+        // Failures so far of each index (backoffLimitPerIndex), from its failed pods.
+        let mut index_failed: HashMap<i32, i32> = HashMap::new();
+        if plan.indexed {
+            for p in owned.iter().filter(|p| pods::phase(p) == "Failed") {
+                if let Some(i) = index_of(p) {
+                    let n = index_failed.entry(i).or_insert(0);
+                    *n = (*n).max(index_failures(p) + 1);
+                }
+            }
+        }
         let make = |index: Option<i32>| {
             let prefix = match index {
                 Some(i) => format!("{}-{i}-", plan.name),
@@ -937,12 +959,7 @@ impl Controller {
                     .labels
                     .get_or_insert_with(Default::default)
                     .insert(INDEX_KEY.into(), text);
-                let failures = owned
-                    .iter()
-                    .filter(|p| index_of(p) == Some(i) && pods::phase(p) == "Failed")
-                    .map(|p| index_failures(p) + 1)
-                    .max();
-                if let Some(n) = failures {
+                if let Some(n) = index_failed.get(&i) {
                     pod.metadata
                         .annotations
                         .get_or_insert_with(Default::default)
