@@ -79,6 +79,19 @@ async fn finish(jobs: &Api<Job>, name: &str, condition: &str, started: &str) {
     .unwrap_or_else(|e| panic!("finish job {name}: {e}"));
 }
 
+/// The messages of events with `reason`, once every one of `wanted` is among them
+/// (events are recorded in the background), or what there is after 10 s.
+async fn events_with(client: &Client, reason: &str, wanted: &[String]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = events(client, reason).await;
+        if wanted.iter().all(|w| seen.contains(w)) || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn events(client: &Client, reason: &str) -> Vec<String> {
     let api: Api<Event> = Api::namespaced(client.clone(), "default");
     api.list(&ListParams::default())
@@ -160,7 +173,12 @@ fn an_every_minute_cronjob_creates_named_jobs_and_tracks_them() {
             status.last_schedule_time.map(|t| t.0.as_second()),
             Some(minutes * 60)
         );
-        let created = events(&client, "SuccessfulCreate").await;
+        let created = events_with(
+            &client,
+            "SuccessfulCreate",
+            &[format!("Created job {name}")],
+        )
+        .await;
         assert!(
             created.contains(&format!("Created job {name}")),
             "{created:?}"
@@ -191,7 +209,12 @@ fn an_every_minute_cronjob_creates_named_jobs_and_tracks_them() {
             },
         )
         .await;
-        let seen = events(&client, "SawCompletedJob").await;
+        let seen = events_with(
+            &client,
+            "SawCompletedJob",
+            &[format!("Saw completed job: {name}, condition: Complete")],
+        )
+        .await;
         assert!(
             seen.contains(&format!("Saw completed job: {name}, condition: Complete")),
             "{seen:?}"
@@ -262,7 +285,11 @@ fn finished_jobs_beyond_the_history_limits_are_deleted_oldest_first() {
         })
         .await;
         assert_eq!(left, ["hist-2"]);
-        let deleted = events(&client, "SuccessfulDelete").await;
+        let wanted: Vec<String> = ["hist-1", "hist-3", "hist-4"]
+            .iter()
+            .map(|n| format!("Deleted job {n}"))
+            .collect();
+        let deleted = events_with(&client, "SuccessfulDelete", &wanted).await;
         for name in ["hist-1", "hist-3", "hist-4"] {
             assert!(
                 deleted.contains(&format!("Deleted job {name}")),

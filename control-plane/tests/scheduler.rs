@@ -140,12 +140,18 @@ fn a_pending_high_priority_pod_preempts_a_low_priority_one() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(bound_to(&client, "high", Duration::from_secs(20)).await.as_deref(), Some("only"));
+        // Events are recorded in the background: wait for it.
         let events: Api<Event> = Api::namespaced(client.clone(), "default");
-        let list = events.list(&ListParams::default()).await.expect("events");
-        assert!(
-            list.items.iter().any(|e| e.reason.as_deref() == Some("Preempted")
-                && e.involved_object.name.as_deref() == Some("low")),
-            "no Preempted event"
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = events.list(&ListParams::default()).await.expect("events");
+            if list.items.iter().any(|e| e.reason.as_deref() == Some("Preempted")
+                && e.involved_object.name.as_deref() == Some("low"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no Preempted event");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
 }

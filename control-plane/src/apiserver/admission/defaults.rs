@@ -248,7 +248,16 @@ fn job_spec(spec: &mut Value) {
         default(spec, "completions", json!(1));
     }
     default(spec, "parallelism", json!(1));
-    default(spec, "backoffLimit", json!(6));
+    // With a per-index limit the Job-wide one is off (math.MaxInt32), as upstream.
+    let backoff = if spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null())
+    {
+        i64::from(i32::MAX)
+    } else {
+        6
+    };
+    default(spec, "backoffLimit", json!(backoff));
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     default(spec, "manualSelector", Value::Null);
