@@ -368,18 +368,34 @@ async fn route(
             )
                 .into_response());
         }
-        "/api" if get => return Ok(value_response(StatusCode::OK, &discovery::core_versions())),
+        "/api" | "/apis" if get => {
+            let root = if trimmed == "/api" {
+                discovery::aggregated::Root::Api
+            } else {
+                discovery::aggregated::Root::Apis
+            };
+            let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+            if let Some(version) =
+                discovery::negotiation::aggregated_version(header(axum::http::header::ACCEPT))
+            {
+                return discovery::aggregated::response(
+                    &api.registry,
+                    root,
+                    version,
+                    header(axum::http::header::IF_NONE_MATCH),
+                );
+            }
+            let legacy = match root {
+                discovery::aggregated::Root::Api => discovery::core_versions(),
+                discovery::aggregated::Root::Apis => discovery::group_list(&api.registry),
+            };
+            return Ok(value_response(StatusCode::OK, &legacy));
+        }
         "/.well-known/openid-configuration" if get => {
             return Ok(value_response(StatusCode::OK, &api.sa_tokens.discovery()));
         }
         "/openid/v1/jwks" if get => {
             return Ok(value_response(StatusCode::OK, &api.sa_tokens.jwks()));
-        }
-        "/apis" if get => {
-            return Ok(value_response(
-                StatusCode::OK,
-                &discovery::group_list(&api.registry),
-            ));
         }
         "/openapi/v3" if get => {
             return Ok(value_response(

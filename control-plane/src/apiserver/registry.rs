@@ -140,6 +140,43 @@ pub fn group_version_path(group: &str, version: &str) -> String {
     }
 }
 
+/// A Kubernetes version name (`v2`, `v1beta1`, `v1alpha3`): (major, stability, minor)
+/// with stability alpha 0 < beta 1 < GA 2; `None` for other names.
+fn parse_version(v: &str) -> Option<(u64, u8, u64)> {
+    let rest = v.strip_prefix('v')?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let major = rest[..digits].parse().ok()?;
+    let rest = &rest[digits..];
+    if rest.is_empty() {
+        return Some((major, 2, 0));
+    }
+    let (stability, minor) = if let Some(m) = rest.strip_prefix("alpha") {
+        (0, m)
+    } else if let Some(m) = rest.strip_prefix("beta") {
+        (1, m)
+    } else {
+        return None;
+    };
+    if minor.is_empty() || !minor.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((major, stability, minor.parse().ok()?))
+}
+
+/// Kubernetes' `CompareKubeAwareVersionStrings`: GA before beta before alpha, higher
+/// numbers first within each, Kubernetes-style names before others, others by name.
+/// `Greater` means `a` is preferred.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    match (parse_version(a), parse_version(b)) {
+        (None, None) => b.cmp(a),
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (Some((ma, sa, na)), Some((mb, sb, nb))) => (sa, ma, na).cmp(&(sb, mb, nb)),
+    }
+}
+
 fn normalize<K>(value: Value) -> Result<Value, String>
 where
     K: serde::de::DeserializeOwned + serde::Serialize,
@@ -408,7 +445,9 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// (group, versions) pairs, core first, then groups in registration-independent order.
+    /// (group, versions) pairs, core first, then groups by name; each group's versions
+    /// in order of preference ([`compare_versions`], highest first), so the first is the
+    /// preferred version discovery names.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for def in self.all() {
@@ -417,6 +456,49 @@ impl Registry {
                 versions.push(def.version.clone());
             }
         }
+        for versions in groups.values_mut() {
+            versions.sort_by(|a, b| compare_versions(b, a));
+        }
         groups.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_as_kubernetes_prefers_them() {
+        // The ordering example of the CRD versioning docs.
+        let mut versions = vec![
+            "v1alpha1",
+            "v11alpha2",
+            "foo10",
+            "v10",
+            "v2",
+            "v1",
+            "v12alpha1",
+            "v3beta1",
+            "v10beta3",
+            "v11beta2",
+            "foo1",
+        ];
+        versions.sort_by(|a, b| compare_versions(b, a));
+        assert_eq!(
+            versions,
+            [
+                "v10",
+                "v2",
+                "v1",
+                "v11beta2",
+                "v10beta3",
+                "v3beta1",
+                "v12alpha1",
+                "v11alpha2",
+                "v1alpha1",
+                "foo1",
+                "foo10",
+            ]
+        );
     }
 }
