@@ -625,3 +625,210 @@ fn server_side_apply_is_refused_dry_run_writes_nothing_and_eviction_deletes() {
     let err = k.fails(&["get", "pod", "victim"]);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// A check of an object read back.
+type Check = Box<dyn Fn(&serde_json::Value)>;
+
+/// Every `kubectl create` subcommand whose typed client sends a protobuf body (and
+/// reads a protobuf answer): the object is created and reads back with what kubectl set.
+#[test]
+fn create_subcommands_send_protobuf_for_every_kind() {
+    let Some(k) = Kubectl::start() else { return };
+    let cert = rcgen::generate_simple_self_signed(vec!["web.example".to_owned()])
+        .expect("a self-signed certificate");
+    let cert_path = k.home.path().join("tls.crt");
+    let key_path = k.home.path().join("tls.key");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let (cert_arg, key_arg) = (
+        format!("--cert={}", cert_path.display()),
+        format!("--key={}", key_path.display()),
+    );
+    let cases: Vec<(Vec<&str>, &str, Check)> = vec![
+        (
+            vec!["service", "clusterip", "web", "--tcp=80:8080"],
+            "service/web",
+            Box::new(|o| {
+                assert_eq!(o["spec"]["ports"][0]["port"], 80, "{o}");
+                assert_eq!(o["spec"]["ports"][0]["targetPort"], 8080, "{o}");
+                assert_eq!(o["spec"]["type"], "ClusterIP", "{o}");
+            }),
+        ),
+        (
+            vec!["service", "nodeport", "np", "--tcp=80:8080"],
+            "service/np",
+            Box::new(|o| assert_eq!(o["spec"]["type"], "NodePort", "{o}")),
+        ),
+        (
+            vec!["service", "loadbalancer", "lb", "--tcp=443:8443"],
+            "service/lb",
+            Box::new(|o| assert_eq!(o["spec"]["ports"][0]["port"], 443, "{o}")),
+        ),
+        (
+            vec![
+                "service",
+                "externalname",
+                "ext",
+                "--external-name=db.example.com",
+            ],
+            "service/ext",
+            Box::new(|o| assert_eq!(o["spec"]["externalName"], "db.example.com", "{o}")),
+        ),
+        (
+            vec!["job", "j", "--image=busybox:1.36", "--", "echo", "hi"],
+            "job/j",
+            Box::new(|o| {
+                let c = &o["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(c["image"], "busybox:1.36", "{o}");
+                assert_eq!(c["command"], serde_json::json!(["echo", "hi"]), "{o}");
+            }),
+        ),
+        (
+            vec![
+                "cronjob",
+                "cj",
+                "--image=busybox:1.36",
+                "--schedule=*/5 * * * *",
+            ],
+            "cronjob/cj",
+            Box::new(|o| assert_eq!(o["spec"]["schedule"], "*/5 * * * *", "{o}")),
+        ),
+        (
+            vec!["role", "r", "--verb=get,list", "--resource=pods"],
+            "role/r",
+            Box::new(|o| {
+                assert_eq!(
+                    o["rules"][0]["verbs"],
+                    serde_json::json!(["get", "list"]),
+                    "{o}"
+                )
+            }),
+        ),
+        (
+            vec!["rolebinding", "rb", "--role=r", "--user=alice"],
+            "rolebinding/rb",
+            Box::new(|o| {
+                assert_eq!(o["roleRef"]["name"], "r", "{o}");
+                assert_eq!(o["subjects"][0]["name"], "alice", "{o}");
+            }),
+        ),
+        (
+            vec!["clusterrole", "cr", "--verb=get", "--resource=nodes"],
+            "clusterrole/cr",
+            Box::new(|o| {
+                assert_eq!(
+                    o["rules"][0]["resources"],
+                    serde_json::json!(["nodes"]),
+                    "{o}"
+                )
+            }),
+        ),
+        (
+            vec![
+                "clusterrolebinding",
+                "crb",
+                "--clusterrole=cr",
+                "--user=alice",
+            ],
+            "clusterrolebinding/crb",
+            Box::new(|o| assert_eq!(o["roleRef"]["kind"], "ClusterRole", "{o}")),
+        ),
+        (
+            vec!["ingress", "ing", "--rule=foo.com/bar=svc1:8080"],
+            "ingress/ing",
+            Box::new(|o| {
+                let rule = &o["spec"]["rules"][0];
+                assert_eq!(rule["host"], "foo.com", "{o}");
+                let backend = &rule["http"]["paths"][0]["backend"]["service"];
+                assert_eq!(backend["port"]["number"], 8080, "{o}");
+            }),
+        ),
+        (
+            vec![
+                "poddisruptionbudget",
+                "pdb",
+                "--selector=app=web",
+                "--min-available=50%",
+            ],
+            "poddisruptionbudget/pdb",
+            Box::new(|o| assert_eq!(o["spec"]["minAvailable"], "50%", "{o}")),
+        ),
+        (
+            vec![
+                "priorityclass",
+                "high",
+                "--value=1000",
+                "--description=important",
+            ],
+            "priorityclass/high",
+            Box::new(|o| assert_eq!(o["value"], 1000, "{o}")),
+        ),
+        (
+            vec!["quota", "q", "--hard=cpu=1,pods=2"],
+            "resourcequota/q",
+            Box::new(|o| assert_eq!(o["spec"]["hard"]["pods"], "2", "{o}")),
+        ),
+        (
+            vec!["configmap", "cm", "--from-literal=a=b"],
+            "configmap/cm",
+            Box::new(|o| assert_eq!(o["data"]["a"], "b", "{o}")),
+        ),
+        (
+            vec!["secret", "generic", "s", "--from-literal=k=v"],
+            "secret/s",
+            Box::new(|o| assert_eq!(o["data"]["k"], "dg==", "{o}")),
+        ),
+        (
+            vec!["secret", "tls", "tls", &cert_arg, &key_arg],
+            "secret/tls",
+            Box::new(|o| assert_eq!(o["type"], "kubernetes.io/tls", "{o}")),
+        ),
+        (
+            vec![
+                "secret",
+                "docker-registry",
+                "reg",
+                "--docker-server=r.example",
+                "--docker-username=u",
+                "--docker-password=p",
+            ],
+            "secret/reg",
+            Box::new(|o| assert_eq!(o["type"], "kubernetes.io/dockerconfigjson", "{o}")),
+        ),
+        (
+            vec!["serviceaccount", "sa"],
+            "serviceaccount/sa",
+            Box::new(|o| assert_eq!(o["metadata"]["name"], "sa", "{o}")),
+        ),
+        (
+            vec!["namespace", "ns1"],
+            "namespace/ns1",
+            Box::new(|o| assert_eq!(o["metadata"]["name"], "ns1", "{o}")),
+        ),
+        (
+            vec![
+                "deployment",
+                "d",
+                "--image=nginx:1.27",
+                "--replicas=2",
+                "--port=80",
+            ],
+            "deployment/d",
+            Box::new(|o| {
+                assert_eq!(o["spec"]["replicas"], 2, "{o}");
+                let c = &o["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(c["ports"][0]["containerPort"], 80, "{o}");
+            }),
+        ),
+    ];
+    for (args, object, check) in &cases {
+        let mut create = vec!["create"];
+        create.extend(args.iter().copied());
+        let out = k.ok(&create);
+        assert!(out.contains("created"), "kubectl {create:?}: {out}");
+        let o = k.json(&["get", object]);
+        check(&o);
+    }
+    let token = k.ok(&["create", "token", "sa"]);
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+}

@@ -288,10 +288,13 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
         .map(|p| p.resource.clone())
         .unwrap_or_default();
     let verb = metrics::verb(&method, parsed.as_ref(), req.uri().query());
+    // Status errors in protobuf for clients that prefer it, as kube-apiserver does.
+    let protobuf = protobuf::accepts(req.headers());
     let response = match authenticate(&api, &req) {
         Err(e) => e.into_response(),
         Ok(user) => match route(api.clone(), user, parsed, req).await {
             Ok(r) => r,
+            Err(e) if protobuf => e.into_protobuf_response(),
             Err(e) => e.into_response(),
         },
     };

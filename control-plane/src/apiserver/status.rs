@@ -248,6 +248,28 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as a protobuf `meta.v1.Status` (JSON if it cannot be encoded).
+    pub fn into_protobuf_response(self) -> Response {
+        let Some(Ok(body)) = super::protobuf::encode(&self.to_status()) else {
+            return self.into_response();
+        };
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (
+            code,
+            [("content-type", super::protobuf::CONTENT_TYPE)],
+            body,
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = secs.to_string().parse()
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -34,7 +34,7 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
                 .to_vec()
         }
     };
-    if ctx.wants_table() {
+    if ctx.wants_table() || crate::apiserver::protobuf::accepts(&ctx.headers) {
         let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         return Ok(object_response(&ctx, StatusCode::OK, &value));
     }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Ctx, json_response, value_response};
+use super::{Ctx, json_response, negotiated_response, value_response};
 use crate::apiserver::object;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::selectors::{FieldSelector, LabelSelector, field_values, labels};
@@ -103,6 +103,10 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         meta["continue"] = json!(next);
     }
     let body = list_body(&ctx.def, &meta, &items);
+    if crate::apiserver::protobuf::accepts(&ctx.headers) {
+        let list: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        return Ok(negotiated_response(&ctx.headers, StatusCode::OK, &list));
+    }
     Ok(json_response(StatusCode::OK, body))
 }
 

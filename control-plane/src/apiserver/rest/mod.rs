@@ -147,6 +147,26 @@ pub fn value_response(code: StatusCode, value: &Value) -> Response {
     json_response(code, serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// `value` in the client's preferred encoding: protobuf when its `Accept` prefers it
+/// and the kind has a message (not custom resources or Tables), JSON otherwise.
+pub fn negotiated_response(headers: &HeaderMap, code: StatusCode, value: &Value) -> Response {
+    if super::protobuf::accepts(headers) {
+        match super::protobuf::encode(value) {
+            Some(Ok(body)) => {
+                return (
+                    code,
+                    [("content-type", super::protobuf::CONTENT_TYPE)],
+                    body,
+                )
+                    .into_response();
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "protobuf encoding failed; answering JSON"),
+            None => {}
+        }
+    }
+    value_response(code, value)
+}
+
 /// The `Status` a successful delete of a resource without a returned object gives.
 pub fn success_status(def: &ResourceDef, name: &str, uid: &str) -> Value {
     json!({
@@ -508,5 +528,5 @@ pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
         let t = table::table(&ctx.def, std::slice::from_ref(obj), None, &ctx.query);
         return value_response(code, &t);
     }
-    value_response(code, obj)
+    negotiated_response(&ctx.headers, code, obj)
 }

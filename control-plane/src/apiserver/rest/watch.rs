@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 use super::Ctx;
 use super::list::Selectors;
+use crate::apiserver::protobuf;
 use crate::apiserver::status::{ApiError, ApiResult};
 use crate::apiserver::table;
 use crate::apiserver::watch_cache::{Cached, Change, ChangeKind, WatchEventType, watch_line};
@@ -111,13 +112,19 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
                 // Kubernetes answers 200 and a single ERROR event.
                 let err = ApiError::gone(format!("too old resource version: {after} ({oldest})"));
                 let line = format!("{{\"type\":\"ERROR\",\"object\":{}}}\n", err.to_status());
-                return Ok(stream_response(vec![Bytes::from(line)], None));
+                return Ok(stream_response(
+                    vec![Bytes::from(line)],
+                    None,
+                    "application/json",
+                ));
             }
         }
     };
 
+    let table = ctx.wants_table();
     let lines = Lines {
-        table: ctx.wants_table(),
+        protobuf: !table && ctx.def.typed.is_some() && protobuf::accepts(&ctx.headers),
+        table,
         ctx: ctx.clone(),
         selectors,
         prefix,
@@ -133,13 +140,18 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
         deadline: now + timeout,
         lines,
     };
-    Ok(stream_response(Vec::new(), Some(feed)))
+    let content_type = if feed.lines.protobuf {
+        protobuf::WATCH_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
+    Ok(stream_response(Vec::new(), Some(feed), content_type))
 }
 
 /// The response body: `first`, then what `feed` yields until it ends. The feed is
 /// polled by the response stream itself — no task or channel per watcher in between —
 /// and dropped with it when the client goes away.
-fn stream_response(first: Vec<Bytes>, feed: Option<Feed>) -> Response {
+fn stream_response(first: Vec<Bytes>, feed: Option<Feed>, content_type: &'static str) -> Response {
     let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
     let body = match feed {
         Some(feed) => {
@@ -153,7 +165,7 @@ fn stream_response(first: Vec<Bytes>, feed: Option<Feed>) -> Response {
     (
         StatusCode::OK,
         [
-            ("content-type", "application/json"),
+            ("content-type", content_type),
             ("cache-control", "no-cache, private"),
         ],
         body,
@@ -262,6 +274,8 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 struct Lines {
     /// The client asked for Table rows (decided once per watch).
     table: bool,
+    /// The client prefers protobuf: length-prefixed `WatchEvent` frames.
+    protobuf: bool,
     ctx: Ctx,
     selectors: Selectors,
     prefix: String,
@@ -292,8 +306,8 @@ impl Lines {
     /// The line for `change`'s event, if it is one for this watcher.
     fn line(&self, change: &Change) -> Option<Bytes> {
         let kind = self.event(change)?;
-        Some(if self.table {
-            self.table_line(kind.as_str(), &change.object.raw)
+        Some(if self.table || self.protobuf {
+            self.object(kind.as_str(), &change.object.raw)
         } else {
             change.line(kind)
         })
@@ -305,6 +319,11 @@ impl Lines {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let obj = json!({"kind": self.ctx.def.kind, "apiVersion": self.ctx.def.api_version(), "metadata": meta});
+        if self.protobuf
+            && let Some(frame) = self.frame("BOOKMARK", &obj)
+        {
+            return frame;
+        }
         watch_line("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
     }
 
@@ -314,8 +333,25 @@ impl Lines {
         Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n"))
     }
 
-    /// An object's line (JSON or Table).
+    /// A protobuf frame for one event (`None` if the object cannot be encoded).
+    fn frame(&self, kind: &str, obj: &Value) -> Option<Bytes> {
+        match protobuf::watch_frame(kind, obj)? {
+            Ok(frame) => Some(Bytes::from(frame)),
+            Err(e) => {
+                tracing::warn!(error = %e, "protobuf watch frame failed; sending JSON");
+                None
+            }
+        }
+    }
+
+    /// An object's line (JSON, Table or a protobuf frame).
     fn object(&self, kind: &str, raw: &[u8]) -> Bytes {
+        if self.protobuf {
+            let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+            if let Some(frame) = self.frame(kind, &value) {
+                return frame;
+            }
+        }
         if self.table {
             self.table_line(kind, raw)
         } else {
