@@ -1,6 +1,7 @@
 //! The official Python `kubernetes` client (pinned, from `cargo xtask setup`) against a
 //! berth-server started by the test: CRUD, list pagination, a watch resumed from a
-//! resourceVersion, and the error codes clients branch on (409, 422, 404, 401, 413, 400).
+//! resourceVersion, the error codes clients branch on (409, 422, 404, 401, 413, 400), and a
+//! typed Service read and delete (`status.loadBalancer`, the deleted object as answer).
 
 use std::process::Command;
 
@@ -85,6 +86,18 @@ assert r.status == 400 and b"BadRequest" in r.data, (r.status, r.data)
 
 v1.delete_namespaced_config_map("py", ns)
 assert status_of(lambda: v1.read_namespaced_config_map("py", ns)) == 404
+
+# A typed Service: status.load_balancer is written (`{}`), and DELETE answers with the
+# Service (upstream's services registry returns the deleted object).
+svc = client.V1Service(metadata=client.V1ObjectMeta(name="py-svc"),
+    spec=client.V1ServiceSpec(selector={"app": "py"}, ports=[client.V1ServicePort(port=80)]))
+created = v1.create_namespaced_service(ns, svc)
+assert created.status is not None and created.status.load_balancer is not None, created.status
+deleted = v1.delete_namespaced_service("py-svc", ns)
+assert isinstance(deleted, client.V1Service), type(deleted)
+assert deleted.kind == "Service" and deleted.metadata.name == "py-svc", deleted
+assert deleted.spec.ports[0].port == 80, deleted.spec
+assert status_of(lambda: v1.read_namespaced_service("py-svc", ns)) == 404
 print("python client: ok")
 "#;
 

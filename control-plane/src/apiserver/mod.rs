@@ -11,6 +11,7 @@ pub mod admission;
 pub mod auth;
 pub mod crd;
 pub mod discovery;
+pub mod field_order;
 pub mod kubelet;
 pub mod metrics;
 pub mod object;

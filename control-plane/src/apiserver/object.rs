@@ -1,5 +1,5 @@
-//! Objects as the apiserver stores and serves them: JSON with `metadata` first and
-//! without `resourceVersion` in the store (the store's revision is the resourceVersion,
+//! Objects as the apiserver stores and serves them: JSON in kube-apiserver's field
+//! order (`kind`, `apiVersion`, `metadata`, …) and without `resourceVersion` in the store (the store's revision is the resourceVersion,
 //! as in Kubernetes' etcd3 storage), with it spliced in on the way out, so a LIST or a
 //! watch event is served from bytes without re-encoding the object.
 
@@ -8,105 +8,124 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
+use super::field_order;
 use crate::store::Revision;
 
-/// Bytes for the store: `{"metadata":{…},…}` without `metadata.resourceVersion`.
-/// Written field by field, without copying the object.
+/// Bytes for the store: the object in kube-apiserver's field order
+/// ([`field_order`]), `{"kind":…,"apiVersion":…,"metadata":{…},…}`, without
+/// `metadata.resourceVersion`.
 pub fn encode(object: &Value) -> Vec<u8> {
-    let Some(map) = object.as_object() else {
-        return serde_json::to_vec(object).unwrap_or_default();
-    };
     let mut out = Vec::with_capacity(2048);
-    out.push(b'{');
-    let write = |out: &mut Vec<u8>, key: &str, value: &dyn erased::Json| {
-        if out.len() > 1 {
-            out.push(b',');
-        }
-        // Keys and values are plain JSON; writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, key);
-        out.push(b':');
-        value.write(out);
-    };
-    let empty = Map::new();
-    let meta = map
-        .get("metadata")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    write(
-        &mut out,
-        "metadata",
-        &erased::WithoutKey(meta, "resourceVersion"),
-    );
-    for (key, value) in map {
-        if key != "metadata" {
-            write(&mut out, key, value);
-        }
-    }
-    out.push(b'}');
+    field_order::write_object(&mut out, object, Some("resourceVersion"));
     out
 }
 
-/// Writing a JSON value (or a map minus one key) into a buffer.
-mod erased {
-    use serde_json::{Map, Value};
-
-    pub trait Json {
-        fn write(&self, out: &mut Vec<u8>);
-    }
-
-    impl Json for Value {
-        fn write(&self, out: &mut Vec<u8>) {
-            let _ = serde_json::to_writer(out, self);
+/// The stored bytes with `metadata.resourceVersion` set to `revision`, spliced in at
+/// its place in `ObjectMeta` order without re-encoding the object.
+pub fn with_revision(stored: &[u8], revision: Revision) -> Vec<u8> {
+    let rv = format!("\"resourceVersion\":\"{revision}\"");
+    if let Some(at) = splice_point(stored) {
+        let mut out = Vec::with_capacity(stored.len() + rv.len() + 1);
+        out.extend_from_slice(&stored[..at.offset]);
+        if at.comma_before {
+            out.push(b',');
         }
+        out.extend_from_slice(rv.as_bytes());
+        if at.comma_after {
+            out.push(b',');
+        }
+        out.extend_from_slice(&stored[at.offset..]);
+        return out;
     }
+    // Not written by `encode` (or by an older berth, with `metadata` first):
+    // decode and re-encode.
+    match serde_json::from_slice::<Value>(stored) {
+        Ok(mut v) => {
+            set_resource_version(&mut v, revision);
+            field_order::to_vec(&v)
+        }
+        Err(_) => stored.to_vec(),
+    }
+}
 
-    /// A map serialized without one of its keys.
-    pub struct WithoutKey<'a>(pub &'a Map<String, Value>, pub &'a str);
+/// Where `resourceVersion` goes in bytes written by [`encode`].
+#[derive(Debug, PartialEq)]
+struct Splice {
+    offset: usize,
+    comma_before: bool,
+    comma_after: bool,
+}
 
-    impl Json for WithoutKey<'_> {
-        fn write(&self, out: &mut Vec<u8>) {
-            out.push(b'{');
-            let mut first = true;
-            for (k, v) in self.0 {
-                if k == self.1 {
-                    continue;
-                }
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                let _ = serde_json::to_writer(&mut *out, v);
-            }
-            out.push(b'}');
+/// Scans `{"kind":"…","apiVersion":"…","metadata":{"name":"…",…,"uid":"…"` — only
+/// string members, as `encode` writes them — to the place of `resourceVersion`.
+/// `None` for anything else (an object without `kind` first, as older berths stored).
+fn splice_point(b: &[u8]) -> Option<Splice> {
+    let mut i = 0;
+    let expect = |i: &mut usize, c: u8| -> Option<()> { (b.get(*i) == Some(&c)).then(|| *i += 1) };
+    expect(&mut i, b'{')?;
+    let first = string_end(b, i)?;
+    if &b[i..first] != b"\"kind\"" {
+        return None;
+    }
+    loop {
+        let end = string_end(b, i)?;
+        let key = &b[i + 1..end - 1];
+        i = end;
+        expect(&mut i, b':')?;
+        if key == b"metadata" {
+            break;
+        }
+        if key != b"kind" && key != b"apiVersion" {
+            return None;
+        }
+        i = string_end(b, i)?;
+        expect(&mut i, b',')?;
+    }
+    expect(&mut i, b'{')?;
+    let mut members = false;
+    loop {
+        if b.get(i) == Some(&b'}') {
+            return Some(Splice {
+                offset: i,
+                comma_before: members,
+                comma_after: false,
+            });
+        }
+        let end = string_end(b, i)?;
+        let key = std::str::from_utf8(&b[i + 1..end - 1]).ok()?;
+        if !field_order::BEFORE_RESOURCE_VERSION.contains(&key) {
+            return Some(Splice {
+                offset: i,
+                comma_before: false,
+                comma_after: true,
+            });
+        }
+        i = end;
+        expect(&mut i, b':')?;
+        i = string_end(b, i)?;
+        members = true;
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => {}
+            _ => return None,
         }
     }
 }
 
-const META_OPEN: &[u8] = b"{\"metadata\":{";
-
-/// The stored bytes with `metadata.resourceVersion` set to `revision`.
-pub fn with_revision(stored: &[u8], revision: Revision) -> Vec<u8> {
-    let rv = format!("\"resourceVersion\":\"{revision}\"");
-    if stored.starts_with(META_OPEN) {
-        let mut out = Vec::with_capacity(stored.len() + rv.len() + 1);
-        out.extend_from_slice(META_OPEN);
-        out.extend_from_slice(rv.as_bytes());
-        if stored.get(META_OPEN.len()) != Some(&b'}') {
-            out.push(b',');
-        }
-        out.extend_from_slice(&stored[META_OPEN.len()..]);
-        return out;
+/// The index after the JSON string starting at `start` (`None` if none starts there).
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    if b.get(start) != Some(&b'"') {
+        return None;
     }
-    // Not written by `encode` (should not happen): decode and re-encode.
-    match serde_json::from_slice::<Value>(stored) {
-        Ok(mut v) => {
-            set_resource_version(&mut v, revision);
-            serde_json::to_vec(&v).unwrap_or_default()
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
         }
-        Err(_) => stored.to_vec(),
     }
+    None
 }
 
 pub fn set_resource_version(object: &mut Value, revision: Revision) {
@@ -211,6 +230,45 @@ mod tests {
         let empty = encode(&json!({"metadata": {}}));
         let out: Value = serde_json::from_slice(&with_revision(&empty, 1)).expect("json");
         assert_eq!(out, json!({"metadata": {"resourceVersion": "1"}}));
+    }
+
+    fn served(obj: &Value, revision: Revision) -> String {
+        String::from_utf8(with_revision(&encode(obj), revision)).expect("utf8")
+    }
+
+    #[test]
+    fn stored_objects_are_served_in_upstream_order_with_the_revision_in_place() {
+        let obj = json!({"spec": {"x": 1}, "metadata": {"labels": {"a": "b"}, "uid": "u",
+            "name": "a\\\"q", "namespace": "ns", "resourceVersion": "7"},
+            "kind": "Pod", "apiVersion": "v1"});
+        assert_eq!(
+            served(&obj, 42),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a\\\"q","namespace":"ns","uid":"u","resourceVersion":"42","labels":{"a":"b"}},"spec":{"x":1}}"#
+        );
+        let only_name = json!({"kind": "Pod", "metadata": {"name": "a"}});
+        assert_eq!(
+            served(&only_name, 3),
+            r#"{"kind":"Pod","metadata":{"name":"a","resourceVersion":"3"}}"#
+        );
+        let labels_only = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"labels": {}}});
+        assert_eq!(
+            served(&labels_only, 3),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"3","labels":{}}}"#
+        );
+        let no_meta = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {}});
+        assert_eq!(
+            served(&no_meta, 3),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"3"}}"#
+        );
+    }
+
+    #[test]
+    fn objects_stored_metadata_first_are_reordered() {
+        let legacy = br#"{"metadata":{"name":"a"},"apiVersion":"v1","kind":"Pod","spec":{}}"#;
+        assert_eq!(
+            String::from_utf8(with_revision(legacy, 9)).expect("utf8"),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","resourceVersion":"9"},"spec":{}}"#
+        );
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = self.to_status().to_string();
+        let body = super::field_order::to_vec(&self.to_status());
         let mut resp = (code, [("content-type", "application/json")], body).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(v) = secs.to_string().parse()

@@ -33,6 +33,85 @@ fn each(obj: &mut Value, key: &str, mut f: impl FnMut(&mut Value)) {
 
 /// Applies the defaults of `kind` to `obj` (a whole object).
 pub fn apply(kind: &str, obj: &mut Value) {
+    fields(kind, obj);
+    always_written(kind, obj);
+}
+
+/// The fields kube-apiserver always writes because their Go type cannot be omitted:
+/// a non-pointer struct (`encoding/json`'s `omitempty` never omits a struct, so
+/// `ServiceStatus.LoadBalancer` is `{}`) or a scalar without `omitempty`
+/// (`ReplicaSetStatus.Replicas`). From k8s.io/api `core/v1`, `apps/v1`, `batch/v1`,
+/// `networking/v1` `types.go`.
+fn always_written(kind: &str, obj: &mut Value) {
+    let zeros = |obj: &mut Value, names: &[&str]| {
+        if let Some(status) = object(obj, "status") {
+            for n in names {
+                default(status, n, json!(0));
+            }
+        }
+    };
+    match kind {
+        // ServiceStatus.LoadBalancer, IngressStatus.LoadBalancer: structs.
+        "Service" | "Ingress" => {
+            if let Some(status) = object(obj, "status") {
+                object(status, "loadBalancer");
+            }
+        }
+        // Status structs whose fields are all omitempty: `status: {}`.
+        "Deployment" | "Job" | "CronJob" | "Pod" => {
+            object(obj, "status");
+        }
+        "ReplicaSet" | "ReplicationController" => zeros(obj, &["replicas"]),
+        "StatefulSet" => zeros(obj, &["replicas", "availableReplicas"]),
+        "DaemonSet" => zeros(
+            obj,
+            &[
+                "currentNumberScheduled",
+                "numberMisscheduled",
+                "desiredNumberScheduled",
+                "numberReady",
+            ],
+        ),
+        // PersistentVolumeClaimSpec.Resources: a struct.
+        "PersistentVolumeClaim" => {
+            if let Some(spec) = object(obj, "spec") {
+                object(spec, "resources");
+            }
+        }
+        "Node" => {
+            object(obj, "spec");
+            if let Some(status) = object(obj, "status") {
+                // NodeDaemonEndpoints.KubeletEndpoint and DaemonEndpoint.Port (`json:"Port"`).
+                if let Some(endpoints) = object(status, "daemonEndpoints")
+                    && let Some(kubelet) = object(endpoints, "kubeletEndpoint")
+                {
+                    default(kubelet, "Port", json!(0));
+                }
+                // NodeSystemInfo: strings without omitempty.
+                if let Some(info) = object(status, "nodeInfo") {
+                    for n in [
+                        "machineID",
+                        "systemUUID",
+                        "bootID",
+                        "kernelVersion",
+                        "osImage",
+                        "containerRuntimeVersion",
+                        "kubeletVersion",
+                        "kubeProxyVersion",
+                        "operatingSystem",
+                        "architecture",
+                    ] {
+                        default(info, n, json!(""));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `pkg/apis/*/v1/defaults.go` defaults of `kind`.
+fn fields(kind: &str, obj: &mut Value) {
     match kind {
         // stringData is write-only: merged into data (base64), as kube-apiserver does.
         "Secret" => {
@@ -502,6 +581,35 @@ mod tests {
         assert_eq!(pod["status"]["qosClass"], "Guaranteed");
         assert_eq!(pod["status"]["phase"], "Pending");
         assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn structs_go_always_writes_are_present() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
+        apply("Service", &mut svc);
+        assert_eq!(svc["status"], json!({"loadBalancer": {}}), "{svc}");
+        let mut rs = json!({"spec": {}});
+        apply("ReplicaSet", &mut rs);
+        assert_eq!(rs["status"], json!({"replicas": 0}), "{rs}");
+        let mut ds = json!({"spec": {}, "status": {"numberReady": 2}});
+        apply("DaemonSet", &mut ds);
+        assert_eq!(ds["status"]["numberReady"], 2, "{ds}");
+        assert_eq!(ds["status"]["numberMisscheduled"], 0, "{ds}");
+        let mut deploy = json!({"spec": {}});
+        apply("Deployment", &mut deploy);
+        assert_eq!(deploy["status"], json!({}), "{deploy}");
+        let mut node = json!({"status": {"nodeInfo": {"kubeletVersion": "v1.34.0"}}});
+        apply("Node", &mut node);
+        assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.34.0");
+        assert_eq!(node["status"]["nodeInfo"]["bootID"], "");
+        assert_eq!(
+            node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
+            0
+        );
+        let mut ing =
+            json!({"spec": {}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}});
+        apply("Ingress", &mut ing);
+        assert_eq!(ing["status"]["loadBalancer"]["ingress"][0]["ip"], "1.2.3.4");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use super::list::Selectors;
 use super::{Ctx, json_response, object_response, success_status, value_response};
-use crate::apiserver::object;
 use crate::apiserver::request::read_body;
 use crate::apiserver::status::{ApiError, ApiResult};
+use crate::apiserver::{field_order, object};
 
 /// `DeleteOptions` from the body and the query.
 #[derive(Debug, Default, Clone)]
@@ -79,13 +79,7 @@ async fn options(ctx: &Ctx, body: Body) -> ApiResult<Options> {
 pub async fn delete(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
     let opts = options(&ctx, body).await?;
     let (obj, gone) = delete_one(&ctx, name, &opts).await?;
-    if gone
-        && !matches!(
-            ctx.def.kind.as_str(),
-            "Pod" | "Namespace" | "CustomResourceDefinition"
-        )
-        && ctx.def.crd.is_none()
-    {
+    if gone && !returns_deleted_object(&ctx) {
         let uid = object::meta_str(&obj, "uid").unwrap_or_default();
         return Ok(value_response(
             StatusCode::OK,
@@ -93,6 +87,39 @@ pub async fn delete(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
         ));
     }
     Ok(object_response(&ctx, StatusCode::OK, &obj))
+}
+
+/// Whether a delete that removed the object answers with it rather than a `Status`:
+/// the registries that set `ReturnDeletedObject: true` in kube-apiserver (their
+/// OpenAPI DELETE response is the object, not `Status` — as the generated clients'
+/// return types show, e.g. the Python client's `delete_namespaced_service` →
+/// `V1Service`), plus Namespaces and CustomResourceDefinitions (whose own `Delete`
+/// answers with the object) and custom resources. A delete that only marks the object
+/// (finalizers, a grace period) answers with it everywhere, as the generic store does.
+fn returns_deleted_object(ctx: &Ctx) -> bool {
+    if ctx.def.crd.is_some() {
+        return true;
+    }
+    matches!(
+        (ctx.def.group.as_str(), ctx.def.kind.as_str()),
+        (
+            "",
+            "Pod"
+                | "PodTemplate"
+                | "Service"
+                | "ServiceAccount"
+                | "PersistentVolume"
+                | "PersistentVolumeClaim"
+                | "ResourceQuota"
+                | "Namespace"
+        ) | (
+            "storage.k8s.io",
+            "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment" | "VolumeAttributesClass"
+        ) | (
+            "resource.k8s.io",
+            "DeviceClass" | "ResourceClaim" | "ResourceClaimTemplate" | "ResourceSlice"
+        ) | ("apiextensions.k8s.io", "CustomResourceDefinition")
+    )
 }
 
 /// Deletes or marks one object; `true` if it is gone.
@@ -244,7 +271,7 @@ pub async fn delete_collection(ctx: Ctx, body: Body) -> ApiResult<Response> {
                     ..ctx.clone()
                 };
                 match delete_one(&item_ctx, &name, opts).await {
-                    Ok((obj, _)) => Ok(Some(serde_json::to_vec(&obj).unwrap_or_default())),
+                    Ok((obj, _)) => Ok(Some(field_order::to_vec(&obj))),
                     Err(e) if e.code == 404 => Ok(None),
                     Err(e) => Err(e),
                 }

@@ -113,14 +113,16 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
 /// A `…List` object from items already encoded (concatenated, not re-encoded).
 pub fn list_body<T: AsRef<[u8]>>(def: &ResourceDef, meta: &Value, items: &[T]) -> Vec<u8> {
     let head = format!(
-        "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":",
         def.list_kind,
         def.api_version(),
-        meta
     );
-    let size = head.len() + items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>() + 2;
+    let size = head.len() + 128 + items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>();
     let mut body = Vec::with_capacity(size);
     body.extend_from_slice(head.as_bytes());
+    // ListMeta order: resourceVersion, continue, remainingItemCount.
+    crate::apiserver::field_order::write_meta(&mut body, meta, None);
+    body.extend_from_slice(b",\"items\":[");
     for (i, raw) in items.iter().enumerate() {
         if i > 0 {
             body.push(b',');

@@ -144,7 +144,7 @@ pub fn json_response(code: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 pub fn value_response(code: StatusCode, value: &Value) -> Response {
-    json_response(code, serde_json::to_vec(value).unwrap_or_default())
+    json_response(code, crate::apiserver::field_order::to_vec(value))
 }
 
 /// `value` in the client's preferred encoding: protobuf when its `Accept` prefers it

@@ -24,10 +24,10 @@ use tokio::sync::broadcast;
 
 use super::Ctx;
 use super::list::Selectors;
-use crate::apiserver::protobuf;
 use crate::apiserver::status::{ApiError, ApiResult};
 use crate::apiserver::table;
 use crate::apiserver::watch_cache::{Cached, Change, ChangeKind, WatchEventType, watch_line};
+use crate::apiserver::{field_order, protobuf};
 use crate::store::Revision;
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
@@ -111,12 +111,8 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
             Err(oldest) => {
                 // Kubernetes answers 200 and a single ERROR event.
                 let err = ApiError::gone(format!("too old resource version: {after} ({oldest})"));
-                let line = format!("{{\"type\":\"ERROR\",\"object\":{}}}\n", err.to_status());
-                return Ok(stream_response(
-                    vec![Bytes::from(line)],
-                    None,
-                    "application/json",
-                ));
+                let line = watch_line("ERROR", &field_order::to_vec(&err.to_status()));
+                return Ok(stream_response(vec![line], None, "application/json"));
             }
         }
     };
@@ -324,13 +320,13 @@ impl Lines {
         {
             return frame;
         }
-        watch_line("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
+        watch_line("BOOKMARK", &field_order::to_vec(&obj))
     }
 
     fn table_line(&self, kind: &str, raw: &[u8]) -> Bytes {
         let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
         let t = table::table(&self.ctx.def, &[value], None, &self.ctx.query);
-        Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n"))
+        watch_line(kind, &field_order::to_vec(&t))
     }
 
     /// A protobuf frame for one event (`None` if the object cannot be encoded).

@@ -1,0 +1,315 @@
+//! JSON as kube-apiserver writes it: the fields of an object in the order of its Go
+//! struct, not alphabetically. Go's `encoding/json` writes struct fields in declaration
+//! order (`kind`, `apiVersion`, `metadata`, then `spec`, `status`, or `data`, `items`,
+//! …) and map keys sorted; clients and tests that compare bytes or error positions see
+//! that order.
+//!
+//! berth keeps `serde_json` without `preserve_order`, so a `Map` iterates sorted. Turning
+//! `preserve_order` on workspace-wide would not give Go's order anyway (it would give
+//! the order a client or a controller happened to insert) and would change every map in
+//! every crate. Instead, objects are written through [`to_vec`] where they leave the
+//! apiserver or enter the store ([`super::object::encode`]): the top level and
+//! `metadata` (with `ownerReferences[]` and `managedFields[]`) are written in Go struct
+//! order; everything nested deeper is written as `serde_json` does (sorted), which
+//! matches Go for maps (labels, annotations, data) and differs only inside specs.
+
+use serde_json::{Map, Value};
+
+/// `ObjectMeta` (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), and `ListMeta`'s
+/// `continue` / `remainingItemCount` after `resourceVersion`.
+pub const OBJECT_META: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "continue",
+    "remainingItemCount",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// `metadata` fields written before `resourceVersion` (all strings): where the
+/// revision is spliced into stored bytes.
+pub const BEFORE_RESOURCE_VERSION: &[&str] =
+    &["name", "generateName", "namespace", "selfLink", "uid"];
+
+const OWNER_REFERENCE: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "name",
+    "uid",
+    "controller",
+    "blockOwnerDeletion",
+];
+
+const MANAGED_FIELDS_ENTRY: &[&str] = &[
+    "manager",
+    "operation",
+    "apiVersion",
+    "time",
+    "fieldsType",
+    "fieldsV1",
+    "subresource",
+];
+
+/// The fields of a kind after `kind`, `apiVersion`, `metadata`, in Go struct order.
+/// Kinds not listed have `spec`, `status` (or `items` for lists); fields a table does
+/// not name come after, sorted.
+fn body_fields(kind: &str, api_version: &str) -> &'static [&'static str] {
+    match (kind, api_version) {
+        ("Status", _) => &["status", "message", "reason", "details", "code"],
+        ("ConfigMap", _) => &["immutable", "data", "binaryData"],
+        ("Secret", _) => &["immutable", "data", "stringData", "type"],
+        ("Event", "v1") => &[
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "series",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ],
+        ("Event", _) => &[
+            "eventTime",
+            "series",
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+            "regarding",
+            "related",
+            "note",
+            "type",
+            "deprecatedSource",
+            "deprecatedFirstTimestamp",
+            "deprecatedLastTimestamp",
+            "deprecatedCount",
+        ],
+        ("Endpoints", _) => &["subsets"],
+        ("EndpointSlice", _) => &["addressType", "endpoints", "ports"],
+        ("ServiceAccount", _) => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        ("Role" | "ClusterRole", _) => &["rules", "aggregationRule"],
+        ("RoleBinding" | "ClusterRoleBinding", _) => &["subjects", "roleRef"],
+        ("StorageClass", _) => &[
+            "provisioner",
+            "parameters",
+            "reclaimPolicy",
+            "mountOptions",
+            "allowVolumeExpansion",
+            "volumeBindingMode",
+            "allowedTopologies",
+        ],
+        ("PriorityClass", _) => &["value", "globalDefault", "description", "preemptionPolicy"],
+        ("Table", _) => &["columnDefinitions", "rows"],
+        (k, _) if k.ends_with("List") => &["items"],
+        _ => &["spec", "status"],
+    }
+}
+
+/// Position of `key` in `order`, unknown keys last (then sorted by name by the caller).
+fn rank(order: &[&str], key: &str) -> usize {
+    order.iter().position(|k| *k == key).unwrap_or(usize::MAX)
+}
+
+/// `map`'s entries in `order` (a stable sort: unknown keys keep serde_json's sorted order).
+fn ordered<'a>(map: &'a Map<String, Value>, order: &[&str]) -> Vec<(&'a String, &'a Value)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by_key(|(k, _)| rank(order, k));
+    entries
+}
+
+/// Writes `"key":` (with a comma unless first).
+fn key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+}
+
+fn plain(out: &mut Vec<u8>, value: &Value) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Writes a map in `order`, leaving out `skip`; `nested` writes a known field's value.
+fn write_map(
+    out: &mut Vec<u8>,
+    map: &Map<String, Value>,
+    order: &[&str],
+    skip: Option<&str>,
+    nested: &dyn Fn(&mut Vec<u8>, &str, &Value),
+) {
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in ordered(map, order) {
+        if Some(k.as_str()) == skip {
+            continue;
+        }
+        key(out, &mut first, k);
+        nested(out, k, v);
+    }
+    out.push(b'}');
+}
+
+/// An array of objects each written in `order` (anything else as it is).
+fn write_items(out: &mut Vec<u8>, value: &Value, order: &[&str]) {
+    let Some(items) = value.as_array() else {
+        return plain(out, value);
+    };
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match item.as_object() {
+            Some(m) => write_map(out, m, order, None, &|out, _, v| plain(out, v)),
+            None => plain(out, item),
+        }
+    }
+    out.push(b']');
+}
+
+/// Writes `metadata` in `ObjectMeta` order, without `skip` (the store leaves out
+/// `resourceVersion`).
+pub fn write_meta(out: &mut Vec<u8>, meta: &Value, skip: Option<&str>) {
+    let Some(map) = meta.as_object() else {
+        return plain(out, meta);
+    };
+    write_map(out, map, OBJECT_META, skip, &|out, k, v| match k {
+        "ownerReferences" => write_items(out, v, OWNER_REFERENCE),
+        "managedFields" => write_items(out, v, MANAGED_FIELDS_ENTRY),
+        _ => plain(out, v),
+    });
+}
+
+/// Writes an object in upstream order; `meta_skip` is left out of its `metadata`.
+pub fn write_object(out: &mut Vec<u8>, value: &Value, meta_skip: Option<&str>) {
+    let Some(map) = value.as_object() else {
+        return plain(out, value);
+    };
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let body = body_fields(kind, api_version);
+    out.push(b'{');
+    let mut first = true;
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by_key(|(k, _)| match k.as_str() {
+        "kind" => 0,
+        "apiVersion" => 1,
+        "metadata" => 2,
+        other => rank(body, other).saturating_add(3),
+    });
+    let is_list = body == ["items"];
+    for (k, v) in entries {
+        key(out, &mut first, k);
+        match k.as_str() {
+            "metadata" => write_meta(out, v, meta_skip),
+            // List items and a Status's nested objects are objects of their own.
+            "items" if is_list => match v.as_array() {
+                Some(items) => {
+                    out.push(b'[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write_object(out, item, None);
+                    }
+                    out.push(b']');
+                }
+                None => plain(out, v),
+            },
+            _ => plain(out, v),
+        }
+    }
+    out.push(b'}');
+}
+
+/// `value` as JSON in kube-apiserver's field order.
+pub fn to_vec(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    write_object(&mut out, value, None);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(v: &Value) -> String {
+        String::from_utf8(to_vec(v)).expect("utf8")
+    }
+
+    #[test]
+    fn an_object_starts_with_kind_api_version_metadata_then_spec_status() {
+        let pod = json!({"status": {"phase": "Pending"}, "spec": {"b": 1, "a": 2},
+            "metadata": {"uid": "u", "namespace": "ns", "name": "p", "labels": {"z": "1", "a": "2"},
+                "creationTimestamp": "t", "resourceVersion": "5"},
+            "apiVersion": "v1", "kind": "Pod"});
+        assert_eq!(
+            text(&pod),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"ns","uid":"u","resourceVersion":"5","creationTimestamp":"t","labels":{"a":"2","z":"1"}},"spec":{"a":2,"b":1},"status":{"phase":"Pending"}}"#
+        );
+    }
+
+    #[test]
+    fn a_status_is_in_metav1_status_order() {
+        let s = json!({"code": 404, "details": {"name": "x"}, "reason": "NotFound",
+            "message": "m", "status": "Failure", "metadata": {}, "apiVersion": "v1", "kind": "Status"});
+        assert_eq!(
+            text(&s),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"m","reason":"NotFound","details":{"name":"x"},"code":404}"#
+        );
+    }
+
+    #[test]
+    fn list_items_are_ordered_too() {
+        let l = json!({"items": [{"spec": {}, "kind": "Pod", "metadata": {"name": "a"}}],
+            "metadata": {"continue": "c", "resourceVersion": "1"}, "kind": "PodList", "apiVersion": "v1"});
+        assert_eq!(
+            text(&l),
+            r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1","continue":"c"},"items":[{"kind":"Pod","metadata":{"name":"a"},"spec":{}}]}"#
+        );
+    }
+
+    #[test]
+    fn owner_references_and_unknown_fields() {
+        let o = json!({"zeta": 1, "data": {"k": "v"}, "immutable": true, "kind": "ConfigMap",
+            "metadata": {"ownerReferences": [{"uid": "u", "name": "n", "kind": "K", "apiVersion": "v1"}]}});
+        assert_eq!(
+            text(&o),
+            r#"{"kind":"ConfigMap","metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"K","name":"n","uid":"u"}]},"immutable":true,"data":{"k":"v"},"zeta":1}"#
+        );
+    }
+
+    #[test]
+    fn non_objects_are_written_as_they_are() {
+        assert_eq!(text(&json!([1, "a"])), r#"[1,"a"]"#);
+        assert_eq!(text(&json!({"metadata": 3})), r#"{"metadata":3}"#);
+    }
+}
