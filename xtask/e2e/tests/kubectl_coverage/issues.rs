@@ -1,0 +1,85 @@
+//! Commands whose server side is another open issue's: each asserts the error berth
+//! gives today and names the issue, to become a real case when it lands.
+
+use std::path::Path;
+
+use berth_testkit::Kubectl;
+
+use crate::{BUSYBOX, Coverage, ISSUE_21, ISSUE_22, ISSUE_25, contains, fails_with, field};
+
+/// Commands whose server side is another open issue's: today's error, and the issue.
+pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
+    cov.awaiting(ISSUE_21, "auth can-i", || {
+        // No SelfSubjectAccessReview API yet.
+        fails_with(
+            k,
+            &["auth", "can-i", "create", "pods"],
+            "the server could not find the requested resource",
+        );
+    });
+    cov.awaiting(ISSUE_21, "auth whoami", || {
+        fails_with(
+            k,
+            &["auth", "whoami"],
+            "the selfsubjectreviews API is not enabled in the cluster",
+        );
+    });
+    // Reconcile needs only the RBAC objects, which berth stores: it works today.
+    cov.case("auth reconcile", || {
+        let file = dir.join("rbac.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n\
+             metadata: {name: reconciled}\n\
+             rules: [{apiGroups: [\"\"], resources: [pods], verbs: [get]}]\n",
+        )
+        .expect("write");
+        contains(
+            &k.ok(&["auth", "reconcile", "-f", file.to_str().expect("utf-8")]),
+            "clusterrole.rbac.authorization.k8s.io/reconciled reconciled",
+        );
+        assert_eq!(
+            field(k, &["get", "clusterrole", "reconciled"], "/rules/0/verbs"),
+            serde_json::json!(["get"])
+        );
+    });
+    for verb in ["approve", "deny"] {
+        cov.awaiting(ISSUE_21, &format!("certificate {verb}"), || {
+            fails_with(
+                k,
+                &["certificate", verb, "csr-node-e2e"],
+                "the server doesn't have a resource type \"certificatesigningrequests\"",
+            );
+        });
+    }
+    cov.awaiting(ISSUE_25, "top node", || {
+        fails_with(k, &["top", "node"], "Metrics API not available");
+    });
+    cov.awaiting(ISSUE_25, "top pod", || {
+        fails_with(k, &["top", "pod"], "Metrics API not available");
+    });
+    cov.awaiting(ISSUE_25, "autoscale", || {
+        fails_with(
+            k,
+            &["autoscale", "deployment", "web", "--max=3", "--cpu=50%"],
+            "the server could not find the requested resource",
+        );
+    });
+    cov.awaiting(ISSUE_22, "debug", || {
+        // Without the pods/ephemeralcontainers subresource kube-apiserver answers 404
+        // with an empty `details` in the Status, and kubectl reports the feature off.
+        // berth's 404 Status has no `details` at all, and kubectl 1.37 dereferences it
+        // (nil pointer panic in debugByEphemeralContainer): that part is berth's bug.
+        fails_with(
+            k,
+            &[
+                "debug",
+                "shell",
+                &format!("--image={BUSYBOX}"),
+                "--",
+                "true",
+            ],
+            "ephemeral containers are disabled for this cluster",
+        );
+    });
+}
