@@ -103,12 +103,16 @@ impl ApiError {
 
     /// 404 for a path no resource lives at (the path is not echoed back, as
     /// Kubernetes does not).
+    /// kube-apiserver's answer carries an empty `details` (clients such as `kubectl
+    /// debug` read `details.name`).
     pub fn path_not_found(_path: &str) -> Self {
-        Self::new(
+        let mut e = Self::new(
             404,
             "NotFound",
             "the server could not find the requested resource",
-        )
+        );
+        e.details = Some(serde_json::json!({}));
+        e
     }
 
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {

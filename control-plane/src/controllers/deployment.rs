@@ -426,15 +426,18 @@ impl Controller {
         match api.create(&PostParams::default(), &rs).await {
             Ok(rs) => {
                 let rs_name = rs.metadata.name.clone().unwrap_or_default();
-                record_event(
-                    &self.client,
-                    COMPONENT,
-                    &Involved::of(d),
-                    "Normal",
-                    "ScalingReplicaSet",
-                    &format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
-                )
-                .await;
+                // As upstream: no event for a replica set created at 0.
+                if replicas > 0 {
+                    record_event(
+                        &self.client,
+                        COMPONENT,
+                        &Involved::of(d),
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
+                    )
+                    .await;
+                }
                 Ok(rs)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {

@@ -105,6 +105,19 @@ async fn monitor(
     for node in nodes.state() {
         let name = node.name_any();
         let sig = signal(&node, leases);
+        if !heard.contains_key(&name) {
+            // As kube-controller-manager's node lifecycle controller does for each node
+            // it starts tracking.
+            record_event(
+                client,
+                COMPONENT,
+                &Involved::of(&*node),
+                "Normal",
+                "RegisteredNode",
+                &format!("Node {name} event: Registered Node {name} in Controller"),
+            )
+            .await;
+        }
         let entry = heard.entry(name.clone()).or_insert((sig.clone(), now));
         if entry.0 != sig {
             *entry = (sig, now);

@@ -372,11 +372,21 @@ async fn schedule(
                     super::metrics::observe(true, started.elapsed());
                     let permit = binds.clone().acquire_owned().await;
                     let (client, failed) = (client.clone(), failed_tx.clone());
+                    let involved = Involved::of(&*pod);
                     tokio::spawn(async move {
                         let _permit = permit;
                         match bind(&client, &ns, &name, &node_name).await {
                             Ok(()) => {
                                 tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "bound");
+                                record_event(
+                                    &client,
+                                    SCHEDULER_NAME,
+                                    &involved,
+                                    "Normal",
+                                    "Scheduled",
+                                    &format!("Successfully assigned {ns}/{name} to {node_name}"),
+                                )
+                                .await;
                             }
                             Err(err) => {
                                 tracing::warn!(pod = %format!("{ns}/{name}"), %err, "binding failed");

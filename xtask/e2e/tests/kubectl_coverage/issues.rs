@@ -67,9 +67,8 @@ pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
     });
     cov.awaiting(ISSUE_22, "debug", || {
         // Without the pods/ephemeralcontainers subresource kube-apiserver answers 404
-        // with an empty `details` in the Status, and kubectl reports the feature off.
-        // berth's 404 Status has no `details` at all, and kubectl 1.37 dereferences it
-        // (nil pointer panic in debugByEphemeralContainer): that part is berth's bug.
+        // with an empty `details` in the Status (berth too), and kubectl reports the
+        // feature off.
         fails_with(
             k,
             &[
