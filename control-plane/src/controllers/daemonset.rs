@@ -387,6 +387,7 @@ impl Controller {
             }
         }
 
+        let mut again = None;
         if self.satisfied(key, ns) {
             let strategy = spec.update_strategy.clone().unwrap_or_default();
             if strategy.type_.as_deref() != Some("OnDelete") {
@@ -408,6 +409,9 @@ impl Controller {
                 );
             }
             self.apply(&ds, key, ns, &create, &delete, &hash).await?;
+        } else {
+            // Look again soon: the expectation may time out without an event.
+            again = Some(Duration::from_secs(1));
         }
 
         // Status, from the oldest pod on each node.
@@ -472,17 +476,18 @@ impl Controller {
                 Err(e) => return Err(e),
             }
         }
+        // Daemon pods carry the bare hash; revisions are named `<set>-<hash>`.
         let in_use: HashSet<String> = by_node
             .values()
             .flatten()
-            .filter_map(|p| history::pod_revision(&p.metadata).map(str::to_owned))
+            .filter_map(|p| history::pod_revision(&p.metadata).map(|h| format!("{name}-{h}")))
             .chain([revisions.update.metadata.name.clone().unwrap_or_default()])
             .collect();
         history::prune(&self.client, &owner, &revisions.all, &in_use).await?;
         if min_ready > 0 && avail < ready {
             return Ok(Some(Duration::from_secs(1)));
         }
-        Ok(None)
+        Ok(again)
     }
 
     /// The rolling update's share of creations and deletions on the wanted nodes.

@@ -239,6 +239,8 @@ impl Controller {
                         (&spec.template, &update_rev)
                     };
                     if !self.ensure_claims(&set, o).await? {
+                        // A claim still being deleted: claims are not watched, look again.
+                        again = Some(Duration::from_secs(2));
                         blocked = true;
                         if ordered {
                             break;
@@ -306,10 +308,15 @@ impl Controller {
                 .iter()
                 .filter(|(o, _)| wanted.contains(o))
                 .collect();
-            let unavailable = in_range
-                .iter()
-                .filter(|(_, p)| !healthy(p, min_ready, now))
-                .count();
+            // Pods not there at all (deleted, not yet recreated) are unavailable too.
+            let missing = usize::try_from(replicas)
+                .unwrap_or(0)
+                .saturating_sub(in_range.len());
+            let unavailable = missing
+                + in_range
+                    .iter()
+                    .filter(|(_, p)| !healthy(p, min_ready, now))
+                    .count();
             let mut room = budget.saturating_sub(unavailable);
             for (o, pod) in in_range.into_iter().rev() {
                 if *o < partition || room == 0 {

@@ -640,7 +640,9 @@ impl Controller {
             ))
         } else if let Some(message) = fail_job {
             Some(Ending::Fail("PodFailurePolicy".into(), message))
-        } else if per_index.is_none() && failed > spec.backoff_limit.unwrap_or(6) {
+        } else if failed > spec.backoff_limit.unwrap_or(6)
+            || past_backoff_on_failure(&spec, &active)
+        {
             Some(Ending::Fail(
                 "BackoffLimitExceeded".into(),
                 "Job has reached the specified backoff limit".into(),
@@ -772,6 +774,10 @@ impl Controller {
                     }
                     Err(e) => failure = Some(e),
                 }
+            } else {
+                // Look again soon: the expectation may time out without an event.
+                again =
+                    Some(again.map_or(Duration::from_secs(1), |a| a.min(Duration::from_secs(1))));
             }
         }
 
@@ -1051,6 +1057,37 @@ struct Plan<'a> {
     wait_for_terminal: bool,
 }
 
+/// With `restartPolicy: OnFailure` failed containers restart in place and pods never
+/// fail: the restarts of the active pods count against `backoffLimit` (upstream's
+/// `pastBackoffLimitOnFailure`).
+fn past_backoff_on_failure(spec: &k8s_openapi::api::batch::v1::JobSpec, active: &[&Pod]) -> bool {
+    let on_failure = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        == Some("OnFailure");
+    if !on_failure {
+        return false;
+    }
+    let restarts: i64 = active
+        .iter()
+        .filter(|p| matches!(pods::phase(p), "Running" | "Pending"))
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .map(|c| i64::from(c.restart_count))
+        .sum();
+    match spec.backoff_limit.unwrap_or(6) {
+        0 => restarts > 0,
+        limit => restarts >= i64::from(limit),
+    }
+}
+
 /// The failures of an Indexed Job pod's index before this pod.
 fn index_failures(pod: &Pod) -> i32 {
     pod.metadata
@@ -1071,6 +1108,26 @@ mod tests {
             "status": {"phase": phase},
         }))
         .expect("pod")
+    }
+
+    #[test]
+    fn restarts_in_place_count_against_the_backoff_limit_with_on_failure() {
+        let spec = |policy: &str, limit: i32| -> k8s_openapi::api::batch::v1::JobSpec {
+            serde_json::from_value(json!({"backoffLimit": limit,
+                "template": {"spec": {"restartPolicy": policy, "containers": []}}}))
+            .expect("spec")
+        };
+        let restarting: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "image": "x",
+                "imageID": "", "ready": false, "restartCount": 2}]},
+        }))
+        .expect("pod");
+        let active = [&restarting];
+        assert!(past_backoff_on_failure(&spec("OnFailure", 2), &active));
+        assert!(!past_backoff_on_failure(&spec("OnFailure", 3), &active));
+        assert!(past_backoff_on_failure(&spec("OnFailure", 0), &active));
+        assert!(!past_backoff_on_failure(&spec("Never", 1), &active));
     }
 
     #[test]
