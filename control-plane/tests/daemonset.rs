@@ -245,3 +245,50 @@ fn a_pod_per_fitting_node_following_nodes_and_rolling_within_max_unavailable() {
         .await;
     });
 }
+
+#[test]
+fn failed_daemon_pods_are_replaced_with_a_growing_back_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server =
+        BerthServer::start_with(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir.path(), &[]);
+    let Some(kubectl) = Kubectl::find(&server.kubeconfig(), dir.path()) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(async {
+        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        node(&client, "n1", "8", json!({}), json!([])).await;
+        let _kubelet = Kubelet::start(client.clone(), &["n1"]);
+        // The hollow kubelet fails every pod of this DaemonSet 100 ms after it runs.
+        kubectl.apply(
+            r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: crashy}
+spec:
+  selector: {matchLabels: {app: crashy}}
+  template:
+    metadata:
+      labels: {app: crashy}
+      annotations: {hollow.berth.io/exit-code: "1", hollow.berth.io/run-ms: "100"}
+    spec: {containers: [{name: c, image: busybox}]}
+"#,
+        );
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let events = kubectl.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=crashy,reason=FailedDaemonPod",
+            "-o",
+            "name",
+        ]);
+        let failures = events.lines().count();
+        // Without back-off a pod fails and is replaced every few hundred ms (> 15 in
+        // 8 s); with 1 s, 2 s, 4 s… at most a handful.
+        assert!(
+            (1..=6).contains(&failures),
+            "{failures} failed pods replaced in 8 s"
+        );
+    });
+}

@@ -37,6 +37,10 @@ const GENERATION_LABEL: &str = "pod-template-generation";
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pods created in one sync at most.
 const BURST: usize = 500;
+/// Back-off before a node's failed daemon pod is replaced again: 1 s doubling to 15 min
+/// (kube-controller-manager's failedPodsBackoff).
+const FAILED_BACKOFF_BASE: Duration = Duration::from_secs(1);
+const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(900);
 
 #[derive(Debug)]
 struct Expectation {
@@ -52,6 +56,8 @@ struct Controller {
     nodes: Store<Node>,
     revisions: Store<ControllerRevision>,
     expectations: Mutex<HashMap<String, Expectation>>,
+    /// `<set uid>/<node>` → (current delay, replacing again not before).
+    failed_backoff: Mutex<HashMap<String, (Duration, Instant)>>,
 }
 
 /// Runs the controller until the runtime ends.
@@ -105,6 +111,7 @@ pub fn start(
             nodes,
             revisions,
             expectations: Mutex::new(HashMap::new()),
+            failed_backoff: Mutex::new(HashMap::new()),
         });
         queue
             .work("daemonset", move |key| {
@@ -335,6 +342,7 @@ impl Controller {
                 && pods::is_available(p, min_ready, now)
         };
 
+        let mut again: Option<Duration> = None;
         let mut create: Vec<String> = Vec::new();
         let mut delete: Vec<Pod> = Vec::new();
         let mut wanted: Vec<&String> = Vec::new();
@@ -359,6 +367,23 @@ impl Controller {
                 // of one old and one new pod is the rolling update's to settle).
                 let (failed, running): (Vec<&Pod>, Vec<&Pod>) =
                     live.into_iter().partition(|p| pods::phase(p) == "Failed");
+                if !failed.is_empty() {
+                    let key = format!("{uid}/{node_name}");
+                    let mut backoff = self
+                        .failed_backoff
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let at = Instant::now();
+                    if let Some((_, until)) = backoff.get(&key).filter(|(_, u)| *u > at) {
+                        again = Some(again.map_or(*until - at, |a: Duration| a.min(*until - at)));
+                        continue;
+                    }
+                    let delay = backoff.get(&key).map_or(FAILED_BACKOFF_BASE, |(d, _)| {
+                        d.saturating_mul(2).min(FAILED_BACKOFF_MAX)
+                    });
+                    backoff.insert(key, (delay, at + delay));
+                    backoff.retain(|_, (_, u)| *u + FAILED_BACKOFF_MAX > at);
+                }
                 for p in &failed {
                     let pname = p.metadata.name.as_deref().unwrap_or_default();
                     self.event(
@@ -387,7 +412,6 @@ impl Controller {
             }
         }
 
-        let mut again = None;
         if self.satisfied(key, ns) {
             let strategy = spec.update_strategy.clone().unwrap_or_default();
             if strategy.type_.as_deref() != Some("OnDelete") {

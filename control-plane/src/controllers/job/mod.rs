@@ -938,10 +938,16 @@ impl Controller {
         // Failures so far of each index (backoffLimitPerIndex), from its failed pods.
         let mut index_failed: HashMap<i32, i32> = HashMap::new();
         if plan.indexed {
+            let policy = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_failure_policy.as_ref());
             for p in owned.iter().filter(|p| pods::phase(p) == "Failed") {
                 if let Some(i) = index_of(p) {
+                    // A failure an Ignore rule matched does not use up a retry.
+                    let ignored = policy::failure_action(policy, p) == policy::Action::Ignore;
                     let n = index_failed.entry(i).or_insert(0);
-                    *n = (*n).max(index_failures(p) + 1);
+                    *n = (*n).max(index_failures(p) + i32::from(!ignored));
                 }
             }
         }
@@ -965,7 +971,7 @@ impl Controller {
                     .labels
                     .get_or_insert_with(Default::default)
                     .insert(INDEX_KEY.into(), text);
-                if let Some(n) = index_failed.get(&i) {
+                if let Some(n) = index_failed.get(&i).filter(|n| **n > 0) {
                     pod.metadata
                         .annotations
                         .get_or_insert_with(Default::default)
