@@ -18,10 +18,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
+use super::expectations::Expectations;
 use super::history::{self, HASH_LABEL};
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
@@ -34,7 +35,6 @@ const COMPONENT: &str = "daemonset-controller";
 /// The label with the DaemonSet generation a pod was made from (deprecated upstream,
 /// still set).
 const GENERATION_LABEL: &str = "pod-template-generation";
-const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pods created in one sync at most.
 const BURST: usize = 500;
 /// Back-off before a node's failed daemon pod is replaced again: 1 s doubling to 15 min
@@ -42,20 +42,13 @@ const BURST: usize = 500;
 const FAILED_BACKOFF_BASE: Duration = Duration::from_secs(1);
 const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(900);
 
-#[derive(Debug)]
-struct Expectation {
-    adds: HashSet<String>,
-    deletes: HashSet<String>,
-    until: Instant,
-}
-
 struct Controller {
     client: Client,
     sets: Store<DaemonSet>,
     pods: Store<Pod>,
     nodes: Store<Node>,
     revisions: Store<ControllerRevision>,
-    expectations: Mutex<HashMap<String, Expectation>>,
+    expectations: Expectations<String>,
     /// `<set uid>/<node>` → (current delay, replacing again not before).
     failed_backoff: Mutex<HashMap<String, (Duration, Instant)>>,
 }
@@ -69,12 +62,8 @@ pub fn start(
     let route = |q: &Arc<Queue>| {
         let q = q.clone();
         move |meta: &ObjectMeta| {
-            if let Some(r) = pods::controller_ref(meta)
-                && r.kind == "DaemonSet"
-                && r.api_version == "apps/v1"
-            {
-                let ns = meta.namespace.as_deref().unwrap_or_default();
-                q.add(format!("{ns}/{}", r.name));
+            if let Some(key) = pods::controller_key(meta, "apps/v1", "DaemonSet") {
+                q.add(key);
             }
         }
     };
@@ -110,7 +99,7 @@ pub fn start(
             pods,
             nodes,
             revisions,
-            expectations: Mutex::new(HashMap::new()),
+            expectations: Expectations::default(),
             failed_backoff: Mutex::new(HashMap::new()),
         });
         queue
@@ -250,25 +239,8 @@ fn scaled(v: Option<&IntOrString>, total: usize, default: i32) -> usize {
 }
 
 impl Controller {
-    fn expectations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
-        self.expectations.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn satisfied(&self, key: &str, ns: &str) -> bool {
-        let mut all = self.expectations();
-        let Some(e) = all.get(key) else {
-            return true;
-        };
-        let seen = |name: &String| self.pods.get(&ObjectRef::new(name).within(ns));
-        let done = Instant::now() > e.until
-            || (e.adds.iter().all(|n| seen(n).is_some())
-                && e.deletes
-                    .iter()
-                    .all(|n| seen(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some())));
-        if done {
-            all.remove(key);
-        }
-        done
+        self.expectations.satisfied(&key.to_owned(), ns, &self.pods)
     }
 
     async fn event(&self, ds: &DaemonSet, type_: &str, reason: &str, message: &str) {
@@ -287,7 +259,7 @@ impl Controller {
             return Ok(None);
         };
         let Some(ds) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
-            self.expectations().remove(key);
+            self.expectations.forget(&key.to_owned());
             return Ok(None);
         };
         let ds = (*ds).clone();
@@ -606,15 +578,8 @@ impl Controller {
             if !seen.insert(pname.clone()) {
                 continue;
             }
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: pod.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match api.delete(&pname, &dp).await {
-                Ok(_) => {
+            match pods::delete(&api, pod).await {
+                Ok(true) => {
                     self.event(
                         ds,
                         "Normal",
@@ -624,7 +589,7 @@ impl Controller {
                     .await;
                     deleted.insert(pname);
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Ok(false) => {}
                 Err(e) => failure = Some(e),
             }
         }
@@ -677,16 +642,7 @@ impl Controller {
             }
             batch *= 2;
         }
-        if !created.is_empty() || !deleted.is_empty() {
-            self.expectations().insert(
-                key.to_owned(),
-                Expectation {
-                    adds: created,
-                    deletes: deleted,
-                    until: Instant::now() + EXPECTATION_TIMEOUT,
-                },
-            );
-        }
+        self.expectations.expect(key.to_owned(), created, deleted);
         failure.map_or(Ok(()), Err)
     }
 }

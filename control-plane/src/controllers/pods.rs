@@ -56,6 +56,32 @@ pub fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|r| r.controller == Some(true))
 }
 
+/// The queue key (`namespace/name`) of the object's controller, when it is a
+/// `kind` of `api_version`.
+pub fn controller_key(meta: &ObjectMeta, api_version: &str, kind: &str) -> Option<String> {
+    let r = controller_ref(meta).filter(|r| r.kind == kind && r.api_version == api_version)?;
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    Some(format!("{ns}/{}", r.name))
+}
+
+/// Deletes `pod` if it is still the same pod (uid precondition): `Ok(true)` when
+/// deleted, `Ok(false)` when it is gone or was replaced meanwhile.
+pub async fn delete(api: &kube::Api<Pod>, pod: &Pod) -> Result<bool, kube::Error> {
+    let dp = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A controlling, deletion-blocking reference to an owner.
 pub fn owner_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> OwnerReference {
     OwnerReference {

@@ -6,9 +6,9 @@
 //! own creations and deletions. Status: replicas, fullyLabeledReplicas, readyReplicas,
 //! availableReplicas, observedGeneration.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
@@ -18,6 +18,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
+use super::expectations::Expectations;
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
 use crate::client::{Informers, Involved, record_event};
@@ -26,8 +27,6 @@ use crate::scheduler::labels::matches;
 const COMPONENT: &str = "replicaset-controller";
 /// Most pods created or deleted in one sync (kube-controller-manager's burstReplicas).
 const BURST: usize = 500;
-/// How long unobserved creations and deletions hold the next sync back.
-const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -103,20 +102,12 @@ impl Owner {
     }
 }
 
-/// Creations and deletions this controller made that the pod cache has not shown yet.
-#[derive(Debug)]
-struct Expectation {
-    adds: HashSet<String>,
-    deletes: HashSet<String>,
-    until: Instant,
-}
-
 struct Controller {
     client: Client,
     pods: Store<Pod>,
     replicasets: Store<ReplicaSet>,
     controllers: Store<ReplicationController>,
-    expectations: Mutex<HashMap<(Kind, String), Expectation>>,
+    expectations: Expectations<(Kind, String)>,
 }
 
 /// Runs the controller for both kinds until the runtime ends.
@@ -148,7 +139,7 @@ pub fn start(
             pods,
             replicasets,
             controllers,
-            expectations: Mutex::new(HashMap::new()),
+            expectations: Expectations::default(),
         });
         let rs = rs_queue.work("replicaset", {
             let ctl = ctl.clone();
@@ -217,40 +208,15 @@ impl Controller {
         }
     }
 
-    fn expectations(&self) -> std::sync::MutexGuard<'_, HashMap<(Kind, String), Expectation>> {
-        self.expectations.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether the cache has caught up with what the last sync did.
     fn satisfied(&self, kind: Kind, key: &str, ns: &str) -> bool {
-        let mut all = self.expectations();
-        let Some(e) = all.get(&(kind, key.to_owned())) else {
-            return true;
-        };
-        let seen = |name: &String| self.pods.get(&ObjectRef::new(name).within(ns));
-        let done = Instant::now() > e.until
-            || (e.adds.iter().all(|n| seen(n).is_some())
-                && e.deletes
-                    .iter()
-                    .all(|n| seen(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some())));
-        if done {
-            all.remove(&(kind, key.to_owned()));
-        }
-        done
+        self.expectations
+            .satisfied(&(kind, key.to_owned()), ns, &self.pods)
     }
 
     fn expect(&self, kind: Kind, key: &str, adds: HashSet<String>, deletes: HashSet<String>) {
-        if adds.is_empty() && deletes.is_empty() {
-            return;
-        }
-        self.expectations().insert(
-            (kind, key.to_owned()),
-            Expectation {
-                adds,
-                deletes,
-                until: Instant::now() + EXPECTATION_TIMEOUT,
-            },
-        );
+        self.expectations
+            .expect((kind, key.to_owned()), adds, deletes);
     }
 
     async fn sync(&self, kind: Kind, key: &str) -> Result<Option<Duration>, kube::Error> {
@@ -258,7 +224,7 @@ impl Controller {
             return Ok(None);
         };
         let Some(owner) = self.owner(kind, ns, name) else {
-            self.expectations().remove(&(kind, key.to_owned()));
+            self.expectations.forget(&(kind, key.to_owned()));
             return Ok(None);
         };
         let uid = owner.meta.uid.clone().unwrap_or_default();

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
@@ -49,12 +49,8 @@ pub fn start(
     let route = |q: &Arc<Queue>| {
         let q = q.clone();
         move |meta: &ObjectMeta| {
-            if let Some(r) = pods::controller_ref(meta)
-                && r.kind == "StatefulSet"
-                && r.api_version == "apps/v1"
-            {
-                let ns = meta.namespace.as_deref().unwrap_or_default();
-                q.add(format!("{ns}/{}", r.name));
+            if let Some(key) = pods::controller_key(meta, "apps/v1", "StatefulSet") {
+                q.add(key);
             }
         }
     };
@@ -578,15 +574,8 @@ impl Controller {
     ) -> Result<(), kube::Error> {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let name = set.metadata.name.as_deref().unwrap_or_default();
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pod_name, &dp).await {
-            Ok(_) => {
+        match pods::delete(api, pod).await {
+            Ok(true) => {
                 self.event(
                     set,
                     "Normal",
@@ -596,7 +585,7 @@ impl Controller {
                 .await;
                 Ok(())
             }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Ok(false) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -16,17 +16,18 @@ mod policy;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
+use super::expectations::Expectations;
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
 use crate::client::{Informers, Involved, record_event};
@@ -45,22 +46,14 @@ const BURST: usize = 500;
 /// Back-off before a failed pod is replaced: 10 s, doubling, at most 6 min.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
-const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Finished-pod status and finalizer updates in flight at once.
 const CONCURRENCY: usize = 64;
-
-#[derive(Debug)]
-struct Expectation {
-    adds: HashSet<String>,
-    deletes: HashSet<String>,
-    until: Instant,
-}
 
 struct Controller {
     client: Client,
     pods: Store<Pod>,
     jobs: Store<Job>,
-    expectations: Mutex<HashMap<String, Expectation>>,
+    expectations: Expectations<String>,
     /// Pods (uids) whose finalizer this controller removed after recording them, until
     /// the cache shows the finalizer gone: a stale cache must not count them again.
     counted: Mutex<HashMap<String, HashSet<String>>>,
@@ -79,12 +72,8 @@ pub fn start(
     let pods = informers.add(Api::<Pod>::all(client.clone()), {
         let q = queue.clone();
         move |pod: &Pod| {
-            if let Some(r) = pods::controller_ref(&pod.metadata)
-                && r.kind == "Job"
-                && r.api_version == "batch/v1"
-            {
-                let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-                q.add(format!("{ns}/{}", r.name));
+            if let Some(key) = pods::controller_key(&pod.metadata, "batch/v1", "Job") {
+                q.add(key);
             }
         }
     });
@@ -95,7 +84,7 @@ pub fn start(
             client,
             pods,
             jobs,
-            expectations: Mutex::new(HashMap::new()),
+            expectations: Expectations::default(),
             counted: Mutex::new(HashMap::new()),
         });
         queue
@@ -213,44 +202,17 @@ enum Ending {
 }
 
 impl Controller {
-    fn expectations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
-        self.expectations.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn counted(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
         self.counted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the cache has caught up with the creations and deletions of the last sync.
     fn satisfied(&self, key: &str, ns: &str) -> bool {
-        let mut all = self.expectations();
-        let Some(e) = all.get(key) else {
-            return true;
-        };
-        let seen = |name: &String| self.pods.get(&ObjectRef::new(name).within(ns));
-        let done = Instant::now() > e.until
-            || (e.adds.iter().all(|n| seen(n).is_some())
-                && e.deletes
-                    .iter()
-                    .all(|n| seen(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some())));
-        if done {
-            all.remove(key);
-        }
-        done
+        self.expectations.satisfied(&key.to_owned(), ns, &self.pods)
     }
 
     fn expect(&self, key: &str, adds: HashSet<String>, deletes: HashSet<String>) {
-        if adds.is_empty() && deletes.is_empty() {
-            return;
-        }
-        self.expectations().insert(
-            key.to_owned(),
-            Expectation {
-                adds,
-                deletes,
-                until: Instant::now() + EXPECTATION_TIMEOUT,
-            },
-        );
+        self.expectations.expect(key.to_owned(), adds, deletes);
     }
 
     async fn event(&self, job: &Job, type_: &str, reason: &str, message: &str) {
@@ -329,15 +291,8 @@ impl Controller {
         let mut failure = None;
         for pod in victims.iter().take(BURST) {
             let name = pod.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: pod.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match api.delete(&name, &dp).await {
-                Ok(_) => {
+            match pods::delete(&api, pod).await {
+                Ok(true) => {
                     self.event(
                         job,
                         "Normal",
@@ -347,7 +302,7 @@ impl Controller {
                     .await;
                     deleted.insert(name);
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Ok(false) => {}
                 Err(e) => failure = Some(e),
             }
         }
@@ -399,7 +354,7 @@ impl Controller {
             self.release(ns, &strays).await?;
         }
         let Some(job) = job else {
-            self.expectations().remove(key);
+            self.expectations.forget(&key.to_owned());
             self.counted().remove(key);
             return Ok(None);
         };
@@ -424,7 +379,7 @@ impl Controller {
             if !holding.is_empty() {
                 self.release(ns, &holding).await?;
             }
-            self.expectations().remove(key);
+            self.expectations.forget(&key.to_owned());
             return Ok(None);
         }
         self.sync_job(key, ns, job, &owned).await
