@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use berth_control_plane::client::from_kubeconfig;
 use berth_testkit::{BerthServer, Kubectl};
 use futures_util::StreamExt;
-use hollow::{Kubelet, node};
+use hollow::{Kubelet, eventually, image, node, ready};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, ServiceAccount};
@@ -26,37 +26,6 @@ use serde_json::json;
 
 fn server(dir: &std::path::Path, args: &[&str]) -> BerthServer {
     BerthServer::start_with(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir, args)
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, or panics naming `what`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn image(p: &Pod) -> String {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
 }
 
 async fn live_pods(api: &Api<Pod>, selector: &str) -> Vec<Pod> {

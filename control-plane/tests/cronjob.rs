@@ -6,10 +6,13 @@
 //! protobuf body) copies the template. The Job controller is not in this tree, so
 //! Jobs are finished here by writing their status.
 
-use std::time::{Duration, Instant};
+mod hollow;
+
+use std::time::Duration;
 
 use berth_control_plane::client::from_kubeconfig;
 use berth_testkit::{BerthServer, Kubectl};
+use hollow::eventually;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Event;
 use kube::Client;
@@ -18,22 +21,6 @@ use serde_json::{Value, json};
 
 fn server(dir: &std::path::Path) -> BerthServer {
     BerthServer::start_with(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir, &[])
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, or panics naming `what`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn cronjob(name: &str, schedule: &str, extra: Value) -> CronJob {

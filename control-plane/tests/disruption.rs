@@ -6,11 +6,11 @@
 
 mod hollow;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_testkit::{BerthServer, Kubectl};
 use futures_util::StreamExt;
-use hollow::{Kubelet, node};
+use hollow::{Kubelet, eventually, node, ready};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, EvictParams, ListParams};
@@ -31,29 +31,6 @@ async fn client(kubeconfig: &std::path::Path) -> kube::Client {
             .expect("config");
     config.default_retry = false;
     kube::Client::try_from(config).expect("client")
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, or panics naming `what`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 async fn ready_pods(api: &Api<Pod>, selector: &str) -> Vec<Pod> {

@@ -9,12 +9,12 @@ mod hollow;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_control_plane::client::from_kubeconfig;
 use berth_testkit::{BerthServer, Kubectl};
 use futures_util::StreamExt;
-use hollow::{Kubelet, node};
+use hollow::{Kubelet, eventually, node};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -23,21 +23,6 @@ use serde_json::json;
 
 fn server(dir: &std::path::Path) -> BerthServer {
     BerthServer::start_with(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir, &[])
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A Job manifest: its pods end with `exit` after `run_ms`.
