@@ -54,6 +54,10 @@ struct Args {
     /// unset; with the apiserver, they are also part of its `/metrics`).
     #[arg(long)]
     metrics_bind_address: Option<SocketAddr>,
+    /// How requests are authorized: `RBAC` (Roles, ClusterRoles and their bindings;
+    /// `system:masters` may do everything) or `AlwaysAllow` (every authenticated request).
+    #[arg(long, default_value = "RBAC")]
+    authorization_mode: berth_control_plane::apiserver::authz::Mode,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -169,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             advertise: args.advertise_address,
             token_file: args.token_auth_file,
             kubeconfig: args.kubeconfig,
+            authorization_mode: args.authorization_mode,
         })
         .await
     })

@@ -1,21 +1,30 @@
-//! Authentication and authorization. Users are identified by a client certificate
-//! signed by the cluster CA (CN = user name, O = groups) or a bearer token from the
-//! static token file (`token,user,uid,"group1,group2"`, kube-apiserver's
-//! `--token-auth-file` format). Requests with neither get 401, except the health and
-//! version endpoints anonymous users may read. Authorization is a trait; this release
-//! allows every authenticated user (RBAC arrives later).
+//! Authentication: who is asking. Users are identified by a client certificate signed
+//! by the cluster CA (CN = user name, O = groups) or a bearer token from the static
+//! token file (`token,user,uid,"group1,group2"`, kube-apiserver's `--token-auth-file`
+//! format); ServiceAccount tokens are in `serviceaccount_token`. A request with no
+//! credentials is the anonymous user ([`anonymous`]); what anyone may do is
+//! authorization's business (`authz`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::status::ApiError;
-
 /// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserInfo {
     pub name: String,
     pub uid: String,
     pub groups: Vec<String>,
+    /// Extra attributes (`user.Info.GetExtra`), e.g. from `Impersonate-Extra-*`.
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The user of a request without credentials (kube-apiserver's `--anonymous-auth`).
+pub fn anonymous() -> UserInfo {
+    UserInfo {
+        name: "system:anonymous".into(),
+        groups: vec!["system:unauthenticated".into()],
+        ..UserInfo::default()
+    }
 }
 
 /// The identity a TLS client certificate proved, set on each request of the connection.
@@ -38,8 +47,8 @@ pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
     groups.push("system:authenticated".into());
     Some(UserInfo {
         name,
-        uid: String::new(),
         groups,
+        ..UserInfo::default()
     })
 }
 
@@ -81,6 +90,7 @@ impl Tokens {
                     name: fields[1].clone(),
                     uid: fields[2].clone(),
                     groups,
+                    extra: BTreeMap::new(),
                 },
             );
         }
@@ -107,22 +117,8 @@ fn split_csv(line: &str) -> Vec<String> {
     out
 }
 
-/// Authorization decisions.
-pub trait Authorizer: Send + Sync + std::fmt::Debug {
-    fn authorize(&self, user: &UserInfo, verb: &str, path: &str) -> Result<(), ApiError>;
-}
-
-/// Every authenticated user may do everything.
-#[derive(Debug, Default)]
-pub struct AllowAuthenticated;
-
-impl Authorizer for AllowAuthenticated {
-    fn authorize(&self, _user: &UserInfo, _verb: &str, _path: &str) -> Result<(), ApiError> {
-        Ok(())
-    }
-}
-
-/// Paths anonymous clients may read (system:public-info-viewer).
+/// Paths anonymous clients may read under `--authorization-mode=AlwaysAllow`
+/// (under RBAC, `system:public-info-viewer` decides).
 pub fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
         || path.starts_with("/healthz/")

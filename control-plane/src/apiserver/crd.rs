@@ -317,6 +317,7 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
             subresources: Vec::new(),
             generation: true,
             typed: None,
+            create_only: false,
             crd: Some(Arc::new(CrdSchema {
                 schema,
                 printer_columns,

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod authz;
 pub mod crd;
 pub mod discovery;
 pub mod field_order;
@@ -22,6 +23,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod rest;
+pub mod reviews;
 pub mod selectors;
 pub mod serviceaccount_token;
 pub mod status;
@@ -40,7 +42,8 @@ use axum::http::{Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use self::auth::{Authorizer, PeerIdentity, Tokens, UserInfo};
+use self::auth::{PeerIdentity, Tokens, UserInfo};
+use self::authz::Authorizer;
 use self::registry::{Registry, ResourceDef};
 use self::rest::{Ctx, json_response, value_response};
 use self::status::{ApiError, ApiResult};
@@ -62,6 +65,8 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Where to write the admin kubeconfig (default `<data-dir>/admin.kubeconfig`).
     pub kubeconfig: Option<PathBuf>,
+    /// `--authorization-mode`.
+    pub authorization_mode: authz::Mode,
 }
 
 /// Shared state of every request.
@@ -76,7 +81,11 @@ pub struct Api {
     pub max_body: usize,
     pub tokens: Tokens,
     pub sa_tokens: serviceaccount_token::Issuer,
+    /// The RBAC objects, parsed and kept current from the watch cache (the RBAC
+    /// authorizer's, and the escalation checks').
+    pub rbac: Arc<authz::rbac::Rbac>,
     pub authorizer: Box<dyn Authorizer>,
+    pub authorization_mode: authz::Mode,
     event_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
 
@@ -85,8 +94,14 @@ impl Api {
         store: Arc<dyn Store>,
         tokens: Tokens,
         sa_tokens: serviceaccount_token::Issuer,
+        authorization_mode: authz::Mode,
     ) -> Result<Arc<Self>, StoreError> {
         let cache = WatchCache::start(store.clone()).await?;
+        let rbac = authz::rbac::Rbac::start(cache.clone());
+        let authorizer: Box<dyn Authorizer> = match authorization_mode {
+            authz::Mode::Rbac => Box::new(authz::RbacMode(rbac.clone())),
+            authz::Mode::AlwaysAllow => Box::new(authz::AlwaysAllow),
+        };
         let services = admission::service_ips::Allocator::default();
         for svc in cache.list("/registry/core/services/", |_| true).0 {
             services.observe(&svc.value());
@@ -101,7 +116,9 @@ impl Api {
             max_body: MAX_BODY,
             tokens,
             sa_tokens,
-            authorizer: Box::new(auth::AllowAuthenticated),
+            rbac,
+            authorizer,
+            authorization_mode,
             event_lease: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(crd::run(api.clone()));
@@ -165,7 +182,35 @@ impl Api {
             namespace: namespace.map(str::to_owned),
             query: request::Query::default(),
             headers: Default::default(),
+            user: None,
         })
+    }
+
+    /// The user a bearer token names — a static token, or a ServiceAccount token
+    /// for one of `audiences` (the server's issuer when empty) whose account (and
+    /// bound object) still exists — and the audiences it is valid for.
+    pub fn authenticate_token(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Option<(UserInfo, Vec<String>)> {
+        let default = [serviceaccount_token::ISSUER.to_owned()];
+        let audiences = if audiences.is_empty() {
+            &default[..]
+        } else {
+            audiences
+        };
+        if let Some(user) = self.tokens.get(token) {
+            return Some((user.clone(), audiences.to_vec()));
+        }
+        let (claims, matched) = audiences
+            .iter()
+            .find_map(|aud| Some((self.sa_tokens.verify(token, aud)?, aud.clone())))?;
+        let user = serviceaccount_token::user(&claims, |key| {
+            let obj = self.cache.get(key)?.value();
+            object::meta_str(&obj, "uid").map(str::to_owned)
+        })?;
+        Some((user, vec![matched]))
     }
 
     /// Creates what every cluster has: the four system namespaces, the `kubernetes`
@@ -183,6 +228,7 @@ impl Api {
             }
         }
         self.cache.wait_for(self.store.current_revision()).await;
+        authz::bootstrap::reconcile(self).await?;
         let ip = self.services.first().to_string();
         if let Some(ctx) = self.internal("", "services", Some("default"))
             && self.cache.get(&ctx.key("kubernetes")).is_none()
@@ -248,6 +294,7 @@ impl Api {
                 namespace: Some("default".into()),
                 query: request::Query::default(),
                 headers: Default::default(),
+                user: None,
             };
             ignore_exists(
                 rest::create_object(
@@ -308,6 +355,9 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
     response
 }
 
+/// Who the request is from: its client certificate, its bearer token (401 if the
+/// token is not valid), or — with none — the anonymous user (`None` under
+/// `AlwaysAllow`, where anonymous requests may only read the public paths).
 fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
     if let Some(PeerIdentity(Some(user))) = req.extensions().get::<PeerIdentity>() {
         return Ok(Some(user.clone()));
@@ -318,22 +368,13 @@ fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
         .and_then(|v| v.to_str().ok())
         && let Some(token) = header.strip_prefix("Bearer ")
     {
-        let token = token.trim();
-        if let Some(user) = api.tokens.get(token) {
-            return Ok(Some(user.clone()));
-        }
-        // A ServiceAccount token: valid, and its account (and bound object) still there.
         return api
-            .sa_tokens
-            .verify(token, serviceaccount_token::ISSUER)
-            .and_then(|claims| {
-                serviceaccount_token::user(&claims, |key| {
-                    let obj = api.cache.get(key)?.value();
-                    object::meta_str(&obj, "uid").map(str::to_owned)
-                })
-            })
-            .map(Some)
+            .authenticate_token(token.trim(), &[])
+            .map(|(user, _)| Some(user))
             .ok_or_else(ApiError::unauthorized);
+    }
+    if api.authorization_mode == authz::Mode::Rbac {
+        return Ok(Some(auth::anonymous()));
     }
     if auth::is_public(req.uri().path()) {
         return Ok(None);
@@ -348,10 +389,24 @@ async fn route(
     req: Request<Body>,
 ) -> ApiResult<Response> {
     let path = req.uri().path().to_owned();
-    if let Some(user) = &user {
-        api.authorizer
-            .authorize(user, req.method().as_str(), &path)?;
-    }
+    let user = match user {
+        Some(user) => {
+            let user = authz::impersonation::apply(api.authorizer.as_ref(), user, req.headers())?;
+            let attrs = authz::Attributes::from_request(
+                user,
+                req.method(),
+                &path,
+                parsed.as_ref(),
+                req.uri().query(),
+            );
+            let decision = api.authorizer.authorize(&attrs);
+            if !decision.allowed {
+                return Err(attrs.forbidden(&decision.reason));
+            }
+            Some(attrs.user)
+        }
+        None => None,
+    };
     let get = req.method() == Method::GET;
     let trimmed = path.trim_end_matches('/');
     match trimmed {
@@ -437,7 +492,7 @@ async fn route(
             .ok_or_else(|| ApiError::path_not_found(&path))?;
         return Ok(value_response(StatusCode::OK, &list));
     }
-    rest::handle(api, parsed, req).await
+    rest::handle(api, parsed, user, req).await
 }
 
 /// Opens everything and serves HTTPS until the process ends.
@@ -494,7 +549,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(compact_periodically(store.clone()));
     let sa_tokens = serviceaccount_token::Issuer::load_or_create(&config.data_dir.join("pki"))
         .context("the service account token key")?;
-    let api = Api::new(store, tokens, sa_tokens)
+    let api = Api::new(store, tokens, sa_tokens, config.authorization_mode)
         .await
         .context("starting the watch cache")?;
     api.bootstrap(config.advertise, config.bind.port())

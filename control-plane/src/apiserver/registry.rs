@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::{
-    apps, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling,
+    apps, authentication, authorization, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling,
     storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
@@ -80,6 +80,9 @@ pub struct ResourceDef {
     pub generation: bool,
     pub typed: Option<Typed>,
     pub crd: Option<Arc<CrdSchema>>,
+    /// A review API (TokenReview, SubjectAccessReview, …): only `create`, answered by
+    /// `reviews` and never stored.
+    pub create_only: bool,
 }
 
 impl ResourceDef {
@@ -237,6 +240,36 @@ where
             definition,
         }),
         crd: None,
+        create_only: false,
+    }
+}
+
+/// A review API: created, evaluated and answered, never stored or listed.
+fn review<K>() -> ResourceDef
+where
+    K: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema + 'static,
+{
+    ResourceDef {
+        group: K::GROUP.to_owned(),
+        version: K::VERSION.to_owned(),
+        kind: K::KIND.to_owned(),
+        list_kind: String::new(),
+        plural: K::URL_PATH_SEGMENT.to_owned(),
+        singular: K::KIND.to_lowercase(),
+        namespaced: TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>(),
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        status: false,
+        scale: None,
+        subresources: Vec::new(),
+        generation: false,
+        typed: Some(Typed {
+            normalize: normalize::<K>,
+            schema: schema::<K>,
+            definition: <K as schemars::JsonSchema>::schema_name().into_owned(),
+        }),
+        crd: None,
+        create_only: true,
     }
 }
 
@@ -413,7 +446,15 @@ impl Registry {
                 ..PLAIN
             }),
         ];
-        for def in defs {
+        let reviews = [
+            review::<authentication::v1::TokenReview>(),
+            review::<authentication::v1::SelfSubjectReview>(),
+            review::<authorization::v1::SubjectAccessReview>(),
+            review::<authorization::v1::SelfSubjectAccessReview>(),
+            review::<authorization::v1::LocalSubjectAccessReview>(),
+            review::<authorization::v1::SelfSubjectRulesReview>(),
+        ];
+        for def in defs.into_iter().chain(reviews) {
             registry.insert(def);
         }
         registry

@@ -216,6 +216,7 @@ pub fn user(claims: &Value, lookup: impl Fn(&str) -> Option<String>) -> Option<U
             format!("system:serviceaccounts:{ns}"),
             "system:authenticated".into(),
         ],
+        extra: Default::default(),
     })
 }
 

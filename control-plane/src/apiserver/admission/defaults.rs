@@ -33,6 +33,9 @@ fn each(obj: &mut Value, key: &str, mut f: impl FnMut(&mut Value)) {
 
 /// Applies the defaults of `kind` to `obj` (a whole object).
 pub fn apply(kind: &str, obj: &mut Value) {
+    if matches!(kind, "RoleBinding" | "ClusterRoleBinding") {
+        super::rbac::default_subjects(obj);
+    }
     fields(kind, obj);
     always_written(kind, obj);
 }

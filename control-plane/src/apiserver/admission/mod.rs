@@ -1,7 +1,8 @@
 //! Admission: what happens to an object between decoding and storage — defaulting,
-//! validation, and the cluster-level allocations (Service cluster IPs and node ports).
+//! validation (RBAC objects' in `rbac`), and the cluster-level allocations (Service cluster IPs and node ports).
 
 pub mod defaults;
 pub mod priority;
+pub mod rbac;
 pub mod service_ips;
 pub mod validation;

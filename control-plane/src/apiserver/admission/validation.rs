@@ -132,6 +132,9 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "CronJob" => cronjob_spec(spec, &mut causes),
         "Service" => service(spec, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            super::rbac::validate(kind, obj, &mut causes)
+        }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(data) = obj.get(field).and_then(Value::as_object) {
@@ -892,6 +895,7 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
 /// What may not change on update (the `ValidateXUpdate` functions).
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
+    super::rbac::validate_update(kind, old, new, &mut causes);
     match kind {
         "Pod" => {
             // Only images, activeDeadlineSeconds, tolerations (additions) and the grace

@@ -128,7 +128,11 @@ pub fn api_resources(def: &ResourceDef) -> Vec<APIResource> {
         singular_name: def.singular.clone(),
         namespaced: def.namespaced,
         kind: def.kind.clone(),
-        verbs: strings(VERBS),
+        verbs: if def.create_only {
+            strings(&["create"])
+        } else {
+            strings(VERBS)
+        },
         // omitempty in metav1.APIResource
         short_names: (!def.short_names.is_empty()).then(|| def.short_names.clone()),
         categories: (!def.categories.is_empty()).then(|| def.categories.clone()),

@@ -74,6 +74,7 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     if def.group.is_empty() && def.kind == "Pod" {
         crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
     }
+    crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
     defaults::apply(&def.kind, &mut obj);
     let mut causes = validation::validate(&def.kind, &obj);
     causes.extend(validation::validate_create(&def.kind, &obj));

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Api;
+use super::auth::UserInfo;
 use super::admission::{defaults, validation};
 use super::object::{self, meta_mut};
 use super::registry::ResourceDef;
@@ -34,7 +35,12 @@ use super::table;
 use crate::store::{Revision, StoreError};
 
 /// Dispatches a resource request.
-pub async fn handle(api: Arc<Api>, path: ResourcePath, req: Request<Body>) -> ApiResult<Response> {
+pub async fn handle(
+    api: Arc<Api>,
+    path: ResourcePath,
+    user: Option<UserInfo>,
+    req: Request<Body>,
+) -> ApiResult<Response> {
     let def = api
         .registry
         .get(&path.group, &path.version, &path.resource)
@@ -54,7 +60,11 @@ pub async fn handle(api: Arc<Api>, path: ResourcePath, req: Request<Body>) -> Ap
         namespace: path.namespace.clone(),
         query,
         headers,
+        user,
     };
+    if ctx.def.create_only {
+        return super::reviews::handle(ctx, &method, path.name.as_deref(), req.into_body()).await;
+    }
     let watch = path.watch_prefix || ctx.query.flag("watch");
     match (&method, path.name.as_deref(), path.subresource.as_deref()) {
         (&Method::GET, None, None) if watch => watch::watch(ctx).await,
@@ -84,6 +94,8 @@ pub struct Ctx {
     pub namespace: Option<String>,
     pub query: Query,
     pub headers: HeaderMap,
+    /// Who asked (after impersonation); `None` for the server's own writes.
+    pub user: Option<UserInfo>,
 }
 
 impl Ctx {
@@ -506,6 +518,7 @@ pub async fn update_loop(
         }
         let desired = normalize(ctx, desired)?;
         let new = merge_update(ctx, &old, desired, part)?;
+        super::authz::escalation::check_update(ctx, &old, &new)?;
         if unchanged(&old, &new) {
             return Ok((old, false));
         }
