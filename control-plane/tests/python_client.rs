@@ -1,6 +1,6 @@
 //! The official Python `kubernetes` client (pinned, from `cargo xtask setup`) against a
 //! berth-server started by the test: CRUD, list pagination, a watch resumed from a
-//! resourceVersion, the error codes clients branch on (409, 422, 404, 401, 413, 400), and a
+//! resourceVersion, the error codes clients branch on (409, 422, 404, 403, 413, 400), and a
 //! typed Service read and delete (`status.loadBalancer`, the deleted object as answer).
 
 use std::process::Command;
@@ -71,11 +71,15 @@ for ev in watch.Watch().stream(v1.list_namespaced_config_map, ns, resource_versi
     events.append((ev["type"], ev["object"].metadata.name))
 assert events == [("ADDED", "after-1"), ("DELETED", "page-00")], events
 
-# Raw HTTP: 401 without credentials, 413 for a huge body, 400 for malformed JSON.
+# Raw HTTP: a request without credentials is the anonymous user, whom RBAC lets read
+# only the public paths (403 elsewhere, as kube-apiserver with --anonymous-auth);
+# 413 for a huge body, 400 for malformed JSON.
 cfg = client.Configuration.get_default_copy()
 host = cfg.host
 anon = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=cfg.ssl_ca_cert)
-assert anon.request("GET", host + "/api/v1/namespaces").status == 401
+r = anon.request("GET", host + "/api/v1/namespaces")
+assert r.status == 403, r.status
+assert json.loads(r.data)["message"] == 'namespaces is forbidden: User "system:anonymous" cannot list resource "namespaces" in API group "" at the cluster scope', r.data
 assert anon.request("GET", host + "/healthz").status == 200
 auth = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=cfg.ssl_ca_cert, cert_file=cfg.cert_file, key_file=cfg.key_file)
 url = host + "/api/v1/namespaces/default/configmaps"

@@ -88,7 +88,12 @@ fn token_review(ctx: &Ctx, obj: &Value) -> Value {
     let audiences: Vec<String> = obj
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     match ctx.api.authenticate_token(token, &audiences) {
         Some((user, audiences)) => json!({
@@ -105,7 +110,12 @@ fn spec_user(ctx: &Ctx, obj: &Value) -> ApiResult<UserInfo> {
     let spec = obj.get("spec").unwrap_or(&Value::Null);
     let strings = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let name = spec.get("user").and_then(Value::as_str).unwrap_or_default();
@@ -123,7 +133,11 @@ fn spec_user(ctx: &Ctx, obj: &Value) -> ApiResult<UserInfo> {
     let extra: BTreeMap<String, Vec<String>> = spec
         .get("extra")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(Some(v)))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), strings(Some(v))))
+                .collect()
+        })
         .unwrap_or_default();
     Ok(UserInfo {
         name: name.to_owned(),
@@ -236,7 +250,8 @@ fn rules_review(ctx: &Ctx, obj: &Value, user: &UserInfo) -> ApiResult<Value> {
     let resource_rules: Vec<Value> = resource
         .iter()
         .map(|r| {
-            let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+            let mut v =
+                json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
             if !r.resource_names.is_empty() {
                 v["resourceNames"] = json!(r.resource_names);
             }

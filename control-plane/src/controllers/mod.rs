@@ -2,6 +2,7 @@
 //! informer caches ([`crate::client::Informers`]) draining a [`queue::Queue`] of object
 //! keys. [`run`] runs them all while this process holds the controller Lease.
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -67,6 +68,7 @@ pub async fn run(client: Client, options: Options) {
         Box::pin(gc),
         Box::pin(serviceaccount::start(client.clone(), i)),
         Box::pin(cronjob::start(client.clone(), i)),
+        Box::pin(clusterrole_aggregation::start(client.clone(), i)),
         Box::pin(ttl_after_finished::start(client.clone(), i)),
         Box::pin(node_lifecycle::start(
             client.clone(),

@@ -69,12 +69,19 @@ impl BerthServer {
         self.wait_ready();
     }
 
-    /// A static token `berth-test-token` for user `tester`, written before start.
+    /// Static tokens, written before start: `berth-test-token` for user `tester` (in
+    /// `system:masters`, so tests and benchmarks may do everything with it), and
+    /// `<name>-token` for users `alice`, `bob`, `carol` and `dave`, who belong to no
+    /// group and so hold only what RBAC bindings give them.
     pub fn token_file(&self) -> PathBuf {
         let path = self.dir.join("tokens.csv");
         if !path.exists() {
-            std::fs::write(&path, "berth-test-token,tester,1001,\"testers\"\n")
-                .expect("write the token file");
+            let mut tokens =
+                String::from("berth-test-token,tester,1001,\"testers,system:masters\"\n");
+            for (uid, user) in ["alice", "bob", "carol", "dave"].iter().enumerate() {
+                tokens.push_str(&format!("{user}-token,{user},{}\n", 2001 + uid));
+            }
+            std::fs::write(&path, tokens).expect("write the token file");
         }
         path
     }

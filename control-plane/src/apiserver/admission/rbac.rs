@@ -38,7 +38,12 @@ fn not_supported(field: String, value: &str, supported: &[&str]) -> Cause {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -108,7 +113,11 @@ fn subject(s: &Value, path: &str, namespaced: bool, causes: &mut Vec<Cause>) {
     match get("kind") {
         "ServiceAccount" => {
             if !get("apiGroup").is_empty() {
-                causes.push(not_supported(format!("{path}.apiGroup"), get("apiGroup"), &[""]));
+                causes.push(not_supported(
+                    format!("{path}.apiGroup"),
+                    get("apiGroup"),
+                    &[""],
+                ));
             }
             if !namespaced && get("namespace").is_empty() {
                 causes.push(required(format!("{path}.namespace"), ""));
@@ -116,7 +125,11 @@ fn subject(s: &Value, path: &str, namespaced: bool, causes: &mut Vec<Cause>) {
         }
         "User" | "Group" => {
             if get("apiGroup") != GROUP {
-                causes.push(not_supported(format!("{path}.apiGroup"), get("apiGroup"), &[GROUP]));
+                causes.push(not_supported(
+                    format!("{path}.apiGroup"),
+                    get("apiGroup"),
+                    &[GROUP],
+                ));
             }
         }
         other => causes.push(not_supported(
@@ -153,7 +166,11 @@ pub fn validate(kind: &str, obj: &Value, causes: &mut Vec<Cause>) {
             let role_ref = obj.get("roleRef").unwrap_or(&Value::Null);
             let get = |k: &str| role_ref.get(k).and_then(Value::as_str).unwrap_or_default();
             if get("apiGroup") != GROUP {
-                causes.push(not_supported("roleRef.apiGroup".into(), get("apiGroup"), &[GROUP]));
+                causes.push(not_supported(
+                    "roleRef.apiGroup".into(),
+                    get("apiGroup"),
+                    &[GROUP],
+                ));
             }
             let kinds: &[&str] = if namespaced {
                 &["Role", "ClusterRole"]
@@ -178,7 +195,9 @@ pub fn validate(kind: &str, obj: &Value, causes: &mut Vec<Cause>) {
 
 /// A binding's roleRef cannot change (`ValidateRoleBindingUpdate`).
 pub fn validate_update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
-    if matches!(kind, "RoleBinding" | "ClusterRoleBinding") && old.get("roleRef") != new.get("roleRef") {
+    if matches!(kind, "RoleBinding" | "ClusterRoleBinding")
+        && old.get("roleRef") != new.get("roleRef")
+    {
         let r = new.get("roleRef").unwrap_or(&Value::Null);
         let get = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
         causes.push(Cause::invalid(
@@ -199,7 +218,10 @@ pub fn default_subjects(obj: &mut Value) {
     if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
         for s in subjects {
             let kind = s.get("kind").and_then(Value::as_str).unwrap_or_default();
-            let unset = s.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty);
+            let unset = s
+                .get("apiGroup")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty);
             if unset && matches!(kind, "User" | "Group") {
                 s["apiGroup"] = json!(GROUP);
             }

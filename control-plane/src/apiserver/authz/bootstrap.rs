@@ -119,7 +119,11 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             ..role(
                 "system:aggregate-to-admin",
                 vec![
-                    r(&["create"], &["authorization.k8s.io"], &["localsubjectaccessreviews"]),
+                    r(
+                        &["create"],
+                        &["authorization.k8s.io"],
+                        &["localsubjectaccessreviews"],
+                    ),
                     r(RW, &[GROUP], &["rolebindings", "roles"]),
                 ],
             )
@@ -136,7 +140,11 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             "system:auth-delegator",
             vec![
                 r(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
-                r(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
+                r(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
             ],
         ),
         role(
@@ -147,7 +155,11 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["authorization.k8s.io"],
                     &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
                 ),
-                r(&["create"], &["authentication.k8s.io"], &["selfsubjectreviews"]),
+                r(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
             ],
         ),
         role(
@@ -155,8 +167,17 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![urls(
                 &["get"],
                 &[
-                    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
-                    "/openapi/*", "/readyz", "/version", "/version/",
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
                 ],
             )],
         ),
@@ -172,8 +193,14 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![urls(
                 &["get"],
                 &[
-                    "/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/metrics/slis",
-                    "/readyz", "/readyz/*",
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
                 ],
             )],
         ),
@@ -191,7 +218,11 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 r(&["list", "watch"], &[""], &["endpoints", "services"]),
                 r(READ, &[""], &["nodes"]),
                 events(),
-                r(&["list", "watch"], &["discovery.k8s.io"], &["endpointslices"]),
+                r(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
             ],
         ),
         role(
@@ -202,7 +233,11 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         role(
             "system:volume-scheduler",
             vec![
-                r(&["get", "list", "patch", "update", "watch"], &[""], &["persistentvolumes"]),
+                r(
+                    &["get", "list", "patch", "update", "watch"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
                 r(READ, &["storage.k8s.io"], &["storageclasses"]),
                 r(
                     &["get", "list", "patch", "update", "watch"],
@@ -296,7 +331,11 @@ fn aggregate_to_edit() -> Vec<Rule> {
             ],
         ),
         r(WRITE, &["policy"], &["poddisruptionbudgets"]),
-        r(WRITE, &["networking.k8s.io"], &["ingresses", "networkpolicies"]),
+        r(
+            WRITE,
+            &["networking.k8s.io"],
+            &["ingresses", "networkpolicies"],
+        ),
         r(RW, &["coordination.k8s.io"], &["leases"]),
     ]
 }
@@ -357,7 +396,10 @@ fn aggregate_to_view() -> Vec<Rule> {
         r(
             READ,
             &["autoscaling"],
-            &["horizontalpodautoscalers", "horizontalpodautoscalers/status"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
         ),
         r(
             READ,
@@ -413,7 +455,11 @@ fn node() -> Vec<Rule> {
         r(&["patch", "update"], &[""], &["pods/status"]),
         r(&["create"], &[""], &["pods/eviction"]),
         r(READ, &[""], &["configmaps", "secrets"]),
-        r(&["get"], &[""], &["persistentvolumeclaims", "persistentvolumes"]),
+        r(
+            &["get"],
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+        ),
         r(&["get"], &[""], &["endpoints"]),
         r(
             &["create", "get", "list", "watch"],
@@ -460,9 +506,17 @@ fn scheduler() -> Vec<Rule> {
         r(READ, &["apps", "extensions"], &["replicasets"]),
         r(READ, &["apps"], &["statefulsets"]),
         r(READ, &["policy"], &["poddisruptionbudgets"]),
-        r(READ, &[""], &["persistentvolumeclaims", "persistentvolumes"]),
+        r(
+            READ,
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+        ),
         r(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
-        r(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
+        r(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+        ),
         r(READ, &["storage.k8s.io"], &["csinodes"]),
         r(READ, &[""], &["namespaces"]),
         r(READ, &["storage.k8s.io"], &["csidrivers"]),
@@ -489,7 +543,11 @@ fn controller_manager() -> Vec<Rule> {
         ),
         r(&["update"], &[""], &["secrets", "serviceaccounts"]),
         r(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
-        r(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
+        r(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+        ),
         r(&["list", "watch"], &["*"], &["*"]),
         r(&["create"], &[""], &["serviceaccounts/token"]),
     ]
@@ -510,9 +568,15 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
         (
             "system:controller:cronjob-controller",
             vec![
-                r(&["get", "list", "update", "watch"], &["batch"], &["cronjobs"]),
                 r(
-                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                    &["get", "list", "update", "watch"],
+                    &["batch"],
+                    &["cronjobs"],
+                ),
+                r(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
                     &["batch"],
                     &["jobs"],
                 ),
@@ -529,10 +593,16 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                 r(&["update"], apps, &["daemonsets/status"]),
                 r(&["update"], apps, &["daemonsets/finalizers"]),
                 r(&["list", "watch"], &[""], &["nodes"]),
-                r(&["create", "delete", "list", "patch", "watch"], &[""], &["pods"]),
+                r(
+                    &["create", "delete", "list", "patch", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
                 r(&["create"], &[""], &["pods/binding"]),
                 r(
-                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
                     &["apps"],
                     &["controllerrevisions"],
                 ),
@@ -546,7 +616,9 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                 r(&["update"], apps, &["deployments/status"]),
                 r(&["update"], apps, &["deployments/finalizers"]),
                 r(
-                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
                     apps,
                     &["replicasets"],
                 ),
@@ -608,10 +680,18 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
         (
             "system:controller:job-controller",
             vec![
-                r(&["get", "list", "patch", "update", "watch"], &["batch"], &["jobs"]),
+                r(
+                    &["get", "list", "patch", "update", "watch"],
+                    &["batch"],
+                    &["jobs"],
+                ),
                 r(&["update"], &["batch"], &["jobs/status"]),
                 r(&["update"], &["batch"], &["jobs/finalizers"]),
-                r(&["create", "delete", "list", "patch", "watch"], &[""], &["pods"]),
+                r(
+                    &["create", "delete", "list", "patch", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
                 events(),
             ],
         ),
@@ -619,7 +699,11 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             "system:controller:namespace-controller",
             vec![
                 r(&["delete", "get", "list", "watch"], &[""], &["namespaces"]),
-                r(&["update"], &[""], &["namespaces/finalize", "namespaces/status"]),
+                r(
+                    &["update"],
+                    &[""],
+                    &["namespaces/finalize", "namespaces/status"],
+                ),
                 r(
                     &["delete", "deletecollection", "get", "list", "watch"],
                     &["*"],
@@ -655,7 +739,11 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                 r(&["get", "list", "update", "watch"], apps, &["replicasets"]),
                 r(&["update"], apps, &["replicasets/status"]),
                 r(&["update"], apps, &["replicasets/finalizers"]),
-                r(&["create", "delete", "list", "patch", "watch"], &[""], &["pods"]),
+                r(
+                    &["create", "delete", "list", "patch", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
                 events(),
             ],
         ),
@@ -676,7 +764,9 @@ fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                     &["pods"],
                 ),
                 r(
-                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
                     &["apps"],
                     &["controllerrevisions"],
                 ),
@@ -705,7 +795,11 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<(&'static str, String
     let group = |g: &str| ("Group", g.to_owned(), String::new());
     let user = |u: &str| ("User", u.to_owned(), String::new());
     let mut out = vec![
-        ("cluster-admin".into(), "cluster-admin".into(), vec![group(super::MASTERS)]),
+        (
+            "cluster-admin".into(),
+            "cluster-admin".into(),
+            vec![group(super::MASTERS)],
+        ),
         (
             "system:basic-user".into(),
             "system:basic-user".into(),
@@ -719,7 +813,10 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<(&'static str, String
         (
             "system:public-info-viewer".into(),
             "system:public-info-viewer".into(),
-            vec![group("system:authenticated"), group("system:unauthenticated")],
+            vec![
+                group("system:authenticated"),
+                group("system:unauthenticated"),
+            ],
         ),
         (
             "system:monitoring".into(),
@@ -845,9 +942,16 @@ pub fn reconciled(existing: &Value, expected: &Value) -> Option<Value> {
     }
     let mut out = existing.clone();
     for field in ["labels", "annotations"] {
-        if let Some(want) = expected.pointer(&format!("/metadata/{field}")).and_then(Value::as_object) {
+        if let Some(want) = expected
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_object)
+        {
             for (k, v) in want {
-                if out.pointer(&format!("/metadata/{field}/{}", k.replace('~', "~0").replace('/', "~1"))) != Some(v) {
+                if out.pointer(&format!(
+                    "/metadata/{field}/{}",
+                    k.replace('~', "~0").replace('/', "~1")
+                )) != Some(v)
+                {
                     if !out["metadata"][field].is_object() {
                         out["metadata"][field] = json!({});
                     }
@@ -862,12 +966,19 @@ pub fn reconciled(existing: &Value, expected: &Value) -> Option<Value> {
         let covered = |rule: &Rule| uncovered(&have, std::slice::from_ref(rule)).is_empty();
         let missing: Vec<&Rule> = want.iter().filter(|r| !covered(r)).collect();
         if !missing.is_empty() {
-            let mut rules = existing.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut rules = existing
+                .get("rules")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             rules.extend(missing.into_iter().map(|r| json!(r)));
             out["rules"] = Value::Array(rules);
         }
     }
-    if let Some(selectors) = expected.pointer("/aggregationRule/clusterRoleSelectors").and_then(Value::as_array) {
+    if let Some(selectors) = expected
+        .pointer("/aggregationRule/clusterRoleSelectors")
+        .and_then(Value::as_array)
+    {
         let mut have = out
             .pointer("/aggregationRule/clusterRoleSelectors")
             .and_then(Value::as_array)
@@ -884,10 +995,18 @@ pub fn reconciled(existing: &Value, expected: &Value) -> Option<Value> {
         }
     }
     if let Some(subjects) = expected.get("subjects").and_then(Value::as_array) {
-        let mut have = out.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut have = out
+            .get("subjects")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let before = have.len();
         for s in subjects {
-            let same = |h: &Value| h.get("kind") == s.get("kind") && h.get("name") == s.get("name") && h.get("namespace") == s.get("namespace");
+            let same = |h: &Value| {
+                h.get("kind") == s.get("kind")
+                    && h.get("name") == s.get("name")
+                    && h.get("namespace") == s.get("namespace")
+            };
             if !have.iter().any(same) {
                 have.push(s.clone());
             }

@@ -150,8 +150,10 @@ impl Index {
                 self.cluster_roles.remove(name);
             }
             ("roles", Some(obj)) => {
-                self.roles
-                    .insert((ns.into(), name.into()), Rule::list(obj.get("rules")).into());
+                self.roles.insert(
+                    (ns.into(), name.into()),
+                    Rule::list(obj.get("rules")).into(),
+                );
             }
             ("roles", None) => {
                 self.roles.remove(&(ns.to_owned(), name.to_owned()));
@@ -185,12 +187,16 @@ impl Index {
     /// resolver reports (`clusterrole.rbac.authorization.k8s.io "x" not found`).
     fn role_rules(&self, role_ref: &RoleRef, namespace: &str) -> Result<Arc<[Rule]>, String> {
         match role_ref.kind.as_str() {
-            "ClusterRole" => self.cluster_roles.get(&role_ref.name).cloned().ok_or_else(|| {
-                format!(
-                    "clusterrole.rbac.authorization.k8s.io \"{}\" not found",
-                    role_ref.name
-                )
-            }),
+            "ClusterRole" => self
+                .cluster_roles
+                .get(&role_ref.name)
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "clusterrole.rbac.authorization.k8s.io \"{}\" not found",
+                        role_ref.name
+                    )
+                }),
             "Role" => self
                 .roles
                 .get(&(namespace.to_owned(), role_ref.name.clone()))
@@ -291,7 +297,8 @@ impl Rbac {
                         if change.revision <= after || !change.object.key.starts_with(PREFIX) {
                             continue;
                         }
-                        let obj = (change.kind != ChangeKind::Deleted).then(|| change.object.value());
+                        let obj =
+                            (change.kind != ChangeKind::Deleted).then(|| change.object.value());
                         rbac.write().apply(&change.object.key, obj.as_ref());
                     }
                     Err(RecvError::Lagged(_)) => {
@@ -332,14 +339,16 @@ impl Rbac {
     /// denied, naming the roles that could not be found (`RBAC: …`).
     pub fn authorize(&self, attrs: &Attributes) -> Decision {
         let mut allowed_by = None;
-        let errors = self.read().visit(&attrs.user, &attrs.namespace, |source, rules| {
-            if rules.iter().any(|r| r.allows(attrs)) {
-                allowed_by = Some(source.to_owned());
-                true
-            } else {
-                false
-            }
-        });
+        let errors = self
+            .read()
+            .visit(&attrs.user, &attrs.namespace, |source, rules| {
+                if rules.iter().any(|r| r.allows(attrs)) {
+                    allowed_by = Some(source.to_owned());
+                    true
+                } else {
+                    false
+                }
+            });
         if let Some(source) = allowed_by {
             return Decision::allow(format!("RBAC: allowed by {source}"));
         }

@@ -239,10 +239,7 @@ pub fn uncovered(owner: &[Rule], wanted: &[Rule]) -> Vec<String> {
         .flat_map(Rule::breakdown)
         .filter(|sub| !owner.iter().any(|o| o.covers(sub)))
         .collect();
-    let mut lines: Vec<String> = compact(missing)
-        .iter()
-        .map(Rule::compact_string)
-        .collect();
+    let mut lines: Vec<String> = compact(missing).iter().map(Rule::compact_string).collect();
     lines.sort();
     lines.dedup();
     lines

@@ -36,7 +36,11 @@ fn attributes_follow_request_info() {
         (a.verb.as_str(), a.resource.as_str(), a.namespace.as_str()),
         ("list", "pods", "default")
     );
-    let a = attrs(&alice, Method::GET, "/api/v1/namespaces/default/pods?watch=true");
+    let a = attrs(
+        &alice,
+        Method::GET,
+        "/api/v1/namespaces/default/pods?watch=true",
+    );
     assert_eq!(a.verb, "watch");
     let a = attrs(&alice, Method::GET, "/api/v1/watch/namespaces/default/pods");
     assert_eq!(a.verb, "watch");
@@ -46,15 +50,33 @@ fn attributes_follow_request_info() {
         "/api/v1/namespaces/default/pods?fieldSelector=metadata.name%3Dweb",
     );
     assert_eq!((a.verb.as_str(), a.name.as_str()), ("list", "web"));
-    let a = attrs(&alice, Method::GET, "/api/v1/namespaces/default/pods/web/log");
+    let a = attrs(
+        &alice,
+        Method::GET,
+        "/api/v1/namespaces/default/pods/web/log",
+    );
     assert_eq!(
         (a.verb.as_str(), a.subresource.as_str(), a.name.as_str()),
         ("get", "log", "web")
     );
-    let a = attrs(&alice, Method::DELETE, "/apis/apps/v1/namespaces/x/deployments");
-    assert_eq!((a.verb.as_str(), a.api_group.as_str()), ("deletecollection", "apps"));
-    let a = attrs(&alice, Method::PATCH, "/apis/apps/v1/namespaces/x/deployments/d/scale");
-    assert_eq!((a.verb.as_str(), a.subresource.as_str()), ("patch", "scale"));
+    let a = attrs(
+        &alice,
+        Method::DELETE,
+        "/apis/apps/v1/namespaces/x/deployments",
+    );
+    assert_eq!(
+        (a.verb.as_str(), a.api_group.as_str()),
+        ("deletecollection", "apps")
+    );
+    let a = attrs(
+        &alice,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/x/deployments/d/scale",
+    );
+    assert_eq!(
+        (a.verb.as_str(), a.subresource.as_str()),
+        ("patch", "scale")
+    );
     // A namespace is in itself.
     let a = attrs(&alice, Method::GET, "/api/v1/namespaces/kube-system");
     assert_eq!(
@@ -62,7 +84,14 @@ fn attributes_follow_request_info() {
         ("namespaces", "kube-system", "kube-system")
     );
     // Discovery and other paths are non-resource requests.
-    for path in ["/api", "/api/v1", "/apis/apps/v1", "/apis/apps", "/healthz", "/metrics"] {
+    for path in [
+        "/api",
+        "/api/v1",
+        "/apis/apps/v1",
+        "/apis/apps",
+        "/healthz",
+        "/metrics",
+    ] {
         let a = attrs(&alice, Method::GET, path);
         assert!(!a.resource_request, "{path}");
         assert_eq!((a.verb.as_str(), a.path.as_str()), ("get", path));
@@ -112,17 +141,38 @@ fn rules_match_verbs_groups_resources_names_and_urls() {
     let alice = user("alice", &[]);
     let get_pod = attrs(&alice, Method::GET, "/api/v1/namespaces/d/pods/web");
     let logs = attrs(&alice, Method::GET, "/api/v1/namespaces/d/pods/web/log");
-    let scale = attrs(&alice, Method::GET, "/apis/apps/v1/namespaces/d/deployments/x/scale");
+    let scale = attrs(
+        &alice,
+        Method::GET,
+        "/apis/apps/v1/namespaces/d/deployments/x/scale",
+    );
     let pods = rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}));
     assert!(pods.allows(&get_pod));
     assert!(!pods.allows(&logs), "pods does not cover pods/log");
-    assert!(rule(json!({"verbs": ["*"], "apiGroups": [""], "resources": ["pods/log"]})).allows(&logs));
-    assert!(rule(json!({"verbs": ["get"], "apiGroups": ["*"], "resources": ["*/scale"]})).allows(&scale));
-    assert!(!rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["*/scale"]})).allows(&scale));
-    assert!(!rule(json!({"verbs": ["list"], "apiGroups": [""], "resources": ["pods"]})).allows(&get_pod));
-    let named = rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["web"]}));
+    assert!(
+        rule(json!({"verbs": ["*"], "apiGroups": [""], "resources": ["pods/log"]})).allows(&logs)
+    );
+    assert!(
+        rule(json!({"verbs": ["get"], "apiGroups": ["*"], "resources": ["*/scale"]}))
+            .allows(&scale)
+    );
+    assert!(
+        !rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["*/scale"]}))
+            .allows(&scale)
+    );
+    assert!(
+        !rule(json!({"verbs": ["list"], "apiGroups": [""], "resources": ["pods"]}))
+            .allows(&get_pod)
+    );
+    let named = rule(
+        json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["web"]}),
+    );
     assert!(named.allows(&get_pod));
-    assert!(!named.allows(&attrs(&alice, Method::GET, "/api/v1/namespaces/d/pods/other")));
+    assert!(!named.allows(&attrs(
+        &alice,
+        Method::GET,
+        "/api/v1/namespaces/d/pods/other"
+    )));
     assert!(!named.allows(&attrs(&alice, Method::GET, "/api/v1/namespaces/d/pods")));
     let health = rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/*", "/version"]}));
     assert!(health.allows(&attrs(&alice, Method::GET, "/healthz/etcd")));
@@ -179,23 +229,54 @@ fn rbac_grants_through_bindings_only_where_bound() {
         d.reason,
         "RBAC: allowed by RoleBinding \"alice-view/dev\" of ClusterRole \"view\" to User \"alice\""
     );
-    assert!(!rbac.authorize(&attrs(&alice, Method::GET, "/api/v1/namespaces/prod/pods")).allowed);
-    assert!(!rbac.authorize(&attrs(&alice, Method::DELETE, "/api/v1/namespaces/dev/pods/x")).allowed);
-    assert!(!rbac.authorize(&attrs(&alice, Method::GET, "/api/v1/pods")).allowed, "not cluster-wide");
-    assert!(rbac.authorize(&attrs(&alice, Method::GET, "/api/v1")).allowed, "discovery via group");
+    assert!(
+        !rbac
+            .authorize(&attrs(&alice, Method::GET, "/api/v1/namespaces/prod/pods"))
+            .allowed
+    );
+    assert!(
+        !rbac
+            .authorize(&attrs(
+                &alice,
+                Method::DELETE,
+                "/api/v1/namespaces/dev/pods/x"
+            ))
+            .allowed
+    );
+    assert!(
+        !rbac
+            .authorize(&attrs(&alice, Method::GET, "/api/v1/pods"))
+            .allowed,
+        "not cluster-wide"
+    );
+    assert!(
+        rbac.authorize(&attrs(&alice, Method::GET, "/api/v1"))
+            .allowed,
+        "discovery via group"
+    );
     // ServiceAccounts: by name in the binding's namespace, and by group.
     let robot = user("system:serviceaccount:dev:robot", &[]);
     let create = "/apis/apps/v1/namespaces/dev/deployments";
     assert!(rbac.authorize(&attrs(&robot, Method::POST, create)).allowed);
     let elsewhere = user("system:serviceaccount:other:robot", &[]);
-    assert!(!rbac.authorize(&attrs(&elsewhere, Method::POST, create)).allowed);
-    let ci = user("system:serviceaccount:ci:builder", &["system:serviceaccounts:ci"]);
+    assert!(
+        !rbac
+            .authorize(&attrs(&elsewhere, Method::POST, create))
+            .allowed
+    );
+    let ci = user(
+        "system:serviceaccount:ci:builder",
+        &["system:serviceaccounts:ci"],
+    );
     assert!(rbac.authorize(&attrs(&ci, Method::POST, create)).allowed);
     // A binding to a missing role: denied, and the reason says why.
     let bob = user("bob", &[]);
     let d = rbac.authorize(&attrs(&bob, Method::GET, "/api/v1/namespaces/dev/pods"));
     assert!(!d.allowed);
-    assert_eq!(d.reason, "RBAC: clusterrole.rbac.authorization.k8s.io \"gone\" not found");
+    assert_eq!(
+        d.reason,
+        "RBAC: clusterrole.rbac.authorization.k8s.io \"gone\" not found"
+    );
     // Rules for a namespace: cluster bindings' and the namespace's.
     let set = rbac.rules_for(&alice, "dev");
     assert_eq!(set.rules.len(), 2);
@@ -206,15 +287,26 @@ fn rbac_grants_through_bindings_only_where_bound() {
 fn masters_bypass_rbac() {
     let mode = RbacMode(std::sync::Arc::new(Rbac::from_objects(&[])));
     let admin = user("kubernetes-admin", &[MASTERS]);
-    assert!(mode.authorize(&attrs(&admin, Method::DELETE, "/api/v1/nodes/x")).allowed);
+    assert!(
+        mode.authorize(&attrs(&admin, Method::DELETE, "/api/v1/nodes/x"))
+            .allowed
+    );
     let nobody = user("nobody", &["system:authenticated"]);
-    assert!(!mode.authorize(&attrs(&nobody, Method::GET, "/api/v1/nodes")).allowed);
+    assert!(
+        !mode
+            .authorize(&attrs(&nobody, Method::GET, "/api/v1/nodes"))
+            .allowed
+    );
 }
 
 #[test]
 fn escalation_names_the_missing_rules_compactly() {
-    let owner = vec![rule(json!({"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "*/log"]}))];
-    let wanted = vec![rule(json!({"verbs": ["get", "list", "delete", "patch"], "apiGroups": [""], "resources": ["pods", "secrets"]}))];
+    let owner = vec![rule(
+        json!({"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "*/log"]}),
+    )];
+    let wanted = vec![rule(
+        json!({"verbs": ["get", "list", "delete", "patch"], "apiGroups": [""], "resources": ["pods", "secrets"]}),
+    )];
     assert_eq!(
         uncovered(&owner, &wanted),
         vec![
@@ -222,8 +314,13 @@ fn escalation_names_the_missing_rules_compactly() {
             "{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"list\" \"delete\" \"patch\"]}",
         ]
     );
-    let wanted = vec![rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods/log"]}))];
-    assert!(uncovered(&owner, &wanted).is_empty(), "*/log covers pods/log");
+    let wanted = vec![rule(
+        json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods/log"]}),
+    )];
+    assert!(
+        uncovered(&owner, &wanted).is_empty(),
+        "*/log covers pods/log"
+    );
     let admin = vec![Rule::all_resources(), Rule::all_non_resource()];
     assert!(uncovered(&admin, &admin).is_empty());
     assert_eq!(
@@ -233,14 +330,26 @@ fn escalation_names_the_missing_rules_compactly() {
             "{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}",
         ]
     );
-    let names = vec![rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["a"]}))];
-    assert!(uncovered(&owner, &names).is_empty(), "all names cover one name");
-    assert_eq!(
-        uncovered(&names, &owner)[0],
-        "{APIGroups:[\"\"], Resources:[\"pods\"], Verbs:[\"get\" \"list\"]}"
+    let names = vec![rule(
+        json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["a"]}),
+    )];
+    assert!(
+        uncovered(&owner, &names).is_empty(),
+        "all names cover one name"
     );
-    let urls = vec![rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/*"]}))];
-    let want = vec![rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/etcd", "/metrics"]}))];
+    assert_eq!(
+        uncovered(&names, &owner),
+        vec![
+            "{APIGroups:[\"\"], Resources:[\"*/log\"], Verbs:[\"get\" \"list\"]}",
+            "{APIGroups:[\"\"], Resources:[\"pods\"], Verbs:[\"get\" \"list\"]}",
+        ]
+    );
+    let urls = vec![rule(
+        json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/*"]}),
+    )];
+    let want = vec![rule(
+        json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/etcd", "/metrics"]}),
+    )];
     assert_eq!(
         uncovered(&urls, &want),
         vec!["{NonResourceURLs:[\"/metrics\"], Verbs:[\"get\"]}"]
@@ -281,5 +390,8 @@ fn bootstrap_policy_reconciles_without_removing() {
     assert_eq!(admin["subjects"][0]["name"], MASTERS);
     let mut emptied = admin.clone();
     emptied["subjects"] = json!([]);
-    assert_eq!(reconciled(&emptied, admin).expect("repaired")["subjects"], admin["subjects"]);
+    assert_eq!(
+        reconciled(&emptied, admin).expect("repaired")["subjects"],
+        admin["subjects"]
+    );
 }

@@ -25,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Api;
-use super::auth::UserInfo;
 use super::admission::{defaults, validation};
+use super::auth::UserInfo;
 use super::object::{self, meta_mut};
 use super::registry::ResourceDef;
 use super::request::{Query, ResourcePath};
