@@ -5,7 +5,8 @@
 //!
 //! Kubernetes' JSON field names are the proto field names; the types whose JSON is not
 //! a plain object (`IntOrString`, `Quantity`, `Time`, `MicroTime`, `Duration`,
-//! `RawExtension`, `FieldsV1`, apiextensions' `JSON` and `JSONSchemaProps*`) are
+//! `RawExtension`, `FieldsV1`, apiextensions' `JSON` and `JSONSchemaProps*`, the
+//! user-info `ExtraValue`) are
 //! converted by hand here, as their Go `MarshalJSON` methods do.
 
 use std::collections::BTreeMap;
@@ -220,6 +221,18 @@ fn embedded_json(name: &str, raw: &[u8]) -> Result<Json, ConvertError> {
 
 fn special_to_json(msg: &DynamicMessage) -> Result<Option<Json>, ConvertError> {
     let full = msg.descriptor().full_name().to_owned();
+    if is_extra_value(&full) {
+        // `type ExtraValue []string`: a list in JSON, `{items}` on the wire.
+        let list = msg.get_field_by_number(1);
+        let strings: Vec<Json> = list
+            .as_deref()
+            .and_then(Value::as_list)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(|s| json!(s)))
+            .collect();
+        return Ok(Some(Json::Array(strings)));
+    }
     let Some(short) = full
         .strip_prefix("k8s.io.apimachinery.pkg.")
         .or_else(|| full.strip_prefix("k8s.io.apiextensions_apiserver.pkg.apis."))
@@ -289,6 +302,15 @@ fn special_to_json(msg: &DynamicMessage) -> Result<Option<Json>, ConvertError> {
         }
         _ => Ok(None),
     }
+}
+
+/// The user-info `extra` values of authentication and authorization (`[]string` in
+/// Go, a message with `repeated string items` on the wire).
+fn is_extra_value(full: &str) -> bool {
+    matches!(
+        full,
+        "k8s.io.api.authentication.v1.ExtraValue" | "k8s.io.api.authorization.v1.ExtraValue"
+    )
 }
 
 /// RFC 3339 in UTC: seconds precision for `Time`, microseconds for `MicroTime`.
@@ -544,6 +566,18 @@ fn special_to_wire(
     out: &mut Vec<u8>,
 ) -> Result<bool, ConvertError> {
     let full = desc.full_name();
+    if is_extra_value(full) {
+        let items = v
+            .as_array()
+            .ok_or_else(|| bad(full, format!("expected a list of strings, got {v}")))?;
+        for item in items {
+            let s = item
+                .as_str()
+                .ok_or_else(|| bad(full, format!("expected a string, got {item}")))?;
+            length_delimited(1, s.as_bytes(), out);
+        }
+        return Ok(true);
+    }
     let Some(short) = full
         .strip_prefix("k8s.io.apimachinery.pkg.")
         .or_else(|| full.strip_prefix("k8s.io.apiextensions_apiserver.pkg.apis."))

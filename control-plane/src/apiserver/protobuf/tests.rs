@@ -175,6 +175,9 @@ fn sample(desc: &MessageDescriptor, depth: usize, seen: &mut Vec<String>) -> Val
             return json!({"f:metadata": {"f:labels": {".": {}}}});
         }
         "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON" => return json!({"x": [1]}),
+        "k8s.io.api.authentication.v1.ExtraValue" | "k8s.io.api.authorization.v1.ExtraValue" => {
+            return json!(["scope-a", "scope-b"]);
+        }
         _ => {}
     }
     if depth > 14 || seen.contains(&full) {
@@ -270,7 +273,11 @@ fn every_builtin_kind_round_trips_through_protobuf() {
             def.kind,
             first_diff(&back, &normalized, "")
         );
-        // The list kind, too.
+        kinds += 1;
+        // The list kind, too (the review APIs have none).
+        if def.create_only {
+            continue;
+        }
         let list = json!({"apiVersion": api_version, "kind": def.list_kind,
             "metadata": {"resourceVersion": "12", "continue": "c"},
             "items": [normalized.clone(), normalized]});
@@ -289,7 +296,6 @@ fn every_builtin_kind_round_trips_through_protobuf() {
             def.list_kind,
             first_diff(&back, &list, "")
         );
-        kinds += 1;
     }
     assert!(kinds >= 39, "only {kinds} built-in kinds");
 }
