@@ -529,17 +529,24 @@ fn service_account_tokens_from_kubectl_create_token_authenticate() {
         claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
         7200
     );
-    let ok = as_token(&token, &["get", "configmaps", "-o", "name"]);
+    // Authenticated as the account (what it may do is RBAC's: nothing yet, as in
+    // Kubernetes, but every authenticated user may ask who it is).
+    let ok = as_token(&token, &["auth", "whoami"]);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("system:serviceaccount:default:default"));
+    let denied = as_token(&token, &["get", "configmaps"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains(
+        "User \"system:serviceaccount:default:default\" cannot list resource \"configmaps\""
+    ));
     // A forged signature is refused.
     let mut forged = token.clone();
     forged.truncate(forged.len() - 4);
     forged.push_str("AAAA");
-    assert!(!as_token(&forged, &["get", "configmaps"]).status.success());
+    assert!(!as_token(&forged, &["auth", "whoami"]).status.success());
     // Too short a duration is refused as Kubernetes refuses it.
     let err = k.fails(&["create", "token", "default", "--duration=1m"]);
     assert!(err.contains("less than 10 minutes"), "{err}");
@@ -555,16 +562,16 @@ fn service_account_tokens_from_kubectl_create_token_authenticate() {
         ])
         .trim()
         .to_owned();
-    assert!(as_token(&bound, &["get", "configmaps"]).status.success());
+    assert!(as_token(&bound, &["auth", "whoami"]).status.success());
     k.ok(&["delete", "pod", "holder", "--wait=true"]);
-    assert!(!as_token(&bound, &["get", "configmaps"]).status.success());
+    assert!(!as_token(&bound, &["auth", "whoami"]).status.success());
     // The issuer's keys are published for OIDC discovery.
     let jwks: serde_json::Value =
         serde_json::from_str(&k.ok(&["get", "--raw", "/openid/v1/jwks"])).expect("jwks");
     assert_eq!(jwks["keys"][0]["crv"], "P-256");
     // Deleting the account revokes its tokens.
     k.ok(&["delete", "serviceaccount", "default"]);
-    assert!(!as_token(&token, &["get", "configmaps"]).status.success());
+    assert!(!as_token(&token, &["auth", "whoami"]).status.success());
 }
 
 #[test]
