@@ -132,9 +132,18 @@ fn main() -> anyhow::Result<()> {
                 }
             });
         }
+        // The scheduler acts as `system:kube-scheduler` (the bootstrap policy's role)
+        // when it runs beside the apiserver with the kubeconfigs the apiserver writes;
+        // with `--kubeconfig`, every component uses that one.
+        let scheduler_kubeconfig = match (&args.kubeconfig, args.apiserver) {
+            (None, true) => args
+                .data_dir
+                .join(berth_control_plane::apiserver::SCHEDULER_KUBECONFIG),
+            _ => kubeconfig.clone(),
+        };
         if args.scheduler {
             tokio::spawn(component(
-                kubeconfig.clone(),
+                scheduler_kubeconfig,
                 "kube-scheduler",
                 args.leader_elect,
                 |c| {

@@ -50,6 +50,8 @@ use self::status::{ApiError, ApiResult};
 use self::watch_cache::WatchCache;
 use crate::store::{LeaseId, Store, StoreError};
 
+/// The scheduler's kubeconfig in the data dir (user `system:kube-scheduler`).
+pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
 /// Largest request body accepted (Kubernetes' limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// TTL of Events (kube-apiserver `--event-ttl`).
@@ -531,6 +533,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &server_url,
         "kubernetes-admin",
         &["system:masters"],
+    )?;
+    // The in-process scheduler's identity: the bootstrap policy binds
+    // `system:kube-scheduler` to its role. (The controllers use the admin kubeconfig:
+    // upstream's controller roles are bound to per-controller ServiceAccounts, which
+    // berth's single controller client does not have yet.)
+    pki.write_kubeconfig(
+        &config.data_dir.join(SCHEDULER_KUBECONFIG),
+        &server_url,
+        "system:kube-scheduler",
+        &[],
     )?;
     let (kubelet_cert, kubelet_key) = pki.issue(
         "kube-apiserver-kubelet-client",
