@@ -38,6 +38,8 @@ enum Command {
     Test(commands::test::Args),
     /// Run a benchmark (with its baseline) and write bench/results/<name>.{json,md}.
     Bench(commands::bench::Args),
+    /// Refresh control-plane/proto (Kubernetes' generated.proto files and the Go field facts) from k8s.io git checkouts at a tag.
+    VendorProto(commands::vendor_proto::Args),
     /// The client process of `bench lb` (internal).
     #[command(hide = true)]
     LbClient(commands::lb_client::Args),
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Down => commands::up::down(),
         Command::Test(args) => commands::test::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::VendorProto(args) => commands::vendor_proto::run(&args),
         Command::LbClient(args) => commands::lb_client::run(&args),
         Command::ApiserverLoad(target) => bench::apiserver::load(&target),
         Command::RuntimeTimer(args) => bench::runtime::timer(&args),

@@ -39,6 +39,10 @@ pub struct Cached {
     /// What selectors read, shared by the states of an object that agree on it (a
     /// delete event's last state and the object before it).
     pub attrs: Arc<Attrs>,
+    /// The object as protobuf message bytes, encoded by the first protobuf client
+    /// that asks and shared by the rest (`None`: the kind has no message, or it did
+    /// not encode).
+    proto: OnceLock<Option<Arc<[u8]>>>,
 }
 
 /// An object's labels and selectable fields.
@@ -60,6 +64,7 @@ impl Cached {
             key,
             revision,
             raw,
+            proto: OnceLock::new(),
         }
     }
 
@@ -74,6 +79,7 @@ impl Cached {
                 key,
                 revision,
                 raw,
+                proto: OnceLock::new(),
             },
             _ => Self::new(key, revision, stored),
         }
@@ -81,6 +87,19 @@ impl Cached {
 
     pub fn value(&self) -> Value {
         serde_json::from_slice(&self.raw).unwrap_or(Value::Null)
+    }
+
+    /// The object's protobuf message bytes (no envelope), encoded once.
+    pub fn protobuf(&self) -> Option<Arc<[u8]>> {
+        self.proto
+            .get_or_init(|| match super::protobuf::message_bytes(&self.raw)? {
+                Ok(bytes) => Some(bytes.into()),
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "protobuf encoding failed");
+                    None
+                }
+            })
+            .clone()
     }
 }
 

@@ -47,6 +47,98 @@ fn pod(name: &str) -> Bytes {
     ))
 }
 
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+/// A length-delimited protobuf field.
+fn pb_field(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    let varint = |mut v: u64, out: &mut Vec<u8>| {
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    };
+    varint(u64::from(number) << 3 | 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// The same pod as [`pod`], as a client-go client sends it: `k8s\0` + `runtime.Unknown`
+/// around a `k8s.io.api.core.v1.Pod` (field numbers from Kubernetes' generated.proto).
+fn pod_protobuf(name: &str) -> Bytes {
+    let f = |n: u32, b: &[u8]| {
+        let mut out = Vec::new();
+        pb_field(n, b, &mut out);
+        out
+    };
+    let label = |k: &str, v: &str| f(11, &[f(1, k.as_bytes()), f(2, v.as_bytes())].concat());
+    let meta = [
+        f(1, name.as_bytes()),
+        label("app", "bench"),
+        label("tier", "web"),
+    ]
+    .concat();
+    let quantity =
+        |k: &str, v: &str| f(2, &[f(1, k.as_bytes()), f(2, &f(1, v.as_bytes()))].concat());
+    let resources = [quantity("cpu", "10m"), quantity("memory", "16Mi")].concat();
+    let port = [0x18, 0x90, 0x3f]; // containerPort (3) = 8080, varint
+    let container = [
+        f(1, b"app"),
+        f(2, b"registry.local/testserver:1"),
+        f(6, &port),
+        f(8, &resources),
+    ]
+    .concat();
+    let raw = [f(1, &meta), f(2, &f(2, &container))].concat();
+    let type_meta = [f(1, b"v1"), f(2, b"Pod")].concat();
+    let mut body = b"k8s\0".to_vec();
+    for part in [f(1, &type_meta), f(2, &raw), f(3, b""), f(4, b"")] {
+        body.extend_from_slice(&part);
+    }
+    Bytes::from(body)
+}
+
+/// The length-delimited fields numbered `number` at the top level of `msg`.
+fn pb_fields(msg: &[u8], number: u32) -> Result<Vec<&[u8]>> {
+    let varint = |at: &mut usize| -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *msg.get(*at).context("truncated varint")?;
+            *at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        bail!("varint too long")
+    };
+    let (mut at, mut out) = (0, Vec::new());
+    while at < msg.len() {
+        let key = varint(&mut at)?;
+        match key & 7 {
+            0 => drop(varint(&mut at)?),
+            2 => {
+                let len = usize::try_from(varint(&mut at)?)?;
+                let field = msg.get(at..at + len).context("truncated field")?;
+                if key >> 3 == u64::from(number) {
+                    out.push(field);
+                }
+                at += len;
+            }
+            other => bail!("wire type {other} in a Kubernetes message"),
+        }
+    }
+    Ok(out)
+}
+
+/// The number of items of a protobuf `PodList` answer.
+fn protobuf_items(body: &[u8]) -> Result<usize> {
+    let unknown = body.strip_prefix(b"k8s\0").context("no k8s\\0 prefix")?;
+    let raw = pb_fields(unknown, 2)?;
+    let list = raw.first().context("no raw in the envelope")?;
+    Ok(pb_fields(list, 2)?.len())
+}
+
 pub(super) fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -166,12 +258,23 @@ impl Conn {
         media: &str,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>> {
+        self.request_as(method, path, media, "application/json", body)
+    }
+
+    fn request_as(
+        &self,
+        method: Method,
+        path: &str,
+        media: &str,
+        accept: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>> {
         Ok(Request::builder()
             .method(method)
             .uri(format!("https://{}{path}", self.authority))
             .header("authorization", format!("Bearer {TOKEN}"))
             .header("content-type", media)
-            .header("accept", "application/json")
+            .header("accept", accept)
             .body(Full::new(body))?)
     }
 
@@ -183,7 +286,21 @@ impl Conn {
         media: &str,
         body: Bytes,
     ) -> Result<Bytes> {
-        let req = self.request(method.clone(), path, media, body)?;
+        self.call_as(method, path, media, "application/json", body)
+            .await
+    }
+
+    /// [`Self::call`] with an `Accept` header (protobuf, as client-go asks:
+    /// `application/vnd.kubernetes.protobuf, application/json`).
+    async fn call_as(
+        &mut self,
+        method: Method,
+        path: &str,
+        media: &str,
+        accept: &str,
+        body: Bytes,
+    ) -> Result<Bytes> {
+        let req = self.request_as(method.clone(), path, media, accept, body)?;
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status();
@@ -206,6 +323,21 @@ impl Conn {
         )
         .await
         .map(drop)
+    }
+
+    /// A create in protobuf, answered in protobuf (as kubectl's typed client does).
+    async fn create_protobuf(&mut self, ns: &str, name: &str) -> Result<()> {
+        let body = self
+            .call_as(
+                Method::POST,
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                PROTOBUF,
+                "application/vnd.kubernetes.protobuf, application/json",
+                pod_protobuf(name),
+            )
+            .await?;
+        anyhow::ensure!(body.starts_with(b"k8s\0"), "create answered no protobuf");
+        Ok(())
     }
 }
 
@@ -357,6 +489,20 @@ pub async fn measure(server: &Target) -> Result<Report> {
     }
     fill(server, "list1000", "l", 1000).await?;
     fill(server, "bench", "seed", 200).await?;
+    // What one list of 1000 pods weighs in each encoding.
+    let mut list_bytes = Vec::new();
+    for accept in ["application/json", PROTOBUF] {
+        let body = admin
+            .call_as(
+                Method::GET,
+                "/api/v1/namespaces/list1000/pods",
+                "application/json",
+                accept,
+                Bytes::new(),
+            )
+            .await?;
+        list_bytes.push(body.len());
+    }
 
     // 100 watchers from the current resourceVersion.
     let list = admin
@@ -441,16 +587,23 @@ pub async fn measure(server: &Target) -> Result<Report> {
                 tokio::time::sleep_until(at.into()).await;
                 let (mut conn, lat, acks) = (conn.clone(), lat.clone(), acks.clone());
                 inflight.push(tokio::spawn(async move {
+                    // Every other list and create is protobuf in and out.
                     let verb = if i % RATE_PER_CLIENT == RATE_PER_CLIENT - 1 {
-                        "list1000"
+                        ["list1000", "list1000_protobuf"][(i / RATE_PER_CLIENT) % 2]
+                    } else if i.is_multiple_of(3) {
+                        ["create", "create_protobuf"][(i / 3) % 2]
                     } else {
                         ["create", "get", "update"][i % 3]
                     };
                     let started = at;
                     match verb {
-                        "create" => {
+                        "create" | "create_protobuf" => {
                             let name = format!("mix-{c}-{i}");
-                            conn.create("bench", &name).await?;
+                            if verb == "create" {
+                                conn.create("bench", &name).await?;
+                            } else {
+                                conn.create_protobuf("bench", &name).await?;
+                            }
                             let at = Instant::now();
                             if let Ok(mut a) = acks.lock() {
                                 a.insert(name, at);
@@ -472,6 +625,19 @@ pub async fn measure(server: &Target) -> Result<Report> {
                             ));
                             conn.call(Method::PATCH, &path, "application/merge-patch+json", patch)
                                 .await?;
+                        }
+                        "list1000_protobuf" => {
+                            let body = conn
+                                .call_as(
+                                    Method::GET,
+                                    "/api/v1/namespaces/list1000/pods",
+                                    "application/json",
+                                    "application/vnd.kubernetes.protobuf, application/json",
+                                    Bytes::new(),
+                                )
+                                .await?;
+                            let items = protobuf_items(&body)?;
+                            anyhow::ensure!(items == 1000, "listed {items} pods (protobuf)");
                         }
                         _ => {
                             let body = conn
@@ -603,6 +769,10 @@ pub async fn measure(server: &Target) -> Result<Report> {
     report.figure("get_p99_ms", round(p99("get")));
     report.figure("update_p99_ms", round(p99("update")));
     report.figure("list1000_p99_ms", round(p99("list1000")));
+    report.figure("create_p99_ms_protobuf", round(p99("create_protobuf")));
+    report.figure("list1000_p99_ms_protobuf", round(p99("list1000_protobuf")));
+    report.figure("list1000_bytes_json", list_bytes[0]);
+    report.figure("list1000_bytes_protobuf", list_bytes[1]);
     report.figure("watch_delivery_p99_ms", round(watch_p99));
     report.figure("creates_per_s", creates_per_s.round());
     if let Some(puts) = etcd {
@@ -647,10 +817,31 @@ pub async fn measure(server: &Target) -> Result<Report> {
             single,
         ),
         row(
+            format!("create, protobuf ({} calls)", calls("create_protobuf")),
+            "create_protobuf",
+            "p99 < 10 ms",
+            single,
+        ),
+        row(
             format!("list 1000 pods ({} calls)", calls("list1000")),
             "list1000",
             "—",
             "Kubernetes SLO: p99 ≤ 30 s",
+        ),
+        row(
+            format!(
+                "list 1000 pods, protobuf ({} calls)",
+                calls("list1000_protobuf")
+            ),
+            "list1000_protobuf",
+            "p99 ≤ ½ of JSON's",
+            &format!(
+                "protobuf/JSON p99 = {:.2}, p50 = {:.2}; body {} kB vs {} kB",
+                p99("list1000_protobuf") / p99("list1000"),
+                p50("list1000_protobuf") / p50("list1000"),
+                list_bytes[1] / 1000,
+                list_bytes[0] / 1000,
+            ),
         ),
         vec![
             format!(
@@ -684,8 +875,8 @@ pub async fn measure(server: &Target) -> Result<Report> {
         ],
     ];
     report.notes = vec![
-        format!("mixed phase: {CLIENTS} clients (one HTTP/2 + TLS connection each, bearer token) for {MIX_SECS} s, each starting {RATE_PER_CLIENT} requests/s on a fixed schedule (open loop): one list of 1000 pods per second, the rest cycling create / get / update (merge patch) — {} requests/s in all, while {WATCHERS} watch streams ({WATCHES_PER_CONN} per connection) follow the namespace; clients, watchers and server share this 2-core machine", CLIENTS * RATE_PER_CLIENT),
-        "latency is from the request's scheduled start to having read the whole answer (queueing included); watch delivery from the create's answer to the event's arrival at each watcher".into(),
+        format!("mixed phase: {CLIENTS} clients (one HTTP/2 + TLS connection each, bearer token) for {MIX_SECS} s, each starting {RATE_PER_CLIENT} requests/s on a fixed schedule (open loop): one list of 1000 pods per second, the rest cycling create / get / update (merge patch); every other list and create is protobuf in and out (`application/vnd.kubernetes.protobuf`, as client-go's typed clients send), the others JSON — {} requests/s in all, while {WATCHERS} watch streams ({WATCHES_PER_CONN} per connection) follow the namespace; clients, watchers and server share this 2-core machine", CLIENTS * RATE_PER_CLIENT),
+        "latency is from the request's scheduled start to having read the whole answer (queueing included; the client counts the items but does not decode them, in either encoding); watch delivery from the create's answer to the event's arrival at each watcher".into(),
         format!("throughput phase: {CLIENTS} clients creating pods back to back (closed loop) for {CREATE_SECS} s"),
         "every create is durable (fsync'd) before it is answered; group commit shares one fsync among concurrent writes".into(),
         "baseline: Debian's etcd 3.4 (one member, default fsync settings) in the same run, written through its JSON gateway by the same 16 clients with the same ~0.4 KB pod JSON as value — a store alone, where berth's figure includes the whole apiserver (TLS, decoding, defaults, validation, watch cache)".into(),

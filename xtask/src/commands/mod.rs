@@ -7,3 +7,4 @@ pub mod lb_client;
 pub mod setup;
 pub mod test;
 pub mod up;
+pub mod vendor_proto;

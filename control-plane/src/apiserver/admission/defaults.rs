@@ -342,7 +342,6 @@ fn job_spec(spec: &mut Value) {
     default(spec, "backoffLimit", json!(backoff));
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
-    default(spec, "manualSelector", Value::Null);
     let replacement = if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) {
         "Failed"
     } else {

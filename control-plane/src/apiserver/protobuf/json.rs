@@ -9,7 +9,8 @@
 //! user-info `ExtraValue`) are
 //! converted by hand here, as their Go `MarshalJSON` methods do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use base64::Engine;
 use prost::encoding::{WireType, encode_key, encode_varint};
@@ -47,6 +48,61 @@ const INLINE: &[&str] = &[
     "k8s.io.api.core.v1.EphemeralContainerCommon",
     "k8s.io.api.networking.v1.IngressRuleValue",
 ];
+
+/// Facts about the Go field behind a proto field (`go-fields.txt`, written by `cargo
+/// xtask vendor-proto` from the Go sources of the same tag): Go's marshaler writes a
+/// non-pointer field even at its zero value, and its JSON drops a zero non-pointer
+/// field only under `omitempty`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GoField {
+    pub pointer: bool,
+    pub omitempty: bool,
+}
+
+static GO_FIELDS_TXT: &str = include_str!("../../../proto/go-fields.txt");
+
+type GoFields = HashMap<&'static str, HashMap<u32, GoField>>;
+
+static GO_FIELDS: LazyLock<GoFields> = LazyLock::new(|| {
+    let mut table: GoFields = HashMap::new();
+    for line in GO_FIELDS_TXT.lines().filter(|l| !l.starts_with('#')) {
+        let mut parts = line.split_whitespace();
+        let (Some(message), Some(number), Some(kind), Some(omit)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(number) = number.parse() else { continue };
+        table.entry(message).or_default().insert(
+            number,
+            GoField {
+                pointer: kind == "p",
+                omitempty: omit == "o",
+            },
+        );
+    }
+    table
+});
+
+/// The Go facts of `field` in `msg`, if the table has them.
+pub(super) fn go_field(msg: &MessageDescriptor, field: &FieldDescriptor) -> Option<GoField> {
+    GO_FIELDS
+        .get(msg.full_name())?
+        .get(&field.number())
+        .copied()
+}
+
+fn is_zero_scalar(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        Value::I32(n) | Value::EnumNumber(n) => *n == 0,
+        Value::I64(n) => *n == 0,
+        Value::U32(n) => *n == 0,
+        Value::U64(n) => *n == 0,
+        _ => false,
+    }
+}
 
 /// Whether `field` is an embedded struct inlined into its parent's JSON.
 pub(super) fn is_inline(field: &FieldDescriptor) -> bool {
@@ -122,7 +178,14 @@ pub fn to_json(msg: &DynamicMessage) -> Result<Json, ConvertError> {
             }
             Json::Array(list)
         } else {
-            if matches!(value, Value::String(s) if s.is_empty()) {
+            // As Go's JSON: a zero non-pointer field is left out under `omitempty`
+            // only; a pointer on the wire is kept whatever it holds. Without the
+            // facts, an empty string is left out (most are `omitempty`).
+            let drop = match go_field(&desc, &field) {
+                Some(go) => !go.pointer && go.omitempty && is_zero_scalar(value),
+                None => matches!(value, Value::String(s) if s.is_empty()),
+            };
+            if drop {
                 continue;
             }
             match value_to_json(&field.kind(), value)? {
@@ -432,12 +495,19 @@ pub fn to_wire(
             scalar_to_wire(&field, value, out)?;
             continue;
         }
-        let Some(v) = obj.get(&json_name(desc, &field)) else {
-            continue;
+        let v = match obj.get(&json_name(desc, &field)) {
+            Some(v) if !v.is_null() => v,
+            _ => {
+                // Go writes a non-pointer field even when it is zero.
+                if !field.is_list()
+                    && !field.is_map()
+                    && go_field(desc, &field).is_some_and(|go| !go.pointer)
+                {
+                    zero_to_wire(&field, out);
+                }
+                continue;
+            }
         };
-        if v.is_null() {
-            continue;
-        }
         let number = field.number();
         if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
@@ -546,6 +616,66 @@ fn scalar_to_wire(
         }
     }
     Ok(())
+}
+
+/// A non-pointer field at its zero value, as Go's marshaler writes it (a nil `[]byte`
+/// is not written).
+fn zero_to_wire(field: &FieldDescriptor, out: &mut Vec<u8>) {
+    let number = field.number();
+    match field.kind() {
+        Kind::Bool | Kind::Int32 | Kind::Int64 | Kind::Uint32 | Kind::Uint64 | Kind::Enum(_) => {
+            varint_field(number, 0, out)
+        }
+        Kind::String => length_delimited(number, b"", out),
+        Kind::Double => {
+            encode_key(number, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&0f64.to_le_bytes());
+        }
+        Kind::Float => {
+            encode_key(number, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&0f32.to_le_bytes());
+        }
+        Kind::Message(m) => {
+            let mut buf = Vec::new();
+            zero_message(&m, &mut buf);
+            length_delimited(number, &buf, out);
+        }
+        _ => {}
+    }
+}
+
+/// The body of a zero struct: its non-pointer fields at their zero values, or what the
+/// special types' marshalers write for their zero.
+fn zero_message(desc: &MessageDescriptor, out: &mut Vec<u8>) {
+    let full = desc.full_name();
+    match full.strip_prefix("k8s.io.apimachinery.pkg.") {
+        Some("util.intstr.IntOrString") => {
+            varint_field(1, 0, out);
+            varint_field(2, 0, out);
+            length_delimited(3, b"", out);
+            return;
+        }
+        Some("api.resource.Quantity") => {
+            length_delimited(1, b"0", out);
+            return;
+        }
+        Some("apis.meta.v1.Duration") => {
+            varint_field(1, 0, out);
+            return;
+        }
+        // A zero time and nil raw bytes write nothing.
+        Some("apis.meta.v1.Time" | "apis.meta.v1.MicroTime" | "runtime.RawExtension")
+        | Some("apis.meta.v1.FieldsV1") => return,
+        _ => {}
+    }
+    let mut fields: Vec<FieldDescriptor> = desc.fields().collect();
+    fields.sort_by_key(FieldDescriptor::number);
+    for field in fields {
+        if !field.is_list() && !field.is_map() && go_field(desc, &field).is_some_and(|g| !g.pointer)
+        {
+            zero_to_wire(&field, out);
+        }
+    }
 }
 
 fn length_delimited(number: u32, bytes: &[u8], out: &mut Vec<u8>) {

@@ -169,19 +169,85 @@ fn encode_with(
     let mut raw = Vec::new();
     json::to_wire(desc, obj, &mut raw)
         .map_err(|e| ApiError::internal(format!("protobuf: encoding {kind}: {e}")))?;
-    let unknown = pool()?
-        .get_message_by_name(UNKNOWN)
-        .ok_or_else(|| ApiError::internal("protobuf: runtime.Unknown is missing"))?;
-    let envelope = json!({
-        "typeMeta": {"apiVersion": api_version, "kind": kind},
-        "raw": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw),
-        "contentEncoding": "",
-        "contentType": "",
-    });
-    let mut out = MAGIC.to_vec();
-    json::to_wire(&unknown, &envelope, &mut out)
-        .map_err(|e| ApiError::internal(format!("protobuf: the envelope: {e}")))?;
-    Ok(out)
+    Ok(envelope(api_version, kind, &raw))
+}
+
+/// The bare message bytes (no envelope) of a stored object's JSON, which carries its
+/// `apiVersion` and `kind`; `None` when the kind has no message. The watch cache keeps
+/// these per object, so an object is encoded once however often it is served.
+pub fn message_bytes(raw_json: &[u8]) -> Option<ApiResult<Vec<u8>>> {
+    let obj: Value = match serde_json::from_slice(raw_json) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(ApiError::internal(format!("stored object: {e}")))),
+    };
+    let api_version = obj.get("apiVersion").and_then(Value::as_str)?;
+    let kind = obj.get("kind").and_then(Value::as_str)?;
+    let desc = message_for(api_version, kind)?;
+    let mut out = Vec::with_capacity(raw_json.len() / 2);
+    Some(
+        json::to_wire(&desc, &obj, &mut out)
+            .map(|()| out)
+            .map_err(|e| ApiError::internal(format!("protobuf: encoding {kind}: {e}"))),
+    )
+}
+
+fn put_bytes(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// `k8s\0` + `runtime.Unknown` {typeMeta {apiVersion, kind}, raw, contentEncoding,
+/// contentType} around a message's bytes, field for field as Go's marshaler writes it
+/// (the empty strings included).
+pub fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    let mut type_meta = Vec::with_capacity(api_version.len() + kind.len() + 4);
+    put_bytes(1, api_version.as_bytes(), &mut type_meta);
+    put_bytes(2, kind.as_bytes(), &mut type_meta);
+    let mut out = Vec::with_capacity(raw.len() + type_meta.len() + 16);
+    out.extend_from_slice(MAGIC);
+    put_bytes(1, &type_meta, &mut out);
+    put_bytes(2, raw, &mut out);
+    put_bytes(3, b"", &mut out);
+    put_bytes(4, b"", &mut out);
+    out
+}
+
+/// A `<Kind>List` from its `ListMeta` (JSON) and its items' message bytes (from
+/// [`message_bytes`], concatenated, not re-encoded), enveloped; `None` when the list
+/// kind has no message.
+pub fn list<T: AsRef<[u8]>>(
+    api_version: &str,
+    list_kind: &str,
+    meta: &Value,
+    items: &[T],
+) -> Option<ApiResult<Vec<u8>>> {
+    let desc = message_for(api_version, list_kind)?;
+    let (Some(meta_field), Some(items_field)) = (
+        desc.get_field_by_name("metadata"),
+        desc.get_field_by_name("items"),
+    ) else {
+        return Some(Err(ApiError::internal(format!(
+            "protobuf: {list_kind} has no metadata or items"
+        ))));
+    };
+    let prost_reflect::Kind::Message(meta_desc) = meta_field.kind() else {
+        return Some(Err(ApiError::internal(
+            "protobuf: ListMeta is not a message",
+        )));
+    };
+    let mut list_meta = Vec::new();
+    if let Err(e) = json::to_wire(&meta_desc, meta, &mut list_meta) {
+        return Some(Err(ApiError::internal(format!("protobuf: ListMeta: {e}"))));
+    }
+    let size = items.iter().map(|i| i.as_ref().len() + 6).sum::<usize>();
+    let mut raw = Vec::with_capacity(size + list_meta.len() + 8);
+    put_bytes(meta_field.number(), &list_meta, &mut raw);
+    for item in items {
+        put_bytes(items_field.number(), item.as_ref(), &mut raw);
+    }
+    Some(Ok(envelope(api_version, list_kind, &raw)))
 }
 
 /// One watch event as a protobuf stream frame: a 4-byte big-endian length and a
@@ -195,7 +261,8 @@ pub fn watch_frame(event_type: &str, obj: &Value) -> Option<ApiResult<Vec<u8>>> 
     Some(watch_frame_raw(event_type, &object))
 }
 
-fn watch_frame_raw(event_type: &str, object: &[u8]) -> ApiResult<Vec<u8>> {
+/// A watch frame around an already enveloped object ([`envelope`]).
+pub fn watch_frame_raw(event_type: &str, object: &[u8]) -> ApiResult<Vec<u8>> {
     use prost::encoding::{WireType, encode_key, encode_varint};
     let mut event = Vec::with_capacity(object.len() + 32);
     encode_key(1, WireType::LengthDelimited, &mut event);

@@ -6,8 +6,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{Ctx, json_response, object_response};
+use super::{Ctx, json_response, object_response, protobuf_response};
 use crate::apiserver::object;
+use crate::apiserver::protobuf;
 use crate::apiserver::status::ApiResult;
 
 pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
@@ -26,15 +27,18 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
         }
         _ => {
             ctx.cache_at(rv).await?;
-            ctx.api
-                .cache
-                .get(&key)
-                .ok_or_else(|| ctx.not_found(name))?
-                .raw
-                .to_vec()
+            let cached = ctx.api.cache.get(&key).ok_or_else(|| ctx.not_found(name))?;
+            if !ctx.wants_table()
+                && protobuf::accepts(&ctx.headers)
+                && let Some(bytes) = cached.protobuf()
+            {
+                let body = protobuf::envelope(&ctx.def.api_version(), &ctx.def.kind, &bytes);
+                return Ok(protobuf_response(StatusCode::OK, body));
+            }
+            cached.raw.to_vec()
         }
     };
-    if ctx.wants_table() || crate::apiserver::protobuf::accepts(&ctx.headers) {
+    if ctx.wants_table() || protobuf::accepts(&ctx.headers) {
         let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         return Ok(object_response(&ctx, StatusCode::OK, &value));
     }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Ctx, json_response, negotiated_response, value_response};
+use super::{Ctx, json_response, protobuf_response, value_response};
 use crate::apiserver::object;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::selectors::{FieldSelector, LabelSelector, field_values, labels};
@@ -62,6 +62,8 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
     let exact = ctx.query.get("resourceVersionMatch") == Some("Exact");
     let paged = token.is_some() || (limit.is_some() && rv != Some(0)) || exact;
 
+    // The cached objects of an unpaged list: their protobuf bytes are kept per object.
+    let mut cached = None;
     let (items, revision, next) = if paged {
         let (at, start) = match token {
             Some(t) => {
@@ -84,6 +86,7 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         ctx.cache_at(rv).await?;
         let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
         let raws = objs.iter().map(|o| o.raw.clone()).collect();
+        cached = Some(objs);
         (raws, revision, None)
     };
 
@@ -102,12 +105,42 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
     if let Some(next) = &next {
         meta["continue"] = json!(next);
     }
-    let body = list_body(&ctx.def, &meta, &items);
-    if crate::apiserver::protobuf::accepts(&ctx.headers) {
-        let list: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        return Ok(negotiated_response(&ctx.headers, StatusCode::OK, &list));
+    if crate::apiserver::protobuf::accepts(&ctx.headers)
+        && let Some(body) = protobuf_list(&ctx.def, &meta, &items, cached.as_deref())
+    {
+        return Ok(protobuf_response(StatusCode::OK, body));
     }
-    Ok(json_response(StatusCode::OK, body))
+    Ok(json_response(
+        StatusCode::OK,
+        list_body(&ctx.def, &meta, &items),
+    ))
+}
+
+/// The list as protobuf: the items' message bytes (kept per object by the watch cache
+/// when the list came from it) concatenated into `<Kind>List`. `None` when the kind
+/// has no message (custom resources) or an item did not encode — then JSON.
+fn protobuf_list(
+    def: &ResourceDef,
+    meta: &Value,
+    items: &[Arc<[u8]>],
+    cached: Option<&[Arc<Cached>]>,
+) -> Option<Vec<u8>> {
+    use crate::apiserver::protobuf;
+    let bytes: Option<Vec<Arc<[u8]>>> = match cached {
+        Some(objs) => objs.iter().map(|o| o.protobuf()).collect(),
+        None => items
+            .iter()
+            .map(|raw| protobuf::message_bytes(raw)?.ok().map(Arc::from))
+            .collect(),
+    };
+    let bytes = bytes?;
+    match protobuf::list(&def.api_version(), &def.list_kind, meta, &bytes)? {
+        Ok(body) => Some(body),
+        Err(e) => {
+            tracing::warn!(error = %e, "protobuf list failed; answering JSON");
+            None
+        }
+    }
 }
 
 /// A `…List` object from items already encoded (concatenated, not re-encoded).

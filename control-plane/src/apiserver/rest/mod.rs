@@ -159,19 +159,22 @@ pub fn value_response(code: StatusCode, value: &Value) -> Response {
     json_response(code, crate::apiserver::field_order::to_vec(value))
 }
 
+/// A protobuf response body (already enveloped).
+pub fn protobuf_response(code: StatusCode, body: Vec<u8>) -> Response {
+    (
+        code,
+        [("content-type", super::protobuf::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
+}
+
 /// `value` in the client's preferred encoding: protobuf when its `Accept` prefers it
 /// and the kind has a message (not custom resources or Tables), JSON otherwise.
 pub fn negotiated_response(headers: &HeaderMap, code: StatusCode, value: &Value) -> Response {
     if super::protobuf::accepts(headers) {
         match super::protobuf::encode(value) {
-            Some(Ok(body)) => {
-                return (
-                    code,
-                    [("content-type", super::protobuf::CONTENT_TYPE)],
-                    body,
-                )
-                    .into_response();
-            }
+            Some(Ok(body)) => return protobuf_response(code, body),
             Some(Err(e)) => tracing::warn!(error = %e, "protobuf encoding failed; answering JSON"),
             None => {}
         }

@@ -302,6 +302,17 @@ impl Lines {
     /// The line for `change`'s event, if it is one for this watcher.
     fn line(&self, change: &Change) -> Option<Bytes> {
         let kind = self.event(change)?;
+        if self.protobuf
+            && !self.table
+            && let Some(bytes) = change.object.protobuf()
+        {
+            let object =
+                protobuf::envelope(&self.ctx.def.api_version(), &self.ctx.def.kind, &bytes);
+            match protobuf::watch_frame_raw(kind.as_str(), &object) {
+                Ok(frame) => return Some(Bytes::from(frame)),
+                Err(e) => tracing::warn!(error = %e, "protobuf watch frame failed; sending JSON"),
+            }
+        }
         Some(if self.table || self.protobuf {
             self.object(kind.as_str(), &change.object.raw)
         } else {
