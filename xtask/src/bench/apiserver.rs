@@ -6,6 +6,9 @@
 //! - 100 watchers on a namespace, and for 30 s 16 clients looping over
 //!   create / get / update (merge patch) / list-of-1000 pods: per-verb p99 latency, and
 //!   watch delivery latency from the create's acknowledgement to each watcher's event;
+//!   every other get is made as a token user in no group whom only RBAC lets read,
+//!   with 1 000 Roles and RoleBindings in the namespace (`authz_get` beside the
+//!   admin's `get`, whose `system:masters` skips RBAC);
 //! - durable creates/s with 16 clients for 10 s (each create fsync'd before its answer;
 //!   group commit shares an fsync among concurrent writes);
 //! - RSS with 10 000 pods stored.
@@ -40,6 +43,10 @@ const RATE_PER_CLIENT: usize = 40;
 const CREATE_SECS: u64 = 10;
 const PODS_FOR_RSS: usize = 10_000;
 const TOKEN: &str = "berth-test-token";
+/// A token user in no group (the test token file's `alice`): allowed only through RBAC.
+const AUTHZ_TOKEN: &str = "alice-token";
+/// Roles and RoleBindings (to other users) in the namespace the authorized gets read.
+const RBAC_OBJECTS: usize = 1000;
 
 fn pod(name: &str) -> Bytes {
     Bytes::from(format!(
@@ -269,10 +276,22 @@ impl Conn {
         accept: &str,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>> {
+        self.request_with(TOKEN, method, path, media, accept, body)
+    }
+
+    fn request_with(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        media: &str,
+        accept: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>> {
         Ok(Request::builder()
             .method(method)
             .uri(format!("https://{}{path}", self.authority))
-            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("authorization", format!("Bearer {token}"))
             .header("content-type", media)
             .header("accept", accept)
             .body(Full::new(body))?)
@@ -301,6 +320,28 @@ impl Conn {
         body: Bytes,
     ) -> Result<Bytes> {
         let req = self.request_as(method.clone(), path, media, accept, body)?;
+        self.send_checked(method, path, req).await
+    }
+
+    /// A GET as the non-admin [`AUTHZ_TOKEN`] user.
+    async fn get_as_user(&mut self, path: &str) -> Result<Bytes> {
+        let req = self.request_with(
+            AUTHZ_TOKEN,
+            Method::GET,
+            path,
+            "application/json",
+            "application/json",
+            Bytes::new(),
+        )?;
+        self.send_checked(Method::GET, path, req).await
+    }
+
+    async fn send_checked(
+        &mut self,
+        method: Method,
+        path: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Bytes> {
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status();
@@ -339,6 +380,57 @@ impl Conn {
         anyhow::ensure!(body.starts_with(b"k8s\0"), "create answered no protobuf");
         Ok(())
     }
+}
+
+/// [`RBAC_OBJECTS`] Roles and RoleBindings for other users in `bench`, and last (in
+/// the order RBAC walks a namespace's bindings) the binding that lets the
+/// [`AUTHZ_TOKEN`] user read there.
+async fn rbac_objects(conn: &mut Conn) -> Result<()> {
+    let base = "/apis/rbac.authorization.k8s.io/v1/namespaces/bench";
+    for i in 0..RBAC_OBJECTS {
+        let role = format!(
+            r#"{{"metadata":{{"name":"r-{i}"}},"rules":[{{"apiGroups":[""],"resources":["configmaps"],"resourceNames":["cm-{i}"],"verbs":["get"]}}]}}"#
+        );
+        conn.call(
+            Method::POST,
+            &format!("{base}/roles"),
+            "application/json",
+            Bytes::from(role),
+        )
+        .await?;
+        let binding = format!(
+            r#"{{"metadata":{{"name":"rb-{i}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"r-{i}"}},"subjects":[{{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"user-{i}"}}]}}"#
+        );
+        conn.call(
+            Method::POST,
+            &format!("{base}/rolebindings"),
+            "application/json",
+            Bytes::from(binding),
+        )
+        .await?;
+    }
+    let view = r#"{"metadata":{"name":"zz-bench-view"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"alice"}]}"#;
+    conn.call(
+        Method::POST,
+        &format!("{base}/rolebindings"),
+        "application/json",
+        Bytes::from(view),
+    )
+    .await?;
+    // The binding counts once the authorizer has seen it (and view its aggregated rules).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while conn
+        .get_as_user("/api/v1/namespaces/bench/pods/seed-0")
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the RBAC user never got read access"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 pub(super) async fn namespace(conn: &mut Conn, name: &str) -> Result<()> {
@@ -489,6 +581,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
     }
     fill(server, "list1000", "l", 1000).await?;
     fill(server, "bench", "seed", 200).await?;
+    rbac_objects(&mut admin).await?;
     // What one list of 1000 pods weighs in each encoding.
     let mut list_bytes = Vec::new();
     for accept in ["application/json", PROTOBUF] {
@@ -592,8 +685,11 @@ pub async fn measure(server: &Target) -> Result<Report> {
                         ["list1000", "list1000_protobuf"][(i / RATE_PER_CLIENT) % 2]
                     } else if i.is_multiple_of(3) {
                         ["create", "create_protobuf"][(i / 3) % 2]
+                    } else if i % 3 == 1 {
+                        // Every other get as the non-admin user, through RBAC.
+                        ["get", "authz_get"][(i / 3) % 2]
                     } else {
-                        ["create", "get", "update"][i % 3]
+                        "update"
                     };
                     let started = at;
                     match verb {
@@ -609,11 +705,15 @@ pub async fn measure(server: &Target) -> Result<Report> {
                                 a.insert(name, at);
                             }
                         }
-                        "get" => {
+                        "get" | "authz_get" => {
                             let path =
                                 format!("/api/v1/namespaces/bench/pods/seed-{}", (c * 7 + i) % 200);
-                            conn.call(Method::GET, &path, "application/json", Bytes::new())
-                                .await?;
+                            if verb == "get" {
+                                conn.call(Method::GET, &path, "application/json", Bytes::new())
+                                    .await?;
+                            } else {
+                                conn.get_as_user(&path).await?;
+                            }
                         }
                         "update" => {
                             let path = format!(
@@ -767,6 +867,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
     let mut report = Report::default();
     report.figure("create_p99_ms", round(p99("create")));
     report.figure("get_p99_ms", round(p99("get")));
+    report.figure("authz_get_p99_ms", round(p99("authz_get")));
     report.figure("update_p99_ms", round(p99("update")));
     report.figure("list1000_p99_ms", round(p99("list1000")));
     report.figure("create_p99_ms_protobuf", round(p99("create_protobuf")));
@@ -809,6 +910,15 @@ pub async fn measure(server: &Target) -> Result<Report> {
             "get",
             "p99 < 10 ms",
             single,
+        ),
+        row(
+            format!(
+                "get as a non-admin user through RBAC, {RBAC_OBJECTS} Roles and RoleBindings ({} calls)",
+                calls("authz_get")
+            ),
+            "authz_get",
+            "p99 within 10 % of get",
+            "kube-apiserver: RBAC from informer caches",
         ),
         row(
             format!("update, merge patch ({} calls)", calls("update")),
