@@ -132,14 +132,14 @@ fn main() -> anyhow::Result<()> {
                 }
             });
         }
-        // The scheduler acts as `system:kube-scheduler` (the bootstrap policy's role)
-        // when it runs beside the apiserver with the kubeconfigs the apiserver writes;
-        // with `--kubeconfig`, every component uses that one.
-        let scheduler_kubeconfig = match (&args.kubeconfig, args.apiserver) {
-            (None, true) => args
-                .data_dir
-                .join(berth_control_plane::apiserver::SCHEDULER_KUBECONFIG),
-            _ => kubeconfig.clone(),
+        // Beside the apiserver, the scheduler acts as `system:kube-scheduler` (bound to
+        // the bootstrap policy's role) through the kubeconfig the apiserver writes;
+        // alone (`--apiserver=false`) it uses `--kubeconfig`.
+        let scheduler_kubeconfig = if args.apiserver {
+            args.data_dir
+                .join(berth_control_plane::apiserver::SCHEDULER_KUBECONFIG)
+        } else {
+            kubeconfig.clone()
         };
         if args.scheduler {
             tokio::spawn(component(

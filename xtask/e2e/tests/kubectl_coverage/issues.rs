@@ -9,22 +9,26 @@ use crate::{BUSYBOX, Coverage, ISSUE_21, ISSUE_22, ISSUE_25, contains, fails_wit
 
 /// Commands whose server side is another open issue's: today's error, and the issue.
 pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
-    cov.awaiting(ISSUE_21, "auth can-i", || {
-        // No SelfSubjectAccessReview API yet.
-        fails_with(
-            k,
-            &["auth", "can-i", "create", "pods"],
-            "the server could not find the requested resource",
+    // RBAC and the review APIs (issue 21's first half): the admin kubeconfig is
+    // system:masters; `--as` impersonates a user who holds only system:basic-user.
+    cov.case("auth can-i", || {
+        assert_eq!(k.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
+        let as_nobody = k.run(&["auth", "can-i", "create", "pods", "--as", "nobody"]);
+        assert!(
+            !as_nobody.status.success(),
+            "can-i answers no with exit code 1"
+        );
+        assert_eq!(String::from_utf8_lossy(&as_nobody.stdout).trim(), "no");
+        contains(
+            &k.ok(&["auth", "can-i", "--list", "--as", "nobody"]),
+            "selfsubjectaccessreviews.authorization.k8s.io",
         );
     });
-    cov.awaiting(ISSUE_21, "auth whoami", || {
-        fails_with(
-            k,
-            &["auth", "whoami"],
-            "the selfsubjectreviews API is not enabled in the cluster",
-        );
+    cov.case("auth whoami", || {
+        let who = k.ok(&["auth", "whoami"]);
+        contains(&who, "kubernetes-admin");
+        contains(&who, "[system:masters system:authenticated]");
     });
-    // Reconcile needs only the RBAC objects, which berth stores: it works today.
     cov.case("auth reconcile", || {
         let file = dir.join("rbac.yaml");
         std::fs::write(
