@@ -470,11 +470,54 @@ review = authz.create_self_subject_access_review(client.V1SelfSubjectAccessRevie
 assert review.status.allowed is True, review.status
 who = client.AuthenticationV1Api(api).create_self_subject_review(client.V1SelfSubjectReview())
 assert who.status.user_info.username == "alice", who.status
+
+# As the admin (the test token user `tester` is in system:masters): reviews about others.
+adm = client.Configuration()
+adm.host = HOST
+adm.ssl_ca_cert = CA
+adm.api_key = {"authorization": "berth-test-token"}
+adm.api_key_prefix = {"authorization": "Bearer"}
+admin = client.ApiClient(adm)
+az = client.AuthorizationV1Api(admin)
+def sar(user, groups, namespace, verb, resource):
+    spec = client.V1SubjectAccessReviewSpec(user=user, groups=groups,
+        resource_attributes=client.V1ResourceAttributes(namespace=namespace, verb=verb, resource=resource))
+    return az.create_subject_access_review(client.V1SubjectAccessReview(spec=spec)).status
+assert sar("alice", None, "default", "get", "pods").allowed is False
+masters = sar("someone", ["system:masters"], "default", "delete", "pods")
+assert masters.allowed is True, masters
+basic = az.create_subject_access_review(client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+    user="alice", groups=["system:authenticated"],
+    resource_attributes=client.V1ResourceAttributes(verb="create", group="authorization.k8s.io", resource="selfsubjectaccessreviews")))).status
+assert basic.allowed and basic.reason == 'RBAC: allowed by ClusterRoleBinding "system:basic-user" of ClusterRole "system:basic-user" to Group "system:authenticated"', basic
+local = client.V1LocalSubjectAccessReview(metadata=client.V1ObjectMeta(namespace="default"),
+    spec=client.V1SubjectAccessReviewSpec(user="alice",
+        resource_attributes=client.V1ResourceAttributes(namespace="other", verb="get", resource="pods")))
+try:
+    az.create_namespaced_local_subject_access_review("default", local)
+    raise SystemExit("a LocalSubjectAccessReview about another namespace should be invalid")
+except ApiException as e:
+    assert e.status == 422 and "must match metadata.namespace" in json.loads(e.body)["message"], e.body
+local.spec.resource_attributes.namespace = "default"
+assert az.create_namespaced_local_subject_access_review("default", local).status.allowed is False
+authn = client.AuthenticationV1Api(admin)
+tr = authn.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token="alice-token")))
+assert tr.status.authenticated is True and tr.status.user.username == "alice", tr.status
+assert "system:authenticated" in tr.status.user.groups, tr.status
+tr = authn.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token="no-such-token")))
+assert not tr.status.authenticated, tr.status
+# alice may not review others.
+try:
+    client.AuthorizationV1Api(api).create_subject_access_review(client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(user="bob", non_resource_attributes=client.V1NonResourceAttributes(path="/", verb="get"))))
+    raise SystemExit("alice should not create SubjectAccessReviews")
+except ApiException as e:
+    assert e.status == 403, e.status
 print("python rbac: ok")
 "#;
 
 #[test]
-fn python_client_sees_403_and_reviews() {
+fn python_client_sees_403_and_every_review_api() {
     let python = venv().join("bin/python");
     if !python.exists() {
         skip(&format!(
