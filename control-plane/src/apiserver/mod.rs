@@ -394,13 +394,31 @@ async fn route(
     let user = match user {
         Some(user) => {
             let user = authz::impersonation::apply(api.authorizer.as_ref(), user, req.headers())?;
-            let attrs = authz::Attributes::from_request(
+            let mut attrs = authz::Attributes::from_request(
                 user,
                 req.method(),
                 &path,
                 parsed.as_ref(),
                 req.uri().query(),
             );
+            // A websocket GET to exec, attach or port-forward starts a session: it takes
+            // `create`, as kube-apiserver's AuthorizePodWebsocketUpgradeCreatePermission.
+            let websocket = req
+                .headers()
+                .get("upgrade")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if websocket
+                && attrs.verb == "get"
+                && attrs.api_group.is_empty()
+                && attrs.resource == "pods"
+                && matches!(
+                    attrs.subresource.as_str(),
+                    "exec" | "attach" | "portforward"
+                )
+            {
+                attrs.verb = "create".into();
+            }
             let decision = api.authorizer.authorize(&attrs);
             if !decision.allowed {
                 return Err(attrs.forbidden(&decision.reason));

@@ -228,3 +228,97 @@ pub fn default_subjects(obj: &mut Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn causes(kind: &str, obj: Value) -> Vec<String> {
+        let mut out = Vec::new();
+        validate(kind, &obj, &mut out);
+        out.iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn rules_and_bindings_are_validated_as_upstream() {
+        assert_eq!(
+            causes(
+                "ClusterRole",
+                json!({"rules": [{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}]})
+            ),
+            Vec::<String>::new(),
+            "URL rules are fine in a ClusterRole"
+        );
+        assert_eq!(
+            causes(
+                "Role",
+                json!({"rules": [{"verbs": ["get"], "apiGroups": [""]}]})
+            ),
+            [
+                "rules[0].resources: Required value: resource rules must supply at least one resource"
+            ]
+        );
+        assert_eq!(
+            causes(
+                "ClusterRole",
+                json!({"aggregationRule": {"clusterRoleSelectors": []}})
+            ),
+            [
+                "aggregationRule.clusterRoleSelectors: Required value: at least one clusterRoleSelector required if aggregationRule is non-nil"
+            ]
+        );
+        let binding = |kind: &str, subject: Value| {
+            causes(
+                kind,
+                json!({
+                    "roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "r"},
+                    "subjects": [subject],
+                }),
+            )
+        };
+        assert_eq!(
+            binding(
+                "ClusterRoleBinding",
+                json!({"kind": "ServiceAccount", "name": "sa"})
+            ),
+            [
+                "roleRef.kind: Unsupported value: \"Role\": supported values: \"ClusterRole\"",
+                "subjects[0].namespace: Required value",
+            ]
+        );
+        assert_eq!(
+            binding("RoleBinding", json!({"kind": "Robot", "name": "x"})),
+            [
+                "subjects[0].kind: Unsupported value: \"Robot\": supported values: \"ServiceAccount\", \"User\", \"Group\""
+            ]
+        );
+        assert_eq!(
+            binding(
+                "RoleBinding",
+                json!({"kind": "User", "name": "u", "apiGroup": GROUP})
+            ),
+            Vec::<String>::new()
+        );
+        let mut update = Vec::new();
+        validate_update(
+            "RoleBinding",
+            &json!({"roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "a"}}),
+            &json!({"roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "b"}}),
+            &mut update,
+        );
+        assert_eq!(
+            update[0].message,
+            "Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"Role\", Name:\"b\"}: cannot change roleRef"
+        );
+    }
+
+    #[test]
+    fn subjects_api_group_defaults() {
+        let mut obj = json!({"subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "s"}]});
+        default_subjects(&mut obj);
+        assert_eq!(obj["subjects"][0]["apiGroup"], GROUP);
+        assert!(obj["subjects"][1].get("apiGroup").is_none());
+    }
+}

@@ -395,3 +395,80 @@ fn bootstrap_policy_reconciles_without_removing() {
         admin["subjects"]
     );
 }
+
+#[test]
+fn impersonation_needs_the_impersonate_verb_on_each_part() {
+    use axum::http::{HeaderMap, HeaderValue};
+    let rbac = Rbac::from_objects(&[
+        (
+            "/registry/rbac.authorization.k8s.io/clusterroles/impersonate-ci",
+            json!({"rules": [{"verbs": ["impersonate"], "apiGroups": [""], "resources": ["serviceaccounts"]}]}),
+        ),
+        (
+            "/registry/rbac.authorization.k8s.io/rolebindings/ci/alice",
+            json!({"roleRef": {"kind": "ClusterRole", "name": "impersonate-ci"},
+                   "subjects": [{"kind": "User", "name": "alice"}]}),
+        ),
+    ]);
+    let mode = RbacMode(std::sync::Arc::new(rbac));
+    let headers = |pairs: &[(&'static str, &str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    };
+    let alice = user("alice", &["system:authenticated"]);
+    // No headers: the requester.
+    let same = impersonation::apply(&mode, alice.clone(), &HeaderMap::new()).expect("no headers");
+    assert_eq!(same, alice);
+    // A ServiceAccount in the namespace alice may impersonate in, with its groups.
+    let sa = impersonation::apply(
+        &mode,
+        alice.clone(),
+        &headers(&[("impersonate-user", "system:serviceaccount:ci:builder")]),
+    )
+    .expect("allowed");
+    assert_eq!(sa.name, "system:serviceaccount:ci:builder");
+    assert_eq!(
+        sa.groups,
+        [
+            "system:serviceaccounts",
+            "system:serviceaccounts:ci",
+            "system:authenticated"
+        ]
+    );
+    let err = impersonation::apply(
+        &mode,
+        alice.clone(),
+        &headers(&[("impersonate-user", "system:serviceaccount:prod:builder")]),
+    )
+    .expect_err("another namespace");
+    assert_eq!(
+        err.message,
+        "serviceaccounts \"builder\" is forbidden: User \"alice\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"prod\""
+    );
+    let err = impersonation::apply(&mode, alice, &headers(&[("impersonate-user", "bob")]))
+        .expect_err("users");
+    assert_eq!(err.code, 403);
+    // system:masters may be anyone, with groups and extras.
+    let admin = user("admin", &[MASTERS]);
+    let who = impersonation::apply(
+        &mode,
+        admin.clone(),
+        &headers(&[
+            ("impersonate-user", "bob"),
+            ("impersonate-group", "devs"),
+            ("impersonate-group", "ops"),
+            ("impersonate-extra-scopes", "view"),
+        ]),
+    )
+    .expect("masters impersonate");
+    assert_eq!(who.name, "bob");
+    assert_eq!(who.groups, ["devs", "ops", "system:authenticated"]);
+    assert_eq!(who.extra["scopes"], ["view"]);
+    // Groups without a user are an error.
+    assert!(
+        impersonation::apply(&mode, admin, &headers(&[("impersonate-group", "devs")])).is_err()
+    );
+}
