@@ -860,6 +860,11 @@ fn create_subcommands_send_protobuf_for_every_kind() {
             .filter(|b| b.starts_with(b"k8s\0"))
         {
             assert_byte_exact(&body, &create);
+            // Seeds for the protobuf fuzzer (control-plane/fuzz), when asked for.
+            if let Some(dir) = std::env::var_os("BERTH_PROTOBUF_SEEDS") {
+                let path = std::path::Path::new(&dir).join(format!("kubectl-{compared}"));
+                std::fs::write(path, &body).expect("write a seed");
+            }
             compared += 1;
         }
     }

@@ -117,7 +117,7 @@ pub(super) fn is_inline(field: &FieldDescriptor) -> bool {
 /// The JSON name of a proto field (JSONSchemaProps spells a few as JSON Schema does).
 pub(super) fn json_name(msg: &MessageDescriptor, field: &FieldDescriptor) -> String {
     let name = field.name();
-    if msg.full_name() == format!("{EXT}.JSONSchemaProps") {
+    if msg.full_name().strip_prefix(EXT) == Some(".JSONSchemaProps") {
         match name {
             "ref" => return "$ref".into(),
             "schema" => return "$schema".into(),
@@ -246,8 +246,10 @@ fn value_to_json(kind: &Kind, value: &Value) -> Result<Option<Json>, ConvertErro
 }
 
 fn is_time(kind: &Kind) -> bool {
-    matches!(kind, Kind::Message(m) if m.full_name() == format!("{META}.Time")
-        || m.full_name() == format!("{META}.MicroTime"))
+    matches!(kind, Kind::Message(m) if matches!(
+        m.full_name().strip_prefix(META),
+        Some(".Time" | ".MicroTime")
+    ))
 }
 
 fn int_field(msg: &DynamicMessage, number: u32) -> i64 {
