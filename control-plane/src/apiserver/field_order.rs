@@ -8,12 +8,17 @@
 //! `preserve_order` on workspace-wide would not give Go's order anyway (it would give
 //! the order a client or a controller happened to insert) and would change every map in
 //! every crate. Instead, objects are written through [`to_vec`] where they leave the
-//! apiserver or enter the store ([`super::object::encode`]): the top level and
-//! `metadata` (with `ownerReferences[]` and `managedFields[]`) are written in Go struct
-//! order; everything nested deeper is written as `serde_json` does (sorted), which
-//! matches Go for maps (labels, annotations, data) and differs only inside specs.
+//! apiserver or enter the store ([`super::object::encode`]): `kind`, `apiVersion`,
+//! `metadata` (in `ObjectMeta` order, with `ownerReferences[]` and `managedFields[]`),
+//! then — for every built-in kind — the rest in Go struct order all the way down, from
+//! the kind's protobuf message and the Go declaration order `cargo xtask vendor-proto`
+//! records in `go-fields.txt` ([`super::protobuf::json_fields`]); maps sorted, as Go.
+//! Kinds without a message (custom resources, Tables) use the small tables below for
+//! their top level and serde_json's sorted order inside.
 
 use serde_json::{Map, Value};
+
+use super::protobuf::{self, JsonField, Shape};
 
 /// `ObjectMeta` (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), and `ListMeta`'s
 /// `continue` / `remainingItemCount` after `resourceVersion`.
@@ -204,6 +209,79 @@ pub fn write_meta(out: &mut Vec<u8>, meta: &Value, skip: Option<&str>) {
     });
 }
 
+/// Writes a message's JSON in its Go struct order ([`protobuf::json_fields`]), nested
+/// messages too; keys it does not know come last, sorted.
+fn write_message(out: &mut Vec<u8>, value: &Value, fields: &[JsonField]) {
+    let Some(map) = value.as_object() else {
+        return plain(out, value);
+    };
+    out.push(b'{');
+    write_fields(out, map, fields, &[], &mut true);
+    out.push(b'}');
+}
+
+/// The fields of `map` but `skip`, in `fields`' order and unknown ones after, into an
+/// object already open (`first`: nothing written in it yet).
+fn write_fields(
+    out: &mut Vec<u8>,
+    map: &Map<String, Value>,
+    fields: &[JsonField],
+    skip: &[&str],
+    first: &mut bool,
+) {
+    let mut known = 0;
+    for field in fields {
+        let Some(v) = map.get(&field.name) else {
+            continue;
+        };
+        known += 1;
+        if skip.contains(&field.name.as_str()) {
+            continue;
+        }
+        key(out, first, &field.name);
+        write_shaped(out, v, &field.shape);
+    }
+    if known < map.len() {
+        for (k, v) in map {
+            if !skip.contains(&k.as_str()) && !fields.iter().any(|f| f.name == *k) {
+                key(out, first, k);
+                plain(out, v);
+            }
+        }
+    }
+}
+
+fn write_shaped(out: &mut Vec<u8>, value: &Value, shape: &Shape) {
+    match (shape, value) {
+        (Shape::Message(m), Value::Object(_)) => {
+            write_message(out, value, &protobuf::json_fields(m))
+        }
+        (Shape::List(m), Value::Array(items)) => {
+            let fields = protobuf::json_fields(m);
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_message(out, item, &fields);
+            }
+            out.push(b']');
+        }
+        (Shape::Map(m), Value::Object(map)) => {
+            // Go writes map keys sorted, as serde_json's map iterates.
+            let fields = protobuf::json_fields(m);
+            out.push(b'{');
+            let mut first = true;
+            for (k, v) in map {
+                key(out, &mut first, k);
+                write_message(out, v, &fields);
+            }
+            out.push(b'}');
+        }
+        _ => plain(out, value),
+    }
+}
+
 /// Writes an object in upstream order; `meta_skip` is left out of its `metadata`.
 pub fn write_object(out: &mut Vec<u8>, value: &Value, meta_skip: Option<&str>) {
     let Some(map) = value.as_object() else {
@@ -214,6 +292,34 @@ pub fn write_object(out: &mut Vec<u8>, value: &Value, meta_skip: Option<&str>) {
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // A built-in kind (not a list): its message gives Go's order all the way down.
+    if !kind.ends_with("List")
+        && let Some(desc) = protobuf::message_for(api_version, kind)
+    {
+        out.push(b'{');
+        let mut first = true;
+        for k in ["kind", "apiVersion"] {
+            if let Some(v) = map.get(k) {
+                key(out, &mut first, k);
+                plain(out, v);
+            }
+        }
+        if let Some(meta) = map.get("metadata") {
+            key(out, &mut first, "metadata");
+            write_meta(out, meta, meta_skip);
+        }
+        // The rest in the message's order (TypeMeta and metadata are written above).
+        let fields = protobuf::json_fields(&desc);
+        write_fields(
+            out,
+            map,
+            &fields,
+            &["kind", "apiVersion", "metadata"],
+            &mut first,
+        );
+        out.push(b'}');
+        return;
+    }
     let body = body_fields(kind, api_version);
     out.push(b'{');
     let mut first = true;
@@ -274,6 +380,26 @@ mod tests {
         assert_eq!(
             text(&pod),
             r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"ns","uid":"u","resourceVersion":"5","creationTimestamp":"t","labels":{"a":"2","z":"1"}},"spec":{"a":2,"b":1},"status":{"phase":"Pending"}}"#
+        );
+    }
+
+    #[test]
+    fn specs_are_in_go_struct_order_all_the_way_down() {
+        // Go: DeploymentSpec{Replicas, Selector, Template, Strategy, ...},
+        // PodSpec{Volumes, InitContainers, Containers, ...}, Container{Name, Image,
+        // Command, Args, WorkingDir, Ports, EnvFrom, Env, Resources, ...}, Volume{Name,
+        // VolumeSource (inline)}, map values sorted.
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {
+                "containers": [{"resources": {"requests": {"memory": "1Mi", "cpu": "1"}},
+                    "env": [{"value": "1", "name": "A"}], "image": "i", "name": "c",
+                    "ports": [{"protocol": "TCP", "containerPort": 80}]}],
+                "volumes": [{"emptyDir": {}, "name": "v"}]},
+                "metadata": {"labels": {"app": "d"}}},
+                "selector": {"matchLabels": {"app": "d"}}, "replicas": 1, "unknownField": true}});
+        assert_eq!(
+            text(&d),
+            r#"{"kind":"Deployment","apiVersion":"apps/v1","metadata":{"name":"d"},"spec":{"replicas":1,"selector":{"matchLabels":{"app":"d"}},"template":{"metadata":{"labels":{"app":"d"}},"spec":{"volumes":[{"name":"v","emptyDir":{}}],"containers":[{"name":"c","image":"i","ports":[{"containerPort":80,"protocol":"TCP"}],"env":[{"name":"A","value":"1"}],"resources":{"requests":{"cpu":"1","memory":"1Mi"}}}]}},"unknownField":true}}"#
         );
     }
 

@@ -10,7 +10,7 @@
 //! converted by hand here, as their Go `MarshalJSON` methods do.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use base64::Engine;
 use prost::encoding::{WireType, encode_key, encode_varint};
@@ -83,6 +83,103 @@ static GO_FIELDS: LazyLock<GoFields> = LazyLock::new(|| {
     }
     table
 });
+
+/// Each message's field numbers in Go declaration order (the table's line order).
+static GO_ORDER: LazyLock<HashMap<&'static str, Vec<u32>>> = LazyLock::new(|| {
+    let mut order: HashMap<&'static str, Vec<u32>> = HashMap::new();
+    for line in GO_FIELDS_TXT.lines().filter(|l| !l.starts_with('#')) {
+        let mut parts = line.split_whitespace();
+        if let (Some(message), Some(Ok(number))) = (parts.next(), parts.next().map(str::parse)) {
+            order.entry(message).or_default().push(number);
+        }
+    }
+    order
+});
+
+/// How a field's JSON value is written: as it is, or as a (list or map of) message(s)
+/// whose own fields have a Go order.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    Plain,
+    Message(MessageDescriptor),
+    List(MessageDescriptor),
+    Map(MessageDescriptor),
+}
+
+/// One JSON field of a message, in Go struct order.
+#[derive(Debug, Clone)]
+pub struct JsonField {
+    pub name: String,
+    pub shape: Shape,
+}
+
+/// Messages whose JSON is not an object of their fields (written as they are).
+fn is_special(desc: &MessageDescriptor) -> bool {
+    let full = desc.full_name();
+    full.starts_with("k8s.io.apimachinery.pkg.util.intstr.")
+        || full.starts_with("k8s.io.apimachinery.pkg.api.resource.")
+        || full.starts_with("k8s.io.apimachinery.pkg.runtime.")
+        || full
+            .strip_prefix(META)
+            .is_some_and(|m| matches!(m, ".Time" | ".MicroTime" | ".Duration" | ".FieldsV1"))
+        || full
+            .strip_prefix(EXT)
+            .is_some_and(|m| m.starts_with(".JSONSchemaPropsOr") || m == ".JSON")
+}
+
+static JSON_FIELDS: LazyLock<std::sync::RwLock<HashMap<String, Arc<[JsonField]>>>> =
+    LazyLock::new(Default::default);
+
+/// The JSON fields of `desc` in the order Go's `encoding/json` writes them: struct
+/// declaration order (from `go-fields.txt`; fields it lacks after, by number), with
+/// inlined embedded structs' fields in the embedded field's place. Cached per message.
+pub fn json_fields(desc: &MessageDescriptor) -> Arc<[JsonField]> {
+    if let Some(hit) = JSON_FIELDS
+        .read()
+        .ok()
+        .and_then(|c| c.get(desc.full_name()).cloned())
+    {
+        return hit;
+    }
+    let mut out = Vec::new();
+    push_json_fields(desc, &mut out);
+    let fields: Arc<[JsonField]> = out.into();
+    if let Ok(mut cache) = JSON_FIELDS.write() {
+        cache.insert(desc.full_name().to_owned(), fields.clone());
+    }
+    fields
+}
+
+fn push_json_fields(desc: &MessageDescriptor, out: &mut Vec<JsonField>) {
+    let mut fields: Vec<FieldDescriptor> = desc.fields().collect();
+    let order = GO_ORDER.get(desc.full_name());
+    fields.sort_by_key(|f| {
+        let go = order.and_then(|o| o.iter().position(|n| *n == f.number()));
+        (go.unwrap_or(usize::MAX), f.number())
+    });
+    for field in fields {
+        if is_inline(&field)
+            && let Kind::Message(inner) = field.kind()
+        {
+            push_json_fields(&inner, out);
+            continue;
+        }
+        let message = match field.kind() {
+            Kind::Message(m) if field.is_map() => match m.map_entry_value_field().kind() {
+                Kind::Message(v) if !is_special(&v) => Some(Shape::Map(v)),
+                _ => None,
+            },
+            Kind::Message(m) if is_special(&m) => None,
+            Kind::Message(m) if field.is_list() => Some(Shape::List(m)),
+            Kind::Message(m) => Some(Shape::Message(m)),
+            _ => None,
+        };
+        out.push(JsonField {
+            name: json_name(desc, &field),
+            shape: message.unwrap_or(Shape::Plain),
+        });
+    }
+}
 
 /// The Go facts of `field` in `msg`, if the table has them.
 pub(super) fn go_field(msg: &MessageDescriptor, field: &FieldDescriptor) -> Option<GoField> {
