@@ -9,11 +9,13 @@
 
 pub mod admission;
 pub mod auth;
+pub mod conversion;
 pub mod crd;
 pub mod discovery;
 pub mod field_order;
 pub mod kubelet;
 pub mod metrics;
+pub mod metrics_server;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -62,6 +64,9 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Where to write the admin kubeconfig (default `<data-dir>/admin.kubeconfig`).
     pub kubeconfig: Option<PathBuf>,
+    /// How often the built-in metrics server scrapes the kubelets
+    /// (metrics-server's `--metric-resolution`, 15 s).
+    pub metric_resolution: Duration,
 }
 
 /// Shared state of every request.
@@ -77,6 +82,8 @@ pub struct Api {
     pub tokens: Tokens,
     pub sa_tokens: serviceaccount_token::Issuer,
     pub authorizer: Box<dyn Authorizer>,
+    /// The built-in metrics server's points (`metrics.k8s.io`).
+    pub resource_metrics: metrics_server::Storage,
     event_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
 
@@ -102,6 +109,7 @@ impl Api {
             tokens,
             sa_tokens,
             authorizer: Box::new(auth::AllowAuthenticated),
+            resource_metrics: metrics_server::Storage::default(),
             event_lease: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(crd::run(api.clone()));
@@ -367,7 +375,8 @@ async fn route(
                     // One exposition: the apiserver's families, then the scheduler's.
                     let text = api.metrics.render(&api);
                     let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
-                    text + &crate::scheduler::metrics::render()
+                    let text = text + &crate::scheduler::metrics::render();
+                    text + &crate::controllers::podautoscaler::metrics::render()
                 },
             )
                 .into_response());
@@ -500,6 +509,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     api.bootstrap(config.advertise, config.bind.port())
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+    tokio::spawn(metrics_server::scrape::run(
+        api.clone(),
+        config.metric_resolution,
+    ));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;

@@ -132,6 +132,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "CronJob" => cronjob_spec(spec, &mut causes),
         "Service" => service(spec, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
+        "HorizontalPodAutoscaler" => causes.extend(super::autoscaling::validate(obj)),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(data) = obj.get(field).and_then(Value::as_object) {

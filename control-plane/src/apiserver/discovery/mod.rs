@@ -128,7 +128,12 @@ pub fn api_resources(def: &ResourceDef) -> Vec<APIResource> {
         singular_name: def.singular.clone(),
         namespaced: def.namespaced,
         kind: def.kind.clone(),
-        verbs: strings(VERBS),
+        // The metrics server's resources are read-only, as metrics-server serves them.
+        verbs: if def.metrics {
+            strings(&["get", "list"])
+        } else {
+            strings(VERBS)
+        },
         // omitempty in metav1.APIResource
         short_names: (!def.short_names.is_empty()).then(|| def.short_names.clone()),
         categories: (!def.categories.is_empty()).then(|| def.categories.clone()),

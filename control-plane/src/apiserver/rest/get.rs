@@ -29,6 +29,7 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
             ctx.cache_at(rv).await?;
             let cached = ctx.api.cache.get(&key).ok_or_else(|| ctx.not_found(name))?;
             if !ctx.wants_table()
+                && !ctx.def.converts()
                 && protobuf::accepts(&ctx.headers)
                 && let Some(bytes) = cached.protobuf()
             {
@@ -38,6 +39,7 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
             cached.raw.to_vec()
         }
     };
+    let raw = ctx.def.external_raw(&raw).into_owned();
     if ctx.wants_table() || protobuf::accepts(&ctx.headers) {
         let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         return Ok(object_response(&ctx, StatusCode::OK, &value));
