@@ -39,10 +39,13 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
             cached.raw.to_vec()
         }
     };
-    let raw = ctx.def.external_raw(&raw).into_owned();
     if ctx.wants_table() || protobuf::accepts(&ctx.headers) {
+        // The stored version: object_response converts it for the client.
         let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         return Ok(object_response(&ctx, StatusCode::OK, &value));
     }
-    Ok(json_response(StatusCode::OK, raw))
+    Ok(json_response(
+        StatusCode::OK,
+        ctx.def.external_raw(&raw).into_owned(),
+    ))
 }

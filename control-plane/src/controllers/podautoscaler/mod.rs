@@ -339,7 +339,10 @@ impl Controller {
             let mut updated = (*hpa).clone();
             updated.status = Some(outcome.status);
             let api: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), ns);
-            match api.replace_status(name, &PostParams::default(), &updated).await {
+            match api
+                .replace_status(name, &PostParams::default(), &updated)
+                .await
+            {
                 Ok(_) => {}
                 // A newer HPA is on its way through the informer; it will be synced.
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}

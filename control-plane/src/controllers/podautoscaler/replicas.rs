@@ -44,6 +44,17 @@ impl Tolerances {
     }
 }
 
+/// What one calculation looks at: the resource, the tolerances, the selected pods and
+/// their usage, and the time.
+#[derive(Debug, Clone)]
+pub struct Sample<'a> {
+    pub resource: &'a str,
+    pub tolerances: Tolerances,
+    pub pods: &'a [Pod],
+    pub metrics: PodMetricsInfo,
+    pub now: Timestamp,
+}
+
 /// The calculator's settings (kube-controller-manager's flags).
 #[derive(Debug, Clone, Copy)]
 pub struct Calculator {
@@ -146,12 +157,15 @@ impl Calculator {
         &self,
         current: i32,
         target_utilization: i32,
-        resource: &str,
-        tolerances: Tolerances,
-        pods: &[Pod],
-        mut metrics: PodMetricsInfo,
-        now: Timestamp,
+        sample: Sample<'_>,
     ) -> Result<(i32, i32, i64), String> {
+        let Sample {
+            resource,
+            tolerances,
+            pods,
+            mut metrics,
+            now,
+        } = sample;
         if pods.is_empty() {
             return Err("no pods returned by selector while calculating replica count".into());
         }
@@ -232,12 +246,15 @@ impl Calculator {
         &self,
         current: i32,
         target: i64,
-        resource: &str,
-        tolerances: Tolerances,
-        pods: &[Pod],
-        mut metrics: PodMetricsInfo,
-        now: Timestamp,
+        sample: Sample<'_>,
     ) -> Result<(i32, i64), String> {
+        let Sample {
+            resource,
+            tolerances,
+            pods,
+            mut metrics,
+            now,
+        } = sample;
         if pods.is_empty() {
             return Err("no pods returned by selector while calculating replica count".into());
         }
@@ -389,6 +406,16 @@ mod tests {
         .expect("pod")
     }
 
+    fn sample<'a>(resource: &'a str, pods: &'a [Pod], metrics: PodMetricsInfo) -> Sample<'a> {
+        Sample {
+            resource,
+            tolerances: TOL,
+            pods,
+            metrics,
+            now: now(),
+        }
+    }
+
     fn metrics(values: &[(&str, i64)]) -> PodMetricsInfo {
         values
             .iter()
@@ -414,11 +441,7 @@ mod tests {
             .resource_replicas(
                 2,
                 50,
-                "cpu",
-                TOL,
-                &pods,
-                metrics(&[("a", 90), ("b", 90)]),
-                now(),
+                sample("cpu", &pods, metrics(&[("a", 90), ("b", 90)])),
             )
             .expect("replicas");
         assert_eq!((replicas, utilization, raw), (4, 90, 90)); // ceil(1.8 * 2)
@@ -432,11 +455,7 @@ mod tests {
             .resource_replicas(
                 2,
                 50,
-                "cpu",
-                TOL,
-                &pods,
-                metrics(&[("a", 54), ("b", 54)]),
-                now(),
+                sample("cpu", &pods, metrics(&[("a", 54), ("b", 54)])),
             )
             .expect("replicas");
         assert_eq!((replicas, utilization), (2, 54), "1.08 is within 10 %");
@@ -452,11 +471,7 @@ mod tests {
             .resource_replicas(
                 3,
                 50,
-                "cpu",
-                TOL,
-                &pods,
-                metrics(&[("a", 10), ("b", 10)]),
-                now(),
+                sample("cpu", &pods, metrics(&[("a", 10), ("b", 10)])),
             )
             .expect("replicas");
         assert_eq!(replicas, 3);
@@ -465,11 +480,7 @@ mod tests {
             .resource_replicas(
                 3,
                 50,
-                "cpu",
-                TOL,
-                &pods,
-                metrics(&[("a", 100), ("b", 100)]),
-                now(),
+                sample("cpu", &pods, metrics(&[("a", 100), ("b", 100)])),
             )
             .expect("replicas");
         assert_eq!(replicas, 4);
@@ -486,7 +497,7 @@ mod tests {
         // a at 100 % of a 50 % target: ratio 2; p counts as 0 → 50 %/50 % = 1.0 → within
         // tolerance: keep 2.
         let (replicas, _, _) = c
-            .resource_replicas(2, 50, "cpu", TOL, &pods, metrics(&[("a", 100)]), now())
+            .resource_replicas(2, 50, sample("cpu", &pods, metrics(&[("a", 100)])))
             .expect("replicas");
         assert_eq!(replicas, 2);
     }
@@ -496,7 +507,7 @@ mod tests {
         let c = Calculator::default();
         let pods = [pod("a", "100m")];
         let err = c
-            .resource_replicas(1, 50, "cpu", TOL, &pods, PodMetricsInfo::new(), now())
+            .resource_replicas(1, 50, sample("cpu", &pods, PodMetricsInfo::new()))
             .expect_err("no metrics");
         assert_eq!(
             err,
@@ -507,7 +518,7 @@ mod tests {
             spec.containers[0].resources = None;
         }
         let err = c
-            .resource_replicas(1, 50, "cpu", TOL, &[bare], metrics(&[("b", 10)]), now())
+            .resource_replicas(1, 50, sample("cpu", &[bare], metrics(&[("b", 10)])))
             .expect_err("no request");
         assert_eq!(err, "missing request for cpu in container c of Pod b");
     }
@@ -522,11 +533,11 @@ mod tests {
             .raw_resource_replicas(
                 2,
                 100 * mib,
-                "memory",
-                TOL,
-                &pods,
-                metrics(&[("a", 200 * mib), ("b", 400 * mib)]),
-                now(),
+                sample(
+                    "memory",
+                    &pods,
+                    metrics(&[("a", 200 * mib), ("b", 400 * mib)]),
+                ),
             )
             .expect("replicas");
         assert_eq!((replicas, usage), (6, 300 * mib));
