@@ -1,6 +1,7 @@
 //! The HorizontalPodAutoscaler controller (kube-controller-manager's
 //! `horizontalpodautoscaling`): every HPA synced every
-//! `--horizontal-pod-autoscaler-sync-period` (15 s) and on each change — its target's
+//! `--horizontal-pod-autoscaler-sync-period` (15 s, the first time one period after it
+//! is seen, as upstream) — its target's
 //! `/scale` read and written through the API (any kind with a scale subresource,
 //! custom resources included), resource metrics read from `metrics.k8s.io`, the
 //! status written with the HPA's resourceVersion, and Events recorded.
@@ -259,9 +260,13 @@ pub fn start(
     informers: &mut Informers,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let queue = Queue::new();
+    // As upstream's `enqueueHPA`: every HPA waits one sync period in the queue (a new
+    // one included), and a change while it waits adds nothing — so each is synced
+    // once per period, and the controller's own status writes do not re-sync it.
+    let period = options.sync_period;
     let hpas = informers.add(Api::<HorizontalPodAutoscaler>::all(client.clone()), {
         let q = queue.clone();
-        move |o: &HorizontalPodAutoscaler| q.add(key_of(&o.metadata))
+        move |o: &HorizontalPodAutoscaler| q.add_after(key_of(&o.metadata), period)
     });
     let pods = informers.add(Api::<Pod>::all(client.clone()), |_: &Pod| {});
     async move {
