@@ -2,7 +2,8 @@
 //! hollow node whose fake kubelet serves `/metrics/resource` with a CPU load the test
 //! sets (tests/hollow/metrics.rs), driven by the real kubectl and kube-rs:
 //! `kubectl top node/pod`, `kubectl autoscale`, `kubectl get hpa`, a Deployment
-//! scaled up under load and back down after it (behavior's short scale-down window),
+//! scaled up under load and back down after it (behavior's short scale-down window), a
+//! custom resource scaled through its `/scale`,
 //! the v1 view of a v2 HPA, validation, a target without `/scale`, and missing metrics.
 //! The scraper and the HPA run every second here (`--metric-resolution=1s`,
 //! `--horizontal-pod-autoscaler-sync-period=1s`).
@@ -88,6 +89,45 @@ async fn condition(
         c.message.unwrap_or_default(),
     ))
 }
+
+const WIDGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas, labelSelectorPath: .status.selector}
+"#;
+
+const WIDGET: &str = r#"
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+spec: {replicas: 1}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: w}
+spec:
+  scaleTargetRef: {apiVersion: example.com/v1, kind: Widget, name: w}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+"#;
 
 #[test]
 fn a_deployment_scales_with_the_load_its_kubelet_reports() {
@@ -251,6 +291,49 @@ fn a_deployment_scales_with_the_load_its_kubelet_reports() {
         assert_eq!(v1["apiVersion"], "autoscaling/v1");
         assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50);
         assert_eq!(v1["status"]["currentCPUUtilizationPercentage"], 90);
+
+        // A custom resource with a scale subresource is a target like any other: its
+        // selector picks the same busy pods, and the HPA writes its spec.replicas.
+        kubectl.apply(WIDGET_CRD);
+        eventually(
+            "the widgets resource served",
+            Duration::from_secs(20),
+            || async {
+                kubectl
+                    .run(&["get", "widgets"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        )
+        .await;
+        kubectl.apply(WIDGET);
+        kubectl.ok(&[
+            "patch",
+            "widget",
+            "w",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"replicas":1,"selector":"app=web"}}"#,
+        ]);
+        let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
+        let widgets: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk));
+        eventually("the widget scaled up", Duration::from_secs(60), || async {
+            let w = widgets.get("w").await.ok()?;
+            let n = w.data.pointer("/spec/replicas").and_then(Value::as_i64)?;
+            (n >= 2).then_some(())
+        })
+        .await;
+        let (status, reason, _) = condition(&hpas, "w", "AbleToScale")
+            .await
+            .expect("the widget HPA's AbleToScale");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "SucceededRescale")
+        );
+        kubectl.ok(&["delete", "hpa", "w"]);
 
         // The load stops: back to 1 after the 3 s window.
         metrics.set_load(0.0);
