@@ -141,10 +141,20 @@ struct ApiMetrics {
     client: Client,
 }
 
-/// `getPodMetrics`: each pod's sum over its containers of `resource`, in
-/// thousandths; a pod with no containers or a container without it is left out.
-pub fn pod_metrics_info(list: &Value, resource: &str) -> PodMetricsInfo {
+/// `getPodMetrics` (each pod's sum over its containers of `resource`; a pod with no
+/// containers or a container without it is left out) or, with a `container`,
+/// `getContainerMetrics` (that container's usage; a pod without the container is an
+/// error). Values in thousandths.
+pub fn pod_metrics_info(
+    list: &Value,
+    resource: &str,
+    container: &str,
+) -> Result<PodMetricsInfo, String> {
     let mut out = PodMetricsInfo::new();
+    let usage = |c: &Value| {
+        let q = c.pointer(&format!("/usage/{resource}"))?.as_str()?;
+        crate::scheduler::quantity::parse_milli(q).map(|m| m as i64)
+    };
     for item in list
         .get("items")
         .and_then(Value::as_array)
@@ -159,16 +169,25 @@ pub fn pod_metrics_info(list: &Value, resource: &str) -> PodMetricsInfo {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let values: Option<Vec<i64>> = containers
-            .iter()
-            .map(|c| {
-                let q = c.pointer(&format!("/usage/{resource}"))?.as_str()?;
-                crate::scheduler::quantity::parse_milli(q).map(|m| m as i64)
-            })
-            .collect();
-        let (Some(values), false) = (values, containers.is_empty()) else {
-            continue;
+        let value = if container.is_empty() {
+            let values: Option<Vec<i64>> = containers.iter().map(usage).collect();
+            match values {
+                Some(v) if !containers.is_empty() => Some(v.iter().sum()),
+                _ => None,
+            }
+        } else {
+            let Some(c) = containers.iter().find(|c| c["name"] == container) else {
+                let ns = item
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                return Err(format!(
+                    "container {container} not present in metrics for pod {ns}/{name}"
+                ));
+            };
+            usage(c)
         };
+        let Some(value) = value else { continue };
         let timestamp = item
             .get("timestamp")
             .and_then(Value::as_str)
@@ -183,13 +202,13 @@ pub fn pod_metrics_info(list: &Value, resource: &str) -> PodMetricsInfo {
         out.insert(
             name.to_owned(),
             PodMetric {
-                value: values.iter().sum(),
+                value,
                 timestamp,
                 window,
             },
         );
     }
-    out
+    Ok(out)
 }
 
 impl MetricsSource for ApiMetrics {
@@ -198,12 +217,13 @@ impl MetricsSource for ApiMetrics {
         namespace: &str,
         selector: &str,
         resource: &str,
+        container: &str,
     ) -> BoxFuture<'_, Result<PodMetricsInfo, String>> {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("labelSelector", selector)
             .finish();
         let url = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?{query}");
-        let resource = resource.to_owned();
+        let (resource, container) = (resource.to_owned(), container.to_owned());
         Box::pin(async move {
             let req = axum::http::Request::get(&url)
                 .body(Vec::new())
@@ -221,7 +241,8 @@ impl MetricsSource for ApiMetrics {
             {
                 return Err("no metrics returned from resource metrics API".into());
             }
-            Ok(pod_metrics_info(&list, &resource))
+            pod_metrics_info(&list, &resource, &container)
+                .map_err(|e| format!("failed to get container metrics: {e}"))
         })
     }
 }
@@ -358,5 +379,40 @@ impl Controller {
             tracing::debug!(hpa = %key, %err, "autoscaler sync");
         }
         Ok(Some(self.sync_period))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn list() -> Value {
+        json!({"items": [
+            {"metadata": {"name": "a", "namespace": "ns"}, "timestamp": "2026-01-01T12:00:00Z", "window": "15s",
+             "containers": [{"name": "app", "usage": {"cpu": "250m", "memory": "10Mi"}},
+                            {"name": "side", "usage": {"cpu": "50000000n", "memory": "1Mi"}}]},
+            {"metadata": {"name": "b", "namespace": "ns"}, "timestamp": "2026-01-01T12:00:00Z", "window": "15s",
+             "containers": [{"name": "app", "usage": {"memory": "1Mi"}}]},
+        ]})
+    }
+
+    #[test]
+    fn pod_usage_sums_containers_and_leaves_out_pods_without_the_resource() {
+        let m = pod_metrics_info(&list(), "cpu", "").expect("metrics");
+        assert_eq!(m.len(), 1, "b has no cpu");
+        assert_eq!(m["a"].value, 300);
+        assert_eq!(m["a"].window, Duration::from_secs(15));
+        let m = pod_metrics_info(&list(), "memory", "").expect("metrics");
+        assert_eq!(m["a"].value, 11 * 1_048_576 * 1000);
+    }
+
+    #[test]
+    fn container_usage_is_that_containers_and_a_missing_container_is_an_error() {
+        let m = pod_metrics_info(&list(), "cpu", "app").expect("metrics");
+        assert_eq!(m["a"].value, 250);
+        assert!(!m.contains_key("b"));
+        let err = pod_metrics_info(&list(), "cpu", "side").expect_err("b has no side");
+        assert_eq!(err, "container side not present in metrics for pod ns/b");
     }
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::autoscaling::v2::{
-    HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
-    MetricSpec, MetricStatus, MetricValueStatus, ResourceMetricStatus,
+    ContainerResourceMetricStatus, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition,
+    HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus, MetricValueStatus,
+    ResourceMetricStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -54,12 +55,14 @@ pub trait Targets: Send + Sync {
 
 /// The resource metrics API (`metrics.k8s.io` PodMetrics), as the metrics client.
 pub trait MetricsSource: Send + Sync {
-    /// Each selected pod's usage of `resource` (pods lacking it are left out).
+    /// Each selected pod's usage of `resource` — summed over its containers, or of
+    /// `container` alone if not empty (pods lacking it are left out).
     fn pod_metrics(
         &self,
         namespace: &str,
         selector: &str,
         resource: &str,
+        container: &str,
     ) -> BoxFuture<'_, Result<PodMetricsInfo, String>>;
 }
 
@@ -176,10 +179,6 @@ fn unsupported(source: &str) -> (&'static str, String) {
              no external metrics API (external.metrics.k8s.io) registered"
                 .into(),
         ),
-        "ContainerResource" => (
-            "FailedGetContainerResourceMetric",
-            "container resource metrics are not supported by berth yet".into(),
-        ),
         other => (
             "InvalidMetricSourceType",
             format!("unknown metric source type \"{other}\""),
@@ -227,7 +226,8 @@ impl Autoscaler {
         }
     }
 
-    /// `computeStatusForResourceMetric`: one Resource metric.
+    /// `computeStatusForResourceMetric` and `…ContainerResourceMetric`: one
+    /// Resource or ContainerResource metric.
     async fn resource_metric(
         &self,
         spec: &MetricSpec,
@@ -242,75 +242,92 @@ impl Autoscaler {
             tolerances,
             now,
         } = *scope;
-        const REASON: &str = "FailedGetResourceMetric";
-        let Some(source) = &spec.resource else {
-            return Err((REASON, "invalid resource metric source: no resource".into()));
-        };
-        let name = source.name.as_str();
-        let target = &source.target;
+        let (reason, name, container, target, kind) =
+            match (&spec.resource, &spec.container_resource) {
+                (Some(r), _) => (
+                    "FailedGetResourceMetric",
+                    r.name.as_str(),
+                    "",
+                    &r.target,
+                    "resource",
+                ),
+                (None, Some(c)) => (
+                    "FailedGetContainerResourceMetric",
+                    c.name.as_str(),
+                    c.container.as_str(),
+                    &c.target,
+                    "container resource",
+                ),
+                (None, None) => {
+                    return Err((
+                        "FailedGetResourceMetric",
+                        "invalid resource metric source: no resource".into(),
+                    ));
+                }
+            };
         let fetched = metrics
-            .pod_metrics(namespace, selector, name)
+            .pod_metrics(namespace, selector, name, container)
             .await
             .map_err(|e| format!("unable to get metrics for resource {name}: {e}"));
-        let calc = &self.settings.calculator;
-        if let Some(average) = target.average_value.as_ref().and_then(quantity) {
-            let result = fetched.and_then(|metrics| {
-                let sample = Sample {
-                    resource: name,
-                    tolerances,
-                    pods,
-                    metrics,
-                    now,
-                };
-                calc.raw_resource_replicas(current, average, sample)
-            });
-            let (replicas, usage) =
-                result.map_err(|e| (REASON, format!("failed to get {name} usage: {e}")))?;
-            let status = MetricStatus {
-                type_: "Resource".into(),
-                resource: Some(ResourceMetricStatus {
-                    name: name.into(),
-                    current: MetricValueStatus {
-                        average_value: Some(milli_quantity(usage)),
-                        ..Default::default()
-                    },
-                }),
-                ..Default::default()
-            };
-            return Ok((replicas, format!("{name} resource"), status));
-        }
-        let Some(utilization) = target.average_utilization else {
-            return Err((REASON, NO_TARGET.into()));
+        let sample = |metrics| Sample {
+            resource: name,
+            container,
+            tolerances,
+            pods,
+            metrics,
+            now,
         };
-        let result = fetched.and_then(|metrics| {
-            let sample = Sample {
-                resource: name,
-                tolerances,
-                pods,
-                metrics,
-                now,
-            };
-            calc.resource_replicas(current, utilization, sample)
-        });
-        let (replicas, percent, raw) =
-            result.map_err(|e| (REASON, format!("failed to get {name} utilization: {e}")))?;
-        let status = MetricStatus {
-            type_: "Resource".into(),
-            resource: Some(ResourceMetricStatus {
-                name: name.into(),
-                current: MetricValueStatus {
+        let calc = &self.settings.calculator;
+        let (replicas, current_value, metric_name) =
+            if let Some(average) = target.average_value.as_ref().and_then(quantity) {
+                let (replicas, usage) = fetched
+                    .and_then(|m| calc.raw_resource_replicas(current, average, sample(m)))
+                    .map_err(|e| (reason, format!("failed to get {name} usage: {e}")))?;
+                let value = MetricValueStatus {
+                    average_value: Some(milli_quantity(usage)),
+                    ..Default::default()
+                };
+                // Upstream names an average-value proposal "<resource> resource" either way.
+                (replicas, value, format!("{name} resource"))
+            } else {
+                let Some(utilization) = target.average_utilization else {
+                    return Err((reason, NO_TARGET.into()));
+                };
+                let (replicas, percent, raw) = fetched
+                    .and_then(|m| calc.resource_replicas(current, utilization, sample(m)))
+                    .map_err(|e| (reason, format!("failed to get {name} utilization: {e}")))?;
+                let value = MetricValueStatus {
                     average_utilization: Some(percent),
                     average_value: Some(milli_quantity(raw)),
                     ..Default::default()
-                },
-            }),
-            ..Default::default()
+                };
+                (
+                    replicas,
+                    value,
+                    format!("{name} {kind} utilization (percentage of request)"),
+                )
+            };
+        let status = if container.is_empty() {
+            MetricStatus {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricStatus {
+                    name: name.into(),
+                    current: current_value,
+                }),
+                ..Default::default()
+            }
+        } else {
+            MetricStatus {
+                type_: "ContainerResource".into(),
+                container_resource: Some(ContainerResourceMetricStatus {
+                    name: name.into(),
+                    container: container.into(),
+                    current: current_value,
+                }),
+                ..Default::default()
+            }
         };
-        Ok((
-            replicas,
-            format!("{name} resource utilization (percentage of request)"),
-            status,
-        ))
+        Ok((replicas, metric_name, status))
     }
 
     /// One sync. `pods_in_namespace` lists the HPA namespace's pods (the informer's).
@@ -464,7 +481,7 @@ impl Autoscaler {
             let mut first_invalid: Option<(&'static str, String)> = None;
             for m in &specs {
                 let result = match m.type_.as_str() {
-                    "Resource" => {
+                    "Resource" | "ContainerResource" => {
                         let scope = Scope {
                             namespace: &namespace,
                             selector: &selector,

@@ -49,6 +49,8 @@ impl Tolerances {
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
     pub resource: &'a str,
+    /// One container's requests only (`ContainerResource` metrics); empty: all.
+    pub container: &'a str,
     pub tolerances: Tolerances,
     pub pods: &'a [Pod],
     pub metrics: PodMetricsInfo,
@@ -161,6 +163,7 @@ impl Calculator {
     ) -> Result<(i32, i32, i64), String> {
         let Sample {
             resource,
+            container,
             tolerances,
             pods,
             mut metrics,
@@ -176,7 +179,7 @@ impl Calculator {
         if metrics.is_empty() {
             return Err("did not receive metrics for targeted pods (pods might be unready)".into());
         }
-        let requests = pod_requests(pods, resource)?;
+        let requests = pod_requests(pods, resource, container)?;
         let (ratio, utilization, raw) = utilization_ratio(&metrics, &requests, target_utilization)?;
         let scale_up_with_unready = !g.unready.is_empty() && ratio > 1.0;
         if !scale_up_with_unready && g.missing.is_empty() {
@@ -250,6 +253,7 @@ impl Calculator {
     ) -> Result<(i32, i64), String> {
         let Sample {
             resource,
+            container: _,
             tolerances,
             pods,
             mut metrics,
@@ -314,9 +318,13 @@ impl Calculator {
 }
 
 /// `calculatePodRequests`: each pod's summed request (thousandths) of `resource`
-/// over its containers and restartable init containers; a container without one is
-/// an error.
-fn pod_requests(pods: &[Pod], resource: &str) -> Result<BTreeMap<String, i64>, String> {
+/// over its containers and restartable init containers (or only `container`, if not
+/// empty); a container without one is an error.
+fn pod_requests(
+    pods: &[Pod],
+    resource: &str,
+    container: &str,
+) -> Result<BTreeMap<String, i64>, String> {
     let mut out = BTreeMap::new();
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -327,7 +335,12 @@ fn pod_requests(pods: &[Pod], resource: &str) -> Result<BTreeMap<String, i64>, S
             .flatten()
             .filter(|c| c.restart_policy.as_deref() == Some("Always"));
         let mut sum = 0i64;
-        for c in spec.containers.iter().chain(sidecars) {
+        for c in spec
+            .containers
+            .iter()
+            .chain(sidecars)
+            .filter(|c| container.is_empty() || c.name == container)
+        {
             let request = c
                 .resources
                 .as_ref()
@@ -409,6 +422,7 @@ mod tests {
     fn sample<'a>(resource: &'a str, pods: &'a [Pod], metrics: PodMetricsInfo) -> Sample<'a> {
         Sample {
             resource,
+            container: "",
             tolerances: TOL,
             pods,
             metrics,

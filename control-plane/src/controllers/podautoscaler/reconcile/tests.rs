@@ -40,6 +40,7 @@ impl MetricsSource for FakeMetrics {
         _: &str,
         _: &str,
         _: &str,
+        _: &str,
     ) -> BoxFuture<'_, Result<PodMetricsInfo, String>> {
         let m = self.0.clone();
         Box::pin(async move { m })
@@ -283,5 +284,45 @@ async fn a_quiet_target_scales_down_only_after_the_stabilization_window() {
         o.events
             .iter()
             .any(|(_, _, m)| m == "New size: 1; reason: All metrics below target")
+    );
+}
+
+#[tokio::test]
+async fn a_container_resource_metric_counts_that_containers_request() {
+    let a = Autoscaler::default();
+    let t = target(1);
+    let mut h = hpa();
+    h.spec.metrics = Some(vec![
+        serde_json::from_value(json!({"type": "ContainerResource", "containerResource": {
+        "name": "cpu", "container": "c", "target": {"type": "Utilization", "averageUtilization": 50}}}))
+        .expect("metric"),
+    ]);
+    let o = a
+        .reconcile(
+            "default/web",
+            &h,
+            &pods(1),
+            &t,
+            &FakeMetrics(Ok(usage(1, 90))),
+            Instant::now(),
+            wall(),
+        )
+        .await;
+    assert_eq!(*t.written.lock().expect("lock"), [2]);
+    let status = o.status.current_metrics.as_ref().expect("metrics");
+    assert_eq!(status[0].type_, "ContainerResource");
+    let c = status[0]
+        .container_resource
+        .as_ref()
+        .expect("container status");
+    assert_eq!(
+        (c.container.as_str(), c.current.average_utilization),
+        ("c", Some(90))
+    );
+    assert!(
+        o.events.iter().any(|(_, _, m)| m
+            == "New size: 2; reason: cpu container resource utilization (percentage of request) above target"),
+        "{:?}",
+        o.events
     );
 }
