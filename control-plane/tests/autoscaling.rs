@@ -292,8 +292,36 @@ fn a_deployment_scales_with_the_load_its_kubelet_reports() {
         assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50);
         assert_eq!(v1["status"]["currentCPUUtilizationPercentage"], 90);
 
+        // Two HPAs over the same pods: the second is AmbiguousSelector, and scales nothing.
+        kubectl.ok(&[
+            "autoscale",
+            "deployment",
+            "web",
+            "--name=twin",
+            "--cpu-percent=50",
+            "--max=4",
+        ]);
+        let (_, reason, message) = eventually(
+            "AmbiguousSelector on twin",
+            Duration::from_secs(20),
+            || async {
+                condition(&hpas, "twin", "ScalingActive")
+                    .await
+                    .filter(|c| c.0 == "False")
+            },
+        )
+        .await;
+        assert_eq!(reason, "AmbiguousSelector");
+        assert_eq!(
+            message,
+            "pods by selector app=web are controlled by multiple HPAs: [default/twin default/web]"
+        );
+        kubectl.ok(&["delete", "hpa", "twin"]);
+
         // A custom resource with a scale subresource is a target like any other: its
-        // selector picks the same busy pods, and the HPA writes its spec.replicas.
+        // selector picks busy pods (another Deployment's), and the HPA writes its
+        // spec.replicas.
+        kubectl.apply(&deployment("web2"));
         kubectl.apply(WIDGET_CRD);
         eventually(
             "the widgets resource served",
@@ -315,7 +343,7 @@ fn a_deployment_scales_with_the_load_its_kubelet_reports() {
             "--subresource=status",
             "--type=merge",
             "-p",
-            r#"{"status":{"replicas":1,"selector":"app=web"}}"#,
+            r#"{"status":{"replicas":1,"selector":"app=web2"}}"#,
         ]);
         let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
         let widgets: Api<DynamicObject> =

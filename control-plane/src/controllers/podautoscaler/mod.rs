@@ -284,11 +284,25 @@ pub fn start(
     // As upstream's `enqueueHPA`: every HPA waits one sync period in the queue (a new
     // one included), and a change while it waits adds nothing — so each is synced
     // once per period, and the controller's own status writes do not re-sync it.
+    // A deleted one is synced at once, so it is forgotten (its selector no longer
+    // makes others ambiguous) right away, as upstream's `deleteHPA`.
     let period = options.sync_period;
+    let cache: Arc<std::sync::OnceLock<Store<HorizontalPodAutoscaler>>> = Arc::default();
     let hpas = informers.add(Api::<HorizontalPodAutoscaler>::all(client.clone()), {
-        let q = queue.clone();
-        move |o: &HorizontalPodAutoscaler| q.add_after(key_of(&o.metadata), period)
+        let (q, cache) = (queue.clone(), cache.clone());
+        move |o: &HorizontalPodAutoscaler| {
+            // The callback runs after the cache has the change: one it lacks is gone.
+            let gone = cache
+                .get()
+                .is_some_and(|c| c.get(&ObjectRef::from_obj(o)).is_none());
+            if gone {
+                q.add(key_of(&o.metadata));
+            } else {
+                q.add_after(key_of(&o.metadata), period);
+            }
+        }
     });
+    let _ = cache.set(hpas.clone());
     let pods = informers.add(Api::<Pod>::all(client.clone()), |_: &Pod| {});
     async move {
         let _ = hpas.wait_until_ready().await;

@@ -101,6 +101,9 @@ impl Default for Settings {
 pub struct Autoscaler {
     pub settings: Settings,
     histories: Mutex<HashMap<String, History>>,
+    /// Each HPA's target selector as last synced (namespace, selector), to find pods
+    /// two HPAs control (upstream's `hpaSelectors`).
+    selectors: Mutex<HashMap<String, (String, LabelSelector)>>,
 }
 
 /// `setCondition`: a condition's time changes only when its status does.
@@ -194,6 +197,7 @@ impl Autoscaler {
         Self {
             settings,
             histories: Mutex::default(),
+            selectors: Mutex::default(),
         }
     }
 
@@ -209,6 +213,39 @@ impl Autoscaler {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+        self.selectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Records `key`'s selector and returns every HPA (sorted keys) whose selector
+    /// picks one of `pods` (`hpasControllingPodsUnderSelector`).
+    fn controlling(
+        &self,
+        key: &str,
+        namespace: &str,
+        selector: &LabelSelector,
+        pods: &[Pod],
+    ) -> Vec<String> {
+        let mut all = self.selectors.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(key.to_owned(), (namespace.to_owned(), selector.clone()));
+        let mut hpas: Vec<String> = all
+            .iter()
+            .filter(|(_, (ns, sel))| {
+                ns == namespace
+                    && pods.iter().any(|p| {
+                        sel.matches(
+                            &crate::controllers::pods::labels(&p.metadata)
+                                .into_iter()
+                                .collect(),
+                        )
+                    })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        hpas.sort();
+        hpas
     }
 
     fn tolerances(&self, hpa: &HorizontalPodAutoscaler) -> Tolerances {
@@ -474,6 +511,29 @@ impl Autoscaler {
                 })
                 .cloned()
                 .collect();
+            let controlling = self.controlling(key, &namespace, &parsed, &pods);
+            if controlling.len() > 1 {
+                let msg = format!(
+                    "pods by selector {selector} are controlled by multiple HPAs: [{}]",
+                    controlling.join(" ")
+                );
+                events.push(("Warning", "AmbiguousSelector", msg.clone()));
+                set_condition(
+                    &mut conditions,
+                    "ScalingActive",
+                    "False",
+                    "AmbiguousSelector",
+                    msg.clone(),
+                    wall,
+                );
+                events.push(("Warning", "FailedComputeMetricsReplicas", msg.clone()));
+                let status = keep(conditions, current, Vec::new());
+                return Outcome {
+                    status,
+                    events,
+                    error: Some(msg),
+                };
+            }
             let tolerances = self.tolerances(hpa);
             let specs = spec.metrics.clone().unwrap_or_default();
             let mut best: Option<(i32, String)> = None;

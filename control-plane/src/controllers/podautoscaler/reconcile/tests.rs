@@ -326,3 +326,43 @@ async fn a_container_resource_metric_counts_that_containers_request() {
         o.events
     );
 }
+
+#[tokio::test]
+async fn two_hpas_over_the_same_pods_are_ambiguous() {
+    let a = Autoscaler::default();
+    let t = target(1);
+    let metrics = FakeMetrics(Ok(usage(1, 90)));
+    let now = Instant::now();
+    let first = a
+        .reconcile("default/web", &hpa(), &pods(1), &t, &metrics, now, wall())
+        .await;
+    assert_eq!(condition(&first, "ScalingActive").status, "True");
+    let second = a
+        .reconcile("default/other", &hpa(), &pods(1), &t, &metrics, now, wall())
+        .await;
+    let c = condition(&second, "ScalingActive");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("False", Some("AmbiguousSelector"))
+    );
+    assert_eq!(
+        c.message.as_deref(),
+        Some(
+            "pods by selector app=web are controlled by multiple HPAs: [default/other default/web]"
+        )
+    );
+    assert_eq!(
+        *t.written.lock().expect("lock"),
+        [2],
+        "only the first HPA scaled"
+    );
+    // Once one is deleted, the other is alone again.
+    a.forget("default/web");
+    let third = a
+        .reconcile("default/other", &hpa(), &pods(1), &t, &metrics, now, wall())
+        .await;
+    assert_eq!(
+        condition(&third, "ScalingActive").reason.as_deref(),
+        Some("ValidMetricFound")
+    );
+}
