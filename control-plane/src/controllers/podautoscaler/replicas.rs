@@ -317,9 +317,10 @@ impl Calculator {
     }
 }
 
-/// `calculatePodRequests`: each pod's summed request (thousandths) of `resource`
-/// over its containers and restartable init containers (or only `container`, if not
-/// empty); a container without one is an error.
+/// `calculatePodRequests`: each pod's request (thousandths) of `resource` — its
+/// pod-level request if it has one, else the sum over its containers and restartable
+/// init containers (or only `container`, if not empty); a container without one is an
+/// error.
 fn pod_requests(
     pods: &[Pod],
     resource: &str,
@@ -329,6 +330,19 @@ fn pod_requests(
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let Some(spec) = &pod.spec else { continue };
+        // Pod-level requests (KEP-2837), when set, are the pod's request.
+        let pod_level = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(resource))
+            .and_then(|q| parse_milli(&q.0));
+        if container.is_empty()
+            && let Some(request) = pod_level
+        {
+            out.insert(name, request as i64);
+            continue;
+        }
         let sidecars = spec
             .init_containers
             .iter()
@@ -535,6 +549,20 @@ mod tests {
             .resource_replicas(1, 50, sample("cpu", &[bare], metrics(&[("b", 10)])))
             .expect_err("no request");
         assert_eq!(err, "missing request for cpu in container c of Pod b");
+    }
+
+    #[test]
+    fn a_pod_level_request_is_the_pods_request() {
+        let c = Calculator::default();
+        let mut p = pod("a", "100m");
+        if let Some(spec) = p.spec.as_mut() {
+            spec.resources = serde_json::from_value(json!({"requests": {"cpu": "200m"}})).ok();
+        }
+        // 90m of 200m is 45 %: within 10 % of a 50 % target.
+        let (replicas, utilization, _) = c
+            .resource_replicas(1, 50, sample("cpu", &[p], metrics(&[("a", 90)])))
+            .expect("replicas");
+        assert_eq!((replicas, utilization), (1, 45));
     }
 
     #[test]
