@@ -51,8 +51,9 @@ struct Args {
     /// Seconds a node may go without renewing its Lease before it is Unknown and tainted.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
-    /// Where the scheduler serves its Prometheus `/metrics` over plain HTTP (off when
-    /// unset; with the apiserver, they are also part of its `/metrics`).
+    /// Where the scheduler and the HPA controller serve their Prometheus `/metrics`
+    /// over plain HTTP (off when unset; with the apiserver, they are also part of its
+    /// `/metrics`).
     #[arg(long)]
     metrics_bind_address: Option<SocketAddr>,
     /// Terminated pods kept before the oldest are garbage collected.
@@ -150,7 +151,15 @@ fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let app = axum::Router::new().route(
                 "/metrics",
-                axum::routing::get(|| async { berth_control_plane::scheduler::metrics::render() }),
+                axum::routing::get(|| async {
+                    // The scheduler's families, then the HPA controller's: one `# EOF`.
+                    let scheduler = berth_control_plane::scheduler::metrics::render();
+                    scheduler
+                        .strip_suffix("# EOF\n")
+                        .unwrap_or(&scheduler)
+                        .to_owned()
+                        + &berth_control_plane::controllers::podautoscaler::metrics::render()
+                }),
             );
             tokio::spawn(async move {
                 if let Err(err) = axum::serve(listener, app).await {

@@ -285,6 +285,21 @@ fn a_deployment_scales_with_the_load_its_kubelet_reports() {
         assert!(table.contains("Deployment/web"), "{table}");
         let c = condition(&hpas, "web", "ScalingActive").await;
         assert_eq!(c.map(|c| c.1), Some("ValidMetricFound".into()));
+        // The controller's Prometheus series, in one exposition with one EOF; one
+        // stored-objects series for the two served versions.
+        let exposition = kubectl.ok(&["get", "--raw", "/metrics"]);
+        assert!(
+            exposition.contains("horizontal_pod_autoscaler_controller_reconciliations_total{action=\"scale_up\",error=\"none\"}"),
+            "{exposition}"
+        );
+        assert_eq!(exposition.matches("# EOF").count(), 1);
+        assert!(exposition.trim_end().ends_with("# EOF"));
+        assert_eq!(
+            exposition
+                .matches("apiserver_storage_objects{resource=\"horizontalpodautoscalers.autoscaling\"}")
+                .count(),
+            1
+        );
 
         // The same object as autoscaling/v1.
         let v1 = raw("/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web");

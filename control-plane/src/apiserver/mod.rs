@@ -372,11 +372,13 @@ async fn route(
                 StatusCode::OK,
                 [("content-type", "text/plain; version=0.0.4")],
                 {
-                    // One exposition: the apiserver's families, then the scheduler's.
-                    let text = api.metrics.render(&api);
-                    let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
-                    let text = text + &crate::scheduler::metrics::render();
-                    text + &crate::controllers::podautoscaler::metrics::render()
+                    // One exposition: the apiserver's families, the scheduler's, then
+                    // the HPA controller's — one `# EOF`, at the end.
+                    let body =
+                        |text: String| text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+                    body(api.metrics.render(&api))
+                        + &body(crate::scheduler::metrics::render())
+                        + &crate::controllers::podautoscaler::metrics::render()
                 },
             )
                 .into_response());
