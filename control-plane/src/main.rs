@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -50,8 +51,9 @@ struct Args {
     /// Seconds a node may go without renewing its Lease before it is Unknown and tainted.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
-    /// Where the scheduler serves its Prometheus `/metrics` over plain HTTP (off when
-    /// unset; with the apiserver, they are also part of its `/metrics`).
+    /// Where the scheduler and the HPA controller serve their Prometheus `/metrics`
+    /// over plain HTTP (off when unset; with the apiserver, they are also part of its
+    /// `/metrics`).
     #[arg(long)]
     metrics_bind_address: Option<SocketAddr>,
     /// How requests are authorized: `RBAC` (Roles, ClusterRoles and their bindings;
@@ -61,6 +63,35 @@ struct Args {
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
+    /// How often the built-in metrics server scrapes each node's kubelet
+    /// (metrics-server's flag; a Go duration).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    metric_resolution: Duration,
+    /// How often each HorizontalPodAutoscaler is synced.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How far back an HPA looks for a higher recommendation before scaling down.
+    #[arg(long, default_value = "5m0s", value_parser = duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// The usage/target ratio within which an HPA does not scale (either way).
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
+    /// How long after a pod starts its CPU samples may be skipped while it turns Ready.
+    #[arg(long, default_value = "5m0s", value_parser = duration)]
+    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
+    /// How long after a pod starts a not-Ready pod is taken as still starting.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
+}
+
+/// A Go duration flag (`15s`, `5m0s`, `1h`).
+fn duration(text: &str) -> Result<Duration, String> {
+    berth_control_plane::apiserver::protobuf::parse_duration(text)
+        .and_then(|ns| u64::try_from(ns).ok())
+        .map(Duration::from_nanos)
+        .ok_or_else(|| {
+            format!("invalid duration {text:?} (want a Go duration such as 15s or 5m0s)")
+        })
 }
 
 /// Runs a client component (the scheduler, the controllers) once the kubeconfig exists
@@ -124,7 +155,15 @@ fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let app = axum::Router::new().route(
                 "/metrics",
-                axum::routing::get(|| async { berth_control_plane::scheduler::metrics::render() }),
+                axum::routing::get(|| async {
+                    // The scheduler's families, then the HPA controller's: one `# EOF`.
+                    let scheduler = berth_control_plane::scheduler::metrics::render();
+                    scheduler
+                        .strip_suffix("# EOF\n")
+                        .unwrap_or(&scheduler)
+                        .to_owned()
+                        + &berth_control_plane::controllers::podautoscaler::metrics::render()
+                }),
             );
             tokio::spawn(async move {
                 if let Err(err) = axum::serve(listener, app).await {
@@ -160,6 +199,20 @@ fn main() -> anyhow::Result<()> {
                     args.node_monitor_grace_period,
                 ),
                 terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+                autoscaling: controllers::podautoscaler::Options {
+                    sync_period: args.horizontal_pod_autoscaler_sync_period,
+                    settings: controllers::podautoscaler::reconcile::Settings {
+                        tolerance: args.horizontal_pod_autoscaler_tolerance,
+                        downscale_stabilization: args
+                            .horizontal_pod_autoscaler_downscale_stabilization,
+                        calculator: controllers::podautoscaler::replicas::Calculator {
+                            cpu_initialization_period: args
+                                .horizontal_pod_autoscaler_cpu_initialization_period,
+                            initial_readiness_delay: args
+                                .horizontal_pod_autoscaler_initial_readiness_delay,
+                        },
+                    },
+                },
             };
             tokio::spawn(component(
                 kubeconfig.clone(),
@@ -183,6 +236,7 @@ fn main() -> anyhow::Result<()> {
             token_file: args.token_auth_file,
             kubeconfig: args.kubeconfig,
             authorization_mode: args.authorization_mode,
+            metric_resolution: args.metric_resolution,
         })
         .await
     })

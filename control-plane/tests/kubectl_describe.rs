@@ -253,6 +253,12 @@ fn objects() -> Vec<(&'static str, &'static str, bool, Value)> {
             json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": meta("ev2"), "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "example.com/c", "reportingInstance": "i", "action": "Check", "reason": "Other", "regarding": {"kind": "Pod", "name": "p", "namespace": NS}, "type": "Normal"}),
         ),
         (
+            "horizontalpodautoscalers.autoscaling",
+            "hpa",
+            true,
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta("hpa"), "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "dep"}, "minReplicas": 1, "maxReplicas": 3, "metrics": [{"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]}}),
+        ),
+        (
             "customresourcedefinitions.apiextensions.k8s.io",
             "widgets.example.com",
             false,
@@ -261,8 +267,15 @@ fn objects() -> Vec<(&'static str, &'static str, bool, Value)> {
     ]
 }
 
-/// Resources kubectl lists that are not stored objects one can describe.
-const NOT_DESCRIBABLE: &[&str] = &["bindings", "componentstatuses", "tokenreviews"];
+/// Resources kubectl lists that are not stored objects one can describe (the metrics
+/// server's are read-only readings, as with metrics-server).
+const NOT_DESCRIBABLE: &[&str] = &[
+    "bindings",
+    "componentstatuses",
+    "tokenreviews",
+    "nodes.metrics.k8s.io",
+    "pods.metrics.k8s.io",
+];
 
 #[test]
 fn describe_shows_every_kind_and_its_events() {

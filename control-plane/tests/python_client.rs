@@ -1,7 +1,8 @@
 //! The official Python `kubernetes` client (pinned, from `cargo xtask setup`) against a
 //! berth-server started by the test: CRUD, list pagination, a watch resumed from a
-//! resourceVersion, the error codes clients branch on (409, 422, 404, 403, 413, 400), and a
-//! typed Service read and delete (`status.loadBalancer`, the deleted object as answer).
+//! resourceVersion, the error codes clients branch on (409, 422, 404, 403, 413, 400), a
+//! typed Service read and delete (`status.loadBalancer`, the deleted object as answer),
+//! and HorizontalPodAutoscalers through `AutoscalingV1Api` and `AutoscalingV2Api`.
 
 use std::process::Command;
 
@@ -102,6 +103,32 @@ assert isinstance(deleted, client.V1Service), type(deleted)
 assert deleted.kind == "Service" and deleted.metadata.name == "py-svc", deleted
 assert deleted.spec.ports[0].port == 80, deleted.spec
 assert status_of(lambda: v1.read_namespaced_service("py-svc", ns)) == 404
+
+# HorizontalPodAutoscalers: written as autoscaling/v1, read as v2 and v1, listed,
+# status read, 422 for a bad spec, deleted.
+hv1, hv2 = client.AutoscalingV1Api(), client.AutoscalingV2Api()
+ref = client.V1CrossVersionObjectReference(api_version="apps/v1", kind="Deployment", name="py")
+hpa = client.V1HorizontalPodAutoscaler(metadata=client.V1ObjectMeta(name="py"),
+    spec=client.V1HorizontalPodAutoscalerSpec(scale_target_ref=ref, max_replicas=4, target_cpu_utilization_percentage=70))
+created = hv1.create_namespaced_horizontal_pod_autoscaler(ns, hpa)
+assert created.spec.target_cpu_utilization_percentage == 70 and created.spec.min_replicas == 1, created.spec
+as_v2 = hv2.read_namespaced_horizontal_pod_autoscaler("py", ns)
+assert as_v2.spec.metrics[0].resource.name == "cpu", as_v2.spec
+assert as_v2.spec.metrics[0].resource.target.average_utilization == 70, as_v2.spec
+assert [h.metadata.name for h in hv2.list_namespaced_horizontal_pod_autoscaler(ns).items] == ["py"]
+hv1.read_namespaced_horizontal_pod_autoscaler_status("py", ns)
+bad = client.V2HorizontalPodAutoscaler(metadata=client.V1ObjectMeta(name="bad"),
+    spec=client.V2HorizontalPodAutoscalerSpec(scale_target_ref=client.V2CrossVersionObjectReference(kind="Deployment", name="py"), max_replicas=2,
+        behavior=client.V2HorizontalPodAutoscalerBehavior(scale_down=client.V2HPAScalingRules(policies=[client.V2HPAScalingPolicy(type="Pods", value=1, period_seconds=0)]))))
+try:
+    hv2.create_namespaced_horizontal_pod_autoscaler(ns, bad)
+    raise SystemExit("a zero policy period was accepted")
+except ApiException as e:
+    assert e.status == 422, e.status
+    causes = json.loads(e.body)["details"]["causes"]
+    assert causes[0]["field"] == "spec.behavior.scaleDown.policies[0].periodSeconds", causes
+hv2.delete_namespaced_horizontal_pod_autoscaler("py", ns)
+assert status_of(lambda: hv1.read_namespaced_horizontal_pod_autoscaler("py", ns)) == 404
 print("python client: ok")
 "#;
 

@@ -323,6 +323,8 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
                 printer_columns,
                 kind: kind.clone(),
             })),
+            conversion: None,
+            metrics: false,
         });
     }
     out

@@ -93,6 +93,27 @@ pub async fn get(base: &str, path_and_query: &str) -> Result<Response, ApiError>
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
 }
 
+/// GETs `path` from the kubelet at `base` and returns the body as text, within
+/// `timeout` (the metrics server's scrapes).
+pub async fn get_text(base: &str, path: &str, timeout: Duration) -> Result<String, String> {
+    let client = CLIENT
+        .get()
+        .ok_or("this berth-server has no kubelet client certificate")?;
+    let resp = client
+        .get(format!("{base}{path}"))
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("request to {base}{path} failed: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("request to {base}{path} failed, status: {status}"));
+    }
+    resp.text()
+        .await
+        .map_err(|e| format!("reading {base}{path}: {e}"))
+}
+
 /// Proxies an upgrade (websocket `exec`, SPDY `portforward`) to the kubelet: the client's request goes on
 /// with its upgrade headers; once the kubelet switches protocols, the client gets the
 /// kubelet's 101 and the two connections are spliced.

@@ -107,7 +107,13 @@ impl Metrics {
             let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
         }
         out.push_str("# HELP apiserver_storage_objects Objects stored, by resource.\n# TYPE apiserver_storage_objects gauge\n");
+        // One series per stored resource: its served versions share the storage, and
+        // the metrics server's resources are not stored.
+        let mut seen = std::collections::BTreeSet::new();
         for def in api.registry.all() {
+            if def.metrics || !seen.insert(def.qualified()) {
+                continue;
+            }
             let count = api.cache.count(&def.prefix());
             out.push_str(&format!(
                 "apiserver_storage_objects{{resource=\"{}\"}} {count}\n",

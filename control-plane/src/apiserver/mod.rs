@@ -10,11 +10,13 @@
 pub mod admission;
 pub mod auth;
 pub mod authz;
+pub mod conversion;
 pub mod crd;
 pub mod discovery;
 pub mod field_order;
 pub mod kubelet;
 pub mod metrics;
+pub mod metrics_server;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -69,6 +71,9 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// `--authorization-mode`.
     pub authorization_mode: authz::Mode,
+    /// How often the built-in metrics server scrapes the kubelets
+    /// (metrics-server's `--metric-resolution`, 15 s).
+    pub metric_resolution: Duration,
 }
 
 /// Shared state of every request.
@@ -88,6 +93,8 @@ pub struct Api {
     pub rbac: Arc<authz::rbac::Rbac>,
     pub authorizer: Box<dyn Authorizer>,
     pub authorization_mode: authz::Mode,
+    /// The built-in metrics server's points (`metrics.k8s.io`).
+    pub resource_metrics: metrics_server::Storage,
     event_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
 
@@ -121,6 +128,7 @@ impl Api {
             rbac,
             authorizer,
             authorization_mode,
+            resource_metrics: metrics_server::Storage::default(),
             event_lease: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(crd::run(api.clone()));
@@ -439,10 +447,13 @@ async fn route(
                 StatusCode::OK,
                 [("content-type", "text/plain; version=0.0.4")],
                 {
-                    // One exposition: the apiserver's families, then the scheduler's.
-                    let text = api.metrics.render(&api);
-                    let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
-                    text + &crate::scheduler::metrics::render()
+                    // One exposition: the apiserver's families, the scheduler's, then
+                    // the HPA controller's — one `# EOF`, at the end.
+                    let body =
+                        |text: String| text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+                    body(api.metrics.render(&api))
+                        + &body(crate::scheduler::metrics::render())
+                        + &crate::controllers::podautoscaler::metrics::render()
                 },
             )
                 .into_response());
@@ -585,6 +596,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     api.bootstrap(config.advertise, config.bind.port())
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+    tokio::spawn(metrics_server::scrape::run(
+        api.clone(),
+        config.metric_resolution,
+    ));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;

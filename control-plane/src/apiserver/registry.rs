@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, discovery, events, networking,
-    policy, rbac, scheduling, storage,
+    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
+    networking, policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
@@ -83,9 +83,62 @@ pub struct ResourceDef {
     /// A review API (TokenReview, SubjectAccessReview, …): only `create`, answered by
     /// `reviews` and never stored.
     pub create_only: bool,
+    /// Served in another version than the one stored (autoscaling/v1 over the stored
+    /// autoscaling/v2): how objects convert on the way in and out.
+    pub conversion: Option<Conversion>,
+    /// Not stored: read-only, answered by the built-in metrics server
+    /// (`metrics.k8s.io`), get and list only.
+    pub metrics: bool,
+}
+
+/// How a resource served in one version and stored in another converts, as
+/// kube-apiserver's conversion functions between a group's versions.
+#[derive(Debug, Clone, Copy)]
+pub struct Conversion {
+    /// The version objects are stored in.
+    pub storage_version: &'static str,
+    /// A served-version object (already normalized) to the storage version.
+    pub to_storage: fn(Value) -> Value,
+    /// A stored object to the served version.
+    pub from_storage: fn(Value) -> Value,
 }
 
 impl ResourceDef {
+    /// Whether objects convert between this served version and the stored one.
+    pub fn converts(&self) -> bool {
+        self.conversion
+            .is_some_and(|c| c.storage_version != self.version)
+    }
+
+    /// A stored object as this version serves it.
+    pub fn external(&self, obj: Value) -> Value {
+        match self.conversion {
+            Some(c) if c.storage_version != self.version => (c.from_storage)(obj),
+            _ => obj,
+        }
+    }
+
+    /// Stored bytes as this version serves them (unchanged without conversion).
+    pub fn external_raw<'a>(&self, raw: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if !self.converts() {
+            return std::borrow::Cow::Borrowed(raw);
+        }
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(v) => {
+                std::borrow::Cow::Owned(crate::apiserver::field_order::to_vec(&self.external(v)))
+            }
+            Err(_) => std::borrow::Cow::Borrowed(raw),
+        }
+    }
+
+    /// A served-version object as it is stored.
+    pub fn internal(&self, obj: Value) -> Value {
+        match self.conversion {
+            Some(c) if c.storage_version != self.version => (c.to_storage)(obj),
+            _ => obj,
+        }
+    }
+
     pub fn api_version(&self) -> String {
         group_version(&self.group, &self.version)
     }
@@ -241,6 +294,21 @@ where
         }),
         crd: None,
         create_only: false,
+        conversion: None,
+        metrics: false,
+    }
+}
+
+/// HorizontalPodAutoscalers: stored as autoscaling/v2, served as v2 and v1.
+fn hpa(def: ResourceDef) -> ResourceDef {
+    use super::conversion::autoscaling as convert;
+    ResourceDef {
+        conversion: Some(Conversion {
+            storage_version: "v2",
+            to_storage: convert::v1_to_v2,
+            from_storage: convert::v2_to_v1,
+        }),
+        ..def
     }
 }
 
@@ -270,6 +338,34 @@ where
         }),
         crd: None,
         create_only: true,
+        conversion: None,
+        metrics: false,
+    }
+}
+
+/// A `metrics.k8s.io/v1beta1` resource, answered by the built-in metrics server
+/// (metrics-server's `NodeMetrics` and `PodMetrics`; kubectl calls them `nodes` and
+/// `pods` in that group).
+fn metrics(kind: &str, plural: &str, namespaced: bool) -> ResourceDef {
+    ResourceDef {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        kind: kind.into(),
+        list_kind: format!("{kind}List"),
+        plural: plural.into(),
+        singular: String::new(),
+        namespaced,
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        status: false,
+        scale: None,
+        subresources: Vec::new(),
+        generation: false,
+        typed: None,
+        crd: None,
+        create_only: false,
+        conversion: None,
+        metrics: true,
     }
 }
 
@@ -438,6 +534,26 @@ impl Registry {
                 short_names: &["ev"],
                 ..PLAIN
             }),
+            hpa(builtin::<autoscaling::v2::HorizontalPodAutoscaler>(
+                Builtin {
+                    short_names: &["hpa"],
+                    categories: all,
+                    status: true,
+                    generation: true,
+                    ..PLAIN
+                },
+            )),
+            hpa(builtin::<autoscaling::v1::HorizontalPodAutoscaler>(
+                Builtin {
+                    short_names: &["hpa"],
+                    categories: all,
+                    status: true,
+                    generation: true,
+                    ..PLAIN
+                },
+            )),
+            metrics("NodeMetrics", "nodes", false),
+            metrics("PodMetrics", "pods", true),
             builtin::<apiextensions::v1::CustomResourceDefinition>(Builtin {
                 short_names: &["crd", "crds"],
                 categories: &["api-extensions"],

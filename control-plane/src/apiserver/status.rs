@@ -162,7 +162,8 @@ impl ApiError {
     }
 
     /// 422 with the invalid fields, worded like Kubernetes:
-    /// `Pod "x" is invalid: spec.containers[0].image: Required value`.
+    /// `Pod "x" is invalid: spec.containers[0].image: Required value`,
+    /// `Deployment.apps "x" is invalid: …`.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list = causes
             .iter()
@@ -173,10 +174,16 @@ impl ApiError {
         } else {
             format!("[{}]", list.join(", "))
         };
+        // `GroupKind.String()`: `Deployment.apps`, `Pod`.
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut err = Self::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {summary}"),
+            format!("{qualified} \"{name}\" is invalid: {summary}"),
         );
         err.details = Some(json!({
             "name": name,

@@ -80,6 +80,92 @@ fn containers_images(spec: &Value) -> (String, String) {
     )
 }
 
+/// kubectl's `formatHPAMetrics`: each metric's current/target, at most two, then
+/// `+ N more...`.
+fn hpa_metrics(hpa: &Value) -> String {
+    let specs = arr(hpa, "/spec/metrics");
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = arr(hpa, "/status/currentMetrics");
+    let quantity = |v: &Value, ptr: &str| match v.pointer(ptr) {
+        Some(Value::String(q)) => q.clone(),
+        Some(Value::Number(q)) => q.to_string(),
+        _ => "0".into(),
+    };
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let status = statuses.get(i);
+            match s(spec, "/type") {
+                "Resource" | "ContainerResource" => {
+                    let key = if s(spec, "/type") == "Resource" {
+                        "resource"
+                    } else {
+                        "containerResource"
+                    };
+                    let name = s(spec, &format!("/{key}/name"));
+                    let target = &spec[key]["target"];
+                    let current_of = status.and_then(|st| st.get(key));
+                    if target.get("averageValue").is_some() {
+                        let current = current_of
+                            .map(|c| quantity(c, "/current/averageValue"))
+                            .unwrap_or_else(|| "<unknown>".into());
+                        format!("{name}: {current}/{}", quantity(target, "/averageValue"))
+                    } else {
+                        let current = current_of
+                            .and_then(|c| c.pointer("/current/averageUtilization"))
+                            .and_then(Value::as_i64)
+                            .map(|u| format!("{u}%"))
+                            .unwrap_or_else(|| "<unknown>".into());
+                        let target = target
+                            .get("averageUtilization")
+                            .and_then(Value::as_i64)
+                            .map(|u| format!("{u}%"))
+                            .unwrap_or_else(|| "<auto>".into());
+                        format!("{name}: {current}/{target}")
+                    }
+                }
+                "Pods" => {
+                    let current = status
+                        .and_then(|st| st.get("pods"))
+                        .map(|c| quantity(c, "/current/averageValue"))
+                        .unwrap_or_else(|| "<unknown>".into());
+                    format!("{current}/{}", quantity(spec, "/pods/target/averageValue"))
+                }
+                "Object" | "External" => {
+                    let key = if s(spec, "/type") == "Object" {
+                        "object"
+                    } else {
+                        "external"
+                    };
+                    let target = &spec[key]["target"];
+                    let (field, suffix) = if target.get("averageValue").is_some() {
+                        ("averageValue", " (avg)")
+                    } else {
+                        ("value", "")
+                    };
+                    let current = status
+                        .and_then(|st| st.get(key))
+                        .map(|c| quantity(c, &format!("/current/{field}")))
+                        .unwrap_or_else(|| "<unknown>".into());
+                    format!(
+                        "{current}/{}{suffix}",
+                        quantity(target, &format!("/{field}"))
+                    )
+                }
+                _ => "<unknown type>".into(),
+            }
+        })
+        .collect();
+    if list.len() > 2 {
+        format!("{} + {} more...", list[..2].join(", "), list.len() - 2)
+    } else {
+        list.join(", ")
+    }
+}
+
 /// (name, type, priority) columns and the cells of one object, after NAME.
 fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
     match (def.group.as_str(), def.kind.as_str()) {
@@ -190,6 +276,14 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             ("Message", "string", 0),
         ],
         ("coordination.k8s.io", "Lease") => vec![("Holder", "string", 0), ("Age", "string", 0)],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            ("Reference", "string", 0),
+            ("Targets", "string", 0),
+            ("MinPods", "string", 0),
+            ("MaxPods", "integer", 0),
+            ("Replicas", "string", 0),
+            ("Age", "string", 0),
+        ],
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![("Created At", "date", 0)]
         }
@@ -537,6 +631,30 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                     s(o, "/involvedObject/name")
                 )),
                 json!(s(o, "/message")),
+            ]
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            // The printer works on the internal (v2-shaped) object whatever the version.
+            let v2 = if s(o, "/apiVersion") == "autoscaling/v1" {
+                crate::apiserver::conversion::autoscaling::v1_to_v2(o.clone())
+            } else {
+                o.clone()
+            };
+            let min = match v2.pointer("/spec/minReplicas").and_then(Value::as_i64) {
+                Some(m) => m.to_string(),
+                None => "<unset>".into(),
+            };
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    s(&v2, "/spec/scaleTargetRef/kind"),
+                    s(&v2, "/spec/scaleTargetRef/name")
+                )),
+                json!(hpa_metrics(&v2)),
+                json!(min),
+                json!(n(&v2, "/spec/maxReplicas")),
+                json!(n(&v2, "/status/currentReplicas")),
+                json!(created),
             ]
         }
         ("coordination.k8s.io", "Lease") => {

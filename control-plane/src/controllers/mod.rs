@@ -16,6 +16,7 @@ pub mod leader;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod pod_gc;
+pub mod podautoscaler;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
@@ -38,6 +39,8 @@ pub struct Options {
     /// Terminated pods kept before the oldest are deleted
     /// (`--terminated-pod-gc-threshold`, 12 500).
     pub terminated_pod_gc_threshold: usize,
+    /// The HorizontalPodAutoscaler controller's `--horizontal-pod-autoscaler-*` flags.
+    pub autoscaling: podautoscaler::Options,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
         Options {
             node_monitor_grace_period: Duration::from_secs(40),
             terminated_pod_gc_threshold: 12_500,
+            autoscaling: podautoscaler::Options::default(),
         }
     }
 }
@@ -70,6 +74,7 @@ pub async fn run(client: Client, options: Options) {
         Box::pin(cronjob::start(client.clone(), i)),
         Box::pin(clusterrole_aggregation::start(client.clone(), i)),
         Box::pin(ttl_after_finished::start(client.clone(), i)),
+        Box::pin(podautoscaler::start(client.clone(), options.autoscaling, i)),
         Box::pin(node_lifecycle::start(
             client.clone(),
             options.node_monitor_grace_period,

@@ -65,7 +65,12 @@ async fn sync(
     let mut remaining: Vec<(String, usize)> = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) {
+            // Deletable resources only, as upstream's deleter (read-only ones such as
+            // metrics.k8s.io's pods go with what they describe).
+            if caps.scope != Scope::Namespaced
+                || !caps.supports_operation(verbs::LIST)
+                || !caps.supports_operation(verbs::DELETE)
+            {
                 continue;
             }
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), name, &ar);

@@ -75,9 +75,75 @@ pub fn units(text: &str) -> Option<i64> {
     parse_milli(text).map(|m| ((m + 999).div_euclid(1000)) as i64)
 }
 
+/// A non-negative amount of `10^scale` units in its canonical decimal-SI form, as
+/// `resource.Quantity.String()` writes it: the largest SI suffix that keeps the
+/// mantissa whole (`123456n`, `250m`, `2`, `12k`, `0`).
+pub fn format_decimal(amount: u128, scale: i32) -> String {
+    if amount == 0 {
+        return "0".into();
+    }
+    let (mut mantissa, mut exp) = (amount, scale);
+    // Move to an exponent that is a multiple of 3 (SI suffixes), never losing digits.
+    while exp.rem_euclid(3) != 0 {
+        mantissa *= 10;
+        exp -= 1;
+    }
+    while exp < 18 && mantissa.is_multiple_of(1000) {
+        mantissa /= 1000;
+        exp += 3;
+    }
+    let suffix = match exp {
+        -9 => "n",
+        -6 => "u",
+        -3 => "m",
+        0 => "",
+        3 => "k",
+        6 => "M",
+        9 => "G",
+        12 => "T",
+        15 => "P",
+        18 => "E",
+        e => return format!("{mantissa}e{e}"),
+    };
+    format!("{mantissa}{suffix}")
+}
+
+/// A byte count in its canonical binary-SI form (`1234Ki`, `5Mi`; below 1024 and
+/// not a multiple of 1024 as plain digits), as `resource.Quantity.String()` writes a
+/// `BinarySI` quantity.
+pub fn format_binary(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format_decimal(u128::from(bytes), 0);
+    }
+    let (mut mantissa, mut power) = (bytes, 0usize);
+    while power < 6 && mantissa.is_multiple_of(1024) {
+        mantissa /= 1024;
+        power += 1;
+    }
+    let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][power];
+    format!("{mantissa}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_format_canonically() {
+        assert_eq!(format_decimal(123_456, -9), "123456n");
+        assert_eq!(format_decimal(1_000_000, -9), "1m");
+        assert_eq!(format_decimal(2_000_000_000, -9), "2");
+        assert_eq!(format_decimal(250, -3), "250m");
+        assert_eq!(format_decimal(12_000_000, -3), "12k");
+        assert_eq!(format_decimal(0, -9), "0");
+        assert_eq!(format_binary(1234 * 1024), "1234Ki");
+        assert_eq!(format_binary(5 << 20), "5Mi");
+        assert_eq!(format_binary(1025), "1025");
+        assert_eq!(format_binary(1000), "1k");
+        // What formats parses back to the same amount.
+        assert_eq!(parse_milli(&format_decimal(1500, -3)), Some(1500));
+        assert_eq!(parse_milli(&format_binary(3 << 20)), Some((3 << 20) * 1000));
+    }
 
     #[test]
     fn quantities_parse_as_kubernetes_does() {

@@ -6,6 +6,9 @@
 //! `hollow.berth.io/run-ms` milliseconds) and then ends: Succeeded for 0, Failed with
 //! that exit code otherwise.
 
+#[allow(dead_code, reason = "each test binary uses what it needs")]
+pub mod metrics;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -116,6 +116,7 @@ fn always_written(kind: &str, obj: &mut Value) {
 /// The `pkg/apis/*/v1/defaults.go` defaults of `kind`.
 fn fields(kind: &str, obj: &mut Value) {
     match kind {
+        "HorizontalPodAutoscaler" => super::autoscaling::defaults(obj),
         // stringData is write-only: merged into data (base64), as kube-apiserver does.
         "Secret" => {
             if let Some(Value::Object(strings)) =

@@ -135,6 +135,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
             super::rbac::validate(kind, obj, &mut causes)
         }
+        "HorizontalPodAutoscaler" => causes.extend(super::autoscaling::validate(obj)),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(data) = obj.get(field).and_then(Value::as_object) {

@@ -130,6 +130,9 @@ pub fn api_resources(def: &ResourceDef) -> Vec<APIResource> {
         kind: def.kind.clone(),
         verbs: if def.create_only {
             strings(&["create"])
+        } else if def.metrics {
+            // The metrics server's resources are read-only, as metrics-server serves them.
+            strings(&["get", "list"])
         } else {
             strings(VERBS)
         },

@@ -250,7 +250,9 @@ fn round_trip(obj: &Value) -> Value {
 fn every_builtin_kind_round_trips_through_protobuf() {
     let registry = Registry::builtin();
     let mut kinds = 0;
-    for def in registry.all() {
+    // The metrics server's kinds are answered in JSON only: their messages live in
+    // k8s.io/metrics, which is not vendored (docs/metrics-autoscaling.md).
+    for def in registry.all().into_iter().filter(|d| !d.metrics) {
         let api_version = def.api_version();
         let desc = message_for(&api_version, &def.kind)
             .unwrap_or_else(|| panic!("no protobuf message for {api_version} {}", def.kind));

@@ -271,7 +271,7 @@ pub async fn delete_collection(ctx: Ctx, body: Body) -> ApiResult<Response> {
                     ..ctx.clone()
                 };
                 match delete_one(&item_ctx, &name, opts).await {
-                    Ok((obj, _)) => Ok(Some(field_order::to_vec(&obj))),
+                    Ok((obj, _)) => Ok(Some(field_order::to_vec(&item_ctx.def.external(obj)))),
                     Err(e) if e.code == 404 => Ok(None),
                     Err(e) => Err(e),
                 }

@@ -29,6 +29,7 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
             ctx.cache_at(rv).await?;
             let cached = ctx.api.cache.get(&key).ok_or_else(|| ctx.not_found(name))?;
             if !ctx.wants_table()
+                && !ctx.def.converts()
                 && protobuf::accepts(&ctx.headers)
                 && let Some(bytes) = cached.protobuf()
             {
@@ -39,8 +40,12 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
         }
     };
     if ctx.wants_table() || protobuf::accepts(&ctx.headers) {
+        // The stored version: object_response converts it for the client.
         let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         return Ok(object_response(&ctx, StatusCode::OK, &value));
     }
-    Ok(json_response(StatusCode::OK, raw))
+    Ok(json_response(
+        StatusCode::OK,
+        ctx.def.external_raw(&raw).into_owned(),
+    ))
 }

@@ -89,6 +89,17 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         cached = Some(objs);
         (raws, revision, None)
     };
+    // Another version than the stored one: every item converted (and the kept
+    // protobuf bytes, which are the stored version's, not used).
+    let items: Vec<Arc<[u8]>> = if ctx.def.converts() {
+        cached = None;
+        items
+            .iter()
+            .map(|raw| Arc::from(ctx.def.external_raw(raw).into_owned()))
+            .collect()
+    } else {
+        items
+    };
 
     if ctx.wants_table() {
         let values: Vec<Value> = items

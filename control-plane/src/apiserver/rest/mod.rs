@@ -65,6 +65,12 @@ pub async fn handle(
     if ctx.def.create_only {
         return super::reviews::handle(ctx, &method, path.name.as_deref(), req.into_body()).await;
     }
+    if ctx.def.metrics {
+        if path.subresource.is_some() || path.watch_prefix {
+            return Err(ApiError::path_not_found(req.uri().path()));
+        }
+        return super::metrics_server::handle(ctx, &method, path.name.as_deref()).await;
+    }
     let watch = path.watch_prefix || ctx.query.flag("watch");
     match (&method, path.name.as_deref(), path.subresource.as_deref()) {
         (&Method::GET, None, None) if watch => watch::watch(ctx).await,
@@ -241,7 +247,9 @@ pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         if out.get("metadata").is_none() {
             out["metadata"] = json!({});
         }
-        Ok(out)
+        // Everything after decoding (defaults, validation, the store) works on the
+        // storage version.
+        Ok(def.internal(out))
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
         Ok(obj)
@@ -506,7 +514,15 @@ pub async fn update_loop(
         let Some((old, revision)) = ctx.current(name).await? else {
             return Err(ctx.not_found(name));
         };
-        let desired = change(&old)?;
+        // The client's change applies to the object in the version it speaks.
+        let converted;
+        let view = if ctx.def.converts() {
+            converted = ctx.def.external(old.clone());
+            &converted
+        } else {
+            &old
+        };
+        let desired = change(view)?;
         let pinned = client_revision(&desired)?;
         if let Some(rv) = pinned
             && rv != revision
@@ -540,6 +556,13 @@ pub async fn update_loop(
 
 /// Serializes an object for the client (as a Table if asked).
 pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
+    let converted;
+    let obj = if ctx.def.converts() {
+        converted = ctx.def.external(obj.clone());
+        &converted
+    } else {
+        obj
+    };
     if ctx.wants_table() {
         let t = table::table(&ctx.def, std::slice::from_ref(obj), None, &ctx.query);
         return value_response(code, &t);

@@ -192,7 +192,10 @@ impl Feed {
             let Some(obj) = self.initial.next() else {
                 break;
             };
-            batch.push(Some(self.lines.object("ADDED", &obj.raw)));
+            batch.push(Some(
+                self.lines
+                    .object("ADDED", &self.lines.ctx.def.external_raw(&obj.raw)),
+            ));
         }
         if let Some(bytes) = batch.finish() {
             return Some(bytes);
@@ -302,6 +305,14 @@ impl Lines {
     /// The line for `change`'s event, if it is one for this watcher.
     fn line(&self, change: &Change) -> Option<Bytes> {
         let kind = self.event(change)?;
+        if self.ctx.def.converts() {
+            let raw = self.ctx.def.external_raw(&change.object.raw);
+            return Some(if self.table || self.protobuf {
+                self.object(kind.as_str(), &raw)
+            } else {
+                watch_line(kind.as_str(), &raw)
+            });
+        }
         if self.protobuf
             && !self.table
             && let Some(bytes) = change.object.protobuf()
