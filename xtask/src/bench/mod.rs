@@ -8,6 +8,7 @@ mod cni;
 mod dns;
 mod hollow;
 mod lb;
+mod pod_startup;
 pub mod runtime;
 pub mod scheduler;
 pub mod stats;
@@ -89,6 +90,11 @@ pub const BENCHES: &[Bench] = &[
         name: "lb",
         about: "eBPF socket LB vs kube-proxy iptables and nftables: connect latency, programming time",
         run: lb::run,
+    },
+    Bench {
+        name: "pod-startup",
+        about: "100-pod burst on one berth-agent: create → Ready p50/p99 per phase, agent RSS",
+        run: pod_startup::run,
     },
     Bench {
         name: "workloads",

@@ -1,0 +1,411 @@
+//! `cargo xtask bench pod-startup`: pod startup latency of a 100-pod burst on a
+//! one-node cluster — a release `berth-server` (apiserver + scheduler) and a release
+//! `berth-agent` — measured the way Kubernetes' density/SLO test does: each pod from
+//! its create request to the watch event that shows it Ready. 100 busybox pods
+//! (`sleep 3600`, no probes, image preloaded) are created at once by 16 clients; three
+//! bursts, each in a fresh namespace and deleted before the next; medians reported.
+//!
+//! Per pod, the watch gives the phases: scheduled (`spec.nodeName` set), sandbox +
+//! network (`status.podIP` set: pause sandbox and CNI ADD done), containers started
+//! (every container `running`), Ready (the `Ready` condition `True`). The agent's RSS
+//! is read with the 100 pods running. Anchors: Kubernetes' pod startup SLO (p99 ≤ 5 s,
+//! excluding image pulls) and k3s' agent memory (~275 MB).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use super::Report;
+use super::apiserver::{Conn, Target, rss_mb};
+use super::stats::percentile;
+use crate::util;
+
+const PODS: usize = 100;
+const CLIENTS: usize = 16;
+const BURSTS: usize = 3;
+const IMAGE: &str = "berth.local/busybox:1.35";
+
+/// When the watch first showed each step of one pod, from its create request.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    created: Option<Instant>,
+    scheduled: Option<Instant>,
+    network: Option<Instant>,
+    started: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+fn pod(name: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","labels":{{"app":"burst"}}}},"spec":{{"terminationGracePeriodSeconds":0,"containers":[{{"name":"c","image":"{IMAGE}","imagePullPolicy":"IfNotPresent","command":["sleep","3600"]}}]}}}}"#
+    ))
+}
+
+/// What one watch event says about its pod.
+fn observe(event: &Value, now: Instant, seen: &mut HashMap<String, Seen>) {
+    let obj = &event["object"];
+    let Some(name) = obj["metadata"]["name"].as_str() else {
+        return;
+    };
+    let s = seen.entry(name.to_owned()).or_default();
+    if s.scheduled.is_none() && obj["spec"]["nodeName"].as_str().is_some() {
+        s.scheduled = Some(now);
+    }
+    if s.network.is_none()
+        && obj["status"]["podIP"]
+            .as_str()
+            .is_some_and(|ip| !ip.is_empty())
+    {
+        s.network = Some(now);
+    }
+    let statuses = obj["status"]["containerStatuses"].as_array();
+    if s.started.is_none()
+        && statuses.is_some_and(|cs| {
+            !cs.is_empty() && cs.iter().all(|c| c["state"]["running"].is_object())
+        })
+    {
+        s.started = Some(now);
+    }
+    let ready = obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    if s.ready.is_none() && ready {
+        s.ready = Some(now);
+    }
+}
+
+/// One burst in namespace `ns`: the per-pod records and the agent's RSS at the end.
+async fn burst(target: &Target, ns: &str, agent_pid: u32) -> Result<(Vec<Seen>, f64, f64)> {
+    let mut admin = Conn::connect(target).await?;
+    super::apiserver::namespace(&mut admin, ns).await?;
+    let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+
+    // The watch first, from the namespace's current revision.
+    let list: Value = serde_json::from_slice(
+        &admin
+            .call(
+                Method::GET,
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                "application/json",
+                Bytes::new(),
+            )
+            .await?,
+    )?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    let watcher = Conn::connect(target).await?;
+    let req = watcher.request(
+        Method::GET,
+        &format!("/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}&timeoutSeconds=300"),
+        "application/json",
+        Bytes::new(),
+    )?;
+    let mut send = watcher.send.clone();
+    send.ready().await?;
+    let resp = send.send_request(req).await?;
+    if resp.status() != StatusCode::OK {
+        bail!("watch: {}", resp.status());
+    }
+    let watch_seen = seen.clone();
+    let watch = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let now = Instant::now();
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                if let Ok(event) = serde_json::from_slice::<Value>(&buf[..nl])
+                    && let Ok(mut s) = watch_seen.lock()
+                {
+                    observe(&event, now, &mut s);
+                    if s.values().filter(|p| p.ready.is_some()).count() == PODS {
+                        return;
+                    }
+                }
+                buf.drain(..=nl);
+            }
+        }
+    });
+
+    // 100 creates by 16 clients at once.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut conn = Conn::connect(target).await?;
+        let (seen, ns) = (seen.clone(), ns.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for i in (c..PODS).step_by(CLIENTS) {
+                let name = format!("p-{i}");
+                if let Ok(mut s) = seen.lock() {
+                    s.entry(name.clone()).or_default().created = Some(Instant::now());
+                }
+                conn.call(
+                    Method::POST,
+                    &format!("/api/v1/namespaces/{ns}/pods"),
+                    "application/json",
+                    pod(&name),
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    tokio::time::timeout(Duration::from_secs(240), watch)
+        .await
+        .context("the 100 pods were not all Ready within 240 s")??;
+    let all_ready = start.elapsed().as_secs_f64();
+    let rss = rss_mb(agent_pid);
+
+    // Delete the burst and wait until the agent has removed every pod.
+    admin
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/{ns}/pods?gracePeriodSeconds=0"),
+            "application/json",
+            Bytes::new(),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let left: Value = serde_json::from_slice(
+            &admin
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/namespaces/{ns}/pods"),
+                    "application/json",
+                    Bytes::new(),
+                )
+                .await?,
+        )?;
+        if left["items"].as_array().is_none_or(Vec::is_empty) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the burst's pods were not removed within 240 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seen = seen
+        .lock()
+        .map(|s| s.values().cloned().collect())
+        .unwrap_or_default();
+    Ok((seen, rss, PODS as f64 / all_ready))
+}
+
+fn ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
+    Some(to?.saturating_duration_since(from?).as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+pub fn run() -> Result<Report> {
+    util::run_checked(&mut util::cmd(
+        util::cargo(),
+        [
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "berth-control-plane",
+            "-p",
+            "berth-agent",
+            "-p",
+            "berth-runtime",
+            "--bins",
+        ],
+    ))?;
+    let release = util::target_dir().join("release");
+    let data = util::target_dir().join("bench-pod-startup");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    // The apiserver and the scheduler; no controllers (bare pods need none).
+    let server = berth_testkit::BerthServer::start_with(
+        &release.join("berth-server"),
+        &data,
+        &["--controllers=false"],
+    );
+    let agent = berth_testkit::Agent::start_bin(
+        &release.join("berth-agent"),
+        "bench-node",
+        &server.kubeconfig(),
+        &data,
+        &[],
+    );
+    let target = Target {
+        port: server.port(),
+        ca: server.ca(),
+        pid: server.pid().context("server pid")?,
+        etcd_port: None,
+    };
+    let agent_pid = agent.pid().context("agent pid")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    // The node Ready first.
+    rt.block_on(async {
+        let mut conn = Conn::connect(&target).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let node: Value = conn
+                .call(
+                    Method::GET,
+                    "/api/v1/nodes/bench-node",
+                    "application/json",
+                    Bytes::new(),
+                )
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if ready {
+                return anyhow::Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the node was not Ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })?;
+    let idle_rss = rss_mb(agent_pid);
+
+    let mut runs = Vec::new();
+    for b in 0..BURSTS {
+        let (seen, rss, rate) = rt
+            .block_on(burst(&target, &format!("burst-{b}"), agent_pid))
+            .with_context(|| format!("burst {b}; agent log: {}", agent.log_file().display()))?;
+        let total: Vec<f64> = seen.iter().filter_map(|s| ms(s.created, s.ready)).collect();
+        anyhow::ensure!(total.len() == PODS, "burst {b}: {} pods Ready", total.len());
+        eprintln!(
+            "bench pod-startup: burst {b}: p50 {:.0} ms, p99 {:.0} ms, {rate:.1} pods/s, agent RSS {rss:.1} MB",
+            percentile(&total, 50.0).unwrap_or(f64::NAN),
+            percentile(&total, 99.0).unwrap_or(f64::NAN)
+        );
+        runs.push((seen, rss, rate));
+    }
+    drop(agent);
+    drop(server);
+
+    // Per burst: p50/p99 of the total and of each phase; medians over the bursts.
+    let phase = |f: &dyn Fn(&Seen) -> Option<f64>, p: f64| -> f64 {
+        median(
+            runs.iter()
+                .map(|(seen, ..)| {
+                    let v: Vec<f64> = seen.iter().filter_map(f).collect();
+                    percentile(&v, p).unwrap_or(f64::NAN)
+                })
+                .collect(),
+        )
+    };
+    let total = |s: &Seen| ms(s.created, s.ready);
+    let scheduled = |s: &Seen| ms(s.created, s.scheduled);
+    let network = |s: &Seen| ms(s.scheduled, s.network);
+    let started = |s: &Seen| ms(s.network, s.started);
+    let ready = |s: &Seen| ms(s.started, s.ready);
+    let p50 = phase(&total, 50.0);
+    let p99 = phase(&total, 99.0);
+    let rss = median(runs.iter().map(|r| r.1).collect());
+    let rate = median(runs.iter().map(|r| r.2).collect());
+    let per_burst_p99: Vec<String> = runs
+        .iter()
+        .map(|(seen, ..)| {
+            let v: Vec<f64> = seen.iter().filter_map(total).collect();
+            format!("{:.0}", percentile(&v, 99.0).unwrap_or(f64::NAN))
+        })
+        .collect();
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+
+    let mut report = Report::default();
+    report.figure("pods", PODS);
+    report.figure("p50_ms", round(p50));
+    report.figure("p99_ms", round(p99));
+    report.figure("agent_rss_mb", round(rss));
+    report.figure("agent_idle_rss_mb", round(idle_rss));
+    report.figure("pods_per_s", round(rate));
+    for (name, f) in [
+        ("scheduled", &scheduled as &dyn Fn(&Seen) -> Option<f64>),
+        ("sandbox_network", &network),
+        ("containers_started", &started),
+        ("ready", &ready),
+    ] {
+        report.figure(&format!("phase_{name}_p50_ms"), round(phase(f, 50.0)));
+        report.figure(&format!("phase_{name}_p99_ms"), round(phase(f, 99.0)));
+    }
+    report.header = vec![
+        "measure".into(),
+        "p50".into(),
+        "p99".into(),
+        "goal".into(),
+        "anchor".into(),
+    ];
+    let row = |what: &str, f: &dyn Fn(&Seen) -> Option<f64>, goal: &str, anchor: &str| {
+        vec![
+            what.to_owned(),
+            format!("{:.0} ms", phase(f, 50.0)),
+            format!("{:.0} ms", phase(f, 99.0)),
+            goal.to_owned(),
+            anchor.to_owned(),
+        ]
+    };
+    report.rows = vec![
+        row(
+            &format!(
+                "create → Ready, {PODS}-pod burst (p99 per burst: {})",
+                per_burst_p99.join(", ")
+            ),
+            &total,
+            "p99 < 1 s",
+            "Kubernetes SLO: p99 ≤ 5 s",
+        ),
+        row("  create → scheduled (spec.nodeName)", &scheduled, "", ""),
+        row(
+            "  scheduled → sandbox + network (status.podIP)",
+            &network,
+            "",
+            "",
+        ),
+        row("  network → containers running", &started, "", ""),
+        row("  running → Ready condition", &ready, "", ""),
+        vec![
+            format!("agent RSS with {PODS} pods running"),
+            format!("{rss:.1} MB"),
+            String::new(),
+            "< 60 MB".into(),
+            "k3s agent ≈ 275 MB".into(),
+        ],
+        vec![
+            "pods Ready per second (burst)".into(),
+            format!("{rate:.1}"),
+            String::new(),
+            String::new(),
+            String::new(),
+        ],
+    ];
+    report.notes = vec![
+        format!("{BURSTS} bursts on one release berth-server (apiserver + scheduler, no controllers) and one release berth-agent; each burst: {PODS} pods ({IMAGE}, `sleep 3600`, no probes, image preloaded) created by {CLIENTS} HTTP/2 clients at once, timed from each create request to the watch event showing the pod Ready; medians over the bursts"),
+        "phases from the first watch event showing each step; the network phase includes the pause sandbox and CNI ADD".into(),
+        format!("agent RSS idle (node registered, no pods): {idle_rss:.1} MB"),
+    ];
+    Ok(report)
+}
