@@ -58,6 +58,10 @@ struct Args {
     /// `system:masters` may do everything) or `AlwaysAllow` (every authenticated request).
     #[arg(long, default_value = "RBAC")]
     authorization_mode: berth_control_plane::apiserver::authz::Mode,
+    /// The CA certificate (PEM) the controllers publish as every namespace's
+    /// `kube-root-ca.crt` ConfigMap (default: the CA of the controllers' kubeconfig).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -160,12 +164,31 @@ fn main() -> anyhow::Result<()> {
                     args.node_monitor_grace_period,
                 ),
                 terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+                root_ca: None,
             };
+            let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());
             tokio::spawn(component(
                 kubeconfig.clone(),
                 controllers::LEASE,
                 args.leader_elect,
-                move |c| Box::pin(controllers::run(c, options.clone())),
+                move |c| {
+                    // Read when the controllers start: the apiserver writes the
+                    // kubeconfig (and its CA) on its first start.
+                    let ca = match &root_ca_file {
+                        Some(f) => std::fs::read_to_string(f).map_err(anyhow::Error::from),
+                        None => controllers::root_ca_publisher::ca_from_kubeconfig(&ca_kubeconfig),
+                    };
+                    let root_ca = ca
+                        .inspect_err(|err| tracing::warn!(%err, "no root CA to publish"))
+                        .ok();
+                    Box::pin(controllers::run(
+                        c,
+                        controllers::Options {
+                            root_ca,
+                            ..options.clone()
+                        },
+                    ))
+                },
             ));
         }
         if !args.apiserver {

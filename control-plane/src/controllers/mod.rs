@@ -19,6 +19,7 @@ pub mod pod_gc;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod root_ca_publisher;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttl_after_finished;
@@ -38,6 +39,9 @@ pub struct Options {
     /// Terminated pods kept before the oldest are deleted
     /// (`--terminated-pod-gc-threshold`, 12 500).
     pub terminated_pod_gc_threshold: usize,
+    /// The cluster CA (PEM) the root CA publisher puts in every namespace's
+    /// `kube-root-ca.crt` (`--root-ca-file`); without one the publisher does not run.
+    pub root_ca: Option<String>,
 }
 
 impl Default for Options {
@@ -45,6 +49,7 @@ impl Default for Options {
         Options {
             node_monitor_grace_period: Duration::from_secs(40),
             terminated_pod_gc_threshold: 12_500,
+            root_ca: None,
         }
     }
 }
@@ -56,7 +61,8 @@ pub async fn run(client: Client, options: Options) {
     let i = &mut informers;
     // Each loop is boxed: together they are too large a future for a worker's stack.
     let gc = gc::start(client.clone(), i).await;
-    let loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
+    let client_for_ca = client.clone();
+    let mut loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
         Box::pin(replicaset::start(client.clone(), i)),
         Box::pin(deployment::start(client.clone(), i)),
         Box::pin(job::start(client.clone(), i)),
@@ -81,5 +87,9 @@ pub async fn run(client: Client, options: Options) {
             i,
         )),
     ];
+    match options.root_ca {
+        Some(ca) => loops.push(Box::pin(root_ca_publisher::start(client_for_ca, ca, i))),
+        None => tracing::warn!("no root CA: the root CA publisher does not run"),
+    }
     informers.run(futures_util::future::join_all(loops)).await;
 }

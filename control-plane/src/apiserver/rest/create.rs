@@ -73,6 +73,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     }
     if def.group.is_empty() && def.kind == "Pod" {
         crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
+        let ns = ctx.namespace.as_deref().unwrap_or_default();
+        crate::apiserver::admission::serviceaccount::admit(&ctx.api.cache, ns, &mut obj).await?;
     }
     crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
     defaults::apply(&def.kind, &mut obj);

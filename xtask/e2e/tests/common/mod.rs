@@ -31,6 +31,15 @@ pub fn cluster_full(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = BerthServer::start_with(&workspace_bin("berth-server"), dir.path(), args);
     let kubectl = Kubectl::find(&server.kubeconfig(), dir.path())?;
+    if args.contains(&"--controllers=false") {
+        // What the ServiceAccount controller and the root CA publisher would make, so
+        // pods in `default` pass ServiceAccount admission and mount their token.
+        let ca = std::fs::read_to_string(server.ca()).expect("the cluster CA");
+        let ca = ca.replace('\n', "\n    ");
+        kubectl.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: default}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: kube-root-ca.crt, namespace: default}}\ndata:\n  ca.crt: |\n    {ca}\n"
+        ));
+    }
     let agent = Agent::start_with("node-e2e", &server.kubeconfig(), dir.path(), agent_args);
     let c = Cluster {
         kubectl,
