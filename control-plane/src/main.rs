@@ -62,6 +62,16 @@ struct Args {
     /// `kube-root-ca.crt` ConfigMap (default: the CA of the controllers' kubeconfig).
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    /// The CA certificate (PEM) CertificateSigningRequests for the `kubernetes.io`
+    /// signers are signed with (default: `<data-dir>/pki/ca.crt` beside the apiserver).
+    #[arg(long)]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// Its key (default: `<data-dir>/pki/ca.key` beside the apiserver).
+    #[arg(long)]
+    cluster_signing_key_file: Option<PathBuf>,
+    /// How long signed certificates last unless a request asks for less (Go duration).
+    #[arg(long, default_value = "8760h")]
+    cluster_signing_duration: String,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -165,8 +175,28 @@ fn main() -> anyhow::Result<()> {
                 ),
                 terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
                 root_ca: None,
+                signing: None,
             };
             let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());
+            let pki = args.data_dir.join("pki");
+            let beside = args.apiserver;
+            let signing_files = match (
+                args.cluster_signing_cert_file.clone(),
+                args.cluster_signing_key_file.clone(),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) if beside => Some((pki.join("ca.crt"), pki.join("ca.key"))),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "--cluster-signing-cert-file and --cluster-signing-key-file go together"
+                ),
+            };
+            let signing_duration = berth_control_plane::apiserver::protobuf::parse_duration(
+                &args.cluster_signing_duration,
+            )
+            .filter(|ns| *ns > 0)
+            .map(|ns| std::time::Duration::from_nanos(ns.unsigned_abs()))
+            .ok_or_else(|| anyhow::anyhow!("--cluster-signing-duration: not a duration"))?;
             tokio::spawn(component(
                 kubeconfig.clone(),
                 controllers::LEASE,
@@ -181,10 +211,23 @@ fn main() -> anyhow::Result<()> {
                     let root_ca = ca
                         .inspect_err(|err| tracing::warn!(%err, "no root CA to publish"))
                         .ok();
+                    let signing = signing_files.as_ref().and_then(|(cert, key)| {
+                        let read = |p: &PathBuf| {
+                            std::fs::read_to_string(p)
+                                .inspect_err(|err| tracing::warn!(%err, path = %p.display(), "no signing CA"))
+                                .ok()
+                        };
+                        Some(controllers::certificates::signer::Ca {
+                            cert_pem: read(cert)?,
+                            key_pem: read(key)?,
+                            duration: signing_duration,
+                        })
+                    });
                     Box::pin(controllers::run(
                         c,
                         controllers::Options {
                             root_ca,
+                            signing,
                             ..options.clone()
                         },
                     ))

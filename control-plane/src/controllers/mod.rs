@@ -2,6 +2,7 @@
 //! informer caches ([`crate::client::Informers`]) draining a [`queue::Queue`] of object
 //! keys. [`run`] runs them all while this process holds the controller Lease.
 
+pub mod certificates;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
@@ -42,6 +43,8 @@ pub struct Options {
     /// The cluster CA (PEM) the root CA publisher puts in every namespace's
     /// `kube-root-ca.crt` (`--root-ca-file`); without one the publisher does not run.
     pub root_ca: Option<String>,
+    /// The CA the CSR signer signs with; without one it does not run.
+    pub signing: Option<certificates::signer::Ca>,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             node_monitor_grace_period: Duration::from_secs(40),
             terminated_pod_gc_threshold: 12_500,
             root_ca: None,
+            signing: None,
         }
     }
 }
@@ -87,6 +91,11 @@ pub async fn run(client: Client, options: Options) {
             i,
         )),
     ];
+    loops.push(Box::pin(certificates::approver::start(client_for_ca.clone(), i)));
+    match options.signing {
+        Some(ca) => loops.push(Box::pin(certificates::signer::start(client_for_ca.clone(), ca, i))),
+        None => tracing::warn!("no signing CA: CertificateSigningRequests are not signed"),
+    }
     match options.root_ca {
         Some(ca) => loops.push(Box::pin(root_ca_publisher::start(client_for_ca, ca, i))),
         None => tracing::warn!("no root CA: the root CA publisher does not run"),

@@ -1,6 +1,7 @@
 //! Admission: what happens to an object between decoding and storage — defaulting,
 //! validation (RBAC objects' in `rbac`), the ServiceAccount plugin (`serviceaccount`), and the cluster-level allocations (Service cluster IPs and node ports).
 
+pub mod certificates;
 pub mod defaults;
 pub mod priority;
 pub mod rbac;

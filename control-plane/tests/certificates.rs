@@ -1,0 +1,204 @@
+//! certificates.k8s.io/v1 CertificateSigningRequests in a real berth-server, with the
+//! real kubectl: validation (a bad PEM is 422 with upstream's message), `kubectl
+//! certificate approve|deny` through the `approval` subresource (and its `approve`-on-
+//! the-signer check), the signer (a kube-apiserver-client certificate that authenticates
+//! as its CN, for `expirationSeconds`; usages it does not allow → the Failed condition),
+//! and CertificateSubjectRestriction (no system:masters through that signer).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use berth_testkit::{BerthServer, Kubectl};
+use serde_json::Value;
+
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A fresh key and a PEM request for `cn` in `orgs`.
+fn request(cn: &str, orgs: &[&str]) -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    for o in orgs {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, *o);
+    }
+    let pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (key, pem)
+}
+
+fn csr_manifest(name: &str, request: &[u8], signer: &str, usages: &str, extra: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(request);
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {b64}\n  signerName: {signer}\n  usages: {usages}\n{extra}"
+    )
+}
+
+fn create(k: &Kubectl, dir: &std::path::Path, manifest: &str) -> std::process::Output {
+    let path = dir.join("csr.yaml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    k.run(&["create", "-f", path.to_str().expect("utf-8 path")])
+}
+
+fn condition(csr: &Value, t: &str) -> Option<Value> {
+    csr["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+        .cloned()
+}
+
+#[test]
+fn csrs_are_validated_approved_denied_and_signed() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let client = "kubernetes.io/kube-apiserver-client";
+
+    // A request that is not PEM: 422 as kube-apiserver words it.
+    let out = create(&k, home.path(), &csr_manifest("bad", b"junk", client, "[client auth]", ""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"The CertificateSigningRequest "bad" is invalid: spec.request: Invalid value: []byte{0x6a, 0x75, 0x6e, 0x6b}: PEM block type must be CERTIFICATE REQUEST"#),
+        "{err}"
+    );
+    // system:masters through the client signer: refused.
+    let (_, masters) = request("mallory", &["system:masters"]);
+    let out = create(&k, home.path(), &csr_manifest("masters", masters.as_bytes(), client, "[client auth]", ""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"),
+        "{err}"
+    );
+
+    // A client certificate for alice, for 10 minutes.
+    let (key, pem) = request("alice", &["dev"]);
+    let out = create(
+        &k,
+        home.path(),
+        &csr_manifest("alice", pem.as_bytes(), client, "[client auth]", "  expirationSeconds: 600\n"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csr = k.json(&["get", "csr", "alice"]);
+    assert_eq!(csr["spec"]["username"], "kubernetes-admin", "the requester is recorded: {csr}");
+    let table = k.ok(&["get", "csr", "alice"]);
+    assert!(table.contains("Pending"), "{table}");
+
+    // Approval needs `approve` on the signer: alice may update the subresource only.
+    k.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-approval-only}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests, certificatesigningrequests/approval], verbs: [get, list, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: csr-approval-only}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-approval-only}\nsubjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]\n");
+    let err = poll("alice's binding to count", || {
+        let out = k.run(&["certificate", "approve", "alice", "--as", "alice"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && err.contains("signerName")).then_some(err)
+    });
+    assert!(
+        err.contains(r#"certificatesigningrequests.certificates.k8s.io "alice" is forbidden: user not permitted to approve requests with signerName "kubernetes.io/kube-apiserver-client""#),
+        "{err}"
+    );
+
+    let out = k.ok(&["certificate", "approve", "alice"]);
+    assert_eq!(out.trim(), "certificatesigningrequest.certificates.k8s.io/alice approved");
+    let csr = poll("alice's certificate", || {
+        let csr = k.json(&["get", "csr", "alice"]);
+        csr["status"]["certificate"].is_string().then_some(csr)
+    });
+    let approved = condition(&csr, "Approved").expect("an Approved condition");
+    assert_eq!(approved["reason"], "KubectlApprove", "{csr}");
+    let cert_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(csr["status"]["certificate"].as_str().expect("certificate"))
+            .expect("base64"),
+    )
+    .expect("PEM text");
+    let der = pem_der(&cert_pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("an X.509 certificate");
+    let v = cert.validity();
+    assert_eq!(
+        v.not_after.timestamp() - v.not_before.timestamp(),
+        900,
+        "expirationSeconds 600, backdated 5 minutes"
+    );
+    let table = k.ok(&["get", "csr", "alice"]);
+    assert!(table.contains("Approved,Issued"), "{table}");
+
+    // The certificate is alice.
+    let cert_file = home.path().join("alice.crt");
+    let key_file = home.path().join("alice.key");
+    std::fs::write(&cert_file, &cert_pem).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    let alice = Kubectl {
+        kubeconfig: home.path().join("alice.kubeconfig"),
+        ..k.clone()
+    };
+    let ca = server.ca();
+    for args in [
+        vec!["config".to_owned(), "set-cluster".into(), "berth".into(), "--embed-certs".into(), format!("--server={}", server.url()), format!("--certificate-authority={}", ca.display())],
+        vec!["config".into(), "set-credentials".into(), "alice".into(), "--embed-certs".into(), format!("--client-certificate={}", cert_file.display()), format!("--client-key={}", key_file.display())],
+        vec!["config".into(), "set-context".into(), "alice".into(), "--cluster=berth".into(), "--user=alice".into()],
+        vec!["config".into(), "use-context".into(), "alice".into()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        alice.ok(&args);
+    }
+    let who = alice.ok(&["auth", "whoami"]);
+    assert!(who.contains("alice") && who.contains("[dev system:authenticated]"), "{who}");
+
+    // Denied: a Denied condition, never a certificate.
+    let (_, pem) = request("bob", &[]);
+    let out = create(&k, home.path(), &csr_manifest("bob", pem.as_bytes(), client, "[client auth]", ""));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.ok(&["certificate", "deny", "bob"]);
+    assert_eq!(out.trim(), "certificatesigningrequest.certificates.k8s.io/bob denied");
+    let csr = k.json(&["get", "csr", "bob"]);
+    assert_eq!(condition(&csr, "Denied").expect("Denied")["reason"], "KubectlDeny", "{csr}");
+    // kubectl will not approve it now; the server refuses both conditions at once (422).
+    let err = k.fails(&["certificate", "approve", "bob"]);
+    assert!(err.contains(r#"certificate signing request "bob" is already Denied"#), "{err}");
+    let err = k.fails(&[
+        "patch", "csr", "bob", "--subresource=approval", "--type=json", "-p",
+        r#"[{"op":"add","path":"/status/conditions/-","value":{"type":"Approved","status":"True"}}]"#,
+    ]);
+    assert!(
+        err.contains(r#"status.conditions[1].type: Invalid value: "Approved": Approved and Denied conditions are mutually exclusive"#),
+        "{err}"
+    );
+
+    // Usages the signer does not allow: Failed, with the signer's reason.
+    let (_, pem) = request("carol", &[]);
+    let out = create(&k, home.path(), &csr_manifest("carol", pem.as_bytes(), client, "[client auth, server auth]", ""));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    k.ok(&["certificate", "approve", "carol"]);
+    let failed = poll("carol's Failed condition", || condition(&k.json(&["get", "csr", "carol"]), "Failed"));
+    assert_eq!(failed["reason"], "SignerValidationFailure");
+    assert_eq!(failed["message"], "invalid usage for client certificate: server auth");
+
+    k.ok(&["delete", "csr", "alice", "bob", "carol"]);
+    k.ok(&["delete", "clusterrolebinding,clusterrole", "csr-approval-only"]);
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body")
+}
