@@ -15,8 +15,15 @@ use clap::Parser;
     about = "berth's Kubernetes-compatible control plane"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the store, the PKI and the admin kubeconfig live.
-    #[arg(long, default_value = "/var/lib/berth/server", env = "BERTH_DATA_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/berth/server",
+        env = "BERTH_DATA_DIR",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
@@ -32,7 +39,7 @@ struct Args {
     token_auth_file: Option<PathBuf>,
     /// Where to write the admin kubeconfig (default: <data-dir>/admin.kubeconfig); with
     /// `--apiserver=false`, the kubeconfig of the cluster to schedule for.
-    #[arg(long)]
+    #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
     /// Serve the API.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -75,6 +82,32 @@ struct Args {
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Bootstrap tokens, with which new nodes join (`berth-agent --bootstrap-kubeconfig`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Creates a bootstrap token (a `kube-system/bootstrap-token-<id>` Secret) through
+    /// the admin kubeconfig (`--kubeconfig`, default `<data-dir>/admin.kubeconfig`)
+    /// and prints it.
+    Create {
+        /// How long the token is valid (Go duration; 0 = forever).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(
+            long,
+            default_value = "a node bootstrap token made by berth-server token create"
+        )]
+        description: String,
+    },
 }
 
 /// Runs a client component (the scheduler, the controllers) once the kubeconfig exists
@@ -128,6 +161,27 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(8)
         .enable_all()
         .build()?;
+    if let Some(Command::Token {
+        command: TokenCommand::Create { ttl, description },
+    }) = &args.command
+    {
+        let kubeconfig = args
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+        let ttl = berth_control_plane::apiserver::protobuf::parse_duration(ttl)
+            .filter(|ns| *ns >= 0)
+            .ok_or_else(|| anyhow::anyhow!("--ttl: not a duration: {ttl}"))?;
+        let ttl = (ttl > 0).then(|| std::time::Duration::from_nanos(ttl.unsigned_abs()));
+        return runtime.block_on(async move {
+            let client = berth_control_plane::client::from_kubeconfig(&kubeconfig).await?;
+            let token =
+                berth_control_plane::apiserver::bootstrap_token::create(client, ttl, description)
+                    .await?;
+            println!("{token}");
+            Ok(())
+        });
+    }
     let kubeconfig = args
         .kubeconfig
         .clone()

@@ -73,7 +73,11 @@ fn csrs_are_validated_approved_denied_and_signed() {
     let client = "kubernetes.io/kube-apiserver-client";
 
     // A request that is not PEM: 422 as kube-apiserver words it.
-    let out = create(&k, home.path(), &csr_manifest("bad", b"junk", client, "[client auth]", ""));
+    let out = create(
+        &k,
+        home.path(),
+        &csr_manifest("bad", b"junk", client, "[client auth]", ""),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(r#"The CertificateSigningRequest "bad" is invalid: spec.request: Invalid value: []byte{0x6a, 0x75, 0x6e, 0x6b}: PEM block type must be CERTIFICATE REQUEST"#),
@@ -81,7 +85,11 @@ fn csrs_are_validated_approved_denied_and_signed() {
     );
     // system:masters through the client signer: refused.
     let (_, masters) = request("mallory", &["system:masters"]);
-    let out = create(&k, home.path(), &csr_manifest("masters", masters.as_bytes(), client, "[client auth]", ""));
+    let out = create(
+        &k,
+        home.path(),
+        &csr_manifest("masters", masters.as_bytes(), client, "[client auth]", ""),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"),
@@ -93,11 +101,24 @@ fn csrs_are_validated_approved_denied_and_signed() {
     let out = create(
         &k,
         home.path(),
-        &csr_manifest("alice", pem.as_bytes(), client, "[client auth]", "  expirationSeconds: 600\n"),
+        &csr_manifest(
+            "alice",
+            pem.as_bytes(),
+            client,
+            "[client auth]",
+            "  expirationSeconds: 600\n",
+        ),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csr = k.json(&["get", "csr", "alice"]);
-    assert_eq!(csr["spec"]["username"], "kubernetes-admin", "the requester is recorded: {csr}");
+    assert_eq!(
+        csr["spec"]["username"], "kubernetes-admin",
+        "the requester is recorded: {csr}"
+    );
     let table = k.ok(&["get", "csr", "alice"]);
     assert!(table.contains("Pending"), "{table}");
 
@@ -114,7 +135,10 @@ fn csrs_are_validated_approved_denied_and_signed() {
     );
 
     let out = k.ok(&["certificate", "approve", "alice"]);
-    assert_eq!(out.trim(), "certificatesigningrequest.certificates.k8s.io/alice approved");
+    assert_eq!(
+        out.trim(),
+        "certificatesigningrequest.certificates.k8s.io/alice approved"
+    );
     let csr = poll("alice's certificate", || {
         let csr = k.json(&["get", "csr", "alice"]);
         csr["status"]["certificate"].is_string().then_some(csr)
@@ -149,28 +173,69 @@ fn csrs_are_validated_approved_denied_and_signed() {
     };
     let ca = server.ca();
     for args in [
-        vec!["config".to_owned(), "set-cluster".into(), "berth".into(), "--embed-certs".into(), format!("--server={}", server.url()), format!("--certificate-authority={}", ca.display())],
-        vec!["config".into(), "set-credentials".into(), "alice".into(), "--embed-certs".into(), format!("--client-certificate={}", cert_file.display()), format!("--client-key={}", key_file.display())],
-        vec!["config".into(), "set-context".into(), "alice".into(), "--cluster=berth".into(), "--user=alice".into()],
+        vec![
+            "config".to_owned(),
+            "set-cluster".into(),
+            "berth".into(),
+            "--embed-certs".into(),
+            format!("--server={}", server.url()),
+            format!("--certificate-authority={}", ca.display()),
+        ],
+        vec![
+            "config".into(),
+            "set-credentials".into(),
+            "alice".into(),
+            "--embed-certs".into(),
+            format!("--client-certificate={}", cert_file.display()),
+            format!("--client-key={}", key_file.display()),
+        ],
+        vec![
+            "config".into(),
+            "set-context".into(),
+            "alice".into(),
+            "--cluster=berth".into(),
+            "--user=alice".into(),
+        ],
         vec!["config".into(), "use-context".into(), "alice".into()],
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         alice.ok(&args);
     }
     let who = alice.ok(&["auth", "whoami"]);
-    assert!(who.contains("alice") && who.contains("[dev system:authenticated]"), "{who}");
+    assert!(
+        who.contains("alice") && who.contains("[dev system:authenticated]"),
+        "{who}"
+    );
 
     // Denied: a Denied condition, never a certificate.
     let (_, pem) = request("bob", &[]);
-    let out = create(&k, home.path(), &csr_manifest("bob", pem.as_bytes(), client, "[client auth]", ""));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = create(
+        &k,
+        home.path(),
+        &csr_manifest("bob", pem.as_bytes(), client, "[client auth]", ""),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = k.ok(&["certificate", "deny", "bob"]);
-    assert_eq!(out.trim(), "certificatesigningrequest.certificates.k8s.io/bob denied");
+    assert_eq!(
+        out.trim(),
+        "certificatesigningrequest.certificates.k8s.io/bob denied"
+    );
     let csr = k.json(&["get", "csr", "bob"]);
-    assert_eq!(condition(&csr, "Denied").expect("Denied")["reason"], "KubectlDeny", "{csr}");
+    assert_eq!(
+        condition(&csr, "Denied").expect("Denied")["reason"],
+        "KubectlDeny",
+        "{csr}"
+    );
     // kubectl will not approve it now; the server refuses both conditions at once (422).
     let err = k.fails(&["certificate", "approve", "bob"]);
-    assert!(err.contains(r#"certificate signing request "bob" is already Denied"#), "{err}");
+    assert!(
+        err.contains(r#"certificate signing request "bob" is already Denied"#),
+        "{err}"
+    );
     let err = k.fails(&[
         "patch", "csr", "bob", "--subresource=approval", "--type=json", "-p",
         r#"[{"op":"add","path":"/status/conditions/-","value":{"type":"Approved","status":"True"}}]"#,
@@ -182,22 +247,196 @@ fn csrs_are_validated_approved_denied_and_signed() {
 
     // Usages the signer does not allow: Failed, with the signer's reason.
     let (_, pem) = request("carol", &[]);
-    let out = create(&k, home.path(), &csr_manifest("carol", pem.as_bytes(), client, "[client auth, server auth]", ""));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = create(
+        &k,
+        home.path(),
+        &csr_manifest(
+            "carol",
+            pem.as_bytes(),
+            client,
+            "[client auth, server auth]",
+            "",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     k.ok(&["certificate", "approve", "carol"]);
-    let failed = poll("carol's Failed condition", || condition(&k.json(&["get", "csr", "carol"]), "Failed"));
+    let failed = poll("carol's Failed condition", || {
+        condition(&k.json(&["get", "csr", "carol"]), "Failed")
+    });
     assert_eq!(failed["reason"], "SignerValidationFailure");
-    assert_eq!(failed["message"], "invalid usage for client certificate: server auth");
+    assert_eq!(
+        failed["message"],
+        "invalid usage for client certificate: server auth"
+    );
 
     k.ok(&["delete", "csr", "alice", "bob", "carol"]);
-    k.ok(&["delete", "clusterrolebinding,clusterrole", "csr-approval-only"]);
+    k.ok(&[
+        "delete",
+        "clusterrolebinding,clusterrole",
+        "csr-approval-only",
+    ]);
+}
+
+/// kubectl with its own kubeconfig: the test cluster and `credentials`
+/// (`kubectl config set-credentials` flags).
+fn kubectl_with(k: &Kubectl, server: &BerthServer, name: &str, credentials: &[String]) -> Kubectl {
+    let other = Kubectl {
+        kubeconfig: server.dir().join(format!("{name}.kubeconfig")),
+        ..k.clone()
+    };
+    let mut set_credentials = vec!["config".to_owned(), "set-credentials".into(), name.into()];
+    if credentials
+        .iter()
+        .any(|c| c.starts_with("--client-certificate"))
+    {
+        set_credentials.push("--embed-certs".into());
+    }
+    set_credentials.extend(credentials.iter().cloned());
+    for args in [
+        vec![
+            "config".to_owned(),
+            "set-cluster".into(),
+            "berth".into(),
+            "--embed-certs".into(),
+            format!("--server={}", server.url()),
+            format!("--certificate-authority={}", server.ca().display()),
+        ],
+        set_credentials,
+        vec![
+            "config".into(),
+            "set-context".into(),
+            name.into(),
+            "--cluster=berth".into(),
+            format!("--user={name}"),
+        ],
+        vec!["config".into(), "use-context".into(), name.into()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        other.ok(&args);
+    }
+    other
+}
+
+#[test]
+fn bootstrap_tokens_file_node_csrs_that_are_approved_automatically() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-server"))
+        .args(["token", "create", "--ttl", "1h", "--data-dir"])
+        .arg(server.dir())
+        .output()
+        .expect("berth-server token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (id, _) = token.split_once('.').expect("<id>.<secret>");
+    assert!(token.len() == 23 && id.len() == 6, "{token}");
+    let secret = k.json(&[
+        "get",
+        "secret",
+        &format!("bootstrap-token-{id}"),
+        "-n",
+        "kube-system",
+    ]);
+    assert_eq!(secret["type"], "bootstrap.kubernetes.io/token", "{secret}");
+
+    let boot = kubectl_with(&k, &server, "boot", &[format!("--token={token}")]);
+    let who = poll("the token Secret to count", || {
+        let out = boot.run(&["auth", "whoami"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(who.contains(&format!("system:bootstrap:{id}")), "{who}");
+    assert!(
+        who.contains("[system:bootstrappers system:authenticated]"),
+        "{who}"
+    );
+    let err = boot.fails(&["get", "secrets", "-n", "kube-system"]);
+    assert!(
+        err.contains(&format!(r#"secrets is forbidden: User "system:bootstrap:{id}" cannot list resource "secrets" in API group "" in the namespace "kube-system""#)),
+        "{err}"
+    );
+
+    // A node client certificate requested with the token: approved by the approver,
+    // signed by the signer, and it is the node.
+    let (key, pem) = request("system:node:joiner", &["system:nodes"]);
+    let manifest = csr_manifest(
+        "node-csr-joiner",
+        pem.as_bytes(),
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        "[digital signature, client auth]",
+        "",
+    );
+    let out = create(&boot, home.path(), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csr = poll("the node certificate", || {
+        let csr = k.json(&["get", "csr", "node-csr-joiner"]);
+        csr["status"]["certificate"].is_string().then_some(csr)
+    });
+    let approved = condition(&csr, "Approved").expect("Approved");
+    assert_eq!(approved["reason"], "AutoApproved", "{csr}");
+    assert_eq!(csr["spec"]["username"], format!("system:bootstrap:{id}"));
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(csr["status"]["certificate"].as_str().expect("cert"))
+        .expect("base64");
+    let cert_file = home.path().join("joiner.crt");
+    let key_file = home.path().join("joiner.key");
+    std::fs::write(&cert_file, cert).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    let node = kubectl_with(
+        &k,
+        &server,
+        "joiner",
+        &[
+            format!("--client-certificate={}", cert_file.display()),
+            format!("--client-key={}", key_file.display()),
+        ],
+    );
+    let who = node.ok(&["auth", "whoami"]);
+    assert!(
+        who.contains("system:node:joiner") && who.contains("[system:nodes system:authenticated]"),
+        "{who}"
+    );
+
+    // Expired: 401.
+    k.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: bootstrap-token-old123, namespace: kube-system}\ntype: bootstrap.kubernetes.io/token\nstringData: {token-id: old123, token-secret: 0123456789abcdef, usage-bootstrap-authentication: 'true', expiration: '2020-01-01T00:00:00Z'}\n");
+    let old = kubectl_with(
+        &k,
+        &server,
+        "old",
+        &["--token=old123.0123456789abcdef".to_owned()],
+    );
+    let err = old.fails(&["auth", "whoami"]);
+    assert!(err.contains("Unauthorized"), "{err}");
+
+    k.ok(&["delete", "csr", "node-csr-joiner"]);
+    k.ok(&[
+        "delete",
+        "secret",
+        "-n",
+        "kube-system",
+        "bootstrap-token-old123",
+        &format!("bootstrap-token-{id}"),
+    ]);
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64::engine::general_purpose::STANDARD
         .decode(body)
         .expect("PEM body")

@@ -53,26 +53,47 @@ fn pods_mount_their_account_token_unless_told_not_to() {
     let ca = std::fs::read_to_string(server.ca()).expect("the CA file");
     let mut cm = Value::Null;
     poll("kube-root-ca.crt in sa-test", || {
-        let out = k.run(&["get", "configmap", "kube-root-ca.crt", "-n", "sa-test", "-o", "json"]);
+        let out = k.run(&[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            "sa-test",
+            "-o",
+            "json",
+        ]);
         cm = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         out.status.success()
     });
     assert_eq!(cm["data"]["ca.crt"].as_str(), Some(ca.as_str()), "{cm}");
     assert_eq!(cm["data"].as_object().map(|d| d.len()), Some(1), "{cm}");
     // Changed or deleted, it comes back.
-    k.ok(&["patch", "configmap", "kube-root-ca.crt", "-n", "sa-test", "--type=merge", "-p", r#"{"data":{"ca.crt":"junk","extra":"x"}}"#]);
+    k.ok(&[
+        "patch",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "sa-test",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"ca.crt":"junk","extra":"x"}}"#,
+    ]);
     poll("kube-root-ca.crt restored", || {
         let cm = k.json(&["get", "configmap", "kube-root-ca.crt", "-n", "sa-test"]);
         cm["data"]["ca.crt"].as_str() == Some(ca.as_str()) && cm["data"].get("extra").is_none()
     });
     k.ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "sa-test"]);
     poll("kube-root-ca.crt recreated", || {
-        k.run(&["get", "configmap", "kube-root-ca.crt", "-n", "sa-test"]).status.success()
+        k.run(&["get", "configmap", "kube-root-ca.crt", "-n", "sa-test"])
+            .status
+            .success()
     });
 
     // A pod naming no account runs as `default`, with the token in every container.
     poll("the default ServiceAccount", || {
-        k.run(&["get", "serviceaccount", "default", "-n", "sa-test"]).status.success()
+        k.run(&["get", "serviceaccount", "default", "-n", "sa-test"])
+            .status
+            .success()
     });
     k.apply(&pod("plain", ""));
     let p = k.json(&["get", "pod", "plain", "-n", "sa-test"]);
@@ -109,7 +130,12 @@ fn pods_mount_their_account_token_unless_told_not_to() {
     // The pod says no.
     k.apply(&pod("optout", "  automountServiceAccountToken: false\n"));
     let p = k.json(&["get", "pod", "optout", "-n", "sa-test"]);
-    assert!(p["spec"].get("volumes").is_none_or(|v| v.as_array().is_some_and(|l| l.is_empty())), "{p}");
+    assert!(
+        p["spec"]
+            .get("volumes")
+            .is_none_or(|v| v.as_array().is_some_and(|l| l.is_empty())),
+        "{p}"
+    );
     assert!(mounts(&p["spec"]["containers"][0]).is_empty(), "{p}");
 
     // The account says no; the pod may still say yes.
@@ -117,7 +143,10 @@ fn pods_mount_their_account_token_unless_told_not_to() {
     k.apply(&pod("quiet", "  serviceAccountName: quiet\n"));
     let p = k.json(&["get", "pod", "quiet", "-n", "sa-test"]);
     assert!(mounts(&p["spec"]["containers"][1]).is_empty(), "{p}");
-    k.apply(&pod("loud", "  serviceAccountName: quiet\n  automountServiceAccountToken: true\n"));
+    k.apply(&pod(
+        "loud",
+        "  serviceAccountName: quiet\n  automountServiceAccountToken: true\n",
+    ));
     let p = k.json(&["get", "pod", "loud", "-n", "sa-test"]);
     assert_eq!(mounts(&p["spec"]["containers"][1]).len(), 1, "{p}");
 

@@ -349,7 +349,10 @@ mod tests {
         // The pod's own `kubernetes` Service hides default's.
         let env = service_env(
             "dev",
-            &[svc("default", "kubernetes", "10.96.0.1"), svc("dev", "kubernetes", "10.96.0.9")],
+            &[
+                svc("default", "kubernetes", "10.96.0.1"),
+                svc("dev", "kubernetes", "10.96.0.9"),
+            ],
         );
         assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.9");
     }

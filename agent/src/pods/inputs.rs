@@ -141,7 +141,9 @@ pub async fn fetch(client: &Client, pod: &Pod) -> Inputs {
             .await
         {
             Ok(found) => inputs.services.extend(found),
-            Err(e) => inputs.errors.push(format!("service \"default/kubernetes\": {e}")),
+            Err(e) => inputs
+                .errors
+                .push(format!("service \"default/kubernetes\": {e}")),
         }
     }
     let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);

@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use super::status::ApiError;
 
+/// The user the apiserver's kubelet-client certificate names.
+pub const CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
 static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
 
 /// Builds the client from the kubelet-client certificate and key (PEM).

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod auth;
 pub mod authz;
+pub mod bootstrap_token;
 pub mod crd;
 pub mod discovery;
 pub mod field_order;
@@ -204,6 +205,10 @@ impl Api {
         };
         if let Some(user) = self.tokens.get(token) {
             return Some((user.clone(), audiences.to_vec()));
+        }
+        if bootstrap_token::parse(token).is_some() {
+            return bootstrap_token::authenticate(&self.cache, token)
+                .map(|user| (user, audiences.to_vec()));
         }
         let (claims, matched) = audiences
             .iter()
@@ -562,12 +567,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "system:kube-scheduler",
         &[],
     )?;
-    let (kubelet_cert, kubelet_key) = pki.issue(
-        "kube-apiserver-kubelet-client",
-        &["system:masters"],
-        &[],
-        false,
-    )?;
+    let (kubelet_cert, kubelet_key) =
+        pki.issue(kubelet::CLIENT_USER, &["system:masters"], &[], false)?;
     kubelet::init(&kubelet_cert, &kubelet_key).context("the kubelet client")?;
     let tokens = match &config.token_file {
         Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, certificates, coordination, core, discovery, events, networking,
-    policy, rbac, scheduling, storage,
+    apps, authentication, authorization, batch, certificates, coordination, core, discovery,
+    events, networking, policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};

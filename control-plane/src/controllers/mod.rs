@@ -91,9 +91,16 @@ pub async fn run(client: Client, options: Options) {
             i,
         )),
     ];
-    loops.push(Box::pin(certificates::approver::start(client_for_ca.clone(), i)));
+    loops.push(Box::pin(certificates::approver::start(
+        client_for_ca.clone(),
+        i,
+    )));
     match options.signing {
-        Some(ca) => loops.push(Box::pin(certificates::signer::start(client_for_ca.clone(), ca, i))),
+        Some(ca) => loops.push(Box::pin(certificates::signer::start(
+            client_for_ca.clone(),
+            ca,
+            i,
+        ))),
         None => tracing::warn!("no signing CA: CertificateSigningRequests are not signed"),
     }
     match options.root_ca {

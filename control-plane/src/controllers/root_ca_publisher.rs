@@ -39,7 +39,10 @@ pub fn ca_from_kubeconfig(path: &Path) -> Result<String, anyhow::Error> {
     if let Some(file) = &cluster.certificate_authority {
         return Ok(std::fs::read_to_string(file)?);
     }
-    anyhow::bail!("{}: the cluster names no certificate authority", path.display())
+    anyhow::bail!(
+        "{}: the cluster names no certificate authority",
+        path.display()
+    )
 }
 
 pub fn start(
@@ -100,11 +103,18 @@ async fn sync(
             api.create(&PostParams::default(), &cm).await.map(drop)
         }
         Some(cm) => {
-            let data_ok = cm.data.as_ref().and_then(|d| d.get("ca.crt")).map(String::as_str)
+            let data_ok = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("ca.crt"))
+                .map(String::as_str)
                 == Some(ca)
                 && cm.data.as_ref().is_some_and(|d| d.len() == 1)
                 && cm.binary_data.as_ref().is_none_or(|b| b.is_empty());
-            let annotated = cm.annotations().get("kubernetes.io/description").map(String::as_str)
+            let annotated = cm
+                .annotations()
+                .get("kubernetes.io/description")
+                .map(String::as_str)
                 == Some(DESCRIPTION);
             if data_ok && annotated {
                 return Ok(None);
@@ -123,9 +133,13 @@ async fn sync(
             if cm.binary_data.as_ref().is_some_and(|b| !b.is_empty()) {
                 body["binaryData"] = serde_json::Value::Null;
             }
-            api.patch(ROOT_CA_CONFIGMAP, &PatchParams::default(), &Patch::Merge(&body))
-                .await
-                .map(drop)
+            api.patch(
+                ROOT_CA_CONFIGMAP,
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
+            .await
+            .map(drop)
         }
     };
     match result {

@@ -39,21 +39,44 @@ fn python_in_cluster_config_from_a_pod_obeys_its_role() {
     let _object = berth_testkit::require_ebpf_object!();
     let venv = berth_testkit::tools::venv();
     let site = venv.join("lib/python3.11/site-packages");
-    if !site.join("kubernetes").exists() || !std::path::Path::new("/usr/bin/python3.11").exists()
-    {
+    if !site.join("kubernetes").exists() || !std::path::Path::new("/usr/bin/python3.11").exists() {
         berth_testkit::skip("the host's python3.11 and the tools venv's kubernetes package");
         return;
     }
     let Some(c) = cluster_with(&[]) else { return };
     let k = &c.kubectl;
     k.ok(&["create", "serviceaccount", "reader"]);
-    k.ok(&["create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps"]);
-    k.ok(&["create", "rolebinding", "cm-reader", "--role=cm-reader", "--serviceaccount=default:reader"]);
+    k.ok(&[
+        "create",
+        "role",
+        "cm-reader",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "cm-reader",
+        "--role=cm-reader",
+        "--serviceaccount=default:reader",
+    ]);
     k.ok(&["create", "configmap", "visible", "--from-literal=a=b"]);
-    k.ok(&["create", "secret", "generic", "hidden", "--from-literal=a=b"]);
-    c.wait("kube-root-ca.crt in default", Duration::from_secs(30), || {
-        k.run(&["get", "configmap", "kube-root-ca.crt"]).status.success()
-    });
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "hidden",
+        "--from-literal=a=b",
+    ]);
+    c.wait(
+        "kube-root-ca.crt in default",
+        Duration::from_secs(30),
+        || {
+            k.run(&["get", "configmap", "kube-root-ca.crt"])
+                .status
+                .success()
+        },
+    );
     let script = SCRIPT.replace('\n', "\n      ");
     k.apply(&format!(
         r#"
@@ -100,13 +123,18 @@ spec:
         .collect();
     assert_eq!(mounts.len(), 1, "{pod}");
     let svc = k.json(&["get", "service", "kubernetes"]);
-    let ip = svc["spec"]["clusterIP"].as_str().expect("the kubernetes ClusterIP");
+    let ip = svc["spec"]["clusterIP"]
+        .as_str()
+        .expect("the kubernetes ClusterIP");
     assert!(logs.contains(&format!("HOST {ip} 443")), "{logs}");
     assert!(
         logs.contains("CONFIGMAPS kube-root-ca.crt,visible"),
         "the role lets it list ConfigMaps: {logs}"
     );
-    assert!(logs.contains("SECRETS 403 Forbidden"), "Secrets are refused: {logs}");
+    assert!(
+        logs.contains("SECRETS 403 Forbidden"),
+        "Secrets are refused: {logs}"
+    );
     k.ok(&["delete", "pod", "incluster", "--wait=true", "--timeout=60s"]);
     k.ok(&["delete", "rolebinding,role", "cm-reader"]);
     k.ok(&["delete", "serviceaccount", "reader"]);

@@ -98,17 +98,28 @@ pub fn request_bytes(obj: &Value) -> Option<Vec<u8>> {
 /// Whether `name` is a signer name: `<domain>/<path>`, the domain a DNS subdomain.
 fn signer_name_error(name: &str) -> Option<String> {
     let Some((domain, path)) = name.split_once('/') else {
-        return Some("must be a fully qualified domain and path of the form 'example.com/signer-name'".into());
+        return Some(
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'"
+                .into(),
+        );
     };
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(label_ok) || !domain.contains('.') {
-        return Some("must be a fully qualified domain and path of the form 'example.com/signer-name'".into());
+    if domain.is_empty()
+        || domain.len() > 253
+        || !domain.split('.').all(label_ok)
+        || !domain.contains('.')
+    {
+        return Some(
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'"
+                .into(),
+        );
     }
     if path.is_empty() || path.contains('/') && path.split('/').any(str::is_empty) {
         return Some("validating path: must be a fully qualified domain and path of the form 'example.com/signer-name'".into());
@@ -123,7 +134,10 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
         None if spec.get("request").is_none_or(Value::is_null) => {
             causes.push(Cause::required("spec.request"));
         }
-        None => causes.push(Cause::invalid("spec.request", "Invalid value: the request is not base64")),
+        None => causes.push(Cause::invalid(
+            "spec.request",
+            "Invalid value: the request is not base64",
+        )),
         Some(bytes) => {
             if let Err(why) = request_der(&bytes) {
                 causes.push(Cause::invalid(
@@ -154,11 +168,15 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
                 let u = u.as_str().unwrap_or_default();
                 let field = format!("spec.usages[{i}]");
                 if !USAGES.contains(&u) {
-                    let supported: Vec<String> = USAGES.iter().map(|s| format!("\"{s}\"")).collect();
+                    let supported: Vec<String> =
+                        USAGES.iter().map(|s| format!("\"{s}\"")).collect();
                     causes.push(Cause {
                         reason: "FieldValueNotSupported",
                         field,
-                        message: format!("Unsupported value: \"{u}\": supported values: {}", supported.join(", ")),
+                        message: format!(
+                            "Unsupported value: \"{u}\": supported values: {}",
+                            supported.join(", ")
+                        ),
                     });
                 } else if seen.contains(&u) {
                     causes.push(Cause::duplicate(field, u));
@@ -195,7 +213,9 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             Some(s) => causes.push(Cause {
                 reason: "FieldValueNotSupported",
                 field: format!("{field}.status"),
-                message: format!("Unsupported value: \"{s}\": supported values: \"False\", \"True\", \"Unknown\""),
+                message: format!(
+                    "Unsupported value: \"{s}\": supported values: \"False\", \"True\", \"Unknown\""
+                ),
             }),
         }
         if matches!(t, "Approved" | "Denied" | "Failed") && seen.iter().any(|s| s == t) {
@@ -207,7 +227,9 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
         if (t == "Approved" && denied) || (t == "Denied" && approved) {
             causes.push(Cause::invalid(
                 format!("{field}.type"),
-                format!("Invalid value: \"{t}\": Approved and Denied conditions are mutually exclusive"),
+                format!(
+                    "Invalid value: \"{t}\": Approved and Denied conditions are mutually exclusive"
+                ),
             ));
         }
     }
@@ -250,7 +272,12 @@ pub fn validate_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    let cert = |o: &Value| o.pointer("/status/certificate").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let cert = |o: &Value| {
+        o.pointer("/status/certificate")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let (old_cert, new_cert) = (cert(old), cert(new));
     if !old_cert.is_empty() && old_cert != new_cert {
         causes.push(Cause::forbidden(
@@ -286,7 +313,9 @@ pub fn prepare_create(obj: &mut Value, user: Option<&UserInfo>) {
 }
 
 fn signer_of(obj: &Value) -> &str {
-    obj.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or_default()
+    obj.pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// Whether `user` may `verb` (`approve`, `sign`) the signer of `csr`: on the signer
@@ -314,7 +343,8 @@ pub fn admit_create(obj: &Value) -> Result<(), ApiError> {
         return Ok(());
     };
     use x509_parser::prelude::FromDer;
-    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(&der) else {
+    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+    else {
         return Ok(());
     };
     let masters = csr
@@ -326,7 +356,9 @@ pub fn admit_create(obj: &Value) -> Result<(), ApiError> {
         let name = crate::apiserver::object::name(obj);
         return Err(forbidden(
             name,
-            &format!("use of {KUBE_APISERVER_CLIENT} signer with system:masters group is not allowed"),
+            &format!(
+                "use of {KUBE_APISERVER_CLIENT} signer with system:masters group is not allowed"
+            ),
         ));
     }
     Ok(())
@@ -347,7 +379,11 @@ pub fn admit_update(
     let name = crate::apiserver::object::name(old);
     match subresource {
         "approval" => {
-            let conds = |o: &Value| o.pointer("/status/conditions").cloned().unwrap_or(Value::Null);
+            let conds = |o: &Value| {
+                o.pointer("/status/conditions")
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
             if conds(old) != conds(new) && !may(authz, user, "approve", signer) {
                 return Err(forbidden(
                     name,
@@ -356,7 +392,11 @@ pub fn admit_update(
             }
         }
         "status" => {
-            let cert = |o: &Value| o.pointer("/status/certificate").cloned().unwrap_or(Value::Null);
+            let cert = |o: &Value| {
+                o.pointer("/status/certificate")
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
             if cert(old) != cert(new) && !may(authz, user, "sign", signer) {
                 return Err(forbidden(
                     name,
@@ -376,8 +416,14 @@ mod tests {
     fn csr_pem() -> String {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
-        params.serialize_request(&key).expect("csr").pem().expect("pem")
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
     }
 
     fn csr(request: &[u8], signer: &str, usages: Value) -> Value {
@@ -390,12 +436,19 @@ mod tests {
     fn messages(obj: &Value) -> Vec<String> {
         let mut causes = Vec::new();
         validate(obj, &mut causes);
-        causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+        causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
     }
 
     #[test]
     fn requests_signers_and_usages_are_validated_as_upstream() {
-        let good = csr(csr_pem().as_bytes(), KUBE_APISERVER_CLIENT, json!(["client auth"]));
+        let good = csr(
+            csr_pem().as_bytes(),
+            KUBE_APISERVER_CLIENT,
+            json!(["client auth"]),
+        );
         assert!(messages(&good).is_empty(), "{:?}", messages(&good));
         let bad = csr(b"junk", "example.com/x", json!(["client auth", "flying"]));
         let m = messages(&bad);
@@ -403,15 +456,29 @@ mod tests {
             m[0],
             "spec.request: Invalid value: []byte{0x6a, 0x75, 0x6e, 0x6b}: PEM block type must be CERTIFICATE REQUEST"
         );
-        assert!(m[1].starts_with("spec.usages[1]: Unsupported value: \"flying\": supported values: \"any\", "), "{m:?}");
+        assert!(
+            m[1].starts_with(
+                "spec.usages[1]: Unsupported value: \"flying\": supported values: \"any\", "
+            ),
+            "{m:?}"
+        );
         let m = messages(&csr(csr_pem().as_bytes(), "nodomain", json!([])));
-        assert!(m.iter().any(|s| s.starts_with("spec.signerName: Invalid value: \"nodomain\"")), "{m:?}");
-        assert!(m.contains(&"spec.usages: Required value".to_owned()), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|s| s.starts_with("spec.signerName: Invalid value: \"nodomain\"")),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&"spec.usages: Required value".to_owned()),
+            "{m:?}"
+        );
         let mut both = good.clone();
         both["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}, {"type": "Denied", "status": "True"}]});
         assert_eq!(
             messages(&both),
-            ["status.conditions[1].type: Invalid value: \"Denied\": Approved and Denied conditions are mutually exclusive"]
+            [
+                "status.conditions[1].type: Invalid value: \"Denied\": Approved and Denied conditions are mutually exclusive"
+            ]
         );
     }
 }

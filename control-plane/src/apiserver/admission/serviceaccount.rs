@@ -92,7 +92,11 @@ fn uses_secrets(spec: &Value) -> bool {
         .flatten()
         .any(|c| {
             let mut env = c.get("env").and_then(Value::as_array).into_iter().flatten();
-            let mut from = c.get("envFrom").and_then(Value::as_array).into_iter().flatten();
+            let mut from = c
+                .get("envFrom")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
             env.any(|e| e.pointer("/valueFrom/secretKeyRef").is_some())
                 || from.any(|f| f.get("secretRef").is_some())
         });
@@ -112,7 +116,8 @@ fn uses_token_projection(spec: &Value) -> bool {
 /// Admits the pod `pod` (being created in `ns`).
 pub async fn admit(cache: &WatchCache, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
     let name = object::name(pod).to_owned();
-    let forbidden = |msg: String| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"));
+    let forbidden =
+        |msg: String| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"));
     if is_mirror(pod) {
         let Some(spec) = pod.get("spec") else {
             return Ok(());
@@ -122,7 +127,9 @@ pub async fn admit(cache: &WatchCache, ns: &str, pod: &mut Value) -> Result<(), 
             .and_then(Value::as_str)
             .unwrap_or_default();
         if !account.is_empty() {
-            return Err(forbidden("a mirror pod may not reference service accounts".into()));
+            return Err(forbidden(
+                "a mirror pod may not reference service accounts".into(),
+            ));
         }
         if uses_secrets(spec) {
             return Err(forbidden("a mirror pod may not reference secrets".into()));
@@ -197,10 +204,12 @@ fn mount_token(spec: &mut serde_json::Map<String, Value>) {
         .collect();
     // An existing kube-api-access volume (a pod re-created from a dump) is reused.
     let existing = taken.iter().find(|n| n.starts_with(VOLUME_PREFIX)).cloned();
-    let volume_name = existing.clone().unwrap_or_else(|| loop {
-        let candidate = format!("{VOLUME_PREFIX}{}", object::random_suffix());
-        if !taken.contains(&candidate) {
-            break candidate;
+    let volume_name = existing.clone().unwrap_or_else(|| {
+        loop {
+            let candidate = format!("{VOLUME_PREFIX}{}", object::random_suffix());
+            if !taken.contains(&candidate) {
+                break candidate;
+            }
         }
     });
     if existing.is_none() {

@@ -366,7 +366,10 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
         new["spec"] = old.get("spec").cloned().unwrap_or(Value::Null);
         if part == Part::Status {
             let decided = |c: &&Value| {
-                matches!(c.get("type").and_then(Value::as_str), Some("Approved" | "Denied"))
+                matches!(
+                    c.get("type").and_then(Value::as_str),
+                    Some("Approved" | "Denied")
+                )
             };
             let kept: Vec<Value> = old
                 .pointer("/status/conditions")

@@ -91,7 +91,11 @@ pub fn kubelet_client(req: &Request, usages: &[String]) -> Result<(), String> {
     if !req.common_name.starts_with("system:node:") {
         return Err("subject common name does not begin with system:node:".into());
     }
-    if !usages_within(usages, &["digital signature", "client auth"], &["key encipherment"]) {
+    if !usages_within(
+        usages,
+        &["digital signature", "client auth"],
+        &["key encipherment"],
+    ) {
         return Err(format!(
             "usages did not match [digital signature client auth] (key encipherment optional): {usages:?}"
         ));
@@ -116,7 +120,11 @@ pub fn kubelet_serving(req: &Request, usages: &[String]) -> Result<(), String> {
     if !req.common_name.starts_with("system:node:") {
         return Err("Subject common name does not begin with system:node:".into());
     }
-    if !usages_within(usages, &["digital signature", "server auth"], &["key encipherment"]) {
+    if !usages_within(
+        usages,
+        &["digital signature", "server auth"],
+        &["key encipherment"],
+    ) {
         return Err(format!(
             "usages did not match [digital signature server auth] (key encipherment optional): {usages:?}"
         ));
@@ -163,22 +171,37 @@ mod tests {
     #[test]
     fn node_certificates_need_node_subjects_and_usages() {
         let node = req("system:node:n1", &["system:nodes"], &[]);
-        assert_eq!(kubelet_client(&node, &u(&["digital signature", "client auth"])), Ok(()));
         assert_eq!(
-            kubelet_client(&node, &u(&["digital signature", "key encipherment", "client auth"])),
+            kubelet_client(&node, &u(&["digital signature", "client auth"])),
+            Ok(())
+        );
+        assert_eq!(
+            kubelet_client(
+                &node,
+                &u(&["digital signature", "key encipherment", "client auth"])
+            ),
             Ok(())
         );
         assert!(kubelet_client(&node, &u(&["client auth", "server auth"])).is_err());
         assert_eq!(
-            kubelet_client(&req("alice", &["system:nodes"], &[]), &u(&["digital signature", "client auth"])),
+            kubelet_client(
+                &req("alice", &["system:nodes"], &[]),
+                &u(&["digital signature", "client auth"])
+            ),
             Err("subject common name does not begin with system:node:".into())
         );
         assert_eq!(
-            kubelet_client(&req("system:node:n1", &["system:masters"], &[]), &u(&["client auth"])),
+            kubelet_client(
+                &req("system:node:n1", &["system:masters"], &[]),
+                &u(&["client auth"])
+            ),
             Err("subject organization is not system:nodes".into())
         );
         let serving = req("system:node:n1", &["system:nodes"], &["n1"]);
-        assert_eq!(kubelet_serving(&serving, &u(&["digital signature", "server auth"])), Ok(()));
+        assert_eq!(
+            kubelet_serving(&serving, &u(&["digital signature", "server auth"])),
+            Ok(())
+        );
         assert!(kubelet_serving(&node, &u(&["digital signature", "server auth"])).is_err());
         assert_eq!(
             apiserver_client(&u(&["client auth", "server auth"])),

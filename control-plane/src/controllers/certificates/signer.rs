@@ -69,9 +69,7 @@ impl Ca {
                     params.key_usages.push(KeyUsagePurpose::DigitalSignature)
                 }
                 "key encipherment" => params.key_usages.push(KeyUsagePurpose::KeyEncipherment),
-                "content commitment" => {
-                    params.key_usages.push(KeyUsagePurpose::ContentCommitment)
-                }
+                "content commitment" => params.key_usages.push(KeyUsagePurpose::ContentCommitment),
                 "key agreement" => params.key_usages.push(KeyUsagePurpose::KeyAgreement),
                 "data encipherment" => params.key_usages.push(KeyUsagePurpose::DataEncipherment),
                 "client auth" => params
@@ -93,8 +91,8 @@ impl Ca {
 fn ca_not_after(pem: &str) -> Result<time::OffsetDateTime, String> {
     let der = crate::apiserver::admission::certificates::pem_block(pem, "CERTIFICATE")
         .ok_or("the CA certificate is not PEM")?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&der).map_err(|e| format!("the CA certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("the CA certificate: {e}"))?;
     time::OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
         .map_err(|e| e.to_string())
 }
