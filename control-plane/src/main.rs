@@ -47,9 +47,11 @@ struct Args {
     /// Run the scheduler (kube-scheduler's default profile).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     scheduler: bool,
-    /// Run the controllers (kube-controller-manager's core set).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    controllers: bool,
+    /// Which controllers run (kube-controller-manager's core set): `true` (all),
+    /// `false` (none), or kube-controller-manager's list form (`*,-nodelifecycle`,
+    /// `csrapproving,csrsigning`).
+    #[arg(long, default_value = "true")]
+    controllers: berth_control_plane::controllers::Selection,
     /// Run the scheduler and the controllers only while holding their Lease in
     /// kube-system, so several berth-servers never both act.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -61,9 +63,10 @@ struct Args {
     /// unset; with the apiserver, they are also part of its `/metrics`).
     #[arg(long)]
     metrics_bind_address: Option<SocketAddr>,
-    /// How requests are authorized: `RBAC` (Roles, ClusterRoles and their bindings;
-    /// `system:masters` may do everything) or `AlwaysAllow` (every authenticated request).
-    #[arg(long, default_value = "RBAC")]
+    /// How requests are authorized: `Node,RBAC` (nodes by the Node authorizer, then
+    /// Roles, ClusterRoles and their bindings; `system:masters` may do everything),
+    /// `RBAC` alone, or `AlwaysAllow` (every authenticated request).
+    #[arg(long, default_value = "Node,RBAC")]
     authorization_mode: berth_control_plane::apiserver::authz::Mode,
     /// The CA certificate (PEM) the controllers publish as every namespace's
     /// `kube-root-ca.crt` ConfigMap (default: the CA of the controllers' kubeconfig).
@@ -222,7 +225,7 @@ fn main() -> anyhow::Result<()> {
                 },
             ));
         }
-        if args.controllers {
+        if args.controllers.any() {
             let options = controllers::Options {
                 node_monitor_grace_period: std::time::Duration::from_secs(
                     args.node_monitor_grace_period,
@@ -230,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                 terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
                 root_ca: None,
                 signing: None,
+                controllers: args.controllers.clone(),
             };
             let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());
             let pki = args.data_dir.join("pki");
@@ -289,7 +293,7 @@ fn main() -> anyhow::Result<()> {
             ));
         }
         if !args.apiserver {
-            if !args.scheduler && !args.controllers {
+            if !args.scheduler && !args.controllers.any() {
                 anyhow::bail!(
                     "nothing to run: --apiserver, --scheduler and --controllers are all false"
                 );

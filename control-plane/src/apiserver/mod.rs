@@ -102,7 +102,11 @@ impl Api {
         let cache = WatchCache::start(store.clone()).await?;
         let rbac = authz::rbac::Rbac::start(cache.clone());
         let authorizer: Box<dyn Authorizer> = match authorization_mode {
-            authz::Mode::Rbac => Box::new(authz::RbacMode(rbac.clone())),
+            authz::Mode::NodeRbac => Box::new(authz::RbacMode(
+                rbac.clone(),
+                Some(authz::node::NodeAuthorizer::new(cache.clone())),
+            )),
+            authz::Mode::Rbac => Box::new(authz::RbacMode(rbac.clone(), None)),
             authz::Mode::AlwaysAllow => Box::new(authz::AlwaysAllow),
         };
         let services = admission::service_ips::Allocator::default();
@@ -373,14 +377,14 @@ fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        && let Some(token) = header.strip_prefix("Bearer ")
+        && let Some(token) = auth::bearer_token(header)
     {
         return api
             .authenticate_token(token.trim(), &[])
             .map(|(user, _)| Some(user))
             .ok_or_else(ApiError::unauthorized);
     }
-    if api.authorization_mode == authz::Mode::Rbac {
+    if api.authorization_mode.anonymous_is_authorized() {
         return Ok(Some(auth::anonymous()));
     }
     if auth::is_public(req.uri().path()) {

@@ -3,6 +3,7 @@
 
 pub mod certificates;
 pub mod defaults;
+pub mod node_restriction;
 pub mod priority;
 pub mod rbac;
 pub mod service_ips;

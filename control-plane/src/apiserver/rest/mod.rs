@@ -461,6 +461,13 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     if csr {
         certificates::validate_update(old, &new, &mut causes);
     }
+    super::admission::node_restriction::admit_update(
+        ctx.user.as_ref(),
+        def,
+        part == Part::Status,
+        old,
+        &new,
+    )?;
     if !causes.is_empty() {
         return Err(invalid(def, &new, causes));
     }

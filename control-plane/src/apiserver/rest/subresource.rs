@@ -308,6 +308,18 @@ async fn token(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
         return Err(ctx.not_found(name));
     };
     let ns = ctx.namespace.clone().unwrap_or_default();
+    crate::apiserver::admission::node_restriction::admit_token(
+        ctx.user.as_ref(),
+        &ctx.def,
+        name,
+        &request,
+        |pod| {
+            ctx.api
+                .cache
+                .get(&format!("/registry/core/pods/{ns}/{pod}"))
+                .map(|c| c.value())
+        },
+    )?;
     let uid = object::meta_str(&account, "uid")
         .unwrap_or_default()
         .to_owned();

@@ -98,10 +98,16 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
             "system:kubelet-api-admin".into(),
             vec![user(crate::apiserver::kubelet::CLIENT_USER)],
         ),
+        // berth's agent is its node's kube-proxy and DNS server too.
         (
             "system:node-proxier".into(),
             "system:node-proxier".into(),
-            vec![user("system:kube-proxy")],
+            vec![user("system:kube-proxy"), group("system:nodes")],
+        ),
+        (
+            "system:berth:node-dns".into(),
+            "system:berth:node-dns".into(),
+            vec![group("system:nodes")],
         ),
         (
             "system:kube-dns".into(),

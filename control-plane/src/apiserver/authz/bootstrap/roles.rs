@@ -257,6 +257,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 ),
             ],
         ),
+        // What berth's agent reads to serve cluster DNS besides Services and
+        // EndpointSlices: its configuration.
+        role(
+            "system:berth:node-dns",
+            vec![named(READ, &[""], &["configmaps"], &["berth-dns"])],
+        ),
         role(
             "system:kube-dns",
             vec![r(&["list", "watch"], &[""], &["endpoints", "services"])],
