@@ -29,6 +29,9 @@ use serde_json::json;
 /// The file holding the current client certificate and its key.
 pub const CURRENT: &str = "kubelet-client-current.pem";
 const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+/// The file holding the kubelet API's serving certificate and its key.
+pub const SERVING: &str = "kubelet-server-current.pem";
 /// How long the agent waits for its request to be approved and signed.
 const WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -73,7 +76,8 @@ impl Rotating {
         })
     }
 
-    fn set(&self, pem: &[u8]) -> anyhow::Result<()> {
+    /// Replaces the certificate (and key) from `pem`.
+    pub fn set(&self, pem: &[u8]) -> anyhow::Result<()> {
         let key = Arc::new(certified(pem)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
         *self.pem.write().unwrap_or_else(|p| p.into_inner()) = pem.to_vec();
@@ -82,6 +86,17 @@ impl Rotating {
 
     fn validity(&self) -> Option<(i64, i64)> {
         validity(&self.pem.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Rotating {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -144,10 +159,12 @@ pub fn client(config: &kube::Config, identity: Arc<Rotating>) -> anyhow::Result<
     Ok(kube::Client::new(service, config.default_namespace.clone()))
 }
 
-/// A new key and a CSR (PEM) for `system:node:<node>` in `system:nodes`.
-fn new_request(node: &str) -> anyhow::Result<(rcgen::KeyPair, String)> {
+/// A new key and a CSR (PEM) for `system:node:<node>` in `system:nodes`, for the
+/// subject alternative names `sans` (DNS names or IP addresses).
+fn new_request(node: &str, sans: &[String]) -> anyhow::Result<(rcgen::KeyPair, String)> {
     let key = rcgen::KeyPair::generate().context("generating a key")?;
-    let mut params = rcgen::CertificateParams::default();
+    let mut params =
+        rcgen::CertificateParams::new(sans.to_vec()).context("the subject alternative names")?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
@@ -158,16 +175,34 @@ fn new_request(node: &str) -> anyhow::Result<(rcgen::KeyPair, String)> {
     Ok((key, csr.pem().context("the CSR's PEM")?))
 }
 
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// The node's client certificate.
+    Client,
+    /// The kubelet API's serving certificate.
+    Serving,
+}
+
 /// Files a CSR through `client` and waits for its certificate; returns certificate and
 /// key as one PEM.
-async fn request_certificate(client: &kube::Client, node: &str) -> anyhow::Result<Vec<u8>> {
-    let (key, pem) = new_request(node)?;
+async fn request_certificate(
+    client: &kube::Client,
+    node: &str,
+    purpose: Purpose,
+    sans: &[String],
+) -> anyhow::Result<Vec<u8>> {
+    let (key, pem) = new_request(node, sans)?;
+    let (signer, usage) = match purpose {
+        Purpose::Client => (SIGNER, "client auth"),
+        Purpose::Serving => (SERVING_SIGNER, "server auth"),
+    };
     let csr: CertificateSigningRequest = serde_json::from_value(json!({
         "metadata": {"generateName": "node-csr-"},
         "spec": {
             "request": base64::engine::general_purpose::STANDARD.encode(pem),
-            "signerName": SIGNER,
-            "usages": ["digital signature", "client auth"],
+            "signerName": signer,
+            "usages": ["digital signature", usage],
         },
     }))?;
     let api = Api::<CertificateSigningRequest>::all(client.clone());
@@ -286,7 +321,7 @@ pub async fn bootstrap(
         .await
         .context("loading the bootstrap kubeconfig")?;
     let boot = kube::Client::try_from(config)?;
-    let pem = request_certificate(&boot, node).await?;
+    let pem = request_certificate(&boot, node, Purpose::Client, &[]).await?;
     let current = cert_dir.join(CURRENT);
     write_private(&current, &pem)?;
     let file = current.display();
@@ -296,6 +331,58 @@ pub async fn bootstrap(
     write_private(kubeconfig, config.as_bytes())?;
     tracing::info!(node, kubeconfig = %kubeconfig.display(), "joined: client certificate issued");
     Ok(())
+}
+
+/// The kubelet API's serving certificate and key (one PEM) for `names` (the node's
+/// name and address), from the `kubernetes.io/kubelet-serving` signer: the one in
+/// `cert_dir` while it is valid for another day, else a new one (requested with the
+/// node's identity and approved by berth-server's approver).
+pub async fn serving(
+    client: &kube::Client,
+    node: &str,
+    names: &[String],
+    cert_dir: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    let path = cert_dir.join(SERVING);
+    if let Ok(pem) = std::fs::read(&path)
+        && validity(&pem).is_some_and(|(_, not_after)| not_after > now() + 86_400)
+    {
+        return Ok(pem);
+    }
+    let pem = request_certificate(client, node, Purpose::Serving, names).await?;
+    write_private(&path, &pem)?;
+    Ok(pem)
+}
+
+/// Gets the serving certificate ([`serving`]) into `identity` (which the kubelet API
+/// serves with), and a new one a day before it expires, for as long as the agent runs.
+pub async fn keep_serving(
+    client: kube::Client,
+    identity: Arc<Rotating>,
+    node: String,
+    names: Vec<String>,
+    cert_dir: PathBuf,
+) {
+    loop {
+        match serving(&client, &node, &names, &cert_dir).await {
+            Ok(pem) => match identity.set(&pem) {
+                Ok(()) => {
+                    tracing::info!(node, "kubelet API serving certificate from the cluster CA");
+                    let until = validity(&pem).map_or(0, |(_, not_after)| not_after - 86_400);
+                    let wait = (until - now()).max(60);
+                    tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
+                }
+                Err(err) => {
+                    tracing::error!(%err, "the serving certificate");
+                    return;
+                }
+            },
+            Err(err) => {
+                tracing::warn!(%err, "no serving certificate from the cluster CA yet (serving a self-signed one); retrying in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after`: at a random
@@ -325,7 +412,7 @@ pub async fn rotate(
         };
         let wait = (renew_at(not_before, not_after) - now()).max(0);
         tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
-        match request_certificate(&client, &node).await {
+        match request_certificate(&client, &node, Purpose::Client, &[]).await {
             Ok(pem) => {
                 let stored = write_private(&cert_dir.join(CURRENT), &pem);
                 match stored.and_then(|()| identity.set(&pem)) {
@@ -355,7 +442,7 @@ mod tests {
 
     #[test]
     fn requests_name_the_node() {
-        let (_, pem) = new_request("n1").expect("a request");
+        let (_, pem) = new_request("n1", &["n1".into(), "10.0.0.1".into()]).expect("a request");
         assert!(
             pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
             "{pem}"

@@ -269,7 +269,10 @@ async fn main() -> anyhow::Result<()> {
         .cert_dir
         .clone()
         .unwrap_or_else(|| args.root_dir.join("pki"));
-    if let Some(boot) = &args.bootstrap_kubeconfig {
+    // (`--remove-all-pods` contacts no apiserver, so it needs no identity.)
+    if let Some(boot) = &args.bootstrap_kubeconfig
+        && !args.remove_all_pods
+    {
         berth_agent::certificates::bootstrap(boot, &args.kubeconfig, &cert_dir, &name)
             .await
             .context("TLS bootstrap")?;
@@ -452,12 +455,29 @@ async fn main() -> anyhow::Result<()> {
     let uid = node.metadata.uid.clone().unwrap_or_default();
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let addr = SocketAddr::new(args.address, args.port);
+    // The kubelet API: self-signed until the kubelet-serving signer's certificate
+    // arrives; callers authorized through SubjectAccessReviews (webhook mode).
+    let names = berth_agent::kubelet_api::serving_names(&ctx);
+    let serving = Arc::new(berth_agent::certificates::Rotating::new(
+        &berth_agent::kubelet_api::self_signed(names.clone())?,
+    )?);
+    tokio::spawn(berth_agent::certificates::keep_serving(
+        client.clone(),
+        serving.clone(),
+        name.clone(),
+        names,
+        cert_dir.clone(),
+    ));
+    let kubelet_authz = Arc::new(berth_agent::kubelet_api::auth::Authorizer::new(
+        client.clone(),
+        name.clone(),
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
         () = pods::run(ctx.clone(), pod_writer) => {}
         () = pods::eviction::run(ctx.clone(), thresholds, pod_store) => {}
-        r = berth_agent::kubelet_api::serve(ctx, addr, client_ca) => r?,
+        r = berth_agent::kubelet_api::serve(ctx, addr, client_ca, serving, kubelet_authz) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }

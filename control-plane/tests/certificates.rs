@@ -3,7 +3,9 @@
 //! certificate approve|deny` through the `approval` subresource (and its `approve`-on-
 //! the-signer check), the signer (a kube-apiserver-client certificate that authenticates
 //! as its CN, for `expirationSeconds`; usages it does not allow → the Failed condition),
-//! and CertificateSubjectRestriction (no system:masters through that signer).
+//! and CertificateSubjectRestriction (no system:masters through that signer); bootstrap
+//! tokens filing node CSRs that are approved automatically; and what node credentials
+//! obtained that way may do (the Node authorizer and NodeRestriction admission).
 
 use std::time::{Duration, Instant};
 
@@ -433,6 +435,168 @@ fn bootstrap_tokens_file_node_csrs_that_are_approved_automatically() {
         "bootstrap-token-old123",
         &format!("bootstrap-token-{id}"),
     ]);
+}
+
+/// Credentials for node `name`: a kubelet client certificate through a CSR the admin
+/// approves.
+fn node_kubectl(k: &Kubectl, server: &BerthServer, dir: &std::path::Path, name: &str) -> Kubectl {
+    let (key, pem) = request(&format!("system:node:{name}"), &["system:nodes"]);
+    let csr = format!("node-csr-{name}");
+    let manifest = csr_manifest(
+        &csr,
+        pem.as_bytes(),
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        "[digital signature, client auth]",
+        "",
+    );
+    let out = create(k, dir, &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    k.ok(&["certificate", "approve", &csr]);
+    let cert = poll("the node certificate", || {
+        let c = k.json(&["get", "csr", &csr]);
+        c["status"]["certificate"].as_str().map(str::to_owned)
+    });
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(cert)
+        .expect("base64");
+    let (cert_file, key_file) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_file, cert).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    k.ok(&["delete", "csr", &csr]);
+    kubectl_with(
+        k,
+        server,
+        name,
+        &[
+            format!("--client-certificate={}", cert_file.display()),
+            format!("--client-key={}", key_file.display()),
+        ],
+    )
+}
+
+/// Runs `k args` expecting failure with `message` in stderr.
+fn refused(k: &Kubectl, args: &[&str], message: &str) {
+    let err = k.fails(args);
+    assert!(
+        err.contains(message),
+        "kubectl {args:?}: want {message:?}, got {err}"
+    );
+}
+
+#[test]
+fn node_credentials_reach_only_their_own_node_and_pods() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let a = node_kubectl(&k, &server, home.path(), "node-a");
+    let node = |n: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n");
+    a.apply(&node("node-a"));
+    k.apply(&node("node-b"));
+    k.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: used}\nstringData: {k: v}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: unused}\nstringData: {k: v}\n");
+    let pod = |name: &str, node: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  automountServiceAccountToken: false\n  containers: [{{name: c, image: registry.local/busybox:1}}]\n{extra}"
+        )
+    };
+    poll("the default ServiceAccount", || {
+        k.run(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+            .then_some(())
+    });
+    k.apply(&pod(
+        "pa",
+        "node-a",
+        "  volumes: [{name: s, secret: {secretName: used}}]\n",
+    ));
+    k.apply(&pod("pb", "node-b", ""));
+
+    // Its own Node: yes; another's, or a node-restriction label: no.
+    a.ok(&["label", "node", "node-a", "tier=edge"]);
+    refused(
+        &a,
+        &["label", "node", "node-b", "tier=edge"],
+        r#"nodes "node-b" is forbidden: node "node-a" is not allowed to modify node "node-b""#,
+    );
+    refused(
+        &a,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/pool=x",
+        ],
+        r#"node "node-a" is not allowed to modify labels: node-restriction.kubernetes.io/pool"#,
+    );
+    // The Secret its pod mounts: yes; another: no.
+    a.ok(&["get", "secret", "used"]);
+    refused(
+        &a,
+        &["get", "secret", "unused"],
+        r#"secrets "unused" is forbidden: User "system:node:node-a" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'node-a' and this object"#,
+    );
+    // Its pods: read, listed by its name; another node's: neither read nor deleted.
+    a.ok(&["get", "pod", "pa"]);
+    let listed = a.ok(&[
+        "get",
+        "pods",
+        "--field-selector",
+        "spec.nodeName=node-a",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(listed.trim(), "pod/pa");
+    refused(
+        &a,
+        &["get", "pods"],
+        "can only list/watch pods with spec.nodeName field selector",
+    );
+    refused(
+        &a,
+        &["get", "pod", "pb"],
+        "no relationship found between node 'node-a' and this object",
+    );
+    refused(
+        &a,
+        &["delete", "pod", "pb"],
+        r#"pods "pb" is forbidden: node "node-a" can only delete pods with spec.nodeName set to itself"#,
+    );
+    // Only mirror pods of its own.
+    let path = home.path().join("own.yaml");
+    std::fs::write(&path, pod("own", "node-a", "")).expect("write manifest");
+    refused(
+        &a,
+        &["create", "-f", path.to_str().expect("utf-8")],
+        r#"pod does not have "kubernetes.io/config.mirror" annotation, node "node-a" can only create mirror pods"#,
+    );
+    // Another node's Lease: no.
+    k.apply("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: node-b, namespace: kube-node-lease}\nspec: {holderIdentity: node-b}\n");
+    refused(
+        &a,
+        &[
+            "annotate",
+            "lease",
+            "node-b",
+            "-n",
+            "kube-node-lease",
+            "x=y",
+        ],
+        "can only access node lease with the same name as the requesting node",
+    );
+
+    k.ok(&["delete", "pod", "pa", "pb", "--grace-period=0", "--force"]);
+    k.ok(&["delete", "secret", "used", "unused"]);
+    k.ok(&["delete", "node", "node-a", "node-b"]);
+    k.ok(&["delete", "lease", "node-b", "-n", "kube-node-lease"]);
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {

@@ -571,9 +571,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "system:kube-scheduler",
         &[],
     )?;
-    let (kubelet_cert, kubelet_key) =
-        pki.issue(kubelet::CLIENT_USER, &["system:masters"], &[], false)?;
-    kubelet::init(&kubelet_cert, &kubelet_key).context("the kubelet client")?;
+    let (kubelet_cert, kubelet_key) = pki.issue(kubelet::CLIENT_USER, &[], &[], false)?;
+    kubelet::init(&kubelet_cert, &kubelet_key, &pki.ca_cert).context("the kubelet client")?;
     let tokens = match &config.token_file {
         Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,
         None => Tokens::default(),

@@ -290,10 +290,23 @@ impl Authorizer for RbacMode {
         if is_master(&attrs.user) {
             return Decision::allow("");
         }
-        if let Some(decision) = self.1.as_ref().and_then(|n| n.authorize(attrs)) {
-            return decision;
+        let node = self.1.as_ref().and_then(|n| n.authorize(attrs));
+        match node {
+            Some(Ok(())) => Decision::allow(""),
+            Some(Err(why)) => {
+                // Upstream's union of authorizers: the reasons of both, in order.
+                let mut rbac = self.0.authorize(attrs);
+                if !rbac.allowed && !why.is_empty() {
+                    rbac.reason = if rbac.reason.is_empty() {
+                        why
+                    } else {
+                        format!("{why}\n{}", rbac.reason)
+                    };
+                }
+                rbac
+            }
+            None => self.0.authorize(attrs),
         }
-        self.0.authorize(attrs)
     }
 
     fn rules_for(&self, user: &UserInfo, namespace: &str) -> RuleSet {

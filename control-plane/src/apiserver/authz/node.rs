@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Attributes, Decision, Rule};
+use super::{Attributes, Rule};
 use crate::apiserver::auth::UserInfo;
 use crate::apiserver::watch_cache::WatchCache;
 
@@ -161,17 +161,20 @@ impl NodeAuthorizer {
         }
     }
 
-    /// `Some(decision)` when the Node authorizer has an opinion about a node's request
-    /// (it only ever allows), `None` for everyone else and for what it does not allow.
-    pub fn authorize(&self, attrs: &Attributes) -> Option<Decision> {
+    /// `Ok(())` when the Node authorizer allows a node's request; `Err(reason)` when it
+    /// has no opinion (the reason joins RBAC's in the 403, as upstream's union of
+    /// authorizers words it); `None` for anyone who is not a node.
+    pub fn authorize(&self, attrs: &Attributes) -> Option<Result<(), String>> {
         let node = node_name(&attrs.user)?;
-        let allow = || Some(Decision::allow(""));
+        let static_rules = || {
+            if self.rules.iter().any(|r| r.allows(attrs)) {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
+        };
         if !attrs.resource_request {
-            return self
-                .rules
-                .iter()
-                .any(|r| r.allows(attrs))
-                .then(Decision::default_allow);
+            return Some(static_rules());
         }
         let (verb, ns, name) = (
             attrs.verb.as_str(),
@@ -179,67 +182,79 @@ impl NodeAuthorizer {
             attrs.name.as_str(),
         );
         let read = matches!(verb, "get" | "list" | "watch");
-        match (attrs.api_group.as_str(), attrs.resource.as_str()) {
+        let related = |ok: bool| {
+            if ok {
+                Ok(())
+            } else if name.is_empty() {
+                Err("can only get individual resources of this type".to_owned())
+            } else {
+                Err(format!(
+                    "no relationship found between node '{node}' and this object"
+                ))
+            }
+        };
+        let decision = match (attrs.api_group.as_str(), attrs.resource.as_str()) {
             // Reads of one object (a list or watch narrowed to it by name counts as
             // that object).
-            ("", "secrets") if read && attrs.subresource.is_empty() => self
-                .used_by_pods(node, ns, Kind::Secret, name)
-                .then(Decision::default_allow),
-            ("", "configmaps") if read && attrs.subresource.is_empty() => self
-                .used_by_pods(node, ns, Kind::ConfigMap, name)
-                .then(Decision::default_allow),
-            ("", "secrets" | "configmaps") => None,
-            ("", "persistentvolumeclaims") => match (verb, attrs.subresource.as_str()) {
-                ("get", "") => self
-                    .used_by_pods(node, ns, Kind::Claim, name)
-                    .then(Decision::default_allow),
-                ("get" | "update" | "patch", "status") => self
-                    .used_by_pods(node, ns, Kind::Claim, name)
-                    .then(Decision::default_allow),
-                _ => None,
-            },
-            ("", "persistentvolumes") => {
-                (verb == "get" && attrs.subresource.is_empty() && self.volume_used(node, name))
-                    .then(Decision::default_allow)
+            ("", "secrets") if read && attrs.subresource.is_empty() => {
+                related(self.used_by_pods(node, ns, Kind::Secret, name))
             }
-            ("", "serviceaccounts") => (verb == "create"
-                && attrs.subresource == "token"
-                && self.used_by_pods(node, ns, Kind::Account, name))
-            .then(Decision::default_allow),
+            ("", "configmaps") if read && attrs.subresource.is_empty() => {
+                related(self.used_by_pods(node, ns, Kind::ConfigMap, name))
+            }
+            ("", "secrets" | "configmaps") => Err("can only read resources of this type".into()),
+            ("", "persistentvolumeclaims") => match (verb, attrs.subresource.as_str()) {
+                ("get", "") | ("get" | "update" | "patch", "status") => {
+                    related(self.used_by_pods(node, ns, Kind::Claim, name))
+                }
+                _ => Err("can only get a persistentvolumeclaim or update its status".into()),
+            },
+            ("", "persistentvolumes") if verb == "get" && attrs.subresource.is_empty() => {
+                related(self.volume_used(node, name))
+            }
+            ("", "persistentvolumes") => {
+                Err("can only get individual resources of this type".into())
+            }
+            ("", "serviceaccounts") if verb == "create" && attrs.subresource == "token" => {
+                related(self.used_by_pods(node, ns, Kind::Account, name))
+            }
+            ("", "serviceaccounts") => {
+                Err("can only create tokens for individual service accounts".into())
+            }
             ("coordination.k8s.io", "leases") => {
-                let ok = matches!(verb, "get" | "create" | "update" | "patch" | "delete")
-                    && ns == NODE_LEASE_NAMESPACE
-                    && (verb == "create" || name == node);
-                ok.then(Decision::default_allow)
+                if !matches!(verb, "get" | "create" | "update" | "patch" | "delete") {
+                    Err("can only get, create, update, patch, or delete a node lease".into())
+                } else if ns != NODE_LEASE_NAMESPACE {
+                    Err("can only access leases in the kube-node-lease system namespace".into())
+                } else if verb != "create" && name != node {
+                    Err(
+                        "can only access node lease with the same name as the requesting node"
+                            .into(),
+                    )
+                } else {
+                    Ok(())
+                }
+            }
+            ("", "pods") if attrs.subresource.is_empty() && verb == "get" => {
+                let key = format!("/registry/core/pods/{ns}/{name}");
+                related(self.cache.get(&key).is_some_and(|p| {
+                    p.value().pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                }))
             }
             ("", "pods") if attrs.subresource.is_empty() && read => {
-                if verb == "get" {
-                    let key = format!("/registry/core/pods/{ns}/{name}");
-                    let bound = self.cache.get(&key).is_some_and(|p| {
-                        p.value().pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
-                    });
-                    return bound.then(Decision::default_allow);
-                }
                 // list/watch: only its own pods (`AuthorizeNodeWithSelectors`).
                 let own = attrs.field_selector.split(',').any(|t| {
                     t == format!("spec.nodeName={node}") || t == format!("spec.nodeName=={node}")
                 });
-                own.then(Decision::default_allow)
-            }
-            _ => {
-                if self.rules.iter().any(|r| r.allows(attrs)) {
-                    allow()
+                if own {
+                    Ok(())
                 } else {
-                    None
+                    Err("can only list/watch pods with spec.nodeName field selector".into())
                 }
             }
-        }
-    }
-}
-
-impl Decision {
-    fn default_allow() -> Self {
-        Decision::allow("")
+            _ => static_rules(),
+        };
+        Some(decision)
     }
 }
 

@@ -5,7 +5,11 @@
 //! (a new node: bootstrappers hold it) or, when the requester is the node named in the
 //! request, `certificatesigningrequests/selfnodeclient` (a node renewing) — asked
 //! through a SubjectAccessReview for the identity recorded in the request's spec.
-//! Anything else is left for a person (`kubectl certificate approve`).
+//! berth also approves a `kubernetes.io/kubelet-serving` request (the agents' kubelet
+//! API certificate) filed by the node it names (`system:node:<name>` in
+//! `system:nodes`), or by someone who may approve that signer themselves — upstream
+//! leaves these to the cluster's operator. Anything else is left for a person
+//! (`kubectl certificate approve`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::requests;
-use crate::apiserver::admission::certificates::{GROUP, KUBELET_CLIENT};
+use crate::apiserver::admission::certificates::{GROUP, KUBELET_CLIENT, KUBELET_SERVING};
 use crate::client::Informers;
 use crate::controllers::queue::Queue;
 
@@ -51,19 +55,33 @@ async fn allowed(
     csr: &CertificateSigningRequest,
     sub: &str,
 ) -> Result<bool, kube::Error> {
+    review(
+        client,
+        csr,
+        ResourceAttributes {
+            group: Some(GROUP.into()),
+            resource: Some("certificatesigningrequests".into()),
+            subresource: Some(sub.into()),
+            verb: Some("create".into()),
+            ..ResourceAttributes::default()
+        },
+    )
+    .await
+}
+
+/// A SubjectAccessReview for the requester of `csr`.
+async fn review(
+    client: &Client,
+    csr: &CertificateSigningRequest,
+    attributes: ResourceAttributes,
+) -> Result<bool, kube::Error> {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: csr.spec.username.clone(),
             uid: csr.spec.uid.clone(),
             groups: csr.spec.groups.clone(),
             extra: csr.spec.extra.clone(),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(GROUP.into()),
-                resource: Some("certificatesigningrequests".into()),
-                subresource: Some(sub.into()),
-                verb: Some("create".into()),
-                ..ResourceAttributes::default()
-            }),
+            resource_attributes: Some(attributes),
             ..SubjectAccessReviewSpec::default()
         },
         ..SubjectAccessReview::default()
@@ -90,21 +108,54 @@ async fn sync(
             cs.iter()
                 .any(|c| matches!(c.type_.as_str(), "Approved" | "Denied" | "Failed"))
         });
-    if decided || csr.spec.signer_name != KUBELET_CLIENT {
+    if decided {
         return Ok(None);
     }
     let Ok(req) = requests::parse(&csr) else {
         return Ok(None);
     };
     let usages = csr.spec.usages.clone().unwrap_or_default();
-    if requests::kubelet_client(&req, &usages).is_err() {
-        return Ok(None);
-    }
     let own = csr.spec.username.as_deref() == Some(req.common_name.as_str());
-    let sub = if own { "selfnodeclient" } else { "nodeclient" };
-    if !allowed(client, &csr, sub).await? {
-        return Ok(None);
-    }
+    let message = match csr.spec.signer_name.as_str() {
+        KUBELET_CLIENT => {
+            if requests::kubelet_client(&req, &usages).is_err() {
+                return Ok(None);
+            }
+            let sub = if own { "selfnodeclient" } else { "nodeclient" };
+            if !allowed(client, &csr, sub).await? {
+                return Ok(None);
+            }
+            "Auto approving kubelet client certificate after SubjectAccessReview."
+        }
+        KUBELET_SERVING => {
+            if requests::kubelet_serving(&req, &usages).is_err() {
+                return Ok(None);
+            }
+            let node = own
+                && csr
+                    .spec
+                    .groups
+                    .iter()
+                    .flatten()
+                    .any(|g| g == crate::apiserver::authz::node::NODES_GROUP);
+            let approver = review(
+                client,
+                &csr,
+                ResourceAttributes {
+                    group: Some(GROUP.into()),
+                    resource: Some("signers".into()),
+                    name: Some(KUBELET_SERVING.into()),
+                    verb: Some("approve".into()),
+                    ..ResourceAttributes::default()
+                },
+            );
+            if !node && !approver.await? {
+                return Ok(None);
+            }
+            "Auto approving kubelet serving certificate requested by its node."
+        }
+        _ => return Ok(None),
+    };
     let mut conditions = csr
         .status
         .as_ref()
@@ -114,7 +165,7 @@ async fn sync(
         .unwrap_or_default();
     conditions.push(json!({
         "type": "Approved", "status": "True", "reason": "AutoApproved",
-        "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
+        "message": message,
         "lastUpdateTime": crate::apiserver::object::now(),
         "lastTransitionTime": crate::apiserver::object::now(),
     }));
