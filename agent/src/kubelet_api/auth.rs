@@ -71,11 +71,14 @@ pub fn attributes(method: &axum::http::Method, path: &str) -> (&'static str, &'s
     (verb, sub)
 }
 
+/// A cached answer: who, verb, subresource → allowed, when asked.
+type Answers = HashMap<(Caller, &'static str, &'static str), (bool, Instant)>;
+
 /// SubjectAccessReviews through the apiserver, cached.
 pub struct Authorizer {
     client: kube::Client,
     node: String,
-    cache: Mutex<HashMap<(Caller, &'static str, &'static str), (bool, Instant)>>,
+    cache: Mutex<Answers>,
 }
 
 impl std::fmt::Debug for Authorizer {

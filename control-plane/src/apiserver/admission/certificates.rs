@@ -82,7 +82,7 @@ pub fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
 fn check_request(der: &[u8]) -> Result<(), String> {
     use x509_parser::prelude::FromDer;
     match x509_parser::certification_request::X509CertificationRequest::from_der(der) {
-        Ok((rest, _)) if rest.is_empty() => Ok(()),
+        Ok(([], _)) => Ok(()),
         Ok(_) => Err("x509: trailing data after the certificate request".into()),
         Err(e) => Err(format!("x509: malformed certificate request: {e}")),
     }
