@@ -405,12 +405,16 @@ pub async fn rotate(
     node: String,
     cert_dir: PathBuf,
 ) {
+    // At least a minute between renewals, whatever the lifetimes (a signer's 5-minute
+    // backdating puts a very short certificate's renewal point in the past).
+    let mut floor = 0;
     loop {
         let Some((not_before, not_after)) = identity.validity() else {
             tracing::error!("the client certificate cannot be read; not rotating it");
             return;
         };
-        let wait = (renew_at(not_before, not_after) - now()).max(0);
+        let wait = (renew_at(not_before, not_after) - now()).max(floor);
+        floor = 60;
         tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
         match request_certificate(&client, &node, Purpose::Client, &[]).await {
             Ok(pem) => {

@@ -280,7 +280,9 @@ pub fn admit_update(
         ("", "Pod") => Err(forbidden(
             def,
             name,
-            format!("node \"{node}\" can only update pod status"),
+            format!(
+                "unexpected operation \"UPDATE\", node \"{node}\" can only create and delete mirror pods"
+            ),
         )),
         _ => Ok(()),
     }
