@@ -54,8 +54,17 @@ impl Layout {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // The server as the admin kubeconfig names it (the advertised address, which
+        // the agent also takes its node IP from).
+        let admin = std::fs::read_to_string(self.kubeconfig())
+            .with_context(|| format!("reading {}", self.kubeconfig().display()))?;
+        let server = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("https://127.0.0.1:{PORT}"));
         let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: https://127.0.0.1:{PORT}\n    certificate-authority: {}\nusers:\n- name: bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: bootstrap\n  context: {{cluster: berth, user: bootstrap}}\ncurrent-context: bootstrap\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: bootstrap\n  context: {{cluster: berth, user: bootstrap}}\ncurrent-context: bootstrap\n",
             self.server_dir().join("pki/ca.crt").display()
         );
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
