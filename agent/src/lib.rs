@@ -4,8 +4,10 @@
 //! (CNI); [`kubelet_api`] is the kubelet API (logs, health, metrics); [`service_lb`]
 //! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`;
 //! [`dns`] answers the cluster's DNS on this node; both follow the one Service watch
-//! of [`services`].
+//! of [`services`]; [`certificates`] joins the cluster with a bootstrap token and
+//! keeps the node's client certificate fresh.
 
+pub mod certificates;
 pub mod dns;
 pub mod kubelet_api;
 pub mod netns;

@@ -25,9 +25,19 @@ use berth_runtime::pod::{Runtime, RuntimeConfig};
     about = "berth's node agent (a kubelet)"
 )]
 struct Args {
-    /// The cluster to join and the credentials (a client certificate) to use.
+    /// The cluster to join and the credentials (a client certificate) to use; with
+    /// `--bootstrap-kubeconfig`, where the agent writes the kubeconfig of its own
+    /// certificate.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// A kubeconfig with a bootstrap token: when `--kubeconfig` holds no valid client
+    /// certificate, the agent requests one for `system:node:<name>` with it (TLS
+    /// bootstrap) and renews it before it expires.
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the node's certificates and keys are kept (default: <root-dir>/pki).
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
     /// The Node's name (default: the hostname).
     #[arg(long)]
     hostname_override: Option<String>,
@@ -251,8 +261,34 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let thresholds = berth_agent::pods::eviction::Thresholds::parse(&args.eviction_hard)
         .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
+    let name = match &args.hostname_override {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
+    };
+    let cert_dir = args
+        .cert_dir
+        .clone()
+        .unwrap_or_else(|| args.root_dir.join("pki"));
+    // (`--remove-all-pods` contacts no apiserver, so it needs no identity.)
+    if let Some(boot) = &args.bootstrap_kubeconfig
+        && !args.remove_all_pods
+    {
+        berth_agent::certificates::bootstrap(boot, &args.kubeconfig, &cert_dir, &name)
+            .await
+            .context("TLS bootstrap")?;
+    }
     let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    // A kubeconfig naming a certificate file (as TLS bootstrap writes it): the
+    // certificate is read into a slot the rotation replaces under a running client.
+    let rotating = match berth_agent::certificates::certificate_file(&kc) {
+        Some(file) => {
+            let pem =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            Some(Arc::new(berth_agent::certificates::Rotating::new(&pem)?))
+        }
+        None => None,
+    };
     let server = kc
         .clusters
         .first()
@@ -268,11 +304,18 @@ async fn main() -> anyhow::Result<()> {
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(config)?;
-    let name = match &args.hostname_override {
-        Some(n) => n.clone(),
-        None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
+    let client = match &rotating {
+        Some(identity) => berth_agent::certificates::client(&config, identity.clone())?,
+        None => kube::Client::try_from(config)?,
     };
+    if let Some(identity) = &rotating {
+        tokio::spawn(berth_agent::certificates::rotate(
+            client.clone(),
+            identity.clone(),
+            name.clone(),
+            cert_dir.clone(),
+        ));
+    }
     let node_ip = args
         .node_ip
         .or_else(|| route_to(&server))
@@ -412,12 +455,29 @@ async fn main() -> anyhow::Result<()> {
     let uid = node.metadata.uid.clone().unwrap_or_default();
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let addr = SocketAddr::new(args.address, args.port);
+    // The kubelet API: self-signed until the kubelet-serving signer's certificate
+    // arrives; callers authorized through SubjectAccessReviews (webhook mode).
+    let names = berth_agent::kubelet_api::serving_names(&ctx);
+    let serving = Arc::new(berth_agent::certificates::Rotating::new(
+        &berth_agent::kubelet_api::self_signed(names.clone())?,
+    )?);
+    tokio::spawn(berth_agent::certificates::keep_serving(
+        client.clone(),
+        serving.clone(),
+        name.clone(),
+        names,
+        cert_dir.clone(),
+    ));
+    let kubelet_authz = Arc::new(berth_agent::kubelet_api::auth::Authorizer::new(
+        client.clone(),
+        name.clone(),
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
         () = pods::run(ctx.clone(), pod_writer) => {}
         () = pods::eviction::run(ctx.clone(), thresholds, pod_store) => {}
-        r = berth_agent::kubelet_api::serve(ctx, addr, client_ca) => r?,
+        r = berth_agent::kubelet_api::serve(ctx, addr, client_ca, serving, kubelet_authz) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }

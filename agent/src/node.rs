@@ -280,7 +280,7 @@ pub async fn heartbeat(client: Client, cfg: NodeConfig, node_uid: String) {
             .await
             .unwrap_or_default();
         let mut now = status(&cfg, pressure, true);
-        let current = match nodes.get_status(&cfg.name).await {
+        let current = match nodes.get(&cfg.name).await {
             Ok(n) => serde_json::to_value(n.status).unwrap_or(Value::Null),
             Err(err) => {
                 tracing::warn!(%err, "reading the node status");

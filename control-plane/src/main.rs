@@ -16,8 +16,15 @@ use clap::Parser;
     about = "berth's Kubernetes-compatible control plane"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the store, the PKI and the admin kubeconfig live.
-    #[arg(long, default_value = "/var/lib/berth/server", env = "BERTH_DATA_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/berth/server",
+        env = "BERTH_DATA_DIR",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
@@ -33,7 +40,7 @@ struct Args {
     token_auth_file: Option<PathBuf>,
     /// Where to write the admin kubeconfig (default: <data-dir>/admin.kubeconfig); with
     /// `--apiserver=false`, the kubeconfig of the cluster to schedule for.
-    #[arg(long)]
+    #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
     /// Serve the API.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -41,9 +48,11 @@ struct Args {
     /// Run the scheduler (kube-scheduler's default profile).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     scheduler: bool,
-    /// Run the controllers (kube-controller-manager's core set).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    controllers: bool,
+    /// Which controllers run (kube-controller-manager's core set): `true` (all),
+    /// `false` (none), or kube-controller-manager's list form (`*,-nodelifecycle`,
+    /// `csrapproving,csrsigning`).
+    #[arg(long, default_value = "true")]
+    controllers: berth_control_plane::controllers::Selection,
     /// Run the scheduler and the controllers only while holding their Lease in
     /// kube-system, so several berth-servers never both act.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -56,10 +65,25 @@ struct Args {
     /// `/metrics`).
     #[arg(long)]
     metrics_bind_address: Option<SocketAddr>,
-    /// How requests are authorized: `RBAC` (Roles, ClusterRoles and their bindings;
-    /// `system:masters` may do everything) or `AlwaysAllow` (every authenticated request).
-    #[arg(long, default_value = "RBAC")]
+    /// How requests are authorized: `Node,RBAC` (nodes by the Node authorizer, then
+    /// Roles, ClusterRoles and their bindings; `system:masters` may do everything),
+    /// `RBAC` alone, or `AlwaysAllow` (every authenticated request).
+    #[arg(long, default_value = "Node,RBAC")]
     authorization_mode: berth_control_plane::apiserver::authz::Mode,
+    /// The CA certificate (PEM) the controllers publish as every namespace's
+    /// `kube-root-ca.crt` ConfigMap (default: the CA of the controllers' kubeconfig).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
+    /// The CA certificate (PEM) CertificateSigningRequests for the `kubernetes.io`
+    /// signers are signed with (default: `<data-dir>/pki/ca.crt` beside the apiserver).
+    #[arg(long)]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// Its key (default: `<data-dir>/pki/ca.key` beside the apiserver).
+    #[arg(long)]
+    cluster_signing_key_file: Option<PathBuf>,
+    /// How long signed certificates last unless a request asks for less (Go duration).
+    #[arg(long, default_value = "8760h")]
+    cluster_signing_duration: String,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -92,6 +116,32 @@ fn duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| {
             format!("invalid duration {text:?} (want a Go duration such as 15s or 5m0s)")
         })
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Bootstrap tokens, with which new nodes join (`berth-agent --bootstrap-kubeconfig`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Creates a bootstrap token (a `kube-system/bootstrap-token-<id>` Secret) through
+    /// the admin kubeconfig (`--kubeconfig`, default `<data-dir>/admin.kubeconfig`)
+    /// and prints it.
+    Create {
+        /// How long the token is valid (Go duration; 0 = forever).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(
+            long,
+            default_value = "a node bootstrap token made by berth-server token create"
+        )]
+        description: String,
+    },
 }
 
 /// Runs a client component (the scheduler, the controllers) once the kubeconfig exists
@@ -145,6 +195,27 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(8)
         .enable_all()
         .build()?;
+    if let Some(Command::Token {
+        command: TokenCommand::Create { ttl, description },
+    }) = &args.command
+    {
+        let kubeconfig = args
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+        let ttl = berth_control_plane::apiserver::protobuf::parse_duration(ttl)
+            .filter(|ns| *ns >= 0)
+            .ok_or_else(|| anyhow::anyhow!("--ttl: not a duration: {ttl}"))?;
+        let ttl = (ttl > 0).then(|| std::time::Duration::from_nanos(ttl.unsigned_abs()));
+        return runtime.block_on(async move {
+            let client = berth_control_plane::client::from_kubeconfig(&kubeconfig).await?;
+            let token =
+                berth_control_plane::apiserver::bootstrap_token::create(client, ttl, description)
+                    .await?;
+            println!("{token}");
+            Ok(())
+        });
+    }
     let kubeconfig = args
         .kubeconfig
         .clone()
@@ -193,7 +264,7 @@ fn main() -> anyhow::Result<()> {
                 },
             ));
         }
-        if args.controllers {
+        if args.controllers.any() {
             let options = controllers::Options {
                 node_monitor_grace_period: std::time::Duration::from_secs(
                     args.node_monitor_grace_period,
@@ -213,16 +284,69 @@ fn main() -> anyhow::Result<()> {
                         },
                     },
                 },
+                root_ca: None,
+                signing: None,
+                controllers: args.controllers.clone(),
             };
+            let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());
+            let pki = args.data_dir.join("pki");
+            let beside = args.apiserver;
+            let signing_files = match (
+                args.cluster_signing_cert_file.clone(),
+                args.cluster_signing_key_file.clone(),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) if beside => Some((pki.join("ca.crt"), pki.join("ca.key"))),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "--cluster-signing-cert-file and --cluster-signing-key-file go together"
+                ),
+            };
+            let signing_duration = berth_control_plane::apiserver::protobuf::parse_duration(
+                &args.cluster_signing_duration,
+            )
+            .filter(|ns| *ns > 0)
+            .map(|ns| std::time::Duration::from_nanos(ns.unsigned_abs()))
+            .ok_or_else(|| anyhow::anyhow!("--cluster-signing-duration: not a duration"))?;
             tokio::spawn(component(
                 kubeconfig.clone(),
                 controllers::LEASE,
                 args.leader_elect,
-                move |c| Box::pin(controllers::run(c, options.clone())),
+                move |c| {
+                    // Read when the controllers start: the apiserver writes the
+                    // kubeconfig (and its CA) on its first start.
+                    let ca = match &root_ca_file {
+                        Some(f) => std::fs::read_to_string(f).map_err(anyhow::Error::from),
+                        None => controllers::root_ca_publisher::ca_from_kubeconfig(&ca_kubeconfig),
+                    };
+                    let root_ca = ca
+                        .inspect_err(|err| tracing::warn!(%err, "no root CA to publish"))
+                        .ok();
+                    let signing = signing_files.as_ref().and_then(|(cert, key)| {
+                        let read = |p: &PathBuf| {
+                            std::fs::read_to_string(p)
+                                .inspect_err(|err| tracing::warn!(%err, path = %p.display(), "no signing CA"))
+                                .ok()
+                        };
+                        Some(controllers::certificates::signer::Ca {
+                            cert_pem: read(cert)?,
+                            key_pem: read(key)?,
+                            duration: signing_duration,
+                        })
+                    });
+                    Box::pin(controllers::run(
+                        c,
+                        controllers::Options {
+                            root_ca,
+                            signing,
+                            ..options.clone()
+                        },
+                    ))
+                },
             ));
         }
         if !args.apiserver {
-            if !args.scheduler && !args.controllers {
+            if !args.scheduler && !args.controllers.any() {
                 anyhow::bail!(
                     "nothing to run: --apiserver, --scheduler and --controllers are all false"
                 );

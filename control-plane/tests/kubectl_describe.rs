@@ -15,6 +15,22 @@ const REASON: &str = "BerthDescribeCheck";
 
 /// One object per kind: (resource as `kubectl api-resources -o name` prints it, the
 /// object's name, whether it is namespaced, the manifest).
+/// A PEM certificate request (base64, as `spec.request` carries it).
+fn csr_request() -> String {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "describe");
+    let pem = params
+        .serialize_request(&key)
+        .expect("a request")
+        .pem()
+        .expect("PEM");
+    base64::engine::general_purpose::STANDARD.encode(pem)
+}
+
 fn objects() -> Vec<(&'static str, &'static str, bool, Value)> {
     let labels = json!({"app": "d"});
     let pod_spec = json!({"containers": [{"name": "c", "image": "busybox:1.36"}]});
@@ -191,6 +207,12 @@ fn objects() -> Vec<(&'static str, &'static str, bool, Value)> {
             "crb",
             false,
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": cluster("crb"), "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "crole"}, "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]}),
+        ),
+        (
+            "certificatesigningrequests.certificates.k8s.io",
+            "csr",
+            false,
+            json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": cluster("csr"), "spec": {"request": csr_request(), "signerName": "example.com/describe", "usages": ["client auth"]}}),
         ),
         (
             "networkpolicies.networking.k8s.io",

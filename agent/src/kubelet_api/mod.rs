@@ -1,12 +1,14 @@
-//! The kubelet API on port 10250 (HTTPS, a self-signed serving certificate as the
-//! kubelet makes by default; clients must present a certificate of the cluster CA —
-//! the apiserver's kubelet-client certificate): `/healthz`, `/metrics`,
+//! The kubelet API on port 10250 (HTTPS with a serving certificate from the cluster
+//! CA's `kubernetes.io/kubelet-serving` signer — self-signed until it arrives; clients
+//! must present a certificate of the cluster CA and be authorized through a
+//! SubjectAccessReview for `nodes/<subresource>`, [`auth`]): `/healthz`, `/metrics`,
 //! `/containerLogs` ([`logs`]), `/exec` and `/attach` over websockets ([`exec`],
 //! [`attach`]), `/portForward`
 //! over SPDY ([`portforward`], [`spdy`]), `/stats/summary`
 //! and `/metrics/resource` ([`stats`]).
 
 pub mod attach;
+pub mod auth;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
@@ -114,22 +116,34 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .with_state(ctx)
 }
 
-/// A self-signed serving certificate for the node's names and address.
-fn serving_cert(names: Vec<String>) -> anyhow::Result<(String, String)> {
+/// A self-signed serving certificate and key (one PEM) for the node's names and
+/// address: what the kubelet API serves until the cluster CA signs one.
+pub fn self_signed(names: Vec<String>) -> anyhow::Result<Vec<u8>> {
     let key = rcgen::KeyPair::generate()?;
     let params = rcgen::CertificateParams::new(names)?;
     let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes())
 }
 
-/// Serves the kubelet API on `addr` until the future is dropped.
+/// The names the serving certificate is for: the node's name and address.
+pub fn serving_names(ctx: &Ctx) -> Vec<String> {
+    let mut names = vec![ctx.node.name.clone(), ctx.node.node_ip.clone()];
+    names.dedup();
+    names
+}
+
+/// Serves the kubelet API on `addr` until the future is dropped: TLS with the
+/// certificate in `serving` (replaced as it is renewed), client certificates of
+/// `client_ca_pem` only, each request authorized by `authorizer`.
 pub async fn serve(
     ctx: Arc<Ctx>,
     addr: std::net::SocketAddr,
     client_ca_pem: String,
+    serving: Arc<crate::certificates::Rotating>,
+    authorizer: Arc<auth::Authorizer>,
 ) -> anyhow::Result<()> {
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
@@ -140,16 +154,10 @@ pub async fn serve(
         provider.clone(),
     )
     .build()?;
-    let mut names = vec![ctx.node.name.clone(), ctx.node.node_ip.clone()];
-    names.dedup();
-    let (cert, key) = serving_cert(names)?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(serving);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -165,6 +173,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let authorizer = authorizer.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
@@ -173,7 +182,43 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
+            let caller = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| auth::Caller::from_certificate(c));
+            let authorized = tower::service_fn(
+                move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let (app, authorizer, caller) =
+                        (app.clone(), authorizer.clone(), caller.clone());
+                    async move {
+                        use tower::ServiceExt;
+                        let (verb, sub) = auth::attributes(req.method(), req.uri().path());
+                        let Some(caller) = caller else {
+                            return Ok((axum::http::StatusCode::UNAUTHORIZED, "Unauthorized")
+                                .into_response());
+                        };
+                        match authorizer.check(&caller, verb, sub).await {
+                            Ok(true) => app.oneshot(req).await,
+                            Ok(false) => Ok((
+                                axum::http::StatusCode::FORBIDDEN,
+                                auth::forbidden_message(&caller, verb, sub),
+                            )
+                                .into_response()),
+                            Err(err) => {
+                                tracing::warn!(%err, "authorizing a kubelet API request");
+                                Ok((
+                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("Authorization error (user={}, verb={verb}, resource=nodes, subresource={sub})", caller.user),
+                            )
+                                .into_response())
+                            }
+                        }
+                    }
+                },
+            );
+            let service = hyper_util::service::TowerToHyperService::new(authorized);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let _ = builder

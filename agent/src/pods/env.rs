@@ -1,10 +1,11 @@
 //! A container's environment as the kubelet builds it: `envFrom` first, then `env`
 //! (value with `$(VAR)` expansion, fieldRef, resourceFieldRef, configMapKeyRef,
-//! secretKeyRef), and the same expansion applied to command and args.
+//! secretKeyRef), and the same expansion applied to command and args; then the
+//! Services' variables (`KUBERNETES_SERVICE_HOST`…, `pkg/kubelet/envvars`) not already set.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 
 use super::inputs::Inputs;
 use super::resources;
@@ -123,6 +124,69 @@ pub fn resource_value(
     Ok(((value + div - 1) / div).to_string())
 }
 
+/// `my-svc` → `MY_SVC`.
+fn env_name(s: &str) -> String {
+    s.replace('-', "_").to_uppercase()
+}
+
+/// The kubelet's service variables (`envvars.FromServices`): for each Service with a
+/// cluster IP, `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT` (the first port),
+/// `<NAME>_SERVICE_PORT_<PORT NAME>`, and Docker's link variables. A Service of the
+/// pod's namespace hides one of the same name from `default`.
+pub fn service_env(pod_namespace: &str, services: &[Service]) -> BTreeMap<String, String> {
+    let mut by_name: BTreeMap<&str, &Service> = BTreeMap::new();
+    for svc in services {
+        let Some(name) = svc.metadata.name.as_deref() else {
+            continue;
+        };
+        let local = svc.metadata.namespace.as_deref() == Some(pod_namespace);
+        if local || !by_name.contains_key(name) {
+            by_name.insert(name, svc);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (name, svc) in by_name {
+        let Some(spec) = &svc.spec else { continue };
+        let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        if ip.is_empty() || ip == "None" || ports.is_empty() {
+            continue;
+        }
+        let prefix = env_name(name);
+        out.insert(format!("{prefix}_SERVICE_HOST"), ip.to_owned());
+        out.insert(format!("{prefix}_SERVICE_PORT"), ports[0].port.to_string());
+        for p in ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.insert(
+                    format!("{prefix}_SERVICE_PORT_{}", env_name(port_name)),
+                    p.port.to_string(),
+                );
+            }
+        }
+        let host = |port: i32| {
+            if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            }
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let lower = proto.to_lowercase();
+            let url = format!("{lower}://{}", host(p.port));
+            if i == 0 {
+                out.insert(format!("{prefix}_PORT"), url.clone());
+            }
+            let port_prefix = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.insert(format!("{port_prefix}_PROTO"), lower);
+            out.insert(format!("{port_prefix}_PORT"), p.port.to_string());
+            out.insert(format!("{port_prefix}_ADDR"), ip.to_owned());
+            out.insert(port_prefix, url);
+        }
+    }
+    out
+}
+
 /// The container's environment, in order, or why it cannot be built (the kubelet's
 /// `CreateContainerConfigError` message).
 pub fn container_env(
@@ -132,6 +196,7 @@ pub fn container_env(
     rt: &Runtime,
 ) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let services = service_env(ns, &inputs.services);
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut set = |vars: &mut BTreeMap<String, String>, k: String, v: String| {
@@ -171,7 +236,11 @@ pub fn container_env(
     }
     for e in c.env.iter().flatten() {
         let value = if let Some(v) = &e.value {
-            expand(v, &vars)
+            // `$(VAR)` sees the variables so far, then the services' (the kubelet's
+            // `MappingFuncFor(tmpEnv, serviceEnv)`).
+            let mut scope = services.clone();
+            scope.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+            expand(v, &scope)
         } else if let Some(from) = &e.value_from {
             if let Some(f) = &from.field_ref {
                 field_value(pod, &f.field_path, rt)?
@@ -223,6 +292,11 @@ pub fn container_env(
         };
         set(&mut vars, e.name.clone(), value);
     }
+    for (k, v) in services {
+        if !vars.contains_key(&k) {
+            set(&mut vars, k, v);
+        }
+    }
     Ok(order
         .into_iter()
         .map(|k| {
@@ -242,5 +316,44 @@ mod tests {
             [("A".to_string(), "x".to_string())].into_iter().collect();
         assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "x-$(B)-$(A)-$");
         assert_eq!(expand("plain", &vars), "plain");
+    }
+
+    #[test]
+    fn services_become_variables_as_the_kubelet_names_them() {
+        let svc = |ns: &str, name: &str, ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": ip, "ports": [
+                    {"name": "https", "port": 443, "protocol": "TCP"},
+                    {"name": "dns-udp", "port": 53, "protocol": "UDP"}]},
+            }))
+            .expect("a service")
+        };
+        let env = service_env(
+            "dev",
+            &[
+                svc("default", "kubernetes", "10.96.0.1"),
+                svc("dev", "my-db", "10.96.0.7"),
+                svc("dev", "headless", "None"),
+            ],
+        );
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT_HTTPS"], "443");
+        assert_eq!(env["KUBERNETES_PORT"], "tcp://10.96.0.1:443");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP"], "tcp://10.96.0.1:443");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP_ADDR"], "10.96.0.1");
+        assert_eq!(env["MY_DB_SERVICE_PORT_DNS_UDP"], "53");
+        assert_eq!(env["MY_DB_PORT_53_UDP_PROTO"], "udp");
+        assert!(!env.keys().any(|k| k.starts_with("HEADLESS")));
+        // The pod's own `kubernetes` Service hides default's.
+        let env = service_env(
+            "dev",
+            &[
+                svc("default", "kubernetes", "10.96.0.1"),
+                svc("dev", "kubernetes", "10.96.0.9"),
+            ],
+        );
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.9");
     }
 }

@@ -1,12 +1,13 @@
 //! What a pod's containers need from the apiserver besides the Pod: the ConfigMaps and
-//! Secrets its env and volumes name, and service account tokens for projected volumes.
+//! Secrets its env and volumes name, service account tokens for projected volumes, and
+//! the Services whose addresses become environment variables.
 //! Fetched before each sync, so updated ConfigMaps and Secrets reach running pods.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
 #[derive(Debug, Clone, Default)]
@@ -15,6 +16,9 @@ pub struct Inputs {
     secrets: BTreeMap<String, Option<Secret>>,
     /// Projected service account tokens by (volume name, path).
     tokens: BTreeMap<(String, String), String>,
+    /// The Services the kubelet turns into `<NAME>_SERVICE_HOST`… variables: the
+    /// pod's namespace's (with `enableServiceLinks`) and `default/kubernetes`.
+    pub services: Vec<Service>,
     /// Why something could not be fetched (other than not found).
     pub errors: Vec<String>,
 }
@@ -114,6 +118,32 @@ pub async fn fetch(client: &Client, pod: &Pod) -> Inputs {
                 inputs.secrets.insert(name, found);
             }
             Err(e) => inputs.errors.push(format!("secret {name:?}: {e}")),
+        }
+    }
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    if links {
+        match Api::<Service>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => inputs.services.extend(list.items),
+            Err(e) => inputs.errors.push(format!("services: {e}")),
+        }
+    }
+    // The master service is always there (`masterServices` in the kubelet).
+    if !(links && ns == "default") {
+        match Api::<Service>::namespaced(client.clone(), "default")
+            .get_opt("kubernetes")
+            .await
+        {
+            Ok(found) => inputs.services.extend(found),
+            Err(e) => inputs
+                .errors
+                .push(format!("service \"default/kubernetes\": {e}")),
         }
     }
     let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 use sha2::Digest;
@@ -131,7 +131,15 @@ pub async fn ensure_mirror(client: &Client, pod: &Pod, node_uid: &str) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let hash = pod.metadata.uid.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(&name).await {
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    // Listed with this node's selector, not read by name: the Node authorizer lets a
+    // node read only pods bound to it, and a GET of a missing one is 403.
+    let lp = ListParams::default().fields(&format!("spec.nodeName={node},metadata.name={name}"));
+    match api.list(&lp).await.map(|l| l.items.into_iter().next()) {
         Ok(Some(existing)) => {
             let same = existing
                 .metadata

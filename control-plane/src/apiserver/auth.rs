@@ -117,6 +117,16 @@ fn split_csv(line: &str) -> Vec<String> {
     out
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is matched
+/// case-insensitively, as kube-apiserver's bearer token authenticator does (the Python
+/// client's in-cluster config sends `bearer`).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Paths anonymous clients may read under `--authorization-mode=AlwaysAllow`
 /// (under RBAC, `system:public-info-viewer` decides).
 pub fn is_public(path: &str) -> bool {
@@ -129,6 +139,13 @@ pub fn is_public(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+    }
 
     #[test]
     fn token_file_lines() {

@@ -1,9 +1,11 @@
 //! The apiserver's side of the kubelet API: `pods/log` and `nodes/proxy` are proxied to
 //! the node's agent at its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`, with
 //! the apiserver's kubelet-client certificate (CN `kube-apiserver-kubelet-client`,
-//! signed by the cluster CA). Like kube-apiserver without
-//! `--kubelet-certificate-authority`, the kubelet's self-signed serving certificate is
-//! not verified.
+//! signed by the cluster CA, bound to `system:kubelet-api-admin`: the agents authorize
+//! it as any other caller). As kube-apiserver with `--kubelet-certificate-authority`,
+//! the agent's serving certificate (from the `kubernetes.io/kubelet-serving` signer)
+//! must verify against the cluster CA for the node's address, and redirects are not
+//! followed.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,15 +17,21 @@ use serde_json::Value;
 
 use super::status::ApiError;
 
+/// The user the apiserver's kubelet-client certificate names.
+pub const CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
 static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
 
-/// Builds the client from the kubelet-client certificate and key (PEM).
-pub fn init(cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+/// Builds the client from the kubelet-client certificate and key and the CA the
+/// kubelets' serving certificates are checked against (PEM).
+pub fn init(cert_pem: &str, key_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
     let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())?;
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .identity(identity)
-        .danger_accept_invalid_certs(true)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .build()?;
     let _ = CLIENT.set(client);

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod auth;
 pub mod authz;
+pub mod bootstrap_token;
 pub mod conversion;
 pub mod crd;
 pub mod discovery;
@@ -108,7 +109,11 @@ impl Api {
         let cache = WatchCache::start(store.clone()).await?;
         let rbac = authz::rbac::Rbac::start(cache.clone());
         let authorizer: Box<dyn Authorizer> = match authorization_mode {
-            authz::Mode::Rbac => Box::new(authz::RbacMode(rbac.clone())),
+            authz::Mode::NodeRbac => Box::new(authz::RbacMode(
+                rbac.clone(),
+                Some(authz::node::NodeAuthorizer::new(cache.clone())),
+            )),
+            authz::Mode::Rbac => Box::new(authz::RbacMode(rbac.clone(), None)),
             authz::Mode::AlwaysAllow => Box::new(authz::AlwaysAllow),
         };
         let services = admission::service_ips::Allocator::default();
@@ -212,6 +217,10 @@ impl Api {
         };
         if let Some(user) = self.tokens.get(token) {
             return Some((user.clone(), audiences.to_vec()));
+        }
+        if bootstrap_token::parse(token).is_some() {
+            return bootstrap_token::authenticate(&self.cache, token)
+                .map(|user| (user, audiences.to_vec()));
         }
         let (claims, matched) = audiences
             .iter()
@@ -376,14 +385,14 @@ fn authenticate(api: &Api, req: &Request<Body>) -> ApiResult<Option<UserInfo>> {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        && let Some(token) = header.strip_prefix("Bearer ")
+        && let Some(token) = auth::bearer_token(header)
     {
         return api
             .authenticate_token(token.trim(), &[])
             .map(|(user, _)| Some(user))
             .ok_or_else(ApiError::unauthorized);
     }
-    if api.authorization_mode == authz::Mode::Rbac {
+    if api.authorization_mode.anonymous_is_authorized() {
         return Ok(Some(auth::anonymous()));
     }
     if auth::is_public(req.uri().path()) {
@@ -573,13 +582,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "system:kube-scheduler",
         &[],
     )?;
-    let (kubelet_cert, kubelet_key) = pki.issue(
-        "kube-apiserver-kubelet-client",
-        &["system:masters"],
-        &[],
-        false,
-    )?;
-    kubelet::init(&kubelet_cert, &kubelet_key).context("the kubelet client")?;
+    let (kubelet_cert, kubelet_key) = pki.issue(kubelet::CLIENT_USER, &[], &[], false)?;
+    kubelet::init(&kubelet_cert, &kubelet_key, &pki.ca_cert).context("the kubelet client")?;
     let tokens = match &config.token_file {
         Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,
         None => Tokens::default(),

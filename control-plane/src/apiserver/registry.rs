@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
-    networking, policy, rbac, scheduling, storage,
+    apps, authentication, authorization, autoscaling, batch, certificates, coordination, core,
+    discovery, events, networking, policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
@@ -494,6 +494,12 @@ impl Registry {
             }),
             builtin::<discovery::v1::EndpointSlice>(PLAIN),
             builtin::<coordination::v1::Lease>(PLAIN),
+            builtin::<certificates::v1::CertificateSigningRequest>(Builtin {
+                short_names: &["csr"],
+                status: true,
+                subresources: &["approval"],
+                ..PLAIN
+            }),
             builtin::<rbac::v1::Role>(PLAIN),
             builtin::<rbac::v1::ClusterRole>(PLAIN),
             builtin::<rbac::v1::RoleBinding>(PLAIN),

@@ -189,6 +189,11 @@ fn access(ctx: &Ctx, obj: &Value, user: UserInfo, local: Option<&str>) -> ApiRes
                 subresource: s(r, "subresource"),
                 name: s(r, "name"),
                 path: String::new(),
+                field_selector: r
+                    .pointer("/fieldSelector/rawSelector")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
             }
         }
         (None, Some(n)) if local.is_none() => Attributes {

@@ -284,6 +284,13 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             ("Replicas", "string", 0),
             ("Age", "string", 0),
         ],
+        ("certificates.k8s.io", "CertificateSigningRequest") => vec![
+            ("Age", "string", 0),
+            ("SignerName", "string", 0),
+            ("Requestor", "string", 0),
+            ("RequestedDuration", "string", 0),
+            ("Condition", "string", 0),
+        ],
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![("Created At", "date", 0)]
         }
@@ -659,6 +666,37 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         }
         ("coordination.k8s.io", "Lease") => {
             vec![json!(s(o, "/spec/holderIdentity")), json!(created)]
+        }
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            // `extractCSRStatus`: Denied over Approved over Pending, then Failed, Issued.
+            let types: Vec<&str> = arr(o, "/status/conditions")
+                .iter()
+                .map(|c| s(c, "/type"))
+                .collect();
+            let mut condition = if types.contains(&"Denied") {
+                "Denied".to_owned()
+            } else if types.contains(&"Approved") {
+                "Approved".to_owned()
+            } else {
+                "Pending".to_owned()
+            };
+            if types.contains(&"Failed") {
+                condition.push_str(",Failed");
+            }
+            if !s(o, "/status/certificate").is_empty() {
+                condition.push_str(",Issued");
+            }
+            let duration = o
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64)
+                .map_or_else(|| "<none>".to_owned(), human);
+            vec![
+                json!(created),
+                json!(s(o, "/spec/signerName")),
+                json!(s(o, "/spec/username")),
+                json!(duration),
+                json!(condition),
+            ]
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![json!(s(o, "/metadata/creationTimestamp"))]

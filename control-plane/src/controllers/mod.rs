@@ -2,6 +2,7 @@
 //! informer caches ([`crate::client::Informers`]) draining a [`queue::Queue`] of object
 //! keys. [`run`] runs them all while this process holds the controller Lease.
 
+pub mod certificates;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
@@ -20,6 +21,7 @@ pub mod podautoscaler;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod root_ca_publisher;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttl_after_finished;
@@ -41,6 +43,13 @@ pub struct Options {
     pub terminated_pod_gc_threshold: usize,
     /// The HorizontalPodAutoscaler controller's `--horizontal-pod-autoscaler-*` flags.
     pub autoscaling: podautoscaler::Options,
+    /// The cluster CA (PEM) the root CA publisher puts in every namespace's
+    /// `kube-root-ca.crt` (`--root-ca-file`); without one the publisher does not run.
+    pub root_ca: Option<String>,
+    /// The CA the CSR signer signs with; without one it does not run.
+    pub signing: Option<certificates::signer::Ca>,
+    /// Which controllers run.
+    pub controllers: Selection,
 }
 
 impl Default for Options {
@@ -49,42 +58,177 @@ impl Default for Options {
             node_monitor_grace_period: Duration::from_secs(40),
             terminated_pod_gc_threshold: 12_500,
             autoscaling: podautoscaler::Options::default(),
+            root_ca: None,
+            signing: None,
+            controllers: Selection::all(),
         }
     }
 }
 
-/// Every controller, until the future is dropped.
+/// Which controllers run (`--controllers`, as kube-controller-manager's: `*` for all,
+/// names to add, `-name` to leave one out; `true` and `false` for all and none).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selection {
+    all: bool,
+    on: Vec<String>,
+    off: Vec<String>,
+}
+
+/// The controllers' names, as kube-controller-manager calls them.
+pub const NAMES: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "job",
+    "statefulset",
+    "daemonset",
+    "disruption",
+    "endpoint",
+    "namespace",
+    "garbagecollector",
+    "serviceaccount",
+    "cronjob",
+    "clusterrole-aggregation",
+    "ttl-after-finished",
+    "horizontalpodautoscaling",
+    "nodelifecycle",
+    "podgc",
+    "csrapproving",
+    "csrsigning",
+    "root-ca-cert-publisher",
+];
+
+impl Selection {
+    pub fn all() -> Self {
+        Self {
+            all: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn enabled(&self, name: &str) -> bool {
+        !self.off.iter().any(|n| n == name) && (self.all || self.on.iter().any(|n| n == name))
+    }
+
+    /// Whether any controller runs.
+    pub fn any(&self) -> bool {
+        NAMES.iter().any(|n| self.enabled(n))
+    }
+}
+
+impl std::str::FromStr for Selection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "true" => return Ok(Self::all()),
+            "false" | "" => return Ok(Self::default()),
+            _ => {}
+        }
+        let mut sel = Self::default();
+        for item in s.split(',').map(str::trim) {
+            let (list, name) = match item.strip_prefix('-') {
+                Some(n) => (&mut sel.off, n),
+                None => (&mut sel.on, item),
+            };
+            if name == "*" {
+                sel.all = true;
+                continue;
+            }
+            if !NAMES.contains(&name) {
+                return Err(format!(
+                    "{name:?} is not a controller: {}",
+                    NAMES.join(", ")
+                ));
+            }
+            list.push(name.to_owned());
+        }
+        Ok(sel)
+    }
+}
+
+/// The selected controllers, until the future is dropped.
 pub async fn run(client: Client, options: Options) {
     // One set of informers for all of them: one watch and one cache per resource.
     let mut informers = crate::client::Informers::default();
     let i = &mut informers;
+    let on = |name: &str| options.controllers.enabled(name);
     // Each loop is boxed: together they are too large a future for a worker's stack.
-    let gc = gc::start(client.clone(), i).await;
-    let loops: Vec<futures_util::future::BoxFuture<'static, ()>> = vec![
-        Box::pin(replicaset::start(client.clone(), i)),
-        Box::pin(deployment::start(client.clone(), i)),
-        Box::pin(job::start(client.clone(), i)),
-        Box::pin(statefulset::start(client.clone(), i)),
-        Box::pin(daemonset::start(client.clone(), i)),
-        Box::pin(disruption::start(client.clone(), i)),
-        Box::pin(endpoints::start(client.clone(), i)),
-        Box::pin(namespace::start(client.clone(), i)),
-        Box::pin(gc),
-        Box::pin(serviceaccount::start(client.clone(), i)),
-        Box::pin(cronjob::start(client.clone(), i)),
-        Box::pin(clusterrole_aggregation::start(client.clone(), i)),
-        Box::pin(ttl_after_finished::start(client.clone(), i)),
-        Box::pin(podautoscaler::start(client.clone(), options.autoscaling, i)),
-        Box::pin(node_lifecycle::start(
-            client.clone(),
+    let mut loops: Vec<futures_util::future::BoxFuture<'static, ()>> = Vec::new();
+    let c = &client;
+    if on("replicaset") {
+        loops.push(Box::pin(replicaset::start(c.clone(), i)));
+    }
+    if on("deployment") {
+        loops.push(Box::pin(deployment::start(c.clone(), i)));
+    }
+    if on("job") {
+        loops.push(Box::pin(job::start(c.clone(), i)));
+    }
+    if on("statefulset") {
+        loops.push(Box::pin(statefulset::start(c.clone(), i)));
+    }
+    if on("daemonset") {
+        loops.push(Box::pin(daemonset::start(c.clone(), i)));
+    }
+    if on("disruption") {
+        loops.push(Box::pin(disruption::start(c.clone(), i)));
+    }
+    if on("endpoint") {
+        loops.push(Box::pin(endpoints::start(c.clone(), i)));
+    }
+    if on("namespace") {
+        loops.push(Box::pin(namespace::start(c.clone(), i)));
+    }
+    if on("garbagecollector") {
+        let gc = gc::start(c.clone(), i).await;
+        loops.push(Box::pin(gc));
+    }
+    if on("serviceaccount") {
+        loops.push(Box::pin(serviceaccount::start(c.clone(), i)));
+    }
+    if on("cronjob") {
+        loops.push(Box::pin(cronjob::start(c.clone(), i)));
+    }
+    if on("clusterrole-aggregation") {
+        loops.push(Box::pin(clusterrole_aggregation::start(c.clone(), i)));
+    }
+    if on("ttl-after-finished") {
+        loops.push(Box::pin(ttl_after_finished::start(c.clone(), i)));
+    }
+    if on("horizontalpodautoscaling") {
+        loops.push(Box::pin(podautoscaler::start(
+            c.clone(),
+            options.autoscaling,
+            i,
+        )));
+    }
+    if on("nodelifecycle") {
+        loops.push(Box::pin(node_lifecycle::start(
+            c.clone(),
             options.node_monitor_grace_period,
             i,
-        )),
-        Box::pin(pod_gc::start(
-            client,
+        )));
+    }
+    if on("podgc") {
+        loops.push(Box::pin(pod_gc::start(
+            c.clone(),
             options.terminated_pod_gc_threshold,
             i,
-        )),
-    ];
+        )));
+    }
+    if on("csrapproving") {
+        loops.push(Box::pin(certificates::approver::start(c.clone(), i)));
+    }
+    if on("csrsigning") {
+        match options.signing.clone() {
+            Some(ca) => loops.push(Box::pin(certificates::signer::start(c.clone(), ca, i))),
+            None => tracing::warn!("no signing CA: CertificateSigningRequests are not signed"),
+        }
+    }
+    if on("root-ca-cert-publisher") {
+        match options.root_ca.clone() {
+            Some(ca) => loops.push(Box::pin(root_ca_publisher::start(c.clone(), ca, i))),
+            None => tracing::warn!("no root CA: the root CA publisher does not run"),
+        }
+    }
     informers.run(futures_util::future::join_all(loops)).await;
 }

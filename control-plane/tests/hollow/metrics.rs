@@ -1,5 +1,5 @@
 //! A hollow node's kubelet resource-metrics endpoint: `/metrics/resource` over HTTPS
-//! (self-signed, as a kubelet's own serving certificate), in the kubelet's Prometheus
+//! (a serving certificate of the cluster CA, as the kubelet-serving signer gives), in the kubelet's Prometheus
 //! format, for every running pod bound to the node. Each pod's container `c` burns
 //! the CPU the test sets ([`MetricsKubelet::set_load`], in cores) and holds 20 MiB,
 //! so berth-server's built-in metrics server and the HPA see a load the test controls.
@@ -95,22 +95,29 @@ async fn metrics_resource(State(s): State<Shared>) -> String {
 }
 
 impl MetricsKubelet {
-    /// Serves `node`'s pods' metrics on a free port of 127.0.0.1.
-    pub async fn start(client: kube::Client, node: &str) -> Self {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("self-signed certificate");
+    /// Serves `node`'s pods' metrics on a free port of 127.0.0.1, with a serving
+    /// certificate of the cluster CA in `pki_dir` (the apiserver verifies kubelets').
+    pub async fn start(client: kube::Client, node: &str, pki_dir: &std::path::Path) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pki = berth_control_plane::apiserver::pki::Pki::ensure(pki_dir, &[])
+            .expect("the cluster's PKI");
+        let (cert, key) = pki
+            .issue(
+                &format!("system:node:{node}"),
+                &["system:nodes"],
+                &["127.0.0.1".to_owned()],
+                true,
+            )
+            .expect("a serving certificate");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_no_client_auth()
             .with_single_cert(
-                vec![CertificateDer::from(cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert PEM")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key PEM"),
             )
             .expect("TLS config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));

@@ -442,11 +442,22 @@ async fn rbac_objects(conn: &mut Conn) -> Result<()> {
     Ok(())
 }
 
+/// Creates namespace `name` and, as the ServiceAccount controller would (the benches
+/// run the apiserver without controllers), its `default` ServiceAccount, which pods
+/// need to pass ServiceAccount admission.
 pub(super) async fn namespace(conn: &mut Conn, name: &str) -> Result<()> {
     let body = Bytes::from(format!(r#"{{"metadata":{{"name":"{name}"}}}}"#));
     conn.call(Method::POST, "/api/v1/namespaces", "application/json", body)
-        .await
-        .map(drop)
+        .await?;
+    let account = Bytes::from_static(br#"{"metadata":{"name":"default"}}"#);
+    conn.call(
+        Method::POST,
+        &format!("/api/v1/namespaces/{name}/serviceaccounts"),
+        "application/json",
+        account,
+    )
+    .await
+    .map(drop)
 }
 
 /// Creates pods `prefix-0..n` in `ns` with `CLIENTS` concurrent connections.

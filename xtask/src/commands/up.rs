@@ -1,7 +1,8 @@
 //! `cargo xtask up`: a one-node cluster on this host — setup if needed, build, the test
 //! images, then `berth-server` (embedded store) and `berth-agent` (pods on a bridge
-//! `berth0` over 10.244.0.0/24), waiting with a progress display until the node is
-//! Ready. Ctrl-C stops both and removes the pods from the host (the cluster's objects
+//! `berth0` over 10.244.0.0/24) that joins the cluster with a bootstrap token (TLS
+//! bootstrap: its own `system:node:<name>` certificate), waiting with a progress
+//! display until the node is Ready; a second token is printed for more nodes. Ctrl-C stops both and removes the pods from the host (the cluster's objects
 //! stay in the store for the next `up`). `cargo xtask down` removes everything.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,32 @@ impl Layout {
     fn kubeconfig(&self) -> PathBuf {
         self.server_dir().join("admin.kubeconfig")
     }
+    /// The kubeconfig the agent writes for its own certificate.
+    fn agent_kubeconfig(&self) -> PathBuf {
+        self.data.join("agent/kubelet.kubeconfig")
+    }
+    /// A kubeconfig naming the cluster and the bootstrap `token`.
+    fn bootstrap_kubeconfig(&self, token: &str) -> Result<PathBuf> {
+        let path = self.data.join("agent/bootstrap.kubeconfig");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // The server as the admin kubeconfig names it (the advertised address, which
+        // the agent also takes its node IP from).
+        let admin = std::fs::read_to_string(self.kubeconfig())
+            .with_context(|| format!("reading {}", self.kubeconfig().display()))?;
+        let server = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("https://127.0.0.1:{PORT}"));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: bootstrap\n  context: {{cluster: berth, user: bootstrap}}\ncurrent-context: bootstrap\n",
+            self.server_dir().join("pki/ca.crt").display()
+        );
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
     fn agent_args(&self, node: &str) -> Vec<String> {
         let d = |p: &Path| p.display().to_string();
         vec![
@@ -73,6 +100,23 @@ impl Layout {
 
 fn release_bin(name: &str) -> PathBuf {
     util::target_dir().join("release").join(name)
+}
+
+/// A new bootstrap token from `berth-server token create` (valid for `ttl`).
+fn token_create(layout: &Layout, ttl: &str) -> Result<String> {
+    let out = Command::new(release_bin("berth-server"))
+        .arg("--data-dir")
+        .arg(layout.server_dir())
+        .args(["token", "create", "--ttl", ttl])
+        .output()
+        .context("running berth-server token create")?;
+    if !out.status.success() {
+        bail!(
+            "berth-server token create: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn node_name() -> String {
@@ -182,8 +226,18 @@ pub fn run() -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bar.set_message("starting berth-agent");
+    bar.set_message("starting berth-agent (joining with a bootstrap token)");
+    let token = token_create(&layout, "1h")?;
+    let bootstrap = layout.bootstrap_kubeconfig(&token)?;
     let mut args = layout.agent_args(&node);
+    // Not the admin kubeconfig: the agent's own, which it writes after TLS bootstrap.
+    if let Some(i) = args.iter().position(|a| a == "--kubeconfig") {
+        args[i + 1] = layout.agent_kubeconfig().display().to_string();
+    }
+    args.extend([
+        "--bootstrap-kubeconfig".into(),
+        bootstrap.display().to_string(),
+    ]);
     let images = util::target_dir().join("images");
     args.push("--preload-images".into());
     args.push(
@@ -226,6 +280,11 @@ pub fn run() -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     step(format!("node {node} is Ready"));
+    let join = token_create(&layout, "24h")?;
+    println!(
+        "\nMore nodes join with this bootstrap token (valid 24 h; `berth-server token create` makes more):\n\n  {join}\n\n  berth-agent --bootstrap-kubeconfig <a kubeconfig with this token and {}> --kubeconfig <where the node's own goes>",
+        layout.server_dir().join("pki/ca.crt").display()
+    );
     println!(
         "\nberth is up. Use it with kubectl:\n\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # the pinned kubectl, or your own\n  kubectl get nodes\n  kubectl run web --image=berth.local/testserver:v1 --image-pull-policy=IfNotPresent\n  kubectl logs web\n\nImages available offline: berth.local/busybox:1.35, berth.local/testserver:v1.\nLogs: {}/server.log, {}/agent.log. Ctrl-C stops the cluster; `cargo xtask down` removes all of its state.",
         layout.kubeconfig().display(),

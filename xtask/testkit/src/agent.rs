@@ -43,6 +43,9 @@ pub struct Agent {
     pub cgroup_root: String,
     pub port: u16,
     kubeconfig: PathBuf,
+    /// With a bootstrap kubeconfig the agent joins by TLS bootstrap and `kubeconfig`
+    /// is where it writes its own.
+    bootstrap: Option<PathBuf>,
     extra: Vec<String>,
     bin: PathBuf,
     child: Option<ChildGuard>,
@@ -65,6 +68,25 @@ impl Agent {
         )
     }
 
+    /// An agent that joins the cluster with `bootstrap_kubeconfig` (a bootstrap token,
+    /// [`crate::BerthServer::bootstrap_kubeconfig`]): it gets its node certificate
+    /// through a CSR and writes its kubeconfig into its dir.
+    pub fn join_with(
+        name: &str,
+        bootstrap_kubeconfig: &Path,
+        parent: &Path,
+        extra: &[&str],
+    ) -> Self {
+        Self::start_full(
+            &workspace_bin("berth-agent"),
+            name,
+            None,
+            Some(bootstrap_kubeconfig),
+            parent,
+            extra,
+        )
+    }
+
     /// [`Agent::start_with`] running the `berth-agent` at `bin` (a release build, for
     /// benches); `berth-runtime` is taken from the same directory.
     pub fn start_bin(
@@ -74,16 +96,30 @@ impl Agent {
         parent: &Path,
         extra: &[&str],
     ) -> Self {
+        Self::start_full(bin, name, Some(kubeconfig), None, parent, extra)
+    }
+
+    fn start_full(
+        bin: &Path,
+        name: &str,
+        kubeconfig: Option<&Path>,
+        bootstrap: Option<&Path>,
+        parent: &Path,
+        extra: &[&str],
+    ) -> Self {
         let dir = parent.join(crate::unique_name("berth-agent"));
         std::fs::create_dir_all(&dir).expect("the agent's dir");
         let cgroup_root = format!("{}/kubepods", crate::unique_name("berthtest-agent"));
+        let kubeconfig =
+            kubeconfig.map_or_else(|| dir.join("kubelet.kubeconfig"), Path::to_path_buf);
         let mut agent = Self {
             name: name.into(),
             dir,
             netns: NetNs::new("bagent"),
             cgroup_root,
             port: free_port(),
-            kubeconfig: kubeconfig.into(),
+            kubeconfig,
+            bootstrap: bootstrap.map(Path::to_path_buf),
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             bin: bin.to_path_buf(),
             child: None,
@@ -155,6 +191,11 @@ impl Agent {
                     .filter(|o| o.exists())
                     .map(|o| vec!["--ebpf-object".to_owned(), o.display().to_string()])
                     .unwrap_or_default(),
+            )
+            .args(
+                self.bootstrap
+                    .iter()
+                    .flat_map(|b| ["--bootstrap-kubeconfig".into(), b.display().to_string()]),
             )
             .args(&self.extra)
             .env("RUST_LOG", "info,kube=warn")

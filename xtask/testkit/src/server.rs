@@ -135,6 +135,34 @@ impl BerthServer {
     pub fn ca(&self) -> PathBuf {
         self.dir.join("pki/ca.crt")
     }
+
+    /// A new bootstrap token (`berth-server token create`) in a kubeconfig for this
+    /// server, with which an agent joins ([`crate::Agent::join_with`]).
+    pub fn bootstrap_kubeconfig(&self) -> PathBuf {
+        let out = Command::new(&self.binary)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["token", "create", "--ttl", "1h"])
+            .output()
+            .expect("run berth-server token create");
+        assert!(
+            out.status.success(),
+            "berth-server token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let path = self.dir.join(format!(
+            "bootstrap-{}.kubeconfig",
+            crate::unique_name("token")
+        ));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: bootstrap\n  context: {{cluster: berth, user: bootstrap}}\ncurrent-context: bootstrap\n",
+            self.url(),
+            self.ca().display()
+        );
+        std::fs::write(&path, config).expect("write the bootstrap kubeconfig");
+        path
+    }
 }
 
 impl Drop for BerthServer {

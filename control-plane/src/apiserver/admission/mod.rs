@@ -1,9 +1,12 @@
 //! Admission: what happens to an object between decoding and storage — defaulting,
-//! validation (RBAC objects' in `rbac`), and the cluster-level allocations (Service cluster IPs and node ports).
+//! validation (RBAC objects' in `rbac`), the ServiceAccount plugin (`serviceaccount`), and the cluster-level allocations (Service cluster IPs and node ports).
 
 pub mod autoscaling;
+pub mod certificates;
 pub mod defaults;
+pub mod node_restriction;
 pub mod priority;
 pub mod rbac;
 pub mod service_ips;
+pub mod serviceaccount;
 pub mod validation;

@@ -83,7 +83,13 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         }
     } else if !matches!(
         kind,
-        "Event" | "Lease" | "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding"
+        "Event"
+            | "Lease"
+            | "ClusterRole"
+            | "Role"
+            | "ClusterRoleBinding"
+            | "RoleBinding"
+            | "CertificateSigningRequest"
     ) && !is_dns_subdomain(name)
     {
         causes.push(Cause::invalid("metadata.name", dns_subdomain_msg(name)));
@@ -132,6 +138,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "CronJob" => cronjob_spec(spec, &mut causes),
         "Service" => service(spec, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
+        "CertificateSigningRequest" => super::certificates::validate(obj, &mut causes),
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
             super::rbac::validate(kind, obj, &mut causes)
         }

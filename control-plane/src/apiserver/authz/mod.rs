@@ -13,6 +13,7 @@
 pub mod bootstrap;
 pub mod escalation;
 pub mod impersonation;
+pub mod node;
 pub mod rbac;
 pub mod rules;
 
@@ -43,6 +44,9 @@ pub struct Attributes {
     pub resource: String,
     pub subresource: String,
     pub name: String,
+    /// The request's `fieldSelector` (the Node authorizer lets a node list and watch
+    /// pods only with `spec.nodeName=<itself>`).
+    pub field_selector: String,
 }
 
 /// How a request's HTTP method reads as a non-resource verb (`get`, `post`, …).
@@ -93,6 +97,7 @@ impl Attributes {
         } else {
             verb.to_owned()
         };
+        let field_selector = query.get("fieldSelector").unwrap_or_default().to_owned();
         if name.is_empty()
             && matches!(verb.as_str(), "list" | "watch")
             && let Some(selector) = query.get("fieldSelector")
@@ -124,6 +129,7 @@ impl Attributes {
             resource: p.resource.clone(),
             subresource: p.subresource.clone().unwrap_or_default(),
             name,
+            field_selector,
         }
     }
 
@@ -273,17 +279,34 @@ impl Authorizer for AlwaysAllow {
     }
 }
 
-/// `--authorization-mode=RBAC`: `system:masters` may do everything (kube-apiserver's
-/// privileged-group authorizer, ahead of RBAC); everyone else is asked of RBAC.
+/// `--authorization-mode=Node,RBAC` (or `RBAC`): `system:masters` may do everything
+/// (kube-apiserver's privileged-group authorizer, ahead of the others); a node's
+/// request is asked of the Node authorizer first; then RBAC.
 #[derive(Debug)]
-pub struct RbacMode(pub Arc<rbac::Rbac>);
+pub struct RbacMode(pub Arc<rbac::Rbac>, pub Option<node::NodeAuthorizer>);
 
 impl Authorizer for RbacMode {
     fn authorize(&self, attrs: &Attributes) -> Decision {
         if is_master(&attrs.user) {
             return Decision::allow("");
         }
-        self.0.authorize(attrs)
+        let node = self.1.as_ref().and_then(|n| n.authorize(attrs));
+        match node {
+            Some(Ok(())) => Decision::allow(""),
+            Some(Err(why)) => {
+                // Upstream's union of authorizers: the reasons of both, in order.
+                let mut rbac = self.0.authorize(attrs);
+                if !rbac.allowed && !why.is_empty() {
+                    rbac.reason = if rbac.reason.is_empty() {
+                        why
+                    } else {
+                        format!("{why}\n{}", rbac.reason)
+                    };
+                }
+                rbac
+            }
+            None => self.0.authorize(attrs),
+        }
     }
 
     fn rules_for(&self, user: &UserInfo, namespace: &str) -> RuleSet {
@@ -299,19 +322,30 @@ pub fn is_master(user: &UserInfo) -> bool {
 /// The authorization modes of `--authorization-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
+    /// `Node,RBAC`, kube-apiserver's usual setting.
     #[default]
+    NodeRbac,
     Rbac,
     AlwaysAllow,
+}
+
+impl Mode {
+    /// Whether requests without credentials are the anonymous user (authorized like
+    /// anyone) rather than refused outside the public paths.
+    pub fn anonymous_is_authorized(self) -> bool {
+        self != Self::AlwaysAllow
+    }
 }
 
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "Node,RBAC" => Ok(Self::NodeRbac),
             "RBAC" => Ok(Self::Rbac),
             "AlwaysAllow" => Ok(Self::AlwaysAllow),
             other => Err(format!(
-                "authorization mode {other:?} is not supported: want RBAC or AlwaysAllow"
+                "authorization mode {other:?} is not supported: want Node,RBAC, RBAC or AlwaysAllow"
             )),
         }
     }

@@ -285,7 +285,7 @@ fn rbac_grants_through_bindings_only_where_bound() {
 
 #[test]
 fn masters_bypass_rbac() {
-    let mode = RbacMode(std::sync::Arc::new(Rbac::from_objects(&[])));
+    let mode = RbacMode(std::sync::Arc::new(Rbac::from_objects(&[])), None);
     let admin = user("kubernetes-admin", &[MASTERS]);
     assert!(
         mode.authorize(&attrs(&admin, Method::DELETE, "/api/v1/nodes/x"))
@@ -410,7 +410,7 @@ fn impersonation_needs_the_impersonate_verb_on_each_part() {
                    "subjects": [{"kind": "User", "name": "alice"}]}),
         ),
     ]);
-    let mode = RbacMode(std::sync::Arc::new(rbac));
+    let mode = RbacMode(std::sync::Arc::new(rbac), None);
     let headers = |pairs: &[(&'static str, &str)]| {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {

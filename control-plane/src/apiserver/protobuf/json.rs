@@ -471,7 +471,9 @@ fn special_to_json(msg: &DynamicMessage) -> Result<Option<Json>, ConvertError> {
 fn is_extra_value(full: &str) -> bool {
     matches!(
         full,
-        "k8s.io.api.authentication.v1.ExtraValue" | "k8s.io.api.authorization.v1.ExtraValue"
+        "k8s.io.api.authentication.v1.ExtraValue"
+            | "k8s.io.api.authorization.v1.ExtraValue"
+            | "k8s.io.api.certificates.v1.ExtraValue"
     )
 }
 

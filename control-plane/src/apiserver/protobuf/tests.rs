@@ -175,7 +175,9 @@ fn sample(desc: &MessageDescriptor, depth: usize, seen: &mut Vec<String>) -> Val
             return json!({"f:metadata": {"f:labels": {".": {}}}});
         }
         "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON" => return json!({"x": [1]}),
-        "k8s.io.api.authentication.v1.ExtraValue" | "k8s.io.api.authorization.v1.ExtraValue" => {
+        "k8s.io.api.authentication.v1.ExtraValue"
+        | "k8s.io.api.authorization.v1.ExtraValue"
+        | "k8s.io.api.certificates.v1.ExtraValue" => {
             return json!(["scope-a", "scope-b"]);
         }
         _ => {}

@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{Ctx, invalid, normalize, object_response};
-use crate::apiserver::admission::{defaults, validation};
+use crate::apiserver::admission::{certificates, defaults, node_restriction, validation};
 use crate::apiserver::object::{self, meta_mut};
 use crate::apiserver::request::{content_type, decode, read_body};
 use crate::apiserver::status::{ApiError, ApiResult, Cause};
@@ -71,8 +71,15 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         ctx.api
             .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)?;
     }
+    node_restriction::admit_create(ctx.user.as_ref(), def, &obj)?;
     if def.group.is_empty() && def.kind == "Pod" {
         crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
+        let ns = ctx.namespace.as_deref().unwrap_or_default();
+        crate::apiserver::admission::serviceaccount::admit(&ctx.api.cache, ns, &mut obj).await?;
+    }
+    if def.group == certificates::GROUP && def.kind == "CertificateSigningRequest" {
+        certificates::prepare_create(&mut obj, ctx.user.as_ref());
+        certificates::admit_create(&obj)?;
     }
     crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
     defaults::apply(&def.kind, &mut obj);

@@ -128,6 +128,12 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &Options) -> ApiResult<(Value, 
         let Some((old, revision)) = ctx.current(name).await? else {
             return Err(ctx.not_found(name));
         };
+        crate::apiserver::admission::node_restriction::admit_delete(
+            ctx.user.as_ref(),
+            &ctx.def,
+            &old,
+            false,
+        )?;
         let meta = object::meta(&old).cloned().unwrap_or_default();
         if let Some(uid) = &opts.uid
             && meta.get("uid").and_then(Value::as_str) != Some(uid)

@@ -84,6 +84,12 @@ pub async fn evict(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
             return Err(ctx.not_found(name));
         };
         pod = current;
+        crate::apiserver::admission::node_restriction::admit_delete(
+            ctx.user.as_ref(),
+            &ctx.def,
+            &pod,
+            true,
+        )?;
         if !can_ignore_budget(&pod) {
             break;
         }

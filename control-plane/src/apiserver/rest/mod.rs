@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Api;
-use super::admission::{defaults, validation};
+use super::admission::{certificates, defaults, validation};
 use super::auth::UserInfo;
 use super::object::{self, meta_mut};
 use super::registry::ResourceDef;
@@ -301,6 +301,8 @@ pub enum Part {
     Finalize,
     /// `pods/{name}/binding`: the main resource, where setting spec.nodeName is allowed.
     Bind,
+    /// `certificatesigningrequests/{name}/approval`: only status.conditions.
+    Approval,
 }
 
 /// Builds the object to store from the live `old` and the client's `new`: server-owned
@@ -349,6 +351,67 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
             new = old.clone();
             new["spec"]["finalizers"] = finalizers.unwrap_or_else(|| json!([]));
         }
+        Part::Approval => {
+            let conditions = new.pointer("/status/conditions").cloned();
+            let meta = new.get("metadata").cloned();
+            new = old.clone();
+            if let Some(m) = meta {
+                new["metadata"] = m;
+            }
+            match conditions {
+                Some(c) => new["status"]["conditions"] = c,
+                None => {
+                    if let Some(s) = new.get_mut("status").and_then(Value::as_object_mut) {
+                        s.remove("conditions");
+                    }
+                }
+            }
+        }
+    }
+    let csr = def.group == certificates::GROUP && def.kind == "CertificateSigningRequest";
+    if csr {
+        // The spec never changes after create; /status cannot touch the approval.
+        new["spec"] = old.get("spec").cloned().unwrap_or(Value::Null);
+        if part == Part::Status {
+            let decided = |c: &&Value| {
+                matches!(
+                    c.get("type").and_then(Value::as_str),
+                    Some("Approved" | "Denied")
+                )
+            };
+            let kept: Vec<Value> = old
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(decided)
+                .cloned()
+                .collect();
+            let mut conditions: Vec<Value> = new
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| !decided(c))
+                .cloned()
+                .collect();
+            conditions.splice(0..0, kept);
+            if new.get("status").is_some_and(Value::is_object) {
+                new["status"]["conditions"] = Value::Array(conditions);
+            }
+        }
+        let sub = match part {
+            Part::Approval => "approval",
+            Part::Status => "status",
+            _ => "",
+        };
+        certificates::admit_update(
+            ctx.api.authorizer.as_ref(),
+            ctx.user.as_ref(),
+            sub,
+            old,
+            &new,
+        )?;
     }
     let old_meta = object::meta(old).cloned().unwrap_or_default();
     {
@@ -403,6 +466,16 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     if part == Part::Main {
         causes.extend(validation::validate_update(&def.kind, old, &new));
     }
+    if csr {
+        certificates::validate_update(old, &new, &mut causes);
+    }
+    super::admission::node_restriction::admit_update(
+        ctx.user.as_ref(),
+        def,
+        part == Part::Status,
+        old,
+        &new,
+    )?;
     if !causes.is_empty() {
         return Err(invalid(def, &new, causes));
     }

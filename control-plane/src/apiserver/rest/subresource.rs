@@ -45,6 +45,12 @@ pub async fn handle(
             Method::PUT => super::update::put(ctx, name, Some(Part::Finalize), body).await,
             _ => Err(not_allowed()),
         },
+        "approval" if def.kind == "CertificateSigningRequest" => match method {
+            Method::GET => super::get::get(ctx, name).await,
+            Method::PUT => super::update::put(ctx, name, Some(Part::Approval), body).await,
+            Method::PATCH => super::patch::patch(ctx, name, Some(Part::Approval), body).await,
+            _ => Err(not_allowed()),
+        },
         "scale" if def.scale.is_some() => scale(ctx, method, name, body).await,
         "binding" if def.kind == "Pod" && method == Method::POST => bind(ctx, name, body).await,
         "eviction" if def.kind == "Pod" && method == Method::POST => {
@@ -302,6 +308,18 @@ async fn token(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
         return Err(ctx.not_found(name));
     };
     let ns = ctx.namespace.clone().unwrap_or_default();
+    crate::apiserver::admission::node_restriction::admit_token(
+        ctx.user.as_ref(),
+        &ctx.def,
+        name,
+        &request,
+        |pod| {
+            ctx.api
+                .cache
+                .get(&format!("/registry/core/pods/{ns}/{pod}"))
+                .map(|c| c.value())
+        },
+    )?;
     let uid = object::meta_str(&account, "uid")
         .unwrap_or_default()
         .to_owned();

@@ -27,11 +27,31 @@ pub fn cluster_with(args: &[&str]) -> Option<Cluster> {
     cluster_full(args, &[])
 }
 
+/// `--controllers=false` among `args` keeps the controllers a node's join and its
+/// pods' ServiceAccount admission need: CSR approval and signing, the `default`
+/// ServiceAccounts and `kube-root-ca.crt`.
 pub fn cluster_full(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = BerthServer::start_with(&workspace_bin("berth-server"), dir.path(), args);
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "--controllers=false" {
+                "--controllers=csrapproving,csrsigning,serviceaccount,root-ca-cert-publisher"
+            } else {
+                a
+            }
+        })
+        .collect();
+    let server = BerthServer::start_with(&workspace_bin("berth-server"), dir.path(), &args);
     let kubectl = Kubectl::find(&server.kubeconfig(), dir.path())?;
-    let agent = Agent::start_with("node-e2e", &server.kubeconfig(), dir.path(), agent_args);
+    // The agent joins as a new node would: a bootstrap token, a CSR, its own
+    // `system:node:node-e2e` certificate (Node authorizer + NodeRestriction apply).
+    let agent = Agent::join_with(
+        "node-e2e",
+        &server.bootstrap_kubeconfig(),
+        dir.path(),
+        agent_args,
+    );
     let c = Cluster {
         kubectl,
         agent,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use berth_testkit::Kubectl;
 
-use crate::{BUSYBOX, Coverage, ISSUE_21, ISSUE_22, contains, fails_with, field};
+use crate::{BUSYBOX, Coverage, ISSUE_22, contains, fails_with, field};
 
 /// Commands whose server side is another open issue's: today's error, and the issue.
 pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
@@ -48,13 +48,46 @@ pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
             serde_json::json!(["get"])
         );
     });
-    for verb in ["approve", "deny"] {
-        cov.awaiting(ISSUE_21, &format!("certificate {verb}"), || {
-            fails_with(
-                k,
-                &["certificate", verb, "csr-node-e2e"],
-                "the server doesn't have a resource type \"certificatesigningrequests\"",
+    // CSRs (issue 21's second half): a request made with openssl, approved or denied.
+    for (verb, condition, done) in [
+        ("approve", "Approved", "approved"),
+        ("deny", "Denied", "denied"),
+    ] {
+        cov.case(&format!("certificate {verb}"), || {
+            let name = format!("coverage-{verb}");
+            let csr = dir.join(format!("{name}.csr"));
+            let out = std::process::Command::new("openssl")
+                .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+                .args(["-nodes", "-subj", &format!("/CN={name}"), "-keyout"])
+                .arg(dir.join(format!("{name}.key")))
+                .arg("-out")
+                .arg(&csr)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+            let b64 = std::process::Command::new("openssl")
+                .args(["base64", "-A", "-in"])
+                .arg(&csr)
+                .output()
+                .expect("run openssl base64");
+            let request = String::from_utf8_lossy(&b64.stdout).trim().to_owned();
+            let manifest = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &manifest,
+                format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n"),
+            )
+            .expect("write the manifest");
+            k.ok(&["create", "-f", manifest.to_str().expect("utf-8 path")]);
+            contains(
+                &k.ok(&["certificate", verb, &name]),
+                &format!("certificatesigningrequest.certificates.k8s.io/{name} {done}"),
             );
+            let conditions = field(k, &["get", "csr", &name], "/status/conditions");
+            assert!(
+                conditions.as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == condition)),
+                "{conditions}"
+            );
+            k.ok(&["delete", "csr", &name]);
         });
     }
     // The built-in metrics server has two scrapes of a node (15 s apart) soon after

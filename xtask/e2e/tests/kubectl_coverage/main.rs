@@ -4,8 +4,8 @@
 //! berth cluster (berth-server with controllers and a real berth-agent) with realistic
 //! arguments, and a command with no case fails the test — a new kubectl command cannot
 //! silently be unsupported. Commands whose server side belongs to another open issue
-//! assert the error berth gives today and name that issue ([`ISSUE_21`], [`ISSUE_22`]),
-//! so they turn into real cases when it lands. `kubectl describe` of a
+//! assert the error berth gives today and name that issue ([`ISSUE_22`]), so they
+//! turn into real cases when it lands. `kubectl describe` of a
 //! Deployment, Pod, Service, Job, StatefulSet, DaemonSet and Node shows its `Events:`.
 //! The cases run in sequence on the one cluster, one module per area (`create`,
 //! `workloads`, `objects`, `pods`, `issues`, `client`, `nodes` — drain last); a failing
@@ -31,11 +31,6 @@ mod workloads;
 
 use common::cluster_with;
 
-/// CSRs (`certificate`); its first half, RBAC and the review APIs (`auth can-i`,
-/// `auth whoami`), has landed and those are real cases.
-const ISSUE_21: &str = "issue 21 \"Who may do what: RBAC and Node authorization, node identities \
-                        through bootstrap tokens and CSRs, ServiceAccount token automount, and \
-                        the review APIs kubectl uses\"";
 /// Ephemeral containers (`kubectl debug`).
 const ISSUE_22: &str = "issue 22 \"Pods as locked down as under containerd + runc, and every \
                         securityContext and pod-level field honoured: … ephemeral containers \

@@ -75,10 +75,39 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
             vec![group("system:serviceaccounts")],
         ),
         ("system:node".into(), "system:node".into(), Vec::new()),
+        // Node join, as kubeadm binds it: bootstrap tokens may file CSRs and have node
+        // client certificates approved; nodes may renew their own.
+        (
+            "system:node-bootstrapper".into(),
+            "system:node-bootstrapper".into(),
+            vec![group(crate::apiserver::bootstrap_token::GROUP)],
+        ),
+        (
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient".into(),
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient".into(),
+            vec![group(crate::apiserver::bootstrap_token::GROUP)],
+        ),
+        (
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient".into(),
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient".into(),
+            vec![group("system:nodes")],
+        ),
+        // The apiserver's client to the kubelets.
+        (
+            "system:kubelet-api-admin".into(),
+            "system:kubelet-api-admin".into(),
+            vec![user(crate::apiserver::kubelet::CLIENT_USER)],
+        ),
+        // berth's agent is its node's kube-proxy and DNS server too.
         (
             "system:node-proxier".into(),
             "system:node-proxier".into(),
-            vec![user("system:kube-proxy")],
+            vec![user("system:kube-proxy"), group("system:nodes")],
+        ),
+        (
+            "system:berth:node-dns".into(),
+            "system:berth:node-dns".into(),
+            vec![group("system:nodes")],
         ),
         (
             "system:kube-dns".into(),

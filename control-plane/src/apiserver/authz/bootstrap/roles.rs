@@ -193,6 +193,58 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ),
         role("system:node", node()),
         role(
+            "system:node-bootstrapper",
+            vec![r(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            vec![r(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            vec![r(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:kube-apiserver-client-approver",
+            vec![approve("kubernetes.io/kube-apiserver-client")],
+        ),
+        role(
+            "system:certificates.k8s.io:kube-apiserver-client-kubelet-approver",
+            vec![approve("kubernetes.io/kube-apiserver-client-kubelet")],
+        ),
+        role(
+            "system:certificates.k8s.io:kubelet-serving-approver",
+            vec![approve("kubernetes.io/kubelet-serving")],
+        ),
+        role(
+            "system:certificates.k8s.io:legacy-unknown-approver",
+            vec![approve("kubernetes.io/legacy-unknown")],
+        ),
+        role(
+            "system:kubelet-api-admin",
+            vec![
+                r(READ, &[""], &["nodes"]),
+                r(&["proxy"], &[""], &["nodes"]),
+                r(
+                    &["*"],
+                    &[""],
+                    &["nodes/log", "nodes/metrics", "nodes/proxy", "nodes/stats"],
+                ),
+            ],
+        ),
+        role(
             "system:node-proxier",
             vec![
                 r(&["list", "watch"], &[""], &["endpoints", "services"]),
@@ -204,6 +256,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["endpointslices"],
                 ),
             ],
+        ),
+        // What berth's agent reads to serve cluster DNS besides Services and
+        // EndpointSlices: its configuration.
+        role(
+            "system:berth:node-dns",
+            vec![named(READ, &[""], &["configmaps"], &["berth-dns"])],
         ),
         role(
             "system:kube-dns",
@@ -415,6 +473,16 @@ fn aggregate_to_view() -> Vec<Rule> {
             &["ingresses", "ingresses/status", "networkpolicies"],
         ),
     ]
+}
+
+/// `approve` on one signer (the `system:certificates.k8s.io:*-approver` roles).
+fn approve(signer: &str) -> Rule {
+    named(
+        &["approve"],
+        &["certificates.k8s.io"],
+        &["signers"],
+        &[signer],
+    )
 }
 
 fn node() -> Vec<Rule> {
