@@ -34,7 +34,20 @@ fn free_udp_port() -> u16 {
 }
 
 impl Upstream {
+    /// dnsmasq on a free port of 127.0.0.1. It binds TCP as well as UDP on the port, and
+    /// another test may hold the TCP one: dnsmasq then exits, and the next port is tried.
     fn start(names: &[&str]) -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(names) {
+                Ok(up) => return up,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn try_start(names: &[&str]) -> Result<Self, String> {
         let port = free_udp_port();
         let mut cmd = Command::new("dnsmasq");
         cmd.args([
@@ -55,23 +68,26 @@ impl Upstream {
             .stderr(Stdio::null())
             .spawn()
             .expect("dnsmasq (apt package dnsmasq-base, installed by cargo xtask setup)");
-        let up = Self {
+        let mut up = Self {
             port,
             _child: ChildGuard(child),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = up._child.0.try_wait() {
+                return Err(format!("dnsmasq on 127.0.0.1:{port} exited: {status}"));
+            }
             if dig(
                 None,
                 &format!("@127.0.0.1 -p {port} probe.invalid +tries=1 +time=1"),
             )
             .contains("status:")
             {
-                return up;
+                return Ok(up);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("dnsmasq on 127.0.0.1:{port} did not answer");
+        Err(format!("dnsmasq on 127.0.0.1:{port} did not answer"))
     }
 }
 
