@@ -118,10 +118,15 @@ async fn apis_with_widgets(client: &kube::Client) -> Reply {
         let reply = get(client, "/apis", &[(header::ACCEPT, V2)]).await;
         // Both versions: the server registers a CRD's versions one at a time (and
         // re-registers them on each CRD update), so a group can be seen half-made.
-        let versions = group(&reply.json(), "example.com")
+        let doc = reply.json();
+        let versions = group(&doc, "example.com")
             .and_then(|g| g["versions"].as_array().map(Vec::len))
             .unwrap_or(0);
-        if versions == 2 {
+        // And the v1 resource itself (a re-registration can leave it out briefly).
+        let widgets = group(&doc, "example.com")
+            .and_then(|g| resource(g, "v1", "widgets"))
+            .is_some();
+        if versions == 2 && widgets {
             return reply;
         }
         assert!(
