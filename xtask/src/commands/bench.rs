@@ -35,11 +35,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     step(format!("bench {}: {}", bench.name, bench.about));
     let report = (bench.run)()?;
     let dir = util::root().join("bench/results");
-    report.write(&dir, bench.name)?;
+    // Result files are named with underscores (`pod-startup` → `pod_startup.json`).
+    let file = bench.name.replace('-', "_");
+    report.write(&dir, &file)?;
     println!("{}", report.markdown(bench.name));
     step(format!(
-        "wrote bench/results/{0}.json and bench/results/{0}.md",
-        bench.name
+        "wrote bench/results/{file}.json and bench/results/{file}.md"
     ));
     Ok(ExitCode::SUCCESS)
 }
