@@ -116,10 +116,22 @@ struct Args {
     /// (`cargo xtask down` uses it).
     #[arg(long)]
     remove_all_pods: bool,
-    /// Hard eviction thresholds (`memory.available<100Mi`): below them the node reports
-    /// pressure and evicts pods, BestEffort first.
-    #[arg(long, default_value = "memory.available<100Mi")]
+    /// Hard eviction thresholds (`memory.available<100Mi,nodefs.available<10%`, signals
+    /// memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree, pid.available): below one the node reports Memory-, Disk- or
+    /// PIDPressure and evicts pods. Unset: the kubelet's defaults; set: only the
+    /// signals given.
+    #[arg(long, default_value = "")]
     eviction_hard: String,
+    /// Image filesystem usage (percent) from which unused images are deleted (100: never).
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image filesystem usage (percent) image garbage collection frees down to.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// Images are kept at least this long after they were first seen (a Go duration).
+    #[arg(long, default_value = "2m0s", value_parser = go_duration)]
+    image_minimum_gc_age: std::time::Duration,
     /// A directory of static pod manifests (the kubelet's staticPodPath).
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
@@ -259,8 +271,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let thresholds = berth_agent::pods::eviction::Thresholds::parse(&args.eviction_hard)
+    let thresholds = berth_agent::pods::eviction::signals::Thresholds::parse(&args.eviction_hard)
         .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
+    let gc_policy = berth_agent::pods::image_gc::Policy::new(
+        args.image_gc_high_threshold,
+        args.image_gc_low_threshold,
+        args.image_minimum_gc_age,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let name = match &args.hostname_override {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
@@ -361,7 +379,8 @@ async fn main() -> anyhow::Result<()> {
                 max_pods: args.max_pods,
                 root_dir: args.root_dir.clone(),
                 labels: Default::default(),
-                memory_threshold: thresholds.memory_available,
+                image_dir: args.root_dir.clone(),
+                thresholds: thresholds.clone(),
             },
             pods_dir: args.root_dir.join("pods"),
             logs_dir: args.pod_log_dir.clone(),
@@ -388,7 +407,8 @@ async fn main() -> anyhow::Result<()> {
         max_pods: args.max_pods,
         root_dir: args.root_dir.clone(),
         labels: Default::default(),
-        memory_threshold: thresholds.memory_available,
+        image_dir: args.root_dir.clone(),
+        thresholds: thresholds.clone(),
     };
     let node = node::register(&client, &node_cfg)
         .await
@@ -472,11 +492,16 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         name.clone(),
     ));
+    let image_gc = Arc::new(berth_agent::pods::image_gc::ImageGc::new(
+        gc_policy,
+        &args.pod_infra_container_image,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
         () = pods::run(ctx.clone(), pod_writer) => {}
-        () = pods::eviction::run(ctx.clone(), thresholds, pod_store) => {}
+        () = pods::eviction::run(ctx.clone(), thresholds, image_gc.clone(), pod_store) => {}
+        () = pods::image_gc::run(image_gc, ctx.runtime.clone(), pods::image_gc::PERIOD) => {}
         r = berth_agent::kubelet_api::serve(ctx, addr, client_ca, serving, kubelet_authz) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
@@ -485,4 +510,29 @@ async fn main() -> anyhow::Result<()> {
         t.abort();
     }
     Ok(())
+}
+
+/// A Go duration flag (`2m0s`, `90s`, `1h`).
+fn go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("invalid duration {text:?} (want a Go duration such as 2m0s or 90s)");
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let d: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
+    std::time::Duration::try_from(d).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(super::go_duration("2m0s"), Ok(Duration::from_secs(120)));
+        assert_eq!(super::go_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::go_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(super::go_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(super::go_duration("0"), Ok(Duration::ZERO));
+        assert!(super::go_duration("-1s").is_err());
+        assert!(super::go_duration("soon").is_err());
+    }
 }

@@ -28,8 +28,10 @@ pub struct NodeConfig {
     /// The directory whose filesystem is the node's ephemeral storage.
     pub root_dir: std::path::PathBuf,
     pub labels: BTreeMap<String, String>,
-    /// memory.available (bytes) below which the node reports MemoryPressure.
-    pub memory_threshold: u64,
+    /// Where the images live (imagefs).
+    pub image_dir: std::path::PathBuf,
+    /// `--eviction-hard`: below them the node reports Memory/Disk/PIDPressure.
+    pub thresholds: crate::pods::eviction::signals::Thresholds,
 }
 
 /// Memory, disk and PID pressure as observed on the host.
@@ -57,16 +59,6 @@ pub fn meminfo(key: &str) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
-fn disk_bytes(path: &std::path::Path) -> (u64, u64) {
-    match nix::sys::statvfs::statvfs(path) {
-        Ok(s) => (
-            s.blocks() * s.fragment_size(),
-            s.blocks_available() * s.fragment_size(),
-        ),
-        Err(_) => (0, 0),
-    }
-}
-
 fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
@@ -85,31 +77,10 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-/// The eviction signals: memory.available below `memory_threshold` (the kubelet's
-/// default is 100Mi), nodefs.available < 10 %, and fewer than 5 % of pids left.
-pub fn observe_pressure(root_dir: &std::path::Path, memory_threshold: u64) -> Pressure {
-    let available = meminfo("MemAvailable:").unwrap_or(u64::MAX);
-    let (total, avail) = disk_bytes(root_dir);
-    let pid_max: u64 = read_trim("/proc/sys/kernel/pid_max")
-        .parse()
-        .unwrap_or(u64::MAX);
-    let procs = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .count() as u64
-        })
-        .unwrap_or(0);
-    Pressure {
-        memory: available < memory_threshold,
-        disk: total > 0 && avail * 10 < total,
-        pid: procs * 20 > pid_max * 19,
-    }
+/// Memory, disk and PID pressure now, by the eviction thresholds.
+pub fn observe_pressure(cfg: &NodeConfig) -> Pressure {
+    let obs = crate::pods::eviction::signals::Observations::observe(&cfg.root_dir, &cfg.image_dir);
+    cfg.thresholds.pressure(&obs)
 }
 
 fn condition(type_: &str, on: bool, reason: &str, message: &str, now: &str) -> Value {
@@ -130,7 +101,9 @@ pub fn status(cfg: &NodeConfig, pressure: Pressure, ready: bool) -> Value {
         .unwrap_or_else(|_| jiff::Timestamp::now());
     let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (disk_total, _) = disk_bytes(&cfg.root_dir);
+    let disk_total = nix::sys::statvfs::statvfs(&cfg.root_dir)
+        .map(|s| s.blocks() * s.fragment_size())
+        .unwrap_or(0);
     let capacity = json!({
         "cpu": cpus.to_string(),
         "memory": format!("{}Ki", mem_total_bytes() / 1024),
@@ -154,6 +127,7 @@ pub fn status(cfg: &NodeConfig, pressure: Pressure, ready: bool) -> Value {
             {"type": "Hostname", "address": hostname},
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
+        "images": images(&cfg.image_dir),
         "nodeInfo": {
             "machineID": read_trim("/etc/machine-id"),
             "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
@@ -181,6 +155,38 @@ pub fn status(cfg: &NodeConfig, pressure: Pressure, ready: bool) -> Value {
                 if ready { "kubelet is posting ready status" } else { "kubelet is starting" }, &now),
         ],
     })
+}
+
+/// The images on the node as the kubelet lists them (`status.images`): largest first,
+/// at most 50, each with its `repo@digest` and `repo:tag` names.
+fn images(dir: &std::path::Path) -> Value {
+    let Ok(store) = berth_runtime::image::ImageStore::open(dir) else {
+        return json!([]);
+    };
+    let mut by_digest: BTreeMap<String, (Vec<String>, u64)> = BTreeMap::new();
+    for image in store.list() {
+        let entry = by_digest
+            .entry(image.digest.clone())
+            .or_insert_with(|| (Vec::new(), image.size));
+        let repo = image
+            .reference
+            .rsplit_once(':')
+            .filter(|(_, tag)| !tag.contains('/'))
+            .map_or(image.reference.as_str(), |(repo, _)| repo);
+        let pinned = format!("{repo}@{}", image.digest);
+        if !entry.0.contains(&pinned) {
+            entry.0.insert(0, pinned);
+        }
+        entry.0.push(image.reference);
+    }
+    let mut list: Vec<(Vec<String>, u64)> = by_digest.into_values().collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    list.truncate(50);
+    Value::Array(
+        list.into_iter()
+            .map(|(names, size)| json!({"names": names, "sizeBytes": size}))
+            .collect(),
+    )
 }
 
 /// What of a status counts as a change: everything but heartbeat and transition times.
@@ -249,11 +255,7 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<Node, kube::E
         }
         Err(e) => return Err(e),
     }
-    let status = status(
-        cfg,
-        observe_pressure(&cfg.root_dir, cfg.memory_threshold),
-        true,
-    );
+    let status = status(cfg, observe_pressure(cfg), true);
     nodes
         .patch_status(
             &cfg.name,
@@ -274,9 +276,8 @@ pub async fn heartbeat(client: Client, cfg: NodeConfig, node_uid: String) {
         if let Err(err) = renew_lease(&leases, &cfg, &node_uid).await {
             tracing::warn!(%err, "renewing the node lease");
         }
-        let root = cfg.root_dir.clone();
-        let threshold = cfg.memory_threshold;
-        let pressure = tokio::task::spawn_blocking(move || observe_pressure(&root, threshold))
+        let observed = cfg.clone();
+        let pressure = tokio::task::spawn_blocking(move || observe_pressure(&observed))
             .await
             .unwrap_or_default();
         let mut now = status(&cfg, pressure, true);

@@ -185,6 +185,15 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// Tasks in the cgroup and every cgroup below it (`pids.current`; 0 when the
+    /// controller is absent).
+    pub fn pids_current(&self) -> u64 {
+        self.inner
+            .controller_of::<PidController>()
+            .and_then(|p| p.get_pid_current().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILLs every process in the cgroup.
     pub fn kill_all(&self) {
         for pid in self.procs() {

@@ -6,6 +6,7 @@
 
 pub mod env;
 pub mod eviction;
+pub mod image_gc;
 pub mod inputs;
 pub mod probe;
 pub mod resources;

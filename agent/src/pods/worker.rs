@@ -98,7 +98,7 @@ fn instances(all: &[String], uid: &str, name: &str) -> Vec<(u32, String)> {
 }
 
 /// Every container of pod `uid` on the host (not the sandbox).
-fn pod_containers(all: &[String], uid: &str) -> Vec<String> {
+pub(crate) fn pod_containers(all: &[String], uid: &str) -> Vec<String> {
     let prefix = format!("{uid}-");
     all.iter()
         .filter(|id| id.starts_with(&prefix))

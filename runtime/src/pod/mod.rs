@@ -482,6 +482,21 @@ impl Runtime {
         Ok(())
     }
 
+    /// The writable layer of container `id`'s rootfs, when it has one.
+    pub fn upper_dir(&self, id: &str) -> Option<PathBuf> {
+        Some(self.container_dir(id).join("upper")).filter(|d| d.is_dir())
+    }
+
+    /// The image (manifest digest) container `id` was made from, without waiting on it
+    /// (image garbage collection keeps these).
+    pub fn image_id(&self, id: &str) -> Option<String> {
+        let record: ContainerRecord = serde_json::from_slice(
+            &std::fs::read(self.container_dir(id).join("container.json")).ok()?,
+        )
+        .ok()?;
+        Some(record.image_id)
+    }
+
     pub fn status(&self, id: &str) -> Result<ContainerStatus, Error> {
         let state = self.root.load(id)?;
         let status = container::status(&self.root, &state);

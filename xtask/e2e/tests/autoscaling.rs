@@ -83,10 +83,16 @@ fn top_shows_a_busy_pod_and_an_hpa_scales_its_deployment_up_and_down() {
         return;
     };
     c.kubectl.apply(BURN);
-    let out = c
-        .kubectl
-        .ok(&["rollout", "status", "deployment/burn", "--timeout=90s"]);
-    assert!(out.contains("successfully rolled out"), "{out}");
+    c.wait(
+        "deployment burn to roll out",
+        Duration::from_secs(90),
+        || {
+            let out = c
+                .kubectl
+                .run(&["rollout", "status", "deployment/burn", "--timeout=1s"]);
+            String::from_utf8_lossy(&out.stdout).contains("successfully rolled out")
+        },
+    );
     let pod = burn_pods(&c).pop().expect("the burn pod");
 
     // kubectl top: the node and the busy pod, once two scrapes have seen them.
@@ -171,10 +177,16 @@ fn top_shows_a_busy_pod_and_an_hpa_scales_its_deployment_up_and_down() {
     );
 
     // The load stops in every pod (the second one included, once it runs).
-    let out = c
-        .kubectl
-        .ok(&["rollout", "status", "deployment/burn", "--timeout=90s"]);
-    assert!(out.contains("successfully rolled out"), "{out}");
+    c.wait(
+        "deployment burn to roll out",
+        Duration::from_secs(90),
+        || {
+            let out = c
+                .kubectl
+                .run(&["rollout", "status", "deployment/burn", "--timeout=1s"]);
+            String::from_utf8_lossy(&out.stdout).contains("successfully rolled out")
+        },
+    );
     for p in burn_pods(&c) {
         c.kubectl.ok(&["exec", &p, "--", "touch", "/tmp/stop"]);
     }

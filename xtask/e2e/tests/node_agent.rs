@@ -738,6 +738,112 @@ spec:
 }
 
 #[test]
+fn disk_pressure_deletes_unused_images_then_evicts_the_pod_over_its_request() {
+    require_root!();
+    // A threshold every disk crosses: DiskPressure from the start. Images may go 20 s
+    // after they are first seen (by then the pods below use busybox).
+    let Some(c) = cluster_full(
+        &["--controllers=false"],
+        &[
+            "--eviction-hard=nodefs.available<100%",
+            "--image-minimum-gc-age=20s",
+        ],
+    ) else {
+        return;
+    };
+    let condition = |node: &Value, type_: &str| {
+        node["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or(Value::Null)
+    };
+    c.wait("DiskPressure on the node", Duration::from_secs(30), || {
+        condition(
+            &c.kubectl.json(&["get", "node", "node-e2e"]),
+            "DiskPressure",
+        )["status"]
+            == "True"
+    });
+    let node = c.kubectl.json(&["get", "node", "node-e2e"]);
+    let disk = condition(&node, "DiskPressure");
+    assert_eq!(disk["reason"], "KubeletHasDiskPressure", "{disk}");
+    assert_eq!(disk["message"], "kubelet has disk pressure", "{disk}");
+    assert_eq!(condition(&node, "MemoryPressure")["status"], "False");
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  nodeName: node-e2e
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "dd if=/dev/zero of=/fill bs=1M count=8 && sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: within-request}
+spec:
+  nodeName: node-e2e
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    resources: {requests: {ephemeral-storage: 1Gi}}
+"#,
+    );
+    // Pods go, the one using more than it requested first.
+    let evicted = c.wait_pod("writer", "evicted", |p| p["status"]["reason"] == "Evicted");
+    assert_eq!(evicted["status"]["phase"], "Failed");
+    let message = evicted["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "The node was low on resource: ephemeral-storage. Threshold quantity: 100%, available: "
+        ),
+        "{message}"
+    );
+    let other = c.pod("within-request");
+    assert_ne!(
+        other["status"]["reason"], "Evicted",
+        "the pod within its request went first: {other}"
+    );
+    // Before pods, each round deletes the images no container uses (the testserver
+    // image, once old enough); busybox (in use) and the pause image (pinned) stay.
+    let names = |node: &Value| -> Vec<String> {
+        node["status"]["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["names"].as_array().cloned().unwrap_or_default())
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect()
+    };
+    c.wait(
+        "the unused testserver image deleted",
+        Duration::from_secs(60),
+        || {
+            let n = names(&c.kubectl.json(&["get", "node", "node-e2e"]));
+            !n.is_empty() && !n.iter().any(|n| n.contains("testserver"))
+        },
+    );
+    let n = names(&c.kubectl.json(&["get", "node", "node-e2e"]));
+    assert!(n.iter().any(|n| n.contains("busybox:1.35")), "{n:?}");
+    assert!(n.iter().any(|n| n.contains("pause")), "{n:?}");
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "writer",
+        "within-request",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    c.wait_clean();
+}
+
+#[test]
 fn attach_feeds_stdin_and_streams_output() {
     require_root!();
     let Some(c) = cluster() else { return };

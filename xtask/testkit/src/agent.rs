@@ -197,6 +197,7 @@ impl Agent {
                     .iter()
                     .flat_map(|b| ["--bootstrap-kubeconfig".into(), b.display().to_string()]),
             )
+            .args(self.test_defaults())
             .args(&self.extra)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -204,6 +205,22 @@ impl Agent {
             .spawn()
             .expect("spawn berth-agent");
         self.child = Some(ChildGuard(child));
+    }
+
+    /// Flags a test agent gets unless the test gives its own: no disk or PID eviction
+    /// thresholds and no image garbage collection (as kind configures its kubelets) —
+    /// the host's disk is shared with builds, and a full one must not taint the test's
+    /// node or delete its preloaded images.
+    fn test_defaults(&self) -> Vec<&'static str> {
+        let given = |flag: &str| self.extra.iter().any(|a| a.starts_with(flag));
+        let mut out = Vec::new();
+        if !given("--eviction-hard") {
+            out.push("--eviction-hard=memory.available<100Mi");
+        }
+        if !given("--image-gc-high-threshold") {
+            out.push("--image-gc-high-threshold=100");
+        }
+        out
     }
 
     /// Kills the agent (`kill -9`); its pods keep running.

@@ -80,10 +80,28 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!(
-            "timed out waiting for {what}; agent log:\n{}",
+        panic!("timed out waiting for {what}; {}", self.diagnostics());
+    }
+
+    /// What a failed wait shows: the events of the namespace, the end of the server's
+    /// log and the agent's log.
+    pub fn diagnostics(&self) -> String {
+        let events = self
+            .kubectl
+            .run(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+        let pods = self.kubectl.run(&["get", "pods", "-A", "-o", "wide"]);
+        let server_log =
+            std::fs::read_to_string(self.server.dir().join("server.log")).unwrap_or_default();
+        let server_tail: Vec<&str> = server_log.lines().rev().take(60).collect();
+        let server_tail: Vec<&str> = server_tail.into_iter().rev().collect();
+        format!(
+            "pods:\n{}\nevents:\n{}{}\nserver log (end):\n{}\nagent log:\n{}",
+            String::from_utf8_lossy(&pods.stdout),
+            String::from_utf8_lossy(&events.stdout),
+            String::from_utf8_lossy(&events.stderr),
+            server_tail.join("\n"),
             std::fs::read_to_string(self.agent.log_file()).unwrap_or_default()
-        );
+        )
     }
 
     /// Waits until nothing of any pod is left on the host (deleting a pod in a terminal
@@ -110,16 +128,22 @@ impl Cluster {
     }
 
     pub fn wait_pod(&self, name: &str, what: &str, mut ok: impl FnMut(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        self.wait(
-            &format!("pod {name}: {what}"),
-            Duration::from_secs(90),
-            || {
-                last = self.pod(name);
-                ok(&last)
-            },
-        );
-        last
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let last = self.pod(name);
+            if ok(&last) {
+                return last;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out waiting for pod {name}: {what}; its status:\n{:#}\nspec.nodeName: {}\n{}",
+                    last["status"],
+                    last["spec"]["nodeName"],
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     pub fn container_status(pod: &Value, name: &str) -> Value {
