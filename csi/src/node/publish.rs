@@ -1,0 +1,158 @@
+//! NodePublishVolume and NodeUnpublishVolume: the staging mount bind-mounted onto the
+//! target path, then remounted read-only (`MS_REMOUNT|MS_BIND|MS_RDONLY`, mount(2)) when
+//! the publish is readonly. The driver creates the target path ("Creation of
+//! target_path is the responsibility of the SP", spec.md) and removes it on unpublish.
+
+use std::fs;
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use crate::capability;
+use crate::driver::Driver;
+use crate::error::{Error, Result, required};
+use crate::proto::{
+    NodePublishVolumeRequest, NodePublishVolumeResponse, NodeUnpublishVolumeRequest,
+    NodeUnpublishVolumeResponse,
+};
+use crate::sys;
+
+use super::{At, unmount_all, what_is_at};
+
+/// The per-mount flags for `flags` (already checked against `capability::MOUNT_FLAGS`).
+fn ms_flags(flags: &[String], readonly: bool) -> MsFlags {
+    let mut out = MsFlags::empty();
+    for flag in flags {
+        out |= match flag.as_str() {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            _ => MsFlags::empty(),
+        };
+    }
+    if readonly {
+        out |= MsFlags::MS_RDONLY;
+    }
+    out
+}
+
+impl Driver {
+    /// NodePublishVolume: needs the volume staged at `staging_target_path` first
+    /// (FAILED_PRECONDITION otherwise). Publishing again with the same arguments is
+    /// success; the same target with another volume or another readonly is
+    /// ALREADY_EXISTS.
+    pub fn node_publish_volume(
+        &self,
+        req: NodePublishVolumeRequest,
+    ) -> Result<NodePublishVolumeResponse> {
+        let id = required(&req.volume_id, "volume_id")?;
+        let target = Path::new(required(&req.target_path, "target_path")?);
+        let staging = Path::new(required(&req.staging_target_path, "staging_target_path")?);
+        let Some(cap) = &req.volume_capability else {
+            return Err(Error::InvalidArgument(
+                "volume_capability is required".into(),
+            ));
+        };
+        capability::require_supported(std::slice::from_ref(cap))?;
+        let flags = ms_flags(
+            capability::mount_flags(cap),
+            req.readonly || capability::is_reader_only(cap),
+        );
+        let readonly = flags.contains(MsFlags::MS_RDONLY);
+
+        let _node = self.node_lock();
+        let (dir, _) = self.known_volume(id)?;
+        if !matches!(what_is_at(staging, &dir)?, At::Volume(_)) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is not staged at {}: call NodeStageVolume first",
+                staging.display()
+            )));
+        }
+        match what_is_at(target, &dir)? {
+            At::Volume(m) => {
+                let is_ro = m.mount_options.iter().any(|o| o == "ro");
+                if is_ro == readonly {
+                    return Ok(NodePublishVolumeResponse {});
+                }
+                return Err(Error::AlreadyExists(format!(
+                    "volume {id} is already published at {} with readonly={is_ro}",
+                    target.display()
+                )));
+            }
+            At::Other(m) => {
+                return Err(Error::AlreadyExists(format!(
+                    "{} already has another mount ({} from {})",
+                    target.display(),
+                    m.fs_type,
+                    m.source.display()
+                )));
+            }
+            At::Nothing => {}
+        }
+        let created = !target.exists();
+        if created {
+            fs::create_dir(target).map_err(Error::io("mkdir", target))?;
+        }
+        let mount = || -> Result<()> {
+            sys::bind_mount(staging, target)?;
+            if !flags.is_empty()
+                && let Err(err) = sys::remount_bind(target, flags)
+            {
+                let _ = sys::unmount(target);
+                return Err(err);
+            }
+            Ok(())
+        };
+        if let Err(err) = mount() {
+            if created {
+                let _ = fs::remove_dir(target);
+            }
+            return Err(err);
+        }
+        tracing::info!(volume = %id, target = %target.display(), readonly, "published volume");
+        Ok(NodePublishVolumeResponse {})
+    }
+
+    /// NodeUnpublishVolume: idempotent; unmounts the target and removes the directory.
+    pub fn node_unpublish_volume(
+        &self,
+        req: NodeUnpublishVolumeRequest,
+    ) -> Result<NodeUnpublishVolumeResponse> {
+        let id = required(&req.volume_id, "volume_id")?;
+        let target = Path::new(required(&req.target_path, "target_path")?);
+        let _node = self.node_lock();
+        let known = self.known_volume(id).is_ok();
+        let unmounted = unmount_all(target)?;
+        if !known && !unmounted {
+            return Err(Error::NotFound(format!("volume {id:?} does not exist")));
+        }
+        match fs::remove_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("rmdir", target)(e)),
+        }
+        if unmounted {
+            tracing::info!(volume = %id, target = %target.display(), "unpublished volume");
+        }
+        Ok(NodeUnpublishVolumeResponse {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readonly_adds_rdonly() {
+        assert_eq!(ms_flags(&[], false), MsFlags::empty());
+        assert_eq!(ms_flags(&[], true), MsFlags::MS_RDONLY);
+        assert_eq!(
+            ms_flags(&["nosuid".into(), "ro".into()], false),
+            MsFlags::MS_NOSUID | MsFlags::MS_RDONLY
+        );
+    }
+}
