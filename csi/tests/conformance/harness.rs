@@ -138,10 +138,10 @@ impl Drop for Sut {
         for p in points {
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
         }
-        if std::thread::panicking() {
-            if let Ok(log) = fs::read_to_string(self.dir.path().join("driver.log")) {
-                eprintln!("--- berth-csi log ---\n{log}--- end of log ---");
-            }
+        if std::thread::panicking()
+            && let Ok(log) = fs::read_to_string(self.dir.path().join("driver.log"))
+        {
+            eprintln!("--- berth-csi log ---\n{log}--- end of log ---");
         }
     }
 }

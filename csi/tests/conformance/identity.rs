@@ -28,9 +28,8 @@ async fn plugin_info_has_a_name_and_version() {
     );
     if sut.own() {
         assert_eq!(info.name, berth_csi::DRIVER_NAME);
-        assert_eq!(
-            info.manifest.get("quota").map(String::as_str).is_some(),
-            true,
+        assert!(
+            info.manifest.contains_key("quota"),
             "manifest says how sizes are enforced: {:?}",
             info.manifest
         );

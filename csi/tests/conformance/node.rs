@@ -115,9 +115,9 @@ async fn node_info_and_capabilities() {
         .into_inner()
         .capabilities
         .into_iter()
-        .filter_map(|c| match c.r#type {
-            Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|c| {
+            c.r#type
+                .map(|node_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     if sut.own() {
