@@ -134,3 +134,24 @@ impl Quota {
         crate::fsutil::dir_usage(dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filesystem_without_project_quotas_says_why() {
+        let quota = Quota::detect(Path::new("/proc/self")).expect("mountinfo");
+        match &quota {
+            Quota::None { reason } => assert!(reason.contains("proc"), "{reason}"),
+            Quota::Project { .. } => panic!("procfs has no project quotas"),
+        }
+        assert!(!quota.enforced());
+        assert_eq!(quota.mode(), "none");
+        // Without quotas, applying and releasing limits changes nothing and fails nothing.
+        quota
+            .apply(Path::new("/nonexistent"), PROJECT_ID_BASE, 1)
+            .expect("no-op");
+        quota.release(PROJECT_ID_BASE).expect("no-op");
+    }
+}

@@ -40,6 +40,25 @@ fn ms_flags(flags: &[String], readonly: bool) -> MsFlags {
     out
 }
 
+/// The per-mount flags the new bind mount at `target` already has. A bind remount must
+/// repeat them: the kernel refuses (EPERM) to clear `nosuid`, `nodev`, `noexec` or the
+/// atime flags that a less privileged mount namespace inherited locked (mount(2),
+/// "MS_REMOUNT"), which is what Kubernetes' mount-utils does too.
+fn locked_flags(target: &Path) -> MsFlags {
+    let Ok(Some(mount)) = fs::canonicalize(target)
+        .map_err(|_| ())
+        .and_then(|p| crate::mounts::mount_at(&p).map_err(|_| ()))
+    else {
+        return MsFlags::empty();
+    };
+    let options: Vec<String> = mount
+        .mount_options
+        .into_iter()
+        .filter(|o| o != "ro" && o != "rw")
+        .collect();
+    ms_flags(&options, false)
+}
+
 impl Driver {
     /// NodePublishVolume: needs the volume staged at `staging_target_path` first
     /// (FAILED_PRECONDITION otherwise). Publishing again with the same arguments is
@@ -100,7 +119,7 @@ impl Driver {
         let mount = || -> Result<()> {
             sys::bind_mount(staging, target)?;
             if !flags.is_empty()
-                && let Err(err) = sys::remount_bind(target, flags)
+                && let Err(err) = sys::remount_bind(target, flags | locked_flags(target))
             {
                 let _ = sys::unmount(target);
                 return Err(err);

@@ -315,6 +315,10 @@ async fn capacity_is_accounted_and_enforced() {
             .expect("GetCapacity elsewhere")
             .into_inner();
         assert_eq!(there.available_capacity, 0, "no capacity on another node");
+        let dirs = std::fs::read_dir(sut.root().join("volumes"))
+            .expect("volumes dir")
+            .count();
+        assert_eq!(dirs, 1, "refused CreateVolumes leave no directory");
         assert_eq!(
             vol.accessible_topology,
             vec![proto::Topology {
@@ -415,7 +419,19 @@ async fn a_restart_keeps_names_and_capacity() {
     }
     let n = name("restart");
     let vol = create_volume(&sut, &n, 10 * MIB).await;
+    // What a crash between mkdir and the metadata write would leave behind.
+    let stray = sut.root().join("volumes/vol-0000000000000000000000000000");
+    std::fs::create_dir(&stray).expect("a stray volume directory");
+    std::fs::write(sut.root().join("tmp/half-copied"), b"x").expect("a stray copy");
     sut.restart().await;
+    assert!(
+        !stray.exists(),
+        "a directory without metadata is removed at start"
+    );
+    assert!(
+        !sut.root().join("tmp/half-copied").exists(),
+        "an unfinished copy is removed at start"
+    );
     let again = create_volume(&sut, &n, 10 * MIB).await;
     assert_eq!(
         again.volume_id, vol.volume_id,

@@ -187,6 +187,32 @@ async fn a_volume_from_a_snapshot_has_its_data() {
         b"kept by the snapshot"
     );
 
+    // A clone (volume_content_source.volume) is a copy of the volume as it is now.
+    let mut clone = req.clone();
+    clone.name = name("clone");
+    clone.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: src.volume_id.clone(),
+            },
+        )),
+    });
+    let cloned = c
+        .create_volume(clone)
+        .await
+        .expect("CreateVolume from a volume")
+        .into_inner()
+        .volume
+        .expect("a volume");
+    let staging3 = sut.staging_dir();
+    let target3 = sut.path("target");
+    stage(&sut, &cloned.volume_id, &staging3).await;
+    publish(&sut, &cloned.volume_id, &staging3, &target3, false).await;
+    assert_eq!(
+        fs::read(target3.join("dir/data")).expect("read the cloned file"),
+        b"changed after"
+    );
+
     let mut missing = req;
     missing.name = name("nosnap");
     missing.volume_content_source = Some(proto::VolumeContentSource {
@@ -205,6 +231,7 @@ async fn a_volume_from_a_snapshot_has_its_data() {
     for (id, staging, target) in [
         (&src.volume_id, &staging, &target),
         (&restored.volume_id, &staging2, &target2),
+        (&cloned.volume_id, &staging3, &target3),
     ] {
         unpublish(&sut, id, target).await;
         unstage(&sut, id, staging).await;
