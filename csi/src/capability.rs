@@ -42,6 +42,23 @@ pub fn require_supported(caps: &[VolumeCapability]) -> Result<()> {
     }
 }
 
+/// Like [`require_supported`] for the node calls, whose error tables make a capability
+/// the volume cannot serve FAILED_PRECONDITION ("Exceeds capabilities", spec.md
+/// NodeStageVolume and NodePublishVolume errors).
+pub fn require_supported_on_node(cap: &VolumeCapability) -> Result<()> {
+    match check_one(cap)? {
+        None => Ok(()),
+        Some(reason) => Err(Error::FailedPrecondition(reason)),
+    }
+}
+
+/// The access mode of `cap` (UNKNOWN when unset).
+pub fn mode(cap: &VolumeCapability) -> Mode {
+    cap.access_mode
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .unwrap_or(Mode::Unknown)
+}
+
 fn check_one(cap: &VolumeCapability) -> Result<Option<String>> {
     let Some(access_type) = &cap.access_type else {
         return Err(Error::InvalidArgument(

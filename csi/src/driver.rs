@@ -88,7 +88,7 @@ impl Driver {
     /// Removes directories the metadata does not know: the leftovers of a crash between
     /// making a directory and recording it (or between forgetting and removing it).
     fn collect_garbage(&self) -> Result<()> {
-        let state = self.lock();
+        let mut state = self.lock();
         let tmp = self.config.root.join("tmp");
         fsutil::remove_tree(&tmp)?;
         fs::create_dir_all(&tmp).map_err(Error::io("mkdir", &tmp))?;
@@ -111,6 +111,27 @@ impl Driver {
                     fsutil::remove_tree(&entry.path())?;
                 }
             }
+        }
+        // Forget publications whose target no longer shows the volume (unmounted by
+        // someone else, or the node rebooted).
+        let stale: Vec<String> = state
+            .publications
+            .iter()
+            .filter(|(target, p)| {
+                !matches!(
+                    crate::node::what_is_at(Path::new(target), &self.volume_dir(&p.volume_id)),
+                    Ok(crate::node::At::Volume(_))
+                )
+            })
+            .map(|(target, _)| target.clone())
+            .collect();
+        if !stale.is_empty() {
+            let mut next = state.clone();
+            for target in &stale {
+                tracing::info!(%target, "forgetting a publication that is no longer mounted");
+                next.publications.remove(target);
+            }
+            self.commit(&mut state, next)?;
         }
         Ok(())
     }
@@ -136,6 +157,14 @@ impl Driver {
         next.save(&self.config.root.join("state.json"))?;
         *state = next;
         Ok(())
+    }
+
+    /// Applies `change` to a copy of the state and persists it.
+    pub(crate) fn record(&self, change: impl FnOnce(&mut State)) -> Result<()> {
+        let mut state = self.lock();
+        let mut next = state.clone();
+        change(&mut next);
+        self.commit(&mut state, next)
     }
 
     /// The directory of volume `id`.

@@ -65,6 +65,19 @@ impl Error {
         move |source| Error::Syscall { call, path, source }
     }
 
+    /// RESOURCE_EXHAUSTED for an I/O error that means the disk or quota is full
+    /// (ENOSPC, EDQUOT); the error itself otherwise.
+    pub fn out_of_space(self) -> Self {
+        match self {
+            Error::Io { op, path, source }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                Error::ResourceExhausted(format!("{op} {}: {source}", path.display()))
+            }
+            other => other,
+        }
+    }
+
     /// The gRPC code the CSI spec assigns to this error.
     pub fn code(&self) -> tonic::Code {
         match self {

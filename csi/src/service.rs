@@ -113,10 +113,19 @@ impl Identity for Service {
         &self,
         _: Request<proto::ProbeRequest>,
     ) -> std::result::Result<Response<proto::ProbeResponse>, Status> {
-        let ready = tokio::fs::metadata(self.driver.root().join("volumes"))
-            .await
-            .is_ok_and(|m| m.is_dir());
-        Ok(Response::new(proto::ProbeResponse { ready: Some(ready) }))
+        // "Plugin not healthy" is FAILED_PRECONDITION (spec.md, Probe errors).
+        let volumes = self.driver.root().join("volumes");
+        match tokio::fs::metadata(&volumes).await {
+            Ok(m) if m.is_dir() => Ok(Response::new(proto::ProbeResponse { ready: Some(true) })),
+            Ok(_) => Err(Status::failed_precondition(format!(
+                "{} is not a directory",
+                volumes.display()
+            ))),
+            Err(e) => Err(Status::failed_precondition(format!(
+                "{}: {e}",
+                volumes.display()
+            ))),
+        }
     }
 }
 

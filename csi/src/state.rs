@@ -55,6 +55,20 @@ pub struct Snapshot {
     pub created_nanos: i32,
 }
 
+/// One NodePublishVolume in effect, keyed by its target path: the mount table says
+/// what is mounted, this says with which access mode, so a second publish can be
+/// checked against the spec's table (spec.md, NodePublishVolume).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Publication {
+    /// The volume published there.
+    pub volume_id: String,
+    /// Its `VolumeCapability.AccessMode.Mode`.
+    pub access_mode: i32,
+    /// Whether it is mounted read-only.
+    pub readonly: bool,
+}
+
 /// Everything the driver remembers, keyed by id (ids sort in creation order).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +77,9 @@ pub struct State {
     pub volumes: BTreeMap<String, Volume>,
     #[serde(default)]
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Target path → the publish in effect there.
+    #[serde(default)]
+    pub publications: BTreeMap<String, Publication>,
 }
 
 impl State {

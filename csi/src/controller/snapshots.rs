@@ -47,7 +47,8 @@ impl Driver {
         let dir = self.snapshot_dir(&id);
         let copy = || -> Result<i64> {
             fs::create_dir(&tmp).map_err(Error::io("mkdir", &tmp))?;
-            fsutil::copy_contents(&self.volume_dir(source), &tmp)?;
+            // A full disk is "Not enough space to create snapshot" (RESOURCE_EXHAUSTED).
+            fsutil::copy_contents(&self.volume_dir(source), &tmp).map_err(Error::out_of_space)?;
             let size = fsutil::dir_usage(&tmp)?.bytes;
             fs::rename(&tmp, &dir).map_err(Error::io("rename", &dir))?;
             Ok(size)

@@ -101,7 +101,7 @@ impl Driver {
                 self.quota.apply(&dir, pid, capacity)?;
             }
             if let Some(from) = &source_dir {
-                fsutil::copy_contents(from, &dir)?;
+                fsutil::copy_contents(from, &dir).map_err(Error::out_of_space)?;
             }
             Ok(())
         };

@@ -11,10 +11,12 @@ use nix::mount::MsFlags;
 use crate::capability;
 use crate::driver::Driver;
 use crate::error::{Error, Result, required};
+use crate::proto::volume_capability::access_mode::Mode;
 use crate::proto::{
     NodePublishVolumeRequest, NodePublishVolumeResponse, NodeUnpublishVolumeRequest,
     NodeUnpublishVolumeResponse,
 };
+use crate::state::Publication;
 use crate::sys;
 
 use super::{At, unmount_all, what_is_at};
@@ -61,22 +63,29 @@ fn locked_flags(target: &Path) -> MsFlags {
 
 impl Driver {
     /// NodePublishVolume: needs the volume staged at `staging_target_path` first
-    /// (FAILED_PRECONDITION otherwise). Publishing again with the same arguments is
-    /// success; the same target with another volume or another readonly is
-    /// ALREADY_EXISTS.
+    /// (FAILED_PRECONDITION otherwise, as for a missing staging path). A second publish
+    /// follows the spec's table: the same target with the same arguments is success,
+    /// with other arguments ALREADY_EXISTS; another target is success only when both
+    /// are SINGLE_NODE_MULTI_WRITER, FAILED_PRECONDITION otherwise.
     pub fn node_publish_volume(
         &self,
         req: NodePublishVolumeRequest,
     ) -> Result<NodePublishVolumeResponse> {
         let id = required(&req.volume_id, "volume_id")?;
         let target = Path::new(required(&req.target_path, "target_path")?);
-        let staging = Path::new(required(&req.staging_target_path, "staging_target_path")?);
         let Some(cap) = &req.volume_capability else {
             return Err(Error::InvalidArgument(
                 "volume_capability is required".into(),
             ));
         };
-        capability::require_supported(std::slice::from_ref(cap))?;
+        if req.staging_target_path.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "staging_target_path is not set: berth-csi has STAGE_UNSTAGE_VOLUME, call NodeStageVolume first".into(),
+            ));
+        }
+        let staging = Path::new(&req.staging_target_path);
+        capability::require_supported_on_node(cap)?;
+        let mode = capability::mode(cap);
         let flags = ms_flags(
             capability::mount_flags(cap),
             req.readonly || capability::is_reader_only(cap),
@@ -91,14 +100,30 @@ impl Driver {
                 staging.display()
             )));
         }
+        let key = req.target_path.clone();
+        let publication = Publication {
+            volume_id: id.to_owned(),
+            access_mode: mode as i32,
+            readonly,
+        };
         match what_is_at(target, &dir)? {
             At::Volume(m) => {
                 let is_ro = m.mount_options.iter().any(|o| o == "ro");
-                if is_ro == readonly {
+                let recorded = self.lock().publications.get(&key).cloned();
+                if is_ro == readonly
+                    && recorded
+                        .as_ref()
+                        .is_none_or(|p| p.access_mode == mode as i32)
+                {
+                    if recorded.is_none() {
+                        self.record(|s| {
+                            s.publications.insert(key, publication);
+                        })?;
+                    }
                     return Ok(NodePublishVolumeResponse {});
                 }
                 return Err(Error::AlreadyExists(format!(
-                    "volume {id} is already published at {} with readonly={is_ro}",
+                    "volume {id} is already published at {} with other arguments (readonly={is_ro})",
                     target.display()
                 )));
             }
@@ -112,6 +137,7 @@ impl Driver {
             }
             At::Nothing => {}
         }
+        self.check_other_targets(id, &key, mode, &dir)?;
         let created = !target.exists();
         if created {
             fs::create_dir(target).map_err(Error::io("mkdir", target))?;
@@ -124,6 +150,12 @@ impl Driver {
                 let _ = sys::unmount(target);
                 return Err(err);
             }
+            if let Err(err) = self.record(|s| {
+                s.publications.insert(key, publication);
+            }) {
+                let _ = sys::unmount(target);
+                return Err(err);
+            }
             Ok(())
         };
         if let Err(err) = mount() {
@@ -132,8 +164,37 @@ impl Driver {
             }
             return Err(err);
         }
-        tracing::info!(volume = %id, target = %target.display(), readonly, "published volume");
+        tracing::info!(volume = %id, target = %target.display(), readonly, mode = mode.as_str_name(), "published volume");
         Ok(NodePublishVolumeResponse {})
+    }
+
+    /// FAILED_PRECONDITION when volume `id` is published at another target and either
+    /// publish is not SINGLE_NODE_MULTI_WRITER (spec.md, NodePublishVolume's second
+    /// table; Kubernetes sends SINGLE_NODE_MULTI_WRITER for ReadWriteOnce and
+    /// SINGLE_NODE_SINGLE_WRITER for ReadWriteOncePod to a driver with that capability).
+    fn check_other_targets(&self, id: &str, target: &str, mode: Mode, dir: &Path) -> Result<()> {
+        let others: Vec<(String, Publication)> = self
+            .lock()
+            .publications
+            .iter()
+            .filter(|(t, p)| p.volume_id == id && t.as_str() != target)
+            .map(|(t, p)| (t.clone(), p.clone()))
+            .collect();
+        for (other, p) in others {
+            if !matches!(what_is_at(Path::new(&other), dir)?, At::Volume(_)) {
+                continue; // a stale record: nothing is mounted there any more
+            }
+            let multi = Mode::SingleNodeMultiWriter as i32;
+            if mode as i32 != multi || p.access_mode != multi {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is already published at {other} ({}); only SINGLE_NODE_MULTI_WRITER publishes at more than one target",
+                    Mode::try_from(p.access_mode)
+                        .unwrap_or(Mode::Unknown)
+                        .as_str_name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// NodeUnpublishVolume: idempotent; unmounts the target and removes the directory.
@@ -153,6 +214,11 @@ impl Driver {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("rmdir", target)(e)),
+        }
+        if self.lock().publications.contains_key(&req.target_path) {
+            self.record(|s| {
+                s.publications.remove(&req.target_path);
+            })?;
         }
         if unmounted {
             tracing::info!(volume = %id, target = %target.display(), "unpublished volume");

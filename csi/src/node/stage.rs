@@ -30,7 +30,7 @@ impl Driver {
                 "volume_capability is required".into(),
             ));
         };
-        capability::require_supported(std::slice::from_ref(cap))?;
+        capability::require_supported_on_node(cap)?;
         let _node = self.node_lock();
         let (dir, _) = self.known_volume(id)?;
         match what_is_at(staging, &dir)? {

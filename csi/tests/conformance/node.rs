@@ -6,12 +6,13 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use berth_csi::proto::{self, node_service_capability};
+use berth_csi::proto::{self, node_service_capability, volume_capability::access_mode::Mode};
 use berth_testkit::{require_root, skip};
 use tonic::Code;
 
 use crate::harness::{
-    NODE_ID, Sut, assert_code, create_volume, delete_volume, is_mounted, mount_cap, name,
+    NODE_ID, Sut, assert_code, create_volume, delete_volume, is_mounted, mount_cap, mount_cap_mode,
+    name,
 };
 
 const MIB: i64 = 1 << 20;
@@ -44,11 +45,21 @@ fn publish_request(
     target: &Path,
     readonly: bool,
 ) -> proto::NodePublishVolumeRequest {
+    publish_request_mode(id, staging, target, readonly, Mode::SingleNodeWriter)
+}
+
+fn publish_request_mode(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    readonly: bool,
+    mode: Mode,
+) -> proto::NodePublishVolumeRequest {
     proto::NodePublishVolumeRequest {
         volume_id: id.to_owned(),
         staging_target_path: staging.display().to_string(),
         target_path: target.display().to_string(),
-        volume_capability: Some(mount_cap()),
+        volume_capability: Some(mount_cap_mode(mode)),
         readonly,
         ..Default::default()
     }
@@ -59,6 +70,26 @@ pub async fn publish(sut: &Sut, id: &str, staging: &Path, target: &Path, readonl
         .node_publish_volume(publish_request(id, staging, target, readonly))
         .await
         .unwrap_or_else(|s| panic!("NodePublishVolume {id} at {}: {s}", target.display()));
+}
+
+/// Publishes with SINGLE_NODE_MULTI_WRITER, the mode that may publish at several
+/// targets on one node (spec.md, NodePublishVolume's second table).
+pub async fn publish_multi(sut: &Sut, id: &str, staging: &Path, target: &Path, readonly: bool) {
+    sut.node()
+        .node_publish_volume(publish_request_mode(
+            id,
+            staging,
+            target,
+            readonly,
+            Mode::SingleNodeMultiWriter,
+        ))
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "NodePublishVolume {id} at {} (multi-writer): {s}",
+                target.display()
+            )
+        });
 }
 
 pub async fn unpublish(sut: &Sut, id: &str, target: &Path) {
@@ -251,6 +282,25 @@ async fn missing_fields_are_invalid_argument() {
             !target.exists(),
             "a failed publish leaves no target directory"
         );
+        let mut p = publish_request(&id, &staging, &target, false);
+        p.staging_target_path.clear();
+        assert_code(
+            n.node_publish_volume(p).await,
+            Code::FailedPrecondition,
+            "publish without staging_target_path (\"Staging target path not set\")",
+        );
+        let mut block = stage_req(&id, &staging, true);
+        block.volume_capability = Some(proto::VolumeCapability {
+            access_type: Some(proto::volume_capability::AccessType::Block(
+                proto::volume_capability::BlockVolume {},
+            )),
+            access_mode: mount_cap().access_mode,
+        });
+        assert_code(
+            n.node_stage_volume(block).await,
+            Code::FailedPrecondition,
+            "staging with a capability the volume does not have (\"Exceeds capabilities\")",
+        );
     }
     delete_volume(&sut, &id).await;
 }
@@ -266,9 +316,9 @@ async fn stage_publish_unpublish_unstage_each_twice() {
     stage(&sut, id, &staging).await;
     stage(&sut, id, &staging).await;
     assert!(is_mounted(&staging), "staged at {}", staging.display());
-    publish(&sut, id, &staging, &t1, false).await;
-    publish(&sut, id, &staging, &t1, false).await;
-    publish(&sut, id, &staging, &t2, false).await;
+    publish_multi(&sut, id, &staging, &t1, false).await;
+    publish_multi(&sut, id, &staging, &t1, false).await;
+    publish_multi(&sut, id, &staging, &t2, false).await;
     assert!(
         is_mounted(&t1) && is_mounted(&t2),
         "published at both targets"
@@ -327,9 +377,9 @@ async fn readonly_publish_refuses_writes() {
     let staging = sut.staging_dir();
     let (rw, ro) = (sut.path("rw"), sut.path("ro"));
     stage(&sut, id, &staging).await;
-    publish(&sut, id, &staging, &rw, false).await;
-    publish(&sut, id, &staging, &ro, true).await;
-    publish(&sut, id, &staging, &ro, true).await;
+    publish_multi(&sut, id, &staging, &rw, false).await;
+    publish_multi(&sut, id, &staging, &ro, true).await;
+    publish_multi(&sut, id, &staging, &ro, true).await;
     fs::write(rw.join("file"), b"from the writer").expect("write through the read-write target");
     assert_eq!(
         fs::read(ro.join("file")).expect("read through the readonly target"),
@@ -339,7 +389,13 @@ async fn readonly_publish_refuses_writes() {
     assert_eq!(err.raw_os_error(), Some(libc_erofs()), "EROFS, got {err}");
     assert_code(
         sut.node()
-            .node_publish_volume(publish_request(id, &staging, &ro, false))
+            .node_publish_volume(publish_request_mode(
+                id,
+                &staging,
+                &ro,
+                false,
+                Mode::SingleNodeMultiWriter,
+            ))
             .await,
         Code::AlreadyExists,
         "publishing read-write where it is published readonly",
@@ -487,6 +543,45 @@ async fn writes_past_the_capacity_fail_when_quotas_are_enforced() {
         "EDQUOT, got {err}"
     );
     unpublish(&sut, id, &target).await;
+    unstage(&sut, id, &staging).await;
+    delete_volume(&sut, id).await;
+}
+
+#[tokio::test]
+async fn a_second_target_follows_the_access_mode_table() {
+    require_root!();
+    let sut = Sut::start().await;
+    let vol = create_volume(&sut, &name("modes"), MIB).await;
+    let id = &vol.volume_id;
+    let staging = sut.staging_dir();
+    let (t1, t2) = (sut.path("target"), sut.path("target"));
+    stage(&sut, id, &staging).await;
+    let mut n = sut.node();
+    let req = |t: &Path, mode| publish_request_mode(id, &staging, t, false, mode);
+    n.node_publish_volume(req(&t1, Mode::SingleNodeSingleWriter))
+        .await
+        .expect("the first publish");
+    n.node_publish_volume(req(&t1, Mode::SingleNodeSingleWriter))
+        .await
+        .expect("T1=T2, P1=P2 is OK");
+    assert_code(
+        n.node_publish_volume(req(&t1, Mode::SingleNodeMultiWriter))
+            .await,
+        Code::AlreadyExists,
+        "T1=T2, P1!=P2",
+    );
+    assert_code(
+        n.node_publish_volume(req(&t2, Mode::SingleNodeSingleWriter))
+            .await,
+        Code::FailedPrecondition,
+        "T1!=T2 for SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod)",
+    );
+    assert!(!t2.exists(), "a refused publish leaves no target directory");
+    unpublish(&sut, id, &t1).await;
+    n.node_publish_volume(req(&t2, Mode::SingleNodeSingleWriter))
+        .await
+        .expect("once unpublished at T1, T2 is free");
+    unpublish(&sut, id, &t2).await;
     unstage(&sut, id, &staging).await;
     delete_volume(&sut, id).await;
 }
