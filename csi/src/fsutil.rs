@@ -1,10 +1,13 @@
 //! Directory helpers: measuring a tree's usage and copying one (snapshots and volumes
 //! created from a snapshot or a clone are plain copies of the directory).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, lchown};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
 use crate::quota::Usage;
@@ -45,37 +48,72 @@ fn add(usage: &mut Usage, seen: &mut HashSet<(u64, u64)>, meta: &fs::Metadata) {
     usage.inodes = usage.inodes.saturating_add(1);
 }
 
-/// Copies the contents of `from` into the existing directory `to`: directories, regular
-/// files and symlinks with their modes and owners. Anything else (sockets, FIFOs,
-/// devices) is refused rather than silently dropped.
+/// Copies the contents of `from` into the existing directory `to`, as `cp -a` would:
+/// directories, regular files, symlinks, FIFOs and device nodes, with owners, modes
+/// and modification times, hard links kept as links; `to` itself takes `from`'s
+/// owner, mode and times. Sockets are skipped: a socket file means nothing without its
+/// listener (MySQL keeps `mysql.sock` in its data directory, which must not stop a
+/// snapshot).
 pub fn copy_contents(from: &Path, to: &Path) -> Result<()> {
+    let mut links = HashMap::new();
+    copy_dir(from, to, &mut links)?;
+    let meta = fs::symlink_metadata(from).map_err(Error::io("stat", from))?;
+    apply_metadata(to, &meta)
+}
+
+fn copy_dir(from: &Path, to: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> Result<()> {
     for entry in fs::read_dir(from).map_err(Error::io("read_dir", from))? {
         let entry = entry.map_err(Error::io("read_dir", from))?;
         let src = entry.path();
         let dst = to.join(entry.file_name());
         let meta = fs::symlink_metadata(&src).map_err(Error::io("stat", &src))?;
         let kind = meta.file_type();
+        if !kind.is_dir() && meta.nlink() > 1 {
+            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                fs::hard_link(first, &dst).map_err(Error::io("link", &dst))?;
+                continue;
+            }
+            links.insert((meta.dev(), meta.ino()), dst.clone());
+        }
         if kind.is_symlink() {
             let target = fs::read_link(&src).map_err(Error::io("readlink", &src))?;
             std::os::unix::fs::symlink(&target, &dst).map_err(Error::io("symlink", &dst))?;
         } else if kind.is_dir() {
             fs::create_dir(&dst).map_err(Error::io("mkdir", &dst))?;
-            copy_contents(&src, &dst)?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(Error::io("chmod", &dst))?;
+            copy_dir(&src, &dst, links)?;
         } else if kind.is_file() {
             fs::copy(&src, &dst).map_err(Error::io("copy", &dst))?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(Error::io("chmod", &dst))?;
+        } else if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+            let sflag = SFlag::from_bits_truncate(meta.mode() & SFlag::S_IFMT.bits());
+            nix::sys::stat::mknod(&dst, sflag, Mode::from_bits_truncate(0o600), meta.rdev())
+                .map_err(Error::sys("mknod", &dst))?;
         } else {
-            return Err(Error::FailedPrecondition(format!(
-                "cannot copy {}: only directories, regular files and symlinks are copied",
-                src.display()
-            )));
+            tracing::debug!(path = %src.display(), "not copying a socket");
+            continue;
         }
-        lchown(&dst, Some(meta.uid()), Some(meta.gid())).map_err(Error::io("chown", &dst))?;
+        apply_metadata(&dst, &meta)?;
     }
     Ok(())
+}
+
+/// Gives `path` the owner, mode and times in `meta` (owner first: chown clears the
+/// set-id bits, so the mode comes after it). Symlinks keep their own mode.
+fn apply_metadata(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    lchown(path, Some(meta.uid()), Some(meta.gid())).map_err(Error::io("chown", path))?;
+    if !meta.file_type().is_symlink() {
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(Error::io("chmod", path))?;
+    }
+    let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &atime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(Error::sys("utimensat", path))
 }
 
 /// Removes `path` and everything under it; a missing path is not an error.
@@ -101,8 +139,33 @@ mod tests {
         std::os::unix::fs::symlink("sub/file", from.join("link")).expect("symlink");
         fs::set_permissions(from.join("sub/file"), fs::Permissions::from_mode(0o640))
             .expect("chmod");
+        fs::hard_link(from.join("sub/file"), from.join("hardlink")).expect("hard link");
+        nix::unistd::mkfifo(&from.join("fifo"), Mode::from_bits_truncate(0o640)).expect("mkfifo");
+        let old = TimeSpec::new(1_000_000_000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &from.join("sub/file"),
+            &old,
+            &old,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .expect("set an old mtime");
         fs::create_dir(&to).expect("mkdir");
         copy_contents(&from, &to).expect("copy");
+        let copied = fs::metadata(to.join("sub/file")).expect("stat");
+        assert_eq!(copied.mtime(), 1_000_000_000, "mtime kept");
+        let linked = fs::metadata(to.join("hardlink")).expect("stat");
+        assert_eq!(
+            (linked.ino(), linked.nlink()),
+            (copied.ino(), 2),
+            "hard link kept"
+        );
+        assert!(
+            fs::symlink_metadata(to.join("fifo"))
+                .expect("stat")
+                .file_type()
+                .is_fifo()
+        );
         assert_eq!(fs::read(to.join("sub/file")).expect("read").len(), 10_000);
         assert_eq!(
             fs::read_link(to.join("link")).expect("readlink"),
@@ -111,7 +174,10 @@ mod tests {
         let mode = fs::metadata(to.join("sub/file")).expect("stat").mode() & 0o777;
         assert_eq!(mode, 0o640);
         let usage = dir_usage(&to).expect("usage");
-        assert_eq!(usage.inodes, 4, "to, sub, sub/file, link");
+        assert_eq!(
+            usage.inodes, 5,
+            "to, sub, sub/file (+hardlink once), link, fifo"
+        );
         assert!(
             usage.bytes >= 10_000,
             "at least the file's bytes: {usage:?}"
