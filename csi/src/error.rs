@@ -109,3 +109,18 @@ pub fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
         Ok(value)
     }
 }
+
+/// INVALID_ARGUMENT unless `value` is a non-empty absolute path: the spec requires "an
+/// absolute path in the root filesystem of the process serving this request" for
+/// staging, target and volume paths, and a relative one would resolve against the
+/// driver's working directory.
+pub fn required_path<'a>(value: &'a str, field: &str) -> Result<&'a std::path::Path> {
+    let path = std::path::Path::new(required(value, field)?);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{field} {value:?} is not an absolute path"
+        )))
+    }
+}

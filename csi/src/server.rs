@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use futures_util::stream;
 use tokio::net::UnixListener;
+use tokio::sync::Notify;
 
 use crate::driver::Driver;
 use crate::proto::{
     controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
 };
 use crate::service::Service;
+
+/// How long calls in flight may take to finish once shutdown is asked for.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A failure to serve.
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +72,30 @@ pub async fn serve(
     });
     let service = Service::new(driver);
     tracing::info!(socket = %path.display(), "serving CSI");
-    let result = tonic::transport::Server::builder()
+    // Graceful shutdown waits for every connection to close, and a CO keeps its
+    // connection open while idle; so in-flight calls get GRACE, then the driver exits.
+    // (A call already running on a blocking thread still finishes: the runtime waits
+    // for those, so no mount or metadata write is cut in half.)
+    let stopping = Arc::new(Notify::new());
+    let notify = Arc::clone(&stopping);
+    let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(service.clone()))
         .add_service(ControllerServer::new(service.clone()))
         .add_service(NodeServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            notify.notify_one();
+        });
+    let result = tokio::select! {
+        result = server => result,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(GRACE).await;
+        } => {
+            tracing::info!(grace = ?GRACE, "connections still open after the grace period; stopping");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(path);
     Ok(result?)
 }

@@ -10,7 +10,7 @@ use nix::mount::MsFlags;
 
 use crate::capability;
 use crate::driver::Driver;
-use crate::error::{Error, Result, required};
+use crate::error::{Error, Result, required, required_path};
 use crate::proto::volume_capability::access_mode::Mode;
 use crate::proto::{
     NodePublishVolumeRequest, NodePublishVolumeResponse, NodeUnpublishVolumeRequest,
@@ -72,7 +72,7 @@ impl Driver {
         req: NodePublishVolumeRequest,
     ) -> Result<NodePublishVolumeResponse> {
         let id = required(&req.volume_id, "volume_id")?;
-        let target = Path::new(required(&req.target_path, "target_path")?);
+        let target = required_path(&req.target_path, "target_path")?;
         let Some(cap) = &req.volume_capability else {
             return Err(Error::InvalidArgument(
                 "volume_capability is required".into(),
@@ -83,7 +83,7 @@ impl Driver {
                 "staging_target_path is not set: berth-csi has STAGE_UNSTAGE_VOLUME, call NodeStageVolume first".into(),
             ));
         }
-        let staging = Path::new(&req.staging_target_path);
+        let staging = required_path(&req.staging_target_path, "staging_target_path")?;
         capability::require_supported_on_node(cap)?;
         let mode = capability::mode(cap);
         let flags = ms_flags(
@@ -203,7 +203,7 @@ impl Driver {
         req: NodeUnpublishVolumeRequest,
     ) -> Result<NodeUnpublishVolumeResponse> {
         let id = required(&req.volume_id, "volume_id")?;
-        let target = Path::new(required(&req.target_path, "target_path")?);
+        let target = required_path(&req.target_path, "target_path")?;
         let _node = self.node_lock();
         let known = self.known_volume(id).is_ok();
         let unmounted = unmount_all(target)?;

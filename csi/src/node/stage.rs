@@ -3,11 +3,10 @@
 //! the path is directory"); the driver creates it only if missing, and never removes it.
 
 use std::fs;
-use std::path::Path;
 
 use crate::capability;
 use crate::driver::Driver;
-use crate::error::{Error, Result, required};
+use crate::error::{Error, Result, required, required_path};
 use crate::proto::{
     NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnstageVolumeRequest,
     NodeUnstageVolumeResponse,
@@ -24,7 +23,7 @@ impl Driver {
         req: NodeStageVolumeRequest,
     ) -> Result<NodeStageVolumeResponse> {
         let id = required(&req.volume_id, "volume_id")?;
-        let staging = Path::new(required(&req.staging_target_path, "staging_target_path")?);
+        let staging = required_path(&req.staging_target_path, "staging_target_path")?;
         let Some(cap) = &req.volume_capability else {
             return Err(Error::InvalidArgument(
                 "volume_capability is required".into(),
@@ -65,7 +64,7 @@ impl Driver {
         req: NodeUnstageVolumeRequest,
     ) -> Result<NodeUnstageVolumeResponse> {
         let id = required(&req.volume_id, "volume_id")?;
-        let staging = Path::new(required(&req.staging_target_path, "staging_target_path")?);
+        let staging = required_path(&req.staging_target_path, "staging_target_path")?;
         let _node = self.node_lock();
         let known = self.known_volume(id).is_ok();
         let unmounted = unmount_all(staging)?;

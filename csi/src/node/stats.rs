@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::capability;
 use crate::driver::Driver;
-use crate::error::{Error, Result, required};
+use crate::error::{Error, Result, required, required_path};
 use crate::proto::{
     NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetVolumeStatsRequest,
     NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage, volume_usage::Unit,
@@ -32,7 +32,7 @@ impl Driver {
         req: NodeGetVolumeStatsRequest,
     ) -> Result<NodeGetVolumeStatsResponse> {
         let id = required(&req.volume_id, "volume_id")?;
-        let path = Path::new(required(&req.volume_path, "volume_path")?);
+        let path = required_path(&req.volume_path, "volume_path")?;
         let (dir, vol) = self.known_volume(id)?;
         self.require_at(id, path, &dir)?;
         let usage = self.quota.usage(&dir, vol.project_id)?;
@@ -83,7 +83,7 @@ impl Driver {
         req: NodeExpandVolumeRequest,
     ) -> Result<NodeExpandVolumeResponse> {
         let id = required(&req.volume_id, "volume_id")?;
-        let path = Path::new(required(&req.volume_path, "volume_path")?);
+        let path = required_path(&req.volume_path, "volume_path")?;
         if let Some(cap) = &req.volume_capability {
             capability::require_supported(std::slice::from_ref(cap))?;
         }

@@ -449,3 +449,51 @@ async fn a_restart_keeps_names_and_capacity() {
     );
     delete_volume(&sut, &vol.volume_id).await;
 }
+
+#[tokio::test]
+async fn concurrent_creates_of_one_name_make_one_volume() {
+    let sut = Sut::start().await;
+    let n = name("race");
+    let creates = (0..8).map(|_| {
+        let mut c = sut.controller();
+        let req = create_request(&n, 10 * MIB);
+        tokio::spawn(async move { c.create_volume(req).await })
+    });
+    let mut ids = BTreeSet::new();
+    for task in creates {
+        let resp = task.await.expect("the task").expect("CreateVolume");
+        ids.insert(resp.into_inner().volume.expect("a volume").volume_id);
+    }
+    assert_eq!(ids.len(), 1, "8 concurrent creates of one name: {ids:?}");
+    let listed = sut
+        .controller()
+        .list_volumes(proto::ListVolumesRequest::default())
+        .await
+        .expect("ListVolumes")
+        .into_inner()
+        .entries
+        .len();
+    if sut.own() {
+        assert_eq!(listed, 1, "one volume exists");
+    }
+    for id in ids {
+        delete_volume(&sut, &id).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_driver_and_removes_its_socket() {
+    let mut sut = Sut::start().await;
+    if !sut.own() {
+        return; // only a driver the suite started can be stopped
+    }
+    let status = sut.terminate();
+    assert!(
+        status.success(),
+        "berth-csi exits 0 on SIGTERM, got {status}"
+    );
+    assert!(
+        !sut.socket().exists(),
+        "the socket is removed on the way out"
+    );
+}

@@ -96,6 +96,29 @@ impl Sut {
         self.child = Some(child);
     }
 
+    /// Sends SIGTERM to the driver the suite started and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a driver the suite started");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM berth-csi");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.0.try_wait().expect("wait for berth-csi") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth-csi did not exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The driver's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     pub fn identity(&self) -> IdentityClient<Channel> {
         IdentityClient::new(self.channel.clone())
     }

@@ -188,6 +188,12 @@ async fn missing_fields_are_invalid_argument() {
         ..Default::default()
     };
     assert_code(
+        n.node_stage_volume(stage_req(&id, Path::new("relative/staging"), true))
+            .await,
+        Code::InvalidArgument,
+        "stage at a relative path",
+    );
+    assert_code(
         n.node_stage_volume(stage_req("", &staging, true)).await,
         Code::InvalidArgument,
         "stage without volume_id",
