@@ -606,3 +606,44 @@ async fn a_second_target_follows_the_access_mode_table() {
     unstage(&sut, id, &staging).await;
     delete_volume(&sut, id).await;
 }
+
+#[tokio::test]
+async fn failed_stage_and_publish_leave_nothing_behind() {
+    require_root!();
+    let sut = Sut::start().await;
+    let vol = create_volume(&sut, &name("nohalf"), MIB).await;
+    let id = &vol.volume_id;
+    let mut n = sut.node();
+    // A staging path whose parent does not exist cannot be staged.
+    let orphan = sut.path("missing-parent").join("staging");
+    let err = n
+        .node_stage_volume(proto::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: orphan.display().to_string(),
+            volume_capability: Some(mount_cap()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("staging under a missing parent fails");
+    assert!(
+        !orphan.exists() && !is_mounted(&orphan),
+        "{err}: nothing is left at {}",
+        orphan.display()
+    );
+    // Nor can a target whose parent does not exist be published.
+    let staging = sut.staging_dir();
+    stage(&sut, id, &staging).await;
+    let target = sut.path("missing-parent").join("target");
+    let err = n
+        .node_publish_volume(publish_request(id, &staging, &target, false))
+        .await
+        .expect_err("publishing under a missing parent fails");
+    assert!(
+        !target.exists() && !is_mounted(&target),
+        "{err}: nothing is left at {}",
+        target.display()
+    );
+    unstage(&sut, id, &staging).await;
+    assert!(!is_mounted(&staging));
+    delete_volume(&sut, id).await;
+}

@@ -239,3 +239,56 @@ async fn a_volume_from_a_snapshot_has_its_data() {
     }
     delete_snapshot(&sut, &snap.snapshot_id).await;
 }
+
+#[tokio::test]
+async fn a_failed_restore_leaves_nothing_behind() {
+    let sut = Sut::start().await;
+    if !sut.own() {
+        return; // breaking a snapshot on disk needs the driver's root
+    }
+    let src = create_volume(&sut, &name("broken-src"), MIB).await;
+    let mut c = sut.controller();
+    let snap = c
+        .create_snapshot(snapshot_request(&src.volume_id, &name("broken")))
+        .await
+        .expect("CreateSnapshot")
+        .into_inner()
+        .snapshot
+        .expect("a snapshot");
+    // The snapshot's copy vanishes behind the driver's back: the restore must fail
+    // and leave no volume directory and no volume.
+    fs::remove_dir_all(sut.root().join("snapshots").join(&snap.snapshot_id))
+        .expect("remove the snapshot's copy");
+    let mut req = create_request(&name("broken-restore"), MIB);
+    req.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            },
+        )),
+    });
+    let err = c
+        .create_volume(req)
+        .await
+        .expect_err("restoring a broken snapshot fails");
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    let volumes: Vec<String> = fs::read_dir(sut.root().join("volumes"))
+        .expect("volumes dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        volumes,
+        vec![src.volume_id.clone()],
+        "only the source's directory is left"
+    );
+    let listed = c
+        .list_volumes(proto::ListVolumesRequest::default())
+        .await
+        .expect("ListVolumes")
+        .into_inner()
+        .entries
+        .len();
+    assert_eq!(listed, 1, "the failed volume is not recorded");
+    delete_snapshot(&sut, &snap.snapshot_id).await;
+    delete_volume(&sut, &src.volume_id).await;
+}
