@@ -1,6 +1,6 @@
-//! Which `VolumeCapability`s the driver serves: `mount` access (a directory) in the
-//! single-node access modes. Block access and multi-node modes are refused: a volume
-//! is a directory on one node.
+//! Which `VolumeCapability`s the driver serves: `mount` access (a directory) and
+//! `block` access (a loop-attached image file) in the single-node access modes.
+//! Multi-node modes are refused: a volume lives on one node.
 
 use crate::error::{Error, Result};
 use crate::proto::VolumeCapability;
@@ -89,10 +89,7 @@ fn check_one(cap: &VolumeCapability) -> Result<Option<String>> {
         }
     }
     match access_type {
-        AccessType::Block(_) => Ok(Some(
-            "block access is not supported: berth-csi volumes are directories (mount access)"
-                .into(),
-        )),
+        AccessType::Block(_) => Ok(None),
         AccessType::Mount(mount) => {
             for flag in &mount.mount_flags {
                 if !MOUNT_FLAGS.contains(&flag.as_str()) {
@@ -105,6 +102,36 @@ fn check_one(cap: &VolumeCapability) -> Result<Option<String>> {
             Ok(None)
         }
     }
+}
+
+/// Whether `caps` ask for a block volume: all block, or all mount (INVALID_ARGUMENT for
+/// a mix, which no one volume can be).
+pub fn is_block(caps: &[VolumeCapability]) -> Result<bool> {
+    let block = caps
+        .iter()
+        .filter(|c| matches!(c.access_type, Some(AccessType::Block(_))))
+        .count();
+    match block {
+        0 => Ok(false),
+        n if n == caps.len() => Ok(true),
+        _ => Err(Error::InvalidArgument(
+            "volume_capabilities mix block and mount access; a volume is one or the other".into(),
+        )),
+    }
+}
+
+/// FAILED_PRECONDITION unless `cap`'s access type is the volume's (spec.md, node calls:
+/// "Exceeds capabilities").
+pub fn require_kind(cap: &VolumeCapability, block: bool) -> Result<()> {
+    let wants_block = matches!(cap.access_type, Some(AccessType::Block(_)));
+    if wants_block == block {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(if block {
+        "the volume is a block volume; mount access was asked for".into()
+    } else {
+        "the volume is a filesystem volume; block access was asked for".into()
+    }))
 }
 
 /// Whether the access mode of `cap` only reads.
@@ -160,12 +187,20 @@ mod tests {
     }
 
     #[test]
-    fn block_multi_node_and_unknown_flags_are_unsupported() {
+    fn multi_node_and_unknown_flags_are_unsupported_block_is_served() {
         let block = cap(
             Some(AccessType::Block(BlockVolume {})),
             Mode::SingleNodeWriter,
         );
-        assert!(unsupported(&[block]).expect("shape").is_some());
+        assert_eq!(
+            unsupported(std::slice::from_ref(&block)).expect("shape"),
+            None
+        );
+        assert!(is_block(std::slice::from_ref(&block)).expect("all block"));
+        assert!(matches!(
+            is_block(&[block, cap(mount(), Mode::SingleNodeWriter)]),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(
             unsupported(&[cap(mount(), Mode::MultiNodeMultiWriter)])
                 .expect("shape")

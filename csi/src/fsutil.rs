@@ -82,7 +82,7 @@ fn copy_dir(from: &Path, to: &Path, links: &mut HashMap<(u64, u64), PathBuf>) ->
             fs::create_dir(&dst).map_err(Error::io("mkdir", &dst))?;
             copy_dir(&src, &dst, links)?;
         } else if kind.is_file() {
-            fs::copy(&src, &dst).map_err(Error::io("copy", &dst))?;
+            copy_sparse(&src, &dst)?;
         } else if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
             let sflag = SFlag::from_bits_truncate(meta.mode() & SFlag::S_IFMT.bits());
             nix::sys::stat::mknod(&dst, sflag, Mode::from_bits_truncate(0o600), meta.rdev())
@@ -93,6 +93,49 @@ fn copy_dir(from: &Path, to: &Path, links: &mut HashMap<(u64, u64), PathBuf>) ->
         }
         apply_metadata(&dst, &meta)?;
     }
+    Ok(())
+}
+
+/// Copies regular file `src` to a new `dst`, keeping its holes (SEEK_DATA/SEEK_HOLE,
+/// lseek(2)): a block volume's image is mostly holes, and copying them as zeros would
+/// allocate its whole size.
+fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsFd;
+
+    use nix::unistd::{Whence, lseek};
+
+    let mut from = fs::File::open(src).map_err(Error::io("open", src))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(Error::io("create", dst))?;
+    let len = from.metadata().map_err(Error::io("stat", src))?.len();
+    let len_off = i64::try_from(len).unwrap_or(i64::MAX);
+    let mut offset: i64 = 0;
+    while offset < len_off {
+        let data = match lseek(from.as_fd(), offset, Whence::SeekData) {
+            Ok(data) => data,
+            Err(nix::Error::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(Error::sys("lseek(SEEK_DATA)", src)(e)),
+        };
+        let hole = lseek(from.as_fd(), data, Whence::SeekHole)
+            .map_err(Error::sys("lseek(SEEK_HOLE)", src))?;
+        let start = u64::try_from(data).unwrap_or(0);
+        let count = u64::try_from(hole - data).unwrap_or(0);
+        from.seek(SeekFrom::Start(start))
+            .map_err(Error::io("seek", src))?;
+        to.seek(SeekFrom::Start(start))
+            .map_err(Error::io("seek", dst))?;
+        let copied =
+            std::io::copy(&mut (&mut from).take(count), &mut to).map_err(Error::io("copy", dst))?;
+        if copied < count {
+            break; // the file shrank while being copied
+        }
+        offset = hole;
+    }
+    to.set_len(len).map_err(Error::io("truncate", dst))?;
     Ok(())
 }
 
@@ -128,6 +171,26 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_files_stay_sparse() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (src, dst) = (dir.path().join("src.img"), dir.path().join("dst.img"));
+        let mut f = fs::File::create(&src).expect("create");
+        f.set_len(64 << 20).expect("64 MiB of hole");
+        f.seek(SeekFrom::Start(32 << 20)).expect("seek");
+        f.write_all(b"data in the middle").expect("write");
+        drop(f);
+        copy_sparse(&src, &dst).expect("copy");
+        let (a, b) = (fs::read(&src).expect("read"), fs::read(&dst).expect("read"));
+        assert!(a == b, "same bytes");
+        let allocated = fs::metadata(&dst).expect("stat").blocks() * 512;
+        assert!(
+            allocated < 1 << 20,
+            "the copy stays sparse: {allocated} bytes allocated"
+        );
+    }
 
     #[test]
     fn copies_files_dirs_and_symlinks_and_counts_usage() {

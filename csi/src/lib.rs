@@ -12,6 +12,7 @@ mod controller;
 mod driver;
 mod error;
 mod fsutil;
+mod loopdev;
 mod mounts;
 mod node;
 mod quota;

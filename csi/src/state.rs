@@ -37,6 +37,9 @@ pub struct Volume {
     /// The content source it was created from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
+    /// A block volume (an image file on a loop device) rather than a directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 /// One snapshot: a copy of a volume's directory.
@@ -53,6 +56,9 @@ pub struct Snapshot {
     pub created_seconds: i64,
     /// Creation time, the nanoseconds past `created_seconds`.
     pub created_nanos: i32,
+    /// A copy of a block volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 /// One NodePublishVolume in effect, keyed by its target path: the mount table says
@@ -67,6 +73,9 @@ pub struct Publication {
     pub access_mode: i32,
     /// Whether it is mounted read-only.
     pub readonly: bool,
+    /// The read-only loop device of a readonly block publish, detached at unpublish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_device: Option<u32>,
 }
 
 /// Everything the driver remembers, keyed by id (ids sort in creation order).
@@ -157,6 +166,7 @@ mod tests {
                 capacity_bytes: 1 << 20,
                 project_id: Some(7),
                 source: Some(Source::Snapshot("snap-1".into())),
+                block: false,
             },
         );
         state.save(&path).expect("save");

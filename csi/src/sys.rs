@@ -139,3 +139,43 @@ pub fn set_project(dir: &Path, id: u32) -> Result<()> {
         .map_err(Error::sys("ioctl(FS_IOC_FSSETXATTR)", dir))?;
     Ok(())
 }
+
+// Loop devices (loop(4)): the ioctls on /dev/loop-control and /dev/loopN.
+nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+nix::ioctl_write_int_bad!(ioc_loop_set_fd, 0x4C00);
+nix::ioctl_none_bad!(ioc_loop_clr_fd, 0x4C01);
+nix::ioctl_none_bad!(ioc_loop_set_capacity, 0x4C07);
+nix::ioctl_read!(blk_get_size64, 0x12, 114, u64);
+
+/// `LOOP_CTL_GET_FREE`: the number of a free loop device (made if needed).
+pub fn loop_get_free(control: &File) -> nix::Result<u32> {
+    // SAFETY: the fd is open for the call; the ioctl takes no argument.
+    let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }?;
+    u32::try_from(n).map_err(|_| nix::Error::EINVAL)
+}
+
+/// `LOOP_SET_FD`: backs the loop device `dev` by the open file `image`.
+pub fn loop_set_fd(dev: &File, image: &File) -> nix::Result<()> {
+    // SAFETY: both fds are open for the call; the argument is an fd, passed by value.
+    unsafe { ioc_loop_set_fd(dev.as_raw_fd(), image.as_raw_fd()) }.map(drop)
+}
+
+/// `LOOP_CLR_FD`: detaches the loop device `dev` from its file.
+pub fn loop_clr_fd(dev: &File) -> nix::Result<()> {
+    // SAFETY: the fd is open for the call; the ioctl takes no argument.
+    unsafe { ioc_loop_clr_fd(dev.as_raw_fd()) }.map(drop)
+}
+
+/// `LOOP_SET_CAPACITY`: re-reads the size of the backing file after it grew.
+pub fn loop_set_capacity(dev: &File) -> nix::Result<()> {
+    // SAFETY: the fd is open for the call; the ioctl takes no argument.
+    unsafe { ioc_loop_set_capacity(dev.as_raw_fd()) }.map(drop)
+}
+
+/// `BLKGETSIZE64`: the size of a block device in bytes.
+pub fn block_size(dev: &File) -> nix::Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: the fd is open for the call and `size` is a valid u64 the kernel fills.
+    unsafe { blk_get_size64(dev.as_raw_fd(), &mut size) }?;
+    Ok(size)
+}

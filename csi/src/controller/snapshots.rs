@@ -37,11 +37,11 @@ impl Driver {
                 snapshot: Some(snapshot_message(id, snap)),
             });
         }
-        if !state.volumes.contains_key(source) {
+        let Some(block) = state.volumes.get(source).map(|v| v.block) else {
             return Err(Error::NotFound(format!(
                 "source volume {source:?} does not exist"
             )));
-        }
+        };
         let id = new_id("snap")?;
         let tmp = self.tmp_path(&id);
         let dir = self.snapshot_dir(&id);
@@ -68,6 +68,7 @@ impl Driver {
             size_bytes,
             created_seconds,
             created_nanos,
+            block,
         };
         let mut next = state.clone();
         next.snapshots.insert(id.clone(), snap.clone());

@@ -13,6 +13,7 @@ use crate::capability;
 use crate::driver::{Driver, new_id};
 use crate::error::{Error, Result, required};
 use crate::fsutil;
+use crate::loopdev;
 use crate::proto::{
     self, ControllerExpandVolumeRequest, ControllerExpandVolumeResponse, CreateVolumeRequest,
     CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse,
@@ -34,6 +35,7 @@ impl Driver {
     pub fn create_volume(&self, req: CreateVolumeRequest) -> Result<CreateVolumeResponse> {
         let name = required(&req.name, "name")?;
         capability::require_supported(&req.volume_capabilities)?;
+        let block = capability::is_block(&req.volume_capabilities)?;
         check_parameters(&req.parameters)?;
         let (required_bytes, limit_bytes) = capacity_range(req.capacity_range)?;
         self.check_requisite_topology(req.accessibility_requirements.as_ref())?;
@@ -47,6 +49,12 @@ impl Driver {
                     vol.capacity_bytes
                 )));
             }
+            if vol.block != block {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {name:?} exists as a {} volume",
+                    if vol.block { "block" } else { "filesystem" }
+                )));
+            }
             if vol.source != source {
                 return Err(Error::AlreadyExists(format!(
                     "volume {name:?} exists with a different content source"
@@ -57,21 +65,29 @@ impl Driver {
             });
         }
 
-        let (source_dir, source_bytes) = match &source {
-            None => (None, 0),
+        let (source_dir, source_bytes, source_block) = match &source {
+            None => (None, 0, block),
             Some(Source::Snapshot(id)) => {
                 let snap = state.snapshots.get(id).ok_or_else(|| {
                     Error::NotFound(format!("source snapshot {id:?} does not exist"))
                 })?;
-                (Some(self.snapshot_dir(id)), snap.size_bytes)
+                (Some(self.snapshot_dir(id)), snap.size_bytes, snap.block)
             }
             Some(Source::Volume(id)) => {
                 let vol = state.volumes.get(id).ok_or_else(|| {
                     Error::NotFound(format!("source volume {id:?} does not exist"))
                 })?;
-                (Some(self.volume_dir(id)), vol.capacity_bytes)
+                (Some(self.volume_dir(id)), vol.capacity_bytes, vol.block)
             }
         };
+        if source_block != block {
+            // spec.md, CreateVolume: "Source incompatible or not supported".
+            return Err(Error::InvalidArgument(format!(
+                "a {} volume cannot be made from a {} source",
+                if block { "block" } else { "filesystem" },
+                if source_block { "block" } else { "filesystem" }
+            )));
+        }
         let mut capacity = if required_bytes > 0 {
             required_bytes
         } else if limit_bytes > 0 {
@@ -91,17 +107,30 @@ impl Driver {
         self.check_room(&state, capacity)?;
 
         let id = new_id("vol")?;
-        let project_id = self.quota.enforced().then(|| next_project_id(&state));
+        // A block volume's limit is its image's size; quotas are for directories.
+        let project_id = (self.quota.enforced() && !block).then(|| next_project_id(&state));
         let dir = self.volume_dir(&id);
         let build = || -> Result<()> {
             fs::create_dir(&dir).map_err(Error::io("mkdir", &dir))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(VOLUME_MODE))
+            let mode = if block { 0o700 } else { VOLUME_MODE };
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
                 .map_err(Error::io("chmod", &dir))?;
             if let Some(pid) = project_id {
                 self.quota.apply(&dir, pid, capacity)?;
             }
             if let Some(from) = &source_dir {
                 fsutil::copy_contents(from, &dir).map_err(Error::out_of_space)?;
+            }
+            if block {
+                // Sparse: blocks are allocated as they are written.
+                let image = dir.join(loopdev::IMAGE);
+                fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&image)
+                    .and_then(|f| f.set_len(u64::try_from(capacity).unwrap_or(0)))
+                    .map_err(Error::io("create", &image))?;
             }
             Ok(())
         };
@@ -110,6 +139,7 @@ impl Driver {
             capacity_bytes: capacity,
             project_id,
             source,
+            block,
         };
         let mut next = state.clone();
         next.volumes.insert(id.clone(), vol.clone());
@@ -149,6 +179,14 @@ impl Driver {
             return Ok(DeleteVolumeResponse {});
         };
         let dir = self.volume_dir(id);
+        if vol.block
+            && let Some(dev) = loopdev::find_all(&dir.join(loopdev::IMAGE))?.first()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "block volume {id} is still attached to /dev/loop{} (staged or published)",
+                dev.number
+            )));
+        }
         if let Some(at) = crate::node::mounted_anywhere(&dir)? {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is still mounted at {}",
@@ -219,6 +257,14 @@ impl Driver {
         if let Some(pid) = vol.project_id {
             self.quota.set_limit(pid, required_bytes)?;
         }
+        if vol.block {
+            let image = self.volume_dir(id).join(loopdev::IMAGE);
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .and_then(|f| f.set_len(u64::try_from(required_bytes).unwrap_or(0)))
+                .map_err(Error::io("grow", &image))?;
+        }
         let mut next = state.clone();
         if let Some(v) = next.volumes.get_mut(id) {
             v.capacity_bytes = required_bytes;
@@ -232,7 +278,8 @@ impl Driver {
         tracing::info!(volume = %id, from = vol.capacity_bytes, to = required_bytes, "expanded volume");
         Ok(ControllerExpandVolumeResponse {
             capacity_bytes: required_bytes,
-            node_expansion_required: false,
+            // A loop device attached to the image re-reads its size at NodeExpandVolume.
+            node_expansion_required: vol.block,
         })
     }
 
@@ -243,9 +290,17 @@ impl Driver {
     ) -> Result<ValidateVolumeCapabilitiesResponse> {
         let id = required(&req.volume_id, "volume_id")?;
         let reason = capability::unsupported(&req.volume_capabilities)?;
-        if !self.lock().volumes.contains_key(id) {
+        let Some(vol) = self.lock().volumes.get(id).cloned() else {
             return Err(Error::NotFound(format!("volume {id:?} does not exist")));
-        }
+        };
+        let reason = reason.or_else(|| match capability::is_block(&req.volume_capabilities) {
+            Ok(block) if block == vol.block => None,
+            Ok(_) => Some(format!(
+                "volume {id} is a {} volume",
+                if vol.block { "block" } else { "filesystem" }
+            )),
+            Err(err) => Some(err.to_string()),
+        });
         let reason = reason.or_else(|| {
             check_parameters(&req.parameters)
                 .err()

@@ -10,7 +10,7 @@ mod stage;
 mod stats;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::driver::Driver;
@@ -58,6 +58,43 @@ pub(crate) fn what_is_at(path: &Path, dir: &Path) -> Result<At> {
     } else {
         At::Other(mount)
     })
+}
+
+/// What is mounted at `path`, compared with the block device node `device` by device
+/// number (a block volume is published as a bind mount of its loop device's node).
+pub(crate) fn what_device_is_at(path: &Path, device: &Path) -> Result<At> {
+    let canonical = match fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(At::Nothing),
+        Err(e) => return Err(Error::io("canonicalize", path)(e)),
+    };
+    let Some(mount) = mounts::mount_at(&canonical)? else {
+        return Ok(At::Nothing);
+    };
+    let here = fs::metadata(&canonical).map_err(Error::io("stat", &canonical))?;
+    let same = here.file_type().is_block_device()
+        && fs::metadata(device)
+            .is_ok_and(|d| d.file_type().is_block_device() && d.rdev() == here.rdev());
+    Ok(if same {
+        At::Volume(mount)
+    } else {
+        At::Other(mount)
+    })
+}
+
+/// Removes a target path the driver made: a directory (filesystem volume) or a file
+/// (block volume); a missing path is fine.
+pub(crate) fn remove_target(path: &Path) -> Result<()> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path)(e)),
+    }
 }
 
 /// A mount point showing `dir` (or something inside it) other than `dir`'s own
@@ -124,6 +161,28 @@ impl Driver {
                 })
                 .collect(),
         }
+    }
+
+    /// Where the driver makes loop device nodes when /dev does not have them.
+    pub(crate) fn nodes_dir(&self) -> PathBuf {
+        self.config.root.join("dev")
+    }
+
+    /// What `path` shows: volume `dir` itself (a bind of the directory, or of one of
+    /// the loop devices of a block volume's image), something else, or nothing.
+    pub(crate) fn volume_at(&self, path: &Path, dir: &Path, block: bool) -> Result<At> {
+        if !block {
+            return what_is_at(path, dir);
+        }
+        let mut at = what_device_is_at(path, Path::new("/nonexistent"))?;
+        for dev in crate::loopdev::find_all(&dir.join(crate::loopdev::IMAGE))? {
+            let device = crate::loopdev::device(dev.number, &self.nodes_dir())?;
+            at = what_device_is_at(path, &device)?;
+            if matches!(at, At::Volume(_)) {
+                break;
+            }
+        }
+        Ok(at)
     }
 
     /// NOT_FOUND unless volume `id` exists; returns its directory and record.

@@ -17,9 +17,9 @@ use crate::proto::{
     NodeUnpublishVolumeResponse,
 };
 use crate::state::Publication;
-use crate::sys;
+use crate::{loopdev, sys};
 
-use super::{At, unmount_all, what_is_at};
+use super::{At, remove_target, unmount_all};
 
 /// The per-mount flags for `flags` (already checked against `capability::MOUNT_FLAGS`).
 fn ms_flags(flags: &[String], readonly: bool) -> MsFlags {
@@ -93,20 +93,28 @@ impl Driver {
         let readonly = flags.contains(MsFlags::MS_RDONLY);
 
         let _node = self.node_lock();
-        let (dir, _) = self.known_volume(id)?;
-        if !matches!(what_is_at(staging, &dir)?, At::Volume(_)) {
+        let (dir, vol) = self.known_volume(id)?;
+        capability::require_kind(cap, vol.block)?;
+        // A block volume is staged as `<staging>/<id>`, a bind of its loop device.
+        let staged = if vol.block {
+            staging.join(id)
+        } else {
+            staging.to_owned()
+        };
+        if !matches!(self.volume_at(&staged, &dir, vol.block)?, At::Volume(_)) {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is not staged at {}: call NodeStageVolume first",
                 staging.display()
             )));
         }
         let key = req.target_path.clone();
-        let publication = Publication {
+        let mut publication = Publication {
             volume_id: id.to_owned(),
             access_mode: mode as i32,
             readonly,
+            loop_device: None,
         };
-        match what_is_at(target, &dir)? {
+        match self.volume_at(target, &dir, vol.block)? {
             At::Volume(m) => {
                 let is_ro = m.mount_options.iter().any(|o| o == "ro");
                 let recorded = self.lock().publications.get(&key).cloned();
@@ -137,13 +145,42 @@ impl Driver {
             }
             At::Nothing => {}
         }
-        self.check_other_targets(id, &key, mode, &dir)?;
+        self.check_other_targets(id, &key, mode, &dir, vol.block)?;
+        // A readonly block publish gets its own read-only loop device: a read-only bind
+        // mount of a device node still lets the device be opened for writing.
+        let source = if vol.block && readonly {
+            let nodes = self.nodes_dir();
+            let n = loopdev::attach(&dir.join(loopdev::IMAGE), &nodes, true)?;
+            publication.loop_device = Some(n);
+            match loopdev::device(n, &nodes) {
+                Ok(path) => path,
+                Err(err) => {
+                    let _ = loopdev::detach(n, &nodes);
+                    return Err(err);
+                }
+            }
+        } else {
+            staged.clone()
+        };
+        let ro_loop = publication.loop_device;
         let created = !target.exists();
         if created {
-            fs::create_dir(target).map_err(Error::io("mkdir", target))?;
+            let made = if vol.block {
+                fs::File::create(target)
+                    .map(drop)
+                    .map_err(Error::io("create", target))
+            } else {
+                fs::create_dir(target).map_err(Error::io("mkdir", target))
+            };
+            if let Err(err) = made {
+                if let Some(n) = ro_loop {
+                    let _ = loopdev::detach(n, &self.nodes_dir());
+                }
+                return Err(err);
+            }
         }
         let mount = || -> Result<()> {
-            sys::bind_mount(staging, target)?;
+            sys::bind_mount(&source, target)?;
             if !flags.is_empty()
                 && let Err(err) = sys::remount_bind(target, flags | locked_flags(target))
             {
@@ -160,7 +197,10 @@ impl Driver {
         };
         if let Err(err) = mount() {
             if created {
-                let _ = fs::remove_dir(target);
+                let _ = remove_target(target);
+            }
+            if let Some(n) = ro_loop {
+                let _ = loopdev::detach(n, &self.nodes_dir());
             }
             return Err(err);
         }
@@ -172,7 +212,14 @@ impl Driver {
     /// publish is not SINGLE_NODE_MULTI_WRITER (spec.md, NodePublishVolume's second
     /// table; Kubernetes sends SINGLE_NODE_MULTI_WRITER for ReadWriteOnce and
     /// SINGLE_NODE_SINGLE_WRITER for ReadWriteOncePod to a driver with that capability).
-    fn check_other_targets(&self, id: &str, target: &str, mode: Mode, dir: &Path) -> Result<()> {
+    fn check_other_targets(
+        &self,
+        id: &str,
+        target: &str,
+        mode: Mode,
+        dir: &Path,
+        block: bool,
+    ) -> Result<()> {
         let others: Vec<(String, Publication)> = self
             .lock()
             .publications
@@ -181,7 +228,10 @@ impl Driver {
             .map(|(t, p)| (t.clone(), p.clone()))
             .collect();
         for (other, p) in others {
-            if !matches!(what_is_at(Path::new(&other), dir)?, At::Volume(_)) {
+            if !matches!(
+                self.volume_at(Path::new(&other), dir, block)?,
+                At::Volume(_)
+            ) {
                 continue; // a stale record: nothing is mounted there any more
             }
             let multi = Mode::SingleNodeMultiWriter as i32;
@@ -205,15 +255,22 @@ impl Driver {
         let id = required(&req.volume_id, "volume_id")?;
         let target = required_path(&req.target_path, "target_path")?;
         let _node = self.node_lock();
-        let known = self.known_volume(id).is_ok();
+        let known = self.known_volume(id).ok();
         let unmounted = unmount_all(target)?;
-        if !known && !unmounted {
+        if known.is_none() && !unmounted {
             return Err(Error::NotFound(format!("volume {id:?} does not exist")));
         }
-        match fs::remove_dir(target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("rmdir", target)(e)),
+        remove_target(target)?;
+        // A readonly block publish's own loop device goes with it — if it is still
+        // this image's (the number may have been reused since).
+        let record = self.lock().publications.get(&req.target_path).cloned();
+        if let (Some((dir, vol)), Some(n)) = (&known, record.and_then(|p| p.loop_device))
+            && vol.block
+            && loopdev::find_all(&dir.join(loopdev::IMAGE))?
+                .iter()
+                .any(|d| d.number == n && d.read_only)
+        {
+            loopdev::detach(n, &self.nodes_dir())?;
         }
         if self.lock().publications.contains_key(&req.target_path) {
             self.record(|s| {

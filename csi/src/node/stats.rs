@@ -12,12 +12,13 @@ use crate::proto::{
     NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage, volume_usage::Unit,
 };
 
-use super::{At, what_is_at};
+use super::At;
+use crate::loopdev;
 
 impl Driver {
     /// NOT_FOUND unless `path` shows volume `dir` (a publish or stage of it).
-    fn require_at(&self, id: &str, path: &Path, dir: &Path) -> Result<()> {
-        match what_is_at(path, dir)? {
+    fn require_at(&self, id: &str, path: &Path, dir: &Path, block: bool) -> Result<()> {
+        match self.volume_at(path, dir, block)? {
             At::Volume(_) => Ok(()),
             _ => Err(Error::NotFound(format!(
                 "volume {id} is not mounted at {}",
@@ -34,7 +35,23 @@ impl Driver {
         let id = required(&req.volume_id, "volume_id")?;
         let path = required_path(&req.volume_path, "volume_path")?;
         let (dir, vol) = self.known_volume(id)?;
-        self.require_at(id, path, &dir)?;
+        self.require_at(id, path, &dir, vol.block)?;
+        if vol.block {
+            // A block device's use is the filesystem's business inside it; its size is
+            // all the driver knows.
+            return Ok(NodeGetVolumeStatsResponse {
+                usage: vec![VolumeUsage {
+                    available: 0,
+                    total: vol.capacity_bytes,
+                    used: 0,
+                    unit: Unit::Bytes as i32,
+                }],
+                volume_condition: Some(VolumeCondition {
+                    abnormal: false,
+                    message: String::new(),
+                }),
+            });
+        }
         let usage = self.quota.usage(&dir, vol.project_id)?;
         let fs = nix::sys::statvfs::statvfs(&dir).map_err(Error::sys("statvfs", &dir))?;
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -88,7 +105,7 @@ impl Driver {
             capability::require_supported(std::slice::from_ref(cap))?;
         }
         let (dir, vol) = self.known_volume(id)?;
-        self.require_at(id, path, &dir)?;
+        self.require_at(id, path, &dir, vol.block)?;
         if let Some(range) = req.capacity_range
             && range.required_bytes > vol.capacity_bytes
         {
@@ -99,6 +116,12 @@ impl Driver {
         }
         if let Some(pid) = vol.project_id {
             self.quota.set_limit(pid, vol.capacity_bytes)?;
+        }
+        if vol.block {
+            for dev in loopdev::find_all(&dir.join(loopdev::IMAGE))? {
+                let size = loopdev::refresh_size(dev.number, &self.nodes_dir())?;
+                tracing::info!(volume = %id, device = dev.number, size, "loop device sees the new size");
+            }
         }
         Ok(NodeExpandVolumeResponse {
             capacity_bytes: vol.capacity_bytes,

@@ -161,6 +161,10 @@ impl Drop for Sut {
         for p in points {
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
         }
+        // And detach loop devices backed by block-volume images under it, by device.
+        for device in loop_devices_under(&prefix) {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
         if std::thread::panicking()
             && let Ok(log) = fs::read_to_string(self.dir.path().join("driver.log"))
         {
@@ -291,4 +295,19 @@ pub fn assert_code<T: std::fmt::Debug>(
         Ok(v) => panic!("{what}: expected {code:?}, got success {v:?}"),
         Err(s) => assert_eq!(s.code(), code, "{what}: expected {code:?}, got {s}"),
     }
+}
+
+/// The loop devices (`/dev/loopN`) whose backing file is under `dir`.
+pub fn loop_devices_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| Path::new(b.trim_end()).starts_with(dir))
+        })
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .collect()
 }

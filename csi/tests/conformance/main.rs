@@ -4,6 +4,7 @@
 //! against any driver named by `BERTH_CSI_CONFORMANCE_ENDPOINT` (see `harness.rs`).
 //! Node tests bind-mount, so they need root and are skipped (and counted) otherwise.
 
+mod block;
 mod controller;
 mod harness;
 mod identity;
