@@ -49,7 +49,17 @@ impl Driver {
             fs::create_dir(&tmp).map_err(Error::io("mkdir", &tmp))?;
             // A full disk is "Not enough space to create snapshot" (RESOURCE_EXHAUSTED).
             fsutil::copy_contents(&self.volume_dir(source), &tmp).map_err(Error::out_of_space)?;
-            let size = fsutil::dir_usage(&tmp)?.bytes;
+            // A block snapshot restores to at least its image's size (a smaller volume
+            // would cut the image); a directory's size is what its files take.
+            let size = if block {
+                let image = tmp.join(crate::loopdev::IMAGE);
+                let len = fs::metadata(&image)
+                    .map_err(Error::io("stat", &image))?
+                    .len();
+                i64::try_from(len).unwrap_or(i64::MAX)
+            } else {
+                fsutil::dir_usage(&tmp)?.bytes
+            };
             fs::rename(&tmp, &dir).map_err(Error::io("rename", &dir))?;
             Ok(size)
         };

@@ -269,6 +269,11 @@ async fn block_volumes_are_loop_devices() {
         .into_inner()
         .snapshot
         .expect("a snapshot");
+    assert_eq!(
+        snap.size_bytes,
+        32 * MIB,
+        "a block snapshot's size is its image's"
+    );
     let source = proto::VolumeContentSource {
         r#type: Some(volume_content_source::Type::Snapshot(
             volume_content_source::SnapshotSource {
@@ -283,7 +288,8 @@ async fn block_volumes_are_loop_devices() {
         Code::InvalidArgument,
         "a filesystem volume from a block snapshot",
     );
-    let mut restore = block_request(&name("blk-restored"), 32 * MIB);
+    // Asking for less than the snapshot's size still gets the whole image.
+    let mut restore = block_request(&name("blk-restored"), 8 * MIB);
     restore.volume_content_source = Some(source);
     let restored = c
         .create_volume(restore)
@@ -297,7 +303,9 @@ async fn block_volumes_are_loop_devices() {
     stage(&sut, &restored.volume_id, &staging2)
         .await
         .expect("stage the restored volume");
+    assert_eq!(restored.capacity_bytes, 32 * MIB, "{restored:?}");
     publish(&sut, &restored.volume_id, &staging2, &target2, false).await;
+    assert_eq!(device_size(&target2), 32 << 20);
     assert_eq!(
         read_at(&target2, 1 << 20, 11),
         b"hello block",
