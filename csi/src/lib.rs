@@ -1,6 +1,7 @@
 //! berth-csi: a CSI 1.x driver (Identity, Controller and Node services over a unix
 //! socket) whose volumes are directories under a root on the node, limited in size by
-//! ext4/xfs project quotas where the filesystem has them.
+//! ext4/xfs project quotas where the filesystem has them, or — for block access —
+//! sparse image files attached to loop devices.
 //!
 //! Entry points: [`Driver::open`] (the driver over a root directory) and [`serve`] (it,
 //! on a socket); [`connect`] opens a channel to any CSI driver's socket, and [`proto`]
