@@ -479,6 +479,9 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     if !causes.is_empty() {
         return Err(invalid(def, &new, causes));
     }
+    if part == Part::Main && def.group.is_empty() && def.kind == "PersistentVolumeClaim" {
+        super::admission::storage::admit_update(&ctx.api.cache, old, &new)?;
+    }
     if def.generation && spec_changed(old, &new) {
         let generation = old_meta
             .get("generation")
