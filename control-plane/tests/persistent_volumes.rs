@@ -660,6 +660,23 @@ fn default_class_and_wait_for_first_consumer() {
             r#"{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}"#,
         ]);
         assert!(err.contains("spec.resources.requests.storage: Forbidden: field can not be less than status.capacity"), "{err}");
+
+        // No default when the claim is made: it gets the one that comes later
+        // (retroactive default class, Kubernetes 1.28+).
+        c.kubectl.ok(&["delete", "storageclass", "local", "fast"]);
+        let mut late = no_class.clone();
+        late["metadata"]["name"] = json!("late");
+        c.apply(late);
+        let late = c.pvcs().get("late").await.expect("pvc");
+        assert_eq!(late.spec.and_then(|s| s.storage_class_name), None);
+        c.apply(json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "later", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "csi.berth.io", "allowVolumeExpansion": true}));
+        eventually("late claim gets the default class", WAIT, || async {
+            let late = c.pvcs().get("late").await.ok()?;
+            (late.spec?.storage_class_name.as_deref() == Some("later")).then_some(())
+        })
+        .await;
     });
 }
 

@@ -146,10 +146,17 @@ pub fn start(
             }
         }
     });
-    let classes = informers.add(
-        Api::<StorageClass>::all(client.clone()),
-        |_: &StorageClass| {},
-    );
+    // A new or changed class (a new default, say) may settle unbound claims.
+    let classes = informers.add(Api::<StorageClass>::all(client.clone()), {
+        let (cq, claims) = (claim_queue.clone(), claims.clone());
+        move |_: &StorageClass| {
+            for c in claims.state() {
+                if !has_annotation(&c.metadata, BIND_COMPLETED) {
+                    cq.add(key_of(&c.metadata));
+                }
+            }
+        }
+    });
     let nodes = informers.add(Api::<Node>::all(client.clone()), |_: &Node| {});
     async move {
         let _ = claims.wait_until_ready().await;
@@ -263,6 +270,11 @@ impl Controller {
                 self.bind(volume, claim).await?;
                 return Ok(None);
             }
+            // Retroactive default class: a claim made before any default existed
+            // gets the one there is now, and is looked at again as of that class.
+            if self.assign_default_class(claim).await? {
+                return Ok(None);
+            }
             if delay && selected.is_none() {
                 self.claim_event(
                     claim,
@@ -373,6 +385,49 @@ impl Controller {
         self.update_claim_status(claim, "Lost", None).await?;
         self.claim_event(claim, "Warning", reason, message).await;
         Ok(())
+    }
+
+    /// Sets the default class on a claim with no class at all (an explicit `""`
+    /// means none): upstream's `assignDefaultStorageClass`. Whether it did.
+    async fn assign_default_class(
+        &self,
+        claim: &PersistentVolumeClaim,
+    ) -> Result<bool, kube::Error> {
+        let unset = claim
+            .spec
+            .as_ref()
+            .is_none_or(|s| s.storage_class_name.is_none())
+            && !has_annotation(&claim.metadata, super::BETA_STORAGE_CLASS);
+        if !unset {
+            return Ok(false);
+        }
+        let default = self
+            .classes
+            .state()
+            .into_iter()
+            .filter(|c| {
+                let a = |k: &str| annotation(&c.metadata, k) == Some("true");
+                a("storageclass.kubernetes.io/is-default-class")
+                    || a("storageclass.beta.kubernetes.io/is-default-class")
+            })
+            .max_by(|a, b| {
+                a.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                    .then_with(|| b.metadata.name.cmp(&a.metadata.name))
+            });
+        let Some(class) = default.and_then(|c| c.metadata.name.clone()) else {
+            return Ok(false);
+        };
+        let mut new = claim.clone();
+        new.spec.get_or_insert_default().storage_class_name = Some(class);
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        self.claim_api(claim)
+            .replace(name, &PostParams::default(), &new)
+            .await?;
+        Ok(true)
     }
 
     /// Hands the claim to its class's provisioner (upstream's
