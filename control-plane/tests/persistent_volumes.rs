@@ -351,6 +351,16 @@ fn pre_binding_either_way_and_selectors_choose_the_volume() {
             annotation(&wants.metadata, "pv.kubernetes.io/bound-by-controller"),
             None
         );
+        // Naming a volume another claim has: Pending, upstream's event.
+        c.apply(claim(
+            "thief",
+            "1Gi",
+            &["ReadWriteOnce"],
+            json!({"spec": {"volumeName": "named"}}),
+        ));
+        let msg = c.event("default", "thief", "FailedBinding").await;
+        assert_eq!(msg, "volume \"named\" already bound to a different claim.");
+        c.pvc_phase("thief", "Pending").await;
         assert_eq!(
             c.pv_phase("small", "Available")
                 .await
@@ -594,6 +604,15 @@ fn default_class_and_wait_for_first_consumer() {
             "waiting for first consumer to be created before binding"
         );
         c.pvc_phase("db", "Pending").await;
+        // A pod that uses it and is not scheduled yet is named.
+        let mut wanted = no_class.clone();
+        wanted["metadata"]["name"] = json!("wanted");
+        c.apply(wanted);
+        c.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "consumer", "namespace": "default"},
+            "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "wanted"}}]}}));
+        let msg = c.event("default", "wanted", "WaitForPodScheduled").await;
+        assert_eq!(msg, "waiting for pod consumer to be scheduled");
         // The scheduler picks n1: the claim binds to the volume there.
         c.pvcs()
             .patch(

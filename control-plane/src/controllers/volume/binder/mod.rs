@@ -19,23 +19,26 @@
 //!   keeps it, Delete deletes it (through a [`Deleter`] for CSI volumes), anything else
 //!   fails it.
 
+mod reclaim;
+mod volumes;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus,
-    PersistentVolumeStatus,
+    Pod,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::matching::{self, bound_to, check_satisfies, find_best_match};
+use super::matching::{bound_to, check_satisfies, find_best_match};
+use super::protection::pod_claims;
 use super::{
     BETA_STORAGE_PROVISIONER, BIND_COMPLETED, BOUND_BY_CONTROLLER, COMPONENT, Deleters,
-    PROVISIONED_BY, SELECTED_NODE, STORAGE_PROVISIONER, annotation, claim_class,
+    SELECTED_NODE, STORAGE_PROVISIONER, annotation, claim_class,
 };
 use crate::client::{Informers, Involved, record_event};
 use crate::controllers::queue::{Queue, key_of, split_key};
@@ -47,6 +50,7 @@ struct Controller {
     client: Client,
     volumes: Store<PersistentVolume>,
     claims: Store<PersistentVolumeClaim>,
+    pods: Store<Pod>,
     classes: Store<StorageClass>,
     nodes: Store<Node>,
     deleters: Deleters,
@@ -158,15 +162,27 @@ pub fn start(
         }
     });
     let nodes = informers.add(Api::<Node>::all(client.clone()), |_: &Node| {});
+    // A pod using a claim that waits for its first consumer changes its event.
+    let pods = informers.add(Api::<Pod>::all(client.clone()), {
+        let cq = claim_queue.clone();
+        move |p: &Pod| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+            for c in pod_claims(p) {
+                cq.add(format!("{ns}/{c}"));
+            }
+        }
+    });
     async move {
         let _ = claims.wait_until_ready().await;
         let _ = volumes.wait_until_ready().await;
         let _ = classes.wait_until_ready().await;
         let _ = nodes.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
         let ctl = Arc::new(Controller {
             client,
             volumes,
             claims,
+            pods,
             classes,
             nodes,
             deleters,
@@ -276,13 +292,7 @@ impl Controller {
                 return Ok(None);
             }
             if delay && selected.is_none() {
-                self.claim_event(
-                    claim,
-                    "Normal",
-                    "WaitForFirstConsumer",
-                    "waiting for first consumer to be created before binding",
-                )
-                .await;
+                self.wait_for_consumer_event(claim).await;
             } else if !claim_class(claim).is_empty() {
                 self.provision(claim).await?;
                 return Ok(Some(RESYNC));
@@ -320,9 +330,23 @@ impl Controller {
             self.bind(&volume, claim).await?;
         } else if !has_annotation(&claim.metadata, BOUND_BY_CONTROLLER) {
             // Claimed by someone else: the user's choice stands; wait.
+            self.claim_event(
+                claim,
+                "Warning",
+                "FailedBinding",
+                &format!("volume \"{wanted}\" already bound to a different claim."),
+            )
+            .await;
             self.update_claim_status(claim, "Pending", None).await?;
             return Ok(Some(RESYNC));
         } else {
+            self.claim_event(
+                claim,
+                "Warning",
+                "FailedBinding",
+                &format!("volume \"{wanted}\" already bound to a different claim."),
+            )
+            .await;
             tracing::warn!(
                 claim = %key_of(&claim.metadata),
                 volume = wanted,
@@ -428,6 +452,45 @@ impl Controller {
             .replace(name, &PostParams::default(), &new)
             .await?;
         Ok(true)
+    }
+
+    /// Why a claim whose class delays binding is still waiting: no pod uses it yet,
+    /// or the pods that do are not scheduled (`emitEventForUnboundDelayBindingClaim`).
+    async fn wait_for_consumer_event(&self, claim: &PersistentVolumeClaim) {
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        let waiting: Vec<String> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace == claim.metadata.namespace)
+            .filter(|p| {
+                let unscheduled = p
+                    .spec
+                    .as_ref()
+                    .is_none_or(|s| s.node_name.as_deref().is_none_or(str::is_empty));
+                let terminated = matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                unscheduled && !terminated && pod_claims(p).iter().any(|c| c == name)
+            })
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let (reason, message) = match waiting.as_slice() {
+            [] => (
+                "WaitForFirstConsumer",
+                "waiting for first consumer to be created before binding".to_owned(),
+            ),
+            [one] => (
+                "WaitForPodScheduled",
+                format!("waiting for pod {one} to be scheduled"),
+            ),
+            many => (
+                "WaitForPodScheduled",
+                format!("waiting for pods {} to be scheduled", many.join(",")),
+            ),
+        };
+        self.claim_event(claim, "Normal", reason, &message).await;
     }
 
     /// Hands the claim to its class's provisioner (upstream's
@@ -560,8 +623,9 @@ impl Controller {
             .await
     }
 
-    /// Sets the claim's phase, and its capacity and access modes from `volume` (reset
-    /// without one), when they differ.
+    /// Sets the claim's phase and its access modes from `volume` (reset without
+    /// one), and its capacity from the volume's as it becomes Bound — not later: a
+    /// resize may have made them differ on purpose (upstream's `updateClaimStatus`).
     async fn update_claim_status(
         &self,
         claim: &PersistentVolumeClaim,
@@ -572,7 +636,8 @@ impl Controller {
         let status = new
             .status
             .get_or_insert_with(PersistentVolumeClaimStatus::default);
-        let mut dirty = status.phase.as_deref() != Some(phase);
+        let entering = status.phase.as_deref() != Some(phase);
+        let mut dirty = entering;
         status.phase = Some(phase.into());
         match volume.and_then(|v| v.spec.as_ref()) {
             Some(spec) => {
@@ -582,7 +647,8 @@ impl Controller {
                 }
                 let size = spec.capacity.as_ref().and_then(|c| c.get("storage"));
                 let have = status.capacity.as_ref().and_then(|c| c.get("storage"));
-                if let Some(size) = size
+                if entering
+                    && let Some(size) = size
                     && have != Some(size)
                 {
                     status
@@ -609,293 +675,5 @@ impl Controller {
             .replace_status(name, &PostParams::default(), &new)
             .await?;
         Ok(())
-    }
-
-    // ---- volumes ------------------------------------------------------------------
-
-    async fn update_volume_phase(
-        &self,
-        volume: &PersistentVolume,
-        phase: &str,
-        message: Option<&str>,
-    ) -> Result<PersistentVolume, kube::Error> {
-        let current = volume.status.as_ref();
-        if current.and_then(|s| s.phase.as_deref()) == Some(phase)
-            && current.and_then(|s| s.message.as_deref()) == message
-        {
-            return Ok(volume.clone());
-        }
-        let mut new = volume.clone();
-        let status = new
-            .status
-            .get_or_insert_with(PersistentVolumeStatus::default);
-        if status.phase.as_deref() != Some(phase) {
-            status.last_phase_transition_time = Some(Time(jiff::Timestamp::now()));
-        }
-        status.phase = Some(phase.into());
-        status.message = message.map(str::to_owned);
-        let name = volume.metadata.name.as_deref().unwrap_or_default();
-        self.volume_api()
-            .replace_status(name, &PostParams::default(), &new)
-            .await
-    }
-
-    /// Sets the phase and, when it changes, records `reason` (upstream's
-    /// `updateVolumePhaseWithEvent`).
-    async fn volume_phase_with_event(
-        &self,
-        volume: &PersistentVolume,
-        phase: &str,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), kube::Error> {
-        if volume_phase(volume) == phase {
-            return Ok(());
-        }
-        let new = self
-            .update_volume_phase(volume, phase, Some(message))
-            .await?;
-        self.volume_event(&new, "Warning", reason, message).await;
-        Ok(())
-    }
-
-    /// The claim the volume's claimRef names, if it still exists with that uid —
-    /// asking the apiserver when the cache does not have it (it may be new).
-    async fn referenced_claim(
-        &self,
-        r: &ObjectReference,
-    ) -> Result<Option<Arc<PersistentVolumeClaim>>, kube::Error> {
-        let (ns, name) = (
-            r.namespace.as_deref().unwrap_or_default(),
-            r.name.as_deref().unwrap_or_default(),
-        );
-        let claim = match self.claims.get(&ObjectRef::new(name).within(ns)) {
-            Some(c) => Some(c),
-            None => {
-                let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-                match api.get(name).await {
-                    Ok(c) => Some(Arc::new(c)),
-                    Err(e) if not_found(&e) => None,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        Ok(claim.filter(|c| c.metadata.uid == r.uid))
-    }
-
-    async fn sync_volume(&self, name: &str) -> Result<Option<Duration>, kube::Error> {
-        let Some(volume) = self.volumes.get(&ObjectRef::new(name)) else {
-            return Ok(None);
-        };
-        let Some(r) = claim_ref(&volume) else {
-            self.update_volume_phase(&volume, "Available", None).await?;
-            return Ok(None);
-        };
-        if r.uid.as_deref().is_none_or(str::is_empty) {
-            // Reserved for a claim not yet bound to it: the claim's sync binds it.
-            self.update_volume_phase(&volume, "Available", None).await?;
-            self.claim_queue.add(ref_key(r));
-            return Ok(None);
-        }
-        let Some(claim) = self.referenced_claim(r).await? else {
-            // The claim is gone: release the volume (keeping a Failed phase for the
-            // user to see) and reclaim it.
-            let volume = if matches!(volume_phase(&volume), "Released" | "Failed") {
-                (*volume).clone()
-            } else {
-                self.update_volume_phase(&volume, "Released", None).await?
-            };
-            return self.reclaim(&volume).await;
-        };
-        let bound_name = volume_name(&claim);
-        if bound_name.is_empty() {
-            if matching::volume_mode_mismatch(&claim, &volume) {
-                let claim_name = claim.metadata.name.as_deref().unwrap_or_default();
-                self.volume_event(
-                    &volume,
-                    "Warning",
-                    "VolumeMismatch",
-                    &format!("Cannot bind PersistentVolume to requested PersistentVolumeClaim \"{claim_name}\" due to incompatible volumeMode."),
-                )
-                .await;
-                self.claim_event(
-                    &claim,
-                    "Warning",
-                    "VolumeMismatch",
-                    &format!("Cannot bind PersistentVolume \"{name}\" to requested PersistentVolumeClaim due to incompatible volumeMode."),
-                )
-                .await;
-                return Ok(None);
-            }
-            if has_annotation(&volume.metadata, BOUND_BY_CONTROLLER) {
-                // Our binding, not finished: the claim's sync finishes it.
-                self.update_volume_phase(&volume, "Available", None).await?;
-            }
-            self.claim_queue.add(key_of(&claim.metadata));
-            return Ok(None);
-        }
-        if bound_name == name {
-            self.update_volume_phase(&volume, "Bound", None).await?;
-            return Ok(None);
-        }
-        // The claim is bound to another volume.
-        let delete_policy = volume
-            .spec
-            .as_ref()
-            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-            == Some("Delete");
-        if has_annotation(&volume.metadata, PROVISIONED_BY) && delete_policy {
-            // Provisioned for this claim, which went elsewhere: not needed.
-            let volume = if matches!(volume_phase(&volume), "Released" | "Failed") {
-                (*volume).clone()
-            } else {
-                self.update_volume_phase(&volume, "Released", None).await?
-            };
-            return self.reclaim(&volume).await;
-        }
-        if has_annotation(&volume.metadata, BOUND_BY_CONTROLLER) {
-            self.unbind_volume(&volume).await?;
-        }
-        Ok(None)
-    }
-
-    /// Undoes a binding the controller made; for a user's pre-binding, forgets only
-    /// the claim's uid (upstream's `unbindVolume`).
-    async fn unbind_volume(&self, volume: &PersistentVolume) -> Result<(), kube::Error> {
-        let mut new = volume.clone();
-        if has_annotation(&volume.metadata, BOUND_BY_CONTROLLER) {
-            new.spec.get_or_insert_default().claim_ref = None;
-            if let Some(a) = new.metadata.annotations.as_mut() {
-                a.remove(BOUND_BY_CONTROLLER);
-            }
-        } else if let Some(r) = new.spec.as_mut().and_then(|s| s.claim_ref.as_mut()) {
-            r.uid = None;
-        }
-        let name = volume.metadata.name.as_deref().unwrap_or_default();
-        let new = self
-            .volume_api()
-            .replace(name, &PostParams::default(), &new)
-            .await?;
-        self.update_volume_phase(&new, "Available", None).await?;
-        Ok(())
-    }
-
-    async fn reclaim(&self, volume: &PersistentVolume) -> Result<Option<Duration>, kube::Error> {
-        let policy = volume
-            .spec
-            .as_ref()
-            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-            .unwrap_or("Retain");
-        match policy {
-            "Retain" => Ok(None),
-            "Delete" => self.delete_volume(volume).await,
-            "Recycle" => {
-                self.volume_phase_with_event(
-                    volume,
-                    "Failed",
-                    "VolumeFailedRecycle",
-                    "No recycler plugin found for the volume!",
-                )
-                .await?;
-                Ok(None)
-            }
-            _ => {
-                self.volume_phase_with_event(
-                    volume,
-                    "Failed",
-                    "VolumeUnknownReclaimPolicy",
-                    "Volume has unrecognized PersistentVolumeReclaimPolicy",
-                )
-                .await?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Whether the volume, as the apiserver has it now, still needs reclaiming
-    /// (upstream's `isVolumeReleased`).
-    async fn is_released(&self, volume: &PersistentVolume) -> Result<bool, kube::Error> {
-        let Some(r) = claim_ref(volume) else {
-            return Ok(false);
-        };
-        if r.uid.as_deref().is_none_or(str::is_empty) {
-            return Ok(false);
-        }
-        Ok(match self.referenced_claim(r).await? {
-            Some(claim) => {
-                let bound = volume_name(&claim);
-                !bound.is_empty() && Some(bound) != volume.metadata.name.as_deref()
-            }
-            None => true,
-        })
-    }
-
-    /// Reclaim policy Delete (upstream's `deleteVolumeOperation`): the storage first
-    /// — a CSI volume through its driver's [`super::Deleter`]; other volume types have
-    /// nothing berth manages behind them — then the PersistentVolume object.
-    async fn delete_volume(
-        &self,
-        volume: &PersistentVolume,
-    ) -> Result<Option<Duration>, kube::Error> {
-        let name = volume.metadata.name.as_deref().unwrap_or_default();
-        let fresh = match self.volume_api().get(name).await {
-            Ok(v) => v,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if fresh.metadata.uid != volume.metadata.uid || !self.is_released(&fresh).await? {
-            return Ok(None);
-        }
-        if let Some(csi) = fresh.spec.as_ref().and_then(|s| s.csi.as_ref()) {
-            let provisioner = annotation(&fresh.metadata, PROVISIONED_BY);
-            let deleter = provisioner
-                .and_then(|p| self.deleters.get(p))
-                .or_else(|| self.deleters.get(&csi.driver));
-            match (deleter, provisioner) {
-                (Some(d), _) => {
-                    if let Err(err) = d.delete(&fresh).await {
-                        self.volume_phase_with_event(
-                            &fresh,
-                            "Failed",
-                            "VolumeFailedDelete",
-                            &err.0,
-                        )
-                        .await?;
-                        return Ok(Some(RESYNC));
-                    }
-                }
-                (None, Some(p)) if !p.starts_with("kubernetes.io/") => {
-                    // Provisioned outside berth-server: its provisioner deletes it.
-                    tracing::debug!(
-                        volume = name,
-                        provisioner = p,
-                        "external deleter for volume requested; ignoring"
-                    );
-                    return Ok(None);
-                }
-                (None, _) => {
-                    self.volume_phase_with_event(
-                        &fresh,
-                        "Failed",
-                        "VolumeFailedDelete",
-                        &format!("error getting deleter volume plugin for volume \"{name}\": no deletable volume plugin matched"),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
-            }
-        }
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: fresh.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match self.volume_api().delete(name, &dp).await {
-            Ok(_) => Ok(None),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 }
