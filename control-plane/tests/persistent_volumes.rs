@@ -492,8 +492,14 @@ fn reclaim_policies_retain_delete_and_csi_without_a_deleter() {
         for name in ["a", "b", "c"] {
             c.kubectl.ok(&["delete", "pvc", name]);
         }
-        // Retain: Released, the claimRef kept.
+        // Retain: Released, the claimRef kept, the transition stamped.
         let kept = c.pv_phase("kept", "Released").await;
+        assert!(
+            kept.status
+                .as_ref()
+                .and_then(|s| s.last_phase_transition_time.as_ref())
+                .is_some()
+        );
         assert!(kept.spec.and_then(|s| s.claim_ref).is_some());
         // Delete of a host-path volume: the object goes.
         c.gone_pv("dropped").await;

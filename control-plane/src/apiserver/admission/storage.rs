@@ -13,6 +13,7 @@
 use serde_json::{Value, json};
 
 use super::validation::{dns_subdomain_msg, is_dns_subdomain, qualified_name_error, unsupported};
+use crate::apiserver::object::now;
 use crate::apiserver::status::{ApiError, Cause};
 use crate::apiserver::watch_cache::WatchCache;
 use crate::scheduler::quantity::parse_milli;
@@ -113,8 +114,31 @@ pub fn admit_create(cache: &WatchCache, kind: &str, obj: &mut Value) {
             }
             add_finalizer(obj, PVC_PROTECTION);
         }
-        "PersistentVolume" => add_finalizer(obj, PV_PROTECTION),
+        "PersistentVolume" => {
+            add_finalizer(obj, PV_PROTECTION);
+            // The PersistentVolume strategy's PrepareForCreate: status starts over.
+            if let Some(o) = obj.as_object_mut() {
+                o.insert(
+                    "status".into(),
+                    json!({"phase": "Pending", "lastPhaseTransitionTime": now()}),
+                );
+            }
+        }
         _ => {}
+    }
+}
+
+/// A PersistentVolume's status write: a changed phase stamps
+/// `lastPhaseTransitionTime` unless the writer set a new one (the PersistentVolume
+/// status strategy's PrepareForUpdate), so every writer's change counts.
+pub fn prepare_volume_status(old: &Value, new: &mut Value) {
+    let phase = |v: &Value| v.pointer("/status/phase").cloned();
+    let stamp = |v: &Value| v.pointer("/status/lastPhaseTransitionTime").cloned();
+    if phase(old) != phase(new)
+        && (stamp(new).is_none_or(|t| t.is_null()) || stamp(new) == stamp(old))
+        && let Some(status) = new.get_mut("status").and_then(Value::as_object_mut)
+    {
+        status.insert("lastPhaseTransitionTime".into(), json!(now()));
     }
 }
 
@@ -684,6 +708,27 @@ mod tests {
         let mut causes = Vec::new();
         validate_update("PersistentVolumeClaim", &pending, &bigger, &mut causes);
         assert_eq!(causes.len(), 1, "{:?}", fields(&causes));
+    }
+
+    #[test]
+    fn a_volume_phase_change_stamps_its_transition_time() {
+        let old = json!({"status": {"phase": "Available", "lastPhaseTransitionTime": "2020-01-01T00:00:00Z"}});
+        let mut new = json!({"status": {"phase": "Bound", "lastPhaseTransitionTime": "2020-01-01T00:00:00Z"}});
+        prepare_volume_status(&old, &mut new);
+        assert_ne!(
+            new["status"]["lastPhaseTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        // The writer's own new stamp stands; no phase change, no stamp.
+        let mut own = json!({"status": {"phase": "Bound", "lastPhaseTransitionTime": "2021-01-01T00:00:00Z"}});
+        prepare_volume_status(&old, &mut own);
+        assert_eq!(
+            own["status"]["lastPhaseTransitionTime"],
+            "2021-01-01T00:00:00Z"
+        );
+        let mut same = old.clone();
+        prepare_volume_status(&old, &mut same);
+        assert_eq!(same, old);
     }
 
     #[test]

@@ -368,6 +368,9 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
             }
         }
     }
+    if part == Part::Status && def.group.is_empty() && def.kind == "PersistentVolume" {
+        super::admission::storage::prepare_volume_status(old, &mut new);
+    }
     let csr = def.group == certificates::GROUP && def.kind == "CertificateSigningRequest";
     if csr {
         // The spec never changes after create; /status cannot touch the approval.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 
@@ -31,7 +30,6 @@ impl Controller {
         let status = new
             .status
             .get_or_insert_with(PersistentVolumeStatus::default);
-        status.last_phase_transition_time = Some(Time(jiff::Timestamp::now()));
         status.phase = Some(phase.into());
         status.message = message.map(str::to_owned);
         let name = volume.metadata.name.as_deref().unwrap_or_default();
