@@ -4,8 +4,10 @@
 //! `kubernetes.io/pv-protection` (the apiserver adds them at create, as the
 //! StorageObjectInUseProtection admission plugin does; these loops add them to
 //! objects that lack them). A deleted claim keeps its finalizer while a scheduled pod
-//! that has not terminated uses it — checked in the cache, then confirmed with a live
-//! list, as upstream does; a deleted volume keeps its finalizer while it is Bound.
+//! uses it — as upstream, until that pod object is gone, finished or not (a generic
+//! ephemeral volume's claim only until its pod is shut down) — checked in the cache,
+//! then confirmed with a live list; a deleted volume keeps its finalizer while it is
+//! Bound.
 //! [`start_pvc`] and [`start_pv`] run them.
 
 use std::sync::Arc;
@@ -51,18 +53,37 @@ pub fn pod_claims(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
-/// Whether `pod` keeps claim `name` in use: it is scheduled (the kubelet will not start
-/// a pod whose claim is being deleted) and has not terminated (`podUsesPVC`).
-pub fn pod_uses(pod: &Pod, name: &str) -> bool {
-    let scheduled = pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()));
-    let terminated = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    scheduled && !terminated && pod_claims(pod).iter().any(|c| c == name)
+/// Whether `pod` keeps `claim` in use (upstream's `podUsesPVC`): only a scheduled pod
+/// does (the kubelet will not start a pod whose claim is being deleted); it names the
+/// claim in a `persistentVolumeClaim` volume, or the claim is its generic ephemeral
+/// volume's (`<pod>-<volume>`, owned by the pod) and the pod is not shut down.
+pub fn pod_uses(pod: &Pod, claim: &PersistentVolumeClaim) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    if spec.node_name.as_deref().is_none_or(str::is_empty) {
+        return false;
+    }
+    let name = claim.metadata.name.as_deref().unwrap_or_default();
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    // Kubelet done with it (deleted with no grace left) or force-deleted.
+    let shut_down = pod.metadata.deletion_timestamp.is_some()
+        && pod.metadata.deletion_grace_period_seconds == Some(0);
+    let owned = claim
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == pod.metadata.uid.as_ref());
+    spec.volumes.iter().flatten().any(|v| {
+        v.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == name)
+            || (!shut_down
+                && v.ephemeral.is_some()
+                && format!("{pod_name}-{}", v.name) == name
+                && owned)
+    })
 }
 
 /// Adds the finalizer to a live object that lacks it, or removes it from a deleting
@@ -134,19 +155,20 @@ pub fn start_pvc(
 }
 
 impl PvcController {
-    async fn in_use(&self, ns: &str, name: &str) -> Result<bool, kube::Error> {
+    async fn in_use(&self, claim: &PersistentVolumeClaim) -> Result<bool, kube::Error> {
+        let ns = claim.metadata.namespace.as_deref().unwrap_or("default");
         let cached = self
             .pods
             .state()
             .iter()
-            .any(|p| p.metadata.namespace.as_deref() == Some(ns) && pod_uses(p, name));
+            .any(|p| p.metadata.namespace.as_deref() == Some(ns) && pod_uses(p, claim));
         if cached {
             return Ok(true);
         }
         // The cache may lag a pod just created: ask the apiserver before letting go.
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let live = api.list(&ListParams::default()).await?;
-        Ok(live.items.iter().any(|p| pod_uses(p, name)))
+        Ok(live.items.iter().any(|p| pod_uses(p, claim)))
     }
 
     async fn sync(&self, key: &str) -> Result<Option<Duration>, kube::Error> {
@@ -159,7 +181,7 @@ impl PvcController {
         if !needs_work(&claim.metadata, PVC_PROTECTION) {
             return Ok(None);
         }
-        let release = claim.metadata.deletion_timestamp.is_some() && !self.in_use(ns, name).await?;
+        let release = claim.metadata.deletion_timestamp.is_some() && !self.in_use(&claim).await?;
         let Some(finalizers) = changed_finalizers(&claim.metadata, PVC_PROTECTION, release) else {
             return Ok(None);
         };
@@ -226,7 +248,7 @@ mod tests {
 
     fn pod(node: Option<&str>, phase: &str) -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "default"},
+            "metadata": {"name": "p", "namespace": "default", "uid": "pod-uid"},
             "spec": {"nodeName": node, "containers": [], "volumes": [
                 {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
                 {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
@@ -236,16 +258,40 @@ mod tests {
         .expect("pod")
     }
 
+    fn claim(name: &str, owner: Option<&str>) -> PersistentVolumeClaim {
+        let owners: Vec<_> = owner
+            .into_iter()
+            .map(|uid| json!({"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": uid, "controller": true}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default",
+            "ownerReferences": owners}}))
+        .expect("claim")
+    }
+
     #[test]
-    fn scheduled_running_pods_use_their_claims() {
+    fn scheduled_pods_use_their_claims_until_gone() {
         let running = pod(Some("n1"), "Running");
         assert_eq!(pod_claims(&running), ["data", "p-scratch"]);
-        assert!(pod_uses(&running, "data"));
-        assert!(pod_uses(&running, "p-scratch"));
-        assert!(!pod_uses(&running, "other"));
-        assert!(!pod_uses(&pod(None, "Pending"), "data"));
-        assert!(!pod_uses(&pod(Some("n1"), "Succeeded"), "data"));
-        assert!(!pod_uses(&pod(Some("n1"), "Failed"), "data"));
+        let data = claim("data", None);
+        assert!(pod_uses(&running, &data));
+        assert!(!pod_uses(&running, &claim("other", None)));
+        assert!(!pod_uses(&pod(None, "Pending"), &data));
+        // A finished pod still holds its claim while it exists (upstream's podUsesPVC).
+        assert!(pod_uses(&pod(Some("n1"), "Succeeded"), &data));
+        // An ephemeral volume's claim: only the pod's own, until the pod is shut down.
+        let scratch = claim("p-scratch", Some("pod-uid"));
+        assert!(pod_uses(&running, &scratch));
+        assert!(!pod_uses(
+            &running,
+            &claim("p-scratch", Some("another-pod"))
+        ));
+        let mut shut = running.clone();
+        shut.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        shut.metadata.deletion_grace_period_seconds = Some(0);
+        assert!(!pod_uses(&shut, &scratch));
+        assert!(pod_uses(&shut, &data));
     }
 
     #[test]
