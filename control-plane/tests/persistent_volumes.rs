@@ -2,7 +2,8 @@
 //! static binding (the smallest volume that fits), pre-binding both ways, label
 //! selectors, an access-mode mismatch staying Pending with upstream's event, reclaim
 //! policies (Retain → Released, Delete of a host-path volume, a CSI volume with no
-//! deleter going Failed), the protection finalizers (a claim in use waits for its
+//! deleter going Failed), a claim losing its volume, Immediate binding handing a claim
+//! to its provisioner, the protection finalizers (a claim in use waits for its
 //! pod), the default StorageClass `local` and the DefaultStorageClass admission,
 //! WaitForFirstConsumer, the `kubectl get pv,pvc,storageclass` tables and the 422/403
 //! validation of claims, volumes and classes. No agent or CSI driver: volumes are
@@ -465,7 +466,7 @@ fn mismatched_claims_stay_pending_with_upstream_events() {
 }
 
 #[test]
-fn reclaim_policies_retain_delete_and_csi_without_a_deleter() {
+fn reclaim_policies_lost_claims_and_immediate_provisioning() {
     with_cluster(async |c| {
         c.apply(host_path_pv("kept", "1Gi", &["ReadWriteOnce"], json!({})));
         c.apply(host_path_pv(
@@ -513,6 +514,61 @@ fn reclaim_policies_retain_delete_and_csi_without_a_deleter() {
         assert_eq!(failed.status.and_then(|s| s.message), Some(msg));
         let out = c.kubectl.ok(&["get", "pv", "kept", "csi-vol"]);
         assert!(out.contains("Released") && out.contains("Failed"), "{out}");
+
+        // A bound claim whose volume is forced away is Lost.
+        c.apply(host_path_pv("doomed", "1Gi", &["ReadWriteOnce"], json!({})));
+        c.apply(claim(
+            "orphan",
+            "1Gi",
+            &["ReadWriteOnce"],
+            json!({"spec": {"volumeName": "doomed"}}),
+        ));
+        c.pvc_phase("orphan", "Bound").await;
+        c.kubectl.ok(&["delete", "pv", "doomed", "--wait=false"]);
+        c.kubectl.ok(&[
+            "patch",
+            "pv",
+            "doomed",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+        c.gone_pv("doomed").await;
+        c.pvc_phase("orphan", "Lost").await;
+        let msg = c.event("default", "orphan", "ClaimLost").await;
+        assert_eq!(
+            msg,
+            "Bound claim has lost its PersistentVolume. Data on the volume is lost!"
+        );
+
+        // Immediate binding with a provisioner: handed to it at once.
+        c.apply(
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "instant"}, "provisioner": "csi.example.com",
+            "volumeBindingMode": "Immediate"}),
+        );
+        c.apply(claim(
+            "now",
+            "1Gi",
+            &["ReadWriteOnce"],
+            json!({"spec": {"storageClassName": "instant"}}),
+        ));
+        let msg = c.event("default", "now", "ExternalProvisioning").await;
+        assert_eq!(
+            msg,
+            "Waiting for a volume to be created either by the external provisioner 'csi.example.com' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered."
+        );
+        // A volume made for it (as a provisioner would) is bound at once.
+        c.apply(host_path_pv(
+            "made",
+            "1Gi",
+            &["ReadWriteOnce"],
+            json!({"spec": {"storageClassName": "instant"}}),
+        ));
+        assert_eq!(
+            volume_name(&c.pvc_phase("now", "Bound").await),
+            Some("made")
+        );
     });
 }
 
