@@ -162,10 +162,14 @@ pub fn start(
         }
     });
     let nodes = informers.add(Api::<Node>::all(client.clone()), |_: &Node| {});
-    // A pod using a claim that waits for its first consumer changes its event.
+    // An unscheduled pod using a claim that waits for its first consumer changes the
+    // claim's event.
     let pods = informers.add(Api::<Pod>::all(client.clone()), {
         let cq = claim_queue.clone();
         move |p: &Pod| {
+            if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                return;
+            }
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
             for c in pod_claims(p) {
                 cq.add(format!("{ns}/{c}"));
