@@ -95,7 +95,8 @@ fn add_finalizer(obj: &mut Value, f: &str) {
 
 /// What happens to a new PersistentVolumeClaim or PersistentVolume before it is
 /// validated: the default class for a claim that names none (an explicit `""` stays),
-/// and the protection finalizers.
+/// the protection finalizers, and a fresh Pending status (the strategies'
+/// PrepareForCreate: a client cannot create a claim or volume already Bound).
 pub fn admit_create(cache: &WatchCache, kind: &str, obj: &mut Value) {
     match kind {
         "PersistentVolumeClaim" => {
@@ -113,6 +114,10 @@ pub fn admit_create(cache: &WatchCache, kind: &str, obj: &mut Value) {
                 spec.insert("storageClassName".into(), json!(class));
             }
             add_finalizer(obj, PVC_PROTECTION);
+            // The claim strategy's PrepareForCreate: status starts over.
+            if let Some(o) = obj.as_object_mut() {
+                o.insert("status".into(), json!({"phase": "Pending"}));
+            }
         }
         "PersistentVolume" => {
             add_finalizer(obj, PV_PROTECTION);
