@@ -144,7 +144,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         }
         "HorizontalPodAutoscaler" => causes.extend(super::autoscaling::validate(obj)),
         "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
-            super::storage::validate(kind, obj, &mut causes)
+            super::storage::validation::validate(kind, obj, &mut causes)
         }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
@@ -907,7 +907,7 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     super::rbac::validate_update(kind, old, new, &mut causes);
-    super::storage::validate_update(kind, old, new, &mut causes);
+    super::storage::validation::validate_update(kind, old, new, &mut causes);
     match kind {
         "Pod" => {
             // Only images, activeDeadlineSeconds, tolerations (additions) and the grace
