@@ -45,8 +45,12 @@ spec:
 #[test]
 fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server =
-        BerthServer::start_with(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir.path(), &[]);
+    // The test binds the claims itself (a stand-in below), so the real binder is off.
+    let server = BerthServer::start_with(
+        env!("CARGO_BIN_EXE_berth-server").as_ref(),
+        dir.path(),
+        &["--controllers=*,-persistentvolume-binder"],
+    );
     let Some(kubectl) = Kubectl::find(&server.kubeconfig(), dir.path()) else {
         return;
     };

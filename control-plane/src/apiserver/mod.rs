@@ -56,6 +56,10 @@ use crate::store::{LeaseId, Store, StoreError};
 /// The scheduler's kubeconfig in the data dir (user `system:kube-scheduler`).
 pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
 /// Largest request body accepted (Kubernetes' limit is 3 MiB).
+/// The StorageClass every berth-server creates at start, marked default.
+pub const DEFAULT_STORAGE_CLASS: &str = "local";
+/// berth-csi's driver (and provisioner) name.
+pub const CSI_DRIVER: &str = "csi.berth.io";
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// TTL of Events (kube-apiserver `--event-ttl`).
 const EVENT_TTL: Duration = Duration::from_secs(3600);
@@ -290,6 +294,29 @@ impl Api {
                 ),
                 other => ignore_exists(other)?,
             }
+        }
+        // The default StorageClass, backed by berth-csi: created at start when absent
+        // (as k3s creates `local-path`); a class the admin changed is left as it is.
+        if let Some(ctx) = self.internal("storage.k8s.io", "storageclasses", None)
+            && self.cache.get(&ctx.key(DEFAULT_STORAGE_CLASS)).is_none()
+        {
+            ignore_exists(
+                rest::create_object(
+                    &ctx,
+                    json!({
+                        "apiVersion": "storage.k8s.io/v1",
+                        "kind": "StorageClass",
+                        "metadata": {"name": DEFAULT_STORAGE_CLASS, "annotations": {
+                            admission::storage::IS_DEFAULT_CLASS: "true",
+                        }},
+                        "provisioner": CSI_DRIVER,
+                        "reclaimPolicy": "Delete",
+                        "volumeBindingMode": "WaitForFirstConsumer",
+                        "allowVolumeExpansion": true,
+                    }),
+                )
+                .await,
+            )?;
         }
         if let Some(ctx) = self.internal("", "endpoints", Some("default")) {
             ignore_exists(

@@ -248,6 +248,35 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             ("Last Schedule", "string", 0),
             ("Age", "string", 0),
         ],
+        ("", "PersistentVolume") => vec![
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            ("Age", "string", 0),
+            ("VolumeMode", "string", 1),
+        ],
+        ("", "PersistentVolumeClaim") => vec![
+            ("Status", "string", 0),
+            ("Volume", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Age", "string", 0),
+            ("VolumeMode", "string", 1),
+        ],
+        ("storage.k8s.io", "StorageClass") => vec![
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
+            ("Age", "string", 0),
+        ],
         ("", "Namespace") => vec![("Status", "string", 0), ("Age", "string", 0)],
         ("", "Node") => vec![
             ("Status", "string", 0),
@@ -295,6 +324,71 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             vec![("Created At", "date", 0)]
         }
         _ => vec![("Age", "string", 0)],
+    }
+}
+
+/// kubectl's `GetAccessModesAsString`: RWO, ROX, RWX, RWOP in that order.
+fn access_modes(o: &Value, ptr: &str) -> String {
+    let modes = arr(o, ptr);
+    let has = |m: &str| modes.iter().any(|x| x.as_str() == Some(m));
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(m, _)| has(m))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+fn quantity(o: &Value, ptr: &str) -> String {
+    match o.pointer(ptr) {
+        Some(Value::String(q)) => q.clone(),
+        Some(Value::Number(q)) => q.to_string(),
+        _ => "0".into(),
+    }
+}
+
+fn unset(v: &str) -> &str {
+    if v.is_empty() { "<unset>" } else { v }
+}
+
+/// A volume's or claim's phase, `Terminating` once deleted.
+fn storage_phase(o: &Value) -> &str {
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        "Terminating"
+    } else {
+        s(o, "/status/phase")
+    }
+}
+
+/// The beta class annotation, else `spec.storageClassName`.
+fn storage_class_of(o: &Value) -> &str {
+    o.pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| s(o, "/spec/storageClassName"))
+}
+
+/// The Name cell: a default StorageClass is `name (default)`, as kubectl prints it.
+fn name_cell(def: &ResourceDef, o: &Value) -> String {
+    let name = s(o, "/metadata/name");
+    let default = |k: &str| {
+        o.pointer("/metadata/annotations")
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_str)
+            == Some("true")
+    };
+    if def.group == "storage.k8s.io"
+        && def.kind == "StorageClass"
+        && (default("storageclass.kubernetes.io/is-default-class")
+            || default("storageclass.beta.kubernetes.io/is-default-class"))
+    {
+        format!("{name} (default)")
+    } else {
+        name.to_owned()
     }
 }
 
@@ -540,6 +634,64 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             }),
             json!(created),
         ],
+        ("", "PersistentVolume") => {
+            let claim = match o.pointer("/spec/claimRef") {
+                Some(r) if r.is_object() => format!("{}/{}", s(r, "/namespace"), s(r, "/name")),
+                _ => String::new(),
+            };
+            vec![
+                json!(quantity(o, "/spec/capacity/storage")),
+                json!(access_modes(o, "/spec/accessModes")),
+                json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
+                json!(storage_phase(o)),
+                json!(claim),
+                json!(storage_class_of(o)),
+                json!(unset(s(o, "/spec/volumeAttributesClassName"))),
+                json!(s(o, "/status/reason")),
+                json!(created),
+                json!(unset(s(o, "/spec/volumeMode"))),
+            ]
+        }
+        ("", "PersistentVolumeClaim") => {
+            // Capacity and access modes are the bound volume's, once there is one.
+            let bound = !s(o, "/spec/volumeName").is_empty();
+            vec![
+                json!(storage_phase(o)),
+                json!(s(o, "/spec/volumeName")),
+                json!(if bound {
+                    quantity(o, "/status/capacity/storage")
+                } else {
+                    String::new()
+                }),
+                json!(if bound {
+                    access_modes(o, "/status/accessModes")
+                } else {
+                    String::new()
+                }),
+                json!(storage_class_of(o)),
+                json!(unset(s(o, "/spec/volumeAttributesClassName"))),
+                json!(created),
+                json!(unset(s(o, "/spec/volumeMode"))),
+            ]
+        }
+        ("storage.k8s.io", "StorageClass") => vec![
+            json!(s(o, "/provisioner")),
+            json!(match s(o, "/reclaimPolicy") {
+                "" => "Delete",
+                p => p,
+            }),
+            json!(match s(o, "/volumeBindingMode") {
+                "" => "Immediate",
+                m => m,
+            }),
+            json!(
+                o.get("allowVolumeExpansion")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string()
+            ),
+            json!(created),
+        ],
         ("", "Namespace") => vec![json!(s(o, "/status/phase")), json!(created)],
         ("", "Node") => {
             let ready = arr(o, "/status/conditions")
@@ -728,7 +880,7 @@ pub fn table(def: &ResourceDef, objects: &[Value], revision: Option<i64>, query:
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let mut row = vec![json!(s(o, "/metadata/name"))];
+            let mut row = vec![json!(name_cell(def, o))];
             if custom.is_empty() {
                 row.extend(cells(def, o));
             } else {

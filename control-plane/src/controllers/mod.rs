@@ -25,6 +25,7 @@ pub mod root_ca_publisher;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttl_after_finished;
+pub mod volume;
 
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct Options {
     pub root_ca: Option<String>,
     /// The CA the CSR signer signs with; without one it does not run.
     pub signing: Option<certificates::signer::Ca>,
+    /// What deletes the storage of released CSI PersistentVolumes, by driver.
+    pub deleters: volume::Deleters,
     /// Which controllers run.
     pub controllers: Selection,
 }
@@ -60,6 +63,7 @@ impl Default for Options {
             autoscaling: podautoscaler::Options::default(),
             root_ca: None,
             signing: None,
+            deleters: volume::Deleters::default(),
             controllers: Selection::all(),
         }
     }
@@ -95,6 +99,9 @@ pub const NAMES: &[&str] = &[
     "csrapproving",
     "csrsigning",
     "root-ca-cert-publisher",
+    "persistentvolume-binder",
+    "pvc-protection",
+    "pv-protection",
 ];
 
 impl Selection {
@@ -229,6 +236,19 @@ pub async fn run(client: Client, options: Options) {
             Some(ca) => loops.push(Box::pin(root_ca_publisher::start(c.clone(), ca, i))),
             None => tracing::warn!("no root CA: the root CA publisher does not run"),
         }
+    }
+    if on("persistentvolume-binder") {
+        loops.push(Box::pin(volume::binder::start(
+            c.clone(),
+            options.deleters.clone(),
+            i,
+        )));
+    }
+    if on("pvc-protection") {
+        loops.push(Box::pin(volume::protection::start_pvc(c.clone(), i)));
+    }
+    if on("pv-protection") {
+        loops.push(Box::pin(volume::protection::start_pv(c.clone(), i)));
     }
     informers.run(futures_util::future::join_all(loops)).await;
 }

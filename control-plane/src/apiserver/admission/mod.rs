@@ -1,5 +1,5 @@
 //! Admission: what happens to an object between decoding and storage — defaulting,
-//! validation (RBAC objects' in `rbac`), the ServiceAccount plugin (`serviceaccount`), and the cluster-level allocations (Service cluster IPs and node ports).
+//! validation (RBAC objects' in `rbac`, storage objects' in `storage`), the ServiceAccount plugin (`serviceaccount`), the storage plugins (`storage`: DefaultStorageClass, StorageObjectInUseProtection, PersistentVolumeClaimResize), and the cluster-level allocations (Service cluster IPs and node ports).
 
 pub mod autoscaling;
 pub mod certificates;
@@ -9,4 +9,5 @@ pub mod priority;
 pub mod rbac;
 pub mod service_ips;
 pub mod serviceaccount;
+pub mod storage;
 pub mod validation;

@@ -18,7 +18,7 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= DNS_SUBDOMAIN_MAX && s.split('.').all(is_dns_label)
 }
 
@@ -28,14 +28,14 @@ fn dns_label_msg(value: &str) -> String {
     )
 }
 
-fn dns_subdomain_msg(value: &str) -> String {
+pub(super) fn dns_subdomain_msg(value: &str) -> String {
     format!(
         "Invalid value: \"{value}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
     )
 }
 
 /// A qualified name (`prefix/name`), as label keys and annotation keys are.
-fn qualified_name_error(key: &str) -> Option<String> {
+pub(super) fn qualified_name_error(key: &str) -> Option<String> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -143,6 +143,9 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
             super::rbac::validate(kind, obj, &mut causes)
         }
         "HorizontalPodAutoscaler" => causes.extend(super::autoscaling::validate(obj)),
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
+            super::storage::validation::validate(kind, obj, &mut causes)
+        }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(data) = obj.get(field).and_then(Value::as_object) {
@@ -532,7 +535,7 @@ fn non_negative(spec: &Value, path: &str, field: &str, causes: &mut Vec<Cause>) 
     }
 }
 
-fn unsupported(path: &str, value: &str, supported: &[&str]) -> Cause {
+pub(super) fn unsupported(path: &str, value: &str, supported: &[&str]) -> Cause {
     let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
     Cause {
         reason: "FieldValueNotSupported",
@@ -904,6 +907,7 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     super::rbac::validate_update(kind, old, new, &mut causes);
+    super::storage::validation::validate_update(kind, old, new, &mut causes);
     match kind {
         "Pod" => {
             // Only images, activeDeadlineSeconds, tolerations (additions) and the grace

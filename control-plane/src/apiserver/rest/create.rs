@@ -81,6 +81,9 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         certificates::prepare_create(&mut obj, ctx.user.as_ref());
         certificates::admit_create(&obj)?;
     }
+    if def.group.is_empty() {
+        crate::apiserver::admission::storage::admit_create(&ctx.api.cache, &def.kind, &mut obj);
+    }
     crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
     defaults::apply(&def.kind, &mut obj);
     let mut causes = validation::validate(&def.kind, &obj);

@@ -368,6 +368,9 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
             }
         }
     }
+    if part == Part::Status && def.group.is_empty() && def.kind == "PersistentVolume" {
+        super::admission::storage::prepare_volume_status(old, &mut new);
+    }
     let csr = def.group == certificates::GROUP && def.kind == "CertificateSigningRequest";
     if csr {
         // The spec never changes after create; /status cannot touch the approval.
@@ -478,6 +481,9 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     )?;
     if !causes.is_empty() {
         return Err(invalid(def, &new, causes));
+    }
+    if part == Part::Main && def.group.is_empty() && def.kind == "PersistentVolumeClaim" {
+        super::admission::storage::admit_update(&ctx.api.cache, old, &new)?;
     }
     if def.generation && spec_changed(old, &new) {
         let generation = old_meta

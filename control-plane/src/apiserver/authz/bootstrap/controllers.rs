@@ -177,11 +177,67 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             ],
         ),
         (
+            "system:controller:persistent-volume-binder",
+            vec![
+                r(
+                    &["create", "delete", "get", "list", "update", "watch"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                r(&["update"], &[""], &["persistentvolumes/status"]),
+                r(
+                    &["get", "list", "update", "watch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                r(&["update"], &[""], &["persistentvolumeclaims/status"]),
+                r(
+                    &["create", "delete", "get", "list", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
+                r(READ, &["storage.k8s.io"], &["storageclasses"]),
+                r(
+                    &["create", "delete", "get", "update"],
+                    &[""],
+                    &["endpoints"],
+                ),
+                r(&["create", "delete", "get"], &[""], &["services"]),
+                r(&["get"], &[""], &["secrets"]),
+                r(&["get", "list"], &[""], &["nodes"]),
+                r(&["watch"], &[""], &["events"]),
+                events(),
+            ],
+        ),
+        (
             "system:controller:pod-garbage-collector",
             vec![
                 r(&["delete", "list", "watch"], &[""], &["pods"]),
                 r(READ, &[""], &["nodes"]),
                 r(&["patch"], &[""], &["pods/status"]),
+            ],
+        ),
+        (
+            "system:controller:pv-protection-controller",
+            vec![
+                r(
+                    &["get", "list", "update", "watch"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "system:controller:pvc-protection-controller",
+            vec![
+                r(
+                    &["get", "list", "update", "watch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                r(&["get", "list", "watch"], &[""], &["pods"]),
+                events(),
             ],
         ),
         (
