@@ -150,8 +150,31 @@ fn setup(ctx: &Context<'_>) -> Result<crate::process::Exec, InitError> {
     }
     rootfs::finish(ctx.spec)?;
     let exec = crate::process::prepare(process)?;
-    crate::process::drop_privileges(process)?;
+    let filters = match ctx.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => step("seccomp", || crate::seccomp::compile(profile))?,
+        None => Vec::new(),
+    };
+    finalize(process, &filters)?;
     Ok(exec)
+}
+
+/// Drops privileges and installs the seccomp filters, in runc's order: the filter goes
+/// on last, just before exec, once no_new_privs is set; a process that keeps the right to
+/// gain privileges installs it while it still holds CAP_SYS_ADMIN (the kernel requires
+/// one or the other), i.e. before the capabilities are dropped.
+pub(crate) fn finalize(
+    process: &oci_spec::runtime::Process,
+    filters: &[crate::seccomp::BpfProgram],
+) -> Result<(), InitError> {
+    let nnp = process.no_new_privileges() == Some(true);
+    if !nnp {
+        step("seccomp", || crate::seccomp::install(filters))?;
+    }
+    crate::process::drop_privileges(process)?;
+    if nnp {
+        step("seccomp", || crate::seccomp::install(filters))?;
+    }
+    Ok(())
 }
 
 fn dup_onto(fd: RawFd, target: RawFd) -> std::io::Result<()> {

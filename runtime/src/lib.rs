@@ -15,6 +15,7 @@ pub mod paths;
 pub mod pod;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod state;
 mod sys;
 

@@ -1,7 +1,7 @@
 //! The container's filesystem view, set up by its first process inside its new mount
 //! namespace: the rootfs bind-mounted on itself, the spec's mounts (`/proc`, a tmpfs
 //! `/dev` with the standard device nodes, devpts, shm, mqueue, read-only `/sys`, binds),
-//! `pivot_root` into it, then masked and read-only paths as runc's defaults.
+//! `pivot_root` into it, then masked and read-only paths as containerd's (the kubelet's) defaults.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -24,11 +24,14 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 
-/// runc's default masked paths, used when the spec names none (CRI and `crun spec` both
-/// fill them in; a bare config.json may not).
-pub const DEFAULT_MASKED: [&str; 10] = [
-    "/proc/acpi",
+/// The masked paths containerd's CRI plugin applies by default: the kubelet's
+/// `defaultMaskedPaths` (pkg/securitycontext/util.go, Kubernetes 1.34), which it sends in
+/// every CRI request. Used when the spec names none (a bare config.json may not).
+/// [`default_masked`] adds the per-CPU `thermal_throttle` directories, as the kubelet does.
+pub const DEFAULT_MASKED: [&str; 12] = [
     "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -37,9 +40,34 @@ pub const DEFAULT_MASKED: [&str; 10] = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
-/// runc's default read-only paths.
+/// [`DEFAULT_MASKED`] plus `/sys/devices/system/cpu/cpu<N>/thermal_throttle` for every CPU
+/// of this host that has one (the kubelet lists them the same way).
+pub fn default_masked() -> Vec<String> {
+    let mut paths: Vec<String> = DEFAULT_MASKED.iter().map(|s| s.to_string()).collect();
+    if let Ok(cpus) = fs::read_dir("/sys/devices/system/cpu") {
+        let mut extra: Vec<String> = cpus
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_str().is_some_and(|n| {
+                    n.strip_prefix("cpu")
+                        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+            .map(|e| e.path().join("thermal_throttle"))
+            .filter(|p| p.exists())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        extra.sort();
+        paths.extend(extra);
+    }
+    paths
+}
+
+/// The kubelet's (and so containerd's CRI) default read-only paths, plus
+/// `/sys/fs/cgroup`, which berth also mounts read-only.
 pub const DEFAULT_READONLY: [&str; 6] = [
     "/proc/bus",
     "/proc/fs",
@@ -175,11 +203,11 @@ pub fn finish(spec: &Spec) -> Result<(), InitError> {
             step(&format!("sysctl {key}"), || fs::write(&path, value))?;
         }
     }
-    let masked: Vec<&str> = match linux.and_then(|l| l.masked_paths().as_ref()) {
-        Some(paths) => paths.iter().map(String::as_str).collect(),
-        None => DEFAULT_MASKED.to_vec(),
+    let masked: Vec<String> = match linux.and_then(|l| l.masked_paths().as_ref()) {
+        Some(paths) => paths.clone(),
+        None => default_masked(),
     };
-    for path in masked {
+    for path in &masked {
         mask(Path::new(path))?;
     }
     let readonly: Vec<&str> = match linux.and_then(|l| l.readonly_paths().as_ref()) {

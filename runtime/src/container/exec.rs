@@ -71,11 +71,19 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         })?;
     }
     let cgroup = Cgroup::load(&state.cgroup);
+    // The container's seccomp profile confines exec'd processes too (as runc's exec).
+    let spec = super::create::load_spec(&state.bundle)?;
+    let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            crate::seccomp::compile(profile).map_err(|e| Error::Spec(e.to_string()))?
+        }
+        None => Vec::new(),
+    };
     let (parent_sock, child_sock) = init::sync_pair().map_err(io_err("socketpair"))?;
     let child = sys::clone_fork(0).map_err(io_err("fork"))?;
     if child == 0 {
         drop(parent_sock);
-        let err = run_child(&cgroup, &fds, opts);
+        let err = run_child(&cgroup, &fds, opts, &filters);
         let _ = nix::sys::socket::send(
             child_sock.as_raw_fd(),
             &[&[msg::ERROR][..], err.to_string().as_bytes()].concat(),
@@ -93,7 +101,12 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
     }
 }
 
-fn run_child(cgroup: &Cgroup, fds: &[(CloneFlags, OwnedFd)], opts: &ExecOptions) -> InitError {
+fn run_child(
+    cgroup: &Cgroup,
+    fds: &[(CloneFlags, OwnedFd)],
+    opts: &ExecOptions,
+    filters: &[crate::seccomp::BpfProgram],
+) -> InitError {
     let result = (|| -> Result<std::io::Error, InitError> {
         step("join cgroup", || cgroup.join_self())?;
         for (flag, fd) in fds {
@@ -115,7 +128,7 @@ fn run_child(cgroup: &Cgroup, fds: &[(CloneFlags, OwnedFd)], opts: &ExecOptions)
             }
         }
         let exec = crate::process::prepare(&opts.process)?;
-        crate::process::drop_privileges(&opts.process)?;
+        init::finalize(&opts.process, filters)?;
         Ok(sys::execve(&exec.path, &exec.args, &exec.env))
     })();
     match result {

@@ -84,6 +84,21 @@ pub struct Resources {
     pub pids_limit: Option<i64>,
 }
 
+/// The seccomp profile a container runs under (`securityContext.seccompProfile`, the
+/// container's overriding the pod's; the kubelet's `--seccomp-default` picks
+/// `RuntimeDefault` when neither names one). Privileged containers run unconfined, as
+/// containerd does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SeccompProfile {
+    #[default]
+    Unconfined,
+    /// moby's default profile (`crate::seccomp::DEFAULT_PROFILE`).
+    RuntimeDefault,
+    /// A profile file on the node (`<agent root-dir>/seccomp/<localhostProfile>`).
+    Localhost { path: PathBuf },
+}
+
 /// The pod-level description of a container (what the agent derives from a Pod).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerConfig {
@@ -111,6 +126,8 @@ pub struct ContainerConfig {
     #[serde(default)]
     pub stdin: bool,
     pub log_path: PathBuf,
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
     /// Filled from the sandbox.
     #[serde(default)]
     pub hostname: String,

@@ -1,17 +1,17 @@
 //! The OCI spec for a pod container: process from the image config merged with the pod's
 //! command/args/env/workingDir/user (Kubernetes' rules), containerd's default
-//! capabilities (plus add, minus drop; all when privileged), runc's masked and read-only
-//! paths, the sandbox's namespaces to join, cgroup path and resources.
+//! capabilities (plus add, minus drop; all when privileged), containerd's masked and
+//! read-only paths, the seccomp profile, the sandbox's namespaces to join, cgroup path and resources.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{ContainerConfig, Resources};
+use super::{ContainerConfig, Resources, SeccompProfile};
 use crate::image::config::{ImageUser, merge_command, merge_env, working_dir};
 use crate::image::{Error, Image};
 use crate::process::{CAPABILITY_NAMES, DEFAULT_CAPABILITIES};
-use crate::rootfs::{DEFAULT_MASKED, DEFAULT_READONLY};
+use crate::rootfs::{DEFAULT_READONLY, default_masked};
 
 fn cap_name(name: &str) -> String {
     let upper = name.to_ascii_uppercase();
@@ -66,6 +66,23 @@ pub fn capabilities(cfg: &ContainerConfig) -> Vec<String> {
     }
     caps.retain(|c| CAPABILITY_NAMES.contains(&c.as_str()));
     caps
+}
+
+/// The OCI seccomp section for the container, resolved against its capabilities as
+/// containerd does; none for `Unconfined` and for privileged containers (containerd's
+/// CRI plugin sets no profile on privileged containers).
+fn seccomp(
+    cfg: &ContainerConfig,
+    caps: &[String],
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, Error> {
+    if cfg.privileged {
+        return Ok(None);
+    }
+    Ok(match &cfg.seccomp {
+        SeccompProfile::Unconfined => None,
+        SeccompProfile::RuntimeDefault => Some(crate::seccomp::runtime_default(caps)?),
+        SeccompProfile::Localhost { path } => Some(crate::seccomp::localhost(path, caps)?),
+    })
 }
 
 fn resources(r: &Resources) -> Value {
@@ -134,6 +151,7 @@ pub fn build(
     groups.dedup();
 
     let caps = capabilities(cfg);
+    let seccomp = seccomp(cfg, &caps)?;
     let mut namespaces = vec![json!({"type": "mount"})];
     match sandbox_pid {
         Some(pid) => {
@@ -176,10 +194,10 @@ pub fn build(
         }));
     }
 
-    let masked: Vec<&str> = if cfg.privileged {
+    let masked: Vec<String> = if cfg.privileged {
         vec![]
     } else {
-        DEFAULT_MASKED.to_vec()
+        default_masked()
     };
     let readonly: Vec<&str> = if cfg.privileged {
         vec![]
@@ -200,6 +218,19 @@ pub fn build(
     if let Some(adj) = cfg.oom_score_adj {
         process["oomScoreAdj"] = adj.into();
     }
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path,
+        "resources": resources(&cfg.resources),
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+    });
+    if let Some(profile) = seccomp {
+        linux["seccomp"] = serde_json::to_value(profile).map_err(|source| Error::Json {
+            what: "seccomp profile".into(),
+            source,
+        })?;
+    }
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": process,
@@ -211,12 +242,6 @@ pub fn build(
             "io.kubernetes.cri.sandbox-id": cfg.sandbox_id,
             "io.kubernetes.cri.image-name": image.reference,
         },
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": cgroups_path,
-            "resources": resources(&cfg.resources),
-            "maskedPaths": masked,
-            "readonlyPaths": readonly,
-        },
+        "linux": linux,
     }))
 }
