@@ -1,0 +1,243 @@
+//! What a pod container may do to the kernel: seccomp (`RuntimeDefault` = moby's
+//! profile, `Localhost` files, `Unconfined`) and the device allow-list (runc's defaults,
+//! the cgroup v2 device program or the v1 `devices` controller). Each check is run
+//! against a container the restriction does not apply to as well, so a pass means the
+//! restriction — not something else on the host — refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_runtime::logs::Rotation;
+use berth_runtime::pod::{
+    ContainerConfig, ContainerState, Runtime, RuntimeConfig, SandboxConfig, SeccompProfile,
+};
+
+const BUSYBOX: &str = "berth.local/busybox:1.35";
+
+struct Env {
+    dir: tempfile::TempDir,
+    rt: Runtime,
+    logs: PathBuf,
+    cgroup_parent: String,
+}
+
+/// Stops and removes whatever the test made, after a failed assertion too.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let sandboxes = self.rt.sandboxes();
+        for id in self.rt.containers() {
+            if sandboxes.contains(&id) {
+                continue;
+            }
+            let _ = self.rt.stop_container(&id, Duration::ZERO);
+            let _ = self.rt.remove_container(&id);
+        }
+        for id in sandboxes {
+            let _ = self.rt.remove_sandbox(&id);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for dir in common::cgroup_dirs(&self.cgroup_parent) {
+            let mut dirs = walk(&dir);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            dirs.push(dir);
+            for d in dirs {
+                while std::fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.push(entry.path());
+            out.extend(walk(&entry.path()));
+        }
+    }
+    out
+}
+
+fn env() -> Option<Env> {
+    if !berth_testkit::is_root() {
+        berth_testkit::skip("needs root (namespaces, mounts, cgroups, seccomp, BPF)");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    common::store_with_images(&data);
+    let rt = Runtime::open(RuntimeConfig {
+        state_dir: dir.path().join("state"),
+        data_dir: data,
+        runtime_binary: common::runtime_binary(),
+        log_rotation: Rotation::default(),
+    })
+    .expect("open runtime");
+    let name = dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('.', ""))
+        .unwrap_or_default();
+    Some(Env {
+        logs: dir.path().join("logs"),
+        cgroup_parent: format!("berthtest-{name}"),
+        dir,
+        rt,
+    })
+}
+
+fn sandbox(e: &Env, id: &str) {
+    e.rt.run_sandbox(&SandboxConfig {
+        id: id.into(),
+        hostname: format!("{id}-host"),
+        cgroup_parent: format!("{}/pod{id}", e.cgroup_parent),
+        pause_image: "berth.local/pause:v1".into(),
+        log_dir: e.logs.join(id),
+        ..Default::default()
+    })
+    .expect("sandbox");
+}
+
+/// A `sleep` container in sandbox `sb`, started.
+fn sleeper(e: &Env, sb: &str, name: &str, edit: impl FnOnce(&mut ContainerConfig)) -> String {
+    let mut c = ContainerConfig {
+        id: format!("{sb}-{name}"),
+        sandbox_id: sb.into(),
+        name: name.into(),
+        image: BUSYBOX.into(),
+        command: vec!["sleep".into(), "300".into()],
+        log_path: e.logs.join(sb).join(format!("{name}.log")),
+        ..Default::default()
+    };
+    edit(&mut c);
+    e.rt.create_container(&c)
+        .unwrap_or_else(|err| panic!("create {name}: {err}"));
+    e.rt.start_container(&c.id)
+        .unwrap_or_else(|err| panic!("start {name}: {err}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while e.rt.status(&c.id).expect("status").state != ContainerState::Running {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.id
+}
+
+fn sh(e: &Env, id: &str, script: &str) -> (i32, String) {
+    let cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let (code, out, err) =
+        e.rt.exec_sync(id, &cmd, Duration::from_secs(10))
+            .expect("exec");
+    (
+        code,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        ),
+    )
+}
+
+#[test]
+fn runtime_default_confines_the_container_and_its_execs() {
+    let Some(e) = env() else { return };
+    sandbox(&e, "sc1");
+    let confined = sleeper(&e, "sc1", "confined", |c| {
+        c.seccomp = SeccompProfile::RuntimeDefault;
+    });
+    let free = sleeper(&e, "sc1", "free", |_| {});
+
+    // PID 1 (the workload, not only an exec'd shell) is in filter mode.
+    let (code, out) = sh(&e, &confined, "grep Seccomp: /proc/1/status");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Seccomp:\t2"), "RuntimeDefault pid 1: {out}");
+    let (_, out) = sh(&e, &free, "grep Seccomp: /proc/1/status");
+    assert!(out.contains("Seccomp:\t0"), "Unconfined pid 1: {out}");
+
+    // A user namespace is what an unconfined container may make and moby's profile
+    // forbids (unshare needs CAP_SYS_ADMIN there).
+    let (code, out) = sh(&e, &free, "unshare -U true");
+    assert_eq!(code, 0, "unconfined unshare -U should work here: {out}");
+    let (code, out) = sh(&e, &confined, "unshare -U true");
+    assert_ne!(code, 0, "unshare -U under RuntimeDefault: {out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+
+    // mount(2) is allowed only with CAP_SYS_ADMIN, as in moby's profile (busybox says
+    // "permission denied" for EPERM).
+    let (code, out) = sh(
+        &e,
+        &confined,
+        "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m",
+    );
+    assert_ne!(code, 0, "mount under RuntimeDefault: {out}");
+    assert!(out.contains("permission denied"), "{out}");
+
+    // What the profile allows still works: threads/forks (clone without namespace
+    // flags), sockets of ordinary families, personality queries.
+    let (code, out) = sh(
+        &e,
+        &confined,
+        "echo a | cat && wc -l /proc/self/status >/dev/null && nc -h 2>&1 | head -1 >/dev/null; echo ok",
+    );
+    assert_eq!((code, out.trim().lines().last()), (0, Some("ok")), "{out}");
+}
+
+#[test]
+fn a_localhost_profile_denying_mkdir_gives_eperm() {
+    let Some(e) = env() else { return };
+    let profile = e.dir.path().join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .expect("write profile");
+    sandbox(&e, "sc2");
+    let denied = sleeper(&e, "sc2", "denied", |c| {
+        c.seccomp = SeccompProfile::Localhost {
+            path: profile.clone(),
+        };
+    });
+    let free = sleeper(&e, "sc2", "free", |_| {});
+    let (code, out) = sh(&e, &free, "mkdir /tmp/d");
+    assert_eq!(code, 0, "mkdir unconfined: {out}");
+    let (code, out) = sh(&e, &denied, "mkdir /tmp/d");
+    assert_ne!(code, 0, "mkdir under the Localhost profile");
+    assert!(out.contains("Operation not permitted"), "EPERM: {out}");
+    let (_, out) = sh(&e, &denied, "grep Seccomp: /proc/1/status");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+}
+
+#[test]
+fn a_profile_berth_cannot_load_fails_the_container() {
+    let Some(e) = env() else { return };
+    sandbox(&e, "sc3");
+    let bad = e.dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"defaultAction":"SCMP_ACT_SOMETIMES"}"#).expect("write");
+    for (name, path, want) in [
+        ("missing", e.dir.path().join("nope.json"), "nope.json"),
+        ("bad", bad, "SCMP_ACT_SOMETIMES"),
+    ] {
+        let c = ContainerConfig {
+            id: format!("sc3-{name}"),
+            sandbox_id: "sc3".into(),
+            name: name.into(),
+            image: BUSYBOX.into(),
+            command: vec!["true".into()],
+            log_path: e.logs.join("sc3").join(format!("{name}.log")),
+            seccomp: SeccompProfile::Localhost { path },
+            ..Default::default()
+        };
+        let err =
+            e.rt.create_container(&c)
+                .expect_err("a profile that cannot be loaded must fail the container");
+        let text = err.to_string();
+        assert!(
+            text.contains("seccomp") && text.contains(want),
+            "the error names seccomp and the problem: {text}"
+        );
+        assert!(!e.rt.containers().contains(&c.id), "nothing left of {name}");
+    }
+}
