@@ -47,6 +47,10 @@ struct Args {
     /// Images, container layers and pod volumes.
     #[arg(long, default_value = "/var/lib/berth")]
     root_dir: PathBuf,
+    /// Run every container that names no seccomp profile under RuntimeDefault (the
+    /// kubelet's --seccomp-default); Localhost profiles are read from <root-dir>/seccomp/.
+    #[arg(long)]
+    seccomp_default: bool,
     /// Runtime state (container records, netns pins).
     #[arg(long, default_value = "/run/berth")]
     run_dir: PathBuf,
@@ -375,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
             stats_rates: Default::default(),
             lb_metrics: None,
             dns: None,
+            seccomp_default: args.seccomp_default,
         };
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
@@ -445,6 +450,7 @@ async fn main() -> anyhow::Result<()> {
         stats_rates: Default::default(),
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
         dns: dns.as_ref().map(|(d, _)| d.clone()),
+        seccomp_default: args.seccomp_default,
     });
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(
