@@ -7,6 +7,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod devices;
 pub mod image;
 pub mod init;
 pub mod logs;

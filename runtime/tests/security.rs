@@ -74,6 +74,7 @@ fn env() -> Option<Env> {
         state_dir: dir.path().join("state"),
         data_dir: data,
         runtime_binary: common::runtime_binary(),
+        device_program: Some(berth_testkit::tools::ebpf_devices_object()),
         log_rotation: Rotation::default(),
     })
     .expect("open runtime");
@@ -240,4 +241,51 @@ fn a_profile_berth_cannot_load_fails_the_container() {
         );
         assert!(!e.rt.containers().contains(&c.id), "nothing left of {name}");
     }
+}
+
+/// A shell command that makes `c 4:1` (a host tty, which the host itself lets root
+/// open) in `dir` and opens it, printing where it got.
+fn mknod_and_open(dir: &str) -> String {
+    format!("mknod {dir}/t41 c 4 1 && echo made && head -c0 {dir}/t41 && echo opened")
+}
+
+#[test]
+fn a_default_container_can_make_a_device_node_but_not_open_it() {
+    let Some(e) = env() else { return };
+    sandbox(&e, "dv1");
+    let plain = sleeper(&e, "dv1", "plain", |_| {});
+    let privileged = sleeper(&e, "dv1", "priv", |c| c.privileged = true);
+
+    // /dev is the container's own tmpfs (device nodes allowed there): only the device
+    // allow-list stands between mknod and open.
+    let (_, out) = sh(&e, &plain, &mknod_and_open("/dev"));
+    assert!(
+        out.contains("made"),
+        "mknod (runc's 'm' rules allow it): {out}"
+    );
+    assert!(!out.contains("opened"), "opened c 4:1: {out}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "EPERM from the allow-list: {out}"
+    );
+    let (code, out) = sh(&e, &privileged, &mknod_and_open("/dev"));
+    assert_eq!(code, 0, "privileged gets all devices: {out}");
+    assert!(out.contains("opened"), "{out}");
+
+    // The default nodes work.
+    let (code, out) = sh(
+        &e,
+        &plain,
+        "echo x > /dev/null && head -c1 /dev/zero >/dev/null && head -c1 /dev/urandom >/dev/null && echo ok",
+    );
+    assert_eq!((code, out.trim()), (0, "ok"));
+
+    // The rootfs overlay is nodev: a device node there (as an image layer could carry)
+    // cannot be opened even by a privileged container.
+    let (_, out) = sh(&e, &privileged, &mknod_and_open("/tmp"));
+    assert!(out.contains("made") && !out.contains("opened"), "{out}");
+    assert!(
+        out.contains("Permission denied"),
+        "EACCES from nodev: {out}"
+    );
 }

@@ -49,6 +49,9 @@ pub struct CreateOptions<'a> {
     /// Host mounts made for this container (its overlay rootfs), undone on delete.
     pub host_mounts: Vec<PathBuf>,
     pub monitored: bool,
+    /// The device cgroup program (`berth-ebpf-devices`) for cgroup v2 hosts; None =
+    /// [`crate::devices::default_program`].
+    pub device_program: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -214,6 +217,14 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     cleanup.cgroup = Some(Cgroup::load(&cgroup_path));
     if let Some(res) = linux.and_then(|l| l.resources().as_ref()) {
         cgroup.apply(res)?;
+    }
+    // Before the init exists: nothing of the container runs unrestricted.
+    if let Some(rules) = crate::devices::rules(spec).map_err(Error::Spec)? {
+        let program = opts
+            .device_program
+            .clone()
+            .or_else(crate::devices::default_program);
+        cgroup.apply_devices(&rules, program.as_deref())?;
     }
 
     let (gate_read, gate_write) = match opts.gate {

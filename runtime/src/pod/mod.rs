@@ -63,6 +63,9 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// The `berth-runtime` binary (monitor and exec).
     pub runtime_binary: PathBuf,
+    /// The device cgroup program (`berth-ebpf-devices`), needed on cgroup v2 hosts;
+    /// None = [`crate::devices::default_program`] in the monitor.
+    pub device_program: Option<PathBuf>,
     pub log_rotation: Rotation,
 }
 
@@ -454,7 +457,11 @@ impl Runtime {
             host_mounts: vec![rootfs.to_path_buf()],
             stdin_fifo: cfg.stdin.then(|| self.stdin_path(&cfg.id)),
         };
-        let mut child = Command::new(&self.cfg.runtime_binary)
+        let mut command = Command::new(&self.cfg.runtime_binary);
+        if let Some(p) = &self.cfg.device_program {
+            command.env("BERTH_DEVICE_PROGRAM", p);
+        }
+        let mut child = command
             .args(monitor::command_args(&args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

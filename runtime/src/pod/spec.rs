@@ -85,8 +85,13 @@ fn seccomp(
     })
 }
 
-fn resources(r: &Resources) -> Value {
-    let mut res = json!({});
+/// cgroup resources, with the device rules containerd's CRI plugin sets: deny
+/// everything (the runtime appends runc's default allow-list), or allow everything for
+/// a privileged container.
+fn resources(r: &Resources, privileged: bool) -> Value {
+    let mut res = json!({
+        "devices": [{"allow": privileged, "access": "rwm"}],
+    });
     let mut cpu = serde_json::Map::new();
     if let Some(s) = r.cpu_shares {
         cpu.insert("shares".into(), s.into());
@@ -186,6 +191,11 @@ pub fn build(
     for m in &cfg.mounts {
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
         options.push(if m.read_only { "ro" } else { "rw" }.to_string());
+        // A device node in a volume (an emptyDir the container wrote, a hostPath)
+        // cannot be opened through it; privileged containers keep them.
+        if !cfg.privileged {
+            options.push("nodev".to_string());
+        }
         mounts.push(json!({
             "destination": m.container_path,
             "type": "bind",
@@ -221,7 +231,7 @@ pub fn build(
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": cgroups_path,
-        "resources": resources(&cfg.resources),
+        "resources": resources(&cfg.resources, cfg.privileged),
         "maskedPaths": masked,
         "readonlyPaths": readonly,
     });
