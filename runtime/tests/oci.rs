@@ -436,6 +436,9 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     if !is_root() {
         return;
     }
+    // Every container on v2 gets the device program (runc's default allow-list).
+    berth_testkit::require_ebpf_object!();
+    let devices = berth_testkit::tools::ebpf_devices_object();
     let dir = tempfile::tempdir().expect("tempdir");
     let b = bundle(dir.path(), &["cat", "/proc/self/cgroup"]);
     let id = format!("v2t{}", std::process::id());
@@ -448,6 +451,7 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     );
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
+        .env("BERTH_DEVICE_PROGRAM", &devices)
         .output()
         .expect("unshare");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -459,4 +463,69 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     );
     assert!(stdout.contains(&format!("0::/berth/{id}")), "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
+}
+
+/// The device program on cgroup v2 (in a private mount namespace, as above): with the
+/// CRI's "deny all" a container may mknod `c 4:1` but not open it (EPERM from the
+/// program); with "allow all" (privileged) it may; the default nodes stay usable; the
+/// program goes with the cgroup.
+#[test]
+fn cgroup_v2_device_program_enforces_the_allow_list() {
+    if !is_root() {
+        return;
+    }
+    berth_testkit::require_ebpf_object!();
+    let devices = berth_testkit::tools::ebpf_devices_object();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "mknod /dev/t41 c 4 1 && echo made; head -c0 /dev/t41 && echo opened; \
+                  echo x > /dev/null && echo null-ok";
+    let b = bundle(dir.path(), &["sh", "-c", script]);
+    for applet in ["mknod", "head"] {
+        let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
+    }
+    let mut run = |allow: bool| -> String {
+        write_config(&b, &["sh", "-c", script], |spec| {
+            let caps = json!(["CAP_MKNOD", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]);
+            spec["process"]["capabilities"] =
+                json!({"bounding": caps, "effective": caps, "permitted": caps});
+            spec["linux"]["resources"]["devices"] = json!([{"allow": allow, "access": "rwm"}]);
+        });
+        let id = format!("v2d{}{}", u8::from(allow), std::process::id());
+        let script = format!(
+            "set -e; mount --make-rprivate /; umount -R /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; \
+             {bin} --root {root} run --bundle {bundle} {id} 2>&1; test ! -e /sys/fs/cgroup/berth/{id} && echo removed",
+            bin = common::runtime_binary().display(),
+            root = dir.path().join("state").display(),
+            bundle = b.display(),
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .env("BERTH_DEVICE_PROGRAM", &devices)
+            .output()
+            .expect("unshare");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("removed"), "cgroup left: {text}");
+        text
+    };
+    let denied = run(false);
+    assert!(
+        denied.contains("made"),
+        "mknod is allowed ('m' rules): {denied}"
+    );
+    assert!(
+        !denied.contains("opened"),
+        "c 4:1 opened under deny-all: {denied}"
+    );
+    assert!(denied.contains("Operation not permitted"), "{denied}");
+    assert!(denied.contains("null-ok"), "{denied}");
+    let allowed = run(true);
+    assert!(
+        allowed.contains("opened"),
+        "allow-all opens c 4:1: {allowed}"
+    );
 }
