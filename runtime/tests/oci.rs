@@ -468,7 +468,8 @@ fn cgroup_v2_in_a_private_mount_namespace() {
 /// The device program on cgroup v2 (in a private mount namespace, as above): with the
 /// CRI's "deny all" a container may mknod `c 4:1` but not open it (EPERM from the
 /// program); with "allow all" (privileged) it may; the default nodes stay usable; the
-/// program goes with the cgroup.
+/// program goes with the cgroup. The deny-all run also carries RuntimeDefault: the
+/// lifecycle `cargo xtask bench runtime` times as `berth_seccomp_ms_p50`.
 #[test]
 fn cgroup_v2_device_program_enforces_the_allow_list() {
     if !is_root() {
@@ -478,9 +479,9 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
     let devices = berth_testkit::tools::ebpf_devices_object();
     let dir = tempfile::tempdir().expect("tempdir");
     let script = "mknod /dev/t41 c 4 1 && echo made; head -c0 /dev/t41 && echo opened; \
-                  echo x > /dev/null && echo null-ok";
+                  echo x > /dev/null && echo null-ok; grep Seccomp: /proc/1/status";
     let b = bundle(dir.path(), &["sh", "-c", script]);
-    for applet in ["mknod", "head"] {
+    for applet in ["mknod", "head", "grep"] {
         let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
     }
     let mut run = |allow: bool| -> String {
@@ -489,6 +490,19 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
             spec["process"]["capabilities"] =
                 json!({"bounding": caps, "effective": caps, "permitted": caps});
             spec["linux"]["resources"]["devices"] = json!([{"allow": allow, "access": "rwm"}]);
+            if !allow {
+                // The bench's `berth_seccomp_ms_p50` lifecycle: RuntimeDefault + device
+                // program on cgroup v2.
+                let names: Vec<String> = caps
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect();
+                let profile =
+                    berth_runtime::seccomp::runtime_default(&names).expect("RuntimeDefault");
+                spec["linux"]["seccomp"] = serde_json::to_value(profile).expect("json");
+            }
         });
         let id = format!("v2d{}{}", u8::from(allow), std::process::id());
         let script = format!(
@@ -523,6 +537,10 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
     );
     assert!(denied.contains("Operation not permitted"), "{denied}");
     assert!(denied.contains("null-ok"), "{denied}");
+    assert!(
+        denied.contains("Seccomp:\t2"),
+        "RuntimeDefault on the CLI path: {denied}"
+    );
     let allowed = run(true);
     assert!(
         allowed.contains("opened"),
