@@ -248,8 +248,7 @@ mod tests {
         let verdict = |kind, major, minor, access| {
             r.iter()
                 .map(Rule::bpf)
-                .filter(|x| x.matches(kind, major, minor, access))
-                .last()
+                .rfind(|x| x.matches(kind, major, minor, access))
                 .is_some_and(|x| x.allow == 1)
         };
         assert!(verdict(DEVICE_KIND_CHAR, 4, 1, DEVICE_ACC_MKNOD));

@@ -484,7 +484,7 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
     for applet in ["mknod", "head", "grep"] {
         let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
     }
-    let mut run = |allow: bool| -> String {
+    let run = |allow: bool| -> String {
         write_config(&b, &["sh", "-c", script], |spec| {
             let caps = json!(["CAP_MKNOD", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]);
             spec["process"]["capabilities"] =

@@ -60,10 +60,12 @@ fn add(chains: &mut Chains, nr: i64, rule: Option<SeccompRule>) {
         None => {
             chains.insert(nr, None);
         }
-        Some(r) => match chains.entry(nr).or_insert_with(|| Some(Vec::new())) {
-            Some(list) => list.push(r),
-            None => {} // already unconditional
-        },
+        Some(r) => {
+            // A syscall already matched unconditionally stays so.
+            if let Some(list) = chains.entry(nr).or_insert_with(|| Some(Vec::new())) {
+                list.push(r);
+            }
+        }
     }
 }
 
