@@ -212,6 +212,11 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         pid: None,
         armed: true,
     };
+    // The profile `exec` applies too, kept with the state: the bundle may be gone by then.
+    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+        let json = serde_json::to_vec(profile).map_err(|e| Error::Spec(e.to_string()))?;
+        crate::state::write_atomic(&dir.join(crate::seccomp::STATE_FILE), &json)?;
+    }
 
     let cgroup = Cgroup::create(&cgroup_path)?;
     cleanup.cgroup = Some(Cgroup::load(&cgroup_path));

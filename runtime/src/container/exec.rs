@@ -71,14 +71,9 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         })?;
     }
     let cgroup = Cgroup::load(&state.cgroup);
-    // The container's seccomp profile confines exec'd processes too (as runc's exec).
-    let spec = super::create::load_spec(&state.bundle)?;
-    let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => {
-            crate::seccomp::compile(profile).map_err(|e| Error::Spec(e.to_string()))?
-        }
-        None => Vec::new(),
-    };
+    // The container's seccomp profile confines exec'd processes too (as runc's exec);
+    // `create` kept it in the state directory.
+    let filters = load_seccomp(root, id)?;
     let (parent_sock, child_sock) = init::sync_pair().map_err(io_err("socketpair"))?;
     let child = sys::clone_fork(0).map_err(io_err("fork"))?;
     if child == 0 {
@@ -99,6 +94,19 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
             Err(Error::Init(String::from_utf8_lossy(&payload).into_owned()))
         }
     }
+}
+
+/// The filters of the profile `create` recorded for `id`; none when it had no profile.
+fn load_seccomp(root: &Root, id: &str) -> Result<Vec<crate::seccomp::BpfProgram>, Error> {
+    let path = root.container_dir(id).join(crate::seccomp::STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path.display().to_string())(e)),
+    };
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
+    crate::seccomp::compile(&profile).map_err(|e| Error::Spec(e.to_string()))
 }
 
 fn run_child(

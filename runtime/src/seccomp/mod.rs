@@ -18,6 +18,9 @@ pub use compile::{compile, install};
 pub use profile::{Profile, Target, kernel_version};
 pub use seccompiler::BpfProgram;
 
+/// The container's OCI seccomp section, kept in its state directory for `exec`.
+pub const STATE_FILE: &str = "seccomp.json";
+
 /// moby's default seccomp profile: containerd's and Docker's `RuntimeDefault`.
 pub const DEFAULT_PROFILE: &str = include_str!("default.json");
 
