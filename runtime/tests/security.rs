@@ -272,6 +272,22 @@ fn a_default_container_can_make_a_device_node_but_not_open_it() {
     assert_eq!(code, 0, "privileged gets all devices: {out}");
     assert!(out.contains("opened"), "{out}");
 
+    // On a v1 host, what refused it is the container's devices cgroup: runc's list, not
+    // "a *:* rwm" (on v2 the oci test checks the device program).
+    if !berth_runtime::cgroups::is_v2() {
+        let (_, cg) = sh(&e, &plain, "cat /proc/self/cgroup");
+        let path = cg
+            .lines()
+            .find_map(|l| l.split_once(":devices:").map(|(_, p)| p.to_string()))
+            .unwrap_or_else(|| panic!("no devices cgroup in {cg}"));
+        let list = std::fs::read_to_string(format!("/sys/fs/cgroup/devices{path}/devices.list"))
+            .expect("devices.list");
+        assert!(
+            list.contains("c 1:3 rwm") && list.contains("c *:* m") && !list.contains("a *:* rwm"),
+            "{list}"
+        );
+    }
+
     // The default nodes work.
     let (code, out) = sh(
         &e,
@@ -288,4 +304,31 @@ fn a_default_container_can_make_a_device_node_but_not_open_it() {
         out.contains("Permission denied"),
         "EACCES from nodev: {out}"
     );
+}
+
+#[test]
+fn runtime_default_with_no_new_privs_and_a_non_root_user() {
+    let Some(e) = env() else { return };
+    sandbox(&e, "sc4");
+    // no_new_privs set: the filter goes on after the privileges are dropped; without
+    // it, before (while CAP_SYS_ADMIN is still held). Both must end confined.
+    for (name, nnp) in [("nnp", true), ("escalating", false)] {
+        let id = sleeper(&e, "sc4", name, |c| {
+            c.seccomp = SeccompProfile::RuntimeDefault;
+            c.no_new_privileges = nnp;
+            c.run_as_user = Some(1000);
+        });
+        let (code, out) = sh(
+            &e,
+            &id,
+            "id -u; grep -E 'Seccomp:|NoNewPrivs:' /proc/1/status",
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(out.starts_with("1000"), "{name}: {out}");
+        assert!(out.contains("Seccomp:\t2"), "{name}: {out}");
+        assert!(
+            out.contains(&format!("NoNewPrivs:\t{}", u8::from(nnp))),
+            "{name}: {out}"
+        );
+    }
 }

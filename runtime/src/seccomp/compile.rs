@@ -147,10 +147,11 @@ fn build(
     BpfProgram::try_from(filter).map_err(Error::Compile)
 }
 
-/// Installs the filters on the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
+/// Installs the filters on the calling thread, in order. The kernel requires
+/// no_new_privs or CAP_SYS_ADMIN; this sets neither (see `init::finalize`).
 pub fn install(programs: &[BpfProgram]) -> Result<(), Error> {
     for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| Error::Install(e.to_string()))?;
+        crate::sys::seccomp_set_filter(p).map_err(|e| Error::Install(e.to_string()))?;
     }
     Ok(())
 }
