@@ -1,6 +1,6 @@
 //! Raw system calls the `nix` crate does not wrap (clone without a new stack,
-//! pivot_root on a path pair, capset, ambient capabilities, seccomp filters). Every `unsafe` block of
-//! the runtime lives here.
+//! pivot_root on a path pair, capset, ambient capabilities, seccomp filters). Every
+//! `unsafe` block of the runtime lives here.
 
 use std::ffi::CString;
 use std::io;
