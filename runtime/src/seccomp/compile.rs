@@ -126,8 +126,11 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, Error> {
     if default != SeccompAction::Allow {
         programs.push(build(base, default, SeccompAction::Allow, arch)?);
     }
-    // Least restrictive first, so among equals the more specific filter is newest.
-    for (_, (act, chains)) in others.into_iter().rev() {
+    // The order does not change the result: the base filter allows every syscall a
+    // group names, so two filters only disagree when a profile gives one call two
+    // actions, and then the kernel's precedence (KILL > TRAP > ERRNO > TRACE > LOG)
+    // decides, as it would between libseccomp's rules.
+    for (_, (act, chains)) in others {
         programs.push(build(chains, SeccompAction::Allow, act, arch)?);
     }
     Ok(programs)
