@@ -166,15 +166,17 @@ pub fn prepare(spec: &Spec, rootfs: &Path, new_mount_ns: bool) -> Result<(), Ini
     })?;
 
     let mut dev_is_tmpfs = false;
+    let mut dev_nodev = false;
     for m in spec.mounts().iter().flatten() {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
+            dev_nodev = m.options().iter().flatten().any(|o| o == "nodev");
         }
         mount_one(rootfs, m)?;
     }
     if dev_is_tmpfs {
         let devices = linux.and_then(|l| l.devices().as_ref());
-        create_devices(rootfs, devices.map(Vec::as_slice).unwrap_or(&[]))?;
+        create_devices(rootfs, devices.map(Vec::as_slice).unwrap_or(&[]), dev_nodev)?;
     }
 
     step("chdir rootfs", || nix::unistd::chdir(rootfs))?;
@@ -364,8 +366,23 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<(), InitError> {
     }
 }
 
-fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), InitError> {
+/// The standard nodes and the spec's `linux.devices` in the container's /dev tmpfs. When
+/// that tmpfs is `nodev` (berth's pods), nodes made there could not be opened, so each
+/// is a bind mount of the host's node instead (runc's way in a user namespace): a bind
+/// mount keeps its source's flags, and anything the container itself makes in /dev stays
+/// unopenable.
+fn create_devices(rootfs: &Path, extra: &[LinuxDevice], bind: bool) -> Result<(), InitError> {
     let dev = rootfs.join("dev");
+    if bind {
+        for (name, _, _) in DEFAULT_DEVICES {
+            bind_node(&Path::new("/dev").join(name), &dev.join(name))?;
+        }
+        for d in extra {
+            let path = step("resolve device", || secure_join(rootfs, d.path()))?;
+            bind_node(d.path(), &path)?;
+        }
+        return dev_links(&dev);
+    }
     for (name, major, minor) in DEFAULT_DEVICES {
         make_node(&dev.join(name), SFlag::S_IFCHR, major, minor, 0o666, 0, 0)?;
     }
@@ -386,6 +403,11 @@ fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), InitError>
             d.gid().unwrap_or(0),
         )?;
     }
+    dev_links(&dev)
+}
+
+/// /dev's symlinks (fd, stdio, core) and ptmx → pts/ptmx.
+fn dev_links(dev: &Path) -> Result<(), InitError> {
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -404,6 +426,31 @@ fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), InitError>
         step("symlink /dev/ptmx", || symlink("pts/ptmx", &ptmx))?;
     }
     Ok(())
+}
+
+/// Bind-mounts the host's device node `source` onto a new empty file at `target`.
+fn bind_node(source: &Path, target: &Path) -> Result<(), InitError> {
+    let label = format!("device {} (bind of {})", target.display(), source.display());
+    if let Some(parent) = target.parent() {
+        step(&label, || fs::create_dir_all(parent))?;
+    }
+    let _ = fs::remove_file(target);
+    step(&label, || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map(drop)
+    })?;
+    step(&label, || {
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    })
 }
 
 fn make_node(

@@ -465,13 +465,15 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     assert!(stdout.contains("removed"), "{stdout}");
 }
 
-/// The device program on cgroup v2 (in a private mount namespace, as above): with the
-/// CRI's "deny all" a container may mknod `c 4:1` but not open it (EPERM from the
-/// program); with "allow all" (privileged) it may; the default nodes stay usable; the
-/// program goes with the cgroup. The deny-all run also carries RuntimeDefault: the
-/// lifecycle `cargo xtask bench runtime` times as `berth_seccomp_ms_p50`.
+/// The device allow-list through the OCI CLI, where /dev is not nodev: on cgroup v2 (the
+/// device program, in a private mount namespace as above) and on the host's layout (the
+/// v1 devices controller on this machine). With the CRI's "deny all" a container may
+/// mknod `c 4:1` but not open it (EPERM); with "allow all" (privileged) it may; the
+/// default nodes stay usable; nothing of the cgroup is left. The deny-all run also
+/// carries RuntimeDefault: on v2 that is the lifecycle `cargo xtask bench runtime` times
+/// as `berth_seccomp_ms_p50`.
 #[test]
-fn cgroup_v2_device_program_enforces_the_allow_list() {
+fn the_device_allow_list_refuses_opening_on_v2_and_v1() {
     if !is_root() {
         return;
     }
@@ -484,7 +486,7 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
     for applet in ["mknod", "head", "grep"] {
         let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
     }
-    let run = |allow: bool| -> String {
+    let run = |allow: bool, v2: bool| -> String {
         write_config(&b, &["sh", "-c", script], |spec| {
             let caps = json!(["CAP_MKNOD", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]);
             spec["process"]["capabilities"] =
@@ -504,10 +506,23 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
                 spec["linux"]["seccomp"] = serde_json::to_value(profile).expect("json");
             }
         });
-        let id = format!("v2d{}{}", u8::from(allow), std::process::id());
+        let id = format!(
+            "dev{}{}{}",
+            u8::from(allow),
+            u8::from(v2),
+            std::process::id()
+        );
+        // v2: cgroup2 at /sys/fs/cgroup in a private mount namespace; else the host's
+        // layout (v1 devices controller here).
+        let layout = if v2 {
+            "mount --make-rprivate /; umount -R /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup;"
+        } else {
+            ""
+        };
         let script = format!(
-            "set -e; mount --make-rprivate /; umount -R /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; \
-             {bin} --root {root} run --bundle {bundle} {id} 2>&1; test ! -e /sys/fs/cgroup/berth/{id} && echo removed",
+            "set -e; {layout} \
+             {bin} --root {root} run --bundle {bundle} {id} 2>&1; \
+             for d in /sys/fs/cgroup/berth/{id} /sys/fs/cgroup/*/berth/{id}; do test ! -e $d; done && echo removed",
             bin = common::runtime_binary().display(),
             root = dir.path().join("state").display(),
             bundle = b.display(),
@@ -526,24 +541,29 @@ fn cgroup_v2_device_program_enforces_the_allow_list() {
         assert!(text.contains("removed"), "cgroup left: {text}");
         text
     };
-    let denied = run(false);
-    assert!(
-        denied.contains("made"),
-        "mknod is allowed ('m' rules): {denied}"
-    );
-    assert!(
-        !denied.contains("opened"),
-        "c 4:1 opened under deny-all: {denied}"
-    );
-    assert!(denied.contains("Operation not permitted"), "{denied}");
-    assert!(denied.contains("null-ok"), "{denied}");
-    assert!(
-        denied.contains("Seccomp:\t2"),
-        "RuntimeDefault on the CLI path: {denied}"
-    );
-    let allowed = run(true);
-    assert!(
-        allowed.contains("opened"),
-        "allow-all opens c 4:1: {allowed}"
-    );
+    for v2 in [true, false] {
+        let denied = run(false, v2);
+        assert!(
+            denied.contains("made"),
+            "v2={v2}: mknod is allowed ('m' rules): {denied}"
+        );
+        assert!(
+            !denied.contains("opened"),
+            "v2={v2}: c 4:1 opened under deny-all: {denied}"
+        );
+        assert!(
+            denied.contains("Operation not permitted"),
+            "v2={v2}: {denied}"
+        );
+        assert!(denied.contains("null-ok"), "v2={v2}: {denied}");
+        assert!(
+            denied.contains("Seccomp:\t2"),
+            "v2={v2}: RuntimeDefault on the CLI path: {denied}"
+        );
+        let allowed = run(true, v2);
+        assert!(
+            allowed.contains("opened"),
+            "v2={v2}: allow-all opens c 4:1: {allowed}"
+        );
+    }
 }

@@ -179,9 +179,15 @@ pub fn build(
         namespaces.push(json!({"type": "cgroup"}));
     }
 
+    let mut dev_options = vec!["nosuid", "strictatime", "mode=755", "size=65536k"];
+    if !cfg.privileged {
+        dev_options.push("nodev");
+    }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        // nodev for ordinary containers: the standard nodes are bind mounts of the
+        // host's (see rootfs::create_devices), so a node the container makes is unusable.
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": dev_options}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
