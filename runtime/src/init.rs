@@ -73,6 +73,8 @@ pub(crate) struct Context<'a> {
     pub stdio: Option<[RawFd; 3]>,
     /// A terminal slave to make the controlling terminal and stdio.
     pub tty: Option<RawFd>,
+    /// The seccomp filters to install last (compiled by the runtime before `clone`).
+    pub seccomp: &'a [crate::seccomp::BpfProgram],
 }
 
 fn report(sync: RawFd, tag: u8, payload: &[u8]) {
@@ -150,11 +152,7 @@ fn setup(ctx: &Context<'_>) -> Result<crate::process::Exec, InitError> {
     }
     rootfs::finish(ctx.spec)?;
     let exec = crate::process::prepare(process)?;
-    let filters = match ctx.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => step("seccomp", || crate::seccomp::compile(profile))?,
-        None => Vec::new(),
-    };
-    finalize(process, &filters)?;
+    finalize(process, ctx.seccomp)?;
     Ok(exec)
 }
 

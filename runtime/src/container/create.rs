@@ -212,11 +212,18 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         pid: None,
         armed: true,
     };
-    // The profile `exec` applies too, kept with the state: the bundle may be gone by then.
-    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
-        let json = serde_json::to_vec(profile).map_err(|e| Error::Spec(e.to_string()))?;
-        crate::state::write_atomic(&dir.join(crate::seccomp::STATE_FILE), &json)?;
-    }
+    // Compiled here, so a profile that cannot be compiled fails before any process
+    // exists; kept with the state for `exec` (the bundle may be gone by then).
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            let filters =
+                crate::seccomp::compile(profile).map_err(|e| Error::Spec(e.to_string()))?;
+            let json = serde_json::to_vec(profile).map_err(|e| Error::Spec(e.to_string()))?;
+            crate::state::write_atomic(&dir.join(crate::seccomp::STATE_FILE), &json)?;
+            filters
+        }
+        None => Vec::new(),
+    };
 
     let cgroup = Cgroup::create(&cgroup_path)?;
     cleanup.cgroup = Some(Cgroup::load(&cgroup_path));
@@ -274,6 +281,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         gate: gate_read.as_raw_fd(),
         stdio,
         tty,
+        seccomp: &seccomp,
     };
     let child = sys::clone_fork(ns.clone.bits()).map_err(io_err("clone"))?;
     if child == 0 {
