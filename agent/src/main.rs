@@ -47,6 +47,10 @@ struct Args {
     /// Images, container layers and pod volumes.
     #[arg(long, default_value = "/var/lib/berth")]
     root_dir: PathBuf,
+    /// Run every container that names no seccomp profile under RuntimeDefault (the
+    /// kubelet's --seccomp-default); Localhost profiles are read from <root-dir>/seccomp/.
+    #[arg(long)]
+    seccomp_default: bool,
     /// Runtime state (container records, netns pins).
     #[arg(long, default_value = "/run/berth")]
     run_dir: PathBuf,
@@ -347,6 +351,14 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.run_dir.join("containers"),
         data_dir: args.root_dir.clone(),
         runtime_binary,
+        // Beside the dataplane object (both come from `cargo xtask build-ebpf`), else
+        // berth-runtime looks next to itself.
+        device_program: args
+            .ebpf_object
+            .as_ref()
+            .and_then(|o| o.parent())
+            .map(|d| d.join("berth-ebpf-devices"))
+            .filter(|p| p.exists()),
         log_rotation: Rotation::default(),
     })
     .context("opening the runtime")?;
@@ -394,6 +406,7 @@ async fn main() -> anyhow::Result<()> {
             stats_rates: Default::default(),
             lb_metrics: None,
             dns: None,
+            seccomp_default: args.seccomp_default,
         };
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
@@ -465,6 +478,7 @@ async fn main() -> anyhow::Result<()> {
         stats_rates: Default::default(),
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
         dns: dns.as_ref().map(|(d, _)| d.clone()),
+        seccomp_default: args.seccomp_default,
     });
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(

@@ -40,6 +40,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{count} device rules; the device program holds at most {max}")]
+    TooManyDeviceRules { count: usize, max: usize },
+    #[error(
+        "refusing to attach a device program to {0}: not a container's cgroup (a cgroup2 root)"
+    )]
+    CgroupRoot(PathBuf),
+    #[error("attaching the device program to {path}: {source}")]
+    Attach {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the backends map is full: {wanted} backends wanted, room for {free}")]
     BackendsFull { wanted: u32, free: u32 },
     #[error("the services map is full ({max} services)")]

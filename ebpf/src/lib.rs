@@ -3,12 +3,16 @@
 //! [`SocketLb`] loads the object built by `cargo xtask build-ebpf`, attaches its
 //! `cgroup/connect4` program to a cgroup (cgroup2), and programs services through a
 //! [`ServiceTable`], which writes a service's backends before it points the service at
-//! them so no connect sees half an update.
+//! them so no connect sees half an update. [`attach_device_filter`] gives a container's
+//! cgroup its device allow-list (cgroup v2).
 
+mod devices;
 mod error;
 mod service_table;
 mod socket_lb;
 
+pub use berth_ebpf_common::DeviceRule;
+pub use devices::attach_device_filter;
 pub use error::Error;
 pub use service_table::{Frontend, LbMaps, Protocol, ServiceOptions, ServiceTable};
 pub use socket_lb::{SocketLb, Stats};

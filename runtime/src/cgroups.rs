@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cgroups_rs::CgroupPid;
+use cgroups_rs::fs::Controller;
 use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::devices::DevicesController;
 use cgroups_rs::fs::hierarchies;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
@@ -29,6 +31,14 @@ pub enum Error {
     },
     #[error("cgroup path {0:?} must not contain '..'")]
     BadPath(String),
+    #[error("cgroup {path}: device rules: {reason}")]
+    Devices { path: String, reason: String },
+    #[error(
+        "cgroup {path}: device rules on cgroup v2 need berth's device program \
+         (berth-ebpf-devices: `cargo xtask build-ebpf`; set BERTH_DEVICE_PROGRAM or install it \
+         next to berth-runtime); refusing to run the container without them"
+    )]
+    NoDeviceProgram { path: String },
     #[error("cgroup {path}: processes still present after {waited:?}")]
     Busy { path: String, waited: Duration },
 }
@@ -134,6 +144,49 @@ impl Cgroup {
                 MaxValue::Max
             };
             ctl.set_pid_max(max).map_err(self.err("pids limit"))?;
+        }
+        Ok(())
+    }
+
+    /// Enforces device `rules` (see [`crate::devices`]): on v2 by attaching the device
+    /// program from `program` to this cgroup, on v1 by the `devices` controller (deny
+    /// everything, then each rule in order).
+    pub fn apply_devices(
+        &self,
+        rules: &[crate::devices::Rule],
+        program: Option<&Path>,
+    ) -> Result<(), Error> {
+        let fail = |reason: String| Error::Devices {
+            path: self.path.clone(),
+            reason,
+        };
+        if self.inner.v2() {
+            let program = program.ok_or_else(|| Error::NoDeviceProgram {
+                path: self.path.clone(),
+            })?;
+            let dir = PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT).join(&self.path);
+            let table: Vec<_> = rules.iter().map(crate::devices::Rule::bpf).collect();
+            return berth_ebpf::attach_device_filter(program, &table, &dir)
+                .map_err(|e| fail(e.to_string()));
+        }
+        let ctl = self
+            .inner
+            .controller_of::<DevicesController>()
+            .ok_or_else(|| fail("this cgroup v1 host has no devices controller".into()))?;
+        let dir = ctl.path();
+        let write = |file: &str, line: &str| {
+            std::fs::write(dir.join(file), line).map_err(|e| fail(format!("{file} {line:?}: {e}")))
+        };
+        write("devices.deny", "a")?;
+        for r in rules {
+            write(
+                if r.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                },
+                &r.v1_line(),
+            )?;
         }
         Ok(())
     }

@@ -73,6 +73,8 @@ pub(crate) struct Context<'a> {
     pub stdio: Option<[RawFd; 3]>,
     /// A terminal slave to make the controlling terminal and stdio.
     pub tty: Option<RawFd>,
+    /// The seccomp filters to install last (compiled by the runtime before `clone`).
+    pub seccomp: &'a [crate::seccomp::BpfProgram],
 }
 
 fn report(sync: RawFd, tag: u8, payload: &[u8]) {
@@ -150,8 +152,27 @@ fn setup(ctx: &Context<'_>) -> Result<crate::process::Exec, InitError> {
     }
     rootfs::finish(ctx.spec)?;
     let exec = crate::process::prepare(process)?;
-    crate::process::drop_privileges(process)?;
+    finalize(process, ctx.seccomp)?;
     Ok(exec)
+}
+
+/// Drops privileges and installs the seccomp filters, in runc's order: the filter goes
+/// on last, just before exec, once no_new_privs is set; a process that keeps the right to
+/// gain privileges installs it while it still holds CAP_SYS_ADMIN (the kernel requires
+/// one or the other), i.e. before the capabilities are dropped.
+pub(crate) fn finalize(
+    process: &oci_spec::runtime::Process,
+    filters: &[crate::seccomp::BpfProgram],
+) -> Result<(), InitError> {
+    let nnp = process.no_new_privileges() == Some(true);
+    if !nnp {
+        step("seccomp", || crate::seccomp::install(filters))?;
+    }
+    crate::process::drop_privileges(process)?;
+    if nnp {
+        step("seccomp", || crate::seccomp::install(filters))?;
+    }
+    Ok(())
 }
 
 fn dup_onto(fd: RawFd, target: RawFd) -> std::io::Result<()> {

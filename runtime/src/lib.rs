@@ -7,6 +7,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod devices;
 pub mod image;
 pub mod init;
 pub mod logs;
@@ -15,6 +16,7 @@ pub mod paths;
 pub mod pod;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod state;
 mod sys;
 

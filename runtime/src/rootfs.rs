@@ -1,7 +1,7 @@
 //! The container's filesystem view, set up by its first process inside its new mount
 //! namespace: the rootfs bind-mounted on itself, the spec's mounts (`/proc`, a tmpfs
 //! `/dev` with the standard device nodes, devpts, shm, mqueue, read-only `/sys`, binds),
-//! `pivot_root` into it, then masked and read-only paths as runc's defaults.
+//! `pivot_root` into it, then masked and read-only paths as containerd's (the kubelet's) defaults.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -24,11 +24,14 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 
-/// runc's default masked paths, used when the spec names none (CRI and `crun spec` both
-/// fill them in; a bare config.json may not).
-pub const DEFAULT_MASKED: [&str; 10] = [
-    "/proc/acpi",
+/// The masked paths containerd's CRI plugin applies by default: the kubelet's
+/// `defaultMaskedPaths` (pkg/securitycontext/util.go, Kubernetes 1.34), which it sends in
+/// every CRI request. Used when the spec names none (a bare config.json may not).
+/// [`default_masked`] adds the per-CPU `thermal_throttle` directories, as the kubelet does.
+pub const DEFAULT_MASKED: [&str; 12] = [
     "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -37,9 +40,34 @@ pub const DEFAULT_MASKED: [&str; 10] = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
-/// runc's default read-only paths.
+/// [`DEFAULT_MASKED`] plus `/sys/devices/system/cpu/cpu<N>/thermal_throttle` for every CPU
+/// of this host that has one (the kubelet lists them the same way).
+pub fn default_masked() -> Vec<String> {
+    let mut paths: Vec<String> = DEFAULT_MASKED.iter().map(|s| s.to_string()).collect();
+    if let Ok(cpus) = fs::read_dir("/sys/devices/system/cpu") {
+        let mut extra: Vec<String> = cpus
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_str().is_some_and(|n| {
+                    n.strip_prefix("cpu")
+                        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+            .map(|e| e.path().join("thermal_throttle"))
+            .filter(|p| p.exists())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        extra.sort();
+        paths.extend(extra);
+    }
+    paths
+}
+
+/// The kubelet's (and so containerd's CRI) default read-only paths, plus
+/// `/sys/fs/cgroup`, which berth also mounts read-only.
 pub const DEFAULT_READONLY: [&str; 6] = [
     "/proc/bus",
     "/proc/fs",
@@ -138,15 +166,17 @@ pub fn prepare(spec: &Spec, rootfs: &Path, new_mount_ns: bool) -> Result<(), Ini
     })?;
 
     let mut dev_is_tmpfs = false;
+    let mut dev_nodev = false;
     for m in spec.mounts().iter().flatten() {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
+            dev_nodev = m.options().iter().flatten().any(|o| o == "nodev");
         }
         mount_one(rootfs, m)?;
     }
     if dev_is_tmpfs {
         let devices = linux.and_then(|l| l.devices().as_ref());
-        create_devices(rootfs, devices.map(Vec::as_slice).unwrap_or(&[]))?;
+        create_devices(rootfs, devices.map(Vec::as_slice).unwrap_or(&[]), dev_nodev)?;
     }
 
     step("chdir rootfs", || nix::unistd::chdir(rootfs))?;
@@ -175,11 +205,11 @@ pub fn finish(spec: &Spec) -> Result<(), InitError> {
             step(&format!("sysctl {key}"), || fs::write(&path, value))?;
         }
     }
-    let masked: Vec<&str> = match linux.and_then(|l| l.masked_paths().as_ref()) {
-        Some(paths) => paths.iter().map(String::as_str).collect(),
-        None => DEFAULT_MASKED.to_vec(),
+    let masked: Vec<String> = match linux.and_then(|l| l.masked_paths().as_ref()) {
+        Some(paths) => paths.clone(),
+        None => default_masked(),
     };
-    for path in masked {
+    for path in &masked {
         mask(Path::new(path))?;
     }
     let readonly: Vec<&str> = match linux.and_then(|l| l.readonly_paths().as_ref()) {
@@ -336,8 +366,23 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<(), InitError> {
     }
 }
 
-fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), InitError> {
+/// The standard nodes and the spec's `linux.devices` in the container's /dev tmpfs. When
+/// that tmpfs is `nodev` (berth's pods), nodes made there could not be opened, so each
+/// is a bind mount of the host's node instead (runc's way in a user namespace): a bind
+/// mount keeps its source's flags, and anything the container itself makes in /dev stays
+/// unopenable.
+fn create_devices(rootfs: &Path, extra: &[LinuxDevice], bind: bool) -> Result<(), InitError> {
     let dev = rootfs.join("dev");
+    if bind {
+        for (name, _, _) in DEFAULT_DEVICES {
+            bind_node(&Path::new("/dev").join(name), &dev.join(name))?;
+        }
+        for d in extra {
+            let path = step("resolve device", || secure_join(rootfs, d.path()))?;
+            bind_node(d.path(), &path)?;
+        }
+        return dev_links(&dev);
+    }
     for (name, major, minor) in DEFAULT_DEVICES {
         make_node(&dev.join(name), SFlag::S_IFCHR, major, minor, 0o666, 0, 0)?;
     }
@@ -358,6 +403,11 @@ fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), InitError>
             d.gid().unwrap_or(0),
         )?;
     }
+    dev_links(&dev)
+}
+
+/// /dev's symlinks (fd, stdio, core) and ptmx → pts/ptmx.
+fn dev_links(dev: &Path) -> Result<(), InitError> {
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -376,6 +426,31 @@ fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), InitError>
         step("symlink /dev/ptmx", || symlink("pts/ptmx", &ptmx))?;
     }
     Ok(())
+}
+
+/// Bind-mounts the host's device node `source` onto a new empty file at `target`.
+fn bind_node(source: &Path, target: &Path) -> Result<(), InitError> {
+    let label = format!("device {} (bind of {})", target.display(), source.display());
+    if let Some(parent) = target.parent() {
+        step(&label, || fs::create_dir_all(parent))?;
+    }
+    let _ = fs::remove_file(target);
+    step(&label, || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map(drop)
+    })?;
+    step(&label, || {
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    })
 }
 
 fn make_node(

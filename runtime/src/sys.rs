@@ -1,6 +1,6 @@
 //! Raw system calls the `nix` crate does not wrap (clone without a new stack,
-//! pivot_root on a path pair, capset, ambient capabilities). Every `unsafe` block of
-//! the runtime lives here.
+//! pivot_root on a path pair, capset, ambient capabilities, seccomp filters). Every
+//! `unsafe` block of the runtime lives here.
 
 use std::ffi::CString;
 use std::io;
@@ -91,6 +91,36 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()
 pub fn prctl(option: libc::c_int, arg2: libc::c_ulong, arg3: libc::c_ulong) -> io::Result<()> {
     // SAFETY: the options used by the runtime take integer arguments only.
     let ret = unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)`: installs one classic-BPF filter on the
+/// calling thread. Unlike seccompiler's `apply_filter`, it does not set no_new_privs
+/// first: whether the container may gain privileges is the spec's
+/// `noNewPrivileges` alone (the kernel then requires CAP_SYS_ADMIN, as for runc).
+pub fn seccomp_set_filter(filter: &[seccompiler::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(filter.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp filter too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        // seccompiler's sock_filter is #[repr(C)] {u16, u8, u8, u32}, the layout of
+        // libc's (linux/filter.h).
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `len` initialized instructions that outlive the call; the
+    // kernel copies them and keeps no pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {

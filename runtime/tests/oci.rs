@@ -436,6 +436,9 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     if !is_root() {
         return;
     }
+    // Every container on v2 gets the device program (runc's default allow-list).
+    berth_testkit::require_ebpf_object!();
+    let devices = berth_testkit::tools::ebpf_devices_object();
     let dir = tempfile::tempdir().expect("tempdir");
     let b = bundle(dir.path(), &["cat", "/proc/self/cgroup"]);
     let id = format!("v2t{}", std::process::id());
@@ -448,6 +451,7 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     );
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
+        .env("BERTH_DEVICE_PROGRAM", &devices)
         .output()
         .expect("unshare");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -459,4 +463,107 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     );
     assert!(stdout.contains(&format!("0::/berth/{id}")), "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
+}
+
+/// The device allow-list through the OCI CLI, where /dev is not nodev: on cgroup v2 (the
+/// device program, in a private mount namespace as above) and on the host's layout (the
+/// v1 devices controller on this machine). With the CRI's "deny all" a container may
+/// mknod `c 4:1` but not open it (EPERM); with "allow all" (privileged) it may; the
+/// default nodes stay usable; nothing of the cgroup is left. The deny-all run also
+/// carries RuntimeDefault: on v2 that is the lifecycle `cargo xtask bench runtime` times
+/// as `berth_seccomp_ms_p50`.
+#[test]
+fn the_device_allow_list_refuses_opening_on_v2_and_v1() {
+    if !is_root() {
+        return;
+    }
+    berth_testkit::require_ebpf_object!();
+    let devices = berth_testkit::tools::ebpf_devices_object();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "mknod /dev/t41 c 4 1 && echo made; head -c0 /dev/t41 && echo opened; \
+                  echo x > /dev/null && echo null-ok; grep Seccomp: /proc/1/status";
+    let b = bundle(dir.path(), &["sh", "-c", script]);
+    for applet in ["mknod", "head", "grep"] {
+        let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
+    }
+    let run = |allow: bool, v2: bool| -> String {
+        write_config(&b, &["sh", "-c", script], |spec| {
+            let caps = json!(["CAP_MKNOD", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]);
+            spec["process"]["capabilities"] =
+                json!({"bounding": caps, "effective": caps, "permitted": caps});
+            spec["linux"]["resources"]["devices"] = json!([{"allow": allow, "access": "rwm"}]);
+            if !allow {
+                // The bench's `berth_seccomp_ms_p50` lifecycle: RuntimeDefault + device
+                // program on cgroup v2.
+                let names: Vec<String> = caps
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect();
+                let profile =
+                    berth_runtime::seccomp::runtime_default(&names).expect("RuntimeDefault");
+                spec["linux"]["seccomp"] = serde_json::to_value(profile).expect("json");
+            }
+        });
+        let id = format!(
+            "dev{}{}{}",
+            u8::from(allow),
+            u8::from(v2),
+            std::process::id()
+        );
+        // v2: cgroup2 at /sys/fs/cgroup in a private mount namespace; else the host's
+        // layout (v1 devices controller here).
+        let layout = if v2 {
+            "mount --make-rprivate /; umount -R /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup;"
+        } else {
+            ""
+        };
+        let script = format!(
+            "set -e; {layout} \
+             {bin} --root {root} run --bundle {bundle} {id} 2>&1; \
+             for d in /sys/fs/cgroup/berth/{id} /sys/fs/cgroup/*/berth/{id}; do test ! -e $d; done && echo removed",
+            bin = common::runtime_binary().display(),
+            root = dir.path().join("state").display(),
+            bundle = b.display(),
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .env("BERTH_DEVICE_PROGRAM", &devices)
+            .output()
+            .expect("unshare");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("removed"), "cgroup left: {text}");
+        text
+    };
+    for v2 in [true, false] {
+        let denied = run(false, v2);
+        assert!(
+            denied.contains("made"),
+            "v2={v2}: mknod is allowed ('m' rules): {denied}"
+        );
+        assert!(
+            !denied.contains("opened"),
+            "v2={v2}: c 4:1 opened under deny-all: {denied}"
+        );
+        assert!(
+            denied.contains("Operation not permitted"),
+            "v2={v2}: {denied}"
+        );
+        assert!(denied.contains("null-ok"), "v2={v2}: {denied}");
+        assert!(
+            denied.contains("Seccomp:\t2"),
+            "v2={v2}: RuntimeDefault on the CLI path: {denied}"
+        );
+        let allowed = run(true, v2);
+        assert!(
+            allowed.contains("opened"),
+            "v2={v2}: allow-all opens c 4:1: {allowed}"
+        );
+    }
 }

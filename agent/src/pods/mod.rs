@@ -10,6 +10,7 @@ pub mod image_gc;
 pub mod inputs;
 pub mod probe;
 pub mod resources;
+pub mod security;
 pub mod static_pods;
 pub mod volumes;
 pub mod worker;
@@ -59,6 +60,8 @@ pub struct Ctx {
     pub lb_metrics: Option<Arc<std::sync::Mutex<crate::service_lb::LbMetrics>>>,
     /// The node's DNS server, when it runs one (its metrics).
     pub dns: Option<Arc<crate::dns::Dns>>,
+    /// `--seccomp-default`: containers that name no seccomp profile get RuntimeDefault.
+    pub seccomp_default: bool,
 }
 
 /// The lowest oom_score_adj this process may give its children.

@@ -522,6 +522,12 @@ impl PodView<'_> {
             });
         }
         let caps = sc.and_then(|s| s.capabilities.as_ref());
+        let seccomp = super::security::seccomp_profile(
+            pod_sc,
+            sc,
+            &self.ctx.node.root_dir,
+            self.ctx.seccomp_default,
+        )?;
         Ok(ContainerConfig {
             id: container_id(&self.uid, &c.name, attempt),
             sandbox_id: self.uid.clone(),
@@ -566,6 +572,7 @@ impl PodView<'_> {
             log_path: pod_log_dir(self.ctx, self.pod)
                 .join(&c.name)
                 .join(format!("{attempt}.log")),
+            seccomp,
             hostname: String::new(),
         })
     }
@@ -573,6 +580,34 @@ impl PodView<'_> {
     /// Creates and starts instance `attempt` of `c`; removes instances older than the
     /// one before it (kept for `lastState` and `--previous` logs).
     fn start(
+        &mut self,
+        c: &Container,
+        attempt: u32,
+        inputs: &Inputs,
+        mem: &mut Memory,
+    ) -> Result<(), (String, String)> {
+        let result = self.create_and_start(c, attempt, inputs, mem);
+        // The kubelet's Warning "Failed" event for a container that cannot be created
+        // (a seccomp profile it cannot load, a bad config); image pull errors have their own.
+        // Once per distinct error: the retries every few seconds would flood the namespace.
+        if let Err(err) = &result
+            && mem.waiting.get(&c.name) != Some(err)
+            && let (reason, message) = err
+            && matches!(
+                reason.as_str(),
+                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"
+            )
+        {
+            mem.events.push(Event {
+                warning: true,
+                reason: "Failed".into(),
+                message: format!("Error: {message}"),
+            });
+        }
+        result
+    }
+
+    fn create_and_start(
         &mut self,
         c: &Container,
         attempt: u32,

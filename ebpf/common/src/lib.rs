@@ -220,8 +220,65 @@ pub enum Stat {
 /// Number of entries in the stats array.
 pub const STATS_LEN: u32 = 9;
 
+/// The device cgroup program's object (a separate ELF, so loading it per container
+/// creates none of the load balancer's maps), its program name and its globals.
+pub const DEVICES_PROGRAM: &str = "berth_devices";
+/// The rules global: `[DeviceRule; MAX_DEVICE_RULES]`, set at load time (read-only data,
+/// so the verifier sees constants).
+pub const DEVICE_RULES_GLOBAL: &str = "DEVICE_RULES";
+/// How many entries of [`DEVICE_RULES_GLOBAL`] are in use (u32).
+pub const DEVICE_RULE_COUNT_GLOBAL: &str = "DEVICE_RULE_COUNT";
+/// Capacity of the rule table (runc's default list is 11 rules).
+pub const MAX_DEVICE_RULES: usize = 32;
+/// Major or minor that matches any number (the OCI spec's wildcard, -1).
+pub const DEVICE_ANY: u32 = u32::MAX;
+/// [`DeviceRule::kind`] values: the kernel's `BPF_DEVCG_DEV_*`, 0 for any type.
+pub const DEVICE_KIND_ANY: u32 = 0;
+pub const DEVICE_KIND_BLOCK: u32 = 1;
+pub const DEVICE_KIND_CHAR: u32 = 2;
+/// [`DeviceRule::access`] bits: the kernel's `BPF_DEVCG_ACC_*`.
+pub const DEVICE_ACC_MKNOD: u32 = 1;
+pub const DEVICE_ACC_READ: u32 = 2;
+pub const DEVICE_ACC_WRITE: u32 = 4;
+
+/// One OCI `linux.resources.devices` rule. A request (type, major, minor, access bits)
+/// matches when type, major and minor match and its access bits are a subset of the
+/// rule's; the last matching rule decides, no match denies (runc's device filter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub kind: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub access: u32,
+    /// 1 allow, 0 deny.
+    pub allow: u32,
+}
+
+impl DeviceRule {
+    /// An unused slot.
+    pub const NONE: Self = Self {
+        kind: DEVICE_KIND_ANY,
+        major: 0,
+        minor: 0,
+        access: 0,
+        allow: 0,
+    };
+
+    /// Whether this rule matches a request.
+    #[inline(always)]
+    pub fn matches(&self, kind: u32, major: u32, minor: u32, access: u32) -> bool {
+        (self.kind == DEVICE_KIND_ANY || self.kind == kind)
+            && (self.major == DEVICE_ANY || self.major == major)
+            && (self.minor == DEVICE_ANY || self.minor == minor)
+            && access & self.access == access
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: five u32s, #[repr(C)], no padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::DeviceRule {}
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding
     // fields, so every bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::ServiceKey {}

@@ -49,6 +49,9 @@ pub struct CreateOptions<'a> {
     /// Host mounts made for this container (its overlay rootfs), undone on delete.
     pub host_mounts: Vec<PathBuf>,
     pub monitored: bool,
+    /// The device cgroup program (`berth-ebpf-devices`) for cgroup v2 hosts; None =
+    /// [`crate::devices::default_program`].
+    pub device_program: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -209,11 +212,31 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         pid: None,
         armed: true,
     };
+    // Compiled here, so a profile that cannot be compiled fails before any process
+    // exists; kept with the state for `exec` (the bundle may be gone by then).
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            let filters =
+                crate::seccomp::compile(profile).map_err(|e| Error::Spec(e.to_string()))?;
+            let json = serde_json::to_vec(profile).map_err(|e| Error::Spec(e.to_string()))?;
+            crate::state::write_atomic(&dir.join(crate::seccomp::STATE_FILE), &json)?;
+            filters
+        }
+        None => Vec::new(),
+    };
 
     let cgroup = Cgroup::create(&cgroup_path)?;
     cleanup.cgroup = Some(Cgroup::load(&cgroup_path));
     if let Some(res) = linux.and_then(|l| l.resources().as_ref()) {
         cgroup.apply(res)?;
+    }
+    // Before the init exists: nothing of the container runs unrestricted.
+    if let Some(rules) = crate::devices::rules(spec).map_err(Error::Spec)? {
+        let program = opts
+            .device_program
+            .clone()
+            .or_else(crate::devices::default_program);
+        cgroup.apply_devices(&rules, program.as_deref())?;
     }
 
     let (gate_read, gate_write) = match opts.gate {
@@ -258,6 +281,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         gate: gate_read.as_raw_fd(),
         stdio,
         tty,
+        seccomp: &seccomp,
     };
     let child = sys::clone_fork(ns.clone.bits()).map_err(io_err("clone"))?;
     if child == 0 {

@@ -71,11 +71,14 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         })?;
     }
     let cgroup = Cgroup::load(&state.cgroup);
+    // The container's seccomp profile confines exec'd processes too (as runc's exec);
+    // `create` kept it in the state directory.
+    let filters = load_seccomp(root, id)?;
     let (parent_sock, child_sock) = init::sync_pair().map_err(io_err("socketpair"))?;
     let child = sys::clone_fork(0).map_err(io_err("fork"))?;
     if child == 0 {
         drop(parent_sock);
-        let err = run_child(&cgroup, &fds, opts);
+        let err = run_child(&cgroup, &fds, opts, &filters);
         let _ = nix::sys::socket::send(
             child_sock.as_raw_fd(),
             &[&[msg::ERROR][..], err.to_string().as_bytes()].concat(),
@@ -93,7 +96,25 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
     }
 }
 
-fn run_child(cgroup: &Cgroup, fds: &[(CloneFlags, OwnedFd)], opts: &ExecOptions) -> InitError {
+/// The filters of the profile `create` recorded for `id`; none when it had no profile.
+fn load_seccomp(root: &Root, id: &str) -> Result<Vec<crate::seccomp::BpfProgram>, Error> {
+    let path = root.container_dir(id).join(crate::seccomp::STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path.display().to_string())(e)),
+    };
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
+    crate::seccomp::compile(&profile).map_err(|e| Error::Spec(e.to_string()))
+}
+
+fn run_child(
+    cgroup: &Cgroup,
+    fds: &[(CloneFlags, OwnedFd)],
+    opts: &ExecOptions,
+    filters: &[crate::seccomp::BpfProgram],
+) -> InitError {
     let result = (|| -> Result<std::io::Error, InitError> {
         step("join cgroup", || cgroup.join_self())?;
         for (flag, fd) in fds {
@@ -115,7 +136,7 @@ fn run_child(cgroup: &Cgroup, fds: &[(CloneFlags, OwnedFd)], opts: &ExecOptions)
             }
         }
         let exec = crate::process::prepare(&opts.process)?;
-        crate::process::drop_privileges(&opts.process)?;
+        init::finalize(&opts.process, filters)?;
         Ok(sys::execve(&exec.path, &exec.args, &exec.env))
     })();
     match result {

@@ -42,6 +42,8 @@ pub enum Error {
     NoPlatform(String),
     #[error(transparent)]
     Unpack(#[from] unpack::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
 }

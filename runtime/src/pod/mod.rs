@@ -63,6 +63,9 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// The `berth-runtime` binary (monitor and exec).
     pub runtime_binary: PathBuf,
+    /// The device cgroup program (`berth-ebpf-devices`), needed on cgroup v2 hosts;
+    /// None = [`crate::devices::default_program`] in the monitor.
+    pub device_program: Option<PathBuf>,
     pub log_rotation: Rotation,
 }
 
@@ -82,6 +85,21 @@ pub struct Resources {
     pub cpu_period: Option<u64>,
     pub memory_limit: Option<i64>,
     pub pids_limit: Option<i64>,
+}
+
+/// The seccomp profile a container runs under (`securityContext.seccompProfile`, the
+/// container's overriding the pod's; the kubelet's `--seccomp-default` picks
+/// `RuntimeDefault` when neither names one). Privileged containers run unconfined, as
+/// containerd does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SeccompProfile {
+    #[default]
+    Unconfined,
+    /// moby's default profile (`crate::seccomp::DEFAULT_PROFILE`).
+    RuntimeDefault,
+    /// A profile file on the node (`<agent root-dir>/seccomp/<localhostProfile>`).
+    Localhost { path: PathBuf },
 }
 
 /// The pod-level description of a container (what the agent derives from a Pod).
@@ -111,6 +129,8 @@ pub struct ContainerConfig {
     #[serde(default)]
     pub stdin: bool,
     pub log_path: PathBuf,
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
     /// Filled from the sandbox.
     #[serde(default)]
     pub hostname: String,
@@ -437,7 +457,11 @@ impl Runtime {
             host_mounts: vec![rootfs.to_path_buf()],
             stdin_fifo: cfg.stdin.then(|| self.stdin_path(&cfg.id)),
         };
-        let mut child = Command::new(&self.cfg.runtime_binary)
+        let mut command = Command::new(&self.cfg.runtime_binary);
+        if let Some(p) = &self.cfg.device_program {
+            command.env("BERTH_DEVICE_PROGRAM", p);
+        }
+        let mut child = command
             .args(monitor::command_args(&args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

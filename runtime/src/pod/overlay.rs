@@ -71,7 +71,9 @@ pub fn mount(dir: &Path, lower_top_first: &[PathBuf]) -> Result<PathBuf, Error> 
         Some("overlay"),
         &rootfs,
         Some("overlay"),
-        MsFlags::empty(),
+        // Device nodes in image layers or written into the container's upper layer are
+        // never usable; the container's /dev is its own tmpfs on top.
+        MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
     .map_err(|e| Error::Io {

@@ -1,17 +1,17 @@
 //! The OCI spec for a pod container: process from the image config merged with the pod's
 //! command/args/env/workingDir/user (Kubernetes' rules), containerd's default
-//! capabilities (plus add, minus drop; all when privileged), runc's masked and read-only
-//! paths, the sandbox's namespaces to join, cgroup path and resources.
+//! capabilities (plus add, minus drop; all when privileged), containerd's masked and
+//! read-only paths, the seccomp profile, the sandbox's namespaces to join, cgroup path and resources.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{ContainerConfig, Resources};
+use super::{ContainerConfig, Resources, SeccompProfile};
 use crate::image::config::{ImageUser, merge_command, merge_env, working_dir};
 use crate::image::{Error, Image};
 use crate::process::{CAPABILITY_NAMES, DEFAULT_CAPABILITIES};
-use crate::rootfs::{DEFAULT_MASKED, DEFAULT_READONLY};
+use crate::rootfs::{DEFAULT_READONLY, default_masked};
 
 fn cap_name(name: &str) -> String {
     let upper = name.to_ascii_uppercase();
@@ -68,8 +68,30 @@ pub fn capabilities(cfg: &ContainerConfig) -> Vec<String> {
     caps
 }
 
-fn resources(r: &Resources) -> Value {
-    let mut res = json!({});
+/// The OCI seccomp section for the container, resolved against its capabilities as
+/// containerd does; none for `Unconfined` and for privileged containers (containerd's
+/// CRI plugin sets no profile on privileged containers).
+fn seccomp(
+    cfg: &ContainerConfig,
+    caps: &[String],
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, Error> {
+    if cfg.privileged {
+        return Ok(None);
+    }
+    Ok(match &cfg.seccomp {
+        SeccompProfile::Unconfined => None,
+        SeccompProfile::RuntimeDefault => Some(crate::seccomp::runtime_default(caps)?),
+        SeccompProfile::Localhost { path } => Some(crate::seccomp::localhost(path, caps)?),
+    })
+}
+
+/// cgroup resources, with the device rules containerd's CRI plugin sets: deny
+/// everything (the runtime appends runc's default allow-list), or allow everything for
+/// a privileged container.
+fn resources(r: &Resources, privileged: bool) -> Value {
+    let mut res = json!({
+        "devices": [{"allow": privileged, "access": "rwm"}],
+    });
     let mut cpu = serde_json::Map::new();
     if let Some(s) = r.cpu_shares {
         cpu.insert("shares".into(), s.into());
@@ -134,6 +156,7 @@ pub fn build(
     groups.dedup();
 
     let caps = capabilities(cfg);
+    let seccomp = seccomp(cfg, &caps)?;
     let mut namespaces = vec![json!({"type": "mount"})];
     match sandbox_pid {
         Some(pid) => {
@@ -156,9 +179,15 @@ pub fn build(
         namespaces.push(json!({"type": "cgroup"}));
     }
 
+    let mut dev_options = vec!["nosuid", "strictatime", "mode=755", "size=65536k"];
+    if !cfg.privileged {
+        dev_options.push("nodev");
+    }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        // nodev for ordinary containers: the standard nodes are bind mounts of the
+        // host's (see rootfs::create_devices), so a node the container makes is unusable.
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": dev_options}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
@@ -168,6 +197,11 @@ pub fn build(
     for m in &cfg.mounts {
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
         options.push(if m.read_only { "ro" } else { "rw" }.to_string());
+        // A device node in a volume (an emptyDir the container wrote, a hostPath)
+        // cannot be opened through it; privileged containers keep them.
+        if !cfg.privileged {
+            options.push("nodev".to_string());
+        }
         mounts.push(json!({
             "destination": m.container_path,
             "type": "bind",
@@ -176,10 +210,10 @@ pub fn build(
         }));
     }
 
-    let masked: Vec<&str> = if cfg.privileged {
+    let masked: Vec<String> = if cfg.privileged {
         vec![]
     } else {
-        DEFAULT_MASKED.to_vec()
+        default_masked()
     };
     let readonly: Vec<&str> = if cfg.privileged {
         vec![]
@@ -200,6 +234,19 @@ pub fn build(
     if let Some(adj) = cfg.oom_score_adj {
         process["oomScoreAdj"] = adj.into();
     }
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path,
+        "resources": resources(&cfg.resources, cfg.privileged),
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+    });
+    if let Some(profile) = seccomp {
+        linux["seccomp"] = serde_json::to_value(profile).map_err(|source| Error::Json {
+            what: "seccomp profile".into(),
+            source,
+        })?;
+    }
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": process,
@@ -211,12 +258,6 @@ pub fn build(
             "io.kubernetes.cri.sandbox-id": cfg.sandbox_id,
             "io.kubernetes.cri.image-name": image.reference,
         },
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": cgroups_path,
-            "resources": resources(&cfg.resources),
-            "maskedPaths": masked,
-            "readonlyPaths": readonly,
-        },
+        "linux": linux,
     }))
 }

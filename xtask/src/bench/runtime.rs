@@ -6,6 +6,12 @@
 //! private mount namespace with `/sys/fs/cgroup/unified` unmounted and enters it (setns)
 //! before each crun run; berth-runtime and runc run in the host mount namespace, on the
 //! hybrid layout as it is.
+//!
+//! The seccomp rows (`berth_seccomp_ms_p50`): the same bundle with moby's default
+//! profile (RuntimeDefault, resolved for the bundle's capabilities) and the CRI's
+//! "deny all" device rule. berth runs it on cgroup v2 (a third private mount namespace
+//! with cgroup2 at /sys/fs/cgroup) so the device program is part of the lifecycle, beside
+//! a v2 baseline without seccomp or device rules; crun runs the same profile.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -24,11 +30,69 @@ const RUNS: usize = 60;
 /// Independent timer passes; the headline figures are the medians of the passes' medians.
 const PASSES: usize = 3;
 
-/// The runtimes in the order the timer rotates through.
-const RUNTIMES: [&str; 3] = ["berth", "crun", "runc"];
+/// How a variant's runs are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    /// The host mount namespace (hybrid cgroups).
+    Host,
+    /// /sys/fs/cgroup/unified unmounted (pure v1), for crun.
+    Legacy,
+    /// cgroup2 mounted at /sys/fs/cgroup (pure v2).
+    V2,
+}
 
-/// Writes a busybox bundle whose process is `/bin/true`, from `crun spec`.
-fn make_bundle(dir: &Path) -> Result<()> {
+/// One timed configuration: (name, binary, bundle directory name, namespace).
+struct Variant {
+    name: &'static str,
+    binary: &'static str,
+    bundle: &'static str,
+    ns: Ns,
+}
+
+/// The variants in the order the timer rotates through.
+const VARIANTS: [Variant; 6] = [
+    Variant {
+        name: "berth",
+        binary: "berth",
+        bundle: "plain",
+        ns: Ns::Host,
+    },
+    Variant {
+        name: "crun",
+        binary: "crun",
+        bundle: "plain",
+        ns: Ns::Legacy,
+    },
+    Variant {
+        name: "runc",
+        binary: "runc",
+        bundle: "plain",
+        ns: Ns::Host,
+    },
+    Variant {
+        name: "berth-v2",
+        binary: "berth",
+        bundle: "v2-plain",
+        ns: Ns::V2,
+    },
+    Variant {
+        name: "berth-seccomp",
+        binary: "berth",
+        bundle: "seccomp",
+        ns: Ns::V2,
+    },
+    Variant {
+        name: "crun-seccomp",
+        binary: "crun",
+        bundle: "seccomp",
+        ns: Ns::Legacy,
+    },
+];
+
+/// Writes the busybox rootfs and three bundles whose process is `/bin/true`, from
+/// `crun spec`: `plain` (crun's spec as it is: deny-all device rule, no seccomp),
+/// `seccomp` (plus RuntimeDefault) and `v2-plain` (no device rules, no seccomp).
+pub(crate) fn make_bundles(dir: &Path) -> Result<()> {
     let rootfs = dir.join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d))?;
@@ -43,10 +107,43 @@ fn make_bundle(dir: &Path) -> Result<()> {
     run_checked(Command::new("crun").arg("spec").current_dir(dir))?;
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    std::fs::remove_file(dir.join("config.json"))?;
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = serde_json::json!(["/bin/true"]);
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    for (name, spec) in bundle_specs(&spec)? {
+        let b = dir.join(name);
+        std::fs::create_dir_all(&b)?;
+        std::fs::write(b.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+    }
     Ok(())
+}
+
+/// The three bundles' config.json from `crun spec`'s.
+pub(crate) fn bundle_specs(
+    base: &serde_json::Value,
+) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    let caps: Vec<String> = base["process"]["capabilities"]["bounding"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let profile = berth_runtime::seccomp::runtime_default(&caps)?;
+    let mut seccomp = base.clone();
+    seccomp["linux"]["seccomp"] = serde_json::to_value(profile)?;
+    seccomp["linux"]["resources"]["devices"] =
+        serde_json::json!([{"allow": false, "access": "rwm"}]);
+    let mut v2_plain = base.clone();
+    v2_plain["linux"]["resources"]["devices"] =
+        serde_json::json!([{"allow": true, "access": "rwm"}]);
+    Ok(vec![
+        ("plain", base.clone()),
+        ("seccomp", seccomp),
+        ("v2-plain", v2_plain),
+    ])
 }
 
 pub fn run() -> Result<Report> {
@@ -66,13 +163,20 @@ pub fn run() -> Result<Report> {
         "xtask",
     ]))?;
     let berth = util::target_dir().join("release/berth-runtime");
+    let devices = util::ebpf_devices_object();
+    if !devices.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask build-ebpf` (the seccomp rows run berth's device program)",
+            devices.display()
+        );
+    }
     let dir = util::target_dir().join("bench-runtime");
     let _ = std::fs::remove_dir_all(&dir);
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle)?;
-    make_bundle(&bundle)?;
+    make_bundles(&bundle)?;
 
-    let mut passes: Vec<[Vec<f64>; 3]> = Vec::new();
+    let mut passes: Vec<Vec<Vec<f64>>> = Vec::new();
     for pass in 1..=PASSES {
         util::step(format!(
             "pass {pass}/{PASSES}: timing {RUNS} runs of each runtime, interleaved"
@@ -85,6 +189,8 @@ pub fn run() -> Result<Report> {
             .arg(&bundle)
             .arg("--state")
             .arg(dir.join("state"))
+            .arg("--device-program")
+            .arg(&devices)
             .stderr(Stdio::inherit())
             .output()
             .context("runtime-timer")?;
@@ -98,7 +204,7 @@ pub fn run() -> Result<Report> {
                 .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
                 .unwrap_or_default()
         };
-        passes.push([get("berth"), get("crun"), get("runc")]);
+        passes.push(VARIANTS.iter().map(|v| get(v.name)).collect());
     }
     let p = |s: &[f64], q: f64| percentile(s, q).unwrap_or(f64::NAN);
     let round = |x: f64| (x * 100.0).round() / 100.0;
@@ -115,6 +221,9 @@ pub fn run() -> Result<Report> {
     let (b50, b90, bmin, bpass) = summary(0);
     let (c50, c90, cmin, cpass) = summary(1);
     let (r50, r90, rmin, rpass) = summary(2);
+    let (v50, v90, vmin, vpass) = summary(3);
+    let (s50, s90, smin, spass) = summary(4);
+    let (cs50, cs90, csmin, cspass) = summary(5);
     let mut report = Report {
         header: [
             "runtime",
@@ -157,6 +266,27 @@ pub fn run() -> Result<Report> {
             rmin,
             &rpass,
         ),
+        (
+            "berth-runtime, cgroup v2, no seccomp, no device rules",
+            v50,
+            v90,
+            vmin,
+            &vpass,
+        ),
+        (
+            "berth-runtime, cgroup v2, RuntimeDefault + device program",
+            s50,
+            s90,
+            smin,
+            &spass,
+        ),
+        (
+            "crun 1.8.1, RuntimeDefault (private mount ns, v1)",
+            cs50,
+            cs90,
+            csmin,
+            &cspass,
+        ),
     ] {
         report.rows.push(vec![
             label.to_string(),
@@ -174,11 +304,18 @@ pub fn run() -> Result<Report> {
     report.figure("berth_ms_p90", round(b90));
     report.figure("runs", (RUNS * PASSES) as u64);
     report.figure("berth_vs_crun_p50", round(b50 / c50));
+    report.figure("berth_v2_ms_p50", round(v50));
+    report.figure("berth_seccomp_ms_p50", round(s50));
+    report.figure("crun_seccomp_ms_p50", round(cs50));
+    report.figure("seccomp_devices_added_ms", round(s50 - v50));
+    report.figure("berth_seccomp_vs_crun_seccomp_p50", round(s50 / cs50));
     report.notes = vec![
         "Full lifecycle: `<runtime> run --bundle B <id>` = create + start + wait + delete of a busybox-static `/bin/true` bundle made by `crun spec` (pid, net, ipc, uts, mount namespaces; read-only rootfs; runc's masked/read-only paths).".into(),
         "Timed from one single-threaded process, runtimes rotated each round; wall time of the whole command.".into(),
         "crun 1.8.1 refuses hybrid cgroups (`cgroups in hybrid mode not supported`): its runs enter a private mount namespace with /sys/fs/cgroup/unified unmounted (pure v1). berth and runc run on the host's hybrid layout.".into(),
         format!("Machine: 2 shared vCPUs, noisy; {PASSES} timer passes of {RUNS} runs per runtime; p50/p90 are the medians of the passes' values."),
+        "Seccomp rows: the bundle plus moby's default profile (berth's RuntimeDefault, resolved for the bundle's capabilities) and the CRI's deny-all device rule; berth runs it in a private mount namespace with cgroup2 at /sys/fs/cgroup, so its device program is loaded and attached each run; `seccomp_devices_added_ms` is that minus the v2 run without either. crun gets the same profile.".into(),
+        "berth-runtime enforces the spec's device rules (crun spec's deny-all, then runc's default allow-list) in every row, as crun and runc do: on the hybrid host through the v1 devices controller.".into(),
         "berth-runtime's init joins its v1 cgroups by writing 0 to each `tasks` file (single-threaded: no global threadgroup lock, so no RCU grace-period wait, which the `cgroup.procs` writes of crun and runc pay).".into(),
     ];
     let _ = std::fs::remove_dir_all(&dir);
@@ -196,6 +333,9 @@ pub struct TimerArgs {
     bundle: PathBuf,
     #[arg(long)]
     state: PathBuf,
+    /// berth's device program object (for the cgroup v2 runs).
+    #[arg(long)]
+    device_program: PathBuf,
 }
 
 /// The timer process: single-threaded, so it can switch mount namespaces with setns.
@@ -212,46 +352,69 @@ pub fn timer(args: &TimerArgs) -> Result<std::process::ExitCode> {
     umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH).context("umount unified")?;
     let legacy = std::fs::File::open("/proc/self/ns/mnt")?;
     setns(host.as_fd(), CloneFlags::CLONE_NEWNS)?;
+    unshare(CloneFlags::CLONE_NEWNS).context("unshare mount ns")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    umount2("/sys/fs/cgroup", MntFlags::MNT_DETACH).context("umount /sys/fs/cgroup")?;
+    mount(
+        Some("none"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mount cgroup2")?;
+    let v2 = std::fs::File::open("/proc/self/ns/mnt")?;
+    setns(host.as_fd(), CloneFlags::CLONE_NEWNS)?;
 
-    let bar = ProgressBar::new((args.runs * RUNTIMES.len()) as u64);
+    let bar = ProgressBar::new((args.runs * VARIANTS.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template("  {bar:40} {pos}/{len} runs")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut samples: [Vec<f64>; 3] = Default::default();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
     for round in 0..args.runs {
-        for k in 0..RUNTIMES.len() {
-            let which = (round + k) % RUNTIMES.len();
-            let id = format!("bench-{}-{round}", RUNTIMES[which]);
-            let mut cmd = match RUNTIMES[which] {
+        for k in 0..VARIANTS.len() {
+            let which = (round + k) % VARIANTS.len();
+            let v = &VARIANTS[which];
+            let id = format!("bench-{}-{round}", v.name);
+            let mut cmd = match v.binary {
                 "berth" => {
                     let mut c = Command::new(&args.berth);
                     c.arg("--root").arg(&args.state);
+                    c.env("BERTH_DEVICE_PROGRAM", &args.device_program);
                     c
                 }
                 other => Command::new(other),
             };
             cmd.arg("run")
                 .arg("--bundle")
-                .arg(&args.bundle)
+                .arg(args.bundle.join(v.bundle))
                 .arg(&id)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
-            if RUNTIMES[which] == "crun" {
-                setns(legacy.as_fd(), CloneFlags::CLONE_NEWNS)?;
+            match v.ns {
+                Ns::Host => {}
+                Ns::Legacy => setns(legacy.as_fd(), CloneFlags::CLONE_NEWNS)?,
+                Ns::V2 => setns(v2.as_fd(), CloneFlags::CLONE_NEWNS)?,
             }
             let start = Instant::now();
             let out = cmd.output();
             let ms = start.elapsed().as_secs_f64() * 1000.0;
-            if RUNTIMES[which] == "crun" {
+            if v.ns != Ns::Host {
                 setns(host.as_fd(), CloneFlags::CLONE_NEWNS)?;
             }
-            let out = out.with_context(|| format!("spawn {}", RUNTIMES[which]))?;
+            let out = out.with_context(|| format!("spawn {}", v.binary))?;
             if !out.status.success() {
                 bail!(
                     "{} run failed: {}",
-                    RUNTIMES[which],
+                    v.name,
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
@@ -260,9 +423,64 @@ pub fn timer(args: &TimerArgs) -> Result<std::process::ExitCode> {
         }
     }
     bar.finish_and_clear();
-    let doc = serde_json::json!({
-        "berth": samples[0], "crun": samples[1], "runc": samples[2],
-    });
-    println!("{doc}");
+    let doc: serde_json::Map<String, serde_json::Value> = VARIANTS
+        .iter()
+        .zip(samples)
+        .map(|(v, s)| (v.name.to_string(), serde_json::json!(s)))
+        .collect();
+    println!("{}", serde_json::Value::Object(doc));
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `crun spec` writes, cut to the fields the bench reads.
+    fn crun_spec() -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": "1.0.0",
+            "process": {
+                "args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "capabilities": {
+                    "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                },
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}},
+        })
+    }
+
+    #[test]
+    fn the_seccomp_bundle_has_runtime_default_and_deny_all_devices() {
+        let specs = bundle_specs(&crun_spec()).expect("bundle specs");
+        let names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["plain", "seccomp", "v2-plain"]);
+        for v in VARIANTS {
+            assert!(
+                names.contains(&v.bundle),
+                "{} runs a bundle that exists",
+                v.name
+            );
+        }
+        let seccomp = &specs[1].1["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        let allowed: Vec<&str> = seccomp["syscalls"]
+            .as_array()
+            .expect("syscalls")
+            .iter()
+            .flat_map(|r| r["names"].as_array().into_iter().flatten())
+            .filter_map(|n| n.as_str())
+            .collect();
+        assert!(allowed.contains(&"execve") && !allowed.contains(&"mount"));
+        assert_eq!(
+            specs[1].1["linux"]["resources"]["devices"][0]["allow"],
+            false
+        );
+        assert_eq!(
+            specs[2].1["linux"]["resources"]["devices"][0]["allow"],
+            true
+        );
+        assert!(specs[2].1["linux"]["seccomp"].is_null());
+    }
 }
