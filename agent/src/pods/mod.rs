@@ -384,13 +384,14 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
                 }
             };
         mem = m;
-        record(
-            &events_api,
-            &ctx.node.name,
-            &last_pod,
-            std::mem::take(&mut mem.events),
-        )
-        .await;
+        // Events go out beside the status write, not before it: a pod's Ready does not
+        // wait on its Pulled/Created/Started events (a burst of pods makes hundreds).
+        let events = std::mem::take(&mut mem.events);
+        if !events.is_empty() {
+            let (events_api, node, pod) =
+                (events_api.clone(), ctx.node.name.clone(), last_pod.clone());
+            tokio::spawn(async move { record(&events_api, &node, &pod, events).await });
+        }
         if let Some(status) = outcome.status {
             let current: Value = last_pod
                 .status

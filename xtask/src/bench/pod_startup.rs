@@ -82,7 +82,12 @@ fn observe(event: &Value, now: Instant, seen: &mut HashMap<String, Seen>) {
 }
 
 /// One burst in namespace `ns`: the per-pod records and the agent's RSS at the end.
-async fn burst(target: &Target, ns: &str, agent_pid: u32) -> Result<(Vec<Seen>, f64, f64)> {
+async fn burst(
+    target: &Target,
+    ns: &str,
+    agent: &berth_testkit::Agent,
+    agent_pid: u32,
+) -> Result<(Vec<Seen>, f64, f64)> {
     let mut admin = Conn::connect(target).await?;
     super::apiserver::namespace(&mut admin, ns).await?;
     // Every pod mounts its service account's kube-api-access volume, which needs the
@@ -221,6 +226,20 @@ async fn burst(target: &Target, ns: &str, agent_pid: u32) -> Result<(Vec<Seen>, 
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Gone from the API is not gone from the node: the next burst starts once the
+    // agent has torn every pod down (containers, sandboxes, network, mounts), so no
+    // burst pays for the previous one's teardown.
+    loop {
+        let left = agent.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent had not torn the burst down within 240 s: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let seen = seen
         .lock()
         .map(|s| s.values().cloned().collect())
@@ -314,7 +333,7 @@ pub fn run() -> Result<Report> {
     let mut runs = Vec::new();
     for b in 0..BURSTS {
         let (seen, rss, rate) = rt
-            .block_on(burst(&target, &format!("burst-{b}"), agent_pid))
+            .block_on(burst(&target, &format!("burst-{b}"), &agent, agent_pid))
             .with_context(|| {
                 let log = std::fs::read_to_string(agent.log_file()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
