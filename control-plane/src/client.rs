@@ -15,13 +15,17 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 /// A client from a kubeconfig file.
 pub async fn from_kubeconfig(path: &Path) -> Result<Client, anyhow::Error> {
+    Ok(Client::try_from(config_from_kubeconfig(path).await?)?)
+}
+
+/// A client configuration from a kubeconfig file.
+pub async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config, anyhow::Error> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(
+    Ok(kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
-    .await?;
-    Ok(Client::try_from(config)?)
+    .await?)
 }
 
 /// The informers of one component: reflector-fed caches whose watches run only while
@@ -32,7 +36,15 @@ pub async fn from_kubeconfig(path: &Path) -> Result<Client, anyhow::Error> {
 #[derive(Default)]
 pub struct Informers {
     watches: Vec<futures_util::future::BoxFuture<'static, ()>>,
+    /// One wait per cache for its first list. kube-runtime's readiness wakes only the
+    /// last of several waiters on one cache, so [`Informers::run`] waits for every
+    /// cache itself before the work starts (client-go's `WaitForCacheSync`); the
+    /// work's own `wait_until_ready` calls then return at once.
+    synced: Vec<futures_util::future::BoxFuture<'static, ()>>,
     shared: HashMap<(TypeId, String), Box<dyn Any + Send>>,
+    /// Who lists and watches, whatever client an `Api` was made with (the controller
+    /// manager's own identity, while each controller writes as itself).
+    client: Option<Client>,
 }
 
 type Subscribers<K> = Arc<Mutex<Vec<Box<dyn Fn(&K) + Send>>>>;
@@ -54,6 +66,20 @@ impl std::fmt::Debug for Informers {
 }
 
 impl Informers {
+    /// Informers whose cluster-wide watches all list and watch as `client`.
+    pub fn watching_as(client: Client) -> Self {
+        Informers {
+            client: Some(client),
+            ..Self::default()
+        }
+    }
+
+    /// The client watches list and watch as (`fallback` when the informers have none
+    /// of their own) — for namespaced watches, which [`Informers::add`] keeps as given.
+    pub fn watch_client(&self, fallback: &Client) -> Client {
+        self.client.clone().unwrap_or_else(|| fallback.clone())
+    }
+
     /// A cache of `api`'s objects; `on_change` sees every object created, changed or
     /// deleted (after the cache has it). The watch restarts with back-off on errors.
     pub fn add<K, F>(&mut self, api: Api<K>, on_change: F) -> reflector::Store<K>
@@ -119,8 +145,18 @@ impl Informers {
         K::DynamicType: Eq + std::hash::Hash + Clone,
         F: Fn(&K) + Send + 'static,
     {
+        let api = match (&self.client, api.namespace()) {
+            (Some(client), None) => Api::all_with(client.clone(), &dyntype),
+            _ => api,
+        };
         let writer = reflector::store::Writer::new(dyntype);
         let store = writer.as_reader();
+        self.synced.push(Box::pin({
+            let store = store.clone();
+            async move {
+                let _ = store.wait_until_ready().await;
+            }
+        }));
         let stream = reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff()
             .touched_objects();
@@ -135,12 +171,16 @@ impl Informers {
         store
     }
 
-    /// Runs the watches alongside `work` (which should wait for the caches it reads
-    /// with `wait_until_ready`) until `work` returns.
+    /// Runs the watches alongside `work`, which starts once every cache has its first
+    /// list, until `work` returns.
     pub async fn run<T>(self, work: impl std::future::Future<Output = T>) -> T {
         let watches = futures_util::future::join_all(self.watches);
+        let synced = futures_util::future::join_all(self.synced);
         tokio::select! {
-            out = work => out,
+            out = async move {
+                synced.await;
+                work.await
+            } => out,
             _ = watches => std::future::pending().await,
         }
     }

@@ -84,6 +84,13 @@ struct Args {
     /// How long signed certificates last unless a request asks for less (Go duration).
     #[arg(long, default_value = "8760h")]
     cluster_signing_duration: String,
+    /// Each controller acts as its own ServiceAccount (`kube-system/<name>`, bound to
+    /// its `system:controller:*` role) with tokens from the TokenRequest API, while the
+    /// informers list and watch as the controller manager (kube-controller-manager's
+    /// flag, which kubeadm sets). `false`: every controller acts as the controllers'
+    /// kubeconfig — beside the apiserver, the admin's.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    use_service_account_credentials: bool,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -309,11 +316,24 @@ fn main() -> anyhow::Result<()> {
             .filter(|ns| *ns > 0)
             .map(|ns| std::time::Duration::from_nanos(ns.unsigned_abs()))
             .ok_or_else(|| anyhow::anyhow!("--cluster-signing-duration: not a duration"))?;
+            // Beside the apiserver, the controller manager is `system:kube-controller-manager`
+            // (the kubeconfig the apiserver writes) and each controller its own account;
+            // alone, `--kubeconfig` is both.
+            let (manager_kubeconfig, accounts) = match (args.apiserver, args.use_service_account_credentials) {
+                (true, true) => (
+                    args.data_dir
+                        .join(berth_control_plane::apiserver::CONTROLLER_MANAGER_KUBECONFIG),
+                    Some(args.data_dir.join("controllers")),
+                ),
+                (false, true) => (kubeconfig.clone(), Some(args.data_dir.join("controllers"))),
+                (_, false) => (kubeconfig.clone(), None),
+            };
             tokio::spawn(component(
-                kubeconfig.clone(),
+                manager_kubeconfig.clone(),
                 controllers::LEASE,
                 args.leader_elect,
                 move |c| {
+                    let (accounts, manager_kubeconfig) = (accounts.clone(), manager_kubeconfig.clone());
                     // Read when the controllers start: the apiserver writes the
                     // kubeconfig (and its CA) on its first start.
                     let ca = match &root_ca_file {
@@ -335,14 +355,30 @@ fn main() -> anyhow::Result<()> {
                             duration: signing_duration,
                         })
                     });
-                    Box::pin(controllers::run(
-                        c,
-                        controllers::Options {
-                            root_ca,
-                            signing,
-                            ..options.clone()
-                        },
-                    ))
+                    let options = controllers::Options {
+                        root_ca,
+                        signing,
+                        ..options.clone()
+                    };
+                    Box::pin(async move {
+                        let credentials = match accounts {
+                            None => controllers::credentials::Credentials::Shared(c),
+                            Some(token_dir) => {
+                                match berth_control_plane::client::config_from_kubeconfig(&manager_kubeconfig).await {
+                                    Ok(config) => controllers::credentials::Credentials::ServiceAccounts {
+                                        manager: c,
+                                        config: Box::new(config),
+                                        token_dir,
+                                    },
+                                    Err(err) => {
+                                        tracing::error!(%err, "the controllers' kubeconfig");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        controllers::run(credentials, options).await
+                    })
                 },
             ));
         }

@@ -546,3 +546,126 @@ fn python_client_sees_403_and_every_review_api() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("python rbac: ok"));
 }
+
+/// The controllers are not `system:masters`: each acts as its own ServiceAccount in
+/// kube-system bound to its `system:controller:*` role, and the informers list and watch
+/// as `system:kube-controller-manager` (`--use-service-account-credentials`, the
+/// default). Taking `create pods` out of the ReplicaSet controller's role stops it
+/// creating pods, with a FailedCreate event naming its account in kube-apiserver's
+/// words; putting the rule back lets it go on.
+#[test]
+fn controllers_act_as_their_own_service_accounts() {
+    let Some(c) = Cluster::start() else { return };
+    let k = &c.admin;
+    let rs_account = "system:serviceaccount:kube-system:replicaset-controller";
+    poll("the controllers' ServiceAccounts", || {
+        succeeds(
+            k,
+            &["get", "sa", "-n", "kube-system", "replicaset-controller"],
+        )
+    });
+    for account in [
+        "deployment-controller",
+        "job-controller",
+        "namespace-controller",
+        "generic-garbage-collector",
+        "endpointslice-controller",
+        "root-ca-cert-publisher",
+        "certificate-controller",
+    ] {
+        k.ok(&["get", "sa", "-n", "kube-system", account]);
+    }
+    let can = |args: &[&str]| k.ok(&[&["auth", "can-i"], args].concat()).trim().to_owned();
+    assert_eq!(
+        can(&["create", "pods", &format!("--as={rs_account}")]),
+        "yes"
+    );
+    let no = k.run(&[
+        "auth",
+        "can-i",
+        "get",
+        "secrets",
+        &format!("--as={rs_account}"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
+    assert_eq!(
+        can(&["list", "pods", "-A", "--as=system:kube-controller-manager"]),
+        "yes"
+    );
+    let no = k.run(&[
+        "auth",
+        "can-i",
+        "create",
+        "pods",
+        "--as=system:kube-controller-manager",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
+
+    // The ReplicaSet controller without `create pods`.
+    let role = k.json(&[
+        "get",
+        "clusterrole",
+        "system:controller:replicaset-controller",
+    ]);
+    let mut narrowed = role.clone();
+    for rule in narrowed["rules"].as_array_mut().expect("rules") {
+        if rule["resources"] == serde_json::json!(["pods"]) {
+            rule["verbs"] = serde_json::json!(["delete", "list", "patch", "watch"]);
+        }
+    }
+    narrowed["metadata"] = serde_json::json!({"name": "system:controller:replicaset-controller"});
+    k.apply(&narrowed.to_string());
+    poll("the narrowed role to count", || {
+        String::from_utf8_lossy(
+            &k.run(&[
+                "auth",
+                "can-i",
+                "create",
+                "pods",
+                &format!("--as={rs_account}"),
+            ])
+            .stdout,
+        )
+        .trim()
+            == "no"
+    });
+    k.apply(
+        r#"{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "fenced", "namespace": "default"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "fenced"}},
+                     "template": {"metadata": {"labels": {"app": "fenced"}},
+                                  "spec": {"containers": [{"name": "c", "image": "berth.local/busybox:1.35"}]}}}}"#,
+    );
+    let want = format!(
+        "is forbidden: User \"{rs_account}\" cannot create resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    poll(
+        "a FailedCreate event naming the controller's account",
+        || {
+            let events = k.json(&[
+                "get",
+                "events",
+                "-n",
+                "default",
+                "--field-selector",
+                "reason=FailedCreate,involvedObject.name=fenced",
+            ]);
+            events["items"].as_array().is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|e| e["message"].as_str().is_some_and(|m| m.contains(&want)))
+            })
+        },
+    );
+    let pods = k.json(&["get", "pods", "-n", "default", "-l", "app=fenced"]);
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");
+
+    // The rule back: the controller creates the pods.
+    let mut restored = role;
+    restored["metadata"] = serde_json::json!({"name": "system:controller:replicaset-controller"});
+    k.apply(&restored.to_string());
+    poll("the ReplicaSet's two pods", || {
+        let pods = k.json(&["get", "pods", "-n", "default", "-l", "app=fenced"]);
+        pods["items"].as_array().map(Vec::len) == Some(2)
+    });
+}

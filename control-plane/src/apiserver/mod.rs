@@ -55,6 +55,9 @@ use crate::store::{LeaseId, Store, StoreError};
 
 /// The scheduler's kubeconfig in the data dir (user `system:kube-scheduler`).
 pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
+/// The controller manager's kubeconfig in the data dir (user
+/// `system:kube-controller-manager`).
+pub const CONTROLLER_MANAGER_KUBECONFIG: &str = "controller-manager.kubeconfig";
 /// Largest request body accepted (Kubernetes' limit is 3 MiB).
 /// The StorageClass every berth-server creates at start, marked default.
 pub const DEFAULT_STORAGE_CLASS: &str = "local";
@@ -599,14 +602,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "kubernetes-admin",
         &["system:masters"],
     )?;
-    // The in-process scheduler's identity: the bootstrap policy binds
-    // `system:kube-scheduler` to its role. (The controllers use the admin kubeconfig:
-    // upstream's controller roles are bound to per-controller ServiceAccounts, which
-    // berth's single controller client does not have yet.)
+    // The in-process scheduler's and controller manager's identities: the bootstrap
+    // policy binds `system:kube-scheduler` and `system:kube-controller-manager` to
+    // their roles (each controller then acts as its own ServiceAccount).
     pki.write_kubeconfig(
         &config.data_dir.join(SCHEDULER_KUBECONFIG),
         &server_url,
         "system:kube-scheduler",
+        &[],
+    )?;
+    pki.write_kubeconfig(
+        &config.data_dir.join(CONTROLLER_MANAGER_KUBECONFIG),
+        &server_url,
+        "system:kube-controller-manager",
         &[],
     )?;
     let (kubelet_cert, kubelet_key) = pki.issue(kubelet::CLIENT_USER, &[], &[], false)?;

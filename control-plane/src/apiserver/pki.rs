@@ -29,7 +29,9 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+/// Writes `contents` to `path` (created with its directory), replacing it atomically;
+/// `private` files are readable by their owner only.
+pub fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| PkiError::Io {
         path: path.into(),

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
@@ -26,6 +26,7 @@ use super::expectations::Expectations;
 use super::history::{self, HASH_LABEL};
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
+use super::update::{self, Part};
 use crate::client::{Informers, Involved, record_event};
 use crate::scheduler::filters::node_affinity::pod_matches_node;
 use crate::scheduler::filters::taints::tolerates;
@@ -459,17 +460,12 @@ impl Controller {
             .is_some_and(|m| m.iter().any(|(k, v)| old.get(k).unwrap_or(&json!(0)) != v));
         if differs {
             let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), ns);
-            match api
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": new_status})),
-                )
-                .await
+            let change = update::merge(json!({"status": new_status}));
+            if update::update(&api, &ds, Part::Status, change)
+                .await?
+                .is_none()
             {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
-                Err(e) => return Err(e),
+                return Ok(None);
             }
         }
         // Daemon pods carry the bare hash; revisions are named `<set>-<hash>`.

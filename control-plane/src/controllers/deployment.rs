@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
 use super::replicaset::ignore_gone;
+use super::update::{self, Part};
 use crate::client::{Informers, Involved, record_event};
 use crate::scheduler::labels::matches;
 
@@ -359,11 +360,8 @@ impl Controller {
                 .and_then(|a| a.get(REVISION).cloned());
             if current.as_deref() != Some(rev.as_str()) {
                 let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
-                ignore_gone(
-                    Api::<Deployment>::namespaced(self.client.clone(), ns)
-                        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                        .await,
-                )?;
+                let api = Api::<Deployment>::namespaced(self.client.clone(), ns);
+                update::update(&api, &*d, Part::Object, update::merge(patch)).await?;
             }
         }
         self.update_status(
@@ -445,9 +443,8 @@ impl Controller {
                 // so the next hash differs.
                 let next = collisions.unwrap_or(0) + 1;
                 let patch = json!({"status": {"collisionCount": next}});
-                Api::<Deployment>::namespaced(self.client.clone(), &ns)
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
+                let api = Api::<Deployment>::namespaced(self.client.clone(), &ns);
+                update::update(&api, d, Part::Status, update::merge(patch)).await?;
                 Err(kube::Error::Api(s))
             }
             Err(e) => Err(e),
@@ -624,7 +621,6 @@ impl Controller {
         count: &(dyn Fn(&ReplicaSet) -> Counts + Sync),
     ) -> Result<Option<Duration>, kube::Error> {
         let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let name = d.metadata.name.clone().unwrap_or_default();
         let total: i32 = all.iter().map(|rs| count(rs).active).sum();
         let ready: i32 = all.iter().map(|rs| count(rs).ready).sum();
         let available: i32 = all.iter().map(|rs| count(rs).available).sum();
@@ -783,15 +779,9 @@ impl Controller {
         .any(|f| num(&old_status, f) != num(&new_status, f))
             || cond_key(&old_status) != cond_key(&new_status);
         if changed {
-            ignore_gone(
-                Api::<Deployment>::namespaced(self.client.clone(), &ns)
-                    .patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"status": new_status})),
-                    )
-                    .await,
-            )?;
+            let api = Api::<Deployment>::namespaced(self.client.clone(), &ns);
+            let change = update::merge(json!({"status": new_status}));
+            update::update(&api, d, Part::Status, change).await?;
         }
         Ok(again)
     }

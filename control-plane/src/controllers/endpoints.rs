@@ -29,7 +29,10 @@ const CONTROLLER: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 struct Controller {
+    /// Writes EndpointSlices (upstream's endpointslice controller).
     client: Client,
+    /// Writes Endpoints (upstream's endpoints controller).
+    endpoints_client: Client,
     services: Store<Service>,
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
@@ -37,6 +40,7 @@ struct Controller {
 
 pub fn start(
     client: Client,
+    endpoints_client: Client,
     informers: &mut Informers,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let queue = Queue::new();
@@ -65,6 +69,7 @@ pub fn start(
         let _ = pods.wait_until_ready().await;
         let ctl = Arc::new(Controller {
             client,
+            endpoints_client,
             services,
             pods,
             slices,
@@ -166,7 +171,7 @@ impl Controller {
             return Ok(None);
         };
         let slice_api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
-        let ep_api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
+        let ep_api: Api<Endpoints> = Api::namespaced(self.endpoints_client.clone(), ns);
         let existing: Vec<Arc<EndpointSlice>> = self
             .slices
             .state()

@@ -4,6 +4,7 @@
 
 pub mod certificates;
 pub mod clusterrole_aggregation;
+pub mod credentials;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -25,11 +26,10 @@ pub mod root_ca_publisher;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttl_after_finished;
+pub mod update;
 pub mod volume;
 
 use std::time::Duration;
-
-use kube::Client;
 
 /// The Lease in kube-system the controllers are elected through.
 pub const LEASE: &str = "kube-controller-manager";
@@ -152,103 +152,162 @@ impl std::str::FromStr for Selection {
     }
 }
 
-/// The selected controllers, until the future is dropped.
-pub async fn run(client: Client, options: Options) {
-    // One set of informers for all of them: one watch and one cache per resource.
-    let mut informers = crate::client::Informers::default();
+/// The ServiceAccounts (upstream's names) each controller acts as.
+const ACCOUNTS: &[(&str, &[&str])] = &[
+    (
+        "replicaset",
+        &["replicaset-controller", "replication-controller"],
+    ),
+    ("deployment", &["deployment-controller"]),
+    ("job", &["job-controller"]),
+    ("statefulset", &["statefulset-controller"]),
+    ("daemonset", &["daemon-set-controller"]),
+    ("disruption", &["disruption-controller"]),
+    (
+        "endpoint",
+        &["endpointslice-controller", "endpoint-controller"],
+    ),
+    ("namespace", &["namespace-controller"]),
+    ("garbagecollector", &["generic-garbage-collector"]),
+    ("serviceaccount", &["service-account-controller"]),
+    ("cronjob", &["cronjob-controller"]),
+    (
+        "clusterrole-aggregation",
+        &["clusterrole-aggregation-controller"],
+    ),
+    ("ttl-after-finished", &["ttl-after-finished-controller"]),
+    ("horizontalpodautoscaling", &["horizontal-pod-autoscaler"]),
+    ("nodelifecycle", &["node-controller"]),
+    ("podgc", &["pod-garbage-collector"]),
+    ("csrapproving", &["certificate-controller"]),
+    ("csrsigning", &["certificate-controller"]),
+    ("root-ca-cert-publisher", &["root-ca-cert-publisher"]),
+    ("persistentvolume-binder", &["persistent-volume-binder"]),
+    ("pvc-protection", &["pvc-protection-controller"]),
+    ("pv-protection", &["pv-protection-controller"]),
+];
+
+/// The selected controllers, until the future is dropped. Each acts with the client
+/// `credentials` give it (its own ServiceAccount, upstream's name, with
+/// `--use-service-account-credentials`).
+pub async fn run(credentials: credentials::Credentials, options: Options) {
+    // One set of informers for all of them, listing and watching as the controller
+    // manager: one watch and one cache per resource.
+    let mut informers = crate::client::Informers::watching_as(credentials.manager());
+    let mut accounts = credentials::Accounts::new(credentials);
     let i = &mut informers;
     let on = |name: &str| options.controllers.enabled(name);
+    let wanted: Vec<&str> = ACCOUNTS
+        .iter()
+        .filter(|(controller, _)| on(controller))
+        .flat_map(|(_, accounts)| accounts.iter().copied())
+        .collect();
+    accounts.prepare(&wanted).await;
     // Each loop is boxed: together they are too large a future for a worker's stack.
     let mut loops: Vec<futures_util::future::BoxFuture<'static, ()>> = Vec::new();
-    let c = &client;
+    let a = &mut accounts;
     if on("replicaset") {
-        loops.push(Box::pin(replicaset::start(c.clone(), i)));
+        let rs = a.client("replicaset-controller").await;
+        let rc = a.client("replication-controller").await;
+        loops.push(Box::pin(replicaset::start(rs, rc, i)));
     }
     if on("deployment") {
-        loops.push(Box::pin(deployment::start(c.clone(), i)));
+        let c = a.client("deployment-controller").await;
+        loops.push(Box::pin(deployment::start(c, i)));
     }
     if on("job") {
-        loops.push(Box::pin(job::start(c.clone(), i)));
+        loops.push(Box::pin(job::start(a.client("job-controller").await, i)));
     }
     if on("statefulset") {
-        loops.push(Box::pin(statefulset::start(c.clone(), i)));
+        let c = a.client("statefulset-controller").await;
+        loops.push(Box::pin(statefulset::start(c, i)));
     }
     if on("daemonset") {
-        loops.push(Box::pin(daemonset::start(c.clone(), i)));
+        let c = a.client("daemon-set-controller").await;
+        loops.push(Box::pin(daemonset::start(c, i)));
     }
     if on("disruption") {
-        loops.push(Box::pin(disruption::start(c.clone(), i)));
+        let c = a.client("disruption-controller").await;
+        loops.push(Box::pin(disruption::start(c, i)));
     }
     if on("endpoint") {
-        loops.push(Box::pin(endpoints::start(c.clone(), i)));
+        let slices = a.client("endpointslice-controller").await;
+        let endpoints = a.client("endpoint-controller").await;
+        loops.push(Box::pin(endpoints::start(slices, endpoints, i)));
     }
     if on("namespace") {
-        loops.push(Box::pin(namespace::start(c.clone(), i)));
+        let c = a.client("namespace-controller").await;
+        loops.push(Box::pin(namespace::start(c, i)));
     }
     if on("garbagecollector") {
-        let gc = gc::start(c.clone(), i).await;
+        let gc = gc::start(a.client("generic-garbage-collector").await, i).await;
         loops.push(Box::pin(gc));
     }
     if on("serviceaccount") {
-        loops.push(Box::pin(serviceaccount::start(c.clone(), i)));
+        let c = a.client("service-account-controller").await;
+        loops.push(Box::pin(serviceaccount::start(c, i)));
     }
     if on("cronjob") {
-        loops.push(Box::pin(cronjob::start(c.clone(), i)));
+        let c = a.client("cronjob-controller").await;
+        loops.push(Box::pin(cronjob::start(c, i)));
     }
     if on("clusterrole-aggregation") {
-        loops.push(Box::pin(clusterrole_aggregation::start(c.clone(), i)));
+        let c = a.client("clusterrole-aggregation-controller").await;
+        loops.push(Box::pin(clusterrole_aggregation::start(c, i)));
     }
     if on("ttl-after-finished") {
-        loops.push(Box::pin(ttl_after_finished::start(c.clone(), i)));
+        let c = a.client("ttl-after-finished-controller").await;
+        loops.push(Box::pin(ttl_after_finished::start(c, i)));
     }
     if on("horizontalpodautoscaling") {
-        loops.push(Box::pin(podautoscaler::start(
-            c.clone(),
-            options.autoscaling,
-            i,
-        )));
+        let c = a.client("horizontal-pod-autoscaler").await;
+        loops.push(Box::pin(podautoscaler::start(c, options.autoscaling, i)));
     }
     if on("nodelifecycle") {
-        loops.push(Box::pin(node_lifecycle::start(
-            c.clone(),
-            options.node_monitor_grace_period,
-            i,
-        )));
+        let c = a.client("node-controller").await;
+        let grace = options.node_monitor_grace_period;
+        loops.push(Box::pin(node_lifecycle::start(c, grace, i)));
     }
     if on("podgc") {
-        loops.push(Box::pin(pod_gc::start(
-            c.clone(),
-            options.terminated_pod_gc_threshold,
-            i,
-        )));
+        let c = a.client("pod-garbage-collector").await;
+        let threshold = options.terminated_pod_gc_threshold;
+        loops.push(Box::pin(pod_gc::start(c, threshold, i)));
     }
     if on("csrapproving") {
-        loops.push(Box::pin(certificates::approver::start(c.clone(), i)));
+        let c = a.client("certificate-controller").await;
+        loops.push(Box::pin(certificates::approver::start(c, i)));
     }
     if on("csrsigning") {
         match options.signing.clone() {
-            Some(ca) => loops.push(Box::pin(certificates::signer::start(c.clone(), ca, i))),
+            Some(ca) => {
+                let c = a.client("certificate-controller").await;
+                loops.push(Box::pin(certificates::signer::start(c, ca, i)));
+            }
             None => tracing::warn!("no signing CA: CertificateSigningRequests are not signed"),
         }
     }
     if on("root-ca-cert-publisher") {
         match options.root_ca.clone() {
-            Some(ca) => loops.push(Box::pin(root_ca_publisher::start(c.clone(), ca, i))),
+            Some(ca) => {
+                let c = a.client("root-ca-cert-publisher").await;
+                loops.push(Box::pin(root_ca_publisher::start(c, ca, i)));
+            }
             None => tracing::warn!("no root CA: the root CA publisher does not run"),
         }
     }
     if on("persistentvolume-binder") {
-        loops.push(Box::pin(volume::binder::start(
-            c.clone(),
-            options.deleters.clone(),
-            i,
-        )));
+        let c = a.client("persistent-volume-binder").await;
+        let deleters = options.deleters.clone();
+        loops.push(Box::pin(volume::binder::start(c, deleters, i)));
     }
     if on("pvc-protection") {
-        loops.push(Box::pin(volume::protection::start_pvc(c.clone(), i)));
+        let c = a.client("pvc-protection-controller").await;
+        loops.push(Box::pin(volume::protection::start_pvc(c, i)));
     }
     if on("pv-protection") {
-        loops.push(Box::pin(volume::protection::start_pv(c.clone(), i)));
+        let c = a.client("pv-protection-controller").await;
+        loops.push(Box::pin(volume::protection::start_pv(c, i)));
     }
+    loops.extend(accounts.renewals());
     informers.run(futures_util::future::join_all(loops)).await;
 }

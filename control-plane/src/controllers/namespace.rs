@@ -111,13 +111,13 @@ async fn sync(
             "message": format!("Some resources are remaining: {message}"),
             "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         }]}});
-        let _ = api
-            .patch_status(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(patch),
-            )
-            .await;
+        let _ = super::update::update(
+            &api,
+            &*ns,
+            super::update::Part::Status,
+            super::update::merge(patch),
+        )
+        .await;
         return Ok(Some(Duration::from_secs(1)));
     }
     let mut done = (*ns).clone();

@@ -46,7 +46,7 @@ pub fn start(
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let nodes = informers.add(Api::<Node>::all(client.clone()), |_: &Node| {});
     let leases = informers.add(
-        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+        Api::<Lease>::namespaced(informers.watch_client(&client), "kube-node-lease"),
         |_: &Lease| {},
     );
     let pods = informers.add(Api::<Pod>::all(client.clone()), |_: &Pod| {});

@@ -21,6 +21,7 @@ use serde_json::json;
 use super::expectations::Expectations;
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
+use super::update::{self, Part};
 use crate::client::{Informers, Involved, record_event};
 use crate::scheduler::labels::matches;
 
@@ -103,16 +104,21 @@ impl Owner {
 }
 
 struct Controller {
-    client: Client,
+    /// The ReplicaSet controller's client, and the ReplicationController manager's
+    /// (upstream's two controllers, each with its own role).
+    rs_client: Client,
+    rc_client: Client,
     pods: Store<Pod>,
     replicasets: Store<ReplicaSet>,
     controllers: Store<ReplicationController>,
     expectations: Expectations<(Kind, String)>,
 }
 
-/// Runs the controller for both kinds until the runtime ends.
+/// Runs the controller for both kinds until the runtime ends: `client` acts for
+/// ReplicaSets, `rc_client` for ReplicationControllers.
 pub fn start(
     client: Client,
+    rc_client: Client,
     informers: &mut Informers,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let rs_queue = Queue::new();
@@ -135,7 +141,8 @@ pub fn start(
         let _ = controllers.wait_until_ready().await;
         let _ = pods.wait_until_ready().await;
         let ctl = Arc::new(Controller {
-            client,
+            rs_client: client,
+            rc_client,
             pods,
             replicasets,
             controllers,
@@ -195,6 +202,13 @@ fn route_pod(
 }
 
 impl Controller {
+    fn client(&self, kind: Kind) -> &Client {
+        match kind {
+            Kind::ReplicaSet => &self.rs_client,
+            Kind::ReplicationController => &self.rc_client,
+        }
+    }
+
     fn owner(&self, kind: Kind, ns: &str, name: &str) -> Option<Owner> {
         match kind {
             Kind::ReplicaSet => self
@@ -229,7 +243,7 @@ impl Controller {
         };
         let uid = owner.meta.uid.clone().unwrap_or_default();
         let deleting = owner.meta.deletion_timestamp.is_some();
-        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let pod_api: Api<Pod> = Api::namespaced(self.client(kind).clone(), ns);
 
         // Claim: own what matches, adopt matching orphans, release what no longer matches.
         let mut owned: Vec<Pod> = Vec::new();
@@ -320,22 +334,22 @@ impl Controller {
                 != status[*f].as_i64().unwrap_or(0)
         });
         if differs {
-            let patch = Patch::Merge(json!({"status": status}));
-            let pp = PatchParams::default();
+            let change = update::merge(json!({"status": status}));
             match kind {
-                Kind::ReplicaSet => ignore_gone(
-                    Api::<ReplicaSet>::namespaced(self.client.clone(), ns)
-                        .patch_status(name, &pp, &patch)
-                        .await,
-                )?
-                .map(drop),
-                Kind::ReplicationController => ignore_gone(
-                    Api::<ReplicationController>::namespaced(self.client.clone(), ns)
-                        .patch_status(name, &pp, &patch)
-                        .await,
-                )?
-                .map(drop),
-            };
+                Kind::ReplicaSet => {
+                    if let Some(rs) = self.replicasets.get(&ObjectRef::new(name).within(ns)) {
+                        let api = Api::<ReplicaSet>::namespaced(self.client(kind).clone(), ns);
+                        update::update(&api, &rs, Part::Status, change).await?;
+                    }
+                }
+                Kind::ReplicationController => {
+                    if let Some(rc) = self.controllers.get(&ObjectRef::new(name).within(ns)) {
+                        let api =
+                            Api::<ReplicationController>::namespaced(self.client(kind).clone(), ns);
+                        update::update(&api, &rc, Part::Status, change).await?;
+                    }
+                }
+            }
         }
         if owner.min_ready_seconds > 0 && available < ready {
             return Ok(Some(Duration::from_secs(1)));
@@ -376,7 +390,7 @@ impl Controller {
                         Ok(p) => {
                             let pname = p.metadata.name.clone().unwrap_or_default();
                             record_event(
-                                &self.client,
+                                self.client(kind),
                                 COMPONENT,
                                 &owner.involved(),
                                 "Normal",
@@ -395,7 +409,7 @@ impl Controller {
             self.expect(kind, key, created, HashSet::new());
             if let Some(err) = failure {
                 record_event(
-                    &self.client,
+                    self.client(kind),
                     COMPONENT,
                     &owner.involved(),
                     "Warning",
@@ -422,7 +436,7 @@ impl Controller {
                 match api.delete(&pname, &dp).await {
                     Ok(_) => {
                         record_event(
-                            &self.client,
+                            self.client(kind),
                             COMPONENT,
                             &owner.involved(),
                             "Normal",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -133,10 +133,11 @@ async fn sync(
             if cm.binary_data.as_ref().is_some_and(|b| !b.is_empty()) {
                 body["binaryData"] = serde_json::Value::Null;
             }
-            api.patch(
-                ROOT_CA_CONFIGMAP,
-                &PatchParams::default(),
-                &Patch::Merge(&body),
+            super::update::update(
+                &api,
+                &*cm,
+                super::update::Part::Object,
+                super::update::merge(body),
             )
             .await
             .map(drop)

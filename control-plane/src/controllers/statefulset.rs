@@ -19,13 +19,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
 use super::history::{self, HASH_LABEL};
 use super::pods;
 use super::queue::{Queue, key_of, split_key};
+use super::update::{self, Part};
 use crate::client::{Informers, Involved, record_event};
 
 const COMPONENT: &str = "statefulset-controller";
@@ -368,17 +369,12 @@ impl Controller {
             .is_some_and(|m| m.iter().any(|(k, v)| old.get(k).unwrap_or(&json!(0)) != v));
         if differs {
             let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
-            match api
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": new_status})),
-                )
-                .await
+            let change = update::merge(json!({"status": new_status}));
+            if update::update(&api, &set, Part::Status, change)
+                .await?
+                .is_none()
             {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
-                Err(e) => return Err(e),
+                return Ok(None);
             }
         }
         let in_use: HashSet<String> = live
@@ -487,15 +483,24 @@ impl Controller {
             );
             let mut r = pods::owner_ref("v1", "Pod", &pod.metadata);
             r.controller = Some(false);
-            let patch = json!({"metadata": {"ownerReferences": [r]}});
-            match api
-                .patch(&claim, &PatchParams::default(), &Patch::Strategic(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+            let cached = match self.claims.get(&ObjectRef::new(&claim).within(ns)) {
+                Some(c) => Some((*c).clone()),
+                None => api.get_opt(&claim).await?,
+            };
+            let Some(cached) = cached else { continue };
+            let owner = serde_json::to_value(&r).map_err(kube::Error::SerdeError)?;
+            update::update(&api, &cached, Part::Object, |claim| {
+                let refs = &mut claim["metadata"]["ownerReferences"];
+                if !refs.is_array() {
+                    *refs = json!([]);
+                }
+                if let Some(list) = refs.as_array_mut()
+                    && !list.iter().any(|o| o["uid"] == owner["uid"])
+                {
+                    list.push(owner.clone());
+                }
+            })
+            .await?;
         }
         Ok(())
     }

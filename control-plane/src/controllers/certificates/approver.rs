@@ -18,7 +18,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -170,11 +170,17 @@ async fn sync(
         "lastTransitionTime": crate::apiserver::object::now(),
     }));
     let patch = json!({"status": {"conditions": conditions}});
-    match Api::<CertificateSigningRequest>::all(client.clone())
-        .patch_approval(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    let api = Api::<CertificateSigningRequest>::all(client.clone());
+    match crate::controllers::update::update(
+        &api,
+        &*csr,
+        crate::controllers::update::Part::Approval,
+        crate::controllers::update::merge(patch),
+    )
+    .await
     {
-        Ok(_) => {
+        Ok(None) => Ok(None),
+        Ok(Some(_)) => {
             tracing::info!(csr = name, "approved node client certificate");
             Ok(None)
         }

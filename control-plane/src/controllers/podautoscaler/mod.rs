@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -127,8 +127,11 @@ impl Targets for ApiTargets {
         );
         Box::pin(async move {
             let (api, _) = self.resource(&namespace, &api_version, &kind).await?;
-            let patch = serde_json::json!({"spec": {"replicas": replicas}});
-            api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            // An update of `/scale`, not a patch: the controller's role grants
+            // `get` and `update` on `*/scale`, as upstream's.
+            let mut scale = api.get_scale(&name).await.map_err(api_error)?;
+            scale.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+            api.replace_scale(&name, &PostParams::default(), &scale)
                 .await
                 .map(|_| ())
                 .map_err(api_error)

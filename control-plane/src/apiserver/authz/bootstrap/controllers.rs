@@ -2,12 +2,59 @@
 //! `testdata/controller-roles.yaml`) of the controllers berth runs.
 
 use super::super::Rule;
-use super::roles::{GROUP, READ, events, r};
+use super::roles::{GROUP, READ, events, named, r};
 
 /// The `system:controller:*` roles of the controllers berth runs (upstream's names).
 pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
     let apps = &["apps", "extensions"];
     vec![
+        (
+            // berth's approver also approves kubelet-serving requests a node makes for
+            // itself (upstream leaves those to an external approver), so its role
+            // approves that signer too.
+            "system:controller:certificate-controller",
+            vec![
+                r(
+                    &["delete", "get", "list", "watch"],
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
+                r(
+                    &["update"],
+                    &["certificates.k8s.io"],
+                    &[
+                        "certificatesigningrequests/approval",
+                        "certificatesigningrequests/status",
+                    ],
+                ),
+                named(
+                    &["approve"],
+                    &["certificates.k8s.io"],
+                    &["signers"],
+                    &[
+                        "kubernetes.io/kube-apiserver-client-kubelet",
+                        "kubernetes.io/kubelet-serving",
+                    ],
+                ),
+                named(
+                    &["sign"],
+                    &["certificates.k8s.io"],
+                    &["signers"],
+                    &[
+                        "kubernetes.io/kube-apiserver-client",
+                        "kubernetes.io/kube-apiserver-client-kubelet",
+                        "kubernetes.io/kubelet-serving",
+                        "kubernetes.io/legacy-unknown",
+                    ],
+                ),
+                r(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+                events(),
+            ],
+        ),
         (
             "system:controller:clusterrole-aggregation-controller",
             vec![r(
@@ -129,6 +176,23 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             ],
         ),
         (
+            "system:controller:horizontal-pod-autoscaler",
+            vec![
+                r(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
+                r(
+                    &["update"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                ),
+                r(&["get", "update"], &["*"], &["*/scale"]),
+                r(&["list", "watch"], &[""], &["pods"]),
+                r(&["list", "watch"], &["metrics.k8s.io"], &["pods"]),
+                r(READ, &["custom.metrics.k8s.io"], &["*"]),
+                r(READ, &["external.metrics.k8s.io"], &["*"]),
+                events(),
+            ],
+        ),
+        (
             "system:controller:job-controller",
             vec![
                 r(
@@ -236,6 +300,7 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                     &[""],
                     &["persistentvolumeclaims"],
                 ),
+                r(&["update"], &[""], &["persistentvolumeclaims/status"]),
                 r(&["get", "list", "watch"], &[""], &["pods"]),
                 events(),
             ],
@@ -253,6 +318,28 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                 ),
                 events(),
             ],
+        ),
+        (
+            "system:controller:replication-controller",
+            vec![
+                r(
+                    &["get", "list", "update", "watch"],
+                    &[""],
+                    &["replicationcontrollers"],
+                ),
+                r(&["update"], &[""], &["replicationcontrollers/status"]),
+                r(&["update"], &[""], &["replicationcontrollers/finalizers"]),
+                r(
+                    &["create", "delete", "list", "patch", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "system:controller:root-ca-cert-publisher",
+            vec![r(&["create", "update"], &[""], &["configmaps"]), events()],
         ),
         (
             "system:controller:service-account-controller",
