@@ -51,6 +51,11 @@ struct Args {
     /// kubelet's --seccomp-default); Localhost profiles are read from <root-dir>/seccomp/.
     #[arg(long)]
     seccomp_default: bool,
+    /// Registry mirrors and per-registry credentials and TLS, in k3s' `registries.yaml`
+    /// shape (`mirrors.<host>.endpoint`/`rewrite`, `configs.<host>.auth`/`tls`); read
+    /// at start and whenever it changes. A missing file configures nothing.
+    #[arg(long, default_value = "/etc/berth/registries.yaml")]
+    registry_config: PathBuf,
     /// Runtime state (container records, netns pins).
     #[arg(long, default_value = "/run/berth")]
     run_dir: PathBuf,
@@ -283,6 +288,10 @@ async fn main() -> anyhow::Result<()> {
         args.image_minimum_gc_age,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    let registries = std::sync::Arc::new(
+        berth_agent::pods::registries::RegistryConfig::load(&args.registry_config)
+            .map_err(|e| anyhow::anyhow!("--registry-config: {e}"))?,
+    );
     let name = match &args.hostname_override {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
@@ -407,6 +416,7 @@ async fn main() -> anyhow::Result<()> {
             lb_metrics: None,
             dns: None,
             seccomp_default: args.seccomp_default,
+            registries: Default::default(),
         };
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
@@ -479,6 +489,7 @@ async fn main() -> anyhow::Result<()> {
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
         dns: dns.as_ref().map(|(d, _)| d.clone()),
         seccomp_default: args.seccomp_default,
+        registries: registries.clone(),
     });
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(

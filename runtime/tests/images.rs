@@ -8,11 +8,11 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use berth_runtime::image::pull::{PullOptions, pull};
 use berth_runtime::image::{ImageStore, sha256_digest};
+use berth_testkit::{Registry, skopeo};
 use serde_json::json;
 
 fn is_root() -> bool {
@@ -21,15 +21,6 @@ fn is_root() -> bool {
     }
     berth_testkit::skip("needs root (device nodes, xattrs in layers)");
     false
-}
-
-fn skopeo(args: &[&str]) {
-    let out = Command::new("skopeo").args(args).output().expect("skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Writes an OCI layout holding one image with the given (uncompressed) layer tars.
@@ -286,62 +277,65 @@ fn corrupt_and_truncated_blobs_are_refused_and_leave_nothing() {
     }
 }
 
-struct Registry {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A mirror (k3s' registries.yaml shape) serves an image named after another registry:
+/// the pull goes to the mirror with the repository rewritten, the image keeps the name
+/// it was asked by, and when every endpoint fails the error names each attempt.
+#[test]
+fn mirrors_serve_images_of_other_registries_under_their_names() {
+    if !is_root() {
+        return;
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use berth_runtime::image::pull::pull_from;
+    use berth_runtime::image::registries::Registries;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = Registry::start(dir.path());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", common::image_layout("testserver").display()),
+        &format!("docker://127.0.0.1:{}/hub/testserver:v1", reg.port),
+    ]);
+    let dead = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
-        .port()
-}
-
-fn start_registry(dir: &Path) -> Registry {
-    start_registry_with(dir, "")
-}
-
-/// `tls`: extra lines under `http:` (a `tls:` block).
-fn start_registry_with(dir: &Path, tls: &str) -> Registry {
-    let port = free_port();
-    let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}",
-            dir.join("registry-data").display()
-        ),
-    )
+        .port();
+    let config = Registries::parse(&format!(
+        "mirrors:\n  registry.invalid:\n    endpoint: [\"http://127.0.0.1:{dead}\", \"http://127.0.0.1:{}\"]\n    rewrite:\n      \"^team/(.*)\": \"hub/$1\"\n",
+        reg.port
+    ))
     .expect("config");
-    let log = dir.join("registry.log");
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(std::fs::File::create(&log).expect("log"))
-        .stderr(
-            std::fs::File::options()
-                .append(true)
-                .open(&log)
-                .expect("log"),
-        )
-        .spawn()
-        .expect("docker-registry");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "registry did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Registry { child, port, log }
+    let store = ImageStore::open(dir.path().join("store")).expect("store");
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let name = "registry.invalid/team/testserver:v1";
+    let sources = config.sources(name, &PullOptions::default());
+    assert_eq!(sources.len(), 3, "{sources:?}");
+    let image = rt
+        .block_on(pull_from(&store, name, &sources))
+        .expect("pulled through the second mirror");
+    assert_eq!(image.reference, name);
+    assert!(store.get(name).is_ok());
+    assert!(
+        reg.requests().contains("/v2/hub/testserver/manifests/v1"),
+        "{}",
+        reg.requests()
+    );
+    // Every endpoint failing: one error naming each.
+    let err = rt
+        .block_on(pull_from(
+            &store,
+            "registry.invalid/team/nope:v1",
+            &config.sources("registry.invalid/team/nope:v1", &PullOptions::default()),
+        ))
+        .expect_err("no such image anywhere")
+        .to_string();
+    assert!(
+        err.contains("every mirror and the registry failed"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("127.0.0.1:{dead}")), "{err}");
+    assert!(err.contains("hub/nope"), "{err}");
+    assert!(err.contains("registry.invalid"), "{err}");
 }
 
 #[test]
@@ -350,7 +344,7 @@ fn pulls_from_a_registry_once_per_blob() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let reg = start_registry(dir.path());
+    let reg = Registry::start(dir.path());
     let target = format!("127.0.0.1:{}/berth/testserver:v1", reg.port);
     skopeo(&[
         "copy",
@@ -681,7 +675,7 @@ fn pulls_over_https_with_a_trusted_ca() {
         &os("-out"),
         cert.as_os_str(),
     ]);
-    let reg = start_registry_with(
+    let reg = Registry::start_with(
         dir.path(),
         &format!(
             "  tls:\n    certificate: {}\n    key: {}\n",

@@ -9,6 +9,7 @@ pub mod eviction;
 pub mod image_gc;
 pub mod inputs;
 pub mod probe;
+pub mod registries;
 pub mod resources;
 pub mod security;
 pub mod static_pods;
@@ -62,6 +63,8 @@ pub struct Ctx {
     pub dns: Option<Arc<crate::dns::Dns>>,
     /// `--seccomp-default`: containers that name no seccomp profile get RuntimeDefault.
     pub seccomp_default: bool,
+    /// `--registry-config`: registry mirrors and per-registry settings.
+    pub registries: Arc<registries::RegistryConfig>,
 }
 
 /// The lowest oom_score_adj this process may give its children.

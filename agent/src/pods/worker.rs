@@ -319,7 +319,7 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
             .collect(),
         log_dir: pod_log_dir(ctx, pod),
     };
-    ensure_image(ctx, &ctx.pause_image, "IfNotPresent", &[])?;
+    ensure_image(ctx, &ctx.pause_image, "IfNotPresent", &[], &mut Vec::new())?;
     let sandbox = rt
         .run_sandbox(&cfg)
         .map_err(|e| format!("Failed to create pod sandbox: {e}"))?;
@@ -364,12 +364,15 @@ fn remove_pod_cgroup(path: &str) -> Result<(), String> {
         .map_err(|e| format!("remove pod cgroup {path}: {e}"))
 }
 
-/// Pulls `image` as its pull policy says.
+/// Pulls `image` as its pull policy says, through the node's registry mirrors, and
+/// records the kubelet's image events (Pulling, Pulled with the time and size, Failed)
+/// in `events`.
 fn ensure_image(
     ctx: &Ctx,
     image: &str,
     policy: &str,
     secrets: &[(String, String)],
+    events: &mut Vec<Event>,
 ) -> Result<(), String> {
     let store = ctx.runtime.images();
     let present = store
@@ -387,6 +390,11 @@ fn ensure_image(
         _ => !present,
     };
     if !pull {
+        events.push(Event {
+            warning: false,
+            reason: "Pulled".into(),
+            message: format!("Container image {image:?} already present on machine"),
+        });
         return Ok(());
     }
     let mut opts = berth_runtime::image::pull::PullOptions::default();
@@ -394,13 +402,68 @@ fn ensure_image(
         opts.username = Some(u.clone());
         opts.password = Some(p.clone());
     }
+    let sources = ctx.registries.get().sources(image, &opts);
+    let local = image.starts_with("berth.local/");
+    if !local {
+        events.push(Event {
+            warning: false,
+            reason: "Pulling".into(),
+            message: format!("Pulling image {image:?}"),
+        });
+    }
+    let started = Instant::now();
     let handle = tokio::runtime::Handle::current();
-    match handle.block_on(berth_runtime::image::pull::pull(store, image, &opts)) {
-        Ok(_) => Ok(()),
+    match handle.block_on(berth_runtime::image::pull::pull_from(
+        store, image, &sources,
+    )) {
+        Ok(pulled) => {
+            let took = go_duration(started.elapsed());
+            events.push(Event {
+                warning: false,
+                reason: "Pulled".into(),
+                message: format!(
+                    "Successfully pulled image {image:?} in {took} ({took} including waiting). Image size: {} bytes.",
+                    pulled.size
+                ),
+            });
+            Ok(())
+        }
         // Always with a local copy and an unreachable registry: the kubelet fails too,
         // but images imported locally (berth.local/…) have no registry at all.
-        Err(_) if present && image.starts_with("berth.local/") => Ok(()),
-        Err(e) => Err(format!("ErrImagePull: failed to pull image {image:?}: {e}")),
+        Err(_) if present && local => {
+            events.push(Event {
+                warning: false,
+                reason: "Pulled".into(),
+                message: format!("Container image {image:?} already present on machine"),
+            });
+            Ok(())
+        }
+        Err(e) => {
+            events.push(Event {
+                warning: true,
+                reason: "Failed".into(),
+                message: format!("Failed to pull image {image:?}: {e}"),
+            });
+            Err(format!("ErrImagePull: failed to pull image {image:?}: {e}"))
+        }
+    }
+}
+
+/// A duration as Go prints a `time.Duration` truncated to milliseconds (`812ms`,
+/// `1.204s`, `2m3.5s`), as the kubelet's pull events show it.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let secs = format!("{}.{:03}", rest / 1000, rest % 1000);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
     }
 }
 
@@ -621,7 +684,7 @@ impl PodView<'_> {
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
         let secrets = pull_secrets(self.pod, inputs, &image);
-        ensure_image(self.ctx, &image, &policy, &secrets).map_err(|e| {
+        ensure_image(self.ctx, &image, &policy, &secrets, &mut mem.events).map_err(|e| {
             let reason = e.split(':').next().unwrap_or("ErrImagePull").to_owned();
             (reason, e)
         })?;
@@ -632,6 +695,11 @@ impl PodView<'_> {
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
         rt.create_container(&cfg)
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+        mem.events.push(Event {
+            warning: false,
+            reason: "Created".into(),
+            message: format!("Created container: {}", c.name),
+        });
         if let Err(e) = rt.start_container(&cfg.id) {
             let _ = rt.remove_container(&cfg.id);
             return Err(("RunContainerError".to_owned(), e.to_string()));
@@ -1344,4 +1412,21 @@ pub fn sync_blocking(
 ) -> (Memory, Outcome) {
     let out = sync(&ctx, &pod, &inputs, &mut mem);
     (mem, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn pull_times_read_as_go_durations() {
+        assert_eq!(super::go_duration(Duration::from_micros(812_400)), "812ms");
+        assert_eq!(super::go_duration(Duration::from_millis(1204)), "1.204s");
+        assert_eq!(super::go_duration(Duration::from_millis(2000)), "2s");
+        assert_eq!(super::go_duration(Duration::from_millis(123_500)), "2m3.5s");
+        assert_eq!(
+            super::go_duration(Duration::from_millis(3_600_000)),
+            "1h0m0s"
+        );
+    }
 }

@@ -7,6 +7,7 @@
 mod archive;
 pub mod config;
 pub mod pull;
+pub mod registries;
 mod store;
 pub mod unpack;
 
@@ -46,6 +47,11 @@ pub enum Error {
     Seccomp(#[from] crate::seccomp::Error),
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
+    #[error("{}: {message}", path.display())]
+    Config {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

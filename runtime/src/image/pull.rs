@@ -24,7 +24,7 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 /// Credentials and transport options for one pull.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullOptions {
     pub username: Option<String>,
     pub password: Option<String>,
@@ -32,6 +32,10 @@ pub struct PullOptions {
     pub plain_http: bool,
     /// Extra CA certificate (PEM) to trust for HTTPS.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM files) for registries that ask for one.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate (a registry's `insecure_skip_verify`).
+    pub insecure_skip_verify: bool,
     /// Draw progress bars on stderr.
     pub progress: bool,
 }
@@ -130,8 +134,8 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
 }
 
 impl Client {
-    fn new(r: &Reference, opts: &PullOptions) -> Result<Self, Error> {
-        let host = r.registry.split(':').next().unwrap_or("");
+    fn new(registry: &str, repository: &str, opts: &PullOptions) -> Result<Self, Error> {
+        let host = registry.split(':').next().unwrap_or("");
         // Loopback registries speak plain HTTP unless the caller trusts a CA for them.
         let loopback = host == "localhost" || host == "127.0.0.1" || host == "::1";
         let plain = opts.plain_http || (loopback && opts.ca_file.is_none());
@@ -139,17 +143,32 @@ impl Client {
         if let Some(ca) = &opts.ca_file {
             let pem = std::fs::read(ca).map_err(super::io_err(format!("{}", ca.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| reg_err(&r.registry, format!("CA file {}: {e}", ca.display())))?;
+                .map_err(|e| reg_err(registry, format!("CA file {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
+        }
+        if let Some((cert, key)) = &opts.client_certificate {
+            let mut pem =
+                std::fs::read(cert).map_err(super::io_err(format!("{}", cert.display())))?;
+            pem.extend(std::fs::read(key).map_err(super::io_err(format!("{}", key.display())))?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                reg_err(
+                    registry,
+                    format!("client certificate {}: {e}", cert.display()),
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        if opts.insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder
             .build()
-            .map_err(|e| reg_err(&r.registry, e.to_string()))?;
+            .map_err(|e| reg_err(registry, e.to_string()))?;
         Ok(Self {
             http,
-            base: format!("{}://{}", if plain { "http" } else { "https" }, r.registry),
-            registry: r.registry.clone(),
-            repository: r.repository.clone(),
+            base: format!("{}://{}", if plain { "http" } else { "https" }, registry),
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
             opts: opts.clone(),
             token: tokio::sync::Mutex::new(None),
         })
@@ -329,7 +348,46 @@ impl Client {
 /// Pulls `reference` into the store and returns the image.
 pub async fn pull(store: &ImageStore, reference: &str, opts: &PullOptions) -> Result<Image, Error> {
     let r = Reference::parse(reference);
-    let client = Client::new(&r, opts)?;
+    let client = Client::new(&r.registry, &r.repository, opts)?;
+    pull_with(store, reference, &client).await
+}
+
+/// Pulls `reference` from each of `sources` in turn (mirrors, then the registry: see
+/// [`super::registries::Registries::sources`]) until one has it; the image keeps the
+/// name `reference`. The error names every attempt.
+pub async fn pull_from(
+    store: &ImageStore,
+    reference: &str,
+    sources: &[super::registries::Source],
+) -> Result<Image, Error> {
+    let mut failures = Vec::new();
+    for s in sources {
+        let attempt = match Client::new(&s.registry, &s.repository, &s.options) {
+            Ok(client) => pull_with(store, reference, &client).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(image) => return Ok(image),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let registry = Reference::parse(reference).registry;
+    Err(match failures.len() {
+        0 => reg_err(&registry, "no registry to pull from"),
+        1 => reg_err(&registry, failures.remove(0)),
+        _ => reg_err(
+            &registry,
+            format!(
+                "every mirror and the registry failed: {}",
+                failures.join("; ")
+            ),
+        ),
+    })
+}
+
+async fn pull_with(store: &ImageStore, reference: &str, client: &Client) -> Result<Image, Error> {
+    let r = Reference::parse(reference);
+    let opts = &client.opts;
     let (mut bytes, mut media) = client.manifest(&r.object).await?;
     let is_index = |media: &str, bytes: &[u8]| {
         media.contains("index") || media.contains("manifest.list") || {

@@ -210,15 +210,22 @@ impl Agent {
     /// Flags a test agent gets unless the test gives its own: no disk or PID eviction
     /// thresholds and no image garbage collection (as kind configures its kubelets) —
     /// the host's disk is shared with builds, and a full one must not taint the test's
-    /// node or delete its preloaded images.
-    fn test_defaults(&self) -> Vec<&'static str> {
+    /// node or delete its preloaded images — and a registry configuration of its own
+    /// (none), not the host's `/etc/berth/registries.yaml`.
+    fn test_defaults(&self) -> Vec<String> {
         let given = |flag: &str| self.extra.iter().any(|a| a.starts_with(flag));
         let mut out = Vec::new();
         if !given("--eviction-hard") {
-            out.push("--eviction-hard=memory.available<100Mi");
+            out.push("--eviction-hard=memory.available<100Mi".to_owned());
         }
         if !given("--image-gc-high-threshold") {
-            out.push("--image-gc-high-threshold=100");
+            out.push("--image-gc-high-threshold=100".to_owned());
+        }
+        if !given("--registry-config") {
+            out.push(format!(
+                "--registry-config={}",
+                self.dir.join("registries.yaml").display()
+            ));
         }
         out
     }

@@ -14,6 +14,7 @@ mod cgroup;
 pub mod kubectl;
 mod netns;
 mod process;
+mod registry;
 mod server;
 mod skip;
 pub mod tools;
@@ -24,6 +25,7 @@ pub use cgroup::{Cgroup2Child, cgroup2_mount};
 pub use kubectl::Kubectl;
 pub use netns::NetNs;
 pub use process::ChildGuard;
+pub use registry::{Registry, skopeo};
 pub use server::BerthServer;
 pub use skip::{is_root, skip, unique_name};
 

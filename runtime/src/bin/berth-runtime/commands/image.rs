@@ -71,6 +71,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 plain_http: *plain_http,
                 ca_file: ca_file.clone(),
                 progress: true,
+                ..PullOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,0 +1,155 @@
+//! Registry mirrors through a real cluster, the way air-gapped clusters run: the
+//! agent's `--registry-config` (k3s' `registries.yaml` shape) points `docker.io` at a
+//! local `docker-registry` holding busybox (pushed with skopeo), so a pod with
+//! `image: busybox:<tag>` and pull policy Always runs although docker.io is never
+//! reached; the kubelet's image events (Pulling, Pulled with time and size, Created,
+//! Started) are recorded; a configuration edited to a dead mirror is picked up without
+//! a restart, and the pull then fails with a Failed event naming every attempt.
+
+use std::time::Duration;
+
+use berth_testkit::{Registry, require_root, skopeo, tools::images_dir};
+use serde_json::Value;
+
+mod common;
+use common::{Cluster, cluster_full, ready};
+
+fn events_of(c: &Cluster, pod: &str) -> Vec<(String, String)> {
+    let out = c.kubectl.run(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn docker_hub_images_come_from_the_configured_mirror() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", images_dir().join("busybox").display()),
+        &format!(
+            "docker://127.0.0.1:{}/hub/busybox:berth-mirror",
+            registry.port
+        ),
+    ]);
+    let config = dir.path().join("registries.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:{}\"]\n    rewrite:\n      \"^library/(.*)\": \"hub/$1\"\n",
+            registry.port
+        ),
+    )
+    .expect("write registries.yaml");
+    let flag = format!("--registry-config={}", config.display());
+    let Some(c) = cluster_full(&["--controllers=false"], &[&flag]) else {
+        return;
+    };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: mirrored}
+spec:
+  containers:
+  - {name: c, image: "busybox:berth-mirror", imagePullPolicy: Always, command: [sleep, "300"]}
+"#,
+    );
+    c.wait_pod("mirrored", "Ready", ready);
+    assert!(
+        registry
+            .requests()
+            .contains("/v2/hub/busybox/manifests/berth-mirror"),
+        "the mirror was not asked: {}",
+        registry.requests()
+    );
+    c.wait("the image events", Duration::from_secs(20), || {
+        let events = events_of(&c, "mirrored");
+        let has =
+            |reason: &str, text: &str| events.iter().any(|(r, m)| r == reason && m.contains(text));
+        has("Pulling", "Pulling image \"busybox:berth-mirror\"")
+            && has(
+                "Pulled",
+                "Successfully pulled image \"busybox:berth-mirror\" in ",
+            )
+            && events.iter().any(|(r, m)| {
+                r == "Pulled"
+                    && m.contains(" including waiting). Image size: ")
+                    && m.ends_with(" bytes.")
+            })
+            && has("Created", "Created container: c")
+            && has("Started", "Started container c")
+    });
+
+    // The file changes: the next pull reads it (no restart). A dead mirror and no
+    // route to docker.io: the pull fails naming both attempts.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    std::fs::write(
+        &config,
+        format!("mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:{dead}\"]\n"),
+    )
+    .expect("rewrite registries.yaml");
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unmirrored}
+spec:
+  containers:
+  - {name: c, image: "busybox:berth-mirror", imagePullPolicy: Always, command: [sleep, "300"]}
+"#,
+    );
+    let pod = c.wait_pod("unmirrored", "the pull to fail", |p| {
+        let reason = Cluster::container_status(p, "c")["state"]["waiting"]["reason"].clone();
+        reason == "ErrImagePull" || reason == "ImagePullBackOff"
+    });
+    let message = Cluster::container_status(&pod, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains(&format!("127.0.0.1:{dead}")), "{message}");
+    c.wait(
+        "a Failed event naming the attempts",
+        Duration::from_secs(20),
+        || {
+            events_of(&c, "unmirrored").iter().any(|(r, m)| {
+                r == "Failed"
+                    && m.starts_with("Failed to pull image \"busybox:berth-mirror\": ")
+                    && m.contains(&format!("127.0.0.1:{dead}"))
+                    && m.contains("registry-1.docker.io")
+            })
+        },
+    );
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "mirrored",
+        "unmirrored",
+        "--grace-period=1",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    c.wait_clean();
+}
