@@ -57,9 +57,10 @@ struct Args {
     /// kube-system, so several berth-servers never both act.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// Seconds a node may go without renewing its Lease before it is Unknown and tainted.
-    #[arg(long, default_value_t = 40)]
-    node_monitor_grace_period: u64,
+    /// How long a node may go without renewing its Lease before it is Unknown and
+    /// tainted (a Go duration).
+    #[arg(long, default_value = "40s", value_parser = duration)]
+    node_monitor_grace_period: Duration,
     /// Where the scheduler and the HPA controller serve their Prometheus `/metrics`
     /// over plain HTTP (off when unset; with the apiserver, they are also part of its
     /// `/metrics`).
@@ -236,11 +237,18 @@ fn main() -> anyhow::Result<()> {
                 axum::routing::get(|| async {
                     // The scheduler's families, then the HPA controller's: one `# EOF`.
                     let scheduler = berth_control_plane::scheduler::metrics::render();
-                    scheduler
+                    let body = scheduler
                         .strip_suffix("# EOF\n")
                         .unwrap_or(&scheduler)
                         .to_owned()
-                        + &berth_control_plane::controllers::podautoscaler::metrics::render()
+                        + &berth_control_plane::controllers::podautoscaler::metrics::render();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            berth_control_plane::apiserver::metrics::OPENMETRICS,
+                        )],
+                        body,
+                    )
                 }),
             );
             tokio::spawn(async move {
@@ -273,9 +281,7 @@ fn main() -> anyhow::Result<()> {
         }
         if args.controllers.any() {
             let options = controllers::Options {
-                node_monitor_grace_period: std::time::Duration::from_secs(
-                    args.node_monitor_grace_period,
-                ),
+                node_monitor_grace_period: args.node_monitor_grace_period,
                 terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
                 autoscaling: controllers::podautoscaler::Options {
                     sync_period: args.horizontal_pod_autoscaler_sync_period,

@@ -502,7 +502,7 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
 #[test]
 fn a_node_whose_lease_stops_is_tainted_and_its_pods_evicted_after_their_toleration() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = server(dir.path(), &["--node-monitor-grace-period=3"]);
+    let server = server(dir.path(), &["--node-monitor-grace-period=3s"]);
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
         let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");

@@ -73,18 +73,23 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     let mut body = format!(
         "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {sandboxes}\n# HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n"
     );
+    // The load balancer's and the DNS server's families are OpenMetrics expositions
+    // (prometheus-client's, each ending in `# EOF`): one body, one `# EOF`, served as
+    // OpenMetrics.
+    let mut add = |text: String| body.push_str(text.strip_suffix("# EOF\n").unwrap_or(&text));
     if let Some(lb) = &ctx.lb_metrics
         && let Ok(m) = lb.lock()
     {
-        body.push_str(&m.encode());
+        add(m.encode());
     }
     if let Some(dns) = &ctx.dns {
-        body.push_str(&dns.metrics().encode());
+        add(dns.metrics().encode());
     }
+    body.push_str("# EOF\n");
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         body,
     )

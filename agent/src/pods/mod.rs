@@ -252,9 +252,43 @@ fn remove_orphans(ctx: &Ctx, claimed: &[String]) -> usize {
 
 /// Records core/v1 Events about `pod`, as the kubelet does (source `kubelet`, host
 /// the node) — what `kubectl describe pod` and `kubectl get events` show.
-async fn record(events_api: &Api<CoreEvent>, node: &str, pod: &Pod, events: Vec<worker::Event>) {
+/// The events of one pod already recorded, by (type, reason, message): the Event's
+/// name, its count and when it was last seen — client-go's event correlator, which
+/// turns a repeat within 10 minutes into `count + 1` on the same Event (what `kubectl
+/// describe` shows as "x5 over 3m") instead of a new object.
+type EventLog = Arc<tokio::sync::Mutex<HashMap<(bool, String, String), (String, i32, Instant)>>>;
+
+/// How long a repeated event is counted on the Event already recorded.
+const EVENT_DEDUP_WINDOW: Duration = Duration::from_secs(600);
+
+async fn record(
+    events_api: &Api<CoreEvent>,
+    log: &EventLog,
+    node: &str,
+    pod: &Pod,
+    events: Vec<worker::Event>,
+) {
+    // One batch at a time per pod, so a repeat finds the Event its first made.
+    let mut seen = log.lock().await;
+    seen.retain(|_, (_, _, at)| at.elapsed() < EVENT_DEDUP_WINDOW);
     for e in events {
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        let key = (e.warning, e.reason.clone(), e.message.clone());
+        if let Some((event_name, count, at)) = seen.get_mut(&key) {
+            let patch = json!({"count": *count + 1, "lastTimestamp": now});
+            match events_api
+                .patch(event_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    *count += 1;
+                    *at = Instant::now();
+                    continue;
+                }
+                // Gone (its TTL ran out) or refused: record it anew.
+                Err(err) => tracing::debug!(%err, "counting a repeated event"),
+            }
+        }
         let name = pod.metadata.name.clone().unwrap_or_default();
         let ev = CoreEvent {
             metadata: kube::api::ObjectMeta {
@@ -277,8 +311,13 @@ async fn record(events_api: &Api<CoreEvent>, node: &str, pod: &Pod, events: Vec<
             count: Some(1),
             ..Default::default()
         };
-        if let Err(err) = events_api.create(&Default::default(), &ev).await {
-            tracing::debug!(%err, "recording an event");
+        match events_api.create(&Default::default(), &ev).await {
+            Ok(created) => {
+                if let Some(n) = created.metadata.name {
+                    seen.insert(key, (n, 1, Instant::now()));
+                }
+            }
+            Err(err) => tracing::debug!(%err, "recording an event"),
         }
     }
 }
@@ -305,6 +344,7 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
     let mut inputs = Arc::new(inputs::Inputs::default());
     let mut inputs_at: Option<Instant> = None;
     let mut last_status: Option<Value> = None;
+    let event_log = EventLog::default();
     loop {
         let current = rx.borrow_and_update().clone();
         let gone = current.is_none();
@@ -391,9 +431,13 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
         // wait on its Pulled/Created/Started events (a burst of pods makes hundreds).
         let events = std::mem::take(&mut mem.events);
         if !events.is_empty() {
-            let (events_api, node, pod) =
-                (events_api.clone(), ctx.node.name.clone(), last_pod.clone());
-            tokio::spawn(async move { record(&events_api, &node, &pod, events).await });
+            let (events_api, log, node, pod) = (
+                events_api.clone(),
+                event_log.clone(),
+                ctx.node.name.clone(),
+                last_pod.clone(),
+            );
+            tokio::spawn(async move { record(&events_api, &log, &node, &pod, events).await });
         }
         if let Some(status) = outcome.status {
             let current: Value = last_pod

@@ -31,6 +31,11 @@ struct LatencyLabels {
 
 type Latency = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+/// The content type of every berth-server `/metrics` body: prometheus-client writes
+/// the OpenMetrics text format (`_total` counters, a final `# EOF`), so it is served as
+/// that, not as Prometheus' text format 0.0.4.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,

@@ -484,7 +484,7 @@ async fn route(
         "/metrics" if get => {
             return Ok((
                 StatusCode::OK,
-                [("content-type", "text/plain; version=0.0.4")],
+                [("content-type", metrics::OPENMETRICS)],
                 {
                     // One exposition: the apiserver's families, the scheduler's, then
                     // the HPA controller's — one `# EOF`, at the end.

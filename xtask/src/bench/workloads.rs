@@ -354,7 +354,7 @@ fn start_components(args: &LoadArgs) -> Result<berth_testkit::ChildGuard> {
             "--apiserver=false",
             "--leader-elect=false",
             // Hollow nodes renew no Lease: keep them Ready for the whole bench.
-            "--node-monitor-grace-period=86400",
+            "--node-monitor-grace-period=24h",
             "--kubeconfig",
         ])
         .arg(&args.kubeconfig)

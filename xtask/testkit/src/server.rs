@@ -32,7 +32,7 @@ impl BerthServer {
     }
 
     /// [`BerthServer::start`] with more command-line flags (e.g.
-    /// `--controllers=false`, `--node-monitor-grace-period=3`).
+    /// `--controllers=false`, `--node-monitor-grace-period=3s`).
     pub fn start_with(binary: &Path, parent: &Path, args: &[&str]) -> Self {
         let dir = parent.join(crate::unique_name("berth-server"));
         std::fs::create_dir_all(&dir).expect("create the server's data dir");
