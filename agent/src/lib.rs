@@ -8,6 +8,7 @@
 //! keeps the node's client certificate fresh.
 
 pub mod certificates;
+pub mod config;
 pub mod dns;
 pub mod kubelet_api;
 pub mod netns;

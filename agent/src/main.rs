@@ -25,6 +25,13 @@ use berth_runtime::pod::{Runtime, RuntimeConfig};
     about = "berth's node agent (a kubelet)"
 )]
 struct Args {
+    /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1): the fields
+    /// berth-agent supports (address, port, staticPodPath, clusterDNS, clusterDomain,
+    /// maxPods, podCIDR, cgroupRoot, seccompDefault, evictionHard,
+    /// imageGCHigh/LowThresholdPercent, imageMinimumGCAge,
+    /// authentication.x509.clientCAFile) set their flags; flags on the command line win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The cluster to join and the credentials (a client certificate) to use; with
     /// `--bootstrap-kubeconfig`, where the agent writes the kubeconfig of its own
     /// certificate.
@@ -279,7 +286,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (argv, config_warnings) = match berth_agent::config::config_path(&argv) {
+        Some(path) => berth_agent::config::expand(argv, std::path::Path::new(&path))
+            .map_err(|e| anyhow::anyhow!("--config {e}"))?,
+        None => (argv, Vec::new()),
+    };
+    let args = Args::parse_from(argv);
+    for warning in config_warnings {
+        tracing::warn!("{warning}");
+    }
     let thresholds = berth_agent::pods::eviction::signals::Thresholds::parse(&args.eviction_hard)
         .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
     let gc_policy = berth_agent::pods::image_gc::Policy::new(

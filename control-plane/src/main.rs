@@ -18,6 +18,11 @@ use clap::Parser;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// A YAML file of these flags (`secure-port: 6443`, `controllers: "*,-podgc"`;
+    /// camelCase keys too), read as if given first on the command line: a flag given on
+    /// the command line wins, an unknown key stops the server naming it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Where the store, the PKI and the admin kubeconfig live.
     #[arg(
         long,
@@ -116,6 +121,71 @@ struct Args {
     horizontal_pod_autoscaler_initial_readiness_delay: Duration,
 }
 
+/// `argv` with the flags of `--config`'s file (if any) put first, leaving out the ones
+/// `argv` gives itself.
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let mut path = None;
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            path = it.next().cloned();
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.into());
+        }
+    }
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let path = PathBuf::from(path);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+    let doc: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+    let Some(map) = doc.as_object() else {
+        anyhow::bail!("--config {}: not a map of flags", path.display());
+    };
+    let given = |flag: &str| {
+        argv.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == flag || a.starts_with(&format!("{flag}="))
+        })
+    };
+    let mut out: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
+    for (key, value) in map {
+        // camelCase → kebab-case, as the flags are spelled.
+        let mut flag = String::from("--");
+        for ch in key.chars() {
+            if ch.is_ascii_uppercase() {
+                flag.push('-');
+                flag.push(ch.to_ascii_lowercase());
+            } else {
+                flag.push(ch);
+            }
+        }
+        if flag == "--config" || given(&flag) {
+            continue;
+        }
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => anyhow::bail!(
+                "--config {}: {key}: want a string, number, boolean or list, got {other}",
+                path.display()
+            ),
+        };
+        out.push(format!("{flag}={text}").into());
+    }
+    out.extend(argv.into_iter().skip(1));
+    Ok(out)
+}
+
 /// A Go duration flag (`15s`, `5m0s`, `1h`).
 fn duration(text: &str) -> Result<Duration, String> {
     berth_control_plane::apiserver::protobuf::parse_duration(text)
@@ -196,7 +266,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let args = Args::parse_from(with_config_file(std::env::args_os().collect())?);
     // Store reads and writes are short; a small blocking pool keeps thread (and malloc
     // arena) count — and so memory — down.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -482,19 +482,14 @@ async fn route(
         }
         "/version" => return Ok(value_response(StatusCode::OK, &discovery::version())),
         "/metrics" if get => {
-            return Ok((
-                StatusCode::OK,
-                [("content-type", metrics::OPENMETRICS)],
-                {
-                    // One exposition: the apiserver's families, the scheduler's, then
-                    // the HPA controller's — one `# EOF`, at the end.
-                    let body =
-                        |text: String| text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
-                    body(api.metrics.render(&api))
-                        + &body(crate::scheduler::metrics::render())
-                        + &crate::controllers::podautoscaler::metrics::render()
-                },
-            )
+            return Ok((StatusCode::OK, [("content-type", metrics::OPENMETRICS)], {
+                // One exposition: the apiserver's families, the scheduler's, then
+                // the HPA controller's — one `# EOF`, at the end.
+                let body = |text: String| text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+                body(api.metrics.render(&api))
+                    + &body(crate::scheduler::metrics::render())
+                    + &crate::controllers::podautoscaler::metrics::render()
+            })
                 .into_response());
         }
         "/api" | "/apis" if get => {
