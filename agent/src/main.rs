@@ -25,6 +25,13 @@ use berth_runtime::pod::{Runtime, RuntimeConfig};
     about = "berth's node agent (a kubelet)"
 )]
 struct Args {
+    /// Log lines as text or as JSON objects (the kubelet's `--logging-format`).
+    #[arg(long, value_enum, default_value_t = LoggingFormat::Text)]
+    logging_format: LoggingFormat,
+    /// Log verbosity as the kubelet's `-v`: 0–1 info, 2–3 the agent's debug lines, 4–5
+    /// all debug, 6 and above trace. `RUST_LOG`, when set, wins.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    verbosity: u8,
     /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1): the fields
     /// berth-agent supports (address, port, staticPodPath, clusterDNS, clusterDomain,
     /// maxPods, podCIDR, cgroupRoot, seccompDefault, evictionHard,
@@ -278,14 +285,33 @@ fn start_dns(
     Ok((server, local))
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LoggingFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `format` says, at the level `-v` gives (or `RUST_LOG`).
+fn init_logging(format: LoggingFormat, verbosity: u8) {
+    let level = match verbosity {
+        0 | 1 => "info,kube=warn",
+        2 | 3 => "info,kube=warn,berth_agent=debug,berth_runtime=debug",
+        4 | 5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LoggingFormat::Json => builder.json().init(),
+        LoggingFormat::Text => builder.init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let (argv, config_warnings) = match berth_agent::config::config_path(&argv) {
         Some(path) => berth_agent::config::expand(argv, std::path::Path::new(&path))
@@ -293,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
         None => (argv, Vec::new()),
     };
     let args = Args::parse_from(argv);
+    init_logging(args.logging_format, args.verbosity);
     for warning in config_warnings {
         tracing::warn!("{warning}");
     }

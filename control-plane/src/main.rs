@@ -18,6 +18,13 @@ use clap::Parser;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log lines as text or as JSON objects (kube-apiserver's `--logging-format`).
+    #[arg(long, value_enum, default_value_t = LoggingFormat::Text)]
+    logging_format: LoggingFormat,
+    /// Log verbosity as kube-apiserver's `-v`: 0–1 info, 2–3 berth-server's debug
+    /// lines, 4–5 all debug, 6 and above trace. `RUST_LOG`, when set, wins.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    verbosity: u8,
     /// A YAML file of these flags (`secure-port: 6443`, `controllers: "*,-podgc"`;
     /// camelCase keys too), read as if given first on the command line: a flag given on
     /// the command line wins, an unknown key stops the server naming it.
@@ -258,15 +265,34 @@ where
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LoggingFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `format` says, at the level `-v` gives (or `RUST_LOG`).
+fn init_logging(format: LoggingFormat, verbosity: u8) {
+    let level = match verbosity {
+        0 | 1 => "info",
+        2 | 3 => "info,berth_server=debug,berth_control_plane=debug",
+        4 | 5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LoggingFormat::Json => builder.json().init(),
+        LoggingFormat::Text => builder.init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse_from(with_config_file(std::env::args_os().collect())?);
+    init_logging(args.logging_format, args.verbosity);
     // Store reads and writes are short; a small blocking pool keeps thread (and malloc
     // arena) count — and so memory — down.
     let runtime = tokio::runtime::Builder::new_multi_thread()
