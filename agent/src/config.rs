@@ -19,6 +19,8 @@ enum Kind {
     List,
     /// A map of eviction signals to thresholds, written `signal<value,…`.
     Thresholds,
+    /// A map of eviction signals to grace periods, written `signal=duration,…`.
+    Grace,
 }
 
 /// KubeletConfiguration fields (JSON paths, `.` between levels) and their flags.
@@ -33,6 +35,17 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("cgroupRoot", "--cgroup-root", Kind::Str),
     ("seccompDefault", "--seccomp-default", Kind::Bool),
     ("evictionHard", "--eviction-hard", Kind::Thresholds),
+    ("evictionSoft", "--eviction-soft", Kind::Thresholds),
+    (
+        "evictionSoftGracePeriod",
+        "--eviction-soft-grace-period",
+        Kind::Grace,
+    ),
+    (
+        "evictionMaxPodGracePeriod",
+        "--eviction-max-pod-grace-period",
+        Kind::Int,
+    ),
     (
         "imageGCHighThresholdPercent",
         "--image-gc-high-threshold",
@@ -50,6 +63,16 @@ const FIELDS: &[(&str, &str, Kind)] = &[
         Kind::Str,
     ),
 ];
+
+/// A Go duration (`2m0s`, `90s`, `1h`; `0`), as the kubelet's duration flags take.
+pub fn go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("invalid duration {text:?} (want a Go duration such as 2m0s or 90s)");
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let d: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
+    std::time::Duration::try_from(d).map_err(|_| invalid())
+}
 
 /// The value of `--config` among `argv` (`--config F` or `--config=F`), if any.
 pub fn config_path(argv: &[OsString]) -> Option<OsString> {
@@ -153,6 +176,15 @@ fn flags_of(text: &str) -> Result<(Vec<String>, Vec<String>), String> {
                 })
                 .map(|l| l.join(","))
                 .ok_or_else(|| bad("a map of signals to quantities or percentages"))?,
+            Kind::Grace => v
+                .as_object()
+                .and_then(|m| {
+                    m.iter()
+                        .map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .map(|l| l.join(","))
+                .ok_or_else(|| bad("a map of signals to durations"))?,
         };
         flags.push(format!("{flag}={value}"));
     }
@@ -181,6 +213,18 @@ fn flags_of(text: &str) -> Result<(Vec<String>, Vec<String>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(go_duration("2m0s"), Ok(Duration::from_secs(120)));
+        assert_eq!(go_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(go_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(go_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(go_duration("0"), Ok(Duration::ZERO));
+        assert!(go_duration("-1s").is_err());
+        assert!(go_duration("soon").is_err());
+    }
 
     const DOC: &str = r#"
 apiVersion: kubelet.config.k8s.io/v1beta1

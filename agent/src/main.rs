@@ -34,7 +34,8 @@ struct Args {
     verbosity: u8,
     /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1): the fields
     /// berth-agent supports (address, port, staticPodPath, clusterDNS, clusterDomain,
-    /// maxPods, podCIDR, cgroupRoot, seccompDefault, evictionHard,
+    /// maxPods, podCIDR, cgroupRoot, seccompDefault, evictionHard, evictionSoft,
+    /// evictionSoftGracePeriod, evictionMaxPodGracePeriod,
     /// imageGCHigh/LowThresholdPercent, imageMinimumGCAge,
     /// authentication.x509.clientCAFile) set their flags; flags on the command line win.
     #[arg(long)]
@@ -146,6 +147,18 @@ struct Args {
     /// signals given.
     #[arg(long, default_value = "")]
     eviction_hard: String,
+    /// Soft eviction thresholds (same signals): the node reports pressure at once, but
+    /// pods are evicted only once a threshold has stayed crossed for its grace period.
+    #[arg(long, default_value = "")]
+    eviction_soft: String,
+    /// How long each soft threshold must stay crossed (`memory.available=1m30s,…`,
+    /// one per soft threshold).
+    #[arg(long, default_value = "")]
+    eviction_soft_grace_period: String,
+    /// The longest (seconds) a pod evicted for a soft threshold is given to stop; its
+    /// own terminationGracePeriodSeconds when shorter.
+    #[arg(long, default_value_t = 0)]
+    eviction_max_pod_grace_period: u64,
     /// Image filesystem usage (percent) from which unused images are deleted (100: never).
     #[arg(long, default_value_t = 85)]
     image_gc_high_threshold: u8,
@@ -153,7 +166,7 @@ struct Args {
     #[arg(long, default_value_t = 80)]
     image_gc_low_threshold: u8,
     /// Images are kept at least this long after they were first seen (a Go duration).
-    #[arg(long, default_value = "2m0s", value_parser = go_duration)]
+    #[arg(long, default_value = "2m0s", value_parser = berth_agent::config::go_duration)]
     image_minimum_gc_age: std::time::Duration,
     /// A directory of static pod manifests (the kubelet's staticPodPath).
     #[arg(long)]
@@ -323,8 +336,22 @@ async fn main() -> anyhow::Result<()> {
     for warning in config_warnings {
         tracing::warn!("{warning}");
     }
-    let thresholds = berth_agent::pods::eviction::signals::Thresholds::parse(&args.eviction_hard)
+    let hard = berth_agent::pods::eviction::signals::Thresholds::parse(&args.eviction_hard)
         .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
+    let soft = berth_agent::pods::eviction::signals::Soft::parse(
+        &args.eviction_soft,
+        &args.eviction_soft_grace_period,
+    )
+    .map_err(|e| anyhow::anyhow!("--eviction-soft: {e}"))?;
+    // The node's pressure conditions follow hard and soft thresholds alike.
+    let thresholds = berth_agent::pods::eviction::signals::Thresholds(
+        hard.0.iter().chain(&soft.thresholds.0).cloned().collect(),
+    );
+    let eviction = berth_agent::pods::eviction::Settings {
+        hard,
+        soft,
+        max_pod_grace: std::time::Duration::from_secs(args.eviction_max_pod_grace_period),
+    };
     let gc_policy = berth_agent::pods::image_gc::Policy::new(
         args.image_gc_high_threshold,
         args.image_gc_low_threshold,
@@ -568,7 +595,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         () = node::heartbeat(client, node_cfg, uid) => {}
         () = pods::run(ctx.clone(), pod_writer) => {}
-        () = pods::eviction::run(ctx.clone(), thresholds, image_gc.clone(), pod_store) => {}
+        () = pods::eviction::run(ctx.clone(), eviction, image_gc.clone(), pod_store) => {}
         () = pods::image_gc::run(image_gc, ctx.runtime.clone(), pods::image_gc::PERIOD) => {}
         r = berth_agent::kubelet_api::serve(ctx, addr, client_ca, serving, kubelet_authz) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
@@ -578,29 +605,4 @@ async fn main() -> anyhow::Result<()> {
         t.abort();
     }
     Ok(())
-}
-
-/// A Go duration flag (`2m0s`, `90s`, `1h`).
-fn go_duration(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("invalid duration {text:?} (want a Go duration such as 2m0s or 90s)");
-    if text == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let d: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
-    std::time::Duration::try_from(d).map_err(|_| invalid())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn go_durations() {
-        use std::time::Duration;
-        assert_eq!(super::go_duration("2m0s"), Ok(Duration::from_secs(120)));
-        assert_eq!(super::go_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(super::go_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(super::go_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(super::go_duration("0"), Ok(Duration::ZERO));
-        assert!(super::go_duration("-1s").is_err());
-        assert!(super::go_duration("soon").is_err());
-    }
 }

@@ -10,9 +10,10 @@
 
 pub mod signals;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -179,35 +180,102 @@ fn message(threshold: &Threshold, available: u64, used: u64) -> String {
     )
 }
 
+/// The eviction settings: `--eviction-hard`, `--eviction-soft` with its grace periods,
+/// and `--eviction-max-pod-grace-period`.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub hard: Thresholds,
+    pub soft: signals::Soft,
+    /// The longest a pod evicted for a soft threshold is given to stop (its own
+    /// terminationGracePeriodSeconds when shorter).
+    pub max_pod_grace: Duration,
+}
+
+/// Which thresholds evict now: every crossed hard one, and the soft ones crossed for
+/// their whole grace period (`since`: when each soft signal was first seen crossed,
+/// kept up to date here). Each comes with whether it is soft.
+fn met(
+    settings: &Settings,
+    obs: &Observations,
+    since: &mut HashMap<signals::Signal, Instant>,
+) -> Vec<(Threshold, bool)> {
+    let now = Instant::now();
+    let crossed_soft: Vec<&Threshold> = settings.soft.thresholds.crossed(obs).collect();
+    since.retain(|s, _| crossed_soft.iter().any(|t| t.signal == *s));
+    let mut out: Vec<(Threshold, bool)> = settings
+        .hard
+        .crossed(obs)
+        .map(|t| (t.clone(), false))
+        .collect();
+    for t in crossed_soft {
+        let first = *since.entry(t.signal).or_insert(now);
+        if now.duration_since(first) >= settings.soft.grace(t.signal)
+            && !out.iter().any(|(h, _)| h.signal == t.signal)
+        {
+            out.push((t.clone(), true));
+        }
+    }
+    out
+}
+
+/// How long a pod evicted for a soft threshold gets to stop: its own grace period,
+/// at most `--eviction-max-pod-grace-period`.
+fn soft_grace(pod: &Pod, max: Duration) -> Duration {
+    let own = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map_or(Duration::from_secs(30), |s| {
+            Duration::from_secs(u64::try_from(s).unwrap_or(0))
+        });
+    own.min(max)
+}
+
 /// Runs the eviction loop until the future is dropped, choosing among the pods in
 /// `pods` (the pod workers' reflector store).
-pub async fn run(ctx: Arc<Ctx>, thresholds: Thresholds, gc: Arc<ImageGc>, pods: Store<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, settings: Settings, gc: Arc<ImageGc>, pods: Store<Pod>) {
+    let since = Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
         tokio::time::sleep(INTERVAL).await;
-        let (ctx2, thresholds2, gc2) = (ctx.clone(), thresholds.clone(), gc.clone());
+        let (ctx2, settings2, gc2, since2) =
+            (ctx.clone(), settings.clone(), gc.clone(), since.clone());
         let candidates = candidates(&pods);
         let chosen = tokio::task::spawn_blocking(move || {
+            let mut since = since2.lock().unwrap_or_else(|p| p.into_inner());
             let observe = || Observations::observe(&ctx2.node.root_dir, &ctx2.node.image_dir);
             let mut obs = observe();
-            let mut crossed: Vec<Threshold> = thresholds2.crossed(&obs).cloned().collect();
+            let mut crossed = met(&settings2, &obs, &mut since);
             // Disk first reclaims node-level resources: unused images.
-            if crossed.iter().any(|t| t.signal.condition() == Condition::Disk) {
+            if crossed.iter().any(|(t, _)| t.signal.condition() == Condition::Disk) {
                 let done = gc2.delete_unused(&ctx2.runtime);
                 if !done.removed.is_empty() {
                     tracing::info!(removed = ?done.removed, freed = done.freed, "disk pressure: deleted unused images");
                     obs = observe();
-                    crossed = thresholds2.crossed(&obs).cloned().collect();
+                    crossed = met(&settings2, &obs, &mut since);
                 }
             }
-            // Memory before disk before PIDs, as the kubelet orders its signals.
-            crossed.sort_by_key(|t| match t.signal.condition() {
-                Condition::Memory => 0,
-                Condition::Disk => 1,
-                Condition::Pid => 2,
+            // Memory before disk before PIDs, as the kubelet orders its signals; hard
+            // before soft.
+            crossed.sort_by_key(|(t, soft)| {
+                let c = match t.signal.condition() {
+                    Condition::Memory => 0,
+                    Condition::Disk => 1,
+                    Condition::Pid => 2,
+                };
+                (c, *soft)
             });
-            let threshold = crossed.into_iter().next()?;
+            let (threshold, soft) = crossed.into_iter().next()?;
             let (victim, used) = choose(&ctx2, threshold.signal.condition(), candidates)?;
             let msg = message(&threshold, obs.get(threshold.signal).0, used);
+            // A soft eviction lets the pod stop within its grace period (the
+            // worker stops what is left at once once the pod is Evicted).
+            if soft {
+                let grace = soft_grace(&victim, settings2.max_pod_grace);
+                let uid = victim.metadata.uid.clone().unwrap_or_default();
+                for id in super::worker::pod_containers(&ctx2.runtime.containers(), &uid) {
+                    let _ = ctx2.runtime.stop_container(&id, grace);
+                }
+            }
             Some((victim, msg))
         })
         .await
@@ -232,6 +300,61 @@ pub async fn run(ctx: Arc<Ctx>, thresholds: Thresholds, gc: Arc<ImageGc>, pods: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_thresholds_evict_only_after_their_grace_period() {
+        let settings = Settings {
+            hard: Thresholds::parse_list("memory.available<100Mi").expect("hard"),
+            soft: signals::Soft::parse("memory.available<1Gi", "memory.available=1m")
+                .expect("soft"),
+            max_pod_grace: Duration::from_secs(10),
+        };
+        let obs = Observations {
+            memory: (500 << 20, 8 << 30),
+            ..Observations::default()
+        };
+        let mut since = HashMap::new();
+        // Crossed just now: not yet.
+        assert!(met(&settings, &obs, &mut since).is_empty());
+        // Crossed for a minute: it evicts, as a soft threshold.
+        since.insert(
+            signals::Signal::MemoryAvailable,
+            Instant::now() - Duration::from_secs(61),
+        );
+        let m = met(&settings, &obs, &mut since);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].1, "soft");
+        // Back above it: the clock starts again.
+        let fine = Observations {
+            memory: (2 << 30, 8 << 30),
+            ..Observations::default()
+        };
+        assert!(met(&settings, &fine, &mut since).is_empty());
+        assert!(since.is_empty());
+        // Below the hard threshold: at once, as a hard one.
+        let low = Observations {
+            memory: (50 << 20, 8 << 30),
+            ..Observations::default()
+        };
+        let m = met(&settings, &low, &mut since);
+        assert_eq!(m.len(), 1);
+        assert!(!m[0].1, "hard");
+        // The evicted pod's grace: its own, at most the maximum.
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": [],
+            "terminationGracePeriodSeconds": 60}}))
+        .expect("pod");
+        assert_eq!(
+            soft_grace(&pod, settings.max_pod_grace),
+            Duration::from_secs(10)
+        );
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": [],
+            "terminationGracePeriodSeconds": 5}}))
+        .expect("pod");
+        assert_eq!(
+            soft_grace(&pod, settings.max_pod_grace),
+            Duration::from_secs(5)
+        );
+    }
 
     #[test]
     fn messages_as_the_kubelet_writes_them() {

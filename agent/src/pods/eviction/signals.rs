@@ -38,6 +38,18 @@ impl Signal {
         })
     }
 
+    /// The signal's name (`memory.available`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MemoryAvailable => "memory.available",
+            Self::NodefsAvailable => "nodefs.available",
+            Self::NodefsInodesFree => "nodefs.inodesFree",
+            Self::ImagefsAvailable => "imagefs.available",
+            Self::ImagefsInodesFree => "imagefs.inodesFree",
+            Self::PidAvailable => "pid.available",
+        }
+    }
+
     /// The resource the kubelet names in an eviction message.
     pub fn resource(self) -> &'static str {
         match self {
@@ -108,6 +120,11 @@ impl Thresholds {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
+        Self::parse_list(text)
+    }
+
+    /// Parses a list of thresholds as written (`--eviction-soft`: empty is none).
+    pub fn parse_list(text: &str) -> Result<Self, String> {
         let mut out: Vec<Threshold> = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('<').ok_or_else(|| {
@@ -166,6 +183,64 @@ impl Thresholds {
             }
         }
         p
+    }
+}
+
+/// Soft eviction thresholds (`--eviction-soft`) and how long each must stay crossed
+/// before a pod is evicted for it (`--eviction-soft-grace-period`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Soft {
+    pub thresholds: Thresholds,
+    grace: Vec<(Signal, std::time::Duration)>,
+}
+
+impl Default for Soft {
+    /// No soft thresholds (the kubelet has none by default).
+    fn default() -> Self {
+        Soft {
+            thresholds: Thresholds(Vec::new()),
+            grace: Vec::new(),
+        }
+    }
+}
+
+impl Soft {
+    /// Parses the two flags; every soft threshold needs a grace period, as the
+    /// kubelet requires.
+    pub fn parse(thresholds: &str, grace_periods: &str) -> Result<Self, String> {
+        let thresholds = Thresholds::parse_list(thresholds)?;
+        let mut grace = Vec::new();
+        for part in grace_periods
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = part.split_once('=').ok_or_else(|| {
+                format!("eviction grace period {part:?}: expected <signal>=<duration>")
+            })?;
+            let signal = Signal::parse(name.trim())
+                .ok_or_else(|| format!("unknown eviction signal {:?}", name.trim()))?;
+            let d = crate::config::go_duration(value.trim())
+                .map_err(|e| format!("eviction grace period {part:?}: {e}"))?;
+            grace.push((signal, d));
+        }
+        for t in &thresholds.0 {
+            if !grace.iter().any(|(s, _)| *s == t.signal) {
+                return Err(format!(
+                    "grace period must be specified for the soft eviction threshold {}",
+                    t.signal.name()
+                ));
+            }
+        }
+        Ok(Self { thresholds, grace })
+    }
+
+    /// How long `signal` must stay crossed.
+    pub fn grace(&self, signal: Signal) -> std::time::Duration {
+        self.grace
+            .iter()
+            .find(|(s, _)| *s == signal)
+            .map_or(std::time::Duration::ZERO, |(_, d)| *d)
     }
 }
 
@@ -245,6 +320,31 @@ fn fs_stats(path: &Path) -> ((u64, u64), (u64, u64)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_thresholds_need_their_grace_periods() {
+        let soft = Soft::parse(
+            "memory.available<1Gi,nodefs.available<20%",
+            "memory.available=1m30s,nodefs.available=2m",
+        )
+        .expect("valid");
+        assert_eq!(soft.thresholds.0.len(), 2);
+        assert_eq!(
+            soft.grace(Signal::MemoryAvailable),
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(Soft::parse("", "").expect("none"), Soft::default());
+        let err = Soft::parse("memory.available<1Gi", "").expect_err("no grace");
+        assert_eq!(
+            err,
+            "grace period must be specified for the soft eviction threshold memory.available"
+        );
+        assert!(
+            Soft::parse("memory.available<1Gi", "memory.available=soon")
+                .expect_err("bad duration")
+                .contains("eviction grace period \"memory.available=soon\"")
+        );
+    }
 
     #[test]
     fn empty_means_the_kubelet_defaults() {
