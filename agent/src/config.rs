@@ -14,7 +14,10 @@ use serde_json::Value;
 enum Kind {
     Str,
     Int,
+    /// A switch flag, present when true.
     Bool,
+    /// A flag that takes `true` or `false`.
+    BoolValue,
     /// A list of strings, joined with commas.
     List,
     /// A map of eviction signals to thresholds, written `signal<value,…`.
@@ -57,6 +60,16 @@ const FIELDS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     ("imageMinimumGCAge", "--image-minimum-gc-age", Kind::Str),
+    (
+        "serializeImagePulls",
+        "--serialize-image-pulls",
+        Kind::BoolValue,
+    ),
+    (
+        "maxParallelImagePulls",
+        "--max-parallel-image-pulls",
+        Kind::Int,
+    ),
     (
         "authentication.x509.clientCAFile",
         "--client-ca-file",
@@ -162,6 +175,10 @@ fn flags_of(text: &str) -> Result<(Vec<String>, Vec<String>), String> {
                 Some(false) => continue,
                 None => return Err(bad("true or false")),
             },
+            Kind::BoolValue => v
+                .as_bool()
+                .map(|b| b.to_string())
+                .ok_or_else(|| bad("true or false"))?,
             Kind::List => v
                 .as_array()
                 .and_then(|l| l.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
@@ -235,8 +252,9 @@ clusterDomain: cluster.example
 seccompDefault: true
 evictionHard: {memory.available: 200Mi, nodefs.available: "5%"}
 imageMinimumGCAge: 5m
-authentication: {x509: {clientCAFile: /etc/ca.pem}, webhook: {enabled: true}}
 serializeImagePulls: false
+authentication: {x509: {clientCAFile: /etc/ca.pem}, webhook: {enabled: true}}
+containerLogMaxSize: 10Mi
 "#;
 
     #[test]
@@ -251,12 +269,13 @@ serializeImagePulls: false
                 "--seccomp-default",
                 "--eviction-hard=memory.available<200Mi,nodefs.available<5%",
                 "--image-minimum-gc-age=5m",
+                "--serialize-image-pulls=false",
                 "--client-ca-file=/etc/ca.pem",
             ]
         );
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
-            warnings[0].contains("\"serializeImagePulls\""),
+            warnings[0].contains("\"containerLogMaxSize\""),
             "{warnings:?}"
         );
         assert!(

@@ -35,7 +35,8 @@ struct Args {
     /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1): the fields
     /// berth-agent supports (address, port, staticPodPath, clusterDNS, clusterDomain,
     /// maxPods, podCIDR, cgroupRoot, seccompDefault, evictionHard, evictionSoft,
-    /// evictionSoftGracePeriod, evictionMaxPodGracePeriod,
+    /// evictionSoftGracePeriod, evictionMaxPodGracePeriod, serializeImagePulls,
+    /// maxParallelImagePulls,
     /// imageGCHigh/LowThresholdPercent, imageMinimumGCAge,
     /// authentication.x509.clientCAFile) set their flags; flags on the command line win.
     #[arg(long)]
@@ -159,6 +160,13 @@ struct Args {
     /// own terminationGracePeriodSeconds when shorter.
     #[arg(long, default_value_t = 0)]
     eviction_max_pod_grace_period: u64,
+    /// Pull one image at a time (the kubelet's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    serialize_image_pulls: bool,
+    /// With `--serialize-image-pulls=false`, at most this many pulls at once (unset: no
+    /// limit).
+    #[arg(long)]
+    max_parallel_image_pulls: Option<u32>,
     /// Image filesystem usage (percent) from which unused images are deleted (100: never).
     #[arg(long, default_value_t = 85)]
     image_gc_high_threshold: u8,
@@ -358,6 +366,8 @@ async fn main() -> anyhow::Result<()> {
         args.image_minimum_gc_age,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    let pull_slots = pods::pull_slots(args.serialize_image_pulls, args.max_parallel_image_pulls)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let registries = std::sync::Arc::new(
         berth_agent::pods::registries::RegistryConfig::load(&args.registry_config)
             .map_err(|e| anyhow::anyhow!("--registry-config: {e}"))?,
@@ -487,6 +497,7 @@ async fn main() -> anyhow::Result<()> {
             dns: None,
             seccomp_default: args.seccomp_default,
             registries: Default::default(),
+            pull_slots: None,
         };
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
@@ -560,6 +571,7 @@ async fn main() -> anyhow::Result<()> {
         dns: dns.as_ref().map(|(d, _)| d.clone()),
         seccomp_default: args.seccomp_default,
         registries: registries.clone(),
+        pull_slots: pull_slots.clone(),
     });
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(

@@ -65,6 +65,28 @@ pub struct Ctx {
     pub seccomp_default: bool,
     /// `--registry-config`: registry mirrors and per-registry settings.
     pub registries: Arc<registries::RegistryConfig>,
+    /// How many image pulls may run at once (`--serialize-image-pulls`: one;
+    /// `--max-parallel-image-pulls`); `None`: no limit.
+    pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// The pull limit `--serialize-image-pulls` and `--max-parallel-image-pulls` set, or
+/// the kubelet's refusal of the pair.
+pub fn pull_slots(
+    serialize: bool,
+    max_parallel: Option<u32>,
+) -> Result<Option<Arc<tokio::sync::Semaphore>>, String> {
+    match (serialize, max_parallel) {
+        (true, None | Some(1)) => Ok(Some(Arc::new(tokio::sync::Semaphore::new(1)))),
+        (true, Some(n)) => Err(format!(
+            "invalid configuration: maxParallelImagePulls (--max-parallel-image-pulls) {n} must be 1 or nil when serializeImagePulls (--serialize-image-pulls) is true"
+        )),
+        (false, Some(0)) => Err(
+            "invalid configuration: maxParallelImagePulls (--max-parallel-image-pulls) 0 must be a positive number".into(),
+        ),
+        (false, Some(n)) => Ok(Some(Arc::new(tokio::sync::Semaphore::new(n as usize)))),
+        (false, None) => Ok(None),
+    }
 }
 
 /// The lowest oom_score_adj this process may give its children.
@@ -487,4 +509,26 @@ fn same_status(current: &Value, new: &Value) -> bool {
         return false;
     };
     obj.iter().all(|(k, v)| current.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_limits_as_the_kubelet_validates_them() {
+        let permits = |s: bool, m: Option<u32>| {
+            pull_slots(s, m).map(|o| o.map(|sem| sem.available_permits()))
+        };
+        assert_eq!(permits(true, None), Ok(Some(1)));
+        assert_eq!(permits(true, Some(1)), Ok(Some(1)));
+        assert!(
+            permits(true, Some(3))
+                .expect_err("refused")
+                .contains("must be 1 or nil")
+        );
+        assert_eq!(permits(false, Some(3)), Ok(Some(3)));
+        assert_eq!(permits(false, None), Ok(None));
+        assert!(permits(false, Some(0)).is_err());
+    }
 }

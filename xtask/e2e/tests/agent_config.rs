@@ -18,7 +18,7 @@ fn a_kubelet_configuration_file_drives_the_agent() {
     let config = dir.path().join("kubelet.yaml");
     std::fs::write(
         &config,
-        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 7\nseccompDefault: true\nserializeImagePulls: false\n",
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 7\nseccompDefault: true\ncontainerLogMaxSize: 10Mi\n",
     )
     .expect("write the configuration");
     let flag = format!("--config={}", config.display());
@@ -55,7 +55,7 @@ spec:
     let log = std::fs::read_to_string(c.agent.log_file()).unwrap_or_default();
     assert!(
         log.contains(
-            "KubeletConfiguration field \"serializeImagePulls\" is not supported by berth-agent; ignored"
+            "KubeletConfiguration field \"containerLogMaxSize\" is not supported by berth-agent; ignored"
         ),
         "{log}"
     );
