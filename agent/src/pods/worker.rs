@@ -47,7 +47,19 @@ pub struct Memory {
     waiting: HashMap<String, (String, String)>,
     /// Why the pod has no sandbox yet.
     sandbox_error: Option<String>,
+    /// The kubelet's image pull back-off, by image: no new pull before the instant, the
+    /// current delay (10 s after a failed pull, doubling to 5 min) and the last error.
+    pull_backoff: HashMap<String, (Instant, Duration, String)>,
     pub events: Vec<Event>,
+}
+
+/// The first image pull back-off and its cap (the kubelet's 10 s and 5 min).
+const PULL_BACKOFF_BASE: Duration = Duration::from_secs(10);
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The next delay after `previous` (none: the first failure).
+fn next_pull_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(PULL_BACKOFF_BASE, |d| (d * 2).min(PULL_BACKOFF_MAX))
 }
 
 /// An Event to record about the pod.
@@ -661,21 +673,28 @@ impl PodView<'_> {
     ) -> Result<(), (String, String)> {
         let result = self.create_and_start(c, attempt, inputs, mem);
         // The kubelet's Warning "Failed" event for a container that cannot be created
-        // (a seccomp profile it cannot load, a bad config); image pull errors have their own.
+        // (a seccomp profile it cannot load, a bad config, an image it cannot pull).
         // Once per distinct error: the retries every few seconds would flood the namespace.
         if let Err(err) = &result
             && mem.waiting.get(&c.name) != Some(err)
             && let (reason, message) = err
-            && matches!(
-                reason.as_str(),
-                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"
-            )
         {
-            mem.events.push(Event {
-                warning: true,
-                reason: "Failed".into(),
-                message: format!("Error: {message}"),
-            });
+            // Image errors read "Error: ErrImagePull" (their detail is in their own
+            // event); the others carry their message.
+            let text = match reason.as_str() {
+                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
+                    Some(message.as_str())
+                }
+                "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" => Some(reason.as_str()),
+                _ => None,
+            };
+            if let Some(text) = text {
+                mem.events.push(Event {
+                    warning: true,
+                    reason: "Failed".into(),
+                    message: format!("Error: {text}"),
+                });
+            }
         }
         result
     }
@@ -694,10 +713,36 @@ impl PodView<'_> {
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
         let secrets = pull_secrets(self.pod, inputs, &image);
-        ensure_image(self.ctx, &image, &policy, &secrets, &mut mem.events).map_err(|e| {
-            let reason = e.split(':').next().unwrap_or("ErrImagePull").to_owned();
-            (reason, e)
-        })?;
+        // Within the back-off of a failed pull, no pull: ImagePullBackOff, as the
+        // kubelet, naming the last error.
+        let now = Instant::now();
+        if let Some((until, _, last)) = mem.pull_backoff.get(&image)
+            && now < *until
+        {
+            mem.events.push(Event {
+                warning: false,
+                reason: "BackOff".into(),
+                message: format!("Back-off pulling image {image:?}"),
+            });
+            return Err((
+                "ImagePullBackOff".to_owned(),
+                format!("Back-off pulling image {image:?}: {last}"),
+            ));
+        }
+        match ensure_image(self.ctx, &image, &policy, &secrets, &mut mem.events) {
+            Ok(()) => {
+                mem.pull_backoff.remove(&image);
+            }
+            Err(e) => {
+                let reason = e.split(':').next().unwrap_or("ErrImagePull").to_owned();
+                if reason == "ErrImagePull" {
+                    let delay = next_pull_backoff(mem.pull_backoff.get(&image).map(|b| b.1));
+                    mem.pull_backoff
+                        .insert(image.clone(), (now + delay, delay, e.clone()));
+                }
+                return Err((reason, e));
+            }
+        }
         let cfg = self
             .config(c, attempt, inputs)
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
@@ -1427,6 +1472,21 @@ pub fn sync_blocking(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn pull_back_off_doubles_from_ten_seconds_to_five_minutes() {
+        let mut d = super::next_pull_backoff(None);
+        assert_eq!(d, Duration::from_secs(10));
+        let mut seen = vec![d];
+        for _ in 0..6 {
+            d = super::next_pull_backoff(Some(d));
+            seen.push(d);
+        }
+        assert_eq!(
+            seen.iter().map(Duration::as_secs).collect::<Vec<_>>(),
+            [10, 20, 40, 80, 160, 300, 300]
+        );
+    }
 
     #[test]
     fn pull_times_read_as_go_durations() {

@@ -4,7 +4,8 @@
 //! `image: busybox:<tag>` and pull policy Always runs although docker.io is never
 //! reached; the kubelet's image events (Pulling, Pulled with time and size, Created,
 //! Started) are recorded; a configuration edited to a dead mirror is picked up without
-//! a restart, and the pull then fails with a Failed event naming every attempt.
+//! a restart, and the pull then fails with a Failed event naming every attempt, then
+//! backs off (ImagePullBackOff, a BackOff event).
 
 use std::time::Duration;
 
@@ -121,25 +122,36 @@ spec:
   - {name: c, image: "busybox:berth-mirror", imagePullPolicy: Always, command: [sleep, "300"]}
 "#,
     );
-    let pod = c.wait_pod("unmirrored", "the pull to fail", |p| {
-        let reason = Cluster::container_status(p, "c")["state"]["waiting"]["reason"].clone();
-        reason == "ErrImagePull" || reason == "ImagePullBackOff"
+    // The failed pull, then the kubelet's back-off: no new pull for 10 s, the waiting
+    // message naming the last error.
+    let pod = c.wait_pod("unmirrored", "the pull back-off", |p| {
+        Cluster::container_status(p, "c")["state"]["waiting"]["reason"] == "ImagePullBackOff"
     });
     let message = Cluster::container_status(&pod, "c")["state"]["waiting"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     assert!(message.contains(&format!("127.0.0.1:{dead}")), "{message}");
+    assert!(
+        message.starts_with("Back-off pulling image \"busybox:berth-mirror\": ErrImagePull: "),
+        "{message}"
+    );
     c.wait(
         "a Failed event naming the attempts",
         Duration::from_secs(20),
         || {
-            events_of(&c, "unmirrored").iter().any(|(r, m)| {
+            let events = events_of(&c, "unmirrored");
+            let failed_pull = events.iter().any(|(r, m)| {
                 r == "Failed"
                     && m.starts_with("Failed to pull image \"busybox:berth-mirror\": ")
                     && m.contains(&format!("127.0.0.1:{dead}"))
                     && m.contains("registry-1.docker.io")
-            })
+            });
+            let has =
+                |reason: &str, text: &str| events.iter().any(|(r, m)| r == reason && m == text);
+            failed_pull
+                && has("Failed", "Error: ErrImagePull")
+                && has("BackOff", "Back-off pulling image \"busybox:berth-mirror\"")
         },
     );
     c.kubectl.ok(&[
