@@ -343,8 +343,20 @@ pub async fn run(api: Arc<Api>) {
                 if change.kind == ChangeKind::Deleted {
                     withdraw(&api, &crd);
                 } else {
+                    // Only what the new CRD no longer serves goes; the rest is replaced
+                    // in place, so discovery never shows the group half-made between a
+                    // withdraw and the establish (a status update re-registers it).
                     if let Some(prev) = &change.prev {
-                        withdraw(&api, &prev.value());
+                        let kept: Vec<(String, String, String)> = resource_defs(&crd)
+                            .into_iter()
+                            .map(|d| (d.group, d.version, d.plural))
+                            .collect();
+                        for def in resource_defs(&prev.value()) {
+                            let key = (def.group, def.version, def.plural);
+                            if !kept.contains(&key) {
+                                api.registry.remove(&key.0, &key.1, &key.2);
+                            }
+                        }
                     }
                     establish(&api, &crd).await;
                 }
