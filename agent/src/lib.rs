@@ -5,10 +5,12 @@
 //! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`;
 //! [`dns`] answers the cluster's DNS on this node; both follow the one Service watch
 //! of [`services`]; [`certificates`] joins the cluster with a bootstrap token and
-//! keeps the node's client certificate fresh.
+//! keeps the node's client certificate fresh; [`csi`] drives the node's CSI drivers
+//! (registration, provisioning, expansion, and the mounts of claims in pods).
 
 pub mod certificates;
 pub mod config;
+pub mod csi;
 pub mod dns;
 pub mod kubelet_api;
 pub mod netns;

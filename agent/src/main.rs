@@ -187,6 +187,11 @@ struct Args {
     /// agent restart.
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
+    /// The unix socket of a CSI driver on this node (repeatable): the agent registers
+    /// it (CSINode), provisions and expands its volumes for this node, and mounts
+    /// claims of pods through it.
+    #[arg(long = "csi-socket")]
+    csi_sockets: Vec<PathBuf>,
 }
 
 fn own_dir() -> PathBuf {
@@ -498,7 +503,16 @@ async fn main() -> anyhow::Result<()> {
             seccomp_default: args.seccomp_default,
             registries: Default::default(),
             pull_slots: None,
+            csi: berth_agent::csi::Drivers::default(),
         };
+        for socket in &args.csi_sockets {
+            match berth_agent::csi::Driver::probe(socket).await {
+                Ok(d) => ctx.csi.add(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "CSI driver unreachable: its volumes stay mounted")
+                }
+            }
+        }
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
         return Ok(());
@@ -572,7 +586,9 @@ async fn main() -> anyhow::Result<()> {
         seccomp_default: args.seccomp_default,
         registries: registries.clone(),
         pull_slots: pull_slots.clone(),
+        csi: berth_agent::csi::Drivers::default(),
     });
+    let csi_task = tokio::spawn(berth_agent::csi::run(ctx.clone(), args.csi_sockets.clone()));
     if ctx.oom_score_floor > -1000 {
         tracing::warn!(
             floor = ctx.oom_score_floor,
@@ -616,5 +632,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(t) = watch_task {
         t.abort();
     }
+    csi_task.abort();
     Ok(())
 }

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
@@ -19,8 +21,18 @@ pub struct Inputs {
     /// The Services the kubelet turns into `<NAME>_SERVICE_HOST`… variables: the
     /// pod's namespace's (with `enableServiceLinks`) and `default/kubernetes`.
     pub services: Vec<Service>,
+    /// The claim and bound volume behind each `persistentVolumeClaim` and `ephemeral`
+    /// volume, by volume name, or why they are not usable yet.
+    pub claims: BTreeMap<String, Result<Claim, String>>,
     /// Why something could not be fetched (other than not found).
     pub errors: Vec<String>,
+}
+
+/// A pod's claim and the PersistentVolume it is bound to.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub claim: PersistentVolumeClaim,
+    pub volume: PersistentVolume,
 }
 
 impl Inputs {
@@ -30,6 +42,14 @@ impl Inputs {
 
     pub fn secret(&self, name: &str) -> Option<&Secret> {
         self.secrets.get(name).and_then(Option::as_ref)
+    }
+
+    pub fn claim(&self, volume: &str) -> Result<&Claim, String> {
+        match self.claims.get(volume) {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("the claim was not fetched yet".into()),
+        }
     }
 
     pub fn token(&self, volume: &str, path: &str) -> Option<&str> {
@@ -146,6 +166,7 @@ pub async fn fetch(client: &Client, pod: &Pod) -> Inputs {
                 .push(format!("service \"default/kubernetes\": {e}")),
         }
     }
+    fetch_claims(client, pod, &mut inputs).await;
     let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let sa = pod
         .spec
@@ -188,4 +209,67 @@ pub async fn fetch(client: &Client, pod: &Pod) -> Inputs {
         }
     }
     inputs
+}
+
+/// The claim a volume of `pod` mounts: a `persistentVolumeClaim`'s, or the one the
+/// ephemeral volume controller made for an `ephemeral` volume (`<pod>-<volume>`).
+pub fn claim_name(pod: &Pod, v: &k8s_openapi::api::core::v1::Volume) -> Option<String> {
+    if let Some(c) = &v.persistent_volume_claim {
+        return Some(c.claim_name.clone());
+    }
+    v.ephemeral.as_ref().map(|_| {
+        format!(
+            "{}-{}",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            v.name
+        )
+    })
+}
+
+/// Fetches each claim of `pod` and the volume it is bound to, with the kubelet's
+/// reasons when one is not usable.
+async fn fetch_claims(client: &Client, pod: &Pod, inputs: &mut Inputs) {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(name) = claim_name(pod, v) else {
+            continue;
+        };
+        let result = async {
+            let claim = match claims.get_opt(&name).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Err(format!("persistentvolumeclaim \"{name}\" not found")),
+                Err(e) => return Err(format!("error processing PVC {ns}/{name}: {e}")),
+            };
+            if v.ephemeral.is_some() {
+                let owned = claim.metadata.owner_references.iter().flatten().any(|o| {
+                    o.controller == Some(true) && Some(&o.uid) == pod.metadata.uid.as_ref()
+                });
+                if !owned {
+                    return Err(format!(
+                        "PVC {ns}/{name} was not created for pod {ns}/{} (pod is not owner)",
+                        pod.metadata.name.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+            let volume_name = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .unwrap_or_default();
+            if !bound || volume_name.is_empty() {
+                return Err(format!("error processing PVC {ns}/{name}: PVC is not bound"));
+            }
+            match volumes.get(&volume_name).await {
+                Ok(volume) => Ok(Claim { claim, volume }),
+                Err(e) => Err(format!(
+                    "error processing PVC {ns}/{name}: failed to fetch PV {volume_name} from API server: {e}"
+                )),
+            }
+        }
+        .await;
+        inputs.claims.insert(v.name.clone(), result);
+    }
 }

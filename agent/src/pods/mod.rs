@@ -68,6 +68,18 @@ pub struct Ctx {
     /// How many image pulls may run at once (`--serialize-image-pulls`: one;
     /// `--max-parallel-image-pulls`); `None`: no limit.
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The CSI drivers registered on this node (`--csi-socket`).
+    pub csi: crate::csi::Drivers,
+}
+
+impl Ctx {
+    /// What pod volumes need to mount claims through CSI.
+    pub fn csi_mounts(&self) -> volumes::Csi<'_> {
+        volumes::Csi {
+            drivers: &self.csi,
+            root: &self.node.root_dir,
+        }
+    }
 }
 
 /// The pull limit `--serialize-image-pulls` and `--max-parallel-image-pulls` set, or
@@ -117,6 +129,8 @@ impl std::fmt::Debug for Ctx {
 
 /// How often ConfigMaps and Secrets used by a pod are read again.
 const INPUT_REFRESH: Duration = Duration::from_secs(10);
+/// How soon inputs are fetched again while a claim of the pod is not usable.
+const CLAIM_REFRESH: Duration = Duration::from_secs(1);
 
 struct Handle {
     tx: watch::Sender<Option<Arc<Pod>>>,
@@ -418,7 +432,11 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
                 }
             }
         }
-        if inputs_at.is_none_or(|t| t.elapsed() >= INPUT_REFRESH) {
+        // Claims not usable yet (not bound, volume not fetched) are asked again soon.
+        let claims_pending = inputs.claims.values().any(Result::is_err);
+        if inputs_at.is_none_or(|t| {
+            t.elapsed() >= INPUT_REFRESH || (claims_pending && t.elapsed() >= CLAIM_REFRESH)
+        }) {
             let fresh = inputs::fetch(&ctx.client, &last_pod).await;
             // With the apiserver unreachable, the last good ConfigMaps and Secrets
             // stay in use: restarts go on without it.

@@ -274,15 +274,29 @@ fn host_path_check(path: &Path, kind: &str) -> Result<(), Error> {
     }
 }
 
+/// Where CSI volumes are mounted from: the registered drivers and the agent's root
+/// dir (the drivers' staging paths live under it).
+#[derive(Debug, Clone, Copy)]
+pub struct Csi<'a> {
+    pub drivers: &'a crate::csi::Drivers,
+    pub root: &'a Path,
+}
+
 /// Sets up one volume; returns its host path.
 fn setup_one(
     pod: &Pod,
     v: &Volume,
-    dir: &Path,
+    pod_dir: &Path,
     inputs: &Inputs,
     rt: &Runtime,
+    csi: Csi<'_>,
 ) -> Result<PathBuf, Error> {
+    let dir = pod_volumes_dir(pod_dir);
     let path = dir.join(&v.name);
+    if v.persistent_volume_claim.is_some() || v.ephemeral.is_some() {
+        let claim = inputs.claim(&v.name)?;
+        return crate::csi::mounts::setup(csi.drivers, csi.root, pod_dir, pod, v, claim);
+    }
     if let Some(e) = &v.empty_dir {
         if e.medium.as_deref() == Some("Memory") {
             let size = e.size_limit.as_ref().and_then(resources::units);
@@ -393,7 +407,7 @@ fn setup_one(
         return Ok(path);
     }
     Err(format!(
-        "volume {:?}: this volume type is not supported by berth-agent (emptyDir, hostPath, configMap, secret, downwardAPI and projected are)",
+        "volume {:?}: this volume type is not supported by berth-agent (emptyDir, hostPath, configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral are)",
         v.name
     ))
 }
@@ -404,19 +418,23 @@ pub fn setup(
     pod_dir: &Path,
     inputs: &Inputs,
     rt: &Runtime,
+    csi: Csi<'_>,
 ) -> Result<BTreeMap<String, PathBuf>, Error> {
-    let dir = pod_volumes_dir(pod_dir);
     let mut out = BTreeMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let path = setup_one(pod, v, &dir, inputs, rt)
+        let path = setup_one(pod, v, pod_dir, inputs, rt, csi)
             .map_err(|e| format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name))?;
         out.insert(v.name.clone(), path);
     }
     Ok(out)
 }
 
-/// Unmounts every mount below `pod_dir` (deepest first) and removes the directory.
-pub fn teardown(pod_dir: &Path) -> Result<(), String> {
+/// Unpublishes the pod's CSI volumes through their drivers, then unmounts every mount
+/// below `pod_dir` (deepest first) and removes the directory.
+pub fn teardown(pod_dir: &Path, csi: Csi<'_>) -> Result<(), String> {
+    if let Some(pods_dir) = pod_dir.parent() {
+        crate::csi::mounts::teardown(csi.drivers, pods_dir, pod_dir)?;
+    }
     let prefix = format!("{}/", pod_dir.display());
     let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()

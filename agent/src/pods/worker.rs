@@ -228,7 +228,7 @@ pub fn teardown(
             .map_err(|e| format!("remove sandbox: {e}"))?;
         remove_pod_cgroup(&sandbox.config.cgroup_parent)?;
     }
-    volumes::teardown(&pod_dir(ctx, uid))?;
+    volumes::teardown(&pod_dir(ctx, uid), ctx.csi_mounts())?;
     if let Some(dir) = log_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -854,7 +854,8 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
             .map_or(1000, |n| n.get() as i128 * 1000),
         node_memory: crate::node::meminfo("MemTotal:").unwrap_or(0) as i128,
     };
-    let volumes = match volumes::setup(pod, &pod_dir(ctx, &uid), inputs, &env_rt) {
+    let volumes = match volumes::setup(pod, &pod_dir(ctx, &uid), inputs, &env_rt, ctx.csi_mounts())
+    {
         Ok(v) => v,
         Err(e) => {
             for c in spec

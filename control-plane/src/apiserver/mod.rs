@@ -321,6 +321,32 @@ impl Api {
                 .await,
             )?;
         }
+        // Its CSIDriver: no attach step, fsGroup applied to every volume, capacity
+        // published per node and class (CSIStorageCapacity) for the scheduler.
+        if let Some(ctx) = self.internal("storage.k8s.io", "csidrivers", None)
+            && self.cache.get(&ctx.key(CSI_DRIVER)).is_none()
+        {
+            ignore_exists(
+                rest::create_object(
+                    &ctx,
+                    json!({
+                        "apiVersion": "storage.k8s.io/v1",
+                        "kind": "CSIDriver",
+                        "metadata": {"name": CSI_DRIVER},
+                        "spec": {
+                            "attachRequired": false,
+                            "podInfoOnMount": false,
+                            "storageCapacity": true,
+                            "fsGroupPolicy": "File",
+                            "requiresRepublish": false,
+                            "seLinuxMount": false,
+                            "volumeLifecycleModes": ["Persistent"],
+                        },
+                    }),
+                )
+                .await,
+            )?;
+        }
         if let Some(ctx) = self.internal("", "endpoints", Some("default")) {
             ignore_exists(
                 rest::create_object(

@@ -70,6 +70,10 @@ impl Layout {
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+    /// berth-csi's socket (the agent's `--csi-socket`).
+    fn csi_socket(&self) -> PathBuf {
+        self.run.join("csi/csi.sock")
+    }
     fn agent_args(&self, node: &str) -> Vec<String> {
         let d = |p: &Path| p.display().to_string();
         vec![
@@ -94,6 +98,8 @@ impl Layout {
             "10.96.0.10".into(),
             "--cluster-domain".into(),
             "cluster.local".into(),
+            "--csi-socket".into(),
+            d(&self.csi_socket()),
         ]
     }
 }
@@ -226,6 +232,18 @@ pub fn run() -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The node's CSI driver beside the agent, as a CSI driver runs beside any kubelet
+    // (a separate process the agent reaches through its socket).
+    bar.set_message("starting berth-csi");
+    let mut csi = spawn(
+        &release_bin("berth-csi"),
+        &[
+            format!("--endpoint=unix://{}", layout.csi_socket().display()),
+            format!("--root={}", layout.data.join("csi").display()),
+            format!("--node-id={node}"),
+        ],
+        &layout.data.join("csi.log"),
+    )?;
     bar.set_message("starting berth-agent (joining with a bootstrap token)");
     let token = token_create(&layout, "1h")?;
     let bootstrap = layout.bootstrap_kubeconfig(&token)?;
@@ -258,7 +276,7 @@ pub fn run() -> Result<ExitCode> {
         &args,
         &layout.data.join("agent.log"),
     )?;
-    for (name, child) in [("server", &server), ("agent", &agent)] {
+    for (name, child) in [("server", &server), ("agent", &agent), ("csi", &csi)] {
         let _ = std::fs::write(
             layout.run.join(format!("{name}.pid")),
             child.id().to_string(),
@@ -270,6 +288,8 @@ pub fn run() -> Result<ExitCode> {
         if Instant::now() > deadline || matches!(agent.try_wait(), Ok(Some(_))) {
             bar.finish_and_clear();
             stop(&mut agent);
+            remove_pods(&layout, &node);
+            stop(&mut csi);
             stop(&mut server);
             bail!(
                 "the node did not become Ready; see {}",
@@ -304,23 +324,27 @@ pub fn run() -> Result<ExitCode> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return true,
                 _ = ticker.tick() => {
-                    if matches!(server.try_wait(), Ok(Some(_))) || matches!(agent.try_wait(), Ok(Some(_))) {
+                    if [&mut server, &mut agent, &mut csi].into_iter().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
                         return false;
                     }
                 }
             }
         }
     });
-    step("stopping berth-agent and berth-server");
+    step("stopping berth-agent, berth-csi and berth-server");
     stop(&mut agent);
-    stop(&mut server);
+    // Pods leave the host through the driver (their volumes are unpublished), so it
+    // stops after them.
     remove_pods(&layout, &node);
+    stop(&mut csi);
+    stop(&mut server);
     if stopped_by_user {
         step("stopped; the cluster's objects stay in the store for the next `cargo xtask up`");
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "xtask up: a component exited; see {}/server.log and {}/agent.log",
+            "xtask up: a component exited; see {}/server.log, {}/agent.log and {}/csi.log",
+            layout.data.display(),
             layout.data.display(),
             layout.data.display()
         );
@@ -351,29 +375,12 @@ pub fn down() -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let layout = Layout::new();
-    // A cluster still running (from another terminal): stopped by the PIDs `up` wrote.
-    for name in ["agent", "server"] {
-        let Ok(pid) = std::fs::read_to_string(layout.run.join(format!("{name}.pid"))) else {
-            continue;
-        };
-        let Ok(pid) = pid.trim().parse::<i32>() else {
-            continue;
-        };
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        if exe
-            .file_name()
-            .is_some_and(|f| f.to_string_lossy() == format!("berth-{name}"))
-        {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    // A cluster still running (from another terminal): stopped by the PIDs `up` wrote;
+    // the CSI driver after the pods, whose volumes it unpublishes.
+    stop_recorded(&layout, &["agent", "server"]);
     step("removing pods");
     remove_pods(&layout, &node_name());
+    stop_recorded(&layout, &["csi"]);
     step("removing the bridge, cgroups, mounts and state");
     let _ = Command::new("ip")
         .args(["link", "del", BRIDGE])
@@ -411,6 +418,30 @@ pub fn down() -> Result<ExitCode> {
     }
     step("berth is gone from this host");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the components `up` recorded in `<run>/<name>.pid`, if still running.
+fn stop_recorded(layout: &Layout, names: &[&str]) {
+    for name in names {
+        let Ok(pid) = std::fs::read_to_string(layout.run.join(format!("{name}.pid"))) else {
+            continue;
+        };
+        let Ok(pid) = pid.trim().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy() == format!("berth-{name}"))
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -110,6 +110,11 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
             vec![group("system:nodes")],
         ),
         (
+            "system:berth:node-volumes".into(),
+            "system:berth:node-volumes".into(),
+            vec![group("system:nodes")],
+        ),
+        (
             "system:kube-dns".into(),
             "system:kube-dns".into(),
             vec![("ServiceAccount", "kube-dns".into(), "kube-system".into())],

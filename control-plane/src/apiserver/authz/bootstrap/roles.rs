@@ -263,6 +263,40 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             "system:berth:node-dns",
             vec![named(READ, &[""], &["configmaps"], &["berth-dns"])],
         ),
+        // berth's agent provisions, deletes and expands the volumes of its node's CSI
+        // drivers (external-provisioner's node-deployment mode and external-resizer
+        // run inside it): their roles, for the nodes.
+        role(
+            "system:berth:node-volumes",
+            vec![
+                r(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                r(
+                    &["get", "list", "patch", "update", "watch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                r(
+                    &["patch", "update"],
+                    &[""],
+                    &["persistentvolumeclaims/status"],
+                ),
+                r(READ, &["storage.k8s.io"], &["storageclasses"]),
+                r(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &["storage.k8s.io"],
+                    &["csistoragecapacities"],
+                ),
+                events(),
+            ],
+        ),
         role(
             "system:kube-dns",
             vec![r(&["list", "watch"], &[""], &["endpoints", "services"])],
