@@ -309,3 +309,6 @@ impl PodFilter for VolumeCheck<'_> {
         binding::find(self, node).map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests;
