@@ -116,9 +116,15 @@ pub async fn run(client: Client, profile: Profile) {
             p.metadata.name.clone().unwrap_or_default(),
         ));
     });
+    let watch = prebind::Watch {
+        claims: stores.claims.clone(),
+        volumes: stores.volumes.clone(),
+        pods,
+        changed,
+    };
     informers
         .run(Box::pin(schedule(
-            client, profile, rx, nodes, pods, budgets, stores, changed,
+            client, profile, rx, nodes, budgets, stores, watch,
         )))
         .await;
 }
@@ -315,11 +321,12 @@ async fn schedule(
     profile: Profile,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
     nodes: reflector::Store<Node>,
-    pods: reflector::Store<Pod>,
     budgets: reflector::Store<PodDisruptionBudget>,
     stores: Stores,
-    changed: Arc<tokio::sync::Notify>,
+    // The pods' cache is the one PreBind watches too.
+    watch: prebind::Watch,
 ) {
+    let pods = watch.pods.clone();
     let _ = nodes.wait_until_ready().await;
     let _ = stores.claims.wait_until_ready().await;
     let _ = stores.volumes.wait_until_ready().await;
@@ -350,12 +357,6 @@ async fn schedule(
     let binds = Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDS));
     // Failed bindings come back here: (uid, pod key).
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    let watch = prebind::Watch {
-        claims: stores.claims.clone(),
-        volumes: stores.volumes.clone(),
-        pods: pods.clone(),
-        changed,
-    };
     let mut cluster_changed = false;
     loop {
         // Everything that changed since the last round.

@@ -1,4 +1,8 @@
 //! The volume plugins' verdicts and messages, on fixed objects.
+#![expect(
+    clippy::field_reassign_with_default,
+    reason = "each test grows its fixture step by step"
+)]
 
 use std::sync::Arc;
 
