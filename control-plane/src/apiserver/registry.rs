@@ -522,6 +522,7 @@ impl Registry {
             }),
             builtin::<storage::v1::CSIDriver>(PLAIN),
             builtin::<storage::v1::CSINode>(PLAIN),
+            builtin::<storage::v1::CSIStorageCapacity>(PLAIN),
             builtin::<storage::v1::VolumeAttachment>(Builtin {
                 status: true,
                 ..PLAIN

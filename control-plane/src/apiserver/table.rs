@@ -270,6 +270,9 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             ("Age", "string", 0),
             ("VolumeMode", "string", 1),
         ],
+        ("storage.k8s.io", "CSIStorageCapacity") => {
+            vec![("StorageClassName", "string", 0), ("Capacity", "string", 0)]
+        }
         ("storage.k8s.io", "StorageClass") => vec![
             ("Provisioner", "string", 0),
             ("ReclaimPolicy", "string", 0),
@@ -674,6 +677,10 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                 json!(unset(s(o, "/spec/volumeMode"))),
             ]
         }
+        ("storage.k8s.io", "CSIStorageCapacity") => vec![
+            json!(s(o, "/storageClassName")),
+            json!(unset(s(o, "/capacity"))),
+        ],
         ("storage.k8s.io", "StorageClass") => vec![
             json!(s(o, "/provisioner")),
             json!(match s(o, "/reclaimPolicy") {

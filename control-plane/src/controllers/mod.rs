@@ -10,6 +10,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod ephemeral;
 pub mod expectations;
 pub mod gc;
 pub mod history;
@@ -102,6 +103,7 @@ pub const NAMES: &[&str] = &[
     "persistentvolume-binder",
     "pvc-protection",
     "pv-protection",
+    "ephemeral-volume-controller",
 ];
 
 impl Selection {
@@ -185,6 +187,10 @@ const ACCOUNTS: &[(&str, &[&str])] = &[
     ("persistentvolume-binder", &["persistent-volume-binder"]),
     ("pvc-protection", &["pvc-protection-controller"]),
     ("pv-protection", &["pv-protection-controller"]),
+    (
+        "ephemeral-volume-controller",
+        &["ephemeral-volume-controller"],
+    ),
 ];
 
 /// The selected controllers, until the future is dropped. Each acts with the client
@@ -307,6 +313,10 @@ pub async fn run(credentials: credentials::Credentials, options: Options) {
     if on("pv-protection") {
         let c = a.client("pv-protection-controller").await;
         loops.push(Box::pin(volume::protection::start_pv(c, i)));
+    }
+    if on("ephemeral-volume-controller") {
+        let c = a.client("ephemeral-volume-controller").await;
+        loops.push(Box::pin(ephemeral::start(c, i)));
     }
     loops.extend(accounts.renewals());
     informers.run(futures_util::future::join_all(loops)).await;

@@ -59,6 +59,17 @@ impl std::fmt::Display for FitError {
 
 impl std::error::Error for FitError {}
 
+/// A filter for one pod with state its PreFilter computed (kube-scheduler's
+/// CycleState): the volume plugins, built per pod from the volume informers
+/// ([`super::volumes::VolumeCheck`]). It runs after NodeResourcesFit, where
+/// kube-scheduler runs VolumeRestrictions, NodeVolumeLimits and VolumeBinding.
+pub trait PodFilter {
+    fn filter(&self, node: &NodeInfo) -> Result<(), Vec<String>>;
+}
+
+/// The default filter the per-pod filter runs after.
+const PER_POD_AFTER: &str = "NodeResourcesFit";
+
 /// The filter and score plugins.
 pub struct Profile {
     pub filters: Vec<Box<dyn Filter>>,
@@ -104,6 +115,16 @@ impl Profile {
         pod: &Pod,
         nodes: &'a [NodeInfo],
     ) -> Result<Vec<&'a NodeInfo>, FitError> {
+        self.feasible_with(pod, nodes, None)
+    }
+
+    /// [`Profile::feasible`] with a per-pod filter besides the profile's.
+    pub fn feasible_with<'a>(
+        &self,
+        pod: &Pod,
+        nodes: &'a [NodeInfo],
+        extra: Option<&dyn PodFilter>,
+    ) -> Result<Vec<&'a NodeInfo>, FitError> {
         let mut fit = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let want = nodes_to_find(nodes.len());
@@ -118,16 +139,38 @@ impl Profile {
             .filter(|f| !f.skip(pod, nodes))
             .map(|f| f.as_ref())
             .collect();
+        // Where the per-pod filter runs among the active ones.
+        let extra_at = active
+            .iter()
+            .position(|f| f.name() == PER_POD_AFTER)
+            .map_or(active.len(), |i| i + 1);
         for node in nodes[start..].iter().chain(&nodes[..start]) {
             processed += 1;
-            let mut failed = false;
-            for f in &active {
-                if let Err(rs) = f.filter(pod, node, nodes) {
-                    for r in rs {
-                        *reasons.entry(r).or_default() += 1;
+            let mut verdict = Ok(());
+            for (i, f) in active.iter().enumerate() {
+                if i == extra_at
+                    && let Some(x) = extra
+                {
+                    verdict = x.filter(node);
+                    if verdict.is_err() {
+                        break;
                     }
-                    failed = true;
+                }
+                verdict = f.filter(pod, node, nodes);
+                if verdict.is_err() {
                     break;
+                }
+            }
+            if verdict.is_ok()
+                && extra_at == active.len()
+                && let Some(x) = extra
+            {
+                verdict = x.filter(node);
+            }
+            let failed = verdict.is_err();
+            if let Err(rs) = verdict {
+                for r in rs {
+                    *reasons.entry(r).or_default() += 1;
                 }
             }
             if !failed {
@@ -168,7 +211,17 @@ impl Profile {
 
     /// Picks the node for `pod`.
     pub fn schedule<'a>(&self, pod: &Pod, nodes: &'a [NodeInfo]) -> Result<&'a NodeInfo, FitError> {
-        let feasible = self.feasible(pod, nodes)?;
+        self.schedule_with(pod, nodes, None)
+    }
+
+    /// Picks the node for `pod`, filtering with `extra` besides the profile's filters.
+    pub fn schedule_with<'a>(
+        &self,
+        pod: &Pod,
+        nodes: &'a [NodeInfo],
+        extra: Option<&dyn PodFilter>,
+    ) -> Result<&'a NodeInfo, FitError> {
+        let feasible = self.feasible_with(pod, nodes, extra)?;
         if feasible.len() == 1 {
             return Ok(feasible[0]);
         }

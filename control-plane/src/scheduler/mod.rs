@@ -11,6 +11,7 @@ pub mod preemption;
 pub mod quantity;
 pub mod run;
 pub mod scores;
+pub mod volumes;
 
 #[cfg(test)]
 mod tests;

@@ -3,22 +3,26 @@
 //! through `pods/binding`, and for pods that fit nowhere a `FailedScheduling` event and
 //! a `PodScheduled=False` condition, retried with kube-scheduler's back-off (1 s
 //! doubling to 10 s) and whenever the cluster changes. Pods for another scheduler
-//! (`spec.schedulerName`) are left alone. A pod whose PersistentVolumeClaims are
-//! missing or not Bound waits unscheduled (VolumeBinding's PreFilter), retried when a
-//! claim changes.
+//! (`spec.schedulerName`) are left alone. Pods with PersistentVolumeClaims go through
+//! the volume plugins ([`super::volumes`]) with informer caches of claims, volumes,
+//! StorageClasses, CSINodes, CSIDrivers and CSIStorageCapacities, retried when any of
+//! them changes; their bind task first binds or provisions their unbound
+//! WaitForFirstConsumer claims on the chosen node and waits for them (PreBind).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, CSIStorageCapacity, StorageClass};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use super::framework::Profile;
+use super::framework::{FitError, PodFilter, Profile};
 use super::node_info::NodeInfo;
 use super::preemption;
+use super::volumes::{Action, Stores, VolumeCheck, prebind};
 use crate::client::{Informers, Involved, record_event};
 use kube::runtime::reflector;
 
@@ -55,7 +59,8 @@ fn terminal(pod: &Pod) -> bool {
 enum Change {
     Node(String),
     Pod(String, String),
-    /// A PersistentVolumeClaim changed: pods waiting for it may go on.
+    /// A PersistentVolumeClaim, PersistentVolume, StorageClass, CSINode, CSIDriver or
+    /// CSIStorageCapacity changed: pods waiting for volumes may go on.
     Claim,
 }
 
@@ -78,23 +83,88 @@ pub async fn run(client: Client, profile: Profile) {
         Api::<PodDisruptionBudget>::all(client.clone()),
         |_: &PodDisruptionBudget| {},
     );
+    // Claims and volumes also wake the bind tasks waiting in PreBind.
+    let changed = Arc::new(tokio::sync::Notify::new());
     let claims = informers.add(Api::<PersistentVolumeClaim>::all(client.clone()), {
-        let tx = tx.clone();
+        let (tx, changed) = (tx.clone(), changed.clone());
         move |_: &PersistentVolumeClaim| {
             let _ = tx.send(Change::Claim);
+            changed.notify_waiters();
         }
     });
+    let volumes = informers.add(Api::<PersistentVolume>::all(client.clone()), {
+        let (tx, changed) = (tx.clone(), changed.clone());
+        move |_: &PersistentVolume| {
+            let _ = tx.send(Change::Claim);
+            changed.notify_waiters();
+        }
+    });
+    let stores = Stores {
+        claims,
+        volumes,
+        classes: informers.add(Api::<StorageClass>::all(client.clone()), volume_change(&tx)),
+        csi_nodes: informers.add(Api::<CSINode>::all(client.clone()), volume_change(&tx)),
+        csi_drivers: informers.add(Api::<CSIDriver>::all(client.clone()), volume_change(&tx)),
+        capacities: informers.add(
+            Api::<CSIStorageCapacity>::all(client.clone()),
+            volume_change(&tx),
+        ),
+    };
     let pods = informers.add(Api::<Pod>::all(client.clone()), move |p: &Pod| {
         let _ = tx.send(Change::Pod(
             p.metadata.namespace.clone().unwrap_or_default(),
             p.metadata.name.clone().unwrap_or_default(),
         ));
     });
+    let watch = prebind::Watch {
+        claims: stores.claims.clone(),
+        volumes: stores.volumes.clone(),
+        pods,
+        changed,
+    };
     informers
         .run(Box::pin(schedule(
-            client, profile, rx, nodes, pods, budgets, claims,
+            client, profile, rx, nodes, budgets, stores, watch,
         )))
         .await;
+}
+
+/// An informer callback that reports a change of a volume kind.
+fn volume_change<K>(
+    tx: &tokio::sync::mpsc::UnboundedSender<Change>,
+) -> impl Fn(&K) + Send + Sync + 'static {
+    let tx = tx.clone();
+    move |_: &K| {
+        let _ = tx.send(Change::Claim);
+    }
+}
+
+/// What one scheduling attempt decided.
+enum Decision {
+    /// A PreFilter failed: the pod fits no node, for this reason.
+    PreFilter(String),
+    NoFit(FitError),
+    /// The node, and what PreBind has to do there.
+    Fit(String, Vec<Action>),
+}
+
+/// PreFilter, Filter, Score for one pod (no await: the volume plugins borrow the
+/// caches only here).
+fn decide(profile: &Profile, pod: &Pod, infos: &[NodeInfo], stores: &Stores) -> Decision {
+    let check = match VolumeCheck::new(pod, stores, infos) {
+        Ok(c) => c,
+        Err(reason) => return Decision::PreFilter(reason),
+    };
+    match profile.schedule_with(pod, infos, check.as_ref().map(|c| c as &dyn PodFilter)) {
+        Ok(node) => {
+            let actions = check
+                .as_ref()
+                .and_then(|c| c.decide(node).ok())
+                .unwrap_or_default();
+            Decision::Fit(node.name.clone(), actions)
+        }
+        Err(fit) => Decision::NoFit(fit),
+    }
 }
 
 /// The scheduler's view, kept up to date change by change: one NodeInfo per node with
@@ -229,29 +299,6 @@ fn apply(
     }
 }
 
-/// Why the pod's PersistentVolumeClaims keep it from any node: one is missing, being
-/// deleted, or not Bound to a volume yet (binding and provisioning are the volume
-/// controller's).
-fn unready_claims(pod: &Pod, claims: &reflector::Store<PersistentVolumeClaim>) -> Option<String> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut unbound = false;
-    for v in pod.spec.as_ref()?.volumes.iter().flatten() {
-        let Some(source) = &v.persistent_volume_claim else {
-            continue;
-        };
-        let name = &source.claim_name;
-        let Some(claim) = claims.get(&reflector::ObjectRef::new(name).within(ns)) else {
-            return Some(format!("persistentvolumeclaim \"{name}\" not found"));
-        };
-        if claim.metadata.deletion_timestamp.is_some() {
-            return Some(format!("persistentvolumeclaim \"{name}\" is being deleted"));
-        }
-        let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
-        unbound |= phase != Some("Bound");
-    }
-    unbound.then(|| "pod has unbound immediate PersistentVolumeClaims".to_owned())
-}
-
 /// A binding failed: the pod no longer counts on that node and waits its back-off.
 fn unassume(
     snap: &mut Snapshot,
@@ -274,12 +321,19 @@ async fn schedule(
     profile: Profile,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
     nodes: reflector::Store<Node>,
-    pods: reflector::Store<Pod>,
     budgets: reflector::Store<PodDisruptionBudget>,
-    claims: reflector::Store<PersistentVolumeClaim>,
+    stores: Stores,
+    // The pods' cache is the one PreBind watches too.
+    watch: prebind::Watch,
 ) {
+    let pods = watch.pods.clone();
     let _ = nodes.wait_until_ready().await;
-    let _ = claims.wait_until_ready().await;
+    let _ = stores.claims.wait_until_ready().await;
+    let _ = stores.volumes.wait_until_ready().await;
+    let _ = stores.classes.wait_until_ready().await;
+    let _ = stores.csi_nodes.wait_until_ready().await;
+    let _ = stores.csi_drivers.wait_until_ready().await;
+    let _ = stores.capacities.wait_until_ready().await;
     let _ = budgets.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     tracing::info!("scheduler: caches ready");
@@ -345,7 +399,9 @@ async fn schedule(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into());
-            if let Some(reason) = unready_claims(&pod, &claims) {
+            let started = Instant::now();
+            let decision = decide(&profile, &pod, &snap.infos, &stores);
+            if let Decision::PreFilter(reason) = &decision {
                 let n = snap.infos.len();
                 let message = format!(
                     "0/{n} nodes are available: {reason}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
@@ -356,10 +412,9 @@ async fn schedule(
                 note_failure(&mut backoff, &uid, message);
                 continue;
             }
-            let started = Instant::now();
-            match profile.schedule(&pod, &snap.infos) {
-                Ok(node) => {
-                    let node_name = node.name.clone();
+            match decision {
+                Decision::PreFilter(_) => {}
+                Decision::Fit(node_name, actions) => {
                     // Assume: count the pod on its node now, bind in the background.
                     let mut placed = (*pod).clone();
                     if let Some(spec) = placed.spec.as_mut() {
@@ -373,8 +428,28 @@ async fn schedule(
                     let permit = binds.clone().acquire_owned().await;
                     let (client, failed) = (client.clone(), failed_tx.clone());
                     let involved = Involved::of(&*pod);
+                    let watch = watch.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
+                        if !actions.is_empty()
+                            && let Err(err) = prebind::bind_volumes(
+                                &client,
+                                &pod,
+                                &node_name,
+                                actions,
+                                &watch,
+                                prebind::BIND_TIMEOUT,
+                            )
+                            .await
+                        {
+                            // kube-scheduler's words for a failed PreBind plugin.
+                            let message =
+                                format!("running PreBind plugin \"VolumeBinding\": {err}");
+                            tracing::warn!(pod = %format!("{ns}/{name}"), %message, "volume binding failed");
+                            report_failure(&client, &pod, "SchedulerError", &message).await;
+                            let _ = failed.send((uid, format!("{ns}/{name}")));
+                            return;
+                        }
                         match bind(&client, &ns, &name, &node_name).await {
                             Ok(()) => {
                                 tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "bound");
@@ -395,7 +470,7 @@ async fn schedule(
                         }
                     });
                 }
-                Err(fit) => {
+                Decision::NoFit(fit) => {
                     super::metrics::observe(false, started.elapsed());
                     let message = fit.to_string();
                     let repeated = backoff.get(&uid).is_some_and(|b| b.message == message);
@@ -474,6 +549,12 @@ async fn bind(client: &Client, ns: &str, name: &str, node: &str) -> Result<(), k
 
 /// The PodScheduled=False condition and the FailedScheduling event.
 async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
+    report_failure(client, pod, "Unschedulable", message).await;
+}
+
+/// The PodScheduled=False condition with `reason` (Unschedulable, or SchedulerError
+/// when binding failed) and the FailedScheduling event.
+async fn report_failure(client: &Client, pod: &Pod, reason: &str, message: &str) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod
         .metadata
@@ -484,7 +565,7 @@ async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
     // The condition first: whoever sees the event finds the pod already marked.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({"status": {"conditions": [{
-        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "type": "PodScheduled", "status": "False", "reason": reason,
         "message": message, "lastTransitionTime": now,
     }]}});
     if let Err(err) = pods

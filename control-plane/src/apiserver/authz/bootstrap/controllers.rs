@@ -139,6 +139,19 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             ],
         ),
         (
+            "system:controller:ephemeral-volume-controller",
+            vec![
+                r(&["get", "list", "watch"], &[""], &["pods"]),
+                r(&["update"], &[""], &["pods/finalizers"]),
+                r(
+                    &["create", "get", "list", "watch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                events(),
+            ],
+        ),
+        (
             "system:controller:endpoint-controller",
             vec![
                 r(READ, &[""], &["pods", "services"]),
