@@ -12,6 +12,7 @@ mod pod_startup;
 pub mod runtime;
 pub mod scheduler;
 pub mod stats;
+mod storage;
 pub mod workloads;
 
 use std::{fs, path::Path};
@@ -95,6 +96,11 @@ pub const BENCHES: &[Bench] = &[
         name: "pod-startup",
         about: "100-pod burst on one berth-agent: create → Ready p50/p99 per phase, agent RSS",
         run: pod_startup::run,
+    },
+    Bench {
+        name: "storage",
+        about: "50 claims (berth-csi, WaitForFirstConsumer) with their pods beside 50 pods without: create → Bound, create → Ready p50/p99",
+        run: storage::run,
     },
     Bench {
         name: "workloads",

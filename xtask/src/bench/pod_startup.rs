@@ -90,79 +90,22 @@ async fn burst(
 ) -> Result<(Vec<Seen>, f64, f64)> {
     let mut admin = Conn::connect(target).await?;
     super::apiserver::namespace(&mut admin, ns).await?;
-    // Every pod mounts its service account's kube-api-access volume, which needs the
-    // namespace's `kube-root-ca.crt` (published by its controller): the burst starts
-    // once it is there, as in a namespace a user has been working in.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while admin
-        .call(
-            Method::GET,
-            &format!("/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt"),
-            "application/json",
-            Bytes::new(),
-        )
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{ns}/kube-root-ca.crt was not published within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_root_ca(&mut admin, ns).await?;
     let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
 
-    // The watch first, from the namespace's current revision.
-    let list: Value = serde_json::from_slice(
-        &admin
-            .call(
-                Method::GET,
-                &format!("/api/v1/namespaces/{ns}/pods"),
-                "application/json",
-                Bytes::new(),
-            )
-            .await?,
-    )?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_owned();
-    let watcher = Conn::connect(target).await?;
-    let req = watcher.request(
-        Method::GET,
-        &format!("/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}&timeoutSeconds=300"),
-        "application/json",
-        Bytes::new(),
-    )?;
-    let mut send = watcher.send.clone();
-    send.ready().await?;
-    let resp = send.send_request(req).await?;
-    if resp.status() != StatusCode::OK {
-        bail!("watch: {}", resp.status());
-    }
     let watch_seen = seen.clone();
-    let watch = tokio::spawn(async move {
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else {
-                continue;
+    let watch = watch(
+        target,
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        move |event, now| {
+            let Ok(mut s) = watch_seen.lock() else {
+                return false;
             };
-            let now = Instant::now();
-            buf.extend_from_slice(&data);
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                if let Ok(event) = serde_json::from_slice::<Value>(&buf[..nl])
-                    && let Ok(mut s) = watch_seen.lock()
-                {
-                    observe(&event, now, &mut s);
-                    if s.values().filter(|p| p.ready.is_some()).count() == PODS {
-                        return;
-                    }
-                }
-                buf.drain(..=nl);
-            }
-        }
-    });
+            observe(event, now, &mut s);
+            s.values().filter(|p| p.ready.is_some()).count() == PODS
+        },
+    )
+    .await?;
 
     // 100 creates by 16 clients at once.
     let start = Instant::now();
@@ -247,11 +190,118 @@ async fn burst(
     Ok((seen, rss, PODS as f64 / all_ready))
 }
 
-fn ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
+/// Waits until namespace `ns` has its `kube-root-ca.crt`. Every pod mounts its service
+/// account's kube-api-access volume, which needs it (published by its controller): a
+/// burst starts once it is there, as in a namespace a user has been working in.
+pub(super) async fn wait_root_ca(admin: &mut Conn, ns: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin
+        .call(
+            Method::GET,
+            &format!("/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt"),
+            "application/json",
+            Bytes::new(),
+        )
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{ns}/kube-root-ca.crt was not published within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Starts a watch on the collection at `path` from its current revision and hands
+/// each event, with the instant its bytes arrived, to `done` until it returns true
+/// (or the stream ends); await the handle for that.
+pub(super) async fn watch(
+    target: &Target,
+    path: &str,
+    mut done: impl FnMut(&Value, Instant) -> bool + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut admin = Conn::connect(target).await?;
+    let list: Value = serde_json::from_slice(
+        &admin
+            .call(Method::GET, path, "application/json", Bytes::new())
+            .await?,
+    )?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    let watcher = Conn::connect(target).await?;
+    let req = watcher.request(
+        Method::GET,
+        &format!("{path}?watch=1&resourceVersion={rv}&timeoutSeconds=300"),
+        "application/json",
+        Bytes::new(),
+    )?;
+    let mut send = watcher.send.clone();
+    send.ready().await?;
+    let resp = send.send_request(req).await?;
+    if resp.status() != StatusCode::OK {
+        bail!("watch {path}: {}", resp.status());
+    }
+    Ok(tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let now = Instant::now();
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                if let Ok(event) = serde_json::from_slice::<Value>(&buf[..nl])
+                    && done(&event, now)
+                {
+                    return;
+                }
+                buf.drain(..=nl);
+            }
+        }
+    }))
+}
+
+/// Waits until node `node` is Ready.
+pub(super) async fn wait_node_ready(target: &Target, node: &str) -> Result<()> {
+    let mut conn = Conn::connect(target).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let node: Value = conn
+            .call(
+                Method::GET,
+                &format!("/api/v1/nodes/{node}"),
+                "application/json",
+                Bytes::new(),
+            )
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the node was not Ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(super) fn ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
     Some(to?.saturating_duration_since(from?).as_secs_f64() * 1000.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -299,35 +349,7 @@ pub fn run() -> Result<Report> {
     let agent_pid = agent.pid().context("agent pid")?;
     let rt = tokio::runtime::Runtime::new()?;
     // The node Ready first.
-    rt.block_on(async {
-        let mut conn = Conn::connect(&target).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let node: Value = conn
-                .call(
-                    Method::GET,
-                    "/api/v1/nodes/bench-node",
-                    "application/json",
-                    Bytes::new(),
-                )
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null);
-            let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            if ready {
-                return anyhow::Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the node was not Ready within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })?;
+    rt.block_on(wait_node_ready(&target, "bench-node"))?;
     let idle_rss = rss_mb(agent_pid);
 
     let mut runs = Vec::new();

@@ -6,11 +6,14 @@
 //! - RAII guards ([`NetNs`], [`Cgroup2Child`], [`ChildGuard`], [`BpfFs`]) that make a
 //!   network namespace, a child cgroup, a process or a private bpffs mount and remove
 //!   it on drop, so a failing test leaks nothing.
+//! - [`BerthServer`], [`Agent`], [`CsiDriver`]: the cluster's processes, started for a
+//!   test or a bench and stopped by PID on drop.
 //! - [`tools`]: where the real kubectl and Python client live, and their pinned versions.
 
 mod agent;
 mod bpffs;
 mod cgroup;
+mod csi;
 pub mod kubectl;
 mod netns;
 mod process;
@@ -22,6 +25,7 @@ pub mod tools;
 pub use agent::{Agent, CLUSTER_DNS, DNS_LISTENER, workspace_bin};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
+pub use csi::CsiDriver;
 pub use kubectl::Kubectl;
 pub use netns::NetNs;
 pub use process::ChildGuard;

@@ -1,5 +1,6 @@
 //! The cluster every e2e test starts: berth-server and one berth-agent (node
-//! `node-e2e`) in a temp dir, the real kubectl, and helpers to wait on them.
+//! `node-e2e`) in a temp dir — with [`cluster_storage`], also a berth-csi driver the
+//! agent uses — the real kubectl, and helpers to wait on them.
 
 #![allow(
     dead_code,
@@ -8,12 +9,15 @@
 
 use std::time::{Duration, Instant};
 
-use berth_testkit::{Agent, BerthServer, Kubectl, workspace_bin};
+use berth_testkit::{Agent, BerthServer, CsiDriver, Kubectl, workspace_bin};
 use serde_json::Value;
 
+/// Fields drop in declaration order: the agent (unmounting its pods' volumes) before
+/// the CSI driver it calls, both before the server.
 pub struct Cluster {
     pub kubectl: Kubectl,
     pub agent: Agent,
+    pub csi: Option<CsiDriver>,
     pub server: BerthServer,
     pub dir: tempfile::TempDir,
 }
@@ -31,6 +35,17 @@ pub fn cluster_with(args: &[&str]) -> Option<Cluster> {
 /// pods' ServiceAccount admission need: CSR approval and signing, the `default`
 /// ServiceAccounts and `kube-root-ca.crt`.
 pub fn cluster_full(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
+    start(args, agent_args, false)
+}
+
+/// [`cluster_full`] with node storage: a berth-csi driver for `node-e2e` (socket and
+/// volume root in the cluster's temp dir, started before the agent) that the agent
+/// registers and uses through `--csi-socket`.
+pub fn cluster_storage(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
+    start(args, agent_args, true)
+}
+
+fn start(args: &[&str], agent_args: &[&str], storage: bool) -> Option<Cluster> {
     let dir = tempfile::tempdir().expect("tempdir");
     let args: Vec<&str> = args
         .iter()
@@ -44,17 +59,27 @@ pub fn cluster_full(args: &[&str], agent_args: &[&str]) -> Option<Cluster> {
         .collect();
     let server = BerthServer::start_with(&workspace_bin("berth-server"), dir.path(), &args);
     let kubectl = Kubectl::find(&server.kubeconfig(), dir.path())?;
+    let csi = storage.then(|| CsiDriver::start_workspace(dir.path(), "node-e2e"));
+    let csi_flag = csi
+        .as_ref()
+        .map(|d| format!("--csi-socket={}", d.socket.display()));
+    let agent_args: Vec<&str> = agent_args
+        .iter()
+        .copied()
+        .chain(csi_flag.as_deref())
+        .collect();
     // The agent joins as a new node would: a bootstrap token, a CSR, its own
     // `system:node:node-e2e` certificate (Node authorizer + NodeRestriction apply).
     let agent = Agent::join_with(
         "node-e2e",
         &server.bootstrap_kubeconfig(),
         dir.path(),
-        agent_args,
+        &agent_args,
     );
     let c = Cluster {
         kubectl,
         agent,
+        csi,
         server,
         dir,
     };
@@ -84,7 +109,7 @@ impl Cluster {
     }
 
     /// What a failed wait shows: the events of the namespace, the end of the server's
-    /// log and the agent's log.
+    /// log, the agent's log and the CSI driver's, if there is one.
     pub fn diagnostics(&self) -> String {
         let events = self
             .kubectl
@@ -94,8 +119,18 @@ impl Cluster {
             std::fs::read_to_string(self.server.dir().join("server.log")).unwrap_or_default();
         let server_tail: Vec<&str> = server_log.lines().rev().take(60).collect();
         let server_tail: Vec<&str> = server_tail.into_iter().rev().collect();
+        let csi_log = self
+            .csi
+            .as_ref()
+            .map(|d| {
+                format!(
+                    "\ncsi driver log:\n{}",
+                    std::fs::read_to_string(d.log_file()).unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "pods:\n{}\nevents:\n{}{}\nserver log (end):\n{}\nagent log:\n{}",
+            "pods:\n{}\nevents:\n{}{}\nserver log (end):\n{}\nagent log:\n{}{csi_log}",
             String::from_utf8_lossy(&pods.stdout),
             String::from_utf8_lossy(&events.stdout),
             String::from_utf8_lossy(&events.stderr),
