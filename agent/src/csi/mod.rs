@@ -311,7 +311,9 @@ pub async fn event<K>(
         ..Default::default()
     };
     let api: kube::Api<Event> = kube::Api::namespaced(ctx.client.clone(), &ns);
-    if let Err(err) = api.create(&Default::default(), &ev).await {
-        tracing::debug!(%err, reason, "could not record an event");
-    }
+    tokio::spawn(async move {
+        if let Err(err) = api.create(&Default::default(), &ev).await {
+            tracing::debug!(%err, "could not record an event");
+        }
+    });
 }

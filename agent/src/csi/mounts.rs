@@ -29,6 +29,13 @@ struct VolData {
     /// Empty when the driver does not stage.
     #[serde(default)]
     staging_path: String,
+    /// The pod's name for the volume, and the claim it mounts (for volume stats).
+    #[serde(default)]
+    pod_volume: String,
+    #[serde(default)]
+    claim_namespace: String,
+    #[serde(default)]
+    claim_name: String,
 }
 
 /// Runs an async CSI call from the pod workers' blocking threads.
@@ -109,6 +116,9 @@ pub fn setup(
         volume_handle: csi.volume_handle.clone(),
         spec_vol_id: pv_name.clone(),
         staging_path: staging.display().to_string(),
+        pod_volume: v.name.clone(),
+        claim_namespace: claim.claim.metadata.namespace.clone().unwrap_or_default(),
+        claim_name: claim.claim.metadata.name.clone().unwrap_or_default(),
     };
     let json = serde_json::to_vec(&data).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("vol_data.json"), json)
@@ -292,8 +302,19 @@ pub fn teardown(drivers: &Drivers, pods_dir: &Path, pod_dir: &Path) -> Result<()
     Ok(())
 }
 
-/// The published CSI volumes of the pod at `pod_dir`: (driver, volume handle, target).
-pub fn published(pod_dir: &Path) -> Vec<(String, String, PathBuf)> {
+/// A CSI volume published into a pod.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub driver: String,
+    pub volume_handle: String,
+    pub target: PathBuf,
+    pub pod_volume: String,
+    pub claim_namespace: String,
+    pub claim_name: String,
+}
+
+/// The published CSI volumes of the pod at `pod_dir`.
+pub fn published(pod_dir: &Path) -> Vec<Published> {
     std::fs::read_dir(pod_dir.join("volumes").join(CSI_DIR))
         .into_iter()
         .flatten()
@@ -302,7 +323,63 @@ pub fn published(pod_dir: &Path) -> Vec<(String, String, PathBuf)> {
             let data: VolData =
                 serde_json::from_slice(&std::fs::read(v.path().join("vol_data.json")).ok()?)
                     .ok()?;
-            Some((data.driver_name, data.volume_handle, v.path().join("mount")))
+            Some(Published {
+                driver: data.driver_name,
+                volume_handle: data.volume_handle,
+                target: v.path().join("mount"),
+                pod_volume: data.pod_volume,
+                claim_namespace: data.claim_namespace,
+                claim_name: data.claim_name,
+            })
+        })
+        .collect()
+}
+
+/// The kubelet's VolumeStats of each CSI volume of the pod at `pod_dir`
+/// (`NodeGetVolumeStats`, for drivers that have it), as `/stats/summary` lists them.
+pub fn volume_stats(drivers: &Drivers, pod_dir: &Path) -> Vec<serde_json::Value> {
+    use berth_csi::proto::volume_usage::Unit;
+    let time = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    published(pod_dir)
+        .into_iter()
+        .filter_map(|p| {
+            let driver = drivers.get(&p.driver).ok().filter(|d| d.volume_stats)?;
+            let usage = block_on(async {
+                driver
+                    .node()
+                    .node_get_volume_stats(berth_csi::proto::NodeGetVolumeStatsRequest {
+                        volume_id: p.volume_handle.clone(),
+                        volume_path: p.target.display().to_string(),
+                        staging_target_path: String::new(),
+                    })
+                    .await
+            })
+            .ok()?
+            .into_inner()
+            .usage;
+            let mut v = serde_json::json!({"time": time, "name": p.pod_volume});
+            for u in usage {
+                match Unit::try_from(u.unit) {
+                    Ok(Unit::Bytes) => {
+                        v["availableBytes"] = u.available.into();
+                        v["capacityBytes"] = u.total.into();
+                        v["usedBytes"] = u.used.into();
+                    }
+                    Ok(Unit::Inodes) => {
+                        v["inodesFree"] = u.available.into();
+                        v["inodes"] = u.total.into();
+                        v["inodesUsed"] = u.used.into();
+                    }
+                    _ => {}
+                }
+            }
+            if !p.claim_name.is_empty() {
+                v["pvcRef"] =
+                    serde_json::json!({"name": p.claim_name, "namespace": p.claim_namespace});
+            }
+            Some(v)
         })
         .collect()
 }

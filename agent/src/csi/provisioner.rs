@@ -174,16 +174,17 @@ pub async fn run(ctx: Arc<Ctx>, driver: Arc<Driver>) {
             if !work.lock().unwrap_or_else(|e| e.into_inner()).ready(&key) {
                 continue;
             }
-            let (ctx, driver, classes, work, wake, due) = (
+            let (ctx, driver, classes, known, work, wake, due) = (
                 ctx.clone(),
                 driver.clone(),
                 classes.clone(),
+                volumes.clone(),
                 work.clone(),
                 wake.clone(),
                 capacity_due.clone(),
             );
             tokio::spawn(async move {
-                let ok = provision(&ctx, &driver, &claim, &classes).await;
+                let ok = provision(&ctx, &driver, &claim, &classes, &known).await;
                 work.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .done(&key, ok);
@@ -277,16 +278,25 @@ fn wanted(
     {
         return false;
     }
+    let class = classes.get(&reflector::ObjectRef::new(&claim_class(claim)));
     let provisioner = annotation(meta, STORAGE_PROVISIONER)
         .or_else(|| annotation(meta, BETA_STORAGE_PROVISIONER));
-    if provisioner != Some(driver.name.as_str()) {
-        return false;
-    }
     match annotation(meta, SELECTED_NODE) {
-        Some(node) => node == ctx.node.name,
-        None => classes
-            .get(&reflector::ObjectRef::new(&claim_class(claim)))
-            .is_some_and(|c| c.volume_binding_mode.as_deref() != Some("WaitForFirstConsumer")),
+        // The scheduler sets selected-node only on claims it wants provisioned (a
+        // static volume it picked gets the claimRef instead), so a claim of this
+        // driver's class is taken at once, without waiting for the binder's
+        // storage-provisioner annotation (one write and one watch hop fewer).
+        Some(node) => {
+            node == ctx.node.name
+                && (provisioner == Some(driver.name.as_str())
+                    || class.is_some_and(|c| c.provisioner == driver.name))
+        }
+        None => {
+            provisioner == Some(driver.name.as_str())
+                && class.is_some_and(|c| {
+                    c.volume_binding_mode.as_deref() != Some("WaitForFirstConsumer")
+                })
+        }
     }
 }
 
@@ -332,6 +342,7 @@ async fn provision(
     driver: &Driver,
     claim: &PersistentVolumeClaim,
     classes: &reflector::Store<StorageClass>,
+    known_volumes: &reflector::Store<PersistentVolume>,
 ) -> bool {
     let key = claim_key(claim);
     let ns = claim.metadata.namespace.clone().unwrap_or_default();
@@ -371,13 +382,13 @@ async fn provision(
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let pv_name = format!("pvc-{uid}");
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match volumes.get_opt(&pv_name).await {
-        Ok(Some(_)) => return true,
-        Ok(None) => {}
-        Err(err) => {
-            tracing::warn!(claim = %key, %err, "looking for the claim's volume");
-            return false;
-        }
+    // Made already (the binder binds it); a PV the cache has not shown yet makes the
+    // create below answer 409, which is as good.
+    if known_volumes
+        .get(&reflector::ObjectRef::new(&pv_name))
+        .is_some()
+    {
+        return true;
     }
     let spec = claim.spec.clone().unwrap_or_default();
     let requested = spec

@@ -235,8 +235,8 @@ async fn expand(
             .flatten()
             .flatten()
             .flat_map(|p| super::mounts::published(&p.path()))
-            .filter(|(d, h, _)| *d == driver.name && *h == csi.volume_handle)
-            .map(|(_, _, target)| target)
+            .filter(|p| p.driver == driver.name && p.volume_handle == csi.volume_handle)
+            .map(|p| p.target)
             .collect();
         let Some(path) = published.first() else {
             let mut pending = resizing.clone();

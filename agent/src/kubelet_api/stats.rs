@@ -185,12 +185,17 @@ fn summary(ctx: &Ctx, rates: &Mutex<Rates>) -> Value {
                 })
             })
             .collect();
-        pods_json.push(json!({
+        let mut pod = json!({
             "podRef": {"name": p.name, "namespace": p.ns, "uid": p.uid},
             "containers": containers,
             "cpu": {"time": t, "usageNanoCores": rates.nano_cores(&p.cgroup, u.cpu_ns), "usageCoreNanoSeconds": u.cpu_ns},
             "memory": {"time": t, "usageBytes": u.usage, "workingSetBytes": u.working_set},
-        }));
+        });
+        let volumes = crate::csi::mounts::volume_stats(&ctx.csi, &ctx.pods_dir.join(&p.uid));
+        if !volumes.is_empty() {
+            pod["volume"] = Value::Array(volumes);
+        }
+        pods_json.push(pod);
     }
     json!({
         "node": {

@@ -39,13 +39,46 @@ const DRIVER: &str = "csi.berth.io";
 struct Span {
     created: Option<Instant>,
     done: Option<Instant>,
+    /// When the watch first showed each of the kind's [`Steps`].
+    steps: [Option<Instant>; 3],
 }
 
 impl Span {
     fn ms(&self) -> Option<f64> {
         ms(self.created, self.done)
     }
+
+    fn step_ms(&self, i: usize) -> Option<f64> {
+        ms(self.created, self.steps[i])
+    }
 }
+
+/// The steps on the way to done that a watch shows, for the per-phase breakdown.
+type Steps = [fn(&Value) -> bool; 3];
+
+/// A claim: the scheduler picked its node (PreBind's selected-node), the binder handed
+/// it to the provisioner, the binder set its volume.
+const CLAIM_STEPS: Steps = [
+    |c| c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"].is_string(),
+    |c| c["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"].is_string(),
+    |c| {
+        c["spec"]["volumeName"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    },
+];
+/// A pod: bound to the node, its IP set (sandbox and network), its containers running.
+const POD_STEPS: Steps = [
+    |p| p["spec"]["nodeName"].is_string(),
+    |p| p["status"]["podIP"].is_string(),
+    |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| {
+                !cs.is_empty() && cs.iter().all(|c| c["state"]["running"].is_object())
+            })
+    },
+];
 
 type Spans = Arc<Mutex<HashMap<String, Span>>>;
 
@@ -78,7 +111,13 @@ fn pod(name: &str, claim: Option<&str>) -> Bytes {
 }
 
 /// Records the first event showing `done(object)` for the object it names.
-fn observe(event: &Value, now: Instant, spans: &Spans, done: fn(&Value) -> bool) -> usize {
+fn observe(
+    event: &Value,
+    now: Instant,
+    spans: &Spans,
+    done: fn(&Value) -> bool,
+    steps: &Steps,
+) -> usize {
     let obj = &event["object"];
     let Ok(mut s) = spans.lock() else {
         return 0;
@@ -87,6 +126,11 @@ fn observe(event: &Value, now: Instant, spans: &Spans, done: fn(&Value) -> bool)
         let span = s.entry(name.to_owned()).or_default();
         if span.done.is_none() && done(obj) {
             span.done = Some(now);
+        }
+        for (at, step) in span.steps.iter_mut().zip(steps) {
+            if at.is_none() && step(obj) {
+                *at = Some(now);
+            }
         }
     }
     s.values().filter(|p| p.done.is_some()).count()
@@ -138,14 +182,14 @@ async fn run_once(
     let claims_watch = watch(
         target,
         &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"),
-        move |event, now| observe(event, now, &seen, bound) == PVCS,
+        move |event, now| observe(event, now, &seen, bound, &CLAIM_STEPS) == PVCS,
     )
     .await?;
     let seen = pods.clone();
     let pods_watch = watch(
         target,
         &format!("/api/v1/namespaces/{ns}/pods"),
-        move |event, now| observe(event, now, &seen, pod_ready) == PVCS + PLAIN_PODS,
+        move |event, now| observe(event, now, &seen, pod_ready, &POD_STEPS) == PVCS + PLAIN_PODS,
     )
     .await?;
 
@@ -435,6 +479,61 @@ pub fn run() -> Result<Report> {
     let without_p50 = stat(without, 50.0);
     let without_p99 = stat(without, 99.0);
     let added_p99 = with_p99 - without_p99;
+    let step = |pick: fn(&Run) -> &[Span], i: usize, q: f64| -> f64 {
+        median(
+            runs.iter()
+                .map(|run| {
+                    let v: Vec<f64> = pick(run).iter().filter_map(|s| s.step_ms(i)).collect();
+                    percentile(&v, q).unwrap_or(f64::NAN)
+                })
+                .collect(),
+        )
+    };
+    // (key, what, kind, step)
+    let phases: [(&str, &str, fn(&Run) -> &[Span], usize); 7] = [
+        (
+            "claim_selected_node",
+            "claim: node selected (scheduler PreBind)",
+            claims,
+            0,
+        ),
+        (
+            "claim_handed_to_provisioner",
+            "claim: handed to the provisioner (binder)",
+            claims,
+            1,
+        ),
+        (
+            "claim_volume_set",
+            "claim: volume bound (provisioned, binder)",
+            claims,
+            2,
+        ),
+        (
+            "pod_with_pvc_scheduled",
+            "pod with a claim: bound to the node",
+            with_claim,
+            0,
+        ),
+        (
+            "pod_with_pvc_network",
+            "pod with a claim: IP set (sandbox, CNI)",
+            with_claim,
+            1,
+        ),
+        (
+            "pod_with_pvc_running",
+            "pod with a claim: containers running",
+            with_claim,
+            2,
+        ),
+        (
+            "pod_no_pvc_scheduled",
+            "pod without volumes: bound to the node",
+            without,
+            0,
+        ),
+    ];
     let round = |x: f64| (x * 10.0).round() / 10.0;
 
     let mut report = Report::default();
@@ -446,6 +545,10 @@ pub fn run() -> Result<Report> {
     report.figure("pod_no_pvc_ready_p50_ms", round(without_p50));
     report.figure("pod_no_pvc_ready_p99_ms", round(without_p99));
     report.figure("pvc_added_p99_ms", round(added_p99));
+    for (key, _, pick, i) in &phases {
+        report.figure(&format!("phase_{key}_p50_ms"), round(step(*pick, *i, 50.0)));
+        report.figure(&format!("phase_{key}_p99_ms"), round(step(*pick, *i, 99.0)));
+    }
     report.header = vec!["measure".into(), "p50".into(), "p99".into()];
     let row = |what: &str, p50: f64, p99: f64| {
         vec![
@@ -476,6 +579,13 @@ pub fn run() -> Result<Report> {
             format!("{added_p99:.0} ms (ratio {:.2})", with_p99 / without_p99),
         ],
     ];
+    for (_, what, pick, i) in &phases {
+        report.rows.push(row(
+            &format!("phase, from create: {what}"),
+            step(*pick, *i, 50.0),
+            step(*pick, *i, 99.0),
+        ));
+    }
     report.notes = vec![
         format!("{RUNS} runs on one release berth-server (apiserver, scheduler, root CA publisher, PV binder, pvc- and pv-protection), one release berth-agent and the release berth-csi driver it uses (`--csi-socket`); each run in a fresh namespace: {PVCS} claims (class `local`, 10Mi) each with a pod using it and {PLAIN_PODS} pods without volumes ({IMAGE}, `sleep 3600`, no probes, image preloaded), all created by {CLIENTS} HTTP/2 clients at once; times from each create request to the watch event showing the claim Bound or the pod Ready; medians of the per-run percentiles"),
         "a claim's create → Bound includes its pod's create and scheduling (WaitForFirstConsumer binds only then) and the provisioning on the node".into(),
@@ -513,11 +623,20 @@ mod tests {
         let spans: Spans = Arc::default();
         let t0 = Instant::now();
         let event = |phase: &str| serde_json::json!({"type": "MODIFIED", "object": {"metadata": {"name": "v-0"}, "status": {"phase": phase}}});
-        assert_eq!(observe(&event("Pending"), t0, &spans, bound), 0);
-        let t1 = t0 + Duration::from_millis(5);
-        assert_eq!(observe(&event("Bound"), t1, &spans, bound), 1);
         assert_eq!(
-            observe(&event("Bound"), t1 + Duration::from_secs(1), &spans, bound),
+            observe(&event("Pending"), t0, &spans, bound, &CLAIM_STEPS),
+            0
+        );
+        let t1 = t0 + Duration::from_millis(5);
+        assert_eq!(observe(&event("Bound"), t1, &spans, bound, &CLAIM_STEPS), 1);
+        assert_eq!(
+            observe(
+                &event("Bound"),
+                t1 + Duration::from_secs(1),
+                &spans,
+                bound,
+                &CLAIM_STEPS
+            ),
             1
         );
         let s = spans.lock().expect("lock")["v-0"];

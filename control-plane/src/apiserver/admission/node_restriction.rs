@@ -4,7 +4,9 @@
 //! claims or ServiceAccounts; delete, evict and update the status of only pods bound to
 //! itself; create and change only its own Node, without setting or changing
 //! `node-restriction.kubernetes.io/` labels or (after creation) its taints; create only
-//! its own Lease; and request ServiceAccount tokens only bound to its own pods. Denials
+//! its own Lease; create, update and delete only PersistentVolumes whose node affinity
+//! pins them to itself (berth's addition: its agent provisions its node's volumes);
+//! and request ServiceAccount tokens only bound to its own pods. Denials
 //! are 403s worded as upstream's. Entry points: [`admit_create`], [`admit_update`],
 //! [`admit_delete`], [`admit_token`].
 
@@ -133,6 +135,40 @@ fn pod_references(spec: &Value) -> Option<&'static str> {
     (!account.is_empty()).then_some("serviceaccounts")
 }
 
+/// Whether every term of the PersistentVolume's required node affinity selects only
+/// `node` (an `In` expression whose one value is the node's name: the node's topology
+/// label as a node-local CSI driver sets it, or `kubernetes.io/hostname`).
+fn volume_pinned_to(volume: &Value, node: &str) -> bool {
+    let terms = volume
+        .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+        .and_then(Value::as_array);
+    terms.is_some_and(|terms| {
+        !terms.is_empty()
+            && terms.iter().all(|t| {
+                t.get("matchExpressions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|e| {
+                        e.get("operator").and_then(Value::as_str) == Some("In")
+                            && e.get("values")
+                                .and_then(Value::as_array)
+                                .is_some_and(|v| v.len() == 1 && v[0].as_str() == Some(node))
+                    })
+            })
+    })
+}
+
+fn volume_forbidden(def: &ResourceDef, name: &str, node: &str, verb: &str) -> ApiError {
+    forbidden(
+        def,
+        name,
+        format!(
+            "node \"{node}\" can only {verb} persistentvolumes whose node affinity pins them to itself"
+        ),
+    )
+}
+
 /// Creates by a node.
 pub fn admit_create(
     user: Option<&UserInfo>,
@@ -220,6 +256,10 @@ pub fn admit_create(
             name,
             "can only access node lease with the same name as the requesting node".into(),
         )),
+        // berth's agent provisions its node's volumes: only volumes on itself.
+        ("", "PersistentVolume") if !volume_pinned_to(obj, node) => {
+            Err(volume_forbidden(def, name, node, "create"))
+        }
         _ => Ok(()),
     }
 }
@@ -284,6 +324,11 @@ pub fn admit_update(
                 "unexpected operation \"UPDATE\", node \"{node}\" can only create and delete mirror pods"
             ),
         )),
+        ("", "PersistentVolume")
+            if !volume_pinned_to(old, node) || !volume_pinned_to(new, node) =>
+        {
+            Err(volume_forbidden(def, name, node, "update"))
+        }
         _ => Ok(()),
     }
 }
@@ -298,6 +343,9 @@ pub fn admit_delete(
     let Some(node) = user.and_then(node_name) else {
         return Ok(());
     };
+    if def.group.is_empty() && def.kind == "PersistentVolume" && !volume_pinned_to(obj, node) {
+        return Err(volume_forbidden(def, object::name(obj), node, "delete"));
+    }
     if def.group.is_empty() && def.kind == "Pod" && bound_to(obj) != node {
         let verb = if evict { "evict" } else { "delete" };
         return Err(forbidden(
@@ -396,5 +444,36 @@ mod tests {
             pod_references(&json!({"volumes": [{"name": "s", "secret": {"secretName": "x"}}]})),
             Some("secrets")
         );
+    }
+
+    #[test]
+    fn nodes_touch_only_volumes_pinned_to_themselves() {
+        let pinned = |key: &str, values: Value| {
+            json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": key, "operator": "In", "values": values}]}
+            ]}}}})
+        };
+        assert!(volume_pinned_to(
+            &pinned("topology.berth.io/node", json!(["n1"])),
+            "n1"
+        ));
+        assert!(volume_pinned_to(
+            &pinned("kubernetes.io/hostname", json!(["n1"])),
+            "n1"
+        ));
+        assert!(!volume_pinned_to(
+            &pinned("topology.berth.io/node", json!(["n2"])),
+            "n1"
+        ));
+        assert!(!volume_pinned_to(
+            &pinned("topology.berth.io/node", json!(["n1", "n2"])),
+            "n1"
+        ));
+        assert!(!volume_pinned_to(&json!({"spec": {}}), "n1"));
+        let two_terms = json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "k", "operator": "In", "values": ["n1"]}]},
+            {"matchExpressions": [{"key": "k", "operator": "Exists"}]},
+        ]}}}});
+        assert!(!volume_pinned_to(&two_terms, "n1"));
     }
 }
