@@ -1,7 +1,9 @@
 //! The work queue every controller drains: object keys (`namespace/name`, or `name`
 //! for cluster-scoped objects), each queued at most once however often it changes,
 //! with delayed re-adds for time-driven work and per-key back-off after errors
-//! (5 ms doubling to 30 s), like client-go's rate-limited queue.
+//! (5 ms doubling to 30 s), like client-go's rate-limited queue. As client-go's, a key
+//! is never worked on by two workers at once: one added while it is being worked on
+//! is queued again when that work is done.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -22,6 +24,9 @@ struct State {
     due: HashMap<String, Instant>,
     seq: u64,
     failures: HashMap<String, u32>,
+    /// Keys a worker holds now, and those of them added again meanwhile.
+    processing: HashSet<String>,
+    dirty: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -43,8 +48,23 @@ impl Queue {
     pub fn add(&self, key: impl Into<String>) {
         let key = key.into();
         let mut s = self.lock();
+        if s.processing.contains(&key) {
+            s.dirty.insert(key);
+            return;
+        }
         if s.queued.insert(key.clone()) {
             s.ready.push_back(key);
+            drop(s);
+            self.notify.notify_one();
+        }
+    }
+
+    /// A worker is done with `key`: queued again if it was added meanwhile.
+    fn done(&self, key: &str) {
+        let mut s = self.lock();
+        s.processing.remove(key);
+        if s.dirty.remove(key) && s.queued.insert(key.to_owned()) {
+            s.ready.push_back(key.to_owned());
             drop(s);
             self.notify.notify_one();
         }
@@ -83,12 +103,15 @@ impl Queue {
                         continue;
                     }
                     s.due.remove(&key);
-                    if s.queued.insert(key.clone()) {
+                    if s.processing.contains(&key) {
+                        s.dirty.insert(key);
+                    } else if s.queued.insert(key.clone()) {
                         s.ready.push_back(key);
                     }
                 }
                 if let Some(key) = s.ready.pop_front() {
                     s.queued.remove(&key);
+                    s.processing.insert(key.clone());
                     return key;
                 }
                 s.delayed
@@ -107,16 +130,41 @@ impl Queue {
 
     /// Runs `reconcile` for every key, one at a time, forever: `Ok(Some(d))` asks to
     /// look again after `d`, an error retries with the key's back-off.
-    pub async fn work<F, Fut>(self: Arc<Self>, name: &'static str, mut reconcile: F)
+    pub async fn work<F, Fut>(self: Arc<Self>, name: &'static str, reconcile: F)
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<Option<Duration>, kube::Error>>,
+    {
+        self.worker(name, reconcile).await
+    }
+
+    /// Like [`Queue::work`] with `workers` keys worked on at once (each key by one
+    /// worker at a time), as kube-controller-manager's `--concurrent-*-syncs`.
+    pub async fn work_concurrently<F, Fut>(
+        self: Arc<Self>,
+        name: &'static str,
+        workers: usize,
+        reconcile: F,
+    ) where
+        F: FnMut(String) -> Fut + Clone,
+        Fut: Future<Output = Result<Option<Duration>, kube::Error>>,
+    {
+        let loops = (0..workers.max(1)).map(|_| self.clone().worker(name, reconcile.clone()));
+        futures_util::future::join_all(loops).await;
+    }
+
+    async fn worker<F, Fut>(self: Arc<Self>, name: &'static str, mut reconcile: F)
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = Result<Option<Duration>, kube::Error>>,
     {
         loop {
             let key = self.next().await;
-            match Box::pin(reconcile(key.clone())).await {
+            let result = Box::pin(reconcile(key.clone())).await;
+            match result {
                 Ok(again) => {
                     self.lock().failures.remove(&key);
+                    self.done(&key);
                     if let Some(d) = again {
                         self.add_after(key, d);
                     }
@@ -130,6 +178,7 @@ impl Queue {
                     };
                     let delay = BASE_DELAY.saturating_mul(1u32 << n.min(16)).min(MAX_DELAY);
                     tracing::debug!(controller = name, %key, %err, ?delay, "sync failed; retrying");
+                    self.done(&key);
                     self.add_after(key, delay);
                 }
             }
@@ -165,17 +214,36 @@ mod tests {
         q.add("b");
         q.add_after("c", Duration::from_millis(30));
         assert_eq!(q.next().await, "a");
+        q.done("a");
         assert_eq!(q.next().await, "b");
+        q.done("b");
         let t = Instant::now();
         assert_eq!(q.next().await, "c");
+        q.done("c");
         assert!(t.elapsed() >= Duration::from_millis(20));
         q.add("a");
         assert_eq!(q.next().await, "a");
+        q.done("a");
         // One pending delay per key: the earlier one wins, the later is dropped.
         q.add_after("d", Duration::from_millis(20));
         q.add_after("d", Duration::from_secs(60));
         q.add_after("e", Duration::from_millis(40));
         assert_eq!(q.next().await, "d");
         assert_eq!(q.next().await, "e");
+    }
+
+    #[tokio::test]
+    async fn a_key_is_worked_on_by_one_worker_at_a_time() {
+        let q = Queue::new();
+        q.add("a");
+        q.add("b");
+        assert_eq!(q.next().await, "a");
+        // Added again while held: not handed out until the holder is done.
+        q.add("a");
+        assert_eq!(q.next().await, "b");
+        let waiting = tokio::time::timeout(Duration::from_millis(30), q.next()).await;
+        assert!(waiting.is_err(), "a was handed out twice: {waiting:?}");
+        q.done("a");
+        assert_eq!(q.next().await, "a");
     }
 }

@@ -670,3 +670,142 @@ spec:
     });
     assert_clean(&c);
 }
+
+#[test]
+fn an_agent_killed_mid_life_still_unmounts_and_fs_group_owns_the_volume() {
+    require_root!();
+    let Some(mut c) = storage_cluster() else {
+        return;
+    };
+    c.kubectl
+        .apply(&claim("kept", "20Mi", None, "ReadWriteOnce"));
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: owner}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {fsGroup: 2345, fsGroupChangePolicy: OnRootMismatch}
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    imagePullPolicy: Never
+    command: [sh, -c, 'exec sleep 3600']
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: kept}
+"#,
+    );
+    c.wait_pod("owner", "Ready", ready);
+    // fsGroup: the kubelet's SetVolumeOwnership (group, setgid directory).
+    let stat = c
+        .kubectl
+        .ok(&["exec", "owner", "--", "stat", "-c", "%g %A", "/data"]);
+    let mut parts = stat.split_whitespace();
+    assert_eq!(parts.next(), Some("2345"), "{stat}");
+    let mode = parts.next().unwrap_or_default();
+    assert_eq!(mode.chars().nth(6), Some('s'), "no setgid bit: {stat}");
+    let pod_uid = text(&c.pod("owner"), "/metadata/uid").to_owned();
+    let target_root = c.agent.root_dir().join("pods").join(&pod_uid);
+    assert!(
+        !mounts_under(&target_root).is_empty(),
+        "the volume is not published under {}",
+        target_root.display()
+    );
+    // The agent dies with the volume staged and published, and comes back.
+    c.agent.kill();
+    c.agent.restart();
+    // The restarted agent serves exec again and the volume is still there.
+    let mut out = String::new();
+    c.wait("exec into the pod after the agent's restart", WAIT, || {
+        let o = c.kubectl.run(&[
+            "exec",
+            "owner",
+            "--",
+            "sh",
+            "-c",
+            "echo again > /data/f; cat /data/f",
+        ]);
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success()
+    });
+    assert_eq!(out.trim(), "again");
+    assert!(ready(&c.pod("owner")), "{:#}", c.pod("owner")["status"]);
+    // The restarted agent tears the pod down through the driver: unpublished and
+    // unstaged, nothing left mounted.
+    delete(&c, "pod", "owner");
+    assert_clean(&c);
+    let staging = c.agent.root_dir().join("plugins/kubernetes.io/csi");
+    assert!(
+        mounts_under(&staging).is_empty(),
+        "staging mounts left: {:?}",
+        mounts_under(&staging)
+    );
+    let log = std::fs::read_to_string(csi(&c).log_file()).unwrap_or_default();
+    assert!(log.contains("unpublished volume"), "{log}");
+    assert!(log.contains("unstaged volume"), "{log}");
+}
+
+#[test]
+fn immediate_classes_bind_without_a_pod_and_bad_parameters_are_named() {
+    require_root!();
+    let Some(c) = storage_cluster() else {
+        return;
+    };
+    c.kubectl.apply(
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: now}
+provisioner: csi.berth.io
+volumeBindingMode: Immediate
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: typo}
+provisioner: csi.berth.io
+volumeBindingMode: Immediate
+parameters: {sizeLimit: 10Mi}
+"#,
+    );
+    // Immediate: provisioned on the node whose agent takes it first, without any pod.
+    c.kubectl
+        .apply(&claim("early", "10Mi", Some("now"), "ReadWriteOnce"));
+    let pv = wait_bound(&c, "early");
+    let v = get(&c, "pv", &pv);
+    let affinity =
+        &v["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(affinity["key"], TOPOLOGY_KEY, "{v:#}");
+    assert_eq!(affinity["values"][0], "node-e2e", "{v:#}");
+    assert_eq!(
+        text(
+            &get(&c, "pvc", "early"),
+            "/metadata/annotations/volume.kubernetes.io~1selected-node"
+        ),
+        "node-e2e"
+    );
+    // A parameter the driver does not know: ProvisioningFailed names it; nothing made.
+    c.kubectl
+        .apply(&claim("wrong", "10Mi", Some("typo"), "ReadWriteOnce"));
+    let mut message = String::new();
+    c.wait("ProvisioningFailed naming the parameter", WAIT, || {
+        message = events_of(&c, "wrong")
+            .into_iter()
+            .find(|(r, _)| r == "ProvisioningFailed")
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        !message.is_empty()
+    });
+    assert!(message.contains("sizeLimit"), "{message}");
+    assert!(message.contains("InvalidArgument"), "{message}");
+    assert_eq!(phase(&get(&c, "pvc", "wrong")), "Pending");
+    assert_eq!(csi(&c).volumes().len(), 1, "{:?}", csi(&c).volumes());
+    delete(&c, "pvc", "early");
+    c.wait("the PV to be deleted", WAIT, || gone(&c, "pv", &pv));
+    delete(&c, "pvc", "wrong");
+    c.wait("the volume to be removed", WAIT, || {
+        csi(&c).volumes().is_empty()
+    });
+}

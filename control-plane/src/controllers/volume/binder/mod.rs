@@ -43,6 +43,9 @@ use super::{
 use crate::client::{Informers, Involved, record_event};
 use crate::controllers::queue::{Queue, key_of, split_key};
 
+/// How many claims (and, separately, volumes) are synced at once.
+const CONCURRENT_SYNCS: usize = 8;
+
 /// How often unbound claims are looked at again (`--pvclaimbinder-sync-period`).
 pub const RESYNC: Duration = Duration::from_secs(15);
 
@@ -192,17 +195,26 @@ pub fn start(
             deleters,
             claim_queue: claim_queue.clone(),
         });
-        let claim_loop = claim_queue.work("persistentvolume-binder", {
-            let ctl = ctl.clone();
+        // Claims and volumes are synced CONCURRENT_SYNCS at a time each (upstream's
+        // binder has one worker per loop): every step is a compare-and-swap write, so
+        // two syncs racing for one volume cost a retry, not a double binding, and a
+        // burst of claims does not wait on each other's writes.
+        let claim_loop =
+            claim_queue.work_concurrently("persistentvolume-binder", CONCURRENT_SYNCS, {
+                let ctl = ctl.clone();
+                move |key| {
+                    let ctl = ctl.clone();
+                    async move { ctl.sync_claim(&key).await }
+                }
+            });
+        let volume_loop = volume_queue.work_concurrently(
+            "persistentvolume-binder",
+            CONCURRENT_SYNCS,
             move |key| {
                 let ctl = ctl.clone();
-                async move { ctl.sync_claim(&key).await }
-            }
-        });
-        let volume_loop = volume_queue.work("persistentvolume-binder", move |key| {
-            let ctl = ctl.clone();
-            async move { ctl.sync_volume(&key).await }
-        });
+                async move { ctl.sync_volume(&key).await }
+            },
+        );
         futures_util::future::join(claim_loop, volume_loop).await;
     }
 }
