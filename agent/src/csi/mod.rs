@@ -189,8 +189,13 @@ impl Drivers {
 /// provisioner and resizer. A driver that is not up yet is retried every second, so
 /// the agent and its drivers may start in any order.
 pub async fn run(ctx: Arc<crate::pods::Ctx>, sockets: Vec<PathBuf>) {
+    if sockets.is_empty() {
+        return;
+    }
+    // One watch of claims, volumes and classes for every driver's sidecars.
+    let caches = provisioner::Caches::start(&ctx);
     let tasks = sockets.into_iter().map(|socket| {
-        let ctx = ctx.clone();
+        let (ctx, caches) = (ctx.clone(), caches.clone());
         async move {
             let mut last_error = String::new();
             let driver = loop {
@@ -216,8 +221,8 @@ pub async fn run(ctx: Arc<crate::pods::Ctx>, sockets: Vec<PathBuf>) {
             }
             ctx.csi.insert(driver.clone());
             tracing::info!(driver = %driver.name, node_id = %driver.node_id, socket = %socket.display(), "CSI driver registered");
-            let provision = provisioner::run(ctx.clone(), driver.clone());
-            let resize = resizer::run(ctx.clone(), driver.clone());
+            let provision = provisioner::run(ctx.clone(), driver.clone(), caches.clone());
+            let resize = resizer::run(ctx.clone(), driver.clone(), caches.clone());
             tokio::join!(provision, resize);
         }
     });

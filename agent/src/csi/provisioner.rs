@@ -150,18 +150,52 @@ impl Work {
     }
 }
 
+/// The claims, volumes and classes the provisioner and the resizer of the node's
+/// drivers follow: one watch of each for all of them, waking each on every change.
+#[derive(Clone, Debug)]
+pub struct Caches {
+    pub claims: reflector::Store<PersistentVolumeClaim>,
+    pub volumes: reflector::Store<PersistentVolume>,
+    pub classes: reflector::Store<StorageClass>,
+    provisioner: Arc<tokio::sync::Notify>,
+    resizer: Arc<tokio::sync::Notify>,
+}
+
+impl Caches {
+    /// Starts the three watches.
+    pub fn start(ctx: &Ctx) -> Self {
+        let provisioner = Arc::new(tokio::sync::Notify::new());
+        let resizer = Arc::new(tokio::sync::Notify::new());
+        let wake = vec![provisioner.clone(), resizer.clone()];
+        Self {
+            claims: store(ctx, wake.clone()),
+            volumes: store(ctx, wake.clone()),
+            classes: store(ctx, wake),
+            provisioner,
+            resizer,
+        }
+    }
+
+    pub async fn ready(&self) {
+        let _ = self.claims.wait_until_ready().await;
+        let _ = self.volumes.wait_until_ready().await;
+        let _ = self.classes.wait_until_ready().await;
+    }
+
+    /// What wakes the resizer.
+    pub fn resizer_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.resizer.clone()
+    }
+}
+
 /// Watches claims, volumes and classes and acts on those for this driver and node.
-pub async fn run(ctx: Arc<Ctx>, driver: Arc<Driver>) {
+pub async fn run(ctx: Arc<Ctx>, driver: Arc<Driver>, caches: Caches) {
     if !driver.create_delete {
         return;
     }
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let claims = store::<PersistentVolumeClaim>(&ctx, wake.clone());
-    let volumes = store::<PersistentVolume>(&ctx, wake.clone());
-    let classes = store::<StorageClass>(&ctx, wake.clone());
-    let _ = claims.wait_until_ready().await;
-    let _ = volumes.wait_until_ready().await;
-    let _ = classes.wait_until_ready().await;
+    caches.ready().await;
+    let wake = caches.provisioner.clone();
+    let (claims, volumes, classes) = (caches.claims, caches.volumes, caches.classes);
     let work = Arc::new(Mutex::new(Work::default()));
     let capacity_due = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut last_capacity = Instant::now();
@@ -232,8 +266,8 @@ pub async fn run(ctx: Arc<Ctx>, driver: Arc<Driver>) {
     }
 }
 
-/// A reflector store of all `K`, waking `wake` on every change.
-pub(super) fn store<K>(ctx: &Ctx, wake: Arc<tokio::sync::Notify>) -> reflector::Store<K>
+/// A reflector store of all `K`, waking each of `wake` on every change.
+fn store<K>(ctx: &Ctx, wake: Vec<Arc<tokio::sync::Notify>>) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -250,7 +284,7 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => wake.notify_one(),
+                Ok(_) => wake.iter().for_each(|w| w.notify_one()),
                 Err(err) => {
                     tracing::debug!(%err, "CSI provisioner watch");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::reflector;
 
-use super::provisioner::{bytes, on_this_node, quantity, store};
+use super::provisioner::{Caches, bytes, on_this_node, quantity};
 use super::{Driver, event, rpc_error};
 use crate::pods::Ctx;
 
@@ -43,15 +43,13 @@ fn status_capacity(claim: &PersistentVolumeClaim) -> i64 {
 }
 
 /// Watches claims and volumes; expands those that grew.
-pub async fn run(ctx: Arc<Ctx>, driver: Arc<Driver>) {
+pub async fn run(ctx: Arc<Ctx>, driver: Arc<Driver>, caches: Caches) {
     if !driver.controller_expand && !driver.node_expand {
         return;
     }
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let claims = store::<PersistentVolumeClaim>(&ctx, wake.clone());
-    let volumes = store::<PersistentVolume>(&ctx, wake.clone());
-    let _ = claims.wait_until_ready().await;
-    let _ = volumes.wait_until_ready().await;
+    caches.ready().await;
+    let wake = caches.resizer_wake();
+    let (claims, volumes) = (caches.claims, caches.volumes);
     let mut retry: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
     loop {
         for claim in claims.state() {

@@ -157,6 +157,9 @@ async fn items(conn: &mut Conn, path: &str) -> Result<Vec<Value>> {
     Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// Which spans of a run a figure is over.
+type Pick = fn(&Run) -> &[Span];
+
 /// What one run measured.
 #[derive(Debug)]
 struct Run {
@@ -490,7 +493,7 @@ pub fn run() -> Result<Report> {
         )
     };
     // (key, what, kind, step)
-    let phases: [(&str, &str, fn(&Run) -> &[Span], usize); 7] = [
+    let phases: [(&str, &str, Pick, usize); 7] = [
         (
             "claim_selected_node",
             "claim: node selected (scheduler PreBind)",
