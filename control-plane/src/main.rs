@@ -395,7 +395,6 @@ fn main() -> anyhow::Result<()> {
                 },
                 root_ca: None,
                 signing: None,
-                deleters: controllers::volume::Deleters::default(),
                 controllers: args.controllers.clone(),
             };
             let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());

@@ -51,7 +51,6 @@ pub struct Options {
     /// The CA the CSR signer signs with; without one it does not run.
     pub signing: Option<certificates::signer::Ca>,
     /// What deletes the storage of released CSI PersistentVolumes, by driver.
-    pub deleters: volume::Deleters,
     /// Which controllers run.
     pub controllers: Selection,
 }
@@ -64,7 +63,6 @@ impl Default for Options {
             autoscaling: podautoscaler::Options::default(),
             root_ca: None,
             signing: None,
-            deleters: volume::Deleters::default(),
             controllers: Selection::all(),
         }
     }
@@ -303,8 +301,7 @@ pub async fn run(credentials: credentials::Credentials, options: Options) {
     }
     if on("persistentvolume-binder") {
         let c = a.client("persistent-volume-binder").await;
-        let deleters = options.deleters.clone();
-        loops.push(Box::pin(volume::binder::start(c, deleters, i)));
+        loops.push(Box::pin(volume::binder::start(c, i)));
     }
     if on("pvc-protection") {
         let c = a.client("pvc-protection-controller").await;

@@ -7,15 +7,13 @@
 //! Provisioning is not done here: for a claim whose StorageClass names a provisioner
 //! that is not built in (`csi.berth.io` for the default class), the binder annotates
 //! the claim with `volume.kubernetes.io/storage-provisioner` and waits, as upstream
-//! waits for an external provisioner; deleting a CSI volume goes through a
-//! [`Deleter`] registered for its driver.
+//! waits for an external provisioner. berth's node agents are that provisioner for
+//! their CSI drivers (`agent/src/csi`): they make the volumes, and delete the
+//! released ones they made whose reclaim policy is Delete.
 
 pub mod binder;
 pub mod matching;
 pub mod protection;
-
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
@@ -70,43 +68,4 @@ pub fn volume_class(volume: &PersistentVolume) -> &str {
         .as_ref()
         .and_then(|s| s.storage_class_name.as_deref())
         .unwrap_or_default()
-}
-
-/// Why a [`Deleter`] could not delete a volume; the message becomes the volume's
-/// `VolumeFailedDelete` event and status message.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DeleteError(pub String);
-
-/// Deletes the storage behind a released CSI PersistentVolume whose reclaim policy is
-/// Delete — what a CSI driver's `DeleteVolume` does for the external provisioner
-/// upstream. The binder deletes the PersistentVolume object once this returns `Ok`.
-/// The provisioner for `csi.berth.io` implements it; until one is registered, volumes
-/// it provisioned wait (as upstream waits for an external provisioner) and other CSI
-/// volumes go Failed.
-pub trait Deleter: Send + Sync {
-    fn delete<'a>(
-        &'a self,
-        volume: &'a PersistentVolume,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), DeleteError>>;
-}
-
-/// The registered [`Deleter`]s, by CSI driver name.
-#[derive(Clone, Default)]
-pub struct Deleters(HashMap<String, Arc<dyn Deleter>>);
-
-impl std::fmt::Debug for Deleters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
-    }
-}
-
-impl Deleters {
-    pub fn register(&mut self, driver: impl Into<String>, deleter: Arc<dyn Deleter>) {
-        self.0.insert(driver.into(), deleter);
-    }
-
-    pub fn get(&self, driver: &str) -> Option<&Arc<dyn Deleter>> {
-        self.0.get(driver)
-    }
 }

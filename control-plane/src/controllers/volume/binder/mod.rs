@@ -16,7 +16,7 @@
 //!   finished by the next sync.
 //! - A bound claim whose volume is gone or bound elsewhere is Lost.
 //! - A volume whose claim is gone is Released and reclaimed by its policy: Retain
-//!   keeps it, Delete deletes it (through a [`Deleter`] for CSI volumes), anything else
+//!   keeps it, Delete deletes it (a provisioned volume by its provisioner), anything else
 //!   fails it.
 
 mod reclaim;
@@ -37,8 +37,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::matching::{bound_to, check_satisfies, find_best_match};
 use super::protection::pod_claims;
 use super::{
-    BETA_STORAGE_PROVISIONER, BIND_COMPLETED, BOUND_BY_CONTROLLER, COMPONENT, Deleters,
-    SELECTED_NODE, STORAGE_PROVISIONER, annotation, claim_class,
+    BETA_STORAGE_PROVISIONER, BIND_COMPLETED, BOUND_BY_CONTROLLER, COMPONENT, SELECTED_NODE,
+    STORAGE_PROVISIONER, annotation, claim_class,
 };
 use crate::client::{Informers, Involved, record_event};
 use crate::controllers::queue::{Queue, key_of, split_key};
@@ -56,7 +56,6 @@ struct Controller {
     pods: Store<Pod>,
     classes: Store<StorageClass>,
     nodes: Store<Node>,
-    deleters: Deleters,
     claim_queue: Arc<Queue>,
 }
 
@@ -117,10 +116,9 @@ fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Runs the binder; `deleters` delete the storage of released CSI volumes.
+/// Runs the binder.
 pub fn start(
     client: Client,
-    deleters: Deleters,
     informers: &mut Informers,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let claim_queue = Queue::new();
@@ -192,7 +190,6 @@ pub fn start(
             pods,
             classes,
             nodes,
-            deleters,
             claim_queue: claim_queue.clone(),
         });
         // Claims and volumes are synced CONCURRENT_SYNCS at a time each (upstream's

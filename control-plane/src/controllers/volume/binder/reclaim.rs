@@ -1,6 +1,7 @@
 //! Reclaiming a Released volume by its policy (upstream's `reclaimVolume` and
-//! `deleteVolumeOperation`): Retain keeps it, Delete deletes it — the storage of a
-//! CSI volume through the [`super::super::Deleter`] for its driver, then the object —
+//! `deleteVolumeOperation`): Retain keeps it, Delete deletes it — a volume made by an
+//! external provisioner (berth's agents for their CSI drivers) is left to it, another
+//! CSI volume has no plugin here to delete it and fails, anything else goes —
 //! Recycle and unknown policies fail it with upstream's events.
 
 use std::time::Duration;
@@ -9,7 +10,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{DeleteParams, Preconditions};
 
 use super::super::PROVISIONED_BY;
-use super::{Controller, RESYNC, annotation, claim_ref, not_found, volume_name};
+use super::{Controller, annotation, claim_ref, not_found, volume_name};
 
 impl Controller {
     pub(super) async fn reclaim(
@@ -65,9 +66,9 @@ impl Controller {
         })
     }
 
-    /// Reclaim policy Delete (upstream's `deleteVolumeOperation`): the storage first
-    /// — a CSI volume through its driver's [`super::Deleter`]; other volume types have
-    /// nothing berth manages behind them — then the PersistentVolume object.
+    /// Reclaim policy Delete (upstream's `deleteVolumeOperation`): a CSI volume is its
+    /// provisioner's to delete (or, made by none, fails); other volume types have
+    /// nothing berth manages behind them, so the PersistentVolume object goes.
     pub(super) async fn delete_volume(
         &self,
         volume: &PersistentVolume,
@@ -81,25 +82,9 @@ impl Controller {
         if fresh.metadata.uid != volume.metadata.uid || !self.is_released(&fresh).await? {
             return Ok(None);
         }
-        if let Some(csi) = fresh.spec.as_ref().and_then(|s| s.csi.as_ref()) {
-            let provisioner = annotation(&fresh.metadata, PROVISIONED_BY);
-            let deleter = provisioner
-                .and_then(|p| self.deleters.get(p))
-                .or_else(|| self.deleters.get(&csi.driver));
-            match (deleter, provisioner) {
-                (Some(d), _) => {
-                    if let Err(err) = d.delete(&fresh).await {
-                        self.volume_phase_with_event(
-                            &fresh,
-                            "Failed",
-                            "VolumeFailedDelete",
-                            &err.0,
-                        )
-                        .await?;
-                        return Ok(Some(RESYNC));
-                    }
-                }
-                (None, Some(p)) if !p.starts_with("kubernetes.io/") => {
+        if fresh.spec.as_ref().is_some_and(|s| s.csi.is_some()) {
+            match annotation(&fresh.metadata, PROVISIONED_BY) {
+                Some(p) if !p.starts_with("kubernetes.io/") => {
                     // Provisioned outside berth-server: its provisioner deletes it.
                     tracing::debug!(
                         volume = name,
@@ -108,7 +93,7 @@ impl Controller {
                     );
                     return Ok(None);
                 }
-                (None, _) => {
+                _ => {
                     self.volume_phase_with_event(
                         &fresh,
                         "Failed",
