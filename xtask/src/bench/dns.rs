@@ -431,6 +431,7 @@ pub fn run() -> Result<Report> {
         format!("queries lost: berth {berth_lost}, dnsmasq {dnsmasq_lost}"),
         "dnsmasq serves the names from a hosts file (--addn-hosts) with --local=/cluster.local/; berth answers from its Service watch".into(),
         "the machine has 2 vCPUs shared by dnsperf and the server under test".into(),
+        "baseline: Debian's dnsmasq, run in the same run by the same dnsperf with the same query file; no quoted figures".into(),
         format!(
             "memory: the eBPF socket LB {} in both agent runs ({})",
             if lb { "ran" } else { "did not run" },

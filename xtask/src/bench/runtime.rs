@@ -170,6 +170,8 @@ pub fn run() -> Result<Report> {
             devices.display()
         );
     }
+    let crun = tool_version("crun")?;
+    let runc = tool_version("runc")?;
     let dir = util::target_dir().join("bench-runtime");
     let _ = std::fs::remove_dir_all(&dir);
     let bundle = dir.join("bundle");
@@ -246,42 +248,42 @@ pub fn run() -> Result<Report> {
     };
     for (label, p50, p90, min, per) in [
         (
-            "berth-runtime (host mount ns, hybrid cgroups)",
+            "berth-runtime (host mount ns, hybrid cgroups)".to_string(),
             b50,
             b90,
             bmin,
             &bpass,
         ),
         (
-            "crun 1.8.1 (private mount ns, unified unmounted)",
+            format!("crun {crun} (private mount ns, unified unmounted)"),
             c50,
             c90,
             cmin,
             &cpass,
         ),
         (
-            "runc 1.1.5 (host mount ns, hybrid cgroups)",
+            format!("runc {runc} (host mount ns, hybrid cgroups)"),
             r50,
             r90,
             rmin,
             &rpass,
         ),
         (
-            "berth-runtime, cgroup v2, no seccomp, no device rules",
+            "berth-runtime, cgroup v2, no seccomp, no device rules".to_string(),
             v50,
             v90,
             vmin,
             &vpass,
         ),
         (
-            "berth-runtime, cgroup v2, RuntimeDefault + device program",
+            "berth-runtime, cgroup v2, RuntimeDefault + device program".to_string(),
             s50,
             s90,
             smin,
             &spass,
         ),
         (
-            "crun 1.8.1, RuntimeDefault (private mount ns, v1)",
+            format!("crun {crun}, RuntimeDefault (private mount ns, v1)"),
             cs50,
             cs90,
             csmin,
@@ -289,7 +291,7 @@ pub fn run() -> Result<Report> {
         ),
     ] {
         report.rows.push(vec![
-            label.to_string(),
+            label,
             format!("{p50:.2}"),
             format!("{p90:.2}"),
             format!("{min:.2}"),
@@ -309,17 +311,44 @@ pub fn run() -> Result<Report> {
     report.figure("crun_seccomp_ms_p50", round(cs50));
     report.figure("seccomp_devices_added_ms", round(s50 - v50));
     report.figure("berth_seccomp_vs_crun_seccomp_p50", round(s50 / cs50));
+    report.figure("crun_version", crun.clone());
+    report.figure("runc_version", runc.clone());
     report.notes = vec![
-        "Full lifecycle: `<runtime> run --bundle B <id>` = create + start + wait + delete of a busybox-static `/bin/true` bundle made by `crun spec` (pid, net, ipc, uts, mount namespaces; read-only rootfs; runc's masked/read-only paths).".into(),
+        "Full lifecycle: `<runtime> run --bundle B <id>` = create + start + wait + delete of a busybox-static `/bin/true` bundle made by `crun spec` (read-only rootfs; runc's masked/read-only paths).".into(),
+        format!("Baselines: crun {crun} and runc {runc} (versions from their `--version`), run in the same run as berth, on the same bundles, interleaved by the same timer."),
+        "Every row (from the bundle and each runtime's code): namespaces pid, network, ipc, uts, mount (crun spec's list; no user or cgroup namespace); one cgroup per container, made in every mounted hierarchy, with no cpu, memory or pids limit written — the spec sets none, its only resource is the device list.".into(),
+        "berth-runtime, plain (host, hybrid): the spec's deny-all then runc's default allow-list (runtime/src/devices.rs `rules`), written to the v1 devices controller (`devices.deny a`, then each rule: cgroups.rs `apply_devices`) before the init is cloned; no seccomp.".into(),
+        format!("crun {crun}, plain (private mount ns, pure v1): the spec's rules then crun's built-in allow-list (libcrun cgroup-resources.c `write_devices_resources_v1`: mknod of any c/b device, null, zero, full, tty, random, urandom, console, pts, ptmx, net/tun) to the v1 devices controller; no seccomp."),
+        format!("runc {runc}, plain (host, hybrid): the spec's rules plus runc's default allowed devices (libcontainer specconv) through the v1 devices controller; no seccomp."),
+        "berth-runtime, cgroup v2, no seccomp, no device rules: the `v2-plain` bundle's only device rule allows everything, which `devices::rules` reduces to nothing to enforce, so no device program is attached; no seccomp.".into(),
+        "berth-runtime, cgroup v2, RuntimeDefault + device program: the spec's deny-all then runc's defaults, enforced by berth's BPF_PROG_TYPE_CGROUP_DEVICE program (BERTH_DEVICE_PROGRAM) loaded and attached to the container's cgroup each run; moby's default profile (berth's RuntimeDefault for the bundle's capabilities) compiled at create and installed by the init. `seccomp_devices_added_ms` is this row minus the v2 row without either.".into(),
+        format!("crun {crun}, RuntimeDefault: the same profile (crun loads it through libseccomp) and the same device rules as its plain row, on v1."),
         "Timed from one single-threaded process, runtimes rotated each round; wall time of the whole command.".into(),
-        "crun 1.8.1 refuses hybrid cgroups (`cgroups in hybrid mode not supported`): its runs enter a private mount namespace with /sys/fs/cgroup/unified unmounted (pure v1). berth and runc run on the host's hybrid layout.".into(),
+        format!("crun {crun} refuses hybrid cgroups (`cgroups in hybrid mode not supported`): its runs enter a private mount namespace with /sys/fs/cgroup/unified unmounted (pure v1). berth and runc run on the host's hybrid layout; berth's v2 rows in a private mount namespace with cgroup2 at /sys/fs/cgroup."),
         format!("Machine: 2 shared vCPUs, noisy; {PASSES} timer passes of {RUNS} runs per runtime; p50/p90 are the medians of the passes' values."),
-        "Seccomp rows: the bundle plus moby's default profile (berth's RuntimeDefault, resolved for the bundle's capabilities) and the CRI's deny-all device rule; berth runs it in a private mount namespace with cgroup2 at /sys/fs/cgroup, so its device program is loaded and attached each run; `seccomp_devices_added_ms` is that minus the v2 run without either. crun gets the same profile.".into(),
-        "berth-runtime enforces the spec's device rules (crun spec's deny-all, then runc's default allow-list) in every row, as crun and runc do: on the hybrid host through the v1 devices controller.".into(),
         "berth-runtime's init joins its v1 cgroups by writing 0 to each `tasks` file (single-threaded: no global threadgroup lock, so no RCU grace-period wait, which the `cgroup.procs` writes of crun and runc pay).".into(),
     ];
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// The version `<binary> --version` reports ("crun version 1.8.1" → "1.8.1").
+fn tool_version(binary: &str) -> Result<String> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{binary} --version"))?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("no version in `{binary} --version`"))
+}
+
+/// The word after "version" on the first line that has one.
+fn parse_version(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == "version")?;
+        words.next().map(str::to_owned)
+    })
 }
 
 /// Arguments of the hidden `xtask runtime-timer`.
@@ -482,5 +511,40 @@ mod tests {
             true
         );
         assert!(specs[2].1["linux"]["seccomp"].is_null());
+    }
+
+    #[test]
+    fn versions_are_read_from_the_tools_output() {
+        let crun = "crun version 1.8.1\ncommit: f8a096be\nrundir: /run/crun\nspec: 1.0.0\n";
+        assert_eq!(parse_version(crun).as_deref(), Some("1.8.1"));
+        let runc = "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\n";
+        assert_eq!(parse_version(runc).as_deref(), Some("1.1.5+ds1"));
+        assert_eq!(parse_version("no such thing\n"), None);
+    }
+
+    #[test]
+    fn the_plain_bundle_gets_device_rules_enforced_and_v2_plain_none() {
+        let specs = bundle_specs(&crun_spec()).expect("bundle specs");
+        let spec = |k: usize| -> oci_spec::runtime::Spec {
+            serde_json::from_value(specs[k].1.clone()).expect("an OCI spec")
+        };
+        // plain: the spec's deny-all, then runc's defaults — something to enforce.
+        let plain = berth_runtime::devices::rules(&spec(0))
+            .expect("valid rules")
+            .expect("rules to enforce");
+        assert!(!plain[0].allow && plain[0].is_everything());
+        assert!(plain.len() > 1);
+        // seccomp: the same deny-all.
+        assert!(
+            berth_runtime::devices::rules(&spec(1))
+                .expect("valid rules")
+                .is_some()
+        );
+        // v2-plain: allow-all, so nothing is enforced (no device program).
+        assert!(
+            berth_runtime::devices::rules(&spec(2))
+                .expect("valid rules")
+                .is_none()
+        );
     }
 }

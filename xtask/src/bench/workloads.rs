@@ -678,7 +678,7 @@ pub async fn measure(args: &LoadArgs) -> Result<Report> {
         ),
         "Hollow nodes and a hollow kubelet (one pod watch, status writes over HTTP/2) in the load process; the scheduler and controllers run in a second berth-server (--apiserver=false); 2 shared vCPUs for all three processes.".into(),
         format!(
-            "Anchor: kube-controller-manager's default --kube-api-qps=20 (burst 30) and ≥ {KCM_WRITES_PER_POD:.0} rate-limited writes per Job pod (create, finalizer removal); kube-controller-manager cannot be installed here."
+            "Anchor: kube-controller-manager's default --kube-api-qps=20 (burst 30) and ≥ {KCM_WRITES_PER_POD:.0} rate-limited writes per Job pod (create, finalizer removal); kube-controller-manager cannot be installed here, so nothing is run: the anchor is derived from its documented defaults (kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/), an upper bound, not a measurement. The StatefulSet and DaemonSet rows have no baseline."
         ),
         format!(
             "Job: median of {JOB_RUNS} runs ({}); StatefulSet and DaemonSet: one run each; times from the create to the condition as a watch sees it.",
