@@ -92,6 +92,9 @@ struct Args {
     /// for berth-cni on it.
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// The bridge of the conflist the agent writes for --pod-cidr (berth-cni's default).
+    #[arg(long, default_value = "berth0")]
+    pod_bridge: String,
     /// The network namespace holding the node's pod network when it is not the
     /// agent's own (nested nodes, tests).
     #[arg(long)]
@@ -468,7 +471,7 @@ async fn main() -> anyhow::Result<()> {
         &args.cni_conf_dir,
         bin_dirs,
         args.pod_cidr.as_deref(),
-        "berth0",
+        &args.pod_bridge,
         &args.root_dir.join("ipam"),
         args.pod_network_netns.clone(),
     )?;

@@ -1,8 +1,9 @@
 //! Pod networking through CNI, invoked as any runtime invokes a plugin: the first
 //! conflist (by name) in the config dir, plugins from the bin dirs. With no conflist
-//! and a pod CIDR, the agent writes one for berth-cni (bridge `berth0`, built-in IPAM).
-//! The pod network may live in another network namespace than the agent's (a nested
-//! node, or a test's netns): plugins are then started from a thread inside it.
+//! and a pod CIDR, the agent writes one for berth-cni (bridge `--pod-bridge`, `berth0`
+//! by default; built-in IPAM). The pod network may live in another network namespace
+//! than the agent's (a nested node, or a test's netns): plugins are then started from a
+//! thread inside it.
 
 use std::path::{Path, PathBuf};
 

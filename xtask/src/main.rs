@@ -31,9 +31,10 @@ enum Command {
     /// Build the test images (busybox, testserver, pause) into target/images, offline.
     Images,
     /// Start a one-node cluster on this host (Ctrl-C stops it).
-    Up,
-    /// Remove everything `up` left on this host: pods, network, cgroups, state.
-    Down,
+    Up(commands::up::Args),
+    /// Remove everything `up` left on this host: pods, network, cgroups, state (give
+    /// the flags `up` was given).
+    Down(commands::up::Args),
     /// Run setup if needed, then fmt, clippy, unit, integration and e2e tests.
     Test(commands::test::Args),
     /// Run a benchmark (with its baseline) and write bench/results/<name>.{json,md}.
@@ -64,8 +65,8 @@ fn main() -> ExitCode {
         Command::BuildEbpf => commands::build_ebpf::run(),
         Command::Build => commands::build::run(),
         Command::Images => commands::images::run(),
-        Command::Up => commands::up::run(),
-        Command::Down => commands::up::down(),
+        Command::Up(args) => commands::up::run(&args),
+        Command::Down(args) => commands::up::down(&args),
         Command::Test(args) => commands::test::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::VendorProto(args) => commands::vendor_proto::run(&args),

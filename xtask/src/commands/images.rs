@@ -199,6 +199,18 @@ fn static_binary(package: &str, bin: &str) -> Result<PathBuf> {
     Ok(util::target_dir().join("release").join(bin))
 }
 
+/// Builds the images only when one is missing (`up --bin-dir`: images other processes
+/// may be reading are not rewritten under them).
+pub fn ensure() -> Result<()> {
+    let present = ["busybox", "testserver", "pause"]
+        .iter()
+        .all(|name| layout_dir(name).join("index.json").exists());
+    if !present {
+        run()?;
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<std::process::ExitCode> {
     util::step("building static testserver and berth-pause");
     let testserver = std::fs::read(static_binary("berth-testserver", "testserver")?)?;

@@ -2,9 +2,15 @@
 //! images, then `berth-server` (embedded store) and `berth-agent` (pods on a bridge
 //! `berth0` over 10.244.0.0/24) that joins the cluster with a bootstrap token (TLS
 //! bootstrap: its own `system:node:<name>` certificate), waiting with a progress
-//! display until the node is Ready; a second token is printed for more nodes. Ctrl-C stops both and removes the pods from the host (the cluster's objects
-//! stay in the store for the next `up`). `cargo xtask down` removes everything.
+//! display until the node is Ready; a second token is printed for more nodes. Ctrl-C
+//! stops both and removes the pods from the host (the cluster's objects stay in the
+//! store for the next `up`). `cargo xtask down` removes everything.
+//!
+//! Every place on the host `up` uses (and `down` removes) comes from [`Args`], whose
+//! defaults are the ones above; a test gives its own (`xtask/e2e/tests/xtask_up.rs`)
+//! and `--bin-dir` to run debug binaries instead of building release ones.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -16,27 +22,103 @@ use crate::{
     util::{self, step},
 };
 
-/// Where `up` keeps everything (and `down` removes).
-const DATA_DIR: &str = "/var/lib/berth";
-const RUN_DIR: &str = "/run/berth";
-const CGROUP_TOP: &str = "berth";
-const BRIDGE: &str = "berth0";
-const POD_CIDR: &str = "10.244.0.0/24";
-const PORT: u16 = 6443;
-/// Where the socket-LB's maps and links are pinned (they outlive agent restarts).
-const BPF_PINS: &str = "/sys/fs/bpf/berth";
+/// Where `up` keeps everything and what it names on the host (`down` takes the same
+/// flags to find it all).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The cluster's state: store, certificates, images, pod volumes, logs.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
+    /// Runtime state: container records, netns pins, the CSI socket, PID files.
+    #[arg(long, value_name = "DIR", default_value = "/run/berth")]
+    pub run_dir: PathBuf,
+    /// The cgroup pods go under (`<cgroup>/kubepods` in every hierarchy).
+    #[arg(long, value_name = "NAME", default_value = "berth")]
+    pub cgroup: String,
+    /// The pod network's bridge.
+    #[arg(long, value_name = "NAME", default_value = "berth0")]
+    pub bridge: String,
+    /// The node's pod range, on the bridge.
+    #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/24")]
+    pub pod_cidr: String,
+    /// berth-server's port.
+    #[arg(long, default_value_t = 6443)]
+    pub port: u16,
+    /// berth-agent's kubelet API port.
+    #[arg(long, value_name = "PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// The one address berth-server and berth-agent listen on, advertise and take as the
+    /// node's IP (default: listen on all, advertise this host's first address).
+    #[arg(long, value_name = "IP")]
+    pub address: Option<IpAddr>,
+    /// The bpffs directory the socket-LB's maps and links are pinned in (they outlive
+    /// agent restarts).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/berth")]
+    pub bpf_pin_dir: PathBuf,
+    /// Run the berth binaries in this directory (e.g. target/debug) instead of building
+    /// release ones; nothing is then built or installed (setup is not run, the test
+    /// images are built only if missing).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
 
+/// The places and names of one cluster, all derived from [`Args`].
 struct Layout {
     data: PathBuf,
     run: PathBuf,
+    cgroup: String,
+    bridge: String,
+    pod_cidr: String,
+    port: u16,
+    kubelet_port: u16,
+    address: Option<IpAddr>,
+    bpf_pins: PathBuf,
+    bin_dir: PathBuf,
 }
 
 impl Layout {
-    fn new() -> Self {
-        Self {
-            data: DATA_DIR.into(),
-            run: RUN_DIR.into(),
+    fn new(args: &Args) -> Result<Self> {
+        // `down` deletes these recursively: never a whole filesystem or hierarchy.
+        for dir in [&args.data_dir, &args.run_dir, &args.bpf_pin_dir] {
+            if !dir.is_absolute() || dir.parent().is_none() {
+                bail!("{} must be an absolute path below /", dir.display());
+            }
         }
+        let cgroup = Path::new(&args.cgroup);
+        if args.cgroup.is_empty()
+            || cgroup.is_absolute()
+            || cgroup
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "--cgroup {:?} must name a cgroup below the root, as `berth`",
+                args.cgroup
+            );
+        }
+        Ok(Self {
+            data: args.data_dir.clone(),
+            run: args.run_dir.clone(),
+            cgroup: args.cgroup.clone(),
+            bridge: args.bridge.clone(),
+            pod_cidr: args.pod_cidr.clone(),
+            port: args.port,
+            kubelet_port: args.kubelet_port,
+            address: args.address,
+            bpf_pins: args.bpf_pin_dir.clone(),
+            bin_dir: args
+                .bin_dir
+                .clone()
+                .unwrap_or_else(|| util::target_dir().join("release")),
+        })
+    }
+    /// A berth binary: from `--bin-dir`, else the release build.
+    fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+    /// Where the apiserver is reached from this host.
+    fn local_address(&self) -> IpAddr {
+        self.address.unwrap_or([127, 0, 0, 1].into())
     }
     fn server_dir(&self) -> PathBuf {
         self.data.join("server")
@@ -62,7 +144,7 @@ impl Layout {
             .lines()
             .find_map(|l| l.trim().strip_prefix("server: "))
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("https://127.0.0.1:{PORT}"));
+            .unwrap_or_else(|| format!("https://{}:{}", self.local_address(), self.port));
         let config = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: bootstrap\n  context: {{cluster: berth, user: bootstrap}}\ncurrent-context: bootstrap\n",
             self.server_dir().join("pki/ca.crt").display()
@@ -76,7 +158,7 @@ impl Layout {
     }
     fn agent_args(&self, node: &str) -> Vec<String> {
         let d = |p: &Path| p.display().to_string();
-        vec![
+        let mut args = vec![
             "--kubeconfig".into(),
             d(&self.kubeconfig()),
             "--hostname-override".into(),
@@ -90,27 +172,34 @@ impl Layout {
             "--cni-conf-dir".into(),
             d(&self.data.join("cni/net.d")),
             "--pod-cidr".into(),
-            POD_CIDR.into(),
+            self.pod_cidr.clone(),
+            "--pod-bridge".into(),
+            self.bridge.clone(),
             "--cgroup-root".into(),
-            format!("{CGROUP_TOP}/kubepods"),
-            // The kube-dns Service berth-server creates; this agent answers for it.
+            format!("{}/kubepods", self.cgroup),
+            "--port".into(),
+            self.kubelet_port.to_string(),
+            // The kube-dns Service berth-server creates; this agent answers for it on
+            // its pod gateway, and only its cgroup's socket-LB sends the address there,
+            // so clusters side by side on one host (tests) may all use it.
             "--cluster-dns".into(),
             "10.96.0.10".into(),
             "--cluster-domain".into(),
             "cluster.local".into(),
             "--csi-socket".into(),
             d(&self.csi_socket()),
-        ]
+        ];
+        if let Some(ip) = self.address {
+            args.extend(["--node-ip".into(), ip.to_string()]);
+            args.extend(["--address".into(), ip.to_string()]);
+        }
+        args
     }
-}
-
-fn release_bin(name: &str) -> PathBuf {
-    util::target_dir().join("release").join(name)
 }
 
 /// A new bootstrap token from `berth-server token create` (valid for `ttl`).
 fn token_create(layout: &Layout, ttl: &str) -> Result<String> {
-    let out = Command::new(release_bin("berth-server"))
+    let out = Command::new(layout.bin("berth-server"))
         .arg("--data-dir")
         .arg(layout.server_dir())
         .args(["token", "create", "--ttl", ttl])
@@ -159,6 +248,7 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The pinned kubectl `cargo xtask setup` installs.
 fn kubectl() -> PathBuf {
     util::venv_dir().join("bin/kubectl")
 }
@@ -180,39 +270,58 @@ fn node_ready(layout: &Layout, node: &str) -> bool {
 }
 
 /// `cargo xtask up`.
-pub fn run() -> Result<ExitCode> {
+pub fn run(args: &Args) -> Result<ExitCode> {
     if !util::is_root() {
         eprintln!("xtask up: berth runs pods in namespaces and cgroups; run it as root");
         return Ok(ExitCode::FAILURE);
     }
-    if !setup::is_complete() {
-        if let Err(why) = setup::check_host() {
-            eprintln!("xtask up: setup is incomplete and cannot run here: {why}");
-            return Ok(ExitCode::FAILURE);
+    let layout = Layout::new(args)?;
+    if args.bin_dir.is_none() {
+        if !setup::is_complete() {
+            if let Err(why) = setup::check_host() {
+                eprintln!("xtask up: setup is incomplete and cannot run here: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            setup::run()?;
         }
-        setup::run()?;
+        build::build()?;
+        images::run()?;
+    } else {
+        // Given binaries: nothing to build or install (and the images other tests may
+        // be reading are left as they are).
+        if !kubectl().exists() {
+            bail!(
+                "{} is missing; run `cargo xtask setup`",
+                kubectl().display()
+            );
+        }
+        images::ensure()?;
     }
-    build::build()?;
-    images::run()?;
-    let layout = Layout::new();
     for dir in [&layout.data, &layout.run] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let node = node_name();
     step("starting berth-server");
-    let advertise = util::output(Command::new("hostname").arg("-I"))
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "127.0.0.1".into());
+    let advertise = match layout.address {
+        Some(ip) => ip.to_string(),
+        None => util::output(Command::new("hostname").arg("-I"))
+            .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "127.0.0.1".into()),
+    };
+    let mut server_args = vec![
+        "--data-dir".into(),
+        layout.server_dir().display().to_string(),
+        "--secure-port".into(),
+        layout.port.to_string(),
+        "--advertise-address".into(),
+        advertise,
+    ];
+    if let Some(ip) = layout.address {
+        server_args.extend(["--bind-address".into(), ip.to_string()]);
+    }
     let mut server = spawn(
-        &release_bin("berth-server"),
-        &[
-            "--data-dir".into(),
-            layout.server_dir().display().to_string(),
-            "--secure-port".into(),
-            PORT.to_string(),
-            "--advertise-address".into(),
-            advertise,
-        ],
+        &layout.bin("berth-server"),
+        &server_args,
         &layout.data.join("server.log"),
     )?;
     let bar = indicatif::ProgressBar::new_spinner();
@@ -220,7 +329,7 @@ pub fn run() -> Result<ExitCode> {
     bar.set_message("waiting for the apiserver");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !layout.kubeconfig().exists()
-        || std::net::TcpStream::connect(("127.0.0.1", PORT)).is_err()
+        || std::net::TcpStream::connect((layout.local_address(), layout.port)).is_err()
     {
         if Instant::now() > deadline || matches!(server.try_wait(), Ok(Some(_))) {
             bar.finish_and_clear();
@@ -236,7 +345,7 @@ pub fn run() -> Result<ExitCode> {
     // (a separate process the agent reaches through its socket).
     bar.set_message("starting berth-csi");
     let mut csi = spawn(
-        &release_bin("berth-csi"),
+        &layout.bin("berth-csi"),
         &[
             format!("--endpoint=unix://{}", layout.csi_socket().display()),
             format!("--root={}", layout.data.join("csi").display()),
@@ -265,14 +374,20 @@ pub fn run() -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(","),
     );
+    // Built by `build` above; with `--bin-dir` it may not be (Services are then not
+    // load-balanced on this node).
+    if util::ebpf_object().exists() {
+        args.extend([
+            "--ebpf-object".into(),
+            util::ebpf_object().display().to_string(),
+        ]);
+    }
     args.extend([
-        "--ebpf-object".into(),
-        util::ebpf_object().display().to_string(),
         "--bpf-pin-dir".into(),
-        BPF_PINS.into(),
+        layout.bpf_pins.display().to_string(),
     ]);
     let mut agent = spawn(
-        &release_bin("berth-agent"),
+        &layout.bin("berth-agent"),
         &args,
         &layout.data.join("agent.log"),
     )?;
@@ -301,6 +416,14 @@ pub fn run() -> Result<ExitCode> {
     bar.finish_and_clear();
     step(format!("node {node} is Ready"));
     let join = token_create(&layout, "24h")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Listening for Ctrl-C before saying the cluster is up, so one that follows the
+    // message at once still stops it in order.
+    let mut interrupt = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    })?;
     println!(
         "\nMore nodes join with this bootstrap token (valid 24 h; `berth-server token create` makes more):\n\n  {join}\n\n  berth-agent --bootstrap-kubeconfig <a kubeconfig with this token and {}> --kubeconfig <where the node's own goes>",
         layout.server_dir().join("pki/ca.crt").display()
@@ -315,14 +438,11 @@ pub fn run() -> Result<ExitCode> {
         layout.data.display(),
         layout.data.display(),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let stopped_by_user = rt.block_on(async {
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return true,
+                _ = interrupt.recv() => return true,
                 _ = ticker.tick() => {
                     if [&mut server, &mut agent, &mut csi].into_iter().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
                         return false;
@@ -354,7 +474,7 @@ pub fn run() -> Result<ExitCode> {
 
 /// Every pod off the host, through the agent's own teardown.
 fn remove_pods(layout: &Layout, node: &str) {
-    let bin = release_bin("berth-agent");
+    let bin = layout.bin("berth-agent");
     if !bin.exists() || !layout.kubeconfig().exists() {
         return;
     }
@@ -369,12 +489,12 @@ fn remove_pods(layout: &Layout, node: &str) {
 /// `cargo xtask down`: removes what `up` made — pods (containers, netns, veths, IPs,
 /// cgroups, mounts), the bridge, the cgroup tree, the pinned bpf links and maps, and
 /// the data and run dirs.
-pub fn down() -> Result<ExitCode> {
+pub fn down(args: &Args) -> Result<ExitCode> {
     if !util::is_root() {
         eprintln!("xtask down: run it as root");
         return Ok(ExitCode::FAILURE);
     }
-    let layout = Layout::new();
+    let layout = Layout::new(args)?;
     // A cluster still running (from another terminal): stopped by the PIDs `up` wrote;
     // the CSI driver after the pods, whose volumes it unpublishes.
     stop_recorded(&layout, &["agent", "server"]);
@@ -383,14 +503,14 @@ pub fn down() -> Result<ExitCode> {
     stop_recorded(&layout, &["csi"]);
     step("removing the bridge, cgroups, mounts and state");
     let _ = Command::new("ip")
-        .args(["link", "del", BRIDGE])
+        .args(["link", "del", &layout.bridge])
         .stderr(Stdio::null())
         .status();
     let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .filter(|m| m.starts_with(DATA_DIR) || m.starts_with(RUN_DIR))
+        .filter(|m| Path::new(m).starts_with(&layout.data) || Path::new(m).starts_with(&layout.run))
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
@@ -402,14 +522,14 @@ pub fn down() -> Result<ExitCode> {
         .flatten()
     {
         let mut dirs = Vec::new();
-        collect_dirs(&hierarchy.path().join(CGROUP_TOP), &mut dirs);
+        collect_dirs(&hierarchy.path().join(&layout.cgroup), &mut dirs);
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for d in dirs {
             let _ = std::fs::remove_dir(&d);
         }
     }
     // Unpinning the links detaches the Service load balancer.
-    for dir in [&layout.data, &layout.run, &PathBuf::from(BPF_PINS)] {
+    for dir in [&layout.data, &layout.run, &layout.bpf_pins] {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
