@@ -30,6 +30,8 @@ const PVCS: usize = 50;
 const PLAIN_PODS: usize = 50;
 const CLIENTS: usize = 16;
 const RUNS: usize = 3;
+/// Claims (with their pods) and plain pods created one at a time after the bursts.
+const IDLE_PAIRS: usize = 10;
 const IMAGE: &str = "berth.local/busybox:1.35";
 const NODE: &str = "bench-node";
 const DRIVER: &str = "csi.berth.io";
@@ -169,12 +171,28 @@ struct Run {
 }
 
 /// One run in namespace `ns`, then its cleanup.
+/// How a run creates its objects.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Everything at once by [`CLIENTS`] clients: the measured burst.
+    Burst,
+    /// `n` claims with their pods and `n` plain pods, one at a time, each waited on
+    /// until Ready: the latency of the chain itself, on an otherwise idle cluster.
+    OneAtATime(usize),
+}
+
 async fn run_once(
     target: &Target,
     ns: &str,
     agent: &berth_testkit::Agent,
     csi: &berth_testkit::CsiDriver,
+    shape: Shape,
 ) -> Result<Run> {
+    let (pvcs, plain, clients) = match shape {
+        Shape::Burst => (PVCS, PLAIN_PODS, CLIENTS),
+        Shape::OneAtATime(n) => (n, n, 1),
+    };
+    let one_at_a_time = matches!(shape, Shape::OneAtATime(_));
     let mut admin = Conn::connect(target).await?;
     super::apiserver::namespace(&mut admin, ns).await?;
     wait_root_ca(&mut admin, ns).await?;
@@ -185,30 +203,30 @@ async fn run_once(
     let claims_watch = watch(
         target,
         &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"),
-        move |event, now| observe(event, now, &seen, bound, &CLAIM_STEPS) == PVCS,
+        move |event, now| observe(event, now, &seen, bound, &CLAIM_STEPS) == pvcs,
     )
     .await?;
     let seen = pods.clone();
     let pods_watch = watch(
         target,
         &format!("/api/v1/namespaces/{ns}/pods"),
-        move |event, now| observe(event, now, &seen, pod_ready, &POD_STEPS) == PVCS + PLAIN_PODS,
+        move |event, now| observe(event, now, &seen, pod_ready, &POD_STEPS) == pvcs + plain,
     )
     .await?;
 
     // The two kinds interleaved, so both meet the same load.
     let work: Arc<Vec<Item>> = Arc::new(
-        (0..PVCS.max(PLAIN_PODS))
+        (0..pvcs.max(plain))
             .flat_map(|i| {
-                (i < PVCS)
+                (i < pvcs)
                     .then_some(Item::WithClaim(i))
                     .into_iter()
-                    .chain((i < PLAIN_PODS).then_some(Item::Plain(i)))
+                    .chain((i < plain).then_some(Item::Plain(i)))
             })
             .collect(),
     );
     let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
+    for c in 0..clients {
         let mut conn = Conn::connect(target).await?;
         let (claims, pods, ns, work) = (claims.clone(), pods.clone(), ns.to_owned(), work.clone());
         tasks.push(tokio::spawn(async move {
@@ -217,7 +235,11 @@ async fn run_once(
                     s.entry(name.to_owned()).or_default().created = Some(Instant::now());
                 }
             };
-            for item in work.iter().skip(c).step_by(CLIENTS) {
+            for item in work.iter().skip(c).step_by(clients) {
+                let pod_name = match *item {
+                    Item::WithClaim(i) => format!("pv-{i}"),
+                    Item::Plain(i) => format!("np-{i}"),
+                };
                 let body = match *item {
                     Item::WithClaim(i) => {
                         let name = format!("v-{i}");
@@ -229,12 +251,10 @@ async fn run_once(
                             claim(&name),
                         )
                         .await?;
-                        let pod_name = format!("pv-{i}");
                         created(&pods, &pod_name);
                         pod(&pod_name, Some(&name))
                     }
-                    Item::Plain(i) => {
-                        let pod_name = format!("np-{i}");
+                    Item::Plain(_) => {
                         created(&pods, &pod_name);
                         pod(&pod_name, None)
                     }
@@ -246,6 +266,21 @@ async fn run_once(
                     body,
                 )
                 .await?;
+                if one_at_a_time {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while pods
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.get(&pod_name).and_then(|p| p.done))
+                        .is_none()
+                    {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "pod {pod_name} was not Ready within 60 s"
+                        );
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
             }
             anyhow::Ok(())
         }));
@@ -421,7 +456,13 @@ pub fn run() -> Result<Report> {
     let mut runs = Vec::new();
     for r in 0..RUNS {
         let run = rt
-            .block_on(run_once(&target, &format!("storage-{r}"), &agent, &csi))
+            .block_on(run_once(
+                &target,
+                &format!("storage-{r}"),
+                &agent,
+                &csi,
+                Shape::Burst,
+            ))
             .with_context(|| {
                 let tail = |path: std::path::PathBuf| {
                     let log = std::fs::read_to_string(path).unwrap_or_default();
@@ -452,9 +493,28 @@ pub fn run() -> Result<Report> {
         );
         runs.push(run);
     }
+    // The chain's own latency: one claim and its pod at a time on the idle cluster.
+    let idle = rt
+        .block_on(run_once(
+            &target,
+            "storage-idle",
+            &agent,
+            &csi,
+            Shape::OneAtATime(IDLE_PAIRS),
+        ))
+        .context("the one-at-a-time run")?;
     drop(agent);
     drop(csi);
     drop(server);
+    let idle_p50 = |spans: &[Span]| {
+        let v: Vec<f64> = spans.iter().filter_map(Span::ms).collect();
+        percentile(&v, 50.0).unwrap_or(f64::NAN)
+    };
+    let (idle_bind, idle_with, idle_without) = (
+        idle_p50(&idle.claims),
+        idle_p50(&idle.with_claim),
+        idle_p50(&idle.without),
+    );
 
     let stat = |pick: fn(&Run) -> &[Span], q: f64| -> f64 {
         median(
@@ -548,6 +608,9 @@ pub fn run() -> Result<Report> {
     report.figure("pod_no_pvc_ready_p50_ms", round(without_p50));
     report.figure("pod_no_pvc_ready_p99_ms", round(without_p99));
     report.figure("pvc_added_p99_ms", round(added_p99));
+    report.figure("idle_bind_p50_ms", round(idle_bind));
+    report.figure("idle_pod_with_pvc_ready_p50_ms", round(idle_with));
+    report.figure("idle_pod_no_pvc_ready_p50_ms", round(idle_without));
     for (key, _, pick, i) in &phases {
         report.figure(&format!("phase_{key}_p50_ms"), round(step(*pick, *i, 50.0)));
         report.figure(&format!("phase_{key}_p99_ms"), round(step(*pick, *i, 99.0)));
@@ -582,6 +645,19 @@ pub fn run() -> Result<Report> {
             format!("{added_p99:.0} ms (ratio {:.2})", with_p99 / without_p99),
         ],
     ];
+    let p50_only = |what: String, p50: f64| vec![what, format!("{p50:.0} ms"), "—".to_owned()];
+    report.rows.push(p50_only(
+        format!("one at a time ({IDLE_PAIRS} claims): claim create → Bound"),
+        idle_bind,
+    ));
+    report.rows.push(p50_only(
+        format!("one at a time ({IDLE_PAIRS} pods): pod with a claim, create → Ready"),
+        idle_with,
+    ));
+    report.rows.push(p50_only(
+        format!("one at a time ({IDLE_PAIRS} pods): pod without volumes, create → Ready"),
+        idle_without,
+    ));
     for (_, what, pick, i) in &phases {
         report.rows.push(row(
             &format!("phase, from create: {what}"),
@@ -592,6 +668,7 @@ pub fn run() -> Result<Report> {
     report.notes = vec![
         format!("{RUNS} runs on one release berth-server (apiserver, scheduler, root CA publisher, PV binder, pvc- and pv-protection), one release berth-agent and the release berth-csi driver it uses (`--csi-socket`); each run in a fresh namespace: {PVCS} claims (class `local`, 10Mi) each with a pod using it and {PLAIN_PODS} pods without volumes ({IMAGE}, `sleep 3600`, no probes, image preloaded), all created by {CLIENTS} HTTP/2 clients at once; times from each create request to the watch event showing the claim Bound or the pod Ready; medians of the per-run percentiles"),
         "a claim's create → Bound includes its pod's create and scheduling (WaitForFirstConsumer binds only then) and the provisioning on the node".into(),
+        format!("after the bursts, {IDLE_PAIRS} claims with their pods and {IDLE_PAIRS} pods without volumes are created one at a time, each waited on until Ready: the latency of the chain itself (scheduler PreBind → agent CreateVolume and PV → binder → scheduler binds → agent stage/publish) on an idle cluster, p50"),
         "between runs the pods, claims, PVs and volume directories are deleted and waited on, and the agent has torn every pod down".into(),
         "anchor: k3s' local-path-provisioner creates each volume by running a helper pod on the node; no controlled published measurement of its provisioning time was found. User reports: usually under 3 s per StatefulSet pod with its claim, about 1 in 10 taking 5 min (https://github.com/kubernetes/kubernetes/issues/122003); several minutes for 100+ claims created at once (https://github.com/rancher/local-path-provisioner/issues/555); helper pods timing out after 120 s under load (https://github.com/rancher/local-path-provisioner/issues/178)".into(),
         "baselines: the pods without volumes run in the same run, in the same burst; the local-path-provisioner figures are quoted user reports from the links above, not run here".into(),
