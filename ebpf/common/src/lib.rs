@@ -245,7 +245,7 @@ pub const DEVICE_ACC_WRITE: u32 = 4;
 /// matches when type, major and minor match and its access bits are a subset of the
 /// rule's; the last matching rule decides, no match denies (runc's device filter).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceRule {
     pub kind: u32,
     pub major: u32,
