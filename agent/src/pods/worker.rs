@@ -296,8 +296,13 @@ fn dns_for(ctx: &Ctx, pod: &Pod) -> (Vec<String>, Vec<String>, Vec<String>) {
             });
         }
     }
-    servers.dedup();
-    searches.dedup();
+    // The kubelet's omitDuplicates: the first of each, wherever the repeats are.
+    let omit_duplicates = |v: &mut Vec<String>| {
+        let mut seen = HashSet::new();
+        v.retain(|x| seen.insert(x.clone()));
+    };
+    omit_duplicates(&mut servers);
+    omit_duplicates(&mut searches);
     (servers, searches, options)
 }
 
