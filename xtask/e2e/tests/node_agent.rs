@@ -3,7 +3,8 @@
 //! the real kubectl: a testserver pod becomes Ready; `kubectl logs`, `kubectl exec` and
 //! `kubectl port-forward`; `kubectl attach -i` to a container with stdin;
 //! init containers in order; configMap and secret contents in volumes and env; a failing liveness probe
-//! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
+//! restarts the container and a crashing one reaches CrashLoopBackOff, its second restart
+//! 10 s after the first; `kubectl exec -it` follows every resize of its terminal; a memory hog is
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
 //! killed with -9 and restarted restarts no container; with the apiserver down, pods
 //! keep running and a crashed container is still restarted; static pods run from the
