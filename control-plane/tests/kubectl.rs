@@ -591,6 +591,37 @@ fn server_side_apply_is_refused_dry_run_writes_nothing_and_eviction_deletes() {
         err.contains("server-side apply") && err.contains("not supported"),
         "{err}"
     );
+    // On the wire, as kube-apiserver answers a patch type it does not serve: HTTP 415
+    // and a Failure Status with reason UnsupportedMediaType and code 415.
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(k.server.ca())
+        .args([
+            "-H",
+            "Authorization: Bearer berth-test-token",
+            "-H",
+            "Content-Type: application/apply-patch+yaml",
+            "-X",
+            "PATCH",
+            "--data-binary",
+            &format!("@{manifest}"),
+            "-w",
+            "\n%{http_code}",
+            &format!(
+                "{}/api/v1/namespaces/default/configmaps/ssa?fieldManager=kubectl",
+                k.server.url()
+            ),
+        ])
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = answer.rsplit_once('\n').expect("a body and a status code");
+    assert_eq!(code, "415", "{answer}");
+    let status: serde_json::Value = serde_json::from_str(body).expect("a Status");
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "UnsupportedMediaType", "{status}");
+    assert_eq!(status["code"], 415, "{status}");
     let err = k.fails(&["get", "cm", "ssa"]);
     assert!(err.contains("not found"), "{err}");
     // Client-side apply of the same file works.

@@ -90,6 +90,14 @@ fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
             }
         }
     }
+    // Registry credentials for the image pulls (a missing one is skipped, as the
+    // kubelet pulls without it).
+    secrets.extend(
+        spec.image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone()),
+    );
     for v in spec.volumes.iter().flatten() {
         if let Some(cm) = &v.config_map {
             cms.push(cm.name.clone());
@@ -271,5 +279,23 @@ async fn fetch_claims(client: &Client, pod: &Pod, inputs: &mut Inputs) {
         }
         .await;
         inputs.claims.insert(v.name.clone(), result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_pull_secrets_are_fetched_with_the_others() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "imagePullSecrets": [{"name": "pull"}, {"name": "env"}],
+                "containers": [{
+                    "name": "c",
+                    "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "env", "key": "a"}}}]
+                }]
+            }
+        }))
+        .expect("a pod");
+        assert_eq!(super::references(&pod).1, ["env", "pull"]);
     }
 }

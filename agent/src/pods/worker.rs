@@ -136,12 +136,26 @@ fn now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
+/// The wait before restarting a container that has restarted `restarts` times: none
+/// for the first restart, then 10 s doubling to 5 min — what the kubelet's
+/// `flowcontrol.Backoff` gives when its entry is first made at the first restart.
+/// Only the count matters: unlike the kubelet, whose entry expires once a container
+/// runs 10 min (twice the cap) without a restart, berth never starts the count over.
 fn backoff(restarts: u32) -> Duration {
     if restarts == 0 {
         return Duration::ZERO;
     }
     let shift = (restarts - 1).min(10);
     (BACKOFF_BASE * (1u32 << shift)).min(BACKOFF_MAX)
+}
+
+/// How long instance `restarts` of a container, which finished at `finished_ns`, must
+/// still wait at `now_ns` before its restart; `None` once its back-off has passed.
+fn backoff_left(restarts: u32, finished_ns: i128, now_ns: i128) -> Option<(Duration, Duration)> {
+    let delay = backoff(restarts);
+    let elapsed_ns = (now_ns - finished_ns).max(0);
+    let elapsed = Duration::from_nanos(elapsed_ns.min(u64::MAX as i128) as u64);
+    (elapsed < delay).then(|| (delay, delay - elapsed))
 }
 
 fn grace_of(pod: &Pod) -> Duration {
@@ -282,8 +296,13 @@ fn dns_for(ctx: &Ctx, pod: &Pod) -> (Vec<String>, Vec<String>, Vec<String>) {
             });
         }
     }
-    servers.dedup();
-    searches.dedup();
+    // The kubelet's omitDuplicates: the first of each, wherever the repeats are.
+    let omit_duplicates = |v: &mut Vec<String>| {
+        let mut seen = HashSet::new();
+        v.retain(|x| seen.insert(x.clone()));
+    };
+    omit_duplicates(&mut servers);
+    omit_duplicates(&mut searches);
     (servers, searches, options)
 }
 
@@ -987,11 +1006,7 @@ fn restart_after_backoff(
     mem: &mut Memory,
     wake: &mut Duration,
 ) -> bool {
-    let delay = backoff(n);
-    let elapsed_ns = (now_ns() - finished_ns).max(0);
-    let elapsed = Duration::from_nanos(elapsed_ns.min(u64::MAX as i128) as u64);
-    if elapsed < delay {
-        let left = delay - elapsed;
+    if let Some((delay, left)) = backoff_left(n, finished_ns, now_ns()) {
         mem.waiting.insert(
             c.name.clone(),
             (
@@ -1486,6 +1501,57 @@ mod tests {
         assert_eq!(
             seen.iter().map(Duration::as_secs).collect::<Vec<_>>(),
             [10, 20, 40, 80, 160, 300, 300]
+        );
+    }
+
+    #[test]
+    fn crash_back_off_restarts_at_once_then_doubles_from_ten_seconds_to_five_minutes() {
+        // Restart n waits backoff(n): the first at once (the kubelet makes its back-off
+        // entry then), then 10, 20, 40, 80, 160 s and the 300 s cap.
+        assert_eq!(super::backoff(0), Duration::ZERO);
+        assert_eq!(
+            (1..=8)
+                .map(|n| super::backoff(n).as_secs())
+                .collect::<Vec<_>>(),
+            [10, 20, 40, 80, 160, 300, 300, 300]
+        );
+        assert_eq!(super::backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn crash_back_off_is_measured_from_when_the_container_finished() {
+        const S: i128 = 1_000_000_000;
+        let finished = 1_700_000_000 * S;
+        // The first restart is never held back.
+        assert_eq!(super::backoff_left(0, finished, finished), None);
+        // After the second crash: 10 s from the container's finish, to the nanosecond.
+        assert_eq!(
+            super::backoff_left(1, finished, finished + 3 * S),
+            Some((Duration::from_secs(10), Duration::from_secs(7)))
+        );
+        assert_eq!(
+            super::backoff_left(1, finished, finished + 10 * S - 1),
+            Some((Duration::from_secs(10), Duration::from_nanos(1)))
+        );
+        assert_eq!(super::backoff_left(1, finished, finished + 10 * S), None);
+        // At the cap, 5 min.
+        assert_eq!(
+            super::backoff_left(6, finished, finished + 299 * S),
+            Some((Duration::from_secs(300), Duration::from_secs(1)))
+        );
+        assert_eq!(super::backoff_left(6, finished, finished + 300 * S), None);
+        // A clock behind the finish time waits the whole delay.
+        assert_eq!(
+            super::backoff_left(2, finished, finished - S),
+            Some((Duration::from_secs(20), Duration::from_secs(20)))
+        );
+        // No reset: the kubelet starts over at 10 s when a container crashes 10 min or
+        // more after its last restart (its back-off entry expires at twice the 5 min
+        // cap); berth counts restarts only, so the 8th restart waits 5 min whatever
+        // the instance ran for.
+        assert_eq!(
+            super::backoff_left(8, finished, finished),
+            Some((Duration::from_secs(300), Duration::from_secs(300)))
         );
     }
 

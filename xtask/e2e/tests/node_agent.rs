@@ -3,7 +3,8 @@
 //! the real kubectl: a testserver pod becomes Ready; `kubectl logs`, `kubectl exec` and
 //! `kubectl port-forward`; `kubectl attach -i` to a container with stdin;
 //! init containers in order; configMap and secret contents in volumes and env; a failing liveness probe
-//! restarts the container and a crashing one reaches CrashLoopBackOff; a memory hog is
+//! restarts the container and a crashing one reaches CrashLoopBackOff, its second restart
+//! 10 s after the first; `kubectl exec -it` follows every resize of its terminal; a memory hog is
 //! OOMKilled; a preStop hook runs on delete and nothing of the pod is left; an agent
 //! killed with -9 and restarted restarts no container; with the apiserver down, pods
 //! keep running and a crashed container is still restarted; static pods run from the
@@ -207,6 +208,7 @@ spec:
         text.contains("45 123"),
         "stty size through exec -it: {text:?}"
     );
+    exec_tty_follows_every_resize(&c);
     // A ConfigMap update reaches the running pod's volume.
     c.kubectl.ok(&[
         "patch",
@@ -295,6 +297,68 @@ spec:
     c.wait_clean();
 }
 
+/// `kubectl exec -it` passes on every resize of its terminal, not only the size it
+/// starts with: the terminal script(1) gives kubectl (45×123) is shrunk to 30×100 with
+/// `stty -F` while the session is open — the kernel sends kubectl SIGWINCH, kubectl a
+/// resize message — and `stty size` inside, run again for each line sent, says so.
+fn exec_tty_follows_every_resize(c: &Cluster) {
+    let inner = format!(
+        "tty; stty cols 123 rows 45; exec {} exec -it shell -c main -- sh -c 'stty size; while read x; do stty size; done'",
+        c.kubectl.bin.display()
+    );
+    let mut script = std::process::Command::new("script")
+        .args(["-qc", &inner, "/dev/null"])
+        .env("KUBECONFIG", &c.kubectl.kubeconfig)
+        .env("HOME", &c.kubectl.home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    let mut input = script.stdin.take().expect("stdin");
+    let mut output = script.stdout.take().expect("stdout");
+    let _script = berth_testkit::ChildGuard(script);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut output, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut text = String::new();
+    let read_until = |text: &mut String, what: &str, mut poke: Box<dyn FnMut() + '_>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !text.contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} through exec -it; the terminal showed {text:?}"
+            );
+            poke();
+            while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(500)) {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    };
+    read_until(&mut text, "45 123", Box::new(|| {}));
+    let tty = text
+        .split_whitespace()
+        .find(|w| w.starts_with("/dev/pts/"))
+        .unwrap_or_else(|| panic!("tty(1) named no pty: {text:?}"))
+        .to_owned();
+    let resized = std::process::Command::new("stty")
+        .args(["-F", &tty, "rows", "30", "cols", "100"])
+        .status()
+        .expect("stty -F");
+    assert!(resized.success(), "stty -F {tty}");
+    // Each line sent runs `stty size` again inside (until the new size shows).
+    read_until(
+        &mut text,
+        "30 100",
+        Box::new(|| std::io::Write::write_all(&mut input, b"\n").expect("write the terminal")),
+    );
+}
+
 #[test]
 fn failing_liveness_restarts_and_crashes_back_off() {
     require_root!();
@@ -322,6 +386,50 @@ spec:
     command: [sh, -c, "echo crashing; exit 3"]
 "#,
     );
+    // The kubelet restarts a crashed container at once the first time, then after 10 s
+    // counted from the last finish, doubling to 5 min; the waiting message names the
+    // current back-off as `back-off 10s restarting failed container=c pod=crasher_default(<uid>)`.
+    let mut first_restart = Value::Null;
+    let pod = c.wait_pod("crasher", "CrashLoopBackOff after one restart", |p| {
+        let s = Cluster::container_status(p, "c");
+        let n = s["restartCount"].as_i64().unwrap_or(0);
+        assert!(n <= 1, "restart 2 came before restart 1 was seen: {s}");
+        let backing_off = n == 1 && s["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        if backing_off {
+            first_restart = s;
+        }
+        backing_off
+    });
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    assert_eq!(
+        first_restart["state"]["waiting"]["message"],
+        format!("back-off 10s restarting failed container=c pod=crasher_default({uid})"),
+        "{first_restart}"
+    );
+    let mut second_restart = Value::Null;
+    c.wait_pod("crasher", "the second restart, crashed", |p| {
+        second_restart = Cluster::container_status(p, "c");
+        second_restart["restartCount"] == 2
+            && second_restart["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert_eq!(
+        second_restart["state"]["waiting"]["message"],
+        format!("back-off 20s restarting failed container=c pod=crasher_default({uid})"),
+        "{second_restart}"
+    );
+    let seconds = |v: &Value| -> i64 {
+        v.as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(|| panic!("an RFC 3339 time: {v}"))
+            .as_second()
+    };
+    let gap = seconds(&second_restart["lastState"]["terminated"]["startedAt"])
+        - seconds(&first_restart["lastState"]["terminated"]["finishedAt"]);
+    // Times are whole seconds: 10 s reads as 9 to 11, plus a sync's lateness.
+    assert!(
+        (9..=13).contains(&gap),
+        "the second restart started {gap} s after the first restart finished, not 10 s: {first_restart} then {second_restart}"
+    );
     let pod = c.wait_pod("unhealthy", "a liveness restart", |p| {
         Cluster::container_status(p, "c")["restartCount"]
             .as_i64()
@@ -336,11 +444,7 @@ spec:
         "involvedObject.name=unhealthy",
     ]);
     assert!(events.contains("Liveness probe failed"), "{events}");
-    let pod = c.wait_pod("crasher", "CrashLoopBackOff", |p| {
-        Cluster::container_status(p, "c")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
-    });
-    let s = Cluster::container_status(&pod, "c");
-    assert!(s["restartCount"].as_i64().unwrap_or(0) >= 1, "{s}");
+    let s = second_restart;
     assert_eq!(s["lastState"]["terminated"]["exitCode"], 3, "{s}");
     assert_eq!(s["lastState"]["terminated"]["reason"], "Error", "{s}");
     let table = c.kubectl.ok(&["get", "pod", "crasher"]);

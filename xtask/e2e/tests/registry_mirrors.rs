@@ -5,11 +5,14 @@
 //! reached; the kubelet's image events (Pulling, Pulled with time and size, Created,
 //! Started) are recorded; a configuration edited to a dead mirror is picked up without
 //! a restart, and the pull then fails with a Failed event naming every attempt, then
-//! backs off (ImagePullBackOff, a BackOff event).
+//! backs off (ImagePullBackOff, a BackOff event). A registry that wants a password
+//! (htpasswd basic auth): a pod naming a `kubernetes.io/dockerconfigjson` Secret in
+//! `imagePullSecrets` runs its image; without the Secret the pull is refused
+//! (ErrImagePull, then ImagePullBackOff).
 
 use std::time::Duration;
 
-use berth_testkit::{Registry, require_root, skopeo, tools::images_dir};
+use berth_testkit::{AUTH_PASSWORD, AUTH_USER, Registry, require_root, skopeo, tools::images_dir};
 use serde_json::Value;
 
 mod common;
@@ -160,6 +163,105 @@ spec:
         "mirrored",
         "unmirrored",
         "--grace-period=1",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    c.wait_clean();
+}
+
+#[test]
+fn image_pull_secrets_open_a_private_registry() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start_with_auth(dir.path());
+    let host = format!("127.0.0.1:{}", registry.port);
+    let image = format!("{host}/private/busybox:v1");
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("--dest-creds={AUTH_USER}:{AUTH_PASSWORD}"),
+        &format!("oci:{}", images_dir().join("busybox").display()),
+        &format!("docker://{image}"),
+    ]);
+    let Some(c) = cluster_full(&["--controllers=false"], &[]) else {
+        return;
+    };
+    // The Secret as `kubectl create secret docker-registry` makes it.
+    c.kubectl.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "pull",
+        &format!("--docker-server={host}"),
+        &format!("--docker-username={AUTH_USER}"),
+        &format!("--docker-password={AUTH_PASSWORD}"),
+    ]);
+    let secret = c.kubectl.json(&["get", "secret", "pull"]);
+    assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson", "{secret}");
+    // Without the Secret first, so the image is not on the node yet.
+    c.kubectl.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: anonymous}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: "{image}", command: [sleep, "300"]}}
+"#
+    ));
+    c.wait_pod("anonymous", "the pull refused, then backed off", |p| {
+        Cluster::container_status(p, "c")["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    assert!(
+        registry.requests().contains("401")
+            || registry.requests().contains("authentication required"),
+        "the registry refused the anonymous pull: {}",
+        registry.requests()
+    );
+    c.wait(
+        "the anonymous pull's events",
+        Duration::from_secs(20),
+        || {
+            let events = events_of(&c, "anonymous");
+            events.iter().any(|(r, m)| {
+                r == "Failed" && m.starts_with(&format!("Failed to pull image \"{image}\": "))
+            }) && events
+                .iter()
+                .any(|(r, m)| r == "Failed" && m == "Error: ErrImagePull")
+        },
+    );
+    // With the Secret: pulled and running.
+    c.kubectl.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: authorized}}
+spec:
+  terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{{name: pull}}]
+  containers:
+  - {{name: c, image: "{image}", command: [sleep, "300"]}}
+"#
+    ));
+    let pod = c.wait_pod("authorized", "Ready", ready);
+    assert_eq!(
+        Cluster::container_status(&pod, "c")["image"],
+        image.as_str()
+    );
+    assert!(
+        events_of(&c, "authorized")
+            .iter()
+            .any(|(r, m)| r == "Pulled"
+                && m.starts_with(&format!("Successfully pulled image \"{image}\""))),
+        "{:?}",
+        events_of(&c, "authorized")
+    );
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "anonymous",
+        "authorized",
         "--wait=true",
         "--timeout=60s",
     ]);

@@ -29,7 +29,7 @@ pub use csi::CsiDriver;
 pub use kubectl::Kubectl;
 pub use netns::NetNs;
 pub use process::ChildGuard;
-pub use registry::{Registry, skopeo};
+pub use registry::{AUTH_PASSWORD, AUTH_USER, Registry, skopeo};
 pub use server::BerthServer;
 pub use skip::{is_root, skip, unique_name};
 

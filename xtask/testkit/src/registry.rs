@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use crate::ChildGuard;
 
+/// The one user of [`Registry::start_with_auth`] and its password.
+pub const AUTH_USER: &str = "puller";
+pub const AUTH_PASSWORD: &str = "pull-s3cret";
+/// [`AUTH_PASSWORD`] as htpasswd's bcrypt (the registry takes no other scheme), cost 5
+/// to keep every request cheap; made once with
+/// `python3 -c "import crypt; print(crypt.crypt('pull-s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32)))"`
+/// (`htpasswd -nbB -C 5` gives the same kind of hash).
+const AUTH_BCRYPT: &str = "$2b$05$XzGtFgE3A8Tx6ky1FXFs5uICdGUpBCUt4vz2FiuxMpadJBfYQj3f6";
+
 #[derive(Debug)]
 pub struct Registry {
     _child: ChildGuard,
@@ -25,6 +34,25 @@ impl Registry {
 
     /// `http`: extra lines under `http:` in its configuration (a `tls:` block).
     pub fn start_with(dir: &Path, http: &str) -> Self {
+        Self::spawn(dir, http, "")
+    }
+
+    /// A registry that answers only [`AUTH_USER`] with [`AUTH_PASSWORD`] (HTTP basic
+    /// auth from an htpasswd file; anonymous requests get 401 and a `Basic` challenge).
+    pub fn start_with_auth(dir: &Path) -> Self {
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{AUTH_USER}:{AUTH_BCRYPT}\n")).expect("htpasswd");
+        Self::spawn(
+            dir,
+            "",
+            &format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                htpasswd.display()
+            ),
+        )
+    }
+
+    fn spawn(dir: &Path, http: &str, top: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -33,7 +61,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{http}",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n{top}http:\n  addr: 127.0.0.1:{port}\n{http}",
                 dir.join("registry-data").display()
             ),
         )

@@ -1,0 +1,425 @@
+//! What the README says the node agent does as a kubelet does, checked against
+//! upstream kubelet behaviour with the real kubectl on a one-node cluster: the node
+//! Lease renewed every 10 s for 40 s; a postStart exec hook runs in the container and a
+//! failing one kills it with a `FailedPostStartHook` event; a startup probe holds back
+//! readiness and liveness until it succeeds, and restarts a container it gives up on;
+//! subPath mounts of a configMap and an emptyDir show only their sub-path; and
+//! `/etc/resolv.conf` for each dnsPolicy, with a dnsConfig alone (`None`) and merged
+//! into `ClusterFirst` as the kubelet merges it.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use berth_testkit::{CLUSTER_DNS, require_root};
+use serde_json::Value;
+
+mod common;
+use common::{Cluster, cluster, ready};
+
+/// The Warning/Normal events of `pod` as (reason, message).
+fn events_of(c: &Cluster, pod: &str) -> Vec<(String, String)> {
+    let v = c.kubectl.json(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+    ]);
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn seconds(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .unwrap_or_else(|| panic!("an RFC 3339 time: {v}"))
+        .as_second()
+}
+
+#[test]
+fn lease_renewals_hooks_and_startup_probes_follow_the_kubelet() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    // The Lease is watched while the pods below run: three renewTimes in a row (two
+    // renewals) within 35 s, read to the microsecond from the Lease itself.
+    let kubectl = c.kubectl.clone();
+    let lease_watch = std::thread::spawn(move || {
+        let mut renewals: Vec<(jiff::Timestamp, Value)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(35);
+        while renewals.len() < 3 && Instant::now() < deadline {
+            let out = kubectl.run(&[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                "node-e2e",
+                "-o",
+                "json",
+            ]);
+            let lease: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if let Some(t) = lease["spec"]["renewTime"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                && renewals.last().is_none_or(|(last, _)| *last != t)
+            {
+                renewals.push((t, lease));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        renewals
+    });
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo hooked > /tmp/poststart"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hook-fails}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "exit 7"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slow-start}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "sleep 6; touch /tmp/started; exec sleep 3600"]
+    startupProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 30}
+    livenessProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 1}
+    readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never-starts}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    startupProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 3}
+"#,
+    );
+
+    // Startup probe: until it succeeds (after ~6 s) the container is neither started
+    // nor Ready, and the liveness probe — which would fail at once — is not run.
+    let mut seen_unstarted = 0;
+    let pod = c.wait_pod("slow-start", "started and Ready", |p| {
+        let s = Cluster::container_status(p, "c");
+        assert_eq!(
+            s["restartCount"].as_i64().unwrap_or(0),
+            0,
+            "killed before its startup: {s}"
+        );
+        if s["state"]["running"].is_object() && s["started"] == false {
+            assert_eq!(s["ready"], false, "Ready before its startup probe: {s}");
+            assert!(!ready(p), "the pod Ready before its startup probe: {p}");
+            seen_unstarted += 1;
+        }
+        s["started"] == true && ready(p)
+    });
+    assert!(seen_unstarted > 0, "never seen running and not yet started");
+    let s = Cluster::container_status(&pod, "c");
+    let since_start =
+        jiff::Timestamp::now().as_second() - seconds(&s["state"]["running"]["startedAt"]);
+    assert!(
+        since_start >= 5,
+        "started {since_start} s after the container, before its startup probe could pass: {s}"
+    );
+    // A startup probe that never passes: the container is killed after
+    // failureThreshold × periodSeconds (3 s) and restarted.
+    let pod = c.wait_pod("never-starts", "restarted by its startup probe", |p| {
+        Cluster::container_status(p, "c")["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let s = Cluster::container_status(&pod, "c");
+    let ran = seconds(&s["lastState"]["terminated"]["finishedAt"])
+        - seconds(&s["lastState"]["terminated"]["startedAt"]);
+    assert!(
+        (2..=8).contains(&ran),
+        "the first instance ran {ran} s, not the startup probe's 3 failures 1 s apart: {s}"
+    );
+    assert_eq!(s["started"], false, "{s}");
+    let events = events_of(&c, "never-starts");
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Unhealthy" && m.starts_with("Startup probe failed:")),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Killing"
+                && m == "Container c failed startup probe, will be restarted"),
+        "{events:?}"
+    );
+
+    // postStart: the hook ran in the container.
+    c.wait_pod("hooked", "Ready", ready);
+    assert_eq!(
+        c.kubectl
+            .ok(&["exec", "hooked", "--", "cat", "/tmp/poststart"])
+            .trim(),
+        "hooked"
+    );
+    // A failing postStart: the kubelet records FailedPostStartHook ("PostStartHook
+    // failed") and kills the container, which is then restarted.
+    let pod = c.wait_pod("hook-fails", "killed by its failing hook", |p| {
+        Cluster::container_status(p, "c")["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let s = Cluster::container_status(&pod, "c");
+    assert!(s["lastState"]["terminated"].is_object(), "{s}");
+    let events = events_of(&c, "hook-fails");
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "FailedPostStartHook" && m.starts_with("PostStartHook failed")),
+        "{events:?}"
+    );
+
+    // The Lease: renewed every 10 s (kubelet's renewInterval = 0.25 × 40 s).
+    let renewals = lease_watch.join().expect("the lease watch");
+    assert!(
+        renewals.len() >= 3,
+        "fewer than two renewals in 35 s: {:?}",
+        renewals.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    for pair in renewals.windows(2) {
+        let gap = (pair[1].0 - pair[0].0)
+            .total(jiff::Unit::Millisecond)
+            .expect("a span in milliseconds");
+        assert!(
+            (8_000.0..=12_000.0).contains(&gap),
+            "renewals {} and {} are {gap} ms apart, not 10 s ± 2 s",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    for (_, lease) in &renewals {
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 40, "{lease}");
+        assert_eq!(lease["spec"]["holderIdentity"], "node-e2e", "{lease}");
+    }
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "hooked",
+        "hook-fails",
+        "slow-start",
+        "never-starts",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    c.wait_clean();
+}
+
+/// `/etc/resolv.conf` read back: (nameservers, searches, options).
+fn resolv(text: &str) -> (Vec<String>, Vec<String>, BTreeSet<String>) {
+    let (mut ns, mut search, mut opts) = (Vec::new(), Vec::new(), BTreeSet::new());
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        match parts.next() {
+            Some("nameserver") => ns.extend(parts.map(str::to_owned)),
+            Some("search") => search.extend(parts.map(str::to_owned)),
+            Some("options") => opts.extend(parts.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    (ns, search, opts)
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn subpath_mounts_and_resolv_conf_per_dns_policy() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app}
+data: {greeting: hello, other: not-mounted}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: subpaths}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "echo in-sub > /all/sub/file; mkdir -p /all/other; echo elsewhere > /all/other/file; exec sleep 3600"]
+    volumeMounts:
+    - {name: scratch, mountPath: /all}
+    - {name: scratch, mountPath: /sub, subPath: sub}
+    - {name: cfg, mountPath: /etc/app/greeting.txt, subPath: greeting}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: cfg, configMap: {name: app}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-cluster-first}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-default}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: Default
+  containers: [{name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-none}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [192.0.2.1, 192.0.2.2]
+    searches: [a.example, b.example]
+    options: [{name: ndots, value: "2"}, {name: edns0}]
+  containers: [{name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-merged}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsConfig:
+    nameservers: [192.0.2.9]
+    searches: [my.example, svc.cluster.local]
+    options: [{name: ndots, value: "2"}, {name: single-request}]
+  containers: [{name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}]
+"#,
+    );
+    for pod in [
+        "subpaths",
+        "dns-cluster-first",
+        "dns-default",
+        "dns-none",
+        "dns-merged",
+    ] {
+        c.wait_pod(pod, "Ready", ready);
+    }
+    let sh = |pod: &str, script: &str| c.kubectl.ok(&["exec", pod, "--", "sh", "-c", script]);
+
+    // subPath: the emptyDir's `sub` alone at /sub, the configMap's `greeting` key alone
+    // as a file, and writes through the sub-path land in the volume.
+    let mut listing = String::new();
+    c.wait("the pod's files", Duration::from_secs(20), || {
+        listing = sh("subpaths", "ls -A /sub; echo --; ls -A /all");
+        listing.contains("other")
+    });
+    assert_eq!(listing, "file\n--\nother\nsub\n", "/sub then /all");
+    assert_eq!(sh("subpaths", "cat /sub/file"), "in-sub\n");
+    sh("subpaths", "echo through-sub > /sub/new");
+    assert_eq!(sh("subpaths", "cat /all/sub/new"), "through-sub\n");
+    assert_eq!(sh("subpaths", "cat /etc/app/greeting.txt"), "hello");
+    assert_eq!(
+        sh("subpaths", "ls -A /etc/app"),
+        "greeting.txt\n",
+        "only the key the subPath names"
+    );
+
+    // dnsPolicy. The host's resolv.conf, as Default gives it (without loopback
+    // resolvers, unreachable from a pod's network namespace).
+    let (mut host_ns, host_search, host_opts) =
+        resolv(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    host_ns.retain(|n| !n.starts_with("127.") && n != "::1");
+    let read = |pod: &str| {
+        resolv(
+            &c.kubectl
+                .ok(&["exec", pod, "--", "cat", "/etc/resolv.conf"]),
+        )
+    };
+
+    // ClusterFirst: the cluster DNS, `<ns>.svc.<domain> svc.<domain> <domain>` then the
+    // host's searches, ndots:5.
+    let mut cluster_search = strings(&[
+        "default.svc.cluster.local",
+        "svc.cluster.local",
+        "cluster.local",
+    ]);
+    cluster_search.extend(host_search.iter().cloned());
+    assert_eq!(
+        read("dns-cluster-first"),
+        (
+            strings(&[CLUSTER_DNS]),
+            cluster_search.clone(),
+            BTreeSet::from(["ndots:5".to_owned()])
+        ),
+        "ClusterFirst"
+    );
+    // Default: the node's resolv.conf.
+    assert_eq!(
+        read("dns-default"),
+        (host_ns, host_search, host_opts),
+        "Default"
+    );
+    // None: exactly the pod's dnsConfig.
+    assert_eq!(
+        read("dns-none"),
+        (
+            strings(&["192.0.2.1", "192.0.2.2"]),
+            strings(&["a.example", "b.example"]),
+            BTreeSet::from(["ndots:2".to_owned(), "edns0".to_owned()])
+        ),
+        "None with dnsConfig"
+    );
+    // dnsConfig merged into ClusterFirst as the kubelet's appendDNSConfig does:
+    // nameservers and searches appended without duplicates, options by name (the
+    // pod's ndots:2 replaces ndots:5).
+    let mut merged_search = cluster_search;
+    merged_search.push("my.example".to_owned());
+    assert_eq!(
+        read("dns-merged"),
+        (
+            strings(&[CLUSTER_DNS, "192.0.2.9"]),
+            merged_search,
+            BTreeSet::from(["ndots:2".to_owned(), "single-request".to_owned()])
+        ),
+        "ClusterFirst merged with dnsConfig"
+    );
+    c.kubectl
+        .ok(&["delete", "pod", "--all", "--wait=true", "--timeout=60s"]);
+    c.wait_clean();
+}
