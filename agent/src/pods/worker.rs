@@ -50,6 +50,9 @@ pub struct Memory {
     /// The kubelet's image pull back-off, by image: no new pull before the instant, the
     /// current delay (10 s after a failed pull, doubling to 5 min) and the last error.
     pull_backoff: HashMap<String, (Instant, Duration, String)>,
+    /// The instance after which each container's crash back-off started over (it ran
+    /// [`BACKOFF_RESET`] or longer), by container name.
+    backoff_reset: HashMap<String, u32>,
     pub events: Vec<Event>,
 }
 
@@ -139,14 +142,35 @@ fn now_ns() -> i128 {
 /// The wait before restarting a container that has restarted `restarts` times: none
 /// for the first restart, then 10 s doubling to 5 min — what the kubelet's
 /// `flowcontrol.Backoff` gives when its entry is first made at the first restart.
-/// Only the count matters: unlike the kubelet, whose entry expires once a container
-/// runs 10 min (twice the cap) without a restart, berth never starts the count over.
+/// `restarts` counts since the back-off last started over (see [`BACKOFF_RESET`]).
 fn backoff(restarts: u32) -> Duration {
     if restarts == 0 {
         return Duration::ZERO;
     }
     let shift = (restarts - 1).min(10);
     (BACKOFF_BASE * (1u32 << shift)).min(BACKOFF_MAX)
+}
+
+/// A container that ran this long before it exited restarts at once and its back-off
+/// starts over at 10 s (the kubelet forgets a back-off entry not updated for twice the
+/// 5 min cap).
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The restart count the back-off of container `name` goes by when instance `n`, which
+/// ran from `started_ns` to `finished_ns`, exited: counted from the last instance that
+/// ran [`BACKOFF_RESET`] or longer.
+fn backoff_count(
+    resets: &mut HashMap<String, u32>,
+    name: &str,
+    n: u32,
+    started_ns: Option<i128>,
+    finished_ns: i128,
+) -> u32 {
+    let ran_ns = started_ns.map_or(0, |s| (finished_ns - s).max(0));
+    if ran_ns >= BACKOFF_RESET.as_nanos() as i128 {
+        resets.insert(name.to_owned(), n);
+    }
+    n.saturating_sub(resets.get(name).copied().unwrap_or(0))
 }
 
 /// How long instance `restarts` of a container, which finished at `finished_ns`, must
@@ -798,7 +822,7 @@ impl PodView<'_> {
                 mem.events.push(Event {
                     warning: true,
                     reason: "FailedPostStartHook".into(),
-                    message: format!("PostStartHook failed for container {}", c.name),
+                    message: "PostStartHook failed".into(),
                 });
                 let _ = rt.stop_container(&cfg.id, grace_of(self.pod));
             }
@@ -986,7 +1010,8 @@ fn step_init(
                 if view.policy == "Never" {
                     return false;
                 }
-                if !restart_after_backoff(view, c, n, finished, inputs, mem, wake) {
+                if !restart_after_backoff(view, c, n, st.started_at_ns, finished, inputs, mem, wake)
+                {
                     return false;
                 }
                 return false;
@@ -997,23 +1022,29 @@ fn step_init(
 }
 
 /// Restarts instance `n` of `c` once its back-off has passed; true if it did.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the worker's per-container state"
+)]
 fn restart_after_backoff(
     view: &mut PodView<'_>,
     c: &Container,
     n: u32,
+    started_ns: Option<i128>,
     finished_ns: i128,
     inputs: &Inputs,
     mem: &mut Memory,
     wake: &mut Duration,
 ) -> bool {
-    if let Some((delay, left)) = backoff_left(n, finished_ns, now_ns()) {
+    let count = backoff_count(&mut mem.backoff_reset, &c.name, n, started_ns, finished_ns);
+    if let Some((delay, left)) = backoff_left(count, finished_ns, now_ns()) {
         mem.waiting.insert(
             c.name.clone(),
             (
                 "CrashLoopBackOff".into(),
                 format!(
-                    "back-off {}s restarting failed container={} pod={}_{}({})",
-                    delay.as_secs(),
+                    "back-off {} restarting failed container={} pod={}_{}({})",
+                    go_duration(delay),
                     c.name,
                     view.pod.metadata.name.as_deref().unwrap_or(""),
                     view.pod.metadata.namespace.as_deref().unwrap_or(""),
@@ -1160,7 +1191,7 @@ fn step_container(
             };
             mem.probes.retain(|(cid, _), _| cid != &id);
             if view.should_restart(code) {
-                restart_after_backoff(view, c, n, finished, inputs, mem, wake);
+                restart_after_backoff(view, c, n, st.started_at_ns, finished, inputs, mem, wake);
             }
         }
     }
@@ -1545,13 +1576,36 @@ mod tests {
             super::backoff_left(2, finished, finished - S),
             Some((Duration::from_secs(20), Duration::from_secs(20)))
         );
-        // No reset: the kubelet starts over at 10 s when a container crashes 10 min or
-        // more after its last restart (its back-off entry expires at twice the 5 min
-        // cap); berth counts restarts only, so the 8th restart waits 5 min whatever
-        // the instance ran for.
+        // The 8th restart of a container that crashes quickly waits the 5 min cap.
         assert_eq!(
             super::backoff_left(8, finished, finished),
             Some((Duration::from_secs(300), Duration::from_secs(300)))
+        );
+    }
+
+    #[test]
+    fn crash_back_off_starts_over_after_ten_minutes_of_running() {
+        const S: i128 = 1_000_000_000;
+        let mut resets = std::collections::HashMap::new();
+        let t = 1_700_000_000 * S;
+        // Quick crashes count up.
+        assert_eq!(super::backoff_count(&mut resets, "c", 5, Some(t), t + S), 5);
+        // An instance that ran 10 min: restarted at once, the count starts over.
+        assert_eq!(
+            super::backoff_count(&mut resets, "c", 6, Some(t), t + 600 * S),
+            0
+        );
+        assert_eq!(super::backoff_left(0, t, t), None);
+        // Its successor crashes at once: 10 s, then 20 s.
+        assert_eq!(super::backoff_count(&mut resets, "c", 7, Some(t), t + S), 1);
+        assert_eq!(super::backoff(1), Duration::from_secs(10));
+        assert_eq!(super::backoff_count(&mut resets, "c", 8, Some(t), t + S), 2);
+        // Another container of the pod keeps its own count.
+        assert_eq!(super::backoff_count(&mut resets, "d", 8, Some(t), t + S), 8);
+        // 9 min 59 s is not enough.
+        assert_eq!(
+            super::backoff_count(&mut resets, "d", 9, Some(t), t + 599 * S),
+            9
         );
     }
 
