@@ -165,16 +165,22 @@ impl Api {
     }
 
     /// Namespace lifecycle: objects go only into namespaces that exist and are not
-    /// being deleted.
-    pub fn check_namespace(&self, namespace: &str, kind: &str) -> ApiResult<()> {
+    /// being deleted. A namespace the watch cache does not show yet is looked up in the
+    /// store (upstream's live lookup), so an object created right after its namespace
+    /// is not refused while the cache catches up.
+    pub async fn check_namespace(&self, namespace: &str, kind: &str) -> ApiResult<()> {
         if kind == "Namespace" {
             return Ok(());
         }
         let key = format!("/registry/core/namespaces/{namespace}");
-        let Some(ns) = self.cache.get(&key) else {
-            return Err(ApiError::not_found("", "namespaces", namespace));
+        let value: Value = match self.cache.get(&key) {
+            Some(ns) => ns.value(),
+            None => match self.store.get(&key, None).await {
+                Ok(Some(kv)) => serde_json::from_slice(&kv.value).unwrap_or(Value::Null),
+                Ok(None) => return Err(ApiError::not_found("", "namespaces", namespace)),
+                Err(e) => return Err(ApiError::from_store(e, "", "namespaces", namespace)),
+            },
         };
-        let value = ns.value();
         if object::meta(&value).is_some_and(|m| m.contains_key("deletionTimestamp")) {
             return Err(ApiError::forbidden(format!(
                 "unable to create new content in namespace {namespace} because it is being terminated"

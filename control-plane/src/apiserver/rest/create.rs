@@ -69,7 +69,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     let name = object::name(&obj).to_owned();
     if def.namespaced {
         ctx.api
-            .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)?;
+            .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)
+            .await?;
     }
     node_restriction::admit_create(ctx.user.as_ref(), def, &obj)?;
     if def.group.is_empty() && def.kind == "Pod" {
