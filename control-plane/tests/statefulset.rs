@@ -180,9 +180,19 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
             (image(&p) == "busybox:2" && ready(&p)).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The controller has synced with db-2 updated and Ready: the sync in which it
+        // would move on to db-1 had the partition not stopped it.
+        eventually("the status to count db-2 Ready", Duration::from_secs(30), || async {
+            let set = sets.get("db").await.ok()?;
+            let s = set.status?;
+            (s.observed_generation == set.metadata.generation && s.ready_replicas == Some(3))
+                .then_some(())
+        })
+        .await;
         for i in 0..2 {
-            assert_eq!(image(&pods.get(&format!("db-{i}")).await.expect("pod")), "busybox:1");
+            let p = pods.get(&format!("db-{i}")).await.expect("pod");
+            assert_eq!(image(&p), "busybox:1");
+            assert!(p.metadata.deletion_timestamp.is_none(), "db-{i} is being replaced");
         }
         let s = sets.get("db").await.expect("db").status.expect("status");
         assert_eq!((s.updated_replicas, s.current_replicas), (Some(1), Some(2)));
