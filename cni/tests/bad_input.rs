@@ -14,7 +14,8 @@ struct Snapshot {
     veths: Vec<String>,
     bridge: bool,
     allocations: Vec<(String, String)>,
-    bridge_addrs: String,
+    /// `None`: no bridge to hold any.
+    bridge_addrs: Option<String>,
 }
 
 fn snapshot(node: &Node) -> Snapshot {
@@ -22,7 +23,9 @@ fn snapshot(node: &Node) -> Snapshot {
         veths: node.veths(),
         bridge: node.has_bridge(),
         allocations: node.allocations(),
-        bridge_addrs: node.ns.ip(&["-o", "addr", "show", "dev", "bcbr0"]),
+        bridge_addrs: node
+            .ns
+            .ip_on_device(&["-o", "addr", "show", "dev", "bcbr0"]),
     }
 }
 

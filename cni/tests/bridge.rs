@@ -204,6 +204,11 @@ fn ip_masq_adds_one_rule_per_pod_and_del_removes_it() {
             .args(["-t", "nat", "-S", "POSTROUTING"])
             .output()
             .expect("iptables");
+        assert!(
+            out.status.success(),
+            "iptables -S failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let after_add = rules();

@@ -24,12 +24,22 @@ fn reference_plugins_present(names: &[&str]) -> bool {
     false
 }
 
+/// The output of `program args` run inside `ns`; panics if it fails, so a check on
+/// its output ("no portmap rule left") cannot pass on an empty failed run.
 fn in_ns(ns: &berth_testkit::NetNs, program: &str, args: &[&str]) -> String {
     let out = ns
         .command(program)
         .args(args)
         .output()
-        .expect("run in netns");
+        .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", ns.name()));
+    assert!(
+        out.status.success(),
+        "`{program} {}` in {} failed ({}): {}",
+        args.join(" "),
+        ns.name(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

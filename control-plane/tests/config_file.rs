@@ -14,6 +14,12 @@ fn alice_lists_pods(server: &BerthServer) -> String {
         .arg(format!("{}/api/v1/namespaces/default/pods", server.url()))
         .output()
         .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

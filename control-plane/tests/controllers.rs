@@ -24,6 +24,37 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
+/// Waits until the garbage collector has finished a cascade started now (an owner
+/// `name` deleted in the background, its dependent collected): the point after which
+/// a decision it should not make about earlier objects would have been made.
+async fn gc_barrier(cms: &Api<ConfigMap>, name: &str) {
+    let owner = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm"),
+        )
+        .await
+        .expect("barrier owner");
+    let dep = format!("{name}-dep");
+    let dependent = json!({"metadata": {"name": dep, "ownerReferences": [{"apiVersion": "v1",
+        "kind": "ConfigMap", "name": name, "uid": owner.metadata.uid}]}});
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(dependent).expect("cm"),
+    )
+    .await
+    .expect("barrier dependent");
+    cms.delete(name, &DeleteParams::background())
+        .await
+        .expect("delete barrier owner");
+    eventually(&format!("{dep} collected"), Duration::from_secs(20), || {
+        let cms = cms.clone();
+        let dep = dep.clone();
+        async move { cms.get_opt(&dep).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}
+
 fn server(dir: &std::path::Path, args: &[&str]) -> BerthServer {
     BerthServer::start_with(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir, args)
 }
@@ -92,11 +123,14 @@ fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
         assert_eq!(available.status.as_deref(), Some("True"));
 
         // A watcher checks every state of the rollout: never fewer than 10 - 2 ready
-        // pods, never more than 10 + 3 pods.
-        let seen = Arc::new(Mutex::new((usize::MAX, 0usize)));
+        // pods, never more than 10 + 3 pods. `seen.2`: its latest view is the rollout's
+        // end (10 ready v2 pods), so it has seen every state before it.
+        let seen = Arc::new(Mutex::new((usize::MAX, 0usize, false)));
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         let watch = tokio::spawn({
             let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
             let seen = seen.clone();
+            let mut synced_tx = Some(synced_tx);
             async move {
                 let mut current: HashMap<String, Pod> = HashMap::new();
                 let mut stream =
@@ -116,6 +150,9 @@ fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
                     if !synced {
                         continue;
                     }
+                    if let Some(tx) = synced_tx.take() {
+                        let _ = tx.send(());
+                    }
                     let live: Vec<&Pod> = current
                         .values()
                         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -124,10 +161,17 @@ fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
                     let mut s = seen.lock().expect("lock");
                     s.0 = s.0.min(ready);
                     s.1 = s.1.max(live.len());
+                    s.2 = live.len() == 10
+                        && ready == 10
+                        && live.iter().all(|p| image(p).ends_with(":v2"));
                 }
             }
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The update starts only once the watcher has its initial list.
+        tokio::time::timeout(Duration::from_secs(30), synced_rx)
+            .await
+            .expect("the watcher synced within 30 s")
+            .expect("the watcher ran");
         kubectl.ok(&[
             "set",
             "image",
@@ -146,9 +190,17 @@ fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
         })
         .await;
         assert_eq!(live.len(), 10);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually(
+            "the watcher to see the finished rollout",
+            Duration::from_secs(30),
+            || {
+                let done = seen.lock().expect("lock").2;
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
         watch.abort();
-        let (min_ready, max_total) = *seen.lock().expect("lock");
+        let (min_ready, max_total, _) = *seen.lock().expect("lock");
         assert!(
             min_ready >= 8,
             "ready pods dropped to {min_ready} (< replicas - maxUnavailable = 8)"
@@ -435,7 +487,8 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
             async move { cms.get_opt("or-owner").await.ok()?.is_none().then_some(()) }
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The collector has moved on past or-owner's deletion: a later cascade is done.
+        gc_barrier(&cms, "or-barrier").await;
         let dep = cms
             .get("or-dep")
             .await
@@ -472,7 +525,9 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
             },
         )
         .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The collector has moved on past fg-dep: a later cascade is done, and fg-owner
+        // still waits.
+        gc_barrier(&cms, "fg-barrier").await;
         let waiting = cms
             .get("fg-owner")
             .await
@@ -612,14 +667,32 @@ fn two_controller_managers_elect_one_leader_and_fail_over() {
             async move { leases.get_opt("kube-controller-manager").await.ok()??.spec?.holder_identity }
         })
         .await;
-        // Which process leads: the one whose log says so.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let leads = |name: &str| {
+        // Which process leads: the one whose log says it became leader as the holder.
+        let leads = |name: &str, identity: &str| {
             std::fs::read_to_string(dir.path().join(format!("{name}.log")))
                 .unwrap_or_default()
-                .contains("became leader")
+                .lines()
+                .any(|l| l.contains("became leader") && l.contains(identity))
         };
-        let (a, b) = (leads("cm-a"), leads("cm-b"));
+        eventually("the holder's log to say it leads", Duration::from_secs(10), || {
+            let found = leads("cm-a", &holder) || leads("cm-b", &holder);
+            async move { found.then_some(()) }
+        })
+        .await;
+        // The other stays a follower while the leader renews (every 2 s retry period,
+        // in which the follower tries too).
+        let renewed = |l: Lease| l.spec.and_then(|s| s.renew_time).map(|t| t.0);
+        let first = renewed(leases.get("kube-controller-manager").await.expect("lease"));
+        eventually("the leader to renew its Lease", Duration::from_secs(20), || {
+            let leases = leases.clone();
+            let holder = holder.clone();
+            async move {
+                let l = leases.get("kube-controller-manager").await.ok()?;
+                (l.spec.as_ref()?.holder_identity.as_ref() == Some(&holder) && renewed(l) > first).then_some(())
+            }
+        })
+        .await;
+        let (a, b) = (leads("cm-a", "became leader"), leads("cm-b", "became leader"));
         assert!(a ^ b, "exactly one leader (a: {a}, b: {b})");
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
         let owner = cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "o1"}})).expect("cm")).await.expect("o1");
@@ -677,7 +750,21 @@ fn paused_deployments_wait_and_stuck_ones_exceed_their_progress_deadline() {
             "deployment/app",
             "testserver=berth.local/testserver:v2",
         ]);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The controller has handled the new template once it observed its generation.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+        eventually(
+            "the controller to observe the paused update",
+            Duration::from_secs(20),
+            || {
+                let deployments = deployments.clone();
+                async move {
+                    let d = deployments.get("app").await.ok()?;
+                    let observed = d.status?.observed_generation?;
+                    (Some(observed) == d.metadata.generation).then_some(())
+                }
+            },
+        )
+        .await;
         let count = rss
             .list(&ListParams::default())
             .await
@@ -685,7 +772,6 @@ fn paused_deployments_wait_and_stuck_ones_exceed_their_progress_deadline() {
             .items
             .len();
         assert_eq!(count, 1, "a paused deployment rolled out");
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
         let d = deployments.get("app").await.expect("app");
         let progressing = d
             .status

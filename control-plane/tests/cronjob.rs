@@ -317,7 +317,7 @@ fn finished_jobs_with_a_ttl_are_deleted_after_it() {
     rt.block_on(async {
         let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
         let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
-        for (name, ttl) in [("short", 2), ("long", 3600)] {
+        for (name, ttl) in [("short", 2), ("long", 3600), ("marker", 2)] {
             let job: Job = serde_json::from_value(json!({
                 "metadata": {"name": name},
                 "spec": {"ttlSecondsAfterFinished": ttl,
@@ -329,9 +329,25 @@ fn finished_jobs_with_a_ttl_are_deleted_after_it() {
                 .await
                 .expect("create job");
         }
-        // Unfinished, it stays past its TTL.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(jobs.get_opt("short").await.expect("get").is_some());
+        // Unfinished, it stays past its TTL: a job made after it with the same TTL but
+        // finished at once is deleted first.
+        let marker_started = jiff::Timestamp::now().to_string();
+        finish(&jobs, "marker", "Complete", &marker_started).await;
+        eventually(
+            "the finished marker job deleted after its TTL",
+            Duration::from_secs(10),
+            || {
+                let jobs = jobs.clone();
+                async move { jobs.get_opt("marker").await.ok()?.is_none().then_some(()) }
+            },
+        )
+        .await;
+        let short = jobs
+            .get_opt("short")
+            .await
+            .expect("get")
+            .expect("the unfinished job stays");
+        assert!(short.metadata.deletion_timestamp.is_none());
         let started = jiff::Timestamp::now().to_string();
         finish(&jobs, "short", "Complete", &started).await;
         finish(&jobs, "long", "Failed", &started).await;

@@ -159,9 +159,12 @@ fn a_pod_per_fitting_node_following_nodes_and_rolling_within_max_unavailable() {
         assert!(out.contains("successfully rolled out"), "{out}");
 
         // Rolling update: a watcher checks no two nodes are without a ready pod.
-        let worst = Arc::new(Mutex::new(0usize));
+        // `worst.1`: its latest view is the rollout's end (agent:2 ready on all three).
+        let worst = Arc::new(Mutex::new((0usize, false)));
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         let watch = tokio::spawn({
             let (pods, worst) = (pods.clone(), worst.clone());
+            let mut synced_tx = Some(synced_tx);
             async move {
                 let mut live: HashMap<String, Pod> = HashMap::new();
                 let config = watcher::Config::default().labels("app=agent");
@@ -174,7 +177,13 @@ fn a_pod_per_fitting_node_following_nodes_and_rolling_within_max_unavailable() {
                         watcher::Event::Delete(p) => {
                             live.remove(p.metadata.name.as_deref().unwrap_or_default());
                         }
-                        _ => continue,
+                        watcher::Event::InitDone => {
+                            if let Some(tx) = synced_tx.take() {
+                                let _ = tx.send(());
+                            }
+                            continue;
+                        }
+                        watcher::Event::Init => continue,
                     }
                     let covered: std::collections::HashSet<String> = live
                         .values()
@@ -185,13 +194,25 @@ fn a_pod_per_fitting_node_following_nodes_and_rolling_within_max_unavailable() {
                         .iter()
                         .filter(|n| !covered.contains(**n))
                         .count();
+                    let done = live
+                        .values()
+                        .filter(|p| ready(p) && p.metadata.deletion_timestamp.is_none())
+                        .filter(|p| image(p) == "agent:2")
+                        .count()
+                        == 3;
                     let mut w = worst.lock().expect("lock");
-                    *w = (*w).max(missing);
+                    w.0 = w.0.max(missing);
+                    w.1 = done;
                 }
             }
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        *worst.lock().expect("lock") = 0;
+        // Measure from the watcher's full initial list on (the partial one counts
+        // nodes as uncovered).
+        tokio::time::timeout(Duration::from_secs(30), synced_rx)
+            .await
+            .expect("the watcher synced within 30 s")
+            .expect("the watcher ran");
+        worst.lock().expect("lock").0 = 0;
         kubectl.ok(&["set", "image", "daemonset/agent", "agent=agent:2"]);
         let out = kubectl.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
         assert!(out.contains("successfully rolled out"), "{out}");
@@ -200,8 +221,17 @@ fn a_pod_per_fitting_node_following_nodes_and_rolling_within_max_unavailable() {
             placed.values().all(|imgs| imgs == &["agent:2"]),
             "{placed:?}"
         );
+        eventually(
+            "the watcher to see the finished rollout",
+            Duration::from_secs(30),
+            || {
+                let done = worst.lock().expect("lock").1;
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
         watch.abort();
-        let worst = *worst.lock().expect("lock");
+        let worst = worst.lock().expect("lock").0;
         assert!(worst <= 1, "{worst} nodes at once without a ready pod");
         let history = kubectl.ok(&["rollout", "history", "daemonset/agent"]);
         assert!(history.contains('2'), "{history}");
@@ -244,6 +274,7 @@ spec:
     spec: {containers: [{name: c, image: busybox}]}
 "#,
         );
+        // The 8 s are the measuring window of the failure rate, not a wait for a state.
         tokio::time::sleep(Duration::from_secs(8)).await;
         let events = kubectl.ok(&[
             "get",

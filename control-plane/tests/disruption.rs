@@ -181,13 +181,20 @@ fn budget_blocks_then_grants_evictions_and_drain() {
             .name
             .clone()
             .expect("name");
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         let seen = tokio::spawn({
             let pods = pods.clone();
             let victim = victim.clone();
+            let mut synced_tx = Some(synced_tx);
             async move {
                 let cfg = watcher::Config::default().labels("app=web");
                 let mut stream = std::pin::pin!(watcher(pods, cfg));
                 while let Some(Ok(ev)) = stream.next().await {
+                    if matches!(ev, watcher::Event::InitDone)
+                        && let Some(tx) = synced_tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
                     if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev
                         && p.metadata.name.as_deref() == Some(victim.as_str())
                     {
@@ -205,7 +212,11 @@ fn budget_blocks_then_grants_evictions_and_drain() {
                 panic!("the watch ended before the DisruptionTarget condition");
             }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Evict only once the watcher has its initial list, so it sees every change after.
+        tokio::time::timeout(Duration::from_secs(30), synced_rx)
+            .await
+            .expect("the watcher synced within 30 s")
+            .expect("the watcher ran");
         let status = pods
             .evict(&victim, &EvictParams::default())
             .await

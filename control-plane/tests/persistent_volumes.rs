@@ -109,6 +109,34 @@ impl Cluster {
     }
 }
 
+/// Deletes a claim no pod uses, then a volume no claim binds, each once it carries its
+/// protection finalizer, and waits until both are gone: a point after which the
+/// protection controllers have decided about everything deleted before.
+async fn protection_barrier(c: &Cluster) {
+    let has_finalizer =
+        |meta: &kube::api::ObjectMeta, f: &str| meta.finalizers.iter().flatten().any(|x| x == f);
+    c.apply(claim("barrier", "100Gi", &["ReadWriteOnce"], json!({})));
+    eventually("the barrier claim protected", WAIT, || async {
+        let b = c.pvcs().get("barrier").await.ok()?;
+        has_finalizer(&b.metadata, "kubernetes.io/pvc-protection").then_some(())
+    })
+    .await;
+    c.kubectl.ok(&["delete", "pvc", "barrier", "--wait=false"]);
+    eventually("the barrier claim deleted", WAIT, || async {
+        matches!(c.pvcs().get("barrier").await, Err(kube::Error::Api(s)) if s.code == 404)
+            .then_some(())
+    })
+    .await;
+    c.apply(host_path_pv("barrier", "1Mi", &["ReadOnlyMany"], json!({})));
+    eventually("the barrier volume protected", WAIT, || async {
+        let b = c.pvs().get("barrier").await.ok()?;
+        has_finalizer(&b.metadata, "kubernetes.io/pv-protection").then_some(())
+    })
+    .await;
+    c.kubectl.ok(&["delete", "pv", "barrier", "--wait=false"]);
+    c.gone_pv("barrier").await;
+}
+
 fn host_path_pv(name: &str, size: &str, modes: &[&str], extra: Value) -> Value {
     let mut pv = json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
@@ -595,7 +623,9 @@ fn protection_finalizers_hold_a_claim_in_use_and_a_bound_volume() {
         c.kubectl.ok(&["delete", "pvc", "used", "--wait=false"]);
         // Deleting the bound volume waits too.
         c.kubectl.ok(&["delete", "pv", "vol", "--wait=false"]);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The protection controllers have handled later deletions (a free claim, then a
+        // free volume, each with its finalizer, are gone): they kept these on purpose.
+        protection_barrier(&c).await;
         let held = c
             .pvcs()
             .get("used")

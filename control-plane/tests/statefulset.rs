@@ -17,7 +17,7 @@ use berth_testkit::{BerthServer, Kubectl};
 use futures_util::StreamExt;
 use hollow::{Kubelet, eventually, image, node, ready};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -97,7 +97,9 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
             }
         });
         kubectl.apply(DB);
-        // Nothing binds claims in this cluster: db-0 waits unscheduled for its claim.
+        // Nothing provisions claims in this cluster: the default class waits for its
+        // first consumer, and no node has published storage capacity for csi.berth.io
+        // (no agent runs a driver), so db-0 waits unscheduled for its claim.
         let message = eventually("db-0 unschedulable", Duration::from_secs(30), || async {
             let p = pods.get("db-0").await.ok()?;
             let c = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
@@ -105,23 +107,46 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
         })
         .await;
         assert!(
-            message.contains("pod has unbound immediate PersistentVolumeClaims"),
+            message.contains("did not have enough free storage"),
             "{message}"
         );
         assert!(pods.get("db-1").await.is_err(), "db-1 waits for db-0");
-        // A stand-in volume binder: every claim becomes Bound.
+        // A stand-in provisioner and binder: every claim gets a volume of its own and
+        // becomes Bound to it.
         let binder = tokio::spawn({
             let claims = claims.clone();
+            let volumes: Api<PersistentVolume> = Api::all(client.clone());
             async move {
                 loop {
                     for c in claims.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
                         let phase = c.status.as_ref().and_then(|s| s.phase.clone());
-                        if phase.as_deref() != Some("Bound") {
-                            let name = c.metadata.name.clone().unwrap_or_default();
-                            let _ = claims
-                                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}})))
-                                .await;
+                        if phase.as_deref() == Some("Bound") {
+                            continue;
                         }
+                        let name = c.metadata.name.clone().unwrap_or_default();
+                        let pv = format!("pv-{name}");
+                        let _ = volumes
+                            .create(
+                                &Default::default(),
+                                &serde_json::from_value(json!({
+                                    "metadata": {"name": pv},
+                                    "spec": {
+                                        "capacity": {"storage": "1Gi"},
+                                        "accessModes": ["ReadWriteOnce"],
+                                        "hostPath": {"path": "/tmp"},
+                                        "storageClassName": "local",
+                                        "claimRef": {"namespace": "default", "name": name, "uid": c.metadata.uid},
+                                    },
+                                }))
+                                .expect("a PersistentVolume"),
+                            )
+                            .await;
+                        let _ = claims
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}})))
+                            .await;
+                        let _ = claims
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}})))
+                            .await;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -180,9 +205,19 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
             (image(&p) == "busybox:2" && ready(&p)).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The controller has synced with db-2 updated and Ready: the sync in which it
+        // would move on to db-1 had the partition not stopped it.
+        eventually("the status to count db-2 Ready", Duration::from_secs(30), || async {
+            let set = sets.get("db").await.ok()?;
+            let s = set.status?;
+            (s.observed_generation == set.metadata.generation && s.ready_replicas == Some(3))
+                .then_some(())
+        })
+        .await;
         for i in 0..2 {
-            assert_eq!(image(&pods.get(&format!("db-{i}")).await.expect("pod")), "busybox:1");
+            let p = pods.get(&format!("db-{i}")).await.expect("pod");
+            assert_eq!(image(&p), "busybox:1");
+            assert!(p.metadata.deletion_timestamp.is_none(), "db-{i} is being replaced");
         }
         let s = sets.get("db").await.expect("db").status.expect("status");
         assert_eq!((s.updated_replicas, s.current_replicas), (Some(1), Some(2)));

@@ -45,6 +45,10 @@ fn serve_in(ns: &NetNs) -> u16 {
     rx.recv().expect("server thread started")
 }
 
+/// curl's exit code for "Failed to connect to host" (curl(1), EXIT CODES): a refused
+/// or unroutable connect, as opposed to curl missing or failing some other way.
+const CURL_COULDNT_CONNECT: i32 = 7;
+
 /// curl to the VIP from inside `ns`, optionally from inside `cgroup` (joined before
 /// `ip netns exec`, which remounts /sys).
 fn curl_vip(ns: &NetNs, cgroup: Option<&Cgroup2Child>) -> Output {
@@ -91,10 +95,11 @@ fn connect4_sends_vip_to_backend_only_inside_the_cgroup() {
 
     let outside = curl_vip(&ns, None);
     assert!(
-        !outside.status.success() && outside.stdout.is_empty(),
-        "a client outside the cgroup must not be balanced (the netns has no route to the VIP); got {:?} {:?}",
+        outside.status.code() == Some(CURL_COULDNT_CONNECT) && outside.stdout.is_empty(),
+        "a client outside the cgroup must not be balanced (the netns has no route to the VIP: curl cannot connect); got {:?} {:?} {:?}",
         outside.status,
-        String::from_utf8_lossy(&outside.stdout)
+        String::from_utf8_lossy(&outside.stdout),
+        String::from_utf8_lossy(&outside.stderr)
     );
 
     let stats = lb.stats().expect("read stats");
@@ -107,8 +112,10 @@ fn connect4_sends_vip_to_backend_only_inside_the_cgroup() {
     lb.set_service(frontend, &[]).expect("empty the service");
     let refused = curl_vip(&ns, Some(&cgroup));
     assert!(
-        !refused.status.success(),
-        "connect to a service without backends must fail"
+        refused.status.code() == Some(CURL_COULDNT_CONNECT),
+        "connect to a service without backends must fail to connect; got {:?} {:?}",
+        refused.status,
+        String::from_utf8_lossy(&refused.stderr)
     );
     assert_eq!(lb.stats().expect("read stats").no_backends, 1);
 

@@ -528,6 +528,8 @@ fn readopt_child(dir: &Path) {
         rt.start_container(&c.id).expect("start");
     }
     std::fs::write(dir.join("READY"), b"ready").expect("write READY");
+    // This process plays the dead agent's predecessor: it only has to stay alive until
+    // the test kills it, so the sleep decides nothing.
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }

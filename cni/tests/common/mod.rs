@@ -130,7 +130,7 @@ impl Node {
     }
 
     pub fn has_bridge(&self) -> bool {
-        !self.ns.ip(&["-o", "link", "show", "bcbr0"]).is_empty()
+        self.ns.link_exists("bcbr0")
     }
 
     /// The built-in IPAM's allocations (address → containerID).

@@ -92,7 +92,8 @@ impl Upstream {
 }
 
 /// `dig` with `args` (split on spaces), inside `c`'s node network namespace when
-/// given; its whole output.
+/// given; its whole output. dig's exit 9 ("no reply from server") is an answer of
+/// its own (`ask` reports it as "no answer"); any other failure panics.
 fn dig(c: Option<&Cluster>, args: &str) -> String {
     let mut cmd = match c {
         Some(c) => c.agent.netns.command("dig"),
@@ -102,6 +103,12 @@ fn dig(c: Option<&Cluster>, args: &str) -> String {
         .args(args.split_whitespace())
         .output()
         .expect("dig (apt package bind9-dnsutils, installed by cargo xtask setup)");
+    assert!(
+        out.status.success() || out.status.code() == Some(9),
+        "dig {args} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

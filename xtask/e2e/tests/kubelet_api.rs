@@ -45,6 +45,11 @@ fn client_certificate(c: &common::Cluster, dir: &Path, user: &str) -> (String, S
         .arg(&csr)
         .output()
         .expect("run openssl base64");
+    assert!(
+        b64.status.success(),
+        "openssl base64: {}",
+        String::from_utf8_lossy(&b64.stderr)
+    );
     let request = String::from_utf8_lossy(&b64.stdout).trim().to_owned();
     c.kubectl.apply(&format!(
         "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {user}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n"
@@ -64,6 +69,11 @@ fn client_certificate(c: &common::Cluster, dir: &Path, user: &str) -> (String, S
         ])
         .output()
         .expect("decode the certificate");
+    assert!(
+        pem.status.success() && !pem.stdout.is_empty(),
+        "decoding the certificate: {}",
+        String::from_utf8_lossy(&pem.stderr)
+    );
     let cert_file = dir.join(format!("{user}.crt"));
     std::fs::write(&cert_file, &pem.stdout).expect("write the certificate");
     c.kubectl.ok(&["delete", "csr", user]);

@@ -13,21 +13,17 @@
 use std::time::Duration;
 
 use berth_testkit::{AUTH_PASSWORD, AUTH_USER, Registry, require_root, skopeo, tools::images_dir};
-use serde_json::Value;
 
 mod common;
 use common::{Cluster, cluster_full, ready};
 
 fn events_of(c: &Cluster, pod: &str) -> Vec<(String, String)> {
-    let out = c.kubectl.run(&[
+    let v = c.kubectl.json(&[
         "get",
         "events",
         "--field-selector",
         &format!("involvedObject.name={pod}"),
-        "-o",
-        "json",
     ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["items"]
         .as_array()
         .into_iter()

@@ -73,10 +73,10 @@ spec:
     )
 }
 
-/// `kubectl get <kind> <name> -o json`, `Null` when it does not exist.
+/// `kubectl get <kind> <name> -o json`, `Null` when it does not exist (any other
+/// failure panics).
 fn get(c: &Cluster, kind: &str, name: &str) -> Value {
-    let out = c.kubectl.run(&["get", kind, name, "-o", "json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    c.get(kind, name).unwrap_or(Value::Null)
 }
 
 fn gone(c: &Cluster, kind: &str, name: &str) -> bool {
@@ -117,15 +117,12 @@ fn volume_handle(c: &Cluster, pv: &str) -> String {
 
 /// (reason, message) of the events about the object called `name`.
 fn events_of(c: &Cluster, name: &str) -> Vec<(String, String)> {
-    let out = c.kubectl.run(&[
+    let v = c.kubectl.json(&[
         "get",
         "events",
         "--field-selector",
         &format!("involvedObject.name={name}"),
-        "-o",
-        "json",
     ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["items"]
         .as_array()
         .into_iter()

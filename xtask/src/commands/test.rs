@@ -5,7 +5,8 @@
 //!
 //! Skips are counted, not hidden: libtest's `ignored` plus every test that called
 //! `berth_testkit::skip`, which records itself under `BERTH_TEST_SKIP_DIR`. In CI
-//! (`CI=true`) as root nothing may be skipped: every tier must really run.
+//! (`CI=true`) nothing may be skipped: every tier must really run, so CI must run as
+//! root (it stops at once otherwise) and any skip counts as a failure.
 
 use std::{
     env, fs,
@@ -47,6 +48,8 @@ impl std::ops::AddAssign for Counts {
 
 /// `cargo xtask test`.
 pub fn run(args: &Args) -> Result<ExitCode> {
+    let ci = is_ci(env::var("CI").ok().as_deref());
+    ci_can_run_everything(ci, util::is_root())?;
     let started = std::time::Instant::now();
     let mut total = Counts::default();
     let mut report: Vec<String> = Vec::new();
@@ -160,8 +163,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             println!("  {line}");
         }
     }
-    let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if ci && util::is_root() && total.skipped > 0 {
+    if ci && total.skipped > 0 {
         println!("  CI runs every tier as root: the skips above count as failures");
         total.failed += total.skipped;
         total.skipped = 0;
@@ -176,6 +178,25 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether `CI` (its value, if set) asks for a CI run.
+fn is_ci(value: Option<&str>) -> bool {
+    matches!(value, Some("true" | "1"))
+}
+
+/// A CI run must run every privileged test, and a run without root would skip them
+/// all and pass: refuse it before building anything.
+fn ci_can_run_everything(ci: bool, root: bool) -> Result<()> {
+    if ci && !root {
+        anyhow::bail!(
+            "CI=true but not running as root: the privileged tests (netns, cgroups, \
+             eBPF, the cluster e2e) would all skip, so this run could pass without \
+             running them. Run CI as root (`sudo -E cargo xtask test`, or a root \
+             container), or unset CI for a local run, where skips are reported."
+        );
+    }
+    Ok(())
 }
 
 /// Runs setup if something is missing and we may; returns whether the tools are there.
@@ -307,6 +328,16 @@ mod tests {
         );
         assert_eq!(parse_test_result("running 5 tests"), None);
         assert_eq!(parse_test_result("test foo ... ok"), None);
+    }
+
+    #[test]
+    fn ci_without_root_is_refused_and_anything_else_runs() {
+        assert!(is_ci(Some("true")) && is_ci(Some("1")));
+        assert!(!is_ci(None) && !is_ci(Some("false")));
+        let err = ci_can_run_everything(true, false).expect_err("CI as non-root");
+        assert!(err.to_string().contains("not running as root"), "{err}");
+        ci_can_run_everything(true, true).expect("CI as root");
+        ci_can_run_everything(false, false).expect("local, not root");
     }
 
     #[test]

@@ -326,14 +326,25 @@ impl Drop for Agent {
             if e.file_name() == "netns" {
                 continue;
             }
-            let _ = Command::new(&runtime)
+            // Drop cannot fail the test; a container this leaves is reported, and
+            // `leftovers()` checks are what fail.
+            let out = Command::new(&runtime)
                 .arg("--root")
                 .arg(&state)
                 .args(["delete", "--force"])
                 .arg(e.file_name())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+                .stdin(Stdio::null())
+                .output();
+            match out {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "warning: berth-runtime delete --force {:?} failed ({}): {}",
+                    e.file_name(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(err) => eprintln!("warning: cannot run {}: {err}", runtime.display()),
+            }
         }
         let prefix = self.dir.display().to_string();
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")

@@ -157,21 +157,56 @@ impl Cluster {
         );
     }
 
-    pub fn pod(&self, name: &str) -> Value {
-        let out = self.kubectl.run(&["get", "pod", name, "-o", "json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    /// `kubectl get <kind> <name> -o json`: the object, or `None` when the API says
+    /// it does not exist.
+    ///
+    /// # Panics
+    /// If kubectl fails for any other reason, so a "not evicted" or "nothing left"
+    /// check cannot pass on a failed read.
+    pub fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        self.try_get(kind, name)
+            .unwrap_or_else(|err| panic!("{err}; {}", self.diagnostics()))
     }
 
+    /// Like [`Self::get`], with a failure other than NotFound as `Err`.
+    pub fn try_get(&self, kind: &str, name: &str) -> Result<Option<Value>, String> {
+        let out = self.kubectl.run(&["get", kind, name, "-o", "json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            if stderr.contains("(NotFound)") {
+                return Ok(None);
+            }
+            return Err(format!(
+                "kubectl get {kind} {name} failed ({}): {stderr}",
+                out.status
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| format!("kubectl get {kind} {name} printed no JSON ({e})"))
+    }
+
+    /// Pod `name`, which must exist.
+    pub fn pod(&self, name: &str) -> Value {
+        self.get("pod", name)
+            .unwrap_or_else(|| panic!("pod {name} does not exist; {}", self.diagnostics()))
+    }
+
+    /// Waits until pod `name` satisfies `ok` (a pod not made yet is `Null`; a failed
+    /// read is retried, and reported if the wait times out).
     pub fn wait_pod(&self, name: &str, what: &str, mut ok: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let last = self.pod(name);
-            if ok(&last) {
+            let (last, error) = match self.try_get("pod", name) {
+                Ok(pod) => (pod.unwrap_or(Value::Null), None),
+                Err(err) => (Value::Null, Some(err)),
+            };
+            if error.is_none() && ok(&last) {
                 return last;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "timed out waiting for pod {name}: {what}; its status:\n{:#}\nspec.nodeName: {}\n{}",
+                    "timed out waiting for pod {name}: {what}; its status:\n{:#}\nspec.nodeName: {}\nlast error: {error:?}\n{}",
                     last["status"],
                     last["spec"]["nodeName"],
                     self.diagnostics()

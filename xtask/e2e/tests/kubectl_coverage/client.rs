@@ -93,12 +93,22 @@ pub fn client_cases(cov: &mut Coverage, c: &Cluster) {
             .env("PATH", &path)
             .output()
             .expect("kubectl plugin list");
+        assert!(
+            out.status.success(),
+            "kubectl plugin list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         contains(&String::from_utf8_lossy(&out.stdout), "kubectl-hello");
         let out = k
             .cmd(&["hello"])
             .env("PATH", &path)
             .output()
             .expect("plugin");
+        assert!(
+            out.status.success(),
+            "kubectl hello: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "hello from a plugin\n"

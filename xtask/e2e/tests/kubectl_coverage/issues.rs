@@ -70,6 +70,7 @@ pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
                 .arg(&csr)
                 .output()
                 .expect("run openssl base64");
+            assert!(b64.status.success(), "openssl base64: {}", String::from_utf8_lossy(&b64.stderr));
             let request = String::from_utf8_lossy(&b64.stdout).trim().to_owned();
             let manifest = dir.join(format!("{name}.yaml"));
             std::fs::write(
