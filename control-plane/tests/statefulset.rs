@@ -142,7 +142,10 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
                             )
                             .await;
                         let _ = claims
-                            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}})))
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({
+                                "metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+                                "spec": {"volumeName": pv},
+                            })))
                             .await;
                         let _ = claims
                             .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}})))
@@ -152,8 +155,17 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
                 }
             }
         });
-        let out = kubectl.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
-        assert!(out.contains("roll out complete"), "{out}");
+        let rollout = kubectl.run(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+        if !rollout.status.success() {
+            let more = kubectl.run(&["get", "pods,pvc,pv", "-o", "wide"]);
+            let ev = kubectl.run(&["get", "events"]);
+            panic!(
+                "rollout: {}\n{}\n{}",
+                String::from_utf8_lossy(&rollout.stderr),
+                String::from_utf8_lossy(&more.stdout),
+                String::from_utf8_lossy(&ev.stdout)
+            );
+        }
         assert_eq!(*created.lock().expect("lock"), ["db-0", "db-1", "db-2"]);
         assert!(violations.lock().expect("lock").is_empty(), "{:?}", violations.lock());
         for i in 0..3 {
