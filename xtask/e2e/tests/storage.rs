@@ -285,6 +285,28 @@ fn a_claim_keeps_its_data_across_pods() {
         "hello from writer\n"
     );
 
+    // The kubelet API's summary lists the volume with its claim (NodeGetVolumeStats).
+    let summary: Value = serde_json::from_str(&c.kubectl.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/node-e2e/proxy/stats/summary",
+    ]))
+    .expect("the summary is JSON");
+    let volume = summary["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["podRef"]["name"] == "writer")
+        .flat_map(|p| p["volume"].as_array().cloned().unwrap_or_default())
+        .find(|v| v["name"] == "data")
+        .unwrap_or_else(|| panic!("no stats for volume data of pod writer: {summary:#}"));
+    assert_eq!(volume["pvcRef"]["name"], "data", "{volume:#}");
+    assert!(
+        volume["capacityBytes"].as_u64().is_some_and(|b| b > 0),
+        "{volume:#}"
+    );
+    assert!(volume["usedBytes"].as_u64().is_some(), "{volume:#}");
+
     // A second pod on the same claim reads what the first wrote.
     delete(&c, "pod", "writer");
     c.kubectl
