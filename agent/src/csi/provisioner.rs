@@ -65,35 +65,9 @@ fn claim_class(c: &PersistentVolumeClaim) -> String {
         .unwrap_or_default()
 }
 
-/// A quantity in bytes (`resource.Quantity`'s binary and decimal suffixes).
+/// A quantity in bytes, by the agent's one quantity parser.
 pub fn bytes(q: &Quantity) -> Option<i64> {
-    let s = q.0.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "m" => 1e-3,
-        _ => {
-            // Exponent form: 1e3, 1E3.
-            return s.parse::<f64>().ok().map(|v| v.ceil() as i64);
-        }
-    };
-    Some((n * mult).ceil() as i64)
+    crate::pods::resources::units(q)
 }
 
 /// Bytes as a Quantity, in the largest binary unit that divides them (as the
