@@ -972,3 +972,46 @@ fn assert_byte_exact(body: &[u8], what: &[&str]) {
         );
     }
 }
+
+#[test]
+fn changing_a_service_type_allocates_and_releases_node_ports() {
+    let Some(k) = Kubectl::start() else { return };
+    k.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let node_port =
+        |k: &Kubectl| k.json(&["get", "service", "web"])["spec"]["ports"][0]["nodePort"].as_u64();
+    assert_eq!(node_port(&k), None);
+    // As a new user tries it: the type patched alone gets a node port.
+    k.ok(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ]);
+    let port = node_port(&k).expect("a node port after the change to NodePort");
+    assert!((30000..=32767).contains(&port), "{port}");
+    // Another change keeps it.
+    k.ok(&["label", "service", "web", "tier=front"]);
+    assert_eq!(node_port(&k), Some(port));
+    // Back to ClusterIP: it is gone, and free for another Service.
+    k.ok(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    assert_eq!(node_port(&k), None);
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "other",
+        "--tcp=80:8080",
+        &format!("--node-port={port}"),
+    ]);
+    assert_eq!(
+        k.json(&["get", "service", "other"])["spec"]["ports"][0]["nodePort"].as_u64(),
+        Some(port)
+    );
+}

@@ -1,7 +1,11 @@
 //! Service cluster IP and node port allocation, as the apiserver's service REST does:
 //! `spec.clusterIP` from the service CIDR (the first address is the `kubernetes`
-//! Service's), `nodePort`s from 30000–32767; a requested value must be free (422
-//! otherwise), and values are released when the Service goes away.
+//! Service's), `nodePort`s from 30000–32767, picked at random as kube-apiserver's
+//! allocator does; a requested value must be free (422 otherwise), and values are
+//! released when the Service goes away. An update allocates and releases as the type
+//! and ports change ([`Allocator::update`]): node ports appear when a Service becomes
+//! NodePort or LoadBalancer (keeping those its ports had), go when it stops being one,
+//! and a cluster IP comes and goes with ExternalName.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -27,7 +31,41 @@ struct Used {
     ips: BTreeSet<u32>,
     ports: BTreeSet<u16>,
     next_ip: u32,
-    next_port: u16,
+}
+
+/// What an update took and what it frees once written ([`Allocator::commit`]), or gives
+/// back if the write fails ([`Allocator::abort`]).
+#[derive(Debug, Default)]
+pub struct Change {
+    taken_ports: Vec<u16>,
+    freed_ports: Vec<u16>,
+    taken_ip: Option<u32>,
+    freed_ip: Option<u32>,
+}
+
+/// A random offset below `span` (kube-apiserver's port allocator picks at random).
+fn random_below(span: u32) -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u32::from_le_bytes(b) % span.max(1)
+}
+
+/// Whether a Service of this spec gets node ports.
+fn wants_node_ports(svc: &Value) -> bool {
+    match svc.pointer("/spec/type").and_then(Value::as_str) {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => {
+            svc.pointer("/spec/allocateLoadBalancerNodePorts")
+                .and_then(Value::as_bool)
+                != Some(false)
+        }
+        _ => false,
+    }
+}
+
+fn is_external_name(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName")
 }
 
 impl Default for Allocator {
@@ -43,7 +81,6 @@ impl Allocator {
             size: 1u32 << (32 - u32::from(prefix)),
             inner: Mutex::new(Used {
                 next_ip: 2,
-                next_port: *NODE_PORTS.start(),
                 ..Used::default()
             }),
         }
@@ -149,7 +186,7 @@ impl Allocator {
                 svc["spec"]["clusterIPs"] = json!([ip]);
             }
         }
-        if kind == "NodePort" || kind == "LoadBalancer" {
+        if wants_node_ports(svc) {
             let mut taken = Vec::new();
             let count = svc
                 .pointer("/spec/ports")
@@ -177,24 +214,19 @@ impl Allocator {
                     }
                     requested
                 } else {
-                    let span = NODE_PORTS.end() - NODE_PORTS.start() + 1;
-                    let free = (0..span)
-                        .map(|s| {
-                            NODE_PORTS.start() + (used.next_port - NODE_PORTS.start() + s) % span
-                        })
-                        .find(|p| !used.ports.contains(p));
-                    let Some(p) = free else {
+                    let Some(p) = free_port(&used.ports) else {
+                        for p in &taken {
+                            used.ports.remove(p);
+                        }
+                        if let Some(ip) = taken_ip {
+                            used.ips.remove(&ip);
+                        }
                         return Err(vec![Cause::invalid(
                             format!("spec.ports[{i}].nodePort"),
                             "Internal error: range is full",
                         )]);
                     };
                     used.ports.insert(p);
-                    used.next_port = if p == *NODE_PORTS.end() {
-                        *NODE_PORTS.start()
-                    } else {
-                        p + 1
-                    };
                     p
                 };
                 taken.push(port);
@@ -202,6 +234,162 @@ impl Allocator {
             }
         }
         Ok(())
+    }
+
+    /// Allocates and frees for an update from `old` to `new` (node ports as the type
+    /// and ports change, a cluster IP as ExternalName comes or goes), filling `new`'s
+    /// values in. Nothing is freed until [`Allocator::commit`]; on error nothing stays
+    /// taken.
+    pub fn update(&self, old: &Value, new: &mut Value) -> Result<Change, Vec<Cause>> {
+        let Ok(mut used) = self.inner.lock() else {
+            return Err(vec![Cause::invalid("spec.ports", "allocator unavailable")]);
+        };
+        let mut change = Change::default();
+        let old_ports = node_ports(old);
+        // The cluster IP: given when a Service stops being ExternalName, freed when it
+        // becomes one.
+        if is_external_name(old) && !is_external_name(new) {
+            let requested = new
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if requested.is_empty() {
+                let found = (0..self.size.saturating_sub(3))
+                    .map(|step| 2 + (used.next_ip - 2 + step) % (self.size - 3))
+                    .find(|o| !used.ips.contains(&(self.base + o)));
+                let Some(offset) = found else {
+                    return Err(vec![Cause::invalid(
+                        "spec.clusterIP",
+                        "Internal error: failed to allocate a serviceIP: range is full",
+                    )]);
+                };
+                used.next_ip = offset + 1;
+                used.ips.insert(self.base + offset);
+                change.taken_ip = Some(self.base + offset);
+                let text = Ipv4Addr::from(self.base + offset).to_string();
+                new["spec"]["clusterIP"] = json!(text);
+                new["spec"]["clusterIPs"] = json!([text]);
+            }
+        } else if !is_external_name(old) && is_external_name(new) {
+            change.freed_ip = old
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                .map(u32::from);
+            if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
+        }
+        let count = new
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if !wants_node_ports(new) {
+            // kube-apiserver drops the node ports of a Service that no longer needs
+            // them.
+            for i in 0..count {
+                if let Some(p) = new["spec"]["ports"][i].as_object_mut() {
+                    p.remove("nodePort");
+                }
+            }
+            change.freed_ports = old_ports;
+            return Ok(change);
+        }
+        let undo = |used: &mut Used, change: &Change| {
+            for p in &change.taken_ports {
+                used.ports.remove(p);
+            }
+            if let Some(ip) = change.taken_ip {
+                used.ips.remove(&ip);
+            }
+        };
+        let mut kept = Vec::new();
+        for i in 0..count {
+            let mut requested = new["spec"]["ports"][i]
+                .get("nodePort")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as u16;
+            if requested == 0 && wants_node_ports(old) {
+                // An update that leaves a port's nodePort out keeps the one it had
+                // (matched by port number and protocol).
+                let port = &new["spec"]["ports"][i];
+                requested = old
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|o| {
+                        o.get("port") == port.get("port")
+                            && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                                == port
+                                    .get("protocol")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("TCP")
+                    })
+                    .and_then(|o| o.get("nodePort"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as u16;
+            }
+            let port = if requested != 0 {
+                if old_ports.contains(&requested) && !kept.contains(&requested) {
+                    kept.push(requested);
+                } else if !used.ports.insert(requested) {
+                    undo(&mut used, &change);
+                    return Err(vec![Cause::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("Invalid value: {requested}: provided port is already allocated"),
+                    )]);
+                } else {
+                    change.taken_ports.push(requested);
+                }
+                requested
+            } else {
+                let Some(p) = free_port(&used.ports) else {
+                    undo(&mut used, &change);
+                    return Err(vec![Cause::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        "Internal error: range is full",
+                    )]);
+                };
+                used.ports.insert(p);
+                change.taken_ports.push(p);
+                p
+            };
+            new["spec"]["ports"][i]["nodePort"] = json!(port);
+        }
+        change.freed_ports = old_ports
+            .into_iter()
+            .filter(|p| !kept.contains(p))
+            .collect();
+        Ok(change)
+    }
+
+    /// The update was written: frees what it gave up.
+    pub fn commit(&self, change: &Change) {
+        let Ok(mut used) = self.inner.lock() else {
+            return;
+        };
+        for p in &change.freed_ports {
+            used.ports.remove(p);
+        }
+        if let Some(ip) = change.freed_ip {
+            used.ips.remove(&ip);
+        }
+    }
+
+    /// The update was not written: gives back what it took.
+    pub fn abort(&self, change: &Change) {
+        let Ok(mut used) = self.inner.lock() else {
+            return;
+        };
+        for p in &change.taken_ports {
+            used.ports.remove(p);
+        }
+        if let Some(ip) = change.taken_ip {
+            used.ips.remove(&ip);
+        }
     }
 
     /// Frees what `svc` held.
@@ -218,6 +406,16 @@ impl Allocator {
             used.ports.remove(&port);
         }
     }
+}
+
+/// A free node port, searched from a random place in the range.
+fn free_port(used: &BTreeSet<u16>) -> Option<u16> {
+    let start = *NODE_PORTS.start();
+    let span = u32::from(NODE_PORTS.end() - start) + 1;
+    let from = random_below(span);
+    (0..span)
+        .map(|s| start + ((from + s) % span) as u16)
+        .find(|p| !used.contains(p))
 }
 
 fn node_ports(svc: &Value) -> Vec<u16> {
@@ -255,5 +453,71 @@ mod tests {
         assert!(alloc.allocate(&mut c).is_err());
         alloc.release(&a);
         alloc.allocate(&mut c).expect("free again after release");
+    }
+
+    #[test]
+    fn updates_allocate_and_release_node_ports_as_the_type_changes() {
+        let alloc = Allocator::default();
+        let mut old = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}});
+        alloc.allocate(&mut old).expect("create");
+        assert!(old["spec"]["ports"][0].get("nodePort").is_none());
+        // ClusterIP → NodePort: every port gets one.
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("NodePort");
+        let change = alloc.update(&old, &mut new).expect("to NodePort");
+        alloc.commit(&change);
+        let ports: Vec<u64> = (0..2)
+            .map(|i| {
+                new["spec"]["ports"][i]["nodePort"]
+                    .as_u64()
+                    .expect("a node port")
+            })
+            .collect();
+        assert_ne!(ports[0], ports[1]);
+        // An update that leaves nodePort out keeps it.
+        let old = new.clone();
+        let mut again = old.clone();
+        for p in again["spec"]["ports"].as_array_mut().expect("ports") {
+            p.as_object_mut().expect("port").remove("nodePort");
+        }
+        let change = alloc.update(&old, &mut again).expect("same ports");
+        alloc.commit(&change);
+        assert_eq!(again["spec"]["ports"][0]["nodePort"], json!(ports[0]));
+        assert_eq!(again["spec"]["ports"][1]["nodePort"], json!(ports[1]));
+        // Another Service cannot take them.
+        let mut other =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 1, "nodePort": ports[0]}]}});
+        assert!(alloc.allocate(&mut other).is_err());
+        // NodePort → ClusterIP: the node ports go, and are free again once written.
+        let old = again.clone();
+        let mut back = old.clone();
+        back["spec"]["type"] = json!("ClusterIP");
+        let change = alloc.update(&old, &mut back).expect("to ClusterIP");
+        assert!(back["spec"]["ports"][0].get("nodePort").is_none());
+        alloc.commit(&change);
+        alloc.allocate(&mut other).expect("the port is free again");
+        // A failed write gives back what the update took.
+        let mut np = back.clone();
+        np["spec"]["type"] = json!("NodePort");
+        let change = alloc.update(&back, &mut np).expect("to NodePort again");
+        let taken = np["spec"]["ports"][0]["nodePort"].as_u64().expect("port");
+        alloc.abort(&change);
+        let mut reuse =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 2, "nodePort": taken}]}});
+        alloc.allocate(&mut reuse).expect("aborted ports are free");
+    }
+
+    #[test]
+    fn node_ports_are_picked_at_random() {
+        let alloc = Allocator::default();
+        let picks: BTreeSet<u64> = (0..8)
+            .map(|_| {
+                let mut s = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+                alloc.allocate(&mut s).expect("allocate");
+                s["spec"]["ports"][0]["nodePort"].as_u64().expect("port")
+            })
+            .collect();
+        // Eight sequential picks would be 30000..30007.
+        assert!(picks.iter().any(|p| *p > 30_100), "{picks:?}");
     }
 }

@@ -615,17 +615,35 @@ pub async fn update_loop(
             )));
         }
         let desired = normalize(ctx, desired)?;
-        let new = merge_update(ctx, &old, desired, part)?;
+        let mut new = merge_update(ctx, &old, desired, part)?;
         super::authz::escalation::check_update(ctx, &old, &new)?;
+        // A Service's node ports and cluster IP follow its type and ports.
+        let service = (part == Part::Main && ctx.def.group.is_empty() && ctx.def.kind == "Service")
+            .then(|| ctx.api.services.update(&old, &mut new))
+            .transpose()
+            .map_err(|causes| invalid(&ctx.def, &new, causes))?;
+        let settle = |written: bool| {
+            if let Some(change) = &service {
+                if written {
+                    ctx.api.services.commit(change);
+                } else {
+                    ctx.api.services.abort(change);
+                }
+            }
+        };
         if unchanged(&old, &new) {
+            settle(false);
             return Ok((old, false));
         }
         if dry_run {
+            settle(false);
             let mut out = new;
             object::set_resource_version(&mut out, revision);
             return Ok((out, true));
         }
-        match write_update(ctx, name, new, revision).await {
+        let result = write_update(ctx, name, new, revision).await;
+        settle(result.is_ok());
+        match result {
             Err(e) if e.code == 409 && pinned.is_none() => continue,
             other => return other.map(|v| (v, true)),
         }
