@@ -251,6 +251,12 @@ fn objects() -> Vec<(&'static str, &'static str, bool, Value)> {
             json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": cluster("n1"), "spec": {"drivers": [{"name": "csi.example.com", "nodeID": "n1"}]}}),
         ),
         (
+            "csistoragecapacities.storage.k8s.io",
+            "cap",
+            true,
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIStorageCapacity", "metadata": meta("cap"), "storageClassName": "local", "capacity": "10Gi", "nodeTopology": {"matchLabels": {"topology.berth.io/node": "n1"}}}),
+        ),
+        (
             "volumeattachments.storage.k8s.io",
             "va",
             false,
