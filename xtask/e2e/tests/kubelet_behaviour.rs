@@ -14,28 +14,7 @@ use berth_testkit::{CLUSTER_DNS, require_root};
 use serde_json::Value;
 
 mod common;
-use common::{Cluster, cluster, ready};
-
-/// The Warning/Normal events of `pod` as (reason, message).
-fn events_of(c: &Cluster, pod: &str) -> Vec<(String, String)> {
-    let v = c.kubectl.json(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={pod}"),
-    ]);
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or_default().to_owned(),
-                e["message"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
+use common::{Cluster, cluster, events_of, ready};
 
 fn seconds(v: &Value) -> i64 {
     v.as_str()

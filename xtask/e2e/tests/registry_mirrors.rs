@@ -15,27 +15,7 @@ use std::time::Duration;
 use berth_testkit::{AUTH_PASSWORD, AUTH_USER, Registry, require_root, skopeo, tools::images_dir};
 
 mod common;
-use common::{Cluster, cluster_full, ready};
-
-fn events_of(c: &Cluster, pod: &str) -> Vec<(String, String)> {
-    let v = c.kubectl.json(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={pod}"),
-    ]);
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or_default().to_owned(),
-                e["message"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
+use common::{Cluster, cluster_full, events_of, ready};
 
 #[test]
 fn docker_hub_images_come_from_the_configured_mirror() {

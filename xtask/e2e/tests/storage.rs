@@ -17,7 +17,7 @@ use berth_testkit::{CsiDriver, require_root};
 use serde_json::Value;
 
 mod common;
-use common::{Cluster, cluster_storage, ready};
+use common::{Cluster, cluster_storage, events_of, ready};
 
 const WAIT: Duration = Duration::from_secs(90);
 const DRIVER: &str = "csi.berth.io";
@@ -113,27 +113,6 @@ fn volume_handle(c: &Cluster, pv: &str) -> String {
     let handle = text(&v, "/spec/csi/volumeHandle").to_owned();
     assert!(!handle.is_empty(), "PV {pv} has no volumeHandle: {v:#}");
     handle
-}
-
-/// (reason, message) of the events about the object called `name`.
-fn events_of(c: &Cluster, name: &str) -> Vec<(String, String)> {
-    let v = c.kubectl.json(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={name}"),
-    ]);
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or_default().to_owned(),
-                e["message"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// The file called `name` somewhere under `dir`.
