@@ -71,10 +71,58 @@ pub fn is_v2() -> bool {
     hierarchies::is_cgroup2_unified_mode()
 }
 
+/// The host's hierarchy. On a v1 or hybrid host cgroups-rs' `hierarchies::auto()` parses
+/// `/proc/self/mountinfo` on every call, and the kernel's cost of writing that file grows
+/// with every pod's mounts (it was a tenth of the CPU of a 100-pod burst); the
+/// controllers' mount points do not move while berth runs, so they are read once per
+/// process.
+fn hierarchy() -> Box<dyn cgroups_rs::fs::Hierarchy> {
+    static V1: std::sync::OnceLock<SharedV1> = std::sync::OnceLock::new();
+    if is_v2() {
+        Box::new(hierarchies::V2::new())
+    } else {
+        Box::new(
+            V1.get_or_init(|| SharedV1(std::sync::Arc::new(hierarchies::V1::new())))
+                .clone(),
+        )
+    }
+}
+
+/// One parsed v1 hierarchy shared by every handle (cgroups-rs' `V1` clones its whole
+/// mount table).
+#[derive(Debug, Clone)]
+struct SharedV1(std::sync::Arc<hierarchies::V1>);
+
+impl cgroups_rs::fs::Hierarchy for SharedV1 {
+    fn subsystems(&self) -> Vec<cgroups_rs::fs::Subsystem> {
+        self.0.subsystems()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.0.root()
+    }
+
+    fn root_control_group(&self) -> FsCgroup {
+        FsCgroup::load(Box::new(self.clone()), "")
+    }
+
+    fn parent_control_group(&self, path: &str) -> FsCgroup {
+        let parent = Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        FsCgroup::load(Box::new(self.clone()), parent)
+    }
+
+    fn v2(&self) -> bool {
+        false
+    }
+}
+
 impl Cgroup {
     /// Creates (or opens, when it exists) the cgroup at `path` in every hierarchy.
     pub fn create(path: &str) -> Result<Self, Error> {
-        let inner = FsCgroup::new(hierarchies::auto(), path).map_err(|source| Error::Cgroups {
+        let inner = FsCgroup::new(hierarchy(), path).map_err(|source| Error::Cgroups {
             path: path.to_string(),
             op: "create",
             source,
@@ -89,7 +137,7 @@ impl Cgroup {
     pub fn load(path: &str) -> Self {
         Self {
             path: path.to_string(),
-            inner: FsCgroup::load(hierarchies::auto(), path),
+            inner: FsCgroup::load(hierarchy(), path),
         }
     }
 
@@ -270,7 +318,7 @@ impl Cgroup {
         if !is_default {
             return;
         }
-        let parent = FsCgroup::load(hierarchies::auto(), DEFAULT_PARENT);
+        let parent = FsCgroup::load(hierarchy(), DEFAULT_PARENT);
         let mut dirs: Vec<&Path> = parent
             .subsystems()
             .iter()

@@ -137,7 +137,7 @@ impl Root {
             path: dir.clone(),
             source,
         })?;
-        write_atomic(&dir.join("state.json"), &bytes)
+        write_replace(&dir.join("state.json"), &bytes)
     }
 
     pub fn load(&self, id: &str) -> Result<State, Error> {
@@ -159,7 +159,7 @@ impl Root {
             path: dir.clone(),
             source,
         })?;
-        write_atomic(&dir.join("exit.json"), &bytes)
+        write_replace(&dir.join("exit.json"), &bytes)
     }
 
     pub fn load_exit(&self, id: &str) -> Option<Exit> {
@@ -204,8 +204,23 @@ impl Root {
 }
 
 /// Write `bytes` to `path` so that a crash leaves the old or the new content, never a mix:
-/// temporary file in the same directory, fsync, rename, fsync of the directory.
+/// temporary file in the same directory, fsync, rename, fsync of the directory. For what
+/// must outlive the machine: image records, sandbox and container configs.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_renamed(path, bytes, true)
+}
+
+/// Write `bytes` to `path` so that a crash of this process or its caller leaves the old
+/// or the new content (temporary file, rename), without syncing to disk. For state that
+/// describes live processes — the runtime root's `state.json`, `exit.json`, pid files,
+/// kept under `/run` as runc keeps its own — which a power loss ends anyway; the two
+/// fsyncs of [`write_atomic`] cost milliseconds per write on a disk-backed root and
+/// serialise a burst of container starts behind the journal.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_renamed(path, bytes, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -218,16 +233,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let written = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_data()?;
+        if durable {
+            file.sync_data()?;
+        }
         fs::rename(&tmp, path)
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(io(path)(e));
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    if durable {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
     Ok(())
 }
 

@@ -53,14 +53,6 @@ fn staging_path(root: &Path, driver: &str, handle: &str) -> PathBuf {
         .join("globalmount")
 }
 
-fn is_mountpoint(path: &Path) -> bool {
-    let p = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
-}
-
 /// Mounts the claim's volume for `pod`; returns the host path the containers get.
 pub fn setup(
     drivers: &Drivers,
@@ -86,7 +78,7 @@ pub fn setup(
             v.name
         ));
     }
-    if is_mountpoint(&target) && dir.join("vol_data.json").exists() {
+    if crate::pods::volumes::is_mountpoint(&target) && dir.join("vol_data.json").exists() {
         return Ok(target);
     }
     let driver = drivers.get(&csi.driver)?;

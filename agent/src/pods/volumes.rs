@@ -24,7 +24,33 @@ fn pod_volumes_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("volumes")
 }
 
-fn is_mountpoint(path: &Path) -> bool {
+/// Whether `path` is the root of a mount, from `statx`'s `STATX_ATTR_MOUNT_ROOT` (Linux
+/// 5.8): a pod burst made the agent read `/proc/self/mountinfo` once per volume, and the
+/// kernel's cost of writing it grows with every pod's mounts. Kernels without the
+/// attribute fall back to mountinfo.
+pub(crate) fn is_mountpoint(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statx is a valid out-buffer; `c` is a NUL-terminated path.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if st.stx_attributes_mask & mount_root != 0 {
+        return st.stx_attributes & mount_root != 0;
+    }
     let p = path.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()

@@ -219,7 +219,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
             let filters =
                 crate::seccomp::compile(profile).map_err(|e| Error::Spec(e.to_string()))?;
             let json = serde_json::to_vec(profile).map_err(|e| Error::Spec(e.to_string()))?;
-            crate::state::write_atomic(&dir.join(crate::seccomp::STATE_FILE), &json)?;
+            crate::state::write_replace(&dir.join(crate::seccomp::STATE_FILE), &json)?;
             filters
         }
         None => Vec::new(),

@@ -502,7 +502,7 @@ impl Runtime {
     pub fn start_container(&self, id: &str) -> Result<(), Error> {
         container::start(&self.root, id)?;
         let now = jiff::Timestamp::now().as_nanosecond().to_string();
-        crate::state::write_atomic(&self.root.container_dir(id).join("started"), now.as_bytes())?;
+        crate::state::write_replace(&self.root.container_dir(id).join("started"), now.as_bytes())?;
         Ok(())
     }
 

@@ -43,7 +43,7 @@ pub fn run(root: &Root, args: &Args) -> anyhow::Result<()> {
         device_program: None,
     })?;
     if let Some(path) = &args.pid_file {
-        berth_runtime::state::write_atomic(path, created.state.pid.to_string().as_bytes())?;
+        berth_runtime::state::write_replace(path, created.state.pid.to_string().as_bytes())?;
     }
     Ok(())
 }

@@ -118,7 +118,7 @@ pub fn run(root: &Root, args: &Args) -> anyhow::Result<ExitCode> {
     };
     let pid = container::exec(root, &args.id, &opts)?;
     if let Some(path) = &args.pid_file {
-        berth_runtime::state::write_atomic(path, pid.to_string().as_bytes())?;
+        berth_runtime::state::write_replace(path, pid.to_string().as_bytes())?;
     }
     if args.detach {
         return Ok(ExitCode::SUCCESS);

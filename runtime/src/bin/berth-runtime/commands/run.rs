@@ -55,7 +55,7 @@ pub fn run(root: &Root, args: &Args) -> anyhow::Result<ExitCode> {
         device_program: None,
     })?;
     if let Some(path) = &args.pid_file {
-        berth_runtime::state::write_atomic(path, created.state.pid.to_string().as_bytes())?;
+        berth_runtime::state::write_replace(path, created.state.pid.to_string().as_bytes())?;
     }
     let pid = Pid::from_raw(created.state.pid);
     if let Some(gate) = created.gate {
