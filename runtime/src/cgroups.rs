@@ -71,35 +71,145 @@ pub fn is_v2() -> bool {
     hierarchies::is_cgroup2_unified_mode()
 }
 
+/// The variable through which the agent hands its v1 cgroup mount table to the
+/// monitors it starts (`<mount point>\t<root>\t<superblock options>` lines), so they need
+/// not read `/proc/self/mountinfo` themselves.
+pub const V1_MOUNTS_ENV: &str = "BERTH_CGROUP_V1_MOUNTS";
+
 /// The host's hierarchy. On a v1 or hybrid host cgroups-rs' `hierarchies::auto()` parses
 /// `/proc/self/mountinfo` on every call, and the kernel's cost of writing that file grows
-/// with every pod's mounts (it was a tenth of the CPU of a 100-pod burst); the
+/// with every pod's mounts (a tenth of the CPU of a 100-pod burst went there); the
 /// controllers' mount points do not move while berth runs, so they are read once per
-/// process.
+/// process — or not at all in a monitor given [`V1_MOUNTS_ENV`].
 fn hierarchy() -> Box<dyn cgroups_rs::fs::Hierarchy> {
-    static V1: std::sync::OnceLock<SharedV1> = std::sync::OnceLock::new();
     if is_v2() {
         Box::new(hierarchies::V2::new())
     } else {
-        Box::new(
-            V1.get_or_init(|| SharedV1(std::sync::Arc::new(hierarchies::V1::new())))
-                .clone(),
-        )
+        Box::new(HostV1(v1_mounts().clone()))
     }
 }
 
-/// One parsed v1 hierarchy shared by every handle (cgroups-rs' `V1` clones its whole
-/// mount table).
-#[derive(Debug, Clone)]
-struct SharedV1(std::sync::Arc<hierarchies::V1>);
+/// The v1 cgroup mounts of this process's mount namespace, read once.
+fn v1_mounts() -> &'static std::sync::Arc<Vec<hierarchies::Mountinfo>> {
+    static MOUNTS: std::sync::OnceLock<std::sync::Arc<Vec<hierarchies::Mountinfo>>> =
+        std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        let given = std::env::var(V1_MOUNTS_ENV)
+            .ok()
+            .and_then(|v| parse_v1_mounts(&v));
+        std::sync::Arc::new(given.unwrap_or_else(|| {
+            hierarchies::mountinfo_self()
+                .into_iter()
+                .filter(|m| m.fs_type.0 == "cgroup")
+                .collect()
+        }))
+    })
+}
 
-impl cgroups_rs::fs::Hierarchy for SharedV1 {
+/// The value of [`V1_MOUNTS_ENV`] for a child of this process; None on a v2 host.
+pub fn v1_mounts_env() -> Option<String> {
+    if is_v2() {
+        return None;
+    }
+    let lines: Vec<String> = v1_mounts()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}\t{}\t{}",
+                m.mount_point.display(),
+                m.mount_root.display(),
+                m.super_opts.join(",")
+            )
+        })
+        .collect();
+    Some(lines.join("\n"))
+}
+
+fn parse_v1_mounts(value: &str) -> Option<Vec<hierarchies::Mountinfo>> {
+    let mounts: Option<Vec<_>> = value
+        .lines()
+        .map(|line| {
+            let mut fields = line.split('\t');
+            let (point, root, opts) = (fields.next()?, fields.next()?, fields.next()?);
+            Some(hierarchies::Mountinfo {
+                mount_point: PathBuf::from(point),
+                mount_root: PathBuf::from(root),
+                fs_type: ("cgroup".to_owned(), None),
+                super_opts: opts.split(',').map(str::to_owned).collect(),
+            })
+        })
+        .collect();
+    mounts.filter(|m| !m.is_empty())
+}
+
+/// cgroups-rs' v1 hierarchy over a mount table read once ([`v1_mounts`]): the same
+/// controllers, in the same order (blkio before memory, for writeback), found the same
+/// way — the first cgroup mount whose superblock options name the controller.
+#[derive(Debug, Clone)]
+struct HostV1(std::sync::Arc<Vec<hierarchies::Mountinfo>>);
+
+impl HostV1 {
+    fn mount_point(&self, controller: cgroups_rs::fs::Controllers) -> Option<(PathBuf, PathBuf)> {
+        let name = controller.to_string();
+        self.0
+            .iter()
+            .find(|m| m.super_opts.contains(&name))
+            .map(|m| (m.mount_point.clone(), m.mount_root.clone()))
+    }
+}
+
+impl cgroups_rs::fs::Hierarchy for HostV1 {
     fn subsystems(&self) -> Vec<cgroups_rs::fs::Subsystem> {
-        self.0.subsystems()
+        use cgroups_rs::fs::{Controllers as C, Subsystem as S, *};
+        let mut subs = Vec::new();
+        let mut add = |c: C, make: &dyn Fn(PathBuf, PathBuf) -> S| {
+            if let Some((point, root)) = self.mount_point(c) {
+                subs.push(make(point, root));
+            }
+        };
+        add(C::BlkIo, &|p, r| {
+            S::BlkIo(blkio::BlkIoController::new(p, r, false))
+        });
+        add(C::Mem, &|p, r| S::Mem(MemController::new(p, r, false)));
+        add(C::Pids, &|p, r| S::Pid(PidController::new(p, r, false)));
+        add(C::CpuSet, &|p, r| {
+            S::CpuSet(cpuset::CpuSetController::new(p, r, false))
+        });
+        add(C::CpuAcct, &|p, r| {
+            S::CpuAcct(cpuacct::CpuAcctController::new(p, r))
+        });
+        add(C::Cpu, &|p, r| S::Cpu(CpuController::new(p, r, false)));
+        add(C::Devices, &|p, r| S::Devices(DevicesController::new(p, r)));
+        add(C::Freezer, &|p, r| {
+            S::Freezer(freezer::FreezerController::new(p, r, false))
+        });
+        add(C::NetCls, &|p, r| {
+            S::NetCls(net_cls::NetClsController::new(p, r))
+        });
+        add(C::PerfEvent, &|p, r| {
+            S::PerfEvent(perf_event::PerfEventController::new(p, r))
+        });
+        add(C::NetPrio, &|p, r| {
+            S::NetPrio(net_prio::NetPrioController::new(p, r))
+        });
+        add(C::HugeTlb, &|p, r| {
+            S::HugeTlb(hugetlb::HugeTlbController::new(p, r, false))
+        });
+        add(C::Rdma, &|p, r| S::Rdma(rdma::RdmaController::new(p, r)));
+        add(C::Systemd, &|p, r| {
+            S::Systemd(systemd::SystemdController::new(p, r, false))
+        });
+        subs
     }
 
     fn root(&self) -> PathBuf {
-        self.0.root()
+        self.0
+            .first()
+            .and_then(|m| m.mount_point.parent())
+            .map_or_else(
+                || PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT),
+                Path::to_path_buf,
+            )
     }
 
     fn root_control_group(&self) -> FsCgroup {
@@ -367,5 +477,49 @@ impl Cgroup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cgroups_rs::fs::Hierarchy;
+
+    #[test]
+    fn the_mount_table_handed_to_monitors_reads_back_the_same() {
+        let value = "/sys/fs/cgroup/cpu,cpuacct\t/\trw,cpu,cpuacct\n/sys/fs/cgroup/systemd\t/\trw,name=systemd";
+        let mounts = parse_v1_mounts(value).expect("parses");
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(
+            mounts[0].mount_point,
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+        );
+        assert_eq!(mounts[0].super_opts, ["rw", "cpu", "cpuacct"]);
+        let h = HostV1(std::sync::Arc::new(mounts));
+        // cpuacct, cpu and the named systemd hierarchy; no memory mount, no memory controller.
+        assert_eq!(h.subsystems().len(), 3);
+        assert_eq!(h.root(), PathBuf::from("/sys/fs/cgroup"));
+        assert!(parse_v1_mounts("").is_none());
+        assert!(parse_v1_mounts("/only/a/path").is_none());
+    }
+
+    #[test]
+    fn the_host_table_equals_cgroups_rs_own() {
+        if is_v2() {
+            return;
+        }
+        let ours = HostV1(v1_mounts().clone()).subsystems();
+        let theirs = hierarchies::V1::new().subsystems();
+        let paths = |s: &[cgroups_rs::fs::Subsystem]| -> Vec<String> {
+            s.iter()
+                .map(|x| format!("{:?}", x.to_controller().path()))
+                .collect()
+        };
+        assert_eq!(paths(&ours), paths(&theirs));
+        let env = v1_mounts_env().expect("a v1 host");
+        assert_eq!(
+            parse_v1_mounts(&env).as_deref(),
+            Some(v1_mounts().as_slice())
+        );
     }
 }

@@ -169,12 +169,20 @@ impl Root {
 
     /// Ids of every container with a state file, sorted.
     pub fn ids(&self) -> Vec<String> {
+        self.ids_with_prefix("")
+    }
+
+    /// The ids starting with `prefix` (one pod's containers): names are matched before
+    /// any `state.json` is looked at, so a pod's sync does not stat every container on
+    /// the node.
+    pub fn ids_with_prefix(&self, prefix: &str) -> Vec<String> {
         let mut ids: Vec<String> = fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.path().join("state.json").exists())
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| id.starts_with(prefix))
+            .filter(|id| self.dir.join(id).join("state.json").exists())
             .collect();
         ids.sort();
         ids
@@ -205,7 +213,7 @@ impl Root {
 
 /// Write `bytes` to `path` so that a crash leaves the old or the new content, never a mix:
 /// temporary file in the same directory, fsync, rename, fsync of the directory. For what
-/// must outlive the machine: image records, sandbox and container configs.
+/// must outlive the machine: the image store's records.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     write_renamed(path, bytes, true)
 }

@@ -219,7 +219,7 @@ pub fn teardown(
     log_dir: Option<&Path>,
 ) -> Result<(), String> {
     let rt = &ctx.runtime;
-    let all = rt.containers();
+    let all = rt.containers_with_prefix(&format!("{uid}-"));
     let ours = pod_containers(&all, uid);
     let grace = pod.map_or(Duration::from_secs(2), grace_of);
     let deadline = Instant::now() + grace;
@@ -395,7 +395,7 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
 fn teardown_sandbox_only(ctx: &Ctx, pod: &Pod) -> Result<(), String> {
     let rt = &ctx.runtime;
     let uid = uid(pod);
-    for id in pod_containers(&rt.containers(), &uid) {
+    for id in pod_containers(&rt.containers_with_prefix(&format!("{uid}-")), &uid) {
         let _ = rt.stop_container(&id, Duration::ZERO);
         rt.remove_container(&id)
             .map_err(|e| format!("remove container {id}: {e}"))?;
@@ -914,7 +914,7 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
                 reason: "FailedMount".into(),
                 message: e,
             });
-            let all = ctx.runtime.containers();
+            let all = ctx.runtime.containers_with_prefix(&format!("{uid}-"));
             return Outcome {
                 status: Some(status(ctx, pod, inputs, mem, &all, &pod_ip, qos)),
                 finished: false,
@@ -926,7 +926,7 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
         ctx,
         pod,
         uid: uid.clone(),
-        all: ctx.runtime.containers(),
+        all: ctx.runtime.containers_with_prefix(&format!("{uid}-")),
         netns,
         pod_ip: pod_ip.clone(),
         volumes,

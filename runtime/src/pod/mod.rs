@@ -289,7 +289,10 @@ impl Runtime {
 
     fn save_sandbox(&self, sandbox: &Sandbox) -> Result<(), Error> {
         let bytes = serde_json::to_vec(sandbox).map_err(|e| io("encode sandbox")(e.into()))?;
-        crate::state::write_atomic(&self.sandbox_file(&sandbox.config.id), &bytes)?;
+        // Not synced to disk: a sandbox record describes live processes and a netns pin,
+        // which a power loss ends; after one, `sandboxes()` lists records by name and
+        // `remove_sandbox` tolerates a torn one.
+        crate::state::write_replace(&self.sandbox_file(&sandbox.config.id), &bytes)?;
         Ok(())
     }
 
@@ -428,7 +431,8 @@ impl Runtime {
                 config: cfg.clone(),
                 image_id: image.digest.clone(),
             };
-            crate::state::write_atomic(
+            // Not synced, like the sandbox record; readers take a torn one as absent.
+            crate::state::write_replace(
                 &dir.join("container.json"),
                 &serde_json::to_vec(&record).map_err(|e| io("encode record")(e.into()))?,
             )?;
@@ -460,6 +464,9 @@ impl Runtime {
         let mut command = Command::new(&self.cfg.runtime_binary);
         if let Some(p) = &self.cfg.device_program {
             command.env("BERTH_DEVICE_PROGRAM", p);
+        }
+        if let Some(mounts) = crate::cgroups::v1_mounts_env() {
+            command.env(crate::cgroups::V1_MOUNTS_ENV, mounts);
         }
         let mut child = command
             .args(monitor::command_args(&args))
@@ -627,6 +634,11 @@ impl Runtime {
     /// Every container id with state on disk (sandboxes included).
     pub fn containers(&self) -> Vec<String> {
         self.root.ids()
+    }
+
+    /// The container ids (sandboxes included) starting with `prefix`.
+    pub fn containers_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.root.ids_with_prefix(prefix)
     }
 
     /// The command that runs `cmd` in container `id` (the agent gives it stdio, a pty

@@ -50,7 +50,10 @@ fn disk_usage(ctx: &Ctx, pod: &Pod) -> u64 {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     bytes += du(&ctx.logs_dir.join(format!("{ns}_{name}_{uid}")));
-    for id in super::worker::pod_containers(&ctx.runtime.containers(), &uid) {
+    for id in super::worker::pod_containers(
+        &ctx.runtime.containers_with_prefix(&format!("{uid}-")),
+        &uid,
+    ) {
         bytes += ctx.runtime.upper_dir(&id).map_or(0, |d| du(&d));
     }
     bytes
@@ -272,7 +275,7 @@ pub async fn run(ctx: Arc<Ctx>, settings: Settings, gc: Arc<ImageGc>, pods: Stor
             if soft {
                 let grace = soft_grace(&victim, settings2.max_pod_grace);
                 let uid = victim.metadata.uid.clone().unwrap_or_default();
-                for id in super::worker::pod_containers(&ctx2.runtime.containers(), &uid) {
+                for id in super::worker::pod_containers(&ctx2.runtime.containers_with_prefix(&format!("{uid}-")), &uid) {
                     let _ = ctx2.runtime.stop_container(&id, grace);
                 }
             }
