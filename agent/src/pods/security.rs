@@ -1,13 +1,64 @@
 //! A container's security settings from its Pod: the seccomp profile
 //! (`securityContext.seccompProfile`, the container's over the pod's, then the
-//! kubelet's `--seccomp-default`). Entry point: [`seccomp_profile`].
+//! kubelet's `--seccomp-default`) and the `runAsNonRoot` check. Entry points:
+//! [`seccomp_profile`], [`verify_run_as_non_root`].
 
 use std::path::{Component, Path};
 
 use berth_runtime::pod::SeccompProfile;
 use k8s_openapi::api::core::v1::{
-    PodSecurityContext, SeccompProfile as ApiProfile, SecurityContext,
+    Pod, PodSecurityContext, SeccompProfile as ApiProfile, SecurityContext,
 };
+
+/// The kubelet's `runAsNonRoot` check, made before a container is created; the error
+/// is the CreateContainerConfigError message, word for word as the kubelet's.
+/// `image_user` is the image config's `User` (`uid`, `name`, `uid:gid` or empty).
+/// A `runAsUser` (the container's over the pod's) decides alone; otherwise the image's
+/// user must be a non-zero uid: empty counts as root and a name cannot be verified.
+pub fn verify_run_as_non_root(
+    pod: &Pod,
+    container: &str,
+    pod_sc: Option<&PodSecurityContext>,
+    sc: Option<&SecurityContext>,
+    image_user: &str,
+) -> Result<(), String> {
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_non_root));
+    if non_root != Some(true) {
+        return Ok(());
+    }
+    let who = format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    );
+    let run_as_user = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_user));
+    if let Some(uid) = run_as_user {
+        if uid == 0 {
+            return Err(format!(
+                "container's runAsUser breaks non-root policy (pod: {who:?}, container: {container})"
+            ));
+        }
+        return Ok(());
+    }
+    let user = image_user.split(':').next().unwrap_or_default();
+    match user.parse::<i64>() {
+        _ if user.is_empty() => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: {who:?}, container: {container})"
+        )),
+        Ok(0) => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: {who:?}, container: {container})"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {who:?}, container: {container})"
+        )),
+    }
+}
 
 /// The profile a container runs under. `root_dir` is the agent's `--root-dir`: Localhost
 /// profiles live in `<root-dir>/seccomp/` (the kubelet's `<root-dir>/seccomp`).
@@ -138,5 +189,50 @@ mod tests {
         assert!(err.contains("localhostProfile must be set"), "{err}");
         let c = ctr(api("Sometimes", None));
         assert!(seccomp_profile(None, Some(&c), root, false).is_err());
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_root_and_unverifiable_users_with_the_kubelets_words() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"}}))
+        .expect("pod");
+        let non_root = PodSecurityContext {
+            run_as_non_root: Some(true),
+            ..Default::default()
+        };
+        let check = |sc: Option<&SecurityContext>, user: &str| {
+            verify_run_as_non_root(&pod, "c", Some(&non_root), sc, user)
+        };
+        assert_eq!(
+            check(None, "").unwrap_err(),
+            r#"container has runAsNonRoot and image will run as root (pod: "p_ns(u1)", container: c)"#
+        );
+        assert!(check(None, "0:0").is_err());
+        assert!(check(None, "1000").is_ok());
+        assert!(check(None, "65534:65534").is_ok());
+        assert_eq!(
+            check(None, "nobody").unwrap_err(),
+            r#"container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root (pod: "p_ns(u1)", container: c)"#
+        );
+        let as_root = SecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(Some(&as_root), "1000").unwrap_err(),
+            r#"container's runAsUser breaks non-root policy (pod: "p_ns(u1)", container: c)"#
+        );
+        let as_user = SecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        };
+        assert!(check(Some(&as_user), "").is_ok());
+        // The container's runAsNonRoot: false overrides the pod's true.
+        let allowed = SecurityContext {
+            run_as_non_root: Some(false),
+            ..Default::default()
+        };
+        assert!(check(Some(&allowed), "").is_ok());
+        assert!(verify_run_as_non_root(&pod, "c", None, None, "").is_ok());
     }
 }

@@ -347,8 +347,16 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
         teardown_sandbox_only(ctx, pod)?;
     }
     let spec = pod.spec.as_ref().ok_or("pod has no spec")?;
-    if spec.host_network == Some(true) {
-        return Err("hostNetwork pods are not supported by berth-agent yet".into());
+    // Refused, never ignored: a pod that asks for the host's namespaces and silently got
+    // its own would run with a view it did not ask for.
+    for (asked, field) in [
+        (spec.host_network, "hostNetwork"),
+        (spec.host_pid, "hostPID"),
+        (spec.host_ipc, "hostIPC"),
+    ] {
+        if asked == Some(true) {
+            return Err(format!("{field} pods are not supported by berth-agent yet"));
+        }
     }
     let (nameservers, searches, dns_options) = dns_for(ctx, pod);
     let hostname = spec
@@ -617,6 +625,17 @@ impl PodView<'_> {
             .as_ref()
             .and_then(|s| s.security_context.as_ref());
         let sc = c.security_context.as_ref();
+        let image_user = {
+            let image = c.image.clone().unwrap_or_default();
+            let store = self.ctx.runtime.images();
+            store
+                .get(&berth_runtime::image::archive_normalize(&image))
+                .or_else(|_| store.get(&image))
+                .ok()
+                .and_then(|i| i.config.config().as_ref().and_then(|cc| cc.user().clone()))
+                .unwrap_or_default()
+        };
+        super::security::verify_run_as_non_root(self.pod, &c.name, pod_sc, sc, &image_user)?;
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             let host = self.volumes.get(&m.name).ok_or_else(|| {

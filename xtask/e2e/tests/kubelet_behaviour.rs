@@ -402,3 +402,113 @@ spec:
         .ok(&["delete", "pod", "--all", "--wait=true", "--timeout=60s"]);
     c.wait_clean();
 }
+
+/// `runAsNonRoot` as the kubelet checks it (CreateContainerConfigError with its words;
+/// `runAsUser` 1000 runs as 1000), and host namespaces berth cannot give refused with a
+/// FailedCreatePodSandBox event instead of silently running in the pod's own.
+#[test]
+fn run_as_non_root_is_checked_and_host_namespaces_are_refused_not_ignored() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot-image-root}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot-as-1000}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true, runAsUser: 1000}
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot-user-zero}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    securityContext: {runAsUser: 0}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host-pid}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostPID: true
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+"#,
+    );
+    let waiting = |name: &str| {
+        let pod = c.wait_pod(name, "CreateContainerConfigError", |p| {
+            Cluster::container_status(p, "c")["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        });
+        Cluster::container_status(&pod, "c")["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let uid = |name: &str| {
+        c.kubectl.json(&["get", "pod", name])["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        waiting("nonroot-image-root"),
+        format!(
+            "container has runAsNonRoot and image will run as root (pod: \"nonroot-image-root_default({})\", container: c)",
+            uid("nonroot-image-root")
+        )
+    );
+    assert_eq!(
+        waiting("nonroot-user-zero"),
+        format!(
+            "container's runAsUser breaks non-root policy (pod: \"nonroot-user-zero_default({})\", container: c)",
+            uid("nonroot-user-zero")
+        )
+    );
+    c.wait_pod("nonroot-as-1000", "Ready", ready);
+    let out = c
+        .kubectl
+        .run(&["exec", "nonroot-as-1000", "--", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = events_of(&c, "host-pid");
+        if events.iter().any(|(r, m)| {
+            r == "FailedCreatePodSandBox"
+                && m == "hostPID pods are not supported by berth-agent yet"
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal event: {events:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pod = c.kubectl.json(&["get", "pod", "host-pid"]);
+    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "nonroot-image-root",
+        "nonroot-as-1000",
+        "nonroot-user-zero",
+        "host-pid",
+        "--wait=false",
+    ]);
+}
