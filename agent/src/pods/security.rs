@@ -204,14 +204,14 @@ mod tests {
             verify_run_as_non_root(&pod, "c", Some(&non_root), sc, user)
         };
         assert_eq!(
-            check(None, "").unwrap_err(),
+            check(None, "").expect_err("root image"),
             r#"container has runAsNonRoot and image will run as root (pod: "p_ns(u1)", container: c)"#
         );
         assert!(check(None, "0:0").is_err());
         assert!(check(None, "1000").is_ok());
         assert!(check(None, "65534:65534").is_ok());
         assert_eq!(
-            check(None, "nobody").unwrap_err(),
+            check(None, "nobody").expect_err("a name"),
             r#"container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root (pod: "p_ns(u1)", container: c)"#
         );
         let as_root = SecurityContext {
@@ -219,7 +219,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check(Some(&as_root), "1000").unwrap_err(),
+            check(Some(&as_root), "1000").expect_err("runAsUser 0"),
             r#"container's runAsUser breaks non-root policy (pod: "p_ns(u1)", container: c)"#
         );
         let as_user = SecurityContext {
