@@ -37,6 +37,11 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("podCIDR", "--pod-cidr", Kind::Str),
     ("cgroupRoot", "--cgroup-root", Kind::Str),
     ("seccompDefault", "--seccomp-default", Kind::Bool),
+    (
+        "allowedUnsafeSysctls",
+        "--allowed-unsafe-sysctls",
+        Kind::List,
+    ),
     ("evictionHard", "--eviction-hard", Kind::Thresholds),
     ("evictionSoft", "--eviction-soft", Kind::Thresholds),
     (

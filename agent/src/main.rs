@@ -67,6 +67,11 @@ struct Args {
     /// kubelet's --seccomp-default); Localhost profiles are read from <root-dir>/seccomp/.
     #[arg(long)]
     seccomp_default: bool,
+    /// Unsafe sysctls (names or `prefix*` patterns) pods may set beside the safe set, as
+    /// the kubelet's flag; each must be namespaced by the kernel (`kernel.shm*`,
+    /// `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`, `net.*`).
+    #[arg(long, value_delimiter = ',')]
+    allowed_unsafe_sysctls: Vec<String>,
     /// Registry mirrors and per-registry credentials and TLS, in k3s' `registries.yaml`
     /// shape (`mirrors.<host>.endpoint`/`rewrite`, `configs.<host>.auth`/`tls`); read
     /// at start and whenever it changes. A missing file configures nothing.
@@ -360,6 +365,8 @@ async fn main() -> anyhow::Result<()> {
     for warning in config_warnings {
         tracing::warn!("{warning}");
     }
+    let sysctls = berth_agent::pods::sysctls::Allowlist::new(&args.allowed_unsafe_sysctls)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let hard = berth_agent::pods::eviction::signals::Thresholds::parse(&args.eviction_hard)
         .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
     let soft = berth_agent::pods::eviction::signals::Soft::parse(
@@ -512,6 +519,7 @@ async fn main() -> anyhow::Result<()> {
             lb_metrics: None,
             dns: None,
             seccomp_default: args.seccomp_default,
+            sysctls: sysctls.clone(),
             registries: Default::default(),
             pull_slots: None,
             csi: berth_agent::csi::Drivers::default(),
@@ -595,6 +603,7 @@ async fn main() -> anyhow::Result<()> {
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
         dns: dns.as_ref().map(|(d, _)| d.clone()),
         seccomp_default: args.seccomp_default,
+        sysctls,
         registries: registries.clone(),
         pull_slots: pull_slots.clone(),
         csi: berth_agent::csi::Drivers::default(),

@@ -95,6 +95,10 @@ fn sandbox_config(e: &Env, id: &str, share_pid: bool) -> SandboxConfig {
         dns_options: vec!["ndots:5".into()],
         host_aliases: vec![("10.1.2.3".into(), vec!["foo.example".into()])],
         log_dir: e.logs.join(id),
+        sysctls: vec![
+            ("net.ipv4.ip_local_port_range".into(), "20000 30000".into()),
+            ("kernel.shm_rmid_forced".into(), "1".into()),
+        ],
     }
 }
 
@@ -243,6 +247,19 @@ fn sandbox_and_containers_run_log_exec_and_stop() {
         envs.contains("GREETING=hello") && envs.contains("PATH=/usr/local/sbin"),
         "{envs}"
     );
+    // The pod's sysctls, set by the pause container in the namespaces the pod shares
+    // (network and IPC), seen from the app container.
+    let (_, range) = exec(
+        &e.rt,
+        &ts.id,
+        &["cat", "/proc/sys/net/ipv4/ip_local_port_range"],
+    );
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["20000", "30000"]
+    );
+    let (_, forced) = exec(&e.rt, &ts.id, &["cat", "/proc/sys/kernel/shm_rmid_forced"]);
+    assert_eq!(forced.trim(), "1");
     // Exit codes pass through exec.
     assert_eq!(exec(&e.rt, &ts.id, &["sh", "-c", "exit 3"]).0, 3);
     // Its own PID namespace: the testserver is PID 1 there.

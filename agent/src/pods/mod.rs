@@ -13,6 +13,7 @@ pub mod registries;
 pub mod resources;
 pub mod security;
 pub mod static_pods;
+pub mod sysctls;
 pub mod volumes;
 pub mod worker;
 
@@ -63,6 +64,8 @@ pub struct Ctx {
     pub dns: Option<Arc<crate::dns::Dns>>,
     /// `--seccomp-default`: containers that name no seccomp profile get RuntimeDefault.
     pub seccomp_default: bool,
+    /// The sysctls pods may set (`--allowed-unsafe-sysctls` beside the safe set).
+    pub sysctls: sysctls::Allowlist,
     /// `--registry-config`: registry mirrors and per-registry settings.
     pub registries: Arc<registries::RegistryConfig>,
     /// How many image pulls may run at once (`--serialize-image-pulls`: one;
@@ -297,6 +300,64 @@ type EventLog = Arc<tokio::sync::Mutex<HashMap<(bool, String, String), (String, 
 /// How long a repeated event is counted on the Event already recorded.
 const EVENT_DEDUP_WINDOW: Duration = Duration::from_secs(600);
 
+/// The kubelet's admission of a pod new to the node (no sandbox yet, not terminal): one
+/// it cannot run as asked — a sysctl it does not allow — is rejected before anything
+/// runs: a Warning event with the reason, and phase Failed with the reason and `Pod was
+/// rejected: <message>`. Returns the rejected pod as stored.
+async fn admit(
+    ctx: &Ctx,
+    api: &Api<Pod>,
+    events_api: &Api<CoreEvent>,
+    log: &EventLog,
+    pod: &Arc<Pod>,
+) -> Option<Arc<Pod>> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) || pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let message = ctx.sysctls.admit(pod).err()?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if ctx.runtime.sandbox(&uid).is_ok() {
+        // Admitted by an earlier run of the agent; it keeps running.
+        return None;
+    }
+    let reason = sysctls::FORBIDDEN_REASON;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    tracing::warn!(pod = %name, %message, "pod rejected");
+    let event = worker::Event {
+        warning: true,
+        reason: reason.into(),
+        message: message.clone(),
+    };
+    record(events_api, log, &ctx.node.name, pod, vec![event]).await;
+    let status = json!({"status": {
+        "phase": "Failed",
+        "reason": reason,
+        "message": format!("Pod was rejected: {message}"),
+        "qosClass": resources::qos_class(pod),
+    }});
+    for _ in 0..5 {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            Ok(p) => return Some(Arc::new(p)),
+            Err(kube::Error::Api(e)) if e.code == 404 => return None,
+            Err(err) => {
+                tracing::warn!(pod = %name, %err, "marking the pod rejected; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // Never run it unadmitted: the copy the worker goes on with is terminal.
+    let mut p = (**pod).clone();
+    let st = p.status.get_or_insert_with(Default::default);
+    st.phase = Some("Failed".into());
+    st.reason = Some(reason.into());
+    st.message = Some(format!("Pod was rejected: {message}"));
+    Some(Arc::new(p))
+}
+
 async fn record(
     events_api: &Api<CoreEvent>,
     log: &EventLog,
@@ -381,6 +442,22 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
     let mut inputs_at: Option<Instant> = None;
     let mut last_status: Option<Value> = None;
     let event_log = EventLog::default();
+    if let Some(rejected) = admit(&ctx, &api, &events_api, &event_log, &last_pod).await {
+        last_pod = rejected;
+        // A rejected pod never runs. The watch may still deliver copies older than the
+        // rejection: only its deletion is acted on (below, with nothing to tear down).
+        loop {
+            let current = rx.borrow_and_update().clone();
+            match current {
+                None => break,
+                Some(p) if p.metadata.deletion_timestamp.is_some() => break,
+                Some(_) => {}
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
     loop {
         let current = rx.borrow_and_update().clone();
         let gone = current.is_none();

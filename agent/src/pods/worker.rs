@@ -381,6 +381,7 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
             .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
             .collect(),
         log_dir: pod_log_dir(ctx, pod),
+        sysctls: super::sysctls::of(pod),
     };
     ensure_image(ctx, &ctx.pause_image, "IfNotPresent", &[], &mut Vec::new())?;
     let sandbox = rt
@@ -721,6 +722,9 @@ impl PodView<'_> {
                 .join(format!("{attempt}.log")),
             seccomp,
             hostname: String::new(),
+            // The pod's sysctls are set once, by its pause container, in the namespaces
+            // the containers join.
+            sysctls: Vec::new(),
         })
     }
 
@@ -882,10 +886,12 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
     );
     let mut wake = RESYNC;
     let (netns, pod_ip) = match if terminal {
-        ctx.runtime
+        // A pod rejected at admission never had a sandbox; nothing is wrong with that.
+        Ok(ctx
+            .runtime
             .sandbox(&uid)
             .map(|s| (s.netns, s.pod_ip.unwrap_or_default()))
-            .map_err(|e| e.to_string())
+            .unwrap_or_default())
     } else {
         ensure_sandbox(ctx, pod, qos)
     } {

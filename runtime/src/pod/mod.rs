@@ -134,6 +134,11 @@ pub struct ContainerConfig {
     /// Filled from the sandbox.
     #[serde(default)]
     pub hostname: String,
+    /// Namespaced sysctls written in the container's namespaces before it starts (the
+    /// pod's `securityContext.sysctls`, given to the sandbox's pause container: its
+    /// network, IPC and UTS namespaces are the pod's).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// The pod-level description of a sandbox.
@@ -151,6 +156,9 @@ pub struct SandboxConfig {
     /// Extra /etc/hosts entries (hostAliases): IP and names.
     pub host_aliases: Vec<(String, Vec<String>)>,
     pub log_dir: PathBuf,
+    /// The pod's sysctls (dotted names), set in its namespaces by the pause container.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// A running sandbox, as recorded on disk.
@@ -249,6 +257,7 @@ impl Runtime {
             drop_capabilities: vec!["ALL".into()],
             log_path: cfg.log_dir.join("pause.log"),
             hostname: cfg.hostname.clone(),
+            sysctls: cfg.sysctls.clone(),
             ..Default::default()
         };
         let cgroup = format!("{}/pause", cfg.cgroup_parent.trim_end_matches('/'));

@@ -241,6 +241,14 @@ pub fn build(
         "maskedPaths": masked,
         "readonlyPaths": readonly,
     });
+    if !cfg.sysctls.is_empty() {
+        linux["sysctl"] = cfg
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     if let Some(profile) = seccomp {
         linux["seccomp"] = serde_json::to_value(profile).map_err(|source| Error::Json {
             what: "seccomp profile".into(),

@@ -404,10 +404,12 @@ spec:
 }
 
 /// `runAsNonRoot` as the kubelet checks it (CreateContainerConfigError with its words;
-/// `runAsUser` 1000 runs as 1000), and host namespaces berth cannot give refused with a
-/// FailedCreatePodSandBox event instead of silently running in the pod's own.
+/// `runAsUser` 1000 runs as 1000); host namespaces berth cannot give refused with a
+/// FailedCreatePodSandBox event instead of silently running in the pod's own; sysctls
+/// admitted as the kubelet admits them (a safe one set in the pod's network namespace,
+/// an unsafe one rejected: phase Failed, reason SysctlForbidden).
 #[test]
-fn run_as_non_root_is_checked_and_host_namespaces_are_refused_not_ignored() {
+fn run_as_non_root_sysctls_and_host_namespaces_as_the_kubelet_admits_them() {
     require_root!();
     let Some(c) = cluster() else { return };
     c.kubectl.apply(
@@ -441,6 +443,26 @@ spec:
     image: berth.local/busybox:1.35
     command: [sleep, "3600"]
     securityContext: {runAsUser: 0}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: safe-sysctl}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    sysctls: [{name: net.ipv4.ip_local_port_range, value: "20000 30000"}]
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unsafe-sysctl}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    sysctls: [{name: kernel.msgmax, value: "65536"}]
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -488,6 +510,43 @@ spec:
         .run(&["exec", "nonroot-as-1000", "--", "id", "-u"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
 
+    c.wait_pod("safe-sysctl", "Ready", ready);
+    let out = c.kubectl.run(&[
+        "exec",
+        "safe-sysctl",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv4/ip_local_port_range",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["20000", "30000"]
+    );
+    let pod = c.wait_pod("unsafe-sysctl", "rejected", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(pod["status"]["reason"], "SysctlForbidden", "{pod}");
+    assert_eq!(
+        pod["status"]["message"],
+        r#"Pod was rejected: forbidden sysctl: "kernel.msgmax" not allowlisted"#
+    );
+    assert!(
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| !s["state"]["running"].is_object()),
+        "{pod}"
+    );
+    let events = events_of(&c, "unsafe-sysctl");
+    assert!(
+        events.iter().any(|(r, m)| r == "SysctlForbidden"
+            && m == r#"forbidden sysctl: "kernel.msgmax" not allowlisted"#),
+        "{events:?}"
+    );
+
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let events = events_of(&c, "host-pid");
@@ -508,6 +567,8 @@ spec:
         "nonroot-image-root",
         "nonroot-as-1000",
         "nonroot-user-zero",
+        "safe-sysctl",
+        "unsafe-sysctl",
         "host-pid",
         "--wait=false",
     ]);
