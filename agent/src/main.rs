@@ -184,6 +184,11 @@ struct Args {
     /// Images are kept at least this long after they were first seen (a Go duration).
     #[arg(long, default_value = "2m0s", value_parser = berth_agent::config::go_duration)]
     image_minimum_gc_age: std::time::Duration,
+    /// Dead instances of each container kept on the node (for `lastState` and
+    /// `kubectl logs --previous`), the newest first; the kubelet's flag and default (1).
+    /// A negative value keeps them all.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    maximum_dead_containers_per_container: i32,
     /// A directory of static pod manifests (the kubelet's staticPodPath).
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
@@ -520,6 +525,7 @@ async fn main() -> anyhow::Result<()> {
             dns: None,
             seccomp_default: args.seccomp_default,
             sysctls: sysctls.clone(),
+            max_dead_per_container: u32::try_from(args.maximum_dead_containers_per_container).ok(),
             registries: Default::default(),
             pull_slots: None,
             csi: berth_agent::csi::Drivers::default(),
@@ -604,6 +610,7 @@ async fn main() -> anyhow::Result<()> {
         dns: dns.as_ref().map(|(d, _)| d.clone()),
         seccomp_default: args.seccomp_default,
         sysctls,
+        max_dead_per_container: u32::try_from(args.maximum_dead_containers_per_container).ok(),
         registries: registries.clone(),
         pull_slots: pull_slots.clone(),
         csi: berth_agent::csi::Drivers::default(),

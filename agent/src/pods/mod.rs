@@ -66,6 +66,9 @@ pub struct Ctx {
     pub seccomp_default: bool,
     /// The sysctls pods may set (`--allowed-unsafe-sysctls` beside the safe set).
     pub sysctls: sysctls::Allowlist,
+    /// `--maximum-dead-containers-per-container`: dead instances kept per container
+    /// (None: all).
+    pub max_dead_per_container: Option<u32>,
     /// `--registry-config`: registry mirrors and per-registry settings.
     pub registries: Arc<registries::RegistryConfig>,
     /// How many image pulls may run at once (`--serialize-image-pulls`: one;

@@ -112,6 +112,22 @@ fn instances(all: &[String], uid: &str, name: &str) -> Vec<(u32, String)> {
     found
 }
 
+/// Removes instance `n`'s log file and its rotated copies from `dir`.
+fn remove_logs(dir: &Path, n: u32) {
+    let base = format!("{n}.log");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let rotated = name
+            .strip_prefix(&base)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+        if name == base || rotated {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Every container of pod `uid` on the host (not the sandbox).
 pub(crate) fn pod_containers(all: &[String], uid: &str) -> Vec<String> {
     let prefix = format!("{uid}-");
@@ -850,9 +866,16 @@ impl PodView<'_> {
                 let _ = rt.stop_container(&cfg.id, grace_of(self.pod));
             }
         }
-        for (n, id) in instances(&self.all, &self.uid, &c.name) {
-            if n + 1 < attempt {
-                let _ = rt.remove_container(&id);
+        // Container GC: the newest `--maximum-dead-containers-per-container` dead
+        // instances stay (default 1: `lastState` and `logs --previous` read it).
+        // Its log goes with it (`<n>.log` and its rotated `<n>.log.<i>`), as the kubelet
+        // removes a collected container's log: a crash loop must not fill the disk.
+        if let Some(keep) = self.ctx.max_dead_per_container {
+            let log_dir = pod_log_dir(self.ctx, self.pod).join(&c.name);
+            for (n, id) in instances(&self.all, &self.uid, &c.name) {
+                if n.saturating_add(keep) < attempt && rt.remove_container(&id).is_ok() {
+                    remove_logs(&log_dir, n);
+                }
             }
         }
         Ok(())
@@ -1544,6 +1567,24 @@ pub fn sync_blocking(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn a_collected_instance_takes_its_rotated_logs_and_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in [
+            "0.log", "0.log.1", "0.log.2", "0.logx", "1.log", "10.log", "10.log.1",
+        ] {
+            std::fs::write(dir.path().join(f), b"x").expect("write");
+        }
+        super::remove_logs(dir.path(), 0);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["0.logx", "1.log", "10.log", "10.log.1"]);
+    }
 
     #[test]
     fn pull_back_off_doubles_from_ten_seconds_to_five_minutes() {

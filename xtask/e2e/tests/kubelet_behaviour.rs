@@ -573,3 +573,43 @@ spec:
         "--wait=false",
     ]);
 }
+
+/// Container GC: with `--maximum-dead-containers-per-container=0` a restarted
+/// container's dead instance is removed with its log at once, so `kubectl logs
+/// --previous` finds none (the default, 1, keeps it: `node_agent.rs` reads it).
+#[test]
+fn maximum_dead_containers_per_container_zero_keeps_no_previous_instance() {
+    require_root!();
+    let Some(c) = common::cluster_full(
+        &["--controllers=false"],
+        &["--maximum-dead-containers-per-container=0"],
+    ) else {
+        return;
+    };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sh, -c, "echo crashing; sleep 1; exit 3"]}
+"#,
+    );
+    c.wait_pod("crasher", "a restart", |p| {
+        Cluster::container_status(p, "c")["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let out = c.kubectl.run(&["logs", "crasher", "--previous"]);
+    assert!(!out.status.success(), "a previous instance was kept");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"previous terminated container "c" in pod "crasher" not found"#),
+        "{err}"
+    );
+    c.kubectl.ok(&["logs", "crasher"]);
+    c.kubectl.ok(&["delete", "pod", "crasher", "--wait=false"]);
+}
