@@ -50,6 +50,11 @@ const FIELDS: &[(&str, &str, Kind)] = &[
         Kind::Grace,
     ),
     (
+        "evictionMinimumReclaim",
+        "--eviction-minimum-reclaim",
+        Kind::Grace,
+    ),
+    (
         "evictionMaxPodGracePeriod",
         "--eviction-max-pod-grace-period",
         Kind::Int,

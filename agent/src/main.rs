@@ -168,6 +168,11 @@ struct Args {
     /// own terminationGracePeriodSeconds when shorter.
     #[arg(long, default_value_t = 0)]
     eviction_max_pod_grace_period: u64,
+    /// How far past its threshold a signal must recover before its pressure counts as
+    /// resolved (`signal=quantity|percent,…`, e.g. `nodefs.available=500Mi`); eviction
+    /// goes on until then. Empty: none, as the kubelet's default.
+    #[arg(long, default_value = "")]
+    eviction_minimum_reclaim: String,
     /// Pull one image at a time (the kubelet's default).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     serialize_image_pulls: bool,
@@ -387,6 +392,10 @@ async fn main() -> anyhow::Result<()> {
         hard,
         soft,
         max_pod_grace: std::time::Duration::from_secs(args.eviction_max_pod_grace_period),
+        minimum_reclaim: berth_agent::pods::eviction::signals::MinimumReclaim::parse(
+            &args.eviction_minimum_reclaim,
+        )
+        .map_err(|e| anyhow::anyhow!("--eviction-minimum-reclaim: {e}"))?,
     };
     let gc_policy = berth_agent::pods::image_gc::Policy::new(
         args.image_gc_high_threshold,

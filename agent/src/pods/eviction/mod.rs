@@ -192,26 +192,42 @@ pub struct Settings {
     /// The longest a pod evicted for a soft threshold is given to stop (its own
     /// terminationGracePeriodSeconds when shorter).
     pub max_pod_grace: Duration,
+    /// `--eviction-minimum-reclaim`: a met threshold stays met until its signal is this
+    /// far past it.
+    pub minimum_reclaim: signals::MinimumReclaim,
 }
 
-/// Which thresholds evict now: every crossed hard one, and the soft ones crossed for
-/// their whole grace period (`since`: when each soft signal was first seen crossed,
-/// kept up to date here). Each comes with whether it is soft.
-fn met(
-    settings: &Settings,
-    obs: &Observations,
-    since: &mut HashMap<signals::Signal, Instant>,
-) -> Vec<(Threshold, bool)> {
+/// What the eviction loop remembers between rounds: when each soft signal was first
+/// seen crossed, and which signals were met last round (held until reclaimed).
+#[derive(Debug, Default)]
+struct Rounds {
+    since: HashMap<signals::Signal, Instant>,
+    met: std::collections::HashSet<signals::Signal>,
+}
+
+/// Which thresholds evict now: every met hard one, and the soft ones met for their
+/// whole grace period (`rounds.since`, kept up to date here). A threshold met last round
+/// stays met until its signal recovers past it by `--eviction-minimum-reclaim`
+/// (`rounds.met`, updated by the caller once the round is decided). Each comes with
+/// whether it is soft.
+fn met(settings: &Settings, obs: &Observations, rounds: &mut Rounds) -> Vec<(Threshold, bool)> {
     let now = Instant::now();
-    let crossed_soft: Vec<&Threshold> = settings.soft.thresholds.crossed(obs).collect();
-    since.retain(|s, _| crossed_soft.iter().any(|t| t.signal == *s));
+    let reclaim = &settings.minimum_reclaim;
+    let met_soft: Vec<&Threshold> = settings
+        .soft
+        .thresholds
+        .met(obs, &rounds.met, reclaim)
+        .collect();
+    rounds
+        .since
+        .retain(|s, _| met_soft.iter().any(|t| t.signal == *s));
     let mut out: Vec<(Threshold, bool)> = settings
         .hard
-        .crossed(obs)
+        .met(obs, &rounds.met, reclaim)
         .map(|t| (t.clone(), false))
         .collect();
-    for t in crossed_soft {
-        let first = *since.entry(t.signal).or_insert(now);
+    for t in met_soft {
+        let first = *rounds.since.entry(t.signal).or_insert(now);
         if now.duration_since(first) >= settings.soft.grace(t.signal)
             && !out.iter().any(|(h, _)| h.signal == t.signal)
         {
@@ -237,26 +253,27 @@ fn soft_grace(pod: &Pod, max: Duration) -> Duration {
 /// Runs the eviction loop until the future is dropped, choosing among the pods in
 /// `pods` (the pod workers' reflector store).
 pub async fn run(ctx: Arc<Ctx>, settings: Settings, gc: Arc<ImageGc>, pods: Store<Pod>) {
-    let since = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let rounds = Arc::new(std::sync::Mutex::new(Rounds::default()));
     loop {
         tokio::time::sleep(INTERVAL).await;
-        let (ctx2, settings2, gc2, since2) =
-            (ctx.clone(), settings.clone(), gc.clone(), since.clone());
+        let (ctx2, settings2, gc2, rounds2) =
+            (ctx.clone(), settings.clone(), gc.clone(), rounds.clone());
         let candidates = candidates(&pods);
         let chosen = tokio::task::spawn_blocking(move || {
-            let mut since = since2.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rounds = rounds2.lock().unwrap_or_else(|p| p.into_inner());
             let observe = || Observations::observe(&ctx2.node.root_dir, &ctx2.node.image_dir);
             let mut obs = observe();
-            let mut crossed = met(&settings2, &obs, &mut since);
+            let mut crossed = met(&settings2, &obs, &mut rounds);
             // Disk first reclaims node-level resources: unused images.
             if crossed.iter().any(|(t, _)| t.signal.condition() == Condition::Disk) {
                 let done = gc2.delete_unused(&ctx2.runtime);
                 if !done.removed.is_empty() {
                     tracing::info!(removed = ?done.removed, freed = done.freed, "disk pressure: deleted unused images");
                     obs = observe();
-                    crossed = met(&settings2, &obs, &mut since);
+                    crossed = met(&settings2, &obs, &mut rounds);
                 }
             }
+            rounds.met = crossed.iter().map(|(t, _)| t.signal).collect();
             // Memory before disk before PIDs, as the kubelet orders its signals; hard
             // before soft.
             crossed.sort_by_key(|(t, soft)| {
@@ -305,26 +322,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_met_threshold_holds_until_the_minimum_reclaim_is_recovered() {
+        let settings = Settings {
+            hard: Thresholds::parse_list("nodefs.available<1Gi").expect("hard"),
+            soft: signals::Soft::default(),
+            max_pod_grace: Duration::from_secs(10),
+            minimum_reclaim: signals::MinimumReclaim::parse("nodefs.available=500Mi")
+                .expect("reclaim"),
+        };
+        let at = |free: u64| Observations {
+            nodefs_bytes: (free, 100 << 30),
+            ..Observations::default()
+        };
+        let mut rounds = Rounds::default();
+        // 1.2 GiB free, never met: fine.
+        assert!(met(&settings, &at(1229 << 20), &mut rounds).is_empty());
+        // 900 MiB: met.
+        let m = met(&settings, &at(900 << 20), &mut rounds);
+        assert_eq!(m.len(), 1);
+        rounds.met = m.iter().map(|(t, _)| t.signal).collect();
+        // 1.2 GiB: past the threshold but not past it + 500Mi: still met.
+        assert_eq!(met(&settings, &at(1229 << 20), &mut rounds).len(), 1);
+        // 1.6 GiB: resolved.
+        assert!(met(&settings, &at(1638 << 20), &mut rounds).is_empty());
+        assert_eq!(
+            signals::MinimumReclaim::parse("nodefs.available=10%")
+                .expect("percent")
+                .of(signals::Signal::NodefsAvailable, 1000),
+            100
+        );
+        assert!(signals::MinimumReclaim::parse("disk=1Gi").is_err());
+        assert!(signals::MinimumReclaim::parse("nodefs.available<1Gi").is_err());
+        assert!(signals::MinimumReclaim::parse("nodefs.available=-1").is_err());
+    }
+
+    #[test]
     fn soft_thresholds_evict_only_after_their_grace_period() {
         let settings = Settings {
             hard: Thresholds::parse_list("memory.available<100Mi").expect("hard"),
             soft: signals::Soft::parse("memory.available<1Gi", "memory.available=1m")
                 .expect("soft"),
             max_pod_grace: Duration::from_secs(10),
+            minimum_reclaim: Default::default(),
         };
         let obs = Observations {
             memory: (500 << 20, 8 << 30),
             ..Observations::default()
         };
-        let mut since = HashMap::new();
+        let mut rounds = Rounds::default();
         // Crossed just now: not yet.
-        assert!(met(&settings, &obs, &mut since).is_empty());
+        assert!(met(&settings, &obs, &mut rounds).is_empty());
         // Crossed for a minute: it evicts, as a soft threshold.
-        since.insert(
+        rounds.since.insert(
             signals::Signal::MemoryAvailable,
             Instant::now() - Duration::from_secs(61),
         );
-        let m = met(&settings, &obs, &mut since);
+        let m = met(&settings, &obs, &mut rounds);
         assert_eq!(m.len(), 1);
         assert!(m[0].1, "soft");
         // Back above it: the clock starts again.
@@ -332,14 +385,14 @@ mod tests {
             memory: (2 << 30, 8 << 30),
             ..Observations::default()
         };
-        assert!(met(&settings, &fine, &mut since).is_empty());
-        assert!(since.is_empty());
+        assert!(met(&settings, &fine, &mut rounds).is_empty());
+        assert!(rounds.since.is_empty());
         // Below the hard threshold: at once, as a hard one.
         let low = Observations {
             memory: (50 << 20, 8 << 30),
             ..Observations::default()
         };
-        let m = met(&settings, &low, &mut since);
+        let m = met(&settings, &low, &mut rounds);
         assert_eq!(m.len(), 1);
         assert!(!m[0].1, "hard");
         // The evicted pod's grace: its own, at most the maximum.

@@ -94,6 +94,33 @@ pub struct Threshold {
     pub text: String,
 }
 
+impl Amount {
+    /// In the signal's units, for a signal of `capacity`.
+    fn of(self, capacity: u64) -> u64 {
+        match self {
+            Amount::Absolute(n) => n,
+            Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+        }
+    }
+
+    /// `10%` or a quantity, as the kubelet reads eviction values.
+    fn parse(part: &str, value: &str) -> Result<Self, String> {
+        if let Some(p) = value.strip_suffix('%') {
+            let p: f64 = p
+                .parse()
+                .ok()
+                .filter(|p: &f64| (0.0..=100.0).contains(p))
+                .ok_or_else(|| format!("{part:?}: percentage must be between 0% and 100%"))?;
+            Ok(Amount::Percent(p))
+        } else {
+            let n = resources::units(&Quantity(value.to_owned()))
+                .filter(|n| *n >= 0 && !value.starts_with('-'))
+                .ok_or_else(|| format!("{part:?}: bad quantity {value:?}"))?;
+            Ok(Amount::Absolute(n as u64))
+        }
+    }
+}
+
 impl Threshold {
     /// Whether `available` of `capacity` is below the threshold.
     pub fn crossed(&self, available: u64, capacity: u64) -> bool {
@@ -101,6 +128,49 @@ impl Threshold {
             Amount::Absolute(min) => available < min,
             Amount::Percent(p) => (available as f64) < capacity as f64 * p / 100.0,
         }
+    }
+
+    /// Whether a threshold that was met is still not resolved: `available` is below the
+    /// threshold plus its minimum reclaim (the kubelet keeps evicting until then).
+    pub fn unresolved(&self, available: u64, capacity: u64, reclaim: &MinimumReclaim) -> bool {
+        let floor = self
+            .amount
+            .of(capacity)
+            .saturating_add(reclaim.of(self.signal, capacity));
+        available < floor
+    }
+}
+
+/// `--eviction-minimum-reclaim` (`signal=quantity|percent,…`): how far past its
+/// threshold a signal must recover before the pressure it caused counts as resolved.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MinimumReclaim(Vec<(Signal, Amount)>);
+
+impl MinimumReclaim {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut out: Vec<(Signal, Amount)> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').ok_or_else(|| {
+                format!("minimum reclaim {part:?}: expected <signal>=<quantity or percentage>")
+            })?;
+            let signal = Signal::parse(name.trim())
+                .ok_or_else(|| format!("unknown eviction signal {:?}", name.trim()))?;
+            let amount =
+                Amount::parse(part, value.trim()).map_err(|e| format!("minimum reclaim {e}"))?;
+            if out.iter().any(|(s, _)| *s == signal) {
+                return Err(format!("minimum reclaim {part:?}: signal given twice"));
+            }
+            out.push((signal, amount));
+        }
+        Ok(Self(out))
+    }
+
+    /// The reclaim for `signal` in its units (0 when not given).
+    pub fn of(&self, signal: Signal, capacity: u64) -> u64 {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == signal)
+            .map_or(0, |(_, a)| a.of(capacity))
     }
 }
 
@@ -133,25 +203,8 @@ impl Thresholds {
             let signal = Signal::parse(name.trim())
                 .ok_or_else(|| format!("unknown eviction signal {:?}", name.trim()))?;
             let value = value.trim();
-            let amount = if let Some(p) = value.strip_suffix('%') {
-                let p: f64 = p
-                    .parse()
-                    .ok()
-                    .filter(|p: &f64| (0.0..=100.0).contains(p))
-                    .ok_or_else(|| {
-                        format!(
-                            "eviction threshold {part:?}: percentage must be between 0% and 100%"
-                        )
-                    })?;
-                Amount::Percent(p)
-            } else {
-                let n = resources::units(&Quantity(value.to_owned()))
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| {
-                        format!("eviction threshold {part:?}: bad quantity {value:?}")
-                    })?;
-                Amount::Absolute(n as u64)
-            };
+            let amount =
+                Amount::parse(part, value).map_err(|e| format!("eviction threshold {e}"))?;
             if out.iter().any(|t| t.signal == signal) {
                 return Err(format!("eviction threshold {part:?}: signal given twice"));
             }
@@ -169,6 +222,22 @@ impl Thresholds {
         self.0.iter().filter(move |t| {
             let (available, capacity) = obs.get(t.signal);
             capacity > 0 && t.crossed(available, capacity)
+        })
+    }
+
+    /// The thresholds met now: crossed in `obs`, or met last round (`was_met`) and not
+    /// yet recovered past their minimum reclaim.
+    pub fn met<'a>(
+        &'a self,
+        obs: &'a Observations,
+        was_met: &'a std::collections::HashSet<Signal>,
+        reclaim: &'a MinimumReclaim,
+    ) -> impl Iterator<Item = &'a Threshold> {
+        self.0.iter().filter(move |t| {
+            let (available, capacity) = obs.get(t.signal);
+            capacity > 0
+                && (t.crossed(available, capacity)
+                    || (was_met.contains(&t.signal) && t.unresolved(available, capacity, reclaim)))
         })
     }
 
