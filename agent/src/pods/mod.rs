@@ -304,8 +304,8 @@ type EventLog = Arc<tokio::sync::Mutex<HashMap<(bool, String, String), (String, 
 const EVENT_DEDUP_WINDOW: Duration = Duration::from_secs(600);
 
 /// The kubelet's admission of a pod new to the node (no sandbox yet, not terminal): one
-/// it cannot run as asked — a sysctl it does not allow — is rejected before anything
-/// runs: a Warning event with the reason, and phase Failed with the reason and `Pod was
+/// it cannot run as asked — a sysctl it does not allow, an AppArmor profile — is
+/// rejected before anything runs: a Warning event with the reason, and phase Failed with the reason and `Pod was
 /// rejected: <message>`. Returns the rejected pod as stored.
 async fn admit(
     ctx: &Ctx,
@@ -318,13 +318,19 @@ async fn admit(
     if matches!(phase, Some("Succeeded" | "Failed")) || pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let message = ctx.sysctls.admit(pod).err()?;
+    // The kubelet's admit handlers, in its order: sysctls, then AppArmor.
+    let (reason, message) = match ctx.sysctls.admit(pod) {
+        Err(m) => (sysctls::FORBIDDEN_REASON, m),
+        Ok(()) => (
+            security::APPARMOR_REASON,
+            security::admit_app_armor(pod).err()?,
+        ),
+    };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     if ctx.runtime.sandbox(&uid).is_ok() {
         // Admitted by an earlier run of the agent; it keeps running.
         return None;
     }
-    let reason = sysctls::FORBIDDEN_REASON;
     let name = pod.metadata.name.clone().unwrap_or_default();
     tracing::warn!(pod = %name, %message, "pod rejected");
     let event = worker::Event {

@@ -10,6 +10,70 @@ use k8s_openapi::api::core::v1::{
     Pod, PodSecurityContext, SeccompProfile as ApiProfile, SecurityContext,
 };
 
+/// The kubelet's reason for a pod rejected for its AppArmor profile.
+pub const APPARMOR_REASON: &str = "AppArmor";
+
+const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// Whether the pod asks for an AppArmor profile (the kubelet's `isRequired`): a pod or
+/// container `appArmorProfile` other than `Unconfined` (init and ephemeral containers
+/// included), or the deprecated per-container annotation with a value other than
+/// `unconfined`.
+fn wants_app_armor(pod: &Pod) -> bool {
+    let confined = |t: &str| t != "Unconfined";
+    let Some(spec) = &pod.spec else {
+        return false;
+    };
+    if spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.app_armor_profile.as_ref())
+        .is_some_and(|p| confined(&p.type_))
+    {
+        return true;
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.security_context.as_ref());
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| c.security_context.as_ref());
+    if containers
+        .chain(ephemeral)
+        .flatten()
+        .filter_map(|sc| sc.app_armor_profile.as_ref())
+        .any(|p| confined(&p.type_))
+    {
+        return true;
+    }
+    pod.metadata
+        .annotations
+        .iter()
+        .flatten()
+        .any(|(k, v)| k.starts_with(APPARMOR_ANNOTATION_PREFIX) && v != "unconfined")
+}
+
+/// The kubelet's AppArmor admission: a pod asking for a profile is rejected with
+/// `Cannot enforce AppArmor: …` — the kubelet's words on a host without AppArmor
+/// (this one); on a host with it, berth-agent still applies no profiles and says so,
+/// rather than running the pod unconfined.
+pub fn admit_app_armor(pod: &Pod) -> Result<(), String> {
+    if !wants_app_armor(pod) {
+        return Ok(());
+    }
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y");
+    Err(if enabled {
+        "Cannot enforce AppArmor: berth-agent does not apply AppArmor profiles".to_owned()
+    } else {
+        "Cannot enforce AppArmor: AppArmor is not enabled on the host".to_owned()
+    })
+}
+
 /// The kubelet's `runAsNonRoot` check, made before a container is created; the error
 /// is the CreateContainerConfigError message, word for word as the kubelet's.
 /// `image_user` is the image config's `User` (`uid`, `name`, `uid:gid` or empty).
@@ -234,5 +298,30 @@ mod tests {
         };
         assert!(check(Some(&allowed), "").is_ok());
         assert!(verify_run_as_non_root(&pod, "c", None, None, "").is_ok());
+    }
+
+    #[test]
+    fn app_armor_is_asked_for_by_fields_and_annotations_but_not_unconfined() {
+        let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).expect("pod") };
+        let plain = pod(serde_json::json!({"spec": {"containers": [{"name": "c"}]}}));
+        assert!(admit_app_armor(&plain).is_ok());
+        let unconfined = pod(serde_json::json!({"metadata": {"annotations": {
+            "container.apparmor.security.beta.kubernetes.io/c": "unconfined"}},
+            "spec": {"securityContext": {"appArmorProfile": {"type": "Unconfined"}},
+                     "containers": [{"name": "c"}]}}));
+        assert!(admit_app_armor(&unconfined).is_ok());
+        for asked in [
+            serde_json::json!({"spec": {"securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "c"}]}}),
+            serde_json::json!({"spec": {"containers": [{"name": "c"}],
+                "initContainers": [{"name": "i", "securityContext": {"appArmorProfile":
+                    {"type": "Localhost", "localhostProfile": "p"}}}]}}),
+            serde_json::json!({"metadata": {"annotations": {
+                "container.apparmor.security.beta.kubernetes.io/c": "runtime/default"}},
+                "spec": {"containers": [{"name": "c"}]}}),
+        ] {
+            let err = admit_app_armor(&pod(asked)).expect_err("asked for a profile");
+            assert!(err.starts_with("Cannot enforce AppArmor: "), "{err}");
+        }
     }
 }

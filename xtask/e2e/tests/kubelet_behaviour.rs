@@ -407,7 +407,8 @@ spec:
 /// `runAsUser` 1000 runs as 1000); host namespaces berth cannot give refused with a
 /// FailedCreatePodSandBox event instead of silently running in the pod's own; sysctls
 /// admitted as the kubelet admits them (a safe one set in the pod's network namespace,
-/// an unsafe one rejected: phase Failed, reason SysctlForbidden).
+/// an unsafe one rejected: phase Failed, reason SysctlForbidden); an AppArmor profile
+/// rejected (reason AppArmor) on this host without AppArmor.
 #[test]
 fn run_as_non_root_sysctls_and_host_namespaces_as_the_kubelet_admits_them() {
     require_root!();
@@ -461,6 +462,16 @@ spec:
   terminationGracePeriodSeconds: 1
   securityContext:
     sysctls: [{name: kernel.msgmax, value: "65536"}]
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: apparmor}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    appArmorProfile: {type: RuntimeDefault}
   containers:
   - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
 ---
@@ -547,6 +558,23 @@ spec:
         "{events:?}"
     );
 
+    // AppArmor: not on this host, so a pod asking for a profile is rejected as the
+    // kubelet rejects it, never run unconfined.
+    let pod = c.wait_pod("apparmor", "rejected", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(pod["status"]["reason"], "AppArmor", "{pod}");
+    let message = pod["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Pod was rejected: Cannot enforce AppArmor: "),
+        "{message}"
+    );
+    let events = events_of(&c, "apparmor");
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "AppArmor" && m.starts_with("Cannot enforce AppArmor: ")),
+        "{events:?}"
+    );
+
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let events = events_of(&c, "host-pid");
@@ -569,6 +597,7 @@ spec:
         "nonroot-user-zero",
         "safe-sysctl",
         "unsafe-sysctl",
+        "apparmor",
         "host-pid",
         "--wait=false",
     ]);
