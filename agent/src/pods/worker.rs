@@ -374,6 +374,13 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
             return Err(format!("{field} pods are not supported by berth-agent yet"));
         }
     }
+    // The kubelet's words when the runtime has no user namespace support.
+    if spec.host_users == Some(false) {
+        return Err(
+            "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces"
+                .into(),
+        );
+    }
     let (nameservers, searches, dns_options) = dns_for(ctx, pod);
     let hostname = spec
         .hostname

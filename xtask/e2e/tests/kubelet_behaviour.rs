@@ -477,6 +477,15 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: user-ns}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostUsers: false
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: host-pid}
 spec:
   terminationGracePeriodSeconds: 1
@@ -575,20 +584,33 @@ spec:
         "{events:?}"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let events = events_of(&c, "host-pid");
-        if events.iter().any(|(r, m)| {
-            r == "FailedCreatePodSandBox"
-                && m == "hostPID pods are not supported by berth-agent yet"
-        }) {
-            break;
+    let refused = |name: &str, message: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = events_of(&c, name);
+            if events
+                .iter()
+                .any(|(r, m)| r == "FailedCreatePodSandBox" && m == message)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no refusal event: {events:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(Instant::now() < deadline, "no refusal event: {events:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let pod = c.kubectl.json(&["get", "pod", "host-pid"]);
-    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+        let pod = c.kubectl.json(&["get", "pod", name]);
+        assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+    };
+    refused(
+        "host-pid",
+        "hostPID pods are not supported by berth-agent yet",
+    );
+    refused(
+        "user-ns",
+        "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces",
+    );
     c.kubectl.ok(&[
         "delete",
         "pod",
@@ -598,6 +620,7 @@ spec:
         "safe-sysctl",
         "unsafe-sysctl",
         "apparmor",
+        "user-ns",
         "host-pid",
         "--wait=false",
     ]);
