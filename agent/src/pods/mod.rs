@@ -13,6 +13,7 @@ pub mod registries;
 pub mod resources;
 pub mod security;
 pub mod static_pods;
+pub mod subpath;
 pub mod sysctls;
 pub mod volumes;
 pub mod worker;

@@ -661,7 +661,7 @@ impl PodView<'_> {
         };
         super::security::verify_run_as_non_root(self.pod, &c.name, pod_sc, sc, &image_user)?;
         let mut mounts = Vec::new();
-        for m in c.volume_mounts.iter().flatten() {
+        for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             let host = self.volumes.get(&m.name).ok_or_else(|| {
                 format!(
                     "volume {:?} referenced by {} is not defined",
@@ -669,22 +669,32 @@ impl PodView<'_> {
                 )
             })?;
             let mut host = host.clone();
-            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                let sub = Path::new(sub);
+            // subPathExpr: the container's environment expanded into it, as the kubelet.
+            let sub = match m.sub_path_expr.as_deref().filter(|s| !s.is_empty()) {
+                Some(expr) => Some(env::expand(expr, &vars)),
+                None => m.sub_path.clone().filter(|s| !s.is_empty()),
+            };
+            if let Some(sub) = sub {
+                let sub = Path::new(&sub);
                 if sub.is_absolute()
                     || sub
                         .components()
                         .any(|c| matches!(c, std::path::Component::ParentDir))
                 {
                     return Err(format!(
-                        "subPath {sub:?} must be a relative path without '..'"
+                        "unable to provision SubPath `{}`: must be a relative path without '..'",
+                        sub.display()
                     ));
                 }
-                host = host.join(sub);
-                if !host.exists() {
-                    std::fs::create_dir_all(&host)
-                        .map_err(|e| format!("subPath {}: {e}", host.display()))?;
-                }
+                host = super::subpath::prepare(
+                    &pod_dir(self.ctx, &self.uid),
+                    &m.name,
+                    &host,
+                    sub,
+                    &c.name,
+                    index,
+                )
+                .map_err(|f| f.message(&m.name, &c.name))?;
             }
             mounts.push(Mount {
                 host_path: host,

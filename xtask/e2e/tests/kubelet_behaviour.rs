@@ -486,6 +486,40 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: subpath-escape}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: plant
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "ln -s / /data/sub"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    volumeMounts: [{name: data, mountPath: /host, subPath: sub}]
+  volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: subpath-expr}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: writer
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "echo written > /out/f; exec sleep 3600"]
+    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+    volumeMounts: [{name: data, mountPath: /out, subPathExpr: "$(POD_NAME)"}]
+  - name: reader
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    volumeMounts: [{name: data, mountPath: /all}]
+  volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: host-pid}
 spec:
   terminationGracePeriodSeconds: 1
@@ -567,6 +601,29 @@ spec:
         "{events:?}"
     );
 
+    // subPath: a symlink an init container planted to lead out of the volume is not
+    // followed; the container waits in CreateContainerConfigError, as under the kubelet.
+    let pod = c.wait_pod("subpath-escape", "CreateContainerConfigError", |p| {
+        Cluster::container_status(p, "c")["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError"
+    });
+    assert_eq!(
+        Cluster::container_status(&pod, "c")["state"]["waiting"]["message"],
+        r#"failed to prepare subPath for volumeMount "data" of container "c""#
+    );
+    // subPathExpr: the pod's name from the environment picks the directory.
+    c.wait_pod("subpath-expr", "Ready", ready);
+    let out = c.kubectl.run(&[
+        "exec",
+        "subpath-expr",
+        "-c",
+        "reader",
+        "--",
+        "cat",
+        "/all/subpath-expr/f",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "written");
+
     // AppArmor: not on this host, so a pod asking for a profile is rejected as the
     // kubelet rejects it, never run unconfined.
     let pod = c.wait_pod("apparmor", "rejected", |p| p["status"]["phase"] == "Failed");
@@ -620,6 +677,8 @@ spec:
         "safe-sysctl",
         "unsafe-sysctl",
         "apparmor",
+        "subpath-escape",
+        "subpath-expr",
         "user-ns",
         "host-pid",
         "--wait=false",
