@@ -408,7 +408,8 @@ spec:
 /// FailedCreatePodSandBox event instead of silently running in the pod's own; sysctls
 /// admitted as the kubelet admits them (a safe one set in the pod's network namespace,
 /// an unsafe one rejected: phase Failed, reason SysctlForbidden); an AppArmor profile
-/// rejected (reason AppArmor) on this host without AppArmor.
+/// rejected (reason AppArmor) on this host without AppArmor; a subPath leading out of
+/// its volume refused, subPathExpr expanded; `kubectl cp` both ways.
 #[test]
 fn run_as_non_root_sysctls_and_host_namespaces_as_the_kubelet_admits_them() {
     require_root!();
@@ -613,6 +614,34 @@ spec:
     );
     // subPathExpr: the pod's name from the environment picks the directory.
     c.wait_pod("subpath-expr", "Ready", ready);
+    // kubectl cp both ways (tar through exec).
+    let local = tempfile::tempdir().expect("tempdir");
+    std::fs::write(local.path().join("in.txt"), "copied in\n").expect("write");
+    let src = local.path().join("in.txt").display().to_string();
+    c.kubectl
+        .ok(&["cp", &src, "subpath-expr:/tmp/in.txt", "-c", "reader"]);
+    let out = c.kubectl.run(&[
+        "exec",
+        "subpath-expr",
+        "-c",
+        "reader",
+        "--",
+        "cat",
+        "/tmp/in.txt",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "copied in\n");
+    let back = local.path().join("out.txt").display().to_string();
+    c.kubectl.ok(&[
+        "cp",
+        "subpath-expr:/all/subpath-expr/f",
+        &back,
+        "-c",
+        "reader",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("out.txt")).expect("copied out"),
+        "written\n"
+    );
     let out = c.kubectl.run(&[
         "exec",
         "subpath-expr",
