@@ -211,6 +211,7 @@ impl Api {
             query: request::Query::default(),
             headers: Default::default(),
             user: None,
+            warnings: Default::default(),
         })
     }
 
@@ -376,6 +377,7 @@ impl Api {
                 query: request::Query::default(),
                 headers: Default::default(),
                 user: None,
+                warnings: Default::default(),
             };
             ignore_exists(
                 rest::create_object(

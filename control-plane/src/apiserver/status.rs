@@ -196,7 +196,7 @@ impl ApiError {
         err
     }
 
-    fn with_details(mut self, group: &str, resource: &str, name: &str) -> Self {
+    pub(crate) fn with_details(mut self, group: &str, resource: &str, name: &str) -> Self {
         self.details = Some(json!({"name": name, "group": group, "kind": resource}));
         self
     }

@@ -69,6 +69,11 @@ fn name_is_label(kind: &str) -> bool {
 /// Validates `metadata` and the kind-specific fields of a whole object.
 pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
+    if kind == "Namespace" {
+        causes.extend(super::pod_security::validate_labels(
+            obj.pointer("/metadata/labels").and_then(Value::as_object),
+        ));
+    }
     let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
     let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
     if name.is_empty() {

@@ -92,6 +92,20 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     if !causes.is_empty() {
         return Err(invalid(def, &obj, causes));
     }
+    // Pod Security: enforce and warn on pods, warn on workloads' pod templates.
+    if let Some(ns) = ctx.namespace.as_deref() {
+        use crate::apiserver::admission::pod_security;
+        if def.group.is_empty() && def.kind == "Pod" {
+            ctx.warn(pod_security::admit_pod(&ctx.api.cache, ns, None, &obj)?);
+        } else if matches!(def.group.as_str(), "" | "apps" | "batch") {
+            ctx.warn(pod_security::warn_template(
+                &ctx.api.cache,
+                ns,
+                &def.kind,
+                &obj,
+            ));
+        }
+    }
     if def.group.is_empty() && def.kind == "Service" {
         ctx.api
             .services

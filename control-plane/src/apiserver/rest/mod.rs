@@ -61,6 +61,7 @@ pub async fn handle(
         query,
         headers,
         user,
+        warnings: Default::default(),
     };
     if ctx.def.create_only {
         return super::reviews::handle(ctx, &method, path.name.as_deref(), req.into_body()).await;
@@ -102,11 +103,24 @@ pub struct Ctx {
     pub headers: HeaderMap,
     /// Who asked (after impersonation); `None` for the server's own writes.
     pub user: Option<UserInfo>,
+    /// Admission warnings for the response's `Warning` headers (Pod Security's warn mode).
+    pub warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Ctx {
     pub fn key(&self, name: &str) -> String {
         self.def.key(self.namespace.as_deref(), name)
+    }
+
+    /// Adds admission warnings to the response.
+    pub fn warn(&self, warnings: Vec<String>) {
+        if warnings.is_empty() {
+            return;
+        }
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(warnings);
     }
 
     pub fn not_found(&self, name: &str) -> ApiError {
@@ -482,6 +496,26 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     if !causes.is_empty() {
         return Err(invalid(def, &new, causes));
     }
+    if part == Part::Main
+        && let Some(ns) = ctx.namespace.as_deref()
+    {
+        use super::admission::pod_security;
+        if def.group.is_empty() && def.kind == "Pod" {
+            ctx.warn(pod_security::admit_pod(
+                &ctx.api.cache,
+                ns,
+                Some(old),
+                &new,
+            )?);
+        } else if matches!(def.group.as_str(), "" | "apps" | "batch") {
+            ctx.warn(pod_security::warn_template(
+                &ctx.api.cache,
+                ns,
+                &def.kind,
+                &new,
+            ));
+        }
+    }
     if part == Part::Main && def.group.is_empty() && def.kind == "PersistentVolumeClaim" {
         super::admission::storage::admit_update(&ctx.api.cache, old, &new)?;
     }
@@ -660,9 +694,24 @@ pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
     } else {
         obj
     };
-    if ctx.wants_table() {
+    let mut resp = if ctx.wants_table() {
         let t = table::table(&ctx.def, std::slice::from_ref(obj), None, &ctx.query);
-        return value_response(code, &t);
+        value_response(code, &t)
+    } else {
+        negotiated_response(&ctx.headers, code, obj)
+    };
+    // `Warning: 299 - "<text>"`, as kube-apiserver sends admission warnings (kubectl
+    // prints them as `Warning: <text>`).
+    for w in ctx
+        .warnings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            resp.headers_mut().append(axum::http::header::WARNING, v);
+        }
     }
-    negotiated_response(&ctx.headers, code, obj)
+    resp
 }
