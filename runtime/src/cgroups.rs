@@ -125,6 +125,31 @@ pub fn v1_mounts_env() -> Option<String> {
     Some(lines.join("\n"))
 }
 
+/// For each v1 hierarchy this process is in (`/proc/self/cgroup` text): its mount point
+/// and this process's cgroup path in it.
+pub fn v1_own_paths(proc_self_cgroup: &str) -> Vec<(PathBuf, String)> {
+    let mounts = v1_mounts();
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Some(first) = controllers.split(',').next().filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| m.super_opts.iter().any(|o| o == first))
+            && !out.iter().any(|(p, _)| *p == m.mount_point)
+        {
+            out.push((m.mount_point.clone(), path.to_owned()));
+        }
+    }
+    out
+}
+
 fn parse_v1_mounts(value: &str) -> Option<Vec<hierarchies::Mountinfo>> {
     let mounts: Option<Vec<_>> = value
         .lines()

@@ -339,12 +339,16 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), InitError> {
     Ok(())
 }
 
-/// `/sys/fs/cgroup` inside the container: the cgroup2 filesystem on a v2 host; on a v1
-/// host a read-only tmpfs (the container sees no controllers, as with runc's default
-/// `cgroupns=private` on v1 without cgroup mounts).
+/// `/sys/fs/cgroup` inside the container, so a JVM, Go, .NET or Node can read its own
+/// limits: the cgroup2 filesystem (in the container's cgroup namespace) on a v2 host; on
+/// a v1 or hybrid host, as runc mounts it, a tmpfs holding each v1 hierarchy as a
+/// read-only bind mount of the container's own cgroup directory in it (so
+/// `/sys/fs/cgroup/memory/memory.limit_in_bytes` is the container's limit), with a
+/// symlink per controller of a co-mounted hierarchy (`cpu` → `cpu,cpuacct`). The init
+/// has joined its cgroups before this runs.
 fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<(), InitError> {
     if crate::cgroups::is_v2() {
-        step("mount cgroup2", || {
+        return step("mount cgroup2", || {
             mount(
                 Some("cgroup2"),
                 target,
@@ -352,18 +356,71 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<(), InitError> {
                 flags,
                 None::<&str>,
             )
-        })
-    } else {
-        step("mount cgroup tmpfs", || {
-            mount(
-                Some("tmpfs"),
-                target,
-                Some("tmpfs"),
-                flags | MsFlags::MS_RDONLY,
-                Some("mode=755"),
-            )
-        })
+        });
     }
+    step("mount cgroup tmpfs", || {
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            flags & !MsFlags::MS_RDONLY,
+            Some("mode=755"),
+        )
+    })?;
+    let own = step("read /proc/self/cgroup", || {
+        fs::read_to_string("/proc/self/cgroup")
+    })?;
+    for (point, path) in crate::cgroups::v1_own_paths(&own) {
+        let Some(dir) = point.file_name() else {
+            continue;
+        };
+        let dest = target.join(dir);
+        let source = point.join(path.trim_start_matches('/'));
+        step("cgroup mount point", || fs::create_dir_all(&dest))?;
+        step(&format!("bind cgroup {}", source.display()), || {
+            mount(
+                Some(&source),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+        })?;
+        step(&format!("read-only cgroup {}", dest.display()), || {
+            mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+        })?;
+        let name = dir.to_string_lossy();
+        if name.contains(',') {
+            for part in name.split(',') {
+                let link = target.join(part);
+                if !link.exists() {
+                    step("cgroup controller symlink", || {
+                        std::os::unix::fs::symlink(&*name, &link)
+                    })?;
+                }
+            }
+        }
+    }
+    step("read-only cgroup tmpfs", || {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            Some("mode=755"),
+        )
+    })
 }
 
 /// The standard nodes and the spec's `linux.devices` in the container's /dev tmpfs. When

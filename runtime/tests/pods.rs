@@ -260,6 +260,16 @@ fn sandbox_and_containers_run_log_exec_and_stop() {
     );
     let (_, forced) = exec(&e.rt, &ts.id, &["cat", "/proc/sys/kernel/shm_rmid_forced"]);
     assert_eq!(forced.trim(), "1");
+    // Its own cgroup under /sys/fs/cgroup, read-only: the 64Mi limit reads back.
+    let limit = if berth_runtime::cgroups::is_v2() {
+        "/sys/fs/cgroup/memory.max"
+    } else {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    };
+    let (_, bytes) = exec(&e.rt, &ts.id, &["cat", limit]);
+    assert_eq!(bytes.trim(), "67108864", "{limit}");
+    let (code, _) = exec(&e.rt, &ts.id, &["sh", "-c", &format!("echo 1 > {limit}")]);
+    assert_ne!(code, 0, "the container's cgroup files are read-only");
     // Exit codes pass through exec.
     assert_eq!(exec(&e.rt, &ts.id, &["sh", "-c", "exit 3"]).0, 3);
     // Its own PID namespace: the testserver is PID 1 there.

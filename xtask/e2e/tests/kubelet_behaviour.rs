@@ -432,7 +432,10 @@ spec:
   terminationGracePeriodSeconds: 1
   securityContext: {runAsNonRoot: true, runAsUser: 1000}
   containers:
-  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    resources: {limits: {memory: 64Mi}}
 ---
 apiVersion: v1
 kind: Pod
@@ -564,6 +567,17 @@ spec:
         .kubectl
         .run(&["exec", "nonroot-as-1000", "--", "id", "-u"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+    // The container sees its own cgroup: its 64Mi limit (v1 layout here; memory.max on
+    // a pure v2 host).
+    let out = c.kubectl.run(&[
+        "exec",
+        "nonroot-as-1000",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "67108864");
 
     c.wait_pod("safe-sysctl", "Ready", ready);
     let out = c.kubectl.run(&[
