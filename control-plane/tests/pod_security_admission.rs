@@ -4,26 +4,10 @@
 //! `warn` admits with a `Warning:` that kubectl prints, also for a Deployment's pod
 //! template; an invalid level label is refused on the namespace with the field named.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use berth_testkit::BerthServer;
 
 fn create(k: &berth_testkit::Kubectl, manifest: &str) -> (bool, String) {
-    let mut child = k
-        .cmd(&["create", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kubectl create");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(manifest.as_bytes())
-        .expect("write manifest");
-    let out = child.wait_with_output().expect("kubectl create");
+    let out = k.run_with_stdin(&["create", "-f", "-"], manifest);
     (
         out.status.success(),
         format!(

@@ -99,11 +99,7 @@ impl ImageGc {
         let now = Instant::now();
         let in_use = self.detect(rt, now);
         let store = rt.images();
-        let pause = store
-            .get(&berth_runtime::image::archive_normalize(&self.pause_image))
-            .or_else(|_| store.get(&self.pause_image))
-            .map(|i| i.digest)
-            .ok();
+        let pause = store.find(&self.pause_image).map(|i| i.digest).ok();
         let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
         let mut candidates: Vec<(Instant, String)> = records
             .iter()

@@ -76,7 +76,8 @@ pub fn admit_app_armor(pod: &Pod) -> Result<(), String> {
 
 /// The kubelet's `runAsNonRoot` check, made before a container is created; the error
 /// is the CreateContainerConfigError message, word for word as the kubelet's.
-/// `image_user` is the image config's `User` (`uid`, `name`, `uid:gid` or empty).
+/// `image_user` gives the image config's `User` (`uid`, `name`, `uid:gid` or empty); it is
+/// asked only when the check needs it.
 /// A `runAsUser` (the container's over the pod's) decides alone; otherwise the image's
 /// user must be a non-zero uid: empty counts as root and a name cannot be verified.
 pub fn verify_run_as_non_root(
@@ -84,7 +85,7 @@ pub fn verify_run_as_non_root(
     container: &str,
     pod_sc: Option<&PodSecurityContext>,
     sc: Option<&SecurityContext>,
-    image_user: &str,
+    image_user: impl FnOnce() -> String,
 ) -> Result<(), String> {
     let non_root = sc
         .and_then(|s| s.run_as_non_root)
@@ -109,6 +110,7 @@ pub fn verify_run_as_non_root(
         }
         return Ok(());
     }
+    let image_user = image_user();
     let user = image_user.split(':').next().unwrap_or_default();
     match user.parse::<i64>() {
         _ if user.is_empty() => Err(format!(
@@ -265,7 +267,7 @@ mod tests {
             ..Default::default()
         };
         let check = |sc: Option<&SecurityContext>, user: &str| {
-            verify_run_as_non_root(&pod, "c", Some(&non_root), sc, user)
+            verify_run_as_non_root(&pod, "c", Some(&non_root), sc, || user.to_owned())
         };
         assert_eq!(
             check(None, "").expect_err("root image"),
@@ -297,7 +299,7 @@ mod tests {
             ..Default::default()
         };
         assert!(check(Some(&allowed), "").is_ok());
-        assert!(verify_run_as_non_root(&pod, "c", None, None, "").is_ok());
+        assert!(verify_run_as_non_root(&pod, "c", None, None, String::new).is_ok());
     }
 
     #[test]

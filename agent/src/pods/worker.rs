@@ -462,10 +462,7 @@ fn ensure_image(
     events: &mut Vec<Event>,
 ) -> Result<(), String> {
     let store = ctx.runtime.images();
-    let present = store
-        .get(&berth_runtime::image::archive_normalize(image))
-        .or_else(|_| store.get(image))
-        .is_ok();
+    let present = store.find(image).is_ok();
     let pull = match policy {
         "Never" if !present => {
             return Err(format!(
@@ -649,17 +646,17 @@ impl PodView<'_> {
             .as_ref()
             .and_then(|s| s.security_context.as_ref());
         let sc = c.security_context.as_ref();
-        let image_user = {
-            let image = c.image.clone().unwrap_or_default();
-            let store = self.ctx.runtime.images();
-            store
-                .get(&berth_runtime::image::archive_normalize(&image))
-                .or_else(|_| store.get(&image))
+        // The image's user is read only when runAsNonRoot asks for it.
+        let image_user = || {
+            self.ctx
+                .runtime
+                .images()
+                .find(c.image.as_deref().unwrap_or_default())
                 .ok()
                 .and_then(|i| i.config.config().as_ref().and_then(|cc| cc.user().clone()))
                 .unwrap_or_default()
         };
-        super::security::verify_run_as_non_root(self.pod, &c.name, pod_sc, sc, &image_user)?;
+        super::security::verify_run_as_non_root(self.pod, &c.name, pod_sc, sc, image_user)?;
         let mut mounts = Vec::new();
         for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             let host = self.volumes.get(&m.name).ok_or_else(|| {

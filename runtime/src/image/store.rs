@@ -391,6 +391,14 @@ impl ImageStore {
         })
     }
 
+    /// The image a pod names: stored under its normalized reference (`busybox` →
+    /// `docker.io/library/busybox:latest`), else under the reference as written (images
+    /// loaded from an archive).
+    pub fn find(&self, reference: &str) -> Result<Image, Error> {
+        self.get(&crate::image::archive_normalize(reference))
+            .or_else(|_| self.get(reference))
+    }
+
     pub fn list(&self) -> Vec<Image> {
         let mut images: Vec<Image> = fs::read_dir(self.root.join("images"))
             .into_iter()

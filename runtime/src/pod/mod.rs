@@ -401,8 +401,7 @@ impl Runtime {
         crate::state::validate_id(&cfg.id)?;
         let image: Image = self
             .images
-            .get(&crate::image::archive_normalize(&cfg.image))
-            .or_else(|_| self.images.get(&cfg.image))
+            .find(&cfg.image)
             .map_err(|_| Error::ImageNotPresent(cfg.image.clone()))?;
         let mut layers = Vec::new();
         for digest in image.layers.iter().rev() {

@@ -63,22 +63,27 @@ impl Kubectl {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// `kubectl apply -f -` of `manifest`; returns stdout.
-    pub fn apply(&self, manifest: &str) -> String {
+    /// `kubectl <args>` with `input` on its stdin, whatever its outcome.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
         let mut child = self
-            .cmd(&["apply", "-f", "-"])
+            .cmd(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn kubectl apply");
+            .expect("spawn kubectl");
         child
             .stdin
             .take()
             .expect("stdin")
-            .write_all(manifest.as_bytes())
-            .expect("write manifest");
-        let out = child.wait_with_output().expect("kubectl apply");
+            .write_all(input.as_bytes())
+            .expect("write kubectl's stdin");
+        child.wait_with_output().expect("kubectl")
+    }
+
+    /// `kubectl apply -f -` of `manifest`; returns stdout.
+    pub fn apply(&self, manifest: &str) -> String {
+        let out = self.run_with_stdin(&["apply", "-f", "-"], manifest);
         assert!(
             out.status.success(),
             "kubectl apply failed: {}",
