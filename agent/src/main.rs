@@ -477,14 +477,6 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.run_dir.join("containers"),
         data_dir: args.root_dir.clone(),
         runtime_binary,
-        // Beside the dataplane object (both come from `cargo xtask build-ebpf`), else
-        // berth-runtime looks next to itself.
-        device_program: args
-            .ebpf_object
-            .as_ref()
-            .and_then(|o| o.parent())
-            .map(|d| d.join("berth-ebpf-devices"))
-            .filter(|p| p.exists()),
         log_rotation: Rotation::default(),
     })
     .context("opening the runtime")?;

@@ -46,6 +46,12 @@ pub enum Error {
         "refusing to attach a device program to {0}: not a container's cgroup (a cgroup2 root)"
     )]
     CgroupRoot(PathBuf),
+    #[error("the kernel refused the device program: {source} (verifier: {verifier})")]
+    DeviceProgram {
+        #[source]
+        source: std::io::Error,
+        verifier: String,
+    },
     #[error("attaching the device program to {path}: {source}")]
     Attach {
         path: PathBuf,

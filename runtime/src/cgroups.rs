@@ -33,12 +33,6 @@ pub enum Error {
     BadPath(String),
     #[error("cgroup {path}: device rules: {reason}")]
     Devices { path: String, reason: String },
-    #[error(
-        "cgroup {path}: device rules on cgroup v2 need berth's device program \
-         (berth-ebpf-devices: `cargo xtask build-ebpf`; set BERTH_DEVICE_PROGRAM or install it \
-         next to berth-runtime); refusing to run the container without them"
-    )]
-    NoDeviceProgram { path: String },
     #[error("cgroup {path}: processes still present after {waited:?}")]
     Busy { path: String, waited: Duration },
 }
@@ -331,26 +325,18 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Enforces device `rules` (see [`crate::devices`]): on v2 by attaching the device
-    /// program from `program` to this cgroup, on v1 by the `devices` controller (deny
-    /// everything, then each rule in order).
-    pub fn apply_devices(
-        &self,
-        rules: &[crate::devices::Rule],
-        program: Option<&Path>,
-    ) -> Result<(), Error> {
+    /// Enforces device `rules` (see [`crate::devices`]): on v2 by attaching a device
+    /// program generated from them to this cgroup, on v1 by the `devices` controller
+    /// (deny everything, then each rule in order).
+    pub fn apply_devices(&self, rules: &[crate::devices::Rule]) -> Result<(), Error> {
         let fail = |reason: String| Error::Devices {
             path: self.path.clone(),
             reason,
         };
         if self.inner.v2() {
-            let program = program.ok_or_else(|| Error::NoDeviceProgram {
-                path: self.path.clone(),
-            })?;
             let dir = PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT).join(&self.path);
             let table: Vec<_> = rules.iter().map(crate::devices::Rule::bpf).collect();
-            return berth_ebpf::attach_device_filter(program, &table, &dir)
-                .map_err(|e| fail(e.to_string()));
+            return berth_ebpf::attach_device_filter(&table, &dir).map_err(|e| fail(e.to_string()));
         }
         let ctl = self
             .inner

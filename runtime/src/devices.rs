@@ -10,8 +10,6 @@
 //! containers and "allow all" for privileged ones. Entry point: [`rules`], then
 //! `Cgroup::apply_devices`.
 
-use std::path::PathBuf;
-
 use berth_ebpf_common::{
     DEVICE_ACC_MKNOD, DEVICE_ACC_READ, DEVICE_ACC_WRITE, DEVICE_ANY, DEVICE_KIND_ANY,
     DEVICE_KIND_BLOCK, DEVICE_KIND_CHAR, DeviceRule,
@@ -186,17 +184,6 @@ pub fn rules(spec: &Spec) -> Result<Option<Vec<Rule>>, String> {
         return Ok(None);
     }
     Ok(Some(out))
-}
-
-/// Where the device program's object is: `BERTH_DEVICE_PROGRAM`, else
-/// `berth-ebpf-devices` next to the running binary (how a release installs it).
-pub fn default_program() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BERTH_DEVICE_PROGRAM") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let sibling = exe.parent()?.join("berth-ebpf-devices");
-    sibling.exists().then_some(sibling)
 }
 
 #[cfg(test)]

@@ -83,7 +83,6 @@ pub fn run(args: &MonitorArgs) -> i32 {
             stdio: Stdio::Fds([null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]),
             host_mounts: args.host_mounts.clone(),
             monitored: true,
-            device_program: None,
         })
         .map_err(|e| e.to_string())?;
         let mut state = created.state;

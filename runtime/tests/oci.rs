@@ -436,9 +436,6 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     if !is_root() {
         return;
     }
-    // Every container on v2 gets the device program (runc's default allow-list).
-    berth_testkit::require_ebpf_object!();
-    let devices = berth_testkit::tools::ebpf_devices_object();
     let dir = tempfile::tempdir().expect("tempdir");
     let b = bundle(dir.path(), &["cat", "/proc/self/cgroup"]);
     let id = format!("v2t{}", std::process::id());
@@ -451,7 +448,6 @@ fn cgroup_v2_in_a_private_mount_namespace() {
     );
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
-        .env("BERTH_DEVICE_PROGRAM", &devices)
         .output()
         .expect("unshare");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -477,8 +473,6 @@ fn the_device_allow_list_refuses_opening_on_v2_and_v1() {
     if !is_root() {
         return;
     }
-    berth_testkit::require_ebpf_object!();
-    let devices = berth_testkit::tools::ebpf_devices_object();
     let dir = tempfile::tempdir().expect("tempdir");
     let script = "mknod /dev/t41 c 4 1 && echo made; head -c0 /dev/t41 && echo opened; \
                   echo x > /dev/null && echo null-ok; grep Seccomp: /proc/1/status";
@@ -529,7 +523,6 @@ fn the_device_allow_list_refuses_opening_on_v2_and_v1() {
         );
         let out = Command::new("unshare")
             .args(["-m", "sh", "-c", &script])
-            .env("BERTH_DEVICE_PROGRAM", &devices)
             .output()
             .expect("unshare");
         let text = format!(

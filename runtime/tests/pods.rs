@@ -57,7 +57,6 @@ fn env() -> Option<Env> {
         state_dir: dir.path().join("state"),
         data_dir: data.clone(),
         runtime_binary: common::runtime_binary(),
-        device_program: Some(berth_testkit::tools::ebpf_devices_object()),
         log_rotation: Rotation::default(),
     })
     .expect("open runtime");
@@ -527,7 +526,6 @@ fn readopt_child(dir: &Path) {
         state_dir: dir.join("state"),
         data_dir: dir.join("data"),
         runtime_binary: common::runtime_binary(),
-        device_program: Some(berth_testkit::tools::ebpf_devices_object()),
         log_rotation: Rotation::default(),
     })
     .expect("open runtime");

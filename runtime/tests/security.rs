@@ -74,7 +74,6 @@ fn env() -> Option<Env> {
         state_dir: dir.path().join("state"),
         data_dir: data,
         runtime_binary: common::runtime_binary(),
-        device_program: Some(berth_testkit::tools::ebpf_devices_object()),
         log_rotation: Rotation::default(),
     })
     .expect("open runtime");

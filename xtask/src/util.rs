@@ -28,11 +28,6 @@ pub fn ebpf_object() -> PathBuf {
     target_dir().join("ebpf/bpfel-unknown-none/release/berth-ebpf-programs")
 }
 
-/// The device cgroup program's object, built beside [`ebpf_object`].
-pub fn ebpf_devices_object() -> PathBuf {
-    target_dir().join("ebpf/bpfel-unknown-none/release/berth-ebpf-devices")
-}
-
 /// The Python venv holding kubectl and the kubernetes client.
 pub fn venv_dir() -> PathBuf {
     target_dir().join("tools/venv")

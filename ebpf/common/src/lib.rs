@@ -220,15 +220,8 @@ pub enum Stat {
 /// Number of entries in the stats array.
 pub const STATS_LEN: u32 = 9;
 
-/// The device cgroup program's object (a separate ELF, so loading it per container
-/// creates none of the load balancer's maps), its program name and its globals.
-pub const DEVICES_PROGRAM: &str = "berth_devices";
-/// The rules global: `[DeviceRule; MAX_DEVICE_RULES]`, set at load time (read-only data,
-/// so the verifier sees constants).
-pub const DEVICE_RULES_GLOBAL: &str = "DEVICE_RULES";
-/// How many entries of [`DEVICE_RULES_GLOBAL`] are in use (u32).
-pub const DEVICE_RULE_COUNT_GLOBAL: &str = "DEVICE_RULE_COUNT";
-/// Capacity of the rule table (runc's default list is 11 rules).
+/// The most rules one container's device program holds (runc's default list is 11
+/// rules; the program is generated in user space, `berth_ebpf::attach_device_filter`).
 pub const MAX_DEVICE_RULES: usize = 32;
 /// Major or minor that matches any number (the OCI spec's wildcard, -1).
 pub const DEVICE_ANY: u32 = u32::MAX;
@@ -256,15 +249,6 @@ pub struct DeviceRule {
 }
 
 impl DeviceRule {
-    /// An unused slot.
-    pub const NONE: Self = Self {
-        kind: DEVICE_KIND_ANY,
-        major: 0,
-        minor: 0,
-        access: 0,
-        allow: 0,
-    };
-
     /// Whether this rule matches a request.
     #[inline(always)]
     pub fn matches(&self, kind: u32, major: u32, minor: u32, access: u32) -> bool {
@@ -277,8 +261,6 @@ impl DeviceRule {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: five u32s, #[repr(C)], no padding; every bit pattern is valid.
-    unsafe impl aya::Pod for super::DeviceRule {}
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding
     // fields, so every bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::ServiceKey {}

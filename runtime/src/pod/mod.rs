@@ -63,9 +63,6 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// The `berth-runtime` binary (monitor and exec).
     pub runtime_binary: PathBuf,
-    /// The device cgroup program (`berth-ebpf-devices`), needed on cgroup v2 hosts;
-    /// None = [`crate::devices::default_program`] in the monitor.
-    pub device_program: Option<PathBuf>,
     pub log_rotation: Rotation,
 }
 
@@ -470,9 +467,6 @@ impl Runtime {
             stdin_fifo: cfg.stdin.then(|| self.stdin_path(&cfg.id)),
         };
         let mut command = Command::new(&self.cfg.runtime_binary);
-        if let Some(p) = &self.cfg.device_program {
-            command.env("BERTH_DEVICE_PROGRAM", p);
-        }
         if let Some(mounts) = crate::cgroups::v1_mounts_env() {
             command.env(crate::cgroups::V1_MOUNTS_ENV, mounts);
         }

@@ -163,13 +163,6 @@ pub fn run() -> Result<Report> {
         "xtask",
     ]))?;
     let berth = util::target_dir().join("release/berth-runtime");
-    let devices = util::ebpf_devices_object();
-    if !devices.exists() {
-        bail!(
-            "{} is missing: run `cargo xtask build-ebpf` (the seccomp rows run berth's device program)",
-            devices.display()
-        );
-    }
     let crun = tool_version("crun")?;
     let runc = tool_version("runc")?;
     let dir = util::target_dir().join("bench-runtime");
@@ -191,8 +184,6 @@ pub fn run() -> Result<Report> {
             .arg(&bundle)
             .arg("--state")
             .arg(dir.join("state"))
-            .arg("--device-program")
-            .arg(&devices)
             .stderr(Stdio::inherit())
             .output()
             .context("runtime-timer")?;
@@ -321,7 +312,7 @@ pub fn run() -> Result<Report> {
         format!("crun {crun}, plain (private mount ns, pure v1): the spec's rules then crun's built-in allow-list (libcrun cgroup-resources.c `write_devices_resources_v1`: mknod of any c/b device, null, zero, full, tty, random, urandom, console, pts, ptmx, net/tun) to the v1 devices controller; no seccomp."),
         format!("runc {runc}, plain (host, hybrid): the spec's rules plus runc's default allowed devices (libcontainer specconv) through the v1 devices controller; no seccomp."),
         "berth-runtime, cgroup v2, no seccomp, no device rules: the `v2-plain` bundle's only device rule allows everything, which `devices::rules` reduces to nothing to enforce, so no device program is attached; no seccomp.".into(),
-        "berth-runtime, cgroup v2, RuntimeDefault + device program: the spec's deny-all then runc's defaults, enforced by berth's BPF_PROG_TYPE_CGROUP_DEVICE program (BERTH_DEVICE_PROGRAM) loaded and attached to the container's cgroup each run; moby's default profile (berth's RuntimeDefault for the bundle's capabilities) compiled at create and installed by the init. `seccomp_devices_added_ms` is this row minus the v2 row without either.".into(),
+        "berth-runtime, cgroup v2, RuntimeDefault + device program: the spec's deny-all then runc's defaults, enforced by berth's BPF_PROG_TYPE_CGROUP_DEVICE program, generated from the rules, loaded and attached to the container's cgroup each run; moby's default profile (berth's RuntimeDefault for the bundle's capabilities) compiled at create and installed by the init. `seccomp_devices_added_ms` is this row minus the v2 row without either.".into(),
         format!("crun {crun}, RuntimeDefault: the same profile (crun loads it through libseccomp) and the same device rules as its plain row, on v1."),
         "Timed from one single-threaded process, runtimes rotated each round; wall time of the whole command.".into(),
         format!("crun {crun} refuses hybrid cgroups (`cgroups in hybrid mode not supported`): its runs enter a private mount namespace with /sys/fs/cgroup/unified unmounted (pure v1). berth and runc run on the host's hybrid layout; berth's v2 rows in a private mount namespace with cgroup2 at /sys/fs/cgroup."),
@@ -362,9 +353,6 @@ pub struct TimerArgs {
     bundle: PathBuf,
     #[arg(long)]
     state: PathBuf,
-    /// berth's device program object (for the cgroup v2 runs).
-    #[arg(long)]
-    device_program: PathBuf,
 }
 
 /// The timer process: single-threaded, so it can switch mount namespaces with setns.
@@ -416,7 +404,6 @@ pub fn timer(args: &TimerArgs) -> Result<std::process::ExitCode> {
                 "berth" => {
                     let mut c = Command::new(&args.berth);
                     c.arg("--root").arg(&args.state);
-                    c.env("BERTH_DEVICE_PROGRAM", &args.device_program);
                     c
                 }
                 other => Command::new(other),

@@ -16,11 +16,6 @@ pub fn ebpf_object() -> PathBuf {
     )
 }
 
-/// The device cgroup program's object, built beside [`ebpf_object`].
-pub fn ebpf_devices_object() -> PathBuf {
-    ebpf_object().with_file_name("berth-ebpf-devices")
-}
-
 /// `xtask/requirements.txt`, the one place the tools' versions are pinned.
 pub fn requirements_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../requirements.txt")

@@ -40,7 +40,6 @@ pub fn run(root: &Root, args: &Args) -> anyhow::Result<()> {
         stdio: Stdio::Inherit,
         host_mounts: Vec::new(),
         monitored: false,
-        device_program: None,
     })?;
     if let Some(path) = &args.pid_file {
         berth_runtime::state::write_replace(path, created.state.pid.to_string().as_bytes())?;
