@@ -1196,10 +1196,12 @@ fn step_container(
                     .entry((id.clone(), ProbeKind::Startup))
                     .or_default();
                 if s.verdict != Some(true) {
-                    s.tick(p, c, started, target);
+                    if let Some(msg) = s.tick(p, c, started, target) {
+                        mem.events.push(unhealthy("Startup", &msg));
+                    }
                     startup_ok = s.verdict == Some(true);
                     if s.verdict == Some(false) {
-                        kill_unhealthy(view, c, &id, "Startup", &s.last_message.clone(), mem);
+                        kill_unhealthy(view, c, &id, "Startup", mem);
                         return;
                     }
                     *wake = (*wake).min(
@@ -1216,10 +1218,11 @@ fn step_container(
                     .probes
                     .entry((id.clone(), ProbeKind::Liveness))
                     .or_default();
-                s.tick(p, c, started, target);
+                if let Some(msg) = s.tick(p, c, started, target) {
+                    mem.events.push(unhealthy("Liveness", &msg));
+                }
                 if s.verdict == Some(false) {
-                    let msg = s.last_message.clone();
-                    kill_unhealthy(view, c, &id, "Liveness", &msg, mem);
+                    kill_unhealthy(view, c, &id, "Liveness", mem);
                     return;
                 }
                 *wake = (*wake).min(
@@ -1232,14 +1235,8 @@ fn step_container(
                     .probes
                     .entry((id.clone(), ProbeKind::Readiness))
                     .or_default();
-                let before = s.verdict;
-                s.tick(p, c, started, target);
-                if s.verdict == Some(false) && before != Some(false) {
-                    mem.events.push(Event {
-                        warning: true,
-                        reason: "Unhealthy".into(),
-                        message: format!("Readiness probe failed: {}", s.last_message),
-                    });
+                if let Some(msg) = s.tick(p, c, started, target) {
+                    mem.events.push(unhealthy("Readiness", &msg));
                 }
                 *wake = (*wake).min(
                     s.next_due(p, started)
@@ -1259,19 +1256,16 @@ fn step_container(
     }
 }
 
-fn kill_unhealthy(
-    view: &PodView<'_>,
-    c: &Container,
-    id: &str,
-    kind: &str,
-    msg: &str,
-    mem: &mut Memory,
-) {
-    mem.events.push(Event {
+/// The kubelet's event for one failed probe run (repeats are counted on one Event).
+fn unhealthy(kind: &str, msg: &str) -> Event {
+    Event {
         warning: true,
         reason: "Unhealthy".into(),
         message: format!("{kind} probe failed: {msg}"),
-    });
+    }
+}
+
+fn kill_unhealthy(view: &PodView<'_>, c: &Container, id: &str, kind: &str, mem: &mut Memory) {
     mem.events.push(Event {
         warning: false,
         reason: "Killing".into(),

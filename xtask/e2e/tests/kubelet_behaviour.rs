@@ -767,3 +767,126 @@ spec:
     c.kubectl.ok(&["logs", "crasher"]);
     c.kubectl.ok(&["delete", "pod", "crasher", "--wait=false"]);
 }
+
+/// httpGet over HTTPS (no certificate verification), custom headers, redirects (same
+/// host followed, another host not followed and counted as success) and grpc probes
+/// against the testserver's HTTPS and gRPC health endpoints, with the kubelet's failure
+/// messages in the `Unhealthy` events.
+#[test]
+fn https_grpc_header_and_redirect_probes_as_the_kubelet_runs_them() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: secure}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/testserver:v1
+    imagePullPolicy: Never
+    startupProbe:
+      httpGet:
+        path: /header?name=X-Probe
+        port: 8080
+        httpHeaders: [{name: X-Probe, value: "yes"}]
+      periodSeconds: 1
+      failureThreshold: 10
+    readinessProbe: {httpGet: {scheme: HTTPS, path: /healthz, port: 8443}, periodSeconds: 1}
+    livenessProbe: {grpc: {port: 9090, service: testserver}, periodSeconds: 1, failureThreshold: 3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: redirect-away}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/testserver:v1
+    imagePullPolicy: Never
+    readinessProbe: {httpGet: {path: "/redirect?to=http://elsewhere.invalid:8080/healthz", port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: redirect-404}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/testserver:v1
+    imagePullPolicy: Never
+    readinessProbe: {httpGet: {path: "/redirect?to=/missing", port: 8080}, periodSeconds: 1}
+    livenessProbe: {grpc: {port: 9090, service: no-such-service}, periodSeconds: 1, failureThreshold: 100}
+"#,
+    );
+    // All three probes of `secure` pass: Ready, never restarted.
+    c.wait_pod("secure", "Ready", ready);
+    // A redirect to another host is not followed: its 302 counts as success.
+    c.wait_pod("redirect-away", "Ready", ready);
+    // A same-host redirect is followed to a 404: never Ready; an unknown gRPC service
+    // fails the liveness probe with the kubelet's message.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut readiness, mut liveness) = (false, false);
+    while !(readiness && liveness) && Instant::now() < deadline {
+        for (reason, msg) in events_of(&c, "redirect-404") {
+            if reason != "Unhealthy" {
+                continue;
+            }
+            readiness |= msg == "Readiness probe failed: HTTP probe failed with statuscode: 404";
+            liveness |= msg.starts_with(
+                "Liveness probe failed: error: health rpc probe failed: rpc error: code = NotFound",
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let events = events_of(&c, "redirect-404");
+    assert!(readiness, "a followed redirect to a 404: {events:?}");
+    assert!(liveness, "an unknown gRPC service: {events:?}");
+    let pod = c.kubectl.json(&["get", "pod", "redirect-404"]);
+    assert!(!ready(&pod), "Ready behind a 404: {pod}");
+
+    let pod = c.kubectl.json(&["get", "pod", "secure"]);
+    assert_eq!(
+        Cluster::container_status(&pod, "c")["restartCount"],
+        0,
+        "{pod}"
+    );
+    // /healthz fails: the HTTPS readiness probe takes the pod out, and the gRPC liveness
+    // probe (NOT_SERVING) restarts the container, whose new process is healthy again.
+    c.kubectl.ok(&[
+        "exec",
+        "secure",
+        "--",
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:8080/healthz/fail",
+    ]);
+    c.wait_pod("secure", "restarted by its gRPC liveness probe", |p| {
+        Cluster::container_status(p, "c")["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let events = events_of(&c, "secure");
+    assert!(
+        events.iter().any(|(r, m)| r == "Unhealthy"
+            && m == r#"Liveness probe failed: service unhealthy (responded with "NOT_SERVING")"#),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|(r, m)| r == "Unhealthy"
+            && m == "Readiness probe failed: HTTP probe failed with statuscode: 500"),
+        "{events:?}"
+    );
+    c.wait_pod("secure", "Ready again after the restart", ready);
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "secure",
+        "redirect-away",
+        "redirect-404",
+        "--wait=false",
+    ]);
+}

@@ -1,14 +1,50 @@
-//! `testserver`: the workload berth's tests run in pods (std only, built static).
+//! `testserver`: the workload berth's tests run in pods (built static), like Kubernetes'
+//! agnhost.
 //!
 //! - HTTP on `--http-port` (8080): `/` answers the hostname, `/healthz` 200 "ok" until
 //!   `/healthz/fail` flips it to 500 (`/healthz/ok` flips it back), `/exit?code=N` exits
-//!   with N, `/env?name=X` answers the variable, `/file?path=P` a file's contents.
+//!   with N, `/env?name=X` answers the variable, `/file?path=P` a file's contents,
+//!   `/redirect?to=L` a 302 to L, `/header?name=X` 200 with the request's header X or 404.
+//! - The same routes over HTTPS on `--https-port` (8443), a self-signed certificate made
+//!   at start.
+//! - gRPC health (`grpc.health.v1.Health`) on `--grpc-port` (9090): service "" and
+//!   "testserver" SERVING while /healthz is ok, NOT_SERVING while it fails.
 //! - TCP echo on `--tcp-port` (9000), UDP echo on `--udp-port` (9001).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use tonic_health::ServingStatus;
+
+/// The health flag, mirrored into the gRPC health service.
+struct Health {
+    ok: AtomicBool,
+    grpc: Option<(tokio::runtime::Handle, tonic_health::server::HealthReporter)>,
+}
+
+impl Health {
+    fn ok(&self) -> bool {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, ok: bool) {
+        self.ok.store(ok, Ordering::SeqCst);
+        if let Some((rt, reporter)) = &self.grpc {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            rt.block_on(async {
+                for name in ["", "testserver"] {
+                    reporter.set_service_status(name, status).await;
+                }
+            });
+        }
+    }
+}
 
 fn flag(args: &[String], name: &str, default: u16) -> u16 {
     let prefix = format!("{name}=");
@@ -39,54 +75,72 @@ fn query<'a>(target: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-fn respond(stream: &mut TcpStream, code: u16, body: &str) {
+fn respond(stream: &mut impl Write, code: u16, body: &str) {
+    respond_with(stream, code, "", body)
+}
+
+fn respond_with(stream: &mut impl Write, code: u16, extra: &str, body: &str) {
     let reason = match code {
         200 => "OK",
+        302 => "Found",
         404 => "Not Found",
         _ => "Internal Server Error",
     };
     let _ = write!(
         stream,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = stream.flush();
 }
 
-fn serve_http(mut stream: TcpStream, healthy: &AtomicBool) {
+fn serve_http<S: Read + Write>(stream: S, healthy: &Health) {
     let mut line = String::new();
-    let mut reader = BufReader::new(match stream.try_clone() {
-        Ok(s) => s,
-        Err(_) => return,
-    });
+    let mut reader = BufReader::new(stream);
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    // Drain the headers.
+    let mut headers: Vec<(String, String)> = Vec::new();
     let mut header = String::new();
     while reader
         .read_line(&mut header)
         .map(|n| n > 2)
         .unwrap_or(false)
     {
+        if let Some((k, v)) = header.trim_end().split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
         header.clear();
     }
+    let mut stream = reader.into_inner();
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let path = target.split('?').next().unwrap_or("/");
     match path {
         "/" | "/hostname" => respond(&mut stream, 200, &hostname()),
+        "/redirect" => {
+            let to = query(&target, "to").unwrap_or("/");
+            respond_with(&mut stream, 302, &format!("Location: {to}\r\n"), "")
+        }
+        "/header" => {
+            let name = query(&target, "name").unwrap_or("").to_ascii_lowercase();
+            match headers.iter().find(|(k, _)| *k == name) {
+                Some((_, v)) => respond(&mut stream, 200, v),
+                None => respond(&mut stream, 404, "no such header"),
+            }
+        }
         "/healthz" => {
-            if healthy.load(Ordering::SeqCst) {
+            if healthy.ok() {
                 respond(&mut stream, 200, "ok")
             } else {
                 respond(&mut stream, 500, "failing")
             }
         }
         "/healthz/fail" => {
-            healthy.store(false, Ordering::SeqCst);
+            healthy.set(false);
             respond(&mut stream, 200, "now failing")
         }
         "/healthz/ok" => {
-            healthy.store(true, Ordering::SeqCst);
+            healthy.set(true);
             respond(&mut stream, 200, "now ok")
         }
         "/exit" => {
@@ -112,12 +166,92 @@ fn serve_http(mut stream: TcpStream, healthy: &AtomicBool) {
     }
 }
 
+/// Serves the HTTP routes over TLS with a self-signed certificate for "testserver".
+fn serve_https(port: u16, healthy: Arc<Health>) -> Result<(), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = rcgen::CertificateParams::new(vec!["testserver".to_string()])
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .map_err(|e| e.to_string())?;
+    let config = Arc::new(config);
+    let listener =
+        TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind :{port}: {e}"))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (config, healthy) = (config.clone(), healthy.clone());
+            std::thread::spawn(move || {
+                if let Ok(tls) = rustls::ServerConnection::new(config) {
+                    serve_http(rustls::StreamOwned::new(tls, conn), &healthy);
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Starts the gRPC health service on its own runtime thread; the reporter it returns
+/// flips the services' status.
+fn serve_grpc(
+    port: u16,
+) -> Result<(tokio::runtime::Handle, tonic_health::server::HealthReporter), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let handle = rt.handle().clone();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let listener = handle
+        .block_on(tokio::net::TcpListener::bind(("0.0.0.0", port)))
+        .map_err(|e| format!("bind :{port}: {e}"))?;
+    handle.block_on(async {
+        for name in ["", "testserver"] {
+            reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+    });
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                eprintln!("testserver: grpc: {e}");
+            }
+        })
+    });
+    Ok((handle, reporter))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let http = flag(&args, "--http-port", 8080);
     let tcp = flag(&args, "--tcp-port", 9000);
     let udp = flag(&args, "--udp-port", 9001);
-    let healthy = Arc::new(AtomicBool::new(true));
+    let https = flag(&args, "--https-port", 8443);
+    let grpc_port = flag(&args, "--grpc-port", 9090);
+    let grpc = serve_grpc(grpc_port)
+        .map_err(|e| eprintln!("testserver: grpc :{grpc_port}: {e}"))
+        .ok();
+    let healthy = Arc::new(Health {
+        ok: AtomicBool::new(true),
+        grpc,
+    });
+    if let Err(e) = serve_https(https, healthy.clone()) {
+        eprintln!("testserver: https :{https}: {e}");
+    }
 
     if let Ok(sock) = UdpSocket::bind(("0.0.0.0", udp)) {
         std::thread::spawn(move || {
@@ -149,7 +283,7 @@ fn main() {
         }
     };
     println!(
-        "testserver: http :{http} tcp :{tcp} udp :{udp} on {}",
+        "testserver: http :{http} https :{https} grpc :{grpc_port} tcp :{tcp} udp :{udp} on {}",
         hostname()
     );
     for conn in listener.incoming().flatten() {

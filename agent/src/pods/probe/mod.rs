@@ -1,9 +1,11 @@
-//! Liveness, readiness and startup probes: exec (through the runtime), tcpSocket and
-//! httpGet (200–399 is success) — the latter two connect from inside the pod's network
-//! namespace to the pod IP, so they work wherever the node's pod network lives.
-//! Thresholds and periods as the kubelet applies them.
+//! Liveness, readiness and startup probes: exec (through the runtime), tcpSocket,
+//! httpGet (HTTP and HTTPS, [`http`]) and grpc ([`grpc`]) — the network ones connect from
+//! inside the pod's network namespace to the pod IP, so they work wherever the node's pod
+//! network lives. Thresholds and periods as the kubelet applies them.
 
-use std::io::{Read, Write};
+mod grpc;
+mod http;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,16 +37,23 @@ pub struct State {
 
 impl State {
     /// Runs the probe if it is due (after `initialDelaySeconds` from `started`, then
-    /// every `periodSeconds`) and updates the verdict. Returns whether it ran.
-    pub fn tick(&mut self, probe: &Probe, c: &Container, started: Instant, t: Target<'_>) -> bool {
+    /// every `periodSeconds`) and updates the verdict. Returns the failure's message when
+    /// it ran and failed (the kubelet records an `Unhealthy` event for each one).
+    pub fn tick(
+        &mut self,
+        probe: &Probe,
+        c: &Container,
+        started: Instant,
+        t: Target<'_>,
+    ) -> Option<String> {
         let delay = Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
         let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
         let now = Instant::now();
         if now < started + delay {
-            return false;
+            return None;
         }
         if self.last_run.is_some_and(|l| now < l + period) {
-            return false;
+            return None;
         }
         self.last_run = Some(now);
         match run(probe, c, t) {
@@ -54,17 +63,18 @@ impl State {
                 if self.successes >= probe.success_threshold.unwrap_or(1).max(1) {
                     self.verdict = Some(true);
                 }
+                None
             }
             Err(msg) => {
                 self.successes = 0;
                 self.failures += 1;
-                self.last_message = msg;
+                self.last_message = msg.clone();
                 if self.failures >= probe.failure_threshold.unwrap_or(3).max(1) {
                     self.verdict = Some(false);
                 }
+                Some(msg)
             }
         }
-        true
     }
 
     /// When the probe is next due.
@@ -119,55 +129,35 @@ pub fn run(probe: &Probe, c: &Container, t: Target<'_>) -> Result<(), String> {
                 .map_err(|e| format!("dial tcp {addr}: {e}"))
         });
     }
-    if let Some(http) = &probe.http_get {
-        if http.scheme.as_deref() == Some("HTTPS") {
-            return Err("HTTPS probes are not supported by berth-agent yet".into());
-        }
-        let port = port_number(&http.port, c)?;
-        let host = http.host.clone().unwrap_or_else(|| t.pod_ip.to_owned());
-        let addr: SocketAddr = format!("{host}:{port}")
-            .parse()
-            .map_err(|e| format!("address {host}:{port}: {e}"))?;
-        let path = http.path.clone().unwrap_or_else(|| "/".into());
-        let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n"
-        );
-        for h in http.http_headers.iter().flatten() {
-            request.push_str(&format!("{}: {}\r\n", h.name, h.value));
-        }
-        request.push_str("\r\n");
-        let url = format!("http://{addr}{path}");
-        return crate::netns::run_in(t.netns, move || {
-            let mut s = TcpStream::connect_timeout(&addr, timeout)
-                .map_err(|e| format!("Get {url:?}: dial tcp {addr}: {e}"))?;
-            let _ = s.set_read_timeout(Some(timeout));
-            let _ = s.set_write_timeout(Some(timeout));
-            s.write_all(request.as_bytes())
-                .map_err(|e| format!("Get {url:?}: {e}"))?;
-            let mut head = [0u8; 64];
-            let mut n = 0;
-            while n < 12 {
-                match s.read(&mut head[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) => return Err(format!("Get {url:?}: {e}")),
-                }
-            }
-            let line = String::from_utf8_lossy(&head[..n]);
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("Get {url:?}: malformed HTTP response"))?;
-            if (200..400).contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("HTTP probe failed with statuscode: {code}"))
+    if let Some(get) = &probe.http_get {
+        let port = port_number(&get.port, c)?;
+        let req = http::Request {
+            https: get.scheme.as_deref() == Some("HTTPS"),
+            host: get.host.clone().unwrap_or_else(|| t.pod_ip.to_owned()),
+            port,
+            path: match get.path.as_deref() {
+                None | Some("") => "/".into(),
+                Some(p) if p.starts_with('/') => p.to_owned(),
+                Some(p) => format!("/{p}"),
+            },
+            headers: get
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        };
+        return crate::netns::run_in(t.netns, move || http::probe(&req, timeout)).map(|warning| {
+            if let Some(w) = warning {
+                tracing::debug!(container = %c.name, "probe warning: {w}");
             }
         });
     }
-    if probe.grpc.is_some() {
-        return Err("gRPC probes are not supported by berth-agent yet".into());
+    if let Some(g) = &probe.grpc {
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        let service = g.service.clone().unwrap_or_default();
+        let host = t.pod_ip.to_owned();
+        return crate::netns::run_in(t.netns, move || grpc::probe(&host, port, &service, timeout));
     }
     Err("probe has no handler".into())
 }
