@@ -277,7 +277,9 @@ pub fn teardown(
     }
     if let Ok(sandbox) = rt.sandbox(uid) {
         let name = pod.map(full_name).unwrap_or_default();
-        ctx.network.del(uid, &sandbox.netns, &name)?;
+        if !sandbox.config.host_network {
+            ctx.network.del(uid, &sandbox.netns, &name)?;
+        }
         rt.remove_sandbox(uid)
             .map_err(|e| format!("remove sandbox: {e}"))?;
         remove_pod_cgroup(&sandbox.config.cgroup_parent)?;
@@ -313,8 +315,12 @@ fn dns_for(ctx: &Ctx, pod: &Pod) -> (Vec<String>, Vec<String>, Vec<String>) {
         .and_then(|s| s.dns_policy.as_deref())
         .unwrap_or("ClusterFirst");
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    // ClusterFirst on the host's network falls back to the node's resolver, as the
+    // kubelet's does; ClusterFirstWithHostNet is how such a pod asks for cluster DNS.
+    let host_network = spec.and_then(|s| s.host_network) == Some(true);
     let (mut servers, mut searches, mut options) = match policy {
         "None" => (Vec::new(), Vec::new(), Vec::new()),
+        "ClusterFirst" if host_network => host_resolv(),
         "ClusterFirst" | "ClusterFirstWithHostNet" if !ctx.cluster_dns.is_empty() => {
             let d = &ctx.cluster_domain;
             let (_, host_search, _) = host_resolv();
@@ -363,17 +369,7 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
         teardown_sandbox_only(ctx, pod)?;
     }
     let spec = pod.spec.as_ref().ok_or("pod has no spec")?;
-    // Refused, never ignored: a pod that asks for the host's namespaces and silently got
-    // its own would run with a view it did not ask for.
-    for (asked, field) in [
-        (spec.host_network, "hostNetwork"),
-        (spec.host_pid, "hostPID"),
-        (spec.host_ipc, "hostIPC"),
-    ] {
-        if asked == Some(true) {
-            return Err(format!("{field} pods are not supported by berth-agent yet"));
-        }
-    }
+    let host_network = spec.host_network == Some(true);
     // The kubelet's words when the runtime has no user namespace support.
     if spec.host_users == Some(false) {
         return Err(
@@ -382,17 +378,26 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
         );
     }
     let (nameservers, searches, dns_options) = dns_for(ctx, pod);
-    let hostname = spec
-        .hostname
-        .clone()
-        .or_else(|| pod.metadata.name.clone())
-        .unwrap_or_default();
+    // A hostNetwork pod is in the node's UTS namespace too: its hostname is the node's.
+    let hostname = if host_network {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .map_err(|e| format!("Failed to create pod sandbox: the node's hostname: {e}"))?
+    } else {
+        spec.hostname
+            .clone()
+            .or_else(|| pod.metadata.name.clone())
+            .unwrap_or_default()
+    };
     let hostname: String = hostname.chars().take(63).collect();
     let cfg = SandboxConfig {
         id: uid.clone(),
         hostname,
         cgroup_parent: resources::pod_cgroup(&ctx.cgroup_root, qos, &uid),
         share_process_namespace: spec.share_process_namespace == Some(true),
+        host_network,
+        host_pid: spec.host_pid == Some(true),
+        host_ipc: spec.host_ipc == Some(true),
         pause_image: ctx.pause_image.clone(),
         nameservers,
         searches,
@@ -410,6 +415,13 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
     let sandbox = rt
         .run_sandbox(&cfg)
         .map_err(|e| format!("Failed to create pod sandbox: {e}"))?;
+    if host_network {
+        // No CNI: the pod is on the node's network, and its IP is the node's.
+        let ip = ctx.node.node_ip.clone();
+        rt.set_pod_ip(&uid, &ip)
+            .map_err(|e| format!("recording the pod IP: {e}"))?;
+        return Ok((sandbox.netns, ip));
+    }
     match ctx.network.add(&uid, &sandbox.netns, &full_name(pod)) {
         Ok(ip) => {
             rt.set_pod_ip(&uid, &ip)
@@ -433,7 +445,9 @@ fn teardown_sandbox_only(ctx: &Ctx, pod: &Pod) -> Result<(), String> {
             .map_err(|e| format!("remove container {id}: {e}"))?;
     }
     let sandbox = rt.sandbox(&uid).ok();
-    if let Some(sb) = &sandbox {
+    if let Some(sb) = &sandbox
+        && !sb.config.host_network
+    {
         ctx.network.del(&uid, &sb.netns, &full_name(pod))?;
     }
     rt.remove_sandbox(&uid)

@@ -526,6 +526,10 @@ mod tests {
 /// frontends: `hostIP` (or any node address, 0.0.0.0) and the hostPort, to the pod's
 /// IP and containerPort. Programmed like NodePorts, they replace CNI portmap rules.
 pub fn host_port_entries(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<LbEntry> {
+    // A hostNetwork pod listens on the node's ports itself: nothing to forward.
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return Vec::new();
+    }
     let Some(pod_ip) = pod
         .status
         .as_ref()

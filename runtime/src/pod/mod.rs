@@ -146,6 +146,15 @@ pub struct SandboxConfig {
     /// The pod's cgroup, e.g. `kubepods/burstable/pod<uid>`.
     pub cgroup_parent: String,
     pub share_process_namespace: bool,
+    /// The host's network (and UTS) namespace instead of the pod's own (`hostNetwork`).
+    #[serde(default)]
+    pub host_network: bool,
+    /// The host's PID namespace (`hostPID`).
+    #[serde(default)]
+    pub host_pid: bool,
+    /// The host's IPC namespace and /dev/shm (`hostIPC`).
+    #[serde(default)]
+    pub host_ipc: bool,
     pub pause_image: String,
     pub nameservers: Vec<String>,
     pub searches: Vec<String>,
@@ -258,7 +267,7 @@ impl Runtime {
             ..Default::default()
         };
         let cgroup = format!("{}/pause", cfg.cgroup_parent.trim_end_matches('/'));
-        self.create_inner(&pause, None, false, &cgroup, cfg, None)?;
+        self.create_inner(&pause, None, &cgroup, cfg, None)?;
         self.start_container(&cfg.id)?;
         let state = self.root.load(&cfg.id)?;
         let netns = self.cfg.state_dir.join("netns").join(&cfg.id);
@@ -379,7 +388,6 @@ impl Runtime {
         self.create_inner(
             &cfg,
             Some(pause.pid),
-            sandbox.config.share_process_namespace,
             &cgroup,
             &sandbox.config,
             sandbox.pod_ip.as_deref(),
@@ -390,7 +398,6 @@ impl Runtime {
         &self,
         cfg: &ContainerConfig,
         sandbox_pid: Option<i32>,
-        share_pid: bool,
         cgroup: &str,
         sandbox: &SandboxConfig,
         pod_ip: Option<&str>,
@@ -418,15 +425,7 @@ impl Runtime {
             let rootfs = overlay::mount(&dir, &lower)?;
             let bundle = dir.join("bundle");
             std::fs::create_dir_all(&bundle).map_err(io("create bundle"))?;
-            let spec = spec::build(
-                cfg,
-                &image,
-                &layers,
-                &rootfs,
-                sandbox_pid,
-                share_pid,
-                cgroup,
-            )?;
+            let spec = spec::build(cfg, &image, &layers, &rootfs, sandbox_pid, sandbox, cgroup)?;
             std::fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec_pretty(&spec).map_err(|e| io("encode spec")(e.into()))?,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{ContainerConfig, Resources, SeccompProfile};
+use super::{ContainerConfig, Resources, SandboxConfig, SeccompProfile};
 use crate::image::config::{ImageUser, merge_command, merge_env, working_dir};
 use crate::image::{Error, Image};
 use crate::process::{CAPABILITY_NAMES, DEFAULT_CAPABILITIES};
@@ -114,14 +114,15 @@ fn resources(r: &Resources, privileged: bool) -> Value {
 
 /// Builds config.json for a container whose rootfs is `rootfs` (the overlay mount).
 /// `layers_top_first` are used to look up user names; `sandbox_pid` is the pause
-/// process whose namespaces the container joins (none for the sandbox itself).
+/// process whose namespaces the container joins (none for the sandbox itself), and
+/// `sandbox` says which of them are the host's.
 pub fn build(
     cfg: &ContainerConfig,
     image: &Image,
     layers_top_first: &[std::path::PathBuf],
     rootfs: &Path,
     sandbox_pid: Option<i32>,
-    share_pid: bool,
+    sandbox: &SandboxConfig,
     cgroups_path: &str,
 ) -> Result<Value, Error> {
     let ic = image.config.config().clone().unwrap_or_default();
@@ -157,27 +158,8 @@ pub fn build(
 
     let caps = capabilities(cfg);
     let seccomp = seccomp(cfg, &caps)?;
-    let mut namespaces = vec![json!({"type": "mount"})];
-    match sandbox_pid {
-        Some(pid) => {
-            for (kind, file) in [("network", "net"), ("ipc", "ipc"), ("uts", "uts")] {
-                namespaces.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{file}")}));
-            }
-            if share_pid {
-                namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
-            } else {
-                namespaces.push(json!({"type": "pid"}));
-            }
-        }
-        None => {
-            for kind in ["network", "ipc", "uts", "pid"] {
-                namespaces.push(json!({"type": kind}));
-            }
-        }
-    }
-    if crate::cgroups::is_v2() {
-        namespaces.push(json!({"type": "cgroup"}));
-    }
+    let namespaces = namespaces(sandbox_pid, sandbox);
+    let host_uts = sandbox.host_network;
 
     let mut dev_options = vec!["nosuid", "strictatime", "mode=755", "size=65536k"];
     if !cfg.privileged {
@@ -189,7 +171,12 @@ pub fn build(
         // host's (see rootfs::create_devices), so a node the container makes is unusable.
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": dev_options}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        if sandbox.host_ipc {
+            // hostIPC: the host's shared memory, as containerd gives it.
+            json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw", "nosuid", "noexec", "nodev"]})
+        } else {
+            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
+        },
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if cfg.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
@@ -255,11 +242,10 @@ pub fn build(
             source,
         })?;
     }
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": rootfs, "readonly": cfg.read_only_rootfs},
-        "hostname": cfg.hostname,
         "mounts": mounts,
         "annotations": {
             "io.kubernetes.cri.container-name": cfg.name,
@@ -267,5 +253,45 @@ pub fn build(
             "io.kubernetes.cri.image-name": image.reference,
         },
         "linux": linux,
-    }))
+    });
+    // In the host's UTS namespace the host's name stays: setting one would rename the
+    // node.
+    if !host_uts {
+        spec["hostname"] = cfg.hostname.clone().into();
+    }
+    Ok(spec)
+}
+
+/// The OCI namespaces of a container: the pause container (`sandbox_pid` None) makes the
+/// pod's own, except those the pod takes from the host; the pod's containers join the
+/// pause's, and keep the host's where the pod asked for them (no entry: the runtime's
+/// own, which is the host's). The PID namespace is the container's own unless the pod
+/// shares one (`shareProcessNamespace`) or takes the host's.
+fn namespaces(sandbox_pid: Option<i32>, sandbox: &SandboxConfig) -> Vec<Value> {
+    let mut out = vec![json!({"type": "mount"})];
+    let own = [
+        ("network", "net", sandbox.host_network),
+        ("ipc", "ipc", sandbox.host_ipc),
+        ("uts", "uts", sandbox.host_network),
+    ];
+    for (kind, file, host) in own {
+        match (host, sandbox_pid) {
+            (true, _) => {}
+            (false, Some(pid)) => {
+                out.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{file}")}))
+            }
+            (false, None) => out.push(json!({"type": kind})),
+        }
+    }
+    match (sandbox.host_pid, sandbox_pid) {
+        (true, _) => {}
+        (false, Some(pid)) if sandbox.share_process_namespace => {
+            out.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}))
+        }
+        (false, _) => out.push(json!({"type": "pid"})),
+    }
+    if crate::cgroups::is_v2() {
+        out.push(json!({"type": "cgroup"}));
+    }
+    out
 }

@@ -404,8 +404,8 @@ spec:
 }
 
 /// `runAsNonRoot` as the kubelet checks it (CreateContainerConfigError with its words;
-/// `runAsUser` 1000 runs as 1000); host namespaces berth cannot give refused with a
-/// FailedCreatePodSandBox event instead of silently running in the pod's own; sysctls
+/// `runAsUser` 1000 runs as 1000); user namespaces, which berth cannot give, refused
+/// with a FailedCreatePodSandBox event instead of silently running without; sysctls
 /// admitted as the kubelet admits them (a safe one set in the pod's network namespace,
 /// an unsafe one rejected: phase Failed, reason SysctlForbidden); an AppArmor profile
 /// rejected (reason AppArmor) on this host without AppArmor; a subPath leading out of
@@ -521,15 +521,6 @@ spec:
     command: [sleep, "3600"]
     volumeMounts: [{name: data, mountPath: /all}]
   volumes: [{name: data, emptyDir: {}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: host-pid}
-spec:
-  terminationGracePeriodSeconds: 1
-  hostPID: true
-  containers:
-  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
 "#,
     );
     let waiting = |name: &str| {
@@ -704,10 +695,6 @@ spec:
         assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
     };
     refused(
-        "host-pid",
-        "hostPID pods are not supported by berth-agent yet",
-    );
-    refused(
         "user-ns",
         "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces",
     );
@@ -723,7 +710,6 @@ spec:
         "subpath-escape",
         "subpath-expr",
         "user-ns",
-        "host-pid",
         "--wait=false",
     ]);
 }
@@ -889,4 +875,140 @@ spec:
         "redirect-404",
         "--wait=false",
     ]);
+}
+
+/// hostNetwork, hostPID and hostIPC pods run in the node's namespaces: a hostNetwork
+/// testserver has the node's network namespace, hostname and resolver, its pod IP is the
+/// node's, it serves on the node's address and its probe passes there; a hostPID pod
+/// sees the host's PID 1; a hostIPC pod has the host's IPC namespace. Deleting them
+/// leaves the node's namespaces as they were.
+#[test]
+fn host_network_pid_and_ipc_pods_run_in_the_nodes_namespaces() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: host-net}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  containers:
+  - name: c
+    image: berth.local/testserver:v1
+    imagePullPolicy: Never
+    args: [--http-port, "18081", --https-port, "18443", --grpc-port, "19090", --tcp-port, "19000", --udp-port, "19001"]
+    ports: [{containerPort: 18081}]
+    readinessProbe: {httpGet: {path: /healthz, port: 18081}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host-pid}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostPID: true
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host-ipc}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostIPC: true
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
+"#,
+    );
+    let ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let inside = |pod: &str, cmd: &[&str]| {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        c.kubectl.ok(&args).trim().to_string()
+    };
+
+    let pod = c.wait_pod("host-net", "Ready", ready);
+    let host_ip = pod["status"]["hostIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!host_ip.is_empty(), "{pod}");
+    assert_eq!(
+        pod["status"]["podIP"], host_ip,
+        "the pod IP is the node's: {pod}"
+    );
+    assert_eq!(
+        inside("host-net", &["readlink", "/proc/self/ns/net"]),
+        ns("net")
+    );
+    let node_hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    assert_eq!(inside("host-net", &["hostname"]), node_hostname);
+    // ClusterFirst on the host's network is the node's resolver (dnsPolicy Default).
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("nameserver"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        servers(&inside("host-net", &["cat", "/etc/resolv.conf"])),
+        servers(&host_resolv)
+    );
+    // The testserver answers on the node's address, from outside the pod.
+    let mut s = std::net::TcpStream::connect((host_ip.as_str(), 18081)).expect("node port");
+    use std::io::{Read, Write};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&node_hostname), "{answer}");
+
+    c.wait_pod("host-pid", "Running", |p| p["status"]["phase"] == "Running");
+    assert_eq!(
+        inside("host-pid", &["readlink", "/proc/self/ns/pid"]),
+        ns("pid")
+    );
+    let host_init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    assert_eq!(
+        inside("host-pid", &["cat", "/proc/1/comm"]),
+        host_init.trim()
+    );
+
+    c.wait_pod("host-ipc", "Running", |p| p["status"]["phase"] == "Running");
+    assert_eq!(
+        inside("host-ipc", &["readlink", "/proc/self/ns/ipc"]),
+        ns("ipc")
+    );
+    assert_ne!(
+        inside("host-pid", &["readlink", "/proc/self/ns/ipc"]),
+        ns("ipc")
+    );
+
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "host-net",
+        "host-pid",
+        "host-ipc",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    // The node's namespaces and name are untouched.
+    assert_eq!(
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        node_hostname
+    );
+    assert!(std::net::TcpStream::connect((host_ip.as_str(), 18081)).is_err());
+    c.wait_clean();
 }
