@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod};
 use serde_json::{Value, json};
 
 use berth_runtime::pod::{ContainerConfig, ContainerState, ContainerStatus, Mount, SandboxConfig};
@@ -769,6 +769,7 @@ impl PodView<'_> {
             // The pod's sysctls are set once, by its pause container, in the namespaces
             // the containers join.
             sysctls: Vec::new(),
+            pid_namespace_of: None,
         })
     }
 
@@ -781,7 +782,20 @@ impl PodView<'_> {
         inputs: &Inputs,
         mem: &mut Memory,
     ) -> Result<(), (String, String)> {
-        let result = self.create_and_start(c, attempt, inputs, mem);
+        self.start_in(c, attempt, None, inputs, mem)
+    }
+
+    /// [`Self::start`], in the PID namespace of container instance `pid_of` when given
+    /// (an ephemeral container's target).
+    fn start_in(
+        &mut self,
+        c: &Container,
+        attempt: u32,
+        pid_of: Option<String>,
+        inputs: &Inputs,
+        mem: &mut Memory,
+    ) -> Result<(), (String, String)> {
+        let result = self.create_and_start(c, attempt, pid_of, inputs, mem);
         // The kubelet's Warning "Failed" event for a container that cannot be created
         // (a seccomp profile it cannot load, a bad config, an image it cannot pull).
         // Once per distinct error: the retries every few seconds would flood the namespace.
@@ -813,6 +827,7 @@ impl PodView<'_> {
         &mut self,
         c: &Container,
         attempt: u32,
+        pid_of: Option<String>,
         inputs: &Inputs,
         mem: &mut Memory,
     ) -> Result<(), (String, String)> {
@@ -853,9 +868,10 @@ impl PodView<'_> {
                 return Err((reason, e));
             }
         }
-        let cfg = self
+        let mut cfg = self
             .config(c, attempt, inputs)
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+        cfg.pid_namespace_of = pid_of;
         std::fs::create_dir_all(cfg.log_path.parent().unwrap_or(Path::new("/")))
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
         rt.create_container(&cfg)
@@ -1036,6 +1052,9 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
             for c in &spec.containers {
                 step_container(&mut view, c, inputs, mem, &mut wake);
             }
+            for ec in spec.ephemeral_containers.iter().flatten() {
+                step_ephemeral(&mut view, ec, inputs, mem, &mut wake);
+            }
         }
     }
     let all = view.all.clone();
@@ -1043,6 +1062,76 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
         status: Some(status(ctx, pod, inputs, mem, &all, &pod_ip, qos)),
         finished: false,
         wake,
+    }
+}
+
+/// An ephemeral container as the container the runtime starts: the same fields, without
+/// its target (ephemeral containers have no ports, probes, lifecycle or resources —
+/// the apiserver refuses them).
+fn ephemeral_as_container(ec: &EphemeralContainer) -> Option<Container> {
+    let mut v = serde_json::to_value(ec).ok()?;
+    if let Some(m) = v.as_object_mut() {
+        m.remove("targetContainerName");
+    }
+    serde_json::from_value(v).ok()
+}
+
+/// Starts an ephemeral container once, after the pod's containers: in the PID namespace
+/// of its `targetContainerName` (that container's running instance) when it names one.
+/// It is never restarted, whatever its exit, as the kubelet's.
+fn step_ephemeral(
+    view: &mut PodView<'_>,
+    ec: &EphemeralContainer,
+    inputs: &Inputs,
+    mem: &mut Memory,
+    wake: &mut Duration,
+) {
+    if instances(&view.all, &view.uid, &ec.name).last().is_some() {
+        return;
+    }
+    let Some(c) = ephemeral_as_container(ec) else {
+        return;
+    };
+    let target = match ec
+        .target_container_name
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    {
+        None => None,
+        Some(t) => {
+            let running = instances(&view.all, &view.uid, t)
+                .pop()
+                .map(|(_, id)| id)
+                .filter(|id| {
+                    view.ctx
+                        .runtime
+                        .status(id)
+                        .is_ok_and(|s| s.state == ContainerState::Running)
+                });
+            match running {
+                Some(id) => Some(id),
+                None => {
+                    mem.waiting.insert(
+                        ec.name.clone(),
+                        (
+                            "ContainerCreating".into(),
+                            format!("waiting for the target container {t} to run"),
+                        ),
+                    );
+                    *wake = (*wake).min(Duration::from_secs(1));
+                    return;
+                }
+            }
+        }
+    };
+    match view.start_in(&c, 0, target, inputs, mem) {
+        Ok(()) => {
+            mem.waiting.remove(&c.name);
+        }
+        Err(w) => {
+            mem.waiting.insert(c.name.clone(), w);
+            *wake = (*wake).max(Duration::from_secs(2));
+        }
     }
 }
 
@@ -1554,6 +1643,21 @@ fn status(
     });
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
+    }
+    let ephemeral: Vec<Value> = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .filter_map(ephemeral_as_container)
+        .map(|c| {
+            let (mut s, _, _, _) = container_status(ctx, &c, all, &uid, mem, false);
+            // Never Ready: an ephemeral container takes no part in the pod's readiness.
+            s["ready"] = json!(false);
+            s
+        })
+        .collect();
+    if !ephemeral.is_empty() {
+        status["ephemeralContainerStatuses"] = json!(ephemeral);
     }
     if !pod_ip.is_empty() {
         status["podIP"] = json!(pod_ip);

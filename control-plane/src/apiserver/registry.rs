@@ -395,6 +395,7 @@ impl Registry {
                 subresources: &[
                     "binding",
                     "eviction",
+                    "ephemeralcontainers",
                     "log",
                     "exec",
                     "attach",

@@ -136,6 +136,10 @@ pub struct ContainerConfig {
     /// network, IPC and UTS namespaces are the pod's).
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+    /// Join the PID namespace of this (running) container of the same sandbox instead of
+    /// the pod's: an ephemeral container's `targetContainerName`.
+    #[serde(default)]
+    pub pid_namespace_of: Option<String>,
 }
 
 /// The pod-level description of a sandbox.
@@ -267,7 +271,7 @@ impl Runtime {
             ..Default::default()
         };
         let cgroup = format!("{}/pause", cfg.cgroup_parent.trim_end_matches('/'));
-        self.create_inner(&pause, None, &cgroup, cfg, None)?;
+        self.create_inner(&pause, None, None, &cgroup, cfg, None)?;
         self.start_container(&cfg.id)?;
         let state = self.root.load(&cfg.id)?;
         let netns = self.cfg.state_dir.join("netns").join(&cfg.id);
@@ -380,6 +384,16 @@ impl Runtime {
         }
         let mut cfg = cfg.clone();
         cfg.hostname = sandbox.config.hostname.clone();
+        let target_pid = match &cfg.pid_namespace_of {
+            Some(target) => {
+                let state = self.root.load(target).ok().filter(|s| s.alive());
+                Some(state.map(|s| s.pid).ok_or_else(|| Error::Create {
+                    id: cfg.id.clone(),
+                    message: format!("the target container {target} is not running"),
+                })?)
+            }
+            None => None,
+        };
         let cgroup = format!(
             "{}/{}",
             sandbox.config.cgroup_parent.trim_end_matches('/'),
@@ -388,6 +402,7 @@ impl Runtime {
         self.create_inner(
             &cfg,
             Some(pause.pid),
+            target_pid,
             &cgroup,
             &sandbox.config,
             sandbox.pod_ip.as_deref(),
@@ -398,6 +413,7 @@ impl Runtime {
         &self,
         cfg: &ContainerConfig,
         sandbox_pid: Option<i32>,
+        target_pid: Option<i32>,
         cgroup: &str,
         sandbox: &SandboxConfig,
         pod_ip: Option<&str>,
@@ -425,7 +441,12 @@ impl Runtime {
             let rootfs = overlay::mount(&dir, &lower)?;
             let bundle = dir.join("bundle");
             std::fs::create_dir_all(&bundle).map_err(io("create bundle"))?;
-            let spec = spec::build(cfg, &image, &layers, &rootfs, sandbox_pid, sandbox, cgroup)?;
+            let ns = spec::Namespaces {
+                sandbox_pid,
+                target_pid,
+                sandbox,
+            };
+            let spec = spec::build(cfg, &image, &layers, &rootfs, ns, cgroup)?;
             std::fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec_pretty(&spec).map_err(|e| io("encode spec")(e.into()))?,

@@ -113,18 +113,26 @@ fn resources(r: &Resources, privileged: bool) -> Value {
 }
 
 /// Builds config.json for a container whose rootfs is `rootfs` (the overlay mount).
-/// `layers_top_first` are used to look up user names; `sandbox_pid` is the pause
-/// process whose namespaces the container joins (none for the sandbox itself), and
-/// `sandbox` says which of them are the host's.
+/// The processes whose namespaces a container joins, and which are the host's.
+#[derive(Debug)]
+pub struct Namespaces<'a> {
+    /// The pause process (None for the sandbox itself).
+    pub sandbox_pid: Option<i32>,
+    /// A container whose PID namespace this one joins (an ephemeral container's target).
+    pub target_pid: Option<i32>,
+    pub sandbox: &'a SandboxConfig,
+}
+
+/// `layers_top_first` are used to look up user names.
 pub fn build(
     cfg: &ContainerConfig,
     image: &Image,
     layers_top_first: &[std::path::PathBuf],
     rootfs: &Path,
-    sandbox_pid: Option<i32>,
-    sandbox: &SandboxConfig,
+    ns: Namespaces<'_>,
     cgroups_path: &str,
 ) -> Result<Value, Error> {
+    let sandbox = ns.sandbox;
     let ic = image.config.config().clone().unwrap_or_default();
     let entrypoint = ic.entrypoint().clone().unwrap_or_default();
     let cmd = ic.cmd().clone().unwrap_or_default();
@@ -158,7 +166,7 @@ pub fn build(
 
     let caps = capabilities(cfg);
     let seccomp = seccomp(cfg, &caps)?;
-    let namespaces = namespaces(sandbox_pid, sandbox);
+    let namespaces = namespaces(&ns);
     let host_uts = sandbox.host_network;
 
     let mut dev_options = vec!["nosuid", "strictatime", "mode=755", "size=65536k"];
@@ -266,8 +274,10 @@ pub fn build(
 /// pod's own, except those the pod takes from the host; the pod's containers join the
 /// pause's, and keep the host's where the pod asked for them (no entry: the runtime's
 /// own, which is the host's). The PID namespace is the container's own unless the pod
-/// shares one (`shareProcessNamespace`) or takes the host's.
-fn namespaces(sandbox_pid: Option<i32>, sandbox: &SandboxConfig) -> Vec<Value> {
+/// shares one (`shareProcessNamespace`), takes the host's, or the container targets
+/// another container's (an ephemeral container).
+fn namespaces(ns: &Namespaces<'_>) -> Vec<Value> {
+    let (sandbox_pid, sandbox) = (ns.sandbox_pid, ns.sandbox);
     let mut out = vec![json!({"type": "mount"})];
     let own = [
         ("network", "net", sandbox.host_network),
@@ -283,12 +293,15 @@ fn namespaces(sandbox_pid: Option<i32>, sandbox: &SandboxConfig) -> Vec<Value> {
             (false, None) => out.push(json!({"type": kind})),
         }
     }
-    match (sandbox.host_pid, sandbox_pid) {
-        (true, _) => {}
-        (false, Some(pid)) if sandbox.share_process_namespace => {
+    match (sandbox.host_pid, sandbox_pid, ns.target_pid) {
+        (true, _, _) => {}
+        (false, Some(_), Some(pid)) => {
             out.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}))
         }
-        (false, _) => out.push(json!({"type": "pid"})),
+        (false, Some(pid), None) if sandbox.share_process_namespace => {
+            out.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}))
+        }
+        (false, _, _) => out.push(json!({"type": "pid"})),
     }
     if crate::cgroups::is_v2() {
         out.push(json!({"type": "cgroup"}));

@@ -1012,3 +1012,144 @@ spec:
     assert!(std::net::TcpStream::connect((host_ip.as_str(), 18081)).is_err());
     c.wait_clean();
 }
+
+/// Ephemeral containers as `kubectl debug` makes them: one targeting a container shares
+/// its PID namespace (sees its process as PID 1), `-i` attaches to it, the apiserver
+/// refuses changing or removing one and the fields an ephemeral container cannot have
+/// (422 with upstream's messages), and `kubectl debug node/…` runs a pod in the node's
+/// namespaces with the node's root at /host.
+#[test]
+fn kubectl_debug_ephemeral_containers_and_node_debugging() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: target}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: app, image: berth.local/busybox:1.35, command: [sh, -c, "exec sleep 3601"]}
+"#,
+    );
+    c.wait_pod("target", "Running", |p| p["status"]["phase"] == "Running");
+    // -i: kubectl waits for the container to run and attaches to its output.
+    let out = c.kubectl.ok(&[
+        "debug",
+        "-i",
+        "target",
+        "--image=berth.local/busybox:1.35",
+        "--image-pull-policy=Never",
+        "--target=app",
+        "-c",
+        "dbg",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo done",
+    ]);
+    assert!(
+        out.contains("sleep 3601"),
+        "the target's PID namespace: {out}"
+    );
+    let pod = c.wait_pod("target", "the ephemeral container finished", |p| {
+        p["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    });
+    let st = &pod["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(st["name"], "dbg", "{st}");
+    assert_eq!(st["ready"], false, "{st}");
+    assert_eq!(
+        pod["spec"]["ephemeralContainers"][0]["targetContainerName"],
+        "app"
+    );
+    // Never restarted, and the pod stays Running and Ready.
+    std::thread::sleep(Duration::from_secs(2));
+    let pod = c.kubectl.json(&["get", "pod", "target"]);
+    assert_eq!(
+        pod["status"]["ephemeralContainerStatuses"][0]["restartCount"], 0,
+        "{pod}"
+    );
+    assert!(ready(&pod), "{pod}");
+
+    // The subresource's validation, as kube-apiserver's.
+    let raw = |patch: &str| {
+        c.kubectl.run(&[
+            "patch",
+            "pod",
+            "target",
+            "--subresource=ephemeralcontainers",
+            "--type=json",
+            "-p",
+            patch,
+        ])
+    };
+    let err = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let out =
+        raw(r#"[{"op":"replace","path":"/spec/ephemeralContainers/0/image","value":"other"}]"#);
+    assert!(!out.status.success());
+    let e = err(out);
+    assert!(
+        e.contains(r#"spec.ephemeralContainers[0]: Forbidden: existing ephemeral containers "dbg" may not be changed"#),
+        "{e}"
+    );
+    let out = raw(r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#);
+    assert!(
+        err(out).contains(r#"existing ephemeral containers "dbg" may not be removed"#),
+        "removal"
+    );
+    let out = raw(
+        r#"[{"op":"add","path":"/spec/ephemeralContainers/-","value":{"name":"app","image":"x","ports":[{"containerPort":80}],"targetContainerName":"nope"}}]"#,
+    );
+    let e = err(out);
+    for want in [
+        r#"spec.ephemeralContainers[1].name: Duplicate value: "app""#,
+        "spec.ephemeralContainers[1].ports: Forbidden: cannot be set for an Ephemeral Container",
+        r#"spec.ephemeralContainers[1].targetContainerName: Not found: "nope""#,
+    ] {
+        assert!(e.contains(want), "{want} in {e}");
+    }
+
+    // A node debugging pod: the node's PID and network namespaces, its root at /host.
+    let out = c.kubectl.ok(&[
+        "debug",
+        "node/node-e2e",
+        "--image=berth.local/busybox:1.35",
+        "--image-pull-policy=Never",
+        "--",
+        "sh",
+        "-c",
+        "cat /host/proc/1/comm; readlink /proc/self/ns/net; sleep 3600",
+    ]);
+    let name = out
+        .split_whitespace()
+        .find(|w| w.starts_with("node-debugger-node-e2e-"))
+        .unwrap_or_else(|| panic!("no debugger pod named in {out}"))
+        .trim_end_matches('.')
+        .to_string();
+    let pod = c.wait_pod(&name, "Running", |p| p["status"]["phase"] == "Running");
+    assert_eq!(pod["spec"]["hostPID"], true, "{pod}");
+    assert_eq!(pod["spec"]["hostNetwork"], true, "{pod}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let host_init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    let net = std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    loop {
+        let logs = c.kubectl.ok(&["logs", &name]);
+        if logs.contains(host_init.trim()) && logs.contains(&net) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logs}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "target",
+        &name,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    c.wait_clean();
+}

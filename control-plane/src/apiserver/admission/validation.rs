@@ -1043,6 +1043,111 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     causes
 }
 
+/// `pods/ephemeralcontainers` updates (ValidatePodEphemeralContainersUpdate): existing
+/// ephemeral containers may be neither changed nor removed, and each one is checked as
+/// upstream's validateEphemeralContainers: a name and an image, a name unique in the
+/// pod, a `targetContainerName` naming one of the pod's containers, and none of the
+/// fields an ephemeral container cannot have.
+pub fn validate_ephemeral_update(old: &Value, new: &Value) -> Vec<Cause> {
+    const PATH: &str = "spec.ephemeralContainers";
+    let list = |pod: &Value| -> Vec<Value> {
+        pod.pointer("/spec/ephemeralContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (old_list, new_list) = (list(old), list(new));
+    let mut causes = Vec::new();
+    for (i, o) in old_list.iter().enumerate() {
+        let name = o["name"].as_str().unwrap_or_default();
+        match new_list.iter().find(|n| n["name"] == o["name"]) {
+            None => causes.push(Cause::forbidden(
+                PATH,
+                format!("Forbidden: existing ephemeral containers \"{name}\" may not be removed\n"),
+            )),
+            Some(n) if n != o => causes.push(Cause::forbidden(
+                format!("{PATH}[{i}]"),
+                format!("Forbidden: existing ephemeral containers \"{name}\" may not be changed\n"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let regular: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| {
+            new.pointer(&format!("/spec/{k}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let mut names: std::collections::HashSet<&str> = regular.iter().copied().collect();
+    for (i, ec) in new_list.iter().enumerate() {
+        let at = format!("{PATH}[{i}]");
+        match ec["name"].as_str().filter(|n| !n.is_empty()) {
+            None => causes.push(Cause::required(format!("{at}.name"))),
+            Some(n) if !names.insert(n) => causes.push(Cause::duplicate(format!("{at}.name"), n)),
+            Some(_) => {}
+        }
+        if ec["image"].as_str().is_none_or(str::is_empty) {
+            causes.push(Cause::required(format!("{at}.image")));
+        }
+        for field in [
+            "lifecycle",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "ports",
+            "resizePolicy",
+            "restartPolicy",
+        ] {
+            if ec.get(field).is_some_and(|v| !v.is_null()) {
+                causes.push(Cause::forbidden(
+                    format!("{at}.{field}"),
+                    "Forbidden: cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if ec
+            .get("resources")
+            .and_then(Value::as_object)
+            .is_some_and(|r| {
+                r.values()
+                    .any(|v| v.as_object().is_none_or(|m| !m.is_empty()))
+            })
+        {
+            causes.push(Cause::forbidden(
+                format!("{at}.resources"),
+                "Forbidden: cannot be set for an Ephemeral Container",
+            ));
+        }
+        for (j, m) in ec["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if m["subPath"].as_str().is_some_and(|s| !s.is_empty()) {
+                causes.push(Cause::forbidden(
+                    format!("{at}.volumeMounts[{j}].subPath"),
+                    "Forbidden: cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if let Some(target) = ec["targetContainerName"].as_str().filter(|t| !t.is_empty())
+            && !regular.contains(&target)
+        {
+            causes.push(Cause {
+                reason: "FieldValueNotFound",
+                field: format!("{at}.targetContainerName"),
+                message: format!("Not found: \"{target}\""),
+            });
+        }
+    }
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,6 +310,7 @@ mod tests {
             [
                 "attach",
                 "binding",
+                "ephemeralcontainers",
                 "eviction",
                 "exec",
                 "log",

@@ -317,6 +317,8 @@ pub enum Part {
     Bind,
     /// `certificatesigningrequests/{name}/approval`: only status.conditions.
     Approval,
+    /// `pods/{name}/ephemeralcontainers`: only spec.ephemeralContainers.
+    EphemeralContainers,
 }
 
 /// Builds the object to store from the live `old` and the client's `new`: server-owned
@@ -356,6 +358,20 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
                 None => {
                     if let Some(m) = new.as_object_mut() {
                         m.remove("status");
+                    }
+                }
+            }
+        }
+        Part::EphemeralContainers => {
+            // As kube-apiserver's ephemeralContainersStrategy: everything but the list is
+            // the stored pod's (metadata included).
+            let list = new.pointer("/spec/ephemeralContainers").cloned();
+            new = old.clone();
+            match list {
+                Some(l) if !l.is_null() => new["spec"]["ephemeralContainers"] = l,
+                _ => {
+                    if let Some(s) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                        s.remove("ephemeralContainers");
                     }
                 }
             }
@@ -483,6 +499,9 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     if part == Part::Main {
         causes.extend(validation::validate_update(&def.kind, old, &new));
     }
+    if part == Part::EphemeralContainers {
+        causes.extend(validation::validate_ephemeral_update(old, &new));
+    }
     if csr {
         certificates::validate_update(old, &new, &mut causes);
     }
@@ -496,7 +515,7 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     if !causes.is_empty() {
         return Err(invalid(def, &new, causes));
     }
-    if part == Part::Main
+    if matches!(part, Part::Main | Part::EphemeralContainers)
         && let Some(ns) = ctx.namespace.as_deref()
     {
         use super::admission::pod_security;

@@ -1,4 +1,5 @@
-//! Subresources: `status` (GET/PUT/PATCH of status only), `scale` (an
+//! Subresources: `status` (GET/PUT/PATCH of status only), `pods/ephemeralcontainers`
+//! (GET/PUT/PATCH of spec.ephemeralContainers only), `scale` (an
 //! `autoscaling/v1` Scale over spec.replicas), `pods/binding` (the scheduler's bind),
 //! `pods/eviction` (in `eviction.rs`), `namespaces/finalize`. The streaming ones (`log`, `exec`, `attach`,
 //! `portforward`, `proxy`) need the node agent's kubelet API and answer 503 until a node
@@ -52,6 +53,16 @@ pub async fn handle(
             _ => Err(not_allowed()),
         },
         "scale" if def.scale.is_some() => scale(ctx, method, name, body).await,
+        "ephemeralcontainers" if def.kind == "Pod" && def.group.is_empty() => match method {
+            Method::GET => super::get::get(ctx, name).await,
+            Method::PUT => {
+                super::update::put(ctx, name, Some(Part::EphemeralContainers), body).await
+            }
+            Method::PATCH => {
+                super::patch::patch(ctx, name, Some(Part::EphemeralContainers), body).await
+            }
+            _ => Err(not_allowed()),
+        },
         "binding" if def.kind == "Pod" && method == Method::POST => bind(ctx, name, body).await,
         "eviction" if def.kind == "Pod" && method == Method::POST => {
             super::eviction::evict(ctx, name, body).await
@@ -456,6 +467,12 @@ fn pick_container(ctx: &Ctx, name: &str, pod: &Value) -> ApiResult<String> {
         .flatten()
         .chain(
             pod.pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
+            pod.pointer("/spec/ephemeralContainers")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten(),

@@ -1,14 +1,14 @@
-//! Commands whose server side is another open issue's: each asserts the error berth
-//! gives today and names the issue, to become a real case when it lands — as `top
-//! node`, `top pod` and `autoscale` have (issue 25: the metrics API and the HPA).
+//! Commands whose server side came with later issues: `auth` and the review APIs,
+//! `certificate`, `top` and `autoscale` (the metrics API and the HPA), `debug`
+//! (ephemeral containers).
 
 use std::path::Path;
 
 use berth_testkit::Kubectl;
 
-use crate::{BUSYBOX, Coverage, ISSUE_22, contains, fails_with, field};
+use crate::{BUSYBOX, Coverage, contains, field};
 
-/// Commands whose server side is another open issue's: today's error, and the issue.
+/// Commands whose server side came with later issues.
 pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
     // RBAC and the review APIs (issue 21's first half): the admin kubeconfig is
     // system:masters; `--as` impersonates a user who holds only system:basic-user.
@@ -121,20 +121,43 @@ pub fn issue_cases(cov: &mut Coverage, k: &Kubectl, dir: &Path) {
         // The later cases scale web themselves.
         k.ok(&["delete", "hpa", "web"]);
     });
-    cov.awaiting(ISSUE_22, "debug", || {
-        // Without the pods/ephemeralcontainers subresource kube-apiserver answers 404
-        // with an empty `details` in the Status (berth too), and kubectl reports the
-        // feature off.
-        fails_with(
+    cov.case("debug", || {
+        // An ephemeral container through pods/ephemeralcontainers, started by the agent
+        // and reported in ephemeralContainerStatuses.
+        k.ok(&[
+            "debug",
+            "shell",
+            &format!("--image={BUSYBOX}"),
+            "--image-pull-policy=Never",
+            "-c",
+            "debugger",
+            "--",
+            "sleep",
+            "300",
+        ]);
+        let out = poll_ok(
             k,
             &[
-                "debug",
+                "get",
+                "pod",
                 "shell",
-                &format!("--image={BUSYBOX}"),
-                "--",
-                "true",
+                "-o",
+                "jsonpath={.status.ephemeralContainerStatuses[0].state.running.startedAt}",
             ],
-            "ephemeral containers are disabled for this cluster",
+            "T",
+        );
+        assert!(!out.is_empty(), "{out}");
+        contains(
+            &k.ok(&[
+                "exec",
+                "shell",
+                "-c",
+                "debugger",
+                "--",
+                "echo",
+                "in-debugger",
+            ]),
+            "in-debugger",
         );
     });
 }

@@ -3,9 +3,7 @@
 //! `create service nodeport`, `rollout undo`, `config set-context`) is run against one
 //! berth cluster (berth-server with controllers and a real berth-agent) with realistic
 //! arguments, and a command with no case fails the test — a new kubectl command cannot
-//! silently be unsupported. Commands whose server side belongs to another open issue
-//! assert the error berth gives today and name that issue ([`ISSUE_22`]), so they
-//! turn into real cases when it lands. `kubectl describe` of a
+//! silently be unsupported. `kubectl describe` of a
 //! Deployment, Pod, Service, Job, StatefulSet, DaemonSet and Node shows its `Events:`.
 //! The cases run in sequence on the one cluster, one module per area (`create`,
 //! `workloads`, `objects`, `pods`, `issues`, `client`, `nodes` — drain last); a failing
@@ -30,11 +28,6 @@ mod pods;
 mod workloads;
 
 use common::cluster_with;
-
-/// Ephemeral containers (`kubectl debug`).
-const ISSUE_22: &str = "issue 22 \"Pods as locked down as under containerd + runc, and every \
-                        securityContext and pod-level field honoured: … ephemeral containers \
-                        (`kubectl debug`)\"";
 
 const BUSYBOX: &str = "berth.local/busybox:1.35";
 const TESTSERVER: &str = "berth.local/testserver:v1";
@@ -107,32 +100,6 @@ impl Coverage {
         }
         self.covered.insert(command.to_owned());
     }
-
-    /// A case whose server side is `issue`'s: it asserts the error berth gives today,
-    /// and a failure names the issue (the case becomes a real one when it lands).
-    fn awaiting(&mut self, issue: &str, command: &str, f: impl FnOnce()) {
-        let before = self.failures.len();
-        self.case(command, f);
-        if let Some(failure) = self.failures.get_mut(before) {
-            failure.push_str(&format!("\n(this command's server side awaits {issue})"));
-        }
-    }
-}
-
-/// Runs `kubectl args` and expects failure with `message` in its output — the error
-/// berth gives today for a command whose server side another issue brings.
-fn fails_with(k: &Kubectl, args: &[&str], message: &str) {
-    let out = k.run(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success() && text.contains(message),
-        "kubectl {args:?} should fail with {message:?}; exit {:?}: {text}",
-        out.status.code()
-    );
 }
 
 fn contains(out: &str, want: &str) {
