@@ -50,6 +50,26 @@ pub(crate) mod msg {
     pub const ERROR: u8 = b'E';
     /// The init forked into a joined PID namespace; 4 bytes of host PID follow.
     pub const PID: u8 = b'P';
+    /// The init entered a new user namespace and waits for its uid and gid maps.
+    pub const USERNS: u8 = b'U';
+    /// (runtime → init) The maps are written.
+    pub const MAPPED: u8 = b'M';
+}
+
+/// The uid_map and gid_map contents of a new user namespace.
+#[derive(Debug, Clone)]
+pub struct IdMaps {
+    pub uid: String,
+    pub gid: String,
+}
+
+/// The user namespace a container's init enters first.
+#[derive(Debug)]
+pub enum UserNs {
+    /// An existing one (its `/proc/<pid>/ns/user`): the pod's, for its containers.
+    Join(OwnedFd),
+    /// A new one, which the runtime maps when the init asks ([`msg::USERNS`]).
+    New(IdMaps),
 }
 
 /// Everything the child needs, prepared by the parent before `clone`.
@@ -60,8 +80,13 @@ pub(crate) struct Context<'a> {
     pub cgroup: Option<&'a Cgroup>,
     /// Existing namespaces to enter (`setns`), with their type.
     pub join: Vec<(CloneFlags, OwnedFd)>,
-    /// Whether a PID namespace is joined: the init must fork once more to be inside it.
+    /// Whether a PID namespace is joined (or made by `unshare`): the init must fork once
+    /// more to be inside it.
     pub join_pid: bool,
+    /// The user namespace to enter before anything else but the cgroup.
+    pub user: Option<&'a UserNs>,
+    /// Namespaces to make inside the user namespace (empty without one).
+    pub unshare: CloneFlags,
     pub new_cgroup_ns: bool,
     pub new_mount_ns: bool,
     pub new_uts_ns: bool,
@@ -111,8 +136,41 @@ fn setup(ctx: &Context<'_>) -> Result<crate::process::Exec, InitError> {
     if let Some(cg) = ctx.cgroup {
         step("join cgroup", || cg.join_self())?;
     }
+    if ctx.user.is_some()
+        && let Some(process) = ctx.spec.process().as_ref()
+    {
+        crate::process::set_oom_score_adj(process)?;
+    }
+    match ctx.user {
+        Some(UserNs::Join(fd)) => {
+            step("setns user namespace", || {
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWUSER)
+            })?;
+        }
+        Some(UserNs::New(_)) => {
+            step("unshare user namespace", || {
+                nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+            })?;
+            report(ctx.sync, msg::USERNS, &[]);
+            let mut answer = [0u8; 1];
+            let n = step("wait for the user namespace's maps", || {
+                recv(ctx.sync, &mut answer, MsgFlags::empty())
+            })?;
+            if n != 1 || answer[0] != msg::MAPPED {
+                return Err(InitError::msg("the runtime did not map the user namespace"));
+            }
+        }
+        None => {}
+    }
     for (kind, fd) in &ctx.join {
         step(&format!("setns {kind:?}"), || nix::sched::setns(fd, *kind))?;
+    }
+    if ctx.user.is_some() {
+        step("unshare namespaces", || nix::sched::unshare(ctx.unshare))?;
+        // Root of the user namespace (the host's first id of its range).
+        step("become root of the user namespace", || {
+            sys::set_ids(0, 0, &[])
+        })?;
     }
     if ctx.join_pid {
         // setns(CLONE_NEWPID) applies to children only.

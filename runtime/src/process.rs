@@ -165,6 +165,22 @@ pub fn resolve_executable(
 
 /// Working directory, rlimits, umask, OOM score and the executable: everything that can
 /// fail because of the container's content, done while errors can still be reported.
+/// Writes the process's `oomScoreAdj` unless it is already that. The init and exec call
+/// it before entering a user namespace too: inside one, lowering the score (or writing
+/// at all, once the ids changed) is refused.
+pub fn set_oom_score_adj(process: &Process) -> Result<(), InitError> {
+    let Some(score) = process.oom_score_adj() else {
+        return Ok(());
+    };
+    let current = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
+    if current.trim() == score.to_string() {
+        return Ok(());
+    }
+    step("oom_score_adj", || {
+        std::fs::write("/proc/self/oom_score_adj", score.to_string())
+    })
+}
+
 pub fn prepare(process: &Process) -> Result<Exec, InitError> {
     let cwd = process.cwd();
     if !cwd.is_absolute() {
@@ -193,11 +209,7 @@ pub fn prepare(process: &Process) -> Result<Exec, InitError> {
             sys::setrlimit(resource as u32, rl.soft(), rl.hard())
         })?;
     }
-    if let Some(score) = process.oom_score_adj() {
-        step("oom_score_adj", || {
-            std::fs::write("/proc/self/oom_score_adj", score.to_string())
-        })?;
-    }
+    set_oom_score_adj(process)?;
     if let Some(umask) = process.user().umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }

@@ -176,7 +176,19 @@ pub fn prepare(spec: &Spec, rootfs: &Path, new_mount_ns: bool) -> Result<(), Ini
     }
     if dev_is_tmpfs {
         let devices = linux.and_then(|l| l.devices().as_ref());
-        create_devices(rootfs, devices.map(Vec::as_slice).unwrap_or(&[]), dev_nodev)?;
+        // Bound from the host's /dev rather than made when /dev is nodev, and in a user
+        // namespace, where mknod is not allowed (as runc does).
+        let in_userns = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+            });
+        create_devices(
+            rootfs,
+            devices.map(Vec::as_slice).unwrap_or(&[]),
+            dev_nodev || in_userns,
+        )?;
     }
 
     step("chdir rootfs", || nix::unistd::chdir(rootfs))?;
@@ -220,12 +232,19 @@ pub fn finish(spec: &Spec) -> Result<(), InitError> {
         make_readonly(Path::new(path))?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        // The flags the rootfs mount already has stay: in a user namespace they are
+        // locked, and a remount that drops one fails.
+        let kept = kept_flags(Path::new("/"));
         step("remount / read-only", || {
             mount(
                 None::<&str>,
                 "/",
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_REC
+                    | kept,
                 None::<&str>,
             )
         })?;
@@ -284,7 +303,7 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), InitError> {
                     None::<&str>,
                     &target,
                     None::<&str>,
-                    extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                    extra | kept_flags(&target) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
                     None::<&str>,
                 )
             })?;
@@ -572,6 +591,26 @@ fn mask(path: &Path) -> Result<(), InitError> {
             )
         })
     }
+}
+
+/// The nodev, nosuid and noexec flags of the mount at `path`.
+fn kept_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (have, keep) in [
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if f.contains(have) {
+            out |= keep;
+        }
+    }
+    out
 }
 
 fn make_readonly(path: &Path) -> Result<(), InitError> {

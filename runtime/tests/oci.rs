@@ -333,7 +333,7 @@ fn bad_input_is_named_and_leaves_nothing() {
                         .push(json!({"type": "user"}));
                 })
             }),
-            "user namespaces",
+            "needs linux.uidMappings",
         ),
         (
             "nons",
@@ -559,4 +559,84 @@ fn the_device_allow_list_refuses_opening_on_v2_and_v1() {
             "v2={v2}: allow-all opens c 4:1: {allowed}"
         );
     }
+}
+
+/// A new user namespace (`{"type": "user"}` with uid/gid mappings): the init enters it
+/// first, the runtime writes its maps, the other namespaces are made inside it; the
+/// process is uid 0 inside and the mapped uid on the host; `exec` joins it.
+#[test]
+fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = bundle(
+        dir.path(),
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; echo hello > /dev/null && echo wrote; exec sleep 30",
+        ],
+    );
+    write_config(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; exec sleep 30",
+        ],
+        |s| {
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .expect("ns")
+                .push(json!({"type": "user"}));
+            s["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+            s["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        },
+    );
+    let rt = Rt::berth(dir.path());
+    let id = format!("userns{}", std::process::id());
+    let bs = b.to_str().expect("utf8");
+    let out = rt.cmd(&["create", "--bundle", bs, &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: Value = serde_json::from_slice(&rt.cmd(&["state", &id]).stdout).expect("state");
+    let pid = state["pid"].as_i64().expect("pid");
+    // From the host: the init runs as the first id of the range.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some("300000"),
+        "{status}"
+    );
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).expect("uid_map");
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "300000", "65536"],
+        "{map}"
+    );
+    // exec joins the user namespace: root inside.
+    let out = rt.cmd(&["exec", &id, "id", "-u"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rt.cmd(&["kill", &id, "KILL"]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt.cmd(&["delete", &id]).status.code() != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "delete");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(common::cgroup_dirs(&format!("berth/{id}")).is_empty());
 }

@@ -91,6 +91,7 @@ fn sandbox_config(e: &Env, id: &str, share_pid: bool) -> SandboxConfig {
         host_network: false,
         host_pid: false,
         host_ipc: false,
+        user_namespace: None,
         pause_image: "berth.local/pause:v1".into(),
         nameservers: vec!["10.96.0.10".into()],
         searches: vec!["default.svc.cluster.local".into()],

@@ -15,6 +15,7 @@ pub mod security;
 pub mod static_pods;
 pub mod subpath;
 pub mod sysctls;
+pub mod userns;
 pub mod volumes;
 pub mod worker;
 

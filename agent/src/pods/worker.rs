@@ -284,6 +284,7 @@ pub fn teardown(
             .map_err(|e| format!("remove sandbox: {e}"))?;
         remove_pod_cgroup(&sandbox.config.cgroup_parent)?;
     }
+    super::userns::release(&ctx.node.root_dir, uid);
     volumes::teardown(&pod_dir(ctx, uid), ctx.csi_mounts())?;
     if let Some(dir) = log_dir {
         let _ = std::fs::remove_dir_all(dir);
@@ -370,13 +371,22 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
     }
     let spec = pod.spec.as_ref().ok_or("pod has no spec")?;
     let host_network = spec.host_network == Some(true);
-    // The kubelet's words when the runtime has no user namespace support.
-    if spec.host_users == Some(false) {
-        return Err(
-            "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces"
-                .into(),
-        );
-    }
+    // hostUsers: false — the pod's own user namespace, with a range of host ids from
+    // the node's allocator (kept until the pod is torn down).
+    let user_namespace = if spec.host_users == Some(false) {
+        if host_network || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
+            return Err(
+                "Failed to create pod sandbox: `spec.hostUsers: false` cannot be combined with hostNetwork, hostPID or hostIPC"
+                    .into(),
+            );
+        }
+        Some(
+            super::userns::allocate(&ctx.node.root_dir, &uid)
+                .map_err(|e| format!("Failed to create pod sandbox: {e}"))?,
+        )
+    } else {
+        None
+    };
     let (nameservers, searches, dns_options) = dns_for(ctx, pod);
     // A hostNetwork pod is in the node's UTS namespace too: its hostname is the node's.
     let hostname = if host_network {
@@ -398,6 +408,7 @@ fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf, String), 
         host_network,
         host_pid: spec.host_pid == Some(true),
         host_ipc: spec.host_ipc == Some(true),
+        user_namespace,
         pause_image: ctx.pause_image.clone(),
         nameservers,
         searches,
@@ -770,6 +781,8 @@ impl PodView<'_> {
             // the containers join.
             sysctls: Vec::new(),
             pid_namespace_of: None,
+            unmasked_proc: sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked")
+                && self.pod.spec.as_ref().and_then(|s| s.host_users) == Some(false),
         })
     }
 

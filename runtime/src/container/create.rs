@@ -100,6 +100,10 @@ struct Namespaces {
     new_cgroup: bool,
     new_mount: bool,
     new_uts: bool,
+    user: Option<init::UserNs>,
+    /// New namespaces the init makes with `unshare` after entering its user namespace
+    /// (so they belong to it), instead of at `clone`.
+    unshare: CloneFlags,
 }
 
 fn namespaces(spec: &Spec) -> Result<Namespaces, Error> {
@@ -110,6 +114,8 @@ fn namespaces(spec: &Spec) -> Result<Namespaces, Error> {
         new_cgroup: false,
         new_mount: false,
         new_uts: false,
+        user: None,
+        unshare: CloneFlags::empty(),
     };
     let list = spec
         .linux()
@@ -125,9 +131,14 @@ fn namespaces(spec: &Spec) -> Result<Namespaces, Error> {
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
             LinuxNamespaceType::User => {
-                return Err(Error::Spec(
-                    "user namespaces are not supported by berth-runtime yet".into(),
-                ));
+                ns.user = Some(match n.path() {
+                    Some(path) => init::UserNs::Join(
+                        sys::open_raw(path, libc::O_RDONLY)
+                            .map_err(io_err(format!("namespace path {}", path.display())))?,
+                    ),
+                    None => init::UserNs::New(id_maps(spec)?),
+                });
+                continue;
             }
             other => {
                 return Err(Error::Spec(format!("namespace {other} is not supported")));
@@ -161,7 +172,35 @@ fn namespaces(spec: &Spec) -> Result<Namespaces, Error> {
     // Join the network namespace before creating the others, so a new user of it
     // (sysfs) sees the right one; the order of setns for the rest does not matter.
     ns.join.sort_by_key(|(f, _)| *f != CloneFlags::CLONE_NEWNET);
+    if ns.user.is_some() {
+        // Namespaces a user namespace should own are made inside it, after it is
+        // entered: the init clones without them and unshares them there; a new PID
+        // namespace then needs one more fork, as a joined one does.
+        ns.unshare = ns.clone;
+        ns.clone = CloneFlags::empty();
+        ns.join_pid |= ns.unshare.contains(CloneFlags::CLONE_NEWPID);
+    }
     Ok(ns)
+}
+
+/// The uid_map and gid_map lines of a new user namespace (`linux.uidMappings` and
+/// `gidMappings`), both required.
+fn id_maps(spec: &Spec) -> Result<init::IdMaps, Error> {
+    let linux = spec.linux().as_ref();
+    let lines = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, what: &str| {
+        let maps = maps
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| Error::Spec(format!("a new user namespace needs linux.{what}")))?;
+        Ok::<String, Error>(
+            maps.iter()
+                .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+                .collect(),
+        )
+    };
+    Ok(init::IdMaps {
+        uid: lines(linux.and_then(|l| l.uid_mappings().as_ref()), "uidMappings")?,
+        gid: lines(linux.and_then(|l| l.gid_mappings().as_ref()), "gidMappings")?,
+    })
 }
 
 fn now_rfc3339() -> String {
@@ -272,6 +311,8 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
         cgroup: Some(&cgroup),
         join: ns.join,
         join_pid: ns.join_pid,
+        user: ns.user.as_ref(),
+        unshare: ns.unshare,
         new_cgroup_ns: ns.new_cgroup,
         new_mount_ns: ns.new_mount,
         new_uts_ns: ns.new_uts,
@@ -330,6 +371,25 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, Error> {
     loop {
         match init::read_message(&parent_sock).map_err(io_err("read from container init"))? {
             Some((msg::READY, _)) => break,
+            Some((msg::USERNS, _)) => {
+                // The init is in its new user namespace: map it, then let it go on.
+                let Some(init::UserNs::New(maps)) = &ns.user else {
+                    return Err(Error::Init("unexpected user namespace message".into()));
+                };
+                for (file, text) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+                    std::fs::write(format!("/proc/{pid}/{file}"), text)
+                        .map_err(io_err(format!("write {file} of the container's init")))?;
+                }
+                nix::sys::socket::send(
+                    parent_sock.as_raw_fd(),
+                    &[msg::MAPPED],
+                    nix::sys::socket::MsgFlags::empty(),
+                )
+                .map_err(|e| Error::Io {
+                    what: "tell the init its user namespace is mapped".into(),
+                    source: e.into(),
+                })?;
+            }
             Some((msg::PID, payload)) if payload.len() == 4 => {
                 // The first child forked the real init into the joined PID namespace.
                 let _ = waitpid(Pid::from_raw(pid), None);

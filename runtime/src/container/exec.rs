@@ -22,9 +22,10 @@ pub struct ExecOptions {
     pub tty: Option<RawFd>,
 }
 
-/// The namespaces a process joins, in the order it joins them (mount last: entering it
-/// changes the root).
-const NAMESPACES: [(&str, CloneFlags); 5] = [
+/// The namespaces a process joins, in the order it joins them (user first: the others
+/// may belong to it; mount last: entering it changes the root).
+const NAMESPACES: [(&str, CloneFlags); 6] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
     ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
@@ -117,6 +118,7 @@ fn run_child(
 ) -> InitError {
     let result = (|| -> Result<std::io::Error, InitError> {
         step("join cgroup", || cgroup.join_self())?;
+        crate::process::set_oom_score_adj(&opts.process)?;
         for (flag, fd) in fds {
             step(&format!("setns {flag:?}"), || nix::sched::setns(fd, *flag))?;
         }

@@ -140,6 +140,36 @@ pub struct ContainerConfig {
     /// the pod's: an ephemeral container's `targetContainerName`.
     #[serde(default)]
     pub pid_namespace_of: Option<String>,
+    /// `procMount: Unmasked`: no masked or read-only /proc paths (only in a pod with its
+    /// own user namespace).
+    #[serde(default)]
+    pub unmasked_proc: bool,
+}
+
+/// Lets anyone search `dir` and each directory above it (adds `o+x` where missing, as
+/// containerd keeps its root 0711): a pod's user-namespaced root is nobody to the host's
+/// directories, and its init must reach its rootfs by path to mount on it.
+fn traversable(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    for d in dir.ancestors() {
+        let Ok(meta) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if meta.is_dir() && mode & 0o001 == 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode | 0o001) & 0o7777))
+                .map_err(io(format!("make {} searchable", d.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// A range of host uids and gids given to a pod's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub host_id: u32,
+    pub size: u32,
 }
 
 /// The pod-level description of a sandbox.
@@ -159,6 +189,10 @@ pub struct SandboxConfig {
     /// The host's IPC namespace and /dev/shm (`hostIPC`).
     #[serde(default)]
     pub host_ipc: bool,
+    /// The pod's own user namespace (`hostUsers: false`): container ids 0.. map to host
+    /// ids `host_id`.. (`size` of them).
+    #[serde(default)]
+    pub user_namespace: Option<IdRange>,
     pub pause_image: String,
     pub nameservers: Vec<String>,
     pub searches: Vec<String>,
@@ -435,10 +469,45 @@ impl Runtime {
             });
         }
         let result = (|| -> Result<(), Error> {
+            if sandbox.user_namespace.is_some() {
+                traversable(&dir)?;
+            }
             let init = overlay::write_init_layer(&dir, sandbox, pod_ip)?;
             let mut lower = vec![init];
             lower.extend(layers.iter().cloned());
-            let rootfs = overlay::mount(&dir, &lower)?;
+            // In the pod's user namespace (its containers, not the pause: that one's
+            // rootfs is read-only and world-readable) the layers and volumes are seen
+            // through idmapped mounts.
+            let userns = match (&sandbox.user_namespace, sandbox_pid) {
+                (Some(range), Some(pid)) => {
+                    let path = PathBuf::from(format!("/proc/{pid}/ns/user"));
+                    let fd = crate::sys::open_raw(&path, libc::O_RDONLY)
+                        .map_err(io(format!("open {}", path.display())))?;
+                    Some((fd, range.host_id))
+                }
+                _ => None,
+            };
+            let mut cfg = cfg.clone();
+            let rootfs = match &userns {
+                Some((fd, root)) => {
+                    use std::os::fd::AsRawFd;
+                    let lower = overlay::idmapped(&dir, "l", &lower, fd.as_raw_fd())?;
+                    let rootfs = overlay::mount(&dir, &lower, Some(*root))?;
+                    // The overlay holds its own references to its layers.
+                    overlay::unmount_idmapped(&dir, "l");
+                    let sources: Vec<PathBuf> =
+                        cfg.mounts.iter().map(|m| m.host_path.clone()).collect();
+                    let mapped = overlay::idmapped(&dir, "v", &sources, fd.as_raw_fd())?;
+                    for (m, p) in cfg.mounts.iter_mut().zip(mapped) {
+                        m.host_path = p;
+                    }
+                    rootfs
+                }
+                // The pause: its layers as they are, but its root directory the user
+                // namespace's root's, which makes the mount points it lacks (/proc…).
+                None => overlay::mount(&dir, &lower, sandbox.user_namespace.map(|r| r.host_id))?,
+            };
+            let cfg = &cfg;
             let bundle = dir.join("bundle");
             std::fs::create_dir_all(&bundle).map_err(io("create bundle"))?;
             let ns = spec::Namespaces {
@@ -464,8 +533,9 @@ impl Runtime {
             self.spawn_monitor(cfg, &bundle, &rootfs)
         })();
         if let Err(err) = result {
-            overlay::unmount(&dir);
-            let _ = std::fs::remove_dir_all(&dir);
+            if overlay::unmount(&dir) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             return Err(err);
         }
         Ok(())
@@ -640,7 +710,15 @@ impl Runtime {
             container::delete(&self.root, id, true)?;
         }
         let dir = self.container_dir(id);
-        overlay::unmount(&dir);
+        if !overlay::unmount(&dir) {
+            return Err(Error::Create {
+                id: id.into(),
+                message: format!(
+                    "{} still has mounts; not removing it",
+                    dir.join("idmap").display()
+                ),
+            });
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -1,7 +1,10 @@
 //! A container's rootfs: overlayfs over its image layers (read-only lowers, top first),
-//! the init layer on top of them, and a private upper/work pair.
+//! the init layer on top of them, and a private upper/work pair. In a pod with its own
+//! user namespace the lowers and the volumes are seen through idmapped mounts
+//! (`<dir>/idmap/*`), so files the host's root owns are root's inside.
 
 use std::fs;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount as mount2, umount2};
@@ -49,13 +52,78 @@ pub fn write_init_layer(
     Ok(init)
 }
 
-/// Mounts the overlay at `<dir>/rootfs`.
-pub fn mount(dir: &Path, lower_top_first: &[PathBuf]) -> Result<PathBuf, Error> {
+/// Idmapped views of `paths`, owners mapped through the user namespace `userns`:
+/// `<dir>/idmap/<prefix><i>` each (a directory, or a file for a file).
+pub fn idmapped(
+    dir: &Path,
+    prefix: &str,
+    paths: &[PathBuf],
+    userns: RawFd,
+) -> Result<Vec<PathBuf>, Error> {
+    let base = dir.join("idmap");
+    fs::create_dir_all(&base).map_err(io(format!("create {}", base.display())))?;
+    let mut out = Vec::with_capacity(paths.len());
+    for (i, source) in paths.iter().enumerate() {
+        let target = base.join(format!("{prefix}{i}"));
+        let is_dir = fs::metadata(source)
+            .map_err(io(format!("stat {}", source.display())))?
+            .is_dir();
+        if is_dir {
+            fs::create_dir_all(&target)
+        } else {
+            fs::File::create(&target).map(drop)
+        }
+        .map_err(io(format!("create {}", target.display())))?;
+        crate::sys::idmapped_bind(source, &target, userns).map_err(|e| Error::Io {
+            what: format!(
+                "idmapped mount of {} for the pod's user namespace (its filesystem must support idmapped mounts)",
+                source.display()
+            ),
+            source: e,
+        })?;
+        out.push(target);
+    }
+    Ok(out)
+}
+
+/// Detaches the idmapped views named `<prefix>*` (all with ""); true when none is left.
+pub fn unmount_idmapped(dir: &Path, prefix: &str) -> bool {
+    let Ok(entries) = fs::read_dir(dir.join("idmap")) else {
+        return true;
+    };
+    let mut clean = true;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let p = e.path();
+        let _ = umount2(&p, MntFlags::MNT_DETACH);
+        let gone = if p.is_dir() {
+            fs::remove_dir(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        clean &= gone.is_ok();
+    }
+    clean
+}
+
+/// Mounts the overlay at `<dir>/rootfs`; with `owner`, the upper layer (the rootfs's
+/// root directory) belongs to that host uid and gid (the pod's user namespace root).
+pub fn mount(
+    dir: &Path,
+    lower_top_first: &[PathBuf],
+    owner: Option<u32>,
+) -> Result<PathBuf, Error> {
     let upper = dir.join("upper");
     let work = dir.join("work");
     let rootfs = dir.join("rootfs");
     for d in [&upper, &work, &rootfs] {
         fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
+    }
+    if let Some(id) = owner {
+        std::os::unix::fs::chown(&upper, Some(id), Some(id))
+            .map_err(io(format!("chown {}", upper.display())))?;
     }
     let lower: Vec<String> = lower_top_first
         .iter()
@@ -83,7 +151,10 @@ pub fn mount(dir: &Path, lower_top_first: &[PathBuf]) -> Result<PathBuf, Error> 
     Ok(rootfs)
 }
 
-/// Unmounts `<dir>/rootfs` if mounted.
-pub fn unmount(dir: &Path) {
+/// Unmounts `<dir>/rootfs` and the idmapped views if mounted; false when a view could
+/// not be removed (the directory must then not be removed recursively: it could reach
+/// into a volume).
+pub fn unmount(dir: &Path) -> bool {
     let _ = umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH);
+    unmount_idmapped(dir, "")
 }

@@ -205,12 +205,12 @@ pub fn build(
         }));
     }
 
-    let masked: Vec<String> = if cfg.privileged {
+    let masked: Vec<String> = if cfg.privileged || cfg.unmasked_proc {
         vec![]
     } else {
         default_masked()
     };
-    let readonly: Vec<&str> = if cfg.privileged {
+    let readonly: Vec<&str> = if cfg.privileged || cfg.unmasked_proc {
         vec![]
     } else {
         DEFAULT_READONLY.to_vec()
@@ -236,6 +236,11 @@ pub fn build(
         "maskedPaths": masked,
         "readonlyPaths": readonly,
     });
+    if let (Some(range), None) = (&sandbox.user_namespace, ns.sandbox_pid) {
+        let map = json!([{"containerID": 0, "hostID": range.host_id, "size": range.size}]);
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
+    }
     if !cfg.sysctls.is_empty() {
         linux["sysctl"] = cfg
             .sysctls
@@ -279,6 +284,14 @@ pub fn build(
 fn namespaces(ns: &Namespaces<'_>) -> Vec<Value> {
     let (sandbox_pid, sandbox) = (ns.sandbox_pid, ns.sandbox);
     let mut out = vec![json!({"type": "mount"})];
+    // The pod's user namespace: made by the pause (mapped by `id_mappings`), joined by
+    // its containers.
+    if sandbox.user_namespace.is_some() {
+        out.push(match sandbox_pid {
+            Some(pid) => json!({"type": "user", "path": format!("/proc/{pid}/ns/user")}),
+            None => json!({"type": "user"}),
+        });
+    }
     let own = [
         ("network", "net", sandbox.host_network),
         ("ipc", "ipc", sandbox.host_ipc),

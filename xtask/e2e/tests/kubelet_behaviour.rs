@@ -404,8 +404,7 @@ spec:
 }
 
 /// `runAsNonRoot` as the kubelet checks it (CreateContainerConfigError with its words;
-/// `runAsUser` 1000 runs as 1000); user namespaces, which berth cannot give, refused
-/// with a FailedCreatePodSandBox event instead of silently running without; sysctls
+/// `runAsUser` 1000 runs as 1000); sysctls
 /// admitted as the kubelet admits them (a safe one set in the pod's network namespace,
 /// an unsafe one rejected: phase Failed, reason SysctlForbidden); an AppArmor profile
 /// rejected (reason AppArmor) on this host without AppArmor; a subPath leading out of
@@ -476,15 +475,6 @@ spec:
   terminationGracePeriodSeconds: 1
   securityContext:
     appArmorProfile: {type: RuntimeDefault}
-  containers:
-  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: user-ns}
-spec:
-  terminationGracePeriodSeconds: 1
-  hostUsers: false
   containers:
   - {name: c, image: berth.local/busybox:1.35, command: [sleep, "3600"]}
 ---
@@ -675,29 +665,6 @@ spec:
         "{events:?}"
     );
 
-    let refused = |name: &str, message: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let events = events_of(&c, name);
-            if events
-                .iter()
-                .any(|(r, m)| r == "FailedCreatePodSandBox" && m == message)
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no refusal event: {events:?}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let pod = c.kubectl.json(&["get", "pod", name]);
-        assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
-    };
-    refused(
-        "user-ns",
-        "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces",
-    );
     c.kubectl.ok(&[
         "delete",
         "pod",
@@ -709,7 +676,6 @@ spec:
         "apparmor",
         "subpath-escape",
         "subpath-expr",
-        "user-ns",
         "--wait=false",
     ]);
 }
@@ -1151,5 +1117,126 @@ spec:
         "--wait=true",
         "--timeout=60s",
     ]);
+    c.wait_clean();
+}
+
+/// `hostUsers: false`: the pod gets its own user namespace with a 65 536-id range from
+/// the node's allocator — root inside is an unprivileged uid on the host (its
+/// `/proc/<pid>/uid_map` and `Uid:` read from the host), the image's files and an
+/// emptyDir are root's inside (idmapped mounts) and writable; `procMount: Unmasked`
+/// leaves /proc unmasked there; the apiserver refuses Unmasked without it; nothing is
+/// left after deletion.
+#[test]
+fn host_users_false_runs_the_pod_in_its_own_user_namespace() {
+    require_root!();
+    let Some(c) = cluster() else { return };
+    c.kubectl.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: userns}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostUsers: false
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sh, -c, "exec sleep 3602"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  - name: unmasked
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    securityContext: {procMount: Unmasked}
+  volumes: [{name: data, emptyDir: {}}]
+"#,
+    );
+    c.wait_pod("userns", "Running", |p| {
+        p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().all(|s| s["ready"] == true))
+    });
+    let inside = |container: &str, script: &str| {
+        c.kubectl
+            .ok(&["exec", "userns", "-c", container, "--", "sh", "-c", script])
+            .trim()
+            .to_string()
+    };
+    let map = inside("c", "cat /proc/self/uid_map");
+    let fields: Vec<u64> = map
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert_eq!(fields.len(), 3, "{map}");
+    let (base, size) = (fields[1], fields[2]);
+    assert_eq!((fields[0], size), (0, 65_536), "{map}");
+    assert!(base >= 65_536 && base % 65_536 == 0, "{map}");
+    assert_eq!(
+        inside("c", "cat /proc/self/gid_map")
+            .split_whitespace()
+            .nth(1),
+        Some(base.to_string().as_str())
+    );
+    assert_eq!(inside("c", "id -u; id -g"), "0\n0");
+    // The image's files are root's inside, and root can write its rootfs and its volume.
+    assert_eq!(inside("c", "stat -c %u:%g /bin /etc/hostname"), "0:0\n0:0");
+    assert_eq!(
+        inside(
+            "c",
+            "echo ok > /tmp/f && cat /tmp/f && echo vol > /data/x && stat -c %u /data/x"
+        ),
+        "ok\n0"
+    );
+    // From the host: the container's process runs as the range's first uid.
+    let host_uid = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x003602\x00")
+        })
+        .find_map(|e| {
+            let map = std::fs::read_to_string(e.path().join("uid_map")).ok()?;
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let uid = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))?
+                .split_whitespace()
+                .nth(1)?
+                .to_string();
+            Some((map, uid))
+        })
+        .expect("the container's process on the host");
+    assert_eq!(
+        host_uid.0.split_whitespace().collect::<Vec<_>>(),
+        ["0", base.to_string().as_str(), "65536"],
+        "{host_uid:?}"
+    );
+    assert_eq!(host_uid.1, base.to_string(), "{host_uid:?}");
+    // procMount: Unmasked leaves nothing mounted over /proc's files; the default masks
+    // /proc/kcore and the rest and makes /proc/sys read-only.
+    let over_proc = "grep -c ' /proc/' /proc/self/mountinfo || true";
+    assert_eq!(inside("unmasked", over_proc), "0");
+    assert_ne!(inside("c", over_proc), "0");
+
+    // Unmasked without a user namespace is refused by the apiserver.
+    let out = c.kubectl.run_with_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unmasked-host-users}
+spec:
+  containers:
+  - {name: c, image: berth.local/busybox:1.35, command: [sleep, "1"], securityContext: {procMount: Unmasked}}
+"#,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.containers[0].securityContext.procMount: Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`"),
+        "{err}"
+    );
+
+    c.kubectl
+        .ok(&["delete", "pod", "userns", "--wait=true", "--timeout=60s"]);
     c.wait_clean();
 }

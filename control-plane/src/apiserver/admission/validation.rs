@@ -775,12 +775,35 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
         }
     }
     let mut names: Vec<String> = Vec::new();
+    let host_users = spec.get("hostUsers").and_then(Value::as_bool) != Some(false);
+    if !host_users {
+        for field in ["hostNetwork", "hostPID", "hostIPC"] {
+            if spec.get(field).and_then(Value::as_bool) == Some(true) {
+                causes.push(Cause::forbidden(
+                    // Upstream's path: the internal API keeps these in securityContext.
+                    format!("{path}.securityContext.{field}"),
+                    "Forbidden: when `hostUsers` is false",
+                ));
+            }
+        }
+    }
     for key in ["initContainers", "containers"] {
         let Some(list) = spec.get(key).and_then(Value::as_array) else {
             continue;
         };
         for (i, c) in list.iter().enumerate() {
             let at = format!("{path}.{key}[{i}]");
+            // An unmasked /proc only inside the pod's own user namespace.
+            if host_users
+                && c.pointer("/securityContext/procMount")
+                    .and_then(Value::as_str)
+                    == Some("Unmasked")
+            {
+                causes.push(Cause::invalid(
+                    format!("{at}.securityContext.procMount"),
+                    "Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`",
+                ));
+            }
             let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
             if name.is_empty() {
                 causes.push(Cause::required(format!("{at}.name")));
