@@ -640,3 +640,59 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
     }
     assert!(common::cgroup_dirs(&format!("berth/{id}")).is_empty());
 }
+
+/// A container sees its own cgroup on cgroup v2 (cgroup2 at /sys/fs/cgroup in a private
+/// mount namespace): with a cgroup namespace and the `cgroup` mount, /proc/self/cgroup
+/// reads `0::/` and /sys/fs/cgroup is a cgroup2 filesystem rooted at the container's own
+/// cgroup — its cgroup.procs lists only the container's processes, and its interface
+/// files (this host's v2 hierarchy holds only hugetlb, so no memory.max to read) are
+/// there. The v1 layout is checked by `runtime/tests/pods.rs` (64Mi → 67108864).
+#[test]
+fn on_cgroup_v2_a_container_sees_its_own_cgroup() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script_in = "grep '^0::' /proc/self/cgroup; grep -c . /sys/fs/cgroup/cgroup.procs; \
+                     grep cgroup2 /proc/self/mountinfo | grep -c ' /sys/fs/cgroup '; \
+                     test -f /sys/fs/cgroup/cgroup.controllers && echo controllers";
+    let b = bundle(dir.path(), &["sh", "-c", script_in]);
+    for applet in ["grep"] {
+        let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
+    }
+    write_config(&b, &["sh", "-c", script_in], |s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("ns")
+            .push(json!({"type": "cgroup"}));
+        s["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+        s["linux"]["resources"] = json!({});
+    });
+    let id = format!("v2own{}", std::process::id());
+    let script = format!(
+        "set -e; mount --make-rprivate /; umount -R /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; \
+         {bin} --root {root} run --bundle {bundle} {id}",
+        bin = common::runtime_binary().display(),
+        root = dir.path().join("state").display(),
+        bundle = b.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["0::/", "2", "1", "controllers"],
+        "own cgroup namespace root, only sh and grep in cgroup.procs, one cgroup2 mount"
+    );
+}
