@@ -320,13 +320,17 @@ async fn admit(
     if matches!(phase, Some("Succeeded" | "Failed")) || pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    // The kubelet's admit handlers, in its order: sysctls, then AppArmor.
-    let (reason, message) = match ctx.sysctls.admit(pod) {
-        Err(m) => (sysctls::FORBIDDEN_REASON, m),
-        Ok(()) => (
-            security::APPARMOR_REASON,
-            security::admit_app_armor(pod).err()?,
-        ),
+    // The kubelet's admit handlers, in its order: sysctls, then AppArmor; then berth's
+    // SELinux refusal.
+    let (reason, message) = match (
+        ctx.sysctls.admit(pod),
+        security::admit_app_armor(pod),
+        security::admit_selinux(pod),
+    ) {
+        (Err(m), _, _) => (sysctls::FORBIDDEN_REASON, m),
+        (Ok(()), Err(m), _) => (security::APPARMOR_REASON, m),
+        (Ok(()), Ok(()), Err(m)) => (security::SELINUX_REASON, m),
+        (Ok(()), Ok(()), Ok(())) => return None,
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     if ctx.runtime.sandbox(&uid).is_ok() {

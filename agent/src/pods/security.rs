@@ -74,6 +74,60 @@ pub fn admit_app_armor(pod: &Pod) -> Result<(), String> {
     })
 }
 
+/// The reason of a pod rejected for SELinux options this node cannot apply.
+pub const SELINUX_REASON: &str = "SELinux";
+
+/// Whether the pod or any of its containers sets SELinux options (a user, role, type or
+/// level).
+fn wants_selinux(pod: &Pod) -> bool {
+    let set = |o: Option<&k8s_openapi::api::core::v1::SELinuxOptions>| {
+        o.is_some_and(|o| {
+            [&o.user, &o.role, &o.type_, &o.level]
+                .iter()
+                .any(|f| f.as_deref().is_some_and(|v| !v.is_empty()))
+        })
+    };
+    let Some(spec) = &pod.spec else {
+        return false;
+    };
+    if set(spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.se_linux_options.as_ref()))
+    {
+        return true;
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.security_context.as_ref());
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| c.security_context.as_ref());
+    containers
+        .chain(ephemeral)
+        .flatten()
+        .any(|s| set(s.se_linux_options.as_ref()))
+}
+
+/// SELinux options are refused rather than ignored: berth-agent labels nothing, and on
+/// this host SELinux is not even enabled — a pod that asks for a label must not run
+/// believing it has one.
+pub fn admit_selinux(pod: &Pod) -> Result<(), String> {
+    if !wants_selinux(pod) {
+        return Ok(());
+    }
+    let enabled = std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok();
+    Err(if enabled {
+        "Cannot enforce SELinux: berth-agent does not apply SELinux labels".to_owned()
+    } else {
+        "Cannot enforce SELinux: SELinux is not enabled on the host".to_owned()
+    })
+}
+
 /// The kubelet's `runAsNonRoot` check, made before a container is created; the error
 /// is the CreateContainerConfigError message, word for word as the kubelet's.
 /// `image_user` gives the image config's `User` (`uid`, `name`, `uid:gid` or empty); it is

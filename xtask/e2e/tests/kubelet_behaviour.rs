@@ -480,6 +480,17 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: selinux}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: berth.local/busybox:1.35
+    command: [sleep, "3600"]
+    securityContext: {seLinuxOptions: {level: "s0:c123,c456"}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: subpath-escape}
 spec:
   terminationGracePeriodSeconds: 1
@@ -664,6 +675,14 @@ spec:
             .any(|(r, m)| r == "AppArmor" && m.starts_with("Cannot enforce AppArmor: ")),
         "{events:?}"
     );
+    // SELinux options likewise: this host has no SELinux, and berth labels nothing.
+    let pod = c.wait_pod("selinux", "rejected", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(pod["status"]["reason"], "SELinux", "{pod}");
+    assert_eq!(
+        pod["status"]["message"],
+        "Pod was rejected: Cannot enforce SELinux: SELinux is not enabled on the host",
+        "{pod}"
+    );
 
     c.kubectl.ok(&[
         "delete",
@@ -674,6 +693,7 @@ spec:
         "safe-sysctl",
         "unsafe-sysctl",
         "apparmor",
+        "selinux",
         "subpath-escape",
         "subpath-expr",
         "--wait=false",
