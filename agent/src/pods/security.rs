@@ -19,6 +19,23 @@ const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kuber
 /// container `appArmorProfile` other than `Unconfined` (init and ephemeral containers
 /// included), or the deprecated per-container annotation with a value other than
 /// `unconfined`.
+/// The security contexts of every container of the pod: init, regular and ephemeral.
+fn container_contexts(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> impl Iterator<Item = &SecurityContext> {
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| c.security_context.as_ref());
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.security_context.as_ref())
+        .chain(ephemeral)
+        .flatten()
+}
+
 fn wants_app_armor(pod: &Pod) -> bool {
     let confined = |t: &str| t != "Unconfined";
     let Some(spec) = &pod.spec else {
@@ -32,19 +49,7 @@ fn wants_app_armor(pod: &Pod) -> bool {
     {
         return true;
     }
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .map(|c| c.security_context.as_ref());
-    let ephemeral = spec
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .map(|c| c.security_context.as_ref());
-    if containers
-        .chain(ephemeral)
-        .flatten()
+    if container_contexts(spec)
         .filter_map(|sc| sc.app_armor_profile.as_ref())
         .any(|p| confined(&p.type_))
     {
@@ -97,20 +102,7 @@ fn wants_selinux(pod: &Pod) -> bool {
     {
         return true;
     }
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .map(|c| c.security_context.as_ref());
-    let ephemeral = spec
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .map(|c| c.security_context.as_ref());
-    containers
-        .chain(ephemeral)
-        .flatten()
-        .any(|s| set(s.se_linux_options.as_ref()))
+    container_contexts(spec).any(|s| set(s.se_linux_options.as_ref()))
 }
 
 /// SELinux options are refused rather than ignored: berth-agent labels nothing, and on

@@ -369,7 +369,19 @@ pub(super) fn step_ephemeral(
             }
         }
     };
-    match view.start_in(&c, 0, target, inputs, mem) {
+    let started = view.start_in(&c, 0, target, inputs, mem);
+    record_start(&c, started, mem, wake);
+}
+
+/// Records how a first start went: the container's waiting reason on failure, retried
+/// after a short wait.
+fn record_start(
+    c: &Container,
+    started: Result<(), (String, String)>,
+    mem: &mut Memory,
+    wake: &mut Duration,
+) {
+    match started {
         Ok(()) => {
             mem.waiting.remove(&c.name);
         }
@@ -392,15 +404,8 @@ pub(super) fn step_init(
     for c in spec.init_containers.iter().flatten() {
         let latest = instances(&view.all, &view.uid, &c.name).pop();
         let Some((n, id)) = latest else {
-            match view.start(c, 0, inputs, mem) {
-                Ok(()) => {
-                    mem.waiting.remove(&c.name);
-                }
-                Err(w) => {
-                    mem.waiting.insert(c.name.clone(), w);
-                    *wake = (*wake).max(Duration::from_secs(2));
-                }
-            }
+            let started = view.start(c, 0, inputs, mem);
+            record_start(c, started, mem, wake);
             return false;
         };
         let Ok(st) = rt.status(&id) else { return false };
@@ -498,15 +503,8 @@ pub(super) fn step_container(
     let rt = view.ctx.runtime.clone();
     let latest = instances(&view.all, &view.uid, &c.name).pop();
     let Some((n, id)) = latest else {
-        match view.start(c, 0, inputs, mem) {
-            Ok(()) => {
-                mem.waiting.remove(&c.name);
-            }
-            Err(w) => {
-                mem.waiting.insert(c.name.clone(), w);
-                *wake = (*wake).max(Duration::from_secs(2));
-            }
-        }
+        let started = view.start(c, 0, inputs, mem);
+        record_start(c, started, mem, wake);
         return;
     };
     let Ok(st) = rt.status(&id) else { return };
