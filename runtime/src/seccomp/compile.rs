@@ -250,7 +250,7 @@ mod tests {
     /// Runs a classic BPF seccomp program (the instructions seccompiler and `merge`
     /// emit) on `struct seccomp_data` for x86_64.
     fn run(prog: &[seccompiler::sock_filter], nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&0xc000_003eu32.to_ne_bytes());
         for (i, a) in args.iter().enumerate() {
