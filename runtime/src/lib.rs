@@ -23,6 +23,19 @@ mod sys;
 pub use container::{Error, Status};
 pub use state::Root;
 
+/// An error with its causes, `: `-separated: the top-level text of reqwest's, hyper's
+/// and tonic's errors leaves out the TLS or connect reason.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}
+
 /// Marks the calling process a child subreaper, so orphaned descendants (a container
 /// init forked into a joined PID namespace) are re-parented to it and can be waited for.
 pub fn become_subreaper() -> std::io::Result<()> {

@@ -94,18 +94,6 @@ fn reg_err(registry: &str, message: impl Into<String>) -> Error {
     }
 }
 
-/// An error with its causes: reqwest's own text leaves out the TLS or connect reason.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
-}
-
 /// Parses `Bearer realm="…",service="…",scope="…"`.
 fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
@@ -204,7 +192,12 @@ impl Client {
                 .headers(headers)
                 .send()
                 .await
-                .map_err(|e| reg_err(&self.registry, format!("GET {url}: {}", chain(&e))))?;
+                .map_err(|e| {
+                    reg_err(
+                        &self.registry,
+                        format!("GET {url}: {}", crate::error_chain(&e)),
+                    )
+                })?;
             if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 if !resp.status().is_success() {
                     let status = resp.status();
@@ -265,10 +258,12 @@ impl Client {
         {
             req = req.header(AUTHORIZATION, v);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| reg_err(&self.registry, format!("token {realm}: {}", chain(&e))))?;
+        let resp = req.send().await.map_err(|e| {
+            reg_err(
+                &self.registry,
+                format!("token {realm}: {}", crate::error_chain(&e)),
+            )
+        })?;
         if !resp.status().is_success() {
             return Err(reg_err(
                 &self.registry,

@@ -35,7 +35,7 @@ async fn check(addr: &str, service: &str, timeout: Duration) -> Result<(), Strin
         Ok(Err(e)) => {
             return Err(format!(
                 "timeout: failed to connect service {addr:?} within {secs}: {}",
-                source_chain(&e)
+                berth_runtime::error_chain(&e)
             ));
         }
         Err(_) => {
@@ -88,17 +88,6 @@ fn status(resp: &HealthCheckResponse) -> Result<(), String> {
             resp.status
         )),
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
