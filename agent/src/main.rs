@@ -2,7 +2,7 @@
 //! by `--kubeconfig`, runs the pods bound to it and serves the kubelet API.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -205,6 +205,11 @@ struct Args {
     /// agent restart.
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
+    /// Besides the interface of --node-ip, the interfaces with an address in these
+    /// CIDRs (comma-separated, kube-proxy's flag) answer NodePorts, external and
+    /// load-balancer IPs and hostPorts; their addresses are the NodePort addresses.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<berth_agent::service_lb::external::Cidr>,
     /// The unix socket of a CSI driver on this node (repeatable): the agent registers
     /// it (CSINode), provisions and expands its volumes for this node, and mounts
     /// claims of pods through it.
@@ -590,6 +595,28 @@ async fn main() -> anyhow::Result<()> {
     if let Some((d, _)) = &dns {
         consumers.push(Box::new(ZoneConsumer(d.clone())));
     }
+    if lb.is_some() {
+        consumers.push(Box::new(
+            berth_agent::service_lb::health::HealthConsumer::new(
+                &name,
+                network.node_netns().map(Path::to_path_buf),
+            ),
+        ));
+    }
+    // Outside access: the NodePort programs on the node's external interfaces.
+    let external_task = lb.as_ref().map(|l| {
+        let cfg = berth_agent::service_lb::external::Config {
+            node_ip: node_cfg
+                .node_ip
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+                .filter(|ip| !ip.is_loopback()),
+            nodeport_addresses: args.nodeport_addresses.clone(),
+            pod_bridge: args.pod_bridge.clone(),
+            netns: network.node_netns().map(Path::to_path_buf),
+        };
+        tokio::spawn(berth_agent::service_lb::external::run(cfg, l.sync.clone()))
+    });
     let watch_task = (!consumers.is_empty())
         .then(|| tokio::spawn(berth_agent::services::run(client.clone(), consumers)));
     let ctx = Arc::new(Ctx {
@@ -625,6 +652,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let uid = node.metadata.uid.clone().unwrap_or_default();
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
+    let host_ports_task = lb.as_ref().map(|l| {
+        tokio::spawn(berth_agent::service_lb::host_ports::run(
+            pod_store.clone(),
+            l.sync.clone(),
+        ))
+    });
     let addr = SocketAddr::new(args.address, args.port);
     // The kubelet API: self-signed until the kubelet-serving signer's certificate
     // arrives; callers authorized through SubjectAccessReviews (webhook mode).
@@ -657,7 +690,10 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }
-    if let Some(t) = watch_task {
+    for t in [watch_task, external_task, host_ports_task]
+        .into_iter()
+        .flatten()
+    {
         t.abort();
     }
     csi_task.abort();

@@ -85,10 +85,12 @@ fn slice(service: &str, ips: &[&str], rv: u32) -> Value {
         "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints})
 }
 
-/// Records what is programmed: frontend → number of backends.
+/// Records what is programmed: frontend → number of backends, and the announced
+/// load-balancer addresses.
 #[derive(Default)]
 struct Recorder {
     live: HashMap<(Ipv4Addr, u16), usize>,
+    announced: Vec<Ipv4Addr>,
 }
 
 impl LbTarget for Recorder {
@@ -113,6 +115,16 @@ impl LbTarget for Recorder {
     }
     fn slots(&self) -> u32 {
         0
+    }
+    fn announce(&mut self, addr: Ipv4Addr, on: bool) -> Result<(), String> {
+        self.announced.retain(|a| *a != addr);
+        if on {
+            self.announced.push(addr);
+        }
+        Ok(())
+    }
+    fn announced(&self) -> Vec<Ipv4Addr> {
+        self.announced.clone()
     }
 }
 
@@ -155,8 +167,10 @@ async fn the_watch_keeps_the_lb_in_step_with_services_and_endpointslices() {
 
     let config = kube::Config::new(format!("http://{addr}").parse().expect("uri"));
     let client = kube::Client::try_from(config).expect("client");
+    // An earlier agent left a frontend and an ARP announcement no Service claims.
     let stale = Recorder {
         live: HashMap::from([((Ipv4Addr::new(10, 96, 9, 9), 80), 1)]),
+        announced: vec![Ipv4Addr::new(192, 0, 2, 9)],
     };
     let sync = Arc::new(Mutex::new(ServiceSync::new(stale, "n1")));
     let metrics = Arc::new(Mutex::new(LbMetrics::new()));
@@ -170,6 +184,10 @@ async fn the_watch_keeps_the_lb_in_step_with_services_and_endpointslices() {
         |live| live.get(&web) == Some(&2) && !live.contains_key(&stale_key),
     )
     .await;
+    assert!(
+        sync.lock().is_ok_and(|s| s.target().announced.is_empty()),
+        "the stale announcement is pruned with the stale frontend"
+    );
 
     slices.event(
         "MODIFIED",

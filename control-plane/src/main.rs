@@ -104,6 +104,12 @@ struct Args {
     /// kubeconfig — beside the apiserver, the admin's.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     use_service_account_credentials: bool,
+    /// The addresses `type: LoadBalancer` Services get, written to their
+    /// `status.loadBalancer.ingress` and answered by the agents' dataplane: CIDRs and
+    /// ranges, comma-separated (`192.168.1.240/28,10.0.0.5-10.0.0.9`). Without it such
+    /// Services stay pending, as on a cluster without a load-balancer provider.
+    #[arg(long)]
+    lb_pool: Option<berth_control_plane::controllers::service_lb::Pool>,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -395,6 +401,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 root_ca: None,
                 signing: None,
+                lb_pool: args.lb_pool.clone(),
                 controllers: args.controllers.clone(),
             };
             let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());

@@ -34,6 +34,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("bpffs pin {path}: {source}")]
     Pin {
         path: PathBuf,

@@ -16,7 +16,7 @@ use std::{
 
 use berth_ebpf_common::{
     Backend, BackendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_SERVICES, SERVICE_SNAT,
-    ServiceKey, ServiceValue,
+    SERVICE_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::Error;
@@ -66,6 +66,9 @@ pub struct ServiceOptions {
     pub affinity_timeout: Option<u32>,
     /// Masquerade traffic from outside the node (externalTrafficPolicy: Cluster).
     pub snat: bool,
+    /// Accept new flows from outside only from the frontend's source ranges
+    /// (`loadBalancerSourceRanges`, written with `SocketLb::set_source_ranges`).
+    pub source_ranges: bool,
 }
 
 /// The four map operations the table needs.
@@ -209,7 +212,12 @@ impl ServiceTable {
             group,
             count: wanted,
             affinity_timeout: options.affinity_timeout.unwrap_or(0),
-            flags: if options.snat { SERVICE_SNAT } else { 0 },
+            flags: if options.snat { SERVICE_SNAT } else { 0 }
+                | if options.source_ranges {
+                    SERVICE_SOURCE_RANGES
+                } else {
+                    0
+                },
         };
         if let Err(err) = maps.put_service(key, value) {
             remove_group(maps, group, wanted);

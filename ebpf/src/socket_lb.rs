@@ -13,23 +13,29 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{
+        HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink,
         links::PinnedLink,
     },
 };
 use berth_ebpf_common::{
-    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, CT_MAP,
-    GETPEERNAME4_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, NODE_IPS_MAP, NODEPORT_EGRESS_PROGRAM,
-    NODEPORT_INGRESS_PROGRAM, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
-    STATS_MAP, ServiceKey, ServiceValue, Stat,
+    AFFINITY_MAP, ANNOUNCE_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, CT_MAP,
+    GETPEERNAME4_PROGRAM, IF_MACS_MAP, IPPROTO_TCP, IPPROTO_UDP, IfMac, NODE_IPS_MAP,
+    NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM, RECVMSG4_PROGRAM, REVNAT_MAP,
+    SENDMSG4_PROGRAM, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, STATS_MAP,
+    ServiceKey, ServiceValue, SourceRangeKey, Stat,
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 10] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     REVNAT_MAP,
@@ -37,7 +43,13 @@ const MAPS: [&str; 7] = [
     STATS_MAP,
     NODE_IPS_MAP,
     CT_MAP,
+    ANNOUNCE_MAP,
+    IF_MACS_MAP,
+    SOURCE_RANGES_MAP,
 ];
+
+/// The pin-name prefix of external interfaces' tc links: `<prefix><program>-<iface>-<ifindex>`.
+const TC_LINK_PREFIX: &str = "link-";
 
 /// The tc programs of external interfaces, with their direction.
 const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -90,6 +102,18 @@ pub struct SocketLb {
     pins: Option<PathBuf>,
     /// Pinned cgroup links (attached by us or by an earlier agent).
     links: Vec<PinnedLink>,
+    /// The external interfaces the tc programs are attached to, by (name, ifindex),
+    /// with their links.
+    external: BTreeMap<(String, u32), Vec<TcLink>>,
+    /// The source ranges programmed per frontend (as the trie holds them).
+    source_ranges: StdHashMap<ServiceKey, Vec<(u32, u8)>>,
+}
+
+/// A tc link of an external interface: pinned (and removed by unpinning), or owned
+/// by the program (detached through it).
+enum TcLink {
+    Pinned(PinnedLink),
+    Owned(&'static str, aya::programs::tc::SchedClassifierLinkId),
 }
 
 impl SocketLb {
@@ -148,6 +172,8 @@ impl SocketLb {
             table: ServiceTable::default(),
             pins: pins.map(Path::to_path_buf),
             links: Vec::new(),
+            external: BTreeMap::new(),
+            source_ranges: StdHashMap::new(),
         };
         if pins.is_some() {
             lb.adopt()?;
@@ -175,7 +201,119 @@ impl SocketLb {
                 source,
             })?;
         self.table.adopt(services, backends);
+        let trie = self.source_trie()?;
+        let keys = trie
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                name: SOURCE_RANGES_MAP,
+                source,
+            })?;
+        for key in keys {
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(SOURCE_RANGE_FRONTEND_BITS) as u8;
+            self.source_ranges
+                .entry(data.frontend)
+                .or_default()
+                .push((data.client, prefix));
+        }
         Ok(())
+    }
+
+    fn source_trie(&mut self) -> Result<LpmTrie<&mut MapData, SourceRangeKey, u8>, Error> {
+        let map = self.ebpf.map_mut(SOURCE_RANGES_MAP).ok_or(Error::Missing {
+            kind: "map",
+            name: SOURCE_RANGES_MAP,
+        })?;
+        LpmTrie::try_from(map).map_err(|source| Error::Map {
+            name: SOURCE_RANGES_MAP,
+            source,
+        })
+    }
+
+    /// Sets the client ranges (address, prefix length) `frontend` accepts new
+    /// flows from when it has [`ServiceOptions::source_ranges`]; write them before
+    /// that flag, remove them after clearing it.
+    pub fn set_source_ranges(
+        &mut self,
+        frontend: Frontend,
+        ranges: &[(Ipv4Addr, u8)],
+    ) -> Result<(), Error> {
+        let fk = frontend.key();
+        let wanted: Vec<(u32, u8)> = ranges
+            .iter()
+            .map(|(a, p)| {
+                let p = (*p).min(32);
+                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                (u32::from_ne_bytes((u32::from(*a) & mask).to_be_bytes()), p)
+            })
+            .collect();
+        let old = self.source_ranges.remove(&fk).unwrap_or_default();
+        let key = |(client, prefix): (u32, u8)| {
+            LpmKey::new(
+                SOURCE_RANGE_FRONTEND_BITS + u32::from(prefix),
+                SourceRangeKey {
+                    frontend: fk,
+                    client,
+                },
+            )
+        };
+        let mut trie = self.source_trie()?;
+        for r in wanted.iter().filter(|r| !old.contains(r)) {
+            trie.insert(&key(*r), 1, 0).map_err(|source| Error::Map {
+                name: SOURCE_RANGES_MAP,
+                source,
+            })?;
+        }
+        for r in old.iter().filter(|r| !wanted.contains(r)) {
+            // Already gone is fine.
+            let _ = trie.remove(&key(*r));
+        }
+        if !wanted.is_empty() {
+            self.source_ranges.insert(fk, wanted);
+        }
+        Ok(())
+    }
+
+    /// Answers ARP for `addr` on the external interfaces (a load-balancer address
+    /// this node serves), or stops.
+    pub fn announce(&mut self, addr: Ipv4Addr, on: bool) -> Result<(), Error> {
+        let map = self.ebpf.map_mut(ANNOUNCE_MAP).ok_or(Error::Missing {
+            kind: "map",
+            name: ANNOUNCE_MAP,
+        })?;
+        let mut set: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|source| Error::Map {
+                name: ANNOUNCE_MAP,
+                source,
+            })?;
+        let key = u32::from_ne_bytes(addr.octets());
+        let result = if on {
+            set.insert(key, 1, 0)
+        } else {
+            match set.remove(&key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(|source| Error::Map {
+            name: ANNOUNCE_MAP,
+            source,
+        })
+    }
+
+    /// The addresses ARP is answered for.
+    pub fn announced(&self) -> Vec<Ipv4Addr> {
+        self.ebpf
+            .map(ANNOUNCE_MAP)
+            .and_then(|m| HashMap::<_, u32, u8>::try_from(m).ok())
+            .map(|set| {
+                set.keys()
+                    .filter_map(Result::ok)
+                    .map(|k| Ipv4Addr::from(k.to_ne_bytes()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The frontends programmed now (adopted ones included).
@@ -186,6 +324,10 @@ impl SocketLb {
     /// Removes the pins (links and maps): once this balancer is dropped, the
     /// programs detach and the maps are freed.
     pub fn unpin(&mut self) -> Result<(), Error> {
+        let external = std::mem::take(&mut self.external);
+        for links in external.into_values() {
+            self.drop_links(links);
+        }
         for link in self.links.drain(..) {
             link.unpin().map_err(|source| Error::Pin {
                 path: PathBuf::from("link"),
@@ -241,23 +383,136 @@ impl SocketLb {
     /// pod bridge, links to other nodes): replies of masqueraded flows are restored
     /// where they come in.
     pub fn attach_external(&mut self, iface: &str) -> Result<(), Error> {
-        for (name, direction) in TC_PROGRAMS {
-            let pin = self.link_pin(&format!("link-{name}-{iface}"));
-            if self.keep_pinned(pin.as_deref())? {
-                continue;
-            }
-            let prog = classifier(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(iface, direction)
-                .map_err(|source| Error::Program { name, source })?;
-            if let Some(path) = pin {
-                let link = prog
-                    .take_link(id)
+        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| Error::Interface {
+            iface: iface.to_owned(),
+            source: std::io::Error::from(e),
+        })?;
+        if self.external.contains_key(&(iface.to_owned(), ifindex)) {
+            return Ok(());
+        }
+        // The MAC ARP replies give (an interface without one, such as a tunnel,
+        // announces nothing).
+        if let Some(mac) = interface_mac(iface) {
+            let map = self.ebpf.map_mut(IF_MACS_MAP).ok_or(Error::Missing {
+                kind: "map",
+                name: IF_MACS_MAP,
+            })?;
+            let mut macs: HashMap<&mut MapData, u32, IfMac> =
+                HashMap::try_from(map).map_err(|source| Error::Map {
+                    name: IF_MACS_MAP,
+                    source,
+                })?;
+            macs.insert(ifindex, IfMac { mac, _pad: [0; 2] }, 0)
+                .map_err(|source| Error::Map {
+                    name: IF_MACS_MAP,
+                    source,
+                })?;
+        }
+        let mut links = Vec::new();
+        let result = (|| {
+            for (name, direction) in TC_PROGRAMS {
+                let pin = self.link_pin(&format!("{TC_LINK_PREFIX}{name}-{iface}-{ifindex}"));
+                if let Some(path) = pin.as_deref().filter(|p| p.exists()) {
+                    let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+                    links.push(TcLink::Pinned(link));
+                    continue;
+                }
+                let prog = classifier(&mut self.ebpf, name)?;
+                let id = prog
+                    .attach(iface, direction)
                     .map_err(|source| Error::Program { name, source })?;
-                self.pin_link(link, path)?;
+                match pin {
+                    Some(path) => {
+                        let link = prog
+                            .take_link(id)
+                            .map_err(|source| Error::Program { name, source })?;
+                        let pinned = FdLink::try_from(link)
+                            .map_err(|e| pin_error(&path, e))?
+                            .pin(&path)
+                            .map_err(|e| pin_error(&path, e))?;
+                        links.push(TcLink::Pinned(pinned));
+                    }
+                    None => links.push(TcLink::Owned(name, id)),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            self.drop_links(links);
+            return Err(err);
+        }
+        self.external.insert((iface.to_owned(), ifindex), links);
+        Ok(())
+    }
+
+    /// Detaches the tc programs from `iface` (any ifindex it had).
+    pub fn detach_external(&mut self, iface: &str) {
+        let keys: Vec<(String, u32)> = self
+            .external
+            .keys()
+            .filter(|(n, _)| n == iface)
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(links) = self.external.remove(&key) {
+                self.drop_links(links);
+            }
+            if let Some(map) = self.ebpf.map_mut(IF_MACS_MAP)
+                && let Ok(mut macs) = HashMap::<&mut MapData, u32, IfMac>::try_from(map)
+            {
+                let _ = macs.remove(&key.1);
             }
         }
-        Ok(())
+    }
+
+    /// The interfaces the tc programs are attached to now (name, ifindex).
+    pub fn external_interfaces(&self) -> Vec<(String, u32)> {
+        self.external.keys().cloned().collect()
+    }
+
+    /// Removes the pins of tc links whose interface no longer exists (deleted while
+    /// no agent ran), so a re-created interface of that name is attached afresh.
+    pub fn forget_gone_interfaces(&mut self) {
+        let Some(dir) = self.pins.clone() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = TC_PROGRAMS
+                .iter()
+                .find_map(|(p, _)| name.strip_prefix(&format!("{TC_LINK_PREFIX}{p}-")))
+            else {
+                continue;
+            };
+            let Some((iface, index)) = rest.rsplit_once('-') else {
+                continue;
+            };
+            let alive = index.parse::<u32>().ok().is_some_and(|index| {
+                nix::net::if_::if_nametoindex(iface).is_ok_and(|i| i == index)
+            });
+            if !alive {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn drop_links(&mut self, links: Vec<TcLink>) {
+        for link in links {
+            match link {
+                TcLink::Pinned(l) => {
+                    // Unpinned and dropped, the link (and the attachment) goes.
+                    let _ = l.unpin();
+                }
+                TcLink::Owned(name, id) => {
+                    if let Ok(prog) = classifier(&mut self.ebpf, name) {
+                        let _ = prog.detach(id);
+                    }
+                }
+            }
+        }
     }
 
     /// Where the link called `name` is pinned, when pinning.
@@ -347,7 +602,7 @@ impl SocketLb {
             backends,
             ServiceOptions {
                 affinity_timeout,
-                snat: false,
+                ..ServiceOptions::default()
             },
         )
     }
@@ -366,13 +621,15 @@ impl SocketLb {
         self.table.set(&mut maps, frontend, backends, options)
     }
 
-    /// Removes `frontend`; returns whether it was programmed.
+    /// Removes `frontend` (and its source ranges); returns whether it was programmed.
     pub fn remove_service(&mut self, frontend: Frontend) -> Result<bool, Error> {
         let mut maps = AyaMaps {
             services: &mut self.services,
             backends: &mut self.backends,
         };
-        self.table.remove(&mut maps, frontend)
+        let removed = self.table.remove(&mut maps, frontend)?;
+        self.set_source_ranges(frontend, &[])?;
+        Ok(removed)
     }
 
     /// Deletes replaced backend groups whose grace period is over (see
@@ -428,6 +685,16 @@ fn pin_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> 
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     }
+}
+
+/// The MAC address of `iface` in the calling thread's network namespace (netlink,
+/// not sysfs, which shows the namespace it was mounted in).
+fn interface_mac(iface: &str) -> Option<[u8; 6]> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|ifa| ifa.interface_name == iface)
+        .find_map(|ifa| ifa.address?.as_link_addr()?.addr())
+        .filter(|mac| *mac != [0; 6])
 }
 
 /// The frontend a map key stands for.

@@ -4,6 +4,9 @@
 //! changed, and [`metrics::LbMetrics`] reports it; [`watch::LbConsumer`] feeds it from the
 //! node's Service watch ([`crate::services`]); [`node::start`] loads and attaches it for the node's pods.
 
+pub mod external;
+pub mod health;
+pub mod host_ports;
 pub mod metrics;
 pub mod model;
 pub mod node;

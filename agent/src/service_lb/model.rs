@@ -10,7 +10,11 @@
 //! - `sessionAffinity: ClientIP` carries its timeout (default 10 800 s);
 //! - NodePort and LoadBalancer Services also get `0.0.0.0:nodePort` (any node
 //!   address), external IPs and load-balancer ingress IPs get their own frontends;
-//!   these follow `externalTrafficPolicy` (Local: this node's endpoints only).
+//!   these follow `externalTrafficPolicy` (Local: this node's endpoints only);
+//! - load-balancer ingress IPs (`ipMode: VIP`, the default) are announced — the node
+//!   answers ARP for them — unless the policy is Local and this node has no endpoint
+//!   (MetalLB's layer-2 rule), and accept new flows only from
+//!   `loadBalancerSourceRanges` when it is set.
 //!
 //! A Service that cannot be programmed correctly (no spec, a port 0, the same
 //! port/protocol twice, an unparsable cluster IP) is rejected whole, with the
@@ -39,6 +43,11 @@ pub struct LbEntry {
     /// Masquerade traffic from outside the node to the backends: NodePorts and
     /// external IPs with `externalTrafficPolicy: Cluster`, as kube-proxy does.
     pub snat: bool,
+    /// Clients new flows are accepted from (address, prefix length); empty: any.
+    /// Load-balancer IPs with `loadBalancerSourceRanges` only.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// Answer ARP for the frontend's address (a load-balancer IP this node serves).
+    pub announce: bool,
 }
 
 /// Why a Service is not programmed.
@@ -54,6 +63,8 @@ pub enum Rejected {
     PortRange { port: i32 },
     #[error("cluster IP {0:?} is not an IP address")]
     BadClusterIp(String),
+    #[error("loadBalancerSourceRanges entry {0:?} is not an IPv4 CIDR")]
+    BadSourceRange(String),
 }
 
 fn protocol(p: Option<&str>) -> Option<Protocol> {
@@ -138,21 +149,33 @@ pub fn entries(
     // externalTrafficPolicy; in-cluster traffic to the cluster IP internalTrafficPolicy.
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let node_port_type = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let mut external_ips: Vec<Ipv4Addr> = spec
+    let external_ips: Vec<Ipv4Addr> = spec
         .external_ips
         .iter()
         .flatten()
         .filter_map(|ip| ip.parse().ok())
         .collect();
-    external_ips.extend(
+    // Load-balancer addresses: only while the Service is a LoadBalancer, and not
+    // those of `ipMode: Proxy` (the load balancer forwards to the nodes itself).
+    let lb_ips: Vec<Ipv4Addr> = if spec.type_.as_deref() == Some("LoadBalancer") {
         svc.status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref())
             .into_iter()
             .flatten()
-            .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
-    );
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .map(|r| parse_cidr(r).ok_or_else(|| Rejected::BadSourceRange(r.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut out = Vec::new();
     for p in &ports {
@@ -165,23 +188,30 @@ pub fn entries(
         let external = backends_for(&ours, &port_name, proto_name, external_local, node);
         let service_port =
             u16::try_from(p.port).map_err(|_| Rejected::PortRange { port: p.port })?;
-        let mut push = |addr: Ipv4Addr, port: u16, backends: &Vec<SocketAddrV4>, snat: bool| {
-            out.push(LbEntry {
-                frontend: Frontend {
-                    addr,
-                    port,
-                    protocol: proto,
-                },
-                backends: backends.clone(),
-                affinity_timeout: affinity,
-                snat,
-            });
+        let entry = |addr: Ipv4Addr, port: u16, backends: &Vec<SocketAddrV4>, snat: bool| LbEntry {
+            frontend: Frontend {
+                addr,
+                port,
+                protocol: proto,
+            },
+            backends: backends.clone(),
+            affinity_timeout: affinity,
+            snat,
+            source_ranges: Vec::new(),
+            announce: false,
         };
         for addr in &v4 {
-            push(*addr, service_port, &internal, false);
+            out.push(entry(*addr, service_port, &internal, false));
         }
         for addr in &external_ips {
-            push(*addr, service_port, &external, !external_local);
+            out.push(entry(*addr, service_port, &external, !external_local));
+        }
+        for addr in &lb_ips {
+            out.push(LbEntry {
+                source_ranges: source_ranges.clone(),
+                announce: !external_local || !external.is_empty(),
+                ..entry(*addr, service_port, &external, !external_local)
+            });
         }
         if node_port_type
             && let Some(node_port) = p
@@ -190,10 +220,24 @@ pub fn entries(
                 .filter(|n| *n != 0)
         {
             // A NodePort is the frontend 0.0.0.0:nodePort: any node address.
-            push(Ipv4Addr::UNSPECIFIED, node_port, &external, !external_local);
+            out.push(entry(
+                Ipv4Addr::UNSPECIFIED,
+                node_port,
+                &external,
+                !external_local,
+            ));
         }
     }
     Ok(out)
+}
+
+/// An IPv4 CIDR (`10.0.0.0/8`, or a bare address as a /32).
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = match text.trim().split_once('/') {
+        Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)?),
+        None => (text.trim(), 32),
+    };
+    Some((addr.parse().ok()?, prefix))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -526,8 +570,12 @@ mod tests {
 /// frontends: `hostIP` (or any node address, 0.0.0.0) and the hostPort, to the pod's
 /// IP and containerPort. Programmed like NodePorts, they replace CNI portmap rules.
 pub fn host_port_entries(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<LbEntry> {
-    // A hostNetwork pod listens on the node's ports itself: nothing to forward.
-    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+    // A hostNetwork pod listens on the node's ports itself: nothing to forward. A
+    // finished pod (or one being deleted) serves nothing any more.
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+        || matches!(phase, Some("Succeeded" | "Failed"))
+    {
         return Vec::new();
     }
     let Some(pod_ip) = pod
@@ -560,6 +608,8 @@ pub fn host_port_entries(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<LbEntry> 
                 affinity_timeout: None,
                 // As CNI portmap does, hostPorts keep the client's address.
                 snat: false,
+                source_ranges: Vec::new(),
+                announce: false,
             })
         })
         .collect()

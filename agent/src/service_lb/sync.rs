@@ -3,7 +3,8 @@
 //! last good programming (and the rejection is logged), so a bad update never
 //! leaves the maps half-right.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use berth_ebpf::{Frontend, ServiceOptions, SocketLb};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -18,6 +19,10 @@ pub trait LbTarget {
     fn frontends(&self) -> Vec<Frontend>;
     /// Backend slots in use in the map (for the fill metric).
     fn slots(&self) -> u32;
+    /// Answers ARP for a load-balancer address on the external interfaces, or stops.
+    fn announce(&mut self, addr: Ipv4Addr, on: bool) -> Result<(), String>;
+    /// The addresses announced now, including ones adopted from pinned maps.
+    fn announced(&self) -> Vec<Ipv4Addr>;
 }
 
 impl LbTarget for SocketLb {
@@ -25,7 +30,10 @@ impl LbTarget for SocketLb {
         let options = ServiceOptions {
             affinity_timeout: entry.affinity_timeout,
             snat: entry.snat,
+            source_ranges: !entry.source_ranges.is_empty(),
         };
+        self.set_source_ranges(entry.frontend, &entry.source_ranges)
+            .map_err(|e| e.to_string())?;
         self.set_service_with(entry.frontend, &entry.backends, options)
             .map_err(|e| e.to_string())
     }
@@ -43,6 +51,23 @@ impl LbTarget for SocketLb {
     fn slots(&self) -> u32 {
         self.table().backends()
     }
+
+    fn announce(&mut self, addr: Ipv4Addr, on: bool) -> Result<(), String> {
+        SocketLb::announce(self, addr, on).map_err(|e| e.to_string())
+    }
+
+    fn announced(&self) -> Vec<Ipv4Addr> {
+        SocketLb::announced(self)
+    }
+}
+
+/// The load-balancer addresses `entries` ask to be announced.
+fn announcements(entries: &[LbEntry]) -> BTreeSet<Ipv4Addr> {
+    entries
+        .iter()
+        .filter(|e| e.announce)
+        .map(|e| e.frontend.addr)
+        .collect()
 }
 
 /// Why a sync step did not fully apply.
@@ -70,6 +95,8 @@ pub struct ServiceSync<T> {
     target: T,
     node: String,
     programmed: HashMap<String, Vec<LbEntry>>,
+    /// How many owners announce each load-balancer address.
+    announced: BTreeMap<Ipv4Addr, usize>,
     rejected: u64,
     errors: u64,
 }
@@ -89,6 +116,7 @@ impl<T: LbTarget> ServiceSync<T> {
             target,
             node: node.into(),
             programmed: HashMap::new(),
+            announced: BTreeMap::new(),
             rejected: 0,
             errors: 0,
         }
@@ -114,9 +142,47 @@ impl<T: LbTarget> ServiceSync<T> {
     pub fn apply_entries(&mut self, owner: String, wanted: Vec<LbEntry>) -> Result<(), SyncError> {
         let old = self.programmed.remove(&owner).unwrap_or_default();
         let result = self.reconcile(&owner, &old, &wanted);
-        let now = if result.is_ok() { wanted } else { old };
+        let now = if result.is_ok() { wanted } else { old.clone() };
+        let announced = self.announce(&owner, &old, &now);
         if !now.is_empty() {
             self.programmed.insert(owner, now);
+        }
+        result.and(announced)
+    }
+
+    /// Moves the ARP announcements of `owner` from `old` to `now`, counting owners
+    /// per address.
+    fn announce(&mut self, owner: &str, old: &[LbEntry], now: &[LbEntry]) -> Result<(), SyncError> {
+        let (before, after) = (announcements(old), announcements(now));
+        let mut result = Ok(());
+        for addr in after.difference(&before) {
+            let n = self.announced.entry(*addr).or_default();
+            *n += 1;
+            if *n == 1
+                && let Err(message) = self.target.announce(*addr, true)
+            {
+                self.errors += 1;
+                result = Err(SyncError::Target {
+                    service: owner.to_owned(),
+                    message,
+                });
+            }
+        }
+        for addr in before.difference(&after) {
+            let Some(n) = self.announced.get_mut(addr) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.announced.remove(addr);
+                if let Err(message) = self.target.announce(*addr, false) {
+                    self.errors += 1;
+                    result = Err(SyncError::Target {
+                        service: owner.to_owned(),
+                        message,
+                    });
+                }
+            }
         }
         result
     }
@@ -132,8 +198,9 @@ impl<T: LbTarget> ServiceSync<T> {
         let result = self.reconcile(&service, &old, &[]);
         if result.is_err() {
             self.programmed.insert(service, old);
+            return result;
         }
-        result
+        self.announce(&service, &old, &[])
     }
 
     fn reconcile(
@@ -188,6 +255,17 @@ impl<T: LbTarget> ServiceSync<T> {
                 removed += 1;
             }
         }
+        for addr in self.target.announced() {
+            if !self.announced.contains_key(&addr) {
+                self.target.announce(addr, false).map_err(|message| {
+                    self.errors += 1;
+                    SyncError::Target {
+                        service: addr.to_string(),
+                        message,
+                    }
+                })?;
+            }
+        }
         Ok(removed)
     }
 
@@ -211,6 +289,11 @@ impl<T: LbTarget> ServiceSync<T> {
     /// The target, for inspection.
     pub fn target(&self) -> &T {
         &self.target
+    }
+
+    /// The target, for what is not per Service (interfaces, node addresses).
+    pub fn target_mut(&mut self) -> &mut T {
+        &mut self.target
     }
 }
 
@@ -249,6 +332,13 @@ mod tests {
         }
         fn slots(&self) -> u32 {
             0
+        }
+        fn announce(&mut self, addr: Ipv4Addr, on: bool) -> Result<(), String> {
+            self.log.push(format!("announce {addr} {on}"));
+            Ok(())
+        }
+        fn announced(&self) -> Vec<Ipv4Addr> {
+            Vec::new()
         }
     }
 

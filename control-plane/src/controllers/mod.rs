@@ -24,6 +24,7 @@ pub mod pods;
 pub mod queue;
 pub mod replicaset;
 pub mod root_ca_publisher;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttl_after_finished;
@@ -50,7 +51,9 @@ pub struct Options {
     pub root_ca: Option<String>,
     /// The CA the CSR signer signs with; without one it does not run.
     pub signing: Option<certificates::signer::Ca>,
-    /// What deletes the storage of released CSI PersistentVolumes, by driver.
+    /// The addresses LoadBalancer Services get (`--lb-pool`); without one the
+    /// load-balancer controller does not run.
+    pub lb_pool: Option<service_lb::Pool>,
     /// Which controllers run.
     pub controllers: Selection,
 }
@@ -63,6 +66,7 @@ impl Default for Options {
             autoscaling: podautoscaler::Options::default(),
             root_ca: None,
             signing: None,
+            lb_pool: None,
             controllers: Selection::all(),
         }
     }
@@ -102,6 +106,7 @@ pub const NAMES: &[&str] = &[
     "pvc-protection",
     "pv-protection",
     "ephemeral-volume-controller",
+    "service-lb-controller",
 ];
 
 impl Selection {
@@ -189,6 +194,7 @@ const ACCOUNTS: &[(&str, &[&str])] = &[
         "ephemeral-volume-controller",
         &["ephemeral-volume-controller"],
     ),
+    ("service-lb-controller", &["service-controller"]),
 ];
 
 /// The selected controllers, until the future is dropped. Each acts with the client
@@ -314,6 +320,15 @@ pub async fn run(credentials: credentials::Credentials, options: Options) {
     if on("ephemeral-volume-controller") {
         let c = a.client("ephemeral-volume-controller").await;
         loops.push(Box::pin(ephemeral::start(c, i)));
+    }
+    if on("service-lb-controller") {
+        match options.lb_pool.clone() {
+            Some(pool) => {
+                let c = a.client("service-controller").await;
+                loops.push(Box::pin(service_lb::start(c, pool, i)));
+            }
+            None => tracing::info!("no --lb-pool: LoadBalancer Services get no address from berth"),
+        }
     }
     loops.extend(accounts.renewals());
     informers.run(futures_util::future::join_all(loops)).await;

@@ -23,6 +23,19 @@ pub const NODE_IPS_MAP: &str = "NODE_IPS";
 pub const CT_MAP: &str = "CT";
 /// Capacity of the connection-tracking map (two entries per flow).
 pub const MAX_CT: u32 = 262_144;
+/// Name of the set of load-balancer addresses this node answers ARP for
+/// (address in network byte order → 1).
+pub const ANNOUNCE_MAP: &str = "ANNOUNCE";
+/// Name of the map of external interfaces' MAC addresses (ifindex → [`IfMac`]), the
+/// hardware address ARP replies give.
+pub const IF_MACS_MAP: &str = "IF_MACS";
+/// Name of the `loadBalancerSourceRanges` LPM trie: [`SourceRangeKey`] with a prefix
+/// of 64 bits of frontend plus the range's own prefix → 1.
+pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
+/// Capacity of the source-range trie.
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+/// Bits of [`SourceRangeKey`] before the client address: the frontend.
+pub const SOURCE_RANGE_FRONTEND_BITS: u32 = 64;
 /// Name of the tc ingress program of external interfaces (NodePort DNAT).
 pub const NODEPORT_INGRESS_PROGRAM: &str = "nodeport_ingress";
 /// Name of the tc egress program of external interfaces (reverse NAT of replies).
@@ -127,6 +140,28 @@ pub struct ServiceValue {
 /// IPs) is masqueraded to the node's address toward the backend, as kube-proxy does
 /// for `externalTrafficPolicy: Cluster`.
 pub const SERVICE_SNAT: u32 = 1;
+/// Flag of [`ServiceValue`]: new flows from outside are accepted only from the
+/// frontend's ranges in [`SOURCE_RANGES_MAP`] (`loadBalancerSourceRanges`).
+pub const SERVICE_SOURCE_RANGES: u32 = 2;
+
+/// The data of a [`SOURCE_RANGES_MAP`] key: a frontend, then a client address; the
+/// trie's prefix covers the frontend whole and the range's prefix of the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// The frontend's address, port and protocol (network byte order).
+    pub frontend: ServiceKey,
+    /// The client's address (network byte order).
+    pub client: u32,
+}
+
+/// An interface's MAC address, padded to 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IfMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
 
 /// Key of the affinity map: a client and a frontend. The client is its network
 /// namespace (`bpf_get_netns_cookie`): one pod, one address, as ClientIP means.
@@ -282,4 +317,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CtValue {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::SourceRangeKey {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::IfMac {}
 }

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CT, MAX_REVNAT, MAX_SERVICES, RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, IfMac, MAX_AFFINITY,
+    MAX_BACKENDS, MAX_CT, MAX_REVNAT, MAX_SERVICES, MAX_SOURCE_RANGES, RevNatKey, RevNatValue,
+    STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
 #[map(name = "SERVICES")]
@@ -34,6 +35,19 @@ pub static NODE_IPS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
 /// to the NodePort address replies must carry. LRU: idle flows age out.
 #[map(name = "CT")]
 pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CT, 0);
+
+/// Load-balancer addresses this node answers ARP for on its external interfaces.
+#[map(name = "ANNOUNCE")]
+pub static ANNOUNCE: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// The external interfaces' MAC addresses, by ifindex.
+#[map(name = "IF_MACS")]
+pub static IF_MACS: HashMap<u32, IfMac> = HashMap::with_max_entries(64, 0);
+
+/// `loadBalancerSourceRanges`: frontend + client prefix → 1.
+#[map(name = "SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

@@ -64,6 +64,23 @@ fn wants_node_ports(svc: &Value) -> bool {
     }
 }
 
+/// Whether a Service of this spec gets a `healthCheckNodePort`: kube-apiserver gives one
+/// to LoadBalancer Services with `externalTrafficPolicy: Local`.
+fn wants_health_check(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && svc
+            .pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
+}
+
+fn health_check_port(svc: &Value) -> u16 {
+    svc.pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(0)
+}
+
 fn is_external_name(svc: &Value) -> bool {
     svc.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName")
 }
@@ -233,6 +250,39 @@ impl Allocator {
                 svc["spec"]["ports"][i]["nodePort"] = json!(port);
             }
         }
+        if wants_health_check(svc) {
+            let requested = health_check_port(svc);
+            let port = if requested != 0 {
+                used.ports.insert(requested).then_some(requested)
+            } else {
+                free_port(&used.ports).inspect(|p| {
+                    used.ports.insert(*p);
+                })
+            };
+            let Some(port) = port else {
+                let taken: Vec<u16> = node_ports(svc)
+                    .into_iter()
+                    .filter(|p| *p != requested)
+                    .collect();
+                for p in taken {
+                    used.ports.remove(&p);
+                }
+                if let Some(ip) = taken_ip {
+                    used.ips.remove(&ip);
+                }
+                return Err(vec![Cause::invalid(
+                    "spec.healthCheckNodePort",
+                    if requested != 0 {
+                        format!("Invalid value: {requested}: provided port is already allocated")
+                    } else {
+                        "Internal error: range is full".to_owned()
+                    },
+                )]);
+            };
+            svc["spec"]["healthCheckNodePort"] = json!(port);
+        } else if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("healthCheckNodePort");
+        }
         Ok(())
     }
 
@@ -286,17 +336,6 @@ impl Allocator {
             .pointer("/spec/ports")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
-        if !wants_node_ports(new) {
-            // kube-apiserver drops the node ports of a Service that no longer needs
-            // them.
-            for i in 0..count {
-                if let Some(p) = new["spec"]["ports"][i].as_object_mut() {
-                    p.remove("nodePort");
-                }
-            }
-            change.freed_ports = old_ports;
-            return Ok(change);
-        }
         let undo = |used: &mut Used, change: &Change| {
             for p in &change.taken_ports {
                 used.ports.remove(p);
@@ -306,7 +345,17 @@ impl Allocator {
             }
         };
         let mut kept = Vec::new();
-        for i in 0..count {
+        let node_port_count = if wants_node_ports(new) { count } else { 0 };
+        if !wants_node_ports(new) {
+            // kube-apiserver drops the node ports of a Service that no longer needs
+            // them.
+            for i in 0..count {
+                if let Some(p) = new["spec"]["ports"][i].as_object_mut() {
+                    p.remove("nodePort");
+                }
+            }
+        }
+        for i in 0..node_port_count {
             let mut requested = new["spec"]["ports"][i]
                 .get("nodePort")
                 .and_then(Value::as_u64)
@@ -358,6 +407,40 @@ impl Allocator {
                 p
             };
             new["spec"]["ports"][i]["nodePort"] = json!(port);
+        }
+        if wants_health_check(new) {
+            let mut requested = health_check_port(new);
+            if requested == 0 && wants_health_check(old) {
+                requested = health_check_port(old);
+            }
+            let port = if requested != 0 {
+                if old_ports.contains(&requested) && !kept.contains(&requested) {
+                    kept.push(requested);
+                } else if !used.ports.insert(requested) {
+                    undo(&mut used, &change);
+                    return Err(vec![Cause::invalid(
+                        "spec.healthCheckNodePort",
+                        format!("Invalid value: {requested}: provided port is already allocated"),
+                    )]);
+                } else {
+                    change.taken_ports.push(requested);
+                }
+                requested
+            } else {
+                let Some(p) = free_port(&used.ports) else {
+                    undo(&mut used, &change);
+                    return Err(vec![Cause::invalid(
+                        "spec.healthCheckNodePort",
+                        "Internal error: range is full",
+                    )]);
+                };
+                used.ports.insert(p);
+                change.taken_ports.push(p);
+                p
+            };
+            new["spec"]["healthCheckNodePort"] = json!(port);
+        } else if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("healthCheckNodePort");
         }
         change.freed_ports = old_ports
             .into_iter()
@@ -418,8 +501,10 @@ fn free_port(used: &BTreeSet<u16>) -> Option<u16> {
         .find(|p| !used.contains(p))
 }
 
+/// The node ports `svc` holds: its ports' `nodePort`s and its `healthCheckNodePort`.
 fn node_ports(svc: &Value) -> Vec<u16> {
-    svc.pointer("/spec/ports")
+    let mut ports: Vec<u16> = svc
+        .pointer("/spec/ports")
         .and_then(Value::as_array)
         .map(|ports| {
             ports
@@ -428,7 +513,9 @@ fn node_ports(svc: &Value) -> Vec<u16> {
                 .map(|p| p as u16)
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    ports.extend(Some(health_check_port(svc)).filter(|p| *p != 0));
+    ports
 }
 
 #[cfg(test)]
@@ -453,6 +540,46 @@ mod tests {
         assert!(alloc.allocate(&mut c).is_err());
         alloc.release(&a);
         alloc.allocate(&mut c).expect("free again after release");
+    }
+
+    #[test]
+    fn load_balancers_with_local_policy_get_a_health_check_node_port() {
+        let alloc = Allocator::default();
+        let mut svc = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]}});
+        alloc.allocate(&mut svc).expect("create");
+        let hc = svc["spec"]["healthCheckNodePort"]
+            .as_u64()
+            .expect("a health check port");
+        assert_ne!(Some(hc), svc["spec"]["ports"][0]["nodePort"].as_u64());
+        // Taken: another Service cannot ask for it.
+        let mut other =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 1, "nodePort": hc}]}});
+        assert!(alloc.allocate(&mut other).is_err());
+        // An update that leaves it out keeps it; Cluster policy gives it back.
+        let mut same = svc.clone();
+        same["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("healthCheckNodePort");
+        let change = alloc.update(&svc, &mut same).expect("keep");
+        alloc.commit(&change);
+        assert_eq!(same["spec"]["healthCheckNodePort"].as_u64(), Some(hc));
+        let mut cluster = same.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        let change = alloc.update(&same, &mut cluster).expect("to Cluster");
+        alloc.commit(&change);
+        assert!(cluster["spec"].get("healthCheckNodePort").is_none());
+        assert!(cluster["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+        alloc
+            .allocate(&mut other)
+            .expect("free after the policy change");
+        // allocateLoadBalancerNodePorts: false with Local keeps only the health port.
+        let mut no_ports = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}});
+        alloc.allocate(&mut no_ports).expect("create");
+        assert!(no_ports["spec"]["ports"][0].get("nodePort").is_none());
+        assert!(no_ports["spec"]["healthCheckNodePort"].as_u64().is_some());
     }
 
     #[test]

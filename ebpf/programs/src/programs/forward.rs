@@ -5,6 +5,9 @@
 //! to the application. A service without backends refuses with ECONNREFUSED, as
 //! kube-proxy's REJECT rule does. With ClientIP affinity, a client (its netns) keeps
 //! its backend until it has not used it for the timeout, or the service changes.
+//! A connect to one of the node's addresses at a NodePort goes to that NodePort's
+//! backends, as kube-proxy answers NodePorts on every node address. (Loopback is
+//! left alone: a pod's 127.0.0.1 is its own.)
 
 use aya_ebpf::{
     EbpfContext,
@@ -21,7 +24,7 @@ use berth_ebpf_common::{
 };
 
 use super::count;
-use crate::maps::{AFFINITY, BACKENDS, REVNAT, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, NODE_IPS, REVNAT, SERVICES};
 
 /// Verdicts for cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -42,8 +45,9 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 fn translate(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every cgroup sock_addr program a valid bpf_sock_addr.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let key = ServiceKey {
-        addr: sa.user_ip4,
+    let dst = sa.user_ip4;
+    let mut key = ServiceKey {
+        addr: dst,
         // user_port holds the network-order port in its low 16 bits.
         port: sa.user_port as u16,
         protocol: sa.protocol as u8,
@@ -51,8 +55,20 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     };
     // SAFETY: the value is copied out at once; user space may update it concurrently,
     // which at worst gives us the previous or the next complete value.
-    let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
-        return ALLOW;
+    let service = match (unsafe { SERVICES.get(&key) }).copied() {
+        Some(s) => s,
+        None => {
+            // SAFETY: only checks presence.
+            if unsafe { NODE_IPS.get(&dst) }.is_none() {
+                return ALLOW;
+            }
+            key.addr = 0;
+            // SAFETY: as above.
+            match (unsafe { SERVICES.get(&key) }).copied() {
+                Some(s) => s,
+                None => return ALLOW,
+            }
+        }
     };
     if service.count == 0 {
         count(Stat::NoBackends);
@@ -76,7 +92,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         _pad: 0,
     };
     let frontend = RevNatValue {
-        addr: key.addr,
+        addr: dst,
         port: key.port,
         _pad: 0,
     };

@@ -20,16 +20,18 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use berth_ebpf_common::{
     CT_FORWARD, CT_REPLY, CT_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, SERVICE_SNAT,
-    ServiceKey, Stat,
+    SERVICE_SOURCE_RANGES, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRangeKey, Stat,
 };
 
 use super::{count, forward::pick};
-use crate::maps::{CT, NODE_IPS, SERVICES};
+use crate::maps::{ANNOUNCE, CT, IF_MACS, NODE_IPS, SERVICES, SOURCE_RANGES};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
@@ -144,7 +146,7 @@ fn rewrite(
 #[classifier]
 pub fn nodeport_ingress(ctx: TcContext) -> i32 {
     let Some(flow) = parse(&ctx) else {
-        return TC_ACT_OK as i32;
+        return arp_reply(&ctx).unwrap_or(TC_ACT_OK as i32);
     };
     // A reply of a masqueraded flow, arriving from the backend's side.
     if let Some(verdict) = snat_reply(&ctx, &flow) {
@@ -196,6 +198,10 @@ fn new_flow(ctx: &TcContext, flow: &Flow, forward: &CtKey) -> Result<CtValue, i3
     let Some(service) = frontend(flow) else {
         return Err(TC_ACT_OK as i32);
     };
+    if service.flags & SERVICE_SOURCE_RANGES != 0 && !source_allowed(flow) {
+        // Outside loadBalancerSourceRanges: dropped, as kube-proxy's firewall chain.
+        return Err(TC_ACT_SHOT as i32);
+    }
     if service.count == 0 {
         count(Stat::NodePortNoBackends);
         let reject = if flow.protocol == IPPROTO_TCP {
@@ -385,6 +391,81 @@ fn frontend(flow: &Flow) -> Option<berth_ebpf_common::ServiceValue> {
     };
     // SAFETY: copied out at once.
     unsafe { SERVICES.get(&nodeport) }.copied()
+}
+
+/// Whether the client of `flow` is in its frontend's `loadBalancerSourceRanges`.
+fn source_allowed(flow: &Flow) -> bool {
+    let key = LpmKey::new(
+        SOURCE_RANGE_FRONTEND_BITS + 32,
+        SourceRangeKey {
+            frontend: ServiceKey {
+                addr: flow.daddr,
+                port: flow.dport,
+                protocol: flow.protocol,
+                _pad: 0,
+            },
+            client: flow.saddr,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
+}
+
+/// Answers an ARP request for a load-balancer address this node announces
+/// (MetalLB's layer-2 mode): the request is turned into the reply, with the
+/// interface's MAC, and sent back out. None for any other frame.
+fn arp_reply(ctx: &TcContext) -> Option<i32> {
+    const ARP_REQUEST: u16 = 1;
+    const ARP_REPLY: u16 = 2;
+    let ethertype: u16 = ctx.load(12).ok()?;
+    if u16::from_be(ethertype) != ETH_P_ARP {
+        return None;
+    }
+    // Ethernet/IPv4 ARP: htype 1, ptype 0x0800, hlen 6, plen 4, then the operation.
+    let head: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+    if head != [0, 1, 8, 0, 6, 4, 0, ARP_REQUEST as u8] {
+        return None;
+    }
+    // Sender MAC, sender IP, target MAC, target IP.
+    let sender_mac: [u8; 6] = ctx.load(ETH_HLEN + 8).ok()?;
+    let sender_ip: [u8; 4] = ctx.load(ETH_HLEN + 14).ok()?;
+    let target_ip: u32 = ctx.load(ETH_HLEN + 24).ok()?;
+    // SAFETY: only checks presence.
+    unsafe { ANNOUNCE.get(&target_ip) }?;
+    // SAFETY: reading the ingress ifindex of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once.
+    let ours = unsafe { IF_MACS.get(&ifindex) }.copied()?.mac;
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&sender_mac);
+    eth[6..].copy_from_slice(&ours);
+    ctx.store(0, &eth, 0).ok()?;
+    let t = target_ip.to_ne_bytes();
+    let reply: [u8; 22] = [
+        0,
+        ARP_REPLY as u8,
+        ours[0],
+        ours[1],
+        ours[2],
+        ours[3],
+        ours[4],
+        ours[5],
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        sender_mac[0],
+        sender_mac[1],
+        sender_mac[2],
+        sender_mac[3],
+        sender_mac[4],
+        sender_mac[5],
+        sender_ip[0],
+        sender_ip[1],
+        sender_ip[2],
+        sender_ip[3],
+    ];
+    ctx.store(ETH_HLEN + 6, &reply, 0).ok()?;
+    Some(send_back(ctx))
 }
 
 #[classifier]

@@ -388,6 +388,15 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             ],
         ),
         (
+            "system:controller:service-controller",
+            vec![
+                r(&["get", "list", "watch"], &[""], &["services"]),
+                r(&["patch", "update"], &[""], &["services/status"]),
+                r(&["list", "watch"], &[""], &["nodes"]),
+                events(),
+            ],
+        ),
+        (
             "system:controller:ttl-after-finished-controller",
             vec![
                 r(&["delete", "get", "list", "watch"], &["batch"], &["jobs"]),
