@@ -14,6 +14,7 @@ pub mod csi;
 pub mod dns;
 pub mod kubelet_api;
 pub mod netns;
+pub mod netpol;
 pub mod network;
 pub mod node;
 pub mod pods;

@@ -210,6 +210,10 @@ struct Args {
     /// load-balancer IPs and hostPorts; their addresses are the NodePort addresses.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<berth_agent::service_lb::external::Cidr>,
+    /// Enforce NetworkPolicies for this node's pods (eBPF at the pods' cgroup);
+    /// `--network-policy=false` leaves policies unenforced here.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    network_policy: bool,
     /// The unix socket of a CSI driver on this node (repeatable): the agent registers
     /// it (CSINode), provisions and expands its volumes for this node, and mounts
     /// claims of pods through it.
@@ -528,6 +532,7 @@ async fn main() -> anyhow::Result<()> {
             node_uid: String::new(),
             stats_rates: Default::default(),
             lb_metrics: None,
+            netpol: None,
             dns: None,
             seccomp_default: args.seccomp_default,
             sysctls: sysctls.clone(),
@@ -603,6 +608,35 @@ async fn main() -> anyhow::Result<()> {
             ),
         ));
     }
+    // NetworkPolicy: the cgroup skb programs beside the socket LB.
+    let netpol = match (&lb, args.network_policy) {
+        (Some(l), true) => {
+            l.sync
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the LB lock is poisoned"))?
+                .target_mut()
+                .attach_network_policy(&l.cgroup)
+                .context("attaching the NetworkPolicy programs")?;
+            let mut hosts: Vec<std::net::Ipv4Addr> =
+                node_cfg.node_ip.parse().ok().into_iter().collect();
+            hosts.extend(network.pod_gateway().map(|(gw, _)| gw));
+            Some(Arc::new(berth_agent::netpol::Enforcer {
+                sync: l.sync.clone(),
+                metrics: Arc::default(),
+                node: name.clone(),
+                hosts,
+            }))
+        }
+        (Some(_), false) => {
+            tracing::info!("--network-policy=false: NetworkPolicies are not enforced on this node");
+            None
+        }
+        (None, _) => None,
+    };
+    let netpol_task = netpol.clone().map(|e| {
+        let client = client.clone();
+        tokio::spawn(async move { berth_agent::netpol::run(client, e).await })
+    });
     // Outside access: the NodePort programs on the node's external interfaces.
     let external_task = lb.as_ref().map(|l| {
         let cfg = berth_agent::service_lb::external::Config {
@@ -635,6 +669,7 @@ async fn main() -> anyhow::Result<()> {
         node_uid: node.metadata.uid.clone().unwrap_or_default(),
         stats_rates: Default::default(),
         lb_metrics: lb.as_ref().map(|l| l.metrics.clone()),
+        netpol: netpol.clone(),
         dns: dns.as_ref().map(|(d, _)| d.clone()),
         seccomp_default: args.seccomp_default,
         sysctls,
@@ -690,7 +725,7 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }
-    for t in [watch_task, external_task, host_ports_task]
+    for t in [watch_task, external_task, host_ports_task, netpol_task]
         .into_iter()
         .flatten()
     {

@@ -34,6 +34,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{count} port ranges for one peer; a policy rule holds at most {max}")]
+    TooManyPortRanges { count: usize, max: usize },
     #[error("interface {iface}: {source}")]
     Interface {
         iface: String,

@@ -28,14 +28,21 @@ use aya::{
 };
 use berth_ebpf_common::{
     AFFINITY_MAP, ANNOUNCE_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, CT_MAP,
-    GETPEERNAME4_PROGRAM, IF_MACS_MAP, IPPROTO_TCP, IPPROTO_UDP, IfMac, NODE_IPS_MAP,
-    NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM, RECVMSG4_PROGRAM, REVNAT_MAP,
-    SENDMSG4_PROGRAM, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, STATS_MAP,
-    ServiceKey, ServiceValue, SourceRangeKey, Stat,
+    GETPEERNAME4_PROGRAM, IF_MACS_MAP, IPPROTO_TCP, IPPROTO_UDP, IfMac, NETPOL_EGRESS_PROGRAM,
+    NETPOL_INGRESS_PROGRAM, NODE_IPS_MAP, NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM,
+    NP_CT_MAP, NP_DENIED_MAP, NP_HOST_MAP, NP_PODS_MAP, NP_PORTS_MAP, NP_RULES_MAP,
+    RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
+    SOURCE_RANGES_MAP, STATS_MAP, ServiceKey, ServiceValue, SourceRangeKey, Stat,
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 16] = [
+    NP_PODS_MAP,
+    NP_RULES_MAP,
+    NP_PORTS_MAP,
+    NP_CT_MAP,
+    NP_HOST_MAP,
+    NP_DENIED_MAP,
     SERVICES_MAP,
     BACKENDS_MAP,
     REVNAT_MAP,
@@ -55,6 +62,18 @@ const TC_LINK_PREFIX: &str = "link-";
 const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     (NODEPORT_INGRESS_PROGRAM, TcAttachType::Ingress),
     (NODEPORT_EGRESS_PROGRAM, TcAttachType::Egress),
+];
+
+/// The NetworkPolicy programs (cgroup skb), with their direction.
+const NETPOL_PROGRAMS: [(&str, aya::programs::CgroupSkbAttachType); 2] = [
+    (
+        NETPOL_INGRESS_PROGRAM,
+        aya::programs::CgroupSkbAttachType::Ingress,
+    ),
+    (
+        NETPOL_EGRESS_PROGRAM,
+        aya::programs::CgroupSkbAttachType::Egress,
+    ),
 ];
 
 /// The socket-LB programs, attached together to one cgroup.
@@ -93,7 +112,7 @@ pub struct Stats {
 /// The loaded socket load balancer. Dropping it detaches the programs.
 pub struct SocketLb {
     // Owns the programs and their links: dropping it detaches them.
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
     stats: PerCpuArray<MapData, u64>,
@@ -107,6 +126,9 @@ pub struct SocketLb {
     external: BTreeMap<(String, u32), Vec<TcLink>>,
     /// The source ranges programmed per frontend (as the trie holds them).
     source_ranges: StdHashMap<ServiceKey, Vec<(u32, u8)>>,
+    /// What the NetworkPolicy maps hold, and their port sets.
+    pub(crate) policy: crate::PolicyState,
+    pub(crate) port_sets: crate::netpol::PortSets,
 }
 
 /// A tc link of an external interface: pinned (and removed by unpinning), or owned
@@ -164,6 +186,11 @@ impl SocketLb {
                 .load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        for (name, _) in NETPOL_PROGRAMS {
+            skb_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
         let mut lb = Self {
             ebpf,
             services,
@@ -174,6 +201,8 @@ impl SocketLb {
             links: Vec::new(),
             external: BTreeMap::new(),
             source_ranges: StdHashMap::new(),
+            policy: crate::PolicyState::default(),
+            port_sets: crate::netpol::PortSets::default(),
         };
         if pins.is_some() {
             lb.adopt()?;
@@ -362,6 +391,33 @@ impl SocketLb {
             let prog = program(&mut self.ebpf, name)?;
             let id = prog
                 .attach(dir, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+            if let Some(path) = pin {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name, source })?;
+                self.pin_link(link, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the NetworkPolicy programs (cgroup skb ingress and egress) to the
+    /// cgroup2 directory `cgroup`: the packets of every socket in it (or below) are
+    /// checked against the policy maps from now on. Pinned like the socket-LB links.
+    pub fn attach_network_policy(&mut self, cgroup: &Path) -> Result<(), Error> {
+        for (name, direction) in NETPOL_PROGRAMS {
+            let pin = self.link_pin(&format!("link-{name}"));
+            if self.keep_pinned(pin.as_deref())? {
+                continue;
+            }
+            let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
+                path: cgroup.to_path_buf(),
+                source,
+            })?;
+            let prog = skb_program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(dir, direction, CgroupAttachMode::Single)
                 .map_err(|source| Error::Program { name, source })?;
             if let Some(path) = pin {
                 let link = prog
@@ -715,6 +771,19 @@ fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
+fn skb_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::CgroupSkb, Error> {
     ebpf.program_mut(name)
         .ok_or(Error::Missing {
             kind: "program",

@@ -85,6 +85,9 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     if let Some(dns) = &ctx.dns {
         add(dns.metrics().encode());
     }
+    if let Some(netpol) = &ctx.netpol {
+        add(netpol.encode_metrics());
+    }
     body.push_str("# EOF\n");
     (
         [(

@@ -62,6 +62,8 @@ pub struct Ctx {
     pub stats_rates: Arc<std::sync::Mutex<crate::kubelet_api::stats::Rates>>,
     /// The Service load balancer's metrics, when it runs.
     pub lb_metrics: Option<Arc<std::sync::Mutex<crate::service_lb::LbMetrics>>>,
+    /// NetworkPolicy enforcement, when it runs (its metrics).
+    pub netpol: Option<Arc<crate::netpol::Enforcer>>,
     /// The node's DNS server, when it runs one (its metrics).
     pub dns: Option<Arc<crate::dns::Dns>>,
     /// `--seccomp-default`: containers that name no seccomp profile get RuntimeDefault.

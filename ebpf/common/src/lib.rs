@@ -36,6 +36,101 @@ pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// Bits of [`SourceRangeKey`] before the client address: the frontend.
 pub const SOURCE_RANGE_FRONTEND_BITS: u32 = 64;
+/// NetworkPolicy: the cgroup skb programs of the pods' cgroup, packets in and out.
+pub const NETPOL_INGRESS_PROGRAM: &str = "netpol_ingress";
+pub const NETPOL_EGRESS_PROGRAM: &str = "netpol_egress";
+/// Name of the policy-selected pods map: pod IPv4 (network order) → [`NpPod`].
+pub const NP_PODS_MAP: &str = "NP_PODS";
+/// Name of the allowed-peers LPM trie: [`NpRuleKey`] with a prefix of
+/// [`NP_RULE_FIXED_BITS`] plus the peer prefix → port-set id (in [`NP_PORTS_MAP`]).
+pub const NP_RULES_MAP: &str = "NP_RULES";
+/// Name of the port sets: id → [`NpPortSet`].
+pub const NP_PORTS_MAP: &str = "NP_PORTS";
+/// Name of the policy connection-tracking LRU map: [`NpCtKey`] of allowed flows.
+pub const NP_CT_MAP: &str = "NP_CT";
+/// Name of the node-address set whose traffic to and from pods is always allowed.
+pub const NP_HOST_MAP: &str = "NP_HOST";
+/// Name of the denied-packet counters: [`NpDeniedKey`] → packets.
+pub const NP_DENIED_MAP: &str = "NP_DENIED";
+/// [`NpPod::flags`] and [`NpRuleKey::direction`]: into the pod, out of it.
+pub const NP_INGRESS: u32 = 1;
+pub const NP_EGRESS: u32 = 2;
+/// Bits of [`NpRuleKey`] before the peer address (pod address and direction).
+pub const NP_RULE_FIXED_BITS: u32 = 64;
+/// Port ranges one port set holds.
+pub const NP_MAX_RANGES: usize = 16;
+/// Capacities.
+pub const MAX_NP_PODS: u32 = 16_384;
+pub const MAX_NP_RULES: u32 = 262_144;
+pub const MAX_NP_PORTS: u32 = 65_536;
+pub const MAX_NP_CT: u32 = 262_144;
+/// IPPROTO_SCTP.
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// A pod some NetworkPolicy selects.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NpPod {
+    /// [`NP_INGRESS`] and/or [`NP_EGRESS`]: the directions it is isolated in (0: only
+    /// its flows are tracked, so replies pass the other side's isolation).
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The data of an [`NP_RULES_MAP`] key: a selected pod, a direction, a peer address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NpRuleKey {
+    /// The selected pod (network order).
+    pub pod: u32,
+    /// [`NP_INGRESS`] or [`NP_EGRESS`].
+    pub direction: u32,
+    /// The peer (network order).
+    pub peer: u32,
+}
+
+/// One allowed port range: `protocol` 0 means any protocol; ports in host order,
+/// `lo..=hi`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NpPortRange {
+    pub protocol: u8,
+    pub _pad: u8,
+    pub lo: u16,
+    pub hi: u16,
+    pub _pad2: u16,
+}
+
+/// The ports a peer may use: the first `count` ranges.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NpPortSet {
+    pub count: u32,
+    pub ranges: [NpPortRange; NP_MAX_RANGES],
+}
+
+/// A flow as its first packet carried it (network order), as seen at one pod's side
+/// (`pod`): one side's record never lets a packet past the other side's check.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NpCtKey {
+    pub pod: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A denied-packet counter: a pod and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NpDeniedKey {
+    pub pod: u32,
+    pub direction: u32,
+}
+
 /// Name of the tc ingress program of external interfaces (NodePort DNAT).
 pub const NODEPORT_INGRESS_PROGRAM: &str = "nodeport_ingress";
 /// Name of the tc egress program of external interfaces (reverse NAT of replies).
@@ -321,4 +416,14 @@ mod pod {
     unsafe impl aya::Pod for super::SourceRangeKey {}
     // SAFETY: repr(C) plain data.
     unsafe impl aya::Pod for super::IfMac {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::NpPod {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::NpRuleKey {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::NpPortSet {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::NpCtKey {}
+    // SAFETY: repr(C) plain data.
+    unsafe impl aya::Pod for super::NpDeniedKey {}
 }

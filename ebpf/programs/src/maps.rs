@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, IfMac, MAX_AFFINITY,
-    MAX_BACKENDS, MAX_CT, MAX_REVNAT, MAX_SERVICES, MAX_SOURCE_RANGES, RevNatKey, RevNatValue,
-    STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
+    MAX_BACKENDS, MAX_CT, MAX_NP_CT, MAX_NP_PODS, MAX_NP_PORTS, MAX_NP_RULES, MAX_REVNAT,
+    MAX_SERVICES, MAX_SOURCE_RANGES, NpCtKey, NpDeniedKey, NpPod, NpPortSet, NpRuleKey,
+    RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
 #[map(name = "SERVICES")]
@@ -48,6 +49,31 @@ pub static IF_MACS: HashMap<u32, IfMac> = HashMap::with_max_entries(64, 0);
 #[map(name = "SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+
+/// NetworkPolicy: the pods some policy selects.
+#[map(name = "NP_PODS")]
+pub static NP_PODS: HashMap<u32, NpPod> = HashMap::with_max_entries(MAX_NP_PODS, 0);
+
+/// NetworkPolicy: selected pod + direction + peer prefix → port-set id.
+#[map(name = "NP_RULES")]
+pub static NP_RULES: LpmTrie<NpRuleKey, u32> = LpmTrie::with_max_entries(MAX_NP_RULES, 0);
+
+/// NetworkPolicy: port sets by id.
+#[map(name = "NP_PORTS")]
+pub static NP_PORTS: HashMap<u32, NpPortSet> = HashMap::with_max_entries(MAX_NP_PORTS, 0);
+
+/// NetworkPolicy: allowed flows, so their packets and replies pass.
+#[map(name = "NP_CT")]
+pub static NP_CT: LruHashMap<NpCtKey, u8> = LruHashMap::with_max_entries(MAX_NP_CT, 0);
+
+/// NetworkPolicy: the node's addresses (its traffic to its pods is always allowed).
+#[map(name = "NP_HOST")]
+pub static NP_HOST: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+/// NetworkPolicy: denied packets per pod and direction.
+#[map(name = "NP_DENIED")]
+pub static NP_DENIED: LruPerCpuHashMap<NpDeniedKey, u64> =
+    LruPerCpuHashMap::with_max_entries(65_536, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

@@ -10,6 +10,10 @@
 //! - gRPC health (`grpc.health.v1.Health`) on `--grpc-port` (9090): service "" and
 //!   "testserver" SERVING while /healthz is ok, NOT_SERVING while it fails.
 //! - TCP echo on `--tcp-port` (9000), UDP echo on `--udp-port` (9001).
+//! - `/connect?to=ADDR:PORT,…&timeout_ms=N[&protocol=udp]`: tries each target at once
+//!   (a TCP connect, or a UDP datagram to an echo server and its reply) and answers one
+//!   line per target, `ADDR:PORT ok` or `ADDR:PORT fail <why>` — agnhost's `connect`,
+//!   for NetworkPolicy reachability matrices.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, UdpSocket};
@@ -151,6 +155,31 @@ fn serve_http<S: Read + Write>(stream: S, healthy: &Health) {
             let _ = stream.flush();
             std::process::exit(code);
         }
+        "/connect" => {
+            let targets: Vec<String> = query(&target, "to")
+                .unwrap_or("")
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let timeout = std::time::Duration::from_millis(
+                query(&target, "timeout_ms")
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(1000),
+            );
+            let udp = query(&target, "protocol") == Some("udp");
+            let results: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = targets
+                    .iter()
+                    .map(|t| s.spawn(move || format!("{t} {}", connect(t, timeout, udp))))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| "? fail panicked".into()))
+                    .collect()
+            });
+            respond(&mut stream, 200, &results.join("\n"))
+        }
         "/env" => {
             let name = query(&target, "name").unwrap_or("");
             respond(&mut stream, 200, &std::env::var(name).unwrap_or_default())
@@ -163,6 +192,27 @@ fn serve_http<S: Read + Write>(stream: S, healthy: &Health) {
             }
         }
         _ => respond(&mut stream, 404, "not found"),
+    }
+}
+
+/// One reachability probe: "ok" or "fail <why>".
+fn connect(target: &str, timeout: std::time::Duration, udp: bool) -> String {
+    let Ok(addr) = target.parse::<std::net::SocketAddr>() else {
+        return "fail bad address".into();
+    };
+    let result = if udp {
+        UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+            s.set_read_timeout(Some(timeout))?;
+            s.send_to(b"probe", addr)?;
+            let mut buf = [0u8; 64];
+            s.recv_from(&mut buf).map(|_| ())
+        })
+    } else {
+        std::net::TcpStream::connect_timeout(&addr, timeout).map(|_| ())
+    };
+    match result {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("fail {}", e.kind()),
     }
 }
 

@@ -142,6 +142,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "Job" => job(spec, &mut causes),
         "CronJob" => cronjob_spec(spec, &mut causes),
         "Service" => service(spec, &mut causes),
+        "NetworkPolicy" => network_policy(spec, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
         "CertificateSigningRequest" => super::certificates::validate(obj, &mut causes),
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
@@ -881,6 +882,227 @@ fn protocol(p: &Value, field: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// A CIDR (`address/prefix`, IPv4 or IPv6), as (address, prefix length).
+fn cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (a, p) = text.split_once('/')?;
+    let a: std::net::IpAddr = a.parse().ok()?;
+    let p: u8 = p.parse().ok()?;
+    let max = if a.is_ipv4() { 32 } else { 128 };
+    (p <= max).then_some((a, p))
+}
+
+/// Whether CIDR `inner` lies inside `outer` and is smaller.
+fn strict_subset(outer: (std::net::IpAddr, u8), inner: (std::net::IpAddr, u8)) -> bool {
+    let bits = |a: std::net::IpAddr| -> u128 {
+        match a {
+            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            std::net::IpAddr::V6(v) => u128::from(v),
+        }
+    };
+    if outer.0.is_ipv4() != inner.0.is_ipv4() || inner.1 <= outer.1 {
+        return false;
+    }
+    let shift = if outer.0.is_ipv4() {
+        32 - u32::from(outer.1) + 96
+    } else {
+        128 - u32::from(outer.1)
+    };
+    let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+    bits(outer.0) & mask == bits(inner.0) & mask
+}
+
+const CIDR_MESSAGE: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+
+/// An IANA service name as a port name (`validation.IsValidPortName`).
+fn port_name_errors(name: &str) -> Vec<&'static str> {
+    let mut errors = Vec::new();
+    if name.len() > 15 {
+        errors.push("must be no more than 15 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        errors.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if name.contains("--") {
+        errors.push("must not contain consecutive hyphens");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        errors.push("must contain at least one letter (a-z)");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        errors.push("must not begin or end with a hyphen");
+    }
+    errors
+}
+
+/// `ValidateNetworkPolicySpec`: policy types, peers, ipBlocks, ports.
+fn network_policy(spec: &Value, causes: &mut Vec<Cause>) {
+    let types = spec
+        .get("policyTypes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, t) in types.iter().enumerate() {
+        let t = t.as_str().unwrap_or_default();
+        if !matches!(t, "Ingress" | "Egress") {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: format!("spec.policyTypes[{i}]"),
+                message: format!(
+                    "Unsupported value: \"{t}\": supported values: \"Egress\", \"Ingress\""
+                ),
+            });
+        }
+    }
+    if types.len() > 2 {
+        causes.push(Cause::invalid(
+            "spec.policyTypes",
+            "may not specify more than two policyTypes",
+        ));
+    }
+    for (direction, peers_key) in [("ingress", "from"), ("egress", "to")] {
+        let rules = spec
+            .get(direction)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            let path = format!("spec.{direction}[{i}]");
+            for (j, port) in rule
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                network_policy_port(port, &format!("{path}.ports[{j}]"), causes);
+            }
+            for (j, peer) in rule
+                .get(peers_key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                network_policy_peer(peer, &format!("{path}.{peers_key}[{j}]"), causes);
+            }
+        }
+    }
+}
+
+fn network_policy_port(port: &Value, path: &str, causes: &mut Vec<Cause>) {
+    protocol(port, &format!("{path}.protocol"), causes);
+    let end = port.get("endPort").and_then(Value::as_i64);
+    match port.get("port") {
+        Some(Value::Number(n)) => {
+            let n = n.as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&n) {
+                causes.push(Cause::invalid(
+                    format!("{path}.port"),
+                    format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                ));
+            }
+            if let Some(e) = end {
+                if !(1..=65535).contains(&e) {
+                    causes.push(Cause::invalid(
+                        format!("{path}.endPort"),
+                        format!("Invalid value: {e}: must be between 1 and 65535, inclusive"),
+                    ));
+                } else if e < n {
+                    causes.push(Cause::invalid(
+                        format!("{path}.endPort"),
+                        format!("Invalid value: {e}: must be greater than or equal to `port`"),
+                    ));
+                }
+            }
+        }
+        Some(Value::String(name)) => {
+            for msg in port_name_errors(name) {
+                causes.push(Cause::invalid(
+                    format!("{path}.port"),
+                    format!("Invalid value: \"{name}\": {msg}"),
+                ));
+            }
+            if let Some(e) = end {
+                causes.push(Cause::invalid(
+                    format!("{path}.endPort"),
+                    format!("Invalid value: {e}: may not be specified when `port` is non-numeric"),
+                ));
+            }
+        }
+        _ => {
+            if end.is_some() {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    field: format!("{path}.port"),
+                    message: "Required value: must specify port when endPort is specified".into(),
+                });
+            }
+        }
+    }
+}
+
+fn network_policy_peer(peer: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let present = |k: &str| peer.get(k).is_some_and(|v| !v.is_null());
+    let count = ["podSelector", "namespaceSelector", "ipBlock"]
+        .iter()
+        .filter(|k| present(k))
+        .count();
+    if count == 0 {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: path.to_owned(),
+            message: "Required value: must specify a peer".into(),
+        });
+    } else if count > 1 && present("ipBlock") {
+        causes.push(Cause::forbidden(
+            path,
+            "Forbidden: may not specify both ipBlock and another peer",
+        ));
+    }
+    let Some(block) = peer.get("ipBlock").filter(|b| !b.is_null()) else {
+        return;
+    };
+    let text = block
+        .get("cidr")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if text.is_empty() {
+        causes.push(Cause::required(format!("{path}.ipBlock.cidr")));
+        return;
+    }
+    let Some(net) = cidr(text) else {
+        causes.push(Cause::invalid(
+            format!("{path}.ipBlock.cidr"),
+            format!("Invalid value: \"{text}\": {CIDR_MESSAGE}"),
+        ));
+        return;
+    };
+    for (k, e) in block
+        .get("except")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let e = e.as_str().unwrap_or_default();
+        let field = format!("{path}.ipBlock.except[{k}]");
+        match cidr(e) {
+            None => causes.push(Cause::invalid(
+                field,
+                format!("Invalid value: \"{e}\": {CIDR_MESSAGE}"),
+            )),
+            Some(inner) if !strict_subset(net, inner) => causes.push(Cause::invalid(
+                field,
+                format!("Invalid value: \"{e}\": must be a strict subset of `cidr`"),
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
 fn service(spec: &Value, causes: &mut Vec<Cause>) {
     let kind = spec
         .get("type")
@@ -928,6 +1150,37 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
             ));
         }
         protocol(p, &format!("spec.ports[{i}].protocol"), causes);
+    }
+    if let Some(policy) = spec.get("externalTrafficPolicy").and_then(Value::as_str)
+        && !matches!(policy, "Cluster" | "Local")
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.externalTrafficPolicy".into(),
+            message: format!(
+                "Unsupported value: \"{policy}\": supported values: \"Cluster\", \"Local\""
+            ),
+        });
+    }
+    let ranges = spec
+        .get("loadBalancerSourceRanges")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !ranges.is_empty() && kind != "LoadBalancer" {
+        causes.push(Cause::forbidden(
+            "spec.loadBalancerSourceRanges",
+            "Forbidden: may only be used when `type` is 'LoadBalancer'",
+        ));
+    }
+    for (i, r) in ranges.iter().enumerate() {
+        let text = r.as_str().unwrap_or_default();
+        if cidr(text.trim()).is_none() {
+            causes.push(Cause::invalid(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("Invalid value: \"{text}\": must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 "),
+            ));
+        }
     }
 }
 

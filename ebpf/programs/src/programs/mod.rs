@@ -1,6 +1,7 @@
 //! One file per job: socket-level balancing forward and back, NodePort on the
-//! node's external interfaces.
+//! node's external interfaces, NetworkPolicy at the pods' cgroup.
 pub mod forward;
+pub mod netpol;
 pub mod nodeport;
 pub mod reverse;
 

@@ -115,6 +115,11 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
             vec![group("system:nodes")],
         ),
         (
+            "system:berth:node-network-policy".into(),
+            "system:berth:node-network-policy".into(),
+            vec![group("system:nodes")],
+        ),
+        (
             "system:kube-dns".into(),
             "system:kube-dns".into(),
             vec![("ServiceAccount", "kube-dns".into(), "kube-system".into())],

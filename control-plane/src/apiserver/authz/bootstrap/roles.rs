@@ -263,6 +263,21 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             "system:berth:node-dns",
             vec![named(READ, &[""], &["configmaps"], &["berth-dns"])],
         ),
+        // berth's agent enforces NetworkPolicy for its node's pods (as a policy
+        // agent such as Calico's does): the policies, namespaces and every pod (the
+        // peers), and events about policies it cannot enforce.
+        role(
+            "system:berth:node-network-policy",
+            vec![
+                r(&["list", "watch"], &[""], &["pods", "namespaces"]),
+                r(
+                    &["list", "watch"],
+                    &["networking.k8s.io"],
+                    &["networkpolicies"],
+                ),
+                events(),
+            ],
+        ),
         // berth's agent provisions, deletes and expands the volumes of its node's CSI
         // drivers (external-provisioner's node-deployment mode and external-resizer
         // run inside it): their roles, for the nodes.

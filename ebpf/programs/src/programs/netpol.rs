@@ -1,0 +1,161 @@
+//! NetworkPolicy at the pods' cgroup (`cgroup_skb` ingress and egress): every IPv4
+//! packet a pod's socket sends or receives is checked against the policies that
+//! select the pod. A pod in `NP_PODS` isolated in the packet's direction passes only
+//! what its rules allow: the peer's address is looked up in `NP_RULES` (an LPM trie
+//! of pod + direction + peer prefix, so ipBlocks with excepts and single pods are
+//! one lookup) and the destination port and protocol must be in the port set found.
+//! Always allowed: a pod talking to itself, the node's own addresses (`NP_HOST`,
+//! probes and the kubelet API), and the packets of flows already allowed, both ways
+//! at this pod's side (`NP_CT`, per pod: the reply of an allowed connection is never
+//! dropped, and one pod's record does not open the other's side). Denied packets
+//! are counted per pod and direction (`NP_DENIED`). Not IPv4: allowed.
+
+use aya_ebpf::{macros::cgroup_skb, maps::lpm_trie::Key as LpmKey, programs::SkBuffContext};
+use berth_ebpf_common::{
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, NP_EGRESS, NP_INGRESS, NP_MAX_RANGES,
+    NP_RULE_FIXED_BITS, NpCtKey, NpDeniedKey, NpRuleKey,
+};
+
+use crate::maps::{NP_CT, NP_DENIED, NP_HOST, NP_PODS, NP_PORTS, NP_RULES};
+
+const ALLOW: i32 = 1;
+const DROP: i32 = 0;
+
+#[cgroup_skb(ingress)]
+pub fn netpol_ingress(ctx: SkBuffContext) -> i32 {
+    decide(&ctx, false)
+}
+
+#[cgroup_skb(egress)]
+pub fn netpol_egress(ctx: SkBuffContext) -> i32 {
+    decide(&ctx, true)
+}
+
+struct Packet {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+}
+
+/// The IPv4 header (cgroup skb data starts at it) and the ports of TCP, UDP and
+/// SCTP (0 for other protocols and later fragments).
+fn parse(ctx: &SkBuffContext) -> Option<Packet> {
+    let version_ihl: u8 = ctx.load(0).ok()?;
+    if version_ihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    let protocol: u8 = ctx.load(9).ok()?;
+    let frag: u16 = ctx.load(6).ok()?;
+    let (mut sport, mut dport) = (0u16, 0u16);
+    if u16::from_be(frag) & 0x1fff == 0
+        && ihl >= 20
+        && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP)
+    {
+        sport = ctx.load(ihl).ok()?;
+        dport = ctx.load(ihl + 2).ok()?;
+    }
+    Some(Packet {
+        saddr: ctx.load(12).ok()?,
+        daddr: ctx.load(16).ok()?,
+        sport,
+        dport,
+        protocol,
+    })
+}
+
+fn decide(ctx: &SkBuffContext, egress: bool) -> i32 {
+    let Some(p) = parse(ctx) else {
+        return ALLOW;
+    };
+    let (pod, peer, direction) = if egress {
+        (p.saddr, p.daddr, NP_EGRESS)
+    } else {
+        (p.daddr, p.saddr, NP_INGRESS)
+    };
+    // SAFETY: copied out at once.
+    let Some(selected) = unsafe { NP_PODS.get(&pod) }.copied() else {
+        return ALLOW;
+    };
+    let own = NpCtKey {
+        pod,
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        protocol: p.protocol,
+        _pad: [0; 3],
+    };
+    if selected.flags & direction == 0 {
+        // Not isolated this way: remember the flow, so its replies pass the other
+        // direction's isolation.
+        let _ = NP_CT.insert(&own, &1, 0);
+        return ALLOW;
+    }
+    // SAFETY: only checks presence.
+    if pod == peer || unsafe { NP_HOST.get(&peer) }.is_some() {
+        return ALLOW;
+    }
+    let reply = NpCtKey {
+        pod,
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        protocol: p.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: only checks presence.
+    if unsafe { NP_CT.get(&own) }.is_some() || unsafe { NP_CT.get(&reply) }.is_some() {
+        return ALLOW;
+    }
+    if allowed(&p, pod, peer, direction) {
+        let _ = NP_CT.insert(&own, &1, 0);
+        return ALLOW;
+    }
+    let key = NpDeniedKey { pod, direction };
+    match NP_DENIED.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of the value, valid for this program run and
+        // written by this CPU only.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = NP_DENIED.insert(&key, &1, 0);
+        }
+    }
+    DROP
+}
+
+/// Whether a rule of `pod` for `direction` lets `peer` use the packet's destination
+/// port and protocol.
+fn allowed(p: &Packet, pod: u32, peer: u32, direction: u32) -> bool {
+    let key = LpmKey::new(
+        NP_RULE_FIXED_BITS + 32,
+        NpRuleKey {
+            pod,
+            direction,
+            peer,
+        },
+    );
+    let Some(set_id) = NP_RULES.get(&key).copied() else {
+        return false;
+    };
+    // SAFETY: the set is only read; user space replaces sets whole (a new id).
+    let Some(set) = (unsafe { NP_PORTS.get(&set_id) }) else {
+        return false;
+    };
+    let port = u16::from_be(p.dport);
+    let mut i = 0;
+    while i < NP_MAX_RANGES {
+        if i as u32 >= set.count {
+            break;
+        }
+        let r = set.ranges[i];
+        if (r.protocol == 0 || r.protocol == p.protocol) && r.lo <= port && port <= r.hi {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
