@@ -461,6 +461,7 @@ async fn main() -> anyhow::Result<()> {
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .context("loading the kubeconfig")?;
+    let base_config = config.clone();
     let client = match &rotating {
         Some(identity) => berth_agent::certificates::client(&config, identity.clone())?,
         None => kube::Client::try_from(config)?,
@@ -634,8 +635,20 @@ async fn main() -> anyhow::Result<()> {
         (None, _) => None,
     };
     let netpol_task = netpol.clone().map(|e| {
-        let client = client.clone();
-        tokio::spawn(async move { berth_agent::netpol::run(client, e).await })
+        let (node_client, base, dir) = (client.clone(), base_config.clone(), cert_dir.clone());
+        tokio::spawn(async move {
+            // The policy identity's token; until it comes, the pinned maps hold.
+            let account = loop {
+                match berth_agent::netpol::client(&node_client, &base, &dir).await {
+                    Ok(c) => break c,
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "no NetworkPolicy identity yet; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    }
+                }
+            };
+            berth_agent::netpol::run(account, e).await;
+        })
     });
     // Outside access: the NodePort programs on the node's external interfaces.
     let external_task = lb.as_ref().map(|l| {

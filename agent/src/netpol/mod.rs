@@ -234,6 +234,77 @@ async fn report(
     }
 }
 
+/// The ServiceAccount (kube-system) the watch of policies, namespaces and every pod
+/// runs as: the node identity may list only its own pods.
+pub const ACCOUNT: &str = "berth-network-policy";
+/// Lifetime of the account's tokens; renewed at a third of it.
+const TOKEN_SECONDS: i64 = 3600;
+
+/// Requests a token of [`ACCOUNT`] with the node's client and writes it to `file`
+/// (0600).
+async fn refresh_token(node: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let api: Api<ServiceAccount> = Api::namespaced(node.clone(), "kube-system");
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(TOKEN_SECONDS),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = api
+        .create_token_request(ACCOUNT, &Default::default(), &req)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .unwrap_or_default();
+    anyhow::ensure!(!token.is_empty(), "the TokenRequest returned no token");
+    let tmp = file.with_extension("tmp");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+    }
+    std::fs::rename(&tmp, file)?;
+    Ok(())
+}
+
+/// A client acting as [`ACCOUNT`] (the cluster and CA of `base`, the node's), with its
+/// token kept fresh in `dir` by a task for as long as the process runs.
+pub async fn client(
+    node: &Client,
+    base: &kube::Config,
+    dir: &std::path::Path,
+) -> anyhow::Result<Client> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("network-policy.token");
+    refresh_token(node, &file).await?;
+    let (n, f) = (node.clone(), file.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(TOKEN_SECONDS as u64 / 3)).await;
+            while let Err(error) = refresh_token(&n, &f).await {
+                tracing::warn!(%error, "renewing the NetworkPolicy token");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    });
+    let mut cfg = base.clone();
+    // kube re-reads a token file as it nears expiry.
+    cfg.auth_info = kube::config::AuthInfo {
+        token_file: Some(file.display().to_string()),
+        ..Default::default()
+    };
+    Ok(Client::try_from(cfg)?)
+}
+
 /// Enforces NetworkPolicy until the task is dropped.
 pub async fn run(client: Client, e: Arc<Enforcer>) {
     {

@@ -144,6 +144,12 @@ pub struct Computed {
     pub unexpressible: Vec<Unexpressible>,
 }
 
+/// A rule's ports and peers (`from` or `to`).
+type Rule<'a> = (
+    Option<&'a Vec<NetworkPolicyPort>>,
+    Option<&'a Vec<NetworkPolicyPeer>>,
+);
+
 /// An allowance: a peer prefix minus excepts, with port ranges.
 struct Grant {
     net: (u32, u8),
@@ -318,10 +324,7 @@ pub fn compute(world: &World) -> Computed {
                     .or_default()
                     .push((pod.ip, direction));
                 let slot = &mut grants[usize::from(direction == NP_EGRESS)];
-                let rules: Vec<(
-                    Option<&Vec<NetworkPolicyPort>>,
-                    Option<&Vec<NetworkPolicyPeer>>,
-                )> = if direction == NP_INGRESS {
+                let rules: Vec<Rule<'_>> = if direction == NP_INGRESS {
                     spec.ingress
                         .iter()
                         .flatten()

@@ -262,6 +262,21 @@ impl Api {
         }
         self.cache.wait_for(self.store.current_revision()).await;
         authz::bootstrap::reconcile(self).await?;
+        // The identity agents enforce NetworkPolicy as (see authz::node).
+        if let Some(ctx) = self.internal("", "serviceaccounts", Some("kube-system"))
+            && self
+                .cache
+                .get(&ctx.key(authz::node::NETWORK_POLICY_ACCOUNT))
+                .is_none()
+        {
+            ignore_exists(
+                rest::create_object(
+                    &ctx,
+                    json!({"metadata": {"name": authz::node::NETWORK_POLICY_ACCOUNT}}),
+                )
+                .await,
+            )?;
+        }
         let ip = self.services.first().to_string();
         if let Some(ctx) = self.internal("", "services", Some("default"))
             && self.cache.get(&ctx.key("kubernetes")).is_none()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use berth_testkit::require_root;
 
 mod common;
-use common::{Cluster, cluster_with, ready};
+use common::{Cluster, cluster_full, ready};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
@@ -161,7 +161,12 @@ fn ns(p: &str) -> &str {
 fn network_policies_follow_upstreams_truth_tables() {
     require_root!();
     let _object = berth_testkit::require_ebpf_object!();
-    let Some(c) = cluster_with(&[]) else { return };
+    // Maps and links pinned, so policy outlives the agent (dropped after the cluster).
+    let bpffs = berth_testkit::BpfFs::new();
+    let pins = format!("--bpf-pin-dir={}", bpffs.path().join("berth").display());
+    let Some(mut c) = cluster_full(&[], &[&pins]) else {
+        return;
+    };
     let mut manifest = String::new();
     for n in NAMESPACES {
         manifest.push_str(&format!(
@@ -253,6 +258,42 @@ spec:
             "berth_netpol_denied_packets_total{namespace=\"x\",policy=\"deny-all\",direction=\"ingress\"}"
         )),
         "denied packets counted per policy: {metrics}"
+    );
+
+    // The policy holds while the agent is down and after it comes back.
+    c.agent.kill();
+    until_matrix(
+        &c,
+        &ips,
+        "deny with no agent running",
+        8080,
+        false,
+        &expect(deny_x),
+    );
+    c.agent.restart();
+    until_matrix(
+        &c,
+        &ips,
+        "deny after the agent's restart",
+        8080,
+        false,
+        &expect(deny_x),
+    );
+    c.wait(
+        "the restarted agent enforcing",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(c.agent.log_file())
+                .is_ok_and(|log| log.matches("NetworkPolicy enforcing").count() >= 2)
+        },
+    );
+    until_matrix(
+        &c,
+        &ips,
+        "deny once the agent synced",
+        8080,
+        false,
+        &expect(deny_x),
     );
 
     // Allow x/a from pods labelled pod=b in x.

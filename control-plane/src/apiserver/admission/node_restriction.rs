@@ -361,6 +361,7 @@ pub fn admit_delete(
 pub fn admit_token(
     user: Option<&UserInfo>,
     def: &ResourceDef,
+    namespace: &str,
     account: &str,
     request: &Value,
     pod: impl Fn(&str) -> Option<Value>,
@@ -368,6 +369,14 @@ pub fn admit_token(
     let Some(node) = user.and_then(node_name) else {
         return Ok(());
     };
+    // berth's one exception: the NetworkPolicy identity agents run their policy
+    // watch as (crate::apiserver::authz::node::NETWORK_POLICY_ACCOUNT), not tied to
+    // any pod.
+    if namespace == "kube-system"
+        && account == crate::apiserver::authz::node::NETWORK_POLICY_ACCOUNT
+    {
+        return Ok(());
+    }
     let bound = request.pointer("/spec/boundObjectRef");
     if bound.and_then(|b| b.get("kind")).and_then(Value::as_str) != Some("Pod") {
         return Err(forbidden(

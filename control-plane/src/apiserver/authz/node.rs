@@ -21,6 +21,10 @@ use crate::apiserver::auth::UserInfo;
 use crate::apiserver::watch_cache::WatchCache;
 
 pub const NODES_GROUP: &str = "system:nodes";
+/// The ServiceAccount (in kube-system) agents enforce NetworkPolicy as: any node may
+/// request its tokens (its role reads every pod, namespace and policy, which the node
+/// identity may not).
+pub const NETWORK_POLICY_ACCOUNT: &str = "berth-network-policy";
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// The node a user is (`system:node:<name>` in `system:nodes`), if any.
@@ -214,6 +218,14 @@ impl NodeAuthorizer {
             }
             ("", "persistentvolumes") => {
                 Err("can only get individual resources of this type".into())
+            }
+            ("", "serviceaccounts")
+                if verb == "create"
+                    && attrs.subresource == "token"
+                    && ns == "kube-system"
+                    && name == NETWORK_POLICY_ACCOUNT =>
+            {
+                Ok(())
             }
             ("", "serviceaccounts") if verb == "create" && attrs.subresource == "token" => {
                 related(self.used_by_pods(node, ns, Kind::Account, name))

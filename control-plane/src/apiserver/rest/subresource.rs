@@ -322,6 +322,7 @@ async fn token(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
     crate::apiserver::admission::node_restriction::admit_token(
         ctx.user.as_ref(),
         &ctx.def,
+        &ns,
         name,
         &request,
         |pod| {

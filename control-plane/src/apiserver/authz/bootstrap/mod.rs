@@ -114,10 +114,16 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
             "system:berth:node-volumes".into(),
             vec![group("system:nodes")],
         ),
+        // Agents enforce NetworkPolicy as this ServiceAccount (a token each node may
+        // request), so the node identity itself stays limited to its own pods.
         (
             "system:berth:node-network-policy".into(),
             "system:berth:node-network-policy".into(),
-            vec![group("system:nodes")],
+            vec![(
+                "ServiceAccount",
+                crate::apiserver::authz::node::NETWORK_POLICY_ACCOUNT.into(),
+                "kube-system".into(),
+            )],
         ),
         (
             "system:kube-dns".into(),

@@ -265,7 +265,9 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ),
         // berth's agent enforces NetworkPolicy for its node's pods (as a policy
         // agent such as Calico's does): the policies, namespaces and every pod (the
-        // peers), and events about policies it cannot enforce.
+        // peers), and events about policies it cannot enforce. Bound to the
+        // `kube-system/berth-network-policy` ServiceAccount, whose tokens nodes may
+        // request (like k3s' separate `system:k3s-controller` identity).
         role(
             "system:berth:node-network-policy",
             vec![
