@@ -8,6 +8,7 @@ mod cni;
 mod dns;
 mod hollow;
 mod lb;
+mod netpol;
 mod pod_startup;
 pub mod runtime;
 pub mod scheduler;
@@ -91,6 +92,11 @@ pub const BENCHES: &[Bench] = &[
         name: "lb",
         about: "eBPF socket LB vs kube-proxy iptables and nftables: connect latency, programming time",
         run: lb::run,
+    },
+    Bench {
+        name: "netpol",
+        about: "eBPF NetworkPolicy vs kube-router's iptables + ipsets at 1 000 policies: connect latency, programming time",
+        run: netpol::run,
     },
     Bench {
         name: "pod-startup",

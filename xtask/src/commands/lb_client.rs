@@ -1,5 +1,6 @@
 //! `cargo xtask lb-client --rounds R TARGET...` (hidden): the client process of
-//! `bench lb`. A TARGET is `NETNS_FILE,CGROUP_DIR,ADDR`. Each round makes one timed
+//! `bench lb` and `bench netpol`. A TARGET is `NETNS_FILE,CGROUP_DIR,ADDR[,SRC]` (SRC:
+//! the local address to connect from, a pod's). Each round makes one timed
 //! TCP connect()+close() to every target in turn (rotating which goes first), so
 //! all configurations see the same moments of a noisy machine. Before each connect,
 //! untimed, the client moves itself into the target's cgroup (the socket-LB
@@ -33,20 +34,54 @@ struct Target {
     netns: File,
     procs: PathBuf,
     addr: SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
 }
 
 fn parse(spec: &str) -> Result<Target> {
     let mut parts = spec.split(',');
-    let (Some(ns), Some(cg), Some(addr), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        bail!("target {spec:?} is not NETNS_FILE,CGROUP_DIR,ADDR");
+    let (Some(ns), Some(cg), Some(addr), source, None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        bail!("target {spec:?} is not NETNS_FILE,CGROUP_DIR,ADDR[,SRC]");
     };
     Ok(Target {
         netns: File::open(ns).with_context(|| format!("open netns {ns}"))?,
         procs: PathBuf::from(cg).join("cgroup.procs"),
         addr: addr.parse().with_context(|| format!("address {addr:?}"))?,
+        source: source
+            .map(|s| s.parse().with_context(|| format!("source {s:?}")))
+            .transpose()?,
     })
+}
+
+/// A TCP connect from `source` (bound first) to `addr`, then close.
+fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let SocketAddr::V4(v4) = addr else {
+        bail!("{addr} is not IPv4");
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // connect() gives up after this (SO_SNDTIMEO), as connect_timeout does.
+    nix::sys::socket::setsockopt(
+        &fd,
+        nix::sys::socket::sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(2, 0),
+    )?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
+    Ok(())
 }
 
 const WARMUP: usize = 10;
@@ -67,14 +102,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             fs::write(&t.procs, "0").with_context(|| format!("join {}", t.procs.display()))?;
             setns(&t.netns, CloneFlags::CLONE_NEWNET).context("setns")?;
             let started = Instant::now();
-            match TcpStream::connect_timeout(&t.addr, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    drop(stream);
-                    if round >= WARMUP {
-                        samples[i].push(started.elapsed().as_secs_f64() * 1e6);
-                    }
+            let connected = match t.source {
+                Some(source) => connect_from(source, t.addr).is_ok(),
+                None => TcpStream::connect_timeout(&t.addr, Duration::from_secs(2)).is_ok(),
+            };
+            if connected {
+                if round >= WARMUP {
+                    samples[i].push(started.elapsed().as_secs_f64() * 1e6);
                 }
-                Err(_) => errors[i] += 1,
+            } else {
+                errors[i] += 1;
             }
         }
     }

@@ -25,6 +25,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip/tc: network namespaces in tests"),
     ("iptables", "kube-proxy iptables baseline"),
     ("nftables", "kube-proxy nftables baseline"),
+    (
+        "ipset",
+        "kube-router-style NetworkPolicy baseline (iptables + ipsets)",
+    ),
     ("ipvsadm", "IPVS inspection"),
     ("conntrack", "conntrack inspection"),
     ("crun", "OCI runtime baseline"),

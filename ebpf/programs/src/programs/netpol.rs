@@ -9,6 +9,13 @@
 //! at this pod's side (`NP_CT`, per pod: the reply of an allowed connection is never
 //! dropped, and one pod's record does not open the other's side). Denied packets
 //! are counted per pod and direction (`NP_DENIED`). Not IPv4: allowed.
+//!
+//! TCP is decided on the connection request alone: only a SYN without ACK is
+//! checked, every other segment passes at once. The kernel delivers a segment that
+//! is not a SYN only to a socket whose connection exists (its SYN passed this check
+//! at both ends) or refuses it — the same thing conntrack's ESTABLISHED accept does
+//! for iptables-based policies — so the per-packet cost of an allowed connection is
+//! one header read. UDP, SCTP and ICMP go through the per-pod flow table.
 
 use aya_ebpf::{macros::cgroup_skb, maps::lpm_trie::Key as LpmKey, programs::SkBuffContext};
 use berth_ebpf_common::{
@@ -37,32 +44,45 @@ struct Packet {
     sport: u16,
     dport: u16,
     protocol: u8,
+    /// TCP with SYN and not ACK: a connection request.
+    tcp_request: bool,
 }
 
 /// The IPv4 header (cgroup skb data starts at it) and the ports of TCP, UDP and
 /// SCTP (0 for other protocols and later fragments).
 fn parse(ctx: &SkBuffContext) -> Option<Packet> {
-    let version_ihl: u8 = ctx.load(0).ok()?;
-    if version_ihl >> 4 != 4 {
+    // Two copies at most: the fixed header, then the ports (and TCP's flags). Each
+    // load is a helper call; this runs for every packet of every pod.
+    let ip: [u8; 20] = ctx.load(0).ok()?;
+    if ip[0] >> 4 != 4 {
         return None;
     }
-    let ihl = usize::from(version_ihl & 0x0f) * 4;
-    let protocol: u8 = ctx.load(9).ok()?;
-    let frag: u16 = ctx.load(6).ok()?;
-    let (mut sport, mut dport) = (0u16, 0u16);
-    if u16::from_be(frag) & 0x1fff == 0
-        && ihl >= 20
-        && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP)
-    {
-        sport = ctx.load(ihl).ok()?;
-        dport = ctx.load(ihl + 2).ok()?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let protocol = ip[9];
+    let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+    let (mut sport, mut dport, mut tcp_request) = (0u16, 0u16, false);
+    if first_fragment && ihl >= 20 {
+        // Ports as on the wire (network order), like the addresses.
+        if protocol == IPPROTO_TCP {
+            const SYN: u8 = 0x02;
+            const ACK: u8 = 0x10;
+            let tcp: [u8; 14] = ctx.load(ihl).ok()?;
+            sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+            dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+            tcp_request = tcp[13] & (SYN | ACK) == SYN;
+        } else if protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP {
+            let ports: [u8; 4] = ctx.load(ihl).ok()?;
+            sport = u16::from_ne_bytes([ports[0], ports[1]]);
+            dport = u16::from_ne_bytes([ports[2], ports[3]]);
+        }
     }
     Some(Packet {
-        saddr: ctx.load(12).ok()?,
-        daddr: ctx.load(16).ok()?,
+        saddr: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        daddr: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
         sport,
         dport,
         protocol,
+        tcp_request,
     })
 }
 
@@ -70,6 +90,9 @@ fn decide(ctx: &SkBuffContext, egress: bool) -> i32 {
     let Some(p) = parse(ctx) else {
         return ALLOW;
     };
+    if p.protocol == IPPROTO_TCP && !p.tcp_request {
+        return ALLOW;
+    }
     let (pod, peer, direction) = if egress {
         (p.saddr, p.daddr, NP_EGRESS)
     } else {
@@ -89,9 +112,12 @@ fn decide(ctx: &SkBuffContext, egress: bool) -> i32 {
         _pad: [0; 3],
     };
     if selected.flags & direction == 0 {
-        // Not isolated this way: remember the flow, so its replies pass the other
-        // direction's isolation.
-        let _ = NP_CT.insert(&own, &1, 0);
+        // Not isolated this way: remember the flow (once), so its replies pass the
+        // other direction's isolation.
+        // SAFETY: only checks presence.
+        if unsafe { NP_CT.get(&own) }.is_none() {
+            let _ = NP_CT.insert(&own, &1, 0);
+        }
         return ALLOW;
     }
     // SAFETY: only checks presence.
