@@ -10,6 +10,13 @@
 //!     in nftables mode (one `nft -f` transaction of the changed chains only). Each
 //!     programming figure is the median of [`PROGRAM_RUNS`] runs.
 //!
+//! (c) the NodePort path: connect()+close() from an outside host (a netns wired to the
+//!     node's netns by a veth) to the node's address at a NodePort, with 10 000
+//!     Services of which the first [`NODE_PORTS`] are NodePorts (the target last):
+//!     berth's tc programs on the node's interface vs kube-proxy's iptables rules
+//!     (KUBE-SERVICES, then its KUBE-NODEPORTS jump for local destinations), and the
+//!     backend's port on the node's address without translation.
+//!
 //! The rules are written as kube-proxy writes them (KUBE-SERVICES → KUBE-SVC-… with
 //! `statistic` probabilities → KUBE-SEP-… DNAT, the target Service last; the
 //! nftables mode's verdict-map layout from KEP-3866). Backends are local addresses
@@ -44,6 +51,78 @@ const CLIENTS: usize = 5;
 const ROUNDS_PER_CLIENT: usize = 600;
 /// Timed runs per programming figure; the figure is their median.
 const PROGRAM_RUNS: usize = 3;
+/// NodePorts among the 10 000 Services of (c) (the range 30000–32767 holds 2 768).
+const NODE_PORTS: usize = 2_000;
+const NODE_PORT_BASE: u16 = 30_000;
+/// The node's and the outside client's addresses on their veth, for (c).
+const NODE_EXT: Ipv4Addr = Ipv4Addr::new(10, 212, 0, 1);
+const CLIENT_EXT: Ipv4Addr = Ipv4Addr::new(10, 212, 0, 2);
+
+fn node_port(s: &Svc) -> Option<u16> {
+    (s.index < NODE_PORTS).then(|| NODE_PORT_BASE + s.index as u16)
+}
+
+/// kube-proxy's nat table for `svcs` with the NodePorts of [`node_port`]: the
+/// KUBE-NODEPORTS chain (one jump per NodePort to its KUBE-EXT chain, which marks for
+/// masquerade and goes to the KUBE-SVC chain), reached from KUBE-SERVICES' last rule.
+fn iptables_rules_with_node_ports(svcs: &[Svc]) -> String {
+    let table = iptables_rules(svcs);
+    let (head, commit) = table.rsplit_once("COMMIT").unwrap_or((&table, ""));
+    let mut chains = String::new();
+    let mut rules = String::new();
+    // The target Service is last in the list; its NodePort jump goes last too.
+    let mut with_ports: Vec<&Svc> = svcs.iter().filter(|s| node_port(s).is_some()).collect();
+    if let Some(last) = svcs.last()
+        && node_port(last).is_none()
+    {
+        with_ports.push(last);
+    }
+    for s in with_ports {
+        let port = node_port(s).unwrap_or(NODE_PORT_BASE + NODE_PORTS as u16);
+        let ext = chain_id("KUBE-EXT-", s.index, 0);
+        let svc = chain_id("KUBE-SVC-", s.index, 0);
+        let _ = writeln!(chains, ":{ext} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/svc-{}:http\" -m tcp --dport {port} -j {ext}",
+            s.index
+        );
+        let _ = writeln!(
+            rules,
+            "-A {ext} -m comment --comment \"masquerade traffic for default/svc-{}:http external destinations\" -j KUBE-MARK-MASQ",
+            s.index
+        );
+        let _ = writeln!(rules, "-A {ext} -j {svc}");
+    }
+    // Chains must be declared before the rules: put ours after the table's header.
+    let (decl, body) = head.split_at(head.find("\n-A ").map_or(head.len(), |i| i + 1));
+    format!("{decl}{chains}{body}{rules}COMMIT{commit}")
+}
+
+/// The node port the (c) clients use: the target Service's.
+fn target_node_port(svcs: &[Svc]) -> u16 {
+    svcs.last()
+        .and_then(node_port)
+        .unwrap_or(NODE_PORT_BASE + NODE_PORTS as u16)
+}
+
+/// A node netns (backends on `lo`, a server on every backend address and on the
+/// node's veth address) wired to an outside netns by a veth; (node, outside, the
+/// node's veth name).
+fn nodeport_topology(prefix: &str) -> Result<(NetNs, NetNs, String)> {
+    let node = node(prefix)?;
+    let outside = NetNs::new(&format!("{prefix}o"));
+    let dev = "npext".to_owned();
+    node.ip_ok(&[
+        "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns",
+        outside.name(),
+    ]);
+    node.ip_ok(&["addr", "add", &format!("{NODE_EXT}/24"), "dev", &dev]);
+    node.ip_ok(&["link", "set", &dev, "up"]);
+    outside.ip_ok(&["addr", "add", &format!("{CLIENT_EXT}/24"), "dev", "eth0"]);
+    outside.ip_ok(&["link", "set", "eth0", "up"]);
+    Ok((node, outside, dev))
+}
 
 fn backend(i: u8) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, i), BACKEND_PORT)
@@ -586,7 +665,40 @@ pub fn run() -> Result<Report> {
         Ok(ms)
     })?;
 
-    // (a) connect latency, configurations interleaved round by round.
+    // (c) the NodePort path: the NodePorts programmed beside the 10 000 Services, the
+    // tc programs on the node's veth; the same Services with kube-proxy's NodePort rules.
+    let np = target_node_port(&big);
+    for s in big.iter().filter(|s| node_port(s).is_some() || s.index + 1 == BIG) {
+        let port = node_port(s).unwrap_or(np);
+        lb_big
+            .set_service(
+                Frontend {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    port,
+                    protocol: Protocol::Tcp,
+                },
+                &s.backends,
+            )
+            .map_err(|e| anyhow::anyhow!("NodePort {port}: {e}"))?;
+    }
+    lb_big
+        .set_node_ips(&[NODE_EXT])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (np_ebpf_node, np_ebpf_out, dev) = nodeport_topology("bblbpe")?;
+    np_ebpf_node
+        .run(|| lb_big.attach_external(&dev))
+        .map_err(|e| anyhow::anyhow!("attach the NodePort programs: {e}"))?;
+    let (np_ipt_node, np_ipt_out, _) = nodeport_topology("bblbpi")?;
+    timed_in(
+        &np_ipt_node,
+        iptables_restore,
+        &[],
+        &iptables_rules_with_node_ports(&big),
+    )?;
+    let (np_direct_node, np_direct_out, _) = nodeport_topology("bblbpd")?;
+    let _nodes = [np_ebpf_node, np_ipt_node, np_direct_node];
+
+    // (a) and (c) connect latency, configurations interleaved round by round.
     let mut configs = vec![
         Config {
             label: "direct to the backend",
@@ -642,6 +754,30 @@ pub fn run() -> Result<Report> {
             ns: ns_nft_big,
             cgroup: plain.clone(),
             target: target(&big),
+            samples: vec![],
+        },
+        Config {
+            label: "from outside: the node's address, backend port (no translation)",
+            key: "direct_nodeport_us_p50",
+            ns: np_direct_out,
+            cgroup: plain.clone(),
+            target: SocketAddrV4::new(NODE_EXT, BACKEND_PORT),
+            samples: vec![],
+        },
+        Config {
+            label: "from outside: NodePort, eBPF tc, N = 10 000",
+            key: "ebpf_nodeport_us_p50",
+            ns: np_ebpf_out,
+            cgroup: plain.clone(),
+            target: SocketAddrV4::new(NODE_EXT, np),
+            samples: vec![],
+        },
+        Config {
+            label: "from outside: NodePort, iptables, N = 10 000",
+            key: "iptables_nodeport_us_p50",
+            ns: np_ipt_out,
+            cgroup: plain.clone(),
+            target: SocketAddrV4::new(NODE_EXT, np),
             samples: vec![],
         },
     ];
@@ -728,6 +864,7 @@ pub fn run() -> Result<Report> {
         format!("programming figures are the median of {PROGRAM_RUNS} runs: from nothing, each run into a fresh netns (or a fresh eBPF map set); a change is undone (untimed) between runs."),
         "baselines: kube-proxy itself is not run; its iptables and nftables rule sets are generated here in kube-proxy's shapes and applied with this machine's iptables-restore / nft, in the same run as berth's eBPF.".into(),
         "IPVS is not measured: this kernel has no IP_VS and no modules.".into(),
+        format!("NodePort path: the client in an outside netns wired to the node's netns by a veth; {NODE_PORTS} of the {BIG} Services are NodePorts (ports {NODE_PORT_BASE}-…, the target's last); eBPF: the tc programs on the node's veth (DNAT to a backend on the node's lo, reverse NAT of replies); iptables: kube-proxy's KUBE-NODEPORTS → KUBE-EXT-… → KUBE-SVC-… reached from KUBE-SERVICES' last rule (after the {BIG} ClusterIP rules); direct: the backend's port on the node's address."),
         "goal: eBPF <= 1.1 x direct, N = 10 000 within 5 % of N = 1; programming 10 000 Services < 200 ms, one change < 1 ms; ahead of nftables mode.".into(),
     ];
     drop(lb1);
@@ -754,6 +891,23 @@ mod tests {
         );
         assert!(rules.contains("--mode random --probability 0.5000000000"));
         assert!(rules.contains("-j DNAT --to-destination 10.244.0.11:8080"));
+        assert!(rules.trim_end().ends_with("COMMIT"));
+    }
+
+    #[test]
+    fn node_port_rules_declare_their_chains_first_and_jump_last_to_the_target() {
+        let svcs = services(3);
+        let rules = iptables_rules_with_node_ports(&svcs);
+        let first_rule = rules.find("\n-A ").expect("rules");
+        let last_decl = rules.rfind("\n:").expect("chains");
+        assert!(last_decl < first_rule, "every chain declared before the rules");
+        let jumps: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-NODEPORTS"))
+            .collect();
+        assert_eq!(jumps.len(), 3);
+        assert!(jumps[2].contains(&format!("--dport {}", target_node_port(&svcs))));
+        assert!(rules.contains("-j KUBE-NODEPORTS"));
         assert!(rules.trim_end().ends_with("COMMIT"));
     }
 

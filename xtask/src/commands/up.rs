@@ -60,6 +60,14 @@ pub struct Args {
     /// images are built only if missing).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// Addresses `type: LoadBalancer` Services get (berth-server's `--lb-pool`: CIDRs
+    /// and ranges, comma-separated, on a network this host is on); none by default.
+    #[arg(long, value_name = "POOL")]
+    pub lb_pool: Option<String>,
+    /// CIDRs of further interfaces NodePorts answer on (berth-agent's flag); by
+    /// default the interface of the node's IP.
+    #[arg(long, value_name = "CIDRS")]
+    pub nodeport_addresses: Option<String>,
 }
 
 /// The places and names of one cluster, all derived from [`Args`].
@@ -74,6 +82,8 @@ struct Layout {
     address: Option<IpAddr>,
     bpf_pins: PathBuf,
     bin_dir: PathBuf,
+    lb_pool: Option<String>,
+    nodeport_addresses: Option<String>,
 }
 
 impl Layout {
@@ -106,6 +116,8 @@ impl Layout {
             kubelet_port: args.kubelet_port,
             address: args.address,
             bpf_pins: args.bpf_pin_dir.clone(),
+            lb_pool: args.lb_pool.clone(),
+            nodeport_addresses: args.nodeport_addresses.clone(),
             bin_dir: args
                 .bin_dir
                 .clone()
@@ -192,6 +204,9 @@ impl Layout {
         if let Some(ip) = self.address {
             args.extend(["--node-ip".into(), ip.to_string()]);
             args.extend(["--address".into(), ip.to_string()]);
+        }
+        if let Some(cidrs) = &self.nodeport_addresses {
+            args.extend(["--nodeport-addresses".into(), cidrs.clone()]);
         }
         args
     }
@@ -318,6 +333,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     ];
     if let Some(ip) = layout.address {
         server_args.extend(["--bind-address".into(), ip.to_string()]);
+    }
+    if let Some(pool) = &layout.lb_pool {
+        server_args.extend(["--lb-pool".into(), pool.clone()]);
     }
     let mut server = spawn(
         &layout.bin("berth-server"),
