@@ -210,6 +210,11 @@ struct Args {
     /// load-balancer IPs and hostPorts; their addresses are the NodePort addresses.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<berth_agent::service_lb::external::Cidr>,
+    /// Also balance the host's own processes under this cgroup2 path (`/`: all of
+    /// them), as kube-proxy does for the host: ClusterIPs, and NodePorts on the node's
+    /// addresses and on 127.0.0.1. Unset: only pods are balanced.
+    #[arg(long)]
+    host_services_cgroup: Option<String>,
     /// Enforce NetworkPolicies for this node's pods (eBPF at the pods' cgroup);
     /// `--network-policy=false` leaves policies unenforced here.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -575,6 +580,7 @@ async fn main() -> anyhow::Result<()> {
                 object,
                 args.bpf_pin_dir.as_deref(),
                 &args.cgroup_root,
+                args.host_services_cgroup.as_deref(),
                 &name,
             )
             .context("starting the Service load balancer")?,

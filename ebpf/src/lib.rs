@@ -19,4 +19,4 @@ pub use devices::attach_device_filter;
 pub use error::Error;
 pub use netpol::{PolicyRule, PolicyState, PolicyWrites};
 pub use service_table::{Frontend, LbMaps, Protocol, ServiceOptions, ServiceTable};
-pub use socket_lb::{SocketLb, Stats};
+pub use socket_lb::{SocketLb, Stats, netns_cookie};

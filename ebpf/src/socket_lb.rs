@@ -28,15 +28,17 @@ use aya::{
 };
 use berth_ebpf_common::{
     AFFINITY_MAP, ANNOUNCE_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, CT_MAP,
-    GETPEERNAME4_PROGRAM, IF_MACS_MAP, IPPROTO_TCP, IPPROTO_UDP, IfMac, NETPOL_EGRESS_PROGRAM,
-    NETPOL_INGRESS_PROGRAM, NODE_IPS_MAP, NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM,
-    NP_CT_MAP, NP_DENIED_MAP, NP_HOST_MAP, NP_PODS_MAP, NP_PORTS_MAP, NP_RULES_MAP,
-    RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
-    SOURCE_RANGES_MAP, STATS_MAP, ServiceKey, ServiceValue, SourceRangeKey, Stat,
+    GETPEERNAME4_PROGRAM, HOST_NETNS_MAP, IF_MACS_MAP, IPPROTO_TCP, IPPROTO_UDP, IfMac,
+    NETPOL_EGRESS_PROGRAM, NETPOL_INGRESS_PROGRAM, NODE_IPS_MAP, NODEPORT_EGRESS_PROGRAM,
+    NODEPORT_INGRESS_PROGRAM, NP_CT_MAP, NP_DENIED_MAP, NP_HOST_MAP, NP_PODS_MAP, NP_PORTS_MAP,
+    NP_RULES_MAP, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
+    SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, STATS_MAP, ServiceKey, ServiceValue,
+    SourceRangeKey, Stat,
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 16] = [
+const MAPS: [&str; 17] = [
+    HOST_NETNS_MAP,
     NP_PODS_MAP,
     NP_RULES_MAP,
     NP_PORTS_MAP,
@@ -402,6 +404,66 @@ impl SocketLb {
         Ok(())
     }
 
+    /// Attaches the socket-LB programs to a second cgroup2 directory, the host's
+    /// processes' (`/` for all of them, in production only): the host then reaches
+    /// ClusterIPs, and NodePorts on the node's addresses and — with
+    /// [`SocketLb::set_host_netns`] — on loopback. Pinned apart from [`SocketLb::attach`]'s.
+    pub fn attach_host(&mut self, cgroup: &Path) -> Result<(), Error> {
+        for name in PROGRAMS {
+            let pin = self.link_pin(&format!("link-{name}-host"));
+            if self.keep_pinned(pin.as_deref())? {
+                continue;
+            }
+            let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
+                path: cgroup.to_path_buf(),
+                source,
+            })?;
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(dir, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+            if let Some(path) = pin {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name, source })?;
+                self.pin_link(link, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the host attachment an earlier agent pinned (its pins go; the links with
+    /// them once nothing holds them).
+    pub fn detach_host(&mut self) -> Result<(), Error> {
+        for name in PROGRAMS {
+            if let Some(path) = self.link_pin(&format!("link-{name}-host"))
+                && let Err(source) = std::fs::remove_file(&path)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(Error::Pin { path, source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the host's network-namespace cookie ([`netns_cookie`]): sockets there
+    /// reach NodePorts on loopback addresses. 0 turns it off.
+    pub fn set_host_netns(&mut self, cookie: u64) -> Result<(), Error> {
+        let map = self.ebpf.map_mut(HOST_NETNS_MAP).ok_or(Error::Missing {
+            kind: "map",
+            name: HOST_NETNS_MAP,
+        })?;
+        let mut array: aya::maps::Array<&mut MapData, u64> = aya::maps::Array::try_from(map)
+            .map_err(|source| Error::Map {
+                name: HOST_NETNS_MAP,
+                source,
+            })?;
+        array.set(0, cookie, 0).map_err(|source| Error::Map {
+            name: HOST_NETNS_MAP,
+            source,
+        })
+    }
+
     /// Attaches the NetworkPolicy programs (cgroup skb ingress and egress) to the
     /// cgroup2 directory `cgroup`: the packets of every socket in it (or below) are
     /// checked against the policy maps from now on. Pinned like the socket-LB links.
@@ -741,6 +803,35 @@ fn pin_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> 
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     }
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), as the
+/// programs' `bpf_get_netns_cookie` sees it.
+pub fn netns_cookie() -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a descriptor we just opened and own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for the call and sized as passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// The MAC address of `iface` in the calling thread's network namespace (netlink,

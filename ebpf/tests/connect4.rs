@@ -123,3 +123,58 @@ fn connect4_sends_vip_to_backend_only_inside_the_cgroup() {
     assert!(lb.table().is_empty());
     drop(lb); // detaches before the cgroup and netns guards remove them
 }
+
+/// curl to `addr` from inside `ns` and `cgroup`.
+fn curl_in(ns: &NetNs, cgroup: &Cgroup2Child, addr: SocketAddrV4) -> Output {
+    let script = format!(
+        "echo $$ > {} && exec ip netns exec {} curl -s --max-time 5 http://{addr}/",
+        cgroup.procs_file().display(),
+        ns.name()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn loopback_node_ports_balance_in_the_host_namespace_only() {
+    require_root!();
+    let object = berth_testkit::require_ebpf_object!();
+    // "host": the namespace whose cookie is the host's; "pod": any other.
+    let (host, pod) = (NetNs::new("berthh"), NetNs::new("berthp"));
+    let cgroup = Cgroup2Child::new("berth-test-");
+    let port = serve_in(&host);
+    let cookie = host
+        .run(berth_ebpf::netns_cookie)
+        .expect("the host namespace's cookie");
+    assert_ne!(cookie, pod.run(berth_ebpf::netns_cookie).expect("cookie"));
+
+    let mut lb = SocketLb::load(&object).expect("load eBPF object");
+    lb.attach_host(cgroup.path()).expect("attach for the host");
+    lb.set_host_netns(cookie).expect("host netns");
+    let node_port = Frontend {
+        addr: Ipv4Addr::UNSPECIFIED,
+        port: 30080,
+        protocol: Protocol::Tcp,
+    };
+    lb.set_service(node_port, &[SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)])
+        .expect("program the NodePort");
+
+    let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 30080);
+    let from_host = curl_in(&host, &cgroup, target);
+    assert!(
+        from_host.status.success() && String::from_utf8_lossy(&from_host.stdout) == BODY,
+        "the host reaches the NodePort on 127.0.0.1: {:?} {:?}",
+        from_host.status,
+        String::from_utf8_lossy(&from_host.stderr)
+    );
+    let from_pod = curl_in(&pod, &cgroup, target);
+    assert_eq!(
+        from_pod.status.code(),
+        Some(CURL_COULDNT_CONNECT),
+        "a pod's own loopback is not a NodePort address"
+    );
+    assert_eq!(lb.stats().expect("stats").translated, 1);
+    drop(lb);
+}

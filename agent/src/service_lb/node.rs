@@ -39,11 +39,15 @@ impl std::fmt::Debug for NodeLb {
     }
 }
 
-/// Loads and attaches the socket-LB for pods under `cgroup_root`.
+/// Loads and attaches the socket-LB for pods under `cgroup_root`, and for the host's
+/// processes under `host_cgroup` (relative to the cgroup2 mount; empty or `/`: all of
+/// them) when given: they then reach ClusterIPs, and NodePorts on the node's addresses
+/// and on 127.0.0.1, as kube-proxy lets the host.
 pub fn start(
     object: &Path,
     pins: Option<&Path>,
     cgroup_root: &str,
+    host_cgroup: Option<&str>,
     node: &str,
 ) -> anyhow::Result<NodeLb> {
     let mount = cgroup2_mount().ok_or_else(|| anyhow::anyhow!("no cgroup2 mount on this host"))?;
@@ -65,6 +69,15 @@ pub fn start(
     }
     let mut lb = SocketLb::open(object, pins)?;
     lb.attach(&cgroup)?;
+    if let Some(host) = host_cgroup {
+        let dir = mount.join(host.trim_matches('/'));
+        lb.attach_host(&dir)
+            .map_err(|e| anyhow::anyhow!("attaching the socket LB at {}: {e}", dir.display()))?;
+        lb.set_host_netns(berth_ebpf::netns_cookie()?)?;
+    } else {
+        lb.set_host_netns(0)?;
+        lb.detach_host()?;
+    }
     Ok(NodeLb {
         sync: Arc::new(Mutex::new(ServiceSync::new(lb, node))),
         metrics: Arc::new(Mutex::new(LbMetrics::new())),

@@ -23,6 +23,10 @@ pub const NODE_IPS_MAP: &str = "NODE_IPS";
 pub const CT_MAP: &str = "CT";
 /// Capacity of the connection-tracking map (two entries per flow).
 pub const MAX_CT: u32 = 262_144;
+/// Name of the one-entry array holding the host's network-namespace cookie: in that
+/// namespace, a connect to a loopback address at a NodePort is balanced (kube-proxy
+/// answers NodePorts on localhost for the host); 0 means none.
+pub const HOST_NETNS_MAP: &str = "HOST_NETNS";
 /// Name of the set of load-balancer addresses this node answers ARP for
 /// (address in network byte order → 1).
 pub const ANNOUNCE_MAP: &str = "ANNOUNCE";

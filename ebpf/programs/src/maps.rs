@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, IfMac, MAX_AFFINITY,
@@ -36,6 +36,10 @@ pub static NODE_IPS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
 /// to the NodePort address replies must carry. LRU: idle flows age out.
 #[map(name = "CT")]
 pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CT, 0);
+
+/// The host's network-namespace cookie (index 0): there, loopback NodePorts balance.
+#[map(name = "HOST_NETNS")]
+pub static HOST_NETNS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Load-balancer addresses this node answers ARP for on its external interfaces.
 #[map(name = "ANNOUNCE")]

@@ -68,6 +68,8 @@ impl UpDown {
             "127.0.0.1".into(),
             "--bpf-pin-dir".into(),
             bpf_pins.display().to_string(),
+            // Tests never attach eBPF at the host's cgroup root.
+            "--host-services=false".into(),
             "--bin-dir".into(),
         ];
         flags.push(

@@ -114,7 +114,15 @@ fn nodeport_topology(prefix: &str) -> Result<(NetNs, NetNs, String)> {
     let outside = NetNs::new(&format!("{prefix}o"));
     let dev = "npext".to_owned();
     node.ip_ok(&[
-        "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns",
+        "link",
+        "add",
+        &dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
         outside.name(),
     ]);
     node.ip_ok(&["addr", "add", &format!("{NODE_EXT}/24"), "dev", &dev]);
@@ -668,7 +676,10 @@ pub fn run() -> Result<Report> {
     // (c) the NodePort path: the NodePorts programmed beside the 10 000 Services, the
     // tc programs on the node's veth; the same Services with kube-proxy's NodePort rules.
     let np = target_node_port(&big);
-    for s in big.iter().filter(|s| node_port(s).is_some() || s.index + 1 == BIG) {
+    for s in big
+        .iter()
+        .filter(|s| node_port(s).is_some() || s.index + 1 == BIG)
+    {
         let port = node_port(s).unwrap_or(np);
         lb_big
             .set_service(
@@ -900,7 +911,10 @@ mod tests {
         let rules = iptables_rules_with_node_ports(&svcs);
         let first_rule = rules.find("\n-A ").expect("rules");
         let last_decl = rules.rfind("\n:").expect("chains");
-        assert!(last_decl < first_rule, "every chain declared before the rules");
+        assert!(
+            last_decl < first_rule,
+            "every chain declared before the rules"
+        );
         let jumps: Vec<&str> = rules
             .lines()
             .filter(|l| l.starts_with("-A KUBE-NODEPORTS"))

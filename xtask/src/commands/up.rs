@@ -68,6 +68,11 @@ pub struct Args {
     /// default the interface of the node's IP.
     #[arg(long, value_name = "CIDRS")]
     pub nodeport_addresses: Option<String>,
+    /// Let this host's own processes reach Services as on a kube-proxy node
+    /// (ClusterIPs, NodePorts on its addresses and on 127.0.0.1): the socket LB is also
+    /// attached at the cgroup2 root. `--host-services=false` keeps it to the pods.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub host_services: bool,
 }
 
 /// The places and names of one cluster, all derived from [`Args`].
@@ -84,6 +89,7 @@ struct Layout {
     bin_dir: PathBuf,
     lb_pool: Option<String>,
     nodeport_addresses: Option<String>,
+    host_services: bool,
 }
 
 impl Layout {
@@ -118,6 +124,7 @@ impl Layout {
             bpf_pins: args.bpf_pin_dir.clone(),
             lb_pool: args.lb_pool.clone(),
             nodeport_addresses: args.nodeport_addresses.clone(),
+            host_services: args.host_services,
             bin_dir: args
                 .bin_dir
                 .clone()
@@ -207,6 +214,9 @@ impl Layout {
         }
         if let Some(cidrs) = &self.nodeport_addresses {
             args.extend(["--nodeport-addresses".into(), cidrs.clone()]);
+        }
+        if self.host_services {
+            args.extend(["--host-services-cgroup".into(), "/".into()]);
         }
         args
     }

@@ -6,8 +6,9 @@
 //! kube-proxy's REJECT rule does. With ClientIP affinity, a client (its netns) keeps
 //! its backend until it has not used it for the timeout, or the service changes.
 //! A connect to one of the node's addresses at a NodePort goes to that NodePort's
-//! backends, as kube-proxy answers NodePorts on every node address. (Loopback is
-//! left alone: a pod's 127.0.0.1 is its own.)
+//! backends, as kube-proxy answers NodePorts on every node address — and, in the
+//! host's own network namespace (`HOST_NETNS`), on loopback addresses too, as
+//! kube-proxy allows the host. A pod's 127.0.0.1 is its own and is left alone.
 
 use aya_ebpf::{
     EbpfContext,
@@ -24,7 +25,7 @@ use berth_ebpf_common::{
 };
 
 use super::count;
-use crate::maps::{AFFINITY, BACKENDS, NODE_IPS, REVNAT, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, HOST_NETNS, NODE_IPS, REVNAT, SERVICES};
 
 /// Verdicts for cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -59,7 +60,11 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         Some(s) => s,
         None => {
             // SAFETY: only checks presence.
-            if unsafe { NODE_IPS.get(&dst) }.is_none() {
+            let node_address = unsafe { NODE_IPS.get(&dst) }.is_some()
+                // 127.0.0.0/8 (its first octet is the low byte of the network-order
+                // value), from the host's namespace only.
+                || (dst & 0xff == 127 && in_host_netns(ctx));
+            if !node_address {
                 return ALLOW;
             }
             key.addr = 0;
@@ -100,6 +105,15 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     let _ = REVNAT.insert(&rev_key, &frontend, 0);
     count(Stat::Translated);
     ALLOW
+}
+
+/// Whether the socket belongs to the host's network namespace.
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    let Some(host) = HOST_NETNS.get(0).copied() else {
+        return false;
+    };
+    // SAFETY: ctx.as_ptr() is the program's context, as the helper expects.
+    host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host
 }
 
 /// Picks the backend: the affinity pin if live, else a random slot (pinned anew
