@@ -8,8 +8,8 @@ use aya_ebpf::{
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, IfMac, MAX_AFFINITY,
     MAX_BACKENDS, MAX_CT, MAX_NP_CT, MAX_NP_PODS, MAX_NP_PORTS, MAX_NP_RULES, MAX_REVNAT,
-    MAX_SERVICES, MAX_SOURCE_RANGES, NpCtKey, NpDeniedKey, NpPod, NpPortSet, NpRuleKey,
-    RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
+    MAX_SERVICES, MAX_SOURCE_RANGES, NpCtKey, NpDeniedKey, NpPod, NpPortSet, NpRuleKey, RevNatKey,
+    RevNatValue, STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
 #[map(name = "SERVICES")]

@@ -9,6 +9,7 @@
 //! unreachable (the client sees ECONNREFUSED at once). Not yet: SNAT for backends on other nodes
 //! (externalTrafficPolicy: Cluster across nodes).
 
+use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
@@ -20,7 +21,6 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use berth_ebpf_common::{
     CT_FORWARD, CT_REPLY, CT_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, SERVICE_SNAT,
     SERVICE_SOURCE_RANGES, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRangeKey, Stat,
