@@ -634,7 +634,13 @@ async fn main() -> anyhow::Result<()> {
                 hosts,
             }))
         }
-        (Some(_), false) => {
+        (Some(l), false) => {
+            l.sync
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the LB lock is poisoned"))?
+                .target_mut()
+                .detach_network_policy()
+                .context("removing an earlier NetworkPolicy attachment")?;
             tracing::info!("--network-policy=false: NetworkPolicies are not enforced on this node");
             None
         }

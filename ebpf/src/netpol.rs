@@ -152,6 +152,17 @@ impl SocketLb {
             }
             state.rules.insert(rule, ranges);
         }
+        // Sets no rule uses (an earlier agent stopped between writes) are deleted.
+        let unused: Vec<u32> = port_sets
+            .by_ranges
+            .iter()
+            .filter(|(_, (_, users))| *users == 0)
+            .map(|(_, (id, _))| *id)
+            .collect();
+        port_sets.by_ranges.retain(|_, (_, users)| *users > 0);
+        for id in unused {
+            let _ = self.np_hash::<u32, NpPortSet>(NP_PORTS_MAP)?.remove(&id);
+        }
         self.policy = state;
         self.port_sets = port_sets;
         Ok(())
@@ -231,15 +242,20 @@ impl SocketLb {
         now: &mut PolicyState,
         writes: &mut PolicyWrites,
     ) -> Result<(), Error> {
-        // New and changed rules (their port sets first), before pods are isolated.
-        for (rule, ranges) in &want.rules {
-            if have.rules.get(rule) == Some(ranges) {
-                continue;
-            }
+        // New and changed rules (their port sets first), before pods are isolated;
+        // longer prefixes first, so an except is in place before the block around it.
+        let mut changed: Vec<(&PolicyRule, &Vec<NpPortRange>)> = want
+            .rules
+            .iter()
+            .filter(|(rule, ranges)| have.rules.get(rule) != Some(ranges))
+            .collect();
+        changed.sort_by_key(|(rule, _)| std::cmp::Reverse(rule.prefix));
+        for (rule, ranges) in changed {
             let id = self.take_port_set(ranges, writes)?;
-            self.np_rules()?
-                .insert(&lpm_key(rule), id, 0)
-                .map_err(map_error(NP_RULES_MAP))?;
+            if let Err(e) = self.np_rules()?.insert(&lpm_key(rule), id, 0) {
+                self.drop_port_set(ranges)?;
+                return Err(map_error(NP_RULES_MAP)(e));
+            }
             writes.rules += 1;
             if let Some(old) = now.rules.insert(*rule, ranges.clone()) {
                 self.drop_port_set(&old)?;
@@ -271,8 +287,15 @@ impl SocketLb {
             writes.pods += 1;
             now.pods.remove(ip);
         }
-        // Rules no longer wanted, then their port sets.
-        for rule in have.rules.keys().filter(|r| !want.rules.contains_key(r)) {
+        // Rules no longer wanted (blocks before the excepts inside them), then their
+        // port sets.
+        let mut gone: Vec<&PolicyRule> = have
+            .rules
+            .keys()
+            .filter(|r| !want.rules.contains_key(r))
+            .collect();
+        gone.sort_by_key(|rule| rule.prefix);
+        for rule in gone {
             match self.np_rules()?.remove(&lpm_key(rule)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_error(NP_RULES_MAP)(e)),

@@ -432,6 +432,22 @@ impl SocketLb {
         Ok(())
     }
 
+    /// Removes the NetworkPolicy attachment an earlier agent pinned, and empties the
+    /// selected-pod map (`--network-policy=false`: nothing stays enforced).
+    pub fn detach_network_policy(&mut self) -> Result<(), Error> {
+        for (name, _) in NETPOL_PROGRAMS {
+            if let Some(path) = self.link_pin(&format!("link-{name}"))
+                && let Err(source) = std::fs::remove_file(&path)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(Error::Pin { path, source });
+            }
+        }
+        self.adopt_policy()?;
+        self.apply_policy(&crate::PolicyState::default())?;
+        Ok(())
+    }
+
     /// Removes the host attachment an earlier agent pinned (its pins go; the links with
     /// them once nothing holds them).
     pub fn detach_host(&mut self) -> Result<(), Error> {

@@ -170,12 +170,19 @@ pub fn entries(
     } else {
         Vec::new()
     };
-    let source_ranges = spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .map(|r| parse_cidr(r).ok_or_else(|| Rejected::BadSourceRange(r.clone())))
-        .collect::<Result<Vec<_>, _>>()?;
+    // IPv6 ranges admit no IPv4 client; when only those are given, no IPv4 client
+    // at all (0.0.0.0/32 is never a source).
+    let given: Vec<&String> = spec.load_balancer_source_ranges.iter().flatten().collect();
+    let mut source_ranges = Vec::new();
+    for r in &given {
+        if r.contains(':') {
+            continue;
+        }
+        source_ranges.push(parse_cidr(r).ok_or_else(|| Rejected::BadSourceRange((*r).clone()))?);
+    }
+    if !given.is_empty() && source_ranges.is_empty() {
+        source_ranges.push((Ipv4Addr::UNSPECIFIED, 32));
+    }
 
     let mut out = Vec::new();
     for p in &ports {
@@ -571,7 +578,7 @@ mod tests {
 /// IP and containerPort. Programmed like NodePorts, they replace CNI portmap rules.
 pub fn host_port_entries(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<LbEntry> {
     // A hostNetwork pod listens on the node's ports itself: nothing to forward. A
-    // finished pod (or one being deleted) serves nothing any more.
+    // finished pod serves nothing any more.
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
         || matches!(phase, Some("Succeeded" | "Failed"))

@@ -32,10 +32,19 @@ impl LbTarget for SocketLb {
             snat: entry.snat,
             source_ranges: !entry.source_ranges.is_empty(),
         };
-        self.set_source_ranges(entry.frontend, &entry.source_ranges)
-            .map_err(|e| e.to_string())?;
+        // Ranges in place before the flag says to check them; the flag cleared before
+        // they go.
+        if options.source_ranges {
+            self.set_source_ranges(entry.frontend, &entry.source_ranges)
+                .map_err(|e| e.to_string())?;
+        }
         self.set_service_with(entry.frontend, &entry.backends, options)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if !options.source_ranges {
+            self.set_source_ranges(entry.frontend, &[])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn remove(&mut self, frontend: Frontend) -> Result<(), String> {
@@ -156,17 +165,17 @@ impl<T: LbTarget> ServiceSync<T> {
         let (before, after) = (announcements(old), announcements(now));
         let mut result = Ok(());
         for addr in after.difference(&before) {
-            let n = self.announced.entry(*addr).or_default();
-            *n += 1;
-            if *n == 1
-                && let Err(message) = self.target.announce(*addr, true)
-            {
+            let first = !self.announced.contains_key(addr);
+            if first && let Err(message) = self.target.announce(*addr, true) {
+                // Not counted, so the books stay right when the owner lets go of it.
                 self.errors += 1;
                 result = Err(SyncError::Target {
                     service: owner.to_owned(),
                     message,
                 });
+                continue;
             }
+            *self.announced.entry(*addr).or_default() += 1;
         }
         for addr in before.difference(&after) {
             let Some(n) = self.announced.get_mut(addr) else {

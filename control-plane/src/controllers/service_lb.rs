@@ -132,12 +132,14 @@ impl Allocations {
         key: &str,
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, Refused> {
-        if let Some(held) = self.by_key.get(key).copied() {
-            if requested.is_none_or(|r| r == held) && pool.contains(held) {
-                return Ok(held);
-            }
-            self.release(key);
+        let held = self.by_key.get(key).copied();
+        if let Some(held) = held
+            && requested.is_none_or(|r| r == held)
+            && pool.contains(held)
+        {
+            return Ok(held);
         }
+        // Decide before giving anything back: a refused move keeps the address held.
         let addr = match requested {
             Some(r) if !pool.contains(r) => return Err(Refused::NotInPool(r)),
             Some(r) => match self.by_ip.get(&r) {
@@ -149,6 +151,9 @@ impl Allocations {
                 .find(|a| !self.by_ip.contains_key(a))
                 .ok_or(Refused::Exhausted)?,
         };
+        if held.is_some() {
+            self.release(key);
+        }
         self.by_ip.insert(addr, key.to_owned());
         self.by_key.insert(key.to_owned(), addr);
         Ok(addr)

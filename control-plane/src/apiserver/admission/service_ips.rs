@@ -203,8 +203,9 @@ impl Allocator {
                 svc["spec"]["clusterIPs"] = json!([ip]);
             }
         }
+        // The node ports this call takes, given back if a later step fails.
+        let mut taken = Vec::new();
         if wants_node_ports(svc) {
-            let mut taken = Vec::new();
             let count = svc
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
@@ -260,12 +261,8 @@ impl Allocator {
                 })
             };
             let Some(port) = port else {
-                let taken: Vec<u16> = node_ports(svc)
-                    .into_iter()
-                    .filter(|p| *p != requested)
-                    .collect();
-                for p in taken {
-                    used.ports.remove(&p);
+                for p in &taken {
+                    used.ports.remove(p);
                 }
                 if let Some(ip) = taken_ip {
                     used.ips.remove(&ip);

@@ -5,7 +5,9 @@
 //! of pod + direction + peer prefix, so ipBlocks with excepts and single pods are
 //! one lookup) and the destination port and protocol must be in the port set found.
 //! Always allowed: a pod talking to itself, the node's own addresses (`NP_HOST`,
-//! probes and the kubelet API), and the packets of flows already allowed, both ways
+//! probes and the kubelet API — but a NodePort flow the node masqueraded is judged by
+//! its real client, from the NodePort flow table), and the packets of flows already
+//! allowed, both ways
 //! at this pod's side (`NP_CT`, per pod: the reply of an allowed connection is never
 //! dropped, and one pod's record does not open the other's side). Denied packets
 //! are counted per pod and direction (`NP_DENIED`). Not IPv4: allowed.
@@ -19,11 +21,11 @@
 
 use aya_ebpf::{macros::cgroup_skb, maps::lpm_trie::Key as LpmKey, programs::SkBuffContext};
 use berth_ebpf_common::{
-    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, NP_EGRESS, NP_INGRESS, NP_MAX_RANGES,
-    NP_RULE_FIXED_BITS, NpCtKey, NpDeniedKey, NpRuleKey,
+    CT_REPLY, CT_SNAT, CtKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, NP_EGRESS, NP_INGRESS,
+    NP_MAX_RANGES, NP_RULE_FIXED_BITS, NpCtKey, NpDeniedKey, NpRuleKey,
 };
 
-use crate::maps::{NP_CT, NP_DENIED, NP_HOST, NP_PODS, NP_PORTS, NP_RULES};
+use crate::maps::{CT, NP_CT, NP_DENIED, NP_HOST, NP_PODS, NP_PORTS, NP_RULES};
 
 const ALLOW: i32 = 1;
 const DROP: i32 = 0;
@@ -44,7 +46,9 @@ struct Packet {
     sport: u16,
     dport: u16,
     protocol: u8,
-    /// TCP with SYN and not ACK: a connection request.
+    /// TCP with SYN and not ACK: a connection request — or a TCP packet whose flags
+    /// cannot be read (a later fragment, a truncated header), which is checked like
+    /// one rather than waved through.
     tcp_request: bool,
 }
 
@@ -60,18 +64,23 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let protocol = ip[9];
     let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
-    let (mut sport, mut dport, mut tcp_request) = (0u16, 0u16, false);
+    // Without readable ports (later fragments, truncated headers) a packet is checked
+    // with port 0: only rules allowing every port let it through.
+    let (mut sport, mut dport) = (0u16, 0u16);
+    let mut tcp_request = protocol == IPPROTO_TCP;
     if first_fragment && ihl >= 20 {
         // Ports as on the wire (network order), like the addresses.
         if protocol == IPPROTO_TCP {
             const SYN: u8 = 0x02;
             const ACK: u8 = 0x10;
-            let tcp: [u8; 14] = ctx.load(ihl).ok()?;
-            sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
-            dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
-            tcp_request = tcp[13] & (SYN | ACK) == SYN;
-        } else if protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP {
-            let ports: [u8; 4] = ctx.load(ihl).ok()?;
+            if let Ok(tcp) = ctx.load::<[u8; 14]>(ihl) {
+                sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+                dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+                tcp_request = tcp[13] & (SYN | ACK) == SYN;
+            }
+        } else if (protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP)
+            && let Ok(ports) = ctx.load::<[u8; 4]>(ihl)
+        {
             sport = u16::from_ne_bytes([ports[0], ports[1]]);
             dport = u16::from_ne_bytes([ports[2], ports[3]]);
         }
@@ -120,8 +129,17 @@ fn decide(ctx: &SkBuffContext, egress: bool) -> i32 {
         }
         return ALLOW;
     }
+    let mut peer = peer;
     // SAFETY: only checks presence.
-    if pod == peer || unsafe { NP_HOST.get(&peer) }.is_some() {
+    if unsafe { NP_HOST.get(&peer) }.is_some() {
+        // From the node — unless it is a NodePort flow the node masqueraded: then the
+        // policy judges the real client, whom the NodePort flow table remembers.
+        match masqueraded_client(&p) {
+            Some(client) if !egress => peer = client,
+            _ => return ALLOW,
+        }
+    }
+    if pod == peer {
         return ALLOW;
     }
     let reply = NpCtKey {
@@ -151,6 +169,23 @@ fn decide(ctx: &SkBuffContext, egress: bool) -> i32 {
         }
     }
     DROP
+}
+
+/// The client of a masqueraded NodePort flow this packet (arriving at the backend)
+/// belongs to: the NodePort program's reply entry for it carries the client.
+fn masqueraded_client(p: &Packet) -> Option<u32> {
+    let key = CtKey {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        protocol: p.protocol,
+        direction: CT_REPLY,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let entry = unsafe { CT.get(&key) }.copied()?;
+    (entry.flags & CT_SNAT != 0).then_some(entry.addr2)
 }
 
 /// Whether a rule of `pod` for `direction` lets `peer` use the packet's destination
