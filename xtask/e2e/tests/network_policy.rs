@@ -457,6 +457,38 @@ spec:
         &expect(|from, to| deny_x(from, to) || (to == "x/a" && (from == "x/b" || ns(from) == "y"))),
     );
 
+    // A policy the dataplane cannot express (more port ranges for one peer than a rule
+    // holds) is reported on the policy and fails closed: x/a stays shut to y/a.
+    let ports: Vec<String> = (0..20)
+        .map(|i| format!("{{port: {}}}", 7000 + 2 * i))
+        .collect();
+    c.kubectl
+        .apply(&allow("allow-a", &format!("ports: [{}]", ports.join(", "))));
+    c.wait(
+        "the PolicyNotEnforceable event",
+        Duration::from_secs(30),
+        || {
+            c.kubectl
+                .ok(&[
+                    "get",
+                    "events",
+                    "-n",
+                    "x",
+                    "--field-selector",
+                    "reason=PolicyNotEnforceable",
+                ])
+                .contains("allow-a")
+        },
+    );
+    until_matrix(
+        &c,
+        &ips,
+        "the unexpressible policy fails closed",
+        8080,
+        false,
+        &expect(deny_x),
+    );
+
     // Deleting the policies reopens everything.
     c.kubectl
         .ok(&["delete", "networkpolicy", "-n", "x", "--all"]);
@@ -470,6 +502,63 @@ spec:
         "z",
         "--wait=true",
         "--timeout=120s",
+    ]);
+    c.wait_clean();
+}
+
+#[test]
+fn with_network_policy_off_policies_are_not_enforced() {
+    require_root!();
+    let _object = berth_testkit::require_ebpf_object!();
+    let Some(c) = cluster_full(&[], &["--network-policy=false"]) else {
+        return;
+    };
+    c.kubectl.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {pod: server}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: s, image: berth.local/testserver:v1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {pod: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: s, image: berth.local/testserver:v1}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"#,
+    );
+    let ip = |name: &str| {
+        let pod = c.pod(name);
+        pod["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    c.wait("both pods running", Duration::from_secs(60), || {
+        ready(&c.pod("server")) && ready(&c.pod("client"))
+    });
+    let (server, client) = (ip("server"), ip("client"));
+    let body = http(
+        &c,
+        &client,
+        &format!("/connect?to={server}:8080&timeout_ms=1000"),
+    )
+    .unwrap_or_default();
+    assert!(body.ends_with(" ok"), "not enforced on this node: {body:?}");
+    c.kubectl.ok(&[
+        "delete",
+        "pod",
+        "server",
+        "client",
+        "--wait=true",
+        "--timeout=60s",
     ]);
     c.wait_clean();
 }
