@@ -110,6 +110,14 @@ struct Args {
     /// Services stay pending, as on a cluster without a load-balancer provider.
     #[arg(long)]
     lb_pool: Option<berth_control_plane::controllers::service_lb::Pool>,
+    /// Read-only requests served at once (kube-apiserver's flag; 0: no limit); one more
+    /// is answered 429 with Retry-After. Watches and other long-running requests are
+    /// not counted.
+    #[arg(long, default_value_t = berth_control_plane::apiserver::MAX_REQUESTS_INFLIGHT)]
+    max_requests_inflight: usize,
+    /// Mutating requests served at once (kube-apiserver's flag; 0: no limit).
+    #[arg(long, default_value_t = berth_control_plane::apiserver::MAX_MUTATING_REQUESTS_INFLIGHT)]
+    max_mutating_requests_inflight: usize,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -506,6 +514,8 @@ fn main() -> anyhow::Result<()> {
             kubeconfig: args.kubeconfig,
             authorization_mode: args.authorization_mode,
             metric_resolution: args.metric_resolution,
+            max_requests_inflight: args.max_requests_inflight,
+            max_mutating_requests_inflight: args.max_mutating_requests_inflight,
         })
         .await
     })

@@ -82,6 +82,9 @@ pub struct Config {
     /// How often the built-in metrics server scrapes the kubelets
     /// (metrics-server's `--metric-resolution`, 15 s).
     pub metric_resolution: Duration,
+    /// `--max-requests-inflight` and `--max-mutating-requests-inflight` (0: no limit).
+    pub max_requests_inflight: usize,
+    pub max_mutating_requests_inflight: usize,
 }
 
 /// Shared state of every request.
@@ -94,6 +97,8 @@ pub struct Api {
     pub metrics: metrics::Metrics,
     pub openapi: openapi::Documents,
     pub max_body: usize,
+    /// `--max-requests-inflight` / `--max-mutating-requests-inflight`.
+    pub inflight: InFlight,
     pub tokens: Tokens,
     pub sa_tokens: serviceaccount_token::Issuer,
     /// The RBAC objects, parsed and kept current from the watch cache (the RBAC
@@ -135,6 +140,7 @@ impl Api {
             metrics: metrics::Metrics::default(),
             openapi: openapi::Documents::default(),
             max_body: MAX_BODY,
+            inflight: InFlight::default(),
             tokens,
             sa_tokens,
             rbac,
@@ -420,6 +426,84 @@ fn ignore_exists(result: ApiResult<(Value, StatusCode)>) -> ApiResult<()> {
 }
 
 /// The HTTP application (TLS is added by [`serve`]).
+/// kube-apiserver's max-in-flight filter: at most so many read-only and so many
+/// mutating requests are served at once (400 and 200 by default; 0: no limit); one
+/// more is answered 429 `TooManyRequests` with `Retry-After: 1`. Long-running
+/// requests (watches, exec/attach/port-forward, logs, proxies) and `system:masters`
+/// are not counted, as upstream.
+#[derive(Debug)]
+pub struct InFlight {
+    readonly: (tokio::sync::Semaphore, std::sync::atomic::AtomicBool),
+    mutating: (tokio::sync::Semaphore, std::sync::atomic::AtomicBool),
+}
+
+/// The defaults of `--max-requests-inflight` and `--max-mutating-requests-inflight`.
+pub const MAX_REQUESTS_INFLIGHT: usize = 400;
+pub const MAX_MUTATING_REQUESTS_INFLIGHT: usize = 200;
+
+impl Default for InFlight {
+    fn default() -> Self {
+        let slot = |n| {
+            (
+                tokio::sync::Semaphore::new(n),
+                std::sync::atomic::AtomicBool::new(false),
+            )
+        };
+        Self {
+            readonly: slot(MAX_REQUESTS_INFLIGHT),
+            mutating: slot(MAX_MUTATING_REQUESTS_INFLIGHT),
+        }
+    }
+}
+
+impl InFlight {
+    /// Sets the limits (0: unlimited); call once, before serving.
+    pub fn configure(&self, readonly: usize, mutating: usize) {
+        for ((sem, unlimited), (want, default)) in [
+            (&self.readonly, (readonly, MAX_REQUESTS_INFLIGHT)),
+            (&self.mutating, (mutating, MAX_MUTATING_REQUESTS_INFLIGHT)),
+        ] {
+            unlimited.store(want == 0, std::sync::atomic::Ordering::Relaxed);
+            if want > default {
+                sem.add_permits(want - default);
+            } else if want > 0 {
+                sem.forget_permits(default - want);
+            }
+        }
+    }
+
+    /// A slot for a request of `verb` (`metrics::verb`'s), or the 429 to answer.
+    fn admit(&self, verb: &str) -> ApiResult<Option<tokio::sync::SemaphorePermit<'_>>> {
+        let (sem, unlimited) = match verb {
+            "GET" | "LIST" => &self.readonly,
+            _ => &self.mutating,
+        };
+        if unlimited.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        sem.try_acquire().map(Some).map_err(|_| {
+            let mut e = ApiError::new(
+                429,
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+            );
+            e.retry_after = Some(1);
+            e
+        })
+    }
+}
+
+/// Whether a request is long-running (not counted in flight): watches, and the
+/// connect-style subresources and proxies.
+fn long_running(verb: &str, path: &str, query: Option<&str>) -> bool {
+    verb == "WATCH"
+        || ["/exec", "/attach", "/portforward", "/log", "/proxy"]
+            .iter()
+            .any(|s| path.ends_with(s))
+        || path.contains("/proxy/")
+        || query.is_some_and(|q| q.split('&').any(|kv| kv == "follow=true"))
+}
+
 pub fn router(api: Arc<Api>) -> Router {
     Router::new().fallback(dispatch).with_state(api)
 }
@@ -436,13 +520,26 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
     let verb = metrics::verb(&method, parsed.as_ref(), req.uri().query());
     // Status errors in protobuf for clients that prefer it, as kube-apiserver does.
     let protobuf = protobuf::accepts(req.headers());
+    let counted = !long_running(&verb, &path, req.uri().query());
     let response = match authenticate(&api, &req) {
         Err(e) => e.into_response(),
-        Ok(user) => match route(api.clone(), user, parsed, req).await {
-            Ok(r) => r,
-            Err(e) if protobuf => e.into_protobuf_response(),
-            Err(e) => e.into_response(),
-        },
+        Ok(user) => {
+            let master = user.as_ref().is_some_and(authz::is_master);
+            let slot = if counted && !master {
+                api.inflight.admit(&verb)
+            } else {
+                Ok(None)
+            };
+            match slot {
+                Err(e) if protobuf => e.into_protobuf_response(),
+                Err(e) => e.into_response(),
+                Ok(_slot) => match route(api.clone(), user, parsed, req).await {
+                    Ok(r) => r,
+                    Err(e) if protobuf => e.into_protobuf_response(),
+                    Err(e) => e.into_response(),
+                },
+            }
+        }
     };
     api.metrics.observe(
         &verb,
@@ -676,6 +773,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api = Api::new(store, tokens, sa_tokens, config.authorization_mode)
         .await
         .context("starting the watch cache")?;
+    api.inflight.configure(
+        config.max_requests_inflight,
+        config.max_mutating_requests_inflight,
+    );
     api.bootstrap(config.advertise, config.bind.port())
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
@@ -717,6 +818,11 @@ async fn compact_periodically(store: Arc<dyn Store>) {
     }
 }
 
+/// How long a client has to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1 request head may take to arrive.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
+
 /// Serves `api` over TLS on `listener`, asking for (not requiring) client certificates.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -746,11 +852,19 @@ pub async fn serve(
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let app = router(api);
+    // After a failed accept (out of descriptors, say) wait before the next, doubling
+    // from 5 ms to 1 s as Go's http.Server does, rather than spin.
+    let mut backoff = Duration::ZERO;
     loop {
         let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                backoff = Duration::ZERO;
+                conn
+            }
             Err(err) => {
-                tracing::warn!(%err, "accept failed");
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                tracing::warn!(%err, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
                 continue;
             }
         };
@@ -758,10 +872,17 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(err) => {
+            // A client that does not finish its handshake in time is dropped
+            // (kube-apiserver's TLS handshake timeout is 10 s).
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
                     tracing::debug!(%err, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
@@ -773,8 +894,19 @@ pub async fn serve(
                 .and_then(|cert| auth::from_certificate(cert));
             let app = app.layer(axum::Extension(PeerIdentity(identity)));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A request head must arrive within the header timeout (kube-apiserver's
+            // ReadHeaderTimeout); HTTP/2 connections are pinged and dropped when silent.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20));
             if let Err(err) = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await

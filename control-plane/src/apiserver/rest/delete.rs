@@ -198,7 +198,10 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &Options) -> ApiResult<(Value, 
                 .and_then(Value::as_i64)
                 .is_none_or(|g| grace < g);
             if !deleting || shorter {
-                let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                // A grace period past the calendar's end marks the latest time there is.
+                let at = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or(jiff::Timestamp::MAX);
                 m.insert(
                     "deletionTimestamp".into(),
                     json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),

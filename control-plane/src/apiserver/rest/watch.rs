@@ -87,7 +87,8 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
     let bookmarks = ctx.query.flag("allowWatchBookmarks");
     let initial_events = ctx.query.flag("sendInitialEvents");
     let timeout = match ctx.query.int("timeoutSeconds")? {
-        Some(t) if t > 0 => Duration::from_secs(t as u64),
+        // Capped (at a year), so a huge value cannot overflow the deadline.
+        Some(t) if t > 0 => Duration::from_secs((t as u64).min(365 * 24 * 3600)),
         _ => Duration::from_secs(
             1800 + (crate::apiserver::object::new_uid().as_bytes()[0] as u64 % 60) * 30,
         ),
