@@ -3,7 +3,8 @@
 //! dropped after the TLS handshake timeout; requests beyond `--max-*-requests-inflight`
 //! are answered 429 TooManyRequests with Retry-After (watches and `system:masters` not
 //! counted); a watch with a huge `timeoutSeconds` and a delete with a huge grace
-//! period are served without bringing the server down.
+//! period are served without bringing the server down. The data dir is its owner's
+//! only: the dir and the pki dir 0700, the store files, keys and kubeconfigs 0600.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -162,4 +163,31 @@ fn huge_timeouts_and_grace_periods_do_not_bring_the_server_down() {
     assert_eq!(curl(&server, "GET", "/version", None).0, 200);
     let pod = admin.json(&["get", "pod", "p"]);
     assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+}
+
+#[test]
+fn the_data_dir_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (server, _home) = start(&[]);
+    let dir = server.dir().to_path_buf();
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&dir.join("pki")), 0o700);
+    assert_eq!(mode(&dir.join("store.redb")), 0o600);
+    assert_eq!(mode(&dir.join("admin.kubeconfig")), 0o600);
+    for entry in std::fs::read_dir(dir.join("pki"))
+        .expect("pki dir")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.contains("key") {
+            assert_eq!(mode(&entry.path()), 0o600, "{name}");
+        }
+    }
 }

@@ -711,6 +711,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // The data dir holds the store (Secrets among it) and the keys: its owner's only.
+    restrict(&config.data_dir, 0o700)?;
     let mut sans = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -767,6 +769,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = crate::store::redb::RedbStore::open(&config.data_dir.join("store.redb"))
         .context("opening the store")?;
     let store: Arc<dyn Store> = Arc::new(store);
+    for file in ["store.redb", "store.wal"] {
+        let path = config.data_dir.join(file);
+        if path.exists() {
+            restrict(&path, 0o600)?;
+        }
+    }
+    restrict(&config.data_dir.join("pki"), 0o700)?;
     tokio::spawn(compact_periodically(store.clone()));
     let sa_tokens = serviceaccount_token::Issuer::load_or_create(&config.data_dir.join("pki"))
         .context("the service account token key")?;
@@ -789,6 +798,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(address = %config.bind, kubeconfig = %kubeconfig.display(), "berth-server serving");
     serve(listener, api, &pki).await
+}
+
+/// Sets `path`'s permission bits to `mode`.
+fn restrict(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restricting {} to {mode:o}", path.display()))
 }
 
 fn url_host(ip: std::net::IpAddr) -> String {
