@@ -271,8 +271,11 @@ impl Controller {
                 .spec
                 .as_ref()
                 .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"));
-            if !held.is_empty() && !is_lb_elsewhere && released.is_some() {
-                let patch = json!({"status": {"loadBalancer": {}}});
+            // Ours if it held (or, after a restart, shows) addresses of the pool.
+            let ours = released.is_some() || held.iter().all(|a| self.pool.contains(*a));
+            if !held.is_empty() && !is_lb_elsewhere && ours {
+                // A merge patch removes a key only by null (an empty object merges nothing).
+                let patch = json!({"status": {"loadBalancer": {"ingress": null}}});
                 api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
                 self.event(

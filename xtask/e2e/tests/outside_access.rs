@@ -4,8 +4,9 @@
 //! (`--nodeport-addresses=10.251.0.0/24`): a NodePort, a LoadBalancer address from
 //! berth-server's `--lb-pool` (ARP answered by the eBPF program), its
 //! `loadBalancerSourceRanges`, `externalTrafficPolicy: Local` with its
-//! `healthCheckNodePort`, a pod's hostPort — and nothing answers once the Service and
-//! the pod are gone.
+//! `healthCheckNodePort`, a pod's hostPort — and the address and health check go when
+//! the Service turns back into a NodePort, and nothing answers once the Service and the
+//! pod are gone.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -313,10 +314,25 @@ spec:
     let _ = until(&c, &outside, "the hostPort to go", NODE_ADDR, 18080, |a| {
         a.is_err()
     });
-    c.kubectl.ok(&["delete", "service", "web"]);
-    let _ = until(&c, &outside, "the NodePort to go", NODE_ADDR, np, |a| {
-        a.is_err()
-    });
+    // Back to NodePort: the address is given back and the status cleared; the
+    // health check goes with the Local LoadBalancer.
+    c.kubectl.ok(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ]);
+    c.wait(
+        "the load-balancer status cleared",
+        Duration::from_secs(30),
+        || {
+            service(&c)["status"]["loadBalancer"]
+                .get("ingress")
+                .is_none_or(|i| i.as_array().is_none_or(Vec::is_empty))
+        },
+    );
+    assert!(service(&c)["spec"].get("healthCheckNodePort").is_none());
     let _ = until(&c, &outside, "the health check to go", NODE_ADDR, hc, |a| {
         a.is_err()
     });
@@ -328,6 +344,10 @@ spec:
         80,
         |a| a.is_err(),
     );
+    c.kubectl.ok(&["delete", "service", "web"]);
+    let _ = until(&c, &outside, "the NodePort to go", NODE_ADDR, np, |a| {
+        a.is_err()
+    });
     // The address is no longer announced: the outside host's ARP gets no answer.
     let arp = outside
         .command("ip")
