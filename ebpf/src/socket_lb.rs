@@ -381,8 +381,14 @@ impl SocketLb {
     /// Attaches the socket-LB programs to the cgroup2 directory `cgroup`: every
     /// socket created by a process in it (or below it) is balanced from now on.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
+        self.attach_sock_addr(cgroup, "")
+    }
+
+    /// The socket-LB programs attached at `cgroup`, their links pinned as
+    /// `link-<program><suffix>`.
+    fn attach_sock_addr(&mut self, cgroup: &Path, suffix: &str) -> Result<(), Error> {
         for name in PROGRAMS {
-            let pin = self.link_pin(&format!("link-{name}"));
+            let pin = self.link_pin(&format!("link-{name}{suffix}"));
             if self.keep_pinned(pin.as_deref())? {
                 continue;
             }
@@ -409,27 +415,7 @@ impl SocketLb {
     /// ClusterIPs, and NodePorts on the node's addresses and — with
     /// [`SocketLb::set_host_netns`] — on loopback. Pinned apart from [`SocketLb::attach`]'s.
     pub fn attach_host(&mut self, cgroup: &Path) -> Result<(), Error> {
-        for name in PROGRAMS {
-            let pin = self.link_pin(&format!("link-{name}-host"));
-            if self.keep_pinned(pin.as_deref())? {
-                continue;
-            }
-            let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
-                path: cgroup.to_path_buf(),
-                source,
-            })?;
-            let prog = program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(dir, CgroupAttachMode::Single)
-                .map_err(|source| Error::Program { name, source })?;
-            if let Some(path) = pin {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|source| Error::Program { name, source })?;
-                self.pin_link(link, path)?;
-            }
-        }
-        Ok(())
+        self.attach_sock_addr(cgroup, "-host")
     }
 
     /// Removes the NetworkPolicy attachment an earlier agent pinned, and empties the

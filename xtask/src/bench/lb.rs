@@ -386,7 +386,7 @@ fn median_of_runs(mut f: impl FnMut(usize) -> Result<f64>) -> Result<f64> {
 }
 
 /// Runs `program args` inside `ns` with `stdin`; returns the wall time in ms.
-fn timed_in(ns: &NetNs, program: &str, args: &[&str], stdin: &str) -> Result<f64> {
+pub(super) fn timed_in(ns: &NetNs, program: &str, args: &[&str], stdin: &str) -> Result<f64> {
     ns.run(|| -> Result<f64> {
         let started = Instant::now();
         let mut child = Command::new(program)

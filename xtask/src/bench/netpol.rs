@@ -25,10 +25,9 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    io::Write as _,
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Instant,
 };
 
@@ -39,7 +38,7 @@ use berth_testkit::{Cgroup2Child, NetNs};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 
-use super::{Report, stats::percentile};
+use super::{Report, lb::timed_in, stats::percentile};
 use crate::{commands::build_ebpf, util};
 
 const NAMESPACES: usize = 100;
@@ -236,34 +235,6 @@ fn kube_router_update(w: &World, i: usize, k: usize) -> String {
         set_name("SRC", i, k),
         set_name("DST", i, k)
     )
-}
-
-fn timed_in(ns: &NetNs, program: &str, args: &[&str], stdin: &str) -> Result<f64> {
-    ns.run(|| -> Result<f64> {
-        let started = Instant::now();
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("run {program}"))?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(stdin.as_bytes())?;
-        let out = child.wait_with_output()?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        if !out.status.success() {
-            bail!(
-                "{program} {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(ms)
-    })
 }
 
 fn median(mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
