@@ -457,6 +457,9 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
     let mut mem = worker::Memory::default();
     let mut inputs = Arc::new(inputs::Inputs::default());
     let mut inputs_at: Option<Instant> = None;
+    // Whether `inputs` ever came whole from the apiserver: a refetch forced by a new
+    // copy of the pod must not replace good inputs with a failed fetch.
+    let mut inputs_good = false;
     let mut last_status: Option<Value> = None;
     let event_log = EventLog::default();
     if let Some(rejected) = admit(&ctx, &api, &events_api, &event_log, &last_pod).await {
@@ -534,8 +537,10 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
             let fresh = inputs::fetch(&ctx.client, &last_pod).await;
             // With the apiserver unreachable, the last good ConfigMaps and Secrets
             // stay in use: restarts go on without it.
-            if fresh.errors.is_empty() || inputs_at.is_none() {
+            let ok = fresh.errors.is_empty();
+            if ok || !inputs_good {
                 inputs = Arc::new(fresh);
+                inputs_good |= ok;
             }
             inputs_at = Some(Instant::now());
         }
