@@ -188,15 +188,12 @@ fn older_spec_versions_get_their_own_result_format() {
 }
 
 #[test]
-fn ip_masq_adds_one_rule_per_pod_and_del_removes_it() {
+fn ip_masq_keeps_one_rule_per_subnet_while_it_has_pods() {
     require_root!();
     let node = Node::new();
     let mut conf = node.berth("10.68.0.0/24");
     conf["ipMasq"] = json!(true);
     let list = node.list("1.1.0", vec![conf]);
-    let pod = Pod::new();
-    let r = node.add(&list, &pod).expect("ADD");
-    let ip = pod_ip(&r);
     let rules = || {
         let out = node
             .ns
@@ -209,26 +206,34 @@ fn ip_masq_adds_one_rule_per_pod_and_del_removes_it() {
             "iptables -S failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("MASQUERADE"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
     };
+    let (a, b) = (Pod::new(), Pod::new());
+    let ra = node.add(&list, &a).expect("ADD a");
+    let rb = node.add(&list, &b).expect("ADD b");
     let after_add = rules();
-    let rule = after_add
-        .lines()
-        .find(|l| l.contains(&format!("{ip}/32")))
-        .unwrap_or_default()
-        .to_string();
+    assert_eq!(after_add.len(), 1, "one rule for the subnet: {after_add:?}");
+    let rule = &after_add[0];
     assert!(
-        rule.contains("! -d 10.68.0.0/24")
-            && rule.contains("MASQUERADE")
+        rule.contains("-s 10.68.0.0/24")
+            && rule.contains("! -d 10.68.0.0/24")
             && rule.contains("berth-cni:testnet"),
-        "masquerade rule for {ip}: {after_add}"
+        "masquerade rule: {rule}"
     );
-    node.del(&list, &pod, Some(&r)).expect("DEL");
-    assert!(
-        !rules().contains(&format!("{ip}/32")),
-        "rule removed: {}",
-        rules()
-    );
+    node.del(&list, &a, Some(&ra)).expect("DEL a");
+    assert_eq!(rules(), after_add, "b still has pods in the subnet");
+    node.del(&list, &b, Some(&rb)).expect("DEL b");
+    assert!(rules().is_empty(), "rule removed with the last pod: {:?}", rules());
+    // Back again with the next pod, and gone with it.
+    let c = Pod::new();
+    let rc = node.add(&list, &c).expect("ADD c");
+    assert_eq!(rules().len(), 1, "{:?}", rules());
+    node.del(&list, &c, Some(&rc)).expect("DEL c");
+    assert!(rules().is_empty(), "{:?}", rules());
 }
 
 #[test]

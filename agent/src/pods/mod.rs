@@ -482,7 +482,10 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
         let current = rx.borrow_and_update().clone();
         let gone = current.is_none();
         if let Some(p) = &current {
-            if !Arc::ptr_eq(p, &last_pod) {
+            // A new spec may name other ConfigMaps or Secrets: fetch again. A copy
+            // that differs only in status (most often our own write coming back) does
+            // not: refetching on those tripled the API calls of a pod start.
+            if !Arc::ptr_eq(p, &last_pod) && p.spec != last_pod.spec {
                 inputs_at = None;
             }
             last_pod = p.clone();

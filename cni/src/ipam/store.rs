@@ -168,6 +168,11 @@ impl Store {
         Ok(total.saturating_sub(used))
     }
 
+    /// The network's directory (IPAM state, and the masquerade bookkeeping).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The allocations, by address.
     pub fn allocations(&self) -> Result<BTreeMap<Ipv4Addr, Owner>, CniError> {
         Ok(self.lock()?.state.allocations)

@@ -15,7 +15,6 @@ use super::{
 };
 use crate::{
     env::Invocation,
-    masq,
     netlink::{Link, Rtnl, format_mac, mac_for_ip, mac_from, netns},
     spec::{CniError, CniResult, Interface, IpConfig, Ipv4Cidr, NetConf, Route, Version, code},
 };
@@ -172,9 +171,8 @@ async fn setup(
     }
 
     if conf.ip_masq {
-        let subnet = ipam.subnet_of(lease.address.addr).unwrap_or(lease.address);
-        masq::add(&conf.name, lease.address.addr, subnet)?;
         made.masq = true;
+        ipam.masquerade(&conf.name, lease.address)?;
     }
 
     Ok(CniResult {
@@ -236,10 +234,6 @@ async fn undo(
     made: Made,
     stdin: &[u8],
 ) {
-    if made.masq {
-        let subnet = ipam.subnet_of(lease.address.addr).unwrap_or(lease.address);
-        let _ = masq::del(&conf.name, lease.address.addr, subnet);
-    }
     if let Some(name) = made.veth
         && let Ok(Some(link)) = host.link(&name).await
     {
@@ -253,4 +247,7 @@ async fn undo(
         let _ = host.delete_link(bridge).await;
     }
     let _ = ipam.release(inv, stdin);
+    if made.masq {
+        let _ = ipam.unmasquerade(&conf.name, &[lease.address]);
+    }
 }

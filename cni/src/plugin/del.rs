@@ -6,9 +6,8 @@
 use super::{host_veth_name, ipam::Ipam, runtime};
 use crate::{
     env::Invocation,
-    masq,
     netlink::{Rtnl, delete, netns},
-    spec::{CniError, CniResult, NetConf, code},
+    spec::{CniError, CniResult, Ipv4Cidr, NetConf, code},
 };
 
 pub fn del(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
@@ -46,13 +45,16 @@ pub fn del(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
             .as_ref()
             .and_then(|p| CniResult::from_json(p).ok())
             .and_then(|r| r.ips.first().map(|ip| ip.address));
-        if let Some(addr) = released.or(prev_ip.map(|c| c.addr)) {
-            let subnet = ipam
-                .subnet_of(addr)
-                .or(prev_ip)
-                .unwrap_or(crate::spec::Ipv4Cidr { addr, prefix: 32 });
-            masq::del(&conf.name, addr, subnet)?;
-        }
+        let released: Vec<Ipv4Cidr> = released
+            .or(prev_ip.map(|c| c.addr))
+            .map(|addr| {
+                ipam.subnet_of(addr)
+                    .or(prev_ip)
+                    .map_or(Ipv4Cidr { addr, prefix: 32 }, |s| s.with_addr(addr))
+            })
+            .into_iter()
+            .collect();
+        ipam.unmasquerade(&conf.name, &released)?;
     }
     Ok(())
 }

@@ -1,10 +1,9 @@
 //! GC (spec 1.1): release every lease whose attachment is not in
-//! `cni.dev/valid-attachments`, and its masquerade rule.
+//! `cni.dev/valid-attachments`, and the masquerade rules no lease needs any more.
 
 use super::ipam::Ipam;
 use crate::{
     env::Invocation,
-    masq,
     spec::{CniError, NetConf},
 };
 
@@ -13,11 +12,11 @@ pub fn gc(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     let released = ipam.gc(inv, stdin, &valid)?;
     if conf.ip_masq {
-        for ip in released {
-            if let Some(subnet) = ipam.subnet_of(ip) {
-                masq::del(&conf.name, ip, subnet)?;
-            }
-        }
+        let released: Vec<_> = released
+            .into_iter()
+            .filter_map(|ip| ipam.subnet_of(ip).map(|s| s.with_addr(ip)))
+            .collect();
+        ipam.unmasquerade(&conf.name, &released)?;
     }
     Ok(())
 }

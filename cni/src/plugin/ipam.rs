@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::{
     env::Invocation,
+    masq,
     ipam::{BUILTIN_TYPE, IpamConf, Store, delegate},
     spec::{Attachment, CniError, CniResult, Ipv4Cidr, NetConf, Route, code},
 };
@@ -143,6 +144,53 @@ impl Ipam {
                 .find(|r| r.subnet.contains(ip))
                 .map(|r| r.subnet),
             Self::Delegate { .. } => None,
+        }
+    }
+}
+
+impl Ipam {
+    /// `ipMasq` after ADD gave `address`: the rule of its subnet (built-in IPAM) or of
+    /// the address itself (delegated IPAM); see [`masq`].
+    pub fn masquerade(&self, network: &str, address: Ipv4Cidr) -> Result<(), CniError> {
+        match self {
+            Self::Builtin { store, .. } => {
+                let subnet = self.subnet_of(address.addr).unwrap_or(address);
+                masq::SubnetMasq {
+                    dir: store.dir(),
+                    network,
+                    subnet,
+                }
+                .ensure()
+            }
+            Self::Delegate { .. } => masq::add(network, address.addr, address),
+        }
+    }
+
+    /// `ipMasq` after DEL or GC released addresses: with the built-in IPAM, each
+    /// subnet's rule goes once none of its addresses is handed out; with a delegated
+    /// one, the rules of `released` (addresses with their subnets) go.
+    pub fn unmasquerade(&self, network: &str, released: &[Ipv4Cidr]) -> Result<(), CniError> {
+        match self {
+            Self::Builtin { store, conf } => {
+                for range in &conf.ranges {
+                    let subnet = range.subnet;
+                    let m = masq::SubnetMasq {
+                        dir: store.dir(),
+                        network,
+                        subnet,
+                    };
+                    m.release_if_unused(|| {
+                        Ok(store.allocations()?.keys().any(|ip| subnet.contains(*ip)))
+                    })?;
+                }
+                Ok(())
+            }
+            Self::Delegate { .. } => {
+                for a in released {
+                    masq::del(network, a.addr, *a)?;
+                }
+                Ok(())
+            }
         }
     }
 }
