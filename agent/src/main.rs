@@ -545,6 +545,7 @@ async fn main() -> anyhow::Result<()> {
             max_dead_per_container: u32::try_from(args.maximum_dead_containers_per_container).ok(),
             registries: Default::default(),
             pull_slots: None,
+            start_metrics: Default::default(),
             csi: berth_agent::csi::Drivers::default(),
         };
         for socket in &args.csi_sockets {
@@ -701,6 +702,7 @@ async fn main() -> anyhow::Result<()> {
         max_dead_per_container: u32::try_from(args.maximum_dead_containers_per_container).ok(),
         registries: registries.clone(),
         pull_slots: pull_slots.clone(),
+        start_metrics: Default::default(),
         csi: berth_agent::csi::Drivers::default(),
     });
     let csi_task = tokio::spawn(berth_agent::csi::run(ctx.clone(), args.csi_sockets.clone()));

@@ -88,6 +88,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     if let Some(netpol) = &ctx.netpol {
         add(netpol.encode_metrics());
     }
+    add(ctx.start_metrics.encode());
     body.push_str("# EOF\n");
     (
         [(

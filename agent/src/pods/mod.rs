@@ -8,6 +8,7 @@ pub mod env;
 pub mod eviction;
 pub mod image_gc;
 pub mod inputs;
+pub mod metrics;
 pub mod probe;
 pub mod registries;
 pub mod resources;
@@ -78,6 +79,8 @@ pub struct Ctx {
     /// How many image pulls may run at once (`--serialize-image-pulls`: one;
     /// `--max-parallel-image-pulls`); `None`: no limit.
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// How long the steps of pod starts take (`kubelet_*_duration_seconds`).
+    pub start_metrics: Arc<metrics::PodStartMetrics>,
     /// The CSI drivers registered on this node (`--csi-socket`).
     pub csi: crate::csi::Drivers,
 }
@@ -454,7 +457,7 @@ async fn work(ctx: Arc<Ctx>, first: Arc<Pod>, mut rx: watch::Receiver<Option<Arc
         .and_then(|a| a.get("kubernetes.io/config.source"))
         .is_some_and(|s| s == "file");
     let mut last_pod = first;
-    let mut mem = worker::Memory::default();
+    let mut mem = worker::Memory::seen_now();
     let mut inputs = Arc::new(inputs::Inputs::default());
     let mut inputs_at: Option<Instant> = None;
     // Whether `inputs` ever came whole from the apiserver: a refetch forced by a new

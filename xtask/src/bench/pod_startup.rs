@@ -81,16 +81,134 @@ fn observe(event: &Value, now: Instant, seen: &mut HashMap<String, Seen>) {
     }
 }
 
+/// The agent's pod start histograms (`kubelet_*_duration_seconds`): per series (name
+/// and labels other than `le`), the cumulative count at each bucket's upper bound.
+type Histograms = HashMap<String, Vec<(f64, f64)>>;
+
+/// The series the per-phase breakdown reads from the agent, with their phase names.
+const AGENT_PHASES: [(&str, &str); 5] = [
+    ("sandbox", "kubelet_run_podsandbox_duration_seconds"),
+    (
+        "cni",
+        "kubelet_network_plugin_operations_duration_seconds{operation_type=\"set_up_pod\"}",
+    ),
+    (
+        "container_create",
+        "kubelet_runtime_operations_duration_seconds{operation_type=\"create_container\"}",
+    ),
+    (
+        "container_start",
+        "kubelet_runtime_operations_duration_seconds{operation_type=\"start_container\"}",
+    ),
+    ("agent_pod_start", "kubelet_pod_start_duration_seconds"),
+];
+
+/// Parses the `_bucket` lines of a metrics text.
+fn histograms(text: &str) -> Histograms {
+    let mut out: Histograms = HashMap::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once("_bucket{") else {
+            continue;
+        };
+        let (Ok(count), Some(labels)) = (value.parse::<f64>(), labels.strip_suffix('}')) else {
+            continue;
+        };
+        let mut le = None;
+        let mut rest = Vec::new();
+        for l in labels.split(',') {
+            match l.strip_prefix("le=") {
+                Some(v) => le = v.trim_matches('"').parse::<f64>().ok(),
+                None => rest.push(l),
+            }
+        }
+        let Some(le) = le else { continue };
+        let key = if rest.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{}}}", rest.join(","))
+        };
+        out.entry(key).or_default().push((le, count));
+    }
+    for buckets in out.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+/// The `q` quantile (0–1) in ms of what series `key` observed between two scrapes,
+/// interpolated within its bucket as Prometheus' `histogram_quantile` does.
+fn quantile_ms(before: &Histograms, after: &Histograms, key: &str, q: f64) -> Option<f64> {
+    let after = after.get(key)?;
+    let earlier = |le: f64| {
+        before
+            .get(key)
+            .and_then(|b| b.iter().find(|(l, _)| *l == le))
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| (*le, c - earlier(*le)))
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for (le, cum) in delta {
+        if cum >= rank {
+            if le.is_infinite() {
+                return Some(lower.0 * 1000.0);
+            }
+            let within = if cum > lower.1 {
+                (rank - lower.1) / (cum - lower.1)
+            } else {
+                1.0
+            };
+            return Some((lower.0 + (le - lower.0) * within) * 1000.0);
+        }
+        lower = (le, cum);
+    }
+    None
+}
+
+/// The agent's metrics, through the apiserver's node proxy.
+async fn scrape(admin: &mut Conn, node: &str) -> Result<Histograms> {
+    let body = admin
+        .call(
+            Method::GET,
+            &format!("/api/v1/nodes/{node}/proxy/metrics"),
+            "text/plain",
+            Bytes::new(),
+        )
+        .await
+        .context("the agent's metrics")?;
+    Ok(histograms(&String::from_utf8_lossy(&body)))
+}
+
+/// One burst's results.
+struct Burst {
+    seen: Vec<Seen>,
+    rss: f64,
+    rate: f64,
+    /// p50 and p99 in ms of each [`AGENT_PHASES`] phase during the burst.
+    agent: HashMap<&'static str, (f64, f64)>,
+}
+
 /// One burst in namespace `ns`: the per-pod records and the agent's RSS at the end.
 async fn burst(
     target: &Target,
     ns: &str,
     agent: &berth_testkit::Agent,
     agent_pid: u32,
-) -> Result<(Vec<Seen>, f64, f64)> {
+) -> Result<Burst> {
     let mut admin = Conn::connect(target).await?;
     super::apiserver::namespace(&mut admin, ns).await?;
     wait_root_ca(&mut admin, ns).await?;
+    let before = scrape(&mut admin, "bench-node").await?;
     let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
 
     let watch_seen = seen.clone();
@@ -138,6 +256,12 @@ async fn burst(
         .context("the 100 pods were not all Ready within 240 s")??;
     let all_ready = start.elapsed().as_secs_f64();
     let rss = rss_mb(agent_pid);
+    let after = scrape(&mut admin, "bench-node").await?;
+    let mut phases = HashMap::new();
+    for (phase, key) in AGENT_PHASES {
+        let q = |q| quantile_ms(&before, &after, key, q).unwrap_or(f64::NAN);
+        phases.insert(phase, (q(0.5), q(0.99)));
+    }
 
     // Delete the burst and wait until the agent has removed every pod.
     admin
@@ -187,7 +311,12 @@ async fn burst(
         .lock()
         .map(|s| s.values().cloned().collect())
         .unwrap_or_default();
-    Ok((seen, rss, PODS as f64 / all_ready))
+    Ok(Burst {
+        seen,
+        rss,
+        rate: PODS as f64 / all_ready,
+        agent: phases,
+    })
 }
 
 /// Waits until namespace `ns` has its `kube-root-ca.crt`. Every pod mounts its service
@@ -354,7 +483,7 @@ pub fn run() -> Result<Report> {
 
     let mut runs = Vec::new();
     for b in 0..BURSTS {
-        let (seen, rss, rate) = rt
+        let b_result = rt
             .block_on(burst(&target, &format!("burst-{b}"), &agent, agent_pid))
             .with_context(|| {
                 let log = std::fs::read_to_string(agent.log_file()).unwrap_or_default();
@@ -362,14 +491,32 @@ pub fn run() -> Result<Report> {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("burst {b}; the agent log's end:\n{}", tail.join("\n"))
             })?;
-        let total: Vec<f64> = seen.iter().filter_map(|s| ms(s.created, s.ready)).collect();
+        let total: Vec<f64> = b_result
+            .seen
+            .iter()
+            .filter_map(|s| ms(s.created, s.ready))
+            .collect();
         anyhow::ensure!(total.len() == PODS, "burst {b}: {} pods Ready", total.len());
         eprintln!(
-            "bench pod-startup: burst {b}: p50 {:.0} ms, p99 {:.0} ms, {rate:.1} pods/s, agent RSS {rss:.1} MB",
+            "bench pod-startup: burst {b}: p50 {:.0} ms, p99 {:.0} ms, {:.1} pods/s, agent RSS {:.1} MB; agent p50/p99 ms: {}",
             percentile(&total, 50.0).unwrap_or(f64::NAN),
-            percentile(&total, 99.0).unwrap_or(f64::NAN)
+            percentile(&total, 99.0).unwrap_or(f64::NAN),
+            b_result.rate,
+            b_result.rss,
+            AGENT_PHASES
+                .iter()
+                .map(|(p, _)| {
+                    let (a, b) = b_result
+                        .agent
+                        .get(p)
+                        .copied()
+                        .unwrap_or((f64::NAN, f64::NAN));
+                    format!("{p} {a:.0}/{b:.0}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        runs.push((seen, rss, rate));
+        runs.push(b_result);
     }
     drop(agent);
     drop(server);
@@ -378,8 +525,8 @@ pub fn run() -> Result<Report> {
     let phase = |f: &dyn Fn(&Seen) -> Option<f64>, p: f64| -> f64 {
         median(
             runs.iter()
-                .map(|(seen, ..)| {
-                    let v: Vec<f64> = seen.iter().filter_map(f).collect();
+                .map(|r| {
+                    let v: Vec<f64> = r.seen.iter().filter_map(f).collect();
                     percentile(&v, p).unwrap_or(f64::NAN)
                 })
                 .collect(),
@@ -392,12 +539,23 @@ pub fn run() -> Result<Report> {
     let ready = |s: &Seen| ms(s.started, s.ready);
     let p50 = phase(&total, 50.0);
     let p99 = phase(&total, 99.0);
-    let rss = median(runs.iter().map(|r| r.1).collect());
-    let rate = median(runs.iter().map(|r| r.2).collect());
+    let rss = median(runs.iter().map(|r| r.rss).collect());
+    let rate = median(runs.iter().map(|r| r.rate).collect());
+    let agent_phase = |phase: &str, p99: bool| -> f64 {
+        median(
+            runs.iter()
+                .map(|r| {
+                    r.agent
+                        .get(phase)
+                        .map_or(f64::NAN, |(a, b)| if p99 { *b } else { *a })
+                })
+                .collect(),
+        )
+    };
     let per_burst_p99: Vec<String> = runs
         .iter()
-        .map(|(seen, ..)| {
-            let v: Vec<f64> = seen.iter().filter_map(total).collect();
+        .map(|r| {
+            let v: Vec<f64> = r.seen.iter().filter_map(total).collect();
             format!("{:.0}", percentile(&v, 99.0).unwrap_or(f64::NAN))
         })
         .collect();
@@ -418,6 +576,16 @@ pub fn run() -> Result<Report> {
     ] {
         report.figure(&format!("phase_{name}_p50_ms"), round(phase(f, 50.0)));
         report.figure(&format!("phase_{name}_p99_ms"), round(phase(f, 99.0)));
+    }
+    for (name, _) in AGENT_PHASES {
+        report.figure(
+            &format!("phase_{name}_p50_ms"),
+            round(agent_phase(name, false)),
+        );
+        report.figure(
+            &format!("phase_{name}_p99_ms"),
+            round(agent_phase(name, true)),
+        );
     }
     report.header = vec![
         "measure".into(),
@@ -454,6 +622,23 @@ pub fn run() -> Result<Report> {
         ),
         row("  network → containers running", &started, "", ""),
         row("  running → Ready condition", &ready, "", ""),
+    ];
+    for (name, what) in [
+        ("agent_pod_start", "agent: pod seen → containers running"),
+        ("sandbox", "agent:   sandbox (pause container)"),
+        ("cni", "agent:   CNI ADD"),
+        ("container_create", "agent:   container create"),
+        ("container_start", "agent:   container start"),
+    ] {
+        report.rows.push(vec![
+            what.to_owned(),
+            format!("{:.0} ms", agent_phase(name, false)),
+            format!("{:.0} ms", agent_phase(name, true)),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    report.rows.extend([
         vec![
             format!("agent RSS with {PODS} pods running"),
             format!("{rss:.1} MB"),
@@ -468,12 +653,41 @@ pub fn run() -> Result<Report> {
             String::new(),
             String::new(),
         ],
-    ];
+    ]);
     report.notes = vec![
         format!("{BURSTS} bursts on one release berth-server (apiserver, scheduler and the root CA publisher) and one release berth-agent; each burst: {PODS} pods ({IMAGE}, `sleep 3600`, no probes, image preloaded) created by {CLIENTS} HTTP/2 clients at once, timed from each create request to the watch event showing the pod Ready; medians over the bursts"),
-        "phases from the first watch event showing each step; the network phase includes the pause sandbox and CNI ADD".into(),
+        "phases from the first watch event showing each step; the network phase includes the pause sandbox and CNI ADD; the agent writes the IP, the running containers and Ready in one status write, so the later watch phases read 0".into(),
+        "agent rows: the agent's own histograms (kubelet_pod_start_duration_seconds, kubelet_run_podsandbox_duration_seconds, kubelet_network_plugin_operations_duration_seconds{operation_type=set_up_pod}, kubelet_runtime_operations_duration_seconds{operation_type=create_container|start_container}) scraped through the apiserver's node proxy before and after each burst; percentiles interpolated within 25 %-wide buckets".into(),
         format!("agent RSS idle (node registered, no pods): {idle_rss:.1} MB"),
         "baselines: none run (no kubelet or k3s on this machine); both anchors are quoted — Kubernetes' pod startup SLO (kubernetes/community sig-scalability/slos/pod_startup_latency.md: p99 ≤ 5 s, stateless pods, image pull excluded) and the k3s agent's 275 M from docs.k3s.io/reference/resource-profiling (K3s v1.26.5, the agent's cgroup, 95th percentile) — not the same quantity as this process's RSS".into(),
     ];
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_bucket_deltas_between_scrapes() {
+        let before = histograms(
+            "x_bucket{le=\"0.01\"} 5\nx_bucket{le=\"0.02\"} 5\nx_bucket{le=\"+Inf\"} 5\n",
+        );
+        // 10 new observations: 0 at ≤ 10 ms, 10 in (10, 20] ms.
+        let after = histograms(
+            "# HELP x\nx_bucket{le=\"0.01\"} 5\nx_bucket{le=\"0.02\"} 15\nx_bucket{le=\"+Inf\"} 15\nx_sum 1\n",
+        );
+        let p50 = quantile_ms(&before, &after, "x", 0.5).expect("p50");
+        assert!((p50 - 15.0).abs() < 1e-9, "{p50}");
+        let p99 = quantile_ms(&before, &after, "x", 0.99).expect("p99");
+        assert!((p99 - 19.9).abs() < 1e-9, "{p99}");
+        assert_eq!(quantile_ms(&before, &before, "x", 0.5), None, "nothing new");
+        let labelled = histograms(
+            "y_bucket{operation_type=\"set_up_pod\",le=\"1.0\"} 2\ny_bucket{operation_type=\"set_up_pod\",le=\"+Inf\"} 2\n",
+        );
+        assert!(
+            labelled.contains_key("y{operation_type=\"set_up_pod\"}"),
+            "{labelled:?}"
+        );
+    }
 }

@@ -250,17 +250,22 @@ impl PodView<'_> {
         cfg.pid_namespace_of = pid_of;
         std::fs::create_dir_all(cfg.log_path.parent().unwrap_or(Path::new("/")))
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+        let t = Instant::now();
         rt.create_container(&cfg)
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+        let metrics = &self.ctx.start_metrics;
+        metrics.runtime_op("create_container", t.elapsed());
         mem.events.push(Event {
             warning: false,
             reason: "Created".into(),
             message: format!("Created container: {}", c.name),
         });
+        let t = Instant::now();
         if let Err(e) = rt.start_container(&cfg.id) {
             let _ = rt.remove_container(&cfg.id);
             return Err(("RunContainerError".to_owned(), e.to_string()));
         }
+        metrics.runtime_op("start_container", t.elapsed());
         self.all.push(cfg.id.clone());
         mem.events.push(Event {
             warning: false,

@@ -69,7 +69,20 @@ pub struct Memory {
     /// The instance after which each container's crash back-off started over (it ran
     /// [`BACKOFF_RESET`] or longer), by container name.
     backoff_reset: HashMap<String, u32>,
+    /// When the worker first saw the pod, until its start is recorded in
+    /// `kubelet_pod_start_duration_seconds`.
+    start_pending: Option<Instant>,
     pub events: Vec<Event>,
+}
+
+impl Memory {
+    /// The memory of a pod the worker sees for the first time now.
+    pub fn seen_now() -> Self {
+        Self {
+            start_pending: Some(Instant::now()),
+            ..Self::default()
+        }
+    }
 }
 
 /// The first image pull back-off and its cap (the kubelet's 10 s and 5 min).
@@ -362,6 +375,18 @@ pub fn sync(ctx: &Ctx, pod: &Pod, inputs: &Inputs, mem: &mut Memory) -> Outcome 
             }
             for ec in spec.ephemeral_containers.iter().flatten() {
                 step_ephemeral(&mut view, ec, inputs, mem, &mut wake);
+            }
+            if let Some(seen) = mem.start_pending {
+                let running = |c: &Container| {
+                    instances(&view.all, &uid, &c.name)
+                        .pop()
+                        .and_then(|(_, id)| ctx.runtime.status(&id).ok())
+                        .is_some_and(|s| s.state == ContainerState::Running)
+                };
+                if spec.containers.iter().all(running) {
+                    ctx.start_metrics.pod_started(seen.elapsed());
+                    mem.start_pending = None;
+                }
             }
         }
     }

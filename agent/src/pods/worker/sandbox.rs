@@ -56,7 +56,10 @@ pub fn teardown(
     if let Ok(sandbox) = rt.sandbox(uid) {
         let name = pod.map(full_name).unwrap_or_default();
         if !sandbox.config.host_network {
+            let started = Instant::now();
             ctx.network.del(uid, &sandbox.netns, &name)?;
+            ctx.start_metrics
+                .network_op("tear_down_pod", started.elapsed());
         }
         rt.remove_sandbox(uid)
             .map_err(|e| format!("remove sandbox: {e}"))?;
@@ -201,9 +204,11 @@ pub(super) fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf
         sysctls: crate::pods::sysctls::of(pod),
     };
     ensure_image(ctx, &ctx.pause_image, "IfNotPresent", &[], &mut Vec::new())?;
+    let started = Instant::now();
     let sandbox = rt
         .run_sandbox(&cfg)
         .map_err(|e| format!("Failed to create pod sandbox: {e}"))?;
+    ctx.start_metrics.sandbox_ran(started.elapsed());
     if host_network {
         // No CNI: the pod is on the node's network, and its IP is the node's.
         let ip = ctx.node.node_ip.clone();
@@ -211,7 +216,11 @@ pub(super) fn ensure_sandbox(ctx: &Ctx, pod: &Pod, qos: &str) -> Result<(PathBuf
             .map_err(|e| format!("recording the pod IP: {e}"))?;
         return Ok((sandbox.netns, ip));
     }
-    match ctx.network.add(&uid, &sandbox.netns, &full_name(pod)) {
+    let started = Instant::now();
+    let added = ctx.network.add(&uid, &sandbox.netns, &full_name(pod));
+    ctx.start_metrics
+        .network_op("set_up_pod", started.elapsed());
+    match added {
         Ok(ip) => {
             rt.set_pod_ip(&uid, &ip)
                 .map_err(|e| format!("recording the pod IP: {e}"))?;
