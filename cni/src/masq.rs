@@ -114,10 +114,7 @@ impl SubnetMasq<'_> {
     fn lock(&self) -> Result<Flock<File>, CniError> {
         let path = self.dir.join("masq.lock");
         let err = |what: &str, e: &dyn std::fmt::Display| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("{what} {}: {e}", path.display()),
-            )
+            CniError::new(code::IO_FAILURE, format!("{what} {}: {e}", path.display()))
         };
         fs::create_dir_all(self.dir).map_err(|e| err("cannot create the directory of", &e))?;
         let file = OpenOptions::new()

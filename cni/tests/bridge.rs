@@ -227,7 +227,11 @@ fn ip_masq_keeps_one_rule_per_subnet_while_it_has_pods() {
     node.del(&list, &a, Some(&ra)).expect("DEL a");
     assert_eq!(rules(), after_add, "b still has pods in the subnet");
     node.del(&list, &b, Some(&rb)).expect("DEL b");
-    assert!(rules().is_empty(), "rule removed with the last pod: {:?}", rules());
+    assert!(
+        rules().is_empty(),
+        "rule removed with the last pod: {:?}",
+        rules()
+    );
     // Back again with the next pod, and gone with it.
     let c = Pod::new();
     let rc = node.add(&list, &c).expect("ADD c");

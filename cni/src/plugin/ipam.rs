@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::{
     env::Invocation,
-    masq,
     ipam::{BUILTIN_TYPE, IpamConf, Store, delegate},
+    masq,
     spec::{Attachment, CniError, CniResult, Ipv4Cidr, NetConf, Route, code},
 };
 
