@@ -175,18 +175,27 @@ fn quantile_ms(before: &Histograms, after: &Histograms, key: &str, q: f64) -> Op
     None
 }
 
-/// The agent's metrics, through the apiserver's node proxy.
+/// The agent's metrics, through the apiserver's node proxy (waiting up to 30 s for
+/// the agent's serving certificate, which the proxy verifies, to be issued).
 async fn scrape(admin: &mut Conn, node: &str) -> Result<Histograms> {
-    let body = admin
-        .call(
-            Method::GET,
-            &format!("/api/v1/nodes/{node}/proxy/metrics"),
-            "text/plain",
-            Bytes::new(),
-        )
-        .await
-        .context("the agent's metrics")?;
-    Ok(histograms(&String::from_utf8_lossy(&body)))
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = admin
+            .call(
+                Method::GET,
+                &format!("/api/v1/nodes/{node}/proxy/metrics"),
+                "text/plain",
+                Bytes::new(),
+            )
+            .await;
+        match got {
+            Ok(body) => return Ok(histograms(&String::from_utf8_lossy(&body))),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context("the agent's metrics"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// One burst's results.
@@ -448,6 +457,8 @@ pub fn run() -> Result<Report> {
             "berth-agent",
             "-p",
             "berth-runtime",
+            "-p",
+            "berth-cni",
             "--bins",
         ],
     ))?;
@@ -455,12 +466,14 @@ pub fn run() -> Result<Report> {
     let data = util::target_dir().join("bench-pod-startup");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
-    // The apiserver, the scheduler and the one controller bare pods need: the root CA
+    // The apiserver, the scheduler, the certificate controllers (the agent's kubelet
+    // API certificate, which the node proxy to its metrics verifies) and the one
+    // controller bare pods need: the root CA
     // publisher (their kube-api-access volume reads `kube-root-ca.crt`).
     let server = berth_testkit::BerthServer::start_with(
         &release.join("berth-server"),
         &data,
-        &["--controllers=root-ca-cert-publisher"],
+        &["--controllers=root-ca-cert-publisher,csrapproving,csrsigning"],
     );
     let agent = berth_testkit::Agent::start_bin(
         &release.join("berth-agent"),
@@ -655,7 +668,7 @@ pub fn run() -> Result<Report> {
         ],
     ]);
     report.notes = vec![
-        format!("{BURSTS} bursts on one release berth-server (apiserver, scheduler and the root CA publisher) and one release berth-agent; each burst: {PODS} pods ({IMAGE}, `sleep 3600`, no probes, image preloaded) created by {CLIENTS} HTTP/2 clients at once, timed from each create request to the watch event showing the pod Ready; medians over the bursts"),
+        format!("{BURSTS} bursts on one release berth-server (apiserver, scheduler, the certificate controllers and the root CA publisher) and one release berth-agent; each burst: {PODS} pods ({IMAGE}, `sleep 3600`, no probes, image preloaded) created by {CLIENTS} HTTP/2 clients at once, timed from each create request to the watch event showing the pod Ready; medians over the bursts"),
         "phases from the first watch event showing each step; the network phase includes the pause sandbox and CNI ADD; the agent writes the IP, the running containers and Ready in one status write, so the later watch phases read 0".into(),
         "agent rows: the agent's own histograms (kubelet_pod_start_duration_seconds, kubelet_run_podsandbox_duration_seconds, kubelet_network_plugin_operations_duration_seconds{operation_type=set_up_pod}, kubelet_runtime_operations_duration_seconds{operation_type=create_container|start_container}) scraped through the apiserver's node proxy before and after each burst; percentiles interpolated within 25 %-wide buckets".into(),
         format!("agent RSS idle (node registered, no pods): {idle_rss:.1} MB"),
