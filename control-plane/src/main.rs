@@ -118,6 +118,30 @@ struct Args {
     /// Mutating requests served at once (kube-apiserver's flag; 0: no limit).
     #[arg(long, default_value_t = berth_control_plane::apiserver::MAX_MUTATING_REQUESTS_INFLIGHT)]
     max_mutating_requests_inflight: usize,
+    /// Encryption at rest: an `EncryptionConfiguration` file (YAML or JSON) naming the
+    /// resources stored encrypted and their providers (aesgcm, aescbc, secretbox,
+    /// identity). A config that is not valid stops the server, naming the field.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// The audit policy (`audit.k8s.io/v1` Policy, YAML or JSON); without it nothing is
+    /// audited. A policy that is not valid stops the server, naming the problem.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events are written, one JSON object a line (`-`: stdout).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// The size in megabytes past which the audit log is rotated (0: 100).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept (0: all).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxbackup: usize,
+    /// Days a rotated audit log is kept (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxage: u64,
+    /// The audit log's format: `json` (kube-apiserver's `legacy` is not supported).
+    #[arg(long, default_value = "json")]
+    audit_log_format: String,
     /// Terminated pods kept before the oldest are garbage collected.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -516,6 +540,15 @@ fn main() -> anyhow::Result<()> {
             metric_resolution: args.metric_resolution,
             max_requests_inflight: args.max_requests_inflight,
             max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+            encryption_provider_config: args.encryption_provider_config,
+            audit: berth_control_plane::apiserver::audit::Options {
+                policy_file: args.audit_policy_file,
+                log_path: args.audit_log_path,
+                max_size_mb: args.audit_log_maxsize,
+                max_backups: args.audit_log_maxbackup,
+                max_age_days: args.audit_log_maxage,
+                format: args.audit_log_format,
+            },
         })
         .await
     })

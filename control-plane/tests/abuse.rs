@@ -67,17 +67,19 @@ fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
 #[test]
 fn requests_beyond_the_in_flight_limit_get_429_with_retry_after() {
     let (server, _home) = start(&["--max-mutating-requests-inflight=1"]);
-    // A POST whose body never finishes holds the one mutating slot.
+    // A POST whose body never finishes holds the one mutating slot: one alice may
+    // make (every authenticated user may create a SelfSubjectAccessReview), so it gets
+    // past authorization to reading its body.
     let mut stalled = Command::new("curl")
         .args(["-s", "--max-time", "30", "-X", "POST"])
         .args(["-H", "Authorization: Bearer alice-token"])
         .args(["-H", "Content-Type: application/json"])
-        .args(["-H", "Transfer-Encoding: chunked"])
         .arg("--cacert")
         .arg(server.ca())
-        .args(["--data-binary", "@-"])
+        // `-T -` streams stdin as it comes (`--data-binary @-` reads it all first).
+        .args(["-T", "-"])
         .arg(format!(
-            "{}/api/v1/namespaces/default/configmaps",
+            "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
             server.url()
         ))
         .stdin(Stdio::piped())

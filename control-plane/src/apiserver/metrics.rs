@@ -90,6 +90,26 @@ pub fn verb(method: &Method, path: Option<&ResourcePath>, query: Option<&str>) -
 }
 
 impl Metrics {
+    /// Adds the audit counters, as kube-apiserver names them:
+    /// `apiserver_audit_event_total` (events generated and sent to the backend) and
+    /// `apiserver_audit_error_total{plugin="log"}` (events lost: a full queue or a
+    /// failed write).
+    pub fn register_audit(&self, auditor: &super::audit::Auditor) {
+        let Ok(mut registry) = self.registry.lock() else {
+            return;
+        };
+        registry.register(
+            "apiserver_audit_event",
+            "Counter of audit events generated and sent to the audit backend",
+            auditor.events.clone(),
+        );
+        registry.register(
+            "apiserver_audit_error",
+            "Counter of audit events that failed to be audited properly",
+            auditor.errors.clone(),
+        );
+    }
+
     pub fn observe(&self, verb: &str, resource: &str, code: u16, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
@@ -111,6 +131,7 @@ impl Metrics {
         if let Ok(registry) = self.registry.lock() {
             let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
         }
+        out.push_str(&crate::store::encryption::render_metrics());
         out.push_str("# HELP apiserver_storage_objects Objects stored, by resource.\n# TYPE apiserver_storage_objects gauge\n");
         // One series per stored resource: its served versions share the storage, and
         // the metrics server's resources are not stored.

@@ -8,6 +8,7 @@
 //! `kubernetes` Service every cluster has, and serves until the process ends.
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap_token;
@@ -85,6 +86,11 @@ pub struct Config {
     /// `--max-requests-inflight` and `--max-mutating-requests-inflight` (0: no limit).
     pub max_requests_inflight: usize,
     pub max_mutating_requests_inflight: usize,
+    /// `--encryption-provider-config`: an `EncryptionConfiguration` whose resources are
+    /// stored encrypted ([`crate::store::encryption`]).
+    pub encryption_provider_config: Option<PathBuf>,
+    /// The `--audit-*` flags.
+    pub audit: audit::Options,
 }
 
 /// Shared state of every request.
@@ -108,6 +114,9 @@ pub struct Api {
     pub authorization_mode: authz::Mode,
     /// The built-in metrics server's points (`metrics.k8s.io`).
     pub resource_metrics: metrics_server::Storage,
+    /// The audit policy and log, when `--audit-policy-file` and `--audit-log-path`
+    /// are given (set once, before serving).
+    pub audit: std::sync::OnceLock<audit::Auditor>,
     event_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
 
@@ -147,6 +156,7 @@ impl Api {
             authorizer,
             authorization_mode,
             resource_metrics: metrics_server::Storage::default(),
+            audit: std::sync::OnceLock::new(),
             event_lease: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(crd::run(api.clone()));
@@ -510,6 +520,10 @@ pub fn router(api: Arc<Api>) -> Router {
 
 async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
     let started = Instant::now();
+    // Every response carries its audit ID, audited or not (upstream's WithAuditInit).
+    let audit_id = audit::request_id(req.headers());
+    let received = audit::event::MicroTime::now();
+    let auditor = api.audit.get();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parsed = request::parse_path(&path);
@@ -521,26 +535,54 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {
     // Status errors in protobuf for clients that prefer it, as kube-apiserver does.
     let protobuf = protobuf::accepts(req.headers());
     let counted = !long_running(&verb, &path, req.uri().query());
-    let response = match authenticate(&api, &req) {
-        Err(e) => e.into_response(),
+    let mut response = match authenticate(&api, &req) {
+        Err(e) => {
+            if let Some(auditor) = auditor {
+                auditor.failed_authentication(&req, &audit_id, received, parsed.as_ref());
+            }
+            e.into_response()
+        }
         Ok(user) => {
             let master = user.as_ref().is_some_and(authz::is_master);
+            let record = auditor.and_then(|a| {
+                a.begin(
+                    &req,
+                    &audit_id,
+                    received,
+                    user.as_ref(),
+                    parsed.as_ref(),
+                    !counted,
+                )
+            });
+            let req = match &record {
+                Some(record) => record.capture_request(req, api.max_body),
+                None => req,
+            };
             let slot = if counted && !master {
                 api.inflight.admit(&verb)
             } else {
                 Ok(None)
             };
-            match slot {
+            let serve = async {
+                let _slot = slot?;
+                route(api.clone(), user, parsed, req).await
+            };
+            let result = match &record {
+                Some(record) => record.serve(serve).await,
+                None => serve.await,
+            };
+            let response = match result {
+                Ok(r) => r,
                 Err(e) if protobuf => e.into_protobuf_response(),
                 Err(e) => e.into_response(),
-                Ok(_slot) => match route(api.clone(), user, parsed, req).await {
-                    Ok(r) => r,
-                    Err(e) if protobuf => e.into_protobuf_response(),
-                    Err(e) => e.into_response(),
-                },
+            };
+            match record {
+                Some(record) => record.respond(response),
+                None => response,
             }
         }
     };
+    audit::set_header(&mut response, &audit_id);
     api.metrics.observe(
         &verb,
         &resource,
@@ -586,7 +628,11 @@ async fn route(
     let path = req.uri().path().to_owned();
     let user = match user {
         Some(user) => {
+            let requester = audit::active().then(|| user.clone());
             let user = authz::impersonation::apply(api.authorizer.as_ref(), user, req.headers())?;
+            if requester.is_some_and(|r| r != user) {
+                audit::impersonated(&user);
+            }
             let mut attrs = authz::Attributes::from_request(
                 user,
                 req.method(),
@@ -613,6 +659,7 @@ async fn route(
                 attrs.verb = "create".into();
             }
             let decision = api.authorizer.authorize(&attrs);
+            audit::authorization(decision.allowed, &decision.reason);
             if !decision.allowed {
                 return Err(attrs.forbidden(&decision.reason));
             }
@@ -709,6 +756,14 @@ async fn route(
 /// Opens everything and serves HTTPS until the process ends.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    // A bad audit policy stops the server before anything else is done.
+    let auditor = audit::Auditor::start(&config.audit)?;
+    // So does a bad encryption config (its error names the field).
+    let encryption = config
+        .encryption_provider_config
+        .as_deref()
+        .map(crate::store::encryption::Transformers::load)
+        .transpose()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     // The data dir holds the store (Secrets among it) and the keys: its owner's only.
@@ -768,7 +823,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let store = crate::store::redb::RedbStore::open(&config.data_dir.join("store.redb"))
         .context("opening the store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = match encryption {
+        Some(transformers) => Arc::new(
+            crate::store::encryption::EncryptedStore::open(Arc::new(store), transformers)
+                .await
+                .context("reading the store with the encryption config")?,
+        ),
+        None => Arc::new(store),
+    };
     for file in ["store.redb", "store.wal"] {
         let path = config.data_dir.join(file);
         if path.exists() {
@@ -786,6 +848,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.max_requests_inflight,
         config.max_mutating_requests_inflight,
     );
+    if let Some(auditor) = auditor {
+        api.metrics.register_audit(&auditor);
+        let _ = api.audit.set(auditor);
+    }
     api.bootstrap(config.advertise, config.bind.port())
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
@@ -909,7 +975,9 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|cert| auth::from_certificate(cert));
-            let app = app.layer(axum::Extension(PeerIdentity(identity)));
+            let app = app
+                .layer(axum::Extension(PeerIdentity(identity)))
+                .layer(axum::Extension(audit::RemoteAddr(peer)));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

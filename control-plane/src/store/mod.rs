@@ -11,6 +11,7 @@
 //! [`Store`] is object-safe so the apiserver holds an `Arc<dyn Store>`: the embedded
 //! backend ([`redb::RedbStore`]) today, an etcd backend later.
 
+pub mod encryption;
 pub mod redb;
 pub mod wal;
 
@@ -184,6 +185,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A lease that deletes its keys `ttl` after it was granted.
     fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>>;
+
+    /// Whether the key's stored bytes differ from what writing the same object now
+    /// would store — encrypted by another provider or key than the one that writes
+    /// ([`encryption`]). An update that changes nothing still rewrites such a value, as
+    /// kube-apiserver does for a "stale" read. Plain stores: never.
+    fn stale<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let _ = key;
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 /// The first key after every key starting with `prefix` (for range scans).

@@ -5,7 +5,8 @@
 //! significantly (containers added or removed, an image changed). Enforce refuses with
 //! 403 and upstream's message (`pods "x" is forbidden: violates PodSecurity
 //! "restricted:latest": <reason> (<detail>), …`); warn adds a `Warning` (`would violate
-//! PodSecurity "…": …`), and on a workload's pod template only warn applies. Checks run
+//! PodSecurity "…": …`), audit adds `pod-security.kubernetes.io/audit-violations` to the
+//! request's audit event, and on a workload's pod template only warn applies. Checks run
 //! in upstream's order, with its reasons and details word for word. Invalid labels are
 //! refused on the namespace (422); on a namespace that has them anyway, enforce fails
 //! closed (`restricted`). No labels: privileged. Versions are accepted as written
@@ -992,6 +993,9 @@ pub fn admit_pod(
     let meta = pod.get("metadata").cloned().unwrap_or(Value::Null);
     let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
     let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if crate::apiserver::audit::active() {
+        audit_annotations(labels.as_ref(), &enforce, &meta, &spec);
+    }
     let failed = evaluate(enforce.level, &meta, &spec);
     if !failed.is_empty() {
         let reason = format!("violates PodSecurity \"{enforce}\": {}", detail(&failed));
@@ -1011,6 +1015,42 @@ pub fn admit_pod(
             detail(&failed)
         )]
     })
+}
+
+/// Audit mode: the request's audit event gets the enforced policy
+/// (`pod-security.kubernetes.io/enforce-policy`) and, when the namespace's `audit`
+/// level would refuse the pod, `pod-security.kubernetes.io/audit-violations` — the
+/// annotations kube-apiserver's PodSecurity plugin adds. An invalid audit level fails
+/// open (privileged), no label is privileged, as upstream.
+fn audit_annotations(
+    labels: Option<&Map<String, Value>>,
+    enforce: &LevelVersion,
+    meta: &Value,
+    spec: &Value,
+) {
+    use crate::apiserver::audit::annotate;
+    annotate(&format!("{PREFIX}enforce-policy"), enforce.to_string());
+    let get = |k: &str| {
+        labels
+            .and_then(|l| l.get(&format!("{PREFIX}{k}")))
+            .and_then(Value::as_str)
+    };
+    let audit = LevelVersion {
+        level: get("audit")
+            .and_then(Level::parse)
+            .unwrap_or(Level::Privileged),
+        version: get("audit-version")
+            .filter(|v| valid_version(v))
+            .unwrap_or("latest")
+            .to_owned(),
+    };
+    let failed = evaluate(audit.level, meta, spec);
+    if !failed.is_empty() {
+        annotate(
+            &format!("{PREFIX}audit-violations"),
+            format!("would violate PodSecurity \"{audit}\": {}", detail(&failed)),
+        );
+    }
 }
 
 /// Warn mode for a workload's pod template (Deployment, ReplicaSet, StatefulSet,

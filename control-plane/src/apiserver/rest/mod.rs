@@ -684,7 +684,17 @@ pub async fn update_loop(
                 }
             }
         };
-        if unchanged(&old, &new) {
+        // A value stored by another encryption provider or key than the one that
+        // writes now is rewritten even when nothing changed (upstream's "stale" read:
+        // how `kubectl replace` re-encrypts after a key rotation).
+        if unchanged(&old, &new)
+            && !ctx
+                .api
+                .store
+                .stale(&ctx.key(name))
+                .await
+                .map_err(|e| ctx.store_error(e, name))?
+        {
             settle(false);
             return Ok((old, false));
         }
