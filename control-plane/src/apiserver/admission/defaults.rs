@@ -36,6 +36,9 @@ pub fn apply(kind: &str, obj: &mut Value) {
     if matches!(kind, "RoleBinding" | "ClusterRoleBinding") {
         super::rbac::default_subjects(obj);
     }
+    if kind == "LimitRange" {
+        super::limit_ranger::default_limit_range(obj);
+    }
     fields(kind, obj);
     always_written(kind, obj);
 }

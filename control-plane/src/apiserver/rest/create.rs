@@ -87,6 +87,18 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     }
     crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
     defaults::apply(&def.kind, &mut obj);
+    // LimitRanger: after the API defaults (a container's requests default to its
+    // limits first), as kube-apiserver runs it.
+    if def.group.is_empty()
+        && let Some(ns) = ctx.namespace.as_deref()
+    {
+        use crate::apiserver::admission::limit_ranger;
+        match def.kind.as_str() {
+            "Pod" => limit_ranger::admit_pod(&ctx.api.cache, ns, &mut obj)?,
+            "PersistentVolumeClaim" => limit_ranger::admit_claim(&ctx.api.cache, ns, &obj)?,
+            _ => {}
+        }
+    }
     let mut causes = validation::validate(&def.kind, &obj);
     causes.extend(validation::validate_create(&def.kind, &obj));
     if !causes.is_empty() {
