@@ -94,6 +94,29 @@ impl Informers {
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
         F: Fn(&K) + Send + 'static,
     {
+        self.add_with(api, Default::default(), on_change)
+    }
+
+    /// [`Informers::add`] for dynamic types too (`DynamicObject` with its
+    /// `ApiResource`): one cache per resource URL, shared in the same way (the garbage
+    /// collector's and the quota controller's caches of every resource are one).
+    pub fn add_with<K, F>(
+        &mut self,
+        api: Api<K>,
+        dyntype: K::DynamicType,
+        on_change: F,
+    ) -> reflector::Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+        F: Fn(&K) + Send + 'static,
+    {
         let key = (TypeId::of::<K>(), api.resource_url().to_owned());
         if let Some(shared) = self
             .shared
@@ -108,7 +131,7 @@ impl Informers {
             return shared.store.clone();
         }
         let subscribers: Subscribers<K> = Arc::new(Mutex::new(vec![Box::new(on_change)]));
-        let store = self.add_with(api, Default::default(), {
+        let store = self.watch_with(api, dyntype, {
             let subscribers = subscribers.clone();
             move |obj: &K| {
                 for f in subscribers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -126,9 +149,8 @@ impl Informers {
         store
     }
 
-    /// [`Informers::add`] for dynamic types (`DynamicObject` with its `ApiResource`),
-    /// not shared.
-    pub fn add_with<K, F>(
+    /// A cache of `api`'s objects with its own watch, calling back `on_change`.
+    fn watch_with<K, F>(
         &mut self,
         api: Api<K>,
         dyntype: K::DynamicType,

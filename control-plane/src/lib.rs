@@ -7,5 +7,6 @@ pub mod apiserver;
 pub mod client;
 pub mod controllers;
 pub mod disruption_budget;
+pub mod quota;
 pub mod scheduler;
 pub mod store;

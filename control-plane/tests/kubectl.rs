@@ -584,7 +584,7 @@ fn service_account_tokens_from_kubectl_create_token_authenticate() {
 }
 
 #[test]
-fn server_side_apply_is_refused_dry_run_writes_nothing_and_eviction_deletes() {
+fn server_side_apply_on_the_wire_dry_run_writes_nothing_and_eviction_deletes() {
     let Some(k) = Kubectl::start() else { return };
     let manifest = k.home.path().join("ssa.yaml");
     std::fs::write(
@@ -594,46 +594,53 @@ fn server_side_apply_is_refused_dry_run_writes_nothing_and_eviction_deletes() {
     .expect("manifest");
     let manifest = manifest.to_string_lossy().into_owned();
 
-    // Server-side apply is not implemented: a clear 415 naming it, and nothing written.
-    let err = k.fails(&["apply", "--server-side", "-f", &manifest]);
-    assert!(
-        err.contains("server-side apply") && err.contains("not supported"),
-        "{err}"
-    );
-    // On the wire, as kube-apiserver answers a patch type it does not serve: HTTP 415
-    // and a Failure Status with reason UnsupportedMediaType and code 415.
-    let out = Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(k.server.ca())
-        .args([
-            "-H",
-            "Authorization: Bearer berth-test-token",
-            "-H",
-            "Content-Type: application/apply-patch+yaml",
-            "-X",
-            "PATCH",
-            "--data-binary",
-            &format!("@{manifest}"),
-            "-w",
-            "\n%{http_code}",
-            &format!(
-                "{}/api/v1/namespaces/default/configmaps/ssa?fieldManager=kubectl",
-                k.server.url()
-            ),
-        ])
-        .output()
-        .expect("curl");
-    let answer = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = answer.rsplit_once('\n').expect("a body and a status code");
-    assert_eq!(code, "415", "{answer}");
-    let status: serde_json::Value = serde_json::from_str(body).expect("a Status");
+    // Server-side apply on the wire: a PATCH that creates (201); CBOR apply bodies are
+    // not served: 415 with a Failure Status, as kube-apiserver without CBOR.
+    let curl = |media: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(k.server.ca())
+            .args([
+                "-H",
+                "Authorization: Bearer berth-test-token",
+                "-H",
+                &format!("Content-Type: {media}"),
+                "-X",
+                "PATCH",
+                "--data-binary",
+                &format!("@{manifest}"),
+                "-w",
+                "\n%{http_code}",
+                &format!(
+                    "{}/api/v1/namespaces/default/configmaps/ssa?fieldManager=curl",
+                    k.server.url()
+                ),
+            ])
+            .output()
+            .expect("curl");
+        let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = answer.rsplit_once('\n').expect("a body and a status code");
+        let value: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        (code.to_owned(), value)
+    };
+    let (code, status) = curl("application/apply-patch+cbor");
+    assert_eq!(code, "415", "{status}");
     assert_eq!(status["kind"], "Status", "{status}");
     assert_eq!(status["status"], "Failure", "{status}");
     assert_eq!(status["reason"], "UnsupportedMediaType", "{status}");
     assert_eq!(status["code"], 415, "{status}");
     let err = k.fails(&["get", "cm", "ssa"]);
     assert!(err.contains("not found"), "{err}");
-    // Client-side apply of the same file works.
+    let (code, created) = curl("application/apply-patch+yaml");
+    assert_eq!(code, "201", "{created}");
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "curl");
+    assert_eq!(
+        created["metadata"]["managedFields"][0]["operation"],
+        "Apply"
+    );
+    let (code, _) = curl("application/apply-patch+yaml");
+    assert_eq!(code, "200");
+    // Client-side apply of the same file works too.
     k.ok(&["apply", "-f", &manifest]);
     assert_eq!(k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "b");
 

@@ -8,6 +8,7 @@
 //! `kubernetes` Service every cluster has, and serves until the process ends.
 
 pub mod admission;
+pub mod aggregator;
 pub mod audit;
 pub mod auth;
 pub mod authz;
@@ -16,11 +17,14 @@ pub mod conversion;
 pub mod crd;
 pub mod discovery;
 pub mod field_order;
+pub mod flowcontrol;
 pub mod kubelet;
+pub mod managed_fields;
 pub mod metrics;
 pub mod metrics_server;
 pub mod object;
 pub mod openapi;
+pub mod openapi_extensions;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
@@ -114,6 +118,10 @@ pub struct Api {
     pub authorization_mode: authz::Mode,
     /// The built-in metrics server's points (`metrics.k8s.io`).
     pub resource_metrics: metrics_server::Storage,
+    /// API aggregation's state (remote discovery, the front-proxy identity).
+    pub aggregator: aggregator::Aggregator,
+    /// The ValidatingAdmissionPolicies in force, compiled (from the watch cache).
+    pub policies: admission::policy::Policies,
     /// The audit policy and log, when `--audit-policy-file` and `--audit-log-path`
     /// are given (set once, before serving).
     pub audit: std::sync::OnceLock<audit::Auditor>,
@@ -156,6 +164,8 @@ impl Api {
             authorizer,
             authorization_mode,
             resource_metrics: metrics_server::Storage::default(),
+            aggregator: aggregator::Aggregator::default(),
+            policies: admission::policy::Policies::default(),
             audit: std::sync::OnceLock::new(),
             event_lease: tokio::sync::Mutex::new(None),
         });
@@ -667,6 +677,11 @@ async fn route(
         }
         None => None,
     };
+    // A group-version a remote APIService serves goes to its server.
+    let req = match aggregator::proxy::intercept(&api, user.as_ref(), req).await? {
+        Ok(proxied) => return Ok(proxied),
+        Err(req) => req,
+    };
     let get = req.method() == Method::GET;
     let trimmed = path.trim_end_matches('/');
     match trimmed {
@@ -695,8 +710,8 @@ async fn route(
             if let Some(version) =
                 discovery::negotiation::aggregated_version(header(axum::http::header::ACCEPT))
             {
-                return discovery::aggregated::response(
-                    &api.registry,
+                return aggregator::discovery::aggregated_response(
+                    &api,
                     root,
                     version,
                     header(axum::http::header::IF_NONE_MATCH),
@@ -704,7 +719,7 @@ async fn route(
             }
             let legacy = match root {
                 discovery::aggregated::Root::Api => discovery::core_versions(),
-                discovery::aggregated::Root::Apis => discovery::group_list(&api.registry),
+                discovery::aggregated::Root::Apis => aggregator::discovery::group_list(&api),
             };
             return Ok(value_response(StatusCode::OK, &legacy));
         }
@@ -735,7 +750,7 @@ async fn route(
         && !group.contains('/')
         && get
     {
-        let g = discovery::group(&api.registry, group)
+        let g = aggregator::discovery::group(&api, group)
             .ok_or_else(|| ApiError::path_not_found(&path))?;
         return Ok(value_response(StatusCode::OK, &g));
     }
@@ -859,6 +874,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api.clone(),
         config.metric_resolution,
     ));
+    aggregator::start(&api, &pki)
+        .await
+        .context("API aggregation")?;
+    tokio::spawn(flowcontrol::bootstrap::run(api.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;

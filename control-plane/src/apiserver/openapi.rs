@@ -2,15 +2,16 @@
 //! explain`, `kubectl apply` (patch strategies) and kubectl's field-validation check
 //! read. Schemas come from `k8s-openapi` (its `schemars` implementations, descriptions
 //! included), annotated with what clients look for: `x-kubernetes-group-version-kind`
-//! on each kind and `x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key` on the
-//! lists [`super::patch::MERGE_KEYS`] names. Custom resources get their CRD's schema.
+//! on each kind, and upstream's `x-kubernetes-list-type`, `-list-map-keys`, `-map-type`,
+//! `-patch-strategy` and `-patch-merge-key` ([`super::openapi_extensions`]). Custom
+//! resources get their CRD's schema.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Map, Value, json};
 
-use super::patch::MERGE_KEYS;
+use super::openapi_extensions;
 use super::registry::{Registry, ResourceDef, group_version_path};
 
 /// Every definition reachable from the built-in kinds, by name.
@@ -40,17 +41,36 @@ fn build_definitions() -> BTreeMap<String, Value> {
             schema.insert("x-kubernetes-group-version-kind".into(), Value::Array(gvks));
         }
     }
-    for (definition, field, strategy, key) in MERGE_KEYS {
+    for (definition, field, ext) in openapi_extensions::all_fields() {
         if let Some(prop) = defs
-            .get_mut(*definition)
+            .get_mut(definition)
             .and_then(|d| d.get_mut("properties"))
-            .and_then(|p| p.get_mut(*field))
+            .and_then(|p| p.get_mut(field))
             .and_then(Value::as_object_mut)
         {
-            prop.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
-            if !key.is_empty() {
-                prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            let mut put = |name: &str, value: Value| {
+                prop.insert(name.into(), value);
+            };
+            if !ext.list_type.is_empty() {
+                put("x-kubernetes-list-type", json!(ext.list_type));
             }
+            if !ext.list_map_keys.is_empty() {
+                put("x-kubernetes-list-map-keys", json!(ext.list_map_keys));
+            }
+            if !ext.map_type.is_empty() {
+                put("x-kubernetes-map-type", json!(ext.map_type));
+            }
+            if !ext.patch_strategy.is_empty() {
+                put("x-kubernetes-patch-strategy", json!(ext.patch_strategy));
+            }
+            if !ext.patch_merge_key.is_empty() {
+                put("x-kubernetes-patch-merge-key", json!(ext.patch_merge_key));
+            }
+        }
+    }
+    for (definition, map_type) in openapi_extensions::all_definitions() {
+        if let Some(schema) = defs.get_mut(definition).and_then(Value::as_object_mut) {
+            schema.insert("x-kubernetes-map-type".into(), json!(map_type));
         }
     }
     defs

@@ -6,221 +6,24 @@
 //! (replace / delete / merge), `$retainKeys`, `$setElementOrder/<list>`,
 //! `$deleteFromPrimitiveList/<list>`.
 //!
-//! Which lists merge, and by which key, is [`MERGE_KEYS`] — the `patchStrategy` /
-//! `patchMergeKey` tags of the Kubernetes API types. The path to a list is resolved to its
-//! type through the OpenAPI definitions generated from `k8s-openapi`
-//! ([`super::openapi::definitions`]), and the same table annotates those definitions
-//! with `x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key`, so `kubectl
-//! apply` computes its patches with the strategies the server applies.
+//! Which lists merge, and by which key, are the `patchStrategy` / `patchMergeKey` tags
+//! of the Kubernetes API types ([`super::openapi_extensions`], from upstream's OpenAPI
+//! document). The path to a list is resolved to its type through the OpenAPI
+//! definitions generated from `k8s-openapi` ([`super::openapi::definitions`]), which
+//! carry the same extensions, so `kubectl apply` computes its patches with the
+//! strategies the server applies.
 
 use serde_json::{Map, Value};
 
-use super::openapi;
 use super::status::{ApiError, ApiResult};
+use super::{openapi, openapi_extensions};
 
-/// (definition, field, patch strategy, merge key; empty for lists of scalars).
-pub const MERGE_KEYS: &[(&str, &str, &str, &str)] = &[
-    (
-        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-        "finalizers",
-        "merge",
-        "",
-    ),
-    (
-        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-        "ownerReferences",
-        "merge",
-        "uid",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "volumes",
-        "merge,retainKeys",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "initContainers",
-        "merge",
-        "name",
-    ),
-    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name"),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "ephemeralContainers",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "imagePullSecrets",
-        "merge",
-        "name",
-    ),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip"),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "resourceClaims",
-        "merge,retainKeys",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "schedulingGates",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.Container",
-        "ports",
-        "merge",
-        "containerPort",
-    ),
-    ("io.k8s.api.core.v1.Container", "env", "merge", "name"),
-    (
-        "io.k8s.api.core.v1.Container",
-        "volumeMounts",
-        "merge",
-        "mountPath",
-    ),
-    (
-        "io.k8s.api.core.v1.Container",
-        "volumeDevices",
-        "merge",
-        "devicePath",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "ports",
-        "merge",
-        "containerPort",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "env",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "volumeMounts",
-        "merge",
-        "mountPath",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "volumeDevices",
-        "merge",
-        "devicePath",
-    ),
-    (
-        "io.k8s.api.core.v1.PodStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", "ip"),
-    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", "ip"),
-    (
-        "io.k8s.api.core.v1.PodStatus",
-        "resourceClaimStatuses",
-        "merge,retainKeys",
-        "name",
-    ),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port"),
-    (
-        "io.k8s.api.core.v1.ServiceStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", ""),
-    (
-        "io.k8s.api.core.v1.NodeStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.NodeStatus",
-        "addresses",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.NamespaceStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.PersistentVolumeClaimStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.ReplicationControllerStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.DeploymentSpec",
-        "strategy",
-        "retainKeys",
-        "",
-    ),
-    (
-        "io.k8s.api.apps.v1.DeploymentStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.ReplicaSetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.StatefulSetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.DaemonSetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.DaemonSetSpec",
-        "updateStrategy",
-        "retainKeys",
-        "",
-    ),
-    (
-        "io.k8s.api.batch.v1.JobStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-];
-
-/// The patch strategy of `field` in `definition`.
+/// The patch strategy and merge key of `field` in `definition` (upstream's
+/// `patchStrategy` / `patchMergeKey` tags).
 fn strategy(definition: &str, field: &str) -> Option<(&'static str, &'static str)> {
-    MERGE_KEYS
-        .iter()
-        .find(|(d, f, _, _)| *d == definition && *f == field)
-        .map(|(_, _, s, k)| (*s, *k))
+    openapi_extensions::field(definition, field)
+        .filter(|e| !e.patch_strategy.is_empty())
+        .map(|e| (e.patch_strategy.as_str(), e.patch_merge_key.as_str()))
 }
 
 /// Where in the schema a value sits: the definition of the enclosing object.
@@ -495,6 +298,22 @@ mod tests {
             json!([{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}])
         );
         assert_eq!(c[1]["image"], "b:1");
+    }
+
+    #[test]
+    fn topology_spread_constraints_merge_by_topology_key() {
+        let pod = json!({"spec": {"topologySpreadConstraints": [
+            {"topologyKey": "zone", "maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"}]}});
+        let patch = json!({"spec": {"topologySpreadConstraints": [
+            {"topologyKey": "kubernetes.io/hostname", "maxSkew": 2, "whenUnsatisfiable": "ScheduleAnyway"}]}});
+        let out = strategic_merge(&pod, &patch, POD).expect("patch");
+        assert_eq!(
+            out["spec"]["topologySpreadConstraints"]
+                .as_array()
+                .map(Vec::len),
+            Some(2),
+            "merged by topologyKey as upstream's patchMergeKey: {out}"
+        );
     }
 
     #[test]

@@ -56,6 +56,25 @@ pub fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError>
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// A new self-signed CA named `common_name`: (cert PEM, key PEM). The cluster CA, and
+/// the front-proxy CA of API aggregation (`apiserver::aggregator::front_proxy`).
+pub fn self_signed_ca(common_name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// PEM files of the cluster.
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -72,21 +91,9 @@ impl Pki {
         let ca_cert_path = dir.join("ca.crt");
         let ca_key_path = dir.join("ca.key");
         if !ca_cert_path.exists() || !ca_key_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::default();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, "berth-ca");
-            params.distinguished_name = dn;
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-            let cert = params.self_signed(&key)?;
-            write(&ca_key_path, &key.serialize_pem(), true)?;
-            write(&ca_cert_path, &cert.pem(), false)?;
+            let (cert, key) = self_signed_ca("berth-ca")?;
+            write(&ca_key_path, &key, true)?;
+            write(&ca_cert_path, &cert, false)?;
         }
         let ca_cert = read(&ca_cert_path)?;
         let ca_key = read(&ca_key_path)?;

@@ -562,9 +562,55 @@ impl Registry {
             )),
             metrics("NodeMetrics", "nodes", false),
             metrics("PodMetrics", "pods", true),
+            builtin::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>(
+                Builtin {
+                    categories: &["api-extensions"],
+                    ..PLAIN
+                },
+            ),
+            builtin::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>(
+                Builtin {
+                    categories: &["api-extensions"],
+                    ..PLAIN
+                },
+            ),
+            builtin::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>(
+                Builtin {
+                    categories: &["api-extensions"],
+                    status: true,
+                    generation: true,
+                    ..PLAIN
+                },
+            ),
+            builtin::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>(
+                Builtin {
+                    categories: &["api-extensions"],
+                    generation: true,
+                    ..PLAIN
+                },
+            ),
             builtin::<apiextensions::v1::CustomResourceDefinition>(Builtin {
                 short_names: &["crd", "crds"],
                 categories: &["api-extensions"],
+                status: true,
+                generation: true,
+                ..PLAIN
+            }),
+            // API aggregation (`apiserver::aggregator`) and API Priority and Fairness
+            // objects (`apiserver::flowcontrol`).
+            builtin::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>(
+                Builtin {
+                    categories: &["api-extensions"],
+                    status: true,
+                    ..PLAIN
+                },
+            ),
+            builtin::<k8s_openapi::api::flowcontrol::v1::FlowSchema>(Builtin {
+                status: true,
+                generation: true,
+                ..PLAIN
+            }),
+            builtin::<k8s_openapi::api::flowcontrol::v1::PriorityLevelConfiguration>(Builtin {
                 status: true,
                 generation: true,
                 ..PLAIN

@@ -293,6 +293,20 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
             ("Container-Runtime", "string", 1),
         ],
         ("", "ConfigMap") => vec![("Data", "integer", 0), ("Age", "string", 0)],
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+        ) => vec![("Webhooks", "integer", 0), ("Age", "string", 0)],
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => vec![
+            ("Validations", "integer", 0),
+            ("ParamKind", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => vec![
+            ("PolicyName", "string", 0),
+            ("ParamRef", "string", 0),
+            ("Age", "string", 0),
+        ],
         ("", "Secret") => vec![
             ("Type", "string", 0),
             ("Data", "integer", 0),
@@ -326,6 +340,8 @@ fn columns(def: &ResourceDef) -> Vec<(&'static str, &'static str, u8)> {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![("Created At", "date", 0)]
         }
+        ("apiregistration.k8s.io", "APIService") => super::aggregator::apiservice::COLUMNS.to_vec(),
+        ("flowcontrol.apiserver.k8s.io", kind) => super::flowcontrol::columns(kind),
         _ => vec![("Age", "string", 0)],
     }
 }
@@ -745,6 +761,39 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                 json!(s(o, "/status/nodeInfo/containerRuntimeVersion")),
             ]
         }
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+        ) => vec![json!(arr(o, "/webhooks").len()), json!(created)],
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => {
+            let kind = match o.pointer("/spec/paramKind") {
+                Some(k) if !k.is_null() => format!("{}/{}", s(k, "/apiVersion"), s(k, "/kind")),
+                _ => "<unset>".to_owned(),
+            };
+            vec![
+                json!(arr(o, "/spec/validations").len()),
+                json!(kind),
+                json!(created),
+            ]
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            // kubectl's printer: `ns/name`, `*/name` without a namespace, or the selector.
+            let param = match o.pointer("/spec/paramRef") {
+                Some(r) if !s(r, "/name").is_empty() => match s(r, "/namespace") {
+                    "" => format!("*/{}", s(r, "/name")),
+                    ns => format!("{ns}/{}", s(r, "/name")),
+                },
+                Some(r) if r.get("selector").is_some_and(|x| !x.is_null()) => {
+                    super::selectors::format_selector(&r["selector"])
+                }
+                _ => "<unset>".to_owned(),
+            };
+            vec![
+                json!(s(o, "/spec/policyName")),
+                json!(param),
+                json!(created),
+            ]
+        }
         ("", "ConfigMap") => {
             let count = ["/data", "/binaryData"]
                 .iter()
@@ -860,6 +909,10 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![json!(s(o, "/metadata/creationTimestamp"))]
         }
+        ("apiregistration.k8s.io", "APIService") => {
+            super::aggregator::apiservice::cells(o, created)
+        }
+        ("flowcontrol.apiserver.k8s.io", kind) => super::flowcontrol::cells(kind, o, created),
         _ => vec![json!(created)],
     }
 }

@@ -23,6 +23,7 @@ pub mod podautoscaler;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod resource_quota;
 pub mod root_ca_publisher;
 pub mod service_lb;
 pub mod serviceaccount;
@@ -107,6 +108,7 @@ pub const NAMES: &[&str] = &[
     "pv-protection",
     "ephemeral-volume-controller",
     "service-lb-controller",
+    "resourcequota",
 ];
 
 impl Selection {
@@ -195,6 +197,7 @@ const ACCOUNTS: &[(&str, &[&str])] = &[
         &["ephemeral-volume-controller"],
     ),
     ("service-lb-controller", &["service-controller"]),
+    ("resourcequota", &["resourcequota-controller"]),
 ];
 
 /// The selected controllers, until the future is dropped. Each acts with the client
@@ -329,6 +332,10 @@ pub async fn run(credentials: credentials::Credentials, options: Options) {
             }
             None => tracing::info!("no --lb-pool: LoadBalancer Services get no address from berth"),
         }
+    }
+    if on("resourcequota") {
+        let c = a.client("resourcequota-controller").await;
+        loops.push(Box::pin(resource_quota::start(c, i).await));
     }
     loops.extend(accounts.renewals());
     informers.run(futures_util::future::join_all(loops)).await;

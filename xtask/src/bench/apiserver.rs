@@ -170,6 +170,98 @@ pub struct Target {
     /// An etcd member's client port on 127.0.0.1: the baseline for durable writes.
     #[arg(long)]
     pub etcd_port: Option<u16>,
+    /// Only the Secret-create phase (run against a server that encrypts Secrets).
+    #[arg(long)]
+    pub secrets_only: bool,
+}
+
+/// Secrets created per client in the Secret-create phase.
+const SECRETS_PER_CLIENT: usize = 150;
+/// Clients of the Secret-create phase.
+const SECRET_CLIENTS: usize = 8;
+/// Server-side applies of one Deployment in the apply phase.
+const APPLIES: usize = 400;
+
+fn secret(name: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"bench": "secrets"}},
+            "type": "Opaque",
+            "data": {"password": "c2VjcmV0LXBhc3N3b3JkLTAxMjM0NTY3ODk=", "user": "YWRtaW4="},
+        })
+        .to_string(),
+    )
+}
+
+/// Latencies (ms) of Secret creates, [`SECRET_CLIENTS`] clients back to back.
+async fn secret_creates(server: &Target, ns: &str) -> Result<Vec<f64>> {
+    let mut admin = Conn::connect(server).await?;
+    namespace(&mut admin, ns).await?;
+    let mut tasks = Vec::new();
+    for c in 0..SECRET_CLIENTS {
+        let mut conn = Conn::connect(server).await?;
+        let path = format!("/api/v1/namespaces/{ns}/secrets");
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(SECRETS_PER_CLIENT);
+            for i in 0..SECRETS_PER_CLIENT {
+                let started = Instant::now();
+                conn.call(
+                    Method::POST,
+                    &path,
+                    "application/json",
+                    secret(&format!("s-{c}-{i}")),
+                )
+                .await?;
+                out.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}
+
+/// Latencies (ms) of server-side applies that update one Deployment (replicas and
+/// image change every time), after the apply that creates it.
+async fn applies(server: &Target) -> Result<Vec<f64>> {
+    let mut conn = Conn::connect(server).await?;
+    namespace(&mut conn, "apply").await?;
+    let path = "/apis/apps/v1/namespaces/apply/deployments/web?fieldManager=bench&force=true";
+    let config = |i: usize| {
+        Bytes::from(
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {
+                    "replicas": 1 + i % 5,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{
+                            "name": "web", "image": format!("nginx:1.{}", i % 7),
+                            "ports": [{"containerPort": 80}],
+                            "env": [{"name": "MODE", "value": "bench"}],
+                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                        }]},
+                    },
+                },
+            })
+            .to_string(),
+        )
+    };
+    let media = "application/apply-patch+yaml";
+    conn.call(Method::PATCH, path, media, config(0)).await?;
+    let mut out = Vec::with_capacity(APPLIES);
+    for i in 1..=APPLIES {
+        let started = Instant::now();
+        conn.call(Method::PATCH, path, media, config(i)).await?;
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
 }
 
 /// Durable puts/s of an etcd member (the store Kubernetes uses) through its JSON
@@ -520,6 +612,34 @@ pub fn run() -> Result<Report> {
     let mut report =
         Report::from_value(&serde_json::from_slice(&out.stdout).context("apiserver-load output")?)?;
     report.figure("idle_rss_mb", (idle_rss * 10.0).round() / 10.0);
+    drop(server);
+    let encrypted = encrypted_secret_creates(&release, &data)?;
+    let plain = report.value("secret_create_p99_ms").unwrap_or(f64::NAN);
+    let p99 = encrypted.value("secret_create_p99_ms").unwrap_or(f64::NAN);
+    let p50 = encrypted.value("secret_create_p50_ms").unwrap_or(f64::NAN);
+    report.figure("encrypted_create_p99_ms", p99);
+    report.figure(
+        "encryption_overhead_p99_pct",
+        ((p99 / plain - 1.0) * 1000.0).round() / 10.0,
+    );
+    let at = report
+        .rows
+        .iter()
+        .position(|r| r[0].starts_with("create a Secret"))
+        .map_or(report.rows.len(), |i| i + 1);
+    report.rows.insert(
+        at,
+        vec![
+            format!(
+                "create a Secret, encrypted at rest (aescbc; {} calls, {SECRET_CLIENTS} clients)",
+                SECRET_CLIENTS * SECRETS_PER_CLIENT
+            ),
+            format!("{p50:.2} ms"),
+            format!("{p99:.2} ms"),
+            "p99 within 10 % of not encrypted".into(),
+            format!("encrypted/plain p99 = {:.2}", p99 / plain),
+        ],
+    );
     report.rows.insert(
         0,
         vec![
@@ -531,6 +651,49 @@ pub fn run() -> Result<Report> {
         ],
     );
     Ok(report)
+}
+
+/// The Secret-create phase against a second server that encrypts Secrets with
+/// aescbc (`--encryption-provider-config`), the same release binary.
+fn encrypted_secret_creates(release: &std::path::Path, data: &std::path::Path) -> Result<Report> {
+    let dir = data.join("encrypted");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("encryption.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key1\n        secret: YmVydGgtYmVuY2gtZW5jcnlwdGlvbi1rZXktMzJiISE=\n  - identity: {}\n",
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let server = berth_testkit::BerthServer::start_with(
+        &release.join("berth-server"),
+        &dir.join("server"),
+        &[
+            "--scheduler=false",
+            "--controllers=false",
+            "--encryption-provider-config",
+            &config_arg,
+        ],
+    );
+    let pid = server.pid().context("server pid")?;
+    let out = std::process::Command::new(release.join("xtask"))
+        .arg("apiserver-load")
+        .arg("--secrets-only")
+        .args([
+            "--port",
+            &server.port().to_string(),
+            "--pid",
+            &pid.to_string(),
+        ])
+        .arg("--ca")
+        .arg(server.ca())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("run xtask apiserver-load --secrets-only")?;
+    if !out.status.success() {
+        bail!("apiserver-load --secrets-only failed ({})", out.status);
+    }
+    Report::from_value(&serde_json::from_slice(&out.stdout).context("apiserver-load output")?)
 }
 
 /// An etcd member for the baseline, stopped by PID on drop.
@@ -594,6 +757,19 @@ type Samples = Arc<Mutex<Vec<f64>>>;
 
 /// The load and its measurements (run by `xtask apiserver-load`).
 pub async fn measure(server: &Target) -> Result<Report> {
+    if server.secrets_only {
+        let lat = secret_creates(server, "secrets").await?;
+        let mut report = Report::default();
+        report.figure(
+            "secret_create_p99_ms",
+            (percentile(&lat, 99.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
+        );
+        report.figure(
+            "secret_create_p50_ms",
+            (percentile(&lat, 50.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
+        );
+        return Ok(report);
+    }
     let pid = server.pid;
     let mut admin = Conn::connect(server).await?;
     for ns in ["list1000", "bench", "throughput", "fill"] {
@@ -828,6 +1004,10 @@ pub async fn measure(server: &Target) -> Result<Report> {
         None => None,
     };
 
+    // Server-side apply (update path) and Secret creates, each alone.
+    let apply_lat = applies(server).await?;
+    let secret_lat = secret_creates(server, "secrets").await?;
+
     // Exactly 10 000 pods stored: delete the throughput pods, top up, then RSS.
     admin
         .call(
@@ -900,6 +1080,22 @@ pub async fn measure(server: &Target) -> Result<Report> {
         report.figure("etcd_puts_per_s", puts.round());
     }
     report.figure("rss_mb_10k_pods", round(rss_10k));
+    report.figure(
+        "ssa_p99_ms",
+        round(percentile(&apply_lat, 99.0).unwrap_or(f64::NAN)),
+    );
+    report.figure(
+        "ssa_p50_ms",
+        round(percentile(&apply_lat, 50.0).unwrap_or(f64::NAN)),
+    );
+    report.figure(
+        "secret_create_p99_ms",
+        round(percentile(&secret_lat, 99.0).unwrap_or(f64::NAN)),
+    );
+    report.figure(
+        "secret_create_p50_ms",
+        round(percentile(&secret_lat, 50.0).unwrap_or(f64::NAN)),
+    );
     report.figure("pods_stored", total);
     report.header = vec![
         "measure".into(),
@@ -982,6 +1178,35 @@ pub async fn measure(server: &Target) -> Result<Report> {
             format!("{watch_p99:.2} ms"),
             "p99 < 10 ms".into(),
             "—".into(),
+        ],
+        vec![
+            format!(
+                "server-side apply, update of a Deployment ({} calls, one client)",
+                apply_lat.len()
+            ),
+            format!("{:.2} ms", percentile(&apply_lat, 50.0).unwrap_or(f64::NAN)),
+            format!("{:.2} ms", percentile(&apply_lat, 99.0).unwrap_or(f64::NAN)),
+            "p99 < 15 ms".into(),
+            format!(
+                "merge-patch update in the mixed phase: p99 {:.2} ms",
+                p99("update")
+            ),
+        ],
+        vec![
+            format!(
+                "create a Secret, not encrypted ({} calls, {SECRET_CLIENTS} clients)",
+                secret_lat.len()
+            ),
+            format!(
+                "{:.2} ms",
+                percentile(&secret_lat, 50.0).unwrap_or(f64::NAN)
+            ),
+            format!(
+                "{:.2} ms",
+                percentile(&secret_lat, 99.0).unwrap_or(f64::NAN)
+            ),
+            "—".into(),
+            "the baseline of the encrypted row".into(),
         ],
         vec![
             "durable creates/s (16 clients)".into(),

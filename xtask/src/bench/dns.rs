@@ -266,6 +266,7 @@ pub fn run() -> Result<Report> {
         ca: server.ca(),
         pid: server.pid().context("server pid")?,
         etcd_port: None,
+        secrets_only: false,
     };
     let rt = tokio::runtime::Runtime::new()?;
     eprintln!("bench dns: creating {SERVICES} Services");

@@ -133,6 +133,11 @@ impl Report {
         self.figures.insert(key.to_string(), value.into());
     }
 
+    /// A numeric figure recorded earlier.
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.figures.get(key).and_then(Value::as_f64)
+    }
+
     /// The figures as the flat JSON object written to `<name>.json`.
     pub fn json(&self) -> String {
         let mut text = serde_json::to_string_pretty(&self.figures).unwrap_or_else(|_| "{}".into());

@@ -487,6 +487,7 @@ pub fn run() -> Result<Report> {
         ca: server.ca(),
         pid: server.pid().context("server pid")?,
         etcd_port: None,
+        secrets_only: false,
     };
     let agent_pid = agent.pid().context("agent pid")?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -446,6 +446,7 @@ pub fn run() -> Result<Report> {
         ca: server.ca(),
         pid: server.pid().context("server pid")?,
         etcd_port: None,
+        secrets_only: false,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -39,6 +39,18 @@ pub fn apply(kind: &str, obj: &mut Value) {
     if kind == "LimitRange" {
         super::limit_ranger::default_limit_range(obj);
     }
+    if kind == "APIService" {
+        crate::apiserver::aggregator::apiservice::defaults(obj);
+    }
+    if matches!(kind, "FlowSchema" | "PriorityLevelConfiguration") {
+        crate::apiserver::flowcontrol::defaults(kind, obj);
+    }
+    if super::webhook::validation::is_config_kind(kind) {
+        super::webhook::validation::apply_defaults(kind, obj);
+    }
+    if super::policy::is_policy_kind(kind) {
+        super::policy::apply_defaults(kind, obj);
+    }
     fields(kind, obj);
     always_written(kind, obj);
 }

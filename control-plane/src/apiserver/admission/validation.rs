@@ -9,7 +9,7 @@ use super::super::status::Cause;
 const DNS_LABEL_MAX: usize = 63;
 const DNS_SUBDOMAIN_MAX: usize = 253;
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= DNS_LABEL_MAX
         && s.bytes()
@@ -18,17 +18,17 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-pub(super) fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= DNS_SUBDOMAIN_MAX && s.split('.').all(is_dns_label)
 }
 
-fn dns_label_msg(value: &str) -> String {
+pub(crate) fn dns_label_msg(value: &str) -> String {
     format!(
         "Invalid value: \"{value}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
     )
 }
 
-pub(super) fn dns_subdomain_msg(value: &str) -> String {
+pub(crate) fn dns_subdomain_msg(value: &str) -> String {
     format!(
         "Invalid value: \"{value}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
     )
@@ -95,6 +95,8 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
             | "ClusterRoleBinding"
             | "RoleBinding"
             | "CertificateSigningRequest"
+            // A path segment named `<version>.<group>` (`v1.` for the core group).
+            | "APIService"
     ) && !is_dns_subdomain(name)
     {
         causes.push(Cause::invalid("metadata.name", dns_subdomain_msg(name)));
@@ -145,10 +147,21 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "NetworkPolicy" => network_policy(spec, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
         "CertificateSigningRequest" => super::certificates::validate(obj, &mut causes),
+        "APIService" => crate::apiserver::aggregator::apiservice::validate(obj, &mut causes),
+        "FlowSchema" | "PriorityLevelConfiguration" => {
+            crate::apiserver::flowcontrol::validate(kind, obj, &mut causes)
+        }
+        "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding" => {
+            causes.extend(super::policy::validate(kind, obj))
+        }
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
             super::rbac::validate(kind, obj, &mut causes)
         }
         "HorizontalPodAutoscaler" => causes.extend(super::autoscaling::validate(obj)),
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            super::webhook::validation::validate(kind, obj, &mut causes)
+        }
+        "ResourceQuota" => causes.extend(super::resource_quota::validate(obj)),
         "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
             super::storage::validation::validate(kind, obj, &mut causes)
         }
@@ -541,7 +554,7 @@ fn non_negative(spec: &Value, path: &str, field: &str, causes: &mut Vec<Cause>) 
     }
 }
 
-pub(super) fn unsupported(path: &str, value: &str, supported: &[&str]) -> Cause {
+pub(crate) fn unsupported(path: &str, value: &str, supported: &[&str]) -> Cause {
     let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
     Cause {
         reason: "FieldValueNotSupported",

@@ -5,7 +5,9 @@
 //! The document is made from the legacy per-resource lists ([`super::api_resources`])
 //! exactly as kube-apiserver's `ConvertGroupVersionIntoToDiscovery` makes it: each
 //! resource with its subresources folded in, Go's `omitempty` rules for the JSON, and
-//! freshness `Current` (there is no aggregated apiserver behind berth to go stale).
+//! freshness `Current` for what this server serves (`/apis` is the aggregator's merge
+//! with the extension apiservers', `apiserver::aggregator::discovery`, whose remote
+//! group-versions go `Stale` when their server cannot be reached).
 //! Like upstream's `ServeHTTPWithETag` it carries an `ETag` (the SHA-512 of the
 //! document without its type, so v2 and v2beta1 share it), `Vary: Accept`,
 //! `Cache-Control: public`, and answers `304 Not Modified` to a matching
@@ -216,8 +218,17 @@ pub fn response(
     version: &str,
     if_none_match: Option<&str>,
 ) -> ApiResult<Response> {
+    respond(document(registry, root), version, if_none_match)
+}
+
+/// Serves an (untyped) document in `version`, or `304` when `if_none_match` is its
+/// ETag — also the aggregator's merged `/apis` (`apiserver::aggregator::discovery`).
+pub fn respond(
+    mut doc: GroupDiscoveryList,
+    version: &str,
+    if_none_match: Option<&str>,
+) -> ApiResult<Response> {
     let encode = |e: serde_json::Error| ApiError::internal(format!("encoding discovery: {e}"));
-    let mut doc = document(registry, root);
     let tag = etag(&serde_json::to_vec(&doc).map_err(encode)?);
     let headers = [
         (header::ETAG, tag.clone()),

@@ -43,7 +43,8 @@ pub fn core_versions() -> Value {
     })
 }
 
-fn group_json(group: &str, versions: &[String]) -> Value {
+/// One group of the legacy documents (`APIGroup` without its type).
+pub(crate) fn group_json(group: &str, versions: &[String]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
         .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))

@@ -8,10 +8,12 @@
 //! (`1234Ki`), a pod's `containers[]`; label and field selectors select the nodes and
 //! pods as metrics-server does (through the Node and Pod objects).
 //!
-//! Built in rather than behind an APIService: berth has no API aggregation, and the
-//! apiserver already holds everything a metrics-server needs — the node list, the
-//! kubelet client certificate, the pods' labels — so a separate process would add a
-//! second TLS client, a second set of informers and a proxy hop for no gain.
+//! Built in rather than behind an APIService: the apiserver already holds everything a
+//! metrics-server needs — the node list, the kubelet client certificate, the pods'
+//! labels — so a separate process would add a second TLS client, a second set of
+//! informers and a proxy hop for no gain. It has no APIService object; a remote
+//! `v1beta1.metrics.k8s.io` (a real metrics-server's) takes the group-version over
+//! (`apiserver::aggregator`).
 //!
 //! Entry points: [`handle`] (the REST side), [`scrape::run`] (the scraper).
 

@@ -6,7 +6,8 @@
 //!
 //! Nothing here is written per kind: the upstream `generated.proto` files of Kubernetes
 //! 1.37 (tag `v0.37.0-beta.0` of `k8s.io/api`, `k8s.io/apimachinery` and
-//! `k8s.io/apiextensions-apiserver`, the newest 1.37 tag published) are vendored under
+//! `k8s.io/apiextensions-apiserver`, the newest 1.37 tag published; APIService's from
+//! `k8s.io/kube-aggregator`'s `v0.37.0-alpha.2`) are vendored under
 //! `control-plane/proto/` and compiled by `build.rs` with `protoc --descriptor_set_out`
 //! into one `FileDescriptorSet`, which [`pool`] loads with prost-reflect. protoc rather
 //! than the pure-Rust `protox`: the workspace already needs protoc (`cargo xtask setup`
@@ -70,6 +71,7 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
         "apiextensions.k8s.io" => {
             Some("k8s.io.apiextensions_apiserver.pkg.apis.apiextensions".into())
         }
+        "apiregistration.k8s.io" => Some("k8s.io.kube_aggregator.pkg.apis.apiregistration".into()),
         g if !g.contains('.') => Some(format!("k8s.io.api.{g}")),
         g => g
             .strip_suffix(".k8s.io")

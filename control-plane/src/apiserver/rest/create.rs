@@ -26,7 +26,7 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     let def = &ctx.def;
     let mut obj = normalize(ctx, obj)?;
     let dry_run = ctx.query.dry_run()?;
-    {
+    let client_managed = {
         let meta = meta_mut(&mut obj)
             .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
         if def.namespaced {
@@ -58,14 +58,15 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         meta.remove("resourceVersion");
         meta.remove("deletionTimestamp");
         meta.remove("deletionGracePeriodSeconds");
-        meta.remove("managedFields");
+        let client_managed = meta.remove("managedFields");
         meta.remove("selfLink");
         if def.generation {
             meta.insert("generation".into(), json!(1));
         } else {
             meta.remove("generation");
         }
-    }
+        client_managed
+    };
     let name = object::name(&obj).to_owned();
     if def.namespaced {
         ctx.api
@@ -87,6 +88,7 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     }
     crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
     defaults::apply(&def.kind, &mut obj);
+    crate::apiserver::admission::resource_quota::prepare_create(def, &mut obj);
     // LimitRanger: after the API defaults (a container's requests default to its
     // limits first), as kube-apiserver runs it.
     if def.group.is_empty()
@@ -99,6 +101,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
             _ => {}
         }
     }
+    // Mutating admission webhooks: after the built-in mutating plugins.
+    crate::apiserver::admission::webhook::admit_create(ctx, &mut obj).await?;
     let mut causes = validation::validate(&def.kind, &obj);
     causes.extend(validation::validate_create(&def.kind, &obj));
     if !causes.is_empty() {
@@ -118,11 +122,26 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
             ));
         }
     }
+    // ValidatingAdmissionPolicy, then the validating webhooks, as kube-apiserver orders them.
+    crate::apiserver::admission::policy::validate_create(ctx, &obj)?;
+    // Validating admission webhooks: after the built-in validation.
+    crate::apiserver::admission::webhook::validate_create(ctx, &obj).await?;
     if def.group.is_empty() && def.kind == "Service" {
         ctx.api
             .services
             .allocate(&mut obj)
             .map_err(|causes: Vec<Cause>| invalid(def, &obj, causes))?;
+    }
+    crate::apiserver::managed_fields::on_create(ctx, &mut obj, client_managed)?;
+    // ResourceQuota: the last admission, as in kube-apiserver; it charges the quotas
+    // (unless this is a dry run) just before the write.
+    use crate::apiserver::admission::resource_quota;
+    let ns = ctx.namespace.as_deref();
+    if let Err(e) = resource_quota::admit(&ctx.api, def, ns, None, &obj, dry_run).await {
+        if def.kind == "Service" {
+            ctx.api.services.release(&obj);
+        }
+        return Err(e);
     }
     if dry_run {
         if def.kind == "Service" {

@@ -145,6 +145,15 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &Options) -> ApiResult<(Value, 
         {
             return Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name));
         }
+        // ValidatingAdmissionPolicy (`object` null, `oldObject` the object).
+        crate::apiserver::admission::policy::validate_delete(ctx, &old, opts.dry_run)?;
+        // Admission webhooks (mutating, then validating on the object being deleted).
+        let options = crate::apiserver::admission::webhook::delete_options(
+            opts.grace,
+            opts.propagation.as_deref(),
+            opts.dry_run,
+        );
+        crate::apiserver::admission::webhook::admit_delete(ctx, &old, options).await?;
         let mut new = old.clone();
         let mut finalizers: Vec<Value> = meta
             .get("finalizers")

@@ -112,6 +112,11 @@ impl Ctx {
         self.def.key(self.namespace.as_deref(), name)
     }
 
+    /// A server-side apply (`application/apply-patch+yaml`).
+    pub fn is_apply(&self) -> bool {
+        super::request::content_type(&self.headers) == "application/apply-patch+yaml"
+    }
+
     /// Adds admission warnings to the response.
     pub fn warn(&self, warnings: Vec<String>) {
         if warnings.is_empty() {
@@ -319,6 +324,20 @@ pub enum Part {
     Approval,
     /// `pods/{name}/ephemeralcontainers`: only spec.ephemeralContainers.
     EphemeralContainers,
+}
+
+impl Part {
+    /// The subresource a write through this part goes to (empty for the resource).
+    pub fn subresource(self) -> &'static str {
+        match self {
+            Part::Main => "",
+            Part::Status => "status",
+            Part::Finalize => "finalize",
+            Part::Bind => "binding",
+            Part::Approval => "approval",
+            Part::EphemeralContainers => "ephemeralcontainers",
+        }
+    }
 }
 
 /// Builds the object to store from the live `old` and the client's `new`: server-owned
@@ -569,14 +588,14 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
     differs_except(old, new, &["metadata", "status"])
 }
 
-/// The same object, ignoring resourceVersion (and managedFields).
+/// The same object (managed fields included), ignoring resourceVersion.
 pub fn unchanged(old: &Value, new: &Value) -> bool {
     let empty = Value::Null;
     !differs_except(old, new, &["metadata"])
         && !differs_except(
             old.get("metadata").unwrap_or(&empty),
             new.get("metadata").unwrap_or(&empty),
-            &["resourceVersion", "managedFields"],
+            &["resourceVersion"],
         )
 }
 
@@ -667,9 +686,17 @@ pub async fn update_loop(
                 "the name of the object ({desired_name}) does not match the name on the URL ({name})"
             )));
         }
-        let desired = normalize(ctx, desired)?;
+        let mut desired = normalize(ctx, desired)?;
+        let client_managed = desired.pointer("/metadata/managedFields").cloned();
+        // Mutating admission webhooks: on the decoded object, before the update rules.
+        super::admission::webhook::admit_update(ctx, part, &old, &mut desired).await?;
         let mut new = merge_update(ctx, &old, desired, part)?;
+        super::managed_fields::on_update(ctx, &old, &mut new, client_managed, part.subresource())?;
         super::authz::escalation::check_update(ctx, &old, &new)?;
+        // ValidatingAdmissionPolicy, then the validating webhooks.
+        super::admission::policy::validate_update(ctx, &old, &new, part)?;
+        // Validating admission webhooks: after the built-in validation.
+        super::admission::webhook::validate_update(ctx, part, &old, &new).await?;
         // A Service's node ports and cluster IP follow its type and ports.
         let service = (part == Part::Main && ctx.def.group.is_empty() && ctx.def.kind == "Service")
             .then(|| ctx.api.services.update(&old, &mut new))
@@ -697,6 +724,22 @@ pub async fn update_loop(
         {
             settle(false);
             return Ok((old, false));
+        }
+        // ResourceQuota, last: what the change adds is charged before the write.
+        if part == Part::Main {
+            let ns = ctx.namespace.as_deref();
+            let quota = super::admission::resource_quota::admit(
+                &ctx.api,
+                &ctx.def,
+                ns,
+                Some(&old),
+                &new,
+                dry_run,
+            );
+            if let Err(e) = quota.await {
+                settle(false);
+                return Err(e);
+            }
         }
         if dry_run {
             settle(false);

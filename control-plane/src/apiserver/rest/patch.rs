@@ -1,17 +1,19 @@
 //! PATCH: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and, for built-in types,
 //! strategic merge patch — applied to the live object, then stored through the same
 //! update path as PUT (retried on a race, 409 only if the patch pinned a
-//! resourceVersion). Server-side apply (`application/apply-patch+yaml`) is not
-//! implemented yet and says so with a 415.
+//! resourceVersion) — and server-side apply (`application/apply-patch+yaml`), which
+//! creates the object if it does not exist ([`crate::apiserver::managed_fields`]).
 
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{Ctx, Part, object_response, update_loop};
+use super::{Ctx, Part, create_object, object_response, update_loop};
+use crate::apiserver::managed_fields;
+use crate::apiserver::object;
 use crate::apiserver::patch::strategic_merge;
-use crate::apiserver::request::{content_type, read_body};
+use crate::apiserver::request::{content_type, decode, read_body};
 use crate::apiserver::status::{ApiError, ApiResult};
 
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +24,89 @@ enum Kind {
 }
 
 pub async fn patch(ctx: Ctx, name: &str, part: Option<Part>, body: Body) -> ApiResult<Response> {
-    let obj = apply_patch(&ctx, name, part.unwrap_or(Part::Main), body).await?;
+    let part = part.unwrap_or(Part::Main);
+    if ctx.is_apply() {
+        let (obj, code) = server_side_apply(&ctx, name, part, body).await?;
+        return Ok(object_response(&ctx, code, &obj));
+    }
+    let obj = apply_patch(&ctx, name, part, body).await?;
     Ok(object_response(&ctx, StatusCode::OK, &obj))
+}
+
+/// Server-side apply of the request's configuration to `name` (or the part of it):
+/// an update if the object exists (200), else a create (201, main resource only).
+async fn server_side_apply(
+    ctx: &Ctx,
+    name: &str,
+    part: Part,
+    body: Body,
+) -> ApiResult<(Value, StatusCode)> {
+    managed_fields::check_patch_options(ctx, true)?;
+    let bytes = read_body(body, ctx.api.max_body).await?;
+    let config = decode(&bytes, "application/apply-patch+yaml")?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the apply configuration must be an object",
+        ));
+    }
+    let def = &ctx.def;
+    let expected = if def.group.is_empty() {
+        def.version.clone()
+    } else {
+        format!("{}/{}", def.group, def.version)
+    };
+    let version = config
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = config
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if version.is_empty() || kind.is_empty() {
+        return Err(ApiError::bad_request(
+            "apiVersion and kind must be set in an apply configuration",
+        ));
+    }
+    if version != expected {
+        return Err(ApiError::bad_request(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {version}, expected: {expected}"
+        )));
+    }
+    if kind != def.kind {
+        return Err(ApiError::bad_request(format!(
+            "Incorrect kind specified in apply patch. Specified patch kind: {kind}, expected: {}",
+            def.kind
+        )));
+    }
+    let config_name = object::name(&config);
+    if !config_name.is_empty() && config_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({config_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let subresource = part.subresource();
+    for _ in 0..4 {
+        if ctx.current(name).await?.is_none() {
+            if part != Part::Main {
+                return Err(ctx.not_found(name));
+            }
+            let mut obj = managed_fields::apply(ctx, None, &config, subresource)?;
+            if let Some(meta) = object::meta_mut(&mut obj) {
+                meta.insert("name".into(), Value::String(name.to_owned()));
+            }
+            match create_object(ctx, obj).await {
+                Err(e) if e.code == 409 && e.reason == "AlreadyExists" => continue,
+                other => return other,
+            }
+        }
+        let (obj, _) = update_loop(ctx, name, part, |old| {
+            managed_fields::apply(ctx, Some(old), &config, subresource)
+        })
+        .await?;
+        return Ok((obj, StatusCode::OK));
+    }
+    Err(ApiError::conflict(&def.group, &def.plural, name))
 }
 
 /// Patches `name` (or the part of it) and returns the stored object.
@@ -33,17 +116,13 @@ pub async fn apply_patch(ctx: &Ctx, name: &str, part: Part, body: Body) -> ApiRe
         "application/json-patch+json" => Kind::Json,
         "application/merge-patch+json" => Kind::Merge,
         "application/strategic-merge-patch+json" => Kind::Strategic,
-        "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-            return Err(ApiError::unsupported_media_type(
-                "server-side apply (application/apply-patch+yaml) is not supported by berth yet; use client-side apply (kubectl apply without --server-side)",
-            ));
-        }
         other => {
             return Err(ApiError::unsupported_media_type(format!(
-                "the body of the request was in an unknown format ({other:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
+                "the body of the request was in an unknown format ({other:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
             )));
         }
     };
+    managed_fields::check_patch_options(ctx, false)?;
     let definition = match (&ctx.def.typed, kind) {
         (Some(t), _) => t.definition.clone(),
         (None, Kind::Strategic) => {
@@ -67,10 +146,18 @@ pub async fn apply_patch(ctx: &Ctx, name: &str, part: Part, body: Body) -> ApiRe
     if matches!(kind, Kind::Merge | Kind::Strategic) && !patch.is_object() {
         return Err(ApiError::bad_request("a merge patch must be a JSON object"));
     }
+    // A JSON patch that replaces or tests the resourceVersion (kubectl's managed-fields
+    // migration does) needs it in the document; its result then pins it.
+    let names_version = patch.as_array().is_some_and(|ops| {
+        ops.iter()
+            .any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion"))
+    });
     let (obj, _) = update_loop(ctx, name, part, |old| {
         let mut doc = old.clone();
         // The patch decides on conflicts only if it names a resourceVersion itself.
-        if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+        if !(matches!(kind, Kind::Json) && names_version)
+            && let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut)
+        {
             meta.remove("resourceVersion");
         }
         match kind {

@@ -74,6 +74,15 @@ pub async fn handle(
             let Some((obj, _)) = ctx.current(name).await? else {
                 return Err(ctx.not_found(name));
             };
+            // Admission webhooks for CONNECTs (exec, attach, portforward, proxy).
+            crate::apiserver::admission::webhook::admit_connect(
+                &ctx,
+                name,
+                sub,
+                raw_q.as_deref(),
+                rest,
+            )
+            .await?;
             let node_name = if def.kind == "Pod" {
                 obj.pointer("/spec/nodeName")
                     .and_then(Value::as_str)

@@ -137,7 +137,8 @@ fn storage(v: &Value, ptr: &str) -> Option<i128> {
     }
 }
 
-fn claim_class(claim: &Value) -> &str {
+/// A claim's storage class: the beta annotation, else `spec.storageClassName`.
+pub fn claim_class(claim: &Value) -> &str {
     claim
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(BETA_STORAGE_CLASS))

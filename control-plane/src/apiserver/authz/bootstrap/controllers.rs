@@ -351,6 +351,15 @@ pub(super) fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             ],
         ),
         (
+            // Quota counts anything, so it may list and watch everything.
+            "system:controller:resourcequota-controller",
+            vec![
+                r(&["list", "watch"], &["*"], &["*"]),
+                r(&["update"], &[""], &["resourcequotas/status"]),
+                events(),
+            ],
+        ),
+        (
             "system:controller:root-ca-cert-publisher",
             vec![r(&["create", "update"], &[""], &["configmaps"]), events()],
         ),

@@ -1,0 +1,678 @@
+//! Managed fields and server-side apply, as kube-apiserver's field manager keeps them.
+//!
+//! Every write records who set which fields in `metadata.managedFields`: one entry per
+//! manager (the `fieldManager` query parameter, or the User-Agent's first word),
+//! operation (`Apply` or `Update`), API version (for updates) and subresource, each
+//! with its `FieldsV1` set ([`fieldpath`]). An update takes the fields it adds or
+//! changes from every other manager; removed fields leave every set.
+//!
+//! Server-side apply (`application/apply-patch+yaml`) merges the applied configuration
+//! into the live object by the schema's list and map types ([`schema`], [`typed`]),
+//! removes the fields the manager applied last time and no longer does (unless someone
+//! else owns them), and refuses with 409 — upstream's "Apply failed with N conflicts"
+//! message — when it would change a field another manager owns, unless `force=true`,
+//! which takes the fields over.
+
+pub mod fieldpath;
+pub mod schema;
+pub mod typed;
+
+use serde_json::{Map, Value, json};
+
+use self::fieldpath::{Display, Path, PathElement, Set};
+use self::schema::Node;
+use super::object;
+use super::registry::ResourceDef;
+use super::rest::Ctx;
+use super::status::{ApiError, ApiResult, Cause};
+
+pub const APPLY: &str = "Apply";
+pub const UPDATE: &str = "Update";
+/// The manager an object's fields belong to when it is first applied to and has no
+/// managed fields (it was written before they were kept).
+pub const BEFORE_FIRST_APPLY: &str = "before-first-apply";
+/// kube-apiserver's limit on `fieldManager`.
+const MAX_MANAGER_LEN: usize = 128;
+
+/// One `managedFields` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: Option<String>,
+    pub subresource: String,
+    pub fields: Set,
+}
+
+impl Entry {
+    /// The same manager: appliers are one manager whatever version they apply in.
+    fn same(&self, other: &Entry) -> bool {
+        self.manager == other.manager
+            && self.operation == other.operation
+            && self.subresource == other.subresource
+            && (self.operation == APPLY || self.api_version == other.api_version)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("manager".into(), json!(self.manager));
+        out.insert("operation".into(), json!(self.operation));
+        out.insert("apiVersion".into(), json!(self.api_version));
+        if let Some(t) = &self.time {
+            out.insert("time".into(), json!(t));
+        }
+        out.insert("fieldsType".into(), json!("FieldsV1"));
+        out.insert("fieldsV1".into(), self.fields.to_fields_v1());
+        if !self.subresource.is_empty() {
+            out.insert("subresource".into(), json!(self.subresource));
+        }
+        Value::Object(out)
+    }
+
+    /// How conflict messages name the manager: `"kubectl"` for an applier,
+    /// `"kube-controller-manager" using apps/v1` for an updater.
+    fn describe(&self) -> String {
+        if self.operation == UPDATE {
+            format!("{:?} using {}", self.manager, self.api_version)
+        } else {
+            format!("{:?}", self.manager)
+        }
+    }
+}
+
+/// What an object's `metadata.managedFields` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decoded {
+    /// No entries (absent or an empty list).
+    None,
+    /// `[{}]`: the client asks to clear them.
+    Reset,
+    Entries(Vec<Entry>),
+}
+
+fn decode(list: Option<&Value>) -> Result<Decoded, String> {
+    let Some(list) = list.filter(|v| !v.is_null()) else {
+        return Ok(Decoded::None);
+    };
+    let items = list
+        .as_array()
+        .ok_or_else(|| "managedFields must be a list".to_owned())?;
+    if items.is_empty() {
+        return Ok(Decoded::None);
+    }
+    if items.len() == 1 && items[0].as_object().is_some_and(Map::is_empty) {
+        return Ok(Decoded::Reset);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let text = |name: &str| item.get(name).and_then(Value::as_str).unwrap_or_default();
+        let operation = text("operation");
+        if operation != APPLY && operation != UPDATE {
+            return Err(format!(
+                "managedFields[{i}].operation: unsupported value {operation:?}: must be Apply or Update"
+            ));
+        }
+        let fields = match item.get("fieldsV1") {
+            None | Some(Value::Null) => Set::new(),
+            Some(v) => {
+                if !matches!(text("fieldsType"), "FieldsV1") {
+                    return Err(format!(
+                        "managedFields[{i}].fieldsType: unsupported value {:?}: must be FieldsV1",
+                        text("fieldsType")
+                    ));
+                }
+                Set::from_fields_v1(v).map_err(|e| format!("managedFields[{i}].fieldsV1: {e}"))?
+            }
+        };
+        out.push(Entry {
+            manager: text("manager").to_owned(),
+            operation: operation.to_owned(),
+            api_version: text("apiVersion").to_owned(),
+            time: item.get("time").and_then(Value::as_str).map(str::to_owned),
+            subresource: text("subresource").to_owned(),
+            fields,
+        });
+    }
+    Ok(Decoded::Entries(out))
+}
+
+/// The list to store (sorted as upstream: appliers first, then by time and name), or
+/// `None` when no manager owns anything.
+fn encode(mut entries: Vec<Entry>) -> Option<Value> {
+    entries.retain(|e| !e.fields.is_empty());
+    if entries.is_empty() {
+        return None;
+    }
+    entries.sort_by(|a, b| {
+        (
+            &a.operation,
+            &a.time,
+            &a.manager,
+            &a.api_version,
+            &a.subresource,
+        )
+            .cmp(&(
+                &b.operation,
+                &b.time,
+                &b.manager,
+                &b.api_version,
+                &b.subresource,
+            ))
+    });
+    Some(Value::Array(entries.iter().map(Entry::to_json).collect()))
+}
+
+fn set_managed(obj: &mut Value, managed: Option<Value>) {
+    if let Some(meta) = object::meta_mut(obj) {
+        match managed {
+            Some(list) => {
+                meta.insert("managedFields".into(), list);
+            }
+            None => {
+                meta.remove("managedFields");
+            }
+        }
+    }
+}
+
+/// The schema of the resource's objects.
+pub fn root(def: &ResourceDef) -> Node<'_> {
+    match (&def.typed, &def.crd) {
+        (Some(t), _) => Node::builtin(&t.definition),
+        (None, Some(crd)) => Node::custom(&crd.schema),
+        _ => Node::deduced(),
+    }
+}
+
+/// Fields no manager owns: identity and server-set metadata, and the status of a
+/// resource with a status subresource when written through the main resource.
+fn ignored(def: &ResourceDef, subresource: &str) -> Set {
+    let mut out = Set::new();
+    let f = |s: &str| PathElement::Field(s.to_owned());
+    out.insert(&[f("apiVersion")]);
+    out.insert(&[f("kind")]);
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "selfLink",
+        "managedFields",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        out.insert(&[f("metadata"), f(field)]);
+    }
+    if def.status && subresource.is_empty() {
+        out.insert(&[f("status")]);
+    }
+    out
+}
+
+fn api_version(def: &ResourceDef) -> String {
+    if def.group.is_empty() {
+        def.version.clone()
+    } else {
+        format!("{}/{}", def.group, def.version)
+    }
+}
+
+/// The options kind a request's parameters are validated as.
+fn options_kind(ctx: &Ctx) -> &'static str {
+    if super::request::content_type(&ctx.headers).contains("patch") {
+        "PatchOptions"
+    } else {
+        "UpdateOptions"
+    }
+}
+
+fn options_error(kind: &str, causes: Vec<Cause>) -> ApiError {
+    ApiError::invalid("meta.k8s.io", kind, "", causes)
+}
+
+/// Checks `fieldManager` as kube-apiserver's `ValidateFieldManager`.
+fn validate_manager(kind: &str, manager: &str) -> ApiResult<()> {
+    let mut causes = Vec::new();
+    if manager.len() > MAX_MANAGER_LEN {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "fieldManager".into(),
+            message: format!("Too long: may not be more than {MAX_MANAGER_LEN} bytes"),
+        });
+    }
+    for (i, c) in manager.chars().enumerate() {
+        if c.is_control() {
+            causes.push(Cause::invalid(
+                "fieldManager",
+                format!(
+                    "Invalid value: {manager:?}: invalid character U+{:04X} (at position {i})",
+                    c as u32
+                ),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(options_error(kind, causes))
+    }
+}
+
+/// The manager of a non-apply write: `fieldManager`, or the User-Agent's product name
+/// (`kubectl`, `kube-controller-manager`…).
+pub fn manager(ctx: &Ctx, kind: &str) -> ApiResult<String> {
+    if let Some(name) = ctx.query.get("fieldManager").filter(|m| !m.is_empty()) {
+        validate_manager(kind, name)?;
+        return Ok(name.to_owned());
+    }
+    let agent = ctx
+        .headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let prefix = agent.split('/').next().unwrap_or_default();
+    if prefix.is_empty() {
+        return Ok(if ctx.user.is_none() {
+            "kube-apiserver".into()
+        } else {
+            "unknown".into()
+        });
+    }
+    Ok(prefix.chars().take(MAX_MANAGER_LEN).collect())
+}
+
+/// Records a create: the creating manager owns every field it set, unless the client
+/// sent managed fields of its own (kept, as upstream) or this is an apply (whose
+/// entries [`apply`] made).
+pub fn on_create(ctx: &Ctx, obj: &mut Value, client: Option<Value>) -> ApiResult<()> {
+    if ctx.is_apply() {
+        set_managed(obj, client);
+        return Ok(());
+    }
+    let name = manager(ctx, "CreateOptions")?;
+    let mut entries = match decode(client.as_ref()) {
+        Ok(Decoded::Entries(e)) => e,
+        _ => Vec::new(),
+    };
+    let node = root(&ctx.def);
+    let changes = typed::compare(&json!({}), obj, node).without(&ignored(&ctx.def, ""));
+    record_update(&mut entries, &ctx.def, name, "", changes);
+    set_managed(obj, encode(entries));
+    Ok(())
+}
+
+/// Records an update of `old` into `new` (through `subresource`, empty for the main
+/// resource). `client` is the `managedFields` the client's object carried: used
+/// instead of the live ones when it differs and names managers (or is `[{}]`, which
+/// clears them), as upstream lets clients edit them.
+pub fn on_update(
+    ctx: &Ctx,
+    old: &Value,
+    new: &mut Value,
+    client: Option<Value>,
+    subresource: &str,
+) -> ApiResult<()> {
+    let live = old.pointer("/metadata/managedFields").cloned();
+    if ctx.is_apply() {
+        set_managed(new, client);
+        return Ok(());
+    }
+    let from_client = subresource.is_empty() && client.is_some() && client != live;
+    let base = if from_client {
+        decode(client.as_ref()).unwrap_or(Decoded::None)
+    } else {
+        Decoded::None
+    };
+    let mut entries = match base {
+        Decoded::Entries(e) => e,
+        Decoded::Reset => Vec::new(),
+        Decoded::None => match decode(live.as_ref()) {
+            Ok(Decoded::Entries(e)) => e,
+            _ => Vec::new(),
+        },
+    };
+    let node = root(&ctx.def);
+    let changes = typed::compare(old, new, node).without(&ignored(&ctx.def, subresource));
+    if !from_client
+        && changes.added.is_empty()
+        && changes.modified.is_empty()
+        && changes.removed.is_empty()
+    {
+        set_managed(new, live);
+        return Ok(());
+    }
+    let name = manager(ctx, options_kind(ctx))?;
+    record_update(&mut entries, &ctx.def, name, subresource, changes);
+    set_managed(new, encode(entries));
+    Ok(())
+}
+
+/// An updater takes what it added or changed from everyone; what it removed leaves
+/// every set.
+fn record_update(
+    entries: &mut Vec<Entry>,
+    def: &ResourceDef,
+    manager: String,
+    subresource: &str,
+    changes: typed::Comparison,
+) {
+    let me = Entry {
+        manager,
+        operation: UPDATE.into(),
+        api_version: api_version(def),
+        time: None,
+        subresource: subresource.to_owned(),
+        fields: Set::new(),
+    };
+    let changed = changes.added.union(&changes.modified);
+    for e in entries.iter_mut().filter(|e| !e.same(&me)) {
+        e.fields = e.fields.difference(&changed).difference(&changes.removed);
+    }
+    let index = match entries.iter().position(|e| e.same(&me)) {
+        Some(i) => i,
+        None => {
+            entries.push(me);
+            entries.len() - 1
+        }
+    };
+    let mine = &mut entries[index];
+    mine.fields = mine.fields.difference(&changes.removed).union(&changed);
+    if !changed.is_empty() || !changes.removed.is_empty() {
+        mine.time = Some(object::now());
+    }
+}
+
+/// Validates an apply request's options: `fieldManager` is required; `force` only
+/// with apply.
+pub fn check_patch_options(ctx: &Ctx, apply: bool) -> ApiResult<()> {
+    let manager = ctx.query.get("fieldManager").unwrap_or_default();
+    if apply {
+        if manager.is_empty() {
+            return Err(options_error(
+                "PatchOptions",
+                vec![Cause {
+                    reason: "FieldValueRequired",
+                    field: "fieldManager".into(),
+                    message: "Required value: is required for apply patch".into(),
+                }],
+            ));
+        }
+        validate_manager("PatchOptions", manager)?;
+    } else if ctx.query.get("force").is_some() {
+        return Err(options_error(
+            "PatchOptions",
+            vec![Cause::forbidden(
+                "force",
+                "Forbidden: may not be specified for non-apply patch",
+            )],
+        ));
+    }
+    Ok(())
+}
+
+/// Applies `config` (an object of the resource's kind, already decoded) over `live`
+/// (`None` when the apply creates the object) for the request's manager, through
+/// `subresource`. Returns the object to store, its `managedFields` set.
+pub fn apply(
+    ctx: &Ctx,
+    live: Option<&Value>,
+    config: &Value,
+    subresource: &str,
+) -> ApiResult<Value> {
+    let def = &ctx.def;
+    let force = ctx.query.flag("force");
+    let manager = ctx.query.get("fieldManager").unwrap_or_default().to_owned();
+    let node = root(def);
+    let ignored = ignored(def, subresource);
+    let mut config = config.clone();
+    strip_nulls(&mut config);
+    if let Some(meta) = object::meta_mut(&mut config) {
+        meta.remove("managedFields");
+    }
+    let mut live_obj = live.cloned().unwrap_or_else(|| json!({}));
+    let live_managed = live_obj.pointer("/metadata/managedFields").cloned();
+    if let Some(meta) = object::meta_mut(&mut live_obj) {
+        meta.remove("managedFields");
+        // A resourceVersion in the configuration is a precondition; none, none.
+        meta.remove("resourceVersion");
+    }
+    let mut entries = match decode(live_managed.as_ref()) {
+        Ok(Decoded::Entries(e)) => e,
+        _ if live.is_some() => {
+            let fields = typed::strip(&typed::field_set(&live_obj, node), &ignored);
+            vec![Entry {
+                manager: BEFORE_FIRST_APPLY.into(),
+                operation: UPDATE.into(),
+                api_version: api_version(def),
+                time: None,
+                subresource: String::new(),
+                fields,
+            }]
+        }
+        _ => Vec::new(),
+    };
+    let applied = typed::strip(&typed::field_set(&config, node), &ignored);
+    let me = Entry {
+        manager,
+        operation: APPLY.into(),
+        api_version: config
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| api_version(def)),
+        time: None,
+        subresource: subresource.to_owned(),
+        fields: applied.clone(),
+    };
+    let (last, last_time) = match entries.iter().position(|e| e.same(&me)) {
+        Some(i) => {
+            let e = entries.remove(i);
+            (e.fields, e.time)
+        }
+        None => (Set::new(), None),
+    };
+    let merged = typed::merge(&live_obj, &config, node);
+    // Fields this manager applied before and no longer does go, unless another
+    // manager (or this configuration) still owns them or something below them.
+    let mut keep = applied.clone();
+    for e in &entries {
+        keep = keep.union(&e.fields);
+    }
+    let mut dropped: Vec<Path> = last.difference(&applied).paths();
+    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut pruned = merged;
+    for path in dropped {
+        if !keep.has_prefix(&path) && !typed::is_key_field(&path) {
+            typed::remove(&mut pruned, &path, node);
+        }
+    }
+    let changes = typed::compare(&live_obj, &pruned, node).without(&ignored);
+    let changed = changes.added.union(&changes.modified);
+    let conflicts: Vec<(String, Vec<Path>)> = entries
+        .iter()
+        .filter_map(|e| {
+            let both = e.fields.intersection(&changed);
+            (!both.is_empty()).then(|| (e.describe(), both.paths()))
+        })
+        .collect();
+    if !conflicts.is_empty() && !force {
+        // `kubectl apply --server-side` over a client-side-applied object: fields
+        // still as the last-applied annotation has them are no conflict (upstream's
+        // upgrade path from client-side apply).
+        let allowed = match (me.manager == KUBECTL, live) {
+            (true, Some(live)) => last_applied_fields(live, node, &ignored),
+            _ => None,
+        };
+        let remaining: Vec<(String, Vec<Path>)> = conflicts
+            .into_iter()
+            .filter_map(|(who, paths)| {
+                let left: Vec<Path> = paths
+                    .into_iter()
+                    .filter(|p| !allowed.as_ref().is_some_and(|a| a.has(p)))
+                    .collect();
+                (!left.is_empty()).then_some((who, left))
+            })
+            .collect();
+        if !remaining.is_empty() {
+            return Err(conflict_error(remaining));
+        }
+    }
+    for e in entries.iter_mut() {
+        e.fields = e.fields.difference(&changed).difference(&changes.removed);
+    }
+    let object_changed = !changed.is_empty() || !changes.removed.is_empty() || live.is_none();
+    let me_is_kubectl = me.manager == KUBECTL;
+    let mut mine = me;
+    mine.time = if object_changed || last_time.is_none() {
+        Some(object::now())
+    } else {
+        last_time
+    };
+    entries.push(mine);
+    set_managed(&mut pruned, encode(entries));
+    // kubectl's server-side apply keeps a client-side apply annotation in step, so a
+    // later client-side apply still works (upstream's lastAppliedUpdater).
+    if me_is_kubectl && live.is_some_and(|l| last_applied(l).is_some()) {
+        let mut recorded = config.clone();
+        if let Some(a) = recorded
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+        {
+            a.remove(LAST_APPLIED);
+            if a.is_empty()
+                && let Some(m) = recorded
+                    .pointer_mut("/metadata")
+                    .and_then(Value::as_object_mut)
+            {
+                m.remove("annotations");
+            }
+        }
+        if let Some(meta) = object::meta_mut(&mut pruned) {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(LAST_APPLIED.into(), Value::String(recorded.to_string()));
+            }
+        }
+    }
+    Ok(pruned)
+}
+
+/// kubectl's client-side apply annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The manager `kubectl apply --server-side` applies as.
+const KUBECTL: &str = "kubectl";
+
+fn last_applied(live: &Value) -> Option<Value> {
+    let text = live
+        .pointer("/metadata/annotations")?
+        .get(LAST_APPLIED)?
+        .as_str()?;
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .filter(Value::is_object)
+}
+
+/// The fields of the last client-side applied configuration that still have the
+/// value it gave them.
+fn last_applied_fields(live: &Value, node: Node, ignored: &Set) -> Option<Set> {
+    let applied = last_applied(live)?;
+    let set = typed::strip(&typed::field_set(&applied, node), ignored);
+    let changed = typed::compare(&applied, live, node);
+    Some(set.difference(&changed.modified))
+}
+
+/// Drops `null`s from an applied configuration (a null sets nothing).
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// 409 in kube-apiserver's words: `Apply failed with 1 conflict: conflict with
+/// "kubectl-client-side-apply" using apps/v1: .spec.replicas`.
+fn conflict_error(mut conflicts: Vec<(String, Vec<Path>)>) -> ApiError {
+    conflicts.sort_by(|a, b| a.0.cmp(&b.0));
+    let count: usize = conflicts.iter().map(|(_, p)| p.len()).sum();
+    let mut causes = Vec::new();
+    for (manager, paths) in &conflicts {
+        for path in paths {
+            causes.push(json!({
+                "reason": "FieldManagerConflict",
+                "message": format!("conflict with {manager}"),
+                "field": Display(path).to_string(),
+            }));
+        }
+    }
+    let message = if count == 1 {
+        let (manager, paths) = &conflicts[0];
+        format!(
+            "Apply failed with 1 conflict: conflict with {manager}: {}",
+            Display(&paths[0])
+        )
+    } else {
+        let mut lines = Vec::new();
+        for (manager, paths) in &conflicts {
+            lines.push(format!("conflicts with {manager}:"));
+            lines.extend(paths.iter().map(|p| format!("- {}", Display(p))));
+        }
+        format!("Apply failed with {count} conflicts: {}", lines.join("\n"))
+    };
+    let mut err = ApiError::new(409, "Conflict", message);
+    err.details = Some(json!({"causes": causes}));
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_messages_are_upstreams() {
+        let path = vec![
+            PathElement::Field("spec".into()),
+            PathElement::Field("replicas".into()),
+        ];
+        let one = conflict_error(vec![(
+            "\"kubectl-client-side-apply\" using apps/v1".into(),
+            vec![path.clone()],
+        )]);
+        assert_eq!(one.code, 409);
+        assert_eq!(
+            one.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+        );
+        let mut other = path.clone();
+        other[1] = PathElement::Field("paused".into());
+        let two = conflict_error(vec![("\"b\"".into(), vec![path, other])]);
+        assert_eq!(
+            two.message,
+            "Apply failed with 2 conflicts: conflicts with \"b\":\n- .spec.replicas\n- .spec.paused"
+        );
+    }
+
+    #[test]
+    fn managed_fields_decode_and_encode() {
+        let list = json!([{
+            "manager": "kubectl", "operation": "Apply", "apiVersion": "apps/v1",
+            "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}}
+        }]);
+        let Ok(Decoded::Entries(entries)) = decode(Some(&list)) else {
+            panic!("decode");
+        };
+        assert_eq!(encode(entries), Some(list));
+        assert_eq!(decode(Some(&json!([{}]))), Ok(Decoded::Reset));
+        assert_eq!(decode(Some(&json!([]))), Ok(Decoded::None));
+        assert!(decode(Some(&json!([{"operation": "Patch"}]))).is_err());
+    }
+}

@@ -1,0 +1,472 @@
+//! The operations on typed values that server-side apply and the managed-fields
+//! tracking are made of, as structured-merge-diff defines them: a value's field set,
+//! the comparison of two values (added, modified and removed paths), the merge of an
+//! applied configuration into a live object, and the removal of paths.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::fieldpath::{Path, PathElement, Set};
+use super::schema::{Kind, Node, item_key};
+
+/// The set of fields `value` sets: its leaves, every list item, and empty objects and
+/// lists (leaves themselves).
+pub fn field_set(value: &Value, node: Node) -> Set {
+    let mut out = Set::new();
+    walk(value, node, &mut Vec::new(), &mut out);
+    out
+}
+
+fn walk(value: &Value, node: Node, path: &mut Path, out: &mut Set) {
+    match node.kind(value) {
+        Kind::Leaf => out.insert(path),
+        Kind::Object => {
+            if let Some(fields) = value.as_object() {
+                for (name, child) in fields {
+                    if child.is_null() {
+                        continue;
+                    }
+                    path.push(PathElement::Field(name.clone()));
+                    walk(child, node.field(name), path, out);
+                    path.pop();
+                }
+            }
+        }
+        Kind::Set => {
+            for item in value.as_array().into_iter().flatten() {
+                path.push(PathElement::Value(item.to_string()));
+                out.insert(path);
+                path.pop();
+            }
+        }
+        Kind::Keyed(keys) => {
+            for item in value.as_array().into_iter().flatten() {
+                path.push(PathElement::key(&item_key(item, keys)));
+                out.insert(path);
+                walk(item, node.items(), path, out);
+                path.pop();
+            }
+        }
+    }
+}
+
+/// A value that appeared or disappeared at `path`: the path itself if it is a leaf,
+/// a list item or a map, and every field below it.
+fn whole(value: &Value, node: Node, path: &mut Path, out: &mut Set) {
+    let item = matches!(
+        path.last(),
+        Some(PathElement::Key(_) | PathElement::Value(_))
+    );
+    let kind = node.kind(value);
+    if kind == Kind::Leaf || item || (kind == Kind::Object && node.is_map()) {
+        out.insert(path);
+    }
+    if kind != Kind::Leaf {
+        walk(value, node, path, out);
+    }
+}
+
+/// What changed from one value to another.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub added: Set,
+    pub modified: Set,
+    pub removed: Set,
+}
+
+impl Comparison {
+    /// Leaves out `ignored` paths (and everything below them).
+    pub fn without(mut self, ignored: &Set) -> Self {
+        self.added = strip(&self.added, ignored);
+        self.modified = strip(&self.modified, ignored);
+        self.removed = strip(&self.removed, ignored);
+        self
+    }
+}
+
+/// `set` without the paths in `ignored` nor any path below one of them.
+pub fn strip(set: &Set, ignored: &Set) -> Set {
+    let mut out = Set::new();
+    for path in set.paths() {
+        let covered = (1..=path.len()).any(|n| ignored.has(&path[..n]));
+        if !covered {
+            out.insert(&path);
+        }
+    }
+    out
+}
+
+/// Compares `old` with `new`.
+pub fn compare(old: &Value, new: &Value, node: Node) -> Comparison {
+    let mut out = Comparison::default();
+    diff(Some(old), Some(new), node, &mut Vec::new(), &mut out);
+    out
+}
+
+fn diff(
+    old: Option<&Value>,
+    new: Option<&Value>,
+    node: Node,
+    path: &mut Path,
+    out: &mut Comparison,
+) {
+    let old = old.filter(|v| !v.is_null());
+    let new = new.filter(|v| !v.is_null());
+    let (old, new) = match (old, new) {
+        (None, None) => return,
+        (None, Some(n)) => return whole(n, node, path, &mut out.added),
+        (Some(o), None) => return whole(o, node, path, &mut out.removed),
+        (Some(o), Some(n)) => (o, n),
+    };
+    let (mut ko, mut kn) = (node.kind(old), node.kind(new));
+    // An empty object and a full one compare field by field.
+    if old.is_object() && new.is_object() && !node.atomic_object() {
+        (ko, kn) = (Kind::Object, Kind::Object);
+    }
+    if ko == Kind::Leaf && kn == Kind::Leaf {
+        if old != new {
+            out.modified.insert(path);
+        }
+        return;
+    }
+    if ko != kn {
+        whole(old, node, path, &mut out.removed);
+        whole(new, node, path, &mut out.added);
+        return;
+    }
+    match kn {
+        Kind::Leaf => {}
+        Kind::Object => {
+            let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+                return;
+            };
+            let mut names: Vec<&String> = o.keys().collect();
+            names.extend(n.keys().filter(|k| !o.contains_key(*k)));
+            for name in names {
+                path.push(PathElement::Field(name.clone()));
+                diff(o.get(name), n.get(name), node.field(name), path, out);
+                path.pop();
+            }
+        }
+        Kind::Set => {
+            let o = old.as_array().map(Vec::as_slice).unwrap_or_default();
+            let n = new.as_array().map(Vec::as_slice).unwrap_or_default();
+            for item in n.iter().filter(|i| !o.contains(i)) {
+                path.push(PathElement::Value(item.to_string()));
+                out.added.insert(path);
+                path.pop();
+            }
+            for item in o.iter().filter(|i| !n.contains(i)) {
+                path.push(PathElement::Value(item.to_string()));
+                out.removed.insert(path);
+                path.pop();
+            }
+        }
+        Kind::Keyed(keys) => {
+            let index = |v: &Value| -> BTreeMap<PathElement, Value> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|item| (PathElement::key(&item_key(item, keys)), item.clone()))
+                    .collect()
+            };
+            let (o, n) = (index(old), index(new));
+            let items = node.items();
+            for (pe, item) in &n {
+                path.push(pe.clone());
+                match o.get(pe) {
+                    Some(before) => diff(Some(before), Some(item), items, path, out),
+                    None => whole(item, items, path, &mut out.added),
+                }
+                path.pop();
+            }
+            for (pe, item) in o.iter().filter(|(pe, _)| !n.contains_key(*pe)) {
+                path.push(pe.clone());
+                whole(item, items, path, &mut out.removed);
+                path.pop();
+            }
+        }
+    }
+}
+
+/// Merges an applied configuration into the live object: objects field by field,
+/// sets by value, associative lists by key (items merged), everything else replaced.
+/// Lists keep the configuration's order for its items, with the live object's other
+/// items where they were.
+pub fn merge(live: &Value, config: &Value, node: Node) -> Value {
+    let empty_container = match config {
+        Value::Object(m) => m.is_empty() && live.is_object(),
+        Value::Array(a) => a.is_empty() && live.is_array(),
+        _ => false,
+    };
+    if empty_container {
+        return live.clone();
+    }
+    match (node.kind(live), node.kind(config)) {
+        (Kind::Object, Kind::Object) => {
+            let (Some(l), Some(c)) = (live.as_object(), config.as_object()) else {
+                return config.clone();
+            };
+            let mut out = l.clone();
+            for (name, value) in c {
+                if value.is_null() {
+                    continue;
+                }
+                let merged = match l.get(name) {
+                    Some(before) if !before.is_null() => merge(before, value, node.field(name)),
+                    _ => value.clone(),
+                };
+                out.insert(name.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (Kind::Set, Kind::Set) => {
+            let id = |v: &Value| PathElement::Value(v.to_string());
+            Value::Array(merge_lists(live, config, id, |_, c| c.clone()))
+        }
+        (Kind::Keyed(keys), Kind::Keyed(_)) => {
+            let items = node.items();
+            let id = |v: &Value| PathElement::key(&item_key(v, keys));
+            Value::Array(merge_lists(live, config, id, |l, c| merge(l, c, items)))
+        }
+        _ => config.clone(),
+    }
+}
+
+/// Merges two lists of identified items: the configuration's items in its order,
+/// merged with the live item of the same identity; the live object's other items kept
+/// in their places relative to the shared ones.
+fn merge_lists(
+    live: &Value,
+    config: &Value,
+    id: impl Fn(&Value) -> PathElement,
+    merge_item: impl Fn(&Value, &Value) -> Value,
+) -> Vec<Value> {
+    let l = live.as_array().map(Vec::as_slice).unwrap_or_default();
+    let c = config.as_array().map(Vec::as_slice).unwrap_or_default();
+    let l_ids: Vec<PathElement> = l.iter().map(&id).collect();
+    let c_ids: Vec<PathElement> = c.iter().map(&id).collect();
+    let live_by_id: BTreeMap<&PathElement, &Value> = l_ids.iter().zip(l).collect();
+    let mut taken = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(l.len().max(c.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < l.len() || j < c.len() {
+        if i < l.len() {
+            let lid = &l_ids[i];
+            if !c_ids.contains(lid) {
+                out.push(l[i].clone());
+                i += 1;
+                continue;
+            }
+            if taken.contains(lid) {
+                i += 1;
+                continue;
+            }
+        }
+        if j < c.len() {
+            let cid = &c_ids[j];
+            if taken.insert(cid.clone()) {
+                out.push(match live_by_id.get(cid) {
+                    Some(before) => merge_item(before, &c[j]),
+                    None => c[j].clone(),
+                });
+            }
+            j += 1;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Removes `path` from `value` (nothing if it is not there).
+pub fn remove(value: &mut Value, path: &[PathElement], node: Node) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut here = value;
+    let mut node = node;
+    for pe in parents {
+        let (child, child_node) = match step(here, pe, node) {
+            Some(found) => found,
+            None => return,
+        };
+        here = child;
+        node = child_node;
+    }
+    match last {
+        PathElement::Field(name) => {
+            if let Some(m) = here.as_object_mut() {
+                m.remove(name);
+            }
+        }
+        PathElement::Index(i) => {
+            if let Some(a) = here.as_array_mut()
+                && *i < a.len()
+            {
+                a.remove(*i);
+            }
+        }
+        item => {
+            let matches = identify(here, node);
+            if let Some(a) = here.as_array_mut() {
+                a.retain(|v| matches(v).as_ref() != Some(item));
+            }
+        }
+    }
+}
+
+/// How the items of the list `list` (at `node`) are identified.
+fn identify(list: &Value, node: Node) -> impl Fn(&Value) -> Option<PathElement> + use<> {
+    let keys: Option<Vec<Value>> = match node.kind(list) {
+        Kind::Keyed(keys) => Some(keys.to_vec()),
+        _ => None,
+    };
+    move |v: &Value| match &keys {
+        Some(keys) => v.as_object().map(|_| PathElement::key(&item_key(v, keys))),
+        None => Some(PathElement::Value(v.to_string())),
+    }
+}
+
+fn step<'v, 'n>(
+    value: &'v mut Value,
+    pe: &PathElement,
+    node: Node<'n>,
+) -> Option<(&'v mut Value, Node<'n>)> {
+    match pe {
+        PathElement::Field(name) => {
+            let child = node.field(name);
+            value.as_object_mut()?.get_mut(name).map(|v| (v, child))
+        }
+        PathElement::Index(i) => value.as_array_mut()?.get_mut(*i).map(|v| (v, node.items())),
+        item => {
+            let matches = identify(value, node);
+            let items = node.items();
+            value
+                .as_array_mut()?
+                .iter_mut()
+                .find(|v| matches(v).as_ref() == Some(item))
+                .map(|v| (v, items))
+        }
+    }
+}
+
+/// Whether the last element of `path` is one of the key fields of the list item it
+/// is in (removing it would break the item).
+pub fn is_key_field(path: &[PathElement]) -> bool {
+    match path {
+        [.., PathElement::Key(key), PathElement::Field(name)] => {
+            serde_json::from_str::<Map<String, Value>>(key).is_ok_and(|k| k.contains_key(name))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment() -> Node<'static> {
+        Node::builtin("io.k8s.api.apps.v1.Deployment")
+    }
+
+    #[test]
+    fn field_sets_are_structured_merge_diffs() {
+        let obj = json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [
+                    {"name": "web", "image": "nginx", "ports": [{"containerPort": 80}], "resources": {}}
+                ]}}
+            }
+        });
+        let set = field_set(&obj, deployment());
+        let expected = json!({
+            "f:metadata": {"f:labels": {"f:app": {}}},
+            "f:spec": {
+                "f:replicas": {},
+                "f:selector": {},
+                "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {
+                    ".": {}, "f:image": {}, "f:name": {}, "f:resources": {},
+                    "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
+                        ".": {}, "f:containerPort": {}
+                    }}
+                }}}}
+            }
+        });
+        assert_eq!(set.to_fields_v1(), expected);
+    }
+
+    #[test]
+    fn comparisons_find_added_modified_and_removed_fields() {
+        let old = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 1}});
+        let new = json!({"metadata": {"labels": {"a": "1", "c": "3"}}, "spec": {"replicas": 2, "paused": true}});
+        let c = compare(&old, &new, deployment());
+        let paths = |s: &Set| s.to_fields_v1();
+        assert_eq!(
+            paths(&c.added),
+            json!({"f:metadata": {"f:labels": {"f:c": {}}}, "f:spec": {"f:paused": {}}})
+        );
+        assert_eq!(paths(&c.modified), json!({"f:spec": {"f:replicas": {}}}));
+        assert_eq!(
+            paths(&c.removed),
+            json!({"f:metadata": {"f:labels": {"f:b": {}}}})
+        );
+    }
+
+    #[test]
+    fn merges_keep_live_items_and_config_order() {
+        let live = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
+            {"name": "b", "image": "b:1"}
+        ]}}}});
+        let config = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [
+            {"name": "a", "image": "a:2"},
+            {"name": "c", "image": "c:1"}
+        ]}}}});
+        let merged = merge(&live, &config, deployment());
+        assert_eq!(
+            merged,
+            json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [
+                {"name": "a", "image": "a:2", "env": [{"name": "X", "value": "1"}]},
+                {"name": "b", "image": "b:1"},
+                {"name": "c", "image": "c:1"}
+            ]}}}})
+        );
+        let mut pruned = merged.clone();
+        let item = PathElement::key(&item_key(&json!({"name": "b"}), &[json!("name")]));
+        let path = [
+            PathElement::Field("spec".into()),
+            PathElement::Field("template".into()),
+            PathElement::Field("spec".into()),
+            PathElement::Field("containers".into()),
+            item,
+        ];
+        remove(&mut pruned, &path, deployment());
+        assert_eq!(
+            pruned["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert!(is_key_field(&[
+            path[4].clone(),
+            PathElement::Field("name".into())
+        ]));
+        assert!(!is_key_field(&[
+            path[4].clone(),
+            PathElement::Field("image".into())
+        ]));
+    }
+
+    #[test]
+    fn atomic_values_are_replaced() {
+        let live = json!({"spec": {"selector": {"matchLabels": {"a": "1", "b": "2"}}}});
+        let config = json!({"spec": {"selector": {"matchLabels": {"a": "1"}}}});
+        assert_eq!(merge(&live, &config, deployment()), config);
+    }
+}

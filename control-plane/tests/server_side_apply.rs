@@ -1,0 +1,525 @@
+//! Server-side apply and managed fields with the real kubectl and kube-rs against a
+//! berth-server: `kubectl apply --server-side` creates and updates, a field another
+//! manager set is a conflict (upstream's message) until `--force-conflicts`, two
+//! managers own different fields of one Deployment, a field a manager stops applying
+//! goes only if nobody else owns it, client-side apply migrates to server-side apply,
+//! `kubectl diff --server-side`, kube-rs' `Patch::Apply` on a custom resource's
+//! associative list, and bad requests refused as upstream.
+
+use berth_testkit::{BerthServer, Kubectl};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+
+fn server(dir: &std::path::Path) -> BerthServer {
+    BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir)
+}
+
+fn run(k: &Kubectl, args: &[&str], manifest: &str) -> (bool, String) {
+    let out = k.run_with_stdin(args, manifest);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn deployment(name: &str, replicas: u32, image: &str, extra_meta: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: default\n{extra_meta}spec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n      - name: main\n        image: {image}\n"
+    )
+}
+
+/// The managedFields entry of `manager` with `operation`.
+fn entry<'a>(obj: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
+    obj["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|e| e["manager"] == manager && e["operation"] == operation)
+}
+
+#[test]
+fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let apply = ["apply", "--server-side", "-f", "-"];
+    let (ok, out) = run(&k, &apply, &deployment("web", 2, "nginx:1", ""));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let obj = k.json(&["get", "deployment", "web", "--show-managed-fields"]);
+    let applied = entry(&obj, "kubectl", "Apply").expect("kubectl's Apply entry");
+    assert_eq!(applied["apiVersion"], "apps/v1");
+    assert_eq!(applied["fieldsType"], "FieldsV1");
+    assert_eq!(applied["fieldsV1"]["f:spec"]["f:replicas"], json!({}));
+    assert_eq!(
+        applied["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"main\"}"]
+            ["f:image"],
+        json!({})
+    );
+
+    // Another manager sets replicas: applying a different value is a conflict.
+    k.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "--field-manager=scaler",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ]);
+    let obj = k.json(&["get", "deployment", "web", "--show-managed-fields"]);
+    let scaler = entry(&obj, "scaler", "Update").expect("scaler's Update entry");
+    assert_eq!(scaler["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+    assert!(
+        entry(&obj, "kubectl", "Apply").expect("apply entry")["fieldsV1"]["f:spec"]
+            .get("f:replicas")
+            .is_none(),
+        "the update took .spec.replicas from the applier"
+    );
+    let (ok, out) = run(&k, &apply, &deployment("web", 3, "nginx:1", ""));
+    assert!(!ok, "a conflicting apply succeeded: {out}");
+    assert!(
+        out.contains(
+            r#"Apply failed with 1 conflict: conflict with "scaler" using apps/v1: .spec.replicas"#
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "5"
+    );
+    // The same value as the other manager's is no conflict: both own it.
+    let (ok, out) = run(&k, &apply, &deployment("web", 5, "nginx:2", ""));
+    assert!(ok, "{out}");
+    let obj = k.json(&["get", "deployment", "web", "--show-managed-fields"]);
+    assert!(entry(&obj, "scaler", "Update").is_some());
+    assert_eq!(
+        entry(&obj, "kubectl", "Apply").expect("apply")["fieldsV1"]["f:spec"]["f:replicas"],
+        json!({})
+    );
+    // --force-conflicts takes the field over.
+    k.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "--field-manager=scaler",
+        "-p",
+        r#"{"spec":{"replicas":6}}"#,
+    ]);
+    let forced = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
+    let (ok, out) = run(&k, &forced, &deployment("web", 3, "nginx:2", ""));
+    assert!(ok, "{out}");
+    let obj = k.json(&["get", "deployment", "web", "--show-managed-fields"]);
+    assert_eq!(obj["spec"]["replicas"], 3);
+    assert!(
+        entry(&obj, "scaler", "Update").is_none(),
+        "the forced apply left scaler owning fields: {}",
+        obj["metadata"]["managedFields"]
+    );
+    // Applying the same configuration again changes nothing.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: same, namespace: default}\ndata: {a: b}\n";
+    let (ok, out) = run(&k, &apply, cm);
+    assert!(ok, "{out}");
+    let rv = k.ok(&[
+        "get",
+        "configmap",
+        "same",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    let (ok, out) = run(&k, &apply, cm);
+    assert!(ok, "{out}");
+    let again = k.ok(&[
+        "get",
+        "configmap",
+        "same",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    assert_eq!(again, rv, "a no-op apply wrote");
+    // kubectl diff --server-side shows what an apply would change (exit 1).
+    let out = k.run_with_stdin(
+        &["diff", "--server-side", "-f", "-"],
+        &deployment("web", 4, "nginx:2", ""),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("replicas: 4"), "{text}");
+    assert!(text.contains("replicas: 3"), "{text}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+}
+
+#[test]
+fn two_managers_own_different_fields_and_removal_respects_ownership() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let as_a = [
+        "apply",
+        "--server-side",
+        "--field-manager=team-a",
+        "-f",
+        "-",
+    ];
+    let as_b = [
+        "apply",
+        "--server-side",
+        "--field-manager=team-b",
+        "-f",
+        "-",
+    ];
+    let a_meta = "  annotations: {owner: a, common: shared}\n  labels: {tier: web}\n";
+    let (ok, out) = run(&k, &as_a, &deployment("shared", 1, "busybox:1", a_meta));
+    assert!(ok, "{out}");
+    // team-b applies only annotations, one with team-a's value: no conflict.
+    let b_config = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shared\n  namespace: default\n  annotations: {team: b, common: shared}\n";
+    let (ok, out) = run(&k, &as_b, b_config);
+    assert!(ok, "{out}");
+    let obj = k.json(&["get", "deployment", "shared", "--show-managed-fields"]);
+    let a = entry(&obj, "team-a", "Apply").expect("team-a");
+    let b = entry(&obj, "team-b", "Apply").expect("team-b");
+    assert_eq!(
+        b["fieldsV1"],
+        json!({"f:metadata": {"f:annotations": {"f:common": {}, "f:team": {}}}})
+    );
+    assert_eq!(
+        a["fieldsV1"]["f:metadata"]["f:annotations"]["f:owner"],
+        json!({})
+    );
+    assert_eq!(
+        a["fieldsV1"]["f:metadata"]["f:annotations"]["f:common"],
+        json!({})
+    );
+    assert!(a["fieldsV1"]["f:spec"]["f:replicas"].is_object());
+    // team-a stops applying `owner`, `common` and the label: `owner` and the label go,
+    // `common` stays (team-b owns it too).
+    let (ok, out) = run(&k, &as_a, &deployment("shared", 1, "busybox:1", ""));
+    assert!(ok, "{out}");
+    let obj = k.json(&["get", "deployment", "shared"]);
+    let annotations = &obj["metadata"]["annotations"];
+    assert!(annotations.get("owner").is_none(), "{annotations}");
+    assert_eq!(annotations["common"], "shared");
+    assert_eq!(annotations["team"], "b");
+    assert!(
+        obj["metadata"]["labels"].get("tier").is_none(),
+        "{}",
+        obj["metadata"]
+    );
+    // team-b changing team-a's image is a conflict naming team-a.
+    let b_image = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shared, namespace: default}\nspec:\n  template:\n    spec:\n      containers:\n      - {name: main, image: busybox:2}\n";
+    let (ok, out) = run(&k, &as_b, b_image);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            r#"conflict with "team-a": .spec.template.spec.containers[name="main"].image"#
+        ),
+        "{out}"
+    );
+    // A container team-a stops applying is removed.
+    let two = deployment("shared", 1, "busybox:1", "").replace(
+        "        image: busybox:1\n",
+        "        image: busybox:1\n      - name: side\n        image: busybox:1\n",
+    );
+    let (ok, out) = run(&k, &as_a, &two);
+    assert!(ok, "{out}");
+    let names = || {
+        k.ok(&[
+            "get",
+            "deployment",
+            "shared",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name}",
+        ])
+    };
+    assert_eq!(names(), "main side");
+    let (ok, out) = run(&k, &as_a, &deployment("shared", 1, "busybox:1", ""));
+    assert!(ok, "{out}");
+    assert_eq!(names(), "main");
+}
+
+#[test]
+fn client_side_apply_migrates_to_server_side_apply() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let config = |value: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: default}}\ndata:\n  mode: {value}\n{extra}"
+        )
+    };
+    k.apply(&config("fast", "  extra: one\n"));
+    let obj = k.json(&["get", "configmap", "settings", "--show-managed-fields"]);
+    let csa = entry(&obj, "kubectl-client-side-apply", "Update").expect("client-side entry");
+    assert_eq!(csa["fieldsV1"]["f:data"]["f:mode"], json!({}));
+    // kubectl apply --server-side over a client-side-applied object: no conflict for
+    // fields as last applied; kubectl then moves the client-side apply manager's
+    // fields to its own (a managedFields JSON patch pinned to the resourceVersion,
+    // taken as is) and applies again, which removes what the configuration dropped.
+    let (ok, out) = run(
+        &k,
+        &["apply", "--server-side", "-f", "-"],
+        &config("slow", ""),
+    );
+    assert!(ok, "{out}");
+    let obj = k.json(&["get", "configmap", "settings", "--show-managed-fields"]);
+    assert_eq!(obj["data"], json!({"mode": "slow"}));
+    assert!(
+        entry(&obj, "kubectl-client-side-apply", "Update").is_none(),
+        "{}",
+        obj["metadata"]["managedFields"]
+    );
+    let applied = entry(&obj, "kubectl", "Apply").expect("kubectl's Apply entry");
+    assert_eq!(applied["fieldsV1"]["f:data"], json!({"f:mode": {}}));
+    let last = obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last.contains("slow"),
+        "the annotation follows the apply: {last}"
+    );
+    // A create records its manager as an update.
+    k.ok(&["create", "configmap", "made", "--from-literal=a=b"]);
+    let obj = k.json(&["get", "configmap", "made", "--show-managed-fields"]);
+    let created = entry(&obj, "kubectl-create", "Update").expect("kubectl-create entry");
+    assert_eq!(created["fieldsV1"], json!({"f:data": {".": {}, "f:a": {}}}));
+    assert_eq!(created["apiVersion"], "v1");
+    assert!(created["time"].is_string());
+}
+
+async fn client(server: &BerthServer) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+async fn raw_patch(client: &kube::Client, path: &str, media: &str, body: &str) -> (u16, Value) {
+    let req = axum::http::Request::patch(path)
+        .header("content-type", media)
+        .body(kube::client::Body::from(body.as_bytes().to_vec()))
+        .expect("request");
+    let resp = client.send(req).await.expect("send");
+    let status = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+const GADGETS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.ssa.berth.dev}
+spec:
+  group: ssa.berth.dev
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+              ports:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    port: {type: integer}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_rs_apply_merges_a_custom_resources_list_by_key() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    k.apply(GADGETS);
+    let client = client(&server).await;
+    let resource = ApiResource {
+        group: "ssa.berth.dev".into(),
+        version: "v1".into(),
+        api_version: "ssa.berth.dev/v1".into(),
+        kind: "Gadget".into(),
+        plural: "gadgets".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let config = |ports: Value| {
+        json!({"apiVersion": "ssa.berth.dev/v1", "kind": "Gadget",
+               "metadata": {"name": "g1"}, "spec": {"ports": ports}})
+    };
+    // The CRD is served a moment after it is created.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let first = api
+            .patch(
+                "g1",
+                &PatchParams::apply("alpha"),
+                &Patch::Apply(config(json!([{"name": "http", "port": 80}]))),
+            )
+            .await;
+        match first {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for the CRD: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("apply as alpha: {e}"),
+        }
+    }
+    api.patch(
+        "g1",
+        &PatchParams::apply("beta"),
+        &Patch::Apply(config(json!([{"name": "metrics", "port": 9090}]))),
+    )
+    .await
+    .expect("apply as beta");
+    let g = api.get("g1").await.expect("get");
+    assert_eq!(
+        g.data["spec"]["ports"],
+        json!([{"name": "http", "port": 80}, {"name": "metrics", "port": 9090}]),
+        "the items are merged by key, not replaced"
+    );
+    let managed = g.metadata.managed_fields.clone().unwrap_or_default();
+    let fields = |manager: &str| {
+        managed
+            .iter()
+            .find(|e| e.manager.as_deref() == Some(manager))
+            .and_then(|e| e.fields_v1.as_ref())
+            .map(|f| f.0.clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        fields("beta"),
+        json!({"f:spec": {"f:ports": {"k:{\"name\":\"metrics\"}": {".": {}, "f:name": {}, "f:port": {}}}}})
+    );
+    // beta changing alpha's port conflicts; with force it takes it over.
+    let grab = config(json!([{"name": "http", "port": 8080}, {"name": "metrics", "port": 9090}]));
+    let err = api
+        .patch(
+            "g1",
+            &PatchParams::apply("beta"),
+            &Patch::Apply(grab.clone()),
+        )
+        .await
+        .expect_err("conflict");
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 409);
+            assert!(
+                status
+                    .message
+                    .contains(r#"conflict with "alpha": .spec.ports[name="http"].port"#),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a 409, got {other}"),
+    }
+    api.patch(
+        "g1",
+        &PatchParams::apply("beta").force(),
+        &Patch::Apply(grab),
+    )
+    .await
+    .expect("forced apply");
+    // alpha drops its item: http stays, as beta owns its port now.
+    api.patch(
+        "g1",
+        &PatchParams::apply("alpha"),
+        &Patch::Apply(config(json!([]))),
+    )
+    .await
+    .expect("alpha applies no ports");
+    let g = api.get("g1").await.expect("get");
+    assert_eq!(
+        g.data["spec"]["ports"],
+        json!([{"name": "http", "port": 8080}, {"name": "metrics", "port": 9090}])
+    );
+
+    // Bad requests, as kube-apiserver answers them.
+    let path = "/apis/ssa.berth.dev/v1/namespaces/default/gadgets/g1";
+    let body = serde_json::to_string(&config(json!([]))).expect("json");
+    let (code, status) = raw_patch(&client, path, "application/apply-patch+yaml", &body).await;
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        status["message"].as_str().is_some_and(
+            |m| m.contains("fieldManager: Required value: is required for apply patch")
+        ),
+        "{status}"
+    );
+    let wrong_kind = body.replace("Gadget", "Widget");
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{path}?fieldManager=x"),
+        "application/apply-patch+yaml",
+        &wrong_kind,
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{path}?force=true"),
+        "application/merge-patch+json",
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("force: Forbidden")),
+        "{status}"
+    );
+}
