@@ -20,6 +20,32 @@ pub fn definitions() -> &'static BTreeMap<String, Value> {
     &DEFS
 }
 
+/// The same definitions without their descriptions: the structure alone, for what
+/// walks objects by their schema (strategic merge patch, server-side apply), so a
+/// server nobody asks for OpenAPI documents does not hold their prose.
+pub fn structure() -> &'static BTreeMap<String, Value> {
+    static DEFS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
+        let mut defs = build_definitions();
+        defs.values_mut().for_each(strip_descriptions);
+        defs
+    });
+    &DEFS
+}
+
+fn strip_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            // Prose, not a property named "description" (whose schema is an object).
+            if m.get("description").is_some_and(Value::is_string) {
+                m.remove("description");
+            }
+            m.values_mut().for_each(strip_descriptions);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
 fn build_definitions() -> BTreeMap<String, Value> {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
     let registry = Registry::builtin();

@@ -37,7 +37,7 @@ struct Schema {
 
 impl Schema {
     fn of_definition(name: &str) -> Self {
-        let node = openapi::definitions()
+        let node = openapi::structure()
             .get(name)
             .cloned()
             .unwrap_or(Value::Null);

@@ -338,11 +338,15 @@ impl Conn {
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(name, tcp)
             .await?;
-        let (send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await?;
+        // client-go's HTTP/2 flow-control windows (Go's transport: 4 MiB per stream,
+        // 1 GiB per connection), so a large list streams as it does to kubectl and
+        // controllers instead of stalling on hyper's smaller defaults.
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(1 << 30)
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
         tokio::spawn(conn);
         Ok(Self {
             send,

@@ -121,7 +121,33 @@ impl Set {
             [last] => {
                 self.members.insert(last.clone());
             }
-            [first, rest @ ..] => self.children.entry(first.clone()).or_default().insert(rest),
+            [first, rest @ ..] => match self.children.get_mut(first) {
+                Some(child) => child.insert(rest),
+                None => {
+                    let mut child = Set::new();
+                    child.insert(rest);
+                    self.children.insert(first.clone(), child);
+                }
+            },
+        }
+    }
+
+    /// Removes `path` and everything below it.
+    pub fn remove_tree(&mut self, path: &[PathElement]) {
+        match path {
+            [] => {}
+            [last] => {
+                self.members.remove(last);
+                self.children.remove(last);
+            }
+            [first, rest @ ..] => {
+                if let Some(child) = self.children.get_mut(first) {
+                    child.remove_tree(rest);
+                    if child.is_empty() {
+                        self.children.remove(first);
+                    }
+                }
+            }
         }
     }
 
@@ -272,6 +298,66 @@ impl Set {
     }
 }
 
+/// Adds the member `path` to a `fieldsV1` tree in place (the hot path of updates,
+/// which touch a few paths of sets they need not decode).
+pub fn fields_insert(tree: &mut Map<String, Value>, path: &[PathElement]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let key = first.encode();
+    let existed = tree.contains_key(&key);
+    let node = tree.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(map) = node else {
+        return;
+    };
+    if rest.is_empty() {
+        if existed && !map.is_empty() {
+            map.insert(".".into(), Value::Object(Map::new()));
+        }
+        return;
+    }
+    if existed && map.is_empty() {
+        // A member leaf gains children: it stays a member.
+        map.insert(".".into(), Value::Object(Map::new()));
+    }
+    fields_insert(map, rest);
+}
+
+/// Removes the member `path` from a `fieldsV1` tree in place (what is below it
+/// stays), dropping parents left without members.
+pub fn fields_remove(tree: &mut Map<String, Value>, path: &[PathElement]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let key = first.encode();
+    let Some(Value::Object(map)) = tree.get_mut(&key) else {
+        return;
+    };
+    if rest.is_empty() {
+        if map.is_empty() {
+            tree.remove(&key);
+        } else {
+            map.remove(".");
+            if map.is_empty() {
+                tree.remove(&key);
+            }
+        }
+        return;
+    }
+    if map.is_empty() {
+        return;
+    }
+    let member = map.contains_key(".");
+    fields_remove(map, rest);
+    if map.is_empty() || (member && map.len() == 1) {
+        if member {
+            map.remove(".");
+        } else {
+            tree.remove(&key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +393,39 @@ mod tests {
             Display(&image).to_string(),
             r#".spec.template.spec.containers[name="nginx"].image"#
         );
+    }
+
+    #[test]
+    fn fields_v1_edits_in_place_match_the_set_algebra() {
+        let text = json!({
+            "f:metadata": {"f:labels": {".": {}, "f:a": {}}},
+            "f:spec": {"f:replicas": {}}
+        });
+        let mut tree = text.as_object().cloned().unwrap_or_default();
+        fields_remove(&mut tree, &[f("spec"), f("replicas")]);
+        fields_remove(&mut tree, &[f("metadata"), f("labels"), f("a")]);
+        assert_eq!(
+            Value::Object(tree.clone()),
+            json!({"f:metadata": {"f:labels": {}}})
+        );
+        fields_insert(&mut tree, &[f("metadata"), f("labels"), f("b")]);
+        fields_insert(&mut tree, &[f("spec"), f("paused")]);
+        let expected = json!({
+            "f:metadata": {"f:labels": {".": {}, "f:b": {}}},
+            "f:spec": {"f:paused": {}}
+        });
+        assert_eq!(Value::Object(tree.clone()), expected);
+        let set = Set::from_fields_v1(&Value::Object(tree)).expect("parse");
+        assert!(set.has(&[f("metadata"), f("labels")]));
+        assert!(set.has(&[f("spec"), f("paused")]));
+        let mut gone = json!({"f:x": {".": {}, "f:y": {}}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        fields_remove(&mut gone, &[f("x"), f("y")]);
+        assert_eq!(Value::Object(gone.clone()), json!({"f:x": {}}));
+        fields_remove(&mut gone, &[f("x")]);
+        assert!(gone.is_empty());
     }
 
     #[test]

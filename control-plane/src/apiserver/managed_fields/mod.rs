@@ -192,18 +192,7 @@ fn ignored(def: &ResourceDef, subresource: &str) -> Set {
     let f = |s: &str| PathElement::Field(s.to_owned());
     out.insert(&[f("apiVersion")]);
     out.insert(&[f("kind")]);
-    for field in [
-        "name",
-        "namespace",
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-        "selfLink",
-        "managedFields",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-    ] {
+    for field in IGNORED_METADATA {
         out.insert(&[f("metadata"), f(field)]);
     }
     if def.status && subresource.is_empty() {
@@ -211,6 +200,20 @@ fn ignored(def: &ResourceDef, subresource: &str) -> Set {
     }
     out
 }
+
+/// Identity and server-set metadata: owned by nobody.
+const IGNORED_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "selfLink",
+    "managedFields",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
 
 fn api_version(def: &ResourceDef) -> String {
     if def.group.is_empty() {
@@ -293,21 +296,62 @@ pub fn on_create(ctx: &Ctx, obj: &mut Value, client: Option<Value>) -> ApiResult
         return Ok(());
     }
     let name = manager(ctx, "CreateOptions")?;
-    let mut entries = match decode(client.as_ref()) {
-        Ok(Decoded::Entries(e)) => e,
-        _ => Vec::new(),
-    };
     let node = root(&ctx.def);
-    let changes = typed::compare(&json!({}), obj, node).without(&ignored(&ctx.def, ""));
-    record_update(&mut entries, &ctx.def, name, "", changes);
-    set_managed(obj, encode(entries));
+    if let Ok(Decoded::Entries(mut entries)) = decode(client.as_ref()) {
+        let changes = typed::compare(&json!({}), obj, node).without(&ignored(&ctx.def, ""));
+        record_update(&mut entries, &ctx.def, name, "", changes);
+        set_managed(obj, encode(entries));
+        return Ok(());
+    }
+    let mut fields = typed::created_fields(obj, node);
+    strip_ignored(&mut fields, &ctx.def, "");
+    let managed = (!fields.is_empty()).then(|| {
+        let mut entry = new_entry(&name, &api_version(&ctx.def), "");
+        entry["fieldsV1"] = Value::Object(fields);
+        json!([entry])
+    });
+    set_managed(obj, managed);
     Ok(())
+}
+
+/// A new `Update` entry, owning nothing yet, stamped now.
+fn new_entry(manager: &str, api_version: &str, subresource: &str) -> Value {
+    let mut entry = json!({
+        "manager": manager,
+        "operation": UPDATE,
+        "apiVersion": api_version,
+        "time": object::now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {},
+    });
+    if !subresource.is_empty() {
+        entry["subresource"] = json!(subresource);
+    }
+    entry
+}
+
+/// Takes the fields no manager owns out of a `fieldsV1` tree.
+fn strip_ignored(fields: &mut Map<String, Value>, def: &ResourceDef, subresource: &str) {
+    fields.remove("f:apiVersion");
+    fields.remove("f:kind");
+    if def.status && subresource.is_empty() {
+        fields.remove("f:status");
+    }
+    if let Some(Value::Object(meta)) = fields.get_mut("f:metadata") {
+        for field in IGNORED_METADATA {
+            meta.remove(&format!("f:{field}"));
+        }
+        if meta.is_empty() {
+            fields.remove("f:metadata");
+        }
+    }
 }
 
 /// Records an update of `old` into `new` (through `subresource`, empty for the main
 /// resource). `client` is the `managedFields` the client's object carried: used
 /// instead of the live ones when it differs and names managers (or is `[{}]`, which
-/// clears them), as upstream lets clients edit them.
+/// clears them), as upstream lets clients edit them. The entries are edited as
+/// `fieldsV1` JSON at the few paths the update changed, not decoded.
 pub fn on_update(
     ctx: &Ctx,
     old: &Value,
@@ -315,38 +359,93 @@ pub fn on_update(
     client: Option<Value>,
     subresource: &str,
 ) -> ApiResult<()> {
-    let live = old.pointer("/metadata/managedFields").cloned();
     if ctx.is_apply() {
         set_managed(new, client);
         return Ok(());
     }
-    let from_client = subresource.is_empty() && client.is_some() && client != live;
-    let base = if from_client {
-        decode(client.as_ref()).unwrap_or(Decoded::None)
-    } else {
-        Decoded::None
-    };
-    let mut entries = match base {
-        Decoded::Entries(e) => e,
-        Decoded::Reset => Vec::new(),
-        Decoded::None => match decode(live.as_ref()) {
-            Ok(Decoded::Entries(e)) => e,
-            _ => Vec::new(),
-        },
-    };
+    let live = old.pointer("/metadata/managedFields");
+    let from_client = subresource.is_empty() && client.is_some() && client.as_ref() != live;
     let node = root(&ctx.def);
     let changes = typed::compare(old, new, node).without(&ignored(&ctx.def, subresource));
-    if !from_client
-        && changes.added.is_empty()
-        && changes.modified.is_empty()
-        && changes.removed.is_empty()
-    {
-        set_managed(new, live);
+    if !from_client && changes.is_empty() {
+        set_managed(new, live.cloned());
         return Ok(());
     }
+    let live_list = || live.and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut list: Vec<Value> = if from_client {
+        match decode(client.as_ref()) {
+            Ok(Decoded::Entries(_)) => client
+                .as_ref()
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            Ok(Decoded::Reset) => Vec::new(),
+            _ => live_list(),
+        }
+    } else {
+        live_list()
+    };
     let name = manager(ctx, options_kind(ctx))?;
-    record_update(&mut entries, &ctx.def, name, subresource, changes);
-    set_managed(new, encode(entries));
+    let version = api_version(&ctx.def);
+    let changed = changes.added.union(&changes.modified).paths();
+    let removed = changes.removed.paths();
+    let text = |e: &Value, k: &str| {
+        e.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let is_me = |e: &Value| {
+        text(e, "manager") == name
+            && text(e, "operation") == UPDATE
+            && text(e, "apiVersion") == version
+            && text(e, "subresource") == subresource
+    };
+    let mut mine = None;
+    for (i, entry) in list.iter_mut().enumerate() {
+        if is_me(entry) {
+            mine = Some(i);
+            continue;
+        }
+        if let Some(Value::Object(tree)) = entry.get_mut("fieldsV1") {
+            for path in changed.iter().chain(&removed) {
+                fieldpath::fields_remove(tree, path);
+            }
+        }
+    }
+    let index = match mine {
+        Some(i) => i,
+        None => {
+            list.push(new_entry(&name, &version, subresource));
+            list.len() - 1
+        }
+    };
+    if let Some(Value::Object(tree)) = list[index].get_mut("fieldsV1") {
+        for path in &removed {
+            fieldpath::fields_remove(tree, path);
+        }
+        for path in &changed {
+            fieldpath::fields_insert(tree, path);
+        }
+    }
+    if !changes.is_empty() {
+        list[index]["time"] = json!(object::now());
+    }
+    list.retain(|e| {
+        e.get("fieldsV1")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+    });
+    list.sort_by_key(|e| {
+        (
+            text(e, "operation"),
+            text(e, "time"),
+            text(e, "manager"),
+            text(e, "apiVersion"),
+            text(e, "subresource"),
+        )
+    });
+    set_managed(new, (!list.is_empty()).then_some(Value::Array(list)));
     Ok(())
 }
 

@@ -39,7 +39,7 @@ impl<'a> Node<'a> {
     /// The root of a built-in type, by its definition name.
     pub fn builtin(definition: &str) -> Node<'static> {
         Node {
-            schema: openapi::definitions().get(definition),
+            schema: openapi::structure().get(definition),
             root: true,
         }
     }
@@ -75,7 +75,7 @@ impl<'a> Node<'a> {
             .or_else(|| schema.pointer("/allOf/0/$ref"))
             .and_then(Value::as_str);
         match reference.and_then(|r| r.rsplit('/').next()) {
-            Some(name) => openapi::definitions().get(name),
+            Some(name) => openapi::structure().get(name),
             None => Some(schema),
         }
     }
@@ -90,7 +90,7 @@ impl<'a> Node<'a> {
     /// The schema of field (or map key) `name` of an object here.
     pub fn field(&self, name: &str) -> Node<'a> {
         if self.root && name == "metadata" {
-            return Node::at(openapi::definitions().get(OBJECT_META));
+            return Node::at(openapi::structure().get(OBJECT_META));
         }
         let Some(schema) = self.resolved() else {
             return Node::deduced();

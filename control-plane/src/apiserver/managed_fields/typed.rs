@@ -51,6 +51,58 @@ fn walk(value: &Value, node: Node, path: &mut Path, out: &mut Set) {
     }
 }
 
+/// The `fieldsV1` of a new object's fields, as its creator owns them: every leaf, list
+/// item and map (a map is a member too), straight to JSON (creates are hot).
+pub fn created_fields(value: &Value, node: Node) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (name, child) in value.as_object().into_iter().flatten() {
+        if child.is_null() {
+            continue;
+        }
+        out.insert(format!("f:{name}"), member(child, node.field(name)));
+    }
+    out
+}
+
+fn member(value: &Value, node: Node) -> Value {
+    match node.kind(value) {
+        Kind::Leaf => Value::Object(Map::new()),
+        Kind::Object => {
+            let mut fields = created_fields(value, node);
+            if node.is_map() && !fields.is_empty() {
+                fields.insert(".".into(), Value::Object(Map::new()));
+            }
+            Value::Object(fields)
+        }
+        Kind::Set => Value::Object(
+            value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|item| (format!("v:{item}"), Value::Object(Map::new())))
+                .collect(),
+        ),
+        Kind::Keyed(keys) => {
+            let items = node.items();
+            Value::Object(
+                value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|item| {
+                        let mut fields = created_fields(item, items);
+                        fields.insert(".".into(), Value::Object(Map::new()));
+                        (
+                            PathElement::key(&item_key(item, keys)).encode(),
+                            Value::Object(fields),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
 /// A value that appeared or disappeared at `path`: the path itself if it is a leaf,
 /// a list item or a map, and every field below it.
 fn whole(value: &Value, node: Node, path: &mut Path, out: &mut Set) {
@@ -78,21 +130,25 @@ pub struct Comparison {
 impl Comparison {
     /// Leaves out `ignored` paths (and everything below them).
     pub fn without(mut self, ignored: &Set) -> Self {
-        self.added = strip(&self.added, ignored);
-        self.modified = strip(&self.modified, ignored);
-        self.removed = strip(&self.removed, ignored);
+        for path in ignored.paths() {
+            self.added.remove_tree(&path);
+            self.modified.remove_tree(&path);
+            self.removed.remove_tree(&path);
+        }
         self
+    }
+
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.modified.is_empty() && self.removed.is_empty()
     }
 }
 
 /// `set` without the paths in `ignored` nor any path below one of them.
 pub fn strip(set: &Set, ignored: &Set) -> Set {
-    let mut out = Set::new();
-    for path in set.paths() {
-        let covered = (1..=path.len()).any(|n| ignored.has(&path[..n]));
-        if !covered {
-            out.insert(&path);
-        }
+    let mut out = set.clone();
+    for path in ignored.paths() {
+        out.remove_tree(&path);
     }
     out
 }
@@ -113,6 +169,9 @@ fn diff(
 ) {
     let old = old.filter(|v| !v.is_null());
     let new = new.filter(|v| !v.is_null());
+    if old == new {
+        return;
+    }
     let (old, new) = match (old, new) {
         (None, None) => return,
         (None, Some(n)) => return whole(n, node, path, &mut out.added),
