@@ -9,6 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use super::cel::{Decls, Returns, compile};
+use crate::apiserver::admission::webhook::validation::validate_rule;
 use crate::apiserver::status::Cause;
 
 fn default(obj: &mut Map<String, Value>, key: &str, value: Value) {
@@ -110,80 +111,6 @@ fn expression(
 ) {
     if let Err(e) = compile(source, decls, returns) {
         causes.push(invalid_value(field, &json!(source), &e));
-    }
-}
-
-fn validate_rule(rule: &Value, path: &str, causes: &mut Vec<Cause>) {
-    let ops: Vec<&str> = list(rule, "operations")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    if ops.is_empty() {
-        causes.push(required(format!("{path}.operations"), ""));
-    }
-    if ops.len() > 1 && ops.contains(&"*") {
-        causes.push(invalid_value(
-            format!("{path}.operations"),
-            &json!(ops),
-            "if '*' is present, must not specify other operations",
-        ));
-    }
-    for (i, op) in ops.iter().enumerate() {
-        if !matches!(*op, "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT") {
-            causes.push(not_supported(
-                format!("{path}.operations[{i}]"),
-                op,
-                &["*", "CONNECT", "CREATE", "DELETE", "UPDATE"],
-            ));
-        }
-    }
-    for (key, what) in [("apiGroups", "API groups"), ("apiVersions", "API versions")] {
-        let items: Vec<&str> = list(rule, key).iter().filter_map(Value::as_str).collect();
-        if items.is_empty() {
-            causes.push(required(format!("{path}.{key}"), ""));
-        }
-        if items.len() > 1 && items.contains(&"*") {
-            causes.push(invalid_value(
-                format!("{path}.{key}"),
-                &json!(items),
-                &format!("if '*' is present, must not specify other {what}"),
-            ));
-        }
-    }
-    let resources: Vec<&str> = list(rule, "resources")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    if resources.is_empty() {
-        causes.push(required(format!("{path}.resources"), ""));
-    }
-    for (i, r) in resources.iter().enumerate() {
-        if r.is_empty() {
-            causes.push(required(format!("{path}.resources[{i}]"), ""));
-        }
-    }
-    if resources.len() > 1 && resources.contains(&"*/*") {
-        causes.push(invalid_value(
-            format!("{path}.resources"),
-            &json!(resources),
-            "if '*/*' is present, must not specify other resources",
-        ));
-    }
-    if resources.contains(&"*") && resources.iter().any(|r| *r != "*" && !r.contains('/')) {
-        causes.push(invalid_value(
-            format!("{path}.resources"),
-            &json!(resources),
-            "if '*' is present, must not specify other resources without subresources",
-        ));
-    }
-    if let Some(scope) = rule.get("scope").and_then(Value::as_str)
-        && !matches!(scope, "*" | "Cluster" | "Namespaced")
-    {
-        causes.push(not_supported(
-            format!("{path}.scope"),
-            scope,
-            &["*", "Cluster", "Namespaced"],
-        ));
     }
 }
 

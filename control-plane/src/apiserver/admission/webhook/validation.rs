@@ -187,7 +187,7 @@ fn validate_resources(resources: &[&str], path: &str, causes: &mut Vec<Cause>) {
 }
 
 /// `validateRuleWithOperations`.
-fn validate_rule(rule: &Value, path: &str, causes: &mut Vec<Cause>) {
+pub(crate) fn validate_rule(rule: &Value, path: &str, causes: &mut Vec<Cause>) {
     let ops = strings(rule.get("operations"));
     if ops.is_empty() {
         causes.push(required(format!("{path}.operations"), ""));
