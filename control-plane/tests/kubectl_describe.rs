@@ -292,6 +292,50 @@ fn objects() -> Vec<(&'static str, &'static str, bool, Value)> {
             false,
             json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": cluster("widgets.example.com"), "spec": {"group": "example.com", "scope": "Namespaced", "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"}, "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
         ),
+        // Admission and aggregation objects for a group nothing serves, so they touch
+        // none of the other creates.
+        (
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            "mwc",
+            false,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration", "metadata": cluster("mwc"), "webhooks": [{"name": "m.d.example.org", "clientConfig": {"url": "https://127.0.0.1:1/m"}, "rules": [{"operations": ["CREATE"], "apiGroups": ["d.example.org"], "apiVersions": ["v1"], "resources": ["things"]}], "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore"}]}),
+        ),
+        (
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            "vwc",
+            false,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": cluster("vwc"), "webhooks": [{"name": "v.d.example.org", "clientConfig": {"url": "https://127.0.0.1:1/v"}, "rules": [{"operations": ["CREATE"], "apiGroups": ["d.example.org"], "apiVersions": ["v1"], "resources": ["things"]}], "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore"}]}),
+        ),
+        (
+            "validatingadmissionpolicies.admissionregistration.k8s.io",
+            "vap",
+            false,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": cluster("vap"), "spec": {"matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": ["d.example.org"], "apiVersions": ["v1"], "resources": ["things"]}]}, "validations": [{"expression": "true"}]}}),
+        ),
+        (
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+            "vapb",
+            false,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": cluster("vapb"), "spec": {"policyName": "vap", "validationActions": ["Deny"]}}),
+        ),
+        (
+            "apiservices.apiregistration.k8s.io",
+            "v1.d.example.org",
+            false,
+            json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": cluster("v1.d.example.org"), "spec": {"group": "d.example.org", "version": "v1", "groupPriorityMinimum": 100, "versionPriority": 10}}),
+        ),
+        (
+            "prioritylevelconfigurations.flowcontrol.apiserver.k8s.io",
+            "plc",
+            false,
+            json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration", "metadata": cluster("plc"), "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 5, "limitResponse": {"type": "Reject"}}}}),
+        ),
+        (
+            "flowschemas.flowcontrol.apiserver.k8s.io",
+            "fs",
+            false,
+            json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema", "metadata": cluster("fs"), "spec": {"priorityLevelConfiguration": {"name": "plc"}, "matchingPrecedence": 1000, "rules": [{"subjects": [{"kind": "Group", "group": {"name": "system:authenticated"}}], "resourceRules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["*"]}]}]}}),
+        ),
     ]
 }
 
