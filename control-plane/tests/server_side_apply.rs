@@ -266,6 +266,32 @@ fn two_managers_own_different_fields_and_removal_respects_ownership() {
     let (ok, out) = run(&k, &as_a, &deployment("shared", 1, "busybox:1", ""));
     assert!(ok, "{out}");
     assert_eq!(names(), "main");
+    // Past ten updaters the oldest are merged into `ancient-changes`, as upstream.
+    for i in 0..12 {
+        k.ok(&[
+            "label",
+            "deployment",
+            "shared",
+            &format!("l{i}=v"),
+            &format!("--field-manager=labeler-{i:02}"),
+        ]);
+    }
+    let obj = k.json(&["get", "deployment", "shared", "--show-managed-fields"]);
+    let managed = obj["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields");
+    let updaters: Vec<&Value> = managed
+        .iter()
+        .filter(|e| e["operation"] == "Update")
+        .collect();
+    assert_eq!(updaters.len(), 10, "{managed:?}");
+    let ancient = entry(&obj, "ancient-changes", "Update").expect("ancient-changes");
+    assert!(
+        ancient["fieldsV1"]["f:metadata"]["f:labels"]["f:l0"].is_object(),
+        "{ancient}"
+    );
+    assert!(entry(&obj, "labeler-11", "Update").is_some());
+    assert!(entry(&obj, "team-a", "Apply").is_some());
 }
 
 #[test]

@@ -20,30 +20,67 @@ pub fn definitions() -> &'static BTreeMap<String, Value> {
     &DEFS
 }
 
-/// The same definitions without their descriptions: the structure alone, for what
-/// walks objects by their schema (strategic merge patch, server-side apply), so a
-/// server nobody asks for OpenAPI documents does not hold their prose.
+/// The definitions reduced to their structure — references, properties, items, map
+/// values, types and the `x-kubernetes-*` extensions — for what walks objects by their
+/// schema (strategic merge patch, server-side apply). Read from a file generated from
+/// [`definitions`] (`control-plane/data/openapi-structure.json`; a unit test keeps it
+/// current) rather than built at run time: building runs the schema code of every
+/// built-in type, which kept ~10 MB more of the binary resident in an idle server, and
+/// the prose nobody walking objects reads.
 pub fn structure() -> &'static BTreeMap<String, Value> {
     static DEFS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
-        let mut defs = build_definitions();
-        defs.values_mut().for_each(strip_descriptions);
-        defs
+        serde_json::from_str(STRUCTURE).unwrap_or_else(|err| {
+            tracing::error!(%err, "the embedded OpenAPI structure does not parse");
+            BTreeMap::new()
+        })
     });
     &DEFS
 }
 
-fn strip_descriptions(value: &mut Value) {
-    match value {
-        Value::Object(m) => {
-            // Prose, not a property named "description" (whose schema is an object).
-            if m.get("description").is_some_and(Value::is_string) {
-                m.remove("description");
-            }
-            m.values_mut().for_each(strip_descriptions);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
-        _ => {}
+const STRUCTURE: &str = include_str!("../../data/openapi-structure.json");
+
+/// A schema reduced to its structural keys and `x-kubernetes-*` extensions, recursively.
+#[cfg(test)]
+fn reduce(schema: &Value) -> Value {
+    let Value::Object(m) = schema else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in m {
+        let kept = match k.as_str() {
+            "properties" => match v {
+                Value::Object(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(name, s)| (name.clone(), reduce(s)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            },
+            "allOf" => match v {
+                Value::Array(items) => Value::Array(items.iter().map(reduce).collect()),
+                other => other.clone(),
+            },
+            "items" | "additionalProperties" => reduce(v),
+            "$ref" | "type" => v.clone(),
+            _ if k.starts_with("x-kubernetes-") => v.clone(),
+            _ => continue,
+        };
+        out.insert(k.clone(), kept);
     }
+    Value::Object(out)
+}
+
+/// [`structure`]'s file content, from the definitions.
+#[cfg(test)]
+fn structure_file() -> String {
+    let reduced: BTreeMap<&String, Value> = definitions()
+        .iter()
+        .map(|(name, s)| (name, reduce(s)))
+        .collect();
+    let mut text = serde_json::to_string_pretty(&reduced).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 fn build_definitions() -> BTreeMap<String, Value> {
@@ -318,6 +355,32 @@ fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef, schema: &str) {
                 "put": op("put", writes.clone()),
                 "patch": op("patch", writes),
             }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded structure is the definitions' (`BERTH_UPDATE_DATA=1` rewrites it).
+    #[test]
+    fn the_structure_file_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/openapi-structure.json");
+        let generated = structure_file();
+        if std::env::var_os("BERTH_UPDATE_DATA").is_some() {
+            std::fs::write(path, &generated).expect("write the structure file");
+            return;
+        }
+        assert!(
+            STRUCTURE == generated,
+            "{path} is stale: run `BERTH_UPDATE_DATA=1 cargo test -p berth-control-plane --lib the_structure_file_is_current`"
+        );
+        let deployment = &structure()["io.k8s.api.apps.v1.Deployment"];
+        assert!(
+            deployment.pointer("/properties/spec/$ref").is_some()
+                || deployment.pointer("/properties/spec/allOf").is_some(),
+            "{deployment}"
         );
     }
 }

@@ -33,6 +33,11 @@ pub const UPDATE: &str = "Update";
 pub const BEFORE_FIRST_APPLY: &str = "before-first-apply";
 /// kube-apiserver's limit on `fieldManager`.
 const MAX_MANAGER_LEN: usize = 128;
+/// How many `Update` entries an object keeps; older ones are merged into
+/// [`ANCIENT_CHANGES`] (kube-apiserver's `DefaultMaxUpdateManagers`).
+const MAX_UPDATE_MANAGERS: usize = 10;
+/// The manager the oldest updaters' fields are merged into past the cap.
+pub const ANCIENT_CHANGES: &str = "ancient-changes";
 
 /// One `managedFields` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +146,7 @@ fn decode(list: Option<&Value>) -> Result<Decoded, String> {
 /// `None` when no manager owns anything.
 fn encode(mut entries: Vec<Entry>) -> Option<Value> {
     entries.retain(|e| !e.fields.is_empty());
+    cap_update_managers(&mut entries);
     if entries.is_empty() {
         return None;
     }
@@ -161,6 +167,72 @@ fn encode(mut entries: Vec<Entry>) -> Option<Value> {
             ))
     });
     Some(Value::Array(entries.iter().map(Entry::to_json).collect()))
+}
+
+/// Keeps at most [`MAX_UPDATE_MANAGERS`] `Update` entries, as kube-apiserver does: the
+/// oldest (by time, then name) are merged into one `ancient-changes` entry per API
+/// version, stamped with the newest time merged, until the count is under the cap.
+fn cap_update_managers(entries: &mut Vec<Entry>) {
+    let updaters = entries.iter().filter(|e| e.operation == UPDATE).count();
+    if updaters <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    let (mut updates, applies): (Vec<Entry>, Vec<Entry>) =
+        entries.drain(..).partition(|e| e.operation == UPDATE);
+    updates.sort_by(|a, b| {
+        (&a.time, &a.manager, &a.api_version, &a.subresource).cmp(&(
+            &b.time,
+            &b.manager,
+            &b.api_version,
+            &b.subresource,
+        ))
+    });
+    let mut length = updates.len();
+    let mut kept: Vec<Entry> = Vec::with_capacity(updates.len());
+    let mut buckets: Vec<Entry> = Vec::new();
+    let mut rest = updates.into_iter();
+    for entry in rest.by_ref() {
+        match buckets
+            .iter_mut()
+            .find(|b| b.api_version == entry.api_version)
+        {
+            Some(bucket) => {
+                bucket.fields = bucket.fields.union(&entry.fields);
+                if entry.time > bucket.time {
+                    bucket.time = entry.time;
+                }
+                length -= 1;
+            }
+            None => buckets.push(Entry {
+                manager: ANCIENT_CHANGES.into(),
+                operation: UPDATE.into(),
+                subresource: String::new(),
+                ..entry
+            }),
+        }
+        if length <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+    }
+    kept.extend(rest);
+    // An existing bucket among the kept entries absorbs the new one of its version.
+    for bucket in buckets {
+        match kept.iter_mut().find(|e| {
+            e.manager == ANCIENT_CHANGES
+                && e.subresource.is_empty()
+                && e.api_version == bucket.api_version
+        }) {
+            Some(old) => {
+                old.fields = old.fields.union(&bucket.fields);
+                if bucket.time > old.time {
+                    old.time = bucket.time;
+                }
+            }
+            None => kept.push(bucket),
+        }
+    }
+    entries.extend(applies);
+    entries.extend(kept);
 }
 
 fn set_managed(obj: &mut Value, managed: Option<Value>) {
@@ -436,6 +508,16 @@ pub fn on_update(
             .and_then(Value::as_object)
             .is_some_and(|m| !m.is_empty())
     });
+    let updaters = list
+        .iter()
+        .filter(|e| text(e, "operation") == UPDATE)
+        .count();
+    if updaters > MAX_UPDATE_MANAGERS
+        && let Ok(Decoded::Entries(entries)) = decode(Some(&Value::Array(list.clone())))
+    {
+        set_managed(new, encode(entries));
+        return Ok(());
+    }
     list.sort_by_key(|e| {
         (
             text(e, "operation"),
@@ -734,6 +816,47 @@ fn conflict_error(mut conflicts: Vec<(String, Vec<Path>)>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_ten_updaters_the_oldest_merge_into_ancient_changes() {
+        let entry = |i: usize, version: &str| Entry {
+            manager: format!("m{i:02}"),
+            operation: UPDATE.into(),
+            api_version: version.into(),
+            time: Some(format!("2026-12-06T01:00:{i:02}Z")),
+            subresource: String::new(),
+            fields: Set::from_fields_v1(
+                &json!({"f:metadata": {"f:labels": {format!("f:l{i}"): {}}}}),
+            )
+            .expect("fieldsV1"),
+        };
+        let mut applier = entry(99, "v1");
+        applier.operation = APPLY.into();
+        applier.manager = "kubectl".into();
+        let mut entries: Vec<Entry> = (0..12).map(|i| entry(i, "v1")).collect();
+        entries.push(applier);
+        let Some(Value::Array(list)) = encode(entries) else {
+            panic!("entries encoded");
+        };
+        let updaters: Vec<&Value> = list.iter().filter(|e| e["operation"] == UPDATE).collect();
+        assert_eq!(updaters.len(), MAX_UPDATE_MANAGERS, "{list:?}");
+        let ancient = updaters
+            .iter()
+            .find(|e| e["manager"] == ANCIENT_CHANGES)
+            .expect("an ancient-changes entry");
+        // The three oldest merged; it carries the newest time merged.
+        assert_eq!(ancient["time"], "2026-12-06T01:00:02Z");
+        let labels = ancient["fieldsV1"]["f:metadata"]["f:labels"]
+            .as_object()
+            .expect("labels");
+        assert_eq!(
+            labels.keys().collect::<Vec<_>>(),
+            vec!["f:l0", "f:l1", "f:l2"]
+        );
+        assert!(!updaters.iter().any(|e| e["manager"] == "m02"));
+        assert!(updaters.iter().any(|e| e["manager"] == "m03"));
+        assert!(list.iter().any(|e| e["manager"] == "kubectl"));
+    }
 
     #[test]
     fn conflict_messages_are_upstreams() {
