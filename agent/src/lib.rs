@@ -1,23 +1,27 @@
 //! berth's node agent (`berth-agent`): a kubelet. [`node`] registers the Node and
 //! keeps its Lease and status; [`pods`] runs the pods bound to the node with
 //! `berth-runtime` (sandboxes, containers, probes, volumes, status) and [`network`]
-//! (CNI); [`kubelet_api`] is the kubelet API (logs, health, metrics); [`service_lb`]
+//! (CNI), and [`routes`] routes pod traffic to the other nodes' pod ranges;
+//! [`kubelet_api`] is the kubelet API (logs, health, metrics); [`service_lb`]
 //! turns Services and EndpointSlices into the eBPF socket-LB maps of `berth-ebpf`;
 //! [`dns`] answers the cluster's DNS on this node; both follow the one Service watch
 //! of [`services`]; [`certificates`] joins the cluster with a bootstrap token and
 //! keeps the node's client certificate fresh; [`csi`] drives the node's CSI drivers
-//! (registration, provisioning, expansion, and the mounts of claims in pods).
+//! (registration, provisioning, expansion, and the mounts of claims in pods);
+//! [`failover`] reaches any of several berth-servers.
 
 pub mod certificates;
 pub mod config;
 pub mod csi;
 pub mod dns;
+pub mod failover;
 pub mod kubelet_api;
 pub mod netns;
 pub mod netpol;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod routes;
 pub mod service_lb;
 pub mod services;
 

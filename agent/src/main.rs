@@ -51,6 +51,12 @@ struct Args {
     /// bootstrap) and renews it before it expires.
     #[arg(long)]
     bootstrap_kubeconfig: Option<PathBuf>,
+    /// More berth-servers of the cluster (`https://` URLs, comma-separated), tried in
+    /// order when the kubeconfig's server refuses connections, does not connect in time
+    /// or answers 503; the servers the `kubernetes` Endpoints list are added on their
+    /// own.
+    #[arg(long, value_delimiter = ',')]
+    api_servers: Vec<String>,
     /// Where the node's certificates and keys are kept (default: <root-dir>/pki).
     #[arg(long)]
     cert_dir: Option<PathBuf>,
@@ -104,6 +110,16 @@ struct Args {
     /// agent's own (nested nodes, tests).
     #[arg(long)]
     pod_network_netns: Option<PathBuf>,
+    /// The cluster's pod range (berth-server's --cluster-cidr): pod traffic leaving it
+    /// is masqueraded, traffic to pods on other nodes keeps the pod's address.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// How traffic reaches the pods of other nodes: `routed` (a route to each node's
+    /// podCIDR via its InternalIP: one L2 segment), `vxlan` (an overlay: device
+    /// berth.vxlan, VNI 1, UDP 8472), or `auto` (routed to nodes on this node's
+    /// segment, VXLAN to the others).
+    #[arg(long, default_value = "auto")]
+    pod_network_mode: berth_agent::routes::Mode,
     /// The cgroup all pods go under (`<root>/<qos>/pod<uid>/<container>`).
     #[arg(long, default_value = "kubepods")]
     cgroup_root: String,
@@ -343,6 +359,65 @@ fn start_dns(
     Ok((server, local))
 }
 
+/// The routing settings of this node, when its IP is an IPv4 address other nodes can
+/// reach (not a loopback one, as test nodes have).
+fn routes_config(args: &Args, node: &NodeConfig) -> Option<berth_agent::routes::Config> {
+    Some(berth_agent::routes::Config {
+        node_name: node.name.clone(),
+        node_ip: node
+            .node_ip
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .filter(|ip| !ip.is_loopback())?,
+        mode: args.pod_network_mode,
+        netns: args.pod_network_netns.clone(),
+    })
+}
+
+/// Routes pod traffic to the other nodes' podCIDRs, when the pod network is berth's
+/// (another CNI network routes for itself).
+fn start_routes(
+    args: &Args,
+    network: &Network,
+    node: &NodeConfig,
+    client: &kube::Client,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !network.is_berth_cni() {
+        tracing::info!("the pod network is not berth-cni's: cross-node routing is left to it");
+        return None;
+    }
+    let Some(cfg) = routes_config(args, node) else {
+        tracing::warn!(ip = %node.node_ip, "the node IP is not a routable IPv4 address: no cross-node pod routing");
+        return None;
+    };
+    match berth_agent::routes::Router::new(cfg) {
+        Ok(router) => Some(tokio::spawn(berth_agent::routes::watch::run(
+            client.clone(),
+            router,
+        ))),
+        Err(error) => {
+            tracing::error!(%error, "cross-node pod routing could not start");
+            None
+        }
+    }
+}
+
+/// Removes the routes to other nodes' pods and the VXLAN device (the node is being
+/// taken down).
+async fn remove_routes(args: &Args, node: &NodeConfig) {
+    let Some(cfg) = routes_config(args, node) else {
+        return;
+    };
+    let removed = match berth_agent::routes::Router::new(cfg) {
+        Ok(router) => router.teardown().await,
+        Err(error) => Err(error),
+    };
+    match removed {
+        Ok(()) => tracing::info!("removed the routes to other nodes' pods"),
+        Err(error) => tracing::warn!(%error, "removing the routes to other nodes' pods"),
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LoggingFormat {
     Text,
@@ -467,10 +542,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("loading the kubeconfig")?;
     let base_config = config.clone();
-    let client = match &rotating {
-        Some(identity) => berth_agent::certificates::client(&config, identity.clone())?,
-        None => kube::Client::try_from(config)?,
+    // One client over every server of the cluster (berth_agent::failover).
+    let connect: berth_agent::failover::Connect = match &rotating {
+        Some(identity) => {
+            let identity = identity.clone();
+            Arc::new(move |c: &kube::Config| berth_agent::certificates::client(c, identity.clone()))
+        }
+        None => Arc::new(|c: &kube::Config| Ok(kube::Client::try_from(c.clone())?)),
     };
+    let (client, servers) = berth_agent::failover::client(config, &args.api_servers, connect)?;
+    if !args.remove_all_pods {
+        tokio::spawn(servers.follow_endpoints(client.clone()));
+    }
     if let Some(identity) = &rotating {
         tokio::spawn(berth_agent::certificates::rotate(
             client.clone(),
@@ -503,19 +586,33 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut bin_dirs = args.cni_bin_dir.clone();
     bin_dirs.push(own_dir());
-    let network = Network::load(
-        &args.cni_conf_dir,
+    let network_settings = berth_agent::network::Settings {
+        conf_dir: args.cni_conf_dir.clone(),
         bin_dirs,
-        args.pod_cidr.as_deref(),
-        &args.pod_bridge,
-        &args.root_dir.join("ipam"),
-        args.pod_network_netns.clone(),
-    )?;
+        bridge: args.pod_bridge.clone(),
+        ipam_dir: args.root_dir.join("ipam"),
+        node_netns: args.pod_network_netns.clone(),
+        cluster_cidr: args.cluster_cidr.clone(),
+    };
+    // Without --pod-cidr or a conflist of another's, the pod network is templated from
+    // the Node's podCIDR once the node is registered.
+    let from_node = args.pod_cidr.is_none()
+        && !args.remove_all_pods
+        && berth_agent::network::templated_from_node(&args.cni_conf_dir);
+    let network = if from_node {
+        None
+    } else {
+        Some(Network::load(
+            &network_settings,
+            args.pod_cidr.as_deref(),
+            false,
+        )?)
+    };
     if args.remove_all_pods {
         let ctx = Ctx {
             client,
             runtime: Arc::new(runtime),
-            network,
+            network: network.context("no pod network")?,
             node: NodeConfig {
                 name,
                 node_ip,
@@ -558,6 +655,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let n = pods::remove_all(&ctx);
         tracing::info!(pods = n, "removed every pod from the host");
+        remove_routes(&args, &ctx.node).await;
         return Ok(());
     }
     let node_cfg = NodeConfig {
@@ -575,6 +673,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("registering the node")?;
     tracing::info!(node = %name, ip = %node_cfg.node_ip, "node registered");
+    let network = match network {
+        Some(n) => n,
+        None => {
+            let cidr = berth_agent::network::pod_cidr_from_node(&client, &name).await?;
+            tracing::info!(pod_cidr = %cidr, "the pod network takes the node's podCIDR");
+            Network::load(&network_settings, Some(&cidr), true)?
+        }
+    };
+    let routes_task = start_routes(&args, &network, &node_cfg, &client);
     let lb = match &args.ebpf_object {
         Some(object) => Some(
             berth_agent::service_lb::node::start(
@@ -752,9 +859,15 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
         _ = term.recv() => tracing::info!("terminated; pods keep running"),
     }
-    for t in [watch_task, external_task, host_ports_task, netpol_task]
-        .into_iter()
-        .flatten()
+    for t in [
+        watch_task,
+        external_task,
+        host_ports_task,
+        netpol_task,
+        routes_task,
+    ]
+    .into_iter()
+    .flatten()
     {
         t.abort();
     }

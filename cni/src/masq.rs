@@ -1,5 +1,7 @@
-//! `ipMasq`: masquerade traffic from pod addresses leaving the pod subnet, with
-//! iptables rules in `nat POSTROUTING` tagged with the network's name. (Netfilter has
+//! `ipMasq`: masquerade traffic from pod addresses leaving the pod subnet (or, with
+//! `nonMasqueradeCIDR`, leaving that range: the cluster's pod range, so pods on other
+//! nodes see the real source address), with iptables rules in `nat POSTROUTING`
+//! tagged with the network's name. (Netfilter has
 //! no rtnetlink interface; iptables — iptables-nft on Debian — is the tool the
 //! reference plugins use too.)
 //!
@@ -76,13 +78,13 @@ fn host(ip: Ipv4Addr) -> Ipv4Cidr {
 /// Adds the masquerade rule for one address (delegated IPAM). One `iptables -A`,
 /// without a `-C` first: a repeated ADD for the same address is rare, and the copy it
 /// leaves is harmless and removed with the other by [`del`].
-pub fn add(network: &str, ip: Ipv4Addr, subnet: Ipv4Cidr) -> Result<(), CniError> {
-    append(&rule(network, host(ip), subnet), ip)
+pub fn add(network: &str, ip: Ipv4Addr, exempt: Ipv4Cidr) -> Result<(), CniError> {
+    append(&rule(network, host(ip), exempt), ip)
 }
 
 /// Removes the masquerade rule for one address; a missing rule is fine.
-pub fn del(network: &str, ip: Ipv4Addr, subnet: Ipv4Cidr) -> Result<(), CniError> {
-    let r = rule(network, host(ip), subnet);
+pub fn del(network: &str, ip: Ipv4Addr, exempt: Ipv4Cidr) -> Result<(), CniError> {
+    let r = rule(network, host(ip), exempt);
     while iptables("-D", &r)? {}
     Ok(())
 }
@@ -93,6 +95,9 @@ pub struct SubnetMasq<'a> {
     pub dir: &'a Path,
     pub network: &'a str,
     pub subnet: Ipv4Cidr,
+    /// The destinations that keep the pods' source address: the subnet, or the
+    /// cluster's pod range (`nonMasqueradeCIDR`).
+    pub exempt: Ipv4Cidr,
 }
 
 /// Where the rule was written: the boot and the network namespace.
@@ -104,11 +109,15 @@ fn here() -> String {
 
 impl SubnetMasq<'_> {
     fn marker(&self) -> std::path::PathBuf {
-        self.dir.join(format!(
-            "masq-{}-{}",
-            self.subnet.network(),
-            self.subnet.prefix
-        ))
+        let mut name = format!("masq-{}-{}", self.subnet.network(), self.subnet.prefix);
+        if self.exempt != self.subnet {
+            name.push_str(&format!(
+                "-{}-{}",
+                self.exempt.network(),
+                self.exempt.prefix
+            ));
+        }
+        self.dir.join(name)
     }
 
     fn lock(&self) -> Result<Flock<File>, CniError> {
@@ -134,7 +143,7 @@ impl SubnetMasq<'_> {
         if fs::read_to_string(&marker).is_ok_and(|m| m == here) {
             return Ok(());
         }
-        let r = rule(self.network, self.subnet, self.subnet);
+        let r = rule(self.network, self.subnet, self.exempt);
         if !iptables("-C", &r)? {
             append(&r, self.subnet)?;
         }
@@ -156,7 +165,7 @@ impl SubnetMasq<'_> {
         if in_use()? {
             return Ok(());
         }
-        let r = rule(self.network, self.subnet, self.subnet);
+        let r = rule(self.network, self.subnet, self.exempt);
         while iptables("-D", &r)? {}
         match fs::remove_file(self.marker()) {
             Ok(()) => Ok(()),
@@ -166,5 +175,40 @@ impl SubnetMasq<'_> {
                 format!("cannot remove {}: {e}", self.marker().display()),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().expect("CIDR")
+    }
+
+    #[test]
+    fn the_exempt_range_is_the_rules_destination_and_names_its_marker() {
+        let r = rule("net", cidr("10.244.1.0/24"), cidr("10.244.0.0/16"));
+        let text = r.join(" ");
+        assert!(
+            text.contains("-s 10.244.1.0/24 ! -d 10.244.0.0/16"),
+            "{text}"
+        );
+        let dir = Path::new("/nonexistent");
+        let m = |exempt: &str| {
+            SubnetMasq {
+                dir,
+                network: "net",
+                subnet: cidr("10.244.1.0/24"),
+                exempt: cidr(exempt),
+            }
+            .marker()
+        };
+        assert_eq!(m("10.244.1.0/24"), dir.join("masq-10.244.1.0-24"));
+        assert_eq!(
+            m("10.244.0.0/16"),
+            dir.join("masq-10.244.1.0-24-10.244.0.0-16"),
+            "a rule with another destination is another rule"
+        );
     }
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod cidr;
 pub mod client;
 pub mod controllers;
 pub mod disruption_budget;

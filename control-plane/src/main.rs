@@ -110,6 +110,23 @@ struct Args {
     /// Services stay pending, as on a cluster without a load-balancer provider.
     #[arg(long)]
     lb_pool: Option<berth_control_plane::controllers::service_lb::Pool>,
+    /// Give each Node a podCIDR from --cluster-cidr (kube-controller-manager's flag;
+    /// the nodeipam controller's range allocator).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allocate_node_cidrs: bool,
+    /// The pods' address range (`10.244.0.0/16`; dual-stack: one IPv4 and one IPv6
+    /// prefix, comma-separated) the node CIDRs are cut from.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The size of each node's CIDR (single-stack; default 24 for IPv4, 64 for IPv6).
+    #[arg(long)]
+    node_cidr_mask_size: Option<u8>,
+    /// The size of each node's IPv4 CIDR (dual-stack; default 24).
+    #[arg(long)]
+    node_cidr_mask_size_ipv4: Option<u8>,
+    /// The size of each node's IPv6 CIDR (dual-stack; default 64).
+    #[arg(long)]
+    node_cidr_mask_size_ipv6: Option<u8>,
     /// Read-only requests served at once (kube-apiserver's flag; 0: no limit); one more
     /// is answered 429 with Retry-After. Watches and other long-running requests are
     /// not counted.
@@ -123,6 +140,59 @@ struct Args {
     /// identity). A config that is not valid stops the server, naming the field.
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// etcd servers to keep the objects in instead of the embedded store in the data
+    /// dir (kube-apiserver's flag): `http://` or `https://` URLs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// The CA certificate (PEM) that signed the etcd servers' certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate (PEM) berth-server presents to etcd.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// Where in etcd's keyspace the objects live (`/registry/pods/<ns>/<name>`, …).
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// The cluster CA certificate (PEM): client certificates are verified with it and
+    /// berth-server's own certificates are issued from it (kube-apiserver's flag;
+    /// default `<data-dir>/pki/ca.crt`, made on first start). Every server of one
+    /// cluster uses the same one; it is copied into `<data-dir>/pki`.
+    #[arg(long, requires = "client_ca_key_file")]
+    client_ca_file: Option<PathBuf>,
+    /// The CA's key (PEM). Unlike kube-apiserver, berth-server issues its serving
+    /// certificate and its components' kubeconfigs itself, so it needs the key.
+    #[arg(long, requires = "client_ca_file")]
+    client_ca_key_file: Option<PathBuf>,
+    /// The serving certificate (PEM; default `<data-dir>/pki/apiserver.crt`, issued from
+    /// the CA for localhost, the host name, the `kubernetes` Service's names and IP, the
+    /// advertised address and `--tls-san`, and issued again when those change).
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// More names and addresses for the serving certificate berth-server makes — a load
+    /// balancer's or a virtual IP in front of several servers (k3s' flag; repeatable or
+    /// comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// The key ServiceAccount tokens are signed with (PEM, ECDSA P-256; default
+    /// `<data-dir>/pki/sa.key`, made on first start). Every server of one cluster uses
+    /// the same one, so each accepts the others' tokens.
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// More keys that verify ServiceAccount tokens (PEM, P-256 public or private keys;
+    /// repeatable), e.g. a retired signing key.
+    #[arg(long)]
+    service_account_key_file: Vec<PathBuf>,
+    /// How the `kubernetes` Service's endpoints are kept: `lease` (every live server,
+    /// each holding a master lease; for several servers on one etcd) or `none` (made
+    /// once with this server's address, then the administrator's).
+    #[arg(long, default_value = "lease")]
+    endpoint_reconciler_type: berth_control_plane::apiserver::endpoint_reconciler::Type,
     /// The audit policy (`audit.k8s.io/v1` Policy, YAML or JSON); without it nothing is
     /// audited. A policy that is not valid stops the server, naming the problem.
     #[arg(long)]
@@ -248,6 +318,61 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Backups of the embedded store: a consistent copy taken while the server serves,
+    /// and a data dir restored from one (with etcd, use `etcdctl snapshot`).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SnapshotCommand {
+    /// Copies the running server's store into FILE (through the admin kubeconfig,
+    /// `--kubeconfig`, default `<data-dir>/admin.kubeconfig`; cluster-admin only).
+    Save { file: PathBuf },
+    /// Makes `--data-dir` a store restored from FILE, every object at its revision;
+    /// refuses a data dir that already holds a store unless `--force`.
+    Restore {
+        file: PathBuf,
+        /// Replace the store already in `--data-dir`.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verifies FILE and prints its revision, key count and size.
+    Status { file: PathBuf },
+}
+
+/// `berth-server snapshot save|restore|status`.
+fn snapshot(
+    command: &SnapshotCommand,
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use berth_control_plane::store::redb::snapshot;
+    match command {
+        SnapshotCommand::Save { file } => {
+            let kubeconfig = args
+                .kubeconfig
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+            let status = runtime.block_on(async {
+                let client = berth_control_plane::client::from_kubeconfig(&kubeconfig).await?;
+                berth_control_plane::apiserver::snapshot::save(client, file).await
+            })?;
+            println!("saved {}\n{status}", file.display());
+        }
+        SnapshotCommand::Restore { file, force } => {
+            let status = snapshot::restore(file, &args.data_dir, *force)?;
+            println!(
+                "restored {} into {}\n{status}",
+                file.display(),
+                args.data_dir.display()
+            );
+        }
+        SnapshotCommand::Status { file } => println!("{}", snapshot::status(file)?),
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -337,6 +462,9 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(8)
         .enable_all()
         .build()?;
+    if let Some(Command::Snapshot { command }) = &args.command {
+        return snapshot(command, &args, &runtime);
+    }
     if let Some(Command::Token {
         command: TokenCommand::Create { ttl, description },
     }) = &args.command
@@ -434,6 +562,18 @@ fn main() -> anyhow::Result<()> {
                 root_ca: None,
                 signing: None,
                 lb_pool: args.lb_pool.clone(),
+                node_ipam: match (args.allocate_node_cidrs, &args.cluster_cidr) {
+                    (false, _) => None,
+                    (true, cidr) => Some(
+                        controllers::node_ipam::Config::new(
+                            cidr.as_deref().unwrap_or_default(),
+                            args.node_cidr_mask_size,
+                            args.node_cidr_mask_size_ipv4,
+                            args.node_cidr_mask_size_ipv6,
+                        )
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                    ),
+                },
                 controllers: args.controllers.clone(),
             };
             let (root_ca_file, ca_kubeconfig) = (args.root_ca_file.clone(), kubeconfig.clone());
@@ -549,6 +689,23 @@ fn main() -> anyhow::Result<()> {
                 max_age_days: args.audit_log_maxage,
                 format: args.audit_log_format,
             },
+            etcd: (!args.etcd_servers.is_empty()).then_some(
+                berth_control_plane::store::etcd::Options {
+                    endpoints: args.etcd_servers,
+                    ca_file: args.etcd_cafile,
+                    cert_file: args.etcd_certfile,
+                    key_file: args.etcd_keyfile,
+                    prefix: args.etcd_prefix,
+                },
+            ),
+            pki: berth_control_plane::apiserver::pki::Sources {
+                ca: args.client_ca_file.zip(args.client_ca_key_file),
+                serving: args.tls_cert_file.zip(args.tls_private_key_file),
+            },
+            tls_sans: args.tls_san,
+            service_account_signing_key: args.service_account_signing_key_file,
+            service_account_keys: args.service_account_key_file,
+            endpoint_reconciler: args.endpoint_reconciler_type,
         })
         .await
     })

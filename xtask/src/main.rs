@@ -28,6 +28,9 @@ enum Command {
     BuildEbpf,
     /// Build release binaries and the eBPF object.
     Build,
+    /// Build a release tarball (stripped binaries, eBPF object, systemd units,
+    /// install.sh) and its debug-info tarball into target/dist.
+    Dist(commands::dist::Args),
     /// Build the test images (busybox, testserver, pause) into target/images, offline.
     Images,
     /// Start a one-node cluster on this host (Ctrl-C stops it).
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Setup => commands::setup::run(),
         Command::BuildEbpf => commands::build_ebpf::run(),
         Command::Build => commands::build::run(),
+        Command::Dist(args) => commands::dist::run(&args),
         Command::Images => commands::images::run(),
         Command::Up(args) => commands::up::run(&args),
         Command::Down(args) => commands::up::down(&args),

@@ -172,7 +172,7 @@ async fn setup(
 
     if conf.ip_masq {
         made.masq = true;
-        ipam.masquerade(&conf.name, lease.address)?;
+        ipam.masquerade(&conf.name, lease.address, conf.non_masquerade())?;
     }
 
     Ok(CniResult {
@@ -248,6 +248,6 @@ async fn undo(
     }
     let _ = ipam.release(inv, stdin);
     if made.masq {
-        let _ = ipam.unmasquerade(&conf.name, &[lease.address]);
+        let _ = ipam.unmasquerade(&conf.name, &[lease.address], conf.non_masquerade());
     }
 }

@@ -54,7 +54,7 @@ pub fn del(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
             })
             .into_iter()
             .collect();
-        ipam.unmasquerade(&conf.name, &released)?;
+        ipam.unmasquerade(&conf.name, &released, conf.non_masquerade())?;
     }
     Ok(())
 }

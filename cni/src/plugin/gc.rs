@@ -16,7 +16,7 @@ pub fn gc(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
             .into_iter()
             .filter_map(|ip| ipam.subnet_of(ip).map(|s| s.with_addr(ip)))
             .collect();
-        ipam.unmasquerade(&conf.name, &released)?;
+        ipam.unmasquerade(&conf.name, &released, conf.non_masquerade())?;
     }
     Ok(())
 }

@@ -151,7 +151,13 @@ impl Ipam {
 impl Ipam {
     /// `ipMasq` after ADD gave `address`: the rule of its subnet (built-in IPAM) or of
     /// the address itself (delegated IPAM); see [`masq`].
-    pub fn masquerade(&self, network: &str, address: Ipv4Cidr) -> Result<(), CniError> {
+    /// Traffic to `exempt` (`nonMasqueradeCIDR`, else the subnet) keeps its source.
+    pub fn masquerade(
+        &self,
+        network: &str,
+        address: Ipv4Cidr,
+        exempt: Option<Ipv4Cidr>,
+    ) -> Result<(), CniError> {
         match self {
             Self::Builtin { store, .. } => {
                 let subnet = self.subnet_of(address.addr).unwrap_or(address);
@@ -159,17 +165,23 @@ impl Ipam {
                     dir: store.dir(),
                     network,
                     subnet,
+                    exempt: exempt.unwrap_or(subnet),
                 }
                 .ensure()
             }
-            Self::Delegate { .. } => masq::add(network, address.addr, address),
+            Self::Delegate { .. } => masq::add(network, address.addr, exempt.unwrap_or(address)),
         }
     }
 
     /// `ipMasq` after DEL or GC released addresses: with the built-in IPAM, each
     /// subnet's rule goes once none of its addresses is handed out; with a delegated
     /// one, the rules of `released` (addresses with their subnets) go.
-    pub fn unmasquerade(&self, network: &str, released: &[Ipv4Cidr]) -> Result<(), CniError> {
+    pub fn unmasquerade(
+        &self,
+        network: &str,
+        released: &[Ipv4Cidr],
+        exempt: Option<Ipv4Cidr>,
+    ) -> Result<(), CniError> {
         match self {
             Self::Builtin { store, conf } => {
                 for range in &conf.ranges {
@@ -178,6 +190,7 @@ impl Ipam {
                         dir: store.dir(),
                         network,
                         subnet,
+                        exempt: exempt.unwrap_or(subnet),
                     };
                     m.release_if_unused(|| {
                         Ok(store.allocations()?.keys().any(|ip| subnet.contains(*ip)))
@@ -187,7 +200,7 @@ impl Ipam {
             }
             Self::Delegate { .. } => {
                 for a in released {
-                    masq::del(network, a.addr, *a)?;
+                    masq::del(network, a.addr, exempt.unwrap_or(*a))?;
                 }
                 Ok(())
             }

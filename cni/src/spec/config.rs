@@ -65,6 +65,11 @@ pub struct NetConf {
     /// Masquerade traffic from the pod leaving the pod subnet.
     #[serde(rename = "ipMasq", default)]
     pub ip_masq: bool,
+    /// With `ipMasq`: a destination range not masqueraded besides the pod subnet —
+    /// the cluster's pod range, so pod-to-pod traffic between nodes keeps the pod's
+    /// address (the rule of kubenet and the kubelet's `--non-masquerade-cidr`).
+    #[serde(rename = "nonMasqueradeCIDR", default)]
+    pub non_masquerade_cidr: Option<String>,
     /// Hairpin mode on the bridge port, so a pod can reach itself through a Service.
     #[serde(rename = "hairpinMode", default)]
     pub hairpin_mode: bool,
@@ -120,7 +125,17 @@ impl NetConf {
         {
             return invalid(format!("mtu {mtu} is outside 68..=65535"));
         }
+        if let Some(text) = &self.non_masquerade_cidr
+            && let Err(e) = text.parse::<super::Ipv4Cidr>()
+        {
+            return invalid(format!("nonMasqueradeCIDR: {e}"));
+        }
         Ok(())
+    }
+
+    /// `nonMasqueradeCIDR`, parsed ([`NetConf::validate`] rejects a bad one).
+    pub fn non_masquerade(&self) -> Option<super::Ipv4Cidr> {
+        self.non_masquerade_cidr.as_deref()?.parse().ok()
     }
 }
 
@@ -147,6 +162,27 @@ mod tests {
             ("br9", true, true, true, Some(1400))
         );
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn non_masquerade_cidr_is_read_and_checked() {
+        let conf = |extra: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"berth-cni"{extra}}}"#)
+                    .as_bytes(),
+            )
+            .expect("valid JSON")
+            .0
+        };
+        let c = conf(r#","nonMasqueradeCIDR":"10.244.0.0/16""#);
+        c.validate().expect("valid");
+        assert_eq!(c.non_masquerade(), "10.244.0.0/16".parse().ok());
+        assert_eq!(conf("").non_masquerade(), None);
+        let err = conf(r#","nonMasqueradeCIDR":"10.244.0.0""#)
+            .validate()
+            .expect_err("not a CIDR");
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert!(err.msg.contains("nonMasqueradeCIDR"), "{}", err.msg);
     }
 
     #[test]

@@ -12,10 +12,12 @@ pub mod aggregator;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod backend;
 pub mod bootstrap_token;
 pub mod conversion;
 pub mod crd;
 pub mod discovery;
+pub mod endpoint_reconciler;
 pub mod field_order;
 pub mod flowcontrol;
 pub mod kubelet;
@@ -34,6 +36,7 @@ pub mod rest;
 pub mod reviews;
 pub mod selectors;
 pub mod serviceaccount_token;
+pub mod snapshot;
 pub mod status;
 pub mod table;
 pub mod watch_cache;
@@ -95,6 +98,20 @@ pub struct Config {
     pub encryption_provider_config: Option<PathBuf>,
     /// The `--audit-*` flags.
     pub audit: audit::Options,
+    /// `--etcd-servers` and the other `--etcd-*` flags: keep the objects in etcd
+    /// instead of the embedded store in the data dir.
+    pub etcd: Option<crate::store::etcd::Options>,
+    /// `--client-ca-file`/`--client-ca-key-file` and
+    /// `--tls-cert-file`/`--tls-private-key-file` (default: made in `<data-dir>/pki`).
+    pub pki: pki::Sources,
+    /// `--tls-san`: more names for the serving certificate berth-server makes.
+    pub tls_sans: Vec<String>,
+    /// `--service-account-signing-key-file` (default `<data-dir>/pki/sa.key`).
+    pub service_account_signing_key: Option<PathBuf>,
+    /// `--service-account-key-file`: more keys that verify ServiceAccount tokens.
+    pub service_account_keys: Vec<PathBuf>,
+    /// `--endpoint-reconciler-type`: how the `kubernetes` Service's endpoints are kept.
+    pub endpoint_reconciler: endpoint_reconciler::Type,
 }
 
 /// Shared state of every request.
@@ -103,7 +120,9 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub cache: Arc<WatchCache>,
     pub registry: Arc<Registry>,
-    pub services: admission::service_ips::Allocator,
+    /// Service cluster IPs and node ports, allocated in the store (shared by every
+    /// server on it).
+    pub services: Arc<admission::service_ranges::ServiceRanges>,
     pub metrics: metrics::Metrics,
     pub openapi: openapi::Documents,
     pub max_body: usize,
@@ -145,10 +164,13 @@ impl Api {
             authz::Mode::Rbac => Box::new(authz::RbacMode(rbac.clone(), None)),
             authz::Mode::AlwaysAllow => Box::new(authz::AlwaysAllow),
         };
-        let services = admission::service_ips::Allocator::default();
-        for svc in cache.list("/registry/core/services/", |_| true).0 {
-            services.observe(&svc.value());
+        let services = Arc::new(admission::service_ranges::ServiceRanges::new(store.clone()));
+        if let Err(err) = services.repair().await {
+            tracing::warn!(%err, "checking the service ranges against the Services failed");
         }
+        tokio::spawn(admission::service_ranges::repair_periodically(
+            services.clone(),
+        ));
         let api = Arc::new(Self {
             store,
             cache,
@@ -216,9 +238,9 @@ impl Api {
     }
 
     /// Releases what a deleted object held.
-    pub fn after_delete(&self, def: &ResourceDef, obj: &Value) {
+    pub async fn after_delete(&self, def: &ResourceDef, obj: &Value) {
         if def.group.is_empty() && def.kind == "Service" {
-            self.services.release(obj);
+            self.services.release(obj).await;
         }
     }
 
@@ -273,13 +295,11 @@ impl Api {
     }
 
     /// Creates what every cluster has: the four system namespaces, the `kubernetes`
-    /// Service (first service IP, port 443) and its Endpoints / EndpointSlice, and
-    /// the `kube-system/kube-dns` Service (tenth service IP, 53/UDP and 53/TCP).
-    pub async fn bootstrap(
-        self: &Arc<Self>,
-        advertise: std::net::IpAddr,
-        port: u16,
-    ) -> ApiResult<()> {
+    /// Service (first service IP, port 443; its endpoints are the
+    /// [`endpoint_reconciler`]'s), and the `kube-system/kube-dns` Service (tenth service
+    /// IP, 53/UDP and 53/TCP). Several servers may do this at once on one store: an
+    /// object another made first is left as it is.
+    pub async fn bootstrap(self: &Arc<Self>, port: u16) -> ApiResult<()> {
         self.cache.wait_for(self.store.current_revision()).await;
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             if let Some(ctx) = self.internal("", "namespaces", None) {
@@ -307,16 +327,15 @@ impl Api {
         if let Some(ctx) = self.internal("", "services", Some("default"))
             && self.cache.get(&ctx.key("kubernetes")).is_none()
         {
-            ignore_exists(
-                rest::create_object(
-                    &ctx,
-                    json!({
-                        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
-                    }),
-                )
-                .await,
-            )?;
+            let created = rest::create_object(
+                &ctx,
+                json!({
+                    "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                    "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+                }),
+            )
+            .await;
+            made_or_there(&ctx, "kubernetes", created).await?;
         }
         // The cluster DNS Service: no pods behind it — every berth-agent answers for
         // its address on its own node. Labels as upstream's kube-dns/CoreDNS Service.
@@ -338,12 +357,12 @@ impl Api {
                 }),
             )
             .await;
-            match created {
+            match made_or_there(&ctx, "kube-dns", created).await {
                 Err(e) if e.code == 422 => tracing::warn!(
                     error = %e.message,
                     "the kube-dns Service cannot have its address; cluster DNS is unreachable by IP"
                 ),
-                other => ignore_exists(other)?,
+                other => other?,
             }
         }
         // The default StorageClass, backed by berth-csi: created at start when absent
@@ -395,45 +414,24 @@ impl Api {
                 .await,
             )?;
         }
-        if let Some(ctx) = self.internal("", "endpoints", Some("default")) {
-            ignore_exists(
-                rest::create_object(
-                    &ctx,
-                    json!({
-                        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                        "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-                    }),
-                )
-                .await,
-            )?;
-        }
-        if let Some(def) = self
-            .registry
-            .get("discovery.k8s.io", "v1", "endpointslices")
-        {
-            let ctx = Ctx {
-                api: self.clone(),
-                def,
-                namespace: Some("default".into()),
-                query: request::Query::default(),
-                headers: Default::default(),
-                user: None,
-                warnings: Default::default(),
-            };
-            ignore_exists(
-                rest::create_object(
-                    &ctx,
-                    json!({
-                        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "berth-server"}},
-                        "addressType": "IPv4",
-                        "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
-                        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-                    }),
-                )
-                .await,
-            )?;
-        }
         Ok(())
+    }
+}
+
+/// A bootstrap create's outcome: made, or refused because another server made the
+/// object first (409, or 422 for the address that Service already holds).
+async fn made_or_there(
+    ctx: &Ctx,
+    name: &str,
+    result: ApiResult<(Value, StatusCode)>,
+) -> ApiResult<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => match ctx.current(name).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(e),
+        },
     }
 }
 
@@ -685,10 +683,12 @@ async fn route(
     let get = req.method() == Method::GET;
     let trimmed = path.trim_end_matches('/');
     match trimmed {
-        "/healthz" | "/livez" | "/readyz" => {
+        "/healthz" | "/livez" => {
             return Ok((StatusCode::OK, [("content-type", "text/plain")], "ok").into_response());
         }
+        "/readyz" => return Ok(backend::readyz(api.store.as_ref()).await),
         "/version" => return Ok(value_response(StatusCode::OK, &discovery::version())),
+        snapshot::PATH if get => return snapshot::respond(&api).await,
         "/metrics" if get => {
             return Ok((StatusCode::OK, [("content-type", metrics::OPENMETRICS)], {
                 // One exposition: the apiserver's families, the scheduler's, then
@@ -798,8 +798,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Ok(host) = nix_hostname() {
         sans.push(host);
     }
+    sans.extend(config.tls_sans.iter().cloned());
     sans.dedup();
-    let pki = pki::Pki::ensure(&config.data_dir.join("pki"), &sans)?;
+    let pki = pki::Pki::ensure_from(&config.data_dir.join("pki"), &sans, &config.pki)?;
     let kubeconfig = config
         .kubeconfig
         .clone()
@@ -836,15 +837,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(path) => Tokens::load(path).map_err(anyhow::Error::msg)?,
         None => Tokens::default(),
     };
-    let store = crate::store::redb::RedbStore::open(&config.data_dir.join("store.redb"))
-        .context("opening the store")?;
+    // With etcd, the port answers (not ready) while etcd is being reached.
+    let (store, listener): (Arc<dyn Store>, _) = match &config.etcd {
+        Some(etcd) => {
+            let (store, listener) = backend::open_etcd(etcd, config.bind, &pki).await?;
+            (store, Some(listener))
+        }
+        None => (
+            Arc::new(
+                crate::store::redb::RedbStore::open(&config.data_dir.join("store.redb"))
+                    .context("opening the store")?,
+            ),
+            None,
+        ),
+    };
     let store: Arc<dyn Store> = match encryption {
         Some(transformers) => Arc::new(
-            crate::store::encryption::EncryptedStore::open(Arc::new(store), transformers)
+            crate::store::encryption::EncryptedStore::open(store, transformers)
                 .await
                 .context("reading the store with the encryption config")?,
         ),
-        None => Arc::new(store),
+        None => store,
     };
     for file in ["store.redb", "store.wal"] {
         let path = config.data_dir.join(file);
@@ -854,8 +867,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     restrict(&config.data_dir.join("pki"), 0o700)?;
     tokio::spawn(compact_periodically(store.clone()));
-    let sa_tokens = serviceaccount_token::Issuer::load_or_create(&config.data_dir.join("pki"))
-        .context("the service account token key")?;
+    let sa_tokens = serviceaccount_token::Issuer::load(
+        &config.data_dir.join("pki"),
+        config.service_account_signing_key.as_deref(),
+        &config.service_account_keys,
+    )
+    .context("the service account token key")?;
     let api = Api::new(store, tokens, sa_tokens, config.authorization_mode)
         .await
         .context("starting the watch cache")?;
@@ -867,9 +884,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api.metrics.register_audit(&auditor);
         let _ = api.audit.set(auditor);
     }
-    api.bootstrap(config.advertise, config.bind.port())
+    api.bootstrap(config.bind.port())
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+    let reconciler = match config.endpoint_reconciler {
+        endpoint_reconciler::Type::Lease => Some(
+            endpoint_reconciler::Reconciler::start(
+                api.clone(),
+                config.advertise,
+                config.bind.port(),
+            )
+            .await,
+        ),
+        endpoint_reconciler::Type::None => {
+            endpoint_reconciler::write_once(&api, config.advertise, config.bind.port()).await;
+            None
+        }
+    };
     tokio::spawn(metrics_server::scrape::run(
         api.clone(),
         config.metric_resolution,
@@ -878,11 +909,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("API aggregation")?;
     tokio::spawn(flowcontrol::bootstrap::run(api.clone()));
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding {}", config.bind))?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("binding {}", config.bind))?,
+    };
     tracing::info!(address = %config.bind, kubeconfig = %kubeconfig.display(), "berth-server serving");
-    serve(listener, api, &pki).await
+    tokio::select! {
+        served = serve(listener, api, &pki) => served,
+        () = shutdown_signal() => {
+            // A clean stop leaves the `kubernetes` endpoints at once, not when the
+            // master lease expires.
+            if let Some(reconciler) = reconciler {
+                reconciler.remove().await;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Sets `path`'s permission bits to `mode`.
@@ -925,12 +986,9 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP/1 request head may take to arrive.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
 
-/// Serves `api` over TLS on `listener`, asking for (not requiring) client certificates.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    api: Arc<Api>,
-    pki: &pki::Pki,
-) -> anyhow::Result<()> {
+/// The serving certificate's TLS acceptor, asking for (not requiring) client
+/// certificates; HTTP/2 and HTTP/1.1.
+pub fn tls_acceptor(pki: &pki::Pki) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -953,6 +1011,16 @@ pub async fn serve(
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    Ok(acceptor)
+}
+
+/// Serves `api` over TLS on `listener`, asking for (not requiring) client certificates.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<Api>,
+    pki: &pki::Pki,
+) -> anyhow::Result<()> {
+    let acceptor = tls_acceptor(pki)?;
     let app = router(api);
     // After a failed accept (out of descriptors, say) wait before the next, doubling
     // from 5 ms to 1 s as Go's http.Server does, rather than spin.

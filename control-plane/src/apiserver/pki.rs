@@ -85,12 +85,41 @@ pub struct Pki {
     pub server_key: String,
 }
 
+/// Where the cluster CA and the serving certificate come from when not made in the
+/// PKI dir: what `--client-ca-file`/`--client-ca-key-file` and
+/// `--tls-cert-file`/`--tls-private-key-file` name. Servers of one cluster share the
+/// CA (and the service-account keys); each has a serving certificate of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The cluster CA's certificate and key.
+    pub ca: Option<(PathBuf, PathBuf)>,
+    /// The serving certificate and key.
+    pub serving: Option<(PathBuf, PathBuf)>,
+}
+
 impl Pki {
     /// Loads the PKI in `dir`, creating what is missing.
     pub fn ensure(dir: &Path, sans: &[String]) -> Result<Self, PkiError> {
+        Self::ensure_from(dir, sans, &Sources::default())
+    }
+
+    /// Loads the PKI: the CA from `sources` (copied into `dir`, where the controllers
+    /// and tools look for it) or from `dir` (made if missing); the serving certificate
+    /// from `sources`, or from `dir` — made, or made again when it is not one of this
+    /// CA's for every name in `sans` (another CA given, another advertised address).
+    pub fn ensure_from(dir: &Path, sans: &[String], sources: &Sources) -> Result<Self, PkiError> {
         let ca_cert_path = dir.join("ca.crt");
         let ca_key_path = dir.join("ca.key");
-        if !ca_cert_path.exists() || !ca_key_path.exists() {
+        if let Some((cert, key)) = &sources.ca {
+            let (cert, key) = (read(cert)?, read(key)?);
+            KeyPair::from_pem(&key)?;
+            if read(&ca_cert_path).ok().as_deref() != Some(cert.as_str())
+                || read(&ca_key_path).ok().as_deref() != Some(key.as_str())
+            {
+                write(&ca_key_path, &key, true)?;
+                write(&ca_cert_path, &cert, false)?;
+            }
+        } else if !ca_cert_path.exists() || !ca_key_path.exists() {
             let (cert, key) = self_signed_ca("berth-ca")?;
             write(&ca_key_path, &key, true)?;
             write(&ca_cert_path, &cert, false)?;
@@ -104,13 +133,22 @@ impl Pki {
             server_cert: String::new(),
             server_key: String::new(),
         };
-        let cert_path = dir.join("apiserver.crt");
-        let key_path = dir.join("apiserver.key");
-        if !cert_path.exists() || !key_path.exists() {
-            let (cert, key) = pki.issue("kube-apiserver", &[], sans, true)?;
-            write(&key_path, &key, true)?;
-            write(&cert_path, &cert, false)?;
-        }
+        let (cert_path, key_path) = match &sources.serving {
+            Some((cert, key)) => (cert.clone(), key.clone()),
+            None => {
+                let cert_path = dir.join("apiserver.crt");
+                let key_path = dir.join("apiserver.key");
+                let current = read(&cert_path).ok();
+                if !key_path.exists()
+                    || current.is_none_or(|cert| !covers(&pki.ca_cert, &cert, sans))
+                {
+                    let (cert, key) = pki.issue("kube-apiserver", &[], sans, true)?;
+                    write(&key_path, &key, true)?;
+                    write(&cert_path, &cert, false)?;
+                }
+                (cert_path, key_path)
+            }
+        };
         pki.server_cert = read(&cert_path)?;
         pki.server_key = read(&key_path)?;
         Ok(pki)
@@ -165,5 +203,73 @@ impl Pki {
             b64(&key)
         );
         write(path, &config, true)
+    }
+}
+
+/// Whether `cert_pem` is a serving certificate of CA `ca_pem`, valid now for every name
+/// and address in `sans` (each checked as a TLS client would).
+pub fn covers(ca_pem: &str, cert_pem: &str, sans: &[String]) -> bool {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+        if roots.add(cert).is_err() {
+            return false;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(verifier) =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider).build()
+    else {
+        return false;
+    };
+    let Ok(chain) = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+    else {
+        return false;
+    };
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    let now = UnixTime::now();
+    sans.iter()
+        .all(|san| match ServerName::try_from(san.as_str()) {
+            Ok(name) => verifier
+                .verify_server_cert(leaf, rest, &name, &[], now)
+                .is_ok(),
+            // A name a TLS client cannot ask for (a host name with `_`): nothing to check.
+            Err(_) => true,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serving_certificate_is_made_again_for_another_ca_or_address() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let first = Pki::ensure(dir.path(), &sans).expect("pki");
+        assert!(covers(&first.ca_cert, &first.server_cert, &sans));
+        let again = Pki::ensure(dir.path(), &sans).expect("pki again");
+        assert_eq!(again.server_cert, first.server_cert, "kept while it fits");
+        let more = vec!["127.0.0.2".to_owned()];
+        assert!(!covers(&first.ca_cert, &first.server_cert, &more));
+        let other = Pki::ensure(dir.path(), &more).expect("another address");
+        assert!(covers(&other.ca_cert, &other.server_cert, &more));
+
+        // Another server's CA, given as files: copied in, and the certificate re-issued.
+        let shared = tempfile::tempdir().expect("shared dir");
+        let theirs = Pki::ensure(shared.path(), &sans).expect("their pki");
+        let sources = Sources {
+            ca: Some((shared.path().join("ca.crt"), shared.path().join("ca.key"))),
+            serving: None,
+        };
+        let joined = Pki::ensure_from(dir.path(), &sans, &sources).expect("shared CA");
+        assert_eq!(joined.ca_cert, theirs.ca_cert);
+        assert!(covers(&theirs.ca_cert, &joined.server_cert, &sans));
+        assert!(!covers(&first.ca_cert, &joined.server_cert, &sans));
     }
 }

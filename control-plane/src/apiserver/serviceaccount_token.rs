@@ -30,6 +30,9 @@ pub struct Issuer {
     key: EcdsaKeyPair,
     rng: SystemRandom,
     kid: String,
+    /// The keys tokens are verified with: the signing key's and those of
+    /// `--service-account-key-file` (key id, uncompressed P-256 point).
+    verifying: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -41,8 +44,22 @@ impl std::fmt::Debug for Issuer {
 impl Issuer {
     /// The signing key in `dir/sa.key`, made if missing.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join("sa.key");
-        if !path.exists() {
+        Self::load(dir, None, &[])
+    }
+
+    /// The signing key `signing` (`--service-account-signing-key-file`: a P-256 key,
+    /// PKCS#8 PEM; default `dir/sa.key`, made if missing), also verifying tokens with
+    /// the keys in `verifying` (`--service-account-key-file`: P-256 public keys or
+    /// private keys, PEM) — so every server of a cluster, sharing the signing key,
+    /// accepts every other's tokens, and a retired key can still verify.
+    pub fn load(
+        dir: &Path,
+        signing: Option<&Path>,
+        verifying: &[std::path::PathBuf],
+    ) -> anyhow::Result<Self> {
+        let default = dir.join("sa.key");
+        let path = signing.unwrap_or(&default);
+        if signing.is_none() && !path.exists() {
             let key = rcgen::KeyPair::generate()?;
             std::fs::create_dir_all(dir)?;
             let tmp = dir.join("sa.key.tmp");
@@ -58,16 +75,31 @@ impl Issuer {
                 f.write_all(key.serialize_pem().as_bytes())?;
                 f.sync_all()?;
             }
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, path)?;
         }
-        let pem = std::fs::read_to_string(&path)?;
-        let der = rcgen::KeyPair::from_pem(&pem)?.serialize_der();
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("service account key {}: {e}", path.display()))?;
+        let der = rcgen::KeyPair::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("service account key {}: {e}", path.display()))?
+            .serialize_der();
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
             .map_err(|e| anyhow::anyhow!("service account key {}: {e}", path.display()))?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref());
-        let kid = b64(&digest.as_ref()[..16]);
-        Ok(Issuer { key, rng, kid })
+        let kid = key_id(key.public_key().as_ref());
+        let mut keys = vec![(kid.clone(), key.public_key().as_ref().to_vec())];
+        for file in verifying {
+            let point = public_point(file)?;
+            let id = key_id(&point);
+            if !keys.iter().any(|(k, _)| *k == id) {
+                keys.push((id, point));
+            }
+        }
+        Ok(Issuer {
+            key,
+            rng,
+            kid,
+            verifying: keys,
+        })
     }
 
     fn sign(&self, claims: &Value) -> Result<String, String> {
@@ -146,12 +178,12 @@ impl Issuer {
             return None;
         }
         let sig = engine.decode(s).ok()?;
-        signature::UnparsedPublicKey::new(
-            &signature::ECDSA_P256_SHA256_FIXED,
-            self.key.public_key().as_ref(),
-        )
-        .verify(format!("{h}.{c}").as_bytes(), &sig)
-        .ok()?;
+        let signed = format!("{h}.{c}");
+        self.verifying.iter().find(|(_, point)| {
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                .verify(signed.as_bytes(), &sig)
+                .is_ok()
+        })?;
         let claims: Value = serde_json::from_slice(&engine.decode(c).ok()?).ok()?;
         let now = jiff::Timestamp::now().as_second();
         let exp = claims.get("exp")?.as_i64()?;
@@ -168,13 +200,23 @@ impl Issuer {
         aud_ok.then_some(claims)
     }
 
-    /// The public key as a JSON Web Key Set.
+    /// The public keys as a JSON Web Key Set.
     pub fn jwks(&self) -> Value {
-        // An uncompressed P-256 point: 0x04 || X (32 bytes) || Y (32 bytes).
-        let point = self.key.public_key().as_ref();
-        let (x, y) = point.get(1..).map(|p| p.split_at(32)).unwrap_or((&[], &[]));
-        json!({"keys": [{"use": "sig", "kty": "EC", "kid": self.kid, "crv": "P-256",
-            "alg": "ES256", "x": b64(x), "y": b64(y)}]})
+        let keys: Vec<Value> = self
+            .verifying
+            .iter()
+            .map(|(kid, point)| {
+                // An uncompressed P-256 point: 0x04 || X (32 bytes) || Y (32 bytes).
+                let (x, y) = point
+                    .get(1..)
+                    .filter(|p| p.len() == 64)
+                    .map(|p| p.split_at(32))
+                    .unwrap_or((&[], &[]));
+                json!({"use": "sig", "kty": "EC", "kid": kid, "crv": "P-256",
+                    "alg": "ES256", "x": b64(x), "y": b64(y)})
+            })
+            .collect();
+        json!({ "keys": keys })
     }
 
     /// `/.well-known/openid-configuration`.
@@ -187,6 +229,44 @@ impl Issuer {
             "id_token_signing_alg_values_supported": ["ES256"],
         })
     }
+}
+
+/// A key's id: the first 16 bytes of its public point's SHA-256, base64url.
+fn key_id(point: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, point);
+    b64(&digest.as_ref()[..16])
+}
+
+/// The DER prefix of a P-256 SubjectPublicKeyInfo, before its 65-byte point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The public point of the P-256 key in `file`: a `PUBLIC KEY` or a private key (PEM).
+fn public_point(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let what = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("--service-account-key-file {}: {e}", file.display())
+    };
+    let pem = std::fs::read_to_string(file).map_err(|e| what(&e))?;
+    if let Some(body) = pem
+        .split("-----BEGIN PUBLIC KEY-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END PUBLIC KEY-----").next())
+    {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body.split_whitespace().collect::<String>())
+            .map_err(|e| what(&e))?;
+        return match der.strip_prefix(&P256_SPKI_PREFIX[..]) {
+            Some(point) if point.len() == 65 && point[0] == 4 => Ok(point.to_vec()),
+            _ => Err(what(&"not a P-256 (ES256) public key")),
+        };
+    }
+    let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| what(&e))?;
+    if !key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
+        return Err(what(&"not a P-256 (ES256) key"));
+    }
+    Ok(key.public_key_raw().to_vec())
 }
 
 /// The user a verified token's claims name; `lookup(key)` reads an object's uid.
@@ -252,5 +332,47 @@ mod tests {
         let again = Issuer::load_or_create(&dir).expect("reload");
         assert!(again.verify(&token, ISSUER).is_some());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn given_keys_sign_and_more_keys_verify() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = rcgen::KeyPair::generate().expect("key");
+        let new = rcgen::KeyPair::generate().expect("key");
+        let (old_key, old_pub, new_key) = (
+            dir.path().join("old.key"),
+            dir.path().join("old.pub"),
+            dir.path().join("new.key"),
+        );
+        std::fs::write(&old_key, old.serialize_pem()).expect("write");
+        std::fs::write(&old_pub, old.public_key_pem()).expect("write");
+        std::fs::write(&new_key, new.serialize_pem()).expect("write");
+        let retired = Issuer::load(dir.path(), Some(&old_key), &[]).expect("old issuer");
+        let (token, _) = retired
+            .issue("ns", "sa", "uid", &json!({}), None)
+            .expect("issue");
+        // Another server with the same signing key accepts it.
+        let peer = Issuer::load(dir.path(), Some(&old_key), &[]).expect("peer");
+        assert!(peer.verify(&token, ISSUER).is_some());
+        assert!(
+            !dir.path().join("sa.key").exists(),
+            "no key made beside given ones"
+        );
+        // A new signing key verifies the old one's tokens through its public key.
+        let rotated = Issuer::load(dir.path(), Some(&new_key), std::slice::from_ref(&old_pub))
+            .expect("rotated issuer");
+        assert!(rotated.verify(&token, ISSUER).is_some());
+        assert_eq!(rotated.jwks()["keys"].as_array().map(Vec::len), Some(2));
+        let alone = Issuer::load(dir.path(), Some(&new_key), &[]).expect("new issuer");
+        assert!(alone.verify(&token, ISSUER).is_none());
+        // Not a P-256 key: refused, naming the file.
+        std::fs::write(
+            dir.path().join("bad.pub"),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .expect("write");
+        let err = Issuer::load(dir.path(), Some(&new_key), &[dir.path().join("bad.pub")])
+            .expect_err("a bad key file");
+        assert!(err.to_string().contains("bad.pub"), "{err}");
     }
 }

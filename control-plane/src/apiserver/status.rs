@@ -240,6 +240,25 @@ impl ApiError {
                 err.retry_after = Some(1);
                 err
             }
+            // etcd down or without quorum: nothing was written, try again.
+            StoreError::Unavailable(why) => {
+                let mut err = Self::new(
+                    503,
+                    "ServiceUnavailable",
+                    format!("the storage backend is unavailable: {why}"),
+                );
+                err.retry_after = Some(1);
+                err
+            }
+            // No answer in time: the write may or may not have been applied (as
+            // kube-apiserver's 504 for an etcd request that timed out).
+            StoreError::Timeout(why) => {
+                let mut err = Self::timeout(format!(
+                    "request did not complete within the storage timeout: {why}"
+                ));
+                err.retry_after = Some(1);
+                err
+            }
             other => Self::internal(other.to_string()),
         }
     }

@@ -17,6 +17,7 @@ pub mod history;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pod_gc;
 pub mod podautoscaler;
@@ -55,6 +56,9 @@ pub struct Options {
     /// The addresses LoadBalancer Services get (`--lb-pool`); without one the
     /// load-balancer controller does not run.
     pub lb_pool: Option<service_lb::Pool>,
+    /// `--allocate-node-cidrs` with `--cluster-cidr` and the node mask sizes; without
+    /// it the node IPAM controller does not run.
+    pub node_ipam: Option<node_ipam::Config>,
     /// Which controllers run.
     pub controllers: Selection,
 }
@@ -68,6 +72,7 @@ impl Default for Options {
             root_ca: None,
             signing: None,
             lb_pool: None,
+            node_ipam: None,
             controllers: Selection::all(),
         }
     }
@@ -99,6 +104,7 @@ pub const NAMES: &[&str] = &[
     "ttl-after-finished",
     "horizontalpodautoscaling",
     "nodelifecycle",
+    "nodeipam",
     "podgc",
     "csrapproving",
     "csrsigning",
@@ -185,6 +191,7 @@ const ACCOUNTS: &[(&str, &[&str])] = &[
     ("ttl-after-finished", &["ttl-after-finished-controller"]),
     ("horizontalpodautoscaling", &["horizontal-pod-autoscaler"]),
     ("nodelifecycle", &["node-controller"]),
+    ("nodeipam", &["node-controller"]),
     ("podgc", &["pod-garbage-collector"]),
     ("csrapproving", &["certificate-controller"]),
     ("csrsigning", &["certificate-controller"]),
@@ -280,6 +287,15 @@ pub async fn run(credentials: credentials::Credentials, options: Options) {
         let c = a.client("node-controller").await;
         let grace = options.node_monitor_grace_period;
         loops.push(Box::pin(node_lifecycle::start(c, grace, i)));
+    }
+    if on("nodeipam") {
+        match options.node_ipam.clone() {
+            Some(config) => {
+                let c = a.client("node-controller").await;
+                loops.push(Box::pin(node_ipam::start(c, config, i)));
+            }
+            None => tracing::debug!("no --allocate-node-cidrs: nodes get no podCIDR from berth"),
+        }
     }
     if on("podgc") {
         let c = a.client("pod-garbage-collector").await;

@@ -363,6 +363,19 @@ impl Store for EncryptedStore {
         self.inner.grant_lease(ttl)
     }
 
+    fn keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        self.inner.keep_alive(id)
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.health()
+    }
+
+    /// The stored bytes, still encrypted: reading a restored copy needs the same config.
+    fn snapshot(&self, out: Box<dyn std::io::Write + Send>) -> BoxFuture<'_, Result<Revision>> {
+        self.inner.snapshot(out)
+    }
+
     fn stale<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             // No rule: nothing is ever rewritten for the encryption's sake.

@@ -9,9 +9,11 @@
 //! is how the apiserver implements optimistic concurrency. Leases expire keys (Events).
 //!
 //! [`Store`] is object-safe so the apiserver holds an `Arc<dyn Store>`: the embedded
-//! backend ([`redb::RedbStore`]) today, an etcd backend later.
+//! backend ([`redb::RedbStore`], the default) or etcd ([`etcd::EtcdStore`],
+//! `--etcd-servers`).
 
 pub mod encryption;
+pub mod etcd;
 pub mod redb;
 pub mod wal;
 
@@ -93,6 +95,14 @@ pub enum StoreError {
     LeaseNotFound(LeaseId),
     #[error("the store is closed")]
     Closed,
+    /// The backend cannot be reached (etcd down, no quorum): nothing was written.
+    /// The apiserver answers 503.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend did not answer in time: a write may or may not have been applied,
+    /// and was not acknowledged. The apiserver answers 504.
+    #[error("storage request timed out: {0}")]
+    Timeout(String),
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -186,6 +196,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A lease that deletes its keys `ttl` after it was granted.
     fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>>;
 
+    /// Renews lease `id` for another of its TTLs from now (etcd's LeaseKeepAlive), or
+    /// [`StoreError::LeaseNotFound`] once it has expired. How a berth-server keeps its
+    /// master lease, the key that lists it among the `kubernetes` Service's endpoints
+    /// (`apiserver::endpoint_reconciler`).
+    fn keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Err(StoreError::LeaseNotFound(id))))
+    }
+
     /// Whether the key's stored bytes differ from what writing the same object now
     /// would store — encrypted by another provider or key than the one that writes
     /// ([`encryption`]). An update that changes nothing still rewrites such a value, as
@@ -193,6 +211,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn stale<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
         let _ = key;
         Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Whether the backend answers now (`/readyz`'s `etcd` check): etcd must serve a
+    /// quorum read within a deadline; the embedded store always does.
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Writes a consistent copy of the whole store to `out` (`berth-server snapshot
+    /// save`): every write acknowledged before the call is in it, nothing of a later
+    /// one; returns the revision it holds. The embedded store's format is
+    /// [`redb::snapshot`]; a backend with a tool of its own says so (etcd: `etcdctl
+    /// snapshot save`).
+    fn snapshot(&self, out: Box<dyn std::io::Write + Send>) -> BoxFuture<'_, Result<Revision>> {
+        drop(out);
+        Box::pin(std::future::ready(Err(StoreError::Backend(
+            "this store backend has no berth snapshot; use its own tool (etcd: etcdctl snapshot save)"
+                .into(),
+        ))))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The embedded store backend: MVCC on [redb](https://docs.rs/redb), a pure-Rust,
 //! copy-on-write B-tree engine with ACID transactions and crash safety built in.
 //!
-//! Entry point: [`RedbStore::open`]. Layout (all in one file):
+//! Entry point: [`RedbStore::open`]; consistent copies for backup in [`snapshot`].
+//! Layout (all in one file):
 //! - `current`: key → the live record (what a read at the newest revision sees),
 //! - `history`: (key, revision) → the record written at that revision, or a tombstone,
 //!   for reads at past revisions and for watch replay,
@@ -21,6 +22,8 @@
 //! epoch; it stalls writers for redb's durable commit (50–100 ms here), so it is rare.
 //! Between checkpoints a background thread writes redb's dirty pages out
 //! ([`start_writeback`]), so the syncs redb makes on its own find little to write.
+
+pub mod snapshot;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -100,6 +103,7 @@ enum Op {
     },
     Compact(Revision),
     GrantLease(Duration),
+    KeepAlive(LeaseId),
     ExpireLeases,
 }
 
@@ -577,6 +581,17 @@ impl Store for RedbStore {
             }
         })
     }
+
+    fn keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.submit(Op::KeepAlive(id)).await?;
+            Ok(())
+        })
+    }
+
+    fn snapshot(&self, out: Box<dyn std::io::Write + Send>) -> BoxFuture<'_, Result<Revision>> {
+        Box::pin(self.blocking(move |db| snapshot::write(db, out)))
+    }
 }
 
 impl RedbStore {
@@ -774,10 +789,12 @@ impl Writer {
                         tables.apply(&req.op, &mut revision, &mut compacted, &mut events)?;
                     outcomes.push(outcome);
                 }
-                if group
-                    .iter()
-                    .any(|r| matches!(r.op, Op::GrantLease(_) | Op::ExpireLeases))
-                {
+                if group.iter().any(|r| {
+                    matches!(
+                        r.op,
+                        Op::GrantLease(_) | Op::KeepAlive(_) | Op::ExpireLeases
+                    )
+                }) {
                     next_expiry = earliest_expiry(&tables.leases)?;
                 }
                 if !tables.journal.is_empty() {
@@ -878,6 +895,14 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Makes one change, recording `logged` for the log instead: the same change
+    /// written more compactly.
+    fn mutate_logged_as(&mut self, m: Mutation, logged: Mutation) -> Result<()> {
+        self.apply_mutation(&m)?;
+        self.journal.push(logged);
+        Ok(())
+    }
+
     /// Makes one change (also how the log is replayed).
     fn apply_mutation(&mut self, m: &Mutation) -> Result<()> {
         match m {
@@ -887,6 +912,14 @@ impl<'t> Tables<'t> {
                 .history
                 .insert((k.as_str(), *r), v.as_slice())
                 .map(drop),
+            Mutation::HistoryFromCurrent(k, r) => {
+                let Some((_, record)) = self.live(k)? else {
+                    return Err(backend(format!("log: no current record of {k:?} to copy")));
+                };
+                self.history
+                    .insert((k.as_str(), *r), record.encode().as_slice())
+                    .map(drop)
+            }
             Mutation::HistoryDel(k, r) => self.history.remove((k.as_str(), *r)).map(drop),
             Mutation::LogPut(r, v) => self.log.insert(*r, v.as_slice()).map(drop),
             Mutation::LogDel(r) => self.log.remove(*r).map(drop),
@@ -992,6 +1025,14 @@ impl<'t> Tables<'t> {
                 self.mutate(Mutation::LeasePut(id, ttl_ms, now_ms() + ttl_ms))?;
                 Ok(Ok(Outcome::Lease(id)))
             }
+            Op::KeepAlive(id) => {
+                let Some(ttl_ms) = self.leases.get(*id).map_err(backend)?.map(|v| v.value().0)
+                else {
+                    return Ok(Err(StoreError::LeaseNotFound(*id)));
+                };
+                self.mutate(Mutation::LeasePut(*id, ttl_ms, now_ms() + ttl_ms))?;
+                Ok(Ok(Outcome::Done))
+            }
             Op::ExpireLeases => {
                 let now = now_ms();
                 let mut expired = Vec::new();
@@ -1047,11 +1088,12 @@ impl<'t> Tables<'t> {
             key.to_owned(),
             encode_current(revision, &record),
         ))?;
-        self.mutate(Mutation::HistoryPut(
-            key.to_owned(),
-            revision,
-            record.encode(),
-        ))?;
+        // The value goes to the log once: its history entry is logged as a copy of
+        // the current record just written.
+        self.mutate_logged_as(
+            Mutation::HistoryPut(key.to_owned(), revision, record.encode()),
+            Mutation::HistoryFromCurrent(key.to_owned(), revision),
+        )?;
         self.mutate(Mutation::LogPut(
             revision,
             encode_log(EventKind::Put, key, prev_rev),

@@ -35,6 +35,9 @@ pub enum Mutation {
     CurrentPut(String, Vec<u8>),
     CurrentDel(String),
     HistoryPut(String, i64, Vec<u8>),
+    /// `history[(key, revision)]` = the record `current[key]` holds: a put's history
+    /// entry logged without a second copy of its value (it follows its `CurrentPut`).
+    HistoryFromCurrent(String, i64),
     HistoryDel(String, i64),
     LogPut(i64, Vec<u8>),
     LogDel(i64),
@@ -152,6 +155,11 @@ impl Mutation {
                 w.bytes(k.as_bytes());
                 w.i64(*v);
             }
+            Self::HistoryFromCurrent(k, r) => {
+                w.u8(11);
+                w.bytes(k.as_bytes());
+                w.i64(*r);
+            }
         }
     }
 
@@ -168,6 +176,7 @@ impl Mutation {
             8 => Self::LeaseKeyPut(r.i64()?, r.string()?),
             9 => Self::LeaseKeyDel(r.i64()?, r.string()?),
             10 => Self::Meta(r.string()?, r.i64()?),
+            11 => Self::HistoryFromCurrent(r.string()?, r.i64()?),
             _ => return None,
         })
     }

@@ -16,6 +16,13 @@
 //! Baseline in the same run: durable puts/s of an etcd member (Debian's `etcd-server`,
 //! the store Kubernetes runs on) with the same clients and value size; for latencies
 //! and memory the table quotes Kubernetes' published SLOs and k3s' footprint.
+//!
+//! The etcd columns (issue 24): the same setup, mixed and throughput phases
+//! (`apiserver-load --core-only`) against a release berth-server with `--etcd-servers`
+//! over a fresh 1-member etcd, then over a fresh 3-member etcd (testkit's [`Etcd`]; data
+//! dirs under the bench's target dir with etcd's default fsync, as the embedded store
+//! fsyncs its log): `etcd_*` / `etcd3_*` create p99, creates/s and watch delivery p99,
+//! and their ratios to the embedded store's. [`ETCD_ONLY_ENV`] runs these alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,7 +33,9 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use berth_testkit::{BerthServer, Etcd};
 
 use super::Report;
 use super::stats::percentile;
@@ -173,6 +182,11 @@ pub struct Target {
     /// Only the Secret-create phase (run against a server that encrypts Secrets).
     #[arg(long)]
     pub secrets_only: bool,
+    /// Only the setup, the mixed phase and the throughput phase, reporting create
+    /// latency, watch delivery and creates/s ([`core_report`]): the etcd columns,
+    /// run against servers over etcd.
+    #[arg(long)]
+    pub core_only: bool,
 }
 
 /// Secrets created per client in the Secret-create phase.
@@ -588,36 +602,85 @@ fn event_name(line: &[u8]) -> Option<&str> {
     Some(&rest[start..start + end])
 }
 
+/// Set (to anything) to run only the etcd phases, for working on them without the
+/// embedded store's six minutes (`BERTH_BENCH_APISERVER_ETCD_ONLY=1 cargo xtask bench
+/// apiserver`). The report then holds the etcd figures alone — no ratios to the
+/// embedded store, no `etcd_puts_per_s` — and, as every run does, replaces
+/// `bench/results/apiserver.*`: not for published figures.
+const ETCD_ONLY_ENV: &str = "BERTH_BENCH_APISERVER_ETCD_ONLY";
+
+/// The etcd clusters of the etcd phases: (figure prefix, members, row label).
+const ETCD_RUNS: [(&str, usize, &str); 2] = [("etcd", 1, "1 member"), ("etcd3", 3, "3 members")];
+
+/// The release build, then the embedded store's phases, then the same setup, mixed and
+/// throughput phases over a 1-member and over a 3-member etcd (see the module docs).
 pub fn run() -> Result<Report> {
+    if Etcd::binary().is_none() {
+        bail!("etcd is not installed (Debian etcd-server; cargo xtask setup installs it)");
+    }
+    let began = Instant::now();
     // The apiserver alone: the scheduler and controllers have their own benches.
     let (release, server) = super::release_apiserver("apiserver")?;
     let data = util::target_dir().join("bench-apiserver");
+    let mut report = if std::env::var_os(ETCD_ONLY_ENV).is_some() {
+        util::step(format!("{ETCD_ONLY_ENV} is set: the etcd phases only"));
+        drop(server);
+        Report {
+            header: header(),
+            ..Report::default()
+        }
+    } else {
+        let phase = Instant::now();
+        let report = embedded(&release, &data, server)?;
+        util::step(format!(
+            "apiserver, embedded store: {:.0} s",
+            phase.elapsed().as_secs_f64()
+        ));
+        report
+    };
+    for (prefix, members, label) in ETCD_RUNS {
+        let phase = Instant::now();
+        let etcd = over_etcd(&release, &data, members)?;
+        util::step(format!(
+            "apiserver over etcd, {label}: {:.0} s",
+            phase.elapsed().as_secs_f64()
+        ));
+        etcd_column(&mut report, &etcd, prefix, members, label);
+    }
+    report.notes.push(format!(
+        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99 and durable creates/s; each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (every raft log entry fdatasync'd on every member before the write is acknowledged), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
+    ));
+    util::step(format!(
+        "bench apiserver took {:.0} s (release build included)",
+        began.elapsed().as_secs_f64()
+    ));
+    Ok(report)
+}
+
+/// The table's header (also of the report `apiserver-load` prints).
+fn header() -> Vec<String> {
+    ["measure", "berth p50", "berth p99", "goal", "anchor"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The embedded store's phases: idle RSS, the full load (with the etcd puts baseline on
+/// an etcd member of its own), then the encrypted Secret creates on a second server.
+fn embedded(release: &Path, data: &Path, server: BerthServer) -> Result<Report> {
     let pid = server.pid().context("server pid")?;
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_mb(pid);
-    let etcd = Etcd::start(&data.join("etcd"))?;
-    let out = std::process::Command::new(release.join("xtask"))
-        .arg("apiserver-load")
-        .args(["--etcd-port", &etcd.port.to_string()])
-        .args([
-            "--port",
-            &server.port().to_string(),
-            "--pid",
-            &pid.to_string(),
-        ])
-        .arg("--ca")
-        .arg(server.ca())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("run xtask apiserver-load")?;
-    if !out.status.success() {
-        bail!("apiserver-load failed ({})", out.status);
-    }
-    let mut report =
-        Report::from_value(&serde_json::from_slice(&out.stdout).context("apiserver-load output")?)?;
+    let etcd = Etcd::start(data);
+    let etcd_port = etcd
+        .endpoints()
+        .first()
+        .and_then(|url| url.rsplit(':').next()?.parse::<u16>().ok())
+        .context("the etcd member's client port")?;
+    let mut report = run_load(release, &server, &["--etcd-port", &etcd_port.to_string()])?;
+    drop(etcd);
     report.figure("idle_rss_mb", (idle_rss * 10.0).round() / 10.0);
     drop(server);
-    let encrypted = encrypted_secret_creates(&release, &data)?;
+    let encrypted = encrypted_secret_creates(release, data)?;
     let plain = report.value("secret_create_p99_ms").unwrap_or(f64::NAN);
     let p99 = encrypted.value("secret_create_p99_ms").unwrap_or(f64::NAN);
     let p50 = encrypted.value("secret_create_p50_ms").unwrap_or(f64::NAN);
@@ -657,32 +720,13 @@ pub fn run() -> Result<Report> {
     Ok(report)
 }
 
-/// The Secret-create phase against a second server that encrypts Secrets with
-/// aescbc (`--encryption-provider-config`), the same release binary.
-fn encrypted_secret_creates(release: &std::path::Path, data: &std::path::Path) -> Result<Report> {
-    let dir = data.join("encrypted");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("encryption.yaml");
-    std::fs::write(
-        &config,
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key1\n        secret: YmVydGgtYmVuY2gtZW5jcnlwdGlvbi1rZXktMzJiISE=\n  - identity: {}\n",
-    )?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let server = berth_testkit::BerthServer::start_with(
-        &release.join("berth-server"),
-        &dir.join("server"),
-        &[
-            "--scheduler=false",
-            "--controllers=false",
-            "--encryption-provider-config",
-            &config_arg,
-        ],
-    );
+/// `xtask apiserver-load` with `extra` flags against `server`; its report. On failure
+/// the end of the server's log is in the error.
+fn run_load(release: &Path, server: &BerthServer, extra: &[&str]) -> Result<Report> {
     let pid = server.pid().context("server pid")?;
     let out = std::process::Command::new(release.join("xtask"))
         .arg("apiserver-load")
-        .arg("--secrets-only")
+        .args(extra)
         .args([
             "--port",
             &server.port().to_string(),
@@ -693,57 +737,137 @@ fn encrypted_secret_creates(release: &std::path::Path, data: &std::path::Path) -
         .arg(server.ca())
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("run xtask apiserver-load --secrets-only")?;
+        .with_context(|| format!("run xtask apiserver-load {}", extra.join(" ")))?;
     if !out.status.success() {
-        bail!("apiserver-load --secrets-only failed ({})", out.status);
+        let log = std::fs::read_to_string(server.dir().join("server.log")).unwrap_or_default();
+        let tail = log
+            .char_indices()
+            .rev()
+            .nth(3000)
+            .map_or(&log[..], |(i, _)| &log[i..]);
+        bail!(
+            "apiserver-load {} failed ({}); the server's log ends:\n{tail}",
+            extra.join(" "),
+            out.status
+        );
     }
     Report::from_value(&serde_json::from_slice(&out.stdout).context("apiserver-load output")?)
 }
 
-/// An etcd member for the baseline, stopped by PID on drop.
-struct Etcd {
-    _child: berth_testkit::ChildGuard,
-    port: u16,
+/// The Secret-create phase against a second server that encrypts Secrets with
+/// aescbc (`--encryption-provider-config`), the same release binary.
+fn encrypted_secret_creates(release: &Path, data: &Path) -> Result<Report> {
+    let dir = data.join("encrypted");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("encryption.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key1\n        secret: YmVydGgtYmVuY2gtZW5jcnlwdGlvbi1rZXktMzJiISE=\n  - identity: {}\n",
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let server = BerthServer::start_with(
+        &release.join("berth-server"),
+        &dir.join("server"),
+        &[
+            "--scheduler=false",
+            "--controllers=false",
+            "--encryption-provider-config",
+            &config_arg,
+        ],
+    );
+    run_load(release, &server, &["--secrets-only"])
 }
 
-impl Etcd {
-    fn start(dir: &std::path::Path) -> Result<Self> {
-        let free = || -> Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let (port, peer) = (free()?, free()?);
-        let client = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = std::process::Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--name", "baseline", "--listen-client-urls", &client])
-            .args([
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("baseline={peer_url}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("start etcd (Debian package etcd-server; cargo xtask setup installs it)")?;
-        let guard = berth_testkit::ChildGuard(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("etcd did not listen on {port} within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
+/// The setup, mixed and throughput phases (`apiserver-load --core-only`) against a
+/// release berth-server over a fresh etcd of `members` members (testkit's guard: data
+/// dirs under `data`, on disk, with etcd's default fsync; every member killed and its
+/// data dir removed on drop).
+fn over_etcd(release: &Path, data: &Path, members: usize) -> Result<Report> {
+    let etcd = Etcd::cluster(data, members);
+    let servers = format!("--etcd-servers={}", etcd.endpoints_flag());
+    let server = BerthServer::start_with(
+        &release.join("berth-server"),
+        data,
+        &["--scheduler=false", "--controllers=false", &servers],
+    );
+    let report = run_load(release, &server, &["--core-only"]);
+    drop(server);
+    drop(etcd);
+    report
+}
+
+/// Adds one etcd run's figures (`<prefix>_create_p99_ms`, `<prefix>_creates_per_s`,
+/// `<prefix>_watch_delivery_p99_ms`, and with the embedded store's figures in the same
+/// report their ratios `<prefix>_*_vs_embedded`, etcd / embedded) and rows (before
+/// the RSS row) to `report`.
+fn etcd_column(report: &mut Report, etcd: &Report, prefix: &str, members: usize, label: &str) {
+    let get = |key: &str| etcd.value(key).unwrap_or(f64::NAN);
+    let count = |key: &str| etcd.value(key).unwrap_or(0.0);
+    let figures = [
+        ("create_p99_ms", "create_p99_ms"),
+        ("creates_per_s", "creates_per_s"),
+        ("watch_delivery_p99_ms", "watch_delivery_p99_ms"),
+    ];
+    let mut ratio = HashMap::new();
+    for (key, embedded) in figures {
+        let value = get(key);
+        report.figure(&format!("{prefix}_{key}"), value);
+        if let Some(base) = report.value(embedded) {
+            let r = (value / base * 100.0).round() / 100.0;
+            report.figure(&format!("{prefix}_{key}_vs_embedded"), r);
+            ratio.insert(key, (r, base));
         }
-        Ok(Self {
-            _child: guard,
-            port,
-        })
+    }
+    let one = members == 1;
+    let versus = |key: &str, unit: &str| match ratio.get(key) {
+        Some((r, base)) => format!("etcd/embedded = {r:.2} (embedded store: {base:.2}{unit})"),
+        None => "embedded store not run (BERTH_BENCH_APISERVER_ETCD_ONLY)".into(),
+    };
+    let on = format!("over etcd, {label}, data on disk with etcd's default fsync");
+    let rows = [
+        vec![
+            format!("create {on} ({:.0} calls)", count("create_calls")),
+            format!("{:.2} ms", get("create_p50_ms")),
+            format!("{:.2} ms", get("create_p99_ms")),
+            if one {
+                "p99 ≤ 1.5 × embedded"
+            } else {
+                "—"
+            }
+            .into(),
+            versus("create_p99_ms", " ms"),
+        ],
+        vec![
+            format!(
+                "watch delivery {on} ({:.0} events to {WATCHERS} watchers)",
+                count("watch_events")
+            ),
+            format!("{:.2} ms", get("watch_delivery_p50_ms")),
+            format!("{:.2} ms", get("watch_delivery_p99_ms")),
+            if one {
+                "p99 ≤ 1.5 × embedded"
+            } else {
+                "—"
+            }
+            .into(),
+            versus("watch_delivery_p99_ms", " ms"),
+        ],
+        vec![
+            format!("durable creates/s {on} ({CLIENTS} clients)"),
+            format!("{:.0}", get("creates_per_s")),
+            "".into(),
+            if one { "≥ embedded / 1.5" } else { "—" }.into(),
+            versus("creates_per_s", ""),
+        ],
+    ];
+    for row in rows {
+        let at = report
+            .rows
+            .iter()
+            .position(|r| r[0].starts_with("RSS with"))
+            .unwrap_or(report.rows.len());
+        report.rows.insert(at, row);
     }
 }
 
@@ -758,6 +882,23 @@ pub fn load(target: &Target) -> Result<std::process::ExitCode> {
 }
 
 type Samples = Arc<Mutex<Vec<f64>>>;
+
+/// The figures of the mixed and throughput phases alone (`apiserver-load --core-only`),
+/// named as in the full report: JSON creates' latency in the mixed phase, watch
+/// delivery to the 100 watchers, durable creates/s of the throughput phase.
+fn core_report(lat: &HashMap<&str, Vec<f64>>, deliveries: &[f64], creates_per_s: f64) -> Report {
+    let round = |x: Option<f64>| (x.unwrap_or(f64::NAN) * 100.0).round() / 100.0;
+    let creates = lat.get("create").map_or(&[][..], Vec::as_slice);
+    let mut report = Report::default();
+    report.figure("create_p50_ms", round(percentile(creates, 50.0)));
+    report.figure("create_p99_ms", round(percentile(creates, 99.0)));
+    report.figure("create_calls", creates.len());
+    report.figure("watch_delivery_p50_ms", round(percentile(deliveries, 50.0)));
+    report.figure("watch_delivery_p99_ms", round(percentile(deliveries, 99.0)));
+    report.figure("watch_events", deliveries.len());
+    report.figure("creates_per_s", creates_per_s.round());
+    report
+}
 
 /// The load and its measurements (run by `xtask apiserver-load`).
 pub async fn measure(server: &Target) -> Result<Report> {
@@ -1003,6 +1144,11 @@ pub async fn measure(server: &Target) -> Result<Report> {
     }
     let creates = created.load(Ordering::Relaxed);
     let creates_per_s = creates as f64 / started.elapsed().as_secs_f64();
+    if server.core_only {
+        let lat = lat.lock().map(|l| l.clone()).unwrap_or_default();
+        let deliveries = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
+        return Ok(core_report(&lat, &deliveries, creates_per_s));
+    }
     let etcd = match server.etcd_port {
         Some(port) => Some(etcd_puts_per_s(port).await?),
         None => None,
@@ -1101,13 +1247,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
         round(percentile(&secret_lat, 50.0).unwrap_or(f64::NAN)),
     );
     report.figure("pods_stored", total);
-    report.header = vec![
-        "measure".into(),
-        "berth p50".into(),
-        "berth p99".into(),
-        "goal".into(),
-        "anchor".into(),
-    ];
+    report.header = header();
     let single = "Kubernetes SLO: p99 ≤ 1 s";
     let row = |what: String, verb: &str, goal: &str, anchor: &str| {
         vec![

@@ -267,6 +267,7 @@ pub fn run() -> Result<Report> {
         pid: server.pid().context("server pid")?,
         etcd_port: None,
         secrets_only: false,
+        core_only: false,
     };
     let rt = tokio::runtime::Runtime::new()?;
     eprintln!("bench dns: creating {SERVICES} Services");

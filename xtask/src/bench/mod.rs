@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 mod cni;
+mod crossnode;
 mod dns;
 mod hollow;
 mod lb;
@@ -65,13 +66,18 @@ pub struct Bench {
 pub const BENCHES: &[Bench] = &[
     Bench {
         name: "apiserver",
-        about: "berth-server: per-verb p99, watch delivery, durable creates/s, RSS idle and with 10 000 pods",
+        about: "berth-server: per-verb p99, watch delivery, durable creates/s, RSS idle and with 10 000 pods; create p99, creates/s and watch p99 over a 1- and a 3-member etcd",
         run: apiserver::run,
     },
     Bench {
         name: "cni",
         about: "berth-cni vs the reference bridge + host-local: ADD and DEL latency",
         run: cni::run,
+    },
+    Bench {
+        name: "crossnode",
+        about: "pod-to-pod TCP between two netns nodes: RTT p50 and throughput on one node, routed (host-gw) and over VXLAN",
+        run: crossnode::run,
     },
     Bench {
         name: "runtime",

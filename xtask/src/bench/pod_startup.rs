@@ -488,6 +488,7 @@ pub fn run() -> Result<Report> {
         pid: server.pid().context("server pid")?,
         etcd_port: None,
         secrets_only: false,
+        core_only: false,
     };
     let agent_pid = agent.pid().context("agent pid")?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -447,6 +447,7 @@ pub fn run() -> Result<Report> {
         pid: server.pid().context("server pid")?,
         etcd_port: None,
         secrets_only: false,
+        core_only: false,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -211,10 +211,23 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// Builds the pause image alone (the one image a node needs; `cargo xtask dist` ships
+/// it) and returns its layout directory.
+pub fn pause() -> Result<PathBuf> {
+    let pause = std::fs::read(static_binary("berth-runtime", "berth-pause")?)?;
+    let mut p = Layer::new();
+    p.file("pause", 0o755, &pause)?;
+    write_layout(ImageSpec {
+        name: "pause",
+        layers: vec![p.finish()?],
+        entrypoint: vec!["/pause"],
+        cmd: vec![],
+    })
+}
+
 pub fn run() -> Result<std::process::ExitCode> {
     util::step("building static testserver and berth-pause");
     let testserver = std::fs::read(static_binary("berth-testserver", "testserver")?)?;
-    let pause = std::fs::read(static_binary("berth-runtime", "berth-pause")?)?;
 
     let base = busybox_layer()?;
     let busybox = write_layout(ImageSpec {
@@ -231,14 +244,7 @@ pub fn run() -> Result<std::process::ExitCode> {
         entrypoint: vec!["/testserver"],
         cmd: vec![],
     })?;
-    let mut p = Layer::new();
-    p.file("pause", 0o755, &pause)?;
-    let pause_dir = write_layout(ImageSpec {
-        name: "pause",
-        layers: vec![p.finish()?],
-        entrypoint: vec!["/pause"],
-        cmd: vec![],
-    })?;
+    let pause_dir = pause()?;
     for dir in [busybox, testserver_dir, pause_dir] {
         println!("  {}", dir.display());
     }

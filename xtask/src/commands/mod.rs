@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod build;
 pub mod build_ebpf;
+pub mod dist;
 pub mod images;
 pub mod lb_client;
 pub mod setup;

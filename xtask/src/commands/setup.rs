@@ -45,6 +45,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("etcd-server", "the etcd store backend"),
     (
+        "etcd-client",
+        "etcdctl: etcd snapshots, and tests that read berth's keys in etcd",
+    ),
+    (
         "protobuf-compiler",
         "protoc for CSI and etcd gRPC code generation",
     ),

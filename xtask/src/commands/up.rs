@@ -75,8 +75,9 @@ pub struct Args {
     pub host_services: bool,
 }
 
-/// The places and names of one cluster, all derived from [`Args`].
-struct Layout {
+/// The places and names of one cluster, all derived from [`Args`] (`cargo xtask dist`
+/// renders its systemd units from the defaults, so they run what `up` runs).
+pub(crate) struct Layout {
     data: PathBuf,
     run: PathBuf,
     cgroup: String,
@@ -93,7 +94,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(args: &Args) -> Result<Self> {
+    pub(crate) fn new(args: &Args) -> Result<Self> {
         // `down` deletes these recursively: never a whole filesystem or hierarchy.
         for dir in [&args.data_dir, &args.run_dir, &args.bpf_pin_dir] {
             if !dir.is_absolute() || dir.parent().is_none() {
@@ -139,14 +140,14 @@ impl Layout {
     fn local_address(&self) -> IpAddr {
         self.address.unwrap_or([127, 0, 0, 1].into())
     }
-    fn server_dir(&self) -> PathBuf {
+    pub(crate) fn server_dir(&self) -> PathBuf {
         self.data.join("server")
     }
     fn kubeconfig(&self) -> PathBuf {
         self.server_dir().join("admin.kubeconfig")
     }
     /// The kubeconfig the agent writes for its own certificate.
-    fn agent_kubeconfig(&self) -> PathBuf {
+    pub(crate) fn agent_kubeconfig(&self) -> PathBuf {
         self.data.join("agent/kubelet.kubeconfig")
     }
     /// A kubeconfig naming the cluster and the bootstrap `token`.
@@ -171,11 +172,37 @@ impl Layout {
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+    /// berth-server's flags, advertising `advertise`.
+    pub(crate) fn server_args(&self, advertise: &str) -> Vec<String> {
+        let mut args = vec![
+            "--data-dir".into(),
+            self.server_dir().display().to_string(),
+            "--secure-port".into(),
+            self.port.to_string(),
+            "--advertise-address".into(),
+            advertise.to_owned(),
+        ];
+        if let Some(ip) = self.address {
+            args.extend(["--bind-address".into(), ip.to_string()]);
+        }
+        if let Some(pool) = &self.lb_pool {
+            args.extend(["--lb-pool".into(), pool.clone()]);
+        }
+        args
+    }
+    /// berth-csi's flags on node `node`.
+    pub(crate) fn csi_args(&self, node: &str) -> Vec<String> {
+        vec![
+            format!("--endpoint=unix://{}", self.csi_socket().display()),
+            format!("--root={}", self.data.join("csi").display()),
+            format!("--node-id={node}"),
+        ]
+    }
     /// berth-csi's socket (the agent's `--csi-socket`).
-    fn csi_socket(&self) -> PathBuf {
+    pub(crate) fn csi_socket(&self) -> PathBuf {
         self.run.join("csi/csi.sock")
     }
-    fn agent_args(&self, node: &str) -> Vec<String> {
+    pub(crate) fn agent_args(&self, node: &str) -> Vec<String> {
         let d = |p: &Path| p.display().to_string();
         let mut args = vec![
             "--kubeconfig".into(),
@@ -333,23 +360,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .and_then(|s| s.split_whitespace().next().map(str::to_owned))
             .unwrap_or_else(|| "127.0.0.1".into()),
     };
-    let mut server_args = vec![
-        "--data-dir".into(),
-        layout.server_dir().display().to_string(),
-        "--secure-port".into(),
-        layout.port.to_string(),
-        "--advertise-address".into(),
-        advertise,
-    ];
-    if let Some(ip) = layout.address {
-        server_args.extend(["--bind-address".into(), ip.to_string()]);
-    }
-    if let Some(pool) = &layout.lb_pool {
-        server_args.extend(["--lb-pool".into(), pool.clone()]);
-    }
     let mut server = spawn(
         &layout.bin("berth-server"),
-        &server_args,
+        &layout.server_args(&advertise),
         &layout.data.join("server.log"),
     )?;
     let bar = indicatif::ProgressBar::new_spinner();
@@ -374,11 +387,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     bar.set_message("starting berth-csi");
     let mut csi = spawn(
         &layout.bin("berth-csi"),
-        &[
-            format!("--endpoint=unix://{}", layout.csi_socket().display()),
-            format!("--root={}", layout.data.join("csi").display()),
-            format!("--node-id={node}"),
-        ],
+        &layout.csi_args(&node),
         &layout.data.join("csi.log"),
     )?;
     bar.set_message("starting berth-agent (joining with a bootstrap token)");

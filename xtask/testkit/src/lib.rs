@@ -5,19 +5,22 @@
 //!   (which sets `BERTH_TEST_SKIP_DIR`) counts it as skipped, not passed.
 //! - RAII guards ([`NetNs`], [`Cgroup2Child`], [`ChildGuard`], [`BpfFs`]) that make a
 //!   network namespace, a child cgroup, a process or a private bpffs mount and remove
-//!   it on drop, so a failing test leaks nothing.
-//! - [`BerthServer`], [`Agent`], [`CsiDriver`]: the cluster's processes, started for a
-//!   test or a bench and stopped by PID on drop.
+//!   it on drop, so a failing test leaks nothing; [`Segment`] joins netns "hosts" on
+//!   one L2 segment for multi-node network tests.
+//! - [`BerthServer`], [`Agent`], [`CsiDriver`], [`Etcd`]: the cluster's processes,
+//!   started for a test or a bench and stopped by PID on drop.
 //! - [`tools`]: where the real kubectl and Python client live, and their pinned versions.
 
 mod agent;
 mod bpffs;
 mod cgroup;
 mod csi;
+mod etcd;
 pub mod kubectl;
 mod netns;
 mod process;
 mod registry;
+mod segment;
 mod server;
 mod skip;
 pub mod tools;
@@ -26,10 +29,12 @@ pub use agent::{Agent, CLUSTER_DNS, DNS_LISTENER, workspace_bin};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup2Child, cgroup2_mount};
 pub use csi::CsiDriver;
+pub use etcd::{Etcd, EtcdTls};
 pub use kubectl::Kubectl;
 pub use netns::NetNs;
 pub use process::ChildGuard;
 pub use registry::{AUTH_PASSWORD, AUTH_USER, Registry, skopeo};
+pub use segment::{Segment, cable, forwarding_host};
 pub use server::BerthServer;
 pub use skip::{is_root, skip, unique_name};
 

@@ -13,6 +13,9 @@ use crate::ChildGuard;
 pub struct BerthServer {
     binary: PathBuf,
     dir: PathBuf,
+    /// The loopback address it binds and advertises (`127.0.0.1` unless
+    /// [`BerthServer::start_at`] says otherwise).
+    address: String,
     port: u16,
     args: Vec<String>,
     child: Option<ChildGuard>,
@@ -34,29 +37,59 @@ impl BerthServer {
     /// [`BerthServer::start`] with more command-line flags (e.g.
     /// `--controllers=false`, `--node-monitor-grace-period=3s`).
     pub fn start_with(binary: &Path, parent: &Path, args: &[&str]) -> Self {
-        let dir = parent.join(crate::unique_name("berth-server"));
-        std::fs::create_dir_all(&dir).expect("create the server's data dir");
-        let mut server = Self {
-            binary: binary.into(),
-            dir,
-            port: free_port(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            child: None,
-        };
+        Self::start_at(binary, parent, "127.0.0.1", free_port(), args)
+    }
+
+    /// [`BerthServer::start_with`] bound to and advertising `address` (another
+    /// loopback address, `127.0.0.2`, for a second server of one cluster) on `port`.
+    pub fn start_at(binary: &Path, parent: &Path, address: &str, port: u16, args: &[&str]) -> Self {
+        let mut server = Self::prepare_at(binary, parent, address, port, args);
         server.restart();
         server
     }
 
+    /// [`BerthServer::start_at`] without starting it: [`BerthServer::spawn`] starts it
+    /// without waiting, so several servers can start at once.
+    pub fn prepare_at(
+        binary: &Path,
+        parent: &Path,
+        address: &str,
+        port: u16,
+        args: &[&str],
+    ) -> Self {
+        let dir = parent.join(crate::unique_name("berth-server"));
+        std::fs::create_dir_all(&dir).expect("create the server's data dir");
+        Self {
+            binary: binary.into(),
+            dir,
+            address: address.to_owned(),
+            port,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        }
+    }
+
+    /// A port free on 127.0.0.1 (and so, in practice, on the other loopback addresses).
+    pub fn free_port() -> u16 {
+        free_port()
+    }
+
     /// (Re)starts the process on the same data dir and port.
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// (Re)starts the process without waiting for it ([`BerthServer::wait_ready`]).
+    pub fn spawn(&mut self) {
         self.stop();
         let log = std::fs::File::create(self.dir.join("server.log")).expect("server log");
         let child = Command::new(&self.binary)
             .args(["--data-dir"])
             .arg(&self.dir)
-            .args(["--bind-address", "127.0.0.1", "--secure-port"])
+            .args(["--bind-address", &self.address, "--secure-port"])
             .arg(self.port.to_string())
-            .args(["--advertise-address", "127.0.0.1"])
+            .args(["--advertise-address", &self.address])
             .arg("--token-auth-file")
             .arg(self.token_file())
             .args(&self.args)
@@ -66,7 +99,6 @@ impl BerthServer {
             .spawn()
             .expect("spawn berth-server");
         self.child = Some(ChildGuard(child));
-        self.wait_ready();
     }
 
     /// Static tokens, written before start: `berth-test-token` for user `tester` (in
@@ -86,7 +118,8 @@ impl BerthServer {
         path
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server listens and has written its kubeconfig.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(guard) = &mut self.child
@@ -98,7 +131,7 @@ impl BerthServer {
                 );
             }
             if self.kubeconfig().exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect((self.address.as_str(), self.port)).is_ok()
             {
                 return;
             }
@@ -112,6 +145,24 @@ impl BerthServer {
         self.child = None;
     }
 
+    /// Stops the process cleanly (SIGTERM) and waits up to `timeout` for it to exit;
+    /// whether it did (it is killed otherwise). The data dir stays.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut guard) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(guard.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = guard.0.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(ChildGuard::id)
     }
@@ -121,7 +172,12 @@ impl BerthServer {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.address, self.port)
+    }
+
+    /// The address it binds and advertises.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn dir(&self) -> &Path {

@@ -98,6 +98,7 @@ fn always_written(kind: &str, obj: &mut Value) {
         }
         "Node" => {
             object(obj, "spec");
+            super::pod_cidrs::default(obj);
             if let Some(status) = object(obj, "status") {
                 // NodeDaemonEndpoints.KubeletEndpoint and DaemonEndpoint.Port (`json:"Port"`).
                 if let Some(endpoints) = object(status, "daemonEndpoints")

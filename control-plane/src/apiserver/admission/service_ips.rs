@@ -43,6 +43,18 @@ pub struct Change {
     freed_ip: Option<u32>,
 }
 
+impl Change {
+    /// The node ports the update gives up once written.
+    pub fn freed_ports(&self) -> &[u16] {
+        &self.freed_ports
+    }
+
+    /// The address the update gives up once written (it became ExternalName).
+    pub fn freed_ip(&self) -> Option<u32> {
+        self.freed_ip
+    }
+}
+
 /// A random offset below `span` (kube-apiserver's port allocator picks at random).
 fn random_below(span: u32) -> u32 {
     use ring::rand::SecureRandom;
@@ -101,6 +113,41 @@ impl Allocator {
                 ..Used::default()
             }),
         }
+    }
+
+    /// An allocator that finds `ips` (addresses) and `ports` taken and looks for a free
+    /// address from offset `next_ip` on: one computation over a range's state as the
+    /// store holds it ([`super::service_ranges`]).
+    pub fn with_used(
+        network: Ipv4Addr,
+        prefix: u8,
+        ips: BTreeSet<u32>,
+        ports: BTreeSet<u16>,
+        next_ip: u32,
+    ) -> Self {
+        let alloc = Self::new(network, prefix);
+        if let Ok(mut used) = alloc.inner.lock() {
+            *used = Used {
+                ips,
+                ports,
+                next_ip: next_ip.clamp(2, alloc.size.saturating_sub(2).max(2)),
+            };
+        }
+        alloc
+    }
+
+    /// What is taken now (addresses, node ports) and where the next address search
+    /// starts.
+    pub fn used(&self) -> (BTreeSet<u32>, BTreeSet<u16>, u32) {
+        match self.inner.lock() {
+            Ok(used) => (used.ips.clone(), used.ports.clone(), used.next_ip),
+            Err(_) => Default::default(),
+        }
+    }
+
+    /// The range: its network address and how many addresses it has.
+    pub fn range(&self) -> (u32, u32) {
+        (self.base, self.size)
     }
 
     /// The `kubernetes` Service's address: the CIDR's first usable one.

@@ -145,6 +145,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "CronJob" => cronjob_spec(spec, &mut causes),
         "Service" => service(spec, &mut causes),
         "NetworkPolicy" => network_policy(spec, &mut causes),
+        "Node" => super::pod_cidrs::validate(obj, &mut causes),
         "PodDisruptionBudget" => disruption_budget(spec, &mut causes),
         "CertificateSigningRequest" => super::certificates::validate(obj, &mut causes),
         "APIService" => crate::apiserver::aggregator::apiservice::validate(obj, &mut causes),
@@ -1203,6 +1204,7 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     super::rbac::validate_update(kind, old, new, &mut causes);
     super::storage::validation::validate_update(kind, old, new, &mut causes);
     match kind {
+        "Node" => super::pod_cidrs::validate_update(old, new, &mut causes),
         "Pod" => {
             // Only images, activeDeadlineSeconds, tolerations (additions) and the grace
             // period may change in a running pod's spec.

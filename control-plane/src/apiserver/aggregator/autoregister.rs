@@ -117,7 +117,7 @@ async fn sync(api: &Arc<Api>, desired: &Desired, label: &str) {
                 if current.get("spec") == Some(want) && managed_as(&current) == Some(label) {
                     continue;
                 }
-                let result = rest::update_loop(&ctx, name, Part::Main, |live| {
+                let result = rest::update_live(&ctx, name, Part::Main, |live| {
                     let mut next = live.clone();
                     next["spec"] = want.clone();
                     if let Some(meta) = object::meta_mut(&mut next) {

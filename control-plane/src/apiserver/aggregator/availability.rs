@@ -204,7 +204,7 @@ async fn write(api: &Arc<Api>, name: &str, verdict: &Verdict) {
     let Some(ctx) = super::internal_ctx(api, GROUP, "apiservices", None) else {
         return;
     };
-    let result = rest::update_loop(&ctx, name, Part::Status, |live| {
+    let result = rest::update_live(&ctx, name, Part::Status, |live| {
         let mut next = live.clone();
         apiservice::set_available(&mut next, verdict.status, verdict.reason, &verdict.message);
         Ok(next)

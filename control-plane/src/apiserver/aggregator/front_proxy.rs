@@ -180,7 +180,7 @@ pub async fn publish(api: &Arc<Api>, client_ca: &str, identity: &Identity) -> Ap
         .await;
         ignore_exists(created)?;
     }
-    rest::update_loop(&ctx, CONFIG_MAP, Part::Main, |live| {
+    rest::update_live(&ctx, CONFIG_MAP, Part::Main, |live| {
         let mut next = live.clone();
         let existing = live
             .get("data")

@@ -224,7 +224,7 @@ async fn ensure(api: &Arc<Api>, plural: &str, objects: Vec<(&'static str, Value)
                     a == b
                 };
                 if (mandatory || auto) && !same(&obj) {
-                    rest::update_loop(&ctx, name, Part::Main, |live| {
+                    rest::update_live(&ctx, name, Part::Main, |live| {
                         let mut next = live.clone();
                         next["spec"] = spec.clone();
                         Ok(next)
@@ -293,7 +293,7 @@ async fn mark_dangling(api: &Arc<Api>) {
         }) {
             continue;
         }
-        let result = rest::update_loop(&ctx, &name, Part::Status, |live| {
+        let result = rest::update_live(&ctx, &name, Part::Status, |live| {
             let mut next = live.clone();
             let cond = json!({"type": "Dangling", "status": status, "lastTransitionTime": object::now(), "reason": reason, "message": message});
             let mut conditions: Vec<Value> = next

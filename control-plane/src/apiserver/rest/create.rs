@@ -12,7 +12,7 @@ use super::{Ctx, invalid, normalize, object_response};
 use crate::apiserver::admission::{certificates, defaults, node_restriction, validation};
 use crate::apiserver::object::{self, meta_mut};
 use crate::apiserver::request::{content_type, decode, read_body};
-use crate::apiserver::status::{ApiError, ApiResult, Cause};
+use crate::apiserver::status::{ApiError, ApiResult};
 
 pub async fn create(ctx: Ctx, body: Body) -> ApiResult<Response> {
     let bytes = read_body(body, ctx.api.max_body).await?;
@@ -105,6 +105,14 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     crate::apiserver::admission::webhook::admit_create(ctx, &mut obj).await?;
     let mut causes = validation::validate(&def.kind, &obj);
     causes.extend(validation::validate_create(&def.kind, &obj));
+    if def.group.is_empty() && def.kind == "Node" && causes.is_empty() {
+        use crate::apiserver::admission::pod_cidrs;
+        causes.extend(pod_cidrs::admit_overlap(
+            &ctx.api.cache,
+            &def.prefix(),
+            &obj,
+        ));
+    }
     if !causes.is_empty() {
         return Err(invalid(def, &obj, causes));
     }
@@ -126,11 +134,14 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     crate::apiserver::admission::policy::validate_create(ctx, &obj)?;
     // Validating admission webhooks: after the built-in validation.
     crate::apiserver::admission::webhook::validate_create(ctx, &obj).await?;
-    if def.group.is_empty() && def.kind == "Service" {
-        ctx.api
-            .services
-            .allocate(&mut obj)
-            .map_err(|causes: Vec<Cause>| invalid(def, &obj, causes))?;
+    let service = def.group.is_empty() && def.kind == "Service";
+    if service {
+        use crate::apiserver::admission::service_ranges::AllocError;
+        match ctx.api.services.allocate(&mut obj, dry_run).await {
+            Ok(()) => {}
+            Err(AllocError::Invalid(causes)) => return Err(invalid(def, &obj, causes)),
+            Err(AllocError::Store(e)) => return Err(ctx.store_error(e, &name)),
+        }
     }
     crate::apiserver::managed_fields::on_create(ctx, &mut obj, client_managed)?;
     // ResourceQuota: the last admission, as in kube-apiserver; it charges the quotas
@@ -138,15 +149,12 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
     use crate::apiserver::admission::resource_quota;
     let ns = ctx.namespace.as_deref();
     if let Err(e) = resource_quota::admit(&ctx.api, def, ns, None, &obj, dry_run).await {
-        if def.kind == "Service" {
-            ctx.api.services.release(&obj);
+        if service && !dry_run {
+            ctx.api.services.release(&obj).await;
         }
         return Err(e);
     }
     if dry_run {
-        if def.kind == "Service" {
-            ctx.api.services.release(&obj);
-        }
         return Ok((obj, StatusCode::CREATED));
     }
     let lease = if def.kind == "Event" {
@@ -166,8 +174,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
             Ok((obj, StatusCode::CREATED))
         }
         Err(err) => {
-            if def.kind == "Service" {
-                ctx.api.services.release(&obj);
+            if service {
+                ctx.api.services.release(&obj).await;
             }
             Err(ctx.store_error(err, &name))
         }

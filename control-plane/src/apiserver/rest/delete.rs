@@ -186,7 +186,7 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &Options) -> ApiResult<(Value, 
             }
             match ctx.api.store.delete(ctx.key(name), Some(revision)).await {
                 Ok(kv) => {
-                    ctx.api.after_delete(&ctx.def, &old);
+                    ctx.api.after_delete(&ctx.def, &old).await;
                     let mut out = old;
                     object::set_resource_version(&mut out, kv.mod_revision);
                     return Ok((out, true));

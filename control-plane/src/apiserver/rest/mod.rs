@@ -517,6 +517,18 @@ pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiRe
     let mut causes = validation::validate(&def.kind, &new);
     if part == Part::Main {
         causes.extend(validation::validate_update(&def.kind, old, &new));
+        if def.group.is_empty()
+            && def.kind == "Node"
+            && causes.is_empty()
+            && super::admission::pod_cidrs::newly_set(old, &new)
+        {
+            use super::admission::pod_cidrs;
+            causes.extend(pod_cidrs::admit_overlap(
+                &ctx.api.cache,
+                &def.prefix(),
+                &new,
+            ));
+        }
     }
     if part == Part::EphemeralContainers {
         causes.extend(validation::validate_ephemeral_update(old, &new));
@@ -626,7 +638,7 @@ pub async fn write_update(
             .delete(key, Some(revision))
             .await
             .map_err(|e| ctx.store_error(e, name))?;
-        ctx.api.after_delete(&ctx.def, &new);
+        ctx.api.after_delete(&ctx.def, &new).await;
         let mut out = new;
         object::set_resource_version(&mut out, kv.mod_revision);
         return Ok(out);
@@ -698,16 +710,26 @@ pub async fn update_loop(
         // Validating admission webhooks: after the built-in validation.
         super::admission::webhook::validate_update(ctx, part, &old, &new).await?;
         // A Service's node ports and cluster IP follow its type and ports.
-        let service = (part == Part::Main && ctx.def.group.is_empty() && ctx.def.kind == "Service")
-            .then(|| ctx.api.services.update(&old, &mut new))
-            .transpose()
-            .map_err(|causes| invalid(&ctx.def, &new, causes))?;
+        let service = if part == Part::Main && ctx.def.group.is_empty() && ctx.def.kind == "Service"
+        {
+            use super::admission::service_ranges::AllocError;
+            match ctx.api.services.update(&old, &mut new, dry_run).await {
+                Ok(change) => Some(change),
+                Err(AllocError::Invalid(causes)) => return Err(invalid(&ctx.def, &new, causes)),
+                Err(AllocError::Store(e)) => return Err(ctx.store_error(e, name)),
+            }
+        } else {
+            None
+        };
         let settle = |written: bool| {
-            if let Some(change) = &service {
-                if written {
-                    ctx.api.services.commit(change);
-                } else {
-                    ctx.api.services.abort(change);
+            let service = &service;
+            async move {
+                if let Some(change) = service {
+                    if written {
+                        ctx.api.services.commit(change).await;
+                    } else {
+                        ctx.api.services.abort(change).await;
+                    }
                 }
             }
         };
@@ -722,7 +744,7 @@ pub async fn update_loop(
                 .await
                 .map_err(|e| ctx.store_error(e, name))?
         {
-            settle(false);
+            settle(false).await;
             return Ok((old, false));
         }
         // ResourceQuota, last: what the change adds is charged before the write.
@@ -737,24 +759,44 @@ pub async fn update_loop(
                 dry_run,
             );
             if let Err(e) = quota.await {
-                settle(false);
+                settle(false).await;
                 return Err(e);
             }
         }
         if dry_run {
-            settle(false);
+            settle(false).await;
             let mut out = new;
             object::set_resource_version(&mut out, revision);
             return Ok((out, true));
         }
         let result = write_update(ctx, name, new, revision).await;
-        settle(result.is_ok());
+        settle(result.is_ok()).await;
         match result {
             Err(e) if e.code == 409 && pinned.is_none() => continue,
             other => return other.map(|v| (v, true)),
         }
     }
     Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name))
+}
+
+/// [`update_loop`] for the server's own writes (bootstrap objects, controllers inside
+/// the apiserver): `change` edits the live object, and the edit is made again on the
+/// newer object after a race — with another server on the same store, say — rather
+/// than failing with 409 as a client's pinned resourceVersion would.
+pub async fn update_live(
+    ctx: &Ctx,
+    name: &str,
+    part: Part,
+    mut change: impl FnMut(&Value) -> ApiResult<Value>,
+) -> ApiResult<(Value, bool)> {
+    update_loop(ctx, name, part, |live| {
+        let mut next = change(live)?;
+        if let Some(meta) = object::meta_mut(&mut next) {
+            meta.remove("resourceVersion");
+        }
+        Ok(next)
+    })
+    .await
 }
 
 /// Serializes an object for the client (as a Table if asked).

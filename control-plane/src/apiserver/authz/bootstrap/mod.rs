@@ -338,7 +338,7 @@ pub async fn reconcile(api: &Arc<Api>) -> ApiResult<()> {
                     if reconciled(&existing, &expected).is_none() {
                         continue;
                     }
-                    rest::update_loop(&ctx, &name, Part::Main, |current| {
+                    rest::update_live(&ctx, &name, Part::Main, |current| {
                         Ok(reconciled(current, &expected).unwrap_or_else(|| current.clone()))
                     })
                     .await?;
