@@ -648,7 +648,7 @@ pub fn run() -> Result<Report> {
         etcd_column(&mut report, &etcd, prefix, members, label);
     }
     report.notes.push(format!(
-        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99 and durable creates/s; each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (every raft log entry fdatasync'd on every member before the write is acknowledged), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
+        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99 and durable creates/s; each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (each member fdatasyncs every raft log entry, and a write is acknowledged once a quorum has), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
     ));
     util::step(format!(
         "bench apiserver took {:.0} s (release build included)",
@@ -821,6 +821,9 @@ fn etcd_column(report: &mut Report, etcd: &Report, prefix: &str, members: usize,
     }
     let one = members == 1;
     let versus = |key: &str, unit: &str| match ratio.get(key) {
+        Some((r, base)) if unit.is_empty() => {
+            format!("etcd/embedded = {r:.2} (embedded store: {base:.0})")
+        }
         Some((r, base)) => format!("etcd/embedded = {r:.2} (embedded store: {base:.2}{unit})"),
         None => "embedded store not run (BERTH_BENCH_APISERVER_ETCD_ONLY)".into(),
     };
@@ -1389,4 +1392,68 @@ pub async fn measure(server: &Target) -> Result<Report> {
         ),
     ];
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd_run() -> Report {
+        let mut etcd = Report::default();
+        for (key, value) in [
+            ("create_p50_ms", 3.0),
+            ("create_p99_ms", 30.0),
+            ("create_calls", 3200.0),
+            ("watch_delivery_p50_ms", 1.0),
+            ("watch_delivery_p99_ms", 6.0),
+            ("watch_events", 500.0),
+            ("creates_per_s", 2500.0),
+        ] {
+            etcd.figure(key, value);
+        }
+        etcd
+    }
+
+    #[test]
+    fn etcd_column_names_figures_ratios_and_rows_before_rss() {
+        let mut report = Report {
+            header: header(),
+            rows: vec![vec!["create".into()], vec!["RSS with 10000 pods".into()]],
+            ..Report::default()
+        };
+        report.figure("create_p99_ms", 20.0);
+        report.figure("creates_per_s", 5000.0);
+        report.figure("watch_delivery_p99_ms", 3.0);
+        etcd_column(&mut report, &etcd_run(), "etcd", 1, "1 member");
+        etcd_column(&mut report, &etcd_run(), "etcd3", 3, "3 members");
+        assert_eq!(report.value("etcd_create_p99_ms"), Some(30.0));
+        assert_eq!(report.value("etcd_creates_per_s"), Some(2500.0));
+        assert_eq!(report.value("etcd_watch_delivery_p99_ms"), Some(6.0));
+        assert_eq!(report.value("etcd_create_p99_ms_vs_embedded"), Some(1.5));
+        assert_eq!(report.value("etcd_creates_per_s_vs_embedded"), Some(0.5));
+        assert_eq!(
+            report.value("etcd3_watch_delivery_p99_ms_vs_embedded"),
+            Some(2.0)
+        );
+        assert_eq!(report.rows.len(), 8);
+        assert!(report.rows[1][0].starts_with("create over etcd, 1 member"));
+        assert!(report.rows[4][0].starts_with("create over etcd, 3 members"));
+        assert!(report.rows[7][0].starts_with("RSS with"));
+        assert_eq!(
+            report.rows[3][4],
+            "etcd/embedded = 0.50 (embedded store: 5000)"
+        );
+        assert_eq!(report.rows[1][3], "p99 ≤ 1.5 × embedded");
+        assert_eq!(report.rows[4][3], "—");
+    }
+
+    #[test]
+    fn etcd_column_without_the_embedded_store_has_no_ratios() {
+        let mut report = Report::default();
+        etcd_column(&mut report, &etcd_run(), "etcd", 1, "1 member");
+        assert_eq!(report.value("etcd_create_p99_ms"), Some(30.0));
+        assert_eq!(report.value("etcd_create_p99_ms_vs_embedded"), None);
+        assert_eq!(report.rows.len(), 3);
+        assert!(report.rows[0][4].starts_with("embedded store not run"));
+    }
 }
