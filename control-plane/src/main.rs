@@ -142,19 +142,19 @@ struct Args {
     encryption_provider_config: Option<PathBuf>,
     /// etcd servers to keep the objects in instead of the embedded store in the data
     /// dir (kube-apiserver's flag): `http://` or `https://` URLs, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', global = true)]
     etcd_servers: Vec<String>,
     /// The CA certificate (PEM) that signed the etcd servers' certificates.
-    #[arg(long)]
+    #[arg(long, global = true)]
     etcd_cafile: Option<PathBuf>,
     /// The client certificate (PEM) berth-server presents to etcd.
-    #[arg(long)]
+    #[arg(long, global = true)]
     etcd_certfile: Option<PathBuf>,
     /// Its key (PEM).
-    #[arg(long)]
+    #[arg(long, global = true)]
     etcd_keyfile: Option<PathBuf>,
     /// Where in etcd's keyspace the objects live (`/registry/pods/<ns>/<name>`, …).
-    #[arg(long, default_value = "/registry")]
+    #[arg(long, default_value = "/registry", global = true)]
     etcd_prefix: String,
     /// The cluster CA certificate (PEM): client certificates are verified with it and
     /// berth-server's own certificates are issued from it (kube-apiserver's flag;
@@ -324,6 +324,18 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Copies the embedded store of `--data-dir` into etcd (`--etcd-servers`, under
+    /// `--etcd-prefix`), to run the cluster on etcd from then on. The server must be
+    /// stopped; the embedded store is left as it is.
+    Migrate {
+        /// Into etcd (the only target).
+        #[arg(long, required = true)]
+        to_etcd: bool,
+        /// Delete what etcd holds under the prefix first (without it, a prefix that
+        /// holds keys is refused).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -372,6 +384,26 @@ fn snapshot(
         }
         SnapshotCommand::Status { file } => println!("{}", snapshot::status(file)?),
     }
+    Ok(())
+}
+
+/// `berth-server migrate --to-etcd`.
+fn migrate(force: bool, args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    use berth_control_plane::store::{etcd, migrate};
+    if args.etcd_servers.is_empty() {
+        anyhow::bail!("migrate --to-etcd needs --etcd-servers");
+    }
+    let options = etcd::Options {
+        endpoints: args.etcd_servers.clone(),
+        ca_file: args.etcd_cafile.clone(),
+        cert_file: args.etcd_certfile.clone(),
+        key_file: args.etcd_keyfile.clone(),
+        prefix: args.etcd_prefix.clone(),
+        ..etcd::Options::default()
+    };
+    let migration = migrate::prepare(&args.data_dir, options)?;
+    let summary = runtime.block_on(migration.run(force))?;
+    println!("{summary}");
     Ok(())
 }
 
@@ -464,6 +496,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if let Some(Command::Snapshot { command }) = &args.command {
         return snapshot(command, &args, &runtime);
+    }
+    if let Some(Command::Migrate { to_etcd: _, force }) = &args.command {
+        return migrate(*force, &args, &runtime);
     }
     if let Some(Command::Token {
         command: TokenCommand::Create { ttl, description },
@@ -696,6 +731,7 @@ fn main() -> anyhow::Result<()> {
                     cert_file: args.etcd_certfile,
                     key_file: args.etcd_keyfile,
                     prefix: args.etcd_prefix,
+                    watch_progress: None,
                 },
             ),
             pki: berth_control_plane::apiserver::pki::Sources {

@@ -2,10 +2,11 @@
 //! ([`on_both_backends!`]): the embedded store (redb in a temp dir) and etcd (a real
 //! `etcd` started for the test, [`berth_testkit::Etcd`]) — compare-and-swap, reads at
 //! past revisions, gap-free watches, compaction (→ `Compacted`), leases, concurrent
-//! writers. Revisions are counted from the store's revision at the start (a fresh etcd
-//! is at 1, the embedded store at 0). Then what only one backend has: reopening the
-//! embedded store and `kill -9` of its writer; etcd's kube-apiserver key layout as
-//! `etcdctl` sees it, TLS with client certificates, a watch that outlives an etcd
+//! writers, the revision a consistent read must reflect. Revisions are counted from the
+//! store's revision at the start (a fresh etcd is at 1, the embedded store at 0). Then
+//! what only one backend has: reopening the embedded store and `kill -9` of its writer;
+//! etcd's kube-apiserver key layout as `etcdctl` sees it, progress notifications past a
+//! write outside the prefix, TLS with client certificates, a watch that outlives an etcd
 //! restart, and `kill -9` of one of three members during a write loop.
 
 use std::collections::HashSet;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use berth_control_plane::store::etcd::{EtcdStore, Options};
 use berth_control_plane::store::redb::RedbStore;
-use berth_control_plane::store::{EventKind, ListOptions, Store, StoreError};
+use berth_control_plane::store::{EventKind, ListOptions, Store, StoreError, Watched};
 use berth_testkit::{Etcd, EtcdTls};
 
 /// A store under test and what it lives on. Fields drop in order: the store first.
@@ -98,6 +99,7 @@ on_both_backends!(
     a_kept_alive_lease_keeps_its_keys_until_it_stops,
     concurrent_writers_get_one_revision_each,
     a_long_list_comes_whole,
+    a_consistent_revision_covers_every_acknowledged_write,
 );
 
 fn text(value: &[u8]) -> &str {
@@ -564,6 +566,56 @@ async fn a_long_list_comes_whole(b: Backend) {
     assert_eq!((rest.kvs.len(), rest.more), (900, false));
 }
 
+/// The revision a consistent read must reflect (KEP-2340) is at or after every
+/// acknowledged write: on etcd also one through another server's store, which this
+/// store's own revision does not know of.
+async fn a_consistent_revision_covers_every_acknowledged_write(b: Backend) {
+    let store = b.store;
+    let mine = store
+        .create("/registry/core/c/ns/mine".into(), b"x".to_vec(), None)
+        .await
+        .expect("create");
+    let now = store
+        .consistent_revision()
+        .await
+        .expect("consistent revision");
+    assert!(
+        now >= mine.mod_revision,
+        "consistent revision {now} is before the write at {}",
+        mine.mod_revision
+    );
+    assert_eq!(
+        store.shared(),
+        b._etcd.is_some(),
+        "only etcd is written by other servers"
+    );
+    let Some(etcd) = &b._etcd else {
+        return;
+    };
+    let other = EtcdStore::connect(&etcd_options(etcd))
+        .await
+        .expect("another server's store");
+    for i in 0..20 {
+        let theirs = other
+            .create(
+                format!("/registry/core/c/ns/theirs-{i}"),
+                b"y".to_vec(),
+                None,
+            )
+            .await
+            .expect("create through the other store");
+        let now = store
+            .consistent_revision()
+            .await
+            .expect("consistent revision");
+        assert!(
+            now >= theirs.mod_revision,
+            "consistent revision {now} is before the other store's write at {}",
+            theirs.mod_revision
+        );
+    }
+}
+
 // --- The embedded store only ---
 
 #[tokio::test]
@@ -791,6 +843,81 @@ async fn etcdctl_reads_the_objects_under_kube_apiservers_keys() {
         .await
         .expect("list");
     assert_eq!(listed.kvs.len(), 1);
+}
+
+/// With progress notifications on, a watch reports etcd's progress past a write outside
+/// the prefix — no event tells of it — when asked (what the watch cache waits on for a
+/// consistent read); with them off it has nothing to ask.
+#[tokio::test]
+async fn a_watch_reports_progress_past_a_write_outside_the_prefix() {
+    if !Etcd::available() || Etcd::etcdctl_binary().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start(dir.path());
+    let store = EtcdStore::connect(&Options {
+        watch_progress: Some(true),
+        ..etcd_options(&etcd)
+    })
+    .await
+    .expect("connect");
+    let created = store
+        .create("/registry/core/p/ns/a".into(), b"x".to_vec(), None)
+        .await
+        .expect("create");
+    let mut watch = store
+        .watch("/registry/".into(), created.mod_revision)
+        .await
+        .expect("watch");
+    let progress = watch
+        .progress_request()
+        .expect("a watch that asks etcd for progress");
+    etcdctl_lines(&etcd, &["put", "/elsewhere/key", "value"]);
+    let target = store
+        .consistent_revision()
+        .await
+        .expect("consistent revision");
+    assert!(
+        target > store.current_revision(),
+        "the write outside the prefix moved etcd's revision ({target}) past what the \
+         store saw ({})",
+        store.current_revision()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        progress.request();
+        match tokio::time::timeout(Duration::from_millis(100), watch.next_watched()).await {
+            Ok(Some(Ok(Watched::Progress(r)))) if r >= target => break,
+            Ok(Some(Ok(Watched::Progress(_)))) | Err(_) => {}
+            other => panic!("only progress was expected on the watch, got {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress notification at or after {target} within 5 s"
+        );
+    }
+    // An event still comes as one, before any later progress.
+    let next = store
+        .create("/registry/core/p/ns/b".into(), b"x".to_vec(), None)
+        .await
+        .expect("create");
+    progress.request();
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(Ok(event))) => assert_eq!(event.revision(), next.mod_revision),
+        other => panic!("the create's event was expected, got {other:?}"),
+    }
+
+    let plain = EtcdStore::connect(&Options {
+        watch_progress: Some(false),
+        ..etcd_options(&etcd)
+    })
+    .await
+    .expect("connect");
+    let watch = plain
+        .watch("/registry/".into(), next.mod_revision)
+        .await
+        .expect("watch");
+    assert!(watch.progress_request().is_none());
 }
 
 #[tokio::test]

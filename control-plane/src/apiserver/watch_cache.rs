@@ -5,8 +5,14 @@
 //! concatenation and a watch event a copy of a pointer.
 //!
 //! Entry points: [`WatchCache::start`], [`WatchCache::list`], [`WatchCache::watch`],
-//! [`WatchCache::wait_for`]. A bounded window of recent events lets watches resume from
+//! [`WatchCache::wait_until`]. A bounded window of recent events lets watches resume from
 //! a resourceVersion; older ones get `410 Gone` ("too old resource version").
+//!
+//! The cache's revision is its newest event's, or newer when the store's watch reports
+//! progress ([`Watched::Progress`]: nothing under the prefix changed up to there). A
+//! consistent read waits for the revision the store gives it (KEP-2340), and while it
+//! waits asks the store for progress every 100 ms, as kube-apiserver's watch cache does,
+//! so a revision written outside the cache's keys is reached too.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -19,7 +25,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::object;
 use super::selectors;
-use crate::store::{EventKind, Revision, Store, StoreError};
+use crate::store::{EventKind, ProgressRequest, Revision, Store, StoreError, Watched};
 
 /// The whole key space the apiserver owns.
 pub const ROOT: &str = "/registry/";
@@ -28,6 +34,12 @@ pub const ROOT: &str = "/registry/";
 const WINDOW: usize = 10_000;
 /// Live events buffered per watcher; a watcher further behind is closed (it re-lists).
 const LIVE_BUFFER: usize = 8_192;
+/// How long [`WatchCache::wait_for`] waits for the cache to catch up.
+const WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting read asks the store for progress again: a notification sent
+/// while the watch is still delivering a burst reports less than asked for
+/// (kube-apiserver's `conditionalProgressRequester` period).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// One object, ready to serve.
 #[derive(Debug)]
@@ -176,6 +188,8 @@ pub struct WatchCache {
     state: RwLock<State>,
     revision: watch::Sender<Revision>,
     live: broadcast::Sender<Arc<Change>>,
+    /// Asks the store's watch for a progress notification (`None`: it sends none).
+    progress: Option<ProgressRequest>,
 }
 
 /// A started watch: the replayed backlog, then the live feed.
@@ -219,17 +233,19 @@ impl WatchCache {
         }
         let (revision, _) = watch::channel(listed.revision);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let mut events = store.watch(ROOT.into(), listed.revision).await?;
         let cache = Arc::new(Self {
             state: RwLock::new(state),
             revision,
             live,
+            progress: events.progress_request(),
         });
-        let mut events = store.watch(ROOT.into(), listed.revision).await?;
         let follower = cache.clone();
         tokio::spawn(async move {
-            while let Some(event) = events.next().await {
+            while let Some(event) = events.next_watched().await {
                 match event {
-                    Ok(event) => follower.apply(event),
+                    Ok(Watched::Event(event)) => follower.apply(event),
+                    Ok(Watched::Progress(revision)) => follower.progressed(revision),
                     Err(err) => {
                         // The cache cannot go on without a gap; the server exits so it is
                         // restarted (Kubernetes re-lists; a restart here is the same).
@@ -290,18 +306,54 @@ impl WatchCache {
         self.revision.send_replace(revision);
     }
 
+    /// Nothing changed under the cache's keys after its newest event up to `revision`.
+    fn progressed(&self, revision: Revision) {
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if revision <= state.revision {
+            return;
+        }
+        state.revision = revision;
+        drop(state);
+        self.revision.send_replace(revision);
+    }
+
     pub fn revision(&self) -> Revision {
         *self.revision.borrow()
     }
 
-    /// Waits until the cache has caught up with `revision` (a consistent read).
+    /// [`WatchCache::wait_until`] with the default wait (5 s).
     pub async fn wait_for(&self, revision: Revision) -> bool {
+        self.wait_until(revision, WAIT).await
+    }
+
+    /// Waits up to `timeout` until the cache has caught up with `revision`; false if it
+    /// has not. Woken by the cache's own revision changes; meanwhile it asks the
+    /// store for progress every [`PROGRESS_EVERY`] when the store offers that.
+    pub async fn wait_until(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.revision.subscribe();
-        let wait = rx.wait_for(|r| *r >= revision);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), wait).await,
-            Ok(Ok(_))
-        )
+        if *rx.borrow_and_update() >= revision {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let until = match &self.progress {
+                Some(progress) => {
+                    progress.request();
+                    deadline.min(tokio::time::Instant::now() + PROGRESS_EVERY)
+                }
+                None => deadline,
+            };
+            match tokio::time::timeout_at(until, rx.wait_for(|r| *r >= revision)).await {
+                Ok(Ok(_)) => return true,
+                // The store's watch ended (the server is exiting).
+                Ok(Err(_)) => return false,
+                Err(_) if until >= deadline => return false,
+                Err(_) => {}
+            }
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

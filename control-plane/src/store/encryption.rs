@@ -34,8 +34,8 @@ use prometheus_client::registry::Registry;
 use self::config::GroupResource;
 use self::providers::{Provider, TransformError};
 use super::{
-    BoxFuture, Event, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision, Store,
-    StoreError, WatchStream,
+    BoxFuture, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision, Store, StoreError,
+    WatchStream, Watched,
 };
 
 pub use self::config::ConfigError;
@@ -245,9 +245,19 @@ impl EncryptedStore {
 async fn forward(
     transformers: Arc<Transformers>,
     mut events: WatchStream,
-    tx: tokio::sync::mpsc::Sender<Result<Event>>,
+    tx: tokio::sync::mpsc::Sender<Result<Watched>>,
 ) {
-    while let Some(event) = events.next().await {
+    while let Some(watched) = events.next_watched().await {
+        let event = match watched {
+            Ok(Watched::Event(event)) => Ok(event),
+            Ok(progress @ Watched::Progress(_)) => {
+                if tx.send(Ok(progress)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(err) => Err(err),
+        };
         let event = event.and_then(|mut event| {
             event.kv = transformers.read(event.kv)?;
             event.prev = match event.prev.map(|p| transformers.read(p)) {
@@ -258,7 +268,7 @@ async fn forward(
                 }
                 None => None,
             };
-            Ok(event)
+            Ok(Watched::Event(event))
         });
         let end = event.is_err();
         if tx.send(event).await.is_err() || end {
@@ -274,6 +284,14 @@ impl Store for EncryptedStore {
 
     fn compacted_revision(&self) -> Revision {
         self.inner.compacted_revision().max(self.unreadable_before)
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
+    fn consistent_revision(&self) -> BoxFuture<'_, Result<Revision>> {
+        self.inner.consistent_revision()
     }
 
     fn get<'a>(
@@ -349,9 +367,10 @@ impl Store for EncryptedStore {
         Box::pin(async move {
             self.check_history(after)?;
             let events = self.inner.watch(prefix, after).await?;
+            let progress = events.progress_request();
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
             tokio::spawn(forward(self.transformers.clone(), events, tx));
-            Ok(WatchStream::new(rx))
+            Ok(WatchStream::with_progress(rx, progress))
         })
     }
 

@@ -14,6 +14,7 @@
 
 pub mod encryption;
 pub mod etcd;
+pub mod migrate;
 pub mod redb;
 pub mod wal;
 
@@ -129,21 +130,92 @@ pub struct ListResult {
     pub more: bool,
 }
 
+/// What a watch delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Event(Event),
+    /// Every change under the watched prefix up to this revision was delivered before
+    /// it, though the revision itself may belong to a write elsewhere (etcd's progress
+    /// notification). How a watch cache learns it is current when the newest writes
+    /// were to keys it does not watch.
+    Progress(Revision),
+}
+
+/// Asks a watch's backend for a [`Watched::Progress`] soon (etcd's `RequestProgress`).
+/// Requests made before the backend gets to them count as one.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressRequest(Arc<tokio::sync::Notify>);
+
+impl ProgressRequest {
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+
+    /// Waits for the next request (the backend's side).
+    pub async fn requested(&self) {
+        self.0.notified().await;
+    }
+}
+
 /// A stream of events, in revision order. Ends with `Err` when the watch can no longer
 /// continue (compaction overtook a slow watcher, or the store closed).
 #[derive(Debug)]
 pub struct WatchStream {
-    rx: tokio::sync::mpsc::Receiver<Result<Event>>,
+    feed: Feed,
+    progress: Option<ProgressRequest>,
+}
+
+#[derive(Debug)]
+enum Feed {
+    Events(tokio::sync::mpsc::Receiver<Result<Event>>),
+    Watched(tokio::sync::mpsc::Receiver<Result<Watched>>),
 }
 
 impl WatchStream {
+    /// A stream of events only.
     pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Event>>) -> Self {
-        Self { rx }
+        Self {
+            feed: Feed::Events(rx),
+            progress: None,
+        }
     }
 
-    /// The next event; `None` once the stream ended.
+    /// A stream that may carry [`Watched::Progress`] between its events, and that
+    /// `progress` (if any) asks for one.
+    pub fn with_progress(
+        rx: tokio::sync::mpsc::Receiver<Result<Watched>>,
+        progress: Option<ProgressRequest>,
+    ) -> Self {
+        Self {
+            feed: Feed::Watched(rx),
+            progress,
+        }
+    }
+
+    /// The next event, passing over progress; `None` once the stream ended.
     pub async fn next(&mut self) -> Option<Result<Event>> {
-        self.rx.recv().await
+        loop {
+            match self.next_watched().await? {
+                Ok(Watched::Event(event)) => return Some(Ok(event)),
+                Ok(Watched::Progress(_)) => {}
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
+
+    /// The next event or progress notification; `None` once the stream ended.
+    pub async fn next_watched(&mut self) -> Option<Result<Watched>> {
+        match &mut self.feed {
+            Feed::Events(rx) => Some(rx.recv().await?.map(Watched::Event)),
+            Feed::Watched(rx) => rx.recv().await,
+        }
+    }
+
+    /// How to ask this stream for a progress notification; `None` when it sends none
+    /// (the embedded store, whose current revision is always an event's, or an etcd
+    /// whose notifications can overtake events — see [`etcd::Options::watch_progress`]).
+    pub fn progress_request(&self) -> Option<ProgressRequest> {
+        self.progress.clone()
     }
 }
 
@@ -151,6 +223,22 @@ impl WatchStream {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest revision written.
     fn current_revision(&self) -> Revision;
+
+    /// Whether other processes write this store too (several berth-servers over one
+    /// etcd): then [`Store::current_revision`] is only what this one has seen, and a
+    /// read that must see every acknowledged write asks the store
+    /// ([`Store::consistent_revision`], or a read of the store itself).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// A revision at or after every write acknowledged before the call, by any
+    /// process: what a consistent read (no resourceVersion) must reflect. kube-apiserver's
+    /// `GetCurrentResourceVersion` (KEP-2340); etcd answers it with one quorum read. A
+    /// store only this process writes knows it without asking.
+    fn consistent_revision(&self) -> BoxFuture<'_, Result<Revision>> {
+        Box::pin(std::future::ready(Ok(self.current_revision())))
+    }
 
     /// The oldest revision still readable (0 before any compaction).
     fn compacted_revision(&self) -> Revision;

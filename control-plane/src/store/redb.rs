@@ -1,7 +1,8 @@
 //! The embedded store backend: MVCC on [redb](https://docs.rs/redb), a pure-Rust,
 //! copy-on-write B-tree engine with ACID transactions and crash safety built in.
 //!
-//! Entry point: [`RedbStore::open`]; consistent copies for backup in [`snapshot`].
+//! Entry point: [`RedbStore::open`]; consistent copies for backup in [`snapshot`]; the
+//! store read from another process without changing it in [`export`].
 //! Layout (all in one file):
 //! - `current`: key → the live record (what a read at the newest revision sees),
 //! - `history`: (key, revision) → the record written at that revision, or a tombstone,
@@ -23,6 +24,7 @@
 //! Between checkpoints a background thread writes redb's dirty pages out
 //! ([`start_writeback`]), so the syncs redb makes on its own find little to write.
 
+pub mod export;
 pub mod snapshot;
 
 use std::collections::BTreeSet;

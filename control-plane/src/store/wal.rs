@@ -185,6 +185,53 @@ impl Mutation {
 const MAGIC: u32 = 0xB3A7_0A1E;
 const HEADER: usize = 4 + 8 + 4 + 4;
 
+/// The mutations of every record of `epoch` at the top of `data` (a log file's
+/// contents), and where the next record goes.
+fn parse(path: &Path, data: &[u8], epoch: u64) -> (Vec<Mutation>, usize) {
+    let mut mutations = Vec::new();
+    let mut at = 0usize;
+    while let Some(header) = data.get(at..at + HEADER) {
+        let word = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&header[i..i + 4]);
+            u32::from_le_bytes(b)
+        };
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&header[4..12]);
+        let (magic, rec_epoch, len, crc) = (word(0), u64::from_le_bytes(e), word(12), word(16));
+        if magic != MAGIC || rec_epoch != epoch {
+            break;
+        }
+        let Some(payload) = data.get(at + HEADER..at + HEADER + len as usize) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            tracing::warn!(path = %path.display(), offset = at, "store log ends in a torn record (never acknowledged)");
+            break;
+        }
+        let mut reader = Reader(payload);
+        while !reader.0.is_empty() {
+            match Mutation::decode(&mut reader) {
+                Some(m) => mutations.push(m),
+                None => break,
+            }
+        }
+        at += HEADER + len as usize;
+    }
+    (mutations, at)
+}
+
+/// The mutations [`Wal::open`] would replay for `epoch`, read without writing the
+/// file (none when there is no file): how another process reads a store it must not
+/// change (`berth-server migrate`).
+pub fn read(path: &Path, epoch: u64) -> Result<Vec<Mutation>, StoreError> {
+    match std::fs::read(path) {
+        Ok(data) => Ok(parse(path, &data, epoch).0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(path, e)),
+    }
+}
+
 /// The log file.
 #[derive(Debug)]
 pub struct Wal {
@@ -208,36 +255,7 @@ impl Wal {
             .map_err(|e| io(path, e))?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(|e| io(path, e))?;
-        let mut mutations = Vec::new();
-        let mut at = 0usize;
-        while let Some(header) = data.get(at..at + HEADER) {
-            let word = |i: usize| {
-                let mut b = [0u8; 4];
-                b.copy_from_slice(&header[i..i + 4]);
-                u32::from_le_bytes(b)
-            };
-            let mut e = [0u8; 8];
-            e.copy_from_slice(&header[4..12]);
-            let (magic, rec_epoch, len, crc) = (word(0), u64::from_le_bytes(e), word(12), word(16));
-            if magic != MAGIC || rec_epoch != epoch {
-                break;
-            }
-            let Some(payload) = data.get(at + HEADER..at + HEADER + len as usize) else {
-                break;
-            };
-            if crc32fast::hash(payload) != crc {
-                tracing::warn!(path = %path.display(), offset = at, "store log ends in a torn record (never acknowledged)");
-                break;
-            }
-            let mut reader = Reader(payload);
-            while !reader.0.is_empty() {
-                match Mutation::decode(&mut reader) {
-                    Some(m) => mutations.push(m),
-                    None => break,
-                }
-            }
-            at += HEADER + len as usize;
-        }
+        let (mutations, at) = parse(path, &data, epoch);
         if (data.len() as u64) < CHECKPOINT_BYTES {
             // Preallocate with real zeros (not a sparse hole) once.
             let zeros = vec![0u8; (CHECKPOINT_BYTES as usize) - data.len()];

@@ -1,7 +1,10 @@
 //! LIST: from the watch cache (unset resourceVersion after catching up with the store,
 //! `0`, or NotOlderThan) — or, for `limit`/`continue` pages and Exact reads, from the
 //! store at one revision, so every page of a list is the same snapshot, as on
-//! Kubernetes. Label and field selectors filter either way.
+//! Kubernetes. Label and field selectors filter either way. An unset resourceVersion
+//! is a consistent read from the cache (KEP-2340, [`Ctx::cache_caught_up`]); when the
+//! cache does not reach the store's revision in time the list is read from the store,
+//! as kube-apiserver falls back to etcd.
 
 use std::sync::Arc;
 
@@ -83,11 +86,24 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         )
         .await?
     } else {
-        ctx.cache_at(rv).await?;
-        let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
-        let raws = objs.iter().map(|o| o.raw.clone()).collect();
-        cached = Some(objs);
-        (raws, revision, None)
+        match ctx.cache_caught_up(rv).await? {
+            Ok(()) => {
+                let (objs, revision) = ctx.api.cache.list(&prefix, |o| selectors.matches(o));
+                let raws = objs.iter().map(|o| o.raw.clone()).collect();
+                cached = Some(objs);
+                (raws, revision, None)
+            }
+            Err(target) if rv.is_none() => {
+                tracing::debug!(
+                    %prefix,
+                    target,
+                    cache = ctx.api.cache.revision(),
+                    "the watch cache did not catch up in time; a consistent list reads the store"
+                );
+                page(&ctx, &prefix, &selectors, None, None, None).await?
+            }
+            Err(target) => return Err(ctx.too_large(target)),
+        }
     };
     // Another version than the stored one: every item converted (and the kept
     // protobuf bytes, which are the stored version's, not used).

@@ -34,6 +34,10 @@ use super::status::{ApiError, ApiResult};
 use super::table;
 use crate::store::{Revision, StoreError};
 
+/// How long a consistent read waits for the watch cache to reach the store's revision
+/// before reading the store itself (kube-apiserver's `blockTimeout`).
+const CONSISTENT_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Dispatches a resource request.
 pub async fn handle(
     api: Arc<Api>,
@@ -142,18 +146,54 @@ impl Ctx {
     }
 
     /// Waits until the watch cache can answer a read at resourceVersion `rv`: `0` (any
-    /// state), `N` (at least N), or unset (a consistent read: everything written so far).
+    /// state), `N` (at least N), or unset (a consistent read: everything written so far,
+    /// through any server). 504 "Too large resource version" when it does not catch up
+    /// in time.
     pub async fn cache_at(&self, rv: Option<Revision>) -> ApiResult<()> {
-        let target = rv.unwrap_or_else(|| self.api.store.current_revision());
-        if self.api.cache.wait_for(target).await {
-            return Ok(());
-        }
+        self.cache_caught_up(rv)
+            .await?
+            .map_err(|target| self.too_large(target))
+    }
+
+    /// [`Ctx::cache_at`] that reports a wait that timed out as `Err(target revision)`,
+    /// for a caller that reads the store instead. A consistent read on a store other
+    /// servers write too asks the store for its revision first and waits for the cache
+    /// to reach it (kube-apiserver's consistent reads from cache, KEP-2340); on the
+    /// embedded store this server's own revision is that revision already.
+    pub async fn cache_caught_up(
+        &self,
+        rv: Option<Revision>,
+    ) -> ApiResult<std::result::Result<(), Revision>> {
+        let store = &self.api.store;
+        let (target, wait) = match rv {
+            Some(rv) => (rv, None),
+            None if store.shared() => match store.consistent_revision().await {
+                Ok(now) => (now, Some(CONSISTENT_READ_WAIT)),
+                // etcd out of reach: the cache answers with what it last saw (reads
+                // keep working while etcd is down; writes fail).
+                Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {
+                    (store.current_revision(), None)
+                }
+                Err(e) => return Err(self.store_error(e, "")),
+            },
+            None => (store.current_revision(), None),
+        };
+        let cache = &self.api.cache;
+        let caught_up = match wait {
+            Some(wait) => cache.wait_until(target, wait).await,
+            None => cache.wait_for(target).await,
+        };
+        Ok(if caught_up { Ok(()) } else { Err(target) })
+    }
+
+    /// The 504 of a read the watch cache could not catch up with in time.
+    fn too_large(&self, target: Revision) -> ApiError {
         let mut err = ApiError::timeout(format!(
             "Too large resource version: {target}, current: {}",
             self.api.cache.revision()
         ));
         err.retry_after = Some(1);
-        Err(err)
+        err
     }
 
     /// Reads the live object (fresh from the store: writes decide on it).

@@ -98,8 +98,14 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
 
     let from_snapshot = initial_events || rv.is_none_or(|r| r == 0);
     let (initial, watch) = if from_snapshot {
-        if rv.is_none() || initial_events {
+        if rv.is_none() && initial_events {
+            // The initial events are a consistent list (KEP-3157 with KEP-2340).
             ctx.cache_at(None).await?;
+        } else if rv.is_none() || initial_events {
+            // "Start at most recent": what this server has seen, as kube-apiserver's
+            // watch cache starts such a watch without asking etcd; a write through
+            // another server not seen yet arrives as an event.
+            ctx.cache_at(Some(ctx.api.store.current_revision())).await?;
         }
         let (objs, watch) = cache.snapshot_and_watch(&prefix);
         let objs: Vec<Arc<Cached>> = objs.into_iter().filter(|o| selectors.matches(o)).collect();

@@ -68,6 +68,11 @@ impl Layout {
         })
     }
 
+    /// The etcd prefix with its trailing slash (`/registry/`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The etcd key of berth key `key`.
     pub fn to_etcd(&self, key: &str) -> Result<Vec<u8>> {
         let refuse = |why: &str| StoreError::Backend(format!("key {key:?} {why}"));

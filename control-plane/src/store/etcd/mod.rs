@@ -29,14 +29,21 @@
 //! store knows of — its own writes and a background watch on the whole prefix — so the
 //! watch cache, which sees exactly those changes, can always catch up with it (writes
 //! elsewhere in a shared etcd move etcd's revision without an event under the prefix).
+//! Other servers write the same etcd, so a read that must see every acknowledged write
+//! asks etcd instead: [`Store::consistent_revision`] is one quorum read's header
+//! revision, which may be such a write elsewhere; watches then carry etcd's progress
+//! notifications ([`super::Watched::Progress`]) for the watch cache to reach it, when
+//! etcd sends them in order ([`progress`]).
 
+pub mod import;
 pub mod keys;
 mod options;
+mod progress;
 mod request;
 pub mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -101,6 +108,9 @@ struct Inner {
     layout: Layout,
     endpoints: String,
     revisions: Arc<Revisions>,
+    /// Whether watches ask for and pass on progress notifications ([`progress`]); set
+    /// at connect.
+    progress: AtomicBool,
     /// Dropped with the last handle: stops the background watch.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -111,6 +121,7 @@ impl std::fmt::Debug for EtcdStore {
             .field("endpoints", &self.inner.endpoints)
             .field("layout", &self.inner.layout)
             .field("revisions", &self.inner.revisions)
+            .field("progress", &self.inner.progress)
             .finish()
     }
 }
@@ -146,7 +157,7 @@ impl EtcdStore {
         let layout = Layout::new(&options.prefix).map_err(StoreError::Backend)?;
         let connect = options.connect_options()?;
         let endpoints = options.endpoints_text();
-        let client = etcd_client::Client::connect(&options.endpoints, Some(connect))
+        let client = etcd_client::Client::connect(&options.endpoints, Some(connect.clone()))
             .await
             .map_err(|e| match classify(e, &endpoints) {
                 Failure::Store(err) => err,
@@ -159,6 +170,7 @@ impl EtcdStore {
                 layout,
                 endpoints,
                 revisions: Arc::new(Revisions::default()),
+                progress: AtomicBool::new(false),
                 _stop: stop,
             }),
         };
@@ -166,6 +178,12 @@ impl EtcdStore {
         store.inner.revisions.saw(now);
         let compacted = store.probe_compacted(now).await?;
         store.inner.revisions.compacted_at(compacted);
+        // Asked once etcd answers, before the first watch.
+        let progress = match options.watch_progress {
+            Some(progress) => progress,
+            None => progress::supported(&options.endpoints, &connect).await,
+        };
+        store.inner.progress.store(progress, Ordering::Release);
         watch::follow(store.watcher(), now, store.inner.revisions.clone(), stopped).await?;
         Ok(store)
     }
@@ -210,14 +228,16 @@ impl EtcdStore {
             layout: self.inner.layout.clone(),
             endpoints: self.inner.endpoints.clone(),
             revisions: self.inner.revisions.clone(),
+            progress: self.inner.progress.load(Ordering::Acquire),
         }
     }
 
-    /// etcd's revision now (a linearizable read of one key).
+    /// etcd's revision now: the header of a linearizable read that returns no key (a
+    /// count of the prefix's own key), so at or after every write etcd acknowledged.
     async fn etcd_revision(&self) -> Result<Revision> {
         let resp = self
             .read_key(
-                HEALTH_KEY,
+                self.inner.layout.base(),
                 GetOptions::new().with_count_only(),
                 REQUEST_TIMEOUT,
             )
@@ -354,6 +374,14 @@ impl Store for EtcdStore {
 
     fn compacted_revision(&self) -> Revision {
         self.inner.revisions.compacted()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn consistent_revision(&self) -> BoxFuture<'_, Result<Revision>> {
+        Box::pin(self.etcd_revision())
     }
 
     fn get<'a>(

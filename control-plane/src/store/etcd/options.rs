@@ -20,6 +20,13 @@ pub struct Options {
     pub key_file: Option<PathBuf>,
     /// `--etcd-prefix`: where under etcd's keyspace the objects live (`/registry`).
     pub prefix: String,
+    /// Whether watches ask etcd for progress notifications, so the watch cache learns
+    /// it is current when the newest writes were outside the prefix (KEP-2340). Only
+    /// etcd 3.4.31+ and 3.5.13+ send a requested notification after the events it
+    /// covers (etcd#15220); an older one can send it first, and the cache would then
+    /// answer without them. `None` (the default) decides from every member's version
+    /// at connect, as kube-apiserver does; `Some` overrides that.
+    pub watch_progress: Option<bool>,
 }
 
 impl Default for Options {
@@ -30,6 +37,7 @@ impl Default for Options {
             cert_file: None,
             key_file: None,
             prefix: "/registry".into(),
+            watch_progress: None,
         }
     }
 }

@@ -7,16 +7,24 @@
 //! needs is compacted. [`follow`] is the store's own watch on the whole prefix that
 //! keeps [`super::EtcdStore`]'s current revision up to date with other servers' writes
 //! and expired leases.
+//!
+//! When etcd sends them in order ([`super::progress`]), a stream also passes on etcd's
+//! progress notifications as [`Watched::Progress`] and sends etcd a `RequestProgress`
+//! whenever its [`ProgressRequest`] asks (kube-apiserver's watch cache does the same
+//! for consistent reads, KEP-2340): a notification at revision N says every event up to
+//! N was sent, so the watch also resumes after N when it breaks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchClient, WatchOptions};
+use etcd_client::{EventType, WatchClient, WatchOptions, WatchResponse};
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{Layout, Range};
 use super::{Failure, REQUEST_TIMEOUT, Revisions, call, convert};
-use crate::store::{Event, EventKind, KeyValue, Result, Revision, StoreError, WatchStream};
+use crate::store::{
+    Event, EventKind, KeyValue, ProgressRequest, Result, Revision, StoreError, WatchStream, Watched,
+};
 
 /// Events buffered for a slow receiver before etcd's stream is no longer read (etcd
 /// then buffers, and eventually cancels a watcher that stays behind).
@@ -31,6 +39,8 @@ pub(crate) struct Watcher {
     pub layout: Layout,
     pub endpoints: String,
     pub revisions: Arc<Revisions>,
+    /// Whether to ask for and pass on progress notifications.
+    pub progress: bool,
 }
 
 impl Watcher {
@@ -40,11 +50,19 @@ impl Watcher {
         let Some(range) = self.layout.range(&prefix) else {
             // No key can ever match: a stream that stays open and silent.
             tokio::spawn(async move { tx.closed().await });
-            return Ok(WatchStream::new(rx));
+            return Ok(WatchStream::with_progress(rx, None));
         };
         let stream = self.open(&range, after).await?;
-        tokio::spawn(self.clone().forward(prefix, range, after, stream, tx));
-        Ok(WatchStream::new(rx))
+        let progress = self.progress.then(ProgressRequest::default);
+        let forward = Forward {
+            prefix,
+            range,
+            last: after,
+            progress: progress.clone(),
+            tx,
+        };
+        tokio::spawn(self.clone().forward(forward, stream));
+        Ok(WatchStream::with_progress(rx, progress))
     }
 
     /// An etcd watch of `range` from `after + 1`, once etcd confirmed it.
@@ -89,20 +107,21 @@ impl Watcher {
         }
     }
 
-    /// Delivers the events of `stream`, re-creating it when it breaks.
-    async fn forward(
-        self,
-        prefix: String,
-        range: Range,
-        mut last: Revision,
-        mut stream: etcd_client::WatchStream,
-        tx: mpsc::Sender<Result<Event>>,
-    ) {
+    /// Delivers the events of `stream` (and progress, when asked for), re-creating it
+    /// when it breaks.
+    async fn forward(self, mut f: Forward, stream: etcd_client::WatchStream) {
+        let (mut requests, mut responses) = stream.split();
         loop {
             let broke = loop {
                 let message = tokio::select! {
-                    m = stream.message() => m,
-                    () = tx.closed() => return,
+                    m = responses.message() => m,
+                    () = requested(f.progress.as_ref()) => {
+                        match requests.request_progress().await {
+                            Ok(()) => continue,
+                            Err(err) => break err.to_string(),
+                        }
+                    }
+                    () = f.tx.closed() => return,
                 };
                 let resp = match message {
                     Ok(Some(resp)) => resp,
@@ -112,9 +131,9 @@ impl Watcher {
                 if resp.compact_revision() > 0 {
                     let compacted = resp.compact_revision();
                     self.revisions.compacted_at(compacted);
-                    let _ = tx
-                        .send(Err(StoreError::Compacted {
-                            requested: last,
+                    let _ =
+                        f.tx.send(Err(StoreError::Compacted {
+                            requested: f.last,
                             compacted,
                         }))
                         .await;
@@ -123,39 +142,48 @@ impl Watcher {
                 if resp.canceled() {
                     break format!("etcd canceled the watch: {}", resp.cancel_reason());
                 }
+                if let Some(revision) = progress_notification(&resp) {
+                    if f.progress.is_some() && revision > f.last {
+                        f.last = revision;
+                        if f.tx.send(Ok(Watched::Progress(revision))).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 for raw in resp.events() {
                     let event = match self.event(raw) {
                         Ok(event) => event,
                         Err(err) => {
-                            let _ = tx.send(Err(err)).await;
+                            let _ = f.tx.send(Err(err)).await;
                             return;
                         }
                     };
-                    last = last.max(event.revision());
-                    if range.filter && !event.kv.key.starts_with(&prefix) {
+                    f.last = f.last.max(event.revision());
+                    if f.range.filter && !event.kv.key.starts_with(&f.prefix) {
                         continue;
                     }
-                    if tx.send(Ok(event)).await.is_err() {
+                    if f.tx.send(Ok(Watched::Event(event))).await.is_err() {
                         return;
                     }
                 }
             };
             tracing::warn!(
                 endpoints = %self.endpoints,
-                %prefix,
-                from = last + 1,
+                prefix = %f.prefix,
+                from = f.last + 1,
                 why = %broke,
                 "etcd watch broke; re-creating it"
             );
             let mut backoff = Duration::from_millis(100);
-            stream = loop {
-                if tx.is_closed() {
+            let stream = loop {
+                if f.tx.is_closed() {
                     return;
                 }
-                match self.open(&range, last).await {
+                match self.open(&f.range, f.last).await {
                     Ok(stream) => break stream,
                     Err(err @ StoreError::Compacted { .. }) => {
-                        let _ = tx.send(Err(err)).await;
+                        let _ = f.tx.send(Err(err)).await;
                         return;
                     }
                     Err(err) => {
@@ -165,7 +193,12 @@ impl Watcher {
                     }
                 }
             };
-            tracing::info!(endpoints = %self.endpoints, %prefix, from = last + 1, "etcd watch re-created");
+            (requests, responses) = stream.split();
+            // A request the broken stream took may have gone unanswered.
+            if let Some(progress) = &f.progress {
+                progress.request();
+            }
+            tracing::info!(endpoints = %self.endpoints, prefix = %f.prefix, from = f.last + 1, "etcd watch re-created");
         }
     }
 
@@ -208,6 +241,36 @@ impl Watcher {
             }
         })
     }
+}
+
+/// What [`Watcher::forward`] carries across re-creating the etcd watch.
+struct Forward {
+    prefix: String,
+    range: Range,
+    /// The newest revision delivered (an event's or a progress notification's).
+    last: Revision,
+    progress: Option<ProgressRequest>,
+    tx: mpsc::Sender<Result<Watched>>,
+}
+
+/// Resolves when `progress` asks for a notification; never without one.
+async fn requested(progress: Option<&ProgressRequest>) {
+    match progress {
+        Some(progress) => progress.requested().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The revision of a progress notification: a response with no events that neither
+/// starts, cancels nor compacts the watch (client-go's `IsProgressNotify`).
+fn progress_notification(resp: &WatchResponse) -> Option<Revision> {
+    let revision = resp.header().map_or(0, |h| h.revision());
+    (resp.events().is_empty()
+        && !resp.created()
+        && !resp.canceled()
+        && resp.compact_revision() == 0
+        && revision != 0)
+        .then_some(revision)
 }
 
 /// Follows every change under the prefix from `from`, raising `revisions`' current

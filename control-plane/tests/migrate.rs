@@ -1,0 +1,357 @@
+//! `berth-server migrate --to-etcd`: a cluster made on the embedded store — a
+//! Namespace, ConfigMaps, a Secret, a Service, a Deployment, an Event, a CRD and an
+//! object of it — is copied into etcd after its server was killed, under
+//! kube-apiserver's keys, the Event with a lease and the server's master lease left
+//! out; a berth-server on etcd with the same data dir then serves every object as it
+//! was (only the resourceVersions are new) and takes new writes. The embedded store's
+//! files are not changed. Refused, with a message that says why: a store a server has
+//! open, a prefix that holds keys (unless `--force`, which deletes them and says so),
+//! and etcd endpoints that do not answer or are no URLs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use berth_testkit::{BerthServer, Etcd, Kubectl};
+use serde_json::Value;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_berth-server");
+/// No scheduler or controllers: nothing changes the objects but the test.
+const QUIET: [&str; 2] = ["--scheduler=false", "--controllers=false"];
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mig, labels: {team: blue}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: mig}
+data: {colour: blue, size: "3"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: empty, namespace: mig}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: password, namespace: mig}
+stringData: {password: hunter2-canary}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: mig}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: mig}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: berth.local/testserver:v1}]
+---
+apiVersion: v1
+kind: Event
+metadata: {name: web.1, namespace: mig}
+involvedObject: {kind: Deployment, name: web, namespace: mig}
+reason: Migrating
+message: moving to etcd
+type: Normal
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: crontabs.stable.example.com}
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+const CRONTAB: &str = r#"
+apiVersion: stable.example.com/v1
+kind: CronTab
+metadata: {name: nightly, namespace: mig}
+spec: {cronSpec: "0 3 * * *", image: backup:v2}
+"#;
+
+/// What the test compares: `kind/namespace/name` → the object without its
+/// resourceVersion.
+fn objects(k: &Kubectl) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for (args, namespaced) in [
+        (
+            &[
+                "get",
+                "configmaps,secrets,services,deployments,events,crontabs",
+                "-n",
+                "mig",
+            ][..],
+            true,
+        ),
+        (&["get", "namespace", "mig"][..], false),
+        (&["get", "crd", "crontabs.stable.example.com"][..], false),
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let got = k.json(&args);
+        let items = match got["items"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![got],
+        };
+        for mut o in items {
+            let meta = o["metadata"].as_object_mut().expect("metadata");
+            meta.remove("resourceVersion");
+            let name = format!(
+                "{}/{}/{}",
+                o["kind"].as_str().expect("kind"),
+                if namespaced { "mig" } else { "" },
+                o["metadata"]["name"].as_str().expect("name")
+            );
+            out.insert(name, o);
+        }
+    }
+    out
+}
+
+fn berth_server(dir: &Path, args: &[&str]) -> Output {
+    Command::new(SERVER)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run berth-server")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn migrate_fails(dir: &Path, args: &[&str]) -> String {
+    let out = berth_server(dir, &[&["migrate", "--to-etcd"][..], args].concat());
+    assert!(
+        !out.status.success(),
+        "migrate {args:?} should have failed: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn etcd_keys(etcd: &Etcd) -> Vec<String> {
+    let out = etcd.etcdctl(&["get", "--prefix", "/registry", "--keys-only"]);
+    assert!(out.status.success(), "etcdctl get: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn store_files(dir: &Path) -> Vec<Vec<u8>> {
+    ["store.redb", "store.wal"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).expect("read the store's files"))
+        .collect()
+}
+
+#[test]
+fn a_cluster_moves_from_the_embedded_store_to_etcd() {
+    if !Etcd::available() || Etcd::etcdctl_binary().is_none() {
+        return;
+    }
+    let home = tempfile::tempdir().expect("temp home");
+    let mut server = BerthServer::start_with(SERVER.as_ref(), home.path(), &QUIET);
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    k.apply(MANIFEST);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/crontabs.stable.example.com",
+        "--timeout=30s",
+    ]);
+    k.apply(CRONTAB);
+    let before = objects(&k);
+    assert_eq!(before.len(), 9, "{:?}", before.keys());
+    let cluster_ip = before["Service/mig/web"]["spec"]["clusterIP"].clone();
+    let etcd = Etcd::start(home.path());
+    let servers = format!("--etcd-servers={}", etcd.endpoints_flag());
+    let dir = server.dir().to_owned();
+
+    // While the server runs, its store is refused.
+    let err = migrate_fails(&dir, &[servers.as_str()]);
+    assert!(
+        err.contains("a berth-server is running") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert!(etcd_keys(&etcd).is_empty(), "nothing written");
+
+    // Killed: its last writes are only in the store's log.
+    server.stop();
+    let files = store_files(&dir);
+
+    // etcd that does not answer, or endpoints that are no URLs.
+    let err = migrate_fails(&dir, &["--etcd-servers=http://127.0.0.1:1"]);
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("nothing was written"),
+        "{err}"
+    );
+    let err = migrate_fails(&dir, &["--etcd-servers=etcd.example:2379"]);
+    assert!(err.contains("not an http:// or https:// URL"), "{err}");
+
+    // A prefix that holds keys is refused, and left as it is…
+    let stray = etcd.etcdctl(&["put", "/registry/configmaps/default/stray", "{}"]);
+    assert!(stray.status.success(), "{}", text(&stray));
+    let err = migrate_fails(&dir, &[servers.as_str()]);
+    assert!(
+        err.contains("already holds 1 keys under /registry/") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(etcd_keys(&etcd), ["/registry/configmaps/default/stray"]);
+
+    // …unless --force, which deletes them first and says so.
+    let out = berth_server(&dir, &["migrate", "--to-etcd", &servers, "--force"]);
+    let summary = text(&out);
+    assert!(out.status.success(), "migrate: {summary}");
+    for line in [
+        "deleted first (--force): 1 keys under /registry/",
+        "configmaps",
+        "deployments.apps",
+        "crontabs.stable.example.com",
+        "customresourcedefinitions.apiextensions.k8s.io",
+        "1 etcd leases with the TTL left for 1 keys (Events)",
+        "skipped: 1 master leases",
+        "clients must re-list",
+    ] {
+        assert!(summary.contains(line), "{line:?} not in:\n{summary}");
+    }
+    assert_eq!(
+        store_files(&dir),
+        files,
+        "the embedded store is not changed"
+    );
+
+    let keys = etcd_keys(&etcd);
+    for key in [
+        "/registry/namespaces/mig",
+        "/registry/configmaps/mig/settings",
+        "/registry/configmaps/mig/empty",
+        "/registry/secrets/mig/password",
+        "/registry/services/mig/web",
+        "/registry/apps/deployments/mig/web",
+        "/registry/events/mig/web.1",
+        "/registry/apiextensions.k8s.io/customresourcedefinitions/crontabs.stable.example.com",
+        "/registry/stable.example.com/crontabs/mig/nightly",
+        "/registry/ranges/serviceips",
+        "/registry/rbac.authorization.k8s.io/clusterroles/cluster-admin",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == key),
+            "{key} not in etcd:\n{keys:#?}"
+        );
+    }
+    assert!(
+        !keys.iter().any(|k| k.starts_with("/registry/masterleases/")
+            || k.starts_with("/registry/core/")
+            || k == "/registry/configmaps/default/stray"),
+        "{keys:#?}"
+    );
+    let event = etcd.etcdctl(&["get", "/registry/events/mig/web.1", "-w", "json"]);
+    let event: Value = serde_json::from_slice(&event.stdout).expect("etcdctl json");
+    assert_ne!(event["kvs"][0]["lease"].as_i64().unwrap_or(0), 0, "{event}");
+
+    // Without --force, a second run finds the prefix taken.
+    let err = migrate_fails(&dir, &[servers.as_str()]);
+    assert!(err.contains("--force"), "{err}");
+
+    // A server on etcd with the same data dir serves every object as it was.
+    server.set_args(&[&QUIET[..], &[servers.as_str()]].concat());
+    server.restart();
+    let after = objects(&k);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    for (name, object) in &before {
+        assert_eq!(&after[name], object, "{name} on etcd");
+    }
+
+    // New writes: creates, an update of a migrated object, a delete, a Service.
+    k.ok(&[
+        "create",
+        "configmap",
+        "new",
+        "-n",
+        "mig",
+        "--from-literal=a=b",
+    ]);
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        "mig",
+        "-p",
+        r#"{"data":{"size":"4"}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "mig",
+            "-o",
+            "jsonpath={.data.size}"
+        ]),
+        "4"
+    );
+    k.ok(&["delete", "configmap", "empty", "-n", "mig"]);
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "api",
+        "-n",
+        "mig",
+        "--tcp=80:8080",
+    ]);
+    let ip = k.ok(&[
+        "get",
+        "service",
+        "api",
+        "-n",
+        "mig",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_ne!(Value::String(ip), cluster_ip, "a new address");
+    let keys = etcd_keys(&etcd);
+    assert!(
+        keys.iter().any(|k| k == "/registry/configmaps/mig/new"),
+        "{keys:#?}"
+    );
+    assert!(
+        !keys.iter().any(|k| k == "/registry/configmaps/mig/empty"),
+        "{keys:#?}"
+    );
+}
