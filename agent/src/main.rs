@@ -448,8 +448,10 @@ async fn main() -> anyhow::Result<()> {
     // glibc gives each thread that meets contention an arena of its own (up to 8 per
     // core), and freed memory stays in them: a burst of pods, synced on many blocking
     // threads at once, would leave the agent's RSS high for good. Two arenas are
-    // enough for its allocation rate.
+    // enough for its allocation rate. (glibc only: musl's allocator has no arenas and
+    // no mallopt.)
     // SAFETY: mallopt only sets an allocator parameter; no memory is touched.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }

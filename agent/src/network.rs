@@ -260,14 +260,16 @@ fn loopback_up(netns: &Path) -> Result<(), String> {
                 req.ifr_name[i] = *b as libc::c_char;
             }
             let mut result = Ok(());
-            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            // The request is a c_ulong in glibc's ioctl and a c_int in musl's: `as _`
+            // builds on both.
+            if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
                 result = Err(format!(
                     "SIOCGIFFLAGS lo: {}",
                     std::io::Error::last_os_error()
                 ));
             } else {
                 req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
                     result = Err(format!(
                         "SIOCSIFFLAGS lo: {}",
                         std::io::Error::last_os_error()

@@ -7,71 +7,23 @@
 //! `uninstall.sh` removing it all again.
 //!
 //! The tarball is `BERTH_DIST_TARBALL` when set (a CI step or a developer that built
-//! one already); otherwise this test builds it with `xtask dist` — a release build of
-//! the workspace into `target/release`, the same binaries `cargo xtask build`, `up`
-//! and the benches use, so a tree that has built those does not build again.
+//! one already); otherwise the test makes it with `xtask dist --bin-dir target/debug
+//! --fast` from the debug binaries the test run has built anyway — no release build —
+//! into a temporary directory removed when the test ends. Building it is the slow part
+//! (about 45 s), so one test makes it once and checks both the layout and the scripts.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use berth_testkit::{require_ebpf_object, workspace_bin};
+mod common;
+
+use berth_testkit::require_ebpf_object;
+use common::dist::Tarball;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const CA: &str =
     "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUTest\n-----END CERTIFICATE-----\n";
-
-/// The tarball, built once for every test of this file.
-fn tarball() -> PathBuf {
-    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
-    TARBALL
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("BERTH_DIST_TARBALL") {
-                return PathBuf::from(path);
-            }
-            let xtask = workspace_bin("xtask");
-            assert!(
-                xtask.exists(),
-                "{} is missing: run the tests through `cargo xtask test` (or set BERTH_DIST_TARBALL)",
-                xtask.display()
-            );
-            let out = Command::new(&xtask)
-                .arg("dist")
-                .output()
-                .expect("run xtask dist");
-            assert!(
-                out.status.success(),
-                "xtask dist failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // Its last line is the tarball.
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            println!("{stdout}");
-            PathBuf::from(stdout.lines().last().expect("xtask dist printed the tarball").trim())
-        })
-        .clone()
-}
-
-/// Unpacks the tarball into `dir`; returns the release's top directory.
-fn unpack(dir: &Path) -> PathBuf {
-    let tarball = tarball();
-    let status = Command::new("tar")
-        .arg("-xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(dir)
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "tar -xzf {} failed", tarball.display());
-    let name = tarball
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".tar.gz"))
-        .expect("a .tar.gz");
-    dir.join(name)
-}
 
 /// A PATH holding only the commands `install.sh` and a node need — links to this
 /// host's — with `iptables` a stub when `with_iptables`, absent otherwise.
@@ -169,12 +121,18 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[test]
-fn the_tarball_holds_stripped_binaries_units_and_scripts() {
+fn the_tarball_installs_a_node_and_uninstall_sh_removes_it() {
     if std::env::var_os("BERTH_DIST_TARBALL").is_none() {
         require_ebpf_object!();
     }
+    let tarball = Tarball::get();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let release = unpack(tmp.path());
+    let release = tarball.unpack(tmp.path());
+    the_tarball_holds_stripped_binaries_units_and_scripts(&tarball, &release);
+    install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it(&release, tmp.path());
+}
+
+fn the_tarball_holds_stripped_binaries_units_and_scripts(tarball: &Tarball, release: &Path) {
     for bin in [
         "berth-server",
         "berth-agent",
@@ -210,6 +168,12 @@ fn the_tarball_holds_stripped_binaries_units_and_scripts() {
     }
     let manifest = read(&release.join("MANIFEST"));
     assert!(manifest.contains("berth-agent"), "{manifest}");
+    if tarball.built_here() {
+        assert!(
+            manifest.contains("binaries from "),
+            "the manifest says where the binaries came from: {manifest}"
+        );
+    }
     assert!(
         manifest.contains("dynamic: ") || manifest.contains("static"),
         "{manifest}"
@@ -220,29 +184,17 @@ fn the_tarball_holds_stripped_binaries_units_and_scripts() {
         "{agent}"
     );
     assert!(agent.contains("--bootstrap-kubeconfig /var/lib/berth/agent/bootstrap.kubeconfig"));
-    let tarball = tarball();
-    let debug = tarball.with_file_name(
-        tarball
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(|n| n.replace(".tar.gz", "-debug.tar.gz"))
-            .expect("a name"),
-    );
+    let debug = tarball.debug();
     assert!(debug.exists(), "{} is missing", debug.display());
 }
 
-#[test]
-fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it() {
-    if std::env::var_os("BERTH_DIST_TARBALL").is_none() {
-        require_ebpf_object!();
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let release = unpack(tmp.path());
+/// `install.sh` into roots under `tmp`, then `uninstall.sh`.
+fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it(release: &Path, tmp: &Path) {
     let install = release.join("install.sh");
     let uninstall = release.join("uninstall.sh");
-    let root = tmp.path().join("root");
+    let root = tmp.join("root");
     let root_arg = root.display().to_string();
-    let ca = tmp.path().join("ca.crt");
+    let ca = tmp.join("ca.crt");
     std::fs::write(&ca, CA).expect("write the CA");
     let ca_arg = ca.display().to_string();
     let join = [
@@ -264,12 +216,12 @@ fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it() {
     ];
 
     // A host without iptables is refused, naming it, before anything is installed.
-    let bare = path_dir(tmp.path(), false);
+    let bare = path_dir(tmp, false);
     let err = refused(&install, &bare, &join);
     assert!(err.contains("iptables"), "{err}");
     assert!(!root.exists(), "nothing is installed on a refused host");
 
-    let path = path_dir(tmp.path(), true);
+    let path = path_dir(tmp, true);
     // Bad flags, each with its reason.
     for (args, says) in [
         (
@@ -419,7 +371,7 @@ fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it() {
     );
 
     // --prefix moves the binaries, and the units follow them.
-    let other = tmp.path().join("other");
+    let other = tmp.join("other");
     let other_arg = other.display().to_string();
     ok(
         &install,

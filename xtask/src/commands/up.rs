@@ -10,6 +10,9 @@
 //! defaults are the ones above; a test gives its own (`xtask/e2e/tests/xtask_up.rs`)
 //! and `--bin-dir` to run debug binaries instead of building release ones.
 
+mod hosts;
+mod nodes;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -73,6 +76,36 @@ pub struct Args {
     /// attached at the cgroup2 root. `--host-services=false` keeps it to the pods.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub host_services: bool,
+    /// How many nodes. One runs the node on this host; more (or `--etcd`) run every
+    /// node as a network-namespace host of its own (own hostname, `eth0` on a shared
+    /// segment, pod bridge, cgroup subtree and bpffs pins) while this host keeps the
+    /// control plane.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub nodes: u32,
+    /// Keep the objects in a 3-member etcd cluster (Debian's etcd-server, members on
+    /// loopback ports, data under the data dir) and run two berth-servers over it.
+    #[arg(long)]
+    pub etcd: bool,
+    /// The segment the nodes' hosts are on (with `--nodes` > 1 or `--etcd`): this host
+    /// takes .1 (and .2 for the second server), node k takes .(10+k).
+    #[arg(long, value_name = "CIDR", default_value = "172.30.77.0/24")]
+    pub node_subnet: String,
+    /// The pods' range each node's podCIDR (a /24) is cut from (with `--nodes` > 1 or
+    /// `--etcd`; berth-server's `--cluster-cidr`).
+    #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// How pod traffic crosses nodes: `routed`, `vxlan` or `auto` (berth-agent's flag).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "routed", "vxlan"])]
+    pub pod_network_mode: String,
+    /// The directory the nodes' binaries (berth-agent, berth-runtime, berth-cni,
+    /// berth-csi) come from, e.g. the `bin/` of an unpacked `cargo xtask dist` tarball
+    /// (default: as the servers').
+    #[arg(long, value_name = "DIR")]
+    pub node_bin_dir: Option<PathBuf>,
+    /// The eBPF object the agents load (default: the one `cargo xtask build-ebpf`
+    /// makes).
+    #[arg(long, value_name = "FILE")]
+    pub ebpf_object: Option<PathBuf>,
 }
 
 /// The places and names of one cluster, all derived from [`Args`] (`cargo xtask dist`
@@ -80,9 +113,15 @@ pub struct Args {
 pub(crate) struct Layout {
     data: PathBuf,
     run: PathBuf,
+    /// berth-server's data dir (the first server's when there are two).
+    server_data: PathBuf,
     cgroup: String,
     bridge: String,
-    pod_cidr: String,
+    /// The node's pod range; `None`: the Node's podCIDR (multi-node).
+    pod_cidr: Option<String>,
+    /// Multi-node: the cluster's pod range and how it crosses nodes.
+    cluster: Option<(String, String)>,
+    ebpf_object: PathBuf,
     port: u16,
     kubelet_port: u16,
     address: Option<IpAddr>,
@@ -116,9 +155,12 @@ impl Layout {
         Ok(Self {
             data: args.data_dir.clone(),
             run: args.run_dir.clone(),
+            server_data: args.data_dir.join("server"),
             cgroup: args.cgroup.clone(),
             bridge: args.bridge.clone(),
-            pod_cidr: args.pod_cidr.clone(),
+            pod_cidr: Some(args.pod_cidr.clone()),
+            cluster: None,
+            ebpf_object: args.ebpf_object.clone().unwrap_or_else(util::ebpf_object),
             port: args.port,
             kubelet_port: args.kubelet_port,
             address: args.address,
@@ -141,7 +183,33 @@ impl Layout {
         self.address.unwrap_or([127, 0, 0, 1].into())
     }
     pub(crate) fn server_dir(&self) -> PathBuf {
-        self.data.join("server")
+        self.server_data.clone()
+    }
+    /// Node `node` of a multi-node cluster, a network-namespace host at `ip`: its own
+    /// data, run, cgroup and bpffs places below this cluster's, the binaries of
+    /// `--node-bin-dir`, its podCIDR from its Node.
+    pub(crate) fn for_node(&self, args: &Args, node: &str, ip: IpAddr) -> Self {
+        Self {
+            data: self.data.join("nodes").join(node),
+            run: self.run.join("nodes").join(node),
+            server_data: self.server_data.clone(),
+            cgroup: format!("{}/{node}", self.cgroup),
+            bridge: self.bridge.clone(),
+            pod_cidr: None,
+            cluster: Some((args.cluster_cidr.clone(), args.pod_network_mode.clone())),
+            ebpf_object: self.ebpf_object.clone(),
+            port: self.port,
+            kubelet_port: self.kubelet_port,
+            address: Some(ip),
+            bpf_pins: self.bpf_pins.join(node),
+            bin_dir: args
+                .node_bin_dir
+                .clone()
+                .unwrap_or_else(|| self.bin_dir.clone()),
+            lb_pool: None,
+            nodeport_addresses: self.nodeport_addresses.clone(),
+            host_services: false,
+        }
     }
     fn kubeconfig(&self) -> PathBuf {
         self.server_dir().join("admin.kubeconfig")
@@ -198,6 +266,40 @@ impl Layout {
             format!("--node-id={node}"),
         ]
     }
+    /// The agent's flags for joining as `node` with the bootstrap `token`: its own
+    /// kubeconfig (written after TLS bootstrap), the test images preloaded, the eBPF
+    /// object when built, the bpffs pins.
+    fn join_args(&self, node: &str, token: &str) -> Result<Vec<String>> {
+        let bootstrap = self.bootstrap_kubeconfig(token)?;
+        let mut args = self.agent_args(node);
+        // Not the admin kubeconfig: the agent's own, which it writes after TLS bootstrap.
+        if let Some(i) = args.iter().position(|a| a == "--kubeconfig") {
+            args[i + 1] = self.agent_kubeconfig().display().to_string();
+        }
+        args.extend([
+            "--bootstrap-kubeconfig".into(),
+            bootstrap.display().to_string(),
+        ]);
+        let images = util::target_dir().join("images");
+        args.push("--preload-images".into());
+        args.push(
+            ["pause", "busybox", "testserver"]
+                .iter()
+                .map(|i| images.join(i).display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        // Built by `build`; with `--bin-dir` it may not be (Services are then not
+        // load-balanced on this node).
+        if self.ebpf_object.exists() {
+            args.extend([
+                "--ebpf-object".into(),
+                self.ebpf_object.display().to_string(),
+            ]);
+        }
+        args.extend(["--bpf-pin-dir".into(), self.bpf_pins.display().to_string()]);
+        Ok(args)
+    }
     /// berth-csi's socket (the agent's `--csi-socket`).
     pub(crate) fn csi_socket(&self) -> PathBuf {
         self.run.join("csi/csi.sock")
@@ -217,8 +319,6 @@ impl Layout {
             d(&self.data.join("pod-logs")),
             "--cni-conf-dir".into(),
             d(&self.data.join("cni/net.d")),
-            "--pod-cidr".into(),
-            self.pod_cidr.clone(),
             "--pod-bridge".into(),
             self.bridge.clone(),
             "--cgroup-root".into(),
@@ -235,6 +335,13 @@ impl Layout {
             "--csi-socket".into(),
             d(&self.csi_socket()),
         ];
+        if let Some(cidr) = &self.pod_cidr {
+            args.extend(["--pod-cidr".into(), cidr.clone()]);
+        }
+        if let Some((cluster, mode)) = &self.cluster {
+            args.extend(["--cluster-cidr".into(), cluster.clone()]);
+            args.extend(["--pod-network-mode".into(), mode.clone()]);
+        }
         if let Some(ip) = self.address {
             args.extend(["--node-ip".into(), ip.to_string()]);
             args.extend(["--address".into(), ip.to_string()]);
@@ -274,16 +381,19 @@ fn node_name() -> String {
 
 /// A child in its own process group (Ctrl-C reaches `up`, which stops it in order).
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
-    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    spawn_command(Command::new(bin).args(args), log)
+}
+
+/// [`spawn`] for a command already set up (e.g. to run in a node's namespace).
+fn spawn_command(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     use std::os::unix::process::CommandExt;
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(file)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
+        .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))
 }
 
 fn stop(child: &mut Child) {
@@ -352,6 +462,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     for dir in [&layout.data, &layout.run] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    if args.nodes > 1 || args.etcd {
+        return nodes::run(args, &layout);
+    }
     let node = node_name();
     step("starting berth-server");
     let advertise = match layout.address {
@@ -392,37 +505,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     )?;
     bar.set_message("starting berth-agent (joining with a bootstrap token)");
     let token = token_create(&layout, "1h")?;
-    let bootstrap = layout.bootstrap_kubeconfig(&token)?;
-    let mut args = layout.agent_args(&node);
-    // Not the admin kubeconfig: the agent's own, which it writes after TLS bootstrap.
-    if let Some(i) = args.iter().position(|a| a == "--kubeconfig") {
-        args[i + 1] = layout.agent_kubeconfig().display().to_string();
-    }
-    args.extend([
-        "--bootstrap-kubeconfig".into(),
-        bootstrap.display().to_string(),
-    ]);
-    let images = util::target_dir().join("images");
-    args.push("--preload-images".into());
-    args.push(
-        ["pause", "busybox", "testserver"]
-            .iter()
-            .map(|i| images.join(i).display().to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    // Built by `build` above; with `--bin-dir` it may not be (Services are then not
-    // load-balanced on this node).
-    if util::ebpf_object().exists() {
-        args.extend([
-            "--ebpf-object".into(),
-            util::ebpf_object().display().to_string(),
-        ]);
-    }
-    args.extend([
-        "--bpf-pin-dir".into(),
-        layout.bpf_pins.display().to_string(),
-    ]);
+    let args = layout.join_args(&node, &token)?;
     let mut agent = spawn(
         &layout.bin("berth-agent"),
         &args,
@@ -440,7 +523,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         if Instant::now() > deadline || matches!(agent.try_wait(), Ok(Some(_))) {
             bar.finish_and_clear();
             stop(&mut agent);
-            remove_pods(&layout, &node);
+            remove_pods(&layout, &node, None);
             stop(&mut csi);
             stop(&mut server);
             bail!(
@@ -453,14 +536,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     bar.finish_and_clear();
     step(format!("node {node} is Ready"));
     let join = token_create(&layout, "24h")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     // Listening for Ctrl-C before saying the cluster is up, so one that follows the
     // message at once still stops it in order.
-    let mut interrupt = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-    })?;
+    let interrupt = Interrupt::listen()?;
     println!(
         "\nMore nodes join with this bootstrap token (valid 24 h; `berth-server token create` makes more):\n\n  {join}\n\n  berth-agent --bootstrap-kubeconfig <a kubeconfig with this token and {}> --kubeconfig <where the node's own goes>",
         layout.server_dir().join("pki/ca.crt").display()
@@ -475,24 +553,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         layout.data.display(),
         layout.data.display(),
     );
-    let stopped_by_user = rt.block_on(async {
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => return true,
-                _ = ticker.tick() => {
-                    if [&mut server, &mut agent, &mut csi].into_iter().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
-                        return false;
-                    }
-                }
-            }
-        }
+    let stopped_by_user = interrupt.wait(|| {
+        [&mut server, &mut agent, &mut csi]
+            .into_iter()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
     });
     step("stopping berth-agent, berth-csi and berth-server");
     stop(&mut agent);
     // Pods leave the host through the driver (their volumes are unpublished), so it
     // stops after them.
-    remove_pods(&layout, &node);
+    remove_pods(&layout, &node, None);
     stop(&mut csi);
     stop(&mut server);
     if stopped_by_user {
@@ -509,18 +579,63 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
 }
 
-/// Every pod off the host, through the agent's own teardown.
-fn remove_pods(layout: &Layout, node: &str) {
+/// Ctrl-C, listened for from before the cluster is announced.
+struct Interrupt {
+    rt: tokio::runtime::Runtime,
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn listen() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let signal = rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })?;
+        Ok(Self { rt, signal })
+    }
+
+    /// Whether Ctrl-C came since the last look (without waiting).
+    fn interrupted(&mut self) -> bool {
+        let signal = &mut self.signal;
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::ZERO, signal.recv())
+                .await
+                .is_ok()
+        })
+    }
+
+    /// Waits for Ctrl-C (`true`) or for `exited` to say a component exited (`false`).
+    fn wait(mut self, mut exited: impl FnMut() -> bool) -> bool {
+        let signal = &mut self.signal;
+        self.rt.block_on(async {
+            let mut ticker = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = signal.recv() => return true,
+                    _ = ticker.tick() => if exited() { return false },
+                }
+            }
+        })
+    }
+}
+
+/// Every pod off the host, through the agent's own teardown (in the node's network
+/// namespace `netns` when it is a namespace host).
+fn remove_pods(layout: &Layout, node: &str, netns: Option<&str>) {
     let bin = layout.bin("berth-agent");
     if !bin.exists() || !layout.kubeconfig().exists() {
         return;
     }
     let mut args = layout.agent_args(node);
     args.push("--remove-all-pods".into());
-    let _ = Command::new(&bin)
-        .args(&args)
-        .stdout(Stdio::null())
-        .status();
+    let mut cmd = Command::new(&bin);
+    cmd.args(&args).stdout(Stdio::null());
+    if let Some(ns) = netns {
+        hosts::in_netns(&mut cmd, ns, None);
+    }
+    let _ = cmd.status();
 }
 
 /// `cargo xtask down`: removes what `up` made — pods (containers, netns, veths, IPs,
@@ -532,11 +647,13 @@ pub fn down(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let layout = Layout::new(args)?;
+    // A multi-node cluster's nodes, servers and etcd members, and its segment.
+    nodes::down(args, &layout);
     // A cluster still running (from another terminal): stopped by the PIDs `up` wrote;
     // the CSI driver after the pods, whose volumes it unpublishes.
     stop_recorded(&layout, &["agent", "server"]);
     step("removing pods");
-    remove_pods(&layout, &node_name());
+    remove_pods(&layout, &node_name(), None);
     stop_recorded(&layout, &["csi"]);
     step("removing the bridge, cgroups, mounts and state");
     let _ = Command::new("ip")
@@ -577,26 +694,41 @@ pub fn down(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Stops the components `up` recorded in `<run>/<name>.pid`, if still running.
+/// Stops the components `up` recorded in `<run>/<name>.pid` (berth-`<name>`), if
+/// still running.
 fn stop_recorded(layout: &Layout, names: &[&str]) {
     for name in names {
-        let Ok(pid) = std::fs::read_to_string(layout.run.join(format!("{name}.pid"))) else {
-            continue;
-        };
-        let Ok(pid) = pid.trim().parse::<i32>() else {
-            continue;
-        };
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        if exe
-            .file_name()
-            .is_some_and(|f| f.to_string_lossy() == format!("berth-{name}"))
-        {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        stop_pid_file(
+            &layout.run.join(format!("{name}.pid")),
+            &format!("berth-{name}"),
+        );
+    }
+}
+
+/// Stops the process whose PID `file` holds if it still runs `exe` (SIGTERM, then up
+/// to 10 s for it to exit).
+fn stop_pid_file(file: &Path, exe: &str) {
+    let Ok(pid) = std::fs::read_to_string(file) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return;
+    };
+    // Read once: a PID left in the file must not reach another process later.
+    let _ = std::fs::remove_file(file);
+    let running = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    if running
+        .file_name()
+        .is_some_and(|f| f.to_string_lossy() == exe)
+    {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -74,6 +74,12 @@ impl BerthServer {
         free_port()
     }
 
+    /// Replaces the extra flags for the next (re)start (e.g. `--etcd-servers=…` on a
+    /// data dir moved to etcd).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
     /// (Re)starts the process on the same data dir and port.
     pub fn restart(&mut self) {
         self.spawn();

@@ -7,6 +7,9 @@
     reason = "each test binary uses its own part of the helpers"
 )]
 
+pub mod dist;
+pub mod up;
+
 use std::time::{Duration, Instant};
 
 use berth_testkit::{Agent, BerthServer, CsiDriver, Kubectl, workspace_bin};
