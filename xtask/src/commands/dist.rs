@@ -7,7 +7,8 @@
 //!
 //! The binaries are the ones `cargo xtask build` makes (`target/release`, the release
 //! profile the benches and `up` use too), so a tree that has run either is not built
-//! again. Entry point: [`run`].
+//! again; or, with `--bin-dir DIR`, the ones in DIR as they are (a CI job's
+//! `target/debug`), with nothing built. Entry point: [`run`].
 
 mod manifest;
 mod units;
@@ -54,13 +55,23 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     /// Build for this Rust target instead of the host (`x86_64-unknown-linux-musl`:
-    /// static binaries; needs the target installed and Debian's musl-tools).
+    /// static binaries; needs the target installed and Debian's musl-tools). With
+    /// --bin-dir it only names what the binaries there were built for.
     #[arg(long, value_name = "TRIPLE")]
     pub target: Option<String>,
     /// Package the binaries, eBPF object and pause image already built, building
     /// nothing.
     #[arg(long)]
     pub no_build: bool,
+    /// Take the five binaries from DIR (`target/debug`, a CI job's build) instead of
+    /// the release build; builds nothing, as --no-build.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Gzip both tarballs at the fastest level rather than the smallest: for a tarball
+    /// unpacked once and thrown away (tests, CI). With debug binaries it takes a third
+    /// of the time, at 1.4 times the size.
+    #[arg(long)]
+    pub fast: bool,
 }
 
 /// `linux-amd64`, `linux-arm64`, … as Kubernetes' and k3s' releases name platforms.
@@ -90,6 +101,76 @@ fn host_target() -> String {
         .unwrap_or_else(|| format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
 }
 
+/// What the tarball packages, each file known to exist before anything is staged.
+struct Inputs {
+    /// `BINARIES`, in its order.
+    binaries: Vec<PathBuf>,
+    ebpf_object: PathBuf,
+    /// The pause image's OCI layout directory.
+    pause: PathBuf,
+}
+
+impl Inputs {
+    /// The binaries in `bin_dir`, the eBPF object and the pause image; an error naming
+    /// every file that is missing, `build_hint` saying how to make the binaries.
+    fn find(bin_dir: &Path, build_hint: &str) -> Result<Self> {
+        let binaries: Vec<PathBuf> = BINARIES.iter().map(|(b, _)| bin_dir.join(b)).collect();
+        let pause = images::layout_dir("pause");
+        let absent: Vec<String> = binaries
+            .iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut missing = Vec::new();
+        if !absent.is_empty() {
+            missing.push(format!("{} ({build_hint})", absent.join(", ")));
+        }
+        for (file, hint) in [
+            (util::ebpf_object(), "run `cargo xtask build-ebpf`"),
+            (pause.join("index.json"), "run `cargo xtask images`"),
+        ] {
+            if !file.is_file() {
+                missing.push(format!("{} ({hint})", file.display()));
+            }
+        }
+        if !missing.is_empty() {
+            bail!("missing, nothing packaged:\n  {}", missing.join("\n  "));
+        }
+        Ok(Self {
+            binaries,
+            ebpf_object: util::ebpf_object(),
+            pause,
+        })
+    }
+}
+
+/// Builds the release binaries for `target` (into `target/release` for the host,
+/// `target/<triple>/release` otherwise), the eBPF object and the pause image; returns
+/// the binaries' directory.
+fn build_release(target: &str, host: &str) -> Result<PathBuf> {
+    if target == host {
+        build::build()?;
+    } else {
+        build_ebpf::build()?;
+        step(format!("building release binaries for {target}"));
+        let mut cargo = cmd(util::cargo(), ["build", "--release", "--target", target]);
+        for (bin, _) in BINARIES {
+            cargo.args(["--bin", bin]);
+        }
+        run_checked(&mut cargo)?;
+    }
+    images::pause()?;
+    Ok(release_dir(target, host))
+}
+
+fn release_dir(target: &str, host: &str) -> PathBuf {
+    if target == host {
+        util::target_dir().join("release")
+    } else {
+        util::target_dir().join(target).join("release")
+    }
+}
+
 /// `cargo xtask dist`.
 pub fn run(args: &Args) -> Result<ExitCode> {
     for tool in ["objcopy", "strip", "ldd"] {
@@ -99,25 +180,27 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let host = host_target();
     let target = args.target.clone().unwrap_or_else(|| host.clone());
-    let bin_dir = if target == host {
-        util::target_dir().join("release")
-    } else {
-        util::target_dir().join(&target).join("release")
-    };
-    if !args.no_build {
-        if target == host {
-            build::build()?;
-        } else {
-            build_ebpf::build()?;
-            step(format!("building release binaries for {target}"));
-            let mut cargo = cmd(util::cargo(), ["build", "--release", "--target", &target]);
-            for (bin, _) in BINARIES {
-                cargo.args(["--bin", bin]);
-            }
-            run_checked(&mut cargo)?;
+    // --bin-dir and --no-build package what is there; otherwise it is built first.
+    let (inputs, origin) = match &args.bin_dir {
+        Some(dir) => (
+            Inputs::find(
+                dir,
+                "--bin-dir needs all five binaries: `cargo build --bins` makes them in target/debug",
+            )?,
+            manifest::Origin::Dir(dir),
+        ),
+        None => {
+            let dir = if args.no_build {
+                release_dir(&target, &host)
+            } else {
+                build_release(&target, &host)?
+            };
+            (
+                Inputs::find(&dir, "run `cargo xtask build`, or dist without --no-build")?,
+                manifest::Origin::Release,
+            )
         }
-        images::pause()?;
-    }
+    };
     let version = env!("CARGO_PKG_VERSION");
     let name = release_name(version, &target);
     let out = args
@@ -136,7 +219,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     for dir in [
         stage.join("bin"),
-        stage.join("lib/berth/images"),
         stage.join("systemd"),
         debug_stage.clone(),
     ] {
@@ -146,30 +228,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     step("splitting debug info off the binaries");
     let bar = bar(BINARIES.len() as u64, "{msg:28} [{bar:30}] {pos}/{len}");
     let mut binaries = Vec::new();
-    for (bin, _) in BINARIES {
-        bar.set_message(bin.to_string());
-        binaries.push(split(&bin_dir.join(bin), &stage.join("bin"), &debug_stage)?);
+    for built in &inputs.binaries {
+        bar.set_message(file_name(built));
+        binaries.push(split(built, &stage.join("bin"), &debug_stage)?);
         bar.inc(1);
     }
     bar.finish_and_clear();
 
-    let object = util::ebpf_object();
-    if !object.exists() {
-        bail!(
-            "{} is missing: run `cargo xtask build-ebpf` (or dist without --no-build)",
-            object.display()
-        );
-    }
     // The eBPF object keeps its BTF and debug sections: the loader reads them.
-    copy(&object, &stage.join("lib/berth").join(EBPF_OBJECT))?;
-    let pause = images::layout_dir("pause");
-    if !pause.join("index.json").exists() {
-        bail!(
-            "{} is missing: run `cargo xtask images` (or dist without --no-build)",
-            pause.display()
-        );
-    }
-    copy_tree(&pause, &stage.join("lib/berth/images/pause"))?;
+    copy(
+        &inputs.ebpf_object,
+        &stage.join("lib/berth").join(EBPF_OBJECT),
+    )?;
+    copy(&inputs.pause, &stage.join("lib/berth/images/pause"))?;
 
     let installed = units::Installed::default();
     for unit in units::units(&installed)? {
@@ -199,6 +270,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             version,
             platform: &platform(&target),
             target: &target,
+            origin,
             source: &source,
             binaries: &binaries,
             debug_tarball: &debug_tarball,
@@ -218,18 +290,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     write(&stage.join("SHA256SUMS"), &manifest::sha256sums(&sums))?;
 
     step("writing the tarballs");
+    // The debug info is several times the binaries' size: the default level, at a
+    // third of the time of the best.
+    let (level, debug_level) = if args.fast {
+        (flate2::Compression::fast(), flate2::Compression::fast())
+    } else {
+        (flate2::Compression::best(), flate2::Compression::default())
+    };
     let tarball = out.join(format!("{name}.tar.gz"));
-    tar_gz(&stage, &name, &tarball, flate2::Compression::best())?;
+    tar_gz(&stage, &name, &tarball, level)?;
     let debug_tar = out.join(&debug_tarball);
-    // Several times the binaries' size: the default level, at a third of the time.
-    tar_gz(
-        &debug_stage,
-        &debug_name,
-        &debug_tar,
-        flate2::Compression::default(),
-    )?;
+    tar_gz(&debug_stage, &debug_name, &debug_tar, debug_level)?;
 
-    report(&binaries, &tarball, &debug_tar)?;
+    report(&binaries, &tarball, &debug_tar);
     println!("{}", tarball.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -243,19 +316,20 @@ fn bar(len: u64, template: &str) -> indicatif::ProgressBar {
     bar
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A file's size; 0 when it cannot be read (only ever reported, never relied on).
+fn size(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
 /// Copies `built` into `bin_dir` stripped, with its debug info in `debug_dir`.
 fn split(built: &Path, bin_dir: &Path, debug_dir: &Path) -> Result<manifest::Binary> {
-    let name = built
-        .file_name()
-        .context("a binary without a name")?
-        .to_string_lossy()
-        .into_owned();
-    if !built.exists() {
-        bail!(
-            "{} is missing: build it (`cargo xtask build`, or dist without --no-build)",
-            built.display()
-        );
-    }
+    let name = file_name(built);
     let shipped = bin_dir.join(&name);
     let debug = debug_dir.join(format!("{name}.debug"));
     copy(built, &shipped)?;
@@ -275,7 +349,6 @@ fn split(built: &Path, bin_dir: &Path, debug_dir: &Path) -> Result<manifest::Bin
         .arg(&shipped)
         .current_dir(debug_dir),
     )?;
-    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let libraries = util::output(&mut cmd("ldd", [&shipped]))
         .map(|o| manifest::parse_ldd(&o))
         .unwrap_or_default();
@@ -310,23 +383,21 @@ fn quiet(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Copies the file `from` to `to`, or the directory `from` with everything below it,
+/// making `to`'s parent directories.
 fn copy(from: &Path, to: &Path) -> Result<()> {
+    if from.is_dir() {
+        for file in files(from)? {
+            let rel = file.strip_prefix(from).context("a file outside the tree")?;
+            copy(&file, &to.join(rel))?;
+        }
+        return Ok(());
+    }
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     fs::copy(from, to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    Ok(())
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            copy(&entry.path(), &target)?;
-        }
-    }
     Ok(())
 }
 
@@ -380,16 +451,9 @@ fn sha256_file(path: &Path) -> Result<String> {
 /// owners or times), with a progress bar over the bytes.
 fn tar_gz(dir: &Path, top: &str, to: &Path, level: flate2::Compression) -> Result<()> {
     let files = files(dir)?;
-    let total: u64 = files
-        .iter()
-        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let total: u64 = files.iter().map(|f| size(f)).sum();
     let bar = bar(total, "{msg:28} [{bar:30}] {bytes}/{total_bytes} ({eta})");
-    bar.set_message(
-        to.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    );
+    bar.set_message(file_name(to));
     let partial = to.with_extension("gz.part");
     let file =
         fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
@@ -400,7 +464,7 @@ fn tar_gz(dir: &Path, top: &str, to: &Path, level: flate2::Compression) -> Resul
         let rel = file.strip_prefix(dir).context("a file outside the tree")?;
         tar.append_path_with_name(file, Path::new(top).join(rel))
             .with_context(|| format!("adding {}", file.display()))?;
-        bar.inc(fs::metadata(file).map(|m| m.len()).unwrap_or(0));
+        bar.inc(size(file));
     }
     let mut gz = tar.into_inner().context("finishing the tar")?;
     gz.flush()?;
@@ -424,41 +488,33 @@ fn source_revision() -> String {
 }
 
 /// The sizes, next to k3s' one binary.
-fn report(binaries: &[manifest::Binary], tarball: &Path, debug: &Path) -> Result<()> {
-    let size = |p: &Path| fs::metadata(p).map(|m| m.len());
+fn report(binaries: &[manifest::Binary], tarball: &Path, debug: &Path) {
     step("sizes");
     println!(
         "  {:<14} {:>12} {:>12} {:>12}  linking",
         "binary", "stripped", "unstripped", "debug file"
     );
     for b in binaries {
-        let linking = if b.libraries.is_empty() {
-            "static".to_owned()
-        } else {
-            b.libraries.join(" ")
-        };
         println!(
-            "  {:<14} {:>12} {:>12} {:>12}  {linking}",
+            "  {:<14} {:>12} {:>12} {:>12}  {}",
             b.name,
             manifest::mib(b.stripped),
             manifest::mib(b.unstripped),
-            manifest::mib(b.debug)
+            manifest::mib(b.debug),
+            b.linking()
         );
     }
     let total: u64 = binaries.iter().map(|b| b.stripped).sum();
-    let tar = size(tarball).with_context(|| format!("{}", tarball.display()))?;
-    let dbg = size(debug).with_context(|| format!("{}", debug.display()))?;
     println!("  {:<14} {:>12}", "bin/ total", manifest::mib(total));
-    println!("  {:<40} {:>12}", tarball.display(), manifest::mib(tar));
-    println!("  {:<40} {:>12}", debug.display(), manifest::mib(dbg));
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    for tar in [tarball, debug] {
+        println!("  {:<40} {:>12}", tar.display(), manifest::mib(size(tar)));
+    }
     println!(
-        "  k3s ships one binary of ~{K3S_BINARY_MIB:.0} MiB; berth's binaries are {:.1} MiB together ({:.2}×), {:.1} MiB as this tarball",
-        mib(total),
-        mib(total) / K3S_BINARY_MIB,
-        mib(tar)
+        "  k3s ships one binary of ~{K3S_BINARY_MIB:.0} MiB; berth's binaries are {} together ({:.2}×), {} as this tarball",
+        manifest::mib(total),
+        manifest::mebibytes(total) / K3S_BINARY_MIB,
+        manifest::mib(size(tarball))
     );
-    Ok(())
 }
 
 #[cfg(test)]

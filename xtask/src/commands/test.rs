@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    commands::{build_ebpf, images, setup},
+    commands::{build_ebpf, dist, images, setup},
     util::{self, cmd, step},
 };
 
@@ -132,10 +132,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         ),
     ];
     let mut skip_lines = Vec::new();
+    let dist_dir = util::target_dir().join("test-dist");
     for (tier, cargo_args) in tiers {
         step(format!("{tier} tests"));
         let skip_dir = skip_root.join(tier);
         let mut test = cmd(util::cargo(), cargo_args);
+        if tier == "e2e" {
+            // One tarball for every e2e test that installs from it (dist.rs,
+            // multi_node.rs), from the debug binaries: no release build.
+            match dist_for_tests(&dist_dir) {
+                Ok(tarball) => {
+                    test.env("BERTH_DIST_TARBALL", tarball);
+                }
+                Err(e) => check(
+                    "cargo xtask dist --bin-dir target/debug",
+                    Err(e),
+                    &mut total,
+                    &mut report,
+                ),
+            }
+        }
         test.env("BERTH_TEST_SKIP_DIR", &skip_dir)
             .env("BERTH_EBPF_OBJECT", util::ebpf_object())
             .env("BERTH_TOOLS_VENV", util::venv_dir());
@@ -151,6 +167,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         ));
         total += counts;
     }
+    let _ = fs::remove_dir_all(&dist_dir);
 
     println!();
     step("summary");
@@ -178,6 +195,35 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `cargo xtask dist --bin-dir target/debug --fast` into `dir` (the binaries built
+/// first if any is missing); the tarball's path. Only the tarballs are kept: the staged
+/// trees (some 400 MiB of unpacked debug info) go at once.
+fn dist_for_tests(dir: &Path) -> Result<std::path::PathBuf> {
+    util::run_checked(&mut cmd(util::cargo(), ["build", "--bins", "--quiet"]))?;
+    let _ = fs::remove_dir_all(dir);
+    dist::run(&dist::Args {
+        out_dir: Some(dir.to_path_buf()),
+        target: None,
+        no_build: false,
+        bin_dir: Some(util::target_dir().join("debug")),
+        fast: true,
+    })?;
+    let mut tarball = None;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".tar.gz") && !n.ends_with("-debug.tar.gz"))
+        {
+            tarball = Some(path);
+        }
+    }
+    tarball.with_context(|| format!("no tarball in {}", dir.display()))
 }
 
 /// Whether `CI` (its value, if set) asks for a CI run.

@@ -2,12 +2,13 @@
 //! it needs) and `SHA256SUMS` (what `install.sh` verifies before installing).
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 /// One binary of `bin/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binary {
     pub name: String,
-    /// As cargo built it (with the release profile's line tables).
+    /// As cargo built it (with its profile's line tables).
     pub unstripped: u64,
     /// As shipped.
     pub stripped: u64,
@@ -17,6 +18,17 @@ pub struct Binary {
     pub libraries: Vec<String>,
     /// The newest glibc symbol version it references (`GLIBC_2.34` → (2, 34)).
     pub glibc: Option<(u32, u32)>,
+}
+
+impl Binary {
+    /// `static`, or `dynamic: ` and the libraries it loads.
+    pub fn linking(&self) -> String {
+        if self.libraries.is_empty() {
+            "static".to_owned()
+        } else {
+            format!("dynamic: {}", self.libraries.join(" "))
+        }
+    }
 }
 
 /// The libraries in `ldd`'s output (the vDSO, which is no file, left out); empty for
@@ -60,9 +72,24 @@ pub fn glibc_floor(elf: &[u8]) -> Option<(u32, u32)> {
     best
 }
 
+/// Bytes in MiB.
+pub fn mebibytes(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// Bytes as MiB with one decimal.
 pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    format!("{:.1} MiB", mebibytes(bytes))
+}
+
+/// Where the binaries came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// The release profile, as `cargo xtask build` makes it (`--no-build`, or built by
+    /// dist itself).
+    Release,
+    /// Taken as they were from a directory (`--bin-dir`), whatever profile made them.
+    Dir(&'a Path),
 }
 
 /// What the manifest says about one build.
@@ -73,6 +100,7 @@ pub struct Build<'a> {
     pub platform: &'a str,
     /// The Rust target triple.
     pub target: &'a str,
+    pub origin: Origin<'a>,
     /// `git describe`-like: commit, and whether the tree had changes.
     pub source: &'a str,
     pub binaries: &'a [Binary],
@@ -83,9 +111,13 @@ pub struct Build<'a> {
 /// The `MANIFEST` file.
 pub fn render(build: &Build<'_>) -> String {
     let mut out = String::new();
+    let origin = match build.origin {
+        Origin::Release => "release profile".to_owned(),
+        Origin::Dir(dir) => format!("binaries from {}", dir.display()),
+    };
     let _ = writeln!(
         out,
-        "berth {} for {} (Rust target {}, release profile, source {})\n",
+        "berth {} for {} (Rust target {}, {origin}, source {})\n",
         build.version, build.platform, build.target, build.source
     );
     let _ = writeln!(
@@ -101,22 +133,18 @@ pub fn render(build: &Build<'_>) -> String {
         .max()
         .unwrap_or(0);
     for b in build.binaries {
-        let linking = if b.libraries.is_empty() {
-            "static".to_owned()
-        } else {
-            format!("dynamic: {}", b.libraries.join(" "))
-        };
         let glibc = b
             .glibc
             .map(|(major, minor)| format!("; glibc >= {major}.{minor}"))
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {:<width$}  {:>10}  (unstripped {}, debug {})  {linking}{glibc}",
+            "  {:<width$}  {:>10}  (unstripped {}, debug {})  {}{glibc}",
             b.name,
             mib(b.stripped),
             mib(b.unstripped),
             mib(b.debug),
+            b.linking(),
         );
     }
     let total: u64 = build.binaries.iter().map(|b| b.stripped).sum();
@@ -194,15 +222,30 @@ mod tests {
                 glibc: None,
             },
         ];
-        let text = render(&Build {
+        let build = Build {
             version: "0.1.0",
             platform: "linux-amd64",
             target: "x86_64-unknown-linux-gnu",
+            origin: Origin::Release,
             source: "abc1234",
             binaries: &binaries,
             debug_tarball: "berth-0.1.0-linux-amd64-debug.tar.gz",
+        };
+        let text = render(&build);
+        assert!(
+            text.starts_with(
+                "berth 0.1.0 for linux-amd64 (Rust target x86_64-unknown-linux-gnu, release profile, source abc1234)"
+            ),
+            "{text}"
+        );
+        let from_dir = render(&Build {
+            origin: Origin::Dir(Path::new("target/debug")),
+            ..build
         });
-        assert!(text.starts_with("berth 0.1.0 for linux-amd64"), "{text}");
+        assert!(
+            from_dir.contains("binaries from target/debug, source abc1234"),
+            "{from_dir}"
+        );
         assert!(
             text.contains(
                 "berth-server    31.0 MiB  (unstripped 189.0 MiB, debug 150.0 MiB)  dynamic: libc.so.6 libm.so.6; glibc >= 2.34"
