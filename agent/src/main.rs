@@ -120,6 +120,13 @@ struct Args {
     /// segment, VXLAN to the others).
     #[arg(long, default_value = "auto")]
     pod_network_mode: berth_agent::routes::Mode,
+    /// eBPF host routing: with --cluster-cidr, the tc programs on the node's uplink
+    /// and pod bridge forward pod-to-pod packets between them themselves (a FIB
+    /// lookup and `bpf_redirect_neigh`), skipping the kernel's forwarding path and
+    /// netfilter; traffic leaving the cluster CIDR, VXLAN and anything unusual stay
+    /// with the kernel. `false` leaves all forwarding to the kernel.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ebpf_host_routing: bool,
     /// The cgroup all pods go under (`<root>/<qos>/pod<uid>/<container>`).
     #[arg(long, default_value = "kubepods")]
     cgroup_root: String,
@@ -783,8 +790,18 @@ async fn main() -> anyhow::Result<()> {
             nodeport_addresses: args.nodeport_addresses.clone(),
             pod_bridge: args.pod_bridge.clone(),
             netns: network.node_netns().map(Path::to_path_buf),
+            // The IPv4 prefix of a (dual-stack) --cluster-cidr.
+            host_routing: args
+                .cluster_cidr
+                .as_deref()
+                .filter(|_| args.ebpf_host_routing)
+                .and_then(|c| c.split(',').find_map(|c| c.trim().parse().ok())),
         };
-        tokio::spawn(berth_agent::service_lb::external::run(cfg, l.sync.clone()))
+        tokio::spawn(berth_agent::service_lb::external::run(
+            cfg,
+            l.sync.clone(),
+            l.metrics.clone(),
+        ))
     });
     let watch_task = (!consumers.is_empty())
         .then(|| tokio::spawn(berth_agent::services::run(client.clone(), consumers)));

@@ -4,7 +4,10 @@
 //! On one segment pods reach each other over TCP in routed and in VXLAN mode, without
 //! masquerade, while traffic leaving the cluster CIDR is masqueraded; across two
 //! segments joined by a router, `auto` tunnels. A removed node's route goes, a
-//! repeated sync changes nothing, and teardown leaves no route or device.
+//! repeated sync changes nothing, and teardown leaves no route or device. With eBPF
+//! host routing attached, pod traffic is forwarded by the tc programs (TTL
+//! decremented as the kernel does), frames for other hosts are not, and traffic
+//! leaving the cluster CIDR stays with the kernel.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -12,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_agent::routes::{Config, Mode, Router, VTEP_MAC_ANNOTATION, VXLAN_DEVICE};
+use berth_agent::service_lb::external::{self, Cidr};
 use berth_cni::exec::{Attach, ConfList, Runner};
+use berth_ebpf::SocketLb;
 use berth_testkit::{NetNs, Segment, forwarding_host, require_root, skip, workspace_bin};
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
@@ -393,4 +398,160 @@ fn auto_mode_tunnels_between_hosts_on_two_segments() {
     }
     a.del(&runner, &pa);
     b.del(&runner, &pb);
+}
+
+/// The TTL a UDP datagram from `client` arrives with at `to` (bound in `server`).
+fn udp_ttl(client: &NetNs, server: &NetNs, to: SocketAddr) -> u8 {
+    let sock = server
+        .run(|| std::net::UdpSocket::bind(to))
+        .unwrap_or_else(|e| panic!("bind {to}: {e}"));
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4RecvTtl, &true)
+        .expect("IP_RECVTTL");
+    client.run(|| {
+        let out = std::net::UdpSocket::bind("0.0.0.0:0").expect("client socket");
+        out.send_to(b"ttl?", to).expect("send");
+    });
+    let mut buf = [0u8; 16];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!(libc::c_int);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .expect("a datagram");
+    for c in msg.cmsgs().expect("control messages") {
+        if let nix::sys::socket::ControlMessageOwned::Ipv4Ttl(ttl) = c {
+            return u8::try_from(ttl).expect("a TTL fits a byte");
+        }
+    }
+    panic!("no IP_TTL control message");
+}
+
+#[test]
+fn ebpf_host_routing_forwards_pod_traffic_between_attached_interfaces() {
+    require_root!();
+    let Some(cni) = berth_cni_dir() else {
+        return;
+    };
+    let object = berth_testkit::tools::ebpf_object();
+    if !object.exists() {
+        skip(&format!(
+            "{} is not built (cargo xtask build-ebpf)",
+            object.display()
+        ));
+        return;
+    }
+    let runner = Runner::new(vec![cni]);
+    let segment = Segment::new("xnhr");
+    // A hub, not a switch: every frame reaches every host, so host c sees a's and
+    // b's unicast frames (PACKET_OTHERHOST) and must not forward them.
+    segment
+        .ns()
+        .ip_ok(&["link", "set", "br0", "type", "bridge", "ageing_time", "0"]);
+    let a = Host::new("a", "192.168.203.1", "10.202.8.0/24");
+    let b = Host::new("b", "192.168.203.2", "10.202.9.0/24");
+    let c = Host::new("c", "192.168.203.3", "10.202.10.0/24");
+    for (h, addr) in [
+        (&a, "192.168.203.1/24"),
+        (&b, "192.168.203.2/24"),
+        (&c, "192.168.203.3/24"),
+    ] {
+        segment.attach(&h.ns, "eth0", addr);
+    }
+    let (pa, pb, pc) = (a.pod(&runner), b.pod(&runner), c.pod(&runner));
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let routers = [
+        a.router(Mode::Routed),
+        b.router(Mode::Routed),
+        c.router(Mode::Routed),
+    ];
+    rt.block_on(async {
+        let nodes = vec![
+            a.node("2030-01-01T00:00:01Z", routers[0].vtep_mac()),
+            b.node("2030-01-01T00:00:02Z", routers[1].vtep_mac()),
+            c.node("2030-01-01T00:00:03Z", routers[2].vtep_mac()),
+        ];
+        for r in &routers {
+            r.sync(&nodes).await.expect("sync");
+        }
+    });
+    let cluster: Cidr = CLUSTER.parse().expect("cluster CIDR");
+    let mut lbs: Vec<SocketLb> = [&a, &b, &c]
+        .iter()
+        .map(|h| {
+            let mut lb = SocketLb::load(&object).expect("load the eBPF object");
+            let cfg = external::Config {
+                node_ip: Some(h.ip),
+                nodeport_addresses: Vec::new(),
+                pod_bridge: "berth0".into(),
+                netns: None,
+                host_routing: Some(cluster),
+            };
+            h.ns.run(|| external::attach(&cfg, &mut lb, &mut Default::default(), true))
+                .unwrap_or_else(|e| panic!("attach on {}: {e}", h.name));
+            lb
+        })
+        .collect();
+    let routed = |lbs: &[SocketLb]| -> Vec<u64> {
+        lbs.iter()
+            .map(|lb| lb.stats().expect("stats").host_routed)
+            .collect()
+    };
+    let (to_b, to_a) = (
+        SocketAddr::from((pb.ip, PORT)),
+        SocketAddr::from((pa.ip, PORT)),
+    );
+    expect_seen((&pa.ns, &pb.ns, to_b), pa.ip, "pod a -> pod b", &[&a, &b]);
+    expect_seen((&pb.ns, &pa.ns, to_a), pb.ip, "pod b -> pod a", &[&a, &b]);
+    let after = routed(&lbs);
+    assert!(
+        after[0] > 0 && after[1] > 0,
+        "a and b forwarded in eBPF: {after:?}"
+    );
+    assert_eq!(
+        after[2], 0,
+        "c forwarded frames that were not for it: {after:?}"
+    );
+    // Two hops, as the kernel's forwarding counts them.
+    assert_eq!(
+        udp_ttl(&pa.ns, &pb.ns, SocketAddr::from((pb.ip, PORT + 1))),
+        62
+    );
+    assert!(
+        routed(&lbs)[0] > after[0],
+        "the datagram took the eBPF path"
+    );
+    // Leaving the cluster CIDR stays with the kernel, which masquerades it.
+    expect_seen(
+        (&pa.ns, &b.ns, SocketAddr::from((b.ip, PORT))),
+        a.ip,
+        "pod a -> host b: masqueraded by the kernel",
+        &[&a, &b],
+    );
+    // Off: the same traffic is forwarded by the kernel, and still arrives.
+    for lb in &mut lbs {
+        lb.set_host_routing(None).expect("off");
+    }
+    let before = routed(&lbs);
+    expect_seen(
+        (&pa.ns, &pc.ns, SocketAddr::from((pc.ip, PORT))),
+        pa.ip,
+        "pod a -> pod c, kernel",
+        &[&a, &c],
+    );
+    assert_eq!(routed(&lbs), before, "no eBPF forwarding once turned off");
+    drop(lbs);
+    rt.block_on(async {
+        for r in &routers {
+            r.teardown().await.expect("teardown");
+        }
+    });
+    a.del(&runner, &pa);
+    b.del(&runner, &pb);
+    c.del(&runner, &pc);
 }

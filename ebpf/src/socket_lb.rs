@@ -28,16 +28,16 @@ use aya::{
 };
 use berth_ebpf_common::{
     AFFINITY_MAP, ANNOUNCE_MAP, BACKENDS_MAP, Backend, BackendKey, CONNECT4_PROGRAM, CT_MAP,
-    GETPEERNAME4_PROGRAM, HOST_NETNS_MAP, IF_MACS_MAP, IPPROTO_TCP, IPPROTO_UDP, IfMac,
-    NETPOL_EGRESS_PROGRAM, NETPOL_INGRESS_PROGRAM, NODE_IPS_MAP, NODEPORT_EGRESS_PROGRAM,
-    NODEPORT_INGRESS_PROGRAM, NP_CT_MAP, NP_DENIED_MAP, NP_HOST_MAP, NP_PODS_MAP, NP_PORTS_MAP,
-    NP_RULES_MAP, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
-    SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, STATS_MAP, ServiceKey, ServiceValue,
-    SourceRangeKey, Stat,
+    GETPEERNAME4_PROGRAM, HOST_NETNS_MAP, HOST_ROUTING_MAP, HostRouting, IF_MACS_MAP, IPPROTO_TCP,
+    IPPROTO_UDP, IfMac, NETPOL_EGRESS_PROGRAM, NETPOL_INGRESS_PROGRAM, NODE_IPS_MAP,
+    NODEPORT_EGRESS_PROGRAM, NODEPORT_INGRESS_PROGRAM, NP_CT_MAP, NP_DENIED_MAP, NP_HOST_MAP,
+    NP_PODS_MAP, NP_PORTS_MAP, NP_RULES_MAP, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM,
+    SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, STATS_MAP, ServiceKey,
+    ServiceValue, SourceRangeKey, Stat,
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 17] = [
+const MAPS: [&str; 18] = [
     HOST_NETNS_MAP,
     NP_PODS_MAP,
     NP_RULES_MAP,
@@ -55,6 +55,7 @@ const MAPS: [&str; 17] = [
     ANNOUNCE_MAP,
     IF_MACS_MAP,
     SOURCE_RANGES_MAP,
+    HOST_ROUTING_MAP,
 ];
 
 /// The pin-name prefix of external interfaces' tc links: `<prefix><program>-<iface>-<ifindex>`.
@@ -109,6 +110,8 @@ pub struct Stats {
     pub nodeport_tracked: u64,
     /// NodePort packets dropped because the Service had no backends.
     pub nodeport_no_backends: u64,
+    /// Packets forwarded between pods by eBPF host routing.
+    pub host_routed: u64,
 }
 
 /// The loaded socket load balancer. Dropping it detaches the programs.
@@ -665,6 +668,42 @@ impl SocketLb {
         Ok(())
     }
 
+    /// Turns eBPF host routing on for the pod range `net/prefix` (None: off). With it
+    /// on, the NodePort ingress program forwards a TCP or UDP packet between two
+    /// addresses of that range itself when the kernel's route sends it out of
+    /// another interface the tc programs are attached to (see
+    /// [`SocketLb::attach_external`]): it decrements the TTL and hands the packet to
+    /// that interface's neighbour (`bpf_redirect_neigh`), skipping the stack's
+    /// forwarding path and netfilter, as Cilium's BPF host routing does. Traffic
+    /// leaving the range (masqueraded), segmented packets, packets with IP options
+    /// or an expiring TTL and routes out of other interfaces (a VXLAN device) stay
+    /// with the kernel.
+    pub fn set_host_routing(&mut self, range: Option<(Ipv4Addr, u8)>) -> Result<(), Error> {
+        let value = match range {
+            Some((net, prefix)) if (1..=32).contains(&prefix) => {
+                let mask = u32::MAX << (32 - u32::from(prefix));
+                HostRouting {
+                    net: (u32::from(net) & mask).to_be(),
+                    mask: mask.to_be(),
+                }
+            }
+            _ => HostRouting::default(),
+        };
+        let map = self.ebpf.map_mut(HOST_ROUTING_MAP).ok_or(Error::Missing {
+            kind: "map",
+            name: HOST_ROUTING_MAP,
+        })?;
+        let mut array: aya::maps::Array<&mut MapData, HostRouting> =
+            aya::maps::Array::try_from(map).map_err(|source| Error::Map {
+                name: HOST_ROUTING_MAP,
+                source,
+            })?;
+        array.set(0, value, 0).map_err(|source| Error::Map {
+            name: HOST_ROUTING_MAP,
+            source,
+        })
+    }
+
     /// Sets the node addresses NodePorts answer on (replacing the previous set).
     pub fn set_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<(), Error> {
         let map = self.ebpf.map_mut(NODE_IPS_MAP).ok_or(Error::Missing {
@@ -788,6 +827,7 @@ impl SocketLb {
             nodeport_new: read(Stat::NodePortNew)?,
             nodeport_tracked: read(Stat::NodePortTracked)?,
             nodeport_no_backends: read(Stat::NodePortNoBackends)?,
+            host_routed: read(Stat::HostRouted)?,
         })
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use berth_ebpf::SocketLb;
 
-use super::ServiceSync;
+use super::{LbMetrics, ServiceSync};
 
 /// How often the interfaces are looked at again.
 pub const RESCAN: Duration = Duration::from_secs(2);
@@ -65,6 +65,9 @@ pub struct Config {
     pub pod_bridge: String,
     /// The pod network's namespace, when it is not the agent's own.
     pub netns: Option<PathBuf>,
+    /// eBPF host routing's range (the cluster CIDR), or None to leave all
+    /// forwarding to the kernel; see [`SocketLb::set_host_routing`].
+    pub host_routing: Option<Cidr>,
 }
 
 /// The IPv4 addresses of each interface (loopback left out).
@@ -121,14 +124,31 @@ fn reconcile(
     last: &mut BTreeSet<Ipv4Addr>,
     first: bool,
 ) -> Result<(), String> {
-    let seen = interfaces();
-    let (wanted, addrs) = choose(cfg, &seen);
     let mut sync = sync
         .lock()
         .map_err(|_| "the LB lock is poisoned".to_owned())?;
-    let lb = sync.target_mut();
+    attach(cfg, sync.target_mut(), last, first)
+}
+
+/// One pass on `lb` itself, in the calling thread's network namespace: attach and
+/// detach as the interfaces are now, and (on the `first` pass or when they changed)
+/// set the NodePort addresses and host routing's range. The agent runs it every
+/// [`RESCAN`]; `bench crossnode` runs it once per node.
+pub fn attach(
+    cfg: &Config,
+    lb: &mut SocketLb,
+    last: &mut BTreeSet<Ipv4Addr>,
+    first: bool,
+) -> Result<(), String> {
+    let seen = interfaces();
+    let (wanted, addrs) = choose(cfg, &seen);
     if first {
         lb.forget_gone_interfaces();
+        let range = cfg.host_routing.map(|c| (c.addr, c.prefix));
+        lb.set_host_routing(range).map_err(|e| e.to_string())?;
+        if let Some(c) = cfg.host_routing {
+            tracing::info!(range = %format!("{}/{}", c.addr, c.prefix), "eBPF host routing on");
+        }
     }
     let mut errors = Vec::new();
     for (name, index) in lb.external_interfaces() {
@@ -162,8 +182,13 @@ fn reconcile(
     }
 }
 
-/// Keeps the external interfaces attached until the task is dropped.
-pub async fn run(cfg: Config, sync: Arc<Mutex<ServiceSync<SocketLb>>>) {
+/// Keeps the external interfaces attached until the task is dropped, and copies the
+/// kernel programs' counters into `metrics` after each pass.
+pub async fn run(
+    cfg: Config,
+    sync: Arc<Mutex<ServiceSync<SocketLb>>>,
+    metrics: Arc<Mutex<LbMetrics>>,
+) {
     let mut last = BTreeSet::new();
     let mut first = true;
     let mut last_error = String::new();
@@ -193,6 +218,10 @@ pub async fn run(cfg: Config, sync: Arc<Mutex<ServiceSync<SocketLb>>>) {
             Err(e) => tracing::warn!(error = %e, "the interface scan failed"),
         }
         first = false;
+        let stats = sync.lock().ok().and_then(|s| s.target().stats().ok());
+        if let (Some(stats), Ok(mut m)) = (stats, metrics.lock()) {
+            m.observe_kernel(&stats);
+        }
         tokio::time::sleep(RESCAN).await;
     }
 }
@@ -221,6 +250,7 @@ mod tests {
             nodeport_addresses: vec!["10.9.0.0/16".parse().expect("cidr")],
             pod_bridge: "berth0".into(),
             netns: None,
+            host_routing: None,
         };
         let (ifaces, addrs) = choose(&cfg, &seen);
         assert_eq!(

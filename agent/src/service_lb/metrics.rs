@@ -1,7 +1,8 @@
 //! Prometheus metrics of the service load balancer: what is programmed (services,
 //! frontends, backends, map fill), how syncs go (duration, errors, rejected
 //! Services) and what the kernel programs did (translated, refused, reversed
-//! connects, affinity hits). Served by the agent's `/metrics`.
+//! connects, affinity hits, NodePort flows, packets forwarded by eBPF host routing).
+//! Served by the agent's `/metrics`.
 
 use std::{
     sync::atomic::{AtomicI64, AtomicU64},
@@ -105,7 +106,7 @@ impl LbMetrics {
         );
         registry.register(
             "kernel_events",
-            "Events counted by the socket-LB programs",
+            "Events counted by the socket-LB, NodePort and host-routing programs",
             kernel.clone(),
         );
         Self {
@@ -165,6 +166,18 @@ impl LbMetrics {
                 now.affinity_expired,
                 self.last.affinity_expired,
             ),
+            ("nodeport_new", now.nodeport_new, self.last.nodeport_new),
+            (
+                "nodeport_tracked",
+                now.nodeport_tracked,
+                self.last.nodeport_tracked,
+            ),
+            (
+                "nodeport_no_backends",
+                now.nodeport_no_backends,
+                self.last.nodeport_no_backends,
+            ),
+            ("host_routed", now.host_routed, self.last.host_routed),
         ];
         for (event, total, before) in events {
             self.kernel

@@ -33,6 +33,10 @@ pub const ANNOUNCE_MAP: &str = "ANNOUNCE";
 /// Name of the map of external interfaces' MAC addresses (ifindex → [`IfMac`]), the
 /// hardware address ARP replies give.
 pub const IF_MACS_MAP: &str = "IF_MACS";
+/// Name of the one-entry array that turns on eBPF host routing: a [`HostRouting`]
+/// (the cluster's pod range). The NodePort ingress program then forwards a packet
+/// between two of its addresses itself, from one attached interface to another.
+pub const HOST_ROUTING_MAP: &str = "HOST_ROUTING";
 /// Name of the `loadBalancerSourceRanges` LPM trie: [`SourceRangeKey`] with a prefix
 /// of 64 bits of frontend plus the range's own prefix → 1.
 pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
@@ -254,6 +258,16 @@ pub struct SourceRangeKey {
     pub client: u32,
 }
 
+/// eBPF host routing's range: packets whose source and destination both satisfy
+/// `addr & mask == net` are forwarded by the tc program (network byte order);
+/// `mask == 0` turns it off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostRouting {
+    pub net: u32,
+    pub mask: u32,
+}
+
 /// An interface's MAC address, padded to 8 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -349,10 +363,13 @@ pub enum Stat {
     NodePortTracked = 7,
     /// NodePort packets dropped because the Service has no backends.
     NodePortNoBackends = 8,
+    /// Packets forwarded between pods by eBPF host routing (the kernel's forwarding
+    /// path skipped).
+    HostRouted = 9,
 }
 
 /// Number of entries in the stats array.
-pub const STATS_LEN: u32 = 9;
+pub const STATS_LEN: u32 = 10;
 
 /// The most rules one container's device program holds (runc's default list is 11
 /// rules; the program is generated in user space, `berth_ebpf::attach_device_filter`).
@@ -416,6 +433,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostRouting {}
     // SAFETY: repr(C) plain data.
     unsafe impl aya::Pod for super::SourceRangeKey {}
     // SAFETY: repr(C) plain data.

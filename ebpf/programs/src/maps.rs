@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, IfMac, MAX_AFFINITY,
-    MAX_BACKENDS, MAX_CT, MAX_NP_CT, MAX_NP_PODS, MAX_NP_PORTS, MAX_NP_RULES, MAX_REVNAT,
-    MAX_SERVICES, MAX_SOURCE_RANGES, NpCtKey, NpDeniedKey, NpPod, NpPortSet, NpRuleKey, RevNatKey,
-    RevNatValue, STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, HostRouting, IfMac,
+    MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_NP_CT, MAX_NP_PODS, MAX_NP_PORTS, MAX_NP_RULES,
+    MAX_REVNAT, MAX_SERVICES, MAX_SOURCE_RANGES, NpCtKey, NpDeniedKey, NpPod, NpPortSet, NpRuleKey,
+    RevNatKey, RevNatValue, STATS_LEN, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
 #[map(name = "SERVICES")]
@@ -48,6 +48,10 @@ pub static ANNOUNCE: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 /// The external interfaces' MAC addresses, by ifindex.
 #[map(name = "IF_MACS")]
 pub static IF_MACS: HashMap<u32, IfMac> = HashMap::with_max_entries(64, 0);
+
+/// eBPF host routing's range (index 0); a zero mask leaves forwarding to the kernel.
+#[map(name = "HOST_ROUTING")]
+pub static HOST_ROUTING: Array<HostRouting> = Array::with_max_entries(1, 0);
 
 /// `loadBalancerSourceRanges`: frontend + client prefix → 1.
 #[map(name = "SOURCE_RANGES")]

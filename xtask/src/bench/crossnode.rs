@@ -2,8 +2,10 @@
 //! nodes on one L2 segment (a bridge in a third namespace), each node with its pod
 //! bridge from berth-cni (the agent's own conflist: ipMasq with the cluster CIDR
 //! exempt) and its routes from the agent's routing module (`berth_agent::routes`,
-//! synced against Node objects made up for the bench). Three paths: two pods on one
-//! node (the baseline), pods on two nodes routed directly (host-gw), and the same
+//! synced against Node objects made up for the bench) and its NodePort tc programs
+//! with eBPF host routing attached as the agent attaches them. Four paths: two pods
+//! on one node (the baseline), pods on two nodes routed directly (host-gw) with eBPF
+//! host routing (the agent's default) and with the kernel forwarding, and the same
 //! pods over VXLAN. For each: TCP request/response round trips (1 byte each way,
 //! TCP_NODELAY) and bulk throughput (one stream), [`RUNS`] runs interleaved across
 //! the paths; a run's figure is the p50 of its round trips or its throughput, and the
@@ -16,12 +18,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use berth_agent::routes::{Config, Mode, Router};
+use berth_agent::service_lb::external;
 use berth_cni::exec::{Attach, ConfList, Runner};
+use berth_ebpf::SocketLb;
 use berth_testkit::{NetNs, cable, forwarding_host};
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 
 use super::{Report, stats::percentile};
+use crate::commands::build_ebpf;
 use crate::util::{self, cmd, run_checked};
 
 /// Runs per path (each one a batch of round trips and a bulk transfer).
@@ -88,6 +93,23 @@ impl BenchNode {
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no address in {result}"))?;
         Ok(Pod { ns, ip })
+    }
+
+    /// The node's NodePort programs with eBPF host routing, as its agent attaches
+    /// them (uplink and pod bridge); host routing starts off.
+    fn dataplane(&self, object: &Path) -> Result<SocketLb> {
+        let mut lb = SocketLb::load(object).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg = external::Config {
+            node_ip: Some(self.ip),
+            nodeport_addresses: Vec::new(),
+            pod_bridge: "berth0".into(),
+            netns: None,
+            host_routing: None,
+        };
+        self.ns
+            .run(|| external::attach(&cfg, &mut lb, &mut Default::default(), true))
+            .map_err(|e| anyhow::anyhow!("attaching on {}: {e}", self.name))?;
+        Ok(lb)
     }
 
     fn router(&self, mode: Mode) -> Result<Router> {
@@ -195,8 +217,9 @@ fn round(v: f64, places: i32) -> f64 {
 /// The three paths' samples.
 #[derive(Default)]
 struct Samples {
-    rtt: [Vec<f64>; 3],
-    gbps: [Vec<f64>; 3],
+    /// Same node, routed with eBPF host routing, VXLAN, routed by the kernel.
+    rtt: [Vec<f64>; 4],
+    gbps: [Vec<f64>; 4],
 }
 
 /// Runs the bench.
@@ -208,6 +231,8 @@ pub fn run() -> Result<Report> {
         util::cargo(),
         ["build", "--release", "--quiet", "-p", "berth-cni"],
     ))?;
+    build_ebpf::build()?;
+    let object = util::ebpf_object();
     let runner = Runner::new(vec![util::target_dir().join("release")]);
     let data = util::target_dir().join("bench-crossnode");
     let _ = std::fs::remove_dir_all(&data);
@@ -222,6 +247,15 @@ pub fn run() -> Result<Report> {
     let (a1, a2, b1) = (a.pod(&runner)?, a.pod(&runner)?, b.pod(&runner)?);
     serve(&a2)?;
     serve(&b1)?;
+    let mut lbs = [a.dataplane(&object)?, b.dataplane(&object)?];
+    let cluster: external::Cidr = CLUSTER.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let host_routing = |lbs: &mut [SocketLb], on: bool| -> Result<()> {
+        for lb in lbs {
+            lb.set_host_routing(on.then_some((cluster.addr, cluster.prefix)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -254,20 +288,51 @@ pub fn run() -> Result<Report> {
     };
 
     let bar = indicatif::ProgressBar::new(RUNS as u64);
-    bar.set_message("same node, routed, VXLAN");
+    bar.set_message("same node, routed (eBPF, kernel), VXLAN");
     let mut s = Samples::default();
+    let routed_before = lbs[0]
+        .stats()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .host_routed;
+    let mut ebpf_routed = 0;
     for _ in 0..RUNS {
         s.rtt[0].push(rtt_p50(&a1, &a2)?);
         s.gbps[0].push(gbps(&a1, &a2)?);
         sync(Mode::Routed)?;
+        host_routing(&mut lbs, true)?;
+        let before = lbs[0]
+            .stats()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .host_routed;
         s.rtt[1].push(rtt_p50(&a1, &b1)?);
         s.gbps[1].push(gbps(&a1, &b1)?);
+        ebpf_routed += lbs[0]
+            .stats()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .host_routed
+            - before;
+        host_routing(&mut lbs, false)?;
+        s.rtt[3].push(rtt_p50(&a1, &b1)?);
+        s.gbps[3].push(gbps(&a1, &b1)?);
+        host_routing(&mut lbs, true)?;
         sync(Mode::Vxlan)?;
         s.rtt[2].push(rtt_p50(&a1, &b1)?);
         s.gbps[2].push(gbps(&a1, &b1)?);
         bar.inc(1);
     }
     bar.finish();
+    let vxlan_host_routed = lbs[0]
+        .stats()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .host_routed
+        - routed_before
+        - ebpf_routed;
+    if ebpf_routed < (RUNS * ROUND_TRIPS) as u64 {
+        bail!(
+            "eBPF host routing forwarded {ebpf_routed} packets on node a, fewer than the round trips"
+        );
+    }
+    drop(lbs);
     let vxlan_mtu = a.ns.ip(&[
         "-o",
         "link",
@@ -294,6 +359,11 @@ pub fn run() -> Result<Report> {
     report.figure("same_node_gbps", round(gb[0], 2));
     report.figure("routed_gbps", round(gb[1], 2));
     report.figure("vxlan_gbps", round(gb[2], 2));
+    report.figure("routed_kernel_rtt_us_p50", round(rtt[3], 1));
+    report.figure("routed_kernel_gbps", round(gb[3], 2));
+    report.figure("routed_kernel_vs_same_node_rtt", round(rtt[3] / rtt[0], 2));
+    report.figure("host_routed_packets_node_a", ebpf_routed);
+    report.figure("host_routed_packets_vxlan", vxlan_host_routed);
     report.figure("routed_vs_same_node_rtt", round(rtt[1] / rtt[0], 2));
     report.figure("vxlan_vs_routed_rtt", round(rtt[2] / rtt[1], 2));
     report.figure("routed_vs_same_node_gbps", round(gb[1] / gb[0], 2));
@@ -309,15 +379,19 @@ pub fn run() -> Result<Report> {
     .map(String::from)
     .to_vec();
     for (i, label) in [
-        "same node (baseline)",
-        "two nodes, routed (host-gw)",
-        "two nodes, VXLAN",
-    ]
-    .iter()
-    .enumerate()
-    {
+        (0, "same node (baseline)"),
+        (
+            1,
+            "two nodes, routed (host-gw), eBPF host routing (the agent's default)",
+        ),
+        (
+            3,
+            "two nodes, routed (host-gw), kernel forwarding (--ebpf-host-routing=false)",
+        ),
+        (2, "two nodes, VXLAN"),
+    ] {
         report.rows.push(vec![
-            (*label).into(),
+            label.into(),
             format!("{:.1}", rtt[i]),
             format!("{:.2}", rtt[i] / rtt[0]),
             format!("{:.2}", gb[i]),
@@ -325,10 +399,11 @@ pub fn run() -> Result<Report> {
         ]);
     }
     report.notes = vec![
-        format!("{RUNS} runs per path, interleaved (same node, routed, VXLAN, repeat); each run: {ROUND_TRIPS} TCP round trips of 1 byte each way (TCP_NODELAY, after {WARMUP} unmeasured) and one {} s single-stream bulk transfer (1 MiB writes); figures are the median over runs of each run's p50 RTT and throughput.", BULK.as_secs_f64()),
+        format!("{RUNS} runs per path, interleaved (same node, routed with eBPF host routing, routed by the kernel, VXLAN, repeat); each run: {ROUND_TRIPS} TCP round trips of 1 byte each way (TCP_NODELAY, after {WARMUP} unmeasured) and one {} s single-stream bulk transfer (1 MiB writes); figures are the median over runs of each run's p50 RTT and throughput.", BULK.as_secs_f64()),
         "nodes: two network namespaces joined point to point by a veth pair (their eth0, MTU 1500, one /24: the routed path needs one L2 segment); pods attached by berth-cni with the agent's own conflist (ipMasq, cluster CIDR exempt), routes and the VXLAN device (VNI 1, UDP 8472, learning off) programmed by berth_agent::routes from Node objects.".into(),
         format!("VXLAN device: {}", vxlan_mtu.split("qdisc").next().unwrap_or_default().trim()),
         "pods keep MTU 1500 in VXLAN mode: the node answers the first oversized segment with ICMP fragmentation-needed and the pod's TCP lowers its MSS (path MTU discovery, local to the node).".into(),
+        "eBPF host routing (berth_agent::service_lb::external::attach, as the agent does it: the NodePort tc programs on each node's eth0 and pod bridge, the cluster CIDR in HOST_ROUTING): pod-to-pod packets between those interfaces are forwarded by a FIB lookup and bpf_redirect_neigh in tc ingress; the kernel row turns it off (HOST_ROUTING cleared) for the same pods and routes. Segmented (GSO) packets stay with the kernel, so bulk throughput takes the kernel's path in both rows; VXLAN traffic leaves through the tunnel device, which has no program, so it is the kernel's too.".into(),
         "goal: routed within 1.2 x of same-node RTT; VXLAN's overhead reported against routed.".into(),
         "everything runs on this machine's cores: client, server and both nodes' kernels share them, so throughput is CPU-bound and the ratios matter more than the absolute figures.".into(),
     ];

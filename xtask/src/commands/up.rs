@@ -459,6 +459,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
         images::ensure()?;
     }
+    let left = still_running(&layout.run);
+    if !left.is_empty() {
+        let list: Vec<String> = left
+            .iter()
+            .map(|(exe, pid, file)| format!("{exe} (pid {pid}, {})", file.display()))
+            .collect();
+        eprintln!(
+            "xtask up: a cluster from an earlier `cargo xtask up` still runs here: {}.\nStop it (Ctrl-C where it runs, or `cargo xtask down` with the same options) first.",
+            list.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     for dir in [&layout.data, &layout.run] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -731,6 +743,38 @@ fn stop_pid_file(file: &Path, exe: &str) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// The processes PID files under `run` (and its nodes' directories) name that still
+/// run what they were recorded for (berth-*, etcd): (executable, pid, file).
+fn still_running(run: &Path) -> Vec<(String, i32, PathBuf)> {
+    let mut dirs = Vec::new();
+    collect_dirs(run, &mut dirs);
+    let mut out = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = entry.path();
+            if file.extension().is_none_or(|e| e != "pid") {
+                continue;
+            }
+            let Some(pid) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let exe = exe
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if exe.starts_with("berth-") || exe == "etcd" {
+                out.push((exe, pid, file));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {

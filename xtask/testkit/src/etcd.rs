@@ -236,12 +236,14 @@ impl Etcd {
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
+        // A process group of its own: a Ctrl-C meant for `cargo xtask up` (or a test)
+        // must not take the store down before the servers writing to it are stopped.
+        let child = std::os::unix::process::CommandExt::process_group(
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log),
+            0,
+        )
+        .spawn()
+        .expect("spawn etcd");
         self.members[i].child = Some(ChildGuard(child));
     }
 

@@ -1,6 +1,8 @@
 //! One file per job: socket-level balancing forward and back, NodePort on the
-//! node's external interfaces, NetworkPolicy at the pods' cgroup.
+//! node's external interfaces, host routing between them, NetworkPolicy at the pods'
+//! cgroup.
 pub mod forward;
+pub mod host_routing;
 pub mod netpol;
 pub mod nodeport;
 pub mod reverse;

@@ -7,7 +7,8 @@
 //! fixed incrementally. A new flow to a NodePort without endpoints is rejected as
 //! kube-proxy's REJECT does: a TCP SYN gets a RST, a UDP datagram an ICMP port
 //! unreachable (the client sees ECONNREFUSED at once). Not yet: SNAT for backends on other nodes
-//! (externalTrafficPolicy: Cluster across nodes).
+//! (externalTrafficPolicy: Cluster across nodes). An ingress packet for no service is
+//! offered to eBPF host routing ([`super::host_routing`]).
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
@@ -26,7 +27,7 @@ use berth_ebpf_common::{
     SERVICE_SOURCE_RANGES, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRangeKey, Stat,
 };
 
-use super::{count, forward::pick};
+use super::{count, forward::pick, host_routing};
 use crate::maps::{ANNOUNCE, CT, IF_MACS, NODE_IPS, SERVICES, SOURCE_RANGES};
 
 const ETH_HLEN: usize = 14;
@@ -161,6 +162,10 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
         }
         None => match new_flow(&ctx, &flow, &forward) {
             Ok(t) => t,
+            // Not for a service: pod-to-pod traffic may be forwarded here.
+            Err(verdict) if verdict == TC_ACT_OK as i32 => {
+                return host_routing::route(&ctx, flow.saddr, flow.daddr, flow.protocol, flow.l4);
+            }
             Err(verdict) => return verdict,
         },
     };

@@ -141,6 +141,20 @@ pub fn make_segment(names: &Names, subnet: &Subnet, servers: u32) -> Result<()> 
     let seg = names.segment();
     // What a previous `up` that died may have left.
     remove_segment(names);
+    // Another cluster (another --bridge) on the same subnet would share its routes.
+    let mask = u32::MAX << (32 - subnet.prefix);
+    for (iface, addrs) in berth_agent::service_lb::external::interfaces() {
+        if let Some(a) = addrs
+            .iter()
+            .find(|a| u32::from(**a) & mask == u32::from(subnet.base))
+        {
+            bail!(
+                "--node-subnet {}/{}: interface {iface} of this host already has {a} in it (another cluster's segment?); choose another --node-subnet",
+                subnet.base,
+                subnet.prefix
+            );
+        }
+    }
     ip(&["netns", "add", &seg])?;
     ip(&["-n", &seg, "link", "set", "lo", "up"])?;
     ip(&["-n", &seg, "link", "add", "br0", "type", "bridge"])?;

@@ -273,6 +273,11 @@ pub(super) fn run(args: &Args, layout: &Layout) -> Result<ExitCode> {
         for dir in [&node_layout.data, &node_layout.run] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        // `down` removes the node's pods with the same berth-agent, whatever its options.
+        let _ = std::fs::write(
+            node_layout.run.join(BIN_DIR_FILE),
+            node_layout.bin_dir.as_os_str().as_encoded_bytes(),
+        );
         let csi = spawn_command(
             hosts::in_netns(
                 Command::new(node_layout.bin("berth-csi")).args(node_layout.csi_args(&name)),
@@ -377,6 +382,9 @@ pub(super) fn run(args: &Args, layout: &Layout) -> Result<ExitCode> {
     }
 }
 
+/// The file in a node's run directory naming the directory of its binaries.
+const BIN_DIR_FILE: &str = "bin-dir";
+
 /// `cargo xtask down` for what a multi-node `up` left: each node's agent, pods, CSI
 /// driver and namespace, the servers, the etcd members and the segment.
 pub(super) fn down(args: &Args, layout: &Layout) {
@@ -390,7 +398,10 @@ pub(super) fn down(args: &Args, layout: &Layout) {
         let ip = subnet
             .map(|s| IpAddr::V4(s.node(k)))
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let node = layout.for_node(args, &name, ip);
+        let mut node = layout.for_node(args, &name, ip);
+        if let Ok(dir) = std::fs::read_to_string(node.run.join(BIN_DIR_FILE)) {
+            node.bin_dir = PathBuf::from(dir);
+        }
         let netns = names.node_netns(&name);
         step(format!("removing node {name}"));
         stop_recorded(&node, &["agent"]);
