@@ -161,6 +161,15 @@ impl SocketLb {
             .map(|dir| MAPS.iter().map(|m| (*m, dir.join(m))).collect())
             .unwrap_or_default();
         for (name, path) in &paths {
+            // The counters array grows as programs count more events; one pinned by
+            // an older agent is smaller than this object's, and is replaced (the
+            // counters restart; the metrics count increments).
+            if *name == STATS_MAP
+                && aya::maps::MapInfo::from_pin(path)
+                    .is_ok_and(|info| info.max_entries() != berth_ebpf_common::STATS_LEN)
+            {
+                let _ = std::fs::remove_file(path);
+            }
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load_file(object).map_err(|source| Error::Load {

@@ -144,13 +144,24 @@ pub fn attach(
     let (wanted, addrs) = choose(cfg, &seen);
     if first {
         lb.forget_gone_interfaces();
-        let range = cfg.host_routing.map(|c| (c.addr, c.prefix));
-        lb.set_host_routing(range).map_err(|e| e.to_string())?;
-        if let Some(c) = cfg.host_routing {
-            tracing::info!(range = %format!("{}/{}", c.addr, c.prefix), "eBPF host routing on");
-        }
     }
+    // Every pass (one map write): a failed write is retried, and a value an earlier
+    // agent pinned is replaced.
+    let range = cfg
+        .host_routing
+        .filter(|c| c.prefix > 0)
+        .map(|c| (c.addr, c.prefix));
     let mut errors = Vec::new();
+    match lb.set_host_routing(range) {
+        Ok(()) if first => match range {
+            Some((addr, prefix)) => {
+                tracing::info!(range = %format!("{addr}/{prefix}"), "eBPF host routing on");
+            }
+            None => tracing::info!("eBPF host routing off"),
+        },
+        Ok(()) => {}
+        Err(e) => errors.push(format!("eBPF host routing: {e}")),
+    }
     for (name, index) in lb.external_interfaces() {
         let current = nix::net::if_::if_nametoindex(name.as_str()).ok();
         if !wanted.contains(&name) || current != Some(index) {
