@@ -85,8 +85,10 @@ pub fn start(
     })
 }
 
-/// Mounts a bpffs on the parent of `pins` (usually `/sys/fs/bpf`) unless `pins` is
-/// already on one, as Cilium does on hosts that do not mount it.
+/// Mounts a bpffs unless `pins` is already on one, as Cilium does on hosts that do not
+/// mount it: at `/sys/fs/bpf` for pins below it (sysfs allows no directories of its
+/// own there, so a deeper mount point could not be made), else on the parent of
+/// `pins`.
 fn ensure_bpffs(pins: &Path) -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let on_bpffs = mounts.lines().any(|line| {
@@ -102,7 +104,12 @@ fn ensure_bpffs(pins: &Path) -> anyhow::Result<()> {
     if on_bpffs {
         return Ok(());
     }
-    let parent = pins.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    let default = Path::new("/sys/fs/bpf");
+    let parent = if pins.starts_with(default) {
+        default
+    } else {
+        pins.parent().unwrap_or(default)
+    };
     std::fs::create_dir_all(parent)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
     nix::mount::mount(
