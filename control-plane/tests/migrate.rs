@@ -355,3 +355,63 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd() {
         "{keys:#?}"
     );
 }
+
+/// Over TLS, as kube-apiserver reaches etcd: `--etcd-cafile`, `--etcd-certfile` and
+/// `--etcd-keyfile` with `https://` endpoints; without the client certificate etcd
+/// refuses and nothing is written.
+#[test]
+fn migrate_reaches_etcd_over_tls_with_a_client_certificate() {
+    if !Etcd::available() || Etcd::etcdctl_binary().is_none() {
+        return;
+    }
+    let home = tempfile::tempdir().expect("temp home");
+    let mut server = BerthServer::start_with(SERVER.as_ref(), home.path(), &QUIET);
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    k.ok(&["create", "configmap", "over-tls", "--from-literal=a=b"]);
+    let dir = server.dir().to_owned();
+    server.stop();
+
+    let pki = berth_control_plane::apiserver::pki::Pki::ensure(
+        &home.path().join("etcd-pki"),
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+    )
+    .expect("a CA and a serving certificate");
+    let (cert, key) = pki
+        .issue("berth-server", &[], &[], false)
+        .expect("a client certificate");
+    let write = |name: &str, pem: &str| {
+        let path = home.path().join(name);
+        std::fs::write(&path, pem).expect("write a PEM file");
+        path
+    };
+    let tls = berth_testkit::EtcdTls {
+        ca: pki.dir.join("ca.crt"),
+        server_cert: pki.dir.join("apiserver.crt"),
+        server_key: pki.dir.join("apiserver.key"),
+        client_cert: write("client.crt", &cert),
+        client_key: write("client.key", &key),
+    };
+    let etcd = Etcd::start_with(home.path(), 1, Some(tls.clone()));
+    let servers = format!("--etcd-servers={}", etcd.endpoints_flag());
+    assert!(servers.contains("https://"), "{servers}");
+    let ca = format!("--etcd-cafile={}", tls.ca.display());
+
+    let err = migrate_fails(&dir, &[servers.as_str(), ca.as_str()]);
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(
+        etcd_keys(&etcd).is_empty(),
+        "nothing written without a client certificate"
+    );
+
+    let cert = format!("--etcd-certfile={}", tls.client_cert.display());
+    let key = format!("--etcd-keyfile={}", tls.client_key.display());
+    let out = berth_server(&dir, &["migrate", "--to-etcd", &servers, &ca, &cert, &key]);
+    assert!(out.status.success(), "migrate over TLS: {}", text(&out));
+    assert!(
+        etcd_keys(&etcd).contains(&"/registry/configmaps/default/over-tls".to_owned()),
+        "{:?}",
+        etcd_keys(&etcd)
+    );
+}
