@@ -459,7 +459,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
         images::ensure()?;
     }
-    let left = still_running(&layout.run);
+    let left = still_running(&layout.run, &layout.data);
     if !left.is_empty() {
         let list: Vec<String> = left
             .iter()
@@ -746,8 +746,11 @@ fn stop_pid_file(file: &Path, exe: &str) {
 }
 
 /// The processes PID files under `run` (and its nodes' directories) name that still
-/// run what they were recorded for (berth-*, etcd): (executable, pid, file).
-fn still_running(run: &Path) -> Vec<(String, i32, PathBuf)> {
+/// run what they were recorded for — berth-* or etcd, with this cluster's `data` dir in
+/// their arguments (a PID reused by another cluster's process is not this one's):
+/// (executable, pid, file).
+fn still_running(run: &Path, data: &Path) -> Vec<(String, i32, PathBuf)> {
+    let data = data.display().to_string();
     let mut dirs = Vec::new();
     collect_dirs(run, &mut dirs);
     let mut out = Vec::new();
@@ -768,7 +771,9 @@ fn still_running(run: &Path) -> Vec<(String, i32, PathBuf)> {
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if exe.starts_with("berth-") || exe == "etcd" {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&data);
+            if ours && (exe.starts_with("berth-") || exe == "etcd") {
                 out.push((exe, pid, file));
             }
         }
@@ -787,4 +792,48 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
     out.push(dir.to_path_buf());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PID file counts only while its process runs a berth binary (or etcd) for this
+    /// cluster's data dir: not once it exited, not for another cluster's process.
+    #[test]
+    fn still_running_sees_only_this_clusters_live_processes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (run, data) = (dir.path().join("run"), dir.path().join("data"));
+        std::fs::create_dir_all(run.join("nodes/node1")).expect("run dirs");
+        // A "berth-" binary: a copy of sh(1) that waits, with the data dir as its $0.
+        let bin = dir.path().join("berth-test");
+        std::fs::copy("/bin/sh", &bin).expect("copy sh");
+        let spawn = |arg: &Path| {
+            use std::os::unix::process::CommandExt;
+            Command::new(&bin)
+                .args(["-c", "sleep 30; true"])
+                .arg(arg)
+                .process_group(0)
+                .spawn()
+                .expect("spawn the copy of sh")
+        };
+        // The shell and its sleep, by process group.
+        let kill = |child: &mut std::process::Child| {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        };
+        let mut ours = spawn(&data);
+        let mut other = spawn(&dir.path().join("other-data"));
+        std::fs::write(run.join("nodes/node1/agent.pid"), ours.id().to_string()).expect("pid");
+        std::fs::write(run.join("server.pid"), other.id().to_string()).expect("pid");
+        std::fs::write(run.join("csi.pid"), "not a pid").expect("pid");
+        let found = still_running(&run, &data);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "berth-test");
+        assert_eq!(found[0].1, ours.id() as i32);
+        kill(&mut ours);
+        assert!(still_running(&run, &data).is_empty(), "an exited process");
+        kill(&mut other);
+    }
 }
