@@ -373,26 +373,7 @@ fn migrate_reaches_etcd_over_tls_with_a_client_certificate() {
     let dir = server.dir().to_owned();
     server.stop();
 
-    let pki = berth_control_plane::apiserver::pki::Pki::ensure(
-        &home.path().join("etcd-pki"),
-        &["127.0.0.1".to_owned(), "localhost".to_owned()],
-    )
-    .expect("a CA and a serving certificate");
-    let (cert, key) = pki
-        .issue("berth-server", &[], &[], false)
-        .expect("a client certificate");
-    let write = |name: &str, pem: &str| {
-        let path = home.path().join(name);
-        std::fs::write(&path, pem).expect("write a PEM file");
-        path
-    };
-    let tls = berth_testkit::EtcdTls {
-        ca: pki.dir.join("ca.crt"),
-        server_cert: pki.dir.join("apiserver.crt"),
-        server_key: pki.dir.join("apiserver.key"),
-        client_cert: write("client.crt", &cert),
-        client_key: write("client.key", &key),
-    };
+    let tls = berth_testkit::EtcdTls::generate(&home.path().join("etcd-tls"));
     let etcd = Etcd::start_with(home.path(), 1, Some(tls.clone()));
     let servers = format!("--etcd-servers={}", etcd.endpoints_flag());
     assert!(servers.contains("https://"), "{servers}");

@@ -926,26 +926,7 @@ async fn etcd_over_tls_with_a_client_certificate() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki = berth_control_plane::apiserver::pki::Pki::ensure(
-        &dir.path().join("pki"),
-        &["127.0.0.1".to_owned(), "localhost".to_owned()],
-    )
-    .expect("a CA and a serving certificate");
-    let (cert, key) = pki
-        .issue("berth-server", &[], &[], false)
-        .expect("a client certificate");
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write a PEM file");
-        path
-    };
-    let tls = EtcdTls {
-        ca: pki.dir.join("ca.crt"),
-        server_cert: pki.dir.join("apiserver.crt"),
-        server_key: pki.dir.join("apiserver.key"),
-        client_cert: write("client.crt", &cert),
-        client_key: write("client.key", &key),
-    };
+    let tls = EtcdTls::generate(&dir.path().join("tls"));
     let etcd = Etcd::start_with(dir.path(), 1, Some(tls.clone()));
     assert!(etcd.endpoints_flag().starts_with("https://"));
     let options = Options {

@@ -3,7 +3,7 @@
 //! own, every member killed by PID on drop. A member can be killed (`kill -9`) and
 //! started again on its data dir, so a test can take etcd away and bring it back on
 //! the same endpoints. Optionally with TLS and client-certificate authentication
-//! ([`EtcdTls`]; the test brings the certificates).
+//! ([`EtcdTls`], whose [`EtcdTls::generate`] makes a CA and the certificates).
 //!
 //! Each member also serves `/health` over plain HTTP on a metrics port
 //! (`--listen-metrics-urls`); that is how readiness is checked, with or without TLS.
@@ -28,6 +28,69 @@ pub struct EtcdTls {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A CA of its own and, signed by it, a serving certificate for 127.0.0.1 and
+    /// localhost and a client certificate (CN `berth-server`), as PEM files in `dir`.
+    ///
+    /// # Panics
+    /// If a certificate cannot be made or a file written.
+    pub fn generate(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).expect("the TLS directory");
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write a PEM file");
+            path
+        };
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "berth-test-etcd-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = params.self_signed(&ca_key).expect("the CA certificate");
+        let ca = write("ca.crt", &ca_cert.pem());
+        let issuer = Issuer::new(params, ca_key);
+        let leaf = |name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("a key");
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                    .expect("the names");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![usage];
+            let cert = params
+                .signed_by(&key, &issuer)
+                .expect("a signed certificate");
+            (
+                write(&format!("{name}.crt"), &cert.pem()),
+                write(&format!("{name}.key"), &key.serialize_pem()),
+            )
+        };
+        let (server_cert, server_key) = leaf(
+            "etcd",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf("berth-server", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        Self {
+            ca,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
 }
 
 #[derive(Debug)]
