@@ -19,6 +19,8 @@ pub struct BerthServer {
     port: u16,
     args: Vec<String>,
     child: Option<ChildGuard>,
+    /// Whether the port may be changed when another process took it first.
+    any_port: bool,
 }
 
 fn free_port() -> u16 {
@@ -37,7 +39,11 @@ impl BerthServer {
     /// [`BerthServer::start`] with more command-line flags (e.g.
     /// `--controllers=false`, `--node-monitor-grace-period=3s`).
     pub fn start_with(binary: &Path, parent: &Path, args: &[&str]) -> Self {
-        Self::start_at(binary, parent, "127.0.0.1", free_port(), args)
+        let mut server = Self::prepare_at(binary, parent, "127.0.0.1", free_port(), args);
+        // The port was only probed free: another test may take it first.
+        server.any_port = true;
+        server.restart();
+        server
     }
 
     /// [`BerthServer::start_with`] bound to and advertising `address` (another
@@ -66,6 +72,7 @@ impl BerthServer {
             port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
+            any_port: false,
         }
     }
 
@@ -131,13 +138,23 @@ impl BerthServer {
             if let Some(guard) = &mut self.child
                 && let Ok(Some(status)) = guard.0.try_wait()
             {
-                panic!(
-                    "berth-server exited with {status}: {}",
-                    std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                if self.any_port && log.contains("in use") {
+                    // Another test's server took the probed port: another one.
+                    self.port = free_port();
+                    let _ = std::fs::remove_file(self.kubeconfig());
+                    self.spawn();
+                    continue;
+                }
+                panic!("berth-server exited with {status}: {log}");
             }
+            // Ready once its kubeconfig is written and the port is ours: a server that
+            // lost the port to another test's would otherwise look ready, with that
+            // server answering under another CA.
+            let pid = self.child.as_ref().map(|c| c.0.id());
             if self.kubeconfig().exists()
                 && std::net::TcpStream::connect((self.address.as_str(), self.port)).is_ok()
+                && pid.is_some_and(|pid| listens(pid, self.port))
             {
                 return;
             }
@@ -232,4 +249,32 @@ impl Drop for BerthServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (any address), from
+/// its descriptors and its network namespace's socket tables.
+fn listens(pid: u32, port: u16) -> bool {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy();
+            t.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .collect();
+    let suffix = format!(":{port:04X}");
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 9 && f[3] == "0A" && f[1].ends_with(&suffix) && inodes.contains(f[9])
+            })
+    })
 }
