@@ -6,10 +6,11 @@
 //! The Roles, ClusterRoles and bindings are not read per request: [`Rbac::start`]
 //! takes them from the watch cache once, parsed, and follows its changes (so a new
 //! binding counts a moment after its write is acknowledged, as with kube-apiserver's
-//! informers). A request then walks the cluster bindings and its namespace's
-//! bindings, under a read lock, comparing strings.
+//! informers). The bindings are indexed by the subjects they name, so a request looks
+//! up the cluster bindings and its namespace's bindings that name its user, one of its
+//! groups or its ServiceAccount, under a read lock, and checks only those.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -115,13 +116,117 @@ impl Binding {
     }
 }
 
+/// A subject as bindings are looked up by: a user name, a group, or a ServiceAccount
+/// (namespace, name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SubjectKey {
+    User(String),
+    Group(String),
+    ServiceAccount(String, String),
+}
+
+impl SubjectKey {
+    /// The key a binding's subject is found under (`None` for kinds that name no one,
+    /// and for a ServiceAccount without a namespace in a cluster binding), as
+    /// [`Subject::applies_to`] matches it.
+    fn of(subject: &Subject, binding_namespace: &str) -> Option<Self> {
+        match subject.kind.as_str() {
+            "User" => Some(Self::User(subject.name.clone())),
+            "Group" => Some(Self::Group(subject.name.clone())),
+            "ServiceAccount" => {
+                let ns = if subject.namespace.is_empty() {
+                    binding_namespace
+                } else {
+                    &subject.namespace
+                };
+                (!ns.is_empty()).then(|| Self::ServiceAccount(ns.to_owned(), subject.name.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Every key a binding naming `user` is found under.
+    fn for_user(user: &UserInfo) -> Vec<Self> {
+        let mut keys = Vec::with_capacity(user.groups.len() + 2);
+        keys.push(Self::User(user.name.clone()));
+        keys.extend(user.groups.iter().cloned().map(Self::Group));
+        if let Some((ns, name)) = user
+            .name
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            keys.push(Self::ServiceAccount(ns.to_owned(), name.to_owned()));
+        }
+        keys
+    }
+}
+
+/// The bindings of one namespace (or the cluster's), by name and by the subjects they
+/// name: a request looks at the bindings of its user, its groups and its
+/// ServiceAccount only, not at every binding (1 000 RoleBindings for other users in a
+/// namespace cost a lookup, not a walk).
+#[derive(Debug, Default)]
+struct Bindings {
+    by_name: BTreeMap<String, Binding>,
+    by_subject: HashMap<SubjectKey, BTreeSet<String>>,
+}
+
+impl Bindings {
+    fn insert(&mut self, namespace: &str, binding: Binding) {
+        self.remove(namespace, &binding.name.clone());
+        for key in binding
+            .subjects
+            .iter()
+            .filter_map(|s| SubjectKey::of(s, namespace))
+        {
+            self.by_subject
+                .entry(key)
+                .or_default()
+                .insert(binding.name.clone());
+        }
+        self.by_name.insert(binding.name.clone(), binding);
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) {
+        let Some(old) = self.by_name.remove(name) else {
+            return;
+        };
+        for key in old
+            .subjects
+            .iter()
+            .filter_map(|s| SubjectKey::of(s, namespace))
+        {
+            if let Some(names) = self.by_subject.get_mut(&key) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_subject.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The bindings that may name one of `keys`, in name order, each once.
+    fn naming<'a>(&'a self, keys: &[SubjectKey]) -> impl Iterator<Item = &'a Binding> {
+        let names: BTreeSet<&String> = keys
+            .iter()
+            .filter_map(|k| self.by_subject.get(k))
+            .flatten()
+            .collect();
+        names.into_iter().filter_map(|n| self.by_name.get(n))
+    }
+}
+
 /// Everything RBAC decides on.
 #[derive(Debug, Default)]
 struct Index {
     cluster_roles: HashMap<String, Arc<[Rule]>>,
     roles: HashMap<(String, String), Arc<[Rule]>>,
-    cluster_bindings: BTreeMap<String, Binding>,
-    bindings: HashMap<String, BTreeMap<String, Binding>>,
+    cluster_bindings: Bindings,
+    bindings: HashMap<String, Bindings>,
 }
 
 /// Which object a key under [`PREFIX`] names: (plural, namespace, name).
@@ -159,21 +264,20 @@ impl Index {
                 self.roles.remove(&(ns.to_owned(), name.to_owned()));
             }
             ("clusterrolebindings", Some(obj)) => {
-                self.cluster_bindings
-                    .insert(name.into(), Binding::parse(name, obj));
+                self.cluster_bindings.insert("", Binding::parse(name, obj));
             }
             ("clusterrolebindings", None) => {
-                self.cluster_bindings.remove(name);
+                self.cluster_bindings.remove("", name);
             }
             ("rolebindings", Some(obj)) => {
                 self.bindings
                     .entry(ns.into())
                     .or_default()
-                    .insert(name.into(), Binding::parse(name, obj));
+                    .insert(ns, Binding::parse(name, obj));
             }
             ("rolebindings", None) => {
                 if let Some(in_ns) = self.bindings.get_mut(ns) {
-                    in_ns.remove(name);
+                    in_ns.remove(ns, name);
                     if in_ns.is_empty() {
                         self.bindings.remove(ns);
                     }
@@ -220,7 +324,8 @@ impl Index {
         mut visit: impl FnMut(&str, &[Rule]) -> bool,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        for b in self.cluster_bindings.values() {
+        let keys = SubjectKey::for_user(user);
+        for b in self.cluster_bindings.naming(&keys) {
             let Some(subject) = b.subjects.iter().find(|s| s.applies_to(user, "")) else {
                 continue;
             };
@@ -246,7 +351,7 @@ impl Index {
         let Some(in_ns) = self.bindings.get(namespace) else {
             return errors;
         };
-        for b in in_ns.values() {
+        for b in in_ns.naming(&keys) {
             let Some(subject) = b.subjects.iter().find(|s| s.applies_to(user, namespace)) else {
                 continue;
             };
@@ -388,5 +493,10 @@ impl Rbac {
         Self {
             index: RwLock::new(index),
         }
+    }
+
+    /// A change to one object (`None`: deleted), as the watch cache delivers it.
+    pub fn apply(&self, key: &str, object: Option<&Value>) {
+        self.write().apply(key, object);
     }
 }

@@ -284,6 +284,62 @@ fn rbac_grants_through_bindings_only_where_bound() {
 }
 
 #[test]
+fn bindings_are_found_by_subject_and_follow_changes() {
+    let rbac = Rbac::from_objects(&objects());
+    let key = |n: usize| format!("/registry/rbac.authorization.k8s.io/rolebindings/dev/other-{n}");
+    for n in 0..500 {
+        rbac.apply(
+            &key(n),
+            Some(&json!({"roleRef": {"kind": "ClusterRole", "name": "view"},
+                         "subjects": [{"kind": "User", "name": format!("user-{n}")}]})),
+        );
+    }
+    let pods = "/api/v1/namespaces/dev/pods";
+    let carol = user("carol", &[]);
+    let user_7 = user("user-7", &[]);
+    assert!(!rbac.authorize(&attrs(&carol, Method::GET, pods)).allowed);
+    let d = rbac.authorize(&attrs(&user_7, Method::GET, pods));
+    assert!(d.allowed);
+    assert!(d.reason.contains("\"other-7/dev\""), "{}", d.reason);
+    // The binding now names carol instead: user-7 loses it, carol gains it.
+    rbac.apply(
+        &key(7),
+        Some(&json!({"roleRef": {"kind": "ClusterRole", "name": "view"},
+                     "subjects": [{"kind": "User", "name": "carol"}]})),
+    );
+    assert!(!rbac.authorize(&attrs(&user_7, Method::GET, pods)).allowed);
+    assert!(rbac.authorize(&attrs(&carol, Method::GET, pods)).allowed);
+    // Two subjects of one binding that both apply: the binding counts once.
+    rbac.apply(
+        &key(8),
+        Some(&json!({"roleRef": {"kind": "ClusterRole", "name": "view"},
+                     "subjects": [{"kind": "User", "name": "carol"},
+                                  {"kind": "Group", "name": "readers"}]})),
+    );
+    let carol_reader = user("carol", &["readers"]);
+    assert_eq!(rbac.rules_for(&carol_reader, "dev").rules.len(), 2);
+    // Deleted: carol keeps only what other-8 gives her.
+    rbac.apply(&key(7), None);
+    let d = rbac.authorize(&attrs(&carol, Method::GET, pods));
+    assert!(d.reason.contains("\"other-8/dev\""), "{}", d.reason);
+    rbac.apply(&key(8), None);
+    assert!(!rbac.authorize(&attrs(&carol, Method::GET, pods)).allowed);
+    // A ServiceAccount subject without a namespace is in the binding's namespace; in a
+    // cluster binding it names no one.
+    rbac.apply(
+        "/registry/rbac.authorization.k8s.io/clusterrolebindings/sa-no-ns",
+        Some(&json!({"roleRef": {"kind": "ClusterRole", "name": "view"},
+                     "subjects": [{"kind": "ServiceAccount", "name": "robot"}]})),
+    );
+    let robot = user("system:serviceaccount:dev:robot", &[]);
+    assert!(
+        !rbac
+            .authorize(&attrs(&robot, Method::GET, "/api/v1/namespaces/prod/pods"))
+            .allowed
+    );
+}
+
+#[test]
 fn masters_bypass_rbac() {
     let mode = RbacMode(std::sync::Arc::new(Rbac::from_objects(&[])), None);
     let admin = user("kubernetes-admin", &[MASTERS]);
