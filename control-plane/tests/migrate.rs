@@ -193,6 +193,20 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd() {
     let before = objects(&k);
     assert_eq!(before.len(), 9, "{:?}", before.keys());
     let cluster_ip = before["Service/mig/web"]["spec"]["clusterIP"].clone();
+    let resource_version = |k: &Kubectl| -> i64 {
+        k.ok(&[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "mig",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .parse()
+        .expect("a numeric resourceVersion")
+    };
+    let old_rv = resource_version(&k);
     let etcd = Etcd::start(home.path());
     let servers = format!("--etcd-servers={}", etcd.endpoints_flag());
     let dir = server.dir().to_owned();
@@ -294,6 +308,21 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd() {
     for (name, object) in &before {
         assert_eq!(&after[name], object, "{name} on etcd");
     }
+    // New resourceVersions are above every old one; a list at an old one is 410 Gone,
+    // not another store's history under the same number.
+    assert!(
+        summary.contains("etcd's history is compacted at"),
+        "{summary}"
+    );
+    assert!(resource_version(&k) > old_rv);
+    let err = k.fails(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/mig/configmaps?resourceVersion={old_rv}&resourceVersionMatch=Exact"
+        ),
+    ]);
+    assert!(err.contains("Expired") || err.contains("too old"), "{err}");
 
     // New writes: creates, an update of a migrated object, a delete, a Service.
     k.ok(&[

@@ -14,8 +14,12 @@
 //!
 //! Revisions are not copied — etcd has its own counter — so every object gets a new
 //! resourceVersion (etcd's revision of its write), as after an etcd restore upstream.
-//! A client holding a resourceVersion from the embedded store must re-list: restart
-//! agents, controllers and watches after migrating.
+//! Before copying, etcd's revision is moved past the embedded store's and its history
+//! compacted there ([`Importer::bump_past`], what `etcdutl snapshot restore
+//! --bump-revision --mark-compacted` does for a restore): every new resourceVersion is
+//! above every old one, and a read or watch at an old one answers 410 Gone, so a
+//! client that kept one re-lists instead of reading another store's history under the
+//! same numbers. Restart agents, controllers and watches after migrating all the same.
 //!
 //! Every write is a create (`create_revision == 0`), in transactions of up to
 //! [`import::BATCH_KEYS`] keys, so nothing already in etcd is overwritten; a prefix
@@ -208,6 +212,10 @@ impl Migration {
                 String::new()
             },
         };
+        let (compacted, bumped) = importer
+            .bump_past(self.contents.revision)
+            .await
+            .map_err(MigrateError::Etcd)?;
         // Each store lease as an etcd lease with the TTL it has left now.
         let mut leases = BTreeMap::new();
         for (&id, &expires) in &self.plan.leases {
@@ -271,6 +279,8 @@ impl Migration {
             deleted_first,
             first_revision,
             last_revision,
+            bumped,
+            compacted,
         })
     }
 }
@@ -299,6 +309,10 @@ pub struct Summary {
     /// etcd's revisions of the first and last write.
     pub first_revision: Revision,
     pub last_revision: Revision,
+    /// Writes that moved etcd's revision past the store's before the copy.
+    pub bumped: i64,
+    /// The revision etcd's history was compacted at before the copy.
+    pub compacted: Revision,
 }
 
 impl Summary {
@@ -361,17 +375,16 @@ impl std::fmt::Display for Summary {
         }
         write!(
             f,
-            "resourceVersions: etcd revisions {} to {} now, not the embedded store's (up to {}): \
-             clients must re-list (restart agents, controllers and watches)",
-            self.first_revision, self.last_revision, self.source_revision
+            "resourceVersions: etcd revisions {} to {} now, above the embedded store's (up to {}); \
+             etcd's history is compacted at {} ({} writes moved its revision past the store's), \
+             so an old resourceVersion gets 410 Gone: clients must re-list (restart agents, \
+             controllers and watches)",
+            self.first_revision,
+            self.last_revision,
+            self.source_revision,
+            self.compacted,
+            self.bumped
         )?;
-        if self.last_revision < self.source_revision {
-            write!(
-                f,
-                "; etcd's revision is below the store's, so a watch resumed at an old \
-                 resourceVersion would wait for etcd to reach it and then miss what changed"
-            )?;
-        }
         Ok(())
     }
 }

@@ -159,6 +159,69 @@ impl Importer {
         Ok(resp.id())
     }
 
+    /// Writes to a key of its own outside the prefix until etcd's revision is past
+    /// `past`, then deletes it and compacts etcd's history there; the revision compacted
+    /// at, and how many revisions the writes took. etcd counts one revision per write
+    /// and has no other way to move its counter (etcdutl's `--bump-revision` works on
+    /// a stopped member's snapshot), so this takes `past - now` writes, `IN_FLIGHT` at a
+    /// time. Everything written after it has a revision above `past`, and every
+    /// revision up to it is compacted: a read or watch at one answers "compacted".
+    pub async fn bump_past(&self, past: Revision) -> Result<(Revision, i64)> {
+        use futures_util::StreamExt;
+        const IN_FLIGHT: usize = 64;
+        let key = format!(
+            "{}-migration-revision-bump",
+            self.layout.base().trim_end_matches('/')
+        )
+        .into_bytes();
+        let now = self.revision().await?;
+        let writes = past.saturating_sub(now).max(0);
+        let mut puts = futures_util::stream::iter(0..writes)
+            .map(|i| {
+                let key = key.clone();
+                async move {
+                    call(&self.endpoints, "a write", REQUEST_TIMEOUT, || {
+                        let (mut kv, key) = (self.client.kv_client(), key.clone());
+                        async move { kv.put(key, i.to_string(), None).await }
+                    })
+                    .await
+                    .map_err(|f| plain(f, &self.endpoints))
+                }
+            })
+            .buffer_unordered(IN_FLIGHT);
+        let mut done = 0i64;
+        while let Some(put) = puts.next().await {
+            put?;
+            done += 1;
+            if done % 100_000 == 0 {
+                tracing::info!(done, writes, "moving etcd's revision past the store's");
+            }
+        }
+        let deleted = call(&self.endpoints, "a delete", REQUEST_TIMEOUT, || {
+            let (mut kv, key) = (self.client.kv_client(), key.clone());
+            async move { kv.delete(key, None).await }
+        })
+        .await
+        .map_err(|f| plain(f, &self.endpoints))?;
+        let at = header_revision(deleted.header())?;
+        let compacted = call(&self.endpoints, "a compaction", REQUEST_TIMEOUT, || {
+            let mut kv = self.client.kv_client();
+            async move {
+                kv.compact(
+                    at,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await
+            }
+        })
+        .await;
+        match compacted {
+            // Compacted there already (nothing was written since the last compaction).
+            Ok(_) | Err(Failure::Compacted) => Ok((at, writes)),
+            Err(f) => Err(plain(f, &self.endpoints)),
+        }
+    }
+
     /// Creates every key of `batch` in one transaction, or none of them when one
     /// exists ([`StoreError::AlreadyExists`] naming it); the revision it was written at.
     pub async fn create_all(&self, batch: &[Put<'_>]) -> Result<Revision> {
