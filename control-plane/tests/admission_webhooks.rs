@@ -317,6 +317,24 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
             out.contains("Warning: mutated by the test webhook"),
             "{out}"
         );
+        // What the webhook added is owned by no one (managed fields are recorded
+        // before mutating admission, as kube-apiserver does); the data is kubectl's.
+        let shown = k.ok(&[
+            "get",
+            "configmap",
+            &name,
+            "-n",
+            "hooked",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        let shown: Value = serde_json::from_str(&shown).expect("kubectl json");
+        let managed = shown["metadata"]["managedFields"].to_string();
+        assert!(
+            managed.contains("f:data") && !managed.contains("webhook.berth.dev/mutated"),
+            "{managed}"
+        );
         Ok(())
     });
     let seen = hook.requests("label");

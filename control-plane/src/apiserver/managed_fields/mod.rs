@@ -235,7 +235,7 @@ fn cap_update_managers(entries: &mut Vec<Entry>) {
     entries.extend(kept);
 }
 
-fn set_managed(obj: &mut Value, managed: Option<Value>) {
+pub fn set_managed(obj: &mut Value, managed: Option<Value>) {
     if let Some(meta) = object::meta_mut(obj) {
         match managed {
             Some(list) => {
@@ -362,6 +362,15 @@ pub fn manager(ctx: &Ctx, kind: &str) -> ApiResult<String> {
 /// Records a create: the creating manager owns every field it set, unless the client
 /// sent managed fields of its own (kept, as upstream) or this is an apply (whose
 /// entries [`apply`] made).
+/// The managed fields of a create as kube-apiserver records them: of `view`, the object
+/// as the client sent it with the API's defaults, before mutating admission — so what
+/// admission adds (a ServiceAccount's token volume, a priority, a webhook's label) is
+/// owned by no one. Set them on the admitted object with [`set_managed`].
+pub fn of_create(ctx: &Ctx, mut view: Value, client: Option<Value>) -> ApiResult<Option<Value>> {
+    on_create(ctx, &mut view, client)?;
+    Ok(object::meta_mut(&mut view).and_then(|m| m.remove("managedFields")))
+}
+
 pub fn on_create(ctx: &Ctx, obj: &mut Value, client: Option<Value>) -> ApiResult<()> {
     if ctx.is_apply() {
         set_managed(obj, client);

@@ -73,6 +73,11 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
             .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)
             .await?;
     }
+    let managed = {
+        let mut view = obj.clone();
+        defaults::apply(&def.kind, &mut view);
+        crate::apiserver::managed_fields::of_create(ctx, view, client_managed)?
+    };
     node_restriction::admit_create(ctx.user.as_ref(), def, &obj)?;
     if def.group.is_empty() && def.kind == "Pod" {
         crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
@@ -143,7 +148,7 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
             Err(AllocError::Store(e)) => return Err(ctx.store_error(e, &name)),
         }
     }
-    crate::apiserver::managed_fields::on_create(ctx, &mut obj, client_managed)?;
+    crate::apiserver::managed_fields::set_managed(&mut obj, managed);
     // ResourceQuota: the last admission, as in kube-apiserver; it charges the quotas
     // (unless this is a dry run) just before the write.
     use crate::apiserver::admission::resource_quota;

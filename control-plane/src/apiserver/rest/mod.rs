@@ -126,10 +126,13 @@ impl Ctx {
         if warnings.is_empty() {
             return;
         }
-        self.warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(warnings);
+        // Each text once, as kube-apiserver's warning recorder keeps them.
+        let mut kept = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        for w in warnings {
+            if !kept.contains(&w) {
+                kept.push(w);
+            }
+        }
     }
 
     pub fn not_found(&self, name: &str) -> ApiError {
@@ -741,9 +744,33 @@ pub async fn update_loop(
         let mut desired = normalize(ctx, desired)?;
         let client_managed = desired.pointer("/metadata/managedFields").cloned();
         // Mutating admission webhooks: on the decoded object, before the update rules.
+        let before = super::admission::webhook::may_mutate(ctx).then(|| desired.clone());
         super::admission::webhook::admit_update(ctx, part, &old, &mut desired).await?;
+        let before = before.filter(|b| *b != desired);
         let mut new = merge_update(ctx, &old, desired, part)?;
-        super::managed_fields::on_update(ctx, &old, &mut new, client_managed, part.subresource())?;
+        match before {
+            None => super::managed_fields::on_update(
+                ctx,
+                &old,
+                &mut new,
+                client_managed,
+                part.subresource(),
+            )?,
+            Some(before) => {
+                // As kube-apiserver records them: before mutating admission, so what a
+                // webhook changed is owned by no one.
+                let mut view = merge_update(ctx, &old, before, part)?;
+                super::managed_fields::on_update(
+                    ctx,
+                    &old,
+                    &mut view,
+                    client_managed,
+                    part.subresource(),
+                )?;
+                let managed = object::meta_mut(&mut view).and_then(|m| m.remove("managedFields"));
+                super::managed_fields::set_managed(&mut new, managed);
+            }
+        }
         super::authz::escalation::check_update(ctx, &old, &new)?;
         // ValidatingAdmissionPolicy, then the validating webhooks.
         super::admission::policy::validate_update(ctx, &old, &new, part)?;

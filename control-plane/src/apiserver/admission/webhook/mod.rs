@@ -396,6 +396,13 @@ fn keep_identity(before: &Value, after: &mut Value) {
 }
 
 /// Mutating webhooks on a create (after the built-in mutating plugins).
+/// Whether a mutating webhook is configured that may see this request.
+pub fn may_mutate(ctx: &Ctx) -> bool {
+    applies(ctx)
+        && !rules::is_exempt(&ctx.def.group, &ctx.def.plural)
+        && !config::mutating(&ctx.api.cache).is_empty()
+}
+
 pub async fn admit_create(ctx: &Ctx, obj: &mut Value) -> ApiResult<()> {
     if !applies(ctx) || rules::is_exempt(&ctx.def.group, &ctx.def.plural) {
         return Ok(());
