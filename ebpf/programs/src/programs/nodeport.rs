@@ -6,9 +6,11 @@
 //! backend to the client gets the NodePort address back as its source. Checksums are
 //! fixed incrementally. A new flow to a NodePort without endpoints is rejected as
 //! kube-proxy's REJECT does: a TCP SYN gets a RST, a UDP datagram an ICMP port
-//! unreachable (the client sees ECONNREFUSED at once). Not yet: SNAT for backends on other nodes
-//! (externalTrafficPolicy: Cluster across nodes). An ingress packet for no service is
-//! offered to eBPF host routing ([`super::host_routing`]).
+//! unreachable (the client sees ECONNREFUSED at once). A service flagged
+//! `SERVICE_SNAT` (externalTrafficPolicy: Cluster) is also masqueraded to the node's
+//! address toward the backend, on this node or another, and the flow is redirected out
+//! of the interface the FIB picks. An ingress packet for no service is offered to eBPF
+//! host routing ([`super::host_routing`]).
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
