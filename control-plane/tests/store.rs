@@ -6,19 +6,22 @@
 //! store's revision at the start (a fresh etcd is at 1, the embedded store at 0). Then
 //! what only one backend has: reopening the embedded store and `kill -9` of its writer;
 //! etcd's kube-apiserver key layout as `etcdctl` sees it, progress notifications past a
-//! write outside the prefix, TLS with client certificates, a watch that outlives an etcd
-//! restart, and `kill -9` of one of three members during a write loop.
+//! write outside the prefix, a store's own writes (which reach its watches ahead of
+//! etcd's) interleaved with another server's, TLS with client certificates, a watch that
+//! outlives an etcd restart, and `kill -9` of one of three members during a write loop.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_control_plane::store::etcd::{EtcdStore, Options};
 use berth_control_plane::store::redb::RedbStore;
-use berth_control_plane::store::{EventKind, ListOptions, Store, StoreError, Watched};
+use berth_control_plane::store::{
+    Event, EventKind, ListOptions, Store, StoreError, WatchStream, Watched,
+};
 use berth_testkit::{Etcd, EtcdTls};
 
 /// A store under test and what it lives on. Fields drop in order: the store first.
@@ -918,6 +921,192 @@ async fn a_watch_reports_progress_past_a_write_outside_the_prefix() {
         .await
         .expect("watch");
     assert!(watch.progress_request().is_none());
+}
+
+/// The etcd store passes its own creates, updates and deletes to its watches as soon as
+/// etcd answers them, ahead of etcd's watch; another server's writes (the same etcd)
+/// only come through etcd's. With both writing concurrently, each watch — on a prefix, on
+/// a narrower one, one opened midway after a revision, and the other server's — gets
+/// every write in its range exactly once, in revision order, as etcd's watch would
+/// (previous values included), and nothing at or before the revision it was opened after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_and_another_servers_writes_reach_a_watch_once_each_in_order() {
+    if !Etcd::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start(dir.path());
+    let mine = Arc::new(
+        EtcdStore::connect(&etcd_options(&etcd))
+            .await
+            .expect("connect"),
+    );
+    let theirs = Arc::new(
+        EtcdStore::connect(&etcd_options(&etcd))
+            .await
+            .expect("another server's store"),
+    );
+    let (wide, narrow) = (
+        "/registry/core/configmaps/",
+        "/registry/core/configmaps/ns1/",
+    );
+    let base = mine.current_revision();
+    let mut all = mine.watch(wide.into(), base).await.expect("watch");
+    let mut ns1 = mine.watch(narrow.into(), base).await.expect("watch");
+    let mut their_view = theirs.watch(wide.into(), base).await.expect("watch");
+
+    // Acknowledged writes, as the events a watch must deliver for them.
+    let log = Arc::new(Mutex::new(Vec::<Event>::new()));
+    let record = |log: &Mutex<Vec<Event>>, event: Event| {
+        log.lock().expect("log").push(event);
+    };
+    let mut writers = Vec::new();
+    for w in 0..10 {
+        // Eight writers here, two on the other server.
+        let store = if w < 8 { mine.clone() } else { theirs.clone() };
+        let log = log.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let key = format!("{wide}ns{}/w{w}-{i}", (w + i) % 3);
+                let created = store
+                    .create(key.clone(), format!("{w}-{i}-0").into_bytes(), None)
+                    .await
+                    .expect("create");
+                record(
+                    &log,
+                    Event {
+                        kind: EventKind::Put,
+                        kv: created.clone(),
+                        prev: None,
+                    },
+                );
+                let mut prev = created;
+                for v in 1..3 {
+                    let updated = store
+                        .update(
+                            key.clone(),
+                            format!("{w}-{i}-{v}").into_bytes(),
+                            prev.mod_revision,
+                        )
+                        .await
+                        .expect("update");
+                    record(
+                        &log,
+                        Event {
+                            kind: EventKind::Put,
+                            kv: updated.clone(),
+                            prev: Some(prev),
+                        },
+                    );
+                    prev = updated;
+                }
+                let expected = (i % 2 == 0).then_some(prev.mod_revision);
+                let deleted = store.delete(key, expected).await.expect("delete");
+                record(
+                    &log,
+                    Event {
+                        kind: EventKind::Delete,
+                        kv: deleted,
+                        prev: Some(prev),
+                    },
+                );
+                // Outside the watched prefixes: revisions no watch here gets.
+                let elsewhere = store
+                    .create(
+                        format!("/registry/core/secrets/ns/w{w}-{i}"),
+                        b"s".to_vec(),
+                        None,
+                    )
+                    .await
+                    .expect("create elsewhere");
+                record(
+                    &log,
+                    Event {
+                        kind: EventKind::Put,
+                        kv: elsewhere,
+                        prev: None,
+                    },
+                );
+            }
+        }));
+    }
+    // Midway: a watch from the newest revision this store knows of.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log.lock().expect("log").len() < 400 {
+        assert!(Instant::now() < deadline, "400 writes within 60 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = mine.current_revision();
+    let mut late = mine.watch(wide.into(), after).await.expect("watch");
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    let mut log = std::mem::take(&mut *log.lock().expect("log"));
+    log.sort_by_key(Event::revision);
+    assert!(
+        log.windows(2).all(|w| w[0].revision() < w[1].revision()),
+        "one revision per write"
+    );
+    let under = |prefix: &str, after: i64| -> Vec<Event> {
+        log.iter()
+            .filter(|e| e.kv.key.starts_with(prefix) && e.revision() > after)
+            .cloned()
+            .collect()
+    };
+    for (what, watch, expected) in [
+        ("the wide watch", &mut all, under(wide, base)),
+        ("the narrow watch", &mut ns1, under(narrow, base)),
+        ("the watch opened midway", &mut late, under(wide, after)),
+        (
+            "the other server's watch",
+            &mut their_view,
+            under(wide, base),
+        ),
+    ] {
+        let got = events(watch, expected.len(), what).await;
+        assert!(
+            got.iter()
+                .all(|e| e.revision() > after || what != "the watch opened midway"),
+            "{what} got an event at or before {after}"
+        );
+        assert!(
+            got.windows(2).all(|w| w[0].revision() < w[1].revision()),
+            "{what}: revisions out of order or repeated: {:?}",
+            got.iter().map(Event::revision).collect::<Vec<_>>()
+        );
+        if got != expected {
+            let revisions =
+                |events: &[Event]| events.iter().map(Event::revision).collect::<Vec<_>>();
+            let first = got.iter().zip(&expected).position(|(g, e)| g != e);
+            panic!(
+                "{what}: not the events written (first difference at {first:?}: {:?} vs {:?})\n\
+                 got {:?}\nwanted {:?}",
+                first.and_then(|i| got.get(i)),
+                first.and_then(|i| expected.get(i)),
+                revisions(&got),
+                revisions(&expected),
+            );
+        }
+        // And nothing more: no event came twice.
+        let more = tokio::time::timeout(Duration::from_millis(500), watch.next()).await;
+        assert!(
+            more.is_err(),
+            "{what}: more than every write once: {more:?}"
+        );
+    }
+}
+
+/// The next `n` events of `watch`, each within 10 s.
+async fn events(watch: &mut WatchStream, n: usize, what: &str) -> Vec<Event> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+            Ok(Some(Ok(event))) => got.push(event),
+            other => panic!("{what}: after {} of {n} events: {other:?}", got.len()),
+        }
+    }
+    got
 }
 
 #[tokio::test]

@@ -14,7 +14,10 @@
 //!   [`StoreError::FutureRevision`];
 //! - watches are etcd watches from `after + 1` with `prev_kv` ([`watch`]), re-created
 //!   from the last revision delivered when the connection drops, ending with
-//!   [`StoreError::Compacted`] only when etcd says that history is gone;
+//!   [`StoreError::Compacted`] only when etcd says that history is gone; this store's
+//!   own creates, updates and deletes reach its watches as soon as their txns are
+//!   answered (each one's event is published then, [`watch::LocalWrite`]), ahead of
+//!   etcd's watch, in order with everything else;
 //! - leases are etcd leases (whole seconds, at least etcd's minimum TTL);
 //! - keys are translated to kube-apiserver's layout ([`keys`]); values are stored as
 //!   they are (JSON, or `k8s:enc:` bytes under [`super::encryption`]).
@@ -51,8 +54,8 @@ use etcd_client::{
 };
 
 use super::{
-    BoxFuture, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision, Store, StoreError,
-    WatchStream,
+    BoxFuture, Event, EventKind, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision,
+    Store, StoreError, WatchStream,
 };
 use keys::Layout;
 pub use options::Options;
@@ -111,6 +114,8 @@ struct Inner {
     /// Whether watches ask for and pass on progress notifications ([`progress`]); set
     /// at connect.
     progress: AtomicBool,
+    /// This store's own single-key writes, for its watches (see [`watch`]).
+    local: tokio::sync::broadcast::Sender<Arc<watch::LocalWrite>>,
     /// Dropped with the last handle: stops the background watch.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -171,6 +176,7 @@ impl EtcdStore {
                 endpoints,
                 revisions: Arc::new(Revisions::default()),
                 progress: AtomicBool::new(false),
+                local: watch::local_writes(),
                 _stop: stop,
             }),
         };
@@ -229,6 +235,24 @@ impl EtcdStore {
             endpoints: self.inner.endpoints.clone(),
             revisions: self.inner.revisions.clone(),
             progress: self.inner.progress.load(Ordering::Acquire),
+            local: self.inner.local.clone(),
+        }
+    }
+
+    /// Tells this store's watches of its own write to `key` (an etcd key), answered
+    /// just now: `event` is what etcd's watch sends for the write's revision, which must
+    /// hold no other event (a single-key txn); built only when a watch listens, and
+    /// `None` leaves the write to etcd's watch.
+    fn publish(&self, key: Vec<u8>, event: impl FnOnce() -> Option<Event>) {
+        if self.inner.local.receiver_count() == 0 {
+            return;
+        }
+        if let Some(event) = event() {
+            // No receiver left since: nobody to tell.
+            let _ = self
+                .inner
+                .local
+                .send(Arc::new(watch::LocalWrite { key, event }));
         }
     }
 
@@ -490,7 +514,7 @@ impl Store for EtcdStore {
             let value: Arc<[u8]> = value.into();
             let txn = Txn::new()
                 .when([Compare::create_revision(ekey.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(ekey, value.to_vec(), Some(put))]);
+                .and_then([TxnOp::put(ekey.clone(), value.to_vec(), Some(put))]);
             let resp = match self.send_txn("a create", txn).await {
                 Ok(resp) => resp,
                 Err(Failure::LeaseNotFound) => {
@@ -503,13 +527,25 @@ impl Store for EtcdStore {
             }
             let revision = header_revision(resp.header())?;
             self.inner.revisions.saw(revision);
-            Ok(KeyValue {
+            let kv = KeyValue {
                 key,
                 value,
                 create_revision: revision,
                 mod_revision: revision,
                 lease,
-            })
+            };
+            self.publish(ekey, || {
+                Some(Event {
+                    kind: EventKind::Put,
+                    // Lease 0 is none to etcd.
+                    kv: KeyValue {
+                        lease: lease.filter(|id| *id != 0),
+                        ..kv.clone()
+                    },
+                    prev: None,
+                })
+            });
+            Ok(kv)
         })
     }
 
@@ -532,25 +568,34 @@ impl Store for EtcdStore {
                     value.to_vec(),
                     Some(PutOptions::new().with_ignore_lease().with_prev_key()),
                 )])
-                .or_else([TxnOp::get(ekey, None)]);
+                .or_else([TxnOp::get(ekey.clone(), None)]);
             let (succeeded, revision, ops) = self.txn("an update", txn).await?;
             if !succeeded {
                 return Err(self.refused(&key, Some(expected), &ops));
             }
             let prev = ops.iter().find_map(|op| match op {
-                TxnOpResponse::Put(put) => {
-                    put.prev_key().map(|kv| (kv.create_revision(), kv.lease()))
-                }
+                TxnOpResponse::Put(put) => put.prev_key(),
                 _ => None,
             });
-            let (create_revision, lease) = prev.unwrap_or((revision, 0));
-            Ok(KeyValue {
+            let (create_revision, lease) =
+                prev.map_or((revision, 0), |kv| (kv.create_revision(), kv.lease()));
+            let kv = KeyValue {
                 key,
                 value,
                 create_revision,
                 mod_revision: revision,
                 lease: (lease != 0).then_some(lease),
-            })
+            };
+            // Without the previous value (etcd always sends it) the event is left to
+            // etcd's watch.
+            self.publish(ekey, || {
+                Some(Event {
+                    kind: EventKind::Put,
+                    kv: kv.clone(),
+                    prev: Some(self.to_kv(prev?).ok()?),
+                })
+            });
+            Ok(kv)
         })
     }
 
@@ -571,13 +616,13 @@ impl Store for EtcdStore {
                     ekey.clone(),
                     Some(DeleteOptions::new().with_prev_key()),
                 )])
-                .or_else([TxnOp::get(ekey, None)]);
+                .or_else([TxnOp::get(ekey.clone(), None)]);
             let (succeeded, revision, ops) = self.txn("a delete", txn).await?;
             if !succeeded {
                 return Err(self.refused(&key, expected, &ops));
             }
             let prev = ops.iter().find_map(|op| match op {
-                TxnOpResponse::Delete(del) => del.prev_kvs().first().cloned(),
+                TxnOpResponse::Delete(del) => del.prev_kvs().first(),
                 _ => None,
             });
             let Some(prev) = prev else {
@@ -585,8 +630,21 @@ impl Store for EtcdStore {
                     "etcd deleted {key:?} without its previous value"
                 )));
             };
-            let mut kv = self.to_kv(&prev)?;
+            let mut kv = self.to_kv(prev)?;
+            let prev_revision = kv.mod_revision;
             kv.mod_revision = revision;
+            // As the watch makes it (`watch::Watcher::event`): the last value at the
+            // delete's revision, and that value as it was.
+            self.publish(ekey, || {
+                Some(Event {
+                    kind: EventKind::Delete,
+                    kv: kv.clone(),
+                    prev: Some(KeyValue {
+                        mod_revision: prev_revision,
+                        ..kv.clone()
+                    }),
+                })
+            });
             Ok(kv)
         })
     }
