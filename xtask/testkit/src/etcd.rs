@@ -162,11 +162,35 @@ impl Etcd {
         Self::start_with(parent, members, None)
     }
 
-    /// [`Etcd::prepare`], then every member started.
+    /// [`Etcd::prepare`], then every member started. The ports are probed free, then
+    /// released for etcd to bind: when another test took one in between (a member
+    /// exits with "address already in use"), every member starts again, afresh, on
+    /// new ports — nothing has been handed out yet.
     pub fn start_with(parent: &Path, members: usize, tls: Option<EtcdTls>) -> Self {
         let mut etcd = Self::prepare(parent, members, tls);
-        etcd.start_all();
-        etcd
+        for attempt in 1.. {
+            for i in 0..etcd.members.len() {
+                etcd.spawn(i);
+            }
+            let started = (0..etcd.members.len()).try_for_each(|i| etcd.try_wait_healthy(i));
+            match started {
+                Ok(()) => return etcd,
+                Err(why) if attempt < 4 && why.contains("address already in use") => {
+                    etcd.kill_all();
+                    for m in &mut etcd.members {
+                        m.client_port = free_port();
+                        m.peer_port = free_port();
+                        m.metrics_port = free_port();
+                    }
+                    for i in 0..etcd.members.len() {
+                        let _ = std::fs::remove_dir_all(etcd.data_dir(i));
+                        let _ = std::fs::remove_file(etcd.log_path(i));
+                    }
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Ports and data dirs for `members` members under `parent`, none started yet (so
@@ -330,35 +354,44 @@ impl Etcd {
     }
 
     fn wait_healthy(&mut self, i: usize) {
+        if let Err(why) = self.try_wait_healthy(i) {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits until member `i` is healthy; why not, with the end of its log.
+    fn try_wait_healthy(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(guard) = &mut self.members[i].child
                 && let Ok(Some(status)) = guard.0.try_wait()
             {
-                panic!(
+                return Err(format!(
                     "etcd member {} exited with {status}: {}",
                     self.members[i].name,
                     self.log(i)
-                );
+                ));
             }
             if self.healthy(i) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
+        Err(format!(
             "etcd member {} was not healthy within {} s: {}",
             self.members[i].name,
             START_TIMEOUT.as_secs(),
             self.log(i)
-        );
+        ))
+    }
+
+    fn log_path(&self, member: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", self.members[member].name))
     }
 
     /// The end of a member's log (for failure messages).
     pub fn log(&self, member: usize) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(format!("{}.log", self.members[member].name)))
-                .unwrap_or_default();
+        let text = std::fs::read_to_string(self.log_path(member)).unwrap_or_default();
         let tail = text.len().saturating_sub(4000);
         text.get(tail..).unwrap_or(&text).to_owned()
     }
