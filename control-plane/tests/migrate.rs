@@ -193,7 +193,8 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd() {
     let before = objects(&k);
     assert_eq!(before.len(), 9, "{:?}", before.keys());
     let cluster_ip = before["Service/mig/web"]["spec"]["clusterIP"].clone();
-    let resource_version = |k: &Kubectl| -> i64 {
+    // A field of ConfigMap mig/settings, by JSONPath.
+    let settings = |k: &Kubectl, path: &str| {
         k.ok(&[
             "get",
             "configmap",
@@ -201,10 +202,13 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd() {
             "-n",
             "mig",
             "-o",
-            "jsonpath={.metadata.resourceVersion}",
+            &format!("jsonpath={{{path}}}"),
         ])
-        .parse()
-        .expect("a numeric resourceVersion")
+    };
+    let resource_version = |k: &Kubectl| -> i64 {
+        settings(k, ".metadata.resourceVersion")
+            .parse()
+            .expect("a numeric resourceVersion")
     };
     let old_rv = resource_version(&k);
     let etcd = Etcd::start(home.path());
@@ -342,18 +346,7 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd() {
         "-p",
         r#"{"data":{"size":"4"}}"#,
     ]);
-    assert_eq!(
-        k.ok(&[
-            "get",
-            "configmap",
-            "settings",
-            "-n",
-            "mig",
-            "-o",
-            "jsonpath={.data.size}"
-        ]),
-        "4"
-    );
+    assert_eq!(settings(&k, ".data.size"), "4");
     k.ok(&["delete", "configmap", "empty", "-n", "mig"]);
     k.ok(&[
         "create",
