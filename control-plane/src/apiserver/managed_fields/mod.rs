@@ -359,9 +359,6 @@ pub fn manager(ctx: &Ctx, kind: &str) -> ApiResult<String> {
     Ok(prefix.chars().take(MAX_MANAGER_LEN).collect())
 }
 
-/// Records a create: the creating manager owns every field it set, unless the client
-/// sent managed fields of its own (kept, as upstream) or this is an apply (whose
-/// entries [`apply`] made).
 /// The managed fields of a create as kube-apiserver records them: of `view`, the object
 /// as the client sent it with the API's defaults, before mutating admission — so what
 /// admission adds (a ServiceAccount's token volume, a priority, a webhook's label) is
@@ -371,6 +368,9 @@ pub fn of_create(ctx: &Ctx, mut view: Value, client: Option<Value>) -> ApiResult
     Ok(object::meta_mut(&mut view).and_then(|m| m.remove("managedFields")))
 }
 
+/// Records a create: the creating manager owns every field it set, unless the client
+/// sent managed fields of its own (kept, as upstream) or this is an apply (whose
+/// entries [`apply`] made).
 pub fn on_create(ctx: &Ctx, obj: &mut Value, client: Option<Value>) -> ApiResult<()> {
     if ctx.is_apply() {
         set_managed(obj, client);
