@@ -76,15 +76,7 @@ spec:
     wait_for(
         "pod sleeper to be Running",
         Duration::from_secs(90),
-        || {
-            format!(
-                "{}\n{}",
-                String::from_utf8_lossy(
-                    &kubectl.run(&["get", "pod", "sleeper", "-o", "yaml"]).stdout
-                ),
-                t.diagnostics()
-            )
-        },
+        || t.diagnostics(),
         || {
             kubectl
                 .run(&["get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"])

@@ -805,23 +805,35 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (run, data) = (dir.path().join("run"), dir.path().join("data"));
         std::fs::create_dir_all(run.join("nodes/node1")).expect("run dirs");
-        // A "berth-" binary: a copy of sh(1) that waits, with the data dir as its $0.
+        // A "berth-" binary: a copy of sh(1) with the data dir as its $0, waiting in
+        // its builtin `read` on a pipe (no command looked up in $PATH) until killed.
         let bin = dir.path().join("berth-test");
         std::fs::copy("/bin/sh", &bin).expect("copy sh");
         let spawn = |arg: &Path| {
             use std::os::unix::process::CommandExt;
             Command::new(&bin)
-                .args(["-c", "sleep 30; true"])
+                .args(["-c", "read line"])
                 .arg(arg)
+                .stdin(Stdio::piped())
                 .process_group(0)
                 .spawn()
                 .expect("spawn the copy of sh")
         };
-        // The shell and its sleep, by process group.
         let kill = |child: &mut std::process::Child| {
             let group = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
+        };
+        // What /proc shows of a child, for a failure's message.
+        let seen = |child: &mut std::process::Child| {
+            let pid = child.id();
+            format!(
+                "pid {pid}: exe {:?}, cmdline {:?}, exited {:?}",
+                std::fs::read_link(format!("/proc/{pid}/exe")),
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " ")),
+                child.try_wait()
+            )
         };
         let mut ours = spawn(&data);
         let mut other = spawn(&dir.path().join("other-data"));
@@ -829,9 +841,17 @@ mod tests {
         std::fs::write(run.join("server.pid"), other.id().to_string()).expect("pid");
         std::fs::write(run.join("csi.pid"), "not a pid").expect("pid");
         let found = still_running(&run, &data);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].0, "berth-test");
-        assert_eq!(found[0].1, ours.id() as i32);
+        let found_ours = found
+            .iter()
+            .map(|(exe, pid, _)| (exe.as_str(), *pid))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            found_ours,
+            [("berth-test", ours.id() as i32)],
+            "ours {}; other {}",
+            seen(&mut ours),
+            seen(&mut other)
+        );
         kill(&mut ours);
         assert!(still_running(&run, &data).is_empty(), "an exited process");
         kill(&mut other);

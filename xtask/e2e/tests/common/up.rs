@@ -186,10 +186,13 @@ impl UpDown {
             .expect("run xtask down")
     }
 
+    /// What a failed wait shows: `up`'s output, the end of every component's log and,
+    /// last (CI keeps the end of a long message), the cluster's own account: its
+    /// pods with their conditions and container states, and its newest events.
     pub fn diagnostics(&self) -> String {
         let tail = |name: &str| {
             let log = std::fs::read_to_string(self.data.join(name)).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().rev().take(40).collect();
+            let lines: Vec<&str> = log.lines().rev().take(25).collect();
             lines.into_iter().rev().collect::<Vec<_>>().join("\n")
         };
         let mut nodes = String::new();
@@ -205,13 +208,60 @@ impl UpDown {
             ));
         }
         format!(
-            "stdout so far:\n{}\nstderr:\n{}\nserver.log (end):\n{}\nserver2.log (end):\n{}\nagent.log (end):\n{}\ncsi.log (end):\n{}{nodes}",
+            "stdout so far:\n{}\nstderr:\n{}\nserver.log (end):\n{}\nserver2.log (end):\n{}\ncsi.log (end):\n{}\nagent.log (end):\n{}{nodes}\n{}",
             self.seen.join("\n"),
             std::fs::read_to_string(&self.stderr).unwrap_or_default(),
             tail("server.log"),
             tail("server2.log"),
-            tail("agent.log"),
             tail("csi.log"),
+            tail("agent.log"),
+            self.cluster_account(),
+        )
+    }
+
+    /// The cluster's pods (phase, node, conditions, container states) and its last
+    /// events, through kubectl with the admin kubeconfig, if the server answers.
+    fn cluster_account(&self) -> String {
+        let kubeconfig = self.data.join("server/admin.kubeconfig");
+        let home = self.dir.path().join("diagnostics-home");
+        if !kubeconfig.exists() || std::fs::create_dir_all(&home).is_err() {
+            return "no admin kubeconfig yet".into();
+        }
+        let bin = berth_testkit::tools::venv().join("bin/kubectl");
+        let kubectl = |args: &[&str]| {
+            Command::new(&bin)
+                .args(args)
+                .args(["--request-timeout", "5s"])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("HOME", &home)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .output()
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_else(|e| format!("kubectl: {e}"))
+        };
+        let pods = kubectl(&[
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {.status.phase} on {.spec.nodeName}: {.status.conditions[*].type}={.status.conditions[*].status} {.status.conditions[*].message} {.status.containerStatuses[*].state}{\"\\n\"}{end}",
+        ]);
+        let events = kubectl(&[
+            "get",
+            "events",
+            "-A",
+            "--sort-by=.metadata.creationTimestamp",
+        ]);
+        let events: Vec<&str> = events.lines().rev().take(15).collect();
+        format!(
+            "pods:\n{pods}\nevents (newest last):\n{}",
+            events.into_iter().rev().collect::<Vec<_>>().join("\n")
         )
     }
 
