@@ -514,42 +514,92 @@ fn progress_notification(resp: &WatchResponse) -> Option<Revision> {
 /// Follows every change under the prefix from `from`, raising `revisions`' current
 /// revision, until `stopped` fires (the store's last handle dropped). A watch that
 /// falls behind compaction starts again from the newest revision known.
+///
+/// It needs only revisions, so it is etcd's plain watch of the prefix: without
+/// `prev_kv` (which etcd reads from its backend for every event of every watcher that
+/// asks), without converting a key or value and without the local writes a
+/// [`Watcher::watch`] stream orders in.
 pub(crate) async fn follow(
     watcher: Watcher,
     from: Revision,
     revisions: Arc<Revisions>,
     mut stopped: oneshot::Receiver<()>,
 ) -> Result<()> {
-    let mut stream = watcher.watch(super::keys::ROOT.into(), from).await?;
+    let Some(range) = watcher.layout.range(super::keys::ROOT) else {
+        return Ok(());
+    };
+    let mut stream = open_plain(&watcher, &range, from).await?;
     tokio::spawn(async move {
         loop {
-            let next = tokio::select! {
-                next = stream.next() => next,
+            let message = tokio::select! {
+                m = stream.message() => m,
                 _ = &mut stopped => return,
             };
-            match next {
-                Some(Ok(event)) => revisions.saw(event.revision()),
-                Some(Err(err)) => {
-                    tracing::warn!(%err, "the store's etcd watch ended; following from now");
-                    stream = loop {
-                        if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-                            return;
-                        }
-                        let from = revisions.current().max(revisions.compacted());
-                        match watcher.watch(super::keys::ROOT.into(), from).await {
-                            Ok(stream) => break stream,
-                            Err(err) => {
-                                tracing::debug!(%err, "following etcd again failed");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    };
+            let why = match message {
+                Ok(Some(resp)) if resp.compact_revision() > 0 => {
+                    revisions.compacted_at(resp.compact_revision());
+                    format!("compacted at {}", resp.compact_revision())
                 }
-                None => return,
-            }
+                Ok(Some(resp)) if resp.canceled() => {
+                    format!("canceled: {}", resp.cancel_reason())
+                }
+                Ok(Some(resp)) => {
+                    if let Some(newest) = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv())
+                        .map(|kv| kv.mod_revision())
+                        .max()
+                    {
+                        revisions.saw(newest);
+                    }
+                    continue;
+                }
+                Ok(None) => "etcd closed it".to_owned(),
+                Err(err) => err.to_string(),
+            };
+            tracing::warn!(%why, "the store's etcd watch ended; following from now");
+            stream = loop {
+                if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                    return;
+                }
+                let from = revisions.current().max(revisions.compacted());
+                match open_plain(&watcher, &range, from).await {
+                    Ok(stream) => break stream,
+                    Err(err) => {
+                        tracing::debug!(%err, "following etcd again failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
         }
     });
     Ok(())
+}
+
+/// etcd's watch of `range` from `after + 1`, without previous values.
+async fn open_plain(
+    watcher: &Watcher,
+    range: &Range,
+    after: Revision,
+) -> Result<etcd_client::WatchStream> {
+    let options = WatchOptions::new()
+        .with_range(range.end.clone())
+        .with_start_revision(after + 1);
+    let opened = call(&watcher.endpoints, "a watch", REQUEST_TIMEOUT, || {
+        let (mut client, start, options) =
+            (watcher.client.clone(), range.start.clone(), options.clone());
+        async move { client.watch(start, Some(options)).await }
+    })
+    .await;
+    match opened {
+        Ok(stream) => Ok(stream),
+        Err(Failure::Store(err)) => Err(err),
+        Err(other) => Err(StoreError::Unavailable(format!(
+            "etcd ({}) watch: {other:?}",
+            watcher.endpoints
+        ))),
+    }
 }
 
 #[cfg(test)]
