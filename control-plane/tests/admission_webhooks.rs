@@ -110,6 +110,18 @@ async fn review(
             patched(&uid, patch, None)
         }
         "second" => patched(&uid, add_label(&object, "second", "done"), None),
+        // On updates: an annotation the updater did not send.
+        "stamp" => {
+            let patch = if object
+                .pointer("/metadata/annotations")
+                .is_some_and(Value::is_object)
+            {
+                json!([{"op": "add", "path": "/metadata/annotations/webhook.berth.dev~1updated", "value": "yes"}])
+            } else {
+                json!([{"op": "add", "path": "/metadata/annotations", "value": {"webhook.berth.dev/updated": "yes"}}])
+            };
+            patched(&uid, patch, None)
+        }
         "deny-all" => json!({"uid": uid, "allowed": false, "status": {
             "message": "refused by the conditional webhook", "code": 403}}),
         _ => allowed(&uid),
@@ -386,6 +398,74 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
             .code()
             != Some(0)
     );
+    // On UPDATE too, managed fields are of the change before mutating admission: the
+    // patcher owns the key it added, the annotation the webhook stamped is no one's.
+    let stamper = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata: {{name: update-stamper}}\nwebhooks:\n- name: stamp.berth.dev\n  clientConfig: {{url: '{}', caBundle: {}}}\n  rules: [{{operations: [UPDATE], apiGroups: [''], apiVersions: [v1], resources: [configmaps]}}]\n  namespaceSelector: {{matchLabels: {{webhooks: 'on'}}}}\n  sideEffects: None\n  admissionReviewVersions: [v1]\n",
+        hook.url("stamp"),
+        hook.ca_bundle()
+    );
+    k.apply(&stamper);
+    let mut m = 0;
+    eventually("the update webhook stamps patched ConfigMaps", || {
+        m += 1;
+        let key = format!("extra{m}");
+        let (ok, out) = run(
+            &k,
+            &[
+                "patch",
+                "configmap",
+                &format!("first-{n}"),
+                "-n",
+                "hooked",
+                "--type",
+                "merge",
+                "-p",
+                &format!("{{\"data\":{{\"{key}\":\"1\"}}}}"),
+                "--field-manager",
+                "patcher",
+            ],
+            None,
+        );
+        if !ok {
+            return Err(out);
+        }
+        let shown = k.ok(&[
+            "get",
+            "configmap",
+            &format!("first-{n}"),
+            "-n",
+            "hooked",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        let shown: Value = serde_json::from_str(&shown).expect("kubectl json");
+        if shown["metadata"]["annotations"]["webhook.berth.dev/updated"] != "yes" {
+            return Err(format!("not stamped: {shown}"));
+        }
+        let entries = shown["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let patcher = entries
+            .iter()
+            .find(|e| e["manager"] == "patcher")
+            .map(|e| e["fieldsV1"].to_string())
+            .unwrap_or_default();
+        assert!(patcher.contains(&format!("f:{key}")), "{entries:?}");
+        let all = shown["metadata"]["managedFields"].to_string();
+        assert!(!all.contains("webhook.berth.dev/updated"), "{all}");
+        Ok(())
+    });
+    assert_eq!(
+        hook.requests("stamp")
+            .last()
+            .map(|r| r["operation"].clone()),
+        Some(json!("UPDATE"))
+    );
+    k.ok(&["delete", "mutatingwebhookconfiguration", "update-stamper"]);
+
     // The namespace selector: another namespace is left alone.
     let (ok, out) = run(
         &k,

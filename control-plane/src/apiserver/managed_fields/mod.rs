@@ -359,40 +359,32 @@ pub fn manager(ctx: &Ctx, kind: &str) -> ApiResult<String> {
     Ok(prefix.chars().take(MAX_MANAGER_LEN).collect())
 }
 
-/// The managed fields of a create as kube-apiserver records them: of `view`, the object
+/// The managed fields of a create as kube-apiserver records them: of `obj`, the object
 /// as the client sent it with the API's defaults, before mutating admission — so what
 /// admission adds (a ServiceAccount's token volume, a priority, a webhook's label) is
 /// owned by no one. Set them on the admitted object with [`set_managed`].
-pub fn of_create(ctx: &Ctx, mut view: Value, client: Option<Value>) -> ApiResult<Option<Value>> {
-    on_create(ctx, &mut view, client)?;
-    Ok(object::meta_mut(&mut view).and_then(|m| m.remove("managedFields")))
-}
-
-/// Records a create: the creating manager owns every field it set, unless the client
-/// sent managed fields of its own (kept, as upstream) or this is an apply (whose
-/// entries [`apply`] made).
-pub fn on_create(ctx: &Ctx, obj: &mut Value, client: Option<Value>) -> ApiResult<()> {
+///
+/// The creating manager owns every field it set, unless the client sent managed
+/// fields of its own (kept, as upstream) or this is an apply (whose entries [`apply`]
+/// made: `client`, as it is).
+pub fn of_create(ctx: &Ctx, obj: &Value, client: Option<Value>) -> ApiResult<Option<Value>> {
     if ctx.is_apply() {
-        set_managed(obj, client);
-        return Ok(());
+        return Ok(client);
     }
     let name = manager(ctx, "CreateOptions")?;
     let node = root(&ctx.def);
     if let Ok(Decoded::Entries(mut entries)) = decode(client.as_ref()) {
         let changes = typed::compare(&json!({}), obj, node).without(&ignored(&ctx.def, ""));
         record_update(&mut entries, &ctx.def, name, "", changes);
-        set_managed(obj, encode(entries));
-        return Ok(());
+        return Ok(encode(entries));
     }
     let mut fields = typed::created_fields(obj, node);
     strip_ignored(&mut fields, &ctx.def, "");
-    let managed = (!fields.is_empty()).then(|| {
+    Ok((!fields.is_empty()).then(|| {
         let mut entry = new_entry(&name, &api_version(&ctx.def), "");
         entry["fieldsV1"] = Value::Object(fields);
         json!([entry])
-    });
-    set_managed(obj, managed);
-    Ok(())
+    }))
 }
 
 /// A new `Update` entry, owning nothing yet, stamped now.
