@@ -18,7 +18,7 @@
 
 use serde_json::{Map, Value};
 
-use super::protobuf::{self, JsonField, Shape};
+use super::protobuf::{self, JsonFields, Shape};
 
 /// `ObjectMeta` (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), and `ListMeta`'s
 /// `continue` / `remainingItemCount` after `resourceVersion`.
@@ -211,7 +211,7 @@ pub fn write_meta(out: &mut Vec<u8>, meta: &Value, skip: Option<&str>) {
 
 /// Writes a message's JSON in its Go struct order ([`protobuf::json_fields`]), nested
 /// messages too; keys it does not know come last, sorted.
-fn write_message(out: &mut Vec<u8>, value: &Value, fields: &[JsonField]) {
+fn write_message(out: &mut Vec<u8>, value: &Value, fields: &JsonFields) {
     let Some(map) = value.as_object() else {
         return plain(out, value);
     };
@@ -221,29 +221,34 @@ fn write_message(out: &mut Vec<u8>, value: &Value, fields: &[JsonField]) {
 }
 
 /// The fields of `map` but `skip`, in `fields`' order and unknown ones after, into an
-/// object already open (`first`: nothing written in it yet).
+/// object already open (`first`: nothing written in it yet). An object sets few of its
+/// message's fields, so each of its keys is placed, rather than each field looked up.
 fn write_fields(
     out: &mut Vec<u8>,
     map: &Map<String, Value>,
-    fields: &[JsonField],
+    fields: &JsonFields,
     skip: &[&str],
     first: &mut bool,
 ) {
-    let mut known = 0;
-    for field in fields {
-        let Some(v) = map.get(&field.name) else {
-            continue;
-        };
-        known += 1;
-        if skip.contains(&field.name.as_str()) {
+    let mut known = Vec::with_capacity(map.len());
+    let mut unknown = false;
+    for (k, v) in map {
+        if skip.contains(&k.as_str()) {
             continue;
         }
-        key(out, first, &field.name);
-        write_shaped(out, v, &field.shape);
+        match fields.place(k) {
+            Some(place) => known.push((place, k, v)),
+            None => unknown = true,
+        }
     }
-    if known < map.len() {
+    known.sort_unstable_by_key(|(place, _, _)| *place);
+    for (place, k, v) in known {
+        key(out, first, k);
+        write_shaped(out, v, &fields.list()[place].shape);
+    }
+    if unknown {
         for (k, v) in map {
-            if !skip.contains(&k.as_str()) && !fields.iter().any(|f| f.name == *k) {
+            if !skip.contains(&k.as_str()) && fields.place(k).is_none() {
                 key(out, first, k);
                 plain(out, v);
             }

@@ -171,13 +171,31 @@ pub fn now() -> String {
 
 /// A random (version 4) UUID.
 pub fn new_uid() -> String {
-    static URANDOM: Mutex<Option<std::fs::File>> = Mutex::new(None);
+    /// Random bytes read from /dev/urandom a page at a time (one read per 256 UIDs).
+    struct Pool {
+        file: Option<std::fs::File>,
+        bytes: [u8; 4096],
+        used: usize,
+    }
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
+        file: None,
+        bytes: [0; 4096],
+        used: 4096,
+    });
     let mut b = [0u8; 16];
-    let filled = URANDOM.lock().ok().and_then(|mut guard| {
-        if guard.is_none() {
-            *guard = std::fs::File::open("/dev/urandom").ok();
+    let filled = POOL.lock().ok().and_then(|mut pool| {
+        if pool.used + b.len() > pool.bytes.len() {
+            if pool.file.is_none() {
+                pool.file = std::fs::File::open("/dev/urandom").ok();
+            }
+            let Pool { file, bytes, .. } = &mut *pool;
+            file.as_mut()?.read_exact(bytes).ok()?;
+            pool.used = 0;
         }
-        guard.as_mut()?.read_exact(&mut b).ok()
+        let at = pool.used;
+        b.copy_from_slice(&pool.bytes[at..at + 16]);
+        pool.used += 16;
+        Some(())
     });
     if filled.is_none() {
         // Fall back to the clock and a counter: unique, if not unpredictable.
@@ -189,15 +207,16 @@ pub fn new_uid() -> String {
     }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[usize::from(x >> 4)] as char);
+        out.push(HEX[usize::from(x & 0x0f)] as char);
+    }
+    out
 }
 
 /// Lowercase alphanumerics for `generateName` suffixes (Kubernetes uses 5).

@@ -6,7 +6,7 @@
 //! `-patch-strategy` and `-patch-merge-key` ([`super::openapi_extensions`]). Custom
 //! resources get their CRD's schema.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Map, Value, json};
@@ -27,11 +27,15 @@ pub fn definitions() -> &'static BTreeMap<String, Value> {
 /// current) rather than built at run time: building runs the schema code of every
 /// built-in type, which kept ~10 MB more of the binary resident in an idle server, and
 /// the prose nobody walking objects reads.
-pub fn structure() -> &'static BTreeMap<String, Value> {
-    static DEFS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
+///
+/// Hashed by name: every schema walk looks definitions up by their `$ref`, and names
+/// share long prefixes (`io.k8s.api.core.v1.`) that an ordered map compares again and
+/// again.
+pub fn structure() -> &'static HashMap<String, Value> {
+    static DEFS: LazyLock<HashMap<String, Value>> = LazyLock::new(|| {
         serde_json::from_str(STRUCTURE).unwrap_or_else(|err| {
             tracing::error!(%err, "the embedded OpenAPI structure does not parse");
-            BTreeMap::new()
+            HashMap::new()
         })
     });
     &DEFS

@@ -18,6 +18,9 @@ const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
     schema: Option<&'a Value>,
+    /// What `schema` refers to (`$ref`, or an `allOf` of one), else `schema` itself:
+    /// resolved once, as every question about the node asks it.
+    resolved: Option<&'a Value>,
     /// The object's root: `metadata` is always ObjectMeta.
     root: bool,
 }
@@ -39,16 +42,16 @@ impl<'a> Node<'a> {
     /// The root of a built-in type, by its definition name.
     pub fn builtin(definition: &str) -> Node<'static> {
         Node {
-            schema: openapi::structure().get(definition),
             root: true,
+            ..Node::at(openapi::structure().get(definition))
         }
     }
 
     /// The root of a custom resource, from its structural schema.
     pub fn custom(schema: &'a Value) -> Node<'a> {
         Node {
-            schema: Some(schema),
             root: true,
+            ..Node::at(Some(schema))
         }
     }
 
@@ -56,6 +59,7 @@ impl<'a> Node<'a> {
     pub fn deduced() -> Node<'static> {
         Node {
             schema: None,
+            resolved: None,
             root: false,
         }
     }
@@ -63,21 +67,14 @@ impl<'a> Node<'a> {
     fn at(schema: Option<&'a Value>) -> Node<'a> {
         Node {
             schema,
+            resolved: schema.and_then(resolve),
             root: false,
         }
     }
 
     /// The schema a `$ref` (or an `allOf` of one) points to.
     fn resolved(&self) -> Option<&'a Value> {
-        let schema = self.schema?;
-        let reference = schema
-            .get("$ref")
-            .or_else(|| schema.pointer("/allOf/0/$ref"))
-            .and_then(Value::as_str);
-        match reference.and_then(|r| r.rsplit('/').next()) {
-            Some(name) => openapi::structure().get(name),
-            None => Some(schema),
-        }
+        self.resolved
     }
 
     /// An extension on the node itself or on the definition it refers to.
@@ -168,6 +165,18 @@ impl<'a> Node<'a> {
         self.resolved().is_some_and(|s| {
             s.get("properties").is_none() && s.get("additionalProperties").is_some()
         })
+    }
+}
+
+/// The schema `schema` refers to (`$ref`, or an `allOf` of one), else itself.
+fn resolve(schema: &Value) -> Option<&Value> {
+    let reference = schema
+        .get("$ref")
+        .or_else(|| schema.pointer("/allOf/0/$ref"))
+        .and_then(Value::as_str);
+    match reference.and_then(|r| r.rsplit('/').next()) {
+        Some(name) => openapi::structure().get(name),
+        None => Some(schema),
     }
 }
 

@@ -127,13 +127,40 @@ fn is_special(desc: &MessageDescriptor) -> bool {
             .is_some_and(|m| m.starts_with(".JSONSchemaPropsOr") || m == ".JSON")
 }
 
-static JSON_FIELDS: LazyLock<std::sync::RwLock<HashMap<String, Arc<[JsonField]>>>> =
+/// A message's JSON fields in Go order, and where each name is among them.
+#[derive(Debug)]
+pub struct JsonFields {
+    list: Vec<JsonField>,
+    place: HashMap<String, usize>,
+}
+
+impl JsonFields {
+    fn new(list: Vec<JsonField>) -> Self {
+        let mut place = HashMap::with_capacity(list.len());
+        for (i, field) in list.iter().enumerate() {
+            place.entry(field.name.clone()).or_insert(i);
+        }
+        Self { list, place }
+    }
+
+    /// The fields, in Go order.
+    pub fn list(&self) -> &[JsonField] {
+        &self.list
+    }
+
+    /// Where field `name` is in [`JsonFields::list`].
+    pub fn place(&self, name: &str) -> Option<usize> {
+        self.place.get(name).copied()
+    }
+}
+
+static JSON_FIELDS: LazyLock<std::sync::RwLock<HashMap<String, Arc<JsonFields>>>> =
     LazyLock::new(Default::default);
 
 /// The JSON fields of `desc` in the order Go's `encoding/json` writes them: struct
 /// declaration order (from `go-fields.txt`; fields it lacks after, by number), with
 /// inlined embedded structs' fields in the embedded field's place. Cached per message.
-pub fn json_fields(desc: &MessageDescriptor) -> Arc<[JsonField]> {
+pub fn json_fields(desc: &MessageDescriptor) -> Arc<JsonFields> {
     if let Some(hit) = JSON_FIELDS
         .read()
         .ok()
@@ -143,7 +170,7 @@ pub fn json_fields(desc: &MessageDescriptor) -> Arc<[JsonField]> {
     }
     let mut out = Vec::new();
     push_json_fields(desc, &mut out);
-    let fields: Arc<[JsonField]> = out.into();
+    let fields = Arc::new(JsonFields::new(out));
     if let Ok(mut cache) = JSON_FIELDS.write() {
         cache.insert(desc.full_name().to_owned(), fields.clone());
     }

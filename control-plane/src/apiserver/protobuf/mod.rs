@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use super::status::{ApiError, ApiResult};
 
-pub use json::{JsonField, Shape, format_duration, json_fields, parse_duration};
+pub use json::{JsonFields, Shape, format_duration, json_fields, parse_duration};
 
 /// The protobuf media type.
 pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
