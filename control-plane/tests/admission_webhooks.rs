@@ -255,6 +255,21 @@ fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
     }
 }
 
+/// ConfigMap `ns/name` as kubectl shows it with its managed fields.
+fn shown_with_managed_fields(k: &Kubectl, name: &str, ns: &str) -> Value {
+    let shown = k.ok(&[
+        "get",
+        "configmap",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    serde_json::from_str(&shown).expect("kubectl json")
+}
+
 fn configmap(name: &str, ns: &str, labels: &str) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\ndata: {{k: v}}\n"
@@ -331,17 +346,7 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
         );
         // What the webhook added is owned by no one (managed fields are recorded
         // before mutating admission, as kube-apiserver does); the data is kubectl's.
-        let shown = k.ok(&[
-            "get",
-            "configmap",
-            &name,
-            "-n",
-            "hooked",
-            "-o",
-            "json",
-            "--show-managed-fields",
-        ]);
-        let shown: Value = serde_json::from_str(&shown).expect("kubectl json");
+        let shown = shown_with_managed_fields(&k, &name, "hooked");
         let managed = shown["metadata"]["managedFields"].to_string();
         assert!(
             managed.contains("f:data") && !managed.contains("webhook.berth.dev/mutated"),
@@ -430,17 +435,7 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
         if !ok {
             return Err(out);
         }
-        let shown = k.ok(&[
-            "get",
-            "configmap",
-            &format!("first-{n}"),
-            "-n",
-            "hooked",
-            "-o",
-            "json",
-            "--show-managed-fields",
-        ]);
-        let shown: Value = serde_json::from_str(&shown).expect("kubectl json");
+        let shown = shown_with_managed_fields(&k, &format!("first-{n}"), "hooked");
         if shown["metadata"]["annotations"]["webhook.berth.dev/updated"] != "yes" {
             return Err(format!("not stamped: {shown}"));
         }
