@@ -227,14 +227,16 @@ impl UpDown {
         if !kubeconfig.exists() || std::fs::create_dir_all(&home).is_err() {
             return "no admin kubeconfig yet".into();
         }
-        let bin = berth_testkit::tools::venv().join("bin/kubectl");
+        // Not `Kubectl::find`: a missing kubectl must not record the test as skipped.
+        let client = berth_testkit::Kubectl {
+            bin: berth_testkit::tools::venv().join("bin/kubectl"),
+            kubeconfig,
+            home,
+        };
         let kubectl = |args: &[&str]| {
-            Command::new(&bin)
-                .args(args)
+            client
+                .cmd(args)
                 .args(["--request-timeout", "5s"])
-                .env("KUBECONFIG", &kubeconfig)
-                .env("HOME", &home)
-                .env_remove("KUBERNETES_SERVICE_HOST")
                 .output()
                 .map(|o| {
                     format!(
