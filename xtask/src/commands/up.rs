@@ -810,14 +810,26 @@ mod tests {
         let bin = dir.path().join("berth-test");
         std::fs::copy("/bin/sh", &bin).expect("copy sh");
         let spawn = |arg: &Path| {
+            use std::io::BufRead;
             use std::os::unix::process::CommandExt;
-            Command::new(&bin)
-                .args(["-c", "read line"])
+            let mut child = Command::new(&bin)
+                .args(["-c", "echo ready; read line"])
                 .arg(arg)
                 .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
                 .process_group(0)
                 .spawn()
-                .expect("spawn the copy of sh")
+                .expect("spawn the copy of sh");
+            // `spawn` returns once exec closed the child's close-on-exec pipe, which the
+            // kernel does before the new image's argument area is set up: until then
+            // /proc/<pid>/cmdline reads empty. The child's first line comes after that.
+            let stdout = child.stdout.take().expect("piped stdout");
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("the child's ready line");
+            assert_eq!(line, "ready\n", "the copy of sh starts");
+            child
         };
         let kill = |child: &mut std::process::Child| {
             let group = nix::unistd::Pid::from_raw(child.id() as i32);
