@@ -155,6 +155,7 @@ pub fn client(config: &kube::Config, identity: Arc<Rotating>) -> anyhow::Result<
             .build(https);
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .layer(config.extra_headers_layer()?)
         .service(http_client);
     Ok(kube::Client::new(service, config.default_namespace.clone()))
 }

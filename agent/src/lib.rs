@@ -27,3 +27,18 @@ pub mod services;
 
 /// The version this agent reports as `nodeInfo.kubeletVersion`.
 pub const KUBELET_VERSION: &str = "v1.37.0-berth";
+
+/// The agent's User-Agent toward the apiserver, as the kubelet's reads
+/// (`kubelet/v1.37.0-berth (linux/amd64) berth/0.1.0`).
+pub fn user_agent() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!(
+        "kubelet/{KUBELET_VERSION} ({}/{arch}) berth/{}",
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION")
+    )
+}

@@ -13,19 +13,47 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-/// A client from a kubeconfig file.
-pub async fn from_kubeconfig(path: &Path) -> Result<Client, anyhow::Error> {
-    Ok(Client::try_from(config_from_kubeconfig(path).await?)?)
+/// A client from a kubeconfig file, for the component named `product`.
+pub async fn from_kubeconfig(path: &Path, product: &str) -> Result<Client, anyhow::Error> {
+    Ok(Client::try_from(
+        config_from_kubeconfig(path, product).await?,
+    )?)
 }
 
-/// A client configuration from a kubeconfig file.
-pub async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config, anyhow::Error> {
+/// A client configuration from a kubeconfig file, sending `product`'s User-Agent.
+pub async fn config_from_kubeconfig(
+    path: &Path,
+    product: &str,
+) -> Result<kube::Config, anyhow::Error> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    Ok(kube::Config::from_custom_kubeconfig(
+    let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
-    .await?)
+    .await?;
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_str(&user_agent(product))?,
+    ));
+    Ok(config)
+}
+
+/// The User-Agent of a component, as client-go's default one reads
+/// (`kube-scheduler/v1.37.0 (linux/amd64) berth/0.1.0`): the apiserver names a write's
+/// field manager after its product, so the scheduler's and the controllers' writes show
+/// in managedFields as `kube-scheduler` and `kube-controller-manager`, not `unknown`.
+pub fn user_agent(product: &str) -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!(
+        "{product}/{} ({}/{arch}) berth/{}",
+        crate::apiserver::discovery::GIT_VERSION,
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// The informers of one component: reflector-fed caches whose watches run only while

@@ -369,7 +369,9 @@ fn snapshot(
                 .clone()
                 .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
             let status = runtime.block_on(async {
-                let client = berth_control_plane::client::from_kubeconfig(&kubeconfig).await?;
+                let client =
+                    berth_control_plane::client::from_kubeconfig(&kubeconfig, "berth-server")
+                        .await?;
                 berth_control_plane::apiserver::snapshot::save(client, file).await
             })?;
             println!("saved {}\n{status}", file.display());
@@ -426,7 +428,8 @@ enum TokenCommand {
 
 /// Runs a client component (the scheduler, the controllers) once the kubeconfig exists
 /// and the apiserver answers — while this process holds `lease` when `elect` — and
-/// starts it again if it ever stops.
+/// starts it again if it ever stops. Its requests carry `lease`, the component's name,
+/// as their User-Agent product.
 async fn component<F, Fut>(kubeconfig: PathBuf, lease: &'static str, elect: bool, work: F)
 where
     F: Fn(kube::Client) -> Fut,
@@ -435,7 +438,7 @@ where
     use berth_control_plane::{client, controllers::leader};
     let identity = leader::identity();
     loop {
-        match client::from_kubeconfig(&kubeconfig).await {
+        match client::from_kubeconfig(&kubeconfig, lease).await {
             Ok(c) if c.apiserver_version().await.is_ok() => {
                 if elect {
                     leader::Election::new(lease, &identity)
@@ -513,7 +516,8 @@ fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--ttl: not a duration: {ttl}"))?;
         let ttl = (ttl > 0).then(|| std::time::Duration::from_nanos(ttl.unsigned_abs()));
         return runtime.block_on(async move {
-            let client = berth_control_plane::client::from_kubeconfig(&kubeconfig).await?;
+            let client =
+                berth_control_plane::client::from_kubeconfig(&kubeconfig, "berth-server").await?;
             let token =
                 berth_control_plane::apiserver::bootstrap_token::create(client, ttl, description)
                     .await?;
@@ -679,7 +683,7 @@ fn main() -> anyhow::Result<()> {
                         let credentials = match accounts {
                             None => controllers::credentials::Credentials::Shared(c),
                             Some(token_dir) => {
-                                match berth_control_plane::client::config_from_kubeconfig(&manager_kubeconfig).await {
+                                match berth_control_plane::client::config_from_kubeconfig(&manager_kubeconfig, controllers::LEASE).await {
                                     Ok(config) => controllers::credentials::Credentials::ServiceAccounts {
                                         manager: c,
                                         config: Box::new(config),

@@ -95,7 +95,9 @@ fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         for n in ["n1", "n2", "n3"] {
             node(&client, n, "8", json!({}), json!([])).await;
         }
@@ -281,7 +283,7 @@ fn replicasets_adopt_orphans_and_endpoints_follow_readiness() {
     let server = server(dir.path(), &[]);
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test").await.expect("client");
         node(&client, "n1", "8", json!({}), json!([])).await;
         let _kubelet = Kubelet::start(client.clone(), &["n1"]);
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -371,7 +373,9 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         node(&client, "n1", "8", json!({}), json!([])).await;
         let _kubelet = Kubelet::start(client.clone(), &["n1"]);
         kubectl.ok(&["create", "namespace", "team"]);
@@ -560,7 +564,7 @@ fn a_node_whose_lease_stops_is_tainted_and_its_pods_evicted_after_their_tolerati
     let server = server(dir.path(), &["--node-monitor-grace-period=3s"]);
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test").await.expect("client");
         node(&client, "n1", "8", json!({"zone": "a"}), json!([])).await;
         node(&client, "n2", "8", json!({"zone": "b"}), json!([])).await;
         let kubelet = Kubelet::start(client.clone(), &["n1", "n2"]);
@@ -674,7 +678,7 @@ fn two_controller_managers_elect_one_leader_and_fail_over() {
     let mut managers = vec![Some(spawn("cm-a")), Some(spawn("cm-b"))];
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&api.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&api.kubeconfig(), "e2e.test").await.expect("client");
         let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
         let holder = eventually("a leader", Duration::from_secs(20), || {
             let leases = leases.clone();
@@ -744,7 +748,9 @@ fn paused_deployments_wait_and_stuck_ones_exceed_their_progress_deadline() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         node(&client, "n1", "8", json!({}), json!([])).await;
         let _kubelet = Kubelet::start(client.clone(), &["n1"]);
         kubectl.ok(&[

@@ -97,7 +97,9 @@ fn an_every_minute_cronjob_creates_named_jobs_and_tracks_them() {
     let server = server(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
         let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
         let cj = cronjobs
@@ -215,7 +217,9 @@ fn finished_jobs_beyond_the_history_limits_are_deleted_oldest_first() {
     let server = server(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
         let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
         // Never due during the test: only the history is at work.
@@ -315,7 +319,9 @@ fn finished_jobs_with_a_ttl_are_deleted_after_it() {
     let server = server(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
         for (name, ttl) in [("short", 2), ("long", 3600), ("marker", 2)] {
             let job: Job = serde_json::from_value(json!({

@@ -67,7 +67,9 @@ fn a_pod_per_fitting_node_following_nodes_and_rolling_within_max_unavailable() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         let worker = json!({"role": "worker"});
         for n in ["n1", "n2", "n3"] {
             node(&client, n, "8", worker.clone(), json!([])).await;
@@ -256,7 +258,9 @@ fn failed_daemon_pods_are_replaced_with_a_growing_back_off() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         node(&client, "n1", "8", json!({}), json!([])).await;
         let _kubelet = Kubelet::start(client.clone(), &["n1"]);
         // The hollow kubelet fails every pod of this DaemonSet 100 ms after it runs.

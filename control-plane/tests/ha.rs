@@ -190,7 +190,11 @@ fn servers_on_one_etcd_serve_the_same_objects_watches_allocations_and_endpoints(
     rt.block_on(async {
         let mut clients = Vec::new();
         for s in &servers {
-            clients.push(from_kubeconfig(&s.kubeconfig()).await.expect("client"));
+            clients.push(
+                from_kubeconfig(&s.kubeconfig(), "e2e.test")
+                    .await
+                    .expect("client"),
+            );
         }
         let (a, b, c) = (clients[0].clone(), clients[1].clone(), clients[2].clone());
 
@@ -426,7 +430,7 @@ fn a_read_through_one_server_sees_a_write_just_acknowledged_by_another() {
     rt.block_on(async {
         let mut clients = Vec::new();
         for s in &servers {
-            clients.push(from_kubeconfig(&s.kubeconfig()).await.expect("client"));
+            clients.push(from_kubeconfig(&s.kubeconfig(), "e2e.test").await.expect("client"));
         }
         let cms_a: Api<ConfigMap> = Api::namespaced(clients[0].clone(), "default");
         let cms_b: Api<ConfigMap> = Api::namespaced(clients[1].clone(), "default");
@@ -552,7 +556,7 @@ fn the_other_server_takes_over_a_rollout_when_the_leading_one_is_killed() {
     wait_ready(&servers[0]);
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     let a = rt.block_on(async {
-        from_kubeconfig(&servers[0].kubeconfig())
+        from_kubeconfig(&servers[0].kubeconfig(), "e2e.test")
             .await
             .expect("client A")
     });
@@ -574,7 +578,7 @@ fn the_other_server_takes_over_a_rollout_when_the_leading_one_is_killed() {
     let kubectl_b = Kubectl::find(&servers[1].kubeconfig(), home.path());
     rt.block_on(async {
         // Everything from here on goes through B, the server that stays.
-        let b = from_kubeconfig(&servers[1].kubeconfig())
+        let b = from_kubeconfig(&servers[1].kubeconfig(), "e2e.test")
             .await
             .expect("client B");
         node(&b, "hollow-1", "8", json!({}), json!([])).await;

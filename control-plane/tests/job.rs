@@ -83,7 +83,9 @@ fn with_cluster(test: impl AsyncFnOnce(kube::Client, Kubectl)) {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         for n in ["n1", "n2"] {
             node(&client, n, "64", json!({}), json!([])).await;
         }

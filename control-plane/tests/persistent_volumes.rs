@@ -37,7 +37,9 @@ fn with_cluster(test: impl AsyncFnOnce(Cluster)) {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         test(Cluster {
             client,
             kubectl,

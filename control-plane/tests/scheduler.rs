@@ -35,7 +35,7 @@ fn scheduler_binds_reports_and_retries() {
     let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir.path());
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = client_from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = client_from_kubeconfig(&server.kubeconfig(), "e2e.test").await.expect("client");
         node(&client, "n1", "2", json!({"zone": "a"}), json!([])).await;
         node(&client, "n2", "4", json!({"zone": "b", "disk": "ssd"}), json!([])).await;
         node(&client, "n3", "8", json!({"zone": "c"}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])).await;
@@ -99,7 +99,7 @@ fn a_pending_high_priority_pod_preempts_a_low_priority_one() {
     let server = BerthServer::start(env!("CARGO_BIN_EXE_berth-server").as_ref(), dir.path());
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = client_from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = client_from_kubeconfig(&server.kubeconfig(), "e2e.test").await.expect("client");
         node(&client, "only", "2", json!({}), json!([])).await;
         let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
         for (name, value) in [("low", 10), ("high", 1000)] {

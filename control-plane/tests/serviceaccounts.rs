@@ -117,6 +117,46 @@ fn pods_mount_their_account_token_unless_told_not_to() {
         ],
     });
     assert_eq!(v["projected"], expected, "{v}");
+    // What admission set (the account, its token volume, the priority, the default
+    // tolerations) is no manager's: the applier owns what it sent and the API's defaults.
+    let shown = k.json(&[
+        "get",
+        "pod",
+        "plain",
+        "-n",
+        "sa-test",
+        "--show-managed-fields",
+    ]);
+    let owned = shown["metadata"]["managedFields"].to_string();
+    assert!(
+        owned.contains("f:containers") && owned.contains("f:dnsPolicy"),
+        "{owned}"
+    );
+    for admitted in [
+        "f:serviceAccountName",
+        "\"f:serviceAccount\"",
+        "f:volumes",
+        "f:priority",
+        "f:tolerations",
+    ] {
+        assert!(!owned.contains(admitted), "{admitted} in {owned}");
+    }
+    // The scheduler's status write (no node fits) is named after its User-Agent.
+    poll("a status write managed by kube-scheduler", || {
+        let shown = k.json(&[
+            "get",
+            "pod",
+            "plain",
+            "-n",
+            "sa-test",
+            "--show-managed-fields",
+        ]);
+        shown["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["manager"] == "kube-scheduler" && e["subresource"] == "status")
+    });
     for c in p["spec"]["initContainers"]
         .as_array()
         .into_iter()

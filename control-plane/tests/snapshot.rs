@@ -138,7 +138,7 @@ fn a_snapshot_saved_while_writing_restores_every_acknowledged_object() {
     let writer = {
         let (acked, stop, kubeconfig) = (acked.clone(), stop.clone(), original.kubeconfig());
         runtime.spawn(async move {
-            let client = berth_control_plane::client::from_kubeconfig(&kubeconfig)
+            let client = berth_control_plane::client::from_kubeconfig(&kubeconfig, "e2e.test")
                 .await
                 .expect("a client");
             let api: Api<ConfigMap> = Api::namespaced(client, "snap");

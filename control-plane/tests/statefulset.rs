@@ -56,7 +56,7 @@ fn ordered_pods_stable_names_claims_partitioned_updates_and_undo() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test").await.expect("client");
         for n in ["n1", "n2"] {
             node(&client, n, "16", json!({}), json!([])).await;
         }
@@ -293,7 +293,9 @@ fn parallel_sets_start_at_their_first_ordinal_and_scale_at_once() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async {
-        let client = from_kubeconfig(&server.kubeconfig()).await.expect("client");
+        let client = from_kubeconfig(&server.kubeconfig(), "e2e.test")
+            .await
+            .expect("client");
         node(&client, "n1", "64", json!({}), json!([])).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         // No kubelet yet: Parallel creates every pod without waiting for readiness.

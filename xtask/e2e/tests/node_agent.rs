@@ -81,6 +81,20 @@ spec:
     ));
     let web = c.wait_pod("web", "Ready", ready);
     assert_eq!(web["status"]["phase"], "Running");
+    // The agent's status writes are the `kubelet` manager's, named after its User-Agent.
+    let shown = c
+        .kubectl
+        .json(&["get", "pod", "web", "--show-managed-fields"]);
+    let managers = shown["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["manager"].as_str(), e["subresource"].as_str()))
+        .collect::<Vec<_>>();
+    assert!(
+        managers.contains(&(Some("kubelet"), Some("status"))),
+        "{managers:?}"
+    );
     assert_eq!(web["status"]["qosClass"], "BestEffort");
     assert_eq!(web["status"]["hostIP"], "127.0.0.1");
     let ip = web["status"]["podIP"].as_str().expect("podIP");

@@ -31,8 +31,23 @@ fn each(obj: &mut Value, key: &str, mut f: impl FnMut(&mut Value)) {
     }
 }
 
-/// Applies the defaults of `kind` to `obj` (a whole object).
+/// Applies the defaults of `kind` to `obj` (a whole object): the API's own and, for a
+/// pod, the admission defaults (the `default` ServiceAccount, priority 0,
+/// DefaultTolerationSeconds).
 pub fn apply(kind: &str, obj: &mut Value) {
+    apply_decoded(kind, obj);
+    if kind == "Pod"
+        && let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object())
+    {
+        pod_admission(spec);
+    }
+}
+
+/// The API's own defaults of `kind`, what kube-apiserver applies when it decodes a
+/// request, before admission: not what admission plugins set (a pod's priority, its
+/// ServiceAccount, its default tolerations), which is no manager's and which the
+/// Priority plugin refuses to find already set.
+pub fn apply_decoded(kind: &str, obj: &mut Value) {
     if matches!(kind, "RoleBinding" | "ClusterRoleBinding") {
         super::rbac::default_subjects(obj);
     }
@@ -155,7 +170,6 @@ fn fields(kind: &str, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = object(obj, "spec") {
                 pod_spec(spec);
-                pod_admission(spec);
             }
             let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
             if let Some(status) = object(obj, "status") {

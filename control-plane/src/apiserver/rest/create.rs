@@ -73,15 +73,10 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
             .check_namespace(ctx.namespace.as_deref().unwrap_or_default(), &def.kind)
             .await?;
     }
-    // Managed fields are of the object as sent with the API's defaults (kube-apiserver
-    // defaults on decode). The admitted object is defaulted only after the built-in
-    // mutating plugins below: priority admission refuses a `priority` it did not set,
-    // and berth's defaults give a pod one.
-    let managed = {
-        let mut view = obj.clone();
-        defaults::apply(&def.kind, &mut view);
-        crate::apiserver::managed_fields::of_create(ctx, &view, client_managed)?
-    };
+    // The API's defaults as kube-apiserver applies them on decode; managed fields are
+    // of the object as sent with those defaults, before admission adds anything.
+    defaults::apply_decoded(&def.kind, &mut obj);
+    let managed = crate::apiserver::managed_fields::of_create(ctx, &obj, client_managed)?;
     node_restriction::admit_create(ctx.user.as_ref(), def, &obj)?;
     if def.group.is_empty() && def.kind == "Pod" {
         crate::apiserver::admission::priority::admit(&ctx.api.cache, &mut obj)?;
@@ -96,6 +91,8 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         crate::apiserver::admission::storage::admit_create(&ctx.api.cache, &def.kind, &mut obj);
     }
     crate::apiserver::authz::escalation::check_create(ctx, &obj)?;
+    // Again, with the pod admission defaults, for what the built-in mutating plugins
+    // added (a token volume's fields).
     defaults::apply(&def.kind, &mut obj);
     crate::apiserver::admission::resource_quota::prepare_create(def, &mut obj);
     // LimitRanger: after the API defaults (a container's requests default to its
