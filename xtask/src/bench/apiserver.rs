@@ -805,8 +805,7 @@ fn fresh_secret_creates(
     if encrypted {
         flags.extend(["--encryption-provider-config", &config_arg]);
     }
-    let server =
-        BerthServer::start_with(&release.join("berth-server"), &dir.join("server"), &flags);
+    let server = BerthServer::start_with(&super::server_binary(), &dir.join("server"), &flags);
     let report = run_load(release, &server, &["--secrets-only"]);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
@@ -821,7 +820,7 @@ fn over_etcd(release: &Path, data: &Path, members: usize) -> Result<Report> {
     let etcd = Etcd::cluster(data, members);
     let servers = format!("--etcd-servers={}", etcd.endpoints_flag());
     let server = BerthServer::start_with(
-        &release.join("berth-server"),
+        &super::server_binary(),
         data,
         &["--scheduler=false", "--controllers=false", &servers],
     );

@@ -22,33 +22,54 @@ use std::{fs, path::Path};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-/// Builds berth-server and xtask in release and starts a release berth-server serving
+/// Builds berth-server as `cargo xtask dist` ships it (the `dist` profile: one codegen
+/// unit, whole-program LTO) and xtask in release, and starts that berth-server serving
 /// the API alone (no scheduler, no controllers) on a fresh data dir under
 /// `target/bench-<bench>`; returns the release dir (for the load process) and the server.
 pub fn release_apiserver(bench: &str) -> Result<(std::path::PathBuf, berth_testkit::BerthServer)> {
     crate::util::run_checked(&mut crate::util::cmd(
         crate::util::cargo(),
-        [
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "berth-control-plane",
-            "-p",
-            "xtask",
-            "--bins",
-        ],
+        ["build", "--release", "--quiet", "-p", "xtask", "--bins"],
     ))?;
+    let server_bin = dist_binary("berth-control-plane", "berth-server")?;
     let release = crate::util::target_dir().join("release");
     let data = crate::util::target_dir().join(format!("bench-{bench}"));
     let _ = fs::remove_dir_all(&data);
     fs::create_dir_all(&data).with_context(|| format!("mkdir {}", data.display()))?;
     let server = berth_testkit::BerthServer::start_with(
-        &release.join("berth-server"),
+        &server_bin,
         &data,
         &["--scheduler=false", "--controllers=false"],
     );
     Ok((release, server))
+}
+
+/// The berth-server [`release_apiserver`] builds and starts: every server a bench of
+/// the API starts besides (over etcd, with encryption, the controllers) runs it too.
+pub fn server_binary() -> std::path::PathBuf {
+    crate::util::target_dir()
+        .join(crate::commands::dist::PROFILE)
+        .join("berth-server")
+}
+
+/// Builds `bin` of `package` in the profile `cargo xtask dist` ships; returns its path.
+pub fn dist_binary(package: &str, bin: &str) -> Result<std::path::PathBuf> {
+    crate::util::run_checked(&mut crate::util::cmd(
+        crate::util::cargo(),
+        [
+            "build",
+            "--profile",
+            crate::commands::dist::PROFILE,
+            "--quiet",
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ],
+    ))?;
+    Ok(crate::util::target_dir()
+        .join(crate::commands::dist::PROFILE)
+        .join(bin))
 }
 
 /// A registered benchmark.

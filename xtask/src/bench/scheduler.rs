@@ -103,7 +103,7 @@ pub fn run() -> Result<Report> {
         .arg("--kubeconfig")
         .arg(server.kubeconfig())
         .arg("--server-bin")
-        .arg(release.join("berth-server"))
+        .arg(super::server_binary())
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("run xtask scheduler-load")?;

@@ -98,7 +98,7 @@ pub fn run() -> Result<Report> {
         .arg("--kubeconfig")
         .arg(server.kubeconfig())
         .arg("--server-bin")
-        .arg(release.join("berth-server"))
+        .arg(super::server_binary())
         .arg("--components-log")
         .arg(crate::util::target_dir().join("bench-workloads-components.log"))
         .stderr(std::process::Stdio::inherit())

@@ -5,10 +5,10 @@
 //! `berth-<version>-linux-<arch>-debug.tar.gz` with the debug info split off each
 //! binary (`objcopy --only-keep-debug`, `strip`, `objcopy --add-gnu-debuglink`).
 //!
-//! The binaries are the ones `cargo xtask build` makes (`target/release`, the release
-//! profile the benches and `up` use too), so a tree that has run either is not built
-//! again; or, with `--bin-dir DIR`, the ones in DIR as they are (a CI job's
-//! `target/debug`), with nothing built. Entry point: [`run`].
+//! The binaries are built in the `release-lto` profile ([`PROFILE`]: `release` with one
+//! codegen unit and whole-program LTO, the build the benches of berth-server measure);
+//! or, with `--bin-dir DIR`, the ones in DIR as they are (a CI job's `target/debug`),
+//! with nothing built. Entry point: [`run`].
 
 mod manifest;
 mod units;
@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use sha2::Digest as _;
 
 use crate::{
-    commands::{build, build_ebpf, images},
+    commands::{build_ebpf, images},
     util::{self, cmd, run_checked, step},
 };
 
@@ -144,30 +144,33 @@ impl Inputs {
     }
 }
 
-/// Builds the release binaries for `target` (into `target/release` for the host,
-/// `target/<triple>/release` otherwise), the eBPF object and the pause image; returns
-/// the binaries' directory.
+/// The Cargo profile of the shipped binaries: `release` with one codegen unit and
+/// whole-program LTO (Cargo.toml).
+pub const PROFILE: &str = "release-lto";
+
+/// Builds the shipped binaries for `target` in the [`PROFILE`] profile (into
+/// `target/release-lto` for the host, `target/<triple>/release-lto` otherwise), the eBPF object and
+/// the pause image; returns the binaries' directory.
 fn build_release(target: &str, host: &str) -> Result<PathBuf> {
-    if target == host {
-        build::build()?;
-    } else {
-        build_ebpf::build()?;
-        step(format!("building release binaries for {target}"));
-        let mut cargo = cmd(util::cargo(), ["build", "--release", "--target", target]);
-        for (bin, _) in BINARIES {
-            cargo.args(["--bin", bin]);
-        }
-        run_checked(&mut cargo)?;
+    build_ebpf::build()?;
+    step(format!("building the {PROFILE} binaries for {target}"));
+    let mut cargo = cmd(util::cargo(), ["build", "--profile", PROFILE]);
+    if target != host {
+        cargo.args(["--target", target]);
     }
+    for (bin, _) in BINARIES {
+        cargo.args(["--bin", bin]);
+    }
+    run_checked(&mut cargo)?;
     images::pause()?;
     Ok(release_dir(target, host))
 }
 
 fn release_dir(target: &str, host: &str) -> PathBuf {
     if target == host {
-        util::target_dir().join("release")
+        util::target_dir().join(PROFILE)
     } else {
-        util::target_dir().join(target).join("release")
+        util::target_dir().join(target).join(PROFILE)
     }
 }
 
@@ -196,7 +199,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 build_release(&target, &host)?
             };
             (
-                Inputs::find(&dir, "run `cargo xtask build`, or dist without --no-build")?,
+                Inputs::find(&dir, "run `cargo xtask dist` once without --no-build")?,
                 manifest::Origin::Release,
             )
         }

@@ -85,8 +85,8 @@ pub fn mib(bytes: u64) -> String {
 /// Where the binaries came from.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
-    /// The release profile, as `cargo xtask build` makes it (`--no-build`, or built by
-    /// dist itself).
+    /// The `release-lto` profile ([`super::PROFILE`]), built by dist itself (or by an
+    /// earlier run, with `--no-build`).
     Release,
     /// Taken as they were from a directory (`--bin-dir`), whatever profile made them.
     Dir(&'a Path),
@@ -112,7 +112,7 @@ pub struct Build<'a> {
 pub fn render(build: &Build<'_>) -> String {
     let mut out = String::new();
     let origin = match build.origin {
-        Origin::Release => "release profile".to_owned(),
+        Origin::Release => format!("{} profile", super::PROFILE),
         Origin::Dir(dir) => format!("binaries from {}", dir.display()),
     };
     let _ = writeln!(
@@ -234,7 +234,7 @@ mod tests {
         let text = render(&build);
         assert!(
             text.starts_with(
-                "berth 0.1.0 for linux-amd64 (Rust target x86_64-unknown-linux-gnu, release profile, source abc1234)"
+                "berth 0.1.0 for linux-amd64 (Rust target x86_64-unknown-linux-gnu, release-lto profile, source abc1234)"
             ),
             "{text}"
         );
