@@ -318,9 +318,10 @@ pub async fn bootstrap(
             .encode(std::fs::read(file).with_context(|| format!("reading {file}"))?),
         (None, None) => bail!("the bootstrap kubeconfig has no cluster CA"),
     };
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .context("loading the bootstrap kubeconfig")?;
+    crate::identify(&mut config)?;
     let boot = kube::Client::try_from(config)?;
     let pem = request_certificate(&boot, node, Purpose::Client, &[]).await?;
     let current = cert_dir.join(CURRENT);

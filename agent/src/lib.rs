@@ -28,9 +28,19 @@ pub mod services;
 /// The version this agent reports as `nodeInfo.kubeletVersion`.
 pub const KUBELET_VERSION: &str = "v1.37.0-berth";
 
+/// Makes `config`'s clients send the agent's User-Agent: the apiserver names the
+/// agent's writes' field manager `kubelet` after it, as in a Kubernetes cluster.
+pub fn identify(config: &mut kube::Config) -> anyhow::Result<()> {
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_str(&user_agent())?,
+    ));
+    Ok(())
+}
+
 /// The agent's User-Agent toward the apiserver, as the kubelet's reads
 /// (`kubelet/v1.37.0-berth (linux/amd64) berth/0.1.0`).
-pub fn user_agent() -> String {
+fn user_agent() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

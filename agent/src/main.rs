@@ -550,13 +550,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .context("loading the kubeconfig")?;
-    // The kubelet's User-Agent: the apiserver names the agent's writes' field manager
-    // `kubelet` after it, as in a Kubernetes cluster.
-    config.headers.push((
-        hyper::header::USER_AGENT,
-        hyper::header::HeaderValue::from_str(&berth_agent::user_agent())
-            .context("the User-Agent")?,
-    ));
+    berth_agent::identify(&mut config)?;
     let base_config = config.clone();
     // One client over every server of the cluster (berth_agent::failover).
     let connect: berth_agent::failover::Connect = match &rotating {

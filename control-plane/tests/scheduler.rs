@@ -124,6 +124,26 @@ fn a_pending_high_priority_pod_preempts_a_low_priority_one() {
             }
             other => panic!("unknown class accepted: {other:?}"),
         }
+        // A preemptionPolicy other than the class's is refused too; with no class the
+        // pod still gets priority 0 and PreemptLowerPriority, as upstream's plugin sets.
+        let never: Pod = serde_json::from_value(json!({"metadata": {"name": "never"},
+            "spec": {"priorityClassName": "high", "preemptionPolicy": "Never",
+                "containers": [{"name": "c", "image": "busybox"}]}})).expect("pod");
+        match pods.create(&PostParams::default(), &never).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 403);
+                assert!(s.message.contains("the string value of PreemptionPolicy (Never) must not be provided in pod spec; priority admission controller computed PreemptLowerPriority from the given PriorityClass name"), "{}", s.message);
+            }
+            other => panic!("a policy unlike the class's accepted: {other:?}"),
+        }
+        let plain: Pod = serde_json::from_value(json!({"metadata": {"name": "plain"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}})).expect("pod");
+        let plain = pods
+            .create(&PostParams { dry_run: true, ..Default::default() }, &plain)
+            .await
+            .expect("a pod without a class");
+        let spec = plain.spec.expect("spec");
+        assert_eq!((spec.priority, spec.preemption_policy.as_deref()), (Some(0), Some("PreemptLowerPriority")));
         // The scheduler deletes the victim and nominates the node; as the (fake) kubelet,
         // finish the victim's graceful deletion.
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -765,6 +765,12 @@ fn static_pods_run_from_manifests_with_mirror_pods() {
         "{mirror}"
     );
     assert_eq!(mirror["spec"]["nodeName"], "node-e2e");
+    // No account for a mirror pod, as the ServiceAccount admission plugin leaves it.
+    assert!(
+        mirror["spec"].get("serviceAccountName").is_none()
+            && mirror["spec"].get("serviceAccount").is_none(),
+        "{mirror}"
+    );
     assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
     let logs = c.kubectl.ok(&["logs", name]);
     assert!(logs.contains(&format!(" on {name}")), "{logs}");

@@ -22,8 +22,8 @@ use std::{fs, path::Path};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-/// Builds berth-server as `cargo xtask dist` ships it (the `dist` profile: one codegen
-/// unit, whole-program LTO) and xtask in release, and starts that berth-server serving
+/// Builds berth-server as `cargo xtask dist` ships it (the `release-lto` profile: one
+/// codegen unit, whole-program LTO) and xtask in release, and starts that berth-server serving
 /// the API alone (no scheduler, no controllers) on a fresh data dir under
 /// `target/bench-<bench>`; returns the release dir (for the load process) and the server.
 pub fn release_apiserver(bench: &str) -> Result<(std::path::PathBuf, berth_testkit::BerthServer)> {
@@ -31,7 +31,8 @@ pub fn release_apiserver(bench: &str) -> Result<(std::path::PathBuf, berth_testk
         crate::util::cargo(),
         ["build", "--release", "--quiet", "-p", "xtask", "--bins"],
     ))?;
-    let server_bin = dist_binary("berth-control-plane", "berth-server")?;
+    let server_bin =
+        crate::commands::dist::build_binary("berth-control-plane", "berth-server", None)?;
     let release = crate::util::target_dir().join("release");
     let data = crate::util::target_dir().join(format!("bench-{bench}"));
     let _ = fs::remove_dir_all(&data);
@@ -50,26 +51,6 @@ pub fn server_binary() -> std::path::PathBuf {
     crate::util::target_dir()
         .join(crate::commands::dist::PROFILE)
         .join("berth-server")
-}
-
-/// Builds `bin` of `package` in the profile `cargo xtask dist` ships; returns its path.
-pub fn dist_binary(package: &str, bin: &str) -> Result<std::path::PathBuf> {
-    crate::util::run_checked(&mut crate::util::cmd(
-        crate::util::cargo(),
-        [
-            "build",
-            "--profile",
-            crate::commands::dist::PROFILE,
-            "--quiet",
-            "-p",
-            package,
-            "--bin",
-            bin,
-        ],
-    ))?;
-    Ok(crate::util::target_dir()
-        .join(crate::commands::dist::PROFILE)
-        .join(bin))
 }
 
 /// A registered benchmark.

@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long)]
     pub no_build: bool,
     /// Take the five binaries from DIR (`target/debug`, a CI job's build) instead of
-    /// the release build; builds nothing, as --no-build.
+    /// the release-lto build; builds nothing, as --no-build.
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
     /// Gzip both tarballs at the fastest level rather than the smallest: for a tarball
@@ -153,17 +153,34 @@ pub const PROFILE: &str = "release-lto";
 /// the pause image; returns the binaries' directory.
 fn build_release(target: &str, host: &str) -> Result<PathBuf> {
     build_ebpf::build()?;
-    step(format!("building the {PROFILE} binaries for {target}"));
-    let mut cargo = cmd(util::cargo(), ["build", "--profile", PROFILE]);
-    if target != host {
-        cargo.args(["--target", target]);
-    }
     for (bin, _) in BINARIES {
-        cargo.args(["--bin", bin]);
+        let package = if *bin == "berth-server" {
+            "berth-control-plane"
+        } else {
+            bin
+        };
+        build_binary(package, bin, (target != host).then_some(target))?;
     }
-    run_checked(&mut cargo)?;
     images::pause()?;
     Ok(release_dir(target, host))
+}
+
+/// Builds `bin` of `package` in [`PROFILE`] for `target` (the host's when `None`), one
+/// package at a time so that its dependencies' features are its own: the same binary
+/// whoever builds it, dist or a bench of berth-server. Returns its path.
+pub fn build_binary(package: &str, bin: &str, target: Option<&str>) -> Result<PathBuf> {
+    step(format!("building {bin} ({PROFILE} profile)"));
+    let mut cargo = cmd(
+        util::cargo(),
+        ["build", "--profile", PROFILE, "-p", package, "--bin", bin],
+    );
+    let mut dir = util::target_dir();
+    if let Some(target) = target {
+        cargo.args(["--target", target]);
+        dir = dir.join(target);
+    }
+    run_checked(&mut cargo)?;
+    Ok(dir.join(PROFILE).join(bin))
 }
 
 fn release_dir(target: &str, host: &str) -> PathBuf {

@@ -36,10 +36,14 @@ fn each(obj: &mut Value, key: &str, mut f: impl FnMut(&mut Value)) {
 /// DefaultTolerationSeconds).
 pub fn apply(kind: &str, obj: &mut Value) {
     apply_decoded(kind, obj);
-    if kind == "Pod"
-        && let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object())
-    {
-        pod_admission(spec);
+    if kind == "Pod" {
+        // The ServiceAccount plugin leaves a static pod's mirror without an account.
+        let mirror = obj
+            .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+            .is_some();
+        if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+            pod_admission(spec, mirror);
+        }
     }
 }
 
@@ -442,6 +446,7 @@ fn service_spec(spec: &mut Value) {
 
 /// `SetDefaults_PodSpec` and the container, probe and volume defaults under it.
 pub fn pod_spec(spec: &mut Value) {
+    service_account_alias(spec);
     default(spec, "restartPolicy", json!("Always"));
     default(spec, "dnsPolicy", json!("ClusterFirst"));
     default(spec, "terminationGracePeriodSeconds", json!(30));
@@ -473,14 +478,36 @@ pub fn pod_spec(spec: &mut Value) {
     });
 }
 
-/// Admission defaults for a pod being created (not for templates).
-fn pod_admission(spec: &mut Value) {
-    default(spec, "serviceAccountName", json!("default"));
-    let sa = spec
-        .get("serviceAccountName")
-        .cloned()
-        .unwrap_or(Value::Null);
-    default(spec, "serviceAccount", sa);
+/// v1's `serviceAccount` is an alias of `serviceAccountName`, as the v1 conversion
+/// makes it: the name wins, the alias names the account when the name is empty, and
+/// the alias always reads back as the name. Part of decoding, so a client that sets
+/// either owns both.
+fn service_account_alias(spec: &mut Value) {
+    let named = |key: &str| {
+        spec.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    if let Some(name) = named("serviceAccountName").or_else(|| named("serviceAccount"))
+        && let Some(map) = spec.as_object_mut()
+    {
+        map.insert("serviceAccountName".into(), json!(name));
+        map.insert("serviceAccount".into(), json!(name));
+    }
+}
+
+/// Admission defaults for a pod being created (not for templates); a `mirror` pod
+/// gets no account.
+fn pod_admission(spec: &mut Value, mirror: bool) {
+    if !mirror {
+        default(spec, "serviceAccountName", json!("default"));
+        let sa = spec
+            .get("serviceAccountName")
+            .cloned()
+            .unwrap_or(Value::Null);
+        default(spec, "serviceAccount", sa);
+    }
     default(spec, "priority", json!(0));
     // DefaultTolerationSeconds: tolerate not-ready / unreachable nodes for 300 s.
     let tolerations = spec
@@ -614,6 +641,40 @@ mod tests {
         assert_eq!(pod["status"]["qosClass"], "Guaranteed");
         assert_eq!(pod["status"]["phase"], "Pending");
         assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+    }
+
+    /// What decoding sets and what only admission sets: a pod's account name and its
+    /// v1 alias are decoded together; the `default` account, priority and default
+    /// tolerations come with [`apply`] only.
+    #[test]
+    fn the_account_alias_is_decoded_and_admission_defaults_are_not() {
+        let pod = |spec: Value| json!({"kind": "Pod", "spec": spec});
+        for (sent, name) in [
+            (json!({"serviceAccountName": "a"}), "a"),
+            (json!({"serviceAccount": "b"}), "b"),
+            (
+                json!({"serviceAccountName": "a", "serviceAccount": "b"}),
+                "a",
+            ),
+        ] {
+            let mut p = pod(sent.clone());
+            apply_decoded("Pod", &mut p);
+            assert_eq!(p["spec"]["serviceAccountName"], name, "{sent}");
+            assert_eq!(p["spec"]["serviceAccount"], name, "{sent}");
+        }
+        let mut p = pod(json!({"containers": []}));
+        apply_decoded("Pod", &mut p);
+        for admitted in [
+            "serviceAccountName",
+            "serviceAccount",
+            "priority",
+            "tolerations",
+        ] {
+            assert!(p["spec"].get(admitted).is_none(), "{admitted}: {p}");
+        }
+        apply("Pod", &mut p);
+        assert_eq!(p["spec"]["serviceAccount"], "default", "{p}");
+        assert_eq!(p["spec"]["priority"], 0, "{p}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The Priority admission plugin: a pod's `priorityClassName` is resolved to
 //! `priority` and `preemptionPolicy` from its PriorityClass (or from the class marked
-//! `globalDefault` when it names none; 0 when there is none). The built-in
+//! `globalDefault` when it names none; 0 and `PreemptLowerPriority` when there is none). The built-in
 //! `system-cluster-critical` and `system-node-critical` classes always exist. An
-//! unknown class, or a `priority` that disagrees with the class, is refused with 403 as
-//! Kubernetes refuses it.
+//! unknown class, or a `priority` or `preemptionPolicy` that disagrees with the class,
+//! is refused with 403 as Kubernetes refuses it.
 
 use serde_json::{Value, json};
 
@@ -11,6 +11,7 @@ use crate::apiserver::status::ApiError;
 use crate::apiserver::watch_cache::WatchCache;
 
 const PREFIX: &str = "/registry/scheduling.k8s.io/priorityclasses/";
+const PREEMPT_LOWER_PRIORITY: &str = "PreemptLowerPriority";
 
 fn builtin(name: &str) -> Option<i64> {
     match name {
@@ -48,7 +49,7 @@ pub fn admit(cache: &WatchCache, pod: &mut Value) -> Result<(), ApiError> {
                 )
             }
             None => match builtin(&c) {
-                Some(v) => (Some(c), v, None),
+                Some(v) => (Some(c), v, None::<String>),
                 None => {
                     return Err(ApiError::forbidden(format!(
                         "pods \"{name}\" is forbidden: no PriorityClass with name {c} was found"
@@ -83,14 +84,20 @@ pub fn admit(cache: &WatchCache, pod: &mut Value) -> Result<(), ApiError> {
             "pods \"{name}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
         )));
     }
+    // A class without a policy (the built-in ones, no class at all) preempts lower
+    // priorities, PriorityClass's default.
+    let policy = policy.unwrap_or_else(|| PREEMPT_LOWER_PRIORITY.to_owned());
+    if let Some(given) = spec.get("preemptionPolicy").and_then(Value::as_str)
+        && given != policy
+    {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{name}\" is forbidden: the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+        )));
+    }
     spec.insert("priority".into(), json!(value));
     if let Some(c) = class_name {
         spec.insert("priorityClassName".into(), json!(c));
     }
-    if let Some(p) = policy
-        && !spec.contains_key("preemptionPolicy")
-    {
-        spec.insert("preemptionPolicy".into(), json!(p));
-    }
+    spec.insert("preemptionPolicy".into(), json!(policy));
     Ok(())
 }
