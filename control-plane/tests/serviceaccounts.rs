@@ -119,15 +119,18 @@ fn pods_mount_their_account_token_unless_told_not_to() {
     assert_eq!(v["projected"], expected, "{v}");
     // What admission set (the account, its token volume, the priority, the default
     // tolerations) is no manager's: the applier owns what it sent and the API's defaults.
-    let shown = k.json(&[
-        "get",
-        "pod",
-        "plain",
-        "-n",
-        "sa-test",
-        "--show-managed-fields",
-    ]);
-    let owned = shown["metadata"]["managedFields"].to_string();
+    let managed_fields = || {
+        k.json(&[
+            "get",
+            "pod",
+            "plain",
+            "-n",
+            "sa-test",
+            "--show-managed-fields",
+        ])["metadata"]["managedFields"]
+            .clone()
+    };
+    let owned = managed_fields().to_string();
     assert!(
         owned.contains("f:containers") && owned.contains("f:dnsPolicy"),
         "{owned}"
@@ -143,15 +146,7 @@ fn pods_mount_their_account_token_unless_told_not_to() {
     }
     // The scheduler's status write (no node fits) is named after its User-Agent.
     poll("a status write managed by kube-scheduler", || {
-        let shown = k.json(&[
-            "get",
-            "pod",
-            "plain",
-            "-n",
-            "sa-test",
-            "--show-managed-fields",
-        ]);
-        shown["metadata"]["managedFields"]
+        managed_fields()
             .as_array()
             .into_iter()
             .flatten()
