@@ -346,6 +346,136 @@ fn client_side_apply_migrates_to_server_side_apply() {
     assert!(created["time"].is_string());
 }
 
+/// HorizontalPodAutoscalers are served as autoscaling/v1 and v2, which name the CPU
+/// target differently (`spec.targetCPUUtilizationPercentage` / `spec.metrics`): each
+/// managedFields entry names fields in its own version, and a write is checked against
+/// an entry in that entry's version, as upstream's field manager converts.
+#[test]
+fn managed_fields_of_an_hpa_follow_each_managers_version() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let v2 = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web, namespace: default}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  maxReplicas: 5\n  metrics:\n  - type: Resource\n    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}\n";
+    let v1 = |target: u32| {
+        format!(
+            "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {{name: web, namespace: default}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  maxReplicas: 5\n  targetCPUUtilizationPercentage: {target}\n"
+        )
+    };
+    let get = |version: &str| {
+        k.json(&[
+            "get",
+            &format!("horizontalpodautoscalers.{version}.autoscaling"),
+            "web",
+            "--show-managed-fields",
+        ])
+    };
+    let (ok, out) = run(
+        &k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-v2",
+            "-f",
+            "-",
+        ],
+        v2,
+    );
+    assert!(ok, "{out}");
+    let obj = get("v2");
+    let mine = entry(&obj, "team-v2", "Apply").expect("team-v2's entry");
+    assert_eq!(mine["apiVersion"], "autoscaling/v2");
+    assert!(
+        mine["fieldsV1"]["f:spec"]["f:metrics"].is_object(),
+        "{mine}"
+    );
+
+    // The v1 CPU target is v2's metrics: a conflict with the v2 applier, in its terms.
+    let apply_v1 = [
+        "apply",
+        "--server-side",
+        "--field-manager=team-v1",
+        "-f",
+        "-",
+    ];
+    let (ok, out) = run(&k, &apply_v1, &v1(80));
+    assert!(!ok, "applied over another manager's metric: {out}");
+    assert!(
+        out.contains(r#"conflict with "team-v2": .spec.metrics"#),
+        "{out}"
+    );
+    let forced = [&apply_v1[..], &["--force-conflicts"]].concat();
+    let (ok, out) = run(&k, &forced, &v1(80));
+    assert!(ok, "{out}");
+    let obj = get("v1");
+    assert_eq!(obj["spec"]["targetCPUUtilizationPercentage"], 80);
+    let v1_entry = entry(&obj, "team-v1", "Apply").expect("team-v1's entry");
+    assert_eq!(v1_entry["apiVersion"], "autoscaling/v1");
+    assert_eq!(
+        v1_entry["fieldsV1"]["f:spec"]["f:targetCPUUtilizationPercentage"],
+        json!({}),
+        "{v1_entry}"
+    );
+    let v2_entry = entry(&obj, "team-v2", "Apply").expect("team-v2 keeps its other fields");
+    assert!(
+        v2_entry["fieldsV1"]["f:spec"].get("f:metrics").is_none(),
+        "the forced apply took the metrics: {v2_entry}"
+    );
+    assert_eq!(v2_entry["fieldsV1"]["f:spec"]["f:maxReplicas"], json!({}));
+
+    // An update through v1 records v1's field names and takes the field from the v1
+    // applier; v2 readers see the new target.
+    k.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "--type=merge",
+        "--field-manager=tuner",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":70}}"#,
+    ]);
+    let obj = get("v1");
+    let tuner = entry(&obj, "tuner", "Update").expect("tuner's entry");
+    assert_eq!(tuner["apiVersion"], "autoscaling/v1");
+    assert_eq!(
+        tuner["fieldsV1"],
+        json!({"f:spec": {"f:targetCPUUtilizationPercentage": {}}})
+    );
+    let v1_entry = entry(&obj, "team-v1", "Apply").expect("team-v1's entry");
+    assert!(
+        v1_entry["fieldsV1"]["f:spec"]
+            .get("f:targetCPUUtilizationPercentage")
+            .is_none(),
+        "{v1_entry}"
+    );
+    let obj = get("v2");
+    assert_eq!(
+        obj["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+
+    // A create through v1 names v1's fields too.
+    let other = v1(60).replace("name: web, namespace", "name: api, namespace");
+    let (ok, out) = run(&k, &["create", "-f", "-"], &other);
+    assert!(ok, "{out}");
+    let obj = k.json(&[
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "api",
+        "--show-managed-fields",
+    ]);
+    let created = entry(&obj, "kubectl-create", "Update").expect("kubectl-create's entry");
+    assert_eq!(created["apiVersion"], "autoscaling/v1");
+    let spec = &created["fieldsV1"]["f:spec"];
+    assert_eq!(
+        spec["f:targetCPUUtilizationPercentage"],
+        json!({}),
+        "{created}"
+    );
+    assert!(spec.get("f:metrics").is_none(), "{created}");
+}
+
 async fn client(server: &BerthServer) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
     let config =

@@ -188,6 +188,47 @@ fn the_tarball_holds_stripped_binaries_units_and_scripts(tarball: &Tarball, rele
     assert!(debug.exists(), "{} is missing", debug.display());
 }
 
+/// systemd's own check of the units `install.sh` wrote into `root`, as systemd would
+/// load them on that host (`systemd-analyze --root=ROOT verify`): every key known, every
+/// `ExecStart` command present and executable in the root, every dependency found. The
+/// root borrows this host's unit directory for the targets the units name, for the
+/// check only.
+fn verify_units(root: &Path, units: &[&str]) {
+    let system = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .into_iter()
+        .map(Path::new)
+        .find(|d| d.join("multi-user.target").exists())
+        .expect("systemd's unit directory (Debian systemd; cargo xtask setup installs it)");
+    let borrowed = root.join("usr/lib/systemd/system");
+    assert!(!borrowed.exists(), "install.sh writes no units there");
+    std::fs::create_dir_all(&borrowed).expect("mkdir");
+    for unit in std::fs::read_dir(system).expect("read systemd's unit directory") {
+        let unit = unit.expect("unit entry").path();
+        if unit.extension().is_some_and(|e| e == "target") {
+            std::fs::copy(&unit, borrowed.join(unit.file_name().expect("name")))
+                .expect("copy a target");
+        }
+    }
+    let paths: Vec<PathBuf> = units
+        .iter()
+        .map(|u| root.join("etc/systemd/system").join(u))
+        .collect();
+    let out = Command::new("systemd-analyze")
+        .arg(format!("--root={}", root.display()))
+        .arg("verify")
+        .args(&paths)
+        .output()
+        .expect("run systemd-analyze (Debian systemd; cargo xtask setup installs it)");
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir_all(root.join("usr/lib/systemd")).expect("remove the borrowed units");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify {units:?}: {}\n{said}",
+        out.status
+    );
+}
+
 /// `install.sh` into roots under `tmp`, then `uninstall.sh`.
 fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it(release: &Path, tmp: &Path) {
     let install = release.join("install.sh");
@@ -369,6 +410,14 @@ fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it(release: &Pat
         server_env.contains("BERTH_ADVERTISE_ADDRESS=\"10.0.0.1\""),
         "{server_env}"
     );
+    verify_units(
+        &root,
+        &[
+            "berth-server.service",
+            "berth-agent.service",
+            "berth-csi.service",
+        ],
+    );
 
     // --prefix moves the binaries, and the units follow them.
     let other = tmp.join("other");
@@ -388,6 +437,7 @@ fn install_sh_sets_a_node_up_in_a_root_and_uninstall_sh_removes_it(release: &Pat
         unit.contains("/opt/berth/lib/berth/berth-ebpf-programs"),
         "{unit}"
     );
+    verify_units(&other, &["berth-agent.service", "berth-csi.service"]);
 
     // uninstall.sh: files gone, the data kept unless --purge.
     ok(&uninstall, &path, &["--root", &root_arg, "--no-stop"]);

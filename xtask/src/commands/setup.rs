@@ -58,6 +58,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("ca-certificates", "TLS roots for pip"),
     ("curl", "HTTP checks in tests"),
+    (
+        "systemd",
+        "systemd-analyze: the dist test verifies the units install.sh writes",
+    ),
     ("bind9-dnsutils", "dig: cluster DNS tests"),
     (
         "dnsmasq-base",

@@ -16,11 +16,13 @@
 pub mod fieldpath;
 pub mod schema;
 pub mod typed;
+pub mod versions;
 
 use serde_json::{Map, Value, json};
 
 use self::fieldpath::{Display, Path, PathElement, Set};
 use self::schema::Node;
+use self::versions::Versions;
 use super::object;
 use super::registry::ResourceDef;
 use super::rest::Ctx;
@@ -373,12 +375,18 @@ pub fn of_create(ctx: &Ctx, obj: &Value, client: Option<Value>) -> ApiResult<Opt
     }
     let name = manager(ctx, "CreateOptions")?;
     let node = root(&ctx.def);
+    // The fields as the version the client speaks names them.
+    let served = ctx.def.converts().then(|| ctx.def.external(obj.clone()));
+    let view = served.as_ref().unwrap_or(obj);
     if let Ok(Decoded::Entries(mut entries)) = decode(client.as_ref()) {
-        let changes = typed::compare(&json!({}), obj, node).without(&ignored(&ctx.def, ""));
-        record_update(&mut entries, &ctx.def, name, "", changes);
+        let changes = typed::compare(&json!({}), view, node).without(&ignored(&ctx.def, ""));
+        let mut versions = Versions::new(&ctx.def, &ctx.api.registry, "", changes, || {
+            (None, obj.clone())
+        });
+        record_update(&mut entries, &ctx.def, name, "", &mut versions);
         return Ok(encode(entries));
     }
-    let mut fields = typed::created_fields(obj, node);
+    let mut fields = typed::created_fields(view, node);
     strip_ignored(&mut fields, &ctx.def, "");
     Ok((!fields.is_empty()).then(|| {
         let mut entry = new_entry(&name, &api_version(&ctx.def), "");
@@ -439,11 +447,25 @@ pub fn on_update(
     let live = old.pointer("/metadata/managedFields");
     let from_client = subresource.is_empty() && client.is_some() && client.as_ref() != live;
     let node = root(&ctx.def);
-    let changes = typed::compare(old, new, node).without(&ignored(&ctx.def, subresource));
+    // Compared in the version the client speaks, whose fields its entry names.
+    let changes = if ctx.def.converts() {
+        let (old, new) = (ctx.def.external(old.clone()), ctx.def.external(new.clone()));
+        typed::compare(&old, &new, node)
+    } else {
+        typed::compare(old, new, node)
+    }
+    .without(&ignored(&ctx.def, subresource));
     if !from_client && changes.is_empty() {
         set_managed(new, live.cloned());
         return Ok(());
     }
+    let changed = changes.added.union(&changes.modified).paths();
+    let removed = changes.removed.paths();
+    let taken: Vec<Path> = changed.iter().chain(&removed).cloned().collect();
+    let changes_empty = changes.is_empty();
+    let mut versions = Versions::new(&ctx.def, &ctx.api.registry, subresource, changes, || {
+        (Some(old.clone()), new.clone())
+    });
     let live_list = || live.and_then(Value::as_array).cloned().unwrap_or_default();
     let mut list: Vec<Value> = if from_client {
         match decode(client.as_ref()) {
@@ -460,8 +482,6 @@ pub fn on_update(
     };
     let name = manager(ctx, options_kind(ctx))?;
     let version = api_version(&ctx.def);
-    let changed = changes.added.union(&changes.modified).paths();
-    let removed = changes.removed.paths();
     let text = |e: &Value, k: &str| {
         e.get(k)
             .and_then(Value::as_str)
@@ -480,8 +500,18 @@ pub fn on_update(
             mine = Some(i);
             continue;
         }
+        // Another version's entry loses what changed as that version names it.
+        let entry_version = text(entry, "apiVersion");
+        let other: Vec<Path>;
+        let taken = if versions.is_own(&entry_version) {
+            &taken
+        } else {
+            let c = versions.changes(&entry_version);
+            other = c.added.union(&c.modified).union(&c.removed).paths();
+            &other
+        };
         if let Some(Value::Object(tree)) = entry.get_mut("fieldsV1") {
-            for path in changed.iter().chain(&removed) {
+            for path in taken {
                 fieldpath::fields_remove(tree, path);
             }
         }
@@ -501,7 +531,7 @@ pub fn on_update(
             fieldpath::fields_insert(tree, path);
         }
     }
-    if !changes.is_empty() {
+    if !changes_empty {
         list[index]["time"] = json!(object::now());
     }
     list.retain(|e| {
@@ -533,13 +563,13 @@ pub fn on_update(
 }
 
 /// An updater takes what it added or changed from everyone; what it removed leaves
-/// every set.
+/// every set (each entry's as its own API version names the fields).
 fn record_update(
     entries: &mut Vec<Entry>,
     def: &ResourceDef,
     manager: String,
     subresource: &str,
-    changes: typed::Comparison,
+    versions: &mut Versions,
 ) {
     let me = Entry {
         manager,
@@ -549,9 +579,18 @@ fn record_update(
         subresource: subresource.to_owned(),
         fields: Set::new(),
     };
-    let changed = changes.added.union(&changes.modified);
+    let changed = versions.own().added.union(&versions.own().modified);
+    let removed = versions.own().removed.clone();
     for e in entries.iter_mut().filter(|e| !e.same(&me)) {
-        e.fields = e.fields.difference(&changed).difference(&changes.removed);
+        e.fields = if versions.is_own(&e.api_version) {
+            e.fields.difference(&changed).difference(&removed)
+        } else {
+            let c = versions.changes(&e.api_version);
+            e.fields
+                .difference(&c.added)
+                .difference(&c.modified)
+                .difference(&c.removed)
+        };
     }
     let index = match entries.iter().position(|e| e.same(&me)) {
         Some(i) => i,
@@ -561,8 +600,8 @@ fn record_update(
         }
     };
     let mine = &mut entries[index];
-    mine.fields = mine.fields.difference(&changes.removed).union(&changed);
-    if !changed.is_empty() || !changes.removed.is_empty() {
+    mine.fields = mine.fields.difference(&removed).union(&changed);
+    if !changed.is_empty() || !removed.is_empty() {
         mine.time = Some(object::now());
     }
 }
@@ -673,10 +712,30 @@ pub fn apply(
     }
     let changes = typed::compare(&live_obj, &pruned, node).without(&ignored);
     let changed = changes.added.union(&changes.modified);
+    let removed = changes.removed.clone();
+    let mut versions = Versions::new(def, &ctx.api.registry, subresource, changes, || {
+        (
+            live.map(|_| def.internal(live_obj.clone())),
+            def.internal(pruned.clone()),
+        )
+    });
+    // Each entry's fields against what changed as its own version names them.
+    let mut taken = Vec::with_capacity(entries.len());
+    for e in &entries {
+        taken.push(if versions.is_own(&e.api_version) {
+            None
+        } else {
+            let c = versions.changes(&e.api_version);
+            Some((c.added.union(&c.modified), c.removed.clone()))
+        });
+    }
     let conflicts: Vec<(String, Vec<Path>)> = entries
         .iter()
-        .filter_map(|e| {
-            let both = e.fields.intersection(&changed);
+        .zip(&taken)
+        .filter_map(|(e, other)| {
+            let both = e
+                .fields
+                .intersection(other.as_ref().map_or(&changed, |o| &o.0));
             (!both.is_empty()).then(|| (e.describe(), both.paths()))
         })
         .collect();
@@ -702,10 +761,13 @@ pub fn apply(
             return Err(conflict_error(remaining));
         }
     }
-    for e in entries.iter_mut() {
-        e.fields = e.fields.difference(&changed).difference(&changes.removed);
+    for (e, other) in entries.iter_mut().zip(&taken) {
+        let (changed, removed) = other
+            .as_ref()
+            .map_or((&changed, &removed), |o| (&o.0, &o.1));
+        e.fields = e.fields.difference(changed).difference(removed);
     }
-    let object_changed = !changed.is_empty() || !changes.removed.is_empty() || live.is_none();
+    let object_changed = !changed.is_empty() || !removed.is_empty() || live.is_none();
     let me_is_kubectl = me.manager == KUBECTL;
     let mut mine = me;
     mine.time = if object_changed || last_time.is_none() {
