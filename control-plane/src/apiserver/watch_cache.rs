@@ -35,9 +35,9 @@ const WINDOW: usize = 10_000;
 /// Live events buffered per watcher; a watcher further behind is closed (it re-lists).
 const LIVE_BUFFER: usize = 8_192;
 /// The newest changes whose watch lines stay built for the next watcher. Each line is
-/// a copy of its object; kept for the whole window they sat among the objects that
-/// stay, and when they went, left the allocator's pages those objects share
-/// half-empty but resident (about 40 MB after the apiserver bench's mixed phase).
+/// a copy of its object; kept for the whole window, they sat among the objects that
+/// stay, and when they went they left the allocator's pages those objects share
+/// part-empty but resident.
 const LINES_KEPT: usize = 1024;
 /// How long [`WatchCache::wait_for`] waits for the cache to catch up.
 const WAIT: Duration = Duration::from_secs(5);
