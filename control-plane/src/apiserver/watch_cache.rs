@@ -553,7 +553,11 @@ mod tests {
         let store = Arc::new(RedbStore::open(&dir.path().join("store")).expect("open"));
         let cache = WatchCache::start(store.clone()).await.expect("start");
         let first = store
-            .create("/registry/core/pods/default/p0".into(), pod("p0", "a"), None)
+            .create(
+                "/registry/core/pods/default/p0".into(),
+                pod("p0", "a"),
+                None,
+            )
             .await
             .expect("create");
         let mut last = first.mod_revision;
@@ -579,7 +583,10 @@ mod tests {
         all = changes(&cache, first.mod_revision - 1, last).await;
         assert_eq!(all.len(), LINES_KEPT + 1);
         let lines = |c: &Change| c.lines.lock().map(|l| l.is_some()).unwrap_or(false);
-        assert!(!lines(&all[0]), "{LINES_KEPT} newer changes: no longer kept");
+        assert!(
+            !lines(&all[0]),
+            "{LINES_KEPT} newer changes: no longer kept"
+        );
         assert!(lines(&all[1]));
         // A watcher that far behind still gets the same line, built for it.
         let again = all[0].line(WatchEventType::Added);

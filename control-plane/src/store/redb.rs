@@ -57,7 +57,7 @@ const META_WAL_EPOCH: &str = "wal_epoch";
 
 /// redb's page cache. Writes need only the B-tree paths they change (reads are the
 /// watch cache's): with 16 MiB rather than 32, `bench apiserver`'s RSS with 10 000 pods
-/// was 217 and 211 MB against 239 MB (release build, one run each way per setting;
+/// was 217 and 211 MB against 239 MB (release build; two runs with 16 MiB, one with 32;
 /// creates/s 4 829 and 4 304 against 4 567, within this machine's noise).
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest group one commit takes.
