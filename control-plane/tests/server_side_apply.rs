@@ -455,6 +455,51 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
         70
     );
 
+    // A v1 update that leaves the metrics alone takes nothing of them, though v1
+    // carries the other metrics in an annotation and converts back in another order.
+    let multi = v2.replace("name: web, namespace", "name: multi, namespace")
+        + "  - type: Resource\n    resource: {name: memory, target: {type: AverageValue, averageValue: 100Mi}}\n";
+    let (ok, out) = run(
+        &k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-v2",
+            "-f",
+            "-",
+        ],
+        &multi,
+    );
+    assert!(ok, "{out}");
+    k.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "multi",
+        "--type=merge",
+        "--field-manager=scaler",
+        "-p",
+        r#"{"spec":{"maxReplicas":7}}"#,
+    ]);
+    let obj = k.json(&[
+        "get",
+        "horizontalpodautoscalers.v2.autoscaling",
+        "multi",
+        "--show-managed-fields",
+    ]);
+    let v2_entry = entry(&obj, "team-v2", "Apply").expect("team-v2's entry");
+    assert!(
+        v2_entry["fieldsV1"]["f:spec"]["f:metrics"].is_object(),
+        "{v2_entry}"
+    );
+    assert!(
+        v2_entry["fieldsV1"]["f:spec"]
+            .get("f:maxReplicas")
+            .is_none(),
+        "{v2_entry}"
+    );
+    let scaler = entry(&obj, "scaler", "Update").expect("scaler's entry");
+    assert_eq!(scaler["fieldsV1"], json!({"f:spec": {"f:maxReplicas": {}}}));
+
     // A create through v1 names v1's fields too.
     let other = v1(60).replace("name: web, namespace", "name: api, namespace");
     let (ok, out) = run(&k, &["create", "-f", "-"], &other);

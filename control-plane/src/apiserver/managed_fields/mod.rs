@@ -447,12 +447,17 @@ pub fn on_update(
     let live = old.pointer("/metadata/managedFields");
     let from_client = subresource.is_empty() && client.is_some() && client.as_ref() != live;
     let node = root(&ctx.def);
-    // Compared in the version the client speaks, whose fields its entry names.
-    let changes = if ctx.def.converts() {
-        let (old, new) = (ctx.def.external(old.clone()), ctx.def.external(new.clone()));
-        typed::compare(&old, &new, node)
-    } else {
-        typed::compare(old, new, node)
+    // Compared in the version the client speaks, whose fields its entry names; the
+    // other versions' comparisons start from these views too, as upstream converts
+    // the request's objects (a round trip through another version need not give back
+    // the stored object byte for byte: list order, annotations).
+    let views = ctx
+        .def
+        .converts()
+        .then(|| (ctx.def.external(old.clone()), ctx.def.external(new.clone())));
+    let changes = match &views {
+        Some((old, new)) => typed::compare(old, new, node),
+        None => typed::compare(old, new, node),
     }
     .without(&ignored(&ctx.def, subresource));
     if !from_client && changes.is_empty() {
@@ -463,9 +468,17 @@ pub fn on_update(
     let removed = changes.removed.paths();
     let taken: Vec<Path> = changed.iter().chain(&removed).cloned().collect();
     let changes_empty = changes.is_empty();
-    let mut versions = Versions::new(&ctx.def, &ctx.api.registry, subresource, changes, || {
-        (Some(old.clone()), new.clone())
-    });
+    let mut versions =
+        Versions::new(
+            &ctx.def,
+            &ctx.api.registry,
+            subresource,
+            changes,
+            || match views {
+                Some((old, new)) => (Some(ctx.def.internal(old)), ctx.def.internal(new)),
+                None => (Some(old.clone()), new.clone()),
+            },
+        );
     let live_list = || live.and_then(Value::as_array).cloned().unwrap_or_default();
     let mut list: Vec<Value> = if from_client {
         match decode(client.as_ref()) {
