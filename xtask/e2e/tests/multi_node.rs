@@ -397,12 +397,23 @@ fn three_nodes_on_etcd_spread_route_balance_resolve_and_reschedule() {
         let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap_or_default();
         assert_eq!(exe, release.join("bin/berth-agent"), "{node}'s agent");
     }
-    // The `kubernetes` Service lists both servers.
-    let eps = kubectl.json(&["get", "endpoints", "kubernetes"]);
-    let addrs = eps["subsets"][0]["addresses"]
-        .as_array()
-        .map_or(0, Vec::len);
-    assert_eq!(addrs, 2, "two live servers: {eps}");
+    // The `kubernetes` Service lists both servers. Each server rewrites the endpoints
+    // from the master leases its watch cache holds, so right after start one may
+    // have written them before it saw the other's lease; it rewrites them when the
+    // lease reaches it, and at the latest at its next renewal (10 s).
+    let addresses = || {
+        let eps = kubectl.json(&["get", "endpoints", "kubernetes"]);
+        let n = eps["subsets"][0]["addresses"]
+            .as_array()
+            .map_or(0, Vec::len);
+        (n, eps)
+    };
+    wait_for(
+        "both servers in the kubernetes endpoints",
+        Duration::from_secs(30),
+        || format!("{}", addresses().1),
+        || addresses().0 == 2,
+    );
 
     kubectl.apply(&WORKLOADS.replace("LAST", "node3"));
     wait_for(
