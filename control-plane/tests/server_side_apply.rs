@@ -363,25 +363,23 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
             "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {{name: web, namespace: default}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  maxReplicas: 5\n  targetCPUUtilizationPercentage: {target}\n"
         )
     };
-    let get = |version: &str| {
+    let get_named = |version: &str, name: &str| {
         k.json(&[
             "get",
             &format!("horizontalpodautoscalers.{version}.autoscaling"),
-            "web",
+            name,
             "--show-managed-fields",
         ])
     };
-    let (ok, out) = run(
-        &k,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=team-v2",
-            "-f",
-            "-",
-        ],
-        v2,
-    );
+    let get = |version: &str| get_named(version, "web");
+    let apply_v2 = [
+        "apply",
+        "--server-side",
+        "--field-manager=team-v2",
+        "-f",
+        "-",
+    ];
+    let (ok, out) = run(&k, &apply_v2, v2);
     assert!(ok, "{out}");
     let obj = get("v2");
     let mine = entry(&obj, "team-v2", "Apply").expect("team-v2's entry");
@@ -459,17 +457,7 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
     // carries the other metrics in an annotation and converts back in another order.
     let multi = v2.replace("name: web, namespace", "name: multi, namespace")
         + "  - type: Resource\n    resource: {name: memory, target: {type: AverageValue, averageValue: 100Mi}}\n";
-    let (ok, out) = run(
-        &k,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=team-v2",
-            "-f",
-            "-",
-        ],
-        &multi,
-    );
+    let (ok, out) = run(&k, &apply_v2, &multi);
     assert!(ok, "{out}");
     k.ok(&[
         "patch",
@@ -480,12 +468,7 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
         "-p",
         r#"{"spec":{"maxReplicas":7}}"#,
     ]);
-    let obj = k.json(&[
-        "get",
-        "horizontalpodautoscalers.v2.autoscaling",
-        "multi",
-        "--show-managed-fields",
-    ]);
+    let obj = get_named("v2", "multi");
     let v2_entry = entry(&obj, "team-v2", "Apply").expect("team-v2's entry");
     assert!(
         v2_entry["fieldsV1"]["f:spec"]["f:metrics"].is_object(),
@@ -504,12 +487,7 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
     let other = v1(60).replace("name: web, namespace", "name: api, namespace");
     let (ok, out) = run(&k, &["create", "-f", "-"], &other);
     assert!(ok, "{out}");
-    let obj = k.json(&[
-        "get",
-        "horizontalpodautoscalers.v1.autoscaling",
-        "api",
-        "--show-managed-fields",
-    ]);
+    let obj = get_named("v1", "api");
     let created = entry(&obj, "kubectl-create", "Update").expect("kubectl-create's entry");
     assert_eq!(created["apiVersion"], "autoscaling/v1");
     let spec = &created["fieldsV1"]["f:spec"];
