@@ -387,6 +387,91 @@ spec:
     k.ok(&["delete", "widget", "w1"]);
 }
 
+/// A custom resource served in two versions (the CRD's `None` conversion strategy):
+/// stored in the storage version, read and written through either, each read naming
+/// the version asked for, as kube-apiserver converts it.
+#[test]
+fn custom_resources_of_several_versions_read_and_write_through_either() {
+    let Some(k) = Kubectl::start() else { return };
+    k.apply(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gizmos.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gizmos, singular: gizmo, kind: Gizmo}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer}, color: {type: string}}}
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer}, color: {type: string}}}
+"#,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !k
+        .run(&["get", "gizmos.v1beta1.example.com"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gizmos are not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    k.apply(
+        "apiVersion: example.com/v1beta1\nkind: Gizmo\nmetadata: {name: g1}\nspec: {size: 3}\n",
+    );
+    let v1 = k.json(&["get", "gizmos.v1.example.com", "g1"]);
+    assert_eq!(v1["apiVersion"], "example.com/v1", "{v1}");
+    assert_eq!(v1["spec"]["size"], 3);
+    let beta = k.json(&["get", "gizmos.v1beta1.example.com", "g1"]);
+    assert_eq!(beta["apiVersion"], "example.com/v1beta1", "{beta}");
+    let list = k.json(&["get", "gizmos.v1beta1.example.com"]);
+    assert_eq!(
+        list["items"][0]["apiVersion"], "example.com/v1beta1",
+        "{list}"
+    );
+    let list = k.json(&["get", "gizmos.v1.example.com"]);
+    assert_eq!(list["items"][0]["apiVersion"], "example.com/v1", "{list}");
+    // Written through the other version: a patch, and a read-modify-write replace.
+    k.ok(&[
+        "patch",
+        "gizmos.v1.example.com",
+        "g1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"color":"red"}}"#,
+    ]);
+    let mut obj = k.json(&["get", "gizmos.v1beta1.example.com", "g1"]);
+    assert_eq!(obj["spec"]["color"], "red");
+    obj["spec"]["size"] = serde_json::json!(5);
+    let out = k.run_with_stdin(&["replace", "-f", "-"], &obj.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v1 = k.json(&["get", "gizmos.v1.example.com", "g1"]);
+    assert_eq!(v1["apiVersion"], "example.com/v1");
+    assert_eq!(v1["spec"]["size"], 5);
+    assert_eq!(v1["spec"]["color"], "red");
+}
+
 #[test]
 fn watch_prints_changes() {
     let Some(k) = Kubectl::start() else { return };

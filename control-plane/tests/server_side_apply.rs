@@ -4,7 +4,8 @@
 //! managers own different fields of one Deployment, a field a manager stops applying
 //! goes only if nobody else owns it, client-side apply migrates to server-side apply,
 //! `kubectl diff --server-side`, kube-rs' `Patch::Apply` on a custom resource's
-//! associative list, and bad requests refused as upstream.
+//! associative list, managers of a version no longer served dropped, and bad requests
+//! refused as upstream.
 
 use berth_testkit::{BerthServer, Kubectl};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -483,6 +484,33 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
     let scaler = entry(&obj, "scaler", "Update").expect("scaler's entry");
     assert_eq!(scaler["fieldsV1"], json!({"f:spec": {"f:maxReplicas": {}}}));
 
+    // An applier that applies in another version than last time: what it owned last
+    // time is pruned as that version names it, so a v2 metric it no longer sets as
+    // v1's CPU target goes (the server's default CPU target may take its place).
+    let switch =
+        |manifest: &str| manifest.replace("name: web, namespace", "name: switch, namespace");
+    let apply_switch = [
+        "apply",
+        "--server-side",
+        "--field-manager=switcher",
+        "-f",
+        "-",
+    ];
+    let (ok, out) = run(&k, &apply_switch, &switch(v2));
+    assert!(ok, "{out}");
+    let without_target = v1(1).replace("  targetCPUUtilizationPercentage: 1\n", "");
+    let (ok, out) = run(&k, &apply_switch, &switch(&without_target));
+    assert!(ok, "{out}");
+    let obj = get_named("v2", "switch");
+    let target = &obj["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"];
+    assert_ne!(target, 50, "the metric applied in v2 was not pruned: {obj}");
+    let switched = entry(&obj, "switcher", "Apply").expect("switcher's entry");
+    assert_eq!(switched["apiVersion"], "autoscaling/v1", "{switched}");
+    assert!(
+        switched["fieldsV1"]["f:spec"].get("f:metrics").is_none(),
+        "{switched}"
+    );
+
     // A create through v1 names v1's fields too.
     let other = v1(60).replace("name: web, namespace", "name: api, namespace");
     let (ok, out) = run(&k, &["create", "-f", "-"], &other);
@@ -497,6 +525,110 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
         "{created}"
     );
     assert!(spec.get("f:metrics").is_none(), "{created}");
+}
+
+/// A CRD served in `v1` (stored) and in `v1beta1` while `beta_served`.
+fn widgets(beta_served: bool) -> String {
+    let version = |name: &str, served: bool, storage: bool| {
+        format!(
+            "  - name: {name}\n    served: {served}\n    storage: {storage}\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            properties:\n              size: {{type: integer}}\n              color: {{type: string}}\n"
+        )
+    };
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: widgets.ssa.berth.dev}}\nspec:\n  group: ssa.berth.dev\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget}}\n  versions:\n{}{}",
+        version("v1", true, true),
+        version("v1beta1", beta_served, false)
+    )
+}
+
+#[test]
+fn managers_of_a_version_no_longer_served_are_dropped_at_the_next_write() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    k.apply(&widgets(true));
+    let widget = |version: &str, name: &str, size: u32| {
+        format!(
+            "apiVersion: ssa.berth.dev/{version}\nkind: Widget\nmetadata: {{name: {name}, namespace: default}}\nspec: {{size: {size}}}\n"
+        )
+    };
+    let apply_as = |manager: &str, manifest: &str| {
+        run(
+            &k,
+            &[
+                "apply",
+                "--server-side",
+                &format!("--field-manager={manager}"),
+                "-f",
+                "-",
+            ],
+            manifest,
+        )
+    };
+    // The CRD is served a moment after it is created.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, out) = apply_as("beta-team", &widget("v1beta1", "w1", 3));
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (ok, out) = apply_as("beta-team", &widget("v1beta1", "w2", 3));
+    assert!(ok, "{out}");
+    let get = |name: &str| {
+        k.json(&[
+            "get",
+            "widgets.v1.ssa.berth.dev",
+            name,
+            "--show-managed-fields",
+        ])
+    };
+    let beta = entry(&get("w1"), "beta-team", "Apply")
+        .expect("beta-team's entry")
+        .clone();
+    assert_eq!(beta["apiVersion"], "ssa.berth.dev/v1beta1");
+
+    // v1beta1 is no longer served: the next write drops its manager.
+    k.apply(&widgets(false));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while k
+        .run(&["get", "widgets.v1beta1.ssa.berth.dev", "w1"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v1beta1 is still served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // An update: the fields stay, their manager goes.
+    k.ok(&[
+        "patch",
+        "widgets.v1.ssa.berth.dev",
+        "w1",
+        "--type=merge",
+        "--field-manager=painter",
+        "-p",
+        r#"{"spec":{"color":"blue"}}"#,
+    ]);
+    let obj = get("w1");
+    assert!(
+        entry(&obj, "beta-team", "Apply").is_none(),
+        "the v1beta1 manager is still listed: {obj}"
+    );
+    assert!(entry(&obj, "painter", "Update").is_some(), "{obj}");
+    assert_eq!(obj["spec"]["size"], 3);
+    // An apply: the dropped manager's field is no conflict.
+    let (ok, out) = apply_as("v1-team", &widget("v1", "w2", 4));
+    assert!(ok, "a dropped manager's field is no conflict: {out}");
+    let obj = get("w2");
+    assert!(entry(&obj, "beta-team", "Apply").is_none(), "{obj}");
+    assert_eq!(obj["spec"]["size"], 4);
 }
 
 async fn client(server: &BerthServer) -> kube::Client {

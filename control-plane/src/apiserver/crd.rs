@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::Api;
 use super::object;
-use super::registry::{ResourceDef, ScalePaths};
+use super::registry::{Conversion, Convert, ResourceDef, ScalePaths};
 use super::status::{ApiError, ApiResult, Cause};
 use super::watch_cache::ChangeKind;
 
@@ -256,13 +256,27 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
     };
     let kind = s(&names, "kind");
     let plural = s(&names, "plural");
-    let mut out = Vec::new();
-    for version in spec
+    let versions = spec
         .get("versions")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default()
-    {
+        .unwrap_or_default();
+    // Several versions: objects are stored in the storage version and read in the one
+    // asked for, `apiVersion` the only difference (the `None` strategy; a `Webhook`
+    // strategy's webhook is not called, see docs/api.md).
+    let conversion = (versions.len() > 1)
+        .then(|| {
+            versions
+                .iter()
+                .find(|v| v.get("storage") == Some(&Value::Bool(true)))
+                .map(|v| Conversion {
+                    storage_version: s(v, "name"),
+                    how: Convert::ApiVersion,
+                })
+        })
+        .flatten();
+    let mut out = Vec::new();
+    for version in versions {
         if version.get("served") != Some(&Value::Bool(true)) {
             continue;
         }
@@ -323,7 +337,7 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
                 printer_columns,
                 kind: kind.clone(),
             })),
-            conversion: None,
+            conversion: conversion.clone(),
             metrics: false,
         });
     }

@@ -83,37 +83,76 @@ pub struct ResourceDef {
     /// A review API (TokenReview, SubjectAccessReview, …): only `create`, answered by
     /// `reviews` and never stored.
     pub create_only: bool,
-    /// Served in another version than the one stored (autoscaling/v1 over the stored
-    /// autoscaling/v2): how objects convert on the way in and out.
+    /// Served in several versions, stored in one (autoscaling/v1 over the stored
+    /// autoscaling/v2; a custom resource's versions): how objects convert on the way
+    /// in and out.
     pub conversion: Option<Conversion>,
     /// Not stored: read-only, answered by the built-in metrics server
     /// (`metrics.k8s.io`), get and list only.
     pub metrics: bool,
 }
 
-/// How a resource served in one version and stored in another converts, as
-/// kube-apiserver's conversion functions between a group's versions.
-#[derive(Debug, Clone, Copy)]
+/// How a resource served in several versions converts between the one served and the
+/// one stored, as kube-apiserver's conversion functions between a group's versions, or
+/// a CRD's `None` conversion strategy.
+#[derive(Debug, Clone)]
 pub struct Conversion {
     /// The version objects are stored in.
-    pub storage_version: &'static str,
-    /// A served-version object (already normalized) to the storage version.
-    pub to_storage: fn(Value) -> Value,
-    /// A stored object to the served version.
-    pub from_storage: fn(Value) -> Value,
+    pub storage_version: String,
+    pub how: Convert,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Convert {
+    /// The versions' schemas differ (built-in kinds).
+    Functions {
+        /// A served-version object (already normalized) to the storage version.
+        to_storage: fn(Value) -> Value,
+        /// A stored object to the served version.
+        from_storage: fn(Value) -> Value,
+    },
+    /// Only `apiVersion` differs (a CRD's `None` strategy): set to the storage version
+    /// on the way in and to the served one on the way out — on every read, as an
+    /// object stored before the CRD's storage version changed names an older one.
+    ApiVersion,
 }
 
 impl ResourceDef {
-    /// Whether objects convert between this served version and the stored one.
+    /// Whether objects read through this version may differ from what is stored.
     pub fn converts(&self) -> bool {
-        self.conversion
-            .is_some_and(|c| c.storage_version != self.version)
+        match &self.conversion {
+            Some(Conversion {
+                how: Convert::ApiVersion,
+                ..
+            }) => true,
+            Some(c) => c.storage_version != self.version,
+            None => false,
+        }
+    }
+
+    /// Whether this version names fields other than the other versions (so managed
+    /// fields are compared in each entry's own version).
+    pub fn renames_fields(&self) -> bool {
+        matches!(
+            self.conversion,
+            Some(Conversion {
+                how: Convert::Functions { .. },
+                ..
+            })
+        )
     }
 
     /// A stored object as this version serves it.
     pub fn external(&self, obj: Value) -> Value {
-        match self.conversion {
-            Some(c) if c.storage_version != self.version => (c.from_storage)(obj),
+        match &self.conversion {
+            Some(Conversion {
+                how: Convert::ApiVersion,
+                ..
+            }) => with_api_version(obj, &self.api_version()),
+            Some(Conversion {
+                storage_version,
+                how: Convert::Functions { from_storage, .. },
+            }) if *storage_version != self.version => from_storage(obj),
             _ => obj,
         }
     }
@@ -121,6 +160,16 @@ impl ResourceDef {
     /// Stored bytes as this version serves them (unchanged without conversion).
     pub fn external_raw<'a>(&self, raw: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         if !self.converts() {
+            return std::borrow::Cow::Borrowed(raw);
+        }
+        if matches!(
+            self.conversion,
+            Some(Conversion {
+                how: Convert::ApiVersion,
+                ..
+            })
+        ) && starts_with_api_version(raw, &self.api_version())
+        {
             return std::borrow::Cow::Borrowed(raw);
         }
         match serde_json::from_slice::<Value>(raw) {
@@ -133,8 +182,15 @@ impl ResourceDef {
 
     /// A served-version object as it is stored.
     pub fn internal(&self, obj: Value) -> Value {
-        match self.conversion {
-            Some(c) if c.storage_version != self.version => (c.to_storage)(obj),
+        match &self.conversion {
+            Some(Conversion {
+                storage_version,
+                how: Convert::ApiVersion,
+            }) => with_api_version(obj, &group_version(&self.group, storage_version)),
+            Some(Conversion {
+                storage_version,
+                how: Convert::Functions { to_storage, .. },
+            }) if *storage_version != self.version => to_storage(obj),
             _ => obj,
         }
     }
@@ -299,14 +355,33 @@ where
     }
 }
 
+/// `obj` with `apiVersion` set to `api_version`.
+fn with_api_version(mut obj: Value, api_version: &str) -> Value {
+    if let Some(o) = obj.as_object_mut()
+        && o.get("apiVersion").and_then(Value::as_str) != Some(api_version)
+    {
+        o.insert("apiVersion".into(), Value::String(api_version.to_owned()));
+    }
+    obj
+}
+
+/// Whether stored JSON (written with `apiVersion` first) names `api_version`.
+fn starts_with_api_version(raw: &[u8], api_version: &str) -> bool {
+    raw.strip_prefix(b"{\"apiVersion\":\"")
+        .and_then(|rest| rest.strip_prefix(api_version.as_bytes()))
+        .is_some_and(|rest| rest.first() == Some(&b'"'))
+}
+
 /// HorizontalPodAutoscalers: stored as autoscaling/v2, served as v2 and v1.
 fn hpa(def: ResourceDef) -> ResourceDef {
     use super::conversion::autoscaling as convert;
     ResourceDef {
         conversion: Some(Conversion {
-            storage_version: "v2",
-            to_storage: convert::v1_to_v2,
-            from_storage: convert::v2_to_v1,
+            storage_version: "v2".into(),
+            how: Convert::Functions {
+                to_storage: convert::v1_to_v2,
+                from_storage: convert::v2_to_v1,
+            },
         }),
         ..def
     }

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use self::fieldpath::{Display, Path, PathElement, Set};
 use self::schema::Node;
-use self::versions::Versions;
+use self::versions::{Converter, Naming, Versions};
 use super::object;
 use super::registry::ResourceDef;
 use super::rest::Ctx;
@@ -376,7 +376,8 @@ pub fn of_create(ctx: &Ctx, obj: &Value, client: Option<Value>) -> ApiResult<Opt
     let name = manager(ctx, "CreateOptions")?;
     let node = root(&ctx.def);
     // The fields as the version the client speaks names them.
-    let served = ctx.def.converts().then(|| ctx.def.external(obj.clone()));
+    let served =
+        (ctx.def.converts() && ctx.def.renames_fields()).then(|| ctx.def.external(obj.clone()));
     let view = served.as_ref().unwrap_or(obj);
     if let Ok(Decoded::Entries(mut entries)) = decode(client.as_ref()) {
         let changes = typed::compare(&json!({}), view, node).without(&ignored(&ctx.def, ""));
@@ -451,9 +452,7 @@ pub fn on_update(
     // other versions' comparisons start from these views too, as upstream converts
     // the request's objects (a round trip through another version need not give back
     // the stored object byte for byte: list order, annotations).
-    let views = ctx
-        .def
-        .converts()
+    let views = (ctx.def.converts() && ctx.def.renames_fields())
         .then(|| (ctx.def.external(old.clone()), ctx.def.external(new.clone())));
     let changes = match &views {
         Some((old, new)) => typed::compare(old, new, node),
@@ -507,6 +506,8 @@ pub fn on_update(
             && text(e, "apiVersion") == version
             && text(e, "subresource") == subresource
     };
+    // Entries of versions no longer served go, as upstream drops their managers.
+    list.retain(|e| versions.served(&text(e, "apiVersion")));
     let mut mine = None;
     for (i, entry) in list.iter_mut().enumerate() {
         if is_me(entry) {
@@ -594,6 +595,7 @@ fn record_update(
     };
     let changed = versions.own().added.union(&versions.own().modified);
     let removed = versions.own().removed.clone();
+    entries.retain(|e| versions.served(&e.api_version));
     for e in entries.iter_mut().filter(|e| !e.same(&me)) {
         e.fields = if versions.is_own(&e.api_version) {
             e.fields.difference(&changed).difference(&removed)
@@ -701,28 +703,24 @@ pub fn apply(
         subresource: subresource.to_owned(),
         fields: applied.clone(),
     };
-    let (last, last_time) = match entries.iter().position(|e| e.same(&me)) {
+    let (last, last_version, last_time) = match entries.iter().position(|e| e.same(&me)) {
         Some(i) => {
             let e = entries.remove(i);
-            (e.fields, e.time)
+            (e.fields, e.api_version, e.time)
         }
-        None => (Set::new(), None),
+        None => (Set::new(), String::new(), None),
     };
+    let converter = Converter::new(def, &ctx.api.registry);
+    // Entries of versions no longer served go, as upstream drops their managers.
+    entries.retain(|e| converter.served(&e.api_version));
     let merged = typed::merge(&live_obj, &config, node);
-    // Fields this manager applied before and no longer does go, unless another
-    // manager (or this configuration) still owns them or something below them.
-    let mut keep = applied.clone();
-    for e in &entries {
-        keep = keep.union(&e.fields);
-    }
-    let mut dropped: Vec<Path> = last.difference(&applied).paths();
-    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let mut pruned = merged;
-    for path in dropped {
-        if !keep.has_prefix(&path) && !typed::is_key_field(&path) {
-            typed::remove(&mut pruned, &path, node);
-        }
-    }
+    let mut pruned = prune(
+        converter,
+        merged,
+        (&last, &last_version),
+        &applied,
+        &entries,
+    );
     let changes = typed::compare(&live_obj, &pruned, node).without(&ignored);
     let changed = changes.added.union(&changes.modified);
     let removed = changes.removed.clone();
@@ -817,6 +815,70 @@ pub fn apply(
         }
     }
     Ok(pruned)
+}
+
+/// Removes from `merged` (named as the request's version names fields) what the
+/// applier owned last time (`last`, recorded in its version) and no longer does, unless
+/// a manager — the applier's new set `applied` included — still owns it or something
+/// below it. As upstream's prune, this is worked out in the version the last set names
+/// fields in; what managers of other versions own is kept as their versions name it
+/// (a removal that would take one of their fields is not made). Nothing is pruned when
+/// that version is no longer served.
+fn prune(
+    converter: Converter,
+    merged: Value,
+    (last, last_version): (&Set, &str),
+    applied: &Set,
+    entries: &[Entry],
+) -> Value {
+    if last.is_empty() || !converter.served(last_version) {
+        return merged;
+    }
+    let in_last = converter.naming(last_version);
+    // What the managers of each naming own; the applier's new set is the request's.
+    let mut owned: Vec<(Naming, Set)> = vec![(None, applied.clone())];
+    for e in entries {
+        let naming = converter.naming(&e.api_version);
+        match owned.iter_mut().find(|(n, _)| Converter::same(n, &naming)) {
+            Some((_, set)) => *set = set.union(&e.fields),
+            None => owned.push((naming, e.fields.clone())),
+        }
+    }
+    let (keep, others): (Vec<_>, Vec<_>) = owned
+        .iter()
+        .filter(|(_, s)| !s.is_empty())
+        .partition(|(n, _)| Converter::same(n, &in_last));
+    let keep = keep.first().map(|(_, s)| s);
+    let node = converter.node(&in_last);
+    let mut pruned = converter.convert(merged, &None, &in_last);
+    let mut dropped = last.paths();
+    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for path in dropped {
+        if keep.is_some_and(|k| k.has_prefix(&path)) || typed::is_key_field(&path) {
+            continue;
+        }
+        if others.is_empty() {
+            typed::remove(&mut pruned, &path, node);
+            continue;
+        }
+        let mut trial = pruned.clone();
+        typed::remove(&mut trial, &path, node);
+        let takes_owned = others.iter().any(|(naming, set)| {
+            let before = converter.convert(pruned.clone(), &in_last, naming);
+            let after = converter.convert(trial.clone(), &in_last, naming);
+            let change = typed::compare(&before, &after, converter.node(naming));
+            change
+                .removed
+                .union(&change.modified)
+                .paths()
+                .iter()
+                .any(|p| set.has_prefix(p))
+        });
+        if !takes_owned {
+            pruned = trial;
+        }
+    }
+    converter.convert(pruned, &in_last, &None)
 }
 
 /// kubectl's client-side apply annotation.

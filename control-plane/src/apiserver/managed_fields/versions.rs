@@ -8,8 +8,15 @@
 //!
 //! For every other kind all versions name fields alike (CRD versions convert with
 //! `None` or keep their paths), and the request's own comparison serves every entry.
+//!
+//! [`Converter`] is the conversion part alone: which versions the resource is still
+//! served in (an entry of any other is dropped at the next write, as upstream's field
+//! manager drops a manager whose version no longer converts), and an object as
+//! another version names its fields (apply's prune works in the version the
+//! applier's last set was recorded in).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -17,11 +24,81 @@ use super::typed::{self, Comparison};
 use super::{ignored, root};
 use crate::apiserver::registry::{Registry, ResourceDef};
 
+/// Another version's definition, or `None` for a version that names fields as the
+/// request's does.
+pub type Naming = Option<Arc<ResourceDef>>;
+
+/// The request's resource in its other served versions.
+#[derive(Debug, Clone, Copy)]
+pub struct Converter<'a> {
+    def: &'a ResourceDef,
+    registry: &'a Registry,
+}
+
+impl<'a> Converter<'a> {
+    pub fn new(def: &'a ResourceDef, registry: &'a Registry) -> Self {
+        Self { def, registry }
+    }
+
+    /// Whether the resource is served in `api_version` (an empty one counts as the
+    /// request's).
+    pub fn served(&self, api_version: &str) -> bool {
+        if api_version.is_empty() {
+            return true;
+        }
+        let (group, version) = split(api_version);
+        (group == self.def.group && version == self.def.version)
+            || self
+                .registry
+                .get(group, version, &self.def.plural)
+                .is_some()
+    }
+
+    /// The definition of another version of the request's resource, when both convert
+    /// through the same storage version (`None` for the request's own version, another
+    /// group, or a version the server does not serve).
+    pub fn naming(&self, api_version: &str) -> Naming {
+        if !self.def.renames_fields() {
+            return None;
+        }
+        let (group, version) = split(api_version);
+        if group != self.def.group || version == self.def.version {
+            return None;
+        }
+        self.registry
+            .get(group, version, &self.def.plural)
+            .filter(|d| d.renames_fields())
+    }
+
+    /// Whether two namings name fields alike.
+    pub fn same(a: &Naming, b: &Naming) -> bool {
+        a.as_ref().map(|d| &d.version) == b.as_ref().map(|d| &d.version)
+    }
+
+    /// `obj`, with fields as `from` names them, as `to` names them.
+    pub fn convert(&self, obj: Value, from: &Naming, to: &Naming) -> Value {
+        if Self::same(from, to) {
+            return obj;
+        }
+        let stored = from.as_deref().unwrap_or(self.def).internal(obj);
+        to.as_deref().unwrap_or(self.def).external(stored)
+    }
+
+    /// The schema of the resource as `naming` serves it.
+    pub fn node(&self, naming: &'a Naming) -> super::schema::Node<'a> {
+        root(naming.as_deref().unwrap_or(self.def))
+    }
+}
+
+/// `group/version` (or a core `version`) split.
+fn split(api_version: &str) -> (&str, &str) {
+    api_version.rsplit_once('/').unwrap_or(("", api_version))
+}
+
 /// The request's comparison, and the others computed when an entry asks for them.
 #[derive(Debug)]
 pub struct Versions<'a> {
-    def: &'a ResourceDef,
-    registry: &'a Registry,
+    converter: Converter<'a>,
     subresource: &'a str,
     own: Comparison,
     /// The objects before (`None`: a create) and after in the storage version; kept
@@ -41,10 +118,9 @@ impl<'a> Versions<'a> {
         own: Comparison,
         stored: impl FnOnce() -> (Option<Value>, Value),
     ) -> Self {
-        let stored = def.conversion.is_some().then(stored);
+        let stored = def.renames_fields().then(stored);
         Self {
-            def,
-            registry,
+            converter: Converter::new(def, registry),
             subresource,
             own,
             stored,
@@ -59,12 +135,17 @@ impl<'a> Versions<'a> {
 
     /// Whether `api_version` names fields as the request's version does.
     pub fn is_own(&self, api_version: &str) -> bool {
-        self.other_def(api_version).is_none()
+        self.converter.naming(api_version).is_none()
+    }
+
+    /// Whether the resource is still served in `api_version` ([`Converter::served`]).
+    pub fn served(&self, api_version: &str) -> bool {
+        self.converter.served(api_version)
     }
 
     /// The write's comparison as an entry of `api_version` names fields.
     pub fn changes(&mut self, api_version: &str) -> &Comparison {
-        let Some(def) = self.other_def(api_version) else {
+        let Some(def) = self.converter.naming(api_version) else {
             return &self.own;
         };
         if !self.others.contains_key(api_version) {
@@ -81,19 +162,5 @@ impl<'a> Versions<'a> {
             self.others.insert(api_version.to_owned(), comparison);
         }
         &self.others[api_version]
-    }
-
-    /// The definition of another version of the request's resource, when both convert
-    /// through the same storage version (`None` for the request's own version, another
-    /// group, or a version the server does not serve).
-    fn other_def(&self, api_version: &str) -> Option<std::sync::Arc<ResourceDef>> {
-        self.def.conversion?;
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        if group != self.def.group || version == self.def.version {
-            return None;
-        }
-        self.registry
-            .get(group, version, &self.def.plural)
-            .filter(|d| d.conversion.is_some())
     }
 }
