@@ -103,6 +103,7 @@ on_both_backends!(
     concurrent_writers_get_one_revision_each,
     a_long_list_comes_whole,
     a_consistent_revision_covers_every_acknowledged_write,
+    a_watch_without_prev_follows_and_keeps_the_revision_current,
 );
 
 fn text(value: &[u8]) -> &str {
@@ -617,6 +618,118 @@ async fn a_consistent_revision_covers_every_acknowledged_write(b: Backend) {
             theirs.mod_revision
         );
     }
+}
+
+/// How many watchers etcd has (its `etcd_debugging_mvcc_watcher_total` gauge).
+fn etcd_watchers(etcd: &Etcd) -> Option<u64> {
+    let url = format!("{}/metrics", etcd.endpoints().first()?);
+    let out = Command::new("curl").args(["-sf", &url]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// The watch cache's watch: the whole prefix, events without `prev` (a delete may
+/// come without its last value). Over etcd it stands in for the store's own watch of
+/// the prefix while it lives, so another server's writes still raise the store's
+/// current revision, and once it is dropped the store follows etcd again.
+async fn a_watch_without_prev_follows_and_keeps_the_revision_current(b: Backend) {
+    let store = b.store;
+    let base = store.current_revision();
+    let mut watch = store
+        .watch_without_prev("/registry/".into(), base)
+        .await
+        .expect("watch");
+    let created = store
+        .create("/registry/core/p/ns/a".into(), b"1".to_vec(), None)
+        .await
+        .expect("create");
+    let updated = store
+        .update(
+            "/registry/core/p/ns/a".into(),
+            b"2".to_vec(),
+            created.mod_revision,
+        )
+        .await
+        .expect("update");
+    let deleted = store
+        .delete("/registry/core/p/ns/a".into(), None)
+        .await
+        .expect("delete");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("events keep coming")
+            .expect("the stream is open")
+            .expect("no error");
+        got.push((event.kind, event.revision()));
+        if event.kind == EventKind::Put {
+            assert_eq!(
+                text(&event.kv.value),
+                if got.len() == 1 { "1" } else { "2" }
+            );
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            (EventKind::Put, created.mod_revision),
+            (EventKind::Put, updated.mod_revision),
+            (EventKind::Delete, deleted.mod_revision),
+        ]
+    );
+    let Some(etcd) = &b._etcd else {
+        return;
+    };
+    // etcd sends each event once: the store's own watch of the prefix rests.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let watchers = etcd_watchers(etcd);
+        if watchers == Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "etcd has {watchers:?} watchers, not just the one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = EtcdStore::connect(&etcd_options(etcd))
+        .await
+        .expect("another server's store");
+    let caught_up = |store: Arc<dyn Store>, revision: i64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.current_revision() < revision {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the current revision {} stays before another server's write at {revision}",
+                store.current_revision()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let theirs = other
+        .create("/registry/core/p/ns/theirs".into(), b"t".to_vec(), None)
+        .await
+        .expect("create through the other store");
+    caught_up(store.clone(), theirs.mod_revision).await;
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the other server's write comes")
+        .expect("open")
+        .expect("no error");
+    assert_eq!(event.revision(), theirs.mod_revision);
+    // Without the watch, the store follows etcd on its own again.
+    drop(watch);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = other
+        .create("/registry/core/p/ns/later".into(), b"t".to_vec(), None)
+        .await
+        .expect("create through the other store");
+    caught_up(store.clone(), later.mod_revision).await;
 }
 
 // --- The embedded store only ---

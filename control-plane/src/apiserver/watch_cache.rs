@@ -282,7 +282,10 @@ impl WatchCache {
         }
         let (revision, _) = watch::channel(listed.revision);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let mut events = store.watch(ROOT.into(), listed.revision).await?;
+        // The cache holds every value: its events need no `prev`.
+        let mut events = store
+            .watch_without_prev(ROOT.into(), listed.revision)
+            .await?;
         let cache = Arc::new(Self {
             state: RwLock::new(state),
             revision,
@@ -315,7 +318,13 @@ impl WatchCache {
         let (object, as_cached) = match event.kind {
             EventKind::Delete => {
                 let prev = self.get(&key);
-                Cached::deleted(key.clone(), revision, &event.kv.value, prev.as_deref())
+                // A store watch without `prev` may send a delete without the last value:
+                // it is the cached one.
+                let stored = match &prev {
+                    Some(p) if event.kv.value.is_empty() => p.raw.clone(),
+                    _ => event.kv.value.clone(),
+                };
+                Cached::deleted(key.clone(), revision, &stored, prev.as_deref())
             }
             EventKind::Put => (Cached::new(key.clone(), revision, &event.kv.value), false),
         };

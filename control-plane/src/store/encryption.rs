@@ -34,8 +34,8 @@ use prometheus_client::registry::Registry;
 use self::config::GroupResource;
 use self::providers::{Provider, TransformError};
 use super::{
-    BoxFuture, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision, Store, StoreError,
-    WatchStream, Watched,
+    BoxFuture, EventKind, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision, Store,
+    StoreError, WatchStream, Watched,
 };
 
 pub use self::config::ConfigError;
@@ -203,6 +203,14 @@ pub struct EncryptedStore {
 const HISTORY_SCAN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl EncryptedStore {
+    /// `events` with their values decrypted ([`forward`]).
+    fn decrypting(&self, events: WatchStream) -> WatchStream {
+        let progress = events.progress_request();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(forward(self.transformers.clone(), events, tx));
+        WatchStream::with_progress(rx, progress)
+    }
+
     /// Wraps `inner` (before anything else writes to it), reading its history once.
     pub async fn open(inner: Arc<dyn Store>, transformers: Transformers) -> Result<Self> {
         let unreadable_before = unreadable_history(inner.as_ref(), &transformers).await?;
@@ -259,7 +267,11 @@ async fn forward(
             Err(err) => Err(err),
         };
         let event = event.and_then(|mut event| {
-            event.kv = transformers.read(event.kv)?;
+            // A delete without its last value (a watch without `prev`) has nothing to
+            // decrypt.
+            if !(event.kind == EventKind::Delete && event.kv.value.is_empty()) {
+                event.kv = transformers.read(event.kv)?;
+            }
             event.prev = match event.prev.map(|p| transformers.read(p)) {
                 Some(Ok(prev)) => Some(prev),
                 Some(Err(err)) => {
@@ -367,10 +379,19 @@ impl Store for EncryptedStore {
         Box::pin(async move {
             self.check_history(after)?;
             let events = self.inner.watch(prefix, after).await?;
-            let progress = events.progress_request();
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            tokio::spawn(forward(self.transformers.clone(), events, tx));
-            Ok(WatchStream::with_progress(rx, progress))
+            Ok(self.decrypting(events))
+        })
+    }
+
+    fn watch_without_prev(
+        &self,
+        prefix: String,
+        after: Revision,
+    ) -> BoxFuture<'_, Result<WatchStream>> {
+        Box::pin(async move {
+            self.check_history(after)?;
+            let events = self.inner.watch_without_prev(prefix, after).await?;
+            Ok(self.decrypting(events))
         })
     }
 

@@ -277,6 +277,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every change to keys under `prefix` with a revision greater than `after`.
     fn watch(&self, prefix: String, after: Revision) -> BoxFuture<'_, Result<WatchStream>>;
 
+    /// [`Store::watch`] for a watcher that holds every key's value itself (the
+    /// apiserver's watch cache): its events need not carry `prev`, and a delete event's
+    /// value may be empty, the last value being the watcher's. A backend that reads
+    /// previous values at a cost (etcd reads each one from its history for every
+    /// watcher asking for `prev_kv`) leaves them out; the others watch as `watch` does.
+    fn watch_without_prev(
+        &self,
+        prefix: String,
+        after: Revision,
+    ) -> BoxFuture<'_, Result<WatchStream>> {
+        self.watch(prefix, after)
+    }
+
     /// Discards history before `revision`; reads and watches from before it then fail
     /// with [`StoreError::Compacted`].
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>>;

@@ -12,7 +12,9 @@
 //! - reads at a revision are etcd range reads at it; etcd's "required revision has been
 //!   compacted" and "is a future revision" become [`StoreError::Compacted`] and
 //!   [`StoreError::FutureRevision`];
-//! - watches are etcd watches from `after + 1` with `prev_kv` ([`watch`]), re-created
+//! - watches are etcd watches from `after + 1` with `prev_kv` ([`watch`]; without it
+//!   for [`Store::watch_without_prev`], the watch cache's, which spares etcd a read of
+//!   each update's and delete's previous value from its history), re-created
 //!   from the last revision delivered when the connection drops, ending with
 //!   [`StoreError::Compacted`] only when etcd says that history is gone; this store's
 //!   own creates, updates and deletes reach its watches as soon as their txns are
@@ -76,10 +78,23 @@ const LIST_PAGE: usize = 1000;
 const HEALTH_KEY: &str = "health";
 
 /// What the store and its background tasks share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Revisions {
     current: AtomicI64,
     compacted: AtomicI64,
+    /// How many watch streams follow the whole prefix ([`watch::follow`] rests while
+    /// one does: their events raise `current` as its would).
+    covering: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Revisions {
+    fn default() -> Self {
+        Self {
+            current: AtomicI64::new(0),
+            compacted: AtomicI64::new(0),
+            covering: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Revisions {
@@ -658,7 +673,24 @@ impl Store for EtcdStore {
                     compacted,
                 });
             }
-            self.watcher().watch(prefix, after).await
+            self.watcher().watch(prefix, after, true).await
+        })
+    }
+
+    fn watch_without_prev(
+        &self,
+        prefix: String,
+        after: Revision,
+    ) -> BoxFuture<'_, Result<WatchStream>> {
+        Box::pin(async move {
+            let compacted = self.compacted_revision();
+            if after < compacted {
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    compacted,
+                });
+            }
+            self.watcher().watch(prefix, after, false).await
         })
     }
 

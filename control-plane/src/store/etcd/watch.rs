@@ -102,8 +102,10 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    /// Every change under `prefix` after `after` (see the module docs).
-    pub async fn watch(&self, prefix: String, after: Revision) -> Result<WatchStream> {
+    /// Every change under `prefix` after `after` (see the module docs); with `prev`,
+    /// each carrying the value before it (etcd's `prev_kv`), else without, and deletes
+    /// without their last value ([`crate::store::Store::watch_without_prev`]).
+    pub async fn watch(&self, prefix: String, after: Revision, prev: bool) -> Result<WatchStream> {
         let (tx, rx) = mpsc::channel(BUFFER);
         let Some(range) = self.layout.range(&prefix) else {
             // No key can ever match: a stream that stays open and silent.
@@ -113,11 +115,18 @@ impl Watcher {
         // Before etcd's watch starts, so that no local write answered from then on is
         // left to etcd.
         let local = self.local.subscribe();
-        let stream = self.open(&range, after).await?;
+        let stream = self.open(&range, after, prev).await?;
         let progress = self.progress.then(ProgressRequest::default);
+        let covering = self
+            .layout
+            .range(super::keys::ROOT)
+            .is_some_and(|root| root == range)
+            .then(|| Covering::new(self.revisions.clone()));
         let forward = Forward {
             prefix,
             range,
+            prev,
+            _covering: covering,
             seq: Sequence::new(after),
             progress: progress.clone(),
             tx,
@@ -127,12 +136,20 @@ impl Watcher {
         Ok(WatchStream::with_progress(rx, progress))
     }
 
-    /// An etcd watch of `range` from `after + 1`, once etcd confirmed it.
-    async fn open(&self, range: &Range, after: Revision) -> Result<etcd_client::WatchStream> {
-        let options = WatchOptions::new()
+    /// An etcd watch of `range` from `after + 1` (with `prev_kv` when `prev`), once etcd
+    /// confirmed it.
+    async fn open(
+        &self,
+        range: &Range,
+        after: Revision,
+        prev: bool,
+    ) -> Result<etcd_client::WatchStream> {
+        let mut options = WatchOptions::new()
             .with_range(range.end.clone())
-            .with_start_revision(after + 1)
-            .with_prev_key();
+            .with_start_revision(after + 1);
+        if prev {
+            options = options.with_prev_key();
+        }
         let opened = call(&self.endpoints, "a watch", REQUEST_TIMEOUT, || {
             let (mut client, start, options) =
                 (self.client.clone(), range.start.clone(), options.clone());
@@ -220,6 +237,9 @@ impl Watcher {
                     }
                     continue;
                 }
+                if let Some(newest) = newest_revision(&resp) {
+                    self.revisions.saw(newest);
+                }
                 let delivered = f.seq.through;
                 for raw in resp.events() {
                     // Skipped before converting it when the fast path passed it on.
@@ -258,7 +278,7 @@ impl Watcher {
                 if f.tx.is_closed() {
                     return;
                 }
-                match self.open(&f.range, f.seq.last).await {
+                match self.open(&f.range, f.seq.last, f.prev).await {
                     Ok(stream) => break stream,
                     Err(err @ StoreError::Compacted { .. }) => {
                         let _ = f.tx.send(Err(err)).await;
@@ -325,6 +345,10 @@ impl Watcher {
 struct Forward {
     prefix: String,
     range: Range,
+    /// Whether events carry the value before them (`prev_kv`).
+    prev: bool,
+    /// Held by a stream of the whole prefix, which [`follow`] rests for.
+    _covering: Option<Covering>,
     /// What was delivered, and the local writes waiting for their turn.
     seq: Sequence,
     progress: Option<ProgressRequest>,
@@ -374,6 +398,32 @@ impl Forward {
             None => true,
         }
     }
+}
+
+/// A watch stream of the whole prefix, counted in [`Revisions`]'s `covering` while it
+/// lives.
+struct Covering(Arc<Revisions>);
+
+impl Covering {
+    fn new(revisions: Arc<Revisions>) -> Self {
+        revisions.covering.send_modify(|n| *n += 1);
+        Self(revisions)
+    }
+}
+
+impl Drop for Covering {
+    fn drop(&mut self) {
+        self.0.covering.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// The newest revision of an etcd watch response's events.
+fn newest_revision(resp: &WatchResponse) -> Option<Revision> {
+    resp.events()
+        .iter()
+        .filter_map(|e| e.kv())
+        .map(|kv| kv.mod_revision())
+        .max()
 }
 
 /// Whether `write` is to a key a watch of `prefix` (etcd range `range`) follows.
@@ -518,7 +568,11 @@ fn progress_notification(resp: &WatchResponse) -> Option<Revision> {
 /// It needs only revisions, so it is etcd's plain watch of the prefix: without
 /// `prev_kv` (which etcd reads from its backend for every event of every watcher that
 /// asks), without converting a key or value and without the local writes a
-/// [`Watcher::watch`] stream orders in.
+/// [`Watcher::watch`] stream orders in. While a [`Watcher::watch`] stream of the whole
+/// prefix lives (the watch cache's, from its start to the server's exit), that
+/// stream's events raise the revision and this watch is closed, so etcd sends every
+/// event once, not twice; it is opened again, from the newest revision seen, when no
+/// such stream is left.
 pub(crate) async fn follow(
     watcher: Watcher,
     from: Revision,
@@ -528,12 +582,35 @@ pub(crate) async fn follow(
     let Some(range) = watcher.layout.range(super::keys::ROOT) else {
         return Ok(());
     };
-    let mut stream = open_plain(&watcher, &range, from).await?;
+    let mut stream = Some(open_plain(&watcher, &range, from).await?);
+    let mut covering = revisions.covering.subscribe();
     tokio::spawn(async move {
         loop {
+            let Some(open) = stream.as_mut() else {
+                tokio::select! {
+                    r = covering.wait_for(|n| *n == 0) => {
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut stopped => return,
+                }
+                match reopen(&watcher, &range, &revisions, &mut stopped).await {
+                    Some(reopened) => stream = Some(reopened),
+                    None => return,
+                }
+                continue;
+            };
             let message = tokio::select! {
-                m = stream.message() => m,
+                m = open.message() => m,
                 _ = &mut stopped => return,
+                r = covering.wait_for(|n| *n > 0) => {
+                    if r.is_err() {
+                        return;
+                    }
+                    stream = None;
+                    continue;
+                }
             };
             let why = match message {
                 Ok(Some(resp)) if resp.compact_revision() > 0 => {
@@ -544,13 +621,7 @@ pub(crate) async fn follow(
                     format!("canceled: {}", resp.cancel_reason())
                 }
                 Ok(Some(resp)) => {
-                    if let Some(newest) = resp
-                        .events()
-                        .iter()
-                        .filter_map(|e| e.kv())
-                        .map(|kv| kv.mod_revision())
-                        .max()
-                    {
+                    if let Some(newest) = newest_revision(&resp) {
                         revisions.saw(newest);
                     }
                     continue;
@@ -559,22 +630,36 @@ pub(crate) async fn follow(
                 Err(err) => err.to_string(),
             };
             tracing::warn!(%why, "the store's etcd watch ended; following from now");
-            stream = loop {
-                if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-                    return;
-                }
-                let from = revisions.current().max(revisions.compacted());
-                match open_plain(&watcher, &range, from).await {
-                    Ok(stream) => break stream,
-                    Err(err) => {
-                        tracing::debug!(%err, "following etcd again failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            };
+            match reopen(&watcher, &range, &revisions, &mut stopped).await {
+                Some(reopened) => stream = Some(reopened),
+                None => return,
+            }
         }
     });
     Ok(())
+}
+
+/// [`follow`]'s watch again, from the newest revision known, retried each second;
+/// `None` once `stopped` fired.
+async fn reopen(
+    watcher: &Watcher,
+    range: &Range,
+    revisions: &Revisions,
+    stopped: &mut oneshot::Receiver<()>,
+) -> Option<etcd_client::WatchStream> {
+    loop {
+        if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            return None;
+        }
+        let from = revisions.current().max(revisions.compacted());
+        match open_plain(watcher, range, from).await {
+            Ok(stream) => return Some(stream),
+            Err(err) => {
+                tracing::debug!(%err, "following etcd again failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// etcd's watch of `range` from `after + 1`, without previous values.
