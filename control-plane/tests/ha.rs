@@ -480,8 +480,32 @@ fn a_read_through_one_server_sees_a_write_just_acknowledged_by_another() {
                 .await
                 .unwrap_or_else(|e| panic!("update the counter to {value} through A: {e}"));
             counter_rv = updated.metadata.resource_version.clone();
-            let got = cms_b.get("counter").await.expect("GET the counter through B");
             let data = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get("a")).cloned();
+            // At once an update through B pinned at the resourceVersion A returned,
+            // before anything makes B's watch cache catch up: B starts updates from
+            // its cached copy, and one behind must neither refuse the pin (409) nor
+            // lose A's change.
+            let patch = json!({"metadata": {"resourceVersion": counter_rv}, "data": {"b": format!("b{i}")}});
+            let updated = cms_b
+                .patch("counter", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap_or_else(|e| panic!("update the counter through B right after A: {e}"));
+            assert_eq!(
+                data(&updated).as_deref(),
+                Some(value.as_str()),
+                "B's update right after A's kept A's change"
+            );
+            counter_rv = updated.metadata.resource_version.clone();
+            // And one without a pin, through A right after B's.
+            let patch = json!({"data": {"c": format!("c{i}")}});
+            let updated = cms_a
+                .patch("counter", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap_or_else(|e| panic!("update the counter through A right after B: {e}"));
+            let b = updated.data.as_ref().and_then(|d| d.get("b")).cloned();
+            assert_eq!(b, Some(format!("b{i}")), "A's update right after B's kept B's change");
+            counter_rv = updated.metadata.resource_version.clone();
+            let got = cms_b.get("counter").await.expect("GET the counter through B");
             assert_eq!(
                 data(&got).as_deref(),
                 Some(value.as_str()),

@@ -200,6 +200,14 @@ impl Ctx {
     }
 
     /// Reads the live object (fresh from the store: writes decide on it).
+    /// The watch cache's copy of `name` and its revision, as [`Ctx::current`] reads the
+    /// store's: possibly behind it.
+    pub fn cached(&self, name: &str) -> Option<(Value, Revision)> {
+        let cached = self.api.cache.get(&self.key(name))?;
+        let value = serde_json::from_slice(&cached.raw).ok()?;
+        Some((value, cached.revision))
+    }
+
     pub async fn current(&self, name: &str) -> ApiResult<Option<(Value, Revision)>> {
         let key = self.key(name);
         let kv = self
@@ -707,8 +715,26 @@ pub fn client_revision(obj: &Value) -> ApiResult<Option<Revision>> {
     }
 }
 
+/// What one attempt of [`update_loop`] came to.
+enum Attempt {
+    /// Written (or, dry run, would be): the object and whether it changed.
+    Done((Value, bool)),
+    /// Nothing to write: the object read is what the change gives.
+    Unchanged(Value),
+    /// Lost a race: try again on the newer object.
+    Raced,
+}
+
 /// Runs an update against the live object, retrying on races when the client did not
 /// pin a resourceVersion. `change` turns the live object into the desired one.
+///
+/// The first attempt starts from the watch cache's copy of the object rather than a
+/// read of the store, as kube-apiserver's `GuaranteedUpdate` starts from the cached
+/// object: the write is a compare-and-swap on the copy's revision, so a copy behind
+/// the store never overwrites a newer object; and an attempt on the copy that fails in
+/// any way — a lost race, a resourceVersion that does not match, a check against the
+/// old object — or finds nothing to change is made again from the store before its
+/// outcome is reported. Over etcd this spares every update a read of etcd.
 pub async fn update_loop(
     ctx: &Ctx,
     name: &str,
@@ -716,134 +742,169 @@ pub async fn update_loop(
     mut change: impl FnMut(&Value) -> ApiResult<Value>,
 ) -> ApiResult<(Value, bool)> {
     let dry_run = ctx.query.dry_run()?;
+    let mut from_cache = true;
     for _ in 0..8 {
-        let Some((old, revision)) = ctx.current(name).await? else {
+        let current = if from_cache {
+            ctx.cached(name)
+        } else {
+            ctx.current(name).await?
+        };
+        let Some((old, revision)) = current else {
+            if std::mem::take(&mut from_cache) {
+                continue;
+            }
             return Err(ctx.not_found(name));
         };
-        // The client's change applies to the object in the version it speaks.
-        let converted;
-        let view = if ctx.def.converts() {
-            converted = ctx.def.external(old.clone());
-            &converted
-        } else {
-            &old
-        };
-        let desired = change(view)?;
-        let pinned = client_revision(&desired)?;
-        if let Some(rv) = pinned
-            && rv != revision
-        {
-            return Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name));
-        }
-        let desired_name = object::name(&desired);
-        if !desired_name.is_empty() && desired_name != name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({desired_name}) does not match the name on the URL ({name})"
-            )));
-        }
-        let mut desired = normalize(ctx, desired)?;
-        let client_managed = desired.pointer("/metadata/managedFields").cloned();
-        // Mutating admission webhooks: on the decoded object, before the update rules.
-        let before = super::admission::webhook::may_mutate(ctx).then(|| desired.clone());
-        super::admission::webhook::admit_update(ctx, part, &old, &mut desired).await?;
-        let before = before.filter(|b| *b != desired);
-        let mut new = merge_update(ctx, &old, desired, part)?;
-        match before {
-            None => super::managed_fields::on_update(
-                ctx,
-                &old,
-                &mut new,
-                client_managed,
-                part.subresource(),
-            )?,
-            Some(before) => {
-                // As kube-apiserver records them: before mutating admission, so what a
-                // webhook changed is owned by no one.
-                let mut view = merge_update(ctx, &old, before, part)?;
-                super::managed_fields::on_update(
-                    ctx,
-                    &old,
-                    &mut view,
-                    client_managed,
-                    part.subresource(),
-                )?;
-                let managed = object::meta_mut(&mut view).and_then(|m| m.remove("managedFields"));
-                super::managed_fields::set_managed(&mut new, managed);
-            }
-        }
-        super::authz::escalation::check_update(ctx, &old, &new)?;
-        // ValidatingAdmissionPolicy, then the validating webhooks.
-        super::admission::policy::validate_update(ctx, &old, &new, part)?;
-        // Validating admission webhooks: after the built-in validation.
-        super::admission::webhook::validate_update(ctx, part, &old, &new).await?;
-        // A Service's node ports and cluster IP follow its type and ports.
-        let service = if part == Part::Main && ctx.def.group.is_empty() && ctx.def.kind == "Service"
-        {
-            use super::admission::service_ranges::AllocError;
-            match ctx.api.services.update(&old, &mut new, dry_run).await {
-                Ok(change) => Some(change),
-                Err(AllocError::Invalid(causes)) => return Err(invalid(&ctx.def, &new, causes)),
-                Err(AllocError::Store(e)) => return Err(ctx.store_error(e, name)),
-            }
-        } else {
-            None
-        };
-        let settle = |written: bool| {
-            let service = &service;
-            async move {
-                if let Some(change) = service {
-                    if written {
-                        ctx.api.services.commit(change).await;
-                    } else {
-                        ctx.api.services.abort(change).await;
-                    }
+        let attempt = attempt_update(ctx, name, part, &mut change, old, revision, dry_run).await;
+        match attempt {
+            Ok(Attempt::Done(done)) => return Ok(done),
+            Ok(Attempt::Unchanged(old)) if from_cache => {
+                // The copy may be behind: unchanged only if the store has it too.
+                match ctx.current(name).await? {
+                    Some((_, stored)) if stored == revision => return Ok((old, false)),
+                    _ => from_cache = false,
                 }
             }
-        };
-        // A value stored by another encryption provider or key than the one that
-        // writes now is rewritten even when nothing changed (upstream's "stale" read:
-        // how `kubectl replace` re-encrypts after a key rotation).
-        if unchanged(&old, &new)
-            && !ctx
-                .api
-                .store
-                .stale(&ctx.key(name))
-                .await
-                .map_err(|e| ctx.store_error(e, name))?
-        {
-            settle(false).await;
-            return Ok((old, false));
-        }
-        // ResourceQuota, last: what the change adds is charged before the write.
-        if part == Part::Main {
-            let ns = ctx.namespace.as_deref();
-            let quota = super::admission::resource_quota::admit(
-                &ctx.api,
-                &ctx.def,
-                ns,
-                Some(&old),
-                &new,
-                dry_run,
-            );
-            if let Err(e) = quota.await {
-                settle(false).await;
-                return Err(e);
-            }
-        }
-        if dry_run {
-            settle(false).await;
-            let mut out = new;
-            object::set_resource_version(&mut out, revision);
-            return Ok((out, true));
-        }
-        let result = write_update(ctx, name, new, revision).await;
-        settle(result.is_ok()).await;
-        match result {
-            Err(e) if e.code == 409 && pinned.is_none() => continue,
-            other => return other.map(|v| (v, true)),
+            Ok(Attempt::Unchanged(old)) => return Ok((old, false)),
+            Ok(Attempt::Raced) => from_cache = false,
+            Err(_) if from_cache => from_cache = false,
+            Err(e) => return Err(e),
         }
     }
     Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name))
+}
+
+/// One attempt of [`update_loop`] on `old`, read at `revision`.
+async fn attempt_update(
+    ctx: &Ctx,
+    name: &str,
+    part: Part,
+    change: &mut impl FnMut(&Value) -> ApiResult<Value>,
+    old: Value,
+    revision: Revision,
+    dry_run: bool,
+) -> ApiResult<Attempt> {
+    // The client's change applies to the object in the version it speaks.
+    let converted;
+    let view = if ctx.def.converts() {
+        converted = ctx.def.external(old.clone());
+        &converted
+    } else {
+        &old
+    };
+    let desired = change(view)?;
+    let pinned = client_revision(&desired)?;
+    if let Some(rv) = pinned
+        && rv != revision
+    {
+        return Err(ApiError::conflict(&ctx.def.group, &ctx.def.plural, name));
+    }
+    let desired_name = object::name(&desired);
+    if !desired_name.is_empty() && desired_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({desired_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let mut desired = normalize(ctx, desired)?;
+    let client_managed = desired.pointer("/metadata/managedFields").cloned();
+    // Mutating admission webhooks: on the decoded object, before the update rules.
+    let before = super::admission::webhook::may_mutate(ctx).then(|| desired.clone());
+    super::admission::webhook::admit_update(ctx, part, &old, &mut desired).await?;
+    let before = before.filter(|b| *b != desired);
+    let mut new = merge_update(ctx, &old, desired, part)?;
+    match before {
+        None => super::managed_fields::on_update(
+            ctx,
+            &old,
+            &mut new,
+            client_managed,
+            part.subresource(),
+        )?,
+        Some(before) => {
+            // As kube-apiserver records them: before mutating admission, so what a
+            // webhook changed is owned by no one.
+            let mut view = merge_update(ctx, &old, before, part)?;
+            super::managed_fields::on_update(
+                ctx,
+                &old,
+                &mut view,
+                client_managed,
+                part.subresource(),
+            )?;
+            let managed = object::meta_mut(&mut view).and_then(|m| m.remove("managedFields"));
+            super::managed_fields::set_managed(&mut new, managed);
+        }
+    }
+    super::authz::escalation::check_update(ctx, &old, &new)?;
+    // ValidatingAdmissionPolicy, then the validating webhooks.
+    super::admission::policy::validate_update(ctx, &old, &new, part)?;
+    // Validating admission webhooks: after the built-in validation.
+    super::admission::webhook::validate_update(ctx, part, &old, &new).await?;
+    // A Service's node ports and cluster IP follow its type and ports.
+    let service = if part == Part::Main && ctx.def.group.is_empty() && ctx.def.kind == "Service" {
+        use super::admission::service_ranges::AllocError;
+        match ctx.api.services.update(&old, &mut new, dry_run).await {
+            Ok(change) => Some(change),
+            Err(AllocError::Invalid(causes)) => return Err(invalid(&ctx.def, &new, causes)),
+            Err(AllocError::Store(e)) => return Err(ctx.store_error(e, name)),
+        }
+    } else {
+        None
+    };
+    let settle = |written: bool| {
+        let service = &service;
+        async move {
+            if let Some(change) = service {
+                if written {
+                    ctx.api.services.commit(change).await;
+                } else {
+                    ctx.api.services.abort(change).await;
+                }
+            }
+        }
+    };
+    // A value stored by another encryption provider or key than the one that
+    // writes now is rewritten even when nothing changed (upstream's "stale" read:
+    // how `kubectl replace` re-encrypts after a key rotation).
+    if unchanged(&old, &new)
+        && !ctx
+            .api
+            .store
+            .stale(&ctx.key(name))
+            .await
+            .map_err(|e| ctx.store_error(e, name))?
+    {
+        settle(false).await;
+        return Ok(Attempt::Unchanged(old));
+    }
+    // ResourceQuota, last: what the change adds is charged before the write.
+    if part == Part::Main {
+        let ns = ctx.namespace.as_deref();
+        let quota = super::admission::resource_quota::admit(
+            &ctx.api,
+            &ctx.def,
+            ns,
+            Some(&old),
+            &new,
+            dry_run,
+        );
+        if let Err(e) = quota.await {
+            settle(false).await;
+            return Err(e);
+        }
+    }
+    if dry_run {
+        settle(false).await;
+        let mut out = new;
+        object::set_resource_version(&mut out, revision);
+        return Ok(Attempt::Done((out, true)));
+    }
+    let result = write_update(ctx, name, new, revision).await;
+    settle(result.is_ok()).await;
+    match result {
+        Err(e) if e.code == 409 && pinned.is_none() => Ok(Attempt::Raced),
+        other => other.map(|v| Attempt::Done((v, true))),
+    }
 }
 
 /// [`update_loop`] for the server's own writes (bootstrap objects, controllers inside
