@@ -569,6 +569,18 @@ fn a_node_whose_lease_stops_is_tainted_and_its_pods_evicted_after_their_tolerati
         node(&client, "n2", "8", json!({"zone": "b"}), json!([])).await;
         let kubelet = Kubelet::start(client.clone(), &["n1", "n2"]);
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        // Pods are admitted once the namespace's default ServiceAccount exists (the
+        // serviceaccount controller makes it a moment after start).
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        eventually(
+            "the default ServiceAccount",
+            Duration::from_secs(20),
+            || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok()?.map(drop) }
+            },
+        )
+        .await;
         let pp = PostParams::default();
         for (name, toleration) in [("quick", Some(2)), ("default", None)] {
             let mut spec = json!({"nodeSelector": {"zone": "a"},

@@ -495,7 +495,6 @@ fn a_read_through_one_server_sees_a_write_just_acknowledged_by_another() {
                 Some(value.as_str()),
                 "B's update right after A's kept A's change"
             );
-            counter_rv = updated.metadata.resource_version.clone();
             // And one without a pin, through A right after B's.
             let patch = json!({"data": {"c": format!("c{i}")}});
             let updated = cms_a
