@@ -470,6 +470,28 @@ spec:
     assert_eq!(v1["apiVersion"], "example.com/v1");
     assert_eq!(v1["spec"]["size"], 5);
     assert_eq!(v1["spec"]["color"], "red");
+    // Stored in the storage version whichever version wrote it: an update that
+    // changes nothing, through either version, writes nothing.
+    for version in ["v1", "v1beta1"] {
+        let before = k.json(&["get", &format!("gizmos.{version}.example.com"), "g1"]);
+        k.ok(&[
+            "patch",
+            &format!("gizmos.{version}.example.com"),
+            "g1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"size":5}}"#,
+        ]);
+        let after = k.json(&["get", "gizmos.v1.example.com", "g1"]);
+        assert_eq!(
+            after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+            "a no-op patch through {version} wrote: {before} -> {after}"
+        );
+        assert_eq!(
+            after["metadata"]["generation"],
+            before["metadata"]["generation"]
+        );
+    }
 }
 
 #[test]

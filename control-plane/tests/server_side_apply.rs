@@ -4,7 +4,7 @@
 //! managers own different fields of one Deployment, a field a manager stops applying
 //! goes only if nobody else owns it, client-side apply migrates to server-side apply,
 //! `kubectl diff --server-side`, kube-rs' `Patch::Apply` on a custom resource's
-//! associative list, managers of a version no longer served dropped, and bad requests
+//! associative list, managers of a version a CRD no longer lists dropped, and bad requests
 //! refused as upstream.
 
 use berth_testkit::{BerthServer, Kubectl};
@@ -527,8 +527,9 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
     assert!(spec.get("f:metrics").is_none(), "{created}");
 }
 
-/// A CRD served in `v1` (stored) and in `v1beta1` while `beta_served`.
-fn widgets(beta_served: bool) -> String {
+/// A CRD served in `v1` (stored), listing `v1beta1` served or not (`Some`) or not at
+/// all (`None`).
+fn widgets(beta: Option<bool>) -> String {
     let version = |name: &str, served: bool, storage: bool| {
         format!(
             "  - name: {name}\n    served: {served}\n    storage: {storage}\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            properties:\n              size: {{type: integer}}\n              color: {{type: string}}\n"
@@ -537,18 +538,18 @@ fn widgets(beta_served: bool) -> String {
     format!(
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: widgets.ssa.berth.dev}}\nspec:\n  group: ssa.berth.dev\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget}}\n  versions:\n{}{}",
         version("v1", true, true),
-        version("v1beta1", beta_served, false)
+        beta.map_or_else(String::new, |served| version("v1beta1", served, false))
     )
 }
 
 #[test]
-fn managers_of_a_version_no_longer_served_are_dropped_at_the_next_write() {
+fn managers_of_a_version_no_longer_listed_are_dropped_at_the_next_write() {
     let home = tempfile::tempdir().expect("temp home");
     let server = server(home.path());
     let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
         return;
     };
-    k.apply(&widgets(true));
+    k.apply(&widgets(Some(true)));
     let widget = |version: &str, name: &str, size: u32| {
         format!(
             "apiVersion: ssa.berth.dev/{version}\nkind: Widget\nmetadata: {{name: {name}, namespace: default}}\nspec: {{size: {size}}}\n"
@@ -592,20 +593,39 @@ fn managers_of_a_version_no_longer_served_are_dropped_at_the_next_write() {
         .clone();
     assert_eq!(beta["apiVersion"], "ssa.berth.dev/v1beta1");
 
-    // v1beta1 is no longer served: the next write drops its manager.
-    k.apply(&widgets(false));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while k
-        .run(&["get", "widgets.v1beta1.ssa.berth.dev", "w1"])
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "v1beta1 is still served"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let unserved = |crd: &str| {
+        k.apply(crd);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while k
+            .run(&["get", "widgets.v1beta1.ssa.berth.dev", "w1"])
+            .status
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "v1beta1 is still served"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    // Listed but not served (a deprecation step): its manager stays, as upstream's
+    // field manager still converts to every version a CRD lists.
+    unserved(&widgets(Some(false)));
+    k.ok(&[
+        "patch",
+        "widgets.v1.ssa.berth.dev",
+        "w1",
+        "--type=merge",
+        "--field-manager=labeller",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":"a"}}}"#,
+    ]);
+    assert!(
+        entry(&get("w1"), "beta-team", "Apply").is_some(),
+        "the manager of a listed, unserved version was dropped"
+    );
+    // Removed from the CRD: the next write drops its manager.
+    unserved(&widgets(None));
     // An update: the fields stay, their manager goes.
     k.ok(&[
         "patch",

@@ -261,20 +261,18 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    // Several versions: objects are stored in the storage version and read in the one
-    // asked for, `apiVersion` the only difference (the `None` strategy; a `Webhook`
-    // strategy's webhook is not called, see docs/api.md).
-    let conversion = (versions.len() > 1)
-        .then(|| {
-            versions
-                .iter()
-                .find(|v| v.get("storage") == Some(&Value::Bool(true)))
-                .map(|v| Conversion {
-                    storage_version: s(v, "name"),
-                    how: Convert::ApiVersion,
-                })
-        })
-        .flatten();
+    // Objects are stored in the storage version and read in the one asked for,
+    // `apiVersion` the only difference (the `None` strategy; a `Webhook` strategy's
+    // webhook is not called, see docs/api.md) — with one version too, as objects may
+    // have been stored in a version since removed.
+    let listed: Arc<[String]> = versions.iter().map(|v| s(v, "name")).collect();
+    let conversion = versions
+        .iter()
+        .find(|v| v.get("storage") == Some(&Value::Bool(true)))
+        .map(|v| Conversion {
+            storage_version: s(v, "name"),
+            how: Convert::ApiVersion { versions: listed },
+        });
     let mut out = Vec::new();
     for version in versions {
         if version.get("served") != Some(&Value::Bool(true)) {

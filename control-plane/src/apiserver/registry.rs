@@ -102,7 +102,7 @@ pub struct Conversion {
     pub how: Convert,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Convert {
     /// The versions' schemas differ (built-in kinds).
     Functions {
@@ -114,7 +114,11 @@ pub enum Convert {
     /// Only `apiVersion` differs (a CRD's `None` strategy): set to the storage version
     /// on the way in and to the served one on the way out — on every read, as an
     /// object stored before the CRD's storage version changed names an older one.
-    ApiVersion,
+    ApiVersion {
+        /// Every version the CRD lists, served or not: those a `managedFields`
+        /// entry may still name.
+        versions: Arc<[String]>,
+    },
 }
 
 impl ResourceDef {
@@ -122,7 +126,7 @@ impl ResourceDef {
     pub fn converts(&self) -> bool {
         match &self.conversion {
             Some(Conversion {
-                how: Convert::ApiVersion,
+                how: Convert::ApiVersion { .. },
                 ..
             }) => true,
             Some(c) => c.storage_version != self.version,
@@ -146,7 +150,7 @@ impl ResourceDef {
     pub fn external(&self, obj: Value) -> Value {
         match &self.conversion {
             Some(Conversion {
-                how: Convert::ApiVersion,
+                how: Convert::ApiVersion { .. },
                 ..
             }) => with_api_version(obj, &self.api_version()),
             Some(Conversion {
@@ -154,6 +158,18 @@ impl ResourceDef {
                 how: Convert::Functions { from_storage, .. },
             }) if *storage_version != self.version => from_storage(obj),
             _ => obj,
+        }
+    }
+
+    /// Whether `version` of this resource's group may still be named by its objects'
+    /// `managedFields`: a version it is served in, or one its CRD lists unserved.
+    pub fn lists_version(&self, version: &str) -> bool {
+        match &self.conversion {
+            Some(Conversion {
+                how: Convert::ApiVersion { versions },
+                ..
+            }) => versions.iter().any(|v| v == version),
+            _ => false,
         }
     }
 
@@ -165,7 +181,7 @@ impl ResourceDef {
         if matches!(
             self.conversion,
             Some(Conversion {
-                how: Convert::ApiVersion,
+                how: Convert::ApiVersion { .. },
                 ..
             })
         ) && starts_with_api_version(raw, &self.api_version())
@@ -185,7 +201,7 @@ impl ResourceDef {
         match &self.conversion {
             Some(Conversion {
                 storage_version,
-                how: Convert::ApiVersion,
+                how: Convert::ApiVersion { .. },
             }) => with_api_version(obj, &group_version(&self.group, storage_version)),
             Some(Conversion {
                 storage_version,

@@ -40,14 +40,17 @@ impl<'a> Converter<'a> {
         Self { def, registry }
     }
 
-    /// Whether the resource is served in `api_version` (an empty one counts as the
-    /// request's).
+    /// Whether `api_version` is still a version of the resource: one it is served in,
+    /// or one its CRD lists unserved (an empty one counts as the request's). Upstream's
+    /// field manager converts to every version a CRD lists, and drops only the
+    /// managers of a version it cannot convert to.
     pub fn served(&self, api_version: &str) -> bool {
         if api_version.is_empty() {
             return true;
         }
         let (group, version) = split(api_version);
-        (group == self.def.group && version == self.def.version)
+        (group == self.def.group
+            && (version == self.def.version || self.def.lists_version(version)))
             || self
                 .registry
                 .get(group, version, &self.def.plural)

@@ -111,7 +111,10 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
         cached = None;
         items
             .iter()
-            .map(|raw| Arc::from(ctx.def.external_raw(raw).into_owned()))
+            .map(|raw| match ctx.def.external_raw(raw) {
+                std::borrow::Cow::Borrowed(_) => raw.clone(),
+                std::borrow::Cow::Owned(converted) => Arc::from(converted),
+            })
             .collect()
     } else {
         items

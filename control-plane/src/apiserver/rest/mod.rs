@@ -322,7 +322,7 @@ pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         Ok(def.internal(out))
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
-        Ok(obj)
+        Ok(def.internal(obj))
     } else {
         Ok(obj)
     }
@@ -723,6 +723,9 @@ enum Attempt {
     Unchanged(Value),
     /// Lost a race: try again on the newer object.
     Raced,
+    /// The write itself failed (the store out of reach, a timeout): its outcome may be
+    /// unknown, so it is reported as it is, never made again.
+    Failed(ApiError),
 }
 
 /// Runs an update against the live object, retrying on races when the client did not
@@ -731,10 +734,11 @@ enum Attempt {
 /// The first attempt starts from the watch cache's copy of the object rather than a
 /// read of the store, as kube-apiserver's `GuaranteedUpdate` starts from the cached
 /// object: the write is a compare-and-swap on the copy's revision, so a copy behind
-/// the store never overwrites a newer object; and an attempt on the copy that fails in
-/// any way — a lost race, a resourceVersion that does not match, a check against the
-/// old object — or finds nothing to change is made again from the store before its
-/// outcome is reported. Over etcd this spares every update a read of etcd.
+/// the store never overwrites a newer object. An attempt on the copy that is refused —
+/// a lost race, a resourceVersion that does not match, a check against the old object
+/// — or finds nothing to change is checked against the store: its outcome stands when
+/// the copy was current, else the update is made again from the store. A dry run reads
+/// the store. Over etcd this spares every update a read of etcd.
 pub async fn update_loop(
     ctx: &Ctx,
     name: &str,
@@ -742,7 +746,7 @@ pub async fn update_loop(
     mut change: impl FnMut(&Value) -> ApiResult<Value>,
 ) -> ApiResult<(Value, bool)> {
     let dry_run = ctx.query.dry_run()?;
-    let mut from_cache = true;
+    let mut from_cache = !dry_run;
     for _ in 0..8 {
         let current = if from_cache {
             ctx.cached(name)
@@ -767,7 +771,15 @@ pub async fn update_loop(
             }
             Ok(Attempt::Unchanged(old)) => return Ok((old, false)),
             Ok(Attempt::Raced) => from_cache = false,
-            Err(_) if from_cache => from_cache = false,
+            Ok(Attempt::Failed(e)) => return Err(e),
+            Err(e) if from_cache => {
+                // Refused on the copy: the refusal stands if the copy was current.
+                match ctx.current(name).await? {
+                    Some((_, stored)) if stored == revision => return Err(e),
+                    Some(_) => from_cache = false,
+                    None => return Err(ctx.not_found(name)),
+                }
+            }
             Err(e) => return Err(e),
         }
     }
@@ -903,7 +915,10 @@ async fn attempt_update(
     settle(result.is_ok()).await;
     match result {
         Err(e) if e.code == 409 && pinned.is_none() => Ok(Attempt::Raced),
-        other => other.map(|v| Attempt::Done((v, true))),
+        // A refused compare-and-swap (409: changed; 404: deleted) wrote nothing.
+        Err(e) if matches!(e.code, 404 | 409) => Err(e),
+        Err(e) => Ok(Attempt::Failed(e)),
+        Ok(v) => Ok(Attempt::Done((v, true))),
     }
 }
 

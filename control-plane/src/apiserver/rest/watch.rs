@@ -312,8 +312,11 @@ impl Lines {
     /// The line for `change`'s event, if it is one for this watcher.
     fn line(&self, change: &Change) -> Option<Bytes> {
         let kind = self.event(change)?;
-        if self.ctx.def.converts() {
-            let raw = self.ctx.def.external_raw(&change.object.raw);
+        // Converted: this watcher's own line. An object stored as served (a custom
+        // resource read in its storage version) takes the shared one below.
+        if self.ctx.def.converts()
+            && let std::borrow::Cow::Owned(raw) = self.ctx.def.external_raw(&change.object.raw)
+        {
             return Some(if self.table || self.protobuf {
                 self.object(kind.as_str(), &raw)
             } else {

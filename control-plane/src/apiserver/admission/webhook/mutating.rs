@@ -40,7 +40,7 @@ fn decode(def: &ResourceDef, mut obj: Value) -> Result<Value, String> {
     if let Some(schema) = &def.crd {
         schema.apply(&mut obj, false).map_err(|e| e.message)?;
     }
-    Ok(obj)
+    Ok(def.internal(obj))
 }
 
 /// Calls one webhook and applies its patch; whether the object changed.
