@@ -379,16 +379,7 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
         node(&client, "n1", "8", json!({}), json!([])).await;
         let _kubelet = Kubelet::start(client.clone(), &["n1"]);
         kubectl.ok(&["create", "namespace", "team"]);
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
-        eventually(
-            "the default ServiceAccount",
-            Duration::from_secs(20),
-            || {
-                let sas = sas.clone();
-                async move { sas.get_opt("default").await.ok()?.map(drop) }
-            },
-        )
-        .await;
+        default_service_account(&client, "team").await;
         kubectl.ok(&[
             "-n",
             "team",
@@ -558,6 +549,21 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
     });
 }
 
+/// Waits for `namespace`'s default ServiceAccount, which the serviceaccount controller
+/// makes a moment after the namespace (pods are admitted once it exists).
+async fn default_service_account(client: &kube::Client, namespace: &str) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(20),
+        || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.ok()?.map(drop) }
+        },
+    )
+    .await;
+}
+
 #[test]
 fn a_node_whose_lease_stops_is_tainted_and_its_pods_evicted_after_their_toleration() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -571,16 +577,7 @@ fn a_node_whose_lease_stops_is_tainted_and_its_pods_evicted_after_their_tolerati
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         // Pods are admitted once the namespace's default ServiceAccount exists (the
         // serviceaccount controller makes it a moment after start).
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        eventually(
-            "the default ServiceAccount",
-            Duration::from_secs(20),
-            || {
-                let sas = sas.clone();
-                async move { sas.get_opt("default").await.ok()?.map(drop) }
-            },
-        )
-        .await;
+        default_service_account(&client, "default").await;
         let pp = PostParams::default();
         for (name, toleration) in [("quick", Some(2)), ("default", None)] {
             let mut spec = json!({"nodeSelector": {"zone": "a"},

@@ -358,6 +358,19 @@ impl EtcdStore {
         }
     }
 
+    /// A watch of `prefix` after `after`, with previous values when `prev`; 410 when
+    /// that history is compacted.
+    async fn watch_from(&self, prefix: String, after: Revision, prev: bool) -> Result<WatchStream> {
+        let compacted = self.compacted_revision();
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        self.watcher().watch(prefix, after, prev).await
+    }
+
     fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
         convert(&self.inner.layout, kv)
     }
@@ -665,16 +678,7 @@ impl Store for EtcdStore {
     }
 
     fn watch(&self, prefix: String, after: Revision) -> BoxFuture<'_, Result<WatchStream>> {
-        Box::pin(async move {
-            let compacted = self.compacted_revision();
-            if after < compacted {
-                return Err(StoreError::Compacted {
-                    requested: after,
-                    compacted,
-                });
-            }
-            self.watcher().watch(prefix, after, true).await
-        })
+        Box::pin(self.watch_from(prefix, after, true))
     }
 
     fn watch_without_prev(
@@ -682,16 +686,7 @@ impl Store for EtcdStore {
         prefix: String,
         after: Revision,
     ) -> BoxFuture<'_, Result<WatchStream>> {
-        Box::pin(async move {
-            let compacted = self.compacted_revision();
-            if after < compacted {
-                return Err(StoreError::Compacted {
-                    requested: after,
-                    compacted,
-                });
-            }
-            self.watcher().watch(prefix, after, false).await
-        })
+        Box::pin(self.watch_from(prefix, after, false))
     }
 
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
