@@ -106,6 +106,15 @@ pub struct Args {
     /// makes).
     #[arg(long, value_name = "FILE")]
     pub ebpf_object: Option<PathBuf>,
+    /// The agents' hard eviction thresholds (berth-agent's `--eviction-hard`, e.g.
+    /// `memory.available<100Mi`; default: the kubelet's, which include
+    /// `imagefs.available<15%`).
+    #[arg(long, value_name = "THRESHOLDS")]
+    pub eviction_hard: Option<String>,
+    /// The disk usage percent above which the agents remove unused images
+    /// (berth-agent's `--image-gc-high-threshold`; 100 never does).
+    #[arg(long, value_name = "PERCENT")]
+    pub image_gc_high_threshold: Option<u8>,
 }
 
 /// The places and names of one cluster, all derived from [`Args`] (`cargo xtask dist`
@@ -130,6 +139,8 @@ pub(crate) struct Layout {
     lb_pool: Option<String>,
     nodeport_addresses: Option<String>,
     host_services: bool,
+    /// The agents' `--eviction-hard` and `--image-gc-high-threshold`, when given.
+    eviction: Vec<String>,
 }
 
 impl Layout {
@@ -168,6 +179,7 @@ impl Layout {
             lb_pool: args.lb_pool.clone(),
             nodeport_addresses: args.nodeport_addresses.clone(),
             host_services: args.host_services,
+            eviction: eviction_args(args),
             bin_dir: args
                 .bin_dir
                 .clone()
@@ -209,6 +221,7 @@ impl Layout {
             lb_pool: None,
             nodeport_addresses: self.nodeport_addresses.clone(),
             host_services: false,
+            eviction: self.eviction.clone(),
         }
     }
     fn kubeconfig(&self) -> PathBuf {
@@ -352,8 +365,21 @@ impl Layout {
         if self.host_services {
             args.extend(["--host-services-cgroup".into(), "/".into()]);
         }
+        args.extend(self.eviction.iter().cloned());
         args
     }
+}
+
+/// The agents' eviction and image garbage collection flags `up` was given.
+fn eviction_args(args: &Args) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(thresholds) = &args.eviction_hard {
+        out.push(format!("--eviction-hard={thresholds}"));
+    }
+    if let Some(percent) = args.image_gc_high_threshold {
+        out.push(format!("--image-gc-high-threshold={percent}"));
+    }
+    out
 }
 
 /// A new bootstrap token from `berth-server token create` (valid for `ttl`).

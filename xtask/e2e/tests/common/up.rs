@@ -69,6 +69,10 @@ impl UpDown {
             bpf_pins.display().to_string(),
             // Tests never attach eBPF at the host's cgroup root.
             "--host-services=false".into(),
+            // The host's disk is shared with builds: a full one must not evict the
+            // test's pods or remove its preloaded images (as the testkit's agents).
+            "--eviction-hard=memory.available<100Mi".into(),
+            "--image-gc-high-threshold=100".into(),
             "--bin-dir".into(),
         ];
         flags.push(
