@@ -18,14 +18,15 @@ use base64::Engine;
 use berth_testkit::{BerthServer, Kubectl};
 use serde_json::{Value, json};
 
+mod common;
+
 /// What the webhook server received: (path, AdmissionRequest).
 type Seen = Arc<Mutex<Vec<(String, Value)>>>;
 
 struct Webhook {
     port: u16,
-    ca_pem: String,
     seen: Seen,
-    _runtime: tokio::runtime::Runtime,
+    server: common::HttpsServer,
 }
 
 fn allowed(uid: &Value) -> Value {
@@ -137,83 +138,25 @@ async fn review(
 /// Starts the HTTPS webhook server on 127.0.0.1, with a certificate for that address
 /// and for `hook.webhooks.svc` from a CA of its own.
 fn start_webhook() -> Webhook {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "webhook-test-ca");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
-    let key = rcgen::KeyPair::generate().expect("serving key");
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "hook.webhooks.svc".to_owned()])
-            .expect("serving params");
-    let cert = params
-        .signed_by(&key, &issuer)
-        .expect("serving certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("TLS config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind the webhook server");
-    let port = listener.local_addr().expect("address").port();
     let seen: Seen = Arc::default();
     let app = Router::new()
         .route("/{hook}", post(review))
         .with_state(seen.clone());
-    runtime.spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-            });
-        }
-    });
+    let server = common::HttpsServer::start(app, &["hook.webhooks.svc"]);
     Webhook {
-        port,
-        ca_pem: ca_cert.pem(),
+        port: server.port,
         seen,
-        _runtime: runtime,
+        server,
     }
 }
 
 impl Webhook {
     fn url(&self, hook: &str) -> String {
-        format!("https://127.0.0.1:{}/{hook}", self.port)
+        self.server.url(hook)
     }
 
     fn ca_bundle(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
+        self.server.ca_bundle()
     }
 
     fn requests(&self, hook: &str) -> Vec<Value> {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::Api;
+use super::conversion::webhook::ConversionWebhook;
 use super::object;
 use super::registry::{Conversion, Convert, ResourceDef, ScalePaths};
 use super::status::{ApiError, ApiResult, Cause};
@@ -261,17 +262,21 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    // Objects are stored in the storage version and read in the one asked for,
-    // `apiVersion` the only difference (the `None` strategy; a `Webhook` strategy's
-    // webhook is not called, see docs/api.md) — with one version too, as objects may
-    // have been stored in a version since removed.
+    // Objects are stored in the storage version and read in the one asked for, by the
+    // conversion webhook (the `Webhook` strategy) or with `apiVersion` the only
+    // difference (`None`) — with one version too, as objects may have been stored in
+    // a version since removed.
     let listed: Arc<[String]> = versions.iter().map(|v| s(v, "name")).collect();
+    let webhook = ConversionWebhook::from_spec(spec.get("conversion")).map(Arc::new);
     let conversion = versions
         .iter()
         .find(|v| v.get("storage") == Some(&Value::Bool(true)))
         .map(|v| Conversion {
             storage_version: s(v, "name"),
-            how: Convert::ApiVersion { versions: listed },
+            how: Convert::ApiVersion {
+                versions: listed,
+                webhook,
+            },
         });
     let mut out = Vec::new();
     for version in versions {

@@ -118,6 +118,10 @@ pub enum Convert {
         /// Every version the CRD lists, served or not: those a `managedFields`
         /// entry may still name.
         versions: Arc<[String]>,
+        /// The CRD's conversion webhook (the `Webhook` strategy): the other fields
+        /// differ too, and [`super::conversion::webhook`] converts them. The functions
+        /// here, for the paths that cannot call it, set `apiVersion` only.
+        webhook: Option<Arc<super::conversion::webhook::ConversionWebhook>>,
     },
 }
 
@@ -131,6 +135,21 @@ impl ResourceDef {
             }) => true,
             Some(c) => c.storage_version != self.version,
             None => false,
+        }
+    }
+
+    /// The CRD's conversion webhook, when it has one.
+    pub fn conversion_webhook(&self) -> Option<&super::conversion::webhook::ConversionWebhook> {
+        match &self.conversion {
+            Some(Conversion {
+                how:
+                    Convert::ApiVersion {
+                        webhook: Some(hook),
+                        ..
+                    },
+                ..
+            }) => Some(hook),
+            _ => None,
         }
     }
 
@@ -166,7 +185,7 @@ impl ResourceDef {
     pub fn lists_version(&self, version: &str) -> bool {
         match &self.conversion {
             Some(Conversion {
-                how: Convert::ApiVersion { versions },
+                how: Convert::ApiVersion { versions, .. },
                 ..
             }) => versions.iter().any(|v| v == version),
             _ => false,

@@ -36,7 +36,7 @@ pub async fn handle(
     }
     let bytes = read_body(body, ctx.api.max_body).await?;
     let obj = decode(&bytes, &content_type(&ctx.headers))?;
-    let mut obj = normalize(&ctx, obj)?;
+    let mut obj = normalize(&ctx, obj).await?;
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }

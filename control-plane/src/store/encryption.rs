@@ -302,6 +302,10 @@ impl Store for EncryptedStore {
         self.inner.shared()
     }
 
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
+
     fn consistent_revision(&self) -> BoxFuture<'_, Result<Revision>> {
         self.inner.consistent_revision()
     }

@@ -232,6 +232,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether a read is a round trip to another process (etcd) rather than a lookup in
+    /// this one's own file: then an update starts from the watch cache's copy of the
+    /// object instead of reading it first, as kube-apiserver's do.
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// A revision at or after every write acknowledged before the call, by any
     /// process: what a consistent read (no resourceVersion) must reflect. kube-apiserver's
     /// `GetCurrentResourceVersion` (KEP-2340); etcd answers it with one quorum read. A

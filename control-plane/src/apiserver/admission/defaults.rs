@@ -152,6 +152,7 @@ fn always_written(kind: &str, obj: &mut Value) {
 fn fields(kind: &str, obj: &mut Value) {
     match kind {
         "HorizontalPodAutoscaler" => super::autoscaling::defaults(obj),
+        "CustomResourceDefinition" => super::webhook::validation::default_crd_conversion(obj),
         // stringData is write-only: merged into data (base64), as kube-apiserver does.
         "Secret" => {
             if let Some(Value::Object(strings)) =

@@ -162,6 +162,10 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             super::webhook::validation::validate(kind, obj, &mut causes)
         }
+        "CustomResourceDefinition" => super::webhook::validation::validate_crd_conversion(
+            obj.get("spec").unwrap_or(&Value::Null),
+            &mut causes,
+        ),
         "ResourceQuota" => causes.extend(super::resource_quota::validate(obj)),
         "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
             super::storage::validation::validate(kind, obj, &mut causes)

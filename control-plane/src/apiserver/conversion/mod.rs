@@ -5,6 +5,10 @@
 //! [`ResourceDef`](super::registry::ResourceDef) (`conversion`, `external`,
 //! `internal`); each group's functions live in a file of its own.
 //!
-//! Entry points: [`autoscaling::v1_to_v2`] and [`autoscaling::v2_to_v1`].
+//! A CRD's conversion webhook is called from async code instead ([`webhook`]).
+//!
+//! Entry points: [`autoscaling::v1_to_v2`], [`autoscaling::v2_to_v1`],
+//! [`webhook::external`], [`webhook::internal`].
 
 pub mod autoscaling;
+pub mod webhook;

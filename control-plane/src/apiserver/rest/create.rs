@@ -18,13 +18,13 @@ pub async fn create(ctx: Ctx, body: Body) -> ApiResult<Response> {
     let bytes = read_body(body, ctx.api.max_body).await?;
     let obj = decode(&bytes, &content_type(&ctx.headers))?;
     let (stored, code) = create_object(&ctx, obj).await?;
-    Ok(object_response(&ctx, code, &stored))
+    object_response(&ctx, code, &stored).await
 }
 
 /// Creates `obj` (already decoded) in the context's collection.
 pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCode)> {
     let def = &ctx.def;
-    let mut obj = normalize(ctx, obj)?;
+    let mut obj = normalize(ctx, obj).await?;
     let dry_run = ctx.query.dry_run()?;
     let client_managed = {
         let meta = meta_mut(&mut obj)

@@ -86,7 +86,7 @@ pub async fn delete(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {
             &success_status(&ctx.def, name, uid),
         ));
     }
-    Ok(object_response(&ctx, StatusCode::OK, &obj))
+    object_response(&ctx, StatusCode::OK, &obj).await
 }
 
 /// Whether a delete that removed the object answers with it rather than a `Status`:
@@ -289,7 +289,7 @@ pub async fn delete_collection(ctx: Ctx, body: Body) -> ApiResult<Response> {
                     ..ctx.clone()
                 };
                 match delete_one(&item_ctx, &name, opts).await {
-                    Ok((obj, _)) => Ok(Some(field_order::to_vec(&item_ctx.def.external(obj)))),
+                    Ok((obj, _)) => Ok(Some(field_order::to_vec(&item_ctx.external(obj).await?))),
                     Err(e) if e.code == 404 => Ok(None),
                     Err(e) => Err(e),
                 }

@@ -58,10 +58,13 @@ pub async fn get(ctx: Ctx, name: &str) -> ApiResult<Response> {
             cached.raw.to_vec()
         }
     };
-    if ctx.wants_table() || protobuf::accepts(&ctx.headers) {
+    if ctx.wants_table()
+        || protobuf::accepts(&ctx.headers)
+        || ctx.def.conversion_webhook().is_some()
+    {
         // The stored version: object_response converts it for the client.
         let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        return Ok(object_response(&ctx, StatusCode::OK, &value));
+        return object_response(&ctx, StatusCode::OK, &value).await;
     }
     Ok(json_response(
         StatusCode::OK,

@@ -109,13 +109,7 @@ pub async fn list(ctx: Ctx) -> ApiResult<Response> {
     // protobuf bytes, which are the stored version's, not used).
     let items: Vec<Arc<[u8]>> = if ctx.def.converts() {
         cached = None;
-        items
-            .iter()
-            .map(|raw| match ctx.def.external_raw(raw) {
-                std::borrow::Cow::Borrowed(_) => raw.clone(),
-                std::borrow::Cow::Owned(converted) => Arc::from(converted),
-            })
-            .collect()
+        ctx.external_raws(items).await?
     } else {
         items
     };

@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 use super::Api;
 use super::admission::{certificates, defaults, validation};
 use super::auth::UserInfo;
+use super::conversion;
+use super::field_order;
 use super::object::{self, meta_mut};
 use super::registry::ResourceDef;
 use super::request::{Query, ResourcePath};
@@ -199,6 +201,61 @@ impl Ctx {
         err
     }
 
+    /// A stored object as the client's version serves it: through the CRD's conversion
+    /// webhook when it has one.
+    pub async fn external(&self, obj: Value) -> ApiResult<Value> {
+        conversion::webhook::external(&self.api, &self.def, obj).await
+    }
+
+    /// Stored bytes as the client's version serves them (shared when unchanged).
+    pub async fn external_raw(&self, raw: Arc<[u8]>) -> ApiResult<Arc<[u8]>> {
+        Ok(self
+            .external_raws(vec![raw])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Arc::from(&b"{}"[..])))
+    }
+
+    /// Stored objects' bytes as the client's version serves them, through one call of
+    /// the conversion webhook when the CRD has one.
+    pub async fn external_raws(&self, raws: Vec<Arc<[u8]>>) -> ApiResult<Vec<Arc<[u8]>>> {
+        if !self.def.converts() {
+            return Ok(raws);
+        }
+        if self.def.conversion_webhook().is_none() {
+            return Ok(raws
+                .into_iter()
+                .map(|raw| match self.def.external_raw(&raw) {
+                    std::borrow::Cow::Borrowed(_) => raw,
+                    std::borrow::Cow::Owned(converted) => Arc::from(converted),
+                })
+                .collect());
+        }
+        let served = self.def.api_version();
+        let values: Vec<Value> = raws
+            .iter()
+            .map(|raw| serde_json::from_slice(raw).unwrap_or(Value::Null))
+            .collect();
+        // Objects already in the served version are not sent, and keep their bytes.
+        let kept: Vec<bool> = values
+            .iter()
+            .map(|v| v.get("apiVersion").and_then(Value::as_str) == Some(served.as_str()))
+            .collect();
+        let converted = conversion::webhook::external_all(&self.api, &self.def, values).await?;
+        Ok(raws
+            .into_iter()
+            .zip(converted)
+            .zip(kept)
+            .map(|((raw, value), kept)| {
+                if kept {
+                    raw
+                } else {
+                    Arc::from(field_order::to_vec(&value))
+                }
+            })
+            .collect())
+    }
+
     /// Reads the live object (fresh from the store: writes decide on it).
     /// The watch cache's copy of `name` and its revision, as [`Ctx::current`] reads the
     /// store's: possibly behind it.
@@ -232,7 +289,7 @@ pub fn json_response(code: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 pub fn value_response(code: StatusCode, value: &Value) -> Response {
-    json_response(code, crate::apiserver::field_order::to_vec(value))
+    json_response(code, field_order::to_vec(value))
 }
 
 /// A protobuf response body (already enveloped).
@@ -272,7 +329,7 @@ pub fn success_status(def: &ResourceDef, name: &str, uid: &str) -> Value {
 /// Decodes, type-checks and canonicalizes an incoming object for `def`:
 /// apiVersion/kind checked and set, the typed round trip (unknown fields dropped, or
 /// rejected with `fieldValidation=Strict`), custom resource schemas applied.
-pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
+pub async fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
     let def = &ctx.def;
     if !obj.is_object() {
         return Err(ApiError::bad_request("the object must be a JSON object"));
@@ -322,7 +379,7 @@ pub fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         Ok(def.internal(out))
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
-        Ok(def.internal(obj))
+        conversion::webhook::internal(&ctx.api, def, obj).await
     } else {
         Ok(obj)
     }
@@ -731,14 +788,18 @@ enum Attempt {
 /// Runs an update against the live object, retrying on races when the client did not
 /// pin a resourceVersion. `change` turns the live object into the desired one.
 ///
-/// The first attempt starts from the watch cache's copy of the object rather than a
-/// read of the store, as kube-apiserver's `GuaranteedUpdate` starts from the cached
-/// object: the write is a compare-and-swap on the copy's revision, so a copy behind
-/// the store never overwrites a newer object. An attempt on the copy that is refused —
-/// a lost race, a resourceVersion that does not match, a check against the old object
-/// — or finds nothing to change is checked against the store: its outcome stands when
-/// the copy was current, else the update is made again from the store. A dry run reads
-/// the store. Over etcd this spares every update a read of etcd.
+/// Over etcd ([`Store::remote`]) the first attempt starts from the watch cache's copy
+/// of the object rather than a read of etcd, as kube-apiserver's `GuaranteedUpdate`
+/// starts from the cached object: the write is a compare-and-swap on the copy's
+/// revision, so a copy behind the store never overwrites a newer object. An attempt on
+/// the copy that is refused — a lost race, a resourceVersion that does not match, a
+/// check against the old object — or finds nothing to change is checked against the
+/// store: its outcome stands when the copy was current, else the update is made again
+/// from the store. A dry run reads the store. The embedded store is read directly: a
+/// read there is a lookup in this process, cheaper than a compare-and-swap refused for
+/// a copy the watch cache has not caught up on yet (an update right after a write).
+///
+/// [`Store::remote`]: crate::store::Store::remote
 pub async fn update_loop(
     ctx: &Ctx,
     name: &str,
@@ -746,7 +807,7 @@ pub async fn update_loop(
     mut change: impl FnMut(&Value) -> ApiResult<Value>,
 ) -> ApiResult<(Value, bool)> {
     let dry_run = ctx.query.dry_run()?;
-    let mut from_cache = !dry_run;
+    let mut from_cache = !dry_run && ctx.api.store.remote();
     for _ in 0..8 {
         let current = if from_cache {
             ctx.cached(name)
@@ -799,7 +860,7 @@ async fn attempt_update(
     // The client's change applies to the object in the version it speaks.
     let converted;
     let view = if ctx.def.converts() {
-        converted = ctx.def.external(old.clone());
+        converted = ctx.external(old.clone()).await?;
         &converted
     } else {
         &old
@@ -817,7 +878,7 @@ async fn attempt_update(
             "the name of the object ({desired_name}) does not match the name on the URL ({name})"
         )));
     }
-    let mut desired = normalize(ctx, desired)?;
+    let mut desired = normalize(ctx, desired).await?;
     let client_managed = desired.pointer("/metadata/managedFields").cloned();
     // Mutating admission webhooks: on the decoded object, before the update rules.
     let before = super::admission::webhook::may_mutate(ctx).then(|| desired.clone());
@@ -942,11 +1003,11 @@ pub async fn update_live(
     .await
 }
 
-/// Serializes an object for the client (as a Table if asked).
-pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
+/// Serializes a stored object for the client, in its version (as a Table if asked).
+pub async fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> ApiResult<Response> {
     let converted;
     let obj = if ctx.def.converts() {
-        converted = ctx.def.external(obj.clone());
+        converted = ctx.external(obj.clone()).await?;
         &converted
     } else {
         obj
@@ -970,5 +1031,5 @@ pub fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
             resp.headers_mut().append(axum::http::header::WARNING, v);
         }
     }
-    resp
+    Ok(resp)
 }

@@ -27,10 +27,10 @@ pub async fn patch(ctx: Ctx, name: &str, part: Option<Part>, body: Body) -> ApiR
     let part = part.unwrap_or(Part::Main);
     if ctx.is_apply() {
         let (obj, code) = server_side_apply(&ctx, name, part, body).await?;
-        return Ok(object_response(&ctx, code, &obj));
+        return object_response(&ctx, code, &obj).await;
     }
     let obj = apply_patch(&ctx, name, part, body).await?;
-    Ok(object_response(&ctx, StatusCode::OK, &obj))
+    object_response(&ctx, StatusCode::OK, &obj).await
 }
 
 /// Server-side apply of the request's configuration to `name` (or the part of it):

@@ -15,5 +15,5 @@ pub async fn put(ctx: Ctx, name: &str, part: Option<Part>, body: Body) -> ApiRes
     let desired = decode(&bytes, &content_type(&ctx.headers))?;
     let part = part.unwrap_or(Part::Main);
     let (obj, _) = update_loop(&ctx, name, part, |_| Ok(desired.clone())).await?;
-    Ok(object_response(&ctx, StatusCode::OK, &obj))
+    object_response(&ctx, StatusCode::OK, &obj).await
 }

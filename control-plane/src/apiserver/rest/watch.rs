@@ -199,10 +199,14 @@ impl Feed {
             let Some(obj) = self.initial.next() else {
                 break;
             };
-            batch.push(Some(
-                self.lines
+            let line = match self.lines.converted(&obj.raw).await {
+                Ok(Some(raw)) => self.lines.object("ADDED", &raw),
+                Ok(None) => self
+                    .lines
                     .object("ADDED", &self.lines.ctx.def.external_raw(&obj.raw)),
-            ));
+                Err(line) => line,
+            };
+            batch.push(Some(line));
         }
         if let Some(bytes) = batch.finish() {
             return Some(bytes);
@@ -216,7 +220,7 @@ impl Feed {
                 break;
             };
             self.last = change.revision;
-            batch.push(self.lines.line(&change));
+            batch.push(self.lines.line(&change).await);
         }
         if let Some(bytes) = batch.finish() {
             return Some(bytes);
@@ -230,7 +234,7 @@ impl Feed {
                         }
                         self.last = change.revision;
                         let mut batch = Batch::default();
-                        batch.push(self.lines.line(&change));
+                        batch.push(self.lines.line(&change).await);
                         // Changes already queued go out in the same write (one HTTP/2
                         // frame, one TLS record) instead of one each.
                         while batch.len() < BATCH_BYTES {
@@ -238,7 +242,7 @@ impl Feed {
                                 Ok(next) if next.revision <= self.last => {}
                                 Ok(next) => {
                                     self.last = next.revision;
-                                    batch.push(self.lines.line(&next));
+                                    batch.push(self.lines.line(&next).await);
                                 }
                                 Err(broadcast::error::TryRecvError::Empty) => break,
                                 // Too far behind (or the cache is gone): end the watch
@@ -309,9 +313,26 @@ impl Lines {
         }
     }
 
+    /// A stored object through the CRD's conversion webhook, when it has one; its
+    /// failure is an `ERROR` event with the 500 Status, as upstream's watch sends it.
+    async fn converted(&self, raw: &Arc<[u8]>) -> Result<Option<Arc<[u8]>>, Bytes> {
+        if self.ctx.def.conversion_webhook().is_none() {
+            return Ok(None);
+        }
+        match self.ctx.external_raw(raw.clone()).await {
+            Ok(raw) => Ok(Some(raw)),
+            Err(err) => Err(watch_line("ERROR", &field_order::to_vec(&err.to_status()))),
+        }
+    }
+
     /// The line for `change`'s event, if it is one for this watcher.
-    fn line(&self, change: &Change) -> Option<Bytes> {
+    async fn line(&self, change: &Change) -> Option<Bytes> {
         let kind = self.event(change)?;
+        match self.converted(&change.object.raw).await {
+            Ok(Some(raw)) => return Some(self.object(kind.as_str(), &raw)),
+            Ok(None) => {}
+            Err(line) => return Some(line),
+        }
         // Converted: this watcher's own line. An object stored as served (a custom
         // resource read in its storage version) takes the shared one below.
         if self.ctx.def.converts()

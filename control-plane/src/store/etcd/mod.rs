@@ -432,6 +432,10 @@ impl Store for EtcdStore {
         true
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn consistent_revision(&self) -> BoxFuture<'_, Result<Revision>> {
         Box::pin(self.etcd_revision())
     }

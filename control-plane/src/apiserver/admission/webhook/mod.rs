@@ -68,6 +68,18 @@ impl Invocation {
     fn gvr(&self, attrs: &Attributes) -> Gvr {
         gvr(&self.def, attrs)
     }
+
+    /// A stored object in the version the webhook is called in.
+    async fn external(&self, ctx: &Ctx, obj: Option<&Value>) -> ApiResult<Option<Value>> {
+        match obj {
+            Some(o) => {
+                crate::apiserver::conversion::webhook::external(&ctx.api, &self.def, o.clone())
+                    .await
+                    .map(Some)
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 fn gvr(def: &ResourceDef, attrs: &Attributes) -> Gvr {
@@ -268,15 +280,16 @@ async fn should_call(
     };
     ns_match?;
     if !hook.match_conditions.is_empty() {
-        let ext = |o: &Option<Value>| o.as_ref().map(|o| invocation.def.external(o.clone()));
+        let object = invocation.external(ctx, attrs.object.as_ref()).await?;
+        let old = invocation.external(ctx, attrs.old.as_ref()).await?;
         // `request` without its objects: they are `object` and `oldObject`.
         let request = review::request("v1", "", info, &invocation.gvr(attrs), None, None);
         let outcome = conditions::evaluate(
             &ctx.api,
             ctx.user.as_ref(),
             &hook.match_conditions,
-            ext(&attrs.object).as_ref(),
-            ext(&attrs.old).as_ref(),
+            object.as_ref(),
+            old.as_ref(),
             &request["request"],
         );
         match outcome {
@@ -317,14 +330,14 @@ async fn call(
     let version = review::review_version(&hook.review_versions)
         .map_err(|e| Failure::Calling(format!("could not create admission objects: {e}")))?;
     let uid = object::new_uid();
-    let object = attrs
-        .object
-        .as_ref()
-        .map(|o| invocation.def.external(o.clone()));
-    let old = attrs
-        .old
-        .as_ref()
-        .map(|o| invocation.def.external(o.clone()));
+    let object = invocation
+        .external(ctx, attrs.object.as_ref())
+        .await
+        .map_err(Failure::Other)?;
+    let old = invocation
+        .external(ctx, attrs.old.as_ref())
+        .await
+        .map_err(Failure::Other)?;
     let body = review::request(
         version,
         &uid,

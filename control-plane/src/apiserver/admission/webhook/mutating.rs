@@ -14,12 +14,13 @@ use super::config::Hook;
 use super::{
     Attributes, Failure, Invocation, call, equivalents, info, requested, review, should_call,
 };
-use crate::apiserver::audit;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::rest::Ctx;
 use crate::apiserver::status::ApiResult;
+use crate::apiserver::{audit, conversion};
 
-/// A patched object, in `def`'s version, back in the storage version.
+/// A patched object, in `def`'s version, decoded (back in the storage version through
+/// [`conversion::webhook::internal`]).
 fn decode(def: &ResourceDef, mut obj: Value) -> Result<Value, String> {
     let api_version = def.api_version();
     if obj.get("apiVersion").and_then(Value::as_str) != Some(api_version.as_str())
@@ -35,12 +36,12 @@ fn decode(def: &ResourceDef, mut obj: Value) -> Result<Value, String> {
         if obj.get("metadata").is_none() {
             obj["metadata"] = json!({});
         }
-        return Ok(def.internal(obj));
+        return Ok(obj);
     }
     if let Some(schema) = &def.crd {
         schema.apply(&mut obj, false).map_err(|e| e.message)?;
     }
-    Ok(def.internal(obj))
+    Ok(obj)
 }
 
 /// Calls one webhook and applies its patch; whether the object changed.
@@ -80,6 +81,9 @@ async fn call_one(
     json_patch::patch(&mut doc, &patch)
         .map_err(|e| Failure::Other(review::internal(&e.to_string())))?;
     let patched = decode(&invocation.def, doc).map_err(|e| Failure::Other(review::internal(&e)))?;
+    let patched = conversion::webhook::internal(&ctx.api, &invocation.def, patched)
+        .await
+        .map_err(Failure::Other)?;
     let changed = patched != *current;
     *current = patched;
     Ok(changed)

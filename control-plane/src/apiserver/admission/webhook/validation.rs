@@ -498,13 +498,17 @@ fn validate_match_conditions(conditions: &[Value], path: &str, causes: &mut Vec<
     }
 }
 
-fn validate_review_versions(versions: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+/// `admissionReviewVersions` or a CRD's `conversionReviewVersions` (`empty`: what an
+/// empty list is told).
+fn validate_review_versions(
+    versions: Option<&Value>,
+    path: &str,
+    empty: &str,
+    causes: &mut Vec<Cause>,
+) {
     let list = strings(versions);
     if list.is_empty() {
-        causes.push(required(
-            path,
-            &format!("must specify one of {}", REVIEW_VERSIONS.join(", ")),
-        ));
+        causes.push(required(path, empty));
         return;
     }
     let mut seen = BTreeSet::new();
@@ -621,8 +625,106 @@ fn validate_hook(kind: &str, hook: &Value, path: &str, causes: &mut Vec<Cause>) 
     validate_review_versions(
         hook.get("admissionReviewVersions"),
         &format!("{path}.admissionReviewVersions"),
+        &format!("must specify one of {}", REVIEW_VERSIONS.join(", ")),
         causes,
     );
+}
+
+/// A CustomResourceDefinition's `spec.conversion`, as apiextensions' validation checks
+/// it; paths are upstream's (its internal type's: `webhookClientConfig`,
+/// `conversionReviewVersions` right under `spec.conversion`).
+pub fn validate_crd_conversion(spec: &Value, causes: &mut Vec<Cause>) {
+    let Some(conversion) = spec.get("conversion").filter(|c| c.is_object()) else {
+        return;
+    };
+    let path = "spec.conversion";
+    let strategy = conversion
+        .get("strategy")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match strategy {
+        "" => causes.push(required(format!("{path}.strategy"), "")),
+        "None" | "Webhook" => {}
+        other => causes.push(not_supported(
+            format!("{path}.strategy"),
+            other,
+            &["None", "Webhook"],
+        )),
+    }
+    let webhook = conversion.get("webhook").filter(|w| w.is_object());
+    let client_config = webhook
+        .and_then(|w| w.get("clientConfig"))
+        .filter(|c| c.is_object());
+    let review_versions = webhook
+        .and_then(|w| w.get("conversionReviewVersions"))
+        .filter(|v| !strings(Some(v)).is_empty());
+    if strategy == "Webhook" {
+        if spec.get("preserveUnknownFields") == Some(&Value::Bool(true)) {
+            causes.push(invalid(
+                format!("{path}.strategy"),
+                &json!(strategy),
+                "must be None if spec.preserveUnknownFields is true",
+            ));
+        }
+        match client_config {
+            None => causes.push(required(
+                format!("{path}.webhookClientConfig"),
+                "required when strategy is set to Webhook",
+            )),
+            Some(cc) => {
+                let url = cc.get("url").and_then(Value::as_str);
+                let service = cc.get("service").filter(|s| s.is_object());
+                match (url, service) {
+                    (Some(u), None) => {
+                        validate_url(u, &format!("{path}.webhookClientConfig.url"), causes)
+                    }
+                    (None, Some(s)) => {
+                        validate_service(s, &format!("{path}.webhookClientConfig.service"), causes)
+                    }
+                    _ => causes.push(required(
+                        format!("{path}.webhookClientConfig"),
+                        "exactly one of url or service is required",
+                    )),
+                }
+            }
+        }
+        validate_review_versions(
+            webhook.and_then(|w| w.get("conversionReviewVersions")),
+            &format!("{path}.conversionReviewVersions"),
+            "",
+            causes,
+        );
+    } else {
+        if client_config.is_some() {
+            causes.push(Cause::forbidden(
+                format!("{path}.webhookClientConfig"),
+                "Forbidden: should not be set when strategy is not set to Webhook",
+            ));
+        }
+        if review_versions.is_some() {
+            causes.push(Cause::forbidden(
+                format!("{path}.conversionReviewVersions"),
+                "Forbidden: should not be set when strategy is not set to Webhook",
+            ));
+        }
+    }
+}
+
+/// A CustomResourceDefinition's conversion defaults (v1): strategy `None`, a service's
+/// port 443.
+pub fn default_crd_conversion(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let conversion = spec
+        .entry("conversion")
+        .or_insert_with(|| json!({"strategy": "None"}));
+    if let Some(service) = conversion
+        .pointer_mut("/webhook/clientConfig/service")
+        .and_then(Value::as_object_mut)
+    {
+        default(service, "port", json!(443));
+    }
 }
 
 /// `ValidateMutatingWebhookConfiguration` / `ValidateValidatingWebhookConfiguration`
