@@ -233,11 +233,14 @@ fn a_conversion_webhook_converts_custom_resources_between_versions() {
             &["apply", "-f", "-"],
             "apiVersion: stable.example.com/v2\nkind: E2eTestCrd\nmetadata: {name: stub}\nspec: {host: a, port: '1'}\n",
         );
-        let stored = get(&k, V1, "stub")?;
-        if out.status.success() && stored["spec"]["hostPort"] == "a:1" {
-            Ok(())
-        } else {
-            Err(format!("{stored}"))
+        let stored = get(&k, V1, "stub");
+        match stored {
+            Ok(stored) if out.status.success() && stored["spec"]["hostPort"] == "a:1" => Ok(()),
+            other => {
+                // Written before the webhook was in use: stored unconverted.
+                k.ok(&["delete", V1, "stub", "--ignore-not-found"]);
+                Err(format!("{other:?}"))
+            }
         }
     });
     k.ok(&["delete", V2, "stub"]);
@@ -251,7 +254,7 @@ fn a_conversion_webhook_converts_custom_resources_between_versions() {
     assert_eq!(v2["apiVersion"], "stable.example.com/v2");
     assert_eq!(v2["spec"], json!({"host": "localhost", "port": "8080"}));
     assert_eq!(v2["metadata"]["labels"]["converted"], "true", "{v2}");
-    assert_ne!(v2["metadata"]["generation"], 99, "{v2}");
+    assert_eq!(v2["metadata"]["generation"], 1, "{v2}");
     let reviews = converter.reviews();
     let asked = reviews[before..]
         .iter()
@@ -378,6 +381,28 @@ fn a_conversion_webhook_converts_custom_resources_between_versions() {
         ),
         "{said}"
     );
+    // A watch whose conversion fails gets an ERROR event with the message, and ends.
+    let started = Instant::now();
+    let watched = k.ok(&[
+        "get",
+        "--raw",
+        "/apis/stable.example.com/v2/namespaces/default/e2etestcrds?watch=1&resourceVersion=0&timeoutSeconds=20",
+    ]);
+    let last: Value = serde_json::from_str(watched.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {watched}"));
+    assert_eq!(last["type"], "ERROR", "{watched}");
+    assert_eq!(last["object"]["code"], 500, "{watched}");
+    assert!(
+        last["object"]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("failed: refusing to convert")),
+        "{watched}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the watch ended"
+    );
+
     // An answer with too few objects.
     k.apply(&crd("v2", &webhook_conversion(&converter, "short")));
     let said = eventually("the short webhook in use", || {

@@ -38,6 +38,25 @@ pub struct CrdSchema {
 impl CrdSchema {
     /// Validates, defaults and prunes a custom resource in place.
     pub fn apply(&self, obj: &mut Value, strict: bool) -> ApiResult<()> {
+        let (causes, unknown) = self.walk(obj);
+        if strict && !unknown.is_empty() {
+            return Err(ApiError::unknown_fields(&unknown));
+        }
+        if !causes.is_empty() {
+            let name = object::name(obj).to_owned();
+            return Err(ApiError::invalid("", &self.kind, &name, causes));
+        }
+        Ok(())
+    }
+
+    /// Prunes unknown fields and sets defaults without validating, as kube-apiserver
+    /// treats what a conversion webhook returns.
+    pub fn prune(&self, obj: &mut Value) {
+        self.walk(obj);
+    }
+
+    /// Prunes and defaults in place; what is invalid and what was unknown.
+    fn walk(&self, obj: &mut Value) -> (Vec<Cause>, Vec<String>) {
         let mut causes = Vec::new();
         let mut unknown = Vec::new();
         if let Some(map) = obj.as_object_mut() {
@@ -67,14 +86,7 @@ impl CrdSchema {
                 apply_defaults(map, p);
             }
         }
-        if strict && !unknown.is_empty() {
-            return Err(ApiError::unknown_fields(&unknown));
-        }
-        if !causes.is_empty() {
-            let name = object::name(obj).to_owned();
-            return Err(ApiError::invalid("", &self.kind, &name, causes));
-        }
-        Ok(())
+        (causes, unknown)
     }
 }
 

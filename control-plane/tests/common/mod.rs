@@ -55,6 +55,8 @@ impl HttpsServer {
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
+                    // Out of descriptors, say: not a busy loop.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 let (acceptor, app) = (acceptor.clone(), app.clone());

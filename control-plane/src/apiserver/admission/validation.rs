@@ -66,6 +66,41 @@ fn name_is_label(kind: &str) -> bool {
     matches!(kind, "Namespace" | "Service")
 }
 
+/// An object's labels and annotations (`meta` its metadata, `path` where it is).
+pub fn labels_and_annotations(meta: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if let Some(msg) = qualified_name_error(k) {
+                causes.push(Cause::invalid(format!("{path}.labels"), msg));
+            }
+            let v = v.as_str().unwrap_or_default();
+            if !v.is_empty() && (v.len() > 63 || !label_chars(v)) {
+                causes.push(Cause::invalid(
+                    format!("{path}.labels"),
+                    format!("Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = meta.get("annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (k, v) in annotations {
+            if let Some(msg) = qualified_name_error(k) {
+                causes.push(Cause::invalid(format!("{path}.annotations"), msg));
+            }
+            total += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if total > 256 * 1024 {
+            causes.push(Cause::invalid(
+                format!("{path}.annotations"),
+                format!("Too long: may not be more than 262144 bytes (found {total})"),
+            ));
+        }
+    }
+    causes
+}
+
 /// Validates `metadata` and the kind-specific fields of a whole object.
 pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -101,35 +136,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
     {
         causes.push(Cause::invalid("metadata.name", dns_subdomain_msg(name)));
     }
-    if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
-        for (k, v) in labels {
-            if let Some(msg) = qualified_name_error(k) {
-                causes.push(Cause::invalid("metadata.labels", msg));
-            }
-            let v = v.as_str().unwrap_or_default();
-            if !v.is_empty() && (v.len() > 63 || !label_chars(v)) {
-                causes.push(Cause::invalid(
-                    "metadata.labels",
-                    format!("Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
-                ));
-            }
-        }
-    }
-    if let Some(annotations) = meta.get("annotations").and_then(Value::as_object) {
-        let mut total = 0;
-        for (k, v) in annotations {
-            if let Some(msg) = qualified_name_error(k) {
-                causes.push(Cause::invalid("metadata.annotations", msg));
-            }
-            total += k.len() + v.as_str().map_or(0, str::len);
-        }
-        if total > 256 * 1024 {
-            causes.push(Cause::invalid(
-                "metadata.annotations",
-                format!("Too long: may not be more than 262144 bytes (found {total})"),
-            ));
-        }
-    }
+    causes.extend(labels_and_annotations(&meta, "metadata"));
     let spec = obj.get("spec").unwrap_or(&Value::Null);
     match kind {
         "Pod" => pod_spec(spec, "spec", &mut causes),

@@ -21,13 +21,16 @@
 //! for a webhook (managed fields, ValidatingAdmissionPolicy) still only set
 //! `apiVersion`; docs/api.md says so.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::WebhookClientConfig;
 use serde_json::{Map, Value, json};
 
 use crate::apiserver::Api;
+use crate::apiserver::admission::validation;
 use crate::apiserver::admission::webhook::client;
+use crate::apiserver::crd::CrdSchema;
 use crate::apiserver::object;
 use crate::apiserver::registry::{ResourceDef, group_version};
 use crate::apiserver::status::{ApiError, ApiResult};
@@ -47,15 +50,19 @@ pub struct ConversionWebhook {
 }
 
 impl ConversionWebhook {
-    /// From a CRD's `spec.conversion`, when its strategy is `Webhook` and it names a
-    /// client configuration (validation refuses a CRD without one).
+    /// From a CRD's `spec.conversion`, when its strategy is `Webhook`. A client
+    /// configuration that cannot be read (validation refuses one) names nowhere, so
+    /// every conversion fails rather than storing objects unconverted.
     pub fn from_spec(conversion: Option<&Value>) -> Option<Self> {
         let conversion = conversion?;
         if conversion.get("strategy").and_then(Value::as_str) != Some("Webhook") {
             return None;
         }
-        let webhook = conversion.get("webhook")?;
-        let client_config = serde_json::from_value(webhook.get("clientConfig")?.clone()).ok()?;
+        let webhook = conversion.get("webhook").cloned().unwrap_or(Value::Null);
+        let client_config = webhook
+            .get("clientConfig")
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
         let review_versions = webhook
             .get("conversionReviewVersions")
             .and_then(Value::as_array)
@@ -101,6 +108,18 @@ pub async fn internal(api: &Api, def: &ResourceDef, obj: Value) -> ApiResult<Val
         }
         _ => Ok(def.internal(obj)),
     }
+}
+
+/// The schema of `def`'s group in `version` (none when that version is not served:
+/// then what the webhook returned is kept as it is).
+fn schema_of(api: &Api, def: &ResourceDef, group_version: &str) -> Option<Arc<CrdSchema>> {
+    let version = group_version.rsplit('/').next().unwrap_or(group_version);
+    if version == def.version {
+        return def.crd.clone();
+    }
+    api.registry
+        .get(&def.group, version, &def.plural)
+        .and_then(|d| d.crd.clone())
 }
 
 fn api_version(obj: &Value) -> &str {
@@ -153,6 +172,8 @@ async fn convert(
         .await
         .map_err(&failed)?;
     let converted = converted_objects(&answer, &uid, review_version).map_err(&failed)?;
+    // Unknown fields pruned and defaults set by the wanted version's schema.
+    let schema = schema_of(api, def, desired);
     if converted.len() != todo.len() {
         return Err(failure(format!(
             "conversion webhook for {gvk} returned {} objects, expected {}",
@@ -193,6 +214,9 @@ async fn convert(
                 format!("conversion webhook for {gvk} returned invalid object: {why}")
             })
         })?;
+        if let Some(schema) = &schema {
+            schema.prune(&mut out);
+        }
         restore_metadata(original, &mut out).map_err(|why| {
             failure(if list {
                 format!(
@@ -313,7 +337,28 @@ fn restore_metadata(original: &Value, out: &mut Value) -> Result<(), String> {
             }
         }
     }
-    out["metadata"] = Value::Object(meta);
+    // Labels and annotations the webhook changed must be valid ones.
+    let before = original.get("metadata").unwrap_or(&Value::Null);
+    let changed = ["labels", "annotations"]
+        .iter()
+        .any(|f| before.get(*f) != meta.get(*f));
+    let meta = Value::Object(meta);
+    if changed {
+        let causes = validation::labels_and_annotations(&meta, "metadata");
+        if !causes.is_empty() {
+            let errs: Vec<String> = causes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect();
+            // Go's aggregate error: one as it is, more in brackets.
+            return Err(if errs.len() == 1 {
+                errs.join("")
+            } else {
+                format!("[{}]", errs.join(", "))
+            });
+        }
+    }
+    out["metadata"] = meta;
     Ok(())
 }
 
@@ -392,6 +437,12 @@ mod tests {
         assert_eq!(
             restore_metadata(&original, &mut bad),
             Err("metadata.labels[n] must be a string, but is int64 in converted object".into())
+        );
+        let mut bad_key = json!({"metadata": {"name": "a", "labels": {"-no": "x"}}});
+        let said = restore_metadata(&original, &mut bad_key).expect_err("an invalid key");
+        assert!(
+            said.starts_with("metadata.labels: Invalid value: \"-no\""),
+            "{said}"
         );
         let mut none = json!({"spec": {}});
         assert_eq!(

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{Ctx, invalid, normalize, object_response};
+use super::{Ctx, decode_object, invalid, object_response};
 use crate::apiserver::admission::{certificates, defaults, node_restriction, validation};
 use crate::apiserver::object::{self, meta_mut};
 use crate::apiserver::request::{content_type, decode, read_body};
@@ -24,7 +24,10 @@ pub async fn create(ctx: Ctx, body: Body) -> ApiResult<Response> {
 /// Creates `obj` (already decoded) in the context's collection.
 pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCode)> {
     let def = &ctx.def;
-    let mut obj = normalize(ctx, obj).await?;
+    // In the version sent until the server's metadata is set: a conversion webhook
+    // sees the object's name, namespace and uid, as upstream converts it when it is
+    // encoded for the store.
+    let mut obj = decode_object(ctx, obj)?;
     let dry_run = ctx.query.dry_run()?;
     let client_managed = {
         let meta = meta_mut(&mut obj)
@@ -67,6 +70,7 @@ pub async fn create_object(ctx: &Ctx, obj: Value) -> ApiResult<(Value, StatusCod
         }
         client_managed
     };
+    let mut obj = ctx.internal(obj).await?;
     let name = object::name(&obj).to_owned();
     if def.namespaced {
         ctx.api

@@ -207,6 +207,12 @@ impl Ctx {
         conversion::webhook::external(&self.api, &self.def, obj).await
     }
 
+    /// An object in the client's version as it is stored: through the CRD's
+    /// conversion webhook when it has one.
+    pub async fn internal(&self, obj: Value) -> ApiResult<Value> {
+        conversion::webhook::internal(&self.api, &self.def, obj).await
+    }
+
     /// Stored bytes as the client's version serves them (shared when unchanged).
     pub async fn external_raw(&self, raw: Arc<[u8]>) -> ApiResult<Arc<[u8]>> {
         Ok(self
@@ -326,10 +332,19 @@ pub fn success_status(def: &ResourceDef, name: &str, uid: &str) -> Value {
     })
 }
 
-/// Decodes, type-checks and canonicalizes an incoming object for `def`:
-/// apiVersion/kind checked and set, the typed round trip (unknown fields dropped, or
-/// rejected with `fieldValidation=Strict`), custom resource schemas applied.
-pub async fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
+/// Decodes, type-checks and canonicalizes an incoming object for `def`, then converts
+/// it to the storage version (everything after decoding — defaults, validation, the
+/// store — works on that).
+pub async fn normalize(ctx: &Ctx, obj: Value) -> ApiResult<Value> {
+    let decoded = decode_object(ctx, obj)?;
+    ctx.internal(decoded).await
+}
+
+/// Decodes, type-checks and canonicalizes an incoming object for `def`, in the version
+/// it was sent in: apiVersion/kind checked and set, the typed round trip (unknown
+/// fields dropped, or rejected with `fieldValidation=Strict`), custom resource schemas
+/// applied.
+pub fn decode_object(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
     let def = &ctx.def;
     if !obj.is_object() {
         return Err(ApiError::bad_request("the object must be a JSON object"));
@@ -374,12 +389,10 @@ pub async fn normalize(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         if out.get("metadata").is_none() {
             out["metadata"] = json!({});
         }
-        // Everything after decoding (defaults, validation, the store) works on the
-        // storage version.
-        Ok(def.internal(out))
+        Ok(out)
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
-        conversion::webhook::internal(&ctx.api, def, obj).await
+        Ok(obj)
     } else {
         Ok(obj)
     }

@@ -206,6 +206,8 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
     let Some((obj, _)) = ctx.current(name).await? else {
         return Err(ctx.not_found(name));
     };
+    // The scale paths are the served version's.
+    let obj = ctx.external(obj).await?;
     let desired = match method {
         Method::GET => return Ok(value_response(StatusCode::OK, &scale_of(&paths, &obj))),
         Method::PUT => {
@@ -270,6 +272,7 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
         Ok(new)
     })
     .await?;
+    let stored = ctx.external(stored).await?;
     Ok(value_response(StatusCode::OK, &scale_of(&paths, &stored)))
 }
 

@@ -141,6 +141,7 @@ async fn start(ctx: Ctx, selectors: Selectors) -> ApiResult<Response> {
         live: watch.live,
         ticker: bookmarks.then(|| tokio::time::interval_at(now + BOOKMARK_EVERY, BOOKMARK_EVERY)),
         deadline: now + timeout,
+        ended: false,
         lines,
     };
     let content_type = if feed.lines.protobuf {
@@ -190,23 +191,49 @@ struct Feed {
     live: broadcast::Receiver<Arc<Change>>,
     ticker: Option<tokio::time::Interval>,
     deadline: tokio::time::Instant,
+    /// A conversion failed: its `ERROR` event was the last.
+    ended: bool,
 }
 
 impl Feed {
     async fn next(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
         let mut batch = Batch::default();
+        let webhook = self.lines.ctx.def.conversion_webhook().is_some();
         while batch.len() < BATCH_BYTES {
-            let Some(obj) = self.initial.next() else {
+            // Through a conversion webhook, a group of objects in one review.
+            let group: Vec<Arc<[u8]>> = self
+                .initial
+                .by_ref()
+                .take(if webhook { INITIAL_GROUP } else { 1 })
+                .map(|obj| obj.raw.clone())
+                .collect();
+            if group.is_empty() {
                 break;
-            };
-            let line = match self.lines.converted(&obj.raw).await {
-                Ok(Some(raw)) => self.lines.object("ADDED", &raw),
-                Ok(None) => self
-                    .lines
-                    .object("ADDED", &self.lines.ctx.def.external_raw(&obj.raw)),
-                Err(line) => line,
-            };
-            batch.push(Some(line));
+            }
+            if !webhook {
+                for raw in &group {
+                    let line = self
+                        .lines
+                        .object("ADDED", &self.lines.ctx.def.external_raw(raw));
+                    batch.push(Some(line));
+                }
+                continue;
+            }
+            match self.lines.ctx.external_raws(group).await {
+                Ok(converted) => {
+                    for raw in &converted {
+                        batch.push(Some(self.lines.object("ADDED", raw)));
+                    }
+                }
+                Err(err) => {
+                    batch.push(Some(conversion_failed(&err)));
+                    self.ended = true;
+                    break;
+                }
+            }
         }
         if let Some(bytes) = batch.finish() {
             return Some(bytes);
@@ -220,7 +247,13 @@ impl Feed {
                 break;
             };
             self.last = change.revision;
-            batch.push(self.lines.line(&change).await);
+            let line = self.lines.line(&change).await;
+            let failed = self.lines.is_error(line.as_ref());
+            batch.push(line);
+            if failed {
+                self.ended = true;
+                break;
+            }
         }
         if let Some(bytes) = batch.finish() {
             return Some(bytes);
@@ -234,7 +267,13 @@ impl Feed {
                         }
                         self.last = change.revision;
                         let mut batch = Batch::default();
-                        batch.push(self.lines.line(&change).await);
+                        let line = self.lines.line(&change).await;
+                        let failed = self.lines.is_error(line.as_ref());
+                        batch.push(line);
+                        if failed {
+                            self.ended = true;
+                            return batch.finish();
+                        }
                         // Changes already queued go out in the same write (one HTTP/2
                         // frame, one TLS record) instead of one each.
                         while batch.len() < BATCH_BYTES {
@@ -242,7 +281,13 @@ impl Feed {
                                 Ok(next) if next.revision <= self.last => {}
                                 Ok(next) => {
                                     self.last = next.revision;
-                                    batch.push(self.lines.line(&next).await);
+                                    let line = self.lines.line(&next).await;
+                                    let failed = self.lines.is_error(line.as_ref());
+                                    batch.push(line);
+                                    if failed {
+                                        self.ended = true;
+                                        break;
+                                    }
                                 }
                                 Err(broadcast::error::TryRecvError::Empty) => break,
                                 // Too far behind (or the cache is gone): end the watch
@@ -268,6 +313,16 @@ impl Feed {
             }
         }
     }
+}
+
+/// Initial objects converted in one review by a CRD's conversion webhook.
+const INITIAL_GROUP: usize = 100;
+
+/// A failed conversion's `ERROR` event, after which the watch ends (kube-apiserver
+/// ends a watch whose event it cannot encode; the event says why).
+fn conversion_failed(err: &ApiError) -> Bytes {
+    tracing::warn!(error = %err.message, "watch: conversion failed; ending the watch");
+    watch_line("ERROR", &field_order::to_vec(&err.to_status()))
 }
 
 /// The next bookmark tick, or never without bookmarks.
@@ -314,15 +369,21 @@ impl Lines {
     }
 
     /// A stored object through the CRD's conversion webhook, when it has one; its
-    /// failure is an `ERROR` event with the 500 Status, as upstream's watch sends it.
+    /// failure is an `ERROR` event with the 500 Status, the watch's last.
     async fn converted(&self, raw: &Arc<[u8]>) -> Result<Option<Arc<[u8]>>, Bytes> {
         if self.ctx.def.conversion_webhook().is_none() {
             return Ok(None);
         }
         match self.ctx.external_raw(raw.clone()).await {
             Ok(raw) => Ok(Some(raw)),
-            Err(err) => Err(watch_line("ERROR", &field_order::to_vec(&err.to_status()))),
+            Err(err) => Err(conversion_failed(&err)),
         }
+    }
+
+    /// Whether `line` is a failed conversion's `ERROR` event (which ends the watch).
+    fn is_error(&self, line: Option<&Bytes>) -> bool {
+        self.ctx.def.conversion_webhook().is_some()
+            && line.is_some_and(|l| l.starts_with(b"{\"type\":\"ERROR\""))
     }
 
     /// The line for `change`'s event, if it is one for this watcher.
