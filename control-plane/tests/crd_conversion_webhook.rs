@@ -281,7 +281,12 @@ fn a_conversion_webhook_converts_custom_resources_between_versions() {
         "no review for the stored version"
     );
 
-    // A patch through v2 of an object stored in v1.
+    // A patch through v2 of an object stored in v1, watched through v2 from before it:
+    // the MODIFIED event in v2's shape.
+    let before_patch = v1["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a resourceVersion")
+        .to_owned();
     k.ok(&[
         "patch",
         V2,
@@ -292,6 +297,27 @@ fn a_conversion_webhook_converts_custom_resources_between_versions() {
     ]);
     let v1 = get(&k, V1, "cr-instance-1").expect("get through v1");
     assert_eq!(v1["spec"], json!({"hostPort": "localhost:9090"}));
+    let watched = k.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/apis/stable.example.com/v2/namespaces/default/e2etestcrds?watch=1&resourceVersion={before_patch}&timeoutSeconds=1"
+        ),
+    ]);
+    let modified: Value = watched
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["type"] == "MODIFIED")
+        .unwrap_or_else(|| panic!("no MODIFIED event: {watched}"));
+    assert_eq!(
+        modified["object"]["apiVersion"], "stable.example.com/v2",
+        "{modified}"
+    );
+    assert_eq!(
+        modified["object"]["spec"],
+        json!({"host": "localhost", "port": "9090"}),
+        "{modified}"
+    );
 
     // A non-homogeneous list: storage moves to v2, a second object is written in v1
     // (stored in v2); lists in either version read both, converted.
