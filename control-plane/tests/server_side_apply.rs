@@ -527,6 +527,111 @@ fn managed_fields_of_an_hpa_follow_each_managers_version() {
     assert!(spec.get("f:metrics").is_none(), "{created}");
 }
 
+#[test]
+fn explicit_nulls_in_an_applied_configuration_are_owned_as_upstream() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let apply_as = |manager: &str, manifest: &str, force: bool| {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--field-manager",
+            manager,
+            "-f",
+            "-",
+        ];
+        if force {
+            args.push("--force-conflicts");
+        }
+        run(&k, &args, manifest)
+    };
+    let get = || k.json(&["get", "deployment", "nulls", "--show-managed-fields"]);
+    let with_strategy = deployment("nulls", 3, "nginx:1", "").replace(
+        "  replicas: 3\n",
+        "  replicas: 3\n  strategy: {type: Recreate}\n",
+    );
+    let (ok, out) = apply_as("team-a", &with_strategy, false);
+    assert!(ok, "{out}");
+
+    // A null for a scalar another manager owns changes it: a conflict.
+    let only_replicas = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: nulls, namespace: default}\nspec:\n  replicas: null\n";
+    let (ok, out) = apply_as("team-b", only_replicas, false);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Apply failed with 1 conflict: conflict with \"team-a\": .spec.replicas"),
+        "{out}"
+    );
+    // Forced, the null takes the field and the default fills it.
+    let (ok, out) = apply_as("team-b", only_replicas, true);
+    assert!(ok, "{out}");
+    let obj = get();
+    assert_eq!(obj["spec"]["replicas"], 1, "{obj}");
+    let b = entry(&obj, "team-b", "Apply").expect("team-b's entry");
+    assert_eq!(b["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}), "{b}");
+    let a = entry(&obj, "team-a", "Apply").expect("team-a's entry");
+    assert!(a["fieldsV1"]["f:spec"].get("f:replicas").is_none(), "{a}");
+
+    // A null for a granular struct leaves it, owned by the applier as a whole; what
+    // the applier owned in it and no longer applies goes, and the default is back.
+    let strategy_null =
+        deployment("nulls", 3, "nginx:1", "").replace("  replicas: 3\n", "  strategy: null\n");
+    let (ok, out) = apply_as("team-a", &strategy_null, false);
+    assert!(ok, "{out}");
+    let obj = get();
+    assert_eq!(obj["spec"]["strategy"]["type"], "RollingUpdate", "{obj}");
+    let a = entry(&obj, "team-a", "Apply").expect("team-a's entry");
+    assert_eq!(a["fieldsV1"]["f:spec"]["f:strategy"], json!({}), "{a}");
+    assert_eq!(obj["spec"]["replicas"], 1, "{obj}");
+
+    // YAML as `kubectl create --dry-run=client -o yaml` writes it: the template's
+    // `creationTimestamp: null` is owned by both appliers, no conflict.
+    let generated = deployment("generated", 1, "nginx:1", "  creationTimestamp: null\n").replace(
+        "    metadata: {labels: {app: generated}}\n",
+        "    metadata: {creationTimestamp: null, labels: {app: generated}}\n",
+    ) + "status: {}\n";
+    for manager in ["gen-1", "gen-2"] {
+        let (ok, out) = apply_as(manager, &generated, false);
+        assert!(ok, "{manager}: {out}");
+    }
+    let obj = k.json(&["get", "deployment", "generated", "--show-managed-fields"]);
+    for manager in ["gen-1", "gen-2"] {
+        let e = entry(&obj, manager, "Apply").expect("an Apply entry");
+        assert_eq!(
+            e["fieldsV1"]["f:spec"]["f:template"]["f:metadata"]["f:creationTimestamp"],
+            json!({}),
+            "{e}"
+        );
+    }
+
+    // A custom resource: a nullable field keeps its null, a non-nullable one with a
+    // default gets the default, one without loses the null.
+    k.apply(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.ssa.berth.dev}\nspec:\n  group: ssa.berth.dev\n  scope: Namespaced\n  names: {plural: gadgets, singular: gadget, kind: Gadget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            properties:\n              note: {type: string, nullable: true}\n              mode: {type: string, default: fast}\n              size: {type: integer}\n",
+    );
+    let gadget = "apiVersion: ssa.berth.dev/v1\nkind: Gadget\nmetadata: {name: g, namespace: default}\nspec: {note: null, mode: null, size: null}\n";
+    let mut applied = None;
+    for _ in 0..50 {
+        let (ok, out) = apply_as("team-c", gadget, false);
+        if ok {
+            applied = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(applied.is_some(), "the Gadget was never applied");
+    let obj = k.json(&["get", "gadget", "g", "--show-managed-fields"]);
+    assert_eq!(obj["spec"], json!({"note": null, "mode": "fast"}), "{obj}");
+    let c = entry(&obj, "team-c", "Apply").expect("team-c's entry");
+    assert_eq!(
+        c["fieldsV1"]["f:spec"],
+        json!({"f:note": {}, "f:mode": {}, "f:size": {}}),
+        "{c}"
+    );
+}
+
 /// A CRD served in `v1` (stored), listing `v1beta1` served or not (`Some`) or not at
 /// all (`None`).
 fn widgets(beta: Option<bool>) -> String {

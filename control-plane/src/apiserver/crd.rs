@@ -61,6 +61,12 @@ impl CrdSchema {
         let mut unknown = Vec::new();
         if let Some(map) = obj.as_object_mut() {
             let props = self.schema.get("properties").and_then(Value::as_object);
+            drop_nulls(map, &self.schema);
+            for r in strs(self.schema.get("required")) {
+                if !map.contains_key(&r) {
+                    causes.push(Cause::required(r));
+                }
+            }
             for (key, value) in map.iter_mut() {
                 if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
@@ -92,6 +98,34 @@ impl CrdSchema {
 
 fn preserves(schema: &Value) -> bool {
     schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+}
+
+fn nullable(schema: &Value) -> bool {
+    schema.get("nullable") == Some(&Value::Bool(true))
+}
+
+/// The apiextensions apiserver's treatment of `null`s before defaulting: a property
+/// whose schema is not `nullable` gets its `default` for a null, or loses the null
+/// (then `required` names it); a nullable property keeps it. Likewise list items.
+fn drop_nulls(map: &mut Map<String, Value>, schema: &Value) {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    map.retain(|key, value| {
+        !value.is_null()
+            || props
+                .get(key)
+                .is_none_or(|s| nullable(s) || s.get("default").is_some())
+    });
+    for (key, value) in map.iter_mut() {
+        if value.is_null()
+            && let Some(s) = props.get(key)
+            && !nullable(s)
+            && let Some(d) = s.get("default")
+        {
+            *value = d.clone();
+        }
+    }
 }
 
 fn apply_defaults(map: &mut Map<String, Value>, props: &Map<String, Value>) {
@@ -133,10 +167,23 @@ fn walk(
     unknown: &mut Vec<String>,
 ) {
     if value.is_null() {
-        if schema.get("nullable") != Some(&Value::Bool(true)) {
-            *value = Value::Null;
+        // Properties lost theirs before (`drop_nulls`); this is a list item or a
+        // map value.
+        if let Some(ty) = schema.get("type").and_then(Value::as_str)
+            && !nullable(schema)
+        {
+            causes.push(Cause {
+                reason: "FieldValueTypeInvalid",
+                field: path.into(),
+                message: format!(
+                    "Invalid value: \"null\": {path} in body must be of type {ty}: \"null\""
+                ),
+            });
         }
         return;
+    }
+    if let Value::Object(map) = value {
+        drop_nulls(map, schema);
     }
     if let Some(ty) = schema.get("type").and_then(Value::as_str)
         && !type_ok(value, ty, schema)
@@ -233,6 +280,14 @@ fn walk(
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
+                if !nullable(s)
+                    && let Some(d) = s.get("default")
+                {
+                    items
+                        .iter_mut()
+                        .filter(|i| i.is_null())
+                        .for_each(|i| *i = d.clone());
+                }
                 for (i, item) in items.iter_mut().enumerate() {
                     walk(item, s, &format!("{path}[{i}]"), causes, unknown);
                 }
@@ -453,5 +508,69 @@ async fn establish(api: &Arc<Api>, crd: &Value) {
         .await
     {
         tracing::debug!(%err, crd = %name, "CRD status update raced; the next change retries");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> CrdSchema {
+        CrdSchema {
+            schema: json!({
+                "type": "object",
+                "required": ["spec"],
+                "properties": {
+                    "spec": {
+                        "type": "object",
+                        "required": ["size"],
+                        "properties": {
+                            "size": {"type": "integer"},
+                            "mode": {"type": "string", "default": "fast"},
+                            "note": {"type": "string", "nullable": true},
+                            "tags": {"type": "array", "items": {"type": "string"}}
+                        }
+                    }
+                }
+            }),
+            printer_columns: Vec::new(),
+            kind: "Widget".into(),
+        }
+    }
+
+    #[test]
+    fn nulls_are_defaulted_dropped_or_kept_as_the_schema_says() {
+        let s = schema();
+        let mut obj = json!({"spec": {"size": 1, "mode": null, "note": null}});
+        s.apply(&mut obj, false).expect("valid");
+        assert_eq!(
+            obj,
+            json!({"spec": {"size": 1, "mode": "fast", "note": null}})
+        );
+
+        let mut obj = json!({"spec": {"size": null}});
+        let err = s.apply(&mut obj, false).expect_err("size is required");
+        assert!(
+            err.message.contains("spec.size: Required value"),
+            "{}",
+            err.message
+        );
+
+        let mut obj = json!({"spec": {"size": 1, "tags": ["a", null]}});
+        let err = s.apply(&mut obj, false).expect_err("a null item");
+        assert!(
+            err.message
+                .contains("spec.tags[1] in body must be of type string: \"null\""),
+            "{}",
+            err.message
+        );
+
+        let mut obj = json!({"metadata": {"name": "w"}, "spec": null});
+        let err = s.apply(&mut obj, false).expect_err("spec is required");
+        assert!(
+            err.message.contains("spec: Required value"),
+            "{}",
+            err.message
+        );
     }
 }

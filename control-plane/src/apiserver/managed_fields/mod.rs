@@ -664,7 +664,6 @@ pub fn apply(
     let node = root(def);
     let ignored = ignored(def, subresource);
     let mut config = config.clone();
-    strip_nulls(&mut config);
     if let Some(meta) = object::meta_mut(&mut config) {
         meta.remove("managedFields");
     }
@@ -787,6 +786,11 @@ pub fn apply(
         last_time
     };
     entries.push(mine);
+    // A built-in type has no nulls (upstream's typed objects drop them, and defaults
+    // fill what they cleared); a custom resource's schema decides (`nullable`).
+    if def.typed.is_some() {
+        strip_nulls(&mut pruned);
+    }
     set_managed(&mut pruned, encode(entries));
     // kubectl's server-side apply keeps a client-side apply annotation in step, so a
     // later client-side apply still works (upstream's lastAppliedUpdater).
@@ -905,7 +909,7 @@ fn last_applied_fields(live: &Value, node: Node, ignored: &Set) -> Option<Set> {
     Some(set.difference(&changed.modified))
 }
 
-/// Drops `null`s from an applied configuration (a null sets nothing).
+/// Drops the `null`s from an object of a built-in type.
 fn strip_nulls(value: &mut Value) {
     match value {
         Value::Object(m) => {

@@ -2,6 +2,13 @@
 //! tracking are made of, as structured-merge-diff defines them: a value's field set,
 //! the comparison of two values (added, modified and removed paths), the merge of an
 //! applied configuration into a live object, and the removal of paths.
+//!
+//! A `null` is a value, as there: a field set to null is a member of the field set (a
+//! leaf), a value turned null is modified, and an applied null replaces a scalar or an
+//! atomic value but leaves a granular struct, map or list to its owners. Absent and
+//! null compare equal: upstream's typed objects write some absent values as null
+//! (`creationTimestamp: null` in a pod template), so two appliers of such YAML share
+//! the field instead of conflicting.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +17,8 @@ use serde_json::{Map, Value};
 use super::fieldpath::{Path, PathElement, Set};
 use super::schema::{Kind, Node, item_key};
 
-/// The set of fields `value` sets: its leaves, every list item, and empty objects and
-/// lists (leaves themselves).
+/// The set of fields `value` sets: its leaves, every list item, and empty objects,
+/// lists and nulls (leaves themselves).
 pub fn field_set(value: &Value, node: Node) -> Set {
     let mut out = Set::new();
     walk(value, node, &mut Vec::new(), &mut out);
@@ -24,9 +31,6 @@ fn walk(value: &Value, node: Node, path: &mut Path, out: &mut Set) {
         Kind::Object => {
             if let Some(fields) = value.as_object() {
                 for (name, child) in fields {
-                    if child.is_null() {
-                        continue;
-                    }
                     path.push(PathElement::Field(name.clone()));
                     walk(child, node.field(name), path, out);
                     path.pop();
@@ -56,9 +60,6 @@ fn walk(value: &Value, node: Node, path: &mut Path, out: &mut Set) {
 pub fn created_fields(value: &Value, node: Node) -> Map<String, Value> {
     let mut out = Map::new();
     for (name, child) in value.as_object().into_iter().flatten() {
-        if child.is_null() {
-            continue;
-        }
         out.insert(format!("f:{name}"), member(child, node.field(name)));
     }
     out
@@ -167,14 +168,19 @@ fn diff(
     path: &mut Path,
     out: &mut Comparison,
 ) {
-    let old = old.filter(|v| !v.is_null());
-    let new = new.filter(|v| !v.is_null());
     if old == new {
         return;
     }
-    let (old, new) = match (old, new) {
+    // Absent and null are the same state (a typed object has no nulls; upstream's
+    // typed objects serialize some absent values as null); a value turned null is a
+    // change of that value, as structured-merge-diff compares.
+    let turned_null = new.is_some_and(Value::is_null);
+    let (old, new) = match (old.filter(|v| !v.is_null()), new.filter(|v| !v.is_null())) {
         (None, None) => return,
         (None, Some(n)) => return whole(n, node, path, &mut out.added),
+        (Some(o), None) if turned_null && node.kind(o) == Kind::Leaf => {
+            return out.modified.insert(path);
+        }
         (Some(o), None) => return whole(o, node, path, &mut out.removed),
         (Some(o), Some(n)) => (o, n),
     };
@@ -251,6 +257,8 @@ fn diff(
 
 /// Merges an applied configuration into the live object: objects field by field,
 /// sets by value, associative lists by key (items merged), everything else replaced.
+/// A null replaces a leaf; a granular value stays as it is (what the applier owned in
+/// it is pruned after, what others own kept).
 /// Lists keep the configuration's order for its items, with the live object's other
 /// items where they were.
 pub fn merge(live: &Value, config: &Value, node: Node) -> Value {
@@ -269,11 +277,14 @@ pub fn merge(live: &Value, config: &Value, node: Node) -> Value {
             };
             let mut out = l.clone();
             for (name, value) in c {
-                if value.is_null() {
-                    continue;
-                }
+                let child = node.field(name);
                 let merged = match l.get(name) {
-                    Some(before) if !before.is_null() => merge(before, value, node.field(name)),
+                    Some(before) if value.is_null() && child.kind(before) != Kind::Leaf => {
+                        before.clone()
+                    }
+                    Some(before) if !before.is_null() && !value.is_null() => {
+                        merge(before, value, child)
+                    }
                     _ => value.clone(),
                 };
                 out.insert(name.clone(), merged);
@@ -520,6 +531,55 @@ mod tests {
             path[4].clone(),
             PathElement::Field("image".into())
         ]));
+    }
+
+    #[test]
+    fn nulls_are_owned_values_that_clear_leaves_but_not_granular_values() {
+        let live = json!({"spec": {
+            "replicas": 3,
+            "paused": true,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"a": "1"}}
+        }});
+        let config = json!({"spec": {
+            "replicas": null,
+            "strategy": null,
+            "selector": null,
+            "minReadySeconds": null
+        }});
+        let set = field_set(&config, deployment());
+        assert_eq!(
+            set.to_fields_v1(),
+            json!({"f:spec": {
+                "f:replicas": {}, "f:strategy": {}, "f:selector": {}, "f:minReadySeconds": {}
+            }})
+        );
+        let merged = merge(&live, &config, deployment());
+        assert_eq!(
+            merged,
+            json!({"spec": {
+                "replicas": null,
+                "paused": true,
+                "strategy": {"type": "Recreate"},
+                "selector": null,
+                "minReadySeconds": null
+            }})
+        );
+        let c = compare(&live, &merged, deployment());
+        assert_eq!(
+            c.modified.to_fields_v1(),
+            json!({"f:spec": {"f:replicas": {}, "f:selector": {}}})
+        );
+        // Absent and null are one state: no change.
+        assert!(c.added.is_empty(), "{:?}", c.added);
+        assert!(c.removed.is_empty());
+        assert_eq!(
+            Value::Object(created_fields(
+                &json!({"spec": {"paused": null}}),
+                deployment()
+            )),
+            json!({"f:spec": {"f:paused": {}}})
+        );
     }
 
     #[test]

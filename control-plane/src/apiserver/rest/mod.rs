@@ -392,6 +392,10 @@ pub fn decode_object(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         Ok(out)
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
+        // Metadata is ObjectMeta, whose typed form has no nulls.
+        if let Some(meta) = object::meta_mut(&mut obj) {
+            meta.retain(|_, v| !v.is_null());
+        }
         Ok(obj)
     } else {
         Ok(obj)
