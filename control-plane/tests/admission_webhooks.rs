@@ -541,6 +541,46 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
     });
     k.ok(&["delete", "validatingwebhookconfiguration", "dead"]);
 
+    // Every call counted in kube-apiserver's webhook metrics.
+    let metrics = k.ok(&["get", "--raw", "/metrics"]);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    for (series, at_least) in [
+        (
+            r#"apiserver_admission_webhook_request_total{name="label.berth.dev",type="admit",operation="CREATE",code="200",rejected="false"}"#,
+            1.0,
+        ),
+        (
+            r#"apiserver_admission_webhook_admission_duration_seconds_count{name="label.berth.dev",operation="CREATE",rejected="false",type="admit"}"#,
+            1.0,
+        ),
+        (
+            r#"apiserver_admission_webhook_rejection_count{name="deny.berth.dev",type="validating",operation="CREATE",error_type="no_error",rejection_code="403"}"#,
+            1.0,
+        ),
+        (
+            // A refusal without a code is a 400, counted under that code.
+            r#"apiserver_admission_webhook_request_total{name="deny.berth.dev",type="validating",operation="DELETE",code="400",rejected="true"}"#,
+            1.0,
+        ),
+        (
+            r#"apiserver_admission_webhook_rejection_count{name="dead.berth.dev",type="validating",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"}"#,
+            1.0,
+        ),
+        (
+            r#"apiserver_admission_webhook_fail_open_count{name="dead.berth.dev",type="validating"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(value(series) >= at_least, "{series}:\n{metrics}");
+    }
+
     // A webhook answering garbage under Fail, and one slower than its timeout.
     let failing = format!(
         "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {{name: failing}}\nwebhooks:\n- name: garbage.berth.dev\n  clientConfig: {{url: '{}', caBundle: {}}}\n  rules: [{{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [serviceaccounts]}}]\n  objectSelector: {{matchLabels: {{case: garbage}}}}\n  sideEffects: None\n  admissionReviewVersions: [v1]\n- name: slow.berth.dev\n  clientConfig: {{url: '{}', caBundle: {}}}\n  rules: [{{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [serviceaccounts]}}]\n  objectSelector: {{matchLabels: {{case: slow}}}}\n  timeoutSeconds: 1\n  sideEffects: None\n  admissionReviewVersions: [v1]\n",

@@ -1,7 +1,13 @@
 //! Prometheus metrics at `/metrics`, named as kube-apiserver's:
 //! `apiserver_request_total{verb,resource,code}`,
-//! `apiserver_request_duration_seconds{verb,resource}`, and
-//! `apiserver_storage_objects{resource}` / the current store revision.
+//! `apiserver_request_duration_seconds{verb,resource}`,
+//! `apiserver_storage_objects{resource}` / the current store revision, and the
+//! admission webhooks' `apiserver_admission_webhook_admission_duration_seconds`,
+//! `apiserver_admission_webhook_request_total`,
+//! `apiserver_admission_webhook_rejection_count` and
+//! `apiserver_admission_webhook_fail_open_count` (the two `_count` counters are written
+//! as gauges: OpenMetrics would rename a counter to `…_count_total`, and queries use
+//! upstream's names).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,6 +16,7 @@ use axum::http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +38,65 @@ struct LatencyLabels {
 
 type Latency = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLatencyLabels {
+    name: String,
+    operation: String,
+    rejected: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookRequestLabels {
+    name: String,
+    r#type: String,
+    operation: String,
+    code: String,
+    rejected: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookRejectionLabels {
+    name: String,
+    r#type: String,
+    operation: String,
+    error_type: String,
+    rejection_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookFailOpenLabels {
+    name: String,
+    r#type: String,
+}
+
+/// One admission webhook call, as the webhook metrics label it: the webhook's name,
+/// `admit` or `validating`, and the operation.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookCall<'a> {
+    pub name: &'a str,
+    pub kind: &'static str,
+    pub operation: &'static str,
+}
+
+#[derive(Debug)]
+struct WebhookMetrics {
+    latency: Family<WebhookLatencyLabels, Histogram, fn() -> Histogram>,
+    requests: Family<WebhookRequestLabels, Counter>,
+    rejections: Family<WebhookRejectionLabels, Gauge>,
+    fail_open: Family<WebhookFailOpenLabels, Gauge>,
+}
+
+/// kube-apiserver's buckets for admission latencies.
+fn webhook_histogram() -> Histogram {
+    Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 25.0])
+}
+
+/// An HTTP code as the webhook metrics bound it (above 600 counts as 600).
+fn bounded(code: u16) -> String {
+    code.min(600).to_string()
+}
+
 /// The content type of every berth-server `/metrics` body: prometheus-client writes
 /// the OpenMetrics text format (`_total` counters, a final `# EOF`), so it is served as
 /// that, not as Prometheus' text format 0.0.4.
@@ -41,6 +107,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Latency,
+    webhooks: WebhookMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -62,10 +129,37 @@ impl Default for Metrics {
             "Request latency by verb and resource (watches: until the stream starts)",
             latency.clone(),
         );
+        let webhooks = WebhookMetrics {
+            latency: Family::new_with_constructor(webhook_histogram),
+            requests: Family::default(),
+            rejections: Family::default(),
+            fail_open: Family::default(),
+        };
+        registry.register(
+            "apiserver_admission_webhook_admission_duration_seconds",
+            "Admission webhook latency histogram in seconds, identified by name and broken out for each operation and API resource and type (validating or admit)",
+            webhooks.latency.clone(),
+        );
+        registry.register(
+            "apiserver_admission_webhook_request",
+            "Admission webhook request total, identified by name and broken out for each admission type (validating or admit) and operation, whether the request was rejected and the HTTP status code",
+            webhooks.requests.clone(),
+        );
+        registry.register(
+            "apiserver_admission_webhook_rejection_count",
+            "Admission webhook rejection count, identified by name and broken out for each admission type (validating or admit) and operation, by error type (calling_webhook_error, apiserver_internal_error, no_error) and rejection code",
+            webhooks.rejections.clone(),
+        );
+        registry.register(
+            "apiserver_admission_webhook_fail_open_count",
+            "Admission webhook fail open count, identified by name and broken out for each admission type (validating or admit)",
+            webhooks.fail_open.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             latency,
+            webhooks,
         }
     }
 }
@@ -124,6 +218,55 @@ impl Metrics {
                 resource: resource.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// One admission webhook call: whether it rejected the request (a refusal, or an
+    /// error that fails it), the webhook's HTTP code (0 without an answer).
+    pub fn webhook_call(&self, call: &WebhookCall, rejected: bool, code: u16, took: Duration) {
+        let w = &self.webhooks;
+        w.latency
+            .get_or_create(&WebhookLatencyLabels {
+                name: call.name.into(),
+                operation: call.operation.into(),
+                rejected: rejected.to_string(),
+                r#type: call.kind.into(),
+            })
+            .observe(took.as_secs_f64());
+        w.requests
+            .get_or_create(&WebhookRequestLabels {
+                name: call.name.into(),
+                r#type: call.kind.into(),
+                operation: call.operation.into(),
+                code: bounded(code),
+                rejected: rejected.to_string(),
+            })
+            .inc();
+    }
+
+    /// A request a webhook rejected: `error_type` is `no_error` (a refusal, `code` its
+    /// status), `calling_webhook_error` or `apiserver_internal_error`.
+    pub fn webhook_rejection(&self, call: &WebhookCall, error_type: &str, code: u16) {
+        self.webhooks
+            .rejections
+            .get_or_create(&WebhookRejectionLabels {
+                name: call.name.into(),
+                r#type: call.kind.into(),
+                operation: call.operation.into(),
+                error_type: error_type.into(),
+                rejection_code: bounded(code),
+            })
+            .inc();
+    }
+
+    /// A webhook that could not be called, skipped under `failurePolicy: Ignore`.
+    pub fn webhook_fail_open(&self, call: &WebhookCall) {
+        self.webhooks
+            .fail_open
+            .get_or_create(&WebhookFailOpenLabels {
+                name: call.name.into(),
+                r#type: call.kind.into(),
+            })
+            .inc();
     }
 
     pub fn render(&self, api: &Api) -> String {

@@ -170,7 +170,7 @@ async fn convert(
     let dest = client::destination(&api.cache, &hook.client_config).map_err(&failed)?;
     let answer = client::post(&hook.client_config, &dest, body, TIMEOUT)
         .await
-        .map_err(&failed)?;
+        .map_err(|e| failed(e.message))?;
     let converted = converted_objects(&answer, &uid, review_version).map_err(&failed)?;
     // Unknown fields pruned and defaults set by the wanted version's schema.
     let schema = schema_of(api, def, desired);

@@ -267,12 +267,32 @@ fn chain(err: &reqwest::Error) -> String {
 
 /// POSTs `body` to the webhook and returns its decoded answer, or why the call failed
 /// (the `Reason` of upstream's `ErrCallingWebhook`).
+/// A call that gave no answer: upstream's words, and the HTTP status the webhook
+/// answered with (0 when it did not answer).
+#[derive(Debug)]
+pub struct CallError {
+    pub message: String,
+    pub code: u16,
+}
+
+impl From<String> for CallError {
+    fn from(message: String) -> Self {
+        Self { message, code: 0 }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 pub async fn post(
     cc: &WebhookClientConfig,
     dest: &Destination,
     body: Vec<u8>,
     timeout: Duration,
-) -> Result<Value, String> {
+) -> Result<Value, CallError> {
     let ca = cc
         .ca_bundle
         .as_ref()
@@ -300,14 +320,15 @@ pub async fn post(
             if bytes.len() + chunk.len() > MAX_RESPONSE {
                 return Err(format!(
                     "failed to call webhook: the response from {url} is larger than {MAX_RESPONSE} bytes"
-                ));
+                )
+                .into());
             }
             bytes.extend_from_slice(&chunk);
         }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             let text = text.trim();
-            return Err(if text.is_empty() {
+            let message = if text.is_empty() {
                 format!(
                     "failed to call webhook: the server responded with the status code {} but did not return more information",
                     status.as_u16()
@@ -316,16 +337,22 @@ pub async fn post(
                 format!(
                     "failed to call webhook: an error on the server (\"{text}\") has prevented the request from succeeding"
                 )
+            };
+            return Err(CallError {
+                message,
+                code: status.as_u16(),
             });
         }
         serde_json::from_slice::<Value>(&bytes).map_err(|e| {
-            format!("failed to call webhook: couldn't get version/kind; json parse error: {e}")
+            CallError::from(format!(
+                "failed to call webhook: couldn't get version/kind; json parse error: {e}"
+            ))
         })
     };
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
+        Err(_) => Err(CallError::from(format!(
             "failed to call webhook: Post \"{url}\": context deadline exceeded"
-        )),
+        ))),
     }
 }

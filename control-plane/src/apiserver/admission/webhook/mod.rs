@@ -13,7 +13,8 @@
 //! the webhook's Status (`admission webhook "<name>" denied the request: …`); a webhook
 //! that cannot be called, times out or answers nonsense fails the request with 500
 //! under `failurePolicy: Fail` and is skipped under `Ignore`. Warnings reach the client
-//! as `Warning` headers, audit annotations the audit log.
+//! as `Warning` headers, audit annotations the audit log, and every call's outcome
+//! kube-apiserver's `apiserver_admission_webhook_*` metrics ([`observe`]).
 //!
 //! Entry points, one per verb: [`admit_create`] and [`validate_create`],
 //! [`admit_update`] and [`validate_update`], [`admit_delete`], [`admit_connect`].
@@ -94,10 +95,54 @@ fn gvr(def: &ResourceDef, attrs: &Attributes) -> Gvr {
 /// Why a call did not give an answer to act on.
 #[derive(Debug)]
 enum Failure {
-    /// Upstream's `ErrCallingWebhook`: the failure policy decides.
-    Calling(String),
+    /// Upstream's `ErrCallingWebhook`: the failure policy decides. `code`: the HTTP
+    /// status the webhook answered with, 0 when it did not answer.
+    Calling { why: String, code: u16 },
+    /// The webhook refused (upstream's `ErrWebhookRejection`).
+    Rejected(ApiError),
     /// Anything else: the request fails.
     Other(ApiError),
+}
+
+impl Failure {
+    fn calling(why: String) -> Self {
+        Self::Calling { why, code: 0 }
+    }
+}
+
+/// Records one call of `hook` in kube-apiserver's webhook metrics: its latency and
+/// count by whether it rejected the request (a refusal, an error, or a failure under
+/// `failurePolicy: Fail`) and the HTTP code, the rejections by cause, and the calls
+/// failing open. `kind` is upstream's `type` label: `admit` or `validating`.
+fn observe<T>(
+    ctx: &Ctx,
+    hook: &Hook,
+    attrs: &Attributes,
+    kind: &'static str,
+    started: std::time::Instant,
+    result: &Result<T, Failure>,
+) {
+    use crate::apiserver::metrics::WebhookCall;
+    let (rejected, code, rejection) = match result {
+        Ok(_) => (false, 200, None),
+        Err(Failure::Calling { code, .. }) if hook.fail_open => (false, *code, None),
+        Err(Failure::Calling { code, .. }) => (true, *code, Some(("calling_webhook_error", *code))),
+        Err(Failure::Rejected(e)) => (true, e.code, Some(("no_error", e.code))),
+        Err(Failure::Other(_)) => (true, 0, Some(("apiserver_internal_error", 0))),
+    };
+    let call = WebhookCall {
+        name: &hook.name,
+        kind,
+        operation: attrs.operation.as_str(),
+    };
+    let metrics = &ctx.api.metrics;
+    metrics.webhook_call(&call, rejected, code, started.elapsed());
+    if let Some((error_type, code)) = rejection {
+        metrics.webhook_rejection(&call, error_type, code);
+    }
+    if matches!(result, Err(Failure::Calling { .. })) && hook.fail_open {
+        metrics.webhook_fail_open(&call);
+    }
 }
 
 fn is_namespace(ctx: &Ctx) -> bool {
@@ -315,7 +360,7 @@ async fn should_call(
 }
 
 /// One call: the request built in the invocation's version, sent, verified; warnings
-/// and audit annotations recorded.
+/// and audit annotations recorded. A refusal is [`Failure::Rejected`].
 async fn call(
     ctx: &Ctx,
     hook: &Hook,
@@ -328,7 +373,7 @@ async fn call(
         return Err(Failure::Other(review::dry_run_unsupported(&hook.name)));
     }
     let version = review::review_version(&hook.review_versions)
-        .map_err(|e| Failure::Calling(format!("could not create admission objects: {e}")))?;
+        .map_err(|e| Failure::calling(format!("could not create admission objects: {e}")))?;
     let uid = object::new_uid();
     let object = invocation
         .external(ctx, attrs.object.as_ref())
@@ -347,7 +392,7 @@ async fn call(
         old.as_ref(),
     );
     let dest = client::destination(&ctx.api.cache, &hook.client)
-        .map_err(|e| Failure::Calling(format!("failed to call webhook: {e}")))?;
+        .map_err(|e| Failure::calling(format!("failed to call webhook: {e}")))?;
     let answer = client::post(
         &hook.client,
         &dest,
@@ -355,9 +400,18 @@ async fn call(
         hook.timeout,
     )
     .await
-    .map_err(Failure::Calling)?;
+    .map_err(|e| Failure::Calling {
+        why: e.message,
+        code: e.code,
+    })?;
     let resp = review::verify(version, &uid, mutating, &answer)
-        .map_err(|e| Failure::Calling(format!("received invalid webhook response: {e}")))?;
+        .map_err(|e| Failure::calling(format!("received invalid webhook response: {e}")))?;
+    if !resp.allowed {
+        return Err(Failure::Rejected(review::rejection(
+            &hook.name,
+            resp.status.as_ref(),
+        )));
+    }
     for (k, v) in &resp.audit_annotations {
         crate::apiserver::audit::annotate(&format!("{}/{k}", hook.name), v.clone());
     }

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::config::Hook;
 use super::{
-    Attributes, Failure, Invocation, call, equivalents, info, requested, review, should_call,
+    Attributes, Failure, Invocation, call, equivalents, info, observe, requested, review,
+    should_call,
 };
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::rest::Ctx;
@@ -54,17 +55,11 @@ async fn call_one(
     let requested = requested(ctx, attrs);
     let info = info(ctx, attrs, &requested);
     let (resp, external) = call(ctx, hook, invocation, &info, attrs, true).await?;
-    if !resp.allowed {
-        return Err(Failure::Other(review::rejection(
-            &hook.name,
-            resp.status.as_ref(),
-        )));
-    }
     let Some(raw) = resp.patch else {
         return Ok(false);
     };
     let patch: json_patch::Patch = serde_json::from_slice(&raw).map_err(|e| {
-        Failure::Calling(format!(
+        Failure::calling(format!(
             "received undecodable patch in webhook response: {e}"
         ))
     })?;
@@ -117,7 +112,9 @@ pub(super) async fn run(ctx: &Ctx, hooks: &[Arc<Hook>], attrs: &mut Attributes) 
             let Some(invocation) = invocation else {
                 continue;
             };
+            let started = std::time::Instant::now();
             let result = call_one(ctx, hook, &invocation, attrs).await;
+            observe(ctx, hook, attrs, "admit", started, &result);
             let key = format!("round_{round}_index_{index}");
             let changed = matches!(result, Ok(true));
             audit::annotate(
@@ -135,18 +132,18 @@ pub(super) async fn run(ctx: &Ctx, hooks: &[Arc<Hook>], attrs: &mut Attributes) 
             changed_any |= changed;
             match result {
                 Ok(_) => {}
-                Err(Failure::Calling(why)) if hook.fail_open => {
+                Err(Failure::Calling { why, .. }) if hook.fail_open => {
                     tracing::warn!(webhook = %hook.name, error = %why, "failed calling webhook, failing open");
                     audit::annotate(
                         &format!("failed-open.mutation.webhook.admission.k8s.io/{key}"),
                         annotation(hook, false),
                     );
                 }
-                Err(Failure::Calling(why)) => {
+                Err(Failure::Calling { why, .. }) => {
                     tracing::warn!(webhook = %hook.name, error = %why, "failed calling webhook, failing closed");
                     return Err(review::calling_error(&hook.name, &why));
                 }
-                Err(Failure::Other(err)) => return Err(err),
+                Err(Failure::Rejected(err) | Failure::Other(err)) => return Err(err),
             }
         }
     }

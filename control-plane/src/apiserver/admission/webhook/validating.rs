@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use super::config::Hook;
-use super::{Attributes, Failure, call, equivalents, info, requested, review, should_call};
+use super::{
+    Attributes, Failure, call, equivalents, info, observe, requested, review, should_call,
+};
 use crate::apiserver::audit;
 use crate::apiserver::rest::Ctx;
 use crate::apiserver::status::ApiResult;
@@ -26,10 +28,12 @@ pub(super) async fn run(ctx: &Ctx, hooks: &[Arc<Hook>], attrs: &Attributes) -> A
     let calls = relevant.iter().map(|(index, hook, invocation)| {
         let info = &info;
         async move {
-            match call(ctx, hook, invocation, info, attrs, false).await {
-                Ok((resp, _)) if resp.allowed => Ok(()),
-                Ok((resp, _)) => Err(review::rejection(&hook.name, resp.status.as_ref())),
-                Err(Failure::Calling(why)) if hook.fail_open => {
+            let started = std::time::Instant::now();
+            let result = call(ctx, hook, invocation, info, attrs, false).await;
+            observe(ctx, hook, attrs, "validating", started, &result);
+            match result {
+                Ok(_) => Ok(()),
+                Err(Failure::Calling { why, .. }) if hook.fail_open => {
                     tracing::warn!(webhook = %hook.name, error = %why, "failed calling webhook, failing open");
                     audit::annotate(
                         &format!(
@@ -39,11 +43,11 @@ pub(super) async fn run(ctx: &Ctx, hooks: &[Arc<Hook>], attrs: &Attributes) -> A
                     );
                     Ok(())
                 }
-                Err(Failure::Calling(why)) => {
+                Err(Failure::Calling { why, .. }) => {
                     tracing::warn!(webhook = %hook.name, error = %why, "failed calling webhook, failing closed");
                     Err(review::calling_error(&hook.name, &why))
                 }
-                Err(Failure::Other(err)) => Err(err),
+                Err(Failure::Rejected(err) | Failure::Other(err)) => Err(err),
             }
         }
     });
