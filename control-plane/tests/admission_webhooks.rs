@@ -542,18 +542,9 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
     k.ok(&["delete", "validatingwebhookconfiguration", "dead"]);
 
     // Every call counted in kube-apiserver's webhook metrics.
-    let metrics = k.ok(&["get", "--raw", "/metrics"]);
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
-    };
     for (series, at_least) in [
         (
-            r#"apiserver_admission_webhook_request_total{name="label.berth.dev",type="admit",operation="CREATE",code="200",rejected="false"}"#,
+            r#"apiserver_admission_webhook_request_total{code="200",name="label.berth.dev",operation="CREATE",rejected="false",type="admit"}"#,
             1.0,
         ),
         (
@@ -561,16 +552,16 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
             1.0,
         ),
         (
-            r#"apiserver_admission_webhook_rejection_count{name="deny.berth.dev",type="validating",operation="CREATE",error_type="no_error",rejection_code="403"}"#,
+            r#"apiserver_admission_webhook_rejection_count{error_type="no_error",name="deny.berth.dev",operation="CREATE",rejection_code="403",type="validating"}"#,
             1.0,
         ),
         (
             // A refusal without a code is a 400, counted under that code.
-            r#"apiserver_admission_webhook_request_total{name="deny.berth.dev",type="validating",operation="DELETE",code="400",rejected="true"}"#,
+            r#"apiserver_admission_webhook_request_total{code="400",name="deny.berth.dev",operation="DELETE",rejected="true",type="validating"}"#,
             1.0,
         ),
         (
-            r#"apiserver_admission_webhook_rejection_count{name="dead.berth.dev",type="validating",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"}"#,
+            r#"apiserver_admission_webhook_rejection_count{error_type="calling_webhook_error",name="dead.berth.dev",operation="CREATE",rejection_code="0",type="validating"}"#,
             1.0,
         ),
         (
@@ -578,7 +569,8 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
             1.0,
         ),
     ] {
-        assert!(value(series) >= at_least, "{series}:\n{metrics}");
+        let value = k.metric(series);
+        assert!(value.is_some_and(|v| v >= at_least), "{series}: {value:?}");
     }
 
     // A webhook answering garbage under Fail, and one slower than its timeout.

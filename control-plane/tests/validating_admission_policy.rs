@@ -356,6 +356,16 @@ fn validating_admission_policies_with_kubectl() {
     let (ok, out) = create(&k, &latest);
     assert!(ok && out.contains("Warning: Validation failed"), "{out}");
 
+    // Each failed validation counted per binding action, as kube-apiserver's metrics.
+    for series in [
+        r#"apiserver_validating_admission_policy_check_total{enforcement_action="deny",error_type="invalid_error",policy="max-replicas",policy_binding="max-replicas-binding"}"#,
+        r#"apiserver_validating_admission_policy_check_total{enforcement_action="warn",error_type="invalid_error",policy="no-latest",policy_binding="no-latest-warn"}"#,
+        r#"apiserver_validating_admission_policy_check_duration_seconds_count{enforcement_action="deny",error_type="invalid_error",policy="max-replicas",policy_binding="max-replicas-binding"}"#,
+    ] {
+        let count = k.metric(series);
+        assert!(count.is_some_and(|c| c >= 1.0), "{series}: {count:?}");
+    }
+
     // Parameters from a ConfigMap in the request's namespace.
     let (ok, out) = create(&k, REPLICA_LIMIT);
     assert!(ok, "{out}");

@@ -1,13 +1,14 @@
 //! Prometheus metrics at `/metrics`, named as kube-apiserver's:
 //! `apiserver_request_total{verb,resource,code}`,
 //! `apiserver_request_duration_seconds{verb,resource}`,
-//! `apiserver_storage_objects{resource}` / the current store revision, and the
-//! admission webhooks' `apiserver_admission_webhook_admission_duration_seconds`,
+//! `apiserver_storage_objects{resource}` / the current store revision,
+//! the admission webhooks' `apiserver_admission_webhook_admission_duration_seconds`,
 //! `apiserver_admission_webhook_request_total`,
 //! `apiserver_admission_webhook_rejection_count` and
 //! `apiserver_admission_webhook_fail_open_count` (the two `_count` counters are written
 //! as gauges: OpenMetrics would rename a counter to `…_count_total`, and queries use
-//! upstream's names).
+//! upstream's names), and ValidatingAdmissionPolicy's
+//! `apiserver_validating_admission_policy_check_total` and `…_check_duration_seconds`.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -46,22 +47,32 @@ struct WebhookLatencyLabels {
     r#type: String,
 }
 
+// Label fields in name order, as kube-apiserver's text output sorts them.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookRequestLabels {
-    name: String,
-    r#type: String,
-    operation: String,
     code: String,
+    name: String,
+    operation: String,
     rejected: String,
+    r#type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookRejectionLabels {
-    name: String,
-    r#type: String,
-    operation: String,
     error_type: String,
+    name: String,
+    operation: String,
     rejection_code: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyCheckLabels {
+    enforcement_action: String,
+    error_type: String,
+    policy: String,
+    policy_binding: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,11 +91,18 @@ pub struct WebhookCall<'a> {
 }
 
 #[derive(Debug)]
-struct WebhookMetrics {
+struct AdmissionMetrics {
     latency: Family<WebhookLatencyLabels, Histogram, fn() -> Histogram>,
     requests: Family<WebhookRequestLabels, Counter>,
     rejections: Family<WebhookRejectionLabels, Gauge>,
     fail_open: Family<WebhookFailOpenLabels, Gauge>,
+    policy_checks: Family<PolicyCheckLabels, Counter>,
+    policy_latency: Family<PolicyCheckLabels, Histogram, fn() -> Histogram>,
+}
+
+/// kube-apiserver's buckets for a ValidatingAdmissionPolicy check.
+fn policy_histogram() -> Histogram {
+    Histogram::new([0.0000005, 0.001, 0.01, 0.1, 1.0])
 }
 
 /// kube-apiserver's buckets for admission latencies.
@@ -107,7 +125,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Latency,
-    webhooks: WebhookMetrics,
+    admission: AdmissionMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -129,37 +147,49 @@ impl Default for Metrics {
             "Request latency by verb and resource (watches: until the stream starts)",
             latency.clone(),
         );
-        let webhooks = WebhookMetrics {
+        let admission = AdmissionMetrics {
             latency: Family::new_with_constructor(webhook_histogram),
             requests: Family::default(),
             rejections: Family::default(),
             fail_open: Family::default(),
+            policy_checks: Family::default(),
+            policy_latency: Family::new_with_constructor(policy_histogram),
         };
+        registry.register(
+            "apiserver_validating_admission_policy_check",
+            "Validation admission policy check total, labeled by policy and further identified by binding and enforcement action taken",
+            admission.policy_checks.clone(),
+        );
+        registry.register(
+            "apiserver_validating_admission_policy_check_duration_seconds",
+            "Validation admission latency for individual validation expressions in seconds, labeled by policy and further including binding and enforcement action taken",
+            admission.policy_latency.clone(),
+        );
         registry.register(
             "apiserver_admission_webhook_admission_duration_seconds",
             "Admission webhook latency histogram in seconds, identified by name and broken out for each operation and API resource and type (validating or admit)",
-            webhooks.latency.clone(),
+            admission.latency.clone(),
         );
         registry.register(
             "apiserver_admission_webhook_request",
             "Admission webhook request total, identified by name and broken out for each admission type (validating or admit) and operation, whether the request was rejected and the HTTP status code",
-            webhooks.requests.clone(),
+            admission.requests.clone(),
         );
         registry.register(
             "apiserver_admission_webhook_rejection_count",
             "Admission webhook rejection count, identified by name and broken out for each admission type (validating or admit) and operation, by error type (calling_webhook_error, apiserver_internal_error, no_error) and rejection code",
-            webhooks.rejections.clone(),
+            admission.rejections.clone(),
         );
         registry.register(
             "apiserver_admission_webhook_fail_open_count",
             "Admission webhook fail open count, identified by name and broken out for each admission type (validating or admit)",
-            webhooks.fail_open.clone(),
+            admission.fail_open.clone(),
         );
         Self {
             registry: Mutex::new(registry),
             requests,
             latency,
-            webhooks,
+            admission,
         }
     }
 }
@@ -223,7 +253,7 @@ impl Metrics {
     /// One admission webhook call: whether it rejected the request (a refusal, or an
     /// error that fails it), the webhook's HTTP code (0 without an answer).
     pub fn webhook_call(&self, call: &WebhookCall, rejected: bool, code: u16, took: Duration) {
-        let w = &self.webhooks;
+        let w = &self.admission;
         w.latency
             .get_or_create(&WebhookLatencyLabels {
                 name: call.name.into(),
@@ -234,11 +264,11 @@ impl Metrics {
             .observe(took.as_secs_f64());
         w.requests
             .get_or_create(&WebhookRequestLabels {
-                name: call.name.into(),
-                r#type: call.kind.into(),
-                operation: call.operation.into(),
                 code: bounded(code),
+                name: call.name.into(),
+                operation: call.operation.into(),
                 rejected: rejected.to_string(),
+                r#type: call.kind.into(),
             })
             .inc();
     }
@@ -246,21 +276,45 @@ impl Metrics {
     /// A request a webhook rejected: `error_type` is `no_error` (a refusal, `code` its
     /// status), `calling_webhook_error` or `apiserver_internal_error`.
     pub fn webhook_rejection(&self, call: &WebhookCall, error_type: &str, code: u16) {
-        self.webhooks
+        self.admission
             .rejections
             .get_or_create(&WebhookRejectionLabels {
-                name: call.name.into(),
-                r#type: call.kind.into(),
-                operation: call.operation.into(),
                 error_type: error_type.into(),
+                name: call.name.into(),
+                operation: call.operation.into(),
                 rejection_code: bounded(code),
+                r#type: call.kind.into(),
             })
             .inc();
     }
 
+    /// One ValidatingAdmissionPolicy validation that denied (`enforcement_action`
+    /// `deny`, `warn` or `audit`, one per binding action) or failed under
+    /// `failurePolicy: Ignore` (`allow`); `error_type` as upstream's (`invalid_error`).
+    pub fn policy_check(
+        &self,
+        policy: &str,
+        binding: &str,
+        enforcement_action: &str,
+        error_type: &str,
+        took: Duration,
+    ) {
+        let labels = PolicyCheckLabels {
+            enforcement_action: enforcement_action.into(),
+            error_type: error_type.into(),
+            policy: policy.into(),
+            policy_binding: binding.into(),
+        };
+        self.admission.policy_checks.get_or_create(&labels).inc();
+        self.admission
+            .policy_latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
     /// A webhook that could not be called, skipped under `failurePolicy: Ignore`.
     pub fn webhook_fail_open(&self, call: &WebhookCall) {
-        self.webhooks
+        self.admission
             .fail_open
             .get_or_create(&WebhookFailOpenLabels {
                 name: call.name.into(),

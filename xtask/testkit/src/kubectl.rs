@@ -56,6 +56,16 @@ impl Kubectl {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The value of one sample of the apiserver's `/metrics`: the first line starting
+    /// with `series` (its name and labels as written, or a prefix of them).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.ok(&["get", "--raw", "/metrics"])
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Runs and expects failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cel::{Context, Value};
 
@@ -22,6 +23,8 @@ pub struct Decision {
     pub message: String,
     /// `Forbidden`, `Invalid`, …; `None` is `Invalid`.
     pub reason: Option<String>,
+    /// How long the validation took (for the policy check metrics).
+    pub elapsed: Duration,
 }
 
 /// The outcome for one binding and parameter.
@@ -35,6 +38,9 @@ pub struct Outcome {
     /// Audit annotations that failed under `Fail`: the request is denied, whatever the
     /// binding's actions.
     pub annotation_errors: Vec<String>,
+    /// Validations that failed and were let through under `failurePolicy: Ignore`:
+    /// how long each took.
+    pub ignored: Vec<Duration>,
 }
 
 /// Upstream's longest accepted `messageExpression` result.
@@ -73,6 +79,7 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
     let none = HashMap::new();
 
     // matchConditions: any false skips the policy; errors follow the failure policy.
+    let started = Instant::now();
     let mut errors = Vec::new();
     for c in &policy.conditions {
         match run(c, &scope, &none) {
@@ -93,7 +100,10 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
                 index: 0,
                 message,
                 reason: None,
+                elapsed: started.elapsed(),
             });
+        } else {
+            out.ignored.push(started.elapsed());
         }
         return out;
     }
@@ -120,6 +130,7 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
     }
 
     for (index, v) in policy.validations.iter().enumerate() {
+        let started = Instant::now();
         match run(&v.expression, &scope, &failed) {
             Ok(Value::Bool(true)) => {}
             Ok(_) => {
@@ -151,6 +162,7 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
                     index,
                     message,
                     reason: Some(v.reason.clone().unwrap_or_else(|| "Invalid".into())),
+                    elapsed: started.elapsed(),
                 });
             }
             Err(e) if fail => out.decisions.push(Decision {
@@ -158,8 +170,9 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
                 index,
                 message: e,
                 reason: None,
+                elapsed: started.elapsed(),
             }),
-            Err(_) => {}
+            Err(_) => out.ignored.push(started.elapsed()),
         }
     }
 

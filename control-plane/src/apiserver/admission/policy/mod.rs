@@ -269,7 +269,16 @@ fn admit(ctx: &Ctx, attrs: &Attributes) -> ApiResult<()> {
             for param in &params {
                 let outcome = evaluate::evaluate(&root, policy, param.as_ref());
                 for d in outcome.decisions.iter().filter(|d| d.deny) {
-                    act(policy, binding, d, &mut denied, &mut warnings);
+                    act(ctx, policy, binding, d, &mut denied, &mut warnings);
+                }
+                for took in outcome.ignored {
+                    ctx.api.metrics.policy_check(
+                        &policy.name,
+                        &binding.name,
+                        "allow",
+                        INVALID,
+                        took,
+                    );
                 }
                 for e in outcome.annotation_errors {
                     denied.push(Denial {
@@ -298,8 +307,14 @@ fn admit(ctx: &Ctx, attrs: &Attributes) -> ApiResult<()> {
     }
 }
 
-/// A denying decision through the binding's `validationActions`.
+/// The `error_type` of a validation that did not pass, as upstream's policy metrics
+/// label it (no cost budget here, so never `out_of_budget`).
+const INVALID: &str = "invalid_error";
+
+/// A denying decision through the binding's `validationActions`, each counted in the
+/// policy check metrics.
 fn act(
+    ctx: &Ctx,
     policy: &Policy,
     binding: &Binding,
     d: &Decision,
@@ -307,6 +322,12 @@ fn act(
     warnings: &mut Vec<String>,
 ) {
     for action in &binding.actions {
+        let counted = action.to_ascii_lowercase();
+        if matches!(counted.as_str(), "deny" | "warn" | "audit") {
+            ctx.api
+                .metrics
+                .policy_check(&policy.name, &binding.name, &counted, INVALID, d.elapsed);
+        }
         match action.as_str() {
             "Deny" => denied.push(Denial {
                 policy: policy.name.clone(),
