@@ -561,7 +561,7 @@ fn admission_webhooks_mutate_refuse_and_fail_as_configured() {
             1.0,
         ),
         (
-            r#"apiserver_admission_webhook_rejection_count{error_type="calling_webhook_error",name="dead.berth.dev",operation="CREATE",rejection_code="0",type="validating"}"#,
+            r#"apiserver_admission_webhook_rejection_count{error_type="calling_webhook_error",name="dead.berth.dev",operation="CREATE",rejection_code="400",type="validating"}"#,
             1.0,
         ),
         (

@@ -61,7 +61,11 @@ impl CrdSchema {
         let mut unknown = Vec::new();
         if let Some(map) = obj.as_object_mut() {
             let props = self.schema.get("properties").and_then(Value::as_object);
+            // Nulls and defaults before validation, as upstream defaults while decoding.
             drop_nulls(map, &self.schema);
+            if let Some(p) = props {
+                apply_defaults(map, p);
+            }
             for r in strs(self.schema.get("required")) {
                 if !map.contains_key(&r) {
                     causes.push(Cause::required(r));
@@ -88,9 +92,6 @@ impl CrdSchema {
                     known
                 });
             }
-            if let Some(p) = props {
-                apply_defaults(map, p);
-            }
         }
         (causes, unknown)
     }
@@ -105,21 +106,19 @@ fn nullable(schema: &Value) -> bool {
 }
 
 /// The apiextensions apiserver's treatment of `null`s before defaulting: a property
-/// whose schema is not `nullable` gets its `default` for a null, or loses the null
-/// (then `required` names it); a nullable property keeps it. Likewise list items.
+/// (or a map value, by `additionalProperties`) whose schema is not `nullable` gets its
+/// `default` for a null, or loses the null (then `required` names it); a nullable one
+/// keeps it. Likewise list items.
 fn drop_nulls(map: &mut Map<String, Value>, schema: &Value) {
-    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
-        return;
-    };
+    let props = schema.get("properties").and_then(Value::as_object);
+    let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+    let field = |key: &str| props.and_then(|p| p.get(key)).or(extra);
     map.retain(|key, value| {
-        !value.is_null()
-            || props
-                .get(key)
-                .is_none_or(|s| nullable(s) || s.get("default").is_some())
+        !value.is_null() || field(key).is_none_or(|s| nullable(s) || s.get("default").is_some())
     });
     for (key, value) in map.iter_mut() {
         if value.is_null()
-            && let Some(s) = props.get(key)
+            && let Some(s) = field(key)
             && !nullable(s)
             && let Some(d) = s.get("default")
         {
@@ -184,6 +183,9 @@ fn walk(
     }
     if let Value::Object(map) = value {
         drop_nulls(map, schema);
+        if let Some(p) = schema.get("properties").and_then(Value::as_object) {
+            apply_defaults(map, p);
+        }
     }
     if let Some(ty) = schema.get("type").and_then(Value::as_str)
         && !type_ok(value, ty, schema)
@@ -273,9 +275,6 @@ fn walk(
                     }
                     known
                 });
-            }
-            if let Some(p) = props {
-                apply_defaults(map, p);
             }
         }
         Value::Array(items) => {
@@ -572,5 +571,35 @@ mod tests {
             "{}",
             err.message
         );
+
+        // A required property with a default is defaulted first; a null map value of
+        // a non-nullable value schema goes.
+        let defaulted = CrdSchema {
+            schema: json!({
+                "type": "object",
+                "required": ["spec"],
+                "properties": {"spec": {
+                    "type": "object",
+                    "default": {},
+                    "required": ["mode"],
+                    "properties": {
+                        "mode": {"type": "string", "default": "fast"},
+                        "limits": {"type": "object", "additionalProperties": {"type": "string"}}
+                    }
+                }}
+            }),
+            printer_columns: Vec::new(),
+            kind: "Widget".into(),
+        };
+        let mut obj = json!({"metadata": {"name": "w"}});
+        defaulted
+            .apply(&mut obj, false)
+            .expect("defaulted before required");
+        assert_eq!(obj["spec"], json!({"mode": "fast"}));
+        let mut obj = json!({"spec": {"limits": {"cpu": "1", "memory": null}}});
+        defaulted
+            .apply(&mut obj, false)
+            .expect("the null map value goes");
+        assert_eq!(obj["spec"]["limits"], json!({"cpu": "1"}));
     }
 }

@@ -786,10 +786,11 @@ pub fn apply(
         last_time
     };
     entries.push(mine);
-    // A built-in type has no nulls (upstream's typed objects drop them, and defaults
-    // fill what they cleared); a custom resource's schema decides (`nullable`).
+    // A built-in type has no nulls where the configuration wrote them (upstream's typed
+    // objects drop them, and defaults fill what they cleared); a custom resource's
+    // schema decides (`nullable`).
     if def.typed.is_some() {
-        strip_nulls(&mut pruned);
+        typed::drop_applied_nulls(&mut pruned, &config, node);
     }
     set_managed(&mut pruned, encode(entries));
     // kubectl's server-side apply keeps a client-side apply annotation in step, so a
@@ -907,18 +908,6 @@ fn last_applied_fields(live: &Value, node: Node, ignored: &Set) -> Option<Set> {
     let set = typed::strip(&typed::field_set(&applied, node), ignored);
     let changed = typed::compare(&applied, live, node);
     Some(set.difference(&changed.modified))
-}
-
-/// Drops the `null`s from an object of a built-in type.
-fn strip_nulls(value: &mut Value) {
-    match value {
-        Value::Object(m) => {
-            m.retain(|_, v| !v.is_null());
-            m.values_mut().for_each(strip_nulls);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
-        _ => {}
-    }
 }
 
 /// 409 in kube-apiserver's words: `Apply failed with 1 conflict: conflict with

@@ -176,6 +176,8 @@ fn diff(
     // change of that value, as structured-merge-diff compares.
     let turned_null = new.is_some_and(Value::is_null);
     let (old, new) = match (old.filter(|v| !v.is_null()), new.filter(|v| !v.is_null())) {
+        // A null that went (a custom resource's nullable field): removed.
+        (None, None) if old.is_some() && new.is_none() => return out.removed.insert(path),
         (None, None) => return,
         (None, Some(n)) => return whole(n, node, path, &mut out.added),
         (Some(o), None) if turned_null && node.kind(o) == Kind::Leaf => {
@@ -348,6 +350,46 @@ fn merge_lists(
         }
     }
     out
+}
+
+/// Removes from `value` the nulls `config` sets, at the places it sets them (keyed
+/// list items matched by key): a built-in type's typed object has none there. Nulls
+/// the configuration did not write (inside raw JSON fields) stay.
+pub fn drop_applied_nulls(value: &mut Value, config: &Value, node: Node) {
+    match (value, config) {
+        (Value::Object(v), Value::Object(c)) => {
+            for (name, cv) in c {
+                if cv.is_null() {
+                    if v.get(name).is_some_and(Value::is_null) {
+                        v.remove(name);
+                    }
+                } else if let Some(vv) = v.get_mut(name) {
+                    drop_applied_nulls(vv, cv, node.field(name));
+                }
+            }
+        }
+        (Value::Array(v), Value::Array(c)) => match node.kind(config) {
+            Kind::Keyed(keys) => {
+                let items = node.items();
+                for ci in c {
+                    let key = item_key(ci, keys);
+                    if let Some(vi) = v.iter_mut().find(|vi| item_key(vi, keys) == key) {
+                        drop_applied_nulls(vi, ci, items);
+                    }
+                }
+            }
+            Kind::Set => {}
+            // Replaced whole: the configuration's items, in its order.
+            _ if v.len() == c.len() => {
+                let items = node.items();
+                for (vi, ci) in v.iter_mut().zip(c) {
+                    drop_applied_nulls(vi, ci, items);
+                }
+            }
+            _ => {}
+        },
+        _ => {}
+    }
 }
 
 /// Removes `path` from `value` (nothing if it is not there).
@@ -580,6 +622,23 @@ mod tests {
             )),
             json!({"f:spec": {"f:paused": {}}})
         );
+    }
+
+    #[test]
+    fn a_null_that_goes_is_removed_and_only_applied_nulls_are_dropped() {
+        let c = compare(
+            &json!({"spec": {"paused": null}}),
+            &json!({"spec": {}}),
+            deployment(),
+        );
+        assert_eq!(
+            c.removed.to_fields_v1(),
+            json!({"f:spec": {"f:paused": {}}})
+        );
+        let node = Node::builtin("io.k8s.api.apps.v1.ControllerRevision");
+        let mut merged = json!({"data": {"spec": {"x": null}}, "revision": null});
+        drop_applied_nulls(&mut merged, &json!({"revision": null, "data": {}}), node);
+        assert_eq!(merged, json!({"data": {"spec": {"x": null}}}));
     }
 
     #[test]

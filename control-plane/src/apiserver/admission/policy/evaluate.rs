@@ -36,8 +36,8 @@ pub struct Outcome {
     /// Audit annotation values to publish (`key`, value).
     pub annotations: Vec<(String, String)>,
     /// Audit annotations that failed under `Fail`: the request is denied, whatever the
-    /// binding's actions.
-    pub annotation_errors: Vec<String>,
+    /// binding's actions. With how long each took.
+    pub annotation_errors: Vec<(String, Duration)>,
     /// Validations that failed and were let through under `failurePolicy: Ignore`:
     /// how long each took.
     pub ignored: Vec<Duration>,
@@ -177,17 +177,21 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
     }
 
     for (key, c) in &policy.annotations {
+        let started = Instant::now();
         match run(c, &scope, &failed) {
             Ok(Value::String(s)) if !s.trim().is_empty() => {
                 out.annotations.push((key.clone(), s.trim().to_owned()));
             }
             Ok(Value::String(_) | Value::Null) => {}
-            Ok(other) if fail => out.annotation_errors.push(format!(
-                "valueExpression '{}' resulted in unsupported return type: {}. Return type must be either string or null.",
-                c.source,
-                other.type_of()
+            Ok(other) if fail => out.annotation_errors.push((
+                format!(
+                    "valueExpression '{}' resulted in unsupported return type: {}. Return type must be either string or null.",
+                    c.source,
+                    other.type_of()
+                ),
+                started.elapsed(),
             )),
-            Err(e) if fail => out.annotation_errors.push(e),
+            Err(e) if fail => out.annotation_errors.push((e, started.elapsed())),
             _ => {}
         }
     }

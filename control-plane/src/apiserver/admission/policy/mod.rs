@@ -280,7 +280,15 @@ fn admit(ctx: &Ctx, attrs: &Attributes) -> ApiResult<()> {
                         took,
                     );
                 }
-                for e in outcome.annotation_errors {
+                for (e, took) in outcome.annotation_errors {
+                    // Denied whatever the binding's actions, and counted so.
+                    ctx.api.metrics.policy_check(
+                        &policy.name,
+                        &binding.name,
+                        "deny",
+                        INVALID,
+                        took,
+                    );
                     denied.push(Denial {
                         policy: policy.name.clone(),
                         binding: Some(binding.name.clone()),

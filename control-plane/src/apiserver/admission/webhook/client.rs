@@ -265,8 +265,6 @@ fn chain(err: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-/// POSTs `body` to the webhook and returns its decoded answer, or why the call failed
-/// (the `Reason` of upstream's `ErrCallingWebhook`).
 /// A call that gave no answer: upstream's words, and the HTTP status the webhook
 /// answered with (0 when it did not answer).
 #[derive(Debug)]
@@ -287,6 +285,8 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// POSTs `body` to the webhook and returns its decoded answer, or why the call failed
+/// (the `Reason` of upstream's `ErrCallingWebhook`).
 pub async fn post(
     cc: &WebhookClientConfig,
     dest: &Destination,

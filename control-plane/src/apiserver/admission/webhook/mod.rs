@@ -96,7 +96,7 @@ fn gvr(def: &ResourceDef, attrs: &Attributes) -> Gvr {
 #[derive(Debug)]
 enum Failure {
     /// Upstream's `ErrCallingWebhook`: the failure policy decides. `code`: the HTTP
-    /// status the webhook answered with, 0 when it did not answer.
+    /// status the webhook answered with, else the one upstream gives the failure.
     Calling { why: String, code: u16 },
     /// The webhook refused (upstream's `ErrWebhookRejection`).
     Rejected(ApiError),
@@ -105,9 +105,16 @@ enum Failure {
 }
 
 impl Failure {
-    fn calling(why: String) -> Self {
-        Self::Calling { why, code: 0 }
+    fn calling(why: String, code: u16) -> Self {
+        Self::Calling { why, code }
     }
+}
+
+/// The status upstream's dispatchers give a call that got no HTTP answer (a
+/// connection error, a timeout, an undecodable body): 503 for a mutating webhook, 400
+/// for a validating one.
+fn unanswered(mutating: bool) -> u16 {
+    if mutating { 503 } else { 400 }
 }
 
 /// Records one call of `hook` in kube-apiserver's webhook metrics: its latency and
@@ -373,7 +380,7 @@ async fn call(
         return Err(Failure::Other(review::dry_run_unsupported(&hook.name)));
     }
     let version = review::review_version(&hook.review_versions)
-        .map_err(|e| Failure::calling(format!("could not create admission objects: {e}")))?;
+        .map_err(|e| Failure::calling(format!("could not create admission objects: {e}"), 400))?;
     let uid = object::new_uid();
     let object = invocation
         .external(ctx, attrs.object.as_ref())
@@ -391,8 +398,11 @@ async fn call(
         object.as_ref(),
         old.as_ref(),
     );
-    let dest = client::destination(&ctx.api.cache, &hook.client)
-        .map_err(|e| Failure::calling(format!("failed to call webhook: {e}")))?;
+    let dest = client::destination(&ctx.api.cache, &hook.client).map_err(|e| {
+        // Upstream: no REST client for the webhook.
+        let code = if mutating { 500 } else { 400 };
+        Failure::calling(format!("failed to call webhook: {e}"), code)
+    })?;
     let answer = client::post(
         &hook.client,
         &dest,
@@ -400,22 +410,27 @@ async fn call(
         hook.timeout,
     )
     .await
-    .map_err(|e| Failure::Calling {
-        why: e.message,
-        code: e.code,
+    .map_err(|e| {
+        let code = if e.code == 0 {
+            unanswered(mutating)
+        } else {
+            e.code
+        };
+        Failure::calling(e.message, code)
     })?;
     let resp = review::verify(version, &uid, mutating, &answer)
-        .map_err(|e| Failure::calling(format!("received invalid webhook response: {e}")))?;
+        .map_err(|e| Failure::calling(format!("received invalid webhook response: {e}"), 503))?;
+    // Annotations and warnings count for a refusal too.
+    for (k, v) in &resp.audit_annotations {
+        crate::apiserver::audit::annotate(&format!("{}/{k}", hook.name), v.clone());
+    }
+    ctx.warn(resp.warnings.clone());
     if !resp.allowed {
         return Err(Failure::Rejected(review::rejection(
             &hook.name,
             resp.status.as_ref(),
         )));
     }
-    for (k, v) in &resp.audit_annotations {
-        crate::apiserver::audit::annotate(&format!("{}/{k}", hook.name), v.clone());
-    }
-    ctx.warn(resp.warnings.clone());
     Ok((resp, object))
 }
 

@@ -59,9 +59,10 @@ async fn call_one(
         return Ok(false);
     };
     let patch: json_patch::Patch = serde_json::from_slice(&raw).map_err(|e| {
-        Failure::calling(format!(
-            "received undecodable patch in webhook response: {e}"
-        ))
+        Failure::calling(
+            format!("received undecodable patch in webhook response: {e}"),
+            503,
+        )
     })?;
     if patch.0.is_empty() {
         return Ok(false);
