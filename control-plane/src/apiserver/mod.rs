@@ -14,6 +14,7 @@ pub mod auth;
 pub mod authz;
 pub mod backend;
 pub mod bootstrap_token;
+pub mod coalesce;
 pub mod conversion;
 pub mod crd;
 pub mod discovery;
@@ -1056,6 +1057,7 @@ pub async fn serve(
                     return;
                 }
             };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             let identity = tls
                 .get_ref()
                 .1
@@ -1079,10 +1081,15 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(20));
-            if let Err(err) = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
+            // HTTP/2 (ALPN): writes coalesced per turn of the connection's task.
+            let served = if h2 {
+                let io = hyper_util::rt::TokioIo::new(coalesce::Coalesce::new(tls));
+                builder.serve_connection_with_upgrades(io, service).await
+            } else {
+                let io = hyper_util::rt::TokioIo::new(tls);
+                builder.serve_connection_with_upgrades(io, service).await
+            };
+            if let Err(err) = served {
                 tracing::debug!(%err, %peer, "connection ended");
             }
         });
