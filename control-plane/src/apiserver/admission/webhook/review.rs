@@ -295,12 +295,16 @@ pub fn rejection(webhook: &str, status: Option<&Value>) -> ApiError {
     } else {
         format!("{denied} without explanation")
     };
-    let code = status
+    // Upstream raises a code under 400 to 400 and keeps the rest; an HTTP status has
+    // three digits, so one past 999 (which Go's server would not write) is a 500.
+    let code = match status
         .and_then(|s| s.get("code"))
-        .and_then(Value::as_u64)
-        .and_then(|c| u16::try_from(c).ok())
-        .filter(|c| (400..=599).contains(c))
-        .unwrap_or(400);
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+    {
+        c if c < 400 => 400,
+        c => u16::try_from(c).ok().filter(|c| *c <= 999).unwrap_or(500),
+    };
     let mut err = ApiError::new(code, reason(text("reason")), message);
     err.details = status
         .and_then(|s| s.get("details"))
@@ -421,6 +425,13 @@ mod tests {
         assert_eq!(e.code, 400);
         let e = rejection("deny.example.com", None);
         assert_eq!(e.code, 400);
+        // Codes from 400 up are kept, beyond 5xx too, as kube-apiserver keeps them.
+        let e = rejection("deny.example.com", Some(&json!({"code": 600})));
+        assert_eq!(e.code, 600);
+        let e = rejection("deny.example.com", Some(&json!({"code": 429})));
+        assert_eq!(e.code, 429);
+        let e = rejection("deny.example.com", Some(&json!({"code": 70000})));
+        assert_eq!(e.code, 500);
         let e = calling_error("x.example.com", "failed to call webhook: boom");
         assert_eq!(
             e.message,
