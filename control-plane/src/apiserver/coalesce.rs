@@ -10,9 +10,11 @@
 //! acknowledged without writing and the connection's task is woken again; the bytes
 //! go out on that next turn of the task (h2 reads before it writes each turn), after
 //! the other tasks that were ready have queued their frames on the connection too.
-//! Past [`LIMIT`] bytes a write or flush goes to the socket at once, so a slow reader
-//! still pushes back. Only for HTTP/2: an HTTP/1.1 connection does not read while it
-//! streams a response, so it would not take its next turn.
+//! Past [`LIMIT`] bytes a write or flush goes to the socket at once, and once the socket
+//! is found full flushes wait for it as a plain stream's would, so a slow reader still
+//! pushes back and the task does not spin. Only for HTTP/2 (the connection is served as
+//! HTTP/2 only): an HTTP/1.1 connection does not read while it streams a response, so it
+//! would not take its next turn.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -32,6 +34,9 @@ pub struct Coalesce<T> {
     sent: usize,
     /// A flush was acknowledged while bytes were held back.
     deferred: bool,
+    /// The last try to write them found the socket full: flushes wait for it (with the
+    /// socket's waker) instead of waking the task again, which would spin.
+    blocked: bool,
 }
 
 impl<T> Coalesce<T> {
@@ -41,6 +46,7 @@ impl<T> Coalesce<T> {
             buf: Vec::new(),
             sent: 0,
             deferred: false,
+            blocked: false,
         }
     }
 }
@@ -49,16 +55,30 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
     /// Writes what is held back; then flushes the stream under it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]))?;
+            let written = Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]);
+            let Poll::Ready(n) = written else {
+                self.blocked = true;
+                return Poll::Pending;
+            };
+            let n = n?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
         }
-        self.buf.clear();
+        if self.buf.capacity() > LIMIT {
+            // A burst's buffer is not kept by an idle connection.
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.sent = 0;
-        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        if Pin::new(&mut self.inner).poll_flush(cx)?.is_pending() {
+            self.blocked = true;
+            return Poll::Pending;
+        }
         self.deferred = false;
+        self.blocked = false;
         Poll::Ready(Ok(()))
     }
 
@@ -125,7 +145,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         if this.buf.is_empty() {
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        if this.buf.len() >= LIMIT {
+        if this.buf.len() >= LIMIT || this.blocked {
             return this.poll_drain(cx);
         }
         // Held back until the task's next turn, which this wake guarantees: woken
@@ -175,6 +195,49 @@ mod tests {
         let mut rest = Vec::new();
         far.read_to_end(&mut rest).await.expect("far read");
         assert_eq!(rest, b"three");
+    }
+
+    #[test]
+    fn a_full_socket_makes_flushes_wait_instead_of_waking_the_task() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // A pipe that takes 8 bytes and then is full (nobody reads the far end).
+        let (near, _far) = tokio::io::duplex(8);
+        let mut io = Coalesce::new(near);
+        let mut pinned = Pin::new(&mut io);
+        assert!(matches!(
+            pinned.as_mut().poll_write(&mut cx, b"0123456789"),
+            Poll::Ready(Ok(10))
+        ));
+        assert!(matches!(
+            pinned.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "held back: the task is woken once"
+        );
+        // The next turn's read tries to write and finds the pipe full.
+        let mut space = [0u8; 4];
+        let mut out = ReadBuf::new(&mut space);
+        assert!(pinned.as_mut().poll_read(&mut cx, &mut out).is_pending());
+        let woken = count.0.load(Ordering::SeqCst);
+        // Flushes now wait for the pipe rather than wake the task (no spinning).
+        for _ in 0..3 {
+            assert!(pinned.as_mut().poll_flush(&mut cx).is_pending());
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), woken);
     }
 
     #[tokio::test]

@@ -1083,7 +1083,10 @@ pub async fn serve(
                 .keep_alive_timeout(Duration::from_secs(20));
             // HTTP/2 (ALPN): writes coalesced per turn of the connection's task.
             let served = if h2 {
+                // HTTP/2 whatever the first bytes look like, as ALPN agreed (the
+                // coalescing would stall an HTTP/1.1 response stream).
                 let io = hyper_util::rt::TokioIo::new(coalesce::Coalesce::new(tls));
+                let builder = builder.http2_only();
                 builder.serve_connection_with_upgrades(io, service).await
             } else {
                 let io = hyper_util::rt::TokioIo::new(tls);
