@@ -15,10 +15,10 @@ use std::time::Duration;
 use berth_control_plane::client::from_kubeconfig;
 use berth_testkit::{BerthServer, Kubectl};
 use futures_util::StreamExt;
-use hollow::{Kubelet, eventually, image, node, ready};
+use hollow::{Kubelet, default_service_account, eventually, image, node, ready};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -287,6 +287,9 @@ fn replicasets_adopt_orphans_and_endpoints_follow_readiness() {
         node(&client, "n1", "8", json!({}), json!([])).await;
         let _kubelet = Kubelet::start(client.clone(), &["n1"]);
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        // A pod is admitted once its namespace's default ServiceAccount exists; on a busy
+        // machine the controller may make it later than admission's 1.35 s wait.
+        default_service_account(&client, "default").await;
         // An orphan that the ReplicaSet will adopt instead of creating a third pod.
         let orphan: Pod = serde_json::from_value(json!({
             "metadata": {"name": "orphan", "labels": {"app": "echo"}},
@@ -547,21 +550,6 @@ fn namespaces_cascade_and_the_collector_honours_propagation() {
         })
         .await;
     });
-}
-
-/// Waits for `namespace`'s default ServiceAccount, which the serviceaccount controller
-/// makes a moment after the namespace (pods are admitted once it exists).
-async fn default_service_account(client: &kube::Client, namespace: &str) {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    eventually(
-        "the default ServiceAccount",
-        Duration::from_secs(20),
-        || {
-            let sas = sas.clone();
-            async move { sas.get_opt("default").await.ok()?.map(drop) }
-        },
-    )
-    .await;
 }
 
 #[test]

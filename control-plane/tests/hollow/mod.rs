@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -50,6 +50,7 @@ pub async fn node(
 
 #[allow(dead_code, reason = "each test binary uses what it needs")]
 pub async fn pod(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    default_service_account(client, "default").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut base = json!({"containers": [{"name": "c", "image": "busybox"}]});
     if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
@@ -62,6 +63,19 @@ pub async fn pod(client: &kube::Client, name: &str, spec: serde_json::Value) {
     pods.create(&PostParams::default(), &p)
         .await
         .expect("create pod");
+}
+
+/// Waits for `namespace`'s default ServiceAccount, which the serviceaccount controller
+/// makes a moment after the namespace: pods are admitted once it exists, and on a busy
+/// machine it may come later than admission's own 1.35 s wait for it.
+#[allow(dead_code, reason = "each test binary uses what it needs")]
+pub async fn default_service_account(client: &kube::Client, namespace: &str) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    eventually("the default ServiceAccount", Duration::from_secs(20), || {
+        let sas = sas.clone();
+        async move { sas.get_opt("default").await.ok()?.map(drop) }
+    })
+    .await;
 }
 
 /// The fake kubelet of a set of hollow nodes; stopped on drop.
