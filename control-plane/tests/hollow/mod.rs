@@ -71,10 +71,14 @@ pub async fn pod(client: &kube::Client, name: &str, spec: serde_json::Value) {
 #[allow(dead_code, reason = "each test binary uses what it needs")]
 pub async fn default_service_account(client: &kube::Client, namespace: &str) {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    eventually("the default ServiceAccount", Duration::from_secs(20), || {
-        let sas = sas.clone();
-        async move { sas.get_opt("default").await.ok()?.map(drop) }
-    })
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(20),
+        || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.ok()?.map(drop) }
+        },
+    )
     .await;
 }
 
