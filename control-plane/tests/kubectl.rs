@@ -385,6 +385,28 @@ spec:
         "7"
     );
     k.ok(&["delete", "widget", "w1"]);
+    // As Go decodes them, a null label or data value is the empty string (Helm renders
+    // an empty value as null), in built-in kinds and custom resources alike.
+    let out = k.run_with_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: nulls\n  labels: {team: null}\n\
+         data: {a: null, b: x}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  \
+         name: w3\n  labels: {team: }\nspec: {size: 1}\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cm = k.json(&["get", "configmap", "nulls"]);
+    assert_eq!(cm["metadata"]["labels"]["team"], "", "{cm}");
+    assert_eq!(cm["data"], serde_json::json!({"a": "", "b": "x"}), "{cm}");
+    let w = k.json(&["get", "widget", "w3"]);
+    assert_eq!(
+        w["metadata"]["labels"],
+        serde_json::json!({"team": ""}),
+        "{w}"
+    );
 }
 
 /// A custom resource served in two versions (the CRD's `None` conversion strategy):

@@ -41,6 +41,7 @@ pub mod snapshot;
 pub mod status;
 pub mod table;
 pub mod watch_cache;
+pub mod zero_values;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -59,6 +59,20 @@ pub struct Typed {
     pub definition: String,
 }
 
+impl Typed {
+    /// The typed round trip of `value`, its null map values and list items first made
+    /// the zero values Go's decoding gives them ([`super::zero_values`]).
+    pub fn decode(&self, mut value: Value) -> Result<Value, String> {
+        if super::zero_values::has_null(&value) {
+            super::zero_values::zero_nulls(
+                &mut value,
+                super::managed_fields::schema::Node::builtin(&self.definition),
+            );
+        }
+        (self.normalize)(value)
+    }
+}
+
 /// One served resource.
 #[derive(Debug, Clone)]
 pub struct ResourceDef {

@@ -55,6 +55,11 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// ObjectMeta, the schema of every object's `metadata`.
+    pub fn object_meta() -> Node<'static> {
+        Node::at(openapi::structure().get(OBJECT_META))
+    }
+
     /// No schema: the value's shape decides.
     pub fn deduced() -> Node<'static> {
         Node {
@@ -157,6 +162,26 @@ impl<'a> Node<'a> {
                 .and_then(|s| s.get("type"))
                 .and_then(Value::as_str)
                 .is_some_and(|t| t != "object")
+    }
+
+    /// Whether the schema here is known (not deduced from the value).
+    pub fn is_known(&self) -> bool {
+        self.resolved.is_some()
+    }
+
+    /// The zero value Go's decoding gives a null of the scalar or struct type here:
+    /// `""`, `0`, `false` or `{}`; none for int-or-string or an unknown type.
+    pub fn zero_value(&self) -> Option<Value> {
+        if self.extension("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            return None;
+        }
+        match self.resolved()?.get("type").and_then(Value::as_str)? {
+            "string" => Some(Value::String(String::new())),
+            "integer" | "number" => Some(Value::from(0)),
+            "boolean" => Some(Value::Bool(false)),
+            "object" => Some(Value::Object(serde_json::Map::new())),
+            _ => None,
+        }
     }
 
     /// Whether this is a map of arbitrary keys (labels, annotations, data…) rather

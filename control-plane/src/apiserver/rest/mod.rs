@@ -372,7 +372,7 @@ pub fn decode_object(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
     if let Some(typed) = &def.typed {
         let strict = ctx.query.strict()?;
         let input = strict.then(|| obj.clone());
-        let mut out = (typed.normalize)(obj).map_err(|e| {
+        let mut out = typed.decode(obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 def.kind, def.version, def.kind
@@ -392,10 +392,8 @@ pub fn decode_object(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         Ok(out)
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
-        // Metadata is ObjectMeta, whose typed form has no nulls.
-        if let Some(meta) = object::meta_mut(&mut obj) {
-            meta.retain(|_, v| !v.is_null());
-        }
+        // Metadata is ObjectMeta, decoded as upstream's typed form: no nulls.
+        super::zero_values::zero_meta_nulls(&mut obj);
         Ok(obj)
     } else {
         Ok(obj)

@@ -33,7 +33,7 @@ fn decode(def: &ResourceDef, mut obj: Value) -> Result<Value, String> {
         ));
     }
     if let Some(typed) = &def.typed {
-        obj = (typed.normalize)(obj)?;
+        obj = typed.decode(obj)?;
         if obj.get("metadata").is_none() {
             obj["metadata"] = json!({});
         }
@@ -41,6 +41,7 @@ fn decode(def: &ResourceDef, mut obj: Value) -> Result<Value, String> {
     }
     if let Some(schema) = &def.crd {
         schema.apply(&mut obj, false).map_err(|e| e.message)?;
+        crate::apiserver::zero_values::zero_meta_nulls(&mut obj);
     }
     Ok(obj)
 }
