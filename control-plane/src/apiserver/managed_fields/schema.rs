@@ -92,7 +92,7 @@ impl<'a> Node<'a> {
     /// The schema of field (or map key) `name` of an object here.
     pub fn field(&self, name: &str) -> Node<'a> {
         if self.root && name == "metadata" {
-            return Node::at(openapi::structure().get(OBJECT_META));
+            return Node::object_meta();
         }
         let Some(schema) = self.resolved() else {
             return Node::deduced();
@@ -169,17 +169,31 @@ impl<'a> Node<'a> {
         self.resolved.is_some()
     }
 
-    /// The zero value Go's decoding gives a null of the scalar or struct type here:
-    /// `""`, `0`, `false` or `{}`; none for int-or-string or an unknown type.
+    /// The zero value Go's decoding gives a null of the type here: `""`, `0` or
+    /// `false` for a scalar, `"0"` for a Quantity, `0` for an IntOrString, `{}` for a
+    /// struct. None where Go keeps the null (raw JSON, a Time) or the type is unknown.
     pub fn zero_value(&self) -> Option<Value> {
+        let reference = self.schema.and_then(reference);
         if self.extension("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            return Some(match reference {
+                Some(r) if r.ends_with(".resource.Quantity") => Value::String("0".into()),
+                _ => Value::from(0),
+            });
+        }
+        if reference
+            .is_some_and(|r| r.ends_with(".meta.v1.Time") || r.ends_with(".meta.v1.MicroTime"))
+        {
             return None;
         }
-        match self.resolved()?.get("type").and_then(Value::as_str)? {
+        let schema = self.resolved()?;
+        match schema.get("type").and_then(Value::as_str)? {
             "string" => Some(Value::String(String::new())),
             "integer" | "number" => Some(Value::from(0)),
             "boolean" => Some(Value::Bool(false)),
-            "object" => Some(Value::Object(serde_json::Map::new())),
+            // A struct; an object without properties is raw JSON, whose null stays.
+            "object" if schema.get("properties").is_some() => {
+                Some(Value::Object(serde_json::Map::new()))
+            }
             _ => None,
         }
     }
@@ -193,13 +207,18 @@ impl<'a> Node<'a> {
     }
 }
 
-/// The schema `schema` refers to (`$ref`, or an `allOf` of one), else itself.
-fn resolve(schema: &Value) -> Option<&Value> {
-    let reference = schema
+/// The name of the definition `schema` refers to (`$ref`, or an `allOf` of one).
+fn reference(schema: &Value) -> Option<&str> {
+    schema
         .get("$ref")
         .or_else(|| schema.pointer("/allOf/0/$ref"))
-        .and_then(Value::as_str);
-    match reference.and_then(|r| r.rsplit('/').next()) {
+        .and_then(Value::as_str)
+        .and_then(|r| r.rsplit('/').next())
+}
+
+/// The schema `schema` refers to (`$ref`, or an `allOf` of one), else itself.
+fn resolve(schema: &Value) -> Option<&Value> {
+    match reference(schema) {
         Some(name) => openapi::structure().get(name),
         None => Some(schema),
     }
