@@ -38,6 +38,8 @@ pub struct CrdSchema {
 impl CrdSchema {
     /// Validates, defaults and prunes a custom resource in place.
     pub fn apply(&self, obj: &mut Value, strict: bool) -> ApiResult<()> {
+        // Metadata is ObjectMeta, decoded as upstream's typed form.
+        super::zero_values::zero_meta_nulls(obj);
         let (causes, unknown) = self.walk(obj);
         if strict && !unknown.is_empty() {
             return Err(ApiError::unknown_fields(&unknown));

@@ -392,8 +392,6 @@ pub fn decode_object(ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
         Ok(out)
     } else if let Some(schema) = &def.crd {
         schema.apply(&mut obj, ctx.query.strict()?)?;
-        // Metadata is ObjectMeta, decoded as upstream's typed form: no nulls.
-        super::zero_values::zero_meta_nulls(&mut obj);
         Ok(obj)
     } else {
         Ok(obj)

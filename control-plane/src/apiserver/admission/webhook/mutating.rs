@@ -41,7 +41,6 @@ fn decode(def: &ResourceDef, mut obj: Value) -> Result<Value, String> {
     }
     if let Some(schema) = &def.crd {
         schema.apply(&mut obj, false).map_err(|e| e.message)?;
-        crate::apiserver::zero_values::zero_meta_nulls(&mut obj);
     }
     Ok(obj)
 }
