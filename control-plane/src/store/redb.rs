@@ -725,8 +725,16 @@ fn start_writeback(path: &Path, inner: &Arc<Inner>) -> Result<()> {
         if commits == synced {
             return;
         }
+        let started = std::time::Instant::now();
         if let Err(err) = file.sync_data() {
             tracing::warn!(%err, "store writeback");
+        }
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "store writeback took too long"
+            );
         }
         synced = commits;
     })
@@ -789,6 +797,7 @@ impl Writer {
         let mut outcomes: Vec<Result<Outcome>> = Vec::with_capacity(group.len());
         let mut events: Vec<Event> = Vec::new();
         let mut next_expiry = self.next_expiry.load(Ordering::Acquire);
+        let mut timing = CommitTiming::start();
         let result = (|| -> Result<()> {
             let mut txn = self.db.begin_write().map_err(backend)?;
             // Durable through the log, not through redb (see the module docs).
@@ -817,9 +826,14 @@ impl Writer {
             if journal.is_empty() {
                 return txn.abort().map_err(backend);
             }
+            timing.step(Step::Apply);
             self.wal.append(&journal)?;
-            txn.commit().map_err(backend)
+            timing.step(Step::LogSync);
+            txn.commit().map_err(backend)?;
+            timing.step(Step::Commit);
+            Ok(())
         })();
+        timing.report(group.len());
         if let Err(err) = result {
             tracing::error!(%err, requests = group.len(), "store commit failed");
             for req in group {
@@ -847,15 +861,75 @@ impl Writer {
             let started = std::time::Instant::now();
             let log_bytes = self.wal.size();
             let result = checkpoint(&self.db, &mut self.wal);
-            tracing::debug!(
-                took_us = started.elapsed().as_micros() as u64,
-                log_bytes,
-                "store checkpoint"
-            );
+            let took = started.elapsed();
+            if took >= SLOW_COMMIT {
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    log_bytes,
+                    "store checkpoint took too long"
+                );
+            } else {
+                tracing::debug!(
+                    took_us = took.as_micros() as u64,
+                    log_bytes,
+                    "store checkpoint"
+                );
+            }
             if let Err(err) = result {
                 tracing::error!(%err, "store checkpoint failed; the log keeps growing");
             }
             self.last_checkpoint = std::time::Instant::now();
+        }
+    }
+}
+
+/// A commit group slower than this is logged with where its time went, as etcd warns
+/// of "apply request took too long" past 100 ms.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy)]
+enum Step {
+    Apply,
+    LogSync,
+    Commit,
+}
+
+/// Where one commit group's time goes, for the slow-commit warning.
+struct CommitTiming {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    /// Microseconds in each [`Step`].
+    steps: [u64; 3],
+}
+
+impl CommitTiming {
+    fn start() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            started: now,
+            last: now,
+            steps: [0; 3],
+        }
+    }
+
+    fn step(&mut self, step: Step) {
+        let now = std::time::Instant::now();
+        self.steps[step as usize] = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+    }
+
+    fn report(&self, requests: usize) {
+        let took = self.started.elapsed();
+        if took >= SLOW_COMMIT {
+            let [apply_us, log_sync_us, commit_us] = self.steps;
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                requests,
+                apply_us,
+                log_sync_us,
+                commit_us,
+                "store commit took too long"
+            );
         }
     }
 }

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use berth_testkit::{BerthServer, Etcd};
 
 use super::Report;
+use super::disk::{DiskMonitor, Stalls};
 use super::stats::percentile;
 use crate::util;
 
@@ -46,6 +47,10 @@ const WATCHERS: usize = 100;
 /// Watch streams multiplexed on one HTTP/2 connection.
 const WATCHES_PER_CONN: usize = 10;
 const MIX_SECS: u64 = 30;
+/// Rounds of the mixed phase, back to back on the same server and watchers: each latency
+/// figure is the median over the rounds of that round's percentile, so one stall of this
+/// shared machine's disk (seen in one run in three) does not stand for the whole run.
+const MIX_ROUNDS: usize = 3;
 /// Requests per second each client starts in the mixed phase; the last of every
 /// RATE is a list of 1000 pods, the others cycle create / get / update.
 const RATE_PER_CLIENT: usize = 40;
@@ -176,6 +181,9 @@ pub struct Target {
     /// The server's PID, for its RSS.
     #[arg(long)]
     pub pid: u32,
+    /// The server's data directory: stalls of the disk it is on are reported.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// An etcd member's client port on 127.0.0.1: the baseline for durable writes.
     #[arg(long)]
     pub etcd_port: Option<u16>,
@@ -775,6 +783,8 @@ fn run_load(release: &Path, server: &BerthServer, extra: &[&str]) -> Result<Repo
         ])
         .arg("--ca")
         .arg(server.ca())
+        .arg("--data-dir")
+        .arg(server.dir())
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("run xtask apiserver-load {}", extra.join(" ")))?;
@@ -927,126 +937,33 @@ pub fn load(target: &Target) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-type Samples = Arc<Mutex<Vec<f64>>>;
-
 /// The figures of the mixed and throughput phases alone (`apiserver-load --core-only`),
 /// named as in the full report: JSON creates' latency in the mixed phase, watch
 /// delivery to the 100 watchers, durable creates/s of the throughput phase.
-fn core_report(lat: &HashMap<&str, Vec<f64>>, deliveries: &[f64], creates_per_s: f64) -> Report {
-    let round = |x: Option<f64>| (x.unwrap_or(f64::NAN) * 100.0).round() / 100.0;
-    let creates = lat.get("create").map_or(&[][..], Vec::as_slice);
+fn core_report(mixed: &Mixed, creates_per_s: f64) -> Report {
+    let round = |x: f64| (x * 100.0).round() / 100.0;
     let mut report = Report::default();
-    report.figure("create_p50_ms", round(percentile(creates, 50.0)));
-    report.figure("create_p99_ms", round(percentile(creates, 99.0)));
-    report.figure("create_calls", creates.len());
-    report.figure("watch_delivery_p50_ms", round(percentile(deliveries, 50.0)));
-    report.figure("watch_delivery_p99_ms", round(percentile(deliveries, 99.0)));
-    report.figure("watch_events", deliveries.len());
+    report.figure("create_p50_ms", round(mixed.percentile("create", 50.0)));
+    report.figure("create_p99_ms", round(mixed.percentile("create", 99.0)));
+    report.figure("create_calls", mixed.calls("create"));
+    report.figure("watch_delivery_p50_ms", round(mixed.watch(50.0)));
+    report.figure("watch_delivery_p99_ms", round(mixed.watch(99.0)));
+    report.figure("watch_events", mixed.events());
     report.figure("creates_per_s", creates_per_s.round());
+    mixed.record(&mut report);
+    report.notes.push(mixed.note());
     report
 }
 
-/// The load and its measurements (run by `xtask apiserver-load`).
-pub async fn measure(server: &Target) -> Result<Report> {
-    if server.secrets_only {
-        let lat = secret_creates(server, "secrets").await?;
-        let mut report = Report::default();
-        report.figure(
-            "secret_create_p99_ms",
-            (percentile(&lat, 99.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
-        );
-        report.figure(
-            "secret_create_p50_ms",
-            (percentile(&lat, 50.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
-        );
-        return Ok(report);
-    }
-    let pid = server.pid;
-    let mut admin = Conn::connect(server).await?;
-    for ns in ["list1000", "bench", "throughput", "fill"] {
-        namespace(&mut admin, ns).await?;
-    }
-    fill(server, "list1000", "l", 1000).await?;
-    fill(server, "bench", "seed", 200).await?;
-    rbac_objects(&mut admin).await?;
-    // What one list of 1000 pods weighs in each encoding.
-    let mut list_bytes = Vec::new();
-    for accept in ["application/json", PROTOBUF] {
-        let body = admin
-            .call_as(
-                Method::GET,
-                "/api/v1/namespaces/list1000/pods",
-                "application/json",
-                accept,
-                Bytes::new(),
-            )
-            .await?;
-        list_bytes.push(body.len());
-    }
-
-    // 100 watchers from the current resourceVersion.
-    let list = admin
-        .call(
-            Method::GET,
-            "/api/v1/namespaces/bench/pods?limit=1",
-            "application/json",
-            Bytes::new(),
-        )
-        .await?;
-    let list: serde_json::Value = serde_json::from_slice(&list)?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_owned();
-    let acks: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let deliveries: Samples = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut watchers = Vec::new();
-    let mut conn = Conn::connect(server).await?;
-    for w in 0..WATCHERS {
-        if w % WATCHES_PER_CONN == 0 {
-            conn = Conn::connect(server).await?;
-        }
-        let path = format!(
-            "/api/v1/namespaces/bench/pods?watch=1&resourceVersion={rv}&timeoutSeconds={}",
-            MIX_SECS + 30
-        );
-        let req = conn.request(Method::GET, &path, "application/json", Bytes::new())?;
-        conn.send.ready().await?;
-        let resp = conn.send.send_request(req).await?;
-        if resp.status() != StatusCode::OK {
-            bail!("watch: {}", resp.status());
-        }
-        let (acks, deliveries, stop) = (acks.clone(), deliveries.clone(), stop.clone());
-        watchers.push(tokio::spawn(async move {
-            let mut body = resp.into_body();
-            let mut buf: Vec<u8> = Vec::new();
-            while let Some(Ok(frame)) = body.frame().await {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                buf.extend_from_slice(&data);
-                let now = Instant::now();
-                while let Some(nl) = memchr::memchr(b'\n', &buf) {
-                    if let Some(name) = event_name(&buf[..nl]) {
-                        let acked = acks.lock().ok().and_then(|a| a.get(name).copied());
-                        if let (Some(at), Ok(mut d)) = (acked, deliveries.lock()) {
-                            d.push(now.saturating_duration_since(at).as_secs_f64() * 1000.0);
-                        }
-                    }
-                    buf.drain(..=nl);
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    // 30 s of mixed traffic, paced (open loop): each client starts a request every
-    // 1/RATE s whether or not the last one is done, and latency counts from the
-    // scheduled start, so a slow server cannot hide queueing by slowing the clients.
+/// One round of the mixed phase: {MIX_SECS} s of traffic, paced (open loop) — each client
+/// starts a request every 1/RATE s whether or not the last one is done, and latency counts
+/// from the scheduled start, so a slow server cannot hide queueing by slowing the clients.
+/// Each verb's latencies (ms).
+async fn mixed_round(
+    server: &Target,
+    round: usize,
+    acks: &Arc<Mutex<HashMap<String, (Instant, usize)>>>,
+) -> Result<HashMap<&'static str, Vec<f64>>> {
     let lat: Arc<Mutex<HashMap<&'static str, Vec<f64>>>> = Arc::default();
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(MIX_SECS);
@@ -1087,7 +1004,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
                     let started = at;
                     match verb {
                         "create" | "create_protobuf" => {
-                            let name = format!("mix-{c}-{i}");
+                            let name = format!("mix-{round}-{c}-{i}");
                             if verb == "create" {
                                 conn.create("bench", &name).await?;
                             } else {
@@ -1095,7 +1012,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
                             }
                             let at = Instant::now();
                             if let Ok(mut a) = acks.lock() {
-                                a.insert(name, at);
+                                a.insert(name, (at, round));
                             }
                         }
                         "get" | "authz_get" => {
@@ -1162,6 +1079,233 @@ pub async fn measure(server: &Target) -> Result<Report> {
     for t in tasks {
         t.await??;
     }
+    Ok(lat.lock().map(|l| l.clone()).unwrap_or_default())
+}
+
+/// The mixed phase's measurements, per round.
+struct Mixed {
+    rounds: Vec<HashMap<&'static str, Vec<f64>>>,
+    deliveries: Vec<Vec<f64>>,
+    /// The data disk's stalls in each round (`None` where it is not monitored).
+    stalls: Vec<Option<Stalls>>,
+}
+
+impl Mixed {
+    fn verb(&self, verb: &str) -> impl Iterator<Item = &[f64]> {
+        self.rounds
+            .iter()
+            .map(move |r| r.get(verb).map_or(&[][..], Vec::as_slice))
+    }
+
+    /// Each round's `q`th percentile of a verb's latencies.
+    fn per_round(&self, verb: &str, q: f64) -> Vec<f64> {
+        self.verb(verb)
+            .map(|l| percentile(l, q).unwrap_or(f64::NAN))
+            .collect()
+    }
+
+    /// The median over the rounds of each round's `q`th percentile.
+    fn percentile(&self, verb: &str, q: f64) -> f64 {
+        median(&self.per_round(verb, q))
+    }
+
+    fn calls(&self, verb: &str) -> usize {
+        self.verb(verb).map(<[f64]>::len).sum()
+    }
+
+    fn watch_per_round(&self, q: f64) -> Vec<f64> {
+        self.deliveries
+            .iter()
+            .map(|d| percentile(d, q).unwrap_or(f64::NAN))
+            .collect()
+    }
+
+    fn watch(&self, q: f64) -> f64 {
+        median(&self.watch_per_round(q))
+    }
+
+    fn events(&self) -> usize {
+        self.deliveries.iter().map(Vec::len).sum()
+    }
+
+    /// Per-round figures and the disk's stalls, in `report`'s figures.
+    fn record(&self, report: &mut Report) {
+        let round = |v: Vec<f64>| -> Vec<f64> {
+            v.into_iter().map(|x| (x * 100.0).round() / 100.0).collect()
+        };
+        report.figure(
+            "create_p99_ms_rounds",
+            round(self.per_round("create", 99.0)),
+        );
+        report.figure(
+            "update_p99_ms_rounds",
+            round(self.per_round("update", 99.0)),
+        );
+        report.figure(
+            "watch_delivery_p99_ms_rounds",
+            round(self.watch_per_round(99.0)),
+        );
+        let stalls: Vec<Stalls> = self.stalls.iter().flatten().copied().collect();
+        if stalls.len() == self.stalls.len() && !stalls.is_empty() {
+            report.figure(
+                "disk_stall_max_ms_rounds",
+                round(stalls.iter().map(|s| s.longest_ms).collect()),
+            );
+            report.figure(
+                "disk_stalls_over_100ms",
+                stalls.iter().map(|s| s.over_threshold).sum::<usize>(),
+            );
+        }
+    }
+
+    /// The note saying what each round saw.
+    fn note(&self) -> String {
+        let list = |v: Vec<f64>| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let disk = if self.stalls.iter().all(Option::is_some) {
+            format!(
+                "; the data disk's longest stall (I/O in flight, none completed) {} ms",
+                list(self.stalls.iter().flatten().map(|s| s.longest_ms).collect())
+            )
+        } else {
+            "; the data disk was not monitored".into()
+        };
+        format!(
+            "{MIX_ROUNDS} mixed rounds of {MIX_SECS} s, each latency figure the median over the rounds of that round's percentile — per round, create p99 {} ms, update p99 {} ms, watch delivery p99 {} ms{disk}",
+            list(self.per_round("create", 99.0)),
+            list(self.per_round("update", 99.0)),
+            list(self.watch_per_round(99.0)),
+        )
+    }
+}
+
+/// The median of a few values (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The load and its measurements (run by `xtask apiserver-load`).
+pub async fn measure(server: &Target) -> Result<Report> {
+    if server.secrets_only {
+        let lat = secret_creates(server, "secrets").await?;
+        let mut report = Report::default();
+        report.figure(
+            "secret_create_p99_ms",
+            (percentile(&lat, 99.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
+        );
+        report.figure(
+            "secret_create_p50_ms",
+            (percentile(&lat, 50.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
+        );
+        return Ok(report);
+    }
+    let pid = server.pid;
+    let mut admin = Conn::connect(server).await?;
+    for ns in ["list1000", "bench", "throughput", "fill"] {
+        namespace(&mut admin, ns).await?;
+    }
+    fill(server, "list1000", "l", 1000).await?;
+    fill(server, "bench", "seed", 200).await?;
+    rbac_objects(&mut admin).await?;
+    // What one list of 1000 pods weighs in each encoding.
+    let mut list_bytes = Vec::new();
+    for accept in ["application/json", PROTOBUF] {
+        let body = admin
+            .call_as(
+                Method::GET,
+                "/api/v1/namespaces/list1000/pods",
+                "application/json",
+                accept,
+                Bytes::new(),
+            )
+            .await?;
+        list_bytes.push(body.len());
+    }
+
+    // 100 watchers from the current resourceVersion.
+    let list = admin
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/bench/pods?limit=1",
+            "application/json",
+            Bytes::new(),
+        )
+        .await?;
+    let list: serde_json::Value = serde_json::from_slice(&list)?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    // Each create's answer time and mixed round, and each round's deliveries.
+    let acks: Arc<Mutex<HashMap<String, (Instant, usize)>>> = Arc::default();
+    let deliveries: Arc<Mutex<Vec<Vec<f64>>>> = Arc::new(Mutex::new(vec![Vec::new(); MIX_ROUNDS]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    let mut conn = Conn::connect(server).await?;
+    for w in 0..WATCHERS {
+        if w % WATCHES_PER_CONN == 0 {
+            conn = Conn::connect(server).await?;
+        }
+        let path = format!(
+            "/api/v1/namespaces/bench/pods?watch=1&resourceVersion={rv}&timeoutSeconds={}",
+            MIX_SECS * MIX_ROUNDS as u64 + 30
+        );
+        let req = conn.request(Method::GET, &path, "application/json", Bytes::new())?;
+        conn.send.ready().await?;
+        let resp = conn.send.send_request(req).await?;
+        if resp.status() != StatusCode::OK {
+            bail!("watch: {}", resp.status());
+        }
+        let (acks, deliveries, stop) = (acks.clone(), deliveries.clone(), stop.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut body = resp.into_body();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                let now = Instant::now();
+                while let Some(nl) = memchr::memchr(b'\n', &buf) {
+                    if let Some(name) = event_name(&buf[..nl]) {
+                        let acked = acks.lock().ok().and_then(|a| a.get(name).copied());
+                        if let (Some((at, round)), Ok(mut d)) = (acked, deliveries.lock())
+                            && let Some(d) = d.get_mut(round)
+                        {
+                            d.push(now.saturating_duration_since(at).as_secs_f64() * 1000.0);
+                        }
+                    }
+                    buf.drain(..=nl);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let disk = server.data_dir.as_deref().and_then(DiskMonitor::start);
+    let mut rounds = Vec::with_capacity(MIX_ROUNDS);
+    let mut stalls = Vec::with_capacity(MIX_ROUNDS);
+    for round in 0..MIX_ROUNDS {
+        if let Some(disk) = &disk {
+            disk.take();
+        }
+        rounds.push(mixed_round(server, round, &acks).await?);
+        stalls.push(disk.as_ref().map(DiskMonitor::take));
+    }
+    drop(disk);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for w in watchers {
@@ -1169,6 +1313,12 @@ pub async fn measure(server: &Target) -> Result<Report> {
     }
     drop(conn);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let deliveries = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
+    let mixed = Mixed {
+        rounds,
+        deliveries,
+        stalls,
+    };
 
     // Durable creates/s.
     let created = Arc::new(AtomicUsize::new(0));
@@ -1194,9 +1344,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
     let creates = created.load(Ordering::Relaxed);
     let creates_per_s = creates as f64 / started.elapsed().as_secs_f64();
     if server.core_only {
-        let lat = lat.lock().map(|l| l.clone()).unwrap_or_default();
-        let deliveries = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
-        return Ok(core_report(&lat, &deliveries, creates_per_s));
+        return Ok(core_report(&mixed, creates_per_s));
     }
     let etcd = match server.etcd_port {
         Some(port) => Some(etcd_puts_per_s(port).await?),
@@ -1241,24 +1389,15 @@ pub async fn measure(server: &Target) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_10k = rss_mb(pid);
 
-    let lat = lat.lock().map(|l| l.clone()).unwrap_or_default();
-    let p99 = |verb: &str| {
-        lat.get(verb)
-            .and_then(|v| percentile(v, 99.0))
-            .unwrap_or(f64::NAN)
-    };
-    let p50 = |verb: &str| {
-        lat.get(verb)
-            .and_then(|v| percentile(v, 50.0))
-            .unwrap_or(f64::NAN)
-    };
-    let calls = |verb: &str| lat.get(verb).map_or(0, Vec::len);
-    let deliveries = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
-    let watch_p99 = percentile(&deliveries, 99.0).unwrap_or(f64::NAN);
-    let watch_p50 = percentile(&deliveries, 50.0).unwrap_or(f64::NAN);
+    let p99 = |verb: &str| mixed.percentile(verb, 99.0);
+    let p50 = |verb: &str| mixed.percentile(verb, 50.0);
+    let calls = |verb: &str| mixed.calls(verb);
+    let watch_p99 = mixed.watch(99.0);
+    let watch_p50 = mixed.watch(50.0);
     let round = |x: f64| (x * 100.0).round() / 100.0;
 
     let mut report = Report::default();
+    mixed.record(&mut report);
     report.figure("create_p99_ms", round(p99("create")));
     report.figure("get_p99_ms", round(p99("get")));
     report.figure("authz_get_p99_ms", round(p99("authz_get")));
@@ -1360,7 +1499,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
         vec![
             format!(
                 "watch delivery ({} events to {WATCHERS} watchers)",
-                deliveries.len()
+                mixed.events()
             ),
             format!("{watch_p50:.2} ms"),
             format!("{watch_p99:.2} ms"),
@@ -1418,7 +1557,8 @@ pub async fn measure(server: &Target) -> Result<Report> {
         ],
     ];
     report.notes = vec![
-        format!("mixed phase: {CLIENTS} clients (one HTTP/2 + TLS connection each, bearer token) for {MIX_SECS} s, each starting {RATE_PER_CLIENT} requests/s on a fixed schedule (open loop): one list of 1000 pods per second, the rest cycling create / get / update (merge patch); every other list and create is protobuf in and out (`application/vnd.kubernetes.protobuf`, as client-go's typed clients send), the others JSON — {} requests/s in all, while {WATCHERS} watch streams ({WATCHES_PER_CONN} per connection) follow the namespace; clients, watchers and server share this 2-core machine", CLIENTS * RATE_PER_CLIENT),
+        format!("mixed phase: {CLIENTS} clients (one HTTP/2 + TLS connection each, bearer token) for {MIX_ROUNDS} × {MIX_SECS} s, each starting {RATE_PER_CLIENT} requests/s on a fixed schedule (open loop): one list of 1000 pods per second, the rest cycling create / get / update (merge patch); every other list and create is protobuf in and out (`application/vnd.kubernetes.protobuf`, as client-go's typed clients send), the others JSON — {} requests/s in all, while {WATCHERS} watch streams ({WATCHES_PER_CONN} per connection) follow the namespace; clients, watchers and server share this 2-core machine", CLIENTS * RATE_PER_CLIENT),
+        mixed.note(),
         "latency is from the request's scheduled start to having read the whole answer (queueing included; the client counts the items but does not decode them, in either encoding); watch delivery from the create's answer to the event's arrival at each watcher".into(),
         format!("throughput phase: {CLIENTS} clients creating pods back to back (closed loop) for {CREATE_SECS} s"),
         "every create is durable (fsync'd) before it is answered; group commit shares one fsync among concurrent writes".into(),

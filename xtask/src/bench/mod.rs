@@ -6,6 +6,7 @@
 pub mod apiserver;
 mod cni;
 mod crossnode;
+mod disk;
 mod dns;
 mod hollow;
 mod lb;

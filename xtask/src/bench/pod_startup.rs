@@ -485,6 +485,7 @@ pub fn run() -> Result<Report> {
     let target = Target {
         port: server.port(),
         ca: server.ca(),
+        data_dir: None,
         pid: server.pid().context("server pid")?,
         etcd_port: None,
         secrets_only: false,
