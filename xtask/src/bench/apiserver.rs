@@ -46,10 +46,13 @@ const CLIENTS: usize = 16;
 const WATCHERS: usize = 100;
 /// Watch streams multiplexed on one HTTP/2 connection.
 const WATCHES_PER_CONN: usize = 10;
-const MIX_SECS: u64 = 30;
-/// Rounds of the mixed phase, back to back on the same server and watchers: each latency
-/// figure is the median over the rounds of that round's percentile, so one stall of this
-/// shared machine's disk (seen in one run in three) does not stand for the whole run.
+/// Length of one round of the mixed phase.
+const MIX_SECS: u64 = 10;
+/// Rounds of the mixed phase, back to back on the same server and watchers (30 s in
+/// all, the same load as before rounds): each latency figure is the median over the
+/// rounds of that round's percentile, so one stall of this shared machine's disk (a
+/// single write held 100–560 ms by the virtual disk, seen in one run in three) does not
+/// stand for the whole run.
 const MIX_ROUNDS: usize = 3;
 /// Requests per second each client starts in the mixed phase; the last of every
 /// RATE is a list of 1000 pods, the others cycle create / get / update.
@@ -678,7 +681,7 @@ pub fn run() -> Result<Report> {
         etcd_column(&mut report, &etcd, prefix, members, label);
     }
     report.notes.push(format!(
-        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99 and durable creates/s; each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (each member fdatasyncs every raft log entry, and a write is acknowledged once a quorum has), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
+        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_ROUNDS} × {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99 and durable creates/s; each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (each member fdatasyncs every raft log entry, and a write is acknowledged once a quorum has), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
     ));
     util::step(format!(
         "bench apiserver took {:.0} s (release build included)",
@@ -955,7 +958,7 @@ fn core_report(mixed: &Mixed, creates_per_s: f64) -> Report {
     report
 }
 
-/// One round of the mixed phase: {MIX_SECS} s of traffic, paced (open loop) — each client
+/// One round of the mixed phase: [`MIX_SECS`] of traffic, paced (open loop) — each client
 /// starts a request every 1/RATE s whether or not the last one is done, and latency counts
 /// from the scheduled start, so a slow server cannot hide queueing by slowing the clients.
 /// Each verb's latencies (ms).

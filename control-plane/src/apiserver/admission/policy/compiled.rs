@@ -18,12 +18,20 @@ use crate::store::Revision;
 const POLICIES: &str = "/registry/admissionregistration.k8s.io/validatingadmissionpolicies/";
 const BINDINGS: &str = "/registry/admissionregistration.k8s.io/validatingadmissionpolicybindings/";
 
+/// An expression of a stored policy, compiled — or why it does not compile. A stored
+/// expression can stop compiling (an upgrade that changes the CEL environment); as
+/// kube-apiserver, that fails only the expression, at evaluation ("compilation error:
+/// …", under the policy's `failurePolicy`), not the whole policy.
+pub type Expression = Result<Compiled, String>;
+
 /// One validation of a policy.
 #[derive(Debug)]
 pub struct Validation {
-    pub expression: Compiled,
+    pub expression: Expression,
+    /// The expression's text (for "failed expression: …").
+    pub source: String,
     pub message: Option<String>,
-    pub message_expression: Option<Compiled>,
+    pub message_expression: Option<Expression>,
     pub reason: Option<String>,
 }
 
@@ -36,12 +44,11 @@ pub struct Policy {
     /// `paramKind` as (apiVersion, kind).
     pub param_kind: Option<(String, String)>,
     pub constraints: Constraints,
-    pub conditions: Vec<Compiled>,
-    pub variables: Vec<(String, Compiled)>,
+    pub conditions: Vec<Expression>,
+    pub variables: Vec<(String, Expression)>,
     pub validations: Vec<Validation>,
-    pub annotations: Vec<(String, Compiled)>,
-    /// Why the stored policy cannot be used (an expression that no longer compiles).
-    pub error: Option<String>,
+    /// `auditAnnotations` as (key, valueExpression).
+    pub annotations: Vec<(String, Expression)>,
 }
 
 /// A ValidatingAdmissionPolicyBinding.
@@ -169,7 +176,6 @@ fn compile_binding(b: &ValidatingAdmissionPolicyBinding) -> Binding {
 /// Compiles every expression of a stored policy.
 pub fn compile_policy(p: &ValidatingAdmissionPolicy) -> Policy {
     let spec = p.spec.clone().unwrap_or_default();
-    let mut errors = Vec::new();
     let params = spec.param_kind.is_some();
     let names: Vec<String> = spec
         .variables
@@ -178,14 +184,7 @@ pub fn compile_policy(p: &ValidatingAdmissionPolicy) -> Policy {
         .map(|v| v.name.clone())
         .collect();
     let declared = (!names.is_empty()).then_some(names.as_slice());
-    let mut build =
-        |source: &str, decls: Decls, returns: Returns| match compile(source, &decls, returns) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errors.push(format!("{source}: {e}"));
-                None
-            }
-        };
+    let build = |source: &str, decls: Decls, returns: Returns| compile(source, &decls, returns);
     let with = |variables, authorizer| Decls {
         params,
         authorizer,
@@ -195,49 +194,47 @@ pub fn compile_policy(p: &ValidatingAdmissionPolicy) -> Policy {
         .match_conditions
         .iter()
         .flatten()
-        .filter_map(|c| build(&c.expression, with(None, true), Returns::Bool))
+        .map(|c| build(&c.expression, with(None, true), Returns::Bool))
         .collect();
     let variables = spec
         .variables
         .iter()
         .flatten()
         .enumerate()
-        .filter_map(|(i, v)| {
+        .map(|(i, v)| {
             let earlier = &names[..i];
-            Some((
+            (
                 v.name.clone(),
-                build(&v.expression, with(Some(earlier), true), Returns::Any)?,
-            ))
+                build(&v.expression, with(Some(earlier), true), Returns::Any),
+            )
         })
         .collect();
     let validations = spec
         .validations
         .iter()
         .flatten()
-        .filter_map(|v| {
-            let message_expression = match v.message_expression.as_deref().map(str::trim) {
-                Some(me) if !me.is_empty() => {
-                    Some(build(me, with(declared, false), Returns::String)?)
-                }
-                _ => None,
-            };
-            Some(Validation {
-                expression: build(&v.expression, with(declared, true), Returns::Bool)?,
-                message: v.message.clone(),
-                message_expression,
-                reason: v.reason.clone(),
-            })
+        .map(|v| Validation {
+            expression: build(&v.expression, with(declared, true), Returns::Bool),
+            source: v.expression.clone(),
+            message: v.message.clone(),
+            message_expression: v
+                .message_expression
+                .as_deref()
+                .map(str::trim)
+                .filter(|me| !me.is_empty())
+                .map(|me| build(me, with(declared, false), Returns::String)),
+            reason: v.reason.clone(),
         })
         .collect();
     let annotations = spec
         .audit_annotations
         .iter()
         .flatten()
-        .filter_map(|a| {
-            Some((
+        .map(|a| {
+            (
                 a.key.clone(),
-                build(&a.value_expression, with(declared, true), Returns::Any)?,
-            ))
+                build(&a.value_expression, with(declared, true), Returns::Any),
+            )
         })
         .collect();
     let param_kind = spec.param_kind.map(|k| {
@@ -255,6 +252,5 @@ pub fn compile_policy(p: &ValidatingAdmissionPolicy) -> Policy {
         variables,
         validations,
         annotations,
-        error: (!errors.is_empty()).then(|| errors.join("; ")),
     }
 }

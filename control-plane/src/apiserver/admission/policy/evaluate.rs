@@ -3,7 +3,8 @@
 //! variables (each error kept for the expressions that read it), the validations
 //! (true admits; anything else denies with the evaluated `messageExpression`, the
 //! `message`, or `failed expression: <expr>`; an error follows the failure policy),
-//! and the audit annotations.
+//! and the audit annotations. An expression that does not compile fails at evaluation
+//! ("compilation error: …"), like one that errs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use cel::{Context, Value};
 
 use super::cel::{Compiled, error_text, json_to_value};
-use super::compiled::Policy;
+use super::compiled::{Expression, Policy};
 
 /// What one validation (or annotation) decided.
 #[derive(Debug, Clone)]
@@ -50,7 +51,8 @@ fn eval_error(c: &Compiled, e: &str) -> String {
     format!("expression '{}' resulted in error: {e}", c.source)
 }
 
-fn run(c: &Compiled, scope: &Context, failed: &HashMap<String, String>) -> Result<Value, String> {
+fn run(c: &Expression, scope: &Context, failed: &HashMap<String, String>) -> Result<Value, String> {
+    let c = c.as_ref().map_err(|e| format!("compilation error: {e}"))?;
     if let Some(e) = c.reads.iter().find_map(|v| failed.get(v)) {
         return Err(eval_error(c, e));
     }
@@ -154,9 +156,7 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
                             .filter(|m| !m.is_empty())
                             .map(str::to_owned)
                     })
-                    .unwrap_or_else(|| {
-                        format!("failed expression: {}", v.expression.source.trim())
-                    });
+                    .unwrap_or_else(|| format!("failed expression: {}", v.source.trim()));
                 out.decisions.push(Decision {
                     deny: true,
                     index,
@@ -186,7 +186,7 @@ pub fn evaluate(root: &Context, policy: &Policy, params: Option<&serde_json::Val
             Ok(other) if fail => out.annotation_errors.push((
                 format!(
                     "valueExpression '{}' resulted in unsupported return type: {}. Return type must be either string or null.",
-                    c.source,
+                    c.as_ref().map_or("", |c| c.source.as_str()),
                     other.type_of()
                 ),
                 started.elapsed(),

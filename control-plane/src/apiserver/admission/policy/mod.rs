@@ -233,10 +233,6 @@ fn admit(ctx: &Ctx, attrs: &Attributes) -> ApiResult<()> {
                 reason: None,
             });
         };
-        if let Some(e) = &policy.error {
-            config_error(&mut denied, None, e);
-            continue;
-        }
         let param_def = match param_def(ctx, policy) {
             Ok(d) => d,
             Err(e) => {

@@ -218,9 +218,7 @@ fn policy(spec: serde_json::Value) -> super::compiled::Policy {
     let mut p = json!({"metadata": {"name": "max-replicas"}, "spec": spec});
     p["spec"]["matchConstraints"] = json!({"resourceRules": [{"apiGroups": ["apps"],
         "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["deployments"]}]});
-    let compiled = compile_policy(&serde_json::from_value(p).expect("policy"));
-    assert!(compiled.error.is_none(), "{:?}", compiled.error);
-    compiled
+    compile_policy(&serde_json::from_value(p).expect("policy"))
 }
 
 fn run(
@@ -299,4 +297,37 @@ fn conditions_variables_params_and_failures() {
             .decisions
             .is_empty()
     );
+}
+
+#[test]
+fn an_expression_that_no_longer_compiles_fails_alone_under_the_failure_policy() {
+    // Stored policies are validated at create, so this is a policy stored before the CEL
+    // environment changed: kube-apiserver fails that one expression at evaluation.
+    let spec = json!({"validations": [
+        {"expression": "object.spec.replicas <= 5"},
+        {"expression": "nope.replicas <= 5"},
+    ]});
+    let strict = policy(spec.clone());
+    let out = run(&strict, &deployment(6), None);
+    let messages: Vec<&str> = out.decisions.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0], "failed expression: object.spec.replicas <= 5");
+    assert!(
+        messages[1].starts_with(
+            "compilation error: compilation failed: ERROR: <input>:1:1: undeclared reference to 'nope'"
+        ),
+        "{}",
+        messages[1]
+    );
+    assert_eq!(out.decisions[1].reason, None);
+    // The expression that compiles still decides on its own.
+    let out = run(&strict, &deployment(4), None);
+    assert_eq!(out.decisions.len(), 1, "{out:?}");
+    assert!(out.decisions[0].message.starts_with("compilation error: "));
+    // Under failurePolicy Ignore the broken expression is let through.
+    let mut lenient = strict;
+    lenient.ignore_failures = true;
+    let out = run(&lenient, &deployment(4), None);
+    assert!(out.decisions.is_empty(), "{out:?}");
+    assert_eq!(out.ignored.len(), 1);
 }
