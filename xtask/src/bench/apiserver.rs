@@ -39,7 +39,7 @@ use berth_testkit::{BerthServer, Etcd};
 
 use super::Report;
 use super::disk::{DiskMonitor, Stalls};
-use super::stats::percentile;
+use super::stats::{median, percentile};
 use crate::util;
 
 const CLIENTS: usize = 16;
@@ -1109,7 +1109,7 @@ impl Mixed {
 
     /// The median over the rounds of each round's `q`th percentile.
     fn percentile(&self, verb: &str, q: f64) -> f64 {
-        median(&self.per_round(verb, q))
+        median(self.per_round(verb, q))
     }
 
     fn calls(&self, verb: &str) -> usize {
@@ -1124,7 +1124,7 @@ impl Mixed {
     }
 
     fn watch(&self, q: f64) -> f64 {
-        median(&self.watch_per_round(q))
+        median(self.watch_per_round(q))
     }
 
     fn events(&self) -> usize {
@@ -1183,17 +1183,6 @@ impl Mixed {
             list(self.per_round("update", 99.0)),
             list(self.watch_per_round(99.0)),
         )
-    }
-}
-
-/// The median of a few values (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

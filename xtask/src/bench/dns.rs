@@ -34,7 +34,7 @@ use hyper::Method;
 use super::{
     Report,
     apiserver::{Conn, Target, namespace, rss_mb},
-    stats::percentile,
+    stats::{median, percentile},
 };
 use crate::util;
 
@@ -184,11 +184,6 @@ fn dnsperf(port: u16, queries: &Path, rate: Option<u32>) -> Result<Perf> {
         latencies_ms,
         lost: value("Queries lost:").unwrap_or(0.0) as u64,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Median qps and median p99 (ms) over [`TRIALS`] trials, and queries lost.

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::Report;
 use super::apiserver::{Conn, Target, rss_mb};
-use super::stats::percentile;
+use super::stats::{median, percentile};
 use crate::util;
 
 const PODS: usize = 100;
@@ -439,11 +439,6 @@ pub(super) fn ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
     Some(to?.saturating_duration_since(from?).as_secs_f64() * 1000.0)
 }
 
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 pub fn run() -> Result<Report> {
     util::run_checked(&mut util::cmd(
         util::cargo(),
@@ -539,14 +534,10 @@ pub fn run() -> Result<Report> {
 
     // Per burst: p50/p99 of the total and of each phase; medians over the bursts.
     let phase = |f: &dyn Fn(&Seen) -> Option<f64>, p: f64| -> f64 {
-        median(
-            runs.iter()
-                .map(|r| {
-                    let v: Vec<f64> = r.seen.iter().filter_map(f).collect();
-                    percentile(&v, p).unwrap_or(f64::NAN)
-                })
-                .collect(),
-        )
+        median(runs.iter().map(|r| {
+            let v: Vec<f64> = r.seen.iter().filter_map(f).collect();
+            percentile(&v, p).unwrap_or(f64::NAN)
+        }))
     };
     let total = |s: &Seen| ms(s.created, s.ready);
     let scheduled = |s: &Seen| ms(s.created, s.scheduled);
@@ -555,18 +546,14 @@ pub fn run() -> Result<Report> {
     let ready = |s: &Seen| ms(s.started, s.ready);
     let p50 = phase(&total, 50.0);
     let p99 = phase(&total, 99.0);
-    let rss = median(runs.iter().map(|r| r.rss).collect());
-    let rate = median(runs.iter().map(|r| r.rate).collect());
+    let rss = median(runs.iter().map(|r| r.rss));
+    let rate = median(runs.iter().map(|r| r.rate));
     let agent_phase = |phase: &str, p99: bool| -> f64 {
-        median(
-            runs.iter()
-                .map(|r| {
-                    r.agent
-                        .get(phase)
-                        .map_or(f64::NAN, |(a, b)| if p99 { *b } else { *a })
-                })
-                .collect(),
-        )
+        median(runs.iter().map(|r| {
+            r.agent
+                .get(phase)
+                .map_or(f64::NAN, |(a, b)| if p99 { *b } else { *a })
+        }))
     };
     let per_burst_p99: Vec<String> = runs
         .iter()

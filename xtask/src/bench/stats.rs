@@ -11,6 +11,14 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// The median of a few per-run figures (the upper of the middle two for an even count);
+/// NaN if there are none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -25,5 +33,12 @@ mod tests {
         assert_eq!(percentile(&s, 0.0), Some(1.0));
         assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn medians_of_runs() {
+        assert_eq!(median([12.4, 118.8, 12.2]), 12.4);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median([]).is_nan());
     }
 }

@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use super::Report;
 use super::apiserver::{Conn, Target};
-use super::pod_startup::{median, ms, wait_node_ready, wait_root_ca, watch};
-use super::stats::percentile;
+use super::pod_startup::{ms, wait_node_ready, wait_root_ca, watch};
+use super::stats::{median, percentile};
 use crate::util;
 
 const PVCS: usize = 50;
@@ -520,14 +520,10 @@ pub fn run() -> Result<Report> {
     );
 
     let stat = |pick: fn(&Run) -> &[Span], q: f64| -> f64 {
-        median(
-            runs.iter()
-                .map(|run| {
-                    let v: Vec<f64> = pick(run).iter().filter_map(Span::ms).collect();
-                    percentile(&v, q).unwrap_or(f64::NAN)
-                })
-                .collect(),
-        )
+        median(runs.iter().map(|run| {
+            let v: Vec<f64> = pick(run).iter().filter_map(Span::ms).collect();
+            percentile(&v, q).unwrap_or(f64::NAN)
+        }))
     };
     fn claims(r: &Run) -> &[Span] {
         &r.claims
@@ -546,14 +542,10 @@ pub fn run() -> Result<Report> {
     let without_p99 = stat(without, 99.0);
     let added_p99 = with_p99 - without_p99;
     let step = |pick: fn(&Run) -> &[Span], i: usize, q: f64| -> f64 {
-        median(
-            runs.iter()
-                .map(|run| {
-                    let v: Vec<f64> = pick(run).iter().filter_map(|s| s.step_ms(i)).collect();
-                    percentile(&v, q).unwrap_or(f64::NAN)
-                })
-                .collect(),
-        )
+        median(runs.iter().map(|run| {
+            let v: Vec<f64> = pick(run).iter().filter_map(|s| s.step_ms(i)).collect();
+            percentile(&v, q).unwrap_or(f64::NAN)
+        }))
     };
     // (key, what, kind, step)
     let phases: [(&str, &str, Pick, usize); 7] = [
