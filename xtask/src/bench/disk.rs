@@ -1,5 +1,7 @@
-//! Stalls of the disk under a bench's data: spans in which the block device had I/O in
-//! flight and completed none, sampled from its sysfs `stat` file. A durable write cannot
+//! Stalls of the disk under a bench's data, read from its block device's sysfs `stat`
+//! file: spans in which the device had requests in flight and completed none, and the
+//! mean time the writes and cache flushes completed in each sample took (a flush is not
+//! counted in flight, so a stalled flush shows only in its time). A durable write cannot
 //! be answered before the device completes it, so a latency tail that lines up with a
 //! stall is the machine's, not the program's; the benches report both side by side.
 
@@ -11,15 +13,20 @@ use std::time::{Duration, Instant};
 
 /// How often the device's counters are read.
 const SAMPLE: Duration = Duration::from_millis(10);
+/// A gap between samples longer than this (the sampler itself was held up) ends a
+/// span without counting it: what happened in between is not known.
+const LATE: Duration = Duration::from_millis(30);
 /// Stalls at least this long are counted.
 pub const STALL_MS: f64 = 100.0;
 
 /// What one span of monitoring saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Stalls {
-    /// The longest span with I/O in flight and none completed (ms, to the sample period).
+    /// The longest stall (ms): a span with requests in flight and none completed (to
+    /// the sample period), or the mean time of the writes or flushes one sample saw
+    /// complete.
     pub longest_ms: f64,
-    /// Spans of at least [`STALL_MS`].
+    /// Stalls of at least [`STALL_MS`].
     pub over_threshold: usize,
 }
 
@@ -29,29 +36,53 @@ pub struct DiskMonitor {
     seen: Arc<Mutex<Stalls>>,
 }
 
-/// The counters of `/sys/dev/block/<major>:<minor>/stat` that matter here: requests in
-/// flight and requests completed (reads, writes, discards and flushes).
-fn sample(stat: &Path) -> Option<(u64, u64)> {
+/// The counters of a block device's `stat` file used here
+/// (Documentation/block/stat.rst).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counters {
+    in_flight: u64,
+    /// Requests completed: reads, writes, discards and flushes.
+    done: u64,
+    writes: u64,
+    write_ms: u64,
+    flushes: u64,
+    flush_ms: u64,
+}
+
+fn sample(stat: &Path) -> Option<Counters> {
     let text = std::fs::read_to_string(stat).ok()?;
     let fields: Vec<u64> = text
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0))
         .collect();
     let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    Some((at(8), at(0) + at(4) + at(11) + at(15)))
+    Some(Counters {
+        in_flight: at(8),
+        done: at(0) + at(4) + at(11) + at(15),
+        writes: at(4),
+        write_ms: at(7),
+        flushes: at(15),
+        flush_ms: at(16),
+    })
 }
 
-/// The sysfs `stat` file of the block device holding `path` (a partition has its own).
+/// The sysfs `stat` file of the disk holding `path`: a partition's parent disk, which
+/// alone counts cache flushes.
 fn stat_file(path: &Path) -> Option<PathBuf> {
     let dev = std::fs::metadata(path).ok()?.dev();
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let stat = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+    let node = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let stat = if node.join("partition").exists() {
+        node.join("../stat")
+    } else {
+        node.join("stat")
+    };
     sample(&stat).map(|_| stat)
 }
 
 impl DiskMonitor {
-    /// Starts monitoring the device under `path`; `None` where it has no block device
+    /// Starts monitoring the disk under `path`; `None` where it has no block device
     /// (tmpfs, overlay) or sysfs is not readable.
     pub fn start(path: &Path) -> Option<Self> {
         let stat = stat_file(path)?;
@@ -63,8 +94,8 @@ impl DiskMonitor {
             .spawn(move || {
                 let mut detector = Detector::default();
                 while !thread_stop.load(Ordering::Relaxed) {
-                    if let Some((in_flight, done)) = sample(&stat)
-                        && let Some(ms) = detector.observe(Instant::now(), in_flight, done)
+                    if let Some(counters) = sample(&stat)
+                        && let Some(ms) = detector.observe(Instant::now(), counters)
                         && let Ok(mut seen) = thread_seen.lock()
                     {
                         seen.longest_ms = seen.longest_ms.max(ms);
@@ -94,26 +125,47 @@ impl Drop for DiskMonitor {
     }
 }
 
-/// Turns samples into stalls: a stall starts at the first sample with requests in flight
-/// after which none completes, and ends at the sample that sees a completion.
+/// Turns samples into stalls (see the module docs).
 #[derive(Debug, Default)]
 struct Detector {
-    last_done: Option<u64>,
+    last: Option<(Instant, Counters)>,
     /// When the current span with requests in flight and no completion began.
     since: Option<Instant>,
 }
 
 impl Detector {
-    /// Feeds one sample; returns a stall's length (ms) when one ends.
-    fn observe(&mut self, now: Instant, in_flight: u64, done: u64) -> Option<f64> {
-        let progressed = self.last_done.is_some_and(|last| last != done);
-        self.last_done = Some(done);
-        if progressed || in_flight == 0 {
-            let ended = self.since.take()?;
-            return Some(now.duration_since(ended).as_secs_f64() * 1000.0);
+    /// Feeds one sample; returns a stall's length (ms) when one ends or a sample saw
+    /// slow completions.
+    fn observe(&mut self, now: Instant, c: Counters) -> Option<f64> {
+        let (then, last) = self.last.replace((now, c))?;
+        // The kernel's own times of what completed since the last sample.
+        let mean = |ios: u64, ms: u64, ios0: u64, ms0: u64| {
+            let n = ios.saturating_sub(ios0);
+            (n > 0).then(|| ms.saturating_sub(ms0) as f64 / n as f64)
+        };
+        let completed = [
+            mean(c.writes, c.write_ms, last.writes, last.write_ms),
+            mean(c.flushes, c.flush_ms, last.flushes, last.flush_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        let span = if now.duration_since(then) > LATE {
+            // The sampler was late: the span, if any, is not known.
+            self.since = None;
+            None
+        } else if c.done != last.done || c.in_flight == 0 {
+            self.since
+                .take()
+                .map(|began| now.duration_since(began).as_secs_f64() * 1000.0)
+        } else {
+            self.since.get_or_insert(then);
+            None
+        };
+        match (span, completed) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0))),
         }
-        self.since.get_or_insert(now);
-        None
     }
 }
 
@@ -122,22 +174,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stall_is_the_span_with_requests_in_flight_and_none_completed() {
+    fn stalls_are_spans_without_completions_or_slow_completions() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let c = |in_flight, done, writes, write_ms| Counters {
+            in_flight,
+            done,
+            writes,
+            write_ms,
+            ..Counters::default()
+        };
         let mut d = Detector::default();
-        assert_eq!(d.observe(at(0), 0, 10), None);
-        // Requests complete between samples: no stall.
-        assert_eq!(d.observe(at(10), 2, 12), None);
-        assert_eq!(d.observe(at(20), 1, 15), None);
-        // One request in flight, nothing completes for 300 ms.
-        assert_eq!(d.observe(at(30), 1, 15), None);
-        assert_eq!(d.observe(at(200), 1, 15), None);
-        assert_eq!(d.observe(at(330), 4, 15), None);
-        let ms = d.observe(at(340), 0, 20).expect("the stall ends");
-        assert!((ms - 310.0).abs() < 1e-6, "{ms}");
+        assert_eq!(d.observe(at(0), c(0, 10, 10, 5)), None);
+        // Requests complete between samples, fast: a figure, no stall.
+        assert_eq!(d.observe(at(10), c(2, 12, 12, 6)), Some(0.5));
+        // One request in flight, nothing completes from 10 ms to 310 ms.
+        assert_eq!(d.observe(at(20), c(1, 12, 12, 6)), None);
+        assert_eq!(d.observe(at(30), c(1, 12, 12, 6)), None);
+        let mut t = 30;
+        while t < 300 {
+            t += 10;
+            assert_eq!(d.observe(at(t), c(1, 12, 12, 6)), None);
+        }
+        let ms = d
+            .observe(at(310), c(0, 13, 13, 306))
+            .expect("the stall ends");
+        assert!((ms - 300.0).abs() < 1e-6, "{ms}");
         // Idle (nothing in flight) is not a stall.
-        assert_eq!(d.observe(at(350), 0, 20), None);
-        assert_eq!(d.observe(at(900), 0, 20), None);
+        assert_eq!(d.observe(at(320), c(0, 13, 13, 306)), None);
+        // A flush is never counted in flight: its time shows it.
+        let mut f = c(0, 14, 13, 306);
+        f.flushes = 1;
+        f.flush_ms = 180;
+        assert_eq!(d.observe(at(330), f), Some(180.0));
+        // A late sampler ends a span without counting it.
+        let mut stuck = f;
+        stuck.in_flight = 1;
+        assert_eq!(d.observe(at(340), stuck), None);
+        assert_eq!(d.observe(at(350), stuck), None);
+        assert_eq!(d.observe(at(600), stuck), None);
+        let mut done = stuck;
+        done.in_flight = 0;
+        done.done += 1;
+        assert_eq!(d.observe(at(610), done), None);
     }
 }

@@ -147,6 +147,11 @@ impl Report {
         self.figures.get(key).and_then(Value::as_f64)
     }
 
+    /// A figure recorded earlier, as recorded (a number, or a list of per-round ones).
+    pub fn raw(&self, key: &str) -> Option<&Value> {
+        self.figures.get(key)
+    }
+
     /// The figures as the flat JSON object written to `<name>.json`.
     pub fn json(&self) -> String {
         let mut text = serde_json::to_string_pretty(&self.figures).unwrap_or_else(|_| "{}".into());
