@@ -922,12 +922,16 @@ impl CommitTiming {
         let took = self.started.elapsed();
         if took >= SLOW_COMMIT {
             let [apply_us, log_sync_us, commit_us] = self.steps;
+            // Time in no finished step: a group that failed or had nothing to log.
+            let other_us =
+                (took.as_micros() as u64).saturating_sub(apply_us + log_sync_us + commit_us);
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
                 requests,
                 apply_us,
                 log_sync_us,
                 commit_us,
+                other_us,
                 "store commit took too long"
             );
         }
