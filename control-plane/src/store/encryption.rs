@@ -34,8 +34,8 @@ use prometheus_client::registry::Registry;
 use self::config::GroupResource;
 use self::providers::{Provider, TransformError};
 use super::{
-    BoxFuture, EventKind, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision, Store,
-    StoreError, WatchStream, Watched,
+    BoxFuture, Event, EventKind, KeyValue, LeaseId, ListOptions, ListResult, Result, Revision,
+    Store, StoreError, WatchStream,
 };
 
 pub use self::config::ConfigError;
@@ -203,12 +203,10 @@ pub struct EncryptedStore {
 const HISTORY_SCAN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl EncryptedStore {
-    /// `events` with their values decrypted ([`forward`]).
+    /// `events` with their values decrypted ([`decrypt`]), as the reader takes them.
     fn decrypting(&self, events: WatchStream) -> WatchStream {
-        let progress = events.progress_request();
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(forward(self.transformers.clone(), events, tx));
-        WatchStream::with_progress(rx, progress)
+        let transformers = self.transformers.clone();
+        events.map(move |event| decrypt(&transformers, event))
     }
 
     /// Wraps `inner` (before anything else writes to it), reading its history once.
@@ -247,46 +245,24 @@ impl EncryptedStore {
     }
 }
 
-/// Events on the way through: a live event's value must decrypt (else the watch ends
-/// with the error); a `prev` that no longer does (a key removed after the rotation, in
-/// history a replay still reaches) is dropped with a warning rather than passed on.
-async fn forward(
-    transformers: Arc<Transformers>,
-    mut events: WatchStream,
-    tx: tokio::sync::mpsc::Sender<Result<Watched>>,
-) {
-    while let Some(watched) = events.next_watched().await {
-        let event = match watched {
-            Ok(Watched::Event(event)) => Ok(event),
-            Ok(progress @ Watched::Progress(_)) => {
-                if tx.send(Ok(progress)).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            Err(err) => Err(err),
-        };
-        let event = event.and_then(|mut event| {
-            // A delete without its last value (a watch without `prev`) has nothing to
-            // decrypt.
-            if !(event.kind == EventKind::Delete && event.kv.value.is_empty()) {
-                event.kv = transformers.read(event.kv)?;
-            }
-            event.prev = match event.prev.map(|p| transformers.read(p)) {
-                Some(Ok(prev)) => Some(prev),
-                Some(Err(err)) => {
-                    tracing::warn!(%err, key = %event.kv.key, "watch event's previous value dropped");
-                    None
-                }
-                None => None,
-            };
-            Ok(Watched::Event(event))
-        });
-        let end = event.is_err();
-        if tx.send(event).await.is_err() || end {
-            return;
-        }
+/// An event on the way through: a live event's value must decrypt (else the watch
+/// ends with the error); a `prev` that no longer does (a key removed after the
+/// rotation, in history a replay still reaches) is dropped with a warning rather than
+/// passed on.
+fn decrypt(transformers: &Transformers, mut event: Event) -> Result<Event> {
+    // A delete without its last value (a watch without `prev`) has nothing to decrypt.
+    if !(event.kind == EventKind::Delete && event.kv.value.is_empty()) {
+        event.kv = transformers.read(event.kv)?;
     }
+    event.prev = match event.prev.map(|p| transformers.read(p)) {
+        Some(Ok(prev)) => Some(prev),
+        Some(Err(err)) => {
+            tracing::warn!(%err, key = %event.kv.key, "watch event's previous value dropped");
+            None
+        }
+        None => None,
+    };
+    Ok(event)
 }
 
 impl Store for EncryptedStore {

@@ -163,6 +163,18 @@ impl ProgressRequest {
 pub struct WatchStream {
     feed: Feed,
     progress: Option<ProgressRequest>,
+    map: Option<EventMap>,
+    /// An error was passed on: the stream is over.
+    ended: bool,
+}
+
+/// A change made to each event as the stream's reader takes it ([`WatchStream::map`]).
+struct EventMap(Box<dyn Fn(Event) -> Result<Event> + Send + Sync>);
+
+impl std::fmt::Debug for EventMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventMap")
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +189,8 @@ impl WatchStream {
         Self {
             feed: Feed::Events(rx),
             progress: None,
+            map: None,
+            ended: false,
         }
     }
 
@@ -189,7 +203,18 @@ impl WatchStream {
         Self {
             feed: Feed::Watched(rx),
             progress,
+            map: None,
+            ended: false,
         }
+    }
+
+    /// This stream with `f` applied to each event (not to progress) in the reader's
+    /// task as it takes it — no task or channel of its own between the two. An `Err`
+    /// from `f` is passed on in the event's place and ends the stream, as the store's
+    /// own errors do.
+    pub fn map(mut self, f: impl Fn(Event) -> Result<Event> + Send + Sync + 'static) -> Self {
+        self.map = Some(EventMap(Box::new(f)));
+        self
     }
 
     /// The next event, passing over progress; `None` once the stream ended.
@@ -205,10 +230,19 @@ impl WatchStream {
 
     /// The next event or progress notification; `None` once the stream ended.
     pub async fn next_watched(&mut self) -> Option<Result<Watched>> {
-        match &mut self.feed {
-            Feed::Events(rx) => Some(rx.recv().await?.map(Watched::Event)),
-            Feed::Watched(rx) => rx.recv().await,
+        if self.ended {
+            return None;
         }
+        let next = match &mut self.feed {
+            Feed::Events(rx) => rx.recv().await?.map(Watched::Event),
+            Feed::Watched(rx) => rx.recv().await?,
+        };
+        let next = match (next, &self.map) {
+            (Ok(Watched::Event(event)), Some(map)) => map.0(event).map(Watched::Event),
+            (other, _) => other,
+        };
+        self.ended = next.is_err();
+        Some(next)
     }
 
     /// How to ask this stream for a progress notification; `None` when it sends none
@@ -346,4 +380,62 @@ pub fn prefix_end(prefix: &str) -> String {
     let mut end = prefix.to_owned();
     end.push(char::MAX);
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, revision: Revision) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.into(),
+                value: Arc::from(&b"{}"[..]),
+                create_revision: revision,
+                mod_revision: revision,
+                lease: None,
+            },
+            prev: None,
+        }
+    }
+
+    /// A mapped stream changes events, passes progress as it is, and ends after the
+    /// first error its map returns.
+    #[tokio::test]
+    async fn a_mapped_watch_changes_events_and_ends_at_its_first_error() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for watched in [
+            Watched::Event(put("a", 1)),
+            Watched::Progress(1),
+            Watched::Event(put("bad", 2)),
+            Watched::Event(put("c", 3)),
+        ] {
+            tx.send(Ok(watched)).await.expect("sent");
+        }
+        drop(tx);
+        let mut stream = WatchStream::with_progress(rx, None).map(|mut event| {
+            if event.kv.key == "bad" {
+                return Err(StoreError::Backend("cannot decrypt bad".into()));
+            }
+            event.kv.key.push('!');
+            Ok(event)
+        });
+        match stream.next_watched().await {
+            Some(Ok(Watched::Event(e))) => assert_eq!(e.kv.key, "a!"),
+            other => panic!("first: {other:?}"),
+        }
+        assert!(matches!(
+            stream.next_watched().await,
+            Some(Ok(Watched::Progress(1)))
+        ));
+        assert!(matches!(
+            stream.next_watched().await,
+            Some(Err(StoreError::Backend(m))) if m.contains("bad")
+        ));
+        assert!(
+            stream.next_watched().await.is_none(),
+            "ended after the error"
+        );
+    }
 }

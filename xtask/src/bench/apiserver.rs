@@ -174,6 +174,42 @@ pub(super) fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time (ms, user + system) process `pid` has used so far, from `/proc/<pid>/stat`
+/// (`utime` and `stime`, in the kernel's USER_HZ ticks of 10 ms); `None` once it is gone.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count fields
+    // after its closing one, where field 3 (state) is the first.
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: f64 = rest.nth(11)?.parse().ok()?;
+    let stime: f64 = rest.next()?.parse().ok()?;
+    Some((utime + stime) * 10.0)
+}
+
+/// CPU time used by a set of processes between [`Self::start`] and [`Self::per`].
+struct CpuUse(Vec<(u32, f64)>);
+
+impl CpuUse {
+    fn start(pids: &[u32]) -> Self {
+        Self(
+            pids.iter()
+                .map(|&pid| (pid, cpu_ms(pid).unwrap_or(f64::NAN)))
+                .collect(),
+        )
+    }
+
+    /// The processes' CPU time since [`Self::start`], all together, per `n` operations
+    /// (ms, two decimals).
+    fn per(&self, n: usize) -> f64 {
+        let used: f64 = self
+            .0
+            .iter()
+            .map(|&(pid, at)| cpu_ms(pid).unwrap_or(f64::NAN) - at)
+            .sum();
+        (used / n.max(1) as f64 * 100.0).round() / 100.0
+    }
+}
+
 /// Where the load goes: the server's port on 127.0.0.1 and its cluster CA.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
@@ -190,6 +226,10 @@ pub struct Target {
     /// An etcd member's client port on 127.0.0.1: the baseline for durable writes.
     #[arg(long)]
     pub etcd_port: Option<u16>,
+    /// The PIDs of the etcd members the server stores in (or of the baseline's
+    /// member), for the CPU time they spend per write.
+    #[arg(long = "etcd-pid")]
+    pub etcd_pids: Vec<u32>,
     /// Only the Secret-create phase (run against a server that encrypts Secrets).
     #[arg(long)]
     pub secrets_only: bool,
@@ -207,6 +247,10 @@ const SECRET_CLIENTS: usize = 8;
 /// Secrets each client creates first, unmeasured (a fresh server's first writes grow
 /// its files and fill its caches).
 const SECRET_WARMUP: usize = 20;
+/// The fresh servers of the encryption comparison, in order: encrypted (`true`) or not.
+/// Four of each, each side's positions averaging the same (3.5), so a drift of the
+/// machine's speed through the runs weighs on both alike.
+const SECRET_SERVERS: [bool; 8] = [false, true, true, false, true, false, false, true];
 /// Server-side applies of one Deployment in the apply phase.
 const APPLIES: usize = 400;
 
@@ -710,27 +754,45 @@ fn embedded(release: &Path, data: &Path, server: BerthServer) -> Result<Report> 
         .first()
         .and_then(|url| url.rsplit(':').next()?.parse::<u16>().ok())
         .context("the etcd member's client port")?;
-    let mut report = run_load(release, &server, &["--etcd-port", &etcd_port.to_string()])?;
+    let member = etcd.member_pid(0).context("the etcd member's pid")?;
+    let mut report = run_load(
+        release,
+        &server,
+        &[
+            "--etcd-port",
+            &etcd_port.to_string(),
+            "--etcd-pid",
+            &member.to_string(),
+        ],
+    )?;
     drop(etcd);
     report.figure("idle_rss_mb", (idle_rss * 10.0).round() / 10.0);
     drop(server);
-    // Plain and encrypted alike: each on fresh servers, in the order plain,
-    // encrypted, encrypted, plain (a drift of the machine's speed during the runs
-    // weighs on both sides), each side's figures the mean of its two runs.
+    // Plain and encrypted alike: each on fresh servers, in the order of
+    // [`SECRET_SERVERS`] (a drift of the machine's speed during the runs weighs on
+    // both sides), each side's figures the median of its runs: one server's p99 of
+    // 1 200 creates moves by a third from one fresh server to the next (disk and
+    // scheduling), more than the 10 % this compares.
     let mut sides = [Vec::new(), Vec::new()];
-    for (round, encrypted) in [false, true, true, false].into_iter().enumerate() {
+    for (round, encrypted) in SECRET_SERVERS.into_iter().enumerate() {
         sides[usize::from(encrypted)].push(fresh_secret_creates(release, data, encrypted, round)?);
     }
-    let mean = |side: &[Report], key: &str| {
-        side.iter()
-            .map(|r| r.value(key).unwrap_or(f64::NAN))
-            .sum::<f64>()
-            / side.len() as f64
-    };
+    let middle =
+        |side: &[Report], key: &str| median(side.iter().map(|r| r.value(key).unwrap_or(f64::NAN)));
+    for (side, name) in sides.iter().zip([
+        "secret_create_fresh_p99_ms_runs",
+        "encrypted_create_p99_ms_runs",
+    ]) {
+        let runs: Vec<f64> = side
+            .iter()
+            .map(|r| r.value("secret_create_p99_ms").unwrap_or(f64::NAN))
+            .collect();
+        report.figure(name, serde_json::json!(runs));
+    }
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
-    let plain = round2(mean(&sides[0], "secret_create_p99_ms"));
-    let p99 = round2(mean(&sides[1], "secret_create_p99_ms"));
-    let p50 = round2(mean(&sides[1], "secret_create_p50_ms"));
+    let plain = round2(middle(&sides[0], "secret_create_p99_ms"));
+    let p99 = round2(middle(&sides[1], "secret_create_p99_ms"));
+    let p50 = round2(middle(&sides[1], "secret_create_p50_ms"));
     report.figure("secret_create_fresh_p99_ms", plain);
     report.figure("encrypted_create_p99_ms", p99);
     report.figure(
@@ -847,7 +909,15 @@ fn over_etcd(release: &Path, data: &Path, members: usize) -> Result<Report> {
         data,
         &["--scheduler=false", "--controllers=false", &servers],
     );
-    let report = run_load(release, &server, &["--core-only"]);
+    let pids: Vec<String> = (0..members)
+        .filter_map(|m| etcd.member_pid(m))
+        .map(|pid| pid.to_string())
+        .collect();
+    let mut flags = vec!["--core-only"];
+    for pid in &pids {
+        flags.extend(["--etcd-pid", pid.as_str()]);
+    }
+    let report = run_load(release, &server, &flags);
     drop(server);
     drop(etcd);
     report
@@ -883,6 +953,9 @@ fn etcd_column(report: &mut Report, etcd: &Report, prefix: &str, members: usize,
         "watch_delivery_p99_ms_rounds",
         "disk_stall_max_ms_rounds",
         "disk_stalls_over_100ms",
+        "server_cpu_ms_per_create",
+        "etcd_cpu_ms_per_create",
+        "client_cpu_ms_per_create",
     ] {
         if let Some(value) = etcd.raw(key) {
             report.figure(&format!("{prefix}_{key}"), value.clone());
@@ -930,7 +1003,14 @@ fn etcd_column(report: &mut Report, etcd: &Report, prefix: &str, members: usize,
             format!("{:.0}", get("creates_per_s")),
             "".into(),
             if one { "≥ embedded / 1.5" } else { "—" }.into(),
-            versus("creates_per_s", ""),
+            format!(
+                "{}; CPU per create: berth-server {:.2} ms (embedded store: {:.2} ms), etcd {:.2} ms, load client {:.2} ms",
+                versus("creates_per_s", ""),
+                get("server_cpu_ms_per_create"),
+                report.value("server_cpu_ms_per_create").unwrap_or(f64::NAN),
+                get("etcd_cpu_ms_per_create"),
+                get("client_cpu_ms_per_create"),
+            ),
         ],
     ];
     for row in rows {
@@ -953,10 +1033,32 @@ pub fn load(target: &Target) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// The throughput phase: durable creates/s and the CPU time each create took.
+struct Throughput {
+    creates_per_s: f64,
+    /// The server's CPU time per create (ms).
+    server_ms: f64,
+    /// Its etcd members' together, over etcd.
+    etcd_ms: Option<f64>,
+    /// The load client's (this process: 16 clients' TLS, HTTP/2 and JSON).
+    client_ms: f64,
+}
+
+impl Throughput {
+    fn record(&self, report: &mut Report) {
+        report.figure("creates_per_s", self.creates_per_s.round());
+        report.figure("server_cpu_ms_per_create", self.server_ms);
+        report.figure("client_cpu_ms_per_create", self.client_ms);
+        if let Some(etcd) = self.etcd_ms {
+            report.figure("etcd_cpu_ms_per_create", etcd);
+        }
+    }
+}
+
 /// The figures of the mixed and throughput phases alone (`apiserver-load --core-only`),
 /// named as in the full report: JSON creates' latency in the mixed phase, watch
 /// delivery to the 100 watchers, durable creates/s of the throughput phase.
-fn core_report(mixed: &Mixed, creates_per_s: f64) -> Report {
+fn core_report(mixed: &Mixed, cpu: &Throughput) -> Report {
     let round = |x: f64| (x * 100.0).round() / 100.0;
     let mut report = Report::default();
     report.figure("create_p50_ms", round(mixed.percentile("create", 50.0)));
@@ -965,7 +1067,7 @@ fn core_report(mixed: &Mixed, creates_per_s: f64) -> Report {
     report.figure("watch_delivery_p50_ms", round(mixed.watch(50.0)));
     report.figure("watch_delivery_p99_ms", round(mixed.watch(99.0)));
     report.figure("watch_events", mixed.events());
-    report.figure("creates_per_s", creates_per_s.round());
+    cpu.record(&mut report);
     mixed.record(&mut report);
     report.notes.push(mixed.note());
     report
@@ -1337,8 +1439,12 @@ pub async fn measure(server: &Target) -> Result<Report> {
         stalls,
     };
 
-    // Durable creates/s.
+    // Durable creates/s, and the CPU time they take: the server's, its etcd members'
+    // (over etcd) and this client's.
     let created = Arc::new(AtomicUsize::new(0));
+    let server_cpu = CpuUse::start(&[server.pid]);
+    let etcd_cpu = CpuUse::start(&server.etcd_pids);
+    let client_cpu = CpuUse::start(&[std::process::id()]);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(CREATE_SECS);
     let mut tasks = Vec::new();
@@ -1360,11 +1466,23 @@ pub async fn measure(server: &Target) -> Result<Report> {
     }
     let creates = created.load(Ordering::Relaxed);
     let creates_per_s = creates as f64 / started.elapsed().as_secs_f64();
+    let cpu = Throughput {
+        creates_per_s,
+        server_ms: server_cpu.per(creates),
+        etcd_ms: (!server.etcd_pids.is_empty() && server.core_only).then(|| etcd_cpu.per(creates)),
+        client_ms: client_cpu.per(creates),
+    };
     if server.core_only {
-        return Ok(core_report(&mixed, creates_per_s));
+        return Ok(core_report(&mixed, &cpu));
     }
     let etcd = match server.etcd_port {
-        Some(port) => Some(etcd_puts_per_s(port).await?),
+        Some(port) => {
+            let member = CpuUse::start(&server.etcd_pids);
+            let client = CpuUse::start(&[std::process::id()]);
+            let puts = etcd_puts_per_s(port).await?;
+            let n = (puts * CREATE_SECS as f64) as usize;
+            Some((puts, member.per(n), client.per(n)))
+        }
         None => None,
     };
 
@@ -1439,9 +1557,11 @@ pub async fn measure(server: &Target) -> Result<Report> {
     report.figure("list1000_bytes_json", list_bytes[0]);
     report.figure("list1000_bytes_protobuf", list_bytes[1]);
     report.figure("watch_delivery_p99_ms", round(watch_p99));
-    report.figure("creates_per_s", creates_per_s.round());
-    if let Some(puts) = etcd {
+    cpu.record(&mut report);
+    if let Some((puts, member_ms, client_ms)) = etcd {
         report.figure("etcd_puts_per_s", puts.round());
+        report.figure("etcd_puts_cpu_ms_per_put", member_ms);
+        report.figure("etcd_puts_client_cpu_ms_per_put", client_ms);
     }
     report.figure("rss_mb_10k_pods", round(rss_10k));
     report.figure(
@@ -1568,13 +1688,14 @@ pub async fn measure(server: &Target) -> Result<Report> {
         ],
         vec![
             "durable creates/s (16 clients)".into(),
-            format!("{creates_per_s:.0}"),
+            format!("{:.0}", cpu.creates_per_s),
             "".into(),
             "≥ 5000".into(),
             match etcd {
-                Some(puts) => format!(
-                    "etcd 3.4 member, same run: {puts:.0} puts/s (berth/etcd = {:.2})",
-                    creates_per_s / puts
+                Some((puts, member_ms, _)) => format!(
+                    "etcd 3.4 member, same run: {puts:.0} puts/s (berth/etcd = {:.2}); CPU per write: berth-server {:.2} ms, etcd {member_ms:.2} ms",
+                    creates_per_s / puts,
+                    cpu.server_ms
                 ),
                 None => "one etcd member: a few thousand puts/s".into(),
             },
@@ -1593,7 +1714,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
         "latency is from the request's scheduled start to having read the whole answer (queueing included; the client counts the items but does not decode them, in either encoding); watch delivery from the create's answer to the event's arrival at each watcher".into(),
         format!("throughput phase: {CLIENTS} clients creating pods back to back (closed loop) for {CREATE_SECS} s"),
         "every create is durable (fsync'd) before it is answered; group commit shares one fsync among concurrent writes".into(),
-        format!("encryption at rest: Secret creates ({SECRET_CLIENTS} clients × {SECRETS_PER_CLIENT}, after {SECRET_WARMUP} unmeasured each) on four fresh servers of the same binary, in the order plain, aescbc, aescbc, plain; each side's p99 is the mean of its two runs (`secret_create_fresh_p99_ms`, `encrypted_create_p99_ms`)"),
+        format!("encryption at rest: Secret creates ({SECRET_CLIENTS} clients × {SECRETS_PER_CLIENT}, after {SECRET_WARMUP} unmeasured each) on eight fresh servers of the same binary, in the order plain, aescbc, aescbc, plain, aescbc, plain, plain, aescbc; each side's p99 is the median of its four runs (`secret_create_fresh_p99_ms`, `encrypted_create_p99_ms`; each run's in `*_runs`)"),
         "baseline: Debian's etcd 3.4 (one member, default fsync settings) in the same run, written through its JSON gateway by the same 16 clients with the same ~0.4 KB pod JSON as value — a store alone, where berth's figure includes the whole apiserver (TLS, decoding, defaults, validation, watch cache)".into(),
         format!(
             "anchors, per row: {}; the latency anchors are quoted, not run — Kubernetes' API call latency SLOs (kubernetes/community sig-scalability/slos/api_call_latency.md: p99 ≤ 1 s for single-object calls, ≤ 30 s for cluster-wide lists); \"kube-apiserver: RBAC from informer caches\" names kube-apiserver's design, not a figure; the k3s RSS is quoted from docs.k3s.io/reference/resource-profiling (K3s v1.26.5, server with a workload: 1596 M, the k3s.service cgroup incl. containerd, 95th percentile) — not run here, and not the same quantity as this process's RSS",

@@ -483,6 +483,7 @@ pub fn run() -> Result<Report> {
         data_dir: None,
         pid: server.pid().context("server pid")?,
         etcd_port: None,
+        etcd_pids: Vec::new(),
         secrets_only: false,
         core_only: false,
     };
