@@ -209,11 +209,14 @@ impl WatchStream {
     }
 
     /// This stream with `f` applied to each event (not to progress) in the reader's
-    /// task as it takes it — no task or channel of its own between the two. An `Err`
-    /// from `f` is passed on in the event's place and ends the stream, as the store's
-    /// own errors do.
+    /// task as it takes it — no task or channel of its own between the two; after any
+    /// map given before. An `Err` from `f` is passed on in the event's place and ends
+    /// the stream, as the store's own errors do.
     pub fn map(mut self, f: impl Fn(Event) -> Result<Event> + Send + Sync + 'static) -> Self {
-        self.map = Some(EventMap(Box::new(f)));
+        self.map = Some(EventMap(match self.map.take() {
+            Some(EventMap(first)) => Box::new(move |event| f(first(event)?)),
+            None => Box::new(f),
+        }));
         self
     }
 
@@ -241,7 +244,14 @@ impl WatchStream {
             (Ok(Watched::Event(event)), Some(map)) => map.0(event).map(Watched::Event),
             (other, _) => other,
         };
-        self.ended = next.is_err();
+        if next.is_err() {
+            // Over: the store's side stops at once rather than filling the channel.
+            self.ended = true;
+            match &mut self.feed {
+                Feed::Events(rx) => rx.close(),
+                Feed::Watched(rx) => rx.close(),
+            }
+        }
         Some(next)
     }
 
@@ -400,8 +410,8 @@ mod tests {
         }
     }
 
-    /// A mapped stream changes events, passes progress as it is, and ends after the
-    /// first error its map returns.
+    /// A mapped stream changes events (maps in the order given), passes progress as it
+    /// is, and ends after the first error a map returns.
     #[tokio::test]
     async fn a_mapped_watch_changes_events_and_ends_at_its_first_error() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -414,15 +424,21 @@ mod tests {
             tx.send(Ok(watched)).await.expect("sent");
         }
         drop(tx);
-        let mut stream = WatchStream::with_progress(rx, None).map(|mut event| {
-            if event.kv.key == "bad" {
-                return Err(StoreError::Backend("cannot decrypt bad".into()));
-            }
-            event.kv.key.push('!');
-            Ok(event)
-        });
+        let mut stream = WatchStream::with_progress(rx, None)
+            .map(|mut event| {
+                if event.kv.key == "bad" {
+                    return Err(StoreError::Backend("cannot decrypt bad".into()));
+                }
+                event.kv.key.push('!');
+                Ok(event)
+            })
+            .map(|mut event| {
+                // A second map runs after the first.
+                event.kv.key.push('?');
+                Ok(event)
+            });
         match stream.next_watched().await {
-            Some(Ok(Watched::Event(e))) => assert_eq!(e.kv.key, "a!"),
+            Some(Ok(Watched::Event(e))) => assert_eq!(e.kv.key, "a!?"),
             other => panic!("first: {other:?}"),
         }
         assert!(matches!(

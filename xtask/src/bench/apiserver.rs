@@ -22,7 +22,9 @@
 //! over a fresh 1-member etcd, then over a fresh 3-member etcd (testkit's [`Etcd`]; data
 //! dirs under the bench's target dir with etcd's default fsync, as the embedded store
 //! fsyncs its log): `etcd_*` / `etcd3_*` create p99, creates/s and watch delivery p99,
-//! and their ratios to the embedded store's. [`ETCD_ONLY_ENV`] runs these alone.
+//! and their ratios to the embedded store's, and the CPU time per create of the server,
+//! the etcd members and the load client in the throughput phase (`*_cpu_ms_per_create`:
+//! where the two cores go). [`ETCD_ONLY_ENV`] runs these alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -176,7 +178,7 @@ pub(super) fn rss_mb(pid: u32) -> f64 {
 
 /// CPU time (ms, user + system) process `pid` has used so far, from `/proc/<pid>/stat`
 /// (`utime` and `stime`, in the kernel's USER_HZ ticks of 10 ms); `None` once it is gone.
-fn cpu_ms(pid: u32) -> Option<f64> {
+pub(super) fn cpu_ms(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count fields
     // after its closing one, where field 3 (state) is the first.
@@ -199,14 +201,14 @@ impl CpuUse {
     }
 
     /// The processes' CPU time since [`Self::start`], all together, per `n` operations
-    /// (ms, two decimals).
+    /// (ms, three decimals).
     fn per(&self, n: usize) -> f64 {
         let used: f64 = self
             .0
             .iter()
             .map(|&(pid, at)| cpu_ms(pid).unwrap_or(f64::NAN) - at)
             .sum();
-        (used / n.max(1) as f64 * 100.0).round() / 100.0
+        (used / n.max(1) as f64 * 1000.0).round() / 1000.0
     }
 }
 
@@ -347,8 +349,8 @@ async fn applies(server: &Target) -> Result<Vec<f64>> {
 
 /// Durable puts/s of an etcd member (the store Kubernetes uses) through its JSON
 /// gateway (`/v3/kv/put`, HTTP/1.1), the same value size and concurrency as berth's
-/// throughput phase.
-async fn etcd_puts_per_s(port: u16) -> Result<f64> {
+/// throughput phase; and how many puts that was.
+async fn etcd_puts_per_s(port: u16) -> Result<(f64, usize)> {
     use base64::Engine;
     let value = base64::engine::general_purpose::STANDARD.encode(pod("etcd-baseline"));
     let done = Arc::new(AtomicUsize::new(0));
@@ -390,7 +392,8 @@ async fn etcd_puts_per_s(port: u16) -> Result<f64> {
     for t in tasks {
         t.await??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let done = done.load(Ordering::Relaxed);
+    Ok((done as f64 / started.elapsed().as_secs_f64(), done))
 }
 
 /// One HTTP/2 connection to the server, authenticated by bearer token.
@@ -619,6 +622,24 @@ async fn rbac_objects(conn: &mut Conn) -> Result<()> {
     Ok(())
 }
 
+/// Waits (up to 60 s) until the server answers `/readyz` with 200: a server over etcd
+/// listens, answering 503, before its store answers.
+async fn wait_ready(conn: &mut Conn) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match conn
+            .call(Method::GET, "/readyz", "application/json", Bytes::new())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.context("the server did not get ready (/readyz) in 60 s")),
+        }
+    }
+}
+
 /// Creates namespace `name` and, as the ServiceAccount controller would (the benches
 /// run the apiserver without controllers), its `default` ServiceAccount, which pods
 /// need to pass ServiceAccount admission.
@@ -725,7 +746,7 @@ pub fn run() -> Result<Report> {
         etcd_column(&mut report, &etcd, prefix, members, label);
     }
     report.notes.push(format!(
-        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_ROUNDS} × {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99 and durable creates/s; each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (each member fdatasyncs every raft log entry, and a write is acknowledged once a quorum has), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
+        "etcd phases: after the embedded store's, a release berth-server with `--etcd-servers` (all members' client URLs) on a fresh Debian etcd 3.4 — first 1 member, then a 3-member cluster, every member on loopback ports of this machine and sharing its two cores — runs the same setup (1 000 pods to list, 200 to get and update, {RBAC_OBJECTS} Roles and RoleBindings), the same {MIX_ROUNDS} × {MIX_SECS} s mixed phase with {WATCHERS} watchers and the same {CREATE_SECS} s throughput phase as the embedded store (`apiserver-load --core-only`; the apply, Secret and RSS phases are not repeated); `etcd_*` and `etcd3_*` are its create p99 (JSON creates of the mixed phase), watch delivery p99, durable creates/s and the throughput phase's CPU time per create (`*_cpu_ms_per_create`: the server's, its etcd members' together and the load client's); each member's data dir is under target/bench-apiserver on the same disk as the embedded store's log (not tmpfs), with etcd's default fsync (each member fdatasyncs every raft log entry, and a write is acknowledged once a quorum has), so both stores pay for durability; `*_vs_embedded` = etcd figure / embedded figure of the same run (goal with one member: p99s ≤ 1.5, creates/s ≥ 0.67)"
     ));
     util::step(format!(
         "bench apiserver took {:.0} s (release build included)",
@@ -789,6 +810,20 @@ fn embedded(release: &Path, data: &Path, server: BerthServer) -> Result<Report> 
             .collect();
         report.figure(name, serde_json::json!(runs));
     }
+    // The server's CPU time per Secret create on each side (median of its runs).
+    let cpu = [0, 1].map(|side| middle(&sides[side], "secret_create_cpu_ms"));
+    report.figure(
+        "secret_create_fresh_cpu_ms",
+        (cpu[0] * 1000.0).round() / 1000.0,
+    );
+    report.figure(
+        "encrypted_create_cpu_ms",
+        (cpu[1] * 1000.0).round() / 1000.0,
+    );
+    report.figure(
+        "encryption_overhead_cpu_pct",
+        ((cpu[1] / cpu[0] - 1.0) * 1000.0).round() / 10.0,
+    );
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
     let plain = round2(middle(&sides[0], "secret_create_p99_ms"));
     let p99 = round2(middle(&sides[1], "secret_create_p99_ms"));
@@ -815,8 +850,11 @@ fn embedded(release: &Path, data: &Path, server: BerthServer) -> Result<Report> 
             format!("{p99:.2} ms"),
             "p99 within 10 % of not encrypted".into(),
             format!(
-                "encrypted/plain p99 = {:.2} (plain {plain:.2} ms; both on fresh servers)",
-                p99 / plain
+                "encrypted/plain p99 = {:.2} (plain {plain:.2} ms; both on fresh servers); server CPU per create {:.3} vs {:.3} ms ({:+.1} %)",
+                p99 / plain,
+                cpu[1],
+                cpu[0],
+                (cpu[1] / cpu[0] - 1.0) * 100.0
             ),
         ],
     );
@@ -1004,10 +1042,11 @@ fn etcd_column(report: &mut Report, etcd: &Report, prefix: &str, members: usize,
             "".into(),
             if one { "≥ embedded / 1.5" } else { "—" }.into(),
             format!(
-                "{}; CPU per create: berth-server {:.2} ms (embedded store: {:.2} ms), etcd {:.2} ms, load client {:.2} ms",
+                "{}; CPU per create: berth-server {:.3} ms (embedded store: {:.3} ms), etcd {} {:.3} ms, load client {:.3} ms",
                 versus("creates_per_s", ""),
                 get("server_cpu_ms_per_create"),
                 report.value("server_cpu_ms_per_create").unwrap_or(f64::NAN),
+                if one { "member" } else { "members together" },
                 get("etcd_cpu_ms_per_create"),
                 get("client_cpu_ms_per_create"),
             ),
@@ -1057,7 +1096,8 @@ impl Throughput {
 
 /// The figures of the mixed and throughput phases alone (`apiserver-load --core-only`),
 /// named as in the full report: JSON creates' latency in the mixed phase, watch
-/// delivery to the 100 watchers, durable creates/s of the throughput phase.
+/// delivery to the 100 watchers, durable creates/s of the throughput phase and the CPU
+/// time per create ([`Throughput`]).
 fn core_report(mixed: &Mixed, cpu: &Throughput) -> Report {
     let round = |x: f64| (x * 100.0).round() / 100.0;
     let mut report = Report::default();
@@ -1275,6 +1315,17 @@ impl Mixed {
             "watch_delivery_p99_ms_rounds",
             round(self.watch_per_round(99.0)),
         );
+        for verb in ["get", "authz_get"] {
+            report.figure(
+                &format!("{verb}_p99_ms_rounds"),
+                round(self.per_round(verb, 99.0)),
+            );
+            // Over all rounds' calls together, as the lists' figures are.
+            report.figure(
+                &format!("{verb}_p99_ms_pooled"),
+                (self.pooled(verb, 99.0) * 100.0).round() / 100.0,
+            );
+        }
         let stalls: Vec<Stalls> = self.stalls.iter().flatten().copied().collect();
         if stalls.len() == self.stalls.len() && !stalls.is_empty() {
             report.figure(
@@ -1315,9 +1366,17 @@ impl Mixed {
 
 /// The load and its measurements (run by `xtask apiserver-load`).
 pub async fn measure(server: &Target) -> Result<Report> {
+    wait_ready(&mut Conn::connect(server).await?).await?;
     if server.secrets_only {
+        let cpu = CpuUse::start(&[server.pid]);
         let lat = secret_creates(server, "secrets").await?;
         let mut report = Report::default();
+        // The server's CPU time per create, warm-up creates included: what encrypting
+        // costs, apart from where the disk puts the tail.
+        report.figure(
+            "secret_create_cpu_ms",
+            cpu.per(SECRET_CLIENTS * (SECRET_WARMUP + SECRETS_PER_CLIENT)),
+        );
         report.figure(
             "secret_create_p99_ms",
             (percentile(&lat, 99.0).unwrap_or(f64::NAN) * 100.0).round() / 100.0,
@@ -1479,9 +1538,13 @@ pub async fn measure(server: &Target) -> Result<Report> {
         Some(port) => {
             let member = CpuUse::start(&server.etcd_pids);
             let client = CpuUse::start(&[std::process::id()]);
-            let puts = etcd_puts_per_s(port).await?;
-            let n = (puts * CREATE_SECS as f64) as usize;
-            Some((puts, member.per(n), client.per(n)))
+            let (puts, n) = etcd_puts_per_s(port).await?;
+            let member_ms = if server.etcd_pids.is_empty() {
+                f64::NAN
+            } else {
+                member.per(n)
+            };
+            Some((puts, member_ms, client.per(n)))
         }
         None => None,
     };
@@ -1693,7 +1756,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
             "≥ 5000".into(),
             match etcd {
                 Some((puts, member_ms, _)) => format!(
-                    "etcd 3.4 member, same run: {puts:.0} puts/s (berth/etcd = {:.2}); CPU per write: berth-server {:.2} ms, etcd {member_ms:.2} ms",
+                    "etcd 3.4 member, same run: {puts:.0} puts/s (berth/etcd = {:.2}); CPU per write: berth-server {:.3} ms, etcd {member_ms:.3} ms",
                     creates_per_s / puts,
                     cpu.server_ms
                 ),
@@ -1714,7 +1777,14 @@ pub async fn measure(server: &Target) -> Result<Report> {
         "latency is from the request's scheduled start to having read the whole answer (queueing included; the client counts the items but does not decode them, in either encoding); watch delivery from the create's answer to the event's arrival at each watcher".into(),
         format!("throughput phase: {CLIENTS} clients creating pods back to back (closed loop) for {CREATE_SECS} s"),
         "every create is durable (fsync'd) before it is answered; group commit shares one fsync among concurrent writes".into(),
-        format!("encryption at rest: Secret creates ({SECRET_CLIENTS} clients × {SECRETS_PER_CLIENT}, after {SECRET_WARMUP} unmeasured each) on eight fresh servers of the same binary, in the order plain, aescbc, aescbc, plain, aescbc, plain, plain, aescbc; each side's p99 is the median of its four runs (`secret_create_fresh_p99_ms`, `encrypted_create_p99_ms`; each run's in `*_runs`)"),
+        format!(
+            "encryption at rest: Secret creates ({SECRET_CLIENTS} clients × {SECRETS_PER_CLIENT}, after {SECRET_WARMUP} unmeasured each) on {} fresh servers of the same binary, in the order {}; each side's p99 is the median of its runs (`secret_create_fresh_p99_ms`, `encrypted_create_p99_ms`; each run's in `*_runs`)",
+            SECRET_SERVERS.len(),
+            SECRET_SERVERS
+                .map(|e| if e { "aescbc" } else { "plain" })
+                .join(", ")
+        ),
+        format!("CPU time per create: user + system time of the server (and of its etcd members, over etcd) from /proc/<pid>/stat over the {CREATE_SECS} s throughput phase, divided by the creates; the load client's (this process: {CLIENTS} clients' TLS, HTTP/2 and JSON) likewise"),
         "baseline: Debian's etcd 3.4 (one member, default fsync settings) in the same run, written through its JSON gateway by the same 16 clients with the same ~0.4 KB pod JSON as value — a store alone, where berth's figure includes the whole apiserver (TLS, decoding, defaults, validation, watch cache)".into(),
         format!(
             "anchors, per row: {}; the latency anchors are quoted, not run — Kubernetes' API call latency SLOs (kubernetes/community sig-scalability/slos/api_call_latency.md: p99 ≤ 1 s for single-object calls, ≤ 30 s for cluster-wide lists); \"kube-apiserver: RBAC from informer caches\" names kube-apiserver's design, not a figure; the k3s RSS is quoted from docs.k3s.io/reference/resource-profiling (K3s v1.26.5, server with a workload: 1596 M, the k3s.service cgroup incl. containerd, 95th percentile) — not run here, and not the same quantity as this process's RSS",
@@ -1742,6 +1812,9 @@ mod tests {
             ("watch_delivery_p99_ms", 6.0),
             ("watch_events", 500.0),
             ("creates_per_s", 2500.0),
+            ("server_cpu_ms_per_create", 0.3),
+            ("etcd_cpu_ms_per_create", 0.2),
+            ("client_cpu_ms_per_create", 0.07),
         ] {
             etcd.figure(key, value);
         }
@@ -1758,8 +1831,10 @@ mod tests {
         report.figure("create_p99_ms", 20.0);
         report.figure("creates_per_s", 5000.0);
         report.figure("watch_delivery_p99_ms", 3.0);
+        report.figure("server_cpu_ms_per_create", 0.25);
         etcd_column(&mut report, &etcd_run(), "etcd", 1, "1 member");
         etcd_column(&mut report, &etcd_run(), "etcd3", 3, "3 members");
+        assert_eq!(report.value("etcd_etcd_cpu_ms_per_create"), Some(0.2));
         assert_eq!(report.value("etcd_create_p99_ms"), Some(30.0));
         assert_eq!(report.value("etcd_creates_per_s"), Some(2500.0));
         assert_eq!(report.value("etcd_watch_delivery_p99_ms"), Some(6.0));
@@ -1775,8 +1850,9 @@ mod tests {
         assert!(report.rows[7][0].starts_with("RSS with"));
         assert_eq!(
             report.rows[3][4],
-            "etcd/embedded = 0.50 (embedded store: 5000)"
+            "etcd/embedded = 0.50 (embedded store: 5000); CPU per create: berth-server 0.300 ms (embedded store: 0.250 ms), etcd member 0.200 ms, load client 0.070 ms"
         );
+        assert!(report.rows[6][4].contains("etcd members together 0.200 ms"));
         assert_eq!(report.rows[1][3], "p99 ≤ 1.5 × embedded");
         assert_eq!(report.rows[4][3], "—");
     }

@@ -11,12 +11,17 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// The median of a few per-run figures (the upper of the middle two for an even count);
+/// The median of a few per-run figures (the mean of the middle two for an even count);
 /// NaN if there are none.
 pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut sorted: Vec<f64> = values.into_iter().collect();
     sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 #[cfg(test)]
@@ -38,7 +43,7 @@ mod tests {
     #[test]
     fn medians_of_runs() {
         assert_eq!(median([12.4, 118.8, 12.2]), 12.4);
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median([]).is_nan());
     }
 }

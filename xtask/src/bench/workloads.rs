@@ -384,20 +384,9 @@ fn kubelet_line(counts: &Counts) -> String {
     )
 }
 
-/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`
-/// (fields 14 and 15, in USER_HZ: 100 a second on Linux).
+/// CPU seconds (user + system) process `pid` has used (0 once it is gone).
 fn cpu_s(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // The command name (field 2) may hold spaces; fields after it follow ") ".
-            let rest = s.rsplit_once(") ")?.1;
-            let mut f = rest.split_whitespace().skip(11);
-            let user: f64 = f.next()?.parse().ok()?;
-            let system: f64 = f.next()?.parse().ok()?;
-            Some((user + system) / 100.0)
-        })
-        .unwrap_or(0.0)
+    super::apiserver::cpu_ms(pid).map_or(0.0, |ms| ms / 1000.0)
 }
 
 fn r2(x: f64) -> f64 {
