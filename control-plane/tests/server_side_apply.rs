@@ -586,6 +586,29 @@ fn explicit_nulls_in_an_applied_configuration_are_owned_as_upstream() {
     assert_eq!(a["fieldsV1"]["f:spec"]["f:strategy"], json!({}), "{a}");
     assert_eq!(obj["spec"]["replicas"], 1, "{obj}");
 
+    // A null value in a map is its value type's zero value (`""` for a label or a
+    // ConfigMap key, as Go decodes it upstream), the key owned by the applier — over
+    // a value the key had, too.
+    let config_map = |data: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: nulls\n  namespace: default\n  labels: {{team: null}}\ndata: {data}\n"
+        )
+    };
+    let (ok, out) = apply_as("team-c", &config_map("{a: one, b: two}"), false);
+    assert!(ok, "{out}");
+    let (ok, out) = apply_as("team-c", &config_map("{a: null, b: two}"), false);
+    assert!(ok, "{out}");
+    let obj = k.json(&["get", "configmap", "nulls", "--show-managed-fields"]);
+    assert_eq!(obj["data"], json!({"a": "", "b": "two"}), "{obj}");
+    assert_eq!(obj["metadata"]["labels"]["team"], "", "{obj}");
+    let c = entry(&obj, "team-c", "Apply").expect("team-c's entry");
+    assert_eq!(c["fieldsV1"]["f:data"]["f:a"], json!({}), "{c}");
+    assert_eq!(
+        c["fieldsV1"]["f:metadata"]["f:labels"]["f:team"],
+        json!({}),
+        "{c}"
+    );
+
     // YAML as `kubectl create --dry-run=client -o yaml` writes it: the template's
     // `creationTimestamp: null` is owned by both appliers, no conflict.
     let generated = deployment("generated", 1, "nginx:1", "  creationTimestamp: null\n").replace(

@@ -353,15 +353,24 @@ fn merge_lists(
 }
 
 /// Removes from `value` the nulls `config` sets, at the places it sets them (keyed
-/// list items matched by key): a built-in type's typed object has none there. Nulls
-/// the configuration did not write (inside raw JSON fields) stay.
+/// list items matched by key): a built-in type's typed object has none there. A null
+/// value in a map (`labels: {team: null}`, a ConfigMap's `data: {key: null}`) is
+/// its value type's zero value instead — `""` for a string — as Go's decoding of the
+/// merged object makes it upstream; the key stays, owned by the applier. Nulls the
+/// configuration did not write (inside raw JSON fields) stay.
 pub fn drop_applied_nulls(value: &mut Value, config: &Value, node: Node) {
     match (value, config) {
         (Value::Object(v), Value::Object(c)) => {
+            let map = node.is_map();
             for (name, cv) in c {
                 if cv.is_null() {
-                    if v.get(name).is_some_and(Value::is_null) {
+                    if !v.get(name).is_some_and(Value::is_null) {
+                        continue;
+                    }
+                    if !map {
                         v.remove(name);
+                    } else if let Some(zero) = node.field(name).zero_value() {
+                        v.insert(name.clone(), zero);
                     }
                 } else if let Some(vv) = v.get_mut(name) {
                     drop_applied_nulls(vv, cv, node.field(name));
@@ -639,6 +648,18 @@ mod tests {
         let mut merged = json!({"data": {"spec": {"x": null}}, "revision": null});
         drop_applied_nulls(&mut merged, &json!({"revision": null, "data": {}}), node);
         assert_eq!(merged, json!({"data": {"spec": {"x": null}}}));
+    }
+
+    #[test]
+    fn an_applied_null_map_value_is_the_zero_value() {
+        let node = Node::builtin("io.k8s.api.core.v1.ConfigMap");
+        let config = json!({"metadata": {"labels": {"team": null}}, "data": {"a": null, "b": "y"}});
+        let mut merged = config.clone();
+        drop_applied_nulls(&mut merged, &config, node);
+        assert_eq!(
+            merged,
+            json!({"metadata": {"labels": {"team": ""}}, "data": {"a": "", "b": "y"}})
+        );
     }
 
     #[test]
