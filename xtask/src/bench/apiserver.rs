@@ -201,8 +201,11 @@ impl CpuUse {
     }
 
     /// The processes' CPU time since [`Self::start`], all together, per `n` operations
-    /// (ms, three decimals).
+    /// (ms, three decimals); NaN for no processes.
     fn per(&self, n: usize) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
         let used: f64 = self
             .0
             .iter()
@@ -1528,7 +1531,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
     let cpu = Throughput {
         creates_per_s,
         server_ms: server_cpu.per(creates),
-        etcd_ms: (!server.etcd_pids.is_empty() && server.core_only).then(|| etcd_cpu.per(creates)),
+        etcd_ms: (server.core_only && !server.etcd_pids.is_empty()).then(|| etcd_cpu.per(creates)),
         client_ms: client_cpu.per(creates),
     };
     if server.core_only {
@@ -1539,12 +1542,7 @@ pub async fn measure(server: &Target) -> Result<Report> {
             let member = CpuUse::start(&server.etcd_pids);
             let client = CpuUse::start(&[std::process::id()]);
             let (puts, n) = etcd_puts_per_s(port).await?;
-            let member_ms = if server.etcd_pids.is_empty() {
-                f64::NAN
-            } else {
-                member.per(n)
-            };
-            Some((puts, member_ms, client.per(n)))
+            Some((puts, member.per(n), client.per(n)))
         }
         None => None,
     };
