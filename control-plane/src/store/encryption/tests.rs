@@ -277,7 +277,7 @@ fn resources_match_by_name_group_wildcard_and_everything() {
 }
 
 #[test]
-fn the_transformation_counter_is_rendered() {
+fn the_transformation_counter_and_durations_are_rendered() {
     let t = config("[secrets]", &keys("secretbox", &[("k", BOX_KEY)]));
     let stored = write(&t, SECRET, PLAIN);
     read(&t, SECRET, &stored).expect("reads");
@@ -288,6 +288,19 @@ fn the_transformation_counter_is_rendered() {
     );
     assert!(
         text.contains("transformation_type=\"from_storage\""),
+        "{text}"
+    );
+    let count = text
+        .lines()
+        .find(|l| {
+            l.starts_with("apiserver_storage_transformation_duration_seconds_count{transformation_type=\"to_storage\",transformer_prefix=\"k8s:enc:secretbox:v1:\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(count.is_some_and(|n| n >= 1), "{text}");
+    // The smallest bucket is upstream's 5 µs.
+    assert!(
+        text.contains("le=\"5e-6\"") || text.contains("le=\"0.000005\""),
         "{text}"
     );
 }
