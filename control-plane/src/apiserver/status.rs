@@ -126,13 +126,21 @@ impl ApiError {
     }
 
     pub fn conflict(group: &str, resource: &str, name: &str) -> Self {
+        Self::conflict_because(
+            group,
+            resource,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
+    /// upstream's `NewConflict`: `Operation cannot be fulfilled on <resource> "<name>": <why>`.
+    pub fn conflict_because(group: &str, resource: &str, name: &str, why: &str) -> Self {
         let qualified = qualified(group, resource);
         Self::new(
             409,
             "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {qualified} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-            ),
+            format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
         )
         .with_details(group, resource, name)
     }

@@ -172,7 +172,10 @@ pub fn validate(obj: &Value) -> Vec<Cause> {
     }
     // As upstream: metrics are looked at only with a valid reference, behavior only
     // with valid metrics.
-    let reference = target_ref(spec.get("scaleTargetRef").unwrap_or(&Value::Null));
+    let reference = target_ref(
+        spec.get("scaleTargetRef").unwrap_or(&Value::Null),
+        "spec.scaleTargetRef",
+    );
     if !reference.is_empty() {
         causes.extend(reference);
         return causes;
@@ -195,10 +198,11 @@ pub fn validate(obj: &Value) -> Vec<Cause> {
     causes
 }
 
-fn target_ref(r: &Value) -> Vec<Cause> {
+/// `ValidateCrossVersionObjectReference` of the reference at `path`.
+fn target_ref(r: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     for key in ["kind", "name"] {
-        let field = format!("spec.scaleTargetRef.{key}");
+        let field = format!("{path}.{key}");
         match r.get(key).and_then(Value::as_str).unwrap_or_default() {
             "" => causes.push(required(field, "")),
             v => {
@@ -294,22 +298,52 @@ fn metrics(spec: &Value) -> Vec<Cause> {
             resource_source(src, &p, &mut causes);
         } else if let Some(src) = present.first().and_then(|k| m.get(*k)) {
             let p = format!("{path}.{}", present[0]);
-            if src
+            if present[0] == "object" {
+                causes.extend(target_ref(
+                    src.get("describedObject").unwrap_or(&Value::Null),
+                    &format!("{p}.describedObject"),
+                ));
+            }
+            // validateMetricIdentifier
+            match src
                 .pointer("/metric/name")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
-                .is_empty()
             {
-                causes.push(required(
+                "" => causes.push(required(
                     format!("{p}.metric.name"),
                     "must specify a metric name",
-                ));
+                )),
+                name => {
+                    for msg in path_segment_errors(name) {
+                        causes.push(invalid(format!("{p}.metric.name"), &json!(name), &msg));
+                    }
+                }
             }
-            metric_target(
-                src.get("target").unwrap_or(&Value::Null),
-                &format!("{p}.target"),
-                &mut causes,
-            );
+            let target = src.get("target").unwrap_or(&Value::Null);
+            metric_target(target, &format!("{p}.target"), &mut causes);
+            let set = |k: &str| target.get(k).is_some_and(|v| !v.is_null());
+            let (value, average) = (set("value"), set("averageValue"));
+            let average_path = format!("{p}.target.averageValue");
+            match present[0] {
+                "pods" if !average => causes.push(required(
+                    average_path,
+                    "must specify a positive target averageValue",
+                )),
+                "object" if !value && !average => causes.push(required(
+                    average_path,
+                    "must set either a target value or averageValue",
+                )),
+                "external" if !value && !average => causes.push(required(
+                    average_path,
+                    "must set either a target value for metric or a per-pod target",
+                )),
+                "external" if value && average => causes.push(Cause::forbidden(
+                    format!("{p}.target.value"),
+                    "Forbidden: may not set both a target value for metric and a per-pod target",
+                )),
+                _ => {}
+            }
         }
     }
     causes
@@ -562,6 +596,54 @@ mod tests {
                 "spec.behavior.scaleUp.selectPolicy: Unsupported value: \"Fastest\": supported values: \"Disabled\", \"Max\", \"Min\"",
                 "spec.behavior.scaleUp.policies[0].value: Invalid value: 0: must be greater than zero",
                 "spec.behavior.scaleUp.policies[0].periodSeconds: Invalid value: 4000: must be less than or equal to 1800",
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_object_and_external_sources_need_the_targets_upstream_asks_for() {
+        let check = |metric: Value| {
+            let obj = hpa(
+                json!({"scaleTargetRef": {"kind": "Deployment", "name": "w"},
+                "maxReplicas": 2, "metrics": [metric]}),
+            );
+            fields(&validate(&obj))
+        };
+        assert_eq!(
+            check(json!({"type": "Pods", "pods": {"metric": {"name": "qps"},
+                "target": {"type": "Value", "value": "1"}}})),
+            [
+                "spec.metrics[0].pods.target.averageValue: Required value: must specify a positive target averageValue"
+            ]
+        );
+        assert_eq!(
+            check(
+                json!({"type": "Object", "object": {"metric": {"name": "qps"},
+                "describedObject": {}, "target": {"type": "Value"}}})
+            ),
+            [
+                "spec.metrics[0].object.describedObject.kind: Required value",
+                "spec.metrics[0].object.describedObject.name: Required value",
+                "spec.metrics[0].object.target.averageValue: Required value: must set either a target value or averageValue",
+            ]
+        );
+        assert_eq!(
+            check(
+                json!({"type": "External", "external": {"metric": {"name": "a/b"},
+                "target": {"type": "AverageValue", "value": "1", "averageValue": "2"}}})
+            ),
+            [
+                "spec.metrics[0].external.metric.name: Invalid value: \"a/b\": may not contain '/'",
+                "spec.metrics[0].external.target.value: Forbidden: may not set both a target value for metric and a per-pod target",
+            ]
+        );
+        assert_eq!(
+            check(
+                json!({"type": "External", "external": {"metric": {"name": "q"},
+                "target": {"type": "AverageValue"}}})
+            ),
+            [
+                "spec.metrics[0].external.target.averageValue: Required value: must set either a target value for metric or a per-pod target"
             ]
         );
     }

@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::apiserver::status::ApiError;
+use crate::apiserver::status::{ApiError, Cause};
 use crate::apiserver::watch_cache::WatchCache;
 use crate::scheduler::quantity::parse_milli;
 
@@ -51,12 +51,192 @@ pub fn default_limit_range(range: &mut Value) {
     }
 }
 
-/// The LimitRange items of namespace `ns`, in name order.
-fn items(cache: &WatchCache, ns: &str) -> Vec<Value> {
+/// A LimitRange's own consistency (upstream's `ValidateLimitRange`, after the
+/// defaults): per item and resource, min ≤ defaultRequest ≤ default ≤ max, a
+/// `maxLimitRequestRatio` of at least 1 and at most max/min; no defaults on a `Pod`
+/// item; a `PersistentVolumeClaim` item bounds storage.
+pub fn validate(range: &Value) -> Vec<Cause> {
+    use crate::quota::Amount;
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut causes = Vec::new();
+    let items = range
+        .pointer("/spec/limits")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("spec.limits[{i}]");
+        let kind = item.get("type").and_then(Value::as_str).unwrap_or_default();
+        if kind.is_empty() {
+            causes.push(Cause::required(format!("{at}.type")));
+        } else if !kind.contains('/')
+            && !matches!(kind, "Pod" | "Container" | "PersistentVolumeClaim")
+        {
+            causes.push(Cause::invalid(
+                format!("{at}.type"),
+                format!(
+                    "Invalid value: \"{kind}\": must be a standard limit type or fully qualified"
+                ),
+            ));
+        }
+        let mut keys = BTreeSet::new();
+        let mut map = |field: &str| -> BTreeMap<String, (Amount, String)> {
+            let mut out = BTreeMap::new();
+            for (k, v) in item
+                .get(field)
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let Some(a) = Amount::from_value(v) else {
+                    continue;
+                };
+                keys.insert(k.clone());
+                out.insert(k.clone(), (a, a.to_string()));
+            }
+            out
+        };
+        let (min, max) = (map("min"), map("max"));
+        let (default, default_request) = if kind == "Pod" {
+            for field in ["default", "defaultRequest"] {
+                if item
+                    .get(field)
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| !m.is_empty())
+                {
+                    causes.push(Cause::forbidden(
+                        format!("{at}.{field}"),
+                        "Forbidden: may not be specified when `type` is 'Pod'",
+                    ));
+                }
+            }
+            (BTreeMap::new(), BTreeMap::new())
+        } else {
+            (map("default"), map("defaultRequest"))
+        };
+        let ratio = map("maxLimitRequestRatio");
+        if kind == "PersistentVolumeClaim"
+            && !min.contains_key("storage")
+            && !max.contains_key("storage")
+        {
+            causes.push(Cause {
+                reason: "FieldValueRequired",
+                field: format!("{at}.limits"),
+                message: "Required value: either minimum or maximum storage value is required, but neither was provided".into(),
+            });
+        }
+        let invalid = |field: &str, k: &str, shown: &str, message: String| {
+            Cause::invalid(
+                format!("{at}.{field}[{k}]"),
+                format!("Invalid value: \"{shown}\": {message}"),
+            )
+        };
+        for k in &keys {
+            let (lo, hi) = (min.get(k), max.get(k));
+            let (def, req) = (default.get(k), default_request.get(k));
+            if let (Some(lo), Some(hi)) = (lo, hi)
+                && lo.0.milli > hi.0.milli
+            {
+                causes.push(invalid(
+                    "min",
+                    k,
+                    &lo.1,
+                    format!("min value {} is greater than max value {}", lo.1, hi.1),
+                ));
+            }
+            if let (Some(req), Some(lo)) = (req, lo)
+                && lo.0.milli > req.0.milli
+            {
+                causes.push(invalid(
+                    "defaultRequest",
+                    k,
+                    &req.1,
+                    format!(
+                        "min value {} is greater than default request value {}",
+                        lo.1, req.1
+                    ),
+                ));
+            }
+            if let (Some(req), Some(hi)) = (req, hi)
+                && req.0.milli > hi.0.milli
+            {
+                causes.push(invalid(
+                    "defaultRequest",
+                    k,
+                    &req.1,
+                    format!(
+                        "default request value {} is greater than max value {}",
+                        req.1, hi.1
+                    ),
+                ));
+            }
+            if let (Some(req), Some(def)) = (req, def)
+                && req.0.milli > def.0.milli
+            {
+                causes.push(invalid(
+                    "defaultRequest",
+                    k,
+                    &req.1,
+                    format!(
+                        "default request value {} is greater than default limit value {}",
+                        req.1, def.1
+                    ),
+                ));
+            }
+            if let (Some(def), Some(lo)) = (def, lo)
+                && lo.0.milli > def.0.milli
+            {
+                causes.push(invalid(
+                    "default",
+                    k,
+                    &lo.1,
+                    format!("min value {} is greater than default value {}", lo.1, def.1),
+                ));
+            }
+            if let (Some(def), Some(hi)) = (def, hi)
+                && def.0.milli > hi.0.milli
+            {
+                causes.push(invalid(
+                    "default",
+                    k,
+                    &hi.1,
+                    format!("default value {} is greater than max value {}", def.1, hi.1),
+                ));
+            }
+            if let Some(r) = ratio.get(k) {
+                if r.0.milli < 1000 {
+                    causes.push(invalid(
+                        "maxLimitRequestRatio",
+                        k,
+                        &r.1,
+                        format!("ratio {} is less than 1", r.1),
+                    ));
+                }
+                if let (Some(lo), Some(hi)) = (lo, hi)
+                    && lo.0.milli > 0
+                {
+                    let limit = hi.0.milli as f64 / lo.0.milli as f64;
+                    if r.0.milli as f64 / 1000.0 > limit {
+                        causes.push(invalid(
+                            "maxLimitRequestRatio",
+                            k,
+                            &r.1,
+                            format!("ratio {} is greater than max/min = {limit:.6}", r.1),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    causes
+}
+
+/// The items of each LimitRange of namespace `ns`, the ranges in name order.
+fn ranges(cache: &WatchCache, ns: &str) -> Vec<Vec<Value>> {
     let (ranges, _) = cache.list(&prefix(ns), |_| true);
     ranges
         .iter()
-        .flat_map(|r| {
+        .map(|r| {
             r.value()
                 .pointer("/spec/limits")
                 .and_then(Value::as_array)
@@ -64,6 +244,11 @@ fn items(cache: &WatchCache, ns: &str) -> Vec<Value> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// The LimitRange items of namespace `ns`, in name order.
+fn items(cache: &WatchCache, ns: &str) -> Vec<Value> {
+    ranges(cache, ns).into_iter().flatten().collect()
 }
 
 fn of_type<'a>(items: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
@@ -223,7 +408,8 @@ fn resources(c: &Value, which: &str) -> Resources {
 /// The pod's total of `which` (`requests` or `limits`): the containers' sum per
 /// resource, or the largest init container's when that is more.
 fn pod_total(spec: &Value, which: &str) -> Resources {
-    let mut sum: std::collections::BTreeMap<String, i128> = Default::default();
+    use crate::quota::Amount;
+    let mut sum: std::collections::BTreeMap<String, Amount> = Default::default();
     for c in spec
         .get("containers")
         .and_then(Value::as_array)
@@ -231,7 +417,8 @@ fn pod_total(spec: &Value, which: &str) -> Resources {
         .flatten()
     {
         for (k, v) in resources(c, which) {
-            *sum.entry(k).or_default() += milli(&v).unwrap_or(0);
+            let e = sum.entry(k).or_insert(Amount::ZERO);
+            *e = *e + Amount::from_value(&v).unwrap_or(Amount::ZERO);
         }
     }
     for c in spec
@@ -241,13 +428,16 @@ fn pod_total(spec: &Value, which: &str) -> Resources {
         .flatten()
     {
         for (k, v) in resources(c, which) {
-            let v = milli(&v).unwrap_or(0);
-            let e = sum.entry(k).or_default();
-            *e = (*e).max(v);
+            let v = Amount::from_value(&v).unwrap_or(Amount::ZERO);
+            let e = sum.entry(k).or_insert(Amount::ZERO);
+            if v.milli > e.milli {
+                *e = v;
+            }
         }
     }
+    // Added as quantities are, so the total keeps their units (`1200Mi`).
     sum.into_iter()
-        .map(|(k, m)| (k, json!(format!("{m}m"))))
+        .map(|(k, a)| (k, json!(a.to_string())))
         .collect()
 }
 
@@ -262,33 +452,46 @@ fn forbidden(kind: &str, name: &str, errs: &[String]) -> ApiError {
 
 /// A new Pod in `ns`: defaults from the namespace's LimitRanges, then their bounds.
 pub fn admit_pod(cache: &WatchCache, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
-    let items = items(cache, ns);
+    let ranges = ranges(cache, ns);
+    let items: Vec<Value> = ranges.iter().flatten().cloned().collect();
     if items.is_empty() {
         return Ok(());
     }
-    // Defaults: the first Container item's default/defaultRequest per resource wins.
+    // Defaults: within one LimitRange its last Container item's default/defaultRequest
+    // per resource (upstream's loop overwrites); a later LimitRange only fills what
+    // the earlier ones left unset.
     let mut default_limits = Resources::new();
     let mut default_requests = Resources::new();
-    for item in of_type(&items, "Container") {
+    for range in &ranges {
+        let mut limits = Resources::new();
+        let mut requests = Resources::new();
+        for item in of_type(range, "Container") {
+            for (to, from) in [(&mut limits, "default"), (&mut requests, "defaultRequest")] {
+                for (k, v) in item
+                    .get(from)
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    to.insert(k.clone(), v.clone());
+                }
+            }
+        }
         for (to, from) in [
-            (&mut default_limits, "default"),
-            (&mut default_requests, "defaultRequest"),
+            (&mut default_limits, limits),
+            (&mut default_requests, requests),
         ] {
-            for (k, v) in item
-                .get(from)
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                to.entry(k.clone()).or_insert_with(|| v.clone());
+            for (k, v) in from {
+                to.entry(k).or_insert(v);
             }
         }
     }
     let mut notes = Vec::new();
     if let Some(spec) = pod.get_mut("spec") {
+        // Containers first, then init containers, as upstream's merge goes.
         for (field, what) in [
-            ("initContainers", "init container"),
             ("containers", "container"),
+            ("initContainers", "init container"),
         ] {
             for c in spec
                 .get_mut(field)
@@ -368,7 +571,7 @@ pub fn admit_pod(cache: &WatchCache, ns: &str, pod: &mut Value) -> Result<(), Ap
     let mut errs = Vec::new();
     let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
     for item in of_type(&items, "Container") {
-        for field in ["initContainers", "containers"] {
+        for field in ["containers", "initContainers"] {
             for c in spec
                 .get(field)
                 .and_then(Value::as_array)
@@ -517,10 +720,62 @@ mod tests {
         let total = pod_total(&spec, "requests");
         assert_eq!(milli(&total["cpu"]), Some(3000));
         assert_eq!(milli(&total["memory"]), parse_milli("1Gi"));
+        // A sum keeps its terms' units, as upstream's Quantity.Add.
+        let spec = json!({"containers": [
+            {"resources": {"limits": {"cpu": "600m", "memory": "600Mi"}}},
+            {"resources": {"limits": {"cpu": "600m", "memory": "600Mi"}}},
+        ]});
+        let total = pod_total(&spec, "limits");
+        assert_eq!(total["cpu"], "1200m");
+        assert_eq!(total["memory"], "1200Mi");
         let errs = forbidden("pods", "p", &["a".into(), "b".into()]);
         assert!(
             errs.to_string().contains("pods \"p\" is forbidden: [a, b]"),
             "{errs}"
+        );
+    }
+
+    #[test]
+    fn a_limit_range_is_consistent_or_refused() {
+        let range = |items: Value| {
+            let mut r = json!({"metadata": {"name": "l"}, "spec": {"limits": items}});
+            default_limit_range(&mut r);
+            validate(&r)
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            range(json!([{"type": "Container", "min": {"cpu": "2"}, "max": {"cpu": "1"}}])),
+            [
+                "spec.limits[0].min[cpu]: Invalid value: \"2\": min value 2 is greater than max value 1",
+                "spec.limits[0].defaultRequest[cpu]: Invalid value: \"1\": min value 2 is greater than default request value 1",
+                "spec.limits[0].default[cpu]: Invalid value: \"2\": min value 2 is greater than default value 1",
+            ]
+        );
+        assert_eq!(
+            range(json!([{"type": "Pod", "default": {"cpu": "1"}}])),
+            ["spec.limits[0].default: Forbidden: may not be specified when `type` is 'Pod'"]
+        );
+        assert_eq!(
+            range(json!([{"type": "Container", "maxLimitRequestRatio": {"cpu": "500m"}}])),
+            [
+                "spec.limits[0].maxLimitRequestRatio[cpu]: Invalid value: \"500m\": ratio 500m is less than 1"
+            ]
+        );
+        assert_eq!(
+            range(json!([{"type": "PersistentVolumeClaim", "min": {"cpu": "1"}}])),
+            [
+                "spec.limits[0].limits: Required value: either minimum or maximum storage value is required, but neither was provided"
+            ]
+        );
+        assert!(
+            range(
+                json!([{"type": "Container", "min": {"cpu": "100m"}, "max": {"cpu": "1"},
+            "default": {"cpu": "500m"}, "defaultRequest": {"cpu": "200m"},
+            "maxLimitRequestRatio": {"cpu": "5"}}])
+            )
+            .is_empty()
         );
     }
 }

@@ -174,6 +174,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
             &mut causes,
         ),
         "ResourceQuota" => causes.extend(super::resource_quota::validate(obj)),
+        "LimitRange" => causes.extend(super::limit_ranger::validate(obj)),
         "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
             super::storage::validation::validate(kind, obj, &mut causes)
         }
@@ -846,6 +847,9 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             {
                 causes.push(Cause::required(format!("{at}.image")));
             }
+            if let Some(r) = c.get("resources") {
+                resource_requirements(r, &format!("{at}.resources"), causes);
+            }
             if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                 for (j, p) in ports.iter().enumerate() {
                     let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
@@ -890,6 +894,76 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                 "Unsupported value: \"{policy}\": supported values: \"Always\", \"OnFailure\", \"Never\""
             ),
         });
+    }
+}
+
+/// Whether requests of `name` may be below its limit: native resources (no domain,
+/// or `kubernetes.io/`) but hugepages (upstream's `IsOvercommitAllowed`).
+fn overcommit_allowed(name: &str) -> bool {
+    let native = !name.contains('/') || name.starts_with("kubernetes.io/");
+    native && !name.starts_with("hugepages-")
+}
+
+/// A container's `resources` (upstream's `validateResourceRequirements`): quantities
+/// not negative, requests not above their limits (equal to them for resources that
+/// cannot be overcommitted, which must have a limit).
+fn resource_requirements(r: &Value, path: &str, causes: &mut Vec<Cause>) {
+    use crate::quota::Amount;
+    let list = |key: &str| -> Vec<(String, Value)> {
+        r.get(key)
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (limits, requests) = (list("limits"), list("requests"));
+    let mut parsed = |key: &str, entries: &[(String, Value)]| -> Vec<(String, Option<Amount>)> {
+        entries
+            .iter()
+            .map(|(name, v)| {
+                let amount = Amount::from_value(v);
+                if let Some(a) = &amount
+                    && a.milli < 0
+                {
+                    causes.push(Cause::invalid(
+                        format!("{path}.{key}[{name}]"),
+                        format!("Invalid value: \"{a}\": must be greater than or equal to 0"),
+                    ));
+                }
+                (name.clone(), amount)
+            })
+            .collect()
+    };
+    let limits = parsed("limits", &limits);
+    let requests = parsed("requests", &requests);
+    for (name, request) in &requests {
+        let Some(request) = request else { continue };
+        match limits.iter().find(|(n, _)| n == name) {
+            Some((_, Some(limit))) => {
+                if request.milli != limit.milli && !overcommit_allowed(name) {
+                    causes.push(Cause::invalid(
+                        format!("{path}.requests"),
+                        format!(
+                            "Invalid value: \"{request}\": must be equal to {name} limit of {limit}"
+                        ),
+                    ));
+                } else if request.milli > limit.milli {
+                    causes.push(Cause::invalid(
+                        format!("{path}.requests"),
+                        format!(
+                            "Invalid value: \"{request}\": must be less than or equal to {name} limit of {limit}"
+                        ),
+                    ));
+                }
+            }
+            Some((_, None)) => {}
+            None if !overcommit_allowed(name) => causes.push(Cause {
+                reason: "FieldValueRequired",
+                field: format!("{path}.limits"),
+                message: "Required value: Limit must be set for non overcommitable resources"
+                    .into(),
+            }),
+            None => {}
+        }
     }
 }
 
@@ -1597,6 +1671,51 @@ mod tests {
         );
         let policy = pdb(json!({"unhealthyPodEvictionPolicy": "Sometimes"}));
         assert_eq!(policy[0].reason, "FieldValueNotSupported");
+    }
+
+    #[test]
+    fn container_requests_stay_within_limits_as_upstream() {
+        let pod = |resources: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c", "image": "i", "resources": resources}]}})
+        };
+        let messages = |resources: Value| -> Vec<String> {
+            validate("Pod", &pod(resources))
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        };
+        assert_eq!(
+            messages(json!({"requests": {"cpu": "600m"}, "limits": {"cpu": "500m"}})),
+            [
+                "spec.containers[0].resources.requests: Invalid value: \"600m\": must be less than or equal to cpu limit of 500m"
+            ]
+        );
+        assert_eq!(
+            messages(json!({"requests": {"example.com/dongle": "1"}})),
+            [
+                "spec.containers[0].resources.limits: Required value: Limit must be set for non overcommitable resources"
+            ]
+        );
+        assert_eq!(
+            messages(
+                json!({"requests": {"example.com/dongle": "1"}, "limits": {"example.com/dongle": "2"}})
+            ),
+            [
+                "spec.containers[0].resources.requests: Invalid value: \"1\": must be equal to example.com/dongle limit of 2"
+            ]
+        );
+        assert_eq!(
+            messages(json!({"requests": {"cpu": "-1"}})),
+            [
+                "spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"
+            ]
+        );
+        assert!(
+            messages(json!({"requests": {"cpu": "100m", "memory": "1Gi"},
+            "limits": {"cpu": "1", "memory": "1Gi", "example.com/dongle": "2"}}))
+            .is_empty()
+        );
     }
 
     #[test]

@@ -119,8 +119,8 @@ impl ResponseStatus {
         }
     }
 
-    /// A failure, from the `Status` object the client is sent.
-    pub fn failure(status: &Value) -> Self {
+    /// From the `Status` object the client is sent (a failure, or a delete's success).
+    pub fn from_status(status: &Value) -> Self {
         let text = |k: &str| {
             status
                 .get(k)

@@ -415,19 +415,27 @@ impl Shared {
             )
             && let Ok(mut obj) = request::decode(&bytes, &media)
         {
+            // A Status answer's fields, as upstream's `LogResponseObject` copies them
+            // (a failure's are there already, from the error).
             if obj.get("kind").and_then(Value::as_str) == Some("Status")
                 && event
                     .response_status
                     .as_ref()
-                    .is_none_or(|s| s.message.is_empty())
-                && obj.get("status").and_then(Value::as_str) == Some("Failure")
+                    .is_none_or(|s| s.message.is_empty() && s.status.is_empty())
             {
-                event.response_status = Some(ResponseStatus::failure(&obj));
+                let code = event.response_status.as_ref().map(|s| s.code);
+                let mut status = ResponseStatus::from_status(&obj);
+                if let Some(code) = code.filter(|c| *c != 0) {
+                    status.code = code;
+                }
+                event.response_status = Some(status);
             }
-            if self.decision.omit_managed_fields {
-                event::drop_managed_fields(&mut obj);
+            if self.decision.level == Level::RequestResponse {
+                if self.decision.omit_managed_fields {
+                    event::drop_managed_fields(&mut obj);
+                }
+                event.response_object = Some(obj);
             }
-            event.response_object = Some(obj);
         }
         self.emit(&mut event, Stage::ResponseComplete);
     }
@@ -524,7 +532,8 @@ impl Record {
         match result {
             Ok(result) => {
                 if let Err(err) = &result {
-                    self.0.lock().response_status = Some(ResponseStatus::failure(&err.to_status()));
+                    self.0.lock().response_status =
+                        Some(ResponseStatus::from_status(&err.to_status()));
                 }
                 result
             }
@@ -537,7 +546,7 @@ impl Record {
                 self.0.finished.store(true, Ordering::Release);
                 let mut event = self.0.lock();
                 self.0.log_request_object(&mut event);
-                event.response_status = Some(ResponseStatus::failure(
+                event.response_status = Some(ResponseStatus::from_status(
                     &ApiError::internal(format!("APIServer panic'd: {what}")).to_status(),
                 ));
                 self.0.emit(&mut event, Stage::Panic);
@@ -561,7 +570,13 @@ impl Record {
                 self.0.emit(&mut event, Stage::ResponseStarted);
             }
         }
-        let capture = (self.0.decision.level == Level::RequestResponse && !self.0.long_running)
+        // A delete answers with a Status, whose fields upstream copies into the
+        // event's responseStatus from Metadata on (`LogResponseObject`).
+        let status_answer = self.0.decision.level >= Level::Metadata
+            && self.0.lock().verb == "delete"
+            && response.status().is_success();
+        let capture = ((self.0.decision.level == Level::RequestResponse || status_answer)
+            && !self.0.long_running)
             .then(|| (Vec::new(), request::content_type(response.headers())));
         let mut completion = Completion {
             shared: self.0,

@@ -138,11 +138,6 @@ pub fn flow_schemas() -> Vec<(&'static str, Value)> {
     let leases = json!({"verbs": ["get", "create", "update"], "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "namespaces": ["*"]});
     let mut leader_subjects = users(&["system:kube-controller-manager", "system:kube-scheduler"]);
     leader_subjects.extend(kube_system_accounts(&["*"]));
-    let mut endpoint_subjects = users(&["system:kube-controller-manager"]);
-    endpoint_subjects.extend(kube_system_accounts(&[
-        "endpoint-controller",
-        "endpointslicemirroring-controller",
-    ]));
     out.extend([
         ("probes", schema(EXEMPT, 2, None, json!([{
             "subjects": groups(&["system:unauthenticated", "system:authenticated"]),
@@ -150,14 +145,6 @@ pub fn flow_schemas() -> Vec<(&'static str, Value)> {
         }]))),
         ("system-leader-election", schema("leader-election", 100, Some("ByUser"), json!([{
             "subjects": leader_subjects,
-            "resourceRules": [leases.clone()],
-        }]))),
-        ("endpoint-controller", schema("workload-high", 150, Some("ByUser"), json!([{
-            "subjects": endpoint_subjects,
-            "resourceRules": [{"verbs": ["get", "create", "update"], "apiGroups": [""], "resources": ["endpoints"], "namespaces": ["*"]}],
-        }]))),
-        ("workload-leader-election", schema("leader-election", 200, Some("ByUser"), json!([{
-            "subjects": kube_system_accounts(&["*"]),
             "resourceRules": [leases.clone()],
         }]))),
         ("system-node-high", schema("node-high", 400, Some("ByUser"), json!([{
@@ -177,12 +164,29 @@ pub fn flow_schemas() -> Vec<(&'static str, Value)> {
     out
 }
 
-/// Creates the missing bootstrap objects of `plural`, and puts back the spec of those
-/// whose `autoupdate-spec` annotation is `"true"` (mandatory ones always).
+/// Creates the missing bootstrap objects of `plural`, puts back the spec of those
+/// whose `autoupdate-spec` annotation is `"true"` (mandatory ones always), and deletes
+/// objects so annotated that are no longer bootstrap ones (upstream's
+/// `removeDanglingBootstrapConfiguration`: the suggested `endpoint-controller` and
+/// `workload-leader-election` FlowSchemas left in 1.34).
 async fn ensure(api: &Arc<Api>, plural: &str, objects: Vec<(&'static str, Value)>, kind: &str) {
     let Some(ctx) = crate::apiserver::aggregator::internal_ctx(api, GROUP, plural, None) else {
         return;
     };
+    let prefix = format!("/registry/{GROUP}/{plural}/");
+    let names: HashSet<&str> = objects.iter().map(|(n, _)| *n).collect();
+    for kv in api.cache.list(&prefix, |_| true).0 {
+        let obj = kv.value();
+        let name = object::name(&obj);
+        if names.contains(name) || auto_update(&obj) != Some(true) {
+            continue;
+        }
+        if let Err(e) = api.store.delete(kv.key.clone(), Some(kv.revision)).await {
+            tracing::debug!(%name, error = %e, "removing a former APF bootstrap object failed");
+        } else {
+            tracing::info!(%name, kind, "removed an APF object no longer among the bootstrap ones");
+        }
+    }
     for (name, spec) in objects {
         let mandatory = matches!(name, EXEMPT | CATCH_ALL);
         let current = match ctx.current(name).await {
@@ -205,11 +209,7 @@ async fn ensure(api: &Arc<Api>, plural: &str, objects: Vec<(&'static str, Value)
             .await
             .map(|_| ()),
             Some(obj) => {
-                let auto = obj
-                    .pointer("/metadata/annotations")
-                    .and_then(|a| a.get(AUTO_UPDATE))
-                    .and_then(Value::as_str)
-                    == Some("true");
+                let auto = auto_update(&obj) == Some(true);
                 // The exempt level's concurrency settings are the admin's to change.
                 let same = |o: &Value| {
                     let mut a = o.get("spec").cloned().unwrap_or(Value::Null);
@@ -244,6 +244,14 @@ async fn ensure(api: &Arc<Api>, plural: &str, objects: Vec<(&'static str, Value)
             }
         }
     }
+}
+
+/// The object's `autoupdate-spec` annotation, when it is a boolean.
+fn auto_update(obj: &Value) -> Option<bool> {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.get(AUTO_UPDATE))
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse().ok())
 }
 
 /// Sets each FlowSchema's `Dangling` condition to whether its priority level exists.
@@ -332,8 +340,19 @@ pub async fn run(api: Arc<Api>) {
         mark_dangling(&api).await;
     };
     sync(api.clone()).await;
+    // Upstream's configuration producer runs once a minute besides.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
-        match watch.live.recv().await {
+        let received = tokio::select! {
+            r = watch.live.recv() => r,
+            _ = tick.tick() => {
+                sync(api.clone()).await;
+                continue;
+            }
+        };
+        match received {
             Ok(change) => {
                 let key = change.object.key.as_str();
                 if !key.starts_with(FLOW_SCHEMAS) && !key.starts_with(PRIORITY_LEVELS) {

@@ -77,14 +77,18 @@ impl Entry {
         Value::Object(out)
     }
 
-    /// How conflict messages name the manager: `"kubectl"` for an applier,
-    /// `"kube-controller-manager" using apps/v1` for an updater.
+    /// How conflict messages name the manager (upstream's `printManager`): `"kubectl"`
+    /// for an applier, `"kube-controller-manager" using apps/v1` for an updater, with
+    /// ` with subresource "status"` after the name for a subresource's manager.
     fn describe(&self) -> String {
-        if self.operation == UPDATE {
-            format!("{:?} using {}", self.manager, self.api_version)
-        } else {
-            format!("{:?}", self.manager)
+        let mut out = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            out.push_str(&format!(" with subresource {:?}", self.subresource));
         }
+        if self.operation == UPDATE {
+            out.push_str(&format!(" using {}", self.api_version));
+        }
+        out
     }
 }
 
@@ -312,6 +316,17 @@ fn options_error(kind: &str, causes: Vec<Cause>) -> ApiError {
 
 /// Checks `fieldManager` as kube-apiserver's `ValidateFieldManager`.
 fn validate_manager(kind: &str, manager: &str) -> ApiResult<()> {
+    let causes = manager_causes(manager);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(options_error(kind, causes))
+    }
+}
+
+/// What is wrong with `fieldManager` (upstream's `ValidateFieldManager`): longer than
+/// 128 bytes, or a character Go's `unicode.IsPrint` refuses, at its byte position.
+pub fn manager_causes(manager: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     if manager.len() > MAX_MANAGER_LEN {
         causes.push(Cause {
@@ -320,8 +335,8 @@ fn validate_manager(kind: &str, manager: &str) -> ApiResult<()> {
             message: format!("Too long: may not be more than {MAX_MANAGER_LEN} bytes"),
         });
     }
-    for (i, c) in manager.chars().enumerate() {
-        if c.is_control() {
+    for (i, c) in manager.char_indices() {
+        if !is_print(c) {
             causes.push(Cause::invalid(
                 "fieldManager",
                 format!(
@@ -331,11 +346,26 @@ fn validate_manager(kind: &str, manager: &str) -> ApiResult<()> {
             ));
         }
     }
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(options_error(kind, causes))
+    causes
+}
+
+/// Go's `unicode.IsPrint`: letters, marks, numbers, punctuation, symbols and the ASCII
+/// space; not controls, format characters, other spaces and separators, surrogates or
+/// private use. (Unassigned code points are not told apart.)
+fn is_print(c: char) -> bool {
+    if c == ' ' {
+        return true;
     }
+    if c.is_control() || c.is_whitespace() {
+        return false;
+    }
+    let format = matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F);
+    let private = matches!(c as u32, 0xE000..=0xF8FF | 0xF0000..=0xFFFFD | 0x100000..=0x10FFFD);
+    !format && !private
 }
 
 /// The manager of a non-apply write: `fieldManager`, or the User-Agent's product name
@@ -667,6 +697,9 @@ pub fn apply(
     if let Some(meta) = object::meta_mut(&mut config) {
         meta.remove("managedFields");
     }
+    if subresource == "status" {
+        config = status_only(&config);
+    }
     let mut live_obj = live.cloned().unwrap_or_else(|| json!({}));
     let live_managed = live_obj.pointer("/metadata/managedFields").cloned();
     if let Some(meta) = object::meta_mut(&mut live_obj) {
@@ -815,7 +848,8 @@ pub fn apply(
                 .entry("annotations")
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Some(a) = annotations.as_object_mut() {
-                a.insert(LAST_APPLIED.into(), Value::String(recorded.to_string()));
+                // As upstream's json.Encoder writes it: with a final newline.
+                a.insert(LAST_APPLIED.into(), Value::String(format!("{recorded}\n")));
             }
         }
     }
@@ -884,6 +918,26 @@ fn prune(
         }
     }
     converter.convert(pruned, &in_last, &None)
+}
+
+/// What an apply through `/status` can set: the status. The rest is the status
+/// strategy's reset fields (upstream strips them from the configuration before it
+/// merges), so it neither changes nor conflicts nor is owned; the identity is kept.
+fn status_only(config: &Value) -> Value {
+    let mut out = Map::new();
+    for key in ["apiVersion", "kind", "status"] {
+        if let Some(v) = config.get(key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    let mut meta = Map::new();
+    for key in ["name", "namespace", "uid", "resourceVersion"] {
+        if let Some(v) = config.pointer(&format!("/metadata/{key}")) {
+            meta.insert(key.into(), v.clone());
+        }
+    }
+    out.insert("metadata".into(), Value::Object(meta));
+    Value::Object(out)
 }
 
 /// kubectl's client-side apply annotation.

@@ -11,7 +11,7 @@ mod eviction;
 mod get;
 mod list;
 mod patch;
-mod subresource;
+pub mod subresource;
 mod update;
 pub mod watch;
 
@@ -69,6 +69,7 @@ pub async fn handle(
         user,
         warnings: Default::default(),
     };
+    check_write_options(&ctx, &method)?;
     if ctx.def.create_only {
         return super::reviews::handle(ctx, &method, path.name.as_deref(), req.into_body()).await;
     }
@@ -424,6 +425,53 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
+/// kube-apiserver's validation of a write's options (`ValidateCreateOptions`,
+/// `ValidateUpdateOptions`, `ValidatePatchOptions`, `ValidateDeleteOptions`), before
+/// anything is read: `dryRun` only `All`, `fieldValidation` one of its values and
+/// `fieldManager` printable and at most 128 bytes, else a 422 naming the options kind
+/// (`PatchOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: …`).
+fn check_write_options(ctx: &Ctx, method: &Method) -> ApiResult<()> {
+    let kind = match *method {
+        Method::POST => "CreateOptions",
+        Method::PUT => "UpdateOptions",
+        Method::PATCH => "PatchOptions",
+        Method::DELETE => "DeleteOptions",
+        _ => return Ok(()),
+    };
+    let mut causes = Vec::new();
+    if let Some(v) = ctx.query.get("dryRun")
+        && v != "All"
+    {
+        causes.push(super::status::Cause {
+            reason: "FieldValueNotSupported",
+            field: "dryRun".into(),
+            message: format!("Unsupported value: []string{{{v:?}}}: supported values: \"All\""),
+        });
+    }
+    if kind != "DeleteOptions"
+        && let Some(v) = ctx.query.get("fieldValidation")
+        && !matches!(v, "Ignore" | "Warn" | "Strict")
+    {
+        causes.push(super::status::Cause {
+            reason: "FieldValueNotSupported",
+            field: "fieldValidation".into(),
+            message: format!(
+                "Unsupported value: {v:?}: supported values: \"\", \"Ignore\", \"Strict\", \"Warn\""
+            ),
+        });
+    }
+    if kind != "DeleteOptions" {
+        causes.extend(super::managed_fields::manager_causes(
+            ctx.query.get("fieldManager").unwrap_or_default(),
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("meta.k8s.io", kind, "", causes))
+    }
+}
+
 /// Validation failures as a 422.
 pub fn invalid(def: &ResourceDef, obj: &Value, causes: Vec<super::status::Cause>) -> ApiError {
     let group = def.group.clone();
@@ -445,6 +493,8 @@ pub enum Part {
     Approval,
     /// `pods/{name}/ephemeralcontainers`: only spec.ephemeralContainers.
     EphemeralContainers,
+    /// `{name}/scale`: the replicas of the main resource, admitted as a Scale.
+    Scale,
 }
 
 impl Part {
@@ -457,6 +507,7 @@ impl Part {
             Part::Bind => "binding",
             Part::Approval => "approval",
             Part::EphemeralContainers => "ephemeralcontainers",
+            Part::Scale => "scale",
         }
     }
 }
@@ -465,8 +516,14 @@ impl Part {
 /// metadata kept, status or spec kept per `part`, defaults, validation, generation.
 pub fn merge_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiResult<Value> {
     let def = &ctx.def;
+    // A scale write changes the main resource, under its rules.
+    let part = if part == Part::Scale {
+        Part::Main
+    } else {
+        part
+    };
     match part {
-        Part::Main | Part::Bind => {
+        Part::Main | Part::Bind | Part::Scale => {
             if def.status {
                 match old.get("status") {
                     Some(s) => new["status"] = s.clone(),
@@ -721,15 +778,31 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
     differs_except(old, new, &["metadata", "status"])
 }
 
-/// The same object (managed fields included), ignoring resourceVersion.
+/// The same object (managed fields included, but not their times), ignoring
+/// resourceVersion: a write that would change only when a manager last wrote is none,
+/// as upstream's `IgnoreManagedFieldsTimestampsTransformer` makes it.
 pub fn unchanged(old: &Value, new: &Value) -> bool {
     let empty = Value::Null;
+    let (old_meta, new_meta) = (
+        old.get("metadata").unwrap_or(&empty),
+        new.get("metadata").unwrap_or(&empty),
+    );
     !differs_except(old, new, &["metadata"])
-        && !differs_except(
-            old.get("metadata").unwrap_or(&empty),
-            new.get("metadata").unwrap_or(&empty),
-            &["resourceVersion"],
-        )
+        && !differs_except(old_meta, new_meta, &["resourceVersion", "managedFields"])
+        && same_but_times(old_meta.get("managedFields"), new_meta.get("managedFields"))
+}
+
+/// Two `managedFields` lists alike but for their entries' `time`.
+fn same_but_times(old: Option<&Value>, new: Option<&Value>) -> bool {
+    match (old.and_then(Value::as_array), new.and_then(Value::as_array)) {
+        (Some(a), Some(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| !differs_except(x, y, &["time"]))
+        }
+        _ => old == new,
+    }
 }
 
 /// A change that leaves a deleting object without finalizers (for a namespace, also
@@ -891,6 +964,28 @@ async fn attempt_update(
             "the name of the object ({desired_name}) does not match the name on the URL ({name})"
         )));
     }
+    if ctx.def.namespaced
+        && let Some(ns) = object::meta_str(&desired, "namespace").filter(|n| !n.is_empty())
+        && Some(ns) != ctx.namespace.as_deref()
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    // An empty uid is the live one's (upstream's BeforeUpdate); another is a change of
+    // an immutable field.
+    if let Some(uid) = object::meta_str(&desired, "uid").filter(|u| !u.is_empty())
+        && Some(uid) != object::meta_str(&old, "uid")
+    {
+        return Err(invalid(
+            &ctx.def,
+            &desired,
+            vec![super::status::Cause::invalid(
+                "metadata.uid",
+                format!("Invalid value: \"{uid}\": field is immutable"),
+            )],
+        ));
+    }
     let mut desired = normalize(ctx, desired).await?;
     let client_managed = desired.pointer("/metadata/managedFields").cloned();
     // Mutating admission webhooks: on the decoded object, before the update rules.
@@ -1039,8 +1134,13 @@ pub async fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> ApiRes
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
-        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+        // Quotes and backslashes escaped (upstream's `NewWarningHeader`); line breaks
+        // sent as spaces, as Go's server writes header values; UTF-8 as it is.
+        let text = w
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace(['\n', '\r'], " ");
+        if let Ok(v) = axum::http::HeaderValue::from_bytes(format!("299 - \"{text}\"").as_bytes()) {
             resp.headers_mut().append(axum::http::header::WARNING, v);
         }
     }

@@ -50,35 +50,7 @@ async fn server_side_apply(
         ));
     }
     let def = &ctx.def;
-    let expected = if def.group.is_empty() {
-        def.version.clone()
-    } else {
-        format!("{}/{}", def.group, def.version)
-    };
-    let version = config
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let kind = config
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if version.is_empty() || kind.is_empty() {
-        return Err(ApiError::bad_request(
-            "apiVersion and kind must be set in an apply configuration",
-        ));
-    }
-    if version != expected {
-        return Err(ApiError::bad_request(format!(
-            "Incorrect version specified in apply patch. Specified patch version: {version}, expected: {expected}"
-        )));
-    }
-    if kind != def.kind {
-        return Err(ApiError::bad_request(format!(
-            "Incorrect kind specified in apply patch. Specified patch kind: {kind}, expected: {}",
-            def.kind
-        )));
-    }
+    check_apply_type(&config, &def.group, &def.version, &def.kind)?;
     let config_name = object::name(&config);
     if !config_name.is_empty() && config_name != name {
         return Err(ApiError::bad_request(format!(
@@ -90,6 +62,16 @@ async fn server_side_apply(
         if ctx.current(name).await?.is_none() {
             if part != Part::Main {
                 return Err(ctx.not_found(name));
+            }
+            if let Some(uid) = object::meta_str(&config, "uid").filter(|u| !u.is_empty()) {
+                return Err(ApiError::conflict_because(
+                    &def.group,
+                    &def.plural,
+                    name,
+                    &format!(
+                        "uid mismatch: the provided object specified uid {uid}, and no existing object was found"
+                    ),
+                ));
             }
             let mut obj = managed_fields::apply(ctx, None, &config, subresource)?;
             if let Some(meta) = object::meta_mut(&mut obj) {
@@ -107,6 +89,38 @@ async fn server_side_apply(
         return Ok((obj, StatusCode::OK));
     }
     Err(ApiError::conflict(&def.group, &def.plural, name))
+}
+
+/// What kube-apiserver's field manager checks of an apply configuration before it
+/// merges: the type it names is the endpoint's (`invalid object type: apps/v1,
+/// Kind=Deployment`, the version-check manager's words), and it carries no
+/// managedFields.
+pub fn check_apply_type(config: &Value, group: &str, version: &str, kind: &str) -> ApiResult<()> {
+    let text = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (api_version, applied_kind) = (text("apiVersion"), text("kind"));
+    let expected = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    if api_version != expected || applied_kind != kind {
+        // `GroupVersionKind.String()`: `/v1, Kind=Secret` for the core group.
+        let gv = if api_version.contains('/') {
+            api_version.to_owned()
+        } else {
+            format!("/{api_version}")
+        };
+        return Err(ApiError::bad_request(format!(
+            "invalid object type: {gv}, Kind={applied_kind}"
+        )));
+    }
+    if config
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    Ok(())
 }
 
 /// Patches `name` (or the part of it) and returns the stored object.

@@ -154,7 +154,7 @@ pub async fn handle(
 }
 
 /// The `autoscaling/v1` Scale view of `obj`.
-fn scale_of(paths: &ScalePaths, obj: &Value) -> Value {
+pub(crate) fn scale_of(paths: &ScalePaths, obj: &Value) -> Value {
     let meta = object::meta(obj).cloned().unwrap_or_default();
     let selector = match &paths.label_selector {
         Some(path) => obj
@@ -199,50 +199,128 @@ fn set_pointer(obj: &mut Value, ptr: &str, value: Value) {
     *at = value;
 }
 
+/// `{name}/scale`: GET gives the Scale view; PUT, and PATCH of every kind (apply
+/// too), change the replicas of the live object, each attempt made on the object as
+/// read then. The write is the main resource's, recorded in managedFields with
+/// subresource `scale` and admitted as a Scale (`autoscaling/v1`), as upstream's.
 async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Response> {
     let Some(paths) = ctx.def.scale.clone() else {
         return Err(ApiError::path_not_found("scale"));
     };
-    let Some((obj, _)) = ctx.current(name).await? else {
-        return Err(ctx.not_found(name));
-    };
-    // The scale paths are the served version's.
-    let obj = ctx.external(obj).await?;
-    let desired = match method {
-        Method::GET => return Ok(value_response(StatusCode::OK, &scale_of(&paths, &obj))),
-        Method::PUT => {
-            let bytes = read_body(body, ctx.api.max_body).await?;
-            decode(&bytes, &content_type(&ctx.headers))?
-        }
-        Method::PATCH => {
-            // Patch the Scale view, then write its replicas back.
-            let bytes = read_body(body, ctx.api.max_body).await?;
-            let patch: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            let mut view = scale_of(&paths, &obj);
-            match content_type(&ctx.headers).as_str() {
-                "application/json-patch+json" => {
-                    let p: json_patch::Patch = serde_json::from_value(patch)
-                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                    json_patch::patch(&mut view, &p)
-                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
-                }
-                _ => json_patch::merge(&mut view, &patch),
-            }
-            view
-        }
-        _ => {
-            return Err(ApiError::method_not_allowed(
-                "scale supports GET, PUT and PATCH",
+    if method == Method::GET {
+        let Some((obj, _)) = ctx.current(name).await? else {
+            return Err(ctx.not_found(name));
+        };
+        // The scale paths are the served version's.
+        let obj = ctx.external(obj).await?;
+        return Ok(value_response(StatusCode::OK, &scale_of(&paths, &obj)));
+    }
+    if !matches!(method, Method::PUT | Method::PATCH) {
+        return Err(ApiError::method_not_allowed(
+            "scale supports GET, PUT and PATCH",
+        ));
+    }
+    let media = content_type(&ctx.headers);
+    let apply = method == Method::PATCH && media == "application/apply-patch+yaml";
+    if method == Method::PATCH {
+        crate::apiserver::managed_fields::check_patch_options(&ctx, apply)?;
+    }
+    let bytes = read_body(body, ctx.api.max_body).await?;
+    let (stored, _) = if apply {
+        let config = decode(&bytes, "application/apply-patch+yaml")?;
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "error decoding YAML: the apply configuration must be an object",
             ));
         }
+        super::patch::check_apply_type(&config, "autoscaling", "v1", "Scale")?;
+        let config_name = object::name(&config);
+        if !config_name.is_empty() && config_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({config_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        // The Scale's fields are the resource's: applied as the resource, through
+        // the `scale` subresource.
+        let mut applied = json!({
+            "apiVersion": ctx.def.api_version(),
+            "kind": ctx.def.kind,
+            "metadata": {"name": name},
+        });
+        if let Some(rv) = object::meta_str(&config, "resourceVersion") {
+            applied["metadata"]["resourceVersion"] = json!(rv);
+        }
+        if let Some(replicas) = config.pointer("/spec/replicas") {
+            check_replicas(name, replicas)?;
+            set_replicas(&paths, &mut applied, replicas.clone());
+        }
+        update_loop(&ctx, name, Part::Scale, |old| {
+            crate::apiserver::managed_fields::apply(&ctx, Some(old), &applied, "scale")
+        })
+        .await?
+    } else if method == Method::PUT {
+        let desired = decode(&bytes, &media)?;
+        let replicas = desired
+            .pointer("/spec/replicas")
+            .cloned()
+            .unwrap_or(json!(0));
+        check_replicas(name, &replicas)?;
+        let pinned = object::meta_str(&desired, "resourceVersion").map(str::to_owned);
+        update_loop(&ctx, name, Part::Scale, |old| {
+            let mut new = old.clone();
+            set_replicas(&paths, &mut new, replicas.clone());
+            pin(&mut new, pinned.as_deref());
+            Ok(new)
+        })
+        .await?
+    } else {
+        let patch: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let json_patch = match media.as_str() {
+            "application/json-patch+json" => Some(
+                serde_json::from_value::<json_patch::Patch>(patch.clone())
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?,
+            ),
+            // A Scale has no list to merge by key: a strategic merge is a merge.
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => None,
+            other => {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "the body of the request was in an unknown format ({other:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+                )));
+            }
+        };
+        update_loop(&ctx, name, Part::Scale, |old| {
+            // The patch applies to the Scale of the object as read in this attempt.
+            let mut view = scale_of(&paths, old);
+            let read = object::meta_str(&view, "resourceVersion").map(str::to_owned);
+            match &json_patch {
+                Some(p) => json_patch::patch(&mut view, p)
+                    .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
+                None => json_patch::merge(&mut view, &patch),
+            }
+            let replicas = view.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+            check_replicas(name, &replicas)?;
+            let mut new = old.clone();
+            set_replicas(&paths, &mut new, replicas);
+            // A resourceVersion the patch set is a precondition; the one read is not.
+            let wanted = object::meta_str(&view, "resourceVersion").map(str::to_owned);
+            pin(
+                &mut new,
+                wanted.filter(|rv| Some(rv) != read.as_ref()).as_deref(),
+            );
+            Ok(new)
+        })
+        .await?
     };
-    let replicas = desired
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    if replicas < 0 {
-        return Err(ApiError::invalid(
+    let stored = ctx.external(stored).await?;
+    Ok(value_response(StatusCode::OK, &scale_of(&paths, &stored)))
+}
+
+/// A Scale's `spec.replicas` must be a whole number, not negative.
+fn check_replicas(name: &str, replicas: &Value) -> ApiResult<()> {
+    match replicas.as_i64() {
+        Some(r) if r >= 0 => Ok(()),
+        _ => Err(ApiError::invalid(
             "autoscaling",
             "Scale",
             name,
@@ -250,30 +328,23 @@ async fn scale(ctx: Ctx, method: Method, name: &str, body: Body) -> ApiResult<Re
                 "spec.replicas",
                 format!("Invalid value: {replicas}: must be greater than or equal to 0"),
             )],
-        ));
+        )),
     }
-    let pinned = desired
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let (stored, _) = update_loop(&ctx, name, Part::Main, |old| {
-        let mut new = old.clone();
-        set_pointer(
-            &mut new,
-            &ScalePaths::pointer(&paths.spec_replicas),
-            json!(replicas),
-        );
-        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-            match &pinned {
-                Some(rv) => m.insert("resourceVersion".into(), json!(rv)),
-                None => m.remove("resourceVersion"),
-            };
-        }
-        Ok(new)
-    })
-    .await?;
-    let stored = ctx.external(stored).await?;
-    Ok(value_response(StatusCode::OK, &scale_of(&paths, &stored)))
+}
+
+/// Sets `obj`'s resourceVersion to the precondition `rv`, or removes it (none).
+fn pin(obj: &mut Value, rv: Option<&str>) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        match rv {
+            Some(rv) => m.insert("resourceVersion".into(), json!(rv)),
+            None => m.remove("resourceVersion"),
+        };
+    }
+}
+
+/// Sets the replicas `obj`'s scale paths name to `replicas`.
+pub(crate) fn set_replicas(paths: &ScalePaths, obj: &mut Value, replicas: Value) {
+    set_pointer(obj, &ScalePaths::pointer(&paths.spec_replicas), replicas);
 }
 
 async fn bind(ctx: Ctx, name: &str, body: Body) -> ApiResult<Response> {

@@ -12,7 +12,9 @@
 //! shrank), a quota new or with changed limits or scopes; and every namespace with
 //! quotas is counted again every [`RESYNC`] (`--resource-quota-sync-period`), which
 //! also corrects a charge whose object was never stored. A resource discovered later
-//! (a new CRD) is listed from the apiserver when a quota counts it. Status is written
+//! (a new CRD) is listed from the apiserver when a quota counts it, and such a
+//! namespace is counted again every [`DISCOVERY_TTL`]. A pod whose `Terminating` scope
+//! changed wakes its namespace too. Status is written
 //! with the quota's resourceVersion, so a charge admission made meanwhile is never
 //! overwritten: the write conflicts and the namespace is counted again.
 //!
@@ -57,6 +59,9 @@ struct Watched {
 struct Seen {
     usage: HashMap<String, ResourceList>,
     specs: HashMap<String, Value>,
+    /// Each pod's `Terminating` scope (an activeDeadlineSeconds): a change moves its
+    /// usage between quotas of the two scopes.
+    terminating: HashMap<String, bool>,
 }
 
 struct Controller {
@@ -158,6 +163,7 @@ fn wakes(
     if deleted {
         seen.usage.remove(uid);
         seen.specs.remove(uid);
+        seen.terminating.remove(uid);
         return true;
     }
     if is_quota {
@@ -175,11 +181,22 @@ fn wakes(
     let doc = serde_json::to_value(obj).unwrap_or(Value::Null);
     let now = evaluator.usage(&doc, Timestamp::now());
     let before = seen.usage.insert(uid.to_owned(), now.clone());
+    // A pod that changed scope (upstream's update filter: `IsTerminating` differs).
+    let scope_changed = matches!(evaluator, Evaluator::Pods) && {
+        let terminating = doc
+            .pointer("/spec/activeDeadlineSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|s| s >= 0);
+        seen.terminating
+            .insert(uid.to_owned(), terminating)
+            .is_some_and(|was| was != terminating)
+    };
     // A fall in any resource (new objects were charged by admission).
-    before.is_some_and(|b| {
-        b.iter()
-            .any(|(k, v)| now.get(k).is_none_or(|n| n.milli < v.milli))
-    })
+    scope_changed
+        || before.is_some_and(|b| {
+            b.iter()
+                .any(|(k, v)| now.get(k).is_none_or(|n| n.milli < v.milli))
+        })
 }
 
 impl Controller {
@@ -303,6 +320,41 @@ impl Controller {
             .min()
             .and_then(|end| Duration::try_from(end.duration_since(now)).ok())
             .map(|d| d + Duration::from_secs(1));
-        Ok(Some(grace.map_or(RESYNC, |g| g.min(RESYNC))))
+        // Objects of a resource found after the start (a new CRD) have no informer to
+        // tell of their deletion: counted again as often as discovery is refreshed,
+        // as upstream's quota monitor starts watching them within that time.
+        let resync = if objects.keys().any(|k| !self.watched.contains_key(k)) {
+            DISCOVERY_TTL
+        } else {
+            RESYNC
+        };
+        Ok(Some(grace.map_or(resync, |g| g.min(resync))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(deadline: Option<i64>) -> DynamicObject {
+        let mut doc = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": "500m"}}}]}});
+        if let Some(d) = deadline {
+            doc["spec"]["activeDeadlineSeconds"] = json!(d);
+        }
+        serde_json::from_value(doc).expect("a pod")
+    }
+
+    #[test]
+    fn a_pod_that_changes_terminating_scope_wakes_its_namespace() {
+        let seen = Mutex::new(Seen::default());
+        let wake = |p: &DynamicObject| wakes(&seen, &Evaluator::Pods, false, p, "u1", false);
+        assert!(!wake(&pod(None)), "first sight: admission charged it");
+        assert!(!wake(&pod(None)), "nothing changed");
+        assert!(wake(&pod(Some(3600))), "now Terminating");
+        assert!(!wake(&pod(Some(60))), "still Terminating");
+        assert!(wake(&pod(None)), "NotTerminating again");
     }
 }

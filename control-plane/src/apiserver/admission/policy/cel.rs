@@ -149,9 +149,10 @@ const BUILTIN_IDENTS: &[&str] = &[
 /// Compiles `source`, refusing (with kube-apiserver's wording) what does not parse,
 /// refers to anything undeclared, or is a literal of another type than `returns`.
 pub fn compile(source: &str, decls: &Decls, returns: Returns) -> Result<Compiled, String> {
+    // cel-go's snippet lines start " | "; the parser's start "| ".
     let program = env()
         .compile(source)
-        .map_err(|e| format!("compilation failed: {e}"))?;
+        .map_err(|e| format!("compilation failed: {e}").replace("\n| ", "\n | "))?;
     let mut check = Checker {
         decls,
         scope: Vec::new(),

@@ -42,6 +42,7 @@ use self::compiled::{Binding, Hook, Policy};
 use self::evaluate::Decision;
 use self::matching::Request;
 use super::webhook::rules::{self, Operation};
+use super::webhook::{ObjectKind, SCALE};
 use crate::apiserver::audit;
 use crate::apiserver::object;
 use crate::apiserver::registry::ResourceDef;
@@ -69,6 +70,8 @@ struct Attributes<'a> {
     old: Option<&'a Value>,
     dry_run: bool,
     options: &'static str,
+    /// The object's kind when it is not the resource's (a `/scale` write's Scale).
+    kind: Option<ObjectKind>,
 }
 
 fn is_namespace(def: &ResourceDef) -> bool {
@@ -106,6 +109,7 @@ pub fn validate_create(ctx: &Ctx, obj: &Value) -> ApiResult<()> {
             old: None,
             dry_run: ctx.query.dry_run()?,
             options: "CreateOptions",
+            kind: None,
         },
     )
 }
@@ -117,6 +121,15 @@ pub fn validate_update(ctx: &Ctx, old: &Value, new: &Value, part: Part) -> ApiRe
         return Ok(());
     }
     let name = object::name(old);
+    // A scale update is admitted as its Scale, as upstream's.
+    let scales = match (part, &ctx.def.scale) {
+        (Part::Scale, Some(paths)) => {
+            use crate::apiserver::rest::subresource::scale_of;
+            Some((scale_of(paths, new), scale_of(paths, old)))
+        }
+        _ => None,
+    };
+    let (object, old_object) = scales.as_ref().map_or((new, old), |(n, o)| (n, o));
     admit(
         ctx,
         &Attributes {
@@ -124,10 +137,11 @@ pub fn validate_update(ctx: &Ctx, old: &Value, new: &Value, part: Part) -> ApiRe
             subresource: part.subresource(),
             name,
             namespace: request_namespace(ctx, Operation::Update, name),
-            object: Some(new),
-            old: Some(old),
+            object: Some(object),
+            old: Some(old_object),
             dry_run: ctx.query.dry_run()?,
             options: "UpdateOptions",
+            kind: scales.is_some().then_some(SCALE),
         },
     )
 }
@@ -146,6 +160,7 @@ pub fn validate_delete(ctx: &Ctx, old: &Value, dry_run: bool) -> ApiResult<()> {
             old: Some(old),
             dry_run,
             options: "DeleteOptions",
+            kind: None,
         },
     )
 }
@@ -430,7 +445,10 @@ fn namespace_object(ctx: &Ctx, attrs: &Attributes) -> Option<Value> {
 /// omitted as its JSON omits them.
 fn request_object(ctx: &Ctx, attrs: &Attributes) -> Value {
     let def = &ctx.def;
-    let kind = json!({"group": def.group, "version": def.version, "kind": def.kind});
+    let kind = match attrs.kind {
+        Some(k) => json!({"group": k.group, "version": k.version, "kind": k.kind}),
+        None => json!({"group": def.group, "version": def.version, "kind": def.kind}),
+    };
     let resource = json!({"group": def.group, "version": def.version, "resource": def.plural});
     let mut user = json!({});
     if let Some(u) = &ctx.user {

@@ -9,6 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use super::cel::{Decls, Returns, compile};
+use crate::apiserver::admission::validation::qualified_name_error;
 use crate::apiserver::admission::webhook::validation::validate_rule;
 use crate::apiserver::status::Cause;
 
@@ -205,6 +206,10 @@ fn is_cel_identifier(name: &str) -> bool {
 /// object's).
 fn validate_policy(obj: &Value, causes: &mut Vec<Cause>) {
     let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let policy_name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     match spec.get("failurePolicy").and_then(Value::as_str) {
         None => causes.push(required("spec.failurePolicy".into(), "")),
         Some("Fail" | "Ignore") => {}
@@ -264,10 +269,15 @@ fn validate_policy(obj: &Value, causes: &mut Vec<Cause>) {
         let name = text(c, "name");
         if name.is_empty() {
             causes.push(required(format!("{path}.name"), ""));
-        } else if names.contains(&name) {
-            causes.push(Cause::duplicate(format!("{path}.name"), name));
         } else {
-            names.push(name);
+            if let Some(msg) = qualified_name_error(name) {
+                causes.push(Cause::invalid(format!("{path}.name"), msg));
+            }
+            if names.contains(&name) {
+                causes.push(Cause::duplicate(format!("{path}.name"), name));
+            } else {
+                names.push(name);
+            }
         }
     }
     let variables: Vec<String> = list(spec, "variables")
@@ -381,6 +391,12 @@ fn validate_policy(obj: &Value, causes: &mut Vec<Cause>) {
     for (i, a) in annotations.iter().enumerate() {
         let path = format!("spec.auditAnnotations[{i}]");
         let key = text(a, "key");
+        if key.is_empty() {
+            causes.push(required(format!("{path}.key"), ""));
+        } else if let Some(msg) = qualified_name_error(&format!("{policy_name}/{key}")) {
+            // The annotation is published as `<policy name>/<key>`.
+            causes.push(Cause::invalid(format!("{path}.key"), msg));
+        }
         if keys.contains(&key) {
             causes.push(Cause::duplicate(format!("{path}.key"), key));
         }

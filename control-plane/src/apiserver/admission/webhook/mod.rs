@@ -55,9 +55,24 @@ pub struct Attributes {
     pub options: Value,
     pub dry_run: bool,
     /// The kind of `object` when it is not the resource's (a CONNECT's options,
-    /// `PodExecOptions`…).
-    pub kind: Option<&'static str>,
+    /// `PodExecOptions`…; a `/scale` write's `autoscaling/v1` Scale).
+    pub kind: Option<ObjectKind>,
 }
+
+/// A kind an admission request's object has when it is not the resource's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+}
+
+/// What a `/scale` write is admitted as (upstream's `autoscaling/v1` Scale).
+pub const SCALE: ObjectKind = ObjectKind {
+    group: "autoscaling",
+    version: "v1",
+    kind: "Scale",
+};
 
 /// A webhook to call, and the resource version it is called in.
 #[derive(Debug)]
@@ -70,9 +85,16 @@ impl Invocation {
         gvr(&self.def, attrs)
     }
 
-    /// A stored object in the version the webhook is called in.
-    async fn external(&self, ctx: &Ctx, obj: Option<&Value>) -> ApiResult<Option<Value>> {
+    /// A stored object in the version the webhook is called in (an object of another
+    /// kind than the resource's as it is).
+    async fn external(
+        &self,
+        ctx: &Ctx,
+        attrs: &Attributes,
+        obj: Option<&Value>,
+    ) -> ApiResult<Option<Value>> {
         match obj {
+            Some(o) if attrs.kind.is_some() => Ok(Some(o.clone())),
             Some(o) => {
                 crate::apiserver::conversion::webhook::external(&ctx.api, &self.def, o.clone())
                     .await
@@ -88,7 +110,12 @@ fn gvr(def: &ResourceDef, attrs: &Attributes) -> Gvr {
         group: def.group.clone(),
         version: def.version.clone(),
         resource: def.plural.clone(),
-        kind: attrs.kind.map_or_else(|| def.kind.clone(), str::to_owned),
+        kind: attrs
+            .kind
+            .map_or_else(|| def.kind.clone(), |k| k.kind.to_owned()),
+        kind_group_version: attrs
+            .kind
+            .map(|k| (k.group.to_owned(), k.version.to_owned())),
     }
 }
 
@@ -217,6 +244,7 @@ fn subresource(part: Part) -> Option<&'static str> {
         Part::Finalize => Some("finalize"),
         Part::Approval => Some("approval"),
         Part::EphemeralContainers => Some("ephemeralcontainers"),
+        Part::Scale => Some("scale"),
         Part::Bind => None,
     }
 }
@@ -332,8 +360,10 @@ async fn should_call(
     };
     ns_match?;
     if !hook.match_conditions.is_empty() {
-        let object = invocation.external(ctx, attrs.object.as_ref()).await?;
-        let old = invocation.external(ctx, attrs.old.as_ref()).await?;
+        let object = invocation
+            .external(ctx, attrs, attrs.object.as_ref())
+            .await?;
+        let old = invocation.external(ctx, attrs, attrs.old.as_ref()).await?;
         // `request` without its objects: they are `object` and `oldObject`.
         let request = review::request("v1", "", info, &invocation.gvr(attrs), None, None);
         let outcome = conditions::evaluate(
@@ -383,11 +413,11 @@ async fn call(
         .map_err(|e| Failure::calling(format!("could not create admission objects: {e}"), 400))?;
     let uid = object::new_uid();
     let object = invocation
-        .external(ctx, attrs.object.as_ref())
+        .external(ctx, attrs, attrs.object.as_ref())
         .await
         .map_err(Failure::Other)?;
     let old = invocation
-        .external(ctx, attrs.old.as_ref())
+        .external(ctx, attrs, attrs.old.as_ref())
         .await
         .map_err(Failure::Other)?;
     let body = review::request(
@@ -566,23 +596,47 @@ pub async fn admit_update(ctx: &Ctx, part: Part, old: &Value, new: &mut Value) -
     }
     let dry_run = ctx.query.dry_run()?;
     let name = object::name(old).to_owned();
+    let (object, old_object, kind) = objects(ctx, part, old, new);
     let mut attrs = Attributes {
         operation: Operation::Update,
         subresource,
         namespace: request_namespace(ctx, Operation::Update, &name),
         name,
-        object: Some(new.clone()),
-        old: Some(old.clone()),
+        object: Some(object),
+        old: Some(old_object),
         options: update_options(ctx, dry_run),
         dry_run,
-        kind: None,
+        kind,
     };
     if mutating::run(ctx, &hooks, &mut attrs).await?
         && let Some(changed) = attrs.object
     {
-        *new = changed;
+        match (part, &ctx.def.scale) {
+            // What a webhook changed of a Scale is its replicas.
+            (Part::Scale, Some(paths)) => {
+                let replicas = changed
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                crate::apiserver::rest::subresource::set_replicas(paths, new, replicas);
+            }
+            _ => *new = changed,
+        }
     }
     Ok(())
+}
+
+/// The objects (new, old) and their kind that an update through `part` is admitted
+/// with: the resource's own, or for `/scale` their Scale views, as upstream admits a
+/// scale update (`autoscaling/v1` Scale, subresource `scale`).
+fn objects(ctx: &Ctx, part: Part, old: &Value, new: &Value) -> (Value, Value, Option<ObjectKind>) {
+    match (part, &ctx.def.scale) {
+        (Part::Scale, Some(paths)) => {
+            use crate::apiserver::rest::subresource::scale_of;
+            (scale_of(paths, new), scale_of(paths, old), Some(SCALE))
+        }
+        _ => (new.clone(), old.clone(), None),
+    }
 }
 
 /// Validating webhooks on an update of `part`, on the object about to be stored.
@@ -599,16 +653,17 @@ pub async fn validate_update(ctx: &Ctx, part: Part, old: &Value, new: &Value) ->
     }
     let dry_run = ctx.query.dry_run()?;
     let name = object::name(old).to_owned();
+    let (object, old_object, kind) = objects(ctx, part, old, new);
     let attrs = Attributes {
         operation: Operation::Update,
         subresource,
         namespace: request_namespace(ctx, Operation::Update, &name),
         name,
-        object: Some(new.clone()),
-        old: Some(old.clone()),
+        object: Some(object),
+        old: Some(old_object),
         options: update_options(ctx, dry_run),
         dry_run,
-        kind: None,
+        kind,
     };
     validating::run(ctx, &hooks, &attrs).await
 }
@@ -715,7 +770,11 @@ pub async fn admit_connect(
         old: None,
         options: Value::Null,
         dry_run: false,
-        kind: Some(kind),
+        kind: Some(ObjectKind {
+            group: "",
+            version: "v1",
+            kind,
+        }),
     };
     if !mutating_hooks.is_empty() {
         mutating::run(ctx, &mutating_hooks, &mut attrs).await?;

@@ -67,13 +67,22 @@ async fn call_one(
     if patch.0.is_empty() {
         return Ok(false);
     }
-    // No object (a delete), or one that is not the resource (a CONNECT's options).
-    let (Some(current), Some(mut doc), None) = (attrs.object.as_mut(), external, attrs.kind) else {
-        return Err(Failure::Other(review::internal(&format!(
-            "admission webhook \"{}\" attempted to modify the object, which is not supported for this operation",
-            hook.name
-        ))));
+    // No object (a delete), or one that is not the resource (a CONNECT's options) and
+    // not a Scale either.
+    let (Some(current), Some(mut doc)) = (attrs.object.as_mut(), external) else {
+        return Err(unsupported(hook));
     };
+    match attrs.kind {
+        None => {}
+        Some(kind) if kind == super::SCALE => {
+            json_patch::patch(&mut doc, &patch)
+                .map_err(|e| Failure::Other(review::internal(&e.to_string())))?;
+            let changed = doc != *current;
+            *current = doc;
+            return Ok(changed);
+        }
+        Some(_) => return Err(unsupported(hook)),
+    }
     json_patch::patch(&mut doc, &patch)
         .map_err(|e| Failure::Other(review::internal(&e.to_string())))?;
     let patched = decode(&invocation.def, doc).map_err(|e| Failure::Other(review::internal(&e)))?;
@@ -83,6 +92,13 @@ async fn call_one(
     let changed = patched != *current;
     *current = patched;
     Ok(changed)
+}
+
+fn unsupported(hook: &Hook) -> Failure {
+    Failure::Other(review::internal(&format!(
+        "admission webhook \"{}\" attempted to modify the object, which is not supported for this operation",
+        hook.name
+    )))
 }
 
 fn annotation(hook: &Hook, mutated: bool) -> String {

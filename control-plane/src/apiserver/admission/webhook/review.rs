@@ -24,11 +24,17 @@ pub struct Gvr {
     pub version: String,
     pub resource: String,
     pub kind: String,
+    /// The kind's group and version when they are not the resource's (a Scale's).
+    pub kind_group_version: Option<(String, String)>,
 }
 
 impl Gvr {
     fn kind_json(&self) -> Value {
-        json!({"group": self.group, "version": self.version, "kind": self.kind})
+        let (group, version) = self
+            .kind_group_version
+            .as_ref()
+            .map_or((&self.group, &self.version), |(g, v)| (g, v));
+        json!({"group": group, "version": version, "kind": self.kind})
     }
 
     fn resource_json(&self) -> Value {
