@@ -4,8 +4,9 @@
 //! managers own different fields of one Deployment, a field a manager stops applying
 //! goes only if nobody else owns it, client-side apply migrates to server-side apply,
 //! `kubectl diff --server-side`, kube-rs' `Patch::Apply` on a custom resource's
-//! associative list, managers of a version a CRD no longer lists dropped, and bad requests
-//! refused as upstream.
+//! associative list, managers of a version a CRD no longer lists dropped, `/scale`
+//! applied, recorded and admitted as a Scale, bad requests and options refused as
+//! upstream, and a re-apply of defaulted content that writes nothing.
 
 use berth_testkit::{BerthServer, Kubectl};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -980,5 +981,262 @@ async fn kube_rs_apply_merges_a_custom_resources_list_by_key() {
             .as_str()
             .is_some_and(|m| m.contains("force: Forbidden")),
         "{status}"
+    );
+}
+
+/// `/scale` as kube-apiserver serves it (`TestScaleAllResources`,
+/// `TestSubresourceField`): an applied Scale conflicts with the resource's own
+/// applier of `.spec.replicas` until forced, its managers are recorded with
+/// `subresource: scale` and named so in conflicts, and admission sees a Scale.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scale_subresource_is_applied_recorded_and_admitted_as_a_scale() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let client = client(&server).await;
+    let (ok, out) = run(
+        &k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=apply_test",
+            "-f",
+            "-",
+        ],
+        &deployment("d", 1, "nginx:1", ""),
+    );
+    assert!(ok, "{out}");
+    let path = "/apis/apps/v1/namespaces/default/deployments/d/scale";
+    let scale = |replicas: u32| {
+        format!(
+            "apiVersion: autoscaling/v1\nkind: Scale\nmetadata: {{name: d}}\nspec: {{replicas: {replicas}}}\n"
+        )
+    };
+    let apply = "application/apply-patch+yaml";
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{path}?fieldManager=apply_scale"),
+        apply,
+        &scale(3),
+    )
+    .await;
+    assert_eq!(code, 409, "{status}");
+    assert_eq!(
+        status["message"],
+        "Apply failed with 1 conflict: conflict with \"apply_test\": .spec.replicas"
+    );
+    let (code, answer) = raw_patch(
+        &client,
+        &format!("{path}?fieldManager=apply_scale&force=true"),
+        apply,
+        &scale(3),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["kind"], "Scale");
+    assert_eq!(answer["spec"]["replicas"], 3);
+    let obj = k.json(&["get", "deployment", "d", "--show-managed-fields"]);
+    let scaler = entry(&obj, "apply_scale", "Apply").expect("apply_scale's entry");
+    assert_eq!(scaler["subresource"], "scale");
+    assert_eq!(scaler["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+    let main = entry(&obj, "apply_test", "Apply").expect("apply_test's entry");
+    assert!(
+        main["fieldsV1"]["f:spec"].get("f:replicas").is_none(),
+        "{main}"
+    );
+    // Another kind in an applied Scale, in the version-check manager's words.
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{path}?fieldManager=x"),
+        apply,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 3}\n",
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert_eq!(
+        status["message"],
+        "invalid object type: apps/v1, Kind=Deployment"
+    );
+
+    // kubectl scale: an Update through the subresource, named so in a conflict.
+    k.ok(&["scale", "deployment", "d", "--replicas=5"]);
+    let obj = k.json(&["get", "deployment", "d", "--show-managed-fields"]);
+    let scaled = entry(&obj, "kubectl", "Update").expect("kubectl's scale entry");
+    assert_eq!(scaled["subresource"], "scale");
+    let (ok, out) = run(
+        &k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=apply_test",
+            "-f",
+            "-",
+        ],
+        &deployment("d", 1, "nginx:1", ""),
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        ),
+        "{out}"
+    );
+
+    // A policy on `deployments` does not see a scale; one on `deployments/scale` sees
+    // the Scale, before and after.
+    let policies = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: main-only}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules: [{apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments]}]
+  validations: [{expression: "object.spec.replicas > 100", message: "the main rule fired"}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: main-only}
+spec: {policyName: main-only, validationActions: [Deny]}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: scale-only}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules: [{apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments/scale]}]
+  validations:
+  - expression: "object.spec.replicas <= 6"
+    messageExpression: "request.kind.group + '/' + request.kind.kind + ' ' + request.subResource + ' ' + string(oldObject.spec.replicas) + '->' + string(object.spec.replicas)"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: scale-only}
+spec: {policyName: scale-only, validationActions: [Deny]}
+"#;
+    let (ok, out) = run(&k, &["apply", "-f", "-"], policies);
+    assert!(ok, "{out}");
+    let mut denied = String::new();
+    for _ in 0..50 {
+        k.ok(&["scale", "deployment", "d", "--replicas=6"]);
+        let out = k.run(&["scale", "deployment", "d", "--replicas=7"]);
+        denied = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        denied.contains("ValidatingAdmissionPolicy 'scale-only' with binding 'scale-only' denied request: autoscaling/Scale scale 6->7"),
+        "{denied}"
+    );
+}
+
+/// Requests kube-apiserver refuses before it reads anything, or in its field
+/// manager's words; and a write that would change only managers' times writes
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn options_and_apply_bodies_are_checked_as_upstream() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    let client = client(&server).await;
+    let cm = "/api/v1/namespaces/default/configmaps/c";
+    let apply = "application/apply-patch+yaml";
+    let body = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n";
+    for (query, message) in [
+        (
+            "fieldManager=m&dryRun=Some",
+            "PatchOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{\"Some\"}: supported values: \"All\"",
+        ),
+        (
+            "fieldManager=m&fieldValidation=Loud",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldValidation: Unsupported value: \"Loud\": supported values: \"\", \"Ignore\", \"Strict\", \"Warn\"",
+        ),
+    ] {
+        let (code, status) = raw_patch(&client, &format!("{cm}?{query}"), apply, body).await;
+        assert_eq!(code, 422, "{status}");
+        assert_eq!(status["message"], message);
+    }
+    // A non-printable character, at its byte position.
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{cm}?fieldManager=%C3%A9%E2%80%8B"),
+        apply,
+        body,
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid character U+200B (at position 2)")),
+        "{status}"
+    );
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{cm}?fieldManager=m"),
+        apply,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: c}\n",
+    )
+    .await;
+    assert_eq!(
+        (code, status["message"].clone()),
+        (400, json!("invalid object type: /v1, Kind=Secret"))
+    );
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{cm}?fieldManager=m"),
+        apply,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, managedFields: [{manager: x}]}\n",
+    )
+    .await;
+    assert_eq!(
+        (code, status["message"].clone()),
+        (400, json!("metadata.managedFields must be nil"))
+    );
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{cm}?fieldManager=m"),
+        apply,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, uid: 0b5c4a53-9a8e-4f6c-9d2e-000000000000}\n",
+    )
+    .await;
+    assert_eq!(code, 409, "{status}");
+    assert!(
+        status["message"].as_str().is_some_and(|m| m.contains(
+            "uid mismatch: the provided object specified uid 0b5c4a53-9a8e-4f6c-9d2e-000000000000, and no existing object was found"
+        )),
+        "{status}"
+    );
+    let (code, status) = raw_patch(
+        &client,
+        &format!("{cm}?fieldManager=m"),
+        apply,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: other}\n",
+    )
+    .await;
+    // Created first: the namespace of an apply that creates is checked at create.
+    assert_eq!(code, 400, "{status}");
+
+    // The same LimitRange (which the server fills with defaults no controller
+    // touches) applied twice: the second writes nothing.
+    let range = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: l, namespace: default}\nspec:\n  limits: [{type: Container, max: {cpu: '1'}}]\n";
+    let args = ["apply", "--server-side", "--field-manager=m2", "-f", "-"];
+    let (ok, out) = run(&k, &args, range);
+    assert!(ok, "{out}");
+    let before = k.json(&["get", "limitrange", "l"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (ok, out) = run(&k, &args, range);
+    assert!(ok, "{out}");
+    let after = k.json(&["get", "limitrange", "l"]);
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
     );
 }
