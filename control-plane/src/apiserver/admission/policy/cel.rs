@@ -144,6 +144,7 @@ const BUILTIN_IDENTS: &[&str] = &[
     "lists",
     "sets",
     "cel",
+    "ip",
 ];
 
 /// Compiles `source`, refusing (with kube-apiserver's wording) what does not parse,

@@ -4,8 +4,8 @@
 //! (`find`, `findAll`), the quantity library (`quantity`, `isQuantity`, `compareTo`,
 //! `isGreaterThan`, `isLessThan`, `add`, `sub`, `asInteger`, `isInteger`,
 //! `asApproximateFloat`, `sign`) and cel-go's sets extension (`sets.contains`,
-//! `sets.intersects`, `sets.equivalent`). The authorizer library is in
-//! [`authz`](super::authz).
+//! `sets.intersects`, `sets.equivalent`). The URL, IP and CIDR libraries are in
+//! [`network`](super::network), the authorizer library in [`authz`](super::authz).
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -428,5 +428,6 @@ pub fn register(env: &mut Env) -> Result<(), DeclarationError> {
             f,
         )?;
     }
+    super::network::register(env)?;
     super::authz::register(env)
 }

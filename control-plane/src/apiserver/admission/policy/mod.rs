@@ -30,6 +30,7 @@ pub mod compiled;
 pub mod evaluate;
 pub mod library;
 pub mod matching;
+pub mod network;
 pub mod validation;
 
 use std::collections::BTreeMap;

@@ -331,3 +331,44 @@ fn an_expression_that_no_longer_compiles_fails_alone_under_the_failure_policy() 
     assert!(out.decisions.is_empty(), "{out:?}");
     assert_eq!(out.ignored.len(), 1);
 }
+
+#[test]
+fn the_url_ip_and_cidr_libraries_answer_as_kubernetes_documents_them() {
+    let obj = json!({"spec": {"endpoint": "https://api.example.com:8443/v1/x?a=1&a=2", "addr": "10.1.2.3"}});
+    for expr in [
+        "isURL(object.spec.endpoint) && !isURL('example.com')",
+        "url(object.spec.endpoint).getScheme() == 'https'",
+        "url(object.spec.endpoint).getHost() == 'api.example.com:8443'",
+        "url(object.spec.endpoint).getHostname() == 'api.example.com'",
+        "url(object.spec.endpoint).getPort() == '8443'",
+        "url(object.spec.endpoint).getEscapedPath() == '/v1/x'",
+        "url(object.spec.endpoint).getQuery()['a'] == ['1', '2']",
+        "url('https://[::1]:80/').getHostname() == '::1'",
+        "isIP(object.spec.addr) && !isIP('::ffff:1.2.3.4') && !isIP('1.2.3')",
+        "ip(object.spec.addr).family() == 4 && ip('::1').family() == 6",
+        "ip('127.0.0.1').isLoopback() && ip('0.0.0.0').isUnspecified()",
+        "ip('fe80::1').isLinkLocalUnicast() && ip('224.0.0.251').isLinkLocalMulticast()",
+        "ip('10.0.0.1').isGlobalUnicast() && !ip('255.255.255.255').isGlobalUnicast()",
+        "ip.isCanonical('2001:db8::1') && !ip.isCanonical('2001:DB8::1')",
+        "string(ip('2001:db8:0:0::1')) == '2001:db8::1'",
+        "ip('10.0.0.1') == ip('10.0.0.1')",
+        "cidr('10.0.0.0/8').containsIP(object.spec.addr)",
+        "cidr('10.0.0.0/8').containsIP(ip('10.9.9.9')) && !cidr('10.0.0.0/8').containsIP('11.0.0.1')",
+        "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && !cidr('10.1.0.0/16').containsCIDR(cidr('10.0.0.0/8'))",
+        "cidr('192.168.1.77/24').masked() == cidr('192.168.1.0/24')",
+        "cidr('192.168.1.77/24').ip() == ip('192.168.1.77') && cidr('::/0').prefixLength() == 0",
+        "string(cidr('192.168.1.0/24')) == '192.168.1.0/24' && isCIDR('10.0.0.0/8') && !isCIDR('10.0.0.0/33')",
+    ] {
+        holds(expr, &obj);
+    }
+    let e = eval("url('example.com')", &obj).expect_err("not a request URI");
+    assert!(
+        e.contains("URL parse error during conversion from string"),
+        "{e}"
+    );
+    let e = eval("ip('nope')", &obj).expect_err("not an IP");
+    assert!(
+        e.contains("parse error during conversion from string"),
+        "{e}"
+    );
+}
