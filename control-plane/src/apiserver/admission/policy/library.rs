@@ -5,7 +5,8 @@
 //! `isGreaterThan`, `isLessThan`, `add`, `sub`, `asInteger`, `isInteger`,
 //! `asApproximateFloat`, `sign`) and cel-go's sets extension (`sets.contains`,
 //! `sets.intersects`, `sets.equivalent`). The URL, IP and CIDR libraries are in
-//! [`network`](super::network), the authorizer library in [`authz`](super::authz).
+//! [`network`](super::network), the semver library in [`semver`](super::semver), the
+//! authorizer library in [`authz`](super::authz).
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -429,5 +430,6 @@ pub fn register(env: &mut Env) -> Result<(), DeclarationError> {
         )?;
     }
     super::network::register(env)?;
+    super::semver::register(env)?;
     super::authz::register(env)
 }

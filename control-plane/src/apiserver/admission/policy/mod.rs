@@ -31,6 +31,7 @@ pub mod evaluate;
 pub mod library;
 pub mod matching;
 pub mod network;
+pub mod semver;
 pub mod validation;
 
 use std::collections::BTreeMap;

@@ -372,3 +372,19 @@ fn the_url_ip_and_cidr_libraries_answer_as_kubernetes_documents_them() {
         "{e}"
     );
 }
+
+#[test]
+fn the_semver_library_answers_as_kubernetes_documents_it() {
+    let obj = json!({"spec": {"version": "1.2.3"}});
+    for expr in [
+        "isSemver(object.spec.version) && !isSemver('v1.0.0') && isSemver('v1.0', true)",
+        "semver(object.spec.version).major() == 1 && semver('1.2.3').minor() == 2 && semver('1.2.3').patch() == 3",
+        "semver('1.2.3').isGreaterThan(semver('1.2.2')) && semver('1.0.0-rc.1').isLessThan(semver('1.0.0'))",
+        "semver('2.0.0').compareTo(semver('1.9.9')) == 1 && semver('1.2.3') == semver('1.2.3')",
+        "semver('v01.2', true) == semver('1.2.0')",
+    ] {
+        holds(expr, &obj);
+    }
+    let e = eval("semver('1.2')", &obj).expect_err("not a version");
+    assert!(e.contains("could not parse"), "{e}");
+}
