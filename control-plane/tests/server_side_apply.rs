@@ -1240,3 +1240,50 @@ async fn options_and_apply_bodies_are_checked_as_upstream() {
         after["metadata"]["resourceVersion"]
     );
 }
+
+/// `TestClearManagedFieldsWithUpdateEmptyList`: an update carrying `managedFields: []`
+/// clears them, and updates do not track an object without them until an apply.
+#[test]
+fn cleared_managed_fields_stay_cleared_until_an_apply() {
+    let home = tempfile::tempdir().expect("temp home");
+    let server = server(home.path());
+    let Some(k) = Kubectl::find(&server.kubeconfig(), home.path()) else {
+        return;
+    };
+    k.ok(&["create", "configmap", "c", "--from-literal=a=b"]);
+    let managed = |k: &Kubectl| {
+        k.json(&["get", "configmap", "c", "--show-managed-fields"])["metadata"]["managedFields"]
+            .clone()
+    };
+    assert!(managed(&k).as_array().is_some_and(|l| !l.is_empty()));
+    k.ok(&[
+        "patch",
+        "configmap",
+        "c",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"managedFields":[]}}"#,
+    ]);
+    assert_eq!(managed(&k), Value::Null);
+    k.ok(&["label", "configmap", "c", "later=yes"]);
+    assert_eq!(
+        managed(&k),
+        Value::Null,
+        "an update does not start tracking"
+    );
+    let (ok, out) = run(
+        &k,
+        &["apply", "--server-side", "--field-manager=m", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: default}\ndata: {a: b}\n",
+    );
+    assert!(ok, "{out}");
+    let list = managed(&k);
+    let managers: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    // Apply entries first, as upstream sorts them.
+    assert_eq!(managers, ["m", "before-first-apply"], "{list}");
+}

@@ -95,9 +95,9 @@ impl Entry {
 /// What an object's `metadata.managedFields` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Decoded {
-    /// No entries (absent or an empty list).
+    /// No entries (absent or null).
     None,
-    /// `[{}]`: the client asks to clear them.
+    /// `[]` or `[{}]`: the client asks to clear them (upstream's `isResetManagedFields`).
     Reset,
     Entries(Vec<Entry>),
 }
@@ -109,10 +109,7 @@ fn decode(list: Option<&Value>) -> Result<Decoded, String> {
     let items = list
         .as_array()
         .ok_or_else(|| "managedFields must be a list".to_owned())?;
-    if items.is_empty() {
-        return Ok(Decoded::None);
-    }
-    if items.len() == 1 && items[0].as_object().is_some_and(Map::is_empty) {
+    if items.is_empty() || (items.len() == 1 && items[0].as_object().is_some_and(Map::is_empty)) {
         return Ok(Decoded::Reset);
     }
     let mut out = Vec::with_capacity(items.len());
@@ -523,6 +520,13 @@ pub fn on_update(
         live_list()
     };
     let name = manager(ctx, options_kind(ctx))?;
+    // An object without managed fields (cleared, or from before they were kept) is not
+    // tracked by updates until an apply, as upstream's skip-non-applied manager
+    // (which tracks every create) leaves it.
+    if list.is_empty() {
+        set_managed(new, None);
+        return Ok(());
+    }
     let version = api_version(&ctx.def);
     let text = |e: &Value, k: &str| {
         e.get(k)
@@ -1079,7 +1083,7 @@ mod tests {
         };
         assert_eq!(encode(entries), Some(list));
         assert_eq!(decode(Some(&json!([{}]))), Ok(Decoded::Reset));
-        assert_eq!(decode(Some(&json!([]))), Ok(Decoded::None));
+        assert_eq!(decode(Some(&json!([]))), Ok(Decoded::Reset));
         assert!(decode(Some(&json!([{"operation": "Patch"}]))).is_err());
     }
 }
