@@ -1224,6 +1224,26 @@ async fn options_and_apply_bodies_are_checked_as_upstream() {
     // Created first: the namespace of an apply that creates is checked at create.
     assert_eq!(code, 400, "{status}");
 
+    // Managed fields a client sends are validated (ValidateManagedFields).
+    k.ok(&["create", "configmap", "m", "--from-literal=a=b"]);
+    let long = "x".repeat(129);
+    let (code, status) = raw_patch(
+        &client,
+        "/api/v1/namespaces/default/configmaps/m",
+        "application/merge-patch+json",
+        &json!({"metadata": {"managedFields": [{"manager": long, "operation": "Update",
+            "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]}})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        status["message"].as_str().is_some_and(|m| m.contains(
+            "metadata.managedFields[0].manager: Too long: may not be more than 128 bytes"
+        )),
+        "{status}"
+    );
+
     // The same LimitRange (which the server fills with defaults no controller
     // touches) applied twice: the second writes nothing.
     let range = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: l, namespace: default}\nspec:\n  limits: [{type: Container, max: {cpu: '1'}}]\n";

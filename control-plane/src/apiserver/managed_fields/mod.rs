@@ -324,23 +324,53 @@ fn validate_manager(kind: &str, manager: &str) -> ApiResult<()> {
 /// What is wrong with `fieldManager` (upstream's `ValidateFieldManager`): longer than
 /// 128 bytes, or a character Go's `unicode.IsPrint` refuses, at its byte position.
 pub fn manager_causes(manager: &str) -> Vec<Cause> {
+    manager_causes_at("fieldManager", manager)
+}
+
+/// [`manager_causes`] of a manager name at `field`.
+fn manager_causes_at(field: &str, manager: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     if manager.len() > MAX_MANAGER_LEN {
         causes.push(Cause {
             reason: "FieldValueTooLong",
-            field: "fieldManager".into(),
+            field: field.into(),
             message: format!("Too long: may not be more than {MAX_MANAGER_LEN} bytes"),
         });
     }
     for (i, c) in manager.char_indices() {
         if !is_print(c) {
             causes.push(Cause::invalid(
-                "fieldManager",
+                field,
                 format!(
                     "Invalid value: {manager:?}: invalid character U+{:04X} (at position {i})",
                     c as u32
                 ),
             ));
+        }
+    }
+    causes
+}
+
+/// What upstream's `ValidateManagedFields` finds wrong in entries a client sent (their
+/// operation and fieldsType are checked as they are decoded): a manager as
+/// `fieldManager` is checked, a subresource over 256 bytes.
+fn entry_causes(list: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    for (i, e) in list
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("metadata.managedFields[{i}]");
+        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
+        causes.extend(manager_causes_at(&format!("{at}.manager"), text("manager")));
+        if text("subresource").len() > 256 {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field: format!("{at}.subresource"),
+                message: "Too long: may not be more than 256 bytes".into(),
+            });
         }
     }
     causes
@@ -407,6 +437,10 @@ pub fn of_create(ctx: &Ctx, obj: &Value, client: Option<Value>) -> ApiResult<Opt
         (ctx.def.converts() && ctx.def.renames_fields()).then(|| ctx.def.external(obj.clone()));
     let view = served.as_ref().unwrap_or(obj);
     if let Ok(Decoded::Entries(mut entries)) = decode(client.as_ref()) {
+        let causes = entry_causes(client.as_ref());
+        if !causes.is_empty() {
+            return Err(crate::apiserver::rest::invalid(&ctx.def, obj, causes));
+        }
         let changes = typed::compare(&json!({}), view, node).without(&ignored(&ctx.def, ""));
         let mut versions = Versions::new(&ctx.def, &ctx.api.registry, "", changes, || {
             (None, obj.clone())
@@ -508,11 +542,17 @@ pub fn on_update(
     let live_list = || live.and_then(Value::as_array).cloned().unwrap_or_default();
     let mut list: Vec<Value> = if from_client {
         match decode(client.as_ref()) {
-            Ok(Decoded::Entries(_)) => client
-                .as_ref()
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
+            Ok(Decoded::Entries(_)) => {
+                let causes = entry_causes(client.as_ref());
+                if !causes.is_empty() {
+                    return Err(crate::apiserver::rest::invalid(&ctx.def, new, causes));
+                }
+                client
+                    .as_ref()
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            }
             Ok(Decoded::Reset) => Vec::new(),
             _ => live_list(),
         }
