@@ -40,7 +40,8 @@ macro_rules! overload {
 }
 pub(super) use overload;
 
-fn err(function: &str, message: impl ToString) -> ExecutionError {
+/// A function's evaluation error.
+pub(super) fn err(function: &str, message: impl ToString) -> ExecutionError {
     ExecutionError::function_error(function, message)
 }
 
@@ -51,7 +52,8 @@ fn list<'a>(v: &'a [Value], function: &str) -> Result<&'a [Value], ExecutionErro
     }
 }
 
-fn text<'a>(v: Option<&'a Value>, function: &str) -> Result<&'a str, ExecutionError> {
+/// A string argument.
+pub(super) fn text<'a>(v: Option<&'a Value>, function: &str) -> Result<&'a str, ExecutionError> {
     match v {
         Some(Value::String(s)) => Ok(s.as_str()),
         _ => Err(err(function, "expected a string")),

@@ -21,18 +21,7 @@ use cel::common::value::CowVal;
 use cel::objects::{Key, Map, Opaque};
 use cel::{DeclarationError, Env, ExecutionError, Value};
 
-use super::library::{out, overload, values};
-
-fn err(function: &str, message: impl ToString) -> ExecutionError {
-    ExecutionError::function_error(function, message)
-}
-
-fn text<'a>(v: Option<&'a Value>, function: &str) -> Result<&'a str, ExecutionError> {
-    match v {
-        Some(Value::String(s)) => Ok(s.as_str()),
-        _ => Err(err(function, "expected a string")),
-    }
-}
+use super::library::{err, out, overload, text, values};
 
 // --- URLs ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ use cel::common::value::CowVal;
 use cel::objects::Opaque;
 use cel::{DeclarationError, Env, ExecutionError, Value};
 
-use super::library::{out, overload, values};
+use super::library::{err, out, overload, text, values};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Semver {
@@ -35,10 +35,6 @@ impl Opaque for Semver {
 
 fn semver_type() -> Type {
     Type::new_opaque_type(SEMVER)
-}
-
-fn err(function: &str, message: impl ToString) -> ExecutionError {
-    ExecutionError::function_error(function, message)
 }
 
 fn numeric(part: &str, what: &str) -> Result<u64, String> {
@@ -146,13 +142,6 @@ fn precedence(a: &Semver, b: &Semver) -> Ordering {
                 a.pre.len().cmp(&b.pre.len())
             }
         })
-}
-
-fn text<'a>(v: Option<&'a Value>, function: &str) -> Result<&'a str, ExecutionError> {
-    match v {
-        Some(Value::String(s)) => Ok(s.as_str()),
-        _ => Err(err(function, "expected a string")),
-    }
 }
 
 fn version_text(a: &[Value], function: &str) -> Result<String, ExecutionError> {
